@@ -1,0 +1,173 @@
+//! The routing table of the shared UDP port: which peer connection a datagram belongs to.
+//!
+//! A peer is first found by the ICE username fragment in its STUN Binding request; once
+//! that request has proven it knows the peer's ICE password, its source address is bound
+//! to the peer and every later datagram from that address (DTLS, SRTP) is routed by
+//! address alone. Addresses that fall silent are evicted, so a client that changed
+//! network, or a scanner that once guessed nothing, leaves no entry behind.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How many addresses one peer may have bound at once (a browser has a few candidate
+/// pairs during ICE; more than this is either a bug or an attack).
+pub const MAX_ADDRS_PER_PEER: usize = 8;
+
+#[derive(Debug, Clone)]
+struct AddrEntry<K> {
+    key: K,
+    last_seen: Instant,
+}
+
+/// Maps ICE ufrags and bound remote addresses to peer keys.
+#[derive(Debug)]
+pub struct Demux<K> {
+    by_ufrag: HashMap<String, K>,
+    by_addr: HashMap<SocketAddr, AddrEntry<K>>,
+    idle_timeout: Duration,
+}
+
+impl<K: Copy + Eq + Hash> Demux<K> {
+    /// An empty table whose address bindings expire after `idle_timeout` of silence.
+    pub fn new(idle_timeout: Duration) -> Self {
+        Self {
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            idle_timeout,
+        }
+    }
+
+    /// Registers the local ufrag of a peer's ICE agent.
+    pub fn register_ufrag(&mut self, ufrag: String, key: K) {
+        self.by_ufrag.insert(ufrag, key);
+    }
+
+    /// Forgets a peer entirely: its ufrag and every address bound to it.
+    pub fn remove_peer(&mut self, key: K) {
+        self.by_ufrag.retain(|_, k| *k != key);
+        self.by_addr.retain(|_, entry| entry.key != key);
+    }
+
+    /// The peer owning a local ufrag.
+    pub fn peer_by_ufrag(&self, ufrag: &str) -> Option<K> {
+        self.by_ufrag.get(ufrag).copied()
+    }
+
+    /// The peer bound to a remote address, refreshing the binding.
+    pub fn peer_by_addr(&mut self, addr: SocketAddr, now: Instant) -> Option<K> {
+        let entry = self.by_addr.get_mut(&addr)?;
+        entry.last_seen = now;
+        Some(entry.key)
+    }
+
+    /// Binds a remote address to a peer after the peer proved its ICE credentials from it.
+    /// When the peer already has [`MAX_ADDRS_PER_PEER`] addresses, its stalest one goes.
+    pub fn bind(&mut self, addr: SocketAddr, key: K, now: Instant) {
+        if let Some(entry) = self.by_addr.get_mut(&addr) {
+            entry.key = key;
+            entry.last_seen = now;
+            return;
+        }
+        let mut owned: Vec<(SocketAddr, Instant)> = self
+            .by_addr
+            .iter()
+            .filter(|(_, entry)| entry.key == key)
+            .map(|(addr, entry)| (*addr, entry.last_seen))
+            .collect();
+        if owned.len() >= MAX_ADDRS_PER_PEER {
+            owned.sort_by_key(|(_, seen)| *seen);
+            if let Some((stalest, _)) = owned.first() {
+                self.by_addr.remove(stalest);
+            }
+        }
+        self.by_addr.insert(
+            addr,
+            AddrEntry {
+                key,
+                last_seen: now,
+            },
+        );
+    }
+
+    /// Drops address bindings silent for longer than the idle timeout; returns how many.
+    pub fn evict_idle(&mut self, now: Instant) -> usize {
+        let before = self.by_addr.len();
+        let timeout = self.idle_timeout;
+        self.by_addr
+            .retain(|_, entry| now.saturating_duration_since(entry.last_seen) <= timeout);
+        before - self.by_addr.len()
+    }
+
+    /// How many addresses are bound.
+    pub fn bound_addrs(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// How many ufrags are registered.
+    pub fn registered_ufrags(&self) -> usize {
+        self.by_ufrag.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn routes_by_ufrag_then_address() {
+        let t0 = Instant::now();
+        let mut demux = Demux::new(Duration::from_secs(30));
+        demux.register_ufrag("abcd".into(), 1u32);
+        demux.register_ufrag("efgh".into(), 2u32);
+        assert_eq!(demux.peer_by_ufrag("abcd"), Some(1));
+        assert_eq!(demux.peer_by_ufrag("zzzz"), None);
+        assert_eq!(demux.peer_by_addr(addr(5000), t0), None);
+        demux.bind(addr(5000), 1, t0);
+        demux.bind(addr(5001), 2, t0);
+        assert_eq!(demux.peer_by_addr(addr(5000), t0), Some(1));
+        assert_eq!(demux.peer_by_addr(addr(5001), t0), Some(2));
+    }
+
+    #[test]
+    fn evicts_silent_addresses_but_keeps_active_ones() {
+        let t0 = Instant::now();
+        let mut demux = Demux::new(Duration::from_secs(30));
+        demux.bind(addr(1), 1u32, t0);
+        demux.bind(addr(2), 1u32, t0);
+        // Only the second address keeps talking.
+        assert_eq!(
+            demux.peer_by_addr(addr(2), t0 + Duration::from_secs(20)),
+            Some(1)
+        );
+        assert_eq!(demux.evict_idle(t0 + Duration::from_secs(31)), 1);
+        assert_eq!(demux.peer_by_addr(addr(1), t0 + Duration::from_secs(31)), None);
+        assert_eq!(
+            demux.peer_by_addr(addr(2), t0 + Duration::from_secs(31)),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn caps_addresses_per_peer_and_removes_whole_peers() {
+        let t0 = Instant::now();
+        let mut demux = Demux::new(Duration::from_secs(30));
+        demux.register_ufrag("u".into(), 7u32);
+        for port in 0..(MAX_ADDRS_PER_PEER as u16 + 5) {
+            demux.bind(addr(port), 7, t0 + Duration::from_millis(u64::from(port)));
+        }
+        assert_eq!(demux.bound_addrs(), MAX_ADDRS_PER_PEER);
+        // The newest binding survived the cap, the oldest did not.
+        let newest = addr(MAX_ADDRS_PER_PEER as u16 + 4);
+        assert_eq!(demux.peer_by_addr(newest, t0), Some(7));
+        assert_eq!(demux.peer_by_addr(addr(0), t0), None);
+        demux.remove_peer(7);
+        assert_eq!(demux.bound_addrs(), 0);
+        assert_eq!(demux.registered_ufrags(), 0);
+    }
+}

@@ -1,0 +1,221 @@
+//! The forwarding decision for one subscriber of one published track.
+//!
+//! For every packet of any layer of the track, the downtrack decides whether this
+//! subscriber gets it and under which sequence number and timestamp. Video starts, and
+//! changes layer, only on a keyframe of the layer it moves to, so a decoder never receives
+//! a delta frame it has no reference for; until then the subscriber keeps the layer it
+//! had (or nothing, when it just joined) and a keyframe is requested for the new one.
+
+use super::retransmit::RetransmitBudget;
+use super::sequencer::{Rewritten, Sequencer, SourcePosition};
+use super::simulcast::{Quality, select_layer};
+use std::time::{Duration, Instant};
+
+/// How long a subscriber waits for a keyframe before asking again.
+const KEYFRAME_RETRY: Duration = Duration::from_millis(1000);
+
+/// What to do with one packet for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Forward with these numbers, or drop when `None`.
+    pub forward: Option<Rewritten>,
+    /// Ask the publisher for a keyframe on this layer index.
+    pub request_keyframe: Option<usize>,
+}
+
+/// One subscriber's view of one published track.
+#[derive(Debug)]
+pub struct Downtrack {
+    video: bool,
+    target: Quality,
+    current: Option<usize>,
+    pending: Option<(usize, Instant)>,
+    sequencer: Sequencer,
+    budget: RetransmitBudget,
+}
+
+impl Downtrack {
+    /// A downtrack for a track of the given kind and RTP clock rate.
+    pub fn new(video: bool, clock_rate: u32) -> Self {
+        Self {
+            video,
+            target: Quality::High,
+            current: None,
+            pending: None,
+            sequencer: Sequencer::new(clock_rate),
+            budget: RetransmitBudget::new(200, 100),
+        }
+    }
+
+    /// The quality the subscriber asked for.
+    pub fn set_target(&mut self, target: Quality) {
+        self.target = target;
+    }
+
+    /// The quality the subscriber asked for.
+    pub fn target(&self) -> Quality {
+        self.target
+    }
+
+    /// The layer index currently forwarded.
+    pub fn current_layer(&self) -> Option<usize> {
+        self.current
+    }
+
+    /// Decides about one packet. `layers` lists `(rank, active)` for each layer of the
+    /// track; `layer` is the index this packet belongs to.
+    pub fn on_packet(
+        &mut self,
+        layers: &[(u8, bool)],
+        layer: usize,
+        keyframe: bool,
+        packet: (u32, u16, u32),
+        now: Instant,
+    ) -> Decision {
+        let (ssrc, seq, timestamp) = packet;
+        if !self.video {
+            return Decision {
+                forward: self.sequencer.rewrite(ssrc, seq, timestamp, now),
+                request_keyframe: None,
+            };
+        }
+        let mut request_keyframe = None;
+        let desired = select_layer(layers, self.target);
+        if let Some(desired) = desired {
+            let waiting_for = self.pending.map(|(pending, _)| pending);
+            if Some(desired) == self.current {
+                self.pending = None;
+            } else if waiting_for != Some(desired) {
+                self.pending = Some((desired, now));
+                request_keyframe = Some(desired);
+            } else if let Some((pending, asked_at)) = self.pending
+                && now.saturating_duration_since(asked_at) >= KEYFRAME_RETRY
+            {
+                self.pending = Some((pending, now));
+                request_keyframe = Some(pending);
+            }
+        }
+        if keyframe && self.pending.is_some_and(|(pending, _)| pending == layer) {
+            self.current = Some(layer);
+            self.pending = None;
+        }
+        let forward = if self.current == Some(layer) {
+            self.sequencer.rewrite(ssrc, seq, timestamp, now)
+        } else {
+            None
+        };
+        Decision {
+            forward,
+            request_keyframe,
+        }
+    }
+
+    /// The publisher's packet right after the last forwarded one was dropped on purpose.
+    pub fn skip(&mut self, layer: usize, ssrc: u32, seq: u16) {
+        if !self.video || self.current == Some(layer) {
+            self.sequencer.skip(ssrc, seq);
+        }
+    }
+
+    /// Maps a NACKed outgoing sequence number to the source packet, if the subscriber's
+    /// retransmission budget allows another one.
+    pub fn retransmission_source(&mut self, out_seq: u16, now: Instant) -> Option<SourcePosition> {
+        let source = self.sequencer.source_of(out_seq)?;
+        self.budget.take(now).then_some(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIMULCAST: [(u8, bool); 3] = [(0, true), (1, true), (2, true)];
+
+    #[test]
+    fn video_waits_for_a_keyframe_then_forwards_continuously() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        let single = [(0u8, true)];
+        let first = down.on_packet(&single, 0, false, (1, 10, 0), t0);
+        assert_eq!(first.forward, None);
+        assert_eq!(first.request_keyframe, Some(0));
+        // Still waiting: no second request inside the retry interval.
+        let second = down.on_packet(&single, 0, false, (1, 11, 0), t0);
+        assert_eq!(second, Decision { forward: None, request_keyframe: None });
+        let key = down.on_packet(&single, 0, true, (1, 12, 3000), t0);
+        let key_out = key.forward.expect("keyframe forwarded");
+        let next = down.on_packet(&single, 0, false, (1, 13, 3000), t0).forward.unwrap();
+        assert_eq!(next.seq, key_out.seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn asks_again_when_the_keyframe_does_not_come() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        let single = [(0u8, true)];
+        assert_eq!(down.on_packet(&single, 0, false, (1, 1, 0), t0).request_keyframe, Some(0));
+        let later = t0 + KEYFRAME_RETRY;
+        assert_eq!(down.on_packet(&single, 0, false, (1, 2, 0), later).request_keyframe, Some(0));
+    }
+
+    #[test]
+    fn switches_layers_only_on_a_keyframe_of_the_new_layer() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        down.set_target(Quality::Low);
+        // Start on layer 0.
+        assert!(down.on_packet(&SIMULCAST, 0, true, (100, 1, 0), t0).forward.is_some());
+        assert_eq!(down.current_layer(), Some(0));
+        // Packets of other layers are not forwarded.
+        assert!(down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0).forward.is_none());
+        // Ask for high: keyframe requested for layer 2, layer 0 keeps flowing meanwhile.
+        down.set_target(Quality::High);
+        let asked = down.on_packet(&SIMULCAST, 0, false, (100, 2, 3000), t0);
+        assert_eq!(asked.request_keyframe, Some(2));
+        let last_low = asked.forward.expect("old layer still forwarded");
+        assert!(down.on_packet(&SIMULCAST, 2, false, (102, 2, 3000), t0).forward.is_none());
+        let switched = down
+            .on_packet(&SIMULCAST, 2, true, (102, 3, 6000), t0 + Duration::from_millis(33))
+            .forward
+            .expect("switch on keyframe");
+        assert_eq!(switched.seq, last_low.seq.wrapping_add(1));
+        assert!(down.on_packet(&SIMULCAST, 0, false, (100, 3, 6000), t0).forward.is_none());
+        assert_eq!(down.current_layer(), Some(2));
+    }
+
+    #[test]
+    fn falls_back_when_the_current_layer_stops() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        assert!(down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0).forward.is_some());
+        let top_paused = [(0, true), (1, true), (2, false)];
+        let decision = down.on_packet(&top_paused, 1, false, (101, 1, 0), t0);
+        assert_eq!(decision.request_keyframe, Some(1));
+        assert!(down.on_packet(&top_paused, 1, true, (101, 2, 0), t0).forward.is_some());
+        assert_eq!(down.current_layer(), Some(1));
+    }
+
+    #[test]
+    fn audio_is_forwarded_from_the_first_packet() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(false, 48_000);
+        let decision = down.on_packet(&[(0, true)], 0, false, (5, 77, 960), t0);
+        assert_eq!(decision.forward, Some(Rewritten { seq: 77, timestamp: 960 }));
+        assert_eq!(decision.request_keyframe, None);
+    }
+
+    #[test]
+    fn retransmissions_map_back_and_are_budgeted() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(false, 48_000);
+        for seq in 0..10u16 {
+            down.on_packet(&[(0, true)], 0, false, (5, seq, 0), t0);
+        }
+        let source = down.retransmission_source(4, t0).expect("mapped");
+        assert_eq!((source.ssrc, source.seq), (5, 4));
+        let granted = (0..500)
+            .filter(|_| down.retransmission_source(4, t0).is_some())
+            .count();
+        assert!(granted < 150, "granted {granted}");
+    }
+}

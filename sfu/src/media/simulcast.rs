@@ -1,0 +1,105 @@
+//! Simulcast layer ranking and per-subscriber layer choice.
+//!
+//! A publisher names its encodings by `rid`; the names are the application's choice, so
+//! quality is ranked from the common conventions (`q`/`h`/`f`, `low`/`mid`/`high`,
+//! `0`/`1`/`2`) and otherwise from the order the publisher offered them. A subscriber
+//! asks for a quality; it gets the best layer at or below that quality that is actually
+//! flowing (a publisher short on bandwidth pauses its top layers), or the lowest flowing
+//! layer when nothing at or below is.
+
+use serde::{Deserialize, Serialize};
+
+/// The quality a subscriber asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// The smallest layer.
+    Low,
+    /// The middle layer.
+    Medium,
+    /// The full-resolution layer.
+    High,
+}
+
+impl Quality {
+    /// The rank of this quality (0 lowest).
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Low => 0,
+            Self::Medium => 1,
+            Self::High => 2,
+        }
+    }
+}
+
+/// The rank a rid conventionally denotes, if it follows a known convention.
+pub fn rid_rank(rid: &str) -> Option<u8> {
+    match rid.to_ascii_lowercase().as_str() {
+        "q" | "l" | "low" | "0" | "quarter" => Some(0),
+        "h" | "m" | "mid" | "medium" | "1" | "half" => Some(1),
+        "f" | "high" | "hi" | "2" | "full" => Some(2),
+        _ => None,
+    }
+}
+
+/// Ranks the layers of a track given their rids in the order they were first seen:
+/// conventional names by convention, the rest by arrival order after them.
+pub fn rank_layers(rids: &[&str]) -> Vec<u8> {
+    let mut next_unknown = 3u8;
+    rids.iter()
+        .map(|rid| {
+            rid_rank(rid).unwrap_or_else(|| {
+                let rank = next_unknown;
+                next_unknown = next_unknown.saturating_add(1);
+                rank
+            })
+        })
+        .collect()
+}
+
+/// Picks the layer to forward: the highest-ranked active layer at or below the target,
+/// else the lowest-ranked active layer. `layers` holds `(rank, active)`; returns an index.
+pub fn select_layer(layers: &[(u8, bool)], target: Quality) -> Option<usize> {
+    let at_or_below = layers
+        .iter()
+        .enumerate()
+        .filter(|(_, (rank, active))| *active && *rank <= target.rank())
+        .max_by_key(|(_, (rank, _))| *rank)
+        .map(|(index, _)| index);
+    at_or_below.or_else(|| {
+        layers
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, active))| *active)
+            .min_by_key(|(_, (rank, _))| *rank)
+            .map(|(index, _)| index)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_conventional_and_unknown_rids() {
+        assert_eq!(rank_layers(&["f", "h", "q"]), vec![2, 1, 0]);
+        assert_eq!(rank_layers(&["low", "MID", "high"]), vec![0, 1, 2]);
+        assert_eq!(rank_layers(&["a", "b"]), vec![3, 4]);
+    }
+
+    #[test]
+    fn selects_best_active_layer_at_or_below_target() {
+        let layers = [(0, true), (1, true), (2, true)];
+        assert_eq!(select_layer(&layers, Quality::High), Some(2));
+        assert_eq!(select_layer(&layers, Quality::Medium), Some(1));
+        assert_eq!(select_layer(&layers, Quality::Low), Some(0));
+        // The top layer is paused by the publisher.
+        let paused = [(0, true), (1, true), (2, false)];
+        assert_eq!(select_layer(&paused, Quality::High), Some(1));
+        // Only a higher layer flows: better than nothing.
+        let only_high = [(0, false), (1, false), (2, true)];
+        assert_eq!(select_layer(&only_high, Quality::Low), Some(2));
+        assert_eq!(select_layer(&[(0, false)], Quality::Low), None);
+        assert_eq!(select_layer(&[], Quality::Low), None);
+    }
+}
