@@ -1,6 +1,9 @@
 //! The Tutti SFU shard.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod demux;
 pub mod media;
+pub mod peer;
+pub mod signal;
+pub mod udp;
 pub mod wire;

@@ -1,0 +1,3 @@
+//! The shard-side signaling endpoint the gateway relays to.
+
+pub mod protocol;

@@ -1,0 +1,541 @@
+//! Batched datagram I/O for the shard's one UDP socket (Linux).
+//!
+//! A forwarded packet leaves once per subscriber, so syscalls per datagram would dominate
+//! the shard's CPU. Outgoing datagrams are therefore:
+//! 1. grouped by destination, keeping each destination's order;
+//! 2. coalesced into UDP GSO runs (equal-sized segments, the last may be shorter), each
+//!    run one message whose iovecs point at the encrypted datagrams, so nothing is copied;
+//! 3. handed to the kernel with one `sendmmsg` per batch.
+//!
+//! If the kernel or the route refuses GSO (`EIO`/`EINVAL`/`ENOTSUP`), the batcher turns GSO
+//! off for the socket's lifetime and sends one datagram per message, still batched by
+//! `sendmmsg`. Incoming datagrams are read with `recvmmsg`.
+//!
+//! This is the one module with `unsafe` code: building `mmsghdr` arrays for the two
+//! syscalls. Every pointer placed in a header refers to memory owned by the caller's
+//! slices or by `self` and outlives the syscall, which is made before they are touched
+//! again.
+#![allow(unsafe_code)]
+
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::io;
+use std::mem::{MaybeUninit, size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Largest number of segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 64;
+/// Largest total payload of one GSO send.
+const MAX_GSO_BYTES: usize = 65_000;
+/// `UDP_SEGMENT` socket option / control message (linux/udp.h).
+const UDP_SEGMENT: libc::c_int = 103;
+/// Size of a datagram receive buffer; larger datagrams are truncated and dropped.
+pub const RECV_BUF_SIZE: usize = 2048;
+
+/// One message to send: a destination and the indices of its datagrams.
+struct Run {
+    dest: SocketAddr,
+    first: usize,
+    count: usize,
+    segment: usize,
+}
+
+/// Sends batches of datagrams with `sendmmsg` and, where possible, UDP GSO.
+pub struct SendBatcher {
+    gso: bool,
+    order: Vec<usize>,
+    by_dest: HashMap<SocketAddr, Vec<usize>>,
+    runs: Vec<Run>,
+}
+
+/// What one [`SendBatcher::send`] call achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Datagrams handed to the kernel.
+    pub sent: usize,
+    /// Datagrams dropped because the kernel refused them (counted, not retried).
+    pub failed: usize,
+    /// Syscalls made.
+    pub syscalls: usize,
+    /// Whether the socket would block: the datagrams from `sent + failed` on are unsent.
+    pub would_block: bool,
+}
+
+impl SendBatcher {
+    /// A batcher that tries GSO first when `gso` is true.
+    pub fn new(gso: bool) -> Self {
+        Self {
+            gso,
+            order: Vec::new(),
+            by_dest: HashMap::new(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Whether GSO is in use.
+    pub fn gso_enabled(&self) -> bool {
+        self.gso
+    }
+
+    /// Sends `datagrams` on `fd`. Datagrams are reordered across destinations (never
+    /// within one). On `would_block`, the caller waits for writability and calls again
+    /// with the datagrams not yet sent, which are moved to the end of `datagrams`'s order:
+    /// after a would-block return, `datagrams` has been reordered so that the unsent ones
+    /// are `datagrams[sent + failed..]`.
+    pub fn send(&mut self, fd: RawFd, datagrams: &mut Vec<(SocketAddr, BytesMut)>) -> SendOutcome {
+        let mut outcome = SendOutcome::default();
+        if datagrams.is_empty() {
+            return outcome;
+        }
+        self.group(datagrams);
+        let mut run_index = 0;
+        while run_index < self.runs.len() {
+            let end = (run_index + 1024).min(self.runs.len());
+            match self.send_runs(fd, datagrams, run_index, end) {
+                Ok(accepted) => {
+                    outcome.syscalls += 1;
+                    for run in &self.runs[run_index..run_index + accepted] {
+                        outcome.sent += run.count;
+                    }
+                    run_index += accepted;
+                }
+                Err(err) => {
+                    outcome.syscalls += 1;
+                    let code = err.raw_os_error().unwrap_or(0);
+                    if code == libc::EAGAIN || code == libc::EWOULDBLOCK {
+                        outcome.would_block = true;
+                        break;
+                    }
+                    if self.gso
+                        && self.runs[run_index].count > 1
+                        && matches!(code, libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                    {
+                        // The kernel or device refuses segmentation offload: fall back to
+                        // one datagram per message for the rest of the socket's life.
+                        self.gso = false;
+                        self.regroup_from(datagrams, run_index);
+                        continue;
+                    }
+                    // A refusal specific to this message (EMSGSIZE, EHOSTUNREACH...): drop
+                    // its datagrams and carry on with the rest.
+                    outcome.failed += self.runs[run_index].count;
+                    run_index += 1;
+                }
+            }
+        }
+        if outcome.would_block {
+            // Put the unsent datagrams last, in their send order, for the retry.
+            let done: usize = self.runs[..run_index].iter().map(|r| r.count).sum();
+            let mut ordered: Vec<(SocketAddr, BytesMut)> = Vec::with_capacity(datagrams.len());
+            let mut taken: Vec<Option<(SocketAddr, BytesMut)>> =
+                datagrams.drain(..).map(Some).collect();
+            for &index in &self.order {
+                if let Some(item) = taken[index].take() {
+                    ordered.push(item);
+                }
+            }
+            debug_assert_eq!(done, outcome.sent + outcome.failed);
+            *datagrams = ordered;
+        } else {
+            datagrams.clear();
+        }
+        outcome
+    }
+
+    /// Builds `self.order` (datagram indices grouped by destination) and `self.runs`.
+    fn group(&mut self, datagrams: &[(SocketAddr, BytesMut)]) {
+        for list in self.by_dest.values_mut() {
+            list.clear();
+        }
+        let mut dests: Vec<SocketAddr> = Vec::new();
+        for (index, (dest, _)) in datagrams.iter().enumerate() {
+            let list = self.by_dest.entry(*dest).or_default();
+            if list.is_empty() {
+                dests.push(*dest);
+            }
+            list.push(index);
+        }
+        self.by_dest.retain(|_, list| !list.is_empty());
+        self.order.clear();
+        for dest in &dests {
+            if let Some(list) = self.by_dest.get(dest) {
+                self.order.extend_from_slice(list);
+            }
+        }
+        self.runs.clear();
+        self.build_runs(datagrams, 0);
+    }
+
+    /// Splits `self.order[from..]` into runs.
+    fn build_runs(&mut self, datagrams: &[(SocketAddr, BytesMut)], from: usize) {
+        let mut i = from;
+        while i < self.order.len() {
+            let (dest, first) = &datagrams[self.order[i]];
+            let segment = first.len();
+            let mut count = 1;
+            let mut total = segment;
+            if self.gso && segment > 0 {
+                while i + count < self.order.len() && count < MAX_SEGMENTS {
+                    let (next_dest, next) = &datagrams[self.order[i + count]];
+                    if next_dest != dest || next.len() > segment || total + next.len() > MAX_GSO_BYTES
+                    {
+                        break;
+                    }
+                    total += next.len();
+                    count += 1;
+                    if next.len() < segment {
+                        // A shorter segment must be the last of its run.
+                        break;
+                    }
+                }
+            }
+            self.runs.push(Run {
+                dest: *dest,
+                first: i,
+                count,
+                segment,
+            });
+            i += count;
+        }
+    }
+
+    /// Rebuilds the runs from `run_index` on, one datagram each.
+    fn regroup_from(&mut self, datagrams: &[(SocketAddr, BytesMut)], run_index: usize) {
+        let from = self.runs[run_index].first;
+        self.runs.truncate(run_index);
+        self.build_runs(datagrams, from);
+    }
+
+    /// One `sendmmsg` for `runs[start..end]`; returns how many messages were accepted.
+    fn send_runs(
+        &self,
+        fd: RawFd,
+        datagrams: &[(SocketAddr, BytesMut)],
+        start: usize,
+        end: usize,
+    ) -> io::Result<usize> {
+        let runs = &self.runs[start..end];
+        let iov_count: usize = runs.iter().map(|r| r.count).sum();
+        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(iov_count);
+        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
+            Vec::with_capacity(runs.len());
+        // One aligned control buffer per message, room for a UDP_SEGMENT u16.
+        let cmsg_space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        let mut controls: Vec<u64> = vec![0; runs.len() * cmsg_space.div_ceil(8)];
+        for run in runs {
+            for k in 0..run.count {
+                let (_, data) = &datagrams[self.order[run.first + k]];
+                iovecs.push(libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                });
+            }
+            addrs.push(to_sockaddr(&run.dest));
+        }
+        let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
+        let mut iov_offset = 0;
+        let words_per_control = cmsg_space.div_ceil(8);
+        for (index, run) in runs.iter().enumerate() {
+            let mut header: libc::msghdr = unsafe { zeroed() };
+            header.msg_name = &mut addrs[index].0 as *mut _ as *mut libc::c_void;
+            header.msg_namelen = addrs[index].1;
+            header.msg_iov = unsafe { iovecs.as_mut_ptr().add(iov_offset) };
+            header.msg_iovlen = run.count as _;
+            iov_offset += run.count;
+            if run.count > 1 {
+                let control = unsafe { controls.as_mut_ptr().add(index * words_per_control) };
+                header.msg_control = control as *mut libc::c_void;
+                header.msg_controllen = cmsg_space as _;
+                // SAFETY: the control buffer is `cmsg_space` bytes, 8-byte aligned, and
+                // exclusively ours; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(&header);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, run.segment as u16);
+                }
+            }
+            headers.push(libc::mmsghdr {
+                msg_hdr: header,
+                msg_len: 0,
+            });
+        }
+        // SAFETY: `headers` points into `addrs`, `iovecs`, `controls` and the caller's
+        // datagrams, all alive and unmoved until this call returns.
+        let accepted = unsafe {
+            libc::sendmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                headers.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if accepted < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(accepted as usize)
+        }
+    }
+}
+
+fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Receives batches of datagrams with `recvmmsg`.
+pub struct RecvBatch {
+    buffers: Vec<Box<[u8; RECV_BUF_SIZE]>>,
+    addrs: Vec<MaybeUninit<libc::sockaddr_storage>>,
+    lens: Vec<usize>,
+    truncated: Vec<bool>,
+    sources: Vec<Option<SocketAddr>>,
+}
+
+impl RecvBatch {
+    /// Room for `capacity` datagrams per call.
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            buffers: (0..capacity).map(|_| Box::new([0u8; RECV_BUF_SIZE])).collect(),
+            addrs: (0..capacity).map(|_| MaybeUninit::zeroed()).collect(),
+            lens: vec![0; capacity],
+            truncated: vec![false; capacity],
+            sources: vec![None; capacity],
+        }
+    }
+
+    /// How many datagrams one call can return.
+    pub fn capacity(&self) -> usize {
+        self.buffers.len()
+    }
+
+    /// Reads up to `capacity` datagrams without blocking; returns how many arrived.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let capacity = self.buffers.len();
+        let mut iovecs: Vec<libc::iovec> = self
+            .buffers
+            .iter_mut()
+            .map(|buf| libc::iovec {
+                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                iov_len: RECV_BUF_SIZE,
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(capacity);
+        for index in 0..capacity {
+            let mut header: libc::msghdr = unsafe { zeroed() };
+            header.msg_name = self.addrs[index].as_mut_ptr() as *mut libc::c_void;
+            header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_iov = unsafe { iovecs.as_mut_ptr().add(index) };
+            header.msg_iovlen = 1;
+            headers.push(libc::mmsghdr {
+                msg_hdr: header,
+                msg_len: 0,
+            });
+        }
+        // SAFETY: headers point into `self.buffers`, `self.addrs` and `iovecs`, all alive
+        // and unmoved for the call.
+        let received = unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                capacity as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if received < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let received = received as usize;
+        for (index, header) in headers.iter().enumerate().take(received) {
+            self.lens[index] = header.msg_len as usize;
+            self.truncated[index] = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            // SAFETY: the kernel filled the address for every received message.
+            let storage = unsafe { self.addrs[index].assume_init_ref() };
+            self.sources[index] = from_sockaddr(storage);
+        }
+        Ok(received)
+    }
+
+    /// The `index`th datagram of the last call: its source and bytes, or `None` when it
+    /// was truncated or came from an address family the shard does not speak.
+    pub fn datagram(&self, index: usize) -> Option<(SocketAddr, &[u8])> {
+        if self.truncated.get(index).copied().unwrap_or(true) {
+            return None;
+        }
+        let source = self.sources.get(index).copied().flatten()?;
+        let len = self.lens[index].min(RECV_BUF_SIZE);
+        Some((source, &self.buffers[index][..len]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn socket() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        socket
+    }
+
+    fn payload(tag: u8, len: usize) -> BytesMut {
+        BytesMut::from(&vec![tag; len][..])
+    }
+
+    fn drain(receiver: &UdpSocket, expected: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < expected {
+            let (n, _) = receiver.recv_from(&mut buf).expect("datagram within timeout");
+            got.push(buf[..n].to_vec());
+        }
+        got
+    }
+
+    #[test]
+    fn gso_and_plain_batches_deliver_every_datagram_intact_and_in_order() {
+        for gso in [true, false] {
+            let sender = socket();
+            let a = socket();
+            let b = socket();
+            let mut batch = Vec::new();
+            // Interleaved fan-out: equal sizes, then a shorter tail, then a longer one.
+            for i in 0..10u8 {
+                batch.push((a.local_addr().unwrap(), payload(i, 1200)));
+                batch.push((b.local_addr().unwrap(), payload(100 + i, 1200)));
+            }
+            batch.push((a.local_addr().unwrap(), payload(50, 300)));
+            batch.push((a.local_addr().unwrap(), payload(51, 1300)));
+            let mut batcher = SendBatcher::new(gso);
+            let outcome = batcher.send(sender.as_raw_fd(), &mut batch);
+            assert_eq!(outcome.sent, 22, "gso={gso}: {outcome:?}");
+            assert!(!outcome.would_block);
+            // Two destinations, at most a handful of messages, one syscall.
+            assert_eq!(outcome.syscalls, 1);
+            let got_a = drain(&a, 12);
+            let got_b = drain(&b, 10);
+            for (i, datagram) in got_a.iter().take(10).enumerate() {
+                assert_eq!(datagram, &vec![i as u8; 1200]);
+            }
+            assert_eq!(got_a[10], vec![50u8; 300]);
+            assert_eq!(got_a[11], vec![51u8; 1300]);
+            for (i, datagram) in got_b.iter().enumerate() {
+                assert_eq!(datagram, &vec![100 + i as u8; 1200]);
+            }
+        }
+    }
+
+    #[test]
+    fn recvmmsg_returns_sources_and_bytes() {
+        let receiver = socket();
+        let sender = socket();
+        for i in 0..5u8 {
+            sender
+                .send_to(&[i; 10], receiver.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut batch = RecvBatch::new(8);
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while seen.len() < 5 && std::time::Instant::now() < deadline {
+            match batch.recv(receiver.as_raw_fd()) {
+                Ok(n) => {
+                    for index in 0..n {
+                        let (from, bytes) = batch.datagram(index).expect("datagram");
+                        assert_eq!(from, sender.local_addr().unwrap());
+                        seen.push(bytes.to_vec());
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::yield_now();
+                }
+                Err(err) => panic!("recvmmsg: {err}"),
+            }
+        }
+        assert_eq!(seen, (0..5u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn oversized_datagrams_are_reported_as_truncated() {
+        let receiver = socket();
+        let sender = socket();
+        sender
+            .send_to(&vec![1u8; RECV_BUF_SIZE + 100], receiver.local_addr().unwrap())
+            .unwrap();
+        let mut batch = RecvBatch::new(2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match batch.recv(receiver.as_raw_fd()) {
+                Ok(n) if n > 0 => {
+                    assert!(batch.datagram(0).is_none());
+                    break;
+                }
+                _ if std::time::Instant::now() < deadline => std::thread::yield_now(),
+                other => panic!("no datagram: {other:?}"),
+            }
+        }
+    }
+}
