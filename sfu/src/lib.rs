@@ -1,9 +1,17 @@
-//! The Tutti SFU shard.
+//! The Tutti SFU shard: every WebRTC peer of the shard on one UDP port, rooms
+//! (pipelines), forwarding, the admin API and the shard-side signaling endpoint.
 #![deny(unsafe_code)]
 
+pub mod config;
 pub mod demux;
 pub mod media;
+pub mod metrics;
 pub mod peer;
+pub mod procstat;
+pub mod ratelimit;
+pub mod runtime;
+pub mod server;
+pub mod shard;
 pub mod signal;
 pub mod udp;
 pub mod wire;

@@ -182,7 +182,8 @@ impl PeerFactory {
     }
 }
 
-fn random_token(len: usize) -> String {
+/// A random alphanumeric token (ICE credentials, track ids).
+pub(crate) fn random_token(len: usize) -> String {
     rand::rng()
         .sample_iter(Alphanumeric)
         .take(len)

@@ -6,9 +6,9 @@
 //! a delta frame it has no reference for; until then the subscriber keeps the layer it
 //! had (or nothing, when it just joined) and a keyframe is requested for the new one.
 
-use super::retransmit::RetransmitBudget;
 use super::sequencer::{Rewritten, Sequencer, SourcePosition};
 use super::simulcast::{Quality, select_layer};
+use crate::ratelimit::TokenBucket;
 use std::time::{Duration, Instant};
 
 /// How long a subscriber waits for a keyframe before asking again.
@@ -31,7 +31,7 @@ pub struct Downtrack {
     current: Option<usize>,
     pending: Option<(usize, Instant)>,
     sequencer: Sequencer,
-    budget: RetransmitBudget,
+    budget: TokenBucket,
 }
 
 impl Downtrack {
@@ -43,7 +43,7 @@ impl Downtrack {
             current: None,
             pending: None,
             sequencer: Sequencer::new(clock_rate),
-            budget: RetransmitBudget::new(200, 100),
+            budget: TokenBucket::new(200, 100),
         }
     }
 

@@ -4,7 +4,7 @@
 //! them is answered from here after its outgoing sequence number has been mapped back to
 //! the source (see [`super::sequencer`]). Packets are held as parsed RTP packets whose
 //! payload is a reference-counted slice of the decrypted datagram, so keeping them costs
-//! no copy. A subscriber's NACK storm is bounded by a per-subscriber token bucket.
+//! no copy.
 
 use rtc::rtp;
 use std::time::{Duration, Instant};
@@ -54,42 +54,6 @@ impl RetransmitBuffer {
     }
 }
 
-/// A token bucket limiting how many retransmissions one subscriber may cause.
-#[derive(Debug, Clone)]
-pub struct RetransmitBudget {
-    tokens: f64,
-    burst: f64,
-    per_second: f64,
-    refilled_at: Option<Instant>,
-}
-
-impl RetransmitBudget {
-    /// Allows `per_second` retransmissions on average and bursts of `burst`.
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            per_second: f64::from(per_second),
-            refilled_at: None,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.refilled_at {
-            let elapsed = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
-        }
-        self.refilled_at = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,17 +93,5 @@ mod tests {
         }
         assert!(buffer.get(65_535, t0).is_some());
         assert!(buffer.get(3, t0).is_some());
-    }
-
-    #[test]
-    fn budget_limits_bursts_and_refills() {
-        let t0 = Instant::now();
-        let mut budget = RetransmitBudget::new(100, 10);
-        let granted = (0..50).filter(|_| budget.take(t0)).count();
-        assert_eq!(granted, 10);
-        // 50 ms later, 5 more tokens.
-        let t1 = t0 + Duration::from_millis(50);
-        let granted = (0..50).filter(|_| budget.take(t1)).count();
-        assert_eq!(granted, 5);
     }
 }

@@ -1,0 +1,161 @@
+//! Configuration of a shard process: flags, with environment variables for containers.
+
+use clap::{Parser, ValueEnum};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+/// The shortest accepted token: 128 bits of entropy in alphanumerics.
+pub const MIN_TOKEN_LEN: usize = 22;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (in cluster).
+    Json,
+}
+
+/// Flags of the `tutti-sfu` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tutti-sfu", version, about = "Tutti SFU shard: every WebRTC peer on one UDP port")]
+pub struct ShardArgs {
+    /// Address of the HTTP server (admin API, signaling WebSocket, metrics, health).
+    #[arg(long, env = "TUTTI_SFU_HTTP", default_value = "127.0.0.1:7880")]
+    pub http: SocketAddr,
+    /// Address of the media UDP socket every peer shares. Port 0 picks a free port.
+    #[arg(long, env = "TUTTI_SFU_UDP", default_value = "0.0.0.0:7882")]
+    pub udp: SocketAddr,
+    /// IP advertised to clients as the ICE candidate (node external IP, NAT 1:1 address).
+    /// Defaults to the bound IP, or the host's outbound interface when bound to 0.0.0.0.
+    #[arg(long, env = "TUTTI_SFU_ADVERTISE_IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// Port advertised to clients, when a NAT or load balancer maps a different one.
+    #[arg(long, env = "TUTTI_SFU_ADVERTISE_PORT")]
+    pub advertise_port: Option<u16>,
+    /// Bearer token of the admin API (operator).
+    #[arg(long, env = "TUTTI_SFU_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Bearer token of the signaling endpoint (gateways).
+    #[arg(long, env = "TUTTI_SFU_SIGNAL_TOKEN", hide_env_values = true)]
+    pub signal_token: Option<String>,
+    /// Development mode: generate and print missing tokens, create rooms on first join.
+    #[arg(long)]
+    pub dev: bool,
+    /// Create rooms on first join with default settings (implied by --dev).
+    #[arg(long, env = "TUTTI_SFU_AUTO_CREATE")]
+    pub auto_create: bool,
+    /// Most pipelines hosted at once.
+    #[arg(long, env = "TUTTI_SFU_MAX_PIPELINES", default_value_t = 1000)]
+    pub max_pipelines: usize,
+    /// Most participants on the shard at once.
+    #[arg(long, env = "TUTTI_SFU_MAX_PARTICIPANTS", default_value_t = 5000)]
+    pub max_participants: usize,
+    /// Seconds of silence after which a media connection counts as failed.
+    #[arg(long, env = "TUTTI_SFU_ICE_FAILED_SECS", default_value_t = 15)]
+    pub ice_failed_secs: u64,
+    /// Log format.
+    #[arg(long, env = "TUTTI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A configuration error, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A token is missing outside development mode.
+    #[error("{0} is required (or run with --dev to generate one)")]
+    MissingToken(&'static str),
+    /// A token is too short to be secret.
+    #[error("{0} must be at least {MIN_TOKEN_LEN} characters")]
+    WeakToken(&'static str),
+    /// A numeric setting is out of range.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+/// A token as given, or generated in development mode.
+pub fn resolve_token(
+    given: Option<&str>,
+    dev: bool,
+    name: &'static str,
+) -> Result<(String, bool), ConfigError> {
+    match given {
+        Some(token) if token.len() >= MIN_TOKEN_LEN => Ok((token.to_owned(), false)),
+        Some(_) => Err(ConfigError::WeakToken(name)),
+        None if dev => Ok((crate::peer::random_token(32), true)),
+        None => Err(ConfigError::MissingToken(name)),
+    }
+}
+
+/// Checks numeric bounds.
+pub fn validate(args: &ShardArgs) -> Result<(), ConfigError> {
+    if !(1..=100_000).contains(&args.max_pipelines) {
+        return Err(ConfigError::OutOfRange("--max-pipelines must be 1..=100000".into()));
+    }
+    if !(1..=100_000).contains(&args.max_participants) {
+        return Err(ConfigError::OutOfRange("--max-participants must be 1..=100000".into()));
+    }
+    if !(3..=300).contains(&args.ice_failed_secs) {
+        return Err(ConfigError::OutOfRange("--ice-failed-secs must be 3..=300".into()));
+    }
+    Ok(())
+}
+
+/// ICE timeouts from the failure setting: disconnected after a third of it.
+pub fn ice_timeouts(failed_secs: u64) -> crate::peer::IceTimeouts {
+    let failed = Duration::from_secs(failed_secs);
+    crate::peer::IceTimeouts {
+        disconnected: failed / 3,
+        failed: failed - failed / 3,
+        keepalive: Duration::from_secs(2),
+    }
+}
+
+/// The IP to advertise when none is configured: the bound IP, else the interface the
+/// host would route outbound traffic through (no packet is sent), else loopback.
+pub fn default_advertise_ip(bound: IpAddr) -> IpAddr {
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|probe| {
+            probe.connect((Ipv4Addr::new(192, 0, 2, 1), 9))?;
+            probe.local_addr()
+        })
+        .map(|addr| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_required_and_strong_outside_dev() {
+        assert!(matches!(
+            resolve_token(None, false, "--admin-token"),
+            Err(ConfigError::MissingToken(_))
+        ));
+        assert!(matches!(
+            resolve_token(Some("short"), true, "--admin-token"),
+            Err(ConfigError::WeakToken(_))
+        ));
+        let (token, generated) = resolve_token(None, true, "--admin-token").unwrap();
+        assert!(generated && token.len() >= MIN_TOKEN_LEN);
+    }
+
+    #[test]
+    fn advertise_ip_prefers_the_bound_address() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(default_advertise_ip(ip), ip);
+        assert!(!default_advertise_ip("0.0.0.0".parse().unwrap()).is_unspecified());
+    }
+
+    #[test]
+    fn rejects_out_of_range_settings() {
+        let mut args = ShardArgs::parse_from(["tutti-sfu"]);
+        assert!(validate(&args).is_ok());
+        args.ice_failed_secs = 1;
+        assert!(validate(&args).is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! Prometheus metrics of a shard.
+//!
+//! Counters are created once and their handles kept, so the media thread updates them
+//! with one atomic add and never looks a label set up on the hot path.
+
+use crate::signal::protocol::ErrorCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+
+/// Labels naming what a datagram was or why it was dropped.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+/// Why an incoming datagram was dropped before reaching a peer connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Not STUN, DTLS, RTP or RTCP (or too short to be).
+    Garbage,
+    /// Larger than the receive buffer.
+    Truncated,
+    /// STUN naming a ufrag no peer owns, or without USERNAME.
+    UnknownUfrag,
+    /// STUN whose MESSAGE-INTEGRITY does not match the peer's password.
+    BadIntegrity,
+    /// DTLS/RTP/RTCP from an address not bound to any peer.
+    UnknownSource,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 5] = [
+        Self::Garbage,
+        Self::Truncated,
+        Self::UnknownUfrag,
+        Self::BadIntegrity,
+        Self::UnknownSource,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Garbage => "garbage",
+            Self::Truncated => "truncated",
+            Self::UnknownUfrag => "unknown_ufrag",
+            Self::BadIntegrity => "bad_integrity",
+            Self::UnknownSource => "unknown_source",
+        }
+    }
+}
+
+/// Every metric of a shard.
+pub struct ShardMetrics {
+    registry: Registry,
+    datagrams_in: [Counter; 4],
+    dropped: HashMap<DropReason, Counter>,
+    errors: HashMap<ErrorCode, Counter>,
+    /// RTP packets received from publishers.
+    pub rtp_received_packets: Counter,
+    /// RTP payload and header bytes received from publishers.
+    pub rtp_received_bytes: Counter,
+    /// RTP packets forwarded to subscribers.
+    pub rtp_forwarded_packets: Counter,
+    /// Bytes of RTP forwarded to subscribers (before encryption).
+    pub rtp_forwarded_bytes: Counter,
+    /// Packets resent in answer to subscribers' NACKs.
+    pub retransmissions: Counter,
+    /// Keyframe requests received from subscribers.
+    pub keyframe_requests_received: Counter,
+    /// Keyframe requests sent to publishers (after throttling).
+    pub keyframe_requests_sent: Counter,
+    /// Datagrams handed to the kernel.
+    pub datagrams_sent: Counter,
+    /// Datagrams the kernel refused.
+    pub send_failures: Counter,
+    /// `sendmmsg` calls.
+    pub send_syscalls: Counter,
+    /// Forward writes the peer connection rejected (e.g. not yet connected).
+    pub forward_errors: Counter,
+    /// Pipelines released because they stayed empty past their timeout.
+    pub pipelines_released_empty: Counter,
+    /// Pipelines hosted.
+    pub pipelines: Gauge,
+    /// Participants connected.
+    pub participants: Gauge,
+    /// Published tracks.
+    pub tracks: Gauge,
+    /// Subscriber streams being forwarded.
+    pub forwarded_streams: Gauge,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShardMetrics {
+    /// Registers every metric under the `tutti_sfu` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tutti_sfu");
+        let datagrams = Family::<KindLabel, Counter>::default();
+        let datagrams_in = ["stun", "dtls", "rtp", "rtcp"]
+            .map(|kind| datagrams.get_or_create(&KindLabel { kind }).clone());
+        registry.register(
+            "datagrams_received",
+            "Datagrams received on the media port, by kind",
+            datagrams,
+        );
+        let dropped_family = Family::<ReasonLabel, Counter>::default();
+        let dropped = DropReason::ALL
+            .into_iter()
+            .map(|reason| {
+                let counter = dropped_family
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.label(),
+                    })
+                    .clone();
+                (reason, counter)
+            })
+            .collect();
+        registry.register(
+            "datagrams_dropped",
+            "Datagrams dropped before reaching a peer connection, by reason",
+            dropped_family,
+        );
+        let errors_family = Family::<CodeLabel, Counter>::default();
+        let errors = ErrorCode::ALL
+            .into_iter()
+            .map(|code| {
+                let counter = errors_family
+                    .get_or_create(&CodeLabel {
+                        code: code.as_str(),
+                    })
+                    .clone();
+                (code, counter)
+            })
+            .collect();
+        registry.register(
+            "signaling_errors",
+            "Errors reported to signaling sessions, by code",
+            errors_family,
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        Self {
+            datagrams_in,
+            dropped,
+            errors,
+            rtp_received_packets: counter(&mut registry, "rtp_received_packets", "RTP packets received from publishers"),
+            rtp_received_bytes: counter(&mut registry, "rtp_received_bytes", "RTP bytes received from publishers"),
+            rtp_forwarded_packets: counter(&mut registry, "rtp_forwarded_packets", "RTP packets forwarded to subscribers"),
+            rtp_forwarded_bytes: counter(&mut registry, "rtp_forwarded_bytes", "RTP bytes forwarded to subscribers"),
+            retransmissions: counter(&mut registry, "retransmissions", "Packets resent for subscriber NACKs"),
+            keyframe_requests_received: counter(&mut registry, "keyframe_requests_received", "PLI/FIR received from subscribers"),
+            keyframe_requests_sent: counter(&mut registry, "keyframe_requests_sent", "PLI sent to publishers after throttling"),
+            datagrams_sent: counter(&mut registry, "datagrams_sent", "Datagrams handed to the kernel"),
+            send_failures: counter(&mut registry, "send_failures", "Datagrams the kernel refused"),
+            send_syscalls: counter(&mut registry, "send_syscalls", "sendmmsg calls"),
+            forward_errors: counter(&mut registry, "forward_errors", "Forwarded packets a peer connection rejected"),
+            pipelines_released_empty: counter(&mut registry, "pipelines_released_empty", "Pipelines released after staying empty past their timeout"),
+            pipelines: gauge(&mut registry, "pipelines", "Pipelines hosted"),
+            participants: gauge(&mut registry, "participants", "Participants connected"),
+            tracks: gauge(&mut registry, "tracks", "Published tracks"),
+            forwarded_streams: gauge(&mut registry, "forwarded_streams", "Subscriber streams being forwarded"),
+            registry,
+        }
+    }
+
+    /// Counts one received datagram of a kind: 0 STUN, 1 DTLS, 2 RTP, 3 RTCP.
+    pub fn datagram_in(&self, kind: usize) {
+        if let Some(counter) = self.datagrams_in.get(kind) {
+            counter.inc();
+        }
+    }
+
+    /// Counts a dropped datagram.
+    pub fn dropped(&self, reason: DropReason) {
+        if let Some(counter) = self.dropped.get(&reason) {
+            counter.inc();
+        }
+    }
+
+    /// How many datagrams were dropped for a reason.
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.dropped.get(&reason).map_or(0, Counter::get)
+    }
+
+    /// Counts an error reported to a session.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(counter) = self.errors.get(&code) {
+            counter.inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_counters_with_labels() {
+        let metrics = ShardMetrics::new();
+        metrics.dropped(DropReason::Garbage);
+        metrics.dropped(DropReason::Garbage);
+        metrics.error(ErrorCode::RoomFull);
+        metrics.rtp_forwarded_packets.inc_by(5);
+        let text = metrics.encode();
+        assert!(text.contains(r#"tutti_sfu_datagrams_dropped_total{reason="garbage"} 2"#), "{text}");
+        assert!(text.contains(r#"tutti_sfu_signaling_errors_total{code="room_full"} 1"#));
+        assert!(text.contains("tutti_sfu_rtp_forwarded_packets_total 5"));
+        assert_eq!(metrics.dropped_count(DropReason::Garbage), 2);
+    }
+}

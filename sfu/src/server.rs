@@ -1,0 +1,314 @@
+//! Starting a shard: the media thread, and the HTTP server carrying the admin API, the
+//! signaling WebSocket, metrics and health checks.
+//!
+//! [`start`] is what `main` and the tests (and later local mode) call; it binds what it
+//! is told to (port 0 included) and reports the addresses it got.
+//!
+//! HTTP routes:
+//! * `GET /healthz` — the process is up.
+//! * `GET /readyz` — the media thread answers and the shard is not draining.
+//! * `GET /metrics` — Prometheus text.
+//! * Admin (bearer admin token): `PUT|GET|DELETE /v1/pipelines/{name}`,
+//!   `GET /v1/pipelines`, `GET /v1/load`, `POST /v1/drain`.
+//! * Signaling (bearer signaling token): `GET /v1/signal`, a WebSocket speaking
+//!   [`crate::signal::protocol`].
+
+use crate::metrics::ShardMetrics;
+use crate::shard::api::{AdminError, CoreHandle, PipelineSpec};
+use crate::shard::{CoreConfig, ShardCore};
+use crate::signal::session::{Incoming, run_session};
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The WebSocket library closes connections sending frames beyond this; frames between
+/// the protocol limit and this get a `message_too_large` error instead.
+const WS_HARD_LIMIT: usize = 1024 * 1024;
+/// Largest admin request body.
+const ADMIN_BODY_LIMIT: usize = 16 * 1024;
+
+/// What a shard needs to start.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Media UDP address.
+    pub udp: SocketAddr,
+    /// Advertised IP; `None` derives it from the bound address.
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// Advertised port; `None` uses the bound port.
+    pub advertise_port: Option<u16>,
+    /// Admin API bearer token.
+    pub admin_token: String,
+    /// Signaling bearer token.
+    pub signal_token: String,
+    /// Core settings (its `advertised` is filled in by [`start`]).
+    pub core: CoreConfig,
+}
+
+/// A running shard.
+pub struct RunningShard {
+    /// Where the HTTP server listens.
+    pub http_addr: SocketAddr,
+    /// Where the media socket is bound.
+    pub udp_addr: SocketAddr,
+    /// The address clients are told to send media to.
+    pub advertised: SocketAddr,
+    /// The core's command handle.
+    pub handle: CoreHandle,
+    /// The shard's metrics.
+    pub metrics: Arc<ShardMetrics>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    media: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningShard {
+    /// Tells every session to reconnect elsewhere, then stops the server and media thread.
+    pub async fn stop(mut self) {
+        self.handle.shutdown().await;
+        self.shutdown.cancel();
+        let _ = (&mut self.server).await;
+        if let Some(media) = self.media.take() {
+            let _ = tokio::task::spawn_blocking(move || media.join()).await;
+        }
+    }
+
+    /// A future that completes when the HTTP server stops.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    core: CoreHandle,
+    metrics: Arc<ShardMetrics>,
+    admin_token: Arc<str>,
+    signal_token: Arc<str>,
+}
+
+/// Binds the sockets, starts the media thread and serves HTTP.
+pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
+    let udp = std::net::UdpSocket::bind(options.udp)?;
+    let udp_addr = udp.local_addr()?;
+    let advertised = SocketAddr::new(
+        options
+            .advertise_ip
+            .unwrap_or_else(|| crate::config::default_advertise_ip(udp_addr.ip())),
+        options.advertise_port.unwrap_or(udp_addr.port()),
+    );
+    let metrics = Arc::new(ShardMetrics::new());
+    let mut core_config = options.core.clone();
+    core_config.advertised = advertised;
+    let core = ShardCore::new(core_config, metrics.clone(), Instant::now())
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(1024);
+    let media = crate::runtime::spawn(udp, core, rx)?;
+    let handle = CoreHandle::new(tx);
+    let state = AppState {
+        core: handle.clone(),
+        metrics: metrics.clone(),
+        admin_token: options.admin_token.into(),
+        signal_token: options.signal_token.into(),
+    };
+    let listener = tokio::net::TcpListener::bind(options.http).await?;
+    let http_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let result = axum::serve(listener, app(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(err) = result {
+            tracing::error!(%err, "HTTP server failed");
+        }
+    });
+    tracing::info!(%http_addr, %udp_addr, %advertised, "shard started");
+    Ok(RunningShard {
+        http_addr,
+        udp_addr,
+        advertised,
+        handle,
+        metrics,
+        shutdown,
+        server,
+        media: Some(media),
+    })
+}
+
+fn app(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/v1/pipelines", get(list_pipelines))
+        .route(
+            "/v1/pipelines/{name}",
+            get(get_pipeline).put(put_pipeline).delete(delete_pipeline),
+        )
+        .route("/v1/load", get(load))
+        .route("/v1/drain", post(drain))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let signal = Router::new()
+        .route("/v1/signal", get(signal))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_signal));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .merge(signal)
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": code, "message": message })),
+    )
+        .into_response()
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if bearer_matches(request.headers(), &state.admin_token) {
+        next.run(request).await
+    } else {
+        json_error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required")
+    }
+}
+
+async fn require_signal(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if bearer_matches(request.headers(), &state.signal_token) {
+        next.run(request).await
+    } else {
+        state.metrics.error(crate::signal::protocol::ErrorCode::Unauthorized);
+        json_error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid signaling bearer token is required")
+    }
+}
+
+fn admin_error(err: AdminError) -> Response {
+    let (status, code) = match &err {
+        AdminError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        AdminError::AtCapacity(_) => (StatusCode::TOO_MANY_REQUESTS, "at_capacity"),
+        AdminError::Draining => (StatusCode::CONFLICT, "draining"),
+        AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    json_error(status, code, &err.to_string())
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.core.load()).await {
+        Ok(Ok(load)) if !load.draining => (StatusCode::OK, "ready").into_response(),
+        Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "media thread not answering").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn list_pipelines(State(state): State<AppState>) -> Response {
+    match state.core.list_pipelines().await {
+        Ok(list) => Json(list).into_response(),
+        Err(err) => admin_error(err),
+    }
+}
+
+async fn get_pipeline(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.core.list_pipelines().await {
+        Ok(list) => match list.into_iter().find(|p| p.name == name) {
+            Some(info) => Json(info).into_response(),
+            None => admin_error(AdminError::NotFound(name)),
+        },
+        Err(err) => admin_error(err),
+    }
+}
+
+async fn put_pipeline(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let spec: PipelineSpec = if body.is_empty() {
+        PipelineSpec::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(spec) => spec,
+            Err(err) => return admin_error(AdminError::Invalid(err.to_string())),
+        }
+    };
+    match state.core.put_pipeline(name, spec).await {
+        Ok((true, info)) => (StatusCode::CREATED, Json(info)).into_response(),
+        Ok((false, info)) => (StatusCode::OK, Json(info)).into_response(),
+        Err(err) => admin_error(err),
+    }
+}
+
+async fn delete_pipeline(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.core.release_pipeline(name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => admin_error(err),
+    }
+}
+
+async fn load(State(state): State<AppState>) -> Response {
+    match state.core.load().await {
+        Ok(load) => Json(load).into_response(),
+        Err(err) => admin_error(err),
+    }
+}
+
+async fn drain(State(state): State<AppState>) -> Response {
+    match state.core.drain().await {
+        Ok(load) => Json(load).into_response(),
+        Err(err) => admin_error(err),
+    }
+}
+
+async fn signal(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(WS_HARD_LIMIT)
+        .max_frame_size(WS_HARD_LIMIT)
+        .on_upgrade(move |socket| serve_socket(socket, state.core))
+}
+
+async fn serve_socket(socket: WebSocket, core: CoreHandle) {
+    let (sink, stream) = socket.split();
+    let sink = sink.with(|frame: String| async move { Ok::<_, axum::Error>(Message::Text(frame.into())) });
+    let stream = stream.filter_map(|frame| async move {
+        match frame {
+            Ok(Message::Text(text)) => Some(Incoming::Text(text.to_string())),
+            Ok(Message::Binary(_)) => Some(Incoming::Binary),
+            Ok(Message::Close(_)) | Err(_) => Some(Incoming::Close),
+            Ok(Message::Ping(_) | Message::Pong(_)) => None,
+        }
+    });
+    run_session(Box::pin(sink), Box::pin(stream), core).await;
+}

@@ -1,0 +1,987 @@
+//! The shard core: every room, participant and peer connection of a shard, driven
+//! without I/O.
+//!
+//! The media thread feeds it datagrams, commands and the passing of time, and takes the
+//! datagrams it wants sent; nothing here touches a socket or reads a clock. One core
+//! serves every peer on the shard's single UDP port:
+//!
+//! * **Routing in.** A datagram is classified (RFC 7983). STUN is routed by the ICE ufrag
+//!   in its USERNAME and, once its MESSAGE-INTEGRITY proves it knows the peer's password,
+//!   binds its source address to the peer; DTLS and SRTP are routed by that address.
+//!   Anything else is dropped and counted.
+//! * **The forwarding hot path** (`forward.rs`). A publisher's connection decrypts an RTP
+//!   packet into a header and a payload (`Bytes`, reference-counted). The packet is stored
+//!   once in its layer's retransmission buffer (a reference, not a copy), then for each
+//!   subscriber the downtrack decides whether to forward it and under which sequence
+//!   number and timestamp; the subscriber's copy is a new header sharing the same payload
+//!   buffer, encrypted by that subscriber's connection straight into its datagram. No
+//!   payload byte is copied per subscriber before encryption, which has to produce a
+//!   distinct buffer per subscriber anyway.
+//! * **Routing out.** Connections that produced output are marked dirty; once per batch of
+//!   input the core drains them into one list of datagrams, which the I/O loop sends with
+//!   `sendmmsg` and UDP GSO (see [`crate::udp`]).
+//! * **Negotiation** (`negotiate.rs`). Clients offer on their publisher connection; the
+//!   shard offers on each subscriber connection whenever tracks come or go, one offer at
+//!   a time per connection.
+
+pub mod api;
+mod forward;
+mod negotiate;
+pub mod sdp;
+
+use crate::demux::Demux;
+use crate::media::codec::CodecFamily;
+use crate::media::downtrack::Downtrack;
+use crate::media::keyframe::KeyframeThrottle;
+use crate::media::retransmit::RetransmitBuffer;
+use crate::media::speaker::SpeakerDetector;
+use crate::metrics::{DropReason, ShardMetrics};
+use crate::peer::{IceTimeouts, PeerBuildError, PeerFactory, PeerRole};
+use crate::signal::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
+use crate::wire::{self, DatagramKind};
+use api::{
+    AdminError, Command, JoinError, JoinRequest, PipelineInfo, PipelineSpec, SessionId, ShardLoad,
+};
+use bytes::BytesMut;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Identifies a peer connection inside the core.
+pub(crate) type PeerKey = u64;
+/// Identifies a published track inside the core.
+pub(crate) type TrackKey = u64;
+
+/// How often housekeeping runs (deferred keyframe requests, speakers, timeouts).
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// How often the active speaker is re-evaluated.
+const SPEAKER_INTERVAL: Duration = Duration::from_millis(300);
+/// A simulcast layer silent this long counts as paused by its publisher.
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+/// How long a retransmission buffer keeps packets.
+const RETRANSMIT_AGE: Duration = Duration::from_secs(2);
+
+/// Static configuration of a core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The address advertised as every connection's ICE candidate.
+    pub advertised: SocketAddr,
+    /// ICE timing.
+    pub ice: IceTimeouts,
+    /// Most pipelines hosted at once.
+    pub max_pipelines: usize,
+    /// Most participants on the shard at once.
+    pub max_participants: usize,
+    /// When set, a join for an unknown room creates it with this spec (local mode).
+    pub auto_create: Option<PipelineSpec>,
+    /// Minimum spacing of keyframe requests to one publisher stream.
+    pub keyframe_interval: Duration,
+    /// Silence after which an address binding is forgotten.
+    pub address_idle_timeout: Duration,
+    /// Capacity of each session's outgoing message queue.
+    pub session_queue: usize,
+}
+
+impl CoreConfig {
+    /// Defaults for a shard advertising `advertised`.
+    pub fn new(advertised: SocketAddr) -> Self {
+        Self {
+            advertised,
+            ice: IceTimeouts::default(),
+            max_pipelines: 1000,
+            max_participants: 5000,
+            auto_create: None,
+            keyframe_interval: crate::media::keyframe::DEFAULT_INTERVAL,
+            address_idle_timeout: Duration::from_secs(30),
+            session_queue: 256,
+        }
+    }
+}
+
+struct Room {
+    spec: PipelineSpec,
+    sessions: Vec<SessionId>,
+    by_participant: HashMap<String, SessionId>,
+    tracks: Vec<TrackKey>,
+    speaker: SpeakerDetector<SessionId>,
+    created: Instant,
+    empty_since: Option<Instant>,
+}
+
+struct Session {
+    participant: String,
+    name: String,
+    room: String,
+    events: mpsc::Sender<ServerMessage>,
+    publish: bool,
+    subscribe: bool,
+    publisher: Option<PeerKey>,
+    subscriber: Option<PeerKey>,
+    tracks: Vec<TrackKey>,
+}
+
+pub(crate) struct Peer {
+    pc: RTCPeerConnection,
+    role: PeerRole,
+    session: SessionId,
+    pwd: String,
+    deadline: Option<Instant>,
+    connected: bool,
+    dirty: bool,
+    /// Publisher: SSRC → (track, layer index).
+    incoming: HashMap<u32, (TrackKey, usize)>,
+    /// Subscriber: outgoing SSRC → track.
+    outgoing: HashMap<u32, TrackKey>,
+    /// Subscriber: an offer awaits its answer.
+    offer_out: bool,
+    /// Subscriber: tracks changed while an offer was out.
+    renegotiate: bool,
+}
+
+pub(crate) struct Layer {
+    rid: String,
+    rank: u8,
+    ssrc: Option<u32>,
+    receiver: RTCRtpReceiverId,
+    last_packet: Option<Instant>,
+    buffer: Option<RetransmitBuffer>,
+    throttle: KeyframeThrottle,
+}
+
+pub(crate) struct DowntrackEntry {
+    peer: PeerKey,
+    session: SessionId,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    payload_type: Option<u8>,
+    state: Downtrack,
+    fraction_lost: u8,
+}
+
+pub(crate) struct PublishedTrack {
+    id: String,
+    room: String,
+    session: SessionId,
+    peer: PeerKey,
+    source_track_id: String,
+    mid: Option<String>,
+    kind: TrackKind,
+    family: CodecFamily,
+    codec: RTCRtpCodec,
+    layers: Vec<Layer>,
+    audio_level_ext: Option<u8>,
+    muted: bool,
+    downtracks: Vec<DowntrackEntry>,
+}
+
+#[derive(Default)]
+struct RateWindow {
+    at: Option<Instant>,
+    received_bytes: u64,
+    forwarded_bytes: u64,
+    forwarded_packets: u64,
+    cpu_seconds: f64,
+    load: ShardLoad,
+}
+
+/// The sans-I/O shard.
+pub struct ShardCore {
+    config: CoreConfig,
+    factory: PeerFactory,
+    metrics: Arc<ShardMetrics>,
+    rooms: HashMap<String, Room>,
+    sessions: HashMap<SessionId, Session>,
+    peers: HashMap<PeerKey, Peer>,
+    tracks: HashMap<TrackKey, PublishedTrack>,
+    demux: Demux<PeerKey>,
+    timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
+    dirty: Vec<PeerKey>,
+    transmits: Vec<(SocketAddr, BytesMut)>,
+    /// Sessions to end after the current step, with the reason they are told.
+    doomed: Vec<(SessionId, &'static str)>,
+    next_key: u64,
+    next_housekeeping: Instant,
+    next_speaker: Instant,
+    next_slow: Instant,
+    rates: RateWindow,
+    draining: bool,
+    stopped: bool,
+}
+
+impl ShardCore {
+    /// A core with no rooms.
+    pub fn new(
+        config: CoreConfig,
+        metrics: Arc<ShardMetrics>,
+        now: Instant,
+    ) -> Result<Self, PeerBuildError> {
+        let factory = PeerFactory::new(config.advertised, config.ice)?;
+        Ok(Self {
+            demux: Demux::new(config.address_idle_timeout),
+            config,
+            factory,
+            metrics,
+            rooms: HashMap::new(),
+            sessions: HashMap::new(),
+            peers: HashMap::new(),
+            tracks: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            transmits: Vec::new(),
+            doomed: Vec::new(),
+            next_key: 1,
+            next_housekeeping: now,
+            next_speaker: now,
+            next_slow: now,
+            rates: RateWindow::default(),
+            draining: false,
+            stopped: false,
+        })
+    }
+
+    /// Whether a `Shutdown` command has been handled.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The metrics this core updates.
+    pub fn metrics(&self) -> &Arc<ShardMetrics> {
+        &self.metrics
+    }
+
+    fn key(&mut self) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        key
+    }
+
+    // ---------------------------------------------------------------- datagrams in
+
+    /// Handles one datagram received from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let kind = wire::classify(datagram);
+        let key = match kind {
+            DatagramKind::Unknown => {
+                self.metrics.dropped(DropReason::Garbage);
+                return;
+            }
+            DatagramKind::Stun => {
+                self.metrics.datagram_in(0);
+                match self.demux.peer_by_addr(from, now) {
+                    Some(key) => key,
+                    None => match self.authenticate_stun(datagram) {
+                        Ok(key) => {
+                            self.demux.bind(from, key, now);
+                            key
+                        }
+                        Err(reason) => {
+                            self.metrics.dropped(reason);
+                            return;
+                        }
+                    },
+                }
+            }
+            DatagramKind::Dtls | DatagramKind::Rtp | DatagramKind::Rtcp => {
+                self.metrics.datagram_in(match kind {
+                    DatagramKind::Dtls => 1,
+                    DatagramKind::Rtp => 2,
+                    _ => 3,
+                });
+                match self.demux.peer_by_addr(from, now) {
+                    Some(key) => key,
+                    None => {
+                        self.metrics.dropped(DropReason::UnknownSource);
+                        return;
+                    }
+                }
+            }
+        };
+        let advertised = self.config.advertised;
+        let Some(peer) = self.peers.get_mut(&key) else {
+            self.demux.remove_peer(key);
+            self.metrics.dropped(DropReason::UnknownSource);
+            return;
+        };
+        // `rtc` reports malformed records and packets by logging and dropping them; an
+        // error here means the connection itself is unusable.
+        if let Err(err) = peer.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: advertised,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(datagram),
+        }) {
+            tracing::debug!(peer = key, %err, "datagram rejected by peer connection");
+        }
+        self.drive(key, now);
+        self.finish_step(now);
+    }
+
+    /// Finds the peer a STUN request names and checks it knows the peer's password.
+    fn authenticate_stun(&self, datagram: &[u8]) -> Result<PeerKey, DropReason> {
+        let ufrag = wire::stun_username(datagram)
+            .and_then(wire::local_ufrag)
+            .ok_or(DropReason::UnknownUfrag)?;
+        let key = self
+            .demux
+            .peer_by_ufrag(ufrag)
+            .ok_or(DropReason::UnknownUfrag)?;
+        let peer = self.peers.get(&key).ok_or(DropReason::UnknownUfrag)?;
+        let mut message = rtc::stun::message::Message {
+            raw: datagram.to_vec(),
+            ..Default::default()
+        };
+        message.decode().map_err(|_| DropReason::Garbage)?;
+        rtc::stun::integrity::MessageIntegrity::check(
+            &mut message,
+            peer.pwd.as_bytes(),
+            self.factory.crypto().crypto(),
+        )
+        .map_err(|_| DropReason::BadIntegrity)?;
+        Ok(key)
+    }
+
+    // ---------------------------------------------------------------- driving peers
+
+    /// Drains a peer's events and inbound messages, acting on each.
+    fn drive(&mut self, key: PeerKey, now: Instant) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                return;
+            };
+            // Events first: a track's `OnOpen` is raised by the packet that also waits in
+            // the read queue, and the track must exist before that packet is forwarded.
+            if let Some(event) = peer.pc.poll_event() {
+                self.on_peer_event(key, event, now);
+                continue;
+            }
+            let Some(message) = peer.pc.poll_read() else {
+                break;
+            };
+            match message.message {
+                RTCMessage::RtpPacket(_, packet) => self.on_publisher_rtp(key, packet, now),
+                RTCMessage::RtcpPacket(_, packets) => self.on_subscriber_rtcp(key, packets, now),
+                _ => {}
+            }
+        }
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: PeerKey) {
+        if let Some(peer) = self.peers.get_mut(&key)
+            && !peer.dirty
+        {
+            peer.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn on_peer_event(&mut self, key: PeerKey, event: RTCPeerConnectionEvent, now: Instant) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    return;
+                };
+                tracing::debug!(peer = key, role = ?peer.role, %state, "connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => peer.connected = true,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        peer.connected = false;
+                        self.doomed.push((peer.session, "media connection failed"));
+                    }
+                    _ => peer.connected = false,
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.on_track_open(key, init, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Drains every dirty peer's outgoing datagrams into `out` and re-arms its timer.
+    pub fn take_transmits(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in &dirty {
+            let Some(peer) = self.peers.get_mut(key) else {
+                continue;
+            };
+            peer.dirty = false;
+            while let Some(datagram) = peer.pc.poll_write() {
+                self.transmits
+                    .push((datagram.transport.peer_addr, datagram.message));
+            }
+            let deadline = peer.pc.poll_timeout();
+            if deadline != peer.deadline {
+                peer.deadline = deadline;
+                if let Some(at) = deadline {
+                    self.timers.push(Reverse((at, *key)));
+                }
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        out.append(&mut self.transmits);
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// When the core next needs [`Self::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        let peer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match peer {
+            Some(at) if at < self.next_housekeeping => at,
+            _ => self.next_housekeeping,
+        }
+    }
+
+    /// Handles the passing of time up to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if peer.deadline != Some(at) {
+                continue; // superseded by a later deadline
+            }
+            peer.deadline = None;
+            if let Err(err) = peer.pc.handle_timeout(now) {
+                tracing::debug!(peer = key, %err, "timeout handling failed");
+            }
+            self.drive(key, now);
+            // A deadline that does not move forward would spin the loop.
+            if let Some(peer) = self.peers.get_mut(&key)
+                && let Some(next) = peer.pc.poll_timeout()
+                && next <= now
+            {
+                let later = now + Duration::from_millis(1);
+                peer.deadline = Some(later);
+                self.timers.push(Reverse((later, key)));
+            }
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.housekeeping(now);
+        }
+        self.finish_step(now);
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.send_deferred_keyframe_requests(now);
+        if now >= self.next_speaker {
+            self.next_speaker = now + SPEAKER_INTERVAL;
+            self.evaluate_speakers(now);
+        }
+        if now >= self.next_slow {
+            self.next_slow = now + Duration::from_secs(1);
+            self.release_empty_rooms(now);
+            self.demux.evict_idle(now);
+            self.update_rates(now);
+        }
+    }
+
+    fn evaluate_speakers(&mut self, now: Instant) {
+        let mut changes = Vec::new();
+        for (name, room) in &mut self.rooms {
+            if let Some(change) = room.speaker.evaluate(now) {
+                changes.push((name.clone(), change));
+            }
+        }
+        for (room, speaker) in changes {
+            let participant =
+                speaker.and_then(|s| self.sessions.get(&s).map(|s| s.participant.clone()));
+            self.broadcast(&room, None, ServerMessage::ActiveSpeaker { participant });
+        }
+    }
+
+    fn release_empty_rooms(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, room)| {
+                room.empty_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= room.spec.empty_timeout())
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            tracing::info!(room = %name, "releasing pipeline empty past its timeout");
+            self.metrics.pipelines_released_empty.inc();
+            self.release_room(&name, now);
+        }
+    }
+
+    fn update_rates(&mut self, now: Instant) {
+        let received = self.metrics.rtp_received_bytes.get();
+        let forwarded = self.metrics.rtp_forwarded_bytes.get();
+        let packets = self.metrics.rtp_forwarded_packets.get();
+        let cpu = crate::procstat::cpu_seconds().unwrap_or(0.0);
+        if let Some(at) = self.rates.at {
+            let secs = now.saturating_duration_since(at).as_secs_f64().max(1e-3);
+            let rate = |new: u64, old: u64| ((new.saturating_sub(old)) as f64 / secs) as u64;
+            self.rates.load.ingress_bps = rate(received, self.rates.received_bytes) * 8;
+            self.rates.load.egress_bps = rate(forwarded, self.rates.forwarded_bytes) * 8;
+            self.rates.load.forwarded_packets_per_second = rate(packets, self.rates.forwarded_packets);
+            self.rates.load.cpu_cores = ((cpu - self.rates.cpu_seconds) / secs).max(0.0);
+        }
+        self.rates.at = Some(now);
+        self.rates.received_bytes = received;
+        self.rates.forwarded_bytes = forwarded;
+        self.rates.forwarded_packets = packets;
+        self.rates.cpu_seconds = cpu;
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.pipelines.set(self.rooms.len() as i64);
+        self.metrics.participants.set(self.sessions.len() as i64);
+        self.metrics.tracks.set(self.tracks.len() as i64);
+        self.metrics.forwarded_streams.set(self.forwarded_streams() as i64);
+    }
+
+    fn forwarded_streams(&self) -> usize {
+        self.tracks.values().map(|t| t.downtracks.len()).sum()
+    }
+
+    /// Ends the sessions doomed during the last step.
+    fn finish_step(&mut self, now: Instant) {
+        while let Some((session, reason)) = self.doomed.pop() {
+            self.remove_session(session, now, Some(reason));
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    /// Handles one control-plane command.
+    pub fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Join {
+                request,
+                events,
+                reply,
+            } => {
+                let result = self.join(request, events, now);
+                if let Err(err) = &result {
+                    self.metrics.error(err.code);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Signal { session, message } => self.on_signal(session, message, now),
+            Command::Leave { session } => self.remove_session(session, now, None),
+            Command::PutPipeline { name, spec, reply } => {
+                let _ = reply.send(self.put_pipeline(name, spec, now));
+            }
+            Command::ListPipelines { reply } => {
+                let mut list: Vec<PipelineInfo> = self
+                    .rooms
+                    .keys()
+                    .filter_map(|name| self.pipeline_info(name, now))
+                    .collect();
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(list);
+            }
+            Command::ReleasePipeline { name, reply } => {
+                let result = if self.rooms.contains_key(&name) {
+                    self.release_room(&name, now);
+                    Ok(())
+                } else {
+                    Err(AdminError::NotFound(name))
+                };
+                let _ = reply.send(result);
+            }
+            Command::Load { reply } => {
+                let _ = reply.send(self.load());
+            }
+            Command::Drain { reply } => {
+                self.draining = true;
+                let _ = reply.send(self.load());
+            }
+            Command::Shutdown => {
+                let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+                for session in sessions {
+                    self.remove_session(session, now, Some("the shard is stopping; reconnect"));
+                }
+                self.stopped = true;
+            }
+        }
+        self.finish_step(now);
+    }
+
+    fn load(&self) -> ShardLoad {
+        ShardLoad {
+            pipelines: self.rooms.len() as u32,
+            participants: self.sessions.len() as u32,
+            tracks: self.tracks.len() as u32,
+            forwarded_streams: self.forwarded_streams() as u32,
+            draining: self.draining,
+            ..self.rates.load.clone()
+        }
+    }
+
+    fn put_pipeline(
+        &mut self,
+        name: String,
+        spec: PipelineSpec,
+        now: Instant,
+    ) -> Result<(bool, PipelineInfo), AdminError> {
+        if !crate::signal::protocol::valid_id(&name) {
+            return Err(AdminError::Invalid(
+                "name must be 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+            ));
+        }
+        spec.validate().map_err(AdminError::Invalid)?;
+        let created = match self.rooms.get_mut(&name) {
+            Some(room) => {
+                room.spec = spec;
+                false
+            }
+            None => {
+                if self.draining {
+                    return Err(AdminError::Draining);
+                }
+                if self.rooms.len() >= self.config.max_pipelines {
+                    return Err(AdminError::AtCapacity(self.config.max_pipelines));
+                }
+                self.rooms.insert(name.clone(), Room::new(spec, now));
+                true
+            }
+        };
+        self.update_gauges();
+        let info = self
+            .pipeline_info(&name, now)
+            .ok_or_else(|| AdminError::NotFound(name.clone()))?;
+        Ok((created, info))
+    }
+
+    fn pipeline_info(&self, name: &str, now: Instant) -> Option<PipelineInfo> {
+        let room = self.rooms.get(name)?;
+        Some(PipelineInfo {
+            name: name.to_owned(),
+            spec: room.spec.clone(),
+            participants: room.sessions.len() as u32,
+            tracks: room.tracks.len() as u32,
+            forwarded_streams: room
+                .tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t))
+                .map(|t| t.downtracks.len() as u32)
+                .sum(),
+            age_seconds: now.saturating_duration_since(room.created).as_secs(),
+            empty_seconds: room
+                .empty_since
+                .map(|since| now.saturating_duration_since(since).as_secs()),
+        })
+    }
+
+    fn release_room(&mut self, name: &str, now: Instant) {
+        let sessions = self
+            .rooms
+            .get(name)
+            .map(|room| room.sessions.clone())
+            .unwrap_or_default();
+        for session in sessions {
+            self.remove_session(session, now, Some("the room was released"));
+        }
+        self.rooms.remove(name);
+        self.update_gauges();
+    }
+
+    // ---------------------------------------------------------------- sessions
+
+    fn join(
+        &mut self,
+        request: JoinRequest,
+        events: mpsc::Sender<ServerMessage>,
+        now: Instant,
+    ) -> Result<SessionId, JoinError> {
+        if self.draining {
+            return Err(JoinError::new(
+                ErrorCode::ShardDraining,
+                "this shard is draining; join again to be placed elsewhere",
+            ));
+        }
+        if !self.rooms.contains_key(&request.room) {
+            match &self.config.auto_create {
+                Some(spec) if self.rooms.len() < self.config.max_pipelines => {
+                    self.rooms
+                        .insert(request.room.clone(), Room::new(spec.clone(), now));
+                }
+                _ => {
+                    return Err(JoinError::new(
+                        ErrorCode::RoomNotFound,
+                        format!("room {} is not hosted here", request.room),
+                    ));
+                }
+            }
+        }
+        let replaced = self
+            .rooms
+            .get(&request.room)
+            .and_then(|room| room.by_participant.get(&request.participant).copied());
+        if let Some(old) = replaced {
+            self.remove_session(old, now, Some("replaced by a newer session"));
+        }
+        let Some(room) = self.rooms.get(&request.room) else {
+            return Err(JoinError::new(ErrorCode::RoomNotFound, "room was released"));
+        };
+        if room.sessions.len() >= room.spec.max_participants as usize {
+            return Err(JoinError::new(
+                ErrorCode::RoomFull,
+                format!(
+                    "room {} is full ({} participants)",
+                    request.room, room.spec.max_participants
+                ),
+            ));
+        }
+        if self.sessions.len() >= self.config.max_participants {
+            return Err(JoinError::new(ErrorCode::RoomFull, "this shard is at capacity"));
+        }
+        let participants: Vec<ParticipantInfo> = room
+            .sessions
+            .iter()
+            .filter_map(|s| self.participant_info(*s))
+            .collect();
+        let existing_tracks = room.tracks.clone();
+        let id = self.key();
+        let info = ParticipantInfo {
+            id: request.participant.clone(),
+            name: request.name.clone(),
+            tracks: Vec::new(),
+        };
+        self.sessions.insert(
+            id,
+            Session {
+                participant: request.participant.clone(),
+                name: request.name,
+                room: request.room.clone(),
+                events,
+                publish: request.publish,
+                subscribe: request.subscribe,
+                publisher: None,
+                subscriber: None,
+                tracks: Vec::new(),
+            },
+        );
+        if let Some(room) = self.rooms.get_mut(&request.room) {
+            room.sessions.push(id);
+            room.by_participant.insert(request.participant.clone(), id);
+            room.empty_since = None;
+        }
+        self.send(
+            id,
+            ServerMessage::Joined {
+                room: request.room.clone(),
+                participant: request.participant,
+                participants,
+            },
+        );
+        self.broadcast(
+            &request.room,
+            Some(id),
+            ServerMessage::ParticipantJoined { participant: info },
+        );
+        if request.subscribe {
+            for track in existing_tracks {
+                self.add_downtrack(id, track, now);
+            }
+        }
+        self.update_gauges();
+        tracing::info!(session = id, room = %request.room, "participant joined");
+        Ok(id)
+    }
+
+    fn participant_info(&self, session: SessionId) -> Option<ParticipantInfo> {
+        let s = self.sessions.get(&session)?;
+        Some(ParticipantInfo {
+            id: s.participant.clone(),
+            name: s.name.clone(),
+            tracks: s
+                .tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t).map(|t| self.track_info(t)))
+                .collect(),
+        })
+    }
+
+    fn track_info(&self, track: &PublishedTrack) -> TrackInfo {
+        TrackInfo {
+            id: track.id.clone(),
+            kind: track.kind,
+            stream_id: self
+                .sessions
+                .get(&track.session)
+                .map(|s| s.participant.clone())
+                .unwrap_or_default(),
+            codec: track.codec.mime_type.clone(),
+            layers: track
+                .layers
+                .iter()
+                .filter(|l| !l.rid.is_empty())
+                .map(|l| l.rid.clone())
+                .collect(),
+            muted: track.muted,
+        }
+    }
+
+    /// Sends a message to a session; a session whose queue is full is ended.
+    fn send(&mut self, session: SessionId, message: ServerMessage) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        if let ServerMessage::Error { code, .. } = &message {
+            self.metrics.error(*code);
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = s.events.try_send(message) {
+            self.metrics.error(ErrorCode::SlowConsumer);
+            self.doomed.push((session, "slow consumer: signaling queue overflowed"));
+        }
+    }
+
+    fn send_error(&mut self, session: SessionId, code: ErrorCode, message: impl Into<String>) {
+        self.send(
+            session,
+            ServerMessage::Error {
+                code,
+                message: message.into(),
+            },
+        );
+    }
+
+    /// Sends a message to every session of a room except `except`.
+    fn broadcast(&mut self, room: &str, except: Option<SessionId>, message: ServerMessage) {
+        let Some(targets) = self.rooms.get(room).map(|r| r.sessions.clone()) else {
+            return;
+        };
+        for session in targets {
+            if Some(session) != except {
+                self.send(session, message.clone());
+            }
+        }
+    }
+
+    /// Ends a session: unpublishes its tracks, closes its connections, tells the room.
+    fn remove_session(&mut self, id: SessionId, now: Instant, reason: Option<&str>) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let room_name = session.room.clone();
+        let participant = session.participant.clone();
+        for track in session.tracks.clone() {
+            self.unpublish(track, now);
+        }
+        if let Some(room) = self.rooms.get(&room_name) {
+            for track in room.tracks.clone() {
+                if let Some(track) = self.tracks.get_mut(&track) {
+                    track.downtracks.retain(|d| d.session != id);
+                }
+            }
+        }
+        if let Some(reason) = reason {
+            self.send(
+                id,
+                ServerMessage::Left {
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        for key in [session.publisher, session.subscriber].into_iter().flatten() {
+            self.close_peer(key);
+        }
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            room.sessions.retain(|s| *s != id);
+            if room.by_participant.get(&participant) == Some(&id) {
+                room.by_participant.remove(&participant);
+            }
+            room.speaker.remove(id);
+            if room.sessions.is_empty() {
+                room.empty_since = Some(now);
+            }
+        }
+        self.broadcast(
+            &room_name,
+            None,
+            ServerMessage::ParticipantLeft { participant },
+        );
+        self.update_gauges();
+        tracing::info!(session = id, room = %room_name, reason = reason.unwrap_or("left"), "participant left");
+    }
+
+    fn close_peer(&mut self, key: PeerKey) {
+        self.demux.remove_peer(key);
+        if let Some(mut peer) = self.peers.remove(&key) {
+            // Tell the client at once (DTLS close_notify) rather than let ICE time out.
+            if peer.pc.close().is_ok() {
+                while let Some(datagram) = peer.pc.poll_write() {
+                    self.transmits
+                        .push((datagram.transport.peer_addr, datagram.message));
+                }
+            }
+        }
+    }
+
+    fn new_peer(&mut self, session: SessionId, role: PeerRole, now: Instant) -> Option<PeerKey> {
+        let built = match self.factory.build(role, now) {
+            Ok(built) => built,
+            Err(err) => {
+                tracing::error!(%err, "cannot build a peer connection");
+                self.send_error(session, ErrorCode::Internal, "cannot create a peer connection");
+                return None;
+            }
+        };
+        let key = self.key();
+        self.demux.register_ufrag(built.ufrag, key);
+        self.peers.insert(
+            key,
+            Peer {
+                pc: built.pc,
+                role,
+                session,
+                pwd: built.pwd,
+                deadline: None,
+                connected: false,
+                dirty: false,
+                incoming: HashMap::new(),
+                outgoing: HashMap::new(),
+                offer_out: false,
+                renegotiate: false,
+            },
+        );
+        self.mark_dirty(key);
+        Some(key)
+    }
+}
+
+impl Room {
+    fn new(spec: PipelineSpec, now: Instant) -> Self {
+        Self {
+            spec,
+            sessions: Vec::new(),
+            by_participant: HashMap::new(),
+            tracks: Vec::new(),
+            speaker: SpeakerDetector::default(),
+            created: now,
+            empty_since: Some(now),
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! Signaling inside the core: applying clients' descriptions, publishing tracks as their
+//! first packets arrive, and renegotiating subscriber connections as tracks come and go.
+
+use super::sdp::{cap_video_bitrate, media_sections};
+use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
+use crate::media::codec::CodecFamily;
+use crate::media::downtrack::Downtrack;
+use crate::media::keyframe::KeyframeThrottle;
+use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
+use crate::media::simulcast::rank_layers;
+use crate::peer::PeerRole;
+use crate::signal::protocol::{ClientMessage, ErrorCode, PeerTarget, ServerMessage, TrackKind};
+use super::api::SessionId;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::RTCTrackEventInit;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use std::time::Instant;
+
+impl ShardCore {
+    /// Handles a joined session's message.
+    pub(super) fn on_signal(&mut self, session: SessionId, message: ClientMessage, now: Instant) {
+        if !self.sessions.contains_key(&session) {
+            return;
+        }
+        match message {
+            ClientMessage::Join { .. } => {
+                self.send_error(session, ErrorCode::AlreadyJoined, "this session already joined");
+            }
+            ClientMessage::Offer { pc, sdp } => {
+                if pc != PeerTarget::Publisher {
+                    self.send_error(
+                        session,
+                        ErrorCode::OutOfOrder,
+                        "clients offer only on their publisher connection",
+                    );
+                } else {
+                    self.on_publisher_offer(session, sdp, now);
+                }
+            }
+            ClientMessage::Answer { pc, sdp } => {
+                if pc != PeerTarget::Subscriber {
+                    self.send_error(
+                        session,
+                        ErrorCode::OutOfOrder,
+                        "the shard offers only on the subscriber connection",
+                    );
+                } else {
+                    self.on_subscriber_answer(session, sdp, now);
+                }
+            }
+            ClientMessage::Candidate { pc, candidate, sdp_mid, sdp_m_line_index } => {
+                let key = self.sessions.get(&session).and_then(|s| match pc {
+                    PeerTarget::Publisher => s.publisher,
+                    PeerTarget::Subscriber => s.subscriber,
+                });
+                let Some(peer) = key.and_then(|k| self.peers.get_mut(&k)) else {
+                    self.send_error(session, ErrorCode::OutOfOrder, "no such connection yet");
+                    return;
+                };
+                let result = peer.pc.add_remote_candidate(RTCIceCandidateInit {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index: sdp_m_line_index,
+                    ..Default::default()
+                });
+                if let Err(err) = result {
+                    self.send_error(session, ErrorCode::SdpRejected, format!("candidate: {err}"));
+                }
+            }
+            ClientMessage::SetQuality { track, quality } => {
+                let found = self.tracks.values_mut().find(|t| t.id == track).and_then(|t| {
+                    t.downtracks.iter_mut().find(|d| d.session == session)
+                });
+                match found {
+                    Some(entry) => entry.state.set_target(quality),
+                    None => self.send_error(session, ErrorCode::TrackNotFound, "no such received track"),
+                }
+            }
+            ClientMessage::Mute { track, muted } => {
+                let owned = self
+                    .tracks
+                    .values_mut()
+                    .find(|t| t.id == track && t.session == session);
+                match owned {
+                    Some(t) => {
+                        t.muted = muted;
+                        let (room, participant) = (t.room.clone(), t.session);
+                        let participant = self
+                            .sessions
+                            .get(&participant)
+                            .map(|s| s.participant.clone())
+                            .unwrap_or_default();
+                        self.broadcast(
+                            &room,
+                            Some(session),
+                            ServerMessage::TrackMuted { participant, track, muted },
+                        );
+                    }
+                    None => self.send_error(session, ErrorCode::TrackNotFound, "no such published track"),
+                }
+            }
+            ClientMessage::Leave => {
+                self.remove_session(session, now, Some("left"));
+            }
+            ClientMessage::Ping => self.send(session, ServerMessage::Pong),
+        }
+    }
+
+    fn on_publisher_offer(&mut self, session: SessionId, sdp: String, now: Instant) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        if !s.publish {
+            self.send_error(session, ErrorCode::Forbidden, "this participant may not publish");
+            return;
+        }
+        let room = s.room.clone();
+        let key = match s.publisher {
+            Some(key) => key,
+            None => match self.new_peer(session, PeerRole::Publisher, now) {
+                Some(key) => {
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.publisher = Some(key);
+                    }
+                    key
+                }
+                None => return,
+            },
+        };
+        let (policy, cap) = match self.rooms.get(&room) {
+            Some(r) => (r.spec.media.clone(), r.spec.media.max_video_bitrate_kbps),
+            None => return,
+        };
+        let sections = media_sections(&sdp);
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let description = match RTCSessionDescription::offer(sdp) {
+            Ok(description) => description,
+            Err(err) => {
+                self.send_error(session, ErrorCode::SdpRejected, format!("offer: {err}"));
+                return;
+            }
+        };
+        if let Err(err) = peer.pc.set_remote_description(now, description) {
+            self.send_error(session, ErrorCode::SdpRejected, format!("offer: {err}"));
+            return;
+        }
+        // Media the room does not allow is answered inactive.
+        let transceivers: Vec<_> = peer.pc.get_transceivers().collect();
+        for id in transceivers {
+            let kind = peer.pc.rtp_receiver(id.into()).map(|r| r.track().kind());
+            let allowed = match kind {
+                Some(RtpCodecKind::Audio) => policy.audio,
+                Some(RtpCodecKind::Video) => policy.video,
+                _ => true,
+            };
+            if !allowed && let Some(mut transceiver) = peer.pc.rtp_transceiver(id) {
+                transceiver.set_direction(RTCRtpTransceiverDirection::Inactive);
+            }
+        }
+        let answer = peer
+            .pc
+            .create_answer(None)
+            .and_then(|answer| peer.pc.set_local_description(now, answer.clone()).map(|_| answer));
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                self.send_error(session, ErrorCode::SdpRejected, format!("answer: {err}"));
+                return;
+            }
+        };
+        let sdp = match cap {
+            Some(kbps) => cap_video_bitrate(&answer.sdp, kbps),
+            None => answer.sdp,
+        };
+        self.send(session, ServerMessage::Answer { pc: PeerTarget::Publisher, sdp });
+        self.mark_dirty(key);
+        // Tracks whose sections no longer send were removed by the publisher.
+        let still_sending: Vec<String> = sections
+            .iter()
+            .filter(|section| section.sends())
+            .filter_map(|section| section.mid.clone())
+            .collect();
+        let gone: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.peer == key)
+            .filter(|(_, t)| t.mid.as_ref().is_none_or(|mid| !still_sending.contains(mid)))
+            .map(|(k, _)| *k)
+            .collect();
+        for track in gone {
+            self.unpublish(track, now);
+        }
+    }
+
+    fn on_subscriber_answer(&mut self, session: SessionId, sdp: String, now: Instant) {
+        let key = self.sessions.get(&session).and_then(|s| s.subscriber);
+        let Some(key) = key else {
+            self.send_error(session, ErrorCode::OutOfOrder, "no offer is outstanding");
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if !peer.offer_out {
+            self.send_error(session, ErrorCode::OutOfOrder, "no offer is outstanding");
+            return;
+        }
+        let applied = RTCSessionDescription::answer(sdp)
+            .and_then(|answer| peer.pc.set_remote_description(now, answer));
+        if let Err(err) = applied {
+            self.send_error(session, ErrorCode::SdpRejected, format!("answer: {err}"));
+            return;
+        }
+        peer.offer_out = false;
+        self.mark_dirty(key);
+        self.bind_payload_types(key, session, now);
+        if let Some(peer) = self.peers.get_mut(&key)
+            && peer.renegotiate
+        {
+            peer.renegotiate = false;
+            self.send_offer(key, now);
+        }
+    }
+
+    /// After an answer, learns each new downtrack's negotiated payload type; a subscriber
+    /// that accepted none of the track's codec cannot receive it.
+    fn bind_payload_types(&mut self, key: PeerKey, session: SessionId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let mut unsupported = Vec::new();
+        for (ssrc, track_key) in &peer.outgoing {
+            let Some(track) = self.tracks.get_mut(track_key) else {
+                continue;
+            };
+            let Some(entry) = track.downtracks.iter_mut().find(|d| d.ssrc == *ssrc) else {
+                continue;
+            };
+            if entry.payload_type.is_some() {
+                continue;
+            }
+            let Some(mut sender) = peer.pc.rtp_sender(entry.sender) else {
+                continue;
+            };
+            let codecs = &sender.get_parameters().rtp_parameters.codecs;
+            let wanted = &track.codec;
+            let payload_type = codecs
+                .iter()
+                .find(|c| {
+                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)
+                        && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line
+                })
+                .or_else(|| {
+                    codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type))
+                })
+                .map(|c| c.payload_type);
+            match payload_type {
+                Some(pt) => entry.payload_type = Some(pt),
+                None => unsupported.push((*track_key, track.id.clone(), wanted.mime_type.clone())),
+            }
+        }
+        for (track_key, track_id, mime) in unsupported {
+            self.send_error(
+                session,
+                ErrorCode::CodecUnsupported,
+                format!("cannot receive track {track_id}: codec {mime} was not accepted"),
+            );
+            self.remove_downtrack(track_key, key, now);
+        }
+    }
+
+    /// Creates (or renews) an offer on a subscriber connection, unless one is out already.
+    pub(super) fn request_negotiation(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.offer_out {
+            peer.renegotiate = true;
+        } else {
+            self.send_offer(key, now);
+        }
+    }
+
+    fn send_offer(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let session = peer.session;
+        let offer = peer
+            .pc
+            .create_offer(None)
+            .and_then(|offer| peer.pc.set_local_description(now, offer.clone()).map(|_| offer));
+        match offer {
+            Ok(offer) => {
+                peer.offer_out = true;
+                self.send(session, ServerMessage::Offer { pc: PeerTarget::Subscriber, sdp: offer.sdp });
+                self.mark_dirty(key);
+            }
+            Err(err) => {
+                tracing::error!(peer = key, %err, "cannot create a subscriber offer");
+                self.send_error(session, ErrorCode::Internal, "cannot create an offer");
+            }
+        }
+    }
+
+    /// A publisher connection received the first packet of a stream.
+    pub(super) fn on_track_open(&mut self, key: PeerKey, init: RTCTrackEventInit, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.role != PeerRole::Publisher {
+            return;
+        }
+        let session = peer.session;
+        let rid = init.rid.clone().unwrap_or_default();
+        // A further layer (or a new SSRC) of a track already published.
+        let existing = self
+            .tracks
+            .iter_mut()
+            .find(|(_, t)| t.peer == key && t.source_track_id == init.track_id);
+        if let Some((track_key, track)) = existing {
+            let index = track
+                .layers
+                .iter()
+                .position(|l| l.rid == rid)
+                .unwrap_or(0);
+            if let Some(layer) = track.layers.get_mut(index) {
+                if let Some(old) = layer.ssrc.replace(init.ssrc) {
+                    peer.incoming.remove(&old);
+                }
+                layer.receiver = init.receiver_id;
+            }
+            peer.incoming.insert(init.ssrc, (*track_key, index));
+            return;
+        }
+        let Some(mut receiver) = peer.pc.rtp_receiver(init.receiver_id) else {
+            return;
+        };
+        let kind = receiver.track().kind();
+        let Some(codec) = receiver.track().codec(init.ssrc).cloned() else {
+            tracing::warn!(peer = key, ssrc = init.ssrc, "track opened without a codec");
+            return;
+        };
+        let audio_level_ext = receiver
+            .get_parameters()
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+            .and_then(|e| u8::try_from(e.id).ok());
+        let mid = peer
+            .pc
+            .rtp_transceiver(init.receiver_id.into())
+            .and_then(|t| t.mid().clone());
+        let rids: Vec<String> = peer
+            .pc
+            .remote_description()
+            .map(|d| media_sections(&d.sdp))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.mid.is_some() && s.mid == mid)
+            .map(|s| s.send_rids)
+            .unwrap_or_default();
+        let kind = match kind {
+            RtpCodecKind::Audio => TrackKind::Audio,
+            RtpCodecKind::Video => TrackKind::Video,
+            _ => return,
+        };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let room = s.room.clone();
+        let allowed = self.rooms.get(&room).is_some_and(|r| match kind {
+            TrackKind::Audio => r.spec.media.audio,
+            TrackKind::Video => r.spec.media.video,
+        });
+        if !allowed {
+            return;
+        }
+        let family = CodecFamily::from_mime(&codec.mime_type);
+        let video = family.is_video() || kind == TrackKind::Video;
+        let rid_names: Vec<&str> = if rids.is_empty() {
+            vec![""]
+        } else {
+            rids.iter().map(String::as_str).collect()
+        };
+        let ranks = rank_layers(&rid_names);
+        let layers: Vec<Layer> = rid_names
+            .iter()
+            .zip(ranks)
+            .map(|(name, rank)| Layer {
+                rid: (*name).to_owned(),
+                rank,
+                ssrc: (*name == rid.as_str() || rids.is_empty()).then_some(init.ssrc),
+                receiver: init.receiver_id,
+                last_packet: None,
+                buffer: video.then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
+                throttle: KeyframeThrottle::new(self.config.keyframe_interval),
+            })
+            .collect();
+        let layer_index = layers.iter().position(|l| l.ssrc == Some(init.ssrc)).unwrap_or(0);
+        let track_key = self.key();
+        let track = PublishedTrack {
+            id: format!("TR{}", crate::peer::random_token(12)),
+            room: room.clone(),
+            session,
+            peer: key,
+            source_track_id: init.track_id.clone(),
+            mid,
+            kind,
+            family,
+            codec,
+            layers,
+            audio_level_ext,
+            muted: false,
+            downtracks: Vec::new(),
+        };
+        let info = self.track_info(&track);
+        self.tracks.insert(track_key, track);
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.incoming.insert(init.ssrc, (track_key, layer_index));
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.tracks.push(track_key);
+        }
+        let participant = self
+            .sessions
+            .get(&session)
+            .map(|s| s.participant.clone())
+            .unwrap_or_default();
+        let subscribers: Vec<SessionId> = match self.rooms.get_mut(&room) {
+            Some(r) => {
+                r.tracks.push(track_key);
+                r.sessions.iter().copied().filter(|s| *s != session).collect()
+            }
+            None => Vec::new(),
+        };
+        tracing::info!(session, track = %info.id, kind = ?info.kind, codec = %info.codec, layers = info.layers.len(), "track published");
+        self.broadcast(
+            &room,
+            Some(session),
+            ServerMessage::TrackPublished { participant, track: info },
+        );
+        for subscriber in subscribers {
+            self.add_downtrack(subscriber, track_key, now);
+        }
+        self.update_gauges();
+    }
+
+    /// Starts forwarding a track to a session's subscriber connection.
+    pub(super) fn add_downtrack(&mut self, session: SessionId, track_key: TrackKey, now: Instant) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        if !s.subscribe {
+            return;
+        }
+        let Some(publisher) = self.tracks.get(&track_key).map(|t| t.session) else {
+            return;
+        };
+        if publisher == session {
+            return;
+        }
+        let key = match s.subscriber {
+            Some(key) => key,
+            None => match self.new_peer(session, PeerRole::Subscriber, now) {
+                Some(key) => {
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.subscriber = Some(key);
+                    }
+                    key
+                }
+                None => return,
+            },
+        };
+        let stream_id = self
+            .sessions
+            .get(&publisher)
+            .map(|s| s.participant.clone())
+            .unwrap_or_default();
+        let (Some(peer), Some(track)) = (self.peers.get_mut(&key), self.tracks.get(&track_key))
+        else {
+            return;
+        };
+        let mut ssrc = rand::random::<u32>();
+        while ssrc == 0 || peer.outgoing.contains_key(&ssrc) {
+            ssrc = rand::random::<u32>();
+        }
+        let kind = match track.kind {
+            TrackKind::Audio => RtpCodecKind::Audio,
+            TrackKind::Video => RtpCodecKind::Video,
+        };
+        let media = MediaStreamTrack::new(
+            stream_id,
+            track.id.clone(),
+            track.id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: track.codec.clone(),
+                active: true,
+                ..Default::default()
+            }],
+        );
+        let sender = match peer.pc.add_track(media) {
+            Ok(sender) => sender,
+            Err(err) => {
+                tracing::warn!(peer = key, %err, "cannot add a track to a subscriber");
+                self.send_error(session, ErrorCode::Internal, "cannot add track");
+                return;
+            }
+        };
+        peer.outgoing.insert(ssrc, track_key);
+        let video = track.kind == TrackKind::Video;
+        let clock_rate = track.codec.clock_rate;
+        if let Some(track) = self.tracks.get_mut(&track_key) {
+            track.downtracks.push(DowntrackEntry {
+                peer: key,
+                session,
+                sender,
+                ssrc,
+                payload_type: None,
+                state: Downtrack::new(video, clock_rate),
+                fraction_lost: 0,
+            });
+        }
+        self.request_negotiation(key, now);
+    }
+
+    /// Stops forwarding a track to one subscriber connection.
+    fn remove_downtrack(&mut self, track_key: TrackKey, peer_key: PeerKey, now: Instant) {
+        let Some(track) = self.tracks.get_mut(&track_key) else {
+            return;
+        };
+        let Some(index) = track.downtracks.iter().position(|d| d.peer == peer_key) else {
+            return;
+        };
+        let entry = track.downtracks.swap_remove(index);
+        if let Some(peer) = self.peers.get_mut(&peer_key) {
+            peer.outgoing.remove(&entry.ssrc);
+            if let Err(err) = peer.pc.remove_track(entry.sender) {
+                tracing::debug!(peer = peer_key, %err, "remove_track failed");
+            }
+            self.request_negotiation(peer_key, now);
+        }
+    }
+
+    /// Removes a published track from the room and from every subscriber.
+    pub(super) fn unpublish(&mut self, track_key: TrackKey, now: Instant) {
+        let Some(track) = self.tracks.remove(&track_key) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&track.peer) {
+            peer.incoming.retain(|_, (t, _)| *t != track_key);
+        }
+        if let Some(s) = self.sessions.get_mut(&track.session) {
+            s.tracks.retain(|t| *t != track_key);
+        }
+        if let Some(room) = self.rooms.get_mut(&track.room) {
+            room.tracks.retain(|t| *t != track_key);
+        }
+        for entry in &track.downtracks {
+            if let Some(peer) = self.peers.get_mut(&entry.peer) {
+                peer.outgoing.remove(&entry.ssrc);
+                if let Err(err) = peer.pc.remove_track(entry.sender) {
+                    tracing::debug!(peer = entry.peer, %err, "remove_track failed");
+                }
+                self.request_negotiation(entry.peer, now);
+            }
+        }
+        let participant = self
+            .sessions
+            .get(&track.session)
+            .map(|s| s.participant.clone())
+            .unwrap_or_default();
+        tracing::info!(track = %track.id, "track unpublished");
+        self.broadcast(
+            &track.room,
+            Some(track.session),
+            ServerMessage::TrackUnpublished { participant, track: track.id },
+        );
+        self.update_gauges();
+    }
+}

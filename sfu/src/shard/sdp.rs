@@ -1,0 +1,153 @@
+//! Reading what the shard needs from a client's SDP, and the one edit it makes to its own.
+//!
+//! The `rtc` stack applies descriptions; these helpers answer the questions it does not:
+//! which media sections a publisher still sends on after a renegotiation (so removed
+//! tracks can be unpublished), which simulcast layers a section announces, and how to cap
+//! a publisher's video bitrate (`b=AS`/`b=TIAS` in the answer, which browsers honour as a
+//! send limit).
+
+/// Direction attribute of a media section, from the side that wrote the SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `a=sendrecv` (also the default when none is given).
+    SendRecv,
+    /// `a=sendonly`.
+    SendOnly,
+    /// `a=recvonly`.
+    RecvOnly,
+    /// `a=inactive`.
+    Inactive,
+}
+
+/// The parts of one `m=` section the shard uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaSection {
+    /// `audio`, `video` or `application`.
+    pub kind: String,
+    /// The port; 0 marks a rejected or stopped section.
+    pub port: u16,
+    /// The `a=mid` value.
+    pub mid: Option<String>,
+    /// The direction.
+    pub direction: Direction,
+    /// Rids of `a=rid:<id> send` lines, in order.
+    pub send_rids: Vec<String>,
+}
+
+impl MediaSection {
+    /// Whether the writer of the SDP sends media in this section.
+    pub fn sends(&self) -> bool {
+        self.port != 0 && matches!(self.direction, Direction::SendRecv | Direction::SendOnly)
+    }
+}
+
+/// Splits an SDP into its media sections. Unknown lines are ignored; nothing panics on
+/// malformed input (a section without a parsable port gets port 0).
+pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
+    let mut sections: Vec<MediaSection> = Vec::new();
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("m=") {
+            let mut fields = rest.split_whitespace();
+            let kind = fields.next().unwrap_or_default().to_owned();
+            let port = fields
+                .next()
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            sections.push(MediaSection {
+                kind,
+                port,
+                mid: None,
+                direction: Direction::SendRecv,
+                send_rids: Vec::new(),
+            });
+            continue;
+        }
+        let Some(section) = sections.last_mut() else {
+            continue;
+        };
+        if let Some(mid) = line.strip_prefix("a=mid:") {
+            section.mid = Some(mid.trim().to_owned());
+        } else if line == "a=sendrecv" {
+            section.direction = Direction::SendRecv;
+        } else if line == "a=sendonly" {
+            section.direction = Direction::SendOnly;
+        } else if line == "a=recvonly" {
+            section.direction = Direction::RecvOnly;
+        } else if line == "a=inactive" {
+            section.direction = Direction::Inactive;
+        } else if let Some(rid) = line.strip_prefix("a=rid:") {
+            let mut parts = rid.split_whitespace();
+            if let (Some(id), Some("send")) = (parts.next(), parts.next()) {
+                section.send_rids.push(id.to_owned());
+            }
+        }
+    }
+    sections
+}
+
+/// Adds a bandwidth limit to every video section of an SDP the shard sends.
+pub fn cap_video_bitrate(sdp: &str, kbps: u32) -> String {
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut in_video = false;
+    let mut capped = false;
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if bare.starts_with("m=") {
+            in_video = bare.starts_with("m=video");
+            capped = false;
+        }
+        if in_video && bare.starts_with("b=") {
+            // Replace any existing limit with ours.
+            continue;
+        }
+        out.push_str(line);
+        if in_video && !capped && bare.starts_with("c=") {
+            out.push_str(&format!("b=AS:{kbps}\r\nb=TIAS:{}\r\n", u64::from(kbps) * 1000));
+            capped = true;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\nb=AS:5000\r\na=mid:1\r\na=sendonly\r\n\
+a=rid:f send\r\na=rid:h send\r\na=rid:q send\r\na=simulcast:send f;h;q\r\n\
+m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=inactive\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n";
+
+    #[test]
+    fn reads_sections_mids_directions_and_rids() {
+        let sections = media_sections(OFFER);
+        assert_eq!(sections.len(), 4);
+        assert_eq!(sections[0].mid.as_deref(), Some("0"));
+        assert!(sections[0].sends());
+        assert_eq!(sections[1].send_rids, vec!["f", "h", "q"]);
+        assert!(sections[1].sends());
+        assert!(!sections[2].sends());
+        assert_eq!(sections[2].port, 0);
+        assert!(!sections[3].sends());
+    }
+
+    #[test]
+    fn tolerates_garbage() {
+        assert!(media_sections("").is_empty());
+        assert!(media_sections("a=mid:0\nm=\nm=video x\n").iter().all(|s| s.port == 0));
+    }
+
+    #[test]
+    fn caps_only_video_sections_and_replaces_existing_limits() {
+        let capped = cap_video_bitrate(OFFER, 800);
+        assert_eq!(capped.matches("b=AS:800\r\n").count(), 2);
+        assert!(!capped.contains("b=AS:5000"));
+        let audio_part = &capped[capped.find("m=audio").unwrap()..capped.find("m=video").unwrap()];
+        assert!(!audio_part.contains("b=AS"));
+        assert!(capped.contains("b=TIAS:800000\r\n"));
+    }
+}
