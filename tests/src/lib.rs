@@ -1,0 +1,8 @@
+//! Test peers, shard harnesses and synthetic media shared by Tutti's cross-component
+//! tests and the `tutti-bench` load generator.
+
+pub mod admin;
+pub mod participant;
+pub mod shard;
+pub mod signal_client;
+pub mod synth;

@@ -1,0 +1,685 @@
+//! A test participant: a real WebRTC peer (the async `webrtc` crate, DTLS-SRTP) that joins
+//! a shard room through its signaling endpoint, publishes synthetic Opus and VP8, and
+//! records everything it receives.
+//!
+//! The publisher answers keyframe requests the way an encoder does (the next frame is a
+//! key frame), so tests observe PLI forwarding as a user would: a key frame arriving.
+
+use crate::signal_client::{Outgoing, SignalClient};
+use crate::synth::{self, Epoch, OpusSource, Vp8Source};
+use anyhow::{Context, Result, bail};
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Notify, watch};
+use tutti_sfu::signal::protocol::{ClientMessage, PeerTarget, ServerMessage};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::rtp_transceiver::RtpSender;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, Slot, register_default_interceptors,
+};
+
+/// What a participant does.
+#[derive(Debug, Clone)]
+pub struct ParticipantConfig {
+    /// Room to join.
+    pub room: String,
+    /// Participant id.
+    pub id: String,
+    /// Publish synthetic Opus.
+    pub audio: bool,
+    /// Publish synthetic VP8.
+    pub video: bool,
+    /// Receive others' tracks.
+    pub subscribe: bool,
+    /// Video bitrate in bit/s.
+    pub video_bitrate: u64,
+    /// Key frame interval of the video source.
+    pub keyframe_interval: Duration,
+    /// Keep every received packet's sequence number and index (correctness tests).
+    pub record_packets: bool,
+    /// Shared epoch for send timestamps (latency measurement in one process).
+    pub epoch: Epoch,
+}
+
+impl ParticipantConfig {
+    /// A participant publishing audio and video and subscribing.
+    pub fn new(room: &str, id: &str) -> Self {
+        Self {
+            room: room.to_owned(),
+            id: id.to_owned(),
+            audio: true,
+            video: true,
+            subscribe: true,
+            video_bitrate: 1_000_000,
+            keyframe_interval: Duration::from_secs(2),
+            record_packets: true,
+            epoch: Epoch::default(),
+        }
+    }
+}
+
+/// One received packet, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// Sequence number on the wire.
+    pub seq: u16,
+    /// Index in the synthetic stream.
+    pub index: u32,
+    /// Whether the payload bytes were intact.
+    pub intact: bool,
+    /// Whether it started a key frame.
+    pub keyframe: bool,
+}
+
+/// Everything received on one track.
+#[derive(Debug, Default, Clone)]
+pub struct TrackRecord {
+    /// Audio or video.
+    pub video: bool,
+    /// Packets received.
+    pub packets: u64,
+    /// Packets with the synthetic trailer missing or bytes altered.
+    pub corrupt: u64,
+    /// Key frames received.
+    pub keyframes: u64,
+    /// When the first packet arrived.
+    pub first_at: Option<Instant>,
+    /// Whether the first packet started a key frame.
+    pub first_was_keyframe: Option<bool>,
+    /// When the last key frame started arriving.
+    pub last_keyframe_at: Option<Instant>,
+    /// When the last packet arrived.
+    pub last_at: Option<Instant>,
+    /// The synthetic streams seen on this track.
+    pub streams: HashSet<u32>,
+    /// Every packet (when recording).
+    pub log: Vec<Received>,
+    /// Send-to-receive latencies in ns (when recording latency).
+    pub latencies_ns: Vec<u64>,
+}
+
+/// What a publisher sent.
+#[derive(Debug, Default)]
+pub struct SentCounters {
+    /// Audio packets.
+    pub audio_packets: AtomicU64,
+    /// Video packets.
+    pub video_packets: AtomicU64,
+    /// Keyframe requests (PLI) that reached this publisher.
+    pub plis: AtomicU64,
+    /// Key frames sent.
+    pub keyframes: AtomicU64,
+}
+
+struct Shared {
+    config: ParticipantConfig,
+    records: Mutex<HashMap<String, TrackRecord>>,
+    remote_tracks: Mutex<HashMap<String, Arc<dyn TrackRemote>>>,
+    events: Mutex<Vec<ServerMessage>>,
+    changed: Notify,
+    sent: SentCounters,
+    publisher_state: watch::Sender<RTCPeerConnectionState>,
+    subscriber_state: watch::Sender<RTCPeerConnectionState>,
+    record_latency: bool,
+}
+
+/// Marks PLIs so they reach the application (the synthetic encoder reacts to them).
+#[derive(Default)]
+struct DeliverPli {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverPli {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet
+            && packets
+                .iter()
+                .any(|p| p.as_any().is::<PictureLossIndication>())
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for DeliverPli {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+    publisher: bool,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let tx = if self.publisher {
+            &self.shared.publisher_state
+        } else {
+            &self.shared.subscriber_state
+        };
+        let _ = tx.send(state);
+        self.shared.changed.notify_waiters();
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let shared = self.shared.clone();
+        tokio::spawn(read_track(shared, track));
+    }
+}
+
+async fn read_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
+    let id = track.track_id().await;
+    let video = track.kind().await == RtpCodecKind::Video;
+    shared
+        .remote_tracks
+        .lock()
+        .await
+        .insert(id.clone(), track.clone());
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            continue;
+        };
+        let now = Instant::now();
+        let received_ns = shared.config.epoch.now_ns();
+        let keyframe = video && synth::vp8_is_keyframe(&packet.payload);
+        let probe = synth::probe(&packet.payload, synth::header_len(video, &packet.payload));
+        let mut records = shared.records.lock().await;
+        let record = records.entry(id.clone()).or_default();
+        record.video = video;
+        record.packets += 1;
+        record.first_at.get_or_insert(now);
+        record.first_was_keyframe.get_or_insert(keyframe);
+        record.last_at = Some(now);
+        if keyframe {
+            record.keyframes += 1;
+            record.last_keyframe_at = Some(now);
+        }
+        match probe {
+            Some(probe) => {
+                if !probe.intact {
+                    record.corrupt += 1;
+                }
+                record.streams.insert(probe.stream);
+                if shared.config.record_packets {
+                    record.log.push(Received {
+                        seq: packet.header.sequence_number,
+                        index: probe.index,
+                        intact: probe.intact,
+                        keyframe,
+                    });
+                }
+                if shared.record_latency {
+                    record
+                        .latencies_ns
+                        .push(received_ns.saturating_sub(probe.sent_ns));
+                }
+            }
+            None => record.corrupt += 1,
+        }
+        drop(records);
+        shared.changed.notify_waiters();
+    }
+}
+
+/// A joined participant.
+pub struct Participant {
+    /// Its id.
+    pub id: String,
+    shared: Arc<Shared>,
+    signal: Option<SignalClient>,
+    signal_tx: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    publisher: Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
+    subscriber: Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn engine() -> Result<(MediaEngine, Registry)> {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs()?;
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+        .with(Slot::from(500), DeliverPli::default());
+    Ok((media_engine, registry))
+}
+
+async fn build_pc(shared: &Arc<Shared>, publisher: bool) -> Result<Arc<dyn PeerConnection>> {
+    let (media_engine, registry) = engine()?;
+    let pc = PeerConnectionBuilder::new()
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Handler {
+            shared: shared.clone(),
+            publisher,
+        }))
+        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+impl Participant {
+    /// Connects, joins and (if configured) starts publishing.
+    pub async fn join(url: &str, token: &str, config: ParticipantConfig) -> Result<Self> {
+        Self::join_with(url, token, config, false).await
+    }
+
+    /// Like [`Self::join`], keeping send-to-receive latencies of every packet.
+    pub async fn join_with(
+        url: &str,
+        token: &str,
+        config: ParticipantConfig,
+        record_latency: bool,
+    ) -> Result<Self> {
+        let mut signal = SignalClient::connect(url, token).await?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            records: Mutex::new(HashMap::new()),
+            remote_tracks: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            sent: SentCounters::default(),
+            publisher_state: watch::channel(RTCPeerConnectionState::New).0,
+            subscriber_state: watch::channel(RTCPeerConnectionState::New).0,
+            record_latency,
+        });
+        signal.send(ClientMessage::Join {
+            room: config.room.clone(),
+            participant: config.id.clone(),
+            name: Some(config.id.clone()),
+            publish: Some(config.audio || config.video),
+            subscribe: Some(config.subscribe),
+        });
+        let joined = tokio::time::timeout(Duration::from_secs(10), signal.rx.recv())
+            .await
+            .context("join timed out")?
+            .context("signaling closed during join")?;
+        match &joined {
+            ServerMessage::Joined { .. } => {}
+            ServerMessage::Error { code, message } => bail!("join refused: {code:?} {message}"),
+            other => bail!("unexpected reply to join: {other:?}"),
+        }
+        shared.events.lock().await.push(joined);
+        let signal_tx = signal.tx.clone();
+        let publisher: Arc<Mutex<Option<Arc<dyn PeerConnection>>>> = Arc::new(Mutex::new(None));
+        let subscriber: Arc<Mutex<Option<Arc<dyn PeerConnection>>>> = Arc::new(Mutex::new(None));
+        let mut rx = std::mem::replace(&mut signal.rx, tokio::sync::mpsc::unbounded_channel().1);
+        let mut tasks = Vec::new();
+        {
+            let (shared, publisher, subscriber, signal_tx) = (
+                shared.clone(),
+                publisher.clone(),
+                subscriber.clone(),
+                signal_tx.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while let Some(message) = rx.recv().await {
+                    if let Err(err) =
+                        on_server_message(&shared, &publisher, &subscriber, &signal_tx, &message).await
+                    {
+                        tracing::warn!(%err, "participant signaling step failed");
+                    }
+                    shared.events.lock().await.push(message);
+                    shared.changed.notify_waiters();
+                }
+            }));
+        }
+        let mut participant = Self {
+            id: config.id.clone(),
+            shared: shared.clone(),
+            signal: Some(signal),
+            signal_tx,
+            publisher,
+            subscriber,
+            tasks,
+        };
+        if config.audio || config.video {
+            participant.publish().await?;
+        }
+        Ok(participant)
+    }
+
+    async fn publish(&mut self) -> Result<()> {
+        let pc = build_pc(&self.shared, true).await?;
+        let config = &self.shared.config;
+        let mut senders = Vec::new();
+        if config.audio {
+            let ssrc = rand::random::<u32>() | 1;
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                format!("{}-stream", config.id),
+                format!("{}-audio", config.id),
+                "audio".into(),
+                RtpCodecKind::Audio,
+                vec![encoding(ssrc, "audio/opus", 48_000, 2)],
+            )));
+            let sender = pc.add_track(track.clone()).await?;
+            senders.push((track, sender, ssrc, false));
+        }
+        if config.video {
+            let ssrc = rand::random::<u32>() | 1;
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                format!("{}-stream", config.id),
+                format!("{}-video", config.id),
+                "video".into(),
+                RtpCodecKind::Video,
+                vec![encoding(ssrc, "video/VP8", 90_000, 0)],
+            )));
+            let sender = pc.add_track(track.clone()).await?;
+            senders.push((track, sender, ssrc, true));
+        }
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer.clone()).await?;
+        *self.publisher.lock().await = Some(pc.clone());
+        let _ = self.signal_tx.send(Outgoing::Message(ClientMessage::Offer {
+            pc: PeerTarget::Publisher,
+            sdp: offer.sdp,
+        }));
+        for (track, sender, ssrc, video) in senders {
+            let shared = self.shared.clone();
+            let stream = stream_id(&config.id, video);
+            self.tasks
+                .push(tokio::spawn(pump(shared, track, sender, ssrc, video, stream)));
+        }
+        Ok(())
+    }
+
+    /// Waits until the publisher connection is connected.
+    pub async fn wait_publishing(&self, timeout: Duration) -> Result<()> {
+        let mut rx = self.shared.publisher_state.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s == RTCPeerConnectionState::Connected))
+            .await
+            .context("publisher did not connect in time")??;
+        Ok(())
+    }
+
+    /// Waits until `predicate` holds over this participant's records, or fails after `timeout`.
+    pub async fn wait_for<F>(&self, timeout: Duration, what: &str, mut predicate: F) -> Result<()>
+    where
+        F: FnMut(&HashMap<String, TrackRecord>, &[ServerMessage]) -> bool,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let records = self.shared.records.lock().await;
+                let events = self.shared.events.lock().await;
+                if predicate(&records, &events) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                bail!("{}: timed out waiting for {what}", self.id);
+            }
+        }
+    }
+
+    /// A snapshot of what was received, by track id.
+    pub async fn records(&self) -> HashMap<String, TrackRecord> {
+        self.shared.records.lock().await.clone()
+    }
+
+    /// Every signaling message received so far.
+    pub async fn events(&self) -> Vec<ServerMessage> {
+        self.shared.events.lock().await.clone()
+    }
+
+    /// What this participant sent.
+    pub fn sent(&self) -> &SentCounters {
+        &self.shared.sent
+    }
+
+    /// Sends a keyframe request (PLI) for a received track.
+    pub async fn request_keyframe(&self, track_id: &str) -> Result<()> {
+        let track = self
+            .shared
+            .remote_tracks
+            .lock()
+            .await
+            .get(track_id)
+            .cloned()
+            .context("no such received track")?;
+        let ssrc = *track.ssrcs().await.first().context("track without ssrc")?;
+        track
+            .write_rtcp(vec![Box::new(PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            })])
+            .await?;
+        Ok(())
+    }
+
+    /// Sends a raw signaling message.
+    pub fn send(&self, message: ClientMessage) {
+        let _ = self.signal_tx.send(Outgoing::Message(message));
+    }
+
+    /// Leaves politely and closes the connections.
+    pub async fn leave(mut self) {
+        self.send(ClientMessage::Leave);
+        for pc in [self.publisher.lock().await.take(), self.subscriber.lock().await.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = pc.close().await;
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Vanishes the way a crashed process does: signaling dropped without a word, media
+    /// stopped, connections abandoned without closing.
+    pub async fn kill(mut self) {
+        if let Some(signal) = self.signal.take() {
+            signal.kill();
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        // Leak the connections' handles' close: the driver stops when they drop, which
+        // sends nothing the shard would treat as a goodbye beyond the socket going quiet.
+        self.publisher.lock().await.take();
+        self.subscriber.lock().await.take();
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The synthetic stream id of a participant's audio or video.
+pub fn stream_id(participant: &str, video: bool) -> u32 {
+    let mut hash: u32 = 2_166_136_261;
+    for byte in participant.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(16_777_619);
+    }
+    (hash & !1) | u32::from(video)
+}
+
+fn encoding(ssrc: u32, mime: &str, clock_rate: u32, channels: u16) -> RTCRtpEncodingParameters {
+    RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(ssrc),
+            ..Default::default()
+        },
+        codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn on_server_message(
+    shared: &Arc<Shared>,
+    publisher: &Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
+    subscriber: &Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
+    signal_tx: &tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    message: &ServerMessage,
+) -> Result<()> {
+    match message {
+        ServerMessage::Answer { sdp, .. } => {
+            let pc = publisher.lock().await.clone().context("answer without publisher")?;
+            pc.set_remote_description(RTCSessionDescription::answer(sdp.clone())?)
+                .await?;
+        }
+        ServerMessage::Offer { sdp, .. } => {
+            let mut slot = subscriber.lock().await;
+            let pc = match slot.as_ref() {
+                Some(pc) => pc.clone(),
+                None => {
+                    let pc = build_pc(shared, false).await?;
+                    *slot = Some(pc.clone());
+                    pc
+                }
+            };
+            drop(slot);
+            pc.set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
+                .await?;
+            let answer = pc.create_answer(None).await?;
+            pc.set_local_description(answer.clone()).await?;
+            let _ = signal_tx.send(Outgoing::Message(ClientMessage::Answer {
+                pc: PeerTarget::Subscriber,
+                sdp: answer.sdp,
+            }));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sends synthetic media on one track once the publisher connection is up.
+async fn pump(
+    shared: Arc<Shared>,
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    video: bool,
+    stream: u32,
+) {
+    let mut state = shared.publisher_state.subscribe();
+    if state
+        .wait_for(|s| *s == RTCPeerConnectionState::Connected)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // The negotiated payload type of this track's codec.
+    let mime = if video { "video/vp8" } else { "audio/opus" };
+    let payload_type = sender.get_parameters().await.ok().and_then(|parameters| {
+        parameters
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+            .map(|c| c.payload_type)
+    });
+    let Some(payload_type) = payload_type else {
+        tracing::warn!("no negotiated payload type for {mime}");
+        return;
+    };
+    // PLIs from the shard make the next frame a key frame.
+    let source = Arc::new(std::sync::Mutex::new(Vp8Source::new(
+        stream,
+        shared.config.video_bitrate,
+        shared.config.keyframe_interval,
+    )));
+    if video {
+        let (track, source, shared) = (track.clone(), source.clone(), shared.clone());
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(packets) = event
+                    && packets.iter().any(|p| p.as_any().is::<PictureLossIndication>())
+                {
+                    shared.sent.plis.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut source) = source.lock() {
+                        source.request_keyframe();
+                    }
+                }
+            }
+        });
+    }
+    let mut audio = OpusSource::new(stream);
+    let mut seq: u16 = rand::random();
+    let interval = if video { Vp8Source::INTERVAL } else { OpusSource::INTERVAL };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    loop {
+        ticker.tick().await;
+        let sent_ns = shared.config.epoch.now_ns();
+        let packets = if video {
+            match source.lock() {
+                Ok(mut source) => source.next_frame(sent_ns),
+                Err(_) => return,
+            }
+        } else {
+            vec![audio.next(sent_ns)]
+        };
+        for p in packets {
+            let packet = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: p.marker,
+                    payload_type,
+                    sequence_number: seq,
+                    timestamp: p.timestamp,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: p.payload,
+            };
+            seq = seq.wrapping_add(1);
+            if track.write_rtp(packet).await.is_err() {
+                return;
+            }
+            let counter = if video { &shared.sent.video_packets } else { &shared.sent.audio_packets };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if p.keyframe {
+                shared.sent.keyframes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

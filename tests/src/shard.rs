@@ -1,0 +1,135 @@
+//! Starting shards for tests: in this process, or as a child process whose CPU time is
+//! its own (for the benchmark).
+
+use crate::admin::AdminClient;
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tutti_sfu::server::{RunningShard, ShardOptions, start};
+use tutti_sfu::shard::CoreConfig;
+
+/// The tokens every test shard uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// The signaling token every test shard uses.
+pub const SIGNAL_TOKEN: &str = "test-signal-token-0123456789abcdef";
+
+/// A shard running inside the test process, on loopback with free ports.
+pub struct TestShard {
+    /// The running shard.
+    pub shard: RunningShard,
+    /// Its admin client.
+    pub admin: AdminClient,
+}
+
+impl TestShard {
+    /// Starts a shard with default settings.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a shard after letting `configure` adjust its core settings.
+    pub async fn start_with(configure: impl FnOnce(&mut CoreConfig)) -> Result<Self> {
+        let udp: SocketAddr = "127.0.0.1:0".parse()?;
+        let mut core = CoreConfig::new(udp);
+        configure(&mut core);
+        let shard = start(ShardOptions {
+            http: "127.0.0.1:0".parse()?,
+            udp,
+            advertise_ip: None,
+            advertise_port: None,
+            admin_token: ADMIN_TOKEN.into(),
+            signal_token: SIGNAL_TOKEN.into(),
+            core,
+        })
+        .await?;
+        let admin = AdminClient::new(shard.http_addr, ADMIN_TOKEN);
+        Ok(Self { shard, admin })
+    }
+
+    /// The signaling WebSocket URL.
+    pub fn signal_url(&self) -> String {
+        format!("ws://{}/v1/signal", self.shard.http_addr)
+    }
+}
+
+/// A shard running as a child process.
+pub struct ChildShard {
+    child: tokio::process::Child,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Its admin client.
+    pub admin: AdminClient,
+}
+
+impl ChildShard {
+    /// Starts `binary` (the `tutti-sfu` executable), optionally pinned to `cpu`, and waits
+    /// for it to report its addresses.
+    pub async fn spawn(binary: &std::path::Path, cpu: Option<usize>) -> Result<Self> {
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(binary);
+                c
+            }
+            None => tokio::process::Command::new(binary),
+        };
+        command
+            .args(["--http", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+            .env("TUTTI_SFU_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TUTTI_SFU_SIGNAL_TOKEN", SIGNAL_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().with_context(|| format!("spawn {}", binary.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let http = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                // "tutti-sfu: http://ADDR (signaling ...".
+                if let Some(rest) = line.strip_prefix("tutti-sfu: http://")
+                    && let Some(addr) = rest.split_whitespace().next()
+                {
+                    return Ok::<_, anyhow::Error>(addr.parse::<SocketAddr>()?);
+                }
+            }
+            bail!("shard exited before reporting its address")
+        })
+        .await
+        .context("shard start timed out")??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            http,
+            admin: AdminClient::new(http, ADMIN_TOKEN),
+        })
+    }
+
+    /// The signaling WebSocket URL.
+    pub fn signal_url(&self) -> String {
+        format!("ws://{}/v1/signal", self.http)
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops the child.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// CPU seconds and resident bytes of a process, from `/proc/<pid>`.
+pub fn process_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((
+        tutti_sfu::procstat::cpu_seconds_of(&stat)?,
+        tutti_sfu::procstat::rss_bytes_of(&status)?,
+    ))
+}
