@@ -111,6 +111,69 @@ pub struct TrackRecord {
     pub latencies_ns: Vec<u64>,
 }
 
+/// How completely one track arrived, judged from its packet log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Delivery {
+    /// Packets the sender sent from the first one received to the last one sent.
+    pub expected: u64,
+    /// Distinct packets of that range received.
+    pub received: u64,
+    /// `received / expected`.
+    pub ratio: f64,
+    /// Whether, sorted by sequence number, the packets are in the order they were sent.
+    pub in_order: bool,
+    /// Whether every payload arrived byte-identical.
+    pub intact: bool,
+    /// Whether the sequence numbers have no holes (nothing dropped or renumbered).
+    pub contiguous: bool,
+}
+
+impl TrackRecord {
+    /// Judges delivery given how many packets the sender sent in all (its last index + 1).
+    pub fn delivery(&self, sent: u64) -> Delivery {
+        let Some(first) = self.log.iter().map(|r| r.index).min() else {
+            return Delivery {
+                expected: sent,
+                received: 0,
+                ratio: 0.0,
+                in_order: false,
+                intact: false,
+                contiguous: false,
+            };
+        };
+        let distinct: HashSet<u32> = self.log.iter().map(|r| r.index).collect();
+        let expected = sent.saturating_sub(u64::from(first)).max(1);
+        let received = distinct.len() as u64;
+        // Unwrap sequence numbers relative to the first packet, then sort by them.
+        let base = self.log[0].seq;
+        let mut by_seq: Vec<(i64, u32)> = self
+            .log
+            .iter()
+            .map(|r| (i64::from(r.seq.wrapping_sub(base) as i16), r.index))
+            .collect();
+        let mut unwrapped = 0i64;
+        let mut previous = base;
+        for (slot, r) in by_seq.iter_mut().zip(&self.log) {
+            unwrapped += i64::from(r.seq.wrapping_sub(previous) as i16);
+            previous = r.seq;
+            slot.0 = unwrapped;
+        }
+        by_seq.sort();
+        by_seq.dedup();
+        let in_order = by_seq.windows(2).all(|w| w[0].1 < w[1].1);
+        let contiguous = by_seq.windows(2).all(|w| w[1].0 - w[0].0 == 1)
+            && by_seq.windows(2).all(|w| w[1].1 - w[0].1 == 1);
+        Delivery {
+            expected,
+            received,
+            ratio: received as f64 / expected as f64,
+            in_order,
+            intact: self.corrupt == 0 && self.log.iter().all(|r| r.intact),
+            contiguous,
+        }
+    }
+}
+
 /// What a publisher sent.
 #[derive(Debug, Default)]
 pub struct SentCounters {
@@ -267,6 +330,7 @@ pub struct Participant {
     publisher: Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
     subscriber: Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn engine() -> Result<(MediaEngine, Registry)> {
@@ -366,6 +430,7 @@ impl Participant {
             publisher,
             subscriber,
             tasks,
+            pumps: Vec::new(),
         };
         if config.audio || config.video {
             participant.publish().await?;
@@ -411,7 +476,7 @@ impl Participant {
         for (track, sender, ssrc, video) in senders {
             let shared = self.shared.clone();
             let stream = stream_id(&config.id, video);
-            self.tasks
+            self.pumps
                 .push(tokio::spawn(pump(shared, track, sender, ssrc, video, stream)));
         }
         Ok(())
@@ -484,6 +549,24 @@ impl Participant {
         Ok(())
     }
 
+    /// Stops sending media (the connections stay up). Returns the packets sent on the
+    /// audio and video streams: their last synthetic indices plus one.
+    pub async fn stop_media(&mut self) -> (u64, u64) {
+        for pump in self.pumps.drain(..) {
+            pump.abort();
+            let _ = pump.await;
+        }
+        (
+            self.shared.sent.audio_packets.load(Ordering::SeqCst),
+            self.shared.sent.video_packets.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The synthetic stream ids this participant publishes: (audio, video).
+    pub fn stream_ids(&self) -> (u32, u32) {
+        (stream_id(&self.id, false), stream_id(&self.id, true))
+    }
+
     /// Sends a raw signaling message.
     pub fn send(&self, message: ClientMessage) {
         let _ = self.signal_tx.send(Outgoing::Message(message));
@@ -498,7 +581,7 @@ impl Participant {
         {
             let _ = pc.close().await;
         }
-        for task in self.tasks.drain(..) {
+        for task in self.tasks.drain(..).chain(self.pumps.drain(..)) {
             task.abort();
         }
     }
@@ -509,7 +592,7 @@ impl Participant {
         if let Some(signal) = self.signal.take() {
             signal.kill();
         }
-        for task in self.tasks.drain(..) {
+        for task in self.tasks.drain(..).chain(self.pumps.drain(..)) {
             task.abort();
         }
         // Leak the connections' handles' close: the driver stops when they drop, which
@@ -521,7 +604,7 @@ impl Participant {
 
 impl Drop for Participant {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.pumps) {
             task.abort();
         }
     }
