@@ -18,7 +18,11 @@ pub enum LogFormat {
 
 /// Flags of the `tutti-sfu` binary.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "tutti-sfu", version, about = "Tutti SFU shard: every WebRTC peer on one UDP port")]
+#[command(
+    name = "tutti-sfu",
+    version,
+    about = "Tutti SFU shard: every WebRTC peer on one UDP port"
+)]
 pub struct ShardArgs {
     /// Address of the HTTP server (admin API, signaling WebSocket, metrics, health).
     #[arg(long, env = "TUTTI_SFU_HTTP", default_value = "127.0.0.1:7880")]
@@ -90,13 +94,19 @@ pub fn resolve_token(
 /// Checks numeric bounds.
 pub fn validate(args: &ShardArgs) -> Result<(), ConfigError> {
     if !(1..=100_000).contains(&args.max_pipelines) {
-        return Err(ConfigError::OutOfRange("--max-pipelines must be 1..=100000".into()));
+        return Err(ConfigError::OutOfRange(
+            "--max-pipelines must be 1..=100000".into(),
+        ));
     }
     if !(1..=100_000).contains(&args.max_participants) {
-        return Err(ConfigError::OutOfRange("--max-participants must be 1..=100000".into()));
+        return Err(ConfigError::OutOfRange(
+            "--max-participants must be 1..=100000".into(),
+        ));
     }
     if !(3..=300).contains(&args.ice_failed_secs) {
-        return Err(ConfigError::OutOfRange("--ice-failed-secs must be 3..=300".into()));
+        return Err(ConfigError::OutOfRange(
+            "--ice-failed-secs must be 3..=300".into(),
+        ));
     }
     Ok(())
 }

@@ -146,7 +146,10 @@ mod tests {
             Some(1)
         );
         assert_eq!(demux.evict_idle(t0 + Duration::from_secs(31)), 1);
-        assert_eq!(demux.peer_by_addr(addr(1), t0 + Duration::from_secs(31)), None);
+        assert_eq!(
+            demux.peer_by_addr(addr(1), t0 + Duration::from_secs(31)),
+            None
+        );
         assert_eq!(
             demux.peer_by_addr(addr(2), t0 + Duration::from_secs(31)),
             Some(1)

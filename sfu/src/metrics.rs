@@ -92,6 +92,8 @@ pub struct ShardMetrics {
     pub forward_errors: Counter,
     /// Pipelines released because they stayed empty past their timeout.
     pub pipelines_released_empty: Counter,
+    /// Panics caught in a peer connection (each ended one session).
+    pub peer_panics: Counter,
     /// Pipelines hosted.
     pub pipelines: Gauge,
     /// Participants connected.
@@ -168,22 +170,75 @@ impl ShardMetrics {
             datagrams_in,
             dropped,
             errors,
-            rtp_received_packets: counter(&mut registry, "rtp_received_packets", "RTP packets received from publishers"),
-            rtp_received_bytes: counter(&mut registry, "rtp_received_bytes", "RTP bytes received from publishers"),
-            rtp_forwarded_packets: counter(&mut registry, "rtp_forwarded_packets", "RTP packets forwarded to subscribers"),
-            rtp_forwarded_bytes: counter(&mut registry, "rtp_forwarded_bytes", "RTP bytes forwarded to subscribers"),
-            retransmissions: counter(&mut registry, "retransmissions", "Packets resent for subscriber NACKs"),
-            keyframe_requests_received: counter(&mut registry, "keyframe_requests_received", "PLI/FIR received from subscribers"),
-            keyframe_requests_sent: counter(&mut registry, "keyframe_requests_sent", "PLI sent to publishers after throttling"),
-            datagrams_sent: counter(&mut registry, "datagrams_sent", "Datagrams handed to the kernel"),
-            send_failures: counter(&mut registry, "send_failures", "Datagrams the kernel refused"),
+            rtp_received_packets: counter(
+                &mut registry,
+                "rtp_received_packets",
+                "RTP packets received from publishers",
+            ),
+            rtp_received_bytes: counter(
+                &mut registry,
+                "rtp_received_bytes",
+                "RTP bytes received from publishers",
+            ),
+            rtp_forwarded_packets: counter(
+                &mut registry,
+                "rtp_forwarded_packets",
+                "RTP packets forwarded to subscribers",
+            ),
+            rtp_forwarded_bytes: counter(
+                &mut registry,
+                "rtp_forwarded_bytes",
+                "RTP bytes forwarded to subscribers",
+            ),
+            retransmissions: counter(
+                &mut registry,
+                "retransmissions",
+                "Packets resent for subscriber NACKs",
+            ),
+            keyframe_requests_received: counter(
+                &mut registry,
+                "keyframe_requests_received",
+                "PLI/FIR received from subscribers",
+            ),
+            keyframe_requests_sent: counter(
+                &mut registry,
+                "keyframe_requests_sent",
+                "PLI sent to publishers after throttling",
+            ),
+            datagrams_sent: counter(
+                &mut registry,
+                "datagrams_sent",
+                "Datagrams handed to the kernel",
+            ),
+            send_failures: counter(
+                &mut registry,
+                "send_failures",
+                "Datagrams the kernel refused",
+            ),
             send_syscalls: counter(&mut registry, "send_syscalls", "sendmmsg calls"),
-            forward_errors: counter(&mut registry, "forward_errors", "Forwarded packets a peer connection rejected"),
-            pipelines_released_empty: counter(&mut registry, "pipelines_released_empty", "Pipelines released after staying empty past their timeout"),
+            forward_errors: counter(
+                &mut registry,
+                "forward_errors",
+                "Forwarded packets a peer connection rejected",
+            ),
+            pipelines_released_empty: counter(
+                &mut registry,
+                "pipelines_released_empty",
+                "Pipelines released after staying empty past their timeout",
+            ),
+            peer_panics: counter(
+                &mut registry,
+                "peer_panics",
+                "Panics caught in a peer connection; each ended one session",
+            ),
             pipelines: gauge(&mut registry, "pipelines", "Pipelines hosted"),
             participants: gauge(&mut registry, "participants", "Participants connected"),
             tracks: gauge(&mut registry, "tracks", "Published tracks"),
-            forwarded_streams: gauge(&mut registry, "forwarded_streams", "Subscriber streams being forwarded"),
+            forwarded_streams: gauge(
+                &mut registry,
+                "forwarded_streams",
+                "Subscriber streams being forwarded",
+            ),
             registry,
         }
     }
@@ -236,7 +291,10 @@ mod tests {
         metrics.error(ErrorCode::RoomFull);
         metrics.rtp_forwarded_packets.inc_by(5);
         let text = metrics.encode();
-        assert!(text.contains(r#"tutti_sfu_datagrams_dropped_total{reason="garbage"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"tutti_sfu_datagrams_dropped_total{reason="garbage"} 2"#),
+            "{text}"
+        );
         assert!(text.contains(r#"tutti_sfu_signaling_errors_total{code="room_full"} 1"#));
         assert!(text.contains("tutti_sfu_rtp_forwarded_packets_total 5"));
         assert_eq!(metrics.dropped_count(DropReason::Garbage), 2);

@@ -32,8 +32,7 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability,
-    RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error as RtcError;
@@ -106,10 +105,9 @@ impl PeerFactory {
     pub fn new(advertised: SocketAddr, timeouts: IceTimeouts) -> Result<Self, PeerBuildError> {
         let crypto =
             rtc::crypto::default_provider().map_err(|e| PeerBuildError::Crypto(e.to_string()))?;
-        let params = rtc::peer_connection::certificate::CertificateParams::new(vec![
-            "tutti-sfu".to_owned(),
-        ])
-        .map_err(|e| PeerBuildError::Crypto(e.to_string()))?;
+        let params =
+            rtc::peer_connection::certificate::CertificateParams::new(vec!["tutti-sfu".to_owned()])
+                .map_err(|e| PeerBuildError::Crypto(e.to_string()))?;
         let certificate = rtc::peer_connection::certificate::RTCCertificate::generate(
             crypto.crypto(),
             rtc::crypto::SignatureScheme::EcdsaP256Sha256,
@@ -286,7 +284,10 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, RtcError> {
         for (uri, kind) in [
             (rtc::sdp::extmap::SDES_MID_URI, RtpCodecKind::Audio),
             (rtc::sdp::extmap::SDES_MID_URI, RtpCodecKind::Video),
-            (rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI, RtpCodecKind::Video),
+            (
+                rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+                RtpCodecKind::Video,
+            ),
             (
                 rtc::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
                 RtpCodecKind::Video,
@@ -390,7 +391,9 @@ mod tests {
             .expect("factory");
         let now = Instant::now();
         let a = factory.build(PeerRole::Publisher, now).expect("publisher");
-        let b = factory.build(PeerRole::Subscriber, now).expect("subscriber");
+        let b = factory
+            .build(PeerRole::Subscriber, now)
+            .expect("subscriber");
         assert_ne!(a.ufrag, b.ufrag);
         assert!(a.pwd.len() >= 22, "ICE passwords need 128 bits");
     }

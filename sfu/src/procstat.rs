@@ -43,7 +43,10 @@ mod tests {
     fn parses_stat_and_status() {
         let stat = "1234 (tutti sfu) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 8 0 100 0 0";
         assert_eq!(cpu_seconds_of(stat), Some(3.0));
-        assert_eq!(rss_bytes_of("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2 * 1024 * 1024));
+        assert_eq!(
+            rss_bytes_of("Name:\tx\nVmRSS:\t  2048 kB\n"),
+            Some(2 * 1024 * 1024)
+        );
         assert!(cpu_seconds().is_some());
         assert!(rss_bytes().is_some());
     }

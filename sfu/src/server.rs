@@ -161,9 +161,13 @@ fn app(state: AppState) -> Router {
         .route("/v1/drain", post(drain))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let signal = Router::new()
-        .route("/v1/signal", get(signal))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_signal));
+    let signal =
+        Router::new()
+            .route("/v1/signal", get(signal))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_signal,
+            ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -194,7 +198,11 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     if bearer_matches(request.headers(), &state.admin_token) {
         next.run(request).await
     } else {
-        json_error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required")
+        json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        )
     }
 }
 
@@ -202,8 +210,14 @@ async fn require_signal(State(state): State<AppState>, request: Request, next: N
     if bearer_matches(request.headers(), &state.signal_token) {
         next.run(request).await
     } else {
-        state.metrics.error(crate::signal::protocol::ErrorCode::Unauthorized);
-        json_error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid signaling bearer token is required")
+        state
+            .metrics
+            .error(crate::signal::protocol::ErrorCode::Unauthorized);
+        json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid signaling bearer token is required",
+        )
     }
 }
 
@@ -222,13 +236,20 @@ async fn ready(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.core.load()).await {
         Ok(Ok(load)) if !load.draining => (StatusCode::OK, "ready").into_response(),
         Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "media thread not answering").into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media thread not answering",
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
@@ -296,12 +317,13 @@ async fn signal(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Res
     upgrade
         .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
-        .on_upgrade(move |socket| serve_socket(socket, state.core))
+        .on_upgrade(move |socket| serve_socket(socket, state.core, state.metrics))
 }
 
-async fn serve_socket(socket: WebSocket, core: CoreHandle) {
+async fn serve_socket(socket: WebSocket, core: CoreHandle, metrics: Arc<ShardMetrics>) {
     let (sink, stream) = socket.split();
-    let sink = sink.with(|frame: String| async move { Ok::<_, axum::Error>(Message::Text(frame.into())) });
+    let sink =
+        sink.with(|frame: String| async move { Ok::<_, axum::Error>(Message::Text(frame.into())) });
     let stream = stream.filter_map(|frame| async move {
         match frame {
             Ok(Message::Text(text)) => Some(Incoming::Text(text.to_string())),
@@ -310,5 +332,5 @@ async fn serve_socket(socket: WebSocket, core: CoreHandle) {
             Ok(Message::Ping(_) | Message::Pong(_)) => None,
         }
     });
-    run_session(Box::pin(sink), Box::pin(stream), core).await;
+    run_session(Box::pin(sink), Box::pin(stream), core, metrics).await;
 }

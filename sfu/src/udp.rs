@@ -178,7 +178,9 @@ impl SendBatcher {
             if self.gso && segment > 0 {
                 while i + count < self.order.len() && count < MAX_SEGMENTS {
                     let (next_dest, next) = &datagrams[self.order[i + count]];
-                    if next_dest != dest || next.len() > segment || total + next.len() > MAX_GSO_BYTES
+                    if next_dest != dest
+                        || next.len() > segment
+                        || total + next.len() > MAX_GSO_BYTES
                     {
                         break;
                     }
@@ -254,7 +256,10 @@ impl SendBatcher {
                     (*cmsg).cmsg_level = libc::SOL_UDP;
                     (*cmsg).cmsg_type = UDP_SEGMENT;
                     (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, run.segment as u16);
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(cmsg) as *mut u16,
+                        run.segment as u16,
+                    );
                 }
             }
             headers.push(libc::mmsghdr {
@@ -353,7 +358,9 @@ impl RecvBatch {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            buffers: (0..capacity).map(|_| Box::new([0u8; RECV_BUF_SIZE])).collect(),
+            buffers: (0..capacity)
+                .map(|_| Box::new([0u8; RECV_BUF_SIZE]))
+                .collect(),
             addrs: (0..capacity).map(|_| MaybeUninit::zeroed()).collect(),
             lens: vec![0; capacity],
             truncated: vec![false; capacity],
@@ -449,7 +456,9 @@ mod tests {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         while got.len() < expected {
-            let (n, _) = receiver.recv_from(&mut buf).expect("datagram within timeout");
+            let (n, _) = receiver
+                .recv_from(&mut buf)
+                .expect("datagram within timeout");
             got.push(buf[..n].to_vec());
         }
         got
@@ -523,7 +532,10 @@ mod tests {
         let receiver = socket();
         let sender = socket();
         sender
-            .send_to(&vec![1u8; RECV_BUF_SIZE + 100], receiver.local_addr().unwrap())
+            .send_to(
+                &vec![1u8; RECV_BUF_SIZE + 100],
+                receiver.local_addr().unwrap(),
+            )
             .unwrap();
         let mut batch = RecvBatch::new(2);
         let deadline = std::time::Instant::now() + Duration::from_secs(2);

@@ -43,13 +43,22 @@ impl AdminClient {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
         let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = self.client.request(request).await.context("admin request")?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .context("admin request")?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
-    async fn authed(&self, method: Method, path: &str, body: Option<String>) -> Result<(StatusCode, String)> {
+    async fn authed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, String)> {
         let token = self.token.clone();
         self.request(method, path, Some(&token), body).await
     }
@@ -57,7 +66,11 @@ impl AdminClient {
     /// Creates or updates a pipeline.
     pub async fn put_pipeline(&self, name: &str, spec: &PipelineSpec) -> Result<PipelineInfo> {
         let (status, body) = self
-            .authed(Method::PUT, &format!("/v1/pipelines/{name}"), Some(serde_json::to_string(spec)?))
+            .authed(
+                Method::PUT,
+                &format!("/v1/pipelines/{name}"),
+                Some(serde_json::to_string(spec)?),
+            )
             .await?;
         if !status.is_success() {
             bail!("PUT pipeline {name}: {status} {body}");
@@ -102,7 +115,9 @@ impl AdminClient {
         text.lines()
             .find_map(|line| {
                 let (name, value) = line.rsplit_once(' ')?;
-                (name == series).then(|| value.parse::<f64>().ok()).flatten()
+                (name == series)
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
             })
             .with_context(|| format!("metric {series} not exposed"))
     }

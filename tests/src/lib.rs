@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod participant;
+pub mod raw_peer;
 pub mod shard;
 pub mod signal_client;
 pub mod synth;

@@ -25,11 +25,11 @@ use tutti_sfu::signal::protocol::{ClientMessage, PeerTarget, ServerMessage};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::rtp_transceiver::RtpSender;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCPeerConnectionState, RTCSessionDescription, Registry, Slot, register_default_interceptors,
 };
+use webrtc::rtp_transceiver::RtpSender;
 
 /// What a participant does.
 #[derive(Debug, Clone)]
@@ -413,7 +413,8 @@ impl Participant {
             tasks.push(tokio::spawn(async move {
                 while let Some(message) = rx.recv().await {
                     if let Err(err) =
-                        on_server_message(&shared, &publisher, &subscriber, &signal_tx, &message).await
+                        on_server_message(&shared, &publisher, &subscriber, &signal_tx, &message)
+                            .await
                     {
                         tracing::warn!(%err, "participant signaling step failed");
                     }
@@ -476,8 +477,9 @@ impl Participant {
         for (track, sender, ssrc, video) in senders {
             let shared = self.shared.clone();
             let stream = stream_id(&config.id, video);
-            self.pumps
-                .push(tokio::spawn(pump(shared, track, sender, ssrc, video, stream)));
+            self.pumps.push(tokio::spawn(pump(
+                shared, track, sender, ssrc, video, stream,
+            )));
         }
         Ok(())
     }
@@ -485,9 +487,12 @@ impl Participant {
     /// Waits until the publisher connection is connected.
     pub async fn wait_publishing(&self, timeout: Duration) -> Result<()> {
         let mut rx = self.shared.publisher_state.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|s| *s == RTCPeerConnectionState::Connected))
-            .await
-            .context("publisher did not connect in time")??;
+        tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| *s == RTCPeerConnectionState::Connected),
+        )
+        .await
+        .context("publisher did not connect in time")??;
         Ok(())
     }
 
@@ -575,9 +580,12 @@ impl Participant {
     /// Leaves politely and closes the connections.
     pub async fn leave(mut self) {
         self.send(ClientMessage::Leave);
-        for pc in [self.publisher.lock().await.take(), self.subscriber.lock().await.take()]
-            .into_iter()
-            .flatten()
+        for pc in [
+            self.publisher.lock().await.take(),
+            self.subscriber.lock().await.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = pc.close().await;
         }
@@ -644,7 +652,11 @@ async fn on_server_message(
 ) -> Result<()> {
     match message {
         ServerMessage::Answer { sdp, .. } => {
-            let pc = publisher.lock().await.clone().context("answer without publisher")?;
+            let pc = publisher
+                .lock()
+                .await
+                .clone()
+                .context("answer without publisher")?;
             pc.set_remote_description(RTCSessionDescription::answer(sdp.clone())?)
                 .await?;
         }
@@ -715,7 +727,9 @@ async fn pump(
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 if let TrackLocalEvent::OnRtcpPacket(packets) = event
-                    && packets.iter().any(|p| p.as_any().is::<PictureLossIndication>())
+                    && packets
+                        .iter()
+                        .any(|p| p.as_any().is::<PictureLossIndication>())
                 {
                     shared.sent.plis.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut source) = source.lock() {
@@ -727,7 +741,11 @@ async fn pump(
     }
     let mut audio = OpusSource::new(stream);
     let mut seq: u16 = rand::random();
-    let interval = if video { Vp8Source::INTERVAL } else { OpusSource::INTERVAL };
+    let interval = if video {
+        Vp8Source::INTERVAL
+    } else {
+        OpusSource::INTERVAL
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     loop {
@@ -758,7 +776,11 @@ async fn pump(
             if track.write_rtp(packet).await.is_err() {
                 return;
             }
-            let counter = if video { &shared.sent.video_packets } else { &shared.sent.audio_packets };
+            let counter = if video {
+                &shared.sent.video_packets
+            } else {
+                &shared.sent.audio_packets
+            };
             counter.fetch_add(1, Ordering::Relaxed);
             if p.keyframe {
                 shared.sent.keyframes.fetch_add(1, Ordering::Relaxed);

@@ -83,7 +83,9 @@ impl ChildShard {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let mut child = command.spawn().with_context(|| format!("spawn {}", binary.display()))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawn {}", binary.display()))?;
         let stdout = child.stdout.take().context("child stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let http = tokio::time::timeout(Duration::from_secs(30), async {

@@ -29,8 +29,7 @@ pub struct Probe {
 
 fn filler_byte(stream: u32, index: u32, position: usize) -> u8 {
     // A cheap mix, different per stream, packet and position.
-    let x = stream
-        .wrapping_mul(0x9E37_79B1)
+    let x = stream.wrapping_mul(0x9E37_79B1)
         ^ index.wrapping_mul(0x85EB_CA77)
         ^ (position as u32).wrapping_mul(0xC2B2_AE3D);
     (x ^ (x >> 15)) as u8
@@ -182,7 +181,9 @@ impl Vp8Source {
             let header: Vec<u8> = if first {
                 // Descriptor S=1 PID=0; frame tag with P=0 for key frames; start code; size.
                 let tag = if keyframe { 0x10 } else { 0x11 };
-                vec![0x10, tag, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]
+                vec![
+                    0x10, tag, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01,
+                ]
             } else {
                 vec![0x00]
             };
@@ -243,7 +244,10 @@ mod tests {
     fn probes_round_trip_and_detect_corruption() {
         let p = payload(&[1, 2, 3], 200, 7, 42, 123_456);
         let probe = probe(&p, 3).unwrap();
-        assert_eq!((probe.stream, probe.index, probe.sent_ns, probe.intact), (7, 42, 123_456, true));
+        assert_eq!(
+            (probe.stream, probe.index, probe.sent_ns, probe.intact),
+            (7, 42, 123_456, true)
+        );
         let mut corrupt = p.to_vec();
         corrupt[50] ^= 1;
         assert!(!super::probe(&corrupt, 3).unwrap().intact);

@@ -14,7 +14,8 @@ const WAIT: Duration = Duration::from_secs(15);
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,rtc=error,rtc_ice=error,rtc_dtls=error".into()),
+            std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| "warn,rtc=error,rtc_ice=error,rtc_dtls=error".into()),
         )
         .with_test_writer()
         .try_init();
@@ -24,7 +25,10 @@ async fn shard_with_rooms(rooms: &[&str]) -> Result<TestShard> {
     init_logs();
     let shard = TestShard::start().await?;
     for room in rooms {
-        shard.admin.put_pipeline(room, &PipelineSpec::default()).await?;
+        shard
+            .admin
+            .put_pipeline(room, &PipelineSpec::default())
+            .await?;
     }
     Ok(shard)
 }
@@ -37,7 +41,10 @@ fn subscriber_only(room: &str, id: &str) -> ParticipantConfig {
 }
 
 /// The record of the track carrying a given synthetic stream.
-fn track_of(records: &std::collections::HashMap<String, TrackRecord>, stream: u32) -> Option<(String, TrackRecord)> {
+fn track_of(
+    records: &std::collections::HashMap<String, TrackRecord>,
+    stream: u32,
+) -> Option<(String, TrackRecord)> {
     records
         .iter()
         .find(|(_, r)| r.streams.contains(&stream))
@@ -50,9 +57,21 @@ async fn one_publisher_eight_subscribers_receive_every_packet_intact_and_in_orde
     let url = shard.signal_url();
     let mut subscribers = Vec::new();
     for i in 0..8 {
-        subscribers.push(Participant::join(&url, SIGNAL_TOKEN, subscriber_only("fanout", &format!("sub{i}"))).await?);
+        subscribers.push(
+            Participant::join(
+                &url,
+                SIGNAL_TOKEN,
+                subscriber_only("fanout", &format!("sub{i}")),
+            )
+            .await?,
+        );
     }
-    let mut publisher = Participant::join(&url, SIGNAL_TOKEN, ParticipantConfig::new("fanout", "teacher")).await?;
+    let mut publisher = Participant::join(
+        &url,
+        SIGNAL_TOKEN,
+        ParticipantConfig::new("fanout", "teacher"),
+    )
+    .await?;
     publisher.wait_publishing(WAIT).await?;
     let (audio_stream, video_stream) = publisher.stream_ids();
     for sub in &subscribers {
@@ -77,9 +96,8 @@ async fn one_publisher_eight_subscribers_receive_every_packet_intact_and_in_orde
     for sub in &subscribers {
         sub.wait_for(Duration::from_secs(5), "the last packets", |records, _| {
             let last = |stream, sent: u64| {
-                track_of(records, stream).is_some_and(|(_, r)| {
-                    r.log.iter().any(|p| u64::from(p.index) + 1 == sent)
-                })
+                track_of(records, stream)
+                    .is_some_and(|(_, r)| r.log.iter().any(|p| u64::from(p.index) + 1 == sent))
             };
             last(audio_stream, audio_sent) && last(video_stream, video_sent)
         })
@@ -88,13 +106,21 @@ async fn one_publisher_eight_subscribers_receive_every_packet_intact_and_in_orde
     }
     for sub in &subscribers {
         let records = sub.records().await;
-        for (stream, sent, kind) in [(audio_stream, audio_sent, "audio"), (video_stream, video_sent, "video")] {
-            let (_, record) = track_of(&records, stream).with_context(|| format!("{} got no {kind}", sub.id))?;
+        for (stream, sent, kind) in [
+            (audio_stream, audio_sent, "audio"),
+            (video_stream, video_sent, "video"),
+        ] {
+            let (_, record) =
+                track_of(&records, stream).with_context(|| format!("{} got no {kind}", sub.id))?;
             let delivery = record.delivery(sent);
             println!("{} {kind}: {delivery:?}", sub.id);
             ensure!(delivery.ratio >= 0.99, "{} {kind}: {delivery:?}", sub.id);
             ensure!(delivery.intact, "{} {kind}: payload bytes changed", sub.id);
-            ensure!(delivery.in_order, "{} {kind}: out of order by sequence number", sub.id);
+            ensure!(
+                delivery.in_order,
+                "{} {kind}: out of order by sequence number",
+                sub.id
+            );
         }
     }
     Ok(())
@@ -112,7 +138,9 @@ async fn a_subscribers_pli_brings_a_keyframe_within_a_second() -> Result<()> {
     publisher.wait_publishing(WAIT).await?;
     let viewer = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("pli", "viewer")).await?;
     viewer
-        .wait_for(WAIT, "video flowing", |records, _| records.values().any(|r| r.video && r.packets >= 60))
+        .wait_for(WAIT, "video flowing", |records, _| {
+            records.values().any(|r| r.video && r.packets >= 60)
+        })
         .await?;
     let (track, before) = viewer
         .records()
@@ -120,15 +148,20 @@ async fn a_subscribers_pli_brings_a_keyframe_within_a_second() -> Result<()> {
         .into_iter()
         .find(|(_, r)| r.video)
         .context("video track")?;
-    let plis_before = publisher.sent().plis.load(std::sync::atomic::Ordering::SeqCst);
+    let plis_before = publisher
+        .sent()
+        .plis
+        .load(std::sync::atomic::Ordering::SeqCst);
     for attempt in 0..3 {
         let asked = Instant::now();
         viewer.request_keyframe(&track).await?;
         let keyframes = before.keyframes + attempt;
         viewer
-            .wait_for(Duration::from_secs(1), "a key frame after the PLI", |records, _| {
-                records.get(&track).is_some_and(|r| r.keyframes > keyframes)
-            })
+            .wait_for(
+                Duration::from_secs(1),
+                "a key frame after the PLI",
+                |records, _| records.get(&track).is_some_and(|r| r.keyframes > keyframes),
+            )
             .await?;
         println!("PLI {attempt}: key frame after {:?}", asked.elapsed());
         // Next request after the shard's throttle interval has passed: wait for a frame
@@ -136,11 +169,16 @@ async fn a_subscribers_pli_brings_a_keyframe_within_a_second() -> Result<()> {
         let frames = viewer.records().await.get(&track).map_or(0, |r| r.packets);
         viewer
             .wait_for(WAIT, "half a second of video", |records, _| {
-                records.get(&track).is_some_and(|r| r.packets >= frames + 80)
+                records
+                    .get(&track)
+                    .is_some_and(|r| r.packets >= frames + 80)
             })
             .await?;
     }
-    let plis = publisher.sent().plis.load(std::sync::atomic::Ordering::SeqCst);
+    let plis = publisher
+        .sent()
+        .plis
+        .load(std::sync::atomic::Ordering::SeqCst);
     ensure!(plis > plis_before, "the PLIs never reached the publisher");
     Ok(())
 }
@@ -157,17 +195,32 @@ async fn a_late_joiner_starts_on_a_keyframe_promptly() -> Result<()> {
     let early = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("late", "early")).await?;
     // The stream has long left its first key frame behind when the late viewer arrives.
     early
-        .wait_for(WAIT, "two seconds of video", |records, _| records.values().any(|r| r.video && r.packets >= 240))
+        .wait_for(WAIT, "two seconds of video", |records, _| {
+            records.values().any(|r| r.video && r.packets >= 240)
+        })
         .await?;
     let joined = Instant::now();
     let late = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("late", "late")).await?;
-    late.wait_for(WAIT, "video", |records, _| records.values().any(|r| r.video && r.packets > 0))
-        .await?;
-    let record = late.records().await.into_values().find(|r| r.video).context("video")?;
+    late.wait_for(WAIT, "video", |records, _| {
+        records.values().any(|r| r.video && r.packets > 0)
+    })
+    .await?;
+    let record = late
+        .records()
+        .await
+        .into_values()
+        .find(|r| r.video)
+        .context("video")?;
     let delay = record.first_at.context("first packet")? - joined;
     println!("late joiner: first video packet {delay:?} after joining");
-    ensure!(record.first_was_keyframe == Some(true), "the first packet was not a key frame");
-    ensure!(delay < Duration::from_secs(2), "first key frame took {delay:?}");
+    ensure!(
+        record.first_was_keyframe == Some(true),
+        "the first packet was not a key frame"
+    );
+    ensure!(
+        delay < Duration::from_secs(2),
+        "first key frame took {delay:?}"
+    );
     Ok(())
 }
 
@@ -175,9 +228,12 @@ async fn a_late_joiner_starts_on_a_keyframe_promptly() -> Result<()> {
 async fn killing_a_publisher_removes_its_tracks_and_disturbs_nothing_else() -> Result<()> {
     let shard = shard_with_rooms(&["band"]).await?;
     let url = shard.signal_url();
-    let violin = Participant::join(&url, SIGNAL_TOKEN, ParticipantConfig::new("band", "violin")).await?;
-    let piano = Participant::join(&url, SIGNAL_TOKEN, ParticipantConfig::new("band", "piano")).await?;
-    let listener = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("band", "listener")).await?;
+    let violin =
+        Participant::join(&url, SIGNAL_TOKEN, ParticipantConfig::new("band", "violin")).await?;
+    let piano =
+        Participant::join(&url, SIGNAL_TOKEN, ParticipantConfig::new("band", "piano")).await?;
+    let listener =
+        Participant::join(&url, SIGNAL_TOKEN, subscriber_only("band", "listener")).await?;
     let (violin_audio, violin_video) = violin.stream_ids();
     let (piano_audio, piano_video) = piano.stream_ids();
     listener
@@ -207,11 +263,17 @@ async fn killing_a_publisher_removes_its_tracks_and_disturbs_nothing_else() -> R
     // The renegotiation that followed no longer sends the violin's tracks.
     listener
         .wait_for(WAIT, "an offer without the violin's tracks", |_, events| {
-            events.iter().rev().find_map(|e| match e {
-                ServerMessage::Offer { sdp, .. } => Some(sdp.clone()),
-                _ => None,
-            })
-            .is_some_and(|sdp| !sends_track(&sdp, &violin_video_track) && !sends_track(&sdp, &violin_audio_track))
+            events
+                .iter()
+                .rev()
+                .find_map(|e| match e {
+                    ServerMessage::Offer { sdp, .. } => Some(sdp.clone()),
+                    _ => None,
+                })
+                .is_some_and(|sdp| {
+                    !sends_track(&sdp, &violin_video_track)
+                        && !sends_track(&sdp, &violin_audio_track)
+                })
         })
         .await?;
     let at_kill = listener.records().await;
@@ -233,7 +295,11 @@ async fn killing_a_publisher_removes_its_tracks_and_disturbs_nothing_else() -> R
         })
         .await?;
     let load = shard.admin.load().await?;
-    ensure!(load.participants == 2, "load reports {} participants", load.participants);
+    ensure!(
+        load.participants == 2,
+        "load reports {} participants",
+        load.participants
+    );
     ensure!(load.tracks == 2, "load reports {} tracks", load.tracks);
     Ok(())
 }
@@ -250,13 +316,28 @@ fn sends_track(sdp: &str, track: &str) -> bool {
 async fn two_rooms_on_one_shard_are_isolated() -> Result<()> {
     let shard = shard_with_rooms(&["lesson-a", "lesson-b"]).await?;
     let url = shard.signal_url();
-    let teacher_a = Participant::join(&url, SIGNAL_TOKEN, ParticipantConfig::new("lesson-a", "teacher-a")).await?;
-    let teacher_b = Participant::join(&url, SIGNAL_TOKEN, ParticipantConfig::new("lesson-b", "teacher-b")).await?;
-    let student_a = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("lesson-a", "student-a")).await?;
-    let student_b = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("lesson-b", "student-b")).await?;
+    let teacher_a = Participant::join(
+        &url,
+        SIGNAL_TOKEN,
+        ParticipantConfig::new("lesson-a", "teacher-a"),
+    )
+    .await?;
+    let teacher_b = Participant::join(
+        &url,
+        SIGNAL_TOKEN,
+        ParticipantConfig::new("lesson-b", "teacher-b"),
+    )
+    .await?;
+    let student_a =
+        Participant::join(&url, SIGNAL_TOKEN, subscriber_only("lesson-a", "student-a")).await?;
+    let student_b =
+        Participant::join(&url, SIGNAL_TOKEN, subscriber_only("lesson-b", "student-b")).await?;
     let (a_audio, a_video) = teacher_a.stream_ids();
     let (b_audio, b_video) = teacher_b.stream_ids();
-    for (student, audio, video) in [(&student_a, a_audio, a_video), (&student_b, b_audio, b_video)] {
+    for (student, audio, video) in [
+        (&student_a, a_audio, a_video),
+        (&student_b, b_audio, b_video),
+    ] {
         student
             .wait_for(WAIT, "own teacher's media", |records, _| {
                 track_of(records, audio).is_some_and(|(_, r)| r.packets >= 100)
@@ -269,21 +350,45 @@ async fn two_rooms_on_one_shard_are_isolated() -> Result<()> {
         (&student_b, [a_audio, a_video], "teacher-b", "teacher-a"),
     ] {
         let records = student.records().await;
-        ensure!(records.len() == 2, "{} receives {} tracks", student.id, records.len());
-        ensure!(foreign.iter().all(|s| track_of(&records, *s).is_none()), "{} got the other room's media", student.id);
+        ensure!(
+            records.len() == 2,
+            "{} receives {} tracks",
+            student.id,
+            records.len()
+        );
+        ensure!(
+            foreign.iter().all(|s| track_of(&records, *s).is_none()),
+            "{} got the other room's media",
+            student.id
+        );
         let events = student.events().await;
         let mentions = |who: &str| {
             events.iter().any(|e| match e {
-                ServerMessage::Joined { participants, .. } => participants.iter().any(|p| p.id == who),
+                ServerMessage::Joined { participants, .. } => {
+                    participants.iter().any(|p| p.id == who)
+                }
                 ServerMessage::ParticipantJoined { participant } => participant.id == who,
                 ServerMessage::TrackPublished { participant, .. } => participant == who,
                 _ => false,
             })
         };
-        ensure!(mentions(own_teacher), "{} never heard of {own_teacher}", student.id);
-        ensure!(!mentions(other_teacher), "{} heard of {other_teacher}", student.id);
+        ensure!(
+            mentions(own_teacher),
+            "{} never heard of {own_teacher}",
+            student.id
+        );
+        ensure!(
+            !mentions(other_teacher),
+            "{} heard of {other_teacher}",
+            student.id
+        );
     }
     let pipelines = shard.admin.pipelines().await?;
-    ensure!(pipelines.iter().all(|p| p.participants == 2 && p.tracks == 2), "{pipelines:?}");
+    ensure!(
+        pipelines
+            .iter()
+            .all(|p| p.participants == 2 && p.tracks == 2),
+        "{pipelines:?}"
+    );
     Ok(())
 }

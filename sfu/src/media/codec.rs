@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn vp8_keyframes() {
         // S=1, PID=0, no extension; payload header P=0 → keyframe.
-        assert!(is_keyframe(CodecFamily::Vp8, &[0x10, 0x10, 0x02, 0x00, 0x9d]));
+        assert!(is_keyframe(
+            CodecFamily::Vp8,
+            &[0x10, 0x10, 0x02, 0x00, 0x9d]
+        ));
         // Same with P=1 → interframe.
         assert!(!is_keyframe(CodecFamily::Vp8, &[0x10, 0x11]));
         // Continuation packet (S=0).

@@ -141,10 +141,19 @@ mod tests {
         assert_eq!(first.request_keyframe, Some(0));
         // Still waiting: no second request inside the retry interval.
         let second = down.on_packet(&single, 0, false, (1, 11, 0), t0);
-        assert_eq!(second, Decision { forward: None, request_keyframe: None });
+        assert_eq!(
+            second,
+            Decision {
+                forward: None,
+                request_keyframe: None
+            }
+        );
         let key = down.on_packet(&single, 0, true, (1, 12, 3000), t0);
         let key_out = key.forward.expect("keyframe forwarded");
-        let next = down.on_packet(&single, 0, false, (1, 13, 3000), t0).forward.unwrap();
+        let next = down
+            .on_packet(&single, 0, false, (1, 13, 3000), t0)
+            .forward
+            .unwrap();
         assert_eq!(next.seq, key_out.seq.wrapping_add(1));
     }
 
@@ -153,9 +162,17 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let single = [(0u8, true)];
-        assert_eq!(down.on_packet(&single, 0, false, (1, 1, 0), t0).request_keyframe, Some(0));
+        assert_eq!(
+            down.on_packet(&single, 0, false, (1, 1, 0), t0)
+                .request_keyframe,
+            Some(0)
+        );
         let later = t0 + KEYFRAME_RETRY;
-        assert_eq!(down.on_packet(&single, 0, false, (1, 2, 0), later).request_keyframe, Some(0));
+        assert_eq!(
+            down.on_packet(&single, 0, false, (1, 2, 0), later)
+                .request_keyframe,
+            Some(0)
+        );
     }
 
     #[test]
@@ -164,22 +181,44 @@ mod tests {
         let mut down = Downtrack::new(true, 90_000);
         down.set_target(Quality::Low);
         // Start on layer 0.
-        assert!(down.on_packet(&SIMULCAST, 0, true, (100, 1, 0), t0).forward.is_some());
+        assert!(
+            down.on_packet(&SIMULCAST, 0, true, (100, 1, 0), t0)
+                .forward
+                .is_some()
+        );
         assert_eq!(down.current_layer(), Some(0));
         // Packets of other layers are not forwarded.
-        assert!(down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0).forward.is_none());
+        assert!(
+            down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0)
+                .forward
+                .is_none()
+        );
         // Ask for high: keyframe requested for layer 2, layer 0 keeps flowing meanwhile.
         down.set_target(Quality::High);
         let asked = down.on_packet(&SIMULCAST, 0, false, (100, 2, 3000), t0);
         assert_eq!(asked.request_keyframe, Some(2));
         let last_low = asked.forward.expect("old layer still forwarded");
-        assert!(down.on_packet(&SIMULCAST, 2, false, (102, 2, 3000), t0).forward.is_none());
+        assert!(
+            down.on_packet(&SIMULCAST, 2, false, (102, 2, 3000), t0)
+                .forward
+                .is_none()
+        );
         let switched = down
-            .on_packet(&SIMULCAST, 2, true, (102, 3, 6000), t0 + Duration::from_millis(33))
+            .on_packet(
+                &SIMULCAST,
+                2,
+                true,
+                (102, 3, 6000),
+                t0 + Duration::from_millis(33),
+            )
             .forward
             .expect("switch on keyframe");
         assert_eq!(switched.seq, last_low.seq.wrapping_add(1));
-        assert!(down.on_packet(&SIMULCAST, 0, false, (100, 3, 6000), t0).forward.is_none());
+        assert!(
+            down.on_packet(&SIMULCAST, 0, false, (100, 3, 6000), t0)
+                .forward
+                .is_none()
+        );
         assert_eq!(down.current_layer(), Some(2));
     }
 
@@ -187,11 +226,19 @@ mod tests {
     fn falls_back_when_the_current_layer_stops() {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
-        assert!(down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0).forward.is_some());
+        assert!(
+            down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0)
+                .forward
+                .is_some()
+        );
         let top_paused = [(0, true), (1, true), (2, false)];
         let decision = down.on_packet(&top_paused, 1, false, (101, 1, 0), t0);
         assert_eq!(decision.request_keyframe, Some(1));
-        assert!(down.on_packet(&top_paused, 1, true, (101, 2, 0), t0).forward.is_some());
+        assert!(
+            down.on_packet(&top_paused, 1, true, (101, 2, 0), t0)
+                .forward
+                .is_some()
+        );
         assert_eq!(down.current_layer(), Some(1));
     }
 
@@ -200,7 +247,13 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(false, 48_000);
         let decision = down.on_packet(&[(0, true)], 0, false, (5, 77, 960), t0);
-        assert_eq!(decision.forward, Some(Rewritten { seq: 77, timestamp: 960 }));
+        assert_eq!(
+            decision.forward,
+            Some(Rewritten {
+                seq: 77,
+                timestamp: 960
+            })
+        );
         assert_eq!(decision.request_keyframe, None);
     }
 

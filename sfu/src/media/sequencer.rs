@@ -83,14 +83,21 @@ impl Sequencer {
 
     /// Whether the next packet of `ssrc` starts a new segment (a source switch).
     pub fn is_switch(&self, ssrc: u32) -> bool {
-        self.current().is_none_or(|segment| segment.source_ssrc != ssrc)
+        self.current()
+            .is_none_or(|segment| segment.source_ssrc != ssrc)
     }
 
     /// Rewrites a source packet. A packet from a different source than the current
     /// segment's starts a new segment continuing right after the last packet sent. Returns
     /// `None` for a packet older than the segment it would belong to (a late packet of a
     /// source already switched away from), which must be dropped.
-    pub fn rewrite(&mut self, ssrc: u32, seq: u16, timestamp: u32, now: Instant) -> Option<Rewritten> {
+    pub fn rewrite(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        timestamp: u32,
+        now: Instant,
+    ) -> Option<Rewritten> {
         if self.is_switch(ssrc) {
             let (seq_offset, ts_offset) = match self.last_out {
                 None => (0, 0),
@@ -192,13 +199,18 @@ mod tests {
         // Layer A: seq 1000.., ts 5000..
         let mut out = Vec::new();
         for i in 0..10u16 {
-            out.push(seq.rewrite(0xA, 1000 + i, 5000 + u32::from(i) * 3000, t0).unwrap());
+            out.push(
+                seq.rewrite(0xA, 1000 + i, 5000 + u32::from(i) * 3000, t0)
+                    .unwrap(),
+            );
         }
         // Switch to layer B with unrelated numbering, 33 ms later.
         let t1 = t0 + Duration::from_millis(33);
         let first_b = seq.rewrite(0xB, 60_000, 123_456, t1).unwrap();
         assert_eq!(first_b.seq, out.last().unwrap().seq.wrapping_add(1));
-        let ts_step = first_b.timestamp.wrapping_sub(out.last().unwrap().timestamp);
+        let ts_step = first_b
+            .timestamp
+            .wrapping_sub(out.last().unwrap().timestamp);
         assert_eq!(ts_step, 2970); // 33 ms at 90 kHz
         let second_b = seq.rewrite(0xB, 60_001, 126_456, t1).unwrap();
         assert_eq!(second_b.seq, first_b.seq.wrapping_add(1));

@@ -145,7 +145,10 @@ mod tests {
         let mut detector = SpeakerDetector::default();
         feed(&mut detector, 1, t0, 400, 30); // loud: 97
         feed(&mut detector, 2, t0, 400, 55); // quieter: 72
-        assert_eq!(detector.evaluate(t0 + Duration::from_millis(400)), Some(Some(1)));
+        assert_eq!(
+            detector.evaluate(t0 + Duration::from_millis(400)),
+            Some(Some(1))
+        );
         assert_eq!(detector.current(), Some(1));
     }
 
@@ -154,9 +157,15 @@ mod tests {
         let t0 = Instant::now();
         let mut detector = SpeakerDetector::default();
         feed(&mut detector, 1, t0, 400, 30);
-        assert_eq!(detector.evaluate(t0 + Duration::from_millis(400)), Some(Some(1)));
+        assert_eq!(
+            detector.evaluate(t0 + Duration::from_millis(400)),
+            Some(Some(1))
+        );
         feed(&mut detector, 1, t0 + Duration::from_millis(400), 1000, 127);
-        assert_eq!(detector.evaluate(t0 + Duration::from_millis(1400)), Some(None));
+        assert_eq!(
+            detector.evaluate(t0 + Duration::from_millis(1400)),
+            Some(None)
+        );
     }
 
     #[test]
@@ -164,7 +173,10 @@ mod tests {
         let t0 = Instant::now();
         let mut detector = SpeakerDetector::default();
         feed(&mut detector, 1, t0, 400, 40); // 87
-        assert_eq!(detector.evaluate(t0 + Duration::from_millis(400)), Some(Some(1)));
+        assert_eq!(
+            detector.evaluate(t0 + Duration::from_millis(400)),
+            Some(Some(1))
+        );
         let t1 = t0 + Duration::from_millis(400);
         feed(&mut detector, 1, t1, 400, 40); // 87
         feed(&mut detector, 2, t1, 400, 37); // 90: within the margin
@@ -172,7 +184,10 @@ mod tests {
         let t2 = t1 + Duration::from_millis(400);
         feed(&mut detector, 1, t2, 500, 40);
         feed(&mut detector, 2, t2, 500, 20); // 107: takes over
-        assert_eq!(detector.evaluate(t2 + Duration::from_millis(500)), Some(Some(2)));
+        assert_eq!(
+            detector.evaluate(t2 + Duration::from_millis(500)),
+            Some(Some(2))
+        );
     }
 
     #[test]
@@ -184,7 +199,10 @@ mod tests {
         }
         assert_eq!(detector.evaluate(t0 + Duration::from_millis(400)), None);
         feed(&mut detector, 4, t0, 400, 10);
-        assert_eq!(detector.evaluate(t0 + Duration::from_millis(400)), Some(Some(4)));
+        assert_eq!(
+            detector.evaluate(t0 + Duration::from_millis(400)),
+            Some(Some(4))
+        );
         detector.remove(4);
         assert_eq!(detector.current(), None);
     }

@@ -302,7 +302,12 @@ impl CoreHandle {
             reply,
         })
         .await
-        .unwrap_or_else(|| Err(JoinError::new(ErrorCode::Internal, "the shard is shutting down")))
+        .unwrap_or_else(|| {
+            Err(JoinError::new(
+                ErrorCode::Internal,
+                "the shard is shutting down",
+            ))
+        })
     }
 
     /// Delivers a session's message.

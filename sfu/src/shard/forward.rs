@@ -58,7 +58,8 @@ impl ShardCore {
                 .and_then(|payload| audio_level(&payload))
             && let Some(room) = rooms.get_mut(&track.room)
         {
-            room.speaker.observe(track.session, now, level.voice, level.level);
+            room.speaker
+                .observe(track.session, now, level.voice, level.level);
         }
         packet.header.extension = false;
         packet.header.extension_profile = 0;
@@ -158,7 +159,12 @@ impl ShardCore {
     }
 
     /// Asks the publisher of a track for a keyframe on one layer, throttled.
-    pub(super) fn request_keyframe(&mut self, track_key: TrackKey, layer_index: usize, now: Instant) {
+    pub(super) fn request_keyframe(
+        &mut self,
+        track_key: TrackKey,
+        layer_index: usize,
+        now: Instant,
+    ) {
         let Some(track) = self.tracks.get_mut(&track_key) else {
             return;
         };

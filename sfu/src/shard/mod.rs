@@ -308,27 +308,47 @@ impl ShardCore {
             }
         };
         let advertised = self.config.advertised;
-        let Some(peer) = self.peers.get_mut(&key) else {
+        if !self.peers.contains_key(&key) {
             self.demux.remove_peer(key);
             self.metrics.dropped(DropReason::UnknownSource);
             return;
-        };
-        // `rtc` reports malformed records and packets by logging and dropping them; an
-        // error here means the connection itself is unusable.
-        if let Err(err) = peer.pc.handle_read(TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: advertised,
-                peer_addr: from,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
-            message: BytesMut::from(datagram),
-        }) {
-            tracing::debug!(peer = key, %err, "datagram rejected by peer connection");
         }
-        self.drive(key, now);
+        self.guard(key, |core| {
+            let Some(peer) = core.peers.get_mut(&key) else {
+                return;
+            };
+            // `rtc` reports malformed records and packets by logging and dropping them;
+            // an error here means the connection itself is unusable.
+            if let Err(err) = peer.pc.handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: advertised,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: BytesMut::from(datagram),
+            }) {
+                tracing::debug!(peer = key, %err, "datagram rejected by peer connection");
+            }
+            core.drive(key, now);
+        });
         self.finish_step(now);
+    }
+
+    /// Runs `step` for one peer so that a panic inside the WebRTC stack (a bug reached by
+    /// some input) ends that peer's session instead of the media thread and every room on
+    /// the shard.
+    fn guard(&mut self, key: PeerKey, step: impl FnOnce(&mut Self)) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self)));
+        if outcome.is_err() {
+            self.metrics.peer_panics.inc();
+            tracing::error!(peer = key, "peer connection panicked; ending its session");
+            if let Some(peer) = self.peers.get(&key) {
+                self.doomed
+                    .push((peer.session, "internal error in the media connection"));
+            }
+        }
     }
 
     /// Finds the peer a STUN request names and checks it knows the peer's password.
@@ -463,10 +483,14 @@ impl ShardCore {
                 continue; // superseded by a later deadline
             }
             peer.deadline = None;
-            if let Err(err) = peer.pc.handle_timeout(now) {
-                tracing::debug!(peer = key, %err, "timeout handling failed");
-            }
-            self.drive(key, now);
+            self.guard(key, |core| {
+                if let Some(peer) = core.peers.get_mut(&key)
+                    && let Err(err) = peer.pc.handle_timeout(now)
+                {
+                    tracing::debug!(peer = key, %err, "timeout handling failed");
+                }
+                core.drive(key, now);
+            });
             // A deadline that does not move forward would spin the loop.
             if let Some(peer) = self.peers.get_mut(&key)
                 && let Some(next) = peer.pc.poll_timeout()
@@ -517,8 +541,9 @@ impl ShardCore {
             .rooms
             .iter()
             .filter(|(_, room)| {
-                room.empty_since
-                    .is_some_and(|since| now.saturating_duration_since(since) >= room.spec.empty_timeout())
+                room.empty_since.is_some_and(|since| {
+                    now.saturating_duration_since(since) >= room.spec.empty_timeout()
+                })
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -539,7 +564,8 @@ impl ShardCore {
             let rate = |new: u64, old: u64| ((new.saturating_sub(old)) as f64 / secs) as u64;
             self.rates.load.ingress_bps = rate(received, self.rates.received_bytes) * 8;
             self.rates.load.egress_bps = rate(forwarded, self.rates.forwarded_bytes) * 8;
-            self.rates.load.forwarded_packets_per_second = rate(packets, self.rates.forwarded_packets);
+            self.rates.load.forwarded_packets_per_second =
+                rate(packets, self.rates.forwarded_packets);
             self.rates.load.cpu_cores = ((cpu - self.rates.cpu_seconds) / secs).max(0.0);
         }
         self.rates.at = Some(now);
@@ -554,7 +580,9 @@ impl ShardCore {
         self.metrics.pipelines.set(self.rooms.len() as i64);
         self.metrics.participants.set(self.sessions.len() as i64);
         self.metrics.tracks.set(self.tracks.len() as i64);
-        self.metrics.forwarded_streams.set(self.forwarded_streams() as i64);
+        self.metrics
+            .forwarded_streams
+            .set(self.forwarded_streams() as i64);
     }
 
     fn forwarded_streams(&self) -> usize {
@@ -584,7 +612,19 @@ impl ShardCore {
                 }
                 let _ = reply.send(result);
             }
-            Command::Signal { session, message } => self.on_signal(session, message, now),
+            Command::Signal { session, message } => {
+                // Client SDP and candidates go into the WebRTC stack's parsers: keep a
+                // panic there to this session.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.on_signal(session, message, now)
+                }));
+                if outcome.is_err() {
+                    self.metrics.peer_panics.inc();
+                    tracing::error!(session, "signaling step panicked; ending the session");
+                    self.doomed
+                        .push((session, "internal error handling a signaling message"));
+                }
+            }
             Command::Leave { session } => self.remove_session(session, now, None),
             Command::PutPipeline { name, spec, reply } => {
                 let _ = reply.send(self.put_pipeline(name, spec, now));
@@ -752,7 +792,10 @@ impl ShardCore {
             ));
         }
         if self.sessions.len() >= self.config.max_participants {
-            return Err(JoinError::new(ErrorCode::RoomFull, "this shard is at capacity"));
+            return Err(JoinError::new(
+                ErrorCode::RoomFull,
+                "this shard is at capacity",
+            ));
         }
         let participants: Vec<ParticipantInfo> = room
             .sessions
@@ -851,7 +894,8 @@ impl ShardCore {
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = s.events.try_send(message) {
             self.metrics.error(ErrorCode::SlowConsumer);
-            self.doomed.push((session, "slow consumer: signaling queue overflowed"));
+            self.doomed
+                .push((session, "slow consumer: signaling queue overflowed"));
         }
     }
 
@@ -905,7 +949,10 @@ impl ShardCore {
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };
-        for key in [session.publisher, session.subscriber].into_iter().flatten() {
+        for key in [session.publisher, session.subscriber]
+            .into_iter()
+            .flatten()
+        {
             self.close_peer(key);
         }
         if let Some(room) = self.rooms.get_mut(&room_name) {
@@ -945,7 +992,11 @@ impl ShardCore {
             Ok(built) => built,
             Err(err) => {
                 tracing::error!(%err, "cannot build a peer connection");
-                self.send_error(session, ErrorCode::Internal, "cannot create a peer connection");
+                self.send_error(
+                    session,
+                    ErrorCode::Internal,
+                    "cannot create a peer connection",
+                );
                 return None;
             }
         };

@@ -1,6 +1,7 @@
 //! Signaling inside the core: applying clients' descriptions, publishing tracks as their
 //! first packets arrive, and renegotiating subscriber connections as tracks come and go.
 
+use super::api::SessionId;
 use super::sdp::{cap_video_bitrate, media_sections};
 use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
@@ -10,7 +11,6 @@ use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
 use crate::media::simulcast::rank_layers;
 use crate::peer::PeerRole;
 use crate::signal::protocol::{ClientMessage, ErrorCode, PeerTarget, ServerMessage, TrackKind};
-use super::api::SessionId;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -29,7 +29,11 @@ impl ShardCore {
         }
         match message {
             ClientMessage::Join { .. } => {
-                self.send_error(session, ErrorCode::AlreadyJoined, "this session already joined");
+                self.send_error(
+                    session,
+                    ErrorCode::AlreadyJoined,
+                    "this session already joined",
+                );
             }
             ClientMessage::Offer { pc, sdp } => {
                 if pc != PeerTarget::Publisher {
@@ -53,7 +57,12 @@ impl ShardCore {
                     self.on_subscriber_answer(session, sdp, now);
                 }
             }
-            ClientMessage::Candidate { pc, candidate, sdp_mid, sdp_m_line_index } => {
+            ClientMessage::Candidate {
+                pc,
+                candidate,
+                sdp_mid,
+                sdp_m_line_index,
+            } => {
                 let key = self.sessions.get(&session).and_then(|s| match pc {
                     PeerTarget::Publisher => s.publisher,
                     PeerTarget::Subscriber => s.subscriber,
@@ -73,12 +82,16 @@ impl ShardCore {
                 }
             }
             ClientMessage::SetQuality { track, quality } => {
-                let found = self.tracks.values_mut().find(|t| t.id == track).and_then(|t| {
-                    t.downtracks.iter_mut().find(|d| d.session == session)
-                });
+                let found = self
+                    .tracks
+                    .values_mut()
+                    .find(|t| t.id == track)
+                    .and_then(|t| t.downtracks.iter_mut().find(|d| d.session == session));
                 match found {
                     Some(entry) => entry.state.set_target(quality),
-                    None => self.send_error(session, ErrorCode::TrackNotFound, "no such received track"),
+                    None => {
+                        self.send_error(session, ErrorCode::TrackNotFound, "no such received track")
+                    }
                 }
             }
             ClientMessage::Mute { track, muted } => {
@@ -98,10 +111,18 @@ impl ShardCore {
                         self.broadcast(
                             &room,
                             Some(session),
-                            ServerMessage::TrackMuted { participant, track, muted },
+                            ServerMessage::TrackMuted {
+                                participant,
+                                track,
+                                muted,
+                            },
                         );
                     }
-                    None => self.send_error(session, ErrorCode::TrackNotFound, "no such published track"),
+                    None => self.send_error(
+                        session,
+                        ErrorCode::TrackNotFound,
+                        "no such published track",
+                    ),
                 }
             }
             ClientMessage::Leave => {
@@ -116,7 +137,11 @@ impl ShardCore {
             return;
         };
         if !s.publish {
-            self.send_error(session, ErrorCode::Forbidden, "this participant may not publish");
+            self.send_error(
+                session,
+                ErrorCode::Forbidden,
+                "this participant may not publish",
+            );
             return;
         }
         let room = s.room.clone();
@@ -164,10 +189,11 @@ impl ShardCore {
                 transceiver.set_direction(RTCRtpTransceiverDirection::Inactive);
             }
         }
-        let answer = peer
-            .pc
-            .create_answer(None)
-            .and_then(|answer| peer.pc.set_local_description(now, answer.clone()).map(|_| answer));
+        let answer = peer.pc.create_answer(None).and_then(|answer| {
+            peer.pc
+                .set_local_description(now, answer.clone())
+                .map(|_| answer)
+        });
         let answer = match answer {
             Ok(answer) => answer,
             Err(err) => {
@@ -179,7 +205,13 @@ impl ShardCore {
             Some(kbps) => cap_video_bitrate(&answer.sdp, kbps),
             None => answer.sdp,
         };
-        self.send(session, ServerMessage::Answer { pc: PeerTarget::Publisher, sdp });
+        self.send(
+            session,
+            ServerMessage::Answer {
+                pc: PeerTarget::Publisher,
+                sdp,
+            },
+        );
         self.mark_dirty(key);
         // Tracks whose sections no longer send were removed by the publisher.
         let still_sending: Vec<String> = sections
@@ -191,7 +223,11 @@ impl ShardCore {
             .tracks
             .iter()
             .filter(|(_, t)| t.peer == key)
-            .filter(|(_, t)| t.mid.as_ref().is_none_or(|mid| !still_sending.contains(mid)))
+            .filter(|(_, t)| {
+                t.mid
+                    .as_ref()
+                    .is_none_or(|mid| !still_sending.contains(mid))
+            })
             .map(|(k, _)| *k)
             .collect();
         for track in gone {
@@ -254,13 +290,17 @@ impl ShardCore {
             let payload_type = codecs
                 .iter()
                 .find(|c| {
-                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(&wanted.mime_type)
                         && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line
                 })
                 .or_else(|| {
-                    codecs
-                        .iter()
-                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type))
+                    codecs.iter().find(|c| {
+                        c.rtp_codec
+                            .mime_type
+                            .eq_ignore_ascii_case(&wanted.mime_type)
+                    })
                 })
                 .map(|c| c.payload_type);
             match payload_type {
@@ -295,14 +335,21 @@ impl ShardCore {
             return;
         };
         let session = peer.session;
-        let offer = peer
-            .pc
-            .create_offer(None)
-            .and_then(|offer| peer.pc.set_local_description(now, offer.clone()).map(|_| offer));
+        let offer = peer.pc.create_offer(None).and_then(|offer| {
+            peer.pc
+                .set_local_description(now, offer.clone())
+                .map(|_| offer)
+        });
         match offer {
             Ok(offer) => {
                 peer.offer_out = true;
-                self.send(session, ServerMessage::Offer { pc: PeerTarget::Subscriber, sdp: offer.sdp });
+                self.send(
+                    session,
+                    ServerMessage::Offer {
+                        pc: PeerTarget::Subscriber,
+                        sdp: offer.sdp,
+                    },
+                );
                 self.mark_dirty(key);
             }
             Err(err) => {
@@ -328,11 +375,7 @@ impl ShardCore {
             .iter_mut()
             .find(|(_, t)| t.peer == key && t.source_track_id == init.track_id);
         if let Some((track_key, track)) = existing {
-            let index = track
-                .layers
-                .iter()
-                .position(|l| l.rid == rid)
-                .unwrap_or(0);
+            let index = track.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
             if let Some(layer) = track.layers.get_mut(index) {
                 if let Some(old) = layer.ssrc.replace(init.ssrc) {
                     peer.incoming.remove(&old);
@@ -403,11 +446,15 @@ impl ShardCore {
                 ssrc: (*name == rid.as_str() || rids.is_empty()).then_some(init.ssrc),
                 receiver: init.receiver_id,
                 last_packet: None,
-                buffer: video.then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
+                buffer: video
+                    .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
                 throttle: KeyframeThrottle::new(self.config.keyframe_interval),
             })
             .collect();
-        let layer_index = layers.iter().position(|l| l.ssrc == Some(init.ssrc)).unwrap_or(0);
+        let layer_index = layers
+            .iter()
+            .position(|l| l.ssrc == Some(init.ssrc))
+            .unwrap_or(0);
         let track_key = self.key();
         let track = PublishedTrack {
             id: format!("TR{}", crate::peer::random_token(12)),
@@ -440,7 +487,11 @@ impl ShardCore {
         let subscribers: Vec<SessionId> = match self.rooms.get_mut(&room) {
             Some(r) => {
                 r.tracks.push(track_key);
-                r.sessions.iter().copied().filter(|s| *s != session).collect()
+                r.sessions
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != session)
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -448,7 +499,10 @@ impl ShardCore {
         self.broadcast(
             &room,
             Some(session),
-            ServerMessage::TrackPublished { participant, track: info },
+            ServerMessage::TrackPublished {
+                participant,
+                track: info,
+            },
         );
         for subscriber in subscribers {
             self.add_downtrack(subscriber, track_key, now);
@@ -589,7 +643,10 @@ impl ShardCore {
         self.broadcast(
             &track.room,
             Some(track.session),
-            ServerMessage::TrackUnpublished { participant, track: track.id },
+            ServerMessage::TrackUnpublished {
+                participant,
+                track: track.id,
+            },
         );
         self.update_gauges();
     }

@@ -104,7 +104,10 @@ pub fn cap_video_bitrate(sdp: &str, kbps: u32) -> String {
         }
         out.push_str(line);
         if in_video && !capped && bare.starts_with("c=") {
-            out.push_str(&format!("b=AS:{kbps}\r\nb=TIAS:{}\r\n", u64::from(kbps) * 1000));
+            out.push_str(&format!(
+                "b=AS:{kbps}\r\nb=TIAS:{}\r\n",
+                u64::from(kbps) * 1000
+            ));
             capped = true;
         }
     }
@@ -138,7 +141,11 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
     #[test]
     fn tolerates_garbage() {
         assert!(media_sections("").is_empty());
-        assert!(media_sections("a=mid:0\nm=\nm=video x\n").iter().all(|s| s.port == 0));
+        assert!(
+            media_sections("a=mid:0\nm=\nm=video x\n")
+                .iter()
+                .all(|s| s.port == 0)
+        );
     }
 
     #[test]

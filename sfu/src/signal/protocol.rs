@@ -353,14 +353,17 @@ pub fn decode_client(frame: &str) -> Result<ClientMessage, ProtocolError> {
     struct VersionOnly {
         v: Option<serde_json::Value>,
     }
-    let version: VersionOnly = serde_json::from_str(frame)
-        .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, format!("not a JSON object: {e}")))?;
+    let version: VersionOnly = serde_json::from_str(frame).map_err(|e| {
+        ProtocolError::new(ErrorCode::BadMessage, format!("not a JSON object: {e}"))
+    })?;
     match version.v {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
         Some(other) => {
             return Err(ProtocolError::new(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {other} is not supported; this shard speaks {PROTOCOL_VERSION}"),
+                format!(
+                    "protocol version {other} is not supported; this shard speaks {PROTOCOL_VERSION}"
+                ),
             ));
         }
         None => {
@@ -530,8 +533,14 @@ mod tests {
         assert_eq!(code("not json"), ErrorCode::BadMessage);
         assert_eq!(code("[1,2]"), ErrorCode::BadMessage);
         assert_eq!(code(r#"{"type":"ping"}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"v":2,"type":"ping"}"#), ErrorCode::UnsupportedVersion);
-        assert_eq!(code(r#"{"v":"1","type":"ping"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            code(r#"{"v":2,"type":"ping"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            code(r#"{"v":"1","type":"ping"}"#),
+            ErrorCode::UnsupportedVersion
+        );
         assert_eq!(code(r#"{"v":1,"type":"fly"}"#), ErrorCode::BadMessage);
         assert_eq!(
             code(r#"{"v":1,"type":"join","room":"a b","participant":"x"}"#),
@@ -565,10 +574,13 @@ mod tests {
         assert_eq!(value["v"], 1);
         assert_eq!(value["type"], "error");
         assert_eq!(value["code"], "room_full");
-        assert_eq!(decode_server(&frame).unwrap(), ServerMessage::Error {
-            code: ErrorCode::RoomFull,
-            message: "full".into()
-        });
+        assert_eq!(
+            decode_server(&frame).unwrap(),
+            ServerMessage::Error {
+                code: ErrorCode::RoomFull,
+                message: "full".into()
+            }
+        );
         for code in ErrorCode::ALL {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, code.as_str());

@@ -9,9 +9,11 @@
 use super::protocol::{
     ClientMessage, ErrorCode, MAX_MESSAGE_BYTES, ServerMessage, decode_client, encode_server,
 };
+use crate::metrics::ShardMetrics;
 use crate::ratelimit::TokenBucket;
 use crate::shard::api::{CoreHandle, JoinRequest, SessionId};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -34,8 +36,12 @@ const MAX_STRIKES: u32 = 500;
 pub const SESSION_QUEUE: usize = 256;
 
 /// Runs a session until either side closes it.
-pub async fn run_session<S, R>(mut sink: S, mut stream: R, core: CoreHandle)
-where
+pub async fn run_session<S, R>(
+    mut sink: S,
+    mut stream: R,
+    core: CoreHandle,
+    metrics: Arc<ShardMetrics>,
+) where
     S: Sink<String> + Unpin,
     R: Stream<Item = Incoming> + Unpin,
 {
@@ -49,7 +55,7 @@ where
                 let text = match frame {
                     None | Some(Incoming::Close) => break,
                     Some(Incoming::Binary) => {
-                        let reply = error(ErrorCode::BadMessage, "binary frames are not part of the protocol");
+                        let reply = error(&metrics, ErrorCode::BadMessage, "binary frames are not part of the protocol");
                         if sink.send(reply).await.is_err() { break; }
                         continue;
                     }
@@ -58,17 +64,17 @@ where
                 if !budget.take(Instant::now()) {
                     strikes += 1;
                     if strikes > MAX_STRIKES {
-                        let _ = sink.send(error(ErrorCode::RateLimited, "too many messages; closing")).await;
+                        let _ = sink.send(error(&metrics, ErrorCode::RateLimited, "too many messages; closing")).await;
                         break;
                     }
-                    if sink.send(error(ErrorCode::RateLimited, "too many messages; slow down")).await.is_err() {
+                    if sink.send(error(&metrics, ErrorCode::RateLimited, "too many messages; slow down")).await.is_err() {
                         break;
                     }
                     continue;
                 }
                 let reply = match decode_client(&text) {
-                    Err(err) => Some(error(err.code, &err.message)),
-                    Ok(message) => handle(message, &mut session, &core, &events_tx).await,
+                    Err(err) => Some(error(&metrics, err.code, &err.message)),
+                    Ok(message) => handle(message, &mut session, &core, &events_tx, &metrics).await,
                 };
                 if let Some(reply) = reply
                     && sink.send(reply).await.is_err()
@@ -94,7 +100,9 @@ where
     }
 }
 
-fn error(code: ErrorCode, message: &str) -> String {
+/// An error frame, counted in the shard's metrics.
+fn error(metrics: &ShardMetrics, code: ErrorCode, message: &str) -> String {
+    metrics.error(code);
     encode_server(&ServerMessage::Error {
         code,
         message: message.to_owned(),
@@ -106,6 +114,7 @@ async fn handle(
     session: &mut Option<SessionId>,
     core: &CoreHandle,
     events: &mpsc::Sender<ServerMessage>,
+    metrics: &ShardMetrics,
 ) -> Option<String> {
     match (*session, message) {
         (_, ClientMessage::Ping) => Some(encode_server(&ServerMessage::Pong)),
@@ -131,19 +140,27 @@ async fn handle(
                     *session = Some(id);
                     None
                 }
-                Err(err) => Some(error(err.code, &err.message)),
+                Err(err) => Some(encode_server(&ServerMessage::Error {
+                    code: err.code,
+                    message: err.message,
+                })),
             }
         }
         (Some(_), ClientMessage::Join { .. }) => Some(error(
+            metrics,
             ErrorCode::AlreadyJoined,
             "this session already joined a room",
         )),
-        (None, _) => Some(error(ErrorCode::NotJoined, "send join first")),
+        (None, _) => Some(error(metrics, ErrorCode::NotJoined, "send join first")),
         (Some(id), message) => {
             if core.signal(id, message).await {
                 None
             } else {
-                Some(error(ErrorCode::Internal, "the shard is shutting down"))
+                Some(error(
+                    metrics,
+                    ErrorCode::Internal,
+                    "the shard is shutting down",
+                ))
             }
         }
     }
@@ -182,7 +199,13 @@ mod tests {
             seen
         });
         let (out_tx, mut out_rx) = futures_channel();
-        run_session(out_tx, stream::iter(frames), core).await;
+        run_session(
+            out_tx,
+            stream::iter(frames),
+            core,
+            Arc::new(ShardMetrics::new()),
+        )
+        .await;
         let mut replies = Vec::new();
         while let Ok(frame) = out_rx.try_recv() {
             replies.push(decode_server(&frame).expect("valid server frame"));
@@ -231,7 +254,14 @@ mod tests {
             .collect();
         assert_eq!(
             codes,
-            vec!["bad_message", "bad_message", "not_joined", "unsupported_version", "already_joined", "pong"]
+            vec![
+                "bad_message",
+                "bad_message",
+                "not_joined",
+                "unsupported_version",
+                "already_joined",
+                "pong"
+            ]
         );
         assert_eq!(seen, vec!["join:r1", "signal:Leave", "leave:7"]);
     }
@@ -244,7 +274,15 @@ mod tests {
         let (replies, _) = script(frames).await;
         let limited = replies
             .iter()
-            .filter(|r| matches!(r, ServerMessage::Error { code: ErrorCode::RateLimited, .. }))
+            .filter(|r| {
+                matches!(
+                    r,
+                    ServerMessage::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                )
+            })
             .count();
         assert!(limited > 0);
         // The session closed before answering every frame.

@@ -1,0 +1,197 @@
+//! A subscriber whose UDP socket the test owns: built on the sans-I/O `rtc` core, so that
+//! after it has authenticated (ICE, DTLS) it can also send arbitrary bytes from its own,
+//! bound address. That is how a buggy or hostile participant's junk reaches the shard's
+//! peer connection rather than being dropped at the port's demultiplexer.
+
+use crate::signal_client::SignalClient;
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tutti_sfu::signal::protocol::{ClientMessage, PeerTarget, ServerMessage};
+
+/// A running raw subscriber.
+pub struct RawSubscriber {
+    /// Connection state of its subscriber connection.
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    /// RTP packets it decrypted.
+    pub rtp_received: Arc<AtomicU64>,
+    junk: mpsc::UnboundedSender<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawSubscriber {
+    /// Joins `room` as a subscriber.
+    pub async fn join(url: &str, token: &str, room: &str, id: &str) -> Result<Self> {
+        let mut signal = SignalClient::connect(url, token).await?;
+        signal.send(ClientMessage::Join {
+            room: room.into(),
+            participant: id.into(),
+            name: None,
+            publish: Some(false),
+            subscribe: Some(true),
+        });
+        match tokio::time::timeout(Duration::from_secs(10), signal.rx.recv()).await {
+            Ok(Some(ServerMessage::Joined { .. })) => {}
+            other => bail!("join failed: {other:?}"),
+        }
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (junk, junk_rx) = mpsc::unbounded_channel();
+        let rtp_received = Arc::new(AtomicU64::new(0));
+        let counter = rtp_received.clone();
+        let task = tokio::spawn(async move {
+            if let Err(err) = run(signal, socket, state_tx, junk_rx, counter).await {
+                tracing::warn!(%err, "raw subscriber stopped");
+            }
+        });
+        Ok(Self {
+            state,
+            rtp_received,
+            junk,
+            task,
+        })
+    }
+
+    /// Sends bytes from the subscriber's own socket to the shard's media address.
+    pub fn send_raw(&self, bytes: Vec<u8>) {
+        let _ = self.junk.send(bytes);
+    }
+
+    /// Waits for the connection to be established.
+    pub async fn wait_connected(&mut self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(
+            timeout,
+            self.state
+                .wait_for(|s| *s == RTCPeerConnectionState::Connected),
+        )
+        .await
+        .context("raw subscriber did not connect")??;
+        Ok(())
+    }
+}
+
+impl Drop for RawSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn build(local: SocketAddr) -> Result<RTCPeerConnection> {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs()?;
+    let registry = register_default_interceptors(Default::default(), &mut media_engine)?;
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())?;
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    Ok(pc)
+}
+
+async fn run(
+    mut signal: SignalClient,
+    socket: UdpSocket,
+    state: watch::Sender<RTCPeerConnectionState>,
+    mut junk: mpsc::UnboundedReceiver<Vec<u8>>,
+    rtp_received: Arc<AtomicU64>,
+) -> Result<()> {
+    let local = socket.local_addr()?;
+    let mut pc: Option<RTCPeerConnection> = None;
+    let mut shard: Option<SocketAddr> = None;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        if let Some(pc) = pc.as_mut() {
+            while let Some(out) = pc.poll_write() {
+                shard = Some(out.transport.peer_addr);
+                socket
+                    .send_to(&out.message, out.transport.peer_addr)
+                    .await?;
+            }
+            while let Some(event) = pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = event {
+                    let _ = state.send(s);
+                }
+            }
+            while let Some(message) = pc.poll_read() {
+                if let RTCMessage::RtpPacket(..) = message.message {
+                    rtp_received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let deadline = pc
+            .as_mut()
+            .and_then(|pc| pc.poll_timeout())
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            message = signal.rx.recv() => {
+                let Some(message) = message else { return Ok(()) };
+                if let ServerMessage::Offer { sdp, .. } = message {
+                    if pc.is_none() {
+                        pc = Some(build(local)?);
+                    }
+                    if let Some(pc) = pc.as_mut() {
+                        pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp)?)?;
+                        let answer = pc.create_answer(None)?;
+                        pc.set_local_description(Instant::now(), answer.clone())?;
+                        signal.send(ClientMessage::Answer { pc: PeerTarget::Subscriber, sdp: answer.sdp });
+                    }
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                let (n, from) = received?;
+                shard = Some(from);
+                if let Some(pc) = pc.as_mut() {
+                    let _ = pc.handle_read(TaggedBytesMut {
+                        now: Instant::now(),
+                        transport: TransportContext {
+                            local_addr: local,
+                            peer_addr: from,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: BytesMut::from(&buf[..n]),
+                    });
+                }
+            }
+            bytes = junk.recv() => {
+                if let (Some(bytes), Some(shard)) = (bytes, shard) {
+                    socket.send_to(&bytes, shard).await?;
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                if let Some(pc) = pc.as_mut() {
+                    let _ = pc.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+}
