@@ -2,6 +2,7 @@
 //! (pipelines), forwarding, the admin API and the shard-side signaling endpoint.
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod demux;
 pub mod media;

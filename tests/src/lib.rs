@@ -2,6 +2,7 @@
 //! tests and the `tutti-bench` load generator.
 
 pub mod admin;
+pub mod bench;
 pub mod participant;
 pub mod raw_peer;
 pub mod shard;

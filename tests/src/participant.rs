@@ -107,8 +107,8 @@ pub struct TrackRecord {
     pub streams: HashSet<u32>,
     /// Every packet (when recording).
     pub log: Vec<Received>,
-    /// Send-to-receive latencies in ns (when recording latency).
-    pub latencies_ns: Vec<u64>,
+    /// `(sent_ns, latency_ns)` of every packet (when recording latency).
+    pub arrivals: Vec<(u64, u64)>,
 }
 
 /// How completely one track arrived, judged from its packet log.
@@ -309,8 +309,8 @@ async fn read_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
                 }
                 if shared.record_latency {
                     record
-                        .latencies_ns
-                        .push(received_ns.saturating_sub(probe.sent_ns));
+                        .arrivals
+                        .push((probe.sent_ns, received_ns.saturating_sub(probe.sent_ns)));
                 }
             }
             None => record.corrupt += 1,

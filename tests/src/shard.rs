@@ -64,17 +64,19 @@ pub struct ChildShard {
 }
 
 impl ChildShard {
-    /// Starts `binary` (the `tutti-sfu` executable), optionally pinned to `cpu`, and waits
-    /// for it to report its addresses.
-    pub async fn spawn(binary: &std::path::Path, cpu: Option<usize>) -> Result<Self> {
+    /// Starts `program args…` (the `tutti-sfu` executable, or anything that serves a shard
+    /// and prints its address the same way), optionally pinned to `cpu`, and waits for it
+    /// to report its addresses.
+    pub async fn spawn(program: &std::path::Path, args: &[&str], cpu: Option<usize>) -> Result<Self> {
         let mut command = match cpu {
             Some(cpu) => {
                 let mut c = tokio::process::Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(binary);
+                c.arg("-c").arg(cpu.to_string()).arg(program);
                 c
             }
-            None => tokio::process::Command::new(binary),
+            None => tokio::process::Command::new(program),
         };
+        command.args(args);
         command
             .args(["--http", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
             .env("TUTTI_SFU_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -85,7 +87,7 @@ impl ChildShard {
             .kill_on_drop(true);
         let mut child = command
             .spawn()
-            .with_context(|| format!("spawn {}", binary.display()))?;
+            .with_context(|| format!("spawn {}", program.display()))?;
         let stdout = child.stdout.take().context("child stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let http = tokio::time::timeout(Duration::from_secs(30), async {

@@ -1,0 +1,285 @@
+//! The `baseline` benchmark: the same packets, sizes and fan-out through a plain UDP relay.
+//!
+//! The relay is a child process with the shard's own batched I/O (`recvmmsg`, `sendmmsg`,
+//! GSO) and nothing else: no ICE, DTLS, SRTP or RTP processing. Its cost per forwarded
+//! packet is what moving a datagram costs on this machine.
+
+use super::report::{Report, cpu_us_per_packet, loss_ratio, quantile};
+use super::{RunArgs, own_cpu_seconds, pin_self};
+use crate::shard::process_usage;
+use crate::synth::{self, Epoch, OpusSource, Vp8Source};
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+use tutti_sfu::udp::{RecvBatch, SendBatcher};
+
+const AUDIO_PT: u8 = 111;
+const VIDEO_PT: u8 = 96;
+
+/// Runs the relay until killed: `SUB` registers a subscriber, `STATS` asks for the count of
+/// forwarded datagrams, anything else is sent to every subscriber.
+pub async fn relay() -> Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    println!("relay: udp {}", socket.local_addr()?);
+    let fd = socket.as_raw_fd();
+    let mut recv = RecvBatch::new(32);
+    let mut sender = SendBatcher::new(true);
+    let mut subscribers: Vec<SocketAddr> = Vec::new();
+    let mut outgoing: Vec<(SocketAddr, BytesMut)> = Vec::new();
+    let mut forwarded = 0u64;
+    loop {
+        socket.readable().await?;
+        let count = match socket.try_io(tokio::io::Interest::READABLE, || recv.recv(fd)) {
+            Ok(count) => count,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err.into()),
+        };
+        for index in 0..count {
+            let Some((from, bytes)) = recv.datagram(index) else {
+                continue;
+            };
+            if bytes == b"SUB" {
+                if !subscribers.contains(&from) {
+                    subscribers.push(from);
+                }
+            } else if bytes == b"STATS" {
+                socket.send_to(forwarded.to_string().as_bytes(), from).await?;
+            } else {
+                for subscriber in &subscribers {
+                    outgoing.push((*subscriber, BytesMut::from(bytes)));
+                }
+            }
+        }
+        while !outgoing.is_empty() {
+            let outcome = sender.send(fd, &mut outgoing);
+            forwarded += outcome.sent as u64;
+            if !outcome.would_block {
+                break;
+            }
+            outgoing.drain(..outcome.sent + outcome.failed);
+            socket.writable().await?;
+        }
+    }
+}
+
+struct RelayChild {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+async fn spawn_relay(pin: bool) -> Result<RelayChild> {
+    let exe = std::env::current_exe()?;
+    let mut command = if pin {
+        let mut c = tokio::process::Command::new("taskset");
+        c.args(["-c", "1"]).arg(&exe);
+        c
+    } else {
+        tokio::process::Command::new(&exe)
+    };
+    command
+        .arg("relay")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().context("relay stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(addr) = line.strip_prefix("relay: udp ") {
+                return Ok::<_, anyhow::Error>(addr.trim().parse()?);
+            }
+        }
+        bail!("relay exited")
+    })
+    .await??;
+    Ok(RelayChild { child, addr })
+}
+
+async fn forwarded(relay: SocketAddr) -> Result<u64> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    socket.send_to(b"STATS", relay).await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await??;
+    Ok(std::str::from_utf8(&buf[..n])?.parse()?)
+}
+
+fn rtp(payload_type: u8, marker: bool, seq: u16, timestamp: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(12 + payload.len());
+    packet.push(0x80);
+    packet.push(payload_type | if marker { 0x80 } else { 0 });
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&timestamp.to_be_bytes());
+    packet.extend_from_slice(&ssrc.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+async fn publish(relay: SocketAddr, stream: u32, video_bitrate: u64, epoch: Epoch, sent: Arc<AtomicU64>) -> Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let audio = {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut source = OpusSource::new(stream);
+            let mut seq = 0u16;
+            let mut ticker = tokio::time::interval(OpusSource::INTERVAL);
+            loop {
+                ticker.tick().await;
+                let p = source.next(epoch.now_ns());
+                let packet = rtp(AUDIO_PT, p.marker, seq, p.timestamp, stream, &p.payload);
+                seq = seq.wrapping_add(1);
+                if socket.send_to(&packet, relay).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut source = Vp8Source::new(stream | 1, video_bitrate, Duration::from_secs(2));
+    let mut seq = 0u16;
+    let mut ticker = tokio::time::interval(Vp8Source::INTERVAL);
+    let result: Result<()> = async {
+        loop {
+            ticker.tick().await;
+            for p in source.next_frame(epoch.now_ns()) {
+                let packet = rtp(VIDEO_PT, p.marker, seq, p.timestamp, stream | 1, &p.payload);
+                seq = seq.wrapping_add(1);
+                socket.send_to(&packet, relay).await?;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    .await;
+    audio.abort();
+    result
+}
+
+type Arrivals = Arc<Mutex<Vec<(u64, u64)>>>;
+
+async fn subscribe(relay: SocketAddr, epoch: Epoch, arrivals: Arrivals, first: Arc<Mutex<Option<Instant>>>) -> Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    socket.send_to(b"SUB", relay).await?;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let n = socket.recv(&mut buf).await?;
+        let received_ns = epoch.now_ns();
+        if n < 12 {
+            continue;
+        }
+        let video = buf[1] & 0x7F == VIDEO_PT;
+        let payload = &buf[12..n];
+        if let Some(probe) = synth::probe(payload, synth::header_len(video, payload)) {
+            first.lock().await.get_or_insert_with(Instant::now);
+            arrivals
+                .lock()
+                .await
+                .push((probe.sent_ns, received_ns.saturating_sub(probe.sent_ns)));
+        }
+    }
+}
+
+/// Runs the baseline and returns its report.
+pub async fn run(args: &RunArgs) -> Result<Report> {
+    let mut relay = spawn_relay(args.pin).await?;
+    if args.pin {
+        pin_self(0)?;
+    }
+    let pid = relay.child.id().context("relay pid")?;
+    let epoch = Epoch::default();
+    let mut subscribers = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..args.subscribers {
+        let arrivals: Arrivals = Arc::new(Mutex::new(Vec::new()));
+        let first = Arc::new(Mutex::new(None));
+        let started = Instant::now();
+        tasks.push(tokio::spawn(subscribe(relay.addr, epoch, arrivals.clone(), first.clone())));
+        subscribers.push((started, arrivals, first));
+    }
+    // Registration is one datagram: wait until the relay counts every subscriber by
+    // checking that a probe reaches all of them.
+    let sent = Arc::new(AtomicU64::new(0));
+    for i in 0..args.publishers {
+        let stream = (i as u32 + 1) << 8;
+        tasks.push(tokio::spawn({
+            let sent = sent.clone();
+            let bitrate = args.video_bitrate;
+            async move {
+                let _ = publish(relay.addr, stream, bitrate, epoch, sent).await;
+                Ok(())
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (_, _, first) in &subscribers {
+        while first.lock().await.is_none() {
+            if Instant::now() > deadline {
+                bail!("a subscriber never received anything from the relay");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut join_ms = Vec::new();
+    for (started, _, first) in &subscribers {
+        if let Some(first) = *first.lock().await {
+            join_ms.push((first - *started).as_secs_f64() * 1e3);
+        }
+    }
+    let forwarded_start = forwarded(relay.addr).await?;
+    let (cpu_start, _) = process_usage(pid).context("relay usage")?;
+    let own_start = own_cpu_seconds();
+    let sent_start = sent.load(Ordering::SeqCst);
+    let window_start = epoch.now_ns();
+    tokio::time::sleep(args.window()).await;
+    let window_end = epoch.now_ns();
+    let sent_end = sent.load(Ordering::SeqCst);
+    let (cpu_end, rss) = process_usage(pid).context("relay usage")?;
+    let own_end = own_cpu_seconds();
+    let forwarded_end = forwarded(relay.addr).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for task in &tasks {
+        task.abort();
+    }
+    let mut received = 0u64;
+    let mut latencies = Vec::new();
+    for (_, arrivals, _) in &subscribers {
+        for &(sent_ns, latency_ns) in arrivals.lock().await.iter() {
+            if (window_start..window_end).contains(&sent_ns) {
+                received += 1;
+                latencies.push(latency_ns as f64 / 1e6);
+            }
+        }
+    }
+    let sent = sent_end - sent_start;
+    let expected = sent * args.subscribers as u64;
+    let cpu = cpu_end - cpu_start;
+    let forwarded = forwarded_end.saturating_sub(forwarded_start);
+    let _ = relay.child.kill().await;
+    Ok(Report {
+        mode: "baseline".into(),
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        seconds: (window_end - window_start) as f64 / 1e9,
+        sent_packets: sent,
+        expected_packets: expected,
+        received_packets: received,
+        loss_ratio: loss_ratio(expected, received),
+        latency_p50_ms: quantile(&mut latencies, 0.50),
+        latency_p99_ms: quantile(&mut latencies, 0.99),
+        sfu_cpu_seconds: cpu,
+        forwarded_packets: forwarded,
+        sfu_cpu_us_per_forwarded_packet: cpu_us_per_packet(cpu, forwarded),
+        sfu_rss_mib: rss as f64 / (1024.0 * 1024.0),
+        join_ms_p50: quantile(&mut join_ms, 0.50),
+        loadgen_cpu_seconds: own_end - own_start,
+        pinned: args.pin,
+    })
+}

@@ -1,0 +1,64 @@
+//! `tutti-bench`: what forwarding costs on this machine, next to what the machine can do.
+//!
+//! * `fanout` starts a shard as a child process (this same executable, `serve-shard`),
+//!   so the shard's CPU time is its own, and connects P publishers and N subscribers as
+//!   real WebRTC peers (the async `webrtc` crate: ICE, DTLS-SRTP). Publishers send
+//!   synthetic Opus (50 packets/s) and VP8 (1 Mbit/s, 30 fps, key frame every 2 s);
+//!   every payload carries its send time, so latency is publisher send to subscriber
+//!   receive.
+//! * `baseline` moves the same packet sizes at the same rates through a plain UDP relay
+//!   child process (`relay`, with the same `recvmmsg`/`sendmmsg`/GSO I/O as the shard
+//!   but no WebRTC), printing the same keys.
+//!
+//! The window starts once every subscriber receives every track; packets sent during it
+//! count. With `--pin`, the child runs on CPU 1 and the load generator on CPU 0.
+
+pub mod baseline;
+pub mod fanout;
+pub mod report;
+
+use anyhow::{Context, Result};
+use std::time::Duration;
+
+/// Parameters shared by both modes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Publishers, each sending one Opus and one VP8 track.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Subscribers, each receiving every publisher's tracks.
+    #[arg(long, default_value_t = 10)]
+    pub subscribers: usize,
+    /// Length of the measurement window.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Run the child on CPU 1 and the load generator on CPU 0.
+    #[arg(long)]
+    pub pin: bool,
+    /// Video bitrate per publisher, bit/s.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub video_bitrate: u64,
+}
+
+impl RunArgs {
+    /// The measurement window.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.seconds.max(1))
+    }
+}
+
+/// Pins every thread of this process to `cpu`.
+pub fn pin_self(cpu: usize) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-cp", &cpu.to_string(), &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux) is needed for --pin")?;
+    anyhow::ensure!(status.success(), "taskset failed");
+    Ok(())
+}
+
+/// CPU seconds this process has used.
+pub fn own_cpu_seconds() -> f64 {
+    tutti_sfu::procstat::cpu_seconds().unwrap_or(0.0)
+}

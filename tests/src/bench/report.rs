@@ -1,0 +1,93 @@
+//! The figures a benchmark run prints: pure arithmetic over what the run collected.
+
+use serde::Serialize;
+
+/// The last line of a `tutti-bench` run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// `fanout` or `baseline`.
+    pub mode: String,
+    /// Publishers.
+    pub publishers: usize,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Length of the measurement window.
+    pub seconds: f64,
+    /// Packets the publishers sent during the window.
+    pub sent_packets: u64,
+    /// `sent_packets` × the fan-out (subscribers).
+    pub expected_packets: u64,
+    /// Packets sent during the window that subscribers received.
+    pub received_packets: u64,
+    /// `1 - received / expected`.
+    pub loss_ratio: f64,
+    /// Median publisher-send to subscriber-receive latency.
+    pub latency_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub latency_p99_ms: f64,
+    /// CPU time the shard (or relay) process used during the window.
+    pub sfu_cpu_seconds: f64,
+    /// Packets the shard (or relay) forwarded during the window.
+    pub forwarded_packets: u64,
+    /// `sfu_cpu_seconds` per forwarded packet, in microseconds.
+    pub sfu_cpu_us_per_forwarded_packet: f64,
+    /// Resident memory of the shard (or relay) at the end.
+    pub sfu_rss_mib: f64,
+    /// Median time from a subscriber connecting to its first media packet.
+    pub join_ms_p50: f64,
+    /// CPU time the load generator used during the window (for reading the figures).
+    pub loadgen_cpu_seconds: f64,
+    /// Whether shard and load generator ran on separate cores.
+    pub pinned: bool,
+}
+
+/// The `q`-quantile (0..=1) of `samples`, by nearest rank; 0 for none.
+pub fn quantile(samples: &mut [f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q.clamp(0.0, 1.0) * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+    samples[rank - 1]
+}
+
+/// `1 - received / expected`, never negative (duplicates cannot make loss negative).
+pub fn loss_ratio(expected: u64, received: u64) -> f64 {
+    if expected == 0 {
+        return 0.0;
+    }
+    (1.0 - received as f64 / expected as f64).max(0.0)
+}
+
+/// Microseconds of CPU per forwarded packet.
+pub fn cpu_us_per_packet(cpu_seconds: f64, packets: u64) -> f64 {
+    if packets == 0 {
+        0.0
+    } else {
+        cpu_seconds * 1e6 / packets as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let mut samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&mut samples, 0.5), 50.0);
+        assert_eq!(quantile(&mut samples, 0.99), 99.0);
+        assert_eq!(quantile(&mut samples, 1.0), 100.0);
+        assert_eq!(quantile(&mut [], 0.5), 0.0);
+        assert_eq!(quantile(&mut [7.0], 0.99), 7.0);
+    }
+
+    #[test]
+    fn loss_and_cost() {
+        assert_eq!(loss_ratio(1000, 990), 0.01);
+        assert_eq!(loss_ratio(1000, 1005), 0.0);
+        assert_eq!(loss_ratio(0, 0), 0.0);
+        assert_eq!(cpu_us_per_packet(0.5, 100_000), 5.0);
+        assert_eq!(cpu_us_per_packet(1.0, 0), 0.0);
+    }
+}
