@@ -53,7 +53,6 @@ pub fn spawn(
 }
 
 async fn media_loop(socket: UdpSocket, mut core: ShardCore, mut commands: mpsc::Receiver<Command>) {
-    let fd = socket.as_raw_fd();
     let mut recv = RecvBatch::new(RECV_BATCH);
     let mut sender = SendBatcher::new(true);
     let mut outgoing: Vec<(SocketAddr, BytesMut)> = Vec::new();
@@ -70,28 +69,7 @@ async fn media_loop(socket: UdpSocket, mut core: ShardCore, mut commands: mpsc::
                     tracing::error!(%err, "media socket failed");
                     break;
                 }
-                for _ in 0..MAX_BATCHES_PER_TURN {
-                    let read = socket.try_io(Interest::READABLE, || recv.recv(fd));
-                    match read {
-                        Ok(count) => {
-                            let now = Instant::now();
-                            for index in 0..count {
-                                match recv.datagram(index) {
-                                    Some((from, bytes)) => core.handle_datagram(now, from, bytes),
-                                    None => core.metrics().dropped(crate::metrics::DropReason::Truncated),
-                                }
-                            }
-                            if count < recv.capacity() {
-                                break;
-                            }
-                        }
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(err) => {
-                            tracing::warn!(%err, "recvmmsg failed");
-                            break;
-                        }
-                    }
-                }
+                read_available(&socket, &mut recv, &mut core);
             }
             _ = tokio::time::sleep_until(deadline) => {}
         }
@@ -105,6 +83,35 @@ async fn media_loop(socket: UdpSocket, mut core: ShardCore, mut commands: mpsc::
     core.take_transmits(&mut outgoing);
     flush(&socket, &mut sender, &mut outgoing, &core).await;
     tracing::info!("media thread stopped");
+}
+
+/// Reads and handles what the socket holds now; returns how many datagrams.
+fn read_available(socket: &UdpSocket, recv: &mut RecvBatch, core: &mut ShardCore) -> usize {
+    let fd = socket.as_raw_fd();
+    let mut total = 0;
+    for _ in 0..MAX_BATCHES_PER_TURN {
+        match socket.try_io(Interest::READABLE, || recv.recv(fd)) {
+            Ok(count) => {
+                total += count;
+                let now = Instant::now();
+                for index in 0..count {
+                    match recv.datagram(index) {
+                        Some((from, bytes)) => core.handle_datagram(now, from, bytes),
+                        None => core.metrics().dropped(crate::metrics::DropReason::Truncated),
+                    }
+                }
+                if count < recv.capacity() {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) => {
+                tracing::warn!(%err, "recvmmsg failed");
+                break;
+            }
+        }
+    }
+    total
 }
 
 async fn flush(
