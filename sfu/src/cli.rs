@@ -22,7 +22,6 @@ rtc_interceptor=error,rtc_rtp=error,rtc_rtcp=error,rtc_stun=error";
     }
 }
 
-
 /// Runs a shard until SIGINT or SIGTERM.
 pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
     config::validate(&args)?;

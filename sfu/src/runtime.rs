@@ -97,7 +97,9 @@ fn read_available(socket: &UdpSocket, recv: &mut RecvBatch, core: &mut ShardCore
                 for index in 0..count {
                     match recv.datagram(index) {
                         Some((from, bytes)) => core.handle_datagram(now, from, bytes),
-                        None => core.metrics().dropped(crate::metrics::DropReason::Truncated),
+                        None => core
+                            .metrics()
+                            .dropped(crate::metrics::DropReason::Truncated),
                     }
                 }
                 if count < recv.capacity() {

@@ -346,7 +346,7 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// Receives batches of datagrams with `recvmmsg`.
 pub struct RecvBatch {
-    buffers: Vec<Box<[u8; RECV_BUF_SIZE]>>,
+    buffers: Vec<[u8; RECV_BUF_SIZE]>,
     addrs: Vec<MaybeUninit<libc::sockaddr_storage>>,
     lens: Vec<usize>,
     truncated: Vec<bool>,
@@ -358,9 +358,7 @@ impl RecvBatch {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            buffers: (0..capacity)
-                .map(|_| Box::new([0u8; RECV_BUF_SIZE]))
-                .collect(),
+            buffers: vec![[0u8; RECV_BUF_SIZE]; capacity],
             addrs: (0..capacity).map(|_| MaybeUninit::zeroed()).collect(),
             lens: vec![0; capacity],
             truncated: vec![false; capacity],

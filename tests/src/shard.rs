@@ -67,7 +67,11 @@ impl ChildShard {
     /// Starts `program args…` (the `tutti-sfu` executable, or anything that serves a shard
     /// and prints its address the same way), optionally pinned to `cpu`, and waits for it
     /// to report its addresses.
-    pub async fn spawn(program: &std::path::Path, args: &[&str], cpu: Option<usize>) -> Result<Self> {
+    pub async fn spawn(
+        program: &std::path::Path,
+        args: &[&str],
+        cpu: Option<usize>,
+    ) -> Result<Self> {
         let mut command = match cpu {
             Some(cpu) => {
                 let mut c = tokio::process::Command::new("taskset");

@@ -170,7 +170,7 @@ impl Vp8Source {
 
     /// The packets of the next frame, stamped with `sent_ns`.
     pub fn next_frame(&mut self, sent_ns: u64) -> Vec<SynthPacket> {
-        let keyframe = self.force_keyframe || self.frame % self.keyframe_every == 0;
+        let keyframe = self.force_keyframe || self.frame.is_multiple_of(self.keyframe_every);
         self.force_keyframe = false;
         let mut remaining = self.frame_bytes.max(TRAILER_LEN + VP8_FIRST_HEADER);
         let mut packets = Vec::new();

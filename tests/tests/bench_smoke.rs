@@ -21,11 +21,23 @@ const KEYS: [&str; 13] = [
 
 async fn run(mode: &str) -> Result<serde_json::Value> {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tutti-bench"))
-        .args([mode, "--publishers", "1", "--subscribers", "3", "--seconds", "2"])
+        .args([
+            mode,
+            "--publishers",
+            "1",
+            "--subscribers",
+            "3",
+            "--seconds",
+            "2",
+        ])
         .kill_on_drop(true)
         .output()
         .await?;
-    ensure!(output.status.success(), "{mode}: {}", String::from_utf8_lossy(&output.stderr));
+    ensure!(
+        output.status.success(),
+        "{mode}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout)?;
     let last = stdout.lines().last().context("no output")?;
     Ok(serde_json::from_str(last)?)
@@ -37,9 +49,15 @@ async fn fanout_and_baseline_print_one_json_report() -> Result<()> {
         let report = run(mode).await?;
         println!("{mode}: {report}");
         for key in KEYS {
-            ensure!(report.get(key).is_some(), "{mode} report lacks {key}: {report}");
+            ensure!(
+                report.get(key).is_some(),
+                "{mode} report lacks {key}: {report}"
+            );
         }
-        ensure!(report["received_packets"].as_u64().unwrap_or(0) > 0, "{mode}: nothing received");
+        ensure!(
+            report["received_packets"].as_u64().unwrap_or(0) > 0,
+            "{mode}: nothing received"
+        );
         ensure!(
             report["expected_packets"].as_u64() == report["sent_packets"].as_u64().map(|s| s * 3),
             "{mode}: expected is not sent × fan-out"

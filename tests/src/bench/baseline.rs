@@ -51,7 +51,9 @@ pub async fn relay() -> Result<()> {
                     subscribers.push(from);
                 }
             } else if bytes == b"STATS" {
-                socket.send_to(forwarded.to_string().as_bytes(), from).await?;
+                socket
+                    .send_to(forwarded.to_string().as_bytes(), from)
+                    .await?;
             } else {
                 for subscriber in &subscribers {
                     outgoing.push((*subscriber, BytesMut::from(bytes)));
@@ -112,7 +114,14 @@ async fn forwarded(relay: SocketAddr) -> Result<u64> {
     Ok(std::str::from_utf8(&buf[..n])?.parse()?)
 }
 
-fn rtp(payload_type: u8, marker: bool, seq: u16, timestamp: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+fn rtp(
+    payload_type: u8,
+    marker: bool,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut packet = Vec::with_capacity(12 + payload.len());
     packet.push(0x80);
     packet.push(payload_type | if marker { 0x80 } else { 0 });
@@ -123,7 +132,13 @@ fn rtp(payload_type: u8, marker: bool, seq: u16, timestamp: u32, ssrc: u32, payl
     packet
 }
 
-async fn publish(relay: SocketAddr, stream: u32, video_bitrate: u64, epoch: Epoch, sent: Arc<AtomicU64>) -> Result<()> {
+async fn publish(
+    relay: SocketAddr,
+    stream: u32,
+    video_bitrate: u64,
+    epoch: Epoch,
+    sent: Arc<AtomicU64>,
+) -> Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let audio = {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
@@ -165,7 +180,12 @@ async fn publish(relay: SocketAddr, stream: u32, video_bitrate: u64, epoch: Epoc
 
 type Arrivals = Arc<Mutex<Vec<(u64, u64)>>>;
 
-async fn subscribe(relay: SocketAddr, epoch: Epoch, arrivals: Arrivals, first: Arc<Mutex<Option<Instant>>>) -> Result<()> {
+async fn subscribe(
+    relay: SocketAddr,
+    epoch: Epoch,
+    arrivals: Arrivals,
+    first: Arc<Mutex<Option<Instant>>>,
+) -> Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     socket.send_to(b"SUB", relay).await?;
     let mut buf = vec![0u8; 2048];
@@ -201,7 +221,12 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
         let arrivals: Arrivals = Arc::new(Mutex::new(Vec::new()));
         let first = Arc::new(Mutex::new(None));
         let started = Instant::now();
-        tasks.push(tokio::spawn(subscribe(relay.addr, epoch, arrivals.clone(), first.clone())));
+        tasks.push(tokio::spawn(subscribe(
+            relay.addr,
+            epoch,
+            arrivals.clone(),
+            first.clone(),
+        )));
         subscribers.push((started, arrivals, first));
     }
     // Registration is one datagram: wait until the relay counts every subscriber by

@@ -15,7 +15,10 @@ const ROOM: &str = "bench";
 fn sent_total(publishers: &[Participant]) -> u64 {
     publishers
         .iter()
-        .map(|p| p.sent().audio_packets.load(Ordering::SeqCst) + p.sent().video_packets.load(Ordering::SeqCst))
+        .map(|p| {
+            p.sent().audio_packets.load(Ordering::SeqCst)
+                + p.sent().video_packets.load(Ordering::SeqCst)
+        })
         .sum()
 }
 
@@ -34,7 +37,10 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     shard.admin.put_pipeline(ROOM, &spec).await?;
     let url = shard.signal_url();
     let epoch = Epoch::default();
-    eprintln!("bench: shard pid {pid} at {url}; starting {} publishers", args.publishers);
+    eprintln!(
+        "bench: shard pid {pid} at {url}; starting {} publishers",
+        args.publishers
+    );
     let mut publishers = Vec::new();
     for i in 0..args.publishers {
         let mut config = ParticipantConfig::new(ROOM, &format!("pub{i}"));
@@ -85,7 +91,10 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             .context("first packet")?;
         join_ms.push((first - *started).as_secs_f64() * 1e3);
     }
-    eprintln!("bench: all subscribers receive; measuring for {}s", args.window().as_secs());
+    eprintln!(
+        "bench: all subscribers receive; measuring for {}s",
+        args.window().as_secs()
+    );
 
     let forwarded_series = "tutti_sfu_rtp_forwarded_packets_total";
     let forwarded_start = shard.admin.metric(forwarded_series).await?;
@@ -106,7 +115,12 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut count = 0;
         for (_, subscriber) in &subscribers {
-            count += subscriber.records().await.values().map(|r| r.arrivals.len()).sum::<usize>();
+            count += subscriber
+                .records()
+                .await
+                .values()
+                .map(|r| r.arrivals.len())
+                .sum::<usize>();
         }
         if count == last_count {
             break;

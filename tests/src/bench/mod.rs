@@ -50,7 +50,12 @@ impl RunArgs {
 /// Pins every thread of this process to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<()> {
     let status = std::process::Command::new("taskset")
-        .args(["-a", "-cp", &cpu.to_string(), &std::process::id().to_string()])
+        .args([
+            "-a",
+            "-cp",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .status()
         .context("taskset (util-linux) is needed for --pin")?;

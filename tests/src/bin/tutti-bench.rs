@@ -39,7 +39,9 @@ async fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::ServeShard(args) => {
             tutti_sfu::cli::init_logging(args.log_format);
-            tutti_sfu::cli::run(args).await.map_err(|e| anyhow::anyhow!("{e}"))
+            tutti_sfu::cli::run(args)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
         }
         Command::Relay => baseline::relay().await,
         Command::Fanout(args) => fanout::run(&args).await.map(print),
