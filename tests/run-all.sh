@@ -37,5 +37,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # 4. Every test: unit tests, then real peers against real shards.
 say "cargo test"
-cargo test --workspace --locked -- --test-threads "${TUTTI_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}"
 say "all tests passed"

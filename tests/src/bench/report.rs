@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn loss_and_cost() {
-        assert_eq!(loss_ratio(1000, 990), 0.01);
+        assert!((loss_ratio(1000, 990) - 0.01).abs() < 1e-12);
         assert_eq!(loss_ratio(1000, 1005), 0.0);
         assert_eq!(loss_ratio(0, 0), 0.0);
         assert_eq!(cpu_us_per_packet(0.5, 100_000), 5.0);
