@@ -44,8 +44,10 @@ pub struct ParticipantConfig {
     pub video: bool,
     /// Receive others' tracks.
     pub subscribe: bool,
-    /// Video bitrate in bit/s.
+    /// Video bitrate in bit/s (of the top layer with simulcast).
     pub video_bitrate: u64,
+    /// Send video as three simulcast layers, rids `q`, `h`, `f`.
+    pub simulcast: bool,
     /// Key frame interval of the video source.
     pub keyframe_interval: Duration,
     /// Keep every received packet's sequence number and index (correctness tests).
@@ -64,6 +66,7 @@ impl ParticipantConfig {
             video: true,
             subscribe: true,
             video_bitrate: 1_000_000,
+            simulcast: false,
             keyframe_interval: Duration::from_secs(2),
             record_packets: true,
             epoch: Epoch::default(),
@@ -76,6 +79,8 @@ impl ParticipantConfig {
 pub struct Received {
     /// Sequence number on the wire.
     pub seq: u16,
+    /// The synthetic stream (simulcast layer) it came from.
+    pub stream: u32,
     /// Index in the synthetic stream.
     pub index: u32,
     /// Whether the payload bytes were intact.
@@ -302,6 +307,7 @@ async fn read_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
                 if shared.config.record_packets {
                     record.log.push(Received {
                         seq: packet.header.sequence_number,
+                        stream: probe.stream,
                         index: probe.index,
                         intact: probe.intact,
                         keyframe,
@@ -455,31 +461,58 @@ impl Participant {
             let sender = pc.add_track(track.clone()).await?;
             senders.push((track, sender, ssrc, false));
         }
+        let mut video_layers = Vec::new();
         if config.video {
-            let ssrc = rand::random::<u32>() | 1;
+            let base = stream_id(&config.id, true);
+            let rids: &[&str] = if config.simulcast { &["q", "h", "f"] } else { &[""] };
+            let mut encodings = Vec::new();
+            for (index, rid) in rids.iter().enumerate() {
+                let ssrc = rand::random::<u32>() | 1;
+                let mut encoding = encoding(ssrc, "video/VP8", 90_000, 0);
+                encoding.rtp_coding_parameters.rid = (*rid).to_owned();
+                encodings.push(encoding);
+                // Layers below the top one send a quarter and a half of its bitrate.
+                let divisor = 1u64 << (rids.len() - 1 - index);
+                video_layers.push(Layer {
+                    ssrc,
+                    rid: (*rid).to_owned(),
+                    stream: layer_stream(base, index, rids.len()),
+                    bitrate: config.video_bitrate / divisor,
+                });
+            }
             let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 format!("{}-stream", config.id),
                 format!("{}-video", config.id),
                 "video".into(),
                 RtpCodecKind::Video,
-                vec![encoding(ssrc, "video/VP8", 90_000, 0)],
+                encodings,
             )));
             let sender = pc.add_track(track.clone()).await?;
-            senders.push((track, sender, ssrc, true));
+            senders.push((track, sender, 0, true));
         }
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer.clone()).await?;
         *self.publisher.lock().await = Some(pc.clone());
+        let mid = video_mid(&offer.sdp);
         let _ = self.signal_tx.send(Outgoing::Message(ClientMessage::Offer {
             pc: PeerTarget::Publisher,
             sdp: offer.sdp,
         }));
         for (track, sender, ssrc, video) in senders {
             let shared = self.shared.clone();
-            let stream = stream_id(&config.id, video);
-            self.pumps.push(tokio::spawn(pump(
-                shared, track, sender, ssrc, video, stream,
-            )));
+            let layers = if video {
+                video_layers.clone()
+            } else {
+                vec![Layer {
+                    ssrc,
+                    rid: String::new(),
+                    stream: stream_id(&config.id, false),
+                    bitrate: 0,
+                }]
+            };
+            let mid = mid.clone();
+            self.pumps
+                .push(tokio::spawn(pump(shared, track, sender, video, layers, mid)));
         }
         Ok(())
     }
@@ -685,14 +718,40 @@ async fn on_server_message(
     Ok(())
 }
 
+/// One RTP stream of a published track (a simulcast layer, or the only stream).
+#[derive(Debug, Clone)]
+struct Layer {
+    ssrc: u32,
+    rid: String,
+    stream: u32,
+    bitrate: u64,
+}
+
+/// The synthetic stream id of layer `index` of `count` (the only layer keeps `base`).
+pub fn layer_stream(base: u32, index: usize, count: usize) -> u32 {
+    if count <= 1 {
+        base
+    } else {
+        base.wrapping_add(((index as u32) + 1) << 8)
+    }
+}
+
+/// The `a=mid` of the first video section of an SDP.
+fn video_mid(sdp: &str) -> Option<String> {
+    let video = &sdp[sdp.find("m=video")?..];
+    video
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=mid:").map(str::to_owned))
+}
+
 /// Sends synthetic media on one track once the publisher connection is up.
 async fn pump(
     shared: Arc<Shared>,
     track: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
-    ssrc: u32,
     video: bool,
-    stream: u32,
+    layers: Vec<Layer>,
+    mid: Option<String>,
 ) {
     let mut state = shared.publisher_state.subscribe();
     if state
@@ -702,45 +761,73 @@ async fn pump(
     {
         return;
     }
-    // The negotiated payload type of this track's codec.
+    let Ok(parameters) = sender.get_parameters().await else {
+        return;
+    };
+    // The negotiated payload type of this track's codec, and the ids of the header
+    // extensions that name a simulcast layer.
     let mime = if video { "video/vp8" } else { "audio/opus" };
-    let payload_type = sender.get_parameters().await.ok().and_then(|parameters| {
-        parameters
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-            .map(|c| c.payload_type)
-    });
-    let Some(payload_type) = payload_type else {
+    let Some(payload_type) = parameters
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .map(|c| c.payload_type)
+    else {
         tracing::warn!("no negotiated payload type for {mime}");
         return;
     };
-    // PLIs from the shard make the next frame a key frame.
-    let source = Arc::new(std::sync::Mutex::new(Vp8Source::new(
-        stream,
-        shared.config.video_bitrate,
-        shared.config.keyframe_interval,
-    )));
+    let extension_id = |uri: &str| {
+        parameters
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == uri)
+            .map(|e| e.id as u8)
+    };
+    let mid_ext = extension_id(rtc::sdp::extmap::SDES_MID_URI);
+    let rid_ext = extension_id(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
+    let sources: Vec<Arc<std::sync::Mutex<Vp8Source>>> = layers
+        .iter()
+        .map(|layer| {
+            Arc::new(std::sync::Mutex::new(Vp8Source::new(
+                layer.stream,
+                layer.bitrate.max(64_000),
+                shared.config.keyframe_interval,
+            )))
+        })
+        .collect();
     if video {
-        let (track, source, shared) = (track.clone(), source.clone(), shared.clone());
+        // PLIs from the shard make the next frame of the named layer a key frame.
+        let (track, shared) = (track.clone(), shared.clone());
+        let targets: Vec<(u32, Arc<std::sync::Mutex<Vp8Source>>)> = layers
+            .iter()
+            .map(|l| l.ssrc)
+            .zip(sources.iter().cloned())
+            .collect();
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
-                if let TrackLocalEvent::OnRtcpPacket(packets) = event
-                    && packets
-                        .iter()
-                        .any(|p| p.as_any().is::<PictureLossIndication>())
-                {
+                let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+                    continue;
+                };
+                for packet in packets {
+                    let Some(pli) = packet.as_any().downcast_ref::<PictureLossIndication>() else {
+                        continue;
+                    };
                     shared.sent.plis.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut source) = source.lock() {
-                        source.request_keyframe();
+                    for (ssrc, source) in &targets {
+                        if *ssrc == pli.media_ssrc
+                            && let Ok(mut source) = source.lock()
+                        {
+                            source.request_keyframe();
+                        }
                     }
                 }
             }
         });
     }
-    let mut audio = OpusSource::new(stream);
-    let mut seq: u16 = rand::random();
+    let mut audio = OpusSource::new(layers.first().map_or(0, |l| l.stream));
+    let mut seqs: Vec<u16> = layers.iter().map(|_| rand::random()).collect();
     let interval = if video {
         Vp8Source::INTERVAL
     } else {
@@ -751,39 +838,54 @@ async fn pump(
     loop {
         ticker.tick().await;
         let sent_ns = shared.config.epoch.now_ns();
-        let packets = if video {
-            match source.lock() {
-                Ok(mut source) => source.next_frame(sent_ns),
-                Err(_) => return,
-            }
-        } else {
-            vec![audio.next(sent_ns)]
-        };
-        for p in packets {
-            let packet = rtp::Packet {
-                header: rtp::header::Header {
+        for (index, layer) in layers.iter().enumerate() {
+            let packets = if video {
+                match sources[index].lock() {
+                    Ok(mut source) => source.next_frame(sent_ns),
+                    Err(_) => return,
+                }
+            } else {
+                vec![audio.next(sent_ns)]
+            };
+            for p in packets {
+                let mut header = rtp::header::Header {
                     version: 2,
                     marker: p.marker,
                     payload_type,
-                    sequence_number: seq,
+                    sequence_number: seqs[index],
                     timestamp: p.timestamp,
-                    ssrc,
+                    ssrc: layer.ssrc,
                     ..Default::default()
-                },
-                payload: p.payload,
-            };
-            seq = seq.wrapping_add(1);
-            if track.write_rtp(packet).await.is_err() {
-                return;
-            }
-            let counter = if video {
-                &shared.sent.video_packets
-            } else {
-                &shared.sent.audio_packets
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if p.keyframe {
-                shared.sent.keyframes.fetch_add(1, Ordering::Relaxed);
+                };
+                if !layer.rid.is_empty() {
+                    // Simulcast layers are told apart by these (RFC 8852).
+                    if let (Some(id), Some(mid)) = (mid_ext, mid.as_ref()) {
+                        let _ = header.set_extension(id, bytes::Bytes::from(mid.clone()));
+                    }
+                    if let Some(id) = rid_ext {
+                        let _ = header.set_extension(id, bytes::Bytes::from(layer.rid.clone()));
+                    }
+                }
+                seqs[index] = seqs[index].wrapping_add(1);
+                if track
+                    .write_rtp(rtp::Packet {
+                        header,
+                        payload: p.payload,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let counter = if video {
+                    &shared.sent.video_packets
+                } else {
+                    &shared.sent.audio_packets
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if p.keyframe {
+                    shared.sent.keyframes.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -392,3 +392,72 @@ async fn two_rooms_on_one_shard_are_isolated() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layers_follow_each_subscribers_choice_with_continuous_numbering() -> Result<()> {
+    use tutti_sfu::media::simulcast::Quality;
+    use tutti_sfu::signal::protocol::ClientMessage;
+    use tutti_tests::participant::layer_stream;
+    let shard = shard_with_rooms(&["choir"]).await?;
+    let url = shard.signal_url();
+    let mut config = ParticipantConfig::new("choir", "conductor");
+    config.audio = false;
+    config.simulcast = true;
+    config.video_bitrate = 800_000;
+    // Layer switches must come from the shard's key frame requests, not a periodic one.
+    config.keyframe_interval = Duration::from_secs(600);
+    let publisher = Participant::join(&url, SIGNAL_TOKEN, config).await?;
+    publisher.wait_publishing(WAIT).await?;
+    let base = publisher.stream_ids().1;
+    let [q, _h, f] = [0, 1, 2].map(|layer| layer_stream(base, layer, 3));
+    let high = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("choir", "front-row")).await?;
+    let low = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("choir", "phone")).await?;
+    for viewer in [&high, &low] {
+        viewer
+            .wait_for(WAIT, "the full layer", |records, _| track_of(records, f).is_some_and(|(_, r)| r.packets >= 60))
+            .await?;
+    }
+    let (track, layers) = low
+        .events()
+        .await
+        .iter()
+        .find_map(|e| match e {
+            ServerMessage::TrackPublished { track, .. } => Some((track.id.clone(), track.layers.clone())),
+            ServerMessage::Joined { participants, .. } => participants
+                .iter()
+                .flat_map(|p| &p.tracks)
+                .next()
+                .map(|t| (t.id.clone(), t.layers.clone())),
+            _ => None,
+        })
+        .context("the conductor's track in joined or track_published")?;
+    ensure!(layers == ["q", "h", "f"], "layers announced: {layers:?}");
+    low.send(ClientMessage::SetQuality { track: track.clone(), quality: Quality::Low });
+    low.wait_for(WAIT, "the quarter layer", |records, _| {
+        records.get(&track).is_some_and(|r| r.log.iter().filter(|p| p.stream == q).count() >= 60)
+    })
+    .await?;
+    low.send(ClientMessage::SetQuality { track: track.clone(), quality: Quality::High });
+    low.wait_for(WAIT, "the full layer again", |records, _| {
+        records.get(&track).is_some_and(|r| {
+            let last_q = r.log.iter().rposition(|p| p.stream == q);
+            last_q.is_some_and(|at| r.log[at..].iter().filter(|p| p.stream == f).count() >= 60)
+        })
+    })
+    .await?;
+    let record = low.records().await.remove(&track).context("low's track")?;
+    // Switches happen on key frames, and the numbering runs on without a jump.
+    let mut switches = 0;
+    for pair in record.log.windows(2) {
+        if pair[0].stream != pair[1].stream {
+            switches += 1;
+            ensure!(pair[1].keyframe, "switched to a layer mid-frame: {:?}", pair[1]);
+            ensure!(pair[1].seq == pair[0].seq.wrapping_add(1), "sequence jump at a switch: {pair:?}");
+        }
+    }
+    ensure!(switches == 2, "{switches} layer switches");
+    ensure!(record.corrupt == 0);
+    let high_streams = high.records().await.remove(&track).context("high's track")?.streams;
+    ensure!(high_streams == std::collections::HashSet::from([f]), "the front row saw {high_streams:?}");
+    Ok(())
+}
