@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod eventually;
 pub mod participant;
 pub mod raw_peer;
 pub mod shard;

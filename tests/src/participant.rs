@@ -6,7 +6,7 @@
 //! key frame), so tests observe PLI forwarding as a user would: a key frame arriving.
 
 use crate::signal_client::{Outgoing, SignalClient};
-use crate::synth::{self, Epoch, OpusSource, Vp8Source};
+use crate::synth::{self, Epoch, OpusSource, VideoCodec, VideoSource};
 use anyhow::{Context, Result, bail};
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
@@ -48,6 +48,10 @@ pub struct ParticipantConfig {
     pub video_bitrate: u64,
     /// Send video as three simulcast layers, rids `q`, `h`, `f`.
     pub simulcast: bool,
+    /// The video codec to publish (the only one the publisher offers).
+    pub video_codec: VideoCodec,
+    /// RFC 6464 level (-dBov) to mark audio packets with, voice-flagged; none when `None`.
+    pub audio_level: Option<u8>,
     /// Key frame interval of the video source.
     pub keyframe_interval: Duration,
     /// Keep every received packet's sequence number and index (correctness tests).
@@ -67,6 +71,8 @@ impl ParticipantConfig {
             subscribe: true,
             video_bitrate: 1_000_000,
             simulcast: false,
+            video_codec: VideoCodec::Vp8,
+            audio_level: None,
             keyframe_interval: Duration::from_secs(2),
             record_packets: true,
             epoch: Epoch::default(),
@@ -94,6 +100,8 @@ pub struct Received {
 pub struct TrackRecord {
     /// Audio or video.
     pub video: bool,
+    /// The codec's MIME type.
+    pub codec: String,
     /// Packets received.
     pub packets: u64,
     /// Packets with the synthetic trailer missing or bytes altered.
@@ -274,6 +282,15 @@ impl PeerConnectionEventHandler for Handler {
 async fn read_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
     let id = track.track_id().await;
     let video = track.kind().await == RtpCodecKind::Video;
+    let mut codec = None;
+    if video {
+        for ssrc in track.ssrcs().await {
+            if let Some(c) = track.codec(ssrc).await {
+                codec = VideoCodec::from_mime(&c.mime_type);
+            }
+        }
+    }
+    let codec_or_vp8 = codec.unwrap_or(VideoCodec::Vp8);
     shared
         .remote_tracks
         .lock()
@@ -285,11 +302,21 @@ async fn read_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
         };
         let now = Instant::now();
         let received_ns = shared.config.epoch.now_ns();
-        let keyframe = video && synth::vp8_is_keyframe(&packet.payload);
-        let probe = synth::probe(&packet.payload, synth::header_len(video, &packet.payload));
+        let keyframe = video && synth::is_keyframe(codec_or_vp8, &packet.payload);
+        let probe = synth::probe(
+            &packet.payload,
+            synth::header_len(video.then_some(codec_or_vp8), &packet.payload),
+        );
         let mut records = shared.records.lock().await;
         let record = records.entry(id.clone()).or_default();
         record.video = video;
+        if record.codec.is_empty() {
+            record.codec = match (video, codec) {
+                (false, _) => "audio/opus".into(),
+                (true, Some(codec)) => codec.mime().into(),
+                (true, None) => "unknown".into(),
+            };
+        }
         record.packets += 1;
         record.first_at.get_or_insert(now);
         record.first_was_keyframe.get_or_insert(keyframe);
@@ -337,18 +364,59 @@ pub struct Participant {
     subscriber: Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
+    video_sender: Option<Arc<dyn RtpSender>>,
 }
 
-fn engine() -> Result<(MediaEngine, Registry)> {
+/// A subscriber accepts every default codec; a publisher offers Opus and only its own
+/// video codec, so that the shard's answer picks it.
+fn engine(publish: Option<VideoCodec>) -> Result<(MediaEngine, Registry)> {
     let mut media_engine = MediaEngine::default();
-    media_engine.register_default_codecs()?;
+    match publish {
+        None => media_engine.register_default_codecs()?,
+        Some(codec) => {
+            let parameters = |mime: &str, clock_rate, channels, fmtp: &str, payload_type| {
+                rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: mime.to_owned(),
+                        clock_rate,
+                        channels,
+                        sdp_fmtp_line: fmtp.to_owned(),
+                        rtcp_feedback: vec![],
+                    },
+                    payload_type,
+                }
+            };
+            media_engine.register_codec(
+                parameters("audio/opus", 48_000, 2, "minptime=10;useinbandfec=1", 111),
+                RtpCodecKind::Audio,
+            )?;
+            let video = match codec {
+                VideoCodec::Vp8 => parameters("video/VP8", 90_000, 0, "", 96),
+                VideoCodec::H264 => parameters(
+                    "video/H264",
+                    90_000,
+                    0,
+                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                    102,
+                ),
+            };
+            media_engine.register_codec(video, RtpCodecKind::Video)?;
+            media_engine.register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )?;
+        }
+    }
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
         .with(Slot::from(500), DeliverPli::default());
     Ok((media_engine, registry))
 }
 
 async fn build_pc(shared: &Arc<Shared>, publisher: bool) -> Result<Arc<dyn PeerConnection>> {
-    let (media_engine, registry) = engine()?;
+    let (media_engine, registry) = engine(publisher.then_some(shared.config.video_codec))?;
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
@@ -438,6 +506,7 @@ impl Participant {
             subscriber,
             tasks,
             pumps: Vec::new(),
+            video_sender: None,
         };
         if config.audio || config.video {
             participant.publish().await?;
@@ -464,11 +533,15 @@ impl Participant {
         let mut video_layers = Vec::new();
         if config.video {
             let base = stream_id(&config.id, true);
-            let rids: &[&str] = if config.simulcast { &["q", "h", "f"] } else { &[""] };
+            let rids: &[&str] = if config.simulcast {
+                &["q", "h", "f"]
+            } else {
+                &[""]
+            };
             let mut encodings = Vec::new();
             for (index, rid) in rids.iter().enumerate() {
                 let ssrc = rand::random::<u32>() | 1;
-                let mut encoding = encoding(ssrc, "video/VP8", 90_000, 0);
+                let mut encoding = encoding(ssrc, config.video_codec.mime(), 90_000, 0);
                 encoding.rtp_coding_parameters.rid = (*rid).to_owned();
                 encodings.push(encoding);
                 // Layers below the top one send a quarter and a half of its bitrate.
@@ -488,6 +561,7 @@ impl Participant {
                 encodings,
             )));
             let sender = pc.add_track(track.clone()).await?;
+            self.video_sender = Some(sender.clone());
             senders.push((track, sender, 0, true));
         }
         let offer = pc.create_offer(None).await?;
@@ -511,9 +585,29 @@ impl Participant {
                 }]
             };
             let mid = mid.clone();
-            self.pumps
-                .push(tokio::spawn(pump(shared, track, sender, video, layers, mid)));
+            self.pumps.push(tokio::spawn(pump(
+                shared, track, sender, video, layers, mid,
+            )));
         }
+        Ok(())
+    }
+
+    /// Stops publishing video the way a browser does: removes the track and offers again.
+    pub async fn unpublish_video(&mut self) -> Result<()> {
+        let pc = self
+            .publisher
+            .lock()
+            .await
+            .clone()
+            .context("not publishing")?;
+        let sender = self.video_sender.take().context("no video track")?;
+        pc.remove_track(&sender).await?;
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer.clone()).await?;
+        let _ = self.signal_tx.send(Outgoing::Message(ClientMessage::Offer {
+            pc: PeerTarget::Publisher,
+            sdp: offer.sdp,
+        }));
         Ok(())
     }
 
@@ -766,7 +860,11 @@ async fn pump(
     };
     // The negotiated payload type of this track's codec, and the ids of the header
     // extensions that name a simulcast layer.
-    let mime = if video { "video/vp8" } else { "audio/opus" };
+    let mime = if video {
+        shared.config.video_codec.mime()
+    } else {
+        "audio/opus"
+    };
     let Some(payload_type) = parameters
         .rtp_parameters
         .codecs
@@ -786,11 +884,13 @@ async fn pump(
             .map(|e| e.id as u8)
     };
     let mid_ext = extension_id(rtc::sdp::extmap::SDES_MID_URI);
+    let level_ext = extension_id(rtc::sdp::extmap::AUDIO_LEVEL_URI);
     let rid_ext = extension_id(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
-    let sources: Vec<Arc<std::sync::Mutex<Vp8Source>>> = layers
+    let sources: Vec<Arc<std::sync::Mutex<VideoSource>>> = layers
         .iter()
         .map(|layer| {
-            Arc::new(std::sync::Mutex::new(Vp8Source::new(
+            Arc::new(std::sync::Mutex::new(VideoSource::new(
+                shared.config.video_codec,
                 layer.stream,
                 layer.bitrate.max(64_000),
                 shared.config.keyframe_interval,
@@ -800,7 +900,7 @@ async fn pump(
     if video {
         // PLIs from the shard make the next frame of the named layer a key frame.
         let (track, shared) = (track.clone(), shared.clone());
-        let targets: Vec<(u32, Arc<std::sync::Mutex<Vp8Source>>)> = layers
+        let targets: Vec<(u32, Arc<std::sync::Mutex<VideoSource>>)> = layers
             .iter()
             .map(|l| l.ssrc)
             .zip(sources.iter().cloned())
@@ -829,7 +929,7 @@ async fn pump(
     let mut audio = OpusSource::new(layers.first().map_or(0, |l| l.stream));
     let mut seqs: Vec<u16> = layers.iter().map(|_| rand::random()).collect();
     let interval = if video {
-        Vp8Source::INTERVAL
+        VideoSource::INTERVAL
     } else {
         OpusSource::INTERVAL
     };
@@ -857,6 +957,12 @@ async fn pump(
                     ssrc: layer.ssrc,
                     ..Default::default()
                 };
+                if let (false, Some(id), Some(level)) =
+                    (video, level_ext, shared.config.audio_level)
+                {
+                    let _ =
+                        header.set_extension(id, bytes::Bytes::from(vec![0x80 | (level & 0x7F)]));
+                }
                 if !layer.rid.is_empty() {
                     // Simulcast layers are told apart by these (RFC 8852).
                     if let (Some(id), Some(mid)) = (mid_ext, mid.as_ref()) {

@@ -32,6 +32,11 @@ pub struct RawSubscriber {
     pub state: watch::Receiver<RTCPeerConnectionState>,
     /// RTP packets it decrypted.
     pub rtp_received: Arc<AtomicU64>,
+    /// Synthetic `(stream, index)` of every packet it decrypted.
+    pub received: Arc<std::sync::Mutex<Vec<(u32, u32)>>>,
+    /// SRTP packets it threw away on arrival to simulate loss.
+    pub discarded: Arc<AtomicU64>,
+    changed: Arc<tokio::sync::Notify>,
     junk: mpsc::UnboundedSender<Vec<u8>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -39,6 +44,18 @@ pub struct RawSubscriber {
 impl RawSubscriber {
     /// Joins `room` as a subscriber.
     pub async fn join(url: &str, token: &str, room: &str, id: &str) -> Result<Self> {
+        Self::join_lossy(url, token, room, id, None).await
+    }
+
+    /// Joins `room` as a subscriber that discards every `nth` incoming SRTP packet before
+    /// decrypting it, as a lossy network would, so that its stack has to NACK them.
+    pub async fn join_lossy(
+        url: &str,
+        token: &str,
+        room: &str,
+        id: &str,
+        nth: Option<u64>,
+    ) -> Result<Self> {
         let mut signal = SignalClient::connect(url, token).await?;
         signal.send(ClientMessage::Join {
             room: room.into(),
@@ -55,15 +72,30 @@ impl RawSubscriber {
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (junk, junk_rx) = mpsc::unbounded_channel();
         let rtp_received = Arc::new(AtomicU64::new(0));
-        let counter = rtp_received.clone();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let discarded = Arc::new(AtomicU64::new(0));
+        let loss = Loss {
+            nth,
+            seen: 0,
+            discarded: discarded.clone(),
+        };
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let sink = Sink {
+            count: rtp_received.clone(),
+            log: received.clone(),
+            changed: changed.clone(),
+        };
         let task = tokio::spawn(async move {
-            if let Err(err) = run(signal, socket, state_tx, junk_rx, counter).await {
+            if let Err(err) = run(signal, socket, state_tx, junk_rx, sink, loss).await {
                 tracing::warn!(%err, "raw subscriber stopped");
             }
         });
         Ok(Self {
             state,
             rtp_received,
+            received,
+            discarded,
+            changed,
             junk,
             task,
         })
@@ -72,6 +104,31 @@ impl RawSubscriber {
     /// Sends bytes from the subscriber's own socket to the shard's media address.
     pub fn send_raw(&self, bytes: Vec<u8>) {
         let _ = self.junk.send(bytes);
+    }
+
+    /// Waits until `predicate` holds over what was received and discarded.
+    pub async fn wait_for<F>(&self, timeout: Duration, what: &str, mut predicate: F) -> Result<()>
+    where
+        F: FnMut(&[(u32, u32)], u64) -> bool,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let log = self
+                    .received
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("log poisoned"))?;
+                if predicate(&log, self.discarded.load(Ordering::SeqCst)) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                bail!("raw subscriber: timed out waiting for {what}");
+            }
+        }
     }
 
     /// Waits for the connection to be established.
@@ -91,6 +148,41 @@ impl Drop for RawSubscriber {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+struct Loss {
+    nth: Option<u64>,
+    seen: u64,
+    discarded: Arc<AtomicU64>,
+}
+
+impl Loss {
+    /// Whether to discard this arriving datagram.
+    fn discard(&mut self, datagram: &[u8]) -> bool {
+        let Some(nth) = self.nth else {
+            return false;
+        };
+        // Only SRTP media (not RTCP, DTLS or STUN).
+        let rtp = datagram.len() > 12
+            && (128..=191).contains(&datagram[0])
+            && !(192..=223).contains(&datagram[1]);
+        if !rtp {
+            return false;
+        }
+        self.seen += 1;
+        if self.seen % nth == 0 {
+            self.discarded.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Sink {
+    count: Arc<AtomicU64>,
+    log: Arc<std::sync::Mutex<Vec<(u32, u32)>>>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 fn build(local: SocketAddr) -> Result<RTCPeerConnection> {
@@ -122,7 +214,8 @@ async fn run(
     socket: UdpSocket,
     state: watch::Sender<RTCPeerConnectionState>,
     mut junk: mpsc::UnboundedReceiver<Vec<u8>>,
-    rtp_received: Arc<AtomicU64>,
+    sink: Sink,
+    mut loss: Loss,
 ) -> Result<()> {
     let local = socket.local_addr()?;
     let mut pc: Option<RTCPeerConnection> = None;
@@ -142,8 +235,15 @@ async fn run(
                 }
             }
             while let Some(message) = pc.poll_read() {
-                if let RTCMessage::RtpPacket(..) = message.message {
-                    rtp_received.fetch_add(1, Ordering::Relaxed);
+                if let RTCMessage::RtpPacket(_, packet) = message.message {
+                    sink.count.fetch_add(1, Ordering::Relaxed);
+                    // Only the trailer matters here (which packet it is), not the filler.
+                    if let Some(probe) = crate::synth::probe(&packet.payload, 0)
+                        && let Ok(mut log) = sink.log.lock()
+                    {
+                        log.push((probe.stream, probe.index));
+                    }
+                    sink.changed.notify_waiters();
                 }
             }
         }
@@ -169,6 +269,9 @@ async fn run(
             received = socket.recv_from(&mut buf) => {
                 let (n, from) = received?;
                 shard = Some(from);
+                if loss.discard(&buf[..n]) {
+                    continue;
+                }
                 if let Some(pc) = pc.as_mut() {
                     let _ = pc.handle_read(TaggedBytesMut {
                         now: Instant::now(),

@@ -124,10 +124,41 @@ impl OpusSource {
     }
 }
 
-/// Synthetic VP8 at a target bitrate and frame rate, key frames every `keyframe_every`
+/// The video codecs the synthetic source imitates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// VP8 (RFC 7741 payload descriptor).
+    Vp8,
+    /// H.264, one NAL unit per packet (RFC 6184 single NAL unit mode).
+    H264,
+}
+
+impl VideoCodec {
+    /// The SDP MIME type.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Vp8 => "video/VP8",
+            Self::H264 => "video/H264",
+        }
+    }
+
+    /// The codec of a MIME type, if synthetic media exists for it.
+    pub fn from_mime(mime: &str) -> Option<Self> {
+        if mime.eq_ignore_ascii_case("video/vp8") {
+            Some(Self::Vp8)
+        } else if mime.eq_ignore_ascii_case("video/h264") {
+            Some(Self::H264)
+        } else {
+            None
+        }
+    }
+}
+
+/// Synthetic video at a target bitrate and frame rate, key frames every `keyframe_every`
 /// frames or on request.
 #[derive(Debug)]
-pub struct Vp8Source {
+pub struct VideoSource {
+    codec: VideoCodec,
     stream: u32,
     index: u32,
     frame: u64,
@@ -144,11 +175,12 @@ pub const VP8_FIRST_HEADER: usize = 11;
 /// Bytes of VP8 header in a frame's later packets.
 pub const VP8_NEXT_HEADER: usize = 1;
 
-impl Vp8Source {
+impl VideoSource {
     /// 30 frames per second at `bitrate` bit/s, a key frame every `keyframe_interval`.
-    pub fn new(stream: u32, bitrate: u64, keyframe_interval: Duration) -> Self {
+    pub fn new(codec: VideoCodec, stream: u32, bitrate: u64, keyframe_interval: Duration) -> Self {
         let fps = 30;
         Self {
+            codec,
             stream,
             index: 0,
             frame: 0,
@@ -178,14 +210,18 @@ impl Vp8Source {
         while remaining > 0 {
             let len = remaining.min(self.mtu_payload);
             remaining -= len;
-            let header: Vec<u8> = if first {
+            let header: Vec<u8> = match (self.codec, first) {
                 // Descriptor S=1 PID=0; frame tag with P=0 for key frames; start code; size.
-                let tag = if keyframe { 0x10 } else { 0x11 };
-                vec![
-                    0x10, tag, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01,
-                ]
-            } else {
-                vec![0x00]
+                (VideoCodec::Vp8, true) => {
+                    let tag = if keyframe { 0x10 } else { 0x11 };
+                    vec![
+                        0x10, tag, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01,
+                    ]
+                }
+                (VideoCodec::Vp8, false) => vec![0x00],
+                // NAL unit header: an IDR slice (type 5) starts a key frame, else type 1.
+                (VideoCodec::H264, true) if keyframe => vec![0x65],
+                (VideoCodec::H264, _) => vec![0x41],
             };
             let len = len.max(header.len() + TRAILER_LEN);
             packets.push(SynthPacket {
@@ -203,19 +239,25 @@ impl Vp8Source {
     }
 }
 
-/// Whether a received VP8 payload starts a key frame.
-pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
-    payload.len() > 1 && payload[0] & 0x10 != 0 && payload[0] & 0x07 == 0 && payload[1] & 0x01 == 0
+/// Whether a received synthetic video payload starts a key frame.
+pub fn is_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
+    match codec {
+        VideoCodec::Vp8 => {
+            payload.len() > 1
+                && payload[0] & 0x10 != 0
+                && payload[0] & 0x07 == 0
+                && payload[1] & 0x01 == 0
+        }
+        VideoCodec::H264 => payload.first().is_some_and(|b| b & 0x1F == 5),
+    }
 }
 
-/// How long the codec header of a received synthetic payload is.
-pub fn header_len(video: bool, payload: &[u8]) -> usize {
-    if !video {
-        1
-    } else if payload.first().is_some_and(|b| b & 0x10 != 0) {
-        VP8_FIRST_HEADER
-    } else {
-        VP8_NEXT_HEADER
+/// How long the codec header of a received synthetic payload is (`None` for audio).
+pub fn header_len(codec: Option<VideoCodec>, payload: &[u8]) -> usize {
+    match codec {
+        None | Some(VideoCodec::H264) => 1,
+        Some(VideoCodec::Vp8) if payload.first().is_some_and(|b| b & 0x10 != 0) => VP8_FIRST_HEADER,
+        Some(VideoCodec::Vp8) => VP8_NEXT_HEADER,
     }
 }
 
@@ -256,19 +298,21 @@ mod tests {
 
     #[test]
     fn vp8_source_sizes_and_keyframes() {
-        let mut source = Vp8Source::new(1, 1_000_000, Duration::from_secs(2));
-        let frame = source.next_frame(0);
-        let bytes: usize = frame.iter().map(|p| p.payload.len()).sum();
-        assert!((4100..4300).contains(&bytes), "{bytes}");
-        assert!(frame[0].keyframe && vp8_is_keyframe(&frame[0].payload));
-        assert!(frame.last().unwrap().marker);
-        let next = source.next_frame(0);
-        assert!(!next[0].keyframe && !vp8_is_keyframe(&next[0].payload));
-        source.request_keyframe();
-        assert!(source.next_frame(0)[0].keyframe);
-        for p in frame.iter().chain(&next) {
-            let header = header_len(true, &p.payload);
-            assert!(probe(&p.payload, header).unwrap().intact);
+        for codec in [VideoCodec::Vp8, VideoCodec::H264] {
+            let mut source = VideoSource::new(codec, 1, 1_000_000, Duration::from_secs(2));
+            let frame = source.next_frame(0);
+            let bytes: usize = frame.iter().map(|p| p.payload.len()).sum();
+            assert!((4100..4300).contains(&bytes), "{bytes}");
+            assert!(frame[0].keyframe && is_keyframe(codec, &frame[0].payload));
+            assert!(frame.last().unwrap().marker);
+            let next = source.next_frame(0);
+            assert!(!next[0].keyframe && !is_keyframe(codec, &next[0].payload));
+            source.request_keyframe();
+            assert!(source.next_frame(0)[0].keyframe);
+            for p in frame.iter().chain(&next) {
+                let header = header_len(Some(codec), &p.payload);
+                assert!(probe(&p.payload, header).unwrap().intact);
+            }
         }
     }
 }

@@ -414,7 +414,9 @@ async fn simulcast_layers_follow_each_subscribers_choice_with_continuous_numberi
     let low = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("choir", "phone")).await?;
     for viewer in [&high, &low] {
         viewer
-            .wait_for(WAIT, "the full layer", |records, _| track_of(records, f).is_some_and(|(_, r)| r.packets >= 60))
+            .wait_for(WAIT, "the full layer", |records, _| {
+                track_of(records, f).is_some_and(|(_, r)| r.packets >= 60)
+            })
             .await?;
     }
     let (track, layers) = low
@@ -422,7 +424,9 @@ async fn simulcast_layers_follow_each_subscribers_choice_with_continuous_numberi
         .await
         .iter()
         .find_map(|e| match e {
-            ServerMessage::TrackPublished { track, .. } => Some((track.id.clone(), track.layers.clone())),
+            ServerMessage::TrackPublished { track, .. } => {
+                Some((track.id.clone(), track.layers.clone()))
+            }
             ServerMessage::Joined { participants, .. } => participants
                 .iter()
                 .flat_map(|p| &p.tracks)
@@ -432,12 +436,20 @@ async fn simulcast_layers_follow_each_subscribers_choice_with_continuous_numberi
         })
         .context("the conductor's track in joined or track_published")?;
     ensure!(layers == ["q", "h", "f"], "layers announced: {layers:?}");
-    low.send(ClientMessage::SetQuality { track: track.clone(), quality: Quality::Low });
+    low.send(ClientMessage::SetQuality {
+        track: track.clone(),
+        quality: Quality::Low,
+    });
     low.wait_for(WAIT, "the quarter layer", |records, _| {
-        records.get(&track).is_some_and(|r| r.log.iter().filter(|p| p.stream == q).count() >= 60)
+        records
+            .get(&track)
+            .is_some_and(|r| r.log.iter().filter(|p| p.stream == q).count() >= 60)
     })
     .await?;
-    low.send(ClientMessage::SetQuality { track: track.clone(), quality: Quality::High });
+    low.send(ClientMessage::SetQuality {
+        track: track.clone(),
+        quality: Quality::High,
+    });
     low.wait_for(WAIT, "the full layer again", |records, _| {
         records.get(&track).is_some_and(|r| {
             let last_q = r.log.iter().rposition(|p| p.stream == q);
@@ -451,13 +463,81 @@ async fn simulcast_layers_follow_each_subscribers_choice_with_continuous_numberi
     for pair in record.log.windows(2) {
         if pair[0].stream != pair[1].stream {
             switches += 1;
-            ensure!(pair[1].keyframe, "switched to a layer mid-frame: {:?}", pair[1]);
-            ensure!(pair[1].seq == pair[0].seq.wrapping_add(1), "sequence jump at a switch: {pair:?}");
+            ensure!(
+                pair[1].keyframe,
+                "switched to a layer mid-frame: {:?}",
+                pair[1]
+            );
+            ensure!(
+                pair[1].seq == pair[0].seq.wrapping_add(1),
+                "sequence jump at a switch: {pair:?}"
+            );
         }
     }
     ensure!(switches == 2, "{switches} layer switches");
     ensure!(record.corrupt == 0);
-    let high_streams = high.records().await.remove(&track).context("high's track")?.streams;
-    ensure!(high_streams == std::collections::HashSet::from([f]), "the front row saw {high_streams:?}");
+    let high_streams = high
+        .records()
+        .await
+        .remove(&track)
+        .context("high's track")?
+        .streams;
+    ensure!(
+        high_streams == std::collections::HashSet::from([f]),
+        "the front row saw {high_streams:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_are_answered_from_the_retransmission_buffer() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    use tutti_tests::raw_peer::RawSubscriber;
+    let shard = shard_with_rooms(&["lossy"]).await?;
+    let url = shard.signal_url();
+    let mut config = ParticipantConfig::new("lossy", "presenter");
+    config.audio = false;
+    let mut publisher = Participant::join(&url, SIGNAL_TOKEN, config).await?;
+    publisher.wait_publishing(WAIT).await?;
+    let video_stream = publisher.stream_ids().1;
+    // The viewer's network loses every 25th media packet: its stack NACKs each one.
+    let mut viewer =
+        RawSubscriber::join_lossy(&url, SIGNAL_TOKEN, "lossy", "viewer", Some(25)).await?;
+    viewer.wait_connected(WAIT).await?;
+    viewer
+        .wait_for(WAIT, "twenty losses", |_, discarded| discarded >= 20)
+        .await?;
+    let sent = publisher.stop_media().await.1;
+    // Every packet from the viewer's first one to the publisher's last arrives, the
+    // discarded ones as retransmissions.
+    let missing = |log: &[(u32, u32)]| {
+        let indices: std::collections::BTreeSet<u32> = log
+            .iter()
+            .filter(|(stream, _)| *stream == video_stream)
+            .map(|(_, index)| *index)
+            .collect();
+        let first = indices.first().copied().unwrap_or(0);
+        (first..sent as u32)
+            .filter(|i| !indices.contains(i))
+            .count()
+    };
+    let complete = viewer
+        .wait_for(
+            Duration::from_secs(5),
+            "every lost packet repaired",
+            |log, _| missing(log) == 0,
+        )
+        .await;
+    let discarded = viewer.discarded.load(Ordering::SeqCst);
+    let resent = shard
+        .admin
+        .metric("tutti_sfu_retransmissions_total")
+        .await?;
+    println!("discarded {discarded}, shard retransmitted {resent}");
+    complete?;
+    ensure!(
+        resent >= discarded as f64 * 0.9,
+        "only {resent} retransmissions for {discarded} losses"
+    );
     Ok(())
 }

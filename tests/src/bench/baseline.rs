@@ -7,7 +7,7 @@
 use super::report::{Report, cpu_us_per_packet, loss_ratio, quantile};
 use super::{RunArgs, own_cpu_seconds, pin_self};
 use crate::shard::process_usage;
-use crate::synth::{self, Epoch, OpusSource, Vp8Source};
+use crate::synth::{self, Epoch, OpusSource, VideoCodec, VideoSource};
 use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -159,9 +159,14 @@ async fn publish(
             }
         })
     };
-    let mut source = Vp8Source::new(stream | 1, video_bitrate, Duration::from_secs(2));
+    let mut source = VideoSource::new(
+        VideoCodec::Vp8,
+        stream | 1,
+        video_bitrate,
+        Duration::from_secs(2),
+    );
     let mut seq = 0u16;
-    let mut ticker = tokio::time::interval(Vp8Source::INTERVAL);
+    let mut ticker = tokio::time::interval(VideoSource::INTERVAL);
     let result: Result<()> = async {
         loop {
             ticker.tick().await;
@@ -195,9 +200,9 @@ async fn subscribe(
         if n < 12 {
             continue;
         }
-        let video = buf[1] & 0x7F == VIDEO_PT;
+        let codec = (buf[1] & 0x7F == VIDEO_PT).then_some(VideoCodec::Vp8);
         let payload = &buf[12..n];
-        if let Some(probe) = synth::probe(payload, synth::header_len(video, payload)) {
+        if let Some(probe) = synth::probe(payload, synth::header_len(codec, payload)) {
             first.lock().await.get_or_insert_with(Instant::now);
             arrivals
                 .lock()
