@@ -170,7 +170,7 @@ impl Loss {
             return false;
         }
         self.seen += 1;
-        if self.seen % nth == 0 {
+        if self.seen.is_multiple_of(nth) {
             self.discarded.fetch_add(1, Ordering::Relaxed);
             true
         } else {
