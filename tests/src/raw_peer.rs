@@ -44,17 +44,17 @@ pub struct RawSubscriber {
 impl RawSubscriber {
     /// Joins `room` as a subscriber.
     pub async fn join(url: &str, token: &str, room: &str, id: &str) -> Result<Self> {
-        Self::join_lossy(url, token, room, id, None).await
+        Self::join_lossy(url, token, room, id, LossModel::None).await
     }
 
-    /// Joins `room` as a subscriber that discards every `nth` incoming SRTP packet before
-    /// decrypting it, as a lossy network would, so that its stack has to NACK them.
+    /// Joins `room` as a subscriber whose network loses media packets before they are
+    /// decrypted, as `loss` says.
     pub async fn join_lossy(
         url: &str,
         token: &str,
         room: &str,
         id: &str,
-        nth: Option<u64>,
+        loss: LossModel,
     ) -> Result<Self> {
         let mut signal = SignalClient::connect(url, token).await?;
         signal.send(ClientMessage::Join {
@@ -75,7 +75,7 @@ impl RawSubscriber {
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let discarded = Arc::new(AtomicU64::new(0));
         let loss = Loss {
-            nth,
+            model: loss,
             seen: 0,
             discarded: discarded.clone(),
         };
@@ -150,8 +150,20 @@ impl Drop for RawSubscriber {
     }
 }
 
+/// Which arriving media packets a raw subscriber's simulated network loses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossModel {
+    /// None.
+    None,
+    /// Every nth packet; a retransmission of it gets through.
+    EveryNth(u64),
+    /// Every packet (retransmissions included) whose sequence number is a multiple of this:
+    /// losses no repair can fix.
+    Sequence(u16),
+}
+
 struct Loss {
-    nth: Option<u64>,
+    model: LossModel,
     seen: u64,
     discarded: Arc<AtomicU64>,
 }
@@ -159,10 +171,7 @@ struct Loss {
 impl Loss {
     /// Whether to discard this arriving datagram.
     fn discard(&mut self, datagram: &[u8]) -> bool {
-        let Some(nth) = self.nth else {
-            return false;
-        };
-        // Only SRTP media (not RTCP, DTLS or STUN).
+        // Only SRTP media (not RTCP, DTLS or STUN); its header travels in the clear.
         let rtp = datagram.len() > 12
             && (128..=191).contains(&datagram[0])
             && !(192..=223).contains(&datagram[1]);
@@ -170,12 +179,17 @@ impl Loss {
             return false;
         }
         self.seen += 1;
-        if self.seen.is_multiple_of(nth) {
+        let lose = match self.model {
+            LossModel::None => false,
+            LossModel::EveryNth(nth) => self.seen.is_multiple_of(nth.max(1)),
+            LossModel::Sequence(modulo) => {
+                u16::from_be_bytes([datagram[2], datagram[3]]).is_multiple_of(modulo.max(1))
+            }
+        };
+        if lose {
             self.discarded.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            false
         }
+        lose
     }
 }
 

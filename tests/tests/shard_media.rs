@@ -492,7 +492,7 @@ async fn simulcast_layers_follow_each_subscribers_choice_with_continuous_numberi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nacks_are_answered_from_the_retransmission_buffer() -> Result<()> {
     use std::sync::atomic::Ordering;
-    use tutti_tests::raw_peer::RawSubscriber;
+    use tutti_tests::raw_peer::{LossModel, RawSubscriber};
     let shard = shard_with_rooms(&["lossy"]).await?;
     let url = shard.signal_url();
     let mut config = ParticipantConfig::new("lossy", "presenter");
@@ -501,8 +501,14 @@ async fn nacks_are_answered_from_the_retransmission_buffer() -> Result<()> {
     publisher.wait_publishing(WAIT).await?;
     let video_stream = publisher.stream_ids().1;
     // The viewer's network loses every 25th media packet: its stack NACKs each one.
-    let mut viewer =
-        RawSubscriber::join_lossy(&url, SIGNAL_TOKEN, "lossy", "viewer", Some(25)).await?;
+    let mut viewer = RawSubscriber::join_lossy(
+        &url,
+        SIGNAL_TOKEN,
+        "lossy",
+        "viewer",
+        LossModel::EveryNth(25),
+    )
+    .await?;
     viewer.wait_connected(WAIT).await?;
     viewer
         .wait_for(WAIT, "twenty losses", |_, discarded| discarded >= 20)
@@ -539,5 +545,54 @@ async fn nacks_are_answered_from_the_retransmission_buffer() -> Result<()> {
         resent >= discarded as f64 * 0.9,
         "only {resent} retransmissions for {discarded} losses"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_reports_of_unrepairable_loss_reach_the_admin_api() -> Result<()> {
+    use tutti_tests::eventually::eventually;
+    use tutti_tests::raw_peer::{LossModel, RawSubscriber};
+    let shard = shard_with_rooms(&["reports"]).await?;
+    let url = shard.signal_url();
+    let mut config = ParticipantConfig::new("reports", "presenter");
+    config.audio = false;
+    let publisher = Participant::join(&url, SIGNAL_TOKEN, config).await?;
+    publisher.wait_publishing(WAIT).await?;
+    let healthy =
+        Participant::join(&url, SIGNAL_TOKEN, subscriber_only("reports", "healthy")).await?;
+    healthy
+        .wait_for(WAIT, "video", |records, _| {
+            records.values().any(|r| r.packets > 60)
+        })
+        .await?;
+    let admin = shard.admin.clone();
+    let loss = || {
+        let admin = admin.clone();
+        async move {
+            Ok::<_, anyhow::Error>(
+                admin
+                    .pipelines()
+                    .await?
+                    .first()
+                    .map_or(0.0, |p| p.max_subscriber_loss_percent),
+            )
+        }
+    };
+    // A clean loopback: nobody reports loss.
+    ensure!(loss().await? == 0.0);
+    // One in ten packets, and every retransmission of it, lost on the way to this viewer.
+    let _lossy = RawSubscriber::join_lossy(
+        &url,
+        SIGNAL_TOKEN,
+        "reports",
+        "lossy",
+        LossModel::Sequence(10),
+    )
+    .await?;
+    eventually(WAIT, "about 10 % loss reported", || {
+        let loss = loss();
+        async move { Ok((6.0..=14.0).contains(&loss.await?)) }
+    })
+    .await?;
     Ok(())
 }

@@ -131,6 +131,8 @@ pub struct PipelineInfo {
     pub age_seconds: u64,
     /// Seconds it has been empty, when empty.
     pub empty_seconds: Option<u64>,
+    /// The worst packet loss a subscriber's latest receiver report states, in percent.
+    pub max_subscriber_loss_percent: f64,
 }
 
 /// The shard's load, reported to the operator.

@@ -728,6 +728,13 @@ impl ShardCore {
             empty_seconds: room
                 .empty_since
                 .map(|since| now.saturating_duration_since(since).as_secs()),
+            max_subscriber_loss_percent: room
+                .tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t))
+                .flat_map(|t| &t.downtracks)
+                .map(|d| f64::from(d.fraction_lost) * 100.0 / 256.0)
+                .fold(0.0, f64::max),
         })
     }
 
