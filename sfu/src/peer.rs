@@ -162,22 +162,27 @@ impl PeerFactory {
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .build(now)?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: self.advertised.ip().to_string(),
-                port: self.advertised.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()?;
-        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+        pc.add_local_candidate(host_candidate(self.advertised)?)?;
         // The end-of-candidates marker: an ICE-lite agent has nothing more to gather.
         pc.add_local_candidate(RTCIceCandidateInit::default())?;
         Ok(NewPeer { pc, ufrag, pwd })
     }
+}
+
+/// The ICE host candidate for a UDP address.
+pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, RtcError> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
 }
 
 /// A random alphanumeric token (ICE credentials, track ids).

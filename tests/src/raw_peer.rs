@@ -12,9 +12,7 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -207,18 +205,7 @@ fn build(local: SocketAddr) -> Result<RTCPeerConnection> {
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .build(Instant::now())?;
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    pc.add_local_candidate(tutti_sfu::peer::host_candidate(local)?)?;
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(pc)
 }

@@ -4,7 +4,7 @@
 //! GSO) and nothing else: no ICE, DTLS, SRTP or RTP processing. Its cost per forwarded
 //! packet is what moving a datagram costs on this machine.
 
-use super::report::{Report, cpu_us_per_packet, loss_ratio, quantile};
+use super::report::{Measurement, Report};
 use super::{RunArgs, own_cpu_seconds, pin_self};
 use crate::shard::process_usage;
 use crate::synth::{self, Epoch, OpusSource, VideoCodec, VideoSource};
@@ -189,7 +189,7 @@ async fn subscribe(
     relay: SocketAddr,
     epoch: Epoch,
     arrivals: Arrivals,
-    first: Arc<Mutex<Option<Instant>>>,
+    first: tokio::sync::watch::Sender<Option<Instant>>,
 ) -> Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     socket.send_to(b"SUB", relay).await?;
@@ -203,7 +203,7 @@ async fn subscribe(
         let codec = (buf[1] & 0x7F == VIDEO_PT).then_some(VideoCodec::Vp8);
         let payload = &buf[12..n];
         if let Some(probe) = synth::probe(payload, synth::header_len(codec, payload)) {
-            first.lock().await.get_or_insert_with(Instant::now);
+            first.send_if_modified(|at| at.is_none() && at.replace(Instant::now()).is_none());
             arrivals
                 .lock()
                 .await
@@ -224,18 +224,11 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     let mut tasks = Vec::new();
     for _ in 0..args.subscribers {
         let arrivals: Arrivals = Arc::new(Mutex::new(Vec::new()));
-        let first = Arc::new(Mutex::new(None));
+        let (first_tx, first) = tokio::sync::watch::channel(None);
         let started = Instant::now();
-        tasks.push(tokio::spawn(subscribe(
-            relay.addr,
-            epoch,
-            arrivals.clone(),
-            first.clone(),
-        )));
+        tasks.push(tokio::spawn(subscribe(relay.addr, epoch, arrivals.clone(), first_tx)));
         subscribers.push((started, arrivals, first));
     }
-    // Registration is one datagram: wait until the relay counts every subscriber by
-    // checking that a probe reaches all of them.
     let sent = Arc::new(AtomicU64::new(0));
     for i in 0..args.publishers {
         let stream = (i as u32 + 1) << 8;
@@ -248,20 +241,14 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             }
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for (_, _, first) in &subscribers {
-        while first.lock().await.is_none() {
-            if Instant::now() > deadline {
-                bail!("a subscriber never received anything from the relay");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    // Registration is one datagram; a subscriber is in once media reaches it.
     let mut join_ms = Vec::new();
-    for (started, _, first) in &subscribers {
-        if let Some(first) = *first.lock().await {
-            join_ms.push((first - *started).as_secs_f64() * 1e3);
-        }
+    for (started, _, first) in &mut subscribers {
+        let at = tokio::time::timeout(Duration::from_secs(30), first.wait_for(Option::is_some))
+            .await
+            .context("a subscriber never received anything from the relay")??
+            .unwrap_or_else(Instant::now);
+        join_ms.push((at - *started).as_secs_f64() * 1e3);
     }
     let forwarded_start = forwarded(relay.addr).await?;
     let (cpu_start, _) = process_usage(pid).context("relay usage")?;
@@ -288,28 +275,20 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             }
         }
     }
-    let sent = sent_end - sent_start;
-    let expected = sent * args.subscribers as u64;
-    let cpu = cpu_end - cpu_start;
-    let forwarded = forwarded_end.saturating_sub(forwarded_start);
     let _ = relay.child.kill().await;
-    Ok(Report {
-        mode: "baseline".into(),
-        publishers: args.publishers,
-        subscribers: args.subscribers,
-        seconds: (window_end - window_start) as f64 / 1e9,
-        sent_packets: sent,
-        expected_packets: expected,
-        received_packets: received,
-        loss_ratio: loss_ratio(expected, received),
-        latency_p50_ms: quantile(&mut latencies, 0.50),
-        latency_p99_ms: quantile(&mut latencies, 0.99),
-        sfu_cpu_seconds: cpu,
-        forwarded_packets: forwarded,
-        sfu_cpu_us_per_forwarded_packet: cpu_us_per_packet(cpu, forwarded),
-        sfu_rss_mib: rss as f64 / (1024.0 * 1024.0),
-        join_ms_p50: quantile(&mut join_ms, 0.50),
-        loadgen_cpu_seconds: own_end - own_start,
-        pinned: args.pin,
-    })
+    Ok(Report::new(
+        "baseline",
+        args,
+        Measurement {
+            window_ns: window_end - window_start,
+            sent: sent_end - sent_start,
+            received,
+            latencies_ms: latencies,
+            cpu_seconds: cpu_end - cpu_start,
+            forwarded: forwarded_end.saturating_sub(forwarded_start),
+            rss_bytes: rss,
+            join_ms,
+            loadgen_cpu_seconds: own_end - own_start,
+        },
+    ))
 }

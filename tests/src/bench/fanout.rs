@@ -1,6 +1,6 @@
 //! The `fanout` benchmark: real WebRTC peers through a shard child process.
 
-use super::report::{Report, cpu_us_per_packet, loss_ratio, quantile};
+use super::report::{Measurement, Report};
 use super::{RunArgs, own_cpu_seconds, pin_self};
 use crate::participant::{Participant, ParticipantConfig};
 use crate::shard::{ChildShard, SIGNAL_TOKEN, process_usage};
@@ -139,29 +139,21 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             }
         }
     }
-    let sent = sent_end - sent_start;
-    let expected = sent * args.subscribers as u64;
-    let forwarded = (forwarded_end - forwarded_start).max(0.0) as u64;
-    let sfu_cpu = cpu_end - cpu_start;
-    let report = Report {
-        mode: "fanout".into(),
-        publishers: args.publishers,
-        subscribers: args.subscribers,
-        seconds: (window_end - window_start) as f64 / 1e9,
-        sent_packets: sent,
-        expected_packets: expected,
-        received_packets: received,
-        loss_ratio: loss_ratio(expected, received),
-        latency_p50_ms: quantile(&mut latencies, 0.50),
-        latency_p99_ms: quantile(&mut latencies, 0.99),
-        sfu_cpu_seconds: sfu_cpu,
-        forwarded_packets: forwarded,
-        sfu_cpu_us_per_forwarded_packet: cpu_us_per_packet(sfu_cpu, forwarded),
-        sfu_rss_mib: rss as f64 / (1024.0 * 1024.0),
-        join_ms_p50: quantile(&mut join_ms, 0.50),
-        loadgen_cpu_seconds: own_end - own_start,
-        pinned: args.pin,
-    };
+    let report = Report::new(
+        "fanout",
+        args,
+        Measurement {
+            window_ns: window_end - window_start,
+            sent: sent_end - sent_start,
+            received,
+            latencies_ms: latencies,
+            cpu_seconds: cpu_end - cpu_start,
+            forwarded: (forwarded_end - forwarded_start).max(0.0) as u64,
+            rss_bytes: rss,
+            join_ms,
+            loadgen_cpu_seconds: own_end - own_start,
+        },
+    );
     for publisher in publishers {
         publisher.leave().await;
     }

@@ -41,6 +41,55 @@ pub struct Report {
     pub pinned: bool,
 }
 
+/// What a run measured, before it is turned into figures.
+#[derive(Debug, Clone, Default)]
+pub struct Measurement {
+    /// Nanoseconds the window lasted.
+    pub window_ns: u64,
+    /// Packets publishers sent in the window.
+    pub sent: u64,
+    /// Of those, packets subscribers received (counting every subscriber's copy).
+    pub received: u64,
+    /// Send-to-receive latencies of those, in milliseconds.
+    pub latencies_ms: Vec<f64>,
+    /// The child's CPU seconds in the window.
+    pub cpu_seconds: f64,
+    /// Packets the child forwarded in the window.
+    pub forwarded: u64,
+    /// The child's resident bytes at the end.
+    pub rss_bytes: u64,
+    /// Each subscriber's time from connecting to its first packet, in milliseconds.
+    pub join_ms: Vec<f64>,
+    /// The load generator's CPU seconds in the window.
+    pub loadgen_cpu_seconds: f64,
+}
+
+impl Report {
+    /// The figures of a run of `mode` with `args`.
+    pub fn new(mode: &str, args: &super::RunArgs, mut m: Measurement) -> Self {
+        let expected = m.sent * args.subscribers as u64;
+        Self {
+            mode: mode.to_owned(),
+            publishers: args.publishers,
+            subscribers: args.subscribers,
+            seconds: m.window_ns as f64 / 1e9,
+            sent_packets: m.sent,
+            expected_packets: expected,
+            received_packets: m.received,
+            loss_ratio: loss_ratio(expected, m.received),
+            latency_p50_ms: quantile(&mut m.latencies_ms, 0.50),
+            latency_p99_ms: quantile(&mut m.latencies_ms, 0.99),
+            sfu_cpu_seconds: m.cpu_seconds,
+            forwarded_packets: m.forwarded,
+            sfu_cpu_us_per_forwarded_packet: cpu_us_per_packet(m.cpu_seconds, m.forwarded),
+            sfu_rss_mib: m.rss_bytes as f64 / (1024.0 * 1024.0),
+            join_ms_p50: quantile(&mut m.join_ms, 0.50),
+            loadgen_cpu_seconds: m.loadgen_cpu_seconds,
+            pinned: args.pin,
+        }
+    }
+}
+
 /// The `q`-quantile (0..=1) of `samples`, by nearest rank; 0 for none.
 pub fn quantile(samples: &mut [f64], q: f64) -> f64 {
     if samples.is_empty() {
