@@ -99,6 +99,8 @@ struct AppState {
     metrics: Arc<ShardMetrics>,
     admin_token: Arc<str>,
     signal_token: Arc<str>,
+    /// Bounds concurrent signaling sockets, joined or not.
+    sessions: Arc<tokio::sync::Semaphore>,
 }
 
 /// Binds the sockets, starts the media thread and serves HTTP.
@@ -117,6 +119,11 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
     let core = ShardCore::new(core_config, metrics.clone(), Instant::now())
         .map_err(|e| io::Error::other(e.to_string()))?;
     let (tx, rx) = mpsc::channel(1024);
+    let max_sockets = options
+        .core
+        .max_participants
+        .saturating_mul(2)
+        .saturating_add(16);
     let media = crate::runtime::spawn(udp, core, rx)?;
     let handle = CoreHandle::new(tx);
     let state = AppState {
@@ -124,6 +131,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         metrics: metrics.clone(),
         admin_token: options.admin_token.into(),
         signal_token: options.signal_token.into(),
+        sessions: Arc::new(tokio::sync::Semaphore::new(max_sockets)),
     };
     let listener = tokio::net::TcpListener::bind(options.http).await?;
     let http_addr = listener.local_addr()?;
@@ -314,10 +322,20 @@ async fn drain(State(state): State<AppState>) -> Response {
 }
 
 async fn signal(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            "this shard serves as many signaling sockets as it may",
+        );
+    };
     upgrade
         .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
-        .on_upgrade(move |socket| serve_socket(socket, state.core, state.metrics))
+        .on_upgrade(move |socket| async move {
+            serve_socket(socket, state.core, state.metrics).await;
+            drop(permit);
+        })
 }
 
 async fn serve_socket(socket: WebSocket, core: CoreHandle, metrics: Arc<ShardMetrics>) {

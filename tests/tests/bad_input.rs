@@ -214,6 +214,22 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
         ),
         "{rejected:?}"
     );
+    // An offer asking for more media sections than a participant may publish.
+    let many = (0..20).fold(
+        String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"),
+        |sdp, i| sdp + &format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{i}\r\na=sendonly\r\n"),
+    );
+    bad.send(tutti_sfu::signal::protocol::ClientMessage::Offer {
+        pc: tutti_sfu::signal::protocol::PeerTarget::Publisher,
+        sdp: many,
+    });
+    let rejected = tokio::time::timeout(WAIT, bad.rx.recv())
+        .await?
+        .context("closed")?;
+    ensure!(
+        matches!(&rejected, ServerMessage::Error { code: ErrorCode::SdpRejected, message } if message.contains("media sections")),
+        "{rejected:?}"
+    );
     // A frame beyond the WebSocket layer's hard limit closes only that connection.
     let mut huge = SignalClient::connect(&url, SIGNAL_TOKEN).await?;
     huge.tx.send(Outgoing::Raw("x".repeat(2 * 1024 * 1024)))?;

@@ -147,6 +147,8 @@ pub(crate) struct Peer {
     offer_out: bool,
     /// Subscriber: tracks changed while an offer was out.
     renegotiate: bool,
+    /// Remote candidates the client trickled.
+    remote_candidates: u32,
 }
 
 pub(crate) struct Layer {
@@ -1023,6 +1025,7 @@ impl ShardCore {
                 outgoing: HashMap::new(),
                 offer_out: false,
                 renegotiate: false,
+                remote_candidates: 0,
             },
         );
         self.mark_dirty(key);

@@ -21,6 +21,14 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use std::time::Instant;
 
+/// Media sections a publisher's offer may hold (camera, microphone, screen share and
+/// room to spare; each becomes a track every subscriber negotiates).
+const MAX_MEDIA_SECTIONS: usize = 16;
+/// Tracks one participant may publish at once.
+const MAX_TRACKS_PER_PARTICIPANT: usize = 8;
+/// Remote ICE candidates one connection accepts.
+const MAX_REMOTE_CANDIDATES: u32 = 32;
+
 impl ShardCore {
     /// Handles a joined session's message.
     pub(super) fn on_signal(&mut self, session: SessionId, message: ClientMessage, now: Instant) {
@@ -71,6 +79,15 @@ impl ShardCore {
                     self.send_error(session, ErrorCode::OutOfOrder, "no such connection yet");
                     return;
                 };
+                if peer.remote_candidates >= MAX_REMOTE_CANDIDATES {
+                    self.send_error(
+                        session,
+                        ErrorCode::BadMessage,
+                        format!("at most {MAX_REMOTE_CANDIDATES} candidates per connection"),
+                    );
+                    return;
+                }
+                peer.remote_candidates += 1;
                 let result = peer.pc.add_remote_candidate(RTCIceCandidateInit {
                     candidate,
                     sdp_mid,
@@ -145,6 +162,15 @@ impl ShardCore {
             return;
         }
         let room = s.room.clone();
+        let sections = media_sections(&sdp);
+        if sections.len() > MAX_MEDIA_SECTIONS {
+            self.send_error(
+                session,
+                ErrorCode::SdpRejected,
+                format!("an offer may have at most {MAX_MEDIA_SECTIONS} media sections"),
+            );
+            return;
+        }
         let key = match s.publisher {
             Some(key) => key,
             None => match self.new_peer(session, PeerRole::Publisher, now) {
@@ -161,7 +187,6 @@ impl ShardCore {
             Some(r) => (r.spec.media.clone(), r.spec.media.max_video_bitrate_kbps),
             None => return,
         };
-        let sections = media_sections(&sdp);
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -421,6 +446,15 @@ impl ShardCore {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
+        if s.tracks.len() >= MAX_TRACKS_PER_PARTICIPANT {
+            tracing::warn!(session, "track limit reached; not publishing another");
+            self.send_error(
+                session,
+                ErrorCode::Forbidden,
+                format!("at most {MAX_TRACKS_PER_PARTICIPANT} published tracks"),
+            );
+            return;
+        }
         let room = s.room.clone();
         let allowed = self.rooms.get(&room).is_some_and(|r| match kind {
             TrackKind::Audio => r.spec.media.audio,

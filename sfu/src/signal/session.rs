@@ -34,6 +34,8 @@ const RATE: (u32, u32) = (50, 200);
 const MAX_STRIKES: u32 = 500;
 /// Capacity of the queue from the core to this session.
 pub const SESSION_QUEUE: usize = 256;
+/// How long a socket may stay open without joining a room.
+pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs a session until either side closes it.
 pub async fn run_session<S, R>(
@@ -49,8 +51,13 @@ pub async fn run_session<S, R>(
     let mut session: Option<SessionId> = None;
     let mut budget = TokenBucket::new(RATE.0, RATE.1);
     let mut strikes = 0u32;
+    let join_deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(join_deadline), if session.is_none() => {
+                let _ = sink.send(error(&metrics, ErrorCode::NotJoined, "no join within 30 s; closing")).await;
+                break;
+            }
             frame = stream.next() => {
                 let text = match frame {
                     None | Some(Incoming::Close) => break,
@@ -264,6 +271,30 @@ mod tests {
             ]
         );
         assert_eq!(seen, vec!["join:r1", "signal:Leave", "leave:7"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_never_joins_is_closed() {
+        let (tx, _rx) = mpsc::channel::<Command>(1);
+        let (out_tx, mut out_rx) = futures_channel();
+        let silent = stream::pending::<Incoming>();
+        let started = tokio::time::Instant::now();
+        run_session(
+            out_tx,
+            silent,
+            CoreHandle::new(tx),
+            Arc::new(ShardMetrics::new()),
+        )
+        .await;
+        assert!(started.elapsed() >= JOIN_TIMEOUT);
+        let frame = out_rx.try_recv().expect("a closing error");
+        assert!(matches!(
+            decode_server(&frame),
+            Ok(ServerMessage::Error {
+                code: ErrorCode::NotJoined,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]

@@ -226,7 +226,12 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
         let arrivals: Arrivals = Arc::new(Mutex::new(Vec::new()));
         let (first_tx, first) = tokio::sync::watch::channel(None);
         let started = Instant::now();
-        tasks.push(tokio::spawn(subscribe(relay.addr, epoch, arrivals.clone(), first_tx)));
+        tasks.push(tokio::spawn(subscribe(
+            relay.addr,
+            epoch,
+            arrivals.clone(),
+            first_tx,
+        )));
         subscribers.push((started, arrivals, first));
     }
     let sent = Arc::new(AtomicU64::new(0));
