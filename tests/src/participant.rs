@@ -486,14 +486,17 @@ impl Participant {
             );
             tasks.push(tokio::spawn(async move {
                 while let Some(message) = rx.recv().await {
-                    if let Err(err) =
-                        on_server_message(&shared, &publisher, &subscriber, &signal_tx, &message)
-                            .await
-                    {
-                        tracing::warn!(%err, "participant signaling step failed");
-                    }
-                    shared.events.lock().await.push(message);
+                    // Record first: what the shard said is observed even if acting on it
+                    // fails or stalls (a connection closing under a late offer).
+                    shared.events.lock().await.push(message.clone());
                     shared.changed.notify_waiters();
+                    let step =
+                        on_server_message(&shared, &publisher, &subscriber, &signal_tx, &message);
+                    match tokio::time::timeout(Duration::from_secs(10), step).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::warn!(%err, "participant signaling step failed"),
+                        Err(_) => tracing::warn!("participant signaling step timed out"),
+                    }
                 }
             }));
         }

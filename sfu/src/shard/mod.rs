@@ -129,6 +129,8 @@ struct Session {
     publisher: Option<PeerKey>,
     subscriber: Option<PeerKey>,
     tracks: Vec<TrackKey>,
+    /// Being removed: no more offers to it.
+    closing: bool,
 }
 
 pub(crate) struct Peer {
@@ -657,6 +659,7 @@ impl ShardCore {
                 let _ = reply.send(self.load());
             }
             Command::Shutdown => {
+                self.sessions.values_mut().for_each(|s| s.closing = true);
                 let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
                 for session in sessions {
                     self.remove_session(session, now, Some("the shard is stopping; reconnect"));
@@ -746,6 +749,11 @@ impl ShardCore {
             .get(name)
             .map(|room| room.sessions.clone())
             .unwrap_or_default();
+        for session in &sessions {
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.closing = true;
+            }
+        }
         for session in sessions {
             self.remove_session(session, now, Some("the room was released"));
         }
@@ -830,6 +838,7 @@ impl ShardCore {
                 publisher: None,
                 subscriber: None,
                 tracks: Vec::new(),
+                closing: false,
             },
         );
         if let Some(room) = self.rooms.get_mut(&request.room) {
@@ -932,9 +941,10 @@ impl ShardCore {
 
     /// Ends a session: unpublishes its tracks, closes its connections, tells the room.
     fn remove_session(&mut self, id: SessionId, now: Instant, reason: Option<&str>) {
-        let Some(session) = self.sessions.get(&id) else {
+        let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
+        session.closing = true;
         let room_name = session.room.clone();
         let participant = session.participant.clone();
         for track in session.tracks.clone() {

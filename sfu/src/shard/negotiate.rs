@@ -348,6 +348,10 @@ impl ShardCore {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        // A session on its way out gets no more offers; its connection is about to close.
+        if self.sessions.get(&peer.session).is_none_or(|s| s.closing) {
+            return;
+        }
         if peer.offer_out {
             peer.renegotiate = true;
         } else {
