@@ -41,6 +41,7 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
         udp: args.udp,
         advertise_ip: args.advertise_ip,
         advertise_port: args.advertise_port,
+        ice_tcp: !args.disable_ice_tcp,
         admin_token: admin_token.clone(),
         signal_token: signal_token.clone(),
         core,

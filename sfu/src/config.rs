@@ -37,6 +37,9 @@ pub struct ShardArgs {
     /// Port advertised to clients, when a NAT or load balancer maps a different one.
     #[arg(long, env = "TUTTI_SFU_ADVERTISE_PORT")]
     pub advertise_port: Option<u16>,
+    /// Do not accept ICE-TCP (the TCP fallback on the media port's number).
+    #[arg(long, env = "TUTTI_SFU_DISABLE_ICE_TCP")]
+    pub disable_ice_tcp: bool,
     /// Bearer token of the admin API (operator).
     #[arg(long, env = "TUTTI_SFU_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

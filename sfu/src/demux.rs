@@ -44,10 +44,24 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         self.by_ufrag.insert(ufrag, key);
     }
 
-    /// Forgets a peer entirely: its ufrag and every address bound to it.
-    pub fn remove_peer(&mut self, key: K) {
+    /// Forgets a peer entirely: its ufrag and every address bound to it. Returns the
+    /// addresses that were bound.
+    pub fn remove_peer(&mut self, key: K) -> Vec<SocketAddr> {
         self.by_ufrag.retain(|_, k| *k != key);
-        self.by_addr.retain(|_, entry| entry.key != key);
+        let mut removed = Vec::new();
+        self.by_addr.retain(|addr, entry| {
+            let keep = entry.key != key;
+            if !keep {
+                removed.push(*addr);
+            }
+            keep
+        });
+        removed
+    }
+
+    /// Forgets one address binding (its connection closed).
+    pub fn unbind(&mut self, addr: SocketAddr) {
+        self.by_addr.remove(&addr);
     }
 
     /// The peer owning a local ufrag.
@@ -169,7 +183,7 @@ mod tests {
         let newest = addr(MAX_ADDRS_PER_PEER as u16 + 4);
         assert_eq!(demux.peer_by_addr(newest, t0), Some(7));
         assert_eq!(demux.peer_by_addr(addr(0), t0), None);
-        demux.remove_peer(7);
+        assert_eq!(demux.remove_peer(7).len(), MAX_ADDRS_PER_PEER);
         assert_eq!(demux.bound_addrs(), 0);
         assert_eq!(demux.registered_ufrags(), 0);
     }

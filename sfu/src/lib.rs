@@ -14,5 +14,6 @@ pub mod runtime;
 pub mod server;
 pub mod shard;
 pub mod signal;
+pub mod tcp;
 pub mod udp;
 pub mod wire;

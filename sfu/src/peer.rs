@@ -97,12 +97,18 @@ pub struct PeerFactory {
     crypto: Arc<dyn RTCCryptoProvider>,
     certificate: rtc::peer_connection::certificate::RTCCertificate,
     advertised: SocketAddr,
+    advertised_tcp: Option<SocketAddr>,
     timeouts: IceTimeouts,
 }
 
 impl PeerFactory {
-    /// A factory advertising `advertised` as every connection's host candidate.
-    pub fn new(advertised: SocketAddr, timeouts: IceTimeouts) -> Result<Self, PeerBuildError> {
+    /// A factory advertising `advertised` as every connection's UDP host candidate, and
+    /// `advertised_tcp`, when given, as its passive ICE-TCP candidate.
+    pub fn new(
+        advertised: SocketAddr,
+        advertised_tcp: Option<SocketAddr>,
+        timeouts: IceTimeouts,
+    ) -> Result<Self, PeerBuildError> {
         let crypto =
             rtc::crypto::default_provider().map_err(|e| PeerBuildError::Crypto(e.to_string()))?;
         let params =
@@ -117,6 +123,7 @@ impl PeerFactory {
             crypto,
             certificate,
             advertised,
+            advertised_tcp,
             timeouts,
         })
     }
@@ -163,6 +170,9 @@ impl PeerFactory {
             .with_interceptor_registry(registry)
             .build(now)?;
         pc.add_local_candidate(host_candidate(self.advertised)?)?;
+        if let Some(tcp) = self.advertised_tcp {
+            pc.add_local_candidate(passive_tcp_candidate(tcp)?)?;
+        }
         // The end-of-candidates marker: an ICE-lite agent has nothing more to gather.
         pc.add_local_candidate(RTCIceCandidateInit::default())?;
         Ok(NewPeer { pc, ufrag, pwd })
@@ -180,6 +190,22 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, RtcError>
             ..Default::default()
         },
         ..Default::default()
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// The passive ICE-TCP host candidate (RFC 6544) for a listening address.
+pub fn passive_tcp_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, RtcError> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: rtc::ice::tcp_type::TcpType::Passive,
     }
     .new_candidate_host()?;
     RTCIceCandidate::from(&candidate).to_json()
@@ -392,8 +418,12 @@ mod tests {
 
     #[test]
     fn builds_both_roles_with_distinct_credentials() {
-        let factory = PeerFactory::new("127.0.0.1:40000".parse().unwrap(), IceTimeouts::default())
-            .expect("factory");
+        let factory = PeerFactory::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            None,
+            IceTimeouts::default(),
+        )
+        .expect("factory");
         let now = Instant::now();
         let a = factory.build(PeerRole::Publisher, now).expect("publisher");
         let b = factory

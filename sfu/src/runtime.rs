@@ -1,35 +1,56 @@
-//! The media thread: the only place the shard core meets its UDP socket and the clock.
+//! The media thread: the only place the shard core meets its sockets and the clock.
 //!
-//! One thread owns the socket and the core. Each turn it waits for whichever comes
-//! first: datagrams, a command from the control plane, or the core's next deadline. It
-//! reads datagrams in batches (`recvmmsg`), lets the core act on them, then sends
-//! everything the core produced in one batched flush (`sendmmsg` + GSO). Keeping the
-//! core single-threaded means no locks on the forwarding path.
+//! One thread owns the UDP socket, the ICE-TCP listener and the core. Each turn it waits
+//! for whichever comes first: datagrams, an ICE-TCP frame, a command from the control
+//! plane, or the core's next deadline. It reads datagrams in batches (`recvmmsg`), lets
+//! the core act on them, then sends everything the core produced in one batched flush
+//! (`sendmmsg` + GSO). Keeping the core single-threaded means no locks on the forwarding
+//! path. ICE-TCP connections are tasks on the same thread that pass whole frames in and
+//! out through channels.
 
 use crate::shard::ShardCore;
 use crate::shard::api::Command;
+use crate::tcp::{FrameDecoder, encode};
 use crate::udp::{RecvBatch, SendBatcher};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 /// Datagrams read per `recvmmsg`.
 const RECV_BATCH: usize = 32;
 /// Batches handled before the loop looks at commands and timers again.
 const MAX_BATCHES_PER_TURN: usize = 8;
+/// ICE-TCP connections held at once.
+const MAX_TCP_CONNECTIONS: usize = 4096;
+/// Frames queued towards one ICE-TCP connection before new ones are dropped (a stalled
+/// TCP peer must not hold the media thread's memory).
+const TCP_QUEUE: usize = 512;
+/// How long a new ICE-TCP connection may take to send its first frame.
+const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+
+/// What ICE-TCP connection tasks tell the media loop.
+enum TcpInput {
+    Frame(SocketAddr, BytesMut),
+    Closed(SocketAddr),
+}
 
 /// Runs the media thread until a `Shutdown` command, or until every command sender is gone.
 pub fn spawn(
     socket: std::net::UdpSocket,
+    tcp: Option<std::net::TcpListener>,
     core: ShardCore,
     commands: mpsc::Receiver<Command>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     socket.set_nonblocking(true)?;
+    if let Some(listener) = &tcp {
+        listener.set_nonblocking(true)?;
+    }
     std::thread::Builder::new()
         .name("tutti-media".into())
         .spawn(move || {
@@ -44,18 +65,46 @@ pub fn spawn(
                 }
             };
             runtime.block_on(async move {
-                match UdpSocket::from_std(socket) {
-                    Ok(socket) => media_loop(socket, core, commands).await,
-                    Err(err) => tracing::error!(%err, "cannot register the media socket"),
-                }
+                let socket = match UdpSocket::from_std(socket) {
+                    Ok(socket) => socket,
+                    Err(err) => {
+                        tracing::error!(%err, "cannot register the media socket");
+                        return;
+                    }
+                };
+                let tcp = tcp.and_then(|listener| match TcpListener::from_std(listener) {
+                    Ok(listener) => Some(listener),
+                    Err(err) => {
+                        tracing::warn!(%err, "ICE-TCP disabled: cannot register its listener");
+                        None
+                    }
+                });
+                media_loop(socket, tcp, core, commands).await;
             });
         })
 }
 
-async fn media_loop(socket: UdpSocket, mut core: ShardCore, mut commands: mpsc::Receiver<Command>) {
+/// Accepts from the listener when there is one; never resolves otherwise.
+async fn accept(listener: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn media_loop(
+    socket: UdpSocket,
+    tcp: Option<TcpListener>,
+    mut core: ShardCore,
+    mut commands: mpsc::Receiver<Command>,
+) {
     let mut recv = RecvBatch::new(RECV_BATCH);
     let mut sender = SendBatcher::new(true);
     let mut outgoing: Vec<(SocketAddr, BytesMut)> = Vec::new();
+    let mut tcp_outgoing: Vec<(SocketAddr, BytesMut)> = Vec::new();
+    let mut tcp_closing: Vec<SocketAddr> = Vec::new();
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpInput>(1024);
+    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     loop {
         let deadline = tokio::time::Instant::from_std(core.poll_timeout());
         tokio::select! {
@@ -71,18 +120,123 @@ async fn media_loop(socket: UdpSocket, mut core: ShardCore, mut commands: mpsc::
                 }
                 read_available(&socket, &mut recv, &mut core);
             }
+            input = tcp_rx.recv() => match input {
+                // Nothing on a rejected connection reaches a peer: close it.
+                Some(TcpInput::Frame(from, frame))
+                    if !core.handle_tcp_frame(Instant::now(), from, &frame) =>
+                {
+                    tcp_writers.remove(&from);
+                }
+                Some(TcpInput::Frame(..)) => {}
+                Some(TcpInput::Closed(from)) => {
+                    tcp_writers.remove(&from);
+                    core.tcp_closed(from);
+                }
+                None => {}
+            },
+            accepted = accept(&tcp) => match accepted {
+                Ok((stream, from)) if tcp_writers.len() < MAX_TCP_CONNECTIONS => {
+                    let (writer, frames) = mpsc::channel(TCP_QUEUE);
+                    tcp_writers.insert(from, writer);
+                    tokio::spawn(serve_tcp(stream, from, tcp_tx.clone(), frames));
+                }
+                Ok((stream, _)) => drop(stream),
+                Err(err) => tracing::debug!(%err, "ICE-TCP accept failed"),
+            },
             _ = tokio::time::sleep_until(deadline) => {}
         }
         core.handle_timeout(Instant::now());
-        core.take_transmits(&mut outgoing);
+        core.take_transmits(&mut outgoing, &mut tcp_outgoing);
         flush(&socket, &mut sender, &mut outgoing, &core).await;
+        send_tcp(&mut tcp_outgoing, &tcp_writers, &core);
+        core.take_tcp_to_close(&mut tcp_closing);
+        for from in tcp_closing.drain(..) {
+            tcp_writers.remove(&from);
+        }
         if core.is_stopped() {
             break;
         }
     }
-    core.take_transmits(&mut outgoing);
+    core.take_transmits(&mut outgoing, &mut tcp_outgoing);
     flush(&socket, &mut sender, &mut outgoing, &core).await;
+    send_tcp(&mut tcp_outgoing, &tcp_writers, &core);
     tracing::info!("media thread stopped");
+}
+
+/// Hands ICE-TCP packets to their connections' writers, framed; drops what a stalled
+/// connection cannot take.
+fn send_tcp(
+    outgoing: &mut Vec<(SocketAddr, BytesMut)>,
+    writers: &HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    core: &ShardCore,
+) {
+    for (to, packet) in outgoing.drain(..) {
+        let sent = writers
+            .get(&to)
+            .zip(encode(&packet))
+            .is_some_and(|(writer, frame)| writer.try_send(frame.freeze()).is_ok());
+        if sent {
+            core.metrics().datagrams_sent.inc();
+        } else {
+            core.metrics().send_failures.inc();
+        }
+    }
+}
+
+/// One ICE-TCP connection: frames in to the media loop, frames out from its queue.
+async fn serve_tcp(
+    stream: TcpStream,
+    from: SocketAddr,
+    input: mpsc::Sender<TcpInput>,
+    mut frames: mpsc::Receiver<Bytes>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let read = async {
+        let mut decoder = FrameDecoder::default();
+        let mut buf = vec![0u8; 4096];
+        let mut first = true;
+        loop {
+            let read = if first {
+                match tokio::time::timeout(TCP_FIRST_FRAME, reader.read(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return,
+                }
+            } else {
+                reader.read(&mut buf).await
+            };
+            let n = match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            decoder.push(&buf[..n]);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        first = false;
+                        if input.send(TcpInput::Frame(from, frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+        }
+    };
+    let write = async {
+        // Ends when the media loop drops this connection's sender (peer gone, rejected).
+        while let Some(frame) = frames.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = read => {}
+        _ = write => {}
+    }
+    let _ = input.send(TcpInput::Closed(from)).await;
 }
 
 /// Reads and handles what the socket holds now; returns how many datagrams.

@@ -51,6 +51,8 @@ pub struct ShardOptions {
     pub advertise_ip: Option<std::net::IpAddr>,
     /// Advertised port; `None` uses the bound port.
     pub advertise_port: Option<u16>,
+    /// Whether to listen for ICE-TCP on the media port's number.
+    pub ice_tcp: bool,
     /// Admin API bearer token.
     pub admin_token: String,
     /// Signaling bearer token.
@@ -113,9 +115,23 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
             .unwrap_or_else(|| crate::config::default_advertise_ip(udp_addr.ip())),
         options.advertise_port.unwrap_or(udp_addr.port()),
     );
+    // ICE-TCP shares the port number; without it (port taken), UDP still serves.
+    let tcp = if options.ice_tcp {
+        match std::net::TcpListener::bind(udp_addr) {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::warn!(%err, %udp_addr, "ICE-TCP disabled: cannot listen on the media port");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let metrics = Arc::new(ShardMetrics::new());
     let mut core_config = options.core.clone();
     core_config.advertised = advertised;
+    core_config.advertised_tcp = tcp.as_ref().map(|_| advertised);
+    let ice_tcp = tcp.is_some();
     let core = ShardCore::new(core_config, metrics.clone(), Instant::now())
         .map_err(|e| io::Error::other(e.to_string()))?;
     let (tx, rx) = mpsc::channel(1024);
@@ -124,7 +140,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         .max_participants
         .saturating_mul(2)
         .saturating_add(16);
-    let media = crate::runtime::spawn(udp, core, rx)?;
+    let media = crate::runtime::spawn(udp, tcp, core, rx)?;
     let handle = CoreHandle::new(tx);
     let state = AppState {
         core: handle.clone(),
@@ -145,7 +161,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
             tracing::error!(%err, "HTTP server failed");
         }
     });
-    tracing::info!(%http_addr, %udp_addr, %advertised, "shard started");
+    tracing::info!(%http_addr, %udp_addr, %advertised, ice_tcp, "shard started");
     Ok(RunningShard {
         http_addr,
         udp_addr,

@@ -52,6 +52,8 @@ pub struct ParticipantConfig {
     pub video_codec: VideoCodec,
     /// RFC 6464 level (-dBov) to mark audio packets with, voice-flagged; none when `None`.
     pub audio_level: Option<u8>,
+    /// Open no UDP socket: reach the shard over ICE-TCP only (a network that blocks UDP).
+    pub tcp_only: bool,
     /// Key frame interval of the video source.
     pub keyframe_interval: Duration,
     /// Keep every received packet's sequence number and index (correctness tests).
@@ -73,6 +75,7 @@ impl ParticipantConfig {
             simulcast: false,
             video_codec: VideoCodec::Vp8,
             audio_level: None,
+            tcp_only: false,
             keyframe_interval: Duration::from_secs(2),
             record_packets: true,
             epoch: Epoch::default(),
@@ -417,16 +420,21 @@ fn engine(publish: Option<VideoCodec>) -> Result<(MediaEngine, Registry)> {
 
 async fn build_pc(shared: &Arc<Shared>, publisher: bool) -> Result<Arc<dyn PeerConnection>> {
     let (media_engine, registry) = engine(publisher.then_some(shared.config.video_codec))?;
-    let pc = PeerConnectionBuilder::new()
+    let builder = PeerConnectionBuilder::new()
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(Handler {
             shared: shared.clone(),
             publisher,
-        }))
-        .with_udp_addrs(vec!["127.0.0.1:0"])
-        .build()
-        .await?;
+        }));
+    let builder = if shared.config.tcp_only {
+        builder
+            .with_udp_addrs(vec![])
+            .with_tcp_addrs(vec!["127.0.0.1:0"])
+    } else {
+        builder.with_udp_addrs(vec!["127.0.0.1:0"])
+    };
+    let pc = builder.build().await?;
     Ok(Arc::new(pc))
 }
 
@@ -789,6 +797,7 @@ async fn on_server_message(
                 .context("answer without publisher")?;
             pc.set_remote_description(RTCSessionDescription::answer(sdp.clone())?)
                 .await?;
+            trickle_tcp_candidates(shared, &pc, sdp).await?;
         }
         ServerMessage::Offer { sdp, .. } => {
             let mut slot = subscriber.lock().await;
@@ -803,6 +812,7 @@ async fn on_server_message(
             drop(slot);
             pc.set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
                 .await?;
+            trickle_tcp_candidates(shared, &pc, sdp).await?;
             let answer = pc.create_answer(None).await?;
             pc.set_local_description(answer.clone()).await?;
             let _ = signal_tx.send(Outgoing::Message(ClientMessage::Answer {
@@ -839,6 +849,34 @@ fn video_mid(sdp: &str) -> Option<String> {
     video
         .lines()
         .find_map(|l| l.trim().strip_prefix("a=mid:").map(str::to_owned))
+}
+
+/// The webrtc-rs client opens ICE-TCP connections only to passive candidates it is handed
+/// with `add_ice_candidate`, not to those in a description (browsers use both), so a
+/// TCP-only test peer re-adds the shard's.
+async fn trickle_tcp_candidates(
+    shared: &Arc<Shared>,
+    pc: &Arc<dyn PeerConnection>,
+    sdp: &str,
+) -> Result<()> {
+    if !shared.config.tcp_only {
+        return Ok(());
+    }
+    for line in sdp.lines() {
+        let Some(candidate) = line.trim().strip_prefix("a=") else {
+            continue;
+        };
+        if candidate.starts_with("candidate:") && candidate.contains(" tcp ") {
+            pc.add_ice_candidate(webrtc::peer_connection::RTCIceCandidateInit {
+                candidate: candidate.to_owned(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Sends synthetic media on one track once the publisher connection is up.

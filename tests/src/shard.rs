@@ -39,6 +39,7 @@ impl TestShard {
             udp,
             advertise_ip: None,
             advertise_port: None,
+            ice_tcp: true,
             admin_token: ADMIN_TOKEN.into(),
             signal_token: SIGNAL_TOKEN.into(),
             core,

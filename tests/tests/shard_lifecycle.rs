@@ -13,6 +13,13 @@ use tutti_tests::synth::VideoCodec;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+}
+
 fn listener(room: &str, id: &str) -> ParticipantConfig {
     let mut config = ParticipantConfig::new(room, id);
     config.audio = false;
@@ -21,6 +28,7 @@ fn listener(room: &str, id: &str) -> ParticipantConfig {
 }
 
 async fn shard_with(room: &str, spec: PipelineSpec) -> Result<TestShard> {
+    init_logs();
     let shard = TestShard::start().await?;
     shard.admin.put_pipeline(room, &spec).await?;
     Ok(shard)
@@ -261,5 +269,42 @@ async fn a_stopping_shard_tells_every_session_to_reconnect() -> Result<()> {
         })
         .await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_without_udp_reach_the_shard_over_ice_tcp() -> Result<()> {
+    let shard = shard_with("firewalled", PipelineSpec::default()).await?;
+    let url = shard.signal_url();
+    let mut presenter = ParticipantConfig::new("firewalled", "office");
+    presenter.tcp_only = true;
+    let mut viewer = listener("firewalled", "hotel");
+    viewer.tcp_only = true;
+    let presenter = Participant::join(&url, SIGNAL_TOKEN, presenter).await?;
+    presenter.wait_publishing(WAIT).await?;
+    let viewer = Participant::join(&url, SIGNAL_TOKEN, viewer).await?;
+    let (audio, video) = presenter.stream_ids();
+    viewer
+        .wait_for(WAIT, "audio and video over TCP", |records, _| {
+            records
+                .values()
+                .any(|r| r.streams.contains(&audio) && r.packets >= 50)
+                && records
+                    .values()
+                    .any(|r| r.streams.contains(&video) && r.packets >= 100)
+        })
+        .await?;
+    let records = viewer.records().await;
+    let video = records
+        .values()
+        .find(|r| r.streams.contains(&video))
+        .context("video")?;
+    let delivery = video.delivery(
+        presenter
+            .sent()
+            .video_packets
+            .load(std::sync::atomic::Ordering::SeqCst),
+    );
+    ensure!(delivery.intact && delivery.in_order, "{delivery:?}");
     Ok(())
 }

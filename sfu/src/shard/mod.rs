@@ -77,6 +77,8 @@ const RETRANSMIT_AGE: Duration = Duration::from_secs(2);
 pub struct CoreConfig {
     /// The address advertised as every connection's ICE candidate.
     pub advertised: SocketAddr,
+    /// The address advertised as a passive ICE-TCP candidate, when ICE-TCP is on.
+    pub advertised_tcp: Option<SocketAddr>,
     /// ICE timing.
     pub ice: IceTimeouts,
     /// Most pipelines hosted at once.
@@ -98,6 +100,7 @@ impl CoreConfig {
     pub fn new(advertised: SocketAddr) -> Self {
         Self {
             advertised,
+            advertised_tcp: None,
             ice: IceTimeouts::default(),
             max_pipelines: 1000,
             max_participants: 5000,
@@ -209,6 +212,10 @@ pub struct ShardCore {
     peers: HashMap<PeerKey, Peer>,
     tracks: HashMap<TrackKey, PublishedTrack>,
     demux: Demux<PeerKey>,
+    /// ICE-TCP connections bound to peers, by remote address (ufrags live in `demux`).
+    tcp_demux: Demux<PeerKey>,
+    tcp_to_close: Vec<SocketAddr>,
+    tcp_transmits: Vec<(SocketAddr, BytesMut)>,
     timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
     dirty: Vec<PeerKey>,
     transmits: Vec<(SocketAddr, BytesMut)>,
@@ -230,9 +237,12 @@ impl ShardCore {
         metrics: Arc<ShardMetrics>,
         now: Instant,
     ) -> Result<Self, PeerBuildError> {
-        let factory = PeerFactory::new(config.advertised, config.ice)?;
+        let factory = PeerFactory::new(config.advertised, config.advertised_tcp, config.ice)?;
         Ok(Self {
             demux: Demux::new(config.address_idle_timeout),
+            tcp_demux: Demux::new(config.address_idle_timeout),
+            tcp_to_close: Vec::new(),
+            tcp_transmits: Vec::new(),
             config,
             factory,
             metrics,
@@ -274,48 +284,71 @@ impl ShardCore {
 
     /// Handles one datagram received from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.handle_input(now, from, datagram, TransportProtocol::UDP);
+    }
+
+    /// Handles one ICE-TCP frame from the connection with `from`. Returns `false` when the
+    /// connection should be closed: nothing on it is routed to a peer (an unauthenticated
+    /// first frame, or a peer that is gone).
+    pub fn handle_tcp_frame(&mut self, now: Instant, from: SocketAddr, frame: &[u8]) -> bool {
+        self.handle_input(now, from, frame, TransportProtocol::TCP)
+    }
+
+    /// An ICE-TCP connection closed.
+    pub fn tcp_closed(&mut self, from: SocketAddr) {
+        self.tcp_demux.unbind(from);
+    }
+
+    fn handle_input(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        protocol: TransportProtocol,
+    ) -> bool {
         let kind = wire::classify(datagram);
-        let key = match kind {
-            DatagramKind::Unknown => {
+        let bound = match protocol {
+            TransportProtocol::TCP => self.tcp_demux.peer_by_addr(from, now),
+            _ => self.demux.peer_by_addr(from, now),
+        };
+        let key = match (kind, bound) {
+            (DatagramKind::Unknown, _) => {
                 self.metrics.dropped(DropReason::Garbage);
-                return;
+                return false;
             }
-            DatagramKind::Stun => {
-                self.metrics.datagram_in(0);
-                match self.demux.peer_by_addr(from, now) {
-                    Some(key) => key,
-                    None => match self.authenticate_stun(datagram) {
-                        Ok(key) => {
-                            self.demux.bind(from, key, now);
-                            key
-                        }
-                        Err(reason) => {
-                            self.metrics.dropped(reason);
-                            return;
-                        }
-                    },
-                }
-            }
-            DatagramKind::Dtls | DatagramKind::Rtp | DatagramKind::Rtcp => {
-                self.metrics.datagram_in(match kind {
-                    DatagramKind::Dtls => 1,
-                    DatagramKind::Rtp => 2,
-                    _ => 3,
-                });
-                match self.demux.peer_by_addr(from, now) {
-                    Some(key) => key,
-                    None => {
-                        self.metrics.dropped(DropReason::UnknownSource);
-                        return;
+            (_, Some(key)) => key,
+            (DatagramKind::Stun, None) => match self.authenticate_stun(datagram) {
+                Ok(key) => {
+                    match protocol {
+                        TransportProtocol::TCP => self.tcp_demux.bind(from, key, now),
+                        _ => self.demux.bind(from, key, now),
                     }
+                    key
                 }
+                Err(reason) => {
+                    self.metrics.dropped(reason);
+                    return false;
+                }
+            },
+            (_, None) => {
+                self.metrics.dropped(DropReason::UnknownSource);
+                return false;
             }
         };
-        let advertised = self.config.advertised;
+        self.metrics.datagram_in(match kind {
+            DatagramKind::Stun => 0,
+            DatagramKind::Dtls => 1,
+            DatagramKind::Rtp => 2,
+            _ => 3,
+        });
+        let local_addr = match protocol {
+            TransportProtocol::TCP => self.config.advertised_tcp.unwrap_or(self.config.advertised),
+            _ => self.config.advertised,
+        };
         if !self.peers.contains_key(&key) {
-            self.demux.remove_peer(key);
+            self.forget_peer_addresses(key);
             self.metrics.dropped(DropReason::UnknownSource);
-            return;
+            return false;
         }
         self.guard(key, |core| {
             let Some(peer) = core.peers.get_mut(&key) else {
@@ -326,10 +359,10 @@ impl ShardCore {
             if let Err(err) = peer.pc.handle_read(TaggedBytesMut {
                 now,
                 transport: TransportContext {
-                    local_addr: advertised,
+                    local_addr,
                     peer_addr: from,
                     ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
+                    transport_protocol: protocol,
                 },
                 message: BytesMut::from(datagram),
             }) {
@@ -338,6 +371,19 @@ impl ShardCore {
             core.drive(key, now);
         });
         self.finish_step(now);
+        true
+    }
+
+    /// Drops a peer's address bindings; its ICE-TCP connections are to be closed.
+    fn forget_peer_addresses(&mut self, key: PeerKey) {
+        self.demux.remove_peer(key);
+        let closed = self.tcp_demux.remove_peer(key);
+        self.tcp_to_close.extend(closed);
+    }
+
+    /// ICE-TCP connections whose peer is gone and which the I/O loop should close.
+    pub fn take_tcp_to_close(&mut self, out: &mut Vec<SocketAddr>) {
+        out.append(&mut self.tcp_to_close);
     }
 
     /// Runs `step` for one peer so that a panic inside the WebRTC stack (a bug reached by
@@ -437,8 +483,13 @@ impl ShardCore {
         }
     }
 
-    /// Drains every dirty peer's outgoing datagrams into `out` and re-arms its timer.
-    pub fn take_transmits(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) {
+    /// Drains every dirty peer's outgoing UDP datagrams into `out` (ICE-TCP packets into
+    /// `tcp_out`) and re-arms its timer.
+    pub fn take_transmits(
+        &mut self,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+        tcp_out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) {
         let dirty = std::mem::take(&mut self.dirty);
         for key in &dirty {
             let Some(peer) = self.peers.get_mut(key) else {
@@ -446,8 +497,11 @@ impl ShardCore {
             };
             peer.dirty = false;
             while let Some(datagram) = peer.pc.poll_write() {
-                self.transmits
-                    .push((datagram.transport.peer_addr, datagram.message));
+                let out = match datagram.transport.transport_protocol {
+                    TransportProtocol::TCP => &mut self.tcp_transmits,
+                    _ => &mut self.transmits,
+                };
+                out.push((datagram.transport.peer_addr, datagram.message));
             }
             let deadline = peer.pc.poll_timeout();
             if deadline != peer.deadline {
@@ -460,6 +514,7 @@ impl ShardCore {
         self.dirty = dirty;
         self.dirty.clear();
         out.append(&mut self.transmits);
+        tcp_out.append(&mut self.tcp_transmits);
     }
 
     // ---------------------------------------------------------------- time
@@ -522,6 +577,7 @@ impl ShardCore {
             self.next_slow = now + Duration::from_secs(1);
             self.release_empty_rooms(now);
             self.demux.evict_idle(now);
+            self.tcp_demux.evict_idle(now);
             self.update_rates(now);
         }
     }
@@ -994,16 +1050,19 @@ impl ShardCore {
     }
 
     fn close_peer(&mut self, key: PeerKey) {
-        self.demux.remove_peer(key);
         if let Some(mut peer) = self.peers.remove(&key) {
             // Tell the client at once (DTLS close_notify) rather than let ICE time out.
             if peer.pc.close().is_ok() {
                 while let Some(datagram) = peer.pc.poll_write() {
-                    self.transmits
-                        .push((datagram.transport.peer_addr, datagram.message));
+                    let out = match datagram.transport.transport_protocol {
+                        TransportProtocol::TCP => &mut self.tcp_transmits,
+                        _ => &mut self.transmits,
+                    };
+                    out.push((datagram.transport.peer_addr, datagram.message));
                 }
             }
         }
+        self.forget_peer_addresses(key);
     }
 
     fn new_peer(&mut self, session: SessionId, role: PeerRole, now: Instant) -> Option<PeerKey> {
