@@ -1115,3 +1115,185 @@ impl Room {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::protocol::{ClientMessage, PeerTarget};
+    use rand::RngExt;
+    use tokio::sync::oneshot;
+
+    fn core() -> ShardCore {
+        let mut config = CoreConfig::new("127.0.0.1:40000".parse().unwrap());
+        config.auto_create = Some(PipelineSpec::default());
+        ShardCore::new(config, Arc::new(ShardMetrics::new()), Instant::now()).unwrap()
+    }
+
+    fn join(
+        core: &mut ShardCore,
+        room: &str,
+        id: &str,
+    ) -> (SessionId, mpsc::Receiver<ServerMessage>) {
+        let (events, rx) = mpsc::channel(64);
+        let (reply, mut result) = oneshot::channel();
+        core.handle_command(
+            Instant::now(),
+            Command::Join {
+                request: JoinRequest {
+                    room: room.into(),
+                    participant: id.into(),
+                    name: id.into(),
+                    publish: true,
+                    subscribe: true,
+                },
+                events,
+                reply,
+            },
+        );
+        (result.try_recv().unwrap().unwrap(), rx)
+    }
+
+    #[test]
+    fn random_datagrams_are_dropped_without_harm() {
+        let mut core = core();
+        let (_session, _rx) = join(&mut core, "r", "p");
+        let mut rng = rand::rng();
+        let now = Instant::now();
+        for i in 0..20_000u32 {
+            let len = rng.random_range(0..1500);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Every first-byte range in turn, and STUN with the magic cookie half the time.
+            if let Some(first) = bytes.first_mut() {
+                *first = (i % 256) as u8;
+            }
+            if i % 2 == 0 && bytes.len() >= 8 {
+                bytes[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+            }
+            let from = SocketAddr::from(([10, 0, (i % 7) as u8, 1], 1000 + (i % 50) as u16));
+            core.handle_datagram(now, from, &bytes);
+            assert!(!core.handle_tcp_frame(now, from, &bytes));
+        }
+        let mut out = Vec::new();
+        let mut tcp = Vec::new();
+        core.take_transmits(&mut out, &mut tcp);
+        assert!(
+            out.is_empty() && tcp.is_empty(),
+            "nothing answers strangers"
+        );
+        let metrics = core.metrics();
+        let dropped: u64 = [
+            DropReason::Garbage,
+            DropReason::UnknownUfrag,
+            DropReason::UnknownSource,
+            DropReason::BadIntegrity,
+        ]
+        .into_iter()
+        .map(|r| metrics.dropped_count(r))
+        .sum();
+        assert_eq!(dropped, 40_000);
+        assert_eq!(core.demux.bound_addrs(), 0);
+        assert_eq!(core.sessions.len(), 1);
+    }
+
+    #[test]
+    fn garbage_sdp_is_rejected_and_the_session_keeps_its_seat() {
+        let mut core = core();
+        let (session, mut rx) = join(&mut core, "r", "p");
+        assert!(matches!(rx.try_recv(), Ok(ServerMessage::Joined { .. })));
+        let mut rng = rand::rng();
+        let samples = [
+            String::new(),
+            "v=0".into(),
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n".into(),
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio x y z\r\na=mid:\r\n".into(),
+            (0..3000)
+                .map(|_| rng.random_range(b' '..=b'~') as char)
+                .collect::<String>(),
+            "m=\r\n".repeat(2000),
+        ];
+        for sdp in samples {
+            core.handle_command(
+                Instant::now(),
+                Command::Signal {
+                    session,
+                    message: ClientMessage::Offer {
+                        pc: PeerTarget::Publisher,
+                        sdp: sdp.clone(),
+                    },
+                },
+            );
+            match rx.try_recv() {
+                Ok(ServerMessage::Error { code, .. }) => assert_eq!(code, ErrorCode::SdpRejected),
+                other => panic!("{sdp:?} gave {other:?}"),
+            }
+            core.handle_command(
+                Instant::now(),
+                Command::Signal {
+                    session,
+                    message: ClientMessage::Answer {
+                        pc: PeerTarget::Subscriber,
+                        sdp,
+                    },
+                },
+            );
+            assert!(matches!(
+                rx.try_recv(),
+                Ok(ServerMessage::Error {
+                    code: ErrorCode::OutOfOrder,
+                    ..
+                })
+            ));
+        }
+        assert!(core.sessions.contains_key(&session));
+        assert_eq!(core.metrics().peer_panics.get(), 0);
+    }
+
+    #[test]
+    fn joins_beyond_capacity_and_duplicate_ids_behave() {
+        let mut core = core();
+        let (reply, mut result) = oneshot::channel();
+        let (events, _rx) = mpsc::channel(4);
+        core.handle_command(
+            Instant::now(),
+            Command::PutPipeline {
+                name: "duo".into(),
+                spec: PipelineSpec {
+                    max_participants: 2,
+                    ..PipelineSpec::default()
+                },
+                reply,
+            },
+        );
+        assert!(result.try_recv().unwrap().is_ok());
+        let (first, mut first_rx) = join(&mut core, "duo", "a");
+        let (_second, _second_rx) = join(&mut core, "duo", "b");
+        // A third participant is refused; the same id again replaces its old session.
+        let (reply, mut result) = oneshot::channel();
+        core.handle_command(
+            Instant::now(),
+            Command::Join {
+                request: JoinRequest {
+                    room: "duo".into(),
+                    participant: "c".into(),
+                    name: "c".into(),
+                    publish: true,
+                    subscribe: true,
+                },
+                events,
+                reply,
+            },
+        );
+        assert_eq!(
+            result.try_recv().unwrap().unwrap_err().code,
+            ErrorCode::RoomFull
+        );
+        let (again, _again_rx) = join(&mut core, "duo", "a");
+        assert_ne!(again, first);
+        let mut replaced = false;
+        while let Ok(message) = first_rx.try_recv() {
+            replaced |= matches!(message, ServerMessage::Left { .. });
+        }
+        assert!(replaced, "the older session was told it was replaced");
+        assert_eq!(core.rooms["duo"].sessions.len(), 2);
+    }
+}
