@@ -147,6 +147,10 @@ impl PeerFactory {
         let setting_engine = SettingEngineBuilder::new()
             .with_crypto_provider(self.crypto.clone())
             .with_lite(true)
+            // Remote `.local` candidates are useless to an ICE-lite server (it learns the
+            // client's address from its checks), and resolving them would make the shard
+            // send multicast DNS queries from its media socket.
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .with_ice_credentials(ufrag.clone(), pwd.clone())
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .with_srtp_protection_profiles(vec![
