@@ -596,3 +596,72 @@ async fn receiver_reports_of_unrepairable_loss_reach_the_admin_api() -> Result<(
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_without_simulcast_forwards_only_the_top_layer() -> Result<()> {
+    use tutti_sfu::media::simulcast::Quality;
+    use tutti_sfu::shard::api::MediaPolicy;
+    use tutti_sfu::signal::protocol::ClientMessage;
+    use tutti_tests::participant::layer_stream;
+    init_logs();
+    let shard = TestShard::start().await?;
+    let spec = PipelineSpec {
+        media: MediaPolicy {
+            simulcast: false,
+            ..MediaPolicy::default()
+        },
+        ..PipelineSpec::default()
+    };
+    shard.admin.put_pipeline("plain", &spec).await?;
+    let url = shard.signal_url();
+    let mut config = ParticipantConfig::new("plain", "camera");
+    config.audio = false;
+    config.simulcast = true;
+    let publisher = Participant::join(&url, SIGNAL_TOKEN, config).await?;
+    publisher.wait_publishing(WAIT).await?;
+    let base = publisher.stream_ids().1;
+    let [q, _h, f] = [0, 1, 2].map(|layer| layer_stream(base, layer, 3));
+    let viewer = Participant::join(&url, SIGNAL_TOKEN, subscriber_only("plain", "viewer")).await?;
+    viewer
+        .wait_for(WAIT, "the top layer", |records, _| {
+            track_of(records, f).is_some_and(|(_, r)| r.packets >= 60)
+        })
+        .await?;
+    let (track, _) = track_of(&viewer.records().await, f).context("track")?;
+    let announced = viewer.events().await.iter().find_map(|e| match e {
+        ServerMessage::Joined { participants, .. } => {
+            participants.iter().flat_map(|p| &p.tracks).next().cloned()
+        }
+        ServerMessage::TrackPublished { track, .. } => Some(track.clone()),
+        _ => None,
+    });
+    ensure!(
+        announced.is_some_and(|t| t.layers == ["f"]),
+        "only the forwarded layer is announced"
+    );
+    // Asking for less changes nothing: there is nothing else to switch to.
+    viewer.send(ClientMessage::SetQuality {
+        track: track.clone(),
+        quality: Quality::Low,
+    });
+    let before = viewer.records().await.get(&track).map_or(0, |r| r.packets);
+    viewer
+        .wait_for(WAIT, "more of the top layer", |records, _| {
+            records
+                .get(&track)
+                .is_some_and(|r| r.packets >= before + 60)
+        })
+        .await?;
+    let streams = viewer
+        .records()
+        .await
+        .get(&track)
+        .map(|r| r.streams.clone())
+        .unwrap_or_default();
+    ensure!(
+        streams == std::collections::HashSet::from([f]),
+        "received {streams:?}"
+    );
+    ensure!(!streams.contains(&q));
+    Ok(())
+}

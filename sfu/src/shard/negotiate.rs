@@ -404,7 +404,13 @@ impl ShardCore {
             .iter_mut()
             .find(|(_, t)| t.peer == key && t.source_track_id == init.track_id);
         if let Some((track_key, track)) = existing {
-            let index = track.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
+            let index = match track.layers.iter().position(|l| l.rid == rid) {
+                Some(index) => index,
+                // A track without simulcast that changed SSRC.
+                None if track.layers.len() == 1 && track.layers[0].rid.is_empty() => 0,
+                // A layer the shard does not forward (simulcast not allowed in this room).
+                None => return,
+            };
             if let Some(layer) = track.layers.get_mut(index) {
                 if let Some(old) = layer.ssrc.replace(init.ssrc) {
                     peer.incoming.remove(&old);
@@ -469,12 +475,33 @@ impl ShardCore {
         }
         let family = CodecFamily::from_mime(&codec.mime_type);
         let video = family.is_video() || kind == TrackKind::Video;
-        let rid_names: Vec<&str> = if rids.is_empty() {
+        let mut rid_names: Vec<&str> = if rids.is_empty() {
             vec![""]
         } else {
             rids.iter().map(String::as_str).collect()
         };
-        let ranks = rank_layers(&rid_names);
+        let mut ranks = rank_layers(&rid_names);
+        let simulcast = self
+            .rooms
+            .get(&room)
+            .is_some_and(|r| r.spec.media.simulcast);
+        if !simulcast
+            && rid_names.len() > 1
+            && let Some(top) = ranks
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, rank)| **rank)
+                .map(|(index, _)| index)
+        {
+            // Simulcast is off in this room: forward only the best layer.
+            rid_names = vec![rid_names[top]];
+            ranks = vec![ranks[top]];
+        }
+        if !rid_names.contains(&rid.as_str()) && !(rid.is_empty() && rids.is_empty()) {
+            // The first layer to arrive is one the shard does not forward; the track is
+            // published when the forwarded layer's first packet arrives.
+            return;
+        }
         let layers: Vec<Layer> = rid_names
             .iter()
             .zip(ranks)
