@@ -497,7 +497,7 @@ impl ShardCore {
             rid_names = vec![rid_names[top]];
             ranks = vec![ranks[top]];
         }
-        if !rid_names.contains(&rid.as_str()) && !(rid.is_empty() && rids.is_empty()) {
+        if !rid_names.contains(&rid.as_str()) {
             // The first layer to arrive is one the shard does not forward; the track is
             // published when the forwarded layer's first packet arrives.
             return;
