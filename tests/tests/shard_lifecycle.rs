@@ -183,7 +183,7 @@ async fn releasing_a_pipeline_ends_its_sessions_and_frees_the_shard() -> Result<
         p.wait_for(WAIT, "being told the room was released", |_, events| {
             events
                 .iter()
-                .any(|e| matches!(e, ServerMessage::Left { reason } if reason.contains("released")))
+                .any(|e| matches!(e, ServerMessage::Left { reason, reconnect: false } if reason.contains("released")))
         })
         .await?;
     }
@@ -263,9 +263,15 @@ async fn a_stopping_shard_tells_every_session_to_reconnect() -> Result<()> {
     shard.shard.stop().await;
     for p in [&player, &listener] {
         p.wait_for(WAIT, "the reconnect notice", |_, events| {
-            events.iter().any(
-                |e| matches!(e, ServerMessage::Left { reason } if reason.contains("reconnect")),
-            )
+            events.iter().any(|e| {
+                matches!(
+                    e,
+                    ServerMessage::Left {
+                        reconnect: true,
+                        ..
+                    }
+                )
+            })
         })
         .await?;
     }

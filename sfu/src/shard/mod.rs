@@ -63,6 +63,9 @@ pub(crate) type PeerKey = u64;
 /// Identifies a published track inside the core.
 pub(crate) type TrackKey = u64;
 
+/// What sessions are told when the shard stops; they are to join again elsewhere.
+const STOPPING: &str = "the shard is stopping; reconnect";
+
 /// How often housekeeping runs (deferred keyframe requests, speakers, timeouts).
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// How often the active speaker is re-evaluated.
@@ -132,6 +135,8 @@ struct Session {
     publisher: Option<PeerKey>,
     subscriber: Option<PeerKey>,
     tracks: Vec<TrackKey>,
+    /// Whether the participant says it is sharing its screen.
+    screen_sharing: bool,
     /// Being removed: no more offers to it.
     closing: bool,
 }
@@ -718,7 +723,7 @@ impl ShardCore {
                 self.sessions.values_mut().for_each(|s| s.closing = true);
                 let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
                 for session in sessions {
-                    self.remove_session(session, now, Some("the shard is stopping; reconnect"));
+                    self.remove_session(session, now, Some(STOPPING));
                 }
                 self.stopped = true;
             }
@@ -855,6 +860,21 @@ impl ShardCore {
         let Some(room) = self.rooms.get(&request.room) else {
             return Err(JoinError::new(ErrorCode::RoomNotFound, "room was released"));
         };
+        let nickname = nickname_key(&request.name);
+        let taken = room
+            .sessions
+            .iter()
+            .filter_map(|s| self.sessions.get(s))
+            .any(|s| nickname_key(&s.name) == nickname);
+        if taken {
+            return Err(JoinError::new(
+                ErrorCode::NicknameTaken,
+                format!(
+                    "someone in room {} is already called {}",
+                    request.room, request.name
+                ),
+            ));
+        }
         if room.sessions.len() >= room.spec.max_participants as usize {
             return Err(JoinError::new(
                 ErrorCode::RoomFull,
@@ -881,6 +901,7 @@ impl ShardCore {
             id: request.participant.clone(),
             name: request.name.clone(),
             tracks: Vec::new(),
+            screen_sharing: false,
         };
         self.sessions.insert(
             id,
@@ -894,6 +915,7 @@ impl ShardCore {
                 publisher: None,
                 subscriber: None,
                 tracks: Vec::new(),
+                screen_sharing: false,
                 closing: false,
             },
         );
@@ -935,6 +957,7 @@ impl ShardCore {
                 .iter()
                 .filter_map(|t| self.tracks.get(t).map(|t| self.track_info(t)))
                 .collect(),
+            screen_sharing: s.screen_sharing,
         })
     }
 
@@ -1018,6 +1041,7 @@ impl ShardCore {
                 id,
                 ServerMessage::Left {
                     reason: reason.to_owned(),
+                    reconnect: reason == STOPPING,
                 },
             );
         }
@@ -1102,6 +1126,12 @@ impl ShardCore {
     }
 }
 
+/// The form of a nickname that two names share when they differ only in case or in
+/// surrounding spaces.
+fn nickname_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
 impl Room {
     fn new(spec: PipelineSpec, now: Instant) -> Self {
         Self {
@@ -1134,6 +1164,16 @@ mod tests {
         room: &str,
         id: &str,
     ) -> (SessionId, mpsc::Receiver<ServerMessage>) {
+        let (session, rx) = join_named(core, room, id, id);
+        (session.unwrap(), rx)
+    }
+
+    fn join_named(
+        core: &mut ShardCore,
+        room: &str,
+        id: &str,
+        name: &str,
+    ) -> (Result<SessionId, JoinError>, mpsc::Receiver<ServerMessage>) {
         let (events, rx) = mpsc::channel(64);
         let (reply, mut result) = oneshot::channel();
         core.handle_command(
@@ -1142,7 +1182,7 @@ mod tests {
                 request: JoinRequest {
                     room: room.into(),
                     participant: id.into(),
-                    name: id.into(),
+                    name: name.into(),
                     publish: true,
                     subscribe: true,
                 },
@@ -1150,7 +1190,122 @@ mod tests {
                 reply,
             },
         );
-        (result.try_recv().unwrap().unwrap(), rx)
+        (result.try_recv().unwrap(), rx)
+    }
+
+    fn signal(core: &mut ShardCore, session: SessionId, message: ClientMessage) {
+        core.handle_command(Instant::now(), Command::Signal { session, message });
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<ServerMessage>) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            out.push(message);
+        }
+        out
+    }
+
+    fn chats(messages: &[ServerMessage]) -> Vec<(String, Option<String>)> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Chat { text, to, .. } => Some((text.clone(), to.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nicknames_are_unique_per_room_ignoring_case_and_spaces() {
+        let mut core = core();
+        let (first, _a) = join_named(&mut core, "lesson", "p1", "Teacher");
+        assert!(first.is_ok());
+        for clash in ["teacher", "TEACHER", " Teacher "] {
+            let (result, _rx) = join_named(&mut core, "lesson", "p2", clash);
+            assert_eq!(
+                result.unwrap_err().code,
+                ErrorCode::NicknameTaken,
+                "{clash}"
+            );
+        }
+        // Other rooms and other names are free; rejoining with one's own id is a replacement.
+        assert!(join_named(&mut core, "other", "p3", "teacher").0.is_ok());
+        assert!(join_named(&mut core, "lesson", "p4", "Student").0.is_ok());
+        assert!(join_named(&mut core, "lesson", "p1", "TEACHER").0.is_ok());
+        assert_eq!(core.rooms["lesson"].sessions.len(), 2);
+    }
+
+    #[test]
+    fn chat_reaches_the_room_and_direct_messages_only_their_recipient() {
+        let mut core = core();
+        let (a, mut a_rx) = join(&mut core, "ensemble", "a");
+        let (_b, mut b_rx) = join(&mut core, "ensemble", "b");
+        let (_c, mut c_rx) = join(&mut core, "ensemble", "c");
+        let (_x, mut x_rx) = join(&mut core, "elsewhere", "x");
+        for rx in [&mut a_rx, &mut b_rx, &mut c_rx, &mut x_rx] {
+            drain(rx);
+        }
+        signal(
+            &mut core,
+            a,
+            ClientMessage::Chat {
+                text: "tune to A".into(),
+                to: None,
+            },
+        );
+        signal(
+            &mut core,
+            a,
+            ClientMessage::Chat {
+                text: "you were sharp".into(),
+                to: Some("b".into()),
+            },
+        );
+        signal(
+            &mut core,
+            a,
+            ClientMessage::Chat {
+                text: "hello?".into(),
+                to: Some("x".into()),
+            },
+        );
+        let everyone = ("tune to A".to_owned(), None);
+        let private = ("you were sharp".to_owned(), Some("b".to_owned()));
+        let a_got = drain(&mut a_rx);
+        assert_eq!(chats(&a_got), vec![everyone.clone(), private.clone()]);
+        assert!(a_got.iter().any(|m| matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::ParticipantNotFound,
+                ..
+            }
+        )));
+        assert_eq!(chats(&drain(&mut b_rx)), vec![everyone.clone(), private]);
+        assert_eq!(chats(&drain(&mut c_rx)), vec![everyone]);
+        assert!(chats(&drain(&mut x_rx)).is_empty());
+    }
+
+    #[test]
+    fn screen_share_is_announced_and_seen_by_late_joiners() {
+        let mut core = core();
+        let (a, _a_rx) = join(&mut core, "class", "a");
+        let (_b, mut b_rx) = join(&mut core, "class", "b");
+        drain(&mut b_rx);
+        signal(&mut core, a, ClientMessage::ScreenShare { active: true });
+        signal(&mut core, a, ClientMessage::ScreenShare { active: true });
+        let got = drain(&mut b_rx);
+        let announced = got
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::ScreenShare { active: true, .. }))
+            .count();
+        assert_eq!(announced, 1, "a repeated state is not announced twice");
+        let (_c, mut c_rx) = join(&mut core, "class", "c");
+        let joined = drain(&mut c_rx);
+        assert!(joined.iter().any(|m| matches!(
+            m,
+            ServerMessage::Joined { participants, .. }
+                if participants.iter().any(|p| p.id == "a" && p.screen_sharing)
+        )));
     }
 
     #[test]

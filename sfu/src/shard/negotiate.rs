@@ -112,13 +112,13 @@ impl ShardCore {
                 }
             }
             ClientMessage::Mute { track, muted } => {
-                let owned = self
-                    .tracks
-                    .values_mut()
-                    .find(|t| t.id == track && t.session == session);
+                let owned = self.tracks.values_mut().find(|t| {
+                    t.session == session && (t.id == track || t.source_track_id == track)
+                });
                 match owned {
                     Some(t) => {
                         t.muted = muted;
+                        let track = t.id.clone();
                         let (room, participant) = (t.room.clone(), t.session);
                         let participant = self
                             .sessions
@@ -142,10 +142,71 @@ impl ShardCore {
                     ),
                 }
             }
+            ClientMessage::ScreenShare { active } => {
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if s.screen_sharing == active {
+                    return;
+                }
+                s.screen_sharing = active;
+                let (room, participant) = (s.room.clone(), s.participant.clone());
+                self.broadcast(
+                    &room,
+                    Some(session),
+                    ServerMessage::ScreenShare {
+                        participant,
+                        active,
+                    },
+                );
+            }
+            ClientMessage::Chat { text, to } => self.on_chat(session, text, to),
             ClientMessage::Leave => {
                 self.remove_session(session, now, Some("left"));
             }
             ClientMessage::Ping => self.send(session, ServerMessage::Pong),
+        }
+    }
+
+    /// Delivers a chat message to the room, or a direct message to one participant, and
+    /// echoes it to the sender so that every client shows the room's order.
+    fn on_chat(&mut self, session: SessionId, text: String, to: Option<String>) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let message = ServerMessage::Chat {
+            from: s.participant.clone(),
+            name: s.name.clone(),
+            text,
+            to: to.clone(),
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+        };
+        let room = s.room.clone();
+        match to {
+            None => self.broadcast(&room, None, message),
+            Some(to) => {
+                let recipient = self
+                    .rooms
+                    .get(&room)
+                    .and_then(|r| r.by_participant.get(&to))
+                    .copied();
+                match recipient {
+                    Some(recipient) => {
+                        if recipient != session {
+                            self.send(recipient, message.clone());
+                        }
+                        self.send(session, message);
+                    }
+                    None => self.send_error(
+                        session,
+                        ErrorCode::ParticipantNotFound,
+                        format!("nobody in the room has the id {to}"),
+                    ),
+                }
+            }
         }
     }
 

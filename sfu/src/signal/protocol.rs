@@ -6,11 +6,15 @@
 //!
 //! Client → shard: `join`, `offer` (the client's publisher connection), `answer` (to the
 //! shard's offer on the subscriber connection), `candidate`, `set_quality`, `mute`,
-//! `leave`, `ping`.
+//! `screen_share`, `chat`, `leave`, `ping`.
 //!
-//! Shard → client: `joined`, `answer`, `offer`, `candidate`, `participant_joined`,
-//! `participant_left`, `track_published`, `track_unpublished`, `track_muted`,
+//! Shard → client: `joined`, `answer`, `offer`, `participant_joined`, `participant_left`,
+//! `track_published`, `track_unpublished`, `track_muted`, `screen_share`, `chat`,
 //! `active_speaker`, `error`, `pong`, `left`.
+//!
+//! The shard is the one place a room lives, so it is also where the room's rules that
+//! involve other participants are kept: capacity, nicknames unique ignoring case, and the
+//! delivery of chat and direct messages, whichever gateway each participant came through.
 
 use crate::media::simulcast::Quality;
 use serde::{Deserialize, Serialize};
@@ -25,6 +29,8 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_NAME_CHARS: usize = 64;
 /// The longest ICE candidate line.
 pub const MAX_CANDIDATE_LEN: usize = 512;
+/// The longest chat message, in characters.
+pub const MAX_CHAT_CHARS: usize = 2000;
 
 /// Which of a participant's two peer connections a message concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,10 +98,24 @@ pub enum ClientMessage {
     },
     /// Tell the others one of your tracks is muted or unmuted.
     Mute {
-        /// The track id as announced in `track_published`.
+        /// One of your published tracks: its id in your offer (`msid`) or the id the shard
+        /// gave it.
         track: String,
         /// Whether it is muted.
         muted: bool,
+    },
+    /// Tell the others you started or stopped sharing your screen.
+    ScreenShare {
+        /// Whether you are sharing now.
+        active: bool,
+    },
+    /// A chat message to the whole room, or to one participant.
+    Chat {
+        /// The text, 1–2000 characters.
+        text: String,
+        /// The participant id of the only recipient (a direct message).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
     },
     /// Leave the room.
     Leave,
@@ -112,6 +132,9 @@ pub struct ParticipantInfo {
     pub name: String,
     /// The tracks it publishes.
     pub tracks: Vec<TrackInfo>,
+    /// Whether it is sharing its screen (on its video track).
+    #[serde(default)]
+    pub screen_sharing: bool,
 }
 
 /// The kind of a track.
@@ -158,6 +181,10 @@ pub enum ErrorCode {
     RoomNotFound,
     /// The room holds `maxParticipants` already.
     RoomFull,
+    /// Someone in the room already has this nickname (ignoring case).
+    NicknameTaken,
+    /// A direct message named nobody in the room.
+    ParticipantNotFound,
     /// A message that needs a joined session came before `join`.
     NotJoined,
     /// `join` on a session that already joined.
@@ -184,13 +211,15 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for metrics registration and documentation tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::BadMessage,
         Self::UnsupportedVersion,
         Self::MessageTooLarge,
         Self::Unauthorized,
         Self::RoomNotFound,
         Self::RoomFull,
+        Self::NicknameTaken,
+        Self::ParticipantNotFound,
         Self::NotJoined,
         Self::AlreadyJoined,
         Self::OutOfOrder,
@@ -213,6 +242,8 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::RoomNotFound => "room_not_found",
             Self::RoomFull => "room_full",
+            Self::NicknameTaken => "nickname_taken",
+            Self::ParticipantNotFound => "participant_not_found",
             Self::NotJoined => "not_joined",
             Self::AlreadyJoined => "already_joined",
             Self::OutOfOrder => "out_of_order",
@@ -288,6 +319,28 @@ pub enum ServerMessage {
         /// Whether it is muted now.
         muted: bool,
     },
+    /// A participant started or stopped sharing its screen.
+    ScreenShare {
+        /// Who.
+        participant: String,
+        /// Whether it is sharing now.
+        active: bool,
+    },
+    /// A chat message, to the room or to you alone. Senders get their own messages back,
+    /// in the order the room saw them.
+    Chat {
+        /// The sender's participant id.
+        from: String,
+        /// The sender's display name.
+        name: String,
+        /// The text.
+        text: String,
+        /// For a direct message, the recipient's participant id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        /// When the shard relayed it, in milliseconds since the Unix epoch.
+        at: u64,
+    },
     /// The loudest participant changed (`null` when the room went quiet).
     ActiveSpeaker {
         /// The speaker's id.
@@ -306,6 +359,10 @@ pub enum ServerMessage {
     Left {
         /// Why.
         reason: String,
+        /// Whether the client should join again (the shard is stopping or draining), which
+        /// places it on another shard.
+        #[serde(default)]
+        reconnect: bool,
     },
 }
 
@@ -443,9 +500,11 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
                 return bad("participant must be 1-64 characters of A-Z a-z 0-9 . _ -");
             }
             if let Some(name) = name
-                && (name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control))
+                && (name.trim().is_empty()
+                    || name.chars().count() > MAX_NAME_CHARS
+                    || name.chars().any(char::is_control))
             {
-                return bad("name must be at most 64 printable characters");
+                return bad("name must be 1-64 printable characters");
             }
         }
         ClientMessage::Offer { sdp, .. } | ClientMessage::Answer { sdp, .. } => {
@@ -467,7 +526,22 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
                 return bad("track must be a track id from track_published");
             }
         }
-        ClientMessage::Leave | ClientMessage::Ping => {}
+        ClientMessage::Chat { text, to } => {
+            let chars = text.chars().count();
+            if chars == 0 || chars > MAX_CHAT_CHARS {
+                return bad("chat text must be 1-2000 characters");
+            }
+            if text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                return bad("chat text may not hold control characters");
+            }
+            if to.as_deref().is_some_and(|to| !valid_id(to)) {
+                return bad("to must be a participant id");
+            }
+        }
+        ClientMessage::ScreenShare { .. } | ClientMessage::Leave | ClientMessage::Ping => {}
     }
     Ok(())
 }
