@@ -62,7 +62,8 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

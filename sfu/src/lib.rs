@@ -2,9 +2,11 @@
 //! (pipelines), forwarding, the admin API and the shard-side signaling endpoint.
 #![deny(unsafe_code)]
 
+pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod demux;
+pub mod heartbeat;
 pub mod media;
 pub mod metrics;
 pub mod peer;

@@ -215,8 +215,8 @@ pub fn passive_tcp_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Rt
     RTCIceCandidate::from(&candidate).to_json()
 }
 
-/// A random alphanumeric token (ICE credentials, track ids).
-pub(crate) fn random_token(len: usize) -> String {
+/// A random alphanumeric token (ICE credentials, track ids, generated secrets).
+pub fn random_token(len: usize) -> String {
     rand::rng()
         .sample_iter(Alphanumeric)
         .take(len)

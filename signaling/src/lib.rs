@@ -1,5 +1,23 @@
-//! The Tutti signaling gateway: client WebSocket protocol, admission rules, routing
-//! to shards, TURN credentials, the web client and local all-in-one mode.
+//! The Tutti signaling gateway: the client WebSocket protocol, room admission, relaying
+//! each client to the shard that holds its room, TURN credentials, the web client, and
+//! local all-in-one mode.
 //!
-//! It is built by the gateway issue; the shard-side signaling endpoint it relays to
-//! lives in `tutti-sfu` (`tutti_sfu::signal`).
+//! Module map: [`protocol`] (what clients send and receive), [`admission`] (who may
+//! join), [`rooms`] (which rooms exist), [`placement`] (which shard holds a room),
+//! [`shard_link`] (a participant's channel to its shard), [`session`] (one client's
+//! session), [`turn`] (ICE servers), [`server`] (HTTP routes), [`web`] (the client),
+//! [`metrics`], [`config`], [`local`] (the one-process system).
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod config;
+pub mod local;
+pub mod metrics;
+pub mod placement;
+pub mod protocol;
+pub mod rooms;
+pub mod server;
+pub mod session;
+pub mod shard_link;
+pub mod turn;
+pub mod web;

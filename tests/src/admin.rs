@@ -1,6 +1,7 @@
-//! A client of a shard's admin API, as the operator uses it.
+//! A client of a shard's admin API for tests: the production client for typed calls, and
+//! raw requests (wrong tokens, bad bodies) and metric reads besides.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -8,22 +9,24 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
+use tutti_sfu::admin_client::{AdminCallError, ShardAdmin};
 use tutti_sfu::shard::api::{PipelineInfo, PipelineSpec, ShardLoad};
 
 /// Talks to one shard's admin API.
 #[derive(Clone)]
 pub struct AdminClient {
     base: String,
-    token: String,
+    typed: ShardAdmin,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl AdminClient {
     /// A client for the shard at `http` with its admin token.
     pub fn new(http: SocketAddr, token: &str) -> Self {
+        let base = format!("http://{http}");
         Self {
-            base: format!("http://{http}"),
-            token: token.to_owned(),
+            typed: ShardAdmin::new(&base, token),
+            base,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -53,55 +56,28 @@ impl AdminClient {
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
-    async fn authed(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<(StatusCode, String)> {
-        let token = self.token.clone();
-        self.request(method, path, Some(&token), body).await
-    }
-
     /// Creates or updates a pipeline.
     pub async fn put_pipeline(&self, name: &str, spec: &PipelineSpec) -> Result<PipelineInfo> {
-        let (status, body) = self
-            .authed(
-                Method::PUT,
-                &format!("/v1/pipelines/{name}"),
-                Some(serde_json::to_string(spec)?),
-            )
-            .await?;
-        if !status.is_success() {
-            bail!("PUT pipeline {name}: {status} {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
+        Ok(self.typed.put_pipeline(name, spec).await?)
     }
 
     /// Lists pipelines.
     pub async fn pipelines(&self) -> Result<Vec<PipelineInfo>> {
-        let (status, body) = self.authed(Method::GET, "/v1/pipelines", None).await?;
-        if !status.is_success() {
-            bail!("GET pipelines: {status} {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
+        Ok(self.typed.pipelines().await?)
     }
 
-    /// Releases a pipeline.
+    /// Releases a pipeline; the status the shard answered.
     pub async fn release(&self, name: &str) -> Result<StatusCode> {
-        Ok(self
-            .authed(Method::DELETE, &format!("/v1/pipelines/{name}"), None)
-            .await?
-            .0)
+        match self.typed.release(name).await {
+            Ok(()) => Ok(StatusCode::NO_CONTENT),
+            Err(AdminCallError::Status { status, .. }) => Ok(status),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// The shard's load.
     pub async fn load(&self) -> Result<ShardLoad> {
-        let (status, body) = self.authed(Method::GET, "/v1/load", None).await?;
-        if !status.is_success() {
-            bail!("GET load: {status} {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
+        Ok(self.typed.load().await?)
     }
 
     /// The Prometheus text of the shard.

@@ -1,0 +1,146 @@
+//! A client of a shard's admin API: what the operator and local mode's placer use to
+//! create, list and release pipelines and to read a shard's load.
+//!
+//! Every call has a deadline and reads at most [`MAX_RESPONSE_BYTES`], so a shard that
+//! hangs or answers with garbage costs its caller one error, never a stuck task.
+
+use crate::shard::api::{PipelineInfo, PipelineSpec, ShardLoad};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// Largest admin response read (a list of a thousand pipelines is about 400 KiB).
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Deadline of one admin call.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCallError {
+    /// The shard could not be reached, or did not answer in time.
+    #[error("shard unreachable: {0}")]
+    Unreachable(String),
+    /// The shard answered with an error status.
+    #[error("shard answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The (truncated) body.
+        body: String,
+    },
+    /// The shard's answer could not be decoded.
+    #[error("unreadable shard answer: {0}")]
+    Decode(String),
+}
+
+impl AdminCallError {
+    /// Whether the shard said the pipeline does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
+/// Talks to one shard's admin API.
+#[derive(Clone)]
+pub struct ShardAdmin {
+    base: String,
+    token: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ShardAdmin {
+    /// A client for the admin API at `base` (e.g. `http://10.0.0.7:7880`).
+    pub fn new(base: &str, token: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Bytes, AdminCallError> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| AdminCallError::Unreachable(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| AdminCallError::Unreachable(e.to_string()))?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| AdminCallError::Decode(e.to_string()))?
+                .to_bytes();
+            if status.is_success() {
+                Ok(bytes)
+            } else {
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+                Err(AdminCallError::Status { status, body: text })
+            }
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| AdminCallError::Unreachable(format!("no answer within {TIMEOUT:?}")))?
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminCallError> {
+        serde_json::from_slice(bytes).map_err(|e| AdminCallError::Decode(e.to_string()))
+    }
+
+    /// Creates a pipeline, or updates its spec.
+    pub async fn put_pipeline(
+        &self,
+        name: &str,
+        spec: &PipelineSpec,
+    ) -> Result<PipelineInfo, AdminCallError> {
+        let body =
+            serde_json::to_string(spec).map_err(|e| AdminCallError::Decode(e.to_string()))?;
+        let bytes = self
+            .call(Method::PUT, &format!("/v1/pipelines/{name}"), Some(body))
+            .await?;
+        Self::decode(&bytes)
+    }
+
+    /// Every pipeline the shard hosts.
+    pub async fn pipelines(&self) -> Result<Vec<PipelineInfo>, AdminCallError> {
+        Self::decode(&self.call(Method::GET, "/v1/pipelines", None).await?)
+    }
+
+    /// Releases a pipeline, ending its sessions.
+    pub async fn release(&self, name: &str) -> Result<(), AdminCallError> {
+        self.call(Method::DELETE, &format!("/v1/pipelines/{name}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// The shard's load.
+    pub async fn load(&self) -> Result<ShardLoad, AdminCallError> {
+        Self::decode(&self.call(Method::GET, "/v1/load", None).await?)
+    }
+
+    /// Starts draining the shard.
+    pub async fn drain(&self) -> Result<ShardLoad, AdminCallError> {
+        Self::decode(&self.call(Method::POST, "/v1/drain", None).await?)
+    }
+}

@@ -1,0 +1,75 @@
+//! The shard's heartbeat: its record in the live state, refreshed while it runs.
+//!
+//! Shards write only their own record. It carries the load placement looks at and the
+//! draining flag; it is bound to a time-to-live, so a shard that dies without a word
+//! disappears from the live state by itself once its last heartbeat expires.
+
+use crate::shard::api::{CoreHandle, ShardLoad};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tutti_store::{LiveWriter, ShardLoadSummary, ShardRecord};
+
+/// How a shard describes itself in the live state.
+#[derive(Debug, Clone)]
+pub struct HeartbeatConfig {
+    /// The shard's id.
+    pub id: String,
+    /// Its signaling WebSocket URL, as gateways reach it.
+    pub signal_url: String,
+    /// Its admin API base URL, as the operator reaches it.
+    pub admin_url: String,
+    /// Region or zone label.
+    pub region: Option<String>,
+    /// Participants it accepts at most.
+    pub capacity: u32,
+    /// Time between heartbeats.
+    pub interval: Duration,
+    /// How long a record lives without a refresh (a few intervals).
+    pub ttl: Duration,
+}
+
+/// The record for a load report.
+pub fn record(config: &HeartbeatConfig, load: &ShardLoad) -> ShardRecord {
+    ShardRecord {
+        id: config.id.clone(),
+        signal_url: config.signal_url.clone(),
+        admin_url: config.admin_url.clone(),
+        region: config.region.clone(),
+        capacity: config.capacity,
+        draining: load.draining,
+        load: ShardLoadSummary {
+            pipelines: load.pipelines,
+            participants: load.participants,
+            forwarded_streams: load.forwarded_streams,
+            egress_bps: load.egress_bps,
+            cpu_cores: load.cpu_cores,
+        },
+    }
+}
+
+/// Publishes the shard's record every interval until `stop`, then removes it.
+pub async fn run<W: LiveWriter>(
+    config: HeartbeatConfig,
+    core: CoreHandle,
+    store: W,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let Ok(load) = core.load().await else {
+            // The media thread is gone: stop refreshing, and let the record expire.
+            break;
+        };
+        if let Err(err) = store.heartbeat(record(&config, &load), config.ttl).await {
+            tracing::warn!(shard = %config.id, %err, "heartbeat not written");
+        }
+    }
+    if let Err(err) = store.remove_shard(&config.id).await {
+        tracing::warn!(shard = %config.id, %err, "shard record not removed");
+    }
+}

@@ -1,0 +1,389 @@
+//! Who may join a room, and as what: the room's rules applied to a `join`.
+//!
+//! Two ways in:
+//! * a **password**, checked against the room's argon2 hash (the password itself is never
+//!   stored, logged or compared in the clear);
+//! * a **signed join token** (JWT, HS256 only) naming the room, the nickname, the
+//!   permissions and an expiry, for programmatic access. A valid token also opens a room
+//!   that has a password.
+//!
+//! Capacity and nickname uniqueness involve everyone in the room, so the shard holding the
+//! room enforces them; the gateway maps its answer to the same error codes.
+//!
+//! The decisions are pure functions ([`admit_with_token`], [`admit_with_password`]); the
+//! expensive part, argon2, runs on the blocking pool behind a semaphore
+//! ([`PasswordChecker`]) so that a burst of guesses cannot starve the gateway's threads.
+
+use crate::protocol::{ErrorCode, JoinRequest, valid_nickname};
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Seconds of clock skew tolerated on a token's expiry.
+const TOKEN_LEEWAY_SECS: u64 = 5;
+/// Shortest join-token signing secret.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// What a join token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinClaims {
+    /// The room it opens.
+    pub room: String,
+    /// The nickname its holder joins as.
+    pub name: String,
+    /// Whether its holder may publish.
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// Whether its holder may receive others' media.
+    #[serde(default = "yes")]
+    pub subscribe: bool,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why a token was refused (never shown in detail to clients: all are `unauthorized`).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Bad signature, malformed, wrong algorithm, or expired.
+    #[error("invalid join token: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    /// A signing secret too short to be safe.
+    #[error("the join token secret must be at least {MIN_SECRET_LEN} bytes")]
+    WeakSecret,
+}
+
+/// The key join tokens are signed and checked with.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl TokenKeys {
+    /// Keys from a shared secret of at least [`MIN_SECRET_LEN`] bytes.
+    pub fn new(secret: &[u8]) -> Result<Self, TokenError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(TokenError::WeakSecret);
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = TOKEN_LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        })
+    }
+
+    /// Checks a token's signature, algorithm and expiry; returns its claims.
+    pub fn verify(&self, token: &str) -> Result<JoinClaims, TokenError> {
+        Ok(jsonwebtoken::decode::<JoinClaims>(token, &self.decoding, &self.validation)?.claims)
+    }
+
+    /// Signs claims into a token.
+    pub fn issue(&self, claims: &JoinClaims) -> Result<String, TokenError> {
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &self.encoding,
+        )?)
+    }
+}
+
+/// A refused join: the code and the explanation the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The code.
+    pub code: ErrorCode,
+    /// The explanation.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What an admitted participant joins as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The nickname.
+    pub name: String,
+    /// May publish.
+    pub publish: bool,
+    /// Receives others' media.
+    pub subscribe: bool,
+}
+
+/// Admits a join that carries a token: the token must be valid and for this room; its name
+/// and permissions win over what the join asks (a join may only narrow them).
+pub fn admit_with_token(
+    join: &JoinRequest,
+    claims: Result<JoinClaims, TokenError>,
+) -> Result<Admitted, Refusal> {
+    let claims = claims.map_err(|err| {
+        tracing::info!(room = %join.room, %err, "join token refused");
+        Refusal::new(
+            ErrorCode::Unauthorized,
+            "the join token is invalid or expired",
+        )
+    })?;
+    if claims.room != join.room {
+        return Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            "the join token is for another room",
+        ));
+    }
+    if !valid_nickname(&claims.name) {
+        return Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            "the join token's name is not a valid nickname",
+        ));
+    }
+    Ok(Admitted {
+        name: claims.name.trim().to_owned(),
+        publish: claims.publish && join.publish.unwrap_or(true),
+        subscribe: claims.subscribe && join.subscribe.unwrap_or(true),
+    })
+}
+
+/// The outcome of checking a join's password against the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    /// The room has no password.
+    NotNeeded,
+    /// The room has one and the join gave none.
+    Missing,
+    /// The password matched the room's hash.
+    Matched,
+    /// It did not.
+    Wrong,
+}
+
+/// Admits a join without a token.
+pub fn admit_with_password(join: &JoinRequest, check: PasswordCheck) -> Result<Admitted, Refusal> {
+    match check {
+        PasswordCheck::Missing => {
+            return Err(Refusal::new(
+                ErrorCode::PasswordRequired,
+                "this room needs a password",
+            ));
+        }
+        PasswordCheck::Wrong => {
+            return Err(Refusal::new(
+                ErrorCode::WrongPassword,
+                "the password is not right",
+            ));
+        }
+        PasswordCheck::NotNeeded | PasswordCheck::Matched => {}
+    }
+    let Some(name) = join.name.as_deref() else {
+        return Err(Refusal::new(
+            ErrorCode::BadMessage,
+            "a join needs a name (or a token that carries one)",
+        ));
+    };
+    Ok(Admitted {
+        name: name.trim().to_owned(),
+        publish: join.publish.unwrap_or(true),
+        subscribe: join.subscribe.unwrap_or(true),
+    })
+}
+
+/// Hashes a password with argon2id and a random salt, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether a PHC string is an argon2 hash this gateway can check against.
+pub fn is_valid_hash(hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
+}
+
+/// Whether `password` matches the PHC hash (false for a malformed hash).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// Runs argon2 checks on the blocking pool, a bounded number at a time.
+#[derive(Clone)]
+pub struct PasswordChecker {
+    permits: Arc<Semaphore>,
+}
+
+impl PasswordChecker {
+    /// At most `concurrent` checks at once.
+    pub fn new(concurrent: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrent.max(1))),
+        }
+    }
+
+    /// Checks a join's password against the room's hash.
+    pub async fn check(&self, hash: Option<&str>, password: Option<&str>) -> PasswordCheck {
+        let Some(hash) = hash else {
+            return PasswordCheck::NotNeeded;
+        };
+        let Some(password) = password else {
+            return PasswordCheck::Missing;
+        };
+        let Ok(_permit) = self.permits.acquire().await else {
+            return PasswordCheck::Wrong;
+        };
+        let (hash, password) = (hash.to_owned(), password.to_owned());
+        match tokio::task::spawn_blocking(move || verify_password(&hash, &password)).await {
+            Ok(true) => PasswordCheck::Matched,
+            _ => PasswordCheck::Wrong,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes!!";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn join(room: &str, name: Option<&str>) -> JoinRequest {
+        JoinRequest {
+            room: room.into(),
+            name: name.map(Into::into),
+            password: None,
+            token: None,
+            publish: None,
+            subscribe: None,
+        }
+    }
+
+    fn claims(room: &str, exp: u64) -> JoinClaims {
+        JoinClaims {
+            room: room.into(),
+            name: "Cellist".into(),
+            publish: false,
+            subscribe: true,
+            exp,
+        }
+    }
+
+    #[test]
+    fn a_valid_token_admits_with_its_name_and_permissions() {
+        let keys = TokenKeys::new(SECRET).unwrap();
+        let token = keys.issue(&claims("quartet", now() + 60)).unwrap();
+        let admitted =
+            admit_with_token(&join("quartet", Some("Someone else")), keys.verify(&token)).unwrap();
+        assert_eq!(
+            admitted,
+            Admitted {
+                name: "Cellist".into(),
+                publish: false,
+                subscribe: true
+            }
+        );
+    }
+
+    #[test]
+    fn expired_forged_foreign_and_unsigned_tokens_are_unauthorized() {
+        let keys = TokenKeys::new(SECRET).unwrap();
+        let other = TokenKeys::new(b"another-secret-of-at-least-32-bytes!").unwrap();
+        let expired = keys.issue(&claims("quartet", now() - 120)).unwrap();
+        let forged = other.issue(&claims("quartet", now() + 60)).unwrap();
+        let foreign = keys.issue(&claims("trio", now() + 60)).unwrap();
+        // alg=none with the same claims: must never pass.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let unsigned = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(serde_json::to_vec(&claims("quartet", now() + 60)).unwrap())
+        );
+        for token in [expired, forged, foreign, unsigned, "not.a.jwt".into()] {
+            let refusal =
+                admit_with_token(&join("quartet", None), keys.verify(&token)).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::Unauthorized, "{token}");
+        }
+        assert!(matches!(
+            TokenKeys::new(b"short"),
+            Err(TokenError::WeakSecret)
+        ));
+    }
+
+    #[test]
+    fn password_rules() {
+        let hash = hash_password("allegro").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(!hash.contains("allegro"));
+        assert!(is_valid_hash(&hash));
+        assert!(!is_valid_hash("allegro"));
+        assert!(verify_password(&hash, "allegro"));
+        assert!(!verify_password(&hash, "Allegro"));
+        assert!(!verify_password("not-a-hash", "allegro"));
+        let j = join("lesson", Some("Student"));
+        assert_eq!(
+            admit_with_password(&j, PasswordCheck::Missing)
+                .unwrap_err()
+                .code,
+            ErrorCode::PasswordRequired
+        );
+        assert_eq!(
+            admit_with_password(&j, PasswordCheck::Wrong)
+                .unwrap_err()
+                .code,
+            ErrorCode::WrongPassword
+        );
+        assert!(admit_with_password(&j, PasswordCheck::Matched).is_ok());
+        assert_eq!(
+            admit_with_password(&join("lesson", None), PasswordCheck::NotNeeded)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadMessage
+        );
+    }
+
+    #[tokio::test]
+    async fn the_checker_runs_argon2_off_the_async_threads() {
+        let hash = hash_password("adagio").unwrap();
+        let checker = PasswordChecker::new(2);
+        assert_eq!(checker.check(None, None).await, PasswordCheck::NotNeeded);
+        assert_eq!(
+            checker.check(Some(&hash), None).await,
+            PasswordCheck::Missing
+        );
+        assert_eq!(
+            checker.check(Some(&hash), Some("adagio")).await,
+            PasswordCheck::Matched
+        );
+        assert_eq!(
+            checker.check(Some(&hash), Some("presto")).await,
+            PasswordCheck::Wrong
+        );
+    }
+}

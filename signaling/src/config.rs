@@ -1,0 +1,407 @@
+//! Configuration of the gateway: flags (each with an environment variable, for
+//! containers), and local mode's optional rooms file.
+
+use crate::admission::{MIN_SECRET_LEN, hash_password, is_valid_hash};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tutti_sfu::config::LogFormat;
+use tutti_sfu::shard::api::PARTICIPANT_BOUNDS;
+use tutti_store::RoomRecord;
+
+/// Largest rooms file read.
+const MAX_ROOMS_FILE_BYTES: u64 = 1024 * 1024;
+/// Most rooms a rooms file may declare.
+const MAX_CONFIGURED_ROOMS: usize = 10_000;
+
+/// `tutti-gateway`: with no subcommand, runs the gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tutti-gateway",
+    version,
+    about = "Tutti signaling gateway; with no flags, a complete local system on http://127.0.0.1:8080",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A helper command instead of running the gateway.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Gateway settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Helper commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print a signed join token (needs the same --jwt-secret as the gateway).
+    Token(TokenArgs),
+    /// Read a password on standard input and print its argon2 hash for a rooms file.
+    HashPassword,
+}
+
+/// Flags of `tutti-gateway token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The room the token opens.
+    #[arg(long)]
+    pub room: String,
+    /// The nickname its holder joins as.
+    #[arg(long)]
+    pub name: String,
+    /// Seconds until it expires.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Its holder may only watch and listen.
+    #[arg(long)]
+    pub no_publish: bool,
+    /// Its holder receives nobody's media.
+    #[arg(long)]
+    pub no_subscribe: bool,
+    /// The signing secret.
+    #[arg(long, env = "TUTTI_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+}
+
+/// Flags of the gateway.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address of the HTTP server (web client, WebSocket, REST, metrics).
+    #[arg(long, env = "TUTTI_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Live state: `memory` runs the embedded shards in this process (local mode).
+    #[arg(long, env = "TUTTI_STORE", default_value = "memory")]
+    pub store: String,
+    /// Local mode: SFU shards to embed.
+    #[arg(long, env = "TUTTI_LOCAL_SHARDS", default_value_t = 2)]
+    pub shards: usize,
+    /// Local mode: first UDP media port; shard N uses this plus N. 0 picks free ports.
+    #[arg(long, env = "TUTTI_MEDIA_PORT", default_value_t = 0)]
+    pub media_port: u16,
+    /// Local mode: IP the media sockets bind to.
+    #[arg(long, env = "TUTTI_MEDIA_BIND", default_value = "0.0.0.0")]
+    pub media_bind: IpAddr,
+    /// Local mode: IP advertised to browsers for media. Defaults to the listen IP when it is
+    /// specific (127.0.0.1 by default), else to the host's outbound interface.
+    #[arg(long, env = "TUTTI_ADVERTISE_IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// Local mode: participants one embedded shard accepts.
+    #[arg(long, env = "TUTTI_SHARD_MAX_PARTICIPANTS", default_value_t = 500)]
+    pub shard_max_participants: usize,
+    /// Local mode: a TOML file of rooms (see README).
+    #[arg(long, env = "TUTTI_ROOMS")]
+    pub rooms: Option<PathBuf>,
+    /// Refuse joins to rooms the rooms file does not declare.
+    #[arg(long, env = "TUTTI_NO_AUTO_CREATE")]
+    pub no_auto_create: bool,
+    /// Secret that signs join tokens (at least 32 bytes). Without it, tokens are refused.
+    #[arg(long, env = "TUTTI_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// STUN URL handed to clients (repeatable).
+    #[arg(long = "stun-url", env = "TUTTI_STUN_URLS", value_delimiter = ',')]
+    pub stun_urls: Vec<String>,
+    /// TURN URL handed to clients with credentials (repeatable), e.g.
+    /// `turn:turn.example.com:3478?transport=udp`.
+    #[arg(long = "turn-url", env = "TUTTI_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+    /// The secret shared with coturn (`static-auth-secret`).
+    #[arg(long, env = "TUTTI_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Seconds TURN credentials stay valid.
+    #[arg(long, env = "TUTTI_TURN_TTL", default_value_t = 3600)]
+    pub turn_ttl: u64,
+    /// Log format.
+    #[arg(long, env = "TUTTI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A configuration error, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The rooms file could not be read or parsed.
+    #[error("rooms file {path}: {message}")]
+    RoomsFile {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl RunArgs {
+    /// Checks bounds and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.store != "memory" {
+            return invalid("--store: only `memory` (local mode) is available in this build");
+        }
+        if !(1..=16).contains(&self.shards) {
+            return invalid("--shards must be 1..=16");
+        }
+        if !(2..=100_000).contains(&self.shard_max_participants) {
+            return invalid("--shard-max-participants must be 2..=100000");
+        }
+        if self.media_port != 0 && usize::from(self.media_port) + self.shards > 65_536 {
+            return invalid("--media-port leaves no room for every shard's port");
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_SECRET_LEN
+        {
+            return invalid("--jwt-secret must be at least 32 bytes");
+        }
+        if !self.turn_urls.is_empty() && self.turn_secret.is_none() {
+            return invalid("--turn-url needs --turn-secret (coturn's static-auth-secret)");
+        }
+        for url in &self.turn_urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:")) || url.len() > 256 {
+                return invalid("--turn-url must be a turn: or turns: URL");
+            }
+        }
+        for url in &self.stun_urls {
+            if !url.starts_with("stun:") || url.len() > 256 {
+                return invalid("--stun-url must be a stun: URL");
+            }
+        }
+        let ttl = Duration::from_secs(self.turn_ttl);
+        if !(crate::turn::MIN_TTL..=crate::turn::MAX_TTL).contains(&ttl) {
+            return invalid("--turn-ttl must be 60..=604800 seconds");
+        }
+        Ok(())
+    }
+
+    /// The IP browsers are told to send media to.
+    pub fn media_advertise_ip(&self) -> IpAddr {
+        if let Some(ip) = self.advertise_ip {
+            return ip;
+        }
+        let listen = self.listen.ip();
+        if listen.is_unspecified() {
+            tutti_sfu::config::default_advertise_ip(listen)
+        } else {
+            listen
+        }
+    }
+}
+
+/// Local mode's rooms file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomsFile {
+    /// Whether joins to undeclared rooms create them with `defaults` (default true).
+    #[serde(default)]
+    pub auto_create: Option<bool>,
+    /// Settings of rooms created on first join.
+    #[serde(default)]
+    pub defaults: Option<RoomSettings>,
+    /// Declared rooms.
+    #[serde(default)]
+    pub rooms: Vec<RoomEntry>,
+}
+
+/// Settings shared by declared rooms and defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomSettings {
+    /// Most participants (2–10000).
+    pub max_participants: Option<u32>,
+    /// Seconds an empty room keeps its pipeline.
+    pub empty_timeout_seconds: Option<u64>,
+    /// Whether audio may be published.
+    pub audio: Option<bool>,
+    /// Whether video may be published.
+    pub video: Option<bool>,
+    /// Whether publishers may send simulcast.
+    pub simulcast: Option<bool>,
+    /// Upper bound on each video track, kbit/s.
+    pub max_video_bitrate_kbps: Option<u32>,
+}
+
+/// One declared room.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomEntry {
+    /// The room name.
+    pub name: String,
+    /// The argon2 hash of its password (`tutti-gateway hash-password`).
+    pub password_hash: Option<String>,
+    /// Its password in the clear; hashed at start and not kept. Prefer `passwordHash`.
+    pub password: Option<String>,
+    /// Its settings.
+    #[serde(flatten)]
+    pub settings: RoomSettings,
+}
+
+/// The rooms local mode starts with, and the template for rooms created on first join.
+#[derive(Debug, Clone)]
+pub struct LocalRooms {
+    /// Declared rooms.
+    pub rooms: Vec<RoomRecord>,
+    /// Template of rooms created on first join; `None` refuses undeclared rooms.
+    pub auto_create: Option<RoomRecord>,
+}
+
+fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String> {
+    if let Some(max) = settings.max_participants {
+        let (low, high) = PARTICIPANT_BOUNDS;
+        if !(low..=high).contains(&max) {
+            return Err(format!("maxParticipants must be {low}..={high}"));
+        }
+        record.max_participants = max;
+    }
+    if let Some(timeout) = settings.empty_timeout_seconds {
+        if timeout > tutti_sfu::shard::api::MAX_EMPTY_TIMEOUT_SECS {
+            return Err("emptyTimeoutSeconds is at most one week".into());
+        }
+        record.empty_timeout_seconds = timeout;
+    }
+    if let Some(kbps) = settings.max_video_bitrate_kbps {
+        if !(30..=50_000).contains(&kbps) {
+            return Err("maxVideoBitrateKbps must be 30..=50000".into());
+        }
+        record.max_video_bitrate_kbps = Some(kbps);
+    }
+    record.audio = settings.audio.unwrap_or(record.audio);
+    record.video = settings.video.unwrap_or(record.video);
+    record.simulcast = settings.simulcast.unwrap_or(record.simulcast);
+    Ok(())
+}
+
+impl LocalRooms {
+    /// Rooms from the parsed file (hashing clear-text passwords) and the flags.
+    pub fn from_file(file: RoomsFile, no_auto_create: bool) -> Result<Self, String> {
+        let mut template = RoomRecord::with_defaults("");
+        if let Some(defaults) = &file.defaults {
+            apply(defaults, &mut template).map_err(|e| format!("defaults: {e}"))?;
+        }
+        if file.rooms.len() > MAX_CONFIGURED_ROOMS {
+            return Err(format!("at most {MAX_CONFIGURED_ROOMS} rooms"));
+        }
+        let mut rooms = Vec::with_capacity(file.rooms.len());
+        for entry in file.rooms {
+            let context = |e: String| format!("room {:?}: {e}", entry.name);
+            if !tutti_sfu::signal::protocol::valid_id(&entry.name) {
+                return Err(context(
+                    "names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                ));
+            }
+            if rooms.iter().any(|r: &RoomRecord| r.name == entry.name) {
+                return Err(context("declared twice".into()));
+            }
+            let mut record = RoomRecord {
+                name: entry.name.clone(),
+                ..template.clone()
+            };
+            apply(&entry.settings, &mut record).map_err(context)?;
+            record.password_hash = match (&entry.password_hash, &entry.password) {
+                (Some(_), Some(_)) => {
+                    return Err(context("give passwordHash or password, not both".into()));
+                }
+                (Some(hash), None) if is_valid_hash(hash) => Some(hash.clone()),
+                (Some(_), None) => {
+                    return Err(context("passwordHash is not an argon2 PHC string".into()));
+                }
+                (None, Some(password)) if password.is_empty() => {
+                    return Err(context("password is empty".into()));
+                }
+                (None, Some(password)) => Some(hash_password(password).map_err(context)?),
+                (None, None) => None,
+            };
+            rooms.push(record);
+        }
+        let auto_create = (!no_auto_create && file.auto_create.unwrap_or(true)).then_some(template);
+        Ok(Self { rooms, auto_create })
+    }
+
+    /// Reads and checks a rooms file.
+    pub fn load(path: &Path, no_auto_create: bool) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError::RoomsFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let size = std::fs::metadata(path)
+            .map_err(|e| error(e.to_string()))?
+            .len();
+        if size > MAX_ROOMS_FILE_BYTES {
+            return Err(error("larger than 1 MiB".into()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let file: RoomsFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        Self::from_file(file, no_auto_create).map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_file_declares_rooms_and_hashes_passwords() {
+        let file: RoomsFile = toml::from_str(
+            r#"
+            autoCreate = true
+            [defaults]
+            maxParticipants = 8
+            [[rooms]]
+            name = "violin-lesson"
+            maxParticipants = 2
+            password = "arco"
+            [[rooms]]
+            name = "ensemble"
+            simulcast = false
+            "#,
+        )
+        .unwrap();
+        let rooms = LocalRooms::from_file(file, false).unwrap();
+        let lesson = &rooms.rooms[0];
+        assert_eq!(lesson.max_participants, 2);
+        let hash = lesson.password_hash.as_deref().unwrap();
+        assert!(crate::admission::verify_password(hash, "arco"));
+        assert!(!hash.contains("arco"));
+        assert_eq!(rooms.rooms[1].max_participants, 8);
+        assert!(!rooms.rooms[1].simulcast);
+        assert_eq!(rooms.auto_create.unwrap().max_participants, 8);
+    }
+
+    #[test]
+    fn bad_rooms_files_are_refused_with_the_room_named() {
+        for (text, needle) in [
+            ("[[rooms]]\nname = \"a b\"", "names are"),
+            (
+                "[[rooms]]\nname = \"a\"\nmaxParticipants = 1",
+                "maxParticipants",
+            ),
+            ("[[rooms]]\nname = \"a\"\n[[rooms]]\nname = \"a\"", "twice"),
+            (
+                "[[rooms]]\nname = \"a\"\npasswordHash = \"plain\"",
+                "argon2",
+            ),
+            ("[[rooms]]\nname = \"a\"\ncolour = \"red\"", "unknown field"),
+        ] {
+            let error = toml::from_str::<RoomsFile>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|file| LocalRooms::from_file(file, false).map(|_| ()));
+            let message = error.unwrap_err();
+            assert!(message.contains(needle), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn flags_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["tutti-gateway"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().run.validate()
+        };
+        assert!(parse(&[]).is_ok());
+        assert!(parse(&["--shards", "0"]).is_err());
+        assert!(parse(&["--jwt-secret", "short"]).is_err());
+        assert!(parse(&["--turn-url", "turn:x:3478"]).is_err());
+        assert!(parse(&["--turn-url", "http://x", "--turn-secret", "s"]).is_err());
+        assert!(parse(&["--store", "etcd://127.0.0.1:2379"]).is_err());
+    }
+}

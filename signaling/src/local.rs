@@ -1,0 +1,182 @@
+//! Local mode: the whole system in one process, with no Kubernetes and no etcd.
+//!
+//! It starts a few SFU shards (the same shard code as in a cluster, each with its own UDP
+//! port and HTTP server on loopback), the in-memory live state the shards heartbeat into,
+//! the placer that stands in for the operator, and the gateway in front of them. Only the
+//! store and the placement authority differ from a cluster; sessions, admission,
+//! relaying and media are the production paths.
+
+use crate::admission::{PasswordChecker, TokenKeys};
+use crate::config::LocalRooms;
+use crate::metrics::GatewayMetrics;
+use crate::placement::{LocalPlacer, refresh_occupancy};
+use crate::rooms::RoomDirectory;
+use crate::server::{AppState, RunningServer, serve};
+use crate::session::Gateway;
+use crate::shard_link::WsConnector;
+use crate::turn::IceConfig;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tutti_sfu::heartbeat::{self, HeartbeatConfig};
+use tutti_sfu::server::{RunningShard, ShardOptions};
+use tutti_sfu::shard::CoreConfig;
+use tutti_store::{LiveView, LiveWriter, MemoryStore};
+
+/// Heartbeat period of embedded shards.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often room occupancy is refreshed for the room list.
+const OCCUPANCY_PERIOD: Duration = Duration::from_secs(2);
+
+/// What local mode needs to start.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// The gateway's HTTP address.
+    pub listen: SocketAddr,
+    /// Shards to embed.
+    pub shards: usize,
+    /// IP the media sockets bind to.
+    pub media_bind: IpAddr,
+    /// First media port (shard N uses it plus N); 0 picks free ports.
+    pub media_port: u16,
+    /// IP advertised to clients for media.
+    pub advertise_ip: IpAddr,
+    /// Participants one shard accepts.
+    pub shard_max_participants: usize,
+    /// Rooms and the template for rooms created on first join.
+    pub rooms: LocalRooms,
+    /// Join token signing secret.
+    pub jwt_secret: Option<String>,
+    /// ICE servers for clients.
+    pub ice: IceConfig,
+}
+
+/// A running local system.
+pub struct LocalSystem {
+    /// The gateway's HTTP server.
+    pub server: RunningServer,
+    /// The embedded shards, with their ids.
+    pub shards: Vec<(String, RunningShard)>,
+    /// The live state.
+    pub store: MemoryStore,
+    stop: CancellationToken,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LocalSystem {
+    /// Starts the shards, waits until each has published its record, then serves.
+    pub async fn start(options: LocalOptions) -> Result<Self, Box<dyn std::error::Error>> {
+        let store = MemoryStore::new();
+        for room in &options.rooms.rooms {
+            store.put_room(room.clone()).await?;
+        }
+        let admin_token = tutti_sfu::peer::random_token(32);
+        let signal_token = tutti_sfu::peer::random_token(32);
+        let stop = CancellationToken::new();
+        let mut shards = Vec::new();
+        let mut background = Vec::new();
+        for index in 0..options.shards {
+            let port = match options.media_port {
+                0 => 0,
+                base => base.saturating_add(index as u16),
+            };
+            let udp = SocketAddr::new(options.media_bind, port);
+            let mut core = CoreConfig::new(udp);
+            core.max_participants = options.shard_max_participants;
+            let shard = tutti_sfu::server::start(ShardOptions {
+                http: SocketAddr::from(([127, 0, 0, 1], 0)),
+                udp,
+                advertise_ip: Some(options.advertise_ip),
+                advertise_port: None,
+                ice_tcp: true,
+                admin_token: admin_token.clone(),
+                signal_token: signal_token.clone(),
+                core,
+            })
+            .await?;
+            let id = format!("local-{index}");
+            let beat = HeartbeatConfig {
+                id: id.clone(),
+                signal_url: format!("ws://{}/v1/signal", shard.http_addr),
+                admin_url: format!("http://{}", shard.http_addr),
+                region: None,
+                capacity: options.shard_max_participants as u32,
+                interval: HEARTBEAT,
+                ttl: HEARTBEAT * 5,
+            };
+            // The first record is written before the gateway serves, so the first join
+            // already finds every shard.
+            let load = shard.handle.load().await?;
+            store
+                .heartbeat(heartbeat::record(&beat, &load), beat.ttl)
+                .await?;
+            background.push(tokio::spawn(heartbeat::run(
+                beat,
+                shard.handle.clone(),
+                store.clone(),
+                stop.clone(),
+            )));
+            tracing::info!(shard = %id, media = %shard.udp_addr, advertised = %shard.advertised, "embedded shard started");
+            shards.push((id, shard));
+        }
+        let occupancy = crate::rooms::OccupancyMap::default();
+        background.push(tokio::spawn(refresh_occupancy(
+            store.clone(),
+            admin_token.clone(),
+            occupancy.clone(),
+            OCCUPANCY_PERIOD,
+            stop.clone(),
+        )));
+        let metrics = Arc::new(GatewayMetrics::new());
+        metrics.include_shards(
+            shards
+                .iter()
+                .map(|(id, shard)| (id.clone(), shard.metrics.clone()))
+                .collect(),
+        );
+        let tokens = options
+            .jwt_secret
+            .as_deref()
+            .map(|secret| TokenKeys::new(secret.as_bytes()))
+            .transpose()?;
+        let view: Arc<dyn LiveView> = Arc::new(store.clone());
+        let gateway = Arc::new(Gateway {
+            rooms: RoomDirectory::new(view.clone(), options.rooms.auto_create.clone(), occupancy),
+            router: Arc::new(LocalPlacer::new(store.clone(), admin_token)),
+            connector: Arc::new(WsConnector::new(signal_token)),
+            tokens,
+            passwords: PasswordChecker::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            ice: options.ice.clone(),
+            metrics,
+            shutdown: CancellationToken::new(),
+        });
+        let server = serve(options.listen, AppState::new(gateway, view)).await?;
+        Ok(Self {
+            server,
+            shards,
+            store,
+            stop,
+            background,
+        })
+    }
+
+    /// The gateway's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    /// Tells clients to reconnect, stops the gateway, then stops the shards.
+    pub async fn stop(self) {
+        self.server.stop().await;
+        self.stop.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        for (_, shard) in self.shards {
+            shard.stop().await;
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `tutti-gateway`: the signaling gateway; with no flags, the whole system on one machine.
+
+use clap::Parser;
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tutti_signaling::admission::{JoinClaims, TokenKeys, hash_password};
+use tutti_signaling::config::{Cli, Command, LocalRooms, RunArgs, TokenArgs};
+use tutti_signaling::local::{LocalOptions, LocalSystem};
+use tutti_signaling::turn::IceConfig;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::HashPassword) => hash(),
+        None => {
+            tutti_sfu::cli::init_logging(cli.run.log_format);
+            run(cli.run).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("tutti-gateway: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    args.validate()?;
+    let rooms = match &args.rooms {
+        Some(path) => LocalRooms::load(path, args.no_auto_create)?,
+        None => LocalRooms::from_file(Default::default(), args.no_auto_create)?,
+    };
+    let options = LocalOptions {
+        listen: args.listen,
+        shards: args.shards,
+        media_bind: args.media_bind,
+        media_port: args.media_port,
+        advertise_ip: args.media_advertise_ip(),
+        shard_max_participants: args.shard_max_participants,
+        rooms,
+        jwt_secret: args.jwt_secret.clone(),
+        ice: IceConfig {
+            stun_urls: args.stun_urls.clone(),
+            turn_urls: args.turn_urls.clone(),
+            turn_secret: args.turn_secret.clone(),
+            ttl: Duration::from_secs(args.turn_ttl),
+        },
+    };
+    let system = LocalSystem::start(options).await?;
+    let url = system.url();
+    println!("tutti-gateway: listening on {url}");
+    println!(
+        "tutti-gateway: local mode, {} embedded shards; open {url}/?room=lesson&name=YourName",
+        system.shards.len()
+    );
+    tutti_sfu::cli::wait_for_signal().await;
+    tracing::info!("stopping: telling clients to reconnect");
+    system.stop().await;
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> Result<(), Failure> {
+    let keys = TokenKeys::new(args.jwt_secret.as_bytes())?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = JoinClaims {
+        room: args.room,
+        name: args.name,
+        publish: !args.no_publish,
+        subscribe: !args.no_subscribe,
+        exp: now.saturating_add(args.ttl),
+    };
+    println!("{}", keys.issue(&claims)?);
+    Ok(())
+}
+
+fn hash() -> Result<(), Failure> {
+    let mut password = String::new();
+    std::io::stdin().take(1024).read_to_string(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err("no password on standard input".into());
+    }
+    println!("{}", hash_password(password)?);
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Finding the shard that holds a room, and — in local mode — placing rooms on shards.
+//!
+//! In a cluster the operator is the only writer of routes; a gateway just reads them. In
+//! local mode there is no operator, so [`LocalPlacer`] does its job for the embedded shards
+//! on the gateway's first join to a room: it chooses a shard, creates the room's pipeline
+//! through the shard's admin API (the same HTTP call the operator makes) and writes the
+//! route. Rooms are spread: the shard hosting the fewest rooms wins.
+
+use crate::rooms::{Occupancy, OccupancyMap};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tutti_sfu::admin_client::ShardAdmin;
+use tutti_sfu::shard::api::{MediaPolicy, PipelineSpec};
+use tutti_store::{LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord};
+
+/// Why no shard could be found for a room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Every shard is draining, full or gone.
+    #[error("no shard can take room {0} now")]
+    NoShard(String),
+    /// The chosen shard refused or could not be reached.
+    #[error("shard {shard} could not host room {room}: {why}")]
+    ShardFailed {
+        /// The room.
+        room: String,
+        /// The shard.
+        shard: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// Finds the shard a room's participants are relayed to.
+#[async_trait]
+pub trait RoomRouter: Send + Sync {
+    /// The shard holding `room`. With `repair`, the previous answer did not work (the shard
+    /// no longer hosts the room, or is draining): place it again.
+    async fn shard_for(&self, room: &RoomRecord, repair: bool) -> Result<ShardRecord, RouteError>;
+}
+
+/// The pipeline spec that hosts a room with these settings.
+pub fn pipeline_spec(room: &RoomRecord, owner: String) -> PipelineSpec {
+    PipelineSpec {
+        max_participants: room.max_participants,
+        empty_timeout_seconds: room.empty_timeout_seconds,
+        media: MediaPolicy {
+            audio: room.audio,
+            video: room.video,
+            max_video_bitrate_kbps: room.max_video_bitrate_kbps,
+            simulcast: room.simulcast,
+        },
+        owner: Some(owner),
+    }
+}
+
+/// Spreads rooms: among shards that are not draining and have a free seat, the one
+/// hosting the fewest rooms, then the one with the fewest participants, then by id.
+pub fn choose_shard<'a>(
+    shards: &'a [ShardRecord],
+    rooms_per_shard: &HashMap<String, usize>,
+) -> Option<&'a ShardRecord> {
+    shards
+        .iter()
+        .filter(|s| !s.draining && s.free_seats() > 0)
+        .min_by_key(|s| {
+            (
+                rooms_per_shard.get(&s.id).copied().unwrap_or(0),
+                s.load.participants,
+                s.id.clone(),
+            )
+        })
+}
+
+/// Local mode's placement authority over the embedded shards.
+pub struct LocalPlacer {
+    store: MemoryStore,
+    admin_token: String,
+    /// Placement is rare and cheap (one loopback HTTP call); one at a time keeps two first
+    /// joins from placing the same room twice.
+    placing: tokio::sync::Mutex<()>,
+}
+
+impl LocalPlacer {
+    /// A placer writing routes to `store` and calling shards with `admin_token`.
+    pub fn new(store: MemoryStore, admin_token: String) -> Self {
+        Self {
+            store,
+            admin_token,
+            placing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn routed_shard(&self, room: &str) -> Option<(u64, ShardRecord)> {
+        let route = self.store.route(room)?;
+        let shard = self.store.shard(&route.shard)?;
+        Some((route.epoch, shard))
+    }
+
+    async fn create_pipeline(
+        &self,
+        room: &RoomRecord,
+        shard: &ShardRecord,
+    ) -> Result<(), RouteError> {
+        ShardAdmin::new(&shard.admin_url, &self.admin_token)
+            .put_pipeline(
+                &room.name,
+                &pipeline_spec(room, format!("local/{}", room.name)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|err| RouteError::ShardFailed {
+                room: room.name.clone(),
+                shard: shard.id.clone(),
+                why: err.to_string(),
+            })
+    }
+}
+
+#[async_trait]
+impl RoomRouter for LocalPlacer {
+    async fn shard_for(&self, room: &RoomRecord, repair: bool) -> Result<ShardRecord, RouteError> {
+        if !repair
+            && let Some((_, shard)) = self.routed_shard(&room.name)
+            && !shard.draining
+        {
+            return Ok(shard);
+        }
+        let _placing = self.placing.lock().await;
+        let current = self.routed_shard(&room.name);
+        if let Some((_, shard)) = &current
+            && !shard.draining
+        {
+            // Placed by a concurrent join while we waited, or (repair) the shard dropped
+            // the pipeline after it stood empty: create it again where the route points.
+            if repair {
+                self.create_pipeline(room, shard).await?;
+            }
+            return Ok(shard.clone());
+        }
+        let shards = self.store.shards();
+        let mut rooms_per_shard: HashMap<String, usize> = HashMap::new();
+        for route in self.store.routes() {
+            *rooms_per_shard.entry(route.shard).or_default() += 1;
+        }
+        let shard = choose_shard(&shards, &rooms_per_shard)
+            .cloned()
+            .ok_or_else(|| RouteError::NoShard(room.name.clone()))?;
+        self.create_pipeline(room, &shard).await?;
+        let epoch = self.store.route(&room.name).map_or(0, |r| r.epoch);
+        self.store
+            .put_route(&room.name, &shard.id, epoch)
+            .await
+            .map_err(|err| RouteError::ShardFailed {
+                room: room.name.clone(),
+                shard: shard.id.clone(),
+                why: err.to_string(),
+            })?;
+        tracing::info!(room = %room.name, shard = %shard.id, "room placed");
+        Ok(shard)
+    }
+}
+
+/// Keeps `occupancy` in step with what the shards host, polling their admin APIs every
+/// `period` until `stop`. Routes of rooms a shard released are forgotten.
+pub async fn refresh_occupancy(
+    store: MemoryStore,
+    admin_token: String,
+    occupancy: OccupancyMap,
+    period: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Routes whose shard did not list the room at the last poll, with the epoch seen then.
+    // A route is forgotten only when two polls in a row miss it at the same epoch, so a
+    // room placed between a shard's answer and the route's write is never lost.
+    let mut missing: HashMap<String, u64> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let mut hosted: HashMap<String, Occupancy> = HashMap::new();
+        let mut hosted_by: HashMap<String, String> = HashMap::new();
+        for shard in store.shards() {
+            match ShardAdmin::new(&shard.admin_url, &admin_token)
+                .pipelines()
+                .await
+            {
+                Ok(pipelines) => {
+                    for pipeline in pipelines {
+                        hosted_by.insert(pipeline.name.clone(), shard.id.clone());
+                        hosted.insert(
+                            pipeline.name,
+                            Occupancy {
+                                participants: pipeline.participants,
+                                max_participants: pipeline.spec.max_participants,
+                            },
+                        );
+                    }
+                }
+                Err(err) => tracing::debug!(shard = %shard.id, %err, "pipelines not listed"),
+            }
+        }
+        let mut still_missing = HashMap::new();
+        for route in store.routes() {
+            if hosted_by.get(&route.room) == Some(&route.shard)
+                || store.shard(&route.shard).is_none()
+            {
+                continue;
+            }
+            if missing.get(&route.room) == Some(&route.epoch) {
+                let _ = store.delete_route(&route.room).await;
+            } else {
+                still_missing.insert(route.room, route.epoch);
+            }
+        }
+        missing = still_missing;
+        if let Ok(mut map) = occupancy.write() {
+            *map = hosted;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_store::ShardLoadSummary;
+
+    fn shard(id: &str, participants: u32, draining: bool) -> ShardRecord {
+        ShardRecord {
+            id: id.into(),
+            signal_url: String::new(),
+            admin_url: String::new(),
+            region: None,
+            capacity: 10,
+            draining,
+            load: ShardLoadSummary {
+                participants,
+                ..ShardLoadSummary::default()
+            },
+        }
+    }
+
+    #[test]
+    fn rooms_spread_over_shards_that_can_take_them() {
+        let shards = vec![
+            shard("a", 3, false),
+            shard("b", 0, false),
+            shard("c", 0, true),
+            shard("d", 10, false),
+        ];
+        let none = HashMap::new();
+        // Equal rooms: fewer participants wins; draining and full shards never do.
+        assert_eq!(choose_shard(&shards, &none).unwrap().id, "b");
+        let b_busy = HashMap::from([("b".to_owned(), 2usize), ("a".to_owned(), 1)]);
+        assert_eq!(choose_shard(&shards, &b_busy).unwrap().id, "a");
+        let only_bad = vec![shard("c", 0, true), shard("d", 10, false)];
+        assert!(choose_shard(&only_bad, &none).is_none());
+        // Ties fall to the id, so the choice is repeatable.
+        let twins = vec![shard("y", 1, false), shard("x", 1, false)];
+        assert_eq!(choose_shard(&twins, &none).unwrap().id, "x");
+    }
+}

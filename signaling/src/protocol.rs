@@ -1,0 +1,462 @@
+//! The client WebSocket protocol, version 1 (reference: `docs/protocol.md`).
+//!
+//! A client speaks to a gateway exactly as a participant speaks to a shard, except for
+//! the handshake: its `join` names a room, a nickname and a password or a signed token
+//! instead of a participant id, and its `joined` carries the ICE servers (STUN and
+//! time-limited TURN credentials) to use. Every other message, both ways, is the shard's
+//! protocol message of the same type (`tutti_sfu::signal::protocol`), validated by the same
+//! code, so the gateway relays them without a second definition to drift. A gateway adds
+//! `reconnect` (join again: the gateway is stopping or the room moved) and the admission
+//! error codes.
+
+use serde::{Deserialize, Serialize};
+use tutti_sfu::signal::protocol::{
+    self as shard, ErrorCode as ShardCode, MAX_NAME_CHARS, PROTOCOL_VERSION, ParticipantInfo,
+    valid_id,
+};
+
+/// The largest frame a client may send.
+pub const MAX_MESSAGE_BYTES: usize = shard::MAX_MESSAGE_BYTES;
+/// The longest password accepted.
+pub const MAX_PASSWORD_LEN: usize = 256;
+/// The longest join token accepted.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Stable error codes of the client protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, unknown `type`, fields missing or out of bounds, a binary frame, or a frame
+    /// over 64 KiB.
+    BadMessage,
+    /// `v` is not 1.
+    UnsupportedVersion,
+    /// The join token is missing where required, forged, expired or for another room.
+    Unauthorized,
+    /// The room needs a password and none was given.
+    PasswordRequired,
+    /// The password is wrong.
+    WrongPassword,
+    /// No such room, and rooms are not created on first join here.
+    RoomNotFound,
+    /// The room holds `maxParticipants` already.
+    RoomFull,
+    /// Someone in the room already has this nickname (ignoring case).
+    NicknameTaken,
+    /// A message that needs a joined session came before `join`.
+    NotJoined,
+    /// `join` on a session that already joined.
+    AlreadyJoined,
+    /// A message that does not fit the negotiation state.
+    OutOfOrder,
+    /// Not permitted (e.g. publishing with a subscribe-only token).
+    Forbidden,
+    /// An SDP or candidate could not be applied.
+    SdpRejected,
+    /// Your browser cannot receive a track's codec.
+    CodecUnsupported,
+    /// No such track.
+    TrackNotFound,
+    /// A direct message to someone who is not in the room.
+    ParticipantNotFound,
+    /// No shard can take the room now; try again shortly.
+    ShardUnavailable,
+    /// Too many messages, or too many join attempts.
+    RateLimited,
+    /// The gateway or shard fell behind sending to you; the session ends.
+    SlowConsumer,
+    /// Something failed inside Tutti.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics and documentation tests.
+    pub const ALL: [ErrorCode; 20] = [
+        Self::BadMessage,
+        Self::UnsupportedVersion,
+        Self::Unauthorized,
+        Self::PasswordRequired,
+        Self::WrongPassword,
+        Self::RoomNotFound,
+        Self::RoomFull,
+        Self::NicknameTaken,
+        Self::NotJoined,
+        Self::AlreadyJoined,
+        Self::OutOfOrder,
+        Self::Forbidden,
+        Self::SdpRejected,
+        Self::CodecUnsupported,
+        Self::TrackNotFound,
+        Self::ParticipantNotFound,
+        Self::ShardUnavailable,
+        Self::RateLimited,
+        Self::SlowConsumer,
+        Self::Internal,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadMessage => "bad_message",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::Unauthorized => "unauthorized",
+            Self::PasswordRequired => "password_required",
+            Self::WrongPassword => "wrong_password",
+            Self::RoomNotFound => "room_not_found",
+            Self::RoomFull => "room_full",
+            Self::NicknameTaken => "nickname_taken",
+            Self::NotJoined => "not_joined",
+            Self::AlreadyJoined => "already_joined",
+            Self::OutOfOrder => "out_of_order",
+            Self::Forbidden => "forbidden",
+            Self::SdpRejected => "sdp_rejected",
+            Self::CodecUnsupported => "codec_unsupported",
+            Self::TrackNotFound => "track_not_found",
+            Self::ParticipantNotFound => "participant_not_found",
+            Self::ShardUnavailable => "shard_unavailable",
+            Self::RateLimited => "rate_limited",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl From<ShardCode> for ErrorCode {
+    fn from(code: ShardCode) -> Self {
+        match code {
+            ShardCode::BadMessage | ShardCode::MessageTooLarge => Self::BadMessage,
+            ShardCode::UnsupportedVersion => Self::UnsupportedVersion,
+            ShardCode::Unauthorized => Self::Internal,
+            ShardCode::RoomNotFound => Self::RoomNotFound,
+            ShardCode::RoomFull => Self::RoomFull,
+            ShardCode::NicknameTaken => Self::NicknameTaken,
+            ShardCode::ParticipantNotFound => Self::ParticipantNotFound,
+            ShardCode::NotJoined => Self::NotJoined,
+            ShardCode::AlreadyJoined => Self::AlreadyJoined,
+            ShardCode::OutOfOrder => Self::OutOfOrder,
+            ShardCode::Forbidden => Self::Forbidden,
+            ShardCode::SdpRejected => Self::SdpRejected,
+            ShardCode::CodecUnsupported => Self::CodecUnsupported,
+            ShardCode::TrackNotFound => Self::TrackNotFound,
+            ShardCode::ShardDraining => Self::ShardUnavailable,
+            ShardCode::SlowConsumer => Self::SlowConsumer,
+            ShardCode::RateLimited => Self::RateLimited,
+            ShardCode::Internal => Self::Internal,
+        }
+    }
+}
+
+/// A client's `join`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct JoinRequest {
+    /// The room name.
+    pub room: String,
+    /// The nickname; with a token, the token's name is used instead.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The room's password, for rooms that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A signed join token (JWT, HS256), instead of a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Whether to publish (default true; a token may forbid it).
+    #[serde(default)]
+    pub publish: Option<bool>,
+    /// Whether to receive others' media (default true; a token may forbid it).
+    #[serde(default)]
+    pub subscribe: Option<bool>,
+}
+
+/// One decoded client frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// The handshake.
+    Join(JoinRequest),
+    /// Anything else: a shard protocol message, relayed as is.
+    Relay(shard::ClientMessage),
+}
+
+/// A decoding failure with the code to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// The code.
+    pub code: ErrorCode,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// An error with this code and explanation.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decodes and validates one client frame.
+pub fn decode_client(frame: &str) -> Result<Inbound, ProtocolError> {
+    if frame.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtocolError::new(
+            ErrorCode::BadMessage,
+            format!("frames are limited to {MAX_MESSAGE_BYTES} bytes"),
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Head {
+        v: Option<serde_json::Value>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let head: Head = serde_json::from_str(frame).map_err(|e| {
+        ProtocolError::new(ErrorCode::BadMessage, format!("not a JSON object: {e}"))
+    })?;
+    match head.v {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        Some(other) => {
+            return Err(ProtocolError::new(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {other} is not supported; this gateway speaks 1"),
+            ));
+        }
+        None => {
+            return Err(ProtocolError::new(
+                ErrorCode::BadMessage,
+                "missing protocol version field \"v\"",
+            ));
+        }
+    }
+    if head.kind.as_deref() == Some("join") {
+        let join: JoinRequest = serde_json::from_str(frame)
+            .map_err(|e| ProtocolError::new(ErrorCode::BadMessage, e.to_string()))?;
+        validate_join(&join)?;
+        return Ok(Inbound::Join(join));
+    }
+    shard::decode_client(frame)
+        .map(Inbound::Relay)
+        .map_err(|e| ProtocolError::new(e.code.into(), e.message))
+}
+
+fn validate_join(join: &JoinRequest) -> Result<(), ProtocolError> {
+    let bad = |m: &str| Err(ProtocolError::new(ErrorCode::BadMessage, m));
+    if !valid_id(&join.room) {
+        return bad("room must be 1-64 characters of A-Z a-z 0-9 . _ -");
+    }
+    if let Some(name) = &join.name
+        && !valid_nickname(name)
+    {
+        return bad("name must be 1-64 printable characters");
+    }
+    if join
+        .password
+        .as_ref()
+        .is_some_and(|p| p.len() > MAX_PASSWORD_LEN)
+    {
+        return bad("password too long");
+    }
+    if join.token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
+        return bad("token too long");
+    }
+    Ok(())
+}
+
+/// Whether a nickname is 1–64 printable characters, not all spaces.
+pub fn valid_nickname(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.chars().count() <= MAX_NAME_CHARS
+        && !name.chars().any(char::is_control)
+}
+
+/// One ICE server entry, in the shape `RTCPeerConnection` takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:` or `turn:`/`turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN username (`expiry:participant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// A message from the gateway to a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// The join succeeded.
+    Joined(Joined),
+    /// Join again (same room and name): the gateway is stopping, or the room moved to
+    /// another shard. Media stops until the client does.
+    Reconnect {
+        /// Why.
+        reason: String,
+    },
+    /// A request failed; the session stays open unless a `left` or `reconnect` follows.
+    Error {
+        /// The code.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        message: String,
+    },
+    /// A shard message, relayed.
+    Shard(shard::ServerMessage),
+}
+
+/// The `joined` message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The room.
+    pub room: String,
+    /// Your participant id (others address direct messages to it).
+    pub participant: String,
+    /// Your nickname.
+    pub name: String,
+    /// Whether you may publish.
+    pub publish: bool,
+    /// Whether you receive others' media.
+    pub subscribe: bool,
+    /// Everyone already in the room.
+    pub participants: Vec<ParticipantInfo>,
+    /// ICE servers for both of your peer connections.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// Encodes a gateway message as one text frame.
+pub fn encode(message: &Outbound) -> String {
+    #[derive(Serialize)]
+    struct Tagged<'a, T: Serialize> {
+        v: u32,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(flatten)]
+        body: &'a T,
+    }
+    #[derive(Serialize)]
+    struct Reason<'a> {
+        reason: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Failure<'a> {
+        code: ErrorCode,
+        message: &'a str,
+    }
+    let encoded = match message {
+        Outbound::Joined(joined) => serde_json::to_string(&Tagged {
+            v: PROTOCOL_VERSION,
+            kind: "joined",
+            body: joined,
+        }),
+        Outbound::Reconnect { reason } => serde_json::to_string(&Tagged {
+            v: PROTOCOL_VERSION,
+            kind: "reconnect",
+            body: &Reason { reason },
+        }),
+        Outbound::Error { code, message } => serde_json::to_string(&Tagged {
+            v: PROTOCOL_VERSION,
+            kind: "error",
+            body: &Failure {
+                code: *code,
+                message,
+            },
+        }),
+        Outbound::Shard(message) => return shard::encode_server(message),
+    };
+    // Serializing these plain structs cannot fail; never panic if it somehow did.
+    encoded.unwrap_or_else(|_| {
+        r#"{"v":1,"type":"error","code":"internal","message":"encoding failed"}"#.to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(frame: &str) -> ErrorCode {
+        decode_client(frame).unwrap_err().code
+    }
+
+    #[test]
+    fn decodes_join_and_relays_the_rest() {
+        let join = decode_client(
+            r#"{"v":1,"type":"join","room":"violin","name":"지민","password":"bow"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            join,
+            Inbound::Join(JoinRequest {
+                room: "violin".into(),
+                name: Some("지민".into()),
+                password: Some("bow".into()),
+                token: None,
+                publish: None,
+                subscribe: None,
+            })
+        );
+        let chat = decode_client(r#"{"v":1,"type":"chat","text":"hi","to":"p1"}"#).unwrap();
+        assert_eq!(
+            chat,
+            Inbound::Relay(shard::ClientMessage::Chat {
+                text: "hi".into(),
+                to: Some("p1".into())
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_frames_are_bad_messages() {
+        assert_eq!(code("garbage"), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"ping"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(r#"{"v":7,"type":"ping"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(code(r#"{"v":1,"type":"teleport"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(r#"{"v":1,"type":"join","room":"a/b"}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"join","room":"a","name":"   "}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"chat","text":""}"#),
+            ErrorCode::BadMessage
+        );
+        let huge = format!(
+            r#"{{"v":1,"type":"chat","text":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert_eq!(code(&huge), ErrorCode::BadMessage);
+        let long_password = format!(
+            r#"{{"v":1,"type":"join","room":"a","password":"{}"}}"#,
+            "p".repeat(MAX_PASSWORD_LEN + 1)
+        );
+        assert_eq!(code(&long_password), ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn gateway_messages_carry_version_and_type() {
+        let frame = encode(&Outbound::Error {
+            code: ErrorCode::WrongPassword,
+            message: "no".into(),
+        });
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["v"], 1);
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["code"], "wrong_password");
+        let frame = encode(&Outbound::Reconnect {
+            reason: "moved".into(),
+        });
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            (value["type"].as_str(), value["reason"].as_str()),
+            (Some("reconnect"), Some("moved"))
+        );
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! One client's session: admission, then relaying between the client and the shard that
+//! holds its room.
+//!
+//! The loop is generic over the client's frame stream and sink, and reaches shards through
+//! a [`ShardConnector`], so its rules are tested without sockets. Every client frame is
+//! bounded and validated before anything acts on it; a bad one gets an `error` and the
+//! session goes on. A session that floods is rate-limited, then closed; one that keeps
+//! guessing passwords or tokens is closed after a few tries.
+//!
+//! A session outlives its room: after `left` or `reconnect` the client may `join` again on
+//! the same socket, which is how it follows a room that moved to another shard.
+
+use crate::admission::{
+    PasswordChecker, Refusal, TokenKeys, admit_with_password, admit_with_token,
+};
+use crate::metrics::GatewayMetrics;
+use crate::placement::RoomRouter;
+use crate::protocol::{ErrorCode, Inbound, JoinRequest, Joined, Outbound, decode_client, encode};
+use crate::rooms::RoomDirectory;
+use crate::shard_link::{ShardConnector, ShardLink};
+use crate::turn::IceConfig;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tutti_sfu::ratelimit::TokenBucket;
+use tutti_sfu::signal::protocol::{
+    self as shard, ErrorCode as ShardCode, ServerMessage, decode_server, encode_client,
+};
+
+/// Messages per second a client may send on average, and its burst.
+const RATE: (u32, u32) = (50, 200);
+/// Rate-limited frames after which the socket is closed.
+const MAX_STRIKES: u32 = 500;
+/// How long a socket may stay open without being in a room.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shard may take to answer a join.
+const SHARD_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused passwords or tokens after which the socket is closed.
+const MAX_FAILED_JOINS: u32 = 5;
+/// Interval of WebSocket pings to the client.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Silence from the client after which its socket is considered dead.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(65);
+
+/// A frame from the client.
+#[derive(Debug)]
+pub enum ClientFrame {
+    /// A text frame.
+    Text(String),
+    /// A binary frame (not part of the protocol).
+    Binary,
+    /// An answer to our ping.
+    Pong,
+    /// The client closed the socket.
+    Close,
+}
+
+/// A frame to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    /// A text frame.
+    Text(String),
+    /// A keepalive ping.
+    Ping,
+}
+
+/// What every session of a gateway shares.
+pub struct Gateway {
+    /// Room settings.
+    pub rooms: RoomDirectory,
+    /// Where rooms live.
+    pub router: Arc<dyn RoomRouter>,
+    /// Links to shards.
+    pub connector: Arc<dyn ShardConnector>,
+    /// Join token keys; `None` refuses tokens.
+    pub tokens: Option<TokenKeys>,
+    /// Bounded argon2 checks.
+    pub passwords: PasswordChecker,
+    /// ICE servers for clients.
+    pub ice: IceConfig,
+    /// Metrics.
+    pub metrics: Arc<GatewayMetrics>,
+    /// Cancelled when the gateway stops: sessions tell their clients to reconnect.
+    pub shutdown: CancellationToken,
+}
+
+/// A session's presence in a room.
+struct InRoom {
+    room: String,
+    to_shard: mpsc::Sender<String>,
+}
+
+/// Runs a client session until the client goes away or the gateway stops.
+pub async fn run_session<S, R>(mut sink: S, mut stream: R, gateway: Arc<Gateway>)
+where
+    S: Sink<ServerFrame> + Unpin,
+    R: Stream<Item = ClientFrame> + Unpin,
+{
+    let metrics = gateway.metrics.clone();
+    metrics.sockets.inc();
+    let mut session = Session {
+        gateway,
+        room: None,
+        budget: TokenBucket::new(RATE.0, RATE.1),
+        strikes: 0,
+        failed_joins: 0,
+    };
+    let mut from_shard: Option<mpsc::Receiver<String>> = None;
+    let mut join_deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.reset();
+    let shutdown = session.gateway.shutdown.clone();
+    loop {
+        let step = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let _ = sink.send(session.reconnect("the gateway is restarting; join again")).await;
+                break;
+            }
+            frame = stream.next() => {
+                last_heard = tokio::time::Instant::now();
+                match frame {
+                    None | Some(ClientFrame::Close) => break,
+                    Some(ClientFrame::Pong) => Step::Continue,
+                    Some(ClientFrame::Binary) => {
+                        Step::Reply(session.error(ErrorCode::BadMessage, "binary frames are not part of the protocol"))
+                    }
+                    Some(ClientFrame::Text(text)) => session.on_client_text(&text, &mut from_shard).await,
+                }
+            }
+            message = recv(&mut from_shard) => match message {
+                Some(text) => session.on_shard_text(&text),
+                None => {
+                    // The shard's side closed: it died, or dropped the session.
+                    from_shard = None;
+                    session.left();
+                    Step::Reply(session.reconnect("lost the connection to the room's shard; join again"))
+                }
+            },
+            _ = tokio::time::sleep_until(join_deadline), if session.room.is_none() => {
+                let _ = sink.send(session.error(ErrorCode::NotJoined, "no join within 30 s; closing")).await;
+                break;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_TIMEOUT {
+                    break;
+                }
+                if sink.send(ServerFrame::Ping).await.is_err() {
+                    break;
+                }
+                Step::Continue
+            }
+        };
+        match step {
+            Step::Continue => {}
+            Step::Reply(frame) => {
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            Step::ReplyAndClose(frame) => {
+                let _ = sink.send(frame).await;
+                break;
+            }
+            Step::LeftRoom(frame) => {
+                from_shard = None;
+                session.left();
+                join_deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(room) = session.room.take() {
+        let _ = room
+            .to_shard
+            .try_send(encode_client(&shard::ClientMessage::Leave));
+        metrics.exited(&room.room);
+    }
+    metrics.sockets.dec();
+}
+
+/// Waits for the next frame from the shard, or forever when not in a room.
+async fn recv(from_shard: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match from_shard {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What to do after one event.
+enum Step {
+    Continue,
+    Reply(ServerFrame),
+    ReplyAndClose(ServerFrame),
+    /// The room is left (the shard ended the session); send this and stay connected.
+    LeftRoom(ServerFrame),
+}
+
+struct Session {
+    gateway: Arc<Gateway>,
+    room: Option<InRoom>,
+    budget: TokenBucket,
+    strikes: u32,
+    failed_joins: u32,
+}
+
+impl Session {
+    fn frame(message: &Outbound) -> ServerFrame {
+        ServerFrame::Text(encode(message))
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+        self.gateway.metrics.error(code);
+        Self::frame(&Outbound::Error {
+            code,
+            message: message.into(),
+        })
+    }
+
+    fn reconnect(&self, reason: &str) -> ServerFrame {
+        Self::frame(&Outbound::Reconnect {
+            reason: reason.to_owned(),
+        })
+    }
+
+    fn left(&mut self) {
+        if let Some(room) = self.room.take() {
+            self.gateway.metrics.exited(&room.room);
+        }
+    }
+
+    async fn on_client_text(
+        &mut self,
+        text: &str,
+        from_shard: &mut Option<mpsc::Receiver<String>>,
+    ) -> Step {
+        if !self.budget.take(Instant::now()) {
+            self.strikes += 1;
+            let frame = self.error(ErrorCode::RateLimited, "too many messages; slow down");
+            return if self.strikes > MAX_STRIKES {
+                Step::ReplyAndClose(frame)
+            } else {
+                Step::Reply(frame)
+            };
+        }
+        let message = match decode_client(text) {
+            Ok(message) => message,
+            Err(err) => return Step::Reply(self.error(err.code, err.message)),
+        };
+        match (&self.room, message) {
+            (_, Inbound::Relay(shard::ClientMessage::Ping)) => Step::Reply(ServerFrame::Text(
+                shard::encode_server(&ServerMessage::Pong),
+            )),
+            (Some(_), Inbound::Join(_)) => Step::Reply(self.error(
+                ErrorCode::AlreadyJoined,
+                "this session is in a room; leave first",
+            )),
+            (None, Inbound::Relay(_)) => {
+                Step::Reply(self.error(ErrorCode::NotJoined, "send join first"))
+            }
+            (Some(room), Inbound::Relay(message)) => {
+                if room.to_shard.send(encode_client(&message)).await.is_err() {
+                    *from_shard = None;
+                    self.left();
+                    return Step::Reply(
+                        self.reconnect("lost the connection to the room's shard; join again"),
+                    );
+                }
+                self.gateway.metrics.to_shard();
+                Step::Continue
+            }
+            (None, Inbound::Join(request)) => match self.join(&request).await {
+                Ok((link, joined)) => {
+                    self.gateway.metrics.join(Ok(()));
+                    self.gateway.metrics.entered(&joined.room);
+                    tracing::info!(room = %joined.room, participant = %joined.participant, "joined");
+                    self.room = Some(InRoom {
+                        room: joined.room.clone(),
+                        to_shard: link.tx,
+                    });
+                    *from_shard = Some(link.rx);
+                    Step::Reply(Self::frame(&Outbound::Joined(joined)))
+                }
+                Err(refusal) => {
+                    self.gateway.metrics.join(Err(refusal.code));
+                    tracing::info!(room = %request.room, code = refusal.code.as_str(), "join refused");
+                    let guessing = matches!(
+                        refusal.code,
+                        ErrorCode::WrongPassword | ErrorCode::Unauthorized
+                    );
+                    if guessing {
+                        self.failed_joins += 1;
+                    }
+                    let frame = self.error(refusal.code, refusal.message);
+                    if self.failed_joins >= MAX_FAILED_JOINS {
+                        Step::ReplyAndClose(frame)
+                    } else {
+                        Step::Reply(frame)
+                    }
+                }
+            },
+        }
+    }
+
+    /// Admits a join and opens the participant's session on the room's shard.
+    async fn join(&self, request: &JoinRequest) -> Result<(ShardLink, Joined), Refusal> {
+        let gateway = &self.gateway;
+        let settings = gateway
+            .rooms
+            .settings(&request.room)
+            .ok_or_else(|| Refusal {
+                code: ErrorCode::RoomNotFound,
+                message: format!("there is no room called {}", request.room),
+            })?;
+        let admitted = match (&request.token, &gateway.tokens) {
+            (Some(token), Some(keys)) => admit_with_token(request, keys.verify(token))?,
+            (Some(_), None) => {
+                return Err(Refusal {
+                    code: ErrorCode::Unauthorized,
+                    message: "this gateway does not accept join tokens".into(),
+                });
+            }
+            (None, _) => {
+                let check = gateway
+                    .passwords
+                    .check(
+                        settings.password_hash.as_deref(),
+                        request.password.as_deref(),
+                    )
+                    .await;
+                admit_with_password(request, check)?
+            }
+        };
+        let participant = format!("p{}", tutti_sfu::peer::random_token(15));
+        let unavailable = |why: String| Refusal {
+            code: ErrorCode::ShardUnavailable,
+            message: why,
+        };
+        for attempt in 0..2 {
+            let shard = gateway
+                .router
+                .shard_for(&settings, attempt > 0)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let mut link = gateway
+                .connector
+                .connect(&shard)
+                .await
+                .map_err(unavailable)?;
+            let join = encode_client(&shard::ClientMessage::Join {
+                room: request.room.clone(),
+                participant: participant.clone(),
+                name: Some(admitted.name.clone()),
+                publish: Some(admitted.publish),
+                subscribe: Some(admitted.subscribe),
+            });
+            if link.tx.send(join).await.is_err() {
+                return Err(unavailable(format!("shard {} closed the link", shard.id)));
+            }
+            let reply = tokio::time::timeout(SHARD_JOIN_TIMEOUT, link.rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|text| decode_server(&text).ok());
+            match reply {
+                Some(ServerMessage::Joined { participants, .. }) => {
+                    let joined = Joined {
+                        room: request.room.clone(),
+                        participant: participant.clone(),
+                        name: admitted.name.clone(),
+                        publish: admitted.publish,
+                        subscribe: admitted.subscribe,
+                        participants,
+                        ice_servers: gateway.ice.servers_for(&participant, SystemTime::now()),
+                    };
+                    return Ok((link, joined));
+                }
+                // The shard let the room go (it stood empty) or is draining: place again.
+                Some(ServerMessage::Error {
+                    code: ShardCode::RoomNotFound | ShardCode::ShardDraining,
+                    ..
+                }) if attempt == 0 => continue,
+                Some(ServerMessage::Error { code, message }) => {
+                    return Err(Refusal {
+                        code: code.into(),
+                        message,
+                    });
+                }
+                _ => {
+                    return Err(unavailable(format!(
+                        "shard {} did not answer the join",
+                        shard.id
+                    )));
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "room {} could not be placed",
+            request.room
+        )))
+    }
+
+    fn on_shard_text(&mut self, text: &str) -> Step {
+        let Ok(message) = decode_server(text) else {
+            tracing::warn!("undecodable frame from a shard dropped");
+            return Step::Continue;
+        };
+        self.gateway.metrics.to_client();
+        match message {
+            ServerMessage::Left {
+                reconnect: true,
+                reason,
+            } => Step::LeftRoom(self.reconnect(&reason)),
+            ServerMessage::Left { .. } => Step::LeftRoom(Self::frame(&Outbound::Shard(message))),
+            ServerMessage::Joined { .. } => Step::Continue,
+            ServerMessage::Error { code, message } => Step::Reply(self.error(code.into(), message)),
+            other => Step::Reply(Self::frame(&Outbound::Shard(other))),
+        }
+    }
+}

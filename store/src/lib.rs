@@ -1,0 +1,83 @@
+//! Live cluster state: what changes every second and must be seen by every replica.
+//!
+//! * **Shard records**: each shard's addresses, load and draining flag, refreshed by its
+//!   heartbeat. A record that is not refreshed expires, so a dead shard disappears by
+//!   itself.
+//! * **Routes**: which shard holds a room, with an epoch that grows each time the room is
+//!   placed again.
+//! * **Room records**: the settings gateways admit by (capacity, password hash, media).
+//!
+//! Readers (gateways) use [`LiveView`], answered from memory without I/O; the placement
+//! authority (the operator, or local mode's placer) and the shards write through
+//! [`LiveWriter`]. [`MemoryStore`] is the embedded implementation for local mode and tests.
+#![forbid(unsafe_code)]
+
+mod memory;
+mod records;
+
+pub use memory::MemoryStore;
+pub use records::{RoomRecord, Route, ShardLoadSummary, ShardRecord};
+
+use std::time::Duration;
+
+/// Reads of the live state, from a local copy: cheap enough to call per message.
+pub trait LiveView: Send + Sync {
+    /// The shard holding a room.
+    fn route(&self, room: &str) -> Option<Route>;
+    /// Every route, ordered by room.
+    fn routes(&self) -> Vec<Route>;
+    /// A live (unexpired) shard record.
+    fn shard(&self, id: &str) -> Option<ShardRecord>;
+    /// Every live shard record, ordered by id.
+    fn shards(&self) -> Vec<ShardRecord>;
+    /// A room's settings.
+    fn room(&self, name: &str) -> Option<RoomRecord>;
+    /// Every room record, ordered by name.
+    fn rooms(&self) -> Vec<RoomRecord>;
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The store cannot be reached.
+    Unavailable(String),
+    /// A conditional write lost a race (the epoch moved).
+    Conflict(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unavailable(why) => write!(f, "live state store unavailable: {why}"),
+            Self::Conflict(why) => write!(f, "conflicting write: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Writes of the live state.
+pub trait LiveWriter: Send + Sync {
+    /// Publishes (or refreshes) a shard's record; it expires `ttl` after the last refresh.
+    fn heartbeat(
+        &self,
+        record: ShardRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Removes a shard's record at once (a graceful stop).
+    fn remove_shard(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Points a room at a shard. `expected_epoch` is the epoch the writer last saw (`0` for
+    /// none); the write fails with [`StoreError::Conflict`] if the route moved since.
+    fn put_route(
+        &self,
+        room: &str,
+        shard: &str,
+        expected_epoch: u64,
+    ) -> impl Future<Output = Result<Route, StoreError>> + Send;
+    /// Forgets a room's route.
+    fn delete_route(&self, room: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publishes a room's settings.
+    fn put_room(&self, record: RoomRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets a room's settings.
+    fn delete_room(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

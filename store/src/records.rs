@@ -1,0 +1,101 @@
+//! The records kept in the live state.
+
+use serde::{Deserialize, Serialize};
+
+/// One shard as the rest of the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardRecord {
+    /// Stable id (the pod name in a cluster, `local-N` in local mode).
+    pub id: String,
+    /// The shard's signaling WebSocket, which gateways relay clients to.
+    pub signal_url: String,
+    /// The base URL of the shard's admin API.
+    pub admin_url: String,
+    /// Region or zone label, for seating viewers near their edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Participants the shard accepts at most.
+    pub capacity: u32,
+    /// Whether the shard accepts new rooms and joins.
+    pub draining: bool,
+    /// Its latest load.
+    pub load: ShardLoadSummary,
+}
+
+impl ShardRecord {
+    /// Participants the shard can still take.
+    pub fn free_seats(&self) -> u32 {
+        self.capacity.saturating_sub(self.load.participants)
+    }
+}
+
+/// The part of a shard's load that placement looks at.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardLoadSummary {
+    /// Rooms (pipelines) hosted.
+    pub pipelines: u32,
+    /// Participants connected.
+    pub participants: u32,
+    /// Subscriber streams forwarded.
+    pub forwarded_streams: u32,
+    /// Media sent, bit/s.
+    pub egress_bps: u64,
+    /// CPU in use, in cores.
+    pub cpu_cores: f64,
+}
+
+/// Where a room lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// The room.
+    pub room: String,
+    /// The shard id holding it.
+    pub shard: String,
+    /// Grows by one each time the room is placed (again); clients on an older epoch are
+    /// told to renegotiate.
+    pub epoch: u64,
+}
+
+/// The settings a room is admitted by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomRecord {
+    /// The room name.
+    pub name: String,
+    /// Most participants at once.
+    pub max_participants: u32,
+    /// The argon2 hash (PHC string) of the room's password; never the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// Seconds an empty room keeps its pipeline.
+    pub empty_timeout_seconds: u64,
+    /// Whether audio may be published.
+    pub audio: bool,
+    /// Whether video may be published.
+    pub video: bool,
+    /// Whether publishers may send simulcast.
+    pub simulcast: bool,
+    /// Upper bound on each video track, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_video_bitrate_kbps: Option<u32>,
+}
+
+impl RoomRecord {
+    /// A room with default settings: 16 participants, no password, 5 minutes' grace when
+    /// empty, audio and video with simulcast.
+    pub fn with_defaults(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            max_participants: 16,
+            password_hash: None,
+            empty_timeout_seconds: 300,
+            audio: true,
+            video: true,
+            simulcast: true,
+            max_video_bitrate_kbps: None,
+        }
+    }
+}
