@@ -1,1 +1,781 @@
+// Tutti web client: joins a room through the gateway's WebSocket (protocol v1,
+// docs/protocol.md), publishes camera and microphone on one peer connection and receives
+// everyone else on another, both to the room's SFU shard.
+//
+// The publisher connection is ours to offer on; the subscriber connection is the shard's.
+// Each side only ever offers on its own connection, so renegotiation never collides.
 
+const ERROR_TEXT = {
+  room_full: 'This room is full. Try again when someone leaves.',
+  wrong_password: 'That password is not right.',
+  password_required: 'This room needs a password.',
+  nickname_taken: 'Someone in this room already uses that name. Please pick another one.',
+  room_not_found: 'There is no room with that name.',
+  unauthorized: 'Your invitation is not valid or has expired. Ask for a new link.',
+  bad_message: 'The server did not understand a message from this page. Reload and try again.',
+  unsupported_version: 'This page is out of date. Reload it.',
+  not_joined: 'Not in a room yet.',
+  already_joined: 'Already in a room.',
+  out_of_order: 'A connection step came out of order; reconnecting may help.',
+  forbidden: 'You are not allowed to do that in this room.',
+  sdp_rejected: 'The media connection could not be set up.',
+  codec_unsupported: 'Your browser cannot play one of the streams in this room.',
+  track_not_found: 'That stream is no longer there.',
+  participant_not_found: 'That person has left the room.',
+  shard_unavailable: 'No media server can take this room right now. Try again in a moment.',
+  rate_limited: 'Slow down: too many messages.',
+  slow_consumer: 'Your connection fell behind; reconnecting.',
+  internal: 'Something went wrong on the server.',
+  media_denied: 'Camera and microphone are blocked. You can still watch and listen.',
+  connection_lost: 'The connection to the server was lost.',
+};
+
+const $ = (selector) => document.querySelector(selector);
+
+const state = {
+  ws: null,
+  credentials: null, // { room, name, password, token }
+  me: null, // our participant id
+  myName: '',
+  joined: false,
+  leaving: false,
+  iceServers: [],
+  relayOnly: false,
+  participants: new Map(), // id -> { name, tracks: Map(trackId -> info), screen, tile, stream }
+  trackOwner: new Map(), // received track id -> participant id
+  localStream: null,
+  micTrack: null,
+  camTrack: null,
+  screenTrack: null,
+  audioSender: null,
+  videoSender: null,
+  pub: null,
+  sub: null,
+  pubNegotiating: false,
+  pubAgain: false,
+  answerWaiter: null,
+  reconnectDelay: 500,
+  reconnectTimer: null,
+  askedForSound: false,
+  queue: Promise.resolve(),
+};
+
+// ---------------------------------------------------------------- helpers
+
+function send(message) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify({ v: 1, ...message }));
+  }
+}
+
+function setStatus(text) {
+  $('#status').textContent = text;
+}
+
+function showError(code, message) {
+  const text = ERROR_TEXT[code] || message || code;
+  $('#banner-text').textContent = text;
+  $('#banner').dataset.code = code;
+  $('#banner').classList.remove('hidden');
+}
+
+function clearError() {
+  $('#banner').classList.add('hidden');
+  delete $('#banner').dataset.code;
+}
+
+// Signaling steps run one at a time, in arrival order.
+function enqueue(step) {
+  state.queue = state.queue.then(step).catch((err) => console.error('signaling step failed', err));
+}
+
+function initials(name) {
+  return (name || '?').trim().slice(0, 1).toUpperCase();
+}
+
+// ---------------------------------------------------------------- lobby
+
+function readDeepLink() {
+  const params = new URLSearchParams(location.search);
+  const link = {
+    room: params.get('room') || '',
+    name: params.get('name') || '',
+    password: params.get('password') || '',
+    token: params.get('token') || '',
+  };
+  state.relayOnly = params.get('relay') === '1';
+  if (link.password || link.token) {
+    // Keep secrets out of the address bar and history once read.
+    params.delete('password');
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : ''));
+  }
+  return link;
+}
+
+async function refreshRooms() {
+  const query = $('#room-search').value.trim();
+  try {
+    const response = await fetch(`/v1/rooms?limit=50${query ? `&q=${encodeURIComponent(query)}` : ''}`);
+    if (!response.ok) return;
+    const { rooms } = await response.json();
+    const list = $('#room-list');
+    list.replaceChildren();
+    for (const room of rooms) {
+      const item = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      const label = document.createElement('span');
+      label.textContent = room.hasPassword ? `${room.name} (password)` : room.name;
+      const count = document.createElement('span');
+      count.textContent = `${room.participants}/${room.maxParticipants}`;
+      button.append(label, count);
+      button.addEventListener('click', () => {
+        $('#room').value = room.name;
+        $('#name').focus();
+      });
+      item.append(button);
+      list.append(item);
+    }
+    $('#room-list-empty').classList.toggle('hidden', rooms.length > 0);
+  } catch (err) {
+    console.warn('room list unavailable', err);
+  }
+}
+
+function showLobby() {
+  $('#call').classList.add('hidden');
+  $('#lobby').classList.remove('hidden');
+  $('#room-title').textContent = '';
+  setStatus('');
+  refreshRooms();
+}
+
+function showCall() {
+  $('#lobby').classList.add('hidden');
+  $('#call').classList.remove('hidden');
+  $('#room-title').textContent = state.credentials.room;
+}
+
+// ---------------------------------------------------------------- local media
+
+async function startLocalMedia() {
+  if (state.localStream) return;
+  const note = $('#media-note');
+  try {
+    state.localStream = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
+    });
+    note.textContent = '';
+  } catch (videoError) {
+    // No camera, or the camera is denied: carry on with the microphone alone.
+    try {
+      state.localStream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      note.textContent = `No camera (${videoError.name}): you joined with audio only.`;
+    } catch (audioError) {
+      state.localStream = new MediaStream();
+      note.textContent = ERROR_TEXT.media_denied;
+    }
+  }
+  state.micTrack = state.localStream.getAudioTracks()[0] || null;
+  state.camTrack = state.localStream.getVideoTracks()[0] || null;
+  $('#toggle-mic').disabled = !state.micTrack;
+  $('#toggle-cam').disabled = !state.camTrack;
+}
+
+function stopLocalMedia() {
+  for (const track of [state.micTrack, state.camTrack, state.screenTrack]) {
+    if (track) track.stop();
+  }
+  state.localStream = null;
+  state.micTrack = null;
+  state.camTrack = null;
+  state.screenTrack = null;
+}
+
+// ---------------------------------------------------------------- tiles
+
+function makeTile(id, name, local) {
+  const tile = $('#tile-template').content.firstElementChild.cloneNode(true);
+  tile.dataset.participant = id;
+  tile.dataset.name = name;
+  tile.classList.toggle('local', local);
+  tile.querySelector('.name').textContent = local ? `${name} (you)` : name;
+  tile.querySelector('.avatar').textContent = initials(name);
+  const video = tile.querySelector('video');
+  video.muted = local;
+  $('#grid').append(tile);
+  return tile;
+}
+
+function renderLocalTile() {
+  let tile = document.querySelector('.tile.local');
+  if (!tile) tile = makeTile(state.me, state.myName, true);
+  tile.dataset.participant = state.me;
+  const video = tile.querySelector('video');
+  const shown = state.screenTrack || state.camTrack;
+  video.srcObject = shown ? new MediaStream([shown]) : null;
+  tile.classList.toggle('no-video', !shown || (shown === state.camTrack && !state.camTrack.enabled));
+  tile.classList.toggle('sharing', Boolean(state.screenTrack));
+  tile.querySelector('.mic-off').classList.toggle('hidden', !state.micTrack || state.micTrack.enabled);
+  tile.querySelector('.sharing').classList.toggle('hidden', !state.screenTrack);
+}
+
+function addParticipant(info) {
+  if (info.id === state.me || state.participants.has(info.id)) return;
+  const participant = {
+    name: info.name,
+    tracks: new Map(),
+    screen: Boolean(info.screen_sharing),
+    stream: new MediaStream(),
+    tile: makeTile(info.id, info.name, false),
+  };
+  participant.tile.querySelector('video').srcObject = participant.stream;
+  state.participants.set(info.id, participant);
+  for (const track of info.tracks || []) addTrackInfo(info.id, track);
+  updateTile(info.id);
+  updateRecipients();
+}
+
+function removeParticipant(id) {
+  const participant = state.participants.get(id);
+  if (!participant) return;
+  participant.tile.remove();
+  for (const trackId of participant.tracks.keys()) state.trackOwner.delete(trackId);
+  state.participants.delete(id);
+  updateRecipients();
+}
+
+function addTrackInfo(participantId, track) {
+  const participant = state.participants.get(participantId);
+  if (!participant) return;
+  participant.tracks.set(track.id, { kind: track.kind, muted: Boolean(track.muted) });
+  state.trackOwner.set(track.id, participantId);
+}
+
+function updateTile(id) {
+  const participant = state.participants.get(id);
+  if (!participant) return;
+  const tracks = [...participant.tracks.values()];
+  const video = tracks.find((t) => t.kind === 'video');
+  const audio = tracks.find((t) => t.kind === 'audio');
+  const tile = participant.tile;
+  tile.classList.toggle('no-video', !video || video.muted);
+  tile.classList.toggle('screen', participant.screen);
+  tile.querySelector('.mic-off').classList.toggle('hidden', !audio || !audio.muted);
+  tile.querySelector('.cam-off').classList.toggle('hidden', !video || !video.muted);
+  tile.querySelector('.sharing').classList.toggle('hidden', !participant.screen);
+}
+
+function updateRecipients() {
+  const select = $('#chat-to');
+  const chosen = select.value;
+  select.replaceChildren(new Option('Everyone', ''));
+  for (const [id, participant] of state.participants) {
+    select.append(new Option(participant.name, id));
+  }
+  select.value = state.participants.has(chosen) ? chosen : '';
+}
+
+function setActiveSpeaker(id) {
+  for (const tile of document.querySelectorAll('.tile')) {
+    tile.classList.toggle('speaking', id !== null && tile.dataset.participant === id);
+  }
+}
+
+// ---------------------------------------------------------------- chat
+
+function appendMessage({ from, name, text, to }) {
+  const item = document.createElement('li');
+  const who = document.createElement('span');
+  who.className = 'from';
+  if (to) {
+    item.classList.add('private');
+    const target = to === state.me ? 'you' : (state.participants.get(to)?.name || to);
+    who.textContent = `${from === state.me ? 'You' : name} → ${target} (private):`;
+  } else {
+    who.textContent = `${from === state.me ? 'You' : name}:`;
+  }
+  item.dataset.from = from;
+  if (to) item.dataset.to = to;
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  item.append(who, body);
+  $('#messages').append(item);
+  item.scrollIntoView({ block: 'end' });
+}
+
+function appendNotice(text) {
+  const item = document.createElement('li');
+  item.className = 'system';
+  item.textContent = text;
+  $('#messages').append(item);
+}
+
+// ---------------------------------------------------------------- peer connections
+
+function rtcConfig() {
+  return {
+    iceServers: state.iceServers,
+    iceTransportPolicy: state.relayOnly ? 'relay' : 'all',
+    bundlePolicy: 'max-bundle',
+  };
+}
+
+function trickle(pc, target) {
+  pc.addEventListener('icecandidate', ({ candidate }) => {
+    if (candidate && candidate.candidate) {
+      send({
+        type: 'candidate',
+        pc: target,
+        candidate: candidate.candidate,
+        sdpMid: candidate.sdpMid,
+        sdpMLineIndex: candidate.sdpMLineIndex,
+      });
+    }
+  });
+}
+
+async function startPublishing() {
+  const pc = new RTCPeerConnection(rtcConfig());
+  state.pub = pc;
+  trickle(pc, 'publisher');
+  if (state.micTrack) {
+    state.audioSender = pc.addTransceiver(state.micTrack, {
+      direction: 'sendonly',
+      streams: [state.localStream],
+    }).sender;
+  }
+  if (state.camTrack) {
+    state.videoSender = pc.addTransceiver(state.camTrack, {
+      direction: 'sendonly',
+      streams: [state.localStream],
+    }).sender;
+  }
+  if (state.audioSender || state.videoSender) await negotiatePublisher();
+}
+
+// Offers on the publisher connection, one offer in flight at a time.
+async function negotiatePublisher() {
+  if (state.pubNegotiating) {
+    state.pubAgain = true;
+    return;
+  }
+  state.pubNegotiating = true;
+  try {
+    do {
+      state.pubAgain = false;
+      const pc = state.pub;
+      if (!pc) return;
+      await pc.setLocalDescription(await pc.createOffer());
+      const answered = new Promise((resolve, reject) => {
+        state.answerWaiter = { resolve, reject };
+      });
+      send({ type: 'offer', pc: 'publisher', sdp: pc.localDescription.sdp });
+      await answered;
+    } while (state.pubAgain);
+  } finally {
+    state.pubNegotiating = false;
+  }
+}
+
+async function onPublisherAnswer(sdp) {
+  if (!state.pub) return;
+  await state.pub.setRemoteDescription({ type: 'answer', sdp });
+  const waiter = state.answerWaiter;
+  state.answerWaiter = null;
+  if (waiter) waiter.resolve();
+}
+
+function subscriber() {
+  if (state.sub) return state.sub;
+  const pc = new RTCPeerConnection(rtcConfig());
+  state.sub = pc;
+  trickle(pc, 'subscriber');
+  pc.addEventListener('track', ({ track, streams }) => {
+    const owner = streams[0]?.id || state.trackOwner.get(track.id);
+    const participant = state.participants.get(owner);
+    if (!participant) return;
+    for (const old of participant.stream.getTracks().filter((t) => t.kind === track.kind)) {
+      participant.stream.removeTrack(old);
+    }
+    participant.stream.addTrack(track);
+    const video = participant.tile.querySelector('video');
+    video.srcObject = participant.stream;
+    video.play().catch(() => askForSound());
+    track.addEventListener('ended', () => participant.stream.removeTrack(track));
+  });
+  return pc;
+}
+
+async function onSubscriberOffer(sdp) {
+  const pc = subscriber();
+  await pc.setRemoteDescription({ type: 'offer', sdp });
+  await pc.setLocalDescription(await pc.createAnswer());
+  send({ type: 'answer', pc: 'subscriber', sdp: pc.localDescription.sdp });
+}
+
+// Browsers may refuse to play sound before the user has touched the page (a receive-only
+// participant never granted the microphone): ask once, then play everything.
+function askForSound() {
+  if (state.askedForSound) return;
+  state.askedForSound = true;
+  appendNotice('Click anywhere on the page to hear the others.');
+  document.addEventListener('click', () => {
+    for (const video of document.querySelectorAll('.tile:not(.local) video')) {
+      video.play().catch(() => {});
+    }
+  }, { once: true });
+}
+
+function closePeerConnections() {
+  for (const pc of [state.pub, state.sub]) {
+    if (pc) pc.close();
+  }
+  state.pub = null;
+  state.sub = null;
+  state.audioSender = null;
+  state.videoSender = null;
+  if (state.answerWaiter) state.answerWaiter.reject(new Error('connection closed'));
+  state.answerWaiter = null;
+  state.pubNegotiating = false;
+}
+
+// ---------------------------------------------------------------- controls
+
+function toggleMic() {
+  if (!state.micTrack) return;
+  state.micTrack.enabled = !state.micTrack.enabled;
+  const muted = !state.micTrack.enabled;
+  $('#toggle-mic').setAttribute('aria-pressed', String(muted));
+  $('#toggle-mic').textContent = muted ? 'Unmute mic' : 'Mute mic';
+  send({ type: 'mute', track: state.micTrack.id, muted });
+  renderLocalTile();
+}
+
+function toggleCam() {
+  if (!state.camTrack) return;
+  state.camTrack.enabled = !state.camTrack.enabled;
+  const muted = !state.camTrack.enabled;
+  $('#toggle-cam').setAttribute('aria-pressed', String(muted));
+  $('#toggle-cam').textContent = muted ? 'Start video' : 'Stop video';
+  send({ type: 'mute', track: state.camTrack.id, muted });
+  renderLocalTile();
+}
+
+async function startScreenShare() {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+  } catch (err) {
+    if (err.name !== 'NotAllowedError' && err.name !== 'AbortError') {
+      showError('media', `Screen sharing is not available: ${err.message}`);
+    }
+    return;
+  }
+  const track = stream.getVideoTracks()[0];
+  if (!track) return;
+  state.screenTrack = track;
+  track.addEventListener('ended', () => enqueue(stopScreenShare));
+  if (state.videoSender) {
+    // The screen takes the camera's place on the same sender: no renegotiation.
+    await state.videoSender.replaceTrack(track);
+  } else if (state.pub) {
+    state.videoSender = state.pub.addTransceiver(track, {
+      direction: 'sendonly',
+      streams: [state.localStream],
+    }).sender;
+    await negotiatePublisher();
+  }
+  send({ type: 'screen_share', active: true });
+  $('#toggle-screen').setAttribute('aria-pressed', 'true');
+  $('#toggle-screen').textContent = 'Stop sharing';
+  renderLocalTile();
+}
+
+async function stopScreenShare() {
+  const track = state.screenTrack;
+  if (!track) return;
+  state.screenTrack = null;
+  track.stop();
+  if (state.videoSender) {
+    // Back to the camera (or to nothing, for a participant without one).
+    await state.videoSender.replaceTrack(state.camTrack || null);
+  }
+  send({ type: 'screen_share', active: false });
+  $('#toggle-screen').setAttribute('aria-pressed', 'false');
+  $('#toggle-screen').textContent = 'Share screen';
+  renderLocalTile();
+}
+
+function toggleScreen() {
+  enqueue(() => (state.screenTrack ? stopScreenShare() : startScreenShare()));
+}
+
+// ---------------------------------------------------------------- session
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const ws = new WebSocket(`${scheme}://${location.host}/v1/ws`);
+  state.ws = ws;
+  setStatus('Connecting…');
+  ws.addEventListener('open', () => {
+    const { room, name, password, token } = state.credentials;
+    const join = { type: 'join', room };
+    if (name) join.name = name;
+    if (password) join.password = password;
+    if (token) join.token = token;
+    send(join);
+  });
+  ws.addEventListener('message', (event) => {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (message.type === 'answer') {
+      // Answers complete an offer that a queued step may be waiting on: never queue them
+      // behind it.
+      onPublisherAnswer(message.sdp).catch((err) => console.error('answer failed', err));
+      return;
+    }
+    enqueue(() => onMessage(message));
+  });
+  ws.addEventListener('close', () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    if (state.joined && !state.leaving) scheduleReconnect('connection_lost');
+  });
+}
+
+function scheduleReconnect(reason) {
+  state.joined = false;
+  closePeerConnections();
+  for (const id of [...state.participants.keys()]) removeParticipant(id);
+  setStatus('Reconnecting…');
+  appendNotice(reason === 'connection_lost' ? ERROR_TEXT.connection_lost : `Reconnecting: ${reason}`);
+  const delay = state.reconnectDelay;
+  state.reconnectDelay = Math.min(state.reconnectDelay * 2, 5000);
+  if (state.ws) {
+    const old = state.ws;
+    state.ws = null;
+    old.close();
+  }
+  state.reconnectTimer = setTimeout(connect, delay);
+}
+
+async function onMessage(message) {
+  switch (message.type) {
+    case 'joined': {
+      state.joined = true;
+      state.reconnectDelay = 500;
+      state.me = message.participant;
+      state.myName = message.name;
+      state.iceServers = message.ice_servers || [];
+      clearError();
+      showCall();
+      setStatus('Connected');
+      renderLocalTile();
+      for (const participant of message.participants) addParticipant(participant);
+      if (message.publish) {
+        startPublishing().catch((err) => console.error('publishing failed', err));
+      }
+      break;
+    }
+    case 'offer':
+      await onSubscriberOffer(message.sdp);
+      break;
+    case 'participant_joined':
+      addParticipant(message.participant);
+      appendNotice(`${message.participant.name} joined`);
+      break;
+    case 'participant_left': {
+      const name = state.participants.get(message.participant)?.name;
+      removeParticipant(message.participant);
+      if (name) appendNotice(`${name} left`);
+      break;
+    }
+    case 'track_published':
+      addTrackInfo(message.participant, message.track);
+      updateTile(message.participant);
+      break;
+    case 'track_unpublished': {
+      const owner = state.trackOwner.get(message.track);
+      state.participants.get(owner)?.tracks.delete(message.track);
+      state.trackOwner.delete(message.track);
+      updateTile(owner);
+      break;
+    }
+    case 'track_muted': {
+      const info = state.participants.get(message.participant)?.tracks.get(message.track);
+      if (info) info.muted = message.muted;
+      updateTile(message.participant);
+      break;
+    }
+    case 'screen_share': {
+      const participant = state.participants.get(message.participant);
+      if (participant) participant.screen = message.active;
+      updateTile(message.participant);
+      break;
+    }
+    case 'active_speaker':
+      setActiveSpeaker(message.participant);
+      break;
+    case 'chat':
+      appendMessage(message);
+      break;
+    case 'error':
+      onError(message);
+      break;
+    case 'reconnect':
+      scheduleReconnect(message.reason);
+      break;
+    case 'left':
+      if (!state.leaving) {
+        state.joined = false;
+        endCall();
+        showError('left', `You left the room: ${message.reason}`);
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+function onError({ code, message }) {
+  if (!state.joined) {
+    // The join was refused: back to the form with the reason.
+    state.leaving = true;
+    if (state.ws) state.ws.close();
+    endCall();
+    showError(code, message);
+    return;
+  }
+  if (state.answerWaiter && (code === 'sdp_rejected' || code === 'forbidden')) {
+    state.answerWaiter.reject(new Error(code));
+    state.answerWaiter = null;
+  }
+  showError(code, message);
+}
+
+function endCall() {
+  clearTimeout(state.reconnectTimer);
+  closePeerConnections();
+  stopLocalMedia();
+  for (const id of [...state.participants.keys()]) removeParticipant(id);
+  $('#grid').replaceChildren();
+  $('#messages').replaceChildren();
+  state.joined = false;
+  state.me = null;
+  showLobby();
+}
+
+async function join(credentials) {
+  clearError();
+  state.credentials = credentials;
+  state.leaving = false;
+  $('#join').disabled = true;
+  try {
+    await startLocalMedia();
+  } finally {
+    $('#join').disabled = false;
+  }
+  connect();
+}
+
+function leave() {
+  state.leaving = true;
+  send({ type: 'leave' });
+  if (state.ws) state.ws.close();
+  endCall();
+}
+
+// ---------------------------------------------------------------- test and debug hooks
+
+// What a participant observes, for end-to-end tests and for people debugging a call.
+async function inboundStats() {
+  if (!state.sub) return [];
+  const report = await state.sub.getStats();
+  const rows = [];
+  report.forEach((stat) => {
+    if (stat.type !== 'inbound-rtp') return;
+    rows.push({
+      kind: stat.kind,
+      participant: state.trackOwner.get(stat.trackIdentifier) || null,
+      packetsReceived: stat.packetsReceived || 0,
+      packetsLost: stat.packetsLost || 0,
+      framesDecoded: stat.framesDecoded || 0,
+      frameWidth: stat.frameWidth || 0,
+      frameHeight: stat.frameHeight || 0,
+      totalAudioEnergy: stat.totalAudioEnergy || 0,
+      audioLevel: stat.audioLevel || 0,
+    });
+  });
+  return rows;
+}
+
+async function candidatePair(target) {
+  const pc = target === 'subscriber' ? state.sub : state.pub;
+  if (!pc) return null;
+  const report = await pc.getStats();
+  let pair = null;
+  report.forEach((stat) => {
+    if (stat.type === 'candidate-pair' && stat.nominated && stat.state === 'succeeded') pair = stat;
+  });
+  if (!pair) return null;
+  const local = report.get(pair.localCandidateId);
+  const remote = report.get(pair.remoteCandidateId);
+  return { localType: local?.candidateType, remoteType: remote?.candidateType, bytesReceived: pair.bytesReceived };
+}
+
+window.tutti = {
+  state,
+  inboundStats,
+  candidatePair,
+  participants: () => [...state.participants].map(([id, p]) => ({ id, name: p.name, screen: p.screen })),
+};
+
+// ---------------------------------------------------------------- start
+
+function init() {
+  $('#join-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    join({
+      room: $('#room').value.trim(),
+      name: $('#name').value.trim(),
+      password: $('#password').value,
+      token: '',
+    });
+  });
+  $('#banner-close').addEventListener('click', clearError);
+  $('#toggle-mic').addEventListener('click', toggleMic);
+  $('#toggle-cam').addEventListener('click', toggleCam);
+  $('#toggle-screen').addEventListener('click', toggleScreen);
+  $('#leave').addEventListener('click', leave);
+  $('#room-search').addEventListener('input', refreshRooms);
+  $('#chat-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = $('#chat-text').value;
+    if (!text.trim()) return;
+    const to = $('#chat-to').value;
+    send(to ? { type: 'chat', text, to } : { type: 'chat', text });
+    $('#chat-text').value = '';
+  });
+  $('#deep-link').textContent = `${location.origin}/?room=ROOM&name=NAME`;
+
+  const link = readDeepLink();
+  $('#room').value = link.room;
+  $('#name').value = link.name;
+  if (link.room && (link.name || link.token)) {
+    join(link);
+  } else {
+    showLobby();
+  }
+}
+
+init();

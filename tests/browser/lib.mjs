@@ -1,0 +1,193 @@
+// Shared helpers of the browser tests: the gateway as a child process on free ports,
+// headless Chromium with fake camera and microphone, and waiting on what a participant
+// observes (decoded frames, audio arriving), never on fixed sleeps.
+
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repo = path.resolve(here, '..', '..');
+
+export const CHROMIUM = process.env.TUTTI_CHROMIUM || '/usr/bin/chromium';
+
+const BASE_FLAGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-dev-shm-usage',
+  '--use-fake-device-for-media-stream',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--autoplay-policy=no-user-gesture-required',
+  '--auto-select-desktop-capture-source=Entire screen',
+];
+
+/** Starts `tutti-gateway` in local mode on free ports; resolves once it listens. */
+export async function startGateway(extraArgs = [], env = {}) {
+  const binary = process.env.TUTTI_GATEWAY_BIN || path.join(repo, 'target', 'debug', 'tutti-gateway');
+  const args = [
+    '--listen', '127.0.0.1:0',
+    '--media-bind', '127.0.0.1',
+    '--advertise-ip', '127.0.0.1',
+    ...extraArgs,
+  ];
+  const child = spawn(binary, args, {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const stderr = [];
+  child.stderr.on('data', (chunk) => {
+    stderr.push(chunk.toString());
+    if (process.env.TUTTI_TEST_VERBOSE) process.stderr.write(chunk);
+  });
+  const url = await new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    const timer = setTimeout(() => reject(new Error(`gateway did not start: ${stderr.join('')}`)), 30_000);
+    lines.on('line', (line) => {
+      const match = line.match(/listening on (http:\/\/\S+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`gateway exited with ${code}: ${stderr.join('')}`));
+    });
+  });
+  return {
+    url,
+    child,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** Launches Chromium. `fakeUi` auto-accepts camera, microphone and screen prompts. */
+export async function launch({ fakeUi = true } = {}) {
+  const args = [...BASE_FLAGS];
+  if (fakeUi) args.push('--use-fake-ui-for-media-stream');
+  return chromium.launch({ executablePath: CHROMIUM, args });
+}
+
+/** Opens a page in a fresh context (its own profile, like another person's browser). */
+export async function openPage(browser, url, permissions) {
+  const context = await browser.newContext(permissions ? { permissions } : {});
+  const page = await context.newPage();
+  page.on('pageerror', (err) => console.error(`[page error] ${err.message}`));
+  if (process.env.TUTTI_TEST_VERBOSE) {
+    page.on('console', (msg) => console.error(`[console] ${msg.text()}`));
+  }
+  await page.goto(url);
+  return page;
+}
+
+/** Polls `probe` until `accept(value)` holds; fails with the last value after `timeoutMs`. */
+export async function waitFor(what, probe, accept, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (accept(last)) return last;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(last)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** The remote video of `participantName` on `page`: size, playback position, frames. */
+export function remoteVideo(page, participantName) {
+  return page.evaluate((name) => {
+    const tile = [...document.querySelectorAll('.tile:not(.local)')].find((t) => t.dataset.name === name);
+    if (!tile) return null;
+    const video = tile.querySelector('video');
+    const quality = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : {};
+    return {
+      width: video.videoWidth,
+      height: video.videoHeight,
+      currentTime: video.currentTime,
+      paused: video.paused,
+      frames: quality.totalVideoFrames || 0,
+      participant: tile.dataset.participant,
+      classes: tile.className,
+    };
+  }, participantName);
+}
+
+/** Waits until `page` plays `participantName`'s video: frames decoded, time advancing. */
+export async function waitForPlayingVideo(page, participantName, timeoutMs = 25_000) {
+  const first = await waitFor(
+    `${participantName}'s video on ${await page.title()}`,
+    () => remoteVideo(page, participantName),
+    (v) => v && v.width > 0 && v.height > 0 && v.currentTime > 0,
+    timeoutMs,
+  );
+  const later = await waitFor(
+    `${participantName}'s video to keep playing`,
+    () => remoteVideo(page, participantName),
+    (v) => v && v.currentTime > first.currentTime + 0.5 && v.frames > first.frames,
+    timeoutMs,
+  );
+  return later;
+}
+
+/** Inbound RTP as the page's subscriber connection reports it, per sending participant. */
+export function inbound(page) {
+  return page.evaluate(() => window.tutti.inboundStats());
+}
+
+/** The participant id the page's tile for `participantName` belongs to. */
+export async function participantId(page, participantName) {
+  const video = await waitFor(
+    `a tile for ${participantName}`,
+    () => remoteVideo(page, participantName),
+    (v) => v !== null,
+  );
+  return video.participant;
+}
+
+/** Waits until `page` receives `participantName`'s audio: packets and energy growing. */
+export async function waitForAudio(page, participantName, timeoutMs = 25_000) {
+  const id = await participantId(page, participantName);
+  const audioOf = async () => (await inbound(page)).find((r) => r.kind === 'audio' && r.participant === id);
+  const first = await waitFor(
+    `${participantName}'s audio`,
+    audioOf,
+    (r) => r && r.packetsReceived > 0 && r.totalAudioEnergy > 0,
+    timeoutMs,
+  );
+  return waitFor(
+    `${participantName}'s audio to keep arriving`,
+    audioOf,
+    (r) => r && r.packetsReceived > first.packetsReceived + 20 && r.totalAudioEnergy > first.totalAudioEnergy,
+    timeoutMs,
+  );
+}
+
+/** Chat lines the page shows: sender id, recipient id (direct messages) and text. */
+export function chatLines(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll('#messages li:not(.system)')].map((li) => ({
+      from: li.dataset.from,
+      to: li.dataset.to || null,
+      text: li.querySelector('.text').textContent,
+    })),
+  );
+}
+
+/** The error banner's code, if shown. */
+export function bannerCode(page) {
+  return page.evaluate(() => {
+    const banner = document.querySelector('#banner');
+    return banner.classList.contains('hidden') ? null : banner.dataset.code || null;
+  });
+}
