@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 pub mod eventually;
+pub mod gateway;
 pub mod participant;
 pub mod raw_peer;
 pub mod shard;

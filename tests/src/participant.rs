@@ -60,6 +60,9 @@ pub struct ParticipantConfig {
     pub record_packets: bool,
     /// Shared epoch for send timestamps (latency measurement in one process).
     pub epoch: Epoch,
+    /// Join through a gateway with this `join` message (room, name, password or token)
+    /// instead of the shard protocol's `join`.
+    pub gateway_join: Option<serde_json::Value>,
 }
 
 impl ParticipantConfig {
@@ -79,6 +82,7 @@ impl ParticipantConfig {
             keyframe_interval: Duration::from_secs(2),
             record_packets: true,
             epoch: Epoch::default(),
+            gateway_join: None,
         }
     }
 }
@@ -470,13 +474,18 @@ impl Participant {
             subscriber_state: watch::channel(RTCPeerConnectionState::New).0,
             record_latency,
         });
-        signal.send(ClientMessage::Join {
-            room: config.room.clone(),
-            participant: config.id.clone(),
-            name: Some(config.id.clone()),
-            publish: Some(config.audio || config.video),
-            subscribe: Some(config.subscribe),
-        });
+        match &config.gateway_join {
+            Some(join) => {
+                let _ = signal.tx.send(Outgoing::Raw(join.to_string()));
+            }
+            None => signal.send(ClientMessage::Join {
+                room: config.room.clone(),
+                participant: config.id.clone(),
+                name: Some(config.id.clone()),
+                publish: Some(config.audio || config.video),
+                subscribe: Some(config.subscribe),
+            }),
+        }
         let joined = tokio::time::timeout(Duration::from_secs(10), signal.rx.recv())
             .await
             .context("join timed out")?

@@ -1,0 +1,174 @@
+//! The gateway for tests: local mode in this process on free ports, and a raw client of
+//! its WebSocket protocol that sees every frame as JSON.
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tutti_signaling::config::LocalRooms;
+use tutti_signaling::local::{LocalOptions, LocalSystem};
+use tutti_signaling::turn::IceConfig;
+
+/// The join token secret of test gateways.
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
+
+/// Options for a local system on loopback with free ports.
+pub fn local_options(rooms: LocalRooms) -> LocalOptions {
+    LocalOptions {
+        listen: "127.0.0.1:0".parse().expect("loopback address"),
+        shards: 2,
+        media_bind: "127.0.0.1".parse().expect("loopback address"),
+        media_port: 0,
+        advertise_ip: "127.0.0.1".parse().expect("loopback address"),
+        shard_max_participants: 100,
+        rooms,
+        jwt_secret: Some(JWT_SECRET.into()),
+        ice: IceConfig {
+            ttl: Duration::from_secs(600),
+            ..IceConfig::default()
+        },
+    }
+}
+
+/// Starts a local system.
+pub async fn start(options: LocalOptions) -> Result<LocalSystem> {
+    LocalSystem::start(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("local system: {e}"))
+}
+
+/// The gateway's WebSocket URL.
+pub fn ws_url(system: &LocalSystem) -> String {
+    format!("ws://{}/v1/ws", system.server.addr)
+}
+
+/// One end of a client WebSocket, frames as JSON.
+pub struct GatewayClient {
+    tx: mpsc::UnboundedSender<Message>,
+    rx: mpsc::UnboundedReceiver<Value>,
+    closed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl GatewayClient {
+    /// Connects.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .context("gateway connect")?;
+        let (mut sink, mut stream) = socket.split();
+        let (tx, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        let (incoming, rx) = mpsc::unbounded_channel::<Value>();
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    out = outgoing.recv() => match out {
+                        Some(frame) => if sink.send(frame).await.is_err() { break },
+                        None => break,
+                    },
+                    frame = stream.next() => match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Ok(value) = serde_json::from_str(&text) {
+                                let _ = incoming.send(value);
+                            }
+                        }
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+            let _ = closed_tx.send(true);
+        });
+        Ok(Self { tx, rx, closed })
+    }
+
+    /// Sends a JSON message (`v: 1` is added when missing).
+    pub fn send(&self, mut message: Value) {
+        if let Some(object) = message.as_object_mut() {
+            object.entry("v").or_insert(Value::from(1));
+        }
+        let _ = self.tx.send(Message::Text(message.to_string().into()));
+    }
+
+    /// Sends any text frame.
+    pub fn send_raw(&self, text: String) {
+        let _ = self.tx.send(Message::Text(text.into()));
+    }
+
+    /// The next frame within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Value> {
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .context("no frame in time")?
+            .context("socket closed")
+    }
+
+    /// Frames until one of `kind`, which is returned.
+    pub async fn until(&mut self, kind: &str, timeout: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self
+                .next(left)
+                .await
+                .with_context(|| format!("waiting for {kind}"))?;
+            if frame["type"] == kind {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// Joins and returns the `joined` frame, or fails with the error code.
+    pub async fn join(&mut self, join: Value) -> Result<Value> {
+        let mut join = join;
+        join["type"] = Value::from("join");
+        self.send(join);
+        let reply = self.next(Duration::from_secs(15)).await?;
+        match reply["type"].as_str() {
+            Some("joined") => Ok(reply),
+            Some("error") => bail!("{}", reply["code"].as_str().unwrap_or("?")),
+            _ => bail!("unexpected reply {reply}"),
+        }
+    }
+
+    /// Whether the gateway has closed the socket.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Waits until the socket closes.
+    pub async fn wait_closed(&mut self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.closed.wait_for(|closed| *closed))
+            .await
+            .context("socket still open")?
+            .context("watch gone")?;
+        Ok(())
+    }
+}
+
+/// A GET request; the status and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_with(addr, path, None).await
+}
+
+/// A GET request with an optional bearer token; the status and body.
+pub async fn http_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut request = hyper::Request::get(format!("http://{addr}{path}"));
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client.request(request.body(Empty::new())?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
