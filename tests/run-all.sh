@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
-# 1. System packages. protobuf-compiler: etcd-client needs protoc to build.
-#    (etcd-server, chromium, coturn join this list with the issues that use them.)
-packages=(protobuf-compiler python3-venv util-linux ca-certificates)
+# 1. System packages. protobuf-compiler: etcd-client needs protoc to build; chromium:
+#    browser tests; coturn: TURN tests; nodejs/npm: the browser test driver (Debian's,
+#    when the machine has none). etcd-server joins with the etcd issue.
+packages=(protobuf-compiler python3-venv util-linux ca-certificates chromium coturn)
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -29,13 +31,29 @@ if ! .venv/bin/python3 -c 'import aiortc, websockets' 2>/dev/null; then
 fi
 export TUTTI_PYTHON="$PWD/.venv/bin/python3"
 
-# 3. Quality gates.
+# 3. The browser test driver: playwright-core from the lockfile, driving Debian's
+#    Chromium. No browser is ever downloaded.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  say "installing playwright-core"
+  (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# 4. Quality gates.
 say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# 4. Every test: unit tests, then real peers against real shards.
+# 5. Every test: unit tests, then real peers against real shards and gateways, then real
+#    browsers against the gateway binary. Every suite runs even if an earlier one fails.
+failed=0
 say "cargo test"
-cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}" || failed=1
+say "browser tests (headless Chromium)"
+cargo build --locked -p tutti-signaling --bin tutti-gateway
+(cd tests/browser && node --test --test-concurrency=1) || failed=1
+if ((failed)); then
+  say "some tests failed"
+  exit 1
+fi
 say "all tests passed"

@@ -199,7 +199,10 @@ impl std::fmt::Debug for ShardsCollector {
     }
 }
 
+/// Reads one counter of a shard.
 type Reading = fn(&ShardMetrics) -> u64;
+/// Reads one gauge of a shard.
+type GaugeReading = fn(&ShardMetrics) -> i64;
 
 impl Collector for ShardsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -237,7 +240,7 @@ impl Collector for ShardsCollector {
                 ConstCounter::new(read(metrics)).encode(family.encode_family(&label)?)?;
             }
         }
-        let gauges: [(&str, &str, fn(&ShardMetrics) -> i64); 3] = [
+        let gauges: [(&str, &str, GaugeReading); 3] = [
             ("tutti_sfu_pipelines", "Pipelines hosted", |m| {
                 m.pipelines.get()
             }),

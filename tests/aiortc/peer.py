@@ -1,4 +1,5 @@
-"""An aiortc peer speaking the Tutti shard's signaling protocol.
+"""An aiortc peer speaking the Tutti shard's signaling protocol, or (with --gateway) the
+gateway's client protocol.
 
 aiortc is a WebRTC stack nobody on this project wrote; the shard is proven interoperable
 when an aiortc publisher's video, forwarded by the shard, is decoded by an aiortc
@@ -7,9 +8,14 @@ subscriber at the resolution it was sent.
     python peer.py publish   --url WS --token T --room R --id ID [--width W --height H]
     python peer.py subscribe --url WS --token T --room R --id ID [--frames N]
 
-`subscribe` prints one JSON line {"frames": n, "width": w, "height": h, "codec": ...} and
-exits once it decoded N frames (or on timeout, with what it has). `publish` runs until
-killed.
+`subscribe` prints one JSON line {"frames": n, "width": w, "height": h, "codec": ...,
+"candidate": type} and exits once it decoded N frames (or on timeout, with what it has);
+`candidate` is the type of the local ICE candidate its media flowed through. `publish` runs
+until killed.
+
+Through a gateway: `--gateway --name NAME [--join-token JWT] [--ice-servers JSON] [--relay]`
+joins by nickname (and token), uses the given ICE servers (the shape `/v1/ice-servers`
+returns), and with `--relay` sends media only through TURN.
 """
 
 import argparse
@@ -19,7 +25,14 @@ import sys
 
 import av
 import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
 
 
 class PatternTrack(VideoStreamTrack):
@@ -44,8 +57,29 @@ class PatternTrack(VideoStreamTrack):
         return frame
 
 
+def configuration(args):
+    servers = [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in json.loads(args.ice_servers or "[]")
+    ]
+    policy = RTCIceTransportPolicy.RELAY if args.relay else RTCIceTransportPolicy.ALL
+    return RTCConfiguration(iceServers=servers or None, iceTransportPolicy=policy)
+
+
+def local_candidate_type(pc):
+    """The type of the local candidate of the nominated pair, as far as aioice tells."""
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport or transceiver.sender.transport
+        if transport is None:
+            continue
+        connection = transport.transport._connection
+        for pair in getattr(connection, "_nominated", {}).values():
+            return pair.local_candidate.type
+    return None
+
+
 async def connect(url, token):
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         return await websockets.connect(url, additional_headers=headers, max_size=2**20)
     except TypeError:  # websockets < 14
@@ -58,17 +92,15 @@ async def send(ws, message):
 
 
 async def join(ws, args, publish, subscribe):
-    await send(
-        ws,
-        {
-            "type": "join",
-            "room": args.room,
-            "participant": args.id,
-            "name": args.id,
-            "publish": publish,
-            "subscribe": subscribe,
-        },
-    )
+    message = {"type": "join", "room": args.room, "publish": publish, "subscribe": subscribe}
+    if args.gateway:
+        message["name"] = args.name or args.id
+        if args.join_token:
+            message["token"] = args.join_token
+    else:
+        message["participant"] = args.id
+        message["name"] = args.id
+    await send(ws, message)
     reply = json.loads(await ws.recv())
     if reply.get("type") != "joined":
         raise SystemExit(f"join refused: {reply}")
@@ -77,7 +109,7 @@ async def join(ws, args, publish, subscribe):
 async def publish(args):
     ws = await connect(args.url, args.token)
     await join(ws, args, True, False)
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(configuration(args))
     pc.addTransceiver(PatternTrack(args.width, args.height), direction="sendonly")
     offer = await pc.createOffer()
     await pc.setLocalDescription(offer)
@@ -95,8 +127,8 @@ async def publish(args):
 async def subscribe(args):
     ws = await connect(args.url, args.token)
     await join(ws, args, False, True)
-    pc = RTCPeerConnection()
-    result = {"frames": 0, "width": 0, "height": 0, "codec": None}
+    pc = RTCPeerConnection(configuration(args))
+    result = {"frames": 0, "width": 0, "height": 0, "codec": None, "candidate": None}
     done = asyncio.Event()
 
     @pc.on("track")
@@ -138,6 +170,7 @@ async def subscribe(args):
         await asyncio.wait_for(done.wait(), timeout=args.timeout)
     except asyncio.TimeoutError:
         pass
+    result["candidate"] = local_candidate_type(pc)
     print(json.dumps(result), flush=True)
     task.cancel()
     await pc.close()
@@ -148,7 +181,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["publish", "subscribe"])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--gateway", action="store_true")
+    parser.add_argument("--name")
+    parser.add_argument("--join-token")
+    parser.add_argument("--ice-servers")
+    parser.add_argument("--relay", action="store_true")
     parser.add_argument("--room", required=True)
     parser.add_argument("--id", required=True)
     parser.add_argument("--width", type=int, default=320)

@@ -2,7 +2,9 @@
 //! tests and the `tutti-bench` load generator.
 
 pub mod admin;
+pub mod aiortc;
 pub mod bench;
+pub mod coturn;
 pub mod eventually;
 pub mod gateway;
 pub mod participant;
