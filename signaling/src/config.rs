@@ -368,6 +368,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_rooms_file_is_valid() {
+        let file: RoomsFile = toml::from_str(include_str!("../rooms.example.toml")).unwrap();
+        let rooms = LocalRooms::from_file(file, false).unwrap();
+        assert_eq!(rooms.rooms.len(), 2);
+        assert!(rooms.rooms[0].password_hash.is_some());
+    }
+
+    #[test]
     fn bad_rooms_files_are_refused_with_the_room_named() {
         for (text, needle) in [
             ("[[rooms]]\nname = \"a b\"", "names are"),

@@ -438,6 +438,23 @@ mod tests {
     }
 
     #[test]
+    fn every_error_code_is_documented_and_explained_by_the_web_client() {
+        let docs = include_str!("../../docs/protocol.md");
+        let client = include_str!("../web/app.js");
+        for code in ErrorCode::ALL {
+            let name = code.as_str();
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "docs/protocol.md lacks {name}"
+            );
+            assert!(
+                client.contains(&format!("  {name}: '")),
+                "app.js has no text for {name}"
+            );
+        }
+    }
+
+    #[test]
     fn gateway_messages_carry_version_and_type() {
         let frame = encode(&Outbound::Error {
             code: ErrorCode::WrongPassword,
