@@ -88,13 +88,6 @@ impl AdminClient {
     /// One counter or gauge value from the metrics text (`name{labels}` exactly as exposed).
     pub async fn metric(&self, series: &str) -> Result<f64> {
         let text = self.metrics().await?;
-        text.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == series)
-                    .then(|| value.parse::<f64>().ok())
-                    .flatten()
-            })
-            .with_context(|| format!("metric {series} not exposed"))
+        crate::metric_value(&text, series).with_context(|| format!("metric {series} not exposed"))
     }
 }

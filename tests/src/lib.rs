@@ -12,3 +12,22 @@ pub mod raw_peer;
 pub mod shard;
 pub mod signal_client;
 pub mod synth;
+
+/// Installs test logging: `RUST_LOG`, else warnings without the WebRTC stack's noise.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| "warn,rtc=error,rtc_ice=error,rtc_dtls=error".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// One series' value in a Prometheus text exposition (`name{labels}` exactly as exposed).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}

@@ -8,19 +8,10 @@ use tutti_sfu::signal::protocol::ServerMessage;
 use tutti_signaling::admission::{JoinClaims, TokenKeys};
 use tutti_signaling::config::{LocalRooms, RoomsFile};
 use tutti_tests::gateway::{GatewayClient, JWT_SECRET, http_get, local_options, start, ws_url};
+use tutti_tests::init_logs;
 use tutti_tests::participant::{Participant, ParticipantConfig, TrackRecord};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            std::env::var("RUST_LOG")
-                .unwrap_or_else(|_| "warn,rtc=error,rtc_ice=error,rtc_dtls=error".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 fn rooms() -> Result<LocalRooms> {
     let file: RoomsFile = toml::from_str(

@@ -18,12 +18,7 @@ fn rooms(text: &str) -> Result<LocalRooms> {
 }
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    tutti_tests::metric_value(text, series).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

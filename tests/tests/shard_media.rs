@@ -6,20 +6,11 @@ use anyhow::{Context, Result, ensure};
 use std::time::{Duration, Instant};
 use tutti_sfu::shard::api::PipelineSpec;
 use tutti_sfu::signal::protocol::ServerMessage;
+use tutti_tests::init_logs;
 use tutti_tests::participant::{Participant, ParticipantConfig, TrackRecord};
 use tutti_tests::shard::{SIGNAL_TOKEN, TestShard};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            std::env::var("RUST_LOG")
-                .unwrap_or_else(|_| "warn,rtc=error,rtc_ice=error,rtc_dtls=error".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 async fn shard_with_rooms(rooms: &[&str]) -> Result<TestShard> {
     init_logs();
