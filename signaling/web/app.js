@@ -152,6 +152,13 @@ function showLobby() {
   refreshRooms();
 }
 
+// The room list stays current while the lobby is open.
+setInterval(() => {
+  if (!$('#lobby').classList.contains('hidden') && document.visibilityState === 'visible') {
+    refreshRooms();
+  }
+}, 5000);
+
 function showCall() {
   $('#lobby').classList.add('hidden');
   $('#call').classList.remove('hidden');
