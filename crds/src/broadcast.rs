@@ -21,7 +21,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Origin", type_ = "string", json_path = ".status.origin"),
     printcolumn(name = "Edges", type_ = "integer", json_path = ".status.edgeCount"),
     printcolumn(name = "Viewers", type_ = "integer", json_path = ".status.viewers"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BroadcastSpec {

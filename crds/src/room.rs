@@ -20,9 +20,17 @@ use std::collections::BTreeMap;
     doc = "A conference room (lesson, ensemble, meeting) hosted on one SFU shard.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Shard", type_ = "string", json_path = ".status.shard"),
-    printcolumn(name = "Participants", type_ = "integer", json_path = ".status.participants"),
+    printcolumn(
+        name = "Participants",
+        type_ = "integer",
+        json_path = ".status.participants"
+    ),
     printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxParticipants"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RoomSpec {

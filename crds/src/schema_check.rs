@@ -44,7 +44,9 @@ fn check_node(node: &Value, path: &str, allowed_preserve: &[&str], problems: &mu
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if preserves && !allowed_preserve.contains(&path) {
-        problems.push(format!("{here}: x-kubernetes-preserve-unknown-fields where not intended"));
+        problems.push(format!(
+            "{here}: x-kubernetes-preserve-unknown-fields where not intended"
+        ));
     }
     let int_or_string = object
         .get("x-kubernetes-int-or-string")
@@ -68,7 +70,12 @@ fn check_node(node: &Value, path: &str, allowed_preserve: &[&str], problems: &mu
     for junctor in ["allOf", "anyOf", "oneOf"] {
         if let Some(branches) = object.get(junctor).and_then(Value::as_array) {
             for (index, branch) in branches.iter().enumerate() {
-                check_junctor(branch, &format!("{here}.{junctor}[{index}]"), &declared, problems);
+                check_junctor(
+                    branch,
+                    &format!("{here}.{junctor}[{index}]"),
+                    &declared,
+                    problems,
+                );
             }
         }
     }
@@ -103,7 +110,9 @@ fn check_junctor(branch: &Value, path: &str, declared: &[&str], problems: &mut V
     if let Some(properties) = object.get("properties").and_then(Value::as_object) {
         for name in properties.keys() {
             if !declared.contains(&name.as_str()) {
-                problems.push(format!("{path}: property {name} not declared outside the junctor"));
+                problems.push(format!(
+                    "{path}: property {name} not declared outside the junctor"
+                ));
             }
         }
     }
@@ -124,19 +133,46 @@ mod tests {
         }});
         // int-or-string's junctor carries types, which the API server allows there alone.
         let problems = structural_violations(&good, &[]);
-        assert_eq!(problems, vec![".q.anyOf[0]: type inside a junctor", ".q.anyOf[1]: type inside a junctor"]);
+        assert_eq!(
+            problems,
+            vec![
+                ".q.anyOf[0]: type inside a junctor",
+                ".q.anyOf[1]: type inside a junctor"
+            ]
+        );
         let cases = [
             (json!({"properties": {}}), "<root>: no type"),
-            (json!({"type": "object", "properties": {"x": {"description": "untyped"}}}), ".x: no type"),
-            (json!({"type": "object", "properties": {"x": {"$ref": "#/d"}}}), ".x: uses $ref"),
-            (json!({"type": "object", "anyOf": [{"properties": {"y": {}}}]}), "property y not declared"),
-            (json!({"type": "object", "oneOf": [{"type": "object"}]}), "type inside a junctor"),
-            (json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}), "not intended"),
-            (json!({"type": "object", "properties": {}, "additionalProperties": {"type": "string"}}), "both"),
+            (
+                json!({"type": "object", "properties": {"x": {"description": "untyped"}}}),
+                ".x: no type",
+            ),
+            (
+                json!({"type": "object", "properties": {"x": {"$ref": "#/d"}}}),
+                ".x: uses $ref",
+            ),
+            (
+                json!({"type": "object", "anyOf": [{"properties": {"y": {}}}]}),
+                "property y not declared",
+            ),
+            (
+                json!({"type": "object", "oneOf": [{"type": "object"}]}),
+                "type inside a junctor",
+            ),
+            (
+                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+                "not intended",
+            ),
+            (
+                json!({"type": "object", "properties": {}, "additionalProperties": {"type": "string"}}),
+                "both",
+            ),
         ];
         for (schema, needle) in cases {
             let problems = structural_violations(&schema, &[]);
-            assert!(problems.iter().any(|p| p.contains(needle)), "{schema}: {problems:?}");
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{schema}: {problems:?}"
+            );
         }
         let preserved = json!({"type": "object", "properties": {"raw": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}});
         assert!(structural_violations(&preserved, &[".raw"]).is_empty());

@@ -21,8 +21,9 @@ fn checked_in_yaml_matches_the_types() {
             places.push(chart.join(file));
         }
         for path in places {
-            let on_disk = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run --bin crdgen`", path.display()));
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("{}: {e}; run `cargo run --bin crdgen`", path.display())
+            });
             assert!(
                 on_disk == generated,
                 "{} differs from the Rust types; run `cargo run --bin crdgen` and commit",
@@ -46,8 +47,16 @@ fn every_schema_is_structural() {
                 .into_iter()
                 .filter(|p| !is_int_or_string_branch(schema, p))
                 .collect();
-            assert!(problems.is_empty(), "{file} is not structural:\n{}", problems.join("\n"));
-            assert_eq!(version["subresources"]["status"], serde_json::json!({}), "{file}");
+            assert!(
+                problems.is_empty(),
+                "{file} is not structural:\n{}",
+                problems.join("\n")
+            );
+            assert_eq!(
+                version["subresources"]["status"],
+                serde_json::json!({}),
+                "{file}"
+            );
         }
     }
 }
@@ -74,9 +83,18 @@ fn is_int_or_string_branch(schema: &Value, problem: &str) -> bool {
 #[test]
 fn printer_columns_are_what_kubectl_get_shows() {
     let expected = [
-        ("rooms.yaml", vec!["Phase", "Shard", "Participants", "Max", "Age"]),
-        ("broadcasts.yaml", vec!["Phase", "Origin", "Edges", "Viewers", "Age"]),
-        ("shardpools.yaml", vec!["Ready", "Draining", "Min", "Max", "Load", "Age"]),
+        (
+            "rooms.yaml",
+            vec!["Phase", "Shard", "Participants", "Max", "Age"],
+        ),
+        (
+            "broadcasts.yaml",
+            vec!["Phase", "Origin", "Edges", "Viewers", "Age"],
+        ),
+        (
+            "shardpools.yaml",
+            vec!["Ready", "Draining", "Min", "Max", "Load", "Age"],
+        ),
     ];
     for ((file, crd), (expected_file, columns)) in crds().into_iter().zip(expected) {
         assert_eq!(file, expected_file);

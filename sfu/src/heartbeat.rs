@@ -20,6 +20,8 @@ pub struct HeartbeatConfig {
     pub admin_url: String,
     /// Region or zone label.
     pub region: Option<String>,
+    /// Labels rooms select shards by.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Participants it accepts at most.
     pub capacity: u32,
     /// Time between heartbeats.
@@ -35,6 +37,7 @@ pub fn record(config: &HeartbeatConfig, load: &ShardLoad) -> ShardRecord {
         signal_url: config.signal_url.clone(),
         admin_url: config.admin_url.clone(),
         region: config.region.clone(),
+        labels: config.labels.clone(),
         capacity: config.capacity,
         draining: load.draining,
         load: ShardLoadSummary {

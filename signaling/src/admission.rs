@@ -15,13 +15,11 @@
 //! ([`PasswordChecker`]) so that a burst of guesses cannot starve the gateway's threads.
 
 use crate::protocol::{ErrorCode, JoinRequest, valid_nickname};
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+pub use tutti_store::password::{hash_password, is_valid_hash, verify_password};
 
 /// Seconds of clock skew tolerated on a token's expiry.
 const TOKEN_LEEWAY_SECS: u64 = 5;
@@ -201,29 +199,6 @@ pub fn admit_with_password(join: &JoinRequest, check: PasswordCheck) -> Result<A
         name: name.trim().to_owned(),
         publish: join.publish.unwrap_or(true),
         subscribe: join.subscribe.unwrap_or(true),
-    })
-}
-
-/// Hashes a password with argon2id and a random salt, as a PHC string.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| e.to_string())
-}
-
-/// Whether a PHC string is an argon2 hash this gateway can check against.
-pub fn is_valid_hash(hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
-}
-
-/// Whether `password` matches the PHC hash (false for a malformed hash).
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
     })
 }
 

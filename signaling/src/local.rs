@@ -101,6 +101,7 @@ impl LocalSystem {
                 signal_url: format!("ws://{}/v1/signal", shard.http_addr),
                 admin_url: format!("http://{}", shard.http_addr),
                 region: None,
+                labels: Default::default(),
                 capacity: options.shard_max_participants as u32,
                 interval: HEARTBEAT,
                 ttl: HEARTBEAT * 5,

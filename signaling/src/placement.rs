@@ -236,6 +236,7 @@ mod tests {
             signal_url: String::new(),
             admin_url: String::new(),
             region: None,
+            labels: Default::default(),
             capacity: 10,
             draining,
             load: ShardLoadSummary {

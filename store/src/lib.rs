@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod memory;
+pub mod password;
 mod records;
 
 pub use memory::MemoryStore;

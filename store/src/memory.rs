@@ -136,6 +136,7 @@ mod tests {
             signal_url: format!("ws://{id}/v1/signal"),
             admin_url: format!("http://{id}"),
             region: None,
+            labels: Default::default(),
             capacity: 100,
             draining: false,
             load: ShardLoadSummary::default(),

@@ -1,6 +1,7 @@
 //! The records kept in the live state.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One shard as the rest of the cluster sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +16,9 @@ pub struct ShardRecord {
     /// Region or zone label, for seating viewers near their edge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The shard's labels, which rooms select shards by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Participants the shard accepts at most.
     pub capacity: u32,
     /// Whether the shard accepts new rooms and joins.
@@ -81,6 +85,9 @@ pub struct RoomRecord {
     /// Upper bound on each video track, kbit/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_video_bitrate_kbps: Option<u32>,
+    /// The resource the room comes from (`Room/namespace/name`); `None` in local mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl RoomRecord {
@@ -96,6 +103,7 @@ impl RoomRecord {
             video: true,
             simulcast: true,
             max_video_bitrate_kbps: None,
+            owner: None,
         }
     }
 }
