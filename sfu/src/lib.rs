@@ -2,7 +2,6 @@
 //! (pipelines), forwarding, the admin API and the shard-side signaling endpoint.
 #![deny(unsafe_code)]
 
-pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod demux;
@@ -19,3 +18,6 @@ pub mod signal;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
+
+/// The admin API client (it lives in `tutti-shard-api`).
+pub use tutti_shard_api::client as admin_client;

@@ -7,30 +7,7 @@
 //! flowing (a publisher short on bandwidth pauses its top layers), or the lowest flowing
 //! layer when nothing at or below is.
 
-use serde::{Deserialize, Serialize};
-
-/// The quality a subscriber asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quality {
-    /// The smallest layer.
-    Low,
-    /// The middle layer.
-    Medium,
-    /// The full-resolution layer.
-    High,
-}
-
-impl Quality {
-    /// The rank of this quality (0 lowest).
-    pub fn rank(self) -> u8 {
-        match self {
-            Self::Low => 0,
-            Self::Medium => 1,
-            Self::High => 2,
-        }
-    }
-}
+pub use tutti_shard_api::protocol::Quality;
 
 /// The rank a rid conventionally denotes, if it follows a known convention.
 pub fn rid_rank(rid: &str) -> Option<u8> {

@@ -1,4 +1,4 @@
 //! The shard-side signaling endpoint the gateway relays to.
 
-pub mod protocol;
+pub use tutti_shard_api::protocol;
 pub mod session;

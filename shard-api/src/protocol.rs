@@ -16,8 +16,30 @@
 //! involve other participants are kept: capacity, nicknames unique ignoring case, and the
 //! delivery of chat and direct messages, whichever gateway each participant came through.
 
-use crate::media::simulcast::Quality;
 use serde::{Deserialize, Serialize};
+
+/// The quality a subscriber asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// The smallest layer.
+    Low,
+    /// The middle layer.
+    Medium,
+    /// The full-resolution layer.
+    High,
+}
+
+impl Quality {
+    /// The rank of this quality (0 lowest).
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Low => 0,
+            Self::Medium => 1,
+            Self::High => 2,
+        }
+    }
+}
 
 /// The protocol version this shard speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -4,7 +4,7 @@
 //! Every call has a deadline and reads at most [`MAX_RESPONSE_BYTES`], so a shard that
 //! hangs or answers with garbage costs its caller one error, never a stuck task.
 
-use crate::shard::api::{PipelineInfo, PipelineSpec, ShardLoad};
+use crate::admin::{PipelineInfo, PipelineSpec, ShardLoad};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
