@@ -1,11 +1,170 @@
-//! The Tutti operator. Its controllers arrive with the operator issue; until then the
-//! binary only says so, so that nobody mistakes it for a working controller.
+//! `tutti-operator`: the controller process.
 
-fn main() {
-    eprintln!(
-        "tutti-operator: the {}/{} controllers are not built yet",
-        tutti_crds::GROUP,
-        tutti_crds::VERSION
-    );
-    std::process::exit(2);
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tutti_operator::leader::{self, LeaseConfig};
+use tutti_operator::metrics::Metrics;
+use tutti_operator::placement::Strategy;
+use tutti_operator::run::{Settings, run};
+use tutti_store::MemoryStore;
+
+/// Flags (each with an environment variable, for the Deployment).
+#[derive(Debug, Parser)]
+#[command(
+    name = "tutti-operator",
+    version,
+    about = "Tutti operator: places Rooms on SFU shards"
+)]
+struct Args {
+    /// Live state: `memory` (this process only; for tests and trials).
+    #[arg(long, env = "TUTTI_STORE", default_value = "memory")]
+    store: String,
+    /// The shards' admin API token.
+    #[arg(long, env = "TUTTI_SFU_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// How rooms are spread over shards.
+    #[arg(long, env = "TUTTI_PLACEMENT", value_enum, default_value_t = Strategy::Packed)]
+    placement: Strategy,
+    /// The gateway's public URL, shown in each Room's `status.url`.
+    #[arg(long, env = "TUTTI_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Seconds between garbage collections.
+    #[arg(long, env = "TUTTI_GC_PERIOD", default_value_t = 30)]
+    gc_period: u64,
+    /// Seconds a pipeline is left alone after its creation.
+    #[arg(long, env = "TUTTI_GC_GRACE", default_value_t = 60)]
+    gc_grace: u64,
+    /// Address of the metrics and health server.
+    #[arg(long, env = "TUTTI_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    /// Namespace of the leader Lease (and of Events about ownerless pipelines).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// This replica's identity.
+    #[arg(long, env = "POD_NAME", default_value = "tutti-operator")]
+    identity: String,
+    /// Run without leader election (a single replica).
+    #[arg(long, env = "TUTTI_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// JSON logs.
+    #[arg(long, env = "TUTTI_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    match operate(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("tutti-operator: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn operate(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.store != "memory" {
+        return Err("--store: only `memory` is available in this build".into());
+    }
+    if args.admin_token.len() < 22 {
+        return Err("--admin-token must be at least 22 characters".into());
+    }
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+    let served = {
+        let metrics = metrics.clone();
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ok" }))
+            .route("/metrics", get(move || async move { metrics.encode() }));
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        })
+    };
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
+    let lease = LeaseConfig {
+        name: "tutti-operator".into(),
+        identity: args.identity.clone(),
+        duration: Duration::from_secs(15),
+        renew: Duration::from_secs(5),
+    };
+    if !args.no_leader_election {
+        tracing::info!(identity = %lease.identity, "waiting to lead");
+        tokio::select! {
+            _ = leader::acquire(&lease_api, &lease) => {}
+            _ = tutti_shutdown() => return Ok(()),
+        }
+        tracing::info!("leading");
+    }
+    let settings = Settings {
+        admin_token: args.admin_token,
+        strategy: args.placement,
+        gc_period: Duration::from_secs(args.gc_period.max(1)),
+        gc_grace: Duration::from_secs(args.gc_grace),
+        shard_poll: Duration::from_secs(1),
+        identity: args.identity,
+        namespace: args.namespace,
+        controller: tutti_operator::controller::Config {
+            public_url: args.public_url,
+            ..Default::default()
+        },
+    };
+    let operator = tokio::spawn(run(
+        client,
+        MemoryStore::new(),
+        settings,
+        metrics,
+        stop.clone(),
+    ));
+    let lost = async {
+        if args.no_leader_election {
+            std::future::pending::<()>().await
+        } else {
+            leader::keep(&lease_api, &lease).await
+        }
+    };
+    let outcome = tokio::select! {
+        _ = tutti_shutdown() => Ok(()),
+        _ = lost => Err("lost the leader lease; exiting so that only the leader writes".into()),
+    };
+    stop.cancel();
+    let _ = operator.await;
+    let _ = served.await;
+    outcome
+}
+
+async fn tutti_shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = ctrl_c.await;
+        return;
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
 }

@@ -81,6 +81,21 @@ impl Default for PipelineSpec {
 }
 
 impl PipelineSpec {
+    /// The pipeline that hosts a room with these settings.
+    pub fn for_room(room: &tutti_store::RoomRecord) -> Self {
+        Self {
+            max_participants: room.max_participants,
+            empty_timeout_seconds: room.empty_timeout_seconds,
+            media: MediaPolicy {
+                audio: room.audio,
+                video: room.video,
+                max_video_bitrate_kbps: room.max_video_bitrate_kbps,
+                simulcast: room.simulcast,
+            },
+            owner: room.owner.clone(),
+        }
+    }
+
     /// Checks the bounds of every field.
     pub fn validate(&self) -> Result<(), String> {
         let (min, max) = PARTICIPANT_BOUNDS;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tutti_sfu::admin_client::ShardAdmin;
-use tutti_sfu::shard::api::{MediaPolicy, PipelineSpec};
+use tutti_sfu::shard::api::PipelineSpec;
 use tutti_store::{LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord};
 
 /// Why no shard could be found for a room.
@@ -39,21 +39,6 @@ pub trait RoomRouter: Send + Sync {
     /// The shard holding `room`. With `repair`, the previous answer did not work (the shard
     /// no longer hosts the room, or is draining): place it again.
     async fn shard_for(&self, room: &RoomRecord, repair: bool) -> Result<ShardRecord, RouteError>;
-}
-
-/// The pipeline spec that hosts a room with these settings.
-pub fn pipeline_spec(room: &RoomRecord, owner: String) -> PipelineSpec {
-    PipelineSpec {
-        max_participants: room.max_participants,
-        empty_timeout_seconds: room.empty_timeout_seconds,
-        media: MediaPolicy {
-            audio: room.audio,
-            video: room.video,
-            max_video_bitrate_kbps: room.max_video_bitrate_kbps,
-            simulcast: room.simulcast,
-        },
-        owner: Some(owner),
-    }
 }
 
 /// Spreads rooms: among shards that are not draining and have a free seat, the one

@@ -1,0 +1,412 @@
+//! The Room controller: the Kubernetes side of placing rooms.
+//!
+//! A reconcile is a short pipeline: validate the Room (pure), read its password Secret,
+//! let the [`Placer`] make the live state match, then write the status with server-side
+//! apply and record Events when something changed. A finalizer makes deletion release the
+//! pipeline and the route first. Failures retry with a per-Room backoff that resets on
+//! success; an invalid Room waits for its next change instead of retrying.
+
+use crate::backoff::Backoff;
+use crate::conditions::{RoomOutcome, merge};
+use crate::metrics::Metrics;
+use crate::placer::Placer;
+use crate::validation::{owner, validate_room};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, Event as Finalizing, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use tutti_crds::{Room, RoomStatus, SecretKeyRef};
+use tutti_store::{LiveView, LiveWriter};
+
+/// The finalizer that makes deletion release the room's pipeline first.
+pub const FINALIZER: &str = "tutti.dev/cleanup";
+/// The field manager of every status the operator writes.
+pub const MANAGER: &str = "tutti-operator";
+/// Longest password accepted from a Secret (the gateway accepts no longer).
+const MAX_PASSWORD_BYTES: usize = 256;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer, or a step under it, failed.
+    #[error("{0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// A step to retry later.
+    #[error("{category}: {message}")]
+    Retry {
+        /// The metric category.
+        category: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The object lacks a namespace or name.
+    #[error("the object has no namespace or name")]
+    Unnamed,
+}
+
+impl Error {
+    /// The failure category counted in metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kubernetes_api",
+            Self::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.category()
+                }
+                _ => "finalizer",
+            },
+            Self::Retry { category, .. } => category,
+            Self::Unnamed => "invalid_object",
+        }
+    }
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The gateway's public base URL, for `status.url`.
+    pub public_url: Option<String>,
+    /// How often a placed room is looked at again (participants, shard liveness).
+    pub refresh: Duration,
+    /// How long a deleted Room waits for a live shard to release its pipeline before the
+    /// operator lets it go anyway.
+    pub release_deadline: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            refresh: Duration::from_secs(30),
+            release_deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context<S> {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The live-state side.
+    pub placer: Placer<S>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Per-Room retry delays.
+    pub backoff: Backoff,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: Config,
+}
+
+/// Reconciles one Room.
+pub async fn reconcile_room<S>(room: Arc<Room>, ctx: Arc<Context<S>>) -> Result<Action, Error>
+where
+    S: LiveView + LiveWriter + Send + Sync + 'static,
+{
+    let namespace = room.namespace().ok_or(Error::Unnamed)?;
+    let name = room.meta().name.clone().ok_or(Error::Unnamed)?;
+    let span = tracing::info_span!("reconcile", object = %format!("Room/{namespace}/{name}"));
+    async move {
+        let api: Api<Room> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer(&api, FINALIZER, room, |event| async {
+            match event {
+                Finalizing::Apply(room) => apply(&room, &namespace, &name, &api, &ctx).await,
+                Finalizing::Cleanup(room) => cleanup(&room, &namespace, &name, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+        ctx.metrics
+            .reconciled("room", if result.is_ok() { "ok" } else { "error" });
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Retries a failed Room after its own, growing delay.
+pub fn error_policy<S>(room: Arc<Room>, error: &Error, ctx: Arc<Context<S>>) -> Action {
+    ctx.metrics.failed(error.category());
+    let key = room.uid().unwrap_or_else(|| room.name_any());
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(object = %format!("Room/{}/{}", room.namespace().unwrap_or_default(), room.name_any()),
+        %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn read_password(
+    client: &Client,
+    namespace: &str,
+    reference: &SecretKeyRef,
+) -> Result<String, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(|e| format!("secret {} could not be read: {e}", reference.name))?
+        .ok_or_else(|| format!("secret {} does not exist", reference.name))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&reference.key))
+        .ok_or_else(|| format!("secret {} has no key {}", reference.name, reference.key))?;
+    let password = String::from_utf8(bytes.0.clone()).map_err(|_| {
+        format!(
+            "secret {} key {} is not UTF-8",
+            reference.name, reference.key
+        )
+    })?;
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "secret {} key {} must hold 1-{MAX_PASSWORD_BYTES} bytes",
+            reference.name, reference.key
+        ));
+    }
+    Ok(password)
+}
+
+async fn apply<S>(
+    room: &Room,
+    namespace: &str,
+    name: &str,
+    api: &Api<Room>,
+    ctx: &Context<S>,
+) -> Result<Action, Error>
+where
+    S: LiveView + LiveWriter + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let outcome = match validate_room(namespace, name, &room.spec) {
+        Err(problems) => RoomOutcome::Invalid(problems.join("; ")),
+        Ok(valid) => {
+            let password = match &valid.password {
+                None => Ok(None),
+                Some(reference) => read_password(&ctx.client, namespace, reference)
+                    .await
+                    .map(Some),
+            };
+            match password {
+                Err(message) => RoomOutcome::SecretMissing(message),
+                Ok(password) => ctx.placer.apply(&valid, password).await,
+            }
+        }
+    };
+    if matches!(outcome, RoomOutcome::Placed { .. }) {
+        ctx.metrics.placed(started.elapsed().as_secs_f64());
+    }
+    let previous = room.status.clone().unwrap_or_default();
+    let status = room_status(
+        &previous,
+        &outcome,
+        name,
+        room.meta().generation,
+        ctx.config.public_url.as_deref(),
+    );
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "tutti.dev/v1alpha1",
+            "kind": "Room",
+            "status": status,
+        })),
+    )
+    .await?;
+    if let Some(event) = event_for(&previous, &outcome) {
+        publish(ctx, room, &event).await;
+    }
+    let key = room.uid().unwrap_or_else(|| name.to_owned());
+    match outcome {
+        RoomOutcome::Placed { .. } => {
+            ctx.backoff.succeeded(&key);
+            Ok(Action::requeue(ctx.config.refresh))
+        }
+        // Nothing to retry until someone edits the Room (or the other Room goes).
+        RoomOutcome::Invalid(_) | RoomOutcome::NameConflict(_) => {
+            ctx.backoff.succeeded(&key);
+            Ok(Action::await_change())
+        }
+        RoomOutcome::SecretMissing(message) => Err(Error::Retry {
+            category: "secret",
+            message,
+        }),
+        RoomOutcome::NoShard(message) => Err(Error::Retry {
+            category: "placement",
+            message,
+        }),
+        RoomOutcome::ShardUnreachable { shard, message } => Err(Error::Retry {
+            category: "shard_api",
+            message: format!("shard {shard}: {message}"),
+        }),
+    }
+}
+
+/// The status a reconcile writes.
+pub fn room_status(
+    previous: &RoomStatus,
+    outcome: &RoomOutcome,
+    name: &str,
+    generation: Option<i64>,
+    public_url: Option<&str>,
+) -> RoomStatus {
+    let now = Time(Timestamp::now());
+    let (shard, participants) = match outcome {
+        RoomOutcome::Placed {
+            shard,
+            participants,
+            ..
+        } => (Some(shard.clone()), *participants),
+        RoomOutcome::ShardUnreachable { shard, .. } => (Some(shard.clone()), previous.participants),
+        _ => (None, 0),
+    };
+    RoomStatus {
+        phase: outcome.phase(),
+        shard,
+        participants,
+        url: public_url.map(|base| format!("{}/?room={name}", base.trim_end_matches('/'))),
+        conditions: merge(
+            &previous.conditions,
+            &outcome.conditions(),
+            &now,
+            generation,
+        ),
+        observed_generation: generation,
+    }
+}
+
+/// The Event worth recording for this outcome, given the status before it: only changes
+/// are recorded (the Recorder folds repeats into a series anyway).
+pub fn event_for(previous: &RoomStatus, outcome: &RoomOutcome) -> Option<Event> {
+    let previous_reason = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True")
+        .map(|c| c.reason.clone());
+    let event = |type_, reason: &str, action: &str, note: String| Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    match outcome {
+        RoomOutcome::Placed { shard, moved, .. } => {
+            if previous.shard.as_deref() == Some(shard.as_str()) && previous_reason.is_none() {
+                None
+            } else if *moved {
+                Some(event(
+                    EventType::Warning,
+                    "Migrated",
+                    "Place",
+                    format!("its shard is gone; now on shard {shard}"),
+                ))
+            } else {
+                Some(event(
+                    EventType::Normal,
+                    "Placed",
+                    "Place",
+                    format!("hosted on shard {shard}"),
+                ))
+            }
+        }
+        other => {
+            let [_, _, degraded] = other.conditions();
+            (previous_reason.as_deref() != Some(degraded.reason)).then(|| {
+                event(
+                    EventType::Warning,
+                    degraded.reason,
+                    "Place",
+                    degraded.message,
+                )
+            })
+        }
+    }
+}
+
+async fn publish<S>(ctx: &Context<S>, room: &Room, event: &Event) {
+    let reference: ObjectReference = room.object_ref(&());
+    if let Err(err) = ctx.recorder.publish(event, &reference).await {
+        tracing::warn!(%err, reason = %event.reason, "event not recorded");
+    }
+}
+
+async fn cleanup<S>(
+    room: &Room,
+    namespace: &str,
+    name: &str,
+    ctx: &Context<S>,
+) -> Result<Action, Error>
+where
+    S: LiveView + LiveWriter + Send + Sync + 'static,
+{
+    let owner = owner(namespace, name);
+    match ctx.placer.release(name, &owner).await {
+        Ok(shard) => {
+            if let Some(shard) = shard {
+                let note = format!("pipeline released on shard {shard}");
+                publish(
+                    ctx,
+                    room,
+                    &Event {
+                        type_: EventType::Normal,
+                        reason: "Released".into(),
+                        note: Some(note),
+                        action: "Release".into(),
+                        secondary: None,
+                    },
+                )
+                .await;
+            }
+            Ok(Action::await_change())
+        }
+        Err(err) => {
+            let deleting_for = room
+                .meta()
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| Timestamp::now().duration_since(t.0).unsigned_abs())
+                .unwrap_or_default();
+            if deleting_for < ctx.config.release_deadline {
+                return Err(Error::Retry {
+                    category: "release",
+                    message: err.to_string(),
+                });
+            }
+            // The shard has refused for too long: let the Room go; garbage collection
+            // releases the pipeline if the shard ever answers again.
+            ctx.placer
+                .forget(name, &owner)
+                .await
+                .map_err(|e| Error::Retry {
+                    category: "release",
+                    message: e.to_string(),
+                })?;
+            publish(
+                ctx,
+                room,
+                &Event {
+                    type_: EventType::Warning,
+                    reason: "ReleaseAbandoned".into(),
+                    note: Some(format!(
+                        "{err}; deletion goes ahead, garbage collection will retry"
+                    )),
+                    action: "Release".into(),
+                    secondary: None,
+                },
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The Tutti operator: it places Rooms on SFU shards and keeps them true, and reclaims
+//! media pipelines that nothing owns.
+//!
+//! Pure logic first — [`placement`] (which shard), [`validation`] (is the Room sound),
+//! [`conditions`] (what the status says), [`backoff`] (when to retry), [`leader`]'s
+//! decisions — then the I/O around it: [`placer`] (live state and shard admin APIs),
+//! [`gc`] (orphaned pipelines), [`controller`] (the Kubernetes side), [`run`] (wiring).
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod conditions;
+pub mod controller;
+pub mod gc;
+pub mod leader;
+pub mod metrics;
+pub mod placement;
+pub mod placer;
+pub mod run;
+pub mod validation;

@@ -1,0 +1,213 @@
+//! Making the live state match a Room: a shard chosen, the pipeline created or updated on
+//! it through the shard's admin API, the room's record and route written to the store; and
+//! undoing all of it when the Room goes.
+//!
+//! Nothing here touches the Kubernetes API, so the integration tests drive it with real
+//! shards and the in-memory store.
+
+use crate::conditions::RoomOutcome;
+use crate::placement::{Strategy, candidates, place};
+use crate::validation::ValidRoom;
+use tutti_shard_api::admin::PipelineSpec;
+use tutti_shard_api::client::ShardAdmin;
+use tutti_store::password::{hash_password, verify_password};
+use tutti_store::{LiveView, LiveWriter, RoomRecord};
+
+/// Places rooms on shards and keeps their pipelines, records and routes.
+pub struct Placer<S> {
+    store: S,
+    admin_token: String,
+    strategy: Strategy,
+}
+
+/// Why a release did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    /// The shard holding the pipeline is alive but did not release it.
+    #[error("shard {shard} did not release the pipeline: {message}")]
+    Shard {
+        /// The shard.
+        shard: String,
+        /// What it said.
+        message: String,
+    },
+    /// The store refused a write.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl<S: LiveView + LiveWriter> Placer<S> {
+    /// A placer over `store`, calling shards with `admin_token`.
+    pub fn new(store: S, admin_token: String, strategy: Strategy) -> Self {
+        Self {
+            store,
+            admin_token,
+            strategy,
+        }
+    }
+
+    /// The live state it writes.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The admin client of a shard.
+    pub fn admin(&self, admin_url: &str) -> ShardAdmin {
+        ShardAdmin::new(admin_url, &self.admin_token)
+    }
+
+    /// Makes the live state host `room`, whose password (from its Secret) is `password`.
+    pub async fn apply(&self, room: &ValidRoom, password: Option<String>) -> RoomOutcome {
+        let name = room.record.name.clone();
+        let existing = self.store.room(&name);
+        if let Some(other) = &existing
+            && other.owner != room.record.owner
+        {
+            return RoomOutcome::NameConflict(format!(
+                "the room name {name} is taken by {}",
+                other.owner.as_deref().unwrap_or("another room")
+            ));
+        }
+        let mut record = room.record.clone();
+        record.password_hash = match password {
+            None => None,
+            Some(password) => match reuse_or_hash(existing.as_ref(), password).await {
+                Some(hash) => Some(hash),
+                None => {
+                    return RoomOutcome::SecretMissing("the password could not be hashed".into());
+                }
+            },
+        };
+        let route = self.store.route(&name);
+        // A room stays where it is while its shard lives, draining or not: moving it would
+        // cut every participant off. Only a shard that is gone sends it elsewhere.
+        let current = route.as_ref().and_then(|r| self.store.shard(&r.shard));
+        let (shard, moved) = match current {
+            Some(shard) => (shard, false),
+            None => {
+                let shards = self.store.shards();
+                let list = candidates(&shards, &self.store.routes(), &self.store.rooms(), &name);
+                match place(
+                    &list,
+                    record.max_participants,
+                    &room.selector,
+                    self.strategy,
+                ) {
+                    Ok(chosen) => match shards.into_iter().find(|s| s.id == chosen.id) {
+                        Some(shard) => (shard, route.is_some()),
+                        None => return RoomOutcome::NoShard("the chosen shard vanished".into()),
+                    },
+                    Err(no_fit) => return RoomOutcome::NoShard(no_fit.to_string()),
+                }
+            }
+        };
+        let info = match self
+            .admin(&shard.admin_url)
+            .put_pipeline(&name, &PipelineSpec::for_room(&record))
+            .await
+        {
+            Ok(info) => info,
+            Err(err) => {
+                return RoomOutcome::ShardUnreachable {
+                    shard: shard.id,
+                    message: err.to_string(),
+                };
+            }
+        };
+        if existing.as_ref() != Some(&record)
+            && let Err(err) = self.store.put_room(record).await
+        {
+            return RoomOutcome::ShardUnreachable {
+                shard: shard.id,
+                message: format!("room record not written: {err}"),
+            };
+        }
+        if route.as_ref().map(|r| r.shard.as_str()) != Some(shard.id.as_str()) {
+            let epoch = route.as_ref().map_or(0, |r| r.epoch);
+            if let Err(err) = self.store.put_route(&name, &shard.id, epoch).await {
+                return RoomOutcome::ShardUnreachable {
+                    shard: shard.id,
+                    message: format!("route not written: {err}"),
+                };
+            }
+        }
+        RoomOutcome::Placed {
+            shard: shard.id,
+            participants: info.participants,
+            moved,
+        }
+    }
+
+    /// Releases a room's pipeline and forgets its route and record. A shard that is gone
+    /// has nothing left to release; a live shard that refuses is an error to retry.
+    pub async fn release(&self, name: &str, owner: &str) -> Result<Option<String>, ReleaseError> {
+        let owned = self
+            .store
+            .room(name)
+            .is_none_or(|r| r.owner.as_deref() == Some(owner));
+        if !owned {
+            // The name belongs to another Room; this one never held anything.
+            return Ok(None);
+        }
+        let mut released_on = None;
+        if let Some(route) = self.store.route(name)
+            && let Some(shard) = self.store.shard(&route.shard)
+        {
+            match self.admin(&shard.admin_url).release(name).await {
+                Ok(()) => released_on = Some(shard.id.clone()),
+                Err(err) if err.is_not_found() => {}
+                Err(err) => {
+                    return Err(ReleaseError::Shard {
+                        shard: shard.id,
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        self.store
+            .delete_route(name)
+            .await
+            .map_err(|e| ReleaseError::Store(e.to_string()))?;
+        self.store
+            .delete_room(name)
+            .await
+            .map_err(|e| ReleaseError::Store(e.to_string()))?;
+        Ok(released_on)
+    }
+}
+
+impl<S: LiveView + LiveWriter> Placer<S> {
+    /// Forgets a room's route and record without asking its shard: for a shard that keeps
+    /// refusing past the deletion deadline. Garbage collection releases the pipeline if the
+    /// shard ever answers again.
+    pub async fn forget(&self, name: &str, owner: &str) -> Result<(), ReleaseError> {
+        let owned = self
+            .store
+            .room(name)
+            .is_none_or(|r| r.owner.as_deref() == Some(owner));
+        if owned {
+            self.store
+                .delete_route(name)
+                .await
+                .map_err(|e| ReleaseError::Store(e.to_string()))?;
+            self.store
+                .delete_room(name)
+                .await
+                .map_err(|e| ReleaseError::Store(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The stored hash if it still matches the Secret's password, else a new one. argon2 runs
+/// on the blocking pool.
+async fn reuse_or_hash(existing: Option<&RoomRecord>, password: String) -> Option<String> {
+    let stored = existing.and_then(|r| r.password_hash.clone());
+    tokio::task::spawn_blocking(move || match stored {
+        Some(hash) if verify_password(&hash, &password) => Some(hash),
+        _ => hash_password(&password).ok(),
+    })
+    .await
+    .ok()
+    .flatten()
+}
