@@ -45,11 +45,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tutti_operator");
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         let failures = Family::<CategoryLabel, Counter>::default();
-        let placement_seconds = Histogram::new(
-            [
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
-        );
+        let placement_seconds = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         let gc_released = Family::<ShardLabel, Counter>::default();
         let gc_runs = Counter::default();
         registry.register(

@@ -1,0 +1,439 @@
+//! The Room controller against kube's mock API service: every request it makes is checked
+//! in order (method, path, body), as the controller-rs ApiServerVerifier does; shards are
+//! small fake admin APIs, the live state the in-memory store.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::put;
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower_test::mock::{Handle, SendResponse};
+use tutti_crds::Room;
+use tutti_operator::backoff::Backoff;
+use tutti_operator::controller::{Config, Context, Error, error_policy, reconcile_room};
+use tutti_operator::metrics::Metrics;
+use tutti_operator::placement::Strategy;
+use tutti_operator::placer::Placer;
+use tutti_store::{LiveView, LiveWriter, MemoryStore, ShardLoadSummary, ShardRecord};
+
+const TOKEN: &str = "admin-token-for-mock-tests-0123";
+
+/// The mock API server: answers the controller's requests one at a time, in order.
+struct ApiServer(Handle<Request<Body>, Response<Body>>);
+
+impl ApiServer {
+    async fn expect(&mut self, method: &str, path: &str) -> (Value, SendResponse<Response<Body>>) {
+        let (request, respond) =
+            tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("no {method} {path} within 5 s"))
+                .expect("the client is gone");
+        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        assert_eq!(request.uri().path(), path);
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        (body, respond)
+    }
+
+    async fn answer(&mut self, method: &str, path: &str, reply: Value) -> Value {
+        let (body, respond) = self.expect(method, path).await;
+        respond.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&reply).expect("JSON")))
+                .expect("response"),
+        );
+        body
+    }
+
+    /// Answers with what was sent (as a create does).
+    async fn echo(&mut self, method: &str, path: &str) -> Value {
+        let (body, respond) = self.expect(method, path).await;
+        respond.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+                .expect("response"),
+        );
+        body
+    }
+
+    /// Nothing more is asked of the API server.
+    async fn done(mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await;
+        if let Ok(Some((request, _))) = next {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+/// A shard admin API that records calls and answers like a shard (or fails on purpose).
+#[derive(Clone, Default)]
+struct FakeShard {
+    calls: Arc<Mutex<Vec<String>>>,
+    broken: bool,
+}
+
+impl FakeShard {
+    async fn serve(self) -> String {
+        let app = Router::new()
+            .route(
+                "/v1/pipelines/{name}",
+                put(|State(shard): State<FakeShard>, Path(name): Path<String>, body: String| async move {
+                    shard.calls.lock().unwrap().push(format!("PUT {name}"));
+                    if shard.broken {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, "boom".to_owned());
+                    }
+                    let spec: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let info = json!({"name": name, "spec": spec, "participants": 0, "tracks": 0,
+                        "forwardedStreams": 0, "ageSeconds": 0, "emptySeconds": 0,
+                        "maxSubscriberLossPercent": 0.0});
+                    (StatusCode::OK, info.to_string())
+                })
+                .delete(|State(shard): State<FakeShard>, Path(name): Path<String>| async move {
+                    shard.calls.lock().unwrap().push(format!("DELETE {name}"));
+                    StatusCode::NO_CONTENT
+                }),
+            )
+            .with_state(self);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+async fn live_state(shards: &[(&str, &str)]) -> MemoryStore {
+    let store = MemoryStore::new();
+    for (id, admin_url) in shards {
+        store
+            .heartbeat(
+                ShardRecord {
+                    id: (*id).into(),
+                    signal_url: format!("ws://{id}/v1/signal"),
+                    admin_url: (*admin_url).into(),
+                    region: None,
+                    labels: BTreeMap::new(),
+                    capacity: 100,
+                    draining: false,
+                    load: ShardLoadSummary::default(),
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("heartbeat");
+    }
+    store
+}
+
+fn context(store: MemoryStore) -> (Arc<Context<MemoryStore>>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let context = Context {
+        client: client.clone(),
+        placer: Placer::new(store, TOKEN.into(), Strategy::Packed),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "tutti-operator".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        metrics: Arc::new(Metrics::new()),
+        config: Config {
+            public_url: Some("https://tutti.example".into()),
+            ..Config::default()
+        },
+    };
+    (Arc::new(context), ApiServer(handle))
+}
+
+fn room(spec: Value, finalized: bool, deleting: bool, status: Option<Value>) -> Room {
+    let mut metadata = json!({"name": "lesson", "namespace": "music", "uid": "uid-lesson",
+        "generation": 1, "resourceVersion": "7"});
+    if finalized {
+        metadata["finalizers"] = json!(["tutti.dev/cleanup"]);
+    }
+    if deleting {
+        metadata["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
+    }
+    let mut object = json!({"apiVersion": "tutti.dev/v1alpha1", "kind": "Room",
+        "metadata": metadata, "spec": spec});
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    serde_json::from_value(object).expect("a Room")
+}
+
+/// The reconcile's result; a reconcile that waits on a request nobody answers fails here
+/// instead of hanging the suite.
+async fn finish<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the reconcile made a request the test did not expect")
+        .expect("the reconcile panicked")
+}
+
+/// A Room as the API server returns it from a patch (the controller only checks it parses).
+fn any_room() -> Value {
+    serde_json::to_value(room(json!({}), true, false, None)).expect("JSON")
+}
+
+const ROOM: &str = "/apis/tutti.dev/v1alpha1/namespaces/music/rooms/lesson";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/music/events";
+
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn create_adds_the_finalizer_then_places_and_patches_status() {
+    let shard = FakeShard::default();
+    let url = shard.clone().serve().await;
+    let store = live_state(&[("s1", &url)]).await;
+    let (ctx, mut api) = context(store.clone());
+
+    // First sight: only the finalizer is added.
+    let fresh = room(json!({"maxParticipants": 2}), false, false, None);
+    let reconcile = tokio::spawn(reconcile_room(Arc::new(fresh), ctx.clone()));
+    let patch = api
+        .answer(
+            "PATCH",
+            ROOM,
+            serde_json::to_value(room(json!({"maxParticipants": 2}), true, false, None)).unwrap(),
+        )
+        .await;
+    assert_eq!(patch[1]["op"], "add");
+    assert_eq!(patch[1]["path"], "/metadata/finalizers");
+    assert_eq!(patch[1]["value"], json!(["tutti.dev/cleanup"]));
+    assert_eq!(finish(reconcile).await.unwrap(), Action::await_change());
+    assert!(
+        shard.calls().is_empty(),
+        "nothing is placed before the finalizer is on"
+    );
+
+    // With the finalizer: placed on the shard, status written by server-side apply.
+    let finalized = room(json!({"maxParticipants": 2}), true, false, None);
+    let reconcile = tokio::spawn(reconcile_room(Arc::new(finalized.clone()), ctx.clone()));
+    let (body, respond) = api.expect("PATCH", &format!("{ROOM}/status")).await;
+    assert_eq!(body["apiVersion"], "tutti.dev/v1alpha1");
+    assert_eq!(body["kind"], "Room");
+    let status = &body["status"];
+    assert_eq!(status["phase"], "Placed");
+    assert_eq!(status["shard"], "s1");
+    assert_eq!(status["participants"], 0);
+    assert_eq!(status["url"], "https://tutti.example/?room=lesson");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(condition(status, "Placed")["status"], "True");
+    assert_eq!(condition(status, "Degraded")["status"], "False");
+    let mut placed = serde_json::to_value(&finalized).unwrap();
+    placed["status"] = status.clone();
+    respond.send_response(
+        Response::builder()
+            .body(Body::from(placed.to_string().into_bytes()))
+            .unwrap(),
+    );
+    let event = api.echo("POST", EVENTS).await;
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["reason"], "Placed");
+    assert_eq!(event["regarding"]["name"], "lesson");
+    assert_eq!(
+        finish(reconcile).await.unwrap(),
+        Action::requeue(Duration::from_secs(30))
+    );
+    api.done().await;
+
+    assert_eq!(shard.calls(), ["PUT lesson"]);
+    assert_eq!(store.route("lesson").map(|r| r.shard), Some("s1".into()));
+    let record = store.room("lesson").expect("room record");
+    assert_eq!(record.max_participants, 2);
+    assert_eq!(record.owner.as_deref(), Some("Room/music/lesson"));
+}
+
+#[tokio::test]
+async fn delete_releases_the_pipeline_then_removes_the_finalizer() {
+    let shard = FakeShard::default();
+    let url = shard.clone().serve().await;
+    let store = live_state(&[("s1", &url)]).await;
+    let (ctx, mut api) = context(store.clone());
+    // The room is placed first (status patch and Placed event answered).
+    let placed = room(json!({}), true, false, None);
+    let reconcile = tokio::spawn(reconcile_room(Arc::new(placed.clone()), ctx.clone()));
+    api.answer(
+        "PATCH",
+        &format!("{ROOM}/status"),
+        serde_json::to_value(&placed).unwrap(),
+    )
+    .await;
+    api.echo("POST", EVENTS).await;
+    finish(reconcile).await.unwrap();
+
+    let deleting = room(json!({}), true, true, None);
+    let reconcile = tokio::spawn(reconcile_room(Arc::new(deleting), ctx.clone()));
+    let event = api.echo("POST", EVENTS).await;
+    assert_eq!(event["reason"], "Released");
+    let patch = api
+        .answer(
+            "PATCH",
+            ROOM,
+            serde_json::to_value(room(json!({}), false, true, None)).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        patch[0],
+        json!({"op": "test", "path": "/metadata/finalizers/0", "value": "tutti.dev/cleanup"})
+    );
+    assert_eq!(
+        patch[1],
+        json!({"op": "remove", "path": "/metadata/finalizers/0"})
+    );
+    assert_eq!(finish(reconcile).await.unwrap(), Action::await_change());
+    api.done().await;
+    assert_eq!(shard.calls(), ["PUT lesson", "DELETE lesson"]);
+    assert!(store.route("lesson").is_none());
+    assert!(store.room("lesson").is_none());
+}
+
+#[tokio::test]
+async fn an_invalid_room_is_degraded_with_one_warning_and_waits_for_a_change() {
+    let shard = FakeShard::default();
+    let url = shard.clone().serve().await;
+    let (ctx, mut api) = context(live_state(&[("s1", &url)]).await);
+    let invalid = json!({"emptyTimeout": "999h"});
+    let reconcile = tokio::spawn(reconcile_room(
+        Arc::new(room(invalid.clone(), true, false, None)),
+        ctx.clone(),
+    ));
+    let body = api
+        .answer("PATCH", &format!("{ROOM}/status"), any_room())
+        .await;
+    let status = &body["status"];
+    assert_eq!(status["phase"], "Failed");
+    let degraded = condition(status, "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("InvalidSpec"))
+    );
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("168h")
+    );
+    let event = api.echo("POST", EVENTS).await;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("InvalidSpec"))
+    );
+    // No requeue: the Room waits for an edit instead of looping.
+    assert_eq!(finish(reconcile).await.unwrap(), Action::await_change());
+
+    // Seen again unchanged (a resync): the status is reapplied, no new Warning, still waiting.
+    let again = room(invalid, true, false, Some(status.clone()));
+    let reconcile = tokio::spawn(reconcile_room(Arc::new(again), ctx.clone()));
+    api.answer("PATCH", &format!("{ROOM}/status"), any_room())
+        .await;
+    assert_eq!(finish(reconcile).await.unwrap(), Action::await_change());
+    api.done().await;
+    assert!(shard.calls().is_empty(), "an invalid room touches no shard");
+}
+
+#[tokio::test]
+async fn a_failing_shard_admin_api_makes_the_backoff_grow_and_success_resets_it() {
+    let broken = FakeShard {
+        broken: true,
+        ..FakeShard::default()
+    };
+    let url = broken.clone().serve().await;
+    let store = live_state(&[("s1", &url)]).await;
+    let (ctx, mut api) = context(store.clone());
+    // Each attempt sees the status the previous one wrote, as the watch would deliver it.
+    let mut subject = Arc::new(room(json!({}), true, false, None));
+    let mut delays = Vec::new();
+    for attempt in 0..4 {
+        let reconcile = tokio::spawn(reconcile_room(subject.clone(), ctx.clone()));
+        let body = api
+            .answer("PATCH", &format!("{ROOM}/status"), any_room())
+            .await;
+        assert_eq!(
+            condition(&body["status"], "Degraded")["reason"],
+            "ShardUnreachable"
+        );
+        if attempt == 0 {
+            // Only the first failure is announced; repeats would flood the Events.
+            let event = api.echo("POST", EVENTS).await;
+            assert_eq!(event["reason"], "ShardUnreachable");
+        }
+        let error = tokio::time::timeout(Duration::from_secs(5), reconcile)
+            .await
+            .expect("the reconcile finishes without further requests")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.category(), "shard_api", "{error}");
+        subject = Arc::new(room(json!({}), true, false, Some(body["status"].clone())));
+        delays.push(error_policy(subject.clone(), &error, ctx.clone()));
+    }
+    let expected: Vec<Action> = [1, 2, 4, 8]
+        .iter()
+        .map(|s| Action::requeue(Duration::from_secs(*s)))
+        .collect();
+    assert_eq!(delays, expected);
+    assert_eq!(broken.calls().len(), 4);
+
+    // The shard recovers: success resets the backoff for this Room.
+    let healthy = FakeShard::default();
+    let healthy_url = healthy.clone().serve().await;
+    store.remove_shard("s1").await.unwrap();
+    store.delete_route("lesson").await.unwrap();
+    tutti_store::LiveWriter::heartbeat(
+        &store,
+        ShardRecord {
+            id: "s2".into(),
+            signal_url: String::new(),
+            admin_url: healthy_url,
+            region: None,
+            labels: BTreeMap::new(),
+            capacity: 100,
+            draining: false,
+            load: ShardLoadSummary::default(),
+        },
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let reconcile = tokio::spawn(reconcile_room(subject.clone(), ctx.clone()));
+    api.answer("PATCH", &format!("{ROOM}/status"), any_room())
+        .await;
+    api.echo("POST", EVENTS).await;
+    assert!(finish(reconcile).await.is_ok());
+    assert_eq!(ctx.backoff.failures("uid-lesson"), 0);
+    let error = Error::Retry {
+        category: "shard_api",
+        message: "again".into(),
+    };
+    assert_eq!(
+        error_policy(subject, &error, ctx),
+        Action::requeue(Duration::from_secs(1))
+    );
+}
