@@ -90,10 +90,7 @@ impl LocalPlacer {
         shard: &ShardRecord,
     ) -> Result<(), RouteError> {
         ShardAdmin::new(&shard.admin_url, &self.admin_token)
-            .put_pipeline(
-                &room.name,
-                &pipeline_spec(room, format!("local/{}", room.name)),
-            )
+            .put_pipeline(&room.name, &PipelineSpec::for_room(room))
             .await
             .map(|_| ())
             .map_err(|err| RouteError::ShardFailed {

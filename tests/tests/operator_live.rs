@@ -1,0 +1,217 @@
+//! The operator's live-state side with real shards (the SFU's servers, in this process)
+//! heartbeating into the in-memory store: garbage collection of an ownerless pipeline,
+//! release on Room deletion, and a Room placed again when its shard disappears.
+
+use anyhow::{Context, Result, ensure};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tutti_crds::{Room, RoomSpec};
+use tutti_operator::conditions::RoomOutcome;
+use tutti_operator::gc;
+use tutti_operator::placement::Strategy;
+use tutti_operator::placer::Placer;
+use tutti_operator::run::owned_by_room;
+use tutti_operator::validation::validate_room;
+use tutti_sfu::heartbeat::{self, HeartbeatConfig};
+use tutti_sfu::shard::api::PipelineSpec;
+use tutti_store::{LiveView, MemoryStore};
+use tutti_tests::eventually::eventually;
+use tutti_tests::shard::{ADMIN_TOKEN, TestShard};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A shard that heartbeats into `store` every 200 ms (records live 1 s).
+async fn shard(store: &MemoryStore, id: &str, stop: &CancellationToken) -> Result<TestShard> {
+    let shard = TestShard::start().await?;
+    let config = HeartbeatConfig {
+        id: id.into(),
+        signal_url: shard.signal_url(),
+        admin_url: format!("http://{}", shard.shard.http_addr),
+        region: None,
+        labels: Default::default(),
+        capacity: 100,
+        interval: Duration::from_millis(200),
+        ttl: Duration::from_secs(1),
+    };
+    tokio::spawn(heartbeat::run(
+        config,
+        shard.shard.handle.clone(),
+        store.clone(),
+        stop.child_token(),
+    ));
+    let live = store.clone();
+    let id = id.to_owned();
+    eventually(WAIT, "the shard's first heartbeat", || {
+        let live = live.clone();
+        let id = id.clone();
+        async move { Ok(live.shard(&id).is_some()) }
+    })
+    .await?;
+    Ok(shard)
+}
+
+fn room(namespace: &str, name: &str) -> Room {
+    let mut room = Room::new(
+        name,
+        RoomSpec {
+            max_participants: 4,
+            ..serde_json::from_value(serde_json::json!({})).expect("defaults")
+        },
+    );
+    room.metadata.namespace = Some(namespace.into());
+    room
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() -> Result<()> {
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let a = shard(&store, "a", &stop).await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    // A Room the cluster knows, placed the normal way.
+    let owned = room("music", "lesson");
+    let valid =
+        validate_room("music", "lesson", &owned.spec).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    ensure!(matches!(
+        placer.apply(&valid, None).await,
+        RoomOutcome::Placed { .. }
+    ));
+    // A leak: a pipeline nobody owns, and one whose Room is gone.
+    a.admin
+        .put_pipeline("leaked", &PipelineSpec::default())
+        .await?;
+    a.admin
+        .put_pipeline(
+            "deleted-room",
+            &PipelineSpec {
+                owner: Some("Room/music/deleted-room".into()),
+                ..PipelineSpec::default()
+            },
+        )
+        .await?;
+    let mut writer: Writer<Room> = Writer::default();
+    writer.apply_watcher_event(&watcher::Event::Apply(owned));
+    let rooms = writer.as_reader();
+    let grace = Duration::from_secs(1);
+    let collect = || {
+        gc::collect(&store, ADMIN_TOKEN, grace, |shard, p| {
+            owned_by_room(&store, &rooms, shard, p)
+        })
+    };
+
+    // Within the grace nothing is touched: a room being created is never raced.
+    let early = collect().await;
+    ensure!(early.released.is_empty(), "{early:?}");
+    // Once they are older than the grace, the next collection releases both orphans. The
+    // collector is asked every 200 ms, as a short period would; ages count whole seconds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut period = tokio::time::interval(Duration::from_millis(200));
+    let report = loop {
+        period.tick().await;
+        let report = collect().await;
+        if !report.released.is_empty() || tokio::time::Instant::now() > deadline {
+            break report;
+        }
+    };
+    let mut released: Vec<&str> = report
+        .released
+        .iter()
+        .map(|r| r.pipeline.as_str())
+        .collect();
+    released.sort_unstable();
+    ensure!(released == ["deleted-room", "leaked"], "{report:?}");
+    let left: Vec<String> = a
+        .admin
+        .pipelines()
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    ensure!(left == ["lesson"], "the owned pipeline stays: {left:?}");
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_room_releases_its_pipeline_and_route() -> Result<()> {
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let a = shard(&store, "a", &stop).await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let valid = validate_room("music", "duet", &room("music", "duet").spec)
+        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let outcome = placer.apply(&valid, Some("con brio".into())).await;
+    ensure!(
+        matches!(&outcome, RoomOutcome::Placed { shard, .. } if shard == "a"),
+        "{outcome:?}"
+    );
+    let record = store.room("duet").context("room record")?;
+    let hash = record.password_hash.context("password hash")?;
+    ensure!(
+        !hash.contains("con brio") && tutti_store::password::verify_password(&hash, "con brio")
+    );
+    // Reconciling again keeps the same hash (no churn in the live state).
+    placer.apply(&valid, Some("con brio".into())).await;
+    ensure!(store.room("duet").and_then(|r| r.password_hash) == Some(hash));
+    ensure!(a.admin.pipelines().await?.iter().any(|p| p.name == "duet"));
+
+    let released = placer.release("duet", "Room/music/duet").await?;
+    ensure!(released.as_deref() == Some("a"));
+    ensure!(a.admin.pipelines().await?.is_empty(), "pipeline released");
+    ensure!(store.route("duet").is_none() && store.room("duet").is_none());
+    // Released twice (a retried cleanup): nothing left to do, no error.
+    ensure!(placer.release("duet", "Room/music/duet").await?.is_none());
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_shard_disappears_is_placed_again_with_a_new_epoch() -> Result<()> {
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let first = shard(&store, "a", &stop).await?;
+    let second = shard(&store, "b", &stop).await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let valid = validate_room("music", "quartet", &room("music", "quartet").spec)
+        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let RoomOutcome::Placed { shard: home, .. } = placer.apply(&valid, None).await else {
+        anyhow::bail!("not placed");
+    };
+    let epoch = store.route("quartet").context("route")?.epoch;
+    let (gone, survivor) = if home == "a" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    gone.shard.stop().await;
+    let live = store.clone();
+    let home_id = home.clone();
+    eventually(WAIT, "the stopped shard's record to go", || {
+        let live = live.clone();
+        let home_id = home_id.clone();
+        async move { Ok(live.shard(&home_id).is_none()) }
+    })
+    .await?;
+    let outcome = placer.apply(&valid, None).await;
+    let RoomOutcome::Placed { shard, moved, .. } = &outcome else {
+        anyhow::bail!("not placed again: {outcome:?}");
+    };
+    ensure!(*moved && shard != &home, "{outcome:?}");
+    let route = store.route("quartet").context("route")?;
+    ensure!(
+        route.shard == *shard && route.epoch == epoch + 1,
+        "{route:?}"
+    );
+    ensure!(
+        survivor
+            .admin
+            .pipelines()
+            .await?
+            .iter()
+            .any(|p| p.name == "quartet")
+    );
+    stop.cancel();
+    Ok(())
+}
