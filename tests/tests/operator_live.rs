@@ -157,6 +157,20 @@ async fn deleting_a_room_releases_its_pipeline_and_route() -> Result<()> {
     ensure!(store.room("duet").and_then(|r| r.password_hash) == Some(hash));
     ensure!(a.admin.pipelines().await?.iter().any(|p| p.name == "duet"));
 
+    // A spec change reaches the shard on the next reconcile.
+    let mut bigger = room("music", "duet");
+    bigger.spec.max_participants = 8;
+    let resized =
+        validate_room("music", "duet", &bigger.spec).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    placer.apply(&resized, Some("con brio".into())).await;
+    let hosted = a.admin.pipelines().await?;
+    ensure!(
+        hosted
+            .iter()
+            .any(|p| p.name == "duet" && p.spec.max_participants == 8),
+        "{hosted:?}"
+    );
+
     let released = placer.release("duet", "Room/music/duet").await?;
     ensure!(released.as_deref() == Some("a"));
     ensure!(a.admin.pipelines().await?.is_empty(), "pipeline released");

@@ -1,0 +1,178 @@
+//! The operator against a real Kubernetes cluster: runs when `KUBECONFIG` names one, and
+//! says it is skipped otherwise (no API server can be installed on the CI machines).
+//!
+//! It applies the generated CRDs, runs the operator in this process against the cluster
+//! with a real shard (also in this process, so the operator can reach its admin API),
+//! applies the example Room, and checks that `kubectl get rooms` would show it Placed on
+//! that shard; then deletes it and checks the pipeline is released. Everything it creates
+//! lives in a namespace of its own, removed at the end.
+//!
+//!     KUBECONFIG=~/.kube/config cargo test -p tutti-tests --test k8s_cluster -- --nocapture
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tutti_crds::{Room, RoomPhase};
+use tutti_operator::metrics::Metrics;
+use tutti_operator::placement::Strategy;
+use tutti_operator::run::{Settings, run};
+use tutti_sfu::heartbeat::{self, HeartbeatConfig};
+use tutti_store::MemoryStore;
+use tutti_tests::shard::{ADMIN_TOKEN, TestShard};
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_applied_to_a_real_cluster_is_placed_and_released() -> Result<()> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        println!("skipped: KUBECONFIG is not set; this suite needs a real Kubernetes cluster");
+        return Ok(());
+    }
+    let client = Client::try_default()
+        .await
+        .context("cluster from KUBECONFIG")?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in tutti_crds::crds() {
+        let name = crd.metadata.name.clone().context("CRD name")?;
+        crds.patch(
+            &name,
+            &PatchParams::apply("tutti-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("apply CRD {name}"))?;
+        wait_for(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(60),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(established.then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    let namespace = format!("tutti-e2e-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))?,
+        )
+        .await?;
+
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let shard = TestShard::start().await?;
+    tokio::spawn(heartbeat::run(
+        HeartbeatConfig {
+            id: "e2e-shard".into(),
+            signal_url: shard.signal_url(),
+            admin_url: format!("http://{}", shard.shard.http_addr),
+            region: None,
+            labels: Default::default(),
+            capacity: 100,
+            interval: Duration::from_secs(1),
+            ttl: Duration::from_secs(5),
+        },
+        shard.shard.handle.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
+    let operator = tokio::spawn(run(
+        client.clone(),
+        store,
+        Settings {
+            admin_token: ADMIN_TOKEN.into(),
+            strategy: Strategy::Packed,
+            gc_period: Duration::from_secs(10),
+            gc_grace: Duration::from_secs(30),
+            shard_poll: Duration::from_secs(1),
+            identity: "tutti-e2e".into(),
+            namespace: namespace.clone(),
+            controller: Default::default(),
+        },
+        std::sync::Arc::new(Metrics::new()),
+        stop.clone(),
+    ));
+
+    let example = include_str!("../../crds/examples/ensemble.yaml");
+    let mut room: Room = serde_norway::from_str(example)?;
+    room.spec.shard_selector.clear();
+    room.metadata.namespace = Some(namespace.clone());
+    let rooms: Api<Room> = Api::namespaced(client.clone(), &namespace);
+    rooms
+        .create(&PostParams::default(), &room)
+        .await
+        .context("create the Room")?;
+    let placed = wait_for("the Room to be placed", Duration::from_secs(60), || {
+        let rooms = rooms.clone();
+        async move {
+            let room = rooms.get("ensemble").await?;
+            Ok(room
+                .status
+                .filter(|s| s.phase == RoomPhase::Placed)
+                .map(|s| s.shard))
+        }
+    })
+    .await?;
+    ensure!(
+        placed.as_deref() == Some("e2e-shard"),
+        "placed on {placed:?}"
+    );
+    ensure!(
+        shard
+            .admin
+            .pipelines()
+            .await?
+            .iter()
+            .any(|p| p.name == "ensemble")
+    );
+
+    rooms.delete("ensemble", &DeleteParams::default()).await?;
+    wait_for("the Room to be gone", Duration::from_secs(60), || {
+        let rooms = rooms.clone();
+        async move { Ok(rooms.get_opt("ensemble").await?.is_none().then_some(())) }
+    })
+    .await?;
+    ensure!(
+        shard.admin.pipelines().await?.is_empty(),
+        "pipeline released on deletion"
+    );
+
+    stop.cancel();
+    let _ = operator.await;
+    namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
