@@ -164,14 +164,7 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                 }
             }
         }
-        self.store
-            .delete_route(name)
-            .await
-            .map_err(|e| ReleaseError::Store(e.to_string()))?;
-        self.store
-            .delete_room(name)
-            .await
-            .map_err(|e| ReleaseError::Store(e.to_string()))?;
+        self.forget_records(name).await?;
         Ok(released_on)
     }
 }
@@ -186,16 +179,15 @@ impl<S: LiveView + LiveWriter> Placer<S> {
             .room(name)
             .is_none_or(|r| r.owner.as_deref() == Some(owner));
         if owned {
-            self.store
-                .delete_route(name)
-                .await
-                .map_err(|e| ReleaseError::Store(e.to_string()))?;
-            self.store
-                .delete_room(name)
-                .await
-                .map_err(|e| ReleaseError::Store(e.to_string()))?;
+            self.forget_records(name).await?;
         }
         Ok(())
+    }
+
+    async fn forget_records(&self, name: &str) -> Result<(), ReleaseError> {
+        let store_error = |e: tutti_store::StoreError| ReleaseError::Store(e.to_string());
+        self.store.delete_route(name).await.map_err(store_error)?;
+        self.store.delete_room(name).await.map_err(store_error)
     }
 }
 

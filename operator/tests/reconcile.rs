@@ -119,23 +119,24 @@ impl FakeShard {
     }
 }
 
+fn shard_record(id: &str, admin_url: &str) -> ShardRecord {
+    ShardRecord {
+        id: id.into(),
+        signal_url: format!("ws://{id}/v1/signal"),
+        admin_url: admin_url.into(),
+        region: None,
+        labels: BTreeMap::new(),
+        capacity: 100,
+        draining: false,
+        load: ShardLoadSummary::default(),
+    }
+}
+
 async fn live_state(shards: &[(&str, &str)]) -> MemoryStore {
     let store = MemoryStore::new();
     for (id, admin_url) in shards {
         store
-            .heartbeat(
-                ShardRecord {
-                    id: (*id).into(),
-                    signal_url: format!("ws://{id}/v1/signal"),
-                    admin_url: (*admin_url).into(),
-                    region: None,
-                    labels: BTreeMap::new(),
-                    capacity: 100,
-                    draining: false,
-                    load: ShardLoadSummary::default(),
-                },
-                Duration::from_secs(60),
-            )
+            .heartbeat(shard_record(id, admin_url), Duration::from_secs(60))
             .await
             .expect("heartbeat");
     }
@@ -406,22 +407,10 @@ async fn a_failing_shard_admin_api_makes_the_backoff_grow_and_success_resets_it(
     let healthy_url = healthy.clone().serve().await;
     store.remove_shard("s1").await.unwrap();
     store.delete_route("lesson").await.unwrap();
-    tutti_store::LiveWriter::heartbeat(
-        &store,
-        ShardRecord {
-            id: "s2".into(),
-            signal_url: String::new(),
-            admin_url: healthy_url,
-            region: None,
-            labels: BTreeMap::new(),
-            capacity: 100,
-            draining: false,
-            load: ShardLoadSummary::default(),
-        },
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    store
+        .heartbeat(shard_record("s2", &healthy_url), Duration::from_secs(60))
+        .await
+        .unwrap();
     let reconcile = tokio::spawn(reconcile_room(subject.clone(), ctx.clone()));
     api.answer("PATCH", &format!("{ROOM}/status"), any_room())
         .await;

@@ -64,6 +64,11 @@ fn room(namespace: &str, name: &str) -> Room {
     room
 }
 
+/// A valid default Room of namespace `music`.
+fn valid(name: &str) -> Result<tutti_operator::validation::ValidRoom> {
+    validate_room("music", name, &room("music", name).spec).map_err(|p| anyhow::anyhow!("{p:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() -> Result<()> {
     let store = MemoryStore::new();
@@ -72,8 +77,7 @@ async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() 
     let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
     // A Room the cluster knows, placed the normal way.
     let owned = room("music", "lesson");
-    let valid =
-        validate_room("music", "lesson", &owned.spec).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let valid = valid("lesson")?;
     ensure!(matches!(
         placer.apply(&valid, None).await,
         RoomOutcome::Placed { .. }
@@ -140,8 +144,7 @@ async fn deleting_a_room_releases_its_pipeline_and_route() -> Result<()> {
     let stop = CancellationToken::new();
     let a = shard(&store, "a", &stop).await?;
     let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
-    let valid = validate_room("music", "duet", &room("music", "duet").spec)
-        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let valid = valid("duet")?;
     let outcome = placer.apply(&valid, Some("con brio".into())).await;
     ensure!(
         matches!(&outcome, RoomOutcome::Placed { shard, .. } if shard == "a"),
@@ -188,8 +191,7 @@ async fn a_room_whose_shard_disappears_is_placed_again_with_a_new_epoch() -> Res
     let first = shard(&store, "a", &stop).await?;
     let second = shard(&store, "b", &stop).await?;
     let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
-    let valid = validate_room("music", "quartet", &room("music", "quartet").spec)
-        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let valid = valid("quartet")?;
     let RoomOutcome::Placed { shard: home, .. } = placer.apply(&valid, None).await else {
         anyhow::bail!("not placed");
     };
