@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
-# 1. System packages. protobuf-compiler: etcd-client needs protoc to build; chromium:
+# 1. System packages. protobuf-compiler, libprotobuf-dev: etcd-client needs protoc and the
+#    well-known protos to build; etcd-server, etcd-client: the live-state tests; chromium:
 #    browser tests; coturn: TURN tests; nodejs/npm: the browser test driver (Debian's,
-#    when the machine has none). etcd-server joins with the etcd issue.
-packages=(protobuf-compiler python3-venv util-linux ca-certificates chromium coturn)
+#    when the machine has none).
+packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates chromium coturn etcd-server etcd-client)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do

@@ -9,15 +9,29 @@
 //!
 //! Readers (gateways) use [`LiveView`], answered from memory without I/O; the placement
 //! authority (the operator, or local mode's placer) and the shards write through
-//! [`LiveWriter`]. [`MemoryStore`] is the embedded implementation for local mode and tests.
+//! [`LiveWriter`]. [`MemoryStore`] is the embedded implementation for local mode and tests;
+//! [`EtcdStore`] keeps the state in etcd, under one key prefix (default `/tutti/`):
+//!
+//! | key | value | written by |
+//! | --- | --- | --- |
+//! | `{prefix}shards/{id}` | [`ShardRecord`] (JSON), bound to the shard's lease | the shard (heartbeat) |
+//! | `{prefix}routes/{room}` | [`Route`] (JSON), epoch checked on every write | the operator |
+//! | `{prefix}rooms/{room}` | [`RoomRecord`] (JSON) | the operator; a gateway for rooms created on first join |
+//!
+//! Each process keeps a copy fed by a watch on the prefix; the copy is rebuilt from a full
+//! read after a reconnect or when the watch falls behind a compaction.
 #![forbid(unsafe_code)]
 
+mod etcd;
 mod memory;
 pub mod password;
 mod records;
+pub mod snapshot;
 
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
 pub use records::{RoomRecord, Route, ShardLoadSummary, ShardRecord};
+pub use snapshot::RouteChange;
 
 use std::time::Duration;
 
@@ -35,6 +49,11 @@ pub trait LiveView: Send + Sync {
     fn room(&self, name: &str) -> Option<RoomRecord>;
     /// Every room record, ordered by name.
     fn rooms(&self) -> Vec<RoomRecord>;
+    /// Whether the local copy follows the source now. While it does not (etcd is
+    /// unreachable), reads answer from the last known state.
+    fn synced(&self) -> bool;
+    /// Every route change from now on (a lagging receiver skips to the newest).
+    fn watch_routes(&self) -> tokio::sync::broadcast::Receiver<RouteChange>;
 }
 
 /// Why a write failed.

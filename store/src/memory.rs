@@ -1,22 +1,35 @@
 //! The in-memory live state: local mode's embedded store, and the tests'.
 
+use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{LiveView, LiveWriter, RoomRecord, Route, ShardRecord, StoreError};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-#[derive(Default)]
 struct State {
-    shards: BTreeMap<String, (ShardRecord, Instant)>,
-    routes: BTreeMap<String, Route>,
-    rooms: BTreeMap<String, RoomRecord>,
+    records: Snapshot,
+    expiry: HashMap<String, Instant>,
 }
 
 /// Live state held in this process. Cloning shares it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryStore {
     state: Arc<RwLock<State>>,
+    changes: broadcast::Sender<RouteChange>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(RwLock::new(State {
+                records: Snapshot::default(),
+                expiry: HashMap::new(),
+            })),
+            changes: broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -34,56 +47,81 @@ impl MemoryStore {
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn set(&self, kind: Kind, name: &str, value: Option<Vec<u8>>) {
+        let change = self.write().records.apply(kind, name, value.as_deref());
+        if let Some(change) = change {
+            let _ = self.changes.send(change);
+        }
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 impl LiveView for MemoryStore {
     fn route(&self, room: &str) -> Option<Route> {
-        self.read().routes.get(room).cloned()
+        self.read().records.routes.get(room).cloned()
     }
 
     fn routes(&self) -> Vec<Route> {
-        self.read().routes.values().cloned().collect()
+        self.read().records.routes.values().cloned().collect()
     }
 
     fn shard(&self, id: &str) -> Option<ShardRecord> {
         let now = Instant::now();
-        self.read()
+        let state = self.read();
+        state
+            .records
             .shards
             .get(id)
-            .filter(|(_, expires)| *expires > now)
-            .map(|(record, _)| record.clone())
+            .filter(|_| state.expiry.get(id).is_some_and(|at| *at > now))
+            .cloned()
     }
 
     fn shards(&self) -> Vec<ShardRecord> {
         let now = Instant::now();
-        self.read()
+        let state = self.read();
+        state
+            .records
             .shards
             .values()
-            .filter(|(_, expires)| *expires > now)
-            .map(|(record, _)| record.clone())
+            .filter(|s| state.expiry.get(&s.id).is_some_and(|at| *at > now))
+            .cloned()
             .collect()
     }
 
     fn room(&self, name: &str) -> Option<RoomRecord> {
-        self.read().rooms.get(name).cloned()
+        self.read().records.rooms.get(name).cloned()
     }
 
     fn rooms(&self) -> Vec<RoomRecord> {
-        self.read().rooms.values().cloned().collect()
+        self.read().records.rooms.values().cloned().collect()
+    }
+
+    fn synced(&self) -> bool {
+        true
+    }
+
+    fn watch_routes(&self) -> broadcast::Receiver<RouteChange> {
+        self.changes.subscribe()
     }
 }
 
 impl LiveWriter for MemoryStore {
     async fn heartbeat(&self, record: ShardRecord, ttl: Duration) -> Result<(), StoreError> {
-        let expires = Instant::now() + ttl;
+        let value = encode(&record)?;
         self.write()
-            .shards
-            .insert(record.id.clone(), (record, expires));
+            .expiry
+            .insert(record.id.clone(), Instant::now() + ttl);
+        self.set(Kind::Shard, &record.id, Some(value));
         Ok(())
     }
 
     async fn remove_shard(&self, id: &str) -> Result<(), StoreError> {
-        self.write().shards.remove(id);
+        self.write().expiry.remove(id);
+        self.set(Kind::Shard, id, None);
         Ok(())
     }
 
@@ -93,34 +131,42 @@ impl LiveWriter for MemoryStore {
         shard: &str,
         expected_epoch: u64,
     ) -> Result<Route, StoreError> {
-        let mut state = self.write();
-        let current = state.routes.get(room).map_or(0, |r| r.epoch);
-        if current != expected_epoch {
-            return Err(StoreError::Conflict(format!(
-                "route of {room} is at epoch {current}, not {expected_epoch}"
-            )));
-        }
-        let route = Route {
-            room: room.to_owned(),
-            shard: shard.to_owned(),
-            epoch: current + 1,
+        let route = {
+            let mut state = self.write();
+            let current = state.records.routes.get(room).map_or(0, |r| r.epoch);
+            if current != expected_epoch {
+                return Err(StoreError::Conflict(format!(
+                    "route of {room} is at epoch {current}, not {expected_epoch}"
+                )));
+            }
+            let route = Route {
+                room: room.to_owned(),
+                shard: shard.to_owned(),
+                epoch: current + 1,
+            };
+            state.records.routes.insert(room.to_owned(), route.clone());
+            route
         };
-        state.routes.insert(room.to_owned(), route.clone());
+        let _ = self.changes.send(RouteChange {
+            room: room.to_owned(),
+            route: Some(route.clone()),
+        });
         Ok(route)
     }
 
     async fn delete_route(&self, room: &str) -> Result<(), StoreError> {
-        self.write().routes.remove(room);
+        self.set(Kind::Route, room, None);
         Ok(())
     }
 
     async fn put_room(&self, record: RoomRecord) -> Result<(), StoreError> {
-        self.write().rooms.insert(record.name.clone(), record);
+        let value = encode(&record)?;
+        self.set(Kind::Room, &record.name, Some(value));
         Ok(())
     }
 
     async fn delete_room(&self, name: &str) -> Result<(), StoreError> {
-        self.write().rooms.remove(name);
+        self.set(Kind::Room, name, None);
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod aiortc;
 pub mod bench;
 pub mod coturn;
+pub mod etcd;
 pub mod eventually;
 pub mod gateway;
 pub mod participant;
