@@ -15,5 +15,6 @@ pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod placer;
+pub mod records;
 pub mod run;
 pub mod validation;

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tutti_operator::leader::{self, LeaseConfig};
 use tutti_operator::metrics::Metrics;
 use tutti_operator::placement::Strategy;
-use tutti_operator::run::{Settings, run};
-use tutti_store::MemoryStore;
+use tutti_operator::run::{Settings, run, run_standalone};
+use tutti_store::{EtcdStore, LiveView, LiveWriter, MemoryStore};
 
 /// Flags (each with an environment variable, for the Deployment).
 #[derive(Debug, Parser)]
@@ -24,9 +24,16 @@ use tutti_store::MemoryStore;
     about = "Tutti operator: places Rooms on SFU shards"
 )]
 struct Args {
-    /// Live state: `memory` (this process only; for tests and trials).
-    #[arg(long, env = "TUTTI_STORE", default_value = "memory")]
-    store: String,
+    /// Where the live state is (an etcd URL in a cluster).
+    #[command(flatten)]
+    store: tutti_store::StoreArgs,
+    /// Run without Kubernetes: place the rooms recorded in the live state (a hand-run
+    /// cluster). Run one standalone operator only: it does no leader election.
+    #[arg(long, env = "TUTTI_STANDALONE")]
+    standalone: bool,
+    /// Seconds between compactions of the live state's history.
+    #[arg(long, env = "TUTTI_COMPACT_EVERY", default_value_t = 300)]
+    compact_every: u64,
     /// The shards' admin API token.
     #[arg(long, env = "TUTTI_SFU_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
@@ -81,13 +88,27 @@ async fn main() -> ExitCode {
 }
 
 async fn operate(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if args.store != "memory" {
-        return Err("--store: only `memory` is available in this build".into());
-    }
     if args.admin_token.len() < 22 {
         return Err("--admin-token must be at least 22 characters".into());
     }
-    let client = Client::try_default().await?;
+    match args.store.etcd()? {
+        Some(etcd) => {
+            let store = EtcdStore::connect(&etcd, Duration::from_secs(5)).await?;
+            operate_with(args, store).await
+        }
+        None => {
+            tracing::warn!(
+                "--store memory: the live state is this process's own; shards and gateways elsewhere cannot see it"
+            );
+            operate_with(args, MemoryStore::new()).await
+        }
+    }
+}
+
+async fn operate_with<S>(args: Args, store: S) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: LiveView + LiveWriter + Clone + Send + Sync + 'static,
+{
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();
     let served = {
@@ -104,6 +125,33 @@ async fn operate(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .await;
         })
     };
+    let settings = Settings {
+        admin_token: args.admin_token.clone(),
+        strategy: args.placement,
+        gc_period: Duration::from_secs(args.gc_period.max(1)),
+        gc_grace: Duration::from_secs(args.gc_grace),
+        shard_poll: Duration::from_secs(1),
+        identity: args.identity.clone(),
+        namespace: args.namespace.clone(),
+        controller: tutti_operator::controller::Config {
+            public_url: args.public_url.clone(),
+            ..Default::default()
+        },
+        compact_every: Duration::from_secs(args.compact_every.max(10)),
+    };
+    if args.standalone {
+        println!(
+            "tutti-operator: standalone, placing rooms recorded in {}",
+            args.store.store
+        );
+        let operator = tokio::spawn(run_standalone(store, settings, metrics, stop.clone()));
+        tutti_shutdown().await;
+        stop.cancel();
+        let _ = operator.await;
+        let _ = served.await;
+        return Ok(());
+    }
+    let client = Client::try_default().await?;
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
     let lease = LeaseConfig {
         name: "tutti-operator".into(),
@@ -119,26 +167,7 @@ async fn operate(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         tracing::info!("leading");
     }
-    let settings = Settings {
-        admin_token: args.admin_token,
-        strategy: args.placement,
-        gc_period: Duration::from_secs(args.gc_period.max(1)),
-        gc_grace: Duration::from_secs(args.gc_grace),
-        shard_poll: Duration::from_secs(1),
-        identity: args.identity,
-        namespace: args.namespace,
-        controller: tutti_operator::controller::Config {
-            public_url: args.public_url,
-            ..Default::default()
-        },
-    };
-    let operator = tokio::spawn(run(
-        client,
-        MemoryStore::new(),
-        settings,
-        metrics,
-        stop.clone(),
-    ));
+    let operator = tokio::spawn(run(client, store, settings, metrics, stop.clone()));
     let lost = async {
         if args.no_leader_election {
             std::future::pending::<()>().await

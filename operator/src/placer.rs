@@ -8,6 +8,7 @@
 use crate::conditions::RoomOutcome;
 use crate::placement::{Strategy, candidates, place};
 use crate::validation::ValidRoom;
+use std::collections::BTreeMap;
 use tutti_shard_api::admin::PipelineSpec;
 use tutti_shard_api::client::ShardAdmin;
 use tutti_store::password::{hash_password, verify_password};
@@ -78,6 +79,18 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                 }
             },
         };
+        self.place(record, &room.selector).await
+    }
+
+    /// Makes the live state host the room `record` describes, on a shard carrying
+    /// `selector`: where it is while that shard lives, elsewhere once it is gone.
+    pub async fn place(
+        &self,
+        record: RoomRecord,
+        selector: &BTreeMap<String, String>,
+    ) -> RoomOutcome {
+        let name = record.name.clone();
+        let existing = self.store.room(&name);
         let route = self.store.route(&name);
         // A room stays where it is while its shard lives, draining or not: moving it would
         // cut every participant off. Only a shard that is gone sends it elsewhere.
@@ -87,12 +100,7 @@ impl<S: LiveView + LiveWriter> Placer<S> {
             None => {
                 let shards = self.store.shards();
                 let list = candidates(&shards, &self.store.routes(), &self.store.rooms(), &name);
-                match place(
-                    &list,
-                    record.max_participants,
-                    &room.selector,
-                    self.strategy,
-                ) {
+                match place(&list, record.max_participants, selector, self.strategy) {
                     Ok(chosen) => match shards.into_iter().find(|s| s.id == chosen.id) {
                         Some(shard) => (shard, route.is_some()),
                         None => return RoomOutcome::NoShard("the chosen shard vanished".into()),

@@ -7,6 +7,7 @@ use crate::gc;
 use crate::metrics::Metrics;
 use crate::placement::Strategy;
 use crate::placer::Placer;
+use crate::records::RecordKeeper;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -40,6 +41,8 @@ pub struct Settings {
     pub namespace: String,
     /// Controller settings.
     pub controller: controller::Config,
+    /// Time between compactions of the live state's history.
+    pub compact_every: Duration,
 }
 
 /// What changes in the shard records matter: which shards live, and which drain.
@@ -50,24 +53,237 @@ fn shard_signature<V: LiveView + ?Sized>(view: &V) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Whether a pipeline on `shard` belongs to a Room that exists and is routed there.
-pub fn owned_by_room<V: LiveView + ?Sized>(
+/// Whether a pipeline on `shard` belongs to something that exists and is routed there:
+/// a Room resource (when Kubernetes is watched), or a room record with the same owner.
+pub fn owned<V: LiveView + ?Sized>(
     view: &V,
-    rooms: &Store<Room>,
+    rooms: Option<&Store<Room>>,
     shard: &str,
     pipeline: &PipelineInfo,
 ) -> bool {
-    let Some((kind, namespace, name)) = pipeline.spec.owner.as_deref().and_then(gc::parse_owner)
-    else {
+    let routed_here = view.route(&pipeline.name).is_some_and(|r| r.shard == shard);
+    let Some(owner) = pipeline.spec.owner.as_deref() else {
         return false;
     };
-    kind == "Room"
-        && name == pipeline.name
-        && rooms.get(&ObjectRef::new(name).within(namespace)).is_some()
-        && view.route(name).is_some_and(|r| r.shard == shard)
+    match gc::parse_owner(owner) {
+        Some(("Room", namespace, name)) => {
+            name == pipeline.name
+                && routed_here
+                && rooms.is_some_and(|rooms| {
+                    rooms.get(&ObjectRef::new(name).within(namespace)).is_some()
+                })
+        }
+        _ => {
+            routed_here
+                && view
+                    .room(&pipeline.name)
+                    .is_some_and(|r| r.owner.as_deref() == Some(owner))
+        }
+    }
 }
 
-/// Runs until `stop` is cancelled.
+/// What the live-state loops share with the Room controller when Kubernetes is watched.
+struct KubeSide {
+    rooms: Store<Room>,
+    recorder: Recorder,
+    shards_changed: mpsc::Sender<()>,
+}
+
+/// The loops that need only the live state: the watch on shard records, placement of
+/// record-only rooms, garbage collection and history compaction. `rooms` is the Room cache
+/// when Kubernetes is watched; `shards_changed` also hears of shard changes.
+fn spawn_store_loops<S>(
+    placer: Arc<Placer<S>>,
+    kube: Option<KubeSide>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    S: LiveView + LiveWriter + Clone + Send + Sync + 'static,
+{
+    let store = placer.store().clone();
+    let (rooms, recorder, shards_changed) = match kube {
+        Some(side) => (
+            Some(side.rooms),
+            Some(side.recorder),
+            Some(side.shards_changed),
+        ),
+        None => (None, None, None),
+    };
+    let collect_now = Arc::new(Notify::new());
+    let place_now = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    // Shard records come and go with heartbeats: re-place rooms and collect garbage
+    // whenever the set of live shards (or their draining flags) changes.
+    tasks.push({
+        let (store, stop, collect_now, place_now) = (
+            store.clone(),
+            stop.clone(),
+            collect_now.clone(),
+            place_now.clone(),
+        );
+        let poll = settings.shard_poll;
+        tokio::spawn(async move {
+            let mut seen = shard_signature(&store);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                let now = shard_signature(&store);
+                if now != seen {
+                    tracing::info!(shards = ?now, "shards changed");
+                    seen = now;
+                    if let Some(tx) = &shards_changed {
+                        let _ = tx.try_send(());
+                    }
+                    place_now.notify_one();
+                    collect_now.notify_one();
+                }
+            }
+        })
+    });
+    tasks.push({
+        let (placer, stop, metrics) = (placer.clone(), stop.clone(), metrics.clone());
+        let period = settings.shard_poll;
+        tokio::spawn(async move {
+            let mut keeper = RecordKeeper::default();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                    _ = place_now.notified() => {}
+                }
+                let pass = keeper.pass(&placer).await;
+                for (room, outcome) in pass.placed {
+                    let result = if matches!(outcome, crate::conditions::RoomOutcome::Placed { .. }) { "ok" } else { "error" };
+                    metrics.reconciled("record", result);
+                    tracing::info!(%room, ?outcome, "record-only room placed");
+                }
+                for room in pass.forgotten {
+                    tracing::info!(%room, "room created on first join released by its shard; forgotten");
+                }
+            }
+        })
+    });
+    tasks.push({
+        let (store, stop, metrics) = (store.clone(), stop.clone(), metrics.clone());
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(settings.gc_period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {}
+                    _ = collect_now.notified() => {}
+                }
+                // Until the Room cache is filled, every pipeline would look orphaned.
+                if let Some(rooms) = &rooms
+                    && rooms.wait_until_ready().await.is_err()
+                {
+                    return;
+                }
+                let report = gc::collect(
+                    &store,
+                    &settings.admin_token,
+                    settings.gc_grace,
+                    |shard, pipeline| owned(&store, rooms.as_ref(), shard, pipeline),
+                )
+                .await;
+                metrics.gc_runs.inc();
+                for error in &report.errors {
+                    tracing::warn!(%error, "garbage collection incomplete");
+                }
+                for released in report.released {
+                    metrics.gc_released(&released.shard);
+                    tracing::info!(shard = %released.shard, pipeline = %released.pipeline,
+                        owner = ?released.owner, "orphaned pipeline released");
+                    if let Some(recorder) = &recorder {
+                        record_release(recorder, &settings.namespace, &released).await;
+                    }
+                }
+            }
+        })
+    });
+    tasks.push({
+        let (store, stop) = (store, stop);
+        let period = settings.compact_every;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                match store.compact(COMPACT_KEEP).await {
+                    Ok(Some(revision)) => tracing::info!(revision, "live-state history compacted"),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(%err, "live-state history not compacted"),
+                }
+            }
+        })
+    });
+    tasks
+}
+
+/// Revisions of history kept when compacting: enough for any watcher a few minutes behind.
+const COMPACT_KEEP: i64 = 10_000;
+
+async fn record_release(recorder: &Recorder, namespace: &str, released: &gc::Released) {
+    let (namespace, name) = released
+        .owner
+        .as_deref()
+        .and_then(gc::parse_owner)
+        .map(|(_, ns, name)| (ns.to_owned(), name.to_owned()))
+        .unwrap_or_else(|| (namespace.to_owned(), released.pipeline.clone()));
+    let reference = ObjectReference {
+        api_version: Some("tutti.dev/v1alpha1".into()),
+        kind: Some("Room".into()),
+        namespace: Some(namespace),
+        name: Some(name),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "OrphanReleased".into(),
+        note: Some(format!(
+            "pipeline {} on shard {} had no owner and was released",
+            released.pipeline, released.shard
+        )),
+        action: "CollectGarbage".into(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, &reference).await {
+        tracing::warn!(%err, "event not recorded");
+    }
+}
+
+/// Runs without Kubernetes until `stop`: rooms come from records in the live state (a
+/// hand-run cluster, or rooms gateways create on first join).
+pub async fn run_standalone<S>(
+    store: S,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) where
+    S: LiveView + LiveWriter + Clone + Send + Sync + 'static,
+{
+    let placer = Arc::new(Placer::new(
+        store,
+        settings.admin_token.clone(),
+        settings.strategy,
+    ));
+    let tasks = spawn_store_loops(placer, None, settings, metrics, stop.clone());
+    stop.cancelled().await;
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Runs the Room controller and the live-state loops until `stop` is cancelled.
 pub async fn run<S>(
     client: Client,
     store: S,
@@ -98,98 +314,18 @@ pub async fn run<S>(
     });
     let rooms: Api<Room> = Api::all(client.clone());
     let controller = Controller::new(rooms, watcher::Config::default().any_semantic());
-    let room_store = controller.store();
-
-    // Shard records come and go with heartbeats: re-place every room, and collect garbage,
-    // whenever the set of live shards (or their draining flags) changes.
     let (shards_changed, reconcile_all) = mpsc::channel::<()>(1);
-    let collect_now = Arc::new(Notify::new());
-    let watch = {
-        let (store, stop, collect_now) = (store.clone(), stop.clone(), collect_now.clone());
-        let poll = settings.shard_poll;
-        tokio::spawn(async move {
-            let mut seen = shard_signature(&store);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                let now = shard_signature(&store);
-                if now != seen {
-                    tracing::info!(shards = ?now, "shards changed");
-                    seen = now;
-                    let _ = shards_changed.try_send(());
-                    collect_now.notify_one();
-                }
-            }
-        })
+    let placer = Arc::new(Placer::new(
+        store.clone(),
+        settings.admin_token.clone(),
+        settings.strategy,
+    ));
+    let kube = KubeSide {
+        rooms: controller.store(),
+        recorder,
+        shards_changed,
     };
-    let collector = {
-        let (store, stop, room_store, metrics) = (
-            store.clone(),
-            stop.clone(),
-            room_store.clone(),
-            metrics.clone(),
-        );
-        let settings = settings.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(settings.gc_period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = ticker.tick() => {}
-                    _ = collect_now.notified() => {}
-                }
-                // Until the Room cache is filled, every pipeline would look orphaned.
-                if room_store.wait_until_ready().await.is_err() {
-                    return;
-                }
-                let report = gc::collect(
-                    &store,
-                    &settings.admin_token,
-                    settings.gc_grace,
-                    |shard, pipeline| owned_by_room(&store, &room_store, shard, pipeline),
-                )
-                .await;
-                metrics.gc_runs.inc();
-                for error in &report.errors {
-                    tracing::warn!(%error, "garbage collection incomplete");
-                }
-                for released in report.released {
-                    metrics.gc_released(&released.shard);
-                    tracing::info!(shard = %released.shard, pipeline = %released.pipeline,
-                        owner = ?released.owner, "orphaned pipeline released");
-                    let (namespace, name) = released
-                        .owner
-                        .as_deref()
-                        .and_then(gc::parse_owner)
-                        .map(|(_, ns, name)| (ns.to_owned(), name.to_owned()))
-                        .unwrap_or_else(|| (settings.namespace.clone(), released.pipeline.clone()));
-                    let reference = ObjectReference {
-                        api_version: Some("tutti.dev/v1alpha1".into()),
-                        kind: Some("Room".into()),
-                        namespace: Some(namespace),
-                        name: Some(name),
-                        ..ObjectReference::default()
-                    };
-                    let event = Event {
-                        type_: EventType::Normal,
-                        reason: "OrphanReleased".into(),
-                        note: Some(format!(
-                            "pipeline {} on shard {} had no owner and was released",
-                            released.pipeline, released.shard
-                        )),
-                        action: "CollectGarbage".into(),
-                        secondary: None,
-                    };
-                    if let Err(err) = recorder.publish(&event, &reference).await {
-                        tracing::warn!(%err, "event not recorded");
-                    }
-                }
-            }
-        })
-    };
+    let tasks = spawn_store_loops(placer, Some(kube), settings, metrics, stop.clone());
     controller
         .reconcile_all_on(tokio_stream_from(reconcile_all))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
@@ -201,8 +337,9 @@ pub async fn run<S>(
         })
         .await;
     stop.cancel();
-    let _ = watch.await;
-    let _ = collector.await;
+    for task in tasks {
+        let _ = task.await;
+    }
 }
 
 /// A receiver as a stream of triggers.

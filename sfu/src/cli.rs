@@ -2,9 +2,11 @@
 //! `tutti-sfu` binary and the benchmark, which runs a shard as a child process of itself.
 
 use crate::config::{self, LogFormat, ShardArgs};
+use crate::heartbeat;
 use crate::server::{ShardOptions, start};
 use crate::shard::CoreConfig;
 use crate::shard::api::PipelineSpec;
+use std::time::Duration;
 
 /// Installs the tracing subscriber.
 pub fn init_logging(format: LogFormat) {
@@ -56,8 +58,57 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
         "tutti-sfu: http://{} (signaling ws://{}/v1/signal), media udp {} advertised as {}",
         shard.http_addr, shard.http_addr, shard.udp_addr, shard.advertised
     );
+    let heartbeat_stop = tokio_util::sync::CancellationToken::new();
+    let heartbeat = match args.store.etcd()? {
+        None => None,
+        Some(etcd) => {
+            let store = tutti_store::EtcdStore::connect(&etcd, Duration::from_secs(5)).await?;
+            let base = args
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", shard.http_addr));
+            let base = base.trim_end_matches('/').to_owned();
+            let signal = match base.strip_prefix("https://") {
+                Some(host) => format!("wss://{host}/v1/signal"),
+                None => format!("ws://{}/v1/signal", base.trim_start_matches("http://")),
+            };
+            let config = heartbeat::HeartbeatConfig {
+                id: args
+                    .shard_id
+                    .clone()
+                    .unwrap_or_else(|| format!("shard-{}", shard.udp_addr.port())),
+                signal_url: signal,
+                admin_url: base,
+                region: args.region.clone(),
+                labels: args
+                    .labels
+                    .iter()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                capacity: u32::try_from(args.max_participants).unwrap_or(u32::MAX),
+                interval: Duration::from_secs(1),
+                ttl: Duration::from_secs(args.heartbeat_ttl),
+            };
+            println!(
+                "tutti-sfu: heartbeat as {} to {}",
+                config.id, args.store.store
+            );
+            Some(tokio::spawn(heartbeat::run(
+                config,
+                shard.handle.clone(),
+                store,
+                heartbeat_stop.clone(),
+            )))
+        }
+    };
     wait_for_signal().await;
     tracing::info!("stopping: telling sessions to reconnect");
+    // Out of the live state first, so nothing new is routed here, then drain.
+    heartbeat_stop.cancel();
+    if let Some(task) = heartbeat {
+        let _ = task.await;
+    }
     shard.stop().await;
     Ok(())
 }

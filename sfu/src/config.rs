@@ -64,6 +64,25 @@ pub struct ShardArgs {
     /// Log format.
     #[arg(long, env = "TUTTI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Where the shard publishes its heartbeat (cluster mode: an etcd URL).
+    #[command(flatten)]
+    pub store: tutti_store::StoreArgs,
+    /// This shard's id in the live state (the pod name in a cluster).
+    #[arg(long, env = "TUTTI_SHARD_ID")]
+    pub shard_id: Option<String>,
+    /// The base URL gateways and the operator reach this shard's HTTP server at
+    /// (defaults to http://<--http>).
+    #[arg(long, env = "TUTTI_SHARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Region or zone label, for seating viewers nearby.
+    #[arg(long, env = "TUTTI_SHARD_REGION")]
+    pub region: Option<String>,
+    /// A label rooms can select this shard by, `key=value` (repeatable).
+    #[arg(long = "label", env = "TUTTI_SHARD_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Seconds a heartbeat keeps the shard's record alive (heartbeats come every second).
+    #[arg(long, env = "TUTTI_HEARTBEAT_TTL", default_value_t = 5)]
+    pub heartbeat_ttl: u64,
 }
 
 /// A configuration error, reported before anything starts.
@@ -104,6 +123,28 @@ pub fn validate(args: &ShardArgs) -> Result<(), ConfigError> {
     if !(1..=100_000).contains(&args.max_participants) {
         return Err(ConfigError::OutOfRange(
             "--max-participants must be 1..=100000".into(),
+        ));
+    }
+    if !(2..=60).contains(&args.heartbeat_ttl) {
+        return Err(ConfigError::OutOfRange(
+            "--heartbeat-ttl must be 2..=60".into(),
+        ));
+    }
+    for label in &args.labels {
+        let valid = label
+            .split_once('=')
+            .is_some_and(|(k, v)| !k.is_empty() && k.len() <= 253 && v.len() <= 63);
+        if !valid {
+            return Err(ConfigError::OutOfRange(format!(
+                "--label {label:?} must be key=value"
+            )));
+        }
+    }
+    if let Some(id) = &args.shard_id
+        && !crate::signal::protocol::valid_id(id)
+    {
+        return Err(ConfigError::OutOfRange(
+            "--shard-id must be 1-64 characters of A-Z a-z 0-9 . _ -".into(),
         ));
     }
     if !(3..=300).contains(&args.ice_failed_secs) {

@@ -233,9 +233,7 @@ impl EtcdStore {
         self.inner.shared.revision.load(Ordering::Relaxed)
     }
 
-    /// Compacts etcd's history older than `keep` revisions before the current one; the
-    /// revision compacted to, if anything was. Watchers that fall behind it resync.
-    pub async fn compact_history(&self, keep: i64) -> Result<Option<i64>, StoreError> {
+    async fn compact_history(&self, keep: i64) -> Result<Option<i64>, StoreError> {
         let mut client = self.client();
         let status = client.status().await.map_err(unavailable)?;
         let current = status.header().map_or(0, |h| h.revision());
@@ -560,6 +558,12 @@ impl LiveWriter for EtcdStore {
 
     async fn delete_room(&self, name: &str) -> Result<(), StoreError> {
         self.delete(Kind::Room, name).await
+    }
+
+    /// Compacts etcd's history older than `keep` revisions before the current one; the
+    /// revision compacted to, if anything was. Watchers that fall behind it resync.
+    async fn compact(&self, keep: i64) -> Result<Option<i64>, StoreError> {
+        self.compact_history(keep).await
     }
 }
 

@@ -22,12 +22,14 @@
 //! read after a reconnect or when the watch falls behind a compaction.
 #![forbid(unsafe_code)]
 
+mod args;
 mod etcd;
 mod memory;
 pub mod password;
 mod records;
 pub mod snapshot;
 
+pub use args::StoreArgs;
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
 pub use records::{RoomRecord, Route, ShardLoadSummary, ShardRecord};
@@ -100,4 +102,6 @@ pub trait LiveWriter: Send + Sync {
     fn put_room(&self, record: RoomRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Forgets a room's settings.
     fn delete_room(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Drops history older than `keep` revisions (etcd); the revision compacted to.
+    fn compact(&self, keep: i64) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 }

@@ -169,6 +169,11 @@ impl LiveWriter for MemoryStore {
         self.set(Kind::Room, name, None);
         Ok(())
     }
+
+    async fn compact(&self, _keep: i64) -> Result<Option<i64>, StoreError> {
+        // No history is kept in memory.
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

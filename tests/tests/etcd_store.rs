@@ -155,7 +155,7 @@ async fn copies_serve_the_last_state_while_etcd_is_down_and_resync_after() -> Re
             .put_route("concert", if i % 2 == 0 { "s1" } else { "s2" }, 2 + i)
             .await?;
     }
-    let compacted = writer.compact_history(10).await?;
+    let compacted = writer.compact(10).await?;
     ensure!(compacted.is_some(), "history compacted");
     writer
         .put_room(RoomRecord::with_defaults("after-compaction"))

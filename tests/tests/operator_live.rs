@@ -12,7 +12,7 @@ use tutti_operator::conditions::RoomOutcome;
 use tutti_operator::gc;
 use tutti_operator::placement::Strategy;
 use tutti_operator::placer::Placer;
-use tutti_operator::run::owned_by_room;
+use tutti_operator::run::owned;
 use tutti_operator::validation::validate_room;
 use tutti_sfu::heartbeat::{self, HeartbeatConfig};
 use tutti_sfu::shard::api::PipelineSpec;
@@ -76,7 +76,7 @@ async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() 
     let a = shard(&store, "a", &stop).await?;
     let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
     // A Room the cluster knows, placed the normal way.
-    let owned = room("music", "lesson");
+    let lesson = room("music", "lesson");
     let valid = valid("lesson")?;
     ensure!(matches!(
         placer.apply(&valid, None).await,
@@ -96,12 +96,12 @@ async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() 
         )
         .await?;
     let mut writer: Writer<Room> = Writer::default();
-    writer.apply_watcher_event(&watcher::Event::Apply(owned));
+    writer.apply_watcher_event(&watcher::Event::Apply(lesson));
     let rooms = writer.as_reader();
     let grace = Duration::from_secs(1);
     let collect = || {
         gc::collect(&store, ADMIN_TOKEN, grace, |shard, p| {
-            owned_by_room(&store, &rooms, shard, p)
+            owned(&store, Some(&rooms), shard, p)
         })
     };
 

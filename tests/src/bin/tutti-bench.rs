@@ -27,7 +27,7 @@ enum Command {
     Baseline(RunArgs),
     /// Runs a shard (the child process of `fanout`).
     #[command(hide = true)]
-    ServeShard(ShardArgs),
+    ServeShard(Box<ShardArgs>),
     /// Runs the plain relay (the child process of `baseline`).
     #[command(hide = true)]
     Relay,
@@ -39,7 +39,7 @@ async fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::ServeShard(args) => {
             tutti_sfu::cli::init_logging(args.log_format);
-            tutti_sfu::cli::run(args)
+            tutti_sfu::cli::run(*args)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
         }

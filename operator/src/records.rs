@@ -1,0 +1,89 @@
+//! Rooms that have a record in the live state but no Room resource: rooms a gateway
+//! created on first join (owner `Gateway/...`), or any record written without Kubernetes
+//! (a standalone operator, a hand-run cluster). The operator stays the one writer of
+//! their routes: it places them, places them again when their shard goes, and forgets the
+//! ones created on first join once their shard has released them (they stood empty past
+//! their timeout).
+
+use crate::conditions::RoomOutcome;
+use crate::placer::Placer;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tutti_store::{LiveView, LiveWriter, RoomRecord};
+
+/// The owner prefix of rooms created on first join.
+pub const AUTO_OWNER: &str = "Gateway/auto";
+
+/// Whether a record belongs to a Room resource (the Room controller places those).
+pub fn from_resource(record: &RoomRecord) -> bool {
+    record
+        .owner
+        .as_deref()
+        .is_some_and(|owner| owner.starts_with("Room/"))
+}
+
+/// Remembers, between passes, which auto-created rooms their shard no longer hosts.
+#[derive(Debug, Default)]
+pub struct RecordKeeper {
+    missing: HashMap<String, u64>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Pass {
+    /// Rooms placed (or placed again), with the outcome.
+    pub placed: Vec<(String, RoomOutcome)>,
+    /// Auto-created rooms forgotten.
+    pub forgotten: Vec<String>,
+}
+
+impl RecordKeeper {
+    /// Places every record-only room that lacks a live route, and forgets auto-created
+    /// rooms their shard released (seen missing twice at the same route epoch).
+    pub async fn pass<S: LiveView + LiveWriter>(&mut self, placer: &Placer<S>) -> Pass {
+        let store = placer.store();
+        let mut pass = Pass::default();
+        let mut hosted: HashMap<String, Option<HashSet<String>>> = HashMap::new();
+        let mut still_missing = HashMap::new();
+        for record in store.rooms() {
+            if from_resource(&record) {
+                continue;
+            }
+            let name = record.name.clone();
+            let route = store.route(&name);
+            let shard = route.as_ref().and_then(|r| store.shard(&r.shard));
+            let Some(shard) = shard else {
+                let outcome = placer.place(record, &BTreeMap::new()).await;
+                pass.placed.push((name, outcome));
+                continue;
+            };
+            if record.owner.as_deref() != Some(AUTO_OWNER) {
+                continue;
+            }
+            let pipelines = match hosted.get(&shard.id) {
+                Some(known) => known.clone(),
+                None => {
+                    let listed = placer
+                        .admin(&shard.admin_url)
+                        .pipelines()
+                        .await
+                        .ok()
+                        .map(|list| list.into_iter().map(|p| p.name).collect::<HashSet<_>>());
+                    hosted.insert(shard.id.clone(), listed.clone());
+                    listed
+                }
+            };
+            let epoch = route.map_or(0, |r| r.epoch);
+            if pipelines.is_some_and(|names| !names.contains(&name)) {
+                if self.missing.get(&name) == Some(&epoch) {
+                    if placer.forget(&name, AUTO_OWNER).await.is_ok() {
+                        pass.forgotten.push(name);
+                    }
+                } else {
+                    still_missing.insert(name, epoch);
+                }
+            }
+        }
+        self.missing = still_missing;
+        pass
+    }
+}
