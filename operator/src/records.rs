@@ -10,8 +10,8 @@ use crate::placer::Placer;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tutti_store::{LiveView, LiveWriter, RoomRecord};
 
-/// The owner prefix of rooms created on first join.
-pub const AUTO_OWNER: &str = "Gateway/auto";
+/// The owner of rooms created on first join.
+pub use tutti_store::AUTO_CREATED_OWNER as AUTO_OWNER;
 
 /// Whether a record belongs to a Room resource (the Room controller places those).
 pub fn from_resource(record: &RoomRecord) -> bool {

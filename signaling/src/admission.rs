@@ -85,11 +85,21 @@ impl TokenKeys {
 
     /// Checks a token's signature, algorithm and expiry; returns its claims.
     pub fn verify(&self, token: &str) -> Result<JoinClaims, TokenError> {
-        Ok(jsonwebtoken::decode::<JoinClaims>(token, &self.decoding, &self.validation)?.claims)
+        self.verify_as(token)
     }
 
     /// Signs claims into a token.
     pub fn issue(&self, claims: &JoinClaims) -> Result<String, TokenError> {
+        self.sign(claims)
+    }
+
+    /// Checks a token and decodes claims of any shape.
+    pub fn verify_as<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+        Ok(jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation)?.claims)
+    }
+
+    /// Signs claims of any shape.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             claims,
@@ -97,6 +107,28 @@ impl TokenKeys {
         )?)
     }
 }
+
+/// What a resume token says: who the participant was, so that it comes back as itself.
+/// Resume tokens are signed with the gateways' session secret, never the join-token
+/// secret, so neither kind of token passes for the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeClaims {
+    /// The room.
+    pub room: String,
+    /// The participant id.
+    pub participant: String,
+    /// The nickname.
+    pub name: String,
+    /// May publish.
+    pub publish: bool,
+    /// Receives others' media.
+    pub subscribe: bool,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// How long a resume token is good for.
+pub const RESUME_TTL_SECS: u64 = 12 * 3600;
 
 /// A refused join: the code and the explanation the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +288,7 @@ mod tests {
             token: None,
             publish: None,
             subscribe: None,
+            resume: None,
         }
     }
 

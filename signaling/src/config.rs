@@ -71,9 +71,20 @@ pub struct RunArgs {
     /// Address of the HTTP server (web client, WebSocket, REST, metrics).
     #[arg(long, env = "TUTTI_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Live state: `memory` runs the embedded shards in this process (local mode).
-    #[arg(long, env = "TUTTI_STORE", default_value = "memory")]
-    pub store: String,
+    /// Where the live state is: `memory` runs the whole system in this process (local
+    /// mode); an etcd URL joins a cluster.
+    #[command(flatten)]
+    pub store: tutti_store::StoreArgs,
+    /// Cluster mode: the token shards accept on their signaling endpoint.
+    #[arg(long, env = "TUTTI_SFU_SIGNAL_TOKEN", hide_env_values = true)]
+    pub shard_signal_token: Option<String>,
+    /// Secret that signs resume tokens; every gateway of a cluster needs the same one, so
+    /// that a client can resume its session through any of them.
+    #[arg(long, env = "TUTTI_SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+    /// Cluster mode: seconds a join waits for its room to be placed.
+    #[arg(long, env = "TUTTI_ROUTE_WAIT", default_value_t = 15)]
+    pub route_wait: u64,
     /// Local mode: SFU shards to embed.
     #[arg(long, env = "TUTTI_LOCAL_SHARDS", default_value_t = 2)]
     pub shards: usize,
@@ -137,8 +148,22 @@ impl RunArgs {
     /// Checks bounds and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.store != "memory" {
-            return invalid("--store: only `memory` (local mode) is available in this build");
+        let cluster = self.store.etcd().map_err(ConfigError::Invalid)?.is_some();
+        if cluster
+            && self
+                .shard_signal_token
+                .as_ref()
+                .is_none_or(|t| t.len() < 22)
+        {
+            return invalid("cluster mode needs --shard-signal-token (at least 22 characters)");
+        }
+        if let Some(secret) = &self.session_secret
+            && secret.len() < MIN_SECRET_LEN
+        {
+            return invalid("--session-secret must be at least 32 bytes");
+        }
+        if !(1..=120).contains(&self.route_wait) {
+            return invalid("--route-wait must be 1..=120 seconds");
         }
         if !(1..=16).contains(&self.shards) {
             return invalid("--shards must be 1..=16");
@@ -410,6 +435,19 @@ mod tests {
         assert!(parse(&["--jwt-secret", "short"]).is_err());
         assert!(parse(&["--turn-url", "turn:x:3478"]).is_err());
         assert!(parse(&["--turn-url", "http://x", "--turn-secret", "s"]).is_err());
-        assert!(parse(&["--store", "etcd://127.0.0.1:2379"]).is_err());
+        assert!(
+            parse(&["--store", "etcd://127.0.0.1:2379"]).is_err(),
+            "needs the shard token"
+        );
+        assert!(
+            parse(&[
+                "--store",
+                "etcd://127.0.0.1:2379",
+                "--shard-signal-token",
+                "0123456789012345678901"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["--store", "mysql://x"]).is_err());
     }
 }

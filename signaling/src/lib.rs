@@ -6,10 +6,12 @@
 //! join), [`rooms`] (which rooms exist), [`placement`] (which shard holds a room),
 //! [`shard_link`] (a participant's channel to its shard), [`session`] (one client's
 //! session), [`turn`] (ICE servers), [`server`] (HTTP routes), [`web`] (the client),
-//! [`metrics`], [`config`], [`local`] (the one-process system).
+//! [`metrics`], [`config`], [`local`] (the one-process system), [`cluster`] (a gateway
+//! among several, over etcd).
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod local;
 pub mod metrics;

@@ -6,15 +6,11 @@
 //! store and the placement authority differ from a cluster; sessions, admission,
 //! relaying and media are the production paths.
 
-use crate::admission::{PasswordChecker, TokenKeys};
-use crate::config::LocalRooms;
 use crate::metrics::GatewayMetrics;
 use crate::placement::{LocalPlacer, refresh_occupancy};
-use crate::rooms::RoomDirectory;
 use crate::server::{AppState, RunningServer, serve};
-use crate::session::Gateway;
+use crate::session::{Gateway, GatewayOptions, GatewayParts};
 use crate::shard_link::WsConnector;
-use crate::turn::IceConfig;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +28,8 @@ const OCCUPANCY_PERIOD: Duration = Duration::from_secs(2);
 /// What local mode needs to start.
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
-    /// The gateway's HTTP address.
-    pub listen: SocketAddr,
+    /// What every gateway takes.
+    pub common: GatewayOptions,
     /// Shards to embed.
     pub shards: usize,
     /// IP the media sockets bind to.
@@ -44,12 +40,6 @@ pub struct LocalOptions {
     pub advertise_ip: IpAddr,
     /// Participants one shard accepts.
     pub shard_max_participants: usize,
-    /// Rooms and the template for rooms created on first join.
-    pub rooms: LocalRooms,
-    /// Join token signing secret.
-    pub jwt_secret: Option<String>,
-    /// ICE servers for clients.
-    pub ice: IceConfig,
 }
 
 /// A running local system.
@@ -68,7 +58,7 @@ impl LocalSystem {
     /// Starts the shards, waits until each has published its record, then serves.
     pub async fn start(options: LocalOptions) -> Result<Self, Box<dyn std::error::Error>> {
         let store = MemoryStore::new();
-        for room in &options.rooms.rooms {
+        for room in &options.common.rooms.rooms {
             store.put_room(room.clone()).await?;
         }
         let admin_token = tutti_sfu::peer::random_token(32);
@@ -136,25 +126,18 @@ impl LocalSystem {
                 .map(|(id, shard)| (id.clone(), shard.metrics.clone()))
                 .collect(),
         );
-        let tokens = options
-            .jwt_secret
-            .as_deref()
-            .map(|secret| TokenKeys::new(secret.as_bytes()))
-            .transpose()?;
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
-        let gateway = Arc::new(Gateway {
-            rooms: RoomDirectory::new(view.clone(), options.rooms.auto_create.clone(), occupancy),
-            router: Arc::new(LocalPlacer::new(store.clone(), admin_token)),
-            connector: Arc::new(WsConnector::new(signal_token)),
-            tokens,
-            passwords: PasswordChecker::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
-            ice: options.ice.clone(),
-            metrics,
-            shutdown: CancellationToken::new(),
-        });
-        let server = serve(options.listen, AppState::new(gateway, view)).await?;
+        let gateway = Gateway::build(
+            GatewayParts {
+                view: view.clone(),
+                router: Arc::new(LocalPlacer::new(store.clone(), admin_token)),
+                connector: Arc::new(WsConnector::new(signal_token)),
+                occupancy,
+                metrics,
+            },
+            &options.common,
+        )?;
+        let server = serve(options.common.listen, AppState::new(gateway, view)).await?;
         Ok(Self {
             server,
             shards,

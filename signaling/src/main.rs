@@ -5,8 +5,10 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tutti_signaling::admission::{JoinClaims, TokenKeys, hash_password};
+use tutti_signaling::cluster::{ClusterGateway, ClusterOptions};
 use tutti_signaling::config::{Cli, Command, LocalRooms, RunArgs, TokenArgs};
 use tutti_signaling::local::{LocalOptions, LocalSystem};
+use tutti_signaling::session::GatewayOptions;
 use tutti_signaling::turn::IceConfig;
 
 #[tokio::main]
@@ -38,21 +40,48 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         Some(path) => LocalRooms::load(path, args.no_auto_create)?,
         None => LocalRooms::from_file(Default::default(), args.no_auto_create)?,
     };
-    let options = LocalOptions {
+    let common = GatewayOptions {
         listen: args.listen,
-        shards: args.shards,
-        media_bind: args.media_bind,
-        media_port: args.media_port,
-        advertise_ip: args.media_advertise_ip(),
-        shard_max_participants: args.shard_max_participants,
         rooms,
         jwt_secret: args.jwt_secret.clone(),
+        session_secret: args.session_secret.clone(),
         ice: IceConfig {
             stun_urls: args.stun_urls.clone(),
             turn_urls: args.turn_urls.clone(),
             turn_secret: args.turn_secret.clone(),
             ttl: Duration::from_secs(args.turn_ttl),
         },
+    };
+    if let Some(etcd) = args.store.etcd()? {
+        if args.session_secret.is_none() {
+            tracing::warn!(
+                "no --session-secret: clients can resume sessions only through this gateway"
+            );
+        }
+        let gateway = ClusterGateway::start(ClusterOptions {
+            common,
+            etcd,
+            shard_signal_token: args.shard_signal_token.clone().unwrap_or_default(),
+            route_wait: Duration::from_secs(args.route_wait),
+        })
+        .await?;
+        println!("tutti-gateway: listening on {}", gateway.url());
+        println!(
+            "tutti-gateway: cluster mode, live state in {}",
+            args.store.store
+        );
+        tutti_sfu::cli::wait_for_signal().await;
+        tracing::info!("stopping: telling clients to reconnect");
+        gateway.stop().await;
+        return Ok(());
+    }
+    let options = LocalOptions {
+        common,
+        shards: args.shards,
+        media_bind: args.media_bind,
+        media_port: args.media_port,
+        advertise_ip: args.media_advertise_ip(),
+        shard_max_participants: args.shard_max_participants,
     };
     let system = LocalSystem::start(options).await?;
     let url = system.url();

@@ -13,11 +13,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tutti_sfu::admin_client::ShardAdmin;
 use tutti_sfu::shard::api::PipelineSpec;
-use tutti_store::{LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord};
+use tutti_store::{AUTO_CREATED_OWNER, LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord};
 
 /// Why no shard could be found for a room.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// The live state cannot be reached.
+    #[error("the cluster's live state cannot be reached: {0}")]
+    Unavailable(String),
     /// Every shard is draining, full or gone.
     #[error("no shard can take room {0} now")]
     NoShard(String),
@@ -33,12 +36,25 @@ pub enum RouteError {
     },
 }
 
+/// Where a room is: its shard and the route's epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// The shard.
+    pub shard: ShardRecord,
+    /// The epoch of the route that named it.
+    pub epoch: u64,
+}
+
 /// Finds the shard a room's participants are relayed to.
 #[async_trait]
 pub trait RoomRouter: Send + Sync {
-    /// The shard holding `room`. With `repair`, the previous answer did not work (the shard
-    /// no longer hosts the room, or is draining): place it again.
-    async fn shard_for(&self, room: &RoomRecord, repair: bool) -> Result<ShardRecord, RouteError>;
+    /// Where `room` is. `failed` is an answer that did not work (the shard no longer hosts
+    /// the room, or is draining): the room must be placed again, or have moved.
+    async fn shard_for(
+        &self,
+        room: &RoomRecord,
+        failed: Option<&Placement>,
+    ) -> Result<Placement, RouteError>;
 }
 
 /// Spreads rooms: among shards that are not draining and have a free seat, the one
@@ -78,10 +94,13 @@ impl LocalPlacer {
         }
     }
 
-    fn routed_shard(&self, room: &str) -> Option<(u64, ShardRecord)> {
+    fn routed_shard(&self, room: &str) -> Option<Placement> {
         let route = self.store.route(room)?;
         let shard = self.store.shard(&route.shard)?;
-        Some((route.epoch, shard))
+        Some(Placement {
+            shard,
+            epoch: route.epoch,
+        })
     }
 
     async fn create_pipeline(
@@ -103,24 +122,28 @@ impl LocalPlacer {
 
 #[async_trait]
 impl RoomRouter for LocalPlacer {
-    async fn shard_for(&self, room: &RoomRecord, repair: bool) -> Result<ShardRecord, RouteError> {
+    async fn shard_for(
+        &self,
+        room: &RoomRecord,
+        failed: Option<&Placement>,
+    ) -> Result<Placement, RouteError> {
+        let repair = failed.is_some();
         if !repair
-            && let Some((_, shard)) = self.routed_shard(&room.name)
-            && !shard.draining
+            && let Some(placement) = self.routed_shard(&room.name)
+            && !placement.shard.draining
         {
-            return Ok(shard);
+            return Ok(placement);
         }
         let _placing = self.placing.lock().await;
-        let current = self.routed_shard(&room.name);
-        if let Some((_, shard)) = &current
-            && !shard.draining
+        if let Some(placement) = self.routed_shard(&room.name)
+            && !placement.shard.draining
         {
             // Placed by a concurrent join while we waited, or (repair) the shard dropped
             // the pipeline after it stood empty: create it again where the route points.
             if repair {
-                self.create_pipeline(room, shard).await?;
+                self.create_pipeline(room, &placement.shard).await?;
             }
-            return Ok(shard.clone());
+            return Ok(placement);
         }
         let shards = self.store.shards();
         let mut rooms_per_shard: HashMap<String, usize> = HashMap::new();
@@ -132,7 +155,8 @@ impl RoomRouter for LocalPlacer {
             .ok_or_else(|| RouteError::NoShard(room.name.clone()))?;
         self.create_pipeline(room, &shard).await?;
         let epoch = self.store.route(&room.name).map_or(0, |r| r.epoch);
-        self.store
+        let route = self
+            .store
             .put_route(&room.name, &shard.id, epoch)
             .await
             .map_err(|err| RouteError::ShardFailed {
@@ -141,7 +165,89 @@ impl RoomRouter for LocalPlacer {
                 why: err.to_string(),
             })?;
         tracing::info!(room = %room.name, shard = %shard.id, "room placed");
-        Ok(shard)
+        Ok(Placement {
+            shard,
+            epoch: route.epoch,
+        })
+    }
+}
+
+/// Finds rooms in a cluster's live state, where the operator places them. A room that
+/// has no record yet and may be created on first join gets one (owner
+/// [`AUTO_CREATED_OWNER`]), which the operator then places; the join waits for the route.
+pub struct StoreRouter<S> {
+    store: S,
+    wait: Duration,
+}
+
+impl<S> StoreRouter<S> {
+    /// A router over `store` that waits up to `wait` for a room to be placed.
+    pub fn new(store: S, wait: Duration) -> Self {
+        Self { store, wait }
+    }
+}
+
+#[async_trait]
+impl<S: LiveView + LiveWriter + Send + Sync> RoomRouter for StoreRouter<S> {
+    async fn shard_for(
+        &self,
+        room: &RoomRecord,
+        failed: Option<&Placement>,
+    ) -> Result<Placement, RouteError> {
+        let unavailable = || RouteError::Unavailable("etcd does not answer".into());
+        if !self.store.synced() {
+            return Err(unavailable());
+        }
+        if self.store.room(&room.name).is_none() {
+            let record = RoomRecord {
+                owner: Some(AUTO_CREATED_OWNER.into()),
+                ..room.clone()
+            };
+            self.store
+                .put_room(record)
+                .await
+                .map_err(|e| RouteError::Unavailable(e.to_string()))?;
+        }
+        let mut changes = self.store.watch_routes();
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.wait;
+        // After a failure, the same answer is given again only once the operator has had
+        // a moment to repair it in place (an empty pipeline re-created on its shard).
+        let retry_same_after = start + Duration::from_secs(2);
+        loop {
+            if let Some(route) = self.store.route(&room.name)
+                && let Some(shard) = self.store.shard(&route.shard)
+            {
+                let fresh = match failed {
+                    None => true,
+                    Some(previous) => {
+                        route.epoch > previous.epoch
+                            || tokio::time::Instant::now() >= retry_same_after
+                    }
+                };
+                if fresh {
+                    return Ok(Placement {
+                        shard,
+                        epoch: route.epoch,
+                    });
+                }
+            }
+            if !self.store.synced() {
+                return Err(unavailable());
+            }
+            // Routes arrive by watch; shards' records too, but without a notification of
+            // their own, so look again every 200 ms as well.
+            tokio::select! {
+                _ = changes.recv() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(RouteError::NoShard(format!(
+                        "room {} is not placed on a live shard yet",
+                        room.name
+                    )));
+                }
+            }
+        }
     }
 }
 

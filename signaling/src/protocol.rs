@@ -61,6 +61,9 @@ pub enum ErrorCode {
     ParticipantNotFound,
     /// No shard can take the room now; try again shortly.
     ShardUnavailable,
+    /// The cluster's live state cannot be reached: joins fail until it is back, while
+    /// calls already running go on.
+    Unavailable,
     /// Too many messages, or too many join attempts.
     RateLimited,
     /// The gateway or shard fell behind sending to you; the session ends.
@@ -71,7 +74,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for metrics and documentation tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::BadMessage,
         Self::UnsupportedVersion,
         Self::Unauthorized,
@@ -89,6 +92,7 @@ impl ErrorCode {
         Self::TrackNotFound,
         Self::ParticipantNotFound,
         Self::ShardUnavailable,
+        Self::Unavailable,
         Self::RateLimited,
         Self::SlowConsumer,
         Self::Internal,
@@ -114,6 +118,7 @@ impl ErrorCode {
             Self::TrackNotFound => "track_not_found",
             Self::ParticipantNotFound => "participant_not_found",
             Self::ShardUnavailable => "shard_unavailable",
+            Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
             Self::SlowConsumer => "slow_consumer",
             Self::Internal => "internal",
@@ -166,6 +171,11 @@ pub struct JoinRequest {
     /// Whether to receive others' media (default true; a token may forbid it).
     #[serde(default)]
     pub subscribe: Option<bool>,
+    /// The `resume` token of an earlier `joined`: come back as the same participant
+    /// (after a reconnect, through any gateway). When it is invalid or expired, the other
+    /// credentials are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
 
 /// One decoded client frame.
@@ -256,7 +266,12 @@ fn validate_join(join: &JoinRequest) -> Result<(), ProtocolError> {
     {
         return bad("password too long");
     }
-    if join.token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
+    if join.token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_LEN)
+        || join
+            .resume
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TOKEN_LEN)
+    {
         return bad("token too long");
     }
     Ok(())
@@ -321,6 +336,9 @@ pub struct Joined {
     pub participants: Vec<ParticipantInfo>,
     /// ICE servers for both of your peer connections.
     pub ice_servers: Vec<IceServer>,
+    /// Send this back in `join.resume` to come back as the same participant after a
+    /// reconnect, through any gateway of the cluster.
+    pub resume: String,
 }
 
 /// Encodes a gateway message as one text frame.
@@ -392,6 +410,7 @@ mod tests {
                 token: None,
                 publish: None,
                 subscribe: None,
+                resume: None,
             })
         );
         let chat = decode_client(r#"{"v":1,"type":"chat","text":"hi","to":"p1"}"#).unwrap();

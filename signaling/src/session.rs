@@ -11,23 +11,25 @@
 //! the same socket, which is how it follows a room that moved to another shard.
 
 use crate::admission::{
-    PasswordChecker, Refusal, TokenKeys, admit_with_password, admit_with_token,
+    Admitted, PasswordChecker, RESUME_TTL_SECS, Refusal, ResumeClaims, TokenKeys,
+    admit_with_password, admit_with_token,
 };
 use crate::metrics::GatewayMetrics;
-use crate::placement::RoomRouter;
+use crate::placement::{Placement, RoomRouter, RouteError};
 use crate::protocol::{ErrorCode, Inbound, JoinRequest, Joined, Outbound, decode_client, encode};
 use crate::rooms::RoomDirectory;
 use crate::shard_link::{ShardConnector, ShardLink};
 use crate::turn::IceConfig;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tutti_sfu::ratelimit::TokenBucket;
 use tutti_sfu::signal::protocol::{
     self as shard, ErrorCode as ShardCode, ServerMessage, decode_server, encode_client,
 };
+use tutti_store::{LiveView, RoomRecord, RouteChange};
 
 /// Messages per second a client may send on average, and its burst.
 const RATE: (u32, u32) = (50, 200);
@@ -76,6 +78,10 @@ pub struct Gateway {
     pub connector: Arc<dyn ShardConnector>,
     /// Join token keys; `None` refuses tokens.
     pub tokens: Option<TokenKeys>,
+    /// Keys of resume tokens, shared by every gateway of a cluster.
+    pub sessions: TokenKeys,
+    /// The live state (route changes).
+    pub view: Arc<dyn LiveView>,
     /// Bounded argon2 checks.
     pub passwords: PasswordChecker,
     /// ICE servers for clients.
@@ -86,9 +92,76 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
 }
 
+/// What every gateway is configured with, in either mode.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// The HTTP address.
+    pub listen: std::net::SocketAddr,
+    /// Declared rooms and the template of rooms created on first join.
+    pub rooms: crate::config::LocalRooms,
+    /// Join token signing secret.
+    pub jwt_secret: Option<String>,
+    /// Resume token secret, shared by every gateway of a cluster; `None` generates one,
+    /// so that only this gateway can resume its sessions.
+    pub session_secret: Option<String>,
+    /// ICE servers for clients.
+    pub ice: IceConfig,
+}
+
+/// The mode-specific parts of a gateway.
+pub struct GatewayParts {
+    /// The live state.
+    pub view: Arc<dyn LiveView>,
+    /// Where rooms live.
+    pub router: Arc<dyn RoomRouter>,
+    /// Links to shards.
+    pub connector: Arc<dyn ShardConnector>,
+    /// Room occupancy for the list.
+    pub occupancy: crate::rooms::OccupancyMap,
+    /// Metrics.
+    pub metrics: Arc<GatewayMetrics>,
+}
+
+impl Gateway {
+    /// Assembles a gateway from its parts and options.
+    pub fn build(
+        parts: GatewayParts,
+        options: &GatewayOptions,
+    ) -> Result<Arc<Self>, crate::admission::TokenError> {
+        let tokens = options
+            .jwt_secret
+            .as_deref()
+            .map(|secret| TokenKeys::new(secret.as_bytes()))
+            .transpose()?;
+        let session_secret = options
+            .session_secret
+            .clone()
+            .unwrap_or_else(|| tutti_sfu::peer::random_token(43));
+        Ok(Arc::new(Self {
+            rooms: RoomDirectory::new(
+                parts.view.clone(),
+                options.rooms.auto_create.clone(),
+                parts.occupancy,
+            ),
+            router: parts.router,
+            connector: parts.connector,
+            tokens,
+            sessions: TokenKeys::new(session_secret.as_bytes())?,
+            view: parts.view,
+            passwords: PasswordChecker::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            ice: options.ice.clone(),
+            metrics: parts.metrics,
+            shutdown: CancellationToken::new(),
+        }))
+    }
+}
+
 /// A session's presence in a room.
 struct InRoom {
     room: String,
+    epoch: u64,
     to_shard: mpsc::Sender<String>,
 }
 
@@ -113,6 +186,7 @@ where
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.reset();
     let shutdown = session.gateway.shutdown.clone();
+    let mut routes = session.gateway.view.watch_routes();
     loop {
         let step = tokio::select! {
             biased;
@@ -140,6 +214,16 @@ where
                     Step::Reply(session.reconnect("lost the connection to the room's shard; join again"))
                 }
             },
+            change = routes.recv(), if session.room.is_some() => {
+                if session.moved(change) {
+                    // The operator placed the room elsewhere (its shard was lost): this
+                    // session's shard no longer holds it. Rejoin where it is now.
+                    from_shard = None;
+                    Step::LeftRoom(session.reconnect("the room moved to another shard; join again"))
+                } else {
+                    Step::Continue
+                }
+            }
             _ = tokio::time::sleep_until(join_deadline), if session.room.is_none() => {
                 let _ = sink.send(session.error(ErrorCode::NotJoined, "no join within 30 s; closing")).await;
                 break;
@@ -275,12 +359,13 @@ impl Session {
                 Step::Continue
             }
             (None, Inbound::Join(request)) => match self.join(&request).await {
-                Ok((link, joined)) => {
+                Ok((link, joined, epoch)) => {
                     self.gateway.metrics.join(Ok(()));
                     self.gateway.metrics.entered(&joined.room);
                     tracing::info!(room = %joined.room, participant = %joined.participant, "joined");
                     self.room = Some(InRoom {
                         room: joined.room.clone(),
+                        epoch,
                         to_shard: link.tx,
                     });
                     *from_shard = Some(link.rx);
@@ -307,16 +392,43 @@ impl Session {
         }
     }
 
-    /// Admits a join and opens the participant's session on the room's shard.
-    async fn join(&self, request: &JoinRequest) -> Result<(ShardLink, Joined), Refusal> {
+    /// Whether a route change means this session's room left its shard.
+    fn moved(&self, change: Result<RouteChange, broadcast::error::RecvError>) -> bool {
+        let Some(room) = &self.room else {
+            return false;
+        };
+        let epoch = match change {
+            Ok(change) if change.room == room.room => change.route.map(|r| r.epoch),
+            Ok(_) => return false,
+            // Missed some changes: look at the route as it is now.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.gateway.view.route(&room.room).map(|r| r.epoch)
+            }
+            Err(broadcast::error::RecvError::Closed) => return false,
+        };
+        epoch.is_some_and(|epoch| epoch > room.epoch)
+    }
+
+    /// Who a join comes in as: from a valid resume token, a join token, or a password.
+    async fn admit(
+        &self,
+        request: &JoinRequest,
+        settings: &RoomRecord,
+    ) -> Result<(Admitted, Option<String>), Refusal> {
         let gateway = &self.gateway;
-        let settings = gateway
-            .rooms
-            .settings(&request.room)
-            .ok_or_else(|| Refusal {
-                code: ErrorCode::RoomNotFound,
-                message: format!("there is no room called {}", request.room),
-            })?;
+        let resumed = request
+            .resume
+            .as_deref()
+            .and_then(|token| gateway.sessions.verify_as::<ResumeClaims>(token).ok())
+            .filter(|claims| claims.room == request.room);
+        if let Some(claims) = resumed {
+            let admitted = Admitted {
+                name: claims.name,
+                publish: claims.publish,
+                subscribe: claims.subscribe,
+            };
+            return Ok((admitted, Some(claims.participant)));
+        }
         let admitted = match (&request.token, &gateway.tokens) {
             (Some(token), Some(keys)) => admit_with_token(request, keys.verify(token))?,
             (Some(_), None) => {
@@ -336,20 +448,41 @@ impl Session {
                 admit_with_password(request, check)?
             }
         };
-        let participant = format!("p{}", tutti_sfu::peer::random_token(15));
+        Ok((admitted, None))
+    }
+
+    /// Admits a join and opens the participant's session on the room's shard.
+    async fn join(&self, request: &JoinRequest) -> Result<(ShardLink, Joined, u64), Refusal> {
+        let gateway = &self.gateway;
+        let settings = gateway
+            .rooms
+            .settings(&request.room)
+            .ok_or_else(|| Refusal {
+                code: ErrorCode::RoomNotFound,
+                message: format!("there is no room called {}", request.room),
+            })?;
+        let (admitted, resumed) = self.admit(request, &settings).await?;
+        let participant =
+            resumed.unwrap_or_else(|| format!("p{}", tutti_sfu::peer::random_token(15)));
         let unavailable = |why: String| Refusal {
             code: ErrorCode::ShardUnavailable,
             message: why,
         };
-        for attempt in 0..2 {
-            let shard = gateway
-                .router
-                .shard_for(&settings, attempt > 0)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
+        let mut failed: Option<Placement> = None;
+        for _ in 0..3 {
+            let placement = match gateway.router.shard_for(&settings, failed.as_ref()).await {
+                Ok(placement) => placement,
+                Err(RouteError::Unavailable(why)) => {
+                    return Err(Refusal {
+                        code: ErrorCode::Unavailable,
+                        message: format!("joins are paused: {why}; calls already running go on"),
+                    });
+                }
+                Err(err) => return Err(unavailable(err.to_string())),
+            };
             let mut link = gateway
                 .connector
-                .connect(&shard)
+                .connect(&placement.shard)
                 .await
                 .map_err(unavailable)?;
             let join = encode_client(&shard::ClientMessage::Join {
@@ -359,8 +492,9 @@ impl Session {
                 publish: Some(admitted.publish),
                 subscribe: Some(admitted.subscribe),
             });
+            let shard_id = placement.shard.id.clone();
             if link.tx.send(join).await.is_err() {
-                return Err(unavailable(format!("shard {} closed the link", shard.id)));
+                return Err(unavailable(format!("shard {shard_id} closed the link")));
             }
             let reply = tokio::time::timeout(SHARD_JOIN_TIMEOUT, link.rx.recv())
                 .await
@@ -369,6 +503,22 @@ impl Session {
                 .and_then(|text| decode_server(&text).ok());
             match reply {
                 Some(ServerMessage::Joined { participants, .. }) => {
+                    let now = SystemTime::now();
+                    let exp = now
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                        .saturating_add(RESUME_TTL_SECS);
+                    let resume = gateway
+                        .sessions
+                        .sign(&ResumeClaims {
+                            room: request.room.clone(),
+                            participant: participant.clone(),
+                            name: admitted.name.clone(),
+                            publish: admitted.publish,
+                            subscribe: admitted.subscribe,
+                            exp,
+                        })
+                        .unwrap_or_default();
                     let joined = Joined {
                         room: request.room.clone(),
                         participant: participant.clone(),
@@ -376,15 +526,16 @@ impl Session {
                         publish: admitted.publish,
                         subscribe: admitted.subscribe,
                         participants,
-                        ice_servers: gateway.ice.servers_for(&participant, SystemTime::now()),
+                        ice_servers: gateway.ice.servers_for(&participant, now),
+                        resume,
                     };
-                    return Ok((link, joined));
+                    return Ok((link, joined, placement.epoch));
                 }
-                // The shard let the room go (it stood empty) or is draining: place again.
+                // The shard let the room go (it stood empty) or is draining: ask again.
                 Some(ServerMessage::Error {
                     code: ShardCode::RoomNotFound | ShardCode::ShardDraining,
                     ..
-                }) if attempt == 0 => continue,
+                }) => failed = Some(placement),
                 Some(ServerMessage::Error { code, message }) => {
                     return Err(Refusal {
                         code: code.into(),
@@ -393,8 +544,7 @@ impl Session {
                 }
                 _ => {
                     return Err(unavailable(format!(
-                        "shard {} did not answer the join",
-                        shard.id
+                        "shard {shard_id} did not answer the join"
                     )));
                 }
             }

@@ -23,6 +23,7 @@ const ERROR_TEXT = {
   track_not_found: 'That stream is no longer there.',
   participant_not_found: 'That person has left the room.',
   shard_unavailable: 'No media server can take this room right now. Try again in a moment.',
+  unavailable: 'The service is partly down: new joins are paused, calls already running go on. Try again in a moment.',
   rate_limited: 'Slow down: too many messages.',
   slow_consumer: 'Your connection fell behind; reconnecting.',
   internal: 'Something went wrong on the server.',
@@ -35,6 +36,8 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   ws: null,
   credentials: null, // { room, name, password, token }
+  resume: null, // from `joined`: come back as the same participant after a reconnect
+  reconnecting: false,
   me: null, // our participant id
   myName: '',
   joined: false,
@@ -536,6 +539,7 @@ function connect() {
     if (name) join.name = name;
     if (password) join.password = password;
     if (token) join.token = token;
+    if (state.resume) join.resume = state.resume;
     send(join);
   });
   ws.addEventListener('message', (event) => {
@@ -561,11 +565,15 @@ function connect() {
 }
 
 function scheduleReconnect(reason) {
+  const first = !state.reconnecting;
   state.joined = false;
+  state.reconnecting = true;
   closePeerConnections();
   for (const id of [...state.participants.keys()]) removeParticipant(id);
   setStatus('Reconnecting…');
-  appendNotice(reason === 'connection_lost' ? ERROR_TEXT.connection_lost : `Reconnecting: ${reason}`);
+  if (first) {
+    appendNotice(reason === 'connection_lost' ? ERROR_TEXT.connection_lost : `Reconnecting: ${reason}`);
+  }
   const delay = state.reconnectDelay;
   state.reconnectDelay = Math.min(state.reconnectDelay * 2, 5000);
   if (state.ws) {
@@ -580,7 +588,9 @@ async function onMessage(message) {
   switch (message.type) {
     case 'joined': {
       state.joined = true;
+      state.reconnecting = false;
       state.reconnectDelay = 500;
+      state.resume = message.resume || null;
       state.me = message.participant;
       state.myName = message.name;
       state.iceServers = message.ice_servers || [];
@@ -654,7 +664,15 @@ async function onMessage(message) {
   }
 }
 
+// While rejoining after a reconnect, these only mean "not yet": keep trying.
+const TRANSIENT = new Set(['shard_unavailable', 'unavailable', 'internal', 'rate_limited']);
+
 function onError({ code, message }) {
+  if (!state.joined && state.reconnecting && TRANSIENT.has(code)) {
+    setStatus(`Reconnecting… (${ERROR_TEXT[code] || code})`);
+    scheduleReconnect(code);
+    return;
+  }
   if (!state.joined) {
     // The join was refused: back to the form with the reason.
     state.leaving = true;
@@ -672,6 +690,8 @@ function onError({ code, message }) {
 
 function endCall() {
   clearTimeout(state.reconnectTimer);
+  state.reconnecting = false;
+  state.resume = null;
   closePeerConnections();
   stopLocalMedia();
   for (const id of [...state.participants.keys()]) removeParticipant(id);

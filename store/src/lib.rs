@@ -32,7 +32,7 @@ pub mod snapshot;
 pub use args::StoreArgs;
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
-pub use records::{RoomRecord, Route, ShardLoadSummary, ShardRecord};
+pub use records::{AUTO_CREATED_OWNER, RoomRecord, Route, ShardLoadSummary, ShardRecord};
 pub use snapshot::RouteChange;
 
 use std::time::Duration;

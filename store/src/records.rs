@@ -50,6 +50,9 @@ pub struct ShardLoadSummary {
     pub cpu_cores: f64,
 }
 
+/// The owner of rooms a gateway created on first join (their pipelines and records carry it).
+pub const AUTO_CREATED_OWNER: &str = "Gateway/auto";
+
 /// Where a room lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

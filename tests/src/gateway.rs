@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tutti_signaling::config::LocalRooms;
 use tutti_signaling::local::{LocalOptions, LocalSystem};
+use tutti_signaling::session::GatewayOptions;
 use tutti_signaling::turn::IceConfig;
 
 /// The join token secret of test gateways.
@@ -17,18 +18,21 @@ pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
 /// Options for a local system on loopback with free ports.
 pub fn local_options(rooms: LocalRooms) -> LocalOptions {
     LocalOptions {
-        listen: "127.0.0.1:0".parse().expect("loopback address"),
+        common: GatewayOptions {
+            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            rooms,
+            jwt_secret: Some(JWT_SECRET.into()),
+            session_secret: None,
+            ice: IceConfig {
+                ttl: Duration::from_secs(600),
+                ..IceConfig::default()
+            },
+        },
         shards: 2,
         media_bind: "127.0.0.1".parse().expect("loopback address"),
         media_port: 0,
         advertise_ip: "127.0.0.1".parse().expect("loopback address"),
         shard_max_participants: 100,
-        rooms,
-        jwt_secret: Some(JWT_SECRET.into()),
-        ice: IceConfig {
-            ttl: Duration::from_secs(600),
-            ..IceConfig::default()
-        },
     }
 }
 

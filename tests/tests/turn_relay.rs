@@ -30,8 +30,8 @@ async fn relay_only_peers_reach_the_shard_through_coturn() -> Result<()> {
     let mut options = local_options(
         LocalRooms::from_file(RoomsFile::default(), false).map_err(anyhow::Error::msg)?,
     );
-    options.ice.turn_urls = vec![coturn.url()];
-    options.ice.turn_secret = Some(TURN_SECRET.into());
+    options.common.ice.turn_urls = vec![coturn.url()];
+    options.common.ice.turn_secret = Some(TURN_SECRET.into());
     let system = start(options).await?;
     let addr = system.server.addr;
 
