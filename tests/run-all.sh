@@ -51,7 +51,7 @@ failed=0
 say "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}" || failed=1
 say "browser tests (headless Chromium)"
-cargo build --locked -p tutti-signaling --bin tutti-gateway
+cargo build --locked -p tutti-signaling -p tutti-sfu -p tutti-operator --bins
 (cd tests/browser && node --test --test-concurrency=1) || failed=1
 if ((failed)); then
   say "some tests failed"

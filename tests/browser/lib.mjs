@@ -26,16 +26,18 @@ const BASE_FLAGS = [
   '--auto-select-desktop-capture-source=Entire screen',
 ];
 
-/** Starts `tutti-gateway` in local mode on free ports; resolves once it listens. */
-export async function startGateway(extraArgs = [], env = {}) {
-  const binary = process.env.TUTTI_GATEWAY_BIN || path.join(repo, 'target', 'debug', 'tutti-gateway');
-  const args = [
-    '--listen', '127.0.0.1:0',
-    '--media-bind', '127.0.0.1',
-    '--advertise-ip', '127.0.0.1',
-    ...extraArgs,
-  ];
-  const child = spawn(binary, args, {
+/** A binary of this workspace, built by `cargo build`. */
+export function binary(name) {
+  return process.env[`TUTTI_${name.toUpperCase().replace('-', '_')}_BIN`]
+    || path.join(repo, 'target', 'debug', name);
+}
+
+/**
+ * Starts a program and resolves once a line of its standard output matches `ready`
+ * (with the match). `stop()` sends SIGTERM and waits; `kill()` sends SIGKILL.
+ */
+export async function startProcess(program, args, ready, env = {}) {
+  const child = spawn(program, args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -44,31 +46,47 @@ export async function startGateway(extraArgs = [], env = {}) {
     stderr.push(chunk.toString());
     if (process.env.TUTTI_TEST_VERBOSE) process.stderr.write(chunk);
   });
-  const url = await new Promise((resolve, reject) => {
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const match = await new Promise((resolve, reject) => {
     const lines = createInterface({ input: child.stdout });
-    const timer = setTimeout(() => reject(new Error(`gateway did not start: ${stderr.join('')}`)), 30_000);
+    const timer = setTimeout(
+      () => reject(new Error(`${path.basename(program)} did not start: ${stderr.join('')}`)),
+      30_000,
+    );
     lines.on('line', (line) => {
-      const match = line.match(/listening on (http:\/\/\S+)/);
-      if (match) {
+      if (process.env.TUTTI_TEST_VERBOSE) process.stderr.write(`[${path.basename(program)}] ${line}\n`);
+      const found = line.match(ready);
+      if (found) {
         clearTimeout(timer);
-        resolve(match[1]);
+        resolve(found);
       }
     });
     child.on('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`gateway exited with ${code}: ${stderr.join('')}`));
+      reject(new Error(`${path.basename(program)} exited with ${code}: ${stderr.join('')}`));
     });
   });
   return {
-    url,
+    match,
     child,
     async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((resolve) => child.on('exit', resolve));
+      if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill('SIGTERM');
       await exited;
     },
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
   };
+}
+
+/** Starts `tutti-gateway` on a free port; resolves once it listens. */
+export async function startGateway(extraArgs = [], env = {}) {
+  const args = ['--listen', '127.0.0.1:0', '--media-bind', '127.0.0.1', '--advertise-ip', '127.0.0.1', ...extraArgs];
+  const gateway = await startProcess(binary('tutti-gateway'), args, /listening on (http:\/\/\S+)/, env);
+  return { url: gateway.match[1], child: gateway.child, stop: gateway.stop, kill: gateway.kill };
 }
 
 /** Launches Chromium. `fakeUi` auto-accepts camera, microphone and screen prompts. */
