@@ -256,7 +256,11 @@ async fn ready(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response();
     }
     if !state.view.synced() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the live state is unreachable").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the live state is unreachable",
+        )
+            .into_response();
     }
     if state.view.shards().iter().any(|s| !s.draining) {
         (StatusCode::OK, "ready").into_response()
