@@ -86,7 +86,7 @@ async fn keys_and_history_stay_bounded_under_steady_heartbeats() -> Result<()> {
                 tick.tick().await;
                 second += 1;
                 if second % 5 == shard as u64 % 5 {
-                    participants = if participants % 2 == 0 {
+                    participants = if participants.is_multiple_of(2) {
                         participants - 1
                     } else {
                         participants + 1
