@@ -225,16 +225,7 @@ mod tests {
 
     #[test]
     fn reservations_come_from_routed_rooms() {
-        let record = |id: &str| ShardRecord {
-            id: id.into(),
-            signal_url: String::new(),
-            admin_url: String::new(),
-            region: None,
-            labels: BTreeMap::new(),
-            capacity: 100,
-            draining: false,
-            load: Default::default(),
-        };
+        let record = |id: &str| ShardRecord::new(id, "http://shard", 100);
         let room = |name: &str, max: u32| RoomRecord {
             max_participants: max,
             ..RoomRecord::with_defaults(name)

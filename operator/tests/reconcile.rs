@@ -12,7 +12,6 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower_test::mock::{Handle, SendResponse};
@@ -22,7 +21,7 @@ use tutti_operator::controller::{Config, Context, Error, error_policy, reconcile
 use tutti_operator::metrics::Metrics;
 use tutti_operator::placement::Strategy;
 use tutti_operator::placer::Placer;
-use tutti_store::{LiveView, LiveWriter, MemoryStore, ShardLoadSummary, ShardRecord};
+use tutti_store::{LiveView, LiveWriter, MemoryStore, ShardRecord};
 
 const TOKEN: &str = "admin-token-for-mock-tests-0123";
 
@@ -120,16 +119,7 @@ impl FakeShard {
 }
 
 fn shard_record(id: &str, admin_url: &str) -> ShardRecord {
-    ShardRecord {
-        id: id.into(),
-        signal_url: format!("ws://{id}/v1/signal"),
-        admin_url: admin_url.into(),
-        region: None,
-        labels: BTreeMap::new(),
-        capacity: 100,
-        draining: false,
-        load: ShardLoadSummary::default(),
-    }
+    ShardRecord::new(id, admin_url, 100)
 }
 
 async fn live_state(shards: &[(&str, &str)]) -> MemoryStore {

@@ -63,22 +63,15 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
         Some(etcd) => {
             let store = tutti_store::EtcdStore::connect(&etcd, Duration::from_secs(5)).await?;
-            let base = args
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", shard.http_addr));
-            let base = base.trim_end_matches('/').to_owned();
-            let signal = match base.strip_prefix("https://") {
-                Some(host) => format!("wss://{host}/v1/signal"),
-                None => format!("ws://{}/v1/signal", base.trim_start_matches("http://")),
-            };
             let config = heartbeat::HeartbeatConfig {
                 id: args
                     .shard_id
                     .clone()
                     .unwrap_or_else(|| format!("shard-{}", shard.udp_addr.port())),
-                signal_url: signal,
-                admin_url: base,
+                http_base: args
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", shard.http_addr)),
                 region: args.region.clone(),
                 labels: args
                     .labels

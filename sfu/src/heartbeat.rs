@@ -14,10 +14,9 @@ use tutti_store::{LiveWriter, ShardLoadSummary, ShardRecord};
 pub struct HeartbeatConfig {
     /// The shard's id.
     pub id: String,
-    /// Its signaling WebSocket URL, as gateways reach it.
-    pub signal_url: String,
-    /// Its admin API base URL, as the operator reaches it.
-    pub admin_url: String,
+    /// The base URL of its HTTP server as gateways and the operator reach it (the admin
+    /// API there, the signaling WebSocket at `/v1/signal`).
+    pub http_base: String,
     /// Region or zone label.
     pub region: Option<String>,
     /// Labels rooms select shards by.
@@ -32,22 +31,18 @@ pub struct HeartbeatConfig {
 
 /// The record for a load report.
 pub fn record(config: &HeartbeatConfig, load: &ShardLoad) -> ShardRecord {
-    ShardRecord {
-        id: config.id.clone(),
-        signal_url: config.signal_url.clone(),
-        admin_url: config.admin_url.clone(),
-        region: config.region.clone(),
-        labels: config.labels.clone(),
-        capacity: config.capacity,
-        draining: load.draining,
-        load: ShardLoadSummary {
-            pipelines: load.pipelines,
-            participants: load.participants,
-            forwarded_streams: load.forwarded_streams,
-            egress_bps: load.egress_bps,
-            cpu_cores: load.cpu_cores,
-        },
-    }
+    let mut record = ShardRecord::new(&config.id, &config.http_base, config.capacity);
+    record.region = config.region.clone();
+    record.labels = config.labels.clone();
+    record.draining = load.draining;
+    record.load = ShardLoadSummary {
+        pipelines: load.pipelines,
+        participants: load.participants,
+        forwarded_streams: load.forwarded_streams,
+        egress_bps: load.egress_bps,
+        cpu_cores: load.cpu_cores,
+    };
+    record
 }
 
 /// Publishes the shard's record every interval until `stop`, then removes it.

@@ -88,8 +88,7 @@ impl LocalSystem {
             let id = format!("local-{index}");
             let beat = HeartbeatConfig {
                 id: id.clone(),
-                signal_url: format!("ws://{}/v1/signal", shard.http_addr),
-                admin_url: format!("http://{}", shard.http_addr),
+                http_base: format!("http://{}", shard.http_addr),
                 region: None,
                 labels: Default::default(),
                 capacity: options.shard_max_participants as u32,

@@ -316,22 +316,12 @@ pub async fn refresh_occupancy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tutti_store::ShardLoadSummary;
 
     fn shard(id: &str, participants: u32, draining: bool) -> ShardRecord {
-        ShardRecord {
-            id: id.into(),
-            signal_url: String::new(),
-            admin_url: String::new(),
-            region: None,
-            labels: Default::default(),
-            capacity: 10,
-            draining,
-            load: ShardLoadSummary {
-                participants,
-                ..ShardLoadSummary::default()
-            },
-        }
+        let mut record = ShardRecord::new(id, "http://shard", 10);
+        record.draining = draining;
+        record.load.participants = participants;
+        record
     }
 
     #[test]

@@ -595,16 +595,7 @@ mod tests {
 
     #[test]
     fn placement_view_ignores_the_fast_moving_load() {
-        let mut record = ShardRecord {
-            id: "s".into(),
-            signal_url: String::new(),
-            admin_url: String::new(),
-            region: None,
-            labels: Default::default(),
-            capacity: 10,
-            draining: false,
-            load: Default::default(),
-        };
+        let mut record = ShardRecord::new("s", "http://s", 10);
         let before = placement_view(&record);
         record.load.egress_bps = 5_000_000;
         record.load.cpu_cores = 0.7;

@@ -179,19 +179,9 @@ impl LiveWriter for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ShardLoadSummary;
 
     fn shard(id: &str) -> ShardRecord {
-        ShardRecord {
-            id: id.into(),
-            signal_url: format!("ws://{id}/v1/signal"),
-            admin_url: format!("http://{id}"),
-            region: None,
-            labels: Default::default(),
-            capacity: 100,
-            draining: false,
-            load: ShardLoadSummary::default(),
-        }
+        ShardRecord::new(id, &format!("http://{id}"), 100)
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,26 @@ pub struct ShardRecord {
 }
 
 impl ShardRecord {
+    /// A record reached at `http_base` (admin API at it, signaling at `/v1/signal`), with no
+    /// labels, no load and not draining.
+    pub fn new(id: &str, http_base: &str, capacity: u32) -> Self {
+        let base = http_base.trim_end_matches('/');
+        let signal = match base.strip_prefix("https://") {
+            Some(host) => format!("wss://{host}/v1/signal"),
+            None => format!("ws://{}/v1/signal", base.trim_start_matches("http://")),
+        };
+        Self {
+            id: id.to_owned(),
+            signal_url: signal,
+            admin_url: base.to_owned(),
+            region: None,
+            labels: BTreeMap::new(),
+            capacity,
+            draining: false,
+            load: ShardLoadSummary::default(),
+        }
+    }
+
     /// Participants the shard can still take.
     pub fn free_seats(&self) -> u32 {
         self.capacity.saturating_sub(self.load.participants)

@@ -23,16 +23,7 @@ async fn store(etcd: &Etcd) -> Result<EtcdStore> {
 }
 
 fn shard(id: &str, participants: u32) -> ShardRecord {
-    let mut record = ShardRecord {
-        id: id.into(),
-        signal_url: format!("ws://{id}:7880/v1/signal"),
-        admin_url: format!("http://{id}:7880"),
-        region: None,
-        labels: Default::default(),
-        capacity: 500,
-        draining: false,
-        load: Default::default(),
-    };
+    let mut record = ShardRecord::new(id, &format!("http://{id}:7880"), 500);
     record.load.participants = participants;
     record
 }

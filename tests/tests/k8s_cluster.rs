@@ -96,8 +96,7 @@ async fn a_room_applied_to_a_real_cluster_is_placed_and_released() -> Result<()>
     tokio::spawn(heartbeat::run(
         HeartbeatConfig {
             id: "e2e-shard".into(),
-            signal_url: shard.signal_url(),
-            admin_url: format!("http://{}", shard.shard.http_addr),
+            http_base: format!("http://{}", shard.shard.http_addr),
             region: None,
             labels: Default::default(),
             capacity: 100,

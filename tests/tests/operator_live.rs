@@ -27,8 +27,7 @@ async fn shard(store: &MemoryStore, id: &str, stop: &CancellationToken) -> Resul
     let shard = TestShard::start().await?;
     let config = HeartbeatConfig {
         id: id.into(),
-        signal_url: shard.signal_url(),
-        admin_url: format!("http://{}", shard.shard.http_addr),
+        http_base: format!("http://{}", shard.shard.http_addr),
         region: None,
         labels: Default::default(),
         capacity: 100,
