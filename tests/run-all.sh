@@ -10,7 +10,7 @@ say() { printf '\n== %s\n' "$*"; }
 #    well-known protos to build; etcd-server, etcd-client: the live-state tests; chromium:
 #    browser tests; coturn: TURN tests; nodejs/npm: the browser test driver (Debian's,
 #    when the machine has none).
-packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates chromium coturn etcd-server etcd-client)
+packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates openssl chromium coturn etcd-server etcd-client)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
