@@ -59,6 +59,31 @@ pub struct PipelineSpec {
     /// Who owns the pipeline (e.g. `Room/default/lesson-1`), so that orphans can be found.
     #[serde(default)]
     pub owner: Option<String>,
+    /// An audience room (a broadcast): participants who do not publish are viewers, never
+    /// announced to the others.
+    #[serde(default)]
+    pub audience: bool,
+    /// Where this pipeline's media comes from when the shard is an edge of a broadcast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelaySpec>,
+}
+
+/// An edge's upstream: the parent shard's pipeline it relays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelaySpec {
+    /// The parent shard's signaling WebSocket URL.
+    pub from: String,
+    /// The pipeline on the parent to relay.
+    pub room: String,
+    /// Simulcast layers to relay (1: the top one; 3: low, medium and high, so that viewers
+    /// can choose).
+    #[serde(default = "one_layer")]
+    pub layers: u8,
+}
+
+fn one_layer() -> u8 {
+    1
 }
 
 fn default_max_participants() -> u32 {
@@ -76,6 +101,8 @@ impl Default for PipelineSpec {
             empty_timeout_seconds: default_empty_timeout(),
             media: MediaPolicy::default(),
             owner: None,
+            audience: false,
+            relay: None,
         }
     }
 }
@@ -93,6 +120,8 @@ impl PipelineSpec {
                 simulcast: room.simulcast,
             },
             owner: room.owner.clone(),
+            audience: false,
+            relay: None,
         }
     }
 
@@ -116,6 +145,18 @@ impl PipelineSpec {
             && (owner.len() > 256 || owner.chars().any(char::is_control))
         {
             return Err("owner must be at most 256 printable characters".into());
+        }
+        if let Some(relay) = &self.relay {
+            let scheme_ok = relay.from.starts_with("ws://") || relay.from.starts_with("wss://");
+            if !scheme_ok || relay.from.len() > 512 || relay.from.chars().any(char::is_control) {
+                return Err("relay.from must be a ws:// or wss:// URL".into());
+            }
+            if !crate::protocol::valid_id(&relay.room) {
+                return Err("relay.room must be a room name".into());
+            }
+            if !matches!(relay.layers, 1 | 3) {
+                return Err("relay.layers must be 1 or 3".into());
+            }
         }
         Ok(())
     }

@@ -83,6 +83,10 @@ pub enum ClientMessage {
         /// Whether this participant receives others' tracks (default true).
         #[serde(default)]
         subscribe: Option<bool>,
+        /// A relay of another shard (an edge of a broadcast): it receives every track, is
+        /// never announced to the room and takes no seat.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<bool>,
     },
     /// An SDP offer for the client's publisher connection.
     Offer {
@@ -585,7 +589,8 @@ mod tests {
                 participant: "alice".into(),
                 name: Some("Alice".into()),
                 publish: None,
-                subscribe: None
+                subscribe: None,
+                relay: None,
             }
         );
     }

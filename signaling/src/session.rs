@@ -491,6 +491,7 @@ impl Session {
                 name: Some(admitted.name.clone()),
                 publish: Some(admitted.publish),
                 subscribe: Some(admitted.subscribe),
+                relay: None,
             });
             let shard_id = placement.shard.id.clone();
             if link.tx.send(join).await.is_err() {

@@ -484,6 +484,7 @@ impl Participant {
                 name: Some(config.id.clone()),
                 publish: Some(config.audio || config.video),
                 subscribe: Some(config.subscribe),
+                relay: None,
             }),
         }
         let joined = tokio::time::timeout(Duration::from_secs(10), signal.rx.recv())

@@ -61,6 +61,7 @@ impl RawSubscriber {
             name: None,
             publish: Some(false),
             subscribe: Some(true),
+            relay: None,
         });
         match tokio::time::timeout(Duration::from_secs(10), signal.rx.recv()).await {
             Ok(Some(ServerMessage::Joined { .. })) => {}

@@ -187,6 +187,7 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
         name: None,
         publish: None,
         subscribe: Some(false),
+        relay: None,
     });
     let joined = tokio::time::timeout(WAIT, bad.rx.recv())
         .await?

@@ -40,6 +40,48 @@ pub struct JoinRequest {
     pub publish: bool,
     /// Subscribing permission.
     pub subscribe: bool,
+    /// A child shard relaying the room (no seat, never announced).
+    pub relay: bool,
+}
+
+/// Feedback a shard sends up to its parent through the relay client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayFeedback {
+    /// Viewers here need a keyframe of this upstream stream.
+    KeyframeRequest {
+        /// The SSRC as the parent sends it.
+        ssrc: u32,
+    },
+}
+
+/// A relayed track as the relay client announces it.
+#[derive(Debug, Clone)]
+pub struct RelayedTrack {
+    /// The pipeline on this shard.
+    pub room: String,
+    /// The publishing participant at the parent.
+    pub participant: String,
+    /// Its display name.
+    pub name: String,
+    /// The track's id at the parent.
+    pub track: String,
+    /// Audio or video.
+    pub kind: crate::signal::protocol::TrackKind,
+    /// The codec the parent sends.
+    pub codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+    /// The SSRC the parent sends it with (one per relayed layer).
+    pub ssrc: u32,
+    /// Which simulcast layer this copy is (0 lowest), and how many are relayed.
+    pub layer: (u8, u8),
+}
+
+/// Where the packets of a relayed layer go in the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayHandle {
+    /// The published track.
+    pub track: u64,
+    /// The layer index.
+    pub layer: usize,
 }
 
 /// The id of a joined session inside the core.
@@ -101,6 +143,52 @@ pub enum Command {
     },
     /// Tell every session to leave and stop the media thread.
     Shutdown,
+    /// A relay client starts feeding a pipeline from its parent shard.
+    RelayAttach {
+        /// The pipeline.
+        room: String,
+        /// Where keyframe requests for relayed tracks go.
+        feedback: mpsc::Sender<RelayFeedback>,
+        /// Refused when the pipeline does not exist.
+        reply: oneshot::Sender<Result<(), AdminError>>,
+    },
+    /// A publisher at the parent, present or gone.
+    RelayParticipant {
+        /// The pipeline.
+        room: String,
+        /// Its participant id.
+        participant: String,
+        /// Its display name.
+        name: String,
+        /// Present (true) or gone (false).
+        present: bool,
+    },
+    /// A relayed track (or one more layer of it) opened.
+    RelayTrack {
+        /// The track.
+        track: RelayedTrack,
+        /// Where to send its packets.
+        reply: oneshot::Sender<Option<RelayHandle>>,
+    },
+    /// A relayed packet.
+    RelayRtp {
+        /// Where it goes.
+        handle: RelayHandle,
+        /// The packet.
+        packet: rtc::rtp::Packet,
+    },
+    /// A relayed track ended at the parent.
+    RelayTrackEnded {
+        /// The pipeline.
+        room: String,
+        /// The track's id at the parent.
+        track: String,
+    },
+    /// The relay client stopped: every relayed participant and track goes.
+    RelayDetach {
+        /// The pipeline.
+        room: String,
+    },
 }
 
 /// The async side's handle on the core.
@@ -196,5 +284,37 @@ impl CoreHandle {
     /// Stops the media thread after telling sessions to leave.
     pub async fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown).await;
+    }
+
+    /// Sends a command without waiting for room in the queue; whether it was queued.
+    pub fn try_send(&self, command: Command) -> bool {
+        self.tx.try_send(command).is_ok()
+    }
+
+    /// Sends a command, waiting for room in the queue; whether it was queued.
+    pub async fn send(&self, command: Command) -> bool {
+        self.tx.send(command).await.is_ok()
+    }
+
+    /// Registers a relay feed for a pipeline.
+    pub async fn relay_attach(
+        &self,
+        room: String,
+        feedback: mpsc::Sender<RelayFeedback>,
+    ) -> Result<(), AdminError> {
+        self.ask(|reply| Command::RelayAttach {
+            room,
+            feedback,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(AdminError::Unavailable))
+    }
+
+    /// Announces a relayed track (or layer); where to send its packets.
+    pub async fn relay_track(&self, track: RelayedTrack) -> Option<RelayHandle> {
+        self.ask(|reply| Command::RelayTrack { track, reply })
+            .await
+            .flatten()
     }
 }

@@ -27,15 +27,35 @@ const MAX_NACKED_PER_PACKET: usize = 64;
 /// Simulcast layers per track the hot path handles without allocating.
 const MAX_LAYERS: usize = 4;
 
+/// Where a keyframe request for one layer goes.
+struct KeyframeSource {
+    publisher: Option<PeerKey>,
+    receiver: Option<rtc::rtp_transceiver::RTCRtpReceiverId>,
+    room: String,
+    ssrc: u32,
+}
+
 impl ShardCore {
     /// A publisher connection delivered a decrypted RTP packet.
-    pub(super) fn on_publisher_rtp(&mut self, key: PeerKey, mut packet: rtp::Packet, now: Instant) {
+    pub(super) fn on_publisher_rtp(&mut self, key: PeerKey, packet: rtp::Packet, now: Instant) {
         let Some(peer) = self.peers.get(&key) else {
             return;
         };
         let Some(&(track_key, layer_index)) = peer.incoming.get(&packet.header.ssrc) else {
             return;
         };
+        self.forward(track_key, layer_index, packet, now);
+    }
+
+    /// Forwards one packet of a published track's layer to its subscribers: the hot path,
+    /// whether the packet came from a publisher connection or from a parent shard.
+    pub(super) fn forward(
+        &mut self,
+        track_key: TrackKey,
+        layer_index: usize,
+        mut packet: rtp::Packet,
+        now: Instant,
+    ) {
         self.metrics.rtp_received_packets.inc();
         self.metrics
             .rtp_received_bytes
@@ -174,18 +194,31 @@ impl ShardCore {
         if layer.throttle.request(now)
             && let Some(ssrc) = layer.ssrc
         {
-            let (publisher, receiver) = (track.peer, layer.receiver);
-            self.send_pli(publisher, receiver, ssrc, now);
+            let source = KeyframeSource {
+                publisher: track.peer,
+                receiver: layer.receiver,
+                room: track.room.clone(),
+                ssrc,
+            };
+            self.send_pli(source, now);
         }
     }
 
-    fn send_pli(
-        &mut self,
-        publisher: PeerKey,
-        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
-        media_ssrc: u32,
-        now: Instant,
-    ) {
+    fn send_pli(&mut self, source: KeyframeSource, now: Instant) {
+        let KeyframeSource {
+            publisher,
+            receiver,
+            room,
+            ssrc: media_ssrc,
+        } = source;
+        let (Some(publisher), Some(receiver)) = (publisher, receiver) else {
+            // A relayed track: the request goes up to the parent shard, which throttles it
+            // again before it reaches the presenter.
+            if self.relay_keyframe_request(&room, media_ssrc) {
+                self.metrics.keyframe_requests_sent.inc();
+            }
+            return;
+        };
         let Some(peer) = self.peers.get_mut(&publisher) else {
             return;
         };
@@ -211,12 +244,17 @@ impl ShardCore {
                 if layer.throttle.poll(now)
                     && let Some(ssrc) = layer.ssrc
                 {
-                    due.push((track.peer, layer.receiver, ssrc));
+                    due.push(KeyframeSource {
+                        publisher: track.peer,
+                        receiver: layer.receiver,
+                        room: track.room.clone(),
+                        ssrc,
+                    });
                 }
             }
         }
-        for (publisher, receiver, ssrc) in due {
-            self.send_pli(publisher, receiver, ssrc, now);
+        for source in due {
+            self.send_pli(source, now);
         }
     }
 

@@ -26,6 +26,7 @@
 
 pub mod api;
 mod forward;
+mod relay;
 mod negotiate;
 pub mod sdp;
 
@@ -115,8 +116,33 @@ impl CoreConfig {
     }
 }
 
+/// How a session is present in its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Presence {
+    /// A participant: takes a seat, announced to the room.
+    Participant,
+    /// A viewer of an audience room: takes a seat, never announced.
+    Viewer,
+    /// A child shard relaying the room: no seat, never announced, receives everything.
+    Relay,
+    /// A publisher of the parent shard, relayed here: announced, no seat.
+    Relayed,
+}
+
+impl Presence {
+    fn announced(self) -> bool {
+        matches!(self, Self::Participant | Self::Relayed)
+    }
+
+    fn takes_seat(self) -> bool {
+        matches!(self, Self::Participant | Self::Viewer)
+    }
+}
+
 struct Room {
     spec: PipelineSpec,
+    /// The feed from a parent shard, when this shard is an edge of a broadcast.
+    relay: Option<relay::RelayFeed>,
     sessions: Vec<SessionId>,
     by_participant: HashMap<String, SessionId>,
     tracks: Vec<TrackKey>,
@@ -137,6 +163,8 @@ struct Session {
     tracks: Vec<TrackKey>,
     /// Whether the participant says it is sharing its screen.
     screen_sharing: bool,
+    /// How the session is present in its room.
+    presence: Presence,
     /// Being removed: no more offers to it.
     closing: bool,
 }
@@ -165,7 +193,8 @@ pub(crate) struct Layer {
     rid: String,
     rank: u8,
     ssrc: Option<u32>,
-    receiver: RTCRtpReceiverId,
+    /// The publisher connection's receiver; `None` for a relayed track.
+    receiver: Option<RTCRtpReceiverId>,
     last_packet: Option<Instant>,
     buffer: Option<RetransmitBuffer>,
     throttle: KeyframeThrottle,
@@ -185,7 +214,8 @@ pub(crate) struct PublishedTrack {
     id: String,
     room: String,
     session: SessionId,
-    peer: PeerKey,
+    /// The publisher connection; `None` for a track relayed from a parent shard.
+    peer: Option<PeerKey>,
     source_track_id: String,
     mid: Option<String>,
     kind: TrackKind,
@@ -719,6 +749,32 @@ impl ShardCore {
                 self.draining = true;
                 let _ = reply.send(self.load());
             }
+            Command::RelayAttach {
+                room,
+                feedback,
+                reply,
+            } => {
+                let attached = self.relay_attach(&room, feedback, now);
+                let _ = reply.send(if attached {
+                    Ok(())
+                } else {
+                    Err(AdminError::NotFound(room))
+                });
+            }
+            Command::RelayParticipant {
+                room,
+                participant,
+                name,
+                present,
+            } => self.relay_participant(&room, &participant, &name, present, now),
+            Command::RelayTrack { track, reply } => {
+                let _ = reply.send(self.relay_track(track, now));
+            }
+            Command::RelayRtp { handle, packet } => {
+                self.forward(handle.track, handle.layer, packet, now);
+            }
+            Command::RelayTrackEnded { room, track } => self.relay_track_ended(&room, &track, now),
+            Command::RelayDetach { room } => self.relay_detach(&room, now),
             Command::Shutdown => {
                 self.sessions.values_mut().for_each(|s| s.closing = true);
                 let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
@@ -860,12 +916,20 @@ impl ShardCore {
         let Some(room) = self.rooms.get(&request.room) else {
             return Err(JoinError::new(ErrorCode::RoomNotFound, "room was released"));
         };
+        let presence = if request.relay {
+            Presence::Relay
+        } else if room.spec.audience && !request.publish {
+            Presence::Viewer
+        } else {
+            Presence::Participant
+        };
         let nickname = nickname_key(&request.name);
-        let taken = room
-            .sessions
-            .iter()
-            .filter_map(|s| self.sessions.get(s))
-            .any(|s| nickname_key(&s.name) == nickname);
+        let taken = presence.announced()
+            && room
+                .sessions
+                .iter()
+                .filter_map(|s| self.sessions.get(s))
+                .any(|s| s.presence.announced() && nickname_key(&s.name) == nickname);
         if taken {
             return Err(JoinError::new(
                 ErrorCode::NicknameTaken,
@@ -875,7 +939,13 @@ impl ShardCore {
                 ),
             ));
         }
-        if room.sessions.len() >= room.spec.max_participants as usize {
+        let seated = room
+            .sessions
+            .iter()
+            .filter_map(|s| self.sessions.get(s))
+            .filter(|s| s.presence.takes_seat())
+            .count();
+        if presence.takes_seat() && seated >= room.spec.max_participants as usize {
             return Err(JoinError::new(
                 ErrorCode::RoomFull,
                 format!(
@@ -893,6 +963,7 @@ impl ShardCore {
         let participants: Vec<ParticipantInfo> = room
             .sessions
             .iter()
+            .filter(|s| self.sessions.get(s).is_some_and(|s| s.presence.announced()))
             .filter_map(|s| self.participant_info(*s))
             .collect();
         let existing_tracks = room.tracks.clone();
@@ -916,13 +987,16 @@ impl ShardCore {
                 subscriber: None,
                 tracks: Vec::new(),
                 screen_sharing: false,
+                presence,
                 closing: false,
             },
         );
         if let Some(room) = self.rooms.get_mut(&request.room) {
             room.sessions.push(id);
             room.by_participant.insert(request.participant.clone(), id);
-            room.empty_since = None;
+            if presence.takes_seat() {
+                room.empty_since = None;
+            }
         }
         self.send(
             id,
@@ -932,11 +1006,13 @@ impl ShardCore {
                 participants,
             },
         );
-        self.broadcast(
-            &request.room,
-            Some(id),
-            ServerMessage::ParticipantJoined { participant: info },
-        );
+        if presence.announced() {
+            self.broadcast(
+                &request.room,
+                Some(id),
+                ServerMessage::ParticipantJoined { participant: info },
+            );
+        }
         if request.subscribe {
             for track in existing_tracks {
                 self.add_downtrack(id, track, now);
@@ -1060,15 +1136,22 @@ impl ShardCore {
                 room.by_participant.remove(&participant);
             }
             room.speaker.remove(id);
-            if room.sessions.is_empty() {
+            let seated = room
+                .sessions
+                .iter()
+                .filter_map(|s| self.sessions.get(s))
+                .any(|s| s.presence.takes_seat());
+            if !seated && room.empty_since.is_none() {
                 room.empty_since = Some(now);
             }
         }
-        self.broadcast(
-            &room_name,
-            None,
-            ServerMessage::ParticipantLeft { participant },
-        );
+        if session.presence.announced() {
+            self.broadcast(
+                &room_name,
+                None,
+                ServerMessage::ParticipantLeft { participant },
+            );
+        }
         self.update_gauges();
         tracing::info!(session = id, room = %room_name, reason = reason.unwrap_or("left"), "participant left");
     }
@@ -1136,6 +1219,7 @@ impl Room {
     fn new(spec: PipelineSpec, now: Instant) -> Self {
         Self {
             spec,
+            relay: None,
             sessions: Vec::new(),
             by_participant: HashMap::new(),
             tracks: Vec::new(),
@@ -1185,6 +1269,7 @@ mod tests {
                     name: name.into(),
                     publish: true,
                     subscribe: true,
+                    relay: false,
                 },
                 events,
                 reply,
@@ -1433,6 +1518,7 @@ mod tests {
                     name: "c".into(),
                     publish: true,
                     subscribe: true,
+                    relay: false,
                 },
                 events,
                 reply,

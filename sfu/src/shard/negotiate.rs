@@ -174,6 +174,11 @@ impl ShardCore {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
+        if s.presence != super::Presence::Participant {
+            // An audience of thousands must not be able to flood each other.
+            self.send_error(session, ErrorCode::Forbidden, "viewers cannot chat here");
+            return;
+        }
         let message = ServerMessage::Chat {
             from: s.participant.clone(),
             name: s.name.clone(),
@@ -308,7 +313,7 @@ impl ShardCore {
         let gone: Vec<TrackKey> = self
             .tracks
             .iter()
-            .filter(|(_, t)| t.peer == key)
+            .filter(|(_, t)| t.peer == Some(key))
             .filter(|(_, t)| {
                 t.mid
                     .as_ref()
@@ -463,7 +468,7 @@ impl ShardCore {
         let existing = self
             .tracks
             .iter_mut()
-            .find(|(_, t)| t.peer == key && t.source_track_id == init.track_id);
+            .find(|(_, t)| t.peer == Some(key) && t.source_track_id == init.track_id);
         if let Some((track_key, track)) = existing {
             let index = match track.layers.iter().position(|l| l.rid == rid) {
                 Some(index) => index,
@@ -476,7 +481,7 @@ impl ShardCore {
                 if let Some(old) = layer.ssrc.replace(init.ssrc) {
                     peer.incoming.remove(&old);
                 }
-                layer.receiver = init.receiver_id;
+                layer.receiver = Some(init.receiver_id);
             }
             peer.incoming.insert(init.ssrc, (*track_key, index));
             return;
@@ -570,7 +575,7 @@ impl ShardCore {
                 rid: (*name).to_owned(),
                 rank,
                 ssrc: (*name == rid.as_str() || rids.is_empty()).then_some(init.ssrc),
-                receiver: init.receiver_id,
+                receiver: Some(init.receiver_id),
                 last_packet: None,
                 buffer: video
                     .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
@@ -586,7 +591,7 @@ impl ShardCore {
             id: format!("TR{}", crate::peer::random_token(12)),
             room: room.clone(),
             session,
-            peer: key,
+            peer: Some(key),
             source_track_id: init.track_id.clone(),
             mid,
             kind,
@@ -742,7 +747,7 @@ impl ShardCore {
         let Some(track) = self.tracks.remove(&track_key) else {
             return;
         };
-        if let Some(peer) = self.peers.get_mut(&track.peer) {
+        if let Some(peer) = track.peer.and_then(|key| self.peers.get_mut(&key)) {
             peer.incoming.retain(|_, (t, _)| *t != track_key);
         }
         if let Some(s) = self.sessions.get_mut(&track.session) {

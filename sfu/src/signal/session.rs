@@ -133,6 +133,7 @@ async fn handle(
                 name,
                 publish,
                 subscribe,
+                relay,
             },
         ) => {
             let request = JoinRequest {
@@ -141,6 +142,7 @@ async fn handle(
                 participant,
                 publish: publish.unwrap_or(true),
                 subscribe: subscribe.unwrap_or(true),
+                relay: relay.unwrap_or(false),
             };
             match core.join(request, events.clone()).await {
                 Ok(id) => {

@@ -1,0 +1,251 @@
+//! An edge's side of a relay: tracks that arrive from a parent shard instead of from a
+//! publisher connection.
+//!
+//! The relay client (`crate::relay`) receives the parent's tracks over WebRTC and hands
+//! them to the core here. Each publisher at the parent becomes a session of its own in
+//! the edge's pipeline (announced, taking no seat, with no connection), each relayed
+//! track a published track whose layers are the copies the client relays. From there the
+//! packets take the same path as a publisher's: one retransmission buffer per layer,
+//! keyframe requests throttled per layer — and sent up to the parent, which throttles
+//! them again — so however many viewers ask, the presenter sees a trickle.
+
+use super::api::{RelayFeedback, RelayHandle, RelayedTrack};
+use super::{Layer, Presence, PublishedTrack, Session, ShardCore, TrackKey};
+use crate::media::codec::CodecFamily;
+use crate::media::keyframe::KeyframeThrottle;
+use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
+use crate::signal::protocol::{ParticipantInfo, ServerMessage, TrackKind};
+use std::collections::HashMap;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Simulcast layer names for relayed copies, lowest first.
+const LAYER_NAMES: [&str; 3] = ["q", "h", "f"];
+
+/// A pipeline's feed from its parent shard.
+pub(crate) struct RelayFeed {
+    feedback: mpsc::Sender<RelayFeedback>,
+    /// Publisher at the parent → its session here.
+    sessions: HashMap<String, super::api::SessionId>,
+}
+
+impl ShardCore {
+    /// A relay client starts feeding `room`; a previous feed's participants go.
+    pub(super) fn relay_attach(
+        &mut self,
+        room: &str,
+        feedback: mpsc::Sender<RelayFeedback>,
+        now: Instant,
+    ) -> bool {
+        if !self.rooms.contains_key(room) {
+            return false;
+        }
+        self.relay_detach(room, now);
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.relay = Some(RelayFeed {
+                feedback,
+                sessions: HashMap::new(),
+            });
+        }
+        true
+    }
+
+    /// The feed stopped: its participants and tracks leave the room.
+    pub(super) fn relay_detach(&mut self, room: &str, now: Instant) {
+        let sessions: Vec<_> = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.relay.take())
+            .map(|feed| feed.sessions.into_values().collect())
+            .unwrap_or_default();
+        for session in sessions {
+            self.remove_session(session, now, None);
+        }
+    }
+
+    /// A publisher at the parent appeared or went.
+    pub(super) fn relay_participant(
+        &mut self,
+        room: &str,
+        participant: &str,
+        name: &str,
+        present: bool,
+        now: Instant,
+    ) {
+        let existing = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relay.as_ref())
+            .and_then(|feed| feed.sessions.get(participant).copied());
+        match (present, existing) {
+            (true, None) => {
+                self.relayed_session(room, participant, name);
+            }
+            (false, Some(session)) => {
+                if let Some(feed) = self.rooms.get_mut(room).and_then(|r| r.relay.as_mut()) {
+                    feed.sessions.remove(participant);
+                }
+                self.remove_session(session, now, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// The session standing for a publisher of the parent, created on first need.
+    fn relayed_session(&mut self, room: &str, participant: &str, name: &str) -> Option<super::api::SessionId> {
+        let feed = self.rooms.get(room)?.relay.as_ref()?;
+        if let Some(session) = feed.sessions.get(participant) {
+            return Some(*session);
+        }
+        let id = self.key();
+        // Nobody reads this queue: a relayed participant has no client.
+        let (events, _) = mpsc::channel(1);
+        self.sessions.insert(
+            id,
+            Session {
+                participant: participant.to_owned(),
+                name: name.to_owned(),
+                room: room.to_owned(),
+                events,
+                publish: true,
+                subscribe: false,
+                publisher: None,
+                subscriber: None,
+                tracks: Vec::new(),
+                screen_sharing: false,
+                presence: Presence::Relayed,
+                closing: false,
+            },
+        );
+        let r = self.rooms.get_mut(room)?;
+        r.sessions.push(id);
+        r.by_participant.insert(participant.to_owned(), id);
+        if let Some(feed) = r.relay.as_mut() {
+            feed.sessions.insert(participant.to_owned(), id);
+        }
+        self.broadcast(
+            room,
+            Some(id),
+            ServerMessage::ParticipantJoined {
+                participant: ParticipantInfo {
+                    id: participant.to_owned(),
+                    name: name.to_owned(),
+                    tracks: Vec::new(),
+                    screen_sharing: false,
+                },
+            },
+        );
+        Some(id)
+    }
+
+    /// A relayed track (or one more layer of it) opened: where its packets go.
+    pub(super) fn relay_track(&mut self, relayed: RelayedTrack, now: Instant) -> Option<RelayHandle> {
+        let session = self.relayed_session(&relayed.room, &relayed.participant, &relayed.name)?;
+        let (rank, layers) = relayed.layer;
+        let rid = if layers > 1 {
+            LAYER_NAMES.get(usize::from(rank)).copied().unwrap_or("f")
+        } else {
+            ""
+        };
+        let existing = self.tracks.iter_mut().find(|(_, t)| {
+            t.peer.is_none() && t.room == relayed.room && t.source_track_id == relayed.track
+        });
+        if let Some((key, track)) = existing {
+            let key = *key;
+            let index = match track.layers.iter().position(|l| l.rid == rid) {
+                Some(index) => index,
+                None => {
+                    track.layers.push(new_layer(rid, rank, relayed.kind, self.config.keyframe_interval));
+                    track.layers.len() - 1
+                }
+            };
+            if let Some(layer) = track.layers.get_mut(index) {
+                layer.ssrc = Some(relayed.ssrc);
+            }
+            return Some(RelayHandle { track: key, layer: index });
+        }
+        let track_key: TrackKey = self.key();
+        let track = PublishedTrack {
+            id: format!("TR{}", crate::peer::random_token(12)),
+            room: relayed.room.clone(),
+            session,
+            peer: None,
+            source_track_id: relayed.track.clone(),
+            mid: None,
+            kind: relayed.kind,
+            family: CodecFamily::from_mime(&relayed.codec.mime_type),
+            codec: relayed.codec.clone(),
+            layers: vec![{
+                let mut layer = new_layer(rid, rank, relayed.kind, self.config.keyframe_interval);
+                layer.ssrc = Some(relayed.ssrc);
+                layer
+            }],
+            audio_level_ext: None,
+            muted: false,
+            downtracks: Vec::new(),
+        };
+        let info = self.track_info(&track);
+        self.tracks.insert(track_key, track);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.tracks.push(track_key);
+        }
+        let subscribers: Vec<_> = match self.rooms.get_mut(&relayed.room) {
+            Some(r) => {
+                r.tracks.push(track_key);
+                r.sessions.iter().copied().filter(|s| *s != session).collect()
+            }
+            None => Vec::new(),
+        };
+        tracing::info!(room = %relayed.room, track = %info.id, kind = ?info.kind, "relayed track published");
+        self.broadcast(
+            &relayed.room,
+            Some(session),
+            ServerMessage::TrackPublished {
+                participant: relayed.participant.clone(),
+                track: info,
+            },
+        );
+        for subscriber in subscribers {
+            self.add_downtrack(subscriber, track_key, now);
+        }
+        self.update_gauges();
+        Some(RelayHandle {
+            track: track_key,
+            layer: 0,
+        })
+    }
+
+    /// A relayed track ended at the parent.
+    pub(super) fn relay_track_ended(&mut self, room: &str, upstream: &str, now: Instant) {
+        let keys: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.peer.is_none() && t.room == room && t.source_track_id == upstream)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.unpublish(key, now);
+        }
+    }
+
+    /// Sends a keyframe request for a relayed stream up to the parent; whether it went.
+    pub(super) fn relay_keyframe_request(&self, room: &str, ssrc: u32) -> bool {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.relay.as_ref())
+            .is_some_and(|feed| feed.feedback.try_send(RelayFeedback::KeyframeRequest { ssrc }).is_ok())
+    }
+}
+
+fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration) -> Layer {
+    Layer {
+        rid: rid.to_owned(),
+        rank,
+        ssrc: None,
+        receiver: None,
+        last_packet: None,
+        buffer: (kind == TrackKind::Video)
+            .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
+        throttle: KeyframeThrottle::new(interval),
+    }
+}
