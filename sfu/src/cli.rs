@@ -47,6 +47,10 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
         admin_token: admin_token.clone(),
         signal_token: signal_token.clone(),
         core,
+        name: args
+            .shard_id
+            .clone()
+            .unwrap_or_else(|| format!("shard-{}", args.udp.port())),
     })
     .await?;
     if admin_generated || signal_generated {

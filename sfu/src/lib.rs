@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod peer;
 pub mod procstat;
 pub mod ratelimit;
+pub mod relay;
 pub mod runtime;
 pub mod server;
 pub mod shard;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tutti_shard_api::admin::RelaySpec;
 
 /// The WebSocket library closes connections sending frames beyond this; frames between
 /// the protocol limit and this get a `message_too_large` error instead.
@@ -59,6 +60,8 @@ pub struct ShardOptions {
     pub signal_token: String,
     /// Core settings (its `advertised` is filled in by [`start`]).
     pub core: CoreConfig,
+    /// The shard's name, in the ids of its relays at parent shards.
+    pub name: String,
 }
 
 /// A running shard.
@@ -95,12 +98,21 @@ impl RunningShard {
     }
 }
 
+/// Relay clients running, per pipeline.
+type Relays =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, (RelaySpec, CancellationToken)>>>;
+
 #[derive(Clone)]
 struct AppState {
     core: CoreHandle,
     metrics: Arc<ShardMetrics>,
     admin_token: Arc<str>,
     signal_token: Arc<str>,
+    /// Edge relays, started and stopped with their pipelines' specs.
+    relays: Relays,
+    /// Binding and naming of relay clients.
+    relay_bind: std::net::IpAddr,
+    name: Arc<str>,
     /// Bounds concurrent signaling sockets, joined or not.
     sessions: Arc<tokio::sync::Semaphore>,
 }
@@ -147,6 +159,9 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         metrics: metrics.clone(),
         admin_token: options.admin_token.into(),
         signal_token: options.signal_token.into(),
+        relays: Relays::default(),
+        relay_bind: udp_addr.ip(),
+        name: options.name.clone().into(),
         sessions: Arc::new(tokio::sync::Semaphore::new(max_sockets)),
     };
     let listener = tokio::net::TcpListener::bind(options.http).await?;
@@ -309,14 +324,64 @@ async fn put_pipeline(
             Err(err) => return admin_error(AdminError::Invalid(err.to_string())),
         }
     };
-    match state.core.put_pipeline(name, spec).await {
-        Ok((true, info)) => (StatusCode::CREATED, Json(info)).into_response(),
-        Ok((false, info)) => (StatusCode::OK, Json(info)).into_response(),
+    let relay = spec.relay.clone();
+    match state.core.put_pipeline(name.clone(), spec).await {
+        Ok((created, info)) => {
+            follow_relay(&state, &name, relay);
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(info)).into_response()
+        }
         Err(err) => admin_error(err),
     }
 }
 
+/// Starts, restarts or stops the relay client of a pipeline to match its spec.
+fn follow_relay(state: &AppState, room: &str, relay: Option<RelaySpec>) {
+    let Ok(mut relays) = state.relays.lock() else {
+        return;
+    };
+    relays.retain(|_, (_, stop)| !stop.is_cancelled());
+    match relay {
+        Some(spec)
+            if relays
+                .get(room)
+                .is_some_and(|(current, _)| *current == spec) => {}
+        Some(spec) => {
+            if let Some((_, stop)) = relays.remove(room) {
+                stop.cancel();
+            }
+            let stop = CancellationToken::new();
+            let options = crate::relay::RelayOptions {
+                room: room.to_owned(),
+                spec: spec.clone(),
+                signal_token: state.signal_token.to_string(),
+                bind_ip: state.relay_bind,
+                edge: state.name.to_string(),
+            };
+            tracing::info!(%room, from = %spec.from, "relaying from the parent shard");
+            let guard = stop.clone();
+            let task = crate::relay::spawn(state.core.clone(), options, stop.clone());
+            // The entry goes when the relay ends by itself (its pipeline released).
+            tokio::spawn(async move {
+                let _ = task.await;
+                guard.cancel();
+            });
+            relays.insert(room.to_owned(), (spec, stop));
+        }
+        None => {
+            if let Some((_, stop)) = relays.remove(room) {
+                stop.cancel();
+            }
+        }
+    }
+}
+
 async fn delete_pipeline(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    follow_relay(&state, &name, None);
     match state.core.release_pipeline(name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => admin_error(err),

@@ -83,6 +83,7 @@ impl LocalSystem {
                 admin_token: admin_token.clone(),
                 signal_token: signal_token.clone(),
                 core,
+                name: format!("local-{index}"),
             })
             .await?;
             let id = format!("local-{index}");

@@ -43,6 +43,7 @@ impl TestShard {
             admin_token: ADMIN_TOKEN.into(),
             signal_token: SIGNAL_TOKEN.into(),
             core,
+            name: "test-shard".into(),
         })
         .await?;
         let admin = AdminClient::new(shard.http_addr, ADMIN_TOKEN);

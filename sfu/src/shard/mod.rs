@@ -26,8 +26,8 @@
 
 pub mod api;
 mod forward;
-mod relay;
 mod negotiate;
+mod relay;
 pub mod sdp;
 
 use crate::demux::Demux;
@@ -66,6 +66,9 @@ pub(crate) type TrackKey = u64;
 
 /// What sessions are told when the shard stops; they are to join again elsewhere.
 const STOPPING: &str = "the shard is stopping; reconnect";
+
+/// Least spacing of keyframe requests to a publisher in an audience room.
+const AUDIENCE_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often housekeeping runs (deferred keyframe requests, speakers, timeouts).
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -673,11 +676,32 @@ impl ShardCore {
 
     fn update_gauges(&self) {
         self.metrics.pipelines.set(self.rooms.len() as i64);
-        self.metrics.participants.set(self.sessions.len() as i64);
+        self.metrics.participants.set(self.seated() as i64);
         self.metrics.tracks.set(self.tracks.len() as i64);
         self.metrics
             .forwarded_streams
             .set(self.forwarded_streams() as i64);
+    }
+
+    /// Spacing of keyframe requests to a publisher stream of `room`. An audience is large
+    /// and every viewer may ask, so its publishers hear at most one request a second.
+    fn keyframe_interval(&self, room: &str) -> Duration {
+        let audience = self.rooms.get(room).is_some_and(|r| r.spec.audience);
+        if audience {
+            self.config
+                .keyframe_interval
+                .max(AUDIENCE_KEYFRAME_INTERVAL)
+        } else {
+            self.config.keyframe_interval
+        }
+    }
+
+    /// Sessions that take a seat: participants and viewers, not relays.
+    fn seated(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.presence.takes_seat())
+            .count()
     }
 
     fn forwarded_streams(&self) -> usize {
@@ -790,7 +814,7 @@ impl ShardCore {
     fn load(&self) -> ShardLoad {
         ShardLoad {
             pipelines: self.rooms.len() as u32,
-            participants: self.sessions.len() as u32,
+            participants: self.seated() as u32,
             tracks: self.tracks.len() as u32,
             forwarded_streams: self.forwarded_streams() as u32,
             draining: self.draining,
@@ -838,7 +862,12 @@ impl ShardCore {
         Some(PipelineInfo {
             name: name.to_owned(),
             spec: room.spec.clone(),
-            participants: room.sessions.len() as u32,
+            participants: room
+                .sessions
+                .iter()
+                .filter_map(|s| self.sessions.get(s))
+                .filter(|s| s.presence.takes_seat())
+                .count() as u32,
             tracks: room.tracks.len() as u32,
             forwarded_streams: room
                 .tracks

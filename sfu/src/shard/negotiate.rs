@@ -568,6 +568,7 @@ impl ShardCore {
             // published when the forwarded layer's first packet arrives.
             return;
         }
+        let interval = self.keyframe_interval(&room);
         let layers: Vec<Layer> = rid_names
             .iter()
             .zip(ranks)
@@ -579,7 +580,7 @@ impl ShardCore {
                 last_packet: None,
                 buffer: video
                     .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
-                throttle: KeyframeThrottle::new(self.config.keyframe_interval),
+                throttle: KeyframeThrottle::new(interval),
             })
             .collect();
         let layer_index = layers

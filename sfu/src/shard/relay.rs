@@ -92,7 +92,12 @@ impl ShardCore {
     }
 
     /// The session standing for a publisher of the parent, created on first need.
-    fn relayed_session(&mut self, room: &str, participant: &str, name: &str) -> Option<super::api::SessionId> {
+    fn relayed_session(
+        &mut self,
+        room: &str,
+        participant: &str,
+        name: &str,
+    ) -> Option<super::api::SessionId> {
         let feed = self.rooms.get(room)?.relay.as_ref()?;
         if let Some(session) = feed.sessions.get(participant) {
             return Some(*session);
@@ -139,7 +144,11 @@ impl ShardCore {
     }
 
     /// A relayed track (or one more layer of it) opened: where its packets go.
-    pub(super) fn relay_track(&mut self, relayed: RelayedTrack, now: Instant) -> Option<RelayHandle> {
+    pub(super) fn relay_track(
+        &mut self,
+        relayed: RelayedTrack,
+        now: Instant,
+    ) -> Option<RelayHandle> {
         let session = self.relayed_session(&relayed.room, &relayed.participant, &relayed.name)?;
         let (rank, layers) = relayed.layer;
         let rid = if layers > 1 {
@@ -147,6 +156,7 @@ impl ShardCore {
         } else {
             ""
         };
+        let interval = self.keyframe_interval(&relayed.room);
         let existing = self.tracks.iter_mut().find(|(_, t)| {
             t.peer.is_none() && t.room == relayed.room && t.source_track_id == relayed.track
         });
@@ -155,14 +165,19 @@ impl ShardCore {
             let index = match track.layers.iter().position(|l| l.rid == rid) {
                 Some(index) => index,
                 None => {
-                    track.layers.push(new_layer(rid, rank, relayed.kind, self.config.keyframe_interval));
+                    track
+                        .layers
+                        .push(new_layer(rid, rank, relayed.kind, interval));
                     track.layers.len() - 1
                 }
             };
             if let Some(layer) = track.layers.get_mut(index) {
                 layer.ssrc = Some(relayed.ssrc);
             }
-            return Some(RelayHandle { track: key, layer: index });
+            return Some(RelayHandle {
+                track: key,
+                layer: index,
+            });
         }
         let track_key: TrackKey = self.key();
         let track = PublishedTrack {
@@ -176,7 +191,7 @@ impl ShardCore {
             family: CodecFamily::from_mime(&relayed.codec.mime_type),
             codec: relayed.codec.clone(),
             layers: vec![{
-                let mut layer = new_layer(rid, rank, relayed.kind, self.config.keyframe_interval);
+                let mut layer = new_layer(rid, rank, relayed.kind, interval);
                 layer.ssrc = Some(relayed.ssrc);
                 layer
             }],
@@ -192,7 +207,11 @@ impl ShardCore {
         let subscribers: Vec<_> = match self.rooms.get_mut(&relayed.room) {
             Some(r) => {
                 r.tracks.push(track_key);
-                r.sessions.iter().copied().filter(|s| *s != session).collect()
+                r.sessions
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != session)
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -233,7 +252,11 @@ impl ShardCore {
         self.rooms
             .get(room)
             .and_then(|r| r.relay.as_ref())
-            .is_some_and(|feed| feed.feedback.try_send(RelayFeedback::KeyframeRequest { ssrc }).is_ok())
+            .is_some_and(|feed| {
+                feed.feedback
+                    .try_send(RelayFeedback::KeyframeRequest { ssrc })
+                    .is_ok()
+            })
     }
 }
 

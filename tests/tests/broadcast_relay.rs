@@ -1,0 +1,172 @@
+//! A broadcast relayed from an origin shard to an edge shard over WebRTC: the edge's
+//! viewers receive the presenter's media intact and in order, nobody sees the relay or the
+//! other viewers, and a storm of keyframe requests from the edge reaches the presenter as
+//! a trickle.
+
+use anyhow::{Context, Result, ensure};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tutti_sfu::shard::api::PipelineSpec;
+use tutti_sfu::signal::protocol::ServerMessage;
+use tutti_shard_api::admin::RelaySpec;
+use tutti_tests::init_logs;
+use tutti_tests::participant::{Participant, ParticipantConfig};
+use tutti_tests::shard::{SIGNAL_TOKEN, TestShard};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn viewer(room: &str, id: &str) -> ParticipantConfig {
+    let mut config = ParticipantConfig::new(room, id);
+    config.audio = false;
+    config.video = false;
+    config
+}
+
+fn audience() -> PipelineSpec {
+    PipelineSpec {
+        audience: true,
+        max_participants: 50,
+        ..PipelineSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_relays_the_origin_to_its_viewers_and_throttles_keyframe_requests() -> Result<()> {
+    init_logs();
+    let origin = TestShard::start().await?;
+    let edge = TestShard::start().await?;
+    let mut origin_spec = audience();
+    origin_spec.max_participants = 2;
+    origin.admin.put_pipeline("concert", &origin_spec).await?;
+    let mut edge_spec = audience();
+    edge_spec.relay = Some(RelaySpec {
+        from: origin.signal_url(),
+        room: "concert".into(),
+        layers: 1,
+    });
+    edge.admin.put_pipeline("concert", &edge_spec).await?;
+
+    let presenter = Participant::join(
+        &origin.signal_url(),
+        SIGNAL_TOKEN,
+        ParticipantConfig::new("concert", "pianist"),
+    )
+    .await?;
+    presenter.wait_publishing(WAIT).await?;
+    let mut viewers = Vec::new();
+    for i in 0..4 {
+        viewers.push(
+            Participant::join(
+                &edge.signal_url(),
+                SIGNAL_TOKEN,
+                viewer("concert", &format!("v{i}")),
+            )
+            .await?,
+        );
+    }
+    let (audio_stream, video_stream) = presenter.stream_ids();
+    for v in &viewers {
+        v.wait_for(
+            WAIT,
+            "the pianist's audio and video through the edge",
+            |records, _| {
+                records
+                    .values()
+                    .any(|r| r.streams.contains(&video_stream) && r.packets >= 100)
+                    && records
+                        .values()
+                        .any(|r| r.streams.contains(&audio_stream) && r.packets >= 50)
+            },
+        )
+        .await?;
+    }
+    // Intact and in order across two hops.
+    for v in &viewers {
+        let records = v.records().await;
+        for (_, record) in records.iter() {
+            let delivery = record.delivery(
+                record
+                    .log
+                    .iter()
+                    .map(|r| u64::from(r.index) + 1)
+                    .max()
+                    .unwrap_or(0),
+            );
+            ensure!(
+                delivery.intact && delivery.in_order,
+                "{}: {delivery:?}",
+                v.id
+            );
+            ensure!(delivery.ratio > 0.95, "{}: {delivery:?}", v.id);
+        }
+    }
+    // The viewers see the pianist (relayed), not the relay, not each other.
+    for v in &viewers {
+        let events = v.events().await;
+        let seen: Vec<String> = events
+            .iter()
+            .flat_map(|e| match e {
+                ServerMessage::Joined { participants, .. } => {
+                    participants.iter().map(|p| p.id.clone()).collect()
+                }
+                ServerMessage::ParticipantJoined { participant } => vec![participant.id.clone()],
+                _ => Vec::new(),
+            })
+            .collect();
+        ensure!(seen == ["pianist"], "{} saw {seen:?}", v.id);
+    }
+    // The origin hosts one seat-taking participant: the relay takes no seat.
+    let origin_load = origin.admin.pipelines().await?;
+    ensure!(origin_load[0].participants == 1, "{origin_load:?}");
+
+    // Every viewer asks for keyframes ten times a second for three seconds.
+    let video_track = viewers[0]
+        .records()
+        .await
+        .into_iter()
+        .find(|(_, r)| r.streams.contains(&video_stream))
+        .map(|(id, _)| id)
+        .context("video track")?;
+    let plis_before = presenter.sent().plis.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let mut asked = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while started.elapsed() < Duration::from_secs(3) {
+        tick.tick().await;
+        for v in &viewers {
+            let track = v
+                .records()
+                .await
+                .into_iter()
+                .find(|(_, r)| r.streams.contains(&video_stream))
+                .map(|(id, _)| id)
+                .unwrap_or_else(|| video_track.clone());
+            v.request_keyframe(&track).await?;
+            asked += 1;
+        }
+    }
+    // Let any deferred request land, then count what reached the presenter.
+    let keyframes = viewers[0]
+        .records()
+        .await
+        .values()
+        .map(|r| r.keyframes)
+        .sum::<u64>();
+    viewers[0]
+        .wait_for(WAIT, "a key frame after the storm", |records, _| {
+            records.values().map(|r| r.keyframes).sum::<u64>() > keyframes
+        })
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let reached = presenter.sent().plis.load(Ordering::SeqCst) - plis_before;
+    println!(
+        "{asked} keyframe requests from the edge's viewers in {seconds:.1} s; {reached} reached the presenter"
+    );
+    ensure!(asked >= 100);
+    // One per 500 ms per hop at most, plus one deferred at the end.
+    ensure!(
+        (reached as f64) <= seconds * 2.0 + 2.0,
+        "{reached} PLIs reached the presenter"
+    );
+    Ok(())
+}
