@@ -17,6 +17,18 @@ pub fn cpu_seconds_of(stat: &str) -> Option<f64> {
     Some((utime + stime) / clock_ticks_per_second())
 }
 
+/// The calling thread's id, from `/proc/thread-self` (no system call needed).
+pub fn current_thread_id() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// CPU time one thread of this process has used, in seconds.
+pub fn thread_cpu_seconds(thread: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{thread}/stat")).ok()?;
+    cpu_seconds_of(&stat)
+}
+
 /// Resident set size of this process, in bytes.
 pub fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -49,5 +61,7 @@ mod tests {
         );
         assert!(cpu_seconds().is_some());
         assert!(rss_bytes().is_some());
+        let me = current_thread_id().expect("thread id");
+        assert!(thread_cpu_seconds(me).is_some());
     }
 }

@@ -46,6 +46,7 @@ pub fn spawn(
     tcp: Option<std::net::TcpListener>,
     core: ShardCore,
     commands: mpsc::Receiver<Command>,
+    thread_id: std::sync::Arc<std::sync::atomic::AtomicU32>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     socket.set_nonblocking(true)?;
     if let Some(listener) = &tcp {
@@ -54,6 +55,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("tutti-media".into())
         .spawn(move || {
+            if let Some(id) = crate::procstat::current_thread_id() {
+                thread_id.store(id, std::sync::atomic::Ordering::Relaxed);
+            }
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

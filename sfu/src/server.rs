@@ -79,6 +79,7 @@ pub struct RunningShard {
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     media: Option<std::thread::JoinHandle<()>>,
+    media_thread: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl RunningShard {
@@ -89,6 +90,15 @@ impl RunningShard {
         let _ = (&mut self.server).await;
         if let Some(media) = self.media.take() {
             let _ = tokio::task::spawn_blocking(move || media.join()).await;
+        }
+    }
+
+    /// CPU seconds the media thread has used (forwarding, encryption, I/O): the shard's
+    /// own share of a process that hosts several shards.
+    pub fn media_cpu_seconds(&self) -> Option<f64> {
+        match self.media_thread.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            id => crate::procstat::thread_cpu_seconds(id),
         }
     }
 
@@ -152,7 +162,8 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         .max_participants
         .saturating_mul(2)
         .saturating_add(16);
-    let media = crate::runtime::spawn(udp, tcp, core, rx)?;
+    let media_thread = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let media = crate::runtime::spawn(udp, tcp, core, rx, media_thread.clone())?;
     let handle = CoreHandle::new(tx);
     let state = AppState {
         core: handle.clone(),
@@ -186,6 +197,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         shutdown,
         server,
         media: Some(media),
+        media_thread,
     })
 }
 

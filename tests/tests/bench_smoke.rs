@@ -65,3 +65,63 @@ async fn fanout_and_baseline_print_one_json_report() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_prints_one_json_report() -> Result<()> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tutti-bench"))
+        .args([
+            "broadcast",
+            "--viewers",
+            "4",
+            "--edges",
+            "2",
+            "--seconds",
+            "2",
+            "--pli-every-ms",
+            "200",
+        ])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "broadcast: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout)?;
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().context("no output")?)?;
+    println!("broadcast: {report}");
+    for key in [
+        "viewers",
+        "viewers_receiving",
+        "loss_ratio",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "per_hop_latency_ms",
+        "presenter_plis",
+        "cpu_seconds_per_shard",
+    ] {
+        ensure!(report.get(key).is_some(), "report lacks {key}: {report}");
+    }
+    ensure!(report["viewers"] == 4, "viewers: {report}");
+    ensure!(report["edges"] == 2, "edges: {report}");
+    ensure!(
+        report["received_packets"].as_u64().unwrap_or(0) > 0,
+        "nothing received: {report}"
+    );
+    let cpu = report["cpu_seconds_per_shard"]
+        .as_object()
+        .context("cpu per shard")?;
+    ensure!(cpu.len() == 3, "origin and two edges: {report}");
+    // 4 viewers asking 5 times a second for 2 s: 40 requests, and the hops let through
+    // about one a second.
+    let requests = report["viewer_keyframe_requests"].as_u64().unwrap_or(0);
+    let plis = report["presenter_plis"].as_u64().unwrap_or(u64::MAX);
+    ensure!(
+        requests >= 20 && plis <= 4,
+        "{requests} requests reached the presenter as {plis}: {report}"
+    );
+    Ok(())
+}

@@ -10,10 +10,14 @@
 //!   child process (`relay`, with the same `recvmmsg`/`sendmmsg`/GSO I/O as the shard
 //!   but no WebRTC), printing the same keys.
 //!
+//! * `broadcast` runs an origin and edge shards in this process, relaying a presenter to
+//!   viewers seated over the edges (see [`broadcast`]).
+//!
 //! The window starts once every subscriber receives every track; packets sent during it
 //! count. With `--pin`, the child runs on CPU 1 and the load generator on CPU 0.
 
 pub mod baseline;
+pub mod broadcast;
 pub mod fanout;
 pub mod report;
 

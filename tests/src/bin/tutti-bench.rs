@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --bin tutti-bench -- fanout   --publishers 1 --subscribers 50 --seconds 20 [--pin]
 //! cargo run --release --bin tutti-bench -- baseline --publishers 1 --subscribers 50 --seconds 20 [--pin]
+//! cargo run --release --bin tutti-bench -- broadcast --viewers 200 --edges 3 --seconds 20 [--pli-every-ms 1000]
 //! ```
 //!
 //! Progress goes to stderr; the last line on stdout is one JSON object with the figures.
@@ -10,6 +11,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use tutti_sfu::config::ShardArgs;
+use tutti_tests::bench::broadcast::{self, BroadcastArgs};
 use tutti_tests::bench::{RunArgs, baseline, fanout};
 
 #[derive(Parser)]
@@ -25,6 +27,8 @@ enum Command {
     Fanout(RunArgs),
     /// The same packets through a plain UDP relay child process.
     Baseline(RunArgs),
+    /// A presenter on an origin shard relayed by edge shards to many viewers, in-process.
+    Broadcast(BroadcastArgs),
     /// Runs a shard (the child process of `fanout`).
     #[command(hide = true)]
     ServeShard(Box<ShardArgs>),
@@ -46,6 +50,10 @@ async fn main() -> ExitCode {
         Command::Relay => baseline::relay().await,
         Command::Fanout(args) => fanout::run(&args).await.map(print),
         Command::Baseline(args) => baseline::run(&args).await.map(print),
+        Command::Broadcast(args) => {
+            tutti_sfu::cli::init_logging(tutti_sfu::config::LogFormat::Text);
+            broadcast::run(&args).await.map(print_json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,9 +64,13 @@ async fn main() -> ExitCode {
     }
 }
 
-fn print(report: tutti_tests::bench::report::Report) {
+fn print_json<T: serde::Serialize>(report: T) {
     match serde_json::to_string(&report) {
         Ok(line) => println!("{line}"),
         Err(err) => eprintln!("tutti-bench: cannot encode the report: {err}"),
     }
+}
+
+fn print(report: tutti_tests::bench::report::Report) {
+    print_json(report);
 }
