@@ -8,7 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
-pub mod cascade;
 pub mod conditions;
 pub mod controller;
 pub mod gc;
@@ -18,4 +17,7 @@ pub mod placement;
 pub mod placer;
 pub mod records;
 pub mod run;
+
+/// Cascade planning lives in its own crate (local mode drives cascades too).
+pub use tutti_cascade as cascade;
 pub mod validation;

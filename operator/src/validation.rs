@@ -103,6 +103,7 @@ pub fn validate_room(
             simulcast: spec.media.simulcast,
             max_video_bitrate_kbps: spec.media.max_video_bitrate_kbps,
             owner: Some(owner(namespace, name)),
+            audience: false,
         },
         selector: spec.shard_selector.clone(),
         password: spec.password_secret_ref.clone(),

@@ -120,7 +120,7 @@ impl PipelineSpec {
                 simulcast: room.simulcast,
             },
             owner: room.owner.clone(),
-            audience: false,
+            audience: room.audience,
             relay: None,
         }
     }

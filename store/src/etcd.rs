@@ -13,7 +13,9 @@
 //! revisions.
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
-use crate::{LiveView, LiveWriter, RoomRecord, Route, ShardRecord, StoreError};
+use crate::{
+    BroadcastRecord, CascadeRecord, LiveView, LiveWriter, RoomRecord, Route, ShardRecord, StoreError,
+};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
@@ -402,6 +404,22 @@ impl LiveView for EtcdStore {
         self.read(|s| s.rooms.values().cloned().collect())
     }
 
+    fn broadcast(&self, name: &str) -> Option<BroadcastRecord> {
+        self.read(|s| s.broadcasts.get(name).cloned())
+    }
+
+    fn broadcasts(&self) -> Vec<BroadcastRecord> {
+        self.read(|s| s.broadcasts.values().cloned().collect())
+    }
+
+    fn cascade(&self, broadcast: &str) -> Option<CascadeRecord> {
+        self.read(|s| s.cascades.get(broadcast).cloned())
+    }
+
+    fn cascades(&self) -> Vec<CascadeRecord> {
+        self.read(|s| s.cascades.values().cloned().collect())
+    }
+
     fn synced(&self) -> bool {
         self.inner.shared.synced.load(Ordering::Relaxed)
     }
@@ -558,6 +576,24 @@ impl LiveWriter for EtcdStore {
 
     async fn delete_room(&self, name: &str) -> Result<(), StoreError> {
         self.delete(Kind::Room, name).await
+    }
+
+    async fn put_broadcast(&self, record: BroadcastRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&record).map_err(unavailable)?;
+        self.put(Kind::Broadcast, &record.name, value).await
+    }
+
+    async fn delete_broadcast(&self, name: &str) -> Result<(), StoreError> {
+        self.delete(Kind::Broadcast, name).await
+    }
+
+    async fn put_cascade(&self, record: CascadeRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&record).map_err(unavailable)?;
+        self.put(Kind::Cascade, &record.broadcast, value).await
+    }
+
+    async fn delete_cascade(&self, broadcast: &str) -> Result<(), StoreError> {
+        self.delete(Kind::Cascade, broadcast).await
     }
 
     /// Compacts etcd's history older than `keep` revisions before the current one; the

@@ -32,7 +32,10 @@ pub mod snapshot;
 pub use args::StoreArgs;
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
-pub use records::{AUTO_CREATED_OWNER, RoomRecord, Route, ShardLoadSummary, ShardRecord};
+pub use records::{
+    AUTO_CREATED_OWNER, BroadcastRecord, CascadeEdge, CascadeRecord, RoomRecord, Route,
+    ShardLoadSummary, ShardRecord,
+};
 pub use snapshot::RouteChange;
 
 use std::time::Duration;
@@ -51,6 +54,14 @@ pub trait LiveView: Send + Sync {
     fn room(&self, name: &str) -> Option<RoomRecord>;
     /// Every room record, ordered by name.
     fn rooms(&self) -> Vec<RoomRecord>;
+    /// A broadcast.
+    fn broadcast(&self, name: &str) -> Option<BroadcastRecord>;
+    /// Every broadcast, ordered by name.
+    fn broadcasts(&self) -> Vec<BroadcastRecord>;
+    /// A broadcast's cascade, as applied.
+    fn cascade(&self, broadcast: &str) -> Option<CascadeRecord>;
+    /// Every cascade, ordered by broadcast.
+    fn cascades(&self) -> Vec<CascadeRecord>;
     /// Whether the local copy follows the source now. While it does not (etcd is
     /// unreachable), reads answer from the last known state.
     fn synced(&self) -> bool;
@@ -102,6 +113,24 @@ pub trait LiveWriter: Send + Sync {
     fn put_room(&self, record: RoomRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Forgets a room's settings.
     fn delete_room(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publishes a broadcast.
+    fn put_broadcast(
+        &self,
+        record: BroadcastRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets a broadcast (its cascade is torn down by the operator).
+    fn delete_broadcast(&self, name: &str)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publishes the cascade a broadcast runs on.
+    fn put_cascade(
+        &self,
+        record: CascadeRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets a broadcast's cascade.
+    fn delete_cascade(
+        &self,
+        broadcast: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Drops history older than `keep` revisions (etcd); the revision compacted to.
     fn compact(&self, keep: i64) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 }

@@ -1,7 +1,9 @@
 //! The in-memory live state: local mode's embedded store, and the tests'.
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
-use crate::{LiveView, LiveWriter, RoomRecord, Route, ShardRecord, StoreError};
+use crate::{
+    BroadcastRecord, CascadeRecord, LiveView, LiveWriter, RoomRecord, Route, ShardRecord, StoreError,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -100,6 +102,22 @@ impl LiveView for MemoryStore {
         self.read().records.rooms.values().cloned().collect()
     }
 
+    fn broadcast(&self, name: &str) -> Option<BroadcastRecord> {
+        self.read().records.broadcasts.get(name).cloned()
+    }
+
+    fn broadcasts(&self) -> Vec<BroadcastRecord> {
+        self.read().records.broadcasts.values().cloned().collect()
+    }
+
+    fn cascade(&self, broadcast: &str) -> Option<CascadeRecord> {
+        self.read().records.cascades.get(broadcast).cloned()
+    }
+
+    fn cascades(&self) -> Vec<CascadeRecord> {
+        self.read().records.cascades.values().cloned().collect()
+    }
+
     fn synced(&self) -> bool {
         true
     }
@@ -167,6 +185,26 @@ impl LiveWriter for MemoryStore {
 
     async fn delete_room(&self, name: &str) -> Result<(), StoreError> {
         self.set(Kind::Room, name, None);
+        Ok(())
+    }
+
+    async fn put_broadcast(&self, record: BroadcastRecord) -> Result<(), StoreError> {
+        self.set(Kind::Broadcast, &record.name, Some(encode(&record)?));
+        Ok(())
+    }
+
+    async fn delete_broadcast(&self, name: &str) -> Result<(), StoreError> {
+        self.set(Kind::Broadcast, name, None);
+        Ok(())
+    }
+
+    async fn put_cascade(&self, record: CascadeRecord) -> Result<(), StoreError> {
+        self.set(Kind::Cascade, &record.broadcast, Some(encode(&record)?));
+        Ok(())
+    }
+
+    async fn delete_cascade(&self, broadcast: &str) -> Result<(), StoreError> {
+        self.set(Kind::Cascade, broadcast, None);
         Ok(())
     }
 

@@ -111,6 +111,10 @@ pub struct RoomRecord {
     /// The resource the room comes from (`Room/namespace/name`); `None` in local mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// A broadcast's stage: its publishers are relayed to an audience, so keyframe
+    /// requests reaching them are held to one a second.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audience: bool,
 }
 
 impl RoomRecord {
@@ -127,6 +131,55 @@ impl RoomRecord {
             simulcast: true,
             max_video_bitrate_kbps: None,
             owner: None,
+            audience: false,
         }
     }
+}
+
+/// A broadcast: the stage room whose publishers reach an audience seated on edge shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BroadcastRecord {
+    /// The broadcast's name: what viewers ask to watch.
+    pub name: String,
+    /// The room presenters join: the origin is the shard holding it, and every edge
+    /// relays it under the same pipeline name.
+    pub stage: String,
+    /// The audience the organiser expects.
+    pub expected_audience: u32,
+    /// Viewers one edge seats at most.
+    pub max_viewers_per_shard: u32,
+    /// Simulcast layers relayed to each edge (1, or 3 when presenters send simulcast).
+    pub layers: u8,
+    /// The resource the broadcast comes from (`Broadcast/namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// One edge of a cascade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CascadeEdge {
+    /// The edge shard.
+    pub shard: String,
+    /// The shard it relays from (the origin, or another edge).
+    pub parent: String,
+    /// Viewers seated on it, as last counted.
+    pub viewers: u32,
+    /// Taking no new viewers; removed once empty.
+    pub draining: bool,
+}
+
+/// The relay tree a broadcast runs on now, as the operator applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CascadeRecord {
+    /// The broadcast.
+    pub broadcast: String,
+    /// Its stage room (the pipeline name on every shard of the tree).
+    pub stage: String,
+    /// The origin shard, where presenters publish.
+    pub origin: String,
+    /// Edges in the order they were added (breadth-first).
+    pub edges: Vec<CascadeEdge>,
 }

@@ -1,7 +1,7 @@
 //! The live state as a set of maps: what the in-memory store holds, and what the etcd
 //! store's local copy holds between watch events.
 
-use crate::{RoomRecord, Route, ShardRecord};
+use crate::{BroadcastRecord, CascadeRecord, RoomRecord, Route, ShardRecord};
 use std::collections::BTreeMap;
 
 /// Which kind of record a key holds.
@@ -13,6 +13,10 @@ pub enum Kind {
     Route,
     /// `rooms/{room}`.
     Room,
+    /// `broadcasts/{name}`.
+    Broadcast,
+    /// `cascades/{broadcast}`.
+    Cascade,
 }
 
 impl Kind {
@@ -22,12 +26,20 @@ impl Kind {
             Self::Shard => "shards/",
             Self::Route => "routes/",
             Self::Room => "rooms/",
+            Self::Broadcast => "broadcasts/",
+            Self::Cascade => "cascades/",
         }
     }
 
     /// Splits a key (without the store's prefix) into its kind and name.
     pub fn parse(key: &str) -> Option<(Self, &str)> {
-        [Self::Shard, Self::Route, Self::Room]
+        [
+            Self::Shard,
+            Self::Route,
+            Self::Room,
+            Self::Broadcast,
+            Self::Cascade,
+        ]
             .into_iter()
             .find_map(|kind| {
                 key.strip_prefix(kind.segment())
@@ -46,6 +58,23 @@ pub struct Snapshot {
     pub routes: BTreeMap<String, Route>,
     /// Room records.
     pub rooms: BTreeMap<String, RoomRecord>,
+    /// Broadcasts.
+    pub broadcasts: BTreeMap<String, BroadcastRecord>,
+    /// Cascades, by broadcast.
+    pub cascades: BTreeMap<String, CascadeRecord>,
+}
+
+/// Stores a decoded value under `name`, or removes the entry when the value is absent or
+/// does not decode.
+fn set<T: serde::de::DeserializeOwned>(
+    map: &mut BTreeMap<String, T>,
+    name: &str,
+    value: Option<&[u8]>,
+) {
+    match value.and_then(|v| serde_json::from_slice::<T>(v).ok()) {
+        Some(record) => map.insert(name.to_owned(), record),
+        None => map.remove(name),
+    };
 }
 
 /// A route that appeared, moved or went.
@@ -64,17 +93,19 @@ impl Snapshot {
     pub fn apply(&mut self, kind: Kind, name: &str, value: Option<&[u8]>) -> Option<RouteChange> {
         match kind {
             Kind::Shard => {
-                match value.and_then(|v| serde_json::from_slice::<ShardRecord>(v).ok()) {
-                    Some(record) => self.shards.insert(name.to_owned(), record),
-                    None => self.shards.remove(name),
-                };
+                set(&mut self.shards, name, value);
                 None
             }
             Kind::Room => {
-                match value.and_then(|v| serde_json::from_slice::<RoomRecord>(v).ok()) {
-                    Some(record) => self.rooms.insert(name.to_owned(), record),
-                    None => self.rooms.remove(name),
-                };
+                set(&mut self.rooms, name, value);
+                None
+            }
+            Kind::Broadcast => {
+                set(&mut self.broadcasts, name, value);
+                None
+            }
+            Kind::Cascade => {
+                set(&mut self.cascades, name, value);
                 None
             }
             Kind::Route => {

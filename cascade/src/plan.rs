@@ -32,23 +32,11 @@ impl Default for CascadeParams {
     }
 }
 
-/// One edge of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Edge {
-    /// The edge shard.
-    pub shard: String,
-    /// The shard it relays from (the origin, or another edge).
-    pub parent: String,
-    /// Viewers seated on it, as last counted.
-    pub viewers: u32,
-    /// Taking no new viewers; removed once empty.
-    pub draining: bool,
-}
+/// One edge of a plan: the record the live state keeps.
+pub use tutti_store::CascadeEdge as Edge;
 
 /// A broadcast's relay tree.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     /// The origin shard, where presenters publish.
     pub origin: String,
