@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(candidates(&shards, "o"), ["o", "b", "d", "a"]);
         assert_eq!(
             candidates(&shards, "gone"),
-            ["b", "d", "a"],
+            ["b", "d", "a", "o"],
             "a stage on a vanished shard leaves the planner to pick"
         );
     }
