@@ -146,10 +146,17 @@ impl<S: LiveView + LiveWriter> Driver<S> {
                 continue;
             };
             let spec = edge_spec(broadcast, &stage, parent);
-            if hosted.get(&edge.shard).is_some_and(|info| info.spec == spec) {
+            if hosted
+                .get(&edge.shard)
+                .is_some_and(|info| info.spec == spec)
+            {
                 continue;
             }
-            match self.admin(shard).put_pipeline(&broadcast.stage, &spec).await {
+            match self
+                .admin(shard)
+                .put_pipeline(&broadcast.stage, &spec)
+                .await
+            {
                 Ok(_) => applied.push(edge.shard.clone()),
                 Err(err) => failed.push((edge.shard.clone(), err.to_string())),
             }

@@ -31,6 +31,12 @@ struct Args {
     /// cluster). Run one standalone operator only: it does no leader election.
     #[arg(long, env = "TUTTI_STANDALONE")]
     standalone: bool,
+    /// Edge shards one relay node (the origin or an edge) feeds at most.
+    #[arg(long, env = "TUTTI_CASCADE_FANOUT", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    cascade_fanout: u16,
+    /// Seats a cascade plans beyond its audience, in percent.
+    #[arg(long, env = "TUTTI_CASCADE_HEADROOM", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=400))]
+    cascade_headroom: u16,
     /// Seconds between compactions of the live state's history.
     #[arg(long, env = "TUTTI_COMPACT_EVERY", default_value_t = 300)]
     compact_every: u64,
@@ -138,6 +144,10 @@ where
             ..Default::default()
         },
         compact_every: Duration::from_secs(args.compact_every.max(10)),
+        cascade: tutti_operator::cascade::CascadeParams {
+            fanout: usize::from(args.cascade_fanout),
+            headroom: f64::from(args.cascade_headroom) / 100.0,
+        },
     };
     if args.standalone {
         println!(

@@ -43,6 +43,8 @@ pub struct Settings {
     pub controller: controller::Config,
     /// Time between compactions of the live state's history.
     pub compact_every: Duration,
+    /// How broadcast cascades are shaped.
+    pub cascade: tutti_cascade::CascadeParams,
 }
 
 /// What changes in the shard records matter: which shards live, and which drain.
@@ -61,6 +63,14 @@ pub fn owned<V: LiveView + ?Sized>(
     shard: &str,
     pipeline: &PipelineInfo,
 ) -> bool {
+    // An edge of a broadcast's cascade: owned while the cascade lists it.
+    let edge_of_cascade = view
+        .cascades()
+        .iter()
+        .any(|c| c.stage == pipeline.name && c.edges.iter().any(|e| e.shard == shard));
+    if edge_of_cascade {
+        return true;
+    }
     let routed_here = view.route(&pipeline.name).is_some_and(|r| r.shard == shard);
     let Some(owner) = pipeline.spec.owner.as_deref() else {
         return false;
@@ -90,7 +100,7 @@ struct KubeSide {
 }
 
 /// The loops that need only the live state: the watch on shard records, placement of
-/// record-only rooms, garbage collection and history compaction. `rooms` is the Room cache
+/// record-only rooms, broadcast cascades, garbage collection and history compaction. `rooms` is the Room cache
 /// when Kubernetes is watched; `shards_changed` also hears of shard changes.
 fn spawn_store_loops<S>(
     placer: Arc<Placer<S>>,
@@ -113,15 +123,17 @@ where
     };
     let collect_now = Arc::new(Notify::new());
     let place_now = Arc::new(Notify::new());
+    let plan_now = Arc::new(Notify::new());
     let mut tasks = Vec::new();
     // Shard records come and go with heartbeats: re-place rooms and collect garbage
     // whenever the set of live shards (or their draining flags) changes.
     tasks.push({
-        let (store, stop, collect_now, place_now) = (
+        let (store, stop, collect_now, place_now, plan_now) = (
             store.clone(),
             stop.clone(),
             collect_now.clone(),
             place_now.clone(),
+            plan_now.clone(),
         );
         let poll = settings.shard_poll;
         tokio::spawn(async move {
@@ -139,6 +151,7 @@ where
                         let _ = tx.try_send(());
                     }
                     place_now.notify_one();
+                    plan_now.notify_one();
                     collect_now.notify_one();
                 }
             }
@@ -167,6 +180,13 @@ where
             }
         })
     });
+    tasks.push(spawn_cascades(
+        store.clone(),
+        &settings,
+        plan_now,
+        metrics.clone(),
+        stop.clone(),
+    ));
     tasks.push({
         let (store, stop, metrics) = (store.clone(), stop.clone(), metrics.clone());
         let settings = settings.clone();
@@ -227,6 +247,51 @@ where
         })
     });
     tasks
+}
+
+/// Drives every broadcast's cascade: each `shard_poll`, and at once when shards change.
+fn spawn_cascades<S>(
+    store: S,
+    settings: &Settings,
+    plan_now: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    S: LiveView + LiveWriter + Send + Sync + 'static,
+{
+    let driver = tutti_cascade::Driver::new(store, settings.admin_token.clone(), settings.cascade);
+    let period = settings.shard_poll;
+    tokio::spawn(async move {
+        let mut last: std::collections::HashMap<String, String> = Default::default();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+                _ = plan_now.notified() => {}
+            }
+            for (broadcast, outcome) in driver.pass().await {
+                let summary = match &outcome {
+                    Ok(driven) => {
+                        for (shard, err) in &driven.failed {
+                            tracing::warn!(%broadcast, %shard, %err, "edge pipeline not applied");
+                        }
+                        format!("{:?}", driven.cascade)
+                    }
+                    Err(err) => err.to_string(),
+                };
+                metrics.reconciled("broadcast", if outcome.is_ok() { "ok" } else { "error" });
+                // Log a cascade when it changes, not every pass.
+                if last.get(&broadcast) != Some(&summary) {
+                    match &outcome {
+                        Ok(_) => tracing::info!(%broadcast, cascade = %summary, "cascade applied"),
+                        Err(err) => tracing::warn!(%broadcast, %err, "cascade not applied"),
+                    }
+                    last.insert(broadcast, summary);
+                }
+            }
+        }
+    })
 }
 
 /// Revisions of history kept when compacting: enough for any watcher a few minutes behind.

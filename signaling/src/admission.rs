@@ -289,6 +289,7 @@ mod tests {
             publish: None,
             subscribe: None,
             resume: None,
+            watch: false,
         }
     }
 

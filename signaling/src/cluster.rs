@@ -40,7 +40,7 @@ pub struct ClusterGateway {
 
 impl ClusterGateway {
     /// Connects to etcd (serving even before it answers, not ready until it does), hands
-    /// the rooms file's rooms to the operator, and serves.
+    /// the rooms file's rooms and broadcasts to the operator, and serves.
     pub async fn start(options: ClusterOptions) -> Result<Self, Box<dyn std::error::Error>> {
         let store = EtcdStore::connect(&options.etcd, Duration::from_secs(5)).await?;
         if !store.synced() {
@@ -51,6 +51,13 @@ impl ClusterGateway {
             record.owner = Some(FILE_OWNER.into());
             if store.room(&record.name).as_ref() != Some(&record) {
                 store.put_room(record).await?;
+            }
+        }
+        for broadcast in &options.common.rooms.broadcasts {
+            let mut record = broadcast.clone();
+            record.owner = Some(FILE_OWNER.into());
+            if store.broadcast(&record.name).as_ref() != Some(&record) {
+                store.put_broadcast(record).await?;
             }
         }
         let view: Arc<dyn LiveView> = Arc::new(store.clone());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tutti_sfu::config::LogFormat;
 use tutti_sfu::shard::api::PARTICIPANT_BOUNDS;
-use tutti_store::RoomRecord;
+use tutti_store::{BroadcastRecord, RoomRecord};
 
 /// Largest rooms file read.
 const MAX_ROOMS_FILE_BYTES: u64 = 1024 * 1024;
@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// that a client can resume its session through any of them.
     #[arg(long, env = "TUTTI_SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
+    /// The region this gateway serves (matching shards' `--region`): viewers of a
+    /// broadcast are seated on edges in it while it has free seats.
+    #[arg(long, env = "TUTTI_REGION")]
+    pub region: Option<String>,
     /// Cluster mode: seconds a join waits for its room to be placed.
     #[arg(long, env = "TUTTI_ROUTE_WAIT", default_value_t = 15)]
     pub route_wait: u64,
@@ -226,6 +230,32 @@ pub struct RoomsFile {
     /// Declared rooms.
     #[serde(default)]
     pub rooms: Vec<RoomEntry>,
+    /// Declared broadcasts.
+    #[serde(default)]
+    pub broadcasts: Vec<BroadcastEntry>,
+}
+
+/// One declared broadcast: a stage for its presenters, relayed to an audience.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BroadcastEntry {
+    /// The broadcast name: viewers watch it at `/watch?broadcast=NAME`.
+    pub name: String,
+    /// Broadcast the stage of a declared room instead of a stage of its own.
+    pub room: Option<String>,
+    /// Presenters on its own stage at once (1–16, default 1).
+    pub presenters: Option<u32>,
+    /// The argon2 hash of the presenters' password (own stage).
+    pub password_hash: Option<String>,
+    /// The presenters' password in the clear (own stage); hashed at start.
+    pub password: Option<String>,
+    /// The audience expected (default 0: the cascade follows the live audience).
+    pub expected_audience: Option<u32>,
+    /// Viewers one edge shard seats at most (default 500).
+    pub max_viewers_per_shard: Option<u32>,
+    /// Whether presenters send simulcast, relayed so viewers can choose a quality
+    /// (own stage; default true).
+    pub simulcast: Option<bool>,
 }
 
 /// Settings shared by declared rooms and defaults.
@@ -261,6 +291,103 @@ pub struct RoomEntry {
     pub settings: RoomSettings,
 }
 
+/// The stored hash of a declared password, given as a hash or in the clear.
+fn password_hash(hash: Option<&str>, password: Option<&str>) -> Result<Option<String>, String> {
+    match (hash, password) {
+        (Some(_), Some(_)) => Err("give passwordHash or password, not both".into()),
+        (Some(hash), None) if is_valid_hash(hash) => Ok(Some(hash.to_owned())),
+        (Some(_), None) => Err("passwordHash is not an argon2 PHC string".into()),
+        (None, Some("")) => Err("password is empty".into()),
+        (None, Some(password)) => hash_password(password).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Broadcasts at most in one rooms file.
+const MAX_CONFIGURED_BROADCASTS: usize = 100;
+
+/// Checks declared broadcasts and adds their own stages to `rooms`.
+fn declare_broadcasts(
+    entries: Vec<BroadcastEntry>,
+    rooms: &mut Vec<RoomRecord>,
+) -> Result<Vec<BroadcastRecord>, String> {
+    if entries.len() > MAX_CONFIGURED_BROADCASTS {
+        return Err(format!("at most {MAX_CONFIGURED_BROADCASTS} broadcasts"));
+    }
+    let mut broadcasts: Vec<BroadcastRecord> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let context = |e: &str| format!("broadcast {:?}: {e}", entry.name);
+        if !tutti_sfu::signal::protocol::valid_id(&entry.name) {
+            return Err(context("names are 1-64 characters of A-Z a-z 0-9 . _ -"));
+        }
+        if broadcasts.iter().any(|b| b.name == entry.name) {
+            return Err(context("declared twice"));
+        }
+        let max_viewers = entry.max_viewers_per_shard.unwrap_or(500);
+        let (_, most) = PARTICIPANT_BOUNDS;
+        if !(1..=most).contains(&max_viewers) {
+            return Err(context(&format!("maxViewersPerShard must be 1..={most}")));
+        }
+        let expected = entry.expected_audience.unwrap_or(0);
+        if expected > 1_000_000 {
+            return Err(context("expectedAudience is at most 1000000"));
+        }
+        let stage = match &entry.room {
+            Some(room) => {
+                let own = entry.presenters.is_some()
+                    || entry.password.is_some()
+                    || entry.password_hash.is_some()
+                    || entry.simulcast.is_some();
+                if own {
+                    return Err(context(
+                        "a broadcast of a room takes the room's stage: presenters, password and simulcast belong to the room",
+                    ));
+                }
+                rooms
+                    .iter()
+                    .find(|r| &r.name == room)
+                    .ok_or_else(|| context(&format!("room {room:?} is not declared")))?
+                    .clone()
+            }
+            None => {
+                if rooms.iter().any(|r| r.name == entry.name) {
+                    return Err(context("a room has the same name"));
+                }
+                let presenters = entry.presenters.unwrap_or(1);
+                if !(1..=16).contains(&presenters) {
+                    return Err(context("presenters must be 1..=16"));
+                }
+                let hash = password_hash(entry.password_hash.as_deref(), entry.password.as_deref())
+                    .map_err(|e| context(&e))?;
+                // Anyone who may join the stage may present to the whole audience.
+                let Some(hash) = hash else {
+                    return Err(context(
+                        "the stage needs a password (or passwordHash) for its presenters",
+                    ));
+                };
+                let mut stage = RoomRecord::with_defaults(&entry.name);
+                // The pipeline API's floor is two seats.
+                stage.max_participants = presenters.max(2);
+                stage.password_hash = Some(hash);
+                stage.simulcast = entry.simulcast.unwrap_or(true);
+                stage.empty_timeout_seconds = tutti_sfu::shard::api::MAX_EMPTY_TIMEOUT_SECS;
+                stage.audience = true;
+                rooms.push(stage.clone());
+                stage
+            }
+        };
+        broadcasts.push(BroadcastRecord {
+            name: entry.name.clone(),
+            stage: stage.name.clone(),
+            expected_audience: expected,
+            max_viewers_per_shard: max_viewers,
+            layers: if stage.simulcast { 3 } else { 1 },
+            owner: None,
+        });
+    }
+    Ok(broadcasts)
+}
+
 /// The rooms local mode starts with, and the template for rooms created on first join.
 #[derive(Debug, Clone)]
 pub struct LocalRooms {
@@ -268,6 +395,8 @@ pub struct LocalRooms {
     pub rooms: Vec<RoomRecord>,
     /// Template of rooms created on first join; `None` refuses undeclared rooms.
     pub auto_create: Option<RoomRecord>,
+    /// Declared broadcasts (their own stages are among `rooms`).
+    pub broadcasts: Vec<BroadcastRecord>,
 }
 
 fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String> {
@@ -322,24 +451,18 @@ impl LocalRooms {
                 ..template.clone()
             };
             apply(&entry.settings, &mut record).map_err(context)?;
-            record.password_hash = match (&entry.password_hash, &entry.password) {
-                (Some(_), Some(_)) => {
-                    return Err(context("give passwordHash or password, not both".into()));
-                }
-                (Some(hash), None) if is_valid_hash(hash) => Some(hash.clone()),
-                (Some(_), None) => {
-                    return Err(context("passwordHash is not an argon2 PHC string".into()));
-                }
-                (None, Some(password)) if password.is_empty() => {
-                    return Err(context("password is empty".into()));
-                }
-                (None, Some(password)) => Some(hash_password(password).map_err(context)?),
-                (None, None) => None,
-            };
+            record.password_hash =
+                password_hash(entry.password_hash.as_deref(), entry.password.as_deref())
+                    .map_err(context)?;
             rooms.push(record);
         }
+        let broadcasts = declare_broadcasts(file.broadcasts, &mut rooms)?;
         let auto_create = (!no_auto_create && file.auto_create.unwrap_or(true)).then_some(template);
-        Ok(Self { rooms, auto_create })
+        Ok(Self {
+            rooms,
+            auto_create,
+            broadcasts,
+        })
     }
 
     /// Reads and checks a rooms file.

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod placement;
 pub mod protocol;
 pub mod rooms;
+pub mod seating;
 pub mod server;
 pub mod session;
 pub mod shard_link;

@@ -7,7 +7,7 @@
 //! relaying and media are the production paths.
 
 use crate::metrics::GatewayMetrics;
-use crate::placement::{LocalPlacer, refresh_occupancy};
+use crate::placement::{LocalPlacer, RoomRouter, refresh_occupancy};
 use crate::server::{AppState, RunningServer, serve};
 use crate::session::{Gateway, GatewayOptions, GatewayParts};
 use crate::shard_link::WsConnector;
@@ -24,6 +24,39 @@ use tutti_store::{LiveView, LiveWriter, MemoryStore};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often room occupancy is refreshed for the room list.
 const OCCUPANCY_PERIOD: Duration = Duration::from_secs(2);
+
+/// How often local mode replans broadcast cascades.
+const CASCADE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Local mode's stand-in for the operator's cascade loop: places each broadcast's stage
+/// (so that it has an origin before anyone presents) and drives its cascade.
+async fn drive_cascades(
+    store: MemoryStore,
+    placer: Arc<LocalPlacer>,
+    admin_token: String,
+    stop: CancellationToken,
+) {
+    let driver = tutti_cascade::Driver::new(store.clone(), admin_token, Default::default());
+    loop {
+        for broadcast in store.broadcasts() {
+            if store.route(&broadcast.stage).is_none()
+                && let Some(stage) = store.room(&broadcast.stage)
+                && let Err(err) = placer.shard_for(&stage, None).await
+            {
+                tracing::warn!(broadcast = %broadcast.name, %err, "stage not placed");
+            }
+        }
+        for (broadcast, outcome) in driver.pass().await {
+            if let Err(err) = outcome {
+                tracing::debug!(%broadcast, %err, "cascade not applied");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CASCADE_PERIOD) => {}
+        }
+    }
+}
 
 /// What local mode needs to start.
 #[derive(Debug, Clone)]
@@ -60,6 +93,9 @@ impl LocalSystem {
         let store = MemoryStore::new();
         for room in &options.common.rooms.rooms {
             store.put_room(room.clone()).await?;
+        }
+        for broadcast in &options.common.rooms.broadcasts {
+            store.put_broadcast(broadcast.clone()).await?;
         }
         let admin_token = tutti_sfu::peer::random_token(32);
         let signal_token = tutti_sfu::peer::random_token(32);
@@ -126,11 +162,18 @@ impl LocalSystem {
                 .map(|(id, shard)| (id.clone(), shard.metrics.clone()))
                 .collect(),
         );
+        let placer = Arc::new(LocalPlacer::new(store.clone(), admin_token.clone()));
+        background.push(tokio::spawn(drive_cascades(
+            store.clone(),
+            placer.clone(),
+            admin_token,
+            stop.clone(),
+        )));
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {
                 view: view.clone(),
-                router: Arc::new(LocalPlacer::new(store.clone(), admin_token)),
+                router: placer,
                 connector: Arc::new(WsConnector::new(signal_token)),
                 occupancy,
                 metrics,

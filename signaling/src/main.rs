@@ -51,6 +51,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             turn_secret: args.turn_secret.clone(),
             ttl: Duration::from_secs(args.turn_ttl),
         },
+        region: args.region.clone(),
     };
     if let Some(etcd) = args.store.etcd()? {
         if args.session_secret.is_none() {

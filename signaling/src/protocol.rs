@@ -176,6 +176,10 @@ pub struct JoinRequest {
     /// credentials are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// Watch the broadcast called `room` as a viewer: receive only, seated on one of its
+    /// edge shards, never announced to the room.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
 }
 
 /// One decoded client frame.
@@ -339,6 +343,10 @@ pub struct Joined {
     /// Send this back in `join.resume` to come back as the same participant after a
     /// reconnect, through any gateway of the cluster.
     pub resume: String,
+    /// Send video as three simulcast layers (`q`, `h`, `f`): you present on a broadcast
+    /// stage, and its viewers choose their quality.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub simulcast: bool,
 }
 
 /// Encodes a gateway message as one text frame.
@@ -411,6 +419,7 @@ mod tests {
                 publish: None,
                 subscribe: None,
                 resume: None,
+                watch: false,
             })
         );
         let chat = decode_client(r#"{"v":1,"type":"chat","text":"hi","to":"p1"}"#).unwrap();

@@ -64,6 +64,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { crate::web::asset("/") }))
         .route("/app.js", get(|| async { crate::web::asset("/app.js") }))
+        .route("/watch", get(|| async { crate::web::asset("/watch") }))
+        .route(
+            "/watch.js",
+            get(|| async { crate::web::asset("/watch.js") }),
+        )
         .route(
             "/style.css",
             get(|| async { crate::web::asset("/style.css") }),
@@ -71,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ws", get(websocket))
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/rooms/{name}", get(one_room))
+        .route("/v1/broadcasts/{name}", get(one_broadcast))
         .route("/v1/ice-servers", get(ice_servers))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -219,6 +225,32 @@ async fn one_room(State(state): State<AppState>, Path(name): Path<String>) -> Re
             "no such room is declared or hosted",
         ),
     }
+}
+
+/// A broadcast's cascade as the operator last applied it: where viewers are seated.
+async fn one_broadcast(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let view = &state.gateway.view;
+    let Some(broadcast) = view.broadcast(&name) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "room_not_found",
+            "no such broadcast is declared",
+        );
+    };
+    let cascade = view.cascade(&name);
+    let edges = cascade
+        .as_ref()
+        .map(|c| c.edges.clone())
+        .unwrap_or_default();
+    Json(serde_json::json!({
+        "name": broadcast.name,
+        "stage": broadcast.stage,
+        "origin": cascade.as_ref().map(|c| c.origin.clone()),
+        "viewers": edges.iter().map(|e| e.viewers).sum::<u32>(),
+        "maxViewersPerShard": broadcast.max_viewers_per_shard,
+        "edges": edges,
+    }))
+    .into_response()
 }
 
 async fn ice_servers(State(state): State<AppState>, headers: HeaderMap) -> Response {

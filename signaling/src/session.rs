@@ -90,6 +90,8 @@ pub struct Gateway {
     pub metrics: Arc<GatewayMetrics>,
     /// Cancelled when the gateway stops: sessions tell their clients to reconnect.
     pub shutdown: CancellationToken,
+    /// The region this gateway serves.
+    pub region: Option<String>,
 }
 
 /// What every gateway is configured with, in either mode.
@@ -106,6 +108,8 @@ pub struct GatewayOptions {
     pub session_secret: Option<String>,
     /// ICE servers for clients.
     pub ice: IceConfig,
+    /// The region this gateway serves: viewers are seated on edges in it first.
+    pub region: Option<String>,
 }
 
 /// The mode-specific parts of a gateway.
@@ -154,6 +158,7 @@ impl Gateway {
             ice: options.ice.clone(),
             metrics: parts.metrics,
             shutdown: CancellationToken::new(),
+            region: options.region.clone(),
         }))
     }
 }
@@ -161,6 +166,8 @@ impl Gateway {
 /// A session's presence in a room.
 struct InRoom {
     room: String,
+    /// The route epoch the session joined at; `u64::MAX` for a viewer, who follows its
+    /// edge rather than the stage's route.
     epoch: u64,
     to_shard: mpsc::Sender<String>,
 }
@@ -275,6 +282,20 @@ async fn recv(from_shard: &mut Option<mpsc::Receiver<String>>) -> Option<String>
         None => std::future::pending().await,
     }
 }
+
+/// Why a shard did not take a session.
+#[derive(Debug)]
+enum ShardJoinError {
+    /// It does not hold the room (any more), is draining, or is full: try elsewhere.
+    Elsewhere,
+    /// It refused the participant for a reason that holds anywhere.
+    Refused(Refusal),
+    /// It could not be reached, or did not answer.
+    Unreachable(String),
+}
+
+/// Edges a viewer is offered before the gateway gives up for now.
+const MAX_SEATING_TRIES: usize = 4;
 
 /// What to do after one event.
 enum Step {
@@ -451,8 +472,126 @@ impl Session {
         Ok((admitted, None))
     }
 
+    /// Opens a session on `shard` with `join`; the participants already there. For a
+    /// viewer, a full edge is one more reason to try elsewhere.
+    async fn join_on(
+        &self,
+        shard: &tutti_store::ShardRecord,
+        join: shard::ClientMessage,
+        viewer: bool,
+    ) -> Result<(ShardLink, Vec<shard::ParticipantInfo>), ShardJoinError> {
+        let mut link = self
+            .gateway
+            .connector
+            .connect(shard)
+            .await
+            .map_err(ShardJoinError::Unreachable)?;
+        if link.tx.send(encode_client(&join)).await.is_err() {
+            return Err(ShardJoinError::Unreachable("it closed the link".into()));
+        }
+        let reply = tokio::time::timeout(SHARD_JOIN_TIMEOUT, link.rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|text| decode_server(&text).ok());
+        match reply {
+            Some(ServerMessage::Joined { participants, .. }) => Ok((link, participants)),
+            Some(ServerMessage::Error {
+                code: ShardCode::RoomNotFound | ShardCode::ShardDraining,
+                ..
+            }) => Err(ShardJoinError::Elsewhere),
+            Some(ServerMessage::Error {
+                code: ShardCode::RoomFull,
+                ..
+            }) if viewer => Err(ShardJoinError::Elsewhere),
+            Some(ServerMessage::Error { code, message }) => Err(ShardJoinError::Refused(Refusal {
+                code: code.into(),
+                message,
+            })),
+            _ => Err(ShardJoinError::Unreachable("no answer to the join".into())),
+        }
+    }
+
+    /// Seats a viewer of a broadcast on one of its edges.
+    async fn watch(&self, request: &JoinRequest) -> Result<(ShardLink, Joined, u64), Refusal> {
+        let gateway = &self.gateway;
+        let broadcast = gateway
+            .view
+            .broadcast(&request.room)
+            .ok_or_else(|| Refusal {
+                code: ErrorCode::RoomNotFound,
+                message: format!("there is no broadcast called {}", request.room),
+            })?;
+        let not_yet = |why: &str| Refusal {
+            code: ErrorCode::Unavailable,
+            message: format!("{}: {why}; try again shortly", broadcast.name),
+        };
+        let cascade = gateway
+            .view
+            .cascade(&broadcast.name)
+            .ok_or_else(|| not_yet("the broadcast is not on the air yet"))?;
+        let name = request
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("viewer")
+            .chars()
+            .take(shard::MAX_NAME_CHARS)
+            .collect::<String>();
+        let participant = format!("v{}", tutti_sfu::peer::random_token(15));
+        let shards = gateway.view.shards();
+        let mut tried: Vec<String> = Vec::new();
+        for _ in 0..MAX_SEATING_TRIES {
+            let Some(edge) = crate::seating::edges_for_viewer(
+                &cascade,
+                &shards,
+                broadcast.max_viewers_per_shard,
+                gateway.region.as_deref(),
+                &tried,
+            )
+            .into_iter()
+            .next() else {
+                break;
+            };
+            tried.push(edge.id.clone());
+            let join = shard::ClientMessage::Join {
+                room: cascade.stage.clone(),
+                participant: participant.clone(),
+                name: Some(name.clone()),
+                publish: Some(false),
+                subscribe: Some(true),
+                relay: None,
+            };
+            match self.join_on(edge, join, true).await {
+                Ok((link, participants)) => {
+                    let joined = Joined {
+                        room: broadcast.name.clone(),
+                        participant: participant.clone(),
+                        name: name.clone(),
+                        publish: false,
+                        subscribe: true,
+                        participants,
+                        ice_servers: gateway.ice.servers_for(&participant, SystemTime::now()),
+                        resume: String::new(),
+                        simulcast: false,
+                    };
+                    return Ok((link, joined, u64::MAX));
+                }
+                Err(ShardJoinError::Refused(refusal)) => return Err(refusal),
+                Err(err) => {
+                    tracing::debug!(edge = %edge.id, ?err, "edge refused a viewer; trying the next");
+                }
+            }
+        }
+        Err(not_yet("no edge has a free seat; the broadcast is growing"))
+    }
+
     /// Admits a join and opens the participant's session on the room's shard.
     async fn join(&self, request: &JoinRequest) -> Result<(ShardLink, Joined, u64), Refusal> {
+        if request.watch {
+            return self.watch(request).await;
+        }
         let gateway = &self.gateway;
         let settings = gateway
             .rooms
@@ -480,30 +619,17 @@ impl Session {
                 }
                 Err(err) => return Err(unavailable(err.to_string())),
             };
-            let mut link = gateway
-                .connector
-                .connect(&placement.shard)
-                .await
-                .map_err(unavailable)?;
-            let join = encode_client(&shard::ClientMessage::Join {
+            let shard_id = placement.shard.id.clone();
+            let join = shard::ClientMessage::Join {
                 room: request.room.clone(),
                 participant: participant.clone(),
                 name: Some(admitted.name.clone()),
                 publish: Some(admitted.publish),
                 subscribe: Some(admitted.subscribe),
                 relay: None,
-            });
-            let shard_id = placement.shard.id.clone();
-            if link.tx.send(join).await.is_err() {
-                return Err(unavailable(format!("shard {shard_id} closed the link")));
-            }
-            let reply = tokio::time::timeout(SHARD_JOIN_TIMEOUT, link.rx.recv())
-                .await
-                .ok()
-                .flatten()
-                .and_then(|text| decode_server(&text).ok());
-            match reply {
-                Some(ServerMessage::Joined { participants, .. }) => {
+            };
+            match self.join_on(&placement.shard, join, false).await {
+                Ok((link, participants)) => {
                     let now = SystemTime::now();
                     let exp = now
                         .duration_since(UNIX_EPOCH)
@@ -529,24 +655,15 @@ impl Session {
                         participants,
                         ice_servers: gateway.ice.servers_for(&participant, now),
                         resume,
+                        simulcast: settings.audience && settings.simulcast && admitted.publish,
                     };
                     return Ok((link, joined, placement.epoch));
                 }
                 // The shard let the room go (it stood empty) or is draining: ask again.
-                Some(ServerMessage::Error {
-                    code: ShardCode::RoomNotFound | ShardCode::ShardDraining,
-                    ..
-                }) => failed = Some(placement),
-                Some(ServerMessage::Error { code, message }) => {
-                    return Err(Refusal {
-                        code: code.into(),
-                        message,
-                    });
-                }
-                _ => {
-                    return Err(unavailable(format!(
-                        "shard {shard_id} did not answer the join"
-                    )));
+                Err(ShardJoinError::Elsewhere) => failed = Some(placement),
+                Err(ShardJoinError::Refused(refusal)) => return Err(refusal),
+                Err(ShardJoinError::Unreachable(why)) => {
+                    return Err(unavailable(format!("shard {shard_id}: {why}")));
                 }
             }
         }

@@ -1,11 +1,12 @@
-//! The web client: three static files compiled into the binary, so the gateway serves a
-//! working client with no build step and nothing to install beside it.
+//! The web client: static files compiled into the binary, so the gateway serves a working
+//! client with no build step and nothing to install beside it. `/` is the call page,
+//! `/watch` the receive-only page of a broadcast.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// The client's files: path, content type, body.
-const ASSETS: [(&str, &str, &str); 3] = [
+const ASSETS: [(&str, &str, &str); 5] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -15,6 +16,16 @@ const ASSETS: [(&str, &str, &str); 3] = [
         "/app.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/app.js"),
+    ),
+    (
+        "/watch",
+        "text/html; charset=utf-8",
+        include_str!("../web/watch.html"),
+    ),
+    (
+        "/watch.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/watch.js"),
     ),
     (
         "/style.css",

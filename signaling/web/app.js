@@ -44,6 +44,7 @@ const state = {
   leaving: false,
   iceServers: [],
   relayOnly: false,
+  simulcast: false, // from `joined`: send three video layers
   participants: new Map(), // id -> { name, tracks: Map(trackId -> info), screen, tile, stream }
   trackOwner: new Map(), // received track id -> participant id
   localStream: null,
@@ -360,10 +361,16 @@ async function startPublishing() {
     }).sender;
   }
   if (state.camTrack) {
-    state.videoSender = pc.addTransceiver(state.camTrack, {
-      direction: 'sendonly',
-      streams: [state.localStream],
-    }).sender;
+    const init = { direction: 'sendonly', streams: [state.localStream] };
+    // On a broadcast stage: three layers, so that each viewer gets the one it can take.
+    if (state.simulcast) {
+      init.sendEncodings = [
+        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+        { rid: 'f', maxBitrate: 1_500_000 },
+      ];
+    }
+    state.videoSender = pc.addTransceiver(state.camTrack, init).sender;
   }
   if (state.audioSender || state.videoSender) await negotiatePublisher();
 }
@@ -594,6 +601,7 @@ async function onMessage(message) {
       state.me = message.participant;
       state.myName = message.name;
       state.iceServers = message.ice_servers || [];
+      state.simulcast = Boolean(message.simulcast);
       clearError();
       showCall();
       setStatus('Connected');

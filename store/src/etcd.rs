@@ -14,7 +14,8 @@
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
-    BroadcastRecord, CascadeRecord, LiveView, LiveWriter, RoomRecord, Route, ShardRecord, StoreError,
+    BroadcastRecord, CascadeRecord, LiveView, LiveWriter, RoomRecord, Route, ShardRecord,
+    StoreError,
 };
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,

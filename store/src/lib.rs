@@ -119,8 +119,7 @@ pub trait LiveWriter: Send + Sync {
         record: BroadcastRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Forgets a broadcast (its cascade is torn down by the operator).
-    fn delete_broadcast(&self, name: &str)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_broadcast(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Publishes the cascade a broadcast runs on.
     fn put_cascade(
         &self,

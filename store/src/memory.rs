@@ -2,7 +2,8 @@
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
-    BroadcastRecord, CascadeRecord, LiveView, LiveWriter, RoomRecord, Route, ShardRecord, StoreError,
+    BroadcastRecord, CascadeRecord, LiveView, LiveWriter, RoomRecord, Route, ShardRecord,
+    StoreError,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -40,12 +40,12 @@ impl Kind {
             Self::Broadcast,
             Self::Cascade,
         ]
-            .into_iter()
-            .find_map(|kind| {
-                key.strip_prefix(kind.segment())
-                    .filter(|name| !name.is_empty() && !name.contains('/'))
-                    .map(|name| (kind, name))
-            })
+        .into_iter()
+        .find_map(|kind| {
+            key.strip_prefix(kind.segment())
+                .filter(|name| !name.is_empty() && !name.contains('/'))
+                .map(|name| (kind, name))
+        })
     }
 }
 

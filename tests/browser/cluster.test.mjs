@@ -5,14 +5,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import net from 'node:net';
-import os from 'node:os';
-import fs from 'node:fs';
-import path from 'node:path';
 import {
   binary, startProcess, startGateway, launch, openPage, waitFor, waitForPlayingVideo,
-  waitForAudio, remoteVideo, bannerCode,
+  waitForAudio, remoteVideo, bannerCode, startEtcd, startClusterShard,
 } from './lib.mjs';
 
 const ADMIN_TOKEN = 'cluster-admin-token-0123456789abcdef';
@@ -28,62 +23,6 @@ let gateways = [];
 let browser;
 let seoul;
 let abuDhabi;
-
-async function freePort() {
-  const server = net.createServer();
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** A real etcd with its own data directory; `kill()` and `start()` again keep the data. */
-async function startEtcd() {
-  const client = await freePort();
-  const peer = await freePort();
-  const data = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-etcd-'));
-  const server = {
-    url: `etcd://127.0.0.1:${client}`,
-    child: null,
-    async start() {
-      this.child = spawn(process.env.TUTTI_ETCD || 'etcd', [
-        '--name', 'cluster-test', '--data-dir', data,
-        '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`,
-        '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
-        '--initial-cluster', `cluster-test=http://127.0.0.1:${peer}`, '--log-level', 'error',
-      ], { stdio: 'ignore' });
-      await waitFor('etcd to be healthy', async () => {
-        try {
-          const response = await fetch(`http://127.0.0.1:${client}/health`);
-          return (await response.text()).includes('true');
-        } catch {
-          return false;
-        }
-      }, (healthy) => healthy, 15_000);
-    },
-    async kill() {
-      const exited = new Promise((resolve) => this.child.on('exit', resolve));
-      this.child.kill('SIGKILL');
-      await exited;
-    },
-    remove() {
-      fs.rmSync(data, { recursive: true, force: true });
-    },
-  };
-  await server.start();
-  return server;
-}
-
-async function startShard(id) {
-  const shard = await startProcess(binary('tutti-sfu'), [
-    '--http', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--advertise-ip', '127.0.0.1',
-    '--admin-token', ADMIN_TOKEN, '--signal-token', SIGNAL_TOKEN,
-    '--store', store, '--shard-id', id, '--heartbeat-ttl', String(LEASE_TTL),
-  ], /tutti-sfu: http:\/\/(\S+) /);
-  shard.id = id;
-  shard.http = `http://${shard.match[1]}`;
-  return shard;
-}
 
 /** The names of the pipelines a shard hosts, through its admin API. */
 async function pipelines(shard) {
@@ -109,7 +48,9 @@ function gatewayArgs() {
 before(async () => {
   etcd = await startEtcd();
   store = etcd.url;
-  for (const id of ['shard-a', 'shard-b', 'shard-c']) shards.push(await startShard(id));
+  for (const id of ['shard-a', 'shard-b', 'shard-c']) {
+    shards.push(await startClusterShard(id, { store, adminToken: ADMIN_TOKEN, signalToken: SIGNAL_TOKEN, leaseTtl: LEASE_TTL }));
+  }
   operator = await startProcess(binary('tutti-operator'), [
     '--standalone', '--store', store, '--admin-token', ADMIN_TOKEN, '--listen', '127.0.0.1:0', '--gc-period', '5',
   ], /tutti-operator: standalone/);

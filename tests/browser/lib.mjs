@@ -4,6 +4,9 @@
 
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
+import net from 'node:net';
+import os from 'node:os';
+import fs from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -208,4 +211,61 @@ export function bannerCode(page) {
     const banner = document.querySelector('#banner');
     return banner.classList.contains('hidden') ? null : banner.dataset.code || null;
   });
+}
+
+export async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** A real etcd with its own data directory; `kill()` and `start()` again keep the data. */
+export async function startEtcd() {
+  const client = await freePort();
+  const peer = await freePort();
+  const data = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-etcd-'));
+  const server = {
+    url: `etcd://127.0.0.1:${client}`,
+    child: null,
+    async start() {
+      this.child = spawn(process.env.TUTTI_ETCD || 'etcd', [
+        '--name', 'cluster-test', '--data-dir', data,
+        '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`,
+        '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
+        '--initial-cluster', `cluster-test=http://127.0.0.1:${peer}`, '--log-level', 'error',
+      ], { stdio: 'ignore' });
+      await waitFor('etcd to be healthy', async () => {
+        try {
+          const response = await fetch(`http://127.0.0.1:${client}/health`);
+          return (await response.text()).includes('true');
+        } catch {
+          return false;
+        }
+      }, (healthy) => healthy, 15_000);
+    },
+    async kill() {
+      const exited = new Promise((resolve) => this.child.on('exit', resolve));
+      this.child.kill('SIGKILL');
+      await exited;
+    },
+    remove() {
+      fs.rmSync(data, { recursive: true, force: true });
+    },
+  };
+  await server.start();
+  return server;
+}
+
+/** A `tutti-sfu` process heartbeating into `store` as shard `id`. */
+export async function startClusterShard(id, { store, adminToken, signalToken, leaseTtl }) {
+  const shard = await startProcess(binary('tutti-sfu'), [
+    '--http', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--advertise-ip', '127.0.0.1',
+    '--admin-token', adminToken, '--signal-token', signalToken,
+    '--store', store, '--shard-id', id, '--heartbeat-ttl', String(leaseTtl),
+  ], /tutti-sfu: http:\/\/(\S+) /);
+  shard.id = id;
+  shard.http = `http://${shard.match[1]}`;
+  return shard;
 }

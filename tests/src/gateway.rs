@@ -27,6 +27,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
                 ttl: Duration::from_secs(600),
                 ..IceConfig::default()
             },
+            region: None,
         },
         shards: 2,
         media_bind: "127.0.0.1".parse().expect("loopback address"),

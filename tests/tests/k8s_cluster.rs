@@ -120,6 +120,7 @@ async fn a_room_applied_to_a_real_cluster_is_placed_and_released() -> Result<()>
             namespace: namespace.clone(),
             controller: Default::default(),
             compact_every: Duration::from_secs(300),
+            cascade: Default::default(),
         },
         std::sync::Arc::new(Metrics::new()),
         stop.clone(),

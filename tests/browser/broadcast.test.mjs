@@ -1,0 +1,129 @@
+// A broadcast over a real cluster of processes: etcd, four shards, the standalone operator
+// driving the cascade, a gateway seating viewers. A presenter on the stage (Chromium with
+// a fake camera) reaches viewers on /watch pages through edge shards; the audience grows
+// past one edge and a new edge takes the newcomers; an edge is killed (SIGKILL) and its
+// viewers are seated elsewhere and see the stage again.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  binary, startProcess, startGateway, launch, openPage, waitFor, waitForPlayingVideo,
+  inbound, startEtcd, startClusterShard,
+} from './lib.mjs';
+
+const ADMIN_TOKEN = 'broadcast-admin-token-0123456789abcdef';
+const SIGNAL_TOKEN = 'broadcast-signal-token-0123456789abcdef';
+const LEASE_TTL = 3;
+const MAX_VIEWERS_PER_SHARD = 2;
+
+let etcd;
+const shards = [];
+let operator;
+let gateway;
+let browser;
+let roomsDir;
+let presenter;
+const viewers = [];
+
+async function cascade() {
+  const response = await fetch(`${gateway.url}/v1/broadcasts/concert`);
+  return response.json();
+}
+
+function watch() {
+  return openPage(browser, `${gateway.url}/watch?broadcast=concert`);
+}
+
+async function videoWidth(page) {
+  const rows = await inbound(page);
+  return Math.max(0, ...rows.filter((r) => r.kind === 'video').map((r) => r.frameWidth));
+}
+
+before(async () => {
+  etcd = await startEtcd();
+  for (const id of ['shard-1', 'shard-2', 'shard-3', 'shard-4']) {
+    shards.push(await startClusterShard(id, {
+      store: etcd.url, adminToken: ADMIN_TOKEN, signalToken: SIGNAL_TOKEN, leaseTtl: LEASE_TTL,
+    }));
+  }
+  operator = await startProcess(binary('tutti-operator'), [
+    '--standalone', '--store', etcd.url, '--admin-token', ADMIN_TOKEN, '--listen', '127.0.0.1:0',
+  ], /tutti-operator: standalone/);
+  roomsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-broadcast-'));
+  const rooms = path.join(roomsDir, 'rooms.toml');
+  fs.writeFileSync(rooms, [
+    'autoCreate = false',
+    '[[broadcasts]]',
+    'name = "concert"',
+    'password = "stage-door"',
+    `maxViewersPerShard = ${MAX_VIEWERS_PER_SHARD}`,
+  ].join('\n'));
+  gateway = await startGateway(['--store', etcd.url, '--shard-signal-token', SIGNAL_TOKEN, '--rooms', rooms]);
+  browser = await launch();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (gateway) await gateway.stop();
+  if (operator) await operator.stop();
+  for (const shard of shards) await shard.kill();
+  if (etcd) {
+    await etcd.kill();
+    etcd.remove();
+  }
+  if (roomsDir) fs.rmSync(roomsDir, { recursive: true, force: true });
+});
+
+test('the stage reaches a viewer through an edge, and the viewer picks a quality', async () => {
+  presenter = await openPage(browser, `${gateway.url}/?room=concert&name=Pianist&password=stage-door`);
+  await waitFor('the presenter on stage', () => presenter.evaluate(() => window.tutti.state.joined), (j) => j);
+  viewers.push(await watch());
+  await waitForPlayingVideo(viewers[0], 'Pianist', 40_000);
+  const plan = await cascade();
+  assert.equal(plan.edges.length, 1, JSON.stringify(plan));
+  assert.notEqual(plan.edges[0].shard, plan.origin, 'the viewer is on an edge, not the origin');
+  // Chromium sends at most two of the three layers of a 640x480 camera (its simulcast
+  // limits by resolution): the best it sends is at least 320 wide, the lowest 160.
+  const best = await waitFor('the best layer', () => videoWidth(viewers[0]), (w) => w >= 320, 30_000);
+  await viewers[0].selectOption('#quality', 'low');
+  const low = await waitFor('the low layer', () => videoWidth(viewers[0]), (w) => w > 0 && w <= 160, 30_000);
+  await viewers[0].selectOption('#quality', 'high');
+  await waitFor('the best layer again', () => videoWidth(viewers[0]), (w) => w >= best, 30_000);
+  console.log(`quality: ${best} px wide at high, ${low} at low`);
+});
+
+test('the audience outgrows an edge: a new edge is added and newcomers land on it', async () => {
+  viewers.push(await watch());
+  await waitForPlayingVideo(viewers[1], 'Pianist', 40_000);
+  const grown = await waitFor('a second edge ahead of demand', cascade,
+    (c) => c.edges.length === 2 && c.edges[0].viewers === MAX_VIEWERS_PER_SHARD, 30_000);
+  const first = grown.edges[0].shard;
+  const second = grown.edges[1].shard;
+  viewers.push(await watch());
+  await waitForPlayingVideo(viewers[2], 'Pianist', 40_000);
+  const seated = await waitFor('the newcomer counted on the new edge', cascade,
+    (c) => c.edges.find((e) => e.shard === second)?.viewers === 1, 30_000);
+  assert.equal(seated.edges.find((e) => e.shard === first).viewers, MAX_VIEWERS_PER_SHARD);
+  assert.equal(seated.viewers, 3);
+});
+
+test('an edge is killed: its viewers are seated again and see the stage', async () => {
+  const before = await cascade();
+  const doomedId = before.edges.find((e) => e.viewers === MAX_VIEWERS_PER_SHARD).shard;
+  const doomed = shards.find((s) => s.id === doomedId);
+  const joinsBefore = await Promise.all(viewers.map((v) => v.evaluate(() => window.tutti.state.joins)));
+  const killedAt = Date.now();
+  await doomed.kill();
+  for (const [i, viewer] of viewers.entries()) {
+    await waitForPlayingVideo(viewer, 'Pianist', 60_000);
+    console.log(`viewer ${i}: playing again ${Date.now() - killedAt} ms after the kill`);
+  }
+  const joins = await Promise.all(viewers.map((v) => v.evaluate(() => window.tutti.state.joins)));
+  assert.equal(joins.filter((n, i) => n > joinsBefore[i]).length, 2, `two viewers rejoined: ${joinsBefore} -> ${joins}`);
+  const after = await waitFor('the cascade without the dead edge', cascade,
+    (c) => c.edges.every((e) => e.shard !== doomedId) && c.viewers === 3, 30_000);
+  console.log(`cascade after the kill: ${JSON.stringify(after.edges)}`);
+});
