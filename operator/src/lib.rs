@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod broadcasts;
 pub mod conditions;
 pub mod controller;
 pub mod gc;

@@ -10,6 +10,7 @@ use crate::placer::Placer;
 use crate::records::RecordKeeper;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tutti_crds::Room;
+use tutti_crds::{Broadcast, Room};
 use tutti_shard_api::admin::PipelineInfo;
 use tutti_store::{LiveView, LiveWriter};
 
@@ -348,7 +349,8 @@ pub async fn run_standalone<S>(
     }
 }
 
-/// Runs the Room controller and the live-state loops until `stop` is cancelled.
+/// Runs the Room and Broadcast controllers and the live-state loops until `stop` is
+/// cancelled.
 pub async fn run<S>(
     client: Client,
     store: S,
@@ -391,7 +393,27 @@ pub async fn run<S>(
         shards_changed,
     };
     let tasks = spawn_store_loops(placer, Some(kube), settings, metrics, stop.clone());
-    controller
+    let broadcasts = Controller::new(
+        Api::<Broadcast>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(
+        crate::broadcasts::reconcile_broadcast,
+        |broadcast: Arc<Broadcast>, error: &controller::Error, ctx: Arc<Context<S>>| {
+            ctx.metrics.failed(error.category());
+            let delay = ctx.backoff.failed(&broadcast.uid().unwrap_or_default());
+            tracing::warn!(broadcast = %broadcast.name_any(), %error, retry_in = ?delay, "reconcile failed");
+            kube::runtime::controller::Action::requeue(delay)
+        },
+        context.clone(),
+    )
+    .for_each(|result| async move {
+        if let Err(err) = result {
+            tracing::debug!(%err, "broadcast controller event");
+        }
+    });
+    let rooms = controller
         .reconcile_all_on(tokio_stream_from(reconcile_all))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile_room, error_policy, context)
@@ -399,8 +421,8 @@ pub async fn run<S>(
             if let Err(err) = result {
                 tracing::debug!(%err, "controller event");
             }
-        })
-        .await;
+        });
+    futures_util::future::join(rooms, broadcasts).await;
     stop.cancel();
     for task in tasks {
         let _ = task.await;

@@ -519,8 +519,58 @@ mod tests {
     fn the_example_rooms_file_is_valid() {
         let file: RoomsFile = toml::from_str(include_str!("../rooms.example.toml")).unwrap();
         let rooms = LocalRooms::from_file(file, false).unwrap();
-        assert_eq!(rooms.rooms.len(), 2);
+        assert_eq!(rooms.rooms.len(), 3, "two rooms and a concert's own stage");
         assert!(rooms.rooms[0].password_hash.is_some());
+        let stage = &rooms.rooms[2];
+        assert_eq!(
+            (stage.name.as_str(), stage.max_participants),
+            ("spring-concert", 4)
+        );
+        assert!(stage.audience && stage.password_hash.is_some());
+        let names: Vec<(&str, &str)> = rooms
+            .broadcasts
+            .iter()
+            .map(|b| (b.name.as_str(), b.stage.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("spring-concert", "spring-concert"),
+                ("ensemble-live", "ensemble")
+            ]
+        );
+        assert_eq!(rooms.broadcasts[0].layers, 3);
+    }
+
+    #[test]
+    fn bad_broadcasts_are_refused_with_the_reason() {
+        for (text, needle) in [
+            ("[[broadcasts]]\nname = \"c\"", "needs a password"),
+            (
+                "[[broadcasts]]\nname = \"c\"\nroom = \"nope\"",
+                "not declared",
+            ),
+            (
+                "[[broadcasts]]\nname = \"c\"\npassword = \"p\"\npresenters = 17",
+                "presenters",
+            ),
+            (
+                "[[broadcasts]]\nname = \"c\"\npassword = \"p\"\nmaxViewersPerShard = 0",
+                "maxViewersPerShard",
+            ),
+            (
+                "[[rooms]]\nname = \"r\"\n[[broadcasts]]\nname = \"c\"\nroom = \"r\"\npassword = \"p\"",
+                "belong to the room",
+            ),
+            (
+                "[[rooms]]\nname = \"c\"\n[[broadcasts]]\nname = \"c\"\npassword = \"p\"",
+                "same name",
+            ),
+        ] {
+            let file: RoomsFile = toml::from_str(text).unwrap();
+            let err = LocalRooms::from_file(file, false).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]
