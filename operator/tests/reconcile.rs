@@ -416,3 +416,117 @@ async fn a_failing_shard_admin_api_makes_the_backoff_grow_and_success_resets_it(
         Action::requeue(Duration::from_secs(1))
     );
 }
+
+fn broadcast(finalized: bool, deleting: bool) -> tutti_crds::Broadcast {
+    let mut metadata = json!({"name": "concert", "namespace": "music", "uid": "uid-concert",
+        "generation": 2, "resourceVersion": "9"});
+    if finalized {
+        metadata["finalizers"] = json!([tutti_operator::broadcasts::FINALIZER]);
+    }
+    if deleting {
+        metadata["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
+    }
+    serde_json::from_value(
+        json!({"apiVersion": "tutti.dev/v1alpha1", "kind": "Broadcast",
+        "metadata": metadata, "spec": {"expectedAudience": 900, "maxViewersPerShard": 500}}),
+    )
+    .expect("a Broadcast")
+}
+
+const BROADCAST: &str = "/apis/tutti.dev/v1alpha1/namespaces/music/broadcasts/concert";
+
+#[tokio::test]
+async fn a_broadcast_becomes_records_its_cascade_becomes_its_status_and_deletion_forgets_it() {
+    use tutti_operator::broadcasts::reconcile_broadcast;
+    let store = live_state(&[]).await;
+    let (ctx, mut api) = context(store.clone());
+
+    let finalized = broadcast(true, false);
+    let reconcile = tokio::spawn(reconcile_broadcast(
+        Arc::new(finalized.clone()),
+        ctx.clone(),
+    ));
+    let status = api
+        .answer(
+            "PATCH",
+            &format!("{BROADCAST}/status"),
+            serde_json::to_value(&finalized).unwrap(),
+        )
+        .await;
+    assert_eq!(status["kind"], "Broadcast");
+    assert_eq!(status["status"]["phase"], "Pending", "no cascade yet");
+    assert_eq!(
+        finish(reconcile).await.unwrap(),
+        Action::requeue(Duration::from_secs(10))
+    );
+    let record = store.broadcast("concert").expect("broadcast record");
+    assert_eq!(
+        (record.stage.as_str(), record.expected_audience),
+        ("concert", 900)
+    );
+    let stage = store.room("concert").expect("its own stage");
+    assert!(stage.audience);
+    assert_eq!(stage.owner.as_deref(), Some("Broadcast/music/concert"));
+
+    // The cascade loop applied a tree: the next reconcile shows it.
+    let edge = |shard: &str, parent: &str, viewers| tutti_store::CascadeEdge {
+        shard: shard.into(),
+        parent: parent.into(),
+        viewers,
+        draining: false,
+    };
+    store
+        .put_cascade(tutti_store::CascadeRecord {
+            broadcast: "concert".into(),
+            stage: "concert".into(),
+            origin: "o".into(),
+            edges: vec![edge("a", "o", 480), edge("b", "o", 30), edge("c", "a", 0)],
+        })
+        .await
+        .unwrap();
+    let reconcile = tokio::spawn(reconcile_broadcast(
+        Arc::new(finalized.clone()),
+        ctx.clone(),
+    ));
+    let body = api
+        .answer(
+            "PATCH",
+            &format!("{BROADCAST}/status"),
+            serde_json::to_value(&finalized).unwrap(),
+        )
+        .await;
+    let status = &body["status"];
+    assert_eq!(status["phase"], "Placed");
+    assert_eq!(status["origin"], "o");
+    assert_eq!(status["edgeCount"], 3);
+    assert_eq!(status["viewers"], 510);
+    assert_eq!(status["cascadeDepth"], 2);
+    assert_eq!(
+        status["edges"][2],
+        json!({"shard": "c", "viewers": 0, "parent": "a"})
+    );
+    assert_eq!(status["observedGeneration"], 2);
+    finish(reconcile).await.unwrap();
+
+    // Deletion: the records go (the cascade loop then releases the edges), then the
+    // finalizer.
+    let reconcile = tokio::spawn(reconcile_broadcast(
+        Arc::new(broadcast(true, true)),
+        ctx.clone(),
+    ));
+    let patch = api
+        .answer(
+            "PATCH",
+            BROADCAST,
+            serde_json::to_value(broadcast(false, true)).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        patch[1],
+        json!({"op": "remove", "path": "/metadata/finalizers/0"})
+    );
+    assert_eq!(finish(reconcile).await.unwrap(), Action::await_change());
+    api.done().await;
+    assert!(store.broadcast("concert").is_none());
+    assert!(store.room("concert").is_none());
+}
