@@ -7,6 +7,7 @@
 //! [`gc`] (orphaned pipelines), [`controller`] (the Kubernetes side), [`run`] (wiring).
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod backoff;
 pub mod broadcasts;
 pub mod conditions;
