@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod placement;
 pub mod placer;
 pub mod records;
+pub mod shard_pods;
 pub mod run;
 
 /// Cascade planning lives in its own crate (local mode drives cascades too).

@@ -1,0 +1,508 @@
+//! The Kubernetes objects of one shard, built from its pool: the Pod, and for the
+//! NodePort and LoadBalancer modes the Service in front of its one UDP port. Pure
+//! functions of the pool, the shard's slot and the operator's settings.
+//!
+//! The operator owns shard Pods directly rather than through a StatefulSet: scaling down
+//! must remove the shard that is empty, whichever it is, and a StatefulSet only ever
+//! removes its highest ordinal (which may be full). Each shard takes a **slot**, the
+//! lowest free number below `maxShards`; its name and (in HostPort and NodePort modes)
+//! its port follow from the slot, so a replacement reuses both.
+//!
+//! Networking modes:
+//! * **HostNetwork** — the pod shares the node's network and its media port: one shard
+//!   per node and port (the scheduler enforces it from the declared ports).
+//! * **HostPort** — each slot gets its own host port (`port + slot`) for UDP and ICE-TCP,
+//!   so one node holds several shards, the way Agones hands out game-server ports.
+//! * **NodePort** — a Service per shard maps node port `port + slot` (in the NodePort
+//!   range) to the pod; traffic stays on the pod's node (`externalTrafficPolicy: Local`).
+//! * **LoadBalancer** — a Service of type LoadBalancer per shard (a UDP listener cannot be
+//!   shared: ICE state lives in one shard), advertised by its address once it has one.
+//!
+//! The advertised IP is `advertiseAddress` when set, else the node's IP from the downward
+//! API (HostNetwork, HostPort, NodePort), else the load balancer's address.
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use tutti_crds::duration::parse_duration;
+use tutti_crds::{NetworkingMode, ShardPool};
+
+/// The label naming a shard's pool.
+pub const POOL_LABEL: &str = "tutti.dev/pool";
+/// The label naming the shard itself (its id in the live state).
+pub const SHARD_LABEL: &str = "tutti.dev/shard";
+/// The label holding the shard's slot.
+pub const SLOT_LABEL: &str = "tutti.dev/slot";
+/// Present (`"true"`) while someone depends on the shard; the pool's disruption budget
+/// selects these.
+pub const OCCUPIED_LABEL: &str = "tutti.dev/occupied";
+/// When the shard was told to drain (Unix seconds), so a restarted operator keeps the
+/// deadline.
+pub const DRAINING_SINCE: &str = "tutti.dev/draining-since";
+/// The HTTP port of every shard (admin API, signaling, metrics, health).
+pub const HTTP_PORT: u16 = 7880;
+/// Longest pool name: the shard's id and its Service's name must stay within 63 bytes.
+pub const MAX_POOL_NAME: usize = 40;
+/// The NodePort range of a default cluster.
+const NODE_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
+
+/// What the operator tells every shard it starts (from its own flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRuntime {
+    /// The live state shards heartbeat to (an `etcd://` URL).
+    pub store: String,
+    /// The Secret holding `admin-token` and `signal-token`.
+    pub token_secret: String,
+    /// A Secret whose keys `username` and `password` log shards into etcd, if any.
+    pub etcd_secret: Option<String>,
+    /// The service account shard pods run as.
+    pub service_account: Option<String>,
+}
+
+/// How a shard is reached, decided before its pod is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposure {
+    /// The container's UDP (and ICE-TCP) port.
+    pub media_port: u16,
+    /// The IP clients send media to; the node's IP (downward API) when `None`.
+    pub advertise_ip: Option<String>,
+    /// The port clients send media to, when it differs from `media_port`.
+    pub advertise_port: Option<u16>,
+}
+
+/// Checks what the schema cannot: names short enough, ports that fit, durations that
+/// parse, an advertised address that is an IP.
+pub fn validate_pool(pool: &ShardPool) -> Result<(), Vec<String>> {
+    let spec = &pool.spec;
+    let mut problems = Vec::new();
+    if pool.name_any().len() > MAX_POOL_NAME {
+        problems.push(format!(
+            "the pool's name must be at most {MAX_POOL_NAME} characters (shard and Service names derive from it)"
+        ));
+    }
+    if spec.min_shards > spec.max_shards {
+        problems.push("maxShards must be at least minShards".into());
+    }
+    for (field, value) in [
+        ("scaleDownDelay", &spec.scale_down_delay),
+        ("drainTimeout", &spec.drain_timeout),
+    ] {
+        if parse_duration(value).is_none() {
+            problems.push(format!("{field} {value:?} is not a duration like 30s, 10m or 1h"));
+        }
+    }
+    if spec.template.image.trim().is_empty() {
+        problems.push("template.image must name the tutti-sfu image".into());
+    }
+    let networking = &spec.template.networking;
+    let last = u32::from(networking.port) + spec.max_shards.saturating_sub(1);
+    match networking.mode {
+        NetworkingMode::HostPort if last > 65535 => problems.push(format!(
+            "HostPort gives each shard port {} + slot: {} shards do not fit below 65536",
+            networking.port, spec.max_shards
+        )),
+        NetworkingMode::NodePort
+            if !NODE_PORTS.contains(&u32::from(networking.port)) || !NODE_PORTS.contains(&last) =>
+        {
+            problems.push(format!(
+                "NodePort gives each shard node port {} + slot: ports {}..={last} must lie in 30000..=32767",
+                networking.port, networking.port
+            ))
+        }
+        _ => {}
+    }
+    if let Some(address) = &networking.advertise_address
+        && address.parse::<std::net::IpAddr>().is_err()
+    {
+        problems.push(format!("advertiseAddress {address:?} must be an IP address"));
+    }
+    let labels = spec.template.labels.iter();
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 253 || value.len() > 63 || key.contains(',') || value.contains(',') {
+            problems.push(format!("template label {key}={value} is not a valid label"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// A shard's name from its pool and slot.
+pub fn shard_name(pool: &str, slot: u32) -> String {
+    format!("{pool}-shard-{slot}")
+}
+
+/// The Service in front of a shard's media port.
+pub fn service_name(shard: &str) -> String {
+    format!("{shard}-media")
+}
+
+/// The `n` lowest slots below `max` that no pod holds.
+pub fn free_slots(taken: &BTreeSet<u32>, max: u32, n: u32) -> Vec<u32> {
+    (0..max)
+        .filter(|slot| !taken.contains(slot))
+        .take(n as usize)
+        .collect()
+}
+
+/// The media port a slot gets, and the advertised port where clients see another one.
+pub fn slot_ports(pool: &ShardPool, slot: u32) -> Result<(u16, Option<u16>), String> {
+    let networking = &pool.spec.template.networking;
+    let offset = || {
+        u16::try_from(u32::from(networking.port) + slot)
+            .map_err(|_| format!("slot {slot} has no port below 65536"))
+    };
+    Ok(match networking.mode {
+        NetworkingMode::HostNetwork | NetworkingMode::LoadBalancer => (networking.port, None),
+        NetworkingMode::HostPort => (offset()?, None),
+        NetworkingMode::NodePort => (networking.port, Some(offset()?)),
+    })
+}
+
+/// Labels every object of a pool's shards carries.
+pub fn pool_selector(pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "tutti-sfu".to_owned()),
+        (POOL_LABEL.to_owned(), pool.to_owned()),
+    ])
+}
+
+fn owner_reference(pool: &ShardPool) -> Value {
+    json!({
+        "apiVersion": ShardPool::api_version(&()),
+        "kind": ShardPool::kind(&()),
+        "name": pool.name_any(),
+        "uid": pool.uid().unwrap_or_default(),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// The labels the shard publishes in the live state (rooms select shards by them).
+fn shard_labels(pool: &ShardPool) -> String {
+    let mut labels = pool.spec.template.labels.clone();
+    labels.insert(POOL_LABEL.to_owned(), pool.name_any());
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> Value {
+    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+}
+
+/// The pod of shard `name` in slot `slot`.
+pub fn shard_pod(
+    pool: &ShardPool,
+    name: &str,
+    slot: u32,
+    exposure: &Exposure,
+    runtime: &ShardRuntime,
+) -> Result<Pod, String> {
+    let spec = &pool.spec;
+    let template = &spec.template;
+    let mode = template.networking.mode;
+    let media = exposure.media_port;
+    let mut labels = template.labels.clone();
+    labels.extend(pool_selector(&pool.name_any()));
+    labels.insert(SHARD_LABEL.to_owned(), name.to_owned());
+    labels.insert(SLOT_LABEL.to_owned(), slot.to_string());
+    labels.insert(
+        "app.kubernetes.io/component".to_owned(),
+        "shard".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "tutti-operator".to_owned(),
+    );
+    let advertise_ip = match &exposure.advertise_ip {
+        Some(ip) => json!({"name": "TUTTI_SFU_ADVERTISE_IP", "value": ip}),
+        None => json!({"name": "TUTTI_SFU_ADVERTISE_IP",
+            "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
+    };
+    let mut env = vec![
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "TUTTI_SHARD_ID", "value": name}),
+        json!({"name": "TUTTI_SFU_HTTP", "value": format!("0.0.0.0:{HTTP_PORT}")}),
+        json!({"name": "TUTTI_SFU_UDP", "value": format!("0.0.0.0:{media}")}),
+        json!({"name": "TUTTI_SHARD_PUBLIC_URL", "value": format!("http://$(POD_IP):{HTTP_PORT}")}),
+        advertise_ip,
+        json!({"name": "TUTTI_STORE", "value": runtime.store}),
+        json!({"name": "TUTTI_SHARD_LABELS", "value": shard_labels(pool)}),
+        json!({"name": "TUTTI_SFU_MAX_PARTICIPANTS", "value": spec.capacity.participants.to_string()}),
+        json!({"name": "TUTTI_LOG_FORMAT", "value": "json"}),
+        secret_env("TUTTI_SFU_ADMIN_TOKEN", &runtime.token_secret, "admin-token"),
+        secret_env("TUTTI_SFU_SIGNAL_TOKEN", &runtime.token_secret, "signal-token"),
+    ];
+    if let Some(port) = exposure.advertise_port {
+        env.push(json!({"name": "TUTTI_SFU_ADVERTISE_PORT", "value": port.to_string()}));
+    }
+    if let Some(region) = &template.region {
+        env.push(json!({"name": "TUTTI_SHARD_REGION", "value": region}));
+    }
+    if let Some(secret) = &runtime.etcd_secret {
+        env.push(secret_env("TUTTI_ETCD_USER", secret, "username"));
+        env.push(secret_env("TUTTI_ETCD_PASSWORD", secret, "password"));
+    }
+    let host_port = |port: u16| match mode {
+        NetworkingMode::HostPort => json!(port),
+        _ => Value::Null,
+    };
+    let mut ports = vec![
+        json!({"name": "media-udp", "containerPort": media, "protocol": "UDP", "hostPort": host_port(media)}),
+        json!({"name": "media-tcp", "containerPort": media, "protocol": "TCP", "hostPort": host_port(media)}),
+        json!({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}),
+    ];
+    for port in &mut ports {
+        if let Some(fields) = port.as_object_mut() {
+            fields.retain(|_, v| !v.is_null());
+        }
+    }
+    let drain_timeout = parse_duration(&spec.drain_timeout)
+        .ok_or_else(|| format!("drainTimeout {:?} is not a duration", spec.drain_timeout))?
+        .as_secs();
+    let mut container = json!({
+        "name": "sfu",
+        "image": template.image,
+        "env": env,
+        "ports": ports,
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
+        // The kubelet runs this before SIGTERM: no new rooms or joins, and the pod stays
+        // until its participants have left (or the grace period, the drain deadline, ends).
+        "lifecycle": {"preStop": {"exec": {"command": ["/usr/local/bin/tutti-sfu", "drain", "--wait"]}}},
+        "securityContext": {
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    if let Some(resources) = &template.resources {
+        container["resources"] =
+            serde_json::to_value(resources).map_err(|e| format!("resources: {e}"))?;
+    }
+    let mut pod_spec = json!({
+        "containers": [container],
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": drain_timeout + 30,
+        "enableServiceLinks": false,
+        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+    });
+    if !template.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(template.node_selector);
+    }
+    if let Some(account) = &runtime.service_account {
+        pod_spec["serviceAccountName"] = json!(account);
+    }
+    pod_spec["automountServiceAccountToken"] = json!(false);
+    if mode == NetworkingMode::HostNetwork {
+        pod_spec["hostNetwork"] = json!(true);
+        pod_spec["dnsPolicy"] = json!("ClusterFirstWithHostNet");
+    }
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": pool.namespace(),
+            "labels": labels,
+            "ownerReferences": [owner_reference(pool)],
+        },
+        "spec": pod_spec,
+    });
+    serde_json::from_value(pod).map_err(|e| format!("shard pod: {e}"))
+}
+
+/// The Service in front of a shard's media port (NodePort and LoadBalancer modes).
+pub fn media_service(pool: &ShardPool, shard: &str, exposure: &Exposure) -> Result<Service, String> {
+    let mode = pool.spec.template.networking.mode;
+    let kind = match mode {
+        NetworkingMode::NodePort => "NodePort",
+        NetworkingMode::LoadBalancer => "LoadBalancer",
+        _ => return Err("only NodePort and LoadBalancer shards have a media Service".into()),
+    };
+    let node_port = exposure.advertise_port.map_or(Value::Null, |p| json!(p));
+    let port = |protocol: &str| {
+        let mut port = json!({
+            "name": format!("media-{}", protocol.to_lowercase()),
+            "protocol": protocol,
+            "port": exposure.advertise_port.unwrap_or(exposure.media_port),
+            "targetPort": exposure.media_port,
+            "nodePort": node_port,
+        });
+        if let Some(fields) = port.as_object_mut() {
+            fields.retain(|_, v| !v.is_null());
+        }
+        port
+    };
+    let mut selector = pool_selector(&pool.name_any());
+    selector.insert(SHARD_LABEL.to_owned(), shard.to_owned());
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(shard),
+            "namespace": pool.namespace(),
+            "labels": selector,
+            "ownerReferences": [owner_reference(pool)],
+        },
+        "spec": {
+            "type": kind,
+            "selector": selector,
+            // Media stays on the node of its shard and keeps the client's address (which
+            // ICE checks against); no hop through another node.
+            "externalTrafficPolicy": "Local",
+            "ports": [port("UDP"), port("TCP")],
+        },
+    });
+    serde_json::from_value(service).map_err(|e| format!("media service: {e}"))
+}
+
+/// The address a LoadBalancer Service got, if it has one.
+pub fn load_balancer_ip(service: &Service) -> Option<String> {
+    service
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .iter()
+        .find_map(|ingress| ingress.ip.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_crds::ShardPoolSpec;
+
+    fn pool(mode: &str, port: u16) -> ShardPool {
+        let spec: ShardPoolSpec = serde_json::from_value(json!({
+            "minShards": 1, "maxShards": 4,
+            "template": {"image": "tutti-sfu:test", "labels": {"tier": "low-latency"},
+                "networking": {"mode": mode, "port": port}},
+        }))
+        .expect("spec");
+        let mut pool = ShardPool::new("main", spec);
+        pool.metadata.namespace = Some("media".into());
+        pool.metadata.uid = Some("uid-1".into());
+        pool
+    }
+
+    fn runtime() -> ShardRuntime {
+        ShardRuntime {
+            store: "etcd://tutti-etcd:2379".into(),
+            token_secret: "tutti-tokens".into(),
+            etcd_secret: None,
+            service_account: None,
+        }
+    }
+
+    fn env(pod: &Pod, name: &str) -> Value {
+        let json = serde_json::to_value(pod).expect("pod");
+        json["spec"]["containers"][0]["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    fn build(pool: &ShardPool, slot: u32) -> Pod {
+        let (media_port, advertise_port) = slot_ports(pool, slot).expect("ports");
+        let exposure = Exposure {
+            media_port,
+            advertise_ip: pool.spec.template.networking.advertise_address.clone(),
+            advertise_port,
+        };
+        shard_pod(pool, &shard_name("main", slot), slot, &exposure, &runtime()).expect("pod")
+    }
+
+    #[test]
+    fn host_port_shards_get_their_own_port_and_advertise_the_node() {
+        let pool = pool("HostPort", 40000);
+        let pod = serde_json::to_value(build(&pool, 2)).expect("json");
+        let ports = &pod["spec"]["containers"][0]["ports"];
+        assert_eq!(ports[0]["containerPort"], 40002);
+        assert_eq!(ports[0]["hostPort"], 40002);
+        assert_eq!(ports[0]["protocol"], "UDP");
+        assert_eq!(ports[1]["hostPort"], 40002);
+        assert!(ports[2].get("hostPort").is_none());
+        assert!(pod["spec"].get("hostNetwork").is_none());
+        assert_eq!(pod["metadata"]["name"], "main-shard-2");
+        assert_eq!(pod["metadata"]["labels"][SLOT_LABEL], "2");
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ShardPool");
+        let pod = build(&pool, 2);
+        assert_eq!(
+            env(&pod, "TUTTI_SFU_ADVERTISE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+            "status.hostIP"
+        );
+        assert_eq!(env(&pod, "TUTTI_SFU_UDP")["value"], "0.0.0.0:40002");
+        assert_eq!(
+            env(&pod, "TUTTI_SHARD_LABELS")["value"],
+            "tier=low-latency,tutti.dev/pool=main"
+        );
+        assert_eq!(
+            env(&pod, "TUTTI_SFU_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]["key"],
+            "admin-token"
+        );
+    }
+
+    #[test]
+    fn host_network_shards_share_the_node_and_keep_the_base_port() {
+        let pool = pool("HostNetwork", 7882);
+        let pod = serde_json::to_value(build(&pool, 3)).expect("json");
+        assert_eq!(pod["spec"]["hostNetwork"], true);
+        assert_eq!(pod["spec"]["dnsPolicy"], "ClusterFirstWithHostNet");
+        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["containerPort"], 7882);
+    }
+
+    #[test]
+    fn node_port_shards_advertise_their_node_port_through_a_local_service() {
+        let mut pool = pool("NodePort", 31000);
+        pool.spec.template.networking.advertise_address = Some("203.0.113.7".into());
+        let pod = build(&pool, 1);
+        assert_eq!(env(&pod, "TUTTI_SFU_ADVERTISE_PORT")["value"], "31001");
+        assert_eq!(env(&pod, "TUTTI_SFU_ADVERTISE_IP")["value"], "203.0.113.7");
+        let (media_port, advertise_port) = slot_ports(&pool, 1).expect("ports");
+        let exposure = Exposure {
+            media_port,
+            advertise_ip: None,
+            advertise_port,
+        };
+        let service =
+            serde_json::to_value(media_service(&pool, "main-shard-1", &exposure).expect("svc"))
+                .expect("json");
+        assert_eq!(service["spec"]["type"], "NodePort");
+        assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+        assert_eq!(service["spec"]["ports"][0]["nodePort"], 31001);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], 31000);
+        assert_eq!(service["spec"]["ports"][1]["protocol"], "TCP");
+        assert_eq!(service["spec"]["selector"][SHARD_LABEL], "main-shard-1");
+    }
+
+    #[test]
+    fn pools_that_cannot_work_are_refused_with_reasons() {
+        assert!(validate_pool(&pool("HostPort", 7882)).is_ok());
+        let problems = validate_pool(&pool("HostPort", 65534)).expect_err("no room");
+        assert!(problems[0].contains("65536"), "{problems:?}");
+        let problems = validate_pool(&pool("NodePort", 7882)).expect_err("range");
+        assert!(problems[0].contains("30000"), "{problems:?}");
+        let mut bad = pool("LoadBalancer", 7882);
+        bad.spec.template.networking.advertise_address = Some("nlb.example.com".into());
+        bad.spec.drain_timeout = "soon".into();
+        let problems = validate_pool(&bad).expect_err("bad");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn slots_fill_the_lowest_gaps() {
+        let taken = BTreeSet::from([0, 2]);
+        assert_eq!(free_slots(&taken, 5, 2), vec![1, 3]);
+        assert_eq!(free_slots(&taken, 3, 5), vec![1]);
+    }
+}
