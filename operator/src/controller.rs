@@ -107,6 +107,8 @@ pub struct Context<S> {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub config: Config,
+    /// Rooms no shard could take, for the pools to grow.
+    pub unplaced: Arc<crate::demand::Unplaced>,
 }
 
 /// Reconciles one Room.
@@ -187,6 +189,7 @@ where
     S: LiveView + LiveWriter + Send + Sync + 'static,
 {
     let started = Instant::now();
+    let key = format!("{namespace}/{name}");
     let outcome = match validate_room(namespace, name, &room.spec) {
         Err(problems) => RoomOutcome::Invalid(problems.join("; ")),
         Ok(valid) => {
@@ -196,10 +199,18 @@ where
                     .await
                     .map(Some),
             };
-            match password {
+            let outcome = match password {
                 Err(message) => RoomOutcome::SecretMissing(message),
                 Ok(password) => ctx.placer.apply(&valid, password).await,
+            };
+            match &outcome {
+                RoomOutcome::NoShard(_) => {
+                    ctx.unplaced
+                        .no_shard(&key, valid.record.max_participants, &valid.selector)
+                }
+                _ => ctx.unplaced.settled(&key),
             }
+            outcome
         }
     };
     if matches!(outcome, RoomOutcome::Placed { .. }) {
@@ -351,6 +362,7 @@ where
     S: LiveView + LiveWriter + Send + Sync + 'static,
 {
     let owner = owner(namespace, name);
+    ctx.unplaced.settled(&format!("{namespace}/{name}"));
     match ctx.placer.release(name, &owner).await {
         Ok(shard) => {
             if let Some(shard) = shard {

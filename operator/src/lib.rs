@@ -12,14 +12,16 @@ pub mod backoff;
 pub mod broadcasts;
 pub mod conditions;
 pub mod controller;
+pub mod demand;
 pub mod gc;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod placer;
 pub mod records;
-pub mod shard_pods;
 pub mod run;
+pub mod shard_pods;
+pub mod shardpool;
 
 /// Cascade planning lives in its own crate (local mode drives cascades too).
 pub use tutti_cascade as cascade;

@@ -67,6 +67,21 @@ struct Args {
     /// Run without leader election (a single replica).
     #[arg(long, env = "TUTTI_NO_LEADER_ELECTION")]
     no_leader_election: bool,
+    /// The live state shard pods heartbeat to (defaults to --store).
+    #[arg(long, env = "TUTTI_SHARD_STORE")]
+    shard_store: Option<String>,
+    /// The Secret whose keys `admin-token` and `signal-token` shard pods read.
+    #[arg(long, env = "TUTTI_SHARD_TOKEN_SECRET", default_value = "tutti-tokens")]
+    shard_token_secret: String,
+    /// A Secret whose keys `username` and `password` log shard pods into etcd.
+    #[arg(long, env = "TUTTI_SHARD_ETCD_SECRET")]
+    shard_etcd_secret: Option<String>,
+    /// The service account shard pods run as.
+    #[arg(long, env = "TUTTI_SHARD_SERVICE_ACCOUNT")]
+    shard_service_account: Option<String>,
+    /// Seconds between passes over each ShardPool (scaling decisions).
+    #[arg(long, env = "TUTTI_POOL_PERIOD", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pool_period: u64,
     /// JSON logs.
     #[arg(long, env = "TUTTI_LOG_JSON")]
     log_json: bool,
@@ -148,6 +163,16 @@ where
             fanout: usize::from(args.cascade_fanout),
             headroom: f64::from(args.cascade_headroom) / 100.0,
         },
+        shards: tutti_operator::shard_pods::ShardRuntime {
+            store: args
+                .shard_store
+                .clone()
+                .unwrap_or_else(|| args.store.store.clone()),
+            token_secret: args.shard_token_secret.clone(),
+            etcd_secret: args.shard_etcd_secret.clone(),
+            service_account: args.shard_service_account.clone(),
+        },
+        pool_period: Duration::from_secs(args.pool_period),
     };
     if args.standalone {
         println!(

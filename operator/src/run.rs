@@ -1,5 +1,5 @@
-//! Wiring: the Room controller, garbage collection, and the watch on shard records that
-//! triggers both, running until told to stop.
+//! Wiring: the Room, Broadcast and ShardPool controllers, garbage collection, cascades,
+//! and the watch on shard records that triggers them, running until told to stop.
 
 use crate::backoff::Backoff;
 use crate::controller::{self, Context, MANAGER, error_policy, reconcile_room};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tutti_crds::{Broadcast, Room};
+use tutti_crds::{Broadcast, Room, ShardPool};
 use tutti_shard_api::admin::PipelineInfo;
 use tutti_store::{LiveView, LiveWriter};
 
@@ -46,6 +46,10 @@ pub struct Settings {
     pub compact_every: Duration,
     /// How broadcast cascades are shaped.
     pub cascade: tutti_cascade::CascadeParams,
+    /// What shard pods of ShardPools are started with.
+    pub shards: crate::shard_pods::ShardRuntime,
+    /// Time between passes over each ShardPool.
+    pub pool_period: Duration,
 }
 
 /// What changes in the shard records matter: which shards live, and which drain.
@@ -367,6 +371,19 @@ pub async fn run<S>(
             instance: Some(settings.identity.clone()),
         },
     );
+    let unplaced = Arc::new(crate::demand::Unplaced::default());
+    let pool_context = Arc::new(crate::shardpool::PoolContext {
+        client: client.clone(),
+        store: store.clone(),
+        admin_token: settings.admin_token.clone(),
+        runtime: settings.shards.clone(),
+        unplaced: unplaced.clone(),
+        cascade: settings.cascade,
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
+        period: settings.pool_period,
+        memory: Default::default(),
+    });
     let context = Arc::new(Context {
         client: client.clone(),
         placer: Placer::new(
@@ -378,6 +395,7 @@ pub async fn run<S>(
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
         metrics: metrics.clone(),
         config: settings.controller.clone(),
+        unplaced,
     });
     let rooms: Api<Room> = Api::all(client.clone());
     let controller = Controller::new(rooms, watcher::Config::default().any_semantic());
@@ -422,7 +440,30 @@ pub async fn run<S>(
                 tracing::debug!(%err, "controller event");
             }
         });
-    futures_util::future::join(rooms, broadcasts).await;
+    // Shard pods belong to their pool: a pod that changes (ready, failed, gone) wakes it.
+    let shard_pods = watcher::Config::default()
+        .labels("app.kubernetes.io/name=tutti-sfu")
+        .any_semantic();
+    let pools = Controller::new(
+        Api::<ShardPool>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+        shard_pods,
+    )
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(
+        crate::shardpool::reconcile_pool,
+        crate::shardpool::pool_error_policy,
+        pool_context,
+    )
+    .for_each(|result| async move {
+        if let Err(err) = result {
+            tracing::debug!(%err, "shard pool controller event");
+        }
+    });
+    futures_util::future::join3(rooms, broadcasts, pools).await;
     stop.cancel();
     for task in tasks {
         let _ = task.await;

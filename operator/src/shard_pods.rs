@@ -60,6 +60,19 @@ pub struct ShardRuntime {
     pub service_account: Option<String>,
 }
 
+impl Default for ShardRuntime {
+    /// Shards of the chart's defaults: tokens in `tutti-tokens`, the live state in memory
+    /// until the operator is told where etcd is.
+    fn default() -> Self {
+        Self {
+            store: "memory".into(),
+            token_secret: "tutti-tokens".into(),
+            etcd_secret: None,
+            service_account: None,
+        }
+    }
+}
+
 /// How a shard is reached, decided before its pod is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exposure {
@@ -89,7 +102,9 @@ pub fn validate_pool(pool: &ShardPool) -> Result<(), Vec<String>> {
         ("drainTimeout", &spec.drain_timeout),
     ] {
         if parse_duration(value).is_none() {
-            problems.push(format!("{field} {value:?} is not a duration like 30s, 10m or 1h"));
+            problems.push(format!(
+                "{field} {value:?} is not a duration like 30s, 10m or 1h"
+            ));
         }
     }
     if spec.template.image.trim().is_empty() {
@@ -115,11 +130,18 @@ pub fn validate_pool(pool: &ShardPool) -> Result<(), Vec<String>> {
     if let Some(address) = &networking.advertise_address
         && address.parse::<std::net::IpAddr>().is_err()
     {
-        problems.push(format!("advertiseAddress {address:?} must be an IP address"));
+        problems.push(format!(
+            "advertiseAddress {address:?} must be an IP address"
+        ));
     }
     let labels = spec.template.labels.iter();
     for (key, value) in labels {
-        if key.is_empty() || key.len() > 253 || value.len() > 63 || key.contains(',') || value.contains(',') {
+        if key.is_empty()
+            || key.len() > 253
+            || value.len() > 63
+            || key.contains(',')
+            || value.contains(',')
+        {
             problems.push(format!("template label {key}={value} is not a valid label"));
         }
     }
@@ -212,10 +234,7 @@ pub fn shard_pod(
     labels.extend(pool_selector(&pool.name_any()));
     labels.insert(SHARD_LABEL.to_owned(), name.to_owned());
     labels.insert(SLOT_LABEL.to_owned(), slot.to_string());
-    labels.insert(
-        "app.kubernetes.io/component".to_owned(),
-        "shard".to_owned(),
-    );
+    labels.insert("app.kubernetes.io/component".to_owned(), "shard".to_owned());
     labels.insert(
         "app.kubernetes.io/managed-by".to_owned(),
         "tutti-operator".to_owned(),
@@ -236,8 +255,16 @@ pub fn shard_pod(
         json!({"name": "TUTTI_SHARD_LABELS", "value": shard_labels(pool)}),
         json!({"name": "TUTTI_SFU_MAX_PARTICIPANTS", "value": spec.capacity.participants.to_string()}),
         json!({"name": "TUTTI_LOG_FORMAT", "value": "json"}),
-        secret_env("TUTTI_SFU_ADMIN_TOKEN", &runtime.token_secret, "admin-token"),
-        secret_env("TUTTI_SFU_SIGNAL_TOKEN", &runtime.token_secret, "signal-token"),
+        secret_env(
+            "TUTTI_SFU_ADMIN_TOKEN",
+            &runtime.token_secret,
+            "admin-token",
+        ),
+        secret_env(
+            "TUTTI_SFU_SIGNAL_TOKEN",
+            &runtime.token_secret,
+            "signal-token",
+        ),
     ];
     if let Some(port) = exposure.advertise_port {
         env.push(json!({"name": "TUTTI_SFU_ADVERTISE_PORT", "value": port.to_string()}));
@@ -320,7 +347,11 @@ pub fn shard_pod(
 }
 
 /// The Service in front of a shard's media port (NodePort and LoadBalancer modes).
-pub fn media_service(pool: &ShardPool, shard: &str, exposure: &Exposure) -> Result<Service, String> {
+pub fn media_service(
+    pool: &ShardPool,
+    shard: &str,
+    exposure: &Exposure,
+) -> Result<Service, String> {
     let mode = pool.spec.template.networking.mode;
     let kind = match mode {
         NetworkingMode::NodePort => "NodePort",
@@ -458,7 +489,10 @@ mod tests {
         let pod = serde_json::to_value(build(&pool, 3)).expect("json");
         assert_eq!(pod["spec"]["hostNetwork"], true);
         assert_eq!(pod["spec"]["dnsPolicy"], "ClusterFirstWithHostNet");
-        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["containerPort"], 7882);
+        assert_eq!(
+            pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+            7882
+        );
     }
 
     #[test]

@@ -152,6 +152,7 @@ fn context(store: MemoryStore) -> (Arc<Context<MemoryStore>>, ApiServer) {
             public_url: Some("https://tutti.example".into()),
             ..Config::default()
         },
+        unplaced: Default::default(),
     };
     (Arc::new(context), ApiServer(handle))
 }

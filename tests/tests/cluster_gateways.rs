@@ -73,6 +73,8 @@ async fn a_session_resumes_through_another_gateway_as_the_same_participant() -> 
             controller: Default::default(),
             compact_every: Duration::from_secs(300),
             cascade: Default::default(),
+            shards: Default::default(),
+            pool_period: Duration::from_secs(5),
         },
         std::sync::Arc::new(Metrics::new()),
         stop.clone(),

@@ -121,6 +121,8 @@ async fn a_room_applied_to_a_real_cluster_is_placed_and_released() -> Result<()>
             controller: Default::default(),
             compact_every: Duration::from_secs(300),
             cascade: Default::default(),
+            shards: Default::default(),
+            pool_period: Duration::from_secs(5),
         },
         std::sync::Arc::new(Metrics::new()),
         stop.clone(),

@@ -1,0 +1,700 @@
+//! The ShardPool reconciler: the Kubernetes side of scaling shards.
+//!
+//! Each pass reads the pool's pods and the live state (shard records with their load,
+//! routes, cascades), turns them into the autoscaler's view, and carries out its
+//! [`decide`](crate::autoscale::decide) decision: shards are started from the pool's
+//! template, marked draining through their admin API (and the pod annotated, so the
+//! deadline survives an operator restart), and deleted when empty or at the deadline.
+//! Occupied shards carry a label that the pool's PodDisruptionBudget protects, so a node
+//! drain or the cluster autoscaler cannot evict a shard with people on it.
+
+use crate::autoscale::{Decision, DeleteReason, Demand, PoolPolicy, ShardPhase, ShardView, decide};
+use crate::conditions::{Wanted, merge};
+use crate::controller::{Error, MANAGER};
+use crate::demand::Unplaced;
+use crate::metrics::Metrics;
+use crate::placement::candidates;
+use crate::shard_pods::{
+    DRAINING_SINCE, Exposure, OCCUPIED_LABEL, SLOT_LABEL, ShardRuntime, free_slots,
+    load_balancer_ip, media_service, pool_selector, service_name, shard_name, shard_pod,
+    slot_ports, validate_pool,
+};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tutti_cascade::CascadeParams;
+use tutti_crds::duration::parse_duration;
+use tutti_crds::{NetworkingMode, ShardPool, ShardPoolStatus};
+use tutti_shard_api::client::ShardAdmin;
+use tutti_store::{LiveView, ShardRecord};
+
+/// What every pool reconcile shares.
+pub struct PoolContext<S> {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The live state (read only: shards write their own records).
+    pub store: S,
+    /// The shards' admin token (to drain them).
+    pub admin_token: String,
+    /// What shards are started with.
+    pub runtime: ShardRuntime,
+    /// Rooms waiting for a shard.
+    pub unplaced: Arc<Unplaced>,
+    /// How cascades are sized (to know how many shards broadcasts want).
+    pub cascade: CascadeParams,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time between passes.
+    pub period: Duration,
+    /// What passes remember: when each shard became empty, and the budgets applied.
+    pub memory: Mutex<PoolMemory>,
+}
+
+/// What one pass leaves for the next.
+#[derive(Debug, Default)]
+pub struct PoolMemory {
+    empty_since: HashMap<String, u64>,
+    budgets: HashMap<String, u32>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The pool's promises in the autoscaler's terms.
+pub fn policy(pool: &ShardPool) -> PoolPolicy {
+    let spec = &pool.spec;
+    let seconds = |text: &str, default: u64| parse_duration(text).map_or(default, |d| d.as_secs());
+    PoolPolicy {
+        min_shards: spec.min_shards,
+        max_shards: spec.max_shards,
+        seats_per_shard: spec.capacity.participants,
+        buffer: spec.buffer,
+        scale_down_delay: seconds(&spec.scale_down_delay, 600),
+        drain_timeout: seconds(&spec.drain_timeout, 3600),
+    }
+}
+
+/// Shards broadcasts want beyond the shards alive and not draining: each edge needs a
+/// shard of its own, and the origin one more.
+pub fn cascade_shortfall<V: LiveView + ?Sized>(view: &V, params: &CascadeParams) -> u32 {
+    let serving = view.shards().iter().filter(|s| !s.draining).count();
+    view.broadcasts()
+        .iter()
+        .map(|broadcast| {
+            let seated: u32 = view
+                .cascade(&broadcast.name)
+                .map(|c| c.edges.iter().map(|e| e.viewers).sum())
+                .unwrap_or(0);
+            let audience = broadcast.expected_audience.max(seated);
+            let edges = tutti_cascade::plan::edges_needed(
+                audience,
+                broadcast.max_viewers_per_shard,
+                params.headroom,
+            );
+            (edges + 1).saturating_sub(serving) as u32
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A pool's pod as the autoscaler sees it.
+fn view_of(
+    pod: &Pod,
+    record: Option<&ShardRecord>,
+    reserved: u32,
+    in_cascade: bool,
+    empty_since: &mut HashMap<String, u64>,
+    now: u64,
+) -> ShardView {
+    let name = pod.name_any();
+    let failed = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Failed" || phase == "Succeeded");
+    let draining_since = pod
+        .annotations()
+        .get(DRAINING_SINCE)
+        .and_then(|t| t.parse::<u64>().ok());
+    let phase = match (failed, record, draining_since) {
+        (true, _, _) => ShardPhase::Failed,
+        (_, _, Some(since)) => ShardPhase::Draining { since },
+        (_, Some(r), None) if r.draining => ShardPhase::Draining { since: now },
+        (_, Some(_), None) => ShardPhase::Ready,
+        (_, None, None) => ShardPhase::Starting,
+    };
+    let participants = record.map_or(0, |r| r.load.participants);
+    let occupied = participants > 0 || in_cascade;
+    let since = if occupied {
+        empty_since.remove(&name);
+        None
+    } else {
+        Some(*empty_since.entry(name.clone()).or_insert(now))
+    };
+    ShardView {
+        name,
+        phase,
+        used_seats: participants.max(reserved),
+        occupied,
+        empty_since: since,
+    }
+}
+
+/// Reconciles one pool.
+pub async fn reconcile_pool<S>(
+    pool: Arc<ShardPool>,
+    ctx: Arc<PoolContext<S>>,
+) -> Result<Action, Error>
+where
+    S: LiveView + Send + Sync + 'static,
+{
+    let namespace = pool.namespace().ok_or(Error::Unnamed)?;
+    let name = pool.meta().name.clone().ok_or(Error::Unnamed)?;
+    let pools: Api<ShardPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = match validate_pool(&pool) {
+        Err(problems) => {
+            let message = problems.join("; ");
+            let status = invalid_status(&pool, &message);
+            patch_status(&pools, &name, &status).await?;
+            let previous_reason = pool
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.reason.clone());
+            if previous_reason.as_deref() != Some("InvalidSpec") {
+                publish(
+                    &ctx.recorder,
+                    &pool,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    message,
+                )
+                .await;
+            }
+            Ok(Action::await_change())
+        }
+        Ok(()) => scale(&pool, &namespace, &name, &pools, &ctx).await,
+    };
+    ctx.metrics
+        .reconciled("shardpool", if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
+async fn scale<S>(
+    pool: &ShardPool,
+    namespace: &str,
+    name: &str,
+    pools: &Api<ShardPool>,
+    ctx: &PoolContext<S>,
+) -> Result<Action, Error>
+where
+    S: LiveView + Send + Sync + 'static,
+{
+    let now = unix_now();
+    let policy = policy(pool);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = pool_selector(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = pods_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let records: BTreeMap<String, ShardRecord> = ctx
+        .store
+        .shards()
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    let reserved: BTreeMap<String, u32> = candidates(
+        &records.values().cloned().collect::<Vec<_>>(),
+        &ctx.store.routes(),
+        &ctx.store.rooms(),
+        "",
+    )
+    .into_iter()
+    .map(|c| (c.id, c.reserved))
+    .collect();
+    let in_cascades: BTreeSet<String> = ctx
+        .store
+        .cascades()
+        .into_iter()
+        .flat_map(|c| std::iter::once(c.origin).chain(c.edges.into_iter().map(|e| e.shard)))
+        .collect();
+    let mut taken_slots = BTreeSet::new();
+    let mut live: Vec<&Pod> = Vec::new();
+    for pod in &pods.items {
+        if let Some(slot) = pod.labels().get(SLOT_LABEL).and_then(|s| s.parse().ok()) {
+            taken_slots.insert(slot);
+        }
+        // A pod on its way out holds its slot, but no longer counts.
+        if pod.meta().deletion_timestamp.is_none() {
+            live.push(pod);
+        }
+    }
+    let views: Vec<ShardView> = {
+        let mut memory = ctx.memory.lock().map_err(|_| Error::Retry {
+            category: "internal",
+            message: "pool memory poisoned".into(),
+        })?;
+        let views = live
+            .iter()
+            .map(|pod| {
+                let id = pod.name_any();
+                view_of(
+                    pod,
+                    records.get(&id),
+                    reserved.get(&id).copied().unwrap_or(0),
+                    in_cascades.contains(&id),
+                    &mut memory.empty_since,
+                    now,
+                )
+            })
+            .collect();
+        let names: BTreeSet<String> = live.iter().map(|p| p.name_any()).collect();
+        memory.empty_since.retain(|shard, _| names.contains(shard));
+        views
+    };
+    let mut labels = pool.spec.template.labels.clone();
+    labels.insert(crate::shard_pods::POOL_LABEL.to_owned(), name.to_owned());
+    let demand = Demand {
+        pending_seats: ctx.unplaced.seats_for(&labels),
+        // Cascades grow general-purpose pools: those whose shards carry no extra labels.
+        shards_short: if pool.spec.template.labels.is_empty() {
+            cascade_shortfall(&ctx.store, &ctx.cascade)
+        } else {
+            0
+        },
+    };
+    let decision = decide(&policy, &views, &demand, now);
+    let mut notes = Vec::new();
+
+    for (shard, reason) in &decision.delete {
+        if delete_shard(&ctx.client, &pods_api, pool, shard).await? {
+            let note = match reason {
+                DeleteReason::Drained => format!("shard {shard} drained and removed"),
+                DeleteReason::DrainDeadline => {
+                    format!("shard {shard} removed at its drain deadline with participants on it")
+                }
+                DeleteReason::Failed => format!("shard {shard} failed and was removed"),
+            };
+            let kind = if *reason == DeleteReason::Drained {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish(&ctx.recorder, pool, kind, "ShardRemoved", note).await;
+        }
+    }
+    for shard in &decision.drain {
+        drain_shard(ctx, &pods_api, &records, shard, now).await?;
+        publish(
+            &ctx.recorder,
+            pool,
+            EventType::Normal,
+            "ShardDraining",
+            format!(
+                "shard {shard} was empty for {}s and is draining",
+                policy.scale_down_delay
+            ),
+        )
+        .await;
+    }
+    // A shard the operator marked draining that came back without the flag (restarted)
+    // is told again.
+    for view in &views {
+        if matches!(view.phase, ShardPhase::Draining { .. })
+            && records.get(&view.name).is_some_and(|r| !r.draining)
+            && let Some(record) = records.get(&view.name)
+        {
+            let _ = ShardAdmin::new(&record.admin_url, &ctx.admin_token)
+                .drain()
+                .await;
+        }
+    }
+    let slots = free_slots(&taken_slots, policy.max_shards, decision.create);
+    for slot in slots {
+        match start_shard(ctx, &pods_api, pool, namespace, slot).await? {
+            Started::Yes(shard) => {
+                publish(
+                    &ctx.recorder,
+                    pool,
+                    EventType::Normal,
+                    "ShardStarted",
+                    format!("shard {shard} started"),
+                )
+                .await;
+            }
+            Started::Waiting(why) => notes.push(why),
+        }
+    }
+    mark_occupancy(&pods_api, &live, &views).await?;
+    apply_budget(ctx, namespace, name, pool, &views).await?;
+
+    let status = pool_status(pool, &views, &decision, &notes);
+    patch_status(pools, name, &status).await?;
+    Ok(Action::requeue(ctx.period))
+}
+
+async fn delete_shard(
+    client: &Client,
+    pods: &Api<Pod>,
+    pool: &ShardPool,
+    shard: &str,
+) -> Result<bool, Error> {
+    // The pod's preStop drain returns at once for an empty shard; the grace period (the
+    // drain deadline) bounds it otherwise.
+    let deleted = match pods.delete(shard, &DeleteParams::default()).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(err) => return Err(err.into()),
+    };
+    if matches!(
+        pool.spec.template.networking.mode,
+        NetworkingMode::NodePort | NetworkingMode::LoadBalancer
+    ) {
+        let services: Api<Service> =
+            Api::namespaced(client.clone(), &pool.namespace().unwrap_or_default());
+        match services
+            .delete(&service_name(shard), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(deleted)
+}
+
+async fn drain_shard<S>(
+    ctx: &PoolContext<S>,
+    pods: &Api<Pod>,
+    records: &BTreeMap<String, ShardRecord>,
+    shard: &str,
+    now: u64,
+) -> Result<(), Error> {
+    // The shard's own flag is what stops placement and joins; the annotation keeps the
+    // deadline. An unreachable shard cannot take anyone either, so its pod is marked
+    // anyway and the next pass tells it again.
+    if let Some(record) = records.get(shard)
+        && let Err(err) = ShardAdmin::new(&record.admin_url, &ctx.admin_token)
+            .drain()
+            .await
+    {
+        tracing::warn!(%shard, %err, "shard not told to drain; retried next pass");
+    }
+    pods.patch(
+        shard,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {DRAINING_SINCE: now.to_string()}}})),
+    )
+    .await?;
+    Ok(())
+}
+
+enum Started {
+    Yes(String),
+    Waiting(String),
+}
+
+async fn start_shard<S>(
+    ctx: &PoolContext<S>,
+    pods: &Api<Pod>,
+    pool: &ShardPool,
+    namespace: &str,
+    slot: u32,
+) -> Result<Started, Error> {
+    let name = shard_name(&pool.name_any(), slot);
+    let invalid = |message: String| Error::Retry {
+        category: "invalid_object",
+        message,
+    };
+    let (media_port, advertise_port) = slot_ports(pool, slot).map_err(invalid)?;
+    let networking = &pool.spec.template.networking;
+    let mut exposure = Exposure {
+        media_port,
+        advertise_ip: networking.advertise_address.clone(),
+        advertise_port,
+    };
+    if matches!(
+        networking.mode,
+        NetworkingMode::NodePort | NetworkingMode::LoadBalancer
+    ) {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+        let service = media_service(pool, &name, &exposure).map_err(invalid)?;
+        let service = match services.get_opt(&service_name(&name)).await? {
+            Some(existing) => existing,
+            None => services.create(&PostParams::default(), &service).await?,
+        };
+        if networking.mode == NetworkingMode::LoadBalancer && exposure.advertise_ip.is_none() {
+            match load_balancer_ip(&service) {
+                Some(ip) => exposure.advertise_ip = Some(ip),
+                None => {
+                    return Ok(Started::Waiting(format!(
+                        "shard {name} waits for its load balancer's address"
+                    )));
+                }
+            }
+        }
+    }
+    let pod = shard_pod(pool, &name, slot, &exposure, &ctx.runtime).map_err(invalid)?;
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => Ok(Started::Yes(name)),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            Ok(Started::Waiting(format!("shard {name} already exists")))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Labels occupied shards (their disruption budget selects them) and tells the cluster
+/// autoscaler not to evict them; only pods whose occupancy changed are patched.
+async fn mark_occupancy(pods: &Api<Pod>, live: &[&Pod], views: &[ShardView]) -> Result<(), Error> {
+    for (pod, view) in live.iter().zip(views) {
+        let labelled = pod.labels().get(OCCUPIED_LABEL).map(String::as_str) == Some("true");
+        if labelled == view.occupied {
+            continue;
+        }
+        let (label, evict) = if view.occupied {
+            (json!("true"), json!("false"))
+        } else {
+            (serde_json::Value::Null, serde_json::Value::Null)
+        };
+        let patch = json!({"metadata": {
+            "labels": {OCCUPIED_LABEL: label},
+            "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": evict},
+        }});
+        match pods
+            .patch(&view.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The pool's PodDisruptionBudget: every occupied shard must stay up. Bare pods only
+/// allow an integer `minAvailable`, so it is the number of occupied shards, applied when
+/// it changes.
+async fn apply_budget<S>(
+    ctx: &PoolContext<S>,
+    namespace: &str,
+    name: &str,
+    pool: &ShardPool,
+    views: &[ShardView],
+) -> Result<(), Error> {
+    let occupied = views.iter().filter(|v| v.occupied).count() as u32;
+    let key = format!("{namespace}/{name}");
+    let known = ctx
+        .memory
+        .lock()
+        .ok()
+        .and_then(|m| m.budgets.get(&key).copied());
+    if known == Some(occupied) {
+        return Ok(());
+    }
+    let mut selector = pool_selector(name);
+    selector.insert(OCCUPIED_LABEL.to_owned(), "true".to_owned());
+    let budget = json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": format!("{name}-occupied-shards"),
+            "labels": pool_selector(name),
+            "ownerReferences": [{
+                "apiVersion": ShardPool::api_version(&()),
+                "kind": ShardPool::kind(&()),
+                "name": name,
+                "uid": pool.uid().unwrap_or_default(),
+                "controller": true,
+            }],
+        },
+        "spec": {
+            "minAvailable": occupied,
+            "selector": {"matchLabels": selector},
+        },
+    });
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    budgets
+        .patch(
+            &format!("{name}-occupied-shards"),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(budget),
+        )
+        .await?;
+    if let Ok(mut memory) = ctx.memory.lock() {
+        memory.budgets.insert(key, occupied);
+    }
+    Ok(())
+}
+
+/// The status a pass writes.
+pub fn pool_status(
+    pool: &ShardPool,
+    views: &[ShardView],
+    decision: &Decision,
+    notes: &[String],
+) -> ShardPoolStatus {
+    let previous = pool.status.clone().unwrap_or_default();
+    let per_shard = pool.spec.capacity.participants;
+    let ready: Vec<&ShardView> = views
+        .iter()
+        .filter(|v| v.phase == ShardPhase::Ready)
+        .collect();
+    let draining = views
+        .iter()
+        .filter(|v| matches!(v.phase, ShardPhase::Draining { .. }))
+        .count() as u32;
+    let starting = views
+        .iter()
+        .filter(|v| v.phase == ShardPhase::Starting)
+        .count();
+    let capacity = (ready.len() as u32).saturating_mul(per_shard);
+    let used: u32 = ready.iter().map(|v| v.used_seats.min(per_shard)).sum();
+    let participants = views
+        .iter()
+        .map(|v| v.used_seats)
+        .fold(0u32, u32::saturating_add);
+    let load = (capacity > 0).then(|| format!("{}%", u64::from(used) * 100 / u64::from(capacity)));
+    let enough = ready.len() as u32 >= pool.spec.min_shards;
+    let ready_condition = Wanted {
+        kind: "Ready",
+        status: enough,
+        reason: if enough {
+            "MinimumReady"
+        } else {
+            "ShardsStarting"
+        },
+        message: format!(
+            "{} ready, {starting} starting, {draining} draining (minimum {})",
+            ready.len(),
+            pool.spec.min_shards
+        ),
+    };
+    let (scaling, reason) = if decision.create > 0 {
+        (true, "ScalingUp")
+    } else if !decision.drain.is_empty() || !decision.delete.is_empty() || draining > 0 {
+        (true, "ScalingDown")
+    } else {
+        (false, "Steady")
+    };
+    let mut message = format!(
+        "{} free seats, {} wanted; {} to start, {} to drain, {} to remove",
+        decision.free_seats,
+        decision.wanted_seats,
+        decision.create,
+        decision.drain.len(),
+        decision.delete.len()
+    );
+    for note in notes {
+        message.push_str("; ");
+        message.push_str(note);
+    }
+    let scaling_condition = Wanted {
+        kind: "Scaling",
+        status: scaling,
+        reason,
+        message,
+    };
+    ShardPoolStatus {
+        ready: ready.len() as u32,
+        draining,
+        participants,
+        capacity,
+        load,
+        conditions: merge(
+            &previous.conditions,
+            &[ready_condition, scaling_condition],
+            &Time(Timestamp::now()),
+            pool.meta().generation,
+        ),
+        observed_generation: pool.meta().generation,
+    }
+}
+
+fn invalid_status(pool: &ShardPool, message: &str) -> ShardPoolStatus {
+    let previous = pool.status.clone().unwrap_or_default();
+    ShardPoolStatus {
+        conditions: merge(
+            &previous.conditions,
+            &[Wanted {
+                kind: "Ready",
+                status: false,
+                reason: "InvalidSpec",
+                message: message.to_owned(),
+            }],
+            &Time(Timestamp::now()),
+            pool.meta().generation,
+        ),
+        observed_generation: pool.meta().generation,
+        ..previous
+    }
+}
+
+async fn patch_status(
+    pools: &Api<ShardPool>,
+    name: &str,
+    status: &ShardPoolStatus,
+) -> Result<(), Error> {
+    pools
+        .patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "tutti.dev/v1alpha1",
+                "kind": "ShardPool",
+                "status": status,
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn publish(
+    recorder: &Recorder,
+    pool: &ShardPool,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Scale".into(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::warn!(%err, %reason, "event not recorded");
+    }
+}
+
+/// Retries a failed pool after a short delay (the next pass redoes everything anyway).
+pub fn pool_error_policy<S>(
+    pool: Arc<ShardPool>,
+    error: &Error,
+    ctx: Arc<PoolContext<S>>,
+) -> Action {
+    ctx.metrics.failed(error.category());
+    tracing::warn!(pool = %pool.name_any(), %error, "shard pool reconcile failed");
+    Action::requeue(ctx.period)
+}
