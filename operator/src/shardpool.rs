@@ -284,34 +284,41 @@ where
     let decision = decide(&policy, &views, &demand, now);
     let mut notes = Vec::new();
 
+    let mut removed: BTreeMap<&'static str, Vec<&str>> = BTreeMap::new();
     for (shard, reason) in &decision.delete {
         if delete_shard(&ctx.client, &pods_api, pool, shard).await? {
-            let note = match reason {
-                DeleteReason::Drained => format!("shard {shard} drained and removed"),
-                DeleteReason::DrainDeadline => {
-                    format!("shard {shard} removed at its drain deadline with participants on it")
-                }
-                DeleteReason::Failed => format!("shard {shard} failed and was removed"),
+            let why = match reason {
+                DeleteReason::Drained => "drained",
+                DeleteReason::DrainDeadline => "at the drain deadline, participants still on",
+                DeleteReason::Failed => "failed",
             };
-            let kind = if *reason == DeleteReason::Drained {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            publish(&ctx.recorder, pool, kind, "ShardRemoved", note).await;
+            removed.entry(why).or_default().push(shard);
         }
+    }
+    for (why, shards) in removed {
+        let kind = if why == "drained" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let note = format!("removed ({why}): {}", shards.join(", "));
+        publish(&ctx.recorder, pool, kind, "ShardsRemoved", note).await;
     }
     for shard in &decision.drain {
         drain_shard(ctx, &pods_api, &records, shard, now).await?;
+    }
+    if !decision.drain.is_empty() {
+        let note = format!(
+            "empty for {}s, draining: {}",
+            policy.scale_down_delay,
+            decision.drain.join(", ")
+        );
         publish(
             &ctx.recorder,
             pool,
             EventType::Normal,
-            "ShardDraining",
-            format!(
-                "shard {shard} was empty for {}s and is draining",
-                policy.scale_down_delay
-            ),
+            "ShardsDraining",
+            note,
         )
         .await;
     }
@@ -328,22 +335,26 @@ where
         }
     }
     let slots = free_slots(&taken_slots, policy.max_shards, decision.create);
+    let mut started = Vec::new();
     for slot in slots {
         match start_shard(ctx, &pods_api, pool, namespace, slot).await? {
-            Started::Yes(shard) => {
-                publish(
-                    &ctx.recorder,
-                    pool,
-                    EventType::Normal,
-                    "ShardStarted",
-                    format!("shard {shard} started"),
-                )
-                .await;
-            }
+            Started::Yes(shard) => started.push(shard),
             Started::Waiting(why) => notes.push(why),
         }
     }
-    mark_occupancy(&pods_api, &live, &views).await?;
+    if !started.is_empty() {
+        let note = format!("started: {}", started.join(", "));
+        publish(
+            &ctx.recorder,
+            pool,
+            EventType::Normal,
+            "ShardsStarted",
+            note,
+        )
+        .await;
+    }
+    let gone: BTreeSet<&str> = decision.delete.iter().map(|(s, _)| s.as_str()).collect();
+    mark_occupancy(&pods_api, &live, &views, &gone).await?;
     apply_budget(ctx, namespace, name, pool, &views).await?;
 
     let status = pool_status(pool, &views, &decision, &notes);
@@ -465,8 +476,16 @@ async fn start_shard<S>(
 
 /// Labels occupied shards (their disruption budget selects them) and tells the cluster
 /// autoscaler not to evict them; only pods whose occupancy changed are patched.
-async fn mark_occupancy(pods: &Api<Pod>, live: &[&Pod], views: &[ShardView]) -> Result<(), Error> {
+async fn mark_occupancy(
+    pods: &Api<Pod>,
+    live: &[&Pod],
+    views: &[ShardView],
+    gone: &BTreeSet<&str>,
+) -> Result<(), Error> {
     for (pod, view) in live.iter().zip(views) {
+        if gone.contains(view.name.as_str()) {
+            continue;
+        }
         let labelled = pod.labels().get(OCCUPIED_LABEL).map(String::as_str) == Some("true");
         if labelled == view.occupied {
             continue;

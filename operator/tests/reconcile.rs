@@ -14,7 +14,6 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tower_test::mock::{Handle, SendResponse};
 use tutti_crds::Room;
 use tutti_operator::backoff::Backoff;
 use tutti_operator::controller::{Config, Context, Error, error_policy, reconcile_room};
@@ -23,58 +22,11 @@ use tutti_operator::placement::Strategy;
 use tutti_operator::placer::Placer;
 use tutti_store::{LiveView, LiveWriter, MemoryStore, ShardRecord};
 
+mod common;
+
+use common::{ApiServer, finish};
+
 const TOKEN: &str = "admin-token-for-mock-tests-0123";
-
-/// The mock API server: answers the controller's requests one at a time, in order.
-struct ApiServer(Handle<Request<Body>, Response<Body>>);
-
-impl ApiServer {
-    async fn expect(&mut self, method: &str, path: &str) -> (Value, SendResponse<Response<Body>>) {
-        let (request, respond) =
-            tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
-                .await
-                .unwrap_or_else(|_| panic!("no {method} {path} within 5 s"))
-                .expect("the client is gone");
-        assert_eq!(request.method().as_str(), method, "{}", request.uri());
-        assert_eq!(request.uri().path(), path);
-        let bytes = request.into_body().collect_bytes().await.expect("body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON body")
-        };
-        (body, respond)
-    }
-
-    async fn answer(&mut self, method: &str, path: &str, reply: Value) -> Value {
-        let (body, respond) = self.expect(method, path).await;
-        respond.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&reply).expect("JSON")))
-                .expect("response"),
-        );
-        body
-    }
-
-    /// Answers with what was sent (as a create does).
-    async fn echo(&mut self, method: &str, path: &str) -> Value {
-        let (body, respond) = self.expect(method, path).await;
-        respond.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
-                .expect("response"),
-        );
-        body
-    }
-
-    /// Nothing more is asked of the API server.
-    async fn done(mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await;
-        if let Ok(Some((request, _))) = next {
-            panic!("unexpected request {} {}", request.method(), request.uri());
-        }
-    }
-}
 
 /// A shard admin API that records calls and answers like a shard (or fails on purpose).
 #[derive(Clone, Default)]
@@ -172,15 +124,6 @@ fn room(spec: Value, finalized: bool, deleting: bool, status: Option<Value>) -> 
         object["status"] = status;
     }
     serde_json::from_value(object).expect("a Room")
-}
-
-/// The reconcile's result; a reconcile that waits on a request nobody answers fails here
-/// instead of hanging the suite.
-async fn finish<T>(task: tokio::task::JoinHandle<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("the reconcile made a request the test did not expect")
-        .expect("the reconcile panicked")
 }
 
 /// A Room as the API server returns it from a patch (the controller only checks it parses).
