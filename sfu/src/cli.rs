@@ -38,6 +38,10 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.auto_create || args.dev {
         core.auto_create = Some(PipelineSpec::default());
     }
+    let etcd = args.store.etcd()?;
+    let ttl = Duration::from_secs(args.heartbeat_ttl);
+    // With a live state the shard is ready only while its record is there.
+    let registration = etcd.as_ref().map(|_| heartbeat::Registration::new(ttl));
     let shard = start(ShardOptions {
         http: args.http,
         udp: args.udp,
@@ -51,6 +55,7 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
             .shard_id
             .clone()
             .unwrap_or_else(|| format!("shard-{}", args.udp.port())),
+        registration: registration.clone(),
     })
     .await?;
     if admin_generated || signal_generated {
@@ -63,9 +68,8 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
         shard.http_addr, shard.http_addr, shard.udp_addr, shard.advertised
     );
     let heartbeat_stop = tokio_util::sync::CancellationToken::new();
-    let heartbeat = match args.store.etcd()? {
-        None => None,
-        Some(etcd) => {
+    let heartbeat = match (etcd, registration) {
+        (Some(etcd), Some(registration)) => {
             let store = tutti_store::EtcdStore::connect(&etcd, Duration::from_secs(5)).await?;
             let config = heartbeat::HeartbeatConfig {
                 id: args
@@ -85,7 +89,7 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
                     .collect(),
                 capacity: u32::try_from(args.max_participants).unwrap_or(u32::MAX),
                 interval: Duration::from_secs(1),
-                ttl: Duration::from_secs(args.heartbeat_ttl),
+                ttl,
             };
             println!(
                 "tutti-sfu: heartbeat as {} to {}",
@@ -95,9 +99,11 @@ pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
                 config,
                 shard.handle.clone(),
                 store,
+                registration,
                 heartbeat_stop.clone(),
             )))
         }
+        _ => None,
     };
     wait_for_signal().await;
     tracing::info!("stopping: telling sessions to reconnect");

@@ -5,7 +5,8 @@
 //! disappears from the live state by itself once its last heartbeat expires.
 
 use crate::shard::api::{CoreHandle, ShardLoad};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tutti_store::{LiveWriter, ShardLoadSummary, ShardRecord};
 
@@ -29,6 +30,46 @@ pub struct HeartbeatConfig {
     pub ttl: Duration,
 }
 
+/// Whether the shard's record is in the live state now: the readiness probe answers
+/// "ready" only then, so Kubernetes counts a shard ready exactly when gateways and the
+/// operator can see it.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    last_written: Arc<Mutex<Option<Instant>>>,
+    ttl: Duration,
+}
+
+impl Registration {
+    /// Not registered yet; a write counts for `ttl` (the record's time-to-live).
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            last_written: Arc::new(Mutex::new(None)),
+            ttl,
+        }
+    }
+
+    fn written(&self) {
+        if let Ok(mut last) = self.last_written.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    fn withdrawn(&self) {
+        if let Ok(mut last) = self.last_written.lock() {
+            *last = None;
+        }
+    }
+
+    /// Whether the last heartbeat write is younger than the record's time-to-live.
+    pub fn is_current(&self) -> bool {
+        self.last_written
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|t| t.elapsed() < self.ttl)
+    }
+}
+
 /// The record for a load report.
 pub fn record(config: &HeartbeatConfig, load: &ShardLoad) -> ShardRecord {
     let mut record = ShardRecord::new(&config.id, &config.http_base, config.capacity);
@@ -45,11 +86,13 @@ pub fn record(config: &HeartbeatConfig, load: &ShardLoad) -> ShardRecord {
     record
 }
 
-/// Publishes the shard's record every interval until `stop`, then removes it.
+/// Publishes the shard's record every interval until `stop`, then removes it; every
+/// write that lands renews `registration`.
 pub async fn run<W: LiveWriter>(
     config: HeartbeatConfig,
     core: CoreHandle,
     store: W,
+    registration: Registration,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(config.interval);
@@ -63,10 +106,12 @@ pub async fn run<W: LiveWriter>(
             // The media thread is gone: stop refreshing, and let the record expire.
             break;
         };
-        if let Err(err) = store.heartbeat(record(&config, &load), config.ttl).await {
-            tracing::warn!(shard = %config.id, %err, "heartbeat not written");
+        match store.heartbeat(record(&config, &load), config.ttl).await {
+            Ok(()) => registration.written(),
+            Err(err) => tracing::warn!(shard = %config.id, %err, "heartbeat not written"),
         }
     }
+    registration.withdrawn();
     if let Err(err) = store.remove_shard(&config.id).await {
         tracing::warn!(shard = %config.id, %err, "shard record not removed");
     }

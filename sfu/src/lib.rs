@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod demux;
+pub mod drain;
 pub mod heartbeat;
 pub mod media;
 pub mod metrics;

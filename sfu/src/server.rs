@@ -62,6 +62,8 @@ pub struct ShardOptions {
     pub core: CoreConfig,
     /// The shard's name, in the ids of its relays at parent shards.
     pub name: String,
+    /// With a live state: ready only while registered there.
+    pub registration: Option<crate::heartbeat::Registration>,
 }
 
 /// A running shard.
@@ -125,6 +127,7 @@ struct AppState {
     name: Arc<str>,
     /// Bounds concurrent signaling sockets, joined or not.
     sessions: Arc<tokio::sync::Semaphore>,
+    registration: Option<crate::heartbeat::Registration>,
 }
 
 /// Binds the sockets, starts the media thread and serves HTTP.
@@ -174,6 +177,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         relay_bind: udp_addr.ip(),
         name: options.name.clone().into(),
         sessions: Arc::new(tokio::sync::Semaphore::new(max_sockets)),
+        registration: options.registration.clone(),
     };
     let listener = tokio::net::TcpListener::bind(options.http).await?;
     let http_addr = listener.local_addr()?;
@@ -284,6 +288,17 @@ fn admin_error(err: AdminError) -> Response {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
+    if state
+        .registration
+        .as_ref()
+        .is_some_and(|registration| !registration.is_current())
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not registered in the live state",
+        )
+            .into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.core.load()).await {
         Ok(Ok(load)) if !load.draining => (StatusCode::OK, "ready").into_response(),
         Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response(),

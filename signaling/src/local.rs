@@ -120,6 +120,7 @@ impl LocalSystem {
                 signal_token: signal_token.clone(),
                 core,
                 name: format!("local-{index}"),
+                registration: None,
             })
             .await?;
             let id = format!("local-{index}");
@@ -138,10 +139,12 @@ impl LocalSystem {
             store
                 .heartbeat(heartbeat::record(&beat, &load), beat.ttl)
                 .await?;
+            let registration = heartbeat::Registration::new(beat.ttl);
             background.push(tokio::spawn(heartbeat::run(
                 beat,
                 shard.handle.clone(),
                 store.clone(),
+                registration,
                 stop.clone(),
             )));
             tracing::info!(shard = %id, media = %shard.udp_addr, advertised = %shard.advertised, "embedded shard started");

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tutti_sfu::heartbeat::Registration;
 use tutti_sfu::server::{RunningShard, ShardOptions, start};
 use tutti_sfu::shard::CoreConfig;
 
@@ -31,6 +32,19 @@ impl TestShard {
 
     /// Starts a shard after letting `configure` adjust its core settings.
     pub async fn start_with(configure: impl FnOnce(&mut CoreConfig)) -> Result<Self> {
+        Self::launch(configure, None).await
+    }
+
+    /// Starts a shard that is ready only while `registration` says its record is in the
+    /// live state (as `tutti-sfu --store etcd://…` does).
+    pub async fn start_registered(registration: Registration) -> Result<Self> {
+        Self::launch(|_| {}, Some(registration)).await
+    }
+
+    async fn launch(
+        configure: impl FnOnce(&mut CoreConfig),
+        registration: Option<Registration>,
+    ) -> Result<Self> {
         let udp: SocketAddr = "127.0.0.1:0".parse()?;
         let mut core = CoreConfig::new(udp);
         configure(&mut core);
@@ -44,6 +58,7 @@ impl TestShard {
             signal_token: SIGNAL_TOKEN.into(),
             core,
             name: "test-shard".into(),
+            registration,
         })
         .await?;
         let admin = AdminClient::new(shard.http_addr, ADMIN_TOKEN);

@@ -58,6 +58,7 @@ async fn a_session_resumes_through_another_gateway_as_the_same_participant() -> 
         },
         shard.shard.handle.clone(),
         store.clone(),
+        tutti_sfu::heartbeat::Registration::new(Duration::from_secs(5)),
         stop.clone(),
     ));
     let operator = tokio::spawn(run_standalone(

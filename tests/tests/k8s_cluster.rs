@@ -105,6 +105,7 @@ async fn a_room_applied_to_a_real_cluster_is_placed_and_released() -> Result<()>
         },
         shard.shard.handle.clone(),
         store.clone(),
+        tutti_sfu::heartbeat::Registration::new(Duration::from_secs(5)),
         stop.clone(),
     ));
     let operator = tokio::spawn(run(

@@ -38,6 +38,7 @@ async fn shard(store: &MemoryStore, id: &str, stop: &CancellationToken) -> Resul
         config,
         shard.shard.handle.clone(),
         store.clone(),
+        tutti_sfu::heartbeat::Registration::new(Duration::from_secs(5)),
         stop.child_token(),
     ));
     let live = store.clone();

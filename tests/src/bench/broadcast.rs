@@ -103,6 +103,7 @@ async fn shard(name: &str) -> Result<RunningShard> {
         signal_token: SIGNAL_TOKEN.into(),
         core: CoreConfig::new(udp),
         name: name.into(),
+        registration: None,
     })
     .await?)
 }
