@@ -19,8 +19,8 @@ pub use broadcast::{Broadcast, BroadcastPhase, BroadcastSpec, BroadcastStatus, E
 pub use common::{Condition, LocalObjectRef, SecretKeyRef};
 pub use room::{MediaSpec, Room, RoomPhase, RoomSpec, RoomStatus};
 pub use shardpool::{
-    Networking, NetworkingMode, ShardCapacity, ShardPool, ShardPoolSpec, ShardPoolStatus,
-    ShardTemplate,
+    Networking, NetworkingMode, NodeAddress, ShardCapacity, ShardPool, ShardPoolSpec,
+    ShardPoolStatus, ShardTemplate,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

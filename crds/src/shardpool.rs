@@ -142,9 +142,28 @@ pub struct Networking {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: u16,
-    /// The address clients are told to send media to; the node's external IP when unset.
+    /// The IP clients are told to send media to. Unset: the node's address (see
+    /// `nodeAddress`), or in LoadBalancer mode the load balancer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_address: Option<String>,
+    /// Which address of its node a shard advertises when `advertiseAddress` is unset.
+    #[serde(default)]
+    pub node_address: NodeAddress,
+    /// Annotations on each shard's media Service (NodePort, LoadBalancer), such as a
+    /// cloud's load-balancer settings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_annotations: BTreeMap<String, String>,
+}
+
+/// Which address of its node a shard advertises.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NodeAddress {
+    /// The node's primary (internal) IP: LANs, home servers, private clusters.
+    #[default]
+    InternalIP,
+    /// The node's ExternalIP (public nodes in a cloud); shards wait for the operator
+    /// to read it from the Node before they start.
+    ExternalIP,
 }
 
 fn default_port() -> u16 {
@@ -157,6 +176,8 @@ impl Default for Networking {
             mode: NetworkingMode::default(),
             port: default_port(),
             advertise_address: None,
+            node_address: NodeAddress::default(),
+            service_annotations: BTreeMap::new(),
         }
     }
 }

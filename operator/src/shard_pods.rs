@@ -18,15 +18,17 @@
 //! * **LoadBalancer** — a Service of type LoadBalancer per shard (a UDP listener cannot be
 //!   shared: ICE state lives in one shard), advertised by its address once it has one.
 //!
-//! The advertised IP is `advertiseAddress` when set, else the node's IP from the downward
-//! API (HostNetwork, HostPort, NodePort), else the load balancer's address.
+//! The advertised IP is `advertiseAddress` when set; else the node's internal IP from the
+//! downward API, or its external IP (which the downward API does not offer: the
+//! operator annotates the scheduled pod with it, and the shard waits for the annotation
+//! to appear in its downward-API volume); in LoadBalancer mode, the load balancer's.
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use tutti_crds::duration::parse_duration;
-use tutti_crds::{NetworkingMode, ShardPool};
+use tutti_crds::{NetworkingMode, NodeAddress, ShardPool};
 
 /// The label naming a shard's pool.
 pub const POOL_LABEL: &str = "tutti.dev/pool";
@@ -40,6 +42,11 @@ pub const OCCUPIED_LABEL: &str = "tutti.dev/occupied";
 /// When the shard was told to drain (Unix seconds), so a restarted operator keeps the
 /// deadline.
 pub const DRAINING_SINCE: &str = "tutti.dev/draining-since";
+/// The node's external IP, written on the pod by the operator once it is scheduled (for
+/// `nodeAddress: ExternalIP`); the shard reads it through the downward API.
+pub const ADVERTISE_IP_ANNOTATION: &str = "tutti.dev/advertise-ip";
+/// Where that annotation appears inside the shard's container.
+pub const ADVERTISE_IP_FILE: &str = "/etc/tutti/advertise/ip";
 /// The HTTP port of every shard (admin API, signaling, metrics, health).
 pub const HTTP_PORT: u16 = 7880;
 /// Longest pool name: the shard's id and its Service's name must stay within 63 bytes.
@@ -239,8 +246,13 @@ pub fn shard_pod(
         "app.kubernetes.io/managed-by".to_owned(),
         "tutti-operator".to_owned(),
     );
+    let from_node_annotation = exposure.advertise_ip.is_none()
+        && template.networking.node_address == NodeAddress::ExternalIP;
     let advertise_ip = match &exposure.advertise_ip {
         Some(ip) => json!({"name": "TUTTI_SFU_ADVERTISE_IP", "value": ip}),
+        None if from_node_annotation => {
+            json!({"name": "TUTTI_SFU_ADVERTISE_IP_FILE", "value": ADVERTISE_IP_FILE})
+        }
         None => json!({"name": "TUTTI_SFU_ADVERTISE_IP",
             "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
     };
@@ -310,6 +322,10 @@ pub fn shard_pod(
             "capabilities": {"drop": ["ALL"]},
         },
     });
+    if from_node_annotation {
+        container["volumeMounts"] =
+            json!([{"name": "advertise", "mountPath": "/etc/tutti/advertise", "readOnly": true}]);
+    }
     if let Some(resources) = &template.resources {
         container["resources"] =
             serde_json::to_value(resources).map_err(|e| format!("resources: {e}"))?;
@@ -328,6 +344,11 @@ pub fn shard_pod(
         pod_spec["serviceAccountName"] = json!(account);
     }
     pod_spec["automountServiceAccountToken"] = json!(false);
+    if from_node_annotation {
+        pod_spec["volumes"] = json!([{"name": "advertise", "downwardAPI": {"items": [
+            {"path": "ip", "fieldRef": {"fieldPath": format!("metadata.annotations['{ADVERTISE_IP_ANNOTATION}']")}}
+        ]}}]);
+    }
     if mode == NetworkingMode::HostNetwork {
         pod_spec["hostNetwork"] = json!(true);
         pod_spec["dnsPolicy"] = json!("ClusterFirstWithHostNet");
@@ -381,6 +402,7 @@ pub fn media_service(
             "name": service_name(shard),
             "namespace": pool.namespace(),
             "labels": selector,
+            "annotations": pool.spec.template.networking.service_annotations,
             "ownerReferences": [owner_reference(pool)],
         },
         "spec": {
@@ -395,17 +417,44 @@ pub fn media_service(
     serde_json::from_value(service).map_err(|e| format!("media service: {e}"))
 }
 
-/// The address a LoadBalancer Service got, if it has one.
-pub fn load_balancer_ip(service: &Service) -> Option<String> {
-    service
+/// Where a LoadBalancer Service is reached, once it is: an IP, or a host name (AWS
+/// NLBs publish only names) to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalancerAddress {
+    /// An IP.
+    Ip(String),
+    /// A DNS name.
+    Host(String),
+}
+
+/// The address a LoadBalancer Service got, if it has one (an IP preferred).
+pub fn load_balancer_address(service: &Service) -> Option<BalancerAddress> {
+    let ingress = service
         .status
         .as_ref()?
         .load_balancer
         .as_ref()?
         .ingress
+        .as_ref()?;
+    ingress
+        .iter()
+        .find_map(|i| i.ip.clone().map(BalancerAddress::Ip))
+        .or_else(|| {
+            ingress
+                .iter()
+                .find_map(|i| i.hostname.clone().map(BalancerAddress::Host))
+        })
+}
+
+/// A node's ExternalIP, from its status.
+pub fn node_external_ip(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .addresses
         .as_ref()?
         .iter()
-        .find_map(|ingress| ingress.ip.clone())
+        .find(|a| a.type_ == "ExternalIP" && a.address.parse::<std::net::IpAddr>().is_ok())
+        .map(|a| a.address.clone())
 }
 
 #[cfg(test)]
@@ -480,6 +529,27 @@ mod tests {
         assert_eq!(
             env(&pod, "TUTTI_SFU_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]["key"],
             "admin-token"
+        );
+    }
+
+    #[test]
+    fn shards_on_public_nodes_wait_for_the_external_ip_the_operator_writes() {
+        let mut pool = pool("HostPort", 40000);
+        pool.spec.template.networking.node_address = NodeAddress::ExternalIP;
+        let pod = build(&pool, 0);
+        assert_eq!(
+            env(&pod, "TUTTI_SFU_ADVERTISE_IP_FILE")["value"],
+            ADVERTISE_IP_FILE
+        );
+        assert_eq!(env(&pod, "TUTTI_SFU_ADVERTISE_IP"), Value::Null);
+        let json = serde_json::to_value(&pod).expect("json");
+        assert_eq!(
+            json["spec"]["volumes"][0]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+            "metadata.annotations['tutti.dev/advertise-ip']"
+        );
+        assert_eq!(
+            json["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+            "/etc/tutti/advertise"
         );
     }
 

@@ -15,9 +15,9 @@ use crate::demand::Unplaced;
 use crate::metrics::Metrics;
 use crate::placement::candidates;
 use crate::shard_pods::{
-    DRAINING_SINCE, Exposure, OCCUPIED_LABEL, SLOT_LABEL, ShardRuntime, free_slots,
-    load_balancer_ip, media_service, pool_selector, service_name, shard_name, shard_pod,
-    slot_ports, validate_pool,
+    ADVERTISE_IP_ANNOTATION, BalancerAddress, DRAINING_SINCE, Exposure, OCCUPIED_LABEL, SLOT_LABEL,
+    ShardRuntime, free_slots, load_balancer_address, media_service, node_external_ip,
+    pool_selector, service_name, shard_name, shard_pod, slot_ports, validate_pool,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -353,6 +353,12 @@ where
         )
         .await;
     }
+    if pool.spec.template.networking.node_address == tutti_crds::NodeAddress::ExternalIP
+        && pool.spec.template.networking.advertise_address.is_none()
+        && pool.spec.template.networking.mode != NetworkingMode::LoadBalancer
+    {
+        publish_external_ips(ctx, &pods_api, &live, &mut notes).await?;
+    }
     let gone: BTreeSet<&str> = decision.delete.iter().map(|(s, _)| s.as_str()).collect();
     mark_occupancy(&pods_api, &live, &views, &gone).await?;
     apply_budget(ctx, namespace, name, pool, &views).await?;
@@ -454,7 +460,7 @@ async fn start_shard<S>(
             None => services.create(&PostParams::default(), &service).await?,
         };
         if networking.mode == NetworkingMode::LoadBalancer && exposure.advertise_ip.is_none() {
-            match load_balancer_ip(&service) {
+            match resolve(load_balancer_address(&service)).await {
                 Some(ip) => exposure.advertise_ip = Some(ip),
                 None => {
                     return Ok(Started::Waiting(format!(
@@ -472,6 +478,59 @@ async fn start_shard<S>(
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// An IP for a load balancer's address; a name that does not resolve yet (new AWS NLBs
+/// take minutes) is `None`, tried again on the next pass.
+async fn resolve(address: Option<BalancerAddress>) -> Option<String> {
+    match address? {
+        BalancerAddress::Ip(ip) => Some(ip),
+        BalancerAddress::Host(host) => tokio::net::lookup_host((host.as_str(), 0))
+            .await
+            .ok()?
+            .map(|addr| addr.ip())
+            .find(|ip| ip.is_ipv4())
+            .map(|ip| ip.to_string()),
+    }
+}
+
+/// Shards that advertise their node's external IP learn it from an annotation the
+/// operator writes once the pod has a node (the downward API does not offer it).
+async fn publish_external_ips<S>(
+    ctx: &PoolContext<S>,
+    pods: &Api<Pod>,
+    live: &[&Pod],
+    notes: &mut Vec<String>,
+) -> Result<(), Error> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    for pod in live {
+        if pod.annotations().contains_key(ADVERTISE_IP_ANNOTATION) {
+            continue;
+        }
+        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let external = nodes
+            .get_opt(&node_name)
+            .await?
+            .as_ref()
+            .and_then(node_external_ip);
+        let Some(ip) = external else {
+            notes.push(format!(
+                "node {node_name} has no ExternalIP for shard {}",
+                pod.name_any()
+            ));
+            continue;
+        };
+        let patch = json!({"metadata": {"annotations": {ADVERTISE_IP_ANNOTATION: ip}}});
+        pods.patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Labels occupied shards (their disruption budget selects them) and tells the cluster

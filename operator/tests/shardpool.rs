@@ -364,3 +364,38 @@ async fn an_impossible_pool_is_refused_in_its_status_and_nothing_starts() {
     );
     api.done().await;
 }
+
+#[tokio::test]
+async fn a_shard_on_a_public_node_is_told_its_nodes_external_ip() {
+    let (ctx, mut api) = context(MemoryStore::new());
+    let main = pool(json!({"minShards": 1, "maxShards": 5, "buffer": 50,
+        "capacity": {"participants": 100},
+        "template": {"image": "tutti-sfu:test",
+            "networking": {"mode": "HostPort", "nodeAddress": "ExternalIP"}}}));
+    let reconcile = tokio::spawn(reconcile_pool(Arc::new(main.clone()), ctx.clone()));
+    let mut scheduled = pod("main-shard-0", 0, json!({}), json!({}));
+    scheduled["spec"]["nodeName"] = json!("node-a");
+    api.answer("GET", PODS, pod_list(&[scheduled.clone()]))
+        .await;
+    api.answer(
+        "GET",
+        "/api/v1/nodes/node-a",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.1.7"},
+                {"type": "ExternalIP", "address": "198.51.100.23"}]}}),
+    )
+    .await;
+    let patch = api
+        .answer("PATCH", &format!("{PODS}/main-shard-0"), scheduled)
+        .await;
+    assert_eq!(
+        patch["metadata"]["annotations"]["tutti.dev/advertise-ip"],
+        "198.51.100.23"
+    );
+    api.echo("PATCH", BUDGET).await;
+    let status = answer_status(&mut api, &main).await;
+    assert_eq!(condition(&status, "Ready")["reason"], "ShardsStarting");
+    finish(reconcile).await.expect("reconcile");
+    api.done().await;
+}

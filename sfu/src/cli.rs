@@ -24,9 +24,59 @@ rtc_interceptor=error,rtc_rtp=error,rtc_rtcp=error,rtc_stun=error";
     }
 }
 
+/// Longest wait for the advertised IP's file.
+const ADVERTISE_WAIT: Duration = Duration::from_secs(900);
+
+/// Waits until `path` holds an IP address (an absent or empty file means "not yet").
+pub async fn wait_for_advertise_ip(
+    path: &std::path::Path,
+    timeout: Duration,
+) -> Result<std::net::IpAddr, String> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        // A few bytes from a local file, once before the shard starts: no need for a
+        // blocking-pool hop.
+        match std::fs::read(path) {
+            Ok(bytes) if bytes.len() > 64 => {
+                return Err(format!("{}: too long for an IP address", path.display()));
+            }
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let text = text.trim();
+                if !text.is_empty() {
+                    return text
+                        .parse()
+                        .map_err(|_| format!("{}: {text:?} is not an IP address", path.display()));
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(format!("{}: {err}", path.display())),
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "{} held no IP address after {}s",
+                path.display(),
+                timeout.as_secs()
+            ));
+        }
+        if !told {
+            println!(
+                "tutti-sfu: waiting for the advertised IP in {}",
+                path.display()
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs a shard until SIGINT or SIGTERM.
-pub async fn run(args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> {
     config::validate(&args)?;
+    if let Some(path) = &args.advertise_ip_file {
+        args.advertise_ip = Some(wait_for_advertise_ip(path, ADVERTISE_WAIT).await?);
+    }
     let (admin_token, admin_generated) =
         config::resolve_token(args.admin_token.as_deref(), args.dev, "--admin-token")?;
     let (signal_token, signal_generated) =
@@ -137,5 +187,31 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_advertised_ip_is_awaited_then_checked() {
+        let dir = std::env::temp_dir().join(format!("tutti-advertise-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("ip");
+        let _ = std::fs::remove_file(&path);
+        let waiting = tokio::spawn({
+            let path = path.clone();
+            async move { wait_for_advertise_ip(&path, Duration::from_secs(30)).await }
+        });
+        // Empty first (the annotation is not there yet), then the address.
+        std::fs::write(&path, "").expect("write");
+        std::fs::write(&path, "203.0.113.9\n").expect("write");
+        let ip = waiting.await.expect("task").expect("an IP");
+        assert_eq!(ip.to_string(), "203.0.113.9");
+        std::fs::write(&path, "not-an-ip").expect("write");
+        let refused = wait_for_advertise_ip(&path, Duration::from_secs(1)).await;
+        assert!(refused.is_err_and(|e| e.contains("not an IP")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -34,6 +34,15 @@ pub struct ShardArgs {
     /// Defaults to the bound IP, or the host's outbound interface when bound to 0.0.0.0.
     #[arg(long, env = "TUTTI_SFU_ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
+    /// A file that will hold the IP to advertise, written after the shard starts (in
+    /// Kubernetes: the node's external IP, annotated by the operator and projected by the
+    /// downward API). The shard waits for it before it takes anyone.
+    #[arg(
+        long,
+        env = "TUTTI_SFU_ADVERTISE_IP_FILE",
+        conflicts_with = "advertise_ip"
+    )]
+    pub advertise_ip_file: Option<std::path::PathBuf>,
     /// Port advertised to clients, when a NAT or load balancer maps a different one.
     #[arg(long, env = "TUTTI_SFU_ADVERTISE_PORT")]
     pub advertise_port: Option<u16>,

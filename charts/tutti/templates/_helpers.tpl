@@ -1,0 +1,65 @@
+{{/* Names every object derives from. */}}
+{{- define "tutti.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tutti.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: tutti
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "name" "tutti-gateway"). */}}
+{{- define "tutti.selector" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- end -}}
+
+{{- define "tutti.image" -}}
+{{- $image := index .ctx.Values.images .name -}}
+{{- printf "%s:%s" $image.repository (default .ctx.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+
+{{- define "tutti.secretName" -}}
+{{- default (printf "%s-tokens" (include "tutti.fullname" .)) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{/* The live state's URL, as every binary's --store takes it. */}}
+{{- define "tutti.store" -}}
+{{- $scheme := ternary "etcds" "etcd" .Values.etcd.tls -}}
+{{- if .Values.etcd.bundled -}}
+{{- printf "etcd://%s-etcd:2379/%s" (include "tutti.fullname" .) .Values.etcd.prefix -}}
+{{- else -}}
+{{- if not .Values.etcd.endpoints -}}
+{{- fail "etcd.endpoints must list your etcd when etcd.bundled is false" -}}
+{{- end -}}
+{{- printf "%s://%s/%s" $scheme (join "," .Values.etcd.endpoints) .Values.etcd.prefix -}}
+{{- end -}}
+{{- end -}}
+
+{{/* etcd credentials, when etcd needs them. */}}
+{{- define "tutti.etcdAuthEnv" -}}
+{{- if .Values.etcd.authSecret }}
+- name: TUTTI_ETCD_USER
+  valueFrom: {secretKeyRef: {name: {{ .Values.etcd.authSecret }}, key: username}}
+- name: TUTTI_ETCD_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ .Values.etcd.authSecret }}, key: password}}
+{{- end }}
+{{- end -}}
+
+{{- define "tutti.turnHost" -}}
+{{- default .Values.coturn.externalIp .Values.coturn.host -}}
+{{- end -}}
+
+{{/* Pod security every Tutti container runs with (images run as uid 65532). */}}
+{{- define "tutti.containerSecurity" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities: {drop: [ALL]}
+{{- end -}}
