@@ -776,3 +776,37 @@ pub fn pool_error_policy<S>(
     tracing::warn!(pool = %pool.name_any(), %error, "shard pool reconcile failed");
     Action::requeue(ctx.period)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_store::{BroadcastRecord, LiveWriter, MemoryStore};
+
+    #[tokio::test]
+    async fn a_concert_bigger_than_the_fleet_asks_for_its_missing_shards() {
+        let store = MemoryStore::new();
+        for id in ["a", "b", "c"] {
+            let record = ShardRecord::new(id, "http://127.0.0.1:1", 500);
+            store
+                .heartbeat(record, Duration::from_secs(60))
+                .await
+                .expect("heartbeat");
+        }
+        let params = CascadeParams::default();
+        assert_eq!(cascade_shortfall(&store, &params), 0, "no broadcast");
+        // 2,000 viewers at 500 per edge with 20 % headroom: 5 edges and the origin on 3
+        // shards, so 3 more.
+        store
+            .put_broadcast(BroadcastRecord {
+                name: "concert".into(),
+                stage: "concert".into(),
+                expected_audience: 2000,
+                max_viewers_per_shard: 500,
+                layers: 3,
+                owner: None,
+            })
+            .await
+            .expect("broadcast");
+        assert_eq!(cascade_shortfall(&store, &params), 3);
+    }
+}
