@@ -4,7 +4,8 @@
 //! It applies the generated CRDs, runs the operator in this process against the cluster
 //! with a real shard (also in this process, so the operator can reach its admin API),
 //! applies the example Room, and checks that `kubectl get rooms` would show it Placed on
-//! that shard; then deletes it and checks the pipeline is released. Everything it creates
+//! that shard; then deletes it and checks the pipeline is released; then applies a
+//! ShardPool and checks the shard pods the API server accepted. Everything it creates
 //! lives in a namespace of its own, removed at the end.
 //!
 //!     KUBECONFIG=~/.kube/config cargo test -p tutti-tests --test k8s_cluster -- --nocapture
@@ -172,6 +173,62 @@ async fn a_room_applied_to_a_real_cluster_is_placed_and_released() -> Result<()>
         shard.admin.pipelines().await?.is_empty(),
         "pipeline released on deletion"
     );
+
+    // A ShardPool: the API server accepts the shard pods the operator builds, each on its
+    // own host port and owned by the pool, and the pool's status says it is scaling up.
+    // (The pods start only if the cluster can pull TUTTI_E2E_SFU_IMAGE; what is checked
+    // here is what the API server stores.)
+    let image = std::env::var("TUTTI_E2E_SFU_IMAGE")
+        .unwrap_or_else(|_| "ghcr.io/tutti-dev/tutti-sfu:0.1.0".into());
+    let pool: tutti_crds::ShardPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tutti.dev/v1alpha1", "kind": "ShardPool",
+        "metadata": {"name": "e2e", "namespace": namespace},
+        "spec": {"minShards": 2, "maxShards": 4, "buffer": 0,
+            "template": {"image": image, "networking": {"mode": "HostPort", "port": 41000}}},
+    }))?;
+    let pools: Api<tutti_crds::ShardPool> = Api::namespaced(client.clone(), &namespace);
+    pools.create(&PostParams::default(), &pool).await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+    let started = wait_for("two shard pods", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels("tutti.dev/pool=e2e"))
+                .await?;
+            Ok((list.items.len() == 2).then_some(list.items))
+        }
+    })
+    .await?;
+    let mut host_ports: Vec<i32> = started
+        .iter()
+        .filter_map(|pod| {
+            let container = pod.spec.as_ref()?.containers.first()?;
+            container.ports.as_ref()?.first()?.host_port
+        })
+        .collect();
+    host_ports.sort_unstable();
+    ensure!(host_ports == [41000, 41001], "host ports {host_ports:?}");
+    ensure!(
+        started.iter().all(|pod| pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|owners| owners
+                .iter()
+                .any(|o| o.kind == "ShardPool" && o.name == "e2e")))
+    );
+    wait_for("the pool's status", Duration::from_secs(60), || {
+        let pools = pools.clone();
+        async move {
+            let pool = pools.get("e2e").await?;
+            Ok(pool
+                .status
+                .filter(|s| s.conditions.iter().any(|c| c.type_ == "Scaling"))
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    pools.delete("e2e", &DeleteParams::default()).await?;
 
     stop.cancel();
     let _ = operator.await;
