@@ -320,7 +320,9 @@ pub fn event_for(previous: &RoomStatus, outcome: &RoomOutcome) -> Option<Event> 
                     EventType::Warning,
                     "Migrated",
                     "Place",
-                    format!("its shard is gone; now on shard {shard}"),
+                    format!(
+                        "moved to shard {shard}: its shard is gone, or draining while the room was empty"
+                    ),
                 ))
             } else {
                 Some(event(

@@ -92,9 +92,17 @@ impl<S: LiveView + LiveWriter> Placer<S> {
         let name = record.name.clone();
         let existing = self.store.room(&name);
         let route = self.store.route(&name);
-        // A room stays where it is while its shard lives, draining or not: moving it would
-        // cut every participant off. Only a shard that is gone sends it elsewhere.
-        let current = route.as_ref().and_then(|r| self.store.shard(&r.shard));
+        // A room stays where it is while its shard lives: moving it would cut every
+        // participant off. A shard that is gone sends it elsewhere, and so does a draining
+        // shard while the room is empty there (nobody is cut off, and the next to join
+        // would be refused by the draining shard).
+        let mut current = route.as_ref().and_then(|r| self.store.shard(&r.shard));
+        let mut left_behind = None;
+        if let Some(shard) = current.as_ref().filter(|s| s.draining)
+            && self.is_empty_on(shard, &name).await
+        {
+            left_behind = current.take();
+        }
         let (shard, moved) = match current {
             Some(shard) => (shard, false),
             None => {
@@ -105,7 +113,12 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                         Some(shard) => (shard, route.is_some()),
                         None => return RoomOutcome::NoShard("the chosen shard vanished".into()),
                     },
-                    Err(no_fit) => return RoomOutcome::NoShard(no_fit.to_string()),
+                    // Nowhere else to go: an empty room may as well wait on its draining
+                    // shard.
+                    Err(no_fit) => match left_behind.take() {
+                        Some(draining) => (draining, false),
+                        None => return RoomOutcome::NoShard(no_fit.to_string()),
+                    },
                 }
             }
         };
@@ -139,10 +152,30 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                 };
             }
         }
+        if let Some(old) = left_behind
+            && old.id != shard.id
+            && let Err(err) = self.admin(&old.admin_url).release(&name).await
+            && !err.is_not_found()
+        {
+            // Garbage collection releases it later: the route no longer points there.
+            tracing::warn!(room = %name, shard = %old.id, %err, "pipeline left on the draining shard");
+        }
         RoomOutcome::Placed {
             shard: shard.id,
             participants: info.participants,
             moved,
+        }
+    }
+
+    /// Whether `shard` answers that nobody is in `room` there.
+    async fn is_empty_on(&self, shard: &tutti_store::ShardRecord, room: &str) -> bool {
+        match self.admin(&shard.admin_url).pipelines().await {
+            Ok(pipelines) => pipelines
+                .iter()
+                .find(|p| p.name == room)
+                .is_none_or(|p| p.participants == 0),
+            // Unknown: leave the room where it is.
+            Err(_) => false,
         }
     }
 

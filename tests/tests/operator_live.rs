@@ -18,7 +18,8 @@ use tutti_sfu::heartbeat::{self, HeartbeatConfig};
 use tutti_sfu::shard::api::PipelineSpec;
 use tutti_store::{LiveView, MemoryStore};
 use tutti_tests::eventually::eventually;
-use tutti_tests::shard::{ADMIN_TOKEN, TestShard};
+use tutti_tests::participant::{Participant, ParticipantConfig};
+use tutti_tests::shard::{ADMIN_TOKEN, SIGNAL_TOKEN, TestShard};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -62,6 +63,13 @@ fn room(namespace: &str, name: &str) -> Room {
     );
     room.metadata.namespace = Some(namespace.into());
     room
+}
+
+fn listener(room: &str, id: &str) -> ParticipantConfig {
+    let mut config = ParticipantConfig::new(room, id);
+    config.audio = false;
+    config.video = false;
+    config
 }
 
 /// A valid default Room of namespace `music`.
@@ -228,6 +236,90 @@ async fn a_room_whose_shard_disappears_is_placed_again_with_a_new_epoch() -> Res
             .iter()
             .any(|p| p.name == "quartet")
     );
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Result<()> {
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let first = shard(&store, "a", &stop).await?;
+    let second = shard(&store, "b", &stop).await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let duo = valid("duo")?;
+    let RoomOutcome::Placed { shard: home, .. } = placer.apply(&duo, None).await else {
+        anyhow::bail!("not placed");
+    };
+    // Packed placement puts a second room on the same shard; someone is in it.
+    let busy = valid("trio")?;
+    let busy_outcome = placer.apply(&busy, None).await;
+    ensure!(
+        matches!(&busy_outcome, RoomOutcome::Placed { shard, .. } if *shard == home),
+        "{busy_outcome:?}"
+    );
+    let (draining, other) = if home == "a" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let url = draining.signal_url();
+    let player = Participant::join(&url, SIGNAL_TOKEN, listener("trio", "player")).await?;
+    eventually(WAIT, "the player is seated", || async {
+        Ok(draining.admin.load().await?.participants == 1)
+    })
+    .await?;
+    // The pool drains the shard (as the ShardPool reconciler does, through its admin API)
+    // and its heartbeat says so.
+    let (status, _) = draining
+        .admin
+        .request(hyper::Method::POST, "/v1/drain", Some(ADMIN_TOKEN), None)
+        .await?;
+    ensure!(status.is_success(), "drain: {status}");
+    let live = store.clone();
+    let home_id = home.clone();
+    eventually(WAIT, "the draining flag in the live state", || {
+        let live = live.clone();
+        let home_id = home_id.clone();
+        async move { Ok(live.shard(&home_id).is_some_and(|s| s.draining)) }
+    })
+    .await?;
+    let outcome = placer.apply(&duo, None).await;
+    let RoomOutcome::Placed { shard, moved, .. } = &outcome else {
+        anyhow::bail!("not placed: {outcome:?}");
+    };
+    ensure!(
+        *moved && *shard != home,
+        "the empty room moved: {outcome:?}"
+    );
+    ensure!(store.route("duo").is_some_and(|r| r.shard == *shard));
+    let left: Vec<String> = draining
+        .admin
+        .pipelines()
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    ensure!(
+        left == ["trio"],
+        "only the occupied room is left on the draining shard: {left:?}"
+    );
+    ensure!(
+        other
+            .admin
+            .pipelines()
+            .await?
+            .iter()
+            .any(|p| p.name == "duo"),
+        "and the empty one was created on the other"
+    );
+    // The occupied room stays where its player is.
+    let outcome = placer.apply(&busy, None).await;
+    ensure!(
+        matches!(&outcome, RoomOutcome::Placed { shard, moved: false, .. } if *shard == home),
+        "{outcome:?}"
+    );
+    player.leave().await;
     stop.cancel();
     Ok(())
 }
