@@ -27,13 +27,20 @@ pub struct PoolPolicy {
     pub scale_down_delay: u64,
     /// How long a draining shard may keep participants.
     pub drain_timeout: u64,
+    /// How long a shard may take to register before it counts as failed.
+    pub startup_timeout: u64,
 }
 
 /// Where a shard is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardPhase {
-    /// Its pod exists but it has not registered yet: it will bring its seats soon.
-    Starting,
+    /// Its pod exists (since `since`) but it has not registered yet: it will bring its
+    /// seats soon — unless it is still not there after the start-up timeout, when it
+    /// counts as failed (it never registered, so nobody can be on it).
+    Starting {
+        /// When its pod was created.
+        since: u64,
+    },
     /// Registered and taking rooms.
     Ready,
     /// Taking nothing new since `since` (seconds).
@@ -44,6 +51,10 @@ pub enum ShardPhase {
     /// Its pod failed or exited: it serves no one, so it is deleted without a drain and
     /// replaced.
     Failed,
+    /// It registered before and its record is gone now (it restarts, or cannot reach
+    /// the live state): it may still carry media, so it is neither counted as seats nor
+    /// removed.
+    Unreachable,
 }
 
 /// One shard as the autoscaler sees it.
@@ -53,6 +64,8 @@ pub struct ShardView {
     pub name: String,
     /// Its phase.
     pub phase: ShardPhase,
+    /// Participants on it now.
+    pub participants: u32,
     /// Seats taken: the larger of its participants and the seats its rooms reserve.
     pub used_seats: u32,
     /// Whether anyone depends on it: participants, or a broadcast's origin or edge.
@@ -80,6 +93,9 @@ pub enum DeleteReason {
     DrainDeadline,
     /// Its pod failed.
     Failed,
+    /// It never registered within the start-up timeout (unschedulable, crashing,
+    /// cannot reach the live state).
+    NeverRegistered,
 }
 
 /// What to do now.
@@ -114,11 +130,18 @@ pub fn decide(policy: &PoolPolicy, shards: &[ShardView], demand: &Demand, now: u
     let per_shard = policy.seats_per_shard.max(1);
     let mut decision = Decision::default();
     let mut remaining_pods = 0u32;
+    let starting_in_time = |shard: &ShardView| match shard.phase {
+        ShardPhase::Starting { since } => now.saturating_sub(since) < policy.startup_timeout,
+        _ => false,
+    };
     for shard in shards {
         match shard.phase {
             ShardPhase::Failed => decision
                 .delete
                 .push((shard.name.clone(), DeleteReason::Failed)),
+            ShardPhase::Starting { .. } if !starting_in_time(shard) => decision
+                .delete
+                .push((shard.name.clone(), DeleteReason::NeverRegistered)),
             ShardPhase::Draining { .. } if !shard.occupied => decision
                 .delete
                 .push((shard.name.clone(), DeleteReason::Drained)),
@@ -130,10 +153,7 @@ pub fn decide(policy: &PoolPolicy, shards: &[ShardView], demand: &Demand, now: u
             _ => remaining_pods += 1,
         }
     }
-    let starting = shards
-        .iter()
-        .filter(|s| s.phase == ShardPhase::Starting)
-        .count() as u32;
+    let starting = shards.iter().filter(|s| starting_in_time(s)).count() as u32;
     let ready: Vec<&ShardView> = shards
         .iter()
         .filter(|s| s.phase == ShardPhase::Ready)
@@ -165,8 +185,11 @@ pub fn decide(policy: &PoolPolicy, shards: &[ShardView], demand: &Demand, now: u
         return decision;
     }
 
-    // Down: empty shards past the delay, the longest empty first, while what stays
-    // still covers the buffer and the minimum.
+    // Down: empty shards past the delay, the longest empty first, while the shards that
+    // are ready (not those still starting, which may never come) cover the minimum and
+    // the buffer. A drained shard takes all its seats along: the empty rooms that
+    // reserved some move to the others.
+    let idle_ready = ready.len() as u32;
     let mut idle: Vec<&ShardView> = ready
         .into_iter()
         .filter(|s| {
@@ -176,15 +199,14 @@ pub fn decide(policy: &PoolPolicy, shards: &[ShardView], demand: &Demand, now: u
         })
         .collect();
     idle.sort_by(|a, b| a.empty_since.cmp(&b.empty_since).then(a.name.cmp(&b.name)));
-    let (mut serving, mut free) = (serving, free);
+    let (mut ready_left, mut free) = (idle_ready, ready_free);
     for shard in idle {
-        let its_free = per_shard.saturating_sub(shard.used_seats);
-        if serving <= policy.min_shards || free.saturating_sub(its_free) < policy.buffer {
+        if ready_left <= policy.min_shards || free.saturating_sub(per_shard) < policy.buffer {
             break;
         }
         decision.drain.push(shard.name.clone());
-        serving -= 1;
-        free -= its_free;
+        ready_left -= 1;
+        free = free.saturating_sub(per_shard);
     }
     decision
 }
@@ -201,6 +223,7 @@ mod tests {
             buffer: 50,
             scale_down_delay: 600,
             drain_timeout: 3600,
+            startup_timeout: 300,
         }
     }
 
@@ -208,6 +231,7 @@ mod tests {
         ShardView {
             name: name.into(),
             phase,
+            participants: used,
             used_seats: used,
             occupied: empty_since.is_none(),
             empty_since,
@@ -226,7 +250,7 @@ mod tests {
         assert_eq!(decide(&policy(), &busy, &Demand::default(), 0).create, 1);
         let coming = [
             shard("a", ShardPhase::Ready, 80, None),
-            shard("b", ShardPhase::Starting, 0, Some(0)),
+            shard("b", ShardPhase::Starting { since: 0 }, 0, Some(0)),
         ];
         assert_eq!(decide(&policy(), &coming, &Demand::default(), 0).create, 0);
     }
@@ -274,6 +298,19 @@ mod tests {
         let decision = decide(&policy(), &shards, &Demand::default(), 700);
         // 40 + 100 + 100 + 100 free; draining both old ones leaves 140 >= 50.
         assert_eq!(decision.drain, vec!["older".to_owned(), "old".to_owned()]);
+        // A drained shard takes all its seats, including those its empty rooms reserve
+        // (they move): with 45 of them reserved on "older" only one may go under a 170
+        // buffer (340 - 100 = 240, then 140 < 170 stops the second).
+        let mut reserved = shards.clone();
+        reserved[3].used_seats = 45;
+        let wide = PoolPolicy {
+            buffer: 170,
+            ..policy()
+        };
+        assert_eq!(
+            decide(&wide, &reserved, &Demand::default(), 700).drain,
+            vec!["older".to_owned()]
+        );
         assert_eq!(decision.create, 0);
         // With a 200-seat buffer only one may go (240 - 100 = 140 < 200 stops the second).
         let wide = PoolPolicy {
@@ -321,6 +358,38 @@ mod tests {
             decision.delete,
             vec![("d".to_owned(), DeleteReason::Drained)]
         );
+    }
+
+    #[test]
+    fn a_shard_that_never_registers_is_replaced_and_never_props_up_a_drain() {
+        let shards = [
+            shard("idle", ShardPhase::Ready, 0, Some(0)),
+            shard("stuck", ShardPhase::Starting { since: 500 }, 0, Some(500)),
+        ];
+        // The ready shard is idle past the delay, and the newcomer is within its start-up
+        // time: it counts as seats, but the only ready shard is not drained on its promise.
+        let decision = decide(&policy(), &shards, &Demand::default(), 700);
+        assert!(decision.is_steady(), "{decision:?}");
+        // Past its start-up time it is removed (never registered: nobody is on it).
+        let decision = decide(&policy(), &shards, &Demand::default(), 900);
+        assert_eq!(
+            decision.delete,
+            vec![("stuck".to_owned(), DeleteReason::NeverRegistered)]
+        );
+        assert!(decision.drain.is_empty());
+    }
+
+    #[test]
+    fn a_shard_that_lost_its_record_is_kept_but_not_counted() {
+        let shards = [
+            shard("lost", ShardPhase::Unreachable, 0, None),
+            shard("idle", ShardPhase::Ready, 0, Some(0)),
+        ];
+        let decision = decide(&policy(), &shards, &Demand::default(), 10_000);
+        assert!(decision.delete.is_empty());
+        // The idle shard is the only one known to serve: it stays.
+        assert!(decision.drain.is_empty());
+        assert_eq!(decision.free_seats, 100);
     }
 
     #[test]

@@ -39,16 +39,45 @@ impl Unplaced {
         }
     }
 
-    /// Seats waiting for shards carrying `labels`.
-    pub fn seats_for(&self, labels: &BTreeMap<String, String>) -> u32 {
+    /// Seats waiting for a pool whose shards carry `labels` (its own and the pool
+    /// label) and hold `seats_per_shard` each. A room counts for one kind of pool only:
+    /// rooms that select labels for the pools carrying them, rooms that select nothing
+    /// for general-purpose pools (`general`: no labels of their own), so a room does not
+    /// grow every pool at once. A room bigger than one shard fits no shard of the pool
+    /// and is left out: no number of shards would seat it.
+    pub fn seats_for(
+        &self,
+        labels: &BTreeMap<String, String>,
+        general: bool,
+        seats_per_shard: u32,
+    ) -> u32 {
         let Ok(rooms) = self.rooms.lock() else {
             return 0;
         };
         rooms
             .values()
-            .filter(|w| w.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .filter(|w| w.seats <= seats_per_shard)
+            .filter(|w| {
+                if w.selector.is_empty() {
+                    general
+                } else {
+                    w.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                }
+            })
             .map(|w| w.seats)
             .fold(0, u32::saturating_add)
+    }
+
+    /// Rooms too big for a shard of `seats_per_shard`, for the pool's status.
+    pub fn oversized(&self, seats_per_shard: u32) -> Vec<String> {
+        let Ok(rooms) = self.rooms.lock() else {
+            return Vec::new();
+        };
+        rooms
+            .iter()
+            .filter(|(_, w)| w.seats > seats_per_shard)
+            .map(|(room, _)| room.clone())
+            .collect()
     }
 }
 
@@ -57,14 +86,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn waiting_rooms_count_for_the_pools_they_select() {
+    fn waiting_rooms_count_for_one_kind_of_pool_and_only_if_they_fit() {
         let unplaced = Unplaced::default();
         let fast = BTreeMap::from([("tier".to_owned(), "fast".to_owned())]);
         unplaced.no_shard("a/lesson", 2, &BTreeMap::new());
         unplaced.no_shard("a/ensemble", 12, &fast);
-        assert_eq!(unplaced.seats_for(&BTreeMap::new()), 2);
-        assert_eq!(unplaced.seats_for(&fast), 14);
+        unplaced.no_shard("a/stadium", 5000, &BTreeMap::new());
+        // A general pool of 500-seat shards: the lesson (the stadium fits no shard).
+        assert_eq!(unplaced.seats_for(&BTreeMap::new(), true, 500), 2);
+        // The labelled pool: only the room that asked for it.
+        assert_eq!(unplaced.seats_for(&fast, false, 500), 12);
+        assert_eq!(unplaced.oversized(500), vec!["a/stadium".to_owned()]);
         unplaced.settled("a/ensemble");
-        assert_eq!(unplaced.seats_for(&fast), 2);
+        assert_eq!(unplaced.seats_for(&fast, false, 500), 0);
     }
 }

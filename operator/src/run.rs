@@ -371,6 +371,7 @@ pub async fn run<S>(
             instance: Some(settings.identity.clone()),
         },
     );
+    let namespace = settings.namespace.clone();
     let unplaced = Arc::new(crate::demand::Unplaced::default());
     let pool_context = Arc::new(crate::shardpool::PoolContext {
         client: client.clone(),
@@ -444,14 +445,18 @@ pub async fn run<S>(
     let shard_pods = watcher::Config::default()
         .labels("app.kubernetes.io/name=tutti-sfu")
         .any_semantic();
+    // Pools live in the operator's namespace, next to the Secrets and the service
+    // account their shards use; so do their pods.
     let pools = Controller::new(
-        Api::<ShardPool>::all(client.clone()),
+        Api::<ShardPool>::namespaced(client.clone(), &namespace),
         watcher::Config::default().any_semantic(),
     )
     .owns(
-        Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &namespace),
         shard_pods,
     )
+    // A shard starting or stopping changes its pod several times in a second: one pass.
+    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
     .graceful_shutdown_on(stop.clone().cancelled_owned())
     .run(
         crate::shardpool::reconcile_pool,

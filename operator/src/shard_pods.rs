@@ -39,6 +39,9 @@ pub const SLOT_LABEL: &str = "tutti.dev/slot";
 /// Present (`"true"`) while someone depends on the shard; the pool's disruption budget
 /// selects these.
 pub const OCCUPIED_LABEL: &str = "tutti.dev/occupied";
+/// Set once the operator has seen the shard's record: a registered shard whose record
+/// vanishes may still carry media, one that never registered carries none.
+pub const REGISTERED: &str = "tutti.dev/registered";
 /// When the shard was told to drain (Unix seconds), so a restarted operator keeps the
 /// deadline.
 pub const DRAINING_SINCE: &str = "tutti.dev/draining-since";
@@ -96,9 +99,15 @@ pub struct Exposure {
 pub fn validate_pool(pool: &ShardPool) -> Result<(), Vec<String>> {
     let spec = &pool.spec;
     let mut problems = Vec::new();
-    if pool.name_any().len() > MAX_POOL_NAME {
+    let name = pool.name_any();
+    let dns_label = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if name.len() > MAX_POOL_NAME || !dns_label {
         problems.push(format!(
-            "the pool's name must be at most {MAX_POOL_NAME} characters (shard and Service names derive from it)"
+            "the pool's name must be 1-{MAX_POOL_NAME} lowercase letters, digits and '-', starting with a letter (shard and Service names derive from it)"
         ));
     }
     if spec.min_shards > spec.max_shards {
@@ -312,6 +321,8 @@ pub fn shard_pod(
         "ports": ports,
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
+        // Up to ten minutes to start: a shard on a public node waits for its address.
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 120},
         // The kubelet runs this before SIGTERM: no new rooms or joins, and the pod stays
         // until its participants have left (or the grace period, the drain deadline, ends).
         "lifecycle": {"preStop": {"exec": {"command": ["/usr/local/bin/tutti-sfu", "drain", "--wait"]}}},
@@ -411,6 +422,9 @@ pub fn media_service(
             // Media stays on the node of its shard and keeps the client's address (which
             // ICE checks against); no hop through another node.
             "externalTrafficPolicy": "Local",
+            // Readiness says whether the shard takes newcomers (registered, not
+            // draining); the calls already on it must keep flowing either way.
+            "publishNotReadyAddresses": true,
             "ports": [port("UDP"), port("TCP")],
         },
     });

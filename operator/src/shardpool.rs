@@ -15,8 +15,8 @@ use crate::demand::Unplaced;
 use crate::metrics::Metrics;
 use crate::placement::candidates;
 use crate::shard_pods::{
-    ADVERTISE_IP_ANNOTATION, BalancerAddress, DRAINING_SINCE, Exposure, OCCUPIED_LABEL, SLOT_LABEL,
-    ShardRuntime, free_slots, load_balancer_address, media_service, node_external_ip,
+    ADVERTISE_IP_ANNOTATION, BalancerAddress, DRAINING_SINCE, Exposure, OCCUPIED_LABEL, REGISTERED,
+    SLOT_LABEL, ShardRuntime, free_slots, load_balancer_address, media_service, node_external_ip,
     pool_selector, service_name, shard_name, shard_pod, slot_ports, validate_pool,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -68,6 +68,9 @@ pub struct PoolMemory {
     budgets: HashMap<String, u32>,
 }
 
+/// How long a shard pod may take to register before it is replaced.
+const STARTUP_TIMEOUT: u64 = 600;
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -85,6 +88,8 @@ pub fn policy(pool: &ShardPool) -> PoolPolicy {
         buffer: spec.buffer,
         scale_down_delay: seconds(&spec.scale_down_delay, 600),
         drain_timeout: seconds(&spec.drain_timeout, 3600),
+        // Pulling an image and, on public nodes, waiting for the node's address.
+        startup_timeout: STARTUP_TIMEOUT,
     }
 }
 
@@ -130,15 +135,26 @@ fn view_of(
         .annotations()
         .get(DRAINING_SINCE)
         .and_then(|t| t.parse::<u64>().ok());
+    let registered_before = pod.annotations().contains_key(REGISTERED);
+    let created = pod
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| u64::try_from(t.0.as_second()).unwrap_or(now));
     let phase = match (failed, record, draining_since) {
         (true, _, _) => ShardPhase::Failed,
         (_, _, Some(since)) => ShardPhase::Draining { since },
         (_, Some(r), None) if r.draining => ShardPhase::Draining { since: now },
         (_, Some(_), None) => ShardPhase::Ready,
-        (_, None, None) => ShardPhase::Starting,
+        (_, None, None) if registered_before => ShardPhase::Unreachable,
+        (_, None, None) => ShardPhase::Starting { since: created },
     };
     let participants = record.map_or(0, |r| r.load.participants);
-    let occupied = participants > 0 || in_cascade;
+    // Without its record a draining shard's occupants are unknown: it waits for them (or
+    // for its deadline) rather than be removed on a guess.
+    let unknown =
+        record.is_none() && matches!(phase, ShardPhase::Draining { .. }) && registered_before;
+    let occupied = participants > 0 || in_cascade || unknown || phase == ShardPhase::Unreachable;
     let since = if occupied {
         empty_since.remove(&name);
         None
@@ -148,6 +164,7 @@ fn view_of(
     ShardView {
         name,
         phase,
+        participants,
         used_seats: participants.max(reserved),
         occupied,
         empty_since: since,
@@ -272,10 +289,13 @@ where
     };
     let mut labels = pool.spec.template.labels.clone();
     labels.insert(crate::shard_pods::POOL_LABEL.to_owned(), name.to_owned());
+    let general = pool.spec.template.labels.is_empty();
     let demand = Demand {
-        pending_seats: ctx.unplaced.seats_for(&labels),
+        pending_seats: ctx
+            .unplaced
+            .seats_for(&labels, general, policy.seats_per_shard),
         // Cascades grow general-purpose pools: those whose shards carry no extra labels.
-        shards_short: if pool.spec.template.labels.is_empty() {
+        shards_short: if general {
             cascade_shortfall(&ctx.store, &ctx.cascade)
         } else {
             0
@@ -283,14 +303,37 @@ where
     };
     let decision = decide(&policy, &views, &demand, now);
     let mut notes = Vec::new();
+    let oversized = ctx.unplaced.oversized(policy.seats_per_shard);
+    if !oversized.is_empty() && general {
+        notes.push(format!(
+            "rooms larger than a shard ({} seats) wait for none: {}",
+            policy.seats_per_shard,
+            oversized.join(", ")
+        ));
+    }
 
     let mut removed: BTreeMap<&'static str, Vec<&str>> = BTreeMap::new();
     for (shard, reason) in &decision.delete {
-        if delete_shard(&ctx.client, &pods_api, pool, shard).await? {
+        // The record trails the shard by a heartbeat: a drained shard is asked itself
+        // whether anyone joined since, before it goes.
+        if *reason == DeleteReason::Drained
+            && let Some(record) = records.get(shard)
+            && ShardAdmin::new(&record.admin_url, &ctx.admin_token)
+                .load()
+                .await
+                .is_ok_and(|load| load.participants > 0)
+        {
+            continue;
+        }
+        // A drained shard's preStop hook returns at once; one removed for another reason
+        // gets a short grace, not a second drain deadline.
+        let grace = (*reason != DeleteReason::Drained).then_some(30);
+        if delete_shard(&ctx.client, &pods_api, pool, shard, grace).await? {
             let why = match reason {
                 DeleteReason::Drained => "drained",
                 DeleteReason::DrainDeadline => "at the drain deadline, participants still on",
                 DeleteReason::Failed => "failed",
+                DeleteReason::NeverRegistered => "never registered",
             };
             removed.entry(why).or_default().push(shard);
         }
@@ -360,7 +403,8 @@ where
         publish_external_ips(ctx, &pods_api, &live, &mut notes).await?;
     }
     let gone: BTreeSet<&str> = decision.delete.iter().map(|(s, _)| s.as_str()).collect();
-    mark_occupancy(&pods_api, &live, &views, &gone).await?;
+    let registered: BTreeSet<&str> = records.keys().map(String::as_str).collect();
+    mark_occupancy(&pods_api, &live, &views, &gone, &registered).await?;
     apply_budget(ctx, namespace, name, pool, &views).await?;
 
     let status = pool_status(pool, &views, &decision, &notes);
@@ -373,10 +417,13 @@ async fn delete_shard(
     pods: &Api<Pod>,
     pool: &ShardPool,
     shard: &str,
+    grace_seconds: Option<u32>,
 ) -> Result<bool, Error> {
-    // The pod's preStop drain returns at once for an empty shard; the grace period (the
-    // drain deadline) bounds it otherwise.
-    let deleted = match pods.delete(shard, &DeleteParams::default()).await {
+    let params = DeleteParams {
+        grace_period_seconds: grace_seconds,
+        ..DeleteParams::default()
+    };
+    let deleted = match pods.delete(shard, &params).await {
         Ok(_) => true,
         Err(kube::Error::Api(status)) if status.code == 404 => false,
         Err(err) => return Err(err.into()),
@@ -523,30 +570,41 @@ async fn publish_external_ips<S>(
             continue;
         };
         let patch = json!({"metadata": {"annotations": {ADVERTISE_IP_ANNOTATION: ip}}});
-        pods.patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
+        match pods
+            .patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Gone since the list: nothing to tell it.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
     }
     Ok(())
 }
 
-/// Labels occupied shards (their disruption budget selects them) and tells the cluster
-/// autoscaler not to evict them; only pods whose occupancy changed are patched.
+/// Labels occupied shards (their disruption budget selects them), tells the cluster
+/// autoscaler not to evict them, and marks shards seen registered; only pods where
+/// something changed are patched.
 async fn mark_occupancy(
     pods: &Api<Pod>,
     live: &[&Pod],
     views: &[ShardView],
     gone: &BTreeSet<&str>,
+    registered: &BTreeSet<&str>,
 ) -> Result<(), Error> {
     for (pod, view) in live.iter().zip(views) {
         if gone.contains(view.name.as_str()) {
             continue;
         }
         let labelled = pod.labels().get(OCCUPIED_LABEL).map(String::as_str) == Some("true");
-        if labelled == view.occupied {
+        let newly_registered =
+            registered.contains(view.name.as_str()) && !pod.annotations().contains_key(REGISTERED);
+        if labelled == view.occupied && !newly_registered {
             continue;
         }
         let (label, evict) = if view.occupied {
@@ -554,9 +612,13 @@ async fn mark_occupancy(
         } else {
             (serde_json::Value::Null, serde_json::Value::Null)
         };
+        let mut annotations = json!({"cluster-autoscaler.kubernetes.io/safe-to-evict": evict});
+        if newly_registered {
+            annotations[REGISTERED] = json!("true");
+        }
         let patch = json!({"metadata": {
             "labels": {OCCUPIED_LABEL: label},
-            "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": evict},
+            "annotations": annotations,
         }});
         match pods
             .patch(&view.name, &PatchParams::default(), &Patch::Merge(patch))
@@ -644,7 +706,7 @@ pub fn pool_status(
         .count() as u32;
     let starting = views
         .iter()
-        .filter(|v| v.phase == ShardPhase::Starting)
+        .filter(|v| matches!(v.phase, ShardPhase::Starting { .. }))
         .count();
     let capacity = (ready.len() as u32).saturating_mul(per_shard);
     let used: u32 = ready.iter().map(|v| v.used_seats.min(per_shard)).sum();

@@ -178,8 +178,11 @@ impl Fleet {
                 phase: match (shard.ready_at <= now, shard.draining_since) {
                     (_, Some(since)) => ShardPhase::Draining { since },
                     (true, None) => ShardPhase::Ready,
-                    (false, None) => ShardPhase::Starting,
+                    (false, None) => ShardPhase::Starting {
+                        since: shard.ready_at - STARTUP,
+                    },
                 },
+                participants: shard.used(),
                 used_seats: shard.used(),
                 occupied: self.occupied(name, shard),
                 empty_since: shard.empty_since,
@@ -321,6 +324,7 @@ fn policy() -> PoolPolicy {
         buffer: 50,
         scale_down_delay: 600,
         drain_timeout: 6 * 3600,
+        startup_timeout: 300,
     }
 }
 
@@ -376,6 +380,7 @@ fn the_pool_never_exceeds_its_maximum_and_says_what_it_lacks() {
             shards.push(ShardView {
                 name: format!("s{fleet_size}"),
                 phase: ShardPhase::Ready,
+                participants: 100,
                 used_seats: 100,
                 occupied: true,
                 empty_since: None,

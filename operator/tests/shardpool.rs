@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tutti_crds::ShardPool;
 use tutti_operator::metrics::Metrics;
-use tutti_operator::shard_pods::{DRAINING_SINCE, OCCUPIED_LABEL, ShardRuntime};
+use tutti_operator::shard_pods::{DRAINING_SINCE, OCCUPIED_LABEL, REGISTERED, ShardRuntime};
 use tutti_operator::shardpool::{PoolContext, reconcile_pool};
 use tutti_shard_api::admin::ShardLoad;
 use tutti_store::{LiveWriter, MemoryStore, ShardRecord};
@@ -72,11 +72,16 @@ fn pod_list(pods: &[Value]) -> Value {
 }
 
 /// A shard pod as the API server lists it: running, with its pool's labels.
+/// (The operator has seen it registered before, unless the test says otherwise.)
 fn pod(name: &str, slot: u32, labels: Value, annotations: Value) -> Value {
     let mut all = json!({"app.kubernetes.io/name": "tutti-sfu", "tutti.dev/pool": "main",
         "tutti.dev/shard": name, "tutti.dev/slot": slot.to_string()});
     if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
         all.extend(extra.clone());
+    }
+    let mut annotations = annotations;
+    if let Some(map) = annotations.as_object_mut() {
+        map.entry(REGISTERED).or_insert(json!("true"));
     }
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "media", "labels": all, "annotations": annotations},
@@ -84,10 +89,11 @@ fn pod(name: &str, slot: u32, labels: Value, annotations: Value) -> Value {
         "status": {"phase": "Running"}})
 }
 
-/// A shard admin API that counts drain requests.
+/// A shard admin API that counts drain requests and reports its participants.
 #[derive(Clone, Default)]
 struct FakeShard {
     drains: Arc<Mutex<u32>>,
+    participants: Arc<Mutex<u32>>,
 }
 
 impl FakeShard {
@@ -98,6 +104,17 @@ impl FakeShard {
                 post(|State(shard): State<FakeShard>| async move {
                     *shard.drains.lock().unwrap() += 1;
                     let load = ShardLoad {
+                        draining: true,
+                        ..ShardLoad::default()
+                    };
+                    axum::Json(load)
+                }),
+            )
+            .route(
+                "/v1/load",
+                axum::routing::get(|State(shard): State<FakeShard>| async move {
+                    let load = ShardLoad {
+                        participants: *shard.participants.lock().unwrap(),
                         draining: true,
                         ..ShardLoad::default()
                     };
@@ -375,6 +392,10 @@ async fn a_shard_on_a_public_node_is_told_its_nodes_external_ip() {
     let reconcile = tokio::spawn(reconcile_pool(Arc::new(main.clone()), ctx.clone()));
     let mut scheduled = pod("main-shard-0", 0, json!({}), json!({}));
     scheduled["spec"]["nodeName"] = json!("node-a");
+    // Just created: never registered yet.
+    if let Some(annotations) = scheduled["metadata"]["annotations"].as_object_mut() {
+        annotations.remove(REGISTERED);
+    }
     api.answer("GET", PODS, pod_list(&[scheduled.clone()]))
         .await;
     api.answer(
@@ -396,6 +417,37 @@ async fn a_shard_on_a_public_node_is_told_its_nodes_external_ip() {
     api.echo("PATCH", BUDGET).await;
     let status = answer_status(&mut api, &main).await;
     assert_eq!(condition(&status, "Ready")["reason"], "ShardsStarting");
+    finish(reconcile).await.expect("reconcile");
+    api.done().await;
+}
+
+#[tokio::test]
+async fn a_drained_shard_someone_joined_since_its_last_heartbeat_stays() {
+    let shard = FakeShard::default();
+    *shard.participants.lock().unwrap() = 1;
+    let url = shard.clone().serve().await;
+    let store = MemoryStore::new();
+    // The record (a heartbeat old) says empty; the shard itself says one participant.
+    heartbeat(&store, "main-shard-0", &url, 0, true).await;
+    heartbeat(&store, "main-shard-1", &url, 0, false).await;
+    let (ctx, mut api) = context(store);
+    let main = pool(json!({"minShards": 1, "maxShards": 5, "buffer": 50,
+        "capacity": {"participants": 100}, "template": {"image": "tutti-sfu:test"}}));
+    let draining = json!({DRAINING_SINCE: (unix_now() - 10).to_string()});
+    let reconcile = tokio::spawn(reconcile_pool(Arc::new(main.clone()), ctx.clone()));
+    api.answer(
+        "GET",
+        PODS,
+        pod_list(&[
+            pod("main-shard-0", 0, json!({}), draining),
+            pod("main-shard-1", 1, json!({}), json!({})),
+        ]),
+    )
+    .await;
+    // No DELETE: straight to the budget and the status.
+    api.echo("PATCH", BUDGET).await;
+    let status = answer_status(&mut api, &main).await;
+    assert_eq!(status["draining"], 1);
     finish(reconcile).await.expect("reconcile");
     api.done().await;
 }

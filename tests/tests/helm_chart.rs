@@ -132,9 +132,10 @@ fn check_common(objects: &[Value]) -> Result<()> {
             }
         }
     }
-    let operator_role = named(objects, "ClusterRole", "tutti-operator")?;
-    let grants = |resource: &str, verb: &str| {
-        operator_role["rules"].as_array().is_some_and(|rules| {
+    let cluster_role = named(objects, "ClusterRole", "tutti-operator")?;
+    let namespace_role = named(objects, "Role", "tutti-operator-namespace")?;
+    let grants = |role: &Value, resource: &str, verb: &str| {
+        role["rules"].as_array().is_some_and(|rules| {
             rules.iter().any(|r| {
                 r["resources"]
                     .as_array()
@@ -146,26 +147,42 @@ fn check_common(objects: &[Value]) -> Result<()> {
         })
     };
     for (resource, verb) in [
-        ("shardpools", "watch"),
-        ("shardpools/status", "patch"),
+        ("rooms", "watch"),
+        ("rooms/status", "patch"),
         ("broadcasts", "patch"),
         ("broadcasts/status", "patch"),
-        ("rooms/status", "patch"),
-        ("pods", "create"),
-        ("pods", "delete"),
-        ("poddisruptionbudgets", "patch"),
+        ("secrets", "get"),
+        ("nodes", "get"),
+        ("events", "create"),
     ] {
         ensure!(
-            grants(resource, verb),
+            grants(cluster_role, resource, verb),
             "the operator may not {verb} {resource}"
         );
     }
+    // Shards are made only in the release's namespace: those rights stop there.
+    for (resource, verb) in [
+        ("shardpools", "watch"),
+        ("shardpools/status", "patch"),
+        ("pods", "create"),
+        ("pods", "delete"),
+        ("services", "create"),
+        ("poddisruptionbudgets", "patch"),
+        ("leases", "update"),
+    ] {
+        ensure!(
+            grants(namespace_role, resource, verb),
+            "the operator may not {verb} {resource} in its namespace"
+        );
+        ensure!(
+            !grants(cluster_role, resource, verb),
+            "{verb} {resource} is granted cluster-wide"
+        );
+    }
     ensure!(
-        !grants("secrets", "list"),
+        !grants(cluster_role, "secrets", "list"),
         "reading one Secret needs no list"
     );
-    let leader = named(objects, "Role", "tutti-operator-leader")?;
-    ensure!(leader["rules"][0]["resources"][0] == "leases");
 
     // The three workloads: operator and gateway Deployments, shards through ShardPools.
     let secret = named(objects, "Secret", "tutti-tokens")?;
