@@ -503,6 +503,13 @@ async fn start_shard<S>(
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
         let service = media_service(pool, &name, &exposure).map_err(invalid)?;
         let service = match services.get_opt(&service_name(&name)).await? {
+            // The previous shard's Service, still going (its load balancer is being torn
+            // down): advertising its address would send media nowhere.
+            Some(existing) if existing.meta().deletion_timestamp.is_some() => {
+                return Ok(Started::Waiting(format!(
+                    "shard {name} waits for the previous media Service to go"
+                )));
+            }
             Some(existing) => existing,
             None => services.create(&PostParams::default(), &service).await?,
         };
