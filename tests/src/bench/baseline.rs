@@ -266,7 +266,15 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     let (cpu_end, rss) = process_usage(pid).context("relay usage")?;
     let own_end = own_cpu_seconds();
     let forwarded_end = forwarded(relay.addr).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let packets sent inside the window finish arriving.
+    super::until_arrivals_settle(|| async {
+        let mut count = 0;
+        for (_, arrivals, _) in &subscribers {
+            count += arrivals.lock().await.len();
+        }
+        count
+    })
+    .await;
     for task in &tasks {
         task.abort();
     }

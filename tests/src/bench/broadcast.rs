@@ -284,7 +284,19 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
     let cpu_end = cpu(&shards);
     let own = super::own_cpu_seconds() - own_start;
     // Let packets sent inside the window finish arriving.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    super::until_arrivals_settle(|| async {
+        let mut count = 0;
+        for (_, viewer) in &viewers {
+            count += viewer
+                .records()
+                .await
+                .values()
+                .map(|r| r.arrivals.len())
+                .sum::<usize>();
+        }
+        count
+    })
+    .await;
     let in_window = |arrivals: &[(u64, u64)]| -> Vec<f64> {
         arrivals
             .iter()

@@ -110,9 +110,7 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     let forwarded_end = shard.admin.metric(forwarded_series).await?;
 
     // Let packets sent inside the window finish arriving.
-    let mut last_count = 0usize;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    super::until_arrivals_settle(|| async {
         let mut count = 0;
         for (_, subscriber) in &subscribers {
             count += subscriber
@@ -122,11 +120,9 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
                 .map(|r| r.arrivals.len())
                 .sum::<usize>();
         }
-        if count == last_count {
-            break;
-        }
-        last_count = count;
-    }
+        count
+    })
+    .await;
     let mut received = 0u64;
     let mut latencies = Vec::new();
     for (_, subscriber) in &subscribers {

@@ -68,6 +68,25 @@ pub fn pin_self(cpu: usize) -> Result<()> {
 }
 
 /// CPU seconds this process has used.
+/// Waits until packets still in flight have arrived: until `count` (packets received so
+/// far) stops growing between two looks 100 ms apart, for at most 3 s.
+pub async fn until_arrivals_settle<F, Fut>(mut count: F) -> usize
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let mut last = count().await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = count().await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 pub fn own_cpu_seconds() -> f64 {
     tutti_sfu::procstat::cpu_seconds().unwrap_or(0.0)
 }
