@@ -679,6 +679,17 @@ impl Participant {
         self.shared.records.lock().await.clone()
     }
 
+    /// Media packets received so far, over every track.
+    pub async fn packets_received(&self) -> usize {
+        self.shared
+            .records
+            .lock()
+            .await
+            .values()
+            .map(|r| r.arrivals.len())
+            .sum()
+    }
+
     /// Every signaling message received so far.
     pub async fn events(&self) -> Vec<ServerMessage> {
         self.shared.events.lock().await.clone()

@@ -192,30 +192,69 @@ async fn deleting_a_room_releases_its_pipeline_and_route() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_whose_shard_disappears_is_placed_again_with_a_new_epoch() -> Result<()> {
+/// Two heartbeating shards, a placer over them, and a room placed on one of them.
+struct OneOfTwo {
+    store: MemoryStore,
+    stop: CancellationToken,
+    placer: Placer<MemoryStore>,
+    room: tutti_operator::validation::ValidRoom,
+    /// The shard holding the room, its id, and the other shard.
+    home: TestShard,
+    home_id: String,
+    other: TestShard,
+}
+
+async fn placed_on_one_of_two(name: &str) -> Result<OneOfTwo> {
     let store = MemoryStore::new();
     let stop = CancellationToken::new();
     let first = shard(&store, "a", &stop).await?;
     let second = shard(&store, "b", &stop).await?;
     let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
-    let valid = valid("quartet")?;
-    let RoomOutcome::Placed { shard: home, .. } = placer.apply(&valid, None).await else {
+    let room = valid(name)?;
+    let RoomOutcome::Placed { shard: home_id, .. } = placer.apply(&room, None).await else {
         anyhow::bail!("not placed");
     };
-    let epoch = store.route("quartet").context("route")?.epoch;
-    let (gone, survivor) = if home == "a" {
+    let (home, other) = if home_id == "a" {
         (first, second)
     } else {
         (second, first)
     };
+    Ok(OneOfTwo {
+        store,
+        stop,
+        placer,
+        room,
+        home,
+        home_id,
+        other,
+    })
+}
+
+/// Waits until the live state's record of shard `id` (or its absence) passes `check`.
+async fn until_shard(
+    store: &MemoryStore,
+    id: &str,
+    what: &str,
+    check: fn(Option<tutti_store::ShardRecord>) -> bool,
+) -> Result<()> {
+    eventually(WAIT, what, || async { Ok(check(store.shard(id))) }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_shard_disappears_is_placed_again_with_a_new_epoch() -> Result<()> {
+    let OneOfTwo {
+        store,
+        stop,
+        placer,
+        room: valid,
+        home: gone,
+        home_id: home,
+        other: survivor,
+    } = placed_on_one_of_two("quartet").await?;
+    let epoch = store.route("quartet").context("route")?.epoch;
     gone.shard.stop().await;
-    let live = store.clone();
-    let home_id = home.clone();
-    eventually(WAIT, "the stopped shard's record to go", || {
-        let live = live.clone();
-        let home_id = home_id.clone();
-        async move { Ok(live.shard(&home_id).is_none()) }
+    until_shard(&store, &home, "the stopped shard's record to go", |r| {
+        r.is_none()
     })
     .await?;
     let outcome = placer.apply(&valid, None).await;
@@ -242,15 +281,15 @@ async fn a_room_whose_shard_disappears_is_placed_again_with_a_new_epoch() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Result<()> {
-    let store = MemoryStore::new();
-    let stop = CancellationToken::new();
-    let first = shard(&store, "a", &stop).await?;
-    let second = shard(&store, "b", &stop).await?;
-    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
-    let duo = valid("duo")?;
-    let RoomOutcome::Placed { shard: home, .. } = placer.apply(&duo, None).await else {
-        anyhow::bail!("not placed");
-    };
+    let OneOfTwo {
+        store,
+        stop,
+        placer,
+        room: duo,
+        home: draining,
+        home_id: home,
+        other,
+    } = placed_on_one_of_two("duo").await?;
     // Packed placement puts a second room on the same shard; someone is in it.
     let busy = valid("trio")?;
     let busy_outcome = placer.apply(&busy, None).await;
@@ -258,11 +297,6 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
         matches!(&busy_outcome, RoomOutcome::Placed { shard, .. } if *shard == home),
         "{busy_outcome:?}"
     );
-    let (draining, other) = if home == "a" {
-        (first, second)
-    } else {
-        (second, first)
-    };
     let url = draining.signal_url();
     let player = Participant::join(&url, SIGNAL_TOKEN, listener("trio", "player")).await?;
     eventually(WAIT, "the player is seated", || async {
@@ -276,12 +310,8 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
         .request(hyper::Method::POST, "/v1/drain", Some(ADMIN_TOKEN), None)
         .await?;
     ensure!(status.is_success(), "drain: {status}");
-    let live = store.clone();
-    let home_id = home.clone();
-    eventually(WAIT, "the draining flag in the live state", || {
-        let live = live.clone();
-        let home_id = home_id.clone();
-        async move { Ok(live.shard(&home_id).is_some_and(|s| s.draining)) }
+    until_shard(&store, &home, "the draining flag in the live state", |r| {
+        r.is_some_and(|s| s.draining)
     })
     .await?;
     let outcome = placer.apply(&duo, None).await;

@@ -287,12 +287,7 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
     super::until_arrivals_settle(|| async {
         let mut count = 0;
         for (_, viewer) in &viewers {
-            count += viewer
-                .records()
-                .await
-                .values()
-                .map(|r| r.arrivals.len())
-                .sum::<usize>();
+            count += viewer.packets_received().await;
         }
         count
     })

@@ -113,12 +113,7 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     super::until_arrivals_settle(|| async {
         let mut count = 0;
         for (_, subscriber) in &subscribers {
-            count += subscriber
-                .records()
-                .await
-                .values()
-                .map(|r| r.arrivals.len())
-                .sum::<usize>();
+            count += subscriber.packets_received().await;
         }
         count
     })
