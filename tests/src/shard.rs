@@ -65,6 +65,37 @@ impl TestShard {
         Ok(Self { shard, admin })
     }
 
+    /// Publishes this shard's record into `store` as `id` (100 seats) every `interval`,
+    /// each record living `ttl`, until `stop`.
+    pub fn heartbeat_into<W>(
+        &self,
+        store: W,
+        id: &str,
+        interval: Duration,
+        ttl: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        W: tutti_store::LiveWriter + Send + Sync + 'static,
+    {
+        let config = tutti_sfu::heartbeat::HeartbeatConfig {
+            id: id.into(),
+            http_base: format!("http://{}", self.shard.http_addr),
+            region: None,
+            labels: Default::default(),
+            capacity: 100,
+            interval,
+            ttl,
+        };
+        tokio::spawn(tutti_sfu::heartbeat::run(
+            config,
+            self.shard.handle.clone(),
+            store,
+            Registration::new(ttl),
+            stop,
+        ))
+    }
+
     /// The signaling WebSocket URL.
     pub fn signal_url(&self) -> String {
         format!("ws://{}/v1/signal", self.shard.http_addr)

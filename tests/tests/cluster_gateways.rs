@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use tutti_operator::metrics::Metrics;
 use tutti_operator::placement::Strategy;
 use tutti_operator::run::{Settings, run_standalone};
-use tutti_sfu::heartbeat::{self, HeartbeatConfig};
 use tutti_signaling::cluster::{ClusterGateway, ClusterOptions};
 use tutti_signaling::config::LocalRooms;
 use tutti_signaling::session::GatewayOptions;
@@ -46,21 +45,13 @@ async fn a_session_resumes_through_another_gateway_as_the_same_participant() -> 
     )
     .await?;
     let shard = TestShard::start().await?;
-    tokio::spawn(heartbeat::run(
-        HeartbeatConfig {
-            id: "shard-1".into(),
-            http_base: format!("http://{}", shard.shard.http_addr),
-            region: None,
-            labels: Default::default(),
-            capacity: 100,
-            interval: Duration::from_secs(1),
-            ttl: Duration::from_secs(5),
-        },
-        shard.shard.handle.clone(),
+    shard.heartbeat_into(
         store.clone(),
-        tutti_sfu::heartbeat::Registration::new(Duration::from_secs(5)),
+        "shard-1",
+        Duration::from_secs(1),
+        Duration::from_secs(5),
         stop.clone(),
-    ));
+    );
     let operator = tokio::spawn(run_standalone(
         store.clone(),
         Settings {

@@ -21,7 +21,6 @@ use tutti_crds::{Room, RoomPhase};
 use tutti_operator::metrics::Metrics;
 use tutti_operator::placement::Strategy;
 use tutti_operator::run::{Settings, run};
-use tutti_sfu::heartbeat::{self, HeartbeatConfig};
 use tutti_store::MemoryStore;
 use tutti_tests::shard::{ADMIN_TOKEN, TestShard};
 
@@ -94,21 +93,13 @@ async fn a_room_applied_to_a_real_cluster_is_placed_and_released() -> Result<()>
     let store = MemoryStore::new();
     let stop = CancellationToken::new();
     let shard = TestShard::start().await?;
-    tokio::spawn(heartbeat::run(
-        HeartbeatConfig {
-            id: "e2e-shard".into(),
-            http_base: format!("http://{}", shard.shard.http_addr),
-            region: None,
-            labels: Default::default(),
-            capacity: 100,
-            interval: Duration::from_secs(1),
-            ttl: Duration::from_secs(5),
-        },
-        shard.shard.handle.clone(),
+    shard.heartbeat_into(
         store.clone(),
-        tutti_sfu::heartbeat::Registration::new(Duration::from_secs(5)),
+        "e2e-shard",
+        Duration::from_secs(1),
+        Duration::from_secs(5),
         stop.clone(),
-    ));
+    );
     let operator = tokio::spawn(run(
         client.clone(),
         store,

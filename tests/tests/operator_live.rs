@@ -14,7 +14,6 @@ use tutti_operator::placement::Strategy;
 use tutti_operator::placer::Placer;
 use tutti_operator::run::owned;
 use tutti_operator::validation::validate_room;
-use tutti_sfu::heartbeat::{self, HeartbeatConfig};
 use tutti_sfu::shard::api::PipelineSpec;
 use tutti_store::{LiveView, MemoryStore};
 use tutti_tests::eventually::eventually;
@@ -26,22 +25,13 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A shard that heartbeats into `store` every 200 ms (records live 1 s).
 async fn shard(store: &MemoryStore, id: &str, stop: &CancellationToken) -> Result<TestShard> {
     let shard = TestShard::start().await?;
-    let config = HeartbeatConfig {
-        id: id.into(),
-        http_base: format!("http://{}", shard.shard.http_addr),
-        region: None,
-        labels: Default::default(),
-        capacity: 100,
-        interval: Duration::from_millis(200),
-        ttl: Duration::from_secs(1),
-    };
-    tokio::spawn(heartbeat::run(
-        config,
-        shard.shard.handle.clone(),
+    shard.heartbeat_into(
         store.clone(),
-        tutti_sfu::heartbeat::Registration::new(Duration::from_secs(5)),
+        id,
+        Duration::from_millis(200),
+        Duration::from_secs(1),
         stop.child_token(),
-    ));
+    );
     let live = store.clone();
     let id = id.to_owned();
     eventually(WAIT, "the shard's first heartbeat", || {
