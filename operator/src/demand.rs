@@ -61,7 +61,7 @@ impl Unplaced {
                 if w.selector.is_empty() {
                     general
                 } else {
-                    w.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    crate::placement::selects(&w.selector, labels)
                 }
             })
             .map(|w| w.seats)

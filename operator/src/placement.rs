@@ -88,6 +88,11 @@ pub fn candidates(
         .collect()
 }
 
+/// Whether shards labelled `labels` carry everything `selector` asks for.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Chooses the shard for a room needing `seats` seats on shards carrying `selector`.
 pub fn place<'a>(
     shards: &'a [Candidate],
@@ -103,7 +108,7 @@ pub fn place<'a>(
     for shard in shards {
         if shard.draining {
             no_fit.draining += 1;
-        } else if !selector.iter().all(|(k, v)| shard.labels.get(k) == Some(v)) {
+        } else if !selects(selector, &shard.labels) {
             no_fit.unmatched += 1;
         } else if shard.reserved.saturating_add(seats) > shard.capacity {
             no_fit.full += 1;

@@ -208,7 +208,8 @@ pub fn pool_selector(pool: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn owner_reference(pool: &ShardPool) -> Value {
+/// The reference that makes `pool` own (and garbage-collect) an object.
+pub fn owner_reference(pool: &ShardPool) -> Value {
     json!({
         "apiVersion": ShardPool::api_version(&()),
         "kind": ShardPool::kind(&()),

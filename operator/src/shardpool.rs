@@ -17,7 +17,7 @@ use crate::placement::candidates;
 use crate::shard_pods::{
     ADVERTISE_IP_ANNOTATION, BalancerAddress, DRAINING_SINCE, Exposure, OCCUPIED_LABEL, REGISTERED,
     SLOT_LABEL, ShardRuntime, free_slots, load_balancer_address, media_service, node_external_ip,
-    pool_selector, service_name, shard_name, shard_pod, slot_ports, validate_pool,
+    owner_reference, pool_selector, service_name, shard_name, shard_pod, slot_ports, validate_pool,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -369,8 +369,8 @@ where
     // is told again.
     for view in &views {
         if matches!(view.phase, ShardPhase::Draining { .. })
-            && records.get(&view.name).is_some_and(|r| !r.draining)
             && let Some(record) = records.get(&view.name)
+            && !record.draining
         {
             let _ = ShardAdmin::new(&record.admin_url, &ctx.admin_token)
                 .drain()
@@ -667,13 +667,7 @@ async fn apply_budget<S>(
         "metadata": {
             "name": format!("{name}-occupied-shards"),
             "labels": pool_selector(name),
-            "ownerReferences": [{
-                "apiVersion": ShardPool::api_version(&()),
-                "kind": ShardPool::kind(&()),
-                "name": name,
-                "uid": pool.uid().unwrap_or_default(),
-                "controller": true,
-            }],
+            "ownerReferences": [owner_reference(pool)],
         },
         "spec": {
             "minAvailable": occupied,

@@ -164,6 +164,7 @@ fn check_common(objects: &[Value]) -> Result<()> {
     for (resource, verb) in [
         ("shardpools", "watch"),
         ("shardpools/status", "patch"),
+        ("shardpools/finalizers", "update"),
         ("pods", "create"),
         ("pods", "delete"),
         ("services", "create"),
