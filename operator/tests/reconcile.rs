@@ -24,7 +24,7 @@ use tutti_store::{LiveView, LiveWriter, MemoryStore, ShardRecord};
 
 mod common;
 
-use common::{ApiServer, finish};
+use common::{ApiServer, condition, finish};
 
 const TOKEN: &str = "admin-token-for-mock-tests-0123";
 
@@ -133,13 +133,6 @@ fn any_room() -> Value {
 
 const ROOM: &str = "/apis/tutti.dev/v1alpha1/namespaces/music/rooms/lesson";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/music/events";
-
-fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|list| list.iter().find(|c| c["type"] == kind))
-        .unwrap_or(&Value::Null)
-}
 
 #[tokio::test]
 async fn create_adds_the_finalizer_then_places_and_patches_status() {

@@ -7,7 +7,7 @@ mod common;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use common::{ApiServer, finish};
+use common::{ApiServer, condition, finish};
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
@@ -159,13 +159,6 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == kind))
-        .unwrap_or(&Value::Null)
 }
 
 #[tokio::test]

@@ -72,3 +72,11 @@ pub async fn finish<T>(task: tokio::task::JoinHandle<T>) -> T {
         .expect("the reconcile made a request the test did not expect")
         .expect("the reconcile panicked")
 }
+
+/// The condition of type `kind` in a status (JSON null when there is none).
+pub fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
