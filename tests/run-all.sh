@@ -51,19 +51,31 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# 5. Quality gates.
+# 5. The README's run command builds on a machine with only a Rust toolchain: local mode
+#    leaves etcd-client (and its protoc-driven build) out. PROTOC points nowhere, so the
+#    build fails here if anything in it still wanted protoc. Its release binary also serves
+#    the music benchmarks below.
+say "the run command's build, without protoc"
+if cargo tree --locked -p tutti-signaling -e normal,build --prefix none | grep -E '^(etcd-client|prost-build|tonic-prost-build) '; then
+  echo "the gateway's default build depends on etcd-client (protoc)" >&2
+  exit 1
+fi
+PROTOC=/nonexistent/protoc cargo build --release --locked --bin tutti-gateway
+
+# 6. Quality gates.
 say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# 6. Every test: unit tests, then real peers against real shards and gateways, then real
+# 7. Every test: unit tests, then real peers against real shards and gateways, then real
 #    browsers against the gateway binary. Every suite runs even if an earlier one fails.
 failed=0
 say "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}" || failed=1
 say "browser tests (headless Chromium)"
-cargo build --locked -p tutti-signaling -p tutti-sfu -p tutti-operator --bins
+cargo build --locked -p tutti-signaling -p tutti-sfu -p tutti-operator --bins \
+  --features tutti-signaling/etcd,tutti-sfu/etcd
 (cd tests/browser && node --test --test-concurrency=1) || failed=1
 if ((failed)); then
   say "some tests failed"

@@ -82,7 +82,7 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
     let (signal_token, signal_generated) =
         config::resolve_token(args.signal_token.as_deref(), args.dev, "--signal-token")?;
     let mut core = CoreConfig::new(args.udp);
-    core.ice = config::ice_timeouts(args.ice_failed_secs);
+    core.ice = config::ice_timeouts(args.ice_consent_secs);
     core.max_pipelines = args.max_pipelines;
     core.max_participants = args.max_participants;
     if args.auto_create || args.dev {
@@ -118,7 +118,10 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
         shard.http_addr, shard.http_addr, shard.udp_addr, shard.advertised
     );
     let heartbeat_stop = tokio_util::sync::CancellationToken::new();
-    let heartbeat = match (etcd, registration) {
+    let heartbeat: Option<tokio::task::JoinHandle<()>> = match (etcd, registration) {
+        // Without the `etcd` feature `StoreArgs::etcd` refuses every etcd URL, so there
+        // is never a live state to heartbeat into.
+        #[cfg(feature = "etcd")]
         (Some(etcd), Some(registration)) => {
             let store = tutti_store::EtcdStore::connect(&etcd, Duration::from_secs(5)).await?;
             let config = heartbeat::HeartbeatConfig {

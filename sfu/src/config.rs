@@ -67,9 +67,10 @@ pub struct ShardArgs {
     /// Most participants on the shard at once.
     #[arg(long, env = "TUTTI_SFU_MAX_PARTICIPANTS", default_value_t = 5000)]
     pub max_participants: usize,
-    /// Seconds of silence after which a media connection counts as failed.
-    #[arg(long, env = "TUTTI_SFU_ICE_FAILED_SECS", default_value_t = 15)]
-    pub ice_failed_secs: u64,
+    /// Seconds a client's consent lasts after its last ICE check (RFC 7675: 30). The shard
+    /// stops sending to a connection whose consent expired; 10 s later it counts as failed.
+    #[arg(long, env = "TUTTI_SFU_ICE_CONSENT_SECS", default_value_t = 30)]
+    pub ice_consent_secs: u64,
     /// Log format.
     #[arg(long, env = "TUTTI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -156,20 +157,19 @@ pub fn validate(args: &ShardArgs) -> Result<(), ConfigError> {
             "--shard-id must be 1-64 characters of A-Z a-z 0-9 . _ -".into(),
         ));
     }
-    if !(3..=300).contains(&args.ice_failed_secs) {
+    if !(5..=300).contains(&args.ice_consent_secs) {
         return Err(ConfigError::OutOfRange(
-            "--ice-failed-secs must be 3..=300".into(),
+            "--ice-consent-secs must be 5..=300".into(),
         ));
     }
     Ok(())
 }
 
-/// ICE timeouts from the failure setting: disconnected after a third of it.
-pub fn ice_timeouts(failed_secs: u64) -> crate::peer::IceTimeouts {
-    let failed = Duration::from_secs(failed_secs);
+/// ICE timeouts from the consent lifetime.
+pub fn ice_timeouts(consent_secs: u64) -> crate::peer::IceTimeouts {
     crate::peer::IceTimeouts {
-        disconnected: failed / 3,
-        failed: failed - failed / 3,
+        disconnected: Duration::from_secs(consent_secs),
+        failed: crate::peer::FAILED_AFTER_CONSENT,
         keepalive: Duration::from_secs(2),
     }
 }
@@ -218,7 +218,7 @@ mod tests {
     fn rejects_out_of_range_settings() {
         let mut args = ShardArgs::parse_from(["tutti-sfu"]);
         assert!(validate(&args).is_ok());
-        args.ice_failed_secs = 1;
+        args.ice_consent_secs = 1;
         assert!(validate(&args).is_err());
     }
 }

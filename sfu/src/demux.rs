@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// How many addresses one peer may have bound at once (a browser has a few candidate
@@ -19,6 +19,9 @@ pub const MAX_ADDRS_PER_PEER: usize = 8;
 struct AddrEntry<K> {
     key: K,
     last_seen: Instant,
+    /// The local address the remote last sent to (known on wildcard-bound sockets):
+    /// where replies must come from.
+    local: Option<IpAddr>,
 }
 
 /// Maps ICE ufrags and bound remote addresses to peer keys.
@@ -59,6 +62,11 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         removed
     }
 
+    /// Forgets a ufrag that an ICE restart replaced.
+    pub fn unregister_ufrag(&mut self, ufrag: &str) {
+        self.by_ufrag.remove(ufrag);
+    }
+
     /// Forgets one address binding (its connection closed).
     pub fn unbind(&mut self, addr: SocketAddr) {
         self.by_addr.remove(&addr);
@@ -69,19 +77,32 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         self.by_ufrag.get(ufrag).copied()
     }
 
-    /// The peer bound to a remote address, refreshing the binding.
-    pub fn peer_by_addr(&mut self, addr: SocketAddr, now: Instant) -> Option<K> {
+    /// The peer bound to a remote address, refreshing the binding and the local address
+    /// it sent to.
+    pub fn peer_by_addr(
+        &mut self,
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<K> {
         let entry = self.by_addr.get_mut(&addr)?;
         entry.last_seen = now;
+        entry.local = local;
         Some(entry.key)
+    }
+
+    /// The local address a bound remote address last sent to.
+    pub fn local_for(&self, addr: SocketAddr) -> Option<IpAddr> {
+        self.by_addr.get(&addr).and_then(|entry| entry.local)
     }
 
     /// Binds a remote address to a peer after the peer proved its ICE credentials from it.
     /// When the peer already has [`MAX_ADDRS_PER_PEER`] addresses, its stalest one goes.
-    pub fn bind(&mut self, addr: SocketAddr, key: K, now: Instant) {
+    pub fn bind(&mut self, addr: SocketAddr, local: Option<IpAddr>, key: K, now: Instant) {
         if let Some(entry) = self.by_addr.get_mut(&addr) {
             entry.key = key;
             entry.last_seen = now;
+            entry.local = local;
             return;
         }
         let mut owned: Vec<(SocketAddr, Instant)> = self
@@ -101,6 +122,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
             AddrEntry {
                 key,
                 last_seen: now,
+                local,
             },
         );
     }
@@ -141,31 +163,53 @@ mod tests {
         demux.register_ufrag("efgh".into(), 2u32);
         assert_eq!(demux.peer_by_ufrag("abcd"), Some(1));
         assert_eq!(demux.peer_by_ufrag("zzzz"), None);
-        assert_eq!(demux.peer_by_addr(addr(5000), t0), None);
-        demux.bind(addr(5000), 1, t0);
-        demux.bind(addr(5001), 2, t0);
-        assert_eq!(demux.peer_by_addr(addr(5000), t0), Some(1));
-        assert_eq!(demux.peer_by_addr(addr(5001), t0), Some(2));
+        assert_eq!(demux.peer_by_addr(addr(5000), None, t0), None);
+        demux.bind(addr(5000), None, 1, t0);
+        demux.bind(addr(5001), None, 2, t0);
+        assert_eq!(demux.peer_by_addr(addr(5000), None, t0), Some(1));
+        assert_eq!(demux.peer_by_addr(addr(5001), None, t0), Some(2));
+    }
+
+    #[test]
+    fn remembers_the_local_address_each_remote_last_reached() {
+        let t0 = Instant::now();
+        let mut demux = Demux::new(Duration::from_secs(30));
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [192, 0, 2, 1].into());
+        demux.bind(addr(1), Some(a), 1u32, t0);
+        assert_eq!(demux.local_for(addr(1)), Some(a));
+        demux.peer_by_addr(addr(1), Some(b), t0);
+        assert_eq!(demux.local_for(addr(1)), Some(b));
+        assert_eq!(demux.local_for(addr(2)), None);
+    }
+
+    #[test]
+    fn an_ice_restart_replaces_the_ufrag() {
+        let mut demux = Demux::new(Duration::from_secs(30));
+        demux.register_ufrag("old".into(), 1u32);
+        demux.register_ufrag("new".into(), 1u32);
+        demux.unregister_ufrag("old");
+        assert_eq!(demux.peer_by_ufrag("old"), None);
+        assert_eq!(demux.peer_by_ufrag("new"), Some(1));
     }
 
     #[test]
     fn evicts_silent_addresses_but_keeps_active_ones() {
         let t0 = Instant::now();
         let mut demux = Demux::new(Duration::from_secs(30));
-        demux.bind(addr(1), 1u32, t0);
-        demux.bind(addr(2), 1u32, t0);
+        demux.bind(addr(1), None, 1u32, t0);
+        demux.bind(addr(2), None, 1u32, t0);
         // Only the second address keeps talking.
         assert_eq!(
-            demux.peer_by_addr(addr(2), t0 + Duration::from_secs(20)),
+            demux.peer_by_addr(addr(2), None, t0 + Duration::from_secs(20)),
             Some(1)
         );
         assert_eq!(demux.evict_idle(t0 + Duration::from_secs(31)), 1);
         assert_eq!(
-            demux.peer_by_addr(addr(1), t0 + Duration::from_secs(31)),
+            demux.peer_by_addr(addr(1), None, t0 + Duration::from_secs(31)),
             None
         );
         assert_eq!(
-            demux.peer_by_addr(addr(2), t0 + Duration::from_secs(31)),
+            demux.peer_by_addr(addr(2), None, t0 + Duration::from_secs(31)),
             Some(1)
         );
     }
@@ -176,13 +220,18 @@ mod tests {
         let mut demux = Demux::new(Duration::from_secs(30));
         demux.register_ufrag("u".into(), 7u32);
         for port in 0..(MAX_ADDRS_PER_PEER as u16 + 5) {
-            demux.bind(addr(port), 7, t0 + Duration::from_millis(u64::from(port)));
+            demux.bind(
+                addr(port),
+                None,
+                7,
+                t0 + Duration::from_millis(u64::from(port)),
+            );
         }
         assert_eq!(demux.bound_addrs(), MAX_ADDRS_PER_PEER);
         // The newest binding survived the cap, the oldest did not.
         let newest = addr(MAX_ADDRS_PER_PEER as u16 + 4);
-        assert_eq!(demux.peer_by_addr(newest, t0), Some(7));
-        assert_eq!(demux.peer_by_addr(addr(0), t0), None);
+        assert_eq!(demux.peer_by_addr(newest, None, t0), Some(7));
+        assert_eq!(demux.peer_by_addr(addr(0), None, t0), None);
         assert_eq!(demux.remove_peer(7).len(), MAX_ADDRS_PER_PEER);
         assert_eq!(demux.bound_addrs(), 0);
         assert_eq!(demux.registered_ufrags(), 0);

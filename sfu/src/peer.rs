@@ -62,9 +62,15 @@ pub enum PeerBuildError {
 }
 
 /// ICE timing of the shard's connections.
+///
+/// The shard is ICE-lite: it never sends checks, it answers them. A client's checks are
+/// its consent (RFC 7675), which lasts 30 s after the last one; clients check every few
+/// seconds, more slowly when their page is busy or throttled. So the shard keeps sending
+/// for the whole consent lifetime and stops only when consent has expired.
 #[derive(Debug, Clone, Copy)]
 pub struct IceTimeouts {
-    /// Silence after which a connection counts as disconnected.
+    /// Silence (no authenticated check) after which consent has expired: the shard stops
+    /// sending to the connection.
     pub disconnected: Duration,
     /// Further silence after which it counts as failed and is torn down.
     pub failed: Duration,
@@ -75,22 +81,18 @@ pub struct IceTimeouts {
 impl Default for IceTimeouts {
     fn default() -> Self {
         Self {
-            disconnected: Duration::from_secs(5),
-            failed: Duration::from_secs(10),
+            disconnected: CONSENT_LIFETIME,
+            failed: FAILED_AFTER_CONSENT,
             keepalive: Duration::from_secs(2),
         }
     }
 }
 
-/// A new peer connection with the ICE credentials the demultiplexer routes by.
-pub struct NewPeer {
-    /// The connection.
-    pub pc: RTCPeerConnection,
-    /// Its local ICE username fragment.
-    pub ufrag: String,
-    /// Its local ICE password, which authenticates Binding requests.
-    pub pwd: String,
-}
+/// How long consent lasts after the last authenticated check (RFC 7675 §5.1).
+pub const CONSENT_LIFETIME: Duration = Duration::from_secs(30);
+/// How long past consent expiry a silent connection counts as failed: time for a client
+/// that lost its path to restart ICE.
+pub const FAILED_AFTER_CONSENT: Duration = Duration::from_secs(10);
 
 /// Makes the shard's peer connections, sharing one certificate and crypto provider.
 pub struct PeerFactory {
@@ -138,10 +140,10 @@ impl PeerFactory {
         &self.crypto
     }
 
-    /// Builds a connection for one direction of one participant.
-    pub fn build(&self, role: PeerRole, now: Instant) -> Result<NewPeer, PeerBuildError> {
-        let ufrag = random_token(16);
-        let pwd = random_token(32);
+    /// Builds a connection for one direction of one participant. Its ICE credentials are
+    /// the stack's own random ones, fresh on every ICE restart; the core learns them from
+    /// each local description it applies (see [`ice_credentials`]).
+    pub fn build(&self, role: PeerRole, now: Instant) -> Result<RTCPeerConnection, PeerBuildError> {
         let mut media_engine = media_engine(role)?;
         let registry = interceptors(role, &mut media_engine)?;
         let setting_engine = SettingEngineBuilder::new()
@@ -151,7 +153,6 @@ impl PeerFactory {
             // client's address from its checks), and resolving them would make the shard
             // send multicast DNS queries from its media socket.
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-            .with_ice_credentials(ufrag.clone(), pwd.clone())
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .with_srtp_protection_profiles(vec![
                 SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
@@ -179,8 +180,27 @@ impl PeerFactory {
         }
         // The end-of-candidates marker: an ICE-lite agent has nothing more to gather.
         pc.add_local_candidate(RTCIceCandidateInit::default())?;
-        Ok(NewPeer { pc, ufrag, pwd })
+        Ok(pc)
     }
+}
+
+/// The ICE username fragment and password of an SDP (session level or the first media
+/// section: the shard bundles everything on one transport).
+pub fn ice_credentials(sdp: &str) -> Option<(&str, &str)> {
+    let mut ufrag = None;
+    let mut pwd = None;
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(value) = line.strip_prefix("a=ice-ufrag:") {
+            ufrag.get_or_insert(value.trim());
+        } else if let Some(value) = line.strip_prefix("a=ice-pwd:") {
+            pwd.get_or_insert(value.trim());
+        }
+        if ufrag.is_some() && pwd.is_some() {
+            break;
+        }
+    }
+    Some((ufrag?, pwd?))
 }
 
 /// The ICE host candidate for a UDP address.
@@ -420,8 +440,19 @@ impl Interceptor for FeedbackToShard {
 mod tests {
     use super::*;
 
+    fn offer_credentials(pc: &mut RTCPeerConnection, restart: bool) -> (String, String) {
+        if restart {
+            pc.restart_ice();
+        }
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(Instant::now(), offer.clone())
+            .expect("applied");
+        let (ufrag, pwd) = ice_credentials(&offer.sdp).expect("credentials in the offer");
+        (ufrag.to_owned(), pwd.to_owned())
+    }
+
     #[test]
-    fn builds_both_roles_with_distinct_credentials() {
+    fn connections_get_distinct_credentials_and_fresh_ones_on_ice_restart() {
         let factory = PeerFactory::new(
             "127.0.0.1:40000".parse().unwrap(),
             None,
@@ -429,11 +460,33 @@ mod tests {
         )
         .expect("factory");
         let now = Instant::now();
-        let a = factory.build(PeerRole::Publisher, now).expect("publisher");
-        let b = factory
-            .build(PeerRole::Subscriber, now)
-            .expect("subscriber");
-        assert_ne!(a.ufrag, b.ufrag);
-        assert!(a.pwd.len() >= 22, "ICE passwords need 128 bits");
+        let mut a = factory.build(PeerRole::Subscriber, now).expect("one");
+        let mut b = factory.build(PeerRole::Subscriber, now).expect("other");
+        for pc in [&mut a, &mut b] {
+            pc.add_transceiver_from_kind(RtpCodecKind::Audio, None)
+                .expect("a media section to offer");
+        }
+        let (a_ufrag, a_pwd) = offer_credentials(&mut a, false);
+        let (b_ufrag, _) = offer_credentials(&mut b, false);
+        assert_ne!(a_ufrag, b_ufrag);
+        assert!(a_pwd.len() >= 22, "ICE passwords need 128 bits");
+        let (again, _) = offer_credentials(&mut a, false);
+        assert_eq!(again, a_ufrag, "a renegotiation keeps the credentials");
+        let (restarted, restarted_pwd) = offer_credentials(&mut a, true);
+        assert_ne!(restarted, a_ufrag, "an ICE restart changes the ufrag");
+        assert_ne!(restarted_pwd, a_pwd, "and the password");
+    }
+
+    #[test]
+    fn reads_credentials_from_session_or_media_level() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\n\
+                   a=ice-pwd:0123456789012345678901\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                   a=ice-ufrag:other\r\n";
+        assert_eq!(
+            ice_credentials(sdp),
+            Some(("abcd", "0123456789012345678901"))
+        );
+        assert_eq!(ice_credentials("v=0\r\na=ice-ufrag:x\r\n"), None);
+        assert_eq!(ice_credentials(""), None);
     }
 }

@@ -49,6 +49,11 @@ pub fn spawn(
     thread_id: std::sync::Arc<std::sync::atomic::AtomicU32>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     socket.set_nonblocking(true)?;
+    let bound = socket.local_addr()?;
+    if bound.ip().is_unspecified() {
+        // Replies must leave from the address each peer reached (see crate::udp).
+        crate::udp::enable_destination_info(socket.as_raw_fd(), bound.is_ipv6())?;
+    }
     if let Some(listener) = &tcp {
         listener.set_nonblocking(true)?;
     }
@@ -254,7 +259,12 @@ fn read_available(socket: &UdpSocket, recv: &mut RecvBatch, core: &mut ShardCore
                 let now = Instant::now();
                 for index in 0..count {
                     match recv.datagram(index) {
-                        Some((from, bytes)) => core.handle_datagram(now, from, bytes),
+                        Some(datagram) => core.handle_datagram(
+                            now,
+                            datagram.source,
+                            datagram.destination,
+                            datagram.bytes,
+                        ),
                         None => core
                             .metrics()
                             .dropped(crate::metrics::DropReason::Truncated),
@@ -283,7 +293,7 @@ async fn flush(
     let fd = socket.as_raw_fd();
     let metrics = core.metrics();
     while !outgoing.is_empty() {
-        let outcome = sender.send(fd, outgoing);
+        let outcome = sender.send(fd, outgoing, |to| core.local_ip_for(to));
         metrics.datagrams_sent.inc_by(outcome.sent as u64);
         metrics.send_failures.inc_by(outcome.failed as u64);
         metrics.send_syscalls.inc_by(outcome.syscalls as u64);

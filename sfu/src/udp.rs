@@ -11,6 +11,13 @@
 //! off for the socket's lifetime and sends one datagram per message, still batched by
 //! `sendmmsg`. Incoming datagrams are read with `recvmmsg`.
 //!
+//! A socket bound to a wildcard address (`0.0.0.0`, `::`) on a host with several addresses
+//! would let the kernel pick each reply's source address by route, which need not be the
+//! address the peer sent to; a strict ICE agent drops such a reply (RFC 8445 §7.2.5.2.1)
+//! and media from an unexpected address. So such a socket reads the destination address
+//! of every datagram (`IP_PKTINFO`/`IPV6_RECVPKTINFO`) and every send names its source
+//! address the same way, per destination.
+//!
 //! This is the one module with `unsafe` code: building `mmsghdr` arrays for the two
 //! syscalls. Every pointer placed in a header refers to memory owned by the caller's
 //! slices or by `self` and outlives the syscall, which is made before they are touched
@@ -21,7 +28,7 @@ use bytes::BytesMut;
 use std::collections::HashMap;
 use std::io;
 use std::mem::{MaybeUninit, size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 /// Largest number of segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
@@ -32,13 +39,56 @@ const MAX_GSO_BYTES: usize = 65_000;
 const UDP_SEGMENT: libc::c_int = 103;
 /// Size of a datagram receive buffer; larger datagrams are truncated and dropped.
 pub const RECV_BUF_SIZE: usize = 2048;
+/// Control buffer of one message, in 8-byte words: room for a UDP_SEGMENT and an
+/// `in6_pktinfo` (the larger packet-info) control message.
+const CONTROL_WORDS: usize = 8;
 
-/// One message to send: a destination and the indices of its datagrams.
+/// One message to send: a destination, the source address to send from (when the socket
+/// must be told), and the indices of its datagrams.
 struct Run {
     dest: SocketAddr,
+    source: Option<IpAddr>,
     first: usize,
     count: usize,
     segment: usize,
+}
+
+/// Asks the kernel to report each received datagram's destination address, for a socket
+/// bound to a wildcard address (see the module documentation).
+pub fn enable_destination_info(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, option) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: `on` is a live c_int and its size is passed along.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            &on as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ipv6 {
+        // A dual-stack socket also receives IPv4 (as mapped addresses): report those too.
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                &on as *const libc::c_int as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    Ok(())
 }
 
 /// Sends batches of datagrams with `sendmmsg` and, where possible, UDP GSO.
@@ -78,17 +128,23 @@ impl SendBatcher {
         self.gso
     }
 
-    /// Sends `datagrams` on `fd`. Datagrams are reordered across destinations (never
+    /// Sends `datagrams` on `fd`, each destination's from the address `source` names for
+    /// it (`None`: the kernel chooses). Datagrams are reordered across destinations (never
     /// within one). On `would_block`, the caller waits for writability and calls again
     /// with the datagrams not yet sent, which are moved to the end of `datagrams`'s order:
     /// after a would-block return, `datagrams` has been reordered so that the unsent ones
     /// are `datagrams[sent + failed..]`.
-    pub fn send(&mut self, fd: RawFd, datagrams: &mut Vec<(SocketAddr, BytesMut)>) -> SendOutcome {
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        datagrams: &mut Vec<(SocketAddr, BytesMut)>,
+        source: impl Fn(SocketAddr) -> Option<IpAddr>,
+    ) -> SendOutcome {
         let mut outcome = SendOutcome::default();
         if datagrams.is_empty() {
             return outcome;
         }
-        self.group(datagrams);
+        self.group(datagrams, &source);
         let mut run_index = 0;
         while run_index < self.runs.len() {
             let end = (run_index + 1024).min(self.runs.len());
@@ -114,7 +170,7 @@ impl SendBatcher {
                         // The kernel or device refuses segmentation offload: fall back to
                         // one datagram per message for the rest of the socket's life.
                         self.gso = false;
-                        self.regroup_from(datagrams, run_index);
+                        self.regroup_from(datagrams, run_index, &source);
                         continue;
                     }
                     // A refusal specific to this message (EMSGSIZE, EHOSTUNREACH...): drop
@@ -144,7 +200,11 @@ impl SendBatcher {
     }
 
     /// Builds `self.order` (datagram indices grouped by destination) and `self.runs`.
-    fn group(&mut self, datagrams: &[(SocketAddr, BytesMut)]) {
+    fn group(
+        &mut self,
+        datagrams: &[(SocketAddr, BytesMut)],
+        source: &impl Fn(SocketAddr) -> Option<IpAddr>,
+    ) {
         for list in self.by_dest.values_mut() {
             list.clear();
         }
@@ -164,14 +224,29 @@ impl SendBatcher {
             }
         }
         self.runs.clear();
-        self.build_runs(datagrams, 0);
+        self.build_runs(datagrams, 0, source);
     }
 
     /// Splits `self.order[from..]` into runs.
-    fn build_runs(&mut self, datagrams: &[(SocketAddr, BytesMut)], from: usize) {
+    fn build_runs(
+        &mut self,
+        datagrams: &[(SocketAddr, BytesMut)],
+        from: usize,
+        source: &impl Fn(SocketAddr) -> Option<IpAddr>,
+    ) {
+        // Runs of one destination are adjacent: look its source up once.
+        let mut known: Option<(SocketAddr, Option<IpAddr>)> = None;
         let mut i = from;
         while i < self.order.len() {
             let (dest, first) = &datagrams[self.order[i]];
+            let from_ip = match known {
+                Some((d, ip)) if d == *dest => ip,
+                _ => {
+                    let ip = source(*dest);
+                    known = Some((*dest, ip));
+                    ip
+                }
+            };
             let segment = first.len();
             let mut count = 1;
             let mut total = segment;
@@ -194,6 +269,7 @@ impl SendBatcher {
             }
             self.runs.push(Run {
                 dest: *dest,
+                source: from_ip,
                 first: i,
                 count,
                 segment,
@@ -203,10 +279,15 @@ impl SendBatcher {
     }
 
     /// Rebuilds the runs from `run_index` on, one datagram each.
-    fn regroup_from(&mut self, datagrams: &[(SocketAddr, BytesMut)], run_index: usize) {
+    fn regroup_from(
+        &mut self,
+        datagrams: &[(SocketAddr, BytesMut)],
+        run_index: usize,
+        source: &impl Fn(SocketAddr) -> Option<IpAddr>,
+    ) {
         let from = self.runs[run_index].first;
         self.runs.truncate(run_index);
-        self.build_runs(datagrams, from);
+        self.build_runs(datagrams, from, source);
     }
 
     /// One `sendmmsg` for `runs[start..end]`; returns how many messages were accepted.
@@ -222,9 +303,8 @@ impl SendBatcher {
         let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(iov_count);
         let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
             Vec::with_capacity(runs.len());
-        // One aligned control buffer per message, room for a UDP_SEGMENT u16.
-        let cmsg_space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-        let mut controls: Vec<u64> = vec![0; runs.len() * cmsg_space.div_ceil(8)];
+        // One aligned control buffer per message: a UDP_SEGMENT u16 and a packet-info.
+        let mut controls: Vec<u64> = vec![0; runs.len() * CONTROL_WORDS];
         for run in runs {
             for k in 0..run.count {
                 let (_, data) = &datagrams[self.order[run.first + k]];
@@ -237,7 +317,6 @@ impl SendBatcher {
         }
         let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
         let mut iov_offset = 0;
-        let words_per_control = cmsg_space.div_ceil(8);
         for (index, run) in runs.iter().enumerate() {
             let mut header: libc::msghdr = unsafe { zeroed() };
             header.msg_name = &mut addrs[index].0 as *mut _ as *mut libc::c_void;
@@ -245,21 +324,16 @@ impl SendBatcher {
             header.msg_iov = unsafe { iovecs.as_mut_ptr().add(iov_offset) };
             header.msg_iovlen = run.count as _;
             iov_offset += run.count;
-            if run.count > 1 {
-                let control = unsafe { controls.as_mut_ptr().add(index * words_per_control) };
+            let gso = (run.count > 1).then_some(run.segment as u16);
+            if gso.is_some() || run.source.is_some() {
+                // SAFETY: the message's control buffer is CONTROL_WORDS * 8 bytes, 8-byte
+                // aligned and exclusively ours; `write_control` stays inside it.
+                let control = unsafe { controls.as_mut_ptr().add(index * CONTROL_WORDS) };
                 header.msg_control = control as *mut libc::c_void;
-                header.msg_controllen = cmsg_space as _;
-                // SAFETY: the control buffer is `cmsg_space` bytes, 8-byte aligned, and
-                // exclusively ours; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
-                unsafe {
-                    let cmsg = libc::CMSG_FIRSTHDR(&header);
-                    (*cmsg).cmsg_level = libc::SOL_UDP;
-                    (*cmsg).cmsg_type = UDP_SEGMENT;
-                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(
-                        libc::CMSG_DATA(cmsg) as *mut u16,
-                        run.segment as u16,
-                    );
+                header.msg_controllen = (CONTROL_WORDS * 8) as _;
+                header.msg_controllen = unsafe { write_control(&header, gso, run.source) } as _;
+                if header.msg_controllen == 0 {
+                    header.msg_control = std::ptr::null_mut();
                 }
             }
             headers.push(libc::mmsghdr {
@@ -283,6 +357,94 @@ impl SendBatcher {
             Ok(accepted as usize)
         }
     }
+}
+
+/// Writes a message's control messages (a GSO segment size, a source address) into the
+/// control buffer `header` points at; returns the bytes used.
+///
+/// # Safety
+/// `header.msg_control` must point at `header.msg_controllen` writable, 8-byte aligned
+/// bytes, at least `CONTROL_WORDS * 8`.
+unsafe fn write_control(header: &libc::msghdr, gso: Option<u16>, source: Option<IpAddr>) -> usize {
+    let mut used = 0usize;
+    // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR walk the buffer the caller vouches for; each
+    // message written fits (u16: 24 bytes, in6_pktinfo: 40 bytes, 64 available).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        if let Some(segment) = gso {
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
+            used += libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+            // Mark the length so far so CMSG_NXTHDR finds room for the next one.
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+        match source {
+            Some(IpAddr::V4(ip)) if !cmsg.is_null() => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(ip.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::in_pktinfo, info);
+                used += libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+            }
+            Some(IpAddr::V6(ip)) if !cmsg.is_null() => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::in6_pktinfo, info);
+                used += libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize;
+            }
+            _ => {}
+        }
+    }
+    used
+}
+
+/// The destination address of a received message, from its packet-info control message.
+///
+/// # Safety
+/// `header` must describe a message the kernel filled, with `msg_control` pointing at
+/// `msg_controllen` readable bytes.
+unsafe fn destination_of(header: &libc::msghdr) -> Option<IpAddr> {
+    // SAFETY: the caller vouches for the control buffer; the kernel wrote whole cmsgs.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                return Some(IpAddr::V4(Ipv4Addr::from(
+                    info.ipi_addr.s_addr.to_ne_bytes(),
+                )));
+            }
+            if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
+                let ip = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                return Some(match ip.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(ip),
+                });
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
 }
 
 fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -348,9 +510,22 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 pub struct RecvBatch {
     buffers: Vec<[u8; RECV_BUF_SIZE]>,
     addrs: Vec<MaybeUninit<libc::sockaddr_storage>>,
+    controls: Vec<[u64; CONTROL_WORDS]>,
     lens: Vec<usize>,
     truncated: Vec<bool>,
     sources: Vec<Option<SocketAddr>>,
+    destinations: Vec<Option<IpAddr>>,
+}
+
+/// One received datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// The local address it was sent to, when the socket reports it (wildcard binds).
+    pub destination: Option<IpAddr>,
+    /// Its bytes.
+    pub bytes: &'a [u8],
 }
 
 impl RecvBatch {
@@ -360,9 +535,11 @@ impl RecvBatch {
         Self {
             buffers: vec![[0u8; RECV_BUF_SIZE]; capacity],
             addrs: (0..capacity).map(|_| MaybeUninit::zeroed()).collect(),
+            controls: vec![[0; CONTROL_WORDS]; capacity],
             lens: vec![0; capacity],
             truncated: vec![false; capacity],
             sources: vec![None; capacity],
+            destinations: vec![None; capacity],
         }
     }
 
@@ -389,13 +566,15 @@ impl RecvBatch {
             header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_iov = unsafe { iovecs.as_mut_ptr().add(index) };
             header.msg_iovlen = 1;
+            header.msg_control = self.controls[index].as_mut_ptr() as *mut libc::c_void;
+            header.msg_controllen = (CONTROL_WORDS * 8) as _;
             headers.push(libc::mmsghdr {
                 msg_hdr: header,
                 msg_len: 0,
             });
         }
-        // SAFETY: headers point into `self.buffers`, `self.addrs` and `iovecs`, all alive
-        // and unmoved for the call.
+        // SAFETY: headers point into `self.buffers`, `self.addrs`, `self.controls` and
+        // `iovecs`, all alive and unmoved for the call.
         let received = unsafe {
             libc::recvmmsg(
                 fd,
@@ -415,19 +594,25 @@ impl RecvBatch {
             // SAFETY: the kernel filled the address for every received message.
             let storage = unsafe { self.addrs[index].assume_init_ref() };
             self.sources[index] = from_sockaddr(storage);
+            // SAFETY: the kernel filled this message's header and control buffer.
+            self.destinations[index] = unsafe { destination_of(&header.msg_hdr) };
         }
         Ok(received)
     }
 
-    /// The `index`th datagram of the last call: its source and bytes, or `None` when it
-    /// was truncated or came from an address family the shard does not speak.
-    pub fn datagram(&self, index: usize) -> Option<(SocketAddr, &[u8])> {
+    /// The `index`th datagram of the last call, or `None` when it was truncated or came
+    /// from an address family the shard does not speak.
+    pub fn datagram(&self, index: usize) -> Option<Received<'_>> {
         if self.truncated.get(index).copied().unwrap_or(true) {
             return None;
         }
         let source = self.sources.get(index).copied().flatten()?;
         let len = self.lens[index].min(RECV_BUF_SIZE);
-        Some((source, &self.buffers[index][..len]))
+        Some(Received {
+            source,
+            destination: self.destinations[index],
+            bytes: &self.buffers[index][..len],
+        })
     }
 }
 
@@ -477,7 +662,7 @@ mod tests {
             batch.push((a.local_addr().unwrap(), payload(50, 300)));
             batch.push((a.local_addr().unwrap(), payload(51, 1300)));
             let mut batcher = SendBatcher::new(gso);
-            let outcome = batcher.send(sender.as_raw_fd(), &mut batch);
+            let outcome = batcher.send(sender.as_raw_fd(), &mut batch, |_| None);
             assert_eq!(outcome.sent, 22, "gso={gso}: {outcome:?}");
             assert!(!outcome.would_block);
             // Two destinations, at most a handful of messages, one syscall.
@@ -511,9 +696,10 @@ mod tests {
             match batch.recv(receiver.as_raw_fd()) {
                 Ok(n) => {
                     for index in 0..n {
-                        let (from, bytes) = batch.datagram(index).expect("datagram");
-                        assert_eq!(from, sender.local_addr().unwrap());
-                        seen.push(bytes.to_vec());
+                        let got = batch.datagram(index).expect("datagram");
+                        assert_eq!(got.source, sender.local_addr().unwrap());
+                        assert_eq!(got.destination, None, "not asked for");
+                        seen.push(got.bytes.to_vec());
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -523,6 +709,57 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..5u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
+    }
+
+    /// Reads one batch within two seconds.
+    fn recv_some(batch: &mut RecvBatch, fd: RawFd) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match batch.recv(fd) {
+                Ok(n) if n > 0 => return n,
+                _ if std::time::Instant::now() < deadline => std::thread::yield_now(),
+                other => panic!("no datagram: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_wildcard_socket_answers_from_the_address_it_was_reached_at() {
+        // The server listens on 0.0.0.0; the client reaches it at 127.0.0.2, one of the
+        // host's addresses that is not the route's preferred source towards the client.
+        let server = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        server.set_nonblocking(true).expect("nonblocking");
+        let port = server.local_addr().unwrap().port();
+        enable_destination_info(server.as_raw_fd(), false).expect("IP_PKTINFO");
+        let client = socket();
+        let reached: SocketAddr = SocketAddr::from(([127, 0, 0, 2], port));
+        client.send_to(b"check", reached).unwrap();
+        let mut batch = RecvBatch::new(4);
+        assert_eq!(recv_some(&mut batch, server.as_raw_fd()), 1);
+        let got = batch.datagram(0).expect("datagram");
+        assert_eq!(got.destination, Some(reached.ip()));
+        let peer = got.source;
+        for gso in [true, false] {
+            // Three equal datagrams make a GSO run when GSO is on: both control messages.
+            let mut replies: Vec<(SocketAddr, BytesMut)> =
+                (0..3).map(|i| (peer, payload(i, 100))).collect();
+            let outcome = SendBatcher::new(gso).send(server.as_raw_fd(), &mut replies, |to| {
+                (to == peer).then_some(reached.ip())
+            });
+            assert_eq!(outcome.sent, 3, "gso={gso}: {outcome:?}");
+            let mut buf = [0u8; 256];
+            for _ in 0..3 {
+                let (_, from) = client.recv_from(&mut buf).expect("reply");
+                assert_eq!(from, reached, "gso={gso}: the reply's source");
+            }
+        }
+        // Without the source named, the kernel picks the route's address: the fault this
+        // prevents.
+        let mut reply = vec![(peer, payload(9, 10))];
+        SendBatcher::new(true).send(server.as_raw_fd(), &mut reply, |_| None);
+        let mut buf = [0u8; 64];
+        let (_, from) = client.recv_from(&mut buf).expect("reply");
+        assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], port)));
     }
 
     #[test]

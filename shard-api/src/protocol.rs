@@ -143,6 +143,10 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<String>,
     },
+    /// Restart ICE on the subscriber connection (the client lost its media path): the
+    /// shard sends a new `offer` with fresh ICE credentials. The publisher connection is
+    /// restarted by the client's own offer with fresh credentials.
+    RestartIce,
     /// Leave the room.
     Leave,
     /// Liveness check; answered with `pong`.
@@ -567,7 +571,10 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
                 return bad("to must be a participant id");
             }
         }
-        ClientMessage::ScreenShare { .. } | ClientMessage::Leave | ClientMessage::Ping => {}
+        ClientMessage::ScreenShare { .. }
+        | ClientMessage::RestartIce
+        | ClientMessage::Leave
+        | ClientMessage::Ping => {}
     }
     Ok(())
 }
@@ -620,6 +627,7 @@ mod tests {
                 track: "TRabc".into(),
                 muted: true,
             },
+            ClientMessage::RestartIce,
             ClientMessage::Leave,
             ClientMessage::Ping,
         ];

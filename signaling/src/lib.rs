@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+#[cfg(feature = "etcd")]
 pub mod cluster;
 pub mod config;
 pub mod local;

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tutti_signaling::admission::{JoinClaims, TokenKeys, hash_password};
+#[cfg(feature = "etcd")]
 use tutti_signaling::cluster::{ClusterGateway, ClusterOptions};
 use tutti_signaling::config::{Cli, Command, LocalRooms, RunArgs, TokenArgs};
 use tutti_signaling::local::{LocalOptions, LocalSystem};
@@ -53,6 +54,9 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         },
         region: args.region.clone(),
     };
+    // Without the `etcd` feature `StoreArgs::etcd` refuses every etcd URL with a message
+    // saying how to build a cluster gateway.
+    #[cfg(feature = "etcd")]
     if let Some(etcd) = args.store.etcd()? {
         if args.session_secret.is_none() {
             tracing::warn!(

@@ -33,6 +33,13 @@ impl StoreArgs {
         if self.store == "memory" {
             return Ok(None);
         }
+        if !crate::ETCD_SUPPORTED {
+            return Err(format!(
+                "--store {}: this binary was built without etcd support; build it with \
+                 `--features etcd` (which needs protoc) to join a cluster",
+                self.store
+            ));
+        }
         let mut config = EtcdConfig::parse(&self.store)?;
         config.user = match (&self.etcd_user, &self.etcd_password) {
             (Some(user), Some(password)) => Some((user.clone(), password.clone())),

@@ -10,7 +10,7 @@
 //! Readers (gateways) use [`LiveView`], answered from memory without I/O; the placement
 //! authority (the operator, or local mode's placer) and the shards write through
 //! [`LiveWriter`]. [`MemoryStore`] is the embedded implementation for local mode and tests;
-//! [`EtcdStore`] keeps the state in etcd, under one key prefix (default `/tutti/`):
+//! `EtcdStore` (with the `etcd` feature) keeps the state in etcd, under one key prefix (default `/tutti/`):
 //!
 //! | key | value | written by |
 //! | --- | --- | --- |
@@ -23,14 +23,22 @@
 #![forbid(unsafe_code)]
 
 mod args;
+#[cfg(feature = "etcd")]
 mod etcd;
+mod etcd_config;
 mod memory;
 pub mod password;
 mod records;
 pub mod snapshot;
 
 pub use args::StoreArgs;
-pub use etcd::{EtcdConfig, EtcdStore};
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdStore;
+pub use etcd_config::EtcdConfig;
+
+/// Whether this build can keep the live state in etcd (the `etcd` feature: etcd-client,
+/// whose build needs `protoc`). Local mode does not need it.
+pub const ETCD_SUPPORTED: bool = cfg!(feature = "etcd");
 pub use memory::MemoryStore;
 pub use records::{
     AUTO_CREATED_OWNER, BroadcastRecord, CascadeEdge, CascadeRecord, RoomRecord, Route,

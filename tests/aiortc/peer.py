@@ -13,6 +13,18 @@ subscriber at the resolution it was sent.
 `candidate` is the type of the local ICE candidate its media flowed through. `publish` runs
 until killed.
 
+Audio: `publish --audio` also sends a 440 Hz tone (`--no-video` sends only that);
+`subscribe --audio-seconds S` records the RTP sequence numbers of the audio it receives for
+S seconds after the first audio packet and adds {"audio_packets", "audio_missing",
+"audio_longest_silence_ms"} to its result (and waits for that instead of video frames when
+`--frames 0`). The result also says whether the shard's first offer carried
+`a=msid-semantic` and which stream ids the tracks arrived with.
+
+aiortc's ICE agent is strict as RFC 8445 §7.2.5.2.1 asks: a check succeeds only when its
+response comes from the address the check was sent to. Its consent freshness is its own
+default (a check every 4-6 s, failure after 30 s without answers). Host candidates are
+127.0.0.1 only, so every test datagram stays on the loopback interface.
+
 Through a gateway: `--gateway --name NAME [--join-token JWT] [--ice-servers JSON] [--relay]`
 joins by nickname (and token), uses the given ICE servers (the shape `/v1/ice-servers`
 returns), and with `--relay` sends media only through TURN.
@@ -20,9 +32,15 @@ returns), and with `--relay` sends media only through TURN.
 
 import argparse
 import asyncio
+import fractions
 import json
+import logging
+import math
+import os
 import sys
+import time
 
+import aioice.ice
 import av
 import websockets
 from aiortc import (
@@ -33,6 +51,91 @@ from aiortc import (
     RTCSessionDescription,
     VideoStreamTrack,
 )
+from aiortc.mediastreams import AudioStreamTrack
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+# Loopback only: no test datagram leaves through another interface of the host.
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
+
+# Audio RTP arrivals, (sequence number, arrival time): recorded below the decoder, so a
+# gap is a packet the shard never sent, not a decoding hiccup.
+AUDIO_ARRIVALS = []
+_handle_rtp = RTCRtpReceiver._handle_rtp_packet
+
+
+async def _record_rtp(self, packet, arrival_time_ms):
+    if self._RTCRtpReceiver__kind == "audio":
+        AUDIO_ARRIVALS.append((packet.sequence_number, time.monotonic()))
+    return await _handle_rtp(self, packet, arrival_time_ms)
+
+
+RTCRtpReceiver._handle_rtp_packet = _record_rtp
+
+# Every address a datagram came from (STUN, DTLS, SRTP alike). aioice turns a response
+# from an unexpected address into a peer-reflexive candidate and carries on, which would
+# hide a server answering from the wrong address; the sources show it.
+SOURCES = set()
+_datagram_received = aioice.ice.StunProtocol.datagram_received
+
+
+def _record_source(self, data, addr):
+    SOURCES.add(f"{addr[0]}:{addr[1]}")
+    return _datagram_received(self, data, addr)
+
+
+aioice.ice.StunProtocol.datagram_received = _record_source
+
+
+class ToneTrack(AudioStreamTrack):
+    """A 440 Hz sine tone, 20 ms frames of 48 kHz mono."""
+
+    def __init__(self):
+        super().__init__()
+        self.samples = 0
+
+    async def recv(self):
+        frame = await super().recv()  # paced silence of the right shape
+        count = frame.samples
+        values = [
+            int(8000 * math.sin(2 * math.pi * 440 * (self.samples + i) / 48000))
+            for i in range(count)
+        ]
+        data = b"".join(v.to_bytes(2, "little", signed=True) for v in values)
+        frame.planes[0].update(data)
+        self.samples += count
+        return frame
+
+
+def audio_summary(seconds):
+    """Missing sequence numbers and the longest silence over the measured window."""
+    if not AUDIO_ARRIVALS:
+        return {"audio_packets": 0, "audio_missing": None, "audio_longest_silence_ms": None}
+    start = AUDIO_ARRIVALS[0][1]
+    window = [a for a in AUDIO_ARRIVALS if a[1] - start <= seconds]
+    seen = set()
+    unwrapped = []
+    base = window[0][0]
+    last = base
+    offset = 0
+    for seq, _ in window:
+        if seq < last and last - seq > 32768:
+            offset += 65536
+        elif seq > last and seq - last > 32768:
+            offset -= 65536
+        last = seq
+        value = seq + offset
+        if value not in seen:
+            seen.add(value)
+            unwrapped.append(value)
+    expected = max(unwrapped) - min(unwrapped) + 1
+    times = [t for _, t in window]
+    longest = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    return {
+        "audio_packets": len(unwrapped),
+        "audio_missing": expected - len(unwrapped),
+        "audio_longest_silence_ms": round(longest * 1000, 1),
+        "audio_window_s": round(times[-1] - start, 1),
+    }
 
 
 class PatternTrack(VideoStreamTrack):
@@ -66,16 +169,22 @@ def configuration(args):
     return RTCConfiguration(iceServers=servers or None, iceTransportPolicy=policy)
 
 
-def local_candidate_type(pc):
-    """The type of the local candidate of the nominated pair, as far as aioice tells."""
+def nominated_pair(pc):
+    """The nominated candidate pair, as far as aioice tells."""
     for transceiver in pc.getTransceivers():
         transport = transceiver.receiver.transport or transceiver.sender.transport
         if transport is None:
             continue
         connection = transport.transport._connection
         for pair in getattr(connection, "_nominated", {}).values():
-            return pair.local_candidate.type
+            return pair
     return None
+
+
+def local_candidate_type(pc):
+    """The type of the local candidate of the nominated pair."""
+    pair = nominated_pair(pc)
+    return pair.local_candidate.type if pair else None
 
 
 async def connect(url, token):
@@ -110,7 +219,10 @@ async def publish(args):
     ws = await connect(args.url, args.token)
     await join(ws, args, True, False)
     pc = RTCPeerConnection(configuration(args))
-    pc.addTransceiver(PatternTrack(args.width, args.height), direction="sendonly")
+    if args.audio:
+        pc.addTransceiver(ToneTrack(), direction="sendonly")
+    if not args.no_video:
+        pc.addTransceiver(PatternTrack(args.width, args.height), direction="sendonly")
     offer = await pc.createOffer()
     await pc.setLocalDescription(offer)
     await send(ws, {"type": "offer", "pc": "publisher", "sdp": pc.localDescription.sdp})
@@ -128,12 +240,37 @@ async def subscribe(args):
     ws = await connect(args.url, args.token)
     await join(ws, args, False, True)
     pc = RTCPeerConnection(configuration(args))
-    result = {"frames": 0, "width": 0, "height": 0, "codec": None, "candidate": None}
+    result = {
+        "frames": 0,
+        "width": 0,
+        "height": 0,
+        "codec": None,
+        "candidate": None,
+        "first_offer_msid_semantic": None,
+        "track_ids": [],
+        "msid_track_ids": [],
+        "shard_candidates": [],
+    }
     done = asyncio.Event()
+    video_done = asyncio.Event()
+    if args.frames == 0:
+        video_done.set()
 
     @pc.on("track")
     def on_track(track):
-        if track.kind != "video":
+        # aiortc names a remote track by its `a=msid` only under `a=msid-semantic: WMS`;
+        # otherwise the id is a random one of its own.
+        result["track_ids"].append(track.id)
+        if track.kind == "audio":
+
+            async def drain_audio():
+                while not done.is_set():
+                    try:
+                        await track.recv()
+                    except Exception:
+                        return
+
+            asyncio.ensure_future(drain_audio())
             return
 
         async def consume():
@@ -146,14 +283,35 @@ async def subscribe(args):
                 result["width"] = frame.width
                 result["height"] = frame.height
                 if result["frames"] >= args.frames:
-                    done.set()
+                    video_done.set()
 
         asyncio.ensure_future(consume())
+
+    async def audio_window():
+        if args.audio_seconds <= 0:
+            return
+        while not AUDIO_ARRIVALS:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(args.audio_seconds + 0.5)
+
+    async def finished():
+        await asyncio.gather(video_done.wait(), audio_window())
+        done.set()
+
+    asyncio.ensure_future(finished())
 
     async def signaling():
         async for raw in ws:
             message = json.loads(raw)
             if message.get("type") == "offer":
+                if result["first_offer_msid_semantic"] is None:
+                    result["first_offer_msid_semantic"] = "a=msid-semantic:" in message["sdp"]
+                for line in message["sdp"].splitlines():
+                    if line.startswith("a=candidate:") and line[2:] not in result["shard_candidates"]:
+                        result["shard_candidates"].append(line[2:])
+                    bits = line[len("a=msid:"):].split() if line.startswith("a=msid:") else []
+                    if len(bits) == 2 and bits[1] not in result["msid_track_ids"]:
+                        result["msid_track_ids"].append(bits[1])
                 await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
                 answer = await pc.createAnswer()
                 await pc.setLocalDescription(answer)
@@ -171,6 +329,11 @@ async def subscribe(args):
     except asyncio.TimeoutError:
         pass
     result["candidate"] = local_candidate_type(pc)
+    pair = nominated_pair(pc)
+    result["selected_remote"] = f"{pair.remote_addr[0]}:{pair.remote_addr[1]}" if pair else None
+    result["sources"] = sorted(SOURCES)
+    if args.audio_seconds > 0:
+        result.update(audio_summary(args.audio_seconds))
     print(json.dumps(result), flush=True)
     task.cancel()
     await pc.close()
@@ -193,7 +356,13 @@ def main():
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--audio", action="store_true")
+    parser.add_argument("--no-video", action="store_true")
+    parser.add_argument("--audio-seconds", type=float, default=0.0)
     args = parser.parse_args()
+    if os.environ.get("TUTTI_AIORTC_LOG"):
+        # aioice's account of every check, on stderr (TUTTI_AIORTC_LOG=1).
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     asyncio.run(publish(args) if args.mode == "publish" else subscribe(args))
 
 

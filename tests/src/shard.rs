@@ -32,26 +32,37 @@ impl TestShard {
 
     /// Starts a shard after letting `configure` adjust its core settings.
     pub async fn start_with(configure: impl FnOnce(&mut CoreConfig)) -> Result<Self> {
-        Self::launch(configure, None).await
+        Self::launch(configure, None, None).await
     }
 
     /// Starts a shard that is ready only while `registration` says its record is in the
     /// live state (as `tutti-sfu --store etcd://…` does).
     pub async fn start_registered(registration: Registration) -> Result<Self> {
-        Self::launch(|_| {}, Some(registration)).await
+        Self::launch(|_| {}, Some(registration), None).await
+    }
+
+    /// Starts a shard whose media socket is bound to `0.0.0.0` (the default bind of the
+    /// gateway and the shard binary) and that advertises `advertise`, one of the host's
+    /// loopback addresses.
+    pub async fn start_wildcard(advertise: std::net::IpAddr) -> Result<Self> {
+        Self::launch(|_| {}, None, Some(advertise)).await
     }
 
     async fn launch(
         configure: impl FnOnce(&mut CoreConfig),
         registration: Option<Registration>,
+        wildcard_advertising: Option<std::net::IpAddr>,
     ) -> Result<Self> {
-        let udp: SocketAddr = "127.0.0.1:0".parse()?;
+        let udp: SocketAddr = match wildcard_advertising {
+            Some(_) => "0.0.0.0:0".parse()?,
+            None => "127.0.0.1:0".parse()?,
+        };
         let mut core = CoreConfig::new(udp);
         configure(&mut core);
         let shard = start(ShardOptions {
             http: "127.0.0.1:0".parse()?,
             udp,
-            advertise_ip: None,
+            advertise_ip: wildcard_advertising,
             advertise_port: None,
             ice_tcp: true,
             admin_token: ADMIN_TOKEN.into(),

@@ -54,3 +54,142 @@ async fn aiortc_publisher_to_aiortc_subscriber_decodes_frames_at_the_sent_resolu
     ensure!(load.tracks == 1, "the shard hosts {} tracks", load.tracks);
     Ok(())
 }
+
+/// The shard keeps sending to a peer for the whole consent lifetime (RFC 7675: 30 s after
+/// its last check). aiortc checks every 4–6 s, so a shard that gave up 5 s after a check
+/// left holes in the audio until the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aiortc_subscriber_with_its_own_consent_timing_hears_40_s_of_audio_without_a_gap()
+-> Result<()> {
+    let shard = TestShard::start().await?;
+    shard
+        .admin
+        .put_pipeline("consent", &PipelineSpec::default())
+        .await?;
+    let url = shard.signal_url();
+    let common = [
+        "--url",
+        url.as_str(),
+        "--token",
+        SIGNAL_TOKEN,
+        "--room",
+        "consent",
+    ];
+    let mut publisher = aiortc::spawn_publisher(
+        &[&common[..], &["--id", "tone", "--audio", "--no-video"]].concat(),
+    )?;
+    let result = aiortc::run_subscriber(
+        &[
+            &common[..],
+            &[
+                "--id",
+                "listener",
+                "--frames",
+                "0",
+                "--audio-seconds",
+                "40",
+                "--timeout",
+                "80",
+            ],
+        ]
+        .concat(),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let _ = publisher.kill().await;
+    println!("aiortc listener: {result}");
+    let packets = result["audio_packets"].as_u64().unwrap_or(0);
+    let window = result["audio_window_s"].as_f64().unwrap_or(0.0);
+    // 20 ms frames: 50 a second.
+    ensure!(
+        window >= 39.0 && packets as f64 >= window * 50.0 * 0.95,
+        "{packets} audio packets in {window} s: {result}"
+    );
+    ensure!(
+        result["audio_missing"] == 0,
+        "sequence numbers missing: {result}"
+    );
+    // The shard's first offer names its tracks in a way every client reads.
+    ensure!(
+        result["first_offer_msid_semantic"] == true,
+        "first offer without a=msid-semantic: {result}"
+    );
+    let named_by_msid = |ids: &serde_json::Value| ids.as_array().cloned().unwrap_or_default();
+    let msid = named_by_msid(&result["msid_track_ids"]);
+    let tracks = named_by_msid(&result["track_ids"]);
+    ensure!(
+        !tracks.is_empty() && tracks.iter().all(|t| msid.contains(t)),
+        "aiortc did not take the track ids from a=msid: {result}"
+    );
+    Ok(())
+}
+
+/// A shard bound to every address (`0.0.0.0`, the default) answers each check from the
+/// address it was sent to. aiortc fails a check whose response comes from elsewhere
+/// (RFC 8445 §7.2.5.2.1): here the shard is reached at 127.0.0.2 while the route back to
+/// the peer (127.0.0.1) would pick 127.0.0.1 as the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_ice_peers_reach_a_shard_bound_to_every_address() -> Result<()> {
+    let shard = TestShard::start_wildcard([127, 0, 0, 2].into()).await?;
+    ensure!(
+        shard.shard.advertised.ip() == std::net::IpAddr::from([127, 0, 0, 2]),
+        "advertised {}",
+        shard.shard.advertised
+    );
+    shard
+        .admin
+        .put_pipeline("strict", &PipelineSpec::default())
+        .await?;
+    let url = shard.signal_url();
+    let common = [
+        "--url",
+        url.as_str(),
+        "--token",
+        SIGNAL_TOKEN,
+        "--room",
+        "strict",
+    ];
+    let mut publisher =
+        aiortc::spawn_publisher(&[&common[..], &["--id", "strict-pub", "--audio"]].concat())?;
+    let result = aiortc::run_subscriber(
+        &[
+            &common[..],
+            &[
+                "--id",
+                "strict-sub",
+                "--frames",
+                "30",
+                "--audio-seconds",
+                "3",
+                "--timeout",
+                "40",
+            ],
+        ]
+        .concat(),
+        Duration::from_secs(90),
+    )
+    .await?;
+    let _ = publisher.kill().await;
+    println!("aiortc subscriber through a wildcard bind: {result}");
+    ensure!(
+        result["frames"].as_u64().unwrap_or(0) >= 30,
+        "video did not flow: {result}"
+    );
+    ensure!(
+        result["audio_packets"].as_u64().unwrap_or(0) > 0,
+        "audio did not flow: {result}"
+    );
+    ensure!(result["candidate"] == "host", "{result}");
+    // Everything came from the address the peer sent to, and that is the pair it uses.
+    let advertised = shard.shard.advertised.to_string();
+    ensure!(
+        result["selected_remote"] == advertised.as_str(),
+        "selected {} instead of {advertised}: {result}",
+        result["selected_remote"]
+    );
+    ensure!(
+        result["sources"] == serde_json::json!([advertised]),
+        "datagrams from other addresses than {advertised}: {result}"
+    );
+    Ok(())
+}

@@ -54,7 +54,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -176,6 +176,9 @@ pub(crate) struct Peer {
     pc: RTCPeerConnection,
     role: PeerRole,
     session: SessionId,
+    /// The local ICE credentials of the current ICE generation, learned from the latest
+    /// local description (empty before the first one).
+    ufrag: String,
     pwd: String,
     deadline: Option<Instant>,
     connected: bool,
@@ -320,16 +323,29 @@ impl ShardCore {
 
     // ---------------------------------------------------------------- datagrams in
 
-    /// Handles one datagram received from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        self.handle_input(now, from, datagram, TransportProtocol::UDP);
+    /// Handles one datagram received from `from`, sent to the local address `to` when the
+    /// socket reports it.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        datagram: &[u8],
+    ) {
+        self.handle_input(now, from, to, datagram, TransportProtocol::UDP);
+    }
+
+    /// The local address datagrams to `to` must leave from: the one `to` last sent to,
+    /// when the socket reports it (a wildcard bind); `None` lets the kernel choose.
+    pub fn local_ip_for(&self, to: SocketAddr) -> Option<IpAddr> {
+        self.demux.local_for(to)
     }
 
     /// Handles one ICE-TCP frame from the connection with `from`. Returns `false` when the
     /// connection should be closed: nothing on it is routed to a peer (an unauthenticated
     /// first frame, or a peer that is gone).
     pub fn handle_tcp_frame(&mut self, now: Instant, from: SocketAddr, frame: &[u8]) -> bool {
-        self.handle_input(now, from, frame, TransportProtocol::TCP)
+        self.handle_input(now, from, None, frame, TransportProtocol::TCP)
     }
 
     /// An ICE-TCP connection closed.
@@ -341,13 +357,14 @@ impl ShardCore {
         &mut self,
         now: Instant,
         from: SocketAddr,
+        to: Option<IpAddr>,
         datagram: &[u8],
         protocol: TransportProtocol,
     ) -> bool {
         let kind = wire::classify(datagram);
         let bound = match protocol {
-            TransportProtocol::TCP => self.tcp_demux.peer_by_addr(from, now),
-            _ => self.demux.peer_by_addr(from, now),
+            TransportProtocol::TCP => self.tcp_demux.peer_by_addr(from, None, now),
+            _ => self.demux.peer_by_addr(from, to, now),
         };
         let key = match (kind, bound) {
             (DatagramKind::Unknown, _) => {
@@ -358,8 +375,8 @@ impl ShardCore {
             (DatagramKind::Stun, None) => match self.authenticate_stun(datagram) {
                 Ok(key) => {
                     match protocol {
-                        TransportProtocol::TCP => self.tcp_demux.bind(from, key, now),
-                        _ => self.demux.bind(from, key, now),
+                        TransportProtocol::TCP => self.tcp_demux.bind(from, None, key, now),
+                        _ => self.demux.bind(from, to, key, now),
                     }
                     key
                 }
@@ -1202,8 +1219,8 @@ impl ShardCore {
     }
 
     fn new_peer(&mut self, session: SessionId, role: PeerRole, now: Instant) -> Option<PeerKey> {
-        let built = match self.factory.build(role, now) {
-            Ok(built) => built,
+        let pc = match self.factory.build(role, now) {
+            Ok(pc) => pc,
             Err(err) => {
                 tracing::error!(%err, "cannot build a peer connection");
                 self.send_error(
@@ -1215,14 +1232,14 @@ impl ShardCore {
             }
         };
         let key = self.key();
-        self.demux.register_ufrag(built.ufrag, key);
         self.peers.insert(
             key,
             Peer {
-                pc: built.pc,
+                pc,
                 role,
                 session,
-                pwd: built.pwd,
+                ufrag: String::new(),
+                pwd: String::new(),
                 deadline: None,
                 connected: false,
                 dirty: false,
@@ -1235,6 +1252,29 @@ impl ShardCore {
         );
         self.mark_dirty(key);
         Some(key)
+    }
+}
+
+impl ShardCore {
+    /// Routes STUN by the ICE credentials of the description a peer just applied: its
+    /// first one, and fresh ones after an ICE restart (the old ufrag stops routing).
+    pub(super) fn adopt_ice_credentials(&mut self, key: PeerKey, sdp: &str) {
+        let Some((ufrag, pwd)) = crate::peer::ice_credentials(sdp) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.ufrag == ufrag && peer.pwd == pwd {
+            return;
+        }
+        if !peer.ufrag.is_empty() {
+            tracing::debug!(peer = key, "ICE restarted with fresh credentials");
+            self.demux.unregister_ufrag(&peer.ufrag);
+        }
+        peer.ufrag = ufrag.to_owned();
+        peer.pwd = pwd.to_owned();
+        self.demux.register_ufrag(ufrag.to_owned(), key);
     }
 }
 
@@ -1439,7 +1479,7 @@ mod tests {
                 bytes[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
             }
             let from = SocketAddr::from(([10, 0, (i % 7) as u8, 1], 1000 + (i % 50) as u16));
-            core.handle_datagram(now, from, &bytes);
+            core.handle_datagram(now, from, None, &bytes);
             assert!(!core.handle_tcp_frame(now, from, &bytes));
         }
         let mut out = Vec::new();

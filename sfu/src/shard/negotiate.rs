@@ -2,7 +2,7 @@
 //! first packets arrive, and renegotiating subscriber connections as tracks come and go.
 
 use super::api::SessionId;
-use super::sdp::{cap_video_bitrate, media_sections};
+use super::sdp::{cap_video_bitrate, ensure_msid_semantic, media_sections};
 use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
@@ -164,6 +164,20 @@ impl ShardCore {
             ClientMessage::Leave => {
                 self.remove_session(session, now, Some("left"));
             }
+            ClientMessage::RestartIce => {
+                let key = self.sessions.get(&session).and_then(|s| s.subscriber);
+                match key.and_then(|k| self.peers.get_mut(&k).map(|peer| (k, peer))) {
+                    Some((key, peer)) => {
+                        peer.pc.restart_ice();
+                        self.request_negotiation(key, now);
+                    }
+                    None => self.send_error(
+                        session,
+                        ErrorCode::OutOfOrder,
+                        "no subscriber connection to restart yet",
+                    ),
+                }
+            }
             ClientMessage::Ping => self.send(session, ServerMessage::Pong),
         }
     }
@@ -292,6 +306,8 @@ impl ShardCore {
                 return;
             }
         };
+        // An offer with new ICE credentials restarted ICE, and the answer has new ones too.
+        self.adopt_ice_credentials(key, &answer.sdp);
         let sdp = match cap {
             Some(kbps) => cap_video_bitrate(&answer.sdp, kbps),
             None => answer.sdp,
@@ -438,11 +454,12 @@ impl ShardCore {
         match offer {
             Ok(offer) => {
                 peer.offer_out = true;
+                self.adopt_ice_credentials(key, &offer.sdp);
                 self.send(
                     session,
                     ServerMessage::Offer {
                         pc: PeerTarget::Subscriber,
-                        sdp: offer.sdp,
+                        sdp: ensure_msid_semantic(offer.sdp),
                     },
                 );
                 self.mark_dirty(key);

@@ -87,6 +87,40 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
     sections
 }
 
+/// Adds `a=msid-semantic: WMS *` to an SDP the shard sends when it lacks one. `rtc`
+/// writes it in offers made after a remote description but not in a connection's first
+/// offer, and clients that honour it read stream and track ids from `a=msid` only when
+/// it is there (RFC 8830 and its WebRTC usage).
+pub fn ensure_msid_semantic(sdp: String) -> String {
+    if sdp.lines().any(|line| line.starts_with("a=msid-semantic:")) {
+        return sdp;
+    }
+    let line = "a=msid-semantic: WMS *\r\n";
+    // Session-level attributes go before the first media section.
+    let at = if sdp.starts_with("m=") {
+        Some(0)
+    } else {
+        sdp.find("\nm=").map(|i| i + 1)
+    };
+    match at {
+        Some(at) => {
+            let mut out = String::with_capacity(sdp.len() + line.len());
+            out.push_str(&sdp[..at]);
+            out.push_str(line);
+            out.push_str(&sdp[at..]);
+            out
+        }
+        None => {
+            let mut out = sdp;
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push_str("\r\n");
+            }
+            out.push_str(line);
+            out
+        }
+    }
+}
+
 /// Adds a bandwidth limit to every video section of an SDP the shard sends.
 pub fn cap_video_bitrate(sdp: &str, kbps: u32) -> String {
     let mut out = String::with_capacity(sdp.len() + 64);
@@ -145,6 +179,21 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
             media_sections("a=mid:0\nm=\nm=video x\n")
                 .iter()
                 .all(|s| s.port == 0)
+        );
+    }
+
+    #[test]
+    fn adds_msid_semantic_at_session_level_once() {
+        let added = ensure_msid_semantic(OFFER.to_owned());
+        let at = added.find("a=msid-semantic: WMS *\r\n").expect("added");
+        assert!(
+            at < added.find("m=audio").unwrap(),
+            "before the first section"
+        );
+        assert_eq!(ensure_msid_semantic(added.clone()), added, "only once");
+        assert_eq!(
+            ensure_msid_semantic("v=0".into()),
+            "v=0\r\na=msid-semantic: WMS *\r\n"
         );
     }
 

@@ -43,9 +43,10 @@ pub async fn relay() -> Result<()> {
             Err(err) => return Err(err.into()),
         };
         for index in 0..count {
-            let Some((from, bytes)) = recv.datagram(index) else {
+            let Some(datagram) = recv.datagram(index) else {
                 continue;
             };
+            let (from, bytes) = (datagram.source, datagram.bytes);
             if bytes == b"SUB" {
                 if !subscribers.contains(&from) {
                     subscribers.push(from);
@@ -61,7 +62,7 @@ pub async fn relay() -> Result<()> {
             }
         }
         while !outgoing.is_empty() {
-            let outcome = sender.send(fd, &mut outgoing);
+            let outcome = sender.send(fd, &mut outgoing, |_| None);
             forwarded += outcome.sent as u64;
             if !outcome.would_block {
                 break;
