@@ -251,6 +251,8 @@ pub fn edge_spec(
             room: broadcast.stage.clone(),
             layers: if broadcast.layers >= 3 { 3 } else { 1 },
         }),
+        // Viewers hear the stage as its players hear each other.
+        audio: stage.audio_settings,
     }
 }
 

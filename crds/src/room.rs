@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
         json_path = ".status.participants"
     ),
     printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxParticipants"),
+    printcolumn(name = "Audio", type_ = "string", json_path = ".spec.audio.profile"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -45,6 +46,9 @@ pub struct RoomSpec {
     /// What may be published.
     #[serde(default)]
     pub media: MediaSpec,
+    /// How the room's audio is captured, encoded and played out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioSpec>,
     /// How long the room keeps its media pipeline while nobody is in it (`30s`, `5m`,
     /// `1h`; at most a week).
     #[serde(default = "default_empty_timeout")]
@@ -62,6 +66,38 @@ fn default_max_participants() -> u32 {
 
 fn default_empty_timeout() -> String {
     "5m".into()
+}
+
+/// A room's audio.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.bitrate) || self.profile == 'music'").message("audio.bitrate applies to the music profile only"))]
+pub struct AudioSpec {
+    /// `speech` (default): echo cancellation, noise suppression and gain control, mono
+    /// Opus at the browser's bitrate. `music`: none of that processing, stereo Opus at a
+    /// music bitrate without DTX, redundancy (RED) where browsers offer it, and short
+    /// receive buffers; participants should wear headphones.
+    #[serde(default)]
+    pub profile: AudioProfile,
+    /// Music rooms: the Opus bitrate in bit/s (128000–510000, default 128000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 128000, max = 510000))]
+    pub bitrate: Option<u32>,
+    /// Opus frame duration in ms: 20 (default) or 10 (less delay, twice the packets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 10 || self == 20").message("audio.ptime is 10 or 20"))]
+    pub ptime: Option<u8>,
+}
+
+/// What a room's audio is for.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioProfile {
+    /// Voices.
+    #[default]
+    Speech,
+    /// Instruments.
+    Music,
 }
 
 /// The room's media policy.

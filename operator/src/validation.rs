@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use tutti_crds::duration::parse_duration;
 use tutti_crds::{RoomSpec, SecretKeyRef};
-use tutti_store::RoomRecord;
+use tutti_store::{AudioProfile, AudioSettings, RoomRecord};
 
 /// Longest room name: rooms are joined by name, and shards key pipelines by it.
 pub const MAX_ROOM_NAME: usize = 64;
@@ -82,6 +82,21 @@ pub fn validate_room(
     if !spec.media.audio && !spec.media.video {
         problems.push("spec.media allows neither audio nor video".into());
     }
+    let audio_settings = spec
+        .audio
+        .as_ref()
+        .map(|audio| AudioSettings {
+            profile: match audio.profile {
+                tutti_crds::room::AudioProfile::Speech => AudioProfile::Speech,
+                tutti_crds::room::AudioProfile::Music => AudioProfile::Music,
+            },
+            bitrate: audio.bitrate,
+            ptime: audio.ptime,
+        })
+        .unwrap_or_default();
+    if let Err(problem) = audio_settings.validate() {
+        problems.push(format!("spec.{problem}"));
+    }
     for (key, value) in &spec.shard_selector {
         if !valid_label_key(key) || !(value.is_empty() || valid_label_part(value, 63)) {
             problems.push(format!(
@@ -104,6 +119,7 @@ pub fn validate_room(
             max_video_bitrate_kbps: spec.media.max_video_bitrate_kbps,
             owner: Some(owner(namespace, name)),
             audience: false,
+            audio_settings,
         },
         selector: spec.shard_selector.clone(),
         password: spec.password_secret_ref.clone(),

@@ -66,6 +66,13 @@ pub struct PipelineSpec {
     /// Where this pipeline's media comes from when the shard is an edge of a broadcast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelaySpec>,
+    /// How the room's audio is encoded and played out (the profile and Opus tuning the
+    /// shard writes into its SDP).
+    #[serde(
+        default,
+        skip_serializing_if = "tutti_store::AudioSettings::is_speech_default"
+    )]
+    pub audio: tutti_store::AudioSettings,
 }
 
 /// An edge's upstream: the parent shard's pipeline it relays.
@@ -103,6 +110,7 @@ impl Default for PipelineSpec {
             owner: None,
             audience: false,
             relay: None,
+            audio: Default::default(),
         }
     }
 }
@@ -122,6 +130,7 @@ impl PipelineSpec {
             owner: room.owner.clone(),
             audience: room.audience,
             relay: None,
+            audio: room.audio_settings,
         }
     }
 
@@ -136,6 +145,7 @@ impl PipelineSpec {
                 "emptyTimeoutSeconds must be at most {MAX_EMPTY_TIMEOUT_SECS}"
             ));
         }
+        self.audio.validate()?;
         if let Some(kbps) = self.media.max_video_bitrate_kbps
             && !(30..=50_000).contains(&kbps)
         {

@@ -301,6 +301,13 @@ pub enum ServerMessage {
         participant: String,
         /// Everyone already in the room, with their tracks.
         participants: Vec<ParticipantInfo>,
+        /// The room's audio profile and Opus tuning (omitted for speech defaults): how to
+        /// capture the microphone and what the shard's SDP asks for.
+        #[serde(
+            default,
+            skip_serializing_if = "tutti_store::AudioSettings::is_speech_default"
+        )]
+        audio: tutti_store::AudioSettings,
     },
     /// The answer to your publisher offer.
     Answer {

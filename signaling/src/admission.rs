@@ -290,6 +290,7 @@ mod tests {
             subscribe: None,
             resume: None,
             watch: false,
+            audio: None,
         }
     }
 

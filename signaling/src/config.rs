@@ -256,6 +256,8 @@ pub struct BroadcastEntry {
     /// Whether presenters send simulcast, relayed so viewers can choose a quality
     /// (own stage; default true).
     pub simulcast: Option<bool>,
+    /// The stage's audio profile (own stage; default speech): a concert is `music`.
+    pub audio: Option<tutti_store::AudioProfile>,
 }
 
 /// Settings shared by declared rooms and defaults.
@@ -266,14 +268,29 @@ pub struct RoomSettings {
     pub max_participants: Option<u32>,
     /// Seconds an empty room keeps its pipeline.
     pub empty_timeout_seconds: Option<u64>,
-    /// Whether audio may be published.
-    pub audio: Option<bool>,
+    /// Whether audio may be published (`true`/`false`), or its profile (`"speech"`,
+    /// `"music"`), which allows it.
+    pub audio: Option<AudioField>,
+    /// Music rooms: the Opus bitrate, bit/s (128000–510000, default 128000).
+    pub audio_bitrate: Option<u32>,
+    /// Opus frame duration, ms: 20 (default) or 10.
+    pub audio_ptime: Option<u8>,
     /// Whether video may be published.
     pub video: Option<bool>,
     /// Whether publishers may send simulcast.
     pub simulcast: Option<bool>,
     /// Upper bound on each video track, kbit/s.
     pub max_video_bitrate_kbps: Option<u32>,
+}
+
+/// The rooms file's `audio`: allowed or not, or the profile of an allowed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AudioField {
+    /// Whether audio may be published (with the speech profile).
+    Allowed(bool),
+    /// Audio is allowed, with this profile.
+    Profile(tutti_store::AudioProfile),
 }
 
 /// One declared room.
@@ -337,10 +354,11 @@ fn declare_broadcasts(
                 let own = entry.presenters.is_some()
                     || entry.password.is_some()
                     || entry.password_hash.is_some()
-                    || entry.simulcast.is_some();
+                    || entry.simulcast.is_some()
+                    || entry.audio.is_some();
                 if own {
                     return Err(context(
-                        "a broadcast of a room takes the room's stage: presenters, password and simulcast belong to the room",
+                        "a broadcast of a room takes the room's stage: presenters, password, simulcast and audio belong to the room",
                     ));
                 }
                 rooms
@@ -370,6 +388,7 @@ fn declare_broadcasts(
                 stage.max_participants = presenters.max(2);
                 stage.password_hash = Some(hash);
                 stage.simulcast = entry.simulcast.unwrap_or(true);
+                stage.audio_settings.profile = entry.audio.unwrap_or_default();
                 stage.empty_timeout_seconds = tutti_sfu::shard::api::MAX_EMPTY_TIMEOUT_SECS;
                 stage.audience = true;
                 rooms.push(stage.clone());
@@ -419,7 +438,25 @@ fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String>
         }
         record.max_video_bitrate_kbps = Some(kbps);
     }
-    record.audio = settings.audio.unwrap_or(record.audio);
+    match settings.audio {
+        Some(AudioField::Allowed(allowed)) => record.audio = allowed,
+        Some(AudioField::Profile(profile)) => {
+            record.audio = true;
+            record.audio_settings.profile = profile;
+            if profile == tutti_store::AudioProfile::Speech {
+                // A music bitrate inherited from the defaults means nothing here.
+                record.audio_settings.bitrate = None;
+            }
+        }
+        None => {}
+    }
+    if settings.audio_bitrate.is_some() {
+        record.audio_settings.bitrate = settings.audio_bitrate;
+    }
+    if settings.audio_ptime.is_some() {
+        record.audio_settings.ptime = settings.audio_ptime;
+    }
+    record.audio_settings.validate()?;
     record.video = settings.video.unwrap_or(record.video);
     record.simulcast = settings.simulcast.unwrap_or(record.simulcast);
     Ok(())
@@ -513,6 +550,55 @@ mod tests {
         assert_eq!(rooms.rooms[1].max_participants, 8);
         assert!(!rooms.rooms[1].simulcast);
         assert_eq!(rooms.auto_create.unwrap().max_participants, 8);
+    }
+
+    #[test]
+    fn rooms_take_an_audio_profile_or_an_audio_switch() {
+        use tutti_store::{AudioProfile, AudioSettings};
+        let file: RoomsFile = toml::from_str(
+            r#"
+            [defaults]
+            audio = "music"
+            audioBitrate = 192000
+            [[rooms]]
+            name = "violin-lesson"
+            audioPtime = 10
+            [[rooms]]
+            name = "talk"
+            audio = "speech"
+            [[rooms]]
+            name = "silent-film"
+            audio = false
+            "#,
+        )
+        .unwrap();
+        let rooms = LocalRooms::from_file(file, false).unwrap();
+        assert_eq!(
+            rooms.rooms[0].audio_settings,
+            AudioSettings {
+                profile: AudioProfile::Music,
+                bitrate: Some(192_000),
+                ptime: Some(10),
+            }
+        );
+        assert!(rooms.rooms[0].audio);
+        assert_eq!(rooms.rooms[1].audio_settings, AudioSettings::default());
+        assert!(!rooms.rooms[2].audio);
+        assert_eq!(
+            rooms.auto_create.unwrap().audio_settings.profile,
+            AudioProfile::Music
+        );
+        for bad in [
+            "[[rooms]]\nname = \"a\"\naudio = \"loud\"",
+            "[[rooms]]\nname = \"a\"\naudio = \"music\"\naudioBitrate = 64000",
+            "[[rooms]]\nname = \"a\"\naudioBitrate = 192000",
+            "[[rooms]]\nname = \"a\"\naudioPtime = 5",
+        ] {
+            let refused = toml::from_str::<RoomsFile>(bad)
+                .map_err(|e| e.to_string())
+                .and_then(|file| LocalRooms::from_file(file, false).map(|_| ()));
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -612,15 +698,19 @@ mod tests {
             parse(&["--store", "etcd://127.0.0.1:2379"]).is_err(),
             "needs the shard token"
         );
-        assert!(
-            parse(&[
-                "--store",
-                "etcd://127.0.0.1:2379",
-                "--shard-signal-token",
-                "0123456789012345678901"
-            ])
-            .is_ok()
-        );
+        let cluster = parse(&[
+            "--store",
+            "etcd://127.0.0.1:2379",
+            "--shard-signal-token",
+            "0123456789012345678901",
+        ]);
+        if tutti_store::ETCD_SUPPORTED {
+            assert!(cluster.is_ok(), "{cluster:?}");
+        } else {
+            // The default build (local mode, no protoc) says how to get a cluster gateway.
+            let refusal = cluster.expect_err("no etcd in this build").to_string();
+            assert!(refusal.contains("--features etcd"), "{refusal}");
+        }
         assert!(parse(&["--store", "mysql://x"]).is_err());
     }
 }

@@ -180,6 +180,10 @@ pub struct JoinRequest {
     /// edge shards, never announced to the room.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub watch: bool,
+    /// The audio profile for a room this join creates (`speech` or `music`); a room that
+    /// exists already, or is declared, keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<tutti_store::AudioProfile>,
 }
 
 /// One decoded client frame.
@@ -347,6 +351,14 @@ pub struct Joined {
     /// stage, and its viewers choose their quality.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub simulcast: bool,
+    /// The room's audio (omitted for speech defaults): with the music profile, capture
+    /// the microphone without echo cancellation, noise suppression or gain control, in
+    /// stereo where the device has it, and send at `bitrate`.
+    #[serde(
+        default,
+        skip_serializing_if = "tutti_store::AudioSettings::is_speech_default"
+    )]
+    pub audio: tutti_store::AudioSettings,
 }
 
 /// Encodes a gateway message as one text frame.
@@ -420,6 +432,7 @@ mod tests {
                 subscribe: None,
                 resume: None,
                 watch: false,
+                audio: None,
             })
         );
         let chat = decode_client(r#"{"v":1,"type":"chat","text":"hi","to":"p1"}"#).unwrap();

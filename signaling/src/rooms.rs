@@ -69,6 +69,28 @@ impl RoomDirectory {
         })
     }
 
+    /// The settings a join to `room` is admitted by; when the join creates the room, with
+    /// the audio profile it asks for.
+    pub fn settings_for_join(
+        &self,
+        room: &str,
+        audio: Option<tutti_store::AudioProfile>,
+    ) -> Option<RoomRecord> {
+        if let Some(declared) = self.view.room(room) {
+            return Some(declared);
+        }
+        let mut created = self.settings(room)?;
+        if let Some(profile) = audio
+            && profile != created.audio_settings.profile
+        {
+            created.audio_settings = tutti_store::AudioSettings {
+                profile,
+                ..Default::default()
+            };
+        }
+        Some(created)
+    }
+
     /// Whether undeclared rooms are created on first join.
     pub fn auto_creates(&self) -> bool {
         self.auto_create.is_some()

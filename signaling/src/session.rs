@@ -29,6 +29,7 @@ use tutti_sfu::ratelimit::TokenBucket;
 use tutti_sfu::signal::protocol::{
     self as shard, ErrorCode as ShardCode, ServerMessage, decode_server, encode_client,
 };
+use tutti_store::AudioSettings;
 use tutti_store::{LiveView, RoomRecord, RouteChange};
 
 /// Messages per second a client may send on average, and its burst.
@@ -479,7 +480,7 @@ impl Session {
         shard: &tutti_store::ShardRecord,
         join: shard::ClientMessage,
         viewer: bool,
-    ) -> Result<(ShardLink, Vec<shard::ParticipantInfo>), ShardJoinError> {
+    ) -> Result<(ShardLink, Vec<shard::ParticipantInfo>, AudioSettings), ShardJoinError> {
         let mut link = self
             .gateway
             .connector
@@ -495,7 +496,11 @@ impl Session {
             .flatten()
             .and_then(|text| decode_server(&text).ok());
         match reply {
-            Some(ServerMessage::Joined { participants, .. }) => Ok((link, participants)),
+            Some(ServerMessage::Joined {
+                participants,
+                audio,
+                ..
+            }) => Ok((link, participants, audio)),
             Some(ServerMessage::Error {
                 code: ShardCode::RoomNotFound | ShardCode::ShardDraining,
                 ..
@@ -564,7 +569,7 @@ impl Session {
                 relay: None,
             };
             match self.join_on(edge, join, true).await {
-                Ok((link, participants)) => {
+                Ok((link, participants, audio)) => {
                     let joined = Joined {
                         room: broadcast.name.clone(),
                         participant: participant.clone(),
@@ -575,6 +580,7 @@ impl Session {
                         ice_servers: gateway.ice.servers_for(&participant, SystemTime::now()),
                         resume: String::new(),
                         simulcast: false,
+                        audio,
                     };
                     return Ok((link, joined, u64::MAX));
                 }
@@ -595,7 +601,7 @@ impl Session {
         let gateway = &self.gateway;
         let settings = gateway
             .rooms
-            .settings(&request.room)
+            .settings_for_join(&request.room, request.audio)
             .ok_or_else(|| Refusal {
                 code: ErrorCode::RoomNotFound,
                 message: format!("there is no room called {}", request.room),
@@ -629,7 +635,7 @@ impl Session {
                 relay: None,
             };
             match self.join_on(&placement.shard, join, false).await {
-                Ok((link, participants)) => {
+                Ok((link, participants, audio)) => {
                     let now = SystemTime::now();
                     let exp = now
                         .duration_since(UNIX_EPOCH)
@@ -656,6 +662,7 @@ impl Session {
                         ice_servers: gateway.ice.servers_for(&participant, now),
                         resume,
                         simulcast: settings.audience && settings.simulcast && admitted.publish,
+                        audio,
                     };
                     return Ok((link, joined, placement.epoch));
                 }

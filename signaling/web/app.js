@@ -4,6 +4,12 @@
 //
 // The publisher connection is ours to offer on; the subscriber connection is the shard's.
 // Each side only ever offers on its own connection, so renegotiation never collides.
+//
+// A room's audio profile (`joined.audio`) decides how the microphone is captured: speech
+// keeps the browser's echo cancellation, noise suppression and gain control; music turns
+// them off, asks for stereo and sends at the room's bitrate, and keeps receive buffers
+// short. A media connection that fails is restarted (ICE restart) without leaving the
+// room.
 
 const ERROR_TEXT = {
   room_full: 'This room is full. Try again when someone leaves.',
@@ -45,6 +51,10 @@ const state = {
   iceServers: [],
   relayOnly: false,
   simulcast: false, // from `joined`: send three video layers
+  audio: { profile: 'speech' }, // from `joined`: the room's audio profile and Opus tuning
+  capturedProfile: null, // the profile the microphone was captured for
+  devices: loadDevices(), // chosen microphone, camera and speakers (device ids)
+  iceRestart: false, // the next publisher offer restarts ICE
   participants: new Map(), // id -> { name, tracks: Map(trackId -> info), screen, tile, stream }
   trackOwner: new Map(), // received track id -> participant id
   localStream: null,
@@ -65,6 +75,22 @@ const state = {
 };
 
 // ---------------------------------------------------------------- helpers
+
+function loadDevices() {
+  try {
+    return { mic: '', cam: '', speaker: '', ...JSON.parse(localStorage.getItem('tutti.devices') || '{}') };
+  } catch {
+    return { mic: '', cam: '', speaker: '' };
+  }
+}
+
+function saveDevices() {
+  try {
+    localStorage.setItem('tutti.devices', JSON.stringify(state.devices));
+  } catch {
+    // Private windows may refuse storage: the choice lasts this visit.
+  }
+}
 
 function send(message) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) {
@@ -106,6 +132,8 @@ function readDeepLink() {
     name: params.get('name') || '',
     password: params.get('password') || '',
     token: params.get('token') || '',
+    // The audio profile for a room this join creates (a declared room keeps its own).
+    audio: ['music', 'speech'].includes(params.get('audio')) ? params.get('audio') : '',
   };
   state.relayOnly = params.get('relay') === '1';
   if (link.password || link.token) {
@@ -171,19 +199,43 @@ function showCall() {
 
 // ---------------------------------------------------------------- local media
 
-async function startLocalMedia() {
+// What the microphone is asked for. Music: an instrument through an audio interface must
+// reach the others as it sounds, so no echo cancellation (wear headphones), no noise
+// suppression (a held note is not noise), no gain control, and stereo where the device has
+// it.
+function audioConstraints(profile) {
+  const device = state.devices.mic ? { deviceId: { exact: state.devices.mic } } : {};
+  if (profile === 'music') {
+    return {
+      ...device,
+      echoCancellation: false,
+      noiseSuppression: false,
+      autoGainControl: false,
+      channelCount: { ideal: 2 },
+      sampleRate: { ideal: 48000 },
+    };
+  }
+  return { ...device, echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+}
+
+function videoConstraints() {
+  const device = state.devices.cam ? { deviceId: { exact: state.devices.cam } } : {};
+  return { ...device, width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } };
+}
+
+async function startLocalMedia(profile) {
   if (state.localStream) return;
   const note = $('#media-note');
   try {
     state.localStream = await navigator.mediaDevices.getUserMedia({
-      audio: true,
-      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
+      audio: audioConstraints(profile),
+      video: videoConstraints(),
     });
     note.textContent = '';
   } catch (videoError) {
     // No camera, or the camera is denied: carry on with the microphone alone.
     try {
-      state.localStream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      state.localStream = await navigator.mediaDevices.getUserMedia({ audio: audioConstraints(profile) });
       note.textContent = `No camera (${videoError.name}): you joined with audio only.`;
     } catch (audioError) {
       state.localStream = new MediaStream();
@@ -192,8 +244,101 @@ async function startLocalMedia() {
   }
   state.micTrack = state.localStream.getAudioTracks()[0] || null;
   state.camTrack = state.localStream.getVideoTracks()[0] || null;
+  state.capturedProfile = state.micTrack ? profile : null;
   $('#toggle-mic').disabled = !state.micTrack;
   $('#toggle-cam').disabled = !state.camTrack;
+}
+
+// Captures the microphone again (another profile or device) and sends the new track.
+async function recaptureMic() {
+  if (!state.micTrack) return;
+  const old = state.micTrack;
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: audioConstraints(state.audio.profile) });
+  const track = stream.getAudioTracks()[0];
+  track.enabled = old.enabled;
+  state.localStream.removeTrack(old);
+  state.localStream.addTrack(track);
+  state.micTrack = track;
+  state.capturedProfile = state.audio.profile;
+  if (state.audioSender) await state.audioSender.replaceTrack(track);
+  old.stop();
+}
+
+// Music: send at the room's bitrate, ahead of video when the uplink is short.
+function audioEncoding() {
+  if (state.audio.profile !== 'music') return {};
+  return { maxBitrate: state.audio.bitrate || 128000, priority: 'high', networkPriority: 'high' };
+}
+
+// Music: tell the shard we decode stereo (browsers answer mono unless asked).
+function preferStereo(sdp) {
+  const opus = [...sdp.matchAll(/^a=rtpmap:(\d+) opus\/48000/gim)].map((m) => m[1]);
+  let out = sdp;
+  for (const pt of opus) {
+    out = out.replace(new RegExp(`^(a=fmtp:${pt} .*?)(\r?)$`, 'm'), (line, body, cr) =>
+      (/(^|;| )stereo=1/.test(body) ? line : `${body};stereo=1${cr}`));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- devices
+
+async function fillDevicePickers() {
+  if (!navigator.mediaDevices?.enumerateDevices) return;
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  const pickers = [
+    ['#pick-mic', 'audioinput', 'mic', state.micTrack],
+    ['#pick-cam', 'videoinput', 'cam', state.camTrack],
+    ['#pick-speaker', 'audiooutput', 'speaker', null],
+  ];
+  for (const [selector, kind, key, track] of pickers) {
+    const select = $(selector);
+    const current = state.devices[key] || track?.getSettings().deviceId || '';
+    select.replaceChildren();
+    const found = devices.filter((d) => d.kind === kind);
+    for (const [index, device] of found.entries()) {
+      select.append(new Option(device.label || `${kind} ${index + 1}`, device.deviceId));
+    }
+    if (found.some((d) => d.deviceId === current)) select.value = current;
+    select.disabled = found.length === 0 || (kind === 'audiooutput' && !('setSinkId' in HTMLMediaElement.prototype));
+  }
+}
+
+async function chooseMic(deviceId) {
+  state.devices.mic = deviceId;
+  saveDevices();
+  await recaptureMic();
+}
+
+async function chooseCam(deviceId) {
+  state.devices.cam = deviceId;
+  saveDevices();
+  if (!state.camTrack) return;
+  const stream = await navigator.mediaDevices.getUserMedia({ video: videoConstraints() });
+  const track = stream.getVideoTracks()[0];
+  const old = state.camTrack;
+  track.enabled = old.enabled;
+  state.localStream.removeTrack(old);
+  state.localStream.addTrack(track);
+  state.camTrack = track;
+  if (state.videoSender && !state.screenTrack) await state.videoSender.replaceTrack(track);
+  old.stop();
+  renderLocalTile();
+}
+
+async function chooseSpeaker(deviceId) {
+  state.devices.speaker = deviceId;
+  saveDevices();
+  for (const video of document.querySelectorAll('.tile:not(.local) video')) await applySpeaker(video);
+}
+
+async function applySpeaker(element) {
+  if (!state.devices.speaker || typeof element.setSinkId !== 'function') return;
+  try {
+    await element.setSinkId(state.devices.speaker);
+  } catch (err) {
+    console.warn('cannot play on the chosen speakers', err);
+  }
 }
 
 function stopLocalMedia() {
@@ -217,6 +362,7 @@ function makeTile(id, name, local) {
   tile.querySelector('.avatar').textContent = initials(name);
   const video = tile.querySelector('video');
   video.muted = local;
+  if (!local) applySpeaker(video);
   $('#grid').append(tile);
   return tile;
 }
@@ -336,6 +482,39 @@ function rtcConfig() {
   };
 }
 
+// A connection whose ICE fails, or stays disconnected for a few seconds, is restarted:
+// the session, the seat and the tracks stay; the others see a freeze, not a departure.
+const DISCONNECTED_GRACE_MS = 3000;
+
+function watchConnection(pc, target) {
+  let timer = null;
+  pc.addEventListener('iceconnectionstatechange', () => {
+    clearTimeout(timer);
+    const ice = pc.iceConnectionState;
+    if (ice === 'failed') {
+      restartIce(pc, target);
+    } else if (ice === 'disconnected') {
+      timer = setTimeout(() => {
+        if (pc.iceConnectionState === 'disconnected') restartIce(pc, target);
+      }, DISCONNECTED_GRACE_MS);
+    } else if (ice === 'connected' || ice === 'completed') {
+      if (state.joined) setStatus('Connected');
+    }
+  });
+}
+
+function restartIce(pc, target) {
+  if (pc !== (target === 'publisher' ? state.pub : state.sub) || !state.joined) return;
+  setStatus('Reconnecting media…');
+  state.mediaRestarts = (state.mediaRestarts || 0) + 1;
+  if (target === 'publisher') {
+    state.iceRestart = true;
+    negotiatePublisher().catch((err) => console.error('ICE restart failed', err));
+  } else {
+    send({ type: 'restart_ice' });
+  }
+}
+
 function trickle(pc, target) {
   pc.addEventListener('icecandidate', ({ candidate }) => {
     if (candidate && candidate.candidate) {
@@ -354,10 +533,12 @@ async function startPublishing() {
   const pc = new RTCPeerConnection(rtcConfig());
   state.pub = pc;
   trickle(pc, 'publisher');
+  watchConnection(pc, 'publisher');
   if (state.micTrack) {
     state.audioSender = pc.addTransceiver(state.micTrack, {
       direction: 'sendonly',
       streams: [state.localStream],
+      sendEncodings: [audioEncoding()],
     }).sender;
   }
   if (state.camTrack) {
@@ -387,7 +568,9 @@ async function negotiatePublisher() {
       state.pubAgain = false;
       const pc = state.pub;
       if (!pc) return;
-      await pc.setLocalDescription(await pc.createOffer());
+      const iceRestart = state.iceRestart;
+      state.iceRestart = false;
+      await pc.setLocalDescription(await pc.createOffer({ iceRestart }));
       const answered = new Promise((resolve, reject) => {
         state.answerWaiter = { resolve, reject };
       });
@@ -412,8 +595,14 @@ function subscriber() {
   const pc = new RTCPeerConnection(rtcConfig());
   state.sub = pc;
   trickle(pc, 'subscriber');
-  pc.addEventListener('track', ({ track, streams }) => {
-    const owner = streams[0]?.id || state.trackOwner.get(track.id);
+  watchConnection(pc, 'subscriber');
+  pc.addEventListener('track', ({ track, streams, receiver }) => {
+    // In music rooms a participant's sound comes in a stream of its own (so that the
+    // browser does not hold it back to keep lips in sync): find the owner by track first.
+    const owner = state.trackOwner.get(track.id) || streams[0]?.id;
+    if (track.kind === 'audio' && state.audio.profile === 'music' && 'jitterBufferTarget' in receiver) {
+      receiver.jitterBufferTarget = 0;
+    }
     const participant = state.participants.get(owner);
     if (!participant) return;
     for (const old of participant.stream.getTracks().filter((t) => t.kind === track.kind)) {
@@ -431,7 +620,9 @@ function subscriber() {
 async function onSubscriberOffer(sdp) {
   const pc = subscriber();
   await pc.setRemoteDescription({ type: 'offer', sdp });
-  await pc.setLocalDescription(await pc.createAnswer());
+  const answer = await pc.createAnswer();
+  if (state.audio.profile === 'music') answer.sdp = preferStereo(answer.sdp);
+  await pc.setLocalDescription(answer);
   send({ type: 'answer', pc: 'subscriber', sdp: pc.localDescription.sdp });
 }
 
@@ -541,8 +732,9 @@ function connect() {
   state.ws = ws;
   setStatus('Connecting…');
   ws.addEventListener('open', () => {
-    const { room, name, password, token } = state.credentials;
+    const { room, name, password, token, audio } = state.credentials;
     const join = { type: 'join', room };
+    if (audio) join.audio = audio;
     if (name) join.name = name;
     if (password) join.password = password;
     if (token) join.token = token;
@@ -602,11 +794,18 @@ async function onMessage(message) {
       state.myName = message.name;
       state.iceServers = message.ice_servers || [];
       state.simulcast = Boolean(message.simulcast);
+      state.audio = message.audio || { profile: 'speech' };
       clearError();
       showCall();
       setStatus('Connected');
+      showAudioProfile();
       renderLocalTile();
       for (const participant of message.participants) addParticipant(participant);
+      if (state.micTrack && state.capturedProfile !== state.audio.profile) {
+        // The room's profile differs from the one the microphone was opened with.
+        await recaptureMic().catch((err) => console.error('microphone capture failed', err));
+      }
+      fillDevicePickers().catch((err) => console.warn('no device list', err));
       if (message.publish) {
         startPublishing().catch((err) => console.error('publishing failed', err));
       }
@@ -710,13 +909,22 @@ function endCall() {
   showLobby();
 }
 
+function showAudioProfile() {
+  const music = state.audio.profile === 'music';
+  $('#audio-profile').textContent = music
+    ? `Music room: your microphone is sent as it sounds (${Math.round((state.audio.bitrate || 128000) / 1000)} kbit/s, stereo, no echo cancellation). Wear headphones.`
+    : '';
+  $('#audio-profile').classList.toggle('hidden', !music);
+}
+
 async function join(credentials) {
   clearError();
   state.credentials = credentials;
   state.leaving = false;
   $('#join').disabled = true;
   try {
-    await startLocalMedia();
+    // Capture for the profile the link asks for; `joined` may say otherwise.
+    await startLocalMedia(credentials.audio === 'music' ? 'music' : 'speech');
   } finally {
     $('#join').disabled = false;
   }
@@ -749,6 +957,11 @@ async function inboundStats() {
       frameHeight: stat.frameHeight || 0,
       totalAudioEnergy: stat.totalAudioEnergy || 0,
       audioLevel: stat.audioLevel || 0,
+      bytesReceived: stat.bytesReceived || 0,
+      jitterBufferDelay: stat.jitterBufferDelay || 0,
+      jitterBufferEmittedCount: stat.jitterBufferEmittedCount || 0,
+      totalSamplesReceived: stat.totalSamplesReceived || 0,
+      concealedSamples: stat.concealedSamples || 0,
     });
   });
   return rows;
@@ -785,6 +998,7 @@ function init() {
       name: $('#name').value.trim(),
       password: $('#password').value,
       token: '',
+      audio: $('#audio-music').checked ? 'music' : '',
     });
   });
   $('#banner-close').addEventListener('click', clearError);
@@ -792,6 +1006,12 @@ function init() {
   $('#toggle-cam').addEventListener('click', toggleCam);
   $('#toggle-screen').addEventListener('click', toggleScreen);
   $('#leave').addEventListener('click', leave);
+  $('#pick-mic').addEventListener('change', (e) => enqueue(() => chooseMic(e.target.value)));
+  $('#pick-cam').addEventListener('change', (e) => enqueue(() => chooseCam(e.target.value)));
+  $('#pick-speaker').addEventListener('change', (e) => chooseSpeaker(e.target.value));
+  navigator.mediaDevices?.addEventListener?.('devicechange', () => {
+    if (state.joined) fillDevicePickers().catch(() => {});
+  });
   $('#room-search').addEventListener('input', refreshRooms);
   $('#chat-form').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -806,6 +1026,7 @@ function init() {
   const link = readDeepLink();
   $('#room').value = link.room;
   $('#name').value = link.name;
+  $('#audio-music').checked = link.audio === 'music';
   if (link.room && (link.name || link.token)) {
     join(link);
   } else {

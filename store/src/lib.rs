@@ -41,8 +41,8 @@ pub use etcd_config::EtcdConfig;
 pub const ETCD_SUPPORTED: bool = cfg!(feature = "etcd");
 pub use memory::MemoryStore;
 pub use records::{
-    AUTO_CREATED_OWNER, BroadcastRecord, CascadeEdge, CascadeRecord, RoomRecord, Route,
-    ShardLoadSummary, ShardRecord,
+    AUTO_CREATED_OWNER, AudioProfile, AudioSettings, BroadcastRecord, CascadeEdge, CascadeRecord,
+    RoomRecord, Route, ShardLoadSummary, ShardRecord,
 };
 pub use snapshot::RouteChange;
 

@@ -66,6 +66,9 @@ pub(crate) type TrackKey = u64;
 
 /// What sessions are told when the shard stops; they are to join again elsewhere.
 const STOPPING: &str = "the shard is stopping; reconnect";
+/// What a session is told when its media connection failed past recovery (no ICE restart
+/// came in time); it is to join again as the same participant.
+const MEDIA_FAILED: &str = "media connection failed";
 
 /// Least spacing of keyframe requests to a publisher in an audience room.
 const AUDIENCE_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -526,7 +529,7 @@ impl ShardCore {
                     RTCPeerConnectionState::Connected => peer.connected = true,
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         peer.connected = false;
-                        self.doomed.push((peer.session, "media connection failed"));
+                        self.doomed.push((peer.session, MEDIA_FAILED));
                     }
                     _ => peer.connected = false,
                 }
@@ -1050,6 +1053,11 @@ impl ShardCore {
                 room: request.room.clone(),
                 participant: request.participant,
                 participants,
+                audio: self
+                    .rooms
+                    .get(&request.room)
+                    .map(|room| room.spec.audio)
+                    .unwrap_or_default(),
             },
         );
         if presence.announced() {
@@ -1163,7 +1171,7 @@ impl ShardCore {
                 id,
                 ServerMessage::Left {
                     reason: reason.to_owned(),
-                    reconnect: reason == STOPPING,
+                    reconnect: reason == STOPPING || reason == MEDIA_FAILED,
                 },
             );
         }

@@ -2,7 +2,7 @@
 //! first packets arrive, and renegotiating subscriber connections as tracks come and go.
 
 use super::api::SessionId;
-use super::sdp::{cap_video_bitrate, ensure_msid_semantic, media_sections};
+use super::sdp::{cap_video_bitrate, ensure_msid_semantic, media_sections, tune_opus};
 use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
@@ -263,8 +263,12 @@ impl ShardCore {
                 None => return,
             },
         };
-        let (policy, cap) = match self.rooms.get(&room) {
-            Some(r) => (r.spec.media.clone(), r.spec.media.max_video_bitrate_kbps),
+        let (policy, cap, audio) = match self.rooms.get(&room) {
+            Some(r) => (
+                r.spec.media.clone(),
+                r.spec.media.max_video_bitrate_kbps,
+                r.spec.audio,
+            ),
             None => return,
         };
         let Some(peer) = self.peers.get_mut(&key) else {
@@ -312,6 +316,7 @@ impl ShardCore {
             Some(kbps) => cap_video_bitrate(&answer.sdp, kbps),
             None => answer.sdp,
         };
+        let sdp = tune_opus(sdp, &audio);
         self.send(
             session,
             ServerMessage::Answer {
@@ -446,6 +451,12 @@ impl ShardCore {
             return;
         };
         let session = peer.session;
+        let audio = self
+            .sessions
+            .get(&session)
+            .and_then(|s| self.rooms.get(&s.room))
+            .map(|room| room.spec.audio)
+            .unwrap_or_default();
         let offer = peer.pc.create_offer(None).and_then(|offer| {
             peer.pc
                 .set_local_description(now, offer.clone())
@@ -459,7 +470,7 @@ impl ShardCore {
                     session,
                     ServerMessage::Offer {
                         pc: PeerTarget::Subscriber,
-                        sdp: ensure_msid_semantic(offer.sdp),
+                        sdp: tune_opus(ensure_msid_semantic(offer.sdp), &audio),
                     },
                 );
                 self.mark_dirty(key);
@@ -685,15 +696,24 @@ impl ShardCore {
                 None => return,
             },
         };
-        let stream_id = self
-            .sessions
-            .get(&publisher)
-            .map(|s| s.participant.clone())
-            .unwrap_or_default();
         let (Some(peer), Some(track)) = (self.peers.get_mut(&key), self.tracks.get(&track_key))
         else {
             return;
         };
+        let mut stream_id = self
+            .sessions
+            .get(&publisher)
+            .map(|s| s.participant.clone())
+            .unwrap_or_default();
+        // A browser delays the sound of a stream to keep it in step with the stream's
+        // video. Musicians need the sound now: in music rooms it is a stream of its own.
+        let music = self
+            .rooms
+            .get(&track.room)
+            .is_some_and(|room| room.spec.audio.profile == tutti_store::AudioProfile::Music);
+        if music && track.kind == TrackKind::Audio {
+            stream_id.push_str(".audio");
+        }
         let mut ssrc = rand::random::<u32>();
         while ssrc == 0 || peer.outgoing.contains_key(&ssrc) {
             ssrc = rand::random::<u32>();

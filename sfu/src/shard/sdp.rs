@@ -121,6 +121,96 @@ pub fn ensure_msid_semantic(sdp: String) -> String {
     }
 }
 
+/// Writes a music room's Opus tuning into an SDP the shard sends (its answer to a
+/// publisher, its offer to a subscriber): stereo both ways, the room's average bitrate,
+/// no DTX (a held note must not be mistaken for silence), in-band FEC, and the room's
+/// frame duration. Browsers take these from the remote description: the publisher encodes
+/// accordingly and the subscriber is told the stream is stereo. Other sections, and rooms
+/// with the speech profile, are left as they are.
+pub fn tune_opus(sdp: String, audio: &tutti_store::AudioSettings) -> String {
+    let Some(bitrate) = audio.opus_bitrate() else {
+        return sdp;
+    };
+    let ptime = audio.ptime_ms();
+    let mut out = String::with_capacity(sdp.len() + 256);
+    let mut opus: Option<String> = None;
+    let mut in_audio = false;
+    let mut fmtp_written = false;
+    let finish_section = |out: &mut String, opus: &Option<String>, fmtp_written: bool| {
+        if let (Some(pt), false) = (opus, fmtp_written) {
+            out.push_str(&format!("a=fmtp:{pt} {}\r\n", music_fmtp("", bitrate)));
+        }
+    };
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if bare.starts_with("m=") {
+            if in_audio {
+                finish_section(&mut out, &opus, fmtp_written);
+            }
+            in_audio = bare.starts_with("m=audio");
+            opus = None;
+            fmtp_written = false;
+            out.push_str(line);
+            if in_audio && ptime != 20 {
+                // Session order does not matter to parsers; media-level ptime right after
+                // the m= line is where browsers write it too.
+                out.push_str(&format!("a=ptime:{ptime}\r\na=maxptime:{ptime}\r\n"));
+            }
+            continue;
+        }
+        if !in_audio {
+            out.push_str(line);
+            continue;
+        }
+        if bare.starts_with("a=ptime:") || bare.starts_with("a=maxptime:") {
+            continue; // replaced above
+        }
+        if let Some(rest) = bare.strip_prefix("a=rtpmap:")
+            && let Some((pt, codec)) = rest.split_once(' ')
+            && codec.to_ascii_lowercase().starts_with("opus/")
+        {
+            opus = Some(pt.to_owned());
+        }
+        if let (Some(pt), Some(rest)) = (&opus, bare.strip_prefix("a=fmtp:"))
+            && let Some((fmtp_pt, params)) = rest.split_once(' ')
+            && fmtp_pt == pt
+        {
+            out.push_str(&format!("a=fmtp:{pt} {}\r\n", music_fmtp(params, bitrate)));
+            fmtp_written = true;
+            continue;
+        }
+        out.push_str(line);
+    }
+    if in_audio {
+        finish_section(&mut out, &opus, fmtp_written);
+    }
+    out
+}
+
+/// Opus format parameters for music: the ones given, with the music ones set.
+fn music_fmtp(params: &str, bitrate: u32) -> String {
+    const SET: [&str; 5] = [
+        "stereo",
+        "sprop-stereo",
+        "maxaveragebitrate",
+        "usedtx",
+        "useinbandfec",
+    ];
+    let mut kept: Vec<&str> = params
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or_default();
+            !SET.iter().any(|s| s.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    let music =
+        format!("stereo=1;sprop-stereo=1;maxaveragebitrate={bitrate};usedtx=0;useinbandfec=1");
+    kept.push(&music);
+    kept.join(";")
+}
+
 /// Adds a bandwidth limit to every video section of an SDP the shard sends.
 pub fn cap_video_bitrate(sdp: &str, kbps: u32) -> String {
     let mut out = String::with_capacity(sdp.len() + 64);
@@ -180,6 +270,42 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
                 .iter()
                 .all(|s| s.port == 0)
         );
+    }
+
+    #[test]
+    fn music_rooms_get_stereo_opus_at_their_bitrate_without_dtx() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\nc=IN IP4 0.0.0.0\r\n\
+                      a=mid:0\r\na=rtpmap:111 opus/48000/2\r\n\
+                      a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n\
+                      a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\na=ptime:20\r\n\
+                      m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n";
+        let speech = tutti_store::AudioSettings::default();
+        assert_eq!(tune_opus(answer.to_owned(), &speech), answer);
+        let music = tutti_store::AudioSettings {
+            ptime: Some(10),
+            bitrate: Some(256_000),
+            ..tutti_store::AudioSettings::music()
+        };
+        let tuned = tune_opus(answer.to_owned(), &music);
+        assert!(tuned.contains(
+            "a=fmtp:111 minptime=10;stereo=1;sprop-stereo=1;maxaveragebitrate=256000;usedtx=0;useinbandfec=1\r\n"
+        ), "{tuned}");
+        assert!(
+            tuned.contains("a=fmtp:63 111/111\r\n"),
+            "RED's fmtp is untouched"
+        );
+        assert_eq!(tuned.matches("a=ptime:").count(), 1, "{tuned}");
+        assert!(tuned.contains("a=ptime:10\r\na=maxptime:10\r\n"));
+        assert!(
+            tuned.ends_with("a=rtpmap:96 VP8/90000\r\n"),
+            "video untouched"
+        );
+        // An Opus section without a format line gets one.
+        let bare = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        let tuned = tune_opus(bare.to_owned(), &tutti_store::AudioSettings::music());
+        assert!(tuned.ends_with(
+            "a=fmtp:111 stereo=1;sprop-stereo=1;maxaveragebitrate=128000;usedtx=0;useinbandfec=1\r\n"
+        ), "{tuned}");
     }
 
     #[test]
