@@ -1,0 +1,459 @@
+// A violin lesson with the music profile in real browsers, and what it costs in latency:
+// the microphone as captured, the Opus parameters negotiated, the bitrate actually sent,
+// and (printed as benchmark figures, never asserted on time) the receiver's jitter-buffer
+// delay and the click-to-ear latency through the shard against a direct browser-to-browser
+// call measured in the same run, for music and for speech.
+//
+// The fake microphone plays a generated stereo WAV: a bowed A4 with its harmonics on the
+// left, a fifth above on the right, so stereo and a music bitrate have something to carry.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import {
+  CHROMIUM, repo, startProcess, openPage, waitFor, waitForPlayingVideo, waitForAudio,
+  participantId,
+} from './lib.mjs';
+
+const FLAGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-dev-shm-usage',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--autoplay-policy=no-user-gesture-required',
+  '--no-first-run',
+  '--disable-background-timer-throttling',
+  '--disable-renderer-backgrounding',
+];
+
+/** A 2 s stereo 48 kHz WAV: harmonic-rich tones, different in each channel. */
+function writeMusicWav(file) {
+  const rate = 48_000;
+  const samples = rate * 2;
+  const data = Buffer.alloc(samples * 4);
+  const tone = (f, t) => [1, 0.5, 0.33, 0.25, 0.2, 0.16]
+    .reduce((sum, a, k) => sum + a * Math.sin(2 * Math.PI * f * (k + 1) * t), 0);
+  for (let i = 0; i < samples; i += 1) {
+    const t = i / rate;
+    const vibrato = 1 + 0.004 * Math.sin(2 * Math.PI * 5.5 * t);
+    data.writeInt16LE(Math.round(5000 * tone(440 * vibrato, t)), i * 4);
+    data.writeInt16LE(Math.round(5000 * tone(660 * vibrato, t)), i * 4 + 2);
+  }
+  const header = Buffer.alloc(44);
+  header.write('RIFF', 0);
+  header.writeUInt32LE(36 + data.length, 4);
+  header.write('WAVEfmt ', 8);
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20); // PCM
+  header.writeUInt16LE(2, 22); // stereo
+  header.writeUInt32LE(rate, 24);
+  header.writeUInt32LE(rate * 4, 28);
+  header.writeUInt16LE(4, 32);
+  header.writeUInt16LE(16, 34);
+  header.write('data', 36);
+  header.writeUInt32LE(data.length, 40);
+  fs.writeFileSync(file, Buffer.concat([header, data]));
+}
+
+/** The gateway binary: the release build the run command makes, when it is there. */
+function gatewayBinary() {
+  const release = path.join(repo, 'target', 'release', 'tutti-gateway');
+  return process.env.TUTTI_TUTTI_GATEWAY_BIN
+    || (fs.existsSync(release) ? release : path.join(repo, 'target', 'debug', 'tutti-gateway'));
+}
+
+let gateway;
+let browser;
+let wavDir;
+const pages = [];
+
+async function page(url) {
+  // The measuring tools load AudioWorklet modules from blob: URLs, which the gateway's
+  // Content-Security-Policy (scripts from itself only) rightly refuses to the app.
+  const context = await browser.newContext({ bypassCSP: true });
+  const p = await context.newPage();
+  p.on('pageerror', (err) => console.error(`[page error] ${err.message}`));
+  if (process.env.TUTTI_TEST_VERBOSE) p.on('console', (m) => console.error(`[console] ${m.text()}`));
+  await p.goto(url);
+  pages.push(p);
+  return p;
+}
+
+before(async () => {
+  const bin = gatewayBinary();
+  console.log(`music: gateway ${path.relative(repo, bin)}`);
+  const started = await startProcess(
+    bin,
+    ['--listen', '127.0.0.1:0', '--media-bind', '127.0.0.1', '--advertise-ip', '127.0.0.1', '--shards', '2'],
+    /listening on (http:\/\/\S+)/,
+  );
+  gateway = { url: started.match[1], stop: started.stop };
+  wavDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-music-'));
+  const wav = path.join(wavDir, 'violin.wav');
+  writeMusicWav(wav);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [...FLAGS, `--use-file-for-fake-audio-capture=${wav}`],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (gateway) await gateway.stop();
+  if (wavDir) fs.rmSync(wavDir, { recursive: true, force: true });
+});
+
+/** The page's outbound audio: bytes sent and the codec's format line. */
+function outboundAudio(p) {
+  return p.evaluate(async () => {
+    const pc = window.tutti.state.pub;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    let out = null;
+    report.forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'audio') out = s;
+    });
+    if (!out) return null;
+    const codec = out.codecId ? report.get(out.codecId) : null;
+    return {
+      bytesSent: out.bytesSent,
+      packetsSent: out.packetsSent,
+      at: out.timestamp,
+      mimeType: codec?.mimeType,
+      fmtp: codec?.sdpFmtpLine || '',
+      channels: codec?.channels,
+    };
+  });
+}
+
+/** kbit/s of audio the page sends, over `seconds`. */
+async function audioBitrate(p, seconds) {
+  const a = await waitFor('outbound audio', () => outboundAudio(p), (s) => s && s.bytesSent > 0);
+  await p.waitForTimeout(seconds * 1000);
+  const b = await outboundAudio(p);
+  return ((b.bytesSent - a.bytesSent) * 8) / (b.at - a.at);
+}
+
+test('a music lesson by deep link sends unprocessed stereo Opus at the room bitrate', async () => {
+  const teacher = await page(`${gateway.url}/?room=violin&name=Teacher&audio=music`);
+  const student = await page(`${gateway.url}/?room=violin&name=Student&audio=music`);
+  await waitForPlayingVideo(student, 'Teacher');
+  await waitForPlayingVideo(teacher, 'Student');
+  await waitForAudio(student, 'Teacher');
+  await waitForAudio(teacher, 'Student');
+
+  const settings = await teacher.evaluate(() => window.tutti.state.micTrack.getSettings());
+  console.log(`music: microphone settings ${JSON.stringify(settings)}`);
+  assert.equal(settings.echoCancellation, false);
+  assert.equal(settings.noiseSuppression, false);
+  assert.equal(settings.autoGainControl, false);
+  assert.equal(settings.channelCount, 2, 'stereo from a stereo device');
+
+  const profile = await teacher.evaluate(() => window.tutti.state.audio);
+  assert.equal(profile.profile, 'music');
+  const note = await teacher.evaluate(() => document.querySelector('#audio-profile').textContent);
+  assert.match(note, /headphones/i);
+
+  // What the shard answered, and what the browser's sender actually uses.
+  const answer = await teacher.evaluate(() => window.tutti.state.pub.remoteDescription.sdp);
+  const opusFmtp = answer.split(/\r?\n/).find((l) => /^a=fmtp:\d+ .*maxaveragebitrate/.test(l));
+  assert.ok(opusFmtp, `the shard's answer tunes Opus:\n${answer}`);
+  for (const param of ['stereo=1', 'sprop-stereo=1', 'maxaveragebitrate=128000', 'usedtx=0', 'useinbandfec=1']) {
+    assert.ok(opusFmtp.includes(param), `${param} in ${opusFmtp}`);
+  }
+  const out = await outboundAudio(teacher);
+  console.log(`music: sending ${out.mimeType} ${out.channels} ch, fmtp ${out.fmtp}`);
+  const encoding = await teacher.evaluate(() => window.tutti.state.audioSender.getParameters().encodings[0]);
+  assert.equal(encoding.maxBitrate, 128000, 'the sender is set to the room bitrate');
+  // The student was offered stereo and answered that it decodes stereo.
+  const studentAnswer = await student.evaluate(() => window.tutti.state.sub.localDescription.sdp);
+  assert.match(studentAnswer, /a=fmtp:\d+ [^\r\n]*stereo=1/);
+
+  const kbps = await audioBitrate(teacher, 5);
+  console.log(`music: teacher sends ${kbps.toFixed(1)} kbit/s of audio (room bitrate 128)`);
+  assert.ok(kbps >= 96, `a music bitrate is actually sent: ${kbps.toFixed(1)} kbit/s`);
+});
+
+test('a speech room keeps the browser processing and its own bitrate', async () => {
+  const a = await page(`${gateway.url}/?room=talk&name=Anna`);
+  const b = await page(`${gateway.url}/?room=talk&name=Ben`);
+  await waitForAudio(b, 'Anna');
+  const settings = await a.evaluate(() => window.tutti.state.micTrack.getSettings());
+  assert.equal(settings.echoCancellation, true);
+  assert.equal(settings.noiseSuppression, true);
+  const answer = await a.evaluate(() => window.tutti.state.pub.remoteDescription.sdp);
+  assert.doesNotMatch(answer, /maxaveragebitrate/);
+  const kbps = await audioBitrate(a, 5);
+  console.log(`music: a speech room sends ${kbps.toFixed(1)} kbit/s of audio`);
+  for (const p of [a, b]) await p.context().close();
+});
+
+// ---------------------------------------------------------------- latency, shard vs direct
+
+/** Page-side tools: a direct call, WebAudio clicks and their detection. */
+function installLab(p) {
+  return p.evaluate(() => {
+    const worklet = async (ctx, code) => {
+      const url = URL.createObjectURL(new Blob([code], { type: 'application/javascript' }));
+      await ctx.audioWorklet.addModule(url);
+    };
+    // The Opus tuning the shard writes for a music room, for the direct call to match.
+    const tune = (sdp, music) => {
+      if (!music) return sdp;
+      const pts = [...sdp.matchAll(/^a=rtpmap:(\d+) opus\/48000/gim)].map((m) => m[1]);
+      let out = sdp;
+      for (const pt of pts) {
+        out = out.replace(new RegExp(`^a=fmtp:${pt} (.*?)(\\r?)$`, 'm'), (_, params, cr) =>
+          `a=fmtp:${pt} ${params.split(';').filter((x) => !/^(stereo|sprop-stereo|maxaveragebitrate|usedtx|useinbandfec)=/.test(x)).join(';')};stereo=1;sprop-stereo=1;maxaveragebitrate=128000;usedtx=0;useinbandfec=1${cr}`);
+      }
+      return out;
+    };
+    const gathered = (pc) => new Promise((resolve) => {
+      if (pc.iceGatheringState === 'complete') resolve();
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') resolve();
+      });
+    });
+    window.lab = {
+      // Sender of a direct call: camera and microphone as the room's profile captures them.
+      async directOffer(music) {
+        const audio = music
+          ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: { ideal: 2 } }
+          : true;
+        const stream = await navigator.mediaDevices.getUserMedia({ audio, video: { width: 640, height: 480 } });
+        const pc = new RTCPeerConnection();
+        const [mic] = stream.getAudioTracks();
+        const [cam] = stream.getVideoTracks();
+        // As through the shard: a music room's sound in a stream of its own.
+        const audioStream = music ? new MediaStream([mic]) : stream;
+        window.lab.audioSender = pc.addTransceiver(mic, {
+          direction: 'sendonly',
+          streams: [audioStream],
+          sendEncodings: [music ? { maxBitrate: 128000, priority: 'high', networkPriority: 'high' } : {}],
+        }).sender;
+        pc.addTransceiver(cam, { direction: 'sendonly', streams: [stream] });
+        window.lab.pc = pc;
+        window.lab.music = music;
+        await pc.setLocalDescription(await pc.createOffer());
+        await gathered(pc);
+        return pc.localDescription.sdp;
+      },
+      async directAnswer(offer, music) {
+        const pc = new RTCPeerConnection();
+        window.lab.pc = pc;
+        window.lab.remote = new MediaStream();
+        pc.addEventListener('track', ({ track, receiver }) => {
+          window.lab.remote.addTrack(track);
+          if (track.kind === 'audio') {
+            window.lab.audioReceiver = receiver;
+            if (music && 'jitterBufferTarget' in receiver) receiver.jitterBufferTarget = 0;
+          }
+        });
+        await pc.setRemoteDescription({ type: 'offer', sdp: offer });
+        const answer = await pc.createAnswer();
+        answer.sdp = tune(answer.sdp, music);
+        await pc.setLocalDescription(answer);
+        await gathered(pc);
+        // Play it, as a call page does (and as Chromium needs before WebAudio hears it).
+        const element = document.createElement('video');
+        element.muted = true;
+        element.autoplay = true;
+        element.srcObject = window.lab.remote;
+        document.body.append(element);
+        return pc.localDescription.sdp;
+      },
+      async directComplete(answer) {
+        await window.lab.pc.setRemoteDescription({ type: 'answer', sdp: answer });
+      },
+      // The receiver's audio jitter buffer, cumulative.
+      async jitter(pc) {
+        const report = await (pc || window.lab.pc).getStats();
+        let row = null;
+        report.forEach((s) => {
+          if (s.type === 'inbound-rtp' && s.kind === 'audio') row = s;
+        });
+        return row && { delay: row.jitterBufferDelay, emitted: row.jitterBufferEmittedCount, packets: row.packetsReceived };
+      },
+      // Replaces the sent sound with a 5 ms 1 kHz click every 600 ms (WebAudio), noting
+      // the wall-clock time each click is rendered into the track.
+      async startClicks(sender) {
+        const ctx = new AudioContext({ latencyHint: 'interactive' });
+        await worklet(ctx, `class Clicker extends AudioWorkletProcessor {
+          constructor() { super(); this.n = 0; this.period = Math.round(sampleRate * 0.6); }
+          process(inputs, outputs) {
+            const out = outputs[0];
+            for (let s = 0; s < out[0].length; s += 1) {
+              const k = this.n % this.period;
+              const v = k < sampleRate / 200 ? 0.8 * Math.sin(2 * Math.PI * 1000 * k / sampleRate) : 0;
+              for (const channel of out) channel[s] = v;
+              if (k === 0) this.port.postMessage(0);
+              this.n += 1;
+            }
+            return true;
+          }
+        }
+        registerProcessor('clicker', Clicker);`);
+        const node = new AudioWorkletNode(ctx, 'clicker', { outputChannelCount: [2] });
+        const destination = ctx.createMediaStreamDestination();
+        node.connect(destination);
+        window.lab.clicks = [];
+        node.port.onmessage = () => window.lab.clicks.push(performance.timeOrigin + performance.now());
+        window.lab.clickContext = ctx;
+        await (sender || window.lab.audioSender).replaceTrack(destination.stream.getAudioTracks()[0]);
+      },
+      stopClicks() {
+        window.lab.clickContext?.close();
+        return window.lab.clicks;
+      },
+      // Notes the wall-clock time each click is heard in `stream`'s audio.
+      async detectClicks(stream) {
+        const ctx = new AudioContext({ latencyHint: 'interactive' });
+        await worklet(ctx, `class Detector extends AudioWorkletProcessor {
+          constructor() { super(); this.quiet = 0; this.peak = 0; this.blocks = 0; }
+          process(inputs) {
+            const channel = inputs[0] && inputs[0][0];
+            this.blocks += 1;
+            if (this.blocks % 375 === 0) this.port.postMessage({ peak: this.peak, blocks: this.blocks });
+            if (!channel) return true;
+            for (let s = 0; s < channel.length; s += 1) {
+              const v = Math.abs(channel[s]);
+              if (v > this.peak) this.peak = v;
+              // A click: the first loud sample after 300 ms without one.
+              if (v > 0.2) {
+                if (this.quiet > sampleRate * 0.3) this.port.postMessage(0);
+                this.quiet = 0;
+              } else {
+                this.quiet += 1;
+              }
+            }
+            return true;
+          }
+        }
+        registerProcessor('detector', Detector);`);
+        const source = ctx.createMediaStreamSource(new MediaStream((stream || window.lab.remote).getAudioTracks()));
+        const node = new AudioWorkletNode(ctx, 'detector');
+        source.connect(node);
+        node.connect(ctx.destination);
+        window.lab.heard = [];
+        window.lab.level = null;
+        node.port.onmessage = ({ data }) => {
+          if (data && typeof data === 'object') window.lab.level = data;
+          else window.lab.heard.push(performance.timeOrigin + performance.now());
+        };
+        window.lab.detectContext = ctx;
+      },
+      stopDetecting() {
+        window.lab.detectContext?.close();
+        return window.lab.heard;
+      },
+    };
+  });
+}
+
+/** A direct call from `sender` to `receiver` pages, music-tuned like a room or not. */
+async function directCall(sender, receiver, music) {
+  await installLab(sender);
+  await installLab(receiver);
+  const offer = await sender.evaluate((m) => window.lab.directOffer(m), music);
+  const answer = await receiver.evaluate(([o, m]) => window.lab.directAnswer(o, m), [offer, music]);
+  await sender.evaluate((a) => window.lab.directComplete(a), answer);
+  await waitFor('direct audio', () => receiver.evaluate(() => window.lab.jitter()), (j) => j && j.emitted > 4800);
+}
+
+/** Average audio jitter-buffer delay (ms) at the receiver over `ms`. */
+async function jitterWindow(receiver, probe, ms) {
+  const a = await receiver.evaluate(probe);
+  await receiver.waitForTimeout(ms);
+  const b = await receiver.evaluate(probe);
+  return ((b.delay - a.delay) / (b.emitted - a.emitted)) * 1000;
+}
+
+const shardJitter = () => window.lab.jitter(window.tutti.state.sub);
+const directJitter = () => window.lab.jitter();
+
+/** Click-to-ear latencies (ms) from `clicks` to what was `heard`. */
+function pairClicks(clicks, heard) {
+  const out = [];
+  for (const h of heard) {
+    const sent = clicks.filter((c) => c <= h && h - c < 500).pop();
+    if (sent !== undefined) out.push(h - sent);
+  }
+  return out;
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+};
+const fmt = (x) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
+
+/**
+ * One profile's latency figures: a room through the shard and a direct call, each a pair
+ * of pages; jitter-buffer delay in alternating windows, then click-to-ear.
+ */
+async function measure(profile) {
+  const music = profile === 'music';
+  const room = `latency-${profile}`;
+  const link = music ? '&audio=music' : '';
+  const player = await page(`${gateway.url}/?room=${room}&name=Player${link}`);
+  const listener = await page(`${gateway.url}/?room=${room}&name=Listener${link}`);
+  await waitForAudio(listener, 'Player');
+  const directSender = await page(`${gateway.url}/healthz`);
+  const directReceiver = await page(`${gateway.url}/healthz`);
+  await directCall(directSender, directReceiver, music);
+  await installLab(player);
+  await installLab(listener);
+  // Let both calls settle (bandwidth estimates, jitter buffers) before measuring.
+  await listener.waitForTimeout(3000);
+  const shard = [];
+  const direct = [];
+  for (let round = 0; round < 3; round += 1) {
+    shard.push(await jitterWindow(listener, shardJitter, 6000));
+    direct.push(await jitterWindow(directReceiver, directJitter, 6000));
+  }
+  // Click to ear: the listener's WebAudio hears the player's WebAudio clicks.
+  const playerId = await participantId(listener, 'Player');
+  await listener.evaluate((id) => window.lab.detectClicks(window.tutti.state.participants.get(id).stream), playerId);
+  await player.evaluate(() => window.lab.startClicks(window.tutti.state.audioSender));
+  await directReceiver.evaluate(() => window.lab.detectClicks());
+  await directSender.evaluate(() => window.lab.startClicks());
+  await listener.waitForTimeout(12_000);
+  const shardClicks = await player.evaluate(() => window.lab.stopClicks());
+  const shardHeard = await listener.evaluate(() => window.lab.stopDetecting());
+  const directClicks = await directSender.evaluate(() => window.lab.stopClicks());
+  const directHeard = await directReceiver.evaluate(() => window.lab.stopDetecting());
+  if (process.env.TUTTI_TEST_VERBOSE) {
+    const levels = [await listener.evaluate(() => window.lab.level), await directReceiver.evaluate(() => window.lab.level)];
+    console.log(`clicks ${shardClicks.length}/${directClicks.length} heard ${shardHeard.length}/${directHeard.length} levels ${JSON.stringify(levels)}`);
+  }
+  const viaShard = pairClicks(shardClicks, shardHeard);
+  const viaDirect = pairClicks(directClicks, directHeard);
+  for (const p of [player, listener, directSender, directReceiver]) await p.context().close();
+  return {
+    profile,
+    jitter_buffer_ms: { shard, direct, shard_mean: shard.reduce((a, b) => a + b) / shard.length, direct_mean: direct.reduce((a, b) => a + b) / direct.length },
+    click_to_ear_ms: { shard_median: median(viaShard), direct_median: median(viaDirect), shard_n: viaShard.length, direct_n: viaDirect.length },
+  };
+}
+
+test('latency through the shard against a direct call (benchmark figures)', async () => {
+  const results = [];
+  for (const profile of ['music', 'speech']) {
+    const r = await measure(profile);
+    results.push(r);
+    const j = r.jitter_buffer_ms;
+    const c = r.click_to_ear_ms;
+    console.log(`music: ${profile}: jitter buffer shard ${j.shard.map(fmt).join('/')} ms (mean ${fmt(j.shard_mean)}), `
+      + `direct ${j.direct.map(fmt).join('/')} ms (mean ${fmt(j.direct_mean)}), shard - direct ${fmt(j.shard_mean - j.direct_mean)} ms; `
+      + `click to ear shard ${fmt(c.shard_median)} ms (n=${c.shard_n}), direct ${fmt(c.direct_median)} ms (n=${c.direct_n})`);
+    // What must hold for the figures to mean anything: audio flowed and clicks were heard
+    // both ways. The figures themselves are reported, not asserted.
+    assert.ok(j.shard.every(Number.isFinite) && j.direct.every(Number.isFinite), JSON.stringify(r));
+    assert.ok(c.shard_n >= 5 && c.direct_n >= 5, `clicks heard: ${JSON.stringify(c)}`);
+  }
+  console.log(`music: latency ${JSON.stringify(results)}`);
+});
