@@ -986,6 +986,11 @@ window.tutti = {
   inboundStats,
   candidatePair,
   participants: () => [...state.participants].map(([id, p]) => ({ id, name: p.name, screen: p.screen })),
+  // What a lost network path triggers: an ICE restart of both connections.
+  restartMedia: () => {
+    restartIce(state.pub, 'publisher');
+    restartIce(state.sub, 'subscriber');
+  },
 };
 
 // ---------------------------------------------------------------- start

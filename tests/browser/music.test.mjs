@@ -407,13 +407,14 @@ async function measure(profile) {
   await directCall(directSender, directReceiver, music);
   await installLab(player);
   await installLab(listener);
-  // Let both calls settle (bandwidth estimates, jitter buffers) before measuring.
-  await listener.waitForTimeout(3000);
+  // Let both calls settle before measuring: a jitter buffer grows at once on a burst of
+  // jitter (as setting up the other call causes on two cores) and shrinks over seconds.
+  await listener.waitForTimeout(8000);
   const shard = [];
   const direct = [];
   for (let round = 0; round < 3; round += 1) {
-    shard.push(await jitterWindow(listener, shardJitter, 6000));
-    direct.push(await jitterWindow(directReceiver, directJitter, 6000));
+    shard.push(await jitterWindow(listener, shardJitter, 5000));
+    direct.push(await jitterWindow(directReceiver, directJitter, 5000));
   }
   // Click to ear: the listener's WebAudio hears the player's WebAudio clicks.
   const playerId = await participantId(listener, 'Player');
