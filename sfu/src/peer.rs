@@ -143,8 +143,14 @@ impl PeerFactory {
     /// Builds a connection for one direction of one participant. Its ICE credentials are
     /// the stack's own random ones, fresh on every ICE restart; the core learns them from
     /// each local description it applies (see [`ice_credentials`]).
-    pub fn build(&self, role: PeerRole, now: Instant) -> Result<RTCPeerConnection, PeerBuildError> {
-        let mut media_engine = media_engine(role)?;
+    /// `redundant_audio` (music rooms) adds RED (RFC 2198) over Opus to the codecs.
+    pub fn build(
+        &self,
+        role: PeerRole,
+        redundant_audio: bool,
+        now: Instant,
+    ) -> Result<RTCPeerConnection, PeerBuildError> {
+        let mut media_engine = media_engine(role, redundant_audio)?;
         let registry = interceptors(role, &mut media_engine)?;
         let setting_engine = SettingEngineBuilder::new()
             .with_crypto_provider(self.crypto.clone())
@@ -271,9 +277,43 @@ fn codec(
     }
 }
 
+/// RED's MIME type (RFC 2198 for audio).
+pub const MIME_TYPE_RED: &str = "audio/red";
+/// The payload types RED and the Opus it carries have in every description the shard
+/// writes, and in browsers' offers: a RED format line names Opus's payload type, so a
+/// publisher whose Opus has another number does not match and sends plain Opus.
+const RED_PAYLOAD_TYPE: u8 = 63;
+const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+/// What a subscriber connection offers for a RED track: RED, and the Opus its blocks are
+/// (a RED format line naming a payload type the section lacks is refused by browsers, and
+/// a subscriber without RED takes the Opus alone).
+pub fn redundant_audio_preferences() -> Vec<RTCRtpCodecParameters> {
+    vec![
+        codec(
+            MIME_TYPE_RED,
+            48_000,
+            2,
+            &format!("{OPUS_PAYLOAD_TYPE}/{OPUS_PAYLOAD_TYPE}"),
+            RED_PAYLOAD_TYPE,
+            vec![],
+        ),
+        codec(
+            MIME_TYPE_OPUS,
+            48_000,
+            2,
+            "minptime=10;useinbandfec=1",
+            OPUS_PAYLOAD_TYPE,
+            vec![],
+        ),
+    ]
+}
+
 /// The codecs the shard forwards, in preference order. Publishers pick from their own
-/// list; subscribers are offered the publisher's codec.
-fn media_engine(role: PeerRole) -> Result<MediaEngine, RtcError> {
+/// list; subscribers are offered the publisher's codec. With `redundant_audio`, RED comes
+/// before Opus: a music room's audio survives a lost packet without a retransmission's
+/// delay, for twice the audio bitrate.
+fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, RtcError> {
     let mut engine = MediaEngine::default();
     let publisher = role == PeerRole::Publisher;
     let mut video_feedback = vec![
@@ -286,13 +326,26 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, RtcError> {
         video_feedback.push(feedback("transport-cc", ""));
         audio_feedback.push(feedback("transport-cc", ""));
     }
+    if redundant_audio {
+        engine.register_codec(
+            codec(
+                MIME_TYPE_RED,
+                48_000,
+                2,
+                &format!("{OPUS_PAYLOAD_TYPE}/{OPUS_PAYLOAD_TYPE}"),
+                RED_PAYLOAD_TYPE,
+                audio_feedback.clone(),
+            ),
+            RtpCodecKind::Audio,
+        )?;
+    }
     engine.register_codec(
         codec(
             MIME_TYPE_OPUS,
             48_000,
             2,
             "minptime=10;useinbandfec=1",
-            111,
+            OPUS_PAYLOAD_TYPE,
             audio_feedback,
         ),
         RtpCodecKind::Audio,
@@ -460,8 +513,12 @@ mod tests {
         )
         .expect("factory");
         let now = Instant::now();
-        let mut a = factory.build(PeerRole::Subscriber, now).expect("one");
-        let mut b = factory.build(PeerRole::Subscriber, now).expect("other");
+        let mut a = factory
+            .build(PeerRole::Subscriber, false, now)
+            .expect("one");
+        let mut b = factory
+            .build(PeerRole::Subscriber, true, now)
+            .expect("other");
         for pc in [&mut a, &mut b] {
             pc.add_transceiver_from_kind(RtpCodecKind::Audio, None)
                 .expect("a media section to offer");

@@ -408,7 +408,7 @@ function removeParticipant(id) {
 function addTrackInfo(participantId, track) {
   const participant = state.participants.get(participantId);
   if (!participant) return;
-  participant.tracks.set(track.id, { kind: track.kind, muted: Boolean(track.muted) });
+  participant.tracks.set(track.id, { kind: track.kind, codec: track.codec, muted: Boolean(track.muted) });
   state.trackOwner.set(track.id, participantId);
 }
 

@@ -17,7 +17,7 @@ Audio: `publish --audio` also sends a 440 Hz tone (`--no-video` sends only that)
 `subscribe --audio-seconds S` records the RTP sequence numbers of the audio it receives for
 S seconds after the first audio packet and adds {"audio_packets", "audio_missing",
 "audio_longest_silence_ms"} to its result (and waits for that instead of video frames when
-`--frames 0`). The result also says whether the shard's first offer carried
+`--frames 0`), with "audio_frames" decoded. The result also says whether the shard's first offer carried
 `a=msid-semantic` and which stream ids the tracks arrived with.
 
 aiortc's ICE agent is strict as RFC 8445 §7.2.5.2.1 asks: a check succeeds only when its
@@ -57,15 +57,17 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 # Loopback only: no test datagram leaves through another interface of the host.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
 
-# Audio RTP arrivals, (sequence number, arrival time): recorded below the decoder, so a
-# gap is a packet the shard never sent, not a decoding hiccup.
+# Audio RTP arrivals, (ssrc, sequence number, arrival time): recorded below the decoder,
+# so a gap is a packet the shard never sent, not a decoding hiccup.
 AUDIO_ARRIVALS = []
+AUDIO_PAYLOAD_TYPES = set()
 _handle_rtp = RTCRtpReceiver._handle_rtp_packet
 
 
 async def _record_rtp(self, packet, arrival_time_ms):
     if self._RTCRtpReceiver__kind == "audio":
-        AUDIO_ARRIVALS.append((packet.sequence_number, time.monotonic()))
+        AUDIO_ARRIVALS.append((packet.ssrc, packet.sequence_number, time.monotonic()))
+        AUDIO_PAYLOAD_TYPES.add(packet.payload_type)
     return await _handle_rtp(self, packet, arrival_time_ms)
 
 
@@ -107,34 +109,37 @@ class ToneTrack(AudioStreamTrack):
 
 
 def audio_summary(seconds):
-    """Missing sequence numbers and the longest silence over the measured window."""
+    """Per audio stream over the measured window, summed: packets, missing sequence
+    numbers, and the longest silence of any stream."""
     if not AUDIO_ARRIVALS:
         return {"audio_packets": 0, "audio_missing": None, "audio_longest_silence_ms": None}
-    start = AUDIO_ARRIVALS[0][1]
-    window = [a for a in AUDIO_ARRIVALS if a[1] - start <= seconds]
-    seen = set()
-    unwrapped = []
-    base = window[0][0]
-    last = base
-    offset = 0
-    for seq, _ in window:
-        if seq < last and last - seq > 32768:
-            offset += 65536
-        elif seq > last and seq - last > 32768:
-            offset -= 65536
-        last = seq
-        value = seq + offset
-        if value not in seen:
-            seen.add(value)
-            unwrapped.append(value)
-    expected = max(unwrapped) - min(unwrapped) + 1
-    times = [t for _, t in window]
-    longest = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    start = AUDIO_ARRIVALS[0][2]
+    window = [a for a in AUDIO_ARRIVALS if a[2] - start <= seconds]
+    packets = missing = 0
+    longest = 0.0
+    for ssrc in {a[0] for a in window}:
+        stream = [(seq, t) for s, seq, t in window if s == ssrc]
+        seen = set()
+        last = stream[0][0]
+        offset = 0
+        for seq, _ in stream:
+            if seq < last and last - seq > 32768:
+                offset += 65536
+            elif seq > last and seq - last > 32768:
+                offset -= 65536
+            last = seq
+            seen.add(seq + offset)
+        packets += len(seen)
+        missing += max(seen) - min(seen) + 1 - len(seen)
+        times = [t for _, t in stream]
+        longest = max([longest] + [b - a for a, b in zip(times, times[1:])])
     return {
-        "audio_packets": len(unwrapped),
-        "audio_missing": expected - len(unwrapped),
+        "audio_packets": packets,
+        "audio_missing": missing,
         "audio_longest_silence_ms": round(longest * 1000, 1),
-        "audio_window_s": round(times[-1] - start, 1),
+        "audio_window_s": round(window[-1][2] - start, 1),
+        "audio_streams": len({a[0] for a in window}),
+        "audio_payload_types": sorted(AUDIO_PAYLOAD_TYPES),
     }
 
 
@@ -250,6 +255,8 @@ async def subscribe(args):
         "track_ids": [],
         "msid_track_ids": [],
         "shard_candidates": [],
+        "audio_frames": 0,
+        "audio_channels": 0,
     }
     done = asyncio.Event()
     video_done = asyncio.Event()
@@ -266,9 +273,11 @@ async def subscribe(args):
             async def drain_audio():
                 while not done.is_set():
                     try:
-                        await track.recv()
+                        frame = await track.recv()
                     except Exception:
                         return
+                    result["audio_frames"] += 1
+                    result["audio_channels"] = len(frame.layout.channels)
 
             asyncio.ensure_future(drain_audio())
             return
@@ -290,7 +299,7 @@ async def subscribe(args):
     async def audio_window():
         if args.audio_seconds <= 0:
             return
-        while not AUDIO_ARRIVALS:
+        while not AUDIO_ARRIVALS:  # the window starts with the first audio packet
             await asyncio.sleep(0.05)
         await asyncio.sleep(args.audio_seconds + 0.5)
 
@@ -332,6 +341,12 @@ async def subscribe(args):
     pair = nominated_pair(pc)
     result["selected_remote"] = f"{pair.remote_addr[0]}:{pair.remote_addr[1]}" if pair else None
     result["sources"] = sorted(SOURCES)
+    # Which SSRCs each audio receiver got packets from (one each, when routing works).
+    result["audio_receivers"] = [
+        {"mid": t.mid, "ssrcs": sorted(getattr(t.receiver, "_RTCRtpReceiver__active_ssrc", {}))}
+        for t in pc.getTransceivers()
+        if t.kind == "audio"
+    ]
     if args.audio_seconds > 0:
         result.update(audio_summary(args.audio_seconds))
     print(json.dumps(result), flush=True)

@@ -12,6 +12,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 import {
   CHROMIUM, repo, startProcess, openPage, waitFor, waitForPlayingVideo, waitForAudio,
@@ -174,8 +176,41 @@ test('a music lesson by deep link sends unprocessed stereo Opus at the room bitr
   assert.match(studentAnswer, /a=fmtp:\d+ [^\r\n]*stereo=1/);
 
   const kbps = await audioBitrate(teacher, 5);
-  console.log(`music: teacher sends ${kbps.toFixed(1)} kbit/s of audio (room bitrate 128)`);
+  console.log(`music: teacher sends ${kbps.toFixed(1)} kbit/s of audio (room bitrate 128, RED included)`);
   assert.ok(kbps >= 96, `a music bitrate is actually sent: ${kbps.toFixed(1)} kbit/s`);
+
+  // Redundancy: Chromium offers RED (its statistics name the Opus inside), the shard
+  // answers preferring it, the track is published as RED, and the student's browser takes
+  // it as it is.
+  assert.match(answer, /m=audio \d+ [A-Z/]+ 63 /, 'the shard answered RED first');
+  const teacherId = await participantId(student, 'Teacher');
+  const announced = await student.evaluate(
+    (id) => [...window.tutti.state.participants.get(id).tracks.values()].find((t) => t.kind === 'audio')?.codec,
+    teacherId,
+  );
+  assert.equal(announced, 'audio/red', 'the teacher publishes RED');
+  assert.match(studentAnswer, /m=audio \d+ [A-Z/]+ 63 /, 'the student accepts RED first');
+
+  for (const p of [teacher, student]) await p.context().close();
+});
+
+test('a listener without RED hears the Opus inside it', async () => {
+  // A recital: one player sends RED; aiortc, which does not speak RED, listens.
+  const player = await page(`${gateway.url}/?room=recital&name=Player&audio=music`);
+  await waitFor('the player publishing', () => outboundAudio(player), (s) => s && s.packetsSent > 50);
+  const python = process.env.TUTTI_PYTHON || path.join(repo, '.venv', 'bin', 'python3');
+  const { stdout } = await promisify(execFile)(python, [
+    path.join(repo, 'tests', 'aiortc', 'peer.py'), 'subscribe', '--gateway',
+    '--url', `${gateway.url.replace('http', 'ws')}/v1/ws`, '--room', 'recital', '--id', 'aiortc',
+    '--name', 'Listener', '--frames', '0', '--audio-seconds', '4', '--timeout', '40',
+  ], { timeout: 60_000 });
+  const listener = JSON.parse(stdout.trim().split('\n').pop());
+  console.log(`music: aiortc listener ${JSON.stringify({ packets: listener.audio_packets, missing: listener.audio_missing, decoded: listener.audio_frames })}`);
+  assert.ok(listener.audio_packets >= 150, `aiortc heard the teacher: ${stdout}`);
+  assert.equal(listener.audio_missing, 0, stdout);
+  assert.ok(listener.audio_frames >= 150, `aiortc decoded the Opus: ${stdout}`);
+  assert.equal(listener.audio_channels, 2, 'in stereo');
+  await player.context().close();
 });
 
 test('a speech room keeps the browser processing and its own bitrate', async () => {

@@ -16,6 +16,8 @@ pub enum CodecFamily {
     H264,
     /// AV1 video.
     Av1,
+    /// Redundant audio (RFC 2198): Opus frames, each packet carrying earlier ones again.
+    Red,
     /// Anything else (forwarded, but keyframes are not recognised).
     Other,
 }
@@ -34,6 +36,10 @@ impl CodecFamily {
             Self::H264
         } else if subtype.eq_ignore_ascii_case("av1") {
             Self::Av1
+        } else if subtype.eq_ignore_ascii_case("red")
+            && mime.to_ascii_lowercase().starts_with("audio/")
+        {
+            Self::Red
         } else {
             Self::Other
         }
@@ -53,7 +59,7 @@ pub fn is_keyframe(family: CodecFamily, payload: &[u8]) -> bool {
         CodecFamily::Vp9 => vp9_keyframe(payload),
         CodecFamily::H264 => h264_keyframe(payload),
         CodecFamily::Av1 => av1_keyframe(payload),
-        CodecFamily::Opus | CodecFamily::Other => false,
+        CodecFamily::Opus | CodecFamily::Red | CodecFamily::Other => false,
     }
 }
 
@@ -169,6 +175,26 @@ pub struct AudioLevel {
     pub level: u8,
 }
 
+/// Where the primary (newest) block of a RED payload (RFC 2198 §3) starts, and its payload
+/// type: a subscriber that did not negotiate RED gets just that block, as a plain packet
+/// of the inner codec. `None` for a payload whose headers do not add up.
+pub fn red_primary(payload: &[u8]) -> Option<(u8, usize)> {
+    let mut at = 0;
+    let mut redundant_bytes = 0usize;
+    loop {
+        let &first = payload.get(at)?;
+        if first & 0x80 == 0 {
+            // The last header: one byte, the primary block's payload type.
+            let start = at + 1 + redundant_bytes;
+            return (start <= payload.len()).then_some((first & 0x7F, start));
+        }
+        // A redundant block's header: F, PT (7), timestamp offset (14), length (10).
+        let header = payload.get(at..at + 4)?;
+        redundant_bytes += (usize::from(header[2] & 0x03) << 8) | usize::from(header[3]);
+        at += 4;
+    }
+}
+
 /// Parses the one-byte payload of the `ssrc-audio-level` header extension.
 pub fn audio_level(extension: &[u8]) -> Option<AudioLevel> {
     let &byte = extension.first()?;
@@ -242,6 +268,36 @@ mod tests {
         assert!(is_keyframe(CodecFamily::Av1, &[0x18]));
         assert!(!is_keyframe(CodecFamily::Av1, &[0x10]));
         assert!(!is_keyframe(CodecFamily::Opus, &[0xFF]));
+    }
+
+    #[test]
+    fn red_primary_blocks() {
+        // Primary only: a one-byte header (PT 111) then the frame.
+        assert_eq!(red_primary(&[111, 0xAA, 0xBB]), Some((111, 1)));
+        // One redundant block of 3 bytes (PT 111, offset 960), then the primary.
+        let ts_offset: u16 = 960;
+        let payload = [
+            0x80 | 111,
+            (ts_offset >> 6) as u8,
+            ((ts_offset & 0x3F) << 2) as u8,
+            3,
+            111,
+            1,
+            2,
+            3,
+            0xAA,
+            0xBB,
+        ];
+        assert_eq!(red_primary(&payload), Some((111, 8)));
+        assert_eq!(&payload[8..], &[0xAA, 0xBB]);
+        // Truncated headers or blocks longer than the payload are refused.
+        assert_eq!(red_primary(&[]), None);
+        assert_eq!(red_primary(&[0x80 | 111, 0, 0]), None);
+        assert_eq!(red_primary(&[0x80 | 111, 0, 0, 200, 111, 1]), None);
+        // An empty primary block is still well formed.
+        assert_eq!(red_primary(&[111]), Some((111, 1)));
+        assert_eq!(CodecFamily::from_mime("audio/red"), CodecFamily::Red);
+        assert_eq!(CodecFamily::from_mime("video/red"), CodecFamily::Other);
     }
 
     #[test]

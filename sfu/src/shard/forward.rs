@@ -12,7 +12,7 @@
 //! the subscriber's sequence numbers back to the source; receiver reports record loss.
 
 use super::{LAYER_IDLE, PeerKey, ShardCore, TrackKey};
-use crate::media::codec::{audio_level, is_keyframe};
+use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -123,6 +123,12 @@ impl ShardCore {
         let layers = &layers[..count];
         let mut keyframe_wanted: [bool; MAX_LAYERS] = [false; MAX_LAYERS];
         let size = (packet.header.marshal_size() + packet.payload.len()) as u64;
+        // Read once for every subscriber that takes a RED track as plain Opus.
+        let red_primary = if track.family == CodecFamily::Red {
+            red_primary(&packet.payload)
+        } else {
+            None
+        };
         for entry in &mut track.downtracks {
             let Some(payload_type) = entry.payload_type else {
                 continue; // not negotiated yet
@@ -131,6 +137,12 @@ impl ShardCore {
                 continue;
             };
             if !subscriber.connected {
+                continue;
+            }
+            if entry.unwrap_red && red_primary.is_none() {
+                // A malformed RED payload has no Opus to give these subscribers; the
+                // downtrack closes the sequence gap it leaves.
+                entry.state.skip(layer_index, ssrc, seq);
                 continue;
             }
             let decision =
@@ -145,9 +157,14 @@ impl ShardCore {
             let Some(rewritten) = decision.forward else {
                 continue;
             };
+            let payload = match (entry.unwrap_red, red_primary) {
+                // The primary block, sharing the publisher's buffer.
+                (true, Some((_, start))) => packet.payload.slice(start..),
+                _ => packet.payload.clone(),
+            };
             let mut out = rtp::Packet {
                 header: packet.header.clone(),
-                payload: packet.payload.clone(),
+                payload,
             };
             out.header.ssrc = entry.ssrc;
             out.header.payload_type = payload_type;

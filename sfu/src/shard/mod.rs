@@ -215,6 +215,9 @@ pub(crate) struct DowntrackEntry {
     sender: RTCRtpSenderId,
     ssrc: u32,
     payload_type: Option<u8>,
+    /// The track is RED but this subscriber takes only Opus: it gets each packet's
+    /// primary block.
+    unwrap_red: bool,
     state: Downtrack,
     fraction_lost: u8,
 }
@@ -1227,7 +1230,12 @@ impl ShardCore {
     }
 
     fn new_peer(&mut self, session: SessionId, role: PeerRole, now: Instant) -> Option<PeerKey> {
-        let pc = match self.factory.build(role, now) {
+        let music = self
+            .sessions
+            .get(&session)
+            .and_then(|s| self.rooms.get(&s.room))
+            .is_some_and(|room| room.spec.audio.profile == tutti_store::AudioProfile::Music);
+        let pc = match self.factory.build(role, music, now) {
             Ok(pc) => pc,
             Err(err) => {
                 tracing::error!(%err, "cannot build a peer connection");

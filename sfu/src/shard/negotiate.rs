@@ -360,7 +360,7 @@ impl ShardCore {
             self.send_error(session, ErrorCode::OutOfOrder, "no offer is outstanding");
             return;
         }
-        let applied = RTCSessionDescription::answer(sdp)
+        let applied = RTCSessionDescription::answer(sdp.clone())
             .and_then(|answer| peer.pc.set_remote_description(now, answer));
         if let Err(err) = applied {
             self.send_error(session, ErrorCode::SdpRejected, format!("answer: {err}"));
@@ -368,7 +368,7 @@ impl ShardCore {
         }
         peer.offer_out = false;
         self.mark_dirty(key);
-        self.bind_payload_types(key, session, now);
+        self.bind_payload_types(key, session, &sdp, now);
         if let Some(peer) = self.peers.get_mut(&key)
             && peer.renegotiate
         {
@@ -379,7 +379,7 @@ impl ShardCore {
 
     /// After an answer, learns each new downtrack's negotiated payload type; a subscriber
     /// that accepted none of the track's codec cannot receive it.
-    fn bind_payload_types(&mut self, key: PeerKey, session: SessionId, now: Instant) {
+    fn bind_payload_types(&mut self, key: PeerKey, session: SessionId, answer: &str, now: Instant) {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -392,6 +392,34 @@ impl ShardCore {
                 continue;
             };
             if entry.payload_type.is_some() {
+                continue;
+            }
+            if track.family == CodecFamily::Red {
+                // The sender's parameters list what was offered (RED and Opus); whether the
+                // subscriber took RED shows only in its answer. Without it, it gets the Opus
+                // inside.
+                let Some(mid) = peer
+                    .pc
+                    .local_description()
+                    .and_then(|offer| super::sdp::mid_of_ssrc(&offer.sdp, entry.ssrc))
+                else {
+                    // Added while this offer was out: the next answer negotiates it.
+                    continue;
+                };
+                let formats = super::sdp::section_formats(answer, &mid);
+                let find = |name: &str| formats.iter().find(|(_, n)| n == name).map(|(pt, _)| *pt);
+                match (find("red"), find("opus")) {
+                    (Some(red), _) => entry.payload_type = Some(red),
+                    (None, Some(opus)) => {
+                        entry.payload_type = Some(opus);
+                        entry.unwrap_red = true;
+                    }
+                    (None, None) => unsupported.push((
+                        *track_key,
+                        track.id.clone(),
+                        track.codec.mime_type.clone(),
+                    )),
+                }
                 continue;
             }
             let Some(mut sender) = peer.pc.rtp_sender(entry.sender) else {
@@ -745,6 +773,13 @@ impl ShardCore {
                 return;
             }
         };
+        if track.family == CodecFamily::Red
+            && let Some(mut transceiver) = peer.pc.rtp_transceiver(sender.into())
+            && let Err(err) =
+                transceiver.set_codec_preferences(crate::peer::redundant_audio_preferences())
+        {
+            tracing::warn!(peer = key, %err, "cannot offer Opus beside RED");
+        }
         peer.outgoing.insert(ssrc, track_key);
         let video = track.kind == TrackKind::Video;
         let clock_rate = track.codec.clock_rate;
@@ -755,6 +790,7 @@ impl ShardCore {
                 sender,
                 ssrc,
                 payload_type: None,
+                unwrap_red: false,
                 state: Downtrack::new(video, clock_rate),
                 fraction_lost: 0,
             });

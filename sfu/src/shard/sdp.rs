@@ -87,6 +87,75 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
     sections
 }
 
+/// The formats (payload type, codec name lowercased) a description accepts in the media
+/// section with `mid`, in its order: what an answer really negotiated, which the stack's
+/// sender parameters (the offer's preferences) do not tell.
+pub fn section_formats(sdp: &str, mid: &str) -> Vec<(u8, String)> {
+    let mut formats = Vec::new();
+    let mut accepted: Vec<u8> = Vec::new();
+    let mut section_mid: Option<&str> = None;
+    let mut names: Vec<(u8, String)> = Vec::new();
+    let mut flush = |section_mid: Option<&str>, accepted: &[u8], names: &mut Vec<(u8, String)>| {
+        if section_mid == Some(mid) {
+            for pt in accepted {
+                if let Some((_, name)) = names.iter().find(|(p, _)| p == pt) {
+                    formats.push((*pt, name.clone()));
+                }
+            }
+        }
+        names.clear();
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("m=") {
+            flush(section_mid, &accepted, &mut names);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let rejected = fields.get(1).is_some_and(|port| *port == "0");
+            accepted = if rejected {
+                Vec::new()
+            } else {
+                fields
+                    .iter()
+                    .skip(3)
+                    .filter_map(|f| f.parse().ok())
+                    .collect()
+            };
+            section_mid = None;
+        } else if let Some(value) = line.strip_prefix("a=mid:") {
+            section_mid = Some(value.trim());
+        } else if let Some(rest) = line.strip_prefix("a=rtpmap:")
+            && let Some((pt, codec)) = rest.split_once(' ')
+            && let Ok(pt) = pt.parse()
+        {
+            let name = codec
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            names.push((pt, name));
+        }
+    }
+    flush(section_mid, &accepted, &mut names);
+    formats
+}
+
+/// The mid of the media section that announces `ssrc` (`a=ssrc:<ssrc> ...`).
+pub fn mid_of_ssrc(sdp: &str, ssrc: u32) -> Option<String> {
+    let marker = format!("a=ssrc:{ssrc} ");
+    let mut mid: Option<&str> = None;
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("m=") {
+            mid = None;
+        } else if let Some(value) = line.strip_prefix("a=mid:") {
+            mid = Some(value.trim());
+        } else if line.starts_with(&marker) {
+            return mid.map(str::to_owned);
+        }
+    }
+    None
+}
+
 /// Adds `a=msid-semantic: WMS *` to an SDP the shard sends when it lacks one. `rtc`
 /// writes it in offers made after a remote description but not in a connection's first
 /// offer, and clients that honour it read stream and track ids from `a=msid` only when
@@ -183,6 +252,48 @@ pub fn tune_opus(sdp: String, audio: &tutti_store::AudioSettings) -> String {
     }
     if in_audio {
         finish_section(&mut out, &opus, fmtp_written);
+    }
+    prefer_red(out)
+}
+
+/// Puts RED first in the format list of every audio section that has it. A browser sends
+/// with the first format of the remote description's section, so an answer preferring RED
+/// is what makes it send redundancy.
+fn prefer_red(sdp: String) -> String {
+    let mut sections: Vec<(usize, usize, Option<String>)> = Vec::new(); // (m= line start, end, red pt)
+    let mut offset = 0;
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if bare.starts_with("m=") {
+            sections.push((offset, offset + bare.len(), None));
+        } else if let Some(rest) = bare.strip_prefix("a=rtpmap:")
+            && let Some((pt, codec)) = rest.split_once(' ')
+            && codec.to_ascii_lowercase().starts_with("red/48000")
+            && let Some(section) = sections.last_mut()
+            && sdp[section.0..section.1].starts_with("m=audio")
+        {
+            section.2.get_or_insert_with(|| pt.to_owned());
+        }
+        offset += line.len();
+    }
+    let mut out = sdp.clone();
+    // Back to front, so earlier offsets stay valid.
+    for (start, end, red) in sections.into_iter().rev() {
+        let Some(red) = red else { continue };
+        let m_line = &sdp[start..end];
+        let mut fields: Vec<&str> = m_line.split(' ').collect();
+        if fields.len() < 4 {
+            continue;
+        }
+        let formats = fields.split_off(3);
+        let reordered: Vec<&str> = std::iter::once(red.as_str())
+            .chain(formats.iter().copied().filter(|f| *f != red))
+            .collect();
+        if !formats.contains(&red.as_str()) {
+            continue;
+        }
+        let line = format!("{} {}", fields.join(" "), reordered.join(" "));
+        out.replace_range(start..end, &line);
     }
     out
 }
@@ -294,6 +405,11 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
             tuned.contains("a=fmtp:63 111/111\r\n"),
             "RED's fmtp is untouched"
         );
+        assert!(
+            tuned.contains("m=audio 9 UDP/TLS/RTP/SAVPF 63 111\r\n"),
+            "RED is preferred: {tuned}"
+        );
+        assert!(tuned.contains("m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"));
         assert_eq!(tuned.matches("a=ptime:").count(), 1, "{tuned}");
         assert!(tuned.contains("a=ptime:10\r\na=maxptime:10\r\n"));
         assert!(
@@ -306,6 +422,27 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
         assert!(tuned.ends_with(
             "a=fmtp:111 stereo=1;sprop-stereo=1;maxaveragebitrate=128000;usedtx=0;useinbandfec=1\r\n"
         ), "{tuned}");
+    }
+
+    #[test]
+    fn reads_the_formats_a_section_accepts() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n\
+                      a=rtpmap:111 opus/48000/2\r\nm=audio 9 UDP/TLS/RTP/SAVPF 63 111\r\n\
+                      a=mid:3\r\na=rtpmap:63 red/48000/2\r\na=rtpmap:111 opus/48000/2\r\n\
+                      m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:4\r\n";
+        assert_eq!(section_formats(answer, "1"), vec![(111, "opus".to_owned())]);
+        assert_eq!(
+            section_formats(answer, "3"),
+            vec![(63, "red".to_owned()), (111, "opus".to_owned())]
+        );
+        assert!(section_formats(answer, "4").is_empty(), "rejected");
+        assert!(section_formats(answer, "9").is_empty(), "absent");
+        assert!(section_formats("garbage", "1").is_empty());
+        let offer = "v=0\r\nm=video 9 X 96\r\na=mid:0\r\na=ssrc:5 cname:x\r\n\
+                     m=audio 9 X 63 111\r\na=mid:1\r\na=ssrc:77 cname:y\r\n";
+        assert_eq!(mid_of_ssrc(offer, 77).as_deref(), Some("1"));
+        assert_eq!(mid_of_ssrc(offer, 5).as_deref(), Some("0"));
+        assert_eq!(mid_of_ssrc(offer, 7), None);
     }
 
     #[test]
