@@ -88,13 +88,16 @@ async function page(url) {
 before(async () => {
   const bin = gatewayBinary();
   console.log(`music: gateway ${path.relative(repo, bin)}`);
+  wavDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-music-'));
+  // A declared quartet room with its own tuning; other rooms are created on first join.
+  const rooms = path.join(wavDir, 'rooms.toml');
+  fs.writeFileSync(rooms, '[[rooms]]\nname = "quartet"\naudio = "music"\naudioBitrate = 192000\naudioPtime = 10\n');
   const started = await startProcess(
     bin,
-    ['--listen', '127.0.0.1:0', '--media-bind', '127.0.0.1', '--advertise-ip', '127.0.0.1', '--shards', '2'],
+    ['--listen', '127.0.0.1:0', '--media-bind', '127.0.0.1', '--advertise-ip', '127.0.0.1', '--shards', '2', '--rooms', rooms],
     /listening on (http:\/\/\S+)/,
   );
   gateway = { url: started.match[1], stop: started.stop };
-  wavDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-music-'));
   const wav = path.join(wavDir, 'violin.wav');
   writeMusicWav(wav);
   browser = await chromium.launch({
@@ -211,6 +214,36 @@ test('a listener without RED hears the Opus inside it', async () => {
   assert.ok(listener.audio_frames >= 150, `aiortc decoded the Opus: ${stdout}`);
   assert.equal(listener.audio_channels, 2, 'in stereo');
   await player.context().close();
+});
+
+test('a declared music room sends its bitrate in 10 ms frames; devices can be switched', async () => {
+  // The link asks for speech, but the declared room keeps its own profile.
+  const viola = await page(`${gateway.url}/?room=quartet&name=Viola&audio=speech`);
+  const cello = await page(`${gateway.url}/?room=quartet&name=Cello`);
+  await waitForAudio(cello, 'Viola');
+  const profile = await viola.evaluate(() => window.tutti.state.audio);
+  assert.deepEqual(profile, { profile: 'music', bitrate: 192000, ptime: 10 });
+  const answer = await viola.evaluate(() => window.tutti.state.pub.remoteDescription.sdp);
+  assert.match(answer, /a=ptime:10\r\n/);
+  assert.match(answer, /maxaveragebitrate=192000/);
+  const a = await waitFor('outbound audio', () => outboundAudio(viola), (s) => s && s.packetsSent > 0);
+  await viola.waitForTimeout(3000);
+  const b = await outboundAudio(viola);
+  const perSecond = ((b.packetsSent - a.packetsSent) * 1000) / (b.at - a.at);
+  console.log(`music: a 10 ms room sends ${perSecond.toFixed(0)} audio packets a second`);
+  assert.ok(perSecond > 80, `10 ms frames: ${perSecond.toFixed(0)} packets/s`);
+
+  // The device pickers list the fake devices; choosing another microphone keeps the
+  // sound flowing, captured for music.
+  const mics = await viola.evaluate(() => [...document.querySelectorAll('#pick-mic option')].map((o) => o.value));
+  assert.ok(mics.length >= 1, 'microphones listed');
+  const other = mics[mics.length - 1];
+  await viola.click('.devices summary');
+  await viola.selectOption('#pick-mic', other);
+  await waitFor('the chosen microphone', () => viola.evaluate(() => window.tutti.state.micTrack.getSettings()),
+    (s) => s.deviceId === other && s.echoCancellation === false);
+  await waitForAudio(cello, 'Viola');
+  for (const p of [viola, cello]) await p.context().close();
 });
 
 test('a speech room keeps the browser processing and its own bitrate', async () => {
