@@ -277,6 +277,10 @@ fn codec(
     }
 }
 
+/// The playout-delay header extension: the sender's bounds on how long a receiver holds
+/// video before rendering it.
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
 /// RED's MIME type (RFC 2198 for audio).
 pub const MIME_TYPE_RED: &str = "audio/red";
 /// The payload types RED and the Opus it carries have in every description the shard
@@ -387,6 +391,16 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
                 RtpCodecKind::Video,
             )?;
         }
+    }
+    if !publisher && redundant_audio {
+        // Music rooms: subscribers are told to render video without a smoothing delay.
+        engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: PLAYOUT_DELAY_URI.to_owned(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )?;
     }
     if publisher {
         for (uri, kind) in [

@@ -177,6 +177,8 @@ test('a music lesson by deep link sends unprocessed stereo Opus at the room bitr
   // The student was offered stereo and answered that it decodes stereo.
   const studentAnswer = await student.evaluate(() => window.tutti.state.sub.localDescription.sdp);
   assert.match(studentAnswer, /a=fmtp:\d+ [^\r\n]*stereo=1/);
+  // Video is sent with a zero playout delay, which the student's browser accepted.
+  assert.match(studentAnswer, /a=extmap:\d+ http:\/\/www\.webrtc\.org\/experiments\/rtp-hdrext\/playout-delay/);
 
   const kbps = await audioBitrate(teacher, 5);
   console.log(`music: teacher sends ${kbps.toFixed(1)} kbit/s of audio (room bitrate 128, RED included)`);

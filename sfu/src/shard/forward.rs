@@ -13,6 +13,7 @@
 
 use super::{LAYER_IDLE, PeerKey, ShardCore, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
+use bytes::Bytes;
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -22,6 +23,8 @@ use rtc::rtp;
 use rtc::shared::marshal::MarshalSize;
 use std::time::Instant;
 
+/// A playout-delay extension value: 12-bit minimum and maximum, in 10 ms units, both 0.
+const PLAYOUT_DELAY_ZERO: [u8; 3] = [0, 0, 0];
 /// At most this many sequence numbers of one NACK packet are served.
 const MAX_NACKED_PER_PACKET: usize = 64;
 /// Simulcast layers per track the hot path handles without allocating.
@@ -84,6 +87,7 @@ impl ShardCore {
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions.clear();
+        packet.header.extensions_padding = 0;
         packet.header.csrc.clear();
 
         let keyframe = track.family.is_video() && is_keyframe(track.family, &packet.payload);
@@ -166,6 +170,14 @@ impl ShardCore {
                 header: packet.header.clone(),
                 payload,
             };
+            if let Some(id) = entry.playout_delay {
+                // Zero minimum and maximum delay: render as soon as decoded. (The header's
+                // extension list is a Vec in `rtc`, so this costs an allocation per packet
+                // in music rooms; the fast path of its own will write it in place.)
+                let _ = out
+                    .header
+                    .set_extension(id, Bytes::from_static(&PLAYOUT_DELAY_ZERO));
+            }
             out.header.ssrc = entry.ssrc;
             out.header.payload_type = payload_type;
             out.header.sequence_number = rewritten.seq;

@@ -218,6 +218,9 @@ pub(crate) struct DowntrackEntry {
     /// The track is RED but this subscriber takes only Opus: it gets each packet's
     /// primary block.
     unwrap_red: bool,
+    /// Music rooms: the id of the playout-delay extension this subscriber negotiated for
+    /// video, written on every packet with a zero delay.
+    playout_delay: Option<u8>,
     state: Downtrack,
     fraction_lost: u8,
 }

@@ -384,6 +384,7 @@ impl ShardCore {
             return;
         };
         let mut unsupported = Vec::new();
+        let local_offer = peer.pc.local_description().map(|offer| offer.sdp);
         for (ssrc, track_key) in &peer.outgoing {
             let Some(track) = self.tracks.get_mut(track_key) else {
                 continue;
@@ -398,10 +399,9 @@ impl ShardCore {
                 // The sender's parameters list what was offered (RED and Opus); whether the
                 // subscriber took RED shows only in its answer. Without it, it gets the Opus
                 // inside.
-                let Some(mid) = peer
-                    .pc
-                    .local_description()
-                    .and_then(|offer| super::sdp::mid_of_ssrc(&offer.sdp, entry.ssrc))
+                let Some(mid) = local_offer
+                    .as_deref()
+                    .and_then(|offer| super::sdp::mid_of_ssrc(offer, entry.ssrc))
                 else {
                     // Added while this offer was out: the next answer negotiates it.
                     continue;
@@ -425,7 +425,25 @@ impl ShardCore {
             let Some(mut sender) = peer.pc.rtp_sender(entry.sender) else {
                 continue;
             };
-            let codecs = &sender.get_parameters().rtp_parameters.codecs;
+            let parameters = sender.get_parameters();
+            if track.family.is_video() && answer.contains(crate::peer::PLAYOUT_DELAY_URI) {
+                // Only what the subscriber accepted for this section, under the id the
+                // sender will let through.
+                let accepted = local_offer
+                    .as_deref()
+                    .and_then(|offer| super::sdp::mid_of_ssrc(offer, entry.ssrc))
+                    .and_then(|mid| {
+                        super::sdp::section_extension(answer, &mid, crate::peer::PLAYOUT_DELAY_URI)
+                    });
+                entry.playout_delay = accepted.filter(|id| {
+                    parameters
+                        .rtp_parameters
+                        .header_extensions
+                        .iter()
+                        .any(|ext| ext.id as u8 == *id && ext.uri == crate::peer::PLAYOUT_DELAY_URI)
+                });
+            }
+            let codecs = &parameters.rtp_parameters.codecs;
             let wanted = &track.codec;
             let payload_type = codecs
                 .iter()
@@ -791,6 +809,7 @@ impl ShardCore {
                 ssrc,
                 payload_type: None,
                 unwrap_red: false,
+                playout_delay: None,
                 state: Downtrack::new(video, clock_rate),
                 fraction_lost: 0,
             });

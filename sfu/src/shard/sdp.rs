@@ -139,6 +139,37 @@ pub fn section_formats(sdp: &str, mid: &str) -> Vec<(u8, String)> {
     formats
 }
 
+/// The id a description gives header extension `uri` in the media section with `mid`.
+pub fn section_extension(sdp: &str, mid: &str, uri: &str) -> Option<u8> {
+    let mut in_section = false;
+    let mut found: Option<u8> = None;
+    let mut section_mid: Option<&str> = None;
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("m=") {
+            if in_section && section_mid == Some(mid) && found.is_some() {
+                return found;
+            }
+            in_section = true;
+            section_mid = None;
+            found = None;
+        } else if let Some(value) = line.strip_prefix("a=mid:") {
+            section_mid = Some(value.trim());
+        } else if let Some(rest) = line.strip_prefix("a=extmap:")
+            && let Some((id, rest)) = rest.split_once(' ')
+            && rest.split_whitespace().next() == Some(uri)
+        {
+            // `a=extmap:<id>[/<direction>] <uri>`
+            found = id.split('/').next().and_then(|id| id.parse().ok());
+        }
+    }
+    if section_mid == Some(mid) {
+        found
+    } else {
+        None
+    }
+}
+
 /// The mid of the media section that announces `ssrc` (`a=ssrc:<ssrc> ...`).
 pub fn mid_of_ssrc(sdp: &str, ssrc: u32) -> Option<String> {
     let marker = format!("a=ssrc:{ssrc} ");
@@ -443,6 +474,14 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
         assert_eq!(mid_of_ssrc(offer, 77).as_deref(), Some("1"));
         assert_eq!(mid_of_ssrc(offer, 5).as_deref(), Some("0"));
         assert_eq!(mid_of_ssrc(offer, 7), None);
+        let uri = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+        let answer = format!(
+            "v=0\r\nm=video 9 X 96\r\na=mid:0\r\na=extmap:6 {uri}\r\n\
+             m=video 9 X 96\r\na=mid:2\r\na=extmap:4 urn:other\r\n"
+        );
+        assert_eq!(section_extension(&answer, "0", uri), Some(6));
+        assert_eq!(section_extension(&answer, "2", uri), None);
+        assert_eq!(section_extension(&answer, "9", uri), None);
     }
 
     #[test]
