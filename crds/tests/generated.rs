@@ -82,7 +82,7 @@ fn printer_columns_are_what_kubectl_get_shows() {
     let expected = [
         (
             "rooms.yaml",
-            vec!["Phase", "Shard", "Participants", "Max", "Age"],
+            vec!["Phase", "Shard", "Participants", "Max", "Audio", "Age"],
         ),
         (
             "broadcasts.yaml",
