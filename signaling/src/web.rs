@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// The client's files: path, content type, body.
-const ASSETS: [(&str, &str, &str); 5] = [
+const ASSETS: [(&str, &str, &str); 6] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -26,6 +26,11 @@ const ASSETS: [(&str, &str, &str); 5] = [
         "/watch.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/watch.js"),
+    ),
+    (
+        "/sdp.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/sdp.js"),
     ),
     (
         "/style.css",

@@ -11,6 +11,8 @@
 // short. A media connection that fails is restarted (ICE restart) without leaving the
 // room.
 
+import { preferStereo } from './sdp.js';
+
 const ERROR_TEXT = {
   room_full: 'This room is full. Try again when someone leaves.',
   wrong_password: 'That password is not right.',
@@ -268,17 +270,6 @@ async function recaptureMic() {
 function audioEncoding() {
   if (state.audio.profile !== 'music') return {};
   return { maxBitrate: state.audio.bitrate || 128000, priority: 'high', networkPriority: 'high' };
-}
-
-// Music: tell the shard we decode stereo (browsers answer mono unless asked).
-function preferStereo(sdp) {
-  const opus = [...sdp.matchAll(/^a=rtpmap:(\d+) opus\/48000/gim)].map((m) => m[1]);
-  let out = sdp;
-  for (const pt of opus) {
-    out = out.replace(new RegExp(`^(a=fmtp:${pt} .*?)(\r?)$`, 'm'), (line, body, cr) =>
-      (/(^|;| )stereo=1/.test(body) ? line : `${body};stereo=1${cr}`));
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------- devices

@@ -3,6 +3,8 @@
 // connection. When the edge goes away the gateway says `reconnect` (or the socket drops),
 // and the page joins again, landing on another edge.
 
+import { preferStereo } from './sdp.js';
+
 const MESSAGES = {
   room_not_found: 'There is no broadcast with that name.',
   unavailable: 'The broadcast is not on the air yet, or is growing. Retrying…',
@@ -78,8 +80,13 @@ function subscriber() {
       });
     }
   });
-  pc.addEventListener('track', ({ track, streams }) => {
-    const owner = streams[0]?.id || state.trackOwner.get(track.id);
+  pc.addEventListener('track', ({ track, streams, receiver }) => {
+    // A music stage sends each presenter's sound in a stream of its own: find the owner
+    // by track first.
+    const owner = state.trackOwner.get(track.id) || streams[0]?.id;
+    if (track.kind === 'audio' && state.music && 'jitterBufferTarget' in receiver) {
+      receiver.jitterBufferTarget = 0;
+    }
     if (!owner) return;
     const entry = presenter(owner, state.presenters.get(owner)?.name);
     for (const old of entry.stream.getTracks().filter((t) => t.kind === track.kind)) {
@@ -130,6 +137,7 @@ async function onMessage(message) {
       state.retryDelay = 500;
       state.participant = message.participant;
       state.iceServers = message.ice_servers || [];
+      state.music = message.audio?.profile === 'music';
       showBanner('');
       setStatus('Watching');
       for (const p of message.participants) {
@@ -160,7 +168,10 @@ async function onMessage(message) {
     case 'offer': {
       const pc = subscriber();
       await pc.setRemoteDescription({ type: 'offer', sdp: message.sdp });
-      await pc.setLocalDescription(await pc.createAnswer());
+      const answer = await pc.createAnswer();
+      // A music stage is stereo: say so, or the browser decodes it in mono.
+      if (state.music) answer.sdp = preferStereo(answer.sdp);
+      await pc.setLocalDescription(answer);
       send({ type: 'answer', pc: 'subscriber', sdp: pc.localDescription.sdp });
       break;
     }
