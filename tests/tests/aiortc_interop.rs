@@ -8,23 +8,30 @@ use tutti_sfu::shard::api::PipelineSpec;
 use tutti_tests::aiortc;
 use tutti_tests::shard::{SIGNAL_TOKEN, TestShard};
 
+/// Creates `room` on `shard`; the arguments that bring an aiortc peer into it.
+async fn open_room(shard: &TestShard, room: &str) -> Result<Vec<String>> {
+    shard
+        .admin
+        .put_pipeline(room, &PipelineSpec::default())
+        .await?;
+    Ok([
+        "--url",
+        &shard.signal_url(),
+        "--token",
+        SIGNAL_TOKEN,
+        "--room",
+        room,
+    ]
+    .map(str::to_owned)
+    .to_vec())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiortc_publisher_to_aiortc_subscriber_decodes_frames_at_the_sent_resolution() -> Result<()>
 {
     let shard = TestShard::start().await?;
-    shard
-        .admin
-        .put_pipeline("interop", &PipelineSpec::default())
-        .await?;
-    let url = shard.signal_url();
-    let common = [
-        "--url",
-        url.as_str(),
-        "--token",
-        SIGNAL_TOKEN,
-        "--room",
-        "interop",
-    ];
+    let common = open_room(&shard, "interop").await?;
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
     let mut publisher = aiortc::spawn_publisher(
         &[
             &common[..],
@@ -62,19 +69,8 @@ async fn aiortc_publisher_to_aiortc_subscriber_decodes_frames_at_the_sent_resolu
 async fn an_aiortc_subscriber_with_its_own_consent_timing_hears_40_s_of_audio_without_a_gap()
 -> Result<()> {
     let shard = TestShard::start().await?;
-    shard
-        .admin
-        .put_pipeline("consent", &PipelineSpec::default())
-        .await?;
-    let url = shard.signal_url();
-    let common = [
-        "--url",
-        url.as_str(),
-        "--token",
-        SIGNAL_TOKEN,
-        "--room",
-        "consent",
-    ];
+    let common = open_room(&shard, "consent").await?;
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
     let mut publisher = aiortc::spawn_publisher(
         &[&common[..], &["--id", "tone", "--audio", "--no-video"]].concat(),
     )?;
@@ -136,19 +132,8 @@ async fn strict_ice_peers_reach_a_shard_bound_to_every_address() -> Result<()> {
         "advertised {}",
         shard.shard.advertised
     );
-    shard
-        .admin
-        .put_pipeline("strict", &PipelineSpec::default())
-        .await?;
-    let url = shard.signal_url();
-    let common = [
-        "--url",
-        url.as_str(),
-        "--token",
-        SIGNAL_TOKEN,
-        "--room",
-        "strict",
-    ];
+    let common = open_room(&shard, "strict").await?;
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
     let mut publisher =
         aiortc::spawn_publisher(&[&common[..], &["--id", "strict-pub", "--audio"]].concat())?;
     let result = aiortc::run_subscriber(
