@@ -293,24 +293,31 @@ const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// (a RED format line naming a payload type the section lacks is refused by browsers, and
 /// a subscriber without RED takes the Opus alone).
 pub fn redundant_audio_preferences() -> Vec<RTCRtpCodecParameters> {
-    vec![
-        codec(
-            MIME_TYPE_RED,
-            48_000,
-            2,
-            &format!("{OPUS_PAYLOAD_TYPE}/{OPUS_PAYLOAD_TYPE}"),
-            RED_PAYLOAD_TYPE,
-            vec![],
-        ),
-        codec(
-            MIME_TYPE_OPUS,
-            48_000,
-            2,
-            "minptime=10;useinbandfec=1",
-            OPUS_PAYLOAD_TYPE,
-            vec![],
-        ),
-    ]
+    vec![red_codec(vec![]), opus_codec(vec![])]
+}
+
+/// RED over Opus, as every description the shard writes numbers them.
+fn red_codec(feedback: Vec<RTCPFeedback>) -> RTCRtpCodecParameters {
+    codec(
+        MIME_TYPE_RED,
+        48_000,
+        2,
+        &format!("{OPUS_PAYLOAD_TYPE}/{OPUS_PAYLOAD_TYPE}"),
+        RED_PAYLOAD_TYPE,
+        feedback,
+    )
+}
+
+/// Opus, as every description the shard writes numbers it.
+fn opus_codec(feedback: Vec<RTCPFeedback>) -> RTCRtpCodecParameters {
+    codec(
+        MIME_TYPE_OPUS,
+        48_000,
+        2,
+        "minptime=10;useinbandfec=1",
+        OPUS_PAYLOAD_TYPE,
+        feedback,
+    )
 }
 
 /// The codecs the shard forwards, in preference order. Publishers pick from their own
@@ -331,29 +338,9 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
         audio_feedback.push(feedback("transport-cc", ""));
     }
     if redundant_audio {
-        engine.register_codec(
-            codec(
-                MIME_TYPE_RED,
-                48_000,
-                2,
-                &format!("{OPUS_PAYLOAD_TYPE}/{OPUS_PAYLOAD_TYPE}"),
-                RED_PAYLOAD_TYPE,
-                audio_feedback.clone(),
-            ),
-            RtpCodecKind::Audio,
-        )?;
+        engine.register_codec(red_codec(audio_feedback.clone()), RtpCodecKind::Audio)?;
     }
-    engine.register_codec(
-        codec(
-            MIME_TYPE_OPUS,
-            48_000,
-            2,
-            "minptime=10;useinbandfec=1",
-            OPUS_PAYLOAD_TYPE,
-            audio_feedback,
-        ),
-        RtpCodecKind::Audio,
-    )?;
+    engine.register_codec(opus_codec(audio_feedback), RtpCodecKind::Audio)?;
     let video: [(&str, &str, u8, u8); 5] = [
         (MIME_TYPE_VP8, "", 96, 97),
         (

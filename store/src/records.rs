@@ -184,6 +184,11 @@ impl AudioSettings {
         }
     }
 
+    /// Whether the room is for music.
+    pub fn is_music(&self) -> bool {
+        self.profile == AudioProfile::Music
+    }
+
     /// Whether these are the defaults of a speech room (nothing worth storing).
     pub fn is_speech_default(&self) -> bool {
         *self == Self::default()

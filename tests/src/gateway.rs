@@ -19,7 +19,7 @@ pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
 pub fn local_options(rooms: LocalRooms) -> LocalOptions {
     LocalOptions {
         common: GatewayOptions {
-            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             rooms,
             jwt_secret: Some(JWT_SECRET.into()),
             session_secret: None,
@@ -30,9 +30,9 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
             region: None,
         },
         shards: 2,
-        media_bind: "127.0.0.1".parse().expect("loopback address"),
+        media_bind: std::net::IpAddr::from([127, 0, 0, 1]),
         media_port: 0,
-        advertise_ip: "127.0.0.1".parse().expect("loopback address"),
+        advertise_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         shard_max_participants: 100,
     }
 }

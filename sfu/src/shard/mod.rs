@@ -1237,7 +1237,7 @@ impl ShardCore {
             .sessions
             .get(&session)
             .and_then(|s| self.rooms.get(&s.room))
-            .is_some_and(|room| room.spec.audio.profile == tutti_store::AudioProfile::Music);
+            .is_some_and(|room| room.spec.audio.is_music());
         let pc = match self.factory.build(role, music, now) {
             Ok(pc) => pc,
             Err(err) => {

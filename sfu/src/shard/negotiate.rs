@@ -756,7 +756,7 @@ impl ShardCore {
         let music = self
             .rooms
             .get(&track.room)
-            .is_some_and(|room| room.spec.audio.profile == tutti_store::AudioProfile::Music);
+            .is_some_and(|room| room.spec.audio.is_music());
         if music && track.kind == TrackKind::Audio {
             stream_id.push_str(".audio");
         }
