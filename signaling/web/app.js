@@ -969,7 +969,14 @@ async function candidatePair(target) {
   if (!pair) return null;
   const local = report.get(pair.localCandidateId);
   const remote = report.get(pair.remoteCandidateId);
-  return { localType: local?.candidateType, remoteType: remote?.candidateType, bytesReceived: pair.bytesReceived };
+  return {
+    localType: local?.candidateType,
+    remoteType: remote?.candidateType,
+    // How the browser reaches its TURN server for a relay candidate: udp, tcp or tls.
+    relayProtocol: local?.relayProtocol,
+    remoteAddress: remote?.address,
+    bytesReceived: pair.bytesReceived,
+  };
 }
 
 window.tutti = {

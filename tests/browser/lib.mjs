@@ -92,11 +92,53 @@ export async function startGateway(extraArgs = [], env = {}) {
   return { url: gateway.match[1], child: gateway.child, stop: gateway.stop, kill: gateway.kill };
 }
 
-/** Launches Chromium. `fakeUi` auto-accepts camera, microphone and screen prompts. */
-export async function launch({ fakeUi = true } = {}) {
+/**
+ * Launches Chromium. `fakeUi` auto-accepts camera, microphone and screen prompts.
+ * `namespace` runs it inside a network namespace of a simulated network (see
+ * `startNetSim`); `secureOrigins` are plain-HTTP origins it treats as secure, so that
+ * pages served from a simulated server's address may use the camera; `trustedKeys` are
+ * base64 SHA-256 hashes of public keys whose certificates it accepts (a test's own
+ * certificates, as a real one would be accepted).
+ */
+export async function launch({ fakeUi = true, namespace, secureOrigins = [], trustedKeys = [] } = {}) {
   const args = [...BASE_FLAGS];
   if (fakeUi) args.push('--use-fake-ui-for-media-stream');
-  return chromium.launch({ executablePath: CHROMIUM, args });
+  if (trustedKeys.length) args.push(`--ignore-certificate-errors-spki-list=${trustedKeys.join(',')}`);
+  if (secureOrigins.length) args.push(`--unsafely-treat-insecure-origin-as-secure=${secureOrigins.join(',')}`);
+  let executablePath = CHROMIUM;
+  if (namespace) {
+    // Playwright talks to Chromium over inherited pipes, which `ip netns exec` keeps.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-chromium-'));
+    executablePath = path.join(dir, 'chromium-in-namespace');
+    fs.writeFileSync(executablePath, `#!/bin/sh\nexec ip netns exec ${namespace} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+  }
+  return chromium.launch({ executablePath, args });
+}
+
+/**
+ * Builds a simulated network with `tutti-netsim` (spec: tests/src/netsim/mod.rs) and
+ * resolves with its sites by name (`namespace`, `addresses`). `stop()` removes it; if
+ * this process dies, tutti-netsim sees its stdin close and removes it as well.
+ */
+export async function startNetSim(spec) {
+  const child = spawn(binary('tutti-netsim'), [JSON.stringify(spec)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const stderr = [];
+  child.stderr.on('data', (chunk) => stderr.push(chunk.toString()));
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const line = await new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.once('line', resolve);
+    child.on('exit', (code) => reject(new Error(`tutti-netsim exited with ${code}: ${stderr.join('')}`)));
+  });
+  const sites = Object.fromEntries(JSON.parse(line).sites.map((site) => [site.name, site]));
+  return {
+    sites,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.stdin.end();
+      await exited;
+    },
+  };
 }
 
 /** Opens a page in a fresh context (its own profile, like another person's browser). */
