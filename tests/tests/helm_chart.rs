@@ -5,6 +5,7 @@
 //! Secret and one live state, and ShardPools the operator accepts and can start.
 
 use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -299,7 +300,7 @@ fn the_home_profile_is_one_node_with_host_ports_bundled_etcd_and_turn() -> Resul
     ensure!(env(container, "TUTTI_TURN_URLS").is_some_and(|e| {
         e["value"]
             .as_str()
-            .is_some_and(|v| v.contains("turn:203.0.113.10:3478"))
+            .is_some_and(|v| v.contains("turn:turn.home.example:3478"))
     }));
     let ingress = named(&objects, "Ingress", "tutti-gateway")?;
     ensure!(
@@ -307,6 +308,146 @@ fn the_home_profile_is_one_node_with_host_ports_bundled_etcd_and_turn() -> Resul
             == "3600",
         "WebSockets outlive the default proxy timeout"
     );
+    // TURN over TLS through the ingress's 443 by SNI: coturn takes TLS on 5349 with the
+    // user's certificate, the gateway offers turns: on 443 and no plain TCP there.
+    ensure!(args.contains("--tls-listening-port=5349") && !args.contains("\"--no-tls\""));
+    ensure!(args.contains("--cert=/etc/coturn/tls/tls.crt"));
+    let pod = &coturn["spec"]["template"]["spec"];
+    ensure!(
+        pod["volumes"][0]["secret"]["secretName"] == "tutti-turn-tls",
+        "{pod}"
+    );
+    ensure!(pod["containers"][1]["name"] == "cert-reloader");
+    ensure!(pod["shareProcessNamespace"] == true);
+    let urls = turn_urls(container)?;
+    ensure!(
+        urls == [
+            "turn:turn.home.example:3478?transport=udp",
+            "turn:turn.home.example:3478?transport=tcp",
+            "turns:turn.home.example:443?transport=tcp",
+        ],
+        "{urls:?}"
+    );
+    let passthrough = named(&objects, "Ingress", "tutti-coturn-tls")?;
+    ensure!(
+        passthrough["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"]
+            == "true"
+    );
+    ensure!(passthrough["spec"]["rules"][0]["host"] == "turn.home.example");
+    let service = named(&objects, "Service", "tutti-coturn-tls")?;
+    ensure!(service["spec"]["ports"][0]["targetPort"] == 5349);
+    ensure!(
+        of_kind(&objects, "Certificate").is_empty(),
+        "the home profile brings its own certificate"
+    );
+    Ok(())
+}
+
+/// The TURN URLs the gateway hands out.
+fn turn_urls(container: &Value) -> Result<Vec<String>> {
+    let urls = env(container, "TUTTI_TURN_URLS").context("TUTTI_TURN_URLS")?["value"]
+        .as_str()
+        .context("a value")?;
+    Ok(urls.split(',').map(str::to_owned).collect())
+}
+
+#[test]
+fn turn_over_tls_on_its_own_node_takes_443_with_a_cert_manager_certificate() -> Result<()> {
+    let objects = render(&["-f", "charts/tutti/values-eks.yaml"])?;
+    let coturn = named(&objects, "Deployment", "tutti-coturn")?;
+    let container = &coturn["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        container["args"]
+            .to_string()
+            .contains("--tls-listening-port=443")
+    );
+    // Port 443 as a non-root user: only NET_BIND_SERVICE, and exec may grant it.
+    let security = &container["securityContext"];
+    ensure!(security["capabilities"]["add"] == serde_json::json!(["NET_BIND_SERVICE"]));
+    ensure!(security["capabilities"]["drop"] == serde_json::json!(["ALL"]));
+    ensure!(security["runAsNonRoot"] == true);
+    let certificate = named(&objects, "Certificate", "tutti-coturn")?;
+    ensure!(certificate["spec"]["dnsNames"] == serde_json::json!(["turn.example.com"]));
+    ensure!(certificate["spec"]["issuerRef"]["name"] == "letsencrypt-dns01");
+    ensure!(certificate["spec"]["secretName"] == "tutti-coturn-tls");
+    let gateway = named(&objects, "Deployment", "tutti-gateway")?;
+    let urls = turn_urls(&gateway["spec"]["template"]["spec"]["containers"][0])?;
+    for wanted in [
+        "turn:turn.example.com:3478?transport=udp",
+        "turn:turn.example.com:443?transport=tcp",
+        "turns:turn.example.com:443?transport=tcp",
+    ] {
+        ensure!(
+            urls.iter().any(|u| u == wanted),
+            "{wanted} missing: {urls:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_chart_generated_turn_certificate_is_one_coturn_serves() -> Result<()> {
+    let objects = render(&[
+        "--set",
+        "coturn.enabled=true,coturn.externalIp=127.0.0.1,coturn.tls.enabled=true,coturn.tls.certificate=generate",
+    ])?;
+    let secret = named(&objects, "Secret", "tutti-coturn-tls")?;
+    ensure!(secret["type"] == "kubernetes.io/tls");
+    ensure!(secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep");
+    let dir = std::env::temp_dir().join(format!("tutti-helm-turn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for key in ["tls.crt", "tls.key"] {
+        let encoded = secret["data"][key].as_str().context("data")?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+        std::fs::write(dir.join(key), decoded)?;
+    }
+    // coturn loads the pair and answers a TLS handshake with that certificate.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut coturn = Command::new(std::env::var("TUTTI_TURNSERVER").unwrap_or("turnserver".into()))
+        .args(["-n", "--no-cli", "--no-dtls", "--listening-ip", "127.0.0.1"])
+        .arg(format!("--listening-port={}", port + 1))
+        .arg(format!("--tls-listening-port={port}"))
+        .arg(format!("--cert={}", dir.join("tls.crt").display()))
+        .arg(format!("--pkey={}", dir.join("tls.key").display()))
+        .arg(format!("--pidfile={}", dir.join("pid").display()))
+        .args([
+            "--use-auth-secret",
+            "--static-auth-secret=x",
+            "--realm",
+            "t",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("turnserver (Debian package coturn)")?;
+    let mut served = String::new();
+    for _ in 0..100 {
+        let output = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        served = String::from_utf8_lossy(&output.stdout).into_owned();
+        if served.contains("BEGIN CERTIFICATE") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = coturn.kill();
+    let _ = coturn.wait();
+    let rendered = std::fs::read_to_string(dir.join("tls.crt"))?;
+    let body = |pem: &str| -> String {
+        pem.lines()
+            .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+            .take_while(|l| !l.starts_with("-----END CERTIFICATE"))
+            .collect()
+    };
+    ensure!(
+        !body(&served).is_empty() && body(&served) == body(&rendered),
+        "coturn did not serve the chart's certificate: {served}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -350,6 +491,32 @@ fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<(
 }
 
 #[test]
+fn turn_over_tls_settings_that_cannot_work_are_refused() -> Result<()> {
+    let base = "coturn.enabled=true,coturn.externalIp=203.0.113.9,coturn.tls.enabled=true";
+    for (bad, reason) in [
+        ("coturn.tls.certificate=existing", "coturn.host"),
+        (
+            "coturn.host=turn.example,coturn.tls.sniPassthrough.enabled=true",
+            "another port",
+        ),
+        (
+            "coturn.host=turn.example,coturn.tls.certificate=cert-manager",
+            "issuer.name",
+        ),
+    ] {
+        let (ok, _, err) = run_helm(&[
+            "template",
+            "tutti",
+            "charts/tutti",
+            "--set",
+            &format!("{base},{bad}"),
+        ])?;
+        ensure!(!ok && err.contains(reason), "{bad}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
 fn values_the_schema_refuses_fail_before_anything_renders() -> Result<()> {
     for bad in [
         "shardPool.networking.mode=Bridge",
@@ -357,6 +524,7 @@ fn values_the_schema_refuses_fail_before_anything_renders() -> Result<()> {
         "shardPool.scaleDownDelay=soon",
         "etcd.bundled=false",
         "gateway.replicas=0",
+        "coturn.tls.certificate=whoever",
     ] {
         let (ok, _, err) = run_helm(&["template", "tutti", "charts/tutti", "--set", bad])?;
         ensure!(!ok, "helm rendered with {bad}");
