@@ -8,9 +8,10 @@ say() { printf '\n== %s\n' "$*"; }
 
 # 1. System packages. protobuf-compiler, libprotobuf-dev: etcd-client needs protoc and the
 #    well-known protos to build; etcd-server, etcd-client: the live-state tests; chromium:
-#    browser tests; coturn: TURN tests; nodejs/npm: the browser test driver (Debian's,
-#    when the machine has none).
-packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates openssl chromium coturn etcd-server etcd-client)
+#    browser tests; coturn: TURN tests; iproute2, nftables, procps: the simulated networks
+#    (namespaces, firewalls, sysctl); nodejs/npm: the browser test driver (Debian's, when
+#    the machine has none).
+packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates openssl chromium coturn etcd-server etcd-client iproute2 nftables procps)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
@@ -74,7 +75,7 @@ failed=0
 say "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}" || failed=1
 say "browser tests (headless Chromium)"
-cargo build --locked -p tutti-signaling -p tutti-sfu -p tutti-operator --bins \
+cargo build --locked -p tutti-signaling -p tutti-sfu -p tutti-operator -p tutti-tests --bins \
   --features tutti-signaling/etcd,tutti-sfu/etcd
 (cd tests/browser && node --test --test-concurrency=1) || failed=1
 if ((failed)); then
