@@ -17,7 +17,7 @@ pub mod shardpool;
 
 pub use broadcast::{Broadcast, BroadcastPhase, BroadcastSpec, BroadcastStatus, EdgeStatus};
 pub use common::{Condition, LocalObjectRef, SecretKeyRef};
-pub use room::{AudioSpec, MediaSpec, Room, RoomPhase, RoomSpec, RoomStatus};
+pub use room::{AudioSpec, MediaSpec, PlacementMode, Room, RoomPhase, RoomSpec, RoomStatus};
 pub use shardpool::{
     Networking, NetworkingMode, NodeAddress, ShardCapacity, ShardPool, ShardPoolSpec,
     ShardPoolStatus, ShardTemplate,

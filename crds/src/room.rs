@@ -58,6 +58,25 @@ pub struct RoomSpec {
     /// Place the room only on shards with these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shard_selector: BTreeMap<String, String>,
+    /// How its shard is chosen: `latency` puts it in the region that minimises the worst
+    /// participant's round trip (placed when the first participant arrives, moved once if
+    /// a farther participant joins a small room early); `packed` ignores where people
+    /// are. Absent: `latency` for rooms of 2-4 people when the shards span regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementMode>,
+}
+
+/// How a room's shard is chosen: `latency` puts it in the region that minimises the
+/// worst participant's round trip (placed when the first participant arrives, moved once
+/// if a farther participant joins a small room early); `packed` ignores where people are.
+/// Absent: `latency` for rooms of 2-4 people when the shards span regions.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementMode {
+    /// Near the participants.
+    Latency,
+    /// Wherever the operator's strategy puts it.
+    Packed,
 }
 
 fn default_max_participants() -> u32 {

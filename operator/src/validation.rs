@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use tutti_crds::duration::parse_duration;
 use tutti_crds::{RoomSpec, SecretKeyRef};
-use tutti_store::{AudioProfile, AudioSettings, RoomRecord};
+use tutti_store::{AudioProfile, AudioSettings, PlacementPolicy, RoomRecord};
 
 /// Longest room name: rooms are joined by name, and shards key pipelines by it.
 pub const MAX_ROOM_NAME: usize = 64;
@@ -120,6 +120,11 @@ pub fn validate_room(
             owner: Some(owner(namespace, name)),
             audience: false,
             audio_settings,
+            placement: match spec.placement {
+                None => PlacementPolicy::Auto,
+                Some(tutti_crds::room::PlacementMode::Latency) => PlacementPolicy::Latency,
+                Some(tutti_crds::room::PlacementMode::Packed) => PlacementPolicy::Packed,
+            },
         },
         selector: spec.shard_selector.clone(),
         password: spec.password_secret_ref.clone(),

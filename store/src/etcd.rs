@@ -14,7 +14,8 @@
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
-    BroadcastRecord, CascadeRecord, EtcdConfig, LiveView, LiveWriter, RoomRecord, Route,
+    BroadcastRecord, CascadeRecord, EtcdConfig, LatencyReport, LiveView, LiveWriter, RoomRecord,
+    Route,
     ShardRecord, StoreError,
 };
 use etcd_client::{
@@ -364,6 +365,10 @@ impl LiveView for EtcdStore {
         self.read(|s| s.cascades.values().cloned().collect())
     }
 
+    fn latency_reports(&self, room: &str) -> Vec<LatencyReport> {
+        self.read(|s| s.latency_reports(room))
+    }
+
     fn synced(&self) -> bool {
         self.inner.shared.synced.load(Ordering::Relaxed)
     }
@@ -538,6 +543,17 @@ impl LiveWriter for EtcdStore {
 
     async fn delete_cascade(&self, broadcast: &str) -> Result<(), StoreError> {
         self.delete(Kind::Cascade, broadcast).await
+    }
+
+    async fn put_latency_report(&self, report: LatencyReport) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&report).map_err(unavailable)?;
+        let key = LatencyReport::key(&report.room, &report.participant);
+        self.put(Kind::Latency, &key, value).await
+    }
+
+    async fn delete_latency_report(&self, room: &str, participant: &str) -> Result<(), StoreError> {
+        self.delete(Kind::Latency, &LatencyReport::key(room, participant))
+            .await
     }
 
     /// Compacts etcd's history older than `keep` revisions before the current one; the

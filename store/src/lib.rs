@@ -42,7 +42,8 @@ pub const ETCD_SUPPORTED: bool = cfg!(feature = "etcd");
 pub use memory::MemoryStore;
 pub use records::{
     AUTO_CREATED_OWNER, AudioProfile, AudioSettings, BroadcastRecord, CascadeEdge, CascadeRecord,
-    RoomRecord, Route, ShardLoadSummary, ShardRecord,
+    LatencyReport, MAX_REPORTED_REGIONS, MAX_REPORTED_RTT_MS, PlacementPolicy, RoomRecord, Route,
+    ShardLoadSummary, ShardRecord, valid_region,
 };
 pub use snapshot::RouteChange;
 
@@ -70,6 +71,8 @@ pub trait LiveView: Send + Sync {
     fn cascade(&self, broadcast: &str) -> Option<CascadeRecord>;
     /// Every cascade, ordered by broadcast.
     fn cascades(&self) -> Vec<CascadeRecord>;
+    /// The latency reports of a room's participants, ordered by participant.
+    fn latency_reports(&self, room: &str) -> Vec<LatencyReport>;
     /// Whether the local copy follows the source now. While it does not (etcd is
     /// unreachable), reads answer from the last known state.
     fn synced(&self) -> bool;
@@ -137,6 +140,17 @@ pub trait LiveWriter: Send + Sync {
     fn delete_cascade(
         &self,
         broadcast: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publishes a participant's round trips to each region.
+    fn put_latency_report(
+        &self,
+        report: LatencyReport,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets a participant's round trips.
+    fn delete_latency_report(
+        &self,
+        room: &str,
+        participant: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Drops history older than `keep` revisions (etcd); the revision compacted to.
     fn compact(&self, keep: i64) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;

@@ -2,7 +2,8 @@
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
-    BroadcastRecord, CascadeRecord, LiveView, LiveWriter, RoomRecord, Route, ShardRecord,
+    BroadcastRecord, CascadeRecord, LatencyReport, LiveView, LiveWriter, RoomRecord, Route,
+    ShardRecord,
     StoreError,
 };
 use std::collections::HashMap;
@@ -119,6 +120,10 @@ impl LiveView for MemoryStore {
         self.read().records.cascades.values().cloned().collect()
     }
 
+    fn latency_reports(&self, room: &str) -> Vec<LatencyReport> {
+        self.read().records.latency_reports(room)
+    }
+
     fn synced(&self) -> bool {
         true
     }
@@ -206,6 +211,17 @@ impl LiveWriter for MemoryStore {
 
     async fn delete_cascade(&self, broadcast: &str) -> Result<(), StoreError> {
         self.set(Kind::Cascade, broadcast, None);
+        Ok(())
+    }
+
+    async fn put_latency_report(&self, report: LatencyReport) -> Result<(), StoreError> {
+        let key = LatencyReport::key(&report.room, &report.participant);
+        self.set(Kind::Latency, &key, Some(encode(&report)?));
+        Ok(())
+    }
+
+    async fn delete_latency_report(&self, room: &str, participant: &str) -> Result<(), StoreError> {
+        self.set(Kind::Latency, &LatencyReport::key(room, participant), None);
         Ok(())
     }
 

@@ -13,9 +13,14 @@ pub struct ShardRecord {
     pub signal_url: String,
     /// The base URL of the shard's admin API.
     pub admin_url: String,
-    /// Region or zone label, for seating viewers near their edge.
+    /// Region or zone label, for seating viewers near their edge and placing rooms near
+    /// their participants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// `host:port` of the shard's media socket, which answers STUN Binding requests:
+    /// clients time them to learn their round trip to the shard's region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
     /// The shard's labels, which rooms select shards by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -41,6 +46,7 @@ impl ShardRecord {
             signal_url: signal,
             admin_url: base.to_owned(),
             region: None,
+            probe: None,
             labels: BTreeMap::new(),
             capacity,
             draining: false,
@@ -118,6 +124,84 @@ pub struct RoomRecord {
     /// How the room's audio is captured, encoded and played out.
     #[serde(default, skip_serializing_if = "AudioSettings::is_speech_default")]
     pub audio_settings: AudioSettings,
+    /// How the room's shard is chosen.
+    #[serde(default, skip_serializing_if = "PlacementPolicy::is_auto")]
+    pub placement: PlacementPolicy,
+}
+
+/// How a room's shard is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementPolicy {
+    /// The operator's strategy; latency for rooms of 2-4 people when the shards span
+    /// regions.
+    #[default]
+    Auto,
+    /// The operator's strategy (packed or distributed), wherever participants are.
+    Packed,
+    /// The region that minimises the worst participant's round trip.
+    Latency,
+}
+
+impl PlacementPolicy {
+    /// Whether this is the default.
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Packed => "packed",
+            Self::Latency => "latency",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "auto" => Some(Self::Auto),
+            "packed" => Some(Self::Packed),
+            "latency" => Some(Self::Latency),
+            _ => None,
+        }
+    }
+}
+
+/// Most regions a participant reports round trips to.
+pub const MAX_REPORTED_REGIONS: usize = 16;
+/// Longest round trip a report may carry, ms.
+pub const MAX_REPORTED_RTT_MS: u32 = 10_000;
+
+/// One participant's measured round trips to each region, written by its gateway when it
+/// joins a room and removed when it leaves; what latency placement decides by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyReport {
+    /// The room.
+    pub room: String,
+    /// The participant's session id.
+    pub participant: String,
+    /// Round trip in ms, by region; empty when nothing could be measured.
+    #[serde(default)]
+    pub rtt_ms: BTreeMap<String, u32>,
+}
+
+impl LatencyReport {
+    /// The store name of the report: `room:participant` (room names hold no colon).
+    pub fn key(room: &str, participant: &str) -> String {
+        format!("{room}:{participant}")
+    }
+}
+
+/// Whether `name` is a region name a report may carry: 1-63 characters of a-z 0-9 `-`,
+/// the shape of Kubernetes' `topology.kubernetes.io/region` values (`eu-west-1`).
+pub fn valid_region(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// What a room's audio is for.
@@ -248,6 +332,7 @@ impl RoomRecord {
             owner: None,
             audience: false,
             audio_settings: AudioSettings::default(),
+            placement: PlacementPolicy::Auto,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The live state as a set of maps: what the in-memory store holds, and what the etcd
 //! store's local copy holds between watch events.
 
-use crate::{BroadcastRecord, CascadeRecord, RoomRecord, Route, ShardRecord};
+use crate::{BroadcastRecord, CascadeRecord, LatencyReport, RoomRecord, Route, ShardRecord};
 use std::collections::BTreeMap;
 
 /// Which kind of record a key holds.
@@ -17,6 +17,8 @@ pub enum Kind {
     Broadcast,
     /// `cascades/{broadcast}`.
     Cascade,
+    /// `latency/{room}:{participant}`.
+    Latency,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
             Self::Room => "rooms/",
             Self::Broadcast => "broadcasts/",
             Self::Cascade => "cascades/",
+            Self::Latency => "latency/",
         }
     }
 
@@ -39,6 +42,7 @@ impl Kind {
             Self::Room,
             Self::Broadcast,
             Self::Cascade,
+            Self::Latency,
         ]
         .into_iter()
         .find_map(|kind| {
@@ -62,6 +66,20 @@ pub struct Snapshot {
     pub broadcasts: BTreeMap<String, BroadcastRecord>,
     /// Cascades, by broadcast.
     pub cascades: BTreeMap<String, CascadeRecord>,
+    /// Latency reports, by `room:participant`.
+    pub latency: BTreeMap<String, LatencyReport>,
+}
+
+impl Snapshot {
+    /// A room's latency reports.
+    pub fn latency_reports(&self, room: &str) -> Vec<LatencyReport> {
+        let prefix = format!("{room}:");
+        self.latency
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, report)| report.clone())
+            .collect()
+    }
 }
 
 /// Stores a decoded value under `name`, or removes the entry when the value is absent or
@@ -106,6 +124,10 @@ impl Snapshot {
             }
             Kind::Cascade => {
                 set(&mut self.cascades, name, value);
+                None
+            }
+            Kind::Latency => {
+                set(&mut self.latency, name, value);
                 None
             }
             Kind::Route => {
