@@ -24,6 +24,8 @@ pub enum RoomOutcome {
     SecretMissing(String),
     /// No shard can take it.
     NoShard(String),
+    /// Placed by latency: waiting for the first participant's round trips.
+    AwaitingParticipants,
     /// The shard it is on does not answer.
     ShardUnreachable {
         /// The shard.
@@ -64,7 +66,9 @@ impl RoomOutcome {
             } => RoomPhase::Placed,
             Self::Placed { .. } => RoomPhase::Active,
             Self::Invalid(_) | Self::NameConflict(_) => RoomPhase::Failed,
-            Self::SecretMissing(_) | Self::NoShard(_) => RoomPhase::Pending,
+            Self::SecretMissing(_) | Self::NoShard(_) | Self::AwaitingParticipants => {
+                RoomPhase::Pending
+            }
             Self::ShardUnreachable { .. } => RoomPhase::Migrating,
         }
     }
@@ -95,6 +99,14 @@ impl RoomOutcome {
                 wanted("Placed", false, "SecretMissing", message),
                 wanted("Degraded", true, "SecretMissing", message),
             ],
+            Self::AwaitingParticipants => {
+                let why = "placed near its participants once the first one arrives";
+                [
+                    wanted("Ready", false, "AwaitingParticipants", why),
+                    wanted("Placed", false, "AwaitingParticipants", why),
+                    wanted("Degraded", false, "AsExpected", ""),
+                ]
+            }
             Self::NoShard(message) => [
                 wanted("Ready", false, "NoShard", message),
                 wanted("Placed", false, "NoShard", message),

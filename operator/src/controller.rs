@@ -31,6 +31,10 @@ pub const FINALIZER: &str = "tutti.dev/cleanup";
 pub const MANAGER: &str = "tutti-operator";
 /// Longest password accepted from a Secret (the gateway accepts no longer).
 const MAX_PASSWORD_BYTES: usize = 256;
+/// How soon a latency-placed Room waiting for its first participant is looked at again.
+const AWAIT_PARTICIPANTS_RECHECK: Duration = Duration::from_secs(1);
+/// How often a small latency-placed Room is looked at for a move.
+const LATENCY_RECHECK: Duration = Duration::from_secs(3);
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -190,9 +194,11 @@ where
 {
     let started = Instant::now();
     let key = format!("{namespace}/{name}");
+    let mut latency = false;
     let outcome = match validate_room(namespace, name, &room.spec) {
         Err(problems) => RoomOutcome::Invalid(problems.join("; ")),
         Ok(valid) => {
+            latency = crate::latency::uses_latency(&valid.record, &ctx.placer.store().shards());
             let password = match &valid.password {
                 None => Ok(None),
                 Some(reference) => read_password(&ctx.client, namespace, reference)
@@ -239,6 +245,14 @@ where
     }
     let key = room.uid().unwrap_or_else(|| name.to_owned());
     match outcome {
+        // A latency-placed room may still move once someone farther joins; nothing tells
+        // the controller, so it looks again often while the room is small.
+        RoomOutcome::Placed { participants, .. }
+            if latency && (participants as usize) <= crate::latency::MOVE_MAX_PARTICIPANTS =>
+        {
+            ctx.backoff.succeeded(&key);
+            Ok(Action::requeue(LATENCY_RECHECK.min(ctx.config.refresh)))
+        }
         RoomOutcome::Placed { .. } => {
             ctx.backoff.succeeded(&key);
             Ok(Action::requeue(ctx.config.refresh))
@@ -247,6 +261,11 @@ where
         RoomOutcome::Invalid(_) | RoomOutcome::NameConflict(_) => {
             ctx.backoff.succeeded(&key);
             Ok(Action::await_change())
+        }
+        // Nothing tells the controller when someone arrives: look again shortly.
+        RoomOutcome::AwaitingParticipants => {
+            ctx.backoff.succeeded(&key);
+            Ok(Action::requeue(AWAIT_PARTICIPANTS_RECHECK))
         }
         RoomOutcome::SecretMissing(message) => Err(Error::Retry {
             category: "secret",

@@ -1,7 +1,8 @@
 //! The Tutti operator: it places Rooms on SFU shards and keeps them true, and reclaims
 //! media pipelines that nothing owns.
 //!
-//! Pure logic first — [`placement`] (which shard), [`validation`] (is the Room sound),
+//! Pure logic first — [`placement`] (which shard), [`latency`] (which region),
+//! [`validation`] (is the Room sound),
 //! [`conditions`] (what the status says), [`backoff`] (when to retry), [`leader`]'s
 //! decisions — then the I/O around it: [`placer`] (live state and shard admin APIs),
 //! [`gc`] (orphaned pipelines), [`controller`] (the Kubernetes side), [`run`] (wiring).
@@ -14,6 +15,7 @@ pub mod conditions;
 pub mod controller;
 pub mod demand;
 pub mod gc;
+pub mod latency;
 pub mod leader;
 pub mod metrics;
 pub mod placement;

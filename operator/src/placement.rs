@@ -26,6 +26,8 @@ pub struct Candidate {
     pub id: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// Its region.
+    pub region: Option<String>,
     /// Seats it has.
     pub capacity: u32,
     /// Seats reserved by the rooms already on it.
@@ -77,6 +79,7 @@ pub fn candidates(
         .map(|shard| Candidate {
             id: shard.id.clone(),
             labels: shard.labels.clone(),
+            region: shard.region.clone(),
             capacity: shard.capacity,
             reserved: routes
                 .iter()
@@ -136,6 +139,7 @@ mod tests {
         Candidate {
             id: id.into(),
             labels: BTreeMap::new(),
+            region: None,
             capacity,
             reserved,
             draining: false,

@@ -6,7 +6,8 @@
 //! shards and the in-memory store.
 
 use crate::conditions::RoomOutcome;
-use crate::placement::{Strategy, candidates, place};
+use crate::latency::{best_region, should_move, uses_latency};
+use crate::placement::{Candidate, Strategy, candidates, place};
 use crate::validation::ValidRoom;
 use std::collections::BTreeMap;
 use tutti_shard_api::admin::PipelineSpec;
@@ -19,6 +20,9 @@ pub struct Placer<S> {
     store: S,
     admin_token: String,
     strategy: Strategy,
+    /// Rooms latency placement has moved once. Kept in memory: a new leader may move a
+    /// room a second time.
+    moved: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Why a release did not complete.
@@ -44,6 +48,7 @@ impl<S: LiveView + LiveWriter> Placer<S> {
             store,
             admin_token,
             strategy,
+            moved: Default::default(),
         }
     }
 
@@ -103,12 +108,52 @@ impl<S: LiveView + LiveWriter> Placer<S> {
         {
             left_behind = current.take();
         }
+        let shards = self.store.shards();
+        let list = candidates(&shards, &self.store.routes(), &self.store.rooms(), &name);
+        let latency = uses_latency(&record, &shards);
+        let reports = if latency {
+            self.store.latency_reports(&name)
+        } else {
+            Vec::new()
+        };
+        // A small room whose participants would hear each other sooner elsewhere moves
+        // there, once; everyone on it reconnects by themselves (the route's epoch grows).
+        let mut moved_from = None;
+        if latency
+            && let Some(shard) = &current
+            && let Some(region) = shard.region.as_deref()
+        {
+            let regions = self.regions_that_fit(&list, &record, selector);
+            let moved_before = self.has_moved(&name);
+            if let Some(better) = should_move(region, &regions, &reports, moved_before)
+                && let Ok(target) = place(
+                    &in_region(&list, &better.region),
+                    record.max_participants,
+                    selector,
+                    self.strategy,
+                )
+                && let Some(target) = shards.iter().find(|s| s.id == target.id)
+            {
+                tracing::info!(room = %name, from = %shard.id, to = %target.id,
+                    region = %better.region, worst_rtt_ms = better.worst_rtt_ms,
+                    "moving the room nearer its participants");
+                self.mark_moved(&name);
+                moved_from = current.replace(target.clone());
+            }
+        }
         let (shard, moved) = match current {
-            Some(shard) => (shard, false),
+            Some(shard) => (shard, moved_from.is_some()),
             None => {
-                let shards = self.store.shards();
-                let list = candidates(&shards, &self.store.routes(), &self.store.rooms(), &name);
-                match place(&list, record.max_participants, selector, self.strategy) {
+                if latency && reports.is_empty() {
+                    return RoomOutcome::AwaitingParticipants;
+                }
+                let regions = self.regions_that_fit(&list, &record, selector);
+                let nearest = best_region(&regions, &reports).map(|best| best.region);
+                let pool = match &nearest {
+                    Some(region) if latency => in_region(&list, region),
+                    _ => list.clone(),
+                };
+                match place(&pool, record.max_participants, selector, self.strategy) {
                     Ok(chosen) => match shards.into_iter().find(|s| s.id == chosen.id) {
                         Some(shard) => (shard, route.is_some()),
                         None => return RoomOutcome::NoShard("the chosen shard vanished".into()),
@@ -152,6 +197,13 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                 };
             }
         }
+        if let Some(old) = moved_from
+            && old.id != shard.id
+            && let Err(err) = self.admin(&old.admin_url).release(&name).await
+            && !err.is_not_found()
+        {
+            tracing::warn!(room = %name, shard = %old.id, %err, "pipeline left where the room moved from");
+        }
         if let Some(old) = left_behind
             && old.id != shard.id
             && let Err(err) = self.admin(&old.admin_url).release(&name).await
@@ -164,6 +216,40 @@ impl<S: LiveView + LiveWriter> Placer<S> {
             shard: shard.id,
             participants: info.participants,
             moved,
+        }
+    }
+
+    /// Regions with a shard that can take `record`.
+    fn regions_that_fit(
+        &self,
+        list: &[Candidate],
+        record: &RoomRecord,
+        selector: &BTreeMap<String, String>,
+    ) -> std::collections::BTreeSet<String> {
+        list.iter()
+            .filter_map(|c| c.region.clone())
+            .filter(|region| {
+                place(
+                    &in_region(list, region),
+                    record.max_participants,
+                    selector,
+                    self.strategy,
+                )
+                .is_ok()
+            })
+            .collect()
+    }
+
+    fn has_moved(&self, room: &str) -> bool {
+        self.moved
+            .lock()
+            .map(|set| set.contains(room))
+            .unwrap_or(true)
+    }
+
+    fn mark_moved(&self, room: &str) {
+        if let Ok(mut set) = self.moved.lock() {
+            set.insert(room.to_owned());
         }
     }
 
@@ -243,4 +329,12 @@ async fn reuse_or_hash(existing: Option<&RoomRecord>, password: String) -> Optio
     .await
     .ok()
     .flatten()
+}
+
+/// The candidates in `region`.
+fn in_region(list: &[Candidate], region: &str) -> Vec<Candidate> {
+    list.iter()
+        .filter(|c| c.region.as_deref() == Some(region))
+        .cloned()
+        .collect()
 }

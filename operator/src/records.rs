@@ -8,7 +8,7 @@
 use crate::conditions::RoomOutcome;
 use crate::placer::Placer;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use tutti_store::{LiveView, LiveWriter, RoomRecord};
+use tutti_store::{LatencyReport, LiveView, LiveWriter, RoomRecord};
 
 /// The owner of rooms created on first join.
 pub use tutti_store::AUTO_CREATED_OWNER as AUTO_OWNER;
@@ -25,6 +25,8 @@ pub fn from_resource(record: &RoomRecord) -> bool {
 #[derive(Debug, Default)]
 pub struct RecordKeeper {
     missing: HashMap<String, u64>,
+    /// The latency reports each latency-placed room was last placed with.
+    reported: HashMap<String, Vec<LatencyReport>>,
 }
 
 /// What one pass did.
@@ -44,6 +46,7 @@ impl RecordKeeper {
         let mut pass = Pass::default();
         let mut hosted: HashMap<String, Option<HashSet<String>>> = HashMap::new();
         let mut still_missing = HashMap::new();
+        let mut reported = HashMap::new();
         for record in store.rooms() {
             if from_resource(&record) {
                 continue;
@@ -51,11 +54,30 @@ impl RecordKeeper {
             let name = record.name.clone();
             let route = store.route(&name);
             let shard = route.as_ref().and_then(|r| store.shard(&r.shard));
+            let latency = crate::latency::uses_latency(&record, &store.shards());
+            let reports = if latency {
+                store.latency_reports(&name)
+            } else {
+                Vec::new()
+            };
             let Some(shard) = shard else {
                 let outcome = placer.place(record, &BTreeMap::new()).await;
+                if latency {
+                    reported.insert(name.clone(), reports);
+                }
                 pass.placed.push((name, outcome));
                 continue;
             };
+            if latency {
+                // Someone arrived or left: placement may want the room elsewhere.
+                if self.reported.get(&name) != Some(&reports) {
+                    let outcome = placer.place(record.clone(), &BTreeMap::new()).await;
+                    if matches!(outcome, RoomOutcome::Placed { moved: true, .. }) {
+                        pass.placed.push((name.clone(), outcome));
+                    }
+                }
+                reported.insert(name.clone(), reports);
+            }
             if record.owner.as_deref() != Some(AUTO_OWNER) {
                 continue;
             }
@@ -84,6 +106,7 @@ impl RecordKeeper {
             }
         }
         self.missing = still_missing;
+        self.reported = reported;
         pass
     }
 }

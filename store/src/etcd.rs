@@ -15,8 +15,7 @@
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
     BroadcastRecord, CascadeRecord, EtcdConfig, LatencyReport, LiveView, LiveWriter, RoomRecord,
-    Route,
-    ShardRecord, StoreError,
+    Route, ShardRecord, StoreError,
 };
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,

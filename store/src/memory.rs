@@ -3,8 +3,7 @@
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
     BroadcastRecord, CascadeRecord, LatencyReport, LiveView, LiveWriter, RoomRecord, Route,
-    ShardRecord,
-    StoreError,
+    ShardRecord, StoreError,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
