@@ -20,6 +20,8 @@ pub struct HeartbeatConfig {
     pub http_base: String,
     /// Region or zone label.
     pub region: Option<String>,
+    /// The advertised media address (`ip:port`), which answers round-trip probes.
+    pub probe: Option<String>,
     /// Labels rooms select shards by.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Participants it accepts at most.
@@ -74,6 +76,7 @@ impl Registration {
 pub fn record(config: &HeartbeatConfig, load: &ShardLoad) -> ShardRecord {
     let mut record = ShardRecord::new(&config.id, &config.http_base, config.capacity);
     record.region = config.region.clone();
+    record.probe = config.probe.clone();
     record.labels = config.labels.clone();
     record.draining = load.draining;
     record.load = ShardLoadSummary {

@@ -40,15 +40,18 @@ pub enum DropReason {
     BadIntegrity,
     /// DTLS/RTP/RTCP from an address not bound to any peer.
     UnknownSource,
+    /// A round-trip probe beyond the shard's budget per second.
+    ProbeLimit,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 5] = [
+    const ALL: [DropReason; 6] = [
         Self::Garbage,
         Self::Truncated,
         Self::UnknownUfrag,
         Self::BadIntegrity,
         Self::UnknownSource,
+        Self::ProbeLimit,
     ];
 
     fn label(self) -> &'static str {
@@ -58,6 +61,7 @@ impl DropReason {
             Self::UnknownUfrag => "unknown_ufrag",
             Self::BadIntegrity => "bad_integrity",
             Self::UnknownSource => "unknown_source",
+            Self::ProbeLimit => "probe_limit",
         }
     }
 }

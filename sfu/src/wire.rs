@@ -20,6 +20,8 @@ pub enum DatagramKind {
     Unknown,
 }
 
+use std::net::SocketAddr;
+
 /// The fixed STUN header length.
 const STUN_HEADER_LEN: usize = 20;
 /// The STUN magic cookie (RFC 5389 §6).
@@ -113,6 +115,67 @@ pub fn local_ufrag(username: &[u8]) -> Option<&str> {
         .filter(|ufrag| !ufrag.is_empty())
 }
 
+/// The answer to a plain STUN Binding request (RFC 8489: no USERNAME, so not an ICE
+/// check): a Binding success response carrying XOR-MAPPED-ADDRESS, the way any STUN
+/// server answers. Clients time these to learn their round trip to the shard's region.
+/// `None` for anything else, or a request carrying attributes we would have to
+/// understand (only FINGERPRINT and SOFTWARE may come along).
+pub fn probe_response(datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+    if datagram.len() < STUN_HEADER_LEN
+        || datagram[0..2] != [0x00, 0x01]
+        || datagram[4..8] != STUN_MAGIC_COOKIE
+    {
+        return None;
+    }
+    let declared = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+    if STUN_HEADER_LEN + declared != datagram.len() || declared % 4 != 0 {
+        return None;
+    }
+    let mut offset = STUN_HEADER_LEN;
+    while offset + 4 <= datagram.len() {
+        let typ = u16::from_be_bytes([datagram[offset], datagram[offset + 1]]);
+        let len = usize::from(u16::from_be_bytes([
+            datagram[offset + 2],
+            datagram[offset + 3],
+        ]));
+        // SOFTWARE, FINGERPRINT: nothing to act on. Anything else (USERNAME, PRIORITY,
+        // comprehension-required attributes) is not a plain probe.
+        if typ != 0x8022 && typ != 0x8028 {
+            return None;
+        }
+        offset += 4 + len.div_ceil(4) * 4;
+    }
+    let transaction = &datagram[8..20];
+    let mut address = Vec::with_capacity(20);
+    let port = from.port() ^ 0x2112;
+    match from.ip() {
+        std::net::IpAddr::V4(ip) => {
+            address.extend_from_slice(&[0, 0x01]);
+            address.extend_from_slice(&port.to_be_bytes());
+            for (byte, key) in ip.octets().iter().zip(STUN_MAGIC_COOKIE) {
+                address.push(byte ^ key);
+            }
+        }
+        std::net::IpAddr::V6(ip) => {
+            address.extend_from_slice(&[0, 0x02]);
+            address.extend_from_slice(&port.to_be_bytes());
+            let key = STUN_MAGIC_COOKIE.iter().chain(transaction);
+            for (byte, key) in ip.octets().iter().zip(key) {
+                address.push(byte ^ key);
+            }
+        }
+    }
+    let body_len = 4 + address.len();
+    let mut response = Vec::with_capacity(STUN_HEADER_LEN + body_len);
+    response.extend_from_slice(&[0x01, 0x01]);
+    response.extend_from_slice(&u16::try_from(body_len).ok()?.to_be_bytes());
+    response.extend_from_slice(&datagram[4..20]);
+    response.extend_from_slice(&0x0020u16.to_be_bytes());
+    response.extend_from_slice(&u16::try_from(address.len()).ok()?.to_be_bytes());
+    response.extend_from_slice(&address);
+    Some(response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +239,48 @@ mod tests {
         let mut overlong = msg;
         overlong[STUN_HEADER_LEN + 3] = 0xFF;
         assert_eq!(stun_username(&overlong), None);
+    }
+
+    #[test]
+    fn a_plain_binding_request_gets_its_mapped_address_back() {
+        use rtc::stun::message::Getter;
+        let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        request.extend_from_slice(b"tutti-probe!");
+        let from: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let response = probe_response(&request, from).unwrap();
+        // Decoded by the STUN implementation the shard's ICE uses, not by our own code.
+        let mut message = rtc::stun::message::Message {
+            raw: response,
+            ..Default::default()
+        };
+        message.decode().unwrap();
+        assert_eq!(message.typ.to_string(), "Binding success response");
+        assert_eq!(&message.transaction_id.0[..], b"tutti-probe!");
+        let mut mapped = rtc::stun::xoraddr::XorMappedAddress::default();
+        mapped.get_from(&message).unwrap();
+        assert_eq!(SocketAddr::new(mapped.ip, mapped.port), from);
+        let v6: SocketAddr = "[2001:db8::7]:5000".parse().unwrap();
+        let mut message = rtc::stun::message::Message {
+            raw: probe_response(&request, v6).unwrap(),
+            ..Default::default()
+        };
+        message.decode().unwrap();
+        let mut mapped = rtc::stun::xoraddr::XorMappedAddress::default();
+        mapped.get_from(&message).unwrap();
+        assert_eq!(SocketAddr::new(mapped.ip, mapped.port), v6);
+    }
+
+    #[test]
+    fn ice_checks_responses_and_garbage_are_not_probes() {
+        let from: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        // With USERNAME: an ICE check, for the peer it names.
+        assert!(probe_response(&stun_with_username(b"abcd:efgh"), from).is_none());
+        let mut response = vec![0x01, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        response.extend_from_slice(b"tutti-probe!");
+        assert!(probe_response(&response, from).is_none());
+        let mut lying = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+        lying.extend_from_slice(b"tutti-probe!");
+        assert!(probe_response(&lying, from).is_none(), "declared length past the end");
+        assert!(probe_response(&[0x00, 0x01, 0x00], from).is_none());
     }
 }

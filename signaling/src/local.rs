@@ -128,6 +128,7 @@ impl LocalSystem {
                 id: id.clone(),
                 http_base: format!("http://{}", shard.http_addr),
                 region: None,
+                probe: Some(shard.advertised.to_string()),
                 labels: Default::default(),
                 capacity: options.shard_max_participants as u32,
                 interval: HEARTBEAT,

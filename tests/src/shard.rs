@@ -93,6 +93,7 @@ impl TestShard {
             id: id.into(),
             http_base: format!("http://{}", self.shard.http_addr),
             region: None,
+            probe: None,
             labels: Default::default(),
             capacity: 100,
             interval,

@@ -54,6 +54,7 @@ async fn readiness_follows_the_shards_record_in_a_real_etcd() -> Result<()> {
             id: "drain-test".into(),
             http_base: format!("http://{}", shard.shard.http_addr),
             region: None,
+            probe: None,
             labels: Default::default(),
             capacity: 100,
             interval: Duration::from_millis(200),

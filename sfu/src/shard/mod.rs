@@ -70,6 +70,9 @@ const STOPPING: &str = "the shard is stopping; reconnect";
 /// came in time); it is to join again as the same participant.
 const MEDIA_FAILED: &str = "media connection failed";
 
+/// Round-trip probes (plain STUN Binding requests) answered per second at most.
+pub const PROBES_PER_SECOND: u32 = 500;
+
 /// Least spacing of keyframe requests to a publisher in an audience room.
 const AUDIENCE_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -269,6 +272,11 @@ pub struct ShardCore {
     timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
     dirty: Vec<PeerKey>,
     transmits: Vec<(SocketAddr, BytesMut)>,
+    /// Where the round-trip probes answered in this batch were sent to (wildcard
+    /// sockets answer from that address).
+    probe_sources: Vec<(SocketAddr, IpAddr)>,
+    /// Probes answered in the current second: (its start, count).
+    probe_window: Option<(Instant, u32)>,
     /// Sessions to end after the current step, with the reason they are told.
     doomed: Vec<(SessionId, &'static str)>,
     next_key: u64,
@@ -303,6 +311,8 @@ impl ShardCore {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             transmits: Vec::new(),
+            probe_sources: Vec::new(),
+            probe_window: None,
             doomed: Vec::new(),
             next_key: 1,
             next_housekeeping: now,
@@ -347,7 +357,12 @@ impl ShardCore {
     /// The local address datagrams to `to` must leave from: the one `to` last sent to,
     /// when the socket reports it (a wildcard bind); `None` lets the kernel choose.
     pub fn local_ip_for(&self, to: SocketAddr) -> Option<IpAddr> {
-        self.demux.local_for(to)
+        self.demux.local_for(to).or_else(|| {
+            self.probe_sources
+                .iter()
+                .find(|(addr, _)| *addr == to)
+                .map(|(_, local)| *local)
+        })
     }
 
     /// Handles one ICE-TCP frame from the connection with `from`. Returns `false` when the
@@ -381,6 +396,22 @@ impl ShardCore {
                 return false;
             }
             (_, Some(key)) => key,
+            (DatagramKind::Stun, None) if protocol == TransportProtocol::UDP => {
+                if let Some(response) = wire::probe_response(datagram, from) {
+                    self.answer_probe(now, from, to, response);
+                    return false;
+                }
+                match self.authenticate_stun(datagram) {
+                    Ok(key) => {
+                        self.demux.bind(from, to, key, now);
+                        key
+                    }
+                    Err(reason) => {
+                        self.metrics.dropped(reason);
+                        return false;
+                    }
+                }
+            }
             (DatagramKind::Stun, None) => match self.authenticate_stun(datagram) {
                 Ok(key) => {
                     match protocol {
@@ -463,6 +494,27 @@ impl ShardCore {
                     .push((peer.session, "internal error in the media connection"));
             }
         }
+    }
+
+    /// Queues the answer to a round-trip probe, from the address it was sent to. At most
+    /// [`PROBES_PER_SECOND`] are answered: a probe's answer is no larger than the probe,
+    /// but a forged source could still aim them at someone.
+    fn answer_probe(&mut self, now: Instant, from: SocketAddr, to: Option<IpAddr>, response: Vec<u8>) {
+        let window = match self.probe_window {
+            Some((start, count)) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                (start, count)
+            }
+            _ => (now, 0),
+        };
+        if window.1 >= PROBES_PER_SECOND {
+            self.metrics.dropped(DropReason::ProbeLimit);
+            return;
+        }
+        self.probe_window = Some((window.0, window.1 + 1));
+        if let Some(local) = to {
+            self.probe_sources.push((from, local));
+        }
+        self.transmits.push((from, BytesMut::from(&response[..])));
     }
 
     /// Finds the peer a STUN request names and checks it knows the peer's password.
@@ -554,6 +606,8 @@ impl ShardCore {
         out: &mut Vec<(SocketAddr, BytesMut)>,
         tcp_out: &mut Vec<(SocketAddr, BytesMut)>,
     ) {
+        // The previous batch, whose probe answers needed these, has been sent.
+        self.probe_sources.clear();
         let dirty = std::mem::take(&mut self.dirty);
         for key in &dirty {
             let Some(peer) = self.peers.get_mut(key) else {
