@@ -7,7 +7,7 @@
 //! larger of their two round trips to it, not the average.
 
 use std::collections::BTreeSet;
-use tutti_store::{LatencyReport, PlacementPolicy, RoomRecord, ShardRecord};
+use tutti_store::{LatencyReport, RoomRecord, ShardRecord};
 
 /// Rooms this small move to a better region when a farther participant joins; larger
 /// rooms stay where they are (a move cuts everyone off for a moment).
@@ -30,22 +30,10 @@ pub struct RegionScore {
     pub total_rtt_ms: u64,
 }
 
-/// Whether `record` is placed by latency among `shards`: asked for, or by default for
-/// rooms of 2-4 people when the live shards span more than one region.
+/// Whether `record` is placed by latency among `shards` (the rule lives with the
+/// record, where gateways read it too).
 pub fn uses_latency(record: &RoomRecord, shards: &[ShardRecord]) -> bool {
-    match record.placement {
-        PlacementPolicy::Latency => true,
-        PlacementPolicy::Packed => false,
-        PlacementPolicy::Auto => {
-            (2..=MOVE_MAX_PARTICIPANTS as u32).contains(&record.max_participants)
-                && shards
-                    .iter()
-                    .filter_map(|s| s.region.as_deref())
-                    .collect::<BTreeSet<_>>()
-                    .len()
-                    > 1
-        }
-    }
+    record.placed_by_latency(shards)
 }
 
 /// Scores each of `regions` by the reports. A region some participants did not measure
@@ -204,6 +192,7 @@ mod tests {
 
     #[test]
     fn auto_means_latency_for_small_rooms_across_regions() {
+        use tutti_store::PlacementPolicy;
         let mut room = RoomRecord::with_defaults("lesson");
         let shard = |id: &str, region: Option<&str>| {
             let mut record = ShardRecord::new(id, "http://shard", 100);

@@ -280,7 +280,10 @@ mod tests {
         assert!(probe_response(&response, from).is_none());
         let mut lying = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
         lying.extend_from_slice(b"tutti-probe!");
-        assert!(probe_response(&lying, from).is_none(), "declared length past the end");
+        assert!(
+            probe_response(&lying, from).is_none(),
+            "declared length past the end"
+        );
         assert!(probe_response(&[0x00, 0x01, 0x00], from).is_none());
     }
 }

@@ -291,6 +291,7 @@ mod tests {
             resume: None,
             watch: false,
             audio: None,
+            rtt: None,
         }
     }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tutti_sfu::admin_client::ShardAdmin;
 use tutti_sfu::shard::api::PipelineSpec;
-use tutti_store::{AUTO_CREATED_OWNER, LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord};
+use tutti_store::{
+    AUTO_CREATED_OWNER, LatencyReport, LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord,
+};
 
 /// Why no shard could be found for a room.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +57,13 @@ pub trait RoomRouter: Send + Sync {
         room: &RoomRecord,
         failed: Option<&Placement>,
     ) -> Result<Placement, RouteError>;
+
+    /// Publishes a participant's round trips to each region, which latency placement
+    /// decides by; before it asks where the room is.
+    async fn report_latency(&self, report: LatencyReport) -> Result<(), RouteError>;
+
+    /// Forgets a participant's round trips (it left).
+    async fn forget_latency(&self, room: &str, participant: &str);
 }
 
 /// Spreads rooms: among shards that are not draining and have a free seat, the one
@@ -170,6 +179,19 @@ impl RoomRouter for LocalPlacer {
             epoch: route.epoch,
         })
     }
+
+    // Local mode's shards share one address and no region: reports are kept (the room
+    // list and tests read them) but change nothing.
+    async fn report_latency(&self, report: LatencyReport) -> Result<(), RouteError> {
+        self.store
+            .put_latency_report(report)
+            .await
+            .map_err(|e| RouteError::Unavailable(e.to_string()))
+    }
+
+    async fn forget_latency(&self, room: &str, participant: &str) {
+        let _ = self.store.delete_latency_report(room, participant).await;
+    }
 }
 
 /// Finds rooms in a cluster's live state, where the operator places them. A room that
@@ -247,6 +269,19 @@ impl<S: LiveView + LiveWriter + Send + Sync> RoomRouter for StoreRouter<S> {
                     )));
                 }
             }
+        }
+    }
+
+    async fn report_latency(&self, report: LatencyReport) -> Result<(), RouteError> {
+        self.store
+            .put_latency_report(report)
+            .await
+            .map_err(|e| RouteError::Unavailable(e.to_string()))
+    }
+
+    async fn forget_latency(&self, room: &str, participant: &str) {
+        if let Err(err) = self.store.delete_latency_report(room, participant).await {
+            tracing::debug!(%room, %participant, %err, "latency report not removed");
         }
     }
 }

@@ -152,7 +152,7 @@ impl From<ShardCode> for ErrorCode {
 }
 
 /// A client's `join`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct JoinRequest {
     /// The room name.
     pub room: String,
@@ -184,6 +184,21 @@ pub struct JoinRequest {
     /// exists already, or is declared, keeps its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<tutti_store::AudioProfile>,
+    /// The client's round trip to each region, in ms, as it measured it against the
+    /// probes of `GET /v1/regions`: what latency placement puts the room by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+impl JoinRequest {
+    /// The measured round trips, whole ms (validated by [`decode_client`]).
+    pub fn rtt_ms(&self) -> std::collections::BTreeMap<String, u32> {
+        self.rtt
+            .iter()
+            .flatten()
+            .map(|(region, ms)| (region.clone(), ms.round() as u32))
+            .collect()
+    }
 }
 
 /// One decoded client frame.
@@ -281,6 +296,20 @@ fn validate_join(join: &JoinRequest) -> Result<(), ProtocolError> {
             .is_some_and(|t| t.len() > MAX_TOKEN_LEN)
     {
         return bad("token too long");
+    }
+    if let Some(rtt) = &join.rtt {
+        if rtt.len() > tutti_store::MAX_REPORTED_REGIONS {
+            return bad("rtt lists at most 16 regions");
+        }
+        let most = f64::from(tutti_store::MAX_REPORTED_RTT_MS);
+        for (region, ms) in rtt {
+            if !tutti_store::valid_region(region) {
+                return bad("rtt regions are 1-63 characters of a-z 0-9 -");
+            }
+            if !(ms.is_finite() && (0.0..=most).contains(ms)) {
+                return bad("rtt values are 0..=10000 ms");
+            }
+        }
     }
     Ok(())
 }
@@ -433,6 +462,7 @@ mod tests {
                 resume: None,
                 watch: false,
                 audio: None,
+                rtt: None,
             })
         );
         let chat = decode_client(r#"{"v":1,"type":"chat","text":"hi","to":"p1"}"#).unwrap();
@@ -516,5 +546,34 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
+    }
+
+    #[test]
+    fn round_trips_in_a_join_are_bounded() {
+        let join = |rtt: &str| {
+            decode_client(&format!(
+                r#"{{"v":1,"type":"join","room":"lesson","rtt":{rtt}}}"#
+            ))
+        };
+        match join(r#"{"eu-west-1":12.4,"me-central-1":87.6}"#).unwrap() {
+            Inbound::Join(request) => {
+                let rtt = request.rtt_ms();
+                assert_eq!(rtt.get("eu-west-1"), Some(&12));
+                assert_eq!(rtt.get("me-central-1"), Some(&88));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"EU":10}"#,
+            r#"{"eu":-1}"#,
+            r#"{"eu":10001}"#,
+            r#"{"eu":"fast"}"#,
+            r#"{"":5}"#,
+        ] {
+            let err = join(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadMessage, "{bad}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!(r#""r{i}":5"#)).collect();
+        assert!(join(&format!("{{{}}}", many.join(","))).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Where a viewer of a broadcast is seated: an edge of its cascade with free seats, in the
-//! gateway's region when shards are labelled with regions, the least loaded first.
+//! gateway's region when shards are labelled with regions, the least loaded first; and
+//! which probe each region offers clients measuring their round trips to it.
 //!
 //! The viewer counts come from the cascade as the operator last published it, so they
 //! trail reality by a pass; the edge's own seat limit is what finally admits a viewer,
@@ -36,6 +37,36 @@ pub fn edges_for_viewer<'a>(
         (away, *viewers, shard.load.participants, shard.id.clone())
     });
     open.into_iter().map(|(shard, _)| shard).collect()
+}
+
+/// One region's probe, as `GET /v1/regions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegionProbe {
+    /// The region.
+    pub region: String,
+    /// `stun:host:port` of one of its shards.
+    pub probe: String,
+}
+
+/// One probe per region: the first shard (by id) of each region that is not draining
+/// and has a probe address. Shards without a region are left out.
+pub fn region_probes(shards: &[ShardRecord]) -> Vec<RegionProbe> {
+    let mut probes: Vec<RegionProbe> = Vec::new();
+    let mut sorted: Vec<&ShardRecord> = shards.iter().filter(|s| !s.draining).collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    for shard in sorted {
+        let (Some(region), Some(probe)) = (&shard.region, &shard.probe) else {
+            continue;
+        };
+        if !probes.iter().any(|p| &p.region == region) {
+            probes.push(RegionProbe {
+                region: region.clone(),
+                probe: format!("stun:{probe}"),
+            });
+        }
+    }
+    probes.sort_by(|a, b| a.region.cmp(&b.region));
+    probes
 }
 
 #[cfg(test)]
@@ -133,6 +164,33 @@ mod tests {
         assert_eq!(
             ids(&edges_for_viewer(&cascade, &shards, 100, None, &[])),
             ["tokyo-1", "seoul-1", "seoul-2"]
+        );
+    }
+
+    #[test]
+    fn each_region_offers_one_live_probe() {
+        let mut a1 = shard("a1", Some("eu"));
+        a1.probe = Some("198.51.100.1:7882".into());
+        let mut a0 = shard("a0", Some("eu"));
+        a0.probe = Some("198.51.100.2:7882".into());
+        a0.draining = true;
+        let mut b = shard("b", Some("me"));
+        b.probe = Some("[2001:db8::1]:7882".into());
+        let mut nowhere = shard("c", None);
+        nowhere.probe = Some("198.51.100.3:7882".into());
+        let probes = region_probes(&[b, a0, a1, nowhere]);
+        assert_eq!(
+            probes,
+            vec![
+                RegionProbe {
+                    region: "eu".into(),
+                    probe: "stun:198.51.100.1:7882".into()
+                },
+                RegionProbe {
+                    region: "me".into(),
+                    probe: "stun:[2001:db8::1]:7882".into()
+                },
+            ]
         );
     }
 }

@@ -79,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rooms/{name}", get(one_room))
         .route("/v1/broadcasts/{name}", get(one_broadcast))
         .route("/v1/ice-servers", get(ice_servers))
+        .route("/v1/regions", get(regions))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -226,6 +227,13 @@ async fn one_room(State(state): State<AppState>, Path(name): Path<String>) -> Re
             "no such room is declared or hosted",
         ),
     }
+}
+
+/// The regions rooms can be placed in, each with one shard's probe address: clients
+/// time STUN Binding requests to them and report the round trips in `join`.
+async fn regions(State(state): State<AppState>) -> Response {
+    Json(serde_json::json!({ "regions": crate::seating::region_probes(&state.view.shards()) }))
+        .into_response()
 }
 
 /// A broadcast's cascade as the operator last applied it: where viewers are seated.

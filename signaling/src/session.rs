@@ -167,6 +167,8 @@ impl Gateway {
 /// A session's presence in a room.
 struct InRoom {
     room: String,
+    /// The participant's id in the room.
+    participant: String,
     /// The route epoch the session joined at; `u64::MAX` for a viewer, who follows its
     /// edge rather than the stage's route.
     epoch: u64,
@@ -337,6 +339,16 @@ impl Session {
     fn left(&mut self) {
         if let Some(room) = self.room.take() {
             self.gateway.metrics.exited(&room.room);
+            let view = &self.gateway.view;
+            if view
+                .room(&room.room)
+                .is_some_and(|record| record.placed_by_latency(&view.shards()))
+            {
+                let router = self.gateway.router.clone();
+                tokio::spawn(async move {
+                    router.forget_latency(&room.room, &room.participant).await;
+                });
+            }
         }
     }
 
@@ -387,6 +399,7 @@ impl Session {
                     tracing::info!(room = %joined.room, participant = %joined.participant, "joined");
                     self.room = Some(InRoom {
                         room: joined.room.clone(),
+                        participant: joined.participant.clone(),
                         epoch,
                         to_shard: link.tx,
                     });
@@ -613,6 +626,18 @@ impl Session {
             code: ErrorCode::ShardUnavailable,
             message: why,
         };
+        // Latency placement needs to know where this participant is before the room is
+        // placed (or moved): the report goes first.
+        if settings.placed_by_latency(&gateway.view.shards()) {
+            let report = tutti_store::LatencyReport {
+                room: request.room.clone(),
+                participant: participant.clone(),
+                rtt_ms: request.rtt_ms(),
+            };
+            if let Err(err) = gateway.router.report_latency(report).await {
+                tracing::warn!(room = %request.room, %err, "round trips not reported");
+            }
+        }
         let mut failed: Option<Placement> = None;
         for _ in 0..3 {
             let placement = match gateway.router.shard_for(&settings, failed.as_ref()).await {

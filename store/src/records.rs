@@ -129,6 +129,29 @@ pub struct RoomRecord {
     pub placement: PlacementPolicy,
 }
 
+impl RoomRecord {
+    /// Whether the room is placed by latency among `shards`: asked for, or by default
+    /// for rooms of 2-4 people when the live shards span more than one region.
+    pub fn placed_by_latency(&self, shards: &[ShardRecord]) -> bool {
+        match self.placement {
+            PlacementPolicy::Latency => true,
+            PlacementPolicy::Packed => false,
+            PlacementPolicy::Auto => {
+                (2..=LATENCY_DEFAULT_MAX_PARTICIPANTS).contains(&self.max_participants)
+                    && shards
+                        .iter()
+                        .filter_map(|s| s.region.as_deref())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len()
+                        > 1
+            }
+        }
+    }
+}
+
+/// Rooms up to this size are placed by latency when nothing else is asked for.
+pub const LATENCY_DEFAULT_MAX_PARTICIPANTS: u32 = 4;
+
 /// How a room's shard is chosen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

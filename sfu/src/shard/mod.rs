@@ -499,9 +499,17 @@ impl ShardCore {
     /// Queues the answer to a round-trip probe, from the address it was sent to. At most
     /// [`PROBES_PER_SECOND`] are answered: a probe's answer is no larger than the probe,
     /// but a forged source could still aim them at someone.
-    fn answer_probe(&mut self, now: Instant, from: SocketAddr, to: Option<IpAddr>, response: Vec<u8>) {
+    fn answer_probe(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        response: Vec<u8>,
+    ) {
         let window = match self.probe_window {
-            Some((start, count)) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+            Some((start, count))
+                if now.saturating_duration_since(start) < Duration::from_secs(1) =>
+            {
                 (start, count)
             }
             _ => (now, 0),
