@@ -264,3 +264,53 @@ fn everything_is_removed_when_the_simulation_ends() -> Result<()> {
     sim.down()?;
     Ok(())
 }
+
+#[test]
+fn a_site_behind_nat_reaches_out_from_its_public_address() -> Result<()> {
+    let sim = NetSim::up(&Spec {
+        sites: vec![
+            host(),
+            SiteSpec {
+                name: "home".into(),
+                nat: true,
+                ..Default::default()
+            },
+        ],
+        links: vec![link(
+            "home",
+            "host",
+            LinkParams {
+                delay_ms: 5.0,
+                ..Default::default()
+            },
+        )],
+        seed: 0,
+    })?;
+    let home = sim.site("home")?;
+    let private = home.private.context("a private address")?;
+    let server = UdpSocket::bind((sim.site("host")?.addr(), 0))?;
+    let target = server.local_addr()?;
+    let client = home.run_inside(|| UdpSocket::bind("0.0.0.0:0"))??;
+    client.connect(target)?;
+    ensure!(
+        client.local_addr()?.ip() == private,
+        "the client's own address is the private one: {}",
+        client.local_addr()?
+    );
+    client.send(b"hello")?;
+    server.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut buf = [0u8; 16];
+    let (n, seen) = server.recv_from(&mut buf)?;
+    ensure!(&buf[..n] == b"hello");
+    ensure!(
+        seen.ip() == std::net::IpAddr::V4(home.addr()),
+        "the server sees the public address, not {seen}"
+    );
+    // The reply finds its way back through the NAT's mapping.
+    server.send_to(b"back", seen)?;
+    client.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let n = client.recv(&mut buf)?;
+    ensure!(&buf[..n] == b"back");
+    sim.down()?;
+    Ok(())
+}

@@ -1,12 +1,10 @@
 //! A site's firewall: nftables rules in its namespace that drop everything but what is
 //! listed, the way restrictive networks do.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddrV4;
-use std::process::{Command, Stdio};
 
 /// What a site may open. Replies to what it opened always come back; nothing else does.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -64,24 +62,6 @@ impl Firewall {
 
     /// Loads the ruleset into `namespace`.
     pub fn apply(&self, namespace: &str) -> Result<()> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", namespace, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run nft (Debian package nftables)")?;
-        child
-            .stdin
-            .take()
-            .context("nft's stdin")?
-            .write_all(self.ruleset().as_bytes())?;
-        let output = child.wait_with_output()?;
-        ensure!(
-            output.status.success(),
-            "nft refused the firewall of {namespace}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(())
+        super::nft(namespace, &self.ruleset())
     }
 }

@@ -72,6 +72,11 @@ pub struct SiteSpec {
     /// What the site may send and receive; everything when absent. Not for the host.
     #[serde(default)]
     pub firewall: Option<Firewall>,
+    /// Behind a NAT, like most people at home: the site's programs run in a namespace
+    /// with a private address (`10.200.<i+1>.2`), and a second namespace
+    /// (`tsim-<name>-gw`) holds the public addresses and masquerades for it.
+    #[serde(default)]
+    pub nat: bool,
 }
 
 /// The path between sites `a` and `b`: each direction gets `params`.
@@ -94,8 +99,10 @@ pub struct Site {
     pub name: String,
     /// Its namespace (`None` for the host).
     pub namespace: Option<String>,
-    /// Its addresses, the first being where its default route leaves from.
+    /// Its public addresses, the first being where its default route leaves from.
     pub addresses: Vec<Ipv4Addr>,
+    /// Behind a NAT: the private address its programs have.
+    pub private: Option<Ipv4Addr>,
     /// The router's address on its link.
     pub gateway: Ipv4Addr,
 }
@@ -291,8 +298,8 @@ fn validate(spec: &Spec) -> Result<()> {
             "a site has 1..={MAX_ADDRESSES} addresses"
         );
         ensure!(
-            !(site.host && site.firewall.is_some()),
-            "the host's namespace gets no firewall"
+            !(site.host && (site.firewall.is_some() || site.nat)),
+            "the host's namespace gets no firewall and no NAT"
         );
     }
     ensure!(
@@ -351,7 +358,14 @@ fn build_site(index: usize, spec: &SiteSpec) -> Result<Site> {
         None
     } else {
         let namespace = format!("{PREFIX}{}", spec.name);
-        ip(&["netns", "add", &namespace])?;
+        // Behind a NAT the public side lives in the home router's namespace.
+        let public = if spec.nat {
+            format!("{namespace}-gw")
+        } else {
+            namespace.clone()
+        };
+        ip(&["netns", "add", &public])?;
+        let namespace = public;
         ip(&["link", "set", &site_end, "netns", &namespace])?;
         ns_ip(&namespace, &["link", "set", &site_end, "name", "eth0"])?;
         ns_ip(&namespace, &["link", "set", "lo", "up"])?;
@@ -366,15 +380,59 @@ fn build_site(index: usize, spec: &SiteSpec) -> Result<Site> {
             &namespace,
             &["route", "add", "default", "via", &gateway.to_string()],
         )?;
+        let mut private = None;
+        let namespace = if spec.nat {
+            let inside = format!("{PREFIX}{}", spec.name);
+            let lan = Ipv4Addr::new(10, 200, subnet, 1);
+            let address = Ipv4Addr::new(10, 200, subnet, 2);
+            let (outer, inner) = (format!("{PREFIX}{subnet}l"), format!("{PREFIX}{subnet}m"));
+            ip(&["netns", "add", &inside])?;
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ])?;
+            ip(&["link", "set", &outer, "netns", &namespace])?;
+            ip(&["link", "set", &inner, "netns", &inside])?;
+            ns_ip(&namespace, &["link", "set", &outer, "name", "lan0"])?;
+            ns_ip(
+                &namespace,
+                &["addr", "add", &format!("{lan}/24"), "dev", "lan0"],
+            )?;
+            ns_ip(&namespace, &["link", "set", "lan0", "up"])?;
+            ns_ip(&inside, &["link", "set", &inner, "name", "eth0"])?;
+            ns_ip(&inside, &["link", "set", "lo", "up"])?;
+            ns_ip(
+                &inside,
+                &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+            )?;
+            ns_ip(&inside, &["link", "set", "eth0", "up"])?;
+            ns_ip(
+                &inside,
+                &["route", "add", "default", "via", &lan.to_string()],
+            )?;
+            sysctl(&namespace, "net.ipv4.ip_forward", "1")?;
+            nft(
+                &namespace,
+                "table ip tsim-nat {\n  chain postrouting {\n    type nat hook postrouting priority 100; policy accept;\n    oif \"eth0\" masquerade\n  }\n}\n",
+            )?;
+            private = Some(address);
+            inside
+        } else {
+            namespace
+        };
         if let Some(firewall) = &spec.firewall {
             firewall.apply(&namespace)?;
         }
-        Some(namespace)
+        Some((namespace, private))
+    };
+    let (namespace, private) = match namespace {
+        Some((namespace, private)) => (Some(namespace), private),
+        None => (None, None),
     };
     Ok(Site {
         name: spec.name.clone(),
         namespace,
         addresses,
+        private,
         gateway,
     })
 }
@@ -384,6 +442,9 @@ fn teardown(sites: &[Site]) {
         match &site.namespace {
             Some(namespace) => {
                 let _ = ip(&["netns", "del", namespace]);
+                if site.private.is_some() {
+                    let _ = ip(&["netns", "del", &format!("{namespace}-gw")]);
+                }
             }
             // The kernel removes a namespace's interfaces (and so their veth peers) some
             // time after the namespace goes; the host's end is removed now.
@@ -495,6 +556,29 @@ fn sysctl(namespace: &str, key: &str, value: &str) -> Result<()> {
     run(Command::new("ip")
         .args(["netns", "exec", namespace, "sysctl", "-q", "-w"])
         .arg(format!("{key}={value}")))
+}
+
+/// Loads an nftables ruleset into `namespace`.
+fn nft(namespace: &str, ruleset: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", namespace, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run nft (Debian package nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft's stdin")?
+        .write_all(ruleset.as_bytes())?;
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "nft refused a ruleset in {namespace}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
 }
 
 fn run(command: &mut Command) -> Result<()> {
