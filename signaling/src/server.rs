@@ -2,7 +2,7 @@
 //! servers for token holders, health and metrics.
 //!
 //! Routes:
-//! * `GET /`, `/app.js`, `/sdp.js`, `/style.css` — the web client.
+//! * `GET /`, `/app.js`, `/sdp.js`, `/regions.js`, `/style.css` — the web client.
 //! * `GET /v1/ws` — the client WebSocket ([`crate::protocol`]).
 //! * `GET /v1/rooms?q=&limit=` — the room list (JSON); `GET /v1/rooms/{name}` — one room.
 //! * `GET /v1/ice-servers` — STUN/TURN servers with fresh TURN credentials, for holders
@@ -70,6 +70,10 @@ pub fn app(state: AppState) -> Router {
             get(|| async { crate::web::asset("/watch.js") }),
         )
         .route("/sdp.js", get(|| async { crate::web::asset("/sdp.js") }))
+        .route(
+            "/regions.js",
+            get(|| async { crate::web::asset("/regions.js") }),
+        )
         .route(
             "/style.css",
             get(|| async { crate::web::asset("/style.css") }),

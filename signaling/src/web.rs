@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// The client's files: path, content type, body.
-const ASSETS: [(&str, &str, &str); 6] = [
+const ASSETS: [(&str, &str, &str); 7] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -31,6 +31,11 @@ const ASSETS: [(&str, &str, &str); 6] = [
         "/sdp.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/sdp.js"),
+    ),
+    (
+        "/regions.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/regions.js"),
     ),
     (
         "/style.css",

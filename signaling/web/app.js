@@ -12,6 +12,7 @@
 // room.
 
 import { preferStereo } from './sdp.js';
+import { measureRegions } from './regions.js';
 
 const ERROR_TEXT = {
   room_full: 'This room is full. Try again when someone leaves.',
@@ -51,6 +52,7 @@ const state = {
   joined: false,
   leaving: false,
   iceServers: [],
+  rtt: null,
   relayOnly: false,
   simulcast: false, // from `joined`: send three video layers
   audio: { profile: 'speech' }, // from `joined`: the room's audio profile and Opus tuning
@@ -730,6 +732,7 @@ function connect() {
     if (password) join.password = password;
     if (token) join.token = token;
     if (state.resume) join.resume = state.resume;
+    if (state.rtt) join.rtt = state.rtt;
     send(join);
   });
   ws.addEventListener('message', (event) => {
@@ -914,8 +917,13 @@ async function join(credentials) {
   state.leaving = false;
   $('#join').disabled = true;
   try {
-    // Capture for the profile the link asks for; `joined` may say otherwise.
-    await startLocalMedia(credentials.audio === 'music' ? 'music' : 'speech');
+    // Capture for the profile the link asks for (`joined` may say otherwise) while the
+    // round trips to each region are measured.
+    const [, rtt] = await Promise.all([
+      startLocalMedia(credentials.audio === 'music' ? 'music' : 'speech'),
+      measureRegions().catch(() => null),
+    ]);
+    state.rtt = rtt;
   } finally {
     $('#join').disabled = false;
   }
@@ -983,6 +991,8 @@ window.tutti = {
   state,
   inboundStats,
   candidatePair,
+  // The round trips this page measured to each region and reported in `join`.
+  roundTrips: () => state.rtt,
   participants: () => [...state.participants].map(([id, p]) => ({ id, name: p.name, screen: p.screen })),
   // What a lost network path triggers: an ICE restart of both connections.
   restartMedia: () => {
