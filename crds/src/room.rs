@@ -66,10 +66,11 @@ pub struct RoomSpec {
     pub placement: Option<PlacementMode>,
 }
 
-/// How a room's shard is chosen: `latency` puts it in the region that minimises the
-/// worst participant's round trip (placed when the first participant arrives, moved once
-/// if a farther participant joins a small room early); `packed` ignores where people are.
-/// Absent: `latency` for rooms of 2-4 people when the shards span regions.
+/// How a room's shard is chosen: `latency` puts it in the region where its participants
+/// are closest to each other through the shard (placed when the first participant
+/// arrives, moved once if a farther participant joins a small room early); `packed`
+/// ignores where people are. Absent: `latency` for rooms of 2-4 people when the shards
+/// span regions.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PlacementMode {

@@ -162,7 +162,7 @@ pub enum PlacementPolicy {
     Auto,
     /// The operator's strategy (packed or distributed), wherever participants are.
     Packed,
-    /// The region that minimises the worst participant's round trip.
+    /// The region where the participants are closest to each other through the shard.
     Latency,
 }
 
