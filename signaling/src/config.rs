@@ -281,6 +281,9 @@ pub struct RoomSettings {
     pub simulcast: Option<bool>,
     /// Upper bound on each video track, kbit/s.
     pub max_video_bitrate_kbps: Option<u32>,
+    /// How the room's shard is chosen: `"latency"` (near its participants, when the
+    /// shards span regions), `"packed"`, or `"auto"` (latency for rooms of 2-4).
+    pub placement: Option<tutti_store::PlacementPolicy>,
 }
 
 /// The rooms file's `audio`: allowed or not, or the profile of an allowed one.
@@ -431,6 +434,9 @@ fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String>
             return Err("emptyTimeoutSeconds is at most one week".into());
         }
         record.empty_timeout_seconds = timeout;
+    }
+    if let Some(placement) = settings.placement {
+        record.placement = placement;
     }
     if let Some(kbps) = settings.max_video_bitrate_kbps {
         if !(30..=50_000).contains(&kbps) {
@@ -593,6 +599,7 @@ mod tests {
             "[[rooms]]\nname = \"a\"\naudio = \"music\"\naudioBitrate = 64000",
             "[[rooms]]\nname = \"a\"\naudioBitrate = 192000",
             "[[rooms]]\nname = \"a\"\naudioPtime = 5",
+            "[[rooms]]\nname = \"a\"\nplacement = \"nearby\"",
         ] {
             let refused = toml::from_str::<RoomsFile>(bad)
                 .map_err(|e| e.to_string())
@@ -607,6 +614,10 @@ mod tests {
         let rooms = LocalRooms::from_file(file, false).unwrap();
         assert_eq!(rooms.rooms.len(), 3, "two rooms and a concert's own stage");
         assert!(rooms.rooms[0].password_hash.is_some());
+        assert_eq!(
+            rooms.rooms[0].placement,
+            tutti_store::PlacementPolicy::Latency
+        );
         let stage = &rooms.rooms[2];
         assert_eq!(
             (stage.name.as_str(), stage.max_participants),
