@@ -983,6 +983,7 @@ async function candidatePair(target) {
     // How the browser reaches its TURN server for a relay candidate: udp, tcp or tls.
     relayProtocol: local?.relayProtocol,
     remoteAddress: remote?.address,
+    roundTripMs: pair.currentRoundTripTime === undefined ? null : pair.currentRoundTripTime * 1000,
     bytesReceived: pair.bytesReceived,
   };
 }

@@ -2,13 +2,14 @@
 // placed where the farthest of its participants hears the others soonest.
 //
 // The gateway lists one STUN probe per region (GET /v1/regions): a shard's media port,
-// which answers plain Binding requests. A throwaway RTCPeerConnection sends each probe a
-// request when it gathers candidates; the time from its first host candidate (its socket
-// is open, the requests leave) to the reflexive candidate each probe's answer yields is
-// the round trip to that region. Browsers drop a reflexive candidate equal to a host one,
-// so a browser with no NAT in front of it measures nothing; a region that does not
-// answer within PROBE_TIMEOUT_MS goes unmeasured too. Either way the join goes on: the
-// gateway places the room without what is missing.
+// which answers plain Binding requests. One throwaway RTCPeerConnection per region (a
+// socket each: a browser keeps only one reflexive candidate per socket, however many
+// servers answer) sends its probe a request as soon as it has gathered its host
+// candidate; the time from that candidate to the reflexive one the answer yields is the
+// round trip. Browsers drop a reflexive candidate equal to a host one, so a browser with
+// no NAT in front of it measures nothing; a region that does not answer within
+// PROBE_TIMEOUT_MS goes unmeasured too. Either way the join goes on: the room is placed
+// without what is missing.
 
 const PROBE_TIMEOUT_MS = 2000;
 
@@ -23,11 +24,20 @@ export async function measureRegions() {
     return null;
   }
   if (regions.length < 2) return null;
-  const regionOf = new Map(regions.map((r) => [r.probe, r.region]));
-  const pc = new RTCPeerConnection({ iceServers: [{ urls: regions.map((r) => r.probe) }] });
-  pc.createDataChannel('probe');
+  const measured = await Promise.all(regions.map((r) => roundTrip(r.probe)));
   const rtt = {};
+  regions.forEach((r, i) => {
+    if (measured[i] !== null) rtt[r.region] = measured[i];
+  });
+  return Object.keys(rtt).length ? rtt : null;
+}
+
+/** The round trip (ms, one decimal) to one STUN server, or null. */
+async function roundTrip(url) {
+  const pc = new RTCPeerConnection({ iceServers: [{ urls: url }] });
+  pc.createDataChannel('probe');
   let opened = null;
+  let best = null;
   await new Promise((resolve) => {
     const timer = setTimeout(resolve, PROBE_TIMEOUT_MS);
     pc.onicecandidate = (event) => {
@@ -38,15 +48,15 @@ export async function measureRegions() {
         return;
       }
       if (event.candidate.type === 'host' && opened === null) opened = now;
-      if (event.candidate.type !== 'srflx') return;
-      const region = regionOf.get(event.url);
-      if (!region || opened === null) return;
-      const ms = Math.round((now - opened) * 10) / 10;
-      // One answer per local address: keep the fastest.
-      if (!(region in rtt) || ms < rtt[region]) rtt[region] = ms;
+      if (event.candidate.type === 'srflx' && opened !== null) {
+        const ms = Math.round((now - opened) * 10) / 10;
+        // One answer per local address: keep the fastest.
+        if (best === null || ms < best) best = ms;
+      }
     };
     pc.setLocalDescription().catch(() => resolve());
   });
   pc.close();
-  return Object.keys(rtt).length ? rtt : null;
+  return best;
 }
+

@@ -1,0 +1,274 @@
+// Latency-aware placement on simulated networks: three regions, each with a shard in a
+// namespace of its own, and two participants behind home NATs whose round trips to the
+// regions differ — Seoul 10/90/60 ms to r1/r2/r3, Abu Dhabi 80/20/50 ms — with etcd, a
+// standalone operator and the gateway on the host. The browsers measure their round
+// trips to each region's probe and report them in `join`; the operator places the room.
+//
+// Through r1 the two are 10 + 80 = 90 ms apart (as a round trip), through r2 and r3 110 ms.
+// A packed room lands on the first empty shard (r2 here); a latency room first goes to
+// the first joiner's nearest region (Abu Dhabi's r2), then moves once to r1 when Seoul
+// joins. Reported: the round trips each browser measured, the round trip of each media
+// connection, click-to-ear latency both ways in each placement, and how long the move
+// silenced each side. Asserted: only what the figures need to mean anything (the rooms
+// landed where placement says, sound and pictures flowed).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  binary, startProcess, startNetSim, launch, waitFor, waitForPlayingVideo, waitForAudio,
+  inbound, participantId, freePort,
+} from './lib.mjs';
+import { installLab, pairClicks, median, fmt } from './audio-lab.mjs';
+
+const ADMIN_TOKEN = 'placement-admin-token-0123456789abcdef';
+const SIGNAL_TOKEN = 'placement-signal-token-0123456789abcdef';
+const SESSION_SECRET = 'placement-session-secret-0123456789abcdef';
+
+// One-way delays (half the round trips above).
+const ONE_WAY = {
+  seoul: { r1: 5, r2: 45, r3: 30 },
+  abudhabi: { r1: 40, r2: 10, r3: 25 },
+};
+// Shard ids: packed placement takes the lowest id among equals, which is r2's.
+const SHARDS = { r2: 'shard-a', r3: 'shard-b', r1: 'shard-c' };
+
+let netsim;
+let etcd;
+let operator;
+let gateway;
+let gatewayUrl;
+let dir;
+const shards = {};
+const browsers = {};
+
+before(async () => {
+  const links = [];
+  for (const [client, delays] of Object.entries(ONE_WAY)) {
+    for (const [region, ms] of Object.entries(delays)) links.push({ a: client, b: region, delay_ms: ms, jitter_ms: 1 });
+    links.push({ a: client, b: 'host', delay_ms: 5 });
+  }
+  netsim = await startNetSim({
+    sites: [
+      { name: 'host', host: true },
+      { name: 'r1' }, { name: 'r2' }, { name: 'r3' },
+      { name: 'seoul', nat: true }, { name: 'abudhabi', nat: true },
+    ],
+    links,
+    seed: 14,
+  });
+  const hostIp = netsim.sites.host.addresses[0];
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-placement-'));
+  // etcd on the host's simulated address, where the shards in their regions reach it.
+  const client = await freePort();
+  const peer = await freePort();
+  etcd = spawn(process.env.TUTTI_ETCD || 'etcd', [
+    '--name', 'placement', '--data-dir', path.join(dir, 'etcd'),
+    '--listen-client-urls', `http://${hostIp}:${client}`, '--advertise-client-urls', `http://${hostIp}:${client}`,
+    '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
+    '--initial-cluster', `placement=http://127.0.0.1:${peer}`, '--log-level', 'error',
+  ], { stdio: 'ignore' });
+  await waitFor('etcd', async () => {
+    try {
+      return (await (await fetch(`http://${hostIp}:${client}/health`)).text()).includes('true');
+    } catch {
+      return false;
+    }
+  }, (ok) => ok, 15_000);
+  const store = `etcd://${hostIp}:${client}`;
+  for (const region of ['r1', 'r2', 'r3']) {
+    const ip = netsim.sites[region].addresses[0];
+    shards[region] = await startProcess('ip', [
+      'netns', 'exec', netsim.sites[region].namespace, binary('tutti-sfu'),
+      '--http', `${ip}:8080`, '--udp', `${ip}:7882`, '--advertise-ip', ip, '--region', region,
+      '--admin-token', ADMIN_TOKEN, '--signal-token', SIGNAL_TOKEN,
+      '--store', store, '--shard-id', SHARDS[region], '--heartbeat-ttl', '3',
+    ], /tutti-sfu: http:\/\/(\S+) /);
+    shards[region].http = `http://${ip}:8080`;
+  }
+  operator = await startProcess(binary('tutti-operator'), [
+    '--standalone', '--store', store, '--admin-token', ADMIN_TOKEN, '--listen', '127.0.0.1:0', '--gc-period', '5',
+  ], /tutti-operator: standalone/);
+  const rooms = path.join(dir, 'rooms.toml');
+  fs.writeFileSync(rooms, [
+    '[[rooms]]', 'name = "duet-packed"', 'maxParticipants = 2', 'placement = "packed"', 'audio = "music"', '',
+    '[[rooms]]', 'name = "duet-near"', 'maxParticipants = 2', 'placement = "latency"', 'audio = "music"', '',
+  ].join('\n'));
+  gateway = await startProcess(binary('tutti-gateway'), [
+    '--listen', `${hostIp}:0`, '--store', store, '--rooms', rooms,
+    '--shard-signal-token', SIGNAL_TOKEN, '--session-secret', SESSION_SECRET,
+  ], /listening on (http:\/\/\S+)/);
+  gatewayUrl = gateway.match[1];
+  await waitFor('three regions to offer probes', async () => {
+    try {
+      return (await (await fetch(`${gatewayUrl}/v1/regions`)).json()).regions.length;
+    } catch {
+      return 0;
+    }
+  }, (n) => n === 3, 20_000);
+  for (const name of ['seoul', 'abudhabi']) {
+    browsers[name] = await launch({ namespace: netsim.sites[name].namespace, secureOrigins: [gatewayUrl] });
+  }
+});
+
+after(async () => {
+  for (const browser of Object.values(browsers)) await browser.close();
+  for (const p of [gateway, operator, ...Object.values(shards)]) if (p) await p.stop();
+  if (etcd) etcd.kill('SIGTERM');
+  if (netsim) await netsim.stop();
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Opens the call page for `who` in its own browser (the lab's worklets need no CSP). */
+async function join(who, room, name) {
+  const context = await browsers[who].newContext({ bypassCSP: true });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => console.error(`[page error] ${err.message}`));
+  if (process.env.TUTTI_TEST_VERBOSE) page.on('console', (m) => console.error(`[console ${name}] ${m.text()}`));
+  await page.goto(`${gatewayUrl}/?room=${room}&name=${name}&audio=music`);
+  return page;
+}
+
+async function pipelines(region) {
+  const response = await fetch(`${shards[region].http}/v1/pipelines`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  return (await response.json()).map((p) => p.name);
+}
+
+/** The region whose shard hosts `room`, once exactly one does. */
+async function hostedIn(room, expected) {
+  return waitFor(`${room} hosted in ${expected}`, async () => {
+    const found = [];
+    for (const region of Object.keys(shards)) if ((await pipelines(region)).includes(room)) found.push(region);
+    return found;
+  }, (found) => found.length === 1 && found[0] === expected, 30_000);
+}
+
+/** Round trips of each media connection of `page`, ms. */
+async function mediaRoundTrips(page) {
+  const out = {};
+  for (const target of ['publisher', 'subscriber']) {
+    const pair = await waitFor(`${target} round trip`, () => page.evaluate((t) => window.tutti.candidatePair(t), target), (p) => p && p.roundTripMs !== null);
+    out[target] = Math.round(pair.roundTripMs);
+  }
+  return out;
+}
+
+/** Click-to-ear latency from `player` to `listener` (music rooms), median ms and count. */
+async function clickToEar(player, listener, playerName) {
+  await installLab(player);
+  await installLab(listener);
+  const id = await participantId(listener, playerName);
+  await listener.evaluate((pid) => window.lab.detectClicks(window.tutti.state.participants.get(pid).stream), id);
+  await player.evaluate(() => window.lab.startClicks(window.tutti.state.audioSender));
+  await listener.waitForTimeout(9_000);
+  const clicks = await player.evaluate(() => window.lab.stopClicks());
+  const heard = await listener.evaluate(() => window.lab.stopDetecting());
+  // Put the microphone back for what follows.
+  await player.evaluate(() => window.tutti.state.audioSender.replaceTrack(window.tutti.state.micTrack));
+  const latencies = pairClicks(clicks, heard);
+  return { median: median(latencies), n: latencies.length };
+}
+
+/** Both directions' figures for a call between the two pages. */
+async function figures(seoul, abuDhabi) {
+  const rtt = { seoul: await mediaRoundTrips(seoul), abudhabi: await mediaRoundTrips(abuDhabi) };
+  const seoulToAbuDhabi = await clickToEar(seoul, abuDhabi, 'Seoul');
+  const abuDhabiToSeoul = await clickToEar(abuDhabi, seoul, 'AbuDhabi');
+  return { media_rtt_ms: rtt, click_to_ear_ms: { seoul_to_abudhabi: seoulToAbuDhabi, abudhabi_to_seoul: abuDhabiToSeoul } };
+}
+
+/**
+ * Watches the audio `page` receives from `from` every 100 ms until `until()` resolves:
+ * when it first arrived, and the longest silence after that (a packet counter that
+ * does not move), as a page would notice a freeze.
+ */
+function watchSilence(page, from) {
+  let stop = false;
+  const done = (async () => {
+    const start = Date.now();
+    let first = null;
+    let lastChange = null;
+    let last = null;
+    let longest = 0;
+    while (!stop) {
+      const rows = await page.evaluate(async (name) => {
+        const p = [...window.tutti.state.participants.entries()].find(([, v]) => v.name === name);
+        if (!p) return null;
+        const stats = await window.tutti.inboundStats();
+        const row = stats.find((r) => r.kind === 'audio' && r.participant === p[0]);
+        return row ? row.packetsReceived : null;
+      }, from).catch(() => null);
+      const now = Date.now();
+      if (rows !== null && rows !== last && rows > 0) {
+        if (first === null) first = now - start;
+        if (lastChange !== null) longest = Math.max(longest, now - lastChange);
+        lastChange = now;
+        last = rows;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return { first_audio_ms: first, longest_silence_ms: longest };
+  })();
+  return { async stop() { stop = true; return done; } };
+}
+
+const rounded = (rtt) => Object.fromEntries(Object.entries(rtt || {}).map(([k, v]) => [k, Math.round(v)]));
+
+test('each browser measures its round trip to every region', async () => {
+  const page = await join('seoul', 'probe-only', 'Probe');
+  const seoul = await waitFor('Seoul\'s round trips', () => page.evaluate(() => window.tutti.roundTrips()), (r) => r && Object.keys(r).length === 3);
+  const other = await join('abudhabi', 'probe-only', 'Probe2');
+  const abuDhabi = await waitFor('Abu Dhabi\'s round trips', () => other.evaluate(() => window.tutti.roundTrips()), (r) => r && Object.keys(r).length === 3);
+  console.log(`placement: measured round trips (ms): Seoul ${JSON.stringify(rounded(seoul))} (paths 10/90/60), Abu Dhabi ${JSON.stringify(rounded(abuDhabi))} (paths 80/20/50)`);
+  // Each is at least its path's round trip (nothing arrives early) and the order holds.
+  assert.ok(seoul.r1 >= 9 && seoul.r3 >= 59 && seoul.r2 >= 89, JSON.stringify(seoul));
+  assert.ok(seoul.r1 < seoul.r3 && seoul.r3 < seoul.r2, JSON.stringify(seoul));
+  assert.ok(abuDhabi.r2 >= 19 && abuDhabi.r3 >= 49 && abuDhabi.r1 >= 79, JSON.stringify(abuDhabi));
+  assert.ok(abuDhabi.r2 < abuDhabi.r3 && abuDhabi.r3 < abuDhabi.r1, JSON.stringify(abuDhabi));
+  await page.context().close();
+  await other.context().close();
+});
+
+test('packed and latency-aware placement of a duet, with the move measured (benchmark figures)', async () => {
+  // Packed: the first empty shard, r2, whatever the players' paths.
+  const packedSeoul = await join('seoul', 'duet-packed', 'Seoul');
+  const packedAbuDhabi = await join('abudhabi', 'duet-packed', 'AbuDhabi');
+  await hostedIn('duet-packed', 'r2');
+  await waitForAudio(packedSeoul, 'AbuDhabi', 40_000);
+  await waitForAudio(packedAbuDhabi, 'Seoul', 40_000);
+  const packed = await figures(packedSeoul, packedAbuDhabi);
+  await packedSeoul.context().close();
+  await packedAbuDhabi.context().close();
+
+  // Latency: Abu Dhabi first, so the room starts in r2, its nearest.
+  const abuDhabi = await join('abudhabi', 'duet-near', 'AbuDhabi');
+  await hostedIn('duet-near', 'r2');
+  await waitFor('Abu Dhabi in the room', () => abuDhabi.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
+  const seoul = await join('seoul', 'duet-near', 'Seoul');
+  const seoulHears = watchSilence(seoul, 'AbuDhabi');
+  const abuDhabiHears = watchSilence(abuDhabi, 'Seoul');
+  const joinedAt = Date.now();
+  // Seoul's arrival makes r1 the better region: the room moves there, once.
+  await hostedIn('duet-near', 'r1');
+  const movedAfter = Date.now() - joinedAt;
+  await waitForPlayingVideo(seoul, 'AbuDhabi', 40_000);
+  await waitForPlayingVideo(abuDhabi, 'Seoul', 40_000);
+  await waitForAudio(seoul, 'AbuDhabi', 40_000);
+  await waitForAudio(abuDhabi, 'Seoul', 40_000);
+  await seoul.waitForTimeout(3000);
+  const move = { moved_after_ms: movedAfter, seoul: await seoulHears.stop(), abudhabi: await abuDhabiHears.stop() };
+  const near = await figures(seoul, abuDhabi);
+  const report = { packed_r2: packed, latency_r1: near, move };
+  console.log(`placement: ${JSON.stringify(report)}`);
+  const c = (f) => f.click_to_ear_ms;
+  console.log(`placement: click to ear Seoul→Abu Dhabi packed ${fmt(c(packed).seoul_to_abudhabi.median)} ms, latency ${fmt(c(near).seoul_to_abudhabi.median)} ms; `
+    + `Abu Dhabi→Seoul packed ${fmt(c(packed).abudhabi_to_seoul.median)} ms, latency ${fmt(c(near).abudhabi_to_seoul.median)} ms; `
+    + `the move: Seoul first heard Abu Dhabi after ${move.seoul.first_audio_ms} ms, longest silence after that ${move.seoul.longest_silence_ms} ms; `
+    + `Abu Dhabi ${move.abudhabi.first_audio_ms} / ${move.abudhabi.longest_silence_ms} ms`);
+  for (const f of [packed, near]) {
+    assert.ok(c(f).seoul_to_abudhabi.n >= 5 && c(f).abudhabi_to_seoul.n >= 5, `clicks heard: ${JSON.stringify(f)}`);
+  }
+});
