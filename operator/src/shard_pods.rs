@@ -50,6 +50,13 @@ pub const DRAINING_SINCE: &str = "tutti.dev/draining-since";
 pub const ADVERTISE_IP_ANNOTATION: &str = "tutti.dev/advertise-ip";
 /// Where that annotation appears inside the shard's container.
 pub const ADVERTISE_IP_FILE: &str = "/etc/tutti/advertise/ip";
+/// Where the operator writes a shard's region, from its node's
+/// `topology.kubernetes.io/region` label (`-` when the node has none).
+pub const REGION_ANNOTATION: &str = "tutti.dev/region";
+/// The label regions come from.
+pub const NODE_REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// The file a shard reads its region from (the annotation, through the downward API).
+pub const REGION_FILE: &str = "/etc/tutti/topology/region";
 /// The HTTP port of every shard (admin API, signaling, metrics, health).
 pub const HTTP_PORT: u16 = 7880;
 /// Longest pool name: the shard's id and its Service's name must stay within 63 bytes.
@@ -291,8 +298,10 @@ pub fn shard_pod(
     if let Some(port) = exposure.advertise_port {
         env.push(json!({"name": "TUTTI_SFU_ADVERTISE_PORT", "value": port.to_string()}));
     }
-    if let Some(region) = &template.region {
-        env.push(json!({"name": "TUTTI_SHARD_REGION", "value": region}));
+    // A region given in the pool wins; otherwise the node's, as the operator annotates it.
+    match &template.region {
+        Some(region) => env.push(json!({"name": "TUTTI_SHARD_REGION", "value": region})),
+        None => env.push(json!({"name": "TUTTI_SHARD_REGION_FILE", "value": REGION_FILE})),
     }
     if let Some(secret) = &runtime.etcd_secret {
         env.push(secret_env("TUTTI_ETCD_USER", secret, "username"));
@@ -334,9 +343,19 @@ pub fn shard_pod(
             "capabilities": {"drop": ["ALL"]},
         },
     });
+    let mut mounts = Vec::new();
     if from_node_annotation {
-        container["volumeMounts"] =
-            json!([{"name": "advertise", "mountPath": "/etc/tutti/advertise", "readOnly": true}]);
+        mounts.push(
+            json!({"name": "advertise", "mountPath": "/etc/tutti/advertise", "readOnly": true}),
+        );
+    }
+    if template.region.is_none() {
+        mounts.push(
+            json!({"name": "topology", "mountPath": "/etc/tutti/topology", "readOnly": true}),
+        );
+    }
+    if !mounts.is_empty() {
+        container["volumeMounts"] = json!(mounts);
     }
     if let Some(resources) = &template.resources {
         container["resources"] =
@@ -356,10 +375,19 @@ pub fn shard_pod(
         pod_spec["serviceAccountName"] = json!(account);
     }
     pod_spec["automountServiceAccountToken"] = json!(false);
+    let mut volumes = Vec::new();
     if from_node_annotation {
-        pod_spec["volumes"] = json!([{"name": "advertise", "downwardAPI": {"items": [
+        volumes.push(json!({"name": "advertise", "downwardAPI": {"items": [
             {"path": "ip", "fieldRef": {"fieldPath": format!("metadata.annotations['{ADVERTISE_IP_ANNOTATION}']")}}
-        ]}}]);
+        ]}}));
+    }
+    if template.region.is_none() {
+        volumes.push(json!({"name": "topology", "downwardAPI": {"items": [
+            {"path": "region", "fieldRef": {"fieldPath": format!("metadata.annotations['{REGION_ANNOTATION}']")}}
+        ]}}));
+    }
+    if !volumes.is_empty() {
+        pod_spec["volumes"] = json!(volumes);
     }
     if mode == NetworkingMode::HostNetwork {
         pod_spec["hostNetwork"] = json!(true);
@@ -459,6 +487,18 @@ pub fn load_balancer_address(service: &Service) -> Option<BalancerAddress> {
                 .iter()
                 .find_map(|i| i.hostname.clone().map(BalancerAddress::Host))
         })
+}
+
+/// A node's region for shards: its `topology.kubernetes.io/region` label when it is a
+/// valid region name, else `-` (none).
+pub fn node_region(node: &k8s_openapi::api::core::v1::Node) -> String {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(NODE_REGION_LABEL))
+        .filter(|region| tutti_store::valid_region(region))
+        .cloned()
+        .unwrap_or_else(|| "-".into())
 }
 
 /// A node's ExternalIP, from its status.
@@ -623,5 +663,47 @@ mod tests {
         let taken = BTreeSet::from([0, 2]);
         assert_eq!(free_slots(&taken, 5, 2), vec![1, 3]);
         assert_eq!(free_slots(&taken, 3, 5), vec![1]);
+    }
+
+    #[test]
+    fn a_shard_without_a_pool_region_reads_its_nodes() {
+        let mut pool = pool("HostPort", 40000);
+        let pod = build(&pool, 0);
+        assert_eq!(env(&pod, "TUTTI_SHARD_REGION_FILE")["value"], REGION_FILE);
+        assert_eq!(env(&pod, "TUTTI_SHARD_REGION"), Value::Null);
+        let json = serde_json::to_value(&pod).expect("json");
+        let volume = &json["spec"]["volumes"][0];
+        assert_eq!(volume["name"], "topology");
+        assert_eq!(
+            volume["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+            "metadata.annotations['tutti.dev/region']"
+        );
+        assert_eq!(
+            json["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+            "/etc/tutti/topology"
+        );
+        pool.spec.template.region = Some("eu-west-1".into());
+        let pod = build(&pool, 0);
+        assert_eq!(env(&pod, "TUTTI_SHARD_REGION")["value"], "eu-west-1");
+        assert_eq!(env(&pod, "TUTTI_SHARD_REGION_FILE"), Value::Null);
+    }
+
+    #[test]
+    fn a_shard_learns_its_region_from_the_pool_or_its_node() {
+        let from_node = |labels: serde_json::Value| -> String {
+            let node: k8s_openapi::api::core::v1::Node =
+                serde_json::from_value(json!({"metadata": {"name": "n", "labels": labels}}))
+                    .unwrap();
+            node_region(&node)
+        };
+        assert_eq!(
+            from_node(json!({"topology.kubernetes.io/region": "eu-west-1"})),
+            "eu-west-1"
+        );
+        assert_eq!(from_node(json!({})), "-");
+        assert_eq!(
+            from_node(json!({"topology.kubernetes.io/region": "Not A Region!"})),
+            "-"
+        );
     }
 }

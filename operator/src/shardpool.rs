@@ -15,9 +15,10 @@ use crate::demand::Unplaced;
 use crate::metrics::Metrics;
 use crate::placement::candidates;
 use crate::shard_pods::{
-    ADVERTISE_IP_ANNOTATION, BalancerAddress, DRAINING_SINCE, Exposure, OCCUPIED_LABEL, REGISTERED,
-    SLOT_LABEL, ShardRuntime, free_slots, load_balancer_address, media_service, node_external_ip,
-    owner_reference, pool_selector, service_name, shard_name, shard_pod, slot_ports, validate_pool,
+    ADVERTISE_IP_ANNOTATION, BalancerAddress, DRAINING_SINCE, Exposure, OCCUPIED_LABEL,
+    REGION_ANNOTATION, REGISTERED, SLOT_LABEL, ShardRuntime, free_slots, load_balancer_address,
+    media_service, node_external_ip, node_region, owner_reference, pool_selector, service_name,
+    shard_name, shard_pod, slot_ports, validate_pool,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -396,12 +397,11 @@ where
         )
         .await;
     }
-    if pool.spec.template.networking.node_address == tutti_crds::NodeAddress::ExternalIP
+    let want_ip = pool.spec.template.networking.node_address == tutti_crds::NodeAddress::ExternalIP
         && pool.spec.template.networking.advertise_address.is_none()
-        && pool.spec.template.networking.mode != NetworkingMode::LoadBalancer
-    {
-        publish_external_ips(ctx, &pods_api, &live, &mut notes).await?;
-    }
+        && pool.spec.template.networking.mode != NetworkingMode::LoadBalancer;
+    let want_region = pool.spec.template.region.is_none();
+    publish_node_facts(ctx, &pods_api, &live, want_ip, want_region, &mut notes).await?;
     let gone: BTreeSet<&str> = decision.delete.iter().map(|(s, _)| s.as_str()).collect();
     let registered: BTreeSet<&str> = records.keys().map(String::as_str).collect();
     mark_occupancy(&pods_api, &live, &views, &gone, &registered).await?;
@@ -548,35 +548,51 @@ async fn resolve(address: Option<BalancerAddress>) -> Option<String> {
     }
 }
 
-/// Shards that advertise their node's external IP learn it from an annotation the
-/// operator writes once the pod has a node (the downward API does not offer it).
-async fn publish_external_ips<S>(
+/// What shards learn from their node, through annotations the operator writes once the
+/// pod has a node (the downward API offers neither): its ExternalIP, for shards that
+/// advertise it, and its region (`topology.kubernetes.io/region`, `-` when it has none),
+/// which latency placement and regional seating go by. One read of the node and one
+/// patch per pod, once.
+async fn publish_node_facts<S>(
     ctx: &PoolContext<S>,
     pods: &Api<Pod>,
     live: &[&Pod],
+    want_ip: bool,
+    want_region: bool,
     notes: &mut Vec<String>,
 ) -> Result<(), Error> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
     for pod in live {
-        if pod.annotations().contains_key(ADVERTISE_IP_ANNOTATION) {
+        let need_ip = want_ip && !pod.annotations().contains_key(ADVERTISE_IP_ANNOTATION);
+        let need_region = want_region && !pod.annotations().contains_key(REGION_ANNOTATION);
+        if !need_ip && !need_region {
             continue;
         }
         let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             continue;
         };
-        let external = nodes
-            .get_opt(&node_name)
-            .await?
-            .as_ref()
-            .and_then(node_external_ip);
-        let Some(ip) = external else {
-            notes.push(format!(
-                "node {node_name} has no ExternalIP for shard {}",
-                pod.name_any()
-            ));
+        let Some(node) = nodes.get_opt(&node_name).await? else {
             continue;
         };
-        let patch = json!({"metadata": {"annotations": {ADVERTISE_IP_ANNOTATION: ip}}});
+        let mut annotations = serde_json::Map::new();
+        if need_ip {
+            match node_external_ip(&node) {
+                Some(ip) => {
+                    annotations.insert(ADVERTISE_IP_ANNOTATION.into(), json!(ip));
+                }
+                None => notes.push(format!(
+                    "node {node_name} has no ExternalIP for shard {}",
+                    pod.name_any()
+                )),
+            }
+        }
+        if need_region {
+            annotations.insert(REGION_ANNOTATION.into(), json!(node_region(&node)));
+        }
+        if annotations.is_empty() {
+            continue;
+        }
+        let patch = json!({"metadata": {"annotations": annotations}});
         match pods
             .patch(
                 &pod.name_any(),

@@ -376,7 +376,7 @@ async fn an_impossible_pool_is_refused_in_its_status_and_nothing_starts() {
 }
 
 #[tokio::test]
-async fn a_shard_on_a_public_node_is_told_its_nodes_external_ip() {
+async fn a_shard_on_a_public_node_is_told_its_nodes_external_ip_and_region() {
     let (ctx, mut api) = context(MemoryStore::new());
     let main = pool(json!({"minShards": 1, "maxShards": 5, "buffer": 50,
         "capacity": {"participants": 100},
@@ -394,7 +394,8 @@ async fn a_shard_on_a_public_node_is_told_its_nodes_external_ip() {
     api.answer(
         "GET",
         "/api/v1/nodes/node-a",
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a",
+                "labels": {"topology.kubernetes.io/region": "me-central-1"}},
             "status": {"addresses": [
                 {"type": "InternalIP", "address": "10.0.1.7"},
                 {"type": "ExternalIP", "address": "198.51.100.23"}]}}),
@@ -406,6 +407,11 @@ async fn a_shard_on_a_public_node_is_told_its_nodes_external_ip() {
     assert_eq!(
         patch["metadata"]["annotations"]["tutti.dev/advertise-ip"],
         "198.51.100.23"
+    );
+    // One patch tells the shard both: latency placement needs the region.
+    assert_eq!(
+        patch["metadata"]["annotations"]["tutti.dev/region"],
+        "me-central-1"
     );
     api.echo("PATCH", BUDGET).await;
     let status = answer_status(&mut api, &main).await;

@@ -134,6 +134,7 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
                     .clone()
                     .unwrap_or_else(|| format!("http://{}", shard.http_addr)),
                 region: args.region.clone(),
+                region_file: args.region_file.clone(),
                 probe: Some(shard.advertised.to_string()),
                 labels: args
                     .labels

@@ -84,9 +84,15 @@ pub struct ShardArgs {
     /// (defaults to http://<--http>).
     #[arg(long, env = "TUTTI_SHARD_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Region or zone label, for seating viewers nearby.
+    /// Region or zone label, for seating viewers nearby and placing rooms near their
+    /// participants.
     #[arg(long, env = "TUTTI_SHARD_REGION")]
     pub region: Option<String>,
+    /// A file holding the region (`-` for none), read at every heartbeat: on Kubernetes,
+    /// the node's `topology.kubernetes.io/region`, which the operator annotates the pod
+    /// with once it is scheduled. `--region` wins.
+    #[arg(long, env = "TUTTI_SHARD_REGION_FILE")]
+    pub region_file: Option<std::path::PathBuf>,
     /// A label rooms can select this shard by, `key=value` (repeatable).
     #[arg(long = "label", env = "TUTTI_SHARD_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,

@@ -20,6 +20,8 @@ pub struct HeartbeatConfig {
     pub http_base: String,
     /// Region or zone label.
     pub region: Option<String>,
+    /// A file the region is read from at each heartbeat when `region` is not given.
+    pub region_file: Option<std::path::PathBuf>,
     /// The advertised media address (`ip:port`), which answers round-trip probes.
     pub probe: Option<String>,
     /// Labels rooms select shards by.
@@ -72,10 +74,21 @@ impl Registration {
     }
 }
 
+/// The region a region file names: its trimmed content, when it is a region name (`-`,
+/// empty, missing or malformed: none).
+pub fn region_from_file(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let region = text.trim();
+    tutti_store::valid_region(region).then(|| region.to_owned())
+}
+
 /// The record for a load report.
 pub fn record(config: &HeartbeatConfig, load: &ShardLoad) -> ShardRecord {
     let mut record = ShardRecord::new(&config.id, &config.http_base, config.capacity);
-    record.region = config.region.clone();
+    record.region = config
+        .region
+        .clone()
+        .or_else(|| config.region_file.as_deref().and_then(region_from_file));
     record.probe = config.probe.clone();
     record.labels = config.labels.clone();
     record.draining = load.draining;
@@ -117,5 +130,28 @@ pub async fn run<W: LiveWriter>(
     registration.withdrawn();
     if let Err(err) = store.remove_shard(&config.id).await {
         tracing::warn!(shard = %config.id, %err, "shard record not removed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_file_names_a_region_or_none() {
+        let dir = std::env::temp_dir().join(format!("tutti-region-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("region");
+        for (content, region) in [
+            ("eu-west-1\n", Some("eu-west-1")),
+            ("-", None),
+            ("", None),
+            ("Eu West", None),
+        ] {
+            std::fs::write(&file, content).unwrap();
+            assert_eq!(region_from_file(&file).as_deref(), region, "{content:?}");
+        }
+        assert_eq!(region_from_file(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -129,6 +129,7 @@ impl LocalSystem {
                 http_base: format!("http://{}", shard.http_addr),
                 region: None,
                 probe: Some(shard.advertised.to_string()),
+                region_file: None,
                 labels: Default::default(),
                 capacity: options.shard_max_participants as u32,
                 interval: HEARTBEAT,

@@ -218,10 +218,15 @@ impl LatencyReport {
     }
 }
 
-/// Whether `name` is a region name a report may carry: 1-63 characters of a-z 0-9 `-`,
-/// the shape of Kubernetes' `topology.kubernetes.io/region` values (`eu-west-1`).
+/// Whether `name` is a region name: 1-63 characters of a-z 0-9 `-` starting with a letter
+/// or digit, the shape of Kubernetes' `topology.kubernetes.io/region` values
+/// (`eu-west-1`).
 pub fn valid_region(name: &str) -> bool {
     (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

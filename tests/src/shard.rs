@@ -94,6 +94,7 @@ impl TestShard {
             http_base: format!("http://{}", self.shard.http_addr),
             region: None,
             probe: None,
+            region_file: None,
             labels: Default::default(),
             capacity: 100,
             interval,

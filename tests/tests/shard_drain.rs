@@ -55,6 +55,7 @@ async fn readiness_follows_the_shards_record_in_a_real_etcd() -> Result<()> {
             http_base: format!("http://{}", shard.shard.http_addr),
             region: None,
             probe: None,
+            region_file: None,
             labels: Default::default(),
             capacity: 100,
             interval: Duration::from_millis(200),
