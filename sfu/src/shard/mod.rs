@@ -272,9 +272,11 @@ pub struct ShardCore {
     timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
     dirty: Vec<PeerKey>,
     transmits: Vec<(SocketAddr, BytesMut)>,
-    /// Where the round-trip probes answered in this batch were sent to (wildcard
-    /// sockets answer from that address).
+    /// Where the round-trip probes answered since the last [`Self::take_transmits`] were
+    /// sent to (wildcard sockets answer from that address)...
     probe_sources: Vec<(SocketAddr, IpAddr)>,
+    /// ...and those of the batch it took, which is being sent.
+    probe_sources_taken: Vec<(SocketAddr, IpAddr)>,
     /// Probes answered in the current second: (its start, count).
     probe_window: Option<(Instant, u32)>,
     /// Sessions to end after the current step, with the reason they are told.
@@ -312,6 +314,7 @@ impl ShardCore {
             dirty: Vec::new(),
             transmits: Vec::new(),
             probe_sources: Vec::new(),
+            probe_sources_taken: Vec::new(),
             probe_window: None,
             doomed: Vec::new(),
             next_key: 1,
@@ -358,7 +361,7 @@ impl ShardCore {
     /// when the socket reports it (a wildcard bind); `None` lets the kernel choose.
     pub fn local_ip_for(&self, to: SocketAddr) -> Option<IpAddr> {
         self.demux.local_for(to).or_else(|| {
-            self.probe_sources
+            self.probe_sources_taken
                 .iter()
                 .find(|(addr, _)| *addr == to)
                 .map(|(_, local)| *local)
@@ -614,8 +617,8 @@ impl ShardCore {
         out: &mut Vec<(SocketAddr, BytesMut)>,
         tcp_out: &mut Vec<(SocketAddr, BytesMut)>,
     ) {
-        // The previous batch, whose probe answers needed these, has been sent.
-        self.probe_sources.clear();
+        // The previous batch has been sent; this one's probe answers need these.
+        self.probe_sources_taken = std::mem::take(&mut self.probe_sources);
         let dirty = std::mem::take(&mut self.dirty);
         for key in &dirty {
             let Some(peer) = self.peers.get_mut(key) else {
@@ -1391,6 +1394,38 @@ mod tests {
         let mut config = CoreConfig::new("127.0.0.1:40000".parse().unwrap());
         config.auto_create = Some(PipelineSpec::default());
         ShardCore::new(config, Arc::new(ShardMetrics::new()), Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn round_trip_probes_are_answered_from_where_they_arrived_within_a_budget() {
+        let mut core = core();
+        let start = Instant::now();
+        let mut probe = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        probe.extend_from_slice(b"tutti-probe!");
+        let from: SocketAddr = "198.51.100.7:5000".parse().unwrap();
+        let local: IpAddr = "192.0.2.10".parse().unwrap();
+        let answers = |core: &mut ShardCore| {
+            let (mut out, mut tcp) = (Vec::new(), Vec::new());
+            core.take_transmits(&mut out, &mut tcp);
+            out.len()
+        };
+        core.handle_datagram(start, from, Some(local), &probe);
+        let (mut out, mut tcp) = (Vec::new(), Vec::new());
+        core.take_transmits(&mut out, &mut tcp);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, from);
+        assert_eq!(&out[0].1[0..2], &[0x01, 0x01], "a Binding success response");
+        // Sent from the address the probe came to, not bound to any peer afterwards.
+        assert_eq!(core.local_ip_for(from), Some(local));
+        assert_eq!(core.demux.bound_addrs(), 0);
+        // A flood within one second: the budget's worth is answered, the rest dropped.
+        for _ in 0..PROBES_PER_SECOND + 100 {
+            core.handle_datagram(start + Duration::from_millis(500), from, None, &probe);
+        }
+        assert_eq!(answers(&mut core), PROBES_PER_SECOND as usize - 1);
+        // The next second has a fresh budget.
+        core.handle_datagram(start + Duration::from_millis(1500), from, None, &probe);
+        assert_eq!(answers(&mut core), 1);
     }
 
     fn join(
