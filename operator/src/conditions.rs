@@ -211,5 +211,18 @@ mod tests {
         assert_eq!(RoomOutcome::NoShard("x".into()).phase(), RoomPhase::Pending);
         let invalid = RoomOutcome::Invalid("bad".into()).conditions();
         assert_eq!((invalid[2].kind, invalid[2].status), ("Degraded", true));
+        // A latency room before anyone arrives: pending, not degraded.
+        let waiting = RoomOutcome::AwaitingParticipants;
+        assert_eq!(waiting.phase(), RoomPhase::Pending);
+        let [ready, placed, degraded] = waiting.conditions();
+        assert_eq!(
+            (ready.status, ready.reason),
+            (false, "AwaitingParticipants")
+        );
+        assert_eq!(
+            (placed.status, placed.reason),
+            (false, "AwaitingParticipants")
+        );
+        assert!(!degraded.status);
     }
 }

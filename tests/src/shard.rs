@@ -89,10 +89,26 @@ impl TestShard {
     where
         W: tutti_store::LiveWriter + Send + Sync + 'static,
     {
+        self.heartbeat_in_region(store, id, None, interval, ttl, stop)
+    }
+
+    /// [`Self::heartbeat_into`], the record naming `region`.
+    pub fn heartbeat_in_region<W>(
+        &self,
+        store: W,
+        id: &str,
+        region: Option<&str>,
+        interval: Duration,
+        ttl: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        W: tutti_store::LiveWriter + Send + Sync + 'static,
+    {
         let config = tutti_sfu::heartbeat::HeartbeatConfig {
             id: id.into(),
             http_base: format!("http://{}", self.shard.http_addr),
-            region: None,
+            region: region.map(str::to_owned),
             probe: None,
             region_file: None,
             labels: Default::default(),

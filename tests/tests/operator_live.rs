@@ -343,3 +343,101 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
     stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() -> Result<()> {
+    use tutti_operator::records::RecordKeeper;
+    use tutti_store::{LatencyReport, LiveWriter, PlacementPolicy, RoomRecord};
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let mut shards = Vec::new();
+    for (id, region) in [("s-a", "r2"), ("s-b", "r3"), ("s-c", "r1")] {
+        let shard = TestShard::start().await?;
+        shard.heartbeat_in_region(
+            store.clone(),
+            id,
+            Some(region),
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            stop.child_token(),
+        );
+        shards.push(shard);
+    }
+    let live = store.clone();
+    eventually(WAIT, "three shards", || {
+        let live = live.clone();
+        async move { Ok(live.shards().len() == 3) }
+    })
+    .await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let mut keeper = RecordKeeper::default();
+    let record = RoomRecord {
+        max_participants: 2,
+        placement: PlacementPolicy::Latency,
+        ..RoomRecord::with_defaults("duet")
+    };
+    store.put_room(record).await.map_err(anyhow::Error::msg)?;
+    let report = |participant: &str, rtt: &[(&str, u32)]| LatencyReport {
+        room: "duet".into(),
+        participant: participant.into(),
+        rtt_ms: rtt.iter().map(|(r, ms)| ((*r).to_owned(), *ms)).collect(),
+    };
+
+    // Nobody has said where they are: the room waits.
+    let pass = keeper.pass(&placer).await;
+    ensure!(
+        pass.placed == vec![("duet".to_owned(), RoomOutcome::AwaitingParticipants)],
+        "{pass:?}"
+    );
+    ensure!(store.route("duet").is_none());
+
+    // Abu Dhabi first: its nearest region, r2 (s-a).
+    store
+        .put_latency_report(report("abudhabi", &[("r1", 80), ("r2", 20), ("r3", 50)]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    keeper.pass(&placer).await;
+    let first = store.route("duet").context("placed")?;
+    ensure!(first.shard == "s-a", "{first:?}");
+
+    // Seoul joins: through r1 the two are 90 ms apart, through r2 110: the room moves,
+    // with a new epoch (gateways tell everyone to join again), and leaves s-a.
+    store
+        .put_latency_report(report("seoul", &[("r1", 10), ("r2", 90), ("r3", 60)]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let pass = keeper.pass(&placer).await;
+    let moved = store.route("duet").context("routed")?;
+    ensure!(
+        moved.shard == "s-c" && moved.epoch > first.epoch,
+        "{moved:?} {pass:?}"
+    );
+    ensure!(
+        shards[2]
+            .admin
+            .pipelines()
+            .await?
+            .iter()
+            .any(|p| p.name == "duet"),
+        "the pipeline is on s-c"
+    );
+    ensure!(
+        !shards[0]
+            .admin
+            .pipelines()
+            .await?
+            .iter()
+            .any(|p| p.name == "duet"),
+        "and no longer on s-a"
+    );
+
+    // Once: a third report that would favour r3 does not move it again.
+    store
+        .put_latency_report(report("third", &[("r1", 200), ("r2", 200), ("r3", 5)]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    keeper.pass(&placer).await;
+    ensure!(store.route("duet").map(|r| r.shard) == Some("s-c".into()));
+    stop.cancel();
+    Ok(())
+}
