@@ -247,6 +247,12 @@ impl<S: LiveView + LiveWriter> Placer<S> {
             .unwrap_or(true)
     }
 
+    fn mark_forgotten(&self, room: &str) {
+        if let Ok(mut set) = self.moved.lock() {
+            set.remove(room);
+        }
+    }
+
     fn mark_moved(&self, room: &str) {
         if let Ok(mut set) = self.moved.lock() {
             set.insert(room.to_owned());
@@ -313,6 +319,14 @@ impl<S: LiveView + LiveWriter> Placer<S> {
 
     async fn forget_records(&self, name: &str) -> Result<(), ReleaseError> {
         let store_error = |e: tutti_store::StoreError| ReleaseError::Store(e.to_string());
+        // Reports a gateway could not remove (it stopped first) go with the room.
+        for report in self.store.latency_reports(name) {
+            self.store
+                .delete_latency_report(name, &report.participant)
+                .await
+                .map_err(store_error)?;
+        }
+        self.mark_forgotten(name);
         self.store.delete_route(name).await.map_err(store_error)?;
         self.store.delete_room(name).await.map_err(store_error)
     }

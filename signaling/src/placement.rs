@@ -180,17 +180,27 @@ impl RoomRouter for LocalPlacer {
         })
     }
 
-    // Local mode's shards share one address and no region: reports are kept (the room
-    // list and tests read them) but change nothing.
+    // Local mode's shards have no region, so no room is placed by latency and nothing
+    // reports; were it asked, the report would be kept like a cluster's.
     async fn report_latency(&self, report: LatencyReport) -> Result<(), RouteError> {
-        self.store
-            .put_latency_report(report)
-            .await
-            .map_err(|e| RouteError::Unavailable(e.to_string()))
+        publish_report(&self.store, report).await
     }
 
     async fn forget_latency(&self, room: &str, participant: &str) {
-        let _ = self.store.delete_latency_report(room, participant).await;
+        forget_report(&self.store, room, participant).await;
+    }
+}
+
+async fn publish_report<W: LiveWriter>(store: &W, report: LatencyReport) -> Result<(), RouteError> {
+    store
+        .put_latency_report(report)
+        .await
+        .map_err(|e| RouteError::Unavailable(e.to_string()))
+}
+
+async fn forget_report<W: LiveWriter>(store: &W, room: &str, participant: &str) {
+    if let Err(err) = store.delete_latency_report(room, participant).await {
+        tracing::debug!(%room, %participant, %err, "latency report not removed");
     }
 }
 
@@ -273,16 +283,11 @@ impl<S: LiveView + LiveWriter + Send + Sync> RoomRouter for StoreRouter<S> {
     }
 
     async fn report_latency(&self, report: LatencyReport) -> Result<(), RouteError> {
-        self.store
-            .put_latency_report(report)
-            .await
-            .map_err(|e| RouteError::Unavailable(e.to_string()))
+        publish_report(&self.store, report).await
     }
 
     async fn forget_latency(&self, room: &str, participant: &str) {
-        if let Err(err) = self.store.delete_latency_report(room, participant).await {
-            tracing::debug!(%room, %participant, %err, "latency report not removed");
-        }
+        forget_report(&self.store, room, participant).await;
     }
 }
 

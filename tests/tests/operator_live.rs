@@ -374,6 +374,7 @@ async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() 
     let record = RoomRecord {
         max_participants: 2,
         placement: PlacementPolicy::Latency,
+        owner: Some("Test/duet".into()),
         ..RoomRecord::with_defaults("duet")
     };
     store.put_room(record).await.map_err(anyhow::Error::msg)?;
@@ -438,6 +439,12 @@ async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() 
         .map_err(anyhow::Error::msg)?;
     keeper.pass(&placer).await;
     ensure!(store.route("duet").map(|r| r.shard) == Some("s-c".into()));
+    // Released: the reports go with the room.
+    placer
+        .release("duet", "Test/duet")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ensure!(store.latency_reports("duet").is_empty());
     stop.cancel();
     Ok(())
 }
