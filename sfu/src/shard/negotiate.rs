@@ -2,7 +2,9 @@
 //! first packets arrive, and renegotiating subscriber connections as tracks come and go.
 
 use super::api::SessionId;
-use super::sdp::{cap_video_bitrate, ensure_msid_semantic, media_sections, tune_opus};
+use super::sdp::{
+    cap_video_bitrate, checked_sections, ensure_msid_semantic, media_sections, tune_opus,
+};
 use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
@@ -21,9 +23,6 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use std::time::Instant;
 
-/// Media sections a publisher's offer may hold (camera, microphone, screen share and
-/// room to spare; each becomes a track every subscriber negotiates).
-const MAX_MEDIA_SECTIONS: usize = 16;
 /// Tracks one participant may publish at once.
 const MAX_TRACKS_PER_PARTICIPANT: usize = 8;
 /// Remote ICE candidates one connection accepts.
@@ -242,15 +241,13 @@ impl ShardCore {
             return;
         }
         let room = s.room.clone();
-        let sections = media_sections(&sdp);
-        if sections.len() > MAX_MEDIA_SECTIONS {
-            self.send_error(
-                session,
-                ErrorCode::SdpRejected,
-                format!("an offer may have at most {MAX_MEDIA_SECTIONS} media sections"),
-            );
-            return;
-        }
+        let sections = match checked_sections(&sdp) {
+            Ok(sections) => sections,
+            Err(why) => {
+                self.send_error(session, ErrorCode::SdpRejected, format!("offer: {why}"));
+                return;
+            }
+        };
         let key = match s.publisher {
             Some(key) => key,
             None => match self.new_peer(session, PeerRole::Publisher, now) {
@@ -358,6 +355,10 @@ impl ShardCore {
         };
         if !peer.offer_out {
             self.send_error(session, ErrorCode::OutOfOrder, "no offer is outstanding");
+            return;
+        }
+        if let Err(why) = checked_sections(&sdp) {
+            self.send_error(session, ErrorCode::SdpRejected, format!("answer: {why}"));
             return;
         }
         let applied = RTCSessionDescription::answer(sdp.clone())

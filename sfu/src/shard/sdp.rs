@@ -32,6 +32,38 @@ pub struct MediaSection {
     pub direction: Direction,
     /// Rids of `a=rid:<id> send` lines, in order.
     pub send_rids: Vec<String>,
+    /// Every `a=rid` line, whatever its direction, and whether each names a valid rid.
+    pub rid_lines: usize,
+    /// Whether some `a=rid` line names an id that is not 1-16 characters of
+    /// `A-Z a-z 0-9 - _` (RFC 8851's grammar, with a length bound).
+    pub bad_rid: bool,
+}
+
+/// Media sections a description may hold (camera, microphone, screen share and room to
+/// spare; each becomes a track every subscriber negotiates).
+pub const MAX_MEDIA_SECTIONS: usize = 16;
+/// `a=rid` lines one media section may hold: simulcast sends three layers; every layer
+/// gets buffers up front, so an offer may not ask for hundreds.
+pub const MAX_RIDS_PER_SECTION: usize = 4;
+
+/// The media sections of a description from outside, or why it is refused: too many
+/// sections, too many rids in one, or a malformed rid.
+pub fn checked_sections(sdp: &str) -> Result<Vec<MediaSection>, String> {
+    let sections = media_sections(sdp);
+    if sections.len() > MAX_MEDIA_SECTIONS {
+        return Err(format!(
+            "a description may have at most {MAX_MEDIA_SECTIONS} media sections"
+        ));
+    }
+    if sections.iter().any(|s| s.rid_lines > MAX_RIDS_PER_SECTION) {
+        return Err(format!(
+            "a media section may have at most {MAX_RIDS_PER_SECTION} a=rid lines"
+        ));
+    }
+    if sections.iter().any(|s| s.bad_rid) {
+        return Err("a=rid ids are 1-16 characters of A-Z a-z 0-9 - _".into());
+    }
+    Ok(sections)
 }
 
 impl MediaSection {
@@ -61,6 +93,8 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
                 mid: None,
                 direction: Direction::SendRecv,
                 send_rids: Vec::new(),
+                rid_lines: 0,
+                bad_rid: false,
             });
             continue;
         }
@@ -78,8 +112,16 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
         } else if line == "a=inactive" {
             section.direction = Direction::Inactive;
         } else if let Some(rid) = line.strip_prefix("a=rid:") {
+            section.rid_lines += 1;
             let mut parts = rid.split_whitespace();
-            if let (Some(id), Some("send")) = (parts.next(), parts.next()) {
+            let id = parts.next().unwrap_or_default();
+            if !(1..=16).contains(&id.len())
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                section.bad_rid = true;
+            } else if parts.next() == Some("send") {
                 section.send_rids.push(id.to_owned());
             }
         }
@@ -398,6 +440,7 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
         assert_eq!(sections[0].mid.as_deref(), Some("0"));
         assert!(sections[0].sends());
         assert_eq!(sections[1].send_rids, vec!["f", "h", "q"]);
+        assert_eq!(sections[1].rid_lines, 3);
         assert!(sections[1].sends());
         assert!(!sections[2].sends());
         assert_eq!(sections[2].port, 0);
@@ -507,5 +550,27 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
         let audio_part = &capped[capped.find("m=audio").unwrap()..capped.find("m=video").unwrap()];
         assert!(!audio_part.contains("b=AS"));
         assert!(capped.contains("b=TIAS:800000\r\n"));
+    }
+
+    #[test]
+    fn descriptions_with_hundreds_of_rids_or_bad_ones_are_refused() {
+        let with_rids = |n: usize, id: &dyn Fn(usize) -> String| {
+            let mut sdp = String::from("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n");
+            for i in 0..n {
+                sdp.push_str(&format!("a=rid:{} send\r\n", id(i)));
+            }
+            sdp
+        };
+        assert!(checked_sections(&with_rids(3, &|i| format!("l{i}"))).is_ok());
+        let flood = with_rids(1000, &|i| format!("r{i}"));
+        let err = checked_sections(&flood).unwrap_err();
+        assert!(err.contains("at most 4 a=rid"), "{err}");
+        // Receive-direction rids count too: every one would get buffers.
+        let recv = "m=video 9 RTP/SAVPF 96\r\n".to_owned() + &"a=rid:x recv\r\n".repeat(5);
+        assert!(checked_sections(&recv).is_err());
+        assert!(checked_sections(&with_rids(1, &|_| "a".repeat(17))).is_err());
+        assert!(checked_sections(&with_rids(1, &|_| "h\u{200b}".into())).is_err());
+        let sections = "m=audio 9 RTP/SAVPF 111\r\n".repeat(17);
+        assert!(checked_sections(&sections).is_err());
     }
 }
