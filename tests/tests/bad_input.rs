@@ -226,6 +226,22 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
         matches!(&rejected, ServerMessage::Error { code: ErrorCode::SdpRejected, message } if message.contains("media sections")),
         "{rejected:?}"
     );
+    // An offer asking for a thousand simulcast layers (each would get buffers up front).
+    let rids = (0..1000).fold(
+        String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendonly\r\n"),
+        |sdp, i| sdp + &format!("a=rid:r{i} send\r\n"),
+    );
+    bad.send(tutti_sfu::signal::protocol::ClientMessage::Offer {
+        pc: tutti_sfu::signal::protocol::PeerTarget::Publisher,
+        sdp: rids,
+    });
+    let rejected = tokio::time::timeout(WAIT, bad.rx.recv())
+        .await?
+        .context("closed")?;
+    ensure!(
+        matches!(&rejected, ServerMessage::Error { code: ErrorCode::SdpRejected, message } if message.contains("a=rid")),
+        "{rejected:?}"
+    );
     // A frame beyond the WebSocket layer's hard limit closes only that connection.
     let mut huge = SignalClient::connect(&url, SIGNAL_TOKEN).await?;
     huge.tx.send(Outgoing::Raw("x".repeat(2 * 1024 * 1024)))?;
