@@ -48,7 +48,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The longest room or participant identifier.
 pub const MAX_ID_LEN: usize = 64;
 /// The longest display name, in characters.
-pub const MAX_NAME_CHARS: usize = 64;
+pub use crate::nickname::{MAX_NAME_CHARS, nickname_key, valid_nickname};
 /// The longest ICE candidate line.
 pub const MAX_CANDIDATE_LEN: usize = 512;
 /// The longest chat message, in characters.
@@ -537,11 +537,11 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
                 return bad("participant must be 1-64 characters of A-Z a-z 0-9 . _ -");
             }
             if let Some(name) = name
-                && (name.trim().is_empty()
-                    || name.chars().count() > MAX_NAME_CHARS
-                    || name.chars().any(char::is_control))
+                && !crate::nickname::valid_nickname(name)
             {
-                return bad("name must be 1-64 printable characters");
+                return bad(
+                    "name must be 1-64 visible characters (no control or invisible characters)",
+                );
             }
         }
         ClientMessage::Offer { sdp, .. } | ClientMessage::Answer { sdp, .. } => {

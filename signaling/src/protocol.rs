@@ -11,8 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use tutti_sfu::signal::protocol::{
-    self as shard, ErrorCode as ShardCode, MAX_NAME_CHARS, PROTOCOL_VERSION, ParticipantInfo,
-    valid_id,
+    self as shard, ErrorCode as ShardCode, PROTOCOL_VERSION, ParticipantInfo, valid_id,
 };
 
 /// The largest frame a client may send.
@@ -280,7 +279,7 @@ fn validate_join(join: &JoinRequest) -> Result<(), ProtocolError> {
     if let Some(name) = &join.name
         && !valid_nickname(name)
     {
-        return bad("name must be 1-64 printable characters");
+        return bad("name must be 1-64 visible characters (no control or invisible characters)");
     }
     if join
         .password
@@ -314,11 +313,9 @@ fn validate_join(join: &JoinRequest) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Whether a nickname is 1–64 printable characters, not all spaces.
+/// Whether a nickname is 1–64 visible characters, not all spaces (the shard's rule).
 pub fn valid_nickname(name: &str) -> bool {
-    !name.trim().is_empty()
-        && name.chars().count() <= MAX_NAME_CHARS
-        && !name.chars().any(char::is_control)
+    tutti_sfu::signal::protocol::valid_nickname(name)
 }
 
 /// One ICE server entry, in the shape `RTCPeerConnection` takes.

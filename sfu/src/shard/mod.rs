@@ -1049,7 +1049,7 @@ impl ShardCore {
                 .sessions
                 .iter()
                 .filter_map(|s| self.sessions.get(s))
-                .any(|s| s.presence.announced() && nickname_key(&s.name) == nickname);
+                .any(|s| s.presence.announced() && nickname_key(&s.name).clashes(&nickname));
         if taken {
             return Err(JoinError::new(
                 ErrorCode::NicknameTaken,
@@ -1362,11 +1362,7 @@ impl ShardCore {
     }
 }
 
-/// The form of a nickname that two names share when they differ only in case or in
-/// surrounding spaces.
-fn nickname_key(name: &str) -> String {
-    name.trim().to_lowercase()
-}
+use tutti_shard_api::nickname::nickname_key;
 
 impl Room {
     fn new(spec: PipelineSpec, now: Instant) -> Self {
@@ -1486,11 +1482,19 @@ mod tests {
     }
 
     #[test]
-    fn nicknames_are_unique_per_room_ignoring_case_and_spaces() {
+    fn nicknames_are_unique_per_room_ignoring_case_spaces_and_lookalikes() {
         let mut core = core();
         let (first, _a) = join_named(&mut core, "lesson", "p1", "Teacher");
         assert!(first.is_ok());
-        for clash in ["teacher", "TEACHER", " Teacher "] {
+        // A Cyrillic Te, a full-width T, a zero-width joiner: the same name to the eye.
+        for clash in [
+            "teacher",
+            "TEACHER",
+            " Teacher ",
+            "\u{0422}eacher",
+            "\u{FF34}eacher",
+            "Teach\u{200D}er",
+        ] {
             let (result, _rx) = join_named(&mut core, "lesson", "p2", clash);
             assert_eq!(
                 result.unwrap_err().code,
