@@ -330,7 +330,9 @@ pub fn shard_pod(
         "env": env,
         "ports": ports,
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
+        // Liveness asks the media thread (up to 5 s): a shard whose media thread died
+        // is restarted within about half a minute.
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 6, "failureThreshold": 3},
         // Up to ten minutes to start: a shard on a public node waits for its address.
         "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 120},
         // The kubelet runs this before SIGTERM: no new rooms or joins, and the pod stays

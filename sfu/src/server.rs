@@ -5,7 +5,7 @@
 //! is told to (port 0 included) and reports the addresses it got.
 //!
 //! HTTP routes:
-//! * `GET /healthz` — the process is up.
+//! * `GET /healthz` — the media thread answers (liveness).
 //! * `GET /readyz` — the media thread answers and the shard is not draining.
 //! * `GET /metrics` — Prometheus text.
 //! * Admin (bearer admin token): `PUT|GET|DELETE /v1/pipelines/{name}`,
@@ -37,6 +37,9 @@ use tutti_shard_api::admin::RelaySpec;
 
 /// The WebSocket library closes connections sending frames beyond this; frames between
 /// the protocol limit and this get a `message_too_large` error instead.
+/// How long liveness waits for the media thread: far beyond any step it takes under
+/// load, short enough for three failed probes to restart a hung shard within a minute.
+const LIVENESS_WAIT: Duration = Duration::from_secs(5);
 const WS_HARD_LIMIT: usize = 1024 * 1024;
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 16 * 1024;
@@ -224,7 +227,7 @@ fn app(state: AppState) -> Router {
                 require_signal,
             ));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(admin)
@@ -285,6 +288,21 @@ fn admin_error(err: AdminError) -> Response {
         AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     json_error(status, code, &err.to_string())
+}
+
+/// Liveness: the media thread answers. A shard whose media thread died (or hangs)
+/// still serves HTTP, so "the process is up" would keep a dead shard running forever;
+/// failing here lets the kubelet restart it.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(LIVENESS_WAIT, state.core.load()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok").into_response(),
+        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "media thread stopped").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media thread not answering",
+        )
+            .into_response(),
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

@@ -314,3 +314,21 @@ async fn participants_without_udp_reach_the_shard_over_ice_tcp() -> Result<()> {
     ensure!(delivery.intact && delivery.in_order, "{delivery:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_fails_once_the_media_thread_is_gone() -> Result<()> {
+    let shard = TestShard::start().await?;
+    let addr = shard.shard.http_addr;
+    let (status, _) = tutti_tests::gateway::http_get(addr, "/healthz").await?;
+    ensure!(status == 200, "a working shard is alive: {status}");
+    // The media thread stops (as if it had died); HTTP goes on serving.
+    shard.shard.handle.shutdown().await;
+    eventually(Duration::from_secs(10), "liveness to fail", || async move {
+        let (status, body) = tutti_tests::gateway::http_get(addr, "/healthz").await?;
+        Ok(status == 503 && body.contains("media thread"))
+    })
+    .await?;
+    let (status, _) = tutti_tests::gateway::http_get(addr, "/readyz").await?;
+    ensure!(status == 503, "not ready either: {status}");
+    Ok(())
+}
