@@ -172,6 +172,9 @@ struct Session {
     tracks: Vec<TrackKey>,
     /// Whether the participant says it is sharing its screen.
     screen_sharing: bool,
+    /// State changes the session announced to its room in the current second: (its
+    /// start, count). Each fans out to everyone in the room.
+    announcements: Option<(Instant, u32)>,
     /// How the session is present in its room.
     presence: Presence,
     /// Being removed: no more offers to it.
@@ -1107,6 +1110,7 @@ impl ShardCore {
                 subscriber: None,
                 tracks: Vec::new(),
                 screen_sharing: false,
+                announcements: None,
                 presence,
                 closing: false,
             },
@@ -1557,6 +1561,94 @@ mod tests {
         assert_eq!(chats(&drain(&mut b_rx)), vec![everyone.clone(), private]);
         assert_eq!(chats(&drain(&mut c_rx)), vec![everyone]);
         assert!(chats(&drain(&mut x_rx)).is_empty());
+    }
+
+    #[test]
+    fn state_floods_are_cut_and_only_publishers_share_screens() {
+        let mut core = core();
+        let (a, mut a_rx) = join(&mut core, "class", "a");
+        let (_b, mut b_rx) = join(&mut core, "class", "b");
+        drain(&mut b_rx);
+        drain(&mut a_rx);
+        let at = Instant::now();
+        for i in 0..40 {
+            let message = ClientMessage::ScreenShare { active: i % 2 == 0 };
+            core.handle_command(
+                at,
+                Command::Signal {
+                    session: a,
+                    message,
+                },
+            );
+        }
+        let announced = drain(&mut b_rx)
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::ScreenShare { .. }))
+            .count();
+        assert_eq!(
+            announced,
+            super::negotiate::ANNOUNCEMENTS_PER_SECOND as usize
+        );
+        let refused = drain(&mut a_rx)
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m,
+                    ServerMessage::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                )
+            })
+            .count();
+        // Once the budget is spent the state stays "sharing"; every later "stopped" is
+        // refused (18 of them), every repeated "sharing" changes nothing.
+        assert_eq!(refused, 18);
+        // A second later the budget is back.
+        let later = at + Duration::from_millis(1001);
+        core.handle_command(
+            later,
+            Command::Signal {
+                session: a,
+                message: ClientMessage::ScreenShare { active: false },
+            },
+        );
+        assert_eq!(drain(&mut b_rx).len(), 1);
+
+        // A participant who may not publish has no screen to share.
+        let (events, mut listener_rx) = mpsc::channel(64);
+        let (reply, mut result) = oneshot::channel();
+        core.handle_command(
+            at,
+            Command::Join {
+                request: JoinRequest {
+                    room: "class".into(),
+                    participant: "listener".into(),
+                    name: "Listener".into(),
+                    publish: false,
+                    subscribe: true,
+                    relay: false,
+                },
+                events,
+                reply,
+            },
+        );
+        let listener = result.try_recv().unwrap().unwrap();
+        drain(&mut listener_rx);
+        drain(&mut b_rx);
+        signal(
+            &mut core,
+            listener,
+            ClientMessage::ScreenShare { active: true },
+        );
+        assert!(matches!(
+            drain(&mut listener_rx).as_slice(),
+            [ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }]
+        ));
+        assert!(drain(&mut b_rx).is_empty(), "nothing reached the room");
     }
 
     #[test]

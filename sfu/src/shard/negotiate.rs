@@ -27,6 +27,25 @@ use std::time::Instant;
 const MAX_TRACKS_PER_PARTICIPANT: usize = 8;
 /// Remote ICE candidates one connection accepts.
 const MAX_REMOTE_CANDIDATES: u32 = 32;
+/// State changes (mute, screen share) a session may announce to its room per second.
+pub(crate) const ANNOUNCEMENTS_PER_SECOND: u32 = 5;
+
+/// Counts one announcement against a session's budget; whether it may go out.
+fn take_announcement(window: &mut Option<(Instant, u32)>, now: Instant) -> bool {
+    let (start, count) = match *window {
+        Some((start, count))
+            if now.saturating_duration_since(start) < std::time::Duration::from_secs(1) =>
+        {
+            (start, count)
+        }
+        _ => (now, 0),
+    };
+    if count >= ANNOUNCEMENTS_PER_SECOND {
+        return false;
+    }
+    *window = Some((start, count + 1));
+    true
+}
 
 impl ShardCore {
     /// Handles a joined session's message.
@@ -111,6 +130,18 @@ impl ShardCore {
                 }
             }
             ClientMessage::Mute { track, muted } => {
+                let allowed = self
+                    .sessions
+                    .get_mut(&session)
+                    .is_some_and(|s| take_announcement(&mut s.announcements, now));
+                if !allowed {
+                    self.send_error(
+                        session,
+                        ErrorCode::RateLimited,
+                        "too many state changes; slow down",
+                    );
+                    return;
+                }
                 let owned = self.tracks.values_mut().find(|t| {
                     t.session == session && (t.id == track || t.source_track_id == track)
                 });
@@ -145,7 +176,25 @@ impl ShardCore {
                 let Some(s) = self.sessions.get_mut(&session) else {
                     return;
                 };
+                // Only a participant who may publish has a screen to share: a viewer's
+                // announcement would reach an audience of thousands.
+                if s.presence != super::Presence::Participant || !s.publish {
+                    self.send_error(
+                        session,
+                        ErrorCode::Forbidden,
+                        "this session may not share a screen",
+                    );
+                    return;
+                }
                 if s.screen_sharing == active {
+                    return;
+                }
+                if !take_announcement(&mut s.announcements, now) {
+                    self.send_error(
+                        session,
+                        ErrorCode::RateLimited,
+                        "too many state changes; slow down",
+                    );
                     return;
                 }
                 s.screen_sharing = active;

@@ -118,6 +118,7 @@ impl ShardCore {
                 subscriber: None,
                 tracks: Vec::new(),
                 screen_sharing: false,
+                announcements: None,
                 presence: Presence::Relayed,
                 closing: false,
             },
