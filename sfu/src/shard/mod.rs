@@ -70,6 +70,12 @@ const STOPPING: &str = "the shard is stopping; reconnect";
 /// came in time); it is to join again as the same participant.
 const MEDIA_FAILED: &str = "media connection failed";
 
+/// How long a session may hold a seat of a full room without ever connecting media
+/// before a newcomer may take it: a WebSocket alone must not squat a lesson.
+pub const SEAT_GRACE: Duration = Duration::from_secs(30);
+/// What a session whose seat was reclaimed is told.
+const SEAT_RECLAIMED: &str = "no media connection within 30 s; the seat went to someone else";
+
 /// Round-trip probes (plain STUN Binding requests) answered per second at most.
 pub const PROBES_PER_SECOND: u32 = 500;
 
@@ -139,6 +145,17 @@ pub(crate) enum Presence {
 }
 
 impl Presence {
+    /// How a join would be present in `room`.
+    fn for_join(room: &Room, request: &JoinRequest) -> Self {
+        if request.relay {
+            Presence::Relay
+        } else if room.spec.audience && !request.publish {
+            Presence::Viewer
+        } else {
+            Presence::Participant
+        }
+    }
+
     fn announced(self) -> bool {
         matches!(self, Self::Participant | Self::Relayed)
     }
@@ -175,6 +192,11 @@ struct Session {
     /// State changes the session announced to its room in the current second: (its
     /// start, count). Each fans out to everyone in the room.
     announcements: Option<(Instant, u32)>,
+    /// When it joined.
+    joined_at: Instant,
+    /// Whether one of its media connections ever connected: a seat held by a session
+    /// that never did can be reclaimed (see [`SEAT_GRACE`]).
+    media_seen: bool,
     /// How the session is present in its room.
     presence: Presence,
     /// Being removed: no more offers to it.
@@ -598,7 +620,13 @@ impl ShardCore {
                 };
                 tracing::debug!(peer = key, role = ?peer.role, %state, "connection state");
                 match state {
-                    RTCPeerConnectionState::Connected => peer.connected = true,
+                    RTCPeerConnectionState::Connected => {
+                        peer.connected = true;
+                        let session = peer.session;
+                        if let Some(s) = self.sessions.get_mut(&session) {
+                            s.media_seen = true;
+                        }
+                    }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         peer.connected = false;
                         self.doomed.push((peer.session, MEDIA_FAILED));
@@ -1036,16 +1064,14 @@ impl ShardCore {
         if let Some(old) = replaced {
             self.remove_session(old, now, Some("replaced by a newer session"));
         }
+        if let Some(squatter) = self.seat_squatter(&request, now) {
+            tracing::info!(room = %request.room, "seat reclaimed from a session without media");
+            self.remove_session(squatter, now, Some(SEAT_RECLAIMED));
+        }
         let Some(room) = self.rooms.get(&request.room) else {
             return Err(JoinError::new(ErrorCode::RoomNotFound, "room was released"));
         };
-        let presence = if request.relay {
-            Presence::Relay
-        } else if room.spec.audience && !request.publish {
-            Presence::Viewer
-        } else {
-            Presence::Participant
-        };
+        let presence = Presence::for_join(room, &request);
         let nickname = nickname_key(&request.name);
         let taken = presence.announced()
             && room
@@ -1111,6 +1137,8 @@ impl ShardCore {
                 tracks: Vec::new(),
                 screen_sharing: false,
                 announcements: None,
+                joined_at: now,
+                media_seen: false,
                 presence,
                 closing: false,
             },
@@ -1224,6 +1252,31 @@ impl ShardCore {
     }
 
     /// Ends a session: unpublishes its tracks, closes its connections, tells the room.
+    /// When `request` would find its room full: the session that has held a seat
+    /// longest without ever connecting media, if it has held it past [`SEAT_GRACE`].
+    fn seat_squatter(&self, request: &JoinRequest, now: Instant) -> Option<SessionId> {
+        let room = self.rooms.get(&request.room)?;
+        if !Presence::for_join(room, request).takes_seat() {
+            return None;
+        }
+        let seated: Vec<(SessionId, &Session)> = room
+            .sessions
+            .iter()
+            .filter_map(|id| self.sessions.get(id).map(|s| (*id, s)))
+            .filter(|(_, s)| s.presence.takes_seat())
+            .collect();
+        if seated.len() < room.spec.max_participants as usize {
+            return None;
+        }
+        seated
+            .into_iter()
+            .filter(|(_, s)| {
+                !s.media_seen && now.saturating_duration_since(s.joined_at) >= SEAT_GRACE
+            })
+            .min_by_key(|(_, s)| s.joined_at)
+            .map(|(id, _)| id)
+    }
+
     fn remove_session(&mut self, id: SessionId, now: Instant, reason: Option<&str>) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -1561,6 +1614,70 @@ mod tests {
         assert_eq!(chats(&drain(&mut b_rx)), vec![everyone.clone(), private]);
         assert_eq!(chats(&drain(&mut c_rx)), vec![everyone]);
         assert!(chats(&drain(&mut x_rx)).is_empty());
+    }
+
+    #[test]
+    fn a_seat_held_without_media_goes_to_a_newcomer_after_the_grace() {
+        let mut config = CoreConfig::new("127.0.0.1:40000".parse().unwrap());
+        config.auto_create = Some(PipelineSpec {
+            max_participants: 2,
+            ..PipelineSpec::default()
+        });
+        let start = Instant::now();
+        let mut core = ShardCore::new(config, Arc::new(ShardMetrics::new()), start).unwrap();
+        let join_at = |core: &mut ShardCore, id: &str, at: Instant| {
+            let (events, rx) = mpsc::channel(64);
+            let (reply, mut result) = oneshot::channel();
+            let request = JoinRequest {
+                room: "lesson".into(),
+                participant: id.into(),
+                name: id.into(),
+                publish: true,
+                subscribe: true,
+                relay: false,
+            };
+            core.handle_command(
+                at,
+                Command::Join {
+                    request,
+                    events,
+                    reply,
+                },
+            );
+            (result.try_recv().unwrap(), rx)
+        };
+        let (squatter, mut squatter_rx) = join_at(&mut core, "squatter", start);
+        let (teacher, _teacher_rx) = join_at(&mut core, "teacher", start + Duration::from_secs(1));
+        let teacher = teacher.unwrap();
+        // The teacher's media connected; the squatter's never did.
+        core.sessions.get_mut(&teacher).unwrap().media_seen = true;
+        let (early, _) = join_at(&mut core, "student", start + Duration::from_secs(10));
+        assert_eq!(
+            early.unwrap_err().code,
+            ErrorCode::RoomFull,
+            "within the grace"
+        );
+        let (late, _) = join_at(
+            &mut core,
+            "student",
+            start + SEAT_GRACE + Duration::from_secs(1),
+        );
+        assert!(late.is_ok(), "the squatted seat went to the student");
+        assert!(!core.sessions.contains_key(&squatter.unwrap()));
+        assert!(
+            core.sessions.contains_key(&teacher),
+            "a seat with media is kept"
+        );
+        assert!(drain(&mut squatter_rx).iter().any(
+            |m| matches!(m, ServerMessage::Left { reason, .. } if reason.contains("no media"))
+        ));
+        // Full again, and the student's own grace is not over: refused.
+        let (refused, _) = join_at(
+            &mut core,
+            "fourth",
+            start + SEAT_GRACE + Duration::from_secs(5),
+        );
+        assert_eq!(refused.unwrap_err().code, ErrorCode::RoomFull);
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl ShardCore {
             .and_then(|feed| feed.sessions.get(participant).copied());
         match (present, existing) {
             (true, None) => {
-                self.relayed_session(room, participant, name);
+                self.relayed_session(room, participant, name, now);
             }
             (false, Some(session)) => {
                 if let Some(feed) = self.rooms.get_mut(room).and_then(|r| r.relay.as_mut()) {
@@ -97,6 +97,7 @@ impl ShardCore {
         room: &str,
         participant: &str,
         name: &str,
+        now: Instant,
     ) -> Option<super::api::SessionId> {
         let feed = self.rooms.get(room)?.relay.as_ref()?;
         if let Some(session) = feed.sessions.get(participant) {
@@ -119,6 +120,9 @@ impl ShardCore {
                 tracks: Vec::new(),
                 screen_sharing: false,
                 announcements: None,
+                joined_at: now,
+                // Not a client: it holds no seat and has no connection of its own.
+                media_seen: true,
                 presence: Presence::Relayed,
                 closing: false,
             },
@@ -150,7 +154,8 @@ impl ShardCore {
         relayed: RelayedTrack,
         now: Instant,
     ) -> Option<RelayHandle> {
-        let session = self.relayed_session(&relayed.room, &relayed.participant, &relayed.name)?;
+        let session =
+            self.relayed_session(&relayed.room, &relayed.participant, &relayed.name, now)?;
         let (rank, layers) = relayed.layer;
         let rid = if layers > 1 {
             LAYER_NAMES.get(usize::from(rank)).copied().unwrap_or("f")
