@@ -86,6 +86,12 @@ pub struct RunArgs {
     /// broadcast are seated on edges in it while it has free seats.
     #[arg(long, env = "TUTTI_REGION")]
     pub region: Option<String>,
+    /// Take each client's address from the last entry of `X-Forwarded-For` (appended by
+    /// the proxy in front of the gateway, such as the ingress) instead of the socket's
+    /// peer; password throttling counts guesses by it. Only behind such a proxy: a
+    /// client reaching the gateway directly could name any address.
+    #[arg(long, env = "TUTTI_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
     /// Cluster mode: seconds a join waits for its room to be placed.
     #[arg(long, env = "TUTTI_ROUTE_WAIT", default_value_t = 15)]
     pub route_wait: u64,

@@ -14,6 +14,7 @@ pub mod admission;
 #[cfg(feature = "etcd")]
 pub mod cluster;
 pub mod config;
+pub mod guesses;
 pub mod local;
 pub mod metrics;
 pub mod placement;

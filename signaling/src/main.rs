@@ -53,6 +53,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             ttl: Duration::from_secs(args.turn_ttl),
         },
         region: args.region.clone(),
+        trust_forwarded_for: args.trust_forwarded_for,
     };
     // Without the `etcd` feature `StoreArgs::etcd` refuses every etcd URL with a message
     // saying how to build a cluster gateway.

@@ -45,6 +45,8 @@ pub struct GatewayMetrics {
     joins: Family<ResultLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     messages: Family<DirectionLabel, Counter>,
+    /// Password checks refused because the address is locked out.
+    pub password_lockouts: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -63,6 +65,12 @@ impl GatewayMetrics {
         let joins = Family::<ResultLabel, Counter>::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let messages = Family::<DirectionLabel, Counter>::default();
+        let password_lockouts = Counter::default();
+        registry.register(
+            "tutti_gateway_password_lockouts",
+            "Password checks refused because the client's address guessed wrong too often",
+            password_lockouts.clone(),
+        );
         registry.register(
             "tutti_gateway_sockets",
             "Client WebSockets open",
@@ -107,6 +115,7 @@ impl GatewayMetrics {
             joins,
             errors,
             messages,
+            password_lockouts,
         }
     }
 

@@ -13,7 +13,7 @@
 use crate::session::{ClientFrame, Gateway, ServerFrame, run_session};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -116,9 +116,12 @@ pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<Running
     let stop = state.gateway.shutdown.clone();
     let router = app(state.clone());
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let result = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
         if let Err(err) = result {
             tracing::error!(%err, "HTTP server failed");
         }
@@ -134,7 +137,12 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     if state.gateway.shutdown.is_cancelled() {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -149,6 +157,7 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
             "this gateway holds as many sockets as it may",
         );
     };
+    let client = client_address(peer, &headers, state.gateway.trust_forwarded_for);
     let tracker = state.tracker.clone();
     let gateway = state.gateway.clone();
     upgrade
@@ -156,13 +165,34 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         .max_frame_size(WS_HARD_LIMIT)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                serve_socket(socket, gateway).await;
+                serve_socket(socket, gateway, client).await;
                 drop(permit);
             })
         })
 }
 
-async fn serve_socket(socket: WebSocket, gateway: Arc<Gateway>) {
+/// The client's address: the socket's peer, or behind a trusted proxy the last address
+/// of `X-Forwarded-For` (the one the proxy appended; earlier ones the client may forge).
+fn client_address(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trust_forwarded_for: bool,
+) -> std::net::IpAddr {
+    if trust_forwarded_for
+        && let Some(last) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return last;
+    }
+    peer.ip()
+}
+
+async fn serve_socket(socket: WebSocket, gateway: Arc<Gateway>, client: std::net::IpAddr) {
     let (sink, stream) = socket.split();
     let sink = sink.with(|frame: ServerFrame| async move {
         Ok::<_, axum::Error>(match frame {
@@ -179,7 +209,7 @@ async fn serve_socket(socket: WebSocket, gateway: Arc<Gateway>) {
             Ok(Message::Close(_)) | Err(_) => Some(ClientFrame::Close),
         }
     });
-    run_session(Box::pin(sink), Box::pin(stream), gateway).await;
+    run_session(Box::pin(sink), Box::pin(stream), gateway, client).await;
 }
 
 #[derive(Deserialize)]

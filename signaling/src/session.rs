@@ -11,7 +11,7 @@
 //! the same socket, which is how it follows a room that moved to another shard.
 
 use crate::admission::{
-    Admitted, PasswordChecker, RESUME_TTL_SECS, Refusal, ResumeClaims, TokenKeys,
+    Admitted, PasswordCheck, PasswordChecker, RESUME_TTL_SECS, Refusal, ResumeClaims, TokenKeys,
     admit_with_password, admit_with_token,
 };
 use crate::metrics::GatewayMetrics;
@@ -93,6 +93,11 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// The region this gateway serves.
     pub region: Option<String>,
+    /// Wrong passwords per client address.
+    pub guesses: std::sync::Mutex<crate::guesses::GuessLimiter>,
+    /// Whether a client's address is the last one of `X-Forwarded-For` (behind a proxy
+    /// of ours) rather than the socket's peer.
+    pub trust_forwarded_for: bool,
 }
 
 /// What every gateway is configured with, in either mode.
@@ -111,6 +116,9 @@ pub struct GatewayOptions {
     pub ice: IceConfig,
     /// The region this gateway serves: viewers are seated on edges in it first.
     pub region: Option<String>,
+    /// Take a client's address from the last entry of `X-Forwarded-For`, which the
+    /// gateway's own proxy (the ingress) appends; only safe behind one.
+    pub trust_forwarded_for: bool,
 }
 
 /// The mode-specific parts of a gateway.
@@ -160,6 +168,8 @@ impl Gateway {
             metrics: parts.metrics,
             shutdown: CancellationToken::new(),
             region: options.region.clone(),
+            guesses: Default::default(),
+            trust_forwarded_for: options.trust_forwarded_for,
         }))
     }
 }
@@ -175,9 +185,14 @@ struct InRoom {
     to_shard: mpsc::Sender<String>,
 }
 
-/// Runs a client session until the client goes away or the gateway stops.
-pub async fn run_session<S, R>(mut sink: S, mut stream: R, gateway: Arc<Gateway>)
-where
+/// Runs a client session from address `client` until the client goes away or the
+/// gateway stops.
+pub async fn run_session<S, R>(
+    mut sink: S,
+    mut stream: R,
+    gateway: Arc<Gateway>,
+    client: std::net::IpAddr,
+) where
     S: Sink<ServerFrame> + Unpin,
     R: Stream<Item = ClientFrame> + Unpin,
 {
@@ -185,6 +200,7 @@ where
     metrics.sockets.inc();
     let mut session = Session {
         gateway,
+        client: crate::guesses::Guesser::of(client),
         room: None,
         budget: TokenBucket::new(RATE.0, RATE.1),
         strikes: 0,
@@ -311,6 +327,8 @@ enum Step {
 
 struct Session {
     gateway: Arc<Gateway>,
+    /// Who the client is for password throttling.
+    client: crate::guesses::Guesser,
     room: Option<InRoom>,
     budget: TokenBucket,
     strikes: u32,
@@ -473,6 +491,23 @@ impl Session {
                 });
             }
             (None, _) => {
+                let guarded = settings.password_hash.is_some() && request.password.is_some();
+                if guarded {
+                    let locked = gateway
+                        .guesses
+                        .lock()
+                        .map_or(Ok(()), |g| g.check(self.client, Instant::now()));
+                    if let Err(wait) = locked {
+                        gateway.metrics.password_lockouts.inc();
+                        return Err(Refusal {
+                            code: ErrorCode::RateLimited,
+                            message: format!(
+                                "too many wrong passwords from your address; try again in {} s",
+                                wait.as_secs().max(1)
+                            ),
+                        });
+                    }
+                }
                 let check = gateway
                     .passwords
                     .check(
@@ -480,6 +515,15 @@ impl Session {
                         request.password.as_deref(),
                     )
                     .await;
+                if guarded && let Ok(mut guesses) = gateway.guesses.lock() {
+                    match check {
+                        PasswordCheck::Wrong => {
+                            guesses.failed(self.client, Instant::now());
+                        }
+                        PasswordCheck::Matched => guesses.succeeded(self.client),
+                        _ => {}
+                    }
+                }
                 admit_with_password(request, check)?
             }
         };

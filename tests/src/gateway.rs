@@ -28,6 +28,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
                 ..IceConfig::default()
             },
             region: None,
+            trust_forwarded_for: false,
         },
         shards: 2,
         media_bind: std::net::IpAddr::from([127, 0, 0, 1]),

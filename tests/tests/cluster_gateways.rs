@@ -28,6 +28,7 @@ fn gateway_options(etcd: &Etcd) -> Result<ClusterOptions> {
             session_secret: Some(SESSION_SECRET.into()),
             ice: Default::default(),
             region: None,
+            trust_forwarded_for: false,
         },
         etcd: EtcdConfig::parse(&etcd.url()).map_err(anyhow::Error::msg)?,
         shard_signal_token: SIGNAL_TOKEN.into(),

@@ -328,6 +328,10 @@ fn the_home_profile_is_one_node_with_host_ports_bundled_etcd_and_turn() -> Resul
         ],
         "{urls:?}"
     );
+    ensure!(
+        env(container, "TUTTI_TRUST_FORWARDED_FOR").is_some_and(|e| e["value"] == "true"),
+        "behind the ingress, clients' addresses come from X-Forwarded-For"
+    );
     let passthrough = named(&objects, "Ingress", "tutti-coturn-tls")?;
     ensure!(
         passthrough["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"]
