@@ -182,7 +182,7 @@ fn client_address(
         && let Some(last) = headers
             .get_all("x-forwarded-for")
             .iter()
-            .last()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
