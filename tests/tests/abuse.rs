@@ -3,7 +3,7 @@
 
 use anyhow::{Result, ensure};
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tutti_signaling::config::{LocalRooms, RoomsFile};
 use tutti_tests::gateway::{GatewayClient, local_options, start, ws_url};
 
