@@ -66,8 +66,12 @@ impl<S: LiveView + LiveWriter> Placer<S> {
     pub async fn apply(&self, room: &ValidRoom, password: Option<String>) -> RoomOutcome {
         let name = room.record.name.clone();
         let existing = self.store.room(&name);
+        // A room someone created by joining it may be declared afterwards: the Room takes
+        // it over (same name, its settings from now on). Only another resource's room is
+        // a conflict, so nobody can squat a name a teacher is about to declare.
         if let Some(other) = &existing
             && other.owner != room.record.owner
+            && other.owner.as_deref() != Some(tutti_store::AUTO_CREATED_OWNER)
         {
             return RoomOutcome::NameConflict(format!(
                 "the room name {name} is taken by {}",

@@ -117,6 +117,9 @@ pub struct RunArgs {
     /// Refuse joins to rooms the rooms file does not declare.
     #[arg(long, env = "TUTTI_NO_AUTO_CREATE")]
     pub no_auto_create: bool,
+    /// Rooms one client address may create by joining them, per 10 minutes (0: no limit).
+    #[arg(long, env = "TUTTI_ROOMS_PER_CLIENT", default_value_t = crate::guesses::DEFAULT_ROOMS_PER_CLIENT)]
+    pub rooms_per_client: u32,
     /// Secret that signs join tokens (at least 32 bytes). Without it, tokens are refused.
     #[arg(long, env = "TUTTI_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -119,6 +119,54 @@ impl GuessLimiter {
     }
 }
 
+/// Rooms a client may create on first join within [`CREATION_WINDOW`], by default.
+pub const DEFAULT_ROOMS_PER_CLIENT: u32 = 10;
+/// The window room creations are counted in.
+pub const CREATION_WINDOW: Duration = Duration::from_secs(600);
+
+/// Rooms created on first join per client address in a fixed window: each holds a
+/// pipeline for its empty timeout, so a client looping join/leave with fresh names would
+/// otherwise fill the shards and grow the pool.
+#[derive(Debug)]
+pub struct CreationLimiter {
+    limit: u32,
+    windows: HashMap<Guesser, (Instant, u32)>,
+}
+
+impl CreationLimiter {
+    /// At most `limit` creations per client per window; 0 means no limit.
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Counts a creation by `who` at `now`; `Err` with the wait when it is over the limit.
+    pub fn create(&mut self, who: Guesser, now: Instant) -> Result<(), Duration> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        if self.windows.len() >= MAX_ADDRESSES && !self.windows.contains_key(&who) {
+            self.windows
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < CREATION_WINDOW);
+            if self.windows.len() >= MAX_ADDRESSES {
+                // Everyone is creating at once: refuse newcomers until windows close.
+                return Err(CREATION_WINDOW);
+            }
+        }
+        let entry = self.windows.entry(who).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= CREATION_WINDOW {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.limit {
+            return Err(CREATION_WINDOW.saturating_sub(now.saturating_duration_since(entry.0)));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +223,25 @@ mod tests {
         // The first ones (stalest) went.
         let first = Guesser::of(IpAddr::V4(std::net::Ipv4Addr::from(0x0A00_0000)));
         assert!(!limiter.records.contains_key(&first));
+    }
+
+    #[test]
+    fn room_creations_per_address_are_capped_per_window() {
+        let mut limiter = CreationLimiter::new(3);
+        let who = guesser("198.51.100.7");
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.create(who, start).is_ok());
+        }
+        let wait = limiter
+            .create(who, start + Duration::from_secs(60))
+            .unwrap_err();
+        assert_eq!(wait, CREATION_WINDOW - Duration::from_secs(60));
+        assert!(limiter.create(guesser("198.51.100.8"), start).is_ok());
+        assert!(limiter.create(who, start + CREATION_WINDOW).is_ok());
+        let mut unlimited = CreationLimiter::new(0);
+        for _ in 0..100 {
+            assert!(unlimited.create(who, start).is_ok());
+        }
     }
 }

@@ -54,6 +54,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         },
         region: args.region.clone(),
         trust_forwarded_for: args.trust_forwarded_for,
+        rooms_per_client: args.rooms_per_client,
     };
     // Without the `etcd` feature `StoreArgs::etcd` refuses every etcd URL with a message
     // saying how to build a cluster gateway.

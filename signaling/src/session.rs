@@ -95,6 +95,8 @@ pub struct Gateway {
     pub region: Option<String>,
     /// Wrong passwords per client address.
     pub guesses: std::sync::Mutex<crate::guesses::GuessLimiter>,
+    /// Rooms created on first join per client address.
+    pub creations: std::sync::Mutex<crate::guesses::CreationLimiter>,
     /// Whether a client's address is the last one of `X-Forwarded-For` (behind a proxy
     /// of ours) rather than the socket's peer.
     pub trust_forwarded_for: bool,
@@ -119,6 +121,8 @@ pub struct GatewayOptions {
     /// Take a client's address from the last entry of `X-Forwarded-For`, which the
     /// gateway's own proxy (the ingress) appends; only safe behind one.
     pub trust_forwarded_for: bool,
+    /// Rooms one client address may create on first join per 10 minutes (0: no limit).
+    pub rooms_per_client: u32,
 }
 
 /// The mode-specific parts of a gateway.
@@ -169,6 +173,9 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             region: options.region.clone(),
             guesses: Default::default(),
+            creations: std::sync::Mutex::new(crate::guesses::CreationLimiter::new(
+                options.rooms_per_client,
+            )),
             trust_forwarded_for: options.trust_forwarded_for,
         }))
     }
@@ -663,6 +670,23 @@ impl Session {
                 code: ErrorCode::RoomNotFound,
                 message: format!("there is no room called {}", request.room),
             })?;
+        let creates = gateway.view.room(&request.room).is_none()
+            && gateway.view.route(&request.room).is_none();
+        if creates {
+            let allowed = gateway
+                .creations
+                .lock()
+                .map_or(Ok(()), |mut c| c.create(self.client, Instant::now()));
+            if let Err(wait) = allowed {
+                return Err(Refusal {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "you created as many rooms as one address may for now; try again in {} s, or join an existing room",
+                        wait.as_secs().max(1)
+                    ),
+                });
+            }
+        }
         let (admitted, resumed) = self.admit(request, &settings).await?;
         let participant =
             resumed.unwrap_or_else(|| format!("p{}", tutti_sfu::peer::random_token(15)));

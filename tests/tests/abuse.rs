@@ -64,3 +64,57 @@ async fn password_guessing_over_many_sockets_is_throttled_per_address() -> Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_creation_flood_from_one_address_stops_at_the_limit() -> Result<()> {
+    let system = start(local_options(rooms("")?)).await?;
+    let url = ws_url(&system);
+    let pipelines_before: usize = pipelines(&system).await?;
+    let started = Instant::now();
+    let (mut created, mut refused) = (0, 0);
+    for i in 0..300 {
+        // A socket per join, closed right after, as a flooding script does.
+        let mut client = GatewayClient::connect(&url).await?;
+        match client
+            .join(json!({"room": format!("flood-{i}"), "name": "Flooder"}))
+            .await
+        {
+            Ok(_) => created += 1,
+            Err(err) if err.to_string() == "rate_limited" => refused += 1,
+            Err(err) => anyhow::bail!("unexpected refusal {err}"),
+        }
+    }
+    let pipelines_after = pipelines(&system).await?;
+    println!(
+        "abuse: 300 joins to fresh room names in {:.2} s: {created} rooms created, {refused} refused; shard pipelines {pipelines_before} → {pipelines_after}",
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        created == tutti_signaling::guesses::DEFAULT_ROOMS_PER_CLIENT as usize,
+        "{created} created"
+    );
+    ensure!(
+        pipelines_after <= pipelines_before + created,
+        "{pipelines_after} pipelines"
+    );
+    // Joining a room that exists is not creating one.
+    let mut friend = GatewayClient::connect(&url).await?;
+    friend
+        .join(json!({"room": "flood-0", "name": "Friend"}))
+        .await?;
+    Ok(())
+}
+
+/// Pipelines the local system's shards host.
+async fn pipelines(system: &tutti_signaling::local::LocalSystem) -> Result<usize> {
+    let mut total = 0;
+    for (_, shard) in &system.shards {
+        total += shard
+            .handle
+            .list_pipelines()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .len();
+    }
+    Ok(total)
+}

@@ -448,3 +448,40 @@ async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() 
     stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_resource_takes_over_a_name_someone_created_by_joining() -> Result<()> {
+    use tutti_store::{AUTO_CREATED_OWNER, LiveWriter, RoomRecord};
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let _a = shard(&store, "a", &stop).await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    // Someone joined "recital" first, creating it.
+    store
+        .put_room(RoomRecord {
+            owner: Some(AUTO_CREATED_OWNER.into()),
+            ..RoomRecord::with_defaults("recital")
+        })
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let outcome = placer.apply(&valid("recital")?, None).await;
+    ensure!(
+        matches!(outcome, RoomOutcome::Placed { .. }),
+        "the teacher's Room is not refused as a name conflict: {outcome:?}"
+    );
+    let record = store.room("recital").context("record")?;
+    ensure!(
+        record.owner.as_deref() == Some("Room/music/recital"),
+        "{record:?}"
+    );
+    ensure!(record.max_participants == 4, "the Room's settings rule now");
+    // Another Room's name still conflicts.
+    let other = validate_room("jazz", "recital", &room("jazz", "recital").spec)
+        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    ensure!(matches!(
+        placer.apply(&other, None).await,
+        RoomOutcome::NameConflict(_)
+    ));
+    stop.cancel();
+    Ok(())
+}
