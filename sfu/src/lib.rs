@@ -7,6 +7,7 @@ pub mod config;
 pub mod demux;
 pub mod drain;
 pub mod heartbeat;
+pub mod http_server;
 pub mod media;
 pub mod metrics;
 pub mod peer;

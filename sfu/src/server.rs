@@ -186,14 +186,12 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
     let http_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        let result = axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(err) = result {
-            tracing::error!(%err, "HTTP server failed");
-        }
-    });
+    let server = tokio::spawn(crate::http_server::serve(
+        listener,
+        app(state),
+        crate::http_server::HttpLimits::default(),
+        stop,
+    ));
     tracing::info!(%http_addr, %udp_addr, %advertised, ice_tcp, "shard started");
     Ok(RunningShard {
         http_addr,

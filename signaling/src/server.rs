@@ -115,17 +115,14 @@ pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<Running
     let addr = listener.local_addr()?;
     let stop = state.gateway.shutdown.clone();
     let router = app(state.clone());
-    let task = tokio::spawn(async move {
-        let result = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-        if let Err(err) = result {
-            tracing::error!(%err, "HTTP server failed");
-        }
-    });
+    // Slow headers are cut after 10 s; past 4096 plain HTTP connections new ones are
+    // closed (WebSockets are counted by `sockets`).
+    let task = tokio::spawn(tutti_sfu::http_server::serve(
+        listener,
+        router,
+        tutti_sfu::http_server::HttpLimits::default(),
+        stop,
+    ));
     Ok(RunningServer { addr, state, task })
 }
 

@@ -118,3 +118,43 @@ async fn pipelines(system: &tutti_signaling::local::LocalSystem) -> Result<usize
     }
     Ok(total)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_their_headers_are_closed() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = start(local_options(rooms("")?)).await?;
+    let addr = system.server.addr;
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await?;
+        slow.push(stream);
+    }
+    // Meanwhile an honest request is served.
+    let (status, _) = tutti_tests::gateway::http_get(addr, "/healthz").await?;
+    ensure!(status == 200, "{status}");
+    // Every slow connection is closed by the gateway (read returns end of stream).
+    let closings = slow.into_iter().map(|mut stream| async move {
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Ok::<_, anyhow::Error>(started.elapsed()),
+                Ok(_) => {}
+            }
+        }
+    });
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures_util::future::try_join_all(closings),
+    )
+    .await??;
+    let last = closed.iter().max().copied().unwrap_or_default();
+    println!(
+        "abuse: 200 connections sending half a request: all closed by the gateway, the last after {:.1} s",
+        last.as_secs_f64()
+    );
+    Ok(())
+}
