@@ -313,8 +313,12 @@ fn the_home_profile_is_one_node_with_host_ports_bundled_etcd_and_turn() -> Resul
     ensure!(args.contains("--tls-listening-port=5349") && !args.contains("\"--no-tls\""));
     ensure!(args.contains("--cert=/etc/coturn/tls/tls.crt"));
     let pod = &coturn["spec"]["template"]["spec"];
+    let tls_volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+        .context("a tls volume")?;
     ensure!(
-        pod["volumes"][0]["secret"]["secretName"] == "tutti-turn-tls",
+        tls_volume["secret"]["secretName"] == "tutti-turn-tls",
         "{pod}"
     );
     ensure!(pod["containers"][1]["name"] == "cert-reloader");
@@ -534,5 +538,106 @@ fn values_the_schema_refuses_fail_before_anything_renders() -> Result<()> {
         ensure!(!ok, "helm rendered with {bad}");
         ensure!(!err.trim().is_empty(), "{bad}: a reason");
     }
+    Ok(())
+}
+
+#[test]
+fn coturn_starts_from_the_rendered_arguments_with_its_secret_off_the_command_line() -> Result<()> {
+    let objects = render(&["-f", "charts/tutti/values-home.yaml"])?;
+    let coturn = named(&objects, "Deployment", "tutti-coturn")?;
+    let pod = &coturn["spec"]["template"]["spec"];
+    let args: Vec<String> = pod["containers"][0]["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        !args
+            .iter()
+            .any(|a| a.contains("static-auth-secret") || a.contains("TURN_SECRET")),
+        "the secret is on the command line: {args:?}"
+    );
+    ensure!(
+        pod["containers"][0].get("env").is_none(),
+        "nor in coturn's environment"
+    );
+    ensure!(pod["initContainers"][0]["env"][0]["name"] == "TURN_SECRET");
+    for denied in ["100.64.0.0-100.127.255.255", "0.0.0.0-0.255.255.255", "::1"] {
+        ensure!(
+            args.contains(&format!("--denied-peer-ip={denied}")),
+            "{denied} not denied"
+        );
+    }
+    ensure!(args.iter().any(|a| a.starts_with("--user-quota=")));
+    // The same arguments start a real coturn, here on loopback without TLS: every flag
+    // and range is one it accepts.
+    let dir = std::env::temp_dir().join(format!("tutti-coturn-args-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("secret.conf");
+    std::fs::write(&conf, "static-auth-secret=from-a-file\n")?;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let local: Vec<String> = args
+        .iter()
+        .filter(|a| {
+            ![
+                "--external-ip",
+                "--listening-port",
+                "--tls-listening-port",
+                "--cert",
+                "--pkey",
+            ]
+            .iter()
+            .any(|p| a.starts_with(p))
+        })
+        .map(|a| {
+            if a == "/run/coturn/secret.conf" {
+                conf.display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .chain([
+            "--listening-ip".into(),
+            "127.0.0.1".into(),
+            format!("--listening-port={port}"),
+            "--no-tls".into(),
+            format!("--pidfile={}", dir.join("pid").display()),
+        ])
+        .collect();
+    let mut child = Command::new(std::env::var("TUTTI_TURNSERVER").unwrap_or("turnserver".into()))
+        .args(&local)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("turnserver (Debian package coturn)")?;
+    let mut answered = String::new();
+    for _ in 0..50 {
+        // The client waits for ever when nothing answers: two seconds a try.
+        let output = Command::new("timeout")
+            .args([
+                "2",
+                "turnutils_stunclient",
+                "-p",
+                &port.to_string(),
+                "127.0.0.1",
+            ])
+            .output()?;
+        answered = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        if answered.contains("reflexive addr") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        answered.contains("reflexive addr"),
+        "coturn did not start: {answered}"
+    );
     Ok(())
 }

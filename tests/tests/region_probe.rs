@@ -16,7 +16,9 @@ async fn an_independent_stun_client_learns_its_address_from_a_shards_probe() -> 
     .await?;
     let (_, shard) = system.shards.first().context("a shard")?;
     let probe = shard.advertised;
-    let output = tokio::process::Command::new("turnutils_stunclient")
+    // The client waits for ever when nothing answers: bounded here.
+    let output = tokio::process::Command::new("timeout")
+        .args(["10", "turnutils_stunclient"])
         .arg("-p")
         .arg(probe.port().to_string())
         .arg(probe.ip().to_string())
