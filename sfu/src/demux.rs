@@ -91,6 +91,11 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         Some(entry.key)
     }
 
+    /// The peer a remote address is bound to, without refreshing it.
+    pub fn owner(&self, addr: SocketAddr) -> Option<K> {
+        self.by_addr.get(&addr).map(|entry| entry.key)
+    }
+
     /// The local address a bound remote address last sent to.
     pub fn local_for(&self, addr: SocketAddr) -> Option<IpAddr> {
         self.by_addr.get(&addr).and_then(|entry| entry.local)
