@@ -31,8 +31,14 @@ const MAX_TCP_CONNECTIONS: usize = 4096;
 /// Frames queued towards one ICE-TCP connection before new ones are dropped (a stalled
 /// TCP peer must not hold the media thread's memory).
 const TCP_QUEUE: usize = 512;
-/// How long a new ICE-TCP connection may take to send its first frame.
+/// How long a new ICE-TCP connection may take to send its first whole frame, counted from
+/// the accept (not per read: a byte every few seconds does not keep it open).
 const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+/// Longest silence on an ICE-TCP connection after that: ICE consent checks come every
+/// few seconds, and a peer whose consent lapsed (30 s) is gone.
+const TCP_IDLE: Duration = Duration::from_secs(30);
+/// ICE-TCP connections one address may hold (a browser uses one or two).
+const MAX_TCP_PER_ADDRESS: usize = 16;
 
 /// What ICE-TCP connection tasks tell the media loop.
 enum TcpInput {
@@ -144,7 +150,11 @@ async fn media_loop(
                 None => {}
             },
             accepted = accept(&tcp) => match accepted {
-                Ok((stream, from)) if tcp_writers.len() < MAX_TCP_CONNECTIONS => {
+                Ok((stream, from))
+                    if tcp_writers.len() < MAX_TCP_CONNECTIONS
+                        && tcp_writers.keys().filter(|a| a.ip() == from.ip()).count()
+                            < MAX_TCP_PER_ADDRESS =>
+                {
                     let (writer, frames) = mpsc::channel(TCP_QUEUE);
                     tcp_writers.insert(from, writer);
                     tokio::spawn(serve_tcp(stream, from, tcp_tx.clone(), frames));
@@ -204,15 +214,10 @@ async fn serve_tcp(
     let read = async {
         let mut decoder = FrameDecoder::default();
         let mut buf = vec![0u8; 4096];
-        let mut first = true;
+        let mut deadline = tokio::time::Instant::now() + TCP_FIRST_FRAME;
         loop {
-            let read = if first {
-                match tokio::time::timeout(TCP_FIRST_FRAME, reader.read(&mut buf)).await {
-                    Ok(read) => read,
-                    Err(_) => return,
-                }
-            } else {
-                reader.read(&mut buf).await
+            let Ok(read) = tokio::time::timeout_at(deadline, reader.read(&mut buf)).await else {
+                return;
             };
             let n = match read {
                 Ok(0) | Err(_) => return,
@@ -222,7 +227,7 @@ async fn serve_tcp(
             loop {
                 match decoder.next_frame() {
                     Ok(Some(frame)) => {
-                        first = false;
+                        deadline = tokio::time::Instant::now() + TCP_IDLE;
                         if input.send(TcpInput::Frame(from, frame)).await.is_err() {
                             return;
                         }

@@ -158,3 +158,49 @@ async fn connections_that_never_finish_their_headers_are_closed() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_drips_and_connection_hoards_are_cut() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let shard = tutti_tests::shard::TestShard::start().await?;
+    let addr = shard.shard.udp_addr;
+    // A byte a second, never a whole frame: closed 10 s after it was accepted.
+    let started = Instant::now();
+    let mut drip = tokio::net::TcpStream::connect(addr).await?;
+    // A frame of 100 bytes announced, then its bytes one by one.
+    drip.write_all(&[0x00, 0x64]).await?;
+    let closed_after = loop {
+        if drip.write_all(&[0x01]).await.is_err() {
+            break started.elapsed();
+        }
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(std::time::Duration::from_secs(1), drip.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            _ => {}
+        }
+        ensure!(
+            started.elapsed().as_secs() < 60,
+            "the dripping connection stayed open"
+        );
+    };
+    // One address opening 40 connections: the shard keeps at most 16.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    let mut refused = 0;
+    for stream in &mut held {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) | Ok(Err(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), stream.read(&mut buf)).await
+        {
+            refused += 1;
+        }
+    }
+    println!(
+        "abuse: ICE-TCP: a connection dripping a byte a second was closed after {:.1} s; of 40 connections from one address {refused} were closed at once",
+        closed_after.as_secs_f64()
+    );
+    ensure!(refused >= 40 - 16, "{refused} of 40 refused");
+    Ok(())
+}
