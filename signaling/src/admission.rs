@@ -39,9 +39,17 @@ pub struct JoinClaims {
     /// Whether its holder may receive others' media.
     #[serde(default = "yes")]
     pub subscribe: bool,
-    /// Expiry, seconds since the Unix epoch.
+    /// Expiry, seconds since the Unix epoch; at most [`MAX_JOIN_TOKEN_LIFETIME_SECS`]
+    /// ahead.
     pub exp: u64,
+    /// Not valid before, seconds since the Unix epoch (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
+
+/// The longest a join token may be valid for: a leaked token must not open a room for
+/// ever.
+pub const MAX_JOIN_TOKEN_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 
 fn yes() -> bool {
     true
@@ -76,6 +84,7 @@ impl TokenKeys {
         validation.leeway = TOKEN_LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         Ok(Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -125,10 +134,26 @@ pub struct ResumeClaims {
     pub subscribe: bool,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// [`password_fingerprint`] of the room's password when the token was issued.
+    #[serde(default)]
+    pub password: String,
 }
 
-/// How long a resume token is good for.
-pub const RESUME_TTL_SECS: u64 = 12 * 3600;
+/// How long a resume token is good for (each `joined` brings a fresh one).
+pub const RESUME_TTL_SECS: u64 = 2 * 3600;
+
+/// What ties a resume token to the room's password: a short digest of its hash (empty
+/// without one). A new password makes every earlier resume token worthless.
+pub fn password_fingerprint(hash: Option<&str>) -> String {
+    use sha1::Digest;
+    match hash {
+        None => String::new(),
+        Some(hash) => sha1::Sha1::digest(hash.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
+}
 
 /// A refused join: the code and the explanation the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +201,15 @@ pub fn admit_with_token(
         return Err(Refusal::new(
             ErrorCode::Unauthorized,
             "the join token is for another room",
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if claims.exp > now.saturating_add(MAX_JOIN_TOKEN_LIFETIME_SECS) {
+        return Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            "the join token is valid for longer than 7 days; issue shorter-lived tokens",
         ));
     }
     if !valid_nickname(&claims.name) {
@@ -302,6 +336,7 @@ mod tests {
             publish: false,
             subscribe: true,
             exp,
+            nbf: None,
         }
     }
 

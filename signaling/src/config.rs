@@ -51,8 +51,8 @@ pub struct TokenArgs {
     /// The nickname its holder joins as.
     #[arg(long)]
     pub name: String,
-    /// Seconds until it expires.
-    #[arg(long, default_value_t = 3600)]
+    /// Seconds until it expires (at most a week: gateways refuse longer-lived tokens).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub ttl: u64,
     /// Its holder may only watch and listen.
     #[arg(long)]

@@ -112,6 +112,7 @@ fn token(args: TokenArgs) -> Result<(), Failure> {
         publish: !args.no_publish,
         subscribe: !args.no_subscribe,
         exp: now.saturating_add(args.ttl),
+        nbf: None,
     };
     println!("{}", keys.issue(&claims)?);
     Ok(())

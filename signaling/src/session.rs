@@ -480,7 +480,11 @@ impl Session {
             .resume
             .as_deref()
             .and_then(|token| gateway.sessions.verify_as::<ResumeClaims>(token).ok())
-            .filter(|claims| claims.room == request.room);
+            .filter(|claims| {
+                claims.room == request.room
+                    && claims.password
+                        == crate::admission::password_fingerprint(settings.password_hash.as_deref())
+            });
         if let Some(claims) = resumed {
             let admitted = Admitted {
                 name: claims.name,
@@ -743,6 +747,9 @@ impl Session {
                             publish: admitted.publish,
                             subscribe: admitted.subscribe,
                             exp,
+                            password: crate::admission::password_fingerprint(
+                                settings.password_hash.as_deref(),
+                            ),
                         })
                         .unwrap_or_default();
                     let joined = Joined {

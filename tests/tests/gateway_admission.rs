@@ -37,6 +37,7 @@ fn token(room: &str, name: &str, exp_from_now: i64, secret: &str) -> Result<Stri
         publish: true,
         subscribe: true,
         exp: (now + exp_from_now) as u64,
+        nbf: None,
     })?)
 }
 
@@ -226,5 +227,48 @@ async fn malformed_and_oversized_messages_get_bad_message_and_close_only_their_s
             .join("\n")
     );
     system.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_tokens_and_resume_tokens_from_before_a_password_change_are_refused()
+-> Result<()> {
+    let mut options = local_options(rooms()?);
+    options.common.jwt_secret = Some(JWT_SECRET.into());
+    let system = start(options).await?;
+    let url = ws_url(&system);
+    // A token valid for a month is refused; one for a day opens the room.
+    let month = token("open", "Visitor", 30 * 24 * 3600, JWT_SECRET)?;
+    ensure!(refused(&url, json!({"room": "open", "token": month})).await? == "unauthorized");
+    let day = token("open", "Visitor", 24 * 3600, JWT_SECRET)?;
+    let mut client = GatewayClient::connect(&url).await?;
+    client.join(json!({"room": "open", "token": day})).await?;
+
+    // A resume token names the room's password at the time: once the password changes,
+    // it brings nobody back.
+    let mut member = GatewayClient::connect(&url).await?;
+    let joined = member
+        .join(json!({"room": "ensemble", "name": "Cellist", "password": "allegro"}))
+        .await?;
+    let resume = joined["resume"].as_str().unwrap_or_default().to_owned();
+    drop(member);
+    // Before the change it brings the cellist back without the password.
+    let mut back = GatewayClient::connect(&url).await?;
+    back.join(json!({"room": "ensemble", "resume": resume.clone()}))
+        .await?;
+    drop(back);
+    let mut record = tutti_store::LiveView::room(&system.store, "ensemble")
+        .ok_or_else(|| anyhow::anyhow!("no record"))?;
+    record.password_hash =
+        Some(tutti_store::password::hash_password("vivace").map_err(anyhow::Error::msg)?);
+    tutti_store::LiveWriter::put_room(&system.store, record)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let answer = refused(
+        &url,
+        json!({"room": "ensemble", "name": "Cellist", "resume": resume}),
+    )
+    .await?;
+    ensure!(answer == "password_required", "{answer}");
     Ok(())
 }

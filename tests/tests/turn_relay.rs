@@ -21,6 +21,7 @@ fn token(room: &str, name: &str) -> Result<String> {
         publish: true,
         subscribe: true,
         exp: now + 600,
+        nbf: None,
     })?)
 }
 
