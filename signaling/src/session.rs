@@ -34,8 +34,11 @@ use tutti_store::{LiveView, RoomRecord, RouteChange};
 
 /// Messages per second a client may send on average, and its burst.
 const RATE: (u32, u32) = (50, 200);
-/// Rate-limited frames after which the socket is closed.
+/// Rate-limited frames after which the socket is closed...
 const MAX_STRIKES: u32 = 500;
+/// ...counted since the last quiet spell this long: an honest client's bursts hours
+/// apart never add up to a disconnection.
+const STRIKES_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
 /// How long a socket may stay open without being in a room.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shard may take to answer a join.
@@ -211,6 +214,7 @@ pub async fn run_session<S, R>(
         room: None,
         budget: TokenBucket::new(RATE.0, RATE.1),
         strikes: 0,
+        last_strike: None,
         failed_joins: 0,
     };
     let mut from_shard: Option<mpsc::Receiver<String>> = None;
@@ -339,6 +343,7 @@ struct Session {
     room: Option<InRoom>,
     budget: TokenBucket,
     strikes: u32,
+    last_strike: Option<Instant>,
     failed_joins: u32,
 }
 
@@ -382,7 +387,15 @@ impl Session {
         text: &str,
         from_shard: &mut Option<mpsc::Receiver<String>>,
     ) -> Step {
-        if !self.budget.take(Instant::now()) {
+        let now = Instant::now();
+        if !self.budget.take(now) {
+            if self
+                .last_strike
+                .is_some_and(|last| now.saturating_duration_since(last) >= STRIKES_FORGOTTEN_AFTER)
+            {
+                self.strikes = 0;
+            }
+            self.last_strike = Some(now);
             self.strikes += 1;
             let frame = self.error(ErrorCode::RateLimited, "too many messages; slow down");
             return if self.strikes > MAX_STRIKES {
