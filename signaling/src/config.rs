@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// client reaching the gateway directly could name any address.
     #[arg(long, env = "TUTTI_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Serve `/metrics` on this address only, not on `--listen` (which the public
+    /// reaches).
+    #[arg(long, env = "TUTTI_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Cluster mode: seconds a join waits for its room to be placed.
     #[arg(long, env = "TUTTI_ROUTE_WAIT", default_value_t = 15)]
     pub route_wait: u64,

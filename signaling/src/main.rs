@@ -55,6 +55,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         region: args.region.clone(),
         trust_forwarded_for: args.trust_forwarded_for,
         rooms_per_client: args.rooms_per_client,
+        metrics_listen: args.metrics_listen,
     };
     // Without the `etcd` feature `StoreArgs::etcd` refuses every etcd URL with a message
     // saying how to build a cluster gateway.

@@ -59,9 +59,16 @@ impl AppState {
     }
 }
 
-/// The gateway's routes; what `main` and the tests serve.
+/// The gateway's routes; what `main` and the tests serve. `/metrics` is among them
+/// unless the gateway serves it on a port of its own (`--metrics-listen`), out of reach of
+/// whatever exposes the main port.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = if state.gateway.metrics_listen.is_none() {
+        Router::new().route("/metrics", get(metrics))
+    } else {
+        Router::new()
+    };
+    router
         .route("/", get(|| async { crate::web::asset("/") }))
         .route("/app.js", get(|| async { crate::web::asset("/app.js") }))
         .route("/watch", get(|| async { crate::web::asset("/watch") }))
@@ -86,7 +93,6 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/regions", get(regions))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
@@ -115,6 +121,18 @@ pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<Running
     let addr = listener.local_addr()?;
     let stop = state.gateway.shutdown.clone();
     let router = app(state.clone());
+    if let Some(metrics_addr) = state.gateway.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+        let metrics_router = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(state.clone());
+        tokio::spawn(tutti_sfu::http_server::serve(
+            listener,
+            metrics_router,
+            tutti_sfu::http_server::HttpLimits::default(),
+            state.gateway.shutdown.clone(),
+        ));
+    }
     // Slow headers are cut after 10 s; past 4096 plain HTTP connections new ones are
     // closed (WebSockets are counted by `sockets`).
     let task = tokio::spawn(tutti_sfu::http_server::serve(

@@ -103,6 +103,8 @@ pub struct Gateway {
     /// Whether a client's address is the last one of `X-Forwarded-For` (behind a proxy
     /// of ours) rather than the socket's peer.
     pub trust_forwarded_for: bool,
+    /// Where `/metrics` is served, when not on the main port.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What every gateway is configured with, in either mode.
@@ -126,6 +128,8 @@ pub struct GatewayOptions {
     pub trust_forwarded_for: bool,
     /// Rooms one client address may create on first join per 10 minutes (0: no limit).
     pub rooms_per_client: u32,
+    /// Where `/metrics` is served instead of the main port, when set.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The mode-specific parts of a gateway.
@@ -180,6 +184,7 @@ impl Gateway {
                 options.rooms_per_client,
             )),
             trust_forwarded_for: options.trust_forwarded_for,
+            metrics_listen: options.metrics_listen,
         }))
     }
 }

@@ -30,6 +30,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
             region: None,
             trust_forwarded_for: false,
             rooms_per_client: tutti_signaling::guesses::DEFAULT_ROOMS_PER_CLIENT,
+            metrics_listen: None,
         },
         shards: 2,
         media_bind: std::net::IpAddr::from([127, 0, 0, 1]),

@@ -185,3 +185,26 @@ async fn stopping_tells_every_client_to_reconnect() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_a_port_of_their_own() -> Result<()> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let metrics_addr = probe.local_addr()?;
+    drop(probe);
+    let mut options = local_options(
+        LocalRooms::from_file(RoomsFile::default(), false).map_err(anyhow::Error::msg)?,
+    );
+    options.common.metrics_listen = Some(metrics_addr);
+    let system = start(options).await?;
+    let (status, _) = http_get(system.server.addr, "/metrics").await?;
+    ensure!(
+        status == 404,
+        "the public port does not serve metrics: {status}"
+    );
+    let (status, body) = http_get(metrics_addr, "/metrics").await?;
+    ensure!(
+        status == 200 && body.contains("tutti_gateway_sockets"),
+        "{status}"
+    );
+    Ok(())
+}

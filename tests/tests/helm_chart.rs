@@ -494,7 +494,24 @@ fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<(
         gateway["spec"].get("replicas").is_none(),
         "the HPA owns replicas"
     );
-    named(&objects, "ServiceMonitor", "tutti")?;
+    let monitor = named(&objects, "ServiceMonitor", "tutti")?;
+    ensure!(
+        monitor["spec"]["endpoints"]
+            .as_array()
+            .is_some_and(|e| e.iter().all(|e| e["port"] == "metrics")),
+        "metrics are scraped from metrics ports only: {monitor}"
+    );
+    // The public load balancer carries the web client, not the metrics.
+    let public = named(&objects, "Service", "tutti-gateway")?;
+    ensure!(public["spec"]["type"] == "LoadBalancer");
+    ensure!(
+        public["spec"]["ports"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["name"] != "metrics")),
+        "{public}"
+    );
+    let metrics = named(&objects, "Service", "tutti-gateway-metrics")?;
+    ensure!(metrics["spec"]["type"] == "ClusterIP" && metrics["spec"]["ports"][0]["port"] == 9090);
     Ok(())
 }
 
