@@ -169,6 +169,7 @@ impl NetSim {
             "cannot create a network namespace (tests on simulated networks need root and \
              `ip netns`)",
         )?;
+        quiet_ipv6(ROUTER)?;
         ns_ip(ROUTER, &["link", "set", "lo", "up"])?;
         sysctl(ROUTER, "net.ipv4.ip_forward", "1")?;
         sysctl(ROUTER, "net.ipv4.conf.all.rp_filter", "0")?;
@@ -365,6 +366,7 @@ fn build_site(index: usize, spec: &SiteSpec) -> Result<Site> {
             namespace.clone()
         };
         ip(&["netns", "add", &public])?;
+        quiet_ipv6(&public)?;
         let namespace = public;
         ip(&["link", "set", &site_end, "netns", &namespace])?;
         ns_ip(&namespace, &["link", "set", &site_end, "name", "eth0"])?;
@@ -387,6 +389,7 @@ fn build_site(index: usize, spec: &SiteSpec) -> Result<Site> {
             let address = Ipv4Addr::new(10, 200, subnet, 2);
             let (outer, inner) = (format!("{PREFIX}{subnet}l"), format!("{PREFIX}{subnet}m"));
             ip(&["netns", "add", &inside])?;
+            quiet_ipv6(&inside)?;
             ip(&[
                 "link", "add", &outer, "type", "veth", "peer", "name", &inner,
             ])?;
@@ -542,6 +545,14 @@ fn enter_namespace(name: &str) -> Result<()> {
         bail!("cannot enter {name}: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Turns IPv6 off in a new namespace: the simulation is IPv4, and link-local addresses
+/// finishing duplicate detection a second after a link comes up make browsers in it see
+/// a network change (and abort a page load with ERR_NETWORK_CHANGED).
+fn quiet_ipv6(namespace: &str) -> Result<()> {
+    sysctl(namespace, "net.ipv6.conf.all.disable_ipv6", "1")?;
+    sysctl(namespace, "net.ipv6.conf.default.disable_ipv6", "1")
 }
 
 fn ip(args: &[&str]) -> Result<()> {
