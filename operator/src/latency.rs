@@ -19,9 +19,9 @@ use tutti_store::{LatencyReport, RoomRecord, ShardRecord};
 /// rooms stay where they are (a move cuts everyone off for a moment).
 pub const MOVE_MAX_PARTICIPANTS: usize = 4;
 /// A move must shorten the longest path by at least this much, ms...
-pub const MOVE_MIN_GAIN_MS: u32 = 15;
+pub const MOVE_MIN_GAIN_MS: u32 = 10;
 /// ...and by at least this share of it.
-pub const MOVE_MIN_GAIN_SHARE: f64 = 0.15;
+pub const MOVE_MIN_GAIN_SHARE: f64 = 0.1;
 
 /// A region as latency placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,11 +203,11 @@ mod tests {
         assert_eq!(should_move("c", &all, &both, false).unwrap().region, "a");
         assert_eq!(should_move("c", &all, &both, true), None, "only once");
         assert_eq!(should_move("a", &all, &both, false), None, "already there");
-        // A gain under 15 ms, or under 15 %, is not worth cutting everyone off.
-        // Through c 110 ms apart, through a 100 (first 30 + 70).
+        // A gain under 10 ms, or under 10 %, is not worth cutting everyone off.
+        // Through c 110 ms apart, through a 102 (first 30 + 72).
         let close = [
             first.clone(),
-            report("p2", &[("a", 70), ("b", 95), ("c", 90)]),
+            report("p2", &[("a", 72), ("b", 95), ("c", 90)]),
         ];
         assert_eq!(best_region(&all, &close).unwrap().region, "a");
         assert_eq!(should_move("c", &all, &close, false), None);
