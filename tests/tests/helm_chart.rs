@@ -430,18 +430,16 @@ fn a_chart_generated_turn_certificate_is_one_coturn_serves() -> Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("turnserver (Debian package coturn)")?;
-    let mut served = String::new();
-    for _ in 0..100 {
-        let output = Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-            .stdin(std::process::Stdio::null())
-            .output()?;
-        served = String::from_utf8_lossy(&output.stdout).into_owned();
-        if served.contains("BEGIN CERTIFICATE") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let served = output_until(
+        || {
+            let output = Command::new("openssl")
+                .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        },
+        |out| out.contains("BEGIN CERTIFICATE"),
+    )?;
     let _ = coturn.kill();
     let _ = coturn.wait();
     let rendered = std::fs::read_to_string(dir.join("tls.crt"))?;
@@ -630,25 +628,23 @@ fn coturn_starts_from_the_rendered_arguments_with_its_secret_off_the_command_lin
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("turnserver (Debian package coturn)")?;
-    let mut answered = String::new();
-    for _ in 0..50 {
-        // The client waits for ever when nothing answers: two seconds a try.
-        let output = Command::new("timeout")
-            .args([
-                "2",
-                "turnutils_stunclient",
-                "-p",
-                &port.to_string(),
-                "127.0.0.1",
-            ])
-            .output()?;
-        answered = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        if answered.contains("reflexive addr") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let answered = output_until(
+        || {
+            // The client waits for ever when nothing answers: two seconds a try.
+            let output = Command::new("timeout")
+                .args([
+                    "2",
+                    "turnutils_stunclient",
+                    "-p",
+                    &port.to_string(),
+                    "127.0.0.1",
+                ])
+                .output()?;
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr))
+        },
+        |out| out.contains("reflexive addr"),
+    )?;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -657,4 +653,21 @@ fn coturn_starts_from_the_rendered_arguments_with_its_secret_off_the_command_lin
         "coturn did not start: {answered}"
     );
     Ok(())
+}
+
+/// Runs `probe` until its output passes `done` or 10 s have gone (a server starting up);
+/// the last output either way.
+fn output_until(
+    mut probe: impl FnMut() -> Result<String>,
+    done: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let output = probe()?;
+        if done(&output) || std::time::Instant::now() >= deadline {
+            return Ok(output);
+        }
+        // Nothing tells when a child process starts listening: ask again shortly.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
