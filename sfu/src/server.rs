@@ -456,6 +456,9 @@ async fn signal(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Res
     upgrade
         .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
+        // One socket per session: a small read buffer, grown for a long message only.
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             serve_socket(socket, state.core, state.metrics).await;
             drop(permit);

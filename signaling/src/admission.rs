@@ -11,14 +11,13 @@
 //! room enforces them; the gateway maps its answer to the same error codes.
 //!
 //! The decisions are pure functions ([`admit_with_token`], [`admit_with_password`]); the
-//! expensive part, argon2, runs on the blocking pool behind a semaphore
-//! ([`PasswordChecker`]) so that a burst of guesses cannot starve the gateway's threads.
+//! expensive part, argon2, runs on threads of its own behind a bounded queue
+//! ([`crate::password_queue`]).
 
+pub use crate::password_queue::{PasswordCheck, PasswordChecker};
 use crate::protocol::{ErrorCode, JoinRequest, valid_nickname};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use tokio::sync::Semaphore;
 pub use tutti_store::password::{hash_password, is_valid_hash, verify_password};
 
 /// Seconds of clock skew tolerated on a token's expiry.
@@ -225,19 +224,6 @@ pub fn admit_with_token(
     })
 }
 
-/// The outcome of checking a join's password against the room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PasswordCheck {
-    /// The room has no password.
-    NotNeeded,
-    /// The room has one and the join gave none.
-    Missing,
-    /// The password matched the room's hash.
-    Matched,
-    /// It did not.
-    Wrong,
-}
-
 /// Admits a join without a token.
 pub fn admit_with_password(join: &JoinRequest, check: PasswordCheck) -> Result<Admitted, Refusal> {
     match check {
@@ -253,6 +239,12 @@ pub fn admit_with_password(join: &JoinRequest, check: PasswordCheck) -> Result<A
                 "the password is not right",
             ));
         }
+        PasswordCheck::Busy => {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "the gateway is busy checking passwords; try again in a moment",
+            ));
+        }
         PasswordCheck::NotNeeded | PasswordCheck::Matched => {}
     }
     let Some(name) = join.name.as_deref() else {
@@ -266,39 +258,6 @@ pub fn admit_with_password(join: &JoinRequest, check: PasswordCheck) -> Result<A
         publish: join.publish.unwrap_or(true),
         subscribe: join.subscribe.unwrap_or(true),
     })
-}
-
-/// Runs argon2 checks on the blocking pool, a bounded number at a time.
-#[derive(Clone)]
-pub struct PasswordChecker {
-    permits: Arc<Semaphore>,
-}
-
-impl PasswordChecker {
-    /// At most `concurrent` checks at once.
-    pub fn new(concurrent: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(concurrent.max(1))),
-        }
-    }
-
-    /// Checks a join's password against the room's hash.
-    pub async fn check(&self, hash: Option<&str>, password: Option<&str>) -> PasswordCheck {
-        let Some(hash) = hash else {
-            return PasswordCheck::NotNeeded;
-        };
-        let Some(password) = password else {
-            return PasswordCheck::Missing;
-        };
-        let Ok(_permit) = self.permits.acquire().await else {
-            return PasswordCheck::Wrong;
-        };
-        let (hash, password) = (hash.to_owned(), password.to_owned());
-        match tokio::task::spawn_blocking(move || verify_password(&hash, &password)).await {
-            Ok(true) => PasswordCheck::Matched,
-            _ => PasswordCheck::Wrong,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -411,25 +370,6 @@ mod tests {
                 .unwrap_err()
                 .code,
             ErrorCode::BadMessage
-        );
-    }
-
-    #[tokio::test]
-    async fn the_checker_runs_argon2_off_the_async_threads() {
-        let hash = hash_password("adagio").unwrap();
-        let checker = PasswordChecker::new(2);
-        assert_eq!(checker.check(None, None).await, PasswordCheck::NotNeeded);
-        assert_eq!(
-            checker.check(Some(&hash), None).await,
-            PasswordCheck::Missing
-        );
-        assert_eq!(
-            checker.check(Some(&hash), Some("adagio")).await,
-            PasswordCheck::Matched
-        );
-        assert_eq!(
-            checker.check(Some(&hash), Some("presto")).await,
-            PasswordCheck::Wrong
         );
     }
 }

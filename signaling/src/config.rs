@@ -124,6 +124,14 @@ pub struct RunArgs {
     /// Rooms one client address may create by joining them, per 10 minutes (0: no limit).
     #[arg(long, env = "TUTTI_ROOMS_PER_CLIENT", default_value_t = crate::guesses::DEFAULT_ROOMS_PER_CLIENT)]
     pub rooms_per_client: u32,
+    /// Client WebSockets this gateway holds at once; each may buffer up to a 64 KiB
+    /// message, so size the memory limit to it (see README, Security).
+    #[arg(long, env = "TUTTI_MAX_SOCKETS", default_value_t = crate::sockets::DEFAULT_MAX_SOCKETS)]
+    pub max_sockets: usize,
+    /// Client WebSockets one address (an IPv4 address, an IPv6 /64) holds at once (0: no
+    /// limit). Raise it for audiences behind one large NAT.
+    #[arg(long, env = "TUTTI_SOCKETS_PER_CLIENT", default_value_t = crate::sockets::DEFAULT_SOCKETS_PER_CLIENT)]
+    pub sockets_per_client: usize,
     /// Secret that signs join tokens (at least 32 bytes). Without it, tokens are refused.
     #[arg(long, env = "TUTTI_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -64,6 +64,11 @@ impl GuessLimiter {
         }
     }
 
+    /// Whether `who` gave a wrong password lately (its checks queue behind first tries).
+    pub fn has_failed(&self, who: Guesser) -> bool {
+        self.records.get(&who).is_some_and(|r| r.failures > 0)
+    }
+
     /// Counts a wrong password; the lockout it earned, if any.
     pub fn failed(&mut self, who: Guesser, now: Instant) -> Option<Duration> {
         if !self.records.contains_key(&who) && self.records.len() >= MAX_ADDRESSES {

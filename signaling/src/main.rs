@@ -56,6 +56,10 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         trust_forwarded_for: args.trust_forwarded_for,
         rooms_per_client: args.rooms_per_client,
         metrics_listen: args.metrics_listen,
+        sockets: tutti_signaling::sockets::SocketLimits {
+            max_sockets: args.max_sockets,
+            per_client: args.sockets_per_client,
+        },
     };
     // Without the `etcd` feature `StoreArgs::etcd` refuses every etcd URL with a message
     // saying how to build a cluster gateway.

@@ -10,11 +10,12 @@
 //! * `GET /healthz` (alive), `GET /readyz` (a shard can take rooms and the gateway is not
 //!   stopping), `GET /metrics` (Prometheus).
 
+use crate::read_budget::{Meter, Metered};
 use crate::session::{ClientFrame, Gateway, ServerFrame, run_session};
+use crate::sockets::SocketRefusal;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -23,14 +24,22 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::task::TaskTracker;
 use tutti_store::LiveView;
 
 /// Frames beyond this close the socket at the WebSocket layer; frames between the
-/// protocol's 64 KiB and this get a `bad_message` error instead.
-const WS_HARD_LIMIT: usize = 1024 * 1024;
-/// Client WebSockets one gateway holds at once.
-const MAX_SOCKETS: usize = 20_000;
+/// protocol's 64 KiB and this get a `bad_message` error instead. What one socket may
+/// buffer, so it bounds the gateway's memory with the socket limits.
+const WS_HARD_LIMIT: usize = 128 * 1024;
+/// The WebSocket read buffer: most client messages fit, longer ones grow it for a while.
+const WS_READ_BUFFER: usize = 8 * 1024;
+/// Outgoing bytes a socket may have unsent before it counts as a slow consumer; the
+/// session's own queue is bounded before this.
+const WS_MAX_WRITE_BUFFER: usize = 512 * 1024;
 /// How long stopping waits for sessions to tell their clients to reconnect.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,8 +52,6 @@ pub struct AppState {
     pub view: Arc<dyn LiveView>,
     /// Tracks upgraded sockets, so that stopping can wait for them.
     pub tracker: TaskTracker,
-    /// Bounds open sockets.
-    pub sockets: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -54,7 +61,6 @@ impl AppState {
             gateway,
             view,
             tracker: TaskTracker::new(),
-            sockets: Arc::new(tokio::sync::Semaphore::new(MAX_SOCKETS)),
         }
     }
 }
@@ -155,8 +161,7 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 async fn websocket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: axum::http::HeaderMap,
-    upgrade: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
     if state.gateway.shutdown.is_cancelled() {
         return json_error(
@@ -165,25 +170,88 @@ async fn websocket(
             "this gateway is stopping; connect again",
         );
     }
-    let Ok(permit) = state.sockets.clone().try_acquire_owned() else {
+    let Some(accept) = websocket_accept(request.method(), request.headers()) else {
         return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sockets",
-            "this gateway holds as many sockets as it may",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a WebSocket upgrade (version 13) is expected",
         );
     };
-    let client = client_address(peer, &headers, state.gateway.trust_forwarded_for);
-    let tracker = state.tracker.clone();
+    let client = client_address(peer, request.headers(), state.gateway.trust_forwarded_for);
+    let permit = match state
+        .gateway
+        .sockets
+        .open(crate::guesses::Guesser::of(client))
+    {
+        Ok(permit) => permit,
+        Err(SocketRefusal::GatewayFull) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sockets",
+                "this gateway holds as many sockets as it may",
+            );
+        }
+        Err(SocketRefusal::AddressFull) => {
+            return json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sockets_from_address",
+                "your address holds as many sockets as it may",
+            );
+        }
+    };
+    // The upgrade is done by hand rather than by axum's extractor so that the socket's
+    // reads can be metered (see `read_budget`).
+    let upgrading = hyper::upgrade::on(request);
     let gateway = state.gateway.clone();
-    upgrade
-        .max_message_size(WS_HARD_LIMIT)
-        .max_frame_size(WS_HARD_LIMIT)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                serve_socket(socket, gateway, client).await;
-                drop(permit);
-            })
+    tokio::spawn(state.tracker.track_future(async move {
+        let Ok(upgraded) = upgrading.await else {
+            return;
+        };
+        let meter = Meter::new(gateway.read_budget.clone());
+        let io = Metered::new(hyper_util::rt::TokioIo::new(upgraded), meter.clone());
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+        serve_socket(socket, gateway, client, meter).await;
+        drop(permit);
+    }));
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Limits of a client WebSocket.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(WS_HARD_LIMIT))
+        .max_frame_size(Some(WS_HARD_LIMIT))
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
+}
+
+/// The `Sec-WebSocket-Accept` for a valid WebSocket upgrade request (RFC 6455 §4.2.1),
+/// or nothing.
+fn websocket_accept(method: &Method, headers: &HeaderMap) -> Option<String> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    let version_13 = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    (method == Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+        && version_13
+        && key.len() <= 64)
+        .then(|| derive_accept_key(key.as_bytes()))
 }
 
 /// The client's address: the socket's peer, or behind a trusted proxy the last address
@@ -207,21 +275,32 @@ fn client_address(
     peer.ip()
 }
 
-async fn serve_socket(socket: WebSocket, gateway: Arc<Gateway>, client: std::net::IpAddr) {
+async fn serve_socket<IO>(
+    socket: WebSocketStream<IO>,
+    gateway: Arc<Gateway>,
+    client: std::net::IpAddr,
+    meter: Arc<Meter>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (sink, stream) = socket.split();
     let sink = sink.with(|frame: ServerFrame| async move {
-        Ok::<_, axum::Error>(match frame {
+        Ok::<_, WsError>(match frame {
             ServerFrame::Text(text) => Message::Text(text.into()),
             ServerFrame::Ping => Message::Ping(Default::default()),
         })
     });
-    let stream = stream.filter_map(|frame| async move {
-        match frame {
-            Ok(Message::Text(text)) => Some(ClientFrame::Text(text.to_string())),
-            Ok(Message::Binary(_)) => Some(ClientFrame::Binary),
-            Ok(Message::Pong(_)) => Some(ClientFrame::Pong),
-            Ok(Message::Ping(_)) => None,
-            Ok(Message::Close(_)) | Err(_) => Some(ClientFrame::Close),
+    let stream = stream.filter_map(move |frame| {
+        // A whole frame is out: the socket holds nothing unfinished any more.
+        meter.settle();
+        async move {
+            match frame {
+                Ok(Message::Text(text)) => Some(ClientFrame::Text(text.to_string())),
+                Ok(Message::Binary(_)) => Some(ClientFrame::Binary),
+                Ok(Message::Pong(_)) => Some(ClientFrame::Pong),
+                Ok(Message::Ping(_) | Message::Frame(_)) => None,
+                Ok(Message::Close(_)) | Err(_) => Some(ClientFrame::Close),
+            }
         }
     });
     run_session(Box::pin(sink), Box::pin(stream), gateway, client).await;
@@ -368,4 +447,49 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.gateway.metrics.encode(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, header::HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_a_valid_version_13_upgrade_is_accepted() {
+        let valid = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        // RFC 6455's own example.
+        assert_eq!(
+            websocket_accept(&Method::GET, &upgrade_headers(&valid)).as_deref(),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        assert_eq!(
+            websocket_accept(&Method::POST, &upgrade_headers(&valid)),
+            None
+        );
+        for missing in 0..valid.len() {
+            let mut partial = valid.to_vec();
+            partial.remove(missing);
+            assert_eq!(
+                websocket_accept(&Method::GET, &upgrade_headers(&partial)),
+                None,
+                "without {}",
+                valid[missing].0
+            );
+        }
+        let mut old = valid.to_vec();
+        old[2] = ("sec-websocket-version", "8");
+        assert_eq!(websocket_accept(&Method::GET, &upgrade_headers(&old)), None);
+    }
 }

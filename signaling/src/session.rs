@@ -15,6 +15,7 @@ use crate::admission::{
     admit_with_password, admit_with_token,
 };
 use crate::metrics::GatewayMetrics;
+use crate::password_queue::Priority;
 use crate::placement::{Placement, RoomRouter, RouteError};
 use crate::protocol::{ErrorCode, Inbound, JoinRequest, Joined, Outbound, decode_client, encode};
 use crate::rooms::RoomDirectory;
@@ -105,6 +106,10 @@ pub struct Gateway {
     pub trust_forwarded_for: bool,
     /// Where `/metrics` is served, when not on the main port.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Client WebSockets open, in all and per address.
+    pub sockets: crate::sockets::SocketCounter,
+    /// What client sockets may hold of unfinished messages, together.
+    pub read_budget: Arc<crate::read_budget::ReadBudget>,
 }
 
 /// What every gateway is configured with, in either mode.
@@ -130,6 +135,8 @@ pub struct GatewayOptions {
     pub rooms_per_client: u32,
     /// Where `/metrics` is served instead of the main port, when set.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Client WebSockets held at once, in all and per address.
+    pub sockets: crate::sockets::SocketLimits,
 }
 
 /// The mode-specific parts of a gateway.
@@ -185,6 +192,8 @@ impl Gateway {
             )),
             trust_forwarded_for: options.trust_forwarded_for,
             metrics_listen: options.metrics_listen,
+            sockets: crate::sockets::SocketCounter::new(options.sockets),
+            read_budget: crate::read_budget::ReadBudget::new(crate::read_budget::DEFAULT_POOL),
         }))
     }
 }
@@ -537,9 +546,15 @@ impl Session {
                         });
                     }
                 }
+                let priority = match gateway.guesses.lock() {
+                    Ok(guesses) if !guesses.has_failed(self.client) => Priority::FirstTry,
+                    _ => Priority::Repeat,
+                };
                 let check = gateway
                     .passwords
                     .check(
+                        self.client,
+                        priority,
                         settings.password_hash.as_deref(),
                         request.password.as_deref(),
                     )

@@ -62,7 +62,11 @@ impl ShardConnector for WsConnector {
         request.headers_mut().insert("authorization", bearer);
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_SHARD_FRAME))
-            .max_frame_size(Some(MAX_SHARD_FRAME));
+            .max_frame_size(Some(MAX_SHARD_FRAME))
+            // One link per session: a small read buffer (grown for a long message
+            // only) and no write batching, which would only add latency.
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(0);
         let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await

@@ -31,6 +31,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
             trust_forwarded_for: false,
             rooms_per_client: tutti_signaling::guesses::DEFAULT_ROOMS_PER_CLIENT,
             metrics_listen: None,
+            sockets: Default::default(),
         },
         shards: 2,
         media_bind: std::net::IpAddr::from([127, 0, 0, 1]),
@@ -52,6 +53,29 @@ pub fn ws_url(system: &LocalSystem) -> String {
     format!("ws://{}/v1/ws", system.server.addr)
 }
 
+/// A client WebSocket to `url` (`ws://host:port/…`) from the local address `source`;
+/// the HTTP status when the upgrade is refused is in the error.
+pub async fn connect_raw_from(
+    url: &str,
+    source: std::net::IpAddr,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let target: std::net::SocketAddr = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .context("a ws://host:port/ URL")?
+        .parse()?;
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    let stream = socket.connect(target).await?;
+    let (socket, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .context("gateway upgrade")?;
+    Ok(socket)
+}
+
 /// One end of a client WebSocket, frames as JSON.
 pub struct GatewayClient {
     tx: mpsc::UnboundedSender<Message>,
@@ -65,6 +89,19 @@ impl GatewayClient {
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .context("gateway connect")?;
+        Ok(Self::over(socket))
+    }
+
+    /// Connects from `source` (one of 127.0.0.0/8, to play many client addresses).
+    pub async fn connect_from(url: &str, source: std::net::IpAddr) -> Result<Self> {
+        let socket = connect_raw_from(url, source).await?;
+        Ok(Self::over(socket))
+    }
+
+    fn over<S>(socket: tokio_tungstenite::WebSocketStream<S>) -> Self
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sink, mut stream) = socket.split();
         let (tx, mut outgoing) = mpsc::unbounded_channel::<Message>();
         let (incoming, rx) = mpsc::unbounded_channel::<Value>();
@@ -89,7 +126,7 @@ impl GatewayClient {
             }
             let _ = closed_tx.send(true);
         });
-        Ok(Self { tx, rx, closed })
+        Self { tx, rx, closed }
     }
 
     /// Sends a JSON message (`v: 1` is added when missing).

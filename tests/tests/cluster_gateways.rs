@@ -31,6 +31,7 @@ fn gateway_options(etcd: &Etcd) -> Result<ClusterOptions> {
             trust_forwarded_for: false,
             rooms_per_client: tutti_signaling::guesses::DEFAULT_ROOMS_PER_CLIENT,
             metrics_listen: None,
+            sockets: Default::default(),
         },
         etcd: EtcdConfig::parse(&etcd.url()).map_err(anyhow::Error::msg)?,
         shard_signal_token: SIGNAL_TOKEN.into(),

@@ -207,7 +207,7 @@ async fn malformed_and_oversized_messages_get_bad_message_and_close_only_their_s
     let chat = member.until("chat", WAIT).await?;
     ensure!(chat["text"] == "sorry", "{chat}");
 
-    // Beyond what the WebSocket layer buffers (1 MiB), the sender's socket is closed...
+    // Beyond what the WebSocket layer buffers (128 KiB), the sender's socket is closed...
     rude.send_raw("y".repeat(2 * 1024 * 1024));
     rude.wait_closed(WAIT).await?;
     // ...its participant leaves, and nobody else is touched.
