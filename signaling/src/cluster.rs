@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub shard_signal_token: String,
     /// How long a join waits for its room to be placed.
     pub route_wait: Duration,
+    /// The networks shard signaling URLs must point into to get the token.
+    pub shard_networks: crate::shard_urls::ShardNetworks,
 }
 
 /// A running cluster gateway.
@@ -65,7 +67,10 @@ impl ClusterGateway {
             GatewayParts {
                 view: view.clone(),
                 router: Arc::new(StoreRouter::new(store.clone(), options.route_wait)),
-                connector: Arc::new(WsConnector::new(options.shard_signal_token.clone())),
+                connector: Arc::new(WsConnector::new(
+                    options.shard_signal_token.clone(),
+                    options.shard_networks.clone(),
+                )),
                 occupancy: Default::default(),
                 metrics: Arc::new(GatewayMetrics::new()),
             },

@@ -96,6 +96,11 @@ pub struct RunArgs {
     /// reaches).
     #[arg(long, env = "TUTTI_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Cluster mode: the networks (CIDRs, comma-separated) shard signaling URLs must point
+    /// into before the gateway presents the shard signaling token there. Add the pod
+    /// network when pods have public addresses (EKS with IPv6).
+    #[arg(long, env = "TUTTI_SHARD_NETWORKS", default_value = crate::shard_urls::DEFAULT_SHARD_NETWORKS)]
+    pub shard_networks: String,
     /// Cluster mode: seconds a join waits for its room to be placed.
     #[arg(long, env = "TUTTI_ROUTE_WAIT", default_value_t = 15)]
     pub route_wait: u64,

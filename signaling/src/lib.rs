@@ -26,6 +26,7 @@ pub mod seating;
 pub mod server;
 pub mod session;
 pub mod shard_link;
+pub mod shard_urls;
 pub mod sockets;
 pub mod turn;
 pub mod web;

@@ -179,7 +179,10 @@ impl LocalSystem {
             GatewayParts {
                 view: view.clone(),
                 router: placer,
-                connector: Arc::new(WsConnector::new(signal_token)),
+                connector: Arc::new(WsConnector::new(
+                    signal_token,
+                    crate::shard_urls::ShardNetworks::default(),
+                )),
                 occupancy,
                 metrics,
             },

@@ -75,6 +75,9 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             etcd,
             shard_signal_token: args.shard_signal_token.clone().unwrap_or_default(),
             route_wait: Duration::from_secs(args.route_wait),
+            shard_networks: tutti_signaling::shard_urls::ShardNetworks::parse(
+                &args.shard_networks,
+            )?,
         })
         .await?;
         println!("tutti-gateway: listening on {}", gateway.url());

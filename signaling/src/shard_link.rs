@@ -39,18 +39,23 @@ pub trait ShardConnector: Send + Sync {
 /// Connects over WebSocket with the shards' signaling token.
 pub struct WsConnector {
     token: String,
+    networks: crate::shard_urls::ShardNetworks,
 }
 
 impl WsConnector {
-    /// A connector presenting `token` to shards.
-    pub fn new(token: String) -> Self {
-        Self { token }
+    /// A connector presenting `token` to shards whose signaling URL is in `networks`.
+    pub fn new(token: String, networks: crate::shard_urls::ShardNetworks) -> Self {
+        Self { token, networks }
     }
 }
 
 #[async_trait]
 impl ShardConnector for WsConnector {
     async fn connect(&self, shard: &ShardRecord) -> Result<ShardLink, String> {
+        if let Some(why) = self.networks.refusal(&shard.signal_url) {
+            tracing::warn!(shard = %shard.id, "not sending the signaling token: {why}");
+            return Err(format!("shard {}: {why}", shard.id));
+        }
         let mut request = shard
             .signal_url
             .as_str()

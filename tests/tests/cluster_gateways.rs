@@ -36,6 +36,7 @@ fn gateway_options(etcd: &Etcd) -> Result<ClusterOptions> {
         etcd: EtcdConfig::parse(&etcd.url()).map_err(anyhow::Error::msg)?,
         shard_signal_token: SIGNAL_TOKEN.into(),
         route_wait: Duration::from_secs(15),
+        shard_networks: Default::default(),
     })
 }
 
