@@ -39,8 +39,9 @@ pub struct RoomSpec {
     #[serde(default = "default_max_participants")]
     #[schemars(range(min = 2, max = 10000))]
     pub max_participants: u32,
-    /// A Secret key holding the room's password. The operator stores only its argon2 hash
-    /// in the live state; the password itself never leaves the Secret.
+    /// A Secret key holding the room's password; the Secret must be labelled
+    /// `tutti.dev/room-password: "true"`. The operator stores only its argon2 hash in the
+    /// live state; the password itself never leaves the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
     /// What may be published.

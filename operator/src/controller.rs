@@ -162,6 +162,28 @@ async fn read_password(
         .await
         .map_err(|e| format!("secret {} could not be read: {e}", reference.name))?
         .ok_or_else(|| format!("secret {} does not exist", reference.name))?;
+    password_from_secret(&secret, reference)
+}
+
+/// The label a Secret must carry for a Room to take its password from it.
+pub const ROOM_PASSWORD_LABEL: &str = "tutti.dev/room-password";
+
+/// A Room's password from its Secret. The Secret must say it holds one (the label set to
+/// "true"): otherwise whoever may create Rooms could point one at any Secret of its
+/// namespace (a database password, a token) and, by joining, test guesses against it.
+pub fn password_from_secret(secret: &Secret, reference: &SecretKeyRef) -> Result<String, String> {
+    let labelled = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(ROOM_PASSWORD_LABEL))
+        .is_some_and(|value| value == "true");
+    if !labelled {
+        return Err(format!(
+            "secret {} is not labelled {ROOM_PASSWORD_LABEL}: \"true\", which marks Secrets that hold room passwords",
+            reference.name
+        ));
+    }
     let bytes = secret
         .data
         .as_ref()
@@ -441,5 +463,51 @@ where
             .await;
             Ok(Action::await_change())
         }
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret(labels: &[(&str, &str)], password: &[u8]) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        secret.data = Some(
+            [("password".to_owned(), ByteString(password.to_vec()))]
+                .into_iter()
+                .collect(),
+        );
+        secret
+    }
+
+    #[test]
+    fn only_secrets_marked_as_room_passwords_give_one() {
+        let reference = SecretKeyRef {
+            name: "lesson".into(),
+            key: "password".into(),
+        };
+        let marked = [(ROOM_PASSWORD_LABEL, "true")];
+        assert_eq!(
+            password_from_secret(&secret(&marked, b"arco"), &reference).as_deref(),
+            Ok("arco")
+        );
+        let unmarked = password_from_secret(&secret(&[], b"db-password"), &reference);
+        assert!(unmarked.unwrap_err().contains(ROOM_PASSWORD_LABEL));
+        let wrong_value = [(ROOM_PASSWORD_LABEL, "yes")];
+        assert!(password_from_secret(&secret(&wrong_value, b"arco"), &reference).is_err());
+        assert!(password_from_secret(&secret(&marked, b""), &reference).is_err());
+        assert!(password_from_secret(&secret(&marked, &[0xff, 0xfe]), &reference).is_err());
+        let other_key = SecretKeyRef {
+            name: "lesson".into(),
+            key: "pin".into(),
+        };
+        assert!(password_from_secret(&secret(&marked, b"arco"), &other_key).is_err());
     }
 }
