@@ -124,10 +124,7 @@ impl<S: LiveView + LiveWriter> Driver<S> {
             .map(|(shard, info)| (shard.clone(), info.participants))
             .collect();
         let alive = candidates(&shards, &route.shard);
-        let previous_plan = previous.as_ref().map(|c| Plan {
-            origin: route.shard.clone(),
-            edges: c.edges.clone(),
-        });
+        let previous_plan = previous.as_ref().map(|c| moved_origin(c, &route.shard));
         let next = plan(
             previous_plan.as_ref(),
             &Demand {
@@ -210,6 +207,30 @@ impl<S: LiveView + LiveWriter> Driver<S> {
 
 /// Shards that may take part, preferred first: the origin, then shards that are not
 /// draining, the least loaded first.
+/// The tree as it was, after its stage moved to `origin`: edges that relayed from the old
+/// origin relay from the new one, and the new origin is no longer an edge (the stage's
+/// pipeline replaced its edge pipeline), its children relaying from it as the origin.
+/// Without this the planner kept every parent and could leave an edge relaying from its
+/// own shard.
+fn moved_origin(previous: &CascadeRecord, origin: &str) -> Plan {
+    let edges = previous
+        .edges
+        .iter()
+        .filter(|edge| edge.shard != origin)
+        .map(|edge| {
+            let mut edge = edge.clone();
+            if edge.parent == previous.origin {
+                edge.parent = origin.to_owned();
+            }
+            edge
+        })
+        .collect();
+    Plan {
+        origin: origin.to_owned(),
+        edges,
+    }
+}
+
 fn candidates(shards: &BTreeMap<String, ShardRecord>, origin: &str) -> Vec<String> {
     let mut others: Vec<&ShardRecord> = shards
         .values()
@@ -259,6 +280,37 @@ pub fn edge_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Edge;
+
+    fn edge(shard: &str, parent: &str) -> Edge {
+        Edge {
+            shard: shard.into(),
+            parent: parent.into(),
+            viewers: 3,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn a_stage_that_moved_onto_an_edge_leads_the_tree_from_there() {
+        // a is the origin; b relays from a, c from b, d from a. The stage moves to b.
+        let previous = CascadeRecord {
+            broadcast: "concert".into(),
+            stage: "stage".into(),
+            origin: "a".into(),
+            edges: vec![edge("b", "a"), edge("c", "b"), edge("d", "a")],
+        };
+        let moved = moved_origin(&previous, "b");
+        assert_eq!(moved.origin, "b");
+        assert_eq!(moved.edges, vec![edge("c", "b"), edge("d", "b")]);
+        assert!(moved.edges.iter().all(|e| e.parent != e.shard));
+        // Moving to a shard outside the tree re-parents the old origin's children only.
+        let elsewhere = moved_origin(&previous, "z");
+        assert_eq!(
+            elsewhere.edges,
+            vec![edge("b", "z"), edge("c", "b"), edge("d", "z")]
+        );
+    }
 
     #[test]
     fn the_origin_leads_and_draining_shards_take_no_part() {

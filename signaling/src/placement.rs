@@ -312,7 +312,10 @@ pub async fn refresh_occupancy(
             _ = ticker.tick() => {}
         }
         let mut hosted: HashMap<String, Occupancy> = HashMap::new();
-        let mut hosted_by: HashMap<String, String> = HashMap::new();
+        // A broadcast's edges are pipelines named after its stage on other shards: only
+        // pipelines that relay nothing are where a room lives (taking an edge for the
+        // stage once deleted the stage's route every few seconds and moved the stage).
+        let mut hosted_by: HashMap<String, Vec<String>> = HashMap::new();
         for shard in store.shards() {
             match ShardAdmin::new(&shard.admin_url, &admin_token)
                 .pipelines()
@@ -320,7 +323,13 @@ pub async fn refresh_occupancy(
             {
                 Ok(pipelines) => {
                     for pipeline in pipelines {
-                        hosted_by.insert(pipeline.name.clone(), shard.id.clone());
+                        if pipeline.spec.relay.is_some() {
+                            continue;
+                        }
+                        hosted_by
+                            .entry(pipeline.name.clone())
+                            .or_default()
+                            .push(shard.id.clone());
                         hosted.insert(
                             pipeline.name,
                             Occupancy {
@@ -335,7 +344,9 @@ pub async fn refresh_occupancy(
         }
         let mut still_missing = HashMap::new();
         for route in store.routes() {
-            if hosted_by.get(&route.room) == Some(&route.shard)
+            if hosted_by
+                .get(&route.room)
+                .is_some_and(|shards| shards.contains(&route.shard))
                 || store.shard(&route.shard).is_none()
             {
                 continue;
