@@ -1,7 +1,7 @@
 //! What one hostile client can do, against real processes on 127.0.0.1, bounded in count
 //! and time. Each test prints what it measured.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use std::time::Instant;
 use tutti_signaling::config::{LocalRooms, RoomsFile};
@@ -202,5 +202,217 @@ async fn ice_tcp_drips_and_connection_hoards_are_cut() -> Result<()> {
         closed_after.as_secs_f64()
     );
     ensure!(refused >= 40 - 16, "{refused} of 40 refused");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_held_by_a_socket_that_never_sends_media_is_released_within_a_minute() -> Result<()>
+{
+    let system = start(local_options(rooms(
+        "[[rooms]]\nname = \"duet\"\nmaxParticipants = 2\n",
+    )?))
+    .await?;
+    let url = ws_url(&system);
+    // Two squatters take both seats and never do ICE.
+    let mut squatters = Vec::new();
+    for name in ["Squat1", "Squat2"] {
+        let mut client = GatewayClient::connect(&url).await?;
+        client.join(json!({"room": "duet", "name": name})).await?;
+        squatters.push(client);
+    }
+    let squatted = Instant::now();
+    let mut player = GatewayClient::connect(&url).await?;
+    let first = player.join(json!({"room": "duet", "name": "Player"})).await;
+    ensure!(
+        matches!(&first, Err(err) if err.to_string() == "room_full"),
+        "both seats are taken at first: {first:?}"
+    );
+    // The player tries again every second, as the web client does on `room_full` (on a
+    // fresh socket: a socket that has not joined within 30 s is closed).
+    let mut tries = 1;
+    let joined = loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tries += 1;
+        player = GatewayClient::connect(&url).await?;
+        match player.join(json!({"room": "duet", "name": "Player"})).await {
+            Ok(joined) => break joined,
+            Err(err) if err.to_string() == "room_full" => {}
+            Err(err) => {
+                println!("try {tries}: {err}");
+                return Err(err);
+            }
+        }
+        ensure!(
+            squatted.elapsed() < std::time::Duration::from_secs(60),
+            "the seat is still squatted after a minute"
+        );
+    };
+    let released_after = squatted.elapsed();
+    // The squatter that lost its seat is told so and the other keeps its own.
+    let told = squatters[0]
+        .until("left", std::time::Duration::from_secs(5))
+        .await;
+    println!(
+        "abuse: 2 WebSocket-only squatters filled a 2-seat room; a player got in after {:.1} s ({tries} tries); the evicted squatter got {}",
+        released_after.as_secs_f64(),
+        told.as_ref()
+            .map(|f| f["reason"].to_string())
+            .unwrap_or_else(|e| e.to_string())
+    );
+    ensure!(
+        joined["participants"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
+    );
+    ensure!(released_after >= tutti_sfu::shard::SEAT_GRACE);
+    squatters[1].send(json!({"type": "ping"}));
+    squatters[1]
+        .until("pong", std::time::Duration::from_secs(5))
+        .await?;
+    system.stop().await;
+    Ok(())
+}
+
+fn resident_bytes() -> u64 {
+    tutti_tests::shard::process_usage(std::process::id()).map_or(0, |(_, rss)| rss)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_with_a_thousand_simulcast_layers_is_refused_with_bounded_memory() -> Result<()> {
+    let system = start(local_options(rooms(
+        "[[rooms]]\nname = \"lesson\"\nmaxParticipants = 4\n",
+    )?))
+    .await?;
+    let url = ws_url(&system);
+    let mut attacker = GatewayClient::connect(&url).await?;
+    attacker
+        .join(json!({"room": "lesson", "name": "Layers"}))
+        .await?;
+    let mut sdp = String::from(
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=rtpmap:96 VP8/90000\r\n",
+    );
+    for layer in 0..1000 {
+        sdp.push_str(&format!("a=rid:r{layer} send\r\n"));
+    }
+    let before = resident_bytes();
+    attacker.send(json!({"type": "offer", "pc": "publisher", "sdp": sdp}));
+    let reply = attacker
+        .until("error", std::time::Duration::from_secs(10))
+        .await?;
+    let after = resident_bytes();
+    println!(
+        "abuse: an offer of {} bytes with 1,000 a=rid lines: {} ({}); process RSS {:.1} -> {:.1} MiB",
+        sdp.len(),
+        reply["code"],
+        reply["message"],
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    ensure!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("a=rid")),
+        "refused for its layers: {reply}"
+    );
+    // The attacker's session goes on, nothing was set up for it.
+    attacker.send(json!({"type": "ping"}));
+    attacker
+        .until("pong", std::time::Duration::from_secs(5))
+        .await?;
+    system.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_state_message_flood_is_refused_and_disconnects_nobody() -> Result<()> {
+    let system = start(local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n",
+    )?))
+    .await?;
+    let url = ws_url(&system);
+    let mut presenter = GatewayClient::connect(&url).await?;
+    presenter
+        .join(json!({"room": "concert", "name": "Pianist", "password": "stage-door"}))
+        .await?;
+    // Viewers are seated once the broadcast's edges are up.
+    let mut viewers = Vec::new();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while viewers.len() < 3 {
+        let mut viewer = GatewayClient::connect(&url).await?;
+        match viewer.join(json!({"room": "concert", "watch": true})).await {
+            Ok(_) => viewers.push(viewer),
+            Err(err) if err.to_string() == "unavailable" => {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the broadcast never seated viewers"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let flooder = &viewers[0];
+    for i in 0..400 {
+        if i % 2 == 0 {
+            flooder.send(json!({"type": "screen_share", "active": i % 4 == 0}));
+        } else {
+            flooder.send(json!({"type": "mute", "track": "t1", "muted": i % 4 == 1}));
+        }
+    }
+    // Every message gets an answer: a refusal, or `rate_limited` from the gateway's own
+    // budget (burst 200). Count the 400 answers, then ping until the budget lets it in.
+    let mut codes = std::collections::BTreeMap::<String, u32>::new();
+    let mut flooder = viewers.remove(0);
+    let mut answers = 0;
+    while answers < 400 {
+        let frame = flooder.next(std::time::Duration::from_secs(10)).await?;
+        if frame["type"] == "error" {
+            answers += 1;
+            *codes.entry(frame["code"].to_string()).or_default() += 1;
+        }
+    }
+    let mut pinged = 0;
+    loop {
+        flooder.send(json!({"type": "ping"}));
+        pinged += 1;
+        let frame = flooder.next(std::time::Duration::from_secs(10)).await?;
+        if frame["type"] == "pong" {
+            break;
+        }
+        ensure!(pinged < 50, "the flooder's budget never refilled: {frame}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Everyone else: still connected, and told nothing of it.
+    let mut announcements = 0;
+    for (index, watcher) in viewers
+        .iter_mut()
+        .chain(std::iter::once(&mut presenter))
+        .enumerate()
+    {
+        watcher.send(json!({"type": "ping"}));
+        loop {
+            let frame = watcher
+                .next(std::time::Duration::from_secs(10))
+                .await
+                .with_context(|| format!("watcher {index} answers a ping"))?;
+            match frame["type"].as_str() {
+                Some("pong") => break,
+                Some("screen_share" | "mute") => announcements += 1,
+                _ => {}
+            }
+        }
+    }
+    println!(
+        "abuse: a viewer sent 200 screen_share and 200 mute messages: answers {codes:?}; announcements reaching the 2 other viewers and the presenter: {announcements}"
+    );
+    ensure!(announcements == 0, "a viewer's state reached others");
+    ensure!(
+        !codes.is_empty()
+            && codes
+                .keys()
+                .all(|c| c.contains("forbidden") || c.contains("rate_limited")),
+        "{codes:?}"
+    );
+    system.stop().await;
     Ok(())
 }
