@@ -410,7 +410,9 @@ async fn a_viewers_state_message_flood_is_refused_and_disconnects_nobody() -> Re
         !codes.is_empty()
             && codes
                 .keys()
-                .all(|c| c.contains("forbidden") || c.contains("rate_limited")),
+                .all(|c| ["forbidden", "rate_limited", "track_not_found"]
+                    .iter()
+                    .any(|k| c.contains(k))),
         "{codes:?}"
     );
     system.stop().await;
