@@ -246,7 +246,11 @@ async fn run_link(
                             }
                         }
                         if top {
+                            let (participant, sharing) = (p.id.clone(), p.screen_sharing);
                             core.send(Command::RelayParticipant { room: options.room.clone(), participant: p.id, name: p.name, present: true }).await;
+                            if sharing {
+                                core.send(Command::RelayScreenShare { room: options.room.clone(), participant, active: true }).await;
+                            }
                         }
                     }
                 }
@@ -255,6 +259,9 @@ async fn run_link(
                     if top {
                         core.send(Command::RelayParticipant { room: options.room.clone(), participant: participant.id, name: participant.name, present: true }).await;
                     }
+                }
+                ServerMessage::ScreenShare { participant, active } if top => {
+                    core.send(Command::RelayScreenShare { room: options.room.clone(), participant, active }).await;
                 }
                 ServerMessage::ParticipantLeft { participant } if top => {
                     core.send(Command::RelayParticipant {

@@ -141,7 +141,7 @@ async function onMessage(message) {
       showBanner('');
       setStatus('Watching');
       for (const p of message.participants) {
-        presenter(p.id, p.name);
+        presenter(p.id, p.name).tile.classList.toggle('screen', Boolean(p.screen_sharing));
         for (const track of p.tracks || []) {
           state.trackOwner.set(track.id, p.id);
           if (track.kind === 'video') state.videoTracks.add(track.id);
@@ -153,6 +153,10 @@ async function onMessage(message) {
       break;
     case 'participant_left':
       dropPresenter(message.participant);
+      break;
+    case 'screen_share':
+      // A shared screen is shown whole (letterboxed), not cropped to the tile like a face.
+      state.presenters.get(message.participant)?.tile.classList.toggle('screen', message.active);
       break;
     case 'track_published':
       state.trackOwner.set(message.track.id, message.participant);

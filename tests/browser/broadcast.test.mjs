@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   binary, startProcess, startGateway, launch, openPage, waitFor, waitForPlayingVideo,
-  inbound, startEtcd, startClusterShard,
+  inbound, startEtcd, startClusterShard, remoteVideo,
 } from './lib.mjs';
 
 const ADMIN_TOKEN = 'broadcast-admin-token-0123456789abcdef';
@@ -93,6 +93,25 @@ test('the stage reaches a viewer through an edge, and the viewer picks a quality
   await viewers[0].selectOption('#quality', 'high');
   await waitFor('the best layer again', () => videoWidth(viewers[0]), (w) => w >= best, 30_000);
   console.log(`quality: ${best} px wide at high, ${low} at low`);
+});
+
+test('the presenter shares a screen: the viewer on the edge sees it whole, then the camera again', async () => {
+  const cameraWidth = await videoWidth(viewers[0]);
+  await presenter.click('#toggle-screen');
+  const shared = await waitFor(
+    'the viewer to see the screen share, marked as one',
+    () => remoteVideo(viewers[0], 'Pianist'),
+    (v) => v && v.classes.includes('screen') && v.width > 0 && v.width !== cameraWidth,
+    30_000,
+  );
+  await presenter.click('#toggle-screen');
+  await waitFor(
+    "the viewer to see the presenter's camera again",
+    () => remoteVideo(viewers[0], 'Pianist'),
+    (v) => v && !v.classes.includes('screen'),
+    30_000,
+  );
+  console.log(`screen share through the edge: ${shared.width}x${shared.height} (camera ${cameraWidth} wide)`);
 });
 
 test('the audience outgrows an edge: a new edge is added and newcomers land on it', async () => {

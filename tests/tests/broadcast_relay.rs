@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tutti_sfu::shard::api::PipelineSpec;
-use tutti_sfu::signal::protocol::ServerMessage;
+use tutti_sfu::signal::protocol::{ClientMessage, ServerMessage};
 use tutti_shard_api::admin::RelaySpec;
 use tutti_tests::init_logs;
 use tutti_tests::participant::{Participant, ParticipantConfig};
@@ -115,6 +115,35 @@ async fn an_edge_relays_the_origin_to_its_viewers_and_throttles_keyframe_request
             .collect();
         ensure!(seen == ["pianist"], "{} saw {seen:?}", v.id);
     }
+    // The pianist shares their screen: every viewer of the edge is told, and a viewer who
+    // comes later finds it in `joined`.
+    presenter.send(ClientMessage::ScreenShare { active: true });
+    for v in &viewers {
+        v.wait_for(WAIT, "the pianist's screen share through the edge", |_, events| events.iter().any(|e| {
+            matches!(e, ServerMessage::ScreenShare { participant, active: true } if participant == "pianist")
+        }))
+        .await?;
+    }
+    let late =
+        Participant::join(&edge.signal_url(), SIGNAL_TOKEN, viewer("concert", "late")).await?;
+    late.wait_for(
+        WAIT,
+        "the share in the late viewer's joined",
+        |_, events| {
+            events.iter().any(|e| {
+                matches!(e, ServerMessage::Joined { participants, .. }
+            if participants.iter().any(|p| p.id == "pianist" && p.screen_sharing))
+            })
+        },
+    )
+    .await?;
+    presenter.send(ClientMessage::ScreenShare { active: false });
+    late.wait_for(WAIT, "the share's end through the edge", |_, events| events.iter().any(|e| {
+        matches!(e, ServerMessage::ScreenShare { participant, active: false } if participant == "pianist")
+    }))
+    .await?;
+    drop(late);
+
     // The origin hosts one seat-taking participant: the relay takes no seat.
     let origin_load = origin.admin.pipelines().await?;
     ensure!(origin_load[0].participants == 1, "{origin_load:?}");

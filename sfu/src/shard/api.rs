@@ -163,6 +163,15 @@ pub enum Command {
         /// Present (true) or gone (false).
         present: bool,
     },
+    /// A publisher at the parent started or stopped sharing its screen.
+    RelayScreenShare {
+        /// The pipeline.
+        room: String,
+        /// Its participant id.
+        participant: String,
+        /// Whether it shares now.
+        active: bool,
+    },
     /// A relayed track (or one more layer of it) opened.
     RelayTrack {
         /// The track.

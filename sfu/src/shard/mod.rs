@@ -913,6 +913,11 @@ impl ShardCore {
                 name,
                 present,
             } => self.relay_participant(&room, &participant, &name, present, now),
+            Command::RelayScreenShare {
+                room,
+                participant,
+                active,
+            } => self.relay_screen_share(&room, &participant, active),
             Command::RelayTrack { track, reply } => {
                 let _ = reply.send(self.relay_track(track, now));
             }

@@ -91,6 +91,34 @@ impl ShardCore {
         }
     }
 
+    /// A publisher at the parent started or stopped sharing its screen: the edge's viewers
+    /// (and its own child edges) are told, and later joiners see it in `joined`.
+    pub(super) fn relay_screen_share(&mut self, room: &str, participant: &str, active: bool) {
+        let Some(id) = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.relay.as_ref())
+            .and_then(|feed| feed.sessions.get(participant).copied())
+        else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if session.screen_sharing == active {
+            return;
+        }
+        session.screen_sharing = active;
+        self.broadcast(
+            room,
+            Some(id),
+            ServerMessage::ScreenShare {
+                participant: participant.to_owned(),
+                active,
+            },
+        );
+    }
+
     /// The session standing for a publisher of the parent, created on first need.
     fn relayed_session(
         &mut self,
