@@ -418,3 +418,71 @@ async fn a_viewers_state_message_flood_is_refused_and_disconnects_nobody() -> Re
     system.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_flood_does_not_move_a_broadcast_stage_away_from_its_edges() -> Result<()> {
+    use tutti_store::LiveView;
+    let mut options = local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n",
+    )?);
+    options.common.rooms_per_client = 0;
+    let system = start(options).await?;
+    let url = ws_url(&system);
+    // The stage on one shard, an edge on the other.
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let (origin, epoch) = loop {
+        if let (Some(route), Some(cascade)) = (
+            system.store.route("concert"),
+            system.store.cascade("concert"),
+        ) && !cascade.edges.is_empty()
+        {
+            break (route.shard, route.epoch);
+        }
+        ensure!(Instant::now() < deadline, "the broadcast never got an edge");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // A presenter makes the stage's shard the busier one; 30 new rooms make it busier in
+    // rooms too, so that a stage placed again would go to the other shard.
+    let mut presenter = GatewayClient::connect(&url).await?;
+    presenter
+        .join(json!({"room": "concert", "name": "Pianist", "password": "stage-door"}))
+        .await?;
+    let mut flood = Vec::new();
+    for i in 0..30 {
+        let mut client = GatewayClient::connect(&url).await?;
+        client
+            .join(json!({"room": format!("flood-{i}"), "name": "Flooder"}))
+            .await?;
+        flood.push(client);
+    }
+    // The stage's route was deleted after two occupancy polls (2 s apart) that took its
+    // edge for it: watch for four polls.
+    let watching = Instant::now();
+    while watching.elapsed() < std::time::Duration::from_secs(8) {
+        let route = system.store.route("concert").context("the stage's route")?;
+        ensure!(
+            route.shard == origin && route.epoch == epoch,
+            "the stage moved from {origin}@{epoch} to {}@{}",
+            route.shard,
+            route.epoch
+        );
+        if let Some(cascade) = system.store.cascade("concert") {
+            ensure!(
+                cascade.origin == origin
+                    && cascade
+                        .edges
+                        .iter()
+                        .all(|e| e.shard != origin && e.parent != e.shard),
+                "the tree went wrong: {cascade:?}"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    println!(
+        "abuse: with 30 new rooms and a presenter on its shard, the stage stayed on {origin} for {:.0} s",
+        watching.elapsed().as_secs_f64()
+    );
+    system.stop().await;
+    Ok(())
+}
