@@ -117,10 +117,19 @@ impl ShardCore {
                 }
             }
             ClientMessage::SetQuality { track, quality } => {
-                let found = self
-                    .tracks
-                    .values_mut()
-                    .find(|t| t.id == track)
+                // Only the tracks of the session's room, not every track of the shard.
+                let key = self
+                    .sessions
+                    .get(&session)
+                    .and_then(|s| self.rooms.get(&s.room))
+                    .and_then(|room| {
+                        room.tracks
+                            .iter()
+                            .copied()
+                            .find(|k| self.tracks.get(k).is_some_and(|t| t.id == track))
+                    });
+                let found = key
+                    .and_then(|k| self.tracks.get_mut(&k))
                     .and_then(|t| t.downtracks.iter_mut().find(|d| d.session == session));
                 match found {
                     Some(entry) => entry.state.set_target(quality),
@@ -142,9 +151,15 @@ impl ShardCore {
                     );
                     return;
                 }
-                let owned = self.tracks.values_mut().find(|t| {
-                    t.session == session && (t.id == track || t.source_track_id == track)
+                // Only the session's own tracks, not every track of the shard.
+                let key = self.sessions.get(&session).and_then(|s| {
+                    s.tracks.iter().copied().find(|k| {
+                        self.tracks
+                            .get(k)
+                            .is_some_and(|t| t.id == track || t.source_track_id == track)
+                    })
                 });
+                let owned = key.and_then(|k| self.tracks.get_mut(&k));
                 match owned {
                     Some(t) => {
                         t.muted = muted;

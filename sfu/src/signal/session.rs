@@ -30,6 +30,13 @@ pub enum Incoming {
 
 /// Messages per second a session may send on average, and its burst.
 const RATE: (u32, u32) = (50, 200);
+/// Descriptions (offers and answers) per second on average, and their burst: each is
+/// parsed and negotiated on the media thread, the costliest thing a client can ask for.
+/// A client renegotiates when it starts or stops sharing a screen, not many times a second.
+const SDP_RATE: (u32, u32) = (2, 10);
+/// Simulcast layer changes per second on average, and their burst (a viewer switching
+/// the quality of every track at once stays well within it).
+const QUALITY_RATE: (u32, u32) = (10, 50);
 /// Rate-limited frames after which the session is closed.
 const MAX_STRIKES: u32 = 500;
 /// Capacity of the queue from the core to this session.
@@ -50,6 +57,8 @@ pub async fn run_session<S, R>(
     let (events_tx, mut events_rx) = mpsc::channel::<ServerMessage>(SESSION_QUEUE);
     let mut session: Option<SessionId> = None;
     let mut budget = TokenBucket::new(RATE.0, RATE.1);
+    let mut sdp_budget = TokenBucket::new(SDP_RATE.0, SDP_RATE.1);
+    let mut quality_budget = TokenBucket::new(QUALITY_RATE.0, QUALITY_RATE.1);
     let mut strikes = 0u32;
     let join_deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     loop {
@@ -81,6 +90,16 @@ pub async fn run_session<S, R>(
                 }
                 let reply = match decode_client(&text) {
                     Err(err) => Some(error(&metrics, err.code, &err.message)),
+                    Ok(ClientMessage::Offer { .. } | ClientMessage::Answer { .. })
+                        if !sdp_budget.take(Instant::now()) =>
+                    {
+                        strikes += 1;
+                        Some(error(&metrics, ErrorCode::RateLimited, "too many offers and answers; slow down"))
+                    }
+                    Ok(ClientMessage::SetQuality { .. }) if !quality_budget.take(Instant::now()) => {
+                        strikes += 1;
+                        Some(error(&metrics, ErrorCode::RateLimited, "too many quality changes; slow down"))
+                    }
                     Ok(message) => handle(message, &mut session, &core, &events_tx, &metrics).await,
                 };
                 if let Some(reply) = reply
@@ -320,5 +339,40 @@ mod tests {
         assert!(limited > 0);
         // The session closed before answering every frame.
         assert!(replies.len() < (RATE.1 + MAX_STRIKES + 10) as usize);
+    }
+
+    #[tokio::test]
+    async fn offers_and_quality_changes_have_budgets_of_their_own() {
+        let mut frames = vec![text(
+            r#"{"v":1,"type":"join","room":"r1","participant":"p1"}"#,
+        )];
+        frames.extend(
+            (0..30).map(|_| text(r#"{"v":1,"type":"offer","pc":"publisher","sdp":"v=0"}"#)),
+        );
+        frames.extend(
+            (0..60).map(|_| text(r#"{"v":1,"type":"set_quality","track":"t","quality":"low"}"#)),
+        );
+        frames.push(text(r#"{"v":1,"type":"ping"}"#));
+        frames.push(Incoming::Close);
+        let (replies, seen) = script(frames).await;
+        let reached = |kind: &str| seen.iter().filter(|s| s.contains(kind)).count();
+        // The burst of each reaches the core (a little refill at most); the rest is
+        // refused before it costs the media thread anything. Pings still get through.
+        assert!((10..=11).contains(&reached("Offer")), "{seen:?}");
+        assert!((50..=52).contains(&reached("SetQuality")), "{seen:?}");
+        let limited = replies
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    ServerMessage::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(limited, 90 - reached("Offer") - reached("SetQuality"));
+        assert!(matches!(replies.last(), Some(ServerMessage::Pong)));
     }
 }
