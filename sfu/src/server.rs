@@ -215,6 +215,7 @@ fn app(state: AppState) -> Router {
         )
         .route("/v1/load", get(load))
         .route("/v1/drain", post(drain))
+        .merge(fault_routes())
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let signal =
@@ -436,6 +437,25 @@ async fn load(State(state): State<AppState>) -> Response {
         Ok(load) => Json(load).into_response(),
         Err(err) => admin_error(err),
     }
+}
+
+#[cfg(feature = "fault-injection")]
+fn fault_routes() -> Router<AppState> {
+    Router::new().route(
+        "/v1/fault/stall-media",
+        post(|State(state): State<AppState>| async move {
+            state
+                .core
+                .send(crate::shard::api::Command::StallForever)
+                .await;
+            StatusCode::ACCEPTED
+        }),
+    )
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault_routes() -> Router<AppState> {
+    Router::new()
 }
 
 async fn drain(State(state): State<AppState>) -> Response {

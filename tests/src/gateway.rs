@@ -217,3 +217,23 @@ pub async fn http_get_with(
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// A POST request with an empty body and an optional bearer token; the status and body.
+pub async fn http_post_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut request = hyper::Request::post(format!("http://{addr}{path}"));
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client.request(request.body(Empty::new())?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

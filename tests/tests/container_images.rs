@@ -70,6 +70,10 @@ fn each_binary_has_a_multi_stage_locked_non_root_image() -> Result<()> {
             .parse()
             .with_context(|| format!("{path}: USER {user} must be numeric"))?;
         ensure!(uid != 0, "{path}: runs as root");
+        ensure!(
+            !text.contains("fault-injection"),
+            "{path}: test-only faults stay out of images"
+        );
         let entry = format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]");
         ensure!(text.contains(&entry), "{path}: {entry}");
     }

@@ -89,6 +89,10 @@ pub type SessionId = u64;
 
 /// A request to the media thread.
 pub enum Command {
+    /// Hangs the media thread for good (the `fault-injection` feature: tests of the
+    /// liveness probe).
+    #[cfg(feature = "fault-injection")]
+    StallForever,
     /// Join a room; events for the session go to `events`.
     Join {
         /// The request.

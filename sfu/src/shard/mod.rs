@@ -842,6 +842,13 @@ impl ShardCore {
     /// Handles one control-plane command.
     pub fn handle_command(&mut self, now: Instant, command: Command) {
         match command {
+            #[cfg(feature = "fault-injection")]
+            Command::StallForever => {
+                tracing::error!("fault injection: the media thread hangs for good");
+                loop {
+                    std::thread::park();
+                }
+            }
             Command::Join {
                 request,
                 events,
