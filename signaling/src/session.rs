@@ -227,8 +227,7 @@ pub async fn run_session<S, R>(
         client: crate::guesses::Guesser::of(client),
         room: None,
         budget: TokenBucket::new(RATE.0, RATE.1),
-        strikes: 0,
-        last_strike: None,
+        strikes: Strikes::default(),
         failed_joins: 0,
     };
     let mut from_shard: Option<mpsc::Receiver<String>> = None;
@@ -356,8 +355,7 @@ struct Session {
     client: crate::guesses::Guesser,
     room: Option<InRoom>,
     budget: TokenBucket,
-    strikes: u32,
-    last_strike: Option<Instant>,
+    strikes: Strikes,
     failed_joins: u32,
 }
 
@@ -403,16 +401,9 @@ impl Session {
     ) -> Step {
         let now = Instant::now();
         if !self.budget.take(now) {
-            if self
-                .last_strike
-                .is_some_and(|last| now.saturating_duration_since(last) >= STRIKES_FORGOTTEN_AFTER)
-            {
-                self.strikes = 0;
-            }
-            self.last_strike = Some(now);
-            self.strikes += 1;
+            let close = self.strikes.strike(now);
             let frame = self.error(ErrorCode::RateLimited, "too many messages; slow down");
-            return if self.strikes > MAX_STRIKES {
+            return if close {
                 Step::ReplyAndClose(frame)
             } else {
                 Step::Reply(frame)
@@ -829,5 +820,56 @@ impl Session {
             ServerMessage::Error { code, message } => Step::Reply(self.error(code.into(), message)),
             other => Step::Reply(Self::frame(&Outbound::Shard(other))),
         }
+    }
+}
+
+/// Rate-limited frames of a session, forgotten after a quiet minute: an honest client's
+/// bursts hours apart never add up to a disconnection.
+#[derive(Debug, Default)]
+struct Strikes {
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl Strikes {
+    /// Counts one at `now`; whether the session has had too many and must close.
+    fn strike(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) >= STRIKES_FORGOTTEN_AFTER)
+        {
+            self.count = 0;
+        }
+        self.last = Some(now);
+        self.count += 1;
+        self.count > MAX_STRIKES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strikes_close_a_flooder_but_are_forgotten_after_a_quiet_minute() {
+        let t0 = Instant::now();
+        let mut strikes = Strikes::default();
+        // Bursts an hour apart never close the session.
+        for hour in 0..10u64 {
+            let at = t0 + Duration::from_secs(3600 * hour);
+            assert!(!(0..MAX_STRIKES).any(|_| strikes.strike(at)), "hour {hour}");
+        }
+        // Strikes less than a minute apart add up.
+        let mut flooder = Strikes::default();
+        let closed_at = (0..=MAX_STRIKES)
+            .position(|i| flooder.strike(t0 + Duration::from_secs(u64::from(i) / 10)));
+        assert_eq!(closed_at, Some(MAX_STRIKES as usize));
+        // Exactly a quiet minute after the last one, the count starts over.
+        let mut quiet = Strikes::default();
+        for _ in 0..MAX_STRIKES {
+            quiet.strike(t0);
+        }
+        assert!(!quiet.strike(t0 + STRIKES_FORGOTTEN_AFTER));
+        assert_eq!(quiet.count, 1);
     }
 }
