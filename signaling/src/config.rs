@@ -137,6 +137,10 @@ pub struct RunArgs {
     /// limit). Raise it for audiences behind one large NAT.
     #[arg(long, env = "TUTTI_SOCKETS_PER_CLIENT", default_value_t = crate::sockets::DEFAULT_SOCKETS_PER_CLIENT)]
     pub sockets_per_client: usize,
+    /// Sessions of one client address given TURN credentials per 10 minutes (0: no
+    /// limit); past it, `joined` carries STUN servers only.
+    #[arg(long, env = "TUTTI_TURN_GRANTS_PER_CLIENT", default_value_t = crate::guesses::DEFAULT_TURN_GRANTS_PER_CLIENT)]
+    pub turn_grants_per_client: u32,
     /// Secret that signs join tokens (at least 32 bytes). Without it, tokens are refused.
     #[arg(long, env = "TUTTI_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

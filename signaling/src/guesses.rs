@@ -126,19 +126,23 @@ impl GuessLimiter {
 
 /// Rooms a client may create on first join within [`CREATION_WINDOW`], by default.
 pub const DEFAULT_ROOMS_PER_CLIENT: u32 = 10;
+/// Sessions of one client address given TURN credentials within [`CREATION_WINDOW`], by
+/// default: a household or a classroom rejoining all evening fits.
+pub const DEFAULT_TURN_GRANTS_PER_CLIENT: u32 = 30;
 /// The window room creations are counted in.
 pub const CREATION_WINDOW: Duration = Duration::from_secs(600);
 
-/// Rooms created on first join per client address in a fixed window: each holds a
-/// pipeline for its empty timeout, so a client looping join/leave with fresh names would
-/// otherwise fill the shards and grow the pool.
+/// Things a client address may get only so many of in a fixed window: rooms created on
+/// first join (each holds a pipeline for its empty timeout, so a client looping join/leave
+/// with fresh names would otherwise fill the shards and grow the pool), TURN credentials
+/// (each opens relays on coturn, so a client joining in a loop would collect them).
 #[derive(Debug)]
-pub struct CreationLimiter {
+pub struct WindowLimiter {
     limit: u32,
     windows: HashMap<Guesser, (Instant, u32)>,
 }
 
-impl CreationLimiter {
+impl WindowLimiter {
     /// At most `limit` creations per client per window; 0 means no limit.
     pub fn new(limit: u32) -> Self {
         Self {
@@ -232,7 +236,7 @@ mod tests {
 
     #[test]
     fn room_creations_per_address_are_capped_per_window() {
-        let mut limiter = CreationLimiter::new(3);
+        let mut limiter = WindowLimiter::new(3);
         let who = guesser("198.51.100.7");
         let start = Instant::now();
         for _ in 0..3 {
@@ -244,7 +248,7 @@ mod tests {
         assert_eq!(wait, CREATION_WINDOW - Duration::from_secs(60));
         assert!(limiter.create(guesser("198.51.100.8"), start).is_ok());
         assert!(limiter.create(who, start + CREATION_WINDOW).is_ok());
-        let mut unlimited = CreationLimiter::new(0);
+        let mut unlimited = WindowLimiter::new(0);
         for _ in 0..100 {
             assert!(unlimited.create(who, start).is_ok());
         }

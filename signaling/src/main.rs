@@ -56,6 +56,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         trust_forwarded_for: args.trust_forwarded_for,
         rooms_per_client: args.rooms_per_client,
         metrics_listen: args.metrics_listen,
+        turn_grants_per_client: args.turn_grants_per_client,
         sockets: tutti_signaling::sockets::SocketLimits {
             max_sockets: args.max_sockets,
             per_client: args.sockets_per_client,

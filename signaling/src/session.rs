@@ -100,7 +100,7 @@ pub struct Gateway {
     /// Wrong passwords per client address.
     pub guesses: std::sync::Mutex<crate::guesses::GuessLimiter>,
     /// Rooms created on first join per client address.
-    pub creations: std::sync::Mutex<crate::guesses::CreationLimiter>,
+    pub creations: std::sync::Mutex<crate::guesses::WindowLimiter>,
     /// Whether a client's address is the last one of `X-Forwarded-For` (behind a proxy
     /// of ours) rather than the socket's peer.
     pub trust_forwarded_for: bool,
@@ -108,6 +108,8 @@ pub struct Gateway {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Client WebSockets open, in all and per address.
     pub sockets: crate::sockets::SocketCounter,
+    /// Sessions given TURN credentials per client address.
+    pub turn_grants: std::sync::Mutex<crate::guesses::WindowLimiter>,
     /// What client sockets may hold of unfinished messages, together.
     pub read_budget: Arc<crate::read_budget::ReadBudget>,
 }
@@ -137,6 +139,8 @@ pub struct GatewayOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Client WebSockets held at once, in all and per address.
     pub sockets: crate::sockets::SocketLimits,
+    /// Sessions of one client address given TURN credentials per 10 minutes (0: no limit).
+    pub turn_grants_per_client: u32,
 }
 
 /// The mode-specific parts of a gateway.
@@ -187,12 +191,15 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             region: options.region.clone(),
             guesses: Default::default(),
-            creations: std::sync::Mutex::new(crate::guesses::CreationLimiter::new(
+            creations: std::sync::Mutex::new(crate::guesses::WindowLimiter::new(
                 options.rooms_per_client,
             )),
             trust_forwarded_for: options.trust_forwarded_for,
             metrics_listen: options.metrics_listen,
             sockets: crate::sockets::SocketCounter::new(options.sockets),
+            turn_grants: std::sync::Mutex::new(crate::guesses::WindowLimiter::new(
+                options.turn_grants_per_client,
+            )),
             read_budget: crate::read_budget::ReadBudget::new(crate::read_budget::DEFAULT_POOL),
         }))
     }
@@ -565,6 +572,27 @@ impl Session {
         Ok((admitted, None))
     }
 
+    /// The ICE servers for a participant of `room`: TURN credentials named after it (so
+    /// that coturn's logs and per-user quotas tell sessions apart), while the client's
+    /// address has not collected too many lately; STUN alone beyond that.
+    fn ice_servers(&self, room: &str, participant: &str) -> Vec<crate::protocol::IceServer> {
+        let gateway = &self.gateway;
+        let granted = gateway
+            .turn_grants
+            .lock()
+            .is_ok_and(|mut grants| grants.create(self.client, Instant::now()).is_ok());
+        if !granted {
+            tracing::info!(
+                room,
+                "TURN credentials withheld: this address collected its share"
+            );
+            return gateway.ice.stun_only();
+        }
+        gateway
+            .ice
+            .servers_for(&format!("{room}/{participant}"), SystemTime::now())
+    }
+
     /// Opens a session on `shard` with `join`; the participants already there. For a
     /// viewer, a full edge is one more reason to try elsewhere.
     async fn join_on(
@@ -669,7 +697,7 @@ impl Session {
                         publish: false,
                         subscribe: true,
                         participants,
-                        ice_servers: gateway.ice.servers_for(&participant, SystemTime::now()),
+                        ice_servers: self.ice_servers(&broadcast.name, &participant),
                         resume: String::new(),
                         simulcast: false,
                         audio,
@@ -783,7 +811,7 @@ impl Session {
                         publish: admitted.publish,
                         subscribe: admitted.subscribe,
                         participants,
-                        ice_servers: gateway.ice.servers_for(&participant, now),
+                        ice_servers: self.ice_servers(&request.room, &participant),
                         resume,
                         simulcast: settings.audience && settings.simulcast && admitted.publish,
                         audio,

@@ -65,6 +65,18 @@ impl IceConfig {
         self.stun_urls.is_empty() && (self.turn_urls.is_empty() || self.turn_secret.is_none())
     }
 
+    /// The STUN servers alone, for a client that gets no TURN credentials.
+    pub fn stun_only(&self) -> Vec<IceServer> {
+        if self.stun_urls.is_empty() {
+            return Vec::new();
+        }
+        vec![IceServer {
+            urls: self.stun_urls.clone(),
+            username: None,
+            credential: None,
+        }]
+    }
+
     /// The ICE servers for participant `name`, credentials valid from `now` for the TTL.
     pub fn servers_for(&self, name: &str, now: SystemTime) -> Vec<IceServer> {
         let mut servers = Vec::new();

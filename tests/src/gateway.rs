@@ -32,6 +32,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
             rooms_per_client: tutti_signaling::guesses::DEFAULT_ROOMS_PER_CLIENT,
             metrics_listen: None,
             sockets: Default::default(),
+            turn_grants_per_client: tutti_signaling::guesses::DEFAULT_TURN_GRANTS_PER_CLIENT,
         },
         shards: 2,
         media_bind: std::net::IpAddr::from([127, 0, 0, 1]),

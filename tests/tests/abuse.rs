@@ -486,3 +486,74 @@ async fn a_room_flood_does_not_move_a_broadcast_stage_away_from_its_edges() -> R
     system.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_are_named_and_rationed_per_address() -> Result<()> {
+    let mut options = local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n",
+    )?);
+    options.common.ice.stun_urls = vec!["stun:turn.example:3478".into()];
+    options.common.ice.turn_urls = vec!["turn:turn.example:3478?transport=udp".into()];
+    options.common.ice.turn_secret = Some("coturn-shared-secret".into());
+    options.common.turn_grants_per_client = 3;
+    let system = start(options).await?;
+    let url = ws_url(&system);
+    let mut presenter = GatewayClient::connect(&url).await?;
+    presenter
+        .join(json!({"room": "concert", "name": "Pianist", "password": "stage-door"}))
+        .await?;
+    // Anonymous viewers from one address, one socket each, as a credential harvester.
+    let turn_user = |joined: &serde_json::Value| {
+        joined["ice_servers"]
+            .as_array()
+            .and_then(|servers| servers.iter().find_map(|s| s["username"].as_str()))
+            .map(str::to_owned)
+    };
+    let source: std::net::IpAddr = "127.0.0.7".parse()?;
+    let mut users = Vec::new();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while users.len() < 5 {
+        let mut viewer = GatewayClient::connect_from(&url, source).await?;
+        match viewer.join(json!({"room": "concert", "watch": true})).await {
+            Ok(joined) => {
+                ensure!(
+                    joined["ice_servers"]
+                        .as_array()
+                        .is_some_and(|s| !s.is_empty()),
+                    "STUN at least: {joined}"
+                );
+                users.push(turn_user(&joined));
+            }
+            Err(err) if err.to_string() == "unavailable" => {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the broadcast never seated viewers"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let mut elsewhere = GatewayClient::connect_from(&url, "127.0.0.8".parse()?).await?;
+    let other = turn_user(
+        &elsewhere
+            .join(json!({"room": "concert", "watch": true}))
+            .await?,
+    );
+    println!(
+        "abuse: TURN usernames of 5 viewers from one address: {users:?}; from another: {other:?}"
+    );
+    ensure!(
+        users[..3]
+            .iter()
+            .all(|u| u.as_deref().is_some_and(|u| u.contains(":concert/"))),
+        "the first three get credentials named after the broadcast: {users:?}"
+    );
+    ensure!(
+        users[3..].iter().all(Option::is_none),
+        "then STUN only: {users:?}"
+    );
+    ensure!(other.is_some(), "another address is not affected");
+    system.stop().await;
+    Ok(())
+}

@@ -32,6 +32,7 @@ fn gateway_options(etcd: &Etcd) -> Result<ClusterOptions> {
             rooms_per_client: tutti_signaling::guesses::DEFAULT_ROOMS_PER_CLIENT,
             metrics_listen: None,
             sockets: Default::default(),
+            turn_grants_per_client: tutti_signaling::guesses::DEFAULT_TURN_GRANTS_PER_CLIENT,
         },
         etcd: EtcdConfig::parse(&etcd.url()).map_err(anyhow::Error::msg)?,
         shard_signal_token: SIGNAL_TOKEN.into(),
