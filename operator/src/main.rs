@@ -21,9 +21,12 @@ use tutti_store::{EtcdStore, LiveView, LiveWriter, MemoryStore};
 #[command(
     name = "tutti-operator",
     version,
-    about = "Tutti operator: places Rooms on SFU shards"
+    about = "Tutti operator: places Rooms on SFU shards",
+    subcommand_negates_reqs = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where the live state is (an etcd URL in a cluster).
     #[command(flatten)]
     store: tutti_store::StoreArgs,
@@ -87,9 +90,64 @@ struct Args {
     log_json: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Sets up etcd's authentication, as its root user: one user and role per component,
+    /// each allowed only the keys it writes (see `tutti_store::etcd_auth`). Idempotent:
+    /// the chart runs it at every install and upgrade.
+    EtcdAuth(EtcdAuthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EtcdAuthArgs {
+    /// Where etcd is.
+    #[command(flatten)]
+    store: tutti_store::StoreArgs,
+    /// etcd's root password (set on first run, kept or reset after).
+    #[arg(long, env = "TUTTI_ETCD_ROOT_PASSWORD", hide_env_values = true)]
+    root_password: String,
+    /// The password of the `tutti-operator` user.
+    #[arg(long, env = "TUTTI_ETCD_OPERATOR_PASSWORD", hide_env_values = true)]
+    operator_password: String,
+    /// The password of the `tutti-gateway` user.
+    #[arg(long, env = "TUTTI_ETCD_GATEWAY_PASSWORD", hide_env_values = true)]
+    gateway_password: String,
+    /// The password of the `tutti-shard` user.
+    #[arg(long, env = "TUTTI_ETCD_SHARD_PASSWORD", hide_env_values = true)]
+    shard_password: String,
+}
+
+async fn etcd_auth(args: EtcdAuthArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(etcd) = args.store.etcd()? else {
+        return Err("etcd-auth needs --store etcd://…".into());
+    };
+    for (name, password) in [
+        ("root", &args.root_password),
+        ("operator", &args.operator_password),
+        ("gateway", &args.gateway_password),
+        ("shard", &args.shard_password),
+    ] {
+        if password.len() < 16 {
+            return Err(format!("the {name} password must be at least 16 characters").into());
+        }
+    }
+    tutti_store::etcd_auth::bootstrap(
+        &etcd,
+        &args.root_password,
+        &tutti_store::etcd_auth::ComponentPasswords {
+            operator: args.operator_password,
+            gateway: args.gateway_password,
+            shard: args.shard_password,
+        },
+    )
+    .await?;
+    println!("tutti-operator: etcd authentication is on, one user per component");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -98,7 +156,11 @@ async fn main() -> ExitCode {
     } else {
         logs.init();
     }
-    match operate(args).await {
+    let result = match args.command.take() {
+        Some(Command::EtcdAuth(auth)) => etcd_auth(auth).await,
+        None => operate(args).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");

@@ -37,6 +37,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 impl EtcdConfig {
+    /// The client options for this configuration (TLS, user), for direct etcd calls.
+    pub fn connect_options(&self) -> Result<ConnectOptions, String> {
+        self.options().map_err(|e| e.to_string())
+    }
+
     fn options(&self) -> Result<ConnectOptions, StoreError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)

@@ -25,6 +25,8 @@
 mod args;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+pub mod etcd_auth;
 mod etcd_config;
 mod memory;
 pub mod password;
