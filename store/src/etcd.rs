@@ -125,9 +125,7 @@ impl EtcdStore {
         if config.endpoints.is_empty() {
             return Err(StoreError::Unavailable("no etcd endpoints".into()));
         }
-        let client = Client::connect(&config.endpoints, Some(config.options()?))
-            .await
-            .map_err(unavailable)?;
+        let client = connect_client(config).await?;
         let shared = Arc::new(Shared {
             copy: RwLock::new(Snapshot::default()),
             synced: AtomicBool::new(false),
@@ -226,6 +224,29 @@ fn placement_view(record: &ShardRecord) -> ShardRecord {
     view.load.egress_bps = 0;
     view.load.cpu_cores = 0.0;
     view
+}
+
+/// How long a component with credentials waits for etcd's authentication to be turned on
+/// (on a first install the chart's setup Job does it while the components start).
+const AUTH_SETUP_WAIT: Duration = Duration::from_secs(300);
+
+/// A client for `config`; with a user, waits while etcd has authentication off still.
+async fn connect_client(config: &EtcdConfig) -> Result<Client, StoreError> {
+    let started = Instant::now();
+    loop {
+        match Client::connect(&config.endpoints, Some(config.options()?)).await {
+            Ok(client) => return Ok(client),
+            Err(err)
+                if config.user.is_some()
+                    && err.to_string().contains("authentication is not enabled")
+                    && started.elapsed() < AUTH_SETUP_WAIT =>
+            {
+                tracing::warn!("etcd has authentication off still; waiting for its setup");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(err) => return Err(unavailable(err)),
+        }
+    }
 }
 
 /// Follows the prefix until the store is dropped, rebuilding after every interruption.

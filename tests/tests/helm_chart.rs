@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tutti_crds::ShardPool;
@@ -279,6 +279,30 @@ fn default_values_render_a_complete_installation() -> Result<()> {
     )
     .context("store")?;
     ensure!(store["value"] == "etcd://tutti-etcd:2379/tutti", "{store}");
+    // One etcd identity per component, set up by a hook Job running the operator's image.
+    let job = named(&objects, "Job", "tutti-etcd-auth")?;
+    ensure!(job["spec"]["template"]["spec"]["containers"][0]["args"] == json!(["etcd-auth"]));
+    for component in ["root", "operator", "gateway", "shard"] {
+        named(&objects, "Secret", &format!("tutti-etcd-{component}"))?;
+    }
+    let operator_env = &operator["spec"]["template"]["spec"]["containers"][0];
+    let user_secret = |container: &Value| {
+        env(container, "TUTTI_ETCD_USER")
+            .map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone())
+            .unwrap_or(Value::Null)
+    };
+    ensure!(user_secret(operator_env) == "tutti-etcd-operator");
+    let gateway = named(&objects, "Deployment", "tutti-gateway")?;
+    ensure!(
+        user_secret(&gateway["spec"]["template"]["spec"]["containers"][0]) == "tutti-etcd-gateway"
+    );
+    ensure!(
+        env(operator_env, "TUTTI_SHARD_ETCD_SECRET")
+            .is_some_and(|e| e["value"] == "tutti-etcd-shard"),
+        "shard pods log in as tutti-shard"
+    );
+    let without = render(&["--set", "etcd.auth.enabled=false"])?;
+    ensure!(of_kind(&without, "Job").is_empty());
     ensure!(of_kind(&objects, "NetworkPolicy").len() == 4);
     ensure!(of_kind(&objects, "Ingress").is_empty());
     Ok(())

@@ -42,13 +42,23 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* etcd credentials, when etcd needs them. */}}
+{{/* The Secret (keys username, password) a component logs into etcd with, if any:
+    its own with the bundled etcd, the one given for your etcd otherwise. */}}
+{{- define "tutti.etcdSecret" -}}
+{{- if and .ctx.Values.etcd.bundled .ctx.Values.etcd.auth.enabled -}}
+{{- printf "%s-etcd-%s" (include "tutti.fullname" .ctx) .component -}}
+{{- else -}}
+{{- .ctx.Values.etcd.authSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* etcd credentials of a component (dict "ctx" . "component" "gateway"). */}}
 {{- define "tutti.etcdAuthEnv" -}}
-{{- if .Values.etcd.authSecret }}
+{{- with include "tutti.etcdSecret" . }}
 - name: TUTTI_ETCD_USER
-  valueFrom: {secretKeyRef: {name: {{ .Values.etcd.authSecret }}, key: username}}
+  valueFrom: {secretKeyRef: {name: {{ . }}, key: username}}
 - name: TUTTI_ETCD_PASSWORD
-  valueFrom: {secretKeyRef: {name: {{ .Values.etcd.authSecret }}, key: password}}
+  valueFrom: {secretKeyRef: {name: {{ . }}, key: password}}
 {{- end }}
 {{- end -}}
 
