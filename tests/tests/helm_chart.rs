@@ -301,6 +301,25 @@ fn default_values_render_a_complete_installation() -> Result<()> {
             .is_some_and(|e| e["value"] == "tutti-etcd-shard"),
         "shard pods log in as tutti-shard"
     );
+    // Room passwords: Secrets readable cluster-wide by default, or in named namespaces only.
+    let cluster_role = named(&objects, "ClusterRole", "tutti-operator")?;
+    ensure!(cluster_role["rules"].to_string().contains("secrets"));
+    let scoped = render(&["--set", "operator.secretNamespaces={lessons,concerts}"])?;
+    let scoped_role = named(&scoped, "ClusterRole", "tutti-operator")?;
+    ensure!(!scoped_role["rules"].to_string().contains("secrets"));
+    let roles: Vec<_> = of_kind(&scoped, "Role")
+        .into_iter()
+        .filter(|r| r["metadata"]["name"] == "tutti-operator-room-passwords")
+        .map(|r| r["metadata"]["namespace"].clone())
+        .collect();
+    ensure!(roles == [json!("lessons"), json!("concerts")], "{roles:?}");
+    ensure!(
+        of_kind(&scoped, "RoleBinding")
+            .iter()
+            .filter(|b| b["metadata"]["name"] == "tutti-operator-room-passwords")
+            .count()
+            == 2
+    );
     let without = render(&["--set", "etcd.auth.enabled=false"])?;
     ensure!(of_kind(&without, "Job").is_empty());
     ensure!(of_kind(&objects, "NetworkPolicy").len() == 4);
