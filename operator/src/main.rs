@@ -79,6 +79,9 @@ struct Args {
     /// A Secret whose keys `username` and `password` log shard pods into etcd.
     #[arg(long, env = "TUTTI_SHARD_ETCD_SECRET")]
     shard_etcd_secret: Option<String>,
+    /// A Secret whose `ca.crt` shard pods check etcd's certificate against.
+    #[arg(long, env = "TUTTI_SHARD_ETCD_CA_SECRET")]
+    shard_etcd_ca_secret: Option<String>,
     /// The service account shard pods run as.
     #[arg(long, env = "TUTTI_SHARD_SERVICE_ACCOUNT")]
     shard_service_account: Option<String>,
@@ -232,6 +235,7 @@ where
                 .unwrap_or_else(|| args.store.store.clone()),
             token_secret: args.shard_token_secret.clone(),
             etcd_secret: args.shard_etcd_secret.clone(),
+            etcd_ca_secret: args.shard_etcd_ca_secret.clone(),
             service_account: args.shard_service_account.clone(),
         },
         pool_period: Duration::from_secs(args.pool_period),

@@ -73,6 +73,8 @@ pub struct ShardRuntime {
     pub token_secret: String,
     /// A Secret whose keys `username` and `password` log shards into etcd, if any.
     pub etcd_secret: Option<String>,
+    /// A Secret whose `ca.crt` etcd's certificate is checked against, if etcd speaks TLS.
+    pub etcd_ca_secret: Option<String>,
     /// The service account shard pods run as.
     pub service_account: Option<String>,
 }
@@ -85,6 +87,7 @@ impl Default for ShardRuntime {
             store: "memory".into(),
             token_secret: "tutti-tokens".into(),
             etcd_secret: None,
+            etcd_ca_secret: None,
             service_account: None,
         }
     }
@@ -238,6 +241,10 @@ fn shard_labels(pool: &ShardPool) -> String {
         .join(",")
 }
 
+/// Where shard pods find etcd's CA.
+const ETCD_CA_DIR: &str = "/etc/tutti/etcd-ca";
+const ETCD_CA_FILE: &str = "/etc/tutti/etcd-ca/ca.crt";
+
 fn secret_env(name: &str, secret: &str, key: &str) -> Value {
     json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
 }
@@ -307,6 +314,9 @@ pub fn shard_pod(
         env.push(secret_env("TUTTI_ETCD_USER", secret, "username"));
         env.push(secret_env("TUTTI_ETCD_PASSWORD", secret, "password"));
     }
+    if runtime.etcd_ca_secret.is_some() {
+        env.push(json!({"name": "TUTTI_ETCD_CA", "value": ETCD_CA_FILE}));
+    }
     let host_port = |port: u16| match mode {
         NetworkingMode::HostPort => json!(port),
         _ => Value::Null,
@@ -356,6 +366,9 @@ pub fn shard_pod(
             json!({"name": "topology", "mountPath": "/etc/tutti/topology", "readOnly": true}),
         );
     }
+    if runtime.etcd_ca_secret.is_some() {
+        mounts.push(json!({"name": "etcd-ca", "mountPath": ETCD_CA_DIR, "readOnly": true}));
+    }
     if !mounts.is_empty() {
         container["volumeMounts"] = json!(mounts);
     }
@@ -387,6 +400,11 @@ pub fn shard_pod(
         volumes.push(json!({"name": "topology", "downwardAPI": {"items": [
             {"path": "region", "fieldRef": {"fieldPath": format!("metadata.annotations['{REGION_ANNOTATION}']")}}
         ]}}));
+    }
+    if let Some(secret) = &runtime.etcd_ca_secret {
+        volumes.push(json!({"name": "etcd-ca", "secret": {
+            "secretName": secret, "items": [{"key": "ca.crt", "path": "ca.crt"}]
+        }}));
     }
     if !volumes.is_empty() {
         pod_spec["volumes"] = json!(volumes);
@@ -537,6 +555,7 @@ mod tests {
             store: "etcd://tutti-etcd:2379".into(),
             token_secret: "tutti-tokens".into(),
             etcd_secret: None,
+            etcd_ca_secret: None,
             service_account: None,
         }
     }
@@ -707,5 +726,29 @@ mod tests {
             from_node(json!({"topology.kubernetes.io/region": "Not A Region!"})),
             "-"
         );
+    }
+
+    #[test]
+    fn shards_check_etcds_certificate_against_the_ca_they_are_given() {
+        let pool = pool("HostPort", 7882);
+        let (media_port, advertise_port) = slot_ports(&pool, 0).expect("ports");
+        let exposure = Exposure {
+            media_port,
+            advertise_ip: None,
+            advertise_port,
+        };
+        let mut with_ca = runtime();
+        with_ca.etcd_ca_secret = Some("tutti-etcd-tls".into());
+        let pod = shard_pod(&pool, &shard_name("main", 0), 0, &exposure, &with_ca).expect("pod");
+        assert_eq!(env(&pod, "TUTTI_ETCD_CA")["value"], ETCD_CA_FILE);
+        let json = serde_json::to_value(&pod).expect("pod");
+        let volumes = json["spec"]["volumes"].to_string();
+        assert!(
+            volumes.contains("tutti-etcd-tls") && volumes.contains("ca.crt"),
+            "{volumes}"
+        );
+        let mounts = json["spec"]["containers"][0]["volumeMounts"].to_string();
+        assert!(mounts.contains(ETCD_CA_DIR), "{mounts}");
+        assert_eq!(env(&build(&pool, 0), "TUTTI_ETCD_CA"), Value::Null);
     }
 }

@@ -258,6 +258,7 @@ fn check_common(objects: &[Value]) -> Result<()> {
             store: store["value"].as_str().unwrap_or_default().to_owned(),
             token_secret: "tutti-tokens".into(),
             etcd_secret: None,
+            etcd_ca_secret: None,
             service_account: Some("tutti-shard".into()),
         };
         let name = shard_name(pool.metadata.name.as_deref().unwrap_or_default(), 0);
@@ -278,7 +279,16 @@ fn default_values_render_a_complete_installation() -> Result<()> {
         "TUTTI_STORE",
     )
     .context("store")?;
-    ensure!(store["value"] == "etcd://tutti-etcd:2379/tutti", "{store}");
+    ensure!(store["value"] == "etcds://tutti-etcd:2379/tutti", "{store}");
+    ensure!(
+        env(operator_env_of(operator), "TUTTI_ETCD_CA").is_some(),
+        "the operator checks the bundled etcd's certificate"
+    );
+    ensure!(
+        env(operator_env_of(operator), "TUTTI_SHARD_ETCD_CA_SECRET")
+            .is_some_and(|e| e["value"] == "tutti-etcd-tls"),
+        "and so do the shards it starts"
+    );
     // One etcd identity per component, set up by a hook Job running the operator's image.
     let job = named(&objects, "Job", "tutti-etcd-auth")?;
     ensure!(job["spec"]["template"]["spec"]["containers"][0]["args"] == json!(["etcd-auth"]));
@@ -713,4 +723,73 @@ fn output_until(
         // Nothing tells when a child process starts listening: ask again shortly.
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_etcd_speaks_tls_with_the_certificate_the_chart_makes() -> Result<()> {
+    use tutti_store::{EtcdConfig, EtcdStore, LiveView, LiveWriter, RoomRecord};
+    let objects = render(&[])?;
+    let secret = named(&objects, "Secret", "tutti-etcd-tls")?;
+    ensure!(secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep");
+    let statefulset = named(&objects, "StatefulSet", "tutti-etcd")?;
+    let command = statefulset["spec"]["template"]["spec"]["containers"][0]["command"].to_string();
+    ensure!(command.contains("--listen-client-urls=https://") && command.contains("--cert-file"));
+    let dir = std::env::temp_dir().join(format!("tutti-helm-etcd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        let encoded = secret["data"][key].as_str().context("data")?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+        std::fs::write(dir.join(key), decoded)?;
+    }
+    let free = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (port, peer) = (free()?, free()?);
+    let path = |name: &str| dir.join(name).display().to_string();
+    // etcd with the chart's client flags, on loopback.
+    let mut etcd = tokio::process::Command::new("etcd")
+        .args([
+            format!("--data-dir={}", path("data")),
+            format!("--listen-client-urls=https://127.0.0.1:{port}"),
+            format!("--advertise-client-urls=https://127.0.0.1:{port}"),
+            format!("--cert-file={}", path("tls.crt")),
+            format!("--key-file={}", path("tls.key")),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("etcd")?;
+    let mut config =
+        EtcdConfig::parse(&format!("etcds://127.0.0.1:{port}")).map_err(anyhow::Error::msg)?;
+    config.ca_file = Some(dir.join("ca.crt"));
+    let store = EtcdStore::connect(&config, std::time::Duration::from_secs(15)).await?;
+    ensure!(
+        store.synced(),
+        "a client trusting the chart's CA reads etcd over TLS"
+    );
+    store.put_room(RoomRecord::with_defaults("lesson")).await?;
+    // Without the chart's CA the certificate is not trusted: nothing is read.
+    let mut untrusting = config.clone();
+    untrusting.ca_file = None;
+    let stranger = EtcdStore::connect(&untrusting, std::time::Duration::from_secs(2)).await;
+    ensure!(
+        stranger
+            .as_ref()
+            .map_or(true, |s| s.room("lesson").is_none()),
+        "a client without the CA reads nothing"
+    );
+    let _ = etcd.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn operator_env_of(operator: &Value) -> &Value {
+    &operator["spec"]["template"]["spec"]["containers"][0]
 }

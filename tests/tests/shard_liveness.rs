@@ -37,6 +37,7 @@ fn operator_probe() -> Result<Probe> {
         store: "etcd://tutti-etcd:2379".into(),
         token_secret: "tutti-tokens".into(),
         etcd_secret: None,
+        etcd_ca_secret: None,
         service_account: None,
     };
     let pod = shard_pod(&pool, &shard_name("main", 0), 0, &exposure, &runtime)

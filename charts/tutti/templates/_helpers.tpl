@@ -33,7 +33,7 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 {{- define "tutti.store" -}}
 {{- $scheme := ternary "etcds" "etcd" .Values.etcd.tls -}}
 {{- if .Values.etcd.bundled -}}
-{{- printf "etcd://%s-etcd:2379/%s" (include "tutti.fullname" .) .Values.etcd.prefix -}}
+{{- printf "etcds://%s-etcd:2379/%s" (include "tutti.fullname" .) .Values.etcd.prefix -}}
 {{- else -}}
 {{- if not .Values.etcd.endpoints -}}
 {{- fail "etcd.endpoints must list your etcd when etcd.bundled is false" -}}
@@ -51,6 +51,19 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 {{- .ctx.Values.etcd.authSecret -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret (key ca.crt) holding the CA etcd's certificate is checked against: the
+    bundled etcd's own (it always speaks TLS), or etcd.caSecret for yours. */}}
+{{- define "tutti.etcdCaSecret" -}}
+{{- if .Values.etcd.bundled -}}
+{{- printf "%s-etcd-tls" (include "tutti.fullname" .) -}}
+{{- else if .Values.etcd.tls -}}
+{{- .Values.etcd.caSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where components find that CA. */}}
+{{- define "tutti.etcdCaPath" -}}/etc/tutti/etcd-ca/ca.crt{{- end -}}
 
 {{/* etcd credentials of a component (dict "ctx" . "component" "gateway"). */}}
 {{- define "tutti.etcdAuthEnv" -}}
@@ -72,4 +85,22 @@ runAsNonRoot: true
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{/* The env, volume mount and volume that give a container etcd's CA (if any). */}}
+{{- define "tutti.etcdCaEnv" -}}
+{{- if include "tutti.etcdCaSecret" . }}
+- {name: TUTTI_ETCD_CA, value: {{ include "tutti.etcdCaPath" . }}}
+{{- end }}
+{{- end -}}
+{{- define "tutti.etcdCaMount" -}}
+{{- if include "tutti.etcdCaSecret" . }}
+- {name: etcd-ca, mountPath: /etc/tutti/etcd-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+{{- define "tutti.etcdCaVolume" -}}
+{{- with include "tutti.etcdCaSecret" . }}
+- name: etcd-ca
+  secret: {secretName: {{ . }}, items: [{key: ca.crt, path: ca.crt}]}
+{{- end }}
 {{- end -}}
