@@ -100,6 +100,9 @@ before(async () => {
   gateway = await startProcess(binary('tutti-gateway'), [
     '--listen', `${hostIp}:0`, '--store', store, '--rooms', rooms,
     '--shard-signal-token', SIGNAL_TOKEN, '--session-secret', SESSION_SECRET,
+    // The simulated regions' shards have addresses of their own (198.18.0.0/15), not pod
+    // addresses: the gateway sends them its signaling token only when told to.
+    '--shard-networks', '198.18.0.0/15',
   ], /listening on (http:\/\/\S+)/);
   gatewayUrl = gateway.match[1];
   await waitFor('three regions to offer probes', async () => {
