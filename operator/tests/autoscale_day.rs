@@ -8,6 +8,9 @@
 //! fall below the buffer only for the time a shard takes to start, no occupied shard is
 //! ever deleted, and an idle pool comes back to its minimum and stays there.
 
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use tutti_operator::autoscale::{DeleteReason, Demand, PoolPolicy, ShardPhase, ShardView, decide};
 

@@ -2,6 +2,9 @@
 //! in order (method, path, body), as the controller-rs ApiServerVerifier does; shards are
 //! small fake admin APIs, the live state the in-memory store.
 
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -2,6 +2,9 @@
 //! owner), when it drains a shard (through the shard's own admin API), and that a
 //! draining shard is deleted only once nobody is left on it.
 
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use axum::Router;

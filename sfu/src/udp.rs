@@ -318,9 +318,13 @@ impl SendBatcher {
         let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
         let mut iov_offset = 0;
         for (index, run) in runs.iter().enumerate() {
+            // SAFETY: msghdr is a plain C struct for which all-zero bytes are a valid value
+            // (null pointers, zero lengths).
             let mut header: libc::msghdr = unsafe { zeroed() };
             header.msg_name = &mut addrs[index].0 as *mut _ as *mut libc::c_void;
             header.msg_namelen = addrs[index].1;
+            // SAFETY: `iov_offset` counts the iovecs of the runs before this one, so it is at
+            // most `iovecs.len()`: the pointer stays inside (or one past) the allocation.
             header.msg_iov = unsafe { iovecs.as_mut_ptr().add(iov_offset) };
             header.msg_iovlen = run.count as _;
             iov_offset += run.count;
@@ -331,6 +335,8 @@ impl SendBatcher {
                 let control = unsafe { controls.as_mut_ptr().add(index * CONTROL_WORDS) };
                 header.msg_control = control as *mut libc::c_void;
                 header.msg_controllen = (CONTROL_WORDS * 8) as _;
+                // SAFETY: `msg_control` points at this message's own CONTROL_WORDS * 8
+                // bytes and `msg_controllen` says so, which is all `write_control` needs.
                 header.msg_controllen = unsafe { write_control(&header, gso, run.source) } as _;
                 if header.msg_controllen == 0 {
                     header.msg_control = std::ptr::null_mut();
@@ -561,9 +567,11 @@ impl RecvBatch {
             .collect();
         let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(capacity);
         for index in 0..capacity {
+            // SAFETY: msghdr is a plain C struct for which all-zero bytes are a valid value.
             let mut header: libc::msghdr = unsafe { zeroed() };
             header.msg_name = self.addrs[index].as_mut_ptr() as *mut libc::c_void;
             header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: `iovecs` has `capacity` entries and `index < capacity`.
             header.msg_iov = unsafe { iovecs.as_mut_ptr().add(index) };
             header.msg_iovlen = 1;
             header.msg_control = self.controls[index].as_mut_ptr() as *mut libc::c_void;

@@ -15,6 +15,11 @@
 //! namespaces when dropped, so a failing test cleans up too. Needs root; when a namespace
 //! cannot be created, [`NetSim::up`] fails and says why.
 
+// TUN devices (open, ioctl, read, write, ppoll), the simulation lock (flock) and
+// entering a namespace (setns) are system calls without safe wrappers in std: every
+// block says why it is sound.
+#![allow(unsafe_code)]
+
 pub mod delay;
 pub mod firewall;
 
