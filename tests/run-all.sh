@@ -74,6 +74,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 failed=0
 say "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}" || failed=1
+# The real-cluster suite is ignored (reported as not run) unless a cluster is configured.
+if [[ -n "${KUBECONFIG:-}" ]]; then
+  say "real Kubernetes cluster ($KUBECONFIG)"
+  cargo test --locked -p tutti-tests --test k8s_cluster -- --ignored --nocapture || failed=1
+else
+  say "real Kubernetes cluster: not run (KUBECONFIG is not set)"
+fi
 say "browser tests (headless Chromium)"
 cargo build --locked -p tutti-signaling -p tutti-sfu -p tutti-operator -p tutti-tests --bins \
   --features tutti-signaling/etcd,tutti-sfu/etcd

@@ -1,4 +1,5 @@
-//! The three images' Dockerfiles keep their promises: multi-stage, built `--locked` from
+//! Static checks only (the Dockerfiles are read, no image is built): the three images'
+//! Dockerfiles keep their promises: multi-stage, built `--locked` from
 //! the workspace's one Cargo.lock (with protoc for etcd-client), a distroless runtime
 //! with no shell, a numeric non-root user (so the kubelet can verify `runAsNonRoot`), and
 //! the binary where the shard pods' preStop hook and the chart expect it.
@@ -38,7 +39,7 @@ fn read(path: &str) -> Result<String> {
 }
 
 #[test]
-fn each_binary_has_a_multi_stage_locked_non_root_image() -> Result<()> {
+fn statically_each_dockerfile_is_multi_stage_locked_and_non_root() -> Result<()> {
     for (path, package, binary, features) in IMAGES {
         let text = read(path)?;
         let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
@@ -81,7 +82,7 @@ fn each_binary_has_a_multi_stage_locked_non_root_image() -> Result<()> {
 }
 
 #[test]
-fn the_shard_pods_prestop_hook_runs_the_imaged_binary() -> Result<()> {
+fn statically_the_shard_pods_prestop_hook_names_the_imaged_binary() -> Result<()> {
     let pods = read("operator/src/shard_pods.rs")?;
     ensure!(pods.contains(r#""/usr/local/bin/tutti-sfu", "drain", "--wait""#));
     let context = read(".dockerignore")?;
