@@ -10,7 +10,6 @@ use crate::latency::{best_region, should_move, uses_latency};
 use crate::placement::{Candidate, Strategy, candidates, place};
 use crate::validation::ValidRoom;
 use std::collections::BTreeMap;
-use tutti_shard_api::admin::PipelineSpec;
 use tutti_shard_api::client::ShardAdmin;
 use tutti_store::password::{hash_password, verify_password};
 use tutti_store::{LiveView, LiveWriter, RoomRecord};
@@ -173,7 +172,7 @@ impl<S: LiveView + LiveWriter> Placer<S> {
         };
         let info = match self
             .admin(&shard.admin_url)
-            .put_pipeline(&name, &PipelineSpec::for_room(&record))
+            .put_pipeline(&name, &record.pipeline_spec())
             .await
         {
             Ok(info) => info,

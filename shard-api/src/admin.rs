@@ -70,9 +70,9 @@ pub struct PipelineSpec {
     /// shard writes into its SDP).
     #[serde(
         default,
-        skip_serializing_if = "tutti_store::AudioSettings::is_speech_default"
+        skip_serializing_if = "crate::audio::AudioSettings::is_speech_default"
     )]
-    pub audio: tutti_store::AudioSettings,
+    pub audio: crate::audio::AudioSettings,
 }
 
 /// An edge's upstream: the parent shard's pipeline it relays.
@@ -116,24 +116,6 @@ impl Default for PipelineSpec {
 }
 
 impl PipelineSpec {
-    /// The pipeline that hosts a room with these settings.
-    pub fn for_room(room: &tutti_store::RoomRecord) -> Self {
-        Self {
-            max_participants: room.max_participants,
-            empty_timeout_seconds: room.empty_timeout_seconds,
-            media: MediaPolicy {
-                audio: room.audio,
-                video: room.video,
-                max_video_bitrate_kbps: room.max_video_bitrate_kbps,
-                simulcast: room.simulcast,
-            },
-            owner: room.owner.clone(),
-            audience: room.audience,
-            relay: None,
-            audio: room.audio_settings,
-        }
-    }
-
     /// Checks the bounds of every field.
     pub fn validate(&self) -> Result<(), String> {
         let (min, max) = PARTICIPANT_BOUNDS;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audio;
 pub mod client;
 pub mod nickname;
 pub mod protocol;

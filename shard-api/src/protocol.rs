@@ -305,9 +305,9 @@ pub enum ServerMessage {
         /// capture the microphone and what the shard's SDP asks for.
         #[serde(
             default,
-            skip_serializing_if = "tutti_store::AudioSettings::is_speech_default"
+            skip_serializing_if = "crate::audio::AudioSettings::is_speech_default"
         )]
-        audio: tutti_store::AudioSettings,
+        audio: crate::audio::AudioSettings,
     },
     /// The answer to your publisher offer.
     Answer {

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tutti_sfu::admin_client::ShardAdmin;
-use tutti_sfu::shard::api::PipelineSpec;
 use tutti_store::{
     AUTO_CREATED_OWNER, LatencyReport, LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord,
 };
@@ -118,7 +117,7 @@ impl LocalPlacer {
         shard: &ShardRecord,
     ) -> Result<(), RouteError> {
         ShardAdmin::new(&shard.admin_url, &self.admin_token)
-            .put_pipeline(&room.name, &PipelineSpec::for_room(room))
+            .put_pipeline(&room.name, &room.pipeline_spec())
             .await
             .map(|_| ())
             .map_err(|err| RouteError::ShardFailed {
