@@ -205,18 +205,7 @@ pub async fn http_get_with(
     path: &str,
     bearer: Option<&str>,
 ) -> Result<(u16, String)> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper::body::Bytes;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
-    let mut request = hyper::Request::get(format!("http://{addr}{path}"));
-    if let Some(token) = bearer {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = client.request(request.body(Empty::new())?).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    http_request(hyper::Method::GET, addr, path, bearer).await
 }
 
 /// A POST request with an empty body and an optional bearer token; the status and body.
@@ -225,11 +214,22 @@ pub async fn http_post_with(
     path: &str,
     bearer: Option<&str>,
 ) -> Result<(u16, String)> {
+    http_request(hyper::Method::POST, addr, path, bearer).await
+}
+
+async fn http_request(
+    method: hyper::Method,
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
-    let mut request = hyper::Request::post(format!("http://{addr}{path}"));
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     if let Some(token) = bearer {
         request = request.header("authorization", format!("Bearer {token}"));
     }
