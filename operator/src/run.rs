@@ -429,7 +429,7 @@ pub async fn run<S>(
     )
     .for_each(|result| async move {
         if let Err(err) = result {
-            tracing::debug!(%err, "broadcast controller event");
+            log_controller_error("broadcast", &err);
         }
     });
     let rooms = controller
@@ -438,7 +438,7 @@ pub async fn run<S>(
         .run(reconcile_room, error_policy, context)
         .for_each(|result| async move {
             if let Err(err) = result {
-                tracing::debug!(%err, "controller event");
+                log_controller_error("room", &err);
             }
         });
     // Shard pods belong to their pool: a pod that changes (ready, failed, gone) wakes it.
@@ -465,7 +465,7 @@ pub async fn run<S>(
     )
     .for_each(|result| async move {
         if let Err(err) = result {
-            tracing::debug!(%err, "shard pool controller event");
+            log_controller_error("shard pool", &err);
         }
     });
     futures_util::future::join3(rooms, broadcasts, pools).await;
@@ -480,4 +480,20 @@ fn tokio_stream_from(
     mut rx: mpsc::Receiver<()>,
 ) -> impl futures_util::Stream<Item = ()> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A controller's stream error. A failed reconcile was already logged, with its retry, by
+/// the error policy, and an object gone before its turn is expected; anything else (a
+/// broken queue, the runner) is logged at warn, since nothing else reports it.
+fn log_controller_error<R, Q>(controller: &str, err: &kube::runtime::controller::Error<R, Q>)
+where
+    kube::runtime::controller::Error<R, Q>: std::fmt::Display,
+{
+    match err {
+        kube::runtime::controller::Error::ReconcilerFailed(..)
+        | kube::runtime::controller::Error::ObjectNotFound(..) => {
+            tracing::debug!(controller, %err, "controller event");
+        }
+        _ => tracing::warn!(controller, %err, "controller error"),
+    }
 }
