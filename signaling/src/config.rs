@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tutti_sfu::config::LogFormat;
-use tutti_sfu::shard::api::PARTICIPANT_BOUNDS;
+use tutti_shard_api::admin::PARTICIPANT_BOUNDS;
 use tutti_store::{BroadcastRecord, RoomRecord};
 
 /// Largest rooms file read.
@@ -367,7 +367,7 @@ fn declare_broadcasts(
     let mut broadcasts: Vec<BroadcastRecord> = Vec::with_capacity(entries.len());
     for entry in entries {
         let context = |e: &str| format!("broadcast {:?}: {e}", entry.name);
-        if !tutti_sfu::signal::protocol::valid_id(&entry.name) {
+        if !tutti_shard_api::protocol::valid_id(&entry.name) {
             return Err(context("names are 1-64 characters of A-Z a-z 0-9 . _ -"));
         }
         if broadcasts.iter().any(|b| b.name == entry.name) {
@@ -422,7 +422,7 @@ fn declare_broadcasts(
                 stage.password_hash = Some(hash);
                 stage.simulcast = entry.simulcast.unwrap_or(true);
                 stage.audio_settings.profile = entry.audio.unwrap_or_default();
-                stage.empty_timeout_seconds = tutti_sfu::shard::api::MAX_EMPTY_TIMEOUT_SECS;
+                stage.empty_timeout_seconds = tutti_shard_api::admin::MAX_EMPTY_TIMEOUT_SECS;
                 stage.audience = true;
                 rooms.push(stage.clone());
                 stage
@@ -460,7 +460,7 @@ fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String>
         record.max_participants = max;
     }
     if let Some(timeout) = settings.empty_timeout_seconds {
-        if timeout > tutti_sfu::shard::api::MAX_EMPTY_TIMEOUT_SECS {
+        if timeout > tutti_shard_api::admin::MAX_EMPTY_TIMEOUT_SECS {
             return Err("emptyTimeoutSeconds is at most one week".into());
         }
         record.empty_timeout_seconds = timeout;
@@ -511,7 +511,7 @@ impl LocalRooms {
         let mut rooms = Vec::with_capacity(file.rooms.len());
         for entry in file.rooms {
             let context = |e: String| format!("room {:?}: {e}", entry.name);
-            if !tutti_sfu::signal::protocol::valid_id(&entry.name) {
+            if !tutti_shard_api::protocol::valid_id(&entry.name) {
                 return Err(context(
                     "names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
                 ));

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tutti_sfu::admin_client::ShardAdmin;
+use tutti_shard_api::client::ShardAdmin;
 use tutti_store::{
     AUTO_CREATED_OWNER, LatencyReport, LiveView, LiveWriter, MemoryStore, RoomRecord, ShardRecord,
 };

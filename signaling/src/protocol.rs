@@ -4,13 +4,13 @@
 //! the handshake: its `join` names a room, a nickname and a password or a signed token
 //! instead of a participant id, and its `joined` carries the ICE servers (STUN and
 //! time-limited TURN credentials) to use. Every other message, both ways, is the shard's
-//! protocol message of the same type (`tutti_sfu::signal::protocol`), validated by the same
+//! protocol message of the same type (`tutti_shard_api::protocol`), validated by the same
 //! code, so the gateway relays them without a second definition to drift. A gateway adds
 //! `reconnect` (join again: the gateway is stopping or the room moved) and the admission
 //! error codes.
 
 use serde::{Deserialize, Serialize};
-use tutti_sfu::signal::protocol::{
+use tutti_shard_api::protocol::{
     self as shard, ErrorCode as ShardCode, PROTOCOL_VERSION, ParticipantInfo, valid_id,
 };
 
@@ -315,7 +315,7 @@ fn validate_join(join: &JoinRequest) -> Result<(), ProtocolError> {
 
 /// Whether a nickname is 1–64 visible characters, not all spaces (the shard's rule).
 pub fn valid_nickname(name: &str) -> bool {
-    tutti_sfu::signal::protocol::valid_nickname(name)
+    tutti_shard_api::protocol::valid_nickname(name)
 }
 
 /// One ICE server entry, in the shape `RTCPeerConnection` takes.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tutti_sfu::ratelimit::TokenBucket;
-use tutti_sfu::signal::protocol::{
+use tutti_shard_api::protocol::{
     self as shard, ErrorCode as ShardCode, ServerMessage, decode_server, encode_client,
 };
 use tutti_store::AudioSettings;
