@@ -105,6 +105,27 @@ async fn a_room_creation_flood_from_one_address_stops_at_the_limit() -> Result<(
     Ok(())
 }
 
+/// Waits until `broadcast` has an edge to seat viewers on; its stage's route.
+async fn on_the_air(
+    system: &tutti_signaling::local::LocalSystem,
+    broadcast: &str,
+) -> Result<tutti_store::Route> {
+    use tutti_store::LiveView;
+    let store = &system.store;
+    tutti_tests::eventually::eventually(
+        std::time::Duration::from_secs(20),
+        "the broadcast to get an edge",
+        || async move {
+            Ok(store.route(broadcast).is_some()
+                && store
+                    .cascade(broadcast)
+                    .is_some_and(|c| !c.edges.is_empty()))
+        },
+    )
+    .await?;
+    store.route(broadcast).context("the stage's route")
+}
+
 /// Pipelines the local system's shards host.
 async fn pipelines(system: &tutti_signaling::local::LocalSystem) -> Result<usize> {
     let mut total = 0;
@@ -335,21 +356,14 @@ async fn a_viewers_state_message_flood_is_refused_and_disconnects_nobody() -> Re
         .join(json!({"room": "concert", "name": "Pianist", "password": "stage-door"}))
         .await?;
     // Viewers are seated once the broadcast's edges are up.
+    on_the_air(&system, "concert").await?;
     let mut viewers = Vec::new();
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while viewers.len() < 3 {
+    for _ in 0..3 {
         let mut viewer = GatewayClient::connect(&url).await?;
-        match viewer.join(json!({"room": "concert", "watch": true})).await {
-            Ok(_) => viewers.push(viewer),
-            Err(err) if err.to_string() == "unavailable" => {
-                ensure!(
-                    Instant::now() < deadline,
-                    "the broadcast never seated viewers"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            Err(err) => return Err(err),
-        }
+        viewer
+            .join(json!({"room": "concert", "watch": true}))
+            .await?;
+        viewers.push(viewer);
     }
     let flooder = &viewers[0];
     for i in 0..400 {
@@ -429,19 +443,8 @@ async fn a_room_flood_does_not_move_a_broadcast_stage_away_from_its_edges() -> R
     let system = start(options).await?;
     let url = ws_url(&system);
     // The stage on one shard, an edge on the other.
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    let (origin, epoch) = loop {
-        if let (Some(route), Some(cascade)) = (
-            system.store.route("concert"),
-            system.store.cascade("concert"),
-        ) && !cascade.edges.is_empty()
-        {
-            break (route.shard, route.epoch);
-        }
-        ensure!(Instant::now() < deadline, "the broadcast never got an edge");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let stage = on_the_air(&system, "concert").await?;
+    let (origin, epoch) = (stage.shard, stage.epoch);
     // A presenter makes the stage's shard the busier one; 30 new rooms make it busier in
     // rooms too, so that a stage placed again would go to the other shard.
     let mut presenter = GatewayClient::connect(&url).await?;
@@ -510,29 +513,20 @@ async fn turn_credentials_are_named_and_rationed_per_address() -> Result<()> {
             .map(str::to_owned)
     };
     let source: std::net::IpAddr = "127.0.0.7".parse()?;
+    on_the_air(&system, "concert").await?;
     let mut users = Vec::new();
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while users.len() < 5 {
+    for _ in 0..5 {
         let mut viewer = GatewayClient::connect_from(&url, source).await?;
-        match viewer.join(json!({"room": "concert", "watch": true})).await {
-            Ok(joined) => {
-                ensure!(
-                    joined["ice_servers"]
-                        .as_array()
-                        .is_some_and(|s| !s.is_empty()),
-                    "STUN at least: {joined}"
-                );
-                users.push(turn_user(&joined));
-            }
-            Err(err) if err.to_string() == "unavailable" => {
-                ensure!(
-                    Instant::now() < deadline,
-                    "the broadcast never seated viewers"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            Err(err) => return Err(err),
-        }
+        let joined = viewer
+            .join(json!({"room": "concert", "watch": true}))
+            .await?;
+        ensure!(
+            joined["ice_servers"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty()),
+            "STUN at least: {joined}"
+        );
+        users.push(turn_user(&joined));
     }
     let mut elsewhere = GatewayClient::connect_from(&url, "127.0.0.8".parse()?).await?;
     let other = turn_user(

@@ -79,18 +79,23 @@ async fn probe_once(shard: &ChildShard, probe: &Probe) -> Result<(), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_whose_media_thread_hangs_is_restarted_by_its_liveness_probe() -> Result<()> {
-    let probe = operator_probe()?;
-    let shard = spawn_shard().await?;
-    probe_once(&shard, &probe)
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("a fresh shard is alive")?;
+/// The shard passes the probe and takes a pipeline.
+async fn serving(shard: &ChildShard, probe: &Probe) -> Result<()> {
+    probe_once(shard, probe).await.map_err(anyhow::Error::msg)?;
     shard
         .admin
         .put_pipeline("lesson", &Default::default())
         .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_media_thread_hangs_is_restarted_by_its_liveness_probe() -> Result<()> {
+    let probe = operator_probe()?;
+    let shard = spawn_shard().await?;
+    serving(&shard, &probe)
+        .await
+        .context("a fresh shard is alive")?;
 
     // Hang the media thread; HTTP keeps being served by the other threads.
     let (status, _) = tutti_tests::gateway::http_post_with(
@@ -122,14 +127,9 @@ async fn a_shard_whose_media_thread_hangs_is_restarted_by_its_liveness_probe() -
     let detected = hung.elapsed();
     shard.stop().await;
     let restarted = spawn_shard().await?;
-    probe_once(&restarted, &probe)
+    serving(&restarted, &probe)
         .await
-        .map_err(anyhow::Error::msg)
         .context("the restarted shard is alive")?;
-    restarted
-        .admin
-        .put_pipeline("lesson", &Default::default())
-        .await?;
     let pipelines: Value = serde_json::to_value(restarted.admin.pipelines().await?)?;
     println!(
         "liveness: media thread hung; HTTP still answered (/metrics {metrics_status}); the probe ({} every {:?}, timeout {:?}) failed {} times in a row ({failures:?}); restart after {:.1} s; the new shard took a pipeline: {}",

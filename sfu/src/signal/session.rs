@@ -254,6 +254,21 @@ mod tests {
         (Box::pin(sink), rx)
     }
 
+    fn rate_limited(replies: &[ServerMessage]) -> usize {
+        replies
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    ServerMessage::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
     fn text(s: &str) -> Incoming {
         Incoming::Text(s.to_owned())
     }
@@ -324,18 +339,7 @@ mod tests {
             .map(|_| text(r#"{"v":1,"type":"ping"}"#))
             .collect();
         let (replies, _) = script(frames).await;
-        let limited = replies
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r,
-                    ServerMessage::Error {
-                        code: ErrorCode::RateLimited,
-                        ..
-                    }
-                )
-            })
-            .count();
+        let limited = rate_limited(&replies);
         assert!(limited > 0);
         // The session closed before answering every frame.
         assert!(replies.len() < (RATE.1 + MAX_STRIKES + 10) as usize);
@@ -360,18 +364,7 @@ mod tests {
         // refused before it costs the media thread anything. Pings still get through.
         assert!((10..=11).contains(&reached("Offer")), "{seen:?}");
         assert!((50..=52).contains(&reached("SetQuality")), "{seen:?}");
-        let limited = replies
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r,
-                    ServerMessage::Error {
-                        code: ErrorCode::RateLimited,
-                        ..
-                    }
-                )
-            })
-            .count();
+        let limited = rate_limited(&replies);
         assert_eq!(limited, 90 - reached("Offer") - reached("SetQuality"));
         assert!(matches!(replies.last(), Some(ServerMessage::Pong)));
     }
