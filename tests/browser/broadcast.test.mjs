@@ -63,6 +63,39 @@ async function widestSent(page) {
   return widest;
 }
 
+/**
+ * What both ends report about the video between them, for a failure message: the
+ * presenter's layers (width, frames, keyframes, PLIs received, what limits it) and the
+ * viewer's streams (width, frames and keyframes decoded, PLIs sent).
+ */
+async function videoReport(presenterPage, viewerPage) {
+  const rows = (page, type) => page.evaluate(async (wanted) => {
+    const pc = wanted === 'outbound-rtp' ? window.tutti.state.pub : window.tutti.state.sub;
+    if (!pc) return [];
+    const out = [];
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === wanted && s.kind === 'video') {
+        out.push({
+          rid: s.rid, ssrc: s.ssrc, width: s.frameWidth, frames: s.framesSent ?? s.framesDecoded,
+          keyframes: s.keyFramesEncoded ?? s.keyFramesDecoded, pli: s.pliCount,
+          limit: s.qualityLimitationReason,
+        });
+      }
+    });
+    return out;
+  }, type);
+  const keyframeRequests = {};
+  for (const shard of shards) {
+    const text = await fetch(`${shard.http}/metrics`).then((r) => r.text()).catch(() => '');
+    keyframeRequests[shard.id] = text.split('\n').filter((l) => /^tutti_\w*keyframe/.test(l)).join('; ');
+  }
+  return {
+    sent: await rows(presenterPage, 'outbound-rtp'),
+    received: await rows(viewerPage, 'inbound-rtp'),
+    keyframeRequests,
+  };
+}
+
 async function videoWidth(page) {
   const rows = await inbound(page);
   return Math.max(0, ...rows.filter((r) => r.kind === 'video').map((r) => r.frameWidth));
@@ -116,7 +149,11 @@ test('the stage reaches a viewer through an edge, and the viewer picks a quality
   // machine is busy: compare with what it sends at the time, not a fixed width.
   const atBest = () => waitFor(
     'the widest layer the presenter sends',
-    async () => ({ got: await videoWidth(viewers[0]), sent: await widestSent(presenter) }),
+    async () => ({
+      got: await videoWidth(viewers[0]),
+      sent: await widestSent(presenter),
+      report: await videoReport(presenter, viewers[0]),
+    }),
     (r) => r.sent > 0 && r.got >= r.sent,
     30_000,
   );

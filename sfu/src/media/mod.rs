@@ -1,12 +1,13 @@
 //! Pure media logic of the shard: no sockets, no clocks, no peer connections.
 //!
 //! Everything here is driven by the shard with packets and instants and unit-tested on
-//! its own: codec inspection, sequence rewriting, layer choice, retransmission,
+//! its own: codec inspection, sequence and picture-ID rewriting, layer choice, retransmission,
 //! keyframe throttling and speaker detection.
 
 pub mod codec;
 pub mod downtrack;
 pub mod keyframe;
+pub mod picture_id;
 pub mod retransmit;
 pub mod sequencer;
 pub mod simulcast;

@@ -164,7 +164,7 @@ impl ShardCore {
             let payload = match (entry.unwrap_red, red_primary) {
                 // The primary block, sharing the publisher's buffer.
                 (true, Some((_, start))) => packet.payload.slice(start..),
-                _ => packet.payload.clone(),
+                _ => entry.picture_ids.forward(ssrc, packet.payload.clone()),
             };
             let mut out = rtp::Packet {
                 header: packet.header.clone(),
@@ -384,6 +384,7 @@ impl ShardCore {
                 continue;
             };
             let mut out = stored.clone();
+            out.payload = entry.picture_ids.retransmission(source.ssrc, out.payload);
             out.header.ssrc = entry.ssrc;
             out.header.payload_type = payload_type;
             out.header.sequence_number = out_seq;

@@ -33,6 +33,7 @@ pub mod sdp;
 use crate::demux::Demux;
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
+use crate::media::picture_id::PictureIds;
 use crate::media::keyframe::KeyframeThrottle;
 use crate::media::retransmit::RetransmitBuffer;
 use crate::media::speaker::SpeakerDetector;
@@ -250,6 +251,8 @@ pub(crate) struct DowntrackEntry {
     /// video, written on every packet with a zero delay.
     playout_delay: Option<u8>,
     state: Downtrack,
+    /// VP8/VP9 picture IDs kept continuous across the layer switches `state` makes.
+    picture_ids: PictureIds,
     fraction_lost: u8,
 }
 

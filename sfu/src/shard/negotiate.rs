@@ -9,6 +9,7 @@ use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey}
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
 use crate::media::keyframe::KeyframeThrottle;
+use crate::media::picture_id::PictureIds;
 use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
 use crate::media::simulcast::rank_layers;
 use crate::peer::PeerRole;
@@ -866,6 +867,7 @@ impl ShardCore {
         peer.outgoing.insert(ssrc, track_key);
         let video = track.kind == TrackKind::Video;
         let clock_rate = track.codec.clock_rate;
+        let family = track.family;
         if let Some(track) = self.tracks.get_mut(&track_key) {
             track.downtracks.push(DowntrackEntry {
                 peer: key,
@@ -876,6 +878,7 @@ impl ShardCore {
                 unwrap_red: false,
                 playout_delay: None,
                 state: Downtrack::new(video, clock_rate),
+                picture_ids: PictureIds::new(family),
                 fraction_lost: 0,
             });
         }

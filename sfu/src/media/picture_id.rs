@@ -1,0 +1,348 @@
+//! Per-subscriber rewriting of the VP8 and VP9 picture ID and TL0PICIDX.
+//!
+//! A receiver orders frames and finds their references by picture ID: libwebrtc derives
+//! its frame ids from it and drops a frame whose id is not newer than one it has decoded.
+//! Every simulcast layer numbers its pictures on its own, from a random start, so when the
+//! shard moves a subscriber to another layer the ids jump, backwards about half the time.
+//! Chromium then drops the new layer's keyframe as old and decodes the delta frames that
+//! follow against the previous layer's pictures: the viewer sees a corrupt picture at the
+//! old layer's size, until the next keyframe with a newer id, which may never come. (Found
+//! by the broadcast browser test: a viewer who chose "low" and then "high" again kept
+//! decoding 160-pixel frames for as long as it watched.)
+//!
+//! As the sequencer does for sequence numbers, every source switch starts a segment whose
+//! offsets make its first picture follow the last one sent. A subscriber that never
+//! switched has zero offsets and its packets are forwarded as they are; after a switch
+//! each forwarded packet is a copy with the two fields patched.
+
+use super::codec::CodecFamily;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+/// Past segments remembered, so retransmissions of their packets are patched alike.
+const MAX_SEGMENTS: usize = 4;
+
+/// Where the rewritable fields of one payload descriptor are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fields {
+    /// Offset of the picture ID and whether it is the 15-bit form.
+    picture_id: Option<(usize, bool)>,
+    /// Offset of TL0PICIDX.
+    tl0: Option<usize>,
+}
+
+/// RFC 7741 §4.2: the VP8 payload descriptor's optional extension byte says which of
+/// PictureID, TL0PICIDX and TID/KEYIDX follow, in that order.
+fn vp8_fields(payload: &[u8]) -> Option<Fields> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return Some(Fields {
+            picture_id: None,
+            tl0: None,
+        });
+    }
+    let ext = *payload.get(1)?;
+    let mut offset = 2;
+    let mut fields = Fields {
+        picture_id: None,
+        tl0: None,
+    };
+    if ext & 0x80 != 0 {
+        let long = *payload.get(offset)? & 0x80 != 0;
+        fields.picture_id = Some((offset, long));
+        offset += if long { 2 } else { 1 };
+    }
+    if ext & 0x40 != 0 {
+        payload.get(offset)?;
+        fields.tl0 = Some(offset);
+    }
+    if let Some((at, long)) = fields.picture_id {
+        payload.get(at + usize::from(long))?;
+    }
+    Some(fields)
+}
+
+/// RFC 9628 §4.2: the picture ID follows the first byte when I is set; in non-flexible
+/// mode (F clear) with layer indices (L set), TL0PICIDX follows the layer-index byte.
+fn vp9_fields(payload: &[u8]) -> Option<Fields> {
+    let first = *payload.first()?;
+    let mut offset = 1;
+    let mut fields = Fields {
+        picture_id: None,
+        tl0: None,
+    };
+    if first & 0x80 != 0 {
+        let long = *payload.get(offset)? & 0x80 != 0;
+        payload.get(offset + usize::from(long))?;
+        fields.picture_id = Some((offset, long));
+        offset += if long { 2 } else { 1 };
+    }
+    let layers = first & 0x20 != 0;
+    let flexible = first & 0x10 != 0;
+    if layers && !flexible {
+        offset += 1;
+        payload.get(offset)?;
+        fields.tl0 = Some(offset);
+    }
+    Some(fields)
+}
+
+fn read_picture_id(payload: &[u8], (at, long): (usize, bool)) -> Option<u16> {
+    if long {
+        let high = u16::from(*payload.get(at)? & 0x7f);
+        Some(high << 8 | u16::from(*payload.get(at + 1)?))
+    } else {
+        Some(u16::from(*payload.get(at)? & 0x7f))
+    }
+}
+
+fn write_picture_id(payload: &mut [u8], (at, long): (usize, bool), id: u16) {
+    if long {
+        if let Some(high) = payload.get_mut(at) {
+            *high = 0x80 | ((id >> 8) as u8 & 0x7f);
+        }
+        if let Some(low) = payload.get_mut(at + 1) {
+            *low = id as u8;
+        }
+    } else if let Some(byte) = payload.get_mut(at) {
+        *byte = id as u8 & 0x7f;
+    }
+}
+
+/// Picture IDs are compared in the 15-bit space; a 7-bit one is continued modulo 128.
+const PICTURE_ID_MASK: u16 = 0x7fff;
+
+fn picture_id_newer(a: u16, b: u16) -> bool {
+    let ahead = a.wrapping_sub(b) & PICTURE_ID_MASK;
+    ahead != 0 && ahead < 0x4000
+}
+
+/// The offsets of one run of packets from a single source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    source_ssrc: u32,
+    picture_id: u16,
+    tl0: u8,
+}
+
+/// Rewrites the picture IDs of one outgoing video stream.
+#[derive(Debug)]
+pub struct PictureIds {
+    family: CodecFamily,
+    segments: VecDeque<Segment>,
+    /// Newest picture ID and TL0PICIDX sent.
+    last_picture_id: Option<u16>,
+    last_tl0: Option<u8>,
+}
+
+impl PictureIds {
+    /// A rewriter for a stream of `family` (only VP8 and VP9 carry picture IDs; any other
+    /// codec passes through untouched).
+    pub fn new(family: CodecFamily) -> Self {
+        Self {
+            family,
+            segments: VecDeque::new(),
+            last_picture_id: None,
+            last_tl0: None,
+        }
+    }
+
+    fn fields(&self, payload: &[u8]) -> Option<Fields> {
+        match self.family {
+            CodecFamily::Vp8 => vp8_fields(payload),
+            CodecFamily::Vp9 => vp9_fields(payload),
+            _ => None,
+        }
+    }
+
+    /// The payload to forward for a packet of source `ssrc`, which the downtrack decided to
+    /// forward. A packet from another source than the last starts a segment.
+    pub fn forward(&mut self, ssrc: u32, payload: Bytes) -> Bytes {
+        let Some(fields) = self.fields(&payload) else {
+            return payload;
+        };
+        let picture_id = fields
+            .picture_id
+            .and_then(|at| read_picture_id(&payload, at));
+        let tl0 = fields.tl0.and_then(|at| payload.get(at).copied());
+        if self.segments.back().is_none_or(|s| s.source_ssrc != ssrc) {
+            let segment = Segment {
+                source_ssrc: ssrc,
+                picture_id: match (self.last_picture_id, picture_id) {
+                    (Some(last), Some(first)) => {
+                        last.wrapping_add(1).wrapping_sub(first) & PICTURE_ID_MASK
+                    }
+                    _ => 0,
+                },
+                tl0: match (self.last_tl0, tl0) {
+                    (Some(last), Some(first)) => last.wrapping_add(1).wrapping_sub(first),
+                    _ => 0,
+                },
+            };
+            if self.segments.len() == MAX_SEGMENTS {
+                self.segments.pop_front();
+            }
+            self.segments.push_back(segment);
+        }
+        let Some(segment) = self.segments.back().copied() else {
+            return payload;
+        };
+        if let Some(id) = picture_id {
+            let out = id.wrapping_add(segment.picture_id) & PICTURE_ID_MASK;
+            if self
+                .last_picture_id
+                .is_none_or(|last| picture_id_newer(out, last))
+            {
+                self.last_picture_id = Some(out);
+            }
+        }
+        if let Some(index) = tl0 {
+            let out = index.wrapping_add(segment.tl0);
+            if self
+                .last_tl0
+                .is_none_or(|last| out != last && out.wrapping_sub(last) < 0x80)
+            {
+                self.last_tl0 = Some(out);
+            }
+        }
+        patch(payload, fields, segment)
+    }
+
+    /// The payload of a retransmission of a packet from source `ssrc`, patched like the
+    /// original was (the latest segment of that source).
+    pub fn retransmission(&self, ssrc: u32, payload: Bytes) -> Bytes {
+        let Some(fields) = self.fields(&payload) else {
+            return payload;
+        };
+        match self.segments.iter().rev().find(|s| s.source_ssrc == ssrc) {
+            Some(segment) => patch(payload, fields, *segment),
+            None => payload,
+        }
+    }
+}
+
+/// Applies a segment's offsets; a zero offset costs nothing.
+fn patch(payload: Bytes, fields: Fields, segment: Segment) -> Bytes {
+    let picture_id = fields.picture_id.filter(|_| segment.picture_id != 0);
+    let tl0 = fields.tl0.filter(|_| segment.tl0 != 0);
+    if picture_id.is_none() && tl0.is_none() {
+        return payload;
+    }
+    let mut copy = BytesMut::from(&payload[..]);
+    if let Some(at) = picture_id
+        && let Some(id) = read_picture_id(&copy, at)
+    {
+        let mask = if at.1 { PICTURE_ID_MASK } else { 0x7f };
+        write_picture_id(&mut copy, at, id.wrapping_add(segment.picture_id) & mask);
+    }
+    if let Some(at) = tl0
+        && let Some(byte) = copy.get_mut(at)
+    {
+        *byte = byte.wrapping_add(segment.tl0);
+    }
+    copy.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VP8 payload with a 15-bit picture ID and TL0PICIDX, then one byte of frame data.
+    fn vp8(picture_id: u16, tl0: u8) -> Bytes {
+        Bytes::from(vec![
+            0x90, // X, S
+            0xC0, // I, L
+            0x80 | (picture_id >> 8) as u8,
+            picture_id as u8,
+            tl0,
+            0x00,
+        ])
+    }
+
+    fn vp8_ids(payload: &[u8]) -> (u16, u8) {
+        let fields = vp8_fields(payload).unwrap();
+        (
+            read_picture_id(payload, fields.picture_id.unwrap()).unwrap(),
+            payload[fields.tl0.unwrap()],
+        )
+    }
+
+    #[test]
+    fn a_stream_that_never_switches_passes_through_uncopied() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        let packet = vp8(1000, 7);
+        let out = ids.forward(1, packet.clone());
+        assert_eq!(out, packet);
+        // Same buffer: nothing was copied.
+        assert_eq!(out.as_ptr(), packet.as_ptr());
+        assert_eq!(vp8_ids(&ids.forward(1, vp8(1001, 8))), (1001, 8));
+    }
+
+    #[test]
+    fn a_switch_continues_from_the_last_picture_sent() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        ids.forward(1, vp8(20_000, 100));
+        ids.forward(1, vp8(20_001, 101));
+        // The other layer numbers its pictures from far behind.
+        assert_eq!(vp8_ids(&ids.forward(2, vp8(300, 5))), (20_002, 102));
+        assert_eq!(vp8_ids(&ids.forward(2, vp8(301, 6))), (20_003, 103));
+        // Back to the first layer: still moving forward.
+        assert_eq!(vp8_ids(&ids.forward(1, vp8(20_050, 130))), (20_004, 104));
+    }
+
+    #[test]
+    fn picture_ids_wrap_in_fifteen_bits() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        ids.forward(1, vp8(0x7fff, 255));
+        assert_eq!(vp8_ids(&ids.forward(2, vp8(10, 3))), (0, 0));
+        assert_eq!(vp8_ids(&ids.forward(2, vp8(11, 4))), (1, 1));
+    }
+
+    #[test]
+    fn retransmissions_are_patched_like_their_segment() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        ids.forward(1, vp8(5000, 1));
+        ids.forward(2, vp8(100, 9));
+        let resent = ids.retransmission(2, vp8(100, 9));
+        assert_eq!(vp8_ids(&resent), (5001, 2));
+        // The first segment had no offset.
+        assert_eq!(vp8_ids(&ids.retransmission(1, vp8(5000, 1))), (5000, 1));
+        assert_eq!(ids.retransmission(3, vp8(7, 7)), vp8(7, 7));
+    }
+
+    #[test]
+    fn short_picture_ids_and_missing_fields_are_handled() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        // 7-bit picture ID, no TL0PICIDX.
+        ids.forward(1, Bytes::from_static(&[0x90, 0x80, 0x05, 0x00]));
+        let out = ids.forward(2, Bytes::from_static(&[0x90, 0x80, 0x7e, 0x00]));
+        assert_eq!(&out[..], &[0x90, 0x80, 0x06, 0x00]);
+        // No extension at all, and truncated descriptors: forwarded unchanged.
+        for payload in [&[0x10, 0x00][..], &[0x90][..], &[0x90, 0x80, 0x85][..], &[][..]] {
+            let payload = Bytes::copy_from_slice(payload);
+            assert_eq!(ids.forward(3, payload.clone()), payload);
+        }
+    }
+
+    #[test]
+    fn vp9_picture_id_and_tl0_are_rewritten() {
+        // I, L, B (non-flexible); picture ID 15-bit; layer indices; TL0PICIDX.
+        let vp9 = |id: u16, tl0: u8| {
+            Bytes::from(vec![0xA8, 0x80 | (id >> 8) as u8, id as u8, 0x00, tl0, 0x00])
+        };
+        let mut ids = PictureIds::new(CodecFamily::Vp9);
+        ids.forward(1, vp9(9000, 50));
+        let out = ids.forward(2, vp9(12, 3));
+        let fields = vp9_fields(&out).unwrap();
+        assert_eq!(read_picture_id(&out, fields.picture_id.unwrap()), Some(9001));
+        assert_eq!(out[fields.tl0.unwrap()], 51);
+    }
+
+    #[test]
+    fn other_codecs_pass_through() {
+        let mut ids = PictureIds::new(CodecFamily::H264);
+        let packet = Bytes::from_static(&[0x90, 0xC0, 0x81, 0x00, 0x05, 0x00]);
+        ids.forward(1, packet.clone());
+        assert_eq!(ids.forward(2, packet.clone()), packet);
+    }
+}
