@@ -62,6 +62,17 @@ if cargo tree --locked -p tutti-signaling -e normal,build --prefix none | grep -
   exit 1
 fi
 PROTOC=/nonexistent/protoc cargo build --release --locked --bin tutti-gateway
+# The crates stay in their roles: the wire-protocol crate pulls in nothing heavy, and the
+# gateway without local mode (its cluster image) links no media stack.
+say "crate boundaries"
+if cargo tree --locked -p tutti-shard-api -e normal --prefix none | grep -E '^(etcd-client|argon2|clap|tutti-store) '; then
+  echo "tutti-shard-api depends on something heavy" >&2
+  exit 1
+fi
+if cargo tree --locked -p tutti-signaling --no-default-features --features etcd -e normal --prefix none | grep -E '^(rtc|webrtc|tutti-sfu) '; then
+  echo "the gateway without local mode depends on the media stack" >&2
+  exit 1
+fi
 
 # 6. Quality gates.
 say "cargo fmt --check"

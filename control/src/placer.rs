@@ -5,10 +5,9 @@
 //! Nothing here touches the Kubernetes API, so the integration tests drive it with real
 //! shards and the in-memory store.
 
-use crate::conditions::RoomOutcome;
 use crate::latency::{best_region, should_move, uses_latency};
+use crate::outcome::RoomOutcome;
 use crate::placement::{Candidate, Strategy, candidates, place};
-use crate::validation::ValidRoom;
 use std::collections::BTreeMap;
 use tutti_shard_api::client::ShardAdmin;
 use tutti_store::password::{hash_password, verify_password};
@@ -61,15 +60,21 @@ impl<S: LiveView + LiveWriter> Placer<S> {
         ShardAdmin::new(admin_url, &self.admin_token)
     }
 
-    /// Makes the live state host `room`, whose password (from its Secret) is `password`.
-    pub async fn apply(&self, room: &ValidRoom, password: Option<String>) -> RoomOutcome {
-        let name = room.record.name.clone();
+    /// Makes the live state host a declared room (its `record`, placed on a shard carrying
+    /// `selector`), whose password (from its Secret) is `password`.
+    pub async fn apply(
+        &self,
+        declared: &RoomRecord,
+        selector: &BTreeMap<String, String>,
+        password: Option<String>,
+    ) -> RoomOutcome {
+        let name = declared.name.clone();
         let existing = self.store.room(&name);
         // A room someone created by joining it may be declared afterwards: the Room takes
         // it over (same name, its settings from now on). Only another resource's room is
         // a conflict, so nobody can squat a name a teacher is about to declare.
         if let Some(other) = &existing
-            && other.owner != room.record.owner
+            && other.owner != declared.owner
             && other.owner.as_deref() != Some(tutti_store::AUTO_CREATED_OWNER)
         {
             return RoomOutcome::NameConflict(format!(
@@ -77,7 +82,7 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                 other.owner.as_deref().unwrap_or("another room")
             ));
         }
-        let mut record = room.record.clone();
+        let mut record = declared.clone();
         record.password_hash = match password {
             None => None,
             Some(password) => match reuse_or_hash(existing.as_ref(), password).await {
@@ -87,7 +92,7 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                 }
             },
         };
-        self.place(record, &room.selector).await
+        self.place(record, selector).await
     }
 
     /// Makes the live state host the room `record` describes, on a shard carrying

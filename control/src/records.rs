@@ -1,11 +1,11 @@
 //! Rooms that have a record in the live state but no Room resource: rooms a gateway
 //! created on first join (owner `Gateway/...`), or any record written without Kubernetes
 //! (a standalone operator, a hand-run cluster). The operator stays the one writer of
-//! their routes: it places them, places them again when their shard goes, and forgets the
-//! ones created on first join once their shard has released them (they stood empty past
-//! their timeout).
+//! their routes: it places them, places them again when their shard goes, creates a
+//! declared room's pipeline again when its shard let it go (it stood empty past its
+//! timeout), and forgets rooms created on first join once their shard has released them.
 
-use crate::conditions::RoomOutcome;
+use crate::outcome::RoomOutcome;
 use crate::placer::Placer;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tutti_store::{LatencyReport, LiveView, LiveWriter, RoomRecord};
@@ -78,9 +78,6 @@ impl RecordKeeper {
                 }
                 reported.insert(name.clone(), reports);
             }
-            if record.owner.as_deref() != Some(AUTO_OWNER) {
-                continue;
-            }
             let pipelines = match hosted.get(&shard.id) {
                 Some(known) => known.clone(),
                 None => {
@@ -95,7 +92,14 @@ impl RecordKeeper {
                 }
             };
             let epoch = route.map_or(0, |r| r.epoch);
-            if pipelines.is_some_and(|names| !names.contains(&name)) {
+            let gone = pipelines.is_some_and(|names| !names.contains(&name));
+            if gone && record.owner.as_deref() != Some(AUTO_OWNER) {
+                // A declared room (rooms file, hand-written record) whose shard let it go
+                // after it stood empty: it is created again where its route points, as
+                // the Room controller does for a Room resource.
+                let outcome = placer.place(record, &BTreeMap::new()).await;
+                pass.placed.push((name, outcome));
+            } else if gone {
                 if self.missing.get(&name) == Some(&epoch) {
                     if placer.forget(&name, AUTO_OWNER).await.is_ok() {
                         pass.forgotten.push(name);

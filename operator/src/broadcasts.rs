@@ -75,7 +75,7 @@ pub fn broadcast_status(
             ..BroadcastStatus::default()
         };
     };
-    let plan = tutti_cascade::Plan {
+    let plan = tutti_control::cascade::Plan {
         origin: cascade.origin.clone(),
         edges: cascade.edges.clone(),
     };

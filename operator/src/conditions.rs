@@ -2,38 +2,8 @@
 //! `lastTransitionTime` when its status did not change.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tutti_control::outcome::RoomOutcome;
 use tutti_crds::{Condition, RoomPhase};
-
-/// The outcome of reconciling a Room.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RoomOutcome {
-    /// On a shard, which answered.
-    Placed {
-        /// The shard.
-        shard: String,
-        /// Participants it reports.
-        participants: u32,
-        /// Whether this reconcile moved the room (a previous shard was gone).
-        moved: bool,
-    },
-    /// The spec is invalid; nothing was done.
-    Invalid(String),
-    /// Another Room (in another namespace) already has this name.
-    NameConflict(String),
-    /// The password Secret or key is missing.
-    SecretMissing(String),
-    /// No shard can take it.
-    NoShard(String),
-    /// Placed by latency: waiting for the first participant's round trips.
-    AwaitingParticipants,
-    /// The shard it is on does not answer.
-    ShardUnreachable {
-        /// The shard.
-        shard: String,
-        /// What went wrong.
-        message: String,
-    },
-}
 
 /// A condition as computed, before times are attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +27,16 @@ fn wanted(kind: &'static str, status: bool, reason: &'static str, message: &str)
     }
 }
 
-impl RoomOutcome {
+/// What a Room's status says about a placement's outcome.
+pub trait OutcomeStatus {
     /// The phase it puts the Room in.
-    pub fn phase(&self) -> RoomPhase {
+    fn phase(&self) -> RoomPhase;
+    /// Ready, Placed and Degraded, in that order.
+    fn conditions(&self) -> [Wanted; 3];
+}
+
+impl OutcomeStatus for RoomOutcome {
+    fn phase(&self) -> RoomPhase {
         match self {
             Self::Placed {
                 participants: 0, ..
@@ -73,8 +50,7 @@ impl RoomOutcome {
         }
     }
 
-    /// Ready, Placed and Degraded, in that order.
-    pub fn conditions(&self) -> [Wanted; 3] {
+    fn conditions(&self) -> [Wanted; 3] {
         match self {
             Self::Placed { shard, .. } => {
                 let on = format!("hosted on shard {shard}");

@@ -7,9 +7,8 @@
 //! success; an invalid Room waits for its next change instead of retrying.
 
 use crate::backoff::Backoff;
-use crate::conditions::{RoomOutcome, merge};
+use crate::conditions::{OutcomeStatus, merge};
 use crate::metrics::Metrics;
-use crate::placer::Placer;
 use crate::validation::{owner, validate_room};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -22,6 +21,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+use tutti_control::outcome::RoomOutcome;
+use tutti_control::placer::Placer;
 use tutti_crds::{Room, RoomStatus, SecretKeyRef};
 use tutti_store::{LiveView, LiveWriter};
 
@@ -112,7 +113,7 @@ pub struct Context<S> {
     /// Settings.
     pub config: Config,
     /// Rooms no shard could take, for the pools to grow.
-    pub unplaced: Arc<crate::demand::Unplaced>,
+    pub unplaced: Arc<tutti_control::demand::Unplaced>,
 }
 
 /// Reconciles one Room.
@@ -220,7 +221,8 @@ where
     let outcome = match validate_room(namespace, name, &room.spec) {
         Err(problems) => RoomOutcome::Invalid(problems.join("; ")),
         Ok(valid) => {
-            latency = crate::latency::uses_latency(&valid.record, &ctx.placer.store().shards());
+            latency =
+                tutti_control::latency::uses_latency(&valid.record, &ctx.placer.store().shards());
             let password = match &valid.password {
                 None => Ok(None),
                 Some(reference) => read_password(&ctx.client, namespace, reference)
@@ -229,7 +231,11 @@ where
             };
             let outcome = match password {
                 Err(message) => RoomOutcome::SecretMissing(message),
-                Ok(password) => ctx.placer.apply(&valid, password).await,
+                Ok(password) => {
+                    ctx.placer
+                        .apply(&valid.record, &valid.selector, password)
+                        .await
+                }
             };
             match &outcome {
                 RoomOutcome::NoShard(_) => {
@@ -270,7 +276,8 @@ where
         // A latency-placed room may still move once someone farther joins; nothing tells
         // the controller, so it looks again often while the room is small.
         RoomOutcome::Placed { participants, .. }
-            if latency && (participants as usize) <= crate::latency::MOVE_MAX_PARTICIPANTS =>
+            if latency
+                && (participants as usize) <= tutti_control::latency::MOVE_MAX_PARTICIPANTS =>
         {
             ctx.backoff.succeeded(&key);
             Ok(Action::requeue(LATENCY_RECHECK.min(ctx.config.refresh)))

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tutti_control::placement::Strategy;
 use tutti_operator::leader::{self, LeaseConfig};
 use tutti_operator::metrics::Metrics;
-use tutti_operator::placement::Strategy;
 use tutti_operator::run::{Settings, run, run_standalone};
 use tutti_store::{EtcdStore, LiveView, LiveWriter, MemoryStore};
 
@@ -224,7 +224,7 @@ where
             ..Default::default()
         },
         compact_every: Duration::from_secs(args.compact_every.max(10)),
-        cascade: tutti_operator::cascade::CascadeParams {
+        cascade: tutti_control::cascade::CascadeParams {
             fanout: usize::from(args.cascade_fanout),
             headroom: f64::from(args.cascade_headroom) / 100.0,
         },

@@ -1,13 +1,10 @@
-//! Wiring: the Room, Broadcast and ShardPool controllers, garbage collection, cascades,
-//! and the watch on shard records that triggers them, running until told to stop.
+//! Wiring: the Room, Broadcast and ShardPool controllers beside the control loops of
+//! `tutti_control` (record-only rooms, cascades, garbage collection), running until told
+//! to stop.
 
 use crate::backoff::Backoff;
 use crate::controller::{self, Context, MANAGER, error_policy, reconcile_room};
-use crate::gc;
 use crate::metrics::Metrics;
-use crate::placement::Strategy;
-use crate::placer::Placer;
-use crate::records::RecordKeeper;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::ResourceExt;
@@ -17,10 +14,14 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tutti_control::gc::{self, Released};
+use tutti_control::loops::{self, LoopSettings, Observer};
+use tutti_control::outcome::RoomOutcome;
+use tutti_control::placement::Strategy;
+use tutti_control::placer::Placer;
 use tutti_crds::{Broadcast, Room, ShardPool};
-use tutti_shard_api::admin::PipelineInfo;
 use tutti_store::{LiveView, LiveWriter};
 
 /// What the operator runs with.
@@ -45,264 +46,95 @@ pub struct Settings {
     /// Time between compactions of the live state's history.
     pub compact_every: Duration,
     /// How broadcast cascades are shaped.
-    pub cascade: tutti_cascade::CascadeParams,
+    pub cascade: tutti_control::cascade::CascadeParams,
     /// What shard pods of ShardPools are started with.
     pub shards: crate::shard_pods::ShardRuntime,
     /// Time between passes over each ShardPool.
     pub pool_period: Duration,
 }
 
-/// What changes in the shard records matter: which shards live, and which drain.
-fn shard_signature<V: LiveView + ?Sized>(view: &V) -> Vec<(String, bool)> {
-    view.shards()
-        .into_iter()
-        .map(|s| (s.id, s.draining))
-        .collect()
+/// What the control loops report to the operator: metrics always; with Kubernetes
+/// watched, the Room cache (what exists), Events about released pipelines, and the Room
+/// controller's wake-up when shards change.
+struct OperatorObserver {
+    metrics: Arc<Metrics>,
+    kube: Option<KubeSide>,
+    namespace: String,
 }
 
-/// Whether a pipeline on `shard` belongs to something that exists and is routed there:
-/// a Room resource (when Kubernetes is watched), or a room record with the same owner.
-pub fn owned<V: LiveView + ?Sized>(
-    view: &V,
-    rooms: Option<&Store<Room>>,
-    shard: &str,
-    pipeline: &PipelineInfo,
-) -> bool {
-    // An edge of a broadcast's cascade: owned while the cascade lists it.
-    let edge_of_cascade = view
-        .cascades()
-        .iter()
-        .any(|c| c.stage == pipeline.name && c.edges.iter().any(|e| e.shard == shard));
-    if edge_of_cascade {
-        return true;
-    }
-    let routed_here = view.route(&pipeline.name).is_some_and(|r| r.shard == shard);
-    let Some(owner) = pipeline.spec.owner.as_deref() else {
-        return false;
-    };
-    match gc::parse_owner(owner) {
-        Some(("Room", namespace, name)) => {
-            name == pipeline.name
-                && routed_here
-                && rooms.is_some_and(|rooms| {
-                    rooms.get(&ObjectRef::new(name).within(namespace)).is_some()
-                })
-        }
-        _ => {
-            routed_here
-                && view
-                    .room(&pipeline.name)
-                    .is_some_and(|r| r.owner.as_deref() == Some(owner))
-        }
-    }
-}
-
-/// What the live-state loops share with the Room controller when Kubernetes is watched.
+/// What the loops share with the Room controller when Kubernetes is watched.
 struct KubeSide {
     rooms: Store<Room>,
     recorder: Recorder,
     shards_changed: mpsc::Sender<()>,
 }
 
-/// The loops that need only the live state: the watch on shard records, placement of
-/// record-only rooms, broadcast cascades, garbage collection and history compaction. `rooms` is the Room cache
-/// when Kubernetes is watched; `shards_changed` also hears of shard changes.
-fn spawn_store_loops<S>(
-    placer: Arc<Placer<S>>,
-    kube: Option<KubeSide>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>>
-where
-    S: LiveView + LiveWriter + Clone + Send + Sync + 'static,
-{
-    let store = placer.store().clone();
-    let (rooms, recorder, shards_changed) = match kube {
-        Some(side) => (
-            Some(side.rooms),
-            Some(side.recorder),
-            Some(side.shards_changed),
-        ),
-        None => (None, None, None),
-    };
-    let collect_now = Arc::new(Notify::new());
-    let place_now = Arc::new(Notify::new());
-    let plan_now = Arc::new(Notify::new());
-    let mut tasks = Vec::new();
-    // Shard records come and go with heartbeats: re-place rooms and collect garbage
-    // whenever the set of live shards (or their draining flags) changes.
-    tasks.push({
-        let (store, stop, collect_now, place_now, plan_now) = (
-            store.clone(),
-            stop.clone(),
-            collect_now.clone(),
-            place_now.clone(),
-            plan_now.clone(),
-        );
-        let poll = settings.shard_poll;
-        tokio::spawn(async move {
-            let mut seen = shard_signature(&store);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                let now = shard_signature(&store);
-                if now != seen {
-                    tracing::info!(shards = ?now, "shards changed");
-                    seen = now;
-                    if let Some(tx) = &shards_changed {
-                        let _ = tx.try_send(());
-                    }
-                    place_now.notify_one();
-                    plan_now.notify_one();
-                    collect_now.notify_one();
-                }
-            }
-        })
-    });
-    tasks.push({
-        let (placer, stop, metrics) = (placer.clone(), stop.clone(), metrics.clone());
-        let period = settings.shard_poll;
-        tokio::spawn(async move {
-            let mut keeper = RecordKeeper::default();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(period) => {}
-                    _ = place_now.notified() => {}
-                }
-                let pass = keeper.pass(&placer).await;
-                for (room, outcome) in pass.placed {
-                    let result = if matches!(outcome, crate::conditions::RoomOutcome::Placed { .. }) { "ok" } else { "error" };
-                    metrics.reconciled("record", result);
-                    tracing::info!(%room, ?outcome, "record-only room placed");
-                }
-                for room in pass.forgotten {
-                    tracing::info!(%room, "room created on first join released by its shard; forgotten");
-                }
-            }
-        })
-    });
-    tasks.push(spawn_cascades(
-        store.clone(),
-        &settings,
-        plan_now,
-        metrics.clone(),
-        stop.clone(),
-    ));
-    tasks.push({
-        let (store, stop, metrics) = (store.clone(), stop.clone(), metrics.clone());
-        let settings = settings.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(settings.gc_period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = ticker.tick() => {}
-                    _ = collect_now.notified() => {}
-                }
-                // Until the Room cache is filled, every pipeline would look orphaned.
-                if let Some(rooms) = &rooms
-                    && rooms.wait_until_ready().await.is_err()
-                {
-                    return;
-                }
-                let report = gc::collect(
-                    &store,
-                    &settings.admin_token,
-                    settings.gc_grace,
-                    |shard, pipeline| owned(&store, rooms.as_ref(), shard, pipeline),
-                )
-                .await;
-                metrics.gc_runs.inc();
-                for error in &report.errors {
-                    tracing::warn!(%error, "garbage collection incomplete");
-                }
-                for released in report.released {
-                    metrics.gc_released(&released.shard);
-                    tracing::info!(shard = %released.shard, pipeline = %released.pipeline,
-                        owner = ?released.owner, "orphaned pipeline released");
-                    if let Some(recorder) = &recorder {
-                        record_release(recorder, &settings.namespace, &released).await;
-                    }
-                }
-            }
-        })
-    });
-    tasks.push({
-        let (store, stop) = (store, stop);
-        let period = settings.compact_every;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
-                match store.compact(COMPACT_KEEP).await {
-                    Ok(Some(revision)) => tracing::info!(revision, "live-state history compacted"),
-                    Ok(None) => {}
-                    Err(err) => tracing::warn!(%err, "live-state history not compacted"),
-                }
-            }
-        })
-    });
-    tasks
-}
-
-/// Drives every broadcast's cascade: each `shard_poll`, and at once when shards change.
-fn spawn_cascades<S>(
-    store: S,
-    settings: &Settings,
-    plan_now: Arc<Notify>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()>
-where
-    S: LiveView + LiveWriter + Send + Sync + 'static,
-{
-    let driver = tutti_cascade::Driver::new(store, settings.admin_token.clone(), settings.cascade);
-    let period = settings.shard_poll;
-    tokio::spawn(async move {
-        let mut last: std::collections::HashMap<String, String> = Default::default();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-                _ = plan_now.notified() => {}
-            }
-            for (broadcast, outcome) in driver.pass().await {
-                let summary = match &outcome {
-                    Ok(driven) => {
-                        for (shard, err) in &driven.failed {
-                            tracing::warn!(%broadcast, %shard, %err, "edge pipeline not applied");
-                        }
-                        format!("{:?}", driven.cascade)
-                    }
-                    Err(err) => err.to_string(),
-                };
-                metrics.reconciled("broadcast", if outcome.is_ok() { "ok" } else { "error" });
-                // Log a cascade when it changes, not every pass.
-                if last.get(&broadcast) != Some(&summary) {
-                    match &outcome {
-                        Ok(_) => tracing::info!(%broadcast, cascade = %summary, "cascade applied"),
-                        Err(err) => tracing::warn!(%broadcast, %err, "cascade not applied"),
-                    }
-                    last.insert(broadcast, summary);
-                }
-            }
+#[async_trait::async_trait]
+impl Observer for OperatorObserver {
+    async fn ready(&self) -> bool {
+        match &self.kube {
+            Some(kube) => kube.rooms.wait_until_ready().await.is_ok(),
+            None => true,
         }
-    })
+    }
+
+    fn room_resource_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        let kube = self.kube.as_ref()?;
+        Some(
+            kube.rooms
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some(),
+        )
+    }
+
+    fn shards_changed(&self) {
+        if let Some(kube) = &self.kube {
+            let _ = kube.shards_changed.try_send(());
+        }
+    }
+
+    fn record_placed(&self, _room: &str, outcome: &RoomOutcome) {
+        let result = if matches!(outcome, RoomOutcome::Placed { .. }) {
+            "ok"
+        } else {
+            "error"
+        };
+        self.metrics.reconciled("record", result);
+    }
+
+    fn cascade_passed(&self, _broadcast: &str, applied: bool) {
+        self.metrics
+            .reconciled("broadcast", if applied { "ok" } else { "error" });
+    }
+
+    fn collected(&self) {
+        self.metrics.gc_runs.inc();
+    }
+
+    async fn released(&self, released: &Released) {
+        self.metrics.gc_released(&released.shard);
+        if let Some(kube) = &self.kube {
+            record_release(&kube.recorder, &self.namespace, released).await;
+        }
+    }
 }
 
-/// Revisions of history kept when compacting: enough for any watcher a few minutes behind.
-const COMPACT_KEEP: i64 = 10_000;
+impl Settings {
+    /// What the control loops run with.
+    pub fn loops(&self) -> LoopSettings {
+        LoopSettings {
+            admin_token: self.admin_token.clone(),
+            strategy: self.strategy,
+            gc_period: self.gc_period,
+            gc_grace: self.gc_grace,
+            shard_poll: self.shard_poll,
+            compact_every: self.compact_every,
+            cascade: self.cascade,
+        }
+    }
+}
 
-async fn record_release(recorder: &Recorder, namespace: &str, released: &gc::Released) {
+async fn record_release(recorder: &Recorder, namespace: &str, released: &Released) {
     let (namespace, name) = released
         .owner
         .as_deref()
@@ -341,16 +173,12 @@ pub async fn run_standalone<S>(
 ) where
     S: LiveView + LiveWriter + Clone + Send + Sync + 'static,
 {
-    let placer = Arc::new(Placer::new(
-        store,
-        settings.admin_token.clone(),
-        settings.strategy,
-    ));
-    let tasks = spawn_store_loops(placer, None, settings, metrics, stop.clone());
-    stop.cancelled().await;
-    for task in tasks {
-        let _ = task.await;
-    }
+    let observer = Arc::new(OperatorObserver {
+        metrics,
+        kube: None,
+        namespace: settings.namespace.clone(),
+    });
+    loops::run(store, settings.loops(), observer, stop).await;
 }
 
 /// Runs the Room and Broadcast controllers and the live-state loops until `stop` is
@@ -372,7 +200,7 @@ pub async fn run<S>(
         },
     );
     let namespace = settings.namespace.clone();
-    let unplaced = Arc::new(crate::demand::Unplaced::default());
+    let unplaced = Arc::new(tutti_control::demand::Unplaced::default());
     let pool_context = Arc::new(crate::shardpool::PoolContext {
         client: client.clone(),
         store: store.clone(),
@@ -406,12 +234,16 @@ pub async fn run<S>(
         settings.admin_token.clone(),
         settings.strategy,
     ));
-    let kube = KubeSide {
-        rooms: controller.store(),
-        recorder,
-        shards_changed,
-    };
-    let tasks = spawn_store_loops(placer, Some(kube), settings, metrics, stop.clone());
+    let observer = Arc::new(OperatorObserver {
+        metrics: metrics.clone(),
+        kube: Some(KubeSide {
+            rooms: controller.store(),
+            recorder,
+            shards_changed,
+        }),
+        namespace: settings.namespace.clone(),
+    });
+    let tasks = loops::spawn(placer, settings.loops(), observer, stop.clone());
     let broadcasts = Controller::new(
         Api::<Broadcast>::all(client.clone()),
         watcher::Config::default().any_semantic(),

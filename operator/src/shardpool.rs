@@ -2,18 +2,15 @@
 //!
 //! Each pass reads the pool's pods and the live state (shard records with their load,
 //! routes, cascades), turns them into the autoscaler's view, and carries out its
-//! [`decide`](crate::autoscale::decide) decision: shards are started from the pool's
+//! [`decide`](tutti_control::autoscale::decide) decision: shards are started from the pool's
 //! template, marked draining through their admin API (and the pod annotated, so the
 //! deadline survives an operator restart), and deleted when empty or at the deadline.
 //! Occupied shards carry a label that the pool's PodDisruptionBudget protects, so a node
 //! drain or the cluster autoscaler cannot evict a shard with people on it.
 
-use crate::autoscale::{Decision, DeleteReason, Demand, PoolPolicy, ShardPhase, ShardView, decide};
 use crate::conditions::{Wanted, merge};
 use crate::controller::{Error, MANAGER};
-use crate::demand::Unplaced;
 use crate::metrics::Metrics;
-use crate::placement::candidates;
 use crate::shard_pods::{
     ADVERTISE_IP_ANNOTATION, BalancerAddress, DRAINING_SINCE, Exposure, OCCUPIED_LABEL,
     REGION_ANNOTATION, REGISTERED, SLOT_LABEL, ShardRuntime, free_slots, load_balancer_address,
@@ -32,7 +29,12 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tutti_cascade::CascadeParams;
+use tutti_control::autoscale::{
+    Decision, DeleteReason, Demand, PoolPolicy, ShardPhase, ShardView, decide,
+};
+use tutti_control::cascade::CascadeParams;
+use tutti_control::demand::Unplaced;
+use tutti_control::placement::candidates;
 use tutti_crds::duration::parse_duration;
 use tutti_crds::{NetworkingMode, ShardPool, ShardPoolStatus};
 use tutti_shard_api::client::ShardAdmin;
@@ -106,7 +108,7 @@ pub fn cascade_shortfall<V: LiveView + ?Sized>(view: &V, params: &CascadeParams)
                 .map(|c| c.edges.iter().map(|e| e.viewers).sum())
                 .unwrap_or(0);
             let audience = broadcast.expected_audience.max(seated);
-            let edges = tutti_cascade::plan::edges_needed(
+            let edges = tutti_control::cascade::plan::edges_needed(
                 audience,
                 broadcast.max_viewers_per_shard,
                 params.headroom,

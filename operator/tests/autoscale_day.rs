@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use tutti_operator::autoscale::{DeleteReason, Demand, PoolPolicy, ShardPhase, ShardView, decide};
+use tutti_control::autoscale::{DeleteReason, Demand, PoolPolicy, ShardPhase, ShardView, decide};
 
 const STEP: u64 = 10;
 const DAY: u64 = 86_400;

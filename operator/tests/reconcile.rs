@@ -17,12 +17,12 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tutti_control::placement::Strategy;
+use tutti_control::placer::Placer;
 use tutti_crds::Room;
 use tutti_operator::backoff::Backoff;
 use tutti_operator::controller::{Config, Context, Error, error_policy, reconcile_room};
 use tutti_operator::metrics::Metrics;
-use tutti_operator::placement::Strategy;
-use tutti_operator::placer::Placer;
 use tutti_store::{LiveView, LiveWriter, MemoryStore, ShardRecord};
 
 mod common;

@@ -1,28 +1,13 @@
 //! The shard process: flags to a running shard, until a signal stops it. Shared by the
 //! `tutti-sfu` binary and the benchmark, which runs a shard as a child process of itself.
 
-use crate::config::{self, LogFormat, ShardArgs};
+use crate::config::{self, ShardArgs};
 use crate::heartbeat;
 use crate::server::{ShardOptions, start};
 use crate::shard::CoreConfig;
 use crate::shard::api::PipelineSpec;
 use std::time::Duration;
-
-/// Installs the tracing subscriber.
-pub fn init_logging(format: LogFormat) {
-    // The WebRTC stack logs every malformed packet it drops; at info level a hostile
-    // sender could fill the logs, so its crates only report errors unless RUST_LOG says
-    // otherwise. Drops are counted in metrics instead.
-    let default = "info,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_srtp=error,rtc_sctp=error,\
-rtc_interceptor=error,rtc_rtp=error,rtc_rtcp=error,rtc_stun=error";
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
+use tutti_service::process::wait_for_signal;
 
 /// Longest wait for the advertised IP's file.
 const ADVERTISE_WAIT: Duration = Duration::from_secs(900);
@@ -169,30 +154,6 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
     }
     shard.stop().await;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 #[cfg(test)]

@@ -1,20 +1,12 @@
 //! Configuration of a shard process: flags, with environment variables for containers.
 
-use clap::{Parser, ValueEnum};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+pub use tutti_service::process::LogFormat;
 
 /// The shortest accepted token: 128 bits of entropy in alphanumerics.
 pub const MIN_TOKEN_LEN: usize = 22;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (in cluster).
-    Json,
-}
 
 /// Flags of the `tutti-sfu` binary.
 #[derive(Debug, Clone, Parser)]
@@ -180,21 +172,6 @@ pub fn ice_timeouts(consent_secs: u64) -> crate::peer::IceTimeouts {
     }
 }
 
-/// The IP to advertise when none is configured: the bound IP, else the interface the
-/// host would route outbound traffic through (no packet is sent), else loopback.
-pub fn default_advertise_ip(bound: IpAddr) -> IpAddr {
-    if !bound.is_unspecified() {
-        return bound;
-    }
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|probe| {
-            probe.connect((Ipv4Addr::new(192, 0, 2, 1), 9))?;
-            probe.local_addr()
-        })
-        .map(|addr| addr.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,13 +188,6 @@ mod tests {
         ));
         let (token, generated) = resolve_token(None, true, "--admin-token").unwrap();
         assert!(generated && token.len() >= MIN_TOKEN_LEN);
-    }
-
-    #[test]
-    fn advertise_ip_prefers_the_bound_address() {
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(default_advertise_ip(ip), ip);
-        assert!(!default_advertise_ip("0.0.0.0".parse().unwrap()).is_unspecified());
     }
 
     #[test]

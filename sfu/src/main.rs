@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
         };
     }
     let args = ShardArgs::parse();
-    cli::init_logging(args.log_format);
+    tutti_service::process::init_logging(args.log_format);
     match cli::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

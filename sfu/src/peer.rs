@@ -12,8 +12,6 @@
 //! once at start-up. SRTP profiles are offered AEAD-AES-128-GCM first, the cheapest per
 //! packet on machines with AES instructions.
 
-use rand::RngExt;
-use rand::distr::Alphanumeric;
 use rtc::crypto::RTCCryptoProvider;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{
@@ -241,14 +239,7 @@ pub fn passive_tcp_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Rt
     RTCIceCandidate::from(&candidate).to_json()
 }
 
-/// A random alphanumeric token (ICE credentials, track ids, generated secrets).
-pub fn random_token(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
-}
+pub use tutti_service::token::random_token;
 
 fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
     RTCPFeedback {

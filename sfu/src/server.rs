@@ -140,7 +140,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
     let advertised = SocketAddr::new(
         options
             .advertise_ip
-            .unwrap_or_else(|| crate::config::default_advertise_ip(udp_addr.ip())),
+            .unwrap_or_else(|| tutti_service::net::default_advertise_ip(udp_addr.ip())),
         options.advertise_port.unwrap_or(udp_addr.port()),
     );
     // ICE-TCP shares the port number; without it (port taken), UDP still serves.
@@ -186,10 +186,10 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
     let http_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let server = tokio::spawn(crate::http_server::serve(
+    let server = tokio::spawn(tutti_service::http::serve(
         listener,
         app(state),
-        crate::http_server::HttpLimits::default(),
+        tutti_service::http::HttpLimits::default(),
         stop,
     ));
     tracing::info!(%http_addr, %udp_addr, %advertised, ice_tcp, "shard started");

@@ -6,7 +6,7 @@
 //! client whose room moved is told to join again.
 
 use crate::metrics::GatewayMetrics;
-use crate::placement::StoreRouter;
+use crate::routing::StoreRouter;
 use crate::server::{AppState, RunningServer, serve};
 use crate::session::{Gateway, GatewayOptions, GatewayParts};
 use crate::shard_link::WsConnector;

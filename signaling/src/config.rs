@@ -7,7 +7,7 @@ use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tutti_sfu::config::LogFormat;
+use tutti_service::process::LogFormat;
 use tutti_shard_api::admin::PARTICIPANT_BOUNDS;
 use tutti_store::{BroadcastRecord, RoomRecord};
 
@@ -240,7 +240,7 @@ impl RunArgs {
         }
         let listen = self.listen.ip();
         if listen.is_unspecified() {
-            tutti_sfu::config::default_advertise_ip(listen)
+            tutti_service::net::default_advertise_ip(listen)
         } else {
             listen
         }

@@ -3,7 +3,7 @@
 //! local all-in-one mode.
 //!
 //! Module map: [`protocol`] (what clients send and receive), [`admission`] (who may
-//! join), [`rooms`] (which rooms exist), [`placement`] (which shard holds a room),
+//! join), [`rooms`] (which rooms exist), [`routing`] (which shard holds a room),
 //! [`shard_link`] (a participant's channel to its shard), [`session`] (one client's
 //! session), [`turn`] (ICE servers), [`server`] (HTTP routes), [`web`] (the client),
 //! [`metrics`], [`config`], [`local`] (the one-process system), [`cluster`] (a gateway
@@ -15,13 +15,14 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod guesses;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod metrics;
 pub mod password_queue;
-pub mod placement;
 pub mod protocol;
 pub mod read_budget;
 pub mod rooms;
+pub mod routing;
 pub mod seating;
 pub mod server;
 pub mod session;

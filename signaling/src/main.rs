@@ -8,6 +8,7 @@ use tutti_signaling::admission::{JoinClaims, TokenKeys, hash_password};
 #[cfg(feature = "etcd")]
 use tutti_signaling::cluster::{ClusterGateway, ClusterOptions};
 use tutti_signaling::config::{Cli, Command, LocalRooms, RunArgs, TokenArgs};
+#[cfg(feature = "local")]
 use tutti_signaling::local::{LocalOptions, LocalSystem};
 use tutti_signaling::session::GatewayOptions;
 use tutti_signaling::turn::IceConfig;
@@ -19,7 +20,7 @@ async fn main() -> ExitCode {
         Some(Command::Token(args)) => token(args),
         Some(Command::HashPassword) => hash(),
         None => {
-            tutti_sfu::cli::init_logging(cli.run.log_format);
+            tutti_service::process::init_logging(cli.run.log_format);
             run(cli.run).await
         }
     };
@@ -86,11 +87,16 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             "tutti-gateway: cluster mode, live state in {}",
             args.store.store
         );
-        tutti_sfu::cli::wait_for_signal().await;
+        tutti_service::process::wait_for_signal().await;
         tracing::info!("stopping: telling clients to reconnect");
         gateway.stop().await;
         return Ok(());
     }
+    run_local(args, common).await
+}
+
+#[cfg(feature = "local")]
+async fn run_local(args: RunArgs, common: GatewayOptions) -> Result<(), Failure> {
     let options = LocalOptions {
         common,
         shards: args.shards,
@@ -106,10 +112,19 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         "tutti-gateway: local mode, {} embedded shards; open {url}/?room=lesson&name=YourName",
         system.shards.len()
     );
-    tutti_sfu::cli::wait_for_signal().await;
+    tutti_service::process::wait_for_signal().await;
     tracing::info!("stopping: telling clients to reconnect");
     system.stop().await;
     Ok(())
+}
+
+#[cfg(not(feature = "local"))]
+async fn run_local(_: RunArgs, _: GatewayOptions) -> Result<(), Failure> {
+    Err(
+        "this gateway was built without local mode (the `local` feature): give it \
+         --store etcd://... to run in a cluster"
+            .into(),
+    )
 }
 
 fn token(args: TokenArgs) -> Result<(), Failure> {

@@ -1,17 +1,15 @@
-//! Prometheus metrics of the gateway, and in local mode the embedded shards' media
-//! counters, labelled by shard, so that one scrape of `/metrics` covers the whole system.
+//! Prometheus metrics of the gateway. Local mode adds its embedded shards' media counters
+//! (`local::shard_metrics`), so that one scrape of `/metrics` covers the whole system.
 
 use crate::protocol::ErrorCode;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tutti_sfu::metrics::ShardMetrics;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
@@ -26,11 +24,6 @@ struct ResultLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ShardLabel {
-    shard: String,
 }
 
 /// Every metric of a gateway.
@@ -119,10 +112,10 @@ impl GatewayMetrics {
         }
     }
 
-    /// Adds the embedded shards' media counters to every scrape (local mode).
-    pub fn include_shards(&self, shards: Vec<(String, Arc<ShardMetrics>)>) {
+    /// Adds series read at scrape time (local mode: the embedded shards' counters).
+    pub fn include(&self, collector: Box<dyn Collector>) {
         if let Ok(mut registry) = self.registry.lock() {
-            registry.register_collector(Box::new(ShardsCollector { shards }));
+            registry.register_collector(collector);
         }
     }
 
@@ -195,94 +188,13 @@ impl GatewayMetrics {
     }
 }
 
-/// The embedded shards' counters, read at scrape time.
-struct ShardsCollector {
-    shards: Vec<(String, Arc<ShardMetrics>)>,
-}
-
-impl std::fmt::Debug for ShardsCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardsCollector")
-            .field("shards", &self.shards.len())
-            .finish()
-    }
-}
-
-/// Reads one counter of a shard.
-type Reading = fn(&ShardMetrics) -> u64;
-/// Reads one gauge of a shard.
-type GaugeReading = fn(&ShardMetrics) -> i64;
-
-impl Collector for ShardsCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [(&str, &str, Reading); 5] = [
-            (
-                "tutti_sfu_rtp_forwarded_packets",
-                "RTP packets forwarded to subscribers",
-                |m| m.rtp_forwarded_packets.get(),
-            ),
-            (
-                "tutti_sfu_rtp_forwarded_bytes",
-                "RTP bytes forwarded to subscribers",
-                |m| m.rtp_forwarded_bytes.get(),
-            ),
-            (
-                "tutti_sfu_rtp_received_packets",
-                "RTP packets received from publishers",
-                |m| m.rtp_received_packets.get(),
-            ),
-            (
-                "tutti_sfu_retransmissions",
-                "Packets resent in answer to NACKs",
-                |m| m.retransmissions.get(),
-            ),
-            (
-                "tutti_sfu_keyframe_requests_sent",
-                "Keyframe requests sent to publishers",
-                |m| m.keyframe_requests_sent.get(),
-            ),
-        ];
-        for (name, help, read) in counters {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (id, metrics) in &self.shards {
-                let label = ShardLabel { shard: id.clone() };
-                ConstCounter::new(read(metrics)).encode(family.encode_family(&label)?)?;
-            }
-        }
-        let gauges: [(&str, &str, GaugeReading); 3] = [
-            ("tutti_sfu_pipelines", "Pipelines hosted", |m| {
-                m.pipelines.get()
-            }),
-            ("tutti_sfu_participants", "Participants connected", |m| {
-                m.participants.get()
-            }),
-            (
-                "tutti_sfu_forwarded_streams",
-                "Subscriber streams forwarded",
-                |m| m.forwarded_streams.get(),
-            ),
-        ];
-        for (name, help, read) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (id, metrics) in &self.shards {
-                let label = ShardLabel { shard: id.clone() };
-                ConstGauge::new(read(metrics)).encode(family.encode_family(&label)?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn exposition_has_gateway_and_shard_series() {
+    fn exposition_has_the_gateway_series() {
         let metrics = GatewayMetrics::new();
-        let shard = Arc::new(ShardMetrics::new());
-        shard.rtp_forwarded_packets.inc_by(42);
-        metrics.include_shards(vec![("local-0".into(), shard)]);
         metrics.entered("lesson");
         metrics.entered("lesson");
         metrics.exited("lesson");
@@ -291,7 +203,6 @@ mod tests {
         assert!(text.contains("tutti_gateway_participants 1"), "{text}");
         assert!(text.contains("tutti_gateway_rooms 1"));
         assert!(text.contains("tutti_gateway_errors_total{code=\"room_full\"} 1"));
-        assert!(text.contains("tutti_sfu_rtp_forwarded_packets_total{shard=\"local-0\"} 42"));
         metrics.exited("lesson");
         assert!(metrics.encode().contains("tutti_gateway_rooms 0"));
     }

@@ -132,19 +132,19 @@ pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<Running
         let metrics_router = Router::new()
             .route("/metrics", get(metrics))
             .with_state(state.clone());
-        tokio::spawn(tutti_sfu::http_server::serve(
+        tokio::spawn(tutti_service::http::serve(
             listener,
             metrics_router,
-            tutti_sfu::http_server::HttpLimits::default(),
+            tutti_service::http::HttpLimits::default(),
             state.gateway.shutdown.clone(),
         ));
     }
     // Slow headers are cut after 10 s; past 4096 plain HTTP connections new ones are
     // closed (WebSockets are counted by `sockets`).
-    let task = tokio::spawn(tutti_sfu::http_server::serve(
+    let task = tokio::spawn(tutti_service::http::serve(
         listener,
         router,
-        tutti_sfu::http_server::HttpLimits::default(),
+        tutti_service::http::HttpLimits::default(),
         stop,
     ));
     Ok(RunningServer { addr, state, task })
@@ -412,7 +412,7 @@ async fn ice_servers(State(state): State<AppState>, headers: HeaderMap) -> Respo
         );
     }
     let ice = &state.gateway.ice;
-    let name = format!("t{}", tutti_sfu::peer::random_token(12));
+    let name = format!("t{}", tutti_service::token::random_token(12));
     Json(serde_json::json!({
         "iceServers": ice.servers_for(&name, SystemTime::now()),
         "ttlSeconds": ice.ttl.as_secs(),

@@ -16,9 +16,9 @@ use crate::admission::{
 };
 use crate::metrics::GatewayMetrics;
 use crate::password_queue::Priority;
-use crate::placement::{Placement, RoomRouter, RouteError};
 use crate::protocol::{ErrorCode, Inbound, JoinRequest, Joined, Outbound, decode_client, encode};
 use crate::rooms::RoomDirectory;
+use crate::routing::{Placement, RoomRouter, RouteError};
 use crate::shard_link::{ShardConnector, ShardLink};
 use crate::turn::IceConfig;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use tutti_sfu::ratelimit::TokenBucket;
+use tutti_service::ratelimit::TokenBucket;
 use tutti_shard_api::protocol::{
     self as shard, ErrorCode as ShardCode, ServerMessage, decode_server, encode_client,
 };
@@ -171,7 +171,7 @@ impl Gateway {
         let session_secret = options
             .session_secret
             .clone()
-            .unwrap_or_else(|| tutti_sfu::peer::random_token(43));
+            .unwrap_or_else(|| tutti_service::token::random_token(43));
         Ok(Arc::new(Self {
             rooms: RoomDirectory::new(
                 parts.view.clone(),
@@ -664,7 +664,7 @@ impl Session {
             .chars()
             .take(shard::MAX_NAME_CHARS)
             .collect::<String>();
-        let participant = format!("v{}", tutti_sfu::peer::random_token(15));
+        let participant = format!("v{}", tutti_service::token::random_token(15));
         let shards = gateway.view.shards();
         let mut tried: Vec<String> = Vec::new();
         for _ in 0..MAX_SEATING_TRIES {
@@ -745,7 +745,7 @@ impl Session {
         }
         let (admitted, resumed) = self.admit(request, &settings).await?;
         let participant =
-            resumed.unwrap_or_else(|| format!("p{}", tutti_sfu::peer::random_token(15)));
+            resumed.unwrap_or_else(|| format!("p{}", tutti_service::token::random_token(15)));
         let unavailable = |why: String| Refusal {
             code: ErrorCode::ShardUnavailable,
             message: why,

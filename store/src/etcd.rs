@@ -81,6 +81,8 @@ struct Shared {
     revision: AtomicI64,
     resyncs: AtomicU64,
     changes: broadcast::Sender<RouteChange>,
+    /// Counts changes of room records and latency reports.
+    rooms_changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A shard lease this process holds.
@@ -132,6 +134,7 @@ impl EtcdStore {
             revision: AtomicI64::new(0),
             resyncs: AtomicU64::new(0),
             changes: broadcast::channel(1024).0,
+            rooms_changed: tokio::sync::watch::channel(0).0,
         });
         let watcher = tokio::spawn(follow(
             client.clone(),
@@ -297,6 +300,7 @@ async fn sync_and_watch(mut client: Client, prefix: &str, shared: &Shared) -> Re
     for change in changes {
         let _ = shared.changes.send(change);
     }
+    shared.rooms_changed.send_modify(|n| *n += 1);
     shared.revision.store(revision, Ordering::Relaxed);
     shared.resyncs.fetch_add(1, Ordering::Relaxed);
     shared.synced.store(true, Ordering::Relaxed);
@@ -321,6 +325,7 @@ async fn sync_and_watch(mut client: Client, prefix: &str, shared: &Shared) -> Re
             ));
         }
         let mut changes = Vec::new();
+        let mut rooms_changed = false;
         {
             let mut copy = shared.copy.write().unwrap_or_else(|e| e.into_inner());
             for event in response.events() {
@@ -337,8 +342,12 @@ async fn sync_and_watch(mut client: Client, prefix: &str, shared: &Shared) -> Re
                     EventType::Put if kv.value().len() <= MAX_VALUE_BYTES => Some(kv.value()),
                     _ => None,
                 };
+                rooms_changed |= matches!(kind, Kind::Room | Kind::Latency);
                 changes.extend(copy.apply(kind, name, value));
             }
+        }
+        if rooms_changed {
+            shared.rooms_changed.send_modify(|n| *n += 1);
         }
         if let Some(header) = response.header() {
             shared.revision.store(header.revision(), Ordering::Relaxed);
@@ -400,6 +409,10 @@ impl LiveView for EtcdStore {
 
     fn watch_routes(&self) -> broadcast::Receiver<RouteChange> {
         self.inner.shared.changes.subscribe()
+    }
+
+    fn watch_rooms(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.rooms_changed.subscribe()
     }
 }
 

@@ -80,6 +80,9 @@ pub trait LiveView: Send + Sync {
     fn synced(&self) -> bool;
     /// Every route change from now on (a lagging receiver skips to the newest).
     fn watch_routes(&self) -> tokio::sync::broadcast::Receiver<RouteChange>;
+    /// A counter that grows whenever a room record or a latency report changes: what
+    /// placement of record-only rooms wakes on.
+    fn watch_rooms(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// Why a write failed.

@@ -21,6 +21,8 @@ struct State {
 pub struct MemoryStore {
     state: Arc<RwLock<State>>,
     changes: broadcast::Sender<RouteChange>,
+    /// Counts changes of room records and latency reports.
+    rooms_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for MemoryStore {
@@ -31,6 +33,7 @@ impl Default for MemoryStore {
                 expiry: HashMap::new(),
             })),
             changes: broadcast::channel(1024).0,
+            rooms_changed: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -55,6 +58,9 @@ impl MemoryStore {
         let change = self.write().records.apply(kind, name, value.as_deref());
         if let Some(change) = change {
             let _ = self.changes.send(change);
+        }
+        if matches!(kind, Kind::Room | Kind::Latency) {
+            self.rooms_changed.send_modify(|n| *n += 1);
         }
     }
 }
@@ -129,6 +135,10 @@ impl LiveView for MemoryStore {
 
     fn watch_routes(&self) -> broadcast::Receiver<RouteChange> {
         self.changes.subscribe()
+    }
+
+    fn watch_rooms(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rooms_changed.subscribe()
     }
 }
 

@@ -440,6 +440,8 @@ async fn a_room_flood_does_not_move_a_broadcast_stage_away_from_its_edges() -> R
         "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n",
     )?);
     options.common.rooms_per_client = 0;
+    // Room enough for the flood: each room reserves its 16 seats, as in a cluster.
+    options.shard_max_participants = 1000;
     let system = start(options).await?;
     let url = ws_url(&system);
     // The stage on one shard, an edge on the other.

@@ -11,7 +11,8 @@
 use anyhow::{Context, Result, ensure};
 
 /// Each image, its package and binary, and the features its build turns on: the shard and
-/// the gateway need `etcd` to join a cluster (the operator always has it).
+/// the gateway need `etcd` to join a cluster (the operator always has it); the gateway's
+/// image leaves out local mode, and with it the media stack.
 const IMAGES: [(&str, &str, &str, &str); 3] = [
     (
         "sfu/Dockerfile",
@@ -29,7 +30,7 @@ const IMAGES: [(&str, &str, &str, &str); 3] = [
         "signaling/Dockerfile",
         "tutti-signaling",
         "tutti-gateway",
-        " --features etcd",
+        " --no-default-features --features etcd",
     ),
 ];
 

@@ -1,4 +1,5 @@
-//! Local mode as a user runs it: rooms spread over the embedded shards, the room list,
+//! Local mode as a user runs it: rooms placed on the embedded shards as a cluster's
+//! operator places them, the room list,
 //! health, readiness and metrics, and a graceful stop that tells clients to reconnect.
 
 use anyhow::{Result, ensure};
@@ -22,11 +23,14 @@ fn metric(text: &str, series: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_spread_over_shards_and_the_list_shows_them() -> Result<()> {
-    let system = start(local_options(rooms(
+async fn rooms_are_packed_on_shards_as_in_a_cluster_and_the_list_shows_them() -> Result<()> {
+    let mut options = local_options(rooms(
         "[[rooms]]\nname = \"Violin-Lesson\"\nmaxParticipants = 2\npassword = \"arco\"",
-    )?))
-    .await?;
+    )?);
+    // 40 seats per shard: the declared room (2 seats) and two rooms created on first join
+    // (16 seats each) fill one; the next two go to the other.
+    options.shard_max_participants = 40;
+    let system = start(options).await?;
     let url = ws_url(&system);
     let mut clients = Vec::new();
     for (room, name) in [
@@ -40,13 +44,22 @@ async fn rooms_spread_over_shards_and_the_list_shows_them() -> Result<()> {
         client.join(json!({"room": room, "name": name})).await?;
         clients.push(client);
     }
-    let mut per_shard: HashMap<String, usize> = HashMap::new();
+    let mut per_shard: HashMap<String, Vec<String>> = HashMap::new();
     for route in system.store.routes() {
-        *per_shard.entry(route.shard).or_default() += 1;
+        per_shard.entry(route.shard).or_default().push(route.room);
     }
+    let mut groups: Vec<Vec<String>> = per_shard.into_values().collect();
+    for group in &mut groups {
+        group.sort();
+    }
+    groups.sort();
     ensure!(
-        per_shard.len() == 2 && per_shard.values().all(|n| *n == 2),
-        "four rooms over two shards, two each: {per_shard:?}"
+        groups
+            == [
+                vec!["Violin-Lesson", "choir", "jam"],
+                vec!["quartet", "trio"]
+            ],
+        "packed by reserved seats, as the operator packs them: {groups:?}"
     );
 
     // The list shows declared and hosted rooms with their occupancy, busiest first.

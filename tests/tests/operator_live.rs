@@ -7,12 +7,12 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tutti_control::gc;
+use tutti_control::loops::{Observer, owned};
+use tutti_control::outcome::RoomOutcome;
+use tutti_control::placement::Strategy;
+use tutti_control::placer::Placer;
 use tutti_crds::{Room, RoomSpec};
-use tutti_operator::conditions::RoomOutcome;
-use tutti_operator::gc;
-use tutti_operator::placement::Strategy;
-use tutti_operator::placer::Placer;
-use tutti_operator::run::owned;
 use tutti_operator::validation::validate_room;
 use tutti_sfu::shard::api::PipelineSpec;
 use tutti_store::{LiveView, MemoryStore};
@@ -67,6 +67,16 @@ fn valid(name: &str) -> Result<tutti_operator::validation::ValidRoom> {
     validate_room("music", name, &room("music", name).spec).map_err(|p| anyhow::anyhow!("{p:?}"))
 }
 
+/// The Room cache as the control loops see it (what the operator's observer answers).
+struct RoomCache(kube::runtime::reflector::Store<Room>);
+
+impl Observer for RoomCache {
+    fn room_resource_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+        Some(self.0.get(&key).is_some())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() -> Result<()> {
     let store = MemoryStore::new();
@@ -77,7 +87,7 @@ async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() 
     let lesson = room("music", "lesson");
     let valid = valid("lesson")?;
     ensure!(matches!(
-        placer.apply(&valid, None).await,
+        placer.apply(&valid.record, &valid.selector, None).await,
         RoomOutcome::Placed { .. }
     ));
     // A leak: a pipeline nobody owns, and one whose Room is gone.
@@ -99,7 +109,7 @@ async fn garbage_collection_releases_only_ownerless_pipelines_after_the_grace() 
     let grace = Duration::from_secs(1);
     let collect = || {
         gc::collect(&store, ADMIN_TOKEN, grace, |shard, p| {
-            owned(&store, Some(&rooms), shard, p)
+            owned(&store, &RoomCache(rooms.clone()), shard, p)
         })
     };
 
@@ -143,7 +153,9 @@ async fn deleting_a_room_releases_its_pipeline_and_route() -> Result<()> {
     let a = shard(&store, "a", &stop).await?;
     let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
     let valid = valid("duet")?;
-    let outcome = placer.apply(&valid, Some("con brio".into())).await;
+    let outcome = placer
+        .apply(&valid.record, &valid.selector, Some("con brio".into()))
+        .await;
     ensure!(
         matches!(&outcome, RoomOutcome::Placed { shard, .. } if shard == "a"),
         "{outcome:?}"
@@ -154,7 +166,9 @@ async fn deleting_a_room_releases_its_pipeline_and_route() -> Result<()> {
         !hash.contains("con brio") && tutti_store::password::verify_password(&hash, "con brio")
     );
     // Reconciling again keeps the same hash (no churn in the live state).
-    placer.apply(&valid, Some("con brio".into())).await;
+    placer
+        .apply(&valid.record, &valid.selector, Some("con brio".into()))
+        .await;
     ensure!(store.room("duet").and_then(|r| r.password_hash) == Some(hash));
     ensure!(a.admin.pipelines().await?.iter().any(|p| p.name == "duet"));
 
@@ -163,7 +177,9 @@ async fn deleting_a_room_releases_its_pipeline_and_route() -> Result<()> {
     bigger.spec.max_participants = 8;
     let resized =
         validate_room("music", "duet", &bigger.spec).map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    placer.apply(&resized, Some("con brio".into())).await;
+    placer
+        .apply(&resized.record, &resized.selector, Some("con brio".into()))
+        .await;
     let hosted = a.admin.pipelines().await?;
     ensure!(
         hosted
@@ -201,7 +217,9 @@ async fn placed_on_one_of_two(name: &str) -> Result<OneOfTwo> {
     let second = shard(&store, "b", &stop).await?;
     let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
     let room = valid(name)?;
-    let RoomOutcome::Placed { shard: home_id, .. } = placer.apply(&room, None).await else {
+    let RoomOutcome::Placed { shard: home_id, .. } =
+        placer.apply(&room.record, &room.selector, None).await
+    else {
         anyhow::bail!("not placed");
     };
     let (home, other) = if home_id == "a" {
@@ -247,7 +265,7 @@ async fn a_room_whose_shard_disappears_is_placed_again_with_a_new_epoch() -> Res
         r.is_none()
     })
     .await?;
-    let outcome = placer.apply(&valid, None).await;
+    let outcome = placer.apply(&valid.record, &valid.selector, None).await;
     let RoomOutcome::Placed { shard, moved, .. } = &outcome else {
         anyhow::bail!("not placed again: {outcome:?}");
     };
@@ -282,7 +300,7 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
     } = placed_on_one_of_two("duo").await?;
     // Packed placement puts a second room on the same shard; someone is in it.
     let busy = valid("trio")?;
-    let busy_outcome = placer.apply(&busy, None).await;
+    let busy_outcome = placer.apply(&busy.record, &busy.selector, None).await;
     ensure!(
         matches!(&busy_outcome, RoomOutcome::Placed { shard, .. } if *shard == home),
         "{busy_outcome:?}"
@@ -304,7 +322,7 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
         r.is_some_and(|s| s.draining)
     })
     .await?;
-    let outcome = placer.apply(&duo, None).await;
+    let outcome = placer.apply(&duo.record, &duo.selector, None).await;
     let RoomOutcome::Placed { shard, moved, .. } = &outcome else {
         anyhow::bail!("not placed: {outcome:?}");
     };
@@ -334,7 +352,7 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
         "and the empty one was created on the other"
     );
     // The occupied room stays where its player is.
-    let outcome = placer.apply(&busy, None).await;
+    let outcome = placer.apply(&busy.record, &busy.selector, None).await;
     ensure!(
         matches!(&outcome, RoomOutcome::Placed { shard, moved: false, .. } if *shard == home),
         "{outcome:?}"
@@ -346,7 +364,7 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() -> Result<()> {
-    use tutti_operator::records::RecordKeeper;
+    use tutti_control::records::RecordKeeper;
     use tutti_store::{LatencyReport, LiveWriter, PlacementPolicy, RoomRecord};
     let store = MemoryStore::new();
     let stop = CancellationToken::new();
@@ -464,7 +482,8 @@ async fn a_room_resource_takes_over_a_name_someone_created_by_joining() -> Resul
         })
         .await
         .map_err(anyhow::Error::msg)?;
-    let outcome = placer.apply(&valid("recital")?, None).await;
+    let recital = valid("recital")?;
+    let outcome = placer.apply(&recital.record, &recital.selector, None).await;
     ensure!(
         matches!(outcome, RoomOutcome::Placed { .. }),
         "the teacher's Room is not refused as a name conflict: {outcome:?}"
@@ -479,9 +498,57 @@ async fn a_room_resource_takes_over_a_name_someone_created_by_joining() -> Resul
     let other = validate_room("jazz", "recital", &room("jazz", "recital").spec)
         .map_err(|p| anyhow::anyhow!("{p:?}"))?;
     ensure!(matches!(
-        placer.apply(&other, None).await,
+        placer.apply(&other.record, &other.selector, None).await,
         RoomOutcome::NameConflict(_)
     ));
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_room_its_shard_let_go_is_created_again_where_it_was() -> Result<()> {
+    use tutti_control::records::RecordKeeper;
+    use tutti_store::{LiveWriter, RoomRecord};
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let a = shard(&store, "shard-a", &stop).await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let mut keeper = RecordKeeper::default();
+    let record = RoomRecord {
+        owner: Some("Gateway/file".into()),
+        ..RoomRecord::with_defaults("rehearsal")
+    };
+    store.put_room(record).await.map_err(anyhow::Error::msg)?;
+    keeper.pass(&placer).await;
+    let placed = store.route("rehearsal").context("placed")?;
+    ensure!(placed.shard == "shard-a", "{placed:?}");
+    // The shard releases it, as it does a pipeline that stood empty past its timeout.
+    a.admin.release("rehearsal").await?;
+    ensure!(
+        a.admin
+            .pipelines()
+            .await?
+            .iter()
+            .all(|p| p.name != "rehearsal")
+    );
+    let pass = keeper.pass(&placer).await;
+    ensure!(
+        matches!(pass.placed.as_slice(), [(name, RoomOutcome::Placed { shard, moved: false, .. })]
+            if name == "rehearsal" && shard == "shard-a"),
+        "{pass:?}"
+    );
+    ensure!(
+        a.admin
+            .pipelines()
+            .await?
+            .iter()
+            .any(|p| p.name == "rehearsal"),
+        "the pipeline is back on its shard"
+    );
+    ensure!(
+        store.route("rehearsal") == Some(placed.clone()),
+        "same route, same epoch: nobody is sent elsewhere"
+    );
     stop.cancel();
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! rooms (the operator, or local mode's placer) places the stage, and the cascade follows
 //! it when it moves.
 
-use crate::plan::{CascadeParams, Demand, Plan, PlanError, plan};
+use super::plan::{CascadeParams, Demand, Plan, PlanError, plan};
 use std::collections::BTreeMap;
 use tutti_shard_api::admin::{MediaPolicy, PipelineInfo, PipelineSpec, RelaySpec};
 use tutti_shard_api::client::ShardAdmin;
@@ -280,7 +280,7 @@ pub fn edge_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Edge;
+    use crate::cascade::plan::Edge;
 
     fn edge(shard: &str, parent: &str) -> Edge {
         Edge {

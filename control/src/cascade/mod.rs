@@ -1,6 +1,5 @@
 //! Broadcast cascades: the pure planner of relay trees ([`plan`]) and the driver that
-//! applies plans to shards and publishes them in the live state ([`driver`]). Shared by
-//! the operator and the gateway's local mode.
+//! applies plans to shards and publishes them in the live state ([`driver`]).
 
 pub mod driver;
 pub mod plan;

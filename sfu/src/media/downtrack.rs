@@ -8,8 +8,8 @@
 
 use super::sequencer::{Rewritten, Sequencer, SourcePosition};
 use super::simulcast::{Quality, select_layer};
-use crate::ratelimit::TokenBucket;
 use std::time::{Duration, Instant};
+use tutti_service::ratelimit::TokenBucket;
 
 /// How long a subscriber waits for a keyframe before asking again.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(1000);

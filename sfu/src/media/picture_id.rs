@@ -318,7 +318,12 @@ mod tests {
         let out = ids.forward(2, Bytes::from_static(&[0x90, 0x80, 0x7e, 0x00]));
         assert_eq!(&out[..], &[0x90, 0x80, 0x06, 0x00]);
         // No extension at all, and truncated descriptors: forwarded unchanged.
-        for payload in [&[0x10, 0x00][..], &[0x90][..], &[0x90, 0x80, 0x85][..], &[][..]] {
+        for payload in [
+            &[0x10, 0x00][..],
+            &[0x90][..],
+            &[0x90, 0x80, 0x85][..],
+            &[][..],
+        ] {
             let payload = Bytes::copy_from_slice(payload);
             assert_eq!(ids.forward(3, payload.clone()), payload);
         }
@@ -328,13 +333,23 @@ mod tests {
     fn vp9_picture_id_and_tl0_are_rewritten() {
         // I, L, B (non-flexible); picture ID 15-bit; layer indices; TL0PICIDX.
         let vp9 = |id: u16, tl0: u8| {
-            Bytes::from(vec![0xA8, 0x80 | (id >> 8) as u8, id as u8, 0x00, tl0, 0x00])
+            Bytes::from(vec![
+                0xA8,
+                0x80 | (id >> 8) as u8,
+                id as u8,
+                0x00,
+                tl0,
+                0x00,
+            ])
         };
         let mut ids = PictureIds::new(CodecFamily::Vp9);
         ids.forward(1, vp9(9000, 50));
         let out = ids.forward(2, vp9(12, 3));
         let fields = vp9_fields(&out).unwrap();
-        assert_eq!(read_picture_id(&out, fields.picture_id.unwrap()), Some(9001));
+        assert_eq!(
+            read_picture_id(&out, fields.picture_id.unwrap()),
+            Some(9001)
+        );
         assert_eq!(out[fields.tl0.unwrap()], 51);
     }
 

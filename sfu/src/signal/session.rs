@@ -10,12 +10,12 @@ use super::protocol::{
     ClientMessage, ErrorCode, MAX_MESSAGE_BYTES, ServerMessage, decode_client, encode_server,
 };
 use crate::metrics::ShardMetrics;
-use crate::ratelimit::TokenBucket;
 use crate::shard::api::{CoreHandle, JoinRequest, SessionId};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
+use tutti_service::ratelimit::TokenBucket;
 
 /// One frame from the client side.
 #[derive(Debug)]

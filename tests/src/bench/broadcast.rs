@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tutti_cascade::{CascadeParams, Demand, plan::plan};
+use tutti_control::cascade::{CascadeParams, Demand, plan::plan};
 use tutti_sfu::server::{RunningShard, ShardOptions, start};
 use tutti_sfu::shard::CoreConfig;
 use tutti_sfu::shard::api::PipelineSpec;

@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::ServeShard(args) => {
-            tutti_sfu::cli::init_logging(args.log_format);
+            tutti_service::process::init_logging(args.log_format);
             tutti_sfu::cli::run(*args)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
         Command::Fanout(args) => fanout::run(&args).await.map(print),
         Command::Baseline(args) => baseline::run(&args).await.map(print),
         Command::Broadcast(args) => {
-            tutti_sfu::cli::init_logging(tutti_sfu::config::LogFormat::Text);
+            tutti_service::process::init_logging(tutti_service::process::LogFormat::Text);
             broadcast::run(&args).await.map(print_json)
         }
     };

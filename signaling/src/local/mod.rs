@@ -2,19 +2,27 @@
 //!
 //! It starts a few SFU shards (the same shard code as in a cluster, each with its own UDP
 //! port and HTTP server on loopback), the in-memory live state the shards heartbeat into,
-//! the placer that stands in for the operator, and the gateway in front of them. Only the
-//! store and the placement authority differ from a cluster; sessions, admission,
-//! relaying and media are the production paths.
+//! the control loops a standalone operator runs (`tutti_control`: placement, cascades,
+//! garbage collection) and a gateway that finds rooms as a cluster gateway does. Only the
+//! store differs from a cluster (memory instead of etcd) and Kubernetes is absent;
+//! placement, sessions, admission, relaying and media are the production paths.
+
+mod occupancy;
+mod shard_metrics;
 
 use crate::metrics::GatewayMetrics;
-use crate::placement::{LocalPlacer, RoomRouter, refresh_occupancy};
+use crate::rooms::OccupancyMap;
+use crate::routing::StoreRouter;
 use crate::server::{AppState, RunningServer, serve};
 use crate::session::{Gateway, GatewayOptions, GatewayParts};
 use crate::shard_link::WsConnector;
+use occupancy::refresh_occupancy;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tutti_control::loops::{self, LoopSettings, Quiet};
+use tutti_control::placement::Strategy;
 use tutti_sfu::heartbeat::{self, HeartbeatConfig};
 use tutti_sfu::server::{RunningShard, ShardOptions};
 use tutti_sfu::shard::CoreConfig;
@@ -25,36 +33,21 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often room occupancy is refreshed for the room list.
 const OCCUPANCY_PERIOD: Duration = Duration::from_secs(2);
 
-/// How often local mode replans broadcast cascades.
-const CASCADE_PERIOD: Duration = Duration::from_secs(1);
+/// How long a join waits for its room to be placed (the control loop places it within
+/// milliseconds; this only bounds a shard that does not answer).
+const ROUTE_WAIT: Duration = Duration::from_secs(10);
 
-/// Local mode's stand-in for the operator's cascade loop: places each broadcast's stage
-/// (so that it has an origin before anyone presents) and drives its cascade.
-async fn drive_cascades(
-    store: MemoryStore,
-    placer: Arc<LocalPlacer>,
-    admin_token: String,
-    stop: CancellationToken,
-) {
-    let driver = tutti_cascade::Driver::new(store.clone(), admin_token, Default::default());
-    loop {
-        for broadcast in store.broadcasts() {
-            if store.route(&broadcast.stage).is_none()
-                && let Some(stage) = store.room(&broadcast.stage)
-                && let Err(err) = placer.shard_for(&stage, None).await
-            {
-                tracing::warn!(broadcast = %broadcast.name, %err, "stage not placed");
-            }
-        }
-        for (broadcast, outcome) in driver.pass().await {
-            if let Err(err) = outcome {
-                tracing::debug!(%broadcast, %err, "cascade not applied");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(CASCADE_PERIOD) => {}
-        }
+/// The control loops' settings in local mode: the operator's, with a faster poll (the
+/// shards are in this process) and no history to compact.
+fn control_settings(admin_token: String) -> LoopSettings {
+    LoopSettings {
+        admin_token,
+        strategy: Strategy::default(),
+        gc_period: Duration::from_secs(30),
+        gc_grace: Duration::from_secs(60),
+        shard_poll: Duration::from_millis(500),
+        compact_every: Duration::from_secs(3600),
+        cascade: Default::default(),
     }
 }
 
@@ -97,8 +90,8 @@ impl LocalSystem {
         for broadcast in &options.common.rooms.broadcasts {
             store.put_broadcast(broadcast.clone()).await?;
         }
-        let admin_token = tutti_sfu::peer::random_token(32);
-        let signal_token = tutti_sfu::peer::random_token(32);
+        let admin_token = tutti_service::token::random_token(32);
+        let signal_token = tutti_service::token::random_token(32);
         let stop = CancellationToken::new();
         let mut shards = Vec::new();
         let mut background = Vec::new();
@@ -152,7 +145,7 @@ impl LocalSystem {
             tracing::info!(shard = %id, media = %shard.udp_addr, advertised = %shard.advertised, "embedded shard started");
             shards.push((id, shard));
         }
-        let occupancy = crate::rooms::OccupancyMap::default();
+        let occupancy = OccupancyMap::default();
         background.push(tokio::spawn(refresh_occupancy(
             store.clone(),
             admin_token.clone(),
@@ -161,24 +154,23 @@ impl LocalSystem {
             stop.clone(),
         )));
         let metrics = Arc::new(GatewayMetrics::new());
-        metrics.include_shards(
+        metrics.include(Box::new(shard_metrics::ShardsCollector::new(
             shards
                 .iter()
                 .map(|(id, shard)| (id.clone(), shard.metrics.clone()))
                 .collect(),
-        );
-        let placer = Arc::new(LocalPlacer::new(store.clone(), admin_token.clone()));
-        background.push(tokio::spawn(drive_cascades(
+        )));
+        background.push(tokio::spawn(loops::run(
             store.clone(),
-            placer.clone(),
-            admin_token,
+            control_settings(admin_token),
+            Arc::new(Quiet),
             stop.clone(),
         )));
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {
                 view: view.clone(),
-                router: placer,
+                router: Arc::new(StoreRouter::new(store.clone(), ROUTE_WAIT)),
                 connector: Arc::new(WsConnector::new(
                     signal_token,
                     crate::shard_urls::ShardNetworks::default(),
