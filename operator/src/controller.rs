@@ -54,6 +54,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A step of a ShardPool pass failed.
+    #[error("{step}: {source}")]
+    Pool {
+        /// The step.
+        step: crate::shardpool::PoolStep,
+        /// What went wrong in it.
+        #[source]
+        source: Box<Error>,
+    },
     /// The object lacks a namespace or name.
     #[error("the object has no namespace or name")]
     Unnamed,
@@ -71,6 +80,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::Retry { category, .. } => category,
+            Self::Pool { step, .. } => step.category(),
             Self::Unnamed => "invalid_object",
         }
     }

@@ -1,8 +1,9 @@
 //! The ShardPool reconciler: the Kubernetes side of scaling shards.
 //!
-//! Each pass reads the pool's pods and the live state (shard records with their load,
-//! routes, cascades), turns them into the autoscaler's view, and carries out its
-//! [`decide`](tutti_control::autoscale::decide) decision: shards are started from the pool's
+//! Each pass is snapshot → decide → act → status: it reads the pool's pods and the live
+//! state (shard records with their load, routes, cascades) into the autoscaler's view,
+//! takes its pure [`decide`](tutti_control::autoscale::decide) decision, and carries it
+//! out, every failure naming its [`PoolStep`]: shards are started from the pool's
 //! template, marked draining through their admin API (and the pod annotated, so the
 //! deadline survives an operator restart), and deleted when empty or at the deadline.
 //! Occupied shards carry a label that the pool's PodDisruptionBudget protects, so a node
@@ -214,27 +215,106 @@ where
     result
 }
 
-async fn scale<S>(
+/// A step of a pool's pass, in the order they run; a failure names its step, which is also
+/// its metric category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolStep {
+    /// Listing the pool's pods.
+    ListPods,
+    /// Deleting a shard's pod (and its media Service).
+    DeleteShard,
+    /// Marking a shard draining.
+    DrainShard,
+    /// Creating a shard's pod (and its media Service).
+    StartShard,
+    /// Annotating pods with their node's address and region.
+    NodeFacts,
+    /// Labelling occupied shards.
+    LabelOccupancy,
+    /// Applying the pool's PodDisruptionBudget.
+    DisruptionBudget,
+    /// Writing the pool's status.
+    Status,
+}
+
+impl PoolStep {
+    /// The metric category of a failure in this step.
+    pub fn category(self) -> &'static str {
+        match self {
+            Self::ListPods => "pool_list_pods",
+            Self::DeleteShard => "pool_delete_shard",
+            Self::DrainShard => "pool_drain_shard",
+            Self::StartShard => "pool_start_shard",
+            Self::NodeFacts => "pool_node_facts",
+            Self::LabelOccupancy => "pool_label_occupancy",
+            Self::DisruptionBudget => "pool_disruption_budget",
+            Self::Status => "pool_status",
+        }
+    }
+}
+
+impl std::fmt::Display for PoolStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ListPods => "listing the pool's pods",
+            Self::DeleteShard => "deleting a shard",
+            Self::DrainShard => "draining a shard",
+            Self::StartShard => "starting a shard",
+            Self::NodeFacts => "publishing node facts",
+            Self::LabelOccupancy => "labelling occupied shards",
+            Self::DisruptionBudget => "applying the disruption budget",
+            Self::Status => "writing the status",
+        })
+    }
+}
+
+/// Attaches the step a failure happened in.
+fn at(step: PoolStep) -> impl FnOnce(Error) -> Error {
+    move |error| Error::Pool {
+        step,
+        source: Box::new(error),
+    }
+}
+
+/// What one pass reads before deciding: the pool's pods and the live state, as the
+/// autoscaler sees them.
+struct PoolSnapshot {
+    pods: Api<Pod>,
+    /// Shard records by id.
+    records: BTreeMap<String, ShardRecord>,
+    /// Pods not being deleted.
+    live: Vec<Pod>,
+    /// Slots held by any pod, even one on its way out.
+    taken_slots: BTreeSet<u32>,
+    /// The autoscaler's view of each live pod, in the order of `live`.
+    views: Vec<ShardView>,
+    demand: Demand,
+    /// Whether the pool's shards carry no extra labels (it takes any room and cascade).
+    general: bool,
+}
+
+/// Reads what a pass decides by.
+async fn snapshot<S>(
     pool: &ShardPool,
     namespace: &str,
     name: &str,
-    pools: &Api<ShardPool>,
     ctx: &PoolContext<S>,
-) -> Result<Action, Error>
+    now: u64,
+) -> Result<PoolSnapshot, Error>
 where
     S: LiveView + Send + Sync + 'static,
 {
-    let now = unix_now();
     let policy = policy(pool);
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = pool_selector(name)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let pods = pods_api
+    let listed = pods
         .list(&ListParams::default().labels(&selector))
-        .await?;
+        .await
+        .map_err(|e| at(PoolStep::ListPods)(e.into()))?;
     let records: BTreeMap<String, ShardRecord> = ctx
         .store
         .shards()
@@ -257,8 +337,8 @@ where
         .flat_map(|c| std::iter::once(c.origin).chain(c.edges.into_iter().map(|e| e.shard)))
         .collect();
     let mut taken_slots = BTreeSet::new();
-    let mut live: Vec<&Pod> = Vec::new();
-    for pod in &pods.items {
+    let mut live = Vec::new();
+    for pod in listed.items {
         if let Some(slot) = pod.labels().get(SLOT_LABEL).and_then(|s| s.parse().ok()) {
             taken_slots.insert(slot);
         }
@@ -268,10 +348,9 @@ where
         }
     }
     let views: Vec<ShardView> = {
-        let mut memory = ctx.memory.lock().map_err(|_| Error::Retry {
-            category: "internal",
-            message: "pool memory poisoned".into(),
-        })?;
+        // Only this pass touches the memory while it holds the lock; a panic elsewhere
+        // cannot have left it half-written.
+        let mut memory = ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
         let views = live
             .iter()
             .map(|pod| {
@@ -304,17 +383,77 @@ where
             0
         },
     };
-    let decision = decide(&policy, &views, &demand, now);
+    Ok(PoolSnapshot {
+        pods,
+        records,
+        live,
+        taken_slots,
+        views,
+        demand,
+        general,
+    })
+}
+
+/// One pass: snapshot, decide (pure: [`decide`]), act, status.
+async fn scale<S>(
+    pool: &ShardPool,
+    namespace: &str,
+    name: &str,
+    pools: &Api<ShardPool>,
+    ctx: &PoolContext<S>,
+) -> Result<Action, Error>
+where
+    S: LiveView + Send + Sync + 'static,
+{
+    let now = unix_now();
+    let policy = policy(pool);
+    let snapshot = snapshot(pool, namespace, name, ctx, now).await?;
+    let decision = decide(&policy, &snapshot.views, &snapshot.demand, now);
     let mut notes = Vec::new();
     let oversized = ctx.unplaced.oversized(policy.seats_per_shard);
-    if !oversized.is_empty() && general {
+    if !oversized.is_empty() && snapshot.general {
         notes.push(format!(
             "rooms larger than a shard ({} seats) wait for none: {}",
             policy.seats_per_shard,
             oversized.join(", ")
         ));
     }
+    act(
+        pool, namespace, name, ctx, &snapshot, &decision, now, &mut notes,
+    )
+    .await?;
+    let status = pool_status(pool, &snapshot.views, &decision, &notes);
+    patch_status(pools, name, &status)
+        .await
+        .map_err(at(PoolStep::Status))?;
+    Ok(Action::requeue(ctx.period))
+}
 
+/// Carries out a decision: deletes, drains, starts, then keeps pods' annotations, labels
+/// and the disruption budget true. Notes for the status are added to `notes`.
+#[allow(clippy::too_many_arguments)]
+async fn act<S>(
+    pool: &ShardPool,
+    namespace: &str,
+    name: &str,
+    ctx: &PoolContext<S>,
+    snapshot: &PoolSnapshot,
+    decision: &Decision,
+    now: u64,
+    notes: &mut Vec<String>,
+) -> Result<(), Error>
+where
+    S: LiveView + Send + Sync + 'static,
+{
+    let policy = policy(pool);
+    let PoolSnapshot {
+        pods,
+        records,
+        live,
+        taken_slots,
+        views,
+        ..
+    } = snapshot;
     let mut removed: BTreeMap<&'static str, Vec<&str>> = BTreeMap::new();
     for (shard, reason) in &decision.delete {
         // The record trails the shard by a heartbeat: a drained shard is asked itself
@@ -331,7 +470,10 @@ where
         // A drained shard's preStop hook returns at once; one removed for another reason
         // gets a short grace, not a second drain deadline.
         let grace = (*reason != DeleteReason::Drained).then_some(30);
-        if delete_shard(&ctx.client, &pods_api, pool, shard, grace).await? {
+        let deleted = delete_shard(&ctx.client, pods, pool, shard, grace)
+            .await
+            .map_err(at(PoolStep::DeleteShard))?;
+        if deleted {
             let why = match reason {
                 DeleteReason::Drained => "drained",
                 DeleteReason::DrainDeadline => "at the drain deadline, participants still on",
@@ -351,7 +493,9 @@ where
         publish(&ctx.recorder, pool, kind, "ShardsRemoved", note).await;
     }
     for shard in &decision.drain {
-        drain_shard(ctx, &pods_api, &records, shard, now).await?;
+        drain_shard(ctx, pods, records, shard, now)
+            .await
+            .map_err(at(PoolStep::DrainShard))?;
     }
     if !decision.drain.is_empty() {
         let note = format!(
@@ -370,7 +514,7 @@ where
     }
     // A shard the operator marked draining that came back without the flag (restarted)
     // is told again.
-    for view in &views {
+    for view in views {
         if matches!(view.phase, ShardPhase::Draining { .. })
             && let Some(record) = records.get(&view.name)
             && !record.draining
@@ -380,10 +524,13 @@ where
                 .await;
         }
     }
-    let slots = free_slots(&taken_slots, policy.max_shards, decision.create);
+    let slots = free_slots(taken_slots, policy.max_shards, decision.create);
     let mut started = Vec::new();
     for slot in slots {
-        match start_shard(ctx, &pods_api, pool, namespace, slot).await? {
+        match start_shard(ctx, pods, pool, namespace, slot)
+            .await
+            .map_err(at(PoolStep::StartShard))?
+        {
             Started::Yes(shard) => started.push(shard),
             Started::Waiting(why) => notes.push(why),
         }
@@ -403,15 +550,19 @@ where
         && pool.spec.template.networking.advertise_address.is_none()
         && pool.spec.template.networking.mode != NetworkingMode::LoadBalancer;
     let want_region = pool.spec.template.region.is_none();
-    publish_node_facts(ctx, &pods_api, &live, want_ip, want_region, &mut notes).await?;
+    let live: Vec<&Pod> = live.iter().collect();
+    publish_node_facts(ctx, pods, &live, want_ip, want_region, notes)
+        .await
+        .map_err(at(PoolStep::NodeFacts))?;
     let gone: BTreeSet<&str> = decision.delete.iter().map(|(s, _)| s.as_str()).collect();
     let registered: BTreeSet<&str> = records.keys().map(String::as_str).collect();
-    mark_occupancy(&pods_api, &live, &views, &gone, &registered).await?;
-    apply_budget(ctx, namespace, name, pool, &views).await?;
-
-    let status = pool_status(pool, &views, &decision, &notes);
-    patch_status(pools, name, &status).await?;
-    Ok(Action::requeue(ctx.period))
+    mark_occupancy(pods, &live, views, &gone, &registered)
+        .await
+        .map_err(at(PoolStep::LabelOccupancy))?;
+    apply_budget(ctx, namespace, name, pool, views)
+        .await
+        .map_err(at(PoolStep::DisruptionBudget))?;
+    Ok(())
 }
 
 async fn delete_shard(

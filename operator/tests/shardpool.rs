@@ -453,3 +453,32 @@ async fn a_drained_shard_someone_joined_since_its_last_heartbeat_stays() {
     finish(reconcile).await.expect("reconcile");
     api.done().await;
 }
+
+#[tokio::test]
+async fn a_failed_step_is_named_in_the_error_and_counted_by_its_category() {
+    let (ctx, mut api) = context(MemoryStore::new());
+    let main = pool(json!({"minShards": 1, "maxShards": 5, "buffer": 50,
+        "capacity": {"participants": 100},
+        "template": {"image": "tutti-sfu:test", "networking": {"mode": "HostPort", "port": 40000}}}));
+    let reconcile = tokio::spawn(reconcile_pool(Arc::new(main.clone()), ctx.clone()));
+    api.answer("GET", PODS, pod_list(&[])).await;
+    api.fail("POST", PODS, 500).await;
+    let error = finish(reconcile)
+        .await
+        .expect_err("the pod was not created");
+    assert_eq!(error.category(), "pool_start_shard");
+    assert!(
+        error.to_string().starts_with("starting a shard: "),
+        "{error}"
+    );
+    // The shared policy counts it under that category and retries after a period.
+    let action = tutti_operator::shardpool::pool_error_policy(Arc::new(main), &error, ctx.clone());
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    let metrics = ctx.metrics.encode();
+    assert!(
+        metrics.contains("category=\"pool_start_shard\"} 1"),
+        "{metrics}"
+    );
+    // Nothing after the failed step ran: no status, no budget.
+    api.done().await;
+}

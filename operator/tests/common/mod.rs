@@ -55,6 +55,20 @@ impl ApiServer {
         body
     }
 
+    /// Answers with an API error (a `Status` object with `code`).
+    pub async fn fail(&mut self, method: &str, path: &str, code: u16) -> Value {
+        let (body, respond) = self.expect(method, path).await;
+        let status = serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "message": "the API server is unwell", "reason": "InternalError", "code": code});
+        respond.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&status).expect("JSON")))
+                .expect("response"),
+        );
+        body
+    }
+
     /// Nothing more is asked of the API server.
     pub async fn done(mut self) {
         let next = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await;
