@@ -16,6 +16,8 @@ pub mod runtime;
 pub mod server;
 pub mod shard;
 pub mod signal;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod tcp;
 pub mod udp;
 pub mod wire;

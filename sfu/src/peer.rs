@@ -429,7 +429,7 @@ fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, Rt
 /// Marks the subscriber feedback the shard acts on so that it reaches the application
 /// instead of ending in the chain's terminus.
 #[derive(Default)]
-struct FeedbackToShard {
+pub(crate) struct FeedbackToShard {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }

@@ -13,7 +13,8 @@ pub mod participant;
 pub mod raw_peer;
 pub mod shard;
 pub mod signal_client;
-pub mod synth;
+/// Synthetic media (it lives with the shard's virtual-clock harness).
+pub use tutti_sfu::sim::synth;
 
 /// Installs test logging: `RUST_LOG`, else warnings without the WebRTC stack's noise.
 pub fn init_logs() {

@@ -136,33 +136,6 @@ async fn h264_is_forwarded_when_both_sides_support_it() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_loudest_participant_is_announced_as_active_speaker() -> Result<()> {
-    let shard = shard_with("ensemble", PipelineSpec::default()).await?;
-    let url = shard.signal_url();
-    let mut soloist = ParticipantConfig::new("ensemble", "soloist");
-    soloist.video = false;
-    soloist.audio_level = Some(20);
-    let mut accompanist = ParticipantConfig::new("ensemble", "accompanist");
-    accompanist.video = false;
-    accompanist.audio_level = Some(90);
-    let _soloist = Participant::join(&url, SIGNAL_TOKEN, soloist).await?;
-    let _accompanist = Participant::join(&url, SIGNAL_TOKEN, accompanist).await?;
-    let audience = Participant::join(&url, SIGNAL_TOKEN, listener("ensemble", "audience")).await?;
-    audience
-        .wait_for(WAIT, "the soloist as active speaker", |_, events| {
-            events.iter().any(|e| {
-                matches!(e, ServerMessage::ActiveSpeaker { participant: Some(p) } if p == "soloist")
-            })
-        })
-        .await?;
-    let wrong = audience.events().await.iter().any(|e| {
-        matches!(e, ServerMessage::ActiveSpeaker { participant: Some(p) } if p == "accompanist")
-    });
-    ensure!(!wrong, "the quieter participant was announced");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releasing_a_pipeline_ends_its_sessions_and_frees_the_shard() -> Result<()> {
     let shard = shard_with("doomed", PipelineSpec::default()).await?;
     let url = shard.signal_url();

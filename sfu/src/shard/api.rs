@@ -79,13 +79,13 @@ pub struct RelayedTrack {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayHandle {
     /// The published track.
-    pub track: u64,
+    pub track: super::ids::TrackKey,
     /// The layer index.
     pub layer: usize,
 }
 
 /// The id of a joined session inside the core.
-pub type SessionId = u64;
+pub use super::ids::SessionId;
 
 /// A request to the media thread.
 pub enum Command {

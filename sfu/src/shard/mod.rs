@@ -25,7 +25,9 @@
 //!   a time per connection.
 
 pub mod api;
+mod env;
 mod forward;
+mod ids;
 mod negotiate;
 mod relay;
 pub mod sdp;
@@ -60,10 +62,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Identifies a peer connection inside the core.
-pub(crate) type PeerKey = u64;
-/// Identifies a published track inside the core.
-pub(crate) type TrackKey = u64;
+pub use env::Env;
+pub(crate) use ids::PeerKey;
+pub use ids::TrackKey;
 
 /// What sessions are told when the shard stops; they are to join again elsewhere.
 const STOPPING: &str = "the shard is stopping; reconnect";
@@ -309,7 +310,8 @@ pub struct ShardCore {
     probe_window: Option<(Instant, u32)>,
     /// Sessions to end after the current step, with the reason they are told.
     doomed: Vec<(SessionId, &'static str)>,
-    next_key: u64,
+    ids: ids::Ids,
+    env: Env,
     next_housekeeping: Instant,
     next_speaker: Instant,
     next_slow: Instant,
@@ -319,11 +321,21 @@ pub struct ShardCore {
 }
 
 impl ShardCore {
-    /// A core with no rooms.
+    /// A core with no rooms, in the real world ([`Env::system`]).
     pub fn new(
         config: CoreConfig,
         metrics: Arc<ShardMetrics>,
         now: Instant,
+    ) -> Result<Self, PeerBuildError> {
+        Self::with_env(config, metrics, now, Env::system())
+    }
+
+    /// A core with no rooms whose randomness, CPU readings and wall clock come from `env`.
+    pub fn with_env(
+        config: CoreConfig,
+        metrics: Arc<ShardMetrics>,
+        now: Instant,
+        env: Env,
     ) -> Result<Self, PeerBuildError> {
         let factory = PeerFactory::new(config.advertised, config.advertised_tcp, config.ice)?;
         Ok(Self {
@@ -345,7 +357,8 @@ impl ShardCore {
             probe_sources_taken: Vec::new(),
             probe_window: None,
             doomed: Vec::new(),
-            next_key: 1,
+            ids: ids::Ids::default(),
+            env,
             next_housekeeping: now,
             next_speaker: now,
             next_slow: now,
@@ -363,12 +376,6 @@ impl ShardCore {
     /// The metrics this core updates.
     pub fn metrics(&self) -> &Arc<ShardMetrics> {
         &self.metrics
-    }
-
-    fn key(&mut self) -> u64 {
-        let key = self.next_key;
-        self.next_key += 1;
-        key
     }
 
     // ---------------------------------------------------------------- datagrams in
@@ -492,7 +499,7 @@ impl ShardCore {
                 },
                 message: BytesMut::from(datagram),
             }) {
-                tracing::debug!(peer = key, %err, "datagram rejected by peer connection");
+                tracing::debug!(peer = %key, %err, "datagram rejected by peer connection");
             }
             core.drive(key, now);
         });
@@ -519,7 +526,7 @@ impl ShardCore {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self)));
         if outcome.is_err() {
             self.metrics.peer_panics.inc();
-            tracing::error!(peer = key, "peer connection panicked; ending its session");
+            tracing::error!(peer = %key, "peer connection panicked; ending its session");
             if let Some(peer) = self.peers.get(&key) {
                 self.doomed
                     .push((peer.session, "internal error in the media connection"));
@@ -621,7 +628,7 @@ impl ShardCore {
                 let Some(peer) = self.peers.get_mut(&key) else {
                     return;
                 };
-                tracing::debug!(peer = key, role = ?peer.role, %state, "connection state");
+                tracing::debug!(peer = %key, role = ?peer.role, %state, "connection state");
                 match state {
                     RTCPeerConnectionState::Connected => {
                         peer.connected = true;
@@ -709,7 +716,7 @@ impl ShardCore {
                 if let Some(peer) = core.peers.get_mut(&key)
                     && let Err(err) = peer.pc.handle_timeout(now)
                 {
-                    tracing::debug!(peer = key, %err, "timeout handling failed");
+                    tracing::debug!(peer = %key, %err, "timeout handling failed");
                 }
                 core.drive(key, now);
             });
@@ -781,7 +788,7 @@ impl ShardCore {
         let received = self.metrics.rtp_received_bytes.get();
         let forwarded = self.metrics.rtp_forwarded_bytes.get();
         let packets = self.metrics.rtp_forwarded_packets.get();
-        let cpu = crate::procstat::cpu_seconds().unwrap_or(0.0);
+        let cpu = self.env.cpu_seconds().unwrap_or(0.0);
         if let Some(at) = self.rates.at {
             let secs = now.saturating_duration_since(at).as_secs_f64().max(1e-3);
             let rate = |new: u64, old: u64| ((new.saturating_sub(old)) as f64 / secs) as u64;
@@ -871,7 +878,7 @@ impl ShardCore {
                 }));
                 if outcome.is_err() {
                     self.metrics.peer_panics.inc();
-                    tracing::error!(session, "signaling step panicked; ending the session");
+                    tracing::error!(session = %session, "signaling step panicked; ending the session");
                     self.doomed
                         .push((session, "internal error handling a signaling message"));
                 }
@@ -1131,7 +1138,7 @@ impl ShardCore {
             .filter_map(|s| self.participant_info(*s))
             .collect();
         let existing_tracks = room.tracks.clone();
-        let id = self.key();
+        let id = self.ids.session();
         let info = ParticipantInfo {
             id: request.participant.clone(),
             name: request.name.clone(),
@@ -1191,7 +1198,7 @@ impl ShardCore {
             }
         }
         self.update_gauges();
-        tracing::info!(session = id, room = %request.room, "participant joined");
+        tracing::info!(session = %id, room = %request.room, "participant joined");
         Ok(id)
     }
 
@@ -1350,7 +1357,7 @@ impl ShardCore {
             );
         }
         self.update_gauges();
-        tracing::info!(session = id, room = %room_name, reason = reason.unwrap_or("left"), "participant left");
+        tracing::info!(session = %id, room = %room_name, reason = reason.unwrap_or("left"), "participant left");
     }
 
     fn close_peer(&mut self, key: PeerKey) {
@@ -1387,7 +1394,7 @@ impl ShardCore {
                 return None;
             }
         };
-        let key = self.key();
+        let key = self.ids.peer();
         self.peers.insert(
             key,
             Peer {
@@ -1425,7 +1432,7 @@ impl ShardCore {
             return;
         }
         if !peer.ufrag.is_empty() {
-            tracing::debug!(peer = key, "ICE restarted with fresh credentials");
+            tracing::debug!(peer = %key, "ICE restarted with fresh credentials");
             self.demux.unregister_ufrag(&peer.ufrag);
         }
         peer.ufrag = ufrag.to_owned();

@@ -224,7 +224,7 @@ impl ShardCore {
                     },
                 );
             }
-            ClientMessage::Chat { text, to } => self.on_chat(session, text, to),
+            ClientMessage::Chat { text, to } => self.on_chat(session, text, to, now),
             ClientMessage::Leave => {
                 self.remove_session(session, now, Some("left"));
             }
@@ -248,7 +248,7 @@ impl ShardCore {
 
     /// Delivers a chat message to the room, or a direct message to one participant, and
     /// echoes it to the sender so that every client shows the room's order.
-    fn on_chat(&mut self, session: SessionId, text: String, to: Option<String>) {
+    fn on_chat(&mut self, session: SessionId, text: String, to: Option<String>, now: Instant) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -262,10 +262,7 @@ impl ShardCore {
             name: s.name.clone(),
             text,
             to: to.clone(),
-            at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or_default(),
+            at: self.env.unix_millis(now),
         };
         let room = s.room.clone();
         match to {
@@ -588,7 +585,7 @@ impl ShardCore {
                 self.mark_dirty(key);
             }
             Err(err) => {
-                tracing::error!(peer = key, %err, "cannot create a subscriber offer");
+                tracing::error!(peer = %key, %err, "cannot create a subscriber offer");
                 self.send_error(session, ErrorCode::Internal, "cannot create an offer");
             }
         }
@@ -631,7 +628,7 @@ impl ShardCore {
         };
         let kind = receiver.track().kind();
         let Some(codec) = receiver.track().codec(init.ssrc).cloned() else {
-            tracing::warn!(peer = key, ssrc = init.ssrc, "track opened without a codec");
+            tracing::warn!(peer = %key, ssrc = init.ssrc, "track opened without a codec");
             return;
         };
         let audio_level_ext = receiver
@@ -663,7 +660,7 @@ impl ShardCore {
             return;
         };
         if s.tracks.len() >= MAX_TRACKS_PER_PARTICIPANT {
-            tracing::warn!(session, "track limit reached; not publishing another");
+            tracing::warn!(session = %session, "track limit reached; not publishing another");
             self.send_error(
                 session,
                 ErrorCode::Forbidden,
@@ -727,9 +724,9 @@ impl ShardCore {
             .iter()
             .position(|l| l.ssrc == Some(init.ssrc))
             .unwrap_or(0);
-        let track_key = self.key();
+        let track_key = self.ids.track();
         let track = PublishedTrack {
-            id: format!("TR{}", crate::peer::random_token(12)),
+            id: format!("TR{}", self.env.token(12)),
             room: room.clone(),
             session,
             peer: Some(key),
@@ -767,7 +764,7 @@ impl ShardCore {
             }
             None => Vec::new(),
         };
-        tracing::info!(session, track = %info.id, kind = ?info.kind, codec = %info.codec, layers = info.layers.len(), "track published");
+        tracing::info!(session = %session, track = %info.id, kind = ?info.kind, codec = %info.codec, layers = info.layers.len(), "track published");
         self.broadcast(
             &room,
             Some(session),
@@ -826,10 +823,7 @@ impl ShardCore {
         if music && track.kind == TrackKind::Audio {
             stream_id.push_str(".audio");
         }
-        let mut ssrc = rand::random::<u32>();
-        while ssrc == 0 || peer.outgoing.contains_key(&ssrc) {
-            ssrc = rand::random::<u32>();
-        }
+        let ssrc = self.env.ssrc(|ssrc| peer.outgoing.contains_key(&ssrc));
         let kind = match track.kind {
             TrackKind::Audio => RtpCodecKind::Audio,
             TrackKind::Video => RtpCodecKind::Video,
@@ -852,7 +846,7 @@ impl ShardCore {
         let sender = match peer.pc.add_track(media) {
             Ok(sender) => sender,
             Err(err) => {
-                tracing::warn!(peer = key, %err, "cannot add a track to a subscriber");
+                tracing::warn!(peer = %key, %err, "cannot add a track to a subscriber");
                 self.send_error(session, ErrorCode::Internal, "cannot add track");
                 return;
             }
@@ -862,7 +856,7 @@ impl ShardCore {
             && let Err(err) =
                 transceiver.set_codec_preferences(crate::peer::redundant_audio_preferences())
         {
-            tracing::warn!(peer = key, %err, "cannot offer Opus beside RED");
+            tracing::warn!(peer = %key, %err, "cannot offer Opus beside RED");
         }
         peer.outgoing.insert(ssrc, track_key);
         let video = track.kind == TrackKind::Video;
@@ -897,7 +891,7 @@ impl ShardCore {
         if let Some(peer) = self.peers.get_mut(&peer_key) {
             peer.outgoing.remove(&entry.ssrc);
             if let Err(err) = peer.pc.remove_track(entry.sender) {
-                tracing::debug!(peer = peer_key, %err, "remove_track failed");
+                tracing::debug!(peer = %peer_key, %err, "remove_track failed");
             }
             self.request_negotiation(peer_key, now);
         }
@@ -921,7 +915,7 @@ impl ShardCore {
             if let Some(peer) = self.peers.get_mut(&entry.peer) {
                 peer.outgoing.remove(&entry.ssrc);
                 if let Err(err) = peer.pc.remove_track(entry.sender) {
-                    tracing::debug!(peer = entry.peer, %err, "remove_track failed");
+                    tracing::debug!(peer = %entry.peer, %err, "remove_track failed");
                 }
                 self.request_negotiation(entry.peer, now);
             }

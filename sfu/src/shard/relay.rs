@@ -131,7 +131,7 @@ impl ShardCore {
         if let Some(session) = feed.sessions.get(participant) {
             return Some(*session);
         }
-        let id = self.key();
+        let id = self.ids.session();
         // Nobody reads this queue: a relayed participant has no client.
         let (events, _) = mpsc::channel(1);
         self.sessions.insert(
@@ -213,9 +213,9 @@ impl ShardCore {
                 layer: index,
             });
         }
-        let track_key: TrackKey = self.key();
+        let track_key: TrackKey = self.ids.track();
         let track = PublishedTrack {
-            id: format!("TR{}", crate::peer::random_token(12)),
+            id: format!("TR{}", self.env.token(12)),
             room: relayed.room.clone(),
             session,
             peer: None,

@@ -217,7 +217,7 @@ mod tests {
                 match command {
                     Command::Join { reply, request, .. } => {
                         seen.push(format!("join:{}", request.room));
-                        let _ = reply.send(Ok(7));
+                        let _ = reply.send(Ok(crate::shard::api::SessionId::for_test(7)));
                     }
                     Command::Signal { message, .. } => seen.push(format!("signal:{message:?}")),
                     Command::Leave { session } => seen.push(format!("leave:{session}")),

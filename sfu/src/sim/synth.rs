@@ -166,14 +166,20 @@ pub struct VideoSource {
     frame_bytes: usize,
     keyframe_every: u64,
     force_keyframe: bool,
+    /// The VP8 picture ID of the next frame (15 bits, from a random start, as Chromium's
+    /// encoder numbers each simulcast layer on its own).
+    picture_id: u16,
     /// Largest payload per packet.
     pub mtu_payload: usize,
 }
 
-/// Bytes of VP8 header the synthetic source writes at the start of a frame's first packet.
-pub const VP8_FIRST_HEADER: usize = 11;
-/// Bytes of VP8 header in a frame's later packets.
-pub const VP8_NEXT_HEADER: usize = 1;
+/// Bytes of VP8 header the synthetic source writes at the start of a frame's first packet:
+/// the payload descriptor with a 15-bit picture ID, and the payload header.
+pub const VP8_FIRST_HEADER: usize = 14;
+/// Bytes of VP8 header in a frame's later packets: the payload descriptor.
+pub const VP8_NEXT_HEADER: usize = 4;
+/// Bytes of the VP8 payload header (frame tag, start code, size) after the descriptor.
+const VP8_PAYLOAD_HEADER: usize = 10;
 
 impl VideoSource {
     /// 30 frames per second at `bitrate` bit/s, a key frame every `keyframe_interval`.
@@ -188,6 +194,7 @@ impl VideoSource {
             frame_bytes: (bitrate / 8 / fps) as usize,
             keyframe_every: (keyframe_interval.as_millis() as u64 * fps / 1000).max(1),
             force_keyframe: true,
+            picture_id: rand::random::<u16>() & 0x7fff,
             mtu_payload: 1100,
         }
     }
@@ -210,15 +217,18 @@ impl VideoSource {
         while remaining > 0 {
             let len = remaining.min(self.mtu_payload);
             remaining -= len;
+            let [high, low] = (0x8000 | self.picture_id).to_be_bytes();
             let header: Vec<u8> = match (self.codec, first) {
-                // Descriptor S=1 PID=0; frame tag with P=0 for key frames; start code; size.
+                // Descriptor X=1 S=1 PID=0, I=1 with a 15-bit picture ID; frame tag with P=0
+                // for key frames; start code; size.
                 (VideoCodec::Vp8, true) => {
                     let tag = if keyframe { 0x10 } else { 0x11 };
                     vec![
-                        0x10, tag, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01,
+                        0x90, 0x80, high, low, tag, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0,
+                        0x01,
                     ]
                 }
-                (VideoCodec::Vp8, false) => vec![0x00],
+                (VideoCodec::Vp8, false) => vec![0x80, 0x80, high, low],
                 // NAL unit header: an IDR slice (type 5) starts a key frame, else type 1.
                 (VideoCodec::H264, true) if keyframe => vec![0x65],
                 (VideoCodec::H264, _) => vec![0x41],
@@ -234,19 +244,60 @@ impl VideoSource {
             first = false;
         }
         self.frame += 1;
+        self.picture_id = self.picture_id.wrapping_add(1) & 0x7fff;
         self.timestamp = self.timestamp.wrapping_add(3000);
         packets
     }
+}
+
+/// RFC 7741 §4.2: the length of a VP8 payload descriptor, and the picture ID it carries.
+fn vp8_descriptor(payload: &[u8]) -> Option<(usize, Option<u16>)> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return Some((1, None));
+    }
+    let ext = *payload.get(1)?;
+    let mut len = 2;
+    let mut picture_id = None;
+    if ext & 0x80 != 0 {
+        let high = *payload.get(len)?;
+        if high & 0x80 != 0 {
+            picture_id = Some(u16::from(high & 0x7f) << 8 | u16::from(*payload.get(len + 1)?));
+            len += 2;
+        } else {
+            picture_id = Some(u16::from(high));
+            len += 1;
+        }
+    }
+    if ext & 0x40 != 0 {
+        len += 1;
+    }
+    if ext & 0x30 != 0 {
+        len += 1;
+    }
+    Some((len, picture_id))
+}
+
+/// Whether a VP8 payload starts partition 0 of a frame (where the payload header is).
+fn vp8_starts_frame(payload: &[u8]) -> bool {
+    payload
+        .first()
+        .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0)
+}
+
+/// The VP8 picture ID of a received payload, if it carries one.
+pub fn vp8_picture_id(payload: &[u8]) -> Option<u16> {
+    vp8_descriptor(payload).and_then(|(_, id)| id)
 }
 
 /// Whether a received synthetic video payload starts a key frame.
 pub fn is_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
     match codec {
         VideoCodec::Vp8 => {
-            payload.len() > 1
-                && payload[0] & 0x10 != 0
-                && payload[0] & 0x07 == 0
-                && payload[1] & 0x01 == 0
+            vp8_starts_frame(payload)
+                && vp8_descriptor(payload)
+                    .and_then(|(len, _)| payload.get(len))
+                    .is_some_and(|tag| tag & 0x01 == 0)
         }
         VideoCodec::H264 => payload.first().is_some_and(|b| b & 0x1F == 5),
     }
@@ -256,8 +307,14 @@ pub fn is_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
 pub fn header_len(codec: Option<VideoCodec>, payload: &[u8]) -> usize {
     match codec {
         None | Some(VideoCodec::H264) => 1,
-        Some(VideoCodec::Vp8) if payload.first().is_some_and(|b| b & 0x10 != 0) => VP8_FIRST_HEADER,
-        Some(VideoCodec::Vp8) => VP8_NEXT_HEADER,
+        Some(VideoCodec::Vp8) => {
+            let descriptor = vp8_descriptor(payload).map_or(1, |(len, _)| len);
+            if vp8_starts_frame(payload) {
+                descriptor + VP8_PAYLOAD_HEADER
+            } else {
+                descriptor
+            }
+        }
     }
 }
 
@@ -309,6 +366,16 @@ mod tests {
             assert!(!next[0].keyframe && !is_keyframe(codec, &next[0].payload));
             source.request_keyframe();
             assert!(source.next_frame(0)[0].keyframe);
+            if codec == VideoCodec::Vp8 {
+                // Every packet of a frame carries its picture ID; frames count up by one.
+                let ids = |f: &[SynthPacket]| -> Vec<Option<u16>> {
+                    f.iter().map(|p| vp8_picture_id(&p.payload)).collect()
+                };
+                let (a, b) = (ids(&frame), ids(&next));
+                let first = a[0].unwrap();
+                assert!(a.iter().all(|id| *id == Some(first)));
+                assert!(b.iter().all(|id| *id == Some((first + 1) & 0x7fff)));
+            }
             for p in frame.iter().chain(&next) {
                 let header = header_len(Some(codec), &p.payload);
                 assert!(probe(&p.payload, header).unwrap().intact);

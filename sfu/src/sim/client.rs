@@ -1,0 +1,760 @@
+//! A simulated participant: real `rtc` peer connections (ICE, DTLS-SRTP, the default
+//! interceptors with their NACKs and receiver reports) on the virtual clock, a synthetic
+//! encoder that answers keyframe requests as a real one does, and a record of everything
+//! it receives.
+
+use super::net::Net;
+use super::synth::{self, OpusSource, VideoCodec, VideoSource};
+use crate::peer::FeedbackToShard;
+use crate::shard::api::SessionId;
+use crate::signal::protocol::{ClientMessage, PeerTarget, ServerMessage, TrackInfo, TrackKind};
+use bytes::{Bytes, BytesMut};
+use rtc::interceptor::{Registry, Slot};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What a simulated participant publishes and whether it receives.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSpec {
+    /// Publish Opus; `Some(level)` marks each packet with that RFC 6464 level (-dBov),
+    /// voice-flagged.
+    pub audio: Option<Option<u8>>,
+    /// Publish VP8.
+    pub video: Option<VideoSpec>,
+    /// Receive the others' tracks.
+    pub subscribe: bool,
+}
+
+/// A synthetic VP8 track.
+#[derive(Debug, Clone)]
+pub struct VideoSpec {
+    /// Simulcast rids, lowest first; one empty rid for no simulcast.
+    pub rids: Vec<&'static str>,
+    /// Bit rate of the top layer; each lower one has half the one above.
+    pub bitrate: u64,
+    /// Keyframes this often (and whenever a PLI asks).
+    pub keyframe_interval: Duration,
+}
+
+impl VideoSpec {
+    /// One layer, 300 kbit/s, a keyframe every 10 s.
+    pub fn single() -> Self {
+        Self {
+            rids: vec![""],
+            bitrate: 300_000,
+            keyframe_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// Three layers `q`, `h`, `f`.
+    pub fn simulcast() -> Self {
+        Self {
+            rids: vec!["q", "h", "f"],
+            ..Self::single()
+        }
+    }
+}
+
+/// One RTP packet a client received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The track id (as announced in `track_published`).
+    pub track: String,
+    /// Virtual time of arrival.
+    pub at: Instant,
+    /// Sequence number and timestamp as the shard rewrote them.
+    pub seq: u16,
+    /// The RTP timestamp.
+    pub timestamp: u32,
+    /// The synthetic stream and packet index it carries (which layer, which packet).
+    pub stream: u32,
+    /// Its index in that stream.
+    pub index: u32,
+    /// Whether it starts a keyframe.
+    pub keyframe: bool,
+    /// Its VP8 picture ID (video only).
+    pub picture_id: Option<u16>,
+}
+
+/// The synthetic stream id of a client's audio, and of video layer `layer`.
+pub fn stream_id(client: usize, video_layer: Option<usize>) -> u32 {
+    let base = (client as u32 + 1) * 100;
+    match video_layer {
+        None => base,
+        Some(layer) => base + 1 + layer as u32,
+    }
+}
+
+/// One direction of a client: a peer connection on its own address.
+struct Side {
+    pc: RTCPeerConnection,
+    local: SocketAddr,
+    connected: bool,
+}
+
+impl Side {
+    fn read(&mut self, now: Instant, from: SocketAddr, bytes: BytesMut) {
+        let _ = self.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: bytes,
+        });
+    }
+}
+
+struct VideoLayer {
+    ssrc: u32,
+    rid: &'static str,
+    source: VideoSource,
+    seq: u16,
+    paused: bool,
+}
+
+struct AudioTrack {
+    ssrc: u32,
+    level: Option<u8>,
+    source: OpusSource,
+    seq: u16,
+}
+
+/// A simulated participant.
+pub struct Client {
+    /// Its index among the simulation's clients.
+    pub index: usize,
+    /// Its participant id.
+    pub id: String,
+    /// Its session in the core.
+    pub session: SessionId,
+    events_rx: mpsc::Receiver<ServerMessage>,
+    /// Every message the shard sent it, in order.
+    pub events: Vec<ServerMessage>,
+    publisher: Option<Side>,
+    subscriber: Option<Side>,
+    subscriber_addr: SocketAddr,
+    audio_sender: Option<RTCRtpSenderId>,
+    video_sender: Option<RTCRtpSenderId>,
+    audio: Option<AudioTrack>,
+    video: Vec<VideoLayer>,
+    video_mid: Option<String>,
+    next_audio: Option<Instant>,
+    next_video: Option<Instant>,
+    media_stopped: bool,
+    /// Receivers of the subscriber connection by track id, with the SSRC they receive.
+    receivers: HashMap<String, (RTCRtpReceiverId, u32)>,
+    /// Every RTP packet received, in order.
+    pub received: Vec<Received>,
+    /// PLIs that reached its encoder, per SSRC of its layers.
+    pub plis: HashMap<u32, u64>,
+    /// Keyframes its encoder produced, per rid ("" without simulcast).
+    pub keyframes_sent: HashMap<&'static str, u64>,
+    /// RTP packets it sent.
+    pub packets_sent: u64,
+    epoch: Instant,
+}
+
+fn media_engine(publish: bool) -> Result<MediaEngine, String> {
+    let mut engine = MediaEngine::default();
+    engine
+        .register_default_codecs()
+        .map_err(|e| e.to_string())?;
+    if publish {
+        engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(engine)
+}
+
+fn build(local: SocketAddr, publish: bool, now: Instant) -> Result<RTCPeerConnection, String> {
+    let mut engine = media_engine(publish)?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(|e| e.to_string())?
+        // Keyframe requests reach the synthetic encoder.
+        .with(Slot::from(500), FeedbackToShard::default());
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(|e| e.to_string())?;
+    let candidate = crate::peer::host_candidate(local).map_err(|e| e.to_string())?;
+    pc.add_local_candidate(candidate)
+        .map_err(|e| e.to_string())?;
+    pc.add_local_candidate(RTCIceCandidateInit::default())
+        .map_err(|e| e.to_string())?;
+    Ok(pc)
+}
+
+fn encoding(
+    ssrc: u32,
+    rid: &str,
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+) -> RTCRtpEncodingParameters {
+    RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(ssrc),
+            rid: rid.to_owned(),
+            ..Default::default()
+        },
+        codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            ..Default::default()
+        },
+        active: true,
+        ..Default::default()
+    }
+}
+
+/// The mid of the offer's video section.
+fn video_mid(sdp: &str) -> Option<String> {
+    let mut in_video = false;
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            in_video = line.starts_with("m=video");
+        } else if in_video && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(mid.trim().to_owned());
+        }
+    }
+    None
+}
+
+impl Client {
+    /// A client that joined as `session`; it starts publishing what `spec` says.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        index: usize,
+        id: &str,
+        session: SessionId,
+        events_rx: mpsc::Receiver<ServerMessage>,
+        spec: &ClientSpec,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> Result<(Self, Option<ClientMessage>), String> {
+        let subscriber_addr = SocketAddr::new(addr.ip(), addr.port() + 1);
+        let mut client = Self {
+            index,
+            id: id.to_owned(),
+            session,
+            events_rx,
+            events: Vec::new(),
+            publisher: None,
+            subscriber: None,
+            subscriber_addr,
+            audio_sender: None,
+            video_sender: None,
+            audio: None,
+            video: Vec::new(),
+            video_mid: None,
+            next_audio: None,
+            next_video: None,
+            media_stopped: false,
+            receivers: HashMap::new(),
+            received: Vec::new(),
+            plis: HashMap::new(),
+            keyframes_sent: HashMap::new(),
+            packets_sent: 0,
+            epoch: now,
+        };
+        if spec.audio.is_none() && spec.video.is_none() {
+            return Ok((client, None));
+        }
+        let mut pc = build(addr, true, now)?;
+        if let Some(level) = spec.audio {
+            let ssrc = stream_id(index, None) | 0x1000_0000;
+            let track = MediaStreamTrack::new(
+                format!("{id}-stream"),
+                format!("{id}-audio"),
+                "audio".into(),
+                RtpCodecKind::Audio,
+                vec![encoding(ssrc, "", "audio/opus", 48_000, 2)],
+            );
+            client.audio_sender = Some(pc.add_track(track).map_err(|e| e.to_string())?);
+            client.audio = Some(AudioTrack {
+                ssrc,
+                level,
+                source: OpusSource::new(stream_id(index, None)),
+                seq: 1,
+            });
+        }
+        if let Some(video) = &spec.video {
+            let count = video.rids.len();
+            let mut encodings = Vec::new();
+            for (layer, rid) in video.rids.iter().enumerate() {
+                let ssrc = stream_id(index, Some(layer)) | 0x2000_0000;
+                encodings.push(encoding(ssrc, rid, "video/VP8", 90_000, 0));
+                let divisor = 1u64 << (count - 1 - layer);
+                client.video.push(VideoLayer {
+                    ssrc,
+                    rid,
+                    source: VideoSource::new(
+                        VideoCodec::Vp8,
+                        stream_id(index, Some(layer)),
+                        (video.bitrate / divisor).max(64_000),
+                        video.keyframe_interval,
+                    ),
+                    seq: 1,
+                    paused: false,
+                });
+            }
+            let track = MediaStreamTrack::new(
+                format!("{id}-stream"),
+                format!("{id}-video"),
+                "video".into(),
+                RtpCodecKind::Video,
+                encodings,
+            );
+            client.video_sender = Some(pc.add_track(track).map_err(|e| e.to_string())?);
+        }
+        let offer = pc.create_offer(None).map_err(|e| e.to_string())?;
+        pc.set_local_description(now, offer.clone())
+            .map_err(|e| e.to_string())?;
+        client.video_mid = video_mid(&offer.sdp);
+        client.publisher = Some(Side {
+            pc,
+            local: addr,
+            connected: false,
+        });
+        Ok((
+            client,
+            Some(ClientMessage::Offer {
+                pc: PeerTarget::Publisher,
+                sdp: offer.sdp,
+            }),
+        ))
+    }
+
+    /// The addresses its connections send from.
+    pub fn addresses(&self) -> [SocketAddr; 2] {
+        let publisher = self
+            .publisher
+            .as_ref()
+            .map_or(self.subscriber_addr, |s| s.local);
+        [publisher, self.subscriber_addr]
+    }
+
+    /// Whether it has a publisher connection (it publishes something).
+    pub fn has_publisher(&self) -> bool {
+        self.publisher.is_some()
+    }
+
+    /// Whether the shard offered it a subscriber connection yet.
+    pub fn has_subscriber(&self) -> bool {
+        self.subscriber.is_some()
+    }
+
+    /// The tracks announced to it (in `joined` and `track_published`): publisher's
+    /// participant id and the track.
+    pub fn announced_tracks(&self) -> Vec<(String, TrackInfo)> {
+        let mut tracks = Vec::new();
+        for event in &self.events {
+            match event {
+                ServerMessage::Joined { participants, .. } => {
+                    for p in participants {
+                        tracks.extend(p.tracks.iter().map(|t| (p.id.clone(), t.clone())));
+                    }
+                }
+                ServerMessage::TrackPublished { participant, track } => {
+                    tracks.push((participant.clone(), track.clone()));
+                }
+                _ => {}
+            }
+        }
+        tracks
+    }
+
+    /// The id of the `kind` track `participant` publishes, as announced to this client.
+    pub fn track_of(&self, participant: &str, kind: TrackKind) -> Option<String> {
+        self.announced_tracks()
+            .into_iter()
+            .rev()
+            .find(|(p, t)| p == participant && t.kind == kind)
+            .map(|(_, t)| t.id)
+    }
+
+    /// Whether its publisher connection is connected.
+    pub fn publisher_connected(&self) -> bool {
+        self.publisher.as_ref().is_some_and(|s| s.connected)
+    }
+
+    /// Whether its subscriber connection is connected.
+    pub fn subscriber_connected(&self) -> bool {
+        self.subscriber.as_ref().is_some_and(|s| s.connected)
+    }
+
+    /// Stops sending media (the encoder stops; the connection stays).
+    pub fn stop_media(&mut self) {
+        self.media_stopped = true;
+    }
+
+    /// Stops sending the video layer `rid` (a publisher short of bandwidth pauses its top
+    /// layers), or resumes it.
+    pub fn pause_layer(&mut self, rid: &str, paused: bool) {
+        for layer in &mut self.video {
+            if layer.rid == rid {
+                layer.paused = paused;
+            }
+        }
+    }
+
+    /// Asks, over RTCP, for a keyframe of the received track `track`; whether it went.
+    pub fn request_keyframe(&mut self, now: Instant, track: &str) -> bool {
+        let Some(&(receiver, ssrc)) = self.receivers.get(track) else {
+            return false;
+        };
+        let Some(side) = self.subscriber.as_mut() else {
+            return false;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        side.pc
+            .rtp_receiver(receiver)
+            .is_some_and(|mut r| r.write_rtcp(now, vec![Box::new(pli)]).is_ok())
+    }
+
+    /// Handles a message of the shard; returns the reply to send, if any.
+    fn on_message(&mut self, now: Instant, message: &ServerMessage) -> Option<ClientMessage> {
+        match message {
+            ServerMessage::Answer { sdp, .. } => {
+                let side = self.publisher.as_mut()?;
+                let answer = RTCSessionDescription::answer(sdp.clone()).ok()?;
+                let _ = side.pc.set_remote_description(now, answer);
+                None
+            }
+            ServerMessage::Offer { sdp, .. } => {
+                if self.subscriber.is_none() {
+                    let pc = build(self.subscriber_addr, false, now).ok()?;
+                    self.subscriber = Some(Side {
+                        pc,
+                        local: self.subscriber_addr,
+                        connected: false,
+                    });
+                }
+                let side = self.subscriber.as_mut()?;
+                let offer = RTCSessionDescription::offer(sdp.clone()).ok()?;
+                side.pc.set_remote_description(now, offer).ok()?;
+                let answer = side.pc.create_answer(None).ok()?;
+                side.pc.set_local_description(now, answer.clone()).ok()?;
+                Some(ClientMessage::Answer {
+                    pc: PeerTarget::Subscriber,
+                    sdp: answer.sdp,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes the shard's messages; returns the replies to send.
+    pub(super) fn take_messages(&mut self, now: Instant) -> Vec<ClientMessage> {
+        let mut replies = Vec::new();
+        while let Ok(message) = self.events_rx.try_recv() {
+            if let Some(reply) = self.on_message(now, &message) {
+                replies.push(reply);
+            }
+            self.events.push(message);
+        }
+        replies
+    }
+
+    /// Hands an arrived datagram to the connection it is addressed to.
+    pub(super) fn deliver(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: BytesMut,
+    ) {
+        for side in [self.publisher.as_mut(), self.subscriber.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if side.local == to {
+                side.read(now, from, bytes);
+                return;
+            }
+        }
+    }
+
+    /// The earliest instant it has something to do.
+    pub(super) fn next_deadline(&mut self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Option<Instant>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
+        for side in [self.publisher.as_mut(), self.subscriber.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            consider(side.pc.poll_timeout());
+        }
+        if self.publisher_connected() && !self.media_stopped {
+            consider(self.next_audio);
+            consider(self.next_video);
+        }
+        next
+    }
+
+    /// Runs timers and the encoder due at `now`, then collects what the connections
+    /// produced: datagrams go on the network.
+    pub(super) fn step(&mut self, now: Instant, net: &mut Net) {
+        for side in [self.publisher.as_mut(), self.subscriber.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if side.pc.poll_timeout().is_some_and(|at| at <= now) {
+                let _ = side.pc.handle_timeout(now);
+            }
+        }
+        self.produce(now);
+        self.collect(now, net);
+    }
+
+    fn produce(&mut self, now: Instant) {
+        if !self.publisher_connected() || self.media_stopped {
+            return;
+        }
+        let Some(side) = self.publisher.as_mut() else {
+            return;
+        };
+        let sent_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        if let (Some(audio), Some(sender)) = (self.audio.as_mut(), self.audio_sender) {
+            let due = self.next_audio.get_or_insert(now);
+            while *due <= now {
+                *due += OpusSource::INTERVAL;
+                let Some(mut rtp_sender) = side.pc.rtp_sender(sender) else {
+                    break;
+                };
+                let parameters = rtp_sender.get_parameters().clone();
+                let Some(payload_type) = payload_type(&parameters, "audio/opus") else {
+                    break;
+                };
+                let level_ext = extension_id(&parameters, rtc::sdp::extmap::AUDIO_LEVEL_URI);
+                let p = audio.source.next(sent_ns);
+                let mut header = rtp::header::Header {
+                    version: 2,
+                    marker: p.marker,
+                    payload_type,
+                    sequence_number: audio.seq,
+                    timestamp: p.timestamp,
+                    ssrc: audio.ssrc,
+                    ..Default::default()
+                };
+                if let (Some(id), Some(level)) = (level_ext, audio.level) {
+                    let _ = header.set_extension(id, Bytes::from(vec![0x80 | (level & 0x7F)]));
+                }
+                audio.seq = audio.seq.wrapping_add(1);
+                if rtp_sender
+                    .write_rtp(
+                        now,
+                        rtp::Packet {
+                            header,
+                            payload: p.payload,
+                        },
+                    )
+                    .is_ok()
+                {
+                    self.packets_sent += 1;
+                }
+            }
+        }
+        if let Some(sender) = self.video_sender {
+            let due = self.next_video.get_or_insert(now);
+            while *due <= now {
+                *due += VideoSource::INTERVAL;
+                let Some(mut rtp_sender) = side.pc.rtp_sender(sender) else {
+                    break;
+                };
+                let parameters = rtp_sender.get_parameters().clone();
+                let Some(payload_type) = payload_type(&parameters, "video/VP8") else {
+                    break;
+                };
+                let mid_ext = extension_id(&parameters, rtc::sdp::extmap::SDES_MID_URI);
+                let rid_ext = extension_id(&parameters, rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
+                for layer in &mut self.video {
+                    if layer.paused {
+                        continue;
+                    }
+                    for p in layer.source.next_frame(sent_ns) {
+                        if p.keyframe {
+                            *self.keyframes_sent.entry(layer.rid).or_default() += 1;
+                        }
+                        let mut header = rtp::header::Header {
+                            version: 2,
+                            marker: p.marker,
+                            payload_type,
+                            sequence_number: layer.seq,
+                            timestamp: p.timestamp,
+                            ssrc: layer.ssrc,
+                            ..Default::default()
+                        };
+                        if !layer.rid.is_empty() {
+                            // Simulcast layers are told apart by these (RFC 8852).
+                            if let (Some(id), Some(mid)) = (mid_ext, self.video_mid.as_ref()) {
+                                let _ = header.set_extension(id, Bytes::from(mid.clone()));
+                            }
+                            if let Some(id) = rid_ext {
+                                let _ = header.set_extension(id, Bytes::from(layer.rid));
+                            }
+                        }
+                        layer.seq = layer.seq.wrapping_add(1);
+                        if rtp_sender
+                            .write_rtp(
+                                now,
+                                rtp::Packet {
+                                    header,
+                                    payload: p.payload,
+                                },
+                            )
+                            .is_ok()
+                        {
+                            self.packets_sent += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self, now: Instant, net: &mut Net) {
+        let Self {
+            publisher,
+            subscriber,
+            receivers,
+            received,
+            plis,
+            video,
+            ..
+        } = self;
+        for side in [publisher.as_mut(), subscriber.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            while let Some(event) = side.pc.poll_event() {
+                match event {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                        side.connected = state == RTCPeerConnectionState::Connected;
+                    }
+                    RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                        receivers.insert(init.track_id.to_string(), (init.receiver_id, init.ssrc));
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(message) = side.pc.poll_read() {
+                match message.message {
+                    RTCMessage::RtpPacket(track, packet) => {
+                        let header_len = synth::header_len(Some(VideoCodec::Vp8), &packet.payload);
+                        let probe = synth::probe(&packet.payload, header_len)
+                            .or_else(|| synth::probe(&packet.payload, 1));
+                        received.push(Received {
+                            track: track.to_string(),
+                            at: now,
+                            seq: packet.header.sequence_number,
+                            timestamp: packet.header.timestamp,
+                            stream: probe.map_or(0, |p| p.stream),
+                            index: probe.map_or(0, |p| p.index),
+                            keyframe: crate::media::codec::is_keyframe(
+                                crate::media::codec::CodecFamily::Vp8,
+                                &packet.payload,
+                            ),
+                            picture_id: synth::vp8_picture_id(&packet.payload),
+                        });
+                    }
+                    RTCMessage::RtcpPacket(_, packets) => {
+                        for packet in packets {
+                            if let Some(pli) =
+                                packet.as_any().downcast_ref::<PictureLossIndication>()
+                            {
+                                *plis.entry(pli.media_ssrc).or_default() += 1;
+                                for layer in video.iter_mut() {
+                                    if layer.ssrc == pli.media_ssrc {
+                                        layer.source.request_keyframe();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(out) = side.pc.poll_write() {
+                net.send(now, side.local, out.transport.peer_addr, out.message);
+            }
+        }
+    }
+
+    /// Packets received on `track`.
+    pub fn received_on(&self, track: &str) -> impl Iterator<Item = &Received> {
+        self.received.iter().filter(move |r| r.track == track)
+    }
+
+    /// PLIs that reached the encoder of the video layer `rid`.
+    pub fn plis_for(&self, rid: &str) -> u64 {
+        self.video
+            .iter()
+            .filter(|l| l.rid == rid)
+            .map(|l| self.plis.get(&l.ssrc).copied().unwrap_or(0))
+            .sum()
+    }
+}
+
+fn payload_type(
+    parameters: &rtc::rtp_transceiver::rtp_sender::RTCRtpSendParameters,
+    mime: &str,
+) -> Option<u8> {
+    parameters
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .map(|c| c.payload_type)
+}
+
+fn extension_id(
+    parameters: &rtc::rtp_transceiver::rtp_sender::RTCRtpSendParameters,
+    uri: &str,
+) -> Option<u8> {
+    parameters
+        .rtp_parameters
+        .header_extensions
+        .iter()
+        .find(|e| e.uri == uri)
+        .and_then(|e| u8::try_from(e.id).ok())
+}

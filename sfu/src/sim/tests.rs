@@ -1,0 +1,349 @@
+//! The core's media behaviour on the virtual clock: what each test asserts is what a
+//! participant would notice (a keyframe arriving, a gap repaired, the layer it asked for,
+//! the speaker highlighted), with the timing the shard promises, in milliseconds of real
+//! time.
+
+use super::*;
+use crate::signal::protocol::{Quality, ServerMessage, TrackKind};
+
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn publishing(audio: Option<Option<u8>>, video: Option<VideoSpec>) -> ClientSpec {
+    ClientSpec {
+        audio,
+        video,
+        subscribe: false,
+    }
+}
+
+fn viewer() -> ClientSpec {
+    ClientSpec {
+        subscribe: true,
+        ..ClientSpec::default()
+    }
+}
+
+/// Runs until `viewer` has received `count` packets of `publisher`'s `kind` track; returns
+/// the track id.
+fn receive(sim: &mut Sim, viewer: usize, publisher: &str, kind: TrackKind, count: usize) -> String {
+    let what = format!(
+        "{} receives {count} packets of {publisher}'s {kind:?}",
+        sim.client(viewer).id
+    );
+    sim.run_until(SETTLE, &what, |s| {
+        let c = s.client(viewer);
+        c.track_of(publisher, kind)
+            .is_some_and(|t| c.received_on(&t).count() >= count)
+    })
+    .unwrap();
+    sim.client(viewer).track_of(publisher, kind).unwrap()
+}
+
+fn last_stream(sim: &Sim, viewer: usize, track: &str) -> Option<u32> {
+    sim.client(viewer)
+        .received_on(track)
+        .last()
+        .map(|r| r.stream)
+}
+
+#[test]
+fn media_reaches_every_subscriber_intact_in_order_and_starting_on_a_keyframe() {
+    let wall = std::time::Instant::now();
+    let mut sim = Sim::with_defaults().unwrap();
+    sim.join(
+        "room",
+        "alice",
+        publishing(Some(None), Some(VideoSpec::single())),
+    )
+    .unwrap();
+    let viewers: Vec<usize> = (0..3)
+        .map(|i| sim.join("room", &format!("viewer-{i}"), viewer()).unwrap())
+        .collect();
+    for &v in &viewers {
+        let video = receive(&mut sim, v, "alice", TrackKind::Video, 200);
+        let audio = receive(&mut sim, v, "alice", TrackKind::Audio, 50);
+        let packets: Vec<&Received> = sim.client(v).received_on(&video).collect();
+        assert!(packets[0].keyframe, "video starts on a keyframe");
+        for pair in packets.windows(2) {
+            assert_eq!(
+                pair[1].seq,
+                pair[0].seq.wrapping_add(1),
+                "no gap, no reordering"
+            );
+            assert_eq!(
+                pair[1].index,
+                pair[0].index + 1,
+                "each packet once, in order"
+            );
+            assert_eq!(pair[1].stream, stream_id(0, Some(0)));
+        }
+        assert!(
+            sim.client(v)
+                .received_on(&audio)
+                .all(|r| r.stream == stream_id(0, None))
+        );
+    }
+    println!(
+        "sim: 3 viewers of audio and video for {:?} of virtual time in {:?}",
+        sim.elapsed(),
+        wall.elapsed()
+    );
+}
+
+#[test]
+fn keyframe_requests_are_throttled_and_each_brings_a_keyframe_within_an_interval() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let mut video = VideoSpec::single();
+    // Keyframes only when asked.
+    video.keyframe_interval = Duration::from_secs(600);
+    let alice = sim
+        .join("room", "alice", publishing(None, Some(video)))
+        .unwrap();
+    let viewers: Vec<usize> = (0..5)
+        .map(|i| sim.join("room", &format!("viewer-{i}"), viewer()).unwrap())
+        .collect();
+    let track = receive(&mut sim, viewers[0], "alice", TrackKind::Video, 10);
+    for &v in &viewers {
+        receive(&mut sim, v, "alice", TrackKind::Video, 10);
+    }
+    sim.run_for(Duration::from_secs(2));
+    let plis_before = sim.client(alice).plis_for("");
+    let keyframes_before: Vec<usize> = viewers
+        .iter()
+        .map(|&v| {
+            sim.client(v)
+                .received_on(&track)
+                .filter(|r| r.keyframe)
+                .count()
+        })
+        .collect();
+
+    // A storm: all five viewers ask ten times a second for a second.
+    let asked = sim.now();
+    for _ in 0..10 {
+        for &v in &viewers {
+            let now = sim.now();
+            assert!(sim.client_mut(v).request_keyframe(now, &track));
+        }
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(Duration::from_secs(1));
+    let plis = sim.client(alice).plis_for("") - plis_before;
+    // One per interval (500 ms) reaches the encoder over the 1 s storm: the first at once,
+    // then one as each interval ends.
+    assert!((2..=3).contains(&plis), "{plis} PLIs reached the publisher");
+    for (i, &v) in viewers.iter().enumerate() {
+        let first_new = sim
+            .client(v)
+            .received_on(&track)
+            .filter(|r| r.keyframe)
+            .nth(keyframes_before[i])
+            .map(|r| r.at - asked)
+            .expect("a new keyframe");
+        // The request's way up, one frame, the keyframe's way down: well within an interval.
+        assert!(
+            first_new < Duration::from_millis(500),
+            "viewer {i}: {first_new:?}"
+        );
+    }
+}
+
+#[test]
+fn lost_packets_are_repaired_from_the_retransmission_buffer() {
+    let mut sim = Sim::with_defaults().unwrap();
+    sim.join("room", "alice", publishing(None, Some(VideoSpec::single())))
+        .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    // Every tenth media packet from the shard to Bob is lost on the way.
+    sim.net.set_link(
+        SHARD.ip(),
+        client_addr(bob).ip(),
+        LinkParams {
+            delay: Duration::from_millis(20),
+            jitter: Duration::ZERO,
+            loss: Loss::EveryNthRtp(10),
+        },
+    );
+    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 50);
+    sim.run_for(Duration::from_secs(3));
+    let lost = sim.net.dropped(SHARD.ip(), client_addr(bob).ip());
+    let resent = sim.metrics().retransmissions.get();
+    assert!(lost > 20, "the link lost {lost}");
+    // Every loss is NACKed and resent (a resend can be lost too, and is asked for again).
+    assert!(
+        resent as f64 >= lost as f64 * 0.9,
+        "{resent} resent for {lost} lost"
+    );
+    // Everything but the last round trip's worth arrived: every index, once repaired.
+    let mut indexes: Vec<u32> = sim
+        .client(bob)
+        .received_on(&track)
+        .map(|r| r.index)
+        .collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let (first, last) = (indexes[0], indexes[indexes.len() - 1]);
+    let missing = (first..last.saturating_sub(30))
+        .filter(|i| indexes.binary_search(i).is_err())
+        .count();
+    assert_eq!(missing, 0, "{lost} lost, {resent} resent");
+}
+
+#[test]
+fn a_subscriber_gets_the_layer_it_asks_for_with_continuous_numbering() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let alice = sim
+        .join(
+            "room",
+            "alice",
+            publishing(None, Some(VideoSpec::simulcast())),
+        )
+        .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    let front_row = sim.join("room", "front-row", viewer()).unwrap();
+    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 30);
+    receive(&mut sim, front_row, "alice", TrackKind::Video, 30);
+    let announced = sim.client(bob).announced_tracks();
+    let (_, info) = announced.iter().find(|(_, t)| t.id == track).unwrap();
+    assert_eq!(info.layers, ["q", "h", "f"], "the layers are announced");
+    let layer = |l| stream_id(alice, Some(l));
+    sim.run_until(SETTLE, "the top layer", |s| {
+        last_stream(s, bob, &track) == Some(layer(2))
+    })
+    .unwrap();
+
+    sim.signal(
+        bob,
+        crate::signal::protocol::ClientMessage::SetQuality {
+            track: track.clone(),
+            quality: Quality::Low,
+        },
+    );
+    let took = sim
+        .run_until(SETTLE, "the low layer", |s| {
+            last_stream(s, bob, &track) == Some(layer(0))
+        })
+        .unwrap();
+    assert!(
+        took < Duration::from_millis(500),
+        "switched down in {took:?}"
+    );
+    sim.run_for(Duration::from_millis(500));
+    // Once switched, only the low layer comes, and the numbering never jumped: sequence
+    // numbers count up by one, picture IDs by one per frame (each layer numbers its
+    // pictures from its own random start; a jump would make a browser drop the new
+    // layer's keyframe and decode garbage).
+    let packets: Vec<&Received> = sim.client(bob).received_on(&track).collect();
+    assert_continuous(&packets);
+    let switched = packets.iter().position(|r| r.stream == layer(0)).unwrap();
+    assert!(
+        packets[switched].keyframe,
+        "the switch happens on a keyframe"
+    );
+    assert!(packets[switched..].iter().all(|r| r.stream == layer(0)));
+
+    // Back to high; then the top layer stops (a publisher short of bandwidth): the
+    // subscriber falls back to the best layer still flowing.
+    sim.signal(
+        bob,
+        crate::signal::protocol::ClientMessage::SetQuality {
+            track: track.clone(),
+            quality: Quality::High,
+        },
+    );
+    sim.run_until(SETTLE, "the top layer again", |s| {
+        last_stream(s, bob, &track) == Some(layer(2))
+    })
+    .unwrap();
+    sim.client_mut(alice).pause_layer("f", true);
+    let fell_back = sim
+        .run_until(SETTLE, "the middle layer", |s| {
+            last_stream(s, bob, &track) == Some(layer(1))
+        })
+        .unwrap();
+    // Idle for 1.5 s before a layer counts as stopped, then a keyframe of the next one.
+    assert!(
+        fell_back < Duration::from_secs(3),
+        "fell back in {fell_back:?}"
+    );
+    sim.client_mut(alice).pause_layer("f", false);
+    sim.run_until(SETTLE, "the top layer once it flows again", |s| {
+        last_stream(s, bob, &track) == Some(layer(2))
+    })
+    .unwrap();
+    sim.run_for(Duration::from_millis(300));
+    let packets: Vec<&Received> = sim.client(bob).received_on(&track).collect();
+    let streams: std::collections::BTreeSet<u32> = packets.iter().map(|r| r.stream).collect();
+    assert_eq!(streams.len(), 3, "all three layers were forwarded in turn");
+    assert_continuous(&packets);
+}
+
+/// Sequence numbers go up by one per packet and VP8 picture IDs by one per frame.
+fn assert_continuous(packets: &[&Received]) {
+    for pair in packets.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        assert_eq!(
+            b.seq,
+            a.seq.wrapping_add(1),
+            "sequence {} then {}",
+            a.seq,
+            b.seq
+        );
+        let (Some(x), Some(y)) = (a.picture_id, b.picture_id) else {
+            panic!("a video packet without a picture ID");
+        };
+        let step = y.wrapping_sub(x) & 0x7fff;
+        let expected = if a.timestamp == b.timestamp { 0 } else { 1 };
+        assert_eq!(
+            step, expected,
+            "picture ID {x} then {y} (stream {} then {})",
+            a.stream, b.stream
+        );
+    }
+}
+
+#[test]
+fn the_loudest_participant_is_announced_as_the_active_speaker() {
+    let mut sim = Sim::with_defaults().unwrap();
+    // Levels are -dBov: 20 is loud, 90 near silence.
+    sim.join("room", "quiet", publishing(Some(Some(90)), None))
+        .unwrap();
+    let loud = sim
+        .join("room", "loud", publishing(Some(Some(20)), None))
+        .unwrap();
+    let carol = sim.join("room", "carol", viewer()).unwrap();
+    let speaker = |s: &Sim| {
+        s.client(carol).events.iter().rev().find_map(|e| match e {
+            ServerMessage::ActiveSpeaker { participant } => Some(participant.clone()),
+            _ => None,
+        })
+    };
+    let took = sim
+        .run_until(SETTLE, "loud announced", |s| {
+            speaker(s) == Some(Some("loud".into()))
+        })
+        .unwrap();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Loud stops: nobody is speaking.
+    sim.client_mut(loud).stop_media();
+    sim.run_until(SETTLE, "silence announced", |s| speaker(s) == Some(None))
+        .unwrap();
+}
+
+#[test]
+fn the_reported_load_reads_the_injected_cpu_meter() {
+    // A meter that says half a core is busy: each reading (one a second) is 0.5 s on.
+    let mut total = 0.0;
+    let mut sim = Sim::with_env(CoreConfig::new(SHARD), PipelineSpec::default(), |start| {
+        Env::seeded(3, start, UNIX_EPOCH).with_cpu(move || {
+            total += 0.5;
+            Some(total)
+        })
+    })
+    .unwrap();
+    sim.run_for(Duration::from_secs(3));
+    let load = sim
+        .ask(|reply| Command::Load { reply })
+        .expect("a load report");
+    assert!((load.cpu_cores - 0.5).abs() < 0.01, "{}", load.cpu_cores);
+}
