@@ -11,6 +11,7 @@
 //! subscriber receives; NACKs are answered from the retransmission buffer after mapping
 //! the subscriber's sequence numbers back to the source; receiver reports record loss.
 
+use super::guarded::MovedIn;
 use super::{LAYER_IDLE, PeerKey, ShardCore, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
 use bytes::Bytes;
@@ -182,12 +183,13 @@ impl ShardCore {
             out.header.payload_type = payload_type;
             out.header.sequence_number = rewritten.seq;
             out.header.timestamp = rewritten.timestamp;
-            let written = subscriber
-                .pc
-                .rtp_sender(entry.sender)
-                .map(|mut sender| sender.write_rtp(now, out));
+            let (sender, out) = (entry.sender, MovedIn::new(out));
+            let written = subscriber.pc.with(move |pc| {
+                pc.rtp_sender(sender)
+                    .map(|mut sender| sender.write_rtp(now, out.take()))
+            });
             match written {
-                Some(Ok(())) => {
+                Some(Some(Ok(()))) => {
                     metrics.rtp_forwarded_packets.inc();
                     metrics.rtp_forwarded_bytes.inc_by(size);
                     if !subscriber.dirty {
@@ -255,11 +257,12 @@ impl ShardCore {
             sender_ssrc: 1,
             media_ssrc,
         });
-        let sent = peer
-            .pc
-            .rtp_receiver(receiver)
-            .map(|mut r| r.write_rtcp(now, vec![pli]));
-        if matches!(sent, Some(Ok(()))) {
+        let pli = MovedIn::new(vec![pli]);
+        let sent = peer.pc.with(move |pc| {
+            pc.rtp_receiver(receiver)
+                .map(|mut r| r.write_rtcp(now, pli.take()))
+        });
+        if matches!(sent, Some(Some(Ok(())))) {
             self.metrics.keyframe_requests_sent.inc();
             self.mark_dirty(publisher);
         }
@@ -389,9 +392,12 @@ impl ShardCore {
             out.header.payload_type = payload_type;
             out.header.sequence_number = out_seq;
             out.header.timestamp = stored.header.timestamp.wrapping_add(source.ts_offset);
-            if let Some(mut sender) = peer.pc.rtp_sender(entry.sender)
-                && sender.write_rtp(now, out).is_ok()
-            {
+            let (sender, out) = (entry.sender, MovedIn::new(out));
+            let written = peer.pc.with(move |pc| {
+                pc.rtp_sender(sender)
+                    .map(|mut sender| sender.write_rtp(now, out.take()))
+            });
+            if let Some(Some(Ok(()))) = written {
                 metrics.retransmissions.inc();
                 resent = true;
             }

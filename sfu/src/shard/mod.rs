@@ -27,6 +27,7 @@
 pub mod api;
 mod env;
 mod forward;
+mod guarded;
 mod ids;
 mod negotiate;
 mod relay;
@@ -47,7 +48,6 @@ use api::{
     AdminError, Command, JoinError, JoinRequest, PipelineInfo, PipelineSpec, SessionId, ShardLoad,
 };
 use bytes::BytesMut;
-use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -206,7 +206,7 @@ struct Session {
 }
 
 pub(crate) struct Peer {
-    pc: RTCPeerConnection,
+    pc: guarded::GuardedPc,
     role: PeerRole,
     session: SessionId,
     /// The local ICE credentials of the current ICE generation, learned from the latest
@@ -312,6 +312,8 @@ pub struct ShardCore {
     doomed: Vec<(SessionId, &'static str)>,
     ids: ids::Ids,
     env: Env,
+    /// Raised when a peer connection panicked (see [`guarded`]).
+    pc_alarm: Arc<std::sync::atomic::AtomicBool>,
     next_housekeeping: Instant,
     next_speaker: Instant,
     next_slow: Instant,
@@ -359,6 +361,7 @@ impl ShardCore {
             doomed: Vec::new(),
             ids: ids::Ids::default(),
             env,
+            pc_alarm: Arc::default(),
             next_housekeeping: now,
             next_speaker: now,
             next_slow: now,
@@ -371,6 +374,23 @@ impl ShardCore {
     /// Whether a `Shutdown` command has been handled.
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// Makes the next call into one of `session`'s connections (its publisher's, or its
+    /// subscriber's) panic, as a bug in the WebRTC stack would (tests of containment).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn inject_pc_panic(&mut self, session: SessionId, publisher: bool) -> bool {
+        let key = self
+            .sessions
+            .get(&session)
+            .and_then(|s| if publisher { s.publisher } else { s.subscriber });
+        match key.and_then(|key| self.peers.get_mut(&key)) {
+            Some(peer) => {
+                peer.pc.panic_on_next_call();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The metrics this core updates.
@@ -483,13 +503,8 @@ impl ShardCore {
             self.metrics.dropped(DropReason::UnknownSource);
             return false;
         }
-        self.guard(key, |core| {
-            let Some(peer) = core.peers.get_mut(&key) else {
-                return;
-            };
-            // `rtc` reports malformed records and packets by logging and dropping them;
-            // an error here means the connection itself is unusable.
-            if let Err(err) = peer.pc.handle_read(TaggedBytesMut {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            let input = TaggedBytesMut {
                 now,
                 transport: TransportContext {
                     local_addr,
@@ -498,11 +513,14 @@ impl ShardCore {
                     transport_protocol: protocol,
                 },
                 message: BytesMut::from(datagram),
-            }) {
+            };
+            // `rtc` reports malformed records and packets by logging and dropping them;
+            // an error here means the connection itself is unusable.
+            if let Some(Err(err)) = peer.pc.with(move |pc| pc.handle_read(input)) {
                 tracing::debug!(peer = %key, %err, "datagram rejected by peer connection");
             }
-            core.drive(key, now);
-        });
+            self.drive(key, now);
+        }
         self.finish_step(now);
         true
     }
@@ -517,21 +535,6 @@ impl ShardCore {
     /// ICE-TCP connections whose peer is gone and which the I/O loop should close.
     pub fn take_tcp_to_close(&mut self, out: &mut Vec<SocketAddr>) {
         out.append(&mut self.tcp_to_close);
-    }
-
-    /// Runs `step` for one peer so that a panic inside the WebRTC stack (a bug reached by
-    /// some input) ends that peer's session instead of the media thread and every room on
-    /// the shard.
-    fn guard(&mut self, key: PeerKey, step: impl FnOnce(&mut Self)) {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self)));
-        if outcome.is_err() {
-            self.metrics.peer_panics.inc();
-            tracing::error!(peer = %key, "peer connection panicked; ending its session");
-            if let Some(peer) = self.peers.get(&key) {
-                self.doomed
-                    .push((peer.session, "internal error in the media connection"));
-            }
-        }
     }
 
     /// Queues the answer to a round-trip probe, from the address it was sent to. At most
@@ -597,11 +600,15 @@ impl ShardCore {
             };
             // Events first: a track's `OnOpen` is raised by the packet that also waits in
             // the read queue, and the track must exist before that packet is forwarded.
-            if let Some(event) = peer.pc.poll_event() {
-                self.on_peer_event(key, event, now);
-                continue;
+            match peer.pc.with(|pc| pc.poll_event()) {
+                Some(Some(event)) => {
+                    self.on_peer_event(key, event, now);
+                    continue;
+                }
+                Some(None) => {}
+                None => break,
             }
-            let Some(message) = peer.pc.poll_read() else {
+            let Some(Some(message)) = peer.pc.with(|pc| pc.poll_read()) else {
                 break;
             };
             match message.message {
@@ -666,14 +673,14 @@ impl ShardCore {
                 continue;
             };
             peer.dirty = false;
-            while let Some(datagram) = peer.pc.poll_write() {
+            while let Some(Some(datagram)) = peer.pc.with(|pc| pc.poll_write()) {
                 let out = match datagram.transport.transport_protocol {
                     TransportProtocol::TCP => &mut self.tcp_transmits,
                     _ => &mut self.transmits,
                 };
                 out.push((datagram.transport.peer_addr, datagram.message));
             }
-            let deadline = peer.pc.poll_timeout();
+            let deadline = peer.pc.with(|pc| pc.poll_timeout()).flatten();
             if deadline != peer.deadline {
                 peer.deadline = deadline;
                 if let Some(at) = deadline {
@@ -712,17 +719,13 @@ impl ShardCore {
                 continue; // superseded by a later deadline
             }
             peer.deadline = None;
-            self.guard(key, |core| {
-                if let Some(peer) = core.peers.get_mut(&key)
-                    && let Err(err) = peer.pc.handle_timeout(now)
-                {
-                    tracing::debug!(peer = %key, %err, "timeout handling failed");
-                }
-                core.drive(key, now);
-            });
+            if let Some(Err(err)) = peer.pc.with(|pc| pc.handle_timeout(now)) {
+                tracing::debug!(peer = %key, %err, "timeout handling failed");
+            }
+            self.drive(key, now);
             // A deadline that does not move forward would spin the loop.
             if let Some(peer) = self.peers.get_mut(&key)
-                && let Some(next) = peer.pc.poll_timeout()
+                && let Some(Some(next)) = peer.pc.with(|pc| pc.poll_timeout())
                 && next <= now
             {
                 let later = now + Duration::from_millis(1);
@@ -842,6 +845,20 @@ impl ShardCore {
 
     /// Ends the sessions doomed during the last step.
     fn finish_step(&mut self, now: Instant) {
+        if self
+            .pc_alarm
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Rare: find the connections that panicked and end their sessions.
+            for (key, peer) in &self.peers {
+                if peer.pc.is_poisoned() {
+                    self.metrics.peer_panics.inc();
+                    tracing::error!(peer = %key, session = %peer.session, "peer connection panicked; ending its session");
+                    self.doomed
+                        .push((peer.session, "internal error in the media connection"));
+                }
+            }
+        }
         while let Some((session, reason)) = self.doomed.pop() {
             self.remove_session(session, now, Some(reason));
         }
@@ -870,19 +887,9 @@ impl ShardCore {
                 }
                 let _ = reply.send(result);
             }
-            Command::Signal { session, message } => {
-                // Client SDP and candidates go into the WebRTC stack's parsers: keep a
-                // panic there to this session.
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.on_signal(session, message, now)
-                }));
-                if outcome.is_err() {
-                    self.metrics.peer_panics.inc();
-                    tracing::error!(session = %session, "signaling step panicked; ending the session");
-                    self.doomed
-                        .push((session, "internal error handling a signaling message"));
-                }
-            }
+            // Client SDP and candidates reach the WebRTC stack only through guarded calls
+            // (`guarded`): a panic there ends this session alone.
+            Command::Signal { session, message } => self.on_signal(session, message, now),
             Command::Leave { session } => self.remove_session(session, now, None),
             Command::PutPipeline { name, spec, reply } => {
                 let _ = reply.send(self.put_pipeline(name, spec, now));
@@ -1363,8 +1370,10 @@ impl ShardCore {
     fn close_peer(&mut self, key: PeerKey) {
         if let Some(mut peer) = self.peers.remove(&key) {
             // Tell the client at once (DTLS close_notify) rather than let ICE time out.
-            if peer.pc.close().is_ok() {
-                while let Some(datagram) = peer.pc.poll_write() {
+            // A poisoned connection is simply dropped: closing it would run the code that
+            // panicked again.
+            if let Some(Ok(())) = peer.pc.with(|pc| pc.close()) {
+                while let Some(Some(datagram)) = peer.pc.with(|pc| pc.poll_write()) {
                     let out = match datagram.transport.transport_protocol {
                         TransportProtocol::TCP => &mut self.tcp_transmits,
                         _ => &mut self.transmits,
@@ -1398,7 +1407,7 @@ impl ShardCore {
         self.peers.insert(
             key,
             Peer {
-                pc,
+                pc: guarded::GuardedPc::new(pc, self.pc_alarm.clone()),
                 role,
                 session,
                 ufrag: String::new(),

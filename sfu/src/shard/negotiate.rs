@@ -2,6 +2,7 @@
 //! first packets arrive, and renegotiating subscriber connections as tracks come and go.
 
 use super::api::SessionId;
+use super::guarded::MovedIn;
 use super::sdp::{
     cap_video_bitrate, checked_sections, ensure_msid_semantic, media_sections, tune_opus,
 };
@@ -107,13 +108,14 @@ impl ShardCore {
                     return;
                 }
                 peer.remote_candidates += 1;
-                let result = peer.pc.add_remote_candidate(RTCIceCandidateInit {
+                let init = RTCIceCandidateInit {
                     candidate,
                     sdp_mid,
                     sdp_mline_index: sdp_m_line_index,
                     ..Default::default()
-                });
-                if let Err(err) = result {
+                };
+                let result = peer.pc.with(move |pc| pc.add_remote_candidate(init));
+                if let Some(Err(err)) = result {
                     self.send_error(session, ErrorCode::SdpRejected, format!("candidate: {err}"));
                 }
             }
@@ -232,7 +234,7 @@ impl ShardCore {
                 let key = self.sessions.get(&session).and_then(|s| s.subscriber);
                 match key.and_then(|k| self.peers.get_mut(&k).map(|peer| (k, peer))) {
                     Some((key, peer)) => {
-                        peer.pc.restart_ice();
+                        peer.pc.with(|pc| pc.restart_ice());
                         self.request_negotiation(key, now);
                     }
                     None => self.send_error(
@@ -333,41 +335,42 @@ impl ShardCore {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        let description = match RTCSessionDescription::offer(sdp) {
-            Ok(description) => description,
-            Err(err) => {
-                self.send_error(session, ErrorCode::SdpRejected, format!("offer: {err}"));
-                return;
+        let (allow_audio, allow_video) = (policy.audio, policy.video);
+        // The client's SDP is parsed and applied inside the guarded call: a panic in the
+        // WebRTC stack over it ends this session alone.
+        let answered = peer.pc.with(move |pc| {
+            let description =
+                RTCSessionDescription::offer(sdp).map_err(|err| format!("offer: {err}"))?;
+            pc.set_remote_description(now, description)
+                .map_err(|err| format!("offer: {err}"))?;
+            // Media the room does not allow is answered inactive.
+            let transceivers: Vec<_> = pc.get_transceivers().collect();
+            for id in transceivers {
+                let kind = pc.rtp_receiver(id.into()).map(|r| r.track().kind());
+                let allowed = match kind {
+                    Some(RtpCodecKind::Audio) => allow_audio,
+                    Some(RtpCodecKind::Video) => allow_video,
+                    _ => true,
+                };
+                if !allowed && let Some(mut transceiver) = pc.rtp_transceiver(id) {
+                    transceiver.set_direction(RTCRtpTransceiverDirection::Inactive);
+                }
             }
-        };
-        if let Err(err) = peer.pc.set_remote_description(now, description) {
-            self.send_error(session, ErrorCode::SdpRejected, format!("offer: {err}"));
-            return;
-        }
-        // Media the room does not allow is answered inactive.
-        let transceivers: Vec<_> = peer.pc.get_transceivers().collect();
-        for id in transceivers {
-            let kind = peer.pc.rtp_receiver(id.into()).map(|r| r.track().kind());
-            let allowed = match kind {
-                Some(RtpCodecKind::Audio) => policy.audio,
-                Some(RtpCodecKind::Video) => policy.video,
-                _ => true,
-            };
-            if !allowed && let Some(mut transceiver) = peer.pc.rtp_transceiver(id) {
-                transceiver.set_direction(RTCRtpTransceiverDirection::Inactive);
-            }
-        }
-        let answer = peer.pc.create_answer(None).and_then(|answer| {
-            peer.pc
-                .set_local_description(now, answer.clone())
-                .map(|_| answer)
+            let answer = pc
+                .create_answer(None)
+                .map_err(|err| format!("answer: {err}"))?;
+            pc.set_local_description(now, answer.clone())
+                .map_err(|err| format!("answer: {err}"))?;
+            Ok::<_, String>(answer)
         });
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(err) => {
-                self.send_error(session, ErrorCode::SdpRejected, format!("answer: {err}"));
+        let answer = match answered {
+            Some(Ok(answer)) => answer,
+            Some(Err(why)) => {
+                self.send_error(session, ErrorCode::SdpRejected, why);
                 return;
             }
+            // The connection panicked: the session ends at the end of this step.
+            None => return,
         };
         // An offer with new ICE credentials restarted ICE, and the answer has new ones too.
         self.adopt_ice_credentials(key, &answer.sdp);
@@ -423,11 +426,18 @@ impl ShardCore {
             self.send_error(session, ErrorCode::SdpRejected, format!("answer: {why}"));
             return;
         }
-        let applied = RTCSessionDescription::answer(sdp.clone())
-            .and_then(|answer| peer.pc.set_remote_description(now, answer));
-        if let Err(err) = applied {
-            self.send_error(session, ErrorCode::SdpRejected, format!("answer: {err}"));
-            return;
+        let answer = sdp.clone();
+        let applied = peer.pc.with(move |pc| {
+            RTCSessionDescription::answer(answer)
+                .and_then(|answer| pc.set_remote_description(now, answer))
+        });
+        match applied {
+            Some(Ok(())) => {}
+            Some(Err(err)) => {
+                self.send_error(session, ErrorCode::SdpRejected, format!("answer: {err}"));
+                return;
+            }
+            None => return,
         }
         peer.offer_out = false;
         self.mark_dirty(key);
@@ -447,7 +457,10 @@ impl ShardCore {
             return;
         };
         let mut unsupported = Vec::new();
-        let local_offer = peer.pc.local_description().map(|offer| offer.sdp);
+        let local_offer = peer
+            .pc
+            .with(|pc| pc.local_description().map(|offer| offer.sdp))
+            .flatten();
         for (ssrc, track_key) in &peer.outgoing {
             let Some(track) = self.tracks.get_mut(track_key) else {
                 continue;
@@ -485,10 +498,13 @@ impl ShardCore {
                 }
                 continue;
             }
-            let Some(mut sender) = peer.pc.rtp_sender(entry.sender) else {
+            let sender = entry.sender;
+            let Some(Some(parameters)) = peer.pc.with(move |pc| {
+                pc.rtp_sender(sender)
+                    .map(|mut sender| sender.get_parameters().clone())
+            }) else {
                 continue;
             };
-            let parameters = sender.get_parameters();
             if track.family.is_video() && answer.contains(crate::peer::PLAYOUT_DELAY_URI) {
                 // Only what the subscriber accepted for this section, under the id the
                 // sender will let through.
@@ -566,13 +582,14 @@ impl ShardCore {
             .and_then(|s| self.rooms.get(&s.room))
             .map(|room| room.spec.audio)
             .unwrap_or_default();
-        let offer = peer.pc.create_offer(None).and_then(|offer| {
-            peer.pc
-                .set_local_description(now, offer.clone())
-                .map(|_| offer)
+        let offer = peer.pc.with(move |pc| {
+            pc.create_offer(None)
+                .and_then(|offer| pc.set_local_description(now, offer.clone()).map(|_| offer))
         });
         match offer {
-            Ok(offer) => {
+            // The connection panicked: the session ends at the end of this step.
+            None => {}
+            Some(Ok(offer)) => {
                 peer.offer_out = true;
                 self.adopt_ice_credentials(key, &offer.sdp);
                 self.send(
@@ -584,7 +601,7 @@ impl ShardCore {
                 );
                 self.mark_dirty(key);
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 tracing::error!(peer = %key, %err, "cannot create a subscriber offer");
                 self.send_error(session, ErrorCode::Internal, "cannot create an offer");
             }
@@ -623,29 +640,32 @@ impl ShardCore {
             peer.incoming.insert(init.ssrc, (*track_key, index));
             return;
         }
-        let Some(mut receiver) = peer.pc.rtp_receiver(init.receiver_id) else {
+        let (receiver_id, ssrc) = (init.receiver_id, init.ssrc);
+        let described = peer.pc.with(move |pc| {
+            let mut receiver = pc.rtp_receiver(receiver_id)?;
+            let kind = receiver.track().kind();
+            let codec = receiver.track().codec(ssrc).cloned();
+            let audio_level_ext = receiver
+                .get_parameters()
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+                .and_then(|e| u8::try_from(e.id).ok());
+            let mid = pc
+                .rtp_transceiver(receiver_id.into())
+                .and_then(|t| t.mid().clone());
+            let sections = pc.remote_description().map(|d| media_sections(&d.sdp));
+            Some((kind, codec, audio_level_ext, mid, sections))
+        });
+        let Some(Some((kind, codec, audio_level_ext, mid, sections))) = described else {
             return;
         };
-        let kind = receiver.track().kind();
-        let Some(codec) = receiver.track().codec(init.ssrc).cloned() else {
+        let Some(codec) = codec else {
             tracing::warn!(peer = %key, ssrc = init.ssrc, "track opened without a codec");
             return;
         };
-        let audio_level_ext = receiver
-            .get_parameters()
-            .rtp_parameters
-            .header_extensions
-            .iter()
-            .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
-            .and_then(|e| u8::try_from(e.id).ok());
-        let mid = peer
-            .pc
-            .rtp_transceiver(init.receiver_id.into())
-            .and_then(|t| t.mid().clone());
-        let rids: Vec<String> = peer
-            .pc
-            .remote_description()
-            .map(|d| media_sections(&d.sdp))
+        let rids: Vec<String> = sections
             .unwrap_or_default()
             .into_iter()
             .find(|s| s.mid.is_some() && s.mid == mid)
@@ -843,21 +863,32 @@ impl ShardCore {
                 ..Default::default()
             }],
         );
-        let sender = match peer.pc.add_track(media) {
-            Ok(sender) => sender,
-            Err(err) => {
+        let red = track.family == CodecFamily::Red;
+        let media = MovedIn::new(media);
+        let added = peer.pc.with(move |pc| {
+            let sender = pc.add_track(media.take())?;
+            let preferences = match pc.rtp_transceiver(sender.into()) {
+                Some(mut transceiver) if red => {
+                    transceiver.set_codec_preferences(crate::peer::redundant_audio_preferences())
+                }
+                _ => Ok(()),
+            };
+            Ok::<_, rtc::shared::error::Error>((sender, preferences))
+        });
+        let sender = match added {
+            Some(Ok((sender, preferences))) => {
+                if let Err(err) = preferences {
+                    tracing::warn!(peer = %key, %err, "cannot offer Opus beside RED");
+                }
+                sender
+            }
+            Some(Err(err)) => {
                 tracing::warn!(peer = %key, %err, "cannot add a track to a subscriber");
                 self.send_error(session, ErrorCode::Internal, "cannot add track");
                 return;
             }
+            None => return,
         };
-        if track.family == CodecFamily::Red
-            && let Some(mut transceiver) = peer.pc.rtp_transceiver(sender.into())
-            && let Err(err) =
-                transceiver.set_codec_preferences(crate::peer::redundant_audio_preferences())
-        {
-            tracing::warn!(peer = %key, %err, "cannot offer Opus beside RED");
-        }
         peer.outgoing.insert(ssrc, track_key);
         let video = track.kind == TrackKind::Video;
         let clock_rate = track.codec.clock_rate;
@@ -890,7 +921,8 @@ impl ShardCore {
         let entry = track.downtracks.swap_remove(index);
         if let Some(peer) = self.peers.get_mut(&peer_key) {
             peer.outgoing.remove(&entry.ssrc);
-            if let Err(err) = peer.pc.remove_track(entry.sender) {
+            let sender = entry.sender;
+            if let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender)) {
                 tracing::debug!(peer = %peer_key, %err, "remove_track failed");
             }
             self.request_negotiation(peer_key, now);
@@ -914,7 +946,8 @@ impl ShardCore {
         for entry in &track.downtracks {
             if let Some(peer) = self.peers.get_mut(&entry.peer) {
                 peer.outgoing.remove(&entry.ssrc);
-                if let Err(err) = peer.pc.remove_track(entry.sender) {
+                let sender = entry.sender;
+                if let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender)) {
                     tracing::debug!(peer = %entry.peer, %err, "remove_track failed");
                 }
                 self.request_negotiation(entry.peer, now);

@@ -347,3 +347,75 @@ fn the_reported_load_reads_the_injected_cpu_meter() {
         .expect("a load report");
     assert!((load.cpu_cores - 0.5).abs() < 0.01, "{}", load.cpu_cores);
 }
+
+#[test]
+fn a_panic_in_one_subscribers_connection_ends_that_session_alone() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let alice = sim
+        .join(
+            "room",
+            "alice",
+            publishing(Some(None), Some(VideoSpec::single())),
+        )
+        .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    let carol = sim.join("room", "carol", viewer()).unwrap();
+    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 30);
+    receive(&mut sim, carol, "alice", TrackKind::Video, 30);
+    let session = sim.client(bob).session;
+    assert!(sim.core().inject_pc_panic(session, false));
+    // The next packet forwarded to Bob panics inside his connection.
+    sim.run_until(SETTLE, "bob told his session ended", |s| {
+        s.client(bob)
+            .events
+            .iter()
+            .any(|e| matches!(e, ServerMessage::Left { .. }))
+    })
+    .unwrap();
+    assert_eq!(sim.metrics().peer_panics.get(), 1);
+    // Alice still publishes and Carol still receives, without a gap.
+    let before = sim.client(carol).received_on(&track).count();
+    sim.run_for(Duration::from_secs(1));
+    let packets: Vec<&Received> = sim.client(carol).received_on(&track).collect();
+    assert!(packets.len() > before + 20, "carol kept receiving");
+    assert_continuous(&packets);
+    assert!(sim.client(alice).publisher_connected());
+    let info = sim
+        .ask(|reply| Command::ListPipelines { reply })
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "room")
+        .unwrap();
+    assert_eq!(info.participants, 2, "bob's seat is free");
+}
+
+#[test]
+fn a_connection_that_panics_while_its_participant_leaves_leaves_no_ghost() {
+    let spec = PipelineSpec {
+        empty_timeout_seconds: 2,
+        ..PipelineSpec::default()
+    };
+    let mut sim = Sim::new(CoreConfig::new(SHARD), spec).unwrap();
+    let alice = sim
+        .join("room", "alice", publishing(Some(None), None))
+        .unwrap();
+    sim.connect_all().unwrap();
+    let session = sim.client(alice).session;
+    // Closing her connection is the call that panics.
+    assert!(sim.core().inject_pc_panic(session, true));
+    sim.leave(alice);
+    assert_eq!(
+        sim.metrics().peer_panics.get(),
+        0,
+        "nothing else called it first"
+    );
+    // The room is empty, so it is released after its timeout: no session was left behind.
+    let released = sim
+        .run_until(SETTLE, "the empty room released", |s| {
+            s.metrics().pipelines_released_empty.get() == 1
+        })
+        .unwrap();
+    assert!(released <= Duration::from_secs(3), "{released:?}");
+    let load = sim.ask(|reply| Command::Load { reply }).unwrap();
+    assert_eq!((load.pipelines, load.participants), (0, 0), "{load:?}");
+}
