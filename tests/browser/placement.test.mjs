@@ -264,10 +264,11 @@ test('each browser measures its round trip to every region', async () => {
   const abuDhabi = await waitFor('Abu Dhabi\'s round trips', () => other.evaluate(() => window.tutti.roundTrips()), (r) => r && Object.keys(r).length === 3);
   console.log(`placement: measured round trips (ms): Seoul ${JSON.stringify(rounded(seoul))} (paths 10/90/60), Abu Dhabi ${JSON.stringify(rounded(abuDhabi))} (paths 80/20/50)`);
   // Each is at least its path's round trip (nothing arrives early) and the order holds.
-  // 1 ms of jitter each way: a round trip may come out 2 ms under its path's.
-  assert.ok(seoul.r1 >= 8 && seoul.r3 >= 58 && seoul.r2 >= 88, JSON.stringify(seoul));
+  // 1 ms of jitter each way, and the browser's and the simulator's clocks each tick in
+  // milliseconds: a round trip may come out 3 ms under its path's (seen: 77.9 for 80).
+  assert.ok(seoul.r1 >= 7 && seoul.r3 >= 57 && seoul.r2 >= 87, JSON.stringify(seoul));
   assert.ok(seoul.r1 < seoul.r3 && seoul.r3 < seoul.r2, JSON.stringify(seoul));
-  assert.ok(abuDhabi.r2 >= 18 && abuDhabi.r3 >= 48 && abuDhabi.r1 >= 78, JSON.stringify(abuDhabi));
+  assert.ok(abuDhabi.r2 >= 17 && abuDhabi.r3 >= 47 && abuDhabi.r1 >= 77, JSON.stringify(abuDhabi));
   assert.ok(abuDhabi.r2 < abuDhabi.r3 && abuDhabi.r3 < abuDhabi.r1, JSON.stringify(abuDhabi));
   await page.context().close();
   await other.context().close();
