@@ -29,6 +29,8 @@ mod env;
 mod forward;
 mod guarded;
 mod ids;
+#[cfg(any(test, feature = "sim"))]
+mod invariants;
 mod negotiate;
 mod relay;
 pub mod sdp;

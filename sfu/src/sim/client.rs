@@ -11,6 +11,8 @@ use crate::signal::protocol::{ClientMessage, PeerTarget, ServerMessage, TrackInf
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::RTCCertificate;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -175,6 +177,7 @@ pub struct Client {
     /// RTP packets it sent.
     pub packets_sent: u64,
     epoch: Instant,
+    certificate: RTCCertificate,
 }
 
 fn media_engine(publish: bool) -> Result<MediaEngine, String> {
@@ -196,13 +199,36 @@ fn media_engine(publish: bool) -> Result<MediaEngine, String> {
     Ok(engine)
 }
 
-fn build(local: SocketAddr, publish: bool, now: Instant) -> Result<RTCPeerConnection, String> {
+/// A DTLS certificate for the simulation's clients: generating one per connection would
+/// take most of a short test's time.
+pub(super) fn client_certificate() -> Result<RTCCertificate, String> {
+    let crypto = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
+    let params = rtc::peer_connection::certificate::CertificateParams::new(vec!["client".into()])
+        .map_err(|e| e.to_string())?;
+    RTCCertificate::generate(
+        crypto.crypto(),
+        rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+        params,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn build(
+    local: SocketAddr,
+    publish: bool,
+    now: Instant,
+    certificate: &RTCCertificate,
+) -> Result<RTCPeerConnection, String> {
     let mut engine = media_engine(publish)?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)
         .map_err(|e| e.to_string())?
         // Keyframe requests reach the synthetic encoder.
         .with(Slot::from(500), FeedbackToShard::default());
+    let configuration = RTCConfigurationBuilder::new()
+        .with_certificates(vec![certificate.clone()])
+        .build();
     let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(configuration)
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
         .build(now)
@@ -263,6 +289,7 @@ impl Client {
         spec: &ClientSpec,
         addr: SocketAddr,
         now: Instant,
+        certificate: &RTCCertificate,
     ) -> Result<(Self, Option<ClientMessage>), String> {
         let subscriber_addr = SocketAddr::new(addr.ip(), addr.port() + 1);
         let mut client = Self {
@@ -288,11 +315,12 @@ impl Client {
             keyframes_sent: HashMap::new(),
             packets_sent: 0,
             epoch: now,
+            certificate: certificate.clone(),
         };
         if spec.audio.is_none() && spec.video.is_none() {
             return Ok((client, None));
         }
-        let mut pc = build(addr, true, now)?;
+        let mut pc = build(addr, true, now, certificate)?;
         if let Some(level) = spec.audio {
             let ssrc = stream_id(index, None) | 0x1000_0000;
             let track = MediaStreamTrack::new(
@@ -458,7 +486,7 @@ impl Client {
             }
             ServerMessage::Offer { sdp, .. } => {
                 if self.subscriber.is_none() {
-                    let pc = build(self.subscriber_addr, false, now).ok()?;
+                    let pc = build(self.subscriber_addr, false, now, &self.certificate).ok()?;
                     self.subscriber = Some(Side {
                         pc,
                         local: self.subscriber_addr,

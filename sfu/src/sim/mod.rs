@@ -8,6 +8,10 @@
 //! media behaviour (keyframe requests, retransmissions, simulcast switching, speaker
 //! detection) is tested exactly where a real socket test could only wait and hope.
 //!
+//! After every step the core's maps are checked against each other
+//! ([`ShardCore::check_invariants`]): a change that leaves a session, connection or track
+//! half-removed fails at the step that did it.
+//!
 //! What stays with the socket tests is what needs real I/O: the UDP port and its batching,
 //! ICE-TCP, the async `webrtc` crate's and aiortc's interoperability, and browsers.
 
@@ -48,6 +52,7 @@ pub struct Sim {
     clients: Vec<Client>,
     udp_out: Vec<(SocketAddr, BytesMut)>,
     tcp_out: Vec<(SocketAddr, BytesMut)>,
+    certificate: rtc::peer_connection::certificate::RTCCertificate,
 }
 
 impl Sim {
@@ -79,6 +84,7 @@ impl Sim {
             clients: Vec::new(),
             udp_out: Vec::new(),
             tcp_out: Vec::new(),
+            certificate: client::client_certificate()?,
         })
     }
 
@@ -157,6 +163,7 @@ impl Sim {
             &spec,
             client_addr(index),
             self.now,
+            &self.certificate,
         )
         .map_err(|e| JoinError::new(crate::signal::protocol::ErrorCode::Internal, e))?;
         self.clients.push(client);
@@ -171,6 +178,7 @@ impl Sim {
         let session = self.clients[index].session;
         self.core
             .handle_command(self.now, Command::Signal { session, message });
+        self.check();
     }
 
     /// Client `index` leaves.
@@ -178,6 +186,7 @@ impl Sim {
         let session = self.clients[index].session;
         self.core
             .handle_command(self.now, Command::Leave { session });
+        self.check();
     }
 
     /// Advances to the next event (a datagram arriving, a timer, a frame to encode), or by
@@ -221,6 +230,14 @@ impl Sim {
             self.net.send(now, SHARD, to, bytes);
         }
         self.tcp_out.clear();
+        self.check();
+    }
+
+    /// Fails the test at the step that broke the core's maps.
+    fn check(&self) {
+        if let Err(broken) = self.core.check_invariants() {
+            panic!("after {:?} of virtual time: {broken}", self.elapsed());
+        }
     }
 
     /// Runs for `duration` of virtual time.

@@ -419,3 +419,96 @@ fn a_connection_that_panics_while_its_participant_leaves_leaves_no_ghost() {
     let load = sim.ask(|reply| Command::Load { reply }).unwrap();
     assert_eq!((load.pipelines, load.participants), (0, 0), "{load:?}");
 }
+
+/// Random joins, publications, quality changes, ICE restarts, departures and vanishing
+/// clients: the core's maps stay consistent after every step (checked by the harness), and
+/// once everyone is gone every room is released and nothing is left.
+#[test]
+fn random_comings_and_goings_leave_the_core_consistent_and_empty() {
+    use crate::signal::protocol::ClientMessage;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    for seed in 1..=2u64 {
+        let spec = PipelineSpec {
+            empty_timeout_seconds: 2,
+            ..PipelineSpec::default()
+        };
+        let mut sim = Sim::new(CoreConfig::new(SHARD), spec).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut present: Vec<usize> = Vec::new();
+        for step in 0..60 {
+            let room = if rng.random_bool(0.5) { "a" } else { "b" };
+            match rng.random_range(0..10) {
+                0..=3 => {
+                    // Low bitrates: what matters here is the bookkeeping, not the volume.
+                    let light = |mut video: VideoSpec| {
+                        video.bitrate = 64_000;
+                        Some(video)
+                    };
+                    let spec = match rng.random_range(0..3) {
+                        0 => viewer(),
+                        1 => publishing(Some(None), light(VideoSpec::simulcast())),
+                        _ => ClientSpec {
+                            subscribe: true,
+                            ..publishing(Some(None), light(VideoSpec::single()))
+                        },
+                    };
+                    if let Ok(index) = sim.join(room, &format!("p{step}"), spec) {
+                        present.push(index);
+                    }
+                }
+                4 if !present.is_empty() => {
+                    let index = present.swap_remove(rng.random_range(0..present.len()));
+                    sim.leave(index);
+                }
+                5 if !present.is_empty() => {
+                    // Vanishes without a word: its network goes dark.
+                    let index = present.swap_remove(rng.random_range(0..present.len()));
+                    let dark = LinkParams {
+                        loss: Loss::Random(1.0),
+                        ..LinkParams::default()
+                    };
+                    let host = client_addr(index).ip();
+                    sim.net.set_link(SHARD.ip(), host, dark);
+                    sim.net.set_link(host, SHARD.ip(), dark);
+                }
+                6 if !present.is_empty() => {
+                    let index = present[rng.random_range(0..present.len())];
+                    let tracks = sim.client(index).announced_tracks();
+                    if let Some((_, track)) = tracks.first() {
+                        let quality =
+                            [Quality::Low, Quality::Medium, Quality::High][rng.random_range(0..3)];
+                        sim.signal(
+                            index,
+                            ClientMessage::SetQuality {
+                                track: track.id.clone(),
+                                quality,
+                            },
+                        );
+                    }
+                }
+                7 if !present.is_empty() => {
+                    let index = present[rng.random_range(0..present.len())];
+                    sim.signal(index, ClientMessage::RestartIce);
+                }
+                _ => {}
+            }
+            sim.run_for(Duration::from_millis(rng.random_range(10..400)));
+        }
+        for index in present {
+            sim.leave(index);
+        }
+        // Vanished clients time out (ICE consent), then the rooms stand empty and go.
+        sim.run_until(Duration::from_secs(90), "every room released", |s| {
+            s.metrics().pipelines.get() == 0
+        })
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        println!("chaos seed {seed}: {:?} of virtual time", sim.elapsed());
+        let load = sim.ask(|reply| Command::Load { reply }).unwrap();
+        assert_eq!(
+            (load.pipelines, load.participants, load.tracks),
+            (0, 0, 0),
+            "seed {seed}: {load:?}"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! What must hold between the core's maps after every step: the simulation checks it
+//! after each one, so a refactoring that leaves a session, peer or track half-removed
+//! fails the test that caused it, at the step that caused it.
+
+use super::ShardCore;
+
+impl ShardCore {
+    /// Every cross-reference between rooms, sessions, peers and tracks, checked; the
+    /// first broken one is described.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if !self.doomed.is_empty() {
+            return Err(format!(
+                "{} sessions still doomed after a step",
+                self.doomed.len()
+            ));
+        }
+        for (name, room) in &self.rooms {
+            for id in &room.sessions {
+                match self.sessions.get(id) {
+                    Some(s) if &s.room == name => {}
+                    Some(s) => return Err(format!("room {name} lists session {id} of {}", s.room)),
+                    None => return Err(format!("room {name} lists session {id}, which is gone")),
+                }
+            }
+            for (participant, id) in &room.by_participant {
+                if !room.sessions.contains(id) {
+                    return Err(format!(
+                        "room {name}: {participant} names session {id}, not in the room"
+                    ));
+                }
+            }
+            for key in &room.tracks {
+                match self.tracks.get(key) {
+                    Some(t) if &t.room == name => {}
+                    _ => return Err(format!("room {name} lists track {key}, not its own")),
+                }
+            }
+        }
+        for (id, session) in &self.sessions {
+            let room = self.rooms.get(&session.room).ok_or_else(|| {
+                format!("session {id} is in room {}, which is gone", session.room)
+            })?;
+            if !room.sessions.contains(id) {
+                return Err(format!(
+                    "session {id} is missing from room {}",
+                    session.room
+                ));
+            }
+            for key in [session.publisher, session.subscriber]
+                .into_iter()
+                .flatten()
+            {
+                match self.peers.get(&key) {
+                    Some(peer) if peer.session == *id => {}
+                    _ => return Err(format!("session {id} names peer {key}, not its own")),
+                }
+            }
+            for key in &session.tracks {
+                match self.tracks.get(key) {
+                    Some(t) if t.session == *id => {}
+                    _ => return Err(format!("session {id} lists track {key}, not its own")),
+                }
+            }
+        }
+        for (key, peer) in &self.peers {
+            let session = self.sessions.get(&peer.session).ok_or_else(|| {
+                format!(
+                    "peer {key} belongs to session {}, which is gone",
+                    peer.session
+                )
+            })?;
+            if session.publisher != Some(*key) && session.subscriber != Some(*key) {
+                return Err(format!(
+                    "peer {key} is not a connection of session {}",
+                    peer.session
+                ));
+            }
+            for (ssrc, (track, layer)) in &peer.incoming {
+                match self.tracks.get(track) {
+                    Some(t) if t.peer == Some(*key) && *layer < t.layers.len() => {}
+                    _ => {
+                        return Err(format!(
+                            "peer {key}: incoming SSRC {ssrc} names track {track} layer {layer}"
+                        ));
+                    }
+                }
+            }
+            for (ssrc, track) in &peer.outgoing {
+                let sent = self.tracks.get(track).is_some_and(|t| {
+                    t.downtracks
+                        .iter()
+                        .any(|d| d.peer == *key && d.ssrc == *ssrc)
+                });
+                if !sent {
+                    return Err(format!(
+                        "peer {key}: outgoing SSRC {ssrc} has no downtrack of track {track}"
+                    ));
+                }
+            }
+        }
+        for (key, track) in &self.tracks {
+            if !self.sessions.contains_key(&track.session) {
+                return Err(format!(
+                    "track {key} belongs to session {}, which is gone",
+                    track.session
+                ));
+            }
+            if let Some(peer) = track.peer
+                && !self.peers.contains_key(&peer)
+            {
+                return Err(format!("track {key} comes from peer {peer}, which is gone"));
+            }
+            for entry in &track.downtracks {
+                let outgoing = self
+                    .peers
+                    .get(&entry.peer)
+                    .and_then(|p| p.outgoing.get(&entry.ssrc));
+                if outgoing != Some(key) {
+                    return Err(format!(
+                        "track {key}: the downtrack to peer {} is not in its map",
+                        entry.peer
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
