@@ -133,9 +133,44 @@ struct AppState {
     registration: Option<crate::heartbeat::Registration>,
 }
 
+/// Ports the system picks are tried this many times for one that TCP can have too.
+const MEDIA_PORT_ATTEMPTS: usize = 32;
+
+/// Binds the media port: UDP, and TCP on the same port number for ICE-TCP when `ice_tcp`.
+/// A port the system picks (port 0) for UDP may be some TCP connection's ephemeral port;
+/// another is picked then, so that ICE-TCP is not lost to a collision (local mode and
+/// tests pick their ports so). On a port given, or after the attempts, a TCP port that is
+/// taken disables ICE-TCP and UDP still serves.
+fn bind_media(
+    addr: SocketAddr,
+    ice_tcp: bool,
+) -> io::Result<(std::net::UdpSocket, Option<std::net::TcpListener>)> {
+    let attempts = if addr.port() == 0 && ice_tcp {
+        MEDIA_PORT_ATTEMPTS
+    } else {
+        1
+    };
+    let mut attempt = 1;
+    loop {
+        let udp = std::net::UdpSocket::bind(addr)?;
+        if !ice_tcp {
+            return Ok((udp, None));
+        }
+        let udp_addr = udp.local_addr()?;
+        match std::net::TcpListener::bind(udp_addr) {
+            Ok(listener) => return Ok((udp, Some(listener))),
+            Err(_) if attempt < attempts => attempt += 1,
+            Err(err) => {
+                tracing::warn!(%err, %udp_addr, "ICE-TCP disabled: cannot listen on the media port");
+                return Ok((udp, None));
+            }
+        }
+    }
+}
+
 /// Binds the sockets, starts the media thread and serves HTTP.
 pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
-    let udp = std::net::UdpSocket::bind(options.udp)?;
+    let (udp, tcp) = bind_media(options.udp, options.ice_tcp)?;
     let udp_addr = udp.local_addr()?;
     let advertised = SocketAddr::new(
         options
@@ -143,18 +178,6 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
             .unwrap_or_else(|| tutti_service::net::default_advertise_ip(udp_addr.ip())),
         options.advertise_port.unwrap_or(udp_addr.port()),
     );
-    // ICE-TCP shares the port number; without it (port taken), UDP still serves.
-    let tcp = if options.ice_tcp {
-        match std::net::TcpListener::bind(udp_addr) {
-            Ok(listener) => Some(listener),
-            Err(err) => {
-                tracing::warn!(%err, %udp_addr, "ICE-TCP disabled: cannot listen on the media port");
-                None
-            }
-        }
-    } else {
-        None
-    };
     let metrics = Arc::new(ShardMetrics::new());
     let mut core_config = options.core.clone();
     core_config.advertised = advertised;
@@ -498,4 +521,30 @@ async fn serve_socket(socket: WebSocket, core: CoreHandle, metrics: Arc<ShardMet
         }
     });
     run_session(Box::pin(sink), Box::pin(stream), core, metrics).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_picked_media_port_comes_with_tcp_on_the_same_number() {
+        for _ in 0..20 {
+            let (udp, tcp) = bind_media("127.0.0.1:0".parse().unwrap(), true).unwrap();
+            let tcp = tcp.expect("ICE-TCP on a picked port");
+            assert_eq!(udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_given_port_whose_tcp_is_taken_still_serves_udp() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        // The UDP port of that number is free (another protocol).
+        let (udp, tcp) = bind_media(addr, true).unwrap();
+        assert_eq!(udp.local_addr().unwrap(), addr);
+        assert!(tcp.is_none());
+        let (_, none) = bind_media("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        assert!(none.is_none());
+    }
 }

@@ -263,12 +263,14 @@ test('each browser measures its round trip to every region', async () => {
   const other = await join('abudhabi', 'probe-only', 'Probe2');
   const abuDhabi = await waitFor('Abu Dhabi\'s round trips', () => other.evaluate(() => window.tutti.roundTrips()), (r) => r && Object.keys(r).length === 3);
   console.log(`placement: measured round trips (ms): Seoul ${JSON.stringify(rounded(seoul))} (paths 10/90/60), Abu Dhabi ${JSON.stringify(rounded(abuDhabi))} (paths 80/20/50)`);
-  // Each is at least its path's round trip (nothing arrives early) and the order holds.
-  // 1 ms of jitter each way, and the browser's and the simulator's clocks each tick in
-  // milliseconds: a round trip may come out 3 ms under its path's (seen: 77.9 for 80).
-  assert.ok(seoul.r1 >= 7 && seoul.r3 >= 57 && seoul.r2 >= 87, JSON.stringify(seoul));
+  // The order of the regions holds, and each figure is near its path's round trip. Not
+  // above it necessarily: the web client starts its clock at the host candidate's event,
+  // which on a busy machine reaches the page a few ms after the STUN request left (seen:
+  // 45.1 ms for a 50 ms path while the whole suite ran).
+  const near = (measured, path) => measured >= Math.max(path / 2, path - 10) && measured <= path + 40;
+  assert.ok(near(seoul.r1, 10) && near(seoul.r3, 60) && near(seoul.r2, 90), JSON.stringify(seoul));
   assert.ok(seoul.r1 < seoul.r3 && seoul.r3 < seoul.r2, JSON.stringify(seoul));
-  assert.ok(abuDhabi.r2 >= 17 && abuDhabi.r3 >= 47 && abuDhabi.r1 >= 77, JSON.stringify(abuDhabi));
+  assert.ok(near(abuDhabi.r2, 20) && near(abuDhabi.r3, 50) && near(abuDhabi.r1, 80), JSON.stringify(abuDhabi));
   assert.ok(abuDhabi.r2 < abuDhabi.r3 && abuDhabi.r3 < abuDhabi.r1, JSON.stringify(abuDhabi));
   await page.context().close();
   await other.context().close();
