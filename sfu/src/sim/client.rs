@@ -595,29 +595,15 @@ impl Client {
                 };
                 let level_ext = extension_id(&parameters, rtc::sdp::extmap::AUDIO_LEVEL_URI);
                 let p = audio.source.next(sent_ns);
-                let mut header = rtp::header::Header {
-                    version: 2,
-                    marker: p.marker,
-                    payload_type,
-                    sequence_number: audio.seq,
-                    timestamp: p.timestamp,
-                    ssrc: audio.ssrc,
-                    ..Default::default()
-                };
+                let mut header = next_header(&p, payload_type, audio.ssrc, &mut audio.seq);
                 if let (Some(id), Some(level)) = (level_ext, audio.level) {
                     let _ = header.set_extension(id, Bytes::from(vec![0x80 | (level & 0x7F)]));
                 }
-                audio.seq = audio.seq.wrapping_add(1);
-                if rtp_sender
-                    .write_rtp(
-                        now,
-                        rtp::Packet {
-                            header,
-                            payload: p.payload,
-                        },
-                    )
-                    .is_ok()
-                {
+                let packet = rtp::Packet {
+                    header,
+                    payload: p.payload,
+                };
+                if rtp_sender.write_rtp(now, packet).is_ok() {
                     self.packets_sent += 1;
                 }
             }
@@ -643,15 +629,7 @@ impl Client {
                         if p.keyframe {
                             *self.keyframes_sent.entry(layer.rid).or_default() += 1;
                         }
-                        let mut header = rtp::header::Header {
-                            version: 2,
-                            marker: p.marker,
-                            payload_type,
-                            sequence_number: layer.seq,
-                            timestamp: p.timestamp,
-                            ssrc: layer.ssrc,
-                            ..Default::default()
-                        };
+                        let mut header = next_header(&p, payload_type, layer.ssrc, &mut layer.seq);
                         if !layer.rid.is_empty() {
                             // Simulcast layers are told apart by these (RFC 8852).
                             if let (Some(id), Some(mid)) = (mid_ext, self.video_mid.as_ref()) {
@@ -661,17 +639,11 @@ impl Client {
                                 let _ = header.set_extension(id, Bytes::from(layer.rid));
                             }
                         }
-                        layer.seq = layer.seq.wrapping_add(1);
-                        if rtp_sender
-                            .write_rtp(
-                                now,
-                                rtp::Packet {
-                                    header,
-                                    payload: p.payload,
-                                },
-                            )
-                            .is_ok()
-                        {
+                        let packet = rtp::Packet {
+                            header,
+                            payload: p.payload,
+                        };
+                        if rtp_sender.write_rtp(now, packet).is_ok() {
                             self.packets_sent += 1;
                         }
                     }
@@ -761,6 +733,26 @@ impl Client {
             .map(|l| self.plis.get(&l.ssrc).copied().unwrap_or(0))
             .sum()
     }
+}
+
+/// The RTP header of a synthetic packet on `ssrc`, taking the next sequence number.
+fn next_header(
+    packet: &synth::SynthPacket,
+    payload_type: u8,
+    ssrc: u32,
+    seq: &mut u16,
+) -> rtp::header::Header {
+    let header = rtp::header::Header {
+        version: 2,
+        marker: packet.marker,
+        payload_type,
+        sequence_number: *seq,
+        timestamp: packet.timestamp,
+        ssrc,
+        ..Default::default()
+    };
+    *seq = seq.wrapping_add(1);
+    header
 }
 
 fn payload_type(
