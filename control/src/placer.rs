@@ -145,7 +145,6 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                 tracing::info!(room = %name, from = %shard.id, to = %target.id,
                     region = %better.region, worst_rtt_ms = better.worst_rtt_ms,
                     "moving the room nearer its participants");
-                self.mark_moved(&name);
                 moved_from = current.replace(target.clone());
             }
         }
@@ -204,6 +203,11 @@ impl<S: LiveView + LiveWriter> Placer<S> {
                     message: format!("route not written: {err}"),
                 };
             }
+        }
+        // Marked only once the room is there: a move that failed half-way (the target
+        // shard did not answer) is tried again on the next pass, not given up for good.
+        if moved_from.is_some() {
+            self.mark_moved(&name);
         }
         if let Some(old) = moved_from
             && old.id != shard.id

@@ -70,13 +70,31 @@ impl RecordKeeper {
             };
             if latency {
                 // Someone arrived or left: placement may want the room elsewhere.
+                let mut placed_with_these = true;
                 if self.reported.get(&name) != Some(&reports) {
                     let outcome = placer.place(record.clone(), &BTreeMap::new()).await;
-                    if matches!(outcome, RoomOutcome::Placed { moved: true, .. }) {
-                        pass.placed.push((name.clone(), outcome));
+                    match outcome {
+                        RoomOutcome::Placed { moved: false, .. } => {}
+                        RoomOutcome::Placed { moved: true, .. } => {
+                            pass.placed.push((name.clone(), outcome));
+                        }
+                        // Not placed with these reports (a shard did not answer): the
+                        // next pass tries again rather than taking them as handled.
+                        failed => {
+                            placed_with_these = false;
+                            pass.placed.push((name.clone(), failed));
+                        }
                     }
                 }
-                reported.insert(name.clone(), reports);
+                match (placed_with_these, self.reported.get(&name)) {
+                    (true, _) => {
+                        reported.insert(name.clone(), reports);
+                    }
+                    (false, Some(before)) => {
+                        reported.insert(name.clone(), before.clone());
+                    }
+                    (false, None) => {}
+                }
             }
             let pipelines = match hosted.get(&shard.id) {
                 Some(known) => known.clone(),

@@ -45,6 +45,7 @@ export async function startProcess(program, args, ready, env = {}) {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stderr = [];
+  const logged = [];
   child.stderr.on('data', (chunk) => {
     stderr.push(chunk.toString());
     if (process.env.TUTTI_TEST_VERBOSE) process.stderr.write(chunk);
@@ -57,6 +58,9 @@ export async function startProcess(program, args, ready, env = {}) {
       30_000,
     );
     lines.on('line', (line) => {
+      // Logs go to stdout: the last lines are kept for failure messages.
+      logged.push(line);
+      if (logged.length > 5000) logged.splice(0, 1000);
       if (process.env.TUTTI_TEST_VERBOSE) process.stderr.write(`[${path.basename(program)}] ${line}\n`);
       const found = line.match(ready);
       if (found) {
@@ -72,6 +76,8 @@ export async function startProcess(program, args, ready, env = {}) {
   return {
     match,
     child,
+    /** The process's last log lines (stdout) and its stderr, for a failure message. */
+    log: () => `${logged.join('\n')}\n${stderr.join('')}`,
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill('SIGTERM');
@@ -123,6 +129,7 @@ export async function launch({ fakeUi = true, namespace, secureOrigins = [], tru
 export async function startNetSim(spec) {
   const child = spawn(binary('tutti-netsim'), [JSON.stringify(spec)], { stdio: ['pipe', 'pipe', 'pipe'] });
   const stderr = [];
+  const logged = [];
   child.stderr.on('data', (chunk) => stderr.push(chunk.toString()));
   const exited = new Promise((resolve) => child.on('exit', resolve));
   const line = await new Promise((resolve, reject) => {

@@ -91,7 +91,7 @@ before(async () => {
   }
   operator = await startProcess(binary('tutti-operator'), [
     '--standalone', '--store', store, '--admin-token', ADMIN_TOKEN, '--listen', '127.0.0.1:0', '--gc-period', '5',
-  ], /tutti-operator: standalone/);
+  ], /tutti-operator: standalone/, { RUST_LOG: process.env.RUST_LOG || 'warn,tutti_control=info' });
   const rooms = path.join(dir, 'rooms.toml');
   fs.writeFileSync(rooms, [
     '[[rooms]]', 'name = "duet-packed"', 'maxParticipants = 2', 'placement = "packed"', 'audio = "music"', '',
@@ -200,7 +200,9 @@ function watchSilence(page, from) {
     let lastChange = null;
     let last = null;
     let longest = 0;
-    while (!stop) {
+    // A closed page ends the watch too: a test that failed before calling stop() must not
+    // keep node alive with a loop of failing evaluations.
+    while (!stop && !page.isClosed()) {
       const rows = await page.evaluate(async (name) => {
         const p = [...window.tutti.state.participants.entries()].find(([, v]) => v.name === name);
         if (!p) return null;
@@ -232,7 +234,7 @@ function watchSending(page) {
     let last = null;
     let lastChange = Date.now();
     let longest = 0;
-    while (!stop) {
+    while (!stop && !page.isClosed()) {
       const sent = await page.evaluate(async () => {
         const pc = window.tutti.state.pub;
         if (!pc) return null;
@@ -298,7 +300,17 @@ test('packed and latency-aware placement of a duet, with the move measured (benc
   const abuDhabiHears = watchSilence(abuDhabi, 'Seoul');
   const joinedAt = Date.now();
   // Seoul's arrival makes r1 the better region: the room moves there, once.
-  await hostedIn('duet-near', 'r1');
+  try {
+    await hostedIn('duet-near', 'r1');
+  } catch (err) {
+    // What placement saw: each browser's measured round trips and the operator's account.
+    const measured = {
+      seoul: await seoul.evaluate(() => window.tutti.roundTrips()).catch((e) => String(e)),
+      abudhabi: await abuDhabi.evaluate(() => window.tutti.roundTrips()).catch((e) => String(e)),
+    };
+    const said = operator.log().split('\n').filter((l) => l.includes('duet-near')).slice(-20).join('\n');
+    throw new Error(`${err.message}; measured round trips ${JSON.stringify(measured)}; the operator on duet-near:\n${said}`);
+  }
   const movedAfter = Date.now() - joinedAt;
   await waitForPlayingVideo(seoul, 'AbuDhabi', 40_000);
   await waitForPlayingVideo(abuDhabi, 'Seoul', 40_000);

@@ -105,9 +105,29 @@ impl TestShard {
     where
         W: tutti_store::LiveWriter + Send + Sync + 'static,
     {
+        let http_base = format!("http://{}", self.shard.http_addr);
+        self.heartbeat_at(store, id, region, &http_base, interval, ttl, stop)
+    }
+
+    /// Like [`Self::heartbeat_in_region`], but the records name `http_base` as the shard's
+    /// address (a test makes the control plane reach for a shard that does not answer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn heartbeat_at<W>(
+        &self,
+        store: W,
+        id: &str,
+        region: Option<&str>,
+        http_base: &str,
+        interval: Duration,
+        ttl: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        W: tutti_store::LiveWriter + Send + Sync + 'static,
+    {
         let config = tutti_sfu::heartbeat::HeartbeatConfig {
             id: id.into(),
-            http_base: format!("http://{}", self.shard.http_addr),
+            http_base: http_base.into(),
             region: region.map(str::to_owned),
             probe: None,
             region_file: None,

@@ -468,6 +468,111 @@ async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_move_its_target_shard_refused_is_tried_again() -> Result<()> {
+    use tutti_control::records::RecordKeeper;
+    use tutti_store::{LatencyReport, LiveWriter, PlacementPolicy, RoomRecord};
+    let store = MemoryStore::new();
+    let stop = CancellationToken::new();
+    let near = TestShard::start().await?;
+    let far = TestShard::start().await?;
+    far.heartbeat_in_region(
+        store.clone(),
+        "s-far",
+        Some("r2"),
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+        stop.child_token(),
+    );
+    // The near region's shard is announced at an address where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let silent = stop.child_token();
+    near.heartbeat_at(
+        store.clone(),
+        "s-near",
+        Some("r1"),
+        &format!("http://{dead}"),
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+        silent.clone(),
+    );
+    let live = store.clone();
+    eventually(WAIT, "two shards", || {
+        let live = live.clone();
+        async move { Ok(live.shards().len() == 2) }
+    })
+    .await?;
+    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let mut keeper = RecordKeeper::default();
+    let record = RoomRecord {
+        max_participants: 2,
+        placement: PlacementPolicy::Latency,
+        owner: Some("Test/duet".into()),
+        ..RoomRecord::with_defaults("duet")
+    };
+    store.put_room(record).await.map_err(anyhow::Error::msg)?;
+    let report = |participant: &str, rtt: &[(&str, u32)]| LatencyReport {
+        room: "duet".into(),
+        participant: participant.into(),
+        rtt_ms: rtt.iter().map(|(r, ms)| ((*r).to_owned(), *ms)).collect(),
+    };
+    store
+        .put_latency_report(report("abudhabi", &[("r1", 80), ("r2", 20)]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    keeper.pass(&placer).await;
+    ensure!(store.route("duet").map(|r| r.shard) == Some("s-far".into()));
+
+    // Seoul makes r1 the better region, but its shard does not answer: the room stays.
+    store
+        .put_latency_report(report("seoul", &[("r1", 10), ("r2", 90)]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let pass = keeper.pass(&placer).await;
+    ensure!(
+        matches!(pass.placed.as_slice(), [(_, RoomOutcome::ShardUnreachable { shard, .. })] if shard == "s-near"),
+        "{pass:?}"
+    );
+    ensure!(store.route("duet").map(|r| r.shard) == Some("s-far".into()));
+
+    // The shard answers at its real address now: the next pass, with the same reports,
+    // makes the move it could not make before.
+    silent.cancel();
+    near.heartbeat_in_region(
+        store.clone(),
+        "s-near",
+        Some("r1"),
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+        stop.child_token(),
+    );
+    let (live, real) = (store.clone(), format!("http://{}", near.shard.http_addr));
+    eventually(WAIT, "the near shard's real address", || {
+        let (live, real) = (live.clone(), real.clone());
+        async move {
+            Ok(live
+                .shard("s-near")
+                .is_some_and(|s| s.admin_url.starts_with(&real)))
+        }
+    })
+    .await?;
+    let pass = keeper.pass(&placer).await;
+    ensure!(
+        store.route("duet").map(|r| r.shard) == Some("s-near".into()),
+        "{pass:?}"
+    );
+    ensure!(
+        near.admin
+            .pipelines()
+            .await?
+            .iter()
+            .any(|p| p.name == "duet"),
+        "the pipeline is on the near shard"
+    );
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_resource_takes_over_a_name_someone_created_by_joining() -> Result<()> {
     use tutti_store::{AUTO_CREATED_OWNER, LiveWriter, RoomRecord};
     let store = MemoryStore::new();
