@@ -42,7 +42,7 @@ struct KeyframeSource {
 impl ShardCore {
     /// A publisher connection delivered a decrypted RTP packet.
     pub(super) fn on_publisher_rtp(&mut self, key: PeerKey, packet: rtp::Packet, now: Instant) {
-        let Some(peer) = self.peers.get(&key) else {
+        let Some(peer) = self.transport.peer(key) else {
             return;
         };
         let Some(&(track_key, layer_index)) = peer.incoming.get(&packet.header.ssrc) else {
@@ -66,10 +66,9 @@ impl ShardCore {
             .inc_by((packet.header.marshal_size() + packet.payload.len()) as u64);
         let Self {
             tracks,
-            peers,
+            transport,
             rooms,
             metrics,
-            dirty,
             ..
         } = self;
         let Some(track) = tracks.get_mut(&track_key) else {
@@ -138,10 +137,11 @@ impl ShardCore {
             let Some(payload_type) = entry.payload_type else {
                 continue; // not negotiated yet
             };
-            let Some(subscriber) = peers.get_mut(&entry.peer) else {
+            // One lookup of the subscriber's connection per packet.
+            let Some(mut subscriber) = transport.tx(entry.peer) else {
                 continue;
             };
-            if !subscriber.connected {
+            if !subscriber.connected() {
                 continue;
             }
             if entry.unwrap_red && red_primary.is_none() {
@@ -183,23 +183,11 @@ impl ShardCore {
             out.header.payload_type = payload_type;
             out.header.sequence_number = rewritten.seq;
             out.header.timestamp = rewritten.timestamp;
-            let (sender, out) = (entry.sender, MovedIn::new(out));
-            let written = subscriber.pc.with(move |pc| {
-                pc.rtp_sender(sender)
-                    .map(|mut sender| sender.write_rtp(now, out.take()))
-            });
-            match written {
-                Some(Some(Ok(()))) => {
-                    metrics.rtp_forwarded_packets.inc();
-                    metrics.rtp_forwarded_bytes.inc_by(size);
-                    if !subscriber.dirty {
-                        subscriber.dirty = true;
-                        dirty.push(entry.peer);
-                    }
-                }
-                _ => {
-                    metrics.forward_errors.inc();
-                }
+            if subscriber.write_rtp(entry.sender, out, now) {
+                metrics.rtp_forwarded_packets.inc();
+                metrics.rtp_forwarded_bytes.inc_by(size);
+            } else {
+                metrics.forward_errors.inc();
             }
         }
         for (index, wanted) in keyframe_wanted.iter().enumerate() {
@@ -250,7 +238,7 @@ impl ShardCore {
             }
             return;
         };
-        let Some(peer) = self.peers.get_mut(&publisher) else {
+        let Some(peer) = self.transport.peer_mut(publisher) else {
             return;
         };
         let pli: Box<dyn rtcp::packet::Packet> = Box::new(PictureLossIndication {
@@ -264,7 +252,7 @@ impl ShardCore {
         });
         if matches!(sent, Some(Some(Ok(())))) {
             self.metrics.keyframe_requests_sent.inc();
-            self.mark_dirty(publisher);
+            self.transport.mark_dirty(publisher);
         }
     }
 
@@ -323,7 +311,7 @@ impl ShardCore {
 
     fn on_keyframe_request(&mut self, key: PeerKey, ssrc: u32, now: Instant) {
         self.metrics.keyframe_requests_received.inc();
-        let Some(&track_key) = self.peers.get(&key).and_then(|p| p.outgoing.get(&ssrc)) else {
+        let Some(&track_key) = self.transport.peer(key).and_then(|p| p.outgoing.get(&ssrc)) else {
             return;
         };
         let layer = self
@@ -337,7 +325,7 @@ impl ShardCore {
     }
 
     fn on_reception_report(&mut self, key: PeerKey, ssrc: u32, fraction_lost: u8) {
-        let Some(&track_key) = self.peers.get(&key).and_then(|p| p.outgoing.get(&ssrc)) else {
+        let Some(&track_key) = self.transport.peer(key).and_then(|p| p.outgoing.get(&ssrc)) else {
             return;
         };
         if let Some(entry) = self
@@ -351,19 +339,19 @@ impl ShardCore {
 
     /// Resends NACKed packets from the track's retransmission buffer.
     fn retransmit(&mut self, key: PeerKey, ssrc: u32, lost: &[u16], now: Instant) {
-        let Some(&track_key) = self.peers.get(&key).and_then(|p| p.outgoing.get(&ssrc)) else {
+        let Some(&track_key) = self.transport.peer(key).and_then(|p| p.outgoing.get(&ssrc)) else {
             return;
         };
         let Self {
             tracks,
-            peers,
+            transport,
             metrics,
             ..
         } = self;
         let Some(track) = tracks.get_mut(&track_key) else {
             return;
         };
-        let Some(peer) = peers.get_mut(&key) else {
+        let Some(mut peer) = transport.tx(key) else {
             return;
         };
         let layers = &track.layers;
@@ -373,7 +361,6 @@ impl ShardCore {
         let Some(payload_type) = entry.payload_type else {
             return;
         };
-        let mut resent = false;
         for &out_seq in lost {
             let Some(source) = entry.state.retransmission_source(out_seq, now) else {
                 continue;
@@ -392,18 +379,9 @@ impl ShardCore {
             out.header.payload_type = payload_type;
             out.header.sequence_number = out_seq;
             out.header.timestamp = stored.header.timestamp.wrapping_add(source.ts_offset);
-            let (sender, out) = (entry.sender, MovedIn::new(out));
-            let written = peer.pc.with(move |pc| {
-                pc.rtp_sender(sender)
-                    .map(|mut sender| sender.write_rtp(now, out.take()))
-            });
-            if let Some(Some(Ok(()))) = written {
+            if peer.write_rtp(entry.sender, out, now) {
                 metrics.retransmissions.inc();
-                resent = true;
             }
-        }
-        if resent {
-            self.mark_dirty(key);
         }
     }
 }

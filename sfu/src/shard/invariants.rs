@@ -50,7 +50,7 @@ impl ShardCore {
                 .into_iter()
                 .flatten()
             {
-                match self.peers.get(&key) {
+                match self.transport.peer(key) {
                     Some(peer) if peer.session == *id => {}
                     _ => return Err(format!("session {id} names peer {key}, not its own")),
                 }
@@ -62,14 +62,14 @@ impl ShardCore {
                 }
             }
         }
-        for (key, peer) in &self.peers {
+        for (key, peer) in self.transport.peers() {
             let session = self.sessions.get(&peer.session).ok_or_else(|| {
                 format!(
                     "peer {key} belongs to session {}, which is gone",
                     peer.session
                 )
             })?;
-            if session.publisher != Some(*key) && session.subscriber != Some(*key) {
+            if session.publisher != Some(key) && session.subscriber != Some(key) {
                 return Err(format!(
                     "peer {key} is not a connection of session {}",
                     peer.session
@@ -77,7 +77,7 @@ impl ShardCore {
             }
             for (ssrc, (track, layer)) in &peer.incoming {
                 match self.tracks.get(track) {
-                    Some(t) if t.peer == Some(*key) && *layer < t.layers.len() => {}
+                    Some(t) if t.peer == Some(key) && *layer < t.layers.len() => {}
                     _ => {
                         return Err(format!(
                             "peer {key}: incoming SSRC {ssrc} names track {track} layer {layer}"
@@ -89,7 +89,7 @@ impl ShardCore {
                 let sent = self.tracks.get(track).is_some_and(|t| {
                     t.downtracks
                         .iter()
-                        .any(|d| d.peer == *key && d.ssrc == *ssrc)
+                        .any(|d| d.peer == key && d.ssrc == *ssrc)
                 });
                 if !sent {
                     return Err(format!(
@@ -106,14 +106,14 @@ impl ShardCore {
                 ));
             }
             if let Some(peer) = track.peer
-                && !self.peers.contains_key(&peer)
+                && self.transport.peer(peer).is_none()
             {
                 return Err(format!("track {key} comes from peer {peer}, which is gone"));
             }
             for entry in &track.downtracks {
                 let outgoing = self
-                    .peers
-                    .get(&entry.peer)
+                    .transport
+                    .peer(entry.peer)
                     .and_then(|p| p.outgoing.get(&entry.ssrc));
                 if outgoing != Some(key) {
                     return Err(format!(
@@ -123,6 +123,6 @@ impl ShardCore {
                 }
             }
         }
-        Ok(())
+        self.transport.check()
     }
 }

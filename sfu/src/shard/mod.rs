@@ -34,18 +34,17 @@ mod invariants;
 mod negotiate;
 mod relay;
 pub mod sdp;
+mod transport;
 
-use crate::demux::Demux;
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
 use crate::media::keyframe::KeyframeThrottle;
 use crate::media::picture_id::PictureIds;
 use crate::media::retransmit::RetransmitBuffer;
 use crate::media::speaker::SpeakerDetector;
-use crate::metrics::{DropReason, ShardMetrics};
+use crate::metrics::ShardMetrics;
 use crate::peer::{IceTimeouts, PeerBuildError, PeerFactory, PeerRole};
 use crate::signal::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
-use crate::wire::{self, DatagramKind};
 use api::{
     AdminError, Command, JoinError, JoinRequest, PipelineInfo, PipelineSpec, SessionId, ShardLoad,
 };
@@ -56,9 +55,8 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use rtc::shared::TransportProtocol;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +65,7 @@ use tokio::sync::mpsc;
 pub use env::Env;
 pub(crate) use ids::PeerKey;
 pub use ids::TrackKey;
+use transport::{Routed, Transport};
 
 /// What sessions are told when the shard stops; they are to join again elsewhere.
 const STOPPING: &str = "the shard is stopping; reconnect";
@@ -80,8 +79,7 @@ pub const SEAT_GRACE: Duration = Duration::from_secs(30);
 /// What a session whose seat was reclaimed is told.
 const SEAT_RECLAIMED: &str = "no media connection within 30 s; the seat went to someone else";
 
-/// Round-trip probes (plain STUN Binding requests) answered per second at most.
-pub const PROBES_PER_SECOND: u32 = 500;
+pub use transport::PROBES_PER_SECOND;
 
 /// Least spacing of keyframe requests to a publisher in an audience room.
 const AUDIENCE_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -293,23 +291,9 @@ pub struct ShardCore {
     metrics: Arc<ShardMetrics>,
     rooms: HashMap<String, Room>,
     sessions: HashMap<SessionId, Session>,
-    peers: HashMap<PeerKey, Peer>,
     tracks: HashMap<TrackKey, PublishedTrack>,
-    demux: Demux<PeerKey>,
-    /// ICE-TCP connections bound to peers, by remote address (ufrags live in `demux`).
-    tcp_demux: Demux<PeerKey>,
-    tcp_to_close: Vec<SocketAddr>,
-    tcp_transmits: Vec<(SocketAddr, BytesMut)>,
-    timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
-    dirty: Vec<PeerKey>,
-    transmits: Vec<(SocketAddr, BytesMut)>,
-    /// Where the round-trip probes answered since the last [`Self::take_transmits`] were
-    /// sent to (wildcard sockets answer from that address)...
-    probe_sources: Vec<(SocketAddr, IpAddr)>,
-    /// ...and those of the batch it took, which is being sent.
-    probe_sources_taken: Vec<(SocketAddr, IpAddr)>,
-    /// Probes answered in the current second: (its start, count).
-    probe_window: Option<(Instant, u32)>,
+    /// The connections, and everything between them and the socket.
+    transport: Transport,
     /// Sessions to end after the current step, with the reason they are told.
     doomed: Vec<(SessionId, &'static str)>,
     ids: ids::Ids,
@@ -343,23 +327,17 @@ impl ShardCore {
     ) -> Result<Self, PeerBuildError> {
         let factory = PeerFactory::new(config.advertised, config.advertised_tcp, config.ice)?;
         Ok(Self {
-            demux: Demux::new(config.address_idle_timeout),
-            tcp_demux: Demux::new(config.address_idle_timeout),
-            tcp_to_close: Vec::new(),
-            tcp_transmits: Vec::new(),
+            transport: Transport::new(
+                config.advertised,
+                config.advertised_tcp,
+                config.address_idle_timeout,
+            ),
             config,
             factory,
             metrics,
             rooms: HashMap::new(),
             sessions: HashMap::new(),
-            peers: HashMap::new(),
             tracks: HashMap::new(),
-            timers: BinaryHeap::new(),
-            dirty: Vec::new(),
-            transmits: Vec::new(),
-            probe_sources: Vec::new(),
-            probe_sources_taken: Vec::new(),
-            probe_window: None,
             doomed: Vec::new(),
             ids: ids::Ids::default(),
             env,
@@ -386,7 +364,7 @@ impl ShardCore {
             .sessions
             .get(&session)
             .and_then(|s| if publisher { s.publisher } else { s.subscriber });
-        match key.and_then(|key| self.peers.get_mut(&key)) {
+        match key.and_then(|key| self.transport.peer_mut(key)) {
             Some(peer) => {
                 peer.pc.panic_on_next_call();
                 true
@@ -417,12 +395,7 @@ impl ShardCore {
     /// The local address datagrams to `to` must leave from: the one `to` last sent to,
     /// when the socket reports it (a wildcard bind); `None` lets the kernel choose.
     pub fn local_ip_for(&self, to: SocketAddr) -> Option<IpAddr> {
-        self.demux.local_for(to).or_else(|| {
-            self.probe_sources_taken
-                .iter()
-                .find(|(addr, _)| *addr == to)
-                .map(|(_, local)| *local)
-        })
+        self.transport.local_ip_for(to)
     }
 
     /// Handles one ICE-TCP frame from the connection with `from`. Returns `false` when the
@@ -434,7 +407,7 @@ impl ShardCore {
 
     /// An ICE-TCP connection closed.
     pub fn tcp_closed(&mut self, from: SocketAddr) {
-        self.tcp_demux.unbind(from);
+        self.transport.tcp_closed(from);
     }
 
     fn handle_input(
@@ -445,151 +418,21 @@ impl ShardCore {
         datagram: &[u8],
         protocol: TransportProtocol,
     ) -> bool {
-        let kind = wire::classify(datagram);
-        let bound = match protocol {
-            TransportProtocol::TCP => self.tcp_demux.peer_by_addr(from, None, now),
-            _ => self.demux.peer_by_addr(from, to, now),
-        };
-        let key = match (kind, bound) {
-            (DatagramKind::Unknown, _) => {
-                self.metrics.dropped(DropReason::Garbage);
-                return false;
-            }
-            (_, Some(key)) => key,
-            (DatagramKind::Stun, None) if protocol == TransportProtocol::UDP => {
-                if let Some(response) = wire::probe_response(datagram, from) {
-                    self.answer_probe(now, from, to, response);
-                    return false;
-                }
-                match self.authenticate_stun(datagram) {
-                    Ok(key) => {
-                        self.demux.bind(from, to, key, now);
-                        key
-                    }
-                    Err(reason) => {
-                        self.metrics.dropped(reason);
-                        return false;
-                    }
-                }
-            }
-            (DatagramKind::Stun, None) => match self.authenticate_stun(datagram) {
-                Ok(key) => {
-                    match protocol {
-                        TransportProtocol::TCP => self.tcp_demux.bind(from, None, key, now),
-                        _ => self.demux.bind(from, to, key, now),
-                    }
-                    key
-                }
-                Err(reason) => {
-                    self.metrics.dropped(reason);
-                    return false;
-                }
-            },
-            (_, None) => {
-                self.metrics.dropped(DropReason::UnknownSource);
-                return false;
-            }
-        };
-        self.metrics.datagram_in(match kind {
-            DatagramKind::Stun => 0,
-            DatagramKind::Dtls => 1,
-            DatagramKind::Rtp => 2,
-            _ => 3,
-        });
-        let local_addr = match protocol {
-            TransportProtocol::TCP => self.config.advertised_tcp.unwrap_or(self.config.advertised),
-            _ => self.config.advertised,
-        };
-        if !self.peers.contains_key(&key) {
-            self.forget_peer_addresses(key);
-            self.metrics.dropped(DropReason::UnknownSource);
+        let crypto = self.factory.crypto().crypto();
+        let routed =
+            self.transport
+                .receive(now, from, to, datagram, protocol, crypto, &self.metrics);
+        let Routed::Peer(key) = routed else {
             return false;
-        }
-        if let Some(peer) = self.peers.get_mut(&key) {
-            let input = TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr,
-                    peer_addr: from,
-                    ecn: None,
-                    transport_protocol: protocol,
-                },
-                message: BytesMut::from(datagram),
-            };
-            // `rtc` reports malformed records and packets by logging and dropping them;
-            // an error here means the connection itself is unusable.
-            if let Some(Err(err)) = peer.pc.with(move |pc| pc.handle_read(input)) {
-                tracing::debug!(peer = %key, %err, "datagram rejected by peer connection");
-            }
-            self.drive(key, now);
-        }
+        };
+        self.drive(key, now);
         self.finish_step(now);
         true
     }
 
-    /// Drops a peer's address bindings; its ICE-TCP connections are to be closed.
-    fn forget_peer_addresses(&mut self, key: PeerKey) {
-        self.demux.remove_peer(key);
-        let closed = self.tcp_demux.remove_peer(key);
-        self.tcp_to_close.extend(closed);
-    }
-
     /// ICE-TCP connections whose peer is gone and which the I/O loop should close.
     pub fn take_tcp_to_close(&mut self, out: &mut Vec<SocketAddr>) {
-        out.append(&mut self.tcp_to_close);
-    }
-
-    /// Queues the answer to a round-trip probe, from the address it was sent to. At most
-    /// [`PROBES_PER_SECOND`] are answered: a probe's answer is no larger than the probe,
-    /// but a forged source could still aim them at someone.
-    fn answer_probe(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        to: Option<IpAddr>,
-        response: Vec<u8>,
-    ) {
-        let window = match self.probe_window {
-            Some((start, count))
-                if now.saturating_duration_since(start) < Duration::from_secs(1) =>
-            {
-                (start, count)
-            }
-            _ => (now, 0),
-        };
-        if window.1 >= PROBES_PER_SECOND {
-            self.metrics.dropped(DropReason::ProbeLimit);
-            return;
-        }
-        self.probe_window = Some((window.0, window.1 + 1));
-        if let Some(local) = to {
-            self.probe_sources.push((from, local));
-        }
-        self.transmits.push((from, BytesMut::from(&response[..])));
-    }
-
-    /// Finds the peer a STUN request names and checks it knows the peer's password.
-    fn authenticate_stun(&self, datagram: &[u8]) -> Result<PeerKey, DropReason> {
-        let ufrag = wire::stun_username(datagram)
-            .and_then(wire::local_ufrag)
-            .ok_or(DropReason::UnknownUfrag)?;
-        let key = self
-            .demux
-            .peer_by_ufrag(ufrag)
-            .ok_or(DropReason::UnknownUfrag)?;
-        let peer = self.peers.get(&key).ok_or(DropReason::UnknownUfrag)?;
-        let mut message = rtc::stun::message::Message {
-            raw: datagram.to_vec(),
-            ..Default::default()
-        };
-        message.decode().map_err(|_| DropReason::Garbage)?;
-        rtc::stun::integrity::MessageIntegrity::check(
-            &mut message,
-            peer.pwd.as_bytes(),
-            self.factory.crypto().crypto(),
-        )
-        .map_err(|_| DropReason::BadIntegrity)?;
-        Ok(key)
+        self.transport.take_tcp_to_close(out);
     }
 
     // ---------------------------------------------------------------- driving peers
@@ -597,7 +440,7 @@ impl ShardCore {
     /// Drains a peer's events and inbound messages, acting on each.
     fn drive(&mut self, key: PeerKey, now: Instant) {
         loop {
-            let Some(peer) = self.peers.get_mut(&key) else {
+            let Some(peer) = self.transport.peer_mut(key) else {
                 return;
             };
             // Events first: a track's `OnOpen` is raised by the packet that also waits in
@@ -619,22 +462,13 @@ impl ShardCore {
                 _ => {}
             }
         }
-        self.mark_dirty(key);
-    }
-
-    fn mark_dirty(&mut self, key: PeerKey) {
-        if let Some(peer) = self.peers.get_mut(&key)
-            && !peer.dirty
-        {
-            peer.dirty = true;
-            self.dirty.push(key);
-        }
+        self.transport.mark_dirty(key);
     }
 
     fn on_peer_event(&mut self, key: PeerKey, event: RTCPeerConnectionEvent, now: Instant) {
         match event {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                let Some(peer) = self.peers.get_mut(&key) else {
+                let Some(peer) = self.transport.peer_mut(key) else {
                     return;
                 };
                 tracing::debug!(peer = %key, role = ?peer.role, %state, "connection state");
@@ -667,41 +501,14 @@ impl ShardCore {
         out: &mut Vec<(SocketAddr, BytesMut)>,
         tcp_out: &mut Vec<(SocketAddr, BytesMut)>,
     ) {
-        // The previous batch has been sent; this one's probe answers need these.
-        self.probe_sources_taken = std::mem::take(&mut self.probe_sources);
-        let dirty = std::mem::take(&mut self.dirty);
-        for key in &dirty {
-            let Some(peer) = self.peers.get_mut(key) else {
-                continue;
-            };
-            peer.dirty = false;
-            while let Some(Some(datagram)) = peer.pc.with(|pc| pc.poll_write()) {
-                let out = match datagram.transport.transport_protocol {
-                    TransportProtocol::TCP => &mut self.tcp_transmits,
-                    _ => &mut self.transmits,
-                };
-                out.push((datagram.transport.peer_addr, datagram.message));
-            }
-            let deadline = peer.pc.with(|pc| pc.poll_timeout()).flatten();
-            if deadline != peer.deadline {
-                peer.deadline = deadline;
-                if let Some(at) = deadline {
-                    self.timers.push(Reverse((at, *key)));
-                }
-            }
-        }
-        self.dirty = dirty;
-        self.dirty.clear();
-        out.append(&mut self.transmits);
-        tcp_out.append(&mut self.tcp_transmits);
+        self.transport.take_transmits(out, tcp_out);
     }
 
     // ---------------------------------------------------------------- time
 
     /// When the core next needs [`Self::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
-        let peer = self.timers.peek().map(|Reverse((at, _))| *at);
-        match peer {
+        match self.transport.next_timer() {
             Some(at) if at < self.next_housekeeping => at,
             _ => self.next_housekeeping,
         }
@@ -709,31 +516,9 @@ impl ShardCore {
 
     /// Handles the passing of time up to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(peer) = self.peers.get_mut(&key) else {
-                continue;
-            };
-            if peer.deadline != Some(at) {
-                continue; // superseded by a later deadline
-            }
-            peer.deadline = None;
-            if let Some(Err(err)) = peer.pc.with(|pc| pc.handle_timeout(now)) {
-                tracing::debug!(peer = %key, %err, "timeout handling failed");
-            }
+        while let Some(key) = self.transport.fire_next_timer(now) {
             self.drive(key, now);
-            // A deadline that does not move forward would spin the loop.
-            if let Some(peer) = self.peers.get_mut(&key)
-                && let Some(Some(next)) = peer.pc.with(|pc| pc.poll_timeout())
-                && next <= now
-            {
-                let later = now + Duration::from_millis(1);
-                peer.deadline = Some(later);
-                self.timers.push(Reverse((later, key)));
-            }
+            self.transport.defer_stuck_timer(key, now);
         }
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
@@ -751,8 +536,7 @@ impl ShardCore {
         if now >= self.next_slow {
             self.next_slow = now + Duration::from_secs(1);
             self.release_empty_rooms(now);
-            self.demux.evict_idle(now);
-            self.tcp_demux.evict_idle(now);
+            self.transport.evict_idle(now);
             self.update_rates(now);
         }
     }
@@ -852,13 +636,11 @@ impl ShardCore {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             // Rare: find the connections that panicked and end their sessions.
-            for (key, peer) in &self.peers {
-                if peer.pc.is_poisoned() {
-                    self.metrics.peer_panics.inc();
-                    tracing::error!(peer = %key, session = %peer.session, "peer connection panicked; ending its session");
-                    self.doomed
-                        .push((peer.session, "internal error in the media connection"));
-                }
+            for (key, session) in self.transport.poisoned() {
+                self.metrics.peer_panics.inc();
+                tracing::error!(peer = %key, %session, "peer connection panicked; ending its session");
+                self.doomed
+                    .push((session, "internal error in the media connection"));
             }
         }
         while let Some((session, reason)) = self.doomed.pop() {
@@ -1370,21 +1152,7 @@ impl ShardCore {
     }
 
     fn close_peer(&mut self, key: PeerKey) {
-        if let Some(mut peer) = self.peers.remove(&key) {
-            // Tell the client at once (DTLS close_notify) rather than let ICE time out.
-            // A poisoned connection is simply dropped: closing it would run the code that
-            // panicked again.
-            if let Some(Ok(())) = peer.pc.with(|pc| pc.close()) {
-                while let Some(Some(datagram)) = peer.pc.with(|pc| pc.poll_write()) {
-                    let out = match datagram.transport.transport_protocol {
-                        TransportProtocol::TCP => &mut self.tcp_transmits,
-                        _ => &mut self.transmits,
-                    };
-                    out.push((datagram.transport.peer_addr, datagram.message));
-                }
-            }
-        }
-        self.forget_peer_addresses(key);
+        self.transport.close(key);
     }
 
     fn new_peer(&mut self, session: SessionId, role: PeerRole, now: Instant) -> Option<PeerKey> {
@@ -1406,7 +1174,7 @@ impl ShardCore {
             }
         };
         let key = self.ids.peer();
-        self.peers.insert(
+        self.transport.add(
             key,
             Peer {
                 pc: guarded::GuardedPc::new(pc, self.pc_alarm.clone()),
@@ -1424,31 +1192,7 @@ impl ShardCore {
                 remote_candidates: 0,
             },
         );
-        self.mark_dirty(key);
         Some(key)
-    }
-}
-
-impl ShardCore {
-    /// Routes STUN by the ICE credentials of the description a peer just applied: its
-    /// first one, and fresh ones after an ICE restart (the old ufrag stops routing).
-    pub(super) fn adopt_ice_credentials(&mut self, key: PeerKey, sdp: &str) {
-        let Some((ufrag, pwd)) = crate::peer::ice_credentials(sdp) else {
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        if peer.ufrag == ufrag && peer.pwd == pwd {
-            return;
-        }
-        if !peer.ufrag.is_empty() {
-            tracing::debug!(peer = %key, "ICE restarted with fresh credentials");
-            self.demux.unregister_ufrag(&peer.ufrag);
-        }
-        peer.ufrag = ufrag.to_owned();
-        peer.pwd = pwd.to_owned();
-        self.demux.register_ufrag(ufrag.to_owned(), key);
     }
 }
 
@@ -1472,6 +1216,7 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::DropReason;
     use crate::signal::protocol::{ClientMessage, PeerTarget};
     use rand::RngExt;
     use tokio::sync::oneshot;
@@ -1503,7 +1248,7 @@ mod tests {
         assert_eq!(&out[0].1[0..2], &[0x01, 0x01], "a Binding success response");
         // Sent from the address the probe came to, not bound to any peer afterwards.
         assert_eq!(core.local_ip_for(from), Some(local));
-        assert_eq!(core.demux.bound_addrs(), 0);
+        assert_eq!(core.transport.bound_addrs(), 0);
         // A flood within one second: the budget's worth is answered, the rest dropped.
         for _ in 0..PROBES_PER_SECOND + 100 {
             core.handle_datagram(start + Duration::from_millis(500), from, None, &probe);
@@ -1862,7 +1607,7 @@ mod tests {
         .map(|r| metrics.dropped_count(r))
         .sum();
         assert_eq!(dropped, 40_000);
-        assert_eq!(core.demux.bound_addrs(), 0);
+        assert_eq!(core.transport.bound_addrs(), 0);
         assert_eq!(core.sessions.len(), 1);
     }
 

@@ -95,7 +95,7 @@ impl ShardCore {
                     PeerTarget::Publisher => s.publisher,
                     PeerTarget::Subscriber => s.subscriber,
                 });
-                let Some(peer) = key.and_then(|k| self.peers.get_mut(&k)) else {
+                let Some(peer) = key.and_then(|k| self.transport.peer_mut(k)) else {
                     self.send_error(session, ErrorCode::OutOfOrder, "no such connection yet");
                     return;
                 };
@@ -232,7 +232,7 @@ impl ShardCore {
             }
             ClientMessage::RestartIce => {
                 let key = self.sessions.get(&session).and_then(|s| s.subscriber);
-                match key.and_then(|k| self.peers.get_mut(&k).map(|peer| (k, peer))) {
+                match key.and_then(|k| self.transport.peer_mut(k).map(|peer| (k, peer))) {
                     Some((key, peer)) => {
                         peer.pc.with(|pc| pc.restart_ice());
                         self.request_negotiation(key, now);
@@ -332,7 +332,7 @@ impl ShardCore {
             ),
             None => return,
         };
-        let Some(peer) = self.peers.get_mut(&key) else {
+        let Some(peer) = self.transport.peer_mut(key) else {
             return;
         };
         let (allow_audio, allow_video) = (policy.audio, policy.video);
@@ -373,7 +373,7 @@ impl ShardCore {
             None => return,
         };
         // An offer with new ICE credentials restarted ICE, and the answer has new ones too.
-        self.adopt_ice_credentials(key, &answer.sdp);
+        self.transport.adopt_ice_credentials(key, &answer.sdp);
         let sdp = match cap {
             Some(kbps) => cap_video_bitrate(&answer.sdp, kbps),
             None => answer.sdp,
@@ -386,7 +386,7 @@ impl ShardCore {
                 sdp,
             },
         );
-        self.mark_dirty(key);
+        self.transport.mark_dirty(key);
         // Tracks whose sections no longer send were removed by the publisher.
         let still_sending: Vec<String> = sections
             .iter()
@@ -415,7 +415,7 @@ impl ShardCore {
             self.send_error(session, ErrorCode::OutOfOrder, "no offer is outstanding");
             return;
         };
-        let Some(peer) = self.peers.get_mut(&key) else {
+        let Some(peer) = self.transport.peer_mut(key) else {
             return;
         };
         if !peer.offer_out {
@@ -440,9 +440,9 @@ impl ShardCore {
             None => return,
         }
         peer.offer_out = false;
-        self.mark_dirty(key);
+        self.transport.mark_dirty(key);
         self.bind_payload_types(key, session, &sdp, now);
-        if let Some(peer) = self.peers.get_mut(&key)
+        if let Some(peer) = self.transport.peer_mut(key)
             && peer.renegotiate
         {
             peer.renegotiate = false;
@@ -453,7 +453,7 @@ impl ShardCore {
     /// After an answer, learns each new downtrack's negotiated payload type; a subscriber
     /// that accepted none of the track's codec cannot receive it.
     fn bind_payload_types(&mut self, key: PeerKey, session: SessionId, answer: &str, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&key) else {
+        let Some(peer) = self.transport.peer_mut(key) else {
             return;
         };
         let mut unsupported = Vec::new();
@@ -557,7 +557,7 @@ impl ShardCore {
 
     /// Creates (or renews) an offer on a subscriber connection, unless one is out already.
     pub(super) fn request_negotiation(&mut self, key: PeerKey, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&key) else {
+        let Some(peer) = self.transport.peer_mut(key) else {
             return;
         };
         // A session on its way out gets no more offers; its connection is about to close.
@@ -572,7 +572,7 @@ impl ShardCore {
     }
 
     fn send_offer(&mut self, key: PeerKey, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&key) else {
+        let Some(peer) = self.transport.peer_mut(key) else {
             return;
         };
         let session = peer.session;
@@ -591,7 +591,7 @@ impl ShardCore {
             None => {}
             Some(Ok(offer)) => {
                 peer.offer_out = true;
-                self.adopt_ice_credentials(key, &offer.sdp);
+                self.transport.adopt_ice_credentials(key, &offer.sdp);
                 self.send(
                     session,
                     ServerMessage::Offer {
@@ -599,7 +599,7 @@ impl ShardCore {
                         sdp: tune_opus(ensure_msid_semantic(offer.sdp), &audio),
                     },
                 );
-                self.mark_dirty(key);
+                self.transport.mark_dirty(key);
             }
             Some(Err(err)) => {
                 tracing::error!(peer = %key, %err, "cannot create a subscriber offer");
@@ -610,7 +610,7 @@ impl ShardCore {
 
     /// A publisher connection received the first packet of a stream.
     pub(super) fn on_track_open(&mut self, key: PeerKey, init: RTCTrackEventInit, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&key) else {
+        let Some(peer) = self.transport.peer_mut(key) else {
             return;
         };
         if peer.role != PeerRole::Publisher {
@@ -762,7 +762,7 @@ impl ShardCore {
         };
         let info = self.track_info(&track);
         self.tracks.insert(track_key, track);
-        if let Some(peer) = self.peers.get_mut(&key) {
+        if let Some(peer) = self.transport.peer_mut(key) {
             peer.incoming.insert(init.ssrc, (track_key, layer_index));
         }
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -825,7 +825,7 @@ impl ShardCore {
                 None => return,
             },
         };
-        let (Some(peer), Some(track)) = (self.peers.get_mut(&key), self.tracks.get(&track_key))
+        let (Some(peer), Some(track)) = (self.transport.peer_mut(key), self.tracks.get(&track_key))
         else {
             return;
         };
@@ -919,7 +919,7 @@ impl ShardCore {
             return;
         };
         let entry = track.downtracks.swap_remove(index);
-        if let Some(peer) = self.peers.get_mut(&peer_key) {
+        if let Some(peer) = self.transport.peer_mut(peer_key) {
             peer.outgoing.remove(&entry.ssrc);
             let sender = entry.sender;
             if let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender)) {
@@ -934,7 +934,7 @@ impl ShardCore {
         let Some(track) = self.tracks.remove(&track_key) else {
             return;
         };
-        if let Some(peer) = track.peer.and_then(|key| self.peers.get_mut(&key)) {
+        if let Some(peer) = track.peer.and_then(|key| self.transport.peer_mut(key)) {
             peer.incoming.retain(|_, (t, _)| *t != track_key);
         }
         if let Some(s) = self.sessions.get_mut(&track.session) {
@@ -944,7 +944,7 @@ impl ShardCore {
             room.tracks.retain(|t| *t != track_key);
         }
         for entry in &track.downtracks {
-            if let Some(peer) = self.peers.get_mut(&entry.peer) {
+            if let Some(peer) = self.transport.peer_mut(entry.peer) {
                 peer.outgoing.remove(&entry.ssrc);
                 let sender = entry.sender;
                 if let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender)) {

@@ -1,0 +1,493 @@
+//! Peers and transport: the shard's connections and everything between them and the
+//! socket. Routing a datagram in to the connection it belongs to, answering round-trip
+//! probes, the connections' timers, and collecting what they want sent.
+//!
+//! The rest of the core reaches a connection only by its key, through [`Transport`]:
+//! which address belongs to which connection, which connections have output waiting and
+//! when each next needs the clock are kept here and nowhere else.
+
+use super::guarded::MovedIn;
+use super::{Peer, PeerKey, SessionId};
+use crate::demux::Demux;
+use crate::metrics::{DropReason, ShardMetrics};
+use crate::wire::{self, DatagramKind};
+use bytes::BytesMut;
+use rtc::crypto::RTCCrypto;
+use rtc::rtp;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Round-trip probes (plain STUN Binding requests) answered per second at most.
+pub const PROBES_PER_SECOND: u32 = 500;
+
+/// The shard's connections and their addresses, timers and output.
+pub(super) struct Transport {
+    /// The address advertised as every connection's ICE candidate.
+    advertised: SocketAddr,
+    /// The passive ICE-TCP candidate's address, when ICE-TCP is on.
+    advertised_tcp: Option<SocketAddr>,
+    peers: HashMap<PeerKey, Peer>,
+    demux: Demux<PeerKey>,
+    /// ICE-TCP connections bound to peers, by remote address (ufrags live in `demux`).
+    tcp_demux: Demux<PeerKey>,
+    tcp_to_close: Vec<SocketAddr>,
+    tcp_transmits: Vec<(SocketAddr, BytesMut)>,
+    timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
+    /// Peers with output waiting, each once (its `dirty` flag says it is listed).
+    dirty: Vec<PeerKey>,
+    transmits: Vec<(SocketAddr, BytesMut)>,
+    /// Where the round-trip probes answered since the last [`Self::take_transmits`] were
+    /// sent to (wildcard sockets answer from that address)...
+    probe_sources: Vec<(SocketAddr, IpAddr)>,
+    /// ...and those of the batch it took, which is being sent.
+    probe_sources_taken: Vec<(SocketAddr, IpAddr)>,
+    /// Probes answered in the current second: (its start, count).
+    probe_window: Option<(Instant, u32)>,
+}
+
+/// Where one datagram went.
+pub(super) enum Routed {
+    /// To this peer's connection, which has read it.
+    Peer(PeerKey),
+    /// Nowhere: answered as a probe, or dropped (and counted).
+    Nowhere,
+}
+
+/// One subscriber's connection, borrowed to send it media: looked up once per packet.
+pub(super) struct PeerTx<'a> {
+    key: PeerKey,
+    peer: &'a mut Peer,
+    dirty: &'a mut Vec<PeerKey>,
+}
+
+impl PeerTx<'_> {
+    /// Whether its connection is up (media written before would be lost).
+    pub(super) fn connected(&self) -> bool {
+        self.peer.connected
+    }
+
+    /// Encrypts `packet` on `sender`'s stream; the connection then has output to send.
+    pub(super) fn write_rtp(
+        &mut self,
+        sender: RTCRtpSenderId,
+        packet: rtp::Packet,
+        now: Instant,
+    ) -> bool {
+        let packet = MovedIn::new(packet);
+        let written = self.peer.pc.with(move |pc| {
+            pc.rtp_sender(sender)
+                .map(|mut sender| sender.write_rtp(now, packet.take()))
+        });
+        let ok = matches!(written, Some(Some(Ok(()))));
+        if ok && !self.peer.dirty {
+            self.peer.dirty = true;
+            self.dirty.push(self.key);
+        }
+        ok
+    }
+}
+
+impl Transport {
+    /// No connections; addresses unused for `idle_timeout` are forgotten.
+    pub(super) fn new(
+        advertised: SocketAddr,
+        advertised_tcp: Option<SocketAddr>,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            advertised,
+            advertised_tcp,
+            peers: HashMap::new(),
+            demux: Demux::new(idle_timeout),
+            tcp_demux: Demux::new(idle_timeout),
+            tcp_to_close: Vec::new(),
+            tcp_transmits: Vec::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            transmits: Vec::new(),
+            probe_sources: Vec::new(),
+            probe_sources_taken: Vec::new(),
+            probe_window: None,
+        }
+    }
+
+    // ---------------------------------------------------------------- the connections
+
+    /// One connection.
+    pub(super) fn peer(&self, key: PeerKey) -> Option<&Peer> {
+        self.peers.get(&key)
+    }
+
+    /// One connection, to change.
+    pub(super) fn peer_mut(&mut self, key: PeerKey) -> Option<&mut Peer> {
+        self.peers.get_mut(&key)
+    }
+
+    /// One connection, to send it media.
+    pub(super) fn tx(&mut self, key: PeerKey) -> Option<PeerTx<'_>> {
+        let peer = self.peers.get_mut(&key)?;
+        Some(PeerTx {
+            key,
+            peer,
+            dirty: &mut self.dirty,
+        })
+    }
+
+    /// Every connection.
+    pub(super) fn peers(&self) -> impl Iterator<Item = (PeerKey, &Peer)> {
+        self.peers.iter().map(|(key, peer)| (*key, peer))
+    }
+
+    /// Adds a connection; it has output (its first timer) at once.
+    pub(super) fn add(&mut self, key: PeerKey, peer: Peer) {
+        self.peers.insert(key, peer);
+        self.mark_dirty(key);
+    }
+
+    /// Closes a connection, telling the client at once (DTLS close_notify) rather than
+    /// letting ICE time out, and forgets its addresses; its ICE-TCP connections are to be
+    /// closed.
+    pub(super) fn close(&mut self, key: PeerKey) {
+        if let Some(mut peer) = self.peers.remove(&key) {
+            // A poisoned connection is simply dropped: closing it would run the code that
+            // panicked again.
+            if let Some(Ok(())) = peer.pc.with(|pc| pc.close()) {
+                while let Some(Some(datagram)) = peer.pc.with(|pc| pc.poll_write()) {
+                    let out = match datagram.transport.transport_protocol {
+                        TransportProtocol::TCP => &mut self.tcp_transmits,
+                        _ => &mut self.transmits,
+                    };
+                    out.push((datagram.transport.peer_addr, datagram.message));
+                }
+            }
+        }
+        self.forget_addresses(key);
+    }
+
+    /// Drops a peer's address bindings; its ICE-TCP connections are to be closed.
+    fn forget_addresses(&mut self, key: PeerKey) {
+        self.demux.remove_peer(key);
+        let closed = self.tcp_demux.remove_peer(key);
+        self.tcp_to_close.extend(closed);
+    }
+
+    /// The connections that panicked, and their sessions (see [`super::guarded`]).
+    pub(super) fn poisoned(&self) -> Vec<(PeerKey, SessionId)> {
+        self.peers
+            .iter()
+            .filter(|(_, peer)| peer.pc.is_poisoned())
+            .map(|(key, peer)| (*key, peer.session))
+            .collect()
+    }
+
+    /// Routes STUN by the ICE credentials of the description a peer just applied: its
+    /// first one, and fresh ones after an ICE restart (the old ufrag stops routing).
+    pub(super) fn adopt_ice_credentials(&mut self, key: PeerKey, sdp: &str) {
+        let Some((ufrag, pwd)) = crate::peer::ice_credentials(sdp) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.ufrag == ufrag && peer.pwd == pwd {
+            return;
+        }
+        if !peer.ufrag.is_empty() {
+            tracing::debug!(peer = %key, "ICE restarted with fresh credentials");
+            self.demux.unregister_ufrag(&peer.ufrag);
+        }
+        peer.ufrag = ufrag.to_owned();
+        peer.pwd = pwd.to_owned();
+        self.demux.register_ufrag(ufrag.to_owned(), key);
+    }
+
+    // ---------------------------------------------------------------- datagrams in
+
+    /// Routes one datagram (or ICE-TCP frame) from `from`, sent to the local address `to`
+    /// when the socket reports it, to the connection it belongs to, which reads it.
+    pub(super) fn receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        datagram: &[u8],
+        protocol: TransportProtocol,
+        crypto: &dyn RTCCrypto,
+        metrics: &ShardMetrics,
+    ) -> Routed {
+        let kind = wire::classify(datagram);
+        let bound = match protocol {
+            TransportProtocol::TCP => self.tcp_demux.peer_by_addr(from, None, now),
+            _ => self.demux.peer_by_addr(from, to, now),
+        };
+        let key = match (kind, bound) {
+            (DatagramKind::Unknown, _) => {
+                metrics.dropped(DropReason::Garbage);
+                return Routed::Nowhere;
+            }
+            (_, Some(key)) => key,
+            (DatagramKind::Stun, None) => {
+                if protocol == TransportProtocol::UDP
+                    && let Some(response) = wire::probe_response(datagram, from)
+                {
+                    self.answer_probe(now, from, to, response, metrics);
+                    return Routed::Nowhere;
+                }
+                match self.authenticate_stun(datagram, crypto) {
+                    Ok(key) => {
+                        match protocol {
+                            TransportProtocol::TCP => self.tcp_demux.bind(from, None, key, now),
+                            _ => self.demux.bind(from, to, key, now),
+                        }
+                        key
+                    }
+                    Err(reason) => {
+                        metrics.dropped(reason);
+                        return Routed::Nowhere;
+                    }
+                }
+            }
+            (_, None) => {
+                metrics.dropped(DropReason::UnknownSource);
+                return Routed::Nowhere;
+            }
+        };
+        metrics.datagram_in(match kind {
+            DatagramKind::Stun => 0,
+            DatagramKind::Dtls => 1,
+            DatagramKind::Rtp => 2,
+            _ => 3,
+        });
+        let local_addr = match protocol {
+            TransportProtocol::TCP => self.advertised_tcp.unwrap_or(self.advertised),
+            _ => self.advertised,
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            self.forget_addresses(key);
+            metrics.dropped(DropReason::UnknownSource);
+            return Routed::Nowhere;
+        };
+        let input = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: protocol,
+            },
+            message: BytesMut::from(datagram),
+        };
+        // `rtc` reports malformed records and packets by logging and dropping them;
+        // an error here means the connection itself is unusable.
+        if let Some(Err(err)) = peer.pc.with(move |pc| pc.handle_read(input)) {
+            tracing::debug!(peer = %key, %err, "datagram rejected by peer connection");
+        }
+        Routed::Peer(key)
+    }
+
+    /// Finds the peer a STUN request names and checks it knows the peer's password.
+    fn authenticate_stun(
+        &self,
+        datagram: &[u8],
+        crypto: &dyn RTCCrypto,
+    ) -> Result<PeerKey, DropReason> {
+        let ufrag = wire::stun_username(datagram)
+            .and_then(wire::local_ufrag)
+            .ok_or(DropReason::UnknownUfrag)?;
+        let key = self
+            .demux
+            .peer_by_ufrag(ufrag)
+            .ok_or(DropReason::UnknownUfrag)?;
+        let peer = self.peers.get(&key).ok_or(DropReason::UnknownUfrag)?;
+        let mut message = rtc::stun::message::Message {
+            raw: datagram.to_vec(),
+            ..Default::default()
+        };
+        message.decode().map_err(|_| DropReason::Garbage)?;
+        rtc::stun::integrity::MessageIntegrity::check(&mut message, peer.pwd.as_bytes(), crypto)
+            .map_err(|_| DropReason::BadIntegrity)?;
+        Ok(key)
+    }
+
+    /// Queues the answer to a round-trip probe, from the address it was sent to. At most
+    /// [`PROBES_PER_SECOND`] are answered: a probe's answer is no larger than the probe,
+    /// but a forged source could still aim them at someone.
+    fn answer_probe(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        response: Vec<u8>,
+        metrics: &ShardMetrics,
+    ) {
+        let window = match self.probe_window {
+            Some((start, count))
+                if now.saturating_duration_since(start) < Duration::from_secs(1) =>
+            {
+                (start, count)
+            }
+            _ => (now, 0),
+        };
+        if window.1 >= PROBES_PER_SECOND {
+            metrics.dropped(DropReason::ProbeLimit);
+            return;
+        }
+        self.probe_window = Some((window.0, window.1 + 1));
+        if let Some(local) = to {
+            self.probe_sources.push((from, local));
+        }
+        self.transmits.push((from, BytesMut::from(&response[..])));
+    }
+
+    /// The local address datagrams to `to` must leave from: the one `to` last sent to,
+    /// when the socket reports it (a wildcard bind); `None` lets the kernel choose.
+    pub(super) fn local_ip_for(&self, to: SocketAddr) -> Option<IpAddr> {
+        self.demux.local_for(to).or_else(|| {
+            self.probe_sources_taken
+                .iter()
+                .find(|(addr, _)| *addr == to)
+                .map(|(_, local)| *local)
+        })
+    }
+
+    /// An ICE-TCP connection closed.
+    pub(super) fn tcp_closed(&mut self, from: SocketAddr) {
+        self.tcp_demux.unbind(from);
+    }
+
+    /// ICE-TCP connections whose peer is gone and which the I/O loop should close.
+    pub(super) fn take_tcp_to_close(&mut self, out: &mut Vec<SocketAddr>) {
+        out.append(&mut self.tcp_to_close);
+    }
+
+    /// Forgets addresses silent past the idle timeout.
+    pub(super) fn evict_idle(&mut self, now: Instant) {
+        self.demux.evict_idle(now);
+        self.tcp_demux.evict_idle(now);
+    }
+
+    // ---------------------------------------------------------------- datagrams out
+
+    /// Notes that a connection has output to send.
+    pub(super) fn mark_dirty(&mut self, key: PeerKey) {
+        if let Some(peer) = self.peers.get_mut(&key)
+            && !peer.dirty
+        {
+            peer.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Drains every dirty peer's outgoing UDP datagrams into `out` (ICE-TCP packets into
+    /// `tcp_out`) and re-arms its timer.
+    pub(super) fn take_transmits(
+        &mut self,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+        tcp_out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) {
+        // The previous batch has been sent; this one's probe answers need these.
+        self.probe_sources_taken = std::mem::take(&mut self.probe_sources);
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in &dirty {
+            let Some(peer) = self.peers.get_mut(key) else {
+                continue;
+            };
+            peer.dirty = false;
+            while let Some(Some(datagram)) = peer.pc.with(|pc| pc.poll_write()) {
+                let out = match datagram.transport.transport_protocol {
+                    TransportProtocol::TCP => &mut self.tcp_transmits,
+                    _ => &mut self.transmits,
+                };
+                out.push((datagram.transport.peer_addr, datagram.message));
+            }
+            let deadline = peer.pc.with(|pc| pc.poll_timeout()).flatten();
+            if deadline != peer.deadline {
+                peer.deadline = deadline;
+                if let Some(at) = deadline {
+                    self.timers.push(Reverse((at, *key)));
+                }
+            }
+        }
+        // The list's allocation is kept for the next batch.
+        self.dirty = dirty;
+        self.dirty.clear();
+        out.append(&mut self.transmits);
+        tcp_out.append(&mut self.tcp_transmits);
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// When the earliest connection timer is due.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Fires the next connection timer due by `now`, if any, and returns its peer (whose
+    /// events and output the core then takes). Timers a later deadline superseded are
+    /// skipped.
+    pub(super) fn fire_next_timer(&mut self, now: Instant) -> Option<PeerKey> {
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                return None;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if peer.deadline != Some(at) {
+                continue;
+            }
+            peer.deadline = None;
+            if let Some(Err(err)) = peer.pc.with(|pc| pc.handle_timeout(now)) {
+                tracing::debug!(peer = %key, %err, "timeout handling failed");
+            }
+            return Some(key);
+        }
+        None
+    }
+
+    /// After a timer fired: a deadline that does not move forward would spin the loop,
+    /// so it is pushed 1 ms on.
+    pub(super) fn defer_stuck_timer(&mut self, key: PeerKey, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&key)
+            && let Some(Some(next)) = peer.pc.with(|pc| pc.poll_timeout())
+            && next <= now
+        {
+            let later = now + Duration::from_millis(1);
+            peer.deadline = Some(later);
+            self.timers.push(Reverse((later, key)));
+        }
+    }
+
+    // ---------------------------------------------------------------- checks
+
+    /// Addresses bound to peers (tests of what may bind).
+    #[cfg(test)]
+    pub(super) fn bound_addrs(&self) -> usize {
+        self.demux.bound_addrs()
+    }
+
+    /// Whether every ICE ufrag routes to a live peer that holds it (see
+    /// [`super::invariants`]).
+    #[cfg(any(test, feature = "sim"))]
+    pub(super) fn check(&self) -> Result<(), String> {
+        for (key, peer) in &self.peers {
+            if !peer.ufrag.is_empty() && self.demux.peer_by_ufrag(&peer.ufrag) != Some(*key) {
+                return Err(format!("peer {key}: its ufrag does not route to it"));
+            }
+        }
+        let holding = self.peers.values().filter(|p| !p.ufrag.is_empty()).count();
+        if self.demux.registered_ufrags() != holding {
+            return Err(format!(
+                "{} ufrags route, {holding} peers hold one",
+                self.demux.registered_ufrags()
+            ));
+        }
+        Ok(())
+    }
+}
