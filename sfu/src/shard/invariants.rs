@@ -30,7 +30,7 @@ impl ShardCore {
                 }
             }
             for key in &room.tracks {
-                match self.tracks.get(key) {
+                match self.media.track(*key) {
                     Some(t) if &t.room == name => {}
                     _ => return Err(format!("room {name} lists track {key}, not its own")),
                 }
@@ -56,7 +56,7 @@ impl ShardCore {
                 }
             }
             for key in &session.tracks {
-                match self.tracks.get(key) {
+                match self.media.track(*key) {
                     Some(t) if t.session == *id => {}
                     _ => return Err(format!("session {id} lists track {key}, not its own")),
                 }
@@ -76,7 +76,7 @@ impl ShardCore {
                 ));
             }
             for (ssrc, (track, layer)) in &peer.incoming {
-                match self.tracks.get(track) {
+                match self.media.track(*track) {
                     Some(t) if t.peer == Some(key) && *layer < t.layers.len() => {}
                     _ => {
                         return Err(format!(
@@ -86,7 +86,7 @@ impl ShardCore {
                 }
             }
             for (ssrc, track) in &peer.outgoing {
-                let sent = self.tracks.get(track).is_some_and(|t| {
+                let sent = self.media.track(*track).is_some_and(|t| {
                     t.downtracks
                         .iter()
                         .any(|d| d.peer == key && d.ssrc == *ssrc)
@@ -98,7 +98,7 @@ impl ShardCore {
                 }
             }
         }
-        for (key, track) in &self.tracks {
+        for (key, track) in self.media.tracks() {
             if !self.sessions.contains_key(&track.session) {
                 return Err(format!(
                     "track {key} belongs to session {}, which is gone",
@@ -115,7 +115,7 @@ impl ShardCore {
                     .transport
                     .peer(entry.peer)
                     .and_then(|p| p.outgoing.get(&entry.ssrc));
-                if outgoing != Some(key) {
+                if outgoing != Some(&key) {
                     return Err(format!(
                         "track {key}: the downtrack to peer {} is not in its map",
                         entry.peer

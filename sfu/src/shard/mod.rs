@@ -33,6 +33,7 @@ mod ids;
 mod invariants;
 mod negotiate;
 mod relay;
+mod router;
 pub mod sdp;
 mod transport;
 
@@ -41,7 +42,6 @@ use crate::media::downtrack::Downtrack;
 use crate::media::keyframe::KeyframeThrottle;
 use crate::media::picture_id::PictureIds;
 use crate::media::retransmit::RetransmitBuffer;
-use crate::media::speaker::SpeakerDetector;
 use crate::metrics::ShardMetrics;
 use crate::peer::{IceTimeouts, PeerBuildError, PeerFactory, PeerRole};
 use crate::signal::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
@@ -65,6 +65,7 @@ use tokio::sync::mpsc;
 pub use env::Env;
 pub(crate) use ids::PeerKey;
 pub use ids::TrackKey;
+use router::MediaRouter;
 use transport::{Routed, Transport};
 
 /// What sessions are told when the shard stops; they are to join again elsewhere.
@@ -174,7 +175,6 @@ struct Room {
     sessions: Vec<SessionId>,
     by_participant: HashMap<String, SessionId>,
     tracks: Vec<TrackKey>,
-    speaker: SpeakerDetector<SessionId>,
     created: Instant,
     empty_since: Option<Instant>,
 }
@@ -291,7 +291,8 @@ pub struct ShardCore {
     metrics: Arc<ShardMetrics>,
     rooms: HashMap<String, Room>,
     sessions: HashMap<SessionId, Session>,
-    tracks: HashMap<TrackKey, PublishedTrack>,
+    /// The published tracks, their subscribers, and who speaks.
+    media: MediaRouter,
     /// The connections, and everything between them and the socket.
     transport: Transport,
     /// Sessions to end after the current step, with the reason they are told.
@@ -337,7 +338,7 @@ impl ShardCore {
             metrics,
             rooms: HashMap::new(),
             sessions: HashMap::new(),
-            tracks: HashMap::new(),
+            media: MediaRouter::default(),
             doomed: Vec::new(),
             ids: ids::Ids::default(),
             env,
@@ -542,13 +543,7 @@ impl ShardCore {
     }
 
     fn evaluate_speakers(&mut self, now: Instant) {
-        let mut changes = Vec::new();
-        for (name, room) in &mut self.rooms {
-            if let Some(change) = room.speaker.evaluate(now) {
-                changes.push((name.clone(), change));
-            }
-        }
-        for (room, speaker) in changes {
+        for (room, speaker) in self.media.speaker_changes(now) {
             let participant =
                 speaker.and_then(|s| self.sessions.get(&s).map(|s| s.participant.clone()));
             self.broadcast(&room, None, ServerMessage::ActiveSpeaker { participant });
@@ -598,7 +593,7 @@ impl ShardCore {
     fn update_gauges(&self) {
         self.metrics.pipelines.set(self.rooms.len() as i64);
         self.metrics.participants.set(self.seated() as i64);
-        self.metrics.tracks.set(self.tracks.len() as i64);
+        self.metrics.tracks.set(self.media.len() as i64);
         self.metrics
             .forwarded_streams
             .set(self.forwarded_streams() as i64);
@@ -626,7 +621,7 @@ impl ShardCore {
     }
 
     fn forwarded_streams(&self) -> usize {
-        self.tracks.values().map(|t| t.downtracks.len()).sum()
+        self.media.forwarded_streams()
     }
 
     /// Ends the sessions doomed during the last step.
@@ -750,7 +745,7 @@ impl ShardCore {
         ShardLoad {
             pipelines: self.rooms.len() as u32,
             participants: self.seated() as u32,
-            tracks: self.tracks.len() as u32,
+            tracks: self.media.len() as u32,
             forwarded_streams: self.forwarded_streams() as u32,
             draining: self.draining,
             ..self.rates.load.clone()
@@ -807,7 +802,7 @@ impl ShardCore {
             forwarded_streams: room
                 .tracks
                 .iter()
-                .filter_map(|t| self.tracks.get(t))
+                .filter_map(|t| self.media.track(*t))
                 .map(|t| t.downtracks.len() as u32)
                 .sum(),
             age_seconds: now.saturating_duration_since(room.created).as_secs(),
@@ -817,7 +812,7 @@ impl ShardCore {
             max_subscriber_loss_percent: room
                 .tracks
                 .iter()
-                .filter_map(|t| self.tracks.get(t))
+                .filter_map(|t| self.media.track(*t))
                 .flat_map(|t| &t.downtracks)
                 .map(|d| f64::from(d.fraction_lost) * 100.0 / 256.0)
                 .fold(0.0, f64::max),
@@ -839,6 +834,7 @@ impl ShardCore {
             self.remove_session(session, now, Some("the room was released"));
         }
         self.rooms.remove(name);
+        self.media.close_room(name);
         self.update_gauges();
     }
 
@@ -1001,7 +997,7 @@ impl ShardCore {
             tracks: s
                 .tracks
                 .iter()
-                .filter_map(|t| self.tracks.get(t).map(|t| self.track_info(t)))
+                .filter_map(|t| self.media.track(*t).map(|t| self.track_info(t)))
                 .collect(),
             screen_sharing: s.screen_sharing,
         })
@@ -1102,7 +1098,7 @@ impl ShardCore {
         }
         if let Some(room) = self.rooms.get(&room_name) {
             for track in room.tracks.clone() {
-                if let Some(track) = self.tracks.get_mut(&track) {
+                if let Some(track) = self.media.track_mut(track) {
                     track.downtracks.retain(|d| d.session != id);
                 }
             }
@@ -1125,12 +1121,12 @@ impl ShardCore {
         {
             self.close_peer(key);
         }
+        self.media.forget_speaker(&room_name, id);
         if let Some(room) = self.rooms.get_mut(&room_name) {
             room.sessions.retain(|s| *s != id);
             if room.by_participant.get(&participant) == Some(&id) {
                 room.by_participant.remove(&participant);
             }
-            room.speaker.remove(id);
             let seated = room
                 .sessions
                 .iter()
@@ -1206,7 +1202,6 @@ impl Room {
             sessions: Vec::new(),
             by_participant: HashMap::new(),
             tracks: Vec::new(),
-            speaker: SpeakerDetector::default(),
             created: now,
             empty_since: Some(now),
         }

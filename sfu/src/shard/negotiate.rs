@@ -129,10 +129,10 @@ impl ShardCore {
                         room.tracks
                             .iter()
                             .copied()
-                            .find(|k| self.tracks.get(k).is_some_and(|t| t.id == track))
+                            .find(|k| self.media.track(*k).is_some_and(|t| t.id == track))
                     });
                 let found = key
-                    .and_then(|k| self.tracks.get_mut(&k))
+                    .and_then(|k| self.media.track_mut(k))
                     .and_then(|t| t.downtracks.iter_mut().find(|d| d.session == session));
                 match found {
                     Some(entry) => entry.state.set_target(quality),
@@ -157,12 +157,12 @@ impl ShardCore {
                 // Only the session's own tracks, not every track of the shard.
                 let key = self.sessions.get(&session).and_then(|s| {
                     s.tracks.iter().copied().find(|k| {
-                        self.tracks
-                            .get(k)
+                        self.media
+                            .track(*k)
                             .is_some_and(|t| t.id == track || t.source_track_id == track)
                     })
                 });
-                let owned = key.and_then(|k| self.tracks.get_mut(&k));
+                let owned = key.and_then(|k| self.media.track_mut(k));
                 match owned {
                     Some(t) => {
                         t.muted = muted;
@@ -394,15 +394,15 @@ impl ShardCore {
             .filter_map(|section| section.mid.clone())
             .collect();
         let gone: Vec<TrackKey> = self
-            .tracks
-            .iter()
+            .media
+            .tracks()
             .filter(|(_, t)| t.peer == Some(key))
             .filter(|(_, t)| {
                 t.mid
                     .as_ref()
                     .is_none_or(|mid| !still_sending.contains(mid))
             })
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         for track in gone {
             self.unpublish(track, now);
@@ -462,7 +462,7 @@ impl ShardCore {
             .with(|pc| pc.local_description().map(|offer| offer.sdp))
             .flatten();
         for (ssrc, track_key) in &peer.outgoing {
-            let Some(track) = self.tracks.get_mut(track_key) else {
+            let Some(track) = self.media.track_mut(*track_key) else {
                 continue;
             };
             let Some(entry) = track.downtracks.iter_mut().find(|d| d.ssrc == *ssrc) else {
@@ -620,8 +620,8 @@ impl ShardCore {
         let rid = init.rid.clone().unwrap_or_default();
         // A further layer (or a new SSRC) of a track already published.
         let existing = self
-            .tracks
-            .iter_mut()
+            .media
+            .tracks_mut()
             .find(|(_, t)| t.peer == Some(key) && t.source_track_id == init.track_id);
         if let Some((track_key, track)) = existing {
             let index = match track.layers.iter().position(|l| l.rid == rid) {
@@ -637,7 +637,7 @@ impl ShardCore {
                 }
                 layer.receiver = Some(init.receiver_id);
             }
-            peer.incoming.insert(init.ssrc, (*track_key, index));
+            peer.incoming.insert(init.ssrc, (track_key, index));
             return;
         }
         let (receiver_id, ssrc) = (init.receiver_id, init.ssrc);
@@ -761,7 +761,7 @@ impl ShardCore {
             downtracks: Vec::new(),
         };
         let info = self.track_info(&track);
-        self.tracks.insert(track_key, track);
+        self.media.publish(track_key, track);
         if let Some(peer) = self.transport.peer_mut(key) {
             peer.incoming.insert(init.ssrc, (track_key, layer_index));
         }
@@ -807,7 +807,7 @@ impl ShardCore {
         if !s.subscribe {
             return;
         }
-        let Some(publisher) = self.tracks.get(&track_key).map(|t| t.session) else {
+        let Some(publisher) = self.media.track(track_key).map(|t| t.session) else {
             return;
         };
         if publisher == session {
@@ -825,7 +825,7 @@ impl ShardCore {
                 None => return,
             },
         };
-        let (Some(peer), Some(track)) = (self.transport.peer_mut(key), self.tracks.get(&track_key))
+        let (Some(peer), Some(track)) = (self.transport.peer_mut(key), self.media.track(track_key))
         else {
             return;
         };
@@ -893,7 +893,7 @@ impl ShardCore {
         let video = track.kind == TrackKind::Video;
         let clock_rate = track.codec.clock_rate;
         let family = track.family;
-        if let Some(track) = self.tracks.get_mut(&track_key) {
+        if let Some(track) = self.media.track_mut(track_key) {
             track.downtracks.push(DowntrackEntry {
                 peer: key,
                 session,
@@ -912,7 +912,7 @@ impl ShardCore {
 
     /// Stops forwarding a track to one subscriber connection.
     fn remove_downtrack(&mut self, track_key: TrackKey, peer_key: PeerKey, now: Instant) {
-        let Some(track) = self.tracks.get_mut(&track_key) else {
+        let Some(track) = self.media.track_mut(track_key) else {
             return;
         };
         let Some(index) = track.downtracks.iter().position(|d| d.peer == peer_key) else {
@@ -931,7 +931,7 @@ impl ShardCore {
 
     /// Removes a published track from the room and from every subscriber.
     pub(super) fn unpublish(&mut self, track_key: TrackKey, now: Instant) {
-        let Some(track) = self.tracks.remove(&track_key) else {
+        let Some(track) = self.media.unpublish(track_key) else {
             return;
         };
         if let Some(peer) = track.peer.and_then(|key| self.transport.peer_mut(key)) {

@@ -191,11 +191,10 @@ impl ShardCore {
             ""
         };
         let interval = self.keyframe_interval(&relayed.room);
-        let existing = self.tracks.iter_mut().find(|(_, t)| {
+        let existing = self.media.tracks_mut().find(|(_, t)| {
             t.peer.is_none() && t.room == relayed.room && t.source_track_id == relayed.track
         });
         if let Some((key, track)) = existing {
-            let key = *key;
             let index = match track.layers.iter().position(|l| l.rid == rid) {
                 Some(index) => index,
                 None => {
@@ -234,7 +233,7 @@ impl ShardCore {
             downtracks: Vec::new(),
         };
         let info = self.track_info(&track);
-        self.tracks.insert(track_key, track);
+        self.media.publish(track_key, track);
         if let Some(s) = self.sessions.get_mut(&session) {
             s.tracks.push(track_key);
         }
@@ -271,10 +270,10 @@ impl ShardCore {
     /// A relayed track ended at the parent.
     pub(super) fn relay_track_ended(&mut self, room: &str, upstream: &str, now: Instant) {
         let keys: Vec<TrackKey> = self
-            .tracks
-            .iter()
+            .media
+            .tracks()
             .filter(|(_, t)| t.peer.is_none() && t.room == room && t.source_track_id == upstream)
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         for key in keys {
             self.unpublish(key, now);

@@ -1,0 +1,473 @@
+//! Media routing: the published tracks, each subscriber's downtrack of them, the feedback
+//! from subscribers back to publishers, and who is speaking in each room. It owns that
+//! state; it reaches connections only through [`Transport`] and tells the core which
+//! keyframe requests to send, since those may go up a cascade instead.
+//!
+//! One publisher packet: find its track and layer by SSRC (one hash lookup), read the
+//! audio level for speaker detection, strip the publisher's header extensions (their ids
+//! mean nothing on a subscriber's connection), keep the packet in the layer's
+//! retransmission buffer (a second reference to the same payload), then let each
+//! subscriber's downtrack decide. A forwarded copy differs only in its header; the
+//! payload `Bytes` is shared until the subscriber's connection encrypts it.
+//!
+//! Subscriber feedback: PLI/FIR become a throttled PLI to the publisher of the layer the
+//! subscriber receives; NACKs are answered from the retransmission buffer after mapping
+//! the subscriber's sequence numbers back to the source; receiver reports record loss.
+
+use super::transport::Transport;
+use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
+use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
+use crate::media::speaker::SpeakerDetector;
+use crate::metrics::ShardMetrics;
+use bytes::Bytes;
+use rtc::rtcp;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp;
+use rtc::shared::marshal::MarshalSize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// A playout-delay extension value: 12-bit minimum and maximum, in 10 ms units, both 0.
+const PLAYOUT_DELAY_ZERO: [u8; 3] = [0, 0, 0];
+/// At most this many sequence numbers of one NACK packet are served.
+const MAX_NACKED_PER_PACKET: usize = 64;
+/// Simulcast layers per track the hot path handles without allocating.
+pub(super) const MAX_LAYERS: usize = 4;
+
+/// Where a keyframe request for one layer goes: the publisher's connection, or (for a
+/// relayed track) the parent shard.
+pub(super) struct KeyframeSource {
+    /// The publisher connection; `None` for a relayed track.
+    pub(super) publisher: Option<PeerKey>,
+    /// Its receiver of the layer.
+    pub(super) receiver: Option<rtc::rtp_transceiver::RTCRtpReceiverId>,
+    /// The track's room.
+    pub(super) room: String,
+    /// The layer's SSRC.
+    pub(super) ssrc: u32,
+}
+
+/// Layers of one track whose subscribers want a keyframe, by index.
+pub(super) type KeyframesWanted = [bool; MAX_LAYERS];
+
+/// The published tracks and who speaks.
+#[derive(Default)]
+pub(super) struct MediaRouter {
+    tracks: HashMap<TrackKey, PublishedTrack>,
+    /// Per room, fed by the audio levels publishers send.
+    speakers: HashMap<String, SpeakerDetector<SessionId>>,
+}
+
+impl MediaRouter {
+    // ---------------------------------------------------------------- tracks
+
+    /// One track.
+    pub(super) fn track(&self, key: TrackKey) -> Option<&PublishedTrack> {
+        self.tracks.get(&key)
+    }
+
+    /// One track, to change.
+    pub(super) fn track_mut(&mut self, key: TrackKey) -> Option<&mut PublishedTrack> {
+        self.tracks.get_mut(&key)
+    }
+
+    /// Every track.
+    pub(super) fn tracks(&self) -> impl Iterator<Item = (TrackKey, &PublishedTrack)> {
+        self.tracks.iter().map(|(key, track)| (*key, track))
+    }
+
+    /// Every track, to change.
+    pub(super) fn tracks_mut(&mut self) -> impl Iterator<Item = (TrackKey, &mut PublishedTrack)> {
+        self.tracks.iter_mut().map(|(key, track)| (*key, track))
+    }
+
+    /// Starts routing a track.
+    pub(super) fn publish(&mut self, key: TrackKey, track: PublishedTrack) {
+        self.tracks.insert(key, track);
+    }
+
+    /// Stops routing a track; its downtracks go with it.
+    pub(super) fn unpublish(&mut self, key: TrackKey) -> Option<PublishedTrack> {
+        self.tracks.remove(&key)
+    }
+
+    /// How many tracks are published.
+    pub(super) fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// How many streams go out: downtracks of every track.
+    pub(super) fn forwarded_streams(&self) -> usize {
+        self.tracks.values().map(|t| t.downtracks.len()).sum()
+    }
+
+    // ---------------------------------------------------------------- speakers
+
+    /// Rooms whose active speaker changed: (room, the new speaker or nobody).
+    pub(super) fn speaker_changes(&mut self, now: Instant) -> Vec<(String, Option<SessionId>)> {
+        let mut changes = Vec::new();
+        for (room, detector) in &mut self.speakers {
+            if let Some(change) = detector.evaluate(now) {
+                changes.push((room.clone(), change));
+            }
+        }
+        changes
+    }
+
+    /// A session left `room`: it speaks no more.
+    pub(super) fn forget_speaker(&mut self, room: &str, session: SessionId) {
+        if let Some(detector) = self.speakers.get_mut(room) {
+            detector.remove(session);
+        }
+    }
+
+    /// A room was released.
+    pub(super) fn close_room(&mut self, room: &str) {
+        self.speakers.remove(room);
+    }
+
+    // ---------------------------------------------------------------- the hot path
+
+    /// Forwards one packet of a published track's layer to its subscribers, whether it
+    /// came from a publisher connection or from a parent shard. Returns the layers that
+    /// subscribers need a keyframe of.
+    pub(super) fn forward(
+        &mut self,
+        transport: &mut Transport,
+        metrics: &ShardMetrics,
+        track_key: TrackKey,
+        layer_index: usize,
+        mut packet: rtp::Packet,
+        now: Instant,
+    ) -> KeyframesWanted {
+        let mut keyframe_wanted: KeyframesWanted = [false; MAX_LAYERS];
+        metrics.rtp_received_packets.inc();
+        metrics
+            .rtp_received_bytes
+            .inc_by((packet.header.marshal_size() + packet.payload.len()) as u64);
+        let Self { tracks, speakers } = self;
+        let Some(track) = tracks.get_mut(&track_key) else {
+            return keyframe_wanted;
+        };
+        if let Some(ext) = track.audio_level_ext
+            && let Some(level) = packet
+                .header
+                .get_extension(ext)
+                .and_then(|payload| audio_level(&payload))
+        {
+            observe_speech(
+                speakers,
+                &track.room,
+                track.session,
+                now,
+                level.voice,
+                level.level,
+            );
+        }
+        packet.header.extension = false;
+        packet.header.extension_profile = 0;
+        packet.header.extensions.clear();
+        packet.header.extensions_padding = 0;
+        packet.header.csrc.clear();
+
+        let keyframe = track.family.is_video() && is_keyframe(track.family, &packet.payload);
+        let Some(layer) = track.layers.get_mut(layer_index) else {
+            return keyframe_wanted;
+        };
+        layer.last_packet = Some(now);
+        if keyframe {
+            layer.throttle.keyframe_received();
+        }
+        if let Some(buffer) = layer.buffer.as_mut() {
+            buffer.insert(now, packet.clone());
+        }
+        let (ssrc, seq, timestamp) = (
+            packet.header.ssrc,
+            packet.header.sequence_number,
+            packet.header.timestamp,
+        );
+        if packet.payload.is_empty() {
+            // Padding only (a bandwidth probe): not worth forwarding, and the downtracks
+            // close the sequence gap it leaves.
+            for entry in &mut track.downtracks {
+                entry.state.skip(layer_index, ssrc, seq);
+            }
+            return keyframe_wanted;
+        }
+        let mut layers = [(0u8, false); MAX_LAYERS];
+        let count = track.layers.len().min(MAX_LAYERS);
+        for (slot, layer) in layers.iter_mut().zip(&track.layers) {
+            *slot = (
+                layer.rank,
+                layer
+                    .last_packet
+                    .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE),
+            );
+        }
+        let layers = &layers[..count];
+        let size = (packet.header.marshal_size() + packet.payload.len()) as u64;
+        // Read once for every subscriber that takes a RED track as plain Opus.
+        let red_primary = if track.family == CodecFamily::Red {
+            red_primary(&packet.payload)
+        } else {
+            None
+        };
+        for entry in &mut track.downtracks {
+            let Some(payload_type) = entry.payload_type else {
+                continue; // not negotiated yet
+            };
+            // One lookup of the subscriber's connection per packet.
+            let Some(mut subscriber) = transport.tx(entry.peer) else {
+                continue;
+            };
+            if !subscriber.connected() {
+                continue;
+            }
+            if entry.unwrap_red && red_primary.is_none() {
+                // A malformed RED payload has no Opus to give these subscribers; the
+                // downtrack closes the sequence gap it leaves.
+                entry.state.skip(layer_index, ssrc, seq);
+                continue;
+            }
+            let decision =
+                entry
+                    .state
+                    .on_packet(layers, layer_index, keyframe, (ssrc, seq, timestamp), now);
+            if let Some(wanted) = decision.request_keyframe
+                && let Some(slot) = keyframe_wanted.get_mut(wanted)
+            {
+                *slot = true;
+            }
+            let Some(rewritten) = decision.forward else {
+                continue;
+            };
+            let payload = match (entry.unwrap_red, red_primary) {
+                // The primary block, sharing the publisher's buffer.
+                (true, Some((_, start))) => packet.payload.slice(start..),
+                _ => entry.picture_ids.forward(ssrc, packet.payload.clone()),
+            };
+            let mut out = rtp::Packet {
+                header: packet.header.clone(),
+                payload,
+            };
+            if let Some(id) = entry.playout_delay {
+                // Zero minimum and maximum delay: render as soon as decoded. (The header's
+                // extension list is a Vec in `rtc`, so this costs an allocation per packet
+                // in music rooms; the fast path of its own will write it in place.)
+                let _ = out
+                    .header
+                    .set_extension(id, Bytes::from_static(&PLAYOUT_DELAY_ZERO));
+            }
+            out.header.ssrc = entry.ssrc;
+            out.header.payload_type = payload_type;
+            out.header.sequence_number = rewritten.seq;
+            out.header.timestamp = rewritten.timestamp;
+            if subscriber.write_rtp(entry.sender, out, now) {
+                metrics.rtp_forwarded_packets.inc();
+                metrics.rtp_forwarded_bytes.inc_by(size);
+            } else {
+                metrics.forward_errors.inc();
+            }
+        }
+        keyframe_wanted
+    }
+
+    // ---------------------------------------------------------------- keyframes
+
+    /// A keyframe request for one layer of a track, if its throttle lets one go now.
+    pub(super) fn keyframe_request(
+        &mut self,
+        track_key: TrackKey,
+        layer_index: usize,
+        now: Instant,
+    ) -> Option<KeyframeSource> {
+        let track = self.tracks.get_mut(&track_key)?;
+        let layer = track.layers.get_mut(layer_index)?;
+        if !layer.throttle.request(now) {
+            return None;
+        }
+        Some(KeyframeSource {
+            publisher: track.peer,
+            receiver: layer.receiver,
+            room: track.room.clone(),
+            ssrc: layer.ssrc?,
+        })
+    }
+
+    /// Keyframe requests the throttle deferred and that are now due.
+    pub(super) fn due_keyframe_requests(&mut self, now: Instant) -> Vec<KeyframeSource> {
+        let mut due = Vec::new();
+        for track in self.tracks.values_mut() {
+            for layer in &mut track.layers {
+                if layer.throttle.poll(now)
+                    && let Some(ssrc) = layer.ssrc
+                {
+                    due.push(KeyframeSource {
+                        publisher: track.peer,
+                        receiver: layer.receiver,
+                        room: track.room.clone(),
+                        ssrc,
+                    });
+                }
+            }
+        }
+        due
+    }
+
+    // ---------------------------------------------------------------- feedback
+
+    /// RTCP feedback a subscriber connection delivered. Returns the keyframe requests it
+    /// leads to, for the core to send.
+    pub(super) fn on_feedback(
+        &mut self,
+        transport: &mut Transport,
+        metrics: &ShardMetrics,
+        key: PeerKey,
+        packets: Vec<Box<dyn rtcp::packet::Packet>>,
+        now: Instant,
+    ) -> Vec<KeyframeSource> {
+        let mut requests = Vec::new();
+        for packet in packets {
+            let any = packet.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                requests.extend(self.on_keyframe_request(
+                    transport,
+                    metrics,
+                    key,
+                    pli.media_ssrc,
+                    now,
+                ));
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                for entry in &fir.fir {
+                    requests
+                        .extend(self.on_keyframe_request(transport, metrics, key, entry.ssrc, now));
+                }
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                let lost: Vec<u16> = nack
+                    .nacks
+                    .iter()
+                    .flat_map(|pair| pair.packet_list())
+                    .take(MAX_NACKED_PER_PACKET)
+                    .collect();
+                self.retransmit(transport, metrics, key, nack.media_ssrc, &lost, now);
+            } else if let Some(report) = any.downcast_ref::<ReceiverReport>() {
+                for block in &report.reports {
+                    self.on_reception_report(transport, key, block.ssrc, block.fraction_lost);
+                }
+            }
+        }
+        requests
+    }
+
+    fn on_keyframe_request(
+        &mut self,
+        transport: &Transport,
+        metrics: &ShardMetrics,
+        key: PeerKey,
+        ssrc: u32,
+        now: Instant,
+    ) -> Option<KeyframeSource> {
+        metrics.keyframe_requests_received.inc();
+        let track_key = *transport.peer(key)?.outgoing.get(&ssrc)?;
+        let layer = self
+            .tracks
+            .get(&track_key)?
+            .downtracks
+            .iter()
+            .find(|d| d.peer == key)?
+            .state
+            .current_layer()?;
+        self.keyframe_request(track_key, layer, now)
+    }
+
+    fn on_reception_report(
+        &mut self,
+        transport: &Transport,
+        key: PeerKey,
+        ssrc: u32,
+        fraction_lost: u8,
+    ) {
+        let Some(&track_key) = transport.peer(key).and_then(|p| p.outgoing.get(&ssrc)) else {
+            return;
+        };
+        if let Some(entry) = self
+            .tracks
+            .get_mut(&track_key)
+            .and_then(|t| t.downtracks.iter_mut().find(|d| d.peer == key))
+        {
+            entry.fraction_lost = fraction_lost;
+        }
+    }
+
+    /// Resends NACKed packets from the track's retransmission buffer.
+    fn retransmit(
+        &mut self,
+        transport: &mut Transport,
+        metrics: &ShardMetrics,
+        key: PeerKey,
+        ssrc: u32,
+        lost: &[u16],
+        now: Instant,
+    ) {
+        let Some(&track_key) = transport.peer(key).and_then(|p| p.outgoing.get(&ssrc)) else {
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&track_key) else {
+            return;
+        };
+        let Some(mut peer) = transport.tx(key) else {
+            return;
+        };
+        let layers = &track.layers;
+        let Some(entry) = track.downtracks.iter_mut().find(|d| d.peer == key) else {
+            return;
+        };
+        let Some(payload_type) = entry.payload_type else {
+            return;
+        };
+        for &out_seq in lost {
+            let Some(source) = entry.state.retransmission_source(out_seq, now) else {
+                continue;
+            };
+            let Some(stored) = layers
+                .iter()
+                .find(|l| l.ssrc == Some(source.ssrc))
+                .and_then(|l| l.buffer.as_ref())
+                .and_then(|b| b.get(source.seq, now))
+            else {
+                continue;
+            };
+            let mut out = stored.clone();
+            out.payload = entry.picture_ids.retransmission(source.ssrc, out.payload);
+            out.header.ssrc = entry.ssrc;
+            out.header.payload_type = payload_type;
+            out.header.sequence_number = out_seq;
+            out.header.timestamp = stored.header.timestamp.wrapping_add(source.ts_offset);
+            if peer.write_rtp(entry.sender, out, now) {
+                metrics.retransmissions.inc();
+            }
+        }
+    }
+}
+
+/// Feeds a room's speaker detector, made on the room's first audio level.
+fn observe_speech(
+    speakers: &mut HashMap<String, SpeakerDetector<SessionId>>,
+    room: &str,
+    session: SessionId,
+    now: Instant,
+    voice: bool,
+    level: u8,
+) {
+    match speakers.get_mut(room) {
+        Some(detector) => detector.observe(session, now, voice, level),
+        None => {
+            let mut detector = SpeakerDetector::default();
+            detector.observe(session, now, voice, level);
+            speakers.insert(room.to_owned(), detector);
+        }
+    }
+}
