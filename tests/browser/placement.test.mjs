@@ -42,6 +42,7 @@ let operator;
 let gateway;
 let gatewayUrl;
 let dir;
+let stopping = false;
 const shards = {};
 const browsers = {};
 
@@ -70,7 +71,13 @@ before(async () => {
     '--listen-client-urls', `http://${hostIp}:${client}`, '--advertise-client-urls', `http://${hostIp}:${client}`,
     '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
     '--initial-cluster', `placement=http://127.0.0.1:${peer}`, '--log-level', 'error',
-  ], { stdio: 'ignore' });
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // An etcd that stops mid-test leaves every later wait to time out: say why it stopped.
+  const etcdLog = [];
+  etcd.stderr.on('data', (chunk) => { etcdLog.push(chunk.toString()); if (etcdLog.length > 50) etcdLog.shift(); });
+  etcd.on('exit', (code, signal) => {
+    if (!stopping) console.error(`etcd exited (code ${code}, signal ${signal}): ${etcdLog.join('')}`);
+  });
   await waitFor('etcd', async () => {
     try {
       return (await (await fetch(`http://${hostIp}:${client}/health`)).text()).includes('true');
@@ -118,6 +125,7 @@ before(async () => {
 });
 
 after(async () => {
+  stopping = true;
   for (const browser of Object.values(browsers)) await browser.close();
   for (const p of [gateway, operator, ...Object.values(shards)]) if (p) await p.stop();
   if (etcd) etcd.kill('SIGTERM');

@@ -8,27 +8,8 @@ impl ShardCore {
     /// Every cross-reference between rooms, sessions, peers and tracks, checked; the
     /// first broken one is described.
     pub fn check_invariants(&self) -> Result<(), String> {
-        if !self.doomed.is_empty() {
-            return Err(format!(
-                "{} sessions still doomed after a step",
-                self.doomed.len()
-            ));
-        }
-        for (name, room) in &self.rooms {
-            for id in &room.sessions {
-                match self.sessions.get(id) {
-                    Some(s) if &s.room == name => {}
-                    Some(s) => return Err(format!("room {name} lists session {id} of {}", s.room)),
-                    None => return Err(format!("room {name} lists session {id}, which is gone")),
-                }
-            }
-            for (participant, id) in &room.by_participant {
-                if !room.sessions.contains(id) {
-                    return Err(format!(
-                        "room {name}: {participant} names session {id}, not in the room"
-                    ));
-                }
-            }
+        self.registry.check()?;
+        for (name, room) in self.registry.rooms() {
             for key in &room.tracks {
                 match self.media.track(*key) {
                     Some(t) if &t.room == name => {}
@@ -36,34 +17,25 @@ impl ShardCore {
                 }
             }
         }
-        for (id, session) in &self.sessions {
-            let room = self.rooms.get(&session.room).ok_or_else(|| {
-                format!("session {id} is in room {}, which is gone", session.room)
-            })?;
-            if !room.sessions.contains(id) {
-                return Err(format!(
-                    "session {id} is missing from room {}",
-                    session.room
-                ));
-            }
+        for (id, session) in self.registry.sessions() {
             for key in [session.publisher, session.subscriber]
                 .into_iter()
                 .flatten()
             {
                 match self.transport.peer(key) {
-                    Some(peer) if peer.session == *id => {}
+                    Some(peer) if peer.session == id => {}
                     _ => return Err(format!("session {id} names peer {key}, not its own")),
                 }
             }
             for key in &session.tracks {
                 match self.media.track(*key) {
-                    Some(t) if t.session == *id => {}
+                    Some(t) if t.session == id => {}
                     _ => return Err(format!("session {id} lists track {key}, not its own")),
                 }
             }
         }
         for (key, peer) in self.transport.peers() {
-            let session = self.sessions.get(&peer.session).ok_or_else(|| {
+            let session = self.registry.session(peer.session).ok_or_else(|| {
                 format!(
                     "peer {key} belongs to session {}, which is gone",
                     peer.session
@@ -99,7 +71,7 @@ impl ShardCore {
             }
         }
         for (key, track) in self.media.tracks() {
-            if !self.sessions.contains_key(&track.session) {
+            if self.registry.session(track.session).is_none() {
                 return Err(format!(
                     "track {key} belongs to session {}, which is gone",
                     track.session

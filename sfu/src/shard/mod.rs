@@ -32,6 +32,7 @@ mod ids;
 #[cfg(any(test, feature = "sim"))]
 mod invariants;
 mod negotiate;
+mod registry;
 mod relay;
 mod router;
 pub mod sdp;
@@ -65,6 +66,7 @@ use tokio::sync::mpsc;
 pub use env::Env;
 pub(crate) use ids::PeerKey;
 pub use ids::TrackKey;
+use registry::Registry;
 use router::MediaRouter;
 use transport::{Routed, Transport};
 
@@ -289,14 +291,12 @@ pub struct ShardCore {
     config: CoreConfig,
     factory: PeerFactory,
     metrics: Arc<ShardMetrics>,
-    rooms: HashMap<String, Room>,
-    sessions: HashMap<SessionId, Session>,
+    /// Rooms, sessions, admission and signaling fan-out.
+    registry: Registry,
     /// The published tracks, their subscribers, and who speaks.
     media: MediaRouter,
     /// The connections, and everything between them and the socket.
     transport: Transport,
-    /// Sessions to end after the current step, with the reason they are told.
-    doomed: Vec<(SessionId, &'static str)>,
     ids: ids::Ids,
     env: Env,
     /// Raised when a peer connection panicked (see [`guarded`]).
@@ -305,7 +305,6 @@ pub struct ShardCore {
     next_speaker: Instant,
     next_slow: Instant,
     rates: RateWindow,
-    draining: bool,
     stopped: bool,
 }
 
@@ -332,14 +331,14 @@ impl ShardCore {
                 config.advertised,
                 config.advertised_tcp,
                 config.address_idle_timeout,
+                factory.crypto().clone(),
+                metrics.clone(),
             ),
             config,
             factory,
             metrics,
-            rooms: HashMap::new(),
-            sessions: HashMap::new(),
+            registry: Registry::default(),
             media: MediaRouter::default(),
-            doomed: Vec::new(),
             ids: ids::Ids::default(),
             env,
             pc_alarm: Arc::default(),
@@ -347,7 +346,6 @@ impl ShardCore {
             next_speaker: now,
             next_slow: now,
             rates: RateWindow::default(),
-            draining: false,
             stopped: false,
         })
     }
@@ -362,8 +360,8 @@ impl ShardCore {
     #[cfg(any(test, feature = "sim"))]
     pub fn inject_pc_panic(&mut self, session: SessionId, publisher: bool) -> bool {
         let key = self
-            .sessions
-            .get(&session)
+            .registry
+            .session(session)
             .and_then(|s| if publisher { s.publisher } else { s.subscriber });
         match key.and_then(|key| self.transport.peer_mut(key)) {
             Some(peer) => {
@@ -419,10 +417,7 @@ impl ShardCore {
         datagram: &[u8],
         protocol: TransportProtocol,
     ) -> bool {
-        let crypto = self.factory.crypto().crypto();
-        let routed =
-            self.transport
-                .receive(now, from, to, datagram, protocol, crypto, &self.metrics);
+        let routed = self.transport.receive(now, from, to, datagram, protocol);
         let Routed::Peer(key) = routed else {
             return false;
         };
@@ -477,13 +472,14 @@ impl ShardCore {
                     RTCPeerConnectionState::Connected => {
                         peer.connected = true;
                         let session = peer.session;
-                        if let Some(s) = self.sessions.get_mut(&session) {
+                        if let Some(s) = self.registry.session_mut(session) {
                             s.media_seen = true;
                         }
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         peer.connected = false;
-                        self.doomed.push((peer.session, MEDIA_FAILED));
+                        let session = peer.session;
+                        self.registry.doom(session, MEDIA_FAILED);
                     }
                     _ => peer.connected = false,
                 }
@@ -545,15 +541,15 @@ impl ShardCore {
     fn evaluate_speakers(&mut self, now: Instant) {
         for (room, speaker) in self.media.speaker_changes(now) {
             let participant =
-                speaker.and_then(|s| self.sessions.get(&s).map(|s| s.participant.clone()));
+                speaker.and_then(|s| self.registry.session(s).map(|s| s.participant.clone()));
             self.broadcast(&room, None, ServerMessage::ActiveSpeaker { participant });
         }
     }
 
     fn release_empty_rooms(&mut self, now: Instant) {
         let expired: Vec<String> = self
-            .rooms
-            .iter()
+            .registry
+            .rooms()
             .filter(|(_, room)| {
                 room.empty_since.is_some_and(|since| {
                     now.saturating_duration_since(since) >= room.spec.empty_timeout()
@@ -591,7 +587,9 @@ impl ShardCore {
     }
 
     fn update_gauges(&self) {
-        self.metrics.pipelines.set(self.rooms.len() as i64);
+        self.metrics
+            .pipelines
+            .set(self.registry.room_count() as i64);
         self.metrics.participants.set(self.seated() as i64);
         self.metrics.tracks.set(self.media.len() as i64);
         self.metrics
@@ -602,7 +600,7 @@ impl ShardCore {
     /// Spacing of keyframe requests to a publisher stream of `room`. An audience is large
     /// and every viewer may ask, so its publishers hear at most one request a second.
     fn keyframe_interval(&self, room: &str) -> Duration {
-        let audience = self.rooms.get(room).is_some_and(|r| r.spec.audience);
+        let audience = self.registry.room(room).is_some_and(|r| r.spec.audience);
         if audience {
             self.config
                 .keyframe_interval
@@ -614,10 +612,7 @@ impl ShardCore {
 
     /// Sessions that take a seat: participants and viewers, not relays.
     fn seated(&self) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| s.presence.takes_seat())
-            .count()
+        self.registry.seated()
     }
 
     fn forwarded_streams(&self) -> usize {
@@ -634,11 +629,11 @@ impl ShardCore {
             for (key, session) in self.transport.poisoned() {
                 self.metrics.peer_panics.inc();
                 tracing::error!(peer = %key, %session, "peer connection panicked; ending its session");
-                self.doomed
-                    .push((session, "internal error in the media connection"));
+                self.registry
+                    .doom(session, "internal error in the media connection");
             }
         }
-        while let Some((session, reason)) = self.doomed.pop() {
+        while let Some((session, reason)) = self.registry.next_doomed() {
             self.remove_session(session, now, Some(reason));
         }
     }
@@ -675,15 +670,15 @@ impl ShardCore {
             }
             Command::ListPipelines { reply } => {
                 let mut list: Vec<PipelineInfo> = self
-                    .rooms
-                    .keys()
-                    .filter_map(|name| self.pipeline_info(name, now))
+                    .registry
+                    .rooms()
+                    .filter_map(|(name, _)| self.pipeline_info(name, now))
                     .collect();
                 list.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(list);
             }
             Command::ReleasePipeline { name, reply } => {
-                let result = if self.rooms.contains_key(&name) {
+                let result = if self.registry.room(&name).is_some() {
                     self.release_room(&name, now);
                     Ok(())
                 } else {
@@ -695,7 +690,7 @@ impl ShardCore {
                 let _ = reply.send(self.load());
             }
             Command::Drain { reply } => {
-                self.draining = true;
+                self.registry.drain();
                 let _ = reply.send(self.load());
             }
             Command::RelayAttach {
@@ -730,8 +725,12 @@ impl ShardCore {
             Command::RelayTrackEnded { room, track } => self.relay_track_ended(&room, &track, now),
             Command::RelayDetach { room } => self.relay_detach(&room, now),
             Command::Shutdown => {
-                self.sessions.values_mut().for_each(|s| s.closing = true);
-                let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+                let sessions = self.registry.session_ids();
+                for &session in &sessions {
+                    if let Some(s) = self.registry.session_mut(session) {
+                        s.closing = true;
+                    }
+                }
                 for session in sessions {
                     self.remove_session(session, now, Some(STOPPING));
                 }
@@ -743,11 +742,11 @@ impl ShardCore {
 
     fn load(&self) -> ShardLoad {
         ShardLoad {
-            pipelines: self.rooms.len() as u32,
+            pipelines: self.registry.room_count() as u32,
             participants: self.seated() as u32,
             tracks: self.media.len() as u32,
             forwarded_streams: self.forwarded_streams() as u32,
-            draining: self.draining,
+            draining: self.registry.is_draining(),
             ..self.rates.load.clone()
         }
     }
@@ -764,22 +763,9 @@ impl ShardCore {
             ));
         }
         spec.validate().map_err(AdminError::Invalid)?;
-        let created = match self.rooms.get_mut(&name) {
-            Some(room) => {
-                room.spec = spec;
-                false
-            }
-            None => {
-                if self.draining {
-                    return Err(AdminError::Draining);
-                }
-                if self.rooms.len() >= self.config.max_pipelines {
-                    return Err(AdminError::AtCapacity(self.config.max_pipelines));
-                }
-                self.rooms.insert(name.clone(), Room::new(spec, now));
-                true
-            }
-        };
+        let created = self
+            .registry
+            .put_room(&name, spec, self.config.max_pipelines, now)?;
         self.update_gauges();
         let info = self
             .pipeline_info(&name, now)
@@ -788,14 +774,14 @@ impl ShardCore {
     }
 
     fn pipeline_info(&self, name: &str, now: Instant) -> Option<PipelineInfo> {
-        let room = self.rooms.get(name)?;
+        let room = self.registry.room(name)?;
         Some(PipelineInfo {
             name: name.to_owned(),
             spec: room.spec.clone(),
             participants: room
                 .sessions
                 .iter()
-                .filter_map(|s| self.sessions.get(s))
+                .filter_map(|s| self.registry.session(*s))
                 .filter(|s| s.presence.takes_seat())
                 .count() as u32,
             tracks: room.tracks.len() as u32,
@@ -821,19 +807,19 @@ impl ShardCore {
 
     fn release_room(&mut self, name: &str, now: Instant) {
         let sessions = self
-            .rooms
-            .get(name)
+            .registry
+            .room(name)
             .map(|room| room.sessions.clone())
             .unwrap_or_default();
-        for session in &sessions {
-            if let Some(s) = self.sessions.get_mut(session) {
+        for &session in &sessions {
+            if let Some(s) = self.registry.session_mut(session) {
                 s.closing = true;
             }
         }
         for session in sessions {
             self.remove_session(session, now, Some("the room was released"));
         }
-        self.rooms.remove(name);
+        self.registry.remove_room(name);
         self.media.close_room(name);
         self.update_gauges();
     }
@@ -846,85 +832,33 @@ impl ShardCore {
         events: mpsc::Sender<ServerMessage>,
         now: Instant,
     ) -> Result<SessionId, JoinError> {
-        if self.draining {
-            return Err(JoinError::new(
-                ErrorCode::ShardDraining,
-                "this shard is draining; join again to be placed elsewhere",
-            ));
-        }
-        if !self.rooms.contains_key(&request.room) {
-            match &self.config.auto_create {
-                Some(spec) if self.rooms.len() < self.config.max_pipelines => {
-                    self.rooms
-                        .insert(request.room.clone(), Room::new(spec.clone(), now));
-                }
-                _ => {
-                    return Err(JoinError::new(
-                        ErrorCode::RoomNotFound,
-                        format!("room {} is not hosted here", request.room),
-                    ));
-                }
-            }
-        }
-        let replaced = self
-            .rooms
-            .get(&request.room)
-            .and_then(|room| room.by_participant.get(&request.participant).copied());
-        if let Some(old) = replaced {
+        self.registry.room_for_join(
+            &request,
+            self.config.auto_create.as_ref(),
+            self.config.max_pipelines,
+            now,
+        )?;
+        if let Some(old) = self.registry.replaced_by(&request) {
             self.remove_session(old, now, Some("replaced by a newer session"));
         }
-        if let Some(squatter) = self.seat_squatter(&request, now) {
+        if let Some(squatter) = self.registry.seat_squatter(&request, now) {
             tracing::info!(room = %request.room, "seat reclaimed from a session without media");
             self.remove_session(squatter, now, Some(SEAT_RECLAIMED));
         }
-        let Some(room) = self.rooms.get(&request.room) else {
-            return Err(JoinError::new(ErrorCode::RoomNotFound, "room was released"));
-        };
-        let presence = Presence::for_join(room, &request);
-        let nickname = nickname_key(&request.name);
-        let taken = presence.announced()
-            && room
-                .sessions
-                .iter()
-                .filter_map(|s| self.sessions.get(s))
-                .any(|s| s.presence.announced() && nickname_key(&s.name).clashes(&nickname));
-        if taken {
-            return Err(JoinError::new(
-                ErrorCode::NicknameTaken,
-                format!(
-                    "someone in room {} is already called {}",
-                    request.room, request.name
-                ),
-            ));
-        }
-        let seated = room
-            .sessions
-            .iter()
-            .filter_map(|s| self.sessions.get(s))
-            .filter(|s| s.presence.takes_seat())
-            .count();
-        if presence.takes_seat() && seated >= room.spec.max_participants as usize {
-            return Err(JoinError::new(
-                ErrorCode::RoomFull,
-                format!(
-                    "room {} is full ({} participants)",
-                    request.room, room.spec.max_participants
-                ),
-            ));
-        }
-        if self.sessions.len() >= self.config.max_participants {
-            return Err(JoinError::new(
-                ErrorCode::RoomFull,
-                "this shard is at capacity",
-            ));
-        }
-        let participants: Vec<ParticipantInfo> = room
-            .sessions
-            .iter()
-            .filter(|s| self.sessions.get(s).is_some_and(|s| s.presence.announced()))
-            .filter_map(|s| self.participant_info(*s))
+        let presence = self
+            .registry
+            .admit(&request, self.config.max_participants)?;
+        let participants: Vec<ParticipantInfo> = self
+            .registry
+            .announced_in(&request.room)
+            .into_iter()
+            .filter_map(|s| self.participant_info(s))
             .collect();
-        let existing_tracks = room.tracks.clone();
+        let (existing_tracks, audio) = self
+            .registry
+            .room(&request.room)
+            .map(|room| (room.tracks.clone(), room.spec.audio))
+            .unwrap_or_default();
         let id = self.ids.session();
         let info = ParticipantInfo {
             id: request.participant.clone(),
@@ -932,7 +866,7 @@ impl ShardCore {
             tracks: Vec::new(),
             screen_sharing: false,
         };
-        self.sessions.insert(
+        self.registry.enter(
             id,
             Session {
                 participant: request.participant.clone(),
@@ -952,24 +886,13 @@ impl ShardCore {
                 closing: false,
             },
         );
-        if let Some(room) = self.rooms.get_mut(&request.room) {
-            room.sessions.push(id);
-            room.by_participant.insert(request.participant.clone(), id);
-            if presence.takes_seat() {
-                room.empty_since = None;
-            }
-        }
         self.send(
             id,
             ServerMessage::Joined {
                 room: request.room.clone(),
                 participant: request.participant,
                 participants,
-                audio: self
-                    .rooms
-                    .get(&request.room)
-                    .map(|room| room.spec.audio)
-                    .unwrap_or_default(),
+                audio,
             },
         );
         if presence.announced() {
@@ -990,7 +913,7 @@ impl ShardCore {
     }
 
     fn participant_info(&self, session: SessionId) -> Option<ParticipantInfo> {
-        let s = self.sessions.get(&session)?;
+        let s = self.registry.session(session)?;
         Some(ParticipantInfo {
             id: s.participant.clone(),
             name: s.name.clone(),
@@ -1008,8 +931,8 @@ impl ShardCore {
             id: track.id.clone(),
             kind: track.kind,
             stream_id: self
-                .sessions
-                .get(&track.session)
+                .registry
+                .session(track.session)
                 .map(|s| s.participant.clone())
                 .unwrap_or_default(),
             codec: track.codec.mime_type.clone(),
@@ -1025,17 +948,7 @@ impl ShardCore {
 
     /// Sends a message to a session; a session whose queue is full is ended.
     fn send(&mut self, session: SessionId, message: ServerMessage) {
-        let Some(s) = self.sessions.get(&session) else {
-            return;
-        };
-        if let ServerMessage::Error { code, .. } = &message {
-            self.metrics.error(*code);
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = s.events.try_send(message) {
-            self.metrics.error(ErrorCode::SlowConsumer);
-            self.doomed
-                .push((session, "slow consumer: signaling queue overflowed"));
-        }
+        self.registry.send(&self.metrics, session, message);
     }
 
     fn send_error(&mut self, session: SessionId, code: ErrorCode, message: impl Into<String>) {
@@ -1050,44 +963,13 @@ impl ShardCore {
 
     /// Sends a message to every session of a room except `except`.
     fn broadcast(&mut self, room: &str, except: Option<SessionId>, message: ServerMessage) {
-        let Some(targets) = self.rooms.get(room).map(|r| r.sessions.clone()) else {
-            return;
-        };
-        for session in targets {
-            if Some(session) != except {
-                self.send(session, message.clone());
-            }
-        }
+        self.registry
+            .broadcast(&self.metrics, room, except, &message);
     }
 
     /// Ends a session: unpublishes its tracks, closes its connections, tells the room.
-    /// When `request` would find its room full: the session that has held a seat
-    /// longest without ever connecting media, if it has held it past [`SEAT_GRACE`].
-    fn seat_squatter(&self, request: &JoinRequest, now: Instant) -> Option<SessionId> {
-        let room = self.rooms.get(&request.room)?;
-        if !Presence::for_join(room, request).takes_seat() {
-            return None;
-        }
-        let seated: Vec<(SessionId, &Session)> = room
-            .sessions
-            .iter()
-            .filter_map(|id| self.sessions.get(id).map(|s| (*id, s)))
-            .filter(|(_, s)| s.presence.takes_seat())
-            .collect();
-        if seated.len() < room.spec.max_participants as usize {
-            return None;
-        }
-        seated
-            .into_iter()
-            .filter(|(_, s)| {
-                !s.media_seen && now.saturating_duration_since(s.joined_at) >= SEAT_GRACE
-            })
-            .min_by_key(|(_, s)| s.joined_at)
-            .map(|(id, _)| id)
-    }
-
     fn remove_session(&mut self, id: SessionId, now: Instant, reason: Option<&str>) {
-        let Some(session) = self.sessions.get_mut(&id) else {
+        let Some(session) = self.registry.session_mut(id) else {
             return;
         };
         session.closing = true;
@@ -1096,7 +978,7 @@ impl ShardCore {
         for track in session.tracks.clone() {
             self.unpublish(track, now);
         }
-        if let Some(room) = self.rooms.get(&room_name) {
+        if let Some(room) = self.registry.room(&room_name) {
             for track in room.tracks.clone() {
                 if let Some(track) = self.media.track_mut(track) {
                     track.downtracks.retain(|d| d.session != id);
@@ -1112,7 +994,7 @@ impl ShardCore {
                 },
             );
         }
-        let Some(session) = self.sessions.remove(&id) else {
+        let Some(session) = self.registry.leave(id, now) else {
             return;
         };
         for key in [session.publisher, session.subscriber]
@@ -1122,20 +1004,6 @@ impl ShardCore {
             self.close_peer(key);
         }
         self.media.forget_speaker(&room_name, id);
-        if let Some(room) = self.rooms.get_mut(&room_name) {
-            room.sessions.retain(|s| *s != id);
-            if room.by_participant.get(&participant) == Some(&id) {
-                room.by_participant.remove(&participant);
-            }
-            let seated = room
-                .sessions
-                .iter()
-                .filter_map(|s| self.sessions.get(s))
-                .any(|s| s.presence.takes_seat());
-            if !seated && room.empty_since.is_none() {
-                room.empty_since = Some(now);
-            }
-        }
         if session.presence.announced() {
             self.broadcast(
                 &room_name,
@@ -1153,9 +1021,9 @@ impl ShardCore {
 
     fn new_peer(&mut self, session: SessionId, role: PeerRole, now: Instant) -> Option<PeerKey> {
         let music = self
-            .sessions
-            .get(&session)
-            .and_then(|s| self.rooms.get(&s.room))
+            .registry
+            .session(session)
+            .and_then(|s| self.registry.room(&s.room))
             .is_some_and(|room| room.spec.audio.is_music());
         let pc = match self.factory.build(role, music, now) {
             Ok(pc) => pc,
@@ -1191,8 +1059,6 @@ impl ShardCore {
         Some(key)
     }
 }
-
-use tutti_shard_api::nickname::nickname_key;
 
 impl Room {
     fn new(spec: PipelineSpec, now: Instant) -> Self {
@@ -1336,7 +1202,7 @@ mod tests {
         assert!(join_named(&mut core, "other", "p3", "teacher").0.is_ok());
         assert!(join_named(&mut core, "lesson", "p4", "Student").0.is_ok());
         assert!(join_named(&mut core, "lesson", "p1", "TEACHER").0.is_ok());
-        assert_eq!(core.rooms["lesson"].sessions.len(), 2);
+        assert_eq!(core.registry.room("lesson").unwrap().sessions.len(), 2);
     }
 
     #[test]
@@ -1423,7 +1289,7 @@ mod tests {
         let (teacher, _teacher_rx) = join_at(&mut core, "teacher", start + Duration::from_secs(1));
         let teacher = teacher.unwrap();
         // The teacher's media connected; the squatter's never did.
-        core.sessions.get_mut(&teacher).unwrap().media_seen = true;
+        core.registry.session_mut(teacher).unwrap().media_seen = true;
         let (early, _) = join_at(&mut core, "student", start + Duration::from_secs(10));
         assert_eq!(
             early.unwrap_err().code,
@@ -1436,9 +1302,9 @@ mod tests {
             start + SEAT_GRACE + Duration::from_secs(1),
         );
         assert!(late.is_ok(), "the squatted seat went to the student");
-        assert!(!core.sessions.contains_key(&squatter.unwrap()));
+        assert!(core.registry.session(squatter.unwrap()).is_none());
         assert!(
-            core.sessions.contains_key(&teacher),
+            core.registry.session(teacher).is_some(),
             "a seat with media is kept"
         );
         assert!(drain(&mut squatter_rx).iter().any(
@@ -1603,7 +1469,7 @@ mod tests {
         .sum();
         assert_eq!(dropped, 40_000);
         assert_eq!(core.transport.bound_addrs(), 0);
-        assert_eq!(core.sessions.len(), 1);
+        assert_eq!(core.registry.sessions().count(), 1);
     }
 
     #[test]
@@ -1655,7 +1521,7 @@ mod tests {
                 })
             ));
         }
-        assert!(core.sessions.contains_key(&session));
+        assert!(core.registry.session(session).is_some());
         assert_eq!(core.metrics().peer_panics.get(), 0);
     }
 
@@ -1706,6 +1572,6 @@ mod tests {
             replaced |= matches!(message, ServerMessage::Left { .. });
         }
         assert!(replaced, "the older session was told it was replaced");
-        assert_eq!(core.rooms["duo"].sessions.len(), 2);
+        assert_eq!(core.registry.room("duo").unwrap().sessions.len(), 2);
     }
 }

@@ -52,7 +52,7 @@ fn take_announcement(window: &mut Option<(Instant, u32)>, now: Instant) -> bool 
 impl ShardCore {
     /// Handles a joined session's message.
     pub(super) fn on_signal(&mut self, session: SessionId, message: ClientMessage, now: Instant) {
-        if !self.sessions.contains_key(&session) {
+        if self.registry.session(session).is_none() {
             return;
         }
         match message {
@@ -91,7 +91,7 @@ impl ShardCore {
                 sdp_mid,
                 sdp_m_line_index,
             } => {
-                let key = self.sessions.get(&session).and_then(|s| match pc {
+                let key = self.registry.session(session).and_then(|s| match pc {
                     PeerTarget::Publisher => s.publisher,
                     PeerTarget::Subscriber => s.subscriber,
                 });
@@ -122,9 +122,9 @@ impl ShardCore {
             ClientMessage::SetQuality { track, quality } => {
                 // Only the tracks of the session's room, not every track of the shard.
                 let key = self
-                    .sessions
-                    .get(&session)
-                    .and_then(|s| self.rooms.get(&s.room))
+                    .registry
+                    .session(session)
+                    .and_then(|s| self.registry.room(&s.room))
                     .and_then(|room| {
                         room.tracks
                             .iter()
@@ -143,8 +143,8 @@ impl ShardCore {
             }
             ClientMessage::Mute { track, muted } => {
                 let allowed = self
-                    .sessions
-                    .get_mut(&session)
+                    .registry
+                    .session_mut(session)
                     .is_some_and(|s| take_announcement(&mut s.announcements, now));
                 if !allowed {
                     self.send_error(
@@ -155,7 +155,7 @@ impl ShardCore {
                     return;
                 }
                 // Only the session's own tracks, not every track of the shard.
-                let key = self.sessions.get(&session).and_then(|s| {
+                let key = self.registry.session(session).and_then(|s| {
                     s.tracks.iter().copied().find(|k| {
                         self.media
                             .track(*k)
@@ -169,8 +169,8 @@ impl ShardCore {
                         let track = t.id.clone();
                         let (room, participant) = (t.room.clone(), t.session);
                         let participant = self
-                            .sessions
-                            .get(&participant)
+                            .registry
+                            .session(participant)
                             .map(|s| s.participant.clone())
                             .unwrap_or_default();
                         self.broadcast(
@@ -191,7 +191,7 @@ impl ShardCore {
                 }
             }
             ClientMessage::ScreenShare { active } => {
-                let Some(s) = self.sessions.get_mut(&session) else {
+                let Some(s) = self.registry.session_mut(session) else {
                     return;
                 };
                 // Only a participant who may publish has a screen to share: a viewer's
@@ -231,7 +231,7 @@ impl ShardCore {
                 self.remove_session(session, now, Some("left"));
             }
             ClientMessage::RestartIce => {
-                let key = self.sessions.get(&session).and_then(|s| s.subscriber);
+                let key = self.registry.session(session).and_then(|s| s.subscriber);
                 match key.and_then(|k| self.transport.peer_mut(k).map(|peer| (k, peer))) {
                     Some((key, peer)) => {
                         peer.pc.with(|pc| pc.restart_ice());
@@ -251,7 +251,7 @@ impl ShardCore {
     /// Delivers a chat message to the room, or a direct message to one participant, and
     /// echoes it to the sender so that every client shows the room's order.
     fn on_chat(&mut self, session: SessionId, text: String, to: Option<String>, now: Instant) {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.registry.session(session) else {
             return;
         };
         if s.presence != super::Presence::Participant {
@@ -271,8 +271,8 @@ impl ShardCore {
             None => self.broadcast(&room, None, message),
             Some(to) => {
                 let recipient = self
-                    .rooms
-                    .get(&room)
+                    .registry
+                    .room(&room)
                     .and_then(|r| r.by_participant.get(&to))
                     .copied();
                 match recipient {
@@ -293,7 +293,7 @@ impl ShardCore {
     }
 
     fn on_publisher_offer(&mut self, session: SessionId, sdp: String, now: Instant) {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.registry.session(session) else {
             return;
         };
         if !s.publish {
@@ -316,7 +316,7 @@ impl ShardCore {
             Some(key) => key,
             None => match self.new_peer(session, PeerRole::Publisher, now) {
                 Some(key) => {
-                    if let Some(s) = self.sessions.get_mut(&session) {
+                    if let Some(s) = self.registry.session_mut(session) {
                         s.publisher = Some(key);
                     }
                     key
@@ -324,7 +324,7 @@ impl ShardCore {
                 None => return,
             },
         };
-        let (policy, cap, audio) = match self.rooms.get(&room) {
+        let (policy, cap, audio) = match self.registry.room(&room) {
             Some(r) => (
                 r.spec.media.clone(),
                 r.spec.media.max_video_bitrate_kbps,
@@ -410,7 +410,7 @@ impl ShardCore {
     }
 
     fn on_subscriber_answer(&mut self, session: SessionId, sdp: String, now: Instant) {
-        let key = self.sessions.get(&session).and_then(|s| s.subscriber);
+        let key = self.registry.session(session).and_then(|s| s.subscriber);
         let Some(key) = key else {
             self.send_error(session, ErrorCode::OutOfOrder, "no offer is outstanding");
             return;
@@ -561,7 +561,11 @@ impl ShardCore {
             return;
         };
         // A session on its way out gets no more offers; its connection is about to close.
-        if self.sessions.get(&peer.session).is_none_or(|s| s.closing) {
+        if self
+            .registry
+            .session(peer.session)
+            .is_none_or(|s| s.closing)
+        {
             return;
         }
         if peer.offer_out {
@@ -577,9 +581,9 @@ impl ShardCore {
         };
         let session = peer.session;
         let audio = self
-            .sessions
-            .get(&session)
-            .and_then(|s| self.rooms.get(&s.room))
+            .registry
+            .session(session)
+            .and_then(|s| self.registry.room(&s.room))
             .map(|room| room.spec.audio)
             .unwrap_or_default();
         let offer = peer.pc.with(move |pc| {
@@ -676,7 +680,7 @@ impl ShardCore {
             RtpCodecKind::Video => TrackKind::Video,
             _ => return,
         };
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.registry.session(session) else {
             return;
         };
         if s.tracks.len() >= MAX_TRACKS_PER_PARTICIPANT {
@@ -689,7 +693,7 @@ impl ShardCore {
             return;
         }
         let room = s.room.clone();
-        let allowed = self.rooms.get(&room).is_some_and(|r| match kind {
+        let allowed = self.registry.room(&room).is_some_and(|r| match kind {
             TrackKind::Audio => r.spec.media.audio,
             TrackKind::Video => r.spec.media.video,
         });
@@ -705,8 +709,8 @@ impl ShardCore {
         };
         let mut ranks = rank_layers(&rid_names);
         let simulcast = self
-            .rooms
-            .get(&room)
+            .registry
+            .room(&room)
             .is_some_and(|r| r.spec.media.simulcast);
         if !simulcast
             && rid_names.len() > 1
@@ -765,15 +769,15 @@ impl ShardCore {
         if let Some(peer) = self.transport.peer_mut(key) {
             peer.incoming.insert(init.ssrc, (track_key, layer_index));
         }
-        if let Some(s) = self.sessions.get_mut(&session) {
+        if let Some(s) = self.registry.session_mut(session) {
             s.tracks.push(track_key);
         }
         let participant = self
-            .sessions
-            .get(&session)
+            .registry
+            .session(session)
             .map(|s| s.participant.clone())
             .unwrap_or_default();
-        let subscribers: Vec<SessionId> = match self.rooms.get_mut(&room) {
+        let subscribers: Vec<SessionId> = match self.registry.room_mut(&room) {
             Some(r) => {
                 r.tracks.push(track_key);
                 r.sessions
@@ -801,7 +805,7 @@ impl ShardCore {
 
     /// Starts forwarding a track to a session's subscriber connection.
     pub(super) fn add_downtrack(&mut self, session: SessionId, track_key: TrackKey, now: Instant) {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.registry.session(session) else {
             return;
         };
         if !s.subscribe {
@@ -817,7 +821,7 @@ impl ShardCore {
             Some(key) => key,
             None => match self.new_peer(session, PeerRole::Subscriber, now) {
                 Some(key) => {
-                    if let Some(s) = self.sessions.get_mut(&session) {
+                    if let Some(s) = self.registry.session_mut(session) {
                         s.subscriber = Some(key);
                     }
                     key
@@ -830,15 +834,15 @@ impl ShardCore {
             return;
         };
         let mut stream_id = self
-            .sessions
-            .get(&publisher)
+            .registry
+            .session(publisher)
             .map(|s| s.participant.clone())
             .unwrap_or_default();
         // A browser delays the sound of a stream to keep it in step with the stream's
         // video. Musicians need the sound now: in music rooms it is a stream of its own.
         let music = self
-            .rooms
-            .get(&track.room)
+            .registry
+            .room(&track.room)
             .is_some_and(|room| room.spec.audio.is_music());
         if music && track.kind == TrackKind::Audio {
             stream_id.push_str(".audio");
@@ -937,10 +941,10 @@ impl ShardCore {
         if let Some(peer) = track.peer.and_then(|key| self.transport.peer_mut(key)) {
             peer.incoming.retain(|_, (t, _)| *t != track_key);
         }
-        if let Some(s) = self.sessions.get_mut(&track.session) {
+        if let Some(s) = self.registry.session_mut(track.session) {
             s.tracks.retain(|t| *t != track_key);
         }
-        if let Some(room) = self.rooms.get_mut(&track.room) {
+        if let Some(room) = self.registry.room_mut(&track.room) {
             room.tracks.retain(|t| *t != track_key);
         }
         for entry in &track.downtracks {
@@ -954,8 +958,8 @@ impl ShardCore {
             }
         }
         let participant = self
-            .sessions
-            .get(&track.session)
+            .registry
+            .session(track.session)
             .map(|s| s.participant.clone())
             .unwrap_or_default();
         tracing::info!(track = %track.id, "track unpublished");

@@ -37,11 +37,11 @@ impl ShardCore {
         feedback: mpsc::Sender<RelayFeedback>,
         now: Instant,
     ) -> bool {
-        if !self.rooms.contains_key(room) {
+        if self.registry.room(room).is_none() {
             return false;
         }
         self.relay_detach(room, now);
-        if let Some(r) = self.rooms.get_mut(room) {
+        if let Some(r) = self.registry.room_mut(room) {
             r.relay = Some(RelayFeed {
                 feedback,
                 sessions: HashMap::new(),
@@ -53,8 +53,8 @@ impl ShardCore {
     /// The feed stopped: its participants and tracks leave the room.
     pub(super) fn relay_detach(&mut self, room: &str, now: Instant) {
         let sessions: Vec<_> = self
-            .rooms
-            .get_mut(room)
+            .registry
+            .room_mut(room)
             .and_then(|r| r.relay.take())
             .map(|feed| feed.sessions.into_values().collect())
             .unwrap_or_default();
@@ -73,8 +73,8 @@ impl ShardCore {
         now: Instant,
     ) {
         let existing = self
-            .rooms
-            .get(room)
+            .registry
+            .room(room)
             .and_then(|r| r.relay.as_ref())
             .and_then(|feed| feed.sessions.get(participant).copied());
         match (present, existing) {
@@ -82,7 +82,7 @@ impl ShardCore {
                 self.relayed_session(room, participant, name, now);
             }
             (false, Some(session)) => {
-                if let Some(feed) = self.rooms.get_mut(room).and_then(|r| r.relay.as_mut()) {
+                if let Some(feed) = self.registry.room_mut(room).and_then(|r| r.relay.as_mut()) {
                     feed.sessions.remove(participant);
                 }
                 self.remove_session(session, now, None);
@@ -95,14 +95,14 @@ impl ShardCore {
     /// (and its own child edges) are told, and later joiners see it in `joined`.
     pub(super) fn relay_screen_share(&mut self, room: &str, participant: &str, active: bool) {
         let Some(id) = self
-            .rooms
-            .get(room)
+            .registry
+            .room(room)
             .and_then(|r| r.relay.as_ref())
             .and_then(|feed| feed.sessions.get(participant).copied())
         else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(&id) else {
+        let Some(session) = self.registry.session_mut(id) else {
             return;
         };
         if session.screen_sharing == active {
@@ -127,14 +127,14 @@ impl ShardCore {
         name: &str,
         now: Instant,
     ) -> Option<super::api::SessionId> {
-        let feed = self.rooms.get(room)?.relay.as_ref()?;
+        let feed = self.registry.room(room)?.relay.as_ref()?;
         if let Some(session) = feed.sessions.get(participant) {
             return Some(*session);
         }
         let id = self.ids.session();
         // Nobody reads this queue: a relayed participant has no client.
         let (events, _) = mpsc::channel(1);
-        self.sessions.insert(
+        self.registry.enter(
             id,
             Session {
                 participant: participant.to_owned(),
@@ -155,9 +155,7 @@ impl ShardCore {
                 closing: false,
             },
         );
-        let r = self.rooms.get_mut(room)?;
-        r.sessions.push(id);
-        r.by_participant.insert(participant.to_owned(), id);
+        let r = self.registry.room_mut(room)?;
         if let Some(feed) = r.relay.as_mut() {
             feed.sessions.insert(participant.to_owned(), id);
         }
@@ -234,10 +232,10 @@ impl ShardCore {
         };
         let info = self.track_info(&track);
         self.media.publish(track_key, track);
-        if let Some(s) = self.sessions.get_mut(&session) {
+        if let Some(s) = self.registry.session_mut(session) {
             s.tracks.push(track_key);
         }
-        let subscribers: Vec<_> = match self.rooms.get_mut(&relayed.room) {
+        let subscribers: Vec<_> = match self.registry.room_mut(&relayed.room) {
             Some(r) => {
                 r.tracks.push(track_key);
                 r.sessions
@@ -282,8 +280,8 @@ impl ShardCore {
 
     /// Sends a keyframe request for a relayed stream up to the parent; whether it went.
     pub(super) fn relay_keyframe_request(&self, room: &str, ssrc: u32) -> bool {
-        self.rooms
-            .get(room)
+        self.registry
+            .room(room)
             .and_then(|r| r.relay.as_ref())
             .is_some_and(|feed| {
                 feed.feedback

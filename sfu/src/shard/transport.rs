@@ -12,7 +12,7 @@ use crate::demux::Demux;
 use crate::metrics::{DropReason, ShardMetrics};
 use crate::wire::{self, DatagramKind};
 use bytes::BytesMut;
-use rtc::crypto::RTCCrypto;
+use rtc::crypto::RTCCryptoProvider;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
@@ -20,6 +20,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Round-trip probes (plain STUN Binding requests) answered per second at most.
@@ -31,6 +32,9 @@ pub(super) struct Transport {
     advertised: SocketAddr,
     /// The passive ICE-TCP candidate's address, when ICE-TCP is on.
     advertised_tcp: Option<SocketAddr>,
+    /// Checks STUN message integrity.
+    crypto: Arc<dyn RTCCryptoProvider>,
+    metrics: Arc<ShardMetrics>,
     peers: HashMap<PeerKey, Peer>,
     demux: Demux<PeerKey>,
     /// ICE-TCP connections bound to peers, by remote address (ufrags live in `demux`).
@@ -98,10 +102,14 @@ impl Transport {
         advertised: SocketAddr,
         advertised_tcp: Option<SocketAddr>,
         idle_timeout: Duration,
+        crypto: Arc<dyn RTCCryptoProvider>,
+        metrics: Arc<ShardMetrics>,
     ) -> Self {
         Self {
             advertised,
             advertised_tcp,
+            crypto,
+            metrics,
             peers: HashMap::new(),
             demux: Demux::new(idle_timeout),
             tcp_demux: Demux::new(idle_timeout),
@@ -217,8 +225,6 @@ impl Transport {
         to: Option<IpAddr>,
         datagram: &[u8],
         protocol: TransportProtocol,
-        crypto: &dyn RTCCrypto,
-        metrics: &ShardMetrics,
     ) -> Routed {
         let kind = wire::classify(datagram);
         let bound = match protocol {
@@ -227,7 +233,7 @@ impl Transport {
         };
         let key = match (kind, bound) {
             (DatagramKind::Unknown, _) => {
-                metrics.dropped(DropReason::Garbage);
+                self.metrics.dropped(DropReason::Garbage);
                 return Routed::Nowhere;
             }
             (_, Some(key)) => key,
@@ -235,10 +241,10 @@ impl Transport {
                 if protocol == TransportProtocol::UDP
                     && let Some(response) = wire::probe_response(datagram, from)
                 {
-                    self.answer_probe(now, from, to, response, metrics);
+                    self.answer_probe(now, from, to, response);
                     return Routed::Nowhere;
                 }
-                match self.authenticate_stun(datagram, crypto) {
+                match self.authenticate_stun(datagram) {
                     Ok(key) => {
                         match protocol {
                             TransportProtocol::TCP => self.tcp_demux.bind(from, None, key, now),
@@ -247,17 +253,17 @@ impl Transport {
                         key
                     }
                     Err(reason) => {
-                        metrics.dropped(reason);
+                        self.metrics.dropped(reason);
                         return Routed::Nowhere;
                     }
                 }
             }
             (_, None) => {
-                metrics.dropped(DropReason::UnknownSource);
+                self.metrics.dropped(DropReason::UnknownSource);
                 return Routed::Nowhere;
             }
         };
-        metrics.datagram_in(match kind {
+        self.metrics.datagram_in(match kind {
             DatagramKind::Stun => 0,
             DatagramKind::Dtls => 1,
             DatagramKind::Rtp => 2,
@@ -269,7 +275,7 @@ impl Transport {
         };
         let Some(peer) = self.peers.get_mut(&key) else {
             self.forget_addresses(key);
-            metrics.dropped(DropReason::UnknownSource);
+            self.metrics.dropped(DropReason::UnknownSource);
             return Routed::Nowhere;
         };
         let input = TaggedBytesMut {
@@ -291,11 +297,7 @@ impl Transport {
     }
 
     /// Finds the peer a STUN request names and checks it knows the peer's password.
-    fn authenticate_stun(
-        &self,
-        datagram: &[u8],
-        crypto: &dyn RTCCrypto,
-    ) -> Result<PeerKey, DropReason> {
+    fn authenticate_stun(&self, datagram: &[u8]) -> Result<PeerKey, DropReason> {
         let ufrag = wire::stun_username(datagram)
             .and_then(wire::local_ufrag)
             .ok_or(DropReason::UnknownUfrag)?;
@@ -309,8 +311,12 @@ impl Transport {
             ..Default::default()
         };
         message.decode().map_err(|_| DropReason::Garbage)?;
-        rtc::stun::integrity::MessageIntegrity::check(&mut message, peer.pwd.as_bytes(), crypto)
-            .map_err(|_| DropReason::BadIntegrity)?;
+        rtc::stun::integrity::MessageIntegrity::check(
+            &mut message,
+            peer.pwd.as_bytes(),
+            self.crypto.crypto(),
+        )
+        .map_err(|_| DropReason::BadIntegrity)?;
         Ok(key)
     }
 
@@ -323,7 +329,6 @@ impl Transport {
         from: SocketAddr,
         to: Option<IpAddr>,
         response: Vec<u8>,
-        metrics: &ShardMetrics,
     ) {
         let window = match self.probe_window {
             Some((start, count))
@@ -334,7 +339,7 @@ impl Transport {
             _ => (now, 0),
         };
         if window.1 >= PROBES_PER_SECOND {
-            metrics.dropped(DropReason::ProbeLimit);
+            self.metrics.dropped(DropReason::ProbeLimit);
             return;
         }
         self.probe_window = Some((window.0, window.1 + 1));
