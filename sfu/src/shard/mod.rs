@@ -3,26 +3,30 @@
 //!
 //! The media thread feeds it datagrams, commands and the passing of time, and takes the
 //! datagrams it wants sent; nothing here touches a socket or reads a clock. One core
-//! serves every peer on the shard's single UDP port:
+//! serves every peer on the shard's single UDP port. It is made of three parts with state
+//! of their own, and carries out what involves more than one of them:
 //!
-//! * **Routing in.** A datagram is classified (RFC 7983). STUN is routed by the ICE ufrag
-//!   in its USERNAME and, once its MESSAGE-INTEGRITY proves it knows the peer's password,
-//!   binds its source address to the peer; DTLS and SRTP are routed by that address.
-//!   Anything else is dropped and counted.
-//! * **The forwarding hot path** (`forward.rs`). A publisher's connection decrypts an RTP
-//!   packet into a header and a payload (`Bytes`, reference-counted). The packet is stored
-//!   once in its layer's retransmission buffer (a reference, not a copy), then for each
-//!   subscriber the downtrack decides whether to forward it and under which sequence
-//!   number and timestamp; the subscriber's copy is a new header sharing the same payload
-//!   buffer, encrypted by that subscriber's connection straight into its datagram. No
-//!   payload byte is copied per subscriber before encryption, which has to produce a
+//! * **Rooms and sessions** (`registry.rs`): pipelines, admission, entering and leaving,
+//!   and the signaling messages that fan out to a room.
+//! * **Peers and transport** (`transport.rs`). A datagram is classified (RFC 7983). STUN is
+//!   routed by the ICE ufrag in its USERNAME and, once its MESSAGE-INTEGRITY proves it
+//!   knows the peer's password, binds its source address to the peer; DTLS and SRTP are
+//!   routed by that address. Anything else is dropped and counted. Connections that
+//!   produced output are marked dirty; once per batch of input the core drains them into
+//!   one list of datagrams, which the I/O loop sends with `sendmmsg` and UDP GSO (see
+//!   [`crate::udp`]).
+//! * **Media routing** (`router.rs`), the forwarding hot path. A publisher's connection
+//!   decrypts an RTP packet into a header and a payload (`Bytes`, reference-counted). The
+//!   packet is stored once in its layer's retransmission buffer (a reference, not a copy),
+//!   then for each subscriber the downtrack decides whether to forward it and under which
+//!   sequence number and timestamp; the subscriber's copy is a new header sharing the same
+//!   payload buffer, encrypted by that subscriber's connection straight into its datagram.
+//!   No payload byte is copied per subscriber before encryption, which has to produce a
 //!   distinct buffer per subscriber anyway.
-//! * **Routing out.** Connections that produced output are marked dirty; once per batch of
-//!   input the core drains them into one list of datagrams, which the I/O loop sends with
-//!   `sendmmsg` and UDP GSO (see [`crate::udp`]).
-//! * **Negotiation** (`negotiate.rs`). Clients offer on their publisher connection; the
-//!   shard offers on each subscriber connection whenever tracks come or go, one offer at
-//!   a time per connection.
+//!
+//! Negotiation (`negotiate.rs`): clients offer on their publisher connection; the shard
+//! offers on each subscriber connection whenever tracks come or go, one offer at a time
+//! per connection. Relays (`relay.rs`) feed an edge shard's rooms from a parent shard.
 
 pub mod api;
 mod env;
