@@ -362,10 +362,43 @@ async fn an_empty_room_leaves_a_draining_shard_and_an_occupied_one_stays() -> Re
     Ok(())
 }
 
+/// Once `shards` shards heartbeat into `store`: a placer packing rooms, and the record of
+/// "duet", a room of two placed by latency.
+async fn latency_duet(store: &MemoryStore, shards: usize) -> Result<Placer<MemoryStore>> {
+    use tutti_store::{LiveWriter, PlacementPolicy, RoomRecord};
+    let live = store.clone();
+    eventually(WAIT, "the shards' heartbeats", || {
+        let live = live.clone();
+        async move { Ok(live.shards().len() == shards) }
+    })
+    .await?;
+    let record = RoomRecord {
+        max_participants: 2,
+        placement: PlacementPolicy::Latency,
+        owner: Some("Test/duet".into()),
+        ..RoomRecord::with_defaults("duet")
+    };
+    store.put_room(record).await.map_err(anyhow::Error::msg)?;
+    Ok(Placer::new(
+        store.clone(),
+        ADMIN_TOKEN.into(),
+        Strategy::Packed,
+    ))
+}
+
+/// A participant of "duet" reporting its round trips (ms) to regions.
+fn report(participant: &str, rtt: &[(&str, u32)]) -> tutti_store::LatencyReport {
+    tutti_store::LatencyReport {
+        room: "duet".into(),
+        participant: participant.into(),
+        rtt_ms: rtt.iter().map(|(r, ms)| ((*r).to_owned(), *ms)).collect(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() -> Result<()> {
     use tutti_control::records::RecordKeeper;
-    use tutti_store::{LatencyReport, LiveWriter, PlacementPolicy, RoomRecord};
+    use tutti_store::LiveWriter;
     let store = MemoryStore::new();
     let stop = CancellationToken::new();
     let mut shards = Vec::new();
@@ -381,26 +414,8 @@ async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() 
         );
         shards.push(shard);
     }
-    let live = store.clone();
-    eventually(WAIT, "three shards", || {
-        let live = live.clone();
-        async move { Ok(live.shards().len() == 3) }
-    })
-    .await?;
-    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let placer = latency_duet(&store, 3).await?;
     let mut keeper = RecordKeeper::default();
-    let record = RoomRecord {
-        max_participants: 2,
-        placement: PlacementPolicy::Latency,
-        owner: Some("Test/duet".into()),
-        ..RoomRecord::with_defaults("duet")
-    };
-    store.put_room(record).await.map_err(anyhow::Error::msg)?;
-    let report = |participant: &str, rtt: &[(&str, u32)]| LatencyReport {
-        room: "duet".into(),
-        participant: participant.into(),
-        rtt_ms: rtt.iter().map(|(r, ms)| ((*r).to_owned(), *ms)).collect(),
-    };
 
     // Nobody has said where they are: the room waits.
     let pass = keeper.pass(&placer).await;
@@ -470,7 +485,7 @@ async fn a_latency_room_waits_for_its_first_participant_then_follows_the_pair() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latency_move_its_target_shard_refused_is_tried_again() -> Result<()> {
     use tutti_control::records::RecordKeeper;
-    use tutti_store::{LatencyReport, LiveWriter, PlacementPolicy, RoomRecord};
+    use tutti_store::LiveWriter;
     let store = MemoryStore::new();
     let stop = CancellationToken::new();
     let near = TestShard::start().await?;
@@ -495,26 +510,8 @@ async fn a_latency_move_its_target_shard_refused_is_tried_again() -> Result<()> 
         Duration::from_secs(1),
         silent.clone(),
     );
-    let live = store.clone();
-    eventually(WAIT, "two shards", || {
-        let live = live.clone();
-        async move { Ok(live.shards().len() == 2) }
-    })
-    .await?;
-    let placer = Placer::new(store.clone(), ADMIN_TOKEN.into(), Strategy::Packed);
+    let placer = latency_duet(&store, 2).await?;
     let mut keeper = RecordKeeper::default();
-    let record = RoomRecord {
-        max_participants: 2,
-        placement: PlacementPolicy::Latency,
-        owner: Some("Test/duet".into()),
-        ..RoomRecord::with_defaults("duet")
-    };
-    store.put_room(record).await.map_err(anyhow::Error::msg)?;
-    let report = |participant: &str, rtt: &[(&str, u32)]| LatencyReport {
-        room: "duet".into(),
-        participant: participant.into(),
-        rtt_ms: rtt.iter().map(|(r, ms)| ((*r).to_owned(), *ms)).collect(),
-    };
     store
         .put_latency_report(report("abudhabi", &[("r1", 80), ("r2", 20)]))
         .await

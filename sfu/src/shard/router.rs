@@ -15,7 +15,7 @@
 //! the subscriber's sequence numbers back to the source; receiver reports record loss.
 
 use super::transport::Transport;
-use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
+use super::{DowntrackEntry, LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
 use crate::media::speaker::SpeakerDetector;
 use crate::metrics::ShardMetrics;
@@ -249,22 +249,14 @@ impl MediaRouter {
                 (true, Some((_, start))) => packet.payload.slice(start..),
                 _ => entry.picture_ids.forward(ssrc, packet.payload.clone()),
             };
-            let mut out = rtp::Packet {
-                header: packet.header.clone(),
+            let out = subscriber_copy(
+                entry,
+                &packet.header,
                 payload,
-            };
-            if let Some(id) = entry.playout_delay {
-                // Zero minimum and maximum delay: render as soon as decoded. (The header's
-                // extension list is a Vec in `rtc`, so this costs an allocation per packet
-                // in music rooms; the fast path of its own will write it in place.)
-                let _ = out
-                    .header
-                    .set_extension(id, Bytes::from_static(&PLAYOUT_DELAY_ZERO));
-            }
-            out.header.ssrc = entry.ssrc;
-            out.header.payload_type = payload_type;
-            out.header.sequence_number = rewritten.seq;
-            out.header.timestamp = rewritten.timestamp;
+                payload_type,
+                rewritten.seq,
+                rewritten.timestamp,
+            );
             if subscriber.write_rtp(entry.sender, out, now) {
                 metrics.rtp_forwarded_packets.inc();
                 metrics.rtp_forwarded_bytes.inc_by(size);
@@ -440,17 +432,63 @@ impl MediaRouter {
             else {
                 continue;
             };
-            let mut out = stored.clone();
-            out.payload = entry.picture_ids.retransmission(source.ssrc, out.payload);
-            out.header.ssrc = entry.ssrc;
-            out.header.payload_type = payload_type;
-            out.header.sequence_number = out_seq;
-            out.header.timestamp = stored.header.timestamp.wrapping_add(source.ts_offset);
+            // The payload as it was first sent: a RED track's primary block for a
+            // subscriber that takes Opus, picture IDs patched like their segment.
+            let payload = if entry.unwrap_red {
+                match red_primary(&stored.payload) {
+                    Some((_, start)) => stored.payload.slice(start..),
+                    None => continue,
+                }
+            } else {
+                entry
+                    .picture_ids
+                    .retransmission(source.ssrc, stored.payload.clone())
+            };
+            let out = subscriber_copy(
+                entry,
+                &stored.header,
+                payload,
+                payload_type,
+                out_seq,
+                stored.header.timestamp.wrapping_add(source.ts_offset),
+            );
             if peer.write_rtp(entry.sender, out, now) {
                 metrics.retransmissions.inc();
             }
         }
     }
+}
+
+/// The packet `entry`'s subscriber gets: `source`'s header under the subscriber's SSRC,
+/// payload type, sequence number and timestamp, with the extensions the shard writes, and
+/// `payload`. Forwarding and retransmission both build it here because a resend must be
+/// byte for byte what was first sent under that sequence number: SRTP would otherwise
+/// encrypt two different packets with the same keystream (the same packet index).
+fn subscriber_copy(
+    entry: &DowntrackEntry,
+    source: &rtp::Header,
+    payload: Bytes,
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+) -> rtp::Packet {
+    let mut out = rtp::Packet {
+        header: source.clone(),
+        payload,
+    };
+    if let Some(id) = entry.playout_delay {
+        // Zero minimum and maximum delay: render as soon as decoded. (The header's
+        // extension list is a Vec in `rtc`, so this costs an allocation per packet in
+        // music rooms; the fast path of its own will write it in place.)
+        let _ = out
+            .header
+            .set_extension(id, Bytes::from_static(&PLAYOUT_DELAY_ZERO));
+    }
+    out.header.ssrc = entry.ssrc;
+    out.header.payload_type = payload_type;
+    out.header.sequence_number = seq;
+    out.header.timestamp = timestamp;
+    out
 }
 
 /// Feeds a room's speaker detector, made on the room's first audio level.

@@ -195,6 +195,17 @@ fn media_engine(publish: bool) -> Result<MediaEngine, String> {
                 None,
             )
             .map_err(|e| e.to_string())?;
+    } else {
+        // As a browser does: music rooms render video with no playout delay.
+        engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: crate::peer::PLAYOUT_DELAY_URI.to_owned(),
+                },
+                RtpCodecKind::Video,
+                None,
+            )
+            .map_err(|e| e.to_string())?;
     }
     Ok(engine)
 }

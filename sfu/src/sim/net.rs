@@ -70,6 +70,13 @@ struct LinkState {
     last_due: Option<Instant>,
     rtp_seen: u64,
     dropped: u64,
+    /// A digest of each SRTP packet sent, by (SSRC, sequence number): its packet index
+    /// while the rollover counter is 0, as in these short runs.
+    sent_rtp: HashMap<(u32, u16), u64>,
+    /// Packets sent again under an index already used...
+    rtp_repeats: u64,
+    /// ...of which with other bytes: SRTP then reused a keystream on different plaintext.
+    rtp_reused_keystream: u64,
 }
 
 /// The network between the shard and its clients.
@@ -120,8 +127,20 @@ impl Net {
                 ..LinkState::default()
             });
         let sequence = rtp_sequence(&bytes);
-        if sequence.is_some() {
+        if let Some(seq) = sequence {
             link.rtp_seen += 1;
+            let ssrc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+            let digest = {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&bytes[..], &mut hasher);
+                std::hash::Hasher::finish(&hasher)
+            };
+            if let Some(before) = link.sent_rtp.insert((ssrc, seq), digest) {
+                link.rtp_repeats += 1;
+                if before != digest {
+                    link.rtp_reused_keystream += 1;
+                }
+            }
         }
         let lost = match (link.params.loss, sequence) {
             (Loss::None, _) => false,
@@ -171,6 +190,14 @@ impl Net {
             }
         }
         out
+    }
+
+    /// SRTP packets sent on the link from `from` to `to` under an index already used:
+    /// (how many, how many of those with other bytes than the first).
+    pub fn repeated_rtp(&self, from: IpAddr, to: IpAddr) -> (u64, u64) {
+        self.links
+            .get(&(from, to))
+            .map_or((0, 0), |l| (l.rtp_repeats, l.rtp_reused_keystream))
     }
 
     /// Datagrams the link from `from` to `to` lost.

@@ -190,6 +190,43 @@ fn lost_packets_are_repaired_from_the_retransmission_buffer() {
 }
 
 #[test]
+fn a_resend_is_byte_for_byte_the_packet_first_sent_so_srtp_never_reuses_a_keystream() {
+    // A music room: the shard writes a playout-delay extension on every video packet, on
+    // resends too. A resend with other bytes than the first send of its sequence number
+    // would be encrypted with the same SRTP keystream (the same packet index).
+    let spec = PipelineSpec {
+        audio: tutti_shard_api::audio::AudioSettings::music(),
+        ..PipelineSpec::default()
+    };
+    let mut sim = Sim::new(CoreConfig::new(SHARD), spec).unwrap();
+    sim.join("room", "alice", publishing(None, Some(VideoSpec::single())))
+        .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    sim.net.set_link(
+        SHARD.ip(),
+        client_addr(bob).ip(),
+        LinkParams {
+            delay: Duration::from_millis(20),
+            jitter: Duration::ZERO,
+            loss: Loss::EveryNthRtp(10),
+        },
+    );
+    receive(&mut sim, bob, "alice", TrackKind::Video, 50);
+    sim.run_for(Duration::from_secs(3));
+    let resent = sim.metrics().retransmissions.get();
+    let (repeated, other_bytes) = sim.net.repeated_rtp(SHARD.ip(), client_addr(bob).ip());
+    assert!(resent > 20, "{resent} resent");
+    assert!(
+        repeated >= resent,
+        "{repeated} repeated indexes for {resent} resends"
+    );
+    assert_eq!(
+        other_bytes, 0,
+        "of {repeated} resends, {other_bytes} differed from the first send"
+    );
+}
+
+#[test]
 fn a_subscriber_gets_the_layer_it_asks_for_with_continuous_numbering() {
     let mut sim = Sim::with_defaults().unwrap();
     let alice = sim
