@@ -148,9 +148,9 @@ fn keyframe_requests_are_throttled_and_each_brings_a_keyframe_within_an_interval
     }
 }
 
-#[test]
-fn lost_packets_are_repaired_from_the_retransmission_buffer() {
-    let mut sim = Sim::with_defaults().unwrap();
+/// Alice publishes a video; Bob, who views it, loses every tenth media packet from the
+/// shard on the way. Runs 3 s from Bob's first 50 packets; returns Bob and the track.
+fn lossy_video_viewer(sim: &mut Sim) -> (usize, String) {
     sim.join("room", "alice", publishing(None, Some(VideoSpec::single())))
         .unwrap();
     let bob = sim.join("room", "bob", viewer()).unwrap();
@@ -164,8 +164,15 @@ fn lost_packets_are_repaired_from_the_retransmission_buffer() {
             loss: Loss::EveryNthRtp(10),
         },
     );
-    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 50);
+    let track = receive(sim, bob, "alice", TrackKind::Video, 50);
     sim.run_for(Duration::from_secs(3));
+    (bob, track)
+}
+
+#[test]
+fn lost_packets_are_repaired_from_the_retransmission_buffer() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let (bob, track) = lossy_video_viewer(&mut sim);
     let lost = sim.net.dropped(SHARD.ip(), client_addr(bob).ip());
     let resent = sim.metrics().retransmissions.get();
     assert!(lost > 20, "the link lost {lost}");
@@ -199,20 +206,7 @@ fn a_resend_is_byte_for_byte_the_packet_first_sent_so_srtp_never_reuses_a_keystr
         ..PipelineSpec::default()
     };
     let mut sim = Sim::new(CoreConfig::new(SHARD), spec).unwrap();
-    sim.join("room", "alice", publishing(None, Some(VideoSpec::single())))
-        .unwrap();
-    let bob = sim.join("room", "bob", viewer()).unwrap();
-    sim.net.set_link(
-        SHARD.ip(),
-        client_addr(bob).ip(),
-        LinkParams {
-            delay: Duration::from_millis(20),
-            jitter: Duration::ZERO,
-            loss: Loss::EveryNthRtp(10),
-        },
-    );
-    receive(&mut sim, bob, "alice", TrackKind::Video, 50);
-    sim.run_for(Duration::from_secs(3));
+    let (bob, _) = lossy_video_viewer(&mut sim);
     let resent = sim.metrics().retransmissions.get();
     let (repeated, other_bytes) = sim.net.repeated_rtp(SHARD.ip(), client_addr(bob).ip());
     assert!(resent > 20, "{resent} resent");
