@@ -75,6 +75,8 @@ if cargo tree --locked -p tutti-signaling --no-default-features --features etcd 
 fi
 
 # 6. Quality gates.
+say "vendored crates are upstream + their patch"
+vendor/check.sh
 say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
