@@ -18,6 +18,7 @@ pub mod shard;
 pub mod signal;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod srtp;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
