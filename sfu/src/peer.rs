@@ -15,8 +15,8 @@
 use rtc::crypto::RTCCryptoProvider;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry,
-    SenderReportBuilder, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
+    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry, Slot,
+    StreamInfo, TaggedPacket, TwccReceiverBuilder,
 };
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{
@@ -323,11 +323,10 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
         feedback("nack", "pli"),
         feedback("ccm", "fir"),
     ];
-    let mut audio_feedback = vec![];
-    if publisher {
-        video_feedback.push(feedback("transport-cc", ""));
-        audio_feedback.push(feedback("transport-cc", ""));
-    }
+    // Publishers get transport-wide feedback from the shard; subscribers send it for the
+    // sequence numbers the shard stamps on what it forwards.
+    video_feedback.push(feedback("transport-cc", ""));
+    let audio_feedback = vec![feedback("transport-cc", "")];
     if redundant_audio {
         engine.register_codec(red_codec(audio_feedback.clone()), RtpCodecKind::Audio)?;
     }
@@ -380,6 +379,26 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
             None,
         )?;
     }
+    if !publisher {
+        // Written by the shard on every forwarded packet (media::outgoing): the send
+        // stamps a receiver's congestion feedback refers to, and the publisher's audio
+        // level for a client's own speaker display.
+        for (uri, kind) in [
+            (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+            (rtc::sdp::extmap::ABS_SEND_TIME_URI, RtpCodecKind::Audio),
+            (rtc::sdp::extmap::ABS_SEND_TIME_URI, RtpCodecKind::Video),
+            (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
+            (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
+        ] {
+            engine.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                kind,
+                None,
+            )?;
+        }
+    }
     if publisher {
         for (uri, kind) in [
             (rtc::sdp::extmap::SDES_MID_URI, RtpCodecKind::Audio),
@@ -410,9 +429,11 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
 
 /// The interceptor chain of one direction. A publisher connection detects losses (NACK),
 /// reports arrivals for the publisher's bandwidth estimate (transport-cc) and sends
-/// receiver reports. A subscriber connection sends sender reports and hands the
-/// subscriber's feedback (keyframe requests, NACKs, receiver reports) to the shard, which
-/// answers NACKs from the per-track buffer instead of a per-subscriber copy.
+/// receiver reports. A subscriber connection hands the subscriber's feedback (keyframe
+/// requests, NACKs, receiver reports) to the shard, which answers NACKs from the per-track
+/// buffer instead of a per-subscriber copy. The shard writes and protects the RTP it
+/// sends itself, so it also writes the sender reports (media::sender_report): rtc's
+/// interceptor would see none of those packets.
 fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, RtcError> {
     let _ = engine;
     Ok(match role {
@@ -420,9 +441,7 @@ fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, Rt
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
-        PeerRole::Subscriber => Registry::new()
-            .with(Slot::from(500), FeedbackToShard::default())
-            .with(Slot::SenderReport, SenderReportBuilder::new().build()),
+        PeerRole::Subscriber => Registry::new().with(Slot::from(500), FeedbackToShard::default()),
     })
 }
 

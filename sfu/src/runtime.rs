@@ -166,7 +166,7 @@ async fn media_loop(
         }
         core.handle_timeout(Instant::now());
         core.take_transmits(&mut outgoing, &mut tcp_outgoing);
-        flush(&socket, &mut sender, &mut outgoing, &core).await;
+        flush(&socket, &mut sender, &mut outgoing, &mut core).await;
         send_tcp(&mut tcp_outgoing, &tcp_writers, &core);
         core.take_tcp_to_close(&mut tcp_closing);
         for from in tcp_closing.drain(..) {
@@ -177,7 +177,7 @@ async fn media_loop(
         }
     }
     core.take_transmits(&mut outgoing, &mut tcp_outgoing);
-    flush(&socket, &mut sender, &mut outgoing, &core).await;
+    flush(&socket, &mut sender, &mut outgoing, &mut core).await;
     send_tcp(&mut tcp_outgoing, &tcp_writers, &core);
     tracing::info!("media thread stopped");
 }
@@ -293,19 +293,25 @@ async fn flush(
     socket: &UdpSocket,
     sender: &mut SendBatcher,
     outgoing: &mut Vec<(SocketAddr, BytesMut)>,
-    core: &ShardCore,
+    core: &mut ShardCore,
 ) {
     let fd = socket.as_raw_fd();
-    let metrics = core.metrics();
     while !outgoing.is_empty() {
         let outcome = sender.send(fd, outgoing, |to| core.local_ip_for(to));
+        let metrics = core.metrics();
         metrics.datagrams_sent.inc_by(outcome.sent as u64);
         metrics.send_failures.inc_by(outcome.failed as u64);
         metrics.send_syscalls.inc_by(outcome.syscalls as u64);
         if !outcome.would_block {
+            // Their buffers carry the next turn's packets.
+            core.recycle(outgoing.drain(..).map(|(_, buf)| buf));
             break;
         }
-        outgoing.drain(..outcome.sent + outcome.failed);
+        core.recycle(
+            outgoing
+                .drain(..outcome.sent + outcome.failed)
+                .map(|(_, buf)| buf),
+        );
         // The kernel's send buffer is full: wait until it drains rather than drop media.
         if socket.writable().await.is_err() {
             outgoing.clear();

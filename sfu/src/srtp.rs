@@ -91,18 +91,24 @@ pub struct SrtpSender {
     cipher: Cipher,
 }
 
+// One per connection, read on every packet: the GCM key stays inline rather than behind
+// another pointer.
+#[allow(clippy::large_enum_variant)]
 enum Cipher {
     Gcm {
         key: aead::LessSafeKey,
         salt: [u8; 12],
     },
-    Cm {
-        /// The session encryption key, expanded once.
-        aes: aes::Aes128,
-        auth: hmac::Key,
-        salt: [u8; 14],
-        tag_len: usize,
-    },
+    Cm(Box<CmKeys>),
+}
+
+/// AES-CM with HMAC-SHA1 session keys (boxed: the expanded AES key is large).
+struct CmKeys {
+    /// The session encryption key, expanded once.
+    aes: aes::Aes128,
+    auth: hmac::Key,
+    salt: [u8; 14],
+    tag_len: usize,
 }
 
 impl SrtpSender {
@@ -139,12 +145,12 @@ impl SrtpSender {
                 derive(LABEL_AUTHENTICATION, &mut auth)?;
                 let mut salt = [0u8; 14];
                 derive(LABEL_SALT, &mut salt)?;
-                Cipher::Cm {
+                Cipher::Cm(Box::new(CmKeys {
                     aes: aes::Aes128::new(&key.into()),
                     auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
                     salt,
                     tag_len: profile.tag_len(),
-                }
+                }))
             }
         };
         Ok(Self { cipher })
@@ -154,7 +160,7 @@ impl SrtpSender {
     pub fn tag_len(&self) -> usize {
         match &self.cipher {
             Cipher::Gcm { .. } => 16,
-            Cipher::Cm { tag_len, .. } => *tag_len,
+            Cipher::Cm(keys) => keys.tag_len,
         }
     }
 
@@ -193,12 +199,13 @@ impl SrtpSender {
                     .map_err(|_| SrtpError::Cipher)?;
                 packet.extend_from_slice(tag.as_ref());
             }
-            Cipher::Cm {
-                aes,
-                auth,
-                salt,
-                tag_len,
-            } => {
+            Cipher::Cm(keys) => {
+                let CmKeys {
+                    aes,
+                    auth,
+                    salt,
+                    tag_len,
+                } = &**keys;
                 // RFC 3711 section 4.1.1: (salt * 2^16) XOR (SSRC * 2^64) XOR (index * 2^16).
                 let mut iv = [0u8; 16];
                 iv[..14].copy_from_slice(salt);
@@ -234,19 +241,20 @@ fn derive(
     label: u8,
     out: &mut [u8],
 ) -> Result<(), SrtpError> {
-    enum Prf {
-        Aes128(aes::Aes128),
-        Aes256(aes::Aes256),
+    match master_key.len() {
+        16 => derive_with::<aes::Aes128>(master_key, master_salt, label, out),
+        32 => derive_with::<aes::Aes256>(master_key, master_salt, label, out),
+        _ => Err(SrtpError::KeyLength),
     }
-    let prf = match master_key.len() {
-        16 => {
-            Prf::Aes128(aes::Aes128::new_from_slice(master_key).map_err(|_| SrtpError::KeyLength)?)
-        }
-        32 => {
-            Prf::Aes256(aes::Aes256::new_from_slice(master_key).map_err(|_| SrtpError::KeyLength)?)
-        }
-        _ => return Err(SrtpError::KeyLength),
-    };
+}
+
+fn derive_with<Prf: KeyInit + BlockEncrypt<BlockSize = aes::cipher::consts::U16>>(
+    master_key: &[u8],
+    master_salt: &[u8],
+    label: u8,
+    out: &mut [u8],
+) -> Result<(), SrtpError> {
+    let prf = Prf::new_from_slice(master_key).map_err(|_| SrtpError::KeyLength)?;
     if master_salt.len() > 14 {
         return Err(SrtpError::KeyLength);
     }
@@ -256,10 +264,7 @@ fn derive(
         block[7] ^= label;
         block[14..].copy_from_slice(&(counter as u16).to_be_bytes());
         let mut block = block.into();
-        match &prf {
-            Prf::Aes128(aes) => aes.encrypt_block(&mut block),
-            Prf::Aes256(aes) => aes.encrypt_block(&mut block),
-        }
+        prf.encrypt_block(&mut block);
         chunk.copy_from_slice(&block[..chunk.len()]);
     }
     Ok(())
@@ -321,7 +326,7 @@ mod tests {
     fn packet(ssrc: u32, seq: u16, payload_len: usize, extension: bool) -> rtc::rtp::Packet {
         let mut header = rtc::rtp::header::Header {
             version: 2,
-            marker: seq % 3 == 0,
+            marker: seq.is_multiple_of(3),
             payload_type: 96,
             sequence_number: seq,
             timestamp: u32::from(seq) * 3000,

@@ -133,7 +133,8 @@ impl SendBatcher {
     /// within one). On `would_block`, the caller waits for writability and calls again
     /// with the datagrams not yet sent, which are moved to the end of `datagrams`'s order:
     /// after a would-block return, `datagrams` has been reordered so that the unsent ones
-    /// are `datagrams[sent + failed..]`.
+    /// are `datagrams[sent + failed..]`. The datagrams dealt with stay in `datagrams`
+    /// (all of them, unless it would block) for the caller to reuse their buffers.
     pub fn send(
         &mut self,
         fd: RawFd,
@@ -193,8 +194,6 @@ impl SendBatcher {
             }
             debug_assert_eq!(done, outcome.sent + outcome.failed);
             *datagrams = ordered;
-        } else {
-            datagrams.clear();
         }
         outcome
     }
@@ -673,6 +672,8 @@ mod tests {
             let outcome = batcher.send(sender.as_raw_fd(), &mut batch, |_| None);
             assert_eq!(outcome.sent, 22, "gso={gso}: {outcome:?}");
             assert!(!outcome.would_block);
+            // Left for the caller, whose buffers they are.
+            assert_eq!(batch.len(), 22);
             // Two destinations, at most a handful of messages, one syscall.
             assert_eq!(outcome.syscalls, 1);
             let got_a = drain(&a, 12);

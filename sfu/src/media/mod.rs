@@ -7,8 +7,10 @@
 pub mod codec;
 pub mod downtrack;
 pub mod keyframe;
+pub mod outgoing;
 pub mod picture_id;
 pub mod retransmit;
+pub mod sender_report;
 pub mod sequencer;
 pub mod simulcast;
 pub mod speaker;

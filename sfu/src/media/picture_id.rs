@@ -11,12 +11,11 @@
 //! decoding 160-pixel frames for as long as it watched.)
 //!
 //! As the sequencer does for sequence numbers, every source switch starts a segment whose
-//! offsets make its first picture follow the last one sent. A subscriber that never
-//! switched has zero offsets and its packets are forwarded as they are; after a switch
-//! each forwarded packet is a copy with the two fields patched.
+//! offsets make its first picture follow the last one sent. The fields are patched in the
+//! subscriber's copy of the packet, which the shard writes anyway before encrypting it; a
+//! subscriber that never switched has zero offsets and nothing is patched.
 
 use super::codec::CodecFamily;
-use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 
 /// Past segments remembered, so retransmissions of their packets are patched alike.
@@ -155,15 +154,15 @@ impl PictureIds {
         }
     }
 
-    /// The payload to forward for a packet of source `ssrc`, which the downtrack decided to
-    /// forward. A packet from another source than the last starts a segment.
-    pub fn forward(&mut self, ssrc: u32, payload: Bytes) -> Bytes {
-        let Some(fields) = self.fields(&payload) else {
-            return payload;
+    /// Patches the subscriber's copy of a payload of source `ssrc`, which the downtrack
+    /// decided to forward. A packet from another source than the last starts a segment.
+    pub fn forward(&mut self, ssrc: u32, payload: &mut [u8]) {
+        let Some(fields) = self.fields(payload) else {
+            return;
         };
         let picture_id = fields
             .picture_id
-            .and_then(|at| read_picture_id(&payload, at));
+            .and_then(|at| read_picture_id(payload, at));
         let tl0 = fields.tl0.and_then(|at| payload.get(at).copied());
         if self.segments.back().is_none_or(|s| s.source_ssrc != ssrc) {
             let segment = Segment {
@@ -185,7 +184,7 @@ impl PictureIds {
             self.segments.push_back(segment);
         }
         let Some(segment) = self.segments.back().copied() else {
-            return payload;
+            return;
         };
         if let Some(id) = picture_id {
             let out = id.wrapping_add(segment.picture_id) & PICTURE_ID_MASK;
@@ -208,44 +207,50 @@ impl PictureIds {
         patch(payload, fields, segment)
     }
 
-    /// The payload of a retransmission of a packet from source `ssrc`, patched like the
-    /// original was (the latest segment of that source).
-    pub fn retransmission(&self, ssrc: u32, payload: Bytes) -> Bytes {
-        let Some(fields) = self.fields(&payload) else {
-            return payload;
+    /// Patches the copy of a retransmitted payload of source `ssrc` like the original was
+    /// (the latest segment of that source).
+    pub fn retransmission(&self, ssrc: u32, payload: &mut [u8]) {
+        let Some(fields) = self.fields(payload) else {
+            return;
         };
-        match self.segments.iter().rev().find(|s| s.source_ssrc == ssrc) {
-            Some(segment) => patch(payload, fields, *segment),
-            None => payload,
+        if let Some(segment) = self.segments.iter().rev().find(|s| s.source_ssrc == ssrc) {
+            patch(payload, fields, *segment);
         }
     }
 }
 
 /// Applies a segment's offsets; a zero offset costs nothing.
-fn patch(payload: Bytes, fields: Fields, segment: Segment) -> Bytes {
-    let picture_id = fields.picture_id.filter(|_| segment.picture_id != 0);
-    let tl0 = fields.tl0.filter(|_| segment.tl0 != 0);
-    if picture_id.is_none() && tl0.is_none() {
-        return payload;
-    }
-    let mut copy = BytesMut::from(&payload[..]);
-    if let Some(at) = picture_id
-        && let Some(id) = read_picture_id(&copy, at)
+fn patch(payload: &mut [u8], fields: Fields, segment: Segment) {
+    if let Some(at) = fields.picture_id.filter(|_| segment.picture_id != 0)
+        && let Some(id) = read_picture_id(payload, at)
     {
         let mask = if at.1 { PICTURE_ID_MASK } else { 0x7f };
-        write_picture_id(&mut copy, at, id.wrapping_add(segment.picture_id) & mask);
+        write_picture_id(payload, at, id.wrapping_add(segment.picture_id) & mask);
     }
-    if let Some(at) = tl0
-        && let Some(byte) = copy.get_mut(at)
+    if let Some(at) = fields.tl0.filter(|_| segment.tl0 != 0)
+        && let Some(byte) = payload.get_mut(at)
     {
         *byte = byte.wrapping_add(segment.tl0);
     }
-    copy.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    /// What `ids` makes of a forwarded payload: a patched copy.
+    fn forward(ids: &mut PictureIds, ssrc: u32, payload: Bytes) -> Bytes {
+        let mut copy = payload.to_vec();
+        ids.forward(ssrc, &mut copy);
+        copy.into()
+    }
+
+    fn resend(ids: &PictureIds, ssrc: u32, payload: Bytes) -> Bytes {
+        let mut copy = payload.to_vec();
+        ids.retransmission(ssrc, &mut copy);
+        copy.into()
+    }
 
     /// A VP8 payload with a 15-bit picture ID and TL0PICIDX, then one byte of frame data.
     fn vp8(picture_id: u16, tl0: u8) -> Bytes {
@@ -268,54 +273,54 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_that_never_switches_passes_through_uncopied() {
+    fn a_stream_that_never_switches_passes_through_unchanged() {
         let mut ids = PictureIds::new(CodecFamily::Vp8);
         let packet = vp8(1000, 7);
-        let out = ids.forward(1, packet.clone());
-        assert_eq!(out, packet);
-        // Same buffer: nothing was copied.
-        assert_eq!(out.as_ptr(), packet.as_ptr());
-        assert_eq!(vp8_ids(&ids.forward(1, vp8(1001, 8))), (1001, 8));
+        assert_eq!(forward(&mut ids, 1, packet.clone()), packet);
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(1001, 8))), (1001, 8));
     }
 
     #[test]
     fn a_switch_continues_from_the_last_picture_sent() {
         let mut ids = PictureIds::new(CodecFamily::Vp8);
-        ids.forward(1, vp8(20_000, 100));
-        ids.forward(1, vp8(20_001, 101));
+        forward(&mut ids, 1, vp8(20_000, 100));
+        forward(&mut ids, 1, vp8(20_001, 101));
         // The other layer numbers its pictures from far behind.
-        assert_eq!(vp8_ids(&ids.forward(2, vp8(300, 5))), (20_002, 102));
-        assert_eq!(vp8_ids(&ids.forward(2, vp8(301, 6))), (20_003, 103));
+        assert_eq!(vp8_ids(&forward(&mut ids, 2, vp8(300, 5))), (20_002, 102));
+        assert_eq!(vp8_ids(&forward(&mut ids, 2, vp8(301, 6))), (20_003, 103));
         // Back to the first layer: still moving forward.
-        assert_eq!(vp8_ids(&ids.forward(1, vp8(20_050, 130))), (20_004, 104));
+        assert_eq!(
+            vp8_ids(&forward(&mut ids, 1, vp8(20_050, 130))),
+            (20_004, 104)
+        );
     }
 
     #[test]
     fn picture_ids_wrap_in_fifteen_bits() {
         let mut ids = PictureIds::new(CodecFamily::Vp8);
-        ids.forward(1, vp8(0x7fff, 255));
-        assert_eq!(vp8_ids(&ids.forward(2, vp8(10, 3))), (0, 0));
-        assert_eq!(vp8_ids(&ids.forward(2, vp8(11, 4))), (1, 1));
+        forward(&mut ids, 1, vp8(0x7fff, 255));
+        assert_eq!(vp8_ids(&forward(&mut ids, 2, vp8(10, 3))), (0, 0));
+        assert_eq!(vp8_ids(&forward(&mut ids, 2, vp8(11, 4))), (1, 1));
     }
 
     #[test]
     fn retransmissions_are_patched_like_their_segment() {
         let mut ids = PictureIds::new(CodecFamily::Vp8);
-        ids.forward(1, vp8(5000, 1));
-        ids.forward(2, vp8(100, 9));
-        let resent = ids.retransmission(2, vp8(100, 9));
+        forward(&mut ids, 1, vp8(5000, 1));
+        forward(&mut ids, 2, vp8(100, 9));
+        let resent = resend(&ids, 2, vp8(100, 9));
         assert_eq!(vp8_ids(&resent), (5001, 2));
         // The first segment had no offset.
-        assert_eq!(vp8_ids(&ids.retransmission(1, vp8(5000, 1))), (5000, 1));
-        assert_eq!(ids.retransmission(3, vp8(7, 7)), vp8(7, 7));
+        assert_eq!(vp8_ids(&resend(&ids, 1, vp8(5000, 1))), (5000, 1));
+        assert_eq!(resend(&ids, 3, vp8(7, 7)), vp8(7, 7));
     }
 
     #[test]
     fn short_picture_ids_and_missing_fields_are_handled() {
         let mut ids = PictureIds::new(CodecFamily::Vp8);
         // 7-bit picture ID, no TL0PICIDX.
-        ids.forward(1, Bytes::from_static(&[0x90, 0x80, 0x05, 0x00]));
-        let out = ids.forward(2, Bytes::from_static(&[0x90, 0x80, 0x7e, 0x00]));
+        forward(&mut ids, 1, Bytes::from_static(&[0x90, 0x80, 0x05, 0x00]));
+        let out = forward(&mut ids, 2, Bytes::from_static(&[0x90, 0x80, 0x7e, 0x00]));
         assert_eq!(&out[..], &[0x90, 0x80, 0x06, 0x00]);
         // No extension at all, and truncated descriptors: forwarded unchanged.
         for payload in [
@@ -325,7 +330,7 @@ mod tests {
             &[][..],
         ] {
             let payload = Bytes::copy_from_slice(payload);
-            assert_eq!(ids.forward(3, payload.clone()), payload);
+            assert_eq!(forward(&mut ids, 3, payload.clone()), payload);
         }
     }
 
@@ -343,8 +348,8 @@ mod tests {
             ])
         };
         let mut ids = PictureIds::new(CodecFamily::Vp9);
-        ids.forward(1, vp9(9000, 50));
-        let out = ids.forward(2, vp9(12, 3));
+        forward(&mut ids, 1, vp9(9000, 50));
+        let out = forward(&mut ids, 2, vp9(12, 3));
         let fields = vp9_fields(&out).unwrap();
         assert_eq!(
             read_picture_id(&out, fields.picture_id.unwrap()),
@@ -357,7 +362,7 @@ mod tests {
     fn other_codecs_pass_through() {
         let mut ids = PictureIds::new(CodecFamily::H264);
         let packet = Bytes::from_static(&[0x90, 0xC0, 0x81, 0x00, 0x05, 0x00]);
-        ids.forward(1, packet.clone());
-        assert_eq!(ids.forward(2, packet.clone()), packet);
+        forward(&mut ids, 1, packet.clone());
+        assert_eq!(forward(&mut ids, 2, packet.clone()), packet);
     }
 }

@@ -70,6 +70,11 @@ impl Env {
         (self.cpu_seconds)()
     }
 
+    /// The wall-clock time of `now`.
+    pub(crate) fn wall_time(&self, now: Instant) -> SystemTime {
+        (self.wall_clock)(now)
+    }
+
     /// Milliseconds since the Unix epoch at `now`.
     pub(crate) fn unix_millis(&self, now: Instant) -> u64 {
         (self.wall_clock)(now)

@@ -45,11 +45,14 @@ mod transport;
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
 use crate::media::keyframe::KeyframeThrottle;
+use crate::media::outgoing::{ExtensionIds, SentStamps};
 use crate::media::picture_id::PictureIds;
 use crate::media::retransmit::RetransmitBuffer;
+use crate::media::sender_report::SentCounts;
 use crate::metrics::ShardMetrics;
 use crate::peer::{IceTimeouts, PeerBuildError, PeerFactory, PeerRole};
 use crate::signal::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
+use crate::srtp::RolloverCounter;
 use api::{
     AdminError, Command, JoinError, JoinRequest, PipelineInfo, PipelineSpec, SessionId, ShardLoad,
 };
@@ -232,6 +235,11 @@ pub(crate) struct Peer {
     renegotiate: bool,
     /// Remote candidates the client trickled.
     remote_candidates: u32,
+    /// Protects the RTP the shard sends on this connection; made from the DTLS keys once
+    /// the connection is up.
+    srtp: Option<crate::srtp::SrtpSender>,
+    /// The connection's next transport-wide sequence number.
+    transport_seq: u16,
 }
 
 pub(crate) struct Layer {
@@ -254,9 +262,16 @@ pub(crate) struct DowntrackEntry {
     /// The track is RED but this subscriber takes only Opus: it gets each packet's
     /// primary block.
     unwrap_red: bool,
-    /// Music rooms: the id of the playout-delay extension this subscriber negotiated for
-    /// video, written on every packet with a zero delay.
-    playout_delay: Option<u8>,
+    /// The header extensions this subscriber negotiated for the stream, which the shard
+    /// writes on every packet (playout delay only in music rooms).
+    extensions: ExtensionIds,
+    /// Turns the stream's sequence numbers into SRTP packet indexes.
+    rollover: RolloverCounter,
+    /// What the send-time extensions of recent packets carried, for their resends: video
+    /// with such extensions only (audio is not resent).
+    stamps: Option<SentStamps>,
+    /// What the stream sent, for its sender reports.
+    sent: SentCounts,
     state: Downtrack,
     /// VP8/VP9 picture IDs kept continuous across the layer switches `state` makes.
     picture_ids: PictureIds,
@@ -474,8 +489,8 @@ impl ShardCore {
                 tracing::debug!(peer = %key, role = ?peer.role, %state, "connection state");
                 match state {
                     RTCPeerConnectionState::Connected => {
-                        peer.connected = true;
                         let session = peer.session;
+                        self.transport.connected(key);
                         if let Some(s) = self.registry.session_mut(session) {
                             s.media_seen = true;
                         }
@@ -505,6 +520,12 @@ impl ShardCore {
         self.transport.take_transmits(out, tcp_out);
     }
 
+    /// Takes back the buffers of datagrams the I/O loop has sent: the next packets the
+    /// shard forwards are written into them.
+    pub fn recycle(&mut self, sent: impl Iterator<Item = BytesMut>) {
+        self.transport.recycle(sent);
+    }
+
     // ---------------------------------------------------------------- time
 
     /// When the core next needs [`Self::handle_timeout`].
@@ -530,6 +551,8 @@ impl ShardCore {
 
     fn housekeeping(&mut self, now: Instant) {
         self.send_deferred_keyframe_requests(now);
+        let wall = self.env.wall_time(now);
+        self.media.send_reports(&mut self.transport, now, wall);
         if now >= self.next_speaker {
             self.next_speaker = now + SPEAKER_INTERVAL;
             self.evaluate_speakers(now);
@@ -1058,6 +1081,8 @@ impl ShardCore {
                 offer_out: false,
                 renegotiate: false,
                 remote_candidates: 0,
+                srtp: None,
+                transport_seq: 0,
             },
         );
         Some(key)

@@ -10,11 +10,14 @@ use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey}
 use crate::media::codec::CodecFamily;
 use crate::media::downtrack::Downtrack;
 use crate::media::keyframe::KeyframeThrottle;
+use crate::media::outgoing::{ExtensionIds, SentStamps};
 use crate::media::picture_id::PictureIds;
 use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
+use crate::media::sender_report::SentCounts;
 use crate::media::simulcast::rank_layers;
 use crate::peer::PeerRole;
 use crate::signal::protocol::{ClientMessage, ErrorCode, PeerTarget, ServerMessage, TrackKind};
+use crate::srtp::RolloverCounter;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -471,14 +474,20 @@ impl ShardCore {
             if entry.payload_type.is_some() {
                 continue;
             }
+            let mid = local_offer
+                .as_deref()
+                .and_then(|offer| super::sdp::mid_of_ssrc(offer, entry.ssrc));
+            if let Some(mid) = &mid {
+                let video = track.family.is_video();
+                entry.extensions = negotiated_extensions(answer, mid, video);
+                entry.stamps = (video && entry.extensions.stamps_sends())
+                    .then(|| SentStamps::new(DEFAULT_CAPACITY));
+            }
             if track.family == CodecFamily::Red {
                 // The sender's parameters list what was offered (RED and Opus); whether the
                 // subscriber took RED shows only in its answer. Without it, it gets the Opus
                 // inside.
-                let Some(mid) = local_offer
-                    .as_deref()
-                    .and_then(|offer| super::sdp::mid_of_ssrc(offer, entry.ssrc))
-                else {
+                let Some(mid) = mid else {
                     // Added while this offer was out: the next answer negotiates it.
                     continue;
                 };
@@ -505,23 +514,6 @@ impl ShardCore {
             }) else {
                 continue;
             };
-            if track.family.is_video() && answer.contains(crate::peer::PLAYOUT_DELAY_URI) {
-                // Only what the subscriber accepted for this section, under the id the
-                // sender will let through.
-                let accepted = local_offer
-                    .as_deref()
-                    .and_then(|offer| super::sdp::mid_of_ssrc(offer, entry.ssrc))
-                    .and_then(|mid| {
-                        super::sdp::section_extension(answer, &mid, crate::peer::PLAYOUT_DELAY_URI)
-                    });
-                entry.playout_delay = accepted.filter(|id| {
-                    parameters
-                        .rtp_parameters
-                        .header_extensions
-                        .iter()
-                        .any(|ext| ext.id as u8 == *id && ext.uri == crate::peer::PLAYOUT_DELAY_URI)
-                });
-            }
             let codecs = &parameters.rtp_parameters.codecs;
             let wanted = &track.codec;
             let payload_type = codecs
@@ -905,7 +897,10 @@ impl ShardCore {
                 ssrc,
                 payload_type: None,
                 unwrap_red: false,
-                playout_delay: None,
+                extensions: ExtensionIds::default(),
+                rollover: RolloverCounter::default(),
+                stamps: None,
+                sent: SentCounts::default(),
                 state: Downtrack::new(video, clock_rate),
                 picture_ids: PictureIds::new(family),
                 fraction_lost: 0,
@@ -972,5 +967,26 @@ impl ShardCore {
             },
         );
         self.update_gauges();
+    }
+}
+
+/// The header extensions a subscriber's answer accepted for the media section `mid`,
+/// under the ids it gave them: those the shard writes on the stream's packets.
+fn negotiated_extensions(answer: &str, mid: &str, video: bool) -> ExtensionIds {
+    let id = |uri: &str| super::sdp::section_extension(answer, mid, uri);
+    ExtensionIds {
+        audio_level: if video {
+            None
+        } else {
+            id(rtc::sdp::extmap::AUDIO_LEVEL_URI)
+        },
+        abs_send_time: id(rtc::sdp::extmap::ABS_SEND_TIME_URI),
+        transport_cc: id(rtc::sdp::extmap::TRANSPORT_CC_URI),
+        // Offered only in music rooms.
+        playout_delay: if video {
+            id(crate::peer::PLAYOUT_DELAY_URI)
+        } else {
+            None
+        },
     }
 }

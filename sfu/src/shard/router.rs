@@ -15,11 +15,11 @@
 //! the subscriber's sequence numbers back to the source; receiver reports record loss.
 
 use super::transport::Transport;
-use super::{DowntrackEntry, LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
+use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
+use crate::media::outgoing::{OutPacket, SendStamp};
 use crate::media::speaker::SpeakerDetector;
 use crate::metrics::ShardMetrics;
-use bytes::Bytes;
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -30,8 +30,6 @@ use rtc::shared::marshal::MarshalSize;
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// A playout-delay extension value: 12-bit minimum and maximum, in 10 ms units, both 0.
-const PLAYOUT_DELAY_ZERO: [u8; 3] = [0, 0, 0];
 /// At most this many sequence numbers of one NACK packet are served.
 const MAX_NACKED_PER_PACKET: usize = 64;
 /// Simulcast layers per track the hot path handles without allocating.
@@ -152,12 +150,12 @@ impl MediaRouter {
         let Some(track) = tracks.get_mut(&track_key) else {
             return keyframe_wanted;
         };
-        if let Some(ext) = track.audio_level_ext
-            && let Some(level) = packet
-                .header
-                .get_extension(ext)
-                .and_then(|payload| audio_level(&payload))
-        {
+        // The RFC 6464 byte, passed on to subscribers as it came.
+        let level_byte = track
+            .audio_level_ext
+            .and_then(|ext| packet.header.get_extension(ext))
+            .and_then(|value| value.first().copied());
+        if let Some(level) = level_byte.and_then(|byte| audio_level(&[byte])) {
             observe_speech(
                 speakers,
                 &track.room,
@@ -220,7 +218,7 @@ impl MediaRouter {
                 continue; // not negotiated yet
             };
             // One lookup of the subscriber's connection per packet.
-            let Some(mut subscriber) = transport.tx(entry.peer) else {
+            let Some(mut subscriber) = transport.tx(entry.peer, now) else {
                 continue;
             };
             if !subscriber.connected() {
@@ -245,19 +243,30 @@ impl MediaRouter {
                 continue;
             };
             let payload = match (entry.unwrap_red, red_primary) {
-                // The primary block, sharing the publisher's buffer.
-                (true, Some((_, start))) => packet.payload.slice(start..),
-                _ => entry.picture_ids.forward(ssrc, packet.payload.clone()),
+                (true, Some((_, start))) => packet.payload.get(start..).unwrap_or_default(),
+                _ => &packet.payload[..],
             };
-            let out = subscriber_copy(
-                entry,
-                &packet.header,
-                payload,
+            let stamp = subscriber.stamp(now);
+            if let Some(stamps) = entry.stamps.as_mut() {
+                stamps.record(rewritten.seq, stamp);
+            }
+            let out = OutPacket {
+                marker: packet.header.marker,
                 payload_type,
-                rewritten.seq,
-                rewritten.timestamp,
-            );
-            if subscriber.write_rtp(entry.sender, out, now) {
+                seq: rewritten.seq,
+                timestamp: rewritten.timestamp,
+                ssrc: entry.ssrc,
+                audio_level: level_byte,
+                stamp,
+                payload,
+            };
+            let index = entry.rollover.index(rewritten.seq);
+            let picture_ids = &mut entry.picture_ids;
+            let sent = subscriber.send_rtp(&entry.extensions, &out, index, |payload| {
+                picture_ids.forward(ssrc, payload)
+            });
+            if sent {
+                entry.sent.sent(now, rewritten.timestamp, payload.len());
                 metrics.rtp_forwarded_packets.inc();
                 metrics.rtp_forwarded_bytes.inc_by(size);
             } else {
@@ -410,7 +419,7 @@ impl MediaRouter {
         let Some(track) = self.tracks.get_mut(&track_key) else {
             return;
         };
-        let Some(mut peer) = transport.tx(key) else {
+        let Some(mut peer) = transport.tx(key, now) else {
             return;
         };
         let layers = &track.layers;
@@ -421,6 +430,16 @@ impl MediaRouter {
             return;
         };
         for &out_seq in lost {
+            // A resend carries the send stamps of the first send, or it would be other
+            // bytes under the same SRTP packet index: without them it is not sent.
+            let stamp = match &entry.stamps {
+                Some(stamps) => match stamps.get(out_seq) {
+                    Some(stamp) => stamp,
+                    None => continue,
+                },
+                None if entry.extensions.stamps_sends() => continue,
+                None => SendStamp::default(),
+            };
             let Some(source) = entry.state.retransmission_source(out_seq, now) else {
                 continue;
             };
@@ -436,60 +455,67 @@ impl MediaRouter {
             // subscriber that takes Opus, picture IDs patched like their segment.
             let payload = if entry.unwrap_red {
                 match red_primary(&stored.payload) {
-                    Some((_, start)) => stored.payload.slice(start..),
+                    Some((_, start)) => stored.payload.get(start..).unwrap_or_default(),
                     None => continue,
                 }
             } else {
-                entry
-                    .picture_ids
-                    .retransmission(source.ssrc, stored.payload.clone())
+                &stored.payload[..]
             };
-            let out = subscriber_copy(
-                entry,
-                &stored.header,
-                payload,
+            let out = OutPacket {
+                marker: stored.header.marker,
                 payload_type,
-                out_seq,
-                stored.header.timestamp.wrapping_add(source.ts_offset),
-            );
-            if peer.write_rtp(entry.sender, out, now) {
+                seq: out_seq,
+                timestamp: stored.header.timestamp.wrapping_add(source.ts_offset),
+                ssrc: entry.ssrc,
+                // Only video is resent, and its packets carry no audio level.
+                audio_level: None,
+                stamp,
+                payload,
+            };
+            let index = entry.rollover.index(out_seq);
+            let picture_ids = &entry.picture_ids;
+            if peer.send_rtp(&entry.extensions, &out, index, |payload| {
+                picture_ids.retransmission(source.ssrc, payload)
+            }) {
                 metrics.retransmissions.inc();
             }
         }
     }
+
+    // ---------------------------------------------------------------- reports
+
+    /// Sends the sender reports due at `now`: one compound RTCP packet per subscriber
+    /// connection, which the connection protects and sends. `wall` is the wall-clock time
+    /// of `now`.
+    pub(super) fn send_reports(
+        &mut self,
+        transport: &mut Transport,
+        now: Instant,
+        wall: std::time::SystemTime,
+    ) {
+        let mut due: HashMap<PeerKey, Reports> = HashMap::new();
+        for track in self.tracks.values_mut() {
+            let clock_rate = track.codec.clock_rate;
+            for entry in &mut track.downtracks {
+                if let Some(report) = entry.sent.due_report(entry.ssrc, now, wall, clock_rate) {
+                    due.entry(entry.peer)
+                        .or_insert_with(|| (entry.sender, Vec::new()))
+                        .1
+                        .push(Box::new(report));
+                }
+            }
+        }
+        for (key, (sender, reports)) in due {
+            transport.write_rtcp(key, sender, reports, now);
+        }
+    }
 }
 
-/// The packet `entry`'s subscriber gets: `source`'s header under the subscriber's SSRC,
-/// payload type, sequence number and timestamp, with the extensions the shard writes, and
-/// `payload`. Forwarding and retransmission both build it here because a resend must be
-/// byte for byte what was first sent under that sequence number: SRTP would otherwise
-/// encrypt two different packets with the same keystream (the same packet index).
-fn subscriber_copy(
-    entry: &DowntrackEntry,
-    source: &rtp::Header,
-    payload: Bytes,
-    payload_type: u8,
-    seq: u16,
-    timestamp: u32,
-) -> rtp::Packet {
-    let mut out = rtp::Packet {
-        header: source.clone(),
-        payload,
-    };
-    if let Some(id) = entry.playout_delay {
-        // Zero minimum and maximum delay: render as soon as decoded. (The header's
-        // extension list is a Vec in `rtc`, so this costs an allocation per packet in
-        // music rooms; the fast path of its own will write it in place.)
-        let _ = out
-            .header
-            .set_extension(id, Bytes::from_static(&PLAYOUT_DELAY_ZERO));
-    }
-    out.header.ssrc = entry.ssrc;
-    out.header.payload_type = payload_type;
-    out.header.sequence_number = seq;
-    out.header.timestamp = timestamp;
-    out
-}
+/// One connection's due sender reports, and a sender of its to write them through.
+type Reports = (
+    rtc::rtp_transceiver::RTCRtpSenderId,
+    Vec<Box<dyn rtcp::packet::Packet>>,
+);
 
 /// Feeds a room's speaker detector, made on the room's first audio level.
 fn observe_speech(

@@ -9,11 +9,11 @@
 use super::guarded::MovedIn;
 use super::{Peer, PeerKey, SessionId};
 use crate::demux::Demux;
+use crate::media::outgoing::{self, ExtensionIds, OutPacket, SendStamp, abs_send_time};
 use crate::metrics::{DropReason, ShardMetrics};
 use crate::wire::{self, DatagramKind};
 use bytes::BytesMut;
 use rtc::crypto::RTCCryptoProvider;
-use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -45,6 +45,11 @@ pub(super) struct Transport {
     /// Peers with output waiting, each once (its `dirty` flag says it is listed).
     dirty: Vec<PeerKey>,
     transmits: Vec<(SocketAddr, BytesMut)>,
+    /// Datagram buffers the I/O loop has sent and handed back, for the next packets the
+    /// shard writes: in steady state forwarding allocates none.
+    spare: Vec<BytesMut>,
+    /// The instant abs-send-time counts from.
+    epoch: Option<Instant>,
     /// Where the round-trip probes answered since the last [`Self::take_transmits`] were
     /// sent to (wildcard sockets answer from that address)...
     probe_sources: Vec<(SocketAddr, IpAddr)>,
@@ -62,37 +67,77 @@ pub(super) enum Routed {
     Nowhere,
 }
 
+/// Largest datagram the shard writes: an MTU of 1500 less IPv6 and UDP headers.
+const MAX_DATAGRAM: usize = 1452;
+/// Spare buffers kept between batches; more are dropped.
+const MAX_SPARE: usize = 4096;
+
 /// One subscriber's connection, borrowed to send it media: looked up once per packet.
 pub(super) struct PeerTx<'a> {
-    key: PeerKey,
     peer: &'a mut Peer,
-    dirty: &'a mut Vec<PeerKey>,
+    transmits: &'a mut Vec<(SocketAddr, BytesMut)>,
+    tcp_transmits: &'a mut Vec<(SocketAddr, BytesMut)>,
+    spare: &'a mut Vec<BytesMut>,
+    epoch: Instant,
 }
 
 impl PeerTx<'_> {
-    /// Whether its connection is up (media written before would be lost).
+    /// Whether media can go out: the connection is up and its SRTP keys are known.
     pub(super) fn connected(&self) -> bool {
-        self.peer.connected
+        self.peer.connected && self.peer.srtp.is_some()
     }
 
-    /// Encrypts `packet` on `sender`'s stream; the connection then has output to send.
-    pub(super) fn write_rtp(
-        &mut self,
-        sender: RTCRtpSenderId,
-        packet: rtp::Packet,
-        now: Instant,
-    ) -> bool {
-        let packet = MovedIn::new(packet);
-        let written = self.peer.pc.with(move |pc| {
-            pc.rtp_sender(sender)
-                .map(|mut sender| sender.write_rtp(now, packet.take()))
-        });
-        let ok = matches!(written, Some(Some(Ok(()))));
-        if ok && !self.peer.dirty {
-            self.peer.dirty = true;
-            self.dirty.push(self.key);
+    /// The send stamps of a packet first sent now: the connection's next transport-wide
+    /// sequence number and the abs-send-time of `now`.
+    pub(super) fn stamp(&mut self, now: Instant) -> SendStamp {
+        let transport_seq = self.peer.transport_seq;
+        self.peer.transport_seq = transport_seq.wrapping_add(1);
+        SendStamp {
+            transport_seq,
+            abs_send_time: abs_send_time(now.saturating_duration_since(self.epoch)),
         }
-        ok
+    }
+
+    /// Writes `packet` with the extensions `ids` names into a reused buffer, lets `patch`
+    /// change its payload there, protects it as SRTP packet `index` and queues it for the
+    /// connection's selected address. False when it cannot go out (no keys, no selected
+    /// pair, a packet too large).
+    pub(super) fn send_rtp(
+        &mut self,
+        ids: &ExtensionIds,
+        packet: &OutPacket<'_>,
+        index: u64,
+        patch: impl FnOnce(&mut [u8]),
+    ) -> bool {
+        let Some(srtp) = &self.peer.srtp else {
+            return false;
+        };
+        let Some(Some(to)) = self.peer.pc.with(|pc| pc.selected_transport()) else {
+            return false;
+        };
+        if outgoing::MAX_HEADER_LEN + packet.payload.len() + srtp.tag_len() > MAX_DATAGRAM {
+            return false;
+        }
+        let mut buf = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(MAX_DATAGRAM));
+        let header_len = outgoing::write(&mut buf, ids, packet);
+        if let Some(payload) = buf.get_mut(header_len..) {
+            patch(payload);
+        }
+        if srtp
+            .protect(&mut buf, header_len, packet.ssrc, index)
+            .is_err()
+        {
+            self.spare.push(buf);
+            return false;
+        }
+        match to.transport_protocol {
+            TransportProtocol::TCP => self.tcp_transmits.push((to.peer_addr, buf)),
+            _ => self.transmits.push((to.peer_addr, buf)),
+        }
+        true
     }
 }
 
@@ -118,6 +163,8 @@ impl Transport {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             transmits: Vec::new(),
+            spare: Vec::new(),
+            epoch: None,
             probe_sources: Vec::new(),
             probe_sources_taken: Vec::new(),
             probe_window: None,
@@ -136,14 +183,74 @@ impl Transport {
         self.peers.get_mut(&key)
     }
 
-    /// One connection, to send it media.
-    pub(super) fn tx(&mut self, key: PeerKey) -> Option<PeerTx<'_>> {
+    /// One connection, to send it media; `now` starts the abs-send-time clock.
+    pub(super) fn tx(&mut self, key: PeerKey, now: Instant) -> Option<PeerTx<'_>> {
         let peer = self.peers.get_mut(&key)?;
         Some(PeerTx {
-            key,
             peer,
-            dirty: &mut self.dirty,
+            transmits: &mut self.transmits,
+            tcp_transmits: &mut self.tcp_transmits,
+            spare: &mut self.spare,
+            epoch: *self.epoch.get_or_insert(now),
         })
+    }
+
+    /// The connection is up: from its DTLS keys, the shard can protect what it sends.
+    pub(super) fn connected(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        peer.connected = true;
+        if peer.srtp.is_some() {
+            return;
+        }
+        let keys = peer.pc.with(|pc| pc.srtp_session_keys()).flatten();
+        peer.srtp = keys.and_then(|(profile, keys)| {
+            let profile = crate::srtp::Profile::from_rtc(profile)?;
+            crate::srtp::SrtpSender::new(profile, &keys.local_master_key, &keys.local_master_salt)
+                .ok()
+        });
+        if peer.srtp.is_none() {
+            tracing::warn!(peer = %key, "connected without usable SRTP keys: no media will be sent");
+        }
+    }
+
+    /// Writes RTCP the shard made (sender reports) through one of a connection's senders;
+    /// rtc protects it as SRTCP and the connection then has output to send.
+    pub(super) fn write_rtcp(
+        &mut self,
+        key: PeerKey,
+        sender: RTCRtpSenderId,
+        packets: Vec<Box<dyn rtc::rtcp::packet::Packet>>,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let packets = MovedIn::new(packets);
+        let written = peer.pc.with(move |pc| {
+            pc.rtp_sender(sender)
+                .map(|mut sender| sender.write_rtcp(now, packets.take()))
+        });
+        if let Some(Some(Err(err))) = written {
+            tracing::debug!(peer = %key, %err, "sender report refused");
+        }
+        self.mark_dirty(key);
+    }
+
+    /// Takes back datagram buffers the I/O loop has sent, for reuse.
+    pub(super) fn recycle(&mut self, sent: impl Iterator<Item = BytesMut>) {
+        for mut buf in sent {
+            if self.spare.len() >= MAX_SPARE {
+                break;
+            }
+            // Only buffers that are whole and large enough: a view into a shared
+            // allocation would reallocate on first write.
+            if buf.capacity() >= MAX_DATAGRAM && buf.try_reclaim(MAX_DATAGRAM) {
+                buf.clear();
+                self.spare.push(buf);
+            }
+        }
     }
 
     /// Every connection.

@@ -226,9 +226,13 @@ impl Sim {
         self.core.handle_timeout(now);
         self.core
             .take_transmits(&mut self.udp_out, &mut self.tcp_out);
-        for (to, bytes) in self.udp_out.drain(..) {
-            self.net.send(now, SHARD, to, bytes);
+        for (to, bytes) in &self.udp_out {
+            // The network holds a copy, and the core gets its buffer back as it does from
+            // the socket loop.
+            self.net.send(now, SHARD, *to, BytesMut::from(&bytes[..]));
         }
+        self.core
+            .recycle(self.udp_out.drain(..).map(|(_, bytes)| bytes));
         self.tcp_out.clear();
         self.check();
     }

@@ -34,6 +34,7 @@ pub async fn relay() -> Result<()> {
     let mut sender = SendBatcher::new(true);
     let mut subscribers: Vec<SocketAddr> = Vec::new();
     let mut outgoing: Vec<(SocketAddr, BytesMut)> = Vec::new();
+    let mut spare: Vec<BytesMut> = Vec::new();
     let mut forwarded = 0u64;
     loop {
         socket.readable().await?;
@@ -57,17 +58,28 @@ pub async fn relay() -> Result<()> {
                     .await?;
             } else {
                 for subscriber in &subscribers {
-                    outgoing.push((*subscriber, BytesMut::from(bytes)));
+                    // Buffers are reused, as the shard reuses its own.
+                    let mut buf = spare.pop().unwrap_or_else(|| BytesMut::with_capacity(1500));
+                    buf.extend_from_slice(bytes);
+                    outgoing.push((*subscriber, buf));
                 }
             }
         }
         while !outgoing.is_empty() {
             let outcome = sender.send(fd, &mut outgoing, |_| None);
             forwarded += outcome.sent as u64;
+            let done = if outcome.would_block {
+                outcome.sent + outcome.failed
+            } else {
+                outgoing.len()
+            };
+            for (_, mut buf) in outgoing.drain(..done) {
+                buf.clear();
+                spare.push(buf);
+            }
             if !outcome.would_block {
                 break;
             }
-            outgoing.drain(..outcome.sent + outcome.failed);
             socket.writable().await?;
         }
     }
