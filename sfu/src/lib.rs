@@ -2,6 +2,8 @@
 //! (pipelines), forwarding, the admin API and the shard-side signaling endpoint.
 #![deny(unsafe_code)]
 
+#[cfg(any(test, feature = "sim"))]
+pub mod alloc_count;
 pub mod cli;
 pub mod config;
 pub mod demux;
@@ -22,6 +24,10 @@ pub mod srtp;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
+
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc_count::CountingAllocator = alloc_count::CountingAllocator;
 
 /// The admin API client (it lives in `tutti-shard-api`).
 pub use tutti_shard_api::client as admin_client;

@@ -451,6 +451,19 @@ fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, Rt
 pub(crate) struct FeedbackToShard {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+    /// Sender reports too (the simulation's clients check the shard's).
+    sender_reports: bool,
+}
+
+impl FeedbackToShard {
+    /// Also delivers sender reports, as a receiving application that checks them needs.
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn with_sender_reports() -> Self {
+        Self {
+            sender_reports: true,
+            ..Self::default()
+        }
+    }
 }
 
 fn is_feedback_for_shard(packet: &dyn rtcp::packet::Packet) -> bool {
@@ -471,7 +484,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackToShard {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| is_feedback_for_shard(p.as_ref()))
+            && packets.iter().any(|p| {
+                is_feedback_for_shard(p.as_ref())
+                    || (self.sender_reports && p.as_any().is::<rtcp::sender_report::SenderReport>())
+            })
         {
             msg.message.add(Attribute::DeliverToApplication);
         }

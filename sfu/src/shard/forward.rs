@@ -31,6 +31,8 @@ impl ShardCore {
         packet: rtp::Packet,
         now: Instant,
     ) {
+        #[cfg(any(test, feature = "sim"))]
+        let allocated_before = crate::alloc_count::allocations();
         let wanted = self.media.forward(
             &mut self.transport,
             &self.metrics,
@@ -39,7 +41,18 @@ impl ShardCore {
             packet,
             now,
         );
+        #[cfg(any(test, feature = "sim"))]
+        {
+            self.forward_allocations += crate::alloc_count::allocations() - allocated_before;
+        }
         self.request_keyframes(track_key, wanted, now);
+    }
+
+    /// Heap allocations the forwarding step has made so far on threads that count them
+    /// (the sfu crate's tests; see [`crate::alloc_count`]).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn forward_allocations(&self) -> u64 {
+        self.forward_allocations
     }
 
     fn request_keyframes(&mut self, track_key: TrackKey, wanted: KeyframesWanted, now: Instant) {

@@ -325,6 +325,10 @@ pub struct ShardCore {
     next_slow: Instant,
     rates: RateWindow,
     stopped: bool,
+    /// Heap allocations made while forwarding, where they are counted (see
+    /// [`crate::alloc_count`]).
+    #[cfg(any(test, feature = "sim"))]
+    forward_allocations: u64,
 }
 
 impl ShardCore {
@@ -361,6 +365,8 @@ impl ShardCore {
             ids: ids::Ids::default(),
             env,
             pc_alarm: Arc::default(),
+            #[cfg(any(test, feature = "sim"))]
+            forward_allocations: 0,
             next_housekeeping: now,
             next_speaker: now,
             next_slow: now,

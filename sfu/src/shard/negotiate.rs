@@ -474,23 +474,21 @@ impl ShardCore {
             if entry.payload_type.is_some() {
                 continue;
             }
-            let mid = local_offer
+            let Some(mid) = local_offer
                 .as_deref()
-                .and_then(|offer| super::sdp::mid_of_ssrc(offer, entry.ssrc));
-            if let Some(mid) = &mid {
-                let video = track.family.is_video();
-                entry.extensions = negotiated_extensions(answer, mid, video);
-                entry.stamps = (video && entry.extensions.stamps_sends())
-                    .then(|| SentStamps::new(DEFAULT_CAPACITY));
-            }
+                .and_then(|offer| super::sdp::mid_of_ssrc(offer, entry.ssrc))
+            else {
+                // Added while this offer was out: the next answer negotiates it.
+                continue;
+            };
+            let video = track.family.is_video();
+            entry.extensions = negotiated_extensions(answer, &mid, video);
+            entry.stamps = (video && entry.extensions.stamps_sends())
+                .then(|| SentStamps::new(DEFAULT_CAPACITY));
             if track.family == CodecFamily::Red {
                 // The sender's parameters list what was offered (RED and Opus); whether the
                 // subscriber took RED shows only in its answer. Without it, it gets the Opus
                 // inside.
-                let Some(mid) = mid else {
-                    // Added while this offer was out: the next answer negotiates it.
-                    continue;
-                };
                 let formats = super::sdp::section_formats(answer, &mid);
                 let find = |name: &str| formats.iter().find(|(_, n)| n == name).map(|(pt, _)| *pt);
                 match (find("red"), find("opus")) {

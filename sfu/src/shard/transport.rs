@@ -246,8 +246,8 @@ impl Transport {
             }
             // Only buffers that are whole and large enough: a view into a shared
             // allocation would reallocate on first write.
-            if buf.capacity() >= MAX_DATAGRAM && buf.try_reclaim(MAX_DATAGRAM) {
-                buf.clear();
+            buf.clear();
+            if buf.try_reclaim(MAX_DATAGRAM) {
                 self.spare.push(buf);
             }
         }

@@ -96,6 +96,18 @@ pub struct Received {
     pub keyframe: bool,
     /// Its VP8 picture ID (video only).
     pub picture_id: Option<u16>,
+    /// The transport-wide sequence number the shard stamped on it, if negotiated.
+    pub transport_seq: Option<u16>,
+}
+
+/// The id of the header extension `uri` in a description's first `a=extmap` for it.
+fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|line| {
+        let (id, rest) = line.trim_end().strip_prefix("a=extmap:")?.split_once(' ')?;
+        (rest.split_whitespace().next() == Some(uri))
+            .then(|| id.split('/').next()?.parse().ok())
+            .flatten()
+    })
 }
 
 /// The synthetic stream id of a client's audio, and of video layer `layer`.
@@ -112,6 +124,9 @@ struct Side {
     pc: RTCPeerConnection,
     local: SocketAddr,
     connected: bool,
+    /// The id this side agreed for transport-wide sequence numbers (the same in every
+    /// section, as rtc and browsers number extensions), once its first packet came.
+    transport_cc: Option<u8>,
 }
 
 impl Side {
@@ -172,6 +187,8 @@ pub struct Client {
     pub received: Vec<Received>,
     /// PLIs that reached its encoder, per SSRC of its layers.
     pub plis: HashMap<u32, u64>,
+    /// Sender reports received, with their arrival.
+    pub sender_reports: Vec<(Instant, rtc::rtcp::sender_report::SenderReport)>,
     /// Keyframes its encoder produced, per rid ("" without simulcast).
     pub keyframes_sent: HashMap<&'static str, u64>,
     /// RTP packets it sent.
@@ -233,8 +250,8 @@ fn build(
     let mut engine = media_engine(publish)?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)
         .map_err(|e| e.to_string())?
-        // Keyframe requests reach the synthetic encoder.
-        .with(Slot::from(500), FeedbackToShard::default());
+        // Keyframe requests reach the synthetic encoder, sender reports the checks.
+        .with(Slot::from(500), FeedbackToShard::with_sender_reports());
     let configuration = RTCConfigurationBuilder::new()
         .with_certificates(vec![certificate.clone()])
         .build();
@@ -323,6 +340,7 @@ impl Client {
             receivers: HashMap::new(),
             received: Vec::new(),
             plis: HashMap::new(),
+            sender_reports: Vec::new(),
             keyframes_sent: HashMap::new(),
             packets_sent: 0,
             epoch: now,
@@ -386,6 +404,7 @@ impl Client {
             pc,
             local: addr,
             connected: false,
+            transport_cc: None,
         });
         Ok((
             client,
@@ -469,6 +488,11 @@ impl Client {
         }
     }
 
+    /// The SSRC the received track `track` arrives on.
+    pub fn received_ssrc(&self, track: &str) -> Option<u32> {
+        self.receivers.get(track).map(|(_, ssrc)| *ssrc)
+    }
+
     /// Asks, over RTCP, for a keyframe of the received track `track`; whether it went.
     pub fn request_keyframe(&mut self, now: Instant, track: &str) -> bool {
         let Some(&(receiver, ssrc)) = self.receivers.get(track) else {
@@ -502,6 +526,7 @@ impl Client {
                         pc,
                         local: self.subscriber_addr,
                         connected: false,
+                        transport_cc: None,
                     });
                 }
                 let side = self.subscriber.as_mut()?;
@@ -670,6 +695,7 @@ impl Client {
             receivers,
             received,
             plis,
+            sender_reports,
             video,
             ..
         } = self;
@@ -691,6 +717,11 @@ impl Client {
             while let Some(message) = side.pc.poll_read() {
                 match message.message {
                     RTCMessage::RtpPacket(track, packet) => {
+                        if side.transport_cc.is_none() {
+                            side.transport_cc = side.pc.local_description().and_then(|d| {
+                                extmap_id(&d.sdp, rtc::sdp::extmap::TRANSPORT_CC_URI)
+                            });
+                        }
                         let header_len = synth::header_len(Some(VideoCodec::Vp8), &packet.payload);
                         let probe = synth::probe(&packet.payload, header_len)
                             .or_else(|| synth::probe(&packet.payload, 1));
@@ -706,10 +737,20 @@ impl Client {
                                 &packet.payload,
                             ),
                             picture_id: synth::vp8_picture_id(&packet.payload),
+                            transport_seq: side
+                                .transport_cc
+                                .and_then(|id| packet.header.get_extension(id))
+                                .and_then(|v| Some(u16::from_be_bytes([*v.first()?, *v.get(1)?]))),
                         });
                     }
                     RTCMessage::RtcpPacket(_, packets) => {
                         for packet in packets {
+                            if let Some(report) = packet
+                                .as_any()
+                                .downcast_ref::<rtc::rtcp::sender_report::SenderReport>(
+                            ) {
+                                sender_reports.push((now, report.clone()));
+                            }
                             if let Some(pli) =
                                 packet.as_any().downcast_ref::<PictureLossIndication>()
                             {

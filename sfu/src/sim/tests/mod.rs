@@ -543,3 +543,136 @@ fn random_comings_and_goings_leave_the_core_consistent_and_empty() {
         );
     }
 }
+
+/// Forwarding to a room of subscribers allocates nothing per packet: each subscriber's copy is
+/// written into a buffer the socket loop handed back, and protected there. Counted by the
+/// allocator the sfu crate's tests run under, over the forwarding step alone (the
+/// publisher's packet is decrypted by `rtc` before, which allocates once per received
+/// packet, not per subscriber). Both kinds of room: a music room adds RED audio, one
+/// subscriber taking it as plain Opus, and playout delay; a half of the viewers switch
+/// simulcast layers first, so their picture IDs are patched in place.
+#[test]
+fn forwarding_to_fifteen_viewers_allocates_nothing_per_packet() {
+    for music in [false, true] {
+        let spec = PipelineSpec {
+            audio: if music {
+                tutti_shard_api::audio::AudioSettings::music()
+            } else {
+                tutti_shard_api::audio::AudioSettings::default()
+            },
+            ..PipelineSpec::default()
+        };
+        let mut sim = Sim::new(CoreConfig::new(SHARD), spec).unwrap();
+        sim.join(
+            "room",
+            "alice",
+            publishing(Some(None), Some(VideoSpec::simulcast())),
+        )
+        .unwrap();
+        let viewers: Vec<usize> = (0..15)
+            .map(|i| sim.join("room", &format!("viewer-{i}"), viewer()).unwrap())
+            .collect();
+        let mut video = String::new();
+        for &v in &viewers {
+            video = receive(&mut sim, v, "alice", TrackKind::Video, 50);
+            receive(&mut sim, v, "alice", TrackKind::Audio, 20);
+        }
+        for &v in viewers.iter().step_by(2) {
+            sim.signal(
+                v,
+                ClientMessage::SetQuality {
+                    track: video.clone(),
+                    quality: Quality::Low,
+                },
+            );
+        }
+        // Settle: the switches happen, and the pool of send buffers reaches the size of
+        // the largest turn (a keyframe to every viewer).
+        sim.run_for(Duration::from_secs(3));
+        let allocated = sim.core().forward_allocations();
+        let forwarded = sim.metrics().rtp_forwarded_packets.get();
+        sim.run_for(Duration::from_secs(3));
+        let allocated = sim.core().forward_allocations() - allocated;
+        let forwarded = sim.metrics().rtp_forwarded_packets.get() - forwarded;
+        println!(
+            "music room {music}: {forwarded} packets forwarded to 15 viewers in 3 s, \
+             {allocated} heap allocations while forwarding"
+        );
+        assert!(forwarded > 3_000, "only {forwarded} forwarded");
+        assert_eq!(
+            allocated, 0,
+            "{allocated} allocations for {forwarded} packets"
+        );
+    }
+}
+
+/// What a viewer's congestion controller and lip sync need from the shard, which writes
+/// the packets itself: a transport-wide sequence number on every packet, one counter
+/// across the connection's streams; and a sender report for each stream about once a
+/// second, whose RTP time matches the timestamps of the packets around it.
+#[test]
+fn viewers_get_transport_wide_sequence_numbers_and_sender_reports() {
+    let mut sim = Sim::with_defaults().unwrap();
+    sim.join(
+        "room",
+        "alice",
+        publishing(Some(None), Some(VideoSpec::single())),
+    )
+    .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    let video = receive(&mut sim, bob, "alice", TrackKind::Video, 20);
+    let audio = receive(&mut sim, bob, "alice", TrackKind::Audio, 20);
+    sim.run_for(Duration::from_secs(4));
+    let client = sim.client(bob);
+
+    let mut stamps: Vec<u16> = Vec::new();
+    for packet in &client.received {
+        stamps.push(packet.transport_seq.expect("every packet is stamped"));
+    }
+    assert!(stamps.len() > 300, "{} packets", stamps.len());
+    // The link neither loses nor reorders: one counter, counting up by one.
+    for pair in stamps.windows(2) {
+        assert_eq!(pair[1], pair[0].wrapping_add(1), "transport-wide sequence");
+    }
+
+    for (track, clock_rate) in [(&video, 90_000u32), (&audio, 48_000)] {
+        let packets: Vec<&Received> = client.received_on(track).collect();
+        let ssrc = client
+            .received_ssrc(track)
+            .expect("the track's SSRC is known");
+        let reports: Vec<_> = client
+            .sender_reports
+            .iter()
+            .filter(|(_, r)| r.ssrc == ssrc)
+            .collect();
+        assert!(
+            (3..=6).contains(&reports.len()),
+            "{track}: {} sender reports in about 4.5 s",
+            reports.len()
+        );
+        for (at, report) in &reports {
+            // The last packet that arrived before the report: its timestamp and the time
+            // since, at the stream's clock rate, give the report's RTP time.
+            let Some(last) = packets.iter().rev().find(|p| p.at <= *at) else {
+                continue;
+            };
+            let elapsed = at.saturating_duration_since(last.at).as_secs_f64();
+            let expected = last
+                .timestamp
+                .wrapping_add((elapsed * f64::from(clock_rate)) as u32);
+            let off = report.rtp_time.wrapping_sub(expected) as i32;
+            // Within 40 ms (a frame interval plus the link's delay either side).
+            assert!(
+                off.unsigned_abs() < clock_rate / 25,
+                "{track}: RTP time {} vs {expected} expected",
+                report.rtp_time
+            );
+            let sent_before = packets.iter().filter(|p| p.at <= *at).count() as u32;
+            assert!(
+                report.packet_count.abs_diff(sent_before) <= 5,
+                "{track}: {} packets reported, {sent_before} received by then",
+                report.packet_count
+            );
+        }
+    }
+}
