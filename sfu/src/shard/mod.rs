@@ -240,6 +240,8 @@ pub(crate) struct Peer {
     srtp: Option<crate::srtp::SrtpSender>,
     /// The connection's next transport-wide sequence number.
     transport_seq: u16,
+    /// Where its packets go: the ICE selected pair's remote address and protocol.
+    route: Option<(SocketAddr, TransportProtocol)>,
 }
 
 pub(crate) struct Layer {
@@ -1089,6 +1091,7 @@ impl ShardCore {
                 remote_candidates: 0,
                 srtp: None,
                 transport_seq: 0,
+                route: None,
             },
         );
         Some(key)

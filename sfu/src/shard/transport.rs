@@ -112,7 +112,7 @@ impl PeerTx<'_> {
         let Some(srtp) = &self.peer.srtp else {
             return false;
         };
-        let Some(Some(to)) = self.peer.pc.with(|pc| pc.selected_transport()) else {
+        let Some((to, protocol)) = self.peer.route else {
             return false;
         };
         if outgoing::MAX_HEADER_LEN + packet.payload.len() + srtp.tag_len() > MAX_DATAGRAM {
@@ -133,11 +133,24 @@ impl PeerTx<'_> {
             self.spare.push(buf);
             return false;
         }
-        match to.transport_protocol {
-            TransportProtocol::TCP => self.tcp_transmits.push((to.peer_addr, buf)),
-            _ => self.transmits.push((to.peer_addr, buf)),
+        match protocol {
+            TransportProtocol::TCP => self.tcp_transmits.push((to, buf)),
+            _ => self.transmits.push((to, buf)),
         }
         true
+    }
+}
+
+impl Peer {
+    /// Reads where the connection's packets go now. ICE changes its selected pair only
+    /// while handling a datagram or a timeout, so reading it after those keeps the route
+    /// exact without asking on every forwarded packet.
+    fn refresh_route(&mut self) {
+        self.route = self
+            .pc
+            .with(|pc| pc.selected_transport())
+            .flatten()
+            .map(|to| (to.peer_addr, to.transport_protocol));
     }
 }
 
@@ -201,6 +214,7 @@ impl Transport {
             return;
         };
         peer.connected = true;
+        peer.refresh_route();
         if peer.srtp.is_some() {
             return;
         }
@@ -401,6 +415,7 @@ impl Transport {
         if let Some(Err(err)) = peer.pc.with(move |pc| pc.handle_read(input)) {
             tracing::debug!(peer = %key, %err, "datagram rejected by peer connection");
         }
+        peer.refresh_route();
         Routed::Peer(key)
     }
 
@@ -559,6 +574,7 @@ impl Transport {
             if let Some(Err(err)) = peer.pc.with(|pc| pc.handle_timeout(now)) {
                 tracing::debug!(peer = %key, %err, "timeout handling failed");
             }
+            peer.refresh_route();
             return Some(key);
         }
         None
