@@ -11,7 +11,7 @@ say() { printf '\n== %s\n' "$*"; }
 #    browser tests; coturn: TURN tests; iproute2, nftables, procps: the simulated networks
 #    (namespaces, firewalls, sysctl); nodejs/npm: the browser test driver (Debian's, when
 #    the machine has none).
-packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates openssl chromium coturn etcd-server etcd-client iproute2 nftables procps)
+packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates openssl chromium coturn etcd-server etcd-client iproute2 nftables procps janus)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,7 @@ pub mod coturn;
 pub mod etcd;
 pub mod eventually;
 pub mod gateway;
+pub mod janus;
 pub mod netsim;
 pub mod participant;
 pub mod raw_peer;

@@ -5,6 +5,7 @@
 //! The publisher answers keyframe requests the way an encoder does (the next frame is a
 //! key frame), so tests observe PLI forwarding as a user would: a key frame arriving.
 
+use crate::janus::JanusSession;
 use crate::signal_client::{Outgoing, SignalClient};
 use crate::synth::{self, Epoch, OpusSource, VideoCodec, VideoSource};
 use anyhow::{Context, Result, bail};
@@ -27,7 +28,8 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, Slot, register_default_interceptors,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, Slot,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -63,6 +65,8 @@ pub struct ParticipantConfig {
     /// Join through a gateway with this `join` message (room, name, password or token)
     /// instead of the shard protocol's `join`.
     pub gateway_join: Option<serde_json::Value>,
+    /// The address its connections bind to (Janus needs a non-loopback one).
+    pub bind_ip: std::net::IpAddr,
 }
 
 impl ParticipantConfig {
@@ -83,6 +87,7 @@ impl ParticipantConfig {
             record_packets: true,
             epoch: Epoch::default(),
             gateway_join: None,
+            bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -216,7 +221,29 @@ struct Shared {
     sent: SentCounters,
     publisher_state: watch::Sender<RTCPeerConnectionState>,
     subscriber_state: watch::Sender<RTCPeerConnectionState>,
+    /// Whether each connection has gathered its candidates (an SFU without trickle, like
+    /// Janus, takes them in the description).
+    publisher_gathered: watch::Sender<bool>,
+    subscriber_gathered: watch::Sender<bool>,
     record_latency: bool,
+}
+
+impl Shared {
+    fn new(config: ParticipantConfig, record_latency: bool) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            records: Mutex::new(HashMap::new()),
+            remote_tracks: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            sent: SentCounters::default(),
+            publisher_state: watch::channel(RTCPeerConnectionState::New).0,
+            subscriber_state: watch::channel(RTCPeerConnectionState::New).0,
+            publisher_gathered: watch::channel(false).0,
+            subscriber_gathered: watch::channel(false).0,
+            record_latency,
+        })
+    }
 }
 
 /// Marks PLIs so they reach the application (the synthetic encoder reacts to them).
@@ -278,6 +305,19 @@ impl PeerConnectionEventHandler for Handler {
         };
         let _ = tx.send(state);
         self.shared.changed.notify_waiters();
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        let tx = if self.publisher {
+            &self.shared.publisher_gathered
+        } else {
+            &self.shared.subscriber_gathered
+        };
+        // Only ever raised: the handler's calls may run out of order, and a late
+        // "gathering" must not hide the "complete" before it.
+        if state == RTCIceGatheringState::Complete {
+            let _ = tx.send(true);
+        }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -372,6 +412,8 @@ pub struct Participant {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     video_sender: Option<Arc<dyn RtpSender>>,
+    /// The Janus session it signals over, instead of a shard's WebSocket.
+    janus: Option<JanusSession>,
 }
 
 /// A subscriber accepts every default codec; a publisher offers Opus and only its own
@@ -438,12 +480,11 @@ async fn build_pc(shared: &Arc<Shared>, publisher: bool) -> Result<Arc<dyn PeerC
             shared: shared.clone(),
             publisher,
         }));
+    let bind = std::net::SocketAddr::new(shared.config.bind_ip, 0).to_string();
     let builder = if shared.config.tcp_only {
-        builder
-            .with_udp_addrs(vec![])
-            .with_tcp_addrs(vec!["127.0.0.1:0"])
+        builder.with_udp_addrs(vec![]).with_tcp_addrs(vec![bind])
     } else {
-        builder.with_udp_addrs(vec!["127.0.0.1:0"])
+        builder.with_udp_addrs(vec![bind])
     };
     let pc = builder.build().await?;
     Ok(Arc::new(pc))
@@ -463,17 +504,7 @@ impl Participant {
         record_latency: bool,
     ) -> Result<Self> {
         let mut signal = SignalClient::connect(url, token).await?;
-        let shared = Arc::new(Shared {
-            config: config.clone(),
-            records: Mutex::new(HashMap::new()),
-            remote_tracks: Mutex::new(HashMap::new()),
-            events: Mutex::new(Vec::new()),
-            changed: Notify::new(),
-            sent: SentCounters::default(),
-            publisher_state: watch::channel(RTCPeerConnectionState::New).0,
-            subscriber_state: watch::channel(RTCPeerConnectionState::New).0,
-            record_latency,
-        });
+        let shared = Shared::new(config.clone(), record_latency);
         match &config.gateway_join {
             Some(join) => {
                 let _ = signal.tx.send(Outgoing::Raw(join.to_string()));
@@ -535,6 +566,7 @@ impl Participant {
             tasks,
             pumps: Vec::new(),
             video_sender: None,
+            janus: None,
         };
         if config.audio || config.video {
             participant.publish().await?;
@@ -543,6 +575,26 @@ impl Participant {
     }
 
     async fn publish(&mut self) -> Result<()> {
+        let (pc, offer, senders, video_layers) = self.publisher_offer().await?;
+        *self.publisher.lock().await = Some(pc.clone());
+        let mid = video_mid(&offer.sdp);
+        let _ = self.signal_tx.send(Outgoing::Message(ClientMessage::Offer {
+            pc: PeerTarget::Publisher,
+            sdp: offer.sdp,
+        }));
+        self.start_pumps(senders, video_layers, mid);
+        Ok(())
+    }
+
+    /// The publisher connection with its tracks, and its offer, applied locally.
+    async fn publisher_offer(
+        &mut self,
+    ) -> Result<(
+        Arc<dyn PeerConnection>,
+        RTCSessionDescription,
+        Vec<LocalTrack>,
+        Vec<Layer>,
+    )> {
         let pc = build_pc(&self.shared, true).await?;
         let config = &self.shared.config;
         let mut senders = Vec::new();
@@ -594,12 +646,17 @@ impl Participant {
         }
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer.clone()).await?;
-        *self.publisher.lock().await = Some(pc.clone());
-        let mid = video_mid(&offer.sdp);
-        let _ = self.signal_tx.send(Outgoing::Message(ClientMessage::Offer {
-            pc: PeerTarget::Publisher,
-            sdp: offer.sdp,
-        }));
+        Ok((pc, offer, senders, video_layers))
+    }
+
+    /// Starts sending synthetic media on the publisher's tracks.
+    fn start_pumps(
+        &mut self,
+        senders: Vec<LocalTrack>,
+        video_layers: Vec<Layer>,
+        mid: Option<String>,
+    ) {
+        let config = &self.shared.config;
         for (track, sender, ssrc, video) in senders {
             let shared = self.shared.clone();
             let layers = if video {
@@ -617,7 +674,6 @@ impl Participant {
                 shared, track, sender, video, layers, mid,
             )));
         }
-        Ok(())
     }
 
     /// Stops publishing video the way a browser does: removes the track and offers again.
@@ -746,6 +802,9 @@ impl Participant {
     /// Leaves politely and closes the connections.
     pub async fn leave(mut self) {
         self.send(ClientMessage::Leave);
+        if let Some(session) = self.janus.take() {
+            session.destroy().await;
+        }
         for pc in [
             self.publisher.lock().await.take(),
             self.subscriber.lock().await.take(),
@@ -775,6 +834,130 @@ impl Participant {
         self.subscriber.lock().await.take();
     }
 }
+
+impl Participant {
+    /// Joins Janus VideoRoom `room` over `session`: publishes as configured (returning its
+    /// publisher id), and subscribes to the publishers `feeds`.
+    pub async fn join_janus(
+        session: JanusSession,
+        room: u64,
+        config: ParticipantConfig,
+        record_latency: bool,
+        feeds: &[u64],
+    ) -> Result<(Self, Option<u64>)> {
+        let shared = Shared::new(config.clone(), record_latency);
+        let mut participant = Self {
+            id: config.id.clone(),
+            shared: shared.clone(),
+            signal: None,
+            signal_tx: tokio::sync::mpsc::unbounded_channel().0,
+            publisher: Arc::new(Mutex::new(None)),
+            subscriber: Arc::new(Mutex::new(None)),
+            tasks: Vec::new(),
+            pumps: Vec::new(),
+            video_sender: None,
+            janus: None,
+        };
+        let mut publisher_id = None;
+        if config.audio || config.video {
+            let handle = session.attach().await?;
+            let (pc, _, senders, video_layers) = participant.publisher_offer().await?;
+            let offer = gathered(&pc, &shared.publisher_gathered).await?;
+            let event = session
+                .message(
+                    handle,
+                    serde_json::json!({
+                        "request": "joinandconfigure",
+                        "ptype": "publisher",
+                        "room": room,
+                        "display": config.id,
+                        "audio": config.audio,
+                        "video": config.video,
+                    }),
+                    Some(serde_json::json!({"type": "offer", "sdp": offer.sdp, "trickle": false})),
+                )
+                .await?;
+            publisher_id = event["plugindata"]["data"]["id"].as_u64();
+            let answer = event["jsep"]["sdp"]
+                .as_str()
+                .context("janus sent no answer")?;
+            pc.set_remote_description(RTCSessionDescription::answer(answer.to_owned())?)
+                .await?;
+            *participant.publisher.lock().await = Some(pc);
+            let mid = video_mid(&offer.sdp);
+            participant.start_pumps(senders, video_layers, mid);
+        }
+        if config.subscribe && !feeds.is_empty() {
+            let handle = session.attach().await?;
+            let streams: Vec<_> = feeds
+                .iter()
+                .map(|feed| serde_json::json!({"feed": feed}))
+                .collect();
+            let event = session
+                .message(
+                    handle,
+                    serde_json::json!({
+                        "request": "join",
+                        "ptype": "subscriber",
+                        "room": room,
+                        "streams": streams,
+                    }),
+                    None,
+                )
+                .await?;
+            let offer = event["jsep"]["sdp"]
+                .as_str()
+                .context("janus sent no offer")?;
+            let pc = build_pc(&shared, false).await?;
+            pc.set_remote_description(RTCSessionDescription::offer(offer.to_owned())?)
+                .await?;
+            let answer = pc.create_answer(None).await?;
+            pc.set_local_description(answer).await?;
+            let answer = gathered(&pc, &shared.subscriber_gathered).await?;
+            *participant.subscriber.lock().await = Some(pc);
+            session
+                .message(
+                    handle,
+                    serde_json::json!({"request": "start"}),
+                    Some(
+                        serde_json::json!({"type": "answer", "sdp": answer.sdp, "trickle": false}),
+                    ),
+                )
+                .await?;
+        }
+        participant.janus = Some(session);
+        Ok((participant, publisher_id))
+    }
+}
+
+/// The local description once `pc` has gathered its candidates: when gathering is
+/// reported complete, or once the description carries a candidate (these peers gather
+/// one host candidate; the completion event does not always reach the handler).
+async fn gathered(
+    pc: &Arc<dyn PeerConnection>,
+    done: &watch::Sender<bool>,
+) -> Result<RTCSessionDescription> {
+    let mut rx = done.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let description = pc
+            .local_description()
+            .await
+            .context("no local description")?;
+        if *rx.borrow_and_update() || description.sdp.contains("a=candidate:") {
+            return Ok(description);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "ICE gathering did not complete in 10 s"
+        );
+        // Looked at again on the event, or after 20 ms: a candidate raises no event here.
+        let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
+    }
+}
+
+/// A published track: the track, its sender, its SSRC (audio) and whether it is video.
+type LocalTrack = (Arc<TrackLocalStaticRTP>, Arc<dyn RtpSender>, u32, bool);
 
 impl Drop for Participant {
     fn drop(&mut self) {

@@ -19,7 +19,7 @@ const KEYS: [&str; 13] = [
     "join_ms_p50",
 ];
 
-async fn run(mode: &str) -> Result<serde_json::Value> {
+async fn run(mode: &str, extra: &[&str]) -> Result<serde_json::Value> {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tutti-bench"))
         .args([
             mode,
@@ -30,6 +30,7 @@ async fn run(mode: &str) -> Result<serde_json::Value> {
             "--seconds",
             "2",
         ])
+        .args(extra)
         .kill_on_drop(true)
         .output()
         .await?;
@@ -45,9 +46,16 @@ async fn run(mode: &str) -> Result<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_and_baseline_print_one_json_report() -> Result<()> {
-    for mode in ["fanout", "baseline"] {
-        let report = run(mode).await?;
-        println!("{mode}: {report}");
+    // The same load through a shard, through Janus VideoRoom (Debian's package, which the
+    // test command installs), and through the plain relay.
+    for (mode, extra, sfu) in [
+        ("fanout", &[][..], "tutti"),
+        ("fanout", &["--sfu", "janus"][..], "janus"),
+        ("baseline", &[][..], "relay"),
+    ] {
+        let report = run(mode, extra).await?;
+        println!("{mode} {sfu}: {report}");
+        ensure!(report["sfu"] == sfu, "{mode}: sfu {}", report["sfu"]);
         for key in KEYS {
             ensure!(
                 report.get(key).is_some(),

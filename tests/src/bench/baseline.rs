@@ -304,6 +304,7 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     let _ = relay.child.kill().await;
     Ok(Report::new(
         "baseline",
+        "relay",
         args,
         Measurement {
             window_ns: window_end - window_start,

@@ -6,6 +6,8 @@
 //!   synthetic Opus (50 packets/s) and VP8 (1 Mbit/s, 30 fps, key frame every 2 s);
 //!   every payload carries its send time, so latency is publisher send to subscriber
 //!   receive.
+//!   With `--sfu janus` the same peers and load go through Janus VideoRoom instead
+//!   (Debian's package as a child process, see [`crate::janus`]).
 //! * `baseline` moves the same packet sizes at the same rates through a plain UDP relay
 //!   child process (`relay`, with the same `recvmmsg`/`sendmmsg`/GSO I/O as the shard
 //!   but no WebRTC), printing the same keys.
@@ -67,7 +69,6 @@ pub fn pin_self(cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// CPU seconds this process has used.
 /// Waits until packets still in flight have arrived: until `count` (packets received so
 /// far) stops growing between two looks 100 ms apart, for at most 3 s.
 pub async fn until_arrivals_settle<F, Fut>(mut count: F) -> usize
@@ -87,6 +88,18 @@ where
     last
 }
 
+/// Pins every thread of process `pid` to `cpu`.
+pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-cp", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux) is needed for --pin")?;
+    anyhow::ensure!(status.success(), "taskset failed");
+    Ok(())
+}
+
+/// CPU seconds this process has used.
 pub fn own_cpu_seconds() -> f64 {
     tutti_sfu::procstat::cpu_seconds().unwrap_or(0.0)
 }

@@ -7,6 +7,8 @@ use serde::Serialize;
 pub struct Report {
     /// `fanout` or `baseline`.
     pub mode: String,
+    /// What forwarded: `tutti`, `janus` or `relay`.
+    pub sfu: String,
     /// Publishers.
     pub publishers: usize,
     /// Subscribers.
@@ -66,10 +68,11 @@ pub struct Measurement {
 
 impl Report {
     /// The figures of a run of `mode` with `args`.
-    pub fn new(mode: &str, args: &super::RunArgs, mut m: Measurement) -> Self {
+    pub fn new(mode: &str, sfu: &str, args: &super::RunArgs, mut m: Measurement) -> Self {
         let expected = m.sent * args.subscribers as u64;
         Self {
             mode: mode.to_owned(),
+            sfu: sfu.to_owned(),
             publishers: args.publishers,
             subscribers: args.subscribers,
             seconds: m.window_ns as f64 / 1e9,

@@ -1,7 +1,7 @@
 //! `tutti-bench`: measures what the shard costs per forwarded packet on this machine.
 //!
 //! ```text
-//! cargo run --release --bin tutti-bench -- fanout   --publishers 1 --subscribers 50 --seconds 20 [--pin]
+//! cargo run --release --bin tutti-bench -- fanout   --publishers 1 --subscribers 50 --seconds 20 [--pin] [--sfu janus]
 //! cargo run --release --bin tutti-bench -- baseline --publishers 1 --subscribers 50 --seconds 20 [--pin]
 //! cargo run --release --bin tutti-bench -- broadcast --viewers 200 --edges 3 --seconds 20 [--pli-every-ms 1000]
 //! ```
@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use tutti_sfu::config::ShardArgs;
 use tutti_tests::bench::broadcast::{self, BroadcastArgs};
+use tutti_tests::bench::fanout::FanoutArgs;
 use tutti_tests::bench::{RunArgs, baseline, fanout};
 
 #[derive(Parser)]
@@ -23,8 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// P publishers and N subscribers, real WebRTC peers, through a shard child process.
-    Fanout(RunArgs),
+    /// P publishers and N subscribers, real WebRTC peers, through a shard child process
+    /// (or Janus VideoRoom with `--sfu janus`).
+    Fanout(FanoutArgs),
     /// The same packets through a plain UDP relay child process.
     Baseline(RunArgs),
     /// A presenter on an origin shard relayed by edge shards to many viewers, in-process.
