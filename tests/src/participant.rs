@@ -67,6 +67,9 @@ pub struct ParticipantConfig {
     pub gateway_join: Option<serde_json::Value>,
     /// The address its connections bind to (Janus needs a non-loopback one).
     pub bind_ip: std::net::IpAddr,
+    /// Offer AEAD_AES_128_GCM alone for DTLS-SRTP, so that every SFU a benchmark compares
+    /// encrypts alike (left to itself Janus picks AES-256-GCM from the default list).
+    pub aes128_gcm_only: bool,
 }
 
 impl ParticipantConfig {
@@ -88,6 +91,7 @@ impl ParticipantConfig {
             epoch: Epoch::default(),
             gateway_join: None,
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            aes128_gcm_only: false,
         }
     }
 }
@@ -468,10 +472,15 @@ async fn build_pc(shared: &Arc<Shared>, publisher: bool) -> Result<Arc<dyn PeerC
     let (media_engine, registry) = engine(publisher.then_some(shared.config.video_codec))?;
     // Like a browser: no mDNS socket per connection, connectivity checks paced at 50 ms
     // (RFC 8445's Ta) instead of the library's 200 ms.
-    let setting_engine = webrtc::peer_connection::SettingEngineBuilder::new()
+    let mut setting_engine = webrtc::peer_connection::SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .with_ice_connection_attempts(Some(Duration::from_millis(50)), None)
-        .build();
+        .with_ice_connection_attempts(Some(Duration::from_millis(50)), None);
+    if shared.config.aes128_gcm_only {
+        setting_engine = setting_engine.with_srtp_protection_profiles(vec![
+            rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+        ]);
+    }
+    let setting_engine = setting_engine.build();
     let builder = PeerConnectionBuilder::new()
         .with_setting_engine(setting_engine)
         .with_media_engine(media_engine)

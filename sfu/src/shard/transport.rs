@@ -221,6 +221,7 @@ impl Transport {
         let keys = peer.pc.with(|pc| pc.srtp_session_keys()).flatten();
         peer.srtp = keys.and_then(|(profile, keys)| {
             let profile = crate::srtp::Profile::from_rtc(profile)?;
+            tracing::debug!(peer = %key, ?profile, "SRTP keys exported");
             crate::srtp::SrtpSender::new(profile, &keys.local_master_key, &keys.local_master_salt)
                 .ok()
         });

@@ -59,6 +59,7 @@ fn publisher_config(room: &str, index: usize, args: &RunArgs, epoch: Epoch) -> P
     config.record_packets = false;
     config.video_bitrate = args.video_bitrate;
     config.epoch = epoch;
+    config.aes128_gcm_only = true;
     config
 }
 
@@ -68,6 +69,7 @@ fn subscriber_config(room: &str, index: usize, epoch: Epoch) -> ParticipantConfi
     config.video = false;
     config.record_packets = false;
     config.epoch = epoch;
+    config.aes128_gcm_only = true;
     config
 }
 
