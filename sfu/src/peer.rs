@@ -379,28 +379,13 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
             None,
         )?;
     }
-    if !publisher {
-        // Written by the shard on every forwarded packet (media::outgoing): the send
-        // stamps a receiver's congestion feedback refers to, and the publisher's audio
-        // level for a client's own speaker display.
-        for (uri, kind) in [
-            (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
-            (rtc::sdp::extmap::ABS_SEND_TIME_URI, RtpCodecKind::Audio),
-            (rtc::sdp::extmap::ABS_SEND_TIME_URI, RtpCodecKind::Video),
-            (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
-            (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
-        ] {
-            engine.register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: uri.to_owned(),
-                },
-                kind,
-                None,
-            )?;
-        }
-    }
-    if publisher {
-        for (uri, kind) in [
+    // Publishers: what the shard reads (mid and rids to route simulcast, audio levels for
+    // speaker detection) and the send stamps its transport-cc feedback refers to.
+    // Subscribers: what the shard writes on every forwarded packet (media::outgoing): the
+    // send stamps a receiver's congestion feedback refers to, and the publisher's audio
+    // level for a client's own speaker display.
+    let extensions: &[(&str, RtpCodecKind)] = if publisher {
+        &[
             (rtc::sdp::extmap::SDES_MID_URI, RtpCodecKind::Audio),
             (rtc::sdp::extmap::SDES_MID_URI, RtpCodecKind::Video),
             (
@@ -414,15 +399,24 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
             (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
             (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
             (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
-        ] {
-            engine.register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: uri.to_owned(),
-                },
-                kind,
-                None,
-            )?;
-        }
+        ]
+    } else {
+        &[
+            (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+            (rtc::sdp::extmap::ABS_SEND_TIME_URI, RtpCodecKind::Audio),
+            (rtc::sdp::extmap::ABS_SEND_TIME_URI, RtpCodecKind::Video),
+            (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
+            (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
+        ]
+    };
+    for (uri, kind) in extensions {
+        engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: (*uri).to_owned(),
+            },
+            *kind,
+            None,
+        )?;
     }
     Ok(engine)
 }
