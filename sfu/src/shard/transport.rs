@@ -67,7 +67,7 @@ pub(super) enum Routed {
     Nowhere,
 }
 
-/// Largest datagram the shard writes: an MTU of 1500 less IPv6 and UDP headers.
+/// Size of the reused datagram buffers: an MTU of 1500 less IPv6 and UDP headers.
 const MAX_DATAGRAM: usize = 1452;
 /// Spare buffers kept between batches; more are dropped.
 const MAX_SPARE: usize = 4096;
@@ -101,7 +101,7 @@ impl PeerTx<'_> {
     /// Writes `packet` with the extensions `ids` names into a reused buffer, lets `patch`
     /// change its payload there, protects it as SRTP packet `index` and queues it for the
     /// connection's selected address. False when it cannot go out (no keys, no selected
-    /// pair, a packet too large).
+    /// pair).
     pub(super) fn send_rtp(
         &mut self,
         ids: &ExtensionIds,
@@ -115,13 +115,16 @@ impl PeerTx<'_> {
         let Some((to, protocol)) = self.peer.route else {
             return false;
         };
-        if outgoing::MAX_HEADER_LEN + packet.payload.len() + srtp.tag_len() > MAX_DATAGRAM {
-            return false;
-        }
-        let mut buf = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(MAX_DATAGRAM));
+        let needed = outgoing::MAX_HEADER_LEN + packet.payload.len() + srtp.tag_len();
+        let mut buf = match self.spare.pop() {
+            Some(buf) if needed <= MAX_DATAGRAM => buf,
+            // A publisher's packet larger than a usual MTU still goes out as it came (the
+            // kernel fragments it), in a buffer of its own.
+            spare => {
+                self.spare.extend(spare);
+                BytesMut::with_capacity(needed.max(MAX_DATAGRAM))
+            }
+        };
         let header_len = outgoing::write(&mut buf, ids, packet);
         if let Some(payload) = buf.get_mut(header_len..) {
             patch(payload);
