@@ -145,9 +145,10 @@ impl PeerTx<'_> {
 }
 
 impl Peer {
-    /// Reads where the connection's packets go now. ICE changes its selected pair only
-    /// while handling a datagram or a timeout, so reading it after those keeps the route
-    /// exact without asking on every forwarded packet.
+    /// Reads where the connection's packets go now. ICE changes its selected pair while
+    /// handling a datagram, a timeout or a new description, so reading it after those
+    /// (and for every connection with output, once per turn) keeps the route exact
+    /// without asking on every forwarded packet.
     fn refresh_route(&mut self) {
         self.route = self
             .pc
@@ -530,6 +531,9 @@ impl Transport {
                 continue;
             };
             peer.dirty = false;
+            // Whatever made the connection dirty (a description applied, an ICE restart)
+            // may have moved its selected pair.
+            peer.refresh_route();
             while let Some(Some(datagram)) = peer.pc.with(|pc| pc.poll_write()) {
                 let out = match datagram.transport.transport_protocol {
                     TransportProtocol::TCP => &mut self.tcp_transmits,
