@@ -39,6 +39,15 @@ fn receive(sim: &mut Sim, viewer: usize, publisher: &str, kind: TrackKind, count
     sim.client(viewer).track_of(publisher, kind).unwrap()
 }
 
+/// Alice publishes audio and `video` in "room", watched by `count` viewers; returns them.
+fn alice_and_viewers(sim: &mut Sim, video: VideoSpec, count: usize) -> Vec<usize> {
+    sim.join("room", "alice", publishing(Some(None), Some(video)))
+        .unwrap();
+    (0..count)
+        .map(|i| sim.join("room", &format!("viewer-{i}"), viewer()).unwrap())
+        .collect()
+}
+
 fn last_stream(sim: &Sim, viewer: usize, track: &str) -> Option<u32> {
     sim.client(viewer)
         .received_on(track)
@@ -50,15 +59,7 @@ fn last_stream(sim: &Sim, viewer: usize, track: &str) -> Option<u32> {
 fn media_reaches_every_subscriber_intact_in_order_and_starting_on_a_keyframe() {
     let wall = std::time::Instant::now();
     let mut sim = Sim::with_defaults().unwrap();
-    sim.join(
-        "room",
-        "alice",
-        publishing(Some(None), Some(VideoSpec::single())),
-    )
-    .unwrap();
-    let viewers: Vec<usize> = (0..3)
-        .map(|i| sim.join("room", &format!("viewer-{i}"), viewer()).unwrap())
-        .collect();
+    let viewers = alice_and_viewers(&mut sim, VideoSpec::single(), 3);
     for &v in &viewers {
         let video = receive(&mut sim, v, "alice", TrackKind::Video, 200);
         let audio = receive(&mut sim, v, "alice", TrackKind::Audio, 50);
@@ -563,15 +564,7 @@ fn forwarding_to_fifteen_viewers_allocates_nothing_per_packet() {
             ..PipelineSpec::default()
         };
         let mut sim = Sim::new(CoreConfig::new(SHARD), spec).unwrap();
-        sim.join(
-            "room",
-            "alice",
-            publishing(Some(None), Some(VideoSpec::simulcast())),
-        )
-        .unwrap();
-        let viewers: Vec<usize> = (0..15)
-            .map(|i| sim.join("room", &format!("viewer-{i}"), viewer()).unwrap())
-            .collect();
+        let viewers = alice_and_viewers(&mut sim, VideoSpec::simulcast(), 15);
         let mut video = String::new();
         for &v in &viewers {
             video = receive(&mut sim, v, "alice", TrackKind::Video, 50);
