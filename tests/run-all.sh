@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
+# A clean checkout gains nothing from incremental compilation, and its caches would take
+# gigabytes more of the disk that CI shares (a run once failed with no space left).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 # 1. System packages. protobuf-compiler, libprotobuf-dev: etcd-client needs protoc and the
 #    well-known protos to build; etcd-server, etcd-client: the live-state tests; chromium:
 #    browser tests; coturn: TURN tests; iproute2, nftables, procps: the simulated networks
