@@ -562,7 +562,8 @@ impl SrtpReceiver {
 }
 
 /// The length of an RTP packet's header: the fixed part, CSRCs and extension block.
-fn rtp_header_len(packet: &[u8]) -> Option<usize> {
+/// Length of an RTP packet's header (fixed part, CSRCs and extension block), if it is one.
+pub fn rtp_header_len(packet: &[u8]) -> Option<usize> {
     let first = *packet.first()?;
     if first >> 6 != 2 || packet.len() < 12 {
         return None;

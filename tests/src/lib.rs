@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod eventually;
 pub mod gateway;
 pub mod janus;
+pub mod lean_viewer;
 pub mod netsim;
 pub mod participant;
 pub mod raw_peer;

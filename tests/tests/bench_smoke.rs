@@ -119,10 +119,17 @@ async fn broadcast_prints_one_json_report() -> Result<()> {
         report["received_packets"].as_u64().unwrap_or(0) > 0,
         "nothing received: {report}"
     );
-    let cpu = report["cpu_seconds_per_shard"]
-        .as_object()
-        .context("cpu per shard")?;
-    ensure!(cpu.len() == 3, "origin and two edges: {report}");
+    // Four viewers: one that received nothing would make the loss at least a quarter.
+    let loss = report["loss_ratio"].as_f64().unwrap_or(1.0);
+    ensure!(loss < 0.2, "loss {loss}: {report}");
+    ensure!(
+        report["rejected_packets"] == 0,
+        "viewers refused packets: {report}"
+    );
+    for key in ["cpu_seconds_per_shard", "rss_mib_per_shard"] {
+        let per_shard = report[key].as_object().context("per shard")?;
+        ensure!(per_shard.len() == 3, "{key}: origin and two edges: {report}");
+    }
     // 4 viewers asking 5 times a second for 2 s: 40 requests, and the hops let through
     // about one a second.
     let requests = report["viewer_keyframe_requests"].as_u64().unwrap_or(0);

@@ -1,29 +1,33 @@
 //! The `broadcast` benchmark: one presenter on an origin shard, E edge shards relaying it
-//! (the tree the operator's cascade planner draws), and N real WebRTC viewers seated over
-//! the edges, all in this process.
+//! (the tree the operator's cascade planner draws), and N viewers seated over the edges.
+//!
+//! Every shard is a child process (this executable's `serve-shard`), so its CPU time and
+//! memory are its own: media, signaling and its relay links together. The presenter is a
+//! full WebRTC peer; the viewers are [`LeanViewer`]s, which do ICE and DTLS for real and
+//! then decrypt media with Tutti's own SRTP receiver, so that a thousand of them fit on
+//! the machine beside the shards.
 //!
 //! A probe viewer on the origin itself gives the latency without a relay hop, so
 //! `per_hop_latency_ms` is what one relay adds. With `--pli-every-ms`, every viewer asks
 //! for a keyframe that often; `presenter_plis` counts what reaches the presenter.
-//! `cpu_seconds_per_shard` is each shard's media thread (forwarding, SRTP, I/O); relay
-//! clients and signaling share the process's async runtime and are in `loadgen`'s share.
 
 use super::report::{loss_ratio, quantile};
-use crate::participant::{Participant, ParticipantConfig};
-use crate::shard::{ADMIN_TOKEN, SIGNAL_TOKEN};
+use crate::lean_viewer::{LeanViewer, Reception};
+use crate::participant::{Participant, ParticipantConfig, stream_id};
+use crate::shard::{ChildShard, SIGNAL_TOKEN, process_usage};
 use crate::synth::Epoch;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tutti_control::cascade::{CascadeParams, Demand, plan::plan};
-use tutti_sfu::server::{RunningShard, ShardOptions, start};
-use tutti_sfu::shard::CoreConfig;
 use tutti_sfu::shard::api::PipelineSpec;
 use tutti_shard_api::admin::RelaySpec;
 
 const ROOM: &str = "concert";
+const PRESENTER: &str = "presenter";
 
 /// Parameters of `tutti-bench broadcast`.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,6 +62,9 @@ pub struct BroadcastReport {
     pub first_media_p50_ms: f64,
     /// The same, slowest viewer.
     pub first_media_max_ms: f64,
+    /// From a viewer's join to its first audio packet, median (video waits for a key
+    /// frame; audio shows how long joining itself takes).
+    pub first_audio_p50_ms: f64,
     /// Edge shards.
     pub edges: usize,
     /// Relay hops from the origin to the farthest edge.
@@ -72,6 +79,8 @@ pub struct BroadcastReport {
     pub received_packets: u64,
     /// `1 - received / expected`.
     pub loss_ratio: f64,
+    /// Media packets viewers refused (SRTP authentication or replay).
+    pub rejected_packets: u64,
     /// Presenter send to edge viewer receive, median.
     pub latency_p50_ms: f64,
     /// The same, 99th percentile.
@@ -84,46 +93,29 @@ pub struct BroadcastReport {
     pub presenter_plis: u64,
     /// `presenter_plis` per second.
     pub presenter_plis_per_second: f64,
-    /// CPU seconds of each shard's media thread in the window.
+    /// CPU seconds of each shard process in the window (media, signaling, relay links).
     pub cpu_seconds_per_shard: BTreeMap<String, f64>,
-    /// CPU seconds of the rest of the process (viewers, presenter, relay clients).
+    /// Resident memory of each shard process at the end of the window, MiB.
+    pub rss_mib_per_shard: BTreeMap<String, f64>,
+    /// CPU seconds of the load generator (presenter and viewers) in the window.
     pub loadgen_cpu_seconds: f64,
 }
 
-/// A shard named `name`: an edge's relay identity at its parent is its shard's name.
-async fn shard(name: &str) -> Result<RunningShard> {
-    let udp = "127.0.0.1:0".parse()?;
-    Ok(start(ShardOptions {
-        http: "127.0.0.1:0".parse()?,
-        udp,
-        advertise_ip: None,
-        advertise_port: None,
-        ice_tcp: false,
-        admin_token: ADMIN_TOKEN.into(),
-        signal_token: SIGNAL_TOKEN.into(),
-        core: CoreConfig::new(udp),
-        name: name.into(),
-        registration: None,
-    })
-    .await?)
-}
-
-fn signal_url(shard: &RunningShard) -> String {
-    format!("ws://{}/v1/signal", shard.http_addr)
-}
+/// Viewers joining at once: more only queue up behind the shards' DTLS handshakes.
+const CONCURRENT_JOINS: usize = 32;
 
 /// Runs the benchmark.
 pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
     let edges = args.edges.max(1);
-    let origin = shard("origin").await?;
-    let mut shards: BTreeMap<String, RunningShard> = BTreeMap::new();
+    let exe = std::env::current_exe().context("own executable")?;
     let mut ids = vec!["origin".to_owned()];
     for i in 0..edges {
         ids.push(format!("edge-{i}"));
     }
-    shards.insert("origin".into(), origin);
-    for id in &ids[1..] {
-        shards.insert(id.clone(), shard(id).await?);
+    let mut shards: BTreeMap<String, ChildShard> = BTreeMap::new();
+    for id in &ids {
+        let shard = ChildShard::spawn(&exe, &["serve-shard", "--shard-id", id], None).await?;
+        shards.insert(id.clone(), shard);
     }
     let per_edge = args.viewers.div_ceil(edges).max(1) as u32;
     let tree = plan(
@@ -139,61 +131,54 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
             ..CascadeParams::default()
         },
     )?;
-    let admin = |id: &str| -> Result<crate::admin::AdminClient> {
-        let shard = shards.get(id).context("shard")?;
-        Ok(crate::admin::AdminClient::new(shard.http_addr, ADMIN_TOKEN))
-    };
+    let shard = |id: &str| shards.get(id).with_context(|| format!("no shard {id}"));
     let spec = PipelineSpec {
         audience: true,
         max_participants: (per_edge + 4).max(2),
         ..PipelineSpec::default()
     };
-    admin(&tree.origin)?.put_pipeline(ROOM, &spec).await?;
+    shard(&tree.origin)?.admin.put_pipeline(ROOM, &spec).await?;
     for edge in &tree.edges {
-        let parent = shards.get(&edge.parent).context("parent")?;
         let mut edge_spec = spec.clone();
         edge_spec.relay = Some(RelaySpec {
-            from: signal_url(parent),
+            from: shard(&edge.parent)?.signal_url(),
             room: ROOM.into(),
             layers: 1,
         });
-        admin(&edge.shard)?.put_pipeline(ROOM, &edge_spec).await?;
+        shard(&edge.shard)?.admin.put_pipeline(ROOM, &edge_spec).await?;
     }
     let epoch = Epoch::default();
-    let origin_url = signal_url(shards.get(&tree.origin).context("origin")?);
-    let mut presenter_config = ParticipantConfig::new(ROOM, "presenter");
+    let origin_url = shard(&tree.origin)?.signal_url();
+    let mut presenter_config = ParticipantConfig::new(ROOM, PRESENTER);
     presenter_config.subscribe = false;
     presenter_config.record_packets = false;
     presenter_config.video_bitrate = args.video_bitrate;
     presenter_config.epoch = epoch;
     let presenter = Participant::join(&origin_url, SIGNAL_TOKEN, presenter_config).await?;
     presenter.wait_publishing(Duration::from_secs(30)).await?;
-    let viewer = |id: String| {
-        let mut config = ParticipantConfig::new(ROOM, &id);
-        config.audio = false;
-        config.video = false;
-        config.record_packets = false;
-        config.epoch = epoch;
-        config
-    };
-    let probe =
-        Participant::join_with(&origin_url, SIGNAL_TOKEN, viewer("probe".into()), true).await?;
+    let probe = LeanViewer::join(&origin_url, SIGNAL_TOKEN, ROOM, "probe", epoch).await?;
     eprintln!(
-        "bench: origin and {} edges (depth {}); seating {} viewers",
+        "bench: origin and {} edges (depth {}) as child processes; seating {} viewers",
         tree.edges.len(),
         tree.depth(),
         args.viewers
     );
+    let joining = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_JOINS));
     let mut joins = Vec::new();
     for i in 0..args.viewers {
         let edge = &tree.edges[i % tree.edges.len()];
-        let url = signal_url(shards.get(&edge.shard).context("edge")?);
-        let config = viewer(format!("viewer{i}"));
+        let url = shard(&edge.shard)?.signal_url();
+        let joining = joining.clone();
         joins.push(tokio::spawn(async move {
-            let started = Instant::now();
-            Participant::join_with(&url, SIGNAL_TOKEN, config, true)
-                .await
-                .map(|p| (started, p))
+            let _permit = joining.acquire_owned().await?;
+            let viewer =
+                LeanViewer::join(&url, SIGNAL_TOKEN, ROOM, &format!("viewer{i}"), epoch).await?;
+            // The permit is held until the viewer receives (or gives up), so that the
+            // next joins do not slow this one's handshakes.
+            let _ = viewer
+                .wait_for(Duration::from_secs(10), "audio and video", receives_both)
+                .await;
+            anyhow::Ok(viewer)
         }));
     }
     let mut viewers = Vec::new();
@@ -205,51 +190,50 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut receiving = 0;
     let mut first_media_ms = Vec::new();
-    for (started, viewer) in &viewers {
+    let mut first_audio_ms = Vec::new();
+    for viewer in &viewers {
         let left = deadline.saturating_duration_since(Instant::now());
-        let _ = viewer
-            .wait_for(left, "audio and video", |records, _| {
-                [false, true]
-                    .iter()
-                    .all(|video| records.values().any(|r| r.video == *video && r.packets > 0))
-            })
-            .await;
-        let records = viewer.records().await;
-        let firsts: Vec<Option<Instant>> = [false, true]
-            .iter()
-            .map(|video| {
-                records
-                    .values()
-                    .filter(|r| r.video == *video)
-                    .filter_map(|r| r.first_at)
-                    .min()
-            })
-            .collect();
-        if let [Some(audio), Some(video)] = firsts[..] {
-            let last = audio.max(video).duration_since(*started);
-            first_media_ms.push(last.as_secs_f64() * 1e3);
-            if last <= Duration::from_secs(5) {
+        let _ = viewer.wait_for(left, "audio and video", receives_both).await;
+        let (audio, video) = viewer.with_reception(|r| {
+            let first = |video: bool| {
+                r.streams
+                    .get(&stream_id(PRESENTER, video))
+                    .map(|s| s.first_at.duration_since(viewer.started))
+            };
+            (first(false), first(true))
+        })?;
+        if let Some(audio) = audio {
+            first_audio_ms.push(audio.as_secs_f64() * 1e3);
+        }
+        if let (Some(audio), Some(video)) = (audio, video) {
+            let after = audio.max(video);
+            first_media_ms.push(after.as_secs_f64() * 1e3);
+            if after <= Duration::from_secs(5) {
                 receiving += 1;
             }
         }
     }
+    probe
+        .wait_for(Duration::from_secs(10), "audio and video", receives_both)
+        .await
+        .context("the probe viewer on the origin")?;
     eprintln!(
         "bench: {receiving}/{} viewers received within 5 s; measuring for {}s",
         viewers.len(),
         args.seconds
     );
 
-    let cpu = |shards: &BTreeMap<String, RunningShard>| -> BTreeMap<String, f64> {
+    let usage = |shards: &BTreeMap<String, ChildShard>| -> BTreeMap<String, (f64, u64)> {
         shards
             .iter()
-            .map(|(id, s)| (id.clone(), s.media_cpu_seconds().unwrap_or(0.0)))
+            .filter_map(|(id, s)| Some((id.clone(), process_usage(s.pid()?)?)))
             .collect()
     };
     let sent = || {
         presenter.sent().audio_packets.load(Ordering::SeqCst)
             + presenter.sent().video_packets.load(Ordering::SeqCst)
     };
-    let cpu_start = cpu(&shards);
+    let usage_start = usage(&shards);
     let own_start = super::own_cpu_seconds();
     let plis_start = presenter.sent().plis.load(Ordering::SeqCst);
     let sent_start = sent();
@@ -257,19 +241,12 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
     let started = Instant::now();
     let mut requests = 0u64;
     if args.pli_every_ms > 0 {
+        let video = stream_id(PRESENTER, true);
         let mut tick = tokio::time::interval(Duration::from_millis(args.pli_every_ms));
         while started.elapsed() < Duration::from_secs(args.seconds) {
             tick.tick().await;
-            for (_, viewer) in &viewers {
-                let video = viewer
-                    .records()
-                    .await
-                    .into_iter()
-                    .find(|(_, r)| r.video)
-                    .map(|(id, _)| id);
-                if let Some(track) = video
-                    && viewer.request_keyframe(&track).await.is_ok()
-                {
+            for viewer in &viewers {
+                if viewer.request_keyframe(video)? {
                     requests += 1;
                 }
             }
@@ -281,50 +258,51 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
     let seconds = started.elapsed().as_secs_f64();
     let sent_in_window = sent() - sent_start;
     let plis = presenter.sent().plis.load(Ordering::SeqCst) - plis_start;
-    let cpu_end = cpu(&shards);
-    let own = super::own_cpu_seconds() - own_start;
+    let usage_end = usage(&shards);
+    let loadgen_cpu_seconds = super::own_cpu_seconds() - own_start;
     // Let packets sent inside the window finish arriving.
     super::until_arrivals_settle(|| async {
-        let mut count = 0;
-        for (_, viewer) in &viewers {
-            count += viewer.packets_received().await;
-        }
-        count
+        viewers.iter().map(|v| v.packets().unwrap_or(0)).sum()
     })
     .await;
-    let in_window = |arrivals: &[(u64, u64)]| -> Vec<f64> {
-        arrivals
+    let in_window = |reception: &Reception| -> Vec<f64> {
+        reception
+            .arrivals
             .iter()
             .filter(|(sent, _)| (window_start..window_end).contains(sent))
             .map(|(_, latency)| *latency as f64 / 1e6)
             .collect()
     };
-    let mut received = 0u64;
     let mut latencies = Vec::new();
-    for (_, viewer) in &viewers {
-        for record in viewer.records().await.values() {
-            let got = in_window(&record.arrivals);
-            received += got.len() as u64;
-            latencies.extend(got);
-        }
+    let mut rejected = 0;
+    for viewer in &viewers {
+        viewer.with_reception(|r| {
+            latencies.extend(in_window(r));
+            rejected += r.rejected;
+        })?;
     }
-    let mut probe_latencies: Vec<f64> = Vec::new();
-    for record in probe.records().await.values() {
-        probe_latencies.extend(in_window(&record.arrivals));
-    }
+    let received = latencies.len() as u64;
+    let mut probe_latencies = probe.with_reception(in_window)?;
     let expected = sent_in_window * viewers.len() as u64;
     let p50 = quantile(&mut latencies, 0.5);
-    let cpu_seconds_per_shard = cpu_end
+    let cpu_seconds_per_shard = usage_end
         .iter()
-        .map(|(id, end)| (id.clone(), end - cpu_start.get(id).copied().unwrap_or(0.0)))
+        .map(|(id, (end, _))| {
+            let start = usage_start.get(id).map_or(0.0, |(cpu, _)| *cpu);
+            (id.clone(), end - start)
+        })
         .collect::<BTreeMap<_, _>>();
-    let shard_cpu: f64 = cpu_seconds_per_shard.values().sum();
+    let rss_mib_per_shard = usage_end
+        .iter()
+        .map(|(id, (_, rss))| (id.clone(), *rss as f64 / (1024.0 * 1024.0)))
+        .collect();
     let report = BroadcastReport {
         mode: "broadcast".into(),
         viewers: viewers.len(),
         viewers_receiving: receiving,
         first_media_p50_ms: quantile(&mut first_media_ms, 0.5),
         first_media_max_ms: quantile(&mut first_media_ms, 1.0),
+        first_audio_p50_ms: quantile(&mut first_audio_ms, 0.5),
         edges: tree.edges.len(),
         cascade_depth: tree.depth(),
         seconds,
@@ -332,6 +310,7 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
         expected_packets: expected,
         received_packets: received,
         loss_ratio: loss_ratio(expected, received),
+        rejected_packets: rejected,
         latency_p50_ms: p50,
         latency_p99_ms: quantile(&mut latencies, 0.99),
         per_hop_latency_ms: (p50 - quantile(&mut probe_latencies, 0.5)).max(0.0),
@@ -339,15 +318,23 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
         presenter_plis: plis,
         presenter_plis_per_second: plis as f64 / seconds.max(1e-9),
         cpu_seconds_per_shard,
-        loadgen_cpu_seconds: (own - shard_cpu).max(0.0),
+        rss_mib_per_shard,
+        loadgen_cpu_seconds,
     };
-    for (_, viewer) in viewers {
-        viewer.leave().await;
+    for viewer in viewers {
+        viewer.leave();
     }
-    probe.leave().await;
+    probe.leave();
     presenter.leave().await;
     for (_, shard) in shards {
         shard.stop().await;
     }
     Ok(report)
+}
+
+/// Whether a viewer has both of the presenter's streams.
+fn receives_both(reception: &Reception) -> bool {
+    [false, true]
+        .iter()
+        .all(|video| reception.streams.contains_key(&stream_id(PRESENTER, *video)))
 }

@@ -1,0 +1,339 @@
+//! A viewer light enough that a thousand fit on this machine beside the shards: ICE, DTLS
+//! and RTCP go through the sans-I/O `rtc` core as for any peer, but once DTLS has agreed
+//! on keys, media packets bypass it. Each is verified and decrypted in place by Tutti's
+//! own SRTP receiver and read only for its synthetic trailer (which packet, when sent).
+//! Nothing is decoded, and the viewer never asks for a retransmission: what the shard
+//! does not deliver counts as lost.
+
+use crate::signal_client::SignalClient;
+use crate::synth::{self, Epoch};
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, mpsc};
+use tutti_sfu::signal::protocol::{ClientMessage, PeerTarget, ServerMessage};
+use tutti_sfu::srtp::{Profile, SrtpReceiver, rtp_header_len};
+
+/// What a lean viewer has received.
+#[derive(Debug, Default)]
+pub struct Reception {
+    /// Per synthetic stream id (see [`crate::participant::stream_id`]).
+    pub streams: HashMap<u32, StreamReception>,
+    /// `(sent_ns, latency_ns)` of every media packet, in arrival order.
+    pub arrivals: Vec<(u64, u64)>,
+    /// Media packets that failed SRTP authentication or replay checks.
+    pub rejected: u64,
+    /// Media packets that arrived before DTLS had produced keys.
+    pub before_keys: u64,
+}
+
+/// One stream as a lean viewer receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamReception {
+    /// The SSRC the shard sends it to this viewer with.
+    pub ssrc: u32,
+    /// When its first packet arrived.
+    pub first_at: Instant,
+    /// Packets received.
+    pub packets: u64,
+}
+
+/// A running lean viewer.
+pub struct LeanViewer {
+    /// When it started joining.
+    pub started: Instant,
+    reception: Arc<Mutex<Reception>>,
+    changed: Arc<Notify>,
+    keyframes: mpsc::UnboundedSender<u32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeanViewer {
+    /// Joins `room` at the shard behind `url` as a subscriber named `id`; latencies are
+    /// measured against `epoch`, the presenter's clock.
+    pub async fn join(url: &str, token: &str, room: &str, id: &str, epoch: Epoch) -> Result<Self> {
+        let started = Instant::now();
+        let mut signal = SignalClient::connect(url, token).await?;
+        signal.send(ClientMessage::Join {
+            room: room.into(),
+            participant: id.into(),
+            name: None,
+            publish: Some(false),
+            subscribe: Some(true),
+            relay: None,
+        });
+        match tokio::time::timeout(Duration::from_secs(30), signal.rx.recv()).await {
+            Ok(Some(ServerMessage::Joined { .. })) => {}
+            other => bail!("{id}: join failed: {other:?}"),
+        }
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let reception = Arc::new(Mutex::new(Reception::default()));
+        let changed = Arc::new(Notify::new());
+        let (keyframes, keyframe_rx) = mpsc::unbounded_channel();
+        let io = ViewerIo {
+            signal,
+            socket,
+            keyframes: keyframe_rx,
+            reception: reception.clone(),
+            changed: changed.clone(),
+            epoch,
+        };
+        let id = id.to_owned();
+        let task = tokio::spawn(async move {
+            if let Err(err) = io.run().await {
+                tracing::warn!(viewer = %id, %err, "lean viewer stopped");
+            }
+        });
+        Ok(Self {
+            started,
+            reception,
+            changed,
+            keyframes,
+            task,
+        })
+    }
+
+    /// Runs `read` over what was received so far.
+    pub fn with_reception<T>(&self, read: impl FnOnce(&Reception) -> T) -> Result<T> {
+        let reception = self
+            .reception
+            .lock()
+            .map_err(|_| anyhow::anyhow!("reception poisoned"))?;
+        Ok(read(&reception))
+    }
+
+    /// Media packets received so far.
+    pub fn packets(&self) -> Result<usize> {
+        self.with_reception(|r| r.arrivals.len())
+    }
+
+    /// Waits until `predicate` holds over what was received, for at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut predicate: impl FnMut(&Reception) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.with_reception(&mut predicate)? {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                bail!("lean viewer: timed out waiting for {what}");
+            }
+        }
+    }
+
+    /// Asks the shard for a key frame of synthetic stream `stream` (a picture loss
+    /// indication for the SSRC it arrives with). False if that stream has not arrived.
+    pub fn request_keyframe(&self, stream: u32) -> Result<bool> {
+        if !self.with_reception(|r| r.streams.contains_key(&stream))? {
+            return Ok(false);
+        }
+        Ok(self.keyframes.send(stream).is_ok())
+    }
+
+    /// Stops the viewer; the shard sees its signaling socket close.
+    pub fn leave(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for LeanViewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct ViewerIo {
+    signal: SignalClient,
+    socket: UdpSocket,
+    keyframes: mpsc::UnboundedReceiver<u32>,
+    reception: Arc<Mutex<Reception>>,
+    changed: Arc<Notify>,
+    epoch: Epoch,
+}
+
+fn build(local: SocketAddr) -> Result<RTCPeerConnection> {
+    let mut media_engine = rtc::peer_connection::configuration::media_engine::MediaEngine::default();
+    media_engine.register_default_codecs()?;
+    // No interceptors: media never passes through rtc, so there is nothing for reports,
+    // NACK or congestion feedback to work from.
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(media_engine)
+        .build(Instant::now())?;
+    pc.add_local_candidate(tutti_sfu::peer::host_candidate(local)?)?;
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    Ok(pc)
+}
+
+/// Whether a datagram is SRTP media (RFC 7983's RTP range, not an RTCP packet type).
+fn is_media(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && (128..=191).contains(&datagram[0]) && !(192..=223).contains(&datagram[1])
+}
+
+impl ViewerIo {
+    async fn run(mut self) -> Result<()> {
+        let local = self.socket.local_addr()?;
+        let mut pc: Option<RTCPeerConnection> = None;
+        let mut srtp: Option<SrtpReceiver> = None;
+        let mut shard: Option<SocketAddr> = None;
+        let mut buf = vec![0u8; 2048];
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(far().into());
+        tokio::pin!(timer);
+        let mut rtc_dirty = false;
+        loop {
+            if rtc_dirty && let Some(pc) = pc.as_mut() {
+                rtc_dirty = false;
+                while let Some(out) = pc.poll_write() {
+                    self.socket
+                        .send_to(&out.message, out.transport.peer_addr)
+                        .await?;
+                }
+                while let Some(event) = pc.poll_event() {
+                    if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                        RTCPeerConnectionState::Connected,
+                    ) = event
+                        && srtp.is_none()
+                    {
+                        srtp = receiver(pc);
+                        if srtp.is_none() {
+                            bail!("connected without usable SRTP keys");
+                        }
+                    }
+                }
+                // rtc hands up nothing a lean viewer uses (media never passes through it).
+                while pc.poll_read().is_some() {}
+                let deadline = pc.poll_timeout().unwrap_or_else(far);
+                timer.as_mut().reset(deadline.into());
+            }
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    let (n, from) = received?;
+                    shard = Some(from);
+                    if is_media(&buf[..n]) {
+                        self.media(srtp.as_mut(), &mut buf[..n]);
+                        continue;
+                    }
+                    if let Some(pc) = pc.as_mut() {
+                        let _ = pc.handle_read(TaggedBytesMut {
+                            now: Instant::now(),
+                            transport: TransportContext {
+                                local_addr: local,
+                                peer_addr: from,
+                                ecn: None,
+                                transport_protocol: TransportProtocol::UDP,
+                            },
+                            message: BytesMut::from(&buf[..n]),
+                        });
+                        rtc_dirty = true;
+                    }
+                }
+                () = &mut timer => {
+                    match pc.as_mut() {
+                        Some(pc) => {
+                            let _ = pc.handle_timeout(Instant::now());
+                            rtc_dirty = true;
+                        }
+                        None => timer.as_mut().reset(far().into()),
+                    }
+                }
+                message = self.signal.rx.recv() => {
+                    let Some(message) = message else { return Ok(()) };
+                    if let ServerMessage::Offer { sdp, .. } = message {
+                        let pc = match pc.as_mut() {
+                            Some(pc) => pc,
+                            None => pc.insert(build(local)?),
+                        };
+                        pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp)?)?;
+                        let answer = pc.create_answer(None)?;
+                        pc.set_local_description(Instant::now(), answer.clone())?;
+                        self.signal.send(ClientMessage::Answer { pc: PeerTarget::Subscriber, sdp: answer.sdp });
+                        rtc_dirty = true;
+                    }
+                }
+                stream = self.keyframes.recv() => {
+                    let (Some(stream), Some(pc), Some(_)) = (stream, pc.as_mut(), shard) else { continue };
+                    let ssrc = self.reception.lock().ok().and_then(|r| r.streams.get(&stream).map(|s| s.ssrc));
+                    let receiver = pc.get_receivers().next();
+                    if let (Some(ssrc), Some(id)) = (ssrc, receiver)
+                        && let Some(mut receiver) = pc.rtp_receiver(id)
+                    {
+                        let pli = PictureLossIndication { sender_ssrc: 1, media_ssrc: ssrc };
+                        receiver.write_rtcp(Instant::now(), vec![Box::new(pli)]).context("PLI")?;
+                        rtc_dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A media datagram: verified, decrypted in place and read for its trailer.
+    fn media(&self, srtp: Option<&mut SrtpReceiver>, packet: &mut [u8]) {
+        let Ok(mut reception) = self.reception.lock() else {
+            return;
+        };
+        let Some(srtp) = srtp else {
+            reception.before_keys += 1;
+            return;
+        };
+        let Ok(len) = srtp.unprotect_rtp(packet) else {
+            reception.rejected += 1;
+            return;
+        };
+        let plain = &packet[..len];
+        let Some(header_len) = rtp_header_len(plain) else {
+            reception.rejected += 1;
+            return;
+        };
+        // The trailer alone: checking every filler byte would cost more than the SRTP.
+        let payload = &plain[header_len..];
+        let Some(probe) = synth::probe(payload, payload.len().saturating_sub(synth::TRAILER_LEN))
+        else {
+            return;
+        };
+        let now_ns = self.epoch.now_ns();
+        let ssrc = u32::from_be_bytes([plain[8], plain[9], plain[10], plain[11]]);
+        let stream = reception
+            .streams
+            .entry(probe.stream)
+            .or_insert(StreamReception {
+                ssrc,
+                first_at: Instant::now(),
+                packets: 0,
+            });
+        stream.packets += 1;
+        let first = stream.packets == 1;
+        reception
+            .arrivals
+            .push((probe.sent_ns, now_ns.saturating_sub(probe.sent_ns)));
+        drop(reception);
+        if first {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// The receiving side of the connection's SRTP, from the keys DTLS agreed.
+fn receiver(pc: &RTCPeerConnection) -> Option<SrtpReceiver> {
+    let (profile, keys) = pc.srtp_session_keys()?;
+    let profile = Profile::from_rtc(profile)?;
+    SrtpReceiver::new(profile, &keys.remote_master_key, &keys.remote_master_salt).ok()
+}
