@@ -4,11 +4,20 @@
 //! own SRTP receiver and read only for its synthetic trailer (which packet, when sent).
 //! Nothing is decoded, and the viewer never asks for a retransmission: what the shard
 //! does not deliver counts as lost.
+//!
+//! Latency is taken twice: when the kernel queued the datagram on the viewer's socket
+//! (`SO_TIMESTAMPNS`), which is what the shards did to it, and when the viewer read it,
+//! which adds the load generator's own queueing behind a thousand other viewers on the
+//! same two cores.
 
 use crate::signal_client::SignalClient;
 use crate::synth::{self, Epoch};
 use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
+use nix::sys::time::TimeSpec;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -18,9 +27,12 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 use tutti_sfu::signal::protocol::{ClientMessage, PeerTarget, ServerMessage};
@@ -31,12 +43,23 @@ use tutti_sfu::srtp::{Profile, SrtpReceiver, rtp_header_len};
 pub struct Reception {
     /// Per synthetic stream id (see [`crate::participant::stream_id`]).
     pub streams: HashMap<u32, StreamReception>,
-    /// `(sent_ns, latency_ns)` of every media packet, in arrival order.
-    pub arrivals: Vec<(u64, u64)>,
+    /// Every media packet, in arrival order.
+    pub arrivals: Vec<Arrival>,
     /// Media packets that failed SRTP authentication or replay checks.
     pub rejected: u64,
     /// Media packets that arrived before DTLS had produced keys.
     pub before_keys: u64,
+}
+
+/// One media packet's times, in nanoseconds of the presenter's [`Epoch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// When the presenter sent it.
+    pub sent_ns: u64,
+    /// From then until the kernel queued it on the viewer's socket.
+    pub socket_latency_ns: u64,
+    /// From then until the viewer read it.
+    pub read_latency_ns: u64,
 }
 
 /// One stream as a lean viewer receives it.
@@ -79,6 +102,8 @@ impl LeanViewer {
             other => bail!("{id}: join failed: {other:?}"),
         }
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
+            .context("SO_TIMESTAMPNS on the viewer's socket")?;
         let reception = Arc::new(Mutex::new(Reception::default()));
         let changed = Arc::new(Notify::new());
         let (keyframes, keyframe_rx) = mpsc::unbounded_channel();
@@ -89,6 +114,7 @@ impl LeanViewer {
             reception: reception.clone(),
             changed: changed.clone(),
             epoch,
+            realtime_at_epoch_ns: realtime_ns().saturating_sub(u128::from(epoch.now_ns())),
         };
         let id = id.to_owned();
         let task = tokio::spawn(async move {
@@ -168,10 +194,42 @@ struct ViewerIo {
     reception: Arc<Mutex<Reception>>,
     changed: Arc<Notify>,
     epoch: Epoch,
+    /// The wall clock (which socket timestamps use) at the epoch.
+    realtime_at_epoch_ns: u128,
+}
+
+fn realtime_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// One datagram read with `recvmsg`: its length, source and kernel receive time (wall
+/// clock, ns), if the kernel gave one.
+fn recv_timestamped(
+    fd: RawFd,
+    buf: &mut [u8],
+    control: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<u128>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let message = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(control), MsgFlags::empty())
+        .map_err(std::io::Error::from)?;
+    let from = message
+        .address
+        .and_then(|a| a.as_sockaddr_in().map(|v4| SocketAddr::V4((*v4).into())))
+        .ok_or_else(|| std::io::Error::other("datagram without an IPv4 source"))?;
+    let mut at = None;
+    for cmsg in message.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
+            at = Some(ts.tv_sec() as u128 * 1_000_000_000 + ts.tv_nsec() as u128);
+        }
+    }
+    Ok((message.bytes, from, at))
 }
 
 fn build(local: SocketAddr) -> Result<RTCPeerConnection> {
-    let mut media_engine = rtc::peer_connection::configuration::media_engine::MediaEngine::default();
+    let mut media_engine =
+        rtc::peer_connection::configuration::media_engine::MediaEngine::default();
     media_engine.register_default_codecs()?;
     // No interceptors: media never passes through rtc, so there is nothing for reports,
     // NACK or congestion feedback to work from.
@@ -185,7 +243,9 @@ fn build(local: SocketAddr) -> Result<RTCPeerConnection> {
 
 /// Whether a datagram is SRTP media (RFC 7983's RTP range, not an RTCP packet type).
 fn is_media(datagram: &[u8]) -> bool {
-    datagram.len() >= 12 && (128..=191).contains(&datagram[0]) && !(192..=223).contains(&datagram[1])
+    datagram.len() >= 12
+        && (128..=191).contains(&datagram[0])
+        && !(192..=223).contains(&datagram[1])
 }
 
 impl ViewerIo {
@@ -195,6 +255,7 @@ impl ViewerIo {
         let mut srtp: Option<SrtpReceiver> = None;
         let mut shard: Option<SocketAddr> = None;
         let mut buf = vec![0u8; 2048];
+        let mut control = nix::cmsg_space!(TimeSpec);
         let far = || Instant::now() + Duration::from_secs(3600);
         let timer = tokio::time::sleep_until(far().into());
         tokio::pin!(timer);
@@ -225,11 +286,20 @@ impl ViewerIo {
                 timer.as_mut().reset(deadline.into());
             }
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => {
-                    let (n, from) = received?;
+                readable = self.socket.readable() => {
+                    readable?;
+                    let fd = self.socket.as_raw_fd();
+                    let received = self.socket.try_io(Interest::READABLE, || {
+                        recv_timestamped(fd, &mut buf, &mut control)
+                    });
+                    let (n, from, at) = match received {
+                        Ok(received) => received,
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(err) => return Err(err.into()),
+                    };
                     shard = Some(from);
                     if is_media(&buf[..n]) {
-                        self.media(srtp.as_mut(), &mut buf[..n]);
+                        self.media(srtp.as_mut(), &mut buf[..n], at);
                         continue;
                     }
                     if let Some(pc) = pc.as_mut() {
@@ -286,7 +356,7 @@ impl ViewerIo {
     }
 
     /// A media datagram: verified, decrypted in place and read for its trailer.
-    fn media(&self, srtp: Option<&mut SrtpReceiver>, packet: &mut [u8]) {
+    fn media(&self, srtp: Option<&mut SrtpReceiver>, packet: &mut [u8], at: Option<u128>) {
         let Ok(mut reception) = self.reception.lock() else {
             return;
         };
@@ -309,7 +379,10 @@ impl ViewerIo {
         else {
             return;
         };
-        let now_ns = self.epoch.now_ns();
+        let read_ns = self.epoch.now_ns();
+        let queued_ns = at.map_or(read_ns, |at| {
+            u64::try_from(at.saturating_sub(self.realtime_at_epoch_ns)).unwrap_or(u64::MAX)
+        });
         let ssrc = u32::from_be_bytes([plain[8], plain[9], plain[10], plain[11]]);
         let stream = reception
             .streams
@@ -321,9 +394,11 @@ impl ViewerIo {
             });
         stream.packets += 1;
         let first = stream.packets == 1;
-        reception
-            .arrivals
-            .push((probe.sent_ns, now_ns.saturating_sub(probe.sent_ns)));
+        reception.arrivals.push(Arrival {
+            sent_ns: probe.sent_ns,
+            socket_latency_ns: queued_ns.saturating_sub(probe.sent_ns),
+            read_latency_ns: read_ns.saturating_sub(probe.sent_ns),
+        });
         drop(reception);
         if first {
             self.changed.notify_waiters();

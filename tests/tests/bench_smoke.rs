@@ -128,7 +128,10 @@ async fn broadcast_prints_one_json_report() -> Result<()> {
     );
     for key in ["cpu_seconds_per_shard", "rss_mib_per_shard"] {
         let per_shard = report[key].as_object().context("per shard")?;
-        ensure!(per_shard.len() == 3, "{key}: origin and two edges: {report}");
+        ensure!(
+            per_shard.len() == 3,
+            "{key}: origin and two edges: {report}"
+        );
     }
     // 4 viewers asking 5 times a second for 2 s: 40 requests, and the hops let through
     // about one a second.
