@@ -42,16 +42,19 @@ pub enum DropReason {
     UnknownSource,
     /// A round-trip probe beyond the shard's budget per second.
     ProbeLimit,
+    /// SRTCP from a subscriber that failed authentication or the replay check.
+    BadSrtcp,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 6] = [
+    const ALL: [DropReason; 7] = [
         Self::Garbage,
         Self::Truncated,
         Self::UnknownUfrag,
         Self::BadIntegrity,
         Self::UnknownSource,
         Self::ProbeLimit,
+        Self::BadSrtcp,
     ];
 
     fn label(self) -> &'static str {
@@ -62,6 +65,7 @@ impl DropReason {
             Self::BadIntegrity => "bad_integrity",
             Self::UnknownSource => "unknown_source",
             Self::ProbeLimit => "probe_limit",
+            Self::BadSrtcp => "bad_srtcp",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod downtrack;
+pub mod feedback;
 pub mod keyframe;
 pub mod outgoing;
 pub mod picture_id;

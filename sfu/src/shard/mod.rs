@@ -238,6 +238,8 @@ pub(crate) struct Peer {
     /// Protects the RTP the shard sends on this connection; made from the DTLS keys once
     /// the connection is up.
     srtp: Option<crate::srtp::SrtpSender>,
+    /// Subscriber: verifies and decrypts the SRTCP it sends, from the same keys.
+    srtcp: Option<crate::srtp::SrtpReceiver>,
     /// The connection's next transport-wide sequence number.
     transport_seq: u16,
     /// Where its packets go: the ICE selected pair's remote address and protocol.
@@ -444,11 +446,11 @@ impl ShardCore {
         datagram: &[u8],
         protocol: TransportProtocol,
     ) -> bool {
-        let routed = self.transport.receive(now, from, to, datagram, protocol);
-        let Routed::Peer(key) = routed else {
-            return false;
-        };
-        self.drive(key, now);
+        match self.transport.receive(now, from, to, datagram, protocol) {
+            Routed::Peer(key) => self.drive(key, now),
+            Routed::Feedback(key, packets) => self.on_subscriber_rtcp(key, packets, now),
+            Routed::Nowhere => return false,
+        }
         self.finish_step(now);
         true
     }
@@ -1090,6 +1092,7 @@ impl ShardCore {
                 renegotiate: false,
                 remote_candidates: 0,
                 srtp: None,
+                srtcp: None,
                 transport_seq: 0,
                 route: None,
             },

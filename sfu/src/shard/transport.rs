@@ -9,8 +9,10 @@
 use super::guarded::MovedIn;
 use super::{Peer, PeerKey, SessionId};
 use crate::demux::Demux;
+use crate::media::feedback;
 use crate::media::outgoing::{self, ExtensionIds, OutPacket, SendStamp, abs_send_time};
 use crate::metrics::{DropReason, ShardMetrics};
+use crate::peer::PeerRole;
 use crate::wire::{self, DatagramKind};
 use bytes::BytesMut;
 use rtc::crypto::RTCCryptoProvider;
@@ -57,12 +59,16 @@ pub(super) struct Transport {
     probe_sources_taken: Vec<(SocketAddr, IpAddr)>,
     /// Probes answered in the current second: (its start, count).
     probe_window: Option<(Instant, u32)>,
+    /// Where subscribers' SRTCP is decrypted, reused.
+    rtcp_scratch: Vec<u8>,
 }
 
 /// Where one datagram went.
 pub(super) enum Routed {
     /// To this peer's connection, which has read it.
     Peer(PeerKey),
+    /// Feedback (RTCP) from this subscriber, decrypted and read by the shard.
+    Feedback(PeerKey, Vec<Box<dyn rtc::rtcp::packet::Packet>>),
     /// Nowhere: answered as a probe, or dropped (and counted).
     Nowhere,
 }
@@ -185,6 +191,7 @@ impl Transport {
             probe_sources: Vec::new(),
             probe_sources_taken: Vec::new(),
             probe_window: None,
+            rtcp_scratch: Vec::new(),
         }
     }
 
@@ -223,12 +230,26 @@ impl Transport {
             return;
         }
         let keys = peer.pc.with(|pc| pc.srtp_session_keys()).flatten();
-        peer.srtp = keys.and_then(|(profile, keys)| {
-            let profile = crate::srtp::Profile::from_rtc(profile)?;
-            tracing::debug!(peer = %key, ?profile, "SRTP keys exported");
+        let Some((profile, keys)) =
+            keys.and_then(|(profile, keys)| Some((crate::srtp::Profile::from_rtc(profile)?, keys)))
+        else {
+            tracing::warn!(peer = %key, "connected without usable SRTP keys: no media will be sent");
+            return;
+        };
+        tracing::debug!(peer = %key, ?profile, "SRTP keys exported");
+        peer.srtp =
             crate::srtp::SrtpSender::new(profile, &keys.local_master_key, &keys.local_master_salt)
-                .ok()
-        });
+                .ok();
+        // A subscriber sends only RTCP, which the shard reads itself; a publisher's RTP and
+        // RTCP stay with its connection (its NACK generator and reports need them).
+        if peer.role == PeerRole::Subscriber {
+            peer.srtcp = crate::srtp::SrtpReceiver::new(
+                profile,
+                &keys.remote_master_key,
+                &keys.remote_master_salt,
+            )
+            .ok();
+        }
         if peer.srtp.is_none() {
             tracing::warn!(peer = %key, "connected without usable SRTP keys: no media will be sent");
         }
@@ -405,14 +426,36 @@ impl Transport {
             self.metrics.dropped(DropReason::UnknownSource);
             return Routed::Nowhere;
         };
+        let transport = TransportContext {
+            local_addr,
+            peer_addr: from,
+            ecn: None,
+            transport_protocol: protocol,
+        };
+        if kind == DatagramKind::Rtcp
+            && let Some(srtcp) = peer.srtcp.as_mut()
+        {
+            // A subscriber's feedback, read here rather than by its connection (see
+            // media::feedback); ICE still learns that the address is alive.
+            if peer.pc.with(|pc| pc.note_non_stun_traffic(now, transport)) != Some(true) {
+                self.metrics.dropped(DropReason::UnknownSource);
+                return Routed::Nowhere;
+            }
+            self.rtcp_scratch.clear();
+            self.rtcp_scratch.extend_from_slice(datagram);
+            let Ok(len) = srtcp.unprotect_rtcp(&mut self.rtcp_scratch) else {
+                self.metrics.dropped(DropReason::BadSrtcp);
+                return Routed::Nowhere;
+            };
+            let mut packets = Vec::new();
+            if !feedback::read(&self.rtcp_scratch[..len], &mut packets) {
+                tracing::debug!(peer = %key, "malformed RTCP from a subscriber: read in part");
+            }
+            return Routed::Feedback(key, packets);
+        }
         let input = TaggedBytesMut {
             now,
-            transport: TransportContext {
-                local_addr,
-                peer_addr: from,
-                ecn: None,
-                transport_protocol: protocol,
-            },
+            transport,
             message: BytesMut::from(datagram),
         };
         // `rtc` reports malformed records and packets by logging and dropping them;
