@@ -328,11 +328,12 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
         )
     };
     println!(
-        "dropped: garbage={} unknown_source={} unknown_ufrag={} bad_integrity={}",
+        "dropped: garbage={} unknown_source={} unknown_ufrag={} bad_integrity={} bad_srtcp={}",
         dropped("garbage"),
         dropped("unknown_source"),
         dropped("unknown_ufrag"),
-        dropped("bad_integrity")
+        dropped("bad_integrity"),
+        dropped("bad_srtcp")
     );
     ensure!(
         dropped("garbage") >= garbage as f64,
@@ -342,6 +343,13 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
     ensure!(dropped("unknown_source") >= 100.0);
     ensure!(dropped("unknown_ufrag") >= 20.0);
     ensure!(dropped("bad_integrity") >= 20.0);
+    // The rogue's RTCP-shaped junk reached the shard's own SRTCP check, not its connection
+    // (300 sent in one burst with 900 other datagrams: the socket may drop a few).
+    ensure!(
+        dropped("bad_srtcp") >= 150.0,
+        "bad_srtcp: {}",
+        dropped("bad_srtcp")
+    );
     ensure!(errors("bad_message") >= 4.0 && errors("message_too_large") >= 1.0);
     ensure!(errors("unsupported_version") >= 1.0 && errors("sdp_rejected") >= 1.0);
     ensure!(errors("unauthorized") >= 1.0);
