@@ -8,6 +8,7 @@ pub mod codec;
 pub mod downtrack;
 pub mod feedback;
 pub mod keyframe;
+pub mod loss;
 pub mod outgoing;
 pub mod picture_id;
 pub mod retransmit;
