@@ -209,6 +209,7 @@ async fn run_link(
         publish: Some(false),
         subscribe: Some(true),
         relay: Some(true),
+        pipe: None,
     };
     sink.send(Message::Text(encode_client(&join).into()))
         .await

@@ -87,6 +87,10 @@ pub enum ClientMessage {
         /// never announced to the room and takes no seat.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         relay: Option<bool>,
+        /// A relay's media pipe (shard to shard only, with `relay: true`): the tracks come
+        /// as SRTP straight to this end's media port instead of over a peer connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pipe: Option<PipeEnd>,
     },
     /// An SDP offer for the client's publisher connection.
     Offer {
@@ -193,6 +197,33 @@ pub struct TrackInfo {
     pub layers: Vec<String>,
     /// Whether the publisher muted it.
     pub muted: bool,
+}
+
+/// One end of a relay pipe between two shards' media ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeEnd {
+    /// Where the other end sends: this end's media address, `ip:port`.
+    pub media: String,
+    /// The SRTP master key and salt this end protects what it sends with (profile
+    /// AEAD_AES_128_GCM: 16 + 12 bytes), base64.
+    pub key: String,
+    /// The SSRC of this end's RTCP: the other end tells pipes on one address apart by it.
+    pub ssrc: u32,
+}
+
+/// The codec of a track on a relay pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeCodec {
+    /// MIME type, e.g. `video/VP8`.
+    pub mime: String,
+    /// RTP clock rate.
+    pub clock_rate: u32,
+    /// Audio channels (0 for video).
+    pub channels: u16,
+    /// The `a=fmtp` parameters.
+    pub fmtp: String,
+    /// The payload type its packets carry.
+    pub payload_type: u8,
 }
 
 /// Stable error codes. Clients switch on these, never on the message text.
@@ -339,6 +370,24 @@ pub enum ServerMessage {
         participant: String,
         /// The track.
         track: TrackInfo,
+    },
+    /// The parent's end of the relay pipe a relay session asked for (after `joined`).
+    Pipe {
+        /// The parent's end.
+        end: PipeEnd,
+    },
+    /// A track arrives on the relay pipe with this SSRC (instead of in an `offer`).
+    PipeTrack {
+        /// The publisher's id.
+        participant: String,
+        /// The track id.
+        track: String,
+        /// Audio or video.
+        kind: TrackKind,
+        /// Its codec.
+        codec: PipeCodec,
+        /// The SSRC its packets carry on the pipe.
+        ssrc: u32,
     },
     /// A track was removed.
     TrackUnpublished {
@@ -512,6 +561,9 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, serde_json::Error> {
     serde_json::from_str::<In>(frame).map(|m| m.message)
 }
 
+/// Longest pipe address or key accepted (an IPv6 address and port, base64 of 28 bytes).
+const MAX_PIPE_FIELD_LEN: usize = 64;
+
 /// Whether an identifier (room, participant) is 1–64 characters of `[A-Za-z0-9._-]`.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -528,6 +580,7 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
             room,
             participant,
             name,
+            pipe,
             ..
         } => {
             if !valid_id(room) {
@@ -542,6 +595,11 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
                 return bad(
                     "name must be 1-64 visible characters (no control or invisible characters)",
                 );
+            }
+            if let Some(pipe) = pipe
+                && (pipe.media.len() > MAX_PIPE_FIELD_LEN || pipe.key.len() > MAX_PIPE_FIELD_LEN)
+            {
+                return bad("pipe media and key must be at most 64 characters");
             }
         }
         ClientMessage::Offer { sdp, .. } | ClientMessage::Answer { sdp, .. } => {
@@ -605,6 +663,7 @@ mod tests {
                 publish: None,
                 subscribe: None,
                 relay: None,
+                pipe: None,
             }
         );
     }

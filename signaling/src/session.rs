@@ -687,6 +687,7 @@ impl Session {
                 publish: Some(false),
                 subscribe: Some(true),
                 relay: None,
+                pipe: None,
             };
             match self.join_on(edge, join, true).await {
                 Ok((link, participants, audio)) => {
@@ -782,6 +783,7 @@ impl Session {
                 publish: Some(admitted.publish),
                 subscribe: Some(admitted.subscribe),
                 relay: None,
+                pipe: None,
             };
             match self.join_on(&placement.shard, join, false).await {
                 Ok((link, participants, audio)) => {

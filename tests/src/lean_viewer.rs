@@ -96,6 +96,7 @@ impl LeanViewer {
             publish: Some(false),
             subscribe: Some(true),
             relay: None,
+            pipe: None,
         });
         match tokio::time::timeout(Duration::from_secs(30), signal.rx.recv()).await {
             Ok(Some(ServerMessage::Joined { .. })) => {}

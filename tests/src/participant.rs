@@ -525,6 +525,7 @@ impl Participant {
                 publish: Some(config.audio || config.video),
                 subscribe: Some(config.subscribe),
                 relay: None,
+                pipe: None,
             }),
         }
         let joined = tokio::time::timeout(Duration::from_secs(10), signal.rx.recv())

@@ -62,6 +62,7 @@ impl RawSubscriber {
             publish: Some(false),
             subscribe: Some(true),
             relay: None,
+            pipe: None,
         });
         match tokio::time::timeout(Duration::from_secs(10), signal.rx.recv()).await {
             Ok(Some(ServerMessage::Joined { .. })) => {}

@@ -188,6 +188,7 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
         publish: None,
         subscribe: Some(false),
         relay: None,
+        pipe: None,
     });
     let joined = tokio::time::timeout(WAIT, bad.rx.recv())
         .await?

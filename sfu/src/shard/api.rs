@@ -42,6 +42,8 @@ pub struct JoinRequest {
     pub subscribe: bool,
     /// A child shard relaying the room (no seat, never announced).
     pub relay: bool,
+    /// A relay's media pipe: its end (only with `relay`).
+    pub pipe: Option<crate::signal::protocol::PipeEnd>,
 }
 
 /// Feedback a shard sends up to its parent through the relay client.

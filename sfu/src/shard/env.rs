@@ -56,6 +56,11 @@ impl Env {
         }
     }
 
+    /// Fills `out` with random bytes (key material: the system generator is a CSPRNG).
+    pub(crate) fn fill(&mut self, out: &mut [u8]) {
+        self.rng.fill(out);
+    }
+
     /// A random alphanumeric token of `len` characters.
     pub(crate) fn token(&mut self, len: usize) -> String {
         (&mut self.rng)

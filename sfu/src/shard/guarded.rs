@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// A peer connection the core stops using once it panicked.
 pub(crate) struct GuardedPc {
     pc: Option<RTCPeerConnection>,
+    /// Never had a connection (a relay pipe): calls find none, and it is not poisoned.
+    detached: bool,
     /// Raised for the whole core when any connection panics, so that it looks for the
     /// poisoned one only then.
     alarm: Arc<AtomicBool>,
@@ -29,13 +31,26 @@ impl GuardedPc {
     pub(crate) fn new(pc: RTCPeerConnection, alarm: Arc<AtomicBool>) -> Self {
         Self {
             pc: Some(pc),
+            detached: false,
             alarm,
             #[cfg(any(test, feature = "sim"))]
             panic_next: false,
         }
     }
 
-    /// Runs `f` on the connection. `None` when the connection panicked, now or before.
+    /// No connection at all: a relay pipe, whose SRTP the shard does itself.
+    pub(crate) fn detached(alarm: Arc<AtomicBool>) -> Self {
+        Self {
+            pc: None,
+            detached: true,
+            alarm,
+            #[cfg(any(test, feature = "sim"))]
+            panic_next: false,
+        }
+    }
+
+    /// Runs `f` on the connection. `None` when the connection panicked, now or before, or
+    /// when there is none.
     pub(crate) fn with<R>(
         &mut self,
         f: impl FnOnce(&mut RTCPeerConnection) -> R + UnwindSafe,
@@ -68,7 +83,7 @@ impl GuardedPc {
 
     /// Whether the connection panicked and is gone.
     pub(crate) fn is_poisoned(&self) -> bool {
-        self.pc.is_none()
+        self.pc.is_none() && !self.detached
     }
 
     /// Makes the next call into the connection panic (tests of this containment).

@@ -36,6 +36,7 @@ mod ids;
 #[cfg(any(test, feature = "sim"))]
 mod invariants;
 mod negotiate;
+mod pipe;
 mod registry;
 mod relay;
 mod router;
@@ -244,6 +245,9 @@ pub(crate) struct Peer {
     transport_seq: u16,
     /// Where its packets go: the ICE selected pair's remote address and protocol.
     route: Option<(SocketAddr, TransportProtocol)>,
+    /// A relay pipe to another shard (`pipe.rs`): no connection, keys from the relay's
+    /// session, a fixed route.
+    pipe: bool,
 }
 
 pub(crate) struct Layer {
@@ -260,7 +264,8 @@ pub(crate) struct Layer {
 pub(crate) struct DowntrackEntry {
     peer: PeerKey,
     session: SessionId,
-    sender: RTCRtpSenderId,
+    /// Its sender on the subscriber connection; `None` on a relay pipe.
+    sender: Option<RTCRtpSenderId>,
     ssrc: u32,
     payload_type: Option<u8>,
     /// The track is RED but this subscriber takes only Opus: it gets each packet's
@@ -882,6 +887,11 @@ impl ShardCore {
             tracing::info!(room = %request.room, "seat reclaimed from a session without media");
             self.remove_session(squatter, now, Some(SEAT_RECLAIMED));
         }
+        let pipe = request.pipe.clone().filter(|_| request.relay);
+        if let Some(pipe) = &pipe {
+            self.check_pipe(pipe)
+                .map_err(|err| JoinError::new(ErrorCode::BadMessage, err.to_string()))?;
+        }
         let presence = self
             .registry
             .admit(&request, self.config.max_participants)?;
@@ -938,6 +948,12 @@ impl ShardCore {
                 Some(id),
                 ServerMessage::ParticipantJoined { participant: info },
             );
+        }
+        if let Some(pipe) = &pipe
+            && let Err(err) = self.open_pipe(id, pipe)
+        {
+            // Checked above, and nothing ran in between.
+            tracing::warn!(session = %id, %err, "relay pipe refused after its check");
         }
         if request.subscribe {
             for track in existing_tracks {
@@ -1095,6 +1111,7 @@ impl ShardCore {
                 srtcp: None,
                 transport_seq: 0,
                 route: None,
+                pipe: false,
             },
         );
         Some(key)
@@ -1188,6 +1205,7 @@ mod tests {
                     publish: true,
                     subscribe: true,
                     relay: false,
+                    pipe: None,
                 },
                 events,
                 reply,
@@ -1315,6 +1333,7 @@ mod tests {
                 publish: true,
                 subscribe: true,
                 relay: false,
+                pipe: None,
             };
             core.handle_command(
                 at,
@@ -1425,6 +1444,7 @@ mod tests {
                     publish: false,
                     subscribe: true,
                     relay: false,
+                    pipe: None,
                 },
                 events,
                 reply,
@@ -1597,6 +1617,7 @@ mod tests {
                     publish: true,
                     subscribe: true,
                     relay: false,
+                    pipe: None,
                 },
                 events,
                 reply,

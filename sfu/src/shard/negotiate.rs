@@ -505,7 +505,9 @@ impl ShardCore {
                 }
                 continue;
             }
-            let sender = entry.sender;
+            let Some(sender) = entry.sender else {
+                continue;
+            };
             let Some(Some(parameters)) = peer.pc.with(move |pc| {
                 pc.rtp_sender(sender)
                     .map(|mut sender| sender.get_parameters().clone())
@@ -819,6 +821,9 @@ impl ShardCore {
                 None => return,
             },
         };
+        if self.add_pipe_downtrack(session, key, track_key) {
+            return;
+        }
         let (Some(peer), Some(track)) = (self.transport.peer_mut(key), self.media.track(track_key))
         else {
             return;
@@ -891,7 +896,7 @@ impl ShardCore {
             track.downtracks.push(DowntrackEntry {
                 peer: key,
                 session,
-                sender,
+                sender: Some(sender),
                 ssrc,
                 payload_type: None,
                 unwrap_red: false,
@@ -918,8 +923,9 @@ impl ShardCore {
         let entry = track.downtracks.swap_remove(index);
         if let Some(peer) = self.transport.peer_mut(peer_key) {
             peer.outgoing.remove(&entry.ssrc);
-            let sender = entry.sender;
-            if let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender)) {
+            if let Some(sender) = entry.sender
+                && let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender))
+            {
                 tracing::debug!(peer = %peer_key, %err, "remove_track failed");
             }
             self.request_negotiation(peer_key, now);
@@ -943,8 +949,9 @@ impl ShardCore {
         for entry in &track.downtracks {
             if let Some(peer) = self.transport.peer_mut(entry.peer) {
                 peer.outgoing.remove(&entry.ssrc);
-                let sender = entry.sender;
-                if let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender)) {
+                if let Some(sender) = entry.sender
+                    && let Some(Err(err)) = peer.pc.with(move |pc| pc.remove_track(sender))
+                {
                     tracing::debug!(peer = %entry.peer, %err, "remove_track failed");
                 }
                 self.request_negotiation(entry.peer, now);

@@ -497,9 +497,13 @@ impl MediaRouter {
         for track in self.tracks.values_mut() {
             let clock_rate = track.codec.clock_rate;
             for entry in &mut track.downtracks {
+                // A relay pipe's far end writes its own reports from its own counts.
+                let Some(sender) = entry.sender else {
+                    continue;
+                };
                 if let Some(report) = entry.sent.due_report(entry.ssrc, now, wall, clock_rate) {
                     due.entry(entry.peer)
-                        .or_insert_with(|| (entry.sender, Vec::new()))
+                        .or_insert_with(|| (sender, Vec::new()))
                         .1
                         .push(Box::new(report));
                 }

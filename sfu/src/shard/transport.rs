@@ -61,6 +61,8 @@ pub(super) struct Transport {
     probe_window: Option<(Instant, u32)>,
     /// Where subscribers' SRTCP is decrypted, reused.
     rtcp_scratch: Vec<u8>,
+    /// Relay pipes by their far end's address and RTCP SSRC: one address may carry many.
+    pipes: HashMap<(SocketAddr, u32), PeerKey>,
 }
 
 /// Where one datagram went.
@@ -156,6 +158,10 @@ impl Peer {
     /// (and for every connection with output, once per turn) keeps the route exact
     /// without asking on every forwarded packet.
     fn refresh_route(&mut self) {
+        // A pipe's route is the address its far end named; there is no ICE.
+        if self.pipe {
+            return;
+        }
         self.route = self
             .pc
             .with(|pc| pc.selected_transport())
@@ -192,6 +198,7 @@ impl Transport {
             probe_sources_taken: Vec::new(),
             probe_window: None,
             rtcp_scratch: Vec::new(),
+            pipes: HashMap::new(),
         }
     }
 
@@ -305,6 +312,43 @@ impl Transport {
         self.mark_dirty(key);
     }
 
+    /// Adds a relay pipe whose far end sends its RTCP from `from` under `ssrc`. False,
+    /// and nothing added, if another pipe is known by the same.
+    pub(super) fn add_pipe(
+        &mut self,
+        key: PeerKey,
+        peer: Peer,
+        from: SocketAddr,
+        ssrc: u32,
+    ) -> bool {
+        if self.pipes.contains_key(&(from, ssrc)) {
+            return false;
+        }
+        self.pipes.insert((from, ssrc), key);
+        self.add(key, peer);
+        true
+    }
+
+    /// Whether a pipe is known by its far end's address and RTCP SSRC.
+    pub(super) fn has_pipe(&self, from: SocketAddr, ssrc: u32) -> bool {
+        self.pipes.contains_key(&(from, ssrc))
+    }
+
+    /// Whether an SSRC is already used towards `to` by any pipe there: the far end tells
+    /// the streams of all its pipes from this shard apart by SSRC alone.
+    pub(super) fn pipe_ssrc_taken(&self, to: SocketAddr, ssrc: u32) -> bool {
+        self.pipes.values().any(|key| {
+            self.peers.get(key).is_some_and(|peer| {
+                peer.route.is_some_and(|(addr, _)| addr == to) && peer.outgoing.contains_key(&ssrc)
+            })
+        })
+    }
+
+    /// The address advertised for the shard's UDP port.
+    pub(super) fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
     /// Closes a connection, telling the client at once (DTLS close_notify) rather than
     /// letting ICE time out, and forgets its addresses; its ICE-TCP connections are to be
     /// closed.
@@ -327,6 +371,7 @@ impl Transport {
 
     /// Drops a peer's address bindings; its ICE-TCP connections are to be closed.
     fn forget_addresses(&mut self, key: PeerKey) {
+        self.pipes.retain(|_, pipe| *pipe != key);
         self.demux.remove_peer(key);
         let closed = self.tcp_demux.remove_peer(key);
         self.tcp_to_close.extend(closed);
@@ -375,6 +420,17 @@ impl Transport {
         protocol: TransportProtocol,
     ) -> Routed {
         let kind = wire::classify(datagram);
+        if kind == DatagramKind::Rtcp
+            && protocol == TransportProtocol::UDP
+            && let Some(ssrc) = datagram.get(4..8)
+            && let Some(&key) = self.pipes.get(&(
+                from,
+                u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]),
+            ))
+        {
+            self.metrics.datagram_in(3);
+            return self.read_feedback(key, datagram);
+        }
         let bound = match protocol {
             TransportProtocol::TCP => self.tcp_demux.peer_by_addr(from, None, now),
             _ => self.demux.peer_by_addr(from, to, now),
@@ -432,26 +488,14 @@ impl Transport {
             ecn: None,
             transport_protocol: protocol,
         };
-        if kind == DatagramKind::Rtcp
-            && let Some(srtcp) = peer.srtcp.as_mut()
-        {
+        if kind == DatagramKind::Rtcp && peer.srtcp.is_some() {
             // A subscriber's feedback, read here rather than by its connection (see
             // media::feedback); ICE still learns that the address is alive.
             if peer.pc.with(|pc| pc.note_non_stun_traffic(now, transport)) != Some(true) {
                 self.metrics.dropped(DropReason::UnknownSource);
                 return Routed::Nowhere;
             }
-            self.rtcp_scratch.clear();
-            self.rtcp_scratch.extend_from_slice(datagram);
-            let Ok(len) = srtcp.unprotect_rtcp(&mut self.rtcp_scratch) else {
-                self.metrics.dropped(DropReason::BadSrtcp);
-                return Routed::Nowhere;
-            };
-            let mut packets = Vec::new();
-            if !feedback::read(&self.rtcp_scratch[..len], &mut packets) {
-                tracing::debug!(peer = %key, "malformed RTCP from a subscriber: read in part");
-            }
-            return Routed::Feedback(key, packets);
+            return self.read_feedback(key, datagram);
         }
         let input = TaggedBytesMut {
             now,
@@ -465,6 +509,25 @@ impl Transport {
         }
         peer.refresh_route();
         Routed::Peer(key)
+    }
+
+    /// Verifies, decrypts and reads the SRTCP a subscriber or a pipe's far end sent.
+    fn read_feedback(&mut self, key: PeerKey, datagram: &[u8]) -> Routed {
+        let Some(srtcp) = self.peers.get_mut(&key).and_then(|p| p.srtcp.as_mut()) else {
+            self.metrics.dropped(DropReason::UnknownSource);
+            return Routed::Nowhere;
+        };
+        self.rtcp_scratch.clear();
+        self.rtcp_scratch.extend_from_slice(datagram);
+        let Ok(len) = srtcp.unprotect_rtcp(&mut self.rtcp_scratch) else {
+            self.metrics.dropped(DropReason::BadSrtcp);
+            return Routed::Nowhere;
+        };
+        let mut packets = Vec::new();
+        if !feedback::read(&self.rtcp_scratch[..len], &mut packets) {
+            tracing::debug!(peer = %key, "malformed RTCP: read in part");
+        }
+        Routed::Feedback(key, packets)
     }
 
     /// Finds the peer a STUN request names and checks it knows the peer's password.

@@ -153,6 +153,7 @@ async fn handle(
                 publish,
                 subscribe,
                 relay,
+                pipe,
             },
         ) => {
             let request = JoinRequest {
@@ -162,6 +163,7 @@ async fn handle(
                 publish: publish.unwrap_or(true),
                 subscribe: subscribe.unwrap_or(true),
                 relay: relay.unwrap_or(false),
+                pipe: pipe.filter(|_| relay == Some(true)),
             };
             match core.join(request, events.clone()).await {
                 Ok(id) => {

@@ -25,7 +25,7 @@ pub use net::{LinkParams, Loss, Net};
 use crate::metrics::ShardMetrics;
 use crate::shard::api::{Command, JoinError, JoinRequest, PipelineSpec};
 use crate::shard::{CoreConfig, Env, ShardCore};
-use crate::signal::protocol::ClientMessage;
+use crate::signal::protocol::{ClientMessage, ServerMessage};
 use bytes::BytesMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -53,6 +53,9 @@ pub struct Sim {
     udp_out: Vec<(SocketAddr, BytesMut)>,
     tcp_out: Vec<(SocketAddr, BytesMut)>,
     certificate: rtc::peer_connection::certificate::RTCCertificate,
+    /// Addresses no client owns whose datagrams the test reads itself (another shard's
+    /// end of a relay pipe), with what arrived there.
+    taps: Vec<(SocketAddr, Vec<BytesMut>)>,
 }
 
 impl Sim {
@@ -85,6 +88,7 @@ impl Sim {
             udp_out: Vec::new(),
             tcp_out: Vec::new(),
             certificate: client::client_certificate()?,
+            taps: Vec::new(),
         })
     }
 
@@ -141,6 +145,7 @@ impl Sim {
             publish: spec.audio.is_some() || spec.video.is_some(),
             subscribe: spec.subscribe,
             relay: false,
+            pipe: None,
         };
         let session = self
             .ask(|reply| Command::Join {
@@ -171,6 +176,48 @@ impl Sim {
             self.signal(index, offer);
         }
         Ok(index)
+    }
+
+    /// Joins with `request` as it is, for a session the test plays itself; returns the
+    /// session and its messages.
+    pub fn join_raw(
+        &mut self,
+        request: JoinRequest,
+    ) -> Result<(crate::shard::api::SessionId, mpsc::Receiver<ServerMessage>), JoinError> {
+        let (events, events_rx) = mpsc::channel(1024);
+        let session = self
+            .ask(|reply| Command::Join {
+                request,
+                events,
+                reply,
+            })
+            .unwrap_or_else(|| {
+                Err(JoinError::new(
+                    crate::signal::protocol::ErrorCode::Internal,
+                    "no reply",
+                ))
+            })?;
+        self.check();
+        Ok((session, events_rx))
+    }
+
+    /// Keeps what the shard sends to `addr` for [`Self::tapped`].
+    pub fn tap(&mut self, addr: SocketAddr) {
+        self.taps.push((addr, Vec::new()));
+    }
+
+    /// What arrived at a tapped address since the last look.
+    pub fn tapped(&mut self, addr: SocketAddr) -> Vec<BytesMut> {
+        self.taps
+            .iter_mut()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, got)| std::mem::take(got))
+            .unwrap_or_default()
+    }
+
+    /// Sends a datagram from `from` to the shard over the network.
+    pub fn send_to_shard(&mut self, from: SocketAddr, bytes: &[u8]) {
+        self.net.send(self.now, from, SHARD, BytesMut::from(bytes));
     }
 
     /// Sends a signaling message of client `index` to the core.
@@ -213,6 +260,8 @@ impl Sim {
                 .find(|c| c.addresses().contains(&datagram.to))
             {
                 client.deliver(now, datagram.from, datagram.to, datagram.bytes);
+            } else if let Some((_, got)) = self.taps.iter_mut().find(|(a, _)| *a == datagram.to) {
+                got.push(datagram.bytes);
             }
         }
         self.core.handle_timeout(now);

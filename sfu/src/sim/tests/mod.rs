@@ -669,3 +669,5 @@ fn viewers_get_transport_wide_sequence_numbers_and_sender_reports() {
         }
     }
 }
+
+mod pipe;

@@ -1,0 +1,252 @@
+//! The parent's side of a relay pipe: an edge shard's relay session that asked for its
+//! tracks as plain SRTP to the edge's media port, instead of over a peer connection.
+//!
+//! The relay session's `join` names the edge's end (its media address, the master key it
+//! protects its RTCP with, and that RTCP's SSRC); the parent answers with its own in a
+//! `pipe` message, announces each track it forwards with the SSRC it carries
+//! (`pipe_track`), and from then on treats the pipe as a subscriber connection with no
+//! `rtc` behind it: the forwarding path writes and protects each copy as for a viewer, and
+//! the edge's NACKs and keyframe requests come back as SRTCP that the transport reads by
+//! the edge's address and RTCP SSRC. The relay session's WebSocket is the pipe's life:
+//! when it closes, the pipe goes with the session. See `docs/notes/relay-pipes.md`.
+
+use super::guarded::GuardedPc;
+use super::{DowntrackEntry, Peer, SessionId, ShardCore, TrackKey};
+use crate::media::downtrack::Downtrack;
+use crate::media::outgoing::ExtensionIds;
+use crate::media::picture_id::PictureIds;
+use crate::media::sender_report::SentCounts;
+use crate::peer::PeerRole;
+use crate::signal::protocol::{PipeCodec, PipeEnd, ServerMessage, TrackKind};
+use crate::srtp::{Profile, RolloverCounter, SrtpReceiver, SrtpSender};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rtc::shared::TransportProtocol;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Every pipe's SRTP profile.
+pub(crate) const PIPE_PROFILE: Profile = Profile::AeadAes128Gcm;
+/// Master key and salt lengths under [`PIPE_PROFILE`].
+const KEY_LEN: usize = 16;
+const SALT_LEN: usize = 12;
+
+/// Payload types on a pipe: the edge learns each track's codec from `pipe_track`, so one
+/// per kind is enough.
+const AUDIO_PAYLOAD_TYPE: u8 = 111;
+const VIDEO_PAYLOAD_TYPE: u8 = 96;
+
+/// A pipe end's master key and salt.
+pub(crate) struct PipeKey {
+    /// The master key.
+    pub key: [u8; KEY_LEN],
+    /// The master salt.
+    pub salt: [u8; SALT_LEN],
+}
+
+impl PipeKey {
+    /// Decodes the base64 of a pipe end's `key`.
+    pub(crate) fn decode(text: &str) -> Option<Self> {
+        let bytes = BASE64.decode(text).ok()?;
+        if bytes.len() != KEY_LEN + SALT_LEN {
+            return None;
+        }
+        let (key, salt) = bytes.split_at(KEY_LEN);
+        Some(Self {
+            key: key.try_into().ok()?,
+            salt: salt.try_into().ok()?,
+        })
+    }
+
+    /// The base64 a pipe end carries.
+    pub(crate) fn encode(&self) -> String {
+        let mut bytes = [0u8; KEY_LEN + SALT_LEN];
+        bytes[..KEY_LEN].copy_from_slice(&self.key);
+        bytes[KEY_LEN..].copy_from_slice(&self.salt);
+        BASE64.encode(bytes)
+    }
+}
+
+/// Why a pipe could not be opened (the relay session gets it as an error).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum PipeError {
+    /// The media address is not `ip:port` with a port, of the family the shard uses.
+    #[error("pipe media must be ip:port of this shard's address family")]
+    Address,
+    /// The key is not base64 of a 16-byte key and 12-byte salt.
+    #[error("pipe key must be base64 of a 16-byte key and a 12-byte salt")]
+    Key,
+    /// The address and SSRC are those of a pipe already open.
+    #[error("a pipe from this address with this SSRC is open already")]
+    Taken,
+}
+
+impl ShardCore {
+    /// Opens the pipe a relay session's join asked for and tells the edge the parent's
+    /// end. The session must exist and be a relay.
+    pub(super) fn open_pipe(
+        &mut self,
+        session: SessionId,
+        edge: &PipeEnd,
+    ) -> Result<(), PipeError> {
+        let advertised = self.transport.advertised();
+        let (media, edge_key) = self.check_pipe(edge)?;
+        let mut own = PipeKey {
+            key: [0; KEY_LEN],
+            salt: [0; SALT_LEN],
+        };
+        self.env.fill(&mut own.key);
+        self.env.fill(&mut own.salt);
+        let sender =
+            SrtpSender::new(PIPE_PROFILE, &own.key, &own.salt).map_err(|_| PipeError::Key)?;
+        let receiver = SrtpReceiver::new(PIPE_PROFILE, &edge_key.key, &edge_key.salt)
+            .map_err(|_| PipeError::Key)?;
+        let own_ssrc = self.env.ssrc(|ssrc| ssrc == edge.ssrc);
+        let key = self.ids.peer();
+        let peer = Peer {
+            pc: GuardedPc::detached(self.pc_alarm.clone()),
+            role: PeerRole::Subscriber,
+            session,
+            ufrag: String::new(),
+            pwd: String::new(),
+            deadline: None,
+            connected: true,
+            dirty: false,
+            incoming: HashMap::new(),
+            outgoing: HashMap::new(),
+            offer_out: false,
+            renegotiate: false,
+            remote_candidates: 0,
+            srtp: Some(sender),
+            srtcp: Some(receiver),
+            transport_seq: 0,
+            route: Some((media, TransportProtocol::UDP)),
+            pipe: true,
+        };
+        if !self.transport.add_pipe(key, peer, media, edge.ssrc) {
+            return Err(PipeError::Taken);
+        }
+        if let Some(s) = self.registry.session_mut(session) {
+            s.subscriber = Some(key);
+            s.media_seen = true;
+        }
+        tracing::info!(%session, %media, "relay pipe open");
+        self.send(
+            session,
+            ServerMessage::Pipe {
+                end: PipeEnd {
+                    media: advertised.to_string(),
+                    key: own.encode(),
+                    ssrc: own_ssrc,
+                },
+            },
+        );
+        Ok(())
+    }
+
+    /// The media address and key of a pipe end, if it could be opened.
+    pub(super) fn check_pipe(&self, edge: &PipeEnd) -> Result<(SocketAddr, PipeKey), PipeError> {
+        let advertised = self.transport.advertised();
+        let media: SocketAddr = edge.media.parse().map_err(|_| PipeError::Address)?;
+        if media.port() == 0
+            || media.ip().is_unspecified()
+            || media.ip().is_multicast()
+            || media.is_ipv4() != advertised.is_ipv4()
+        {
+            return Err(PipeError::Address);
+        }
+        let key = PipeKey::decode(&edge.key).ok_or(PipeError::Key)?;
+        if self.transport.has_pipe(media, edge.ssrc) {
+            return Err(PipeError::Taken);
+        }
+        Ok((media, key))
+    }
+
+    /// Forwards a track down a pipe: a downtrack with an SSRC unique towards the pipe's
+    /// far end, announced with its codec. False if `key` is not a pipe.
+    pub(super) fn add_pipe_downtrack(
+        &mut self,
+        session: SessionId,
+        key: super::PeerKey,
+        track_key: TrackKey,
+    ) -> bool {
+        let Some(peer) = self.transport.peer(key) else {
+            return false;
+        };
+        let Some((to, _)) = peer.route.filter(|_| peer.pipe) else {
+            return false;
+        };
+        let Some(track) = self.media.track(track_key) else {
+            return true;
+        };
+        let transport = &self.transport;
+        let ssrc = self.env.ssrc(|ssrc| transport.pipe_ssrc_taken(to, ssrc));
+        let video = track.kind == TrackKind::Video;
+        let payload_type = if video {
+            VIDEO_PAYLOAD_TYPE
+        } else {
+            AUDIO_PAYLOAD_TYPE
+        };
+        let participant = self
+            .registry
+            .session(track.session)
+            .map(|s| s.participant.clone())
+            .unwrap_or_default();
+        let announcement = ServerMessage::PipeTrack {
+            participant,
+            track: track.id.clone(),
+            kind: track.kind,
+            codec: PipeCodec {
+                mime: track.codec.mime_type.clone(),
+                clock_rate: track.codec.clock_rate,
+                channels: track.codec.channels,
+                fmtp: track.codec.sdp_fmtp_line.clone(),
+                payload_type,
+            },
+            ssrc,
+        };
+        let clock_rate = track.codec.clock_rate;
+        let family = track.family;
+        if let Some(peer) = self.transport.peer_mut(key) {
+            peer.outgoing.insert(ssrc, track_key);
+        }
+        if let Some(track) = self.media.track_mut(track_key) {
+            track.downtracks.push(DowntrackEntry {
+                peer: key,
+                session,
+                sender: None,
+                ssrc,
+                payload_type: Some(payload_type),
+                unwrap_red: false,
+                extensions: ExtensionIds::default(),
+                rollover: RolloverCounter::default(),
+                stamps: None,
+                sent: SentCounts::default(),
+                state: Downtrack::new(video, clock_rate),
+                picture_ids: PictureIds::new(family),
+                fraction_lost: 0,
+            });
+        }
+        self.send(session, announcement);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_bad_ones_are_refused() {
+        let key = PipeKey {
+            key: [7; KEY_LEN],
+            salt: [9; SALT_LEN],
+        };
+        let decoded = PipeKey::decode(&key.encode()).expect("decodes");
+        assert_eq!(decoded.key, key.key);
+        assert_eq!(decoded.salt, key.salt);
+        assert!(PipeKey::decode("not base64!").is_none());
+        assert!(PipeKey::decode(&BASE64.encode([0u8; 27])).is_none());
+        assert!(PipeKey::decode(&BASE64.encode([0u8; 29])).is_none());
+    }
+}
