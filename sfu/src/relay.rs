@@ -3,41 +3,39 @@
 //! For a pipeline whose spec names a parent, the edge joins the parent's pipeline the way
 //! a participant does — over the parent's signaling WebSocket, authenticated by the
 //! shards' signaling token — but as a *relay*: it takes no seat, is never announced, and
-//! receives every track over one DTLS-SRTP connection. It does this once per relayed
-//! simulcast layer (each link asks the parent for one quality), so an edge takes one copy
-//! of each track and layer whatever the size of its audience, and hands the packets to
-//! its core, which forwards them to its viewers as if a publisher had sent them.
+//! asks for its tracks as a *pipe* (`shard/pipe.rs`): plain SRTP from the parent's media
+//! port to this shard's, with keys the two ends exchange over this WebSocket, no ICE and
+//! no DTLS. It does this once per relayed simulcast layer (each link asks the parent for
+//! one quality), so an edge takes one copy of each track and layer whatever the size of
+//! its audience. The media thread decrypts what arrives and forwards it to the edge's
+//! viewers as if a publisher had sent it.
 //!
-//! Repair is hop by hop: the client's NACK generator asks the parent for what got lost on
-//! the way, and the edge answers its viewers' NACKs from its own buffers. Keyframe requests
-//! from the edge's viewers arrive here already throttled per layer and go up to the parent,
-//! which throttles again before its presenter sees any.
+//! Repair is hop by hop: the edge's end of the pipe asks the parent for what got lost on
+//! the way (NACK), and the edge answers its viewers' NACKs from its own buffers. Keyframe
+//! requests from the edge's viewers are throttled per layer and go up the pipe to the
+//! parent, which throttles again before its presenter sees any.
 //!
-//! The client runs on the async `webrtc` crate, with a socket of its own: it is the
-//! controlling ICE agent towards the parent's ICE-lite shard, which the shard's own
-//! sans-I/O core on the shared media port is not built to be.
+//! This task only speaks signaling: who is at the parent, which tracks the pipe carries
+//! with which SSRC, and when the link ends (the WebSocket closing ends the pipe at both
+//! ends).
 
-use crate::shard::api::{Command, CoreHandle, RelayFeedback, RelayedTrack};
+use crate::shard::api::{Command, CoreHandle, PipeId, RelayedTrack};
 use crate::signal::protocol::{
-    ClientMessage, PeerTarget, Quality, ServerMessage, TrackKind, decode_server, encode_client,
+    ClientMessage, PipeCodec, PipeEnd, Quality, ServerMessage, TrackKind, decode_server,
+    encode_client,
 };
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rand::RngExt;
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 use tutti_shard_api::admin::RelaySpec;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCSessionDescription, Registry, register_default_interceptors,
-};
 
 /// What a relay needs.
 #[derive(Debug, Clone)]
@@ -48,14 +46,11 @@ pub struct RelayOptions {
     pub spec: RelaySpec,
     /// The token the parent's signaling endpoint accepts.
     pub signal_token: String,
-    /// The address the relay's socket binds to.
-    pub bind_ip: IpAddr,
+    /// This shard's media address, where the parent sends the pipe's packets.
+    pub media: SocketAddr,
     /// This shard's id, in the relay's participant id at the parent.
     pub edge: String,
 }
-
-/// Relayed packets queued towards the core before the newest are dropped.
-const PACKET_QUEUE_WARN: u64 = 1000;
 
 /// Runs the relay until `stop`, reconnecting after every interruption.
 pub fn spawn(
@@ -66,18 +61,13 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(250);
         loop {
-            let (feedback, requests) = mpsc::channel(256);
-            if core
-                .relay_attach(options.room.clone(), feedback)
-                .await
-                .is_err()
-            {
+            if core.relay_attach(options.room.clone()).await.is_err() {
                 // The pipeline is gone (released): nothing to feed.
                 return;
             }
             let outcome = tokio::select! {
                 _ = stop.cancelled() => Ok(()),
-                outcome = relay(&core, &options, requests) => outcome,
+                outcome = relay(&core, &options) => outcome,
             };
             core.send(Command::RelayDetach {
                 room: options.room.clone(),
@@ -98,17 +88,9 @@ pub fn spawn(
     })
 }
 
-/// The parent's tracks this relay receives, by SSRC, for keyframe requests.
-type Received = Arc<Mutex<HashMap<u32, Arc<dyn TrackRemote>>>>;
-
 /// One relay session: a link per layer, until any of them ends.
-async fn relay(
-    core: &CoreHandle,
-    options: &RelayOptions,
-    mut requests: mpsc::Receiver<RelayFeedback>,
-) -> Result<(), String> {
+async fn relay(core: &CoreHandle, options: &RelayOptions) -> Result<(), String> {
     let layers = options.spec.layers.clamp(1, 3);
-    let received: Received = Arc::default();
     let (ended_tx, mut ended) = mpsc::channel::<String>(4);
     let mut links = Vec::new();
     for rank in 0..layers {
@@ -116,39 +98,26 @@ async fn relay(
             core.clone(),
             options.clone(),
             (rank, layers),
-            received.clone(),
             ended_tx.clone(),
         )));
     }
-    let outcome = loop {
-        tokio::select! {
-            request = requests.recv() => match request {
-                Some(RelayFeedback::KeyframeRequest { ssrc }) => {
-                    let track = received.lock().await.get(&ssrc).cloned();
-                    if let Some(track) = track {
-                        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
-                        if let Err(err) = track.write_rtcp(vec![Box::new(pli)]).await {
-                            tracing::debug!(%err, "keyframe request not sent up");
-                        }
-                    }
-                }
-                None => break Ok(()),
-            },
-            why = ended.recv() => break Err(why.unwrap_or_else(|| "every link ended".into())),
-        }
-    };
+    drop(ended_tx);
+    let why = ended
+        .recv()
+        .await
+        .unwrap_or_else(|| "every link ended".into());
     for link in links {
         link.abort();
     }
-    outcome
+    Err(why)
 }
 
-/// What the links of a relay know about the parent's participants and tracks.
+/// What a link knows about the parent's participants and tracks.
 #[derive(Default)]
 struct Parent {
     names: HashMap<String, String>,
-    /// Track id → (publisher, has simulcast layers).
-    tracks: HashMap<String, (String, bool)>,
+    /// Track id → whether it has simulcast layers.
+    simulcast: HashMap<String, bool>,
 }
 
 /// The quality a link of rank `rank` of `layers` asks for.
@@ -166,21 +135,41 @@ async fn link(
     core: CoreHandle,
     options: RelayOptions,
     layer: (u8, u8),
-    received: Received,
     ended: mpsc::Sender<String>,
 ) {
-    let why = match run_link(&core, &options, layer, received).await {
+    let why = match run_link(&core, &options, layer).await {
         Ok(()) => "the parent ended the relay".to_owned(),
         Err(err) => err,
     };
     let _ = ended.send(why).await;
 }
 
+/// This end of a new pipe: a fresh master key and salt (AEAD_AES_128_GCM) and RTCP SSRC.
+fn own_end(media: SocketAddr) -> (PipeEnd, String) {
+    let mut rng = rand::rng();
+    let mut key = [0u8; 28];
+    rng.fill(&mut key[..]);
+    let key = BASE64.encode(key);
+    let ssrc = loop {
+        let ssrc: u32 = rng.random();
+        if ssrc != 0 {
+            break ssrc;
+        }
+    };
+    (
+        PipeEnd {
+            media: media.to_string(),
+            key: key.clone(),
+            ssrc,
+        },
+        key,
+    )
+}
+
 async fn run_link(
     core: &CoreHandle,
     options: &RelayOptions,
     layer: (u8, u8),
-    received: Received,
 ) -> Result<(), String> {
     let (rank, layers) = layer;
     let mut request = options
@@ -202,6 +191,8 @@ async fn run_link(
     .map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = socket.split();
     let participant = format!("relay.{}.{rank}", options.edge);
+    let (own, own_key) = own_end(options.media);
+    let own_ssrc = own.ssrc;
     let join = ClientMessage::Join {
         room: options.spec.room.clone(),
         participant: participant.chars().take(64).collect(),
@@ -209,246 +200,183 @@ async fn run_link(
         publish: Some(false),
         subscribe: Some(true),
         relay: Some(true),
-        pipe: None,
+        pipe: Some(own),
     };
     sink.send(Message::Text(encode_client(&join).into()))
         .await
         .map_err(|e| e.to_string())?;
-    let parent = Arc::new(Mutex::new(Parent::default()));
-    let pc = build_pc(
-        core.clone(),
-        options.clone(),
-        layer,
-        parent.clone(),
-        received,
-    )
-    .await?;
+    let mut parent = Parent::default();
+    let mut pipe: Option<PipeId> = None;
     let top = rank + 1 == layers;
-    let result = async {
-        while let Some(frame) = stream.next().await {
-            let text = match frame {
-                Ok(Message::Text(text)) => text,
-                Ok(Message::Close(_)) | Err(_) => return Err("the parent closed the link".to_owned()),
-                Ok(_) => continue,
-            };
-            let Ok(message) = decode_server(&text) else {
-                continue;
-            };
-            let mut replies = Vec::new();
-            match message {
-                ServerMessage::Joined { participants, .. } => {
-                    let mut parent = parent.lock().await;
-                    for p in participants {
-                        parent.names.insert(p.id.clone(), p.name.clone());
-                        for track in &p.tracks {
-                            parent.tracks.insert(track.id.clone(), (p.id.clone(), !track.layers.is_empty()));
-                            if !track.layers.is_empty() {
-                                replies.push(ClientMessage::SetQuality { track: track.id.clone(), quality: quality(rank, layers) });
-                            }
-                        }
-                        if top {
-                            let (participant, sharing) = (p.id.clone(), p.screen_sharing);
-                            core.send(Command::RelayParticipant { room: options.room.clone(), participant: p.id, name: p.name, present: true }).await;
-                            if sharing {
-                                core.send(Command::RelayScreenShare { room: options.room.clone(), participant, active: true }).await;
-                            }
+    let room = &options.room;
+    while let Some(frame) = stream.next().await {
+        let text = match frame {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(_)) | Err(_) => return Err("the parent closed the link".to_owned()),
+            Ok(_) => continue,
+        };
+        let Ok(message) = decode_server(&text) else {
+            continue;
+        };
+        let mut replies = Vec::new();
+        match message {
+            ServerMessage::Joined { participants, .. } => {
+                for p in participants {
+                    parent.names.insert(p.id.clone(), p.name.clone());
+                    for track in &p.tracks {
+                        let simulcast = !track.layers.is_empty();
+                        parent.simulcast.insert(track.id.clone(), simulcast);
+                        if simulcast {
+                            replies.push(ClientMessage::SetQuality {
+                                track: track.id.clone(),
+                                quality: quality(rank, layers),
+                            });
                         }
                     }
-                }
-                ServerMessage::ParticipantJoined { participant } => {
-                    parent.lock().await.names.insert(participant.id.clone(), participant.name.clone());
                     if top {
-                        core.send(Command::RelayParticipant { room: options.room.clone(), participant: participant.id, name: participant.name, present: true }).await;
+                        let (participant, sharing) = (p.id.clone(), p.screen_sharing);
+                        core.send(Command::RelayParticipant {
+                            room: room.clone(),
+                            participant: p.id,
+                            name: p.name,
+                            present: true,
+                        })
+                        .await;
+                        if sharing {
+                            core.send(Command::RelayScreenShare {
+                                room: room.clone(),
+                                participant,
+                                active: true,
+                            })
+                            .await;
+                        }
                     }
                 }
-                ServerMessage::ScreenShare { participant, active } if top => {
-                    core.send(Command::RelayScreenShare { room: options.room.clone(), participant, active }).await;
+            }
+            ServerMessage::Pipe { end } => {
+                pipe = Some(
+                    core.pipe_open(room.clone(), end, own_key.clone(), own_ssrc)
+                        .await?,
+                );
+            }
+            ServerMessage::PipeTrack {
+                participant,
+                track,
+                kind,
+                codec,
+                ssrc,
+            } => {
+                let Some(pipe) = pipe else {
+                    return Err("the parent announced a track before its end of the pipe".into());
+                };
+                let simulcast = parent.simulcast.get(&track).copied().unwrap_or(false);
+                // Without simulcast every link would carry the same stream: only the top
+                // link relays it. Audio is never layered.
+                let layer = if simulcast && kind == TrackKind::Video {
+                    (rank, layers)
+                } else {
+                    (0, 1)
+                };
+                if !top && layer.1 == 1 {
+                    continue;
                 }
-                ServerMessage::ParticipantLeft { participant } if top => {
+                let name = parent
+                    .names
+                    .get(&participant)
+                    .cloned()
+                    .unwrap_or_else(|| participant.clone());
+                let relayed = RelayedTrack {
+                    room: room.clone(),
+                    participant,
+                    name,
+                    track,
+                    kind,
+                    codec: rtc_codec(codec),
+                    ssrc,
+                    layer,
+                };
+                if !core.pipe_track(pipe, relayed).await {
+                    tracing::warn!(%room, ssrc, "a track on the pipe was refused");
+                }
+            }
+            ServerMessage::ParticipantJoined { participant } => {
+                parent
+                    .names
+                    .insert(participant.id.clone(), participant.name.clone());
+                if top {
                     core.send(Command::RelayParticipant {
-                        room: options.room.clone(),
-                        participant,
-                        name: String::new(),
-                        present: false,
+                        room: room.clone(),
+                        participant: participant.id,
+                        name: participant.name,
+                        present: true,
                     })
                     .await;
                 }
-                ServerMessage::TrackPublished { participant, track } => {
-                    let simulcast = !track.layers.is_empty();
-                    parent.lock().await.tracks.insert(track.id.clone(), (participant, simulcast));
-                    if simulcast {
-                        replies.push(ClientMessage::SetQuality { track: track.id, quality: quality(rank, layers) });
-                    }
-                }
-                ServerMessage::TrackUnpublished { track, .. } => {
-                    parent.lock().await.tracks.remove(&track);
-                    if top {
-                        core.send(Command::RelayTrackEnded { room: options.room.clone(), track }).await;
-                    }
-                }
-                ServerMessage::Offer { sdp, .. } => {
-                    let offer = RTCSessionDescription::offer(sdp).map_err(|e| e.to_string())?;
-                    pc.set_remote_description(offer).await.map_err(|e| e.to_string())?;
-                    let answer = pc.create_answer(None).await.map_err(|e| e.to_string())?;
-                    pc.set_local_description(answer.clone()).await.map_err(|e| e.to_string())?;
-                    replies.push(ClientMessage::Answer { pc: PeerTarget::Subscriber, sdp: answer.sdp });
-                }
-                ServerMessage::Left { reason, .. } => return Err(format!("the parent ended the relay: {reason}")),
-                ServerMessage::Error { code, message } => {
-                    tracing::warn!(code = code.as_str(), %message, "the parent refused a relay step");
-                }
-                _ => {}
             }
-            for reply in replies {
-                sink.send(Message::Text(encode_client(&reply).into()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        Err("the parent closed the link".to_owned())
-    }
-    .await;
-    let _ = pc.close().await;
-    result
-}
-
-/// Hands every received track to the core and pumps its packets there.
-struct Handler {
-    core: CoreHandle,
-    options: RelayOptions,
-    layer: (u8, u8),
-    parent: Arc<Mutex<Parent>>,
-    received: Received,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        tokio::spawn(pump(
-            self.core.clone(),
-            self.options.room.clone(),
-            self.layer,
-            self.parent.clone(),
-            self.received.clone(),
-            track,
-        ));
-    }
-}
-
-async fn build_pc(
-    core: CoreHandle,
-    options: RelayOptions,
-    layer: (u8, u8),
-    parent: Arc<Mutex<Parent>>,
-    received: Received,
-) -> Result<Arc<dyn PeerConnection>, String> {
-    let mut engine = MediaEngine::default();
-    engine
-        .register_default_codecs()
-        .map_err(|e| e.to_string())?;
-    // NACK generation towards the parent (hop-by-hop repair), receiver reports.
-    let registry =
-        register_default_interceptors(Registry::new(), &mut engine).map_err(|e| e.to_string())?;
-    let settings = webrtc::peer_connection::SettingEngineBuilder::new()
-        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .with_ice_connection_attempts(Some(Duration::from_millis(50)), None)
-        .build();
-    let bind = std::net::SocketAddr::new(options.bind_ip, 0).to_string();
-    let pc = PeerConnectionBuilder::new()
-        .with_setting_engine(settings)
-        .with_media_engine(engine)
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Handler {
-            core,
-            options,
-            layer,
-            parent,
-            received,
-        }))
-        .with_udp_addrs(vec![bind])
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Arc::new(pc))
-}
-
-async fn pump(
-    core: CoreHandle,
-    room: String,
-    layer: (u8, u8),
-    parent: Arc<Mutex<Parent>>,
-    received: Received,
-    track: Arc<dyn TrackRemote>,
-) {
-    let (rank, layers) = layer;
-    let id = track.track_id().await;
-    let kind = match track.kind().await {
-        RtpCodecKind::Audio => TrackKind::Audio,
-        _ => TrackKind::Video,
-    };
-    let participant = track.stream_id().await;
-    let (name, simulcast) = {
-        let parent = parent.lock().await;
-        (
-            parent
-                .names
-                .get(&participant)
-                .cloned()
-                .unwrap_or_else(|| participant.clone()),
-            parent
-                .tracks
-                .get(&id)
-                .is_some_and(|(_, simulcast)| *simulcast),
-        )
-    };
-    // Without simulcast every link would carry the same stream: only the top link relays
-    // it. Audio is never layered.
-    let top = rank + 1 == layers;
-    let (rank, layers) = if simulcast && kind == TrackKind::Video {
-        (rank, layers)
-    } else {
-        (0, 1)
-    };
-    if !top && layers == 1 {
-        while track.poll().await.is_some() {}
-        return;
-    }
-    let mut handle = None;
-    let mut dropped = 0u64;
-    while let Some(event) = track.poll().await {
-        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
-            continue;
-        };
-        if handle.is_none() {
-            let ssrc = packet.header.ssrc;
-            let Some(codec) = track.codec(ssrc).await else {
-                continue;
-            };
-            received.lock().await.insert(ssrc, track.clone());
-            handle = core
-                .relay_track(RelayedTrack {
+            ServerMessage::ScreenShare {
+                participant,
+                active,
+            } if top => {
+                core.send(Command::RelayScreenShare {
                     room: room.clone(),
-                    participant: participant.clone(),
-                    name: name.clone(),
-                    track: id.clone(),
-                    kind,
-                    codec,
-                    ssrc,
-                    layer: (rank, layers),
+                    participant,
+                    active,
                 })
                 .await;
-            if handle.is_none() {
-                return;
             }
-        }
-        let Some(handle) = handle else { continue };
-        // The media thread must never wait on a relay: when its queue is full the packet
-        // is dropped (and repaired by NACK downstream), never buffered without bound.
-        if !core.try_send(Command::RelayRtp { handle, packet }) {
-            dropped += 1;
-            if dropped % PACKET_QUEUE_WARN == 1 {
-                tracing::warn!(%room, dropped, "relayed packets dropped: the media thread is behind");
+            ServerMessage::ParticipantLeft { participant } if top => {
+                core.send(Command::RelayParticipant {
+                    room: room.clone(),
+                    participant,
+                    name: String::new(),
+                    present: false,
+                })
+                .await;
             }
+            ServerMessage::TrackPublished { track, .. } => {
+                let simulcast = !track.layers.is_empty();
+                parent.simulcast.insert(track.id.clone(), simulcast);
+                if simulcast {
+                    replies.push(ClientMessage::SetQuality {
+                        track: track.id,
+                        quality: quality(rank, layers),
+                    });
+                }
+            }
+            ServerMessage::TrackUnpublished { track, .. } => {
+                parent.simulcast.remove(&track);
+                if top {
+                    core.send(Command::RelayTrackEnded {
+                        room: room.clone(),
+                        track,
+                    })
+                    .await;
+                }
+            }
+            ServerMessage::Left { reason, .. } => {
+                return Err(format!("the parent ended the relay: {reason}"));
+            }
+            ServerMessage::Error { code, message } => {
+                tracing::warn!(code = code.as_str(), %message, "the parent refused a relay step");
+            }
+            _ => {}
         }
+        for reply in replies {
+            sink.send(Message::Text(encode_client(&reply).into()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Err("the parent closed the link".to_owned())
+}
+
+/// A pipe track's codec as the core describes codecs.
+fn rtc_codec(codec: PipeCodec) -> rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
+    rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
+        mime_type: codec.mime,
+        clock_rate: codec.clock_rate,
+        channels: codec.channels,
+        sdp_fmtp_line: codec.fmtp,
+        rtcp_feedback: Vec::new(),
     }
 }

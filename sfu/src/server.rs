@@ -125,8 +125,9 @@ struct AppState {
     signal_token: Arc<str>,
     /// Edge relays, started and stopped with their pipelines' specs.
     relays: Relays,
-    /// Binding and naming of relay clients.
-    relay_bind: std::net::IpAddr,
+    /// Where relay pipes from parents reach this shard (its advertised media address),
+    /// and the name its relays go by.
+    media_addr: std::net::SocketAddr,
     name: Arc<str>,
     /// Bounds concurrent signaling sockets, joined or not.
     sessions: Arc<tokio::sync::Semaphore>,
@@ -200,7 +201,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         admin_token: options.admin_token.into(),
         signal_token: options.signal_token.into(),
         relays: Relays::default(),
-        relay_bind: udp_addr.ip(),
+        media_addr: advertised,
         name: options.name.clone().into(),
         sessions: Arc::new(tokio::sync::Semaphore::new(max_sockets)),
         registration: options.registration.clone(),
@@ -426,7 +427,7 @@ fn follow_relay(state: &AppState, room: &str, relay: Option<RelaySpec>) {
                 room: room.to_owned(),
                 spec: spec.clone(),
                 signal_token: state.signal_token.to_string(),
-                bind_ip: state.relay_bind,
+                media: state.media_addr,
                 edge: state.name.to_string(),
             };
             tracing::info!(%room, from = %spec.from, "relaying from the parent shard");

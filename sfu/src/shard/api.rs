@@ -46,16 +46,6 @@ pub struct JoinRequest {
     pub pipe: Option<crate::signal::protocol::PipeEnd>,
 }
 
-/// Feedback a shard sends up to its parent through the relay client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RelayFeedback {
-    /// Viewers here need a keyframe of this upstream stream.
-    KeyframeRequest {
-        /// The SSRC as the parent sends it.
-        ssrc: u32,
-    },
-}
-
 /// A relayed track as the relay client announces it.
 #[derive(Debug, Clone)]
 pub struct RelayedTrack {
@@ -76,6 +66,9 @@ pub struct RelayedTrack {
     /// Which simulcast layer this copy is (0 lowest), and how many are relayed.
     pub layer: (u8, u8),
 }
+
+/// An edge's end of a relay pipe, in the core.
+pub type PipeId = u64;
 
 /// Where the packets of a relayed layer go in the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +146,6 @@ pub enum Command {
     RelayAttach {
         /// The pipeline.
         room: String,
-        /// Where keyframe requests for relayed tracks go.
-        feedback: mpsc::Sender<RelayFeedback>,
         /// Refused when the pipeline does not exist.
         reply: oneshot::Sender<Result<(), AdminError>>,
     },
@@ -184,6 +175,28 @@ pub enum Command {
         track: RelayedTrack,
         /// Where to send its packets.
         reply: oneshot::Sender<Option<RelayHandle>>,
+    },
+    /// An edge opens its end of a relay pipe, given the parent's.
+    PipeOpen {
+        /// The pipeline relayed.
+        room: String,
+        /// The parent's end.
+        parent: crate::signal::protocol::PipeEnd,
+        /// This end's master key and salt (base64), which its RTCP is protected with.
+        own_key: String,
+        /// This end's RTCP SSRC.
+        own_ssrc: u32,
+        /// The pipe, or why not.
+        reply: oneshot::Sender<Result<PipeId, String>>,
+    },
+    /// A track the parent announced on a pipe.
+    PipeTrack {
+        /// The pipe.
+        pipe: PipeId,
+        /// The track.
+        track: RelayedTrack,
+        /// Whether it was taken.
+        reply: oneshot::Sender<bool>,
     },
     /// A relayed packet.
     RelayRtp {
@@ -312,18 +325,36 @@ impl CoreHandle {
     }
 
     /// Registers a relay feed for a pipeline.
-    pub async fn relay_attach(
+    pub async fn relay_attach(&self, room: String) -> Result<(), AdminError> {
+        self.ask(|reply| Command::RelayAttach { room, reply })
+            .await
+            .unwrap_or(Err(AdminError::Unavailable))
+    }
+
+    /// Opens this edge's end of a relay pipe.
+    pub async fn pipe_open(
         &self,
         room: String,
-        feedback: mpsc::Sender<RelayFeedback>,
-    ) -> Result<(), AdminError> {
-        self.ask(|reply| Command::RelayAttach {
+        parent: crate::signal::protocol::PipeEnd,
+        own_key: String,
+        own_ssrc: u32,
+    ) -> Result<PipeId, String> {
+        self.ask(|reply| Command::PipeOpen {
             room,
-            feedback,
+            parent,
+            own_key,
+            own_ssrc,
             reply,
         })
         .await
-        .unwrap_or(Err(AdminError::Unavailable))
+        .unwrap_or_else(|| Err("the media thread is gone".into()))
+    }
+
+    /// Announces a track arriving on a pipe; whether it was taken.
+    pub async fn pipe_track(&self, pipe: PipeId, track: RelayedTrack) -> bool {
+        self.ask(|reply| Command::PipeTrack { pipe, track, reply })
+            .await
+            .unwrap_or(false)
     }
 
     /// Announces a relayed track (or layer); where to send its packets.

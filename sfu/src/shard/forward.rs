@@ -79,13 +79,12 @@ impl ShardCore {
         let KeyframeSource {
             publisher,
             receiver,
-            room,
             ssrc: media_ssrc,
         } = source;
         let (Some(publisher), Some(receiver)) = (publisher, receiver) else {
             // A relayed track: the request goes up to the parent shard, which throttles it
             // again before it reaches the presenter.
-            if self.relay_keyframe_request(&room, media_ssrc) {
+            if self.relay_keyframe_request(media_ssrc) {
                 self.metrics.keyframe_requests_sent.inc();
             }
             return;

@@ -329,6 +329,13 @@ pub struct ShardCore {
     env: Env,
     /// Raised when a peer connection panicked (see [`guarded`]).
     pc_alarm: Arc<std::sync::atomic::AtomicBool>,
+    /// This shard's ends of relay pipes from its parents (`pipe.rs`).
+    edge_pipes: HashMap<api::PipeId, pipe::EdgePipe>,
+    /// Which pipe carries each relayed SSRC.
+    edge_streams: HashMap<u32, api::PipeId>,
+    next_pipe: api::PipeId,
+    /// Where pipe media is decrypted, reused.
+    pipe_scratch: Vec<u8>,
     next_housekeeping: Instant,
     next_speaker: Instant,
     next_slow: Instant,
@@ -374,6 +381,10 @@ impl ShardCore {
             ids: ids::Ids::default(),
             env,
             pc_alarm: Arc::default(),
+            edge_pipes: HashMap::new(),
+            edge_streams: HashMap::new(),
+            next_pipe: 0,
+            pipe_scratch: Vec::new(),
             #[cfg(any(test, feature = "sim"))]
             forward_allocations: 0,
             next_housekeeping: now,
@@ -451,6 +462,10 @@ impl ShardCore {
         datagram: &[u8],
         protocol: TransportProtocol,
     ) -> bool {
+        if protocol == TransportProtocol::UDP && self.pipe_datagram(datagram, now) {
+            self.finish_step(now);
+            return true;
+        }
         match self.transport.receive(now, from, to, datagram, protocol) {
             Routed::Peer(key) => self.drive(key, now),
             Routed::Feedback(key, packets) => self.on_subscriber_rtcp(key, packets, now),
@@ -545,10 +560,11 @@ impl ShardCore {
 
     /// When the core next needs [`Self::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
-        match self.transport.next_timer() {
+        let next = match self.transport.next_timer() {
             Some(at) if at < self.next_housekeeping => at,
             _ => self.next_housekeeping,
-        }
+        };
+        self.pipe_next_due().map_or(next, |due| due.min(next))
     }
 
     /// Handles the passing of time up to `now`.
@@ -561,6 +577,7 @@ impl ShardCore {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.housekeeping(now);
         }
+        self.pipe_nacks(now);
         self.finish_step(now);
     }
 
@@ -735,12 +752,8 @@ impl ShardCore {
                 self.registry.drain();
                 let _ = reply.send(self.load());
             }
-            Command::RelayAttach {
-                room,
-                feedback,
-                reply,
-            } => {
-                let attached = self.relay_attach(&room, feedback, now);
+            Command::RelayAttach { room, reply } => {
+                let attached = self.relay_attach(&room, now);
                 let _ = reply.send(if attached {
                     Ok(())
                 } else {
@@ -760,6 +773,24 @@ impl ShardCore {
             } => self.relay_screen_share(&room, &participant, active),
             Command::RelayTrack { track, reply } => {
                 let _ = reply.send(self.relay_track(track, now));
+            }
+            Command::PipeOpen {
+                room,
+                parent,
+                own_key,
+                own_ssrc,
+                reply,
+            } => {
+                let opened = match pipe::PipeKey::decode(&own_key) {
+                    Some(own) => self
+                        .pipe_open(&room, &parent, &own, own_ssrc)
+                        .map_err(|err| err.to_string()),
+                    None => Err("own key is not a pipe key".into()),
+                };
+                let _ = reply.send(opened);
+            }
+            Command::PipeTrack { pipe, track, reply } => {
+                let _ = reply.send(self.pipe_track(pipe, track, now));
             }
             Command::RelayRtp { handle, packet } => {
                 self.forward(handle.track, handle.layer, packet, now);

@@ -10,20 +10,28 @@
 //! the edge's address and RTCP SSRC. The relay session's WebSocket is the pipe's life:
 //! when it closes, the pipe goes with the session. See `docs/notes/relay-pipes.md`.
 
+use super::api::{RelayHandle, RelayedTrack};
 use super::guarded::GuardedPc;
 use super::{DowntrackEntry, Peer, SessionId, ShardCore, TrackKey};
 use crate::media::downtrack::Downtrack;
+use crate::media::loss::{LossConfig, LossTracker};
 use crate::media::outgoing::ExtensionIds;
 use crate::media::picture_id::PictureIds;
 use crate::media::sender_report::SentCounts;
 use crate::peer::PeerRole;
 use crate::signal::protocol::{PipeCodec, PipeEnd, ServerMessage, TrackKind};
-use crate::srtp::{Profile, RolloverCounter, SrtpReceiver, SrtpSender};
+use crate::srtp::{Profile, RolloverCounter, SrtcpSender, SrtpReceiver, SrtpSender};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    TransportLayerNack, nack_pairs_from_sequence_numbers,
+};
 use rtc::shared::TransportProtocol;
+use rtc::shared::marshal::Unmarshal;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Every pipe's SRTP profile.
 pub(crate) const PIPE_PROFILE: Profile = Profile::AeadAes128Gcm;
@@ -76,8 +84,8 @@ pub(crate) enum PipeError {
     /// The key is not base64 of a 16-byte key and 12-byte salt.
     #[error("pipe key must be base64 of a 16-byte key and a 12-byte salt")]
     Key,
-    /// The address and SSRC are those of a pipe already open.
-    #[error("a pipe from this address with this SSRC is open already")]
+    /// The SSRC is that of a pipe already open.
+    #[error("a pipe with this RTCP SSRC is open already")]
     Taken,
 }
 
@@ -123,7 +131,7 @@ impl ShardCore {
             route: Some((media, TransportProtocol::UDP)),
             pipe: true,
         };
-        if !self.transport.add_pipe(key, peer, media, edge.ssrc) {
+        if !self.transport.add_pipe(key, peer, edge.ssrc) {
             return Err(PipeError::Taken);
         }
         if let Some(s) = self.registry.session_mut(session) {
@@ -156,7 +164,7 @@ impl ShardCore {
             return Err(PipeError::Address);
         }
         let key = PipeKey::decode(&edge.key).ok_or(PipeError::Key)?;
-        if self.transport.has_pipe(media, edge.ssrc) {
+        if self.transport.has_pipe(edge.ssrc) {
             return Err(PipeError::Taken);
         }
         Ok((media, key))
@@ -248,5 +256,213 @@ mod tests {
         assert!(PipeKey::decode("not base64!").is_none());
         assert!(PipeKey::decode(&BASE64.encode([0u8; 27])).is_none());
         assert!(PipeKey::decode(&BASE64.encode([0u8; 29])).is_none());
+    }
+}
+
+// ------------------------------------------------------------------------ the edge's end
+
+/// An edge's end of a pipe: the parent's media arriving, decrypted and handed to the
+/// relayed tracks; losses asked for again and keyframe requests sent up, as SRTCP.
+pub(crate) struct EdgePipe {
+    room: String,
+    /// Where the parent's media port is: this end's RTCP goes there.
+    parent: SocketAddr,
+    receiver: SrtpReceiver,
+    rtcp: SrtcpSender,
+    own_ssrc: u32,
+    streams: HashMap<u32, EdgeStream>,
+}
+
+struct EdgeStream {
+    handle: RelayHandle,
+    loss: LossTracker,
+}
+
+use super::api::PipeId;
+
+/// Streams one pipe may carry: tracks × layers of one relayed room.
+const MAX_PIPE_STREAMS: usize = 256;
+
+impl ShardCore {
+    /// Opens this edge's end of a pipe to `parent`, for the relay of `room`; `own` is the
+    /// key this end protects its RTCP with, under SSRC `own_ssrc`.
+    pub(super) fn pipe_open(
+        &mut self,
+        room: &str,
+        parent: &PipeEnd,
+        own: &PipeKey,
+        own_ssrc: u32,
+    ) -> Result<PipeId, PipeError> {
+        let advertised = self.transport.advertised();
+        let media: SocketAddr = parent.media.parse().map_err(|_| PipeError::Address)?;
+        if media.port() == 0
+            || media.ip().is_unspecified()
+            || media.ip().is_multicast()
+            || media.is_ipv4() != advertised.is_ipv4()
+        {
+            return Err(PipeError::Address);
+        }
+        let key = PipeKey::decode(&parent.key).ok_or(PipeError::Key)?;
+        let receiver =
+            SrtpReceiver::new(PIPE_PROFILE, &key.key, &key.salt).map_err(|_| PipeError::Key)?;
+        let rtcp =
+            SrtcpSender::new(PIPE_PROFILE, &own.key, &own.salt).map_err(|_| PipeError::Key)?;
+        self.next_pipe += 1;
+        let id = self.next_pipe;
+        self.edge_pipes.insert(
+            id,
+            EdgePipe {
+                room: room.to_owned(),
+                parent: media,
+                receiver,
+                rtcp,
+                own_ssrc,
+                streams: HashMap::new(),
+            },
+        );
+        tracing::info!(%room, parent = %media, "relay pipe to the parent open");
+        Ok(id)
+    }
+
+    /// A track announced on pipe `pipe`: published here as a relayed track, its packets
+    /// recognised by SSRC from now on. False if the pipe is gone or the SSRC is taken.
+    pub(super) fn pipe_track(&mut self, pipe: PipeId, relayed: RelayedTrack, now: Instant) -> bool {
+        let ssrc = relayed.ssrc;
+        let fits = self
+            .edge_pipes
+            .get(&pipe)
+            .is_some_and(|p| p.room == relayed.room && p.streams.len() < MAX_PIPE_STREAMS);
+        if !fits || self.edge_streams.contains_key(&ssrc) {
+            return false;
+        }
+        let Some(handle) = self.relay_track(relayed, now) else {
+            return false;
+        };
+        if let Some(p) = self.edge_pipes.get_mut(&pipe) {
+            p.streams.insert(
+                ssrc,
+                EdgeStream {
+                    handle,
+                    loss: LossTracker::new(LossConfig::default()),
+                },
+            );
+            self.edge_streams.insert(ssrc, pipe);
+        }
+        true
+    }
+
+    /// Closes every pipe end feeding `room`.
+    pub(super) fn pipe_close_room(&mut self, room: &str) {
+        let streams = &mut self.edge_streams;
+        self.edge_pipes.retain(|_, pipe| {
+            if pipe.room != room {
+                return true;
+            }
+            for ssrc in pipe.streams.keys() {
+                streams.remove(ssrc);
+            }
+            false
+        });
+    }
+
+    /// A datagram that may be media from a parent's pipe: decrypted and forwarded if it
+    /// is. False if it belongs to no pipe (the transport's to route).
+    pub(super) fn pipe_datagram(&mut self, datagram: &[u8], now: Instant) -> bool {
+        if datagram.len() < 12 || crate::wire::classify(datagram) != crate::wire::DatagramKind::Rtp
+        {
+            return false;
+        }
+        let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+        let Some(pipe) = self
+            .edge_streams
+            .get(&ssrc)
+            .and_then(|id| self.edge_pipes.get_mut(id))
+        else {
+            return false;
+        };
+        self.pipe_scratch.clear();
+        self.pipe_scratch.extend_from_slice(datagram);
+        let Ok(len) = pipe.receiver.unprotect_rtp(&mut self.pipe_scratch) else {
+            self.metrics.dropped(crate::metrics::DropReason::BadSrtcp);
+            return true;
+        };
+        let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut &self.pipe_scratch[..len]) else {
+            self.metrics.dropped(crate::metrics::DropReason::Garbage);
+            return true;
+        };
+        let Some(stream) = pipe.streams.get_mut(&ssrc) else {
+            return true;
+        };
+        stream.loss.on_packet(packet.header.sequence_number, now);
+        let handle = stream.handle;
+        self.forward(handle.track, handle.layer, packet, now);
+        true
+    }
+
+    /// Asks the parents again for what is still missing (NACKs due now).
+    pub(super) fn pipe_nacks(&mut self, now: Instant) {
+        let mut lost = Vec::new();
+        for pipe in self.edge_pipes.values_mut() {
+            let mut packets: Vec<Box<dyn rtc::rtcp::packet::Packet>> = Vec::new();
+            for (ssrc, stream) in &mut pipe.streams {
+                lost.clear();
+                stream.loss.due(now, &mut lost);
+                if lost.is_empty() {
+                    continue;
+                }
+                packets.push(Box::new(TransportLayerNack {
+                    sender_ssrc: pipe.own_ssrc,
+                    media_ssrc: *ssrc,
+                    nacks: nack_pairs_from_sequence_numbers(&lost),
+                }));
+            }
+            if !packets.is_empty() {
+                send_rtcp(pipe, &mut self.transport, &packets);
+            }
+        }
+    }
+
+    /// When [`Self::pipe_nacks`] has something to do next.
+    pub(super) fn pipe_next_due(&self) -> Option<Instant> {
+        self.edge_pipes
+            .values()
+            .flat_map(|p| p.streams.values())
+            .filter_map(|s| s.loss.next_due())
+            .min()
+    }
+
+    /// Asks the parent for a keyframe of a relayed stream, if a pipe carries it; false if
+    /// none does.
+    pub(super) fn pipe_keyframe_request(&mut self, ssrc: u32) -> bool {
+        let Some(pipe) = self
+            .edge_streams
+            .get(&ssrc)
+            .and_then(|id| self.edge_pipes.get_mut(id))
+        else {
+            return false;
+        };
+        let pli: Box<dyn rtc::rtcp::packet::Packet> = Box::new(PictureLossIndication {
+            sender_ssrc: pipe.own_ssrc,
+            media_ssrc: ssrc,
+        });
+        send_rtcp(pipe, &mut self.transport, &[pli]);
+        true
+    }
+}
+
+/// Protects a compound RTCP packet with the pipe's key and queues it for the parent.
+fn send_rtcp(
+    pipe: &mut EdgePipe,
+    transport: &mut super::transport::Transport,
+    packets: &[Box<dyn rtc::rtcp::packet::Packet>],
+) {
+    let Ok(plain) = rtc::rtcp::packet::marshal(packets) else {
+        return;
+    };
+    let mut buf = bytes::BytesMut::with_capacity(plain.len() + pipe.rtcp.overhead());
+    buf.extend_from_slice(&plain);
+    match pipe.rtcp.protect(&mut buf) {
+        Ok(()) => transport.queue_datagram(pipe.parent, buf),
+        Err(err) => tracing::warn!(%err, "pipe RTCP not protected"),
     }
 }

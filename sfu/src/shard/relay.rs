@@ -1,15 +1,15 @@
 //! An edge's side of a relay: tracks that arrive from a parent shard instead of from a
 //! publisher connection.
 //!
-//! The relay client (`crate::relay`) receives the parent's tracks over WebRTC and hands
-//! them to the core here. Each publisher at the parent becomes a session of its own in
+//! The relay client (`crate::relay`) learns the parent's tracks over signaling, and their
+//! packets arrive on a pipe (`pipe.rs`); both end up here. Each publisher at the parent becomes a session of its own in
 //! the edge's pipeline (announced, taking no seat, with no connection), each relayed
 //! track a published track whose layers are the copies the client relays. From there the
 //! packets take the same path as a publisher's: one retransmission buffer per layer,
 //! keyframe requests throttled per layer — and sent up to the parent, which throttles
 //! them again — so however many viewers ask, the presenter sees a trickle.
 
-use super::api::{RelayFeedback, RelayHandle, RelayedTrack};
+use super::api::{RelayHandle, RelayedTrack};
 use super::{Layer, Presence, PublishedTrack, Session, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
 use crate::media::keyframe::KeyframeThrottle;
@@ -24,34 +24,28 @@ const LAYER_NAMES: [&str; 3] = ["q", "h", "f"];
 
 /// A pipeline's feed from its parent shard.
 pub(crate) struct RelayFeed {
-    feedback: mpsc::Sender<RelayFeedback>,
     /// Publisher at the parent → its session here.
     sessions: HashMap<String, super::api::SessionId>,
 }
 
 impl ShardCore {
     /// A relay client starts feeding `room`; a previous feed's participants go.
-    pub(super) fn relay_attach(
-        &mut self,
-        room: &str,
-        feedback: mpsc::Sender<RelayFeedback>,
-        now: Instant,
-    ) -> bool {
+    pub(super) fn relay_attach(&mut self, room: &str, now: Instant) -> bool {
         if self.registry.room(room).is_none() {
             return false;
         }
         self.relay_detach(room, now);
         if let Some(r) = self.registry.room_mut(room) {
             r.relay = Some(RelayFeed {
-                feedback,
                 sessions: HashMap::new(),
             });
         }
         true
     }
 
-    /// The feed stopped: its participants and tracks leave the room.
+    /// The feed stopped: its participants and tracks leave the room, and its pipes close.
     pub(super) fn relay_detach(&mut self, room: &str, now: Instant) {
+        self.pipe_close_room(room);
         let sessions: Vec<_> = self
             .registry
             .room_mut(room)
@@ -278,16 +272,10 @@ impl ShardCore {
         }
     }
 
-    /// Sends a keyframe request for a relayed stream up to the parent; whether it went.
-    pub(super) fn relay_keyframe_request(&self, room: &str, ssrc: u32) -> bool {
-        self.registry
-            .room(room)
-            .and_then(|r| r.relay.as_ref())
-            .is_some_and(|feed| {
-                feed.feedback
-                    .try_send(RelayFeedback::KeyframeRequest { ssrc })
-                    .is_ok()
-            })
+    /// Sends a keyframe request for a relayed stream up to the parent, on the pipe that
+    /// carries it; whether it went.
+    pub(super) fn relay_keyframe_request(&mut self, ssrc: u32) -> bool {
+        self.pipe_keyframe_request(ssrc)
     }
 }
 

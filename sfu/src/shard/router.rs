@@ -42,8 +42,6 @@ pub(super) struct KeyframeSource {
     pub(super) publisher: Option<PeerKey>,
     /// Its receiver of the layer.
     pub(super) receiver: Option<rtc::rtp_transceiver::RTCRtpReceiverId>,
-    /// The track's room.
-    pub(super) room: String,
     /// The layer's SSRC.
     pub(super) ssrc: u32,
 }
@@ -293,7 +291,6 @@ impl MediaRouter {
         Some(KeyframeSource {
             publisher: track.peer,
             receiver: layer.receiver,
-            room: track.room.clone(),
             ssrc: layer.ssrc?,
         })
     }
@@ -309,7 +306,6 @@ impl MediaRouter {
                     due.push(KeyframeSource {
                         publisher: track.peer,
                         receiver: layer.receiver,
-                        room: track.room.clone(),
                         ssrc,
                     });
                 }

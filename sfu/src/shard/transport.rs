@@ -61,8 +61,10 @@ pub(super) struct Transport {
     probe_window: Option<(Instant, u32)>,
     /// Where subscribers' SRTCP is decrypted, reused.
     rtcp_scratch: Vec<u8>,
-    /// Relay pipes by their far end's address and RTCP SSRC: one address may carry many.
-    pipes: HashMap<(SocketAddr, u32), PeerKey>,
+    /// Relay pipes by their far end's RTCP SSRC. Not by address: a shard may send from
+    /// another address than the one it advertises (NAT, a pod's own address), and SRTCP
+    /// authentication is what proves the sender.
+    pipes: HashMap<u32, PeerKey>,
 }
 
 /// Where one datagram went.
@@ -312,26 +314,20 @@ impl Transport {
         self.mark_dirty(key);
     }
 
-    /// Adds a relay pipe whose far end sends its RTCP from `from` under `ssrc`. False,
-    /// and nothing added, if another pipe is known by the same.
-    pub(super) fn add_pipe(
-        &mut self,
-        key: PeerKey,
-        peer: Peer,
-        from: SocketAddr,
-        ssrc: u32,
-    ) -> bool {
-        if self.pipes.contains_key(&(from, ssrc)) {
+    /// Adds a relay pipe whose far end sends its RTCP under `ssrc`. False, and nothing
+    /// added, if another pipe is known by the same.
+    pub(super) fn add_pipe(&mut self, key: PeerKey, peer: Peer, ssrc: u32) -> bool {
+        if self.pipes.contains_key(&ssrc) {
             return false;
         }
-        self.pipes.insert((from, ssrc), key);
+        self.pipes.insert(ssrc, key);
         self.add(key, peer);
         true
     }
 
-    /// Whether a pipe is known by its far end's address and RTCP SSRC.
-    pub(super) fn has_pipe(&self, from: SocketAddr, ssrc: u32) -> bool {
-        self.pipes.contains_key(&(from, ssrc))
+    /// Whether a pipe is known by its far end's RTCP SSRC.
+    pub(super) fn has_pipe(&self, ssrc: u32) -> bool {
+        self.pipes.contains_key(&ssrc)
     }
 
     /// Whether an SSRC is already used towards `to` by any pipe there: the far end tells
@@ -342,6 +338,11 @@ impl Transport {
                 peer.route.is_some_and(|(addr, _)| addr == to) && peer.outgoing.contains_key(&ssrc)
             })
         })
+    }
+
+    /// Queues a datagram the core wrote itself (a pipe's RTCP) for `to`.
+    pub(super) fn queue_datagram(&mut self, to: SocketAddr, datagram: BytesMut) {
+        self.transmits.push((to, datagram));
     }
 
     /// The address advertised for the shard's UDP port.
@@ -423,10 +424,9 @@ impl Transport {
         if kind == DatagramKind::Rtcp
             && protocol == TransportProtocol::UDP
             && let Some(ssrc) = datagram.get(4..8)
-            && let Some(&key) = self.pipes.get(&(
-                from,
-                u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]),
-            ))
+            && let Some(&key) = self
+                .pipes
+                .get(&u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]))
         {
             self.metrics.datagram_in(3);
             return self.read_feedback(key, datagram);

@@ -301,3 +301,230 @@ fn a_bad_pipe_end_is_refused_at_join() {
     again.participant = "relay.y.0".into();
     assert!(sim.join_raw(again).is_err());
 }
+
+/// The parent's side, played by the test: its key, and an SRTP sender with it.
+struct Parent {
+    sender: crate::srtp::SrtpSender,
+    source: synth::VideoSource,
+    seq: u16,
+}
+
+const PARENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 8, 1)), 7882);
+const PIPE_VIDEO_SSRC: u32 = 0x5151_0001;
+
+impl Parent {
+    /// The next frame's packets, protected for the pipe, with their sequence numbers.
+    fn frame(&mut self, epoch: Instant, now: Instant) -> Vec<(u16, Vec<u8>)> {
+        let sent_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
+        self.source
+            .next_frame(sent_ns)
+            .into_iter()
+            .map(|p| {
+                let seq = self.seq;
+                self.seq = self.seq.wrapping_add(1);
+                (seq, self.protect(seq, p.timestamp, p.marker, &p.payload))
+            })
+            .collect()
+    }
+
+    fn protect(&self, seq: u16, timestamp: u32, marker: bool, payload: &[u8]) -> Vec<u8> {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp,
+                ssrc: PIPE_VIDEO_SSRC,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::copy_from_slice(payload),
+        };
+        let plain = rtc::shared::marshal::Marshal::marshal(&packet).expect("marshal");
+        let mut buf = BytesMut::from(&plain[..]);
+        self.sender
+            .protect(&mut buf, 12, PIPE_VIDEO_SSRC, u64::from(seq))
+            .expect("protect");
+        buf.to_vec()
+    }
+}
+
+/// RTCP the edge sent up the pipe, decrypted with the edge's key.
+fn upstream_rtcp(
+    sim: &mut Sim,
+    receiver: &mut SrtpReceiver,
+) -> Vec<Box<dyn rtc::rtcp::packet::Packet>> {
+    let mut out = Vec::new();
+    for mut datagram in sim.tapped(PARENT) {
+        let len = receiver
+            .unprotect_rtcp(&mut datagram)
+            .expect("the edge's SRTCP");
+        out.extend(rtc::rtcp::packet::unmarshal(&mut &datagram[..len]).expect("RTCP"));
+    }
+    out
+}
+
+#[test]
+fn an_edge_end_of_a_pipe_feeds_viewers_and_asks_upstream_for_losses_and_keyframes() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let viewer = sim.join("room", "viewer-0", viewer()).unwrap();
+    let attached = sim.ask(|reply| Command::RelayAttach {
+        room: "room".into(),
+        reply,
+    });
+    assert_eq!(attached, Some(Ok(())));
+    let parent_key = [0x11u8; 28];
+    let edge_key = [0x22u8; 28];
+    let pipe = sim
+        .ask(|reply| Command::PipeOpen {
+            room: "room".into(),
+            parent: PipeEnd {
+                media: PARENT.to_string(),
+                key: BASE64.encode(parent_key),
+                ssrc: 0xAAAA,
+            },
+            own_key: BASE64.encode(edge_key),
+            own_ssrc: 0xBBBB,
+            reply,
+        })
+        .unwrap()
+        .expect("the pipe opens");
+    sim.tap(PARENT);
+    let now = sim.now();
+    sim.core().handle_command(
+        now,
+        Command::RelayParticipant {
+            room: "room".into(),
+            participant: "alice".into(),
+            name: "Alice".into(),
+            present: true,
+        },
+    );
+    let taken = sim.ask(|reply| Command::PipeTrack {
+        pipe,
+        track: crate::shard::api::RelayedTrack {
+            room: "room".into(),
+            participant: "alice".into(),
+            name: "Alice".into(),
+            track: "camera".into(),
+            kind: TrackKind::Video,
+            codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: Vec::new(),
+            },
+            ssrc: PIPE_VIDEO_SSRC,
+            layer: (0, 1),
+        },
+        reply,
+    });
+    assert_eq!(taken, Some(true));
+    let mut parent = Parent {
+        sender: crate::srtp::SrtpSender::new(
+            Profile::AeadAes128Gcm,
+            &parent_key[..16],
+            &parent_key[16..],
+        )
+        .expect("sender"),
+        source: synth::VideoSource::new(
+            VideoCodec::Vp8,
+            stream_id(0, Some(0)),
+            300_000,
+            Duration::from_secs(600),
+        ),
+        seq: 1000,
+    };
+    let mut edge_rtcp = SrtpReceiver::new(Profile::AeadAes128Gcm, &edge_key[..16], &edge_key[16..])
+        .expect("receiver");
+    let epoch = sim.now();
+    // Two seconds of video from the parent, which makes a keyframe when the edge asks
+    // (its viewer connected after the first one); one packet is lost on the way.
+    let mut lost = None;
+    let mut lost_packet = None;
+    let mut nacked: Vec<u16> = Vec::new();
+    let mut keyframes_asked = 0;
+    for frame in 0..60 {
+        for (seq, datagram) in parent.frame(epoch, sim.now()) {
+            if frame == 45 && lost.is_none() {
+                lost = Some(seq);
+                lost_packet = Some(datagram);
+                continue;
+            }
+            sim.send_to_shard(PARENT, &datagram);
+        }
+        sim.run_for(Duration::from_millis(33));
+        for packet in upstream_rtcp(&mut sim, &mut edge_rtcp) {
+            if let Some(nack) = packet.as_any().downcast_ref::<TransportLayerNack>() {
+                assert_eq!(
+                    (nack.sender_ssrc, nack.media_ssrc),
+                    (0xBBBB, PIPE_VIDEO_SSRC)
+                );
+                nacked.extend(nack.nacks.iter().flat_map(|pair| pair.packet_list()));
+            } else if packet.as_any().is::<PictureLossIndication>() {
+                keyframes_asked += 1;
+                parent.source.request_keyframe();
+            }
+        }
+    }
+    assert!(
+        keyframes_asked >= 1,
+        "the edge asked for the keyframe its viewer needs"
+    );
+    let lost = lost.expect("a packet lost");
+    let track = sim
+        .client(viewer)
+        .track_of("alice", TrackKind::Video)
+        .expect("announced");
+    let received = sim.client(viewer).received_on(&track).count();
+    assert!(received >= 50, "the viewer got {received} packets");
+    // The edge asked the parent for the lost packet, and nothing else.
+    assert!(nacked.contains(&lost), "{nacked:?} lacks {lost}");
+    assert!(nacked.iter().all(|s| *s == lost), "{nacked:?}");
+    // The parent resends it: the viewer gets the repair.
+    let before = sim.client(viewer).received_on(&track).count();
+    sim.send_to_shard(PARENT, &lost_packet.expect("kept"));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.client(viewer).received_on(&track).count(), before + 1);
+    // The viewer asks for a keyframe: the request goes up the pipe.
+    let now = sim.now();
+    assert!(sim.client_mut(viewer).request_keyframe(now, &track));
+    sim.run_for(Duration::from_millis(200));
+    let plis: Vec<u32> = upstream_rtcp(&mut sim, &mut edge_rtcp)
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<PictureLossIndication>())
+        .map(|p| p.media_ssrc)
+        .collect();
+    assert_eq!(plis, vec![PIPE_VIDEO_SSRC]);
+    // Media under the pipe's SSRC but not its key is refused and counted.
+    let forger =
+        crate::srtp::SrtpSender::new(Profile::AeadAes128Gcm, &[9; 16], &[9; 12]).expect("sender");
+    let mut forged = BytesMut::from(&parent.protect(5000, 0, false, &[1, 2, 3])[..]);
+    forged.truncate(forged.len() - 16);
+    forger
+        .protect(&mut forged, 12, PIPE_VIDEO_SSRC, 5000)
+        .expect("protect");
+    let before = sim.client(viewer).received_on(&track).count();
+    sim.send_to_shard(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 6, 6, 6)), 1),
+        &forged,
+    );
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.client(viewer).received_on(&track).count(), before);
+    // The relay ends: its track leaves the viewer, and the pipe takes nothing more.
+    let now = sim.now();
+    sim.core().handle_command(
+        now,
+        Command::RelayDetach {
+            room: "room".into(),
+        },
+    );
+    sim.run_for(Duration::from_millis(100));
+    for (_, datagram) in parent.frame(epoch, sim.now()) {
+        sim.send_to_shard(PARENT, &datagram);
+    }
+    let before = sim.client(viewer).received_on(&track).count();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.client(viewer).received_on(&track).count(), before);
+}
