@@ -490,8 +490,10 @@ impl Transport {
         };
         if kind == DatagramKind::Rtcp && peer.srtcp.is_some() {
             // A subscriber's feedback, read here rather than by its connection (see
-            // media::feedback); ICE still learns that the address is alive.
-            if peer.pc.with(|pc| pc.note_non_stun_traffic(now, transport)) != Some(true) {
+            // media::feedback). Accepted on the terms rtc's own ICE handler accepts
+            // non-STUN traffic: from the bound address, once a pair is selected (consent
+            // freshness rests on STUN alone there too).
+            if peer.route.is_none() {
                 self.metrics.dropped(DropReason::UnknownSource);
                 return Routed::Nowhere;
             }

@@ -2391,17 +2391,6 @@ impl RTCPeerConnection {
         })
     }
 
-    /// Records a datagram that arrived on `transport` and that the application read itself
-    /// instead of passing it to `handle_read` (SRTCP it decrypts with the keys
-    /// of [`Self::srtp_session_keys`]), so that ICE consent freshness counts it as it would
-    /// have. False, and nothing recorded, unless it came from a remote candidate of this
-    /// connection to one of its local candidates.
-    pub fn note_non_stun_traffic(&mut self, now: Instant, transport: TransportContext) -> bool {
-        self.ice_transport_mut()
-            .agent
-            .is_valid_non_stun_traffic(now, transport)
-    }
-
     /// The SCTP transport over which data channels are carried.
     ///
     /// `None` until SCTP has been negotiated — that is, until a description establishing an
