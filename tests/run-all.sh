@@ -73,6 +73,10 @@ if cargo tree --locked -p tutti-shard-api -e normal --prefix none | grep -E '^(e
   echo "tutti-shard-api depends on something heavy" >&2
   exit 1
 fi
+if cargo tree --locked -p tutti-sfu -e normal --prefix none | grep -E '^webrtc '; then
+  echo "the shard links the async webrtc crate (only test peers may): one WebRTC stack per shard" >&2
+  exit 1
+fi
 if cargo tree --locked -p tutti-signaling --no-default-features --features etcd -e normal --prefix none | grep -E '^(rtc|webrtc|tutti-sfu) '; then
   echo "the gateway without local mode depends on the media stack" >&2
   exit 1

@@ -42,12 +42,15 @@ pub enum DropReason {
     UnknownSource,
     /// A round-trip probe beyond the shard's budget per second.
     ProbeLimit,
-    /// SRTCP from a subscriber that failed authentication or the replay check.
+    /// SRTCP from a subscriber or a relay pipe that failed authentication or the replay
+    /// check.
     BadSrtcp,
+    /// SRTP on a relay pipe that failed authentication or the replay check.
+    BadSrtp,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 7] = [
+    const ALL: [DropReason; 8] = [
         Self::Garbage,
         Self::Truncated,
         Self::UnknownUfrag,
@@ -55,6 +58,7 @@ impl DropReason {
         Self::UnknownSource,
         Self::ProbeLimit,
         Self::BadSrtcp,
+        Self::BadSrtp,
     ];
 
     fn label(self) -> &'static str {
@@ -66,6 +70,7 @@ impl DropReason {
             Self::UnknownSource => "unknown_source",
             Self::ProbeLimit => "probe_limit",
             Self::BadSrtcp => "bad_srtcp",
+            Self::BadSrtp => "bad_srtp",
         }
     }
 }

@@ -240,25 +240,6 @@ impl ShardCore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_round_trip_and_bad_ones_are_refused() {
-        let key = PipeKey {
-            key: [7; KEY_LEN],
-            salt: [9; SALT_LEN],
-        };
-        let decoded = PipeKey::decode(&key.encode()).expect("decodes");
-        assert_eq!(decoded.key, key.key);
-        assert_eq!(decoded.salt, key.salt);
-        assert!(PipeKey::decode("not base64!").is_none());
-        assert!(PipeKey::decode(&BASE64.encode([0u8; 27])).is_none());
-        assert!(PipeKey::decode(&BASE64.encode([0u8; 29])).is_none());
-    }
-}
-
 // ------------------------------------------------------------------------ the edge's end
 
 /// An edge's end of a pipe: the parent's media arriving, decrypted and handed to the
@@ -383,7 +364,7 @@ impl ShardCore {
         self.pipe_scratch.clear();
         self.pipe_scratch.extend_from_slice(datagram);
         let Ok(len) = pipe.receiver.unprotect_rtp(&mut self.pipe_scratch) else {
-            self.metrics.dropped(crate::metrics::DropReason::BadSrtcp);
+            self.metrics.dropped(crate::metrics::DropReason::BadSrtp);
             return true;
         };
         let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut &self.pipe_scratch[..len]) else {
@@ -464,5 +445,24 @@ fn send_rtcp(
     match pipe.rtcp.protect(&mut buf) {
         Ok(()) => transport.queue_datagram(pipe.parent, buf),
         Err(err) => tracing::warn!(%err, "pipe RTCP not protected"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_bad_ones_are_refused() {
+        let key = PipeKey {
+            key: [7; KEY_LEN],
+            salt: [9; SALT_LEN],
+        };
+        let decoded = PipeKey::decode(&key.encode()).expect("decodes");
+        assert_eq!(decoded.key, key.key);
+        assert_eq!(decoded.salt, key.salt);
+        assert!(PipeKey::decode("not base64!").is_none());
+        assert!(PipeKey::decode(&BASE64.encode([0u8; 27])).is_none());
+        assert!(PipeKey::decode(&BASE64.encode([0u8; 29])).is_none());
     }
 }
