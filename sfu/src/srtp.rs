@@ -209,6 +209,26 @@ fn gcm_nonce(salt: &[u8; 12], ssrc: u32, middle: [u8; 4], last: [u8; 2]) -> aead
     aead::Nonce::assume_unique_for_key(iv)
 }
 
+/// SRTCP's GCM nonce and additional data (RFC 7714 section 9.1): the first 8 bytes of the
+/// packet and the E||index word are authenticated, not encrypted.
+fn srtcp_gcm(
+    salt: &[u8; 12],
+    ssrc: u32,
+    first: &[u8],
+    word: [u8; 4],
+) -> (aead::Nonce, [u8; 8 + SRTCP_INDEX_LEN]) {
+    let nonce = gcm_nonce(
+        salt,
+        ssrc,
+        [0, 0, word[0] & 0x7f, word[1]],
+        [word[2], word[3]],
+    );
+    let mut aad = [0u8; 8 + SRTCP_INDEX_LEN];
+    aad[..8].copy_from_slice(first);
+    aad[8..].copy_from_slice(&word);
+    (nonce, aad)
+}
+
 /// RFC 3711 section 4.1.1's counter: (salt * 2^16) XOR (SSRC * 2^64) XOR (index * 2^16).
 fn cm_counter(keys: &CmKeys, ssrc: u32, index: u64) -> ctr::Ctr128BE<aes::Aes128> {
     let mut iv = [0u8; 16];
@@ -330,16 +350,7 @@ impl SrtcpSender {
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         match &self.cipher {
             Cipher::Gcm { key, salt } => {
-                // RFC 7714 section 9: the first 8 bytes and E||index are authenticated only.
-                let nonce = gcm_nonce(
-                    salt,
-                    ssrc,
-                    [0, 0, word[0] & 0x7f, word[1]],
-                    [word[2], word[3]],
-                );
-                let mut aad = [0u8; 8 + SRTCP_INDEX_LEN];
-                aad[..8].copy_from_slice(&packet[..8]);
-                aad[8..].copy_from_slice(&word);
+                let (nonce, aad) = srtcp_gcm(salt, ssrc, &packet[..8], word);
                 let tag = key
                     .seal_in_place_separate_tag(nonce, aead::Aad::from(&aad), &mut packet[8..])
                     .map_err(|_| SrtpError::Cipher)?;
@@ -605,16 +616,7 @@ impl SrtpReceiver {
         }
         let end = match &self.rtcp {
             Cipher::Gcm { key, salt } => {
-                // RFC 7714 section 9.1: the AAD is the first 8 bytes and the E||index word.
-                let nonce = gcm_nonce(
-                    salt,
-                    ssrc,
-                    [0, 0, word[0] & 0x7f, word[1]],
-                    [word[2], word[3]],
-                );
-                let mut aad = [0u8; 8 + SRTCP_INDEX_LEN];
-                aad[..8].copy_from_slice(&packet[..8]);
-                aad[8..].copy_from_slice(&word);
+                let (nonce, aad) = srtcp_gcm(salt, ssrc, &packet[..8], word);
                 let (_, rest) = packet[..index_at].split_at_mut(8);
                 key.open_in_place(nonce, aead::Aad::from(&aad), rest)
                     .map_err(|_| UnprotectError::Authentication)?;

@@ -1124,28 +1124,67 @@ impl ShardCore {
         let key = self.ids.peer();
         self.transport.add(
             key,
-            Peer {
-                pc: guarded::GuardedPc::new(pc, self.pc_alarm.clone()),
+            Peer::new(
+                guarded::GuardedPc::new(pc, self.pc_alarm.clone()),
                 role,
                 session,
-                ufrag: String::new(),
-                pwd: String::new(),
-                deadline: None,
-                connected: false,
-                dirty: false,
-                incoming: HashMap::new(),
-                outgoing: HashMap::new(),
-                offer_out: false,
-                renegotiate: false,
-                remote_candidates: 0,
-                srtp: None,
-                srtcp: None,
-                transport_seq: 0,
-                route: None,
-                pipe: false,
-            },
+            ),
         );
         Some(key)
+    }
+}
+
+impl DowntrackEntry {
+    /// A downtrack to `(peer, session)` through `sender`, sending as `(ssrc, payload
+    /// type)` (the type once negotiated) a track of `(video, clock rate, codec family)`,
+    /// with nothing sent yet.
+    fn new(
+        (peer, session): (PeerKey, SessionId),
+        sender: Option<RTCRtpSenderId>,
+        (ssrc, payload_type): (u32, Option<u8>),
+        (video, clock_rate, family): (bool, u32, CodecFamily),
+    ) -> Self {
+        Self {
+            peer,
+            session,
+            sender,
+            ssrc,
+            payload_type,
+            unwrap_red: false,
+            extensions: ExtensionIds::default(),
+            rollover: RolloverCounter::default(),
+            stamps: None,
+            sent: SentCounts::default(),
+            state: Downtrack::new(video, clock_rate),
+            picture_ids: PictureIds::new(family),
+            fraction_lost: 0,
+        }
+    }
+}
+
+impl Peer {
+    /// A connection of `session` in `role` that has negotiated nothing yet.
+    fn new(pc: guarded::GuardedPc, role: PeerRole, session: SessionId) -> Self {
+        Self {
+            pc,
+            role,
+            session,
+            ufrag: String::new(),
+            pwd: String::new(),
+            deadline: None,
+            connected: false,
+            dirty: false,
+            incoming: HashMap::new(),
+            outgoing: HashMap::new(),
+            offer_out: false,
+            renegotiate: false,
+            remote_candidates: 0,
+            srtp: None,
+            srtcp: None,
+            transport_seq: 0,
+            route: None,
+            pipe: false,
+        }
     }
 }
 

@@ -8,16 +8,12 @@ use super::sdp::{
 };
 use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
-use crate::media::downtrack::Downtrack;
 use crate::media::keyframe::KeyframeThrottle;
 use crate::media::outgoing::{ExtensionIds, SentStamps};
-use crate::media::picture_id::PictureIds;
 use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
-use crate::media::sender_report::SentCounts;
 use crate::media::simulcast::rank_layers;
 use crate::peer::PeerRole;
 use crate::signal::protocol::{ClientMessage, ErrorCode, PeerTarget, ServerMessage, TrackKind};
-use crate::srtp::RolloverCounter;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -893,21 +889,12 @@ impl ShardCore {
         let clock_rate = track.codec.clock_rate;
         let family = track.family;
         if let Some(track) = self.media.track_mut(track_key) {
-            track.downtracks.push(DowntrackEntry {
-                peer: key,
-                session,
-                sender: Some(sender),
-                ssrc,
-                payload_type: None,
-                unwrap_red: false,
-                extensions: ExtensionIds::default(),
-                rollover: RolloverCounter::default(),
-                stamps: None,
-                sent: SentCounts::default(),
-                state: Downtrack::new(video, clock_rate),
-                picture_ids: PictureIds::new(family),
-                fraction_lost: 0,
-            });
+            track.downtracks.push(DowntrackEntry::new(
+                (key, session),
+                Some(sender),
+                (ssrc, None),
+                (video, clock_rate, family),
+            ));
         }
         self.request_negotiation(key, now);
     }

@@ -13,14 +13,10 @@
 use super::api::{RelayHandle, RelayedTrack};
 use super::guarded::GuardedPc;
 use super::{DowntrackEntry, Peer, SessionId, ShardCore, TrackKey};
-use crate::media::downtrack::Downtrack;
 use crate::media::loss::{LossConfig, LossTracker};
-use crate::media::outgoing::ExtensionIds;
-use crate::media::picture_id::PictureIds;
-use crate::media::sender_report::SentCounts;
 use crate::peer::PeerRole;
 use crate::signal::protocol::{PipeCodec, PipeEnd, ServerMessage, TrackKind};
-use crate::srtp::{Profile, RolloverCounter, SrtcpSender, SrtpReceiver, SrtpSender};
+use crate::srtp::{Profile, SrtcpSender, SrtpReceiver, SrtpSender};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -89,6 +85,21 @@ pub(crate) enum PipeError {
     Taken,
 }
 
+/// The address and key of a pipe's far end: an address and port of the family of
+/// `advertised` (this shard's own), neither unspecified nor multicast, and a whole key.
+fn far_end(end: &PipeEnd, advertised: SocketAddr) -> Result<(SocketAddr, PipeKey), PipeError> {
+    let media: SocketAddr = end.media.parse().map_err(|_| PipeError::Address)?;
+    if media.port() == 0
+        || media.ip().is_unspecified()
+        || media.ip().is_multicast()
+        || media.is_ipv4() != advertised.is_ipv4()
+    {
+        return Err(PipeError::Address);
+    }
+    let key = PipeKey::decode(&end.key).ok_or(PipeError::Key)?;
+    Ok((media, key))
+}
+
 impl ShardCore {
     /// Opens the pipe a relay session's join asked for and tells the edge the parent's
     /// end. The session must exist and be a relay.
@@ -112,24 +123,16 @@ impl ShardCore {
         let own_ssrc = self.env.ssrc(|ssrc| ssrc == edge.ssrc);
         let key = self.ids.peer();
         let peer = Peer {
-            pc: GuardedPc::detached(self.pc_alarm.clone()),
-            role: PeerRole::Subscriber,
-            session,
-            ufrag: String::new(),
-            pwd: String::new(),
-            deadline: None,
             connected: true,
-            dirty: false,
-            incoming: HashMap::new(),
-            outgoing: HashMap::new(),
-            offer_out: false,
-            renegotiate: false,
-            remote_candidates: 0,
             srtp: Some(sender),
             srtcp: Some(receiver),
-            transport_seq: 0,
             route: Some((media, TransportProtocol::UDP)),
             pipe: true,
+            ..Peer::new(
+                GuardedPc::detached(self.pc_alarm.clone()),
+                PeerRole::Subscriber,
+                session,
+            )
         };
         if !self.transport.add_pipe(key, peer, edge.ssrc) {
             return Err(PipeError::Taken);
@@ -154,16 +157,7 @@ impl ShardCore {
 
     /// The media address and key of a pipe end, if it could be opened.
     pub(super) fn check_pipe(&self, edge: &PipeEnd) -> Result<(SocketAddr, PipeKey), PipeError> {
-        let advertised = self.transport.advertised();
-        let media: SocketAddr = edge.media.parse().map_err(|_| PipeError::Address)?;
-        if media.port() == 0
-            || media.ip().is_unspecified()
-            || media.ip().is_multicast()
-            || media.is_ipv4() != advertised.is_ipv4()
-        {
-            return Err(PipeError::Address);
-        }
-        let key = PipeKey::decode(&edge.key).ok_or(PipeError::Key)?;
+        let (media, key) = far_end(edge, self.transport.advertised())?;
         if self.transport.has_pipe(edge.ssrc) {
             return Err(PipeError::Taken);
         }
@@ -219,21 +213,12 @@ impl ShardCore {
             peer.outgoing.insert(ssrc, track_key);
         }
         if let Some(track) = self.media.track_mut(track_key) {
-            track.downtracks.push(DowntrackEntry {
-                peer: key,
-                session,
-                sender: None,
-                ssrc,
-                payload_type: Some(payload_type),
-                unwrap_red: false,
-                extensions: ExtensionIds::default(),
-                rollover: RolloverCounter::default(),
-                stamps: None,
-                sent: SentCounts::default(),
-                state: Downtrack::new(video, clock_rate),
-                picture_ids: PictureIds::new(family),
-                fraction_lost: 0,
-            });
+            track.downtracks.push(DowntrackEntry::new(
+                (key, session),
+                None,
+                (ssrc, Some(payload_type)),
+                (video, clock_rate, family),
+            ));
         }
         self.send(session, announcement);
         true
@@ -274,16 +259,7 @@ impl ShardCore {
         own: &PipeKey,
         own_ssrc: u32,
     ) -> Result<PipeId, PipeError> {
-        let advertised = self.transport.advertised();
-        let media: SocketAddr = parent.media.parse().map_err(|_| PipeError::Address)?;
-        if media.port() == 0
-            || media.ip().is_unspecified()
-            || media.ip().is_multicast()
-            || media.is_ipv4() != advertised.is_ipv4()
-        {
-            return Err(PipeError::Address);
-        }
-        let key = PipeKey::decode(&parent.key).ok_or(PipeError::Key)?;
+        let (media, key) = far_end(parent, self.transport.advertised())?;
         let receiver =
             SrtpReceiver::new(PIPE_PROFILE, &key.key, &key.salt).map_err(|_| PipeError::Key)?;
         let rtcp =

@@ -137,8 +137,7 @@ impl Sim {
     /// Joins `room` as participant `id`, publishing and receiving what `spec` says; returns
     /// the client's index.
     pub fn join(&mut self, room: &str, id: &str, spec: ClientSpec) -> Result<usize, JoinError> {
-        let (events, events_rx) = mpsc::channel(1024);
-        let request = JoinRequest {
+        let (session, events_rx) = self.join_raw(JoinRequest {
             room: room.into(),
             participant: id.into(),
             name: id.into(),
@@ -146,19 +145,7 @@ impl Sim {
             subscribe: spec.subscribe,
             relay: false,
             pipe: None,
-        };
-        let session = self
-            .ask(|reply| Command::Join {
-                request,
-                events,
-                reply,
-            })
-            .unwrap_or_else(|| {
-                Err(JoinError::new(
-                    crate::signal::protocol::ErrorCode::Internal,
-                    "no reply",
-                ))
-            })?;
+        })?;
         let index = self.clients.len();
         let (client, offer) = Client::new(
             index,
