@@ -88,20 +88,8 @@ impl LeanViewer {
     /// measured against `epoch`, the presenter's clock.
     pub async fn join(url: &str, token: &str, room: &str, id: &str, epoch: Epoch) -> Result<Self> {
         let started = Instant::now();
-        let mut signal = SignalClient::connect(url, token).await?;
-        signal.send(ClientMessage::Join {
-            room: room.into(),
-            participant: id.into(),
-            name: None,
-            publish: Some(false),
-            subscribe: Some(true),
-            relay: None,
-            pipe: None,
-        });
-        match tokio::time::timeout(Duration::from_secs(30), signal.rx.recv()).await {
-            Ok(Some(ServerMessage::Joined { .. })) => {}
-            other => bail!("{id}: join failed: {other:?}"),
-        }
+        let signal =
+            SignalClient::join_subscriber(url, token, room, id, Duration::from_secs(30)).await?;
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
             .context("SO_TIMESTAMPNS on the viewer's socket")?;

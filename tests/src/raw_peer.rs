@@ -54,20 +54,8 @@ impl RawSubscriber {
         id: &str,
         loss: LossModel,
     ) -> Result<Self> {
-        let mut signal = SignalClient::connect(url, token).await?;
-        signal.send(ClientMessage::Join {
-            room: room.into(),
-            participant: id.into(),
-            name: None,
-            publish: Some(false),
-            subscribe: Some(true),
-            relay: None,
-            pipe: None,
-        });
-        match tokio::time::timeout(Duration::from_secs(10), signal.rx.recv()).await {
-            Ok(Some(ServerMessage::Joined { .. })) => {}
-            other => bail!("join failed: {other:?}"),
-        }
+        let signal =
+            SignalClient::join_subscriber(url, token, room, id, Duration::from_secs(10)).await?;
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (junk, junk_rx) = mpsc::unbounded_channel();

@@ -74,6 +74,31 @@ impl SignalClient {
         Ok(Self { tx, rx, task })
     }
 
+    /// Connects and joins `room` as `id`, receiving only, and waits up to `timeout` for
+    /// `joined`.
+    pub async fn join_subscriber(
+        url: &str,
+        token: &str,
+        room: &str,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self> {
+        let mut signal = Self::connect(url, token).await?;
+        signal.send(ClientMessage::Join {
+            room: room.into(),
+            participant: id.into(),
+            name: None,
+            publish: Some(false),
+            subscribe: Some(true),
+            relay: None,
+            pipe: None,
+        });
+        match tokio::time::timeout(timeout, signal.rx.recv()).await {
+            Ok(Some(ServerMessage::Joined { .. })) => Ok(signal),
+            other => anyhow::bail!("{id}: join failed: {other:?}"),
+        }
+    }
+
     /// Sends a message.
     pub fn send(&self, message: ClientMessage) {
         let _ = self.tx.send(Outgoing::Message(message));

@@ -330,11 +330,7 @@ impl ShardCore {
             return false;
         }
         let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
-        let Some(pipe) = self
-            .edge_streams
-            .get(&ssrc)
-            .and_then(|id| self.edge_pipes.get_mut(id))
-        else {
+        let Some(pipe) = carrying(&self.edge_streams, &mut self.edge_pipes, ssrc) else {
             return false;
         };
         self.pipe_scratch.clear();
@@ -391,11 +387,7 @@ impl ShardCore {
     /// Asks the parent for a keyframe of a relayed stream, if a pipe carries it; false if
     /// none does.
     pub(super) fn pipe_keyframe_request(&mut self, ssrc: u32) -> bool {
-        let Some(pipe) = self
-            .edge_streams
-            .get(&ssrc)
-            .and_then(|id| self.edge_pipes.get_mut(id))
-        else {
+        let Some(pipe) = carrying(&self.edge_streams, &mut self.edge_pipes, ssrc) else {
             return false;
         };
         let pli: Box<dyn rtc::rtcp::packet::Packet> = Box::new(PictureLossIndication {
@@ -405,6 +397,15 @@ impl ShardCore {
         send_rtcp(pipe, &mut self.transport, &[pli]);
         true
     }
+}
+
+/// The pipe that carries `ssrc`, if one does.
+fn carrying<'a>(
+    streams: &HashMap<u32, PipeId>,
+    pipes: &'a mut HashMap<PipeId, EdgePipe>,
+    ssrc: u32,
+) -> Option<&'a mut EdgePipe> {
+    pipes.get_mut(streams.get(&ssrc)?)
 }
 
 /// Protects a compound RTCP packet with the pipe's key and queues it for the parent.
