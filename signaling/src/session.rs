@@ -275,6 +275,9 @@ pub async fn run_session<S, R>(
                 if session.moved(change) {
                     // The operator placed the room elsewhere (its shard was lost): this
                     // session's shard no longer holds it. Rejoin where it is now.
+                    if let Some(room) = &session.room {
+                        tracing::info!(room = %room.room, participant = %room.participant, "room moved; the client is told to join again");
+                    }
                     from_shard = None;
                     Step::LeftRoom(session.reconnect("the room moved to another shard; join again"))
                 } else {

@@ -262,6 +262,24 @@ export function bannerCode(page) {
   });
 }
 
+/**
+ * What a call page shows, for a failure message: whether it is joined or rejoining, its
+ * status line, error banner, notices and the participants it knows.
+ */
+export function describePage(page) {
+  return page.evaluate(() => {
+    const banner = document.querySelector('#banner');
+    return {
+      joined: window.tutti.state.joined,
+      reconnecting: window.tutti.state.reconnecting,
+      status: document.querySelector('#status')?.textContent ?? null,
+      banner: banner && !banner.classList.contains('hidden') ? banner.textContent.trim() : null,
+      notices: [...document.querySelectorAll('#messages li.system')].map((li) => li.textContent).slice(-10),
+      participants: window.tutti.participants(),
+    };
+  }).catch((err) => `page not readable: ${err.message}`);
+}
+
 export async function freePort() {
   const server = net.createServer();
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));

@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   binary, startProcess, startNetSim, launch, waitFor, waitForPlayingVideo, waitForAudio,
-  inbound, participantId, freePort,
+  inbound, participantId, freePort, describePage,
 } from './lib.mjs';
 import { installLab, pairClicks, median, fmt } from './audio-lab.mjs';
 
@@ -93,7 +93,7 @@ before(async () => {
       '--http', `${ip}:8080`, '--udp', `${ip}:7882`, '--advertise-ip', ip, '--region', region,
       '--admin-token', ADMIN_TOKEN, '--signal-token', SIGNAL_TOKEN,
       '--store', store, '--shard-id', SHARDS[region], '--heartbeat-ttl', '3',
-    ], /tutti-sfu: http:\/\/(\S+) /);
+    ], /tutti-sfu: http:\/\/(\S+) /, { RUST_LOG: process.env.RUST_LOG || 'warn,tutti_sfu=info' });
     shards[region].http = `http://${ip}:8080`;
   }
   operator = await startProcess(binary('tutti-operator'), [
@@ -110,7 +110,7 @@ before(async () => {
     // The simulated regions' shards have addresses of their own (198.18.0.0/15), not pod
     // addresses: the gateway sends them its signaling token only when told to.
     '--shard-networks', '198.18.0.0/15',
-  ], /listening on (http:\/\/\S+)/);
+  ], /listening on (http:\/\/\S+)/, { RUST_LOG: process.env.RUST_LOG || 'warn,tutti_signaling=info' });
   gatewayUrl = gateway.match[1];
   await waitFor('three regions to offer probes', async () => {
     try {
@@ -172,6 +172,24 @@ async function placedIn(room, expected, pages) {
     }
     const said = operator.log().split('\n').filter((l) => l.includes(room)).slice(-20).join('\n');
     throw new Error(`${err.message}; measured round trips ${JSON.stringify(measured)}; the operator on ${room}:\n${said}`);
+  }
+}
+
+/**
+ * Runs the checks that follow a room's move; if one fails, the failure also says what each
+ * page shows (joined or rejoining, its notices and errors, whom it knows) and what the
+ * gateway, the operator and each shard logged about the room.
+ */
+async function afterTheMove(pages, checks) {
+  try {
+    await checks();
+  } catch (err) {
+    const shown = {};
+    for (const [who, page] of Object.entries(pages)) shown[who] = await describePage(page);
+    const about = (process) => process.log().split('\n').filter((l) => l.includes('duet-near')).slice(-15).join('\n');
+    const logs = [['gateway', gateway], ['operator', operator], ...Object.entries(shards)]
+      .map(([name, process]) => `--- ${name}:\n${about(process)}`).join('\n');
+    throw new Error(`${err.message}; the pages show ${JSON.stringify(shown)}\n${logs}`);
   }
 }
 
@@ -320,10 +338,12 @@ test('packed and latency-aware placement of a duet, with the move measured (benc
   // Seoul's arrival makes r1 the better region: the room moves there, once.
   await placedIn('duet-near', 'r1', { seoul, abudhabi: abuDhabi });
   const movedAfter = Date.now() - joinedAt;
-  await waitForPlayingVideo(seoul, 'AbuDhabi', 40_000);
-  await waitForPlayingVideo(abuDhabi, 'Seoul', 40_000);
-  await waitForAudio(seoul, 'AbuDhabi', 40_000);
-  await waitForAudio(abuDhabi, 'Seoul', 40_000);
+  await afterTheMove({ seoul, abudhabi: abuDhabi }, async () => {
+    await waitForPlayingVideo(seoul, 'AbuDhabi', 40_000);
+    await waitForPlayingVideo(abuDhabi, 'Seoul', 40_000);
+    await waitForAudio(seoul, 'AbuDhabi', 40_000);
+    await waitForAudio(abuDhabi, 'Seoul', 40_000);
+  });
   await seoul.waitForTimeout(3000);
   const move = {
     moved_after_ms: movedAfter,
