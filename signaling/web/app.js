@@ -44,6 +44,9 @@ const $ = (selector) => document.querySelector(selector);
 
 const state = {
   ws: null,
+  // Counts sockets and reconnects: what a socket that a reconnect replaced still had
+  // queued is dropped (see connect()).
+  connection: 0,
   credentials: null, // { room, name, password, token }
   resume: null, // from `joined`: come back as the same participant after a reconnect
   reconnecting: false,
@@ -723,6 +726,12 @@ function connect() {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   const ws = new WebSocket(`${scheme}://${location.host}/v1/ws`);
   state.ws = ws;
+  state.connection += 1;
+  const connection = state.connection;
+  // A reconnect ends what the old socket had to say: as a room moves, an answer sent a
+  // moment too late draws `not_joined`, which handled after the reconnect would read as a
+  // refused join and end the call.
+  const current = () => state.connection === connection;
   setStatus('Connecting…');
   ws.addEventListener('open', () => {
     const { room, name, password, token, audio } = state.credentials;
@@ -742,13 +751,14 @@ function connect() {
     } catch {
       return;
     }
+    if (!current()) return;
     if (message.type === 'answer') {
       // Answers complete an offer that a queued step may be waiting on: never queue them
       // behind it.
       onPublisherAnswer(message.sdp).catch((err) => console.error('answer failed', err));
       return;
     }
-    enqueue(() => onMessage(message));
+    enqueue(() => (current() ? onMessage(message) : undefined));
   });
   ws.addEventListener('close', () => {
     if (state.ws !== ws) return;
@@ -758,6 +768,7 @@ function connect() {
 }
 
 function scheduleReconnect(reason) {
+  state.connection += 1;
   const first = !state.reconnecting;
   state.joined = false;
   state.reconnecting = true;

@@ -19,6 +19,9 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   broadcast: '',
   ws: null,
+  // Counts sockets and retries: what a socket that a retry replaced still had queued is
+  // dropped (see connect()).
+  connection: 0,
   sub: null,
   joined: false,
   participant: null,
@@ -114,6 +117,7 @@ function applyQuality() {
 }
 
 function retry(reason) {
+  state.connection += 1;
   state.joined = false;
   closeConnection();
   if (state.ws) {
@@ -204,6 +208,9 @@ function connect() {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   const ws = new WebSocket(`${scheme}://${location.host}/v1/ws`);
   state.ws = ws;
+  state.connection += 1;
+  const connection = state.connection;
+  const current = () => state.connection === connection;
   setStatus('Connecting…');
   ws.addEventListener('open', () => send({ type: 'join', room: state.broadcast, watch: true }));
   ws.addEventListener('message', (event) => {
@@ -213,7 +220,10 @@ function connect() {
     } catch {
       return;
     }
-    queue = queue.then(() => onMessage(message)).catch((err) => console.error('watch step failed', err));
+    if (!current()) return;
+    queue = queue
+      .then(() => (current() ? onMessage(message) : undefined))
+      .catch((err) => console.error('watch step failed', err));
   });
   ws.addEventListener('close', () => {
     if (state.ws !== ws) return;

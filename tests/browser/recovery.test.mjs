@@ -2,7 +2,8 @@
 // renderer process stopped with SIGSTOP, as a loaded or suspended machine does) is still in
 // the room afterwards and media comes back both ways; an ICE restart of both connections
 // keeps the session, the seat and the tracks. The other side sees a freeze, not a
-// departure.
+// departure. And a page told to rejoin (its room moved) is not talked out of it by what
+// the old socket still had queued.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -109,4 +110,61 @@ test('an ICE restart of both connections keeps the session and its media', async
   assert.ok(!seen.some((n) => n.includes('Student left')), `the teacher saw no departure: ${seen}`);
   await student.context().close();
   await teacher.context().close();
+});
+
+test('a page told to rejoin ignores what its replaced socket still had to say', async () => {
+  // The gateway's socket is scripted here, to replay in a fixed order what a room's move
+  // produced at random in the placement test: `reconnect`, then `not_joined` for an answer
+  // the page had sent a moment too late. The page once took that error for a refused
+  // join and ended the call.
+  const context = await teacherBrowser.newContext();
+  const page = await context.newPage();
+  // An offer keeps the page's signaling queue busy (applying it takes a few tasks), so
+  // that the two messages after it are both queued before the first is handled, as they
+  // were in the placement test.
+  const offer = await page.evaluate(async () => {
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver('audio', { direction: 'sendonly' });
+    pc.addTransceiver('video', { direction: 'sendonly' });
+    const { sdp } = await pc.createOffer();
+    pc.close();
+    return sdp;
+  });
+  const joins = [];
+  await page.routeWebSocket(/\/v1\/ws$/, (ws) => {
+    ws.onMessage((text) => {
+      const message = JSON.parse(text);
+      if (message.type !== 'join') return;
+      joins.push(message);
+      const joined = {
+        v: 1,
+        type: 'joined',
+        room: message.room,
+        participant: 'p-moved',
+        name: message.name,
+        publish: false,
+        subscribe: true,
+        participants: [],
+        ice_servers: [],
+        resume: 'resume-token',
+        simulcast: false,
+        audio: { profile: 'speech' },
+      };
+      ws.send(JSON.stringify(joined));
+      if (joins.length === 1) {
+        ws.send(JSON.stringify({ v: 1, type: 'offer', sdp: offer }));
+        ws.send(JSON.stringify({ v: 1, type: 'reconnect', reason: 'the room moved to another shard; join again' }));
+        ws.send(JSON.stringify({ v: 1, type: 'error', code: 'not_joined', message: 'send join first' }));
+      }
+    });
+  });
+  await page.goto(`${gateway.url}/?room=moving&name=Mover`);
+  await waitFor('a second join after the reconnect', () => joins.length, (n) => n >= 2, 20_000);
+  assert.equal(joins[1].resume, 'resume-token', 'the page came back as the same participant');
+  const shown = await waitFor('the page in the room again', () => page.evaluate(() => ({
+    joined: window.tutti.state.joined,
+    banner: document.querySelector('#banner').classList.contains('hidden') ? null : document.querySelector('#banner').dataset.code,
+  })), (s) => s.joined === true);
+  assert.equal(shown.banner, null, 'no error from the replaced socket is shown');
+  await context.close();
 });
