@@ -5,6 +5,7 @@
 //! keyframe throttling and speaker detection.
 
 pub mod codec;
+pub mod downlink;
 pub mod downtrack;
 pub mod feedback;
 pub mod keyframe;
@@ -12,6 +13,7 @@ pub mod loss;
 pub mod outgoing;
 pub mod picture_id;
 pub mod retransmit;
+pub mod send_history;
 pub mod sender_report;
 pub mod sequencer;
 pub mod simulcast;
