@@ -1,14 +1,19 @@
 //! The RTCP a subscriber sends, read by the shard itself once it has decrypted it: only
-//! the packets the shard acts on are parsed (keyframe requests, NACKs, receiver reports);
-//! the rest of a compound packet (SDES, transport-cc feedback, REMB, BYE) is stepped over
-//! by its length. Through `rtc`, every subscriber's feedback, most of it transport-cc
-//! arriving many times a second, went through a second SRTCP context, a full parse and
-//! the interceptor chain.
+//! the packets the shard acts on are parsed (keyframe requests, NACKs, receiver reports,
+//! transport-cc feedback for the downlink's bandwidth estimate); the rest of a compound
+//! packet (SDES, REMB, BYE) is stepped over by its length. Through `rtc`, every
+//! subscriber's feedback went through a second SRTCP context, a full parse and the
+//! interceptor chain.
+//!
+//! Transport-cc feedback is bounded before it is parsed: `rtc`'s parser reserves a delta
+//! for every packet the header claims before it checks that the bytes are there, so a
+//! forged count of 65,535 would cost a megabyte and a long loop per 20-byte packet.
 
 use rtc::rtcp::packet::Packet;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::{PacketStatusChunk, TransportLayerCc};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::marshal::Unmarshal;
 
@@ -21,6 +26,11 @@ const PAYLOAD_FEEDBACK: u8 = 206;
 const FMT_NACK: u8 = 1;
 const FMT_PLI: u8 = 1;
 const FMT_FIR: u8 = 4;
+const FMT_TRANSPORT_CC: u8 = 15;
+/// Packets one transport-cc feedback may report on. A browser reports every 50-100 ms,
+/// a few hundred packets at most; the shard remembers
+/// [`super::send_history::CAPACITY`] anyway, so larger reports are refused unread.
+pub const MAX_TRANSPORT_CC_STATUS: u16 = super::send_history::CAPACITY as u16;
 
 /// Reads the packets of the plain compound RTCP packet `compound` that the shard acts on
 /// into `out`. The walk stops at the first malformed packet, keeping those before it;
@@ -47,6 +57,7 @@ pub fn read(compound: &[u8], out: &mut Vec<Box<dyn Packet>>) -> bool {
             (TRANSPORT_FEEDBACK, FMT_NACK) => Some(unmarshal::<TransportLayerNack>(packet)),
             (PAYLOAD_FEEDBACK, FMT_PLI) => Some(unmarshal::<PictureLossIndication>(packet)),
             (PAYLOAD_FEEDBACK, FMT_FIR) => Some(unmarshal::<FullIntraRequest>(packet)),
+            (TRANSPORT_FEEDBACK, FMT_TRANSPORT_CC) => Some(transport_cc(packet)),
             _ => None,
         };
         match parsed {
@@ -56,6 +67,36 @@ pub fn read(compound: &[u8], out: &mut Vec<Box<dyn Packet>>) -> bool {
         }
     }
     true
+}
+
+/// Reads transport-cc feedback whose packet count is within bounds, its status chunks cut
+/// to that count (the parser keeps a last run-length chunk whole even where it runs past
+/// the count, and the conversion to acknowledgements would follow it).
+fn transport_cc(packet: &[u8]) -> Result<Box<dyn Packet>, rtc::shared::error::Error> {
+    // Header (4), sender and media SSRC (8), base sequence number (2), then the count.
+    let count = match packet.get(14..16) {
+        Some(bytes) => u16::from_be_bytes([bytes[0], bytes[1]]),
+        None => return Err(rtc::shared::error::Error::PacketTooShort),
+    };
+    if count > MAX_TRANSPORT_CC_STATUS {
+        return Err(rtc::shared::error::Error::PacketTooShort);
+    }
+    let mut bytes = packet;
+    let mut feedback = TransportLayerCc::unmarshal(&mut bytes)?;
+    let mut left = feedback.packet_status_count;
+    for chunk in &mut feedback.packet_chunks {
+        match chunk {
+            PacketStatusChunk::RunLengthChunk(run) => {
+                run.run_length = run.run_length.min(left);
+                left -= run.run_length;
+            }
+            PacketStatusChunk::StatusVectorChunk(vector) => {
+                vector.symbol_list.truncate(usize::from(left));
+                left -= vector.symbol_list.len() as u16;
+            }
+        }
+    }
+    Ok(Box::new(feedback))
 }
 
 fn unmarshal<P: Packet + Unmarshal + 'static>(
@@ -107,7 +148,9 @@ mod tests {
         ]);
         let mut out = Vec::new();
         assert!(read(&bytes, &mut out));
-        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert!(out[1].as_any().is::<TransportLayerCc>());
+        out.remove(1);
         let report = out[0]
             .as_any()
             .downcast_ref::<ReceiverReport>()
@@ -147,6 +190,54 @@ mod tests {
             assert!(out.is_empty(), "{junk:?}");
             assert_eq!(whole, junk.is_empty(), "{junk:?}");
         }
+    }
+
+    fn lost_run(count: u16, run_length: u16) -> TransportLayerCc {
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
+            RunLengthChunk, StatusChunkTypeTcc, SymbolTypeTcc,
+        };
+        TransportLayerCc {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            base_sequence_number: 100,
+            packet_status_count: count,
+            packet_chunks: vec![PacketStatusChunk::RunLengthChunk(RunLengthChunk {
+                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
+                packet_status_symbol: SymbolTypeTcc::PacketNotReceived,
+                run_length,
+            })],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn transport_cc_feedback_reports_on_no_more_packets_than_it_counts() {
+        // A last run that runs past the count: the acknowledgements stop at the count.
+        let bytes = compound(vec![Box::new(lost_run(10, 8000))]);
+        let mut out = Vec::new();
+        assert!(read(&bytes, &mut out));
+        let feedback = out[0]
+            .as_any()
+            .downcast_ref::<TransportLayerCc>()
+            .expect("transport-cc");
+        let acks = rtc::interceptor::convert_twcc(feedback);
+        assert_eq!(acks.len(), 10);
+        assert_eq!(acks[9].sequence_number, 109);
+    }
+
+    #[test]
+    fn transport_cc_feedback_claiming_too_many_packets_is_refused_unread() {
+        let bytes = compound(vec![Box::new(lost_run(MAX_TRANSPORT_CC_STATUS + 1, 8000))]);
+        let mut out = Vec::new();
+        assert!(!read(&bytes, &mut out));
+        assert!(out.is_empty());
+        // The bound is the shard's memory of what it sent: a report that long is not needed.
+        let bytes = compound(vec![Box::new(lost_run(MAX_TRANSPORT_CC_STATUS, 8000))]);
+        assert!(read(&bytes, &mut out));
+        assert_eq!(out.len(), 1);
+        // Too short to hold its count: refused.
+        let mut out = Vec::new();
+        assert!(!read(&[0x8f, 205, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2], &mut out));
     }
 
     #[test]

@@ -243,6 +243,9 @@ pub(crate) struct Peer {
     srtcp: Option<crate::srtp::SrtpReceiver>,
     /// The connection's next transport-wide sequence number.
     transport_seq: u16,
+    /// Subscriber: the bandwidth estimate of its downlink, from its transport-cc feedback;
+    /// made when the first packet stamped for it leaves.
+    downlink: Option<Box<crate::media::downlink::DownlinkEstimate>>,
     /// Where its packets go: the ICE selected pair's remote address and protocol.
     route: Option<(SocketAddr, TransportProtocol)>,
     /// A relay pipe to another shard (`pipe.rs`): no connection, keys from the relay's
@@ -415,6 +418,15 @@ impl ShardCore {
             }
             None => false,
         }
+    }
+
+    /// The downlink estimate of `session`'s subscriber connection: bits per second and the
+    /// round trip, once its feedback has been read.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn downlink_estimate(&self, session: SessionId) -> Option<(f64, Option<Duration>)> {
+        let key = self.registry.session(session)?.subscriber?;
+        let estimate = self.transport.peer(key)?.downlink.as_ref()?;
+        Some((estimate.target_bps(), estimate.rtt()))
     }
 
     /// The metrics this core updates.
@@ -1182,6 +1194,7 @@ impl Peer {
             srtp: None,
             srtcp: None,
             transport_seq: 0,
+            downlink: None,
             route: None,
             pipe: false,
         }

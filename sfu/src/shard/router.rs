@@ -24,6 +24,7 @@ use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::shared::marshal::MarshalSize;
@@ -263,7 +264,10 @@ impl MediaRouter {
             let sent = subscriber.send_rtp(&entry.extensions, &out, index, |payload| {
                 picture_ids.forward(ssrc, payload)
             });
-            if sent {
+            if let Some(wire) = sent {
+                if entry.extensions.transport_cc.is_some() {
+                    subscriber.stamped_sent(stamp.transport_seq, wire, now);
+                }
                 entry.sent.sent(now, rewritten.timestamp, payload.len());
                 metrics.rtp_forwarded_packets.inc();
                 metrics.rtp_forwarded_bytes.inc_by(size);
@@ -354,6 +358,12 @@ impl MediaRouter {
                 for block in &report.reports {
                     self.on_reception_report(transport, key, block.ssrc, block.fraction_lost);
                 }
+            } else if let Some(feedback) = any.downcast_ref::<TransportLayerCc>()
+                && let Some(downlink) = transport
+                    .peer_mut(key)
+                    .and_then(|peer| peer.downlink.as_mut())
+            {
+                downlink.on_feedback(now, feedback);
             }
         }
         requests
@@ -470,9 +480,14 @@ impl MediaRouter {
             };
             let index = entry.rollover.index(out_seq);
             let picture_ids = &entry.picture_ids;
-            if peer.send_rtp(&entry.extensions, &out, index, |payload| {
-                picture_ids.retransmission(source.ssrc, payload)
-            }) {
+            // A resend repeats its first send's transport-wide number, which the downlink
+            // estimate already holds with its first departure.
+            if peer
+                .send_rtp(&entry.extensions, &out, index, |payload| {
+                    picture_ids.retransmission(source.ssrc, payload)
+                })
+                .is_some()
+            {
                 metrics.retransmissions.inc();
             }
         }

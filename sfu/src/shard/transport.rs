@@ -9,6 +9,7 @@
 use super::guarded::MovedIn;
 use super::{Peer, PeerKey, SessionId};
 use crate::demux::Demux;
+use crate::media::downlink::DownlinkEstimate;
 use crate::media::feedback;
 use crate::media::outgoing::{self, ExtensionIds, OutPacket, SendStamp, abs_send_time};
 use crate::metrics::{DropReason, ShardMetrics};
@@ -110,21 +111,17 @@ impl PeerTx<'_> {
 
     /// Writes `packet` with the extensions `ids` names into a reused buffer, lets `patch`
     /// change its payload there, protects it as SRTP packet `index` and queues it for the
-    /// connection's selected address. False when it cannot go out (no keys, no selected
-    /// pair).
+    /// connection's selected address; returns its size on the wire. `None` when it cannot
+    /// go out (no keys, no selected pair).
     pub(super) fn send_rtp(
         &mut self,
         ids: &ExtensionIds,
         packet: &OutPacket<'_>,
         index: u64,
         patch: impl FnOnce(&mut [u8]),
-    ) -> bool {
-        let Some(srtp) = &self.peer.srtp else {
-            return false;
-        };
-        let Some((to, protocol)) = self.peer.route else {
-            return false;
-        };
+    ) -> Option<usize> {
+        let srtp = self.peer.srtp.as_ref()?;
+        let (to, protocol) = self.peer.route?;
         let needed = outgoing::MAX_HEADER_LEN + packet.payload.len() + srtp.tag_len();
         let mut buf = match self.spare.pop() {
             Some(buf) if needed <= MAX_DATAGRAM => buf,
@@ -144,13 +141,23 @@ impl PeerTx<'_> {
             .is_err()
         {
             self.spare.push(buf);
-            return false;
+            return None;
         }
+        let size = buf.len();
         match protocol {
             TransportProtocol::TCP => self.tcp_transmits.push((to, buf)),
             _ => self.transmits.push((to, buf)),
         }
-        true
+        Some(size)
+    }
+
+    /// A packet first sent now under transport-wide sequence number `seq`, `size` bytes
+    /// on the wire: remembered for the downlink estimate, which starts with the first.
+    pub(super) fn stamped_sent(&mut self, seq: u16, size: usize, now: Instant) {
+        self.peer
+            .downlink
+            .get_or_insert_with(|| Box::new(DownlinkEstimate::new(now)))
+            .on_sent(seq, size, now);
     }
 }
 

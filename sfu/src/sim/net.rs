@@ -32,6 +32,12 @@ pub struct LinkParams {
     pub jitter: Duration,
     /// What it loses.
     pub loss: Loss,
+    /// A bottleneck: datagrams queue to leave at this rate (bits per second), and one
+    /// that would wait longer than `max_queue` is dropped, as a router's drop-tail queue
+    /// does. `None`: no limit.
+    pub rate_bps: Option<u64>,
+    /// The longest a datagram waits at the bottleneck.
+    pub max_queue: Duration,
 }
 
 impl Default for LinkParams {
@@ -40,6 +46,8 @@ impl Default for LinkParams {
             delay: Duration::from_millis(5),
             jitter: Duration::ZERO,
             loss: Loss::None,
+            rate_bps: None,
+            max_queue: Duration::from_millis(200),
         }
     }
 }
@@ -68,6 +76,8 @@ struct LinkState {
     params: LinkParams,
     /// When the last datagram on this link is delivered: the next one is not earlier.
     last_due: Option<Instant>,
+    /// When the bottleneck has sent everything queued so far.
+    bottleneck_free: Option<Instant>,
     rtp_seen: u64,
     dropped: u64,
     /// A digest of each SRTP packet sent, by (SSRC, sequence number): its packet index
@@ -153,13 +163,23 @@ impl Net {
             link.dropped += 1;
             return;
         }
+        let mut leaves = now;
+        if let Some(rate) = link.params.rate_bps.filter(|r| *r > 0) {
+            let start = link.bottleneck_free.map_or(now, |free| free.max(now));
+            if start.saturating_duration_since(now) > link.params.max_queue {
+                link.dropped += 1;
+                return;
+            }
+            leaves = start + Duration::from_secs_f64(bytes.len() as f64 * 8.0 / rate as f64);
+            link.bottleneck_free = Some(leaves);
+        }
         let jitter = if link.params.jitter.is_zero() {
             Duration::ZERO
         } else {
             let micros = link.params.jitter.as_micros() as u64;
             Duration::from_micros(self.rng.random_range(0..=micros))
         };
-        let mut due = now + link.params.delay + jitter;
+        let mut due = leaves + link.params.delay + jitter;
         if let Some(last) = link.last_due
             && due < last
         {
@@ -232,6 +252,7 @@ mod tests {
                 delay: Duration::from_millis(40),
                 jitter: Duration::from_millis(30),
                 loss: Loss::RtpSeqMultipleOf(5),
+                ..LinkParams::default()
             },
         );
         for seq in 1..=20u16 {
@@ -245,5 +266,35 @@ mod tests {
         // The other direction has the default link.
         net.send(t0, b, a, rtp(1));
         assert_eq!(net.next_due(), Some(t0 + Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_bottleneck_queues_at_its_rate_and_drops_what_waits_too_long() {
+        let t0 = Instant::now();
+        let (a, b) = (addr("10.0.0.1:1"), addr("10.0.1.1:2"));
+        let mut net = Net::new(LinkParams::default(), 7);
+        net.set_link(
+            a.ip(),
+            b.ip(),
+            LinkParams {
+                delay: Duration::from_millis(10),
+                rate_bps: Some(100_000),
+                max_queue: Duration::from_millis(100),
+                ..LinkParams::default()
+            },
+        );
+        // 125-byte datagrams take 10 ms each at 100 kbit/s; 20 sent at once.
+        for seq in 1..=20u16 {
+            let mut bytes = rtp(seq);
+            bytes.resize(125, 0);
+            net.send(t0, a, b, bytes);
+        }
+        // The first leaves at 10 ms, arrives at 20; each next one 10 ms later.
+        assert!(net.pop_due(t0 + Duration::from_millis(19)).is_empty());
+        assert_eq!(net.pop_due(t0 + Duration::from_millis(20)).len(), 1);
+        let rest = net.pop_due(t0 + Duration::from_secs(1));
+        // Those that would have waited more than 100 ms were dropped.
+        assert_eq!(rest.len() + 1, 11);
+        assert_eq!(net.dropped(a.ip(), b.ip()), 9);
     }
 }

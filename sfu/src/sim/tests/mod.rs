@@ -163,6 +163,7 @@ fn lossy_video_viewer(sim: &mut Sim) -> (usize, String) {
             delay: Duration::from_millis(20),
             jitter: Duration::ZERO,
             loss: Loss::EveryNthRtp(10),
+            ..LinkParams::default()
         },
     );
     let track = receive(sim, bob, "alice", TrackKind::Video, 50);
@@ -671,3 +672,53 @@ fn viewers_get_transport_wide_sequence_numbers_and_sender_reports() {
 }
 
 mod pipe;
+
+/// Alice sends 1 Mbit/s of video to Bob, whose downlink carries 400 kbit/s, and to Carol,
+/// whose downlink has room: the transport-cc feedback of each (sent by rtc's own TWCC
+/// receiver in the simulated browser) reaches the shard's estimate, which finds Bob's
+/// bottleneck and leaves Carol's alone. The shard does not yet send less because of it.
+#[test]
+fn each_subscribers_feedback_drives_its_own_downlink_estimate() {
+    let mut sim = Sim::with_defaults().unwrap();
+    sim.join(
+        "room",
+        "alice",
+        publishing(
+            None,
+            Some(VideoSpec {
+                bitrate: 1_000_000,
+                ..VideoSpec::single()
+            }),
+        ),
+    )
+    .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    let carol = sim.join("room", "carol", viewer()).unwrap();
+    sim.net.set_link(
+        SHARD.ip(),
+        client_addr(bob).ip(),
+        LinkParams {
+            delay: Duration::from_millis(20),
+            rate_bps: Some(400_000),
+            ..LinkParams::default()
+        },
+    );
+    receive(&mut sim, carol, "alice", TrackKind::Video, 50);
+    sim.run_for(Duration::from_secs(8));
+    let estimate = |sim: &mut Sim, who: usize| {
+        let session = sim.client(who).session;
+        sim.core()
+            .downlink_estimate(session)
+            .expect("an estimate from the subscriber's feedback")
+    };
+    let (bob_bps, bob_rtt) = estimate(&mut sim, bob);
+    let (carol_bps, carol_rtt) = estimate(&mut sim, carol);
+    assert!(bob_bps < 400_000.0, "Bob's 400 kbit/s downlink: {bob_bps}");
+    assert!(
+        carol_bps >= crate::media::downlink::INITIAL_BPS,
+        "Carol's downlink has room: {carol_bps}"
+    );
+    // Bob's queue shows in his round trip: more than the 25 ms of links alone.
+    let (bob_rtt, carol_rtt) = (bob_rtt.expect("Bob's rtt"), carol_rtt.expect("Carol's rtt"));
+    assert!(bob_rtt > carol_rtt, "{bob_rtt:?} against {carol_rtt:?}");
+}
