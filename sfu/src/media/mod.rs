@@ -4,6 +4,7 @@
 //! its own: codec inspection, sequence and picture-ID rewriting, layer choice, retransmission,
 //! keyframe throttling and speaker detection.
 
+pub mod allocation;
 pub mod codec;
 pub mod downlink;
 pub mod downtrack;
