@@ -6,8 +6,9 @@
 //! a delta frame it has no reference for; until then the subscriber keeps the layer it
 //! had (or nothing, when it just joined) and a keyframe is requested for the new one.
 
+use super::allocation::Allotment;
 use super::sequencer::{Rewritten, Sequencer, SourcePosition};
-use super::simulcast::{Quality, select_layer};
+use super::simulcast::{Quality, select_layer_up_to};
 use std::time::{Duration, Instant};
 use tutti_service::ratelimit::TokenBucket;
 
@@ -28,6 +29,8 @@ pub struct Decision {
 pub struct Downtrack {
     video: bool,
     target: Quality,
+    /// What the subscriber's downlink lets it receive (video only).
+    allotment: Allotment,
     current: Option<usize>,
     pending: Option<(usize, Instant)>,
     sequencer: Sequencer,
@@ -40,6 +43,7 @@ impl Downtrack {
         Self {
             video,
             target: Quality::High,
+            allotment: Allotment::UpTo(u8::MAX),
             current: None,
             pending: None,
             sequencer: Sequencer::new(clock_rate),
@@ -55,6 +59,23 @@ impl Downtrack {
     /// The quality the subscriber asked for.
     pub fn target(&self) -> Quality {
         self.target
+    }
+
+    /// What the subscriber's downlink allows this track (see [`super::allocation`]): a
+    /// lower cap moves it down at the lower layer's next keyframe; `Paused` stops it at
+    /// once, and it resumes on a keyframe, continuing the stream without a gap.
+    pub fn set_allotment(&mut self, allotment: Allotment) {
+        if self.video && allotment == Allotment::Paused && self.allotment != Allotment::Paused {
+            self.current = None;
+            self.pending = None;
+            self.sequencer.pause();
+        }
+        self.allotment = allotment;
+    }
+
+    /// What the subscriber's downlink allows this track.
+    pub fn allotment(&self) -> Allotment {
+        self.allotment
     }
 
     /// The layer index currently forwarded.
@@ -79,8 +100,17 @@ impl Downtrack {
                 request_keyframe: None,
             };
         }
+        let max_rank = match self.allotment {
+            Allotment::Paused => {
+                return Decision {
+                    forward: None,
+                    request_keyframe: None,
+                };
+            }
+            Allotment::UpTo(rank) => rank.min(self.target.rank()),
+        };
         let mut request_keyframe = None;
-        let desired = select_layer(layers, self.target);
+        let desired = select_layer_up_to(layers, max_rank);
         if let Some(desired) = desired {
             let waiting_for = self.pending.map(|(pending, _)| pending);
             if Some(desired) == self.current {
@@ -240,6 +270,83 @@ mod tests {
                 .is_some()
         );
         assert_eq!(down.current_layer(), Some(1));
+    }
+
+    #[test]
+    fn a_lower_allotment_moves_down_on_the_lower_layers_keyframe() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        let high = down
+            .on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0)
+            .forward
+            .expect("high layer");
+        down.set_allotment(Allotment::UpTo(0));
+        let asked = down.on_packet(&SIMULCAST, 2, false, (102, 2, 0), t0);
+        assert_eq!(asked.request_keyframe, Some(0));
+        assert!(
+            asked.forward.is_some(),
+            "the high layer flows until the switch"
+        );
+        let low = down
+            .on_packet(&SIMULCAST, 0, true, (100, 9, 3000), t0)
+            .forward
+            .expect("switched down");
+        assert_eq!(low.seq, high.seq.wrapping_add(2));
+        assert_eq!(down.current_layer(), Some(0));
+        // The subscriber's own wish still caps it: asked for low, allowed all.
+        down.set_allotment(Allotment::UpTo(u8::MAX));
+        down.set_target(Quality::Low);
+        assert_eq!(
+            down.on_packet(&SIMULCAST, 0, false, (100, 10, 3000), t0)
+                .request_keyframe,
+            None
+        );
+    }
+
+    #[test]
+    fn a_paused_track_sends_nothing_and_resumes_on_a_keyframe_without_a_gap() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        let single = [(0u8, true)];
+        down.on_packet(&single, 0, true, (1, 10, 0), t0);
+        let last = down
+            .on_packet(&single, 0, false, (1, 11, 0), t0)
+            .forward
+            .expect("flowing");
+        down.set_allotment(Allotment::Paused);
+        for seq in 12..50u16 {
+            let decision = down.on_packet(&single, 0, seq % 10 == 0, (1, seq, 3000), t0);
+            assert_eq!(
+                decision,
+                Decision {
+                    forward: None,
+                    request_keyframe: None
+                }
+            );
+        }
+        down.set_allotment(Allotment::UpTo(u8::MAX));
+        let later = t0 + Duration::from_secs(2);
+        let asked = down.on_packet(&single, 0, false, (1, 50, 180_000), later);
+        assert_eq!(asked.forward, None, "not before a keyframe");
+        assert_eq!(asked.request_keyframe, Some(0));
+        let resumed = down
+            .on_packet(&single, 0, true, (1, 51, 183_000), later)
+            .forward
+            .expect("resumed on the keyframe");
+        assert_eq!(resumed.seq, last.seq.wrapping_add(1), "no gap to repair");
+        assert!(resumed.timestamp.wrapping_sub(last.timestamp) >= 90_000 * 2);
+    }
+
+    #[test]
+    fn audio_is_never_paused() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(false, 48_000);
+        down.set_allotment(Allotment::Paused);
+        assert!(
+            down.on_packet(&[(0, true)], 0, false, (5, 1, 960), t0)
+                .forward
+                .is_some()
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct Sequencer {
     last_out: Option<(u16, u32, Instant)>,
     /// Highest source sequence number seen in the current segment.
     last_in_seq: u16,
+    /// Forwarding stopped for a while ([`Self::pause`]): the next packet starts a segment
+    /// even from the same source, so the stream continues right after the last packet sent
+    /// instead of leaving a gap the subscriber would ask to have repaired.
+    paused: bool,
 }
 
 impl Sequencer {
@@ -67,7 +71,14 @@ impl Sequencer {
             segments: VecDeque::new(),
             last_out: None,
             last_in_seq: 0,
+            paused: false,
         }
+    }
+
+    /// The shard stops forwarding this stream for now (the subscriber's downlink cannot
+    /// carry it); whatever it forwards next follows on from the last packet sent.
+    pub fn pause(&mut self) {
+        self.paused = true;
     }
 
     fn current(&self) -> Option<&Segment> {
@@ -75,6 +86,7 @@ impl Sequencer {
     }
 
     fn push_segment(&mut self, segment: Segment) {
+        self.paused = false;
         if self.segments.len() == MAX_SEGMENTS {
             self.segments.pop_front();
         }
@@ -83,8 +95,10 @@ impl Sequencer {
 
     /// Whether the next packet of `ssrc` starts a new segment (a source switch).
     pub fn is_switch(&self, ssrc: u32) -> bool {
-        self.current()
-            .is_none_or(|segment| segment.source_ssrc != ssrc)
+        self.paused
+            || self
+                .current()
+                .is_none_or(|segment| segment.source_ssrc != ssrc)
     }
 
     /// Rewrites a source packet. A packet from a different source than the current

@@ -37,10 +37,16 @@ pub fn rank_layers(rids: &[&str]) -> Vec<u8> {
 /// Picks the layer to forward: the highest-ranked active layer at or below the target,
 /// else the lowest-ranked active layer. `layers` holds `(rank, active)`; returns an index.
 pub fn select_layer(layers: &[(u8, bool)], target: Quality) -> Option<usize> {
+    select_layer_up_to(layers, target.rank())
+}
+
+/// [`select_layer`] for a rank: the highest-ranked active layer at or below `max_rank`,
+/// else the lowest-ranked active layer.
+pub fn select_layer_up_to(layers: &[(u8, bool)], max_rank: u8) -> Option<usize> {
     let at_or_below = layers
         .iter()
         .enumerate()
-        .filter(|(_, (rank, active))| *active && *rank <= target.rank())
+        .filter(|(_, (rank, active))| *active && *rank <= max_rank)
         .max_by_key(|(_, (rank, _))| *rank)
         .map(|(index, _)| index);
     at_or_below.or_else(|| {
