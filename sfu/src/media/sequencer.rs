@@ -26,6 +26,8 @@ struct Segment {
     first_out: u16,
     seq_offset: u16,
     ts_offset: u32,
+    /// Padding the shard sent on its own (a bandwidth probe): no source behind it.
+    padding: bool,
 }
 
 /// A rewritten packet position.
@@ -61,6 +63,10 @@ pub struct Sequencer {
     /// even from the same source, so the stream continues right after the last packet sent
     /// instead of leaving a gap the subscriber would ask to have repaired.
     paused: bool,
+    /// Padding sent since the last media packet: the media segment it interrupted, and
+    /// how many padding packets. The same source then goes on with its offsets shifted by
+    /// that many, so that its own gaps (real losses) stay visible and repairable.
+    after_padding: Option<(Segment, u16)>,
 }
 
 impl Sequencer {
@@ -72,6 +78,7 @@ impl Sequencer {
             last_out: None,
             last_in_seq: 0,
             paused: false,
+            after_padding: None,
         }
     }
 
@@ -86,7 +93,6 @@ impl Sequencer {
     }
 
     fn push_segment(&mut self, segment: Segment) {
-        self.paused = false;
         if self.segments.len() == MAX_SEGMENTS {
             self.segments.pop_front();
         }
@@ -98,7 +104,36 @@ impl Sequencer {
         self.paused
             || self
                 .current()
-                .is_none_or(|segment| segment.source_ssrc != ssrc)
+                .is_none_or(|segment| segment.padding || segment.source_ssrc != ssrc)
+    }
+
+    /// The next outgoing position for a padding-only packet (a bandwidth probe), right
+    /// after the last packet sent and with its timestamp; `None` before any media went out.
+    /// A NACK for it maps to nothing.
+    pub fn padding(&mut self) -> Option<Rewritten> {
+        let (last_seq, last_ts, sent_at) = self.last_out?;
+        let out = last_seq.wrapping_add(1);
+        match &mut self.after_padding {
+            Some((_, count)) => *count = count.wrapping_add(1),
+            None => {
+                let media = *self.current()?;
+                self.after_padding = Some((media, 1));
+                self.push_segment(Segment {
+                    source_ssrc: media.source_ssrc,
+                    first_out: out,
+                    seq_offset: 0,
+                    ts_offset: 0,
+                    padding: true,
+                });
+            }
+        }
+        // The send instant stays the last media packet's: a later switch counts its
+        // timestamp step from there.
+        self.last_out = Some((out, last_ts, sent_at));
+        Some(Rewritten {
+            seq: out,
+            timestamp: last_ts,
+        })
     }
 
     /// Rewrites a source packet. A packet from a different source than the current
@@ -113,25 +148,39 @@ impl Sequencer {
         now: Instant,
     ) -> Option<Rewritten> {
         if self.is_switch(ssrc) {
-            let (seq_offset, ts_offset) = match self.last_out {
-                None => (0, 0),
-                Some((last_seq, last_ts, sent_at)) => {
+            let resumed = self
+                .after_padding
+                .take()
+                .filter(|(media, _)| !self.paused && media.source_ssrc == ssrc);
+            let (seq_offset, ts_offset, first_out) = match (resumed, self.last_out) {
+                (_, None) => (0, 0, seq),
+                // The same source after padding: shifted past it, its timing untouched.
+                (Some((media, count)), Some((last_seq, _, _))) => (
+                    media.seq_offset.wrapping_add(count),
+                    media.ts_offset,
+                    last_seq.wrapping_add(1),
+                ),
+                (None, Some((last_seq, last_ts, sent_at))) => {
                     let elapsed = now.saturating_duration_since(sent_at);
                     // At least one tick, so two frames never share a timestamp.
                     let ticks = (elapsed.as_micros() * u128::from(self.clock_rate) / 1_000_000)
                         .clamp(1, u128::from(u32::MAX / 2)) as u32;
+                    let seq_offset = last_seq.wrapping_add(1).wrapping_sub(seq);
                     (
-                        last_seq.wrapping_add(1).wrapping_sub(seq),
+                        seq_offset,
                         last_ts.wrapping_add(ticks).wrapping_sub(timestamp),
+                        seq.wrapping_add(seq_offset),
                     )
                 }
             };
             self.push_segment(Segment {
                 source_ssrc: ssrc,
-                first_out: seq.wrapping_add(seq_offset),
+                first_out,
                 seq_offset,
                 ts_offset,
+                padding: false,
             });
+            self.paused = false;
             self.last_in_seq = seq;
         } else if seq_newer(seq, self.last_in_seq) {
             self.last_in_seq = seq;
@@ -161,7 +210,8 @@ impl Sequencer {
         let Some(current) = self.current().copied() else {
             return;
         };
-        if current.source_ssrc != ssrc || seq != self.last_in_seq.wrapping_add(1) {
+        if current.padding || current.source_ssrc != ssrc || seq != self.last_in_seq.wrapping_add(1)
+        {
             return;
         }
         self.last_in_seq = seq;
@@ -171,6 +221,7 @@ impl Sequencer {
             first_out: seq.wrapping_add(1).wrapping_add(seq_offset),
             seq_offset,
             ts_offset: current.ts_offset,
+            padding: false,
         });
     }
 
@@ -185,6 +236,7 @@ impl Sequencer {
             .iter()
             .rev()
             .find(|segment| !seq_newer(segment.first_out, out_seq))
+            .filter(|segment| !segment.padding)
             .map(|segment| SourcePosition {
                 ssrc: segment.source_ssrc,
                 seq: out_seq.wrapping_sub(segment.seq_offset),
@@ -245,6 +297,43 @@ mod tests {
         let c = seq.rewrite(1, 12, 1920, t0).unwrap();
         let b = seq.rewrite(1, 11, 960, t0).unwrap();
         assert_eq!((a.seq, b.seq, c.seq), (10, 11, 12));
+    }
+
+    #[test]
+    fn padding_takes_the_next_numbers_and_the_source_goes_on_after_it() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        assert_eq!(seq.padding(), None, "nothing to follow yet");
+        let a = seq.rewrite(7, 100, 1000, t0).unwrap();
+        let p1 = seq.padding().unwrap();
+        let p2 = seq.padding().unwrap();
+        assert_eq!((p1.seq, p2.seq), (a.seq + 1, a.seq + 2));
+        assert_eq!((p1.timestamp, p2.timestamp), (a.timestamp, a.timestamp));
+        let later = t0 + Duration::from_millis(33);
+        let b = seq.rewrite(7, 101, 3970, later).unwrap();
+        assert_eq!(b.seq, a.seq + 3);
+        assert_eq!(b.timestamp, 3970, "the source's own timing, untouched");
+        // NACKs: padding maps to nothing, media to its source.
+        assert_eq!(seq.source_of(p1.seq), None);
+        assert_eq!(seq.source_of(p2.seq), None);
+        assert_eq!(seq.source_of(a.seq).unwrap().seq, 100);
+        assert_eq!(seq.source_of(b.seq).unwrap().seq, 101);
+    }
+
+    #[test]
+    fn a_loss_right_after_padding_stays_a_gap_and_its_repair_gets_through() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        let a = seq.rewrite(7, 100, 0, t0).unwrap();
+        seq.padding().unwrap();
+        // 101 is lost on the way to the shard; 102 comes first.
+        let c = seq.rewrite(7, 102, 6000, t0).unwrap();
+        assert_eq!(c.seq, a.seq + 3, "a gap where 101 belongs");
+        let late = seq
+            .rewrite(7, 101, 3000, t0)
+            .expect("the repair is forwarded");
+        assert_eq!(late.seq, a.seq + 2);
+        assert_eq!(seq.source_of(late.seq).unwrap().seq, 101);
     }
 
     #[test]
