@@ -7,6 +7,7 @@
 //! The estimate says how many bits per second the path to the subscriber carries; the
 //! shard decides what to send within it.
 
+use super::probe::Evidence;
 use super::send_history::SendHistory;
 use rtc::interceptor::{
     Acknowledgement, BandwidthEstimator, GCC_MAX_BITRATE, Gcc, PacketReport, convert_twcc,
@@ -28,6 +29,10 @@ pub struct DownlinkEstimate {
     rtt: Option<Duration>,
     /// Reused for each feedback's reports.
     reports: Vec<PacketReport>,
+    /// Congestion seen and packets acknowledged so far, for probes to compare.
+    evidence: Evidence,
+    /// A rate a probe proved the path carries, counted until the estimate next goes down.
+    proven_bps: Option<f64>,
 }
 
 impl std::fmt::Debug for DownlinkEstimate {
@@ -47,6 +52,8 @@ impl DownlinkEstimate {
             gcc: Gcc::new(INITIAL_BPS, MIN_BPS, GCC_MAX_BITRATE),
             rtt: None,
             reports: Vec::new(),
+            evidence: Evidence::default(),
+            proven_bps: None,
         }
     }
 
@@ -68,7 +75,36 @@ impl DownlinkEstimate {
         if let Some(newest) = self.reports.iter().rev().find(|r| r.arrived) {
             self.rtt = Some(now.saturating_duration_since(newest.departure));
         }
+        let arrived = self.reports.iter().filter(|r| r.arrived).count() as u64;
+        self.evidence.arrived += arrived;
+        self.evidence.lost += self.reports.len() as u64 - arrived;
+        let before = self.gcc.target_bitrate();
         self.gcc.on_reports(now, &self.reports);
+        if self.gcc.target_bitrate() < before {
+            self.evidence.decreases += 1;
+            self.proven_bps = None;
+        }
+    }
+
+    /// What the estimate has seen so far, for a probe to judge by.
+    pub fn evidence(&self) -> Evidence {
+        self.evidence
+    }
+
+    /// Whether the path has ever been congested: until then nothing is held back.
+    pub fn congested_once(&self) -> bool {
+        self.evidence.decreases > 0
+    }
+
+    /// A probe proved the path carries `bps`.
+    pub fn prove(&mut self, bps: f64) {
+        self.proven_bps = Some(self.proven_bps.map_or(bps, |p| p.max(bps)));
+    }
+
+    /// What the shard may send the subscriber: the estimate, or more if a probe proved
+    /// more since the estimate last went down.
+    pub fn usable_bps(&self) -> f64 {
+        self.target_bps().max(self.proven_bps.unwrap_or(0.0))
     }
 
     /// What the path to the subscriber carries, in bits per second.
@@ -232,6 +268,41 @@ mod tests {
         );
         let (low, high) = (*low.last().expect("low"), *high.last().expect("high"));
         assert!(high > 2.0 * low, "from {low} to {high}");
+    }
+
+    #[test]
+    fn congestion_is_counted_and_ends_what_a_probe_proved() {
+        let start = Instant::now();
+        let mut estimate = DownlinkEstimate::new(start);
+        let mut seq = 0;
+        run(
+            &mut estimate,
+            &mut Bottleneck::new(5_000_000.0),
+            start,
+            &mut seq,
+            400_000.0,
+            3,
+        );
+        assert!(!estimate.congested_once());
+        let seen = estimate.evidence();
+        assert!(seen.arrived > 100 && seen.lost == 0, "{seen:?}");
+        estimate.prove(2_000_000.0);
+        assert_eq!(estimate.usable_bps(), 2_000_000.0);
+        run(
+            &mut estimate,
+            &mut Bottleneck::new(300_000.0),
+            start + Duration::from_secs(3),
+            &mut seq,
+            1_000_000.0,
+            3,
+        );
+        assert!(estimate.congested_once());
+        assert!(estimate.evidence().decreases > seen.decreases);
+        assert_eq!(
+            estimate.usable_bps(),
+            estimate.target_bps(),
+            "the proof is void"
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod keyframe;
 pub mod loss;
 pub mod outgoing;
 pub mod picture_id;
+pub mod probe;
+pub mod rate;
 pub mod retransmit;
 pub mod send_history;
 pub mod sender_report;

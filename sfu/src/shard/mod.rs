@@ -260,6 +260,8 @@ pub(crate) struct Layer {
     /// The publisher connection's receiver; `None` for a relayed track.
     receiver: Option<RTCRtpReceiverId>,
     last_packet: Option<Instant>,
+    /// What the layer brings in: what it costs each subscriber's downlink.
+    rate: crate::media::rate::RateMeter,
     buffer: Option<RetransmitBuffer>,
     throttle: KeyframeThrottle,
 }

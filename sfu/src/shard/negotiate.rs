@@ -727,6 +727,7 @@ impl ShardCore {
                 ssrc: (*name == rid.as_str() || rids.is_empty()).then_some(init.ssrc),
                 receiver: Some(init.receiver_id),
                 last_packet: None,
+                rate: Default::default(),
                 buffer: video
                     .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
                 throttle: KeyframeThrottle::new(interval),

@@ -286,6 +286,7 @@ fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration
         ssrc: None,
         receiver: None,
         last_packet: None,
+        rate: Default::default(),
         buffer: (kind == TrackKind::Video)
             .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
         throttle: KeyframeThrottle::new(interval),

@@ -142,9 +142,8 @@ impl MediaRouter {
     ) -> KeyframesWanted {
         let mut keyframe_wanted: KeyframesWanted = [false; MAX_LAYERS];
         metrics.rtp_received_packets.inc();
-        metrics
-            .rtp_received_bytes
-            .inc_by((packet.header.marshal_size() + packet.payload.len()) as u64);
+        let received = packet.header.marshal_size() + packet.payload.len();
+        metrics.rtp_received_bytes.inc_by(received as u64);
         let Self { tracks, speakers } = self;
         let Some(track) = tracks.get_mut(&track_key) else {
             return keyframe_wanted;
@@ -175,6 +174,7 @@ impl MediaRouter {
             return keyframe_wanted;
         };
         layer.last_packet = Some(now);
+        layer.rate.add(now, received);
         if keyframe {
             layer.throttle.keyframe_received();
         }

@@ -1,0 +1,71 @@
+//! The bit rate of a stream as the shard receives it, over the last whole second: what a
+//! layer costs a subscriber's downlink, for sharing it among tracks.
+
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// Counts bytes in one-second windows; reports the last complete one.
+#[derive(Debug, Default, Clone)]
+pub struct RateMeter {
+    window_start: Option<Instant>,
+    bytes: u64,
+    last_bps: Option<f64>,
+}
+
+impl RateMeter {
+    /// `bytes` arrived at `now`.
+    pub fn add(&mut self, now: Instant, bytes: usize) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= WINDOW {
+            // A stream silent for longer than a window had nothing in the windows between.
+            self.last_bps = Some(if elapsed >= 2 * WINDOW {
+                0.0
+            } else {
+                self.bytes as f64 * 8.0 / elapsed.as_secs_f64()
+            });
+            self.window_start = Some(now);
+            self.bytes = 0;
+        }
+        self.bytes += bytes as u64;
+    }
+
+    /// Bits per second over the last complete window; until one completes, what has
+    /// arrived so far counted as a whole second's worth.
+    pub fn bps(&self) -> f64 {
+        self.last_bps.unwrap_or(self.bytes as f64 * 8.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_the_last_whole_second() {
+        let t0 = Instant::now();
+        let mut meter = RateMeter::default();
+        assert_eq!(meter.bps(), 0.0);
+        // 100 packets of 1,250 bytes over a second: 1 Mbit/s.
+        for i in 0..100u64 {
+            meter.add(t0 + Duration::from_millis(i * 10), 1250);
+        }
+        assert_eq!(
+            meter.bps(),
+            1_000_000.0,
+            "a first partial window counts as a second"
+        );
+        for i in 100..200u64 {
+            meter.add(t0 + Duration::from_millis(i * 10), 625);
+        }
+        let first = meter.bps();
+        assert!((first - 1_000_000.0).abs() < 1.0, "{first}");
+        meter.add(t0 + Duration::from_millis(2000), 0);
+        let second = meter.bps();
+        assert!((second - 500_000.0).abs() < 1.0, "{second}");
+        // Silence, then a packet: the silent window reads as nothing.
+        meter.add(t0 + Duration::from_secs(10), 100);
+        assert_eq!(meter.bps(), 0.0);
+    }
+}
