@@ -91,6 +91,8 @@ pub struct ShardMetrics {
     pub rtp_forwarded_bytes: Counter,
     /// Packets resent in answer to subscribers' NACKs.
     pub retransmissions: Counter,
+    /// Padding bytes sent to probe subscribers' downlinks.
+    pub probe_padding_bytes: Counter,
     /// Keyframe requests received from subscribers.
     pub keyframe_requests_received: Counter,
     /// Keyframe requests sent to publishers (after throttling).
@@ -207,6 +209,11 @@ impl ShardMetrics {
                 &mut registry,
                 "retransmissions",
                 "Packets resent for subscriber NACKs",
+            ),
+            probe_padding_bytes: counter(
+                &mut registry,
+                "probe_padding_bytes",
+                "Padding bytes sent to probe subscribers' downlinks",
             ),
             keyframe_requests_received: counter(
                 &mut registry,

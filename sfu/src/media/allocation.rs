@@ -99,6 +99,48 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
     out
 }
 
+/// What a probe should prove for the allocation to give more: the rate sent now under
+/// `allotments`, and that plus what moving the most important held-back video track one
+/// layer up would cost (with headroom). `None` when nothing is held back.
+pub fn probe_goal(tracks: &[TrackDemand], allotments: &[Allotment]) -> Option<(f64, f64)> {
+    let mut sending = 0.0;
+    let mut held: Option<(u8, f64)> = None;
+    for (track, allotment) in tracks.iter().zip(allotments) {
+        if track.audio {
+            sending += track.layers.iter().map(|l| l.bps).sum::<f64>();
+            continue;
+        }
+        let sent = match allotment {
+            Allotment::UpTo(rank) => track
+                .layers
+                .iter()
+                .filter(|l| l.rank <= (*rank).min(track.wanted_rank))
+                .max_by_key(|l| l.rank)
+                .or_else(|| lowest_ref(track)),
+            Allotment::Paused => None,
+        };
+        let sent_bps = sent.map_or(0.0, |l| l.bps);
+        sending += sent_bps;
+        let next = track
+            .layers
+            .iter()
+            .filter(|l| sent.is_none_or(|s| l.rank > s.rank) && l.rank <= track.wanted_rank)
+            .min_by_key(|l| l.rank)
+            .or_else(|| sent.is_none().then(|| lowest_ref(track)).flatten());
+        if let Some(next) = next {
+            let extra = next.bps * UP_HEADROOM - sent_bps;
+            if held.is_none_or(|(priority, _)| track.priority > priority) {
+                held = Some((track.priority, extra));
+            }
+        }
+    }
+    held.map(|(_, extra)| (sending, sending + extra))
+}
+
+fn lowest_ref(track: &TrackDemand) -> Option<&LayerOffer> {
+    track.layers.iter().min_by_key(|l| l.rank)
+}
+
 /// The lowest layer of a track.
 fn lowest(track: &TrackDemand) -> Option<LayerOffer> {
     track.layers.iter().copied().min_by_key(|l| l.rank)
@@ -227,6 +269,37 @@ mod tests {
             allocate(580_000.0, &[simulcast(0, Some(0))]),
             [Allotment::UpTo(1)]
         );
+    }
+
+    #[test]
+    fn a_probe_aims_at_the_next_layer_of_the_most_important_held_back_track() {
+        let tracks = [audio(), simulcast(0, Some(0)), simulcast(2, Some(0))];
+        let allotments = allocate(400_000.0, &tracks);
+        assert_eq!(
+            allotments,
+            [
+                Allotment::UpTo(u8::MAX),
+                Allotment::UpTo(0),
+                Allotment::UpTo(0)
+            ]
+        );
+        let (sending, goal) = probe_goal(&tracks, &allotments).expect("held back");
+        assert_eq!(sending, 64_000.0 + 2.0 * 150_000.0);
+        // The speaker's middle layer: 500 x 1.15 instead of 150.
+        assert!(
+            (goal - (sending + 575_000.0 - 150_000.0)).abs() < 1.0,
+            "{goal}"
+        );
+        // Nothing held back: no probe.
+        let all = allocate(10_000_000.0, &tracks);
+        assert_eq!(probe_goal(&tracks, &all), None);
+        // A paused track: its lowest layer is the goal.
+        let paused = [audio(), simulcast(1, None)];
+        let allotments = allocate(100_000.0, &paused);
+        assert_eq!(allotments[1], Allotment::Paused);
+        let (sending, goal) = probe_goal(&paused, &allotments).expect("paused");
+        assert_eq!(sending, 64_000.0);
+        assert!((goal - (64_000.0 + 172_500.0)).abs() < 1.0, "{goal}");
     }
 
     #[test]

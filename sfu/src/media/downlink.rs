@@ -15,9 +15,10 @@ use rtc::interceptor::{
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use std::time::{Duration, Instant};
 
-/// Where a new subscriber's estimate starts: GCC's own start, enough for audio and a low
-/// video layer.
-pub const INITIAL_BPS: f64 = 300_000.0;
+/// Where a new subscriber's estimate starts: high, so that nothing is held back from it
+/// until its path shows congestion, and the first decrease then falls to what the path
+/// delivered (GCC backs off from the received rate) rather than from a guess.
+pub const START_BPS: f64 = 10_000_000.0;
 /// The estimate never goes below this: Opus at a music room's bitrate, with headroom.
 pub const MIN_BPS: f64 = 64_000.0;
 
@@ -31,8 +32,24 @@ pub struct DownlinkEstimate {
     reports: Vec<PacketReport>,
     /// Congestion seen and packets acknowledged so far, for probes to compare.
     evidence: Evidence,
-    /// A rate a probe proved the path carries, counted until the estimate next goes down.
-    proven_bps: Option<f64>,
+    /// What the path has shown it carries, once it has been congested: the estimate right
+    /// after its last decrease, raised by what probes proved since. GCC grows its target
+    /// while nothing congests, also while the shard sends less than the path could take;
+    /// that growth is not trusted past this until a probe confirms it.
+    ceiling_bps: Option<f64>,
+    /// The receive rate of packets sent in a window (a probe's), as the subscriber's
+    /// arrival times show it.
+    measurement: Option<Measurement>,
+}
+
+/// What arrived of the packets sent between `from` and `until`.
+#[derive(Debug, Clone, Copy)]
+struct Measurement {
+    from: Instant,
+    until: Instant,
+    bytes: usize,
+    first: Option<(Duration, usize)>,
+    last: Option<Duration>,
 }
 
 impl std::fmt::Debug for DownlinkEstimate {
@@ -47,14 +64,43 @@ impl std::fmt::Debug for DownlinkEstimate {
 impl DownlinkEstimate {
     /// A fresh estimate for a connection whose first packet leaves about `now`.
     pub fn new(now: Instant) -> Self {
+        Self::starting_at(now, START_BPS)
+    }
+
+    /// A fresh estimate starting at `bps`.
+    pub fn starting_at(now: Instant, bps: f64) -> Self {
         Self {
             history: SendHistory::new(now),
-            gcc: Gcc::new(INITIAL_BPS, MIN_BPS, GCC_MAX_BITRATE),
+            gcc: Gcc::new(bps, MIN_BPS, GCC_MAX_BITRATE),
             rtt: None,
             reports: Vec::new(),
             evidence: Evidence::default(),
-            proven_bps: None,
+            ceiling_bps: None,
+            measurement: None,
         }
+    }
+
+    /// Starts measuring the receive rate of what is sent from `from` to `until`.
+    pub fn measure(&mut self, from: Instant, until: Instant) {
+        self.measurement = Some(Measurement {
+            from,
+            until,
+            bytes: 0,
+            first: None,
+            last: None,
+        });
+    }
+
+    /// The rate at which the subscriber received what was sent in the measured window:
+    /// bytes after the first arrival over the time from the first to the last. A path
+    /// narrower than what was sent spreads the arrivals out; `None` before two arrivals
+    /// 20 ms apart.
+    pub fn measured_bps(&self) -> Option<f64> {
+        let m = self.measurement?;
+        let ((first, first_size), last) = (m.first?, m.last?);
+        let span = last.checked_sub(first)?;
+        (span >= Duration::from_millis(20))
+            .then(|| (m.bytes - first_size) as f64 * 8.0 / span.as_secs_f64())
     }
 
     /// A packet stamped with transport-wide sequence number `seq`, `size` bytes on the
@@ -75,14 +121,32 @@ impl DownlinkEstimate {
         if let Some(newest) = self.reports.iter().rev().find(|r| r.arrived) {
             self.rtt = Some(now.saturating_duration_since(newest.departure));
         }
+        if let Some(m) = &mut self.measurement {
+            for report in &self.reports {
+                let (Some(arrival), true) = (report.arrival, report.arrived) else {
+                    continue;
+                };
+                if report.departure < m.from || report.departure > m.until {
+                    continue;
+                }
+                m.bytes += report.size;
+                if m.first.is_none_or(|(first, _)| arrival < first) {
+                    m.first = Some((arrival, report.size));
+                }
+                if m.last.is_none_or(|last| arrival > last) {
+                    m.last = Some(arrival);
+                }
+            }
+        }
         let arrived = self.reports.iter().filter(|r| r.arrived).count() as u64;
         self.evidence.arrived += arrived;
         self.evidence.lost += self.reports.len() as u64 - arrived;
         let before = self.gcc.target_bitrate();
         self.gcc.on_reports(now, &self.reports);
-        if self.gcc.target_bitrate() < before {
+        let after = self.gcc.target_bitrate();
+        if after < before {
             self.evidence.decreases += 1;
-            self.proven_bps = None;
+            self.ceiling_bps = Some(after);
         }
     }
 
@@ -98,13 +162,17 @@ impl DownlinkEstimate {
 
     /// A probe proved the path carries `bps`.
     pub fn prove(&mut self, bps: f64) {
-        self.proven_bps = Some(self.proven_bps.map_or(bps, |p| p.max(bps)));
+        if let Some(ceiling) = &mut self.ceiling_bps {
+            *ceiling = ceiling.max(bps);
+        }
     }
 
-    /// What the shard may send the subscriber: the estimate, or more if a probe proved
-    /// more since the estimate last went down.
+    /// What the shard may send the subscriber: the estimate, and once the path has been
+    /// congested no more than it has shown it carries.
     pub fn usable_bps(&self) -> f64 {
-        self.target_bps().max(self.proven_bps.unwrap_or(0.0))
+        let target = self.target_bps();
+        self.ceiling_bps
+            .map_or(target, |ceiling| target.min(ceiling))
     }
 
     /// What the path to the subscriber carries, in bits per second.
@@ -132,6 +200,9 @@ impl DownlinkEstimate {
 mod tests {
     use super::*;
     use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+
+    /// GCC's own start, which these tests climb from.
+    const GCC_START: f64 = 300_000.0;
 
     /// A path with a bottleneck: a drop-tail queue drained at `capacity_bps`, then a fixed
     /// propagation delay. Arrivals are on the receiver's clock, which starts elsewhere.
@@ -220,7 +291,7 @@ mod tests {
     #[test]
     fn sending_over_a_bottleneck_brings_the_estimate_down_to_it() {
         let start = Instant::now();
-        let mut estimate = DownlinkEstimate::new(start);
+        let mut estimate = DownlinkEstimate::starting_at(start, GCC_START);
         let mut path = Bottleneck::new(300_000.0);
         let mut seq = 0;
         let samples = run(&mut estimate, &mut path, start, &mut seq, 1_000_000.0, 10);
@@ -237,7 +308,7 @@ mod tests {
     #[test]
     fn a_path_with_room_to_spare_keeps_the_estimate_and_lets_it_grow() {
         let start = Instant::now();
-        let mut estimate = DownlinkEstimate::new(start);
+        let mut estimate = DownlinkEstimate::starting_at(start, GCC_START);
         let mut path = Bottleneck::new(5_000_000.0);
         let mut seq = 0;
         let samples = run(&mut estimate, &mut path, start, &mut seq, 2_000_000.0, 8);
@@ -252,7 +323,7 @@ mod tests {
     #[test]
     fn after_the_bottleneck_lifts_the_estimate_climbs_back() {
         let start = Instant::now();
-        let mut estimate = DownlinkEstimate::new(start);
+        let mut estimate = DownlinkEstimate::starting_at(start, GCC_START);
         let mut path = Bottleneck::new(300_000.0);
         let mut seq = 0;
         let low = run(&mut estimate, &mut path, start, &mut seq, 1_000_000.0, 5);
@@ -271,9 +342,9 @@ mod tests {
     }
 
     #[test]
-    fn congestion_is_counted_and_ends_what_a_probe_proved() {
+    fn after_congestion_only_probes_raise_what_may_be_sent() {
         let start = Instant::now();
-        let mut estimate = DownlinkEstimate::new(start);
+        let mut estimate = DownlinkEstimate::starting_at(start, GCC_START);
         let mut seq = 0;
         run(
             &mut estimate,
@@ -284,10 +355,10 @@ mod tests {
             3,
         );
         assert!(!estimate.congested_once());
+        assert_eq!(estimate.usable_bps(), estimate.target_bps());
         let seen = estimate.evidence();
         assert!(seen.arrived > 100 && seen.lost == 0, "{seen:?}");
-        estimate.prove(2_000_000.0);
-        assert_eq!(estimate.usable_bps(), 2_000_000.0);
+        // A bottleneck, sent over: congestion, and a ceiling where the estimate fell.
         run(
             &mut estimate,
             &mut Bottleneck::new(300_000.0),
@@ -298,21 +369,36 @@ mod tests {
         );
         assert!(estimate.congested_once());
         assert!(estimate.evidence().decreases > seen.decreases);
-        assert_eq!(
-            estimate.usable_bps(),
-            estimate.target_bps(),
-            "the proof is void"
+        let ceiling = estimate.usable_bps();
+        assert!(ceiling < 400_000.0, "{ceiling}");
+        // The path clears and little is sent: GCC grows, what may be sent does not.
+        run(
+            &mut estimate,
+            &mut Bottleneck::new(5_000_000.0),
+            start + Duration::from_secs(6),
+            &mut seq,
+            200_000.0,
+            10,
         );
+        assert!(
+            estimate.target_bps() > 2.0 * ceiling,
+            "{}",
+            estimate.target_bps()
+        );
+        assert_eq!(estimate.usable_bps(), ceiling);
+        // A probe proves more.
+        estimate.prove(2.0 * ceiling);
+        assert_eq!(estimate.usable_bps(), 2.0 * ceiling);
     }
 
     #[test]
     fn feedback_the_shard_never_sent_for_changes_nothing() {
         let start = Instant::now();
-        let mut estimate = DownlinkEstimate::new(start);
+        let mut estimate = DownlinkEstimate::starting_at(start, GCC_START);
         let forged: Vec<Acknowledgement> = (0..500u16).map(Acknowledgement::lost).collect();
         estimate.on_acknowledgements(start + Duration::from_secs(1), &forged);
-        assert_eq!(estimate.target_bps(), INITIAL_BPS);
+        assert_eq!(estimate.target_bps(), GCC_START);
         estimate.on_feedback(start, &TransportLayerCc::default());
-        assert_eq!(estimate.target_bps(), INITIAL_BPS);
+        assert_eq!(estimate.target_bps(), GCC_START);
     }
 }

@@ -140,6 +140,15 @@ impl Downtrack {
         }
     }
 
+    /// The outgoing position of a padding-only packet (a probe) on this stream: video that
+    /// has sent something, flowing or paused (a paused track's probe is what resumes it).
+    pub fn padding(&mut self) -> Option<Rewritten> {
+        if !self.video {
+            return None;
+        }
+        self.sequencer.padding()
+    }
+
     /// The publisher's packet right after the last forwarded one was dropped on purpose.
     pub fn skip(&mut self, layer: usize, ssrc: u32, seq: u16) {
         if !self.video || self.current == Some(layer) {

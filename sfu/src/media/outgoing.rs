@@ -64,6 +64,9 @@ pub fn abs_send_time(elapsed: Duration) -> u32 {
 pub struct OutPacket<'a> {
     /// The marker bit.
     pub marker: bool,
+    /// The padding bit: the payload ends in padding whose last byte counts it (RFC 3550
+    /// 5.1); a probe's packets are padding only.
+    pub padding: bool,
     /// The subscriber's payload type.
     pub payload_type: u8,
     /// The subscriber's sequence number.
@@ -106,7 +109,8 @@ pub fn write(buf: &mut BytesMut, ids: &ExtensionIds, packet: &OutPacket<'_>) -> 
     add(ids.playout_delay, &PLAYOUT_DELAY_ZERO);
     let extensions = &extensions[..count];
 
-    let first = 0x80 | if extensions.is_empty() { 0 } else { 0x10 };
+    let first =
+        0x80 | if packet.padding { 0x20 } else { 0 } | if extensions.is_empty() { 0 } else { 0x10 };
     buf.put_u8(first);
     buf.put_u8(u8::from(packet.marker) << 7 | (packet.payload_type & 0x7f));
     buf.put_u16(packet.seq);
@@ -192,6 +196,7 @@ mod tests {
             &mut buf,
             &ids,
             &OutPacket {
+                padding: false,
                 marker: true,
                 payload_type: 111,
                 seq: 65_000,
@@ -231,6 +236,7 @@ mod tests {
     fn without_extensions_the_header_is_twelve_bytes_and_unusable_ids_are_left_out() {
         let mut buf = BytesMut::new();
         let packet = OutPacket {
+            padding: false,
             marker: false,
             payload_type: 96,
             seq: 1,

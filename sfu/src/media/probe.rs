@@ -6,8 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-/// How long a probe sends padding.
-pub const PROBE_DURATION: Duration = Duration::from_millis(500);
+/// How long a probe sends padding: long enough to measure a rate from the arrivals, short
+/// enough that a bottleneck it overshoots queues little (libwebrtc's clusters are shorter
+/// still, at precisely paced rates).
+pub const PROBE_DURATION: Duration = Duration::from_millis(100);
+/// The share of its goal a probe must be received at.
+pub const MIN_PROBE_RECEIVED: f64 = 0.8;
 /// How long after a probe its feedback is waited for.
 pub const FEEDBACK_GRACE: Duration = Duration::from_millis(300);
 /// Between probes at first, and again after one succeeds.
@@ -76,6 +80,12 @@ impl Prober {
         self.active.is_some()
     }
 
+    /// Whether a probe is in its sending half second at `now`.
+    pub fn is_padding(&self, now: Instant) -> bool {
+        self.active
+            .is_some_and(|p| now.saturating_duration_since(p.started) < PROBE_DURATION)
+    }
+
     /// Starts a probe towards `goal_bps` while `sending_bps` goes out, if none runs, the
     /// wait since the last is over and the padding needed is worth it.
     pub fn start(
@@ -119,9 +129,19 @@ impl Prober {
         }
     }
 
+    /// When a running probe's padding stops.
+    pub fn padding_until(&self) -> Option<Instant> {
+        self.active.map(|p| p.started + PROBE_DURATION)
+    }
+
     /// Ends a probe whose feedback has had time to come, judging it by what the estimate
-    /// has seen since it started.
-    pub fn finish(&mut self, now: Instant, after: Evidence) -> Option<ProbeResult> {
+    /// has seen since it started and the rate its packets were received at.
+    pub fn finish(
+        &mut self,
+        now: Instant,
+        after: Evidence,
+        received_bps: Option<f64>,
+    ) -> Option<ProbeResult> {
         let probe = self.active?;
         if now.saturating_duration_since(probe.started) < PROBE_DURATION + FEEDBACK_GRACE {
             return None;
@@ -131,7 +151,8 @@ impl Prober {
         let lost = after.lost.saturating_sub(probe.before.lost);
         let lossy = lost as f64 > MAX_PROBE_LOSS * (arrived + lost) as f64;
         let congested = after.decreases != probe.before.decreases;
-        let result = if congested || lossy || arrived == 0 {
+        let narrow = received_bps.is_none_or(|bps| bps < MIN_PROBE_RECEIVED * probe.goal_bps);
+        let result = if congested || lossy || narrow || arrived == 0 {
             self.interval = (self.interval * 2).min(MAX_INTERVAL);
             ProbeResult::Failed
         } else {
@@ -175,15 +196,16 @@ mod tests {
             !prober.start(t1, 900_000.0, 300_000.0, Evidence::default()),
             "one at a time"
         );
-        // 600 kbit/s of padding: 3,750 bytes per 50 ms.
+        // 600 kbit/s of padding, 750 bytes per 10 ms tick: 7,500 bytes in 100 ms.
         let mut sent = 0;
         for tick in 1..=12u32 {
-            let now = t1 + Duration::from_millis(50) * tick;
+            let now = t1 + Duration::from_millis(10) * tick;
             let due = prober.padding_due(now);
             prober.sent(due);
             sent += due;
         }
-        assert!((37_000..=37_500).contains(&sent), "{sent} bytes in 500 ms");
+        assert!((7_400..=7_500).contains(&sent), "{sent} bytes in 100 ms");
+        assert_eq!(prober.padding_until(), Some(t1 + PROBE_DURATION));
         assert_eq!(prober.padding_due(t1 + Duration::from_secs(1)), 0);
     }
 
@@ -194,13 +216,13 @@ mod tests {
         let mut at = t0 + FIRST_INTERVAL;
         assert!(prober.start(at, 900_000.0, 300_000.0, evidence(0, 100, 0)));
         assert_eq!(
-            prober.finish(at + PROBE_DURATION, evidence(0, 150, 0)),
+            prober.finish(at + PROBE_DURATION, evidence(0, 150, 0), Some(900_000.0)),
             None,
             "feedback pending"
         );
         at += PROBE_DURATION + FEEDBACK_GRACE;
         assert_eq!(
-            prober.finish(at, evidence(0, 200, 1)),
+            prober.finish(at, evidence(0, 200, 1), Some(880_000.0)),
             Some(ProbeResult::Succeeded {
                 proven_bps: 900_000.0
             })
@@ -215,7 +237,7 @@ mod tests {
             waits.push(wait);
             at += wait + PROBE_DURATION + FEEDBACK_GRACE;
             assert_eq!(
-                prober.finish(at, evidence(1, 300, 1)),
+                prober.finish(at, evidence(1, 300, 1), Some(900_000.0)),
                 Some(ProbeResult::Failed)
             );
         }
@@ -226,6 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_received_slower_than_sent_found_a_narrower_path() {
+        let t0 = Instant::now();
+        for received in [Some(500_000.0), None] {
+            let mut prober = Prober::new(t0);
+            let at = t0 + FIRST_INTERVAL;
+            assert!(prober.start(at, 900_000.0, 300_000.0, evidence(0, 100, 0)));
+            assert_eq!(
+                prober.finish(at + Duration::from_secs(1), evidence(0, 200, 0), received),
+                Some(ProbeResult::Failed),
+                "{received:?}"
+            );
+        }
+    }
+
+    #[test]
     fn loss_or_silence_during_a_probe_is_a_failure() {
         let t0 = Instant::now();
         for after in [evidence(0, 190, 10), evidence(0, 100, 0)] {
@@ -233,7 +270,7 @@ mod tests {
             let at = t0 + FIRST_INTERVAL;
             assert!(prober.start(at, 900_000.0, 300_000.0, evidence(0, 100, 0)));
             assert_eq!(
-                prober.finish(at + Duration::from_secs(1), after),
+                prober.finish(at + Duration::from_secs(1), after, Some(900_000.0)),
                 Some(ProbeResult::Failed),
                 "{after:?}"
             );
@@ -249,7 +286,7 @@ mod tests {
             at += MAX_INTERVAL;
             assert!(prober.start(at, 900_000.0, 0.0, Evidence::default()));
             at += Duration::from_secs(1);
-            prober.finish(at, evidence(1, 0, 0));
+            prober.finish(at, evidence(1, 0, 0), None);
         }
         assert!(prober.interval <= MAX_INTERVAL);
     }

@@ -29,6 +29,7 @@
 //! per connection. Relays (`relay.rs`) feed an edge shard's rooms from a parent shard.
 
 pub mod api;
+mod downlinks;
 mod env;
 mod forward;
 mod guarded;
@@ -97,6 +98,10 @@ const AUDIENCE_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often housekeeping runs (deferred keyframe requests, speakers, timeouts).
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// How often subscribers' downlinks are shared among their tracks again.
+const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a probe's padding goes out: its rate spread over the half second.
+const PROBE_TICK: Duration = Duration::from_millis(10);
 /// How often the active speaker is re-evaluated.
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(300);
 /// A simulcast layer silent this long counts as paused by its publisher.
@@ -246,6 +251,8 @@ pub(crate) struct Peer {
     /// Subscriber: the bandwidth estimate of its downlink, from its transport-cc feedback;
     /// made when the first packet stamped for it leaves.
     downlink: Option<Box<crate::media::downlink::DownlinkEstimate>>,
+    /// Subscriber: probes its downlink for more when the sharing held a track back.
+    prober: Option<crate::media::probe::Prober>,
     /// Where its packets go: the ICE selected pair's remote address and protocol.
     route: Option<(SocketAddr, TransportProtocol)>,
     /// A relay pipe to another shard (`pipe.rs`): no connection, keys from the relay's
@@ -344,6 +351,10 @@ pub struct ShardCore {
     next_housekeeping: Instant,
     next_speaker: Instant,
     next_slow: Instant,
+    /// When subscribers' downlinks are next shared among their tracks.
+    next_allocation: Instant,
+    /// When running probes next send padding or are judged.
+    next_probe_tick: Instant,
     rates: RateWindow,
     stopped: bool,
     /// Heap allocations made while forwarding, where they are counted (see
@@ -395,6 +406,8 @@ impl ShardCore {
             next_housekeeping: now,
             next_speaker: now,
             next_slow: now,
+            next_allocation: now,
+            next_probe_tick: now,
             rates: RateWindow::default(),
             stopped: false,
         })
@@ -422,13 +435,13 @@ impl ShardCore {
         }
     }
 
-    /// The downlink estimate of `session`'s subscriber connection: bits per second and the
-    /// round trip, once its feedback has been read.
+    /// What `session`'s subscriber connection may be sent by its downlink estimate, bits
+    /// per second, and the round trip, once its feedback has been read.
     #[cfg(any(test, feature = "sim"))]
     pub fn downlink_estimate(&self, session: SessionId) -> Option<(f64, Option<Duration>)> {
         let key = self.registry.session(session)?.subscriber?;
         let estimate = self.transport.peer(key)?.downlink.as_ref()?;
-        Some((estimate.target_bps(), estimate.rtt()))
+        Some((estimate.usable_bps(), estimate.rtt()))
     }
 
     /// The metrics this core updates.
@@ -578,6 +591,7 @@ impl ShardCore {
             Some(at) if at < self.next_housekeeping => at,
             _ => self.next_housekeeping,
         };
+        let next = next.min(self.next_probe_tick);
         self.pipe_next_due().map_or(next, |due| due.min(next))
     }
 
@@ -591,6 +605,12 @@ impl ShardCore {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.housekeeping(now);
         }
+        if now >= self.next_probe_tick {
+            let padding = self
+                .media
+                .run_probes(&mut self.transport, &self.metrics, now);
+            self.next_probe_tick = now + if padding { PROBE_TICK } else { HOUSEKEEPING };
+        }
         self.pipe_nacks(now);
         self.finish_step(now);
     }
@@ -599,6 +619,17 @@ impl ShardCore {
         self.send_deferred_keyframe_requests(now);
         let wall = self.env.wall_time(now);
         self.media.send_reports(&mut self.transport, now, wall);
+        if now >= self.next_allocation {
+            self.next_allocation = now + ALLOCATION_INTERVAL;
+            let sharing: std::collections::HashSet<SessionId> = self
+                .registry
+                .sessions()
+                .filter(|(_, s)| s.screen_sharing)
+                .map(|(id, _)| id)
+                .collect();
+            self.media
+                .allocate_downlinks(&mut self.transport, &sharing, now);
+        }
         if now >= self.next_speaker {
             self.next_speaker = now + SPEAKER_INTERVAL;
             self.evaluate_speakers(now);
@@ -1197,6 +1228,7 @@ impl Peer {
             srtcp: None,
             transport_seq: 0,
             downlink: None,
+            prober: None,
             route: None,
             pipe: false,
         }

@@ -53,9 +53,9 @@ pub(super) type KeyframesWanted = [bool; MAX_LAYERS];
 /// The published tracks and who speaks.
 #[derive(Default)]
 pub(super) struct MediaRouter {
-    tracks: HashMap<TrackKey, PublishedTrack>,
+    pub(super) tracks: HashMap<TrackKey, PublishedTrack>,
     /// Per room, fed by the audio levels publishers send.
-    speakers: HashMap<String, SpeakerDetector<SessionId>>,
+    pub(super) speakers: HashMap<String, SpeakerDetector<SessionId>>,
 }
 
 impl MediaRouter {
@@ -250,6 +250,7 @@ impl MediaRouter {
                 stamps.record(rewritten.seq, stamp);
             }
             let out = OutPacket {
+                padding: false,
                 marker: packet.header.marker,
                 payload_type,
                 seq: rewritten.seq,
@@ -468,6 +469,7 @@ impl MediaRouter {
                 &stored.payload[..]
             };
             let out = OutPacket {
+                padding: false,
                 marker: stored.header.marker,
                 payload_type,
                 seq: out_seq,

@@ -183,8 +183,11 @@ pub struct Client {
     media_stopped: bool,
     /// Receivers of the subscriber connection by track id, with the SSRC they receive.
     receivers: HashMap<String, (RTCRtpReceiverId, u32)>,
-    /// Every RTP packet received, in order.
+    /// Every RTP packet received, in order (padding-only packets aside).
     pub received: Vec<Received>,
+    /// Padding-only packets received (bandwidth probes), which a browser counts for
+    /// congestion feedback and drops before its decoder.
+    pub padding_received: u64,
     /// PLIs that reached its encoder, per SSRC of its layers.
     pub plis: HashMap<u32, u64>,
     /// Sender reports received, with their arrival.
@@ -339,6 +342,7 @@ impl Client {
             media_stopped: false,
             receivers: HashMap::new(),
             received: Vec::new(),
+            padding_received: 0,
             plis: HashMap::new(),
             sender_reports: Vec::new(),
             keyframes_sent: HashMap::new(),
@@ -694,6 +698,7 @@ impl Client {
             subscriber,
             receivers,
             received,
+            padding_received,
             plis,
             sender_reports,
             video,
@@ -716,6 +721,11 @@ impl Client {
             }
             while let Some(message) = side.pc.poll_read() {
                 match message.message {
+                    RTCMessage::RtpPacket(_, packet)
+                        if packet.header.padding && packet.payload.is_empty() =>
+                    {
+                        *padding_received += 1;
+                    }
                     RTCMessage::RtpPacket(track, packet) => {
                         if side.transport_cc.is_none() {
                             side.transport_cc = side.pc.local_description().and_then(|d| {

@@ -676,7 +676,8 @@ mod pipe;
 /// Alice sends 1 Mbit/s of video to Bob, whose downlink carries 400 kbit/s, and to Carol,
 /// whose downlink has room: the transport-cc feedback of each (sent by rtc's own TWCC
 /// receiver in the simulated browser) reaches the shard's estimate, which finds Bob's
-/// bottleneck and leaves Carol's alone. The shard does not yet send less because of it.
+/// bottleneck and leaves Carol's alone (Alice's one 1 Mbit/s layer then does not fit Bob's
+/// downlink, and is paused for him).
 #[test]
 fn each_subscribers_feedback_drives_its_own_downlink_estimate() {
     let mut sim = Sim::with_defaults().unwrap();
@@ -715,10 +716,126 @@ fn each_subscribers_feedback_drives_its_own_downlink_estimate() {
     let (carol_bps, carol_rtt) = estimate(&mut sim, carol);
     assert!(bob_bps < 400_000.0, "Bob's 400 kbit/s downlink: {bob_bps}");
     assert!(
-        carol_bps >= crate::media::downlink::INITIAL_BPS,
+        carol_bps >= crate::media::downlink::START_BPS,
         "Carol's downlink has room: {carol_bps}"
     );
     // Bob's queue shows in his round trip: more than the 25 ms of links alone.
     let (bob_rtt, carol_rtt) = (bob_rtt.expect("Bob's rtt"), carol_rtt.expect("Carol's rtt"));
     assert!(bob_rtt > carol_rtt, "{bob_rtt:?} against {carol_rtt:?}");
+}
+
+/// The layer index (0 lowest) of the last video packet `viewer` received from `track`,
+/// and the share of the track's packets lost in `window` before the end (by index gaps
+/// per layer run).
+fn last_layer(sim: &Sim, viewer: usize, track: &str, alice: usize) -> Option<usize> {
+    let last = sim.client(viewer).received_on(track).last()?;
+    (0..3).find(|layer| stream_id(alice, Some(*layer)) == last.stream)
+}
+
+/// Alice publishes simulcast (300, 600 and 1,200 kbit/s) and audio. Bob's downlink carries
+/// 500 kbit/s, Carol's has room. Bob's estimate finds his bottleneck and the shard moves
+/// him to the low layer, audio intact; Carol keeps the top layer. When Bob's limit lifts,
+/// probes find the room and he climbs back to the top.
+#[test]
+fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_lifts() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let alice = sim
+        .join(
+            "room",
+            "alice",
+            publishing(
+                Some(None),
+                Some(VideoSpec {
+                    bitrate: 1_200_000,
+                    ..VideoSpec::simulcast()
+                }),
+            ),
+        )
+        .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    let carol = sim.join("room", "carol", viewer()).unwrap();
+    let video = receive(&mut sim, carol, "alice", TrackKind::Video, 30);
+    let audio = receive(&mut sim, bob, "alice", TrackKind::Audio, 30);
+    let bottleneck = LinkParams {
+        delay: Duration::from_millis(20),
+        rate_bps: Some(500_000),
+        ..LinkParams::default()
+    };
+    sim.net
+        .set_link(SHARD.ip(), client_addr(bob).ip(), bottleneck);
+    let limited_at = sim.now();
+    sim.run_until(Duration::from_secs(15), "Bob moved to the low layer", |s| {
+        last_layer(s, bob, &video, alice) == Some(0)
+    })
+    .unwrap();
+    let adapted_after = sim.now() - limited_at;
+    // The estimate may hold the video back for a moment after the congestion that taught
+    // it, until a probe shows the low layer fits; then it has settled.
+    sim.run_for(Duration::from_secs(2));
+    // Settled: a further 6 s on the low layer, losing next to nothing, audio flowing.
+    let dropped_before = sim.net.dropped(SHARD.ip(), client_addr(bob).ip());
+    let audio_before = sim.client(bob).received_on(&audio).count();
+    let settled_at = sim.now();
+    sim.run_for(Duration::from_secs(6));
+    let since: Vec<&crate::sim::client::Received> = sim
+        .client(bob)
+        .received_on(&video)
+        .filter(|r| r.at >= settled_at)
+        .collect();
+    let low = since
+        .iter()
+        .filter(|r| r.stream == stream_id(alice, Some(0)))
+        .count();
+    let dropped = sim.net.dropped(SHARD.ip(), client_addr(bob).ip()) - dropped_before;
+    let audio_after = sim.client(bob).received_on(&audio).count() - audio_before;
+    eprintln!(
+        "adapted after {adapted_after:?}; then {low} of {} video packets on the low layer, \
+         {dropped} datagrams dropped, {audio_after} audio packets",
+        since.len()
+    );
+    let longest_gap = since
+        .windows(2)
+        .map(|w| w[1].at - w[0].at)
+        .max()
+        .unwrap_or(Duration::MAX);
+    assert!(
+        longest_gap < Duration::from_millis(500),
+        "video kept flowing: a gap of {longest_gap:?}"
+    );
+    assert!(adapted_after < Duration::from_secs(8), "{adapted_after:?}");
+    assert!(
+        low as f64 >= 0.95 * since.len() as f64,
+        "{low} of {}",
+        since.len()
+    );
+    assert!(
+        (dropped as f64) < 0.02 * (since.len() + audio_after) as f64,
+        "{dropped} dropped"
+    );
+    assert!(
+        audio_after >= 250,
+        "audio intact: {audio_after} packets in 6 s"
+    );
+    assert_eq!(
+        last_layer(&sim, carol, &video, alice),
+        Some(2),
+        "Carol unaffected"
+    );
+
+    // The limit lifts: probes find the room, Bob climbs back to the top.
+    sim.net.set_link(
+        SHARD.ip(),
+        client_addr(bob).ip(),
+        LinkParams {
+            delay: Duration::from_millis(20),
+            ..LinkParams::default()
+        },
+    );
+    let lifted_at = sim.now();
+    sim.run_until(Duration::from_secs(40), "Bob back on the top layer", |s| {
+        last_layer(s, bob, &video, alice) == Some(2)
+    })
+    .unwrap();
+    eprintln!("back on top after {:?}", sim.now() - lifted_at);
+    assert!(sim.metrics().probe_padding_bytes.get() > 0, "probes padded");
 }

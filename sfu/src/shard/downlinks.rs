@@ -1,0 +1,242 @@
+//! What each subscriber's downlink gets: the estimate shared among its tracks
+//! (`media::allocation`) and probes with padding before a track moves up (`media::probe`).
+//!
+//! Nothing is held back from a subscriber whose path has never been congested: its
+//! estimate starts low and grows slowly, and holding a healthy viewer to it would start
+//! every call on the lowest layer. Once the estimate has gone down, the sharing applies,
+//! and only a probe that the path survives brings a track back up.
+
+use super::router::MediaRouter;
+use super::transport::Transport;
+use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
+use crate::media::allocation::{LayerOffer, TrackDemand, allocate, probe_goal};
+use crate::media::outgoing::OutPacket;
+use crate::media::probe::{ProbeResult, Prober};
+use crate::metrics::ShardMetrics;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+/// The largest padding one RTP packet carries (its length is one byte).
+const MAX_PADDING: usize = 255;
+
+impl MediaRouter {
+    /// Shares the downlink of each subscriber whose path has been congested among the
+    /// tracks it receives, and starts a probe where that held a track back. `sharing`
+    /// holds the sessions sharing a screen (their video goes first).
+    pub(super) fn allocate_downlinks(
+        &mut self,
+        transport: &mut Transport,
+        sharing: &HashSet<SessionId>,
+        now: Instant,
+    ) {
+        let mut by_peer: HashMap<PeerKey, Vec<(TrackKey, usize)>> = HashMap::new();
+        for (key, track) in &self.tracks {
+            for (index, entry) in track.downtracks.iter().enumerate() {
+                by_peer.entry(entry.peer).or_default().push((*key, index));
+            }
+        }
+        for (peer_key, list) in by_peer {
+            let Some(peer) = transport.peer_mut(peer_key) else {
+                continue;
+            };
+            let Some(estimate) = peer.downlink.as_deref() else {
+                continue;
+            };
+            if !estimate.congested_once() {
+                continue;
+            }
+            let mut demands = Vec::with_capacity(list.len());
+            let mut placed = Vec::with_capacity(list.len());
+            for &(track_key, index) in &list {
+                let Some(track) = self.tracks.get(&track_key) else {
+                    continue;
+                };
+                let Some(entry) = track.downtracks.get(index) else {
+                    continue;
+                };
+                let speaker = self.speakers.get(&track.room).and_then(|s| s.current());
+                let demand = demand(track, entry, speaker, sharing, now);
+                // A track with nothing flowing (muted, stalled) keeps what it had.
+                if !demand.layers.is_empty() {
+                    demands.push(demand);
+                    placed.push((track_key, index));
+                }
+            }
+            let allotments = allocate(estimate.usable_bps(), &demands);
+            let goal = probe_goal(&demands, &allotments);
+            let evidence = estimate.evidence();
+            for ((track_key, index), allotment) in placed.into_iter().zip(allotments) {
+                if let Some(entry) = self
+                    .tracks
+                    .get_mut(&track_key)
+                    .and_then(|t| t.downtracks.get_mut(index))
+                {
+                    entry.state.set_allotment(allotment);
+                }
+            }
+            if let Some((sending, goal)) = goal {
+                let prober = peer.prober.get_or_insert_with(|| Prober::new(now));
+                if prober.start(now, goal, sending, evidence)
+                    && let (Some(until), Some(downlink)) =
+                        (prober.padding_until(), peer.downlink.as_mut())
+                {
+                    downlink.measure(now, until);
+                }
+            }
+        }
+    }
+
+    /// Sends the padding running probes owe by now, and judges those whose feedback is in.
+    /// Returns whether a probe is still sending (and wants calling again soon: padding in
+    /// bursts of a housekeeping tick would queue at the bottleneck it is meant to test).
+    pub(super) fn run_probes(
+        &mut self,
+        transport: &mut Transport,
+        metrics: &ShardMetrics,
+        now: Instant,
+    ) -> bool {
+        let mut padding = false;
+        let probing: Vec<PeerKey> = transport
+            .peers()
+            .filter(|(_, peer)| peer.prober.as_ref().is_some_and(Prober::is_active))
+            .map(|(key, _)| key)
+            .collect();
+        for key in probing {
+            let due = transport
+                .peer(key)
+                .and_then(|p| p.prober.as_ref())
+                .map_or(0, |p| p.padding_due(now));
+            if due > 0 {
+                let sent = self.send_padding(transport, metrics, key, due, now);
+                if let Some(prober) = transport.peer_mut(key).and_then(|p| p.prober.as_mut()) {
+                    // Counted as sent even when no stream could carry it: a probe that
+                    // sent nothing is judged on nothing acknowledged, and fails.
+                    prober.sent(sent.max(due));
+                }
+            }
+            let Some(peer) = transport.peer_mut(key) else {
+                continue;
+            };
+            let seen = peer
+                .downlink
+                .as_ref()
+                .map(|d| (d.evidence(), d.measured_bps()));
+            let result = match (peer.prober.as_mut(), seen) {
+                (Some(prober), Some((evidence, received))) => {
+                    prober.finish(now, evidence, received)
+                }
+                _ => None,
+            };
+            if let (Some(ProbeResult::Succeeded { proven_bps }), Some(downlink)) =
+                (result, peer.downlink.as_mut())
+            {
+                downlink.prove(proven_bps);
+            }
+            padding |= peer.prober.as_ref().is_some_and(|p| p.is_padding(now));
+        }
+        padding
+    }
+
+    /// Sends `bytes` of padding to subscriber `key` on one of the video streams it is
+    /// receiving, in padding-only packets; returns how many bytes went.
+    fn send_padding(
+        &mut self,
+        transport: &mut Transport,
+        metrics: &ShardMetrics,
+        key: PeerKey,
+        bytes: usize,
+        now: Instant,
+    ) -> usize {
+        // A flowing stream if there is one, else a paused one.
+        let Some(entry) = self
+            .tracks
+            .values_mut()
+            .filter(|t| t.family.is_video())
+            .flat_map(|t| t.downtracks.iter_mut())
+            .filter(|d| d.peer == key)
+            .max_by_key(|d| d.state.current_layer().is_some())
+        else {
+            return 0;
+        };
+        let Some(payload_type) = entry.payload_type else {
+            return 0;
+        };
+        let Some(mut subscriber) = transport.tx(key, now) else {
+            return 0;
+        };
+        let mut padding = [0u8; MAX_PADDING];
+        let mut sent = 0;
+        while sent < bytes {
+            let Some(position) = entry.state.padding() else {
+                break;
+            };
+            let len = (bytes - sent).clamp(1, MAX_PADDING);
+            padding[len - 1] = len as u8;
+            let stamp = subscriber.stamp(now);
+            let out = OutPacket {
+                marker: false,
+                padding: true,
+                payload_type,
+                seq: position.seq,
+                timestamp: position.timestamp,
+                ssrc: entry.ssrc,
+                audio_level: None,
+                stamp,
+                payload: &padding[..len],
+            };
+            let index = entry.rollover.index(position.seq);
+            match subscriber.send_rtp(&entry.extensions, &out, index, |_| {}) {
+                Some(wire) => {
+                    if entry.extensions.transport_cc.is_some() {
+                        subscriber.stamped_sent(stamp.transport_seq, wire, now);
+                    }
+                    metrics.probe_padding_bytes.inc_by(len as u64);
+                    sent += len;
+                }
+                None => break,
+            }
+            padding[len - 1] = 0;
+        }
+        sent
+    }
+}
+
+/// What one downtrack of `track` asks of the subscriber's downlink.
+fn demand(
+    track: &PublishedTrack,
+    entry: &super::DowntrackEntry,
+    speaker: Option<SessionId>,
+    sharing: &HashSet<SessionId>,
+    now: Instant,
+) -> TrackDemand {
+    let layers = track
+        .layers
+        .iter()
+        .filter(|l| {
+            l.last_packet
+                .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE)
+        })
+        .map(|l| LayerOffer {
+            rank: l.rank,
+            bps: l.rate.bps(),
+        })
+        .collect();
+    let priority = if sharing.contains(&track.session) {
+        2
+    } else if speaker == Some(track.session) {
+        1
+    } else {
+        0
+    };
+    TrackDemand {
+        audio: !track.family.is_video(),
+        priority,
+        layers,
+        wanted_rank: entry.state.target().rank(),
+        current_rank: entry
+            .state
+            .current_layer()
+            .and_then(|i| track.layers.get(i))
+            .map(|l| l.rank),
+    }
+}
