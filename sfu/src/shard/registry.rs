@@ -103,7 +103,6 @@ impl Registry {
     }
 
     /// Every session.
-    #[cfg(any(test, feature = "sim"))]
     pub(super) fn sessions(&self) -> impl Iterator<Item = (SessionId, &Session)> {
         self.sessions.iter().map(|(id, s)| (*id, s))
     }

@@ -310,7 +310,6 @@ impl Transport {
     }
 
     /// Every connection.
-    #[cfg(any(test, feature = "sim"))]
     pub(super) fn peers(&self) -> impl Iterator<Item = (PeerKey, &Peer)> {
         self.peers.iter().map(|(key, peer)| (*key, peer))
     }
