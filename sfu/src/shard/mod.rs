@@ -619,7 +619,7 @@ impl ShardCore {
         self.send_deferred_keyframe_requests(now);
         let wall = self.env.wall_time(now);
         self.media.send_reports(&mut self.transport, now, wall);
-        if now >= self.next_allocation {
+        if now >= self.next_allocation || std::mem::take(&mut self.media.downlink_fell) {
             self.next_allocation = now + ALLOCATION_INTERVAL;
             let sharing: std::collections::HashSet<SessionId> = self
                 .registry

@@ -56,6 +56,9 @@ pub(super) struct MediaRouter {
     pub(super) tracks: HashMap<TrackKey, PublishedTrack>,
     /// Per room, fed by the audio levels publishers send.
     pub(super) speakers: HashMap<String, SpeakerDetector<SessionId>>,
+    /// A subscriber's downlink estimate went down since the last sharing: share again
+    /// now rather than at the next interval.
+    pub(super) downlink_fell: bool,
 }
 
 impl MediaRouter {
@@ -144,7 +147,9 @@ impl MediaRouter {
         metrics.rtp_received_packets.inc();
         let received = packet.header.marshal_size() + packet.payload.len();
         metrics.rtp_received_bytes.inc_by(received as u64);
-        let Self { tracks, speakers } = self;
+        let Self {
+            tracks, speakers, ..
+        } = self;
         let Some(track) = tracks.get_mut(&track_key) else {
             return keyframe_wanted;
         };
@@ -364,7 +369,9 @@ impl MediaRouter {
                     .peer_mut(key)
                     .and_then(|peer| peer.downlink.as_mut())
             {
+                let before = downlink.evidence().decreases;
                 downlink.on_feedback(now, feedback);
+                self.downlink_fell |= downlink.evidence().decreases != before;
             }
         }
         requests
