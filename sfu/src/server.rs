@@ -237,6 +237,7 @@ fn app(state: AppState) -> Router {
             "/v1/pipelines/{name}",
             get(get_pipeline).put(put_pipeline).delete(delete_pipeline),
         )
+        .route("/v1/pipelines/{name}/subscribers", get(get_subscribers))
         .route("/v1/load", get(load))
         .route("/v1/drain", post(drain))
         .merge(fault_routes())
@@ -375,6 +376,13 @@ async fn get_pipeline(State(state): State<AppState>, Path(name): Path<String>) -
             Some(info) => Json(info).into_response(),
             None => admin_error(AdminError::NotFound(name)),
         },
+        Err(err) => admin_error(err),
+    }
+}
+
+async fn get_subscribers(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.core.subscribers(name).await {
+        Ok(list) => Json(list).into_response(),
         Err(err) => admin_error(err),
     }
 }

@@ -181,6 +181,42 @@ pub struct PipelineInfo {
     pub max_subscriber_loss_percent: f64,
 }
 
+/// A subscriber's reception in one word (see `GET /v1/pipelines/{room}/subscribers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reception {
+    /// Nothing lost to speak of, a short round trip, everything it asked for.
+    Good,
+    /// Some loss, a long round trip, or video held below what it asked for.
+    Fair,
+    /// Heavy loss, a very long round trip, or video paused.
+    Poor,
+}
+
+/// One subscriber of a pipeline, as its downlink looks from the shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberReception {
+    /// The participant id.
+    pub participant: String,
+    /// Its display name.
+    pub name: String,
+    /// The word for it.
+    pub reception: Reception,
+    /// The worst loss its latest receiver reports state, percent.
+    pub loss_percent: f64,
+    /// What its downlink may be sent, bit/s, once its congestion feedback has been read.
+    pub downlink_bps: Option<u64>,
+    /// The round trip of its downlink, ms, once measured.
+    pub rtt_ms: Option<u32>,
+    /// Whether its downlink has been congested (its layers are then chosen to fit).
+    pub congested: bool,
+    /// Video tracks held below the quality it asked for.
+    pub held_back_tracks: u32,
+    /// Video tracks paused because its downlink cannot carry them.
+    pub paused_tracks: u32,
+}
+
 /// The shard's load, reported to the operator.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

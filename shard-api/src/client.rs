@@ -4,7 +4,7 @@
 //! Every call has a deadline and reads at most [`MAX_RESPONSE_BYTES`], so a shard that
 //! hangs or answers with garbage costs its caller one error, never a stuck task.
 
-use crate::admin::{PipelineInfo, PipelineSpec, ShardLoad};
+use crate::admin::{PipelineInfo, PipelineSpec, ShardLoad, SubscriberReception};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -125,6 +125,22 @@ impl ShardAdmin {
     /// Every pipeline the shard hosts.
     pub async fn pipelines(&self) -> Result<Vec<PipelineInfo>, AdminCallError> {
         Self::decode(&self.call(Method::GET, "/v1/pipelines", None).await?)
+    }
+
+    /// How each subscriber of pipeline `name` receives.
+    pub async fn subscribers(
+        &self,
+        name: &str,
+    ) -> Result<Vec<SubscriberReception>, AdminCallError> {
+        Self::decode(
+            &self
+                .call(
+                    Method::GET,
+                    &format!("/v1/pipelines/{name}/subscribers"),
+                    None,
+                )
+                .await?,
+        )
     }
 
     /// Releases a pipeline, ending its sessions.

@@ -10,7 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use tutti_sfu::admin_client::{AdminCallError, ShardAdmin};
-use tutti_sfu::shard::api::{PipelineInfo, PipelineSpec, ShardLoad};
+use tutti_sfu::shard::api::{PipelineInfo, PipelineSpec, ShardLoad, SubscriberReception};
 
 /// Talks to one shard's admin API.
 #[derive(Clone)]
@@ -64,6 +64,11 @@ impl AdminClient {
     /// Lists pipelines.
     pub async fn pipelines(&self) -> Result<Vec<PipelineInfo>> {
         Ok(self.typed.pipelines().await?)
+    }
+
+    /// How each subscriber of pipeline `name` receives.
+    pub async fn subscribers(&self, name: &str) -> Result<Vec<SubscriberReception>> {
+        Ok(self.typed.subscribers(name).await?)
     }
 
     /// Releases a pipeline; the status the shard answered.

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, ensure};
 use std::time::{Duration, Instant};
 use tutti_sfu::shard::api::PipelineSpec;
 use tutti_sfu::signal::protocol::ServerMessage;
+use tutti_shard_api::admin::Reception;
 use tutti_tests::init_logs;
 use tutti_tests::participant::{Participant, ParticipantConfig, TrackRecord};
 use tutti_tests::shard::{SIGNAL_TOKEN, TestShard};
@@ -373,6 +374,19 @@ async fn receiver_reports_of_unrepairable_loss_reach_the_admin_api() -> Result<(
         async move { Ok((6.0..=14.0).contains(&loss.await?)) }
     })
     .await?;
+    // Per subscriber: the lossy one is no longer "good", the healthy one is.
+    let subscribers = admin.subscribers("reports").await?;
+    let find = |who: &str| subscribers.iter().find(|s| s.name == who);
+    let lossy = find("lossy").context("the lossy viewer listed")?;
+    ensure!((6.0..=14.0).contains(&lossy.loss_percent), "{lossy:?}");
+    ensure!(lossy.reception != Reception::Good, "{lossy:?}");
+    let healthy = find("healthy").context("the healthy viewer listed")?;
+    ensure!(healthy.loss_percent == 0.0, "{healthy:?}");
+    ensure!(healthy.reception == Reception::Good, "{healthy:?}");
+    ensure!(
+        admin.subscribers("no-such-room").await.is_err(),
+        "an unknown pipeline is not found"
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod loss;
 pub mod outgoing;
 pub mod picture_id;
 pub mod probe;
+pub mod quality;
 pub mod rate;
 pub mod retransmit;
 pub mod send_history;

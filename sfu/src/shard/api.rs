@@ -5,7 +5,7 @@ use crate::signal::protocol::{ClientMessage, ErrorCode, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 pub use tutti_shard_api::admin::{
     AdminError, MAX_EMPTY_TIMEOUT_SECS, MediaPolicy, PARTICIPANT_BOUNDS, PipelineInfo,
-    PipelineSpec, ShardLoad,
+    PipelineSpec, ShardLoad, SubscriberReception,
 };
 
 /// Why a join failed.
@@ -122,6 +122,13 @@ pub enum Command {
     ListPipelines {
         /// The list.
         reply: oneshot::Sender<Vec<PipelineInfo>>,
+    },
+    /// How each subscriber of a pipeline receives.
+    Subscribers {
+        /// Room name.
+        room: String,
+        /// The list; `None` for no such pipeline.
+        reply: oneshot::Sender<Option<Vec<SubscriberReception>>>,
     },
     /// Release a pipeline, ending its sessions.
     ReleasePipeline {
@@ -286,6 +293,17 @@ impl CoreHandle {
         self.ask(|reply| Command::ListPipelines { reply })
             .await
             .ok_or(AdminError::Unavailable)
+    }
+
+    /// How each subscriber of pipeline `room` receives.
+    pub async fn subscribers(&self, room: String) -> Result<Vec<SubscriberReception>, AdminError> {
+        self.ask(|reply| Command::Subscribers {
+            room: room.clone(),
+            reply,
+        })
+        .await
+        .ok_or(AdminError::Unavailable)?
+        .ok_or(AdminError::NotFound(room))
     }
 
     /// Releases a pipeline.

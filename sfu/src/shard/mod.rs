@@ -772,6 +772,9 @@ impl ShardCore {
             Command::PutPipeline { name, spec, reply } => {
                 let _ = reply.send(self.put_pipeline(name, spec, now));
             }
+            Command::Subscribers { room, reply } => {
+                let _ = reply.send(self.subscriber_reception(&room));
+            }
             Command::ListPipelines { reply } => {
                 let mut list: Vec<PipelineInfo> = self
                     .registry

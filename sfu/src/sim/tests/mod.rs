@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::signal::protocol::{Quality, ServerMessage, TrackKind};
+use tutti_shard_api::admin::Reception;
 
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -821,6 +822,29 @@ fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_
         Some(2),
         "Carol unaffected"
     );
+    // The admin API tells them apart.
+    let reception = |sim: &mut Sim, who: &str| {
+        sim.ask(|reply| Command::Subscribers {
+            room: "room".into(),
+            reply,
+        })
+        .flatten()
+        .expect("the pipeline's subscribers")
+        .into_iter()
+        .find(|s| s.participant == who)
+        .expect("listed")
+    };
+    let bob_seen = reception(&mut sim, "bob");
+    assert!(bob_seen.congested, "{bob_seen:?}");
+    assert!(
+        bob_seen.downlink_bps.is_some_and(|bps| bps < 500_000),
+        "{bob_seen:?}"
+    );
+    assert_eq!(bob_seen.held_back_tracks, 1, "{bob_seen:?}");
+    assert_eq!(bob_seen.reception, Reception::Fair, "{bob_seen:?}");
+    let carol_seen = reception(&mut sim, "carol");
+    assert!(!carol_seen.congested, "{carol_seen:?}");
+    assert_eq!(carol_seen.reception, Reception::Good, "{carol_seen:?}");
 
     // The limit lifts: probes find the room, Bob climbs back to the top.
     sim.net.set_link(
@@ -837,5 +861,8 @@ fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_
     })
     .unwrap();
     eprintln!("back on top after {:?}", sim.now() - lifted_at);
+    let bob_seen = reception(&mut sim, "bob");
+    assert_eq!(bob_seen.held_back_tracks, 0, "{bob_seen:?}");
+    assert_eq!(bob_seen.reception, Reception::Good, "{bob_seen:?}");
     assert!(sim.metrics().probe_padding_bytes.get() > 0, "probes padded");
 }
