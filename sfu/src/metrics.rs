@@ -117,6 +117,11 @@ pub struct ShardMetrics {
     pub tracks: Gauge,
     /// Subscriber streams being forwarded.
     pub forwarded_streams: Gauge,
+    /// Subscribers whose downlink has been congested (their layers are chosen to fit).
+    pub congested_subscribers: Gauge,
+    /// Video streams held below the quality their subscriber asked for, or paused, by the
+    /// subscriber's downlink.
+    pub held_back_video: Gauge,
 }
 
 impl Default for ShardMetrics {
@@ -252,6 +257,16 @@ impl ShardMetrics {
                 "Panics caught in a peer connection; each ended one session",
             ),
             pipelines: gauge(&mut registry, "pipelines", "Pipelines hosted"),
+            congested_subscribers: gauge(
+                &mut registry,
+                "congested_subscribers",
+                "Subscribers whose downlink has been congested",
+            ),
+            held_back_video: gauge(
+                &mut registry,
+                "held_back_video",
+                "Video streams held below the asked quality or paused by a subscriber's downlink",
+            ),
             participants: gauge(&mut registry, "participants", "Participants connected"),
             tracks: gauge(&mut registry, "tracks", "Published tracks"),
             forwarded_streams: gauge(

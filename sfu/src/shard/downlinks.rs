@@ -28,9 +28,11 @@ impl MediaRouter {
     pub(super) fn allocate_downlinks(
         &mut self,
         transport: &mut Transport,
+        metrics: &ShardMetrics,
         sharing: &HashSet<SessionId>,
         now: Instant,
     ) {
+        let (mut congested, mut held) = (0i64, 0i64);
         let mut by_peer: HashMap<PeerKey, Vec<(TrackKey, usize)>> = HashMap::new();
         for (key, track) in &self.tracks {
             for (index, entry) in track.downtracks.iter().enumerate() {
@@ -47,6 +49,7 @@ impl MediaRouter {
             if !estimate.congested_once() {
                 continue;
             }
+            congested += 1;
             let mut demands = Vec::with_capacity(list.len());
             let mut placed = Vec::with_capacity(list.len());
             for &(track_key, index) in &list {
@@ -67,7 +70,17 @@ impl MediaRouter {
             let allotments = allocate(estimate.usable_bps(), &demands);
             let goal = probe_goal(&demands, &allotments);
             let evidence = estimate.evidence();
-            for ((track_key, index), allotment) in placed.into_iter().zip(allotments) {
+            for (((track_key, index), allotment), demand) in
+                placed.into_iter().zip(allotments).zip(&demands)
+            {
+                let held_back = match allotment {
+                    Allotment::Paused => !demand.audio,
+                    Allotment::UpTo(rank) => demand
+                        .layers
+                        .iter()
+                        .any(|l| l.rank > rank && l.rank <= demand.wanted_rank),
+                };
+                held += i64::from(held_back);
                 if let Some(entry) = self
                     .tracks
                     .get_mut(&track_key)
@@ -86,6 +99,8 @@ impl MediaRouter {
                 }
             }
         }
+        metrics.congested_subscribers.set(congested);
+        metrics.held_back_video.set(held);
     }
 
     /// Sends the padding running probes owe by now, and judges those whose feedback is in.

@@ -628,7 +628,7 @@ impl ShardCore {
                 .map(|(id, _)| id)
                 .collect();
             self.media
-                .allocate_downlinks(&mut self.transport, &sharing, now);
+                .allocate_downlinks(&mut self.transport, &self.metrics, &sharing, now);
         }
         if now >= self.next_speaker {
             self.next_speaker = now + SPEAKER_INTERVAL;

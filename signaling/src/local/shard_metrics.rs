@@ -67,7 +67,7 @@ impl Collector for ShardsCollector {
                 ConstCounter::new(read(metrics)).encode(family.encode_family(&label)?)?;
             }
         }
-        let gauges: [(&str, &str, GaugeReading); 3] = [
+        let gauges: [(&str, &str, GaugeReading); 5] = [
             ("tutti_sfu_pipelines", "Pipelines hosted", |m| {
                 m.pipelines.get()
             }),
@@ -78,6 +78,16 @@ impl Collector for ShardsCollector {
                 "tutti_sfu_forwarded_streams",
                 "Subscriber streams forwarded",
                 |m| m.forwarded_streams.get(),
+            ),
+            (
+                "tutti_sfu_congested_subscribers",
+                "Subscribers whose downlink has been congested",
+                |m| m.congested_subscribers.get(),
+            ),
+            (
+                "tutti_sfu_held_back_video",
+                "Video streams held below the asked quality or paused by a subscriber's downlink",
+                |m| m.held_back_video.get(),
             ),
         ];
         for (name, help, read) in gauges {

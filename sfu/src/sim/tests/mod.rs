@@ -842,6 +842,8 @@ fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_
     );
     assert_eq!(bob_seen.held_back_tracks, 1, "{bob_seen:?}");
     assert_eq!(bob_seen.reception, Reception::Fair, "{bob_seen:?}");
+    assert_eq!(sim.metrics().congested_subscribers.get(), 1);
+    assert_eq!(sim.metrics().held_back_video.get(), 1);
     let carol_seen = reception(&mut sim, "carol");
     assert!(!carol_seen.congested, "{carol_seen:?}");
     assert_eq!(carol_seen.reception, Reception::Good, "{carol_seen:?}");
@@ -864,5 +866,6 @@ fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_
     let bob_seen = reception(&mut sim, "bob");
     assert_eq!(bob_seen.held_back_tracks, 0, "{bob_seen:?}");
     assert_eq!(bob_seen.reception, Reception::Good, "{bob_seen:?}");
+    assert_eq!(sim.metrics().held_back_video.get(), 0);
     assert!(sim.metrics().probe_padding_bytes.get() > 0, "probes padded");
 }
