@@ -868,4 +868,15 @@ fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_
     assert_eq!(bob_seen.reception, Reception::Good, "{bob_seen:?}");
     assert_eq!(sim.metrics().held_back_video.get(), 0);
     assert!(sim.metrics().probe_padding_bytes.get() > 0, "probes padded");
+    // rtc's own RTP stack in the simulated browser read the probes as padding only: the
+    // padding bit and count were right, and nothing reached the decoder.
+    assert!(
+        sim.client(bob).padding_received > 0,
+        "padding received as padding"
+    );
+    assert_eq!(
+        sim.client(carol).padding_received,
+        0,
+        "Carol was never probed"
+    );
 }
