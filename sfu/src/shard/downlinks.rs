@@ -33,6 +33,15 @@ impl MediaRouter {
         now: Instant,
     ) {
         let (mut congested, mut held) = (0i64, 0i64);
+        let any_congested = transport
+            .peers()
+            .any(|(_, peer)| peer.downlink.as_deref().is_some_and(|d| d.congested_once()));
+        if !any_congested {
+            // The common case: nothing to share, and no list of every downtrack to build.
+            metrics.congested_subscribers.set(0);
+            metrics.held_back_video.set(0);
+            return;
+        }
         let mut by_peer: HashMap<PeerKey, Vec<(TrackKey, usize)>> = HashMap::new();
         for (key, track) in &self.tracks {
             for (index, entry) in track.downtracks.iter().enumerate() {

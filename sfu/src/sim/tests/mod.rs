@@ -674,6 +674,34 @@ fn viewers_get_transport_wide_sequence_numbers_and_sender_reports() {
 
 mod pipe;
 
+/// Alice publishes `audio` and `video` in "room"; Bob and Carol view it. Returns their
+/// indexes (Alice, Bob, Carol).
+fn alice_bob_and_carol(
+    sim: &mut Sim,
+    audio: Option<Option<u8>>,
+    video: VideoSpec,
+) -> (usize, usize, usize) {
+    let alice = sim
+        .join("room", "alice", publishing(audio, Some(video)))
+        .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    let carol = sim.join("room", "carol", viewer()).unwrap();
+    (alice, bob, carol)
+}
+
+/// The link from the shard to `viewer`: 20 ms, limited to `rate_bps` if given.
+fn limit_downlink(sim: &mut Sim, viewer: usize, rate_bps: Option<u64>) {
+    sim.net.set_link(
+        SHARD.ip(),
+        client_addr(viewer).ip(),
+        LinkParams {
+            delay: Duration::from_millis(20),
+            rate_bps,
+            ..LinkParams::default()
+        },
+    );
+}
+
 /// Alice sends 1 Mbit/s of video to Bob, whose downlink carries 400 kbit/s, and to Carol,
 /// whose downlink has room: the transport-cc feedback of each (sent by rtc's own TWCC
 /// receiver in the simulated browser) reaches the shard's estimate, which finds Bob's
@@ -682,29 +710,12 @@ mod pipe;
 #[test]
 fn each_subscribers_feedback_drives_its_own_downlink_estimate() {
     let mut sim = Sim::with_defaults().unwrap();
-    sim.join(
-        "room",
-        "alice",
-        publishing(
-            None,
-            Some(VideoSpec {
-                bitrate: 1_000_000,
-                ..VideoSpec::single()
-            }),
-        ),
-    )
-    .unwrap();
-    let bob = sim.join("room", "bob", viewer()).unwrap();
-    let carol = sim.join("room", "carol", viewer()).unwrap();
-    sim.net.set_link(
-        SHARD.ip(),
-        client_addr(bob).ip(),
-        LinkParams {
-            delay: Duration::from_millis(20),
-            rate_bps: Some(400_000),
-            ..LinkParams::default()
-        },
-    );
+    let video = VideoSpec {
+        bitrate: 1_000_000,
+        ..VideoSpec::single()
+    };
+    let (_, bob, carol) = alice_bob_and_carol(&mut sim, None, video);
+    limit_downlink(&mut sim, bob, Some(400_000));
     receive(&mut sim, carol, "alice", TrackKind::Video, 50);
     sim.run_for(Duration::from_secs(8));
     let estimate = |sim: &mut Sim, who: usize| {
@@ -740,30 +751,14 @@ fn last_layer(sim: &Sim, viewer: usize, track: &str, alice: usize) -> Option<usi
 #[test]
 fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_lifts() {
     let mut sim = Sim::with_defaults().unwrap();
-    let alice = sim
-        .join(
-            "room",
-            "alice",
-            publishing(
-                Some(None),
-                Some(VideoSpec {
-                    bitrate: 1_200_000,
-                    ..VideoSpec::simulcast()
-                }),
-            ),
-        )
-        .unwrap();
-    let bob = sim.join("room", "bob", viewer()).unwrap();
-    let carol = sim.join("room", "carol", viewer()).unwrap();
+    let simulcast = VideoSpec {
+        bitrate: 1_200_000,
+        ..VideoSpec::simulcast()
+    };
+    let (alice, bob, carol) = alice_bob_and_carol(&mut sim, Some(None), simulcast);
     let video = receive(&mut sim, carol, "alice", TrackKind::Video, 30);
     let audio = receive(&mut sim, bob, "alice", TrackKind::Audio, 30);
-    let bottleneck = LinkParams {
-        delay: Duration::from_millis(20),
-        rate_bps: Some(500_000),
-        ..LinkParams::default()
-    };
-    sim.net
-        .set_link(SHARD.ip(), client_addr(bob).ip(), bottleneck);
+    limit_downlink(&mut sim, bob, Some(500_000));
     let limited_at = sim.now();
     sim.run_until(Duration::from_secs(15), "Bob moved to the low layer", |s| {
         last_layer(s, bob, &video, alice) == Some(0)
@@ -849,14 +844,7 @@ fn a_constrained_viewer_settles_on_the_low_layer_and_climbs_back_when_the_limit_
     assert_eq!(carol_seen.reception, Reception::Good, "{carol_seen:?}");
 
     // The limit lifts: probes find the room, Bob climbs back to the top.
-    sim.net.set_link(
-        SHARD.ip(),
-        client_addr(bob).ip(),
-        LinkParams {
-            delay: Duration::from_millis(20),
-            ..LinkParams::default()
-        },
-    );
+    limit_downlink(&mut sim, bob, None);
     let lifted_at = sim.now();
     sim.run_until(Duration::from_secs(40), "Bob back on the top layer", |s| {
         last_layer(s, bob, &video, alice) == Some(2)
