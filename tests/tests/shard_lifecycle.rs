@@ -153,10 +153,12 @@ async fn releasing_a_pipeline_ends_its_sessions_and_frees_the_shard() -> Result<
         .await?;
     ensure!(shard.admin.release("doomed").await? == hyper::StatusCode::NO_CONTENT);
     for p in [&teacher, &student] {
+        // Released by the control plane, the room is elsewhere now (or gone, which the
+        // gateway says on the rejoin): each session is told to join again.
         p.wait_for(WAIT, "being told the room was released", |_, events| {
             events
                 .iter()
-                .any(|e| matches!(e, ServerMessage::Left { reason, reconnect: false } if reason.contains("released")))
+                .any(|e| matches!(e, ServerMessage::Left { reason, reconnect: true } if reason.contains("released")))
         })
         .await?;
     }

@@ -84,6 +84,13 @@ const STOPPING: &str = "the shard is stopping; reconnect";
 /// What a session is told when its media connection failed past recovery (no ICE restart
 /// came in time); it is to join again as the same participant.
 const MEDIA_FAILED: &str = "media connection failed";
+/// What sessions are told when the control plane takes their room off this shard: it
+/// moved nearer its participants, or its shard is being emptied, and the gateway knows
+/// where it is now. (A deleted room's rejoin is refused as not found, which says it.)
+const RELEASED: &str = "the room was released from this shard; join again";
+/// What sessions are told when their room is released after standing empty past its
+/// timeout; none of them holds a seat, so none is to come back.
+const RELEASED_EMPTY: &str = "the room was released";
 
 /// How long a session may hold a seat of a full room without ever connecting media
 /// before a newcomer may take it: a WebSocket alone must not squat a lesson.
@@ -664,7 +671,7 @@ impl ShardCore {
         for name in expired {
             tracing::info!(room = %name, "releasing pipeline empty past its timeout");
             self.metrics.pipelines_released_empty.inc();
-            self.release_room(&name, now);
+            self.release_room(&name, now, RELEASED_EMPTY);
         }
     }
 
@@ -786,7 +793,7 @@ impl ShardCore {
             }
             Command::ReleasePipeline { name, reply } => {
                 let result = if self.registry.room(&name).is_some() {
-                    self.release_room(&name, now);
+                    self.release_room(&name, now, RELEASED);
                     Ok(())
                 } else {
                     Err(AdminError::NotFound(name))
@@ -926,7 +933,8 @@ impl ShardCore {
         })
     }
 
-    fn release_room(&mut self, name: &str, now: Instant) {
+    /// Ends every session of room `name`, telling each `reason`, and frees its pipeline.
+    fn release_room(&mut self, name: &str, now: Instant, reason: &str) {
         let sessions = self
             .registry
             .room(name)
@@ -938,7 +946,7 @@ impl ShardCore {
             }
         }
         for session in sessions {
-            self.remove_session(session, now, Some("the room was released"));
+            self.remove_session(session, now, Some(reason));
         }
         self.registry.remove_room(name);
         self.media.close_room(name);
@@ -1122,7 +1130,7 @@ impl ShardCore {
                 id,
                 ServerMessage::Left {
                     reason: reason.to_owned(),
-                    reconnect: reason == STOPPING || reason == MEDIA_FAILED,
+                    reconnect: [STOPPING, MEDIA_FAILED, RELEASED].contains(&reason),
                 },
             );
         }
