@@ -10,7 +10,7 @@
 //!
 //! Shard → client: `joined`, `answer`, `offer`, `participant_joined`, `participant_left`,
 //! `track_published`, `track_unpublished`, `track_muted`, `screen_share`, `chat`,
-//! `active_speaker`, `error`, `pong`, `left`.
+//! `active_speaker`, `publish_layers`, `error`, `pong`, `left`.
 //!
 //! The shard is the one place a room lives, so it is also where the room's rules that
 //! involve other participants are kept: capacity, nicknames unique ignoring case, and the
@@ -28,15 +28,19 @@ pub enum Quality {
     Medium,
     /// The full-resolution layer.
     High,
+    /// Nothing: the subscriber does not show the video now (a hidden tile), so the shard
+    /// sends none of it until asked for a quality again.
+    Off,
 }
 
 impl Quality {
-    /// The rank of this quality (0 lowest).
-    pub fn rank(self) -> u8 {
+    /// The rank of this quality (0 lowest); `None` for [`Quality::Off`].
+    pub fn rank(self) -> Option<u8> {
         match self {
-            Self::Low => 0,
-            Self::Medium => 1,
-            Self::High => 2,
+            Self::Low => Some(0),
+            Self::Medium => Some(1),
+            Self::High => Some(2),
+            Self::Off => None,
         }
     }
 }
@@ -404,6 +408,15 @@ pub enum ServerMessage {
         track: String,
         /// Whether it is muted now.
         muted: bool,
+    },
+    /// To a publisher: encode only these simulcast layers of one of its video tracks, as
+    /// no subscriber receives the others (dynacast); sent again when that changes.
+    PublishLayers {
+        /// The track: its id in the publisher's offer (`MediaStreamTrack.id`).
+        track: String,
+        /// The rids to keep encoding; the others may be set inactive. Empty when nobody
+        /// receives the track at all.
+        active: Vec<String>,
     },
     /// A participant started or stopped sharing its screen.
     ScreenShare {

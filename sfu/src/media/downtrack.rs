@@ -51,9 +51,12 @@ impl Downtrack {
         }
     }
 
-    /// The quality the subscriber asked for.
+    /// The quality the subscriber asked for: [`Quality::Off`] (a hidden tile) stops the
+    /// video at once, like a paused allotment; asking again resumes it on a keyframe.
     pub fn set_target(&mut self, target: Quality) {
+        let was = self.max_rank();
         self.target = target;
+        self.pause_if_stopped(was);
     }
 
     /// The quality the subscriber asked for.
@@ -65,12 +68,28 @@ impl Downtrack {
     /// lower cap moves it down at the lower layer's next keyframe; `Paused` stops it at
     /// once, and it resumes on a keyframe, continuing the stream without a gap.
     pub fn set_allotment(&mut self, allotment: Allotment) {
-        if self.video && allotment == Allotment::Paused && self.allotment != Allotment::Paused {
+        let was = self.max_rank();
+        self.allotment = allotment;
+        self.pause_if_stopped(was);
+    }
+
+    /// The highest layer rank this subscriber is to receive now, by what it asked for and
+    /// what its downlink allows; `None` when it is to receive none of the video.
+    pub fn max_rank(&self) -> Option<u8> {
+        match self.allotment {
+            Allotment::Paused => None,
+            Allotment::UpTo(cap) => self.target.rank().map(|wanted| wanted.min(cap)),
+        }
+    }
+
+    /// Stops a video stream that was flowing (`was` its rank cap) and is to receive
+    /// nothing now; its sequence numbers continue without a gap when it resumes.
+    fn pause_if_stopped(&mut self, was: Option<u8>) {
+        if self.video && was.is_some() && self.max_rank().is_none() {
             self.current = None;
             self.pending = None;
             self.sequencer.pause();
         }
-        self.allotment = allotment;
     }
 
     /// What the subscriber's downlink allows this track.
@@ -100,14 +119,11 @@ impl Downtrack {
                 request_keyframe: None,
             };
         }
-        let max_rank = match self.allotment {
-            Allotment::Paused => {
-                return Decision {
-                    forward: None,
-                    request_keyframe: None,
-                };
-            }
-            Allotment::UpTo(rank) => rank.min(self.target.rank()),
+        let Some(max_rank) = self.max_rank() else {
+            return Decision {
+                forward: None,
+                request_keyframe: None,
+            };
         };
         let mut request_keyframe = None;
         let desired = select_layer_up_to(layers, max_rank);

@@ -8,6 +8,7 @@ pub mod allocation;
 pub mod codec;
 pub mod downlink;
 pub mod downtrack;
+pub mod dynacast;
 pub mod feedback;
 pub mod keyframe;
 pub mod loss;

@@ -11,6 +11,8 @@ pub struct RateMeter {
     window_start: Option<Instant>,
     bytes: u64,
     last_bps: Option<f64>,
+    /// The last complete window in which the stream flowed.
+    flowing_bps: Option<f64>,
 }
 
 impl RateMeter {
@@ -25,6 +27,9 @@ impl RateMeter {
             } else {
                 self.bytes as f64 * 8.0 / elapsed.as_secs_f64()
             });
+            if self.last_bps.is_some_and(|bps| bps > 0.0) {
+                self.flowing_bps = self.last_bps;
+            }
             self.window_start = Some(now);
             self.bytes = 0;
         }
@@ -35,6 +40,12 @@ impl RateMeter {
     /// arrived so far counted as a whole second's worth.
     pub fn bps(&self) -> f64 {
         self.last_bps.unwrap_or(self.bytes as f64 * 8.0)
+    }
+
+    /// What the stream brought in over the last complete window in which it flowed: what
+    /// a layer paused for a while would cost again once resumed.
+    pub fn flowing_bps(&self) -> Option<f64> {
+        self.flowing_bps
     }
 }
 
@@ -64,8 +75,11 @@ mod tests {
         meter.add(t0 + Duration::from_millis(2000), 0);
         let second = meter.bps();
         assert!((second - 500_000.0).abs() < 1.0, "{second}");
-        // Silence, then a packet: the silent window reads as nothing.
+        // Silence, then a packet: the silent window reads as nothing, but what it cost
+        // while it flowed is remembered.
         meter.add(t0 + Duration::from_secs(10), 100);
         assert_eq!(meter.bps(), 0.0);
+        let flowing = meter.flowing_bps().unwrap_or_default();
+        assert!((flowing - 500_000.0).abs() < 1.0, "{flowing}");
     }
 }

@@ -35,9 +35,10 @@ pub fn rank_layers(rids: &[&str]) -> Vec<u8> {
 }
 
 /// Picks the layer to forward: the highest-ranked active layer at or below the target,
-/// else the lowest-ranked active layer. `layers` holds `(rank, active)`; returns an index.
+/// else the lowest-ranked active layer; none for [`Quality::Off`]. `layers` holds
+/// `(rank, active)`; returns an index.
 pub fn select_layer(layers: &[(u8, bool)], target: Quality) -> Option<usize> {
-    select_layer_up_to(layers, target.rank())
+    select_layer_up_to(layers, target.rank()?)
 }
 
 /// [`select_layer`] for a rank: the highest-ranked active layer at or below `max_rank`,
@@ -84,5 +85,6 @@ mod tests {
         assert_eq!(select_layer(&only_high, Quality::Low), Some(2));
         assert_eq!(select_layer(&[(0, false)], Quality::Low), None);
         assert_eq!(select_layer(&[], Quality::Low), None);
+        assert_eq!(select_layer(&layers, Quality::Off), None);
     }
 }

@@ -69,7 +69,10 @@ impl MediaRouter {
                     continue;
                 };
                 let speaker = self.speakers.get(&track.room).and_then(|s| s.current());
-                let demand = demand(track, entry, speaker, sharing, now);
+                // A track the subscriber turned off asks nothing of its downlink.
+                let Some(demand) = demand(track, entry, speaker, sharing, now) else {
+                    continue;
+                };
                 // A track with nothing flowing (muted, stalled) keeps what it had.
                 if !demand.layers.is_empty() {
                     demands.push(demand);
@@ -227,24 +230,46 @@ impl MediaRouter {
     }
 }
 
-/// What one downtrack of `track` asks of the subscriber's downlink.
+/// What one downtrack of `track` asks of the subscriber's downlink; `None` for video the
+/// subscriber turned off.
 fn demand(
     track: &PublishedTrack,
     entry: &super::DowntrackEntry,
     speaker: Option<SessionId>,
     sharing: &HashSet<SessionId>,
     now: Instant,
-) -> TrackDemand {
+) -> Option<TrackDemand> {
+    let audio = !track.family.is_video();
+    let wanted_rank = if audio {
+        0
+    } else {
+        entry.state.target().rank()?
+    };
+    // The layers flowing, and those paused at the publisher because nobody needed them
+    // (dynacast), at what they cost while they flowed: a subscriber's allotment may reach
+    // them, which is what resumes them.
     let layers = track
         .layers
         .iter()
-        .filter(|l| {
-            l.last_packet
-                .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE)
-        })
-        .map(|l| LayerOffer {
-            rank: l.rank,
-            bps: l.rate.bps(),
+        .enumerate()
+        .filter_map(|(index, l)| {
+            let flowing = l
+                .last_packet
+                .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE);
+            if flowing {
+                return Some(LayerOffer {
+                    rank: l.rank,
+                    bps: l.rate.bps(),
+                });
+            }
+            let paused = track
+                .layer_switch
+                .as_ref()
+                .is_some_and(|s| !s.is_active(index));
+            paused
+                .then(|| l.rate.flowing_bps())
+                .flatten()
+                .map(|bps| LayerOffer { rank: l.rank, bps })
         })
         .collect();
     let priority = if sharing.contains(&track.session) {
@@ -254,17 +279,17 @@ fn demand(
     } else {
         0
     };
-    TrackDemand {
-        audio: !track.family.is_video(),
+    Some(TrackDemand {
+        audio,
         priority,
         layers,
-        wanted_rank: entry.state.target().rank(),
+        wanted_rank,
         current_rank: entry
             .state
             .current_layer()
             .and_then(|i| track.layers.get(i))
             .map(|l| l.rank),
-    }
+    })
 }
 
 impl super::ShardCore {
@@ -293,7 +318,10 @@ impl super::ShardCore {
                     match entry.state.allotment() {
                         Allotment::Paused => signals.paused += 1,
                         Allotment::UpTo(rank) => {
-                            let wanted = entry.state.target().rank();
+                            // Turned off by the subscriber: not held back by its network.
+                            let Some(wanted) = entry.state.target().rank() else {
+                                continue;
+                            };
                             if rank < wanted
                                 && track
                                     .layers

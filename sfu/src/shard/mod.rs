@@ -30,6 +30,7 @@
 
 pub mod api;
 mod downlinks;
+mod dynacast;
 mod env;
 mod forward;
 mod guarded;
@@ -321,6 +322,9 @@ pub(crate) struct PublishedTrack {
     audio_level_ext: Option<u8>,
     muted: bool,
     downtracks: Vec<DowntrackEntry>,
+    /// Which simulcast layers the publisher is asked to encode (dynacast); `None` for a
+    /// track of one layer, or one relayed from a parent shard.
+    layer_switch: Option<crate::media::dynacast::LayerSwitch>,
 }
 
 #[derive(Default)]
@@ -636,6 +640,9 @@ impl ShardCore {
                 .collect();
             self.media
                 .allocate_downlinks(&mut self.transport, &self.metrics, &sharing, now);
+            for (publisher, message) in self.media.switch_publisher_layers(now) {
+                self.send(publisher, message);
+            }
         }
         if now >= self.next_speaker {
             self.next_speaker = now + SPEAKER_INTERVAL;

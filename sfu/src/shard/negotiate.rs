@@ -134,7 +134,12 @@ impl ShardCore {
                     .and_then(|k| self.media.track_mut(k))
                     .and_then(|t| t.downtracks.iter_mut().find(|d| d.session == session));
                 match found {
-                    Some(entry) => entry.state.set_target(quality),
+                    Some(entry) => {
+                        entry.state.set_target(quality);
+                        // A layer it now needs may be paused at the publisher (dynacast):
+                        // share and switch at the next housekeeping, not a period later.
+                        self.next_allocation = now;
+                    }
                     None => {
                         self.send_error(session, ErrorCode::TrackNotFound, "no such received track")
                     }
@@ -738,6 +743,9 @@ impl ShardCore {
             .position(|l| l.ssrc == Some(init.ssrc))
             .unwrap_or(0);
         let track_key = self.ids.track();
+        let layer_switch = (video
+            && (2..=crate::media::dynacast::MAX_LAYERS).contains(&layers.len()))
+        .then(|| crate::media::dynacast::LayerSwitch::new(layers.len()));
         let track = PublishedTrack {
             id: format!("TR{}", self.env.token(12)),
             room: room.clone(),
@@ -752,6 +760,7 @@ impl ShardCore {
             audio_level_ext,
             muted: false,
             downtracks: Vec::new(),
+            layer_switch,
         };
         let info = self.track_info(&track);
         self.media.publish(track_key, track);

@@ -223,6 +223,9 @@ impl ShardCore {
             audio_level_ext: None,
             muted: false,
             downtracks: Vec::new(),
+            // The parent's publisher encodes what the parent's subscribers need, this
+            // shard's relay links among them.
+            layer_switch: None,
         };
         let info = self.track_info(&track);
         self.media.publish(track_key, track);

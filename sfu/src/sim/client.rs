@@ -543,6 +543,18 @@ impl Client {
                     sdp: answer.sdp,
                 })
             }
+            ServerMessage::PublishLayers { active, .. } => {
+                // As a browser does with its encodings' `active` flags; an encoding
+                // switched back on starts with a keyframe.
+                for layer in &mut self.video {
+                    let paused = !active.iter().any(|rid| rid == layer.rid);
+                    if layer.paused && !paused {
+                        layer.source.request_keyframe();
+                    }
+                    layer.paused = paused;
+                }
+                None
+            }
             _ => None,
         }
     }
