@@ -2,11 +2,14 @@
 //!
 //! A camera sent as three layers costs the publisher's uplink and CPU for all three even
 //! when every subscriber shows it small, or hides it, or cannot take more than the lowest.
-//! Each track's layers are asked for by its subscribers (each wanting the layer it would
-//! get if every layer flowed); a layer nobody asked for over [`PAUSE_AFTER`] is paused at
-//! the publisher, and resumed as soon as someone asks for it. The wait keeps a tile that
-//! is resized back and forth, or a downlink estimate that dips for a moment, from
-//! switching the publisher's encoder on and off.
+//! Each subscriber needs the layer it would receive if every layer that can flow did:
+//! those flowing, those paused here (the publisher resumes one when told), and those just
+//! resumed whose packets are not in yet. A layer the publisher does not send on its own
+//! (a browser sends no full-resolution layer of a small camera, and drops top layers when
+//! its uplink is short) is not one a subscriber can need. A layer nobody needed over
+//! [`PAUSE_AFTER`] is paused at the publisher, and resumed as soon as someone needs it;
+//! the wait keeps a tile resized back and forth, or a downlink estimate that dips for a
+//! moment, from switching the publisher's encoder on and off.
 
 use super::simulcast::select_layer_up_to;
 use std::time::{Duration, Instant};
@@ -18,12 +21,9 @@ pub const MAX_LAYERS: usize = 8;
 /// How long a layer must have been unneeded before its publisher is told to pause it.
 pub const PAUSE_AFTER: Duration = Duration::from_secs(3);
 
-/// The layer a subscriber allowed up to `max_rank` needs from a track whose layers have
-/// `ranks`: the one it would receive if every layer flowed.
-pub fn needed_layer(ranks: &[u8], max_rank: u8) -> Option<usize> {
-    let all: Vec<(u8, bool)> = ranks.iter().map(|&rank| (rank, true)).collect();
-    select_layer_up_to(&all, max_rank)
-}
+/// How long after a layer was resumed (or the track started) it counts as about to flow:
+/// the publisher's encoder starts it with a keyframe within a round trip or so.
+pub const RESUME_GRACE: Duration = Duration::from_secs(2);
 
 /// Which layers of one published track its publisher is asked to encode.
 #[derive(Debug, Clone)]
@@ -32,20 +32,49 @@ pub struct LayerSwitch {
     active: Vec<bool>,
     /// Per layer: since when nobody has needed it.
     unneeded_since: Vec<Option<Instant>>,
+    /// Per layer: when it was last resumed (or the track started).
+    resumed_at: Vec<Instant>,
 }
 
 impl LayerSwitch {
-    /// A track of `layers` layers, all encoded: what a publisher starts with.
-    pub fn new(layers: usize) -> Self {
+    /// A track of `layers` layers that started at `now`, all encoded: what a publisher
+    /// starts with.
+    pub fn new(layers: usize, now: Instant) -> Self {
         Self {
             active: vec![true; layers],
             unneeded_since: vec![None; layers],
+            resumed_at: vec![now; layers],
         }
     }
 
     /// Whether layer `index` is being encoded (as far as the publisher was told).
     pub fn is_active(&self, index: usize) -> bool {
         self.active.get(index).copied().unwrap_or(true)
+    }
+
+    /// Whether layer `index` would reach a subscriber who needed it: it is `flowing`,
+    /// or paused here, or resumed so recently that its packets may not be in yet.
+    pub fn available(&self, index: usize, flowing: bool, now: Instant) -> bool {
+        flowing
+            || !self.is_active(index)
+            || self
+                .resumed_at
+                .get(index)
+                .is_some_and(|at| now.saturating_duration_since(*at) < RESUME_GRACE)
+    }
+
+    /// The layers subscribers need, given each layer's `(rank, available)` and the rank
+    /// cap of each subscriber that receives the track: per layer, whether one needs it.
+    pub fn needed(layers: &[(u8, bool)], caps: impl Iterator<Item = u8>) -> [bool; MAX_LAYERS] {
+        let mut needed = [false; MAX_LAYERS];
+        for cap in caps {
+            if let Some(index) = select_layer_up_to(layers, cap)
+                && let Some(slot) = needed.get_mut(index)
+            {
+                *slot = true;
+            }
+        }
+        needed
     }
 
     /// Takes which layers are needed at `now` (`needed[i]` for layer `i`); returns the
@@ -58,6 +87,7 @@ impl LayerSwitch {
                 *since = None;
                 if !*active {
                     *active = true;
+                    self.resumed_at[index] = now;
                     changed = true;
                 }
             } else {
@@ -76,23 +106,59 @@ impl LayerSwitch {
 mod tests {
     use super::*;
 
-    const Q_H_F: [u8; 3] = [0, 1, 2];
+    #[test]
+    fn a_subscriber_needs_the_layer_it_would_receive_from_those_that_can_flow() {
+        let all = [(0, true), (1, true), (2, true)];
+        let needed = |layers: &[(u8, bool)], caps: &[u8]| {
+            LayerSwitch::needed(layers, caps.iter().copied())[..layers.len()].to_vec()
+        };
+        assert_eq!(needed(&all, &[2, 2]), [false, false, true]);
+        assert_eq!(needed(&all, &[0, 2]), [true, false, true]);
+        // The publisher sends no full-resolution layer: those who want the best need the
+        // middle one, which must never be paused.
+        let no_top = [(0, true), (1, true), (2, false)];
+        assert_eq!(needed(&no_top, &[2]), [false, true, false]);
+        // Layers offered top first, as some publishers do.
+        assert_eq!(
+            needed(&[(2, true), (1, true), (0, true)], &[1]),
+            [false, true, false]
+        );
+        // Nothing at or below: the lowest that can flow.
+        assert_eq!(needed(&[(1, true), (2, true)], &[0]), [true, false]);
+        assert_eq!(needed(&all, &[]), [false, false, false]);
+    }
 
     #[test]
-    fn a_subscriber_needs_the_layer_it_would_receive_if_all_flowed() {
-        assert_eq!(needed_layer(&Q_H_F, 2), Some(2));
-        assert_eq!(needed_layer(&Q_H_F, 0), Some(0));
-        // Layers offered top first, as some publishers do.
-        assert_eq!(needed_layer(&[2, 1, 0], 1), Some(1));
-        // Nothing at or below: the lowest.
-        assert_eq!(needed_layer(&[1, 2], 0), Some(0));
-        assert_eq!(needed_layer(&[], 2), None);
+    fn a_layer_is_available_while_flowing_paused_or_just_resumed() {
+        let t0 = Instant::now();
+        let mut switch = LayerSwitch::new(2, t0);
+        // Just started: both may not have sent anything yet.
+        assert!(switch.available(1, false, t0 + RESUME_GRACE / 2));
+        // Started long ago and still silent: the publisher does not send it.
+        let later = t0 + RESUME_GRACE * 4;
+        assert!(!switch.available(1, false, later));
+        assert!(switch.available(1, true, later));
+        // Paused here: it would flow once resumed.
+        switch.update(&[true, false], later);
+        assert_eq!(
+            switch.update(&[true, false], later + PAUSE_AFTER),
+            Some(&[true, false][..])
+        );
+        assert!(switch.available(1, false, later + PAUSE_AFTER));
+        // Resumed: available through the grace, not after it if nothing came.
+        let resumed = later + PAUSE_AFTER * 2;
+        assert_eq!(
+            switch.update(&[true, true], resumed),
+            Some(&[true, true][..])
+        );
+        assert!(switch.available(1, false, resumed + RESUME_GRACE / 2));
+        assert!(!switch.available(1, false, resumed + RESUME_GRACE));
     }
 
     #[test]
     fn an_unneeded_layer_pauses_after_a_while_and_resumes_at_once() {
         let t0 = Instant::now();
-        let mut switch = LayerSwitch::new(3);
+        let mut switch = LayerSwitch::new(3, t0);
         // Every subscriber shows the track small: only the lowest layer is needed.
         let small = [true, false, false];
         assert_eq!(switch.update(&small, t0), None);
@@ -119,7 +185,7 @@ mod tests {
     #[test]
     fn a_layer_needed_again_within_the_wait_is_never_paused() {
         let t0 = Instant::now();
-        let mut switch = LayerSwitch::new(2);
+        let mut switch = LayerSwitch::new(2, t0);
         assert_eq!(switch.update(&[true, false], t0), None);
         assert_eq!(switch.update(&[true, true], t0 + PAUSE_AFTER / 2), None);
         // The wait starts over from the next time it is unneeded.
@@ -133,7 +199,7 @@ mod tests {
     #[test]
     fn a_track_nobody_receives_pauses_every_layer() {
         let t0 = Instant::now();
-        let mut switch = LayerSwitch::new(3);
+        let mut switch = LayerSwitch::new(3, t0);
         assert_eq!(switch.update(&[], t0), None);
         assert_eq!(
             switch.update(&[], t0 + PAUSE_AFTER),

@@ -2,9 +2,9 @@
 //! a layer that no subscriber receives, whether it shows the video small, hides it or
 //! cannot take more over its downlink, is paused at the publisher.
 
-use super::SessionId;
 use super::router::MediaRouter;
-use crate::media::dynacast::{MAX_LAYERS, needed_layer};
+use super::{LAYER_IDLE, SessionId};
+use crate::media::dynacast::{LayerSwitch, MAX_LAYERS};
 use std::time::Instant;
 use tutti_shard_api::protocol::ServerMessage;
 
@@ -21,18 +21,15 @@ impl MediaRouter {
                 continue;
             };
             let count = track.layers.len().min(MAX_LAYERS);
-            let mut ranks = [0u8; MAX_LAYERS];
-            for (rank, layer) in ranks.iter_mut().zip(&track.layers) {
-                *rank = layer.rank;
+            let mut layers = [(0u8, false); MAX_LAYERS];
+            for (index, (slot, layer)) in layers.iter_mut().zip(&track.layers).enumerate() {
+                let flowing = layer
+                    .last_packet
+                    .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE);
+                *slot = (layer.rank, switch.available(index, flowing, now));
             }
-            let mut needed = [false; MAX_LAYERS];
-            for entry in &track.downtracks {
-                if let Some(max_rank) = entry.state.max_rank()
-                    && let Some(index) = needed_layer(&ranks[..count], max_rank)
-                {
-                    needed[index] = true;
-                }
-            }
+            let caps = track.downtracks.iter().filter_map(|d| d.state.max_rank());
+            let needed = LayerSwitch::needed(&layers[..count], caps);
             let Some(active) = switch.update(&needed[..count], now) else {
                 continue;
             };

@@ -745,7 +745,7 @@ impl ShardCore {
         let track_key = self.ids.track();
         let layer_switch = (video
             && (2..=crate::media::dynacast::MAX_LAYERS).contains(&layers.len()))
-        .then(|| crate::media::dynacast::LayerSwitch::new(layers.len()));
+        .then(|| crate::media::dynacast::LayerSwitch::new(layers.len(), now));
         let track = PublishedTrack {
             id: format!("TR{}", self.env.token(12)),
             room: room.clone(),

@@ -149,7 +149,10 @@ struct VideoLayer {
     rid: &'static str,
     source: VideoSource,
     seq: u16,
+    /// Not sent by the publisher's own choice (short of bandwidth, or a camera too small).
     paused: bool,
+    /// Switched off by the shard (`publish_layers`), as a browser's encoding `active`.
+    inactive: bool,
 }
 
 struct AudioTrack {
@@ -389,6 +392,7 @@ impl Client {
                     ),
                     seq: 1,
                     paused: false,
+                    inactive: false,
                 });
             }
             let track = MediaStreamTrack::new(
@@ -547,11 +551,11 @@ impl Client {
                 // As a browser does with its encodings' `active` flags; an encoding
                 // switched back on starts with a keyframe.
                 for layer in &mut self.video {
-                    let paused = !active.iter().any(|rid| rid == layer.rid);
-                    if layer.paused && !paused {
+                    let inactive = !active.iter().any(|rid| rid == layer.rid);
+                    if layer.inactive && !inactive {
                         layer.source.request_keyframe();
                     }
-                    layer.paused = paused;
+                    layer.inactive = inactive;
                 }
                 None
             }
@@ -674,7 +678,7 @@ impl Client {
                 let mid_ext = extension_id(&parameters, rtc::sdp::extmap::SDES_MID_URI);
                 let rid_ext = extension_id(&parameters, rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
                 for layer in &mut self.video {
-                    if layer.paused {
+                    if layer.paused || layer.inactive {
                         continue;
                     }
                     for p in layer.source.next_frame(sent_ns) {

@@ -135,3 +135,33 @@ fn the_publisher_encodes_only_the_layers_its_viewers_receive() {
         "picture ID step {ahead:?} across the pause"
     );
 }
+
+/// Chromium sends no full-resolution layer of a 640×480 camera: viewers who want the best
+/// need the middle layer, which must keep flowing, and only the low one is paused.
+#[test]
+fn a_top_layer_the_publisher_never_sends_leaves_the_next_one_running() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let (alice, bob, carol) = alice_bob_and_carol(&mut sim, Some(None), VideoSpec::simulcast());
+    sim.client_mut(alice).pause_layer("f", true);
+    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 30);
+    receive(&mut sim, carol, "alice", TrackKind::Video, 30);
+    sim.run_until(SETTLE, "the low layer paused", |s| {
+        told_to_encode(s, alice).is_some()
+    })
+    .unwrap();
+    sim.run_for(Duration::from_secs(5));
+    let told = told_to_encode(&sim, alice).unwrap_or_default();
+    assert!(
+        told.contains(&"h".to_owned()) && !told.contains(&"q".to_owned()),
+        "{told:?}"
+    );
+    let before = sim.client(bob).received_on(&track).count();
+    sim.run_for(Duration::from_secs(1));
+    let got = received_since(&sim, bob, &track, before);
+    assert!(
+        got.len() >= 25 && got.iter().all(|s| *s == stream_id(alice, Some(1))),
+        "{} packets, streams {:?}",
+        got.len(),
+        got.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+}
