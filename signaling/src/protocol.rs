@@ -373,8 +373,8 @@ pub struct Joined {
     /// Send this back in `join.resume` to come back as the same participant after a
     /// reconnect, through any gateway of the cluster.
     pub resume: String,
-    /// Send video as three simulcast layers (`q`, `h`, `f`): you present on a broadcast
-    /// stage, and its viewers choose their quality.
+    /// Send video as three simulcast layers (`q`, `h`, `f`), so that each subscriber
+    /// gets the one its screen and network need (false in a room with simulcast off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub simulcast: bool,
     /// The room's audio (omitted for speech defaults): with the music profile, capture

@@ -818,7 +818,7 @@ impl Session {
                         participants,
                         ice_servers: self.ice_servers(&request.room, &participant),
                         resume,
-                        simulcast: settings.audience && settings.simulcast && admitted.publish,
+                        simulcast: settings.simulcast && admitted.publish,
                         audio,
                     };
                     return Ok((link, joined, placement.epoch));

@@ -58,6 +58,7 @@ const state = {
   rtt: null,
   relayOnly: false,
   simulcast: false, // from `joined`: send three video layers
+  videoSenderTrackId: null, // the camera track's id in the publisher's offer
   audio: { profile: 'speech' }, // from `joined`: the room's audio profile and Opus tuning
   capturedProfile: null, // the profile the microphone was captured for
   devices: loadDevices(), // chosen microphone, camera and speakers (device ids)
@@ -358,7 +359,11 @@ function makeTile(id, name, local) {
   tile.querySelector('.avatar').textContent = initials(name);
   const video = tile.querySelector('video');
   video.muted = local;
-  if (!local) applySpeaker(video);
+  if (!local) {
+    applySpeaker(video);
+    tileWatch.sight.observe(tile);
+    tileWatch.size.observe(video);
+  }
   $('#grid').append(tile);
   return tile;
 }
@@ -395,6 +400,8 @@ function addParticipant(info) {
 function removeParticipant(id) {
   const participant = state.participants.get(id);
   if (!participant) return;
+  tileWatch.sight.unobserve(participant.tile);
+  tileWatch.size.unobserve(participant.tile.querySelector('video'));
   participant.tile.remove();
   for (const trackId of participant.tracks.keys()) state.trackOwner.delete(trackId);
   state.participants.delete(id);
@@ -404,8 +411,77 @@ function removeParticipant(id) {
 function addTrackInfo(participantId, track) {
   const participant = state.participants.get(participantId);
   if (!participant) return;
-  participant.tracks.set(track.id, { kind: track.kind, codec: track.codec, muted: Boolean(track.muted) });
+  // `quality`: what this page last asked the shard for; a new track starts at high.
+  participant.tracks.set(track.id, { kind: track.kind, codec: track.codec, muted: Boolean(track.muted), quality: 'high' });
   state.trackOwner.set(track.id, participantId);
+  scheduleQualityCheck();
+}
+
+// ---------------------------------------------------------------- adaptive stream
+
+// Each received video is asked for at the size its tile shows it: a tile at most this
+// many device pixels wide gets the low or the middle simulcast layer (a quarter and a
+// half of the camera's width: 320 and 640 of a 1280-pixel camera, 160 and 320 of a
+// 640-pixel one), a wider tile the full one. A tile out of sight, or a page in the
+// background, gets none: the shard sends nothing for it, and a layer nobody receives
+// stops being encoded at its publisher.
+const LAYER_FOR_WIDTH = [[240, 'low'], [560, 'medium']];
+
+const tileWatch = {
+  sight: new IntersectionObserver((entries) => {
+    for (const entry of entries) entry.target.dataset.onScreen = String(entry.isIntersecting);
+    scheduleQualityCheck();
+  }),
+  size: new ResizeObserver(() => scheduleQualityCheck()),
+  timer: null,
+};
+
+function wantedQuality(participant) {
+  const tile = participant.tile;
+  if (document.hidden || tile.dataset.onScreen !== 'true') return 'off';
+  const width = tile.querySelector('video').clientWidth * (window.devicePixelRatio || 1);
+  if (width === 0) return 'off';
+  for (const [widest, quality] of LAYER_FOR_WIDTH) if (width <= widest) return quality;
+  return 'high';
+}
+
+// Sizes change in bursts (a window dragged wider): ask once they settle.
+function scheduleQualityCheck() {
+  if (tileWatch.timer !== null) return;
+  tileWatch.timer = setTimeout(() => {
+    tileWatch.timer = null;
+    askForQualities();
+  }, 150);
+}
+
+function askForQualities() {
+  if (!state.joined) return;
+  for (const participant of state.participants.values()) {
+    const quality = wantedQuality(participant);
+    for (const [track, info] of participant.tracks) {
+      if (info.kind !== 'video' || info.quality === quality) continue;
+      info.quality = quality;
+      send({ type: 'set_quality', track, quality });
+    }
+  }
+}
+
+// What the shard says nobody receives is not encoded (dynacast): each simulcast encoding
+// is switched on or off as asked.
+async function publishLayers({ track, active }) {
+  const sender = state.videoSender;
+  if (!sender || track !== state.videoSenderTrackId) return;
+  const parameters = sender.getParameters();
+  if (!parameters.encodings || parameters.encodings.length < 2) return;
+  let changed = false;
+  for (const encoding of parameters.encodings) {
+    const on = active.includes(encoding.rid);
+    if (encoding.active !== on) {
+      encoding.active = on;
+      changed = true;
+    }
+  }
+  if (changed) await sender.setParameters(parameters);
 }
 
 function updateTile(id) {
@@ -539,7 +615,7 @@ async function startPublishing() {
   }
   if (state.camTrack) {
     const init = { direction: 'sendonly', streams: [state.localStream] };
-    // On a broadcast stage: three layers, so that each viewer gets the one it can take.
+    // Three layers, so that each subscriber gets the one its tile and network need.
     if (state.simulcast) {
       init.sendEncodings = [
         { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
@@ -548,6 +624,8 @@ async function startPublishing() {
       ];
     }
     state.videoSender = pc.addTransceiver(state.camTrack, init).sender;
+    // The shard names the track by the id it had in the offer, whatever replaces it later.
+    state.videoSenderTrackId = state.camTrack.id;
   }
   if (state.audioSender || state.videoSender) await negotiatePublisher();
 }
@@ -643,6 +721,7 @@ function closePeerConnections() {
   state.sub = null;
   state.audioSender = null;
   state.videoSender = null;
+  state.videoSenderTrackId = null;
   if (state.answerWaiter) state.answerWaiter.reject(new Error('connection closed'));
   state.answerWaiter = null;
   state.pubNegotiating = false;
@@ -855,6 +934,9 @@ async function onMessage(message) {
     case 'active_speaker':
       setActiveSpeaker(message.participant);
       break;
+    case 'publish_layers':
+      await publishLayers(message).catch((err) => console.warn('layers not switched', err));
+      break;
     case 'chat':
       appendMessage(message);
       break;
@@ -891,6 +973,11 @@ function onError({ code, message }) {
     if (state.ws) state.ws.close();
     endCall();
     showError(code, message);
+    return;
+  }
+  if (code === 'track_not_found') {
+    // A quality asked for a video that ended meanwhile: nothing the user did or can mend.
+    console.warn('track_not_found', message);
     return;
   }
   if (state.answerWaiter && (code === 'sdp_rejected' || code === 'forbidden')) {
@@ -1005,6 +1092,10 @@ window.tutti = {
   candidatePair,
   // The round trips this page measured to each region and reported in `join`.
   roundTrips: () => state.rtt,
+  // The quality this page asked for each participant's video, by name.
+  askedQualities: () => Object.fromEntries([...state.participants.values()].map((p) => [
+    p.name, [...p.tracks.values()].filter((t) => t.kind === 'video').map((t) => t.quality)[0] ?? null,
+  ])),
   participants: () => [...state.participants].map(([id, p]) => ({ id, name: p.name, screen: p.screen })),
   // What a lost network path triggers: an ICE restart of both connections.
   restartMedia: () => {
@@ -1016,6 +1107,7 @@ window.tutti = {
 // ---------------------------------------------------------------- start
 
 function init() {
+  document.addEventListener('visibilitychange', scheduleQualityCheck);
   $('#join-form').addEventListener('submit', (event) => {
     event.preventDefault();
     join({

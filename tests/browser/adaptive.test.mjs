@@ -1,0 +1,128 @@
+// Each video is sent at the size it is shown: three browsers in a room, each publishing
+// simulcast. One page shows a participant's tile small and hides another's; the shard
+// sends the small one's low layer and nothing of the hidden one, and a publisher whose
+// every viewer shows it small stops encoding its larger layer. Through the gateway's
+// local mode (one embedded shard).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId } from './lib.mjs';
+
+let gateway;
+let browser;
+const pages = {};
+
+before(async () => {
+  gateway = await startGateway(['--shards', '1']);
+  browser = await launch();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (gateway) await gateway.stop();
+});
+
+/** Sets the tile of `name` on `page` to `width` CSS pixels, or hides it (`null`). */
+function showTile(page, name, width) {
+  return page.evaluate(([who, px]) => {
+    const tile = [...document.querySelectorAll('.tile:not(.local)')].find((t) => t.dataset.name === who);
+    if (px === null) {
+      tile.style.display = 'none';
+    } else {
+      tile.style.display = '';
+      tile.style.width = `${px}px`;
+    }
+  }, [name, width]);
+}
+
+/** Frames each simulcast layer of `page`'s camera has encoded, by rid, and which are on. */
+function encodedLayers(page) {
+  return page.evaluate(async () => {
+    const sender = window.tutti.state.videoSender;
+    if (!sender) return null;
+    const active = Object.fromEntries(sender.getParameters().encodings.map((e) => [e.rid, e.active !== false]));
+    const frames = {};
+    (await sender.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') frames[s.rid] = s.framesEncoded || 0;
+    });
+    return { active, frames };
+  });
+}
+
+/** Frames of each layer encoded over `ms`, by rid. */
+async function encodedOver(page, ms) {
+  const before = await encodedLayers(page);
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  const after = await encodedLayers(page);
+  const grown = {};
+  for (const [rid, frames] of Object.entries(after.frames)) grown[rid] = frames - (before.frames[rid] || 0);
+  return { active: after.active, grown };
+}
+
+/** What `page` receives of `name`'s video: frames decoded, bytes, frame width. */
+async function receivedVideo(page, name) {
+  const id = await participantId(page, name);
+  const row = (await inbound(page)).find((r) => r.kind === 'video' && r.participant === id);
+  return row || { framesDecoded: 0, bytesReceived: 0, frameWidth: 0 };
+}
+
+test('three browsers, each publishing simulcast, see and hear each other', async () => {
+  for (const name of ['Ana', 'Ben', 'Cai']) {
+    pages[name] = await openPage(browser, `${gateway.url}/?room=trio&name=${name}`);
+  }
+  for (const [viewer, page] of Object.entries(pages)) {
+    for (const other of Object.keys(pages).filter((n) => n !== viewer)) {
+      await waitForPlayingVideo(page, other, 40_000);
+      await waitForAudio(page, other, 40_000);
+    }
+  }
+  const simulcast = await pages.Ana.evaluate(() => window.tutti.state.simulcast);
+  assert.equal(simulcast, true, 'an ordinary room sends simulcast');
+});
+
+test('a small tile gets the low layer, a hidden one nothing, and a layer nobody receives is not encoded', async () => {
+  const { Ana, Ben, Cai } = pages;
+  // Both of Ana's viewers show her small; Cai hides Ben.
+  await showTile(Ben, 'Ana', 150);
+  await showTile(Cai, 'Ana', 150);
+  await showTile(Cai, 'Ben', null);
+  const asked = await waitFor('Cai asking for Ana small and Ben not at all',
+    () => Cai.evaluate(() => window.tutti.askedQualities()),
+    (q) => q.Ana === 'low' && q.Ben === 'off');
+  const hiddenAt = Date.now();
+
+  // Cai receives Ana's low layer: 160 pixels wide of a 640-pixel camera.
+  const small = await waitFor("Ana's low layer at Cai", () => receivedVideo(Cai, 'Ana'),
+    (v) => v.frameWidth > 0 && v.frameWidth <= 160, 30_000);
+  // And nothing of Ben: his frame and byte counters stand still.
+  const stopped = await waitFor("Ben's video to stop reaching Cai", async () => {
+    const first = await receivedVideo(Cai, 'Ben');
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const then = await receivedVideo(Cai, 'Ben');
+    return { frames: then.framesDecoded - first.framesDecoded, bytes: then.bytesReceived - first.bytesReceived };
+  }, (d) => d.frames === 0 && d.bytes === 0, 30_000);
+  const silentAfter = Date.now() - hiddenAt;
+  // Ben still reaches Ana, whose tile of him is as large as ever.
+  await waitForPlayingVideo(Ana, 'Ben');
+
+  // Ana's larger layers are received by nobody: her browser stops encoding them (after
+  // the shard's 3-second wait), the low one goes on.
+  const encoded = await waitFor("Ana's larger layers switched off", () => encodedOver(Ana, 1000),
+    (e) => e.active.q && !e.active.h && !e.active.f && e.grown.q > 0 && !(e.grown.h > 0) && !(e.grown.f > 0), 30_000);
+  const pausedAfter = Date.now() - hiddenAt;
+  console.log(`adaptive: Ana at Cai ${small.frameWidth} px wide; Ben's video stopped reaching Cai within ${silentAfter} ms; Ana's layers ${JSON.stringify(encoded)} ${pausedAfter} ms after the tiles changed (asked ${JSON.stringify(asked)})`);
+
+  // Cai shows Ben again and Ana large: Ben's video comes back, and Ana's half-size layer
+  // is encoded again and reaches Cai.
+  const shownAt = Date.now();
+  await showTile(Cai, 'Ben', 600);
+  await showTile(Cai, 'Ana', 600);
+  await waitForPlayingVideo(Cai, 'Ben', 30_000);
+  const benBack = Date.now() - shownAt;
+  const large = await waitFor("Ana's larger layer at Cai", () => receivedVideo(Cai, 'Ana'),
+    (v) => v.frameWidth > 160, 30_000);
+  const anaBack = Date.now() - shownAt;
+  const resumed = await encodedOver(Ana, 1000);
+  assert.ok(resumed.grown.h > 0 || resumed.grown.f > 0, JSON.stringify(resumed));
+  console.log(`adaptive: shown again, Ben's video back at Cai in ${benBack} ms, Ana's ${large.frameWidth}-px layer in ${anaBack} ms`);
+});
