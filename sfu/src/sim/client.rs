@@ -153,7 +153,13 @@ struct VideoLayer {
     paused: bool,
     /// Switched off by the shard (`publish_layers`), as a browser's encoding `active`.
     inactive: bool,
+    /// Packets sent on it so far.
+    sent: u32,
 }
+
+/// Packets of a layer that carry its mid and rid: a browser stops naming a stream once the
+/// other end has acknowledged it, which libwebrtc takes as a receiver report for it.
+const NAMED_PACKETS: u32 = 30;
 
 struct AudioTrack {
     ssrc: u32,
@@ -393,6 +399,7 @@ impl Client {
                     seq: 1,
                     paused: false,
                     inactive: false,
+                    sent: 0,
                 });
             }
             let track = MediaStreamTrack::new(
@@ -479,6 +486,23 @@ impl Client {
     /// Whether its subscriber connection is connected.
     pub fn subscriber_connected(&self) -> bool {
         self.subscriber.as_ref().is_some_and(|s| s.connected)
+    }
+
+    /// Offers its publisher connection again, with fresh ICE credentials if
+    /// `ice_restart`, as a browser does to restart ICE; the offer to send.
+    pub fn renegotiate_publisher(
+        &mut self,
+        now: Instant,
+        ice_restart: bool,
+    ) -> Option<ClientMessage> {
+        let side = self.publisher.as_mut()?;
+        let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart };
+        let offer = side.pc.create_offer(Some(options)).ok()?;
+        side.pc.set_local_description(now, offer.clone()).ok()?;
+        Some(ClientMessage::Offer {
+            pc: PeerTarget::Publisher,
+            sdp: offer.sdp,
+        })
     }
 
     /// Stops sending media (the encoder stops; the connection stays).
@@ -686,7 +710,8 @@ impl Client {
                             *self.keyframes_sent.entry(layer.rid).or_default() += 1;
                         }
                         let mut header = next_header(&p, payload_type, layer.ssrc, &mut layer.seq);
-                        if !layer.rid.is_empty() {
+                        layer.sent = layer.sent.saturating_add(1);
+                        if !layer.rid.is_empty() && layer.sent <= NAMED_PACKETS {
                             // Simulcast layers are told apart by these (RFC 8852).
                             if let (Some(id), Some(mid)) = (mid_ext, self.video_mid.as_ref()) {
                                 let _ = header.set_extension(id, Bytes::from(mid.clone()));

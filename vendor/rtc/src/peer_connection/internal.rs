@@ -862,17 +862,43 @@ impl RTCPeerConnection {
                     // The reason is to provide stream_id and track_id information for later usage
                     // when received the first RTP packet. So, it is placeholder here.
                     let mut codings = vec![];
+                    // A renegotiation describes the same track again: the layers already
+                    // identified keep their SSRCs and codecs. A browser sends the mid and
+                    // rid header extensions only until the stream is acknowledged, so a
+                    // layer forgotten here would never be identified again and its
+                    // packets would be dropped (a publisher's ICE restart stopped its
+                    // simulcast video).
+                    let known: Vec<(String, crate::rtp_transceiver::SSRC, RTCRtpCodec)> =
+                        if receiver.track().track_id() == &incoming_track.track_id {
+                            receiver
+                                .track()
+                                .codings()
+                                .iter()
+                                .filter_map(|coding| {
+                                    let parameters = &coding.rtp_coding_parameters;
+                                    Some((
+                                        parameters.rid.clone(),
+                                        parameters.ssrc?,
+                                        coding.codec.clone(),
+                                    ))
+                                })
+                                .collect()
+                        } else {
+                            vec![]
+                        };
                     for rid in incoming_track.rids {
+                        let kept = known.iter().find(|(known_rid, _, _)| *known_rid == rid);
                         let rtp_coding_parameters = RTCRtpCodingParameters {
                             rid,
-                            ssrc: None, // Defer receiver's track's ssrc until received the first RTP packet with mid/rid header extension in endpoint handler
+                            // Otherwise deferred until the first RTP packet with mid/rid header extension in endpoint handler
+                            ssrc: kept.map(|(_, ssrc, _)| *ssrc),
                             rtx: None,
                             fec: None,
                         };
                         receive_codings.push(rtp_coding_parameters.clone());
                         codings.push(RTCRtpEncodingParameters {
                             rtp_coding_parameters,
-                            codec: Default::default(),
+                            codec: kept.map(|(_, _, codec)| codec.clone()).unwrap_or_default(),
                             ..Default::default()
                         })
                     }
