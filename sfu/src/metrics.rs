@@ -91,6 +91,9 @@ pub struct ShardMetrics {
     pub rtp_forwarded_bytes: Counter,
     /// Packets resent in answer to subscribers' NACKs.
     pub retransmissions: Counter,
+    /// NACK answers left unsent because the subscriber's congested downlink had no room
+    /// for them (counted once per NACK cut short).
+    pub retransmissions_withheld: Counter,
     /// Padding bytes sent to probe subscribers' downlinks.
     pub probe_padding_bytes: Counter,
     /// Keyframe requests received from subscribers.
@@ -214,6 +217,11 @@ impl ShardMetrics {
                 &mut registry,
                 "retransmissions",
                 "Packets resent for subscriber NACKs",
+            ),
+            retransmissions_withheld: counter(
+                &mut registry,
+                "retransmissions_withheld",
+                "NACKs answered only in part: the subscriber's congested downlink had no room",
             ),
             probe_padding_bytes: counter(
                 &mut registry,

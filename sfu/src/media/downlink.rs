@@ -40,6 +40,67 @@ pub struct DownlinkEstimate {
     /// The receive rate of packets sent in a window (a probe's), as the subscriber's
     /// arrival times show it.
     measurement: Option<Measurement>,
+    /// What the subscriber received lately, by its arrival times.
+    acked: AckedRate,
+    /// Bytes of retransmissions the downlink may take now, and when that was counted.
+    resend_budget: (f64, Option<Instant>),
+}
+
+/// Share of a congested downlink's estimate that retransmissions may use. Repairs sent
+/// past what the path carries are lost in turn and asked for again: with no bound, a
+/// viewer whose path had just narrowed kept it full of resends of a layer it had left.
+pub const RESEND_SHARE: f64 = 0.25;
+/// The most retransmission bytes saved up for a burst: a quarter second at the share.
+const RESEND_BURST: Duration = Duration::from_millis(250);
+
+/// Share of a feedback's packets lost above which the path is taken to carry no more
+/// than it delivered: GCC's loss-based controller cuts by half the loss from the
+/// estimate it had, which from an optimistic start takes seconds of heavy loss to reach a
+/// shallow-buffered bottleneck (one that drops rather than delays).
+const HEAVY_LOSS: f64 = 0.1;
+/// Packets a feedback must report for its loss to count.
+const LOSS_SAMPLE: usize = 10;
+/// The span of arrivals the acknowledged rate is taken over.
+const ACKED_WINDOW: Duration = Duration::from_millis(500);
+
+/// The rate at which packets arrived at the subscriber over the last [`ACKED_WINDOW`] of
+/// arrival times (the subscriber's clock).
+#[derive(Debug, Default)]
+struct AckedRate {
+    /// Arrival and size of each packet in the window, oldest first.
+    arrivals: std::collections::VecDeque<(Duration, usize)>,
+    bytes: usize,
+}
+
+impl AckedRate {
+    fn add(&mut self, arrival: Duration, size: usize) {
+        // Feedback reports in send order; a reordered arrival is counted where it falls.
+        self.arrivals.push_back((arrival, size));
+        self.bytes += size;
+        let newest = self
+            .arrivals
+            .iter()
+            .map(|(at, _)| *at)
+            .max()
+            .unwrap_or(arrival);
+        while let Some(&(at, size)) = self.arrivals.front() {
+            if newest.saturating_sub(at) <= ACKED_WINDOW {
+                break;
+            }
+            self.arrivals.pop_front();
+            self.bytes -= size;
+        }
+    }
+
+    /// Bits per second over the window, once it spans at least a fifth of it.
+    fn bps(&self) -> Option<f64> {
+        let first = self.arrivals.iter().map(|(at, _)| *at).min()?;
+        let last = self.arrivals.iter().map(|(at, _)| *at).max()?;
+        let span = last.checked_sub(first)?;
+        let first_size = self.arrivals.front().map_or(0, |(_, size)| *size);
+        (span >= ACKED_WINDOW / 5)
+            .then(|| (self.bytes - first_size) as f64 * 8.0 / span.as_secs_f64())
+    }
 }
 
 /// What arrived of the packets sent between `from` and `until`.
@@ -77,6 +138,8 @@ impl DownlinkEstimate {
             evidence: Evidence::default(),
             ceiling_bps: None,
             measurement: None,
+            acked: AckedRate::default(),
+            resend_budget: (0.0, None),
         }
     }
 
@@ -138,16 +201,54 @@ impl DownlinkEstimate {
                 }
             }
         }
+        for report in &self.reports {
+            if let (Some(arrival), true) = (report.arrival, report.arrived) {
+                self.acked.add(arrival, report.size);
+            }
+        }
         let arrived = self.reports.iter().filter(|r| r.arrived).count() as u64;
+        let lost = self.reports.len() as u64 - arrived;
         self.evidence.arrived += arrived;
-        self.evidence.lost += self.reports.len() as u64 - arrived;
+        self.evidence.lost += lost;
         let before = self.gcc.target_bitrate();
         self.gcc.on_reports(now, &self.reports);
         let after = self.gcc.target_bitrate();
-        if after < before {
-            self.evidence.decreases += 1;
-            self.ceiling_bps = Some(after);
+        let mut ceiling = (after < before).then_some(after);
+        // Heavy loss: the path carries no more than what arrived, whatever GCC still says.
+        let heavy = self.reports.len() >= LOSS_SAMPLE
+            && lost as f64 >= HEAVY_LOSS * self.reports.len() as f64;
+        if heavy
+            && let Some(acked) = self.acked.bps()
+            && acked < ceiling.unwrap_or_else(|| self.usable_bps())
+        {
+            ceiling = Some(acked.max(MIN_BPS));
         }
+        if let Some(ceiling) = ceiling {
+            self.evidence.decreases += 1;
+            // A decrease never raises what may be sent: GCC's own may still be above a
+            // bound the loss set.
+            self.ceiling_bps = Some(self.ceiling_bps.map_or(ceiling, |c| c.min(ceiling)));
+        }
+    }
+
+    /// Bytes of retransmissions the downlink may take at `now`: `None` for no bound (the
+    /// path has never been congested), else [`RESEND_SHARE`] of what may be sent, saved
+    /// up for at most [`RESEND_BURST`]. Spend with [`DownlinkEstimate::resent`].
+    pub fn resend_allowance(&mut self, now: Instant) -> Option<usize> {
+        if !self.congested_once() {
+            return None;
+        }
+        let rate = self.usable_bps() * RESEND_SHARE / 8.0;
+        let (bytes, at) = &mut self.resend_budget;
+        let elapsed = at.map_or(RESEND_BURST, |at| now.saturating_duration_since(at));
+        *bytes = (*bytes + rate * elapsed.as_secs_f64()).min(rate * RESEND_BURST.as_secs_f64());
+        *at = Some(now);
+        Some(*bytes as usize)
+    }
+
+    /// `bytes` of retransmissions were sent.
+    pub fn resent(&mut self, bytes: usize) {
+        self.resend_budget.0 = (self.resend_budget.0 - bytes as f64).max(0.0);
     }
 
     /// What the estimate has seen so far, for a probe to judge by.
@@ -303,6 +404,51 @@ mod tests {
         );
         let rtt = estimate.rtt().expect("a round trip from the feedback");
         assert!(rtt >= Duration::from_millis(40), "{rtt:?}");
+    }
+
+    /// A policer-like bottleneck drops what it cannot pass at once rather than queueing
+    /// it: no delay builds up for GCC's delay-based half, and its loss-based half, from
+    /// the optimistic start, would take seconds of heavy loss to come down. The bound on
+    /// what arrived brings what may be sent down to the path within a second.
+    #[test]
+    fn a_bottleneck_that_drops_instead_of_queueing_is_found_within_a_second() {
+        let start = Instant::now();
+        let mut estimate = DownlinkEstimate::new(start);
+        let mut path = Bottleneck::new(300_000.0);
+        path.max_queue = Duration::from_millis(20);
+        let mut seq = 0;
+        run(&mut estimate, &mut path, start, &mut seq, 1_200_000.0, 1);
+        let usable = estimate.usable_bps();
+        assert!(
+            estimate.congested_once() && usable <= 330_000.0 && usable >= 200_000.0,
+            "{usable} after a second, GCC's own {}",
+            estimate.target_bps()
+        );
+    }
+
+    #[test]
+    fn resends_get_a_share_of_a_congested_downlink_and_no_bound_before() {
+        let start = Instant::now();
+        let mut estimate = DownlinkEstimate::new(start);
+        assert_eq!(estimate.resend_allowance(start), None, "never congested");
+        let mut path = Bottleneck::new(400_000.0);
+        path.max_queue = Duration::from_millis(20);
+        let mut seq = 0;
+        run(&mut estimate, &mut path, start, &mut seq, 1_200_000.0, 2);
+        let now = start + Duration::from_secs(2);
+        let usable = estimate.usable_bps();
+        // A quarter of the estimate, saved up for at most a quarter second.
+        let full = (usable * RESEND_SHARE / 8.0 * 0.25) as usize;
+        let allowed = estimate.resend_allowance(now).unwrap_or(usize::MAX);
+        assert!(allowed.abs_diff(full) <= 1, "{allowed} of {full}");
+        estimate.resent(allowed);
+        assert_eq!(estimate.resend_allowance(now), Some(0));
+        // Refilled at the share: 100 ms later, a tenth of a second's worth.
+        let later = estimate
+            .resend_allowance(now + Duration::from_millis(100))
+            .unwrap_or(usize::MAX);
+        let tenth = (usable * RESEND_SHARE / 8.0 * 0.1) as usize;
+        assert!(later.abs_diff(tenth) <= 1, "{later} of {tenth}");
     }
 
     #[test]

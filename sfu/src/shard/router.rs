@@ -433,6 +433,12 @@ impl MediaRouter {
         let Some(track) = self.tracks.get_mut(&track_key) else {
             return;
         };
+        // What a congested downlink has room for; resends beyond it would be lost in turn.
+        let mut allowance = transport
+            .peer_mut(key)
+            .and_then(|p| p.downlink.as_mut())
+            .and_then(|d| d.resend_allowance(now));
+        let mut resent = 0;
         let Some(mut peer) = transport.tx(key, now) else {
             return;
         };
@@ -487,18 +493,29 @@ impl MediaRouter {
                 stamp,
                 payload,
             };
+            if let Some(left) = &mut allowance {
+                let Some(after) = left.checked_sub(stored.payload.len()) else {
+                    metrics.retransmissions_withheld.inc();
+                    break;
+                };
+                *left = after;
+            }
             let index = entry.rollover.index(out_seq);
             let picture_ids = &entry.picture_ids;
             // A resend repeats its first send's transport-wide number, which the downlink
             // estimate already holds with its first departure.
-            if peer
-                .send_rtp(&entry.extensions, &out, index, |payload| {
-                    picture_ids.retransmission(source.ssrc, payload)
-                })
-                .is_some()
-            {
+            if let Some(wire) = peer.send_rtp(&entry.extensions, &out, index, |payload| {
+                picture_ids.retransmission(source.ssrc, payload)
+            }) {
                 metrics.retransmissions.inc();
+                resent += wire;
             }
+        }
+        drop(peer);
+        if resent > 0
+            && let Some(downlink) = transport.peer_mut(key).and_then(|p| p.downlink.as_mut())
+        {
+            downlink.resent(resent);
         }
     }
 
