@@ -92,13 +92,14 @@ impl AckedRate {
         }
     }
 
-    /// Bits per second over the window, once it spans at least a fifth of it.
+    /// Bits per second over the window, once it spans at least half of it: a shorter
+    /// span (a keyframe's burst at a call's start) says little about the path.
     fn bps(&self) -> Option<f64> {
         let first = self.arrivals.iter().map(|(at, _)| *at).min()?;
         let last = self.arrivals.iter().map(|(at, _)| *at).max()?;
         let span = last.checked_sub(first)?;
         let first_size = self.arrivals.front().map_or(0, |(_, size)| *size);
-        (span >= ACKED_WINDOW / 5)
+        (span >= ACKED_WINDOW / 2)
             .then(|| (self.bytes - first_size) as f64 * 8.0 / span.as_secs_f64())
     }
 }

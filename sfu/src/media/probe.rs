@@ -1,8 +1,8 @@
-//! Probing a subscriber's downlink before moving it up: for half a second the shard adds
-//! padding to what it sends, up to the rate the next layer needs. If the estimate saw no
-//! congestion and the subscriber acknowledged what was sent, the path is proven to carry
-//! that rate and the allocation may count on it; if not, the viewer saw nothing change,
-//! and the next probe waits twice as long.
+//! Probing a subscriber's downlink before moving it up: for a tenth of a second the shard
+//! adds padding to what it sends, a tenth past the rate the next layer needs. If the
+//! estimate saw no congestion, little was lost and the subscriber received the packets at
+//! least at that rate, the path is proven to carry it and the allocation may count on it;
+//! if not, the viewer saw nothing change, and the next probe waits twice as long.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 /// enough that a bottleneck it overshoots queues little (libwebrtc's clusters are shorter
 /// still, at precisely paced rates).
 pub const PROBE_DURATION: Duration = Duration::from_millis(100);
-/// The share of its goal a probe must be received at.
-pub const MIN_PROBE_RECEIVED: f64 = 0.8;
+/// A probe sends this much more than its goal, and succeeds only if its packets arrive at
+/// the goal's rate or faster: a margin for the noise of measuring a tenth of a second of
+/// small packets, taken above the goal rather than below it. (Judged at 80 % of the goal,
+/// a 300 kbit/s hotel link passed a 330 kbit/s probe, and the layer it let in overloaded
+/// the path.)
+pub const PROBE_OVERSHOOT: f64 = 1.1;
 /// How long after a probe its feedback is waited for.
 pub const FEEDBACK_GRACE: Duration = Duration::from_millis(300);
 /// Between probes at first, and again after one succeeds.
@@ -80,7 +84,7 @@ impl Prober {
         self.active.is_some()
     }
 
-    /// Whether a probe is in its sending half second at `now`.
+    /// Whether a probe is in its sending tenth of a second at `now`.
     pub fn is_padding(&self, now: Instant) -> bool {
         self.active
             .is_some_and(|p| now.saturating_duration_since(p.started) < PROBE_DURATION)
@@ -95,7 +99,7 @@ impl Prober {
         sending_bps: f64,
         before: Evidence,
     ) -> bool {
-        let padding_bps = goal_bps - sending_bps;
+        let padding_bps = goal_bps * PROBE_OVERSHOOT - sending_bps;
         if self.active.is_some() || now < self.next_allowed || padding_bps < MIN_PADDING_BPS {
             return false;
         }
@@ -109,8 +113,8 @@ impl Prober {
         true
     }
 
-    /// Padding bytes to send now to keep the probe at its rate: what its sending half
-    /// second owes so far, then nothing.
+    /// Padding bytes to send now to keep the probe at its rate: what its sending tenth of
+    /// a second owes so far, then nothing.
     pub fn padding_due(&self, now: Instant) -> usize {
         let Some(probe) = &self.active else {
             return 0;
@@ -151,7 +155,7 @@ impl Prober {
         let lost = after.lost.saturating_sub(probe.before.lost);
         let lossy = lost as f64 > MAX_PROBE_LOSS * (arrived + lost) as f64;
         let congested = after.decreases != probe.before.decreases;
-        let narrow = received_bps.is_none_or(|bps| bps < MIN_PROBE_RECEIVED * probe.goal_bps);
+        let narrow = received_bps.is_none_or(|bps| bps < probe.goal_bps);
         let result = if congested || lossy || narrow || arrived == 0 {
             self.interval = (self.interval * 2).min(MAX_INTERVAL);
             ProbeResult::Failed
@@ -179,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_pads_up_to_its_goal_for_half_a_second() {
+    fn a_probe_pads_past_its_goal_for_a_tenth_of_a_second() {
         let t0 = Instant::now();
         let mut prober = Prober::new(t0);
         assert!(
@@ -188,15 +192,16 @@ mod tests {
         );
         let t1 = t0 + FIRST_INTERVAL;
         assert!(
-            !prober.start(t1, 310_000.0, 300_000.0, Evidence::default()),
-            "10 kbit/s of padding is not worth a probe"
+            !prober.start(t1, 300_000.0, 318_000.0, Evidence::default()),
+            "12 kbit/s of padding is not worth a probe"
         );
         assert!(prober.start(t1, 900_000.0, 300_000.0, Evidence::default()));
         assert!(
             !prober.start(t1, 900_000.0, 300_000.0, Evidence::default()),
             "one at a time"
         );
-        // 600 kbit/s of padding, 750 bytes per 10 ms tick: 7,500 bytes in 100 ms.
+        // 990 kbit/s (the goal and the overshoot) over the 300 sent: 690 kbit/s of padding,
+        // 862 bytes per 10 ms tick, 8,625 bytes in 100 ms.
         let mut sent = 0;
         for tick in 1..=12u32 {
             let now = t1 + Duration::from_millis(10) * tick;
@@ -204,7 +209,7 @@ mod tests {
             prober.sent(due);
             sent += due;
         }
-        assert!((7_400..=7_500).contains(&sent), "{sent} bytes in 100 ms");
+        assert!((8_550..=8_625).contains(&sent), "{sent} bytes in 100 ms");
         assert_eq!(prober.padding_until(), Some(t1 + PROBE_DURATION));
         assert_eq!(prober.padding_due(t1 + Duration::from_secs(1)), 0);
     }
@@ -221,8 +226,9 @@ mod tests {
             "feedback pending"
         );
         at += PROBE_DURATION + FEEDBACK_GRACE;
+        // Received at the goal, below what was sent: the path carries the goal.
         assert_eq!(
-            prober.finish(at, evidence(0, 200, 1), Some(880_000.0)),
+            prober.finish(at, evidence(0, 200, 1), Some(910_000.0)),
             Some(ProbeResult::Succeeded {
                 proven_bps: 900_000.0
             })
@@ -250,7 +256,8 @@ mod tests {
     #[test]
     fn a_probe_received_slower_than_sent_found_a_narrower_path() {
         let t0 = Instant::now();
-        for received in [Some(500_000.0), None] {
+        // 300 kbit/s of a 330 kbit/s goal reads as 91 %: narrower.
+        for received in [Some(500_000.0), Some(0.91 * 900_000.0), None] {
             let mut prober = Prober::new(t0);
             let at = t0 + FIRST_INTERVAL;
             assert!(prober.start(at, 900_000.0, 300_000.0, evidence(0, 100, 0)));

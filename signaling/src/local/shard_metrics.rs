@@ -33,7 +33,7 @@ type GaugeReading = fn(&ShardMetrics) -> i64;
 
 impl Collector for ShardsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [(&str, &str, Reading); 5] = [
+        let counters: [(&str, &str, Reading); 7] = [
             (
                 "tutti_sfu_rtp_forwarded_packets",
                 "RTP packets forwarded to subscribers",
@@ -53,6 +53,16 @@ impl Collector for ShardsCollector {
                 "tutti_sfu_retransmissions",
                 "Packets resent in answer to NACKs",
                 |m| m.retransmissions.get(),
+            ),
+            (
+                "tutti_sfu_retransmissions_withheld",
+                "NACKs answered only in part: the subscriber's congested downlink had no room",
+                |m| m.retransmissions_withheld.get(),
+            ),
+            (
+                "tutti_sfu_probe_padding_bytes",
+                "Padding bytes sent to probe subscribers' downlinks",
+                |m| m.probe_padding_bytes.get(),
             ),
             (
                 "tutti_sfu_keyframe_requests_sent",

@@ -1,0 +1,126 @@
+// A viewer on a narrow downlink, with real browsers: Ana publishes simulcast from home;
+// Ben watches from a hotel whose link carries 300 kbit/s (the simulated network's rate
+// limit, user space: this kernel has no netem); Cai watches from home. Ben's downlink
+// estimate moves him to Ana's low layer and keeps her sound whole, while Cai keeps the
+// larger layer. Prints how long Ben took to settle and what he lost after.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId,
+  startNetSim, startProcess, binary,
+} from './lib.mjs';
+
+const LIMIT_KBPS = 300;
+
+let netsim;
+let gateway;
+let gatewayUrl;
+let home;
+let hotel;
+
+before(async () => {
+  netsim = await startNetSim({
+    sites: [
+      { name: 'server', host: true },
+      { name: 'hotel' },
+    ],
+    links: [
+      // About 0.8 s of queue at the limit, as a hotel's access point buffers.
+      { a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1, rate_kbps: LIMIT_KBPS, queue_packets: 25 },
+    ],
+    seed: 18,
+  });
+  const [ip] = netsim.sites.server.addresses;
+  gateway = await startProcess(binary('tutti-gateway'), [
+    '--listen', `${ip}:0`, '--media-bind', ip, '--advertise-ip', ip, '--shards', '1',
+  ], /listening on (http:\/\/\S+)/);
+  gatewayUrl = gateway.match[1];
+  home = await launch({ secureOrigins: [gatewayUrl] });
+  // Ben only watches: no camera or microphone (a prompt nobody answers is a denial), so
+  // the narrow link carries only what he receives.
+  hotel = await launch({ namespace: netsim.sites.hotel.namespace, secureOrigins: [gatewayUrl], fakeUi: false });
+});
+
+after(async () => {
+  for (const browser of [home, hotel]) if (browser) await browser.close();
+  if (gateway) await gateway.stop();
+  if (netsim) await netsim.stop();
+});
+
+/** Frames Ana's camera encoded so far, per simulcast layer. */
+function encoded(page) {
+  return page.evaluate(async () => {
+    const frames = {};
+    (await window.tutti.state.videoSender.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') frames[s.rid] = s.framesEncoded || 0;
+    });
+    return frames;
+  });
+}
+
+/** The shard's counters of what it held back, probed and resent. */
+async function shardMetrics() {
+  const text = await fetch(`${gatewayUrl}/metrics`).then((r) => r.text());
+  const out = {};
+  for (const name of ['probe_padding_bytes_total', 'retransmissions_total', 'retransmissions_withheld_total', 'keyframe_requests_sent_total']) {
+    const found = text.match(new RegExp(`^tutti_sfu_${name}\\{[^}]*\\} (\\d+)`, 'm'));
+    out[name] = found ? Number(found[1]) : 0;
+  }
+  return out;
+}
+
+/** Ben's inbound from `name`: per kind, packets received and lost, and the frame width. */
+async function from(page, name) {
+  const id = await participantId(page, name);
+  const rows = (await inbound(page)).filter((r) => r.participant === id);
+  const of = (kind) => rows.find((r) => r.kind === kind) || { packetsReceived: 0, packetsLost: 0, frameWidth: 0, framesDecoded: 0 };
+  return { audio: of('audio'), video: of('video') };
+}
+
+test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sound whole; another keeps the larger one`, async () => {
+  const ana = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Ana`);
+  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
+  const cai = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Cai`);
+  const joinedAt = Date.now();
+  const ben = await openPage(hotel, `${gatewayUrl}/?room=hotel-lesson&name=Ben`);
+  await waitForAudio(ben, 'Ana', 40_000);
+  await waitForPlayingVideo(ben, 'Ana', 40_000);
+  // Settled: Ana's low layer (160 pixels of her 640-pixel camera) for 3 s running.
+  let lowSince = null;
+  const settled = await waitFor('Ben on Ana\'s low layer for 3 s', async () => {
+    const now = await from(ben, 'Ana');
+    const low = now.video.frameWidth > 0 && now.video.frameWidth <= 160;
+    if (!low) lowSince = null;
+    else if (lowSince === null) lowSince = Date.now();
+    return { ...now, steady: lowSince !== null && Date.now() - lowSince >= 3000 };
+  }, (s) => s.steady, 60_000);
+  const settledAfter = lowSince - joinedAt;
+
+  // Then 10 s: what Ben receives of Ana, and what he loses.
+  const start = settled;
+  const anaBefore = await encoded(ana);
+  const metricsBefore = await shardMetrics();
+  await ben.waitForTimeout(10_000);
+  const end = await from(ben, 'Ana');
+  const anaAfter = await encoded(ana);
+  const metricsAfter = await shardMetrics();
+  const anaFrames = Object.fromEntries(Object.keys(anaAfter).map((rid) => [rid, anaAfter[rid] - (anaBefore[rid] || 0)]));
+  const shard = Object.fromEntries(Object.keys(metricsAfter).map((k) => [k, metricsAfter[k] - (metricsBefore[k] || 0)]));
+  const lossOf = (kind) => {
+    const received = end[kind].packetsReceived - start[kind].packetsReceived;
+    const lost = end[kind].packetsLost - start[kind].packetsLost;
+    return { received, lost, percent: (100 * lost) / Math.max(1, received + lost) };
+  };
+  const audio = lossOf('audio');
+  const video = lossOf('video');
+  const caiSees = await waitFor("Cai on Ana's larger layer", () => from(cai, 'Ana'), (s) => s.video.frameWidth > 160, 30_000);
+  console.log(`downlink: Ben behind ${LIMIT_KBPS} kbit/s on Ana's ${end.video.frameWidth}-px layer ${settledAfter} ms after joining (steady 3 s by then); `
+    + `over the next 10 s audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost, `
+    + `${end.video.framesDecoded - start.video.framesDecoded} frames decoded (Ana encoded ${JSON.stringify(anaFrames)}); Cai on Ana's ${caiSees.video.frameWidth}-px layer; `
+    + `the shard meanwhile ${JSON.stringify(shard)}`);
+  assert.ok(end.video.frameWidth > 0 && end.video.frameWidth <= 160, JSON.stringify(end.video));
+  assert.ok(audio.received >= 450, `Ana's sound keeps coming: ${JSON.stringify(audio)}`);
+  assert.ok(audio.percent < 2 && video.percent < 2, JSON.stringify({ audio, video }));
+  assert.ok(end.video.framesDecoded - start.video.framesDecoded > 50, 'Ben\'s video keeps playing');
+});
