@@ -201,10 +201,18 @@ pub struct SubscriberReception {
     pub participant: String,
     /// Its display name.
     pub name: String,
-    /// The word for it.
+    /// The word for its downlink.
     pub reception: Reception,
-    /// The worst loss its latest receiver reports state, percent.
+    /// The word for its connection as the room is shown it: the worse of its downlink and
+    /// its uplink (the loss of what it publishes).
+    pub quality: Reception,
+    /// The worst loss its latest receiver reports state beyond what the publisher's uplink
+    /// had already lost, percent: what its own downlink loses.
     pub loss_percent: f64,
+    /// The worst loss of what it publishes over the last 2 s, percent; absent when it
+    /// publishes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_loss_percent: Option<f64>,
     /// What its downlink may be sent, bit/s, once its congestion feedback has been read.
     pub downlink_bps: Option<u64>,
     /// The round trip of its downlink, ms, once measured.

@@ -10,7 +10,7 @@
 //!
 //! Shard → client: `joined`, `answer`, `offer`, `participant_joined`, `participant_left`,
 //! `track_published`, `track_unpublished`, `track_muted`, `screen_share`, `chat`,
-//! `active_speaker`, `publish_layers`, `error`, `pong`, `left`.
+//! `active_speaker`, `connection_quality`, `publish_layers`, `error`, `pong`, `left`.
 //!
 //! The shard is the one place a room lives, so it is also where the room's rules that
 //! involve other participants are kept: capacity, nicknames unique ignoring case, and the
@@ -43,6 +43,16 @@ impl Quality {
             Self::Off => None,
         }
     }
+}
+
+/// One participant's connection in one word (see [`ServerMessage::ConnectionQuality`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantQuality {
+    /// The participant id.
+    pub participant: String,
+    /// The worse of its uplink (loss of what it publishes) and its downlink (loss, round
+    /// trip, video held back or paused).
+    pub quality: crate::admin::Reception,
 }
 
 /// The protocol version this shard speaks.
@@ -408,6 +418,12 @@ pub enum ServerMessage {
         track: String,
         /// Whether it is muted now.
         muted: bool,
+    },
+    /// How each participant's connection is doing, sent to the room when a word changes
+    /// (and to each newcomer with the next one).
+    ConnectionQuality {
+        /// One entry per participant in the room.
+        qualities: Vec<ParticipantQuality>,
     },
     /// To a publisher: encode only these simulcast layers of one of its video tracks, as
     /// no subscriber receives the others (dynacast); sent again when that changes.

@@ -466,6 +466,27 @@ function askForQualities() {
   }
 }
 
+// Each tile shows how that participant's connection is doing (yours on your own tile).
+const QUALITY_TEXT = {
+  good: 'Connection: good',
+  fair: 'Connection: fair (some loss, a long round trip, or video held back)',
+  poor: 'Connection: poor (heavy loss, a very long round trip, or video paused)',
+};
+
+function showQualities(qualities) {
+  for (const { participant, quality } of qualities || []) {
+    const tile = participant === state.me
+      ? document.querySelector('.tile.local')
+      : state.participants.get(participant)?.tile;
+    const dot = tile?.querySelector('.quality');
+    if (!dot || !QUALITY_TEXT[quality]) continue;
+    dot.dataset.quality = quality;
+    dot.title = QUALITY_TEXT[quality];
+    dot.setAttribute('aria-label', QUALITY_TEXT[quality]);
+    dot.classList.remove('hidden');
+  }
+}
+
 // What the shard says nobody receives is not encoded (dynacast): each simulcast encoding
 // is switched on or off as asked.
 async function publishLayers({ track, active }) {
@@ -934,6 +955,9 @@ async function onMessage(message) {
     case 'active_speaker':
       setActiveSpeaker(message.participant);
       break;
+    case 'connection_quality':
+      showQualities(message.qualities);
+      break;
     case 'publish_layers':
       await publishLayers(message).catch((err) => console.warn('layers not switched', err));
       break;
@@ -1092,6 +1116,10 @@ window.tutti = {
   candidatePair,
   // The round trips this page measured to each region and reported in `join`.
   roundTrips: () => state.rtt,
+  // The connection quality each tile shows, by name ('me' for this page's own).
+  shownQualities: () => Object.fromEntries([...document.querySelectorAll('.tile')].map((t) => [
+    t.classList.contains('local') ? 'me' : t.dataset.name, t.querySelector('.quality')?.dataset.quality ?? null,
+  ])),
   // The quality this page asked for each participant's video, by name.
   askedQualities: () => Object.fromEntries([...state.participants.values()].map((p) => [
     p.name, [...p.tracks.values()].filter((t) => t.kind === 'video').map((t) => t.quality)[0] ?? null,

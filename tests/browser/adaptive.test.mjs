@@ -78,6 +78,9 @@ test('three browsers, each publishing simulcast, see and hear each other', async
   }
   const simulcast = await pages.Ana.evaluate(() => window.tutti.state.simulcast);
   assert.equal(simulcast, true, 'an ordinary room sends simulcast');
+  // Each tile shows its participant's connection, one's own too: all good on loopback.
+  await waitFor('every tile showing a good connection', () => pages.Cai.evaluate(() => window.tutti.shownQualities()),
+    (q) => q.me === 'good' && q.Ana === 'good' && q.Ben === 'good');
 });
 
 test('a small tile gets the low layer, a hidden one nothing, and a layer nobody receives is not encoded', async () => {

@@ -1,8 +1,11 @@
 // A viewer on a narrow downlink, with real browsers: Ana publishes simulcast from home;
 // Ben watches from a hotel whose link carries 300 kbit/s (the simulated network's rate
-// limit, user space: this kernel has no netem); Cai watches from home. Ben's downlink
+// limit, user space: this kernel has no netem); Cai watches from home. (Ben and Cai have
+// no camera: with two videos in the room, 300 kbit/s has room for one, and the other is
+// paused for Ben, which the virtual-clock tests cover.) Ben's downlink
 // estimate moves him to Ana's low layer and keeps her sound whole, while Cai keeps the
-// larger layer. Prints how long Ben took to settle and what he lost after.
+// larger layer, and the room shows Ben's connection as held back. Prints how long Ben took
+// to settle and what he lost after.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,6 +20,7 @@ let netsim;
 let gateway;
 let gatewayUrl;
 let home;
+let homeViewer;
 let hotel;
 
 before(async () => {
@@ -37,13 +41,15 @@ before(async () => {
   ], /listening on (http:\/\/\S+)/);
   gatewayUrl = gateway.match[1];
   home = await launch({ secureOrigins: [gatewayUrl] });
+  // Cai, like Ben, only watches: Ana's is the one video in the room.
+  homeViewer = await launch({ secureOrigins: [gatewayUrl], fakeUi: false });
   // Ben only watches: no camera or microphone (a prompt nobody answers is a denial), so
   // the narrow link carries only what he receives.
   hotel = await launch({ namespace: netsim.sites.hotel.namespace, secureOrigins: [gatewayUrl], fakeUi: false });
 });
 
 after(async () => {
-  for (const browser of [home, hotel]) if (browser) await browser.close();
+  for (const browser of [home, homeViewer, hotel]) if (browser) await browser.close();
   if (gateway) await gateway.stop();
   if (netsim) await netsim.stop();
 });
@@ -81,7 +87,7 @@ async function from(page, name) {
 test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sound whole; another keeps the larger one`, async () => {
   const ana = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Ana`);
   await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
-  const cai = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Cai`);
+  const cai = await openPage(homeViewer, `${gatewayUrl}/?room=hotel-lesson&name=Cai`);
   const joinedAt = Date.now();
   const ben = await openPage(hotel, `${gatewayUrl}/?room=hotel-lesson&name=Ben`);
   await waitForAudio(ben, 'Ana', 40_000);
@@ -119,6 +125,12 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
     + `over the next 10 s audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost, `
     + `${end.video.framesDecoded - start.video.framesDecoded} frames decoded (Ana encoded ${JSON.stringify(anaFrames)}); Cai on Ana's ${caiSees.video.frameWidth}-px layer; `
     + `the shard meanwhile ${JSON.stringify(shard)}`);
+  // Everyone sees that Ben's connection holds his video back; Ana's and Cai's are good.
+  const shown = await waitFor('the room showing Ben\'s connection as not good', async () => ({
+    cai: await cai.evaluate(() => window.tutti.shownQualities()),
+    ben: await ben.evaluate(() => window.tutti.shownQualities()),
+  }), (q) => ['fair', 'poor'].includes(q.cai.Ben) && q.cai.Ana === 'good' && q.cai.me === 'good' && ['fair', 'poor'].includes(q.ben.me), 20_000);
+  console.log(`downlink: connection quality shown at Cai ${JSON.stringify(shown.cai)}, at Ben ${JSON.stringify(shown.ben)}`);
   assert.ok(end.video.frameWidth > 0 && end.video.frameWidth <= 160, JSON.stringify(end.video));
   assert.ok(audio.received >= 450, `Ana's sound keeps coming: ${JSON.stringify(audio)}`);
   assert.ok(audio.percent < 2 && video.percent < 2, JSON.stringify({ audio, video }));

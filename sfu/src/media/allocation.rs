@@ -56,8 +56,15 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
             video.push(index);
         }
     }
-    // Stable: among equals, the order the tracks were given in.
-    video.sort_by_key(|&index| std::cmp::Reverse(tracks[index].priority));
+    // Among equals, a track already being received goes first, so that a downlink with
+    // room for one video of two keeps the one it shows rather than swapping them; then
+    // the order the tracks were given in (the sort is stable).
+    video.sort_by_key(|&index| {
+        (
+            std::cmp::Reverse(tracks[index].priority),
+            tracks[index].current_rank.is_none(),
+        )
+    });
     // Each track's lowest layer, most important first.
     let mut given: Vec<Option<LayerOffer>> = vec![None; tracks.len()];
     for &index in &video {
@@ -193,6 +200,21 @@ mod tests {
             wanted_rank: 0,
             current_rank: Some(0),
         }
+    }
+
+    #[test]
+    fn room_for_one_video_of_two_keeps_the_one_being_received() {
+        let tracks = [audio(), simulcast(0, None), simulcast(0, Some(0))];
+        // Audio, and one lowest layer with headroom; not two.
+        let budget = 64_000.0 + 150_000.0 * UP_HEADROOM + 10_000.0;
+        assert_eq!(
+            allocate(budget, &tracks),
+            [
+                Allotment::UpTo(u8::MAX),
+                Allotment::Paused,
+                Allotment::UpTo(0)
+            ]
+        );
     }
 
     #[test]

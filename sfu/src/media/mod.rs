@@ -23,3 +23,4 @@ pub mod sender_report;
 pub mod sequencer;
 pub mod simulcast;
 pub mod speaker;
+pub mod uplink;

@@ -1,6 +1,6 @@
 //! A subscriber's reception in one word, as a person would judge the call: from the loss
 //! its receiver reports state, the round trip of its downlink, and whether its downlink
-//! holds video back.
+//! holds video back; and a participant's connection, with the loss of what it publishes.
 
 use tutti_shard_api::admin::Reception;
 
@@ -40,9 +40,60 @@ pub fn judge(signals: &Signals) -> Reception {
     }
 }
 
+/// A participant's connection in one word: the worse of how its uplink delivers (the
+/// loss of what it publishes, if it publishes) and how its downlink receives (if it
+/// subscribes).
+pub fn participant_quality(
+    uplink_loss_percent: Option<f64>,
+    downlink: Option<&Signals>,
+) -> Reception {
+    let uplink = uplink_loss_percent.map(|loss_percent| {
+        judge(&Signals {
+            loss_percent,
+            ..Signals::default()
+        })
+    });
+    let downlink = downlink.map(judge);
+    [uplink, downlink]
+        .into_iter()
+        .flatten()
+        .max_by_key(|r| rank(*r))
+        .unwrap_or(Reception::Good)
+}
+
+/// Worse is higher.
+fn rank(reception: Reception) -> u8 {
+    match reception {
+        Reception::Good => 0,
+        Reception::Fair => 1,
+        Reception::Poor => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_participant_is_as_good_as_the_worse_of_its_two_directions() {
+        let clean = Signals::default();
+        let held = Signals {
+            held_back: 1,
+            ..Signals::default()
+        };
+        assert_eq!(participant_quality(None, None), Reception::Good);
+        assert_eq!(
+            participant_quality(Some(0.5), Some(&clean)),
+            Reception::Good
+        );
+        assert_eq!(participant_quality(Some(0.5), Some(&held)), Reception::Fair);
+        assert_eq!(
+            participant_quality(Some(15.0), Some(&held)),
+            Reception::Poor
+        );
+        assert_eq!(participant_quality(Some(5.0), None), Reception::Fair);
+        assert_eq!(participant_quality(None, Some(&held)), Reception::Fair);
+    }
 
     #[test]
     fn each_signal_lowers_the_word_on_its_own() {

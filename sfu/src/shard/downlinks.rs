@@ -12,11 +12,9 @@ use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::allocation::{Allotment, LayerOffer, TrackDemand, allocate, probe_goal};
 use crate::media::outgoing::OutPacket;
 use crate::media::probe::{ProbeResult, Prober};
-use crate::media::quality::{Signals, judge};
 use crate::metrics::ShardMetrics;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
-use tutti_shard_api::admin::SubscriberReception;
 
 /// The largest padding one RTP packet carries (its length is one byte).
 const MAX_PADDING: usize = 255;
@@ -290,70 +288,4 @@ fn demand(
             .and_then(|i| track.layers.get(i))
             .map(|l| l.rank),
     })
-}
-
-impl super::ShardCore {
-    /// How each subscriber of pipeline `room` receives: `None` for no such pipeline.
-    pub(super) fn subscriber_reception(&self, room: &str) -> Option<Vec<SubscriberReception>> {
-        let pipeline = self.registry.room(room)?;
-        let mut out = Vec::new();
-        for &id in &pipeline.sessions {
-            let Some(session) = self.registry.session(id) else {
-                continue;
-            };
-            let Some(key) = session.subscriber else {
-                continue;
-            };
-            let Some(peer) = self.transport.peer(key) else {
-                continue;
-            };
-            let mut signals = Signals::default();
-            let mut worst_loss = 0u8;
-            for track in self.media.tracks.values().filter(|t| t.room == room) {
-                for entry in track.downtracks.iter().filter(|d| d.peer == key) {
-                    worst_loss = worst_loss.max(entry.fraction_lost);
-                    if !track.family.is_video() {
-                        continue;
-                    }
-                    match entry.state.allotment() {
-                        Allotment::Paused => signals.paused += 1,
-                        Allotment::UpTo(rank) => {
-                            // Turned off by the subscriber: not held back by its network.
-                            let Some(wanted) = entry.state.target().rank() else {
-                                continue;
-                            };
-                            if rank < wanted
-                                && track
-                                    .layers
-                                    .iter()
-                                    .any(|l| l.rank > rank && l.rank <= wanted)
-                            {
-                                signals.held_back += 1;
-                            }
-                        }
-                    }
-                }
-            }
-            signals.loss_percent = f64::from(worst_loss) * 100.0 / 256.0;
-            let downlink = peer.downlink.as_deref();
-            signals.rtt_ms = downlink
-                .and_then(|d| d.rtt())
-                .map(|rtt| rtt.as_millis().min(u128::from(u32::MAX)) as u32);
-            out.push(SubscriberReception {
-                participant: session.participant.clone(),
-                name: session.name.clone(),
-                reception: judge(&signals),
-                loss_percent: signals.loss_percent,
-                downlink_bps: downlink
-                    .filter(|d| d.rtt().is_some())
-                    .map(|d| d.usable_bps() as u64),
-                rtt_ms: signals.rtt_ms,
-                congested: downlink.is_some_and(|d| d.congested_once()),
-                held_back_tracks: signals.held_back,
-                paused_tracks: signals.paused,
-            });
-        }
-        out.sort_by(|a, b| a.participant.cmp(&b.participant));
-        Some(out)
-    }
 }

@@ -39,6 +39,7 @@ mod ids;
 mod invariants;
 mod negotiate;
 mod pipe;
+mod quality;
 mod registry;
 mod relay;
 mod router;
@@ -108,6 +109,9 @@ const AUDIENCE_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// How often subscribers' downlinks are shared among their tracks again.
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the loss of what publishers send is counted and each room told how its
+/// participants' connections are doing (when that changed).
+const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a probe's padding goes out: its rate spread over the half second.
 const PROBE_TICK: Duration = Duration::from_millis(10);
 /// How often the active speaker is re-evaluated.
@@ -277,6 +281,10 @@ pub(crate) struct Layer {
     last_packet: Option<Instant>,
     /// What the layer brings in: what it costs each subscriber's downlink.
     rate: crate::media::rate::RateMeter,
+    /// What its publisher's uplink loses of it, counted per quality window.
+    loss: crate::media::uplink::ReceivedLoss,
+    /// The share lost in the last quality window, percent; `None` when nothing came.
+    loss_percent: Option<f64>,
     buffer: Option<RetransmitBuffer>,
     throttle: KeyframeThrottle,
 }
@@ -360,6 +368,10 @@ pub struct ShardCore {
     /// Where pipe media is decrypted, reused.
     pipe_scratch: Vec<u8>,
     next_housekeeping: Instant,
+    /// When each room is next told how its participants' connections are doing.
+    next_quality: Instant,
+    /// What each room was last told of its participants' connections.
+    announced_qualities: HashMap<String, Vec<tutti_shard_api::protocol::ParticipantQuality>>,
     next_speaker: Instant,
     next_slow: Instant,
     /// When subscribers' downlinks are next shared among their tracks.
@@ -415,6 +427,8 @@ impl ShardCore {
             #[cfg(any(test, feature = "sim"))]
             forward_allocations: 0,
             next_housekeeping: now,
+            next_quality: now + QUALITY_INTERVAL,
+            announced_qualities: HashMap::new(),
             next_speaker: now,
             next_slow: now,
             next_allocation: now,
@@ -644,6 +658,10 @@ impl ShardCore {
                 self.send(publisher, message);
             }
         }
+        if now >= self.next_quality {
+            self.next_quality = now + QUALITY_INTERVAL;
+            self.announce_qualities(now);
+        }
         if now >= self.next_speaker {
             self.next_speaker = now + SPEAKER_INTERVAL;
             self.evaluate_speakers(now);
@@ -787,7 +805,7 @@ impl ShardCore {
                 let _ = reply.send(self.put_pipeline(name, spec, now));
             }
             Command::Subscribers { room, reply } => {
-                let _ = reply.send(self.subscriber_reception(&room));
+                let _ = reply.send(self.subscriber_reception(&room, now));
             }
             Command::ListPipelines { reply } => {
                 let mut list: Vec<PipelineInfo> = self

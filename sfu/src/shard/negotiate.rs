@@ -733,6 +733,8 @@ impl ShardCore {
                 receiver: Some(init.receiver_id),
                 last_packet: None,
                 rate: Default::default(),
+                loss: Default::default(),
+                loss_percent: None,
                 buffer: video
                     .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
                 throttle: KeyframeThrottle::new(interval),

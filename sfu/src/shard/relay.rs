@@ -290,6 +290,8 @@ fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration
         receiver: None,
         last_packet: None,
         rate: Default::default(),
+        loss: Default::default(),
+        loss_percent: None,
         buffer: (kind == TrackKind::Video)
             .then(|| RetransmitBuffer::new(DEFAULT_CAPACITY, super::RETRANSMIT_AGE)),
         throttle: KeyframeThrottle::new(interval),

@@ -180,6 +180,7 @@ impl MediaRouter {
         };
         layer.last_packet = Some(now);
         layer.rate.add(now, received);
+        layer.loss.on_packet(packet.header.sequence_number);
         if keyframe {
             layer.throttle.keyframe_received();
         }

@@ -718,6 +718,7 @@ fn viewers_get_transport_wide_sequence_numbers_and_sender_reports() {
 
 mod dynacast;
 mod pipe;
+mod quality;
 
 /// Alice publishes `audio` and `video` in "room"; Bob and Carol view it. Returns their
 /// indexes (Alice, Bob, Carol).
