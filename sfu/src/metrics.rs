@@ -125,6 +125,10 @@ pub struct ShardMetrics {
     /// Video streams held below the quality their subscriber asked for, or paused, by the
     /// subscriber's downlink.
     pub held_back_video: Gauge,
+    /// Participants whose connection their room is shown as fair.
+    pub participants_fair: Gauge,
+    /// Participants whose connection their room is shown as poor.
+    pub participants_poor: Gauge,
 }
 
 impl Default for ShardMetrics {
@@ -274,6 +278,16 @@ impl ShardMetrics {
                 &mut registry,
                 "held_back_video",
                 "Video streams held below the asked quality or paused by a subscriber's downlink",
+            ),
+            participants_fair: gauge(
+                &mut registry,
+                "participants_fair",
+                "Participants whose connection is shown as fair (loss, a long round trip, or video held back)",
+            ),
+            participants_poor: gauge(
+                &mut registry,
+                "participants_poor",
+                "Participants whose connection is shown as poor (heavy loss, a very long round trip, or video paused)",
             ),
             participants: gauge(&mut registry, "participants", "Participants connected"),
             tracks: gauge(&mut registry, "tracks", "Published tracks"),

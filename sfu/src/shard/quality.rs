@@ -7,7 +7,7 @@ use super::{LAYER_IDLE, PeerKey, SessionId};
 use crate::media::allocation::Allotment;
 use crate::media::quality::{Signals, judge, participant_quality};
 use std::time::Instant;
-use tutti_shard_api::admin::SubscriberReception;
+use tutti_shard_api::admin::{Reception, SubscriberReception};
 use tutti_shard_api::protocol::{ParticipantQuality, ServerMessage};
 
 impl super::ShardCore {
@@ -128,6 +128,7 @@ impl super::ShardCore {
             .rooms()
             .map(|(name, _)| name.clone())
             .collect();
+        let (mut fair, mut poor) = (0i64, 0i64);
         for room in rooms {
             let Some(pipeline) = self.registry.room(&room) else {
                 continue;
@@ -150,6 +151,13 @@ impl super::ShardCore {
                 });
             }
             qualities.sort_by(|a, b| a.participant.cmp(&b.participant));
+            for q in &qualities {
+                match q.quality {
+                    Reception::Good => {}
+                    Reception::Fair => fair += 1,
+                    Reception::Poor => poor += 1,
+                }
+            }
             if self.announced_qualities.get(&room) == Some(&qualities) {
                 continue;
             }
@@ -159,5 +167,7 @@ impl super::ShardCore {
         }
         self.announced_qualities
             .retain(|room, _| self.registry.room(room).is_some());
+        self.metrics.participants_fair.set(fair);
+        self.metrics.participants_poor.set(poor);
     }
 }

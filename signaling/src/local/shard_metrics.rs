@@ -77,7 +77,7 @@ impl Collector for ShardsCollector {
                 ConstCounter::new(read(metrics)).encode(family.encode_family(&label)?)?;
             }
         }
-        let gauges: [(&str, &str, GaugeReading); 5] = [
+        let gauges: [(&str, &str, GaugeReading); 7] = [
             ("tutti_sfu_pipelines", "Pipelines hosted", |m| {
                 m.pipelines.get()
             }),
@@ -98,6 +98,16 @@ impl Collector for ShardsCollector {
                 "tutti_sfu_held_back_video",
                 "Video streams held below the asked quality or paused by a subscriber's downlink",
                 |m| m.held_back_video.get(),
+            ),
+            (
+                "tutti_sfu_participants_fair",
+                "Participants whose connection is shown as fair",
+                |m| m.participants_fair.get(),
+            ),
+            (
+                "tutti_sfu_participants_poor",
+                "Participants whose connection is shown as poor",
+                |m| m.participants_poor.get(),
             ),
         ];
         for (name, help, read) in gauges {

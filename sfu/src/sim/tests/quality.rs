@@ -62,6 +62,8 @@ fn the_room_is_told_who_receives_poorly_and_who_sends_poorly() {
         })
         .unwrap();
     assert_eq!(word(&sim, alice, "bob"), word(&sim, carol, "bob"));
+    let counted = sim.metrics().participants_fair.get() + sim.metrics().participants_poor.get();
+    assert_eq!(counted, 1, "Bob counted in the metrics");
     assert_eq!(word(&sim, carol, "carol"), Some(Reception::Good));
     assert_eq!(word(&sim, carol, "alice"), Some(Reception::Good));
 
