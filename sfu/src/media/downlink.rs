@@ -421,7 +421,7 @@ mod tests {
         run(&mut estimate, &mut path, start, &mut seq, 1_200_000.0, 1);
         let usable = estimate.usable_bps();
         assert!(
-            estimate.congested_once() && usable <= 330_000.0 && usable >= 200_000.0,
+            estimate.congested_once() && (200_000.0..=330_000.0).contains(&usable),
             "{usable} after a second, GCC's own {}",
             estimate.target_bps()
         );

@@ -512,7 +512,6 @@ impl MediaRouter {
                 resent += wire;
             }
         }
-        drop(peer);
         if resent > 0
             && let Some(downlink) = transport.peer_mut(key).and_then(|p| p.downlink.as_mut())
         {
