@@ -5,7 +5,7 @@
 // paused for Ben, which the virtual-clock tests cover.) Ben's downlink
 // estimate moves him to Ana's low layer and keeps her sound whole, while Cai keeps the
 // larger layer, and the room shows Ben's connection as held back. Prints how long Ben took
-// to settle and what he lost after.
+// to settle and what he lost after; then the link opens up and Ben climbs back.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -135,4 +135,14 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
   assert.ok(audio.received >= 450, `Ana's sound keeps coming: ${JSON.stringify(audio)}`);
   assert.ok(audio.percent < 2 && video.percent < 2, JSON.stringify({ audio, video }));
   assert.ok(end.video.framesDecoded - start.video.framesDecoded > 50, 'Ben\'s video keeps playing');
+
+  // The hotel's link opens up: probes find the room, and Ben climbs to the layer Cai gets.
+  await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1 });
+  const liftedAt = Date.now();
+  const climbed = await waitFor("Ben back on Ana's larger layer", () => from(ben, 'Ana'),
+    (s) => s.video.frameWidth > 160, 90_000);
+  const climbedAfter = Date.now() - liftedAt;
+  const words = await waitFor('the room showing Ben\'s connection as good again',
+    () => cai.evaluate(() => window.tutti.shownQualities()), (q) => q.Ben === 'good', 20_000);
+  console.log(`downlink: the limit lifted, Ben on Ana's ${climbed.video.frameWidth}-px layer ${climbedAfter} ms later; Cai shows ${JSON.stringify(words)}`);
 });

@@ -123,8 +123,9 @@ export async function launch({ fakeUi = true, namespace, secureOrigins = [], tru
 
 /**
  * Builds a simulated network with `tutti-netsim` (spec: tests/src/netsim/mod.rs) and
- * resolves with its sites by name (`namespace`, `addresses`). `stop()` removes it; if
- * this process dies, tutti-netsim sees its stdin close and removes it as well.
+ * resolves with its sites by name (`namespace`, `addresses`). `setLink(link)` changes a
+ * path while it runs; `stop()` removes it; if this process dies, tutti-netsim sees its
+ * stdin close and removes it as well.
  */
 export async function startNetSim(spec) {
   const child = spawn(binary('tutti-netsim'), [JSON.stringify(spec)], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -132,14 +133,21 @@ export async function startNetSim(spec) {
   const logged = [];
   child.stderr.on('data', (chunk) => stderr.push(chunk.toString()));
   const exited = new Promise((resolve) => child.on('exit', resolve));
+  const lines = createInterface({ input: child.stdout });
   const line = await new Promise((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout });
     lines.once('line', resolve);
     child.on('exit', (code) => reject(new Error(`tutti-netsim exited with ${code}: ${stderr.join('')}`)));
   });
   const sites = Object.fromEntries(JSON.parse(line).sites.map((site) => [site.name, site]));
   return {
     sites,
+    /** Changes what the path between `link.a` and `link.b` does, as in the spec's links. */
+    async setLink(link) {
+      const answer = new Promise((resolve) => lines.once('line', resolve));
+      child.stdin.write(`${JSON.stringify(link)}\n`);
+      const reply = JSON.parse(await answer);
+      if (reply.error) throw new Error(`tutti-netsim: ${reply.error}`);
+    },
     async stop() {
       if (child.exitCode !== null) return;
       child.stdin.end();

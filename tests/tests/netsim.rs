@@ -123,6 +123,61 @@ fn delay_and_jitter_apply_to_each_direction() -> Result<()> {
     Ok(())
 }
 
+/// A path changed while the simulation runs: what is sent after the change takes the new
+/// delay; an unknown site or a value out of range is refused and changes nothing.
+#[test]
+fn a_link_changed_while_running_applies_from_then_on() -> Result<()> {
+    let sim = NetSim::up(&Spec {
+        sites: vec![host(), site("hotel")],
+        links: vec![link(
+            "hotel",
+            "host",
+            LinkParams {
+                delay_ms: 10.0,
+                ..Default::default()
+            },
+        )],
+        seed: 3,
+    })?;
+    let server_addr = sim.site("host")?.addr();
+    let fastest = |sim: &NetSim| -> Result<f64> {
+        let server = UdpSocket::bind((server_addr, 0))?;
+        let client = sim
+            .site("hotel")?
+            .run_inside(|| UdpSocket::bind("0.0.0.0:0"))??;
+        Ok(echo_round_trips(client, server)?[0].as_secs_f64() * 1000.0)
+    };
+    let before = fastest(&sim)?;
+    let setter = sim.link_setter();
+    setter.set(&link(
+        "hotel",
+        "host",
+        LinkParams {
+            delay_ms: 50.0,
+            ..Default::default()
+        },
+    ))?;
+    let after = fastest(&sim)?;
+    println!("round trip min {before:.1} ms, then {after:.1} ms after the change");
+    ensure!((20.0..60.0).contains(&before), "before: {before:.1} ms");
+    ensure!(after >= 99.5, "after: {after:.1} ms");
+    for wrong in [
+        link("hotel", "nowhere", LinkParams::default()),
+        link(
+            "hotel",
+            "host",
+            LinkParams {
+                loss: 2.0,
+                ..Default::default()
+            },
+        ),
+    ] {
+        ensure!(setter.set(&wrong).is_err(), "{wrong:?} accepted");
+    }
+    ensure!(fastest(&sim)? >= 99.5, "a refused change changed something");
+    Ok(())
+}
+
 #[test]
 fn loss_drops_the_configured_share() -> Result<()> {
     let sim = NetSim::up(&Spec {

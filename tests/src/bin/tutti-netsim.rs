@@ -1,12 +1,15 @@
 //! Builds a simulated network for tests written in other languages (the browser tests):
 //! `tutti-netsim '<spec JSON>'` prints the built sites as one JSON line, keeps the delay
 //! relay running, and removes everything when its stdin closes or it gets SIGTERM or
-//! SIGINT — so a test runner that dies takes the network with it.
+//! SIGINT — so a test runner that dies takes the network with it. Each line written to
+//! its stdin is a link (`{"a", "b", "delay_ms", "rate_kbps", …}`, as in the spec) that
+//! replaces what the path between two sites does; it answers `{"ok": true}` or
+//! `{"error": "…"}` on a line of its own.
 
 use anyhow::{Context, Result};
-use std::io::Read;
+use std::io::{BufRead, Write};
 use tokio::signal::unix::{SignalKind, signal};
-use tutti_tests::netsim::{NetSim, Spec};
+use tutti_tests::netsim::{LinkSpec, NetSim, Spec};
 
 fn main() -> Result<()> {
     let spec = std::env::args()
@@ -25,10 +28,32 @@ fn main() -> Result<()> {
             let mut term = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;
             let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+            let setter = sim.link_setter();
             std::thread::spawn(move || {
-                let mut sink = [0u8; 256];
-                let mut stdin = std::io::stdin();
-                while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+                // Lines of at most 4 KiB; a longer one is answered as an error.
+                let stdin = std::io::stdin();
+                let mut lines = stdin.lock();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match std::io::Read::take(&mut lines, 4096).read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let answer = serde_json::from_str::<LinkSpec>(line.trim())
+                        .context("a link")
+                        .and_then(|link| setter.set(&link));
+                    let reply = match answer {
+                        Ok(()) => serde_json::json!({ "ok": true }),
+                        Err(err) => serde_json::json!({ "error": format!("{err:#}") }),
+                    };
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{reply}");
+                    let _ = out.flush();
+                }
                 let _ = closed_tx.send(());
             });
             let stdin_closed = async {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest the relay sleeps before looking at its stop flag again.
@@ -76,6 +76,48 @@ impl LinkTable {
             table.insert((a, b), params);
         }
         Self(table)
+    }
+}
+
+/// The link table the relay reads, which a running test may change: a path that narrows
+/// or opens up while a call goes on.
+#[derive(Debug, Default)]
+pub struct SharedLinks {
+    table: std::sync::Mutex<LinkTable>,
+    /// Bumped on every change, so that the relay copies the table only then.
+    generation: AtomicU64,
+}
+
+impl SharedLinks {
+    /// A table to start with.
+    pub fn new(table: LinkTable) -> Self {
+        Self {
+            table: std::sync::Mutex::new(table),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Both directions between sites `a` and `b` get `params` from now on.
+    pub fn set(&self, a: usize, b: usize, params: LinkParams) -> Result<()> {
+        params.validate()?;
+        let mut table = self
+            .table
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the link table's lock is poisoned"))?;
+        table.0.insert((b, a), params.clone());
+        table.0.insert((a, b), params);
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The table and its generation, when it changed since `seen`.
+    fn changed_since(&self, seen: u64) -> Option<(LinkTable, u64)> {
+        let now = self.generation.load(Ordering::Acquire);
+        if now == seen {
+            return None;
+        }
+        let table = self.table.lock().ok()?.clone();
+        Some((table, now))
     }
 }
 
@@ -167,8 +209,11 @@ impl Draws {
     }
 }
 
-/// Relays packets until `stop` is set.
-pub fn run(tun: &OwnedFd, links: &LinkTable, seed: u64, stop: &AtomicBool) -> Result<Counters> {
+/// Relays packets until `stop` is set, by the links as `shared` holds them at the time.
+pub fn run(tun: &OwnedFd, shared: &SharedLinks, seed: u64, stop: &AtomicBool) -> Result<Counters> {
+    let (mut links, mut generation) = shared
+        .changed_since(u64::MAX)
+        .context("the link table's lock is poisoned")?;
     let mut counters = Counters::default();
     let mut states: HashMap<(usize, usize), LinkState> = HashMap::new();
     let mut draws = Draws(seed);
@@ -183,6 +228,12 @@ pub fn run(tun: &OwnedFd, links: &LinkTable, seed: u64, stop: &AtomicBool) -> Re
             at.saturating_duration_since(now).min(STOP_CHECK)
         });
         wait_readable(tun, wait)?;
+        // After the wait, which a change may have come during: what arrives from now on
+        // goes by it, what already waits in a queue keeps the release it was given.
+        if let Some((table, seen)) = shared.changed_since(generation) {
+            links = table;
+            generation = seen;
+        }
         loop {
             // SAFETY: reads into a buffer of buf.len() bytes.
             let n = unsafe { libc::read(tun.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };

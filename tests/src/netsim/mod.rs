@@ -154,7 +154,30 @@ pub struct NetSim {
     pub sites: Vec<Site>,
     stop: Arc<AtomicBool>,
     relay: Option<std::thread::JoinHandle<Result<delay::Counters>>>,
+    links: Arc<delay::SharedLinks>,
     _lock: OwnedFd,
+}
+
+/// Changes a running simulation's links (see [`NetSim::link_setter`]).
+#[derive(Clone)]
+pub struct LinkSetter {
+    names: Vec<String>,
+    links: Arc<delay::SharedLinks>,
+}
+
+impl LinkSetter {
+    /// The path between `link.a` and `link.b` does what `link` says from now on, both ways
+    /// (a pair never listed forwarded at once until now).
+    pub fn set(&self, link: &LinkSpec) -> Result<()> {
+        let index = |name: &str| {
+            self.names
+                .iter()
+                .position(|n| n == name)
+                .with_context(|| format!("no site {name}"))
+        };
+        self.links
+            .set(index(&link.a)?, index(&link.b)?, link.params.clone())
+    }
 }
 
 impl NetSim {
@@ -167,6 +190,7 @@ impl NetSim {
             sites: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             relay: None,
+            links: Arc::default(),
             _lock: lock,
         };
         // On any error below, dropping `sim` removes what was made so far.
@@ -183,7 +207,7 @@ impl NetSim {
             let site = build_site(index, spec)?;
             sim.sites.push(site);
         }
-        let links = delay::LinkTable::new(
+        sim.links = Arc::new(delay::SharedLinks::new(delay::LinkTable::new(
             spec.links
                 .iter()
                 .map(|link| {
@@ -192,7 +216,8 @@ impl NetSim {
                     Ok(((a, b), link.params.clone()))
                 })
                 .collect::<Result<Vec<_>>>()?,
-        );
+        )));
+        let links = sim.links.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stop = sim.stop.clone();
         let seed = spec.seed;
@@ -236,6 +261,14 @@ impl NetSim {
         )?;
         sysctl(ROUTER, &format!("net.ipv4.conf.{TUN}.rp_filter"), "0")?;
         Ok(sim)
+    }
+
+    /// What changes this simulation's links while it runs, from any thread.
+    pub fn link_setter(&self) -> LinkSetter {
+        LinkSetter {
+            names: self.sites.iter().map(|site| site.name.clone()).collect(),
+            links: self.links.clone(),
+        }
     }
 
     /// The site called `name`.
