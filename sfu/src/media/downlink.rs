@@ -42,6 +42,8 @@ pub struct DownlinkEstimate {
     measurement: Option<Measurement>,
     /// What the subscriber received lately, by its arrival times.
     acked: AckedRate,
+    /// Packets reported arrived and lost by each of the last [`LOSS_FEEDBACKS`] feedbacks.
+    recent_loss: std::collections::VecDeque<(u64, u64)>,
     /// Bytes of retransmissions the downlink may take now, and when that was counted.
     resend_budget: (f64, Option<Instant>),
 }
@@ -53,38 +55,55 @@ pub const RESEND_SHARE: f64 = 0.25;
 /// The most retransmission bytes saved up for a burst: a quarter second at the share.
 const RESEND_BURST: Duration = Duration::from_millis(250);
 
-/// Share of a feedback's packets lost above which the path is taken to carry no more
-/// than it delivered: GCC's loss-based controller cuts by half the loss from the
-/// estimate it had, which from an optimistic start takes seconds of heavy loss to reach a
-/// shallow-buffered bottleneck (one that drops rather than delays).
-const HEAVY_LOSS: f64 = 0.1;
-/// Packets a feedback must report for its loss to count.
-const LOSS_SAMPLE: usize = 10;
+/// Share of the packets reported over the last [`LOSS_FEEDBACKS`] feedbacks lost above
+/// which the path is taken to carry no more than it delivered: GCC's loss-based controller
+/// cuts by half the loss from the estimate it had, which from an optimistic start takes
+/// seconds of heavy loss to reach a shallow-buffered bottleneck (one that drops rather
+/// than delays). Over several feedbacks, so that the 1–3 % random loss of Wi-Fi or a
+/// mobile path, bunched into one small feedback, does not count; and well above the
+/// random loss of even a bad path (whose arrivals fall short of what was sent only by
+/// that loss, and which would be bounded below what it carries): sending twice what a
+/// bottleneck passes loses half.
+const HEAVY_LOSS: f64 = 0.2;
+/// Feedbacks the loss is counted over (a browser sends one every 50–100 ms).
+const LOSS_FEEDBACKS: usize = 5;
+/// Packets those feedbacks must report for their loss to count.
+const LOSS_SAMPLE: u64 = 30;
 /// The span of arrivals the acknowledged rate is taken over.
 const ACKED_WINDOW: Duration = Duration::from_millis(500);
+/// Arrivals remembered at most: the window at 20,000 packets a second.
+const ACKED_MAX: usize = 10_000;
+/// A jump of the subscriber's clock this large (a wrapped or forged reference time)
+/// starts the window afresh.
+const CLOCK_JUMP: Duration = Duration::from_secs(10);
 
 /// The rate at which packets arrived at the subscriber over the last [`ACKED_WINDOW`] of
 /// arrival times (the subscriber's clock).
 #[derive(Debug, Default)]
 struct AckedRate {
-    /// Arrival and size of each packet in the window, oldest first.
+    /// Arrival and size of each packet in the window, in the order reported.
     arrivals: std::collections::VecDeque<(Duration, usize)>,
     bytes: usize,
+    /// The latest arrival in the window.
+    newest: Option<Duration>,
 }
 
 impl AckedRate {
     fn add(&mut self, arrival: Duration, size: usize) {
+        if let Some(newest) = self.newest
+            && (arrival + CLOCK_JUMP < newest || arrival > newest + CLOCK_JUMP)
+        {
+            self.arrivals.clear();
+            self.bytes = 0;
+            self.newest = None;
+        }
+        let newest = self.newest.map_or(arrival, |n| n.max(arrival));
+        self.newest = Some(newest);
         // Feedback reports in send order; a reordered arrival is counted where it falls.
         self.arrivals.push_back((arrival, size));
         self.bytes += size;
-        let newest = self
-            .arrivals
-            .iter()
-            .map(|(at, _)| *at)
-            .max()
-            .unwrap_or(arrival);
         while let Some(&(at, size)) = self.arrivals.front() {
-            if newest.saturating_sub(at) <= ACKED_WINDOW {
+            if newest.saturating_sub(at) <= ACKED_WINDOW && self.arrivals.len() <= ACKED_MAX {
                 break;
             }
             self.arrivals.pop_front();
@@ -96,8 +115,7 @@ impl AckedRate {
     /// span (a keyframe's burst at a call's start) says little about the path.
     fn bps(&self) -> Option<f64> {
         let first = self.arrivals.iter().map(|(at, _)| *at).min()?;
-        let last = self.arrivals.iter().map(|(at, _)| *at).max()?;
-        let span = last.checked_sub(first)?;
+        let span = self.newest?.checked_sub(first)?;
         let first_size = self.arrivals.front().map_or(0, |(_, size)| *size);
         (span >= ACKED_WINDOW / 2)
             .then(|| (self.bytes - first_size) as f64 * 8.0 / span.as_secs_f64())
@@ -140,6 +158,7 @@ impl DownlinkEstimate {
             ceiling_bps: None,
             measurement: None,
             acked: AckedRate::default(),
+            recent_loss: std::collections::VecDeque::with_capacity(LOSS_FEEDBACKS + 1),
             resend_budget: (0.0, None),
         }
     }
@@ -216,8 +235,16 @@ impl DownlinkEstimate {
         let after = self.gcc.target_bitrate();
         let mut ceiling = (after < before).then_some(after);
         // Heavy loss: the path carries no more than what arrived, whatever GCC still says.
-        let heavy = self.reports.len() >= LOSS_SAMPLE
-            && lost as f64 >= HEAVY_LOSS * self.reports.len() as f64;
+        self.recent_loss.push_back((arrived, lost));
+        if self.recent_loss.len() > LOSS_FEEDBACKS {
+            self.recent_loss.pop_front();
+        }
+        let (recent_arrived, recent_lost) = self
+            .recent_loss
+            .iter()
+            .fold((0, 0), |(a, l), (arrived, lost)| (a + arrived, l + lost));
+        let reported = recent_arrived + recent_lost;
+        let heavy = reported >= LOSS_SAMPLE && recent_lost as f64 >= HEAVY_LOSS * reported as f64;
         if heavy
             && let Some(acked) = self.acked.bps()
             && acked < ceiling.unwrap_or_else(|| self.usable_bps())
@@ -425,6 +452,60 @@ mod tests {
             "{usable} after a second, GCC's own {}",
             estimate.target_bps()
         );
+    }
+
+    /// Random loss of a few percent, one packet now and then in a small feedback, is not
+    /// the heavy loss of an overfull bottleneck.
+    #[test]
+    fn scattered_random_loss_bounds_nothing() {
+        let start = Instant::now();
+        let mut estimate = DownlinkEstimate::new(start);
+        let epoch = start - Duration::from_secs(1000);
+        let mut seq = 0u16;
+        for round in 0..100u32 {
+            let now = start + Duration::from_millis(50) * round;
+            let mut acks = Vec::new();
+            for i in 0..10u32 {
+                let at = now + Duration::from_millis(5) * i;
+                estimate.on_sent(seq, 1200, at);
+                // One packet in 33 lost: one feedback in three loses one of its ten.
+                acks.push(if (round * 10 + i) % 33 == 0 {
+                    Acknowledgement::lost(seq)
+                } else {
+                    Acknowledgement::received(
+                        seq,
+                        Some(at + Duration::from_millis(20) - epoch),
+                        Ecn::NotEct,
+                    )
+                });
+                seq = seq.wrapping_add(1);
+            }
+            estimate.on_acknowledgements(now + Duration::from_millis(45), &acks);
+        }
+        assert!(
+            !estimate.congested_once(),
+            "bounded at {} after 3 % random loss",
+            estimate.usable_bps()
+        );
+    }
+
+    /// The subscriber's clock jumps (its 24-bit reference time wraps, or a client lies):
+    /// the window starts afresh instead of keeping every later arrival.
+    #[test]
+    fn a_jump_of_the_subscribers_clock_keeps_the_window_small() {
+        let mut acked = AckedRate::default();
+        acked.add(Duration::from_secs(1_000_000), 1200);
+        for i in 0..50_000u64 {
+            acked.add(Duration::from_millis(i), 1200);
+        }
+        assert!(
+            acked.arrivals.len() <= 501,
+            "{} arrivals kept",
+            acked.arrivals.len()
+        );
+        let bps = acked.bps().unwrap_or_default();
+        // 1,200 bytes a millisecond.
+        assert!((bps - 9_600_000.0).abs() < 100_000.0, "{bps}");
     }
 
     #[test]
