@@ -419,8 +419,8 @@ pub enum ServerMessage {
         /// Whether it is muted now.
         muted: bool,
     },
-    /// How each participant's connection is doing, sent to the room when a word changes
-    /// (and to each newcomer with the next one).
+    /// How each participant's connection is doing, sent to the room when a word changes,
+    /// and to a session that has not had it yet (checked every 2 s).
     ConnectionQuality {
         /// One entry per participant in the room.
         qualities: Vec<ParticipantQuality>,

@@ -999,6 +999,13 @@ function onError({ code, message }) {
     showError(code, message);
     return;
   }
+  if (code === 'rate_limited') {
+    // What this page asked for may not have been taken: ask again once the budget refills.
+    for (const participant of state.participants.values()) {
+      for (const info of participant.tracks.values()) info.quality = null;
+    }
+    setTimeout(scheduleQualityCheck, 1000);
+  }
   if (code === 'track_not_found') {
     // A quality asked for a video that ended meanwhile: nothing the user did or can mend.
     console.warn('track_not_found', message);

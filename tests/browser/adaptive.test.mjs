@@ -108,10 +108,12 @@ test('a small tile gets the low layer, a hidden one nothing, and a layer nobody 
   // Ben still reaches Ana, whose tile of him is as large as ever.
   await waitForPlayingVideo(Ana, 'Ben');
 
-  // Ana's larger layers are received by nobody: her browser stops encoding them (after
-  // the shard's 3-second wait), the low one goes on.
+  // Ana's larger layers are received by nobody: her browser stops encoding the middle
+  // one (switched off after the shard's 3-second wait), the low one goes on. (Chromium
+  // never encodes the full layer of a 640x480 camera; never having flowed, it is left as
+  // it is.)
   const encoded = await waitFor("Ana's larger layers switched off", () => encodedOver(Ana, 1000),
-    (e) => e.active.q && !e.active.h && !e.active.f && e.grown.q > 0 && !(e.grown.h > 0) && !(e.grown.f > 0), 30_000);
+    (e) => e.active.q && !e.active.h && e.grown.q > 0 && !(e.grown.h > 0) && !(e.grown.f > 0), 30_000);
   const pausedAfter = Date.now() - hiddenAt;
   console.log(`adaptive: Ana at Cai ${small.frameWidth} px wide; Ben's video stopped reaching Cai within ${silentAfter} ms; Ana's layers ${JSON.stringify(encoded)} ${pausedAfter} ms after the tiles changed (asked ${JSON.stringify(asked)})`);
 

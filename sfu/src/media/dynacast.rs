@@ -77,13 +77,18 @@ impl LayerSwitch {
         needed
     }
 
-    /// Takes which layers are needed at `now` (`needed[i]` for layer `i`); returns the
-    /// layers to encode when that changed and the publisher must be told.
-    pub fn update(&mut self, needed: &[bool], now: Instant) -> Option<&[bool]> {
+    /// Takes which layers are needed at `now` (`needed[i]` for layer `i`) and which may be
+    /// paused (`pausable[i]`: its rate while flowing is known, so that a congested
+    /// subscriber's share can reach it again; a layer the publisher never sent is never
+    /// told off and on); returns the layers to encode when that changed and the publisher
+    /// must be told.
+    pub fn update(&mut self, needed: &[bool], pausable: &[bool], now: Instant) -> Option<&[bool]> {
         let mut changed = false;
         for (index, active) in self.active.iter_mut().enumerate() {
             let since = &mut self.unneeded_since[index];
-            if needed.get(index).copied().unwrap_or(false) {
+            if needed.get(index).copied().unwrap_or(false)
+                || !pausable.get(index).copied().unwrap_or(false)
+            {
                 *since = None;
                 if !*active {
                     *active = true;
@@ -139,16 +144,16 @@ mod tests {
         assert!(!switch.available(1, false, later));
         assert!(switch.available(1, true, later));
         // Paused here: it would flow once resumed.
-        switch.update(&[true, false], later);
+        switch.update(&[true, false], &[true; 3], later);
         assert_eq!(
-            switch.update(&[true, false], later + PAUSE_AFTER),
+            switch.update(&[true, false], &[true; 3], later + PAUSE_AFTER),
             Some(&[true, false][..])
         );
         assert!(switch.available(1, false, later + PAUSE_AFTER));
         // Resumed: available through the grace, not after it if nothing came.
         let resumed = later + PAUSE_AFTER * 2;
         assert_eq!(
-            switch.update(&[true, true], resumed),
+            switch.update(&[true, true], &[true; 3], resumed),
             Some(&[true, true][..])
         );
         assert!(switch.available(1, false, resumed + RESUME_GRACE / 2));
@@ -161,23 +166,35 @@ mod tests {
         let mut switch = LayerSwitch::new(3, t0);
         // Every subscriber shows the track small: only the lowest layer is needed.
         let small = [true, false, false];
-        assert_eq!(switch.update(&small, t0), None);
-        assert_eq!(switch.update(&small, t0 + PAUSE_AFTER / 2), None);
+        assert_eq!(switch.update(&small, &[true; 3], t0), None);
         assert_eq!(
-            switch.update(&small, t0 + PAUSE_AFTER),
+            switch.update(&small, &[true; 3], t0 + PAUSE_AFTER / 2),
+            None
+        );
+        assert_eq!(
+            switch.update(&small, &[true; 3], t0 + PAUSE_AFTER),
             Some(&[true, false, false][..])
         );
         assert!(!switch.is_active(2));
         // Said once.
-        assert_eq!(switch.update(&small, t0 + PAUSE_AFTER * 2), None);
+        assert_eq!(
+            switch.update(&small, &[true; 3], t0 + PAUSE_AFTER * 2),
+            None
+        );
         // Someone enlarges the tile: the top layer comes back on the next update.
         let large = [false, false, true];
         let t1 = t0 + PAUSE_AFTER * 3;
-        assert_eq!(switch.update(&large, t1), Some(&[true, false, true][..]));
-        // The lowest layer, now unneeded, is paused only after the wait.
-        assert_eq!(switch.update(&large, t1 + PAUSE_AFTER / 2), None);
         assert_eq!(
-            switch.update(&large, t1 + PAUSE_AFTER),
+            switch.update(&large, &[true; 3], t1),
+            Some(&[true, false, true][..])
+        );
+        // The lowest layer, now unneeded, is paused only after the wait.
+        assert_eq!(
+            switch.update(&large, &[true; 3], t1 + PAUSE_AFTER / 2),
+            None
+        );
+        assert_eq!(
+            switch.update(&large, &[true; 3], t1 + PAUSE_AFTER),
             Some(&[false, false, true][..])
         );
     }
@@ -186,27 +203,54 @@ mod tests {
     fn a_layer_needed_again_within_the_wait_is_never_paused() {
         let t0 = Instant::now();
         let mut switch = LayerSwitch::new(2, t0);
-        assert_eq!(switch.update(&[true, false], t0), None);
-        assert_eq!(switch.update(&[true, true], t0 + PAUSE_AFTER / 2), None);
-        // The wait starts over from the next time it is unneeded.
-        assert_eq!(switch.update(&[true, false], t0 + PAUSE_AFTER), None);
+        assert_eq!(switch.update(&[true, false], &[true; 3], t0), None);
         assert_eq!(
-            switch.update(&[true, false], t0 + PAUSE_AFTER * 2),
+            switch.update(&[true, true], &[true; 3], t0 + PAUSE_AFTER / 2),
+            None
+        );
+        // The wait starts over from the next time it is unneeded.
+        assert_eq!(
+            switch.update(&[true, false], &[true; 3], t0 + PAUSE_AFTER),
+            None
+        );
+        assert_eq!(
+            switch.update(&[true, false], &[true; 3], t0 + PAUSE_AFTER * 2),
             Some(&[true, false][..])
         );
+    }
+
+    /// A layer never seen flowing has no rate a congested subscriber's share could count
+    /// on again: it is not paused, and a layer the publisher never sends is not told off
+    /// and on forever.
+    #[test]
+    fn a_layer_of_unknown_rate_is_never_paused() {
+        let t0 = Instant::now();
+        let mut switch = LayerSwitch::new(3, t0);
+        let pausable = [true, true, false];
+        assert_eq!(switch.update(&[false, true, false], &pausable, t0), None);
+        assert_eq!(
+            switch.update(&[false, true, false], &pausable, t0 + PAUSE_AFTER),
+            Some(&[false, true, true][..])
+        );
+        for later in 2..10u32 {
+            assert_eq!(
+                switch.update(&[false, true, false], &pausable, t0 + PAUSE_AFTER * later),
+                None
+            );
+        }
     }
 
     #[test]
     fn a_track_nobody_receives_pauses_every_layer() {
         let t0 = Instant::now();
         let mut switch = LayerSwitch::new(3, t0);
-        assert_eq!(switch.update(&[], t0), None);
+        assert_eq!(switch.update(&[], &[true; 3], t0), None);
         assert_eq!(
-            switch.update(&[], t0 + PAUSE_AFTER),
+            switch.update(&[], &[true; 3], t0 + PAUSE_AFTER),
             Some(&[false, false, false][..])
         );
         assert_eq!(
-            switch.update(&[false, true], t0 + PAUSE_AFTER * 2),
+            switch.update(&[false, true], &[true; 3], t0 + PAUSE_AFTER * 2),
             Some(&[false, true, false][..])
         );
     }

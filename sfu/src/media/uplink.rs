@@ -37,12 +37,18 @@ impl ReceivedLoss {
     /// Ends the window: the share of its packets lost, percent; `None` when none arrived.
     pub fn close_window(&mut self) -> Option<f64> {
         let base = self.base?;
-        if self.received == 0 {
+        let received = self.received;
+        if received == 0 {
             return None;
         }
-        let expected = u32::from(self.highest.wrapping_sub(base)) + 1;
-        let lost = expected.saturating_sub(self.received);
         self.received = 0;
+        let span = self.highest.wrapping_sub(base);
+        if span >= 0x8000 {
+            // Only late packets of earlier windows came: nothing new was expected.
+            return Some(0.0);
+        }
+        let expected = u32::from(span) + 1;
+        let lost = expected.saturating_sub(received);
         self.base = Some(self.highest.wrapping_add(1));
         Some(f64::from(lost) * 100.0 / f64::from(expected))
     }
@@ -93,5 +99,11 @@ mod tests {
             loss.on_packet(seq);
         }
         assert_eq!(loss.close_window(), Some(100.0 / 3.0));
+        // A window with only a late repair (22) and nothing new: no loss, and the next
+        // window still starts after 23.
+        loss.on_packet(22);
+        assert_eq!(loss.close_window(), Some(0.0));
+        loss.on_packet(25);
+        assert_eq!(loss.close_window(), Some(50.0));
     }
 }

@@ -255,9 +255,11 @@ fn demand(
                 .last_packet
                 .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE);
             if flowing {
+                // A layer just resumed reads as silent for its first second: it costs
+                // what it cost before.
                 return Some(LayerOffer {
                     rank: l.rank,
-                    bps: l.rate.bps(),
+                    bps: l.rate.bps().max(l.rate.flowing_bps().unwrap_or(0.0)),
                 });
             }
             let paused = track

@@ -30,7 +30,11 @@ impl MediaRouter {
             }
             let caps = track.downtracks.iter().filter_map(|d| d.state.max_rank());
             let needed = LayerSwitch::needed(&layers[..count], caps);
-            let Some(active) = switch.update(&needed[..count], now) else {
+            let mut pausable = [false; MAX_LAYERS];
+            for (slot, layer) in pausable.iter_mut().zip(&track.layers) {
+                *slot = layer.rate.flowing_bps().is_some();
+            }
+            let Some(active) = switch.update(&needed[..count], &pausable[..count], now) else {
                 continue;
             };
             let rids = track

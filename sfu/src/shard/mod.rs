@@ -370,8 +370,15 @@ pub struct ShardCore {
     next_housekeeping: Instant,
     /// When each room is next told how its participants' connections are doing.
     next_quality: Instant,
-    /// What each room was last told of its participants' connections.
-    announced_qualities: HashMap<String, Vec<tutti_shard_api::protocol::ParticipantQuality>>,
+    /// What each room was last told of its participants' connections, and the sessions
+    /// that heard it.
+    announced_qualities: HashMap<
+        String,
+        (
+            Vec<tutti_shard_api::protocol::ParticipantQuality>,
+            std::collections::HashSet<SessionId>,
+        ),
+    >,
     next_speaker: Instant,
     next_slow: Instant,
     /// When subscribers' downlinks are next shared among their tracks.

@@ -12,7 +12,7 @@ use tutti_shard_api::protocol::{ParticipantQuality, ServerMessage};
 
 impl super::ShardCore {
     /// What the shard knows of the reception of subscriber connection `key` in `room`.
-    fn downlink_signals(&self, room: &str, key: PeerKey) -> Signals {
+    fn downlink_signals(&self, room: &str, key: PeerKey, now: Instant) -> Signals {
         let mut signals = Signals::default();
         for track in self.media.tracks.values().filter(|t| t.room == room) {
             for entry in track.downtracks.iter().filter(|d| d.peer == key) {
@@ -37,11 +37,22 @@ impl super::ShardCore {
                         let Some(wanted) = entry.state.target().rank() else {
                             continue;
                         };
+                        // Only a layer it could have had counts: flowing, or paused at
+                        // the publisher while nobody needed it (not one never sent).
+                        let available = |index: usize, layer: &super::Layer| {
+                            let flowing = layer
+                                .last_packet
+                                .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE);
+                            let paused = track
+                                .layer_switch
+                                .as_ref()
+                                .is_some_and(|s| !s.is_active(index));
+                            flowing || (paused && layer.rate.flowing_bps().is_some())
+                        };
                         if rank < wanted
-                            && track
-                                .layers
-                                .iter()
-                                .any(|l| l.rank > rank && l.rank <= wanted)
+                            && track.layers.iter().enumerate().any(|(index, l)| {
+                                l.rank > rank && l.rank <= wanted && available(index, l)
+                            })
                         {
                             signals.held_back += 1;
                         }
@@ -92,7 +103,7 @@ impl super::ShardCore {
             let Some(peer) = self.transport.peer(key) else {
                 continue;
             };
-            let signals = self.downlink_signals(room, key);
+            let signals = self.downlink_signals(room, key, now);
             let uplink_loss = self.uplink_loss(id, now);
             let downlink = peer.downlink.as_deref();
             out.push(SubscriberReception {
@@ -116,7 +127,7 @@ impl super::ShardCore {
     }
 
     /// Ends the quality window of every published layer, judges each participant, and
-    /// tells each room whose words changed (a newcomer changes its room's list).
+    /// tells each room whose words changed, and each session that has not heard them yet.
     pub(super) fn announce_qualities(&mut self, now: Instant) {
         for track in self.media.tracks.values_mut() {
             for layer in &mut track.layers {
@@ -144,7 +155,7 @@ impl super::ShardCore {
                 }
                 let downlink = session
                     .subscriber
-                    .map(|key| self.downlink_signals(&room, key));
+                    .map(|key| self.downlink_signals(&room, key, now));
                 qualities.push(ParticipantQuality {
                     participant: session.participant.clone(),
                     quality: participant_quality(self.uplink_loss(id, now), downlink.as_ref()),
@@ -158,12 +169,35 @@ impl super::ShardCore {
                     Reception::Poor => poor += 1,
                 }
             }
-            if self.announced_qualities.get(&room) == Some(&qualities) {
-                continue;
+            let sessions: Vec<SessionId> = pipeline.sessions.clone();
+            match self.announced_qualities.get_mut(&room) {
+                // Unchanged: only a session that never had it (a newcomer, a participant
+                // back on a new session, a viewer) is told.
+                Some((told, heard)) if *told == qualities => {
+                    let newcomers: Vec<SessionId> = sessions
+                        .iter()
+                        .copied()
+                        .filter(|s| !heard.contains(s))
+                        .collect();
+                    heard.retain(|s| sessions.contains(s));
+                    heard.extend(newcomers.iter().copied());
+                    for session in newcomers {
+                        self.send(
+                            session,
+                            ServerMessage::ConnectionQuality {
+                                qualities: qualities.clone(),
+                            },
+                        );
+                    }
+                }
+                _ => {
+                    self.announced_qualities.insert(
+                        room.clone(),
+                        (qualities.clone(), sessions.into_iter().collect()),
+                    );
+                    self.broadcast(&room, None, ServerMessage::ConnectionQuality { qualities });
+                }
             }
-            self.announced_qualities
-                .insert(room.clone(), qualities.clone());
-            self.broadcast(&room, None, ServerMessage::ConnectionQuality { qualities });
         }
         self.announced_qualities
             .retain(|room, _| self.registry.room(room).is_some());

@@ -40,12 +40,29 @@ fn main() -> Result<()> {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {}
                     }
-                    if line.trim().is_empty() {
+                    let too_long = !line.ends_with('\n') && line.len() >= 4096;
+                    if too_long {
+                        // The rest of the line is skipped, 4 KiB at a time, and gets one
+                        // answer.
+                        let mut rest = Vec::with_capacity(4096);
+                        loop {
+                            rest.clear();
+                            match std::io::Read::take(&mut lines, 4096).read_until(b'\n', &mut rest)
+                            {
+                                Ok(n) if n > 0 && !rest.ends_with(b"\n") => {}
+                                _ => break,
+                            }
+                        }
+                    } else if line.trim().is_empty() {
                         continue;
                     }
-                    let answer = serde_json::from_str::<LinkSpec>(line.trim())
-                        .context("a link")
-                        .and_then(|link| setter.set(&link));
+                    let answer = if too_long {
+                        Err(anyhow::anyhow!("a line longer than 4 KiB"))
+                    } else {
+                        serde_json::from_str::<LinkSpec>(line.trim())
+                            .context("a link")
+                            .and_then(|link| setter.set(&link))
+                    };
                     let reply = match answer {
                         Ok(()) => serde_json::json!({ "ok": true }),
                         Err(err) => serde_json::json!({ "error": format!("{err:#}") }),

@@ -85,4 +85,13 @@ fn the_room_is_told_who_receives_poorly_and_who_sends_poorly() {
         "connection quality: Bob's held-back downlink shown {took:?} after it narrowed, Alice's lossy uplink {poor:?} after it began"
     );
     assert_eq!(word(&sim, carol, "carol"), Some(Reception::Good));
+
+    // Carol comes back on a new session at once (a rejoin): the words did not change, and
+    // she is told them all the same.
+    sim.leave(carol);
+    let again = sim.join("room", "carol", viewer()).unwrap();
+    sim.run_until(Duration::from_secs(5), "the rejoined Carol told", |s| {
+        told(s, again).len() == 3
+    })
+    .unwrap();
 }
