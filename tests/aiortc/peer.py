@@ -17,7 +17,9 @@ Audio: `publish --audio` also sends a 440 Hz tone (`--no-video` sends only that)
 `subscribe --audio-seconds S` records the RTP sequence numbers of the audio it receives for
 S seconds after the first audio packet and adds {"audio_packets", "audio_missing",
 "audio_longest_silence_ms"} to its result (and waits for that instead of video frames when
-`--frames 0`), with "audio_frames" decoded. The result also says whether the shard's first offer carried
+`--frames 0`), with "audio_frames" decoded. `subscribe --pause-for S`, after its N frames, turns
+the video off (`set_quality` `off`) for S seconds and on again, and adds {"frames_while_off",
+"frames_after_resume", "resumed_after_ms"}. The result also says whether the shard's first offer carried
 `a=msid-semantic` and which stream ids the tracks arrived with.
 
 aiortc's ICE agent is strict as RFC 8445 §7.2.5.2.1 asks: a check succeeds only when its
@@ -260,6 +262,9 @@ async def subscribe(args):
     }
     done = asyncio.Event()
     video_done = asyncio.Event()
+    # With --pause-for: the first --frames frames, then the video turned off and on.
+    first_frames = asyncio.Event()
+    video_tracks = []  # the shard's ids of the video tracks announced
     if args.frames == 0:
         video_done.set()
 
@@ -292,7 +297,9 @@ async def subscribe(args):
                 result["width"] = frame.width
                 result["height"] = frame.height
                 if result["frames"] >= args.frames:
-                    video_done.set()
+                    first_frames.set()
+                    if args.pause_for <= 0:
+                        video_done.set()
 
         asyncio.ensure_future(consume())
 
@@ -309,9 +316,42 @@ async def subscribe(args):
 
     asyncio.ensure_future(finished())
 
+    async def pause_and_resume():
+        # docs/protocol.md: `set_quality` with `off` sends none of that video until a
+        # quality is asked for again, and then it resumes on a keyframe.
+        if args.pause_for <= 0:
+            return
+        await first_frames.wait()
+        for track in video_tracks:
+            await send(ws, {"type": "set_quality", "track": track, "quality": "off"})
+        # What was already on its way may still arrive; then the window is counted.
+        await asyncio.sleep(0.5)
+        before = result["frames"]
+        await asyncio.sleep(args.pause_for)
+        result["frames_while_off"] = result["frames"] - before
+        for track in video_tracks:
+            await send(ws, {"type": "set_quality", "track": track, "quality": "high"})
+        asked = asyncio.get_running_loop().time()
+        resumed_from = result["frames"]
+        while result["frames"] < resumed_from + 15:
+            await asyncio.sleep(0.02)
+        result["frames_after_resume"] = result["frames"] - resumed_from
+        result["resumed_after_ms"] = round((asyncio.get_running_loop().time() - asked) * 1000)
+        video_done.set()
+
+    asyncio.ensure_future(pause_and_resume())
+
     async def signaling():
         async for raw in ws:
             message = json.loads(raw)
+            if message.get("type") == "joined":
+                for participant in message.get("participants", []):
+                    for track in participant.get("tracks", []):
+                        if track.get("kind") == "video":
+                            video_tracks.append(track["id"])
+            elif message.get("type") == "track_published":
+                if message["track"].get("kind") == "video":
+                    video_tracks.append(message["track"]["id"])
             if message.get("type") == "offer":
                 if result["first_offer_msid_semantic"] is None:
                     result["first_offer_msid_semantic"] = "a=msid-semantic:" in message["sdp"]
@@ -370,6 +410,7 @@ def main():
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--pause-for", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--audio", action="store_true")
     parser.add_argument("--no-video", action="store_true")

@@ -62,6 +62,46 @@ async fn aiortc_publisher_to_aiortc_subscriber_decodes_frames_at_the_sent_resolu
     Ok(())
 }
 
+/// An aiortc subscriber written from the protocol's reference turns the video off, as a
+/// hidden tile does: no frame arrives while it is off, and once it asks again the video
+/// resumes with a frame its decoder can start from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aiortc_subscriber_turns_a_video_off_and_on_again() -> Result<()> {
+    let shard = TestShard::start().await?;
+    let common = open_room(&shard, "hidden-tile").await?;
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+    let mut publisher = aiortc::spawn_publisher(&[&common[..], &["--id", "camera"]].concat())?;
+    let result = aiortc::run_subscriber(
+        &[
+            &common[..],
+            &[
+                "--id",
+                "viewer",
+                "--frames",
+                "20",
+                "--pause-for",
+                "3",
+                "--timeout",
+                "60",
+            ],
+        ]
+        .concat(),
+        Duration::from_secs(90),
+    )
+    .await?;
+    let _ = publisher.kill().await;
+    println!("aiortc subscriber, video off and on: {result}");
+    ensure!(
+        result["frames_while_off"] == 0,
+        "frames arrived while off: {result}"
+    );
+    ensure!(
+        result["frames_after_resume"].as_u64().unwrap_or(0) >= 15,
+        "the video did not come back: {result}"
+    );
+    Ok(())
+}
+
 /// The shard keeps sending to a peer for the whole consent lifetime (RFC 7675: 30 s after
 /// its last check). aiortc checks every 4–6 s, so a shard that gave up 5 s after a check
 /// left holes in the audio until the next one.
