@@ -19,7 +19,7 @@ S seconds after the first audio packet and adds {"audio_packets", "audio_missing
 "audio_longest_silence_ms"} to its result (and waits for that instead of video frames when
 `--frames 0`), with "audio_frames" decoded. `subscribe --pause-for S`, after its N frames, turns
 the video off (`set_quality` `off`) for S seconds and on again, and adds {"frames_while_off",
-"frames_after_resume", "resumed_after_ms"}. The result also says whether the shard's first offer carried
+"frames_after_resume", "resumed_after_ms"}. The last `connection_quality` heard is in "qualities". The result also says whether the shard's first offer carried
 `a=msid-semantic` and which stream ids the tracks arrived with.
 
 aiortc's ICE agent is strict as RFC 8445 §7.2.5.2.1 asks: a check succeeds only when its
@@ -352,6 +352,8 @@ async def subscribe(args):
             elif message.get("type") == "track_published":
                 if message["track"].get("kind") == "video":
                     video_tracks.append(message["track"]["id"])
+            elif message.get("type") == "connection_quality":
+                result["qualities"] = {q["participant"]: q["quality"] for q in message["qualities"]}
             if message.get("type") == "offer":
                 if result["first_offer_msid_semantic"] is None:
                     result["first_offer_msid_semantic"] = "a=msid-semantic:" in message["sdp"]

@@ -64,7 +64,8 @@ async fn aiortc_publisher_to_aiortc_subscriber_decodes_frames_at_the_sent_resolu
 
 /// An aiortc subscriber written from the protocol's reference turns the video off, as a
 /// hidden tile does: no frame arrives while it is off, and once it asks again the video
-/// resumes with a frame its decoder can start from.
+/// resumes with a frame its decoder can start from. It is also told each participant's
+/// connection quality.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aiortc_subscriber_turns_a_video_off_and_on_again() -> Result<()> {
     let shard = TestShard::start().await?;
@@ -98,6 +99,11 @@ async fn an_aiortc_subscriber_turns_a_video_off_and_on_again() -> Result<()> {
     ensure!(
         result["frames_after_resume"].as_u64().unwrap_or(0) >= 15,
         "the video did not come back: {result}"
+    );
+    // Told how each connection is doing, its own too, on loopback good.
+    ensure!(
+        result["qualities"]["viewer"] == "good" && result["qualities"]["camera"] == "good",
+        "connection quality: {result}"
     );
     Ok(())
 }
