@@ -223,9 +223,9 @@ fn a_resend_is_byte_for_byte_the_packet_first_sent_so_srtp_never_reuses_a_keystr
     );
 }
 
-#[test]
-fn a_subscriber_gets_the_layer_it_asks_for_with_continuous_numbering() {
-    let mut sim = Sim::with_defaults().unwrap();
+/// Alice publishes simulcast video in "room" and Bob views it: their indexes once Bob has
+/// 30 of its packets, and the track's id.
+fn alice_simulcasts_to_bob(sim: &mut Sim) -> (usize, usize, String) {
     let alice = sim
         .join(
             "room",
@@ -234,8 +234,15 @@ fn a_subscriber_gets_the_layer_it_asks_for_with_continuous_numbering() {
         )
         .unwrap();
     let bob = sim.join("room", "bob", viewer()).unwrap();
+    let track = receive(sim, bob, "alice", TrackKind::Video, 30);
+    (alice, bob, track)
+}
+
+#[test]
+fn a_subscriber_gets_the_layer_it_asks_for_with_continuous_numbering() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let (alice, bob, track) = alice_simulcasts_to_bob(&mut sim);
     let front_row = sim.join("room", "front-row", viewer()).unwrap();
-    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 30);
     receive(&mut sim, front_row, "alice", TrackKind::Video, 30);
     let announced = sim.client(bob).announced_tracks();
     let (_, info) = announced.iter().find(|(_, t)| t.id == track).unwrap();
@@ -319,15 +326,7 @@ fn a_subscriber_gets_the_layer_it_asks_for_with_continuous_numbering() {
 #[test]
 fn a_simulcast_publisher_that_renegotiates_keeps_its_layers() {
     let mut sim = Sim::with_defaults().unwrap();
-    let alice = sim
-        .join(
-            "room",
-            "alice",
-            publishing(None, Some(VideoSpec::simulcast())),
-        )
-        .unwrap();
-    let bob = sim.join("room", "bob", viewer()).unwrap();
-    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 30);
+    let (alice, bob, track) = alice_simulcasts_to_bob(&mut sim);
     sim.run_for(Duration::from_secs(3));
     let now = sim.now();
     let offer = sim
