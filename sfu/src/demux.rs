@@ -28,7 +28,7 @@ struct AddrEntry<K> {
 #[derive(Debug)]
 pub struct Demux<K> {
     by_ufrag: HashMap<String, K>,
-    by_addr: HashMap<SocketAddr, AddrEntry<K>>,
+    by_addr: crate::FastMap<SocketAddr, AddrEntry<K>>,
     idle_timeout: Duration,
 }
 
@@ -37,7 +37,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     pub fn new(idle_timeout: Duration) -> Self {
         Self {
             by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
+            by_addr: crate::FastMap::default(),
             idle_timeout,
         }
     }

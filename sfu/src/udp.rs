@@ -25,7 +25,6 @@
 #![allow(unsafe_code)]
 
 use bytes::BytesMut;
-use std::collections::HashMap;
 use std::io;
 use std::mem::{MaybeUninit, size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -95,8 +94,20 @@ pub fn enable_destination_info(fd: RawFd, ipv6: bool) -> io::Result<()> {
 pub struct SendBatcher {
     gso: bool,
     order: Vec<usize>,
-    by_dest: HashMap<SocketAddr, Vec<usize>>,
+    by_dest: crate::FastMap<SocketAddr, Vec<usize>>,
+    dests: Vec<SocketAddr>,
     runs: Vec<Run>,
+    /// The system call's arrays, rebuilt for each call in allocations kept across calls.
+    scratch: SendScratch,
+}
+
+/// What one `sendmmsg` points at, besides the datagrams.
+#[derive(Default)]
+struct SendScratch {
+    iovecs: Vec<libc::iovec>,
+    addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    controls: Vec<u64>,
+    headers: Vec<libc::mmsghdr>,
 }
 
 /// What one [`SendBatcher::send`] call achieved.
@@ -118,8 +129,10 @@ impl SendBatcher {
         Self {
             gso,
             order: Vec::new(),
-            by_dest: HashMap::new(),
+            by_dest: crate::FastMap::default(),
+            dests: Vec::new(),
             runs: Vec::new(),
+            scratch: SendScratch::default(),
         }
     }
 
@@ -207,7 +220,8 @@ impl SendBatcher {
         for list in self.by_dest.values_mut() {
             list.clear();
         }
-        let mut dests: Vec<SocketAddr> = Vec::new();
+        let mut dests = std::mem::take(&mut self.dests);
+        dests.clear();
         for (index, (dest, _)) in datagrams.iter().enumerate() {
             let list = self.by_dest.entry(*dest).or_default();
             if list.is_empty() {
@@ -215,13 +229,18 @@ impl SendBatcher {
             }
             list.push(index);
         }
-        self.by_dest.retain(|_, list| !list.is_empty());
+        // Destinations of earlier calls keep their lists (and allocations) while the map
+        // stays small; a shard with many peers leaving does not keep them all.
+        if self.by_dest.len() > 2 * dests.len() + 64 {
+            self.by_dest.retain(|_, list| !list.is_empty());
+        }
         self.order.clear();
         for dest in &dests {
             if let Some(list) = self.by_dest.get(dest) {
                 self.order.extend_from_slice(list);
             }
         }
+        self.dests = dests;
         self.runs.clear();
         self.build_runs(datagrams, 0, source);
     }
@@ -291,19 +310,25 @@ impl SendBatcher {
 
     /// One `sendmmsg` for `runs[start..end]`; returns how many messages were accepted.
     fn send_runs(
-        &self,
+        &mut self,
         fd: RawFd,
         datagrams: &[(SocketAddr, BytesMut)],
         start: usize,
         end: usize,
     ) -> io::Result<usize> {
         let runs = &self.runs[start..end];
-        let iov_count: usize = runs.iter().map(|r| r.count).sum();
-        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(iov_count);
-        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-            Vec::with_capacity(runs.len());
+        let SendScratch {
+            iovecs,
+            addrs,
+            controls,
+            headers,
+        } = &mut self.scratch;
+        iovecs.clear();
+        addrs.clear();
+        headers.clear();
         // One aligned control buffer per message: a UDP_SEGMENT u16 and a packet-info.
-        let mut controls: Vec<u64> = vec![0; runs.len() * CONTROL_WORDS];
+        controls.clear();
+        controls.resize(runs.len() * CONTROL_WORDS, 0);
         for run in runs {
             for k in 0..run.count {
                 let (_, data) = &datagrams[self.order[run.first + k]];
@@ -314,7 +339,6 @@ impl SendBatcher {
             }
             addrs.push(to_sockaddr(&run.dest));
         }
-        let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
         let mut iov_offset = 0;
         for (index, run) in runs.iter().enumerate() {
             // SAFETY: msghdr is a plain C struct for which all-zero bytes are a valid value
@@ -520,6 +544,9 @@ pub struct RecvBatch {
     truncated: Vec<bool>,
     sources: Vec<Option<SocketAddr>>,
     destinations: Vec<Option<IpAddr>>,
+    /// The system call's arrays, rebuilt for each call in allocations kept across calls.
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
 }
 
 /// One received datagram.
@@ -545,6 +572,8 @@ impl RecvBatch {
             truncated: vec![false; capacity],
             sources: vec![None; capacity],
             destinations: vec![None; capacity],
+            iovecs: Vec::with_capacity(capacity),
+            headers: Vec::with_capacity(capacity),
         }
     }
 
@@ -556,15 +585,15 @@ impl RecvBatch {
     /// Reads up to `capacity` datagrams without blocking; returns how many arrived.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let capacity = self.buffers.len();
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .iter_mut()
-            .map(|buf| libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: RECV_BUF_SIZE,
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(capacity);
+        let Self {
+            iovecs, headers, ..
+        } = self;
+        iovecs.clear();
+        iovecs.extend(self.buffers.iter_mut().map(|buf| libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: RECV_BUF_SIZE,
+        }));
+        headers.clear();
         for index in 0..capacity {
             // SAFETY: msghdr is a plain C struct for which all-zero bytes are a valid value.
             let mut header: libc::msghdr = unsafe { zeroed() };

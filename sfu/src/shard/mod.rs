@@ -244,9 +244,9 @@ pub(crate) struct Peer {
     connected: bool,
     dirty: bool,
     /// Publisher: SSRC → (track, layer index).
-    incoming: HashMap<u32, (TrackKey, usize)>,
+    incoming: crate::FastMap<u32, (TrackKey, usize)>,
     /// Subscriber: outgoing SSRC → track.
-    outgoing: HashMap<u32, TrackKey>,
+    outgoing: crate::FastMap<u32, TrackKey>,
     /// Subscriber: an offer awaits its answer.
     offer_out: bool,
     /// Subscriber: tracks changed while an offer was out.
@@ -363,7 +363,7 @@ pub struct ShardCore {
     /// This shard's ends of relay pipes from its parents (`pipe.rs`).
     edge_pipes: HashMap<api::PipeId, pipe::EdgePipe>,
     /// Which pipe carries each relayed SSRC.
-    edge_streams: HashMap<u32, api::PipeId>,
+    edge_streams: crate::FastMap<u32, api::PipeId>,
     next_pipe: api::PipeId,
     /// Where pipe media is decrypted, reused.
     pipe_scratch: Vec<u8>,
@@ -428,7 +428,7 @@ impl ShardCore {
             env,
             pc_alarm: Arc::default(),
             edge_pipes: HashMap::new(),
-            edge_streams: HashMap::new(),
+            edge_streams: crate::FastMap::default(),
             next_pipe: 0,
             pipe_scratch: Vec::new(),
             #[cfg(any(test, feature = "sim"))]
@@ -1262,8 +1262,8 @@ impl Peer {
             deadline: None,
             connected: false,
             dirty: false,
-            incoming: HashMap::new(),
-            outgoing: HashMap::new(),
+            incoming: crate::FastMap::default(),
+            outgoing: crate::FastMap::default(),
             offer_out: false,
             renegotiate: false,
             remote_candidates: 0,

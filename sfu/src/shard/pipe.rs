@@ -401,7 +401,7 @@ impl ShardCore {
 
 /// The pipe that carries `ssrc`, if one does.
 fn carrying<'a>(
-    streams: &HashMap<u32, PipeId>,
+    streams: &crate::FastMap<u32, PipeId>,
     pipes: &'a mut HashMap<PipeId, EdgePipe>,
     ssrc: u32,
 ) -> Option<&'a mut EdgePipe> {

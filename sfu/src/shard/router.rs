@@ -53,7 +53,7 @@ pub(super) type KeyframesWanted = [bool; MAX_LAYERS];
 /// The published tracks and who speaks.
 #[derive(Default)]
 pub(super) struct MediaRouter {
-    pub(super) tracks: HashMap<TrackKey, PublishedTrack>,
+    pub(super) tracks: crate::FastMap<TrackKey, PublishedTrack>,
     /// Per room, fed by the audio levels publishers send.
     pub(super) speakers: HashMap<String, SpeakerDetector<SessionId>>,
     /// A subscriber's downlink estimate went down since the last sharing: share again

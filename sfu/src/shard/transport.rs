@@ -21,7 +21,7 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ pub(super) struct Transport {
     /// Checks STUN message integrity.
     crypto: Arc<dyn RTCCryptoProvider>,
     metrics: Arc<ShardMetrics>,
-    peers: HashMap<PeerKey, Peer>,
+    peers: crate::FastMap<PeerKey, Peer>,
     demux: Demux<PeerKey>,
     /// ICE-TCP connections bound to peers, by remote address (ufrags live in `demux`).
     tcp_demux: Demux<PeerKey>,
@@ -65,7 +65,7 @@ pub(super) struct Transport {
     /// Relay pipes by their far end's RTCP SSRC. Not by address: a shard may send from
     /// another address than the one it advertises (NAT, a pod's own address), and SRTCP
     /// authentication is what proves the sender.
-    pipes: HashMap<u32, PeerKey>,
+    pipes: crate::FastMap<u32, PeerKey>,
 }
 
 /// Where one datagram went.
@@ -193,7 +193,7 @@ impl Transport {
             advertised_tcp,
             crypto,
             metrics,
-            peers: HashMap::new(),
+            peers: crate::FastMap::default(),
             demux: Demux::new(idle_timeout),
             tcp_demux: Demux::new(idle_timeout),
             tcp_to_close: Vec::new(),
@@ -207,7 +207,7 @@ impl Transport {
             probe_sources_taken: Vec::new(),
             probe_window: None,
             rtcp_scratch: Vec::new(),
-            pipes: HashMap::new(),
+            pipes: crate::FastMap::default(),
         }
     }
 

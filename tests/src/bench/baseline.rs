@@ -38,30 +38,33 @@ pub async fn relay() -> Result<()> {
     let mut forwarded = 0u64;
     loop {
         socket.readable().await?;
-        let count = match socket.try_io(tokio::io::Interest::READABLE, || recv.recv(fd)) {
-            Ok(count) => count,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(err) => return Err(err.into()),
-        };
-        for index in 0..count {
-            let Some(datagram) = recv.datagram(index) else {
-                continue;
+        // As the shard does: read until the socket is empty (at most 8 batches), then send.
+        for _ in 0..8 {
+            let count = match socket.try_io(tokio::io::Interest::READABLE, || recv.recv(fd)) {
+                Ok(count) => count,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(err) => return Err(err.into()),
             };
-            let (from, bytes) = (datagram.source, datagram.bytes);
-            if bytes == b"SUB" {
-                if !subscribers.contains(&from) {
-                    subscribers.push(from);
-                }
-            } else if bytes == b"STATS" {
-                socket
-                    .send_to(forwarded.to_string().as_bytes(), from)
-                    .await?;
-            } else {
-                for subscriber in &subscribers {
-                    // Buffers are reused, as the shard reuses its own.
-                    let mut buf = spare.pop().unwrap_or_else(|| BytesMut::with_capacity(1500));
-                    buf.extend_from_slice(bytes);
-                    outgoing.push((*subscriber, buf));
+            for index in 0..count {
+                let Some(datagram) = recv.datagram(index) else {
+                    continue;
+                };
+                let (from, bytes) = (datagram.source, datagram.bytes);
+                if bytes == b"SUB" {
+                    if !subscribers.contains(&from) {
+                        subscribers.push(from);
+                    }
+                } else if bytes == b"STATS" {
+                    socket
+                        .send_to(forwarded.to_string().as_bytes(), from)
+                        .await?;
+                } else {
+                    for subscriber in &subscribers {
+                        // Buffers are reused, as the shard reuses its own.
+                        let mut buf = spare.pop().unwrap_or_else(|| BytesMut::with_capacity(1500));
+                        buf.extend_from_slice(bytes);
+                        outgoing.push((*subscriber, buf));
+                    }
                 }
             }
         }

@@ -47,6 +47,11 @@ pub struct BroadcastArgs {
     /// The presenter's video bitrate, bit/s.
     #[arg(long, default_value_t = 1_000_000)]
     pub video_bitrate: u64,
+    /// Niceness of the load generator (presenter and viewers) once the shards are
+    /// started: at 19 the shards, which would have machines of their own, never wait for
+    /// a core behind a thousand viewers' receive work; 0 lets the two compete as equals.
+    #[arg(long, default_value_t = 19)]
+    pub loadgen_nice: i32,
 }
 
 /// The last line of a `broadcast` run.
@@ -105,6 +110,8 @@ pub struct BroadcastReport {
     pub rss_mib_per_shard: BTreeMap<String, f64>,
     /// CPU seconds of the load generator (presenter and viewers) in the window.
     pub loadgen_cpu_seconds: f64,
+    /// The load generator's niceness (`--loadgen-nice`).
+    pub loadgen_nice: i32,
 }
 
 /// Viewers joining at once: more only queue up behind the shards' DTLS handshakes.
@@ -123,6 +130,8 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
         let shard = ChildShard::spawn(&exe, &["serve-shard", "--shard-id", id], None).await?;
         shards.insert(id.clone(), shard);
     }
+    // After the shards are started, so that they keep their own priority.
+    super::renice_self(args.loadgen_nice)?;
     let per_edge = args.viewers.div_ceil(edges).max(1) as u32;
     let tree = plan(
         None,
@@ -347,6 +356,7 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
         cpu_seconds_per_shard,
         rss_mib_per_shard,
         loadgen_cpu_seconds,
+        loadgen_nice: args.loadgen_nice,
     };
     for viewer in viewers {
         viewer.leave();

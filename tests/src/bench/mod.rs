@@ -99,6 +99,26 @@ pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Sets the niceness of every thread of this process (`renice` from util-linux; threads
+/// started later inherit it from their creator, as do processes started later).
+pub fn renice_self(nice: i32) -> Result<()> {
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+        threads.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    let status = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(&threads)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("renice (util-linux)")?;
+    anyhow::ensure!(
+        status.success(),
+        "cannot set the load generator's niceness to {nice}"
+    );
+    Ok(())
+}
+
 /// CPU seconds this process has used.
 pub fn own_cpu_seconds() -> f64 {
     tutti_sfu::procstat::cpu_seconds().unwrap_or(0.0)
