@@ -370,11 +370,28 @@ impl MediaRouter {
                     .peer_mut(key)
                     .and_then(|peer| peer.downlink.as_mut())
             {
+                // Only through rtc's own reading; the shard's reads it into acknowledgements.
                 let before = downlink.evidence().decreases;
                 downlink.on_feedback(now, feedback);
                 self.downlink_fell |= downlink.evidence().decreases != before;
             }
         }
+        // Transport-cc feedback the shard read itself from this packet (media::feedback);
+        // emptied once used, so nothing is counted twice.
+        let mut read = std::mem::take(&mut transport.transport_feedback);
+        if !read.is_empty()
+            && let Some(downlink) = transport
+                .peer_mut(key)
+                .and_then(|peer| peer.downlink.as_mut())
+        {
+            let before = downlink.evidence().decreases;
+            for acknowledgements in read.feedbacks() {
+                downlink.on_acknowledgements(now, acknowledgements);
+            }
+            self.downlink_fell |= downlink.evidence().decreases != before;
+        }
+        read.clear();
+        transport.transport_feedback = read;
         requests
     }
 

@@ -62,6 +62,8 @@ pub(super) struct Transport {
     probe_window: Option<(Instant, u32)>,
     /// Where subscribers' SRTCP is decrypted, reused.
     rtcp_scratch: Vec<u8>,
+    /// The transport-cc feedback of the subscriber RTCP packet read last.
+    pub(super) transport_feedback: feedback::TransportFeedback,
     /// Relay pipes by their far end's RTCP SSRC. Not by address: a shard may send from
     /// another address than the one it advertises (NAT, a pod's own address), and SRTCP
     /// authentication is what proves the sender.
@@ -207,6 +209,7 @@ impl Transport {
             probe_sources_taken: Vec::new(),
             probe_window: None,
             rtcp_scratch: Vec::new(),
+            transport_feedback: feedback::TransportFeedback::default(),
             pipes: crate::FastMap::default(),
         }
     }
@@ -532,7 +535,11 @@ impl Transport {
             return Routed::Nowhere;
         };
         let mut packets = Vec::new();
-        if !feedback::read(&self.rtcp_scratch[..len], &mut packets) {
+        if !feedback::read(
+            &self.rtcp_scratch[..len],
+            &mut packets,
+            &mut self.transport_feedback,
+        ) {
             tracing::debug!(peer = %key, "malformed RTCP: read in part");
         }
         Routed::Feedback(key, packets)
