@@ -87,6 +87,10 @@ async fn broadcast_prints_one_json_report() -> Result<()> {
             "2",
             "--pli-every-ms",
             "200",
+            // The other smoke tests run beside this one at the default niceness; at 19 its
+            // viewers could starve behind them. 0 still goes through `renice`.
+            "--loadgen-nice",
+            "0",
         ])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -115,6 +119,7 @@ async fn broadcast_prints_one_json_report() -> Result<()> {
     }
     ensure!(report["viewers"] == 4, "viewers: {report}");
     ensure!(report["edges"] == 2, "edges: {report}");
+    ensure!(report["loadgen_nice"] == 0, "loadgen_nice: {report}");
     ensure!(
         report["received_packets"].as_u64().unwrap_or(0) > 0,
         "nothing received: {report}"
