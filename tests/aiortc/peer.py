@@ -264,6 +264,8 @@ async def subscribe(args):
     video_done = asyncio.Event()
     # With --pause-for: the first --frames frames, then the video turned off and on.
     first_frames = asyncio.Event()
+    # Set on every decoded video frame; waits clear it and wait for the next.
+    frame_arrived = asyncio.Event()
     video_tracks = []  # the shard's ids of the video tracks announced
     if args.frames == 0:
         video_done.set()
@@ -294,6 +296,7 @@ async def subscribe(args):
                 except Exception:  # the track ended
                     return
                 result["frames"] += 1
+                frame_arrived.set()
                 result["width"] = frame.width
                 result["height"] = frame.height
                 if result["frames"] >= args.frames:
@@ -316,6 +319,28 @@ async def subscribe(args):
 
     asyncio.ensure_future(finished())
 
+    async def frames_settle(quiet, timeout):
+        # Until no video frame has arrived for `quiet` seconds, or `timeout` has passed.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            frame_arrived.clear()
+            try:
+                await asyncio.wait_for(frame_arrived.wait(), min(quiet, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return
+
+    async def frames_reach(count, timeout):
+        # Until `count` video frames have arrived in all, or `timeout` has passed.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while result["frames"] < count and loop.time() < deadline:
+            frame_arrived.clear()
+            try:
+                await asyncio.wait_for(frame_arrived.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return
+
     async def pause_and_resume():
         # docs/protocol.md: `set_quality` with `off` sends none of that video until a
         # quality is asked for again, and then it resumes on a keyframe.
@@ -324,17 +349,18 @@ async def subscribe(args):
         await first_frames.wait()
         for track in video_tracks:
             await send(ws, {"type": "set_quality", "track": track, "quality": "off"})
-        # What was already on its way may still arrive; then the window is counted.
-        await asyncio.sleep(0.5)
+        # What was already on its way may still arrive: the window starts once no frame
+        # has come for 0.3 s (at most 5 s after asking; one still arriving then is counted).
+        await frames_settle(quiet=0.3, timeout=5.0)
         before = result["frames"]
+        # The window itself: a fixed span over which nothing may arrive.
         await asyncio.sleep(args.pause_for)
         result["frames_while_off"] = result["frames"] - before
         for track in video_tracks:
             await send(ws, {"type": "set_quality", "track": track, "quality": "high"})
         asked = asyncio.get_running_loop().time()
         resumed_from = result["frames"]
-        while result["frames"] < resumed_from + 15:
-            await asyncio.sleep(0.02)
+        await frames_reach(resumed_from + 15, timeout=20.0)
         result["frames_after_resume"] = result["frames"] - resumed_from
         result["resumed_after_ms"] = round((asyncio.get_running_loop().time() - asked) * 1000)
         video_done.set()
