@@ -311,9 +311,10 @@ test('each browser measures its round trip to every region', async () => {
   console.log(`placement: measured round trips (ms): Seoul ${JSON.stringify(rounded(seoul))} (paths 10/90/60), Abu Dhabi ${JSON.stringify(rounded(abuDhabi))} (paths 80/20/50)`);
   // The order of the regions holds, and each figure is near its path's round trip. Not
   // above it necessarily: the web client starts its clock at the host candidate's event,
-  // which on a busy machine reaches the page a few ms after the STUN request left (seen:
-  // 45.1 ms for a 50 ms path while the whole suite ran).
-  const near = (measured, path) => measured >= Math.max(path / 2, path - 10) && measured <= path + 40;
+  // which on a busy machine reaches the page a few ms after the STUN request left (seen
+  // while the whole suite ran: 45.1 ms for a 50 ms path, 4.2 ms for a 10 ms one). The
+  // order of the three, asserted below, is what placement relies on.
+  const near = (measured, path) => measured >= path - 10 && measured <= path + 40;
   assert.ok(near(seoul.r1, 10) && near(seoul.r3, 60) && near(seoul.r2, 90), JSON.stringify(seoul));
   assert.ok(seoul.r1 < seoul.r3 && seoul.r3 < seoul.r2, JSON.stringify(seoul));
   assert.ok(near(abuDhabi.r2, 20) && near(abuDhabi.r3, 50) && near(abuDhabi.r1, 80), JSON.stringify(abuDhabi));
