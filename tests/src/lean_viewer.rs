@@ -3,13 +3,18 @@
 //! on keys, media packets bypass it. Each is verified and decrypted in place by Tutti's
 //! own SRTP receiver and read only for its synthetic trailer (which packet, when sent).
 //! Nothing is decoded, and the viewer never asks for a retransmission: what the shard
-//! does not deliver counts as lost.
+//! does not deliver counts as lost. It negotiates what an rtc peer with the default
+//! interceptors negotiates, and sends what such a peer sends about its media:
+//! transport-cc feedback every 100 ms and a receiver report every second
+//! ([`crate::receiver_feedback`]), so the shard's per-viewer congestion work is done for
+//! it as for any real viewer.
 //!
 //! Latency is taken twice: when the kernel queued the datagram on the viewer's socket
 //! (`SO_TIMESTAMPNS`), which is what the shards did to it, and when the viewer read it,
 //! which adds the load generator's own queueing behind a thousand other viewers on the
 //! same two cores.
 
+use crate::receiver_feedback::{RECEIVER_REPORT_INTERVAL, ReceiverFeedback, TRANSPORT_CC_INTERVAL};
 use crate::signal_client::SignalClient;
 use crate::synth::{self, Epoch};
 use anyhow::{Context, Result, bail};
@@ -91,8 +96,7 @@ impl LeanViewer {
         let signal =
             SignalClient::join_subscriber(url, token, room, id, Duration::from_secs(30)).await?;
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
-        setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
-            .context("SO_TIMESTAMPNS on the viewer's socket")?;
+        let clock = SocketClock::enable(&socket, epoch)?;
         let reception = Arc::new(Mutex::new(Reception::default()));
         let changed = Arc::new(Notify::new());
         let (keyframes, keyframe_rx) = mpsc::unbounded_channel();
@@ -103,7 +107,7 @@ impl LeanViewer {
             reception: reception.clone(),
             changed: changed.clone(),
             epoch,
-            realtime_at_epoch_ns: realtime_ns().saturating_sub(u128::from(epoch.now_ns())),
+            clock,
         };
         let id = id.to_owned();
         let task = tokio::spawn(async move {
@@ -183,8 +187,35 @@ struct ViewerIo {
     reception: Arc<Mutex<Reception>>,
     changed: Arc<Notify>,
     epoch: Epoch,
+    clock: SocketClock,
+}
+
+/// Kernel receive times of a socket's datagrams, on a presenter's [`Epoch`].
+#[derive(Debug, Clone, Copy)]
+pub struct SocketClock {
     /// The wall clock (which socket timestamps use) at the epoch.
     realtime_at_epoch_ns: u128,
+}
+
+impl SocketClock {
+    /// Asks the kernel to stamp every datagram `socket` receives (`SO_TIMESTAMPNS`).
+    pub fn enable(socket: &UdpSocket, epoch: Epoch) -> Result<Self> {
+        setsockopt(socket, sockopt::ReceiveTimestampns, &true)
+            .context("SO_TIMESTAMPNS on a subscriber's socket")?;
+        Ok(Self {
+            realtime_at_epoch_ns: realtime_ns().saturating_sub(u128::from(epoch.now_ns())),
+        })
+    }
+
+    /// Room for the control message that carries the stamp.
+    pub fn control_buffer() -> Vec<u8> {
+        nix::cmsg_space!(TimeSpec)
+    }
+
+    /// A kernel stamp as nanoseconds of the epoch.
+    pub fn queued_ns(&self, at: Option<u128>) -> Option<u64> {
+        at.map(|at| u64::try_from(at.saturating_sub(self.realtime_at_epoch_ns)).unwrap_or(u64::MAX))
+    }
 }
 
 fn realtime_ns() -> u128 {
@@ -194,8 +225,9 @@ fn realtime_ns() -> u128 {
 }
 
 /// One datagram read with `recvmsg`: its length, source and kernel receive time (wall
-/// clock, ns), if the kernel gave one.
-fn recv_timestamped(
+/// clock, ns), if the kernel gave one. `control` needs [`SocketClock::control_buffer`]'s
+/// room.
+pub fn recv_timestamped(
     fd: RawFd,
     buf: &mut [u8],
     control: &mut [u8],
@@ -220,8 +252,15 @@ fn build(local: SocketAddr) -> Result<RTCPeerConnection> {
     let mut media_engine =
         rtc::peer_connection::configuration::media_engine::MediaEngine::default();
     media_engine.register_default_codecs()?;
-    // No interceptors: media never passes through rtc, so there is nothing for reports,
-    // NACK or congestion feedback to work from.
+    // The answer offers what a peer with rtc's default interceptors offers (transport-cc,
+    // NACK, reports), but the interceptors themselves are dropped: media never passes
+    // through rtc, so the viewer's own [`ReceiverFeedback`] sends what they would.
+    drop(
+        rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(
+            rtc::interceptor::Registry::new(),
+            &mut media_engine,
+        )?,
+    );
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_media_engine(media_engine)
         .build(Instant::now())?;
@@ -244,11 +283,17 @@ impl ViewerIo {
         let mut srtp: Option<SrtpReceiver> = None;
         let mut shard: Option<SocketAddr> = None;
         let mut buf = vec![0u8; 2048];
-        let mut control = nix::cmsg_space!(TimeSpec);
+        let mut control = SocketClock::control_buffer();
         let far = || Instant::now() + Duration::from_secs(3600);
         let timer = tokio::time::sleep_until(far().into());
         tokio::pin!(timer);
         let mut rtc_dirty = false;
+        let mut feedback: Option<ReceiverFeedback> = None;
+        let mut transport_cc_tick = tokio::time::interval(TRANSPORT_CC_INTERVAL);
+        let mut report_tick = tokio::time::interval(RECEIVER_REPORT_INTERVAL);
+        for tick in [&mut transport_cc_tick, &mut report_tick] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         loop {
             if rtc_dirty && let Some(pc) = pc.as_mut() {
                 rtc_dirty = false;
@@ -288,7 +333,7 @@ impl ViewerIo {
                     };
                     shard = Some(from);
                     if is_media(&buf[..n]) {
-                        self.media(srtp.as_mut(), &mut buf[..n], at);
+                        self.media(srtp.as_mut(), feedback.as_mut(), &mut buf[..n], at);
                         continue;
                     }
                     if let Some(pc) = pc.as_mut() {
@@ -324,9 +369,30 @@ impl ViewerIo {
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp)?)?;
                         let answer = pc.create_answer(None)?;
                         pc.set_local_description(Instant::now(), answer.clone())?;
+                        let transport_cc = tutti_sfu::sim::extmap_id(&answer.sdp, rtc::sdp::extmap::TRANSPORT_CC_URI);
+                        feedback.get_or_insert_with(|| ReceiverFeedback::new(rand::random(), transport_cc));
                         self.signal.send(ClientMessage::Answer { pc: PeerTarget::Subscriber, sdp: answer.sdp });
                         rtc_dirty = true;
                     }
+                }
+                _ = transport_cc_tick.tick() => {
+                    let (Some(pc), Some(feedback), Some(_)) = (pc.as_mut(), feedback.as_mut(), srtp.as_ref()) else { continue };
+                    let media_ssrc = self.reception.lock().ok().and_then(|r| r.streams.values().map(|s| s.ssrc).min()).unwrap_or(0);
+                    let packets: Vec<Box<dyn rtc::rtcp::Packet>> = feedback
+                        .transport_cc(media_ssrc)
+                        .into_iter()
+                        .map(|p| Box::new(p) as Box<dyn rtc::rtcp::Packet>)
+                        .collect();
+                    rtc_dirty |= write_rtcp(pc, packets)?;
+                }
+                _ = report_tick.tick() => {
+                    let (Some(pc), Some(feedback), Some(_)) = (pc.as_mut(), feedback.as_mut(), srtp.as_ref()) else { continue };
+                    let packets: Vec<Box<dyn rtc::rtcp::Packet>> = feedback
+                        .receiver_report()
+                        .into_iter()
+                        .map(|p| Box::new(p) as Box<dyn rtc::rtcp::Packet>)
+                        .collect();
+                    rtc_dirty |= write_rtcp(pc, packets)?;
                 }
                 stream = self.keyframes.recv() => {
                     let (Some(stream), Some(pc), Some(_)) = (stream, pc.as_mut(), shard) else { continue };
@@ -344,8 +410,15 @@ impl ViewerIo {
         }
     }
 
-    /// A media datagram: verified, decrypted in place and read for its trailer.
-    fn media(&self, srtp: Option<&mut SrtpReceiver>, packet: &mut [u8], at: Option<u128>) {
+    /// A media datagram: verified, decrypted in place, noted for feedback and read for its
+    /// trailer.
+    fn media(
+        &self,
+        srtp: Option<&mut SrtpReceiver>,
+        feedback: Option<&mut ReceiverFeedback>,
+        packet: &mut [u8],
+        at: Option<u128>,
+    ) {
         let Ok(mut reception) = self.reception.lock() else {
             return;
         };
@@ -362,16 +435,17 @@ impl ViewerIo {
             reception.rejected += 1;
             return;
         };
+        let read_ns = self.epoch.now_ns();
+        let queued_ns = self.clock.queued_ns(at).unwrap_or(read_ns);
+        if let Some(feedback) = feedback {
+            feedback.on_rtp(plain, i64::try_from(queued_ns / 1000).unwrap_or(i64::MAX));
+        }
         // The trailer alone: checking every filler byte would cost more than the SRTP.
         let payload = &plain[header_len..];
         let Some(probe) = synth::probe(payload, payload.len().saturating_sub(synth::TRAILER_LEN))
         else {
             return;
         };
-        let read_ns = self.epoch.now_ns();
-        let queued_ns = at.map_or(read_ns, |at| {
-            u64::try_from(at.saturating_sub(self.realtime_at_epoch_ns)).unwrap_or(u64::MAX)
-        });
         let ssrc = u32::from_be_bytes([plain[8], plain[9], plain[10], plain[11]]);
         let stream = reception
             .streams
@@ -393,6 +467,27 @@ impl ViewerIo {
             self.changed.notify_waiters();
         }
     }
+}
+
+/// Sends `packets` over the connection's RTCP (through its first receiver, as rtc sends a
+/// receiver's feedback); whether anything was queued.
+fn write_rtcp(
+    pc: &mut RTCPeerConnection,
+    packets: Vec<Box<dyn rtc::rtcp::Packet>>,
+) -> Result<bool> {
+    if packets.is_empty() {
+        return Ok(false);
+    }
+    let Some(id) = pc.get_receivers().next() else {
+        return Ok(false);
+    };
+    let Some(mut receiver) = pc.rtp_receiver(id) else {
+        return Ok(false);
+    };
+    receiver
+        .write_rtcp(Instant::now(), packets)
+        .context("feedback")?;
+    Ok(true)
 }
 
 /// The receiving side of the connection's SRTP, from the keys DTLS agreed.

@@ -13,6 +13,7 @@ pub mod lean_viewer;
 pub mod netsim;
 pub mod participant;
 pub mod raw_peer;
+pub mod receiver_feedback;
 pub mod shard;
 pub mod signal_client;
 /// Synthetic media (it lives with the shard's virtual-clock harness).

@@ -48,14 +48,34 @@ async fn run(mode: &str, extra: &[&str]) -> Result<serde_json::Value> {
 async fn fanout_and_baseline_print_one_json_report() -> Result<()> {
     // The same load through a shard, through Janus VideoRoom (Debian's package, which the
     // test command installs), and through the plain relay.
-    for (mode, extra, sfu) in [
-        ("fanout", &[][..], "tutti"),
-        ("fanout", &["--sfu", "janus"][..], "janus"),
-        ("baseline", &[][..], "relay"),
+    for (mode, extra, sfu, subscribers_as) in [
+        ("fanout", &[][..], "tutti", "full"),
+        ("fanout", &["--subscribers-as", "lean"][..], "tutti", "lean"),
+        ("fanout", &["--sfu", "janus"][..], "janus", "full"),
+        ("baseline", &[][..], "relay", "raw"),
     ] {
         let report = run(mode, extra).await?;
-        println!("{mode} {sfu}: {report}");
+        println!("{mode} {sfu} {subscribers_as}: {report}");
         ensure!(report["sfu"] == sfu, "{mode}: sfu {}", report["sfu"]);
+        ensure!(
+            report["subscribers_as"] == subscribers_as,
+            "{mode}: subscribers {}",
+            report["subscribers_as"]
+        );
+        // Latency at the socket wherever the load generator owns the sockets.
+        ensure!(
+            report["socket_latency_p99_ms"].is_f64() == (subscribers_as != "full"),
+            "{mode} {subscribers_as}: socket latency {}",
+            report["socket_latency_p99_ms"]
+        );
+        // The shard reads every subscriber's congestion feedback, lean or full.
+        if sfu == "tutti" {
+            ensure!(
+                report["subscribers_estimated"] == 3,
+                "{mode} {subscribers_as}: {} subscribers with a downlink estimate",
+                report["subscribers_estimated"]
+            );
+        }
         for key in KEYS {
             ensure!(
                 report.get(key).is_some(),
@@ -130,6 +150,11 @@ async fn broadcast_prints_one_json_report() -> Result<()> {
     ensure!(
         report["rejected_packets"] == 0,
         "viewers refused packets: {report}"
+    );
+    // Lean viewers send transport-cc feedback, and each edge reads its viewers'.
+    ensure!(
+        report["viewers_estimated"] == 4,
+        "viewers with a downlink estimate: {report}"
     );
     for key in ["cpu_seconds_per_shard", "rss_mib_per_shard"] {
         let per_shard = report[key].as_object().context("per shard")?;

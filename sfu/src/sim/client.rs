@@ -101,7 +101,9 @@ pub struct Received {
 }
 
 /// The id of the header extension `uri` in a description's first `a=extmap` for it.
-fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+/// The id `sdp` gives header extension `uri` (the first section naming it: under BUNDLE
+/// every section gives one URI the same id).
+pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
     sdp.lines().find_map(|line| {
         let (id, rest) = line.trim_end().strip_prefix("a=extmap:")?.split_once(' ')?;
         (rest.split_whitespace().next() == Some(uri))

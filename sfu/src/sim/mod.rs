@@ -19,7 +19,7 @@ mod client;
 pub mod net;
 pub mod synth;
 
-pub use client::{Client, ClientSpec, Received, VideoSpec, stream_id};
+pub use client::{Client, ClientSpec, Received, VideoSpec, extmap_id, stream_id};
 pub use net::{LinkParams, Loss, Net};
 
 use crate::metrics::ShardMetrics;

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Interest};
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 use tutti_sfu::udp::{RecvBatch, SendBatcher};
@@ -199,7 +199,8 @@ async fn publish(
     result
 }
 
-type Arrivals = Arc<Mutex<Vec<(u64, u64)>>>;
+/// (sent, read latency, socket latency) of each packet, in ns.
+type Arrivals = Arc<Mutex<Vec<(u64, u64, u64)>>>;
 
 async fn subscribe(
     relay: SocketAddr,
@@ -208,10 +209,20 @@ async fn subscribe(
     first: tokio::sync::watch::Sender<Option<Instant>>,
 ) -> Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let clock = crate::lean_viewer::SocketClock::enable(&socket, epoch)?;
     socket.send_to(b"SUB", relay).await?;
     let mut buf = vec![0u8; 2048];
+    let mut control = crate::lean_viewer::SocketClock::control_buffer();
+    let fd = socket.as_raw_fd();
     loop {
-        let n = socket.recv(&mut buf).await?;
+        socket.readable().await?;
+        let (n, queued_ns) = match socket.try_io(Interest::READABLE, || {
+            crate::lean_viewer::recv_timestamped(fd, &mut buf, &mut control)
+        }) {
+            Ok((n, _, at)) => (n, clock.queued_ns(at)),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err.into()),
+        };
         let received_ns = epoch.now_ns();
         if n < 12 {
             continue;
@@ -220,10 +231,12 @@ async fn subscribe(
         let payload = &buf[12..n];
         if let Some(probe) = synth::probe(payload, synth::header_len(codec, payload)) {
             first.send_if_modified(|at| at.is_none() && at.replace(Instant::now()).is_none());
-            arrivals
-                .lock()
-                .await
-                .push((probe.sent_ns, received_ns.saturating_sub(probe.sent_ns)));
+            let queued_ns = queued_ns.unwrap_or(received_ns);
+            arrivals.lock().await.push((
+                probe.sent_ns,
+                received_ns.saturating_sub(probe.sent_ns),
+                queued_ns.saturating_sub(probe.sent_ns),
+            ));
         }
     }
 }
@@ -296,11 +309,13 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     }
     let mut received = 0u64;
     let mut latencies = Vec::new();
+    let mut socket_latencies = Vec::new();
     for (_, arrivals, _) in &subscribers {
-        for &(sent_ns, latency_ns) in arrivals.lock().await.iter() {
+        for &(sent_ns, read_ns, socket_ns) in arrivals.lock().await.iter() {
             if (window_start..window_end).contains(&sent_ns) {
                 received += 1;
-                latencies.push(latency_ns as f64 / 1e6);
+                latencies.push(read_ns as f64 / 1e6);
+                socket_latencies.push(socket_ns as f64 / 1e6);
             }
         }
     }
@@ -308,17 +323,20 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     Ok(Report::new(
         "baseline",
         "relay",
+        "raw",
         args,
         Measurement {
             window_ns: window_end - window_start,
             sent: sent_end - sent_start,
             received,
             latencies_ms: latencies,
+            socket_latencies_ms: Some(socket_latencies),
             cpu_seconds: cpu_end - cpu_start,
             forwarded: forwarded_end.saturating_sub(forwarded_start),
             rss_bytes: rss,
             join_ms,
             loadgen_cpu_seconds: own_end - own_start,
+            subscribers_estimated: None,
         },
     ))
 }

@@ -98,6 +98,9 @@ pub struct BroadcastReport {
     pub read_latency_p99_ms: f64,
     /// What one relay hop adds to the median (edge viewers minus a viewer on the origin).
     pub per_hop_latency_ms: f64,
+    /// Edge viewers their edge holds a downlink estimate for at the end, from their
+    /// transport-cc feedback (lean viewers send it as a browser does).
+    pub viewers_estimated: usize,
     /// Keyframe requests viewers sent in the window.
     pub viewer_keyframe_requests: u64,
     /// Keyframe requests that reached the presenter in the window.
@@ -312,6 +315,16 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
         })?;
     }
     let received = latencies.len() as u64;
+    let mut viewers_estimated = 0;
+    for edge in &tree.edges {
+        viewers_estimated += shard(&edge.shard)?
+            .admin
+            .subscribers(ROOM)
+            .await?
+            .iter()
+            .filter(|s| s.downlink_bps.is_some())
+            .count();
+    }
     let mut probe_latencies: Vec<f64> = probe
         .with_reception(in_window)?
         .into_iter()
@@ -350,6 +363,7 @@ pub async fn run(args: &BroadcastArgs) -> Result<BroadcastReport> {
         read_latency_p50_ms: quantile(&mut read_latencies, 0.5),
         read_latency_p99_ms: quantile(&mut read_latencies, 0.99),
         per_hop_latency_ms: (p50 - quantile(&mut probe_latencies, 0.5)).max(0.0),
+        viewers_estimated,
         viewer_keyframe_requests: requests,
         presenter_plis: plis,
         presenter_plis_per_second: plis as f64 / seconds.max(1e-9),

@@ -4,10 +4,12 @@
 use super::report::{Measurement, Report};
 use super::{RunArgs, own_cpu_seconds, pin_self};
 use crate::janus::JanusServer;
+use crate::lean_viewer::LeanViewer;
 use crate::participant::{Participant, ParticipantConfig};
 use crate::shard::{ChildShard, SIGNAL_TOKEN, process_usage};
 use crate::synth::Epoch;
 use anyhow::{Context, Result};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tutti_sfu::shard::api::PipelineSpec;
@@ -25,6 +27,18 @@ pub enum Sfu {
     Janus,
 }
 
+/// What `fanout`'s subscribers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SubscribersAs {
+    /// Full WebRTC peers (the async `webrtc` crate with its default interceptors), as
+    /// against Janus.
+    Full,
+    /// Lean viewers (Tutti's signaling only): rtc for ICE, DTLS and RTCP, Tutti's SRTP for
+    /// media, the same negotiation and feedback as a full peer, and the kernel's receive
+    /// time of every packet, so latency is the shard's and not the load generator's.
+    Lean,
+}
+
 /// `fanout`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
@@ -33,6 +47,9 @@ pub struct FanoutArgs {
     /// The SFU to measure.
     #[arg(long, value_enum, default_value_t = Sfu::Tutti)]
     pub sfu: Sfu,
+    /// What the subscribers are (lean only with Tutti).
+    #[arg(long, value_enum, default_value_t = SubscribersAs::Full)]
+    pub subscribers_as: SubscribersAs,
 }
 
 fn sent_total(publishers: &[Participant]) -> u64 {
@@ -47,9 +64,147 @@ fn sent_total(publishers: &[Participant]) -> u64 {
 
 /// Runs the benchmark and returns its report.
 pub async fn run(args: &FanoutArgs) -> Result<Report> {
-    match args.sfu {
-        Sfu::Tutti => run_tutti(&args.run).await,
-        Sfu::Janus => run_janus(&args.run).await,
+    match (args.sfu, args.subscribers_as) {
+        (Sfu::Tutti, kind) => run_tutti(&args.run, kind).await,
+        (Sfu::Janus, SubscribersAs::Full) => run_janus(&args.run).await,
+        (Sfu::Janus, SubscribersAs::Lean) => {
+            anyhow::bail!(
+                "lean subscribers speak Tutti's signaling only: use --subscribers-as full with --sfu janus"
+            )
+        }
+    }
+}
+
+/// Subscribers joining at once: more only queue up behind the shard's DTLS handshakes.
+const CONCURRENT_JOINS: usize = 32;
+
+/// The subscribers of a run, either kind.
+enum Subscribers {
+    Full(Vec<(Instant, Participant)>),
+    Lean(Vec<LeanViewer>),
+}
+
+impl Subscribers {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Full(_) => "full",
+            Self::Lean(_) => "lean",
+        }
+    }
+
+    /// Waits until each receives `tracks` tracks.
+    async fn wait_every_track(&self, tracks: usize) -> Result<()> {
+        let timeout = Duration::from_secs(60);
+        match self {
+            Self::Full(subscribers) => {
+                for (_, subscriber) in subscribers {
+                    subscriber
+                        .wait_for(timeout, "every track", |records, _| {
+                            records.len() >= tracks && records.values().all(|r| r.packets > 0)
+                        })
+                        .await?;
+                }
+            }
+            Self::Lean(viewers) => {
+                for viewer in viewers {
+                    viewer
+                        .wait_for(timeout, "every track", |r| r.streams.len() >= tracks)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each one's time from connecting to its first media packet, ms.
+    async fn join_ms(&self) -> Result<Vec<f64>> {
+        let mut join_ms = Vec::new();
+        match self {
+            Self::Full(subscribers) => {
+                for (started, subscriber) in subscribers {
+                    let first = subscriber
+                        .records()
+                        .await
+                        .values()
+                        .filter_map(|r| r.first_at)
+                        .min()
+                        .context("first packet")?;
+                    join_ms.push((first - *started).as_secs_f64() * 1e3);
+                }
+            }
+            Self::Lean(viewers) => {
+                for viewer in viewers {
+                    let first = viewer
+                        .with_reception(|r| r.streams.values().map(|s| s.first_at).min())?
+                        .context("first packet")?;
+                    join_ms.push((first - viewer.started).as_secs_f64() * 1e3);
+                }
+            }
+        }
+        Ok(join_ms)
+    }
+
+    /// Media packets received so far, by all.
+    async fn packets(&self) -> usize {
+        match self {
+            Self::Full(subscribers) => {
+                let mut count = 0;
+                for (_, subscriber) in subscribers {
+                    count += subscriber.packets_received().await;
+                }
+                count
+            }
+            Self::Lean(viewers) => viewers.iter().map(|v| v.packets().unwrap_or(0)).sum(),
+        }
+    }
+
+    /// Of the packets sent in `window`: how many arrived, their read latencies and (lean
+    /// viewers) their socket latencies, ms.
+    async fn arrivals(
+        &self,
+        window: std::ops::Range<u64>,
+    ) -> Result<(u64, Vec<f64>, Option<Vec<f64>>)> {
+        let mut received = 0;
+        let mut latencies = Vec::new();
+        match self {
+            Self::Full(subscribers) => {
+                for (_, subscriber) in subscribers {
+                    for record in subscriber.records().await.values() {
+                        for &(sent_ns, latency_ns) in &record.arrivals {
+                            if window.contains(&sent_ns) {
+                                received += 1;
+                                latencies.push(latency_ns as f64 / 1e6);
+                            }
+                        }
+                    }
+                }
+                Ok((received, latencies, None))
+            }
+            Self::Lean(viewers) => {
+                let mut socket = Vec::new();
+                for viewer in viewers {
+                    viewer.with_reception(|r| {
+                        for arrival in r.arrivals.iter().filter(|a| window.contains(&a.sent_ns)) {
+                            received += 1;
+                            latencies.push(arrival.read_latency_ns as f64 / 1e6);
+                            socket.push(arrival.socket_latency_ns as f64 / 1e6);
+                        }
+                    })?;
+                }
+                Ok((received, latencies, Some(socket)))
+            }
+        }
+    }
+
+    async fn leave(self) {
+        match self {
+            Self::Full(subscribers) => {
+                for (_, subscriber) in subscribers {
+                    subscriber.leave().await;
+                }
+            }
+            Self::Lean(viewers) => viewers.into_iter().for_each(LeanViewer::leave),
+        }
     }
 }
 
@@ -73,7 +228,7 @@ fn subscriber_config(room: &str, index: usize, epoch: Epoch) -> ParticipantConfi
     config
 }
 
-async fn run_tutti(args: &RunArgs) -> Result<Report> {
+async fn run_tutti(args: &RunArgs, kind: SubscribersAs) -> Result<Report> {
     let exe = std::env::current_exe()?;
     let shard = ChildShard::spawn(&exe, &["serve-shard"], args.pin.then_some(1)).await?;
     if args.pin {
@@ -99,20 +254,43 @@ async fn run_tutti(args: &RunArgs) -> Result<Report> {
         publishers.push(publisher);
     }
     eprintln!("bench: connecting {} subscribers", args.subscribers);
-    let mut joins = Vec::new();
-    for i in 0..args.subscribers {
-        let url = url.clone();
-        joins.push(tokio::spawn(async move {
-            let started = Instant::now();
-            Participant::join_with(&url, SIGNAL_TOKEN, subscriber_config(ROOM, i, epoch), true)
-                .await
-                .map(|p| (started, p))
-        }));
-    }
-    let mut subscribers = Vec::new();
-    for join in joins {
-        subscribers.push(join.await??);
-    }
+    let subscribers = match kind {
+        SubscribersAs::Full => {
+            let mut joins = Vec::new();
+            for i in 0..args.subscribers {
+                let url = url.clone();
+                joins.push(tokio::spawn(async move {
+                    let started = Instant::now();
+                    let config = subscriber_config(ROOM, i, epoch);
+                    Participant::join_with(&url, SIGNAL_TOKEN, config, true)
+                        .await
+                        .map(|p| (started, p))
+                }));
+            }
+            let mut subscribers = Vec::new();
+            for join in joins {
+                subscribers.push(join.await??);
+            }
+            Subscribers::Full(subscribers)
+        }
+        SubscribersAs::Lean => {
+            let joining = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_JOINS));
+            let mut joins = Vec::new();
+            for i in 0..args.subscribers {
+                let url = url.clone();
+                let joining = joining.clone();
+                joins.push(tokio::spawn(async move {
+                    let _permit = joining.acquire_owned().await?;
+                    LeanViewer::join(&url, SIGNAL_TOKEN, ROOM, &format!("sub{i}"), epoch).await
+                }));
+            }
+            let mut viewers = Vec::new();
+            for join in joins {
+                viewers.push(join.await??);
+            }
+            Subscribers::Lean(viewers)
+        }
+    };
     let measurement = measure(
         args,
         pid,
@@ -125,11 +303,10 @@ async fn run_tutti(args: &RunArgs) -> Result<Report> {
     for publisher in publishers {
         publisher.leave().await;
     }
-    for (_, subscriber) in subscribers {
-        subscriber.leave().await;
-    }
+    let kind = subscribers.kind();
+    subscribers.leave().await;
     shard.stop().await;
-    Ok(Report::new("fanout", "tutti", args, measurement))
+    Ok(Report::new("fanout", "tutti", kind, args, measurement))
 }
 
 async fn run_janus(args: &RunArgs) -> Result<Report> {
@@ -197,16 +374,15 @@ async fn run_janus(args: &RunArgs) -> Result<Report> {
                 .with_context(|| format!("subscribing; janus log: {}", janus.log_tail()))?,
         );
     }
+    let subscribers = Subscribers::Full(subscribers);
     let measurement = measure(args, pid, epoch, &publishers, &subscribers, None).await?;
     for publisher in publishers {
         publisher.leave().await;
     }
-    for (_, subscriber) in subscribers {
-        subscriber.leave().await;
-    }
+    subscribers.leave().await;
     control.destroy().await;
     janus.stop().await;
-    Ok(Report::new("fanout", "janus", args, measurement))
+    Ok(Report::new("fanout", "janus", "full", args, measurement))
 }
 
 /// Waits until every subscriber receives every track, then measures one window: the
@@ -218,7 +394,7 @@ async fn measure(
     pid: u32,
     epoch: Epoch,
     publishers: &[Participant],
-    subscribers: &[(Instant, Participant)],
+    subscribers: &Subscribers,
     shard: Option<&crate::admin::AdminClient>,
 ) -> Result<Measurement> {
     let forwarded = || async {
@@ -229,39 +405,11 @@ async fn measure(
                     .await?
                     .max(0.0) as u64,
             ),
-            None => {
-                let mut total = 0;
-                for (_, subscriber) in subscribers {
-                    total += subscriber
-                        .records()
-                        .await
-                        .values()
-                        .map(|r| r.packets)
-                        .sum::<u64>();
-                }
-                Ok(total)
-            }
+            None => Ok(subscribers.packets().await as u64),
         }
     };
-    let tracks = 2 * args.publishers;
-    for (_, subscriber) in subscribers {
-        subscriber
-            .wait_for(Duration::from_secs(60), "every track", |records, _| {
-                records.len() >= tracks && records.values().all(|r| r.packets > 0)
-            })
-            .await?;
-    }
-    let mut join_ms = Vec::new();
-    for (started, subscriber) in subscribers {
-        let first = subscriber
-            .records()
-            .await
-            .values()
-            .filter_map(|r| r.first_at)
-            .min()
-            .context("first packet")?;
-        join_ms.push((first - *started).as_secs_f64() * 1e3);
-    }
+    subscribers.wait_every_track(2 * args.publishers).await?;
+    let join_ms = subscribers.join_ms().await?;
     eprintln!(
         "bench: all subscribers receive; measuring for {}s",
         args.window().as_secs()
@@ -279,35 +427,31 @@ async fn measure(
     let forwarded_end = forwarded().await?;
 
     // Let packets sent inside the window finish arriving.
-    super::until_arrivals_settle(|| async {
-        let mut count = 0;
-        for (_, subscriber) in subscribers {
-            count += subscriber.packets_received().await;
-        }
-        count
-    })
-    .await;
-    let mut received = 0u64;
-    let mut latencies = Vec::new();
-    for (_, subscriber) in subscribers {
-        for record in subscriber.records().await.values() {
-            for &(sent_ns, latency_ns) in &record.arrivals {
-                if (window_start..window_end).contains(&sent_ns) {
-                    received += 1;
-                    latencies.push(latency_ns as f64 / 1e6);
-                }
-            }
-        }
-    }
+    super::until_arrivals_settle(|| subscribers.packets()).await;
+    let (received, latencies, socket_latencies) =
+        subscribers.arrivals(window_start..window_end).await?;
+    let subscribers_estimated = match shard {
+        Some(admin) => Some(
+            admin
+                .subscribers(ROOM)
+                .await?
+                .iter()
+                .filter(|s| s.downlink_bps.is_some())
+                .count(),
+        ),
+        None => None,
+    };
     Ok(Measurement {
         window_ns: window_end - window_start,
         sent: sent_end - sent_start,
         received,
         latencies_ms: latencies,
+        socket_latencies_ms: socket_latencies,
         cpu_seconds: cpu_end - cpu_start,
         forwarded: forwarded_end.saturating_sub(forwarded_start),
         rss_bytes: rss,
         join_ms,
         loadgen_cpu_seconds: own_end - own_start,
+        subscribers_estimated,
     })
 }

@@ -23,10 +23,21 @@ pub struct Report {
     pub received_packets: u64,
     /// `1 - received / expected`.
     pub loss_ratio: f64,
-    /// Median publisher-send to subscriber-receive latency.
+    /// What the subscribers are: `full` WebRTC peers (the async `webrtc` crate), `lean`
+    /// viewers (rtc for ICE, DTLS and RTCP; Tutti's SRTP for media), or `raw` sockets of
+    /// the plain relay.
+    pub subscribers_as: String,
+    /// Median publisher-send to subscriber-read latency: includes the load generator's
+    /// own queueing behind the other subscribers on its core.
     pub latency_p50_ms: f64,
     /// 99th percentile of the same.
     pub latency_p99_ms: f64,
+    /// Median publisher-send to the kernel queueing the packet on the subscriber's socket
+    /// (`SO_TIMESTAMPNS`): what the forwarder did to it. Absent for full peers, whose
+    /// sockets the `webrtc` crate owns.
+    pub socket_latency_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub socket_latency_p99_ms: Option<f64>,
     /// CPU time the shard (or relay) process used during the window.
     pub sfu_cpu_seconds: f64,
     /// Packets the shard (or relay) forwarded during the window.
@@ -41,6 +52,9 @@ pub struct Report {
     pub loadgen_cpu_seconds: f64,
     /// Whether shard and load generator ran on separate cores.
     pub pinned: bool,
+    /// Subscribers the shard holds a downlink estimate for at the end, from their
+    /// congestion feedback (absent where the forwarder does not say).
+    pub subscribers_estimated: Option<usize>,
 }
 
 /// What a run measured, before it is turned into figures.
@@ -52,8 +66,10 @@ pub struct Measurement {
     pub sent: u64,
     /// Of those, packets subscribers received (counting every subscriber's copy).
     pub received: u64,
-    /// Send-to-receive latencies of those, in milliseconds.
+    /// Send-to-read latencies of those, in milliseconds.
     pub latencies_ms: Vec<f64>,
+    /// Send-to-socket latencies of those, in milliseconds, when the subscribers see them.
+    pub socket_latencies_ms: Option<Vec<f64>>,
     /// The child's CPU seconds in the window.
     pub cpu_seconds: f64,
     /// Packets the child forwarded in the window.
@@ -64,15 +80,24 @@ pub struct Measurement {
     pub join_ms: Vec<f64>,
     /// The load generator's CPU seconds in the window.
     pub loadgen_cpu_seconds: f64,
+    /// Subscribers with a downlink estimate at the end, where the forwarder says.
+    pub subscribers_estimated: Option<usize>,
 }
 
 impl Report {
     /// The figures of a run of `mode` with `args`.
-    pub fn new(mode: &str, sfu: &str, args: &super::RunArgs, mut m: Measurement) -> Self {
+    pub fn new(
+        mode: &str,
+        sfu: &str,
+        subscribers_as: &str,
+        args: &super::RunArgs,
+        mut m: Measurement,
+    ) -> Self {
         let expected = m.sent * args.subscribers as u64;
         Self {
             mode: mode.to_owned(),
             sfu: sfu.to_owned(),
+            subscribers_as: subscribers_as.to_owned(),
             publishers: args.publishers,
             subscribers: args.subscribers,
             seconds: m.window_ns as f64 / 1e9,
@@ -82,6 +107,8 @@ impl Report {
             loss_ratio: loss_ratio(expected, m.received),
             latency_p50_ms: quantile(&mut m.latencies_ms, 0.50),
             latency_p99_ms: quantile(&mut m.latencies_ms, 0.99),
+            socket_latency_p50_ms: m.socket_latencies_ms.as_mut().map(|l| quantile(l, 0.50)),
+            socket_latency_p99_ms: m.socket_latencies_ms.as_mut().map(|l| quantile(l, 0.99)),
             sfu_cpu_seconds: m.cpu_seconds,
             forwarded_packets: m.forwarded,
             sfu_cpu_us_per_forwarded_packet: cpu_us_per_packet(m.cpu_seconds, m.forwarded),
@@ -89,6 +116,7 @@ impl Report {
             join_ms_p50: quantile(&mut m.join_ms, 0.50),
             loadgen_cpu_seconds: m.loadgen_cpu_seconds,
             pinned: args.pin,
+            subscribers_estimated: m.subscribers_estimated,
         }
     }
 }
