@@ -106,6 +106,10 @@ pub struct ShardMetrics {
     pub send_failures: Counter,
     /// `sendmmsg` calls.
     pub send_syscalls: Counter,
+    /// Connection timers that fired (ICE checks and keepalives, DTLS retransmissions,
+    /// the publishers' RTCP intervals): each costs the media thread a pass over that
+    /// connection.
+    pub connection_timers: Counter,
     /// Forward writes the peer connection rejected (e.g. not yet connected).
     pub forward_errors: Counter,
     /// Pipelines released because they stayed empty past their timeout.
@@ -253,6 +257,11 @@ impl ShardMetrics {
                 "Datagrams the kernel refused",
             ),
             send_syscalls: counter(&mut registry, "send_syscalls", "sendmmsg calls"),
+            connection_timers: counter(
+                &mut registry,
+                "connection_timers",
+                "Connection timers fired (ICE, DTLS, RTCP intervals)",
+            ),
             forward_errors: counter(
                 &mut registry,
                 "forward_errors",

@@ -700,6 +700,7 @@ impl Transport {
                 continue;
             }
             peer.deadline = None;
+            self.metrics.connection_timers.inc();
             if let Some(Err(err)) = peer.pc.with(|pc| pc.handle_timeout(now)) {
                 tracing::debug!(peer = %key, %err, "timeout handling failed");
             }

@@ -944,3 +944,37 @@ fn adapts_to_a_limit(top_bps: u64, limit_bps: u64) {
         "Carol was never probed"
     );
 }
+
+/// A settled connection costs the media thread nothing between its keepalives: its ICE
+/// agent ticks at the keepalive interval (2 s), not at the check interval (200 ms), which
+/// woke the shard five times a second per viewer (vendor/rtc-ice.patch). Consent still
+/// holds: every viewer keeps receiving for a minute.
+#[test]
+fn settled_viewers_wake_the_shard_only_for_keepalives() {
+    let mut sim = Sim::with_defaults().unwrap();
+    sim.join("room", "alice", publishing(Some(None), None))
+        .unwrap();
+    let viewers: Vec<usize> = (0..10)
+        .map(|i| sim.join("room", &format!("viewer-{i}"), viewer()).unwrap())
+        .collect();
+    let mut audio = String::new();
+    for &v in &viewers {
+        audio = receive(&mut sim, v, "alice", TrackKind::Audio, 20);
+    }
+    sim.run_for(Duration::from_secs(2));
+    let fired = sim.metrics().connection_timers.get();
+    let received: Vec<usize> = viewers
+        .iter()
+        .map(|&v| sim.client(v).received_on(&audio).count())
+        .collect();
+    sim.run_for(Duration::from_secs(60));
+    let fired = sim.metrics().connection_timers.get() - fired;
+    println!("{fired} connection timers fired in 60 s: 10 viewers and a publisher");
+    // The publisher's RTCP intervals and each viewer's keepalive every 2 s: 390 when
+    // written. With every agent ticking at the check interval: 3,360.
+    assert!(fired < 1_200, "{fired} timers fired");
+    for (&v, before) in viewers.iter().zip(received) {
+        let now = sim.client(v).received_on(&audio).count();
+        assert!(now >= before + 2_900, "viewer {v}: {} packets in 60 s", now - before);
+    }
+}
