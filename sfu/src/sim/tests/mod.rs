@@ -975,6 +975,10 @@ fn settled_viewers_wake_the_shard_only_for_keepalives() {
     assert!(fired < 1_200, "{fired} timers fired");
     for (&v, before) in viewers.iter().zip(received) {
         let now = sim.client(v).received_on(&audio).count();
-        assert!(now >= before + 2_900, "viewer {v}: {} packets in 60 s", now - before);
+        assert!(
+            now >= before + 2_900,
+            "viewer {v}: {} packets in 60 s",
+            now - before
+        );
     }
 }
