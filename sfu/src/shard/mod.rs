@@ -641,7 +641,13 @@ impl ShardCore {
             let padding = self
                 .media
                 .run_probes(&mut self.transport, &self.metrics, now);
-            self.next_probe_tick = now + if padding { PROBE_TICK } else { HOUSEKEEPING };
+            // Idle, the probe check rides on the housekeeping tick: on a phase of its own
+            // it would wake the media thread as often again.
+            self.next_probe_tick = if padding {
+                now + PROBE_TICK
+            } else {
+                self.next_housekeeping
+            };
         }
         self.pipe_nacks(now);
         self.finish_step(now);
