@@ -202,8 +202,25 @@ impl SocketClock {
     pub fn enable(socket: &UdpSocket, epoch: Epoch) -> Result<Self> {
         setsockopt(socket, sockopt::ReceiveTimestampns, &true)
             .context("SO_TIMESTAMPNS on a subscriber's socket")?;
+        // The two clocks are read between two readings of the epoch, and the closest pair
+        // of a few tries is kept: a thread preempted between them (a thousand viewers
+        // joining on two cores) would otherwise skew every latency of this socket.
+        let mut best: Option<(u64, u128)> = None;
+        for _ in 0..8 {
+            let before = epoch.now_ns();
+            let realtime = realtime_ns();
+            let after = epoch.now_ns();
+            let spread = after.saturating_sub(before);
+            let offset = realtime.saturating_sub(u128::from(before + spread / 2));
+            if best.is_none_or(|(best_spread, _)| spread < best_spread) {
+                best = Some((spread, offset));
+            }
+            if spread < 20_000 {
+                break;
+            }
+        }
         Ok(Self {
-            realtime_at_epoch_ns: realtime_ns().saturating_sub(u128::from(epoch.now_ns())),
+            realtime_at_epoch_ns: best.map_or(0, |(_, offset)| offset),
         })
     }
 
@@ -378,21 +395,17 @@ impl ViewerIo {
                 _ = transport_cc_tick.tick() => {
                     let (Some(pc), Some(feedback), Some(_)) = (pc.as_mut(), feedback.as_mut(), srtp.as_ref()) else { continue };
                     let media_ssrc = self.reception.lock().ok().and_then(|r| r.streams.values().map(|s| s.ssrc).min()).unwrap_or(0);
-                    let packets: Vec<Box<dyn rtc::rtcp::Packet>> = feedback
-                        .transport_cc(media_ssrc)
-                        .into_iter()
-                        .map(|p| Box::new(p) as Box<dyn rtc::rtcp::Packet>)
-                        .collect();
-                    rtc_dirty |= write_rtcp(pc, packets)?;
+                    // Each on its own: together they could outgrow a datagram.
+                    for packet in feedback.transport_cc(media_ssrc) {
+                        rtc_dirty |= write_rtcp(pc, Box::new(packet));
+                    }
                 }
                 _ = report_tick.tick() => {
                     let (Some(pc), Some(feedback), Some(_)) = (pc.as_mut(), feedback.as_mut(), srtp.as_ref()) else { continue };
-                    let packets: Vec<Box<dyn rtc::rtcp::Packet>> = feedback
-                        .receiver_report()
-                        .into_iter()
-                        .map(|p| Box::new(p) as Box<dyn rtc::rtcp::Packet>)
-                        .collect();
-                    rtc_dirty |= write_rtcp(pc, packets)?;
+                    let now_us = i64::try_from(self.epoch.now_ns() / 1000).unwrap_or(i64::MAX);
+                    if let Some(report) = feedback.receiver_report(now_us) {
+                        rtc_dirty |= write_rtcp(pc, Box::new(report));
+                    }
                 }
                 stream = self.keyframes.recv() => {
                     let (Some(stream), Some(pc), Some(_)) = (stream, pc.as_mut(), shard) else { continue };
@@ -469,25 +482,23 @@ impl ViewerIo {
     }
 }
 
-/// Sends `packets` over the connection's RTCP (through its first receiver, as rtc sends a
-/// receiver's feedback); whether anything was queued.
-fn write_rtcp(
-    pc: &mut RTCPeerConnection,
-    packets: Vec<Box<dyn rtc::rtcp::Packet>>,
-) -> Result<bool> {
-    if packets.is_empty() {
-        return Ok(false);
-    }
+/// Sends `packet` over the connection's RTCP (through its first receiver: rtc sends a
+/// receiver's RTCP the same way whichever receiver it names); whether it was queued. A
+/// failure is logged and the viewer carries on, as a browser would.
+fn write_rtcp(pc: &mut RTCPeerConnection, packet: Box<dyn rtc::rtcp::Packet>) -> bool {
     let Some(id) = pc.get_receivers().next() else {
-        return Ok(false);
+        return false;
     };
     let Some(mut receiver) = pc.rtp_receiver(id) else {
-        return Ok(false);
+        return false;
     };
-    receiver
-        .write_rtcp(Instant::now(), packets)
-        .context("feedback")?;
-    Ok(true)
+    match receiver.write_rtcp(Instant::now(), vec![packet]) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(%err, "lean viewer: feedback not sent");
+            false
+        }
+    }
 }
 
 /// The receiving side of the connection's SRTP, from the keys DTLS agreed.

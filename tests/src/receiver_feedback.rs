@@ -23,16 +23,24 @@ use std::time::Duration;
 pub const TRANSPORT_CC_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a receiver report is sent (rtc's receiver-report interceptor's default).
 pub const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Arrivals held between two feedbacks; beyond this the oldest are reported as they are
-/// and the rest wait for the next feedback, so a flood cannot grow the list.
+/// Arrivals held between two feedbacks. Beyond this, arrivals are not recorded (and so
+/// are reported as lost): a flood cannot grow the list. At 100 ms per feedback that is
+/// 20,000 packets a second, far beyond any one viewer.
 const MAX_HELD: usize = 2048;
 /// Microseconds per tick of a receive delta.
 const DELTA_TICK_US: i64 = 250;
 /// Microseconds per tick of the reference time.
 const REFERENCE_TICK_US: i64 = 64_000;
-/// Sequence numbers one feedback may cover (the status count is 16 bits; a gap wider
-/// than this starts a new feedback).
-const MAX_STATUS_COUNT: i64 = 0x7fff;
+/// Sequence numbers one feedback may cover: what the shard reads (its send history holds
+/// 1,024), far below the 16 bits the count allows. Also how far back a feedback reaches
+/// for packets lost since the previous one.
+const MAX_STATUS_COUNT: i64 = 1024;
+/// Received packets one feedback may list: with two-byte deltas and the chunks, under
+/// 1,200 bytes, inside any MTU and the shard's receive buffer.
+const MAX_RECEIVED_PER_FEEDBACK: usize = 400;
+/// A stream silent this long leaves the receiver reports (RFC 3550 §6.4: report the
+/// sources heard since the last report).
+const STREAM_EXPIRY_US: i64 = 5_000_000;
 /// Streams tracked for receiver reports (a report holds at most 31 blocks).
 const MAX_STREAMS: usize = 31;
 
@@ -43,6 +51,9 @@ pub struct ReceiverFeedback {
     /// The negotiated id of the transport-wide sequence number extension.
     transport_cc_id: Option<u8>,
     last_transport_seq: Option<i64>,
+    /// The sequence number after the last one reported: the next feedback starts there,
+    /// so packets lost between two feedbacks are reported lost, as a browser does.
+    next_report: Option<i64>,
     /// (unwrapped transport-wide sequence number, arrival in µs) since the last feedback.
     arrivals: Vec<(i64, i64)>,
     feedback_count: u8,
@@ -52,6 +63,7 @@ pub struct ReceiverFeedback {
 /// RFC 3550 appendix A.3's counters for one SSRC.
 #[derive(Debug, Clone, Copy)]
 struct StreamStats {
+    last_arrival_us: i64,
     first: i64,
     highest: i64,
     received: u64,
@@ -67,6 +79,7 @@ impl ReceiverFeedback {
             sender_ssrc,
             transport_cc_id,
             last_transport_seq: None,
+            next_report: None,
             arrivals: Vec::new(),
             feedback_count: 0,
             streams: HashMap::new(),
@@ -84,11 +97,13 @@ impl ReceiverFeedback {
         if let Some(stats) = self.streams.get_mut(&ssrc) {
             stats.highest = stats.highest.max(unwrap(stats.highest, seq));
             stats.received += 1;
+            stats.last_arrival_us = arrival_us;
         } else if self.streams.len() < MAX_STREAMS {
             let first = i64::from(seq);
             self.streams.insert(
                 ssrc,
                 StreamStats {
+                    last_arrival_us: arrival_us,
                     first,
                     highest: first,
                     received: 1,
@@ -118,23 +133,33 @@ impl ReceiverFeedback {
     }
 
     /// The transport-cc feedback for what arrived since the last call (none if nothing
-    /// did). Usually one packet; a gap too wide for one status count gives more.
+    /// did), from the sequence number after the last one reported (packets lost in
+    /// between are reported lost) or, after a gap wider than one feedback may cover, from
+    /// the first arrival. Usually one packet; more when one would be too long, each to be
+    /// sent on its own.
     pub fn transport_cc(&mut self, media_ssrc: u32) -> Vec<TransportLayerCc> {
         let mut out = Vec::new();
-        if self.arrivals.is_empty() {
-            return out;
-        }
-        self.arrivals.sort_unstable_by_key(|&(seq, _)| seq);
+        // Sorting the pairs keeps a duplicate's earliest arrival first.
+        self.arrivals.sort_unstable();
         self.arrivals.dedup_by_key(|&mut (seq, _)| seq);
+        let (Some(&(first, _)), Some(&(last, _))) = (self.arrivals.first(), self.arrivals.last())
+        else {
+            return out;
+        };
+        let mut start = match self.next_report {
+            Some(next) if next < first && first - next < MAX_STATUS_COUNT => next,
+            _ => first,
+        };
         let mut rest = &self.arrivals[..];
-        while let Some(&(base, base_arrival)) = rest.first() {
+        while let Some(&(_, base_arrival)) = rest.first() {
+            let base = start;
             let reference = base_arrival.div_euclid(REFERENCE_TICK_US);
             let mut previous_ticks = reference * REFERENCE_TICK_US / DELTA_TICK_US;
             let mut symbols = Vec::new();
             let mut deltas = Vec::new();
             let mut taken = 0;
             for &(seq, arrival) in rest {
-                if seq - base >= MAX_STATUS_COUNT {
+                if seq - base >= MAX_STATUS_COUNT || deltas.len() >= MAX_RECEIVED_PER_FEEDBACK {
                     break;
                 }
                 let ticks = arrival.div_euclid(DELTA_TICK_US);
@@ -180,17 +205,27 @@ impl ReceiverFeedback {
                 recv_deltas: deltas,
             });
             self.feedback_count = self.feedback_count.wrapping_add(1);
+            start = base + symbols.len() as i64;
             rest = &rest[taken.min(rest.len())..];
+            if let Some(&(next, _)) = rest.first() {
+                // A gap wider than a feedback reaches back: start at the next arrival.
+                if next - start >= MAX_STATUS_COUNT {
+                    start = next;
+                }
+            }
         }
+        self.next_report = Some(last + 1);
         self.arrivals.clear();
         out
     }
 
-    /// A receiver report on every stream received so far (RFC 3550 §6.4.2 and A.3), or
-    /// none before the first packet. Jitter is reported as 0 (the lean viewer does not
-    /// know each stream's clock rate) and LSR/DLSR as 0, "no sender report received",
-    /// which RFC 3550 allows.
-    pub fn receiver_report(&mut self) -> Option<ReceiverReport> {
+    /// A receiver report on every stream heard in the last 5 s as of `now_us` (RFC 3550
+    /// §6.4.2 and A.3; quieter ones are forgotten), or none. Jitter is reported as 0 (the
+    /// lean viewer does not know each stream's clock rate) and LSR/DLSR as 0, "no sender
+    /// report received", which RFC 3550 allows.
+    pub fn receiver_report(&mut self, now_us: i64) -> Option<ReceiverReport> {
+        self.streams
+            .retain(|_, stats| now_us - stats.last_arrival_us < STREAM_EXPIRY_US);
         if self.streams.is_empty() {
             return None;
         }
@@ -412,14 +447,14 @@ mod tests {
     #[test]
     fn receiver_reports_count_loss_per_interval_and_in_total() {
         let mut feedback = ReceiverFeedback::new(9, None);
-        assert!(feedback.receiver_report().is_none());
+        assert!(feedback.receiver_report(0).is_none());
         for seq in (65_530u16..=65_535)
             .chain(0..10)
             .filter(|s| *s != 2 && *s != 3)
         {
             feedback.on_rtp(&rtp(seq, 5, None, false), 0);
         }
-        let report = feedback.receiver_report().expect("a report");
+        let report = feedback.receiver_report(0).expect("a report");
         let bytes = report.marshal().expect("marshal");
         let parsed = ReceiverReport::unmarshal(&mut &bytes[..]).expect("rtc reads it");
         assert_eq!(parsed.destination_ssrc(), vec![5]);
@@ -430,9 +465,63 @@ mod tests {
         for seq in 10..20 {
             feedback.on_rtp(&rtp(seq, 5, None, false), 0);
         }
-        let report = feedback.receiver_report().expect("a report");
+        let report = feedback.receiver_report(1_000_000).expect("a report");
         let block = &report.reports[0];
         assert_eq!(block.fraction_lost, 0, "nothing lost since the last report");
         assert_eq!(block.total_lost, 2);
+        // A stream silent for 5 s is no longer reported.
+        feedback.on_rtp(&rtp(1, 6, None, false), 4_000_000);
+        let report = feedback.receiver_report(5_500_000).expect("a report");
+        assert_eq!(report.destination_ssrc(), vec![6]);
+        assert!(feedback.receiver_report(9_000_000).is_none());
+    }
+
+    #[test]
+    fn packets_lost_between_two_feedbacks_are_reported_lost() {
+        let mut feedback = ReceiverFeedback::new(9, Some(3));
+        for seq in [10u16, 11] {
+            feedback.on_rtp(&rtp(seq, 5, Some((3, seq)), false), 1_000_000);
+        }
+        let first = feedback.transport_cc(5);
+        assert_eq!(first[0].base_sequence_number, 10);
+        assert_eq!(first[0].packet_status_count, 2);
+        // 12 and 13 are lost; 14 arrives after the feedback.
+        feedback.on_rtp(&rtp(14, 5, Some((3, 14)), false), 1_100_000);
+        let second = feedback.transport_cc(5);
+        assert_eq!(second[0].base_sequence_number, 12);
+        assert_eq!(
+            second[0].packet_status_count, 3,
+            "12 and 13 lost, 14 received"
+        );
+        assert_eq!(read_back(&second[0]), vec![(14, 1_100_000)]);
+        // After a gap wider than a feedback reaches back, it starts at the arrival.
+        feedback.on_rtp(&rtp(5_000, 5, Some((3, 5_000)), false), 9_000_000);
+        let third = feedback.transport_cc(5);
+        assert_eq!(third[0].base_sequence_number, 5_000);
+        assert_eq!(third[0].packet_status_count, 1);
+    }
+
+    #[test]
+    fn a_long_run_is_split_into_feedbacks_the_shard_reads_whole() {
+        let mut feedback = ReceiverFeedback::new(9, Some(3));
+        let arrivals: Vec<(u16, i64)> = (0..1_000u16)
+            .map(|seq| (seq, 1_000_000 + i64::from(seq) * 300))
+            .collect();
+        for &(seq, at) in &arrivals {
+            feedback.on_rtp(&rtp(seq, 5, Some((3, seq)), false), at);
+        }
+        let packets = feedback.transport_cc(5);
+        assert_eq!(packets.len(), 3);
+        let mut read = Vec::new();
+        for packet in &packets {
+            assert!(packet.packet_status_count <= 1_024);
+            assert!(packet.marshal().expect("marshal").len() <= 1_200);
+            read.extend(read_back(packet));
+        }
+        let expected: Vec<(u16, i64)> = arrivals
+            .iter()
+            .map(|&(seq, at)| (seq, at / 250 * 250))
+            .collect();
+        assert_eq!(read, expected);
     }
 }

@@ -281,7 +281,15 @@ async fn run_tutti(args: &RunArgs, kind: SubscribersAs) -> Result<Report> {
                 let joining = joining.clone();
                 joins.push(tokio::spawn(async move {
                     let _permit = joining.acquire_owned().await?;
-                    LeanViewer::join(&url, SIGNAL_TOKEN, ROOM, &format!("sub{i}"), epoch).await
+                    let viewer =
+                        LeanViewer::join(&url, SIGNAL_TOKEN, ROOM, &format!("sub{i}"), epoch)
+                            .await?;
+                    // The permit is held until media arrives (or not): what it limits is
+                    // the handshakes, which come after the join.
+                    let _ = viewer
+                        .wait_for(Duration::from_secs(10), "media", |r| !r.streams.is_empty())
+                        .await;
+                    anyhow::Ok(viewer)
                 }));
             }
             let mut viewers = Vec::new();

@@ -581,6 +581,52 @@ impl Agent {
             && self.validate_non_stun_traffic(now, transport.peer_addr)
     }
 
+    /// When the agent next needs `contact` (unless a check is requested sooner).
+    ///
+    /// Once connected, and connected at its last contact (not just restarted), nothing
+    /// is due before its next keepalive or before consent could lapse. Ticking at the
+    /// check interval woke the agent's owner five times a second per connection for
+    /// nothing: an SFU holding a thousand connections woke 5,000 times a second. Both
+    /// deadlines are exact, so keepalives keep their spacing and a silent peer is
+    /// declared disconnected when its timeout passes, as before. Otherwise the agent ticks
+    /// at its timeout interval as it always did.
+    pub(crate) fn next_contact(&self) -> Instant {
+        let settled = self.last_connection_state == ConnectionState::Connected
+            && self.connection_state == ConnectionState::Connected;
+        let last_received = self.selected_pair.map(|pair_index| {
+            let remote_index = self.candidate_pairs[pair_index].remote_index;
+            self.remote_candidates[remote_index]
+                .last_received()
+                .unwrap_or(self.start_time)
+        });
+        if let (true, Some(last_received)) = (settled, last_received) {
+            // `validate_selected_pair` wants the silence to exceed the timeout.
+            let past = |timeout: Duration| last_received + timeout + Duration::from_millis(1);
+            // A lite agent sends no keepalives, so its `last_consent_sent` stands still:
+            // counting from the last contact too keeps that deadline ahead.
+            let keepalive_from = self.last_consent_sent.max(self.last_checking_time);
+            let due = [
+                (self.keepalive_interval != ZERO_DURATION)
+                    .then(|| keepalive_from + self.keepalive_interval),
+                (self.disconnected_timeout != ZERO_DURATION)
+                    .then(|| past(self.disconnected_timeout)),
+                (self.disconnected_timeout == ZERO_DURATION
+                    && self.failed_timeout != ZERO_DURATION)
+                    .then(|| past(self.failed_timeout)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(due) = due {
+                // Never sooner than the check interval after the last contact: a deadline
+                // that a contact did not move (a pair whose silence is already past its
+                // timeout, say) must not make the owner spin.
+                return due.max(self.last_checking_time + DEFAULT_CHECK_INTERVAL);
+            }
+        }
+        self.last_checking_time + self.get_timeout_interval()
+    }
+
     fn get_timeout_interval(&self) -> Duration {
         let (check_interval, keepalive_interval, disconnected_timeout, failed_timeout) = (
             self.check_interval,
@@ -588,18 +634,7 @@ impl Agent {
             self.disconnected_timeout,
             self.failed_timeout,
         );
-        // Once connected (and not just restarted), nothing is due before the next keepalive
-        // or timeout: ticking at the check interval woke the agent's owner five times a
-        // second per connection for nothing (an SFU holding a thousand connections woke
-        // 5,000 times a second). Until then, and if no interval is configured, the check
-        // interval still bounds the tick.
-        let settled = self.last_connection_state == ConnectionState::Connected
-            && self.connection_state == ConnectionState::Connected;
-        let mut interval = if settled {
-            ZERO_DURATION
-        } else {
-            DEFAULT_CHECK_INTERVAL
-        };
+        let mut interval = DEFAULT_CHECK_INTERVAL;
 
         let mut update_interval = |x: Duration| {
             if x != ZERO_DURATION && (interval == ZERO_DURATION || interval > x) {
@@ -620,11 +655,7 @@ impl Agent {
         // Ensure we run our task loop as quickly as the minimum of our various configured timeouts
         update_interval(disconnected_timeout);
         update_interval(failed_timeout);
-        if interval == ZERO_DURATION {
-            DEFAULT_CHECK_INTERVAL
-        } else {
-            interval
-        }
+        interval
     }
 
     /// Returns the selected pair (local_candidate, remote_candidate) or none
