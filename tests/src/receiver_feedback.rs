@@ -13,10 +13,11 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
     PacketStatusChunk, RecvDelta, StatusChunkTypeTcc, StatusVectorChunk, SymbolSizeTypeTcc,
-    SymbolTypeTcc, TransportLayerCc,
+    SymbolTypeTcc, TYPE_TCC_DELTA_SCALE_FACTOR, TransportLayerCc,
 };
 use std::collections::HashMap;
 use std::time::Duration;
+use tutti_sfu::media::feedback::MAX_TRANSPORT_CC_STATUS;
 
 /// How often transport-cc feedback is sent (rtc's TWCC receiver's default, and Chromium's
 /// at low bitrates).
@@ -28,13 +29,13 @@ pub const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// 20,000 packets a second, far beyond any one viewer.
 const MAX_HELD: usize = 2048;
 /// Microseconds per tick of a receive delta.
-const DELTA_TICK_US: i64 = 250;
+const DELTA_TICK_US: i64 = TYPE_TCC_DELTA_SCALE_FACTOR;
 /// Microseconds per tick of the reference time.
 const REFERENCE_TICK_US: i64 = 64_000;
-/// Sequence numbers one feedback may cover: what the shard reads (its send history holds
-/// 1,024), far below the 16 bits the count allows. Also how far back a feedback reaches
-/// for packets lost since the previous one.
-const MAX_STATUS_COUNT: i64 = 1024;
+/// Sequence numbers one feedback may cover: what the shard reads (as many as its send
+/// history holds), far below the 16 bits the count allows. Also how far back a feedback
+/// reaches for packets lost since the previous one.
+const MAX_STATUS_COUNT: i64 = MAX_TRANSPORT_CC_STATUS as i64;
 /// Received packets one feedback may list: with two-byte deltas and the chunks, under
 /// 1,200 bytes, inside any MTU and the shard's receive buffer.
 const MAX_RECEIVED_PER_FEEDBACK: usize = 400;
