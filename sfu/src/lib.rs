@@ -10,6 +10,7 @@ pub mod demux;
 pub mod drain;
 pub mod heartbeat;
 pub mod media;
+pub mod media_socket;
 pub mod metrics;
 pub mod peer;
 pub mod procstat;

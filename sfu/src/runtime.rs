@@ -8,6 +8,7 @@
 //! the forwarding path. ICE-TCP connections are tasks on the same thread that pass whole frames in and
 //! out through channels.
 
+use crate::media_socket::MediaSocket;
 use crate::shard::ShardCore;
 use crate::shard::api::Command;
 use crate::tcp::{FrameDecoder, encode};
@@ -18,8 +19,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Datagrams read per `recvmmsg`.
@@ -84,7 +85,7 @@ pub fn spawn(
                 }
             };
             runtime.block_on(async move {
-                let socket = match UdpSocket::from_std(socket) {
+                let socket = match MediaSocket::new(socket) {
                     Ok(socket) => socket,
                     Err(err) => {
                         tracing::error!(%err, "cannot register the media socket");
@@ -112,7 +113,7 @@ async fn accept(listener: &Option<TcpListener>) -> io::Result<(TcpStream, Socket
 }
 
 async fn media_loop(
-    socket: UdpSocket,
+    socket: MediaSocket,
     tcp: Option<TcpListener>,
     mut core: ShardCore,
     mut commands: mpsc::Receiver<Command>,
@@ -137,13 +138,13 @@ async fn media_loop(
                 Some(command) => core.handle_command(Instant::now(), command),
                 None => break,
             },
-            ready = socket.readable() => {
-                if let Err(err) = ready {
+            ready = socket.readable() => match ready {
+                Ok(mut ready) => read_available(&mut ready, &mut recv, &mut core),
+                Err(err) => {
                     tracing::error!(%err, "media socket failed");
                     break;
                 }
-                read_available(&socket, &mut recv, &mut core);
-            }
+            },
             input = tcp_rx.recv() => match input {
                 // Nothing on a rejected connection reaches a peer: close it.
                 Some(TcpInput::Frame(from, frame))
@@ -262,47 +263,40 @@ async fn serve_tcp(
     let _ = input.send(TcpInput::Closed(from)).await;
 }
 
-/// Reads and handles what the socket holds now; returns how many datagrams.
-fn read_available(socket: &UdpSocket, recv: &mut RecvBatch, core: &mut ShardCore) -> usize {
-    let fd = socket.as_raw_fd();
-    let mut total = 0;
-    for _ in 0..MAX_BATCHES_PER_TURN {
-        match socket.try_io(Interest::READABLE, || recv.recv(fd)) {
-            Ok(count) => {
-                total += count;
-                let now = Instant::now();
-                for index in 0..count {
-                    match recv.datagram(index) {
-                        Some(datagram) => core.handle_datagram(
-                            now,
-                            datagram.source,
-                            datagram.destination,
-                            datagram.bytes,
-                        ),
-                        None => core
-                            .metrics()
-                            .dropped(crate::metrics::DropReason::Truncated),
-                    }
+/// Reads and handles what the socket holds now.
+fn read_available(
+    ready: &mut tokio::io::unix::AsyncFdReadyGuard<'_, std::net::UdpSocket>,
+    recv: &mut RecvBatch,
+    core: &mut ShardCore,
+) {
+    let read = MediaSocket::read_until_empty(ready, MAX_BATCHES_PER_TURN, |fd| {
+        let count = recv.recv(fd)?;
+        let now = Instant::now();
+        for index in 0..count {
+            match recv.datagram(index) {
+                Some(datagram) => {
+                    core.handle_datagram(now, datagram.source, datagram.destination, datagram.bytes)
                 }
-            }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-            Err(err) => {
-                tracing::warn!(%err, "recvmmsg failed");
-                break;
+                None => core
+                    .metrics()
+                    .dropped(crate::metrics::DropReason::Truncated),
             }
         }
+        Ok(())
+    });
+    if let Err(err) = read {
+        tracing::warn!(%err, "recvmmsg failed");
     }
-    total
 }
 
 async fn flush(
-    socket: &UdpSocket,
+    socket: &MediaSocket,
     sender: &mut SendBatcher,
     outgoing: &mut Vec<(SocketAddr, BytesMut)>,
     core: &mut ShardCore,
     wildcard: bool,
 ) {
-    let fd = socket.as_raw_fd();
+    let fd = socket.fd();
     while !outgoing.is_empty() {
         let outcome = sender.send(fd, outgoing, |to| {
             if wildcard {

@@ -6,45 +6,67 @@
 
 use super::report::{Measurement, Report};
 use super::{RunArgs, own_cpu_seconds, pin_self};
+use crate::receiver_feedback::{RECEIVER_REPORT_INTERVAL, ReceiverFeedback, TRANSPORT_CC_INTERVAL};
 use crate::shard::process_usage;
 use crate::synth::{self, Epoch, OpusSource, VideoCodec, VideoSource};
 use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
+use rtc::shared::marshal::Marshal;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader, Interest};
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
+use tutti_sfu::media_socket::MediaSocket;
 use tutti_sfu::udp::{RecvBatch, SendBatcher};
 
 const AUDIO_PT: u8 = 111;
 const VIDEO_PT: u8 = 96;
 
-/// Runs the relay until killed: `SUB` registers a subscriber, `STATS` asks for the count of
-/// forwarded datagrams, anything else is sent to every subscriber.
+/// Runs the relay until killed: `SUB` registers a subscriber, `STATS` asks for the counts of
+/// forwarded and read datagrams, RTCP (the subscribers' feedback) is read and dropped, anything else
+/// is sent to every subscriber.
+///
+/// Like the shard's media loop, it runs on a thread of its own with a single-threaded
+/// runtime and the shard's socket registration ([`MediaSocket`]), so the two differ in
+/// what they do with a datagram, not in how they wait for one.
 pub async fn relay() -> Result<()> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
     println!("relay: udp {}", socket.local_addr()?);
-    let fd = socket.as_raw_fd();
+    let thread = std::thread::Builder::new()
+        .name("relay-media".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(relay_loop(socket))
+        })?;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the relay thread panicked"))?
+}
+
+async fn relay_loop(socket: std::net::UdpSocket) -> Result<()> {
+    let socket = MediaSocket::new(socket)?;
+    let fd = socket.fd();
     let mut recv = RecvBatch::new(32);
     let mut sender = SendBatcher::new(true);
     let mut subscribers: Vec<SocketAddr> = Vec::new();
     let mut outgoing: Vec<(SocketAddr, BytesMut)> = Vec::new();
     let mut spare: Vec<BytesMut> = Vec::new();
     let mut forwarded = 0u64;
+    let mut read = 0u64;
+    let mut stats_requests: Vec<SocketAddr> = Vec::new();
     loop {
-        socket.readable().await?;
+        let mut ready = socket.readable().await?;
         // As the shard does: read until the socket is empty (at most 8 batches), then send.
-        for _ in 0..8 {
-            let count = match socket.try_io(tokio::io::Interest::READABLE, || recv.recv(fd)) {
-                Ok(count) => count,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(err) => return Err(err.into()),
-            };
+        MediaSocket::read_until_empty(&mut ready, 8, |fd| {
+            let count = recv.recv(fd)?;
+            read += count as u64;
             for index in 0..count {
                 let Some(datagram) = recv.datagram(index) else {
                     continue;
@@ -55,9 +77,9 @@ pub async fn relay() -> Result<()> {
                         subscribers.push(from);
                     }
                 } else if bytes == b"STATS" {
-                    socket
-                        .send_to(forwarded.to_string().as_bytes(), from)
-                        .await?;
+                    stats_requests.push(from);
+                } else if is_rtcp(bytes) {
+                    // A relay has no use for receivers' feedback; reading it is the cost.
                 } else {
                     for subscriber in &subscribers {
                         // Buffers are reused, as the shard reuses its own.
@@ -67,6 +89,14 @@ pub async fn relay() -> Result<()> {
                     }
                 }
             }
+            Ok(())
+        })?;
+        drop(ready);
+        for to in stats_requests.drain(..) {
+            // Not through the batch: `forwarded` counts media only.
+            socket
+                .socket()
+                .send_to(format!("{forwarded} {read}").as_bytes(), to)?;
         }
         while !outgoing.is_empty() {
             let outcome = sender.send(fd, &mut outgoing, |_| None);
@@ -86,6 +116,11 @@ pub async fn relay() -> Result<()> {
             socket.writable().await?;
         }
     }
+}
+
+/// RTCP packet types 200–207 (RFC 5761 §4: what tells RTCP from RTP on one port).
+fn is_rtcp(packet: &[u8]) -> bool {
+    packet.len() >= 8 && packet[0] >> 6 == 2 && (200..=207).contains(&packet[1])
 }
 
 struct RelayChild {
@@ -122,28 +157,39 @@ async fn spawn_relay(pin: bool) -> Result<RelayChild> {
     Ok(RelayChild { child, addr })
 }
 
-async fn forwarded(relay: SocketAddr) -> Result<u64> {
+/// The relay's counts so far: datagrams forwarded, datagrams read.
+async fn relay_counts(relay: SocketAddr) -> Result<(u64, u64)> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     socket.send_to(b"STATS", relay).await?;
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await??;
-    Ok(std::str::from_utf8(&buf[..n])?.parse()?)
+    let text = std::str::from_utf8(&buf[..n])?;
+    let (forwarded, read) = text.split_once(' ').context("relay counts")?;
+    Ok((forwarded.parse()?, read.parse()?))
 }
 
+/// The extension id the publisher writes transport-wide sequence numbers under.
+const TRANSPORT_CC_ID: u8 = 3;
+
+/// An RTP packet carrying a transport-wide sequence number (one-byte header extension,
+/// RFC 8285), so the subscribers can send the transport-cc feedback they send a shard.
 fn rtp(
     payload_type: u8,
     marker: bool,
-    seq: u16,
+    (seq, transport_seq): (u16, u16),
     timestamp: u32,
     ssrc: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(12 + payload.len());
-    packet.push(0x80);
+    let mut packet = Vec::with_capacity(20 + payload.len());
+    packet.push(0x90);
     packet.push(payload_type | if marker { 0x80 } else { 0 });
     packet.extend_from_slice(&seq.to_be_bytes());
     packet.extend_from_slice(&timestamp.to_be_bytes());
     packet.extend_from_slice(&ssrc.to_be_bytes());
+    packet.extend_from_slice(&[0xBE, 0xDE, 0, 1, TRANSPORT_CC_ID << 4 | 1]);
+    packet.extend_from_slice(&transport_seq.to_be_bytes());
+    packet.push(0);
     packet.extend_from_slice(payload);
     packet
 }
@@ -156,9 +202,12 @@ async fn publish(
     sent: Arc<AtomicU64>,
 ) -> Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    // Transport-wide: one sequence across both streams, as a WebRTC sender numbers them.
+    let transport_seq = Arc::new(AtomicU16::new(0));
     let audio = {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let sent = sent.clone();
+        let transport_seq = transport_seq.clone();
         tokio::spawn(async move {
             let mut source = OpusSource::new(stream);
             let mut seq = 0u16;
@@ -166,7 +215,8 @@ async fn publish(
             loop {
                 ticker.tick().await;
                 let p = source.next(epoch.now_ns());
-                let packet = rtp(AUDIO_PT, p.marker, seq, p.timestamp, stream, &p.payload);
+                let seqs = (seq, transport_seq.fetch_add(1, Ordering::Relaxed));
+                let packet = rtp(AUDIO_PT, p.marker, seqs, p.timestamp, stream, &p.payload);
                 seq = seq.wrapping_add(1);
                 if socket.send_to(&packet, relay).await.is_err() {
                     return;
@@ -187,7 +237,15 @@ async fn publish(
         loop {
             ticker.tick().await;
             for p in source.next_frame(epoch.now_ns()) {
-                let packet = rtp(VIDEO_PT, p.marker, seq, p.timestamp, stream | 1, &p.payload);
+                let seqs = (seq, transport_seq.fetch_add(1, Ordering::Relaxed));
+                let packet = rtp(
+                    VIDEO_PT,
+                    p.marker,
+                    seqs,
+                    p.timestamp,
+                    stream | 1,
+                    &p.payload,
+                );
                 seq = seq.wrapping_add(1);
                 socket.send_to(&packet, relay).await?;
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -214,8 +272,31 @@ async fn subscribe(
     let mut buf = vec![0u8; 2048];
     let mut control = crate::lean_viewer::SocketClock::control_buffer();
     let fd = socket.as_raw_fd();
+    // What a lean viewer sends a shard, so the relay reads the same datagrams the shard does.
+    let mut feedback = ReceiverFeedback::new(rand::random(), Some(TRANSPORT_CC_ID));
+    let mut media_ssrc = None;
+    let mut transport_cc_tick = tokio::time::interval(TRANSPORT_CC_INTERVAL);
+    let mut report_tick = tokio::time::interval(RECEIVER_REPORT_INTERVAL);
+    for tick in [&mut transport_cc_tick, &mut report_tick] {
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     loop {
-        socket.readable().await?;
+        tokio::select! {
+            ready = socket.readable() => ready?,
+            _ = transport_cc_tick.tick() => {
+                for packet in feedback.transport_cc(media_ssrc.unwrap_or(0)) {
+                    send_rtcp(&socket, relay, &packet).await;
+                }
+                continue;
+            }
+            _ = report_tick.tick() => {
+                let now_us = i64::try_from(epoch.now_ns() / 1000).unwrap_or(i64::MAX);
+                if let Some(report) = feedback.receiver_report(now_us) {
+                    send_rtcp(&socket, relay, &report).await;
+                }
+                continue;
+            }
+        }
         let (n, queued_ns) = match socket.try_io(Interest::READABLE, || {
             crate::lean_viewer::recv_timestamped(fd, &mut buf, &mut control)
         }) {
@@ -224,20 +305,38 @@ async fn subscribe(
             Err(err) => return Err(err.into()),
         };
         let received_ns = epoch.now_ns();
-        if n < 12 {
+        let Some(header_len) = tutti_sfu::srtp::rtp_header_len(&buf[..n]) else {
             continue;
-        }
+        };
+        let queued_ns = queued_ns.unwrap_or(received_ns);
+        feedback.on_rtp(
+            &buf[..n],
+            i64::try_from(queued_ns / 1000).unwrap_or(i64::MAX),
+        );
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        media_ssrc = Some(media_ssrc.map_or(ssrc, |known: u32| known.min(ssrc)));
         let codec = (buf[1] & 0x7F == VIDEO_PT).then_some(VideoCodec::Vp8);
-        let payload = &buf[12..n];
+        let payload = &buf[header_len..n];
         if let Some(probe) = synth::probe(payload, synth::header_len(codec, payload)) {
             first.send_if_modified(|at| at.is_none() && at.replace(Instant::now()).is_none());
-            let queued_ns = queued_ns.unwrap_or(received_ns);
             arrivals.lock().await.push((
                 probe.sent_ns,
                 received_ns.saturating_sub(probe.sent_ns),
                 queued_ns.saturating_sub(probe.sent_ns),
             ));
         }
+    }
+}
+
+/// Sends one RTCP packet in the clear (the relay has no keys); a failure is logged and the
+/// subscriber carries on, as a browser would.
+async fn send_rtcp(socket: &UdpSocket, relay: SocketAddr, packet: &impl Marshal) {
+    let sent = match packet.marshal() {
+        Ok(bytes) => socket.send_to(&bytes, relay).await.map(drop),
+        Err(err) => Err(std::io::Error::other(err.to_string())),
+    };
+    if let Err(err) = sent {
+        tracing::debug!(%err, "baseline subscriber: feedback not sent");
     }
 }
 
@@ -284,7 +383,7 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             .unwrap_or_else(Instant::now);
         join_ms.push((at - *started).as_secs_f64() * 1e3);
     }
-    let forwarded_start = forwarded(relay.addr).await?;
+    let (forwarded_start, read_start) = relay_counts(relay.addr).await?;
     let (cpu_start, _) = process_usage(pid).context("relay usage")?;
     let own_start = own_cpu_seconds();
     let sent_start = sent.load(Ordering::SeqCst);
@@ -294,7 +393,7 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     let sent_end = sent.load(Ordering::SeqCst);
     let (cpu_end, rss) = process_usage(pid).context("relay usage")?;
     let own_end = own_cpu_seconds();
-    let forwarded_end = forwarded(relay.addr).await?;
+    let (forwarded_end, read_end) = relay_counts(relay.addr).await?;
     // Let packets sent inside the window finish arriving.
     super::until_arrivals_settle(|| async {
         let mut count = 0;
@@ -337,6 +436,7 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             join_ms,
             loadgen_cpu_seconds: own_end - own_start,
             subscribers_estimated: None,
+            datagrams_read: Some(read_end.saturating_sub(read_start)),
         },
     ))
 }

@@ -422,6 +422,13 @@ async fn measure(
         "bench: all subscribers receive; measuring for {}s",
         args.window().as_secs()
     );
+    let read = || async {
+        match shard {
+            Some(admin) => Ok::<_, anyhow::Error>(Some(datagrams_read(&admin.metrics().await?))),
+            None => Ok(None),
+        }
+    };
+    let read_start = read().await?;
     let forwarded_start = forwarded().await?;
     let (cpu_start, _) = process_usage(pid).context("sfu usage")?;
     let own_start = own_cpu_seconds();
@@ -433,6 +440,7 @@ async fn measure(
     let (cpu_end, rss) = process_usage(pid).context("sfu usage")?;
     let own_end = own_cpu_seconds();
     let forwarded_end = forwarded().await?;
+    let read_end = read().await?;
 
     // Let packets sent inside the window finish arriving.
     super::until_arrivals_settle(|| subscribers.packets()).await;
@@ -461,5 +469,17 @@ async fn measure(
         join_ms,
         loadgen_cpu_seconds: own_end - own_start,
         subscribers_estimated,
+        datagrams_read: read_start
+            .zip(read_end)
+            .map(|(start, end)| end.saturating_sub(start)),
     })
+}
+
+/// Datagrams the shard has read, of every kind, from its metrics text.
+fn datagrams_read(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("tutti_sfu_datagrams_received_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

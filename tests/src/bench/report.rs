@@ -55,6 +55,10 @@ pub struct Report {
     /// Subscribers the shard holds a downlink estimate for at the end, from their
     /// congestion feedback (absent where the forwarder does not say).
     pub subscribers_estimated: Option<usize>,
+    /// Datagrams of every kind the shard (or relay) read per second in the window: media,
+    /// the subscribers' feedback, ICE checks. The same load reads about the same number
+    /// through either (absent where the forwarder does not say).
+    pub datagrams_read_per_second: Option<f64>,
 }
 
 /// What a run measured, before it is turned into figures.
@@ -82,6 +86,8 @@ pub struct Measurement {
     pub loadgen_cpu_seconds: f64,
     /// Subscribers with a downlink estimate at the end, where the forwarder says.
     pub subscribers_estimated: Option<usize>,
+    /// Datagrams the child read in the window, where it says.
+    pub datagrams_read: Option<u64>,
 }
 
 impl Report {
@@ -117,6 +123,9 @@ impl Report {
             loadgen_cpu_seconds: m.loadgen_cpu_seconds,
             pinned: args.pin,
             subscribers_estimated: m.subscribers_estimated,
+            datagrams_read_per_second: m
+                .datagrams_read
+                .map(|read| read as f64 * 1e9 / m.window_ns.max(1) as f64),
         }
     }
 }
