@@ -14,7 +14,7 @@
 //! which adds the load generator's own queueing behind a thousand other viewers on the
 //! same two cores.
 
-use crate::receiver_feedback::{RECEIVER_REPORT_INTERVAL, ReceiverFeedback, TRANSPORT_CC_INTERVAL};
+use crate::receiver_feedback::{self, ReceiverFeedback};
 use crate::signal_client::SignalClient;
 use crate::synth::{self, Epoch};
 use anyhow::{Context, Result, bail};
@@ -306,11 +306,7 @@ impl ViewerIo {
         tokio::pin!(timer);
         let mut rtc_dirty = false;
         let mut feedback: Option<ReceiverFeedback> = None;
-        let mut transport_cc_tick = tokio::time::interval(TRANSPORT_CC_INTERVAL);
-        let mut report_tick = tokio::time::interval(RECEIVER_REPORT_INTERVAL);
-        for tick in [&mut transport_cc_tick, &mut report_tick] {
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        }
+        let (mut transport_cc_tick, mut report_tick) = receiver_feedback::feedback_intervals();
         loop {
             if rtc_dirty && let Some(pc) = pc.as_mut() {
                 rtc_dirty = false;

@@ -6,8 +6,8 @@
 //! congestion work (send history, feedback reading, bandwidth estimation) that every real
 //! viewer costs it, and a benchmark would flatter it.
 //!
-//! Pure bookkeeping: arrival times come in, RTCP packets (rtc's types, marshalled by rtc)
-//! come out.
+//! Pure bookkeeping (but for the timers' phase): arrival times come in, RTCP packets
+//! (rtc's types, marshalled by rtc) come out.
 
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
@@ -24,6 +24,24 @@ use tutti_sfu::media::feedback::MAX_TRANSPORT_CC_STATUS;
 pub const TRANSPORT_CC_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a receiver report is sent (rtc's receiver-report interceptor's default).
 pub const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// The two feedback timers of one receiver (transport-cc, receiver reports), each at a
+/// random phase: browsers start them whenever they connect, so a forwarder's feedback
+/// arrives spread over each period, not in one burst per period. A late tick is delayed,
+/// not repeated.
+pub fn feedback_intervals() -> (tokio::time::Interval, tokio::time::Interval) {
+    let start = tokio::time::Instant::now();
+    let phased = |period: Duration| {
+        let phase = period.mul_f64(rand::random::<f64>());
+        let mut interval = tokio::time::interval_at(start + phase, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    };
+    (
+        phased(TRANSPORT_CC_INTERVAL),
+        phased(RECEIVER_REPORT_INTERVAL),
+    )
+}
+
 /// Arrivals held between two feedbacks. Beyond this, arrivals are not recorded (and so
 /// are reported as lost): a flood cannot grow the list. At 100 ms per feedback that is
 /// 20,000 packets a second, far beyond any one viewer.

@@ -76,6 +76,17 @@ async fn fanout_and_baseline_print_one_json_report() -> Result<()> {
                 report["subscribers_estimated"]
             );
         }
+        // The forwarder reads its subscribers' feedback besides the media (a receiver
+        // report a second at least, from each of the 3), the plain relay as well.
+        if sfu != "janus" {
+            let read = report["datagrams_read_per_second"].as_f64().unwrap_or(0.0);
+            let seconds = report["seconds"].as_f64().unwrap_or(1.0).max(1e-3);
+            let media = report["sent_packets"].as_f64().unwrap_or(0.0) / seconds;
+            ensure!(
+                read > media + 3.0,
+                "{mode} {subscribers_as}: {read:.0} datagrams/s read for {media:.0} media packets/s: no feedback"
+            );
+        }
         for key in KEYS {
             ensure!(
                 report.get(key).is_some(),

@@ -6,7 +6,7 @@
 
 use super::report::{Measurement, Report};
 use super::{RunArgs, own_cpu_seconds, pin_self};
-use crate::receiver_feedback::{RECEIVER_REPORT_INTERVAL, ReceiverFeedback, TRANSPORT_CC_INTERVAL};
+use crate::receiver_feedback::{self, ReceiverFeedback};
 use crate::shard::process_usage;
 use crate::synth::{self, Epoch, OpusSource, VideoCodec, VideoSource};
 use anyhow::{Context, Result, bail};
@@ -275,11 +275,7 @@ async fn subscribe(
     // What a lean viewer sends a shard, so the relay reads the same datagrams the shard does.
     let mut feedback = ReceiverFeedback::new(rand::random(), Some(TRANSPORT_CC_ID));
     let mut media_ssrc = None;
-    let mut transport_cc_tick = tokio::time::interval(TRANSPORT_CC_INTERVAL);
-    let mut report_tick = tokio::time::interval(RECEIVER_REPORT_INTERVAL);
-    for tick in [&mut transport_cc_tick, &mut report_tick] {
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
+    let (mut transport_cc_tick, mut report_tick) = receiver_feedback::feedback_intervals();
     loop {
         tokio::select! {
             ready = socket.readable() => ready?,
@@ -439,4 +435,35 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             datagrams_read: Some(read_end.saturating_sub(read_start)),
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::receiver_report::ReceiverReport;
+
+    #[test]
+    fn publisher_packets_carry_the_transport_wide_sequence() {
+        let packet = rtp(VIDEO_PT, true, (7, 0xABCD), 90_000, 0x101, b"payload");
+        assert_eq!(tutti_sfu::srtp::rtp_header_len(&packet), Some(20));
+        assert_eq!(
+            crate::receiver_feedback::find_extension(&packet, TRANSPORT_CC_ID),
+            Some(&[0xAB, 0xCD][..])
+        );
+        assert_eq!(&packet[20..], b"payload");
+        assert!(!is_rtcp(&packet));
+        assert!(!is_rtcp(&rtp(AUDIO_PT, true, (1, 2), 3, 4, b"x")));
+    }
+
+    #[test]
+    fn feedback_is_told_from_media() {
+        let report = ReceiverReport {
+            ssrc: 1,
+            ..Default::default()
+        };
+        let bytes = report.marshal().unwrap();
+        assert!(is_rtcp(&bytes));
+        assert!(!is_rtcp(&bytes[..4]));
+        assert!(!is_rtcp(b"SUB"));
+    }
 }
