@@ -320,8 +320,10 @@ async fn flush(
                 .map(|(_, buf)| buf),
         );
         // The kernel's send buffer is full: wait until it drains rather than drop media.
-        if socket.writable().await.is_err() {
-            outgoing.clear();
+        if let Err(err) = socket.writable().await {
+            tracing::error!(%err, "cannot wait for the media socket; dropping a batch");
+            core.metrics().send_failures.inc_by(outgoing.len() as u64);
+            core.recycle(outgoing.drain(..).map(|(_, buf)| buf));
             break;
         }
     }

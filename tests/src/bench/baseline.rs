@@ -93,10 +93,14 @@ async fn relay_loop(socket: std::net::UdpSocket) -> Result<()> {
         })?;
         drop(ready);
         for to in stats_requests.drain(..) {
-            // Not through the batch: `forwarded` counts media only.
-            socket
+            // Not through the batch: `forwarded` counts media only. A reply that cannot go
+            // now is not worth stopping the relay for: the asker times out and says so.
+            if let Err(err) = socket
                 .socket()
-                .send_to(format!("{forwarded} {read}").as_bytes(), to)?;
+                .send_to(format!("{forwarded} {read}").as_bytes(), to)
+            {
+                eprintln!("relay: STATS reply to {to} not sent: {err}");
+            }
         }
         while !outgoing.is_empty() {
             let outcome = sender.send(fd, &mut outgoing, |_| None);

@@ -475,7 +475,7 @@ async fn measure(
     })
 }
 
-/// Datagrams the shard has read, of every kind, from its metrics text.
+/// Datagrams the shard has taken in, of every kind it routes, from its metrics text.
 fn datagrams_read(metrics: &str) -> u64 {
     metrics
         .lines()

@@ -55,9 +55,11 @@ pub struct Report {
     /// Subscribers the shard holds a downlink estimate for at the end, from their
     /// congestion feedback (absent where the forwarder does not say).
     pub subscribers_estimated: Option<usize>,
-    /// Datagrams of every kind the shard (or relay) read per second in the window: media,
-    /// the subscribers' feedback, ICE checks. The same load reads about the same number
-    /// through either (absent where the forwarder does not say).
+    /// Datagrams the shard (or relay) read per second in the window: media, the
+    /// subscribers' feedback, ICE checks. The shard's figure is its
+    /// `tutti_sfu_datagrams_received_total`, which leaves out what it dropped unread
+    /// (malformed, from unknown addresses); the relay counts every datagram. Absent where
+    /// the forwarder does not say.
     pub datagrams_read_per_second: Option<f64>,
 }
 
