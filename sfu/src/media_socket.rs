@@ -109,6 +109,23 @@ mod tests {
     use super::*;
     use crate::udp::RecvBatch;
 
+    /// Waits for and reads datagrams, as the media loop does, until `want` have come.
+    async fn receive(socket: &MediaSocket, batch: &mut RecvBatch, want: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let mut guard = socket.readable().await.unwrap();
+            MediaSocket::read_until_empty(&mut guard, 8, |fd| {
+                let count = batch.recv(fd)?;
+                for index in 0..count {
+                    got.push(batch.datagram(index).unwrap().bytes.to_vec());
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        got
+    }
+
     #[tokio::test]
     async fn reads_what_arrives_until_empty() {
         let socket = MediaSocket::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
@@ -119,18 +136,7 @@ mod tests {
             for i in 0..6u8 {
                 peer.send_to(&[round, i], to).unwrap();
             }
-            let mut got = Vec::new();
-            while got.len() < 6 {
-                let mut guard = socket.readable().await.unwrap();
-                MediaSocket::read_until_empty(&mut guard, 8, |fd| {
-                    let count = batch.recv(fd)?;
-                    for index in 0..count {
-                        got.push(batch.datagram(index).unwrap().bytes.to_vec());
-                    }
-                    Ok(())
-                })
-                .unwrap();
-            }
+            let got = receive(&socket, &mut batch, 6).await;
             let expected: Vec<Vec<u8>> = (0..6u8).map(|i| vec![round, i]).collect();
             assert_eq!(got, expected);
         }
@@ -152,19 +158,7 @@ mod tests {
         }
         peer.send_to(b"after", socket.local_addr().unwrap())
             .unwrap();
-        let mut batch = RecvBatch::new(4);
-        let mut got = Vec::new();
-        while got.is_empty() {
-            let mut guard = socket.readable().await.unwrap();
-            MediaSocket::read_until_empty(&mut guard, 8, |fd| {
-                let count = batch.recv(fd)?;
-                for index in 0..count {
-                    got.push(batch.datagram(index).unwrap().bytes.to_vec());
-                }
-                Ok(())
-            })
-            .unwrap();
-        }
+        let got = receive(&socket, &mut RecvBatch::new(4), 1).await;
         assert_eq!(got, vec![b"after".to_vec()]);
     }
 }
