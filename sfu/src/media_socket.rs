@@ -148,8 +148,8 @@ mod tests {
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         // An idle socket has room: the wait ends at once, twice (the second descriptor is
         // gone after each wait, so registering it again works). A full send buffer cannot
-        // be made here: loopback frees each datagram's buffer within the send call, even
-        // with the smallest SO_SNDBUF (tried).
+        // be made on the host's loopback, which frees each datagram's buffer within the
+        // send call: `tests/tests/send_backpressure.rs` makes one in a namespace of its own.
         for _ in 0..2 {
             tokio::time::timeout(std::time::Duration::from_secs(5), socket.writable())
                 .await

@@ -574,8 +574,8 @@ fn take_lock() -> Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
-/// Moves the calling thread into namespace `name`.
-fn enter_namespace(name: &str) -> Result<()> {
+/// Moves the calling thread into namespace `name` (one `ip netns` made, under /run/netns).
+pub fn enter_namespace(name: &str) -> Result<()> {
     let path = format!("/run/netns/{name}");
     let file = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
     // SAFETY: setns on a namespace descriptor; it only changes this thread's namespace.
