@@ -14,10 +14,7 @@
 
 use rtc::crypto::RTCCryptoProvider;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry, Slot,
-    StreamInfo, TaggedPacket, TwccReceiverBuilder,
-};
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
@@ -421,9 +418,10 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
     Ok(engine)
 }
 
-/// The interceptor chain of one direction. A publisher connection detects losses (NACK),
-/// reports arrivals for the publisher's bandwidth estimate (transport-cc) and sends
-/// receiver reports. A subscriber connection hands the subscriber's feedback (keyframe
+/// The interceptor chain of one direction. A publisher connection has none: the shard
+/// reads its RTP and RTCP itself and makes the NACKs, transport-cc feedback and receiver
+/// reports it owes the publisher (media::uplink_feedback), from every packet, including
+/// those the connection still reads. A subscriber connection hands the subscriber's feedback (keyframe
 /// requests, NACKs, receiver reports) to the shard, which answers NACKs from the per-track
 /// buffer instead of a per-subscriber copy. The shard writes and protects the RTP it
 /// sends itself, so it also writes the sender reports (media::sender_report): rtc's
@@ -431,10 +429,7 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
 fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, RtcError> {
     let _ = engine;
     Ok(match role {
-        PeerRole::Publisher => Registry::new()
-            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
+        PeerRole::Publisher => Registry::new(),
         PeerRole::Subscriber => Registry::new().with(Slot::from(500), FeedbackToShard::default()),
     })
 }

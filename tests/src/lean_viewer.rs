@@ -447,7 +447,11 @@ impl ViewerIo {
         let read_ns = self.epoch.now_ns();
         let queued_ns = self.clock.queued_ns(at).unwrap_or(read_ns);
         if let Some(feedback) = feedback {
-            feedback.on_rtp(plain, i64::try_from(queued_ns / 1000).unwrap_or(i64::MAX));
+            feedback.on_rtp(
+                plain,
+                i64::try_from(queued_ns / 1000).unwrap_or(i64::MAX),
+                None,
+            );
         }
         // The trailer alone: checking every filler byte would cost more than the SRTP.
         let payload = &plain[header_len..];

@@ -24,6 +24,7 @@ use std::time::Duration;
 /// Packets read from one compound packet at most; a longer one is read no further.
 pub const MAX_PACKETS: usize = 16;
 
+const SENDER_REPORT: u8 = 200;
 const RECEIVER_REPORT: u8 = 201;
 const TRANSPORT_FEEDBACK: u8 = 205;
 const PAYLOAD_FEEDBACK: u8 = 206;
@@ -81,18 +82,12 @@ pub fn read(
     let mut rest = compound;
     let mut read = 0;
     while !rest.is_empty() && read < MAX_PACKETS {
-        let Some(header) = rest.get(..4) else {
+        let Some((packet, after)) = split_first(rest) else {
             return false;
         };
-        if header[0] >> 6 != 2 {
-            return false;
-        }
-        let len = 4 * (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1);
-        let Some(packet) = rest.get(..len) else {
-            return false;
-        };
-        rest = &rest[len..];
+        rest = after;
         read += 1;
+        let header = packet;
         let fmt = header[0] & 0x1f;
         if (header[1], fmt) == (TRANSPORT_FEEDBACK, FMT_TRANSPORT_CC) {
             let start = transport.acknowledgements.len();
@@ -117,6 +112,38 @@ pub fn read(
         }
     }
     true
+}
+
+/// The first packet of compound RTCP packet `compound` and what follows it; `None` if the
+/// first is malformed (not version 2, or longer than what is left).
+fn split_first(compound: &[u8]) -> Option<(&[u8], &[u8])> {
+    let header = compound.get(..4)?;
+    if header[0] >> 6 != 2 {
+        return None;
+    }
+    let len = 4 * (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1);
+    compound.get(..len).map(|packet| (packet, &compound[len..]))
+}
+
+/// Calls `each` with the sender SSRC and NTP time of every sender report (RFC 3550
+/// §6.4.1) in plain compound RTCP packet `compound`, as far as it is well formed: all a
+/// publisher's RTCP the shard needs, to echo in its receiver reports.
+pub fn sender_reports(compound: &[u8], mut each: impl FnMut(u32, u64)) {
+    let mut rest = compound;
+    for _ in 0..MAX_PACKETS {
+        let Some((packet, after)) = split_first(rest) else {
+            return;
+        };
+        rest = after;
+        if packet[1] == SENDER_REPORT
+            && let Some(fields) = packet.get(4..16)
+        {
+            let ssrc = u32::from_be_bytes([fields[0], fields[1], fields[2], fields[3]]);
+            let mut ntp = [0u8; 8];
+            ntp.copy_from_slice(&fields[4..12]);
+            each(ssrc, u64::from_be_bytes(ntp));
+        }
+    }
 }
 
 /// Reads one transport-cc feedback packet (draft-holmer-rmcat-transport-wide-cc-
@@ -225,6 +252,36 @@ mod tests {
         rtc::rtcp::packet::marshal(&packets)
             .expect("marshal")
             .to_vec()
+    }
+
+    #[test]
+    fn finds_every_sender_report_and_stops_at_garbage() {
+        let report = |ssrc: u32, ntp_time: u64| -> Box<dyn Packet> {
+            Box::new(rtc::rtcp::sender_report::SenderReport {
+                ssrc,
+                ntp_time,
+                ..Default::default()
+            })
+        };
+        let mut bytes = compound(vec![
+            report(7, 0x0102_0304_0506_0708),
+            Box::new(SourceDescription::default()),
+            report(9, 42),
+        ]);
+        let mut found = Vec::new();
+        sender_reports(&bytes, |ssrc, ntp| found.push((ssrc, ntp)));
+        assert_eq!(found, vec![(7, 0x0102_0304_0506_0708), (9, 42)]);
+        // Cut anywhere, it reads the reports before the cut and nothing past it.
+        let whole = bytes.clone();
+        for cut in 0..whole.len() {
+            let mut some = Vec::new();
+            sender_reports(&whole[..cut], |ssrc, ntp| some.push((ssrc, ntp)));
+            assert!(found.starts_with(&some));
+        }
+        bytes[0] = 0;
+        found.clear();
+        sender_reports(&bytes, |ssrc, ntp| found.push((ssrc, ntp)));
+        assert!(found.is_empty(), "not version 2");
     }
 
     #[test]

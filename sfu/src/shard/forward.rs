@@ -12,14 +12,14 @@ use std::time::Instant;
 
 impl ShardCore {
     /// A publisher connection delivered a decrypted RTP packet.
+    /// A packet the publisher connection delivered: a stream's first packets, before the
+    /// shard knows the stream, and retransmissions `rtc` unwrapped from RTX. (The rest the
+    /// transport reads past `rtc`: [`Routed::Media`](super::transport::Routed::Media).)
     pub(super) fn on_publisher_rtp(&mut self, key: PeerKey, packet: rtp::Packet, now: Instant) {
-        let Some(peer) = self.transport.peer(key) else {
+        let Some(incoming) = self.transport.publisher_media(key, &packet.header, now) else {
             return;
         };
-        let Some(&(track_key, layer_index)) = peer.incoming.get(&packet.header.ssrc) else {
-            return;
-        };
-        self.forward(track_key, layer_index, packet, now);
+        self.forward(incoming.track, incoming.layer, packet, now);
     }
 
     /// Forwards one packet of a published track's layer to its subscribers: the hot path,

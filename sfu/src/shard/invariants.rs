@@ -47,9 +47,10 @@ impl ShardCore {
                     peer.session
                 ));
             }
-            for (ssrc, (track, layer)) in &peer.incoming {
-                match self.media.track(*track) {
-                    Some(t) if t.peer == Some(key) && *layer < t.layers.len() => {}
+            for (ssrc, incoming) in &peer.incoming {
+                let (track, layer) = (incoming.track, incoming.layer);
+                match self.media.track(track) {
+                    Some(t) if t.peer == Some(key) && layer < t.layers.len() => {}
                     _ => {
                         return Err(format!(
                             "peer {key}: incoming SSRC {ssrc} names track {track} layer {layer}"

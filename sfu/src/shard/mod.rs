@@ -243,8 +243,8 @@ pub(crate) struct Peer {
     deadline: Option<Instant>,
     connected: bool,
     dirty: bool,
-    /// Publisher: SSRC → (track, layer index).
-    incoming: crate::FastMap<u32, (TrackKey, usize)>,
+    /// Publisher: the streams it sends that the shard forwards, by SSRC.
+    incoming: crate::FastMap<u32, Incoming>,
     /// Subscriber: outgoing SSRC → track.
     outgoing: crate::FastMap<u32, TrackKey>,
     /// Subscriber: an offer awaits its answer.
@@ -256,8 +256,12 @@ pub(crate) struct Peer {
     /// Protects the RTP the shard sends on this connection; made from the DTLS keys once
     /// the connection is up.
     srtp: Option<crate::srtp::SrtpSender>,
-    /// Subscriber: verifies and decrypts the SRTCP it sends, from the same keys.
-    srtcp: Option<crate::srtp::SrtpReceiver>,
+    /// Verifies and decrypts what the other end sends, from the same keys: a subscriber's
+    /// (or a pipe's far end's) SRTCP, a publisher's SRTP and SRTCP.
+    srtp_in: Option<crate::srtp::SrtpReceiver>,
+    /// Publisher: the NACKs, transport-cc feedback and receiver reports the shard owes it
+    /// for the RTP it reads past `rtc`; made with `srtp_in`.
+    uplink: Option<Box<crate::media::uplink_feedback::UplinkFeedback>>,
     /// The connection's next transport-wide sequence number.
     transport_seq: u16,
     /// Subscriber: the bandwidth estimate of its downlink, from its transport-cc feedback;
@@ -270,6 +274,18 @@ pub(crate) struct Peer {
     /// A relay pipe to another shard (`pipe.rs`): no connection, keys from the relay's
     /// session, a fixed route.
     pipe: bool,
+}
+
+/// A stream a publisher sends that the shard forwards.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Incoming {
+    track: TrackKey,
+    /// The layer's index in the track.
+    layer: usize,
+    /// The codec's RTP clock rate (receiver reports' jitter is in its units).
+    clock_rate: u32,
+    /// Video: the shard asks for what goes missing (NACK).
+    video: bool,
 }
 
 pub(crate) struct Layer {
@@ -528,6 +544,9 @@ impl ShardCore {
         match self.transport.receive(now, from, to, datagram, protocol) {
             Routed::Peer(key) => self.drive(key, now),
             Routed::Feedback(key, packets) => self.on_subscriber_rtcp(key, packets, now),
+            Routed::Media(incoming, packet) => {
+                self.forward(incoming.track, incoming.layer, packet, now)
+            }
             Routed::Nowhere => return false,
         }
         self.finish_step(now);
@@ -543,6 +562,7 @@ impl ShardCore {
 
     /// Drains a peer's events and inbound messages, acting on each.
     fn drive(&mut self, key: PeerKey, now: Instant) {
+        self.transport.send_uplink_feedback(key, now);
         loop {
             let Some(peer) = self.transport.peer_mut(key) else {
                 return;
@@ -579,7 +599,7 @@ impl ShardCore {
                 match state {
                     RTCPeerConnectionState::Connected => {
                         let session = peer.session;
-                        self.transport.connected(key);
+                        self.transport.connected(key, now);
                         if let Some(s) = self.registry.session_mut(session) {
                             s.media_seen = true;
                         }
@@ -1274,7 +1294,8 @@ impl Peer {
             renegotiate: false,
             remote_candidates: 0,
             srtp: None,
-            srtcp: None,
+            srtp_in: None,
+            uplink: None,
             transport_seq: 0,
             downlink: None,
             prober: None,

@@ -6,7 +6,7 @@ use super::guarded::MovedIn;
 use super::sdp::{
     cap_video_bitrate, checked_sections, ensure_msid_semantic, media_sections, tune_opus,
 };
-use super::{DowntrackEntry, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
+use super::{DowntrackEntry, Incoming, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
 use crate::media::keyframe::KeyframeThrottle;
 use crate::media::outgoing::{ExtensionIds, SentStamps};
@@ -631,10 +631,21 @@ impl ShardCore {
             if let Some(layer) = track.layers.get_mut(index) {
                 if let Some(old) = layer.ssrc.replace(init.ssrc) {
                     peer.incoming.remove(&old);
+                    if let Some(uplink) = peer.uplink.as_mut() {
+                        uplink.forget(old);
+                    }
                 }
                 layer.receiver = Some(init.receiver_id);
             }
-            peer.incoming.insert(init.ssrc, (track_key, index));
+            peer.incoming.insert(
+                init.ssrc,
+                Incoming {
+                    track: track_key,
+                    layer: index,
+                    clock_rate: track.codec.clock_rate,
+                    video: track.family.is_video(),
+                },
+            );
             return;
         }
         let (receiver_id, ssrc) = (init.receiver_id, init.ssrc);
@@ -649,15 +660,33 @@ impl ShardCore {
                 .iter()
                 .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
                 .and_then(|e| u8::try_from(e.id).ok());
+            let transport_cc_ext = receiver
+                .get_parameters()
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
+                .and_then(|e| u8::try_from(e.id).ok());
             let mid = pc
                 .rtp_transceiver(receiver_id.into())
                 .and_then(|t| t.mid().clone());
             let sections = pc.remote_description().map(|d| media_sections(&d.sdp));
-            Some((kind, codec, audio_level_ext, mid, sections))
+            Some((
+                kind,
+                codec,
+                audio_level_ext,
+                transport_cc_ext,
+                mid,
+                sections,
+            ))
         });
-        let Some(Some((kind, codec, audio_level_ext, mid, sections))) = described else {
+        let Some(Some((kind, codec, audio_level_ext, transport_cc_ext, mid, sections))) = described
+        else {
             return;
         };
+        if let (Some(id), Some(uplink)) = (transport_cc_ext, peer.uplink.as_mut()) {
+            uplink.set_transport_cc_id(id);
+        }
         let Some(codec) = codec else {
             tracing::warn!(peer = %key, ssrc = init.ssrc, "track opened without a codec");
             return;
@@ -765,9 +794,15 @@ impl ShardCore {
             layer_switch,
         };
         let info = self.track_info(&track);
+        let incoming = Incoming {
+            track: track_key,
+            layer: layer_index,
+            clock_rate: track.codec.clock_rate,
+            video: track.family.is_video(),
+        };
         self.media.publish(track_key, track);
         if let Some(peer) = self.transport.peer_mut(key) {
-            peer.incoming.insert(init.ssrc, (track_key, layer_index));
+            peer.incoming.insert(init.ssrc, incoming);
         }
         if let Some(s) = self.registry.session_mut(session) {
             s.tracks.push(track_key);
@@ -937,7 +972,14 @@ impl ShardCore {
             return;
         };
         if let Some(peer) = track.peer.and_then(|key| self.transport.peer_mut(key)) {
-            peer.incoming.retain(|_, (t, _)| *t != track_key);
+            let uplink = &mut peer.uplink;
+            peer.incoming.retain(|ssrc, incoming| {
+                let keep = incoming.track != track_key;
+                if !keep && let Some(uplink) = uplink.as_mut() {
+                    uplink.forget(*ssrc);
+                }
+                keep
+            });
         }
         if let Some(s) = self.registry.session_mut(track.session) {
             s.tracks.retain(|t| *t != track_key);

@@ -125,7 +125,7 @@ impl ShardCore {
         let peer = Peer {
             connected: true,
             srtp: Some(sender),
-            srtcp: Some(receiver),
+            srtp_in: Some(receiver),
             route: Some((media, TransportProtocol::UDP)),
             pipe: true,
             ..Peer::new(

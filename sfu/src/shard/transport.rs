@@ -7,11 +7,12 @@
 //! when each next needs the clock are kept here and nowhere else.
 
 use super::guarded::MovedIn;
-use super::{Peer, PeerKey, SessionId};
+use super::{Incoming, Peer, PeerKey, SessionId};
 use crate::demux::Demux;
 use crate::media::downlink::DownlinkEstimate;
 use crate::media::feedback;
 use crate::media::outgoing::{self, ExtensionIds, OutPacket, SendStamp, abs_send_time};
+use crate::media::uplink_feedback::UplinkFeedback;
 use crate::metrics::{DropReason, ShardMetrics};
 use crate::peer::PeerRole;
 use crate::wire::{self, DatagramKind};
@@ -62,6 +63,8 @@ pub(super) struct Transport {
     probe_window: Option<(Instant, u32)>,
     /// Where subscribers' SRTCP is decrypted, reused.
     rtcp_scratch: Vec<u8>,
+    /// Where publishers' SRTP is decrypted, reused.
+    rtp_scratch: Vec<u8>,
     /// The transport-cc feedback of the subscriber RTCP packet read last.
     pub(super) transport_feedback: feedback::TransportFeedback,
     /// Relay pipes by their far end's RTCP SSRC. Not by address: a shard may send from
@@ -76,6 +79,8 @@ pub(super) enum Routed {
     Peer(PeerKey),
     /// Feedback (RTCP) from this subscriber, decrypted and read by the shard.
     Feedback(PeerKey, Vec<Box<dyn rtc::rtcp::packet::Packet>>),
+    /// A publisher's packet of a stream the shard forwards, decrypted and read past `rtc`.
+    Media(Incoming, rtc::rtp::Packet),
     /// Nowhere: answered as a probe, or dropped (and counted).
     Nowhere,
 }
@@ -164,6 +169,17 @@ impl PeerTx<'_> {
 }
 
 impl Peer {
+    /// When the connection next needs the clock: its own timers, and a publisher's
+    /// feedback.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let connection = self.pc.with(|pc| pc.poll_timeout()).flatten();
+        let feedback = self.uplink.as_ref().map(|u| u.next_due());
+        match (connection, feedback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Reads where the connection's packets go now. ICE changes its selected pair while
     /// handling a datagram, a timeout or a new description, so reading it after those
     /// (and for every connection with output, once per turn) keeps the route exact
@@ -209,6 +225,7 @@ impl Transport {
             probe_sources_taken: Vec::new(),
             probe_window: None,
             rtcp_scratch: Vec::new(),
+            rtp_scratch: Vec::new(),
             transport_feedback: feedback::TransportFeedback::default(),
             pipes: crate::FastMap::default(),
         }
@@ -239,7 +256,7 @@ impl Transport {
     }
 
     /// The connection is up: from its DTLS keys, the shard can protect what it sends.
-    pub(super) fn connected(&mut self, key: PeerKey) {
+    pub(super) fn connected(&mut self, key: PeerKey, now: Instant) {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -259,15 +276,18 @@ impl Transport {
         peer.srtp =
             crate::srtp::SrtpSender::new(profile, &keys.local_master_key, &keys.local_master_salt)
                 .ok();
-        // A subscriber sends only RTCP, which the shard reads itself; a publisher's RTP and
-        // RTCP stay with its connection (its NACK generator and reports need them).
-        if peer.role == PeerRole::Subscriber {
-            peer.srtcp = crate::srtp::SrtpReceiver::new(
-                profile,
-                &keys.remote_master_key,
-                &keys.remote_master_salt,
-            )
-            .ok();
+        // What the other end sends is read by the shard itself: a subscriber's RTCP, and a
+        // publisher's RTP (but a stream's first packets and RTX, which `rtc` still reads)
+        // and RTCP.
+        peer.srtp_in = crate::srtp::SrtpReceiver::new(
+            profile,
+            &keys.remote_master_key,
+            &keys.remote_master_salt,
+        )
+        .ok();
+        if peer.role == PeerRole::Publisher && peer.srtp_in.is_some() {
+            let transport_cc = peer.pc.with(transport_cc_id).flatten();
+            peer.uplink = Some(Box::new(UplinkFeedback::new(transport_cc, now)));
         }
         if peer.srtp.is_none() {
             tracing::warn!(peer = %key, "connected without usable SRTP keys: no media will be sent");
@@ -438,7 +458,7 @@ impl Transport {
                 .get(&u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]))
         {
             self.metrics.datagram_in(3);
-            return self.read_feedback(key, datagram);
+            return self.read_feedback(key, datagram, now);
         }
         let bound = match protocol {
             TransportProtocol::TCP => self.tcp_demux.peer_by_addr(from, None, now),
@@ -497,7 +517,26 @@ impl Transport {
             ecn: None,
             transport_protocol: protocol,
         };
-        if kind == DatagramKind::Rtcp && peer.srtcp.is_some() {
+        if kind == DatagramKind::Rtp && peer.uplink.is_some() {
+            if peer.route.is_none() {
+                self.metrics.dropped(DropReason::UnknownSource);
+                return Routed::Nowhere;
+            }
+            match read_publisher_rtp(peer, datagram, &mut self.rtp_scratch, now) {
+                Ok(Some((incoming, packet))) => {
+                    arm_uplink(&mut self.timers, peer, key);
+                    return Routed::Media(incoming, packet);
+                }
+                // Not a stream the shard knows yet: `rtc` reads it (it decrypts it again
+                // with its own context), announces the stream or unwraps the RTX.
+                Ok(None) => arm_uplink(&mut self.timers, peer, key),
+                Err(reason) => {
+                    self.metrics.dropped(reason);
+                    return Routed::Nowhere;
+                }
+            }
+        }
+        if kind == DatagramKind::Rtcp && peer.srtp_in.is_some() {
             // A subscriber's feedback, read here rather than by its connection (see
             // media::feedback). Accepted on the terms rtc's own ICE handler accepts
             // non-STUN traffic: from the bound address, once a pair is selected (consent
@@ -506,7 +545,7 @@ impl Transport {
                 self.metrics.dropped(DropReason::UnknownSource);
                 return Routed::Nowhere;
             }
-            return self.read_feedback(key, datagram);
+            return self.read_feedback(key, datagram, now);
         }
         let input = TaggedBytesMut {
             now,
@@ -523,8 +562,12 @@ impl Transport {
     }
 
     /// Verifies, decrypts and reads the SRTCP a subscriber or a pipe's far end sent.
-    fn read_feedback(&mut self, key: PeerKey, datagram: &[u8]) -> Routed {
-        let Some(srtcp) = self.peers.get_mut(&key).and_then(|p| p.srtcp.as_mut()) else {
+    fn read_feedback(&mut self, key: PeerKey, datagram: &[u8], now: Instant) -> Routed {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            self.metrics.dropped(DropReason::UnknownSource);
+            return Routed::Nowhere;
+        };
+        let Some(srtcp) = peer.srtp_in.as_mut() else {
             self.metrics.dropped(DropReason::UnknownSource);
             return Routed::Nowhere;
         };
@@ -534,6 +577,13 @@ impl Transport {
             self.metrics.dropped(DropReason::BadSrtcp);
             return Routed::Nowhere;
         };
+        if let Some(uplink) = peer.uplink.as_mut() {
+            // A publisher's RTCP: its sender reports, echoed in the shard's receiver reports.
+            feedback::sender_reports(&self.rtcp_scratch[..len], |ssrc, ntp| {
+                uplink.on_sender_report(ssrc, ntp, now);
+            });
+            return Routed::Nowhere;
+        }
         let mut packets = Vec::new();
         if !feedback::read(
             &self.rtcp_scratch[..len],
@@ -662,7 +712,7 @@ impl Transport {
                 };
                 out.push((datagram.transport.peer_addr, datagram.message));
             }
-            let deadline = peer.pc.with(|pc| pc.poll_timeout()).flatten();
+            let deadline = peer.next_deadline();
             if deadline != peer.deadline {
                 peer.deadline = deadline;
                 if let Some(at) = deadline {
@@ -701,7 +751,14 @@ impl Transport {
             }
             peer.deadline = None;
             self.metrics.connection_timers.inc();
-            if let Some(Err(err)) = peer.pc.with(|pc| pc.handle_timeout(now)) {
+            // A publisher's timer may be its feedback's (sent when the core drives it).
+            let connection_due = peer.uplink.is_none()
+                || peer
+                    .pc
+                    .with(|pc| pc.poll_timeout())
+                    .flatten()
+                    .is_some_and(|at| at <= now);
+            if connection_due && let Some(Err(err)) = peer.pc.with(|pc| pc.handle_timeout(now)) {
                 tracing::debug!(peer = %key, %err, "timeout handling failed");
             }
             peer.refresh_route();
@@ -714,13 +771,70 @@ impl Transport {
     /// so it is pushed 1 ms on.
     pub(super) fn defer_stuck_timer(&mut self, key: PeerKey, now: Instant) {
         if let Some(peer) = self.peers.get_mut(&key)
-            && let Some(Some(next)) = peer.pc.with(|pc| pc.poll_timeout())
+            && let Some(next) = peer.next_deadline()
             && next <= now
         {
             let later = now + Duration::from_millis(1);
             peer.deadline = Some(later);
             self.timers.push(Reverse((later, key)));
         }
+    }
+
+    // ---------------------------------------------------------------- publishers
+
+    /// A packet of publisher `key` that its connection delivered (a stream's first
+    /// packets, a retransmission unwrapped from RTX): the stream it belongs to, if the
+    /// shard forwards it, with its arrival noted for the publisher's NACKs.
+    pub(super) fn publisher_media(
+        &mut self,
+        key: PeerKey,
+        header: &rtc::rtp::header::Header,
+        now: Instant,
+    ) -> Option<Incoming> {
+        let peer = self.peers.get_mut(&key)?;
+        let incoming = *peer.incoming.get(&header.ssrc)?;
+        if incoming.video
+            && let Some(uplink) = peer.uplink.as_mut()
+        {
+            uplink.on_video(header.ssrc, header.sequence_number, now);
+            arm_uplink(&mut self.timers, peer, key);
+        }
+        Some(incoming)
+    }
+
+    /// Sends publisher `key` the feedback due at `now`, through its connection (which
+    /// protects it as SRTCP).
+    pub(super) fn send_uplink_feedback(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Some(uplink) = peer.uplink.as_mut() else {
+            return;
+        };
+        if uplink.next_due() > now {
+            return;
+        }
+        let mut compounds = Vec::new();
+        uplink.due(now, &mut compounds);
+        if compounds.is_empty() {
+            return;
+        }
+        let compounds = MovedIn::new(compounds);
+        let written = peer.pc.with(move |pc| {
+            let id = pc.get_receivers().next()?;
+            let mut receiver = pc.rtp_receiver(id)?;
+            let mut written = Ok(());
+            for packets in compounds.take() {
+                if let Err(err) = receiver.write_rtcp(now, packets) {
+                    written = Err(err);
+                }
+            }
+            Some(written)
+        });
+        if let Some(Some(Err(err))) = written {
+            tracing::debug!(peer = %key, %err, "feedback to the publisher refused");
+        }
+        self.mark_dirty(key);
     }
 
     // ---------------------------------------------------------------- checks
@@ -749,4 +863,67 @@ impl Transport {
         }
         Ok(())
     }
+}
+
+/// Decrypts a publisher's RTP datagram with the shard's own context and notes it for the
+/// publisher's feedback. Read whole when its stream is one the shard forwards; `None`
+/// when it is not (yet), for the connection to read.
+fn read_publisher_rtp(
+    peer: &mut Peer,
+    datagram: &[u8],
+    scratch: &mut Vec<u8>,
+    now: Instant,
+) -> Result<Option<(Incoming, rtc::rtp::Packet)>, DropReason> {
+    let (Some(srtp), Some(uplink)) = (peer.srtp_in.as_mut(), peer.uplink.as_mut()) else {
+        return Ok(None);
+    };
+    scratch.clear();
+    scratch.extend_from_slice(datagram);
+    let len = srtp
+        .unprotect_rtp(scratch)
+        .map_err(|_| DropReason::BadSrtp)?;
+    let plain = scratch.get(..len).ok_or(DropReason::Garbage)?;
+    let ssrc = plain.get(8..12).ok_or(DropReason::Garbage)?;
+    let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+    let incoming = peer.incoming.get(&ssrc).copied();
+    uplink.on_datagram(plain, now, incoming.map(|i| i.clock_rate));
+    let Some(incoming) = incoming else {
+        return Ok(None);
+    };
+    let mut packet =
+        <rtc::rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut &plain[..])
+            .map_err(|_| DropReason::Garbage)?;
+    // The payload is copied out as a plain vector, whose first clone (the retransmission
+    // buffer's, inside forwarding) would allocate its reference count; made shared here,
+    // every clone only counts.
+    packet.payload = bytes::Bytes::from_owner(Vec::from(std::mem::take(&mut packet.payload)));
+    if incoming.video {
+        uplink.on_video(ssrc, packet.header.sequence_number, now);
+    }
+    Ok(Some((incoming, packet)))
+}
+
+/// Moves a publisher's timer earlier when its feedback is due before it.
+fn arm_uplink(timers: &mut BinaryHeap<Reverse<(Instant, PeerKey)>>, peer: &mut Peer, key: PeerKey) {
+    let Some(due) = peer.uplink.as_ref().map(|u| u.next_due()) else {
+        return;
+    };
+    if peer.deadline.is_none_or(|at| due < at) {
+        peer.deadline = Some(due);
+        timers.push(Reverse((due, key)));
+    }
+}
+
+/// The id a publisher's connection negotiated for transport-wide sequence numbers.
+fn transport_cc_id(pc: &mut rtc::peer_connection::RTCPeerConnection) -> Option<u8> {
+    let receivers: Vec<_> = pc.get_receivers().collect();
+    receivers.into_iter().find_map(|id| {
+        pc.rtp_receiver(id)?
+            .get_parameters()
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
+            .and_then(|e| u8::try_from(e.id).ok())
+    })
 }

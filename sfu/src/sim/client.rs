@@ -203,6 +203,10 @@ pub struct Client {
     pub plis: HashMap<u32, u64>,
     /// Sender reports received, with their arrival.
     pub sender_reports: Vec<(Instant, rtc::rtcp::sender_report::SenderReport)>,
+    /// Receiver reports the shard sent the publisher connection, with their arrival.
+    pub receiver_reports: Vec<(Instant, rtc::rtcp::receiver_report::ReceiverReport)>,
+    /// Sequence numbers the shard asked the publisher connection for (NACK).
+    pub nacked: Vec<u16>,
     /// Keyframes its encoder produced, per rid ("" without simulcast).
     pub keyframes_sent: HashMap<&'static str, u64>,
     /// RTP packets it sent.
@@ -356,6 +360,8 @@ impl Client {
             padding_received: 0,
             plis: HashMap::new(),
             sender_reports: Vec::new(),
+            receiver_reports: Vec::new(),
+            nacked: Vec::new(),
             keyframes_sent: HashMap::new(),
             packets_sent: 0,
             epoch: now,
@@ -744,6 +750,8 @@ impl Client {
             padding_received,
             plis,
             sender_reports,
+            receiver_reports,
+            nacked,
             video,
             ..
         } = self;
@@ -803,6 +811,17 @@ impl Client {
                                 .downcast_ref::<rtc::rtcp::sender_report::SenderReport>(
                             ) {
                                 sender_reports.push((now, report.clone()));
+                            }
+                            if let Some(report) = packet
+                                .as_any()
+                                .downcast_ref::<rtc::rtcp::receiver_report::ReceiverReport>(
+                            ) {
+                                receiver_reports.push((now, report.clone()));
+                            }
+                            if let Some(nack) = packet.as_any().downcast_ref::<
+                                rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+                            >() {
+                                nacked.extend(nack.nacks.iter().flat_map(|p| p.packet_list()));
                             }
                             if let Some(pli) =
                                 packet.as_any().downcast_ref::<PictureLossIndication>()

@@ -312,6 +312,7 @@ async fn subscribe(
         feedback.on_rtp(
             &buf[..n],
             i64::try_from(queued_ns / 1000).unwrap_or(i64::MAX),
+            None,
         );
         let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
         media_ssrc = Some(media_ssrc.map_or(ssrc, |known: u32| known.min(ssrc)));

@@ -200,6 +200,74 @@ fn lost_packets_are_repaired_from_the_retransmission_buffer() {
 }
 
 #[test]
+fn a_publishers_losses_are_asked_for_and_the_repairs_reach_the_viewers() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let alice = sim
+        .join("room", "alice", publishing(None, Some(VideoSpec::single())))
+        .unwrap();
+    let bob = sim.join("room", "bob", viewer()).unwrap();
+    // Every tenth media packet from Alice to the shard is lost on the way. The shard
+    // reads her stream past her connection once it knows it, so it alone asks.
+    sim.net.set_link(
+        client_addr(alice).ip(),
+        SHARD.ip(),
+        LinkParams {
+            delay: Duration::from_millis(30),
+            jitter: Duration::ZERO,
+            loss: Loss::EveryNthRtp(10),
+            ..LinkParams::default()
+        },
+    );
+    let track = receive(&mut sim, bob, "alice", TrackKind::Video, 50);
+    sim.run_for(Duration::from_secs(3));
+    let lost = sim.net.dropped(client_addr(alice).ip(), SHARD.ip());
+    let nacked = sim.client(alice).nacked.len();
+    assert!(lost > 20, "the link lost {lost}");
+    assert!(
+        nacked as f64 >= lost as f64 * 0.9,
+        "{nacked} asked for, {lost} lost"
+    );
+    // Every packet reached Bob, but the last round trip's: counted from half a second
+    // into his reception (a keyframe whose first packet is repaired only after the rest
+    // passed starts him at that packet, the rest of the frame gone for him).
+    let started = sim
+        .client(bob)
+        .received_on(&track)
+        .map(|r| r.at)
+        .min()
+        .expect("Bob received");
+    let mut indexes: Vec<u32> = sim
+        .client(bob)
+        .received_on(&track)
+        .filter(|r| r.at >= started + Duration::from_millis(500))
+        .map(|r| r.index)
+        .collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let (first, last) = (indexes[0], indexes[indexes.len() - 1]);
+    let missing = (first..last.saturating_sub(30))
+        .filter(|i| indexes.binary_search(i).is_err())
+        .count();
+    assert_eq!(missing, 0, "{lost} lost, {nacked} asked for");
+    // Alice hears how her uplink does once a second: about a tenth lost before repair,
+    // and her sender reports echoed, so her end can measure the round trip.
+    let reports = &sim.client(alice).receiver_reports;
+    assert!(reports.len() >= 3, "{} receiver reports", reports.len());
+    let (_, last_report) = reports.last().expect("a report");
+    let video = last_report
+        .reports
+        .iter()
+        .find(|r| r.last_sequence_number > 100)
+        .expect("a block on the video stream");
+    assert!(
+        (15..=40).contains(&video.fraction_lost),
+        "fraction lost {} / 256",
+        video.fraction_lost
+    );
+    assert_ne!(video.last_sender_report, 0, "her sender report echoed");
+}
+
+#[test]
 fn a_resend_is_byte_for_byte_the_packet_first_sent_so_srtp_never_reuses_a_keystream() {
     // A music room: the shard writes a playout-delay extension on every video packet, on
     // resends too. A resend with other bytes than the first send of its sequence number
