@@ -453,7 +453,8 @@ pub fn estimate_index(highest: Option<u64>, seq: u16) -> u64 {
 
 /// Packets remembered behind the newest for replay detection (RFC 3711 section 3.3.2).
 const REPLAY_WINDOW: u64 = 64;
-/// SSRCs one receiver tracks; packets of others are refused (a peer has a few streams).
+/// SSRCs one receiver keeps replay windows for (a peer has a few streams at a time).
+/// A stream past the bound takes the place of the one that has been quiet longest.
 const MAX_RECEIVED_SSRCS: usize = 64;
 
 /// Which recent indexes of one stream arrived.
@@ -462,6 +463,8 @@ struct ReplayWindow {
     highest: Option<u64>,
     /// Bit n: index `highest - n` arrived.
     seen: u64,
+    /// When the stream last had a packet accepted, in the receiver's own count.
+    last_used: u64,
 }
 
 impl ReplayWindow {
@@ -506,6 +509,8 @@ pub struct SrtpReceiver {
     /// Per SSRC: replay windows of RTP (over packet indexes) and SRTCP (over its own).
     rtp_windows: HashMap<u32, ReplayWindow>,
     rtcp_windows: HashMap<u32, ReplayWindow>,
+    /// Packets accepted so far: the clock of the windows' `last_used`.
+    accepted: u64,
 }
 
 /// Why a received packet was refused.
@@ -520,9 +525,6 @@ pub enum UnprotectError {
     /// Its index arrived before, or is too old to tell.
     #[error("SRTP packet replayed")]
     Replayed,
-    /// From an SSRC past the number a receiver tracks.
-    #[error("too many SSRCs")]
-    TooManyStreams,
     /// An SRTCP packet sent unencrypted (the E flag clear), which DTLS-SRTP never does.
     #[error("SRTCP packet not encrypted")]
     Unencrypted,
@@ -539,17 +541,31 @@ impl SrtpReceiver {
             rtcp: Cipher::new(profile, master_key, master_salt, RTCP_LABELS)?,
             rtp_windows: HashMap::new(),
             rtcp_windows: HashMap::new(),
+            accepted: 0,
         })
     }
 
-    fn window(
-        windows: &mut HashMap<u32, ReplayWindow>,
-        ssrc: u32,
-    ) -> Result<&mut ReplayWindow, UnprotectError> {
-        if !windows.contains_key(&ssrc) && windows.len() >= MAX_RECEIVED_SSRCS {
-            return Err(UnprotectError::TooManyStreams);
+    /// The replay window of `ssrc`, empty for a stream not seen (or forgotten).
+    fn window(windows: &HashMap<u32, ReplayWindow>, ssrc: u32) -> ReplayWindow {
+        windows.get(&ssrc).copied().unwrap_or_default()
+    }
+
+    /// Records authenticated `index` of `ssrc`. Only an authenticated packet makes a
+    /// window, so forged SSRCs cannot take a real stream's place; past the bound, the
+    /// window quiet longest goes (its stream, if it ever sends again, starts afresh).
+    fn accept(windows: &mut HashMap<u32, ReplayWindow>, ssrc: u32, index: u64, now: u64) {
+        if !windows.contains_key(&ssrc)
+            && windows.len() >= MAX_RECEIVED_SSRCS
+            && let Some(quietest) = windows
+                .iter()
+                .min_by_key(|(_, w)| w.last_used)
+                .map(|(ssrc, _)| *ssrc)
+        {
+            windows.remove(&quietest);
         }
-        Ok(windows.entry(ssrc).or_default())
+        let window = windows.entry(ssrc).or_default();
+        window.accept(index);
+        window.last_used = now;
     }
 
     /// Verifies and decrypts the SRTP packet in `packet`; returns the length of the plain
@@ -564,7 +580,7 @@ impl SrtpReceiver {
             .ok_or(UnprotectError::Truncated)?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        let window = Self::window(&mut self.rtp_windows, ssrc)?;
+        let window = Self::window(&self.rtp_windows, ssrc);
         let index = estimate_index(window.highest, seq);
         if !window.fresh(index) {
             return Err(UnprotectError::Replayed);
@@ -585,7 +601,8 @@ impl SrtpReceiver {
                 cm_counter(keys, ssrc, index).apply_keystream(&mut body[header_len..]);
             }
         }
-        window.accept(index);
+        self.accepted += 1;
+        Self::accept(&mut self.rtp_windows, ssrc, index, self.accepted);
         Ok(end)
     }
 
@@ -610,7 +627,7 @@ impl SrtpReceiver {
             return Err(UnprotectError::Unencrypted);
         }
         let index = u64::from(u32::from_be_bytes(word) & 0x7fff_ffff);
-        let window = Self::window(&mut self.rtcp_windows, ssrc)?;
+        let window = Self::window(&self.rtcp_windows, ssrc);
         if !window.fresh(index) {
             return Err(UnprotectError::Replayed);
         }
@@ -631,7 +648,8 @@ impl SrtpReceiver {
                 index_at
             }
         };
-        window.accept(index);
+        self.accepted += 1;
+        Self::accept(&mut self.rtcp_windows, ssrc, index, self.accepted);
         Ok(end)
     }
 }
@@ -940,20 +958,54 @@ mod tests {
             assert!(receiver.unprotect_rtp(&mut garbage).is_err());
             assert!(receiver.unprotect_rtcp(&mut garbage).is_err());
         }
-        // Past the number of streams a receiver tracks, new SSRCs are refused.
-        for ssrc in 0..MAX_RECEIVED_SSRCS as u32 + 1 {
-            let mut buf =
-                BytesMut::from(&packet(1000 + ssrc, 1, 10, false).marshal().expect("m")[..]);
+    }
+
+    #[test]
+    fn past_the_bound_a_new_stream_takes_the_quietest_streams_place() {
+        let profile = Profile::AeadAes128Gcm;
+        let (key, salt) = ([5u8; 16], [6u8; 12]);
+        let sender = SrtpSender::new(profile, &key, &salt).expect("sender");
+        let mut receiver = SrtpReceiver::new(profile, &key, &salt).expect("receiver");
+        let protected = |ssrc: u32, seq: u16| {
+            let mut buf = BytesMut::from(&packet(ssrc, seq, 10, false).marshal().expect("m")[..]);
             sender
-                .protect(&mut buf, 12, 1000 + ssrc, 1)
+                .protect(&mut buf, 12, ssrc, u64::from(seq))
                 .expect("protect");
-            let outcome = receiver.unprotect_rtp(&mut buf);
-            if ssrc + 1 < MAX_RECEIVED_SSRCS as u32 {
-                assert!(outcome.is_ok(), "ssrc {ssrc}: {outcome:?}");
-            } else if ssrc >= MAX_RECEIVED_SSRCS as u32 {
-                assert_eq!(outcome, Err(UnprotectError::TooManyStreams));
-            }
+            buf
+        };
+        // Stream 1 is the quietest: every other stream sends after it.
+        let first = protected(1, 1);
+        receiver
+            .unprotect_rtp(&mut first.clone())
+            .expect("stream 1");
+        for ssrc in 2..=MAX_RECEIVED_SSRCS as u32 {
+            receiver
+                .unprotect_rtp(&mut protected(ssrc, 1))
+                .expect("within the bound");
         }
+        // Forged packets of new SSRCs take no window.
+        for ssrc in 5_000..5_100u32 {
+            let mut forged = protected(ssrc, 1);
+            let last = forged.len() - 1;
+            forged[last] ^= 1;
+            assert_eq!(
+                receiver.unprotect_rtp(&mut forged),
+                Err(UnprotectError::Authentication)
+            );
+        }
+        assert_eq!(receiver.rtp_windows.len(), MAX_RECEIVED_SSRCS);
+        // A replay of stream 2 is still refused: its window stayed.
+        assert_eq!(
+            receiver.unprotect_rtp(&mut protected(2, 1)),
+            Err(UnprotectError::Replayed)
+        );
+        // A new stream is accepted, in stream 1's place.
+        receiver
+            .unprotect_rtp(&mut protected(9_999, 1))
+            .expect("a new stream past the bound");
+        assert_eq!(receiver.rtp_windows.len(), MAX_RECEIVED_SSRCS);
+        assert!(!receiver.rtp_windows.contains_key(&1));
+        assert!(receiver.rtp_windows.contains_key(&2));
     }
 
     #[test]
