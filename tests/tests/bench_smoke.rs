@@ -106,6 +106,39 @@ async fn fanout_and_baseline_print_one_json_report() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_by_side_reports_both_windows_and_their_ratio() -> Result<()> {
+    // The shard under test is named by path, as an older build would be.
+    let exe = env!("CARGO_BIN_EXE_tutti-bench");
+    let report = run("side-by-side", &["--shard-exe", exe]).await?;
+    println!("side-by-side: {report}");
+    ensure!(report["mode"] == "side-by-side", "mode {}", report["mode"]);
+    ensure!(report["tutti"]["sfu"] == "tutti", "{report}");
+    ensure!(report["tutti"]["subscribers_as"] == "lean", "{report}");
+    ensure!(report["relay"]["sfu"] == "relay", "{report}");
+    for side in ["tutti", "relay"] {
+        ensure!(
+            report[side]["received_packets"].as_u64().unwrap_or(0) > 0,
+            "{side}: nothing received"
+        );
+        for key in KEYS {
+            ensure!(report[side].get(key).is_some(), "{side} lacks {key}");
+        }
+    }
+    let ratio = report["cpu_ratio"].as_f64().unwrap_or(0.0);
+    let expected = report["tutti"]["sfu_cpu_us_per_forwarded_packet"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / report["relay"]["sfu_cpu_us_per_forwarded_packet"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+    ensure!(
+        (ratio - expected).abs() < 1e-9,
+        "ratio {ratio}, expected {expected}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_prints_one_json_report() -> Result<()> {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tutti-bench"))
         .args([

@@ -343,6 +343,12 @@ async fn send_rtcp(socket: &UdpSocket, relay: SocketAddr, packet: &impl Marshal)
 
 /// Runs the baseline and returns its report.
 pub async fn run(args: &RunArgs) -> Result<Report> {
+    run_with(args, None).await
+}
+
+/// Runs the baseline; with `start`, its window opens when every party to it is ready (see
+/// [`super::side_by_side`]).
+pub(super) async fn run_with(args: &RunArgs, start: Option<&super::WindowStart>) -> Result<Report> {
     let mut relay = spawn_relay(args.pin).await?;
     if args.pin {
         pin_self(0)?;
@@ -383,6 +389,9 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             .context("a subscriber never received anything from the relay")??
             .unwrap_or_else(Instant::now);
         join_ms.push((at - *started).as_secs_f64() * 1e3);
+    }
+    if let Some(start) = start {
+        start.ready().await?;
     }
     let (forwarded_start, read_start) = relay_counts(relay.addr).await?;
     let (cpu_start, _) = process_usage(pid).context("relay usage")?;

@@ -65,7 +65,7 @@ fn sent_total(publishers: &[Participant]) -> u64 {
 /// Runs the benchmark and returns its report.
 pub async fn run(args: &FanoutArgs) -> Result<Report> {
     match (args.sfu, args.subscribers_as) {
-        (Sfu::Tutti, kind) => run_tutti(&args.run, kind).await,
+        (Sfu::Tutti, kind) => run_tutti(&args.run, kind, None).await,
         (Sfu::Janus, SubscribersAs::Full) => run_janus(&args.run).await,
         (Sfu::Janus, SubscribersAs::Lean) => {
             anyhow::bail!(
@@ -228,8 +228,17 @@ fn subscriber_config(room: &str, index: usize, epoch: Epoch) -> ParticipantConfi
     config
 }
 
-async fn run_tutti(args: &RunArgs, kind: SubscribersAs) -> Result<Report> {
-    let exe = std::env::current_exe()?;
+/// Runs a shard under the load of `args` with `kind` subscribers; with `start`, its window
+/// opens when every party to it is ready (see [`super::side_by_side`]).
+pub(super) async fn run_tutti(
+    args: &RunArgs,
+    kind: SubscribersAs,
+    start: Option<&super::WindowStart>,
+) -> Result<Report> {
+    let exe = match &args.shard_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe()?,
+    };
     let shard = ChildShard::spawn(&exe, &["serve-shard"], args.pin.then_some(1)).await?;
     if args.pin {
         pin_self(0)?;
@@ -306,6 +315,7 @@ async fn run_tutti(args: &RunArgs, kind: SubscribersAs) -> Result<Report> {
         &publishers,
         &subscribers,
         Some(&shard.admin),
+        start,
     )
     .await?;
     for publisher in publishers {
@@ -383,7 +393,7 @@ async fn run_janus(args: &RunArgs) -> Result<Report> {
         );
     }
     let subscribers = Subscribers::Full(subscribers);
-    let measurement = measure(args, pid, epoch, &publishers, &subscribers, None).await?;
+    let measurement = measure(args, pid, epoch, &publishers, &subscribers, None, None).await?;
     for publisher in publishers {
         publisher.leave().await;
     }
@@ -404,6 +414,7 @@ async fn measure(
     publishers: &[Participant],
     subscribers: &Subscribers,
     shard: Option<&crate::admin::AdminClient>,
+    start: Option<&super::WindowStart>,
 ) -> Result<Measurement> {
     let forwarded = || async {
         match shard {
@@ -418,6 +429,9 @@ async fn measure(
     };
     subscribers.wait_every_track(2 * args.publishers).await?;
     let join_ms = subscribers.join_ms().await?;
+    if let Some(start) = start {
+        start.ready().await?;
+    }
     eprintln!(
         "bench: all subscribers receive; measuring for {}s",
         args.window().as_secs()

@@ -12,6 +12,9 @@
 //!   child process (`relay`, with the same `recvmmsg`/`sendmmsg`/GSO I/O as the shard
 //!   but no WebRTC), printing the same keys.
 //!
+//! * `side-by-side` runs `fanout` (lean subscribers) and `baseline` at the same time,
+//!   both children on one core, and reports both with the ratio of their CPU per packet
+//!   (see [`side_by_side`]).
 //! * `broadcast` runs an origin and edge shards in this process, relaying a presenter to
 //!   viewers seated over the edges (see [`broadcast`]).
 //!
@@ -22,6 +25,7 @@ pub mod baseline;
 pub mod broadcast;
 pub mod fanout;
 pub mod report;
+pub mod side_by_side;
 
 use anyhow::{Context, Result};
 use std::time::Duration;
@@ -44,12 +48,42 @@ pub struct RunArgs {
     /// Video bitrate per publisher, bit/s.
     #[arg(long, default_value_t = 1_000_000)]
     pub video_bitrate: u64,
+    /// The executable whose `serve-shard` runs the shard (default: this one): another
+    /// build of the shard measured under this load generator, as in an A/B comparison.
+    #[arg(long)]
+    pub shard_exe: Option<std::path::PathBuf>,
 }
 
 impl RunArgs {
     /// The measurement window.
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.seconds.max(1))
+    }
+}
+
+/// Where runs meant to be measured together open their windows at once: each says it is
+/// ready (every subscriber receiving), and all start when the last is.
+pub struct WindowStart {
+    barrier: tokio::sync::Barrier,
+}
+
+/// How long a run waits for the others to be ready before it gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+impl WindowStart {
+    /// A start for `parties` runs.
+    pub fn new(parties: usize) -> Self {
+        Self {
+            barrier: tokio::sync::Barrier::new(parties),
+        }
+    }
+
+    /// This run is ready; returns when every run is.
+    pub async fn ready(&self) -> Result<()> {
+        tokio::time::timeout(READY_TIMEOUT, self.barrier.wait())
+            .await
+            .map(|_| ())
+            .context("the other run never got ready")
     }
 }
 

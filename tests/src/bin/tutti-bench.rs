@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use tutti_sfu::config::ShardArgs;
 use tutti_tests::bench::broadcast::{self, BroadcastArgs};
 use tutti_tests::bench::fanout::FanoutArgs;
-use tutti_tests::bench::{RunArgs, baseline, fanout};
+use tutti_tests::bench::{RunArgs, baseline, fanout, side_by_side};
 
 #[derive(Parser)]
 #[command(name = "tutti-bench", about = "Benchmarks of the Tutti SFU shard")]
@@ -29,6 +29,9 @@ enum Command {
     Fanout(FanoutArgs),
     /// The same packets through a plain UDP relay child process.
     Baseline(RunArgs),
+    /// `fanout` with lean subscribers and `baseline` at the same time, both children on
+    /// one core: one machine speed for both, and the ratio of their CPU per packet.
+    SideBySide(RunArgs),
     /// A presenter on an origin shard relayed by edge shards to many viewers, in-process.
     Broadcast(BroadcastArgs),
     /// Runs a shard (the child process of `fanout`).
@@ -52,6 +55,7 @@ async fn main() -> ExitCode {
         Command::Relay => baseline::relay().await,
         Command::Fanout(args) => fanout::run(&args).await.map(print),
         Command::Baseline(args) => baseline::run(&args).await.map(print),
+        Command::SideBySide(args) => side_by_side::run(&args).await.map(print_json),
         Command::Broadcast(args) => {
             tutti_service::process::init_logging(tutti_service::process::LogFormat::Text);
             broadcast::run(&args).await.map(print_json)
