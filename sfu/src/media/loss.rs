@@ -1,7 +1,7 @@
-//! Loss detection for a stream the shard receives without `rtc`'s help, as an edge will
-//! receive a relay pipe from its parent: which sequence numbers are missing, and when to
-//! ask for each (again). A publisher connection has `rtc`'s NACK generator for this; a
-//! pipe's packets never pass through one.
+//! Loss detection for a stream the shard receives without `rtc`'s help: which sequence
+//! numbers are missing, and when to ask for each (again). An edge reads a relay pipe from
+//! its parent this way, and the shard a publisher's streams (media::uplink_feedback, with
+//! a slower retry for a browser's uplink).
 //!
 //! A gap is asked for at once (a link between shards rarely reorders, and every
 //! millisecond of repair is a millisecond of the viewers' latency), then again every
