@@ -78,6 +78,19 @@ test('three browsers, each publishing simulcast, see and hear each other', async
   }
   const simulcast = await pages.Ana.evaluate(() => window.tutti.state.simulcast);
   assert.equal(simulcast, true, 'an ordinary room sends simulcast');
+  // The shard's transport-cc feedback reaches each publisher's bandwidth estimate:
+  // Chromium starts it at 300 kbit/s and only feedback on its first probes (sent at
+  // several times that) lets it climb.
+  for (const [name, page] of Object.entries(pages)) {
+    const estimate = await waitFor(`${name}'s estimate of her uplink to climb`, () => page.evaluate(async () => {
+      let bps = 0;
+      (await window.tutti.state.videoSender.getStats()).forEach((s) => {
+        if (s.type === 'candidate-pair' && s.availableOutgoingBitrate) bps = Math.max(bps, s.availableOutgoingBitrate);
+      });
+      return bps;
+    }), (bps) => bps > 600_000, 20_000);
+    console.log(`adaptive: ${name}'s uplink estimate ${estimate} bit/s`);
+  }
   // Each tile shows its participant's connection, one's own too: all good on loopback.
   await waitFor('every tile showing a good connection', () => pages.Cai.evaluate(() => window.tutti.shownQualities()),
     (q) => q.me === 'good' && q.Ana === 'good' && q.Ben === 'good');
