@@ -42,15 +42,19 @@ pub enum DropReason {
     UnknownSource,
     /// A round-trip probe beyond the shard's budget per second.
     ProbeLimit,
-    /// SRTCP from a subscriber or a relay pipe that failed authentication or the replay
-    /// check.
+    /// SRTCP from a subscriber, a publisher or a relay pipe that failed authentication or
+    /// the replay check.
     BadSrtcp,
-    /// SRTP on a relay pipe that failed authentication or the replay check.
+    /// SRTP from a publisher or on a relay pipe that failed authentication or the replay
+    /// check.
     BadSrtp,
+    /// A publisher's retransmission of a packet that had already arrived (asked for while
+    /// it was only late): not forwarded a second time.
+    Duplicate,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 8] = [
+    const ALL: [DropReason; 9] = [
         Self::Garbage,
         Self::Truncated,
         Self::UnknownUfrag,
@@ -59,6 +63,7 @@ impl DropReason {
         Self::ProbeLimit,
         Self::BadSrtcp,
         Self::BadSrtp,
+        Self::Duplicate,
     ];
 
     fn label(self) -> &'static str {
@@ -70,6 +75,7 @@ impl DropReason {
             Self::UnknownSource => "unknown_source",
             Self::ProbeLimit => "probe_limit",
             Self::BadSrtcp => "bad_srtcp",
+            Self::Duplicate => "duplicate",
             Self::BadSrtp => "bad_srtp",
         }
     }

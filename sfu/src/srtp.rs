@@ -456,6 +456,10 @@ const REPLAY_WINDOW: u64 = 64;
 /// SSRCs one receiver keeps replay windows for (a peer has a few streams at a time).
 /// A stream past the bound takes the place of the one that has been quiet longest.
 const MAX_RECEIVED_SSRCS: usize = 64;
+/// Streams whose window was given up whose highest index is still kept: a layer paused
+/// for an hour comes back under the rollover counter it left with, not 0 (it would fail
+/// authentication for good once its sequence numbers had wrapped).
+const MAX_RETIRED_SSRCS: usize = 1024;
 
 /// Which recent indexes of one stream arrived.
 #[derive(Debug, Default, Clone, Copy)]
@@ -509,6 +513,10 @@ pub struct SrtpReceiver {
     /// Per SSRC: replay windows of RTP (over packet indexes) and SRTCP (over its own).
     rtp_windows: HashMap<u32, ReplayWindow>,
     rtcp_windows: HashMap<u32, ReplayWindow>,
+    /// Streams whose window was given up: the highest index each had, and when it was
+    /// given up (the oldest goes first past the bound).
+    rtp_retired: HashMap<u32, (u64, u64)>,
+    rtcp_retired: HashMap<u32, (u64, u64)>,
     /// Packets accepted so far: the clock of the windows' `last_used`.
     accepted: u64,
 }
@@ -541,31 +549,69 @@ impl SrtpReceiver {
             rtcp: Cipher::new(profile, master_key, master_salt, RTCP_LABELS)?,
             rtp_windows: HashMap::new(),
             rtcp_windows: HashMap::new(),
+            rtp_retired: HashMap::new(),
+            rtcp_retired: HashMap::new(),
             accepted: 0,
         })
     }
 
-    /// The replay window of `ssrc`, empty for a stream not seen (or forgotten).
-    fn window(windows: &HashMap<u32, ReplayWindow>, ssrc: u32) -> ReplayWindow {
-        windows.get(&ssrc).copied().unwrap_or_default()
+    /// The replay window of `ssrc`: empty for a stream never seen; for one whose window
+    /// was given up, everything up to the highest index it had counts as seen (its
+    /// packets from before cannot be replayed, and its rollover counter carries on).
+    fn window(
+        windows: &HashMap<u32, ReplayWindow>,
+        retired: &HashMap<u32, (u64, u64)>,
+        ssrc: u32,
+    ) -> ReplayWindow {
+        if let Some(window) = windows.get(&ssrc) {
+            return *window;
+        }
+        match retired.get(&ssrc) {
+            Some(&(highest, _)) => ReplayWindow {
+                highest: Some(highest),
+                seen: u64::MAX,
+                last_used: 0,
+            },
+            None => ReplayWindow::default(),
+        }
     }
 
-    /// Records authenticated `index` of `ssrc`. Only an authenticated packet makes a
-    /// window, so forged SSRCs cannot take a real stream's place; past the bound, the
-    /// window quiet longest goes (its stream, if it ever sends again, starts afresh).
-    fn accept(windows: &mut HashMap<u32, ReplayWindow>, ssrc: u32, index: u64, now: u64) {
+    /// Records authenticated `index` of `ssrc` in `window` (as [`Self::window`] gave it).
+    /// Only an authenticated packet makes a window, so forged SSRCs cannot take a real
+    /// stream's place; past the bound, the window quiet longest is given up, keeping its
+    /// highest index.
+    fn accept(
+        windows: &mut HashMap<u32, ReplayWindow>,
+        retired: &mut HashMap<u32, (u64, u64)>,
+        ssrc: u32,
+        mut window: ReplayWindow,
+        index: u64,
+        now: u64,
+    ) {
         if !windows.contains_key(&ssrc)
             && windows.len() >= MAX_RECEIVED_SSRCS
-            && let Some(quietest) = windows
+            && let Some((quietest, highest)) = windows
                 .iter()
                 .min_by_key(|(_, w)| w.last_used)
-                .map(|(ssrc, _)| *ssrc)
+                .map(|(ssrc, w)| (*ssrc, w.highest))
         {
             windows.remove(&quietest);
+            if let Some(highest) = highest {
+                if retired.len() >= MAX_RETIRED_SSRCS
+                    && let Some(oldest) = retired
+                        .iter()
+                        .min_by_key(|(_, (_, at))| *at)
+                        .map(|(ssrc, _)| *ssrc)
+                {
+                    retired.remove(&oldest);
+                }
+                retired.insert(quietest, (highest, now));
+            }
         }
-        let window = windows.entry(ssrc).or_default();
+        retired.remove(&ssrc);
         window.accept(index);
         window.last_used = now;
+        windows.insert(ssrc, window);
     }
 
     /// Verifies and decrypts the SRTP packet in `packet`; returns the length of the plain
@@ -580,7 +626,7 @@ impl SrtpReceiver {
             .ok_or(UnprotectError::Truncated)?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        let window = Self::window(&self.rtp_windows, ssrc);
+        let window = Self::window(&self.rtp_windows, &self.rtp_retired, ssrc);
         let index = estimate_index(window.highest, seq);
         if !window.fresh(index) {
             return Err(UnprotectError::Replayed);
@@ -602,7 +648,14 @@ impl SrtpReceiver {
             }
         }
         self.accepted += 1;
-        Self::accept(&mut self.rtp_windows, ssrc, index, self.accepted);
+        Self::accept(
+            &mut self.rtp_windows,
+            &mut self.rtp_retired,
+            ssrc,
+            window,
+            index,
+            self.accepted,
+        );
         Ok(end)
     }
 
@@ -627,7 +680,7 @@ impl SrtpReceiver {
             return Err(UnprotectError::Unencrypted);
         }
         let index = u64::from(u32::from_be_bytes(word) & 0x7fff_ffff);
-        let window = Self::window(&self.rtcp_windows, ssrc);
+        let window = Self::window(&self.rtcp_windows, &self.rtcp_retired, ssrc);
         if !window.fresh(index) {
             return Err(UnprotectError::Replayed);
         }
@@ -649,7 +702,14 @@ impl SrtpReceiver {
             }
         };
         self.accepted += 1;
-        Self::accept(&mut self.rtcp_windows, ssrc, index, self.accepted);
+        Self::accept(
+            &mut self.rtcp_windows,
+            &mut self.rtcp_retired,
+            ssrc,
+            window,
+            index,
+            self.accepted,
+        );
         Ok(end)
     }
 }
@@ -966,26 +1026,27 @@ mod tests {
         let (key, salt) = ([5u8; 16], [6u8; 12]);
         let sender = SrtpSender::new(profile, &key, &salt).expect("sender");
         let mut receiver = SrtpReceiver::new(profile, &key, &salt).expect("receiver");
-        let protected = |ssrc: u32, seq: u16| {
+        let protected = |ssrc: u32, seq: u16, index: u64| {
             let mut buf = BytesMut::from(&packet(ssrc, seq, 10, false).marshal().expect("m")[..]);
-            sender
-                .protect(&mut buf, 12, ssrc, u64::from(seq))
-                .expect("protect");
+            sender.protect(&mut buf, 12, ssrc, index).expect("protect");
             buf
         };
-        // Stream 1 is the quietest: every other stream sends after it.
-        let first = protected(1, 1);
+        // Stream 1 is the quietest, and has wrapped its sequence numbers once.
         receiver
-            .unprotect_rtp(&mut first.clone())
+            .unprotect_rtp(&mut protected(1, 60_000, 60_000))
             .expect("stream 1");
+        let wrapped = protected(1, 5, 65_536 + 5);
+        receiver
+            .unprotect_rtp(&mut wrapped.clone())
+            .expect("stream 1 past the wrap");
         for ssrc in 2..=MAX_RECEIVED_SSRCS as u32 {
             receiver
-                .unprotect_rtp(&mut protected(ssrc, 1))
+                .unprotect_rtp(&mut protected(ssrc, 1, 1))
                 .expect("within the bound");
         }
         // Forged packets of new SSRCs take no window.
         for ssrc in 5_000..5_100u32 {
-            let mut forged = protected(ssrc, 1);
+            let mut forged = protected(ssrc, 1, 1);
             let last = forged.len() - 1;
             forged[last] ^= 1;
             assert_eq!(
@@ -994,18 +1055,28 @@ mod tests {
             );
         }
         assert_eq!(receiver.rtp_windows.len(), MAX_RECEIVED_SSRCS);
-        // A replay of stream 2 is still refused: its window stayed.
         assert_eq!(
-            receiver.unprotect_rtp(&mut protected(2, 1)),
-            Err(UnprotectError::Replayed)
+            receiver.unprotect_rtp(&mut protected(2, 1, 1)),
+            Err(UnprotectError::Replayed),
+            "stream 2's window stayed"
         );
         // A new stream is accepted, in stream 1's place.
         receiver
-            .unprotect_rtp(&mut protected(9_999, 1))
+            .unprotect_rtp(&mut protected(9_999, 1, 1))
             .expect("a new stream past the bound");
         assert_eq!(receiver.rtp_windows.len(), MAX_RECEIVED_SSRCS);
         assert!(!receiver.rtp_windows.contains_key(&1));
-        assert!(receiver.rtp_windows.contains_key(&2));
+        // Stream 1 comes back: what it sent before is still a replay, and it goes on
+        // under the rollover counter it had (from a fresh start it would be read as 0,
+        // and fail authentication for good).
+        assert_eq!(
+            receiver.unprotect_rtp(&mut wrapped.clone()),
+            Err(UnprotectError::Replayed)
+        );
+        receiver
+            .unprotect_rtp(&mut protected(1, 10, 65_536 + 10))
+            .expect("stream 1 back, past the wrap");
+        assert!(receiver.rtp_windows.contains_key(&1));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct LossConfig {
     pub max_age: Duration,
     /// Missing packets tracked at most; a larger jump is taken as a new start.
     pub max_missing: usize,
+    /// How long a gap waits before it is first asked for: a packet only reordered
+    /// usually arrives within it.
+    pub hold: Duration,
 }
 
 impl Default for LossConfig {
@@ -33,8 +36,20 @@ impl Default for LossConfig {
             max_asks: 5,
             max_age: Duration::from_secs(1),
             max_missing: 512,
+            hold: Duration::ZERO,
         }
     }
+}
+
+/// What one arrival was to a [`LossTracker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Newer than any before (the first packet too).
+    New,
+    /// One that was missing: a repair, or a late packet.
+    Repair,
+    /// Older than the newest and not missing: a second copy, or one given up on.
+    Old,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,15 +78,19 @@ impl LossTracker {
         }
     }
 
-    /// Packet `seq` arrived at `now`. True if it was missing (a repair, or a late one).
-    pub fn on_packet(&mut self, seq: u16, now: Instant) -> bool {
+    /// Packet `seq` arrived at `now`.
+    pub fn on_packet(&mut self, seq: u16, now: Instant) -> Arrival {
         let index = estimate_index(self.highest, seq);
         let Some(highest) = self.highest else {
             self.highest = Some(index);
-            return false;
+            return Arrival::New;
         };
         if index <= highest {
-            return self.missing.remove(&index).is_some();
+            return if self.missing.remove(&index).is_some() {
+                Arrival::Repair
+            } else {
+                Arrival::Old
+            };
         }
         let gap = index - highest - 1;
         if gap as usize > self.config.max_missing {
@@ -83,7 +102,7 @@ impl LossTracker {
                     lost,
                     Missing {
                         since: now,
-                        next_ask: now,
+                        next_ask: now + self.config.hold,
                         asks: 0,
                     },
                 );
@@ -93,7 +112,7 @@ impl LossTracker {
             }
         }
         self.highest = Some(index);
-        false
+        Arrival::New
     }
 
     /// Appends to `out` the sequence numbers to ask for at `now`, oldest first, and
@@ -154,7 +173,7 @@ mod tests {
         let t0 = Instant::now();
         let mut tracker = LossTracker::new(LossConfig::default());
         for seq in [10, 11, 14] {
-            assert!(!tracker.on_packet(seq, t0));
+            assert_eq!(tracker.on_packet(seq, t0), Arrival::New);
         }
         assert_eq!(tracker.next_due(), Some(t0));
         assert_eq!(due(&mut tracker, t0), vec![12, 13]);
@@ -164,15 +183,38 @@ mod tests {
         );
         assert_eq!(tracker.next_due(), Some(t0 + ms(30)));
         assert_eq!(due(&mut tracker, t0 + ms(30)), vec![12, 13]);
-        assert!(tracker.on_packet(12, t0 + ms(40)), "12 was a repair");
-        assert!(
-            !tracker.on_packet(12, t0 + ms(41)),
+        assert_eq!(
+            tracker.on_packet(12, t0 + ms(40)),
+            Arrival::Repair,
+            "12 was a repair"
+        );
+        assert_eq!(
+            tracker.on_packet(12, t0 + ms(41)),
+            Arrival::Old,
             "a duplicate is no repair"
         );
         assert_eq!(due(&mut tracker, t0 + ms(60)), vec![13]);
-        assert!(tracker.on_packet(13, t0 + ms(70)));
+        assert_eq!(tracker.on_packet(13, t0 + ms(70)), Arrival::Repair);
         assert_eq!(tracker.missing(), 0);
         assert_eq!(tracker.next_due(), None);
+    }
+
+    #[test]
+    fn with_a_hold_a_reordered_packet_is_never_asked_for() {
+        let t0 = Instant::now();
+        let config = LossConfig {
+            hold: ms(10),
+            ..LossConfig::default()
+        };
+        let mut tracker = LossTracker::new(config);
+        tracker.on_packet(1, t0);
+        tracker.on_packet(3, t0);
+        assert_eq!(tracker.next_due(), Some(t0 + ms(10)));
+        assert!(due(&mut tracker, t0 + ms(9)).is_empty(), "held");
+        assert_eq!(tracker.on_packet(2, t0 + ms(4)), Arrival::Repair);
+        assert!(due(&mut tracker, t0 + ms(10)).is_empty(), "it came");
+        tracker.on_packet(5, t0 + ms(20));
+        assert_eq!(due(&mut tracker, t0 + ms(30)), vec![4], "asked once held");
     }
 
     #[test]
@@ -208,7 +250,7 @@ mod tests {
         }
         assert_eq!(due(&mut tracker, t0), vec![0xffff, 0]);
         // A packet from before the first one seen is old, not a loss.
-        assert!(!tracker.on_packet(0xfff0, t0));
+        assert_eq!(tracker.on_packet(0xfff0, t0), Arrival::Old);
         assert_eq!(tracker.missing(), 2);
     }
 

@@ -137,6 +137,13 @@ impl ReceiverFeedback {
             stats.on_timing(arrival_us, timestamp);
             self.streams.insert(ssrc, stats);
         }
+        self.on_transport(packet, arrival_us);
+    }
+
+    /// Notes a decrypted RTP packet for transport-cc feedback only, not in the receiver
+    /// reports: one of a stream the receiver does not report on (a retransmission stream,
+    /// one not yet known).
+    pub fn on_transport(&mut self, packet: &[u8], arrival_us: i64) {
         let Some(transport_seq) = self
             .transport_cc_id
             .and_then(|id| find_extension(packet, id))

@@ -12,7 +12,7 @@
 //! Time is an input: tests run it on a virtual clock. Each timer is kept as an instant, so
 //! the earliest is known without a walk over the missing packets.
 
-use super::loss::{LossConfig, LossTracker};
+use super::loss::{Arrival, LossConfig, LossTracker};
 use super::receiver_feedback::{RECEIVER_REPORT_INTERVAL, ReceiverFeedback, TRANSPORT_CC_INTERVAL};
 use rtc::rtcp::packet::Packet;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
@@ -26,6 +26,35 @@ pub const FEEDBACK_SSRC: u32 = 1;
 
 /// Streams of one publisher whose losses are tracked; more are not asked for.
 const MAX_NACK_STREAMS: usize = 16;
+/// Bytes of plain RTCP one compound packet carries at most: with SRTCP's tag and index,
+/// and IPv6 and UDP headers, inside a 1,280-byte path MTU.
+const MAX_COMPOUND_BYTES: usize = 1_100;
+/// NACK pairs in one NACK packet at most (17 lost packets each, at best).
+const MAX_NACK_PAIRS: usize = 200;
+
+/// A compound RTCP packet being filled, sent on when the next packet would not fit.
+#[derive(Default)]
+struct Compound {
+    packets: Vec<Box<dyn Packet>>,
+    bytes: usize,
+}
+
+impl Compound {
+    fn push(&mut self, packet: Box<dyn Packet>, bytes: usize, out: &mut Vec<Vec<Box<dyn Packet>>>) {
+        if !self.packets.is_empty() && self.bytes + bytes > MAX_COMPOUND_BYTES {
+            self.finish(out);
+        }
+        self.packets.push(packet);
+        self.bytes += bytes;
+    }
+
+    fn finish(&mut self, out: &mut Vec<Vec<Box<dyn Packet>>>) {
+        if !self.packets.is_empty() {
+            out.push(std::mem::take(&mut self.packets));
+        }
+        self.bytes = 0;
+    }
+}
 
 /// How the shard asks a publisher again. A publisher's uplink may be a continent away, so
 /// a request is repeated about as often as rtc's NACK generator repeated it (every
@@ -36,6 +65,9 @@ pub const PUBLISHER_LOSS: LossConfig = LossConfig {
     max_asks: 10,
     max_age: Duration::from_secs(1),
     max_missing: 512,
+    // Wi-Fi and mobile uplinks reorder by a few milliseconds: a packet that is only late
+    // should not cost the publisher a retransmission.
+    hold: Duration::from_millis(10),
 };
 
 /// The feedback state of one publisher connection.
@@ -78,30 +110,44 @@ impl UplinkFeedback {
         self.receiver.set_transport_cc_id(id);
     }
 
-    /// Every decrypted RTP packet the publisher sent, whichever way it is then read, on a
-    /// stream whose clock runs at `clock_rate` Hz when the shard knows it.
+    /// Every decrypted RTP packet the publisher sent, whichever way it is then read: for
+    /// transport-cc feedback, and in the receiver reports when it belongs to a stream the
+    /// shard forwards (whose clock runs at `clock_rate` Hz). Retransmission streams and
+    /// streams not yet known are not reported on, as rtc's interceptor did not: an rtc
+    /// peer reads a report by its first block's SSRC, and drops one that names none of
+    /// its tracks.
     pub fn on_datagram(&mut self, plain: &[u8], now: Instant, clock_rate: Option<u32>) {
-        if let Some(ssrc) = plain.get(8..12) {
-            self.media_ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+        let arrival = self.micros(now);
+        match clock_rate {
+            Some(rate) => {
+                if let Some(ssrc) = plain.get(8..12) {
+                    self.media_ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+                }
+                self.receiver.on_rtp(plain, arrival, Some(rate));
+            }
+            None => self.receiver.on_transport(plain, arrival),
         }
-        self.receiver.on_rtp(plain, self.micros(now), clock_rate);
     }
 
     /// Packet `seq` of video stream `ssrc` reached the shard (first arrival or repair).
-    pub fn on_video(&mut self, ssrc: u32, seq: u16, now: Instant) {
+    /// False if it had arrived before (a retransmission of a packet that was only late),
+    /// which is not to be forwarded again.
+    pub fn on_video(&mut self, ssrc: u32, seq: u16, now: Instant) -> bool {
         if !self.losses.contains_key(&ssrc) && self.losses.len() >= MAX_NACK_STREAMS {
-            return;
+            return true;
         }
         let loss = self
             .losses
             .entry(ssrc)
             .or_insert_with(|| LossTracker::new(PUBLISHER_LOSS));
         let missing = loss.missing();
-        loss.on_packet(seq, now);
+        let arrival = loss.on_packet(seq, now);
         if loss.missing() > missing {
-            // A new gap is asked for at once.
-            self.next_nack = Some(now);
+            // A new gap is asked for once its hold has passed.
+            let due = now + PUBLISHER_LOSS.hold;
+            self.next_nack = Some(self.next_nack.map_or(due, |at| at.min(due)));
         }
+        arrival != Arrival::Old
     }
 
     /// A stream the shard no longer receives: its losses are forgotten.
@@ -124,21 +170,31 @@ impl UplinkFeedback {
         self.next_nack.map_or(next, |nack| nack.min(next))
     }
 
-    /// Appends what is due at `now` to `out`, one compound packet per entry: NACKs and the
-    /// receiver report together, each transport-cc feedback alone (one may fill an MTU).
+    /// Appends what is due at `now` to `out`, one compound packet per entry: the receiver
+    /// report (first, as RFC 3550 §6.1 puts it) and NACKs together, in as many packets as
+    /// keep each inside an MTU, and each transport-cc feedback alone (one may fill an MTU).
     pub fn due(&mut self, now: Instant, out: &mut Vec<Vec<Box<dyn Packet>>>) {
-        let mut compound: Vec<Box<dyn Packet>> = Vec::new();
+        let mut compound = Compound::default();
+        if now >= self.next_report {
+            self.next_report = now + RECEIVER_REPORT_INTERVAL;
+            if let Some(report) = self.receiver.receiver_report(self.micros(now)) {
+                let len = 8 + 24 * report.reports.len();
+                compound.push(Box::new(report), len, out);
+            }
+        }
         if self.next_nack.is_some_and(|at| at <= now) {
             let mut next: Option<Instant> = None;
             for (&ssrc, loss) in &mut self.losses {
                 self.lost.clear();
                 loss.due(now, &mut self.lost);
-                if !self.lost.is_empty() {
-                    compound.push(Box::new(TransportLayerNack {
+                let pairs = nack_pairs_from_sequence_numbers(&self.lost);
+                for pairs in pairs.chunks(MAX_NACK_PAIRS) {
+                    let nack = TransportLayerNack {
                         sender_ssrc: FEEDBACK_SSRC,
                         media_ssrc: ssrc,
-                        nacks: nack_pairs_from_sequence_numbers(&self.lost),
-                    }));
+                        nacks: pairs.to_vec(),
+                    };
+                    compound.push(Box::new(nack), 12 + 4 * pairs.len(), out);
                 }
                 if let Some(at) = loss.next_due() {
                     next = Some(next.map_or(at, |n| n.min(at)));
@@ -146,15 +202,7 @@ impl UplinkFeedback {
             }
             self.next_nack = next;
         }
-        if now >= self.next_report {
-            self.next_report = now + RECEIVER_REPORT_INTERVAL;
-            if let Some(report) = self.receiver.receiver_report(self.micros(now)) {
-                compound.push(Box::new(report));
-            }
-        }
-        if !compound.is_empty() {
-            out.push(compound);
-        }
+        compound.finish(out);
         if now >= self.next_transport_cc {
             self.next_transport_cc = now + TRANSPORT_CC_INTERVAL;
             for feedback in self.receiver.transport_cc(self.media_ssrc) {
@@ -219,19 +267,24 @@ mod tests {
         let mut uplink = UplinkFeedback::new(Some(3), start);
         let mut out = Vec::new();
         for seq in [10u16, 11, 14] {
-            uplink.on_video(VIDEO, seq, start);
+            assert!(uplink.on_video(VIDEO, seq, start));
         }
-        assert_eq!(uplink.next_due(), start, "the gap is due now");
-        uplink.due(start, &mut out);
+        let asked = start + PUBLISHER_LOSS.hold;
+        assert_eq!(uplink.next_due(), asked, "the gap is due once held");
+        uplink.due(asked, &mut out);
         assert_eq!(nacked(&out[0]), vec![(VIDEO, vec![12, 13])]);
         let retry = uplink.next_due();
-        assert_eq!(retry, start + Duration::from_millis(100));
+        assert_eq!(retry, asked + Duration::from_millis(100));
         // 12 is repaired (an RTX packet rtc unwrapped); 13 is asked for again.
-        uplink.on_video(VIDEO, 12, start + Duration::from_millis(40));
+        assert!(uplink.on_video(VIDEO, 12, start + Duration::from_millis(40)));
+        assert!(
+            !uplink.on_video(VIDEO, 12, start + Duration::from_millis(41)),
+            "a second copy is not forwarded"
+        );
         out.clear();
         uplink.due(retry, &mut out);
         assert_eq!(nacked(&out[0]), vec![(VIDEO, vec![13])]);
-        uplink.on_video(VIDEO, 13, retry);
+        assert!(uplink.on_video(VIDEO, 13, retry));
         out.clear();
         uplink.due(retry + Duration::from_millis(100), &mut out);
         assert!(out.iter().all(|c| nacked(c).is_empty()), "nothing missing");
@@ -322,6 +375,29 @@ mod tests {
         assert_eq!(block.delay, 65_536 / 2, "half a second since the report");
         assert_eq!(block.fraction_lost, 0);
         assert!(report.marshal().is_ok());
+    }
+
+    #[test]
+    fn scattered_losses_on_many_streams_go_in_packets_that_fit_an_mtu() {
+        let start = Instant::now();
+        let mut uplink = UplinkFeedback::new(None, start);
+        // Every other packet of 600 lost, on each of 16 streams: 300 pairs a stream.
+        for ssrc in 0..MAX_NACK_STREAMS as u32 {
+            for seq in (0..600u16).step_by(2) {
+                uplink.on_video(ssrc, seq, start);
+            }
+        }
+        let mut out = Vec::new();
+        let now = start + RECEIVER_REPORT_INTERVAL.max(PUBLISHER_LOSS.hold);
+        uplink.due(start + PUBLISHER_LOSS.hold, &mut out);
+        let mut asked = 0;
+        for compound in &out {
+            let bytes = rtc::rtcp::packet::marshal(compound).expect("marshal");
+            assert!(bytes.len() <= MAX_COMPOUND_BYTES, "{} bytes", bytes.len());
+            asked += nacked(compound).iter().map(|(_, s)| s.len()).sum::<usize>();
+        }
+        assert_eq!(asked, 16 * 299, "every loss asked for");
+        let _ = now;
     }
 
     #[test]

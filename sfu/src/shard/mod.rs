@@ -286,7 +286,17 @@ pub(crate) struct Incoming {
     clock_rate: u32,
     /// Video: the shard asks for what goes missing (NACK).
     video: bool,
+    /// The sequence number of the stream's packet the connection last read itself. The
+    /// shard reads the rest, but hands the connection one every [`RTC_SYNC_SEQS`]: its own
+    /// SRTP context must keep the stream's rollover counter, or, should the stream ever
+    /// leave this map (unpublished, then sent again), it could not decrypt it.
+    rtc_seen: Option<u16>,
 }
+
+/// How far a stream the shard reads itself runs before its connection is handed a packet
+/// of it: well inside the half of the sequence space in which a receiver's index estimate
+/// (RFC 3711 §3.3.1) holds, even if a few of those packets are lost.
+const RTC_SYNC_SEQS: u16 = 8192;
 
 pub(crate) struct Layer {
     rid: String,
@@ -547,6 +557,7 @@ impl ShardCore {
             Routed::Media(incoming, packet) => {
                 self.forward(incoming.track, incoming.layer, packet, now)
             }
+            Routed::Consumed => {}
             Routed::Nowhere => return false,
         }
         self.finish_step(now);

@@ -629,7 +629,9 @@ impl ShardCore {
                 None => return,
             };
             if let Some(layer) = track.layers.get_mut(index) {
-                if let Some(old) = layer.ssrc.replace(init.ssrc) {
+                if let Some(old) = layer.ssrc.replace(init.ssrc)
+                    && old != init.ssrc
+                {
                     peer.incoming.remove(&old);
                     if let Some(uplink) = peer.uplink.as_mut() {
                         uplink.forget(old);
@@ -644,6 +646,7 @@ impl ShardCore {
                     layer: index,
                     clock_rate: track.codec.clock_rate,
                     video: track.family.is_video(),
+                    rtc_seen: None,
                 },
             );
             return;
@@ -799,6 +802,7 @@ impl ShardCore {
             layer: layer_index,
             clock_rate: track.codec.clock_rate,
             video: track.family.is_video(),
+            rtc_seen: None,
         };
         self.media.publish(track_key, track);
         if let Some(peer) = self.transport.peer_mut(key) {

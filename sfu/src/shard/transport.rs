@@ -81,6 +81,10 @@ pub(super) enum Routed {
     Feedback(PeerKey, Vec<Box<dyn rtc::rtcp::packet::Packet>>),
     /// A publisher's packet of a stream the shard forwards, decrypted and read past `rtc`.
     Media(Incoming, rtc::rtp::Packet),
+    /// Taken by the shard from a connection it belongs to, with nothing more to do: a
+    /// publisher's RTCP once read, or a bound peer's packet dropped (and counted). Unlike
+    /// [`Routed::Nowhere`], it says the sender is known: an ICE-TCP connection stays open.
+    Consumed,
     /// Nowhere: answered as a probe, or dropped (and counted).
     Nowhere,
 }
@@ -520,7 +524,7 @@ impl Transport {
         if kind == DatagramKind::Rtp && peer.uplink.is_some() {
             if peer.route.is_none() {
                 self.metrics.dropped(DropReason::UnknownSource);
-                return Routed::Nowhere;
+                return Routed::Consumed;
             }
             match read_publisher_rtp(peer, datagram, &mut self.rtp_scratch, now) {
                 Ok(Some((incoming, packet))) => {
@@ -532,7 +536,7 @@ impl Transport {
                 Ok(None) => arm_uplink(&mut self.timers, peer, key),
                 Err(reason) => {
                     self.metrics.dropped(reason);
-                    return Routed::Nowhere;
+                    return Routed::Consumed;
                 }
             }
         }
@@ -543,7 +547,7 @@ impl Transport {
             // freshness rests on STUN alone there too).
             if peer.route.is_none() {
                 self.metrics.dropped(DropReason::UnknownSource);
-                return Routed::Nowhere;
+                return Routed::Consumed;
             }
             return self.read_feedback(key, datagram, now);
         }
@@ -575,14 +579,14 @@ impl Transport {
         self.rtcp_scratch.extend_from_slice(datagram);
         let Ok(len) = srtcp.unprotect_rtcp(&mut self.rtcp_scratch) else {
             self.metrics.dropped(DropReason::BadSrtcp);
-            return Routed::Nowhere;
+            return Routed::Consumed;
         };
         if let Some(uplink) = peer.uplink.as_mut() {
             // A publisher's RTCP: its sender reports, echoed in the shard's receiver reports.
             feedback::sender_reports(&self.rtcp_scratch[..len], |ssrc, ntp| {
                 uplink.on_sender_report(ssrc, ntp, now);
             });
-            return Routed::Nowhere;
+            return Routed::Consumed;
         }
         let mut packets = Vec::new();
         if !feedback::read(
@@ -784,7 +788,8 @@ impl Transport {
 
     /// A packet of publisher `key` that its connection delivered (a stream's first
     /// packets, a retransmission unwrapped from RTX): the stream it belongs to, if the
-    /// shard forwards it, with its arrival noted for the publisher's NACKs.
+    /// shard forwards it and it is not a second copy, with its arrival noted for the
+    /// publisher's NACKs.
     pub(super) fn publisher_media(
         &mut self,
         key: PeerKey,
@@ -796,8 +801,12 @@ impl Transport {
         if incoming.video
             && let Some(uplink) = peer.uplink.as_mut()
         {
-            uplink.on_video(header.ssrc, header.sequence_number, now);
+            let new = uplink.on_video(header.ssrc, header.sequence_number, now);
             arm_uplink(&mut self.timers, peer, key);
+            if !new {
+                self.metrics.dropped(DropReason::Duplicate);
+                return None;
+            }
         }
         Some(incoming)
     }
@@ -885,11 +894,22 @@ fn read_publisher_rtp(
     let plain = scratch.get(..len).ok_or(DropReason::Garbage)?;
     let ssrc = plain.get(8..12).ok_or(DropReason::Garbage)?;
     let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
-    let incoming = peer.incoming.get(&ssrc).copied();
-    uplink.on_datagram(plain, now, incoming.map(|i| i.clock_rate));
+    let incoming = peer.incoming.get_mut(&ssrc);
+    uplink.on_datagram(plain, now, incoming.as_ref().map(|i| i.clock_rate));
     let Some(incoming) = incoming else {
         return Ok(None);
     };
+    let seq = u16::from_be_bytes([plain[2], plain[3]]);
+    match incoming.rtc_seen {
+        Some(seen) if (super::RTC_SYNC_SEQS..0x8000).contains(&seq.wrapping_sub(seen)) => {
+            // This one the connection reads, and forwards through the shard's `drive`.
+            incoming.rtc_seen = Some(seq);
+            return Ok(None);
+        }
+        Some(_) => {}
+        None => incoming.rtc_seen = Some(seq),
+    }
+    let incoming = *incoming;
     let mut packet =
         <rtc::rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut &plain[..])
             .map_err(|_| DropReason::Garbage)?;
@@ -897,6 +917,8 @@ fn read_publisher_rtp(
     // buffer's, inside forwarding) would allocate its reference count; made shared here,
     // every clone only counts.
     packet.payload = bytes::Bytes::from_owner(Vec::from(std::mem::take(&mut packet.payload)));
+    // A second copy of a packet of the stream's own SSRC fails the replay check above;
+    // retransmissions in the stream's own SSRC only ever fill gaps.
     if incoming.video {
         uplink.on_video(ssrc, packet.header.sequence_number, now);
     }
