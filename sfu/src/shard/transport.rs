@@ -900,14 +900,9 @@ fn read_publisher_rtp(
         return Ok(None);
     };
     let seq = u16::from_be_bytes([plain[2], plain[3]]);
-    match incoming.rtc_seen {
-        Some(seen) if (super::RTC_SYNC_SEQS..0x8000).contains(&seq.wrapping_sub(seen)) => {
-            // This one the connection reads, and forwards through the shard's `drive`.
-            incoming.rtc_seen = Some(seq);
-            return Ok(None);
-        }
-        Some(_) => {}
-        None => incoming.rtc_seen = Some(seq),
+    if connection_reads(&mut incoming.rtc_seen, seq) {
+        // Forwarded when the connection delivers it, through the shard's `drive`.
+        return Ok(None);
     }
     let incoming = *incoming;
     let mut packet =
@@ -923,6 +918,22 @@ fn read_publisher_rtp(
         uplink.on_video(ssrc, packet.header.sequence_number, now);
     }
     Ok(Some((incoming, packet)))
+}
+
+/// Whether the connection reads packet `seq` of a stream the shard otherwise reads itself:
+/// one every [`super::RTC_SYNC_SEQS`] sequence numbers, `seen` being the last it read.
+fn connection_reads(seen: &mut Option<u16>, seq: u16) -> bool {
+    match *seen {
+        Some(last) if (super::RTC_SYNC_SEQS..0x8000).contains(&seq.wrapping_sub(last)) => {
+            *seen = Some(seq);
+            true
+        }
+        Some(_) => false,
+        None => {
+            *seen = Some(seq);
+            false
+        }
+    }
 }
 
 /// Moves a publisher's timer earlier when its feedback is due before it.
@@ -948,4 +959,35 @@ fn transport_cc_id(pc: &mut rtc::peer_connection::RTCPeerConnection) -> Option<u
             .find(|e| e.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
             .and_then(|e| u8::try_from(e.id).ok())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_reads_one_packet_in_8192_across_wraps_and_losses() {
+        let mut seen = None;
+        let mut read = Vec::new();
+        // Three wraps of a stream, one packet in seven lost on the way.
+        let mut seq = 60_000u16;
+        for n in 0..200_000u32 {
+            seq = seq.wrapping_add(1);
+            if n % 7 == 3 {
+                continue;
+            }
+            if connection_reads(&mut seen, seq) {
+                read.push(n);
+            }
+        }
+        // The gaps between the packets it read stay far inside the half of the sequence
+        // space in which its own index estimate holds.
+        let gaps: Vec<u32> = read.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(read.len() >= 20, "{} read", read.len());
+        assert!(gaps.iter().all(|g| (8_192..8_200).contains(g)), "{gaps:?}");
+        // A reordered older packet is the shard's, not the connection's.
+        let before = seen;
+        assert!(!connection_reads(&mut seen, seq.wrapping_sub(5)));
+        assert_eq!(seen, before);
+    }
 }
