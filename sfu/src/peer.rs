@@ -418,6 +418,17 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
     Ok(engine)
 }
 
+/// The id a direction's negotiated header extensions give `uri`, if they name it.
+pub(crate) fn extension_id(
+    extensions: &[rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionParameters],
+    uri: &str,
+) -> Option<u8> {
+    extensions
+        .iter()
+        .find(|e| e.uri == uri)
+        .and_then(|e| u8::try_from(e.id).ok())
+}
+
 /// The interceptor chain of one direction. A publisher connection has none: the shard
 /// reads its RTP and RTCP itself and makes the NACKs, transport-cc feedback and receiver
 /// reports it owes the publisher (media::uplink_feedback), from every packet, including

@@ -13,6 +13,7 @@ use crate::media::outgoing::{ExtensionIds, SentStamps};
 use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
 use crate::media::simulcast::rank_layers;
 use crate::peer::PeerRole;
+use crate::peer::extension_id;
 use crate::signal::protocol::{ClientMessage, ErrorCode, PeerTarget, ServerMessage, TrackKind};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::RTCTrackEventInit;
@@ -656,20 +657,9 @@ impl ShardCore {
             let mut receiver = pc.rtp_receiver(receiver_id)?;
             let kind = receiver.track().kind();
             let codec = receiver.track().codec(ssrc).cloned();
-            let audio_level_ext = receiver
-                .get_parameters()
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
-                .and_then(|e| u8::try_from(e.id).ok());
-            let transport_cc_ext = receiver
-                .get_parameters()
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .find(|e| e.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
-                .and_then(|e| u8::try_from(e.id).ok());
+            let extensions = &receiver.get_parameters().rtp_parameters.header_extensions;
+            let audio_level_ext = extension_id(extensions, rtc::sdp::extmap::AUDIO_LEVEL_URI);
+            let transport_cc_ext = extension_id(extensions, rtc::sdp::extmap::TRANSPORT_CC_URI);
             let mid = pc
                 .rtp_transceiver(receiver_id.into())
                 .and_then(|t| t.mid().clone());

@@ -951,13 +951,13 @@ fn arm_uplink(timers: &mut BinaryHeap<Reverse<(Instant, PeerKey)>>, peer: &mut P
 fn transport_cc_id(pc: &mut rtc::peer_connection::RTCPeerConnection) -> Option<u8> {
     let receivers: Vec<_> = pc.get_receivers().collect();
     receivers.into_iter().find_map(|id| {
-        pc.rtp_receiver(id)?
-            .get_parameters()
-            .rtp_parameters
-            .header_extensions
-            .iter()
-            .find(|e| e.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
-            .and_then(|e| u8::try_from(e.id).ok())
+        crate::peer::extension_id(
+            &pc.rtp_receiver(id)?
+                .get_parameters()
+                .rtp_parameters
+                .header_extensions,
+            rtc::sdp::extmap::TRANSPORT_CC_URI,
+        )
     })
 }
 

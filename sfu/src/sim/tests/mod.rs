@@ -172,6 +172,20 @@ fn lossy_video_viewer(sim: &mut Sim) -> (usize, String) {
     (bob, track)
 }
 
+/// Packet indexes missing from `received` between the first and the last but the newest
+/// 30 (a round trip's worth, whose repairs may still be on the way).
+fn missing_indexes(received: impl Iterator<Item = u32>) -> usize {
+    let mut indexes: Vec<u32> = received.collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let (Some(&first), Some(&last)) = (indexes.first(), indexes.last()) else {
+        panic!("nothing received");
+    };
+    (first..last.saturating_sub(30))
+        .filter(|i| indexes.binary_search(i).is_err())
+        .count()
+}
+
 #[test]
 fn lost_packets_are_repaired_from_the_retransmission_buffer() {
     let mut sim = Sim::with_defaults().unwrap();
@@ -185,17 +199,7 @@ fn lost_packets_are_repaired_from_the_retransmission_buffer() {
         "{resent} resent for {lost} lost"
     );
     // Everything but the last round trip's worth arrived: every index, once repaired.
-    let mut indexes: Vec<u32> = sim
-        .client(bob)
-        .received_on(&track)
-        .map(|r| r.index)
-        .collect();
-    indexes.sort_unstable();
-    indexes.dedup();
-    let (first, last) = (indexes[0], indexes[indexes.len() - 1]);
-    let missing = (first..last.saturating_sub(30))
-        .filter(|i| indexes.binary_search(i).is_err())
-        .count();
+    let missing = missing_indexes(sim.client(bob).received_on(&track).map(|r| r.index));
     assert_eq!(missing, 0, "{lost} lost, {resent} resent");
 }
 
@@ -236,18 +240,12 @@ fn a_publishers_losses_are_asked_for_and_the_repairs_reach_the_viewers() {
         .map(|r| r.at)
         .min()
         .expect("Bob received");
-    let mut indexes: Vec<u32> = sim
-        .client(bob)
-        .received_on(&track)
-        .filter(|r| r.at >= started + Duration::from_millis(500))
-        .map(|r| r.index)
-        .collect();
-    indexes.sort_unstable();
-    indexes.dedup();
-    let (first, last) = (indexes[0], indexes[indexes.len() - 1]);
-    let missing = (first..last.saturating_sub(30))
-        .filter(|i| indexes.binary_search(i).is_err())
-        .count();
+    let missing = missing_indexes(
+        sim.client(bob)
+            .received_on(&track)
+            .filter(|r| r.at >= started + Duration::from_millis(500))
+            .map(|r| r.index),
+    );
     assert_eq!(missing, 0, "{lost} lost, {nacked} asked for");
     // Alice hears how her uplink does once a second: about a tenth lost before repair,
     // and her sender reports echoed, so her end can measure the round trip.
