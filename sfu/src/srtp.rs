@@ -992,12 +992,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn our_sender_and_receiver_agree_and_bad_input_is_refused() {
+    /// A sender and a receiver under the same AES-128-GCM master key.
+    fn gcm_pair() -> (SrtpSender, SrtpReceiver) {
         let profile = Profile::AeadAes128Gcm;
         let (key, salt) = ([5u8; 16], [6u8; 12]);
-        let sender = SrtpSender::new(profile, &key, &salt).expect("sender");
-        let mut receiver = SrtpReceiver::new(profile, &key, &salt).expect("receiver");
+        (
+            SrtpSender::new(profile, &key, &salt).expect("sender"),
+            SrtpReceiver::new(profile, &key, &salt).expect("receiver"),
+        )
+    }
+
+    #[test]
+    fn our_sender_and_receiver_agree_and_bad_input_is_refused() {
+        let (sender, mut receiver) = gcm_pair();
         let mut roc = RolloverCounter::default();
         let original = packet(77, 100, 300, true);
         let plain = original.marshal().expect("marshal");
@@ -1022,10 +1029,7 @@ mod tests {
 
     #[test]
     fn past_the_bound_a_new_stream_takes_the_quietest_streams_place() {
-        let profile = Profile::AeadAes128Gcm;
-        let (key, salt) = ([5u8; 16], [6u8; 12]);
-        let sender = SrtpSender::new(profile, &key, &salt).expect("sender");
-        let mut receiver = SrtpReceiver::new(profile, &key, &salt).expect("receiver");
+        let (sender, mut receiver) = gcm_pair();
         let protected = |ssrc: u32, seq: u16, index: u64| {
             let mut buf = BytesMut::from(&packet(ssrc, seq, 10, false).marshal().expect("m")[..]);
             sender.protect(&mut buf, 12, ssrc, index).expect("protect");
