@@ -77,14 +77,25 @@ export function installLab(p) {
       async directComplete(answer) {
         await window.lab.pc.setRemoteDescription({ type: 'answer', sdp: answer });
       },
-      // The receiver's audio jitter buffer, cumulative.
+      // The receiver's audio jitter buffer, cumulative, with every inbound audio stream's
+      // counters (for a message when the buffer emitted nothing).
       async jitter(pc) {
         const report = await (pc || window.lab.pc).getStats();
         let row = null;
+        const streams = [];
         report.forEach((s) => {
-          if (s.type === 'inbound-rtp' && s.kind === 'audio') row = s;
+          if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+            row = s;
+            streams.push({
+              ssrc: s.ssrc, emitted: s.jitterBufferEmittedCount, packets: s.packetsReceived,
+              lost: s.packetsLost, concealed: s.concealedSamples,
+            });
+          }
         });
-        return row && { delay: row.jitterBufferDelay, emitted: row.jitterBufferEmittedCount, packets: row.packetsReceived };
+        return row && {
+          delay: row.jitterBufferDelay, emitted: row.jitterBufferEmittedCount, packets: row.packetsReceived,
+          streams, at: Date.now(),
+        };
       },
       // Replaces the sent sound with a 5 ms 1 kHz click every 600 ms (WebAudio), noting
       // the wall-clock time each click is rendered into the track.

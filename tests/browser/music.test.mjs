@@ -275,12 +275,17 @@ async function directCall(sender, receiver, music) {
   await waitFor('direct audio', () => receiver.evaluate(() => window.lab.jitter()), (j) => j && j.emitted > 4800);
 }
 
-/** Average audio jitter-buffer delay (ms) at the receiver over `ms`. */
-async function jitterWindow(receiver, probe, ms) {
+/**
+ * Average audio jitter-buffer delay (ms) at the receiver over `ms`; when the buffer emitted
+ * nothing in that time, the stats read at both ends are noted in `silent`.
+ */
+async function jitterWindow(receiver, probe, ms, silent) {
   const a = await receiver.evaluate(probe);
   await receiver.waitForTimeout(ms);
   const b = await receiver.evaluate(probe);
-  return ((b.delay - a.delay) / (b.emitted - a.emitted)) * 1000;
+  const delay = ((b.delay - a.delay) / (b.emitted - a.emitted)) * 1000;
+  if (!Number.isFinite(delay)) silent.push({ before: a, after: b });
+  return delay;
 }
 
 const shardJitter = () => window.lab.jitter(window.tutti.state.sub);
@@ -307,9 +312,10 @@ async function measure(profile) {
   await listener.waitForTimeout(8000);
   const shard = [];
   const direct = [];
+  const silent = [];
   for (let round = 0; round < 3; round += 1) {
-    shard.push(await jitterWindow(listener, shardJitter, 5000));
-    direct.push(await jitterWindow(directReceiver, directJitter, 5000));
+    shard.push(await jitterWindow(listener, shardJitter, 5000, silent));
+    direct.push(await jitterWindow(directReceiver, directJitter, 5000, silent));
   }
   // Click to ear: the listener's WebAudio hears the player's WebAudio clicks.
   const playerId = await participantId(listener, 'Player');
@@ -333,6 +339,7 @@ async function measure(profile) {
     profile,
     jitter_buffer_ms: { shard, direct, shard_mean: shard.reduce((a, b) => a + b) / shard.length, direct_mean: direct.reduce((a, b) => a + b) / direct.length },
     click_to_ear_ms: { shard_median: median(viaShard), direct_median: median(viaDirect), shard_n: viaShard.length, direct_n: viaDirect.length },
+    silent_windows: silent,
   };
 }
 
