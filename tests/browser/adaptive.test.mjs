@@ -78,20 +78,19 @@ test('three browsers, each publishing simulcast, see and hear each other', async
   }
   const simulcast = await pages.Ana.evaluate(() => window.tutti.state.simulcast);
   assert.equal(simulcast, true, 'an ordinary room sends simulcast');
-  // The shard's transport-cc feedback reaches each publisher's bandwidth estimate:
-  // Chromium starts it at 300 kbit/s and only feedback lets it climb. How far it
-  // climbs depends on its first probes and on how much the encoders send (a page that
-  // sends little may not raise it past 1.5 times its throughput): on this machine 0.47
-  // to 2.1 Mbit/s with the feedback, and a flat 82.8 kbit/s in every page with the
-  // shard's transport-cc withheld.
+  // The shard's transport-cc feedback reaches each publisher's bandwidth estimate.
+  // Chromium starts it at 300 kbit/s; without feedback it falls to 82.8 kbit/s (every
+  // page, with the shard's transport-cc withheld), with it it holds or climbs. How far
+  // depends on its first probes and on what the encoders send, as a page sending little
+  // raises it only to about 1.5 times that: 0.39 to 2.1 Mbit/s on this machine.
   for (const [name, page] of Object.entries(pages)) {
-    const estimate = await waitFor(`${name}'s estimate of her uplink to climb`, () => page.evaluate(async () => {
+    const estimate = await waitFor(`${name}'s estimate of her uplink to stay up`, () => page.evaluate(async () => {
       let bps = 0;
       (await window.tutti.state.videoSender.getStats()).forEach((s) => {
         if (s.type === 'candidate-pair' && s.availableOutgoingBitrate) bps = Math.max(bps, s.availableOutgoingBitrate);
       });
       return bps;
-    }), (bps) => bps > 300_000, 20_000);
+    }), (bps) => bps > 200_000, 20_000);
     console.log(`adaptive: ${name}'s uplink estimate ${estimate} bit/s`);
   }
   // Each tile shows its participant's connection, one's own too: all good on loopback.
