@@ -16,10 +16,11 @@
 //! reading subscribers' RTCP without `rtc`'s general path, and for a lean load generator
 //! (issue 17; `docs/notes/relay-pipes.md`).
 
+use crate::FastMap;
 use aes::cipher::{BlockEncrypt, InnerIvInit, KeyInit, StreamCipher};
 use bytes::BytesMut;
 use ring::{aead, hmac};
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// The SRTP protection profiles a DTLS-SRTP handshake can agree on (RFC 5764, RFC 7714).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,14 +512,100 @@ pub struct SrtpReceiver {
     rtp: Cipher,
     rtcp: Cipher,
     /// Per SSRC: replay windows of RTP (over packet indexes) and SRTCP (over its own).
-    rtp_windows: HashMap<u32, ReplayWindow>,
-    rtcp_windows: HashMap<u32, ReplayWindow>,
+    rtp_windows: ReplayWindows,
+    rtcp_windows: ReplayWindows,
+}
+
+/// The replay windows of one kind of packet (RTP or SRTCP), by SSRC.
+#[derive(Default)]
+struct ReplayWindows {
+    live: FastMap<u32, ReplayWindow>,
     /// Streams whose window was given up: the highest index each had, and when it was
     /// given up (the oldest goes first past the bound).
-    rtp_retired: HashMap<u32, (u64, u64)>,
-    rtcp_retired: HashMap<u32, (u64, u64)>,
+    retired: FastMap<u32, (u64, u64)>,
     /// Packets accepted so far: the clock of the windows' `last_used`.
     accepted: u64,
+}
+
+impl ReplayWindows {
+    /// Checks a packet of `ssrc` against its stream's window and, if `open` (given the
+    /// packet's index, which `index_of` reads against the window) authenticates it,
+    /// records the index. A known stream costs one lookup. Only an authenticated packet
+    /// makes a window, so forged SSRCs cannot take a real stream's place; past the bound,
+    /// the window quiet longest is given up, keeping its highest index.
+    fn check<T>(
+        &mut self,
+        ssrc: u32,
+        index_of: impl FnOnce(&ReplayWindow) -> u64,
+        open: impl FnOnce(u64) -> Result<T, UnprotectError>,
+    ) -> Result<T, UnprotectError> {
+        let entry = self.live.entry(ssrc);
+        let window = match &entry {
+            Entry::Occupied(live) => *live.get(),
+            // Never seen: empty. Given up: everything up to the highest index it had
+            // counts as seen (its packets from before cannot be replayed, and its
+            // rollover counter carries on).
+            Entry::Vacant(_) => match self.retired.get(&ssrc) {
+                Some(&(highest, _)) => ReplayWindow {
+                    highest: Some(highest),
+                    seen: u64::MAX,
+                    last_used: 0,
+                },
+                None => ReplayWindow::default(),
+            },
+        };
+        let index = index_of(&window);
+        if !window.fresh(index) {
+            return Err(UnprotectError::Replayed);
+        }
+        let opened = open(index)?;
+        self.accepted += 1;
+        match entry {
+            Entry::Occupied(mut live) => {
+                let live = live.get_mut();
+                live.accept(index);
+                live.last_used = self.accepted;
+            }
+            Entry::Vacant(vacant) => {
+                let mut window = window;
+                window.accept(index);
+                window.last_used = self.accepted;
+                vacant.insert(window);
+                self.retired.remove(&ssrc);
+                self.give_up_past_bound();
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Past [`MAX_RECEIVED_SSRCS`] windows, gives up the one quiet longest (never the one
+    /// just made, which was used last), keeping its highest index.
+    fn give_up_past_bound(&mut self) {
+        if self.live.len() <= MAX_RECEIVED_SSRCS {
+            return;
+        }
+        let Some((quietest, highest)) = self
+            .live
+            .iter()
+            .min_by_key(|(_, w)| w.last_used)
+            .map(|(ssrc, w)| (*ssrc, w.highest))
+        else {
+            return;
+        };
+        self.live.remove(&quietest);
+        if let Some(highest) = highest {
+            if self.retired.len() >= MAX_RETIRED_SSRCS
+                && let Some(oldest) = self
+                    .retired
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(ssrc, _)| *ssrc)
+            {
+                self.retired.remove(&oldest);
+            }
+            self.retired.insert(quietest, (highest, self.accepted));
+        }
+    }
 }
 
 /// Why a received packet was refused.
@@ -547,71 +634,9 @@ impl SrtpReceiver {
         Ok(Self {
             rtp: Cipher::new(profile, master_key, master_salt, RTP_LABELS)?,
             rtcp: Cipher::new(profile, master_key, master_salt, RTCP_LABELS)?,
-            rtp_windows: HashMap::new(),
-            rtcp_windows: HashMap::new(),
-            rtp_retired: HashMap::new(),
-            rtcp_retired: HashMap::new(),
-            accepted: 0,
+            rtp_windows: ReplayWindows::default(),
+            rtcp_windows: ReplayWindows::default(),
         })
-    }
-
-    /// The replay window of `ssrc`: empty for a stream never seen; for one whose window
-    /// was given up, everything up to the highest index it had counts as seen (its
-    /// packets from before cannot be replayed, and its rollover counter carries on).
-    fn window(
-        windows: &HashMap<u32, ReplayWindow>,
-        retired: &HashMap<u32, (u64, u64)>,
-        ssrc: u32,
-    ) -> ReplayWindow {
-        if let Some(window) = windows.get(&ssrc) {
-            return *window;
-        }
-        match retired.get(&ssrc) {
-            Some(&(highest, _)) => ReplayWindow {
-                highest: Some(highest),
-                seen: u64::MAX,
-                last_used: 0,
-            },
-            None => ReplayWindow::default(),
-        }
-    }
-
-    /// Records authenticated `index` of `ssrc` in `window` (as [`Self::window`] gave it).
-    /// Only an authenticated packet makes a window, so forged SSRCs cannot take a real
-    /// stream's place; past the bound, the window quiet longest is given up, keeping its
-    /// highest index.
-    fn accept(
-        windows: &mut HashMap<u32, ReplayWindow>,
-        retired: &mut HashMap<u32, (u64, u64)>,
-        ssrc: u32,
-        mut window: ReplayWindow,
-        index: u64,
-        now: u64,
-    ) {
-        if !windows.contains_key(&ssrc)
-            && windows.len() >= MAX_RECEIVED_SSRCS
-            && let Some((quietest, highest)) = windows
-                .iter()
-                .min_by_key(|(_, w)| w.last_used)
-                .map(|(ssrc, w)| (*ssrc, w.highest))
-        {
-            windows.remove(&quietest);
-            if let Some(highest) = highest {
-                if retired.len() >= MAX_RETIRED_SSRCS
-                    && let Some(oldest) = retired
-                        .iter()
-                        .min_by_key(|(_, (_, at))| *at)
-                        .map(|(ssrc, _)| *ssrc)
-                {
-                    retired.remove(&oldest);
-                }
-                retired.insert(quietest, (highest, now));
-            }
-        }
-        retired.remove(&ssrc);
-        window.accept(index);
-        window.last_used = now;
-        windows.insert(ssrc, window);
     }
 
     /// Verifies and decrypts the SRTP packet in `packet`; returns the length of the plain
@@ -626,37 +651,30 @@ impl SrtpReceiver {
             .ok_or(UnprotectError::Truncated)?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        let window = Self::window(&self.rtp_windows, &self.rtp_retired, ssrc);
-        let index = estimate_index(window.highest, seq);
-        if !window.fresh(index) {
-            return Err(UnprotectError::Replayed);
-        }
-        let roc = (index >> 16) as u32;
-        match &self.rtp {
-            Cipher::Gcm { key, salt } => {
-                let nonce = gcm_nonce(salt, ssrc, roc.to_be_bytes(), seq.to_be_bytes());
-                let (header, rest) = packet.split_at_mut(header_len);
-                key.open_in_place(nonce, aead::Aad::from(&*header), rest)
-                    .map_err(|_| UnprotectError::Authentication)?;
-            }
-            Cipher::Cm(keys) => {
-                let (body, tag) = packet.split_at_mut(end);
-                if !cm_verify(keys, &[body, &roc.to_be_bytes()], tag) {
-                    return Err(UnprotectError::Authentication);
-                }
-                cm_counter(keys, ssrc, index).apply_keystream(&mut body[header_len..]);
-            }
-        }
-        self.accepted += 1;
-        Self::accept(
-            &mut self.rtp_windows,
-            &mut self.rtp_retired,
+        let rtp = &self.rtp;
+        self.rtp_windows.check(
             ssrc,
-            window,
-            index,
-            self.accepted,
-        );
-        Ok(end)
+            |window| estimate_index(window.highest, seq),
+            |index| {
+                let roc = (index >> 16) as u32;
+                match rtp {
+                    Cipher::Gcm { key, salt } => {
+                        let nonce = gcm_nonce(salt, ssrc, roc.to_be_bytes(), seq.to_be_bytes());
+                        let (header, rest) = packet.split_at_mut(header_len);
+                        key.open_in_place(nonce, aead::Aad::from(&*header), rest)
+                            .map_err(|_| UnprotectError::Authentication)?;
+                    }
+                    Cipher::Cm(keys) => {
+                        let (body, tag) = packet.split_at_mut(end);
+                        if !cm_verify(keys, &[body, &roc.to_be_bytes()], tag) {
+                            return Err(UnprotectError::Authentication);
+                        }
+                        cm_counter(keys, ssrc, index).apply_keystream(&mut body[header_len..]);
+                    }
+                }
+                Ok(end)
+            },
+        )
     }
 
     /// Verifies and decrypts the SRTCP packet in `packet`; returns the length of the plain
@@ -680,37 +698,28 @@ impl SrtpReceiver {
             return Err(UnprotectError::Unencrypted);
         }
         let index = u64::from(u32::from_be_bytes(word) & 0x7fff_ffff);
-        let window = Self::window(&self.rtcp_windows, &self.rtcp_retired, ssrc);
-        if !window.fresh(index) {
-            return Err(UnprotectError::Replayed);
-        }
-        let end = match &self.rtcp {
-            Cipher::Gcm { key, salt } => {
-                let (nonce, aad) = srtcp_gcm(salt, ssrc, &packet[..8], word);
-                let (_, rest) = packet[..index_at].split_at_mut(8);
-                key.open_in_place(nonce, aead::Aad::from(&aad), rest)
-                    .map_err(|_| UnprotectError::Authentication)?;
-                index_at - tag_len
-            }
-            Cipher::Cm(keys) => {
-                let (body, tag) = packet.split_at_mut(index_at + SRTCP_INDEX_LEN);
-                if !cm_verify(keys, &[body], tag) {
-                    return Err(UnprotectError::Authentication);
-                }
-                cm_counter(keys, ssrc, index).apply_keystream(&mut body[8..index_at]);
-                index_at
-            }
-        };
-        self.accepted += 1;
-        Self::accept(
-            &mut self.rtcp_windows,
-            &mut self.rtcp_retired,
+        let rtcp = &self.rtcp;
+        self.rtcp_windows.check(
             ssrc,
-            window,
-            index,
-            self.accepted,
-        );
-        Ok(end)
+            |_| index,
+            |index| match rtcp {
+                Cipher::Gcm { key, salt } => {
+                    let (nonce, aad) = srtcp_gcm(salt, ssrc, &packet[..8], word);
+                    let (_, rest) = packet[..index_at].split_at_mut(8);
+                    key.open_in_place(nonce, aead::Aad::from(&aad), rest)
+                        .map_err(|_| UnprotectError::Authentication)?;
+                    Ok(index_at - tag_len)
+                }
+                Cipher::Cm(keys) => {
+                    let (body, tag) = packet.split_at_mut(index_at + SRTCP_INDEX_LEN);
+                    if !cm_verify(keys, &[body], tag) {
+                        return Err(UnprotectError::Authentication);
+                    }
+                    cm_counter(keys, ssrc, index).apply_keystream(&mut body[8..index_at]);
+                    Ok(index_at)
+                }
+            },
+        )
     }
 }
 
@@ -1058,7 +1067,7 @@ mod tests {
                 Err(UnprotectError::Authentication)
             );
         }
-        assert_eq!(receiver.rtp_windows.len(), MAX_RECEIVED_SSRCS);
+        assert_eq!(receiver.rtp_windows.live.len(), MAX_RECEIVED_SSRCS);
         assert_eq!(
             receiver.unprotect_rtp(&mut protected(2, 1, 1)),
             Err(UnprotectError::Replayed),
@@ -1068,8 +1077,8 @@ mod tests {
         receiver
             .unprotect_rtp(&mut protected(9_999, 1, 1))
             .expect("a new stream past the bound");
-        assert_eq!(receiver.rtp_windows.len(), MAX_RECEIVED_SSRCS);
-        assert!(!receiver.rtp_windows.contains_key(&1));
+        assert_eq!(receiver.rtp_windows.live.len(), MAX_RECEIVED_SSRCS);
+        assert!(!receiver.rtp_windows.live.contains_key(&1));
         // Stream 1 comes back: what it sent before is still a replay, and it goes on
         // under the rollover counter it had (from a fresh start it would be read as 0,
         // and fail authentication for good).
@@ -1080,7 +1089,7 @@ mod tests {
         receiver
             .unprotect_rtp(&mut protected(1, 10, 65_536 + 10))
             .expect("stream 1 back, past the wrap");
-        assert!(receiver.rtp_windows.contains_key(&1));
+        assert!(receiver.rtp_windows.live.contains_key(&1));
     }
 
     #[test]
