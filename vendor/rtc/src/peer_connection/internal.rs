@@ -868,7 +868,13 @@ impl RTCPeerConnection {
                     // layer forgotten here would never be identified again and its
                     // packets would be dropped (a publisher's ICE restart stopped its
                     // simulcast video).
-                    let known: Vec<(String, crate::rtp_transceiver::SSRC, RTCRtpCodec)> =
+                    #[allow(clippy::type_complexity)]
+                    let known: Vec<(
+                        String,
+                        crate::rtp_transceiver::SSRC,
+                        RTCRtpCodec,
+                        Option<crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::RTCRtpRtxParameters>,
+                    )> =
                         if receiver.track().track_id() == &incoming_track.track_id {
                             receiver
                                 .track()
@@ -880,6 +886,7 @@ impl RTCPeerConnection {
                                         parameters.rid.clone(),
                                         parameters.ssrc?,
                                         coding.codec.clone(),
+                                        parameters.rtx.clone(),
                                     ))
                                 })
                                 .collect()
@@ -887,18 +894,20 @@ impl RTCPeerConnection {
                             vec![]
                         };
                     for rid in incoming_track.rids {
-                        let kept = known.iter().find(|(known_rid, _, _)| *known_rid == rid);
+                        let kept = known.iter().find(|(known_rid, ..)| *known_rid == rid);
                         let rtp_coding_parameters = RTCRtpCodingParameters {
                             rid,
                             // Otherwise deferred until the first RTP packet with mid/rid header extension in endpoint handler
-                            ssrc: kept.map(|(_, ssrc, _)| *ssrc),
-                            rtx: None,
+                            ssrc: kept.map(|(_, ssrc, ..)| *ssrc),
+                            // Its repair stream, too, was named by a header extension sent
+                            // only until acknowledged.
+                            rtx: kept.and_then(|(.., rtx)| rtx.clone()),
                             fec: None,
                         };
                         receive_codings.push(rtp_coding_parameters.clone());
                         codings.push(RTCRtpEncodingParameters {
                             rtp_coding_parameters,
-                            codec: kept.map(|(_, _, codec)| codec.clone()).unwrap_or_default(),
+                            codec: kept.map(|(_, _, codec, _)| codec.clone()).unwrap_or_default(),
                             ..Default::default()
                         })
                     }

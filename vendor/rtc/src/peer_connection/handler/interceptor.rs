@@ -9,7 +9,9 @@ use crate::peer_connection::message::internal::{
 };
 use crate::rtp_transceiver::rtp_receiver::internal::RTCRtpReceiverInternal;
 use crate::rtp_transceiver::rtp_sender::rtp_codec::{find_fec_payload_type, find_rtx_payload_type};
-use crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::RTCRtpCodingParameters;
+use crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::{
+    RTCRtpCodingParameters, RTCRtpRtxParameters,
+};
 use crate::rtp_transceiver::rtp_sender::rtp_header_extension_capability::RTCRtpHeaderExtensionCapability;
 use crate::rtp_transceiver::{
     PayloadType, RTCRtpReceiverId, SSRC, internal::RTCRtpTransceiverInternal,
@@ -409,6 +411,37 @@ impl<'a> InterceptorHandler<'a> {
         true
     }
 
+    /// Simulcast repair (RFC 8852 §3.2): a retransmission stream names, in the
+    /// repaired-rtp-stream-id header extension, the rid of the layer it repairs, as a
+    /// browser's RTX for a simulcast layer does (its SSRC is in no `a=ssrc-group`). Its SSRC
+    /// is recorded as that layer's RTX, so the endpoint handler de-encapsulates it
+    /// (`resolve_rtx_primary`) like a declared one. The layer keeps the first repair SSRC it
+    /// was given; another stream claiming it is refused.
+    fn bind_repair_by_rrid(&mut self, ssrc: SSRC, mid: &str, rrid: &str) -> bool {
+        let Some(receiver) = self
+            .rtp_transceivers
+            .iter_mut()
+            .find(|transceiver| transceiver.mid().as_deref() == Some(mid))
+            .and_then(|transceiver| transceiver.receiver_mut().as_mut())
+        else {
+            return false;
+        };
+        let Some(coding) = receiver.get_coding_parameter_mut_by_rid(rrid) else {
+            return false;
+        };
+        if coding.ssrc == Some(ssrc) {
+            // A layer cannot repair itself.
+            return false;
+        }
+        match &coding.rtx {
+            Some(rtx) => rtx.ssrc == ssrc,
+            None => {
+                coding.rtx = Some(RTCRtpRtxParameters { ssrc });
+                true
+            }
+        }
+    }
+
     /// The single-media-section shortcut: an SSRC absent from the SDP, resolved by there being
     /// only one place it could belong to.
     fn bind_undeclared_ssrc(
@@ -508,8 +541,7 @@ impl<'a> InterceptorHandler<'a> {
             return false;
         }
         if !rrid.is_empty() {
-            //TODO: Add support of handling repair rtp stream id (rrid) #12
-            return false;
+            return self.bind_repair_by_rrid(ssrc, &mid, &rrid);
         }
 
         // If rtp header extension has valid mid, find receiver based on mid, instead of rid,
