@@ -100,6 +100,10 @@ pub struct ShardMetrics {
     /// NACK answers left unsent because the subscriber's congested downlink had no room
     /// for them (counted once per NACK cut short).
     pub retransmissions_withheld: Counter,
+    /// Publishers' packets the shard asked to have resent (NACK), each ask counted.
+    pub publisher_packets_asked: Counter,
+    /// Publishers' packets that arrived after the shard had noted them missing: repairs.
+    pub publisher_packets_repaired: Counter,
     /// Padding bytes sent to probe subscribers' downlinks.
     pub probe_padding_bytes: Counter,
     /// Keyframe requests received from subscribers.
@@ -236,6 +240,16 @@ impl ShardMetrics {
                 &mut registry,
                 "retransmissions_withheld",
                 "NACKs answered only in part: the subscriber's congested downlink had no room",
+            ),
+            publisher_packets_asked: counter(
+                &mut registry,
+                "publisher_packets_asked",
+                "Publishers' packets asked for again (NACK), each ask counted",
+            ),
+            publisher_packets_repaired: counter(
+                &mut registry,
+                "publisher_packets_repaired",
+                "Publishers' packets that arrived after being noted missing",
             ),
             probe_padding_bytes: counter(
                 &mut registry,

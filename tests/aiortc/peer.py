@@ -13,6 +13,12 @@ subscriber at the resolution it was sent.
 `candidate` is the type of the local ICE candidate its media flowed through. `publish` runs
 until killed.
 
+`publish --uplink-loss P` drops that share of its RTP at random after its sender kept it
+for retransmission, as a lossy uplink would. Every result has {"video_packets",
+"video_missing"}: of the video stream that brought the most packets, those received and
+the sequence numbers missing between its first and the last that came half a second
+before the end.
+
 Audio: `publish --audio` also sends a 440 Hz tone (`--no-video` sends only that);
 `subscribe --audio-seconds S` records the RTP sequence numbers of the audio it receives for
 S seconds after the first audio packet and adds {"audio_packets", "audio_missing",
@@ -39,6 +45,7 @@ import json
 import logging
 import math
 import os
+import random
 import sys
 import time
 
@@ -54,15 +61,19 @@ from aiortc import (
     VideoStreamTrack,
 )
 from aiortc.mediastreams import AudioStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import is_rtcp
 
 # Loopback only: no test datagram leaves through another interface of the host.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
 
 # Audio RTP arrivals, (ssrc, sequence number, arrival time): recorded below the decoder,
-# so a gap is a packet the shard never sent, not a decoding hiccup.
+# so a gap is a packet the shard never sent, not a decoding hiccup. Video arrivals, (ssrc,
+# sequence number), likewise.
 AUDIO_ARRIVALS = []
 AUDIO_PAYLOAD_TYPES = set()
+VIDEO_ARRIVALS = []
 _handle_rtp = RTCRtpReceiver._handle_rtp_packet
 
 
@@ -70,6 +81,8 @@ async def _record_rtp(self, packet, arrival_time_ms):
     if self._RTCRtpReceiver__kind == "audio":
         AUDIO_ARRIVALS.append((packet.ssrc, packet.sequence_number, time.monotonic()))
         AUDIO_PAYLOAD_TYPES.add(packet.payload_type)
+    elif packet.payload:
+        VIDEO_ARRIVALS.append((packet.ssrc, packet.sequence_number, time.monotonic()))
     return await _handle_rtp(self, packet, arrival_time_ms)
 
 
@@ -110,6 +123,52 @@ class ToneTrack(AudioStreamTrack):
         return frame
 
 
+def unwrapped(seqs):
+    """Sequence numbers in arrival order, unwrapped past 65535 either way."""
+    out = []
+    last = seqs[0]
+    offset = 0
+    for seq in seqs:
+        if seq < last and last - seq > 32768:
+            offset += 65536
+        elif seq > last and seq - last > 32768:
+            offset -= 65536
+        last = seq
+        out.append(seq + offset)
+    return out
+
+
+def video_summary():
+    """The video stream that brought most packets (a resend on an RTX stream of its own
+    is left out): packets, and sequence numbers missing between its first and the last
+    that arrived half a second before the end (a gap after that may be under repair)."""
+    if not VIDEO_ARRIVALS:
+        return {"video_packets": 0, "video_missing": None}
+    ssrc = max({a[0] for a in VIDEO_ARRIVALS}, key=lambda s: sum(a[0] == s for a in VIDEO_ARRIVALS))
+    stream = [(seq, t) for s, seq, t in VIDEO_ARRIVALS if s == ssrc]
+    indexes = unwrapped([seq for seq, _ in stream])
+    settled = time.monotonic() - 0.5
+    bound = max((i for i, (_, t) in zip(indexes, stream) if t <= settled), default=None)
+    if bound is None:
+        return {"video_packets": len(set(indexes)), "video_missing": None}
+    seen = {i for i in indexes if i <= bound}
+    return {"video_packets": len(set(indexes)), "video_missing": bound - min(seen) + 1 - len(seen)}
+
+
+def lose_uplink(share):
+    """Drops `share` of the RTP this peer sends, at random (seeded), after its sender has
+    kept each packet for retransmission: a lossy uplink the far end must repair."""
+    rng = random.Random(7)
+    send = RTCDtlsTransport._send_rtp
+
+    async def lossy(self, data):
+        if not is_rtcp(data) and rng.random() < share:
+            return
+        await send(self, data)
+
+    RTCDtlsTransport._send_rtp = lossy
+
+
 def audio_summary(seconds):
     """Per audio stream over the measured window, summed: packets, missing sequence
     numbers, and the longest silence of any stream."""
@@ -121,16 +180,7 @@ def audio_summary(seconds):
     longest = 0.0
     for ssrc in {a[0] for a in window}:
         stream = [(seq, t) for s, seq, t in window if s == ssrc]
-        seen = set()
-        last = stream[0][0]
-        offset = 0
-        for seq, _ in stream:
-            if seq < last and last - seq > 32768:
-                offset += 65536
-            elif seq > last and seq - last > 32768:
-                offset -= 65536
-            last = seq
-            seen.add(seq + offset)
+        seen = set(unwrapped([seq for seq, _ in stream]))
         packets += len(seen)
         missing += max(seen) - min(seen) + 1 - len(seen)
         times = [t for _, t in stream]
@@ -223,6 +273,8 @@ async def join(ws, args, publish, subscribe):
 
 
 async def publish(args):
+    if args.uplink_loss > 0:
+        lose_uplink(args.uplink_loss)
     ws = await connect(args.url, args.token)
     await join(ws, args, True, False)
     pc = RTCPeerConnection(configuration(args))
@@ -417,6 +469,7 @@ async def subscribe(args):
     ]
     if args.audio_seconds > 0:
         result.update(audio_summary(args.audio_seconds))
+    result.update(video_summary())
     print(json.dumps(result), flush=True)
     task.cancel()
     await pc.close()
@@ -443,6 +496,7 @@ def main():
     parser.add_argument("--audio", action="store_true")
     parser.add_argument("--no-video", action="store_true")
     parser.add_argument("--audio-seconds", type=float, default=0.0)
+    parser.add_argument("--uplink-loss", type=float, default=0.0)
     args = parser.parse_args()
     if os.environ.get("TUTTI_AIORTC_LOG"):
         # aioice's account of every check, on stderr (TUTTI_AIORTC_LOG=1).

@@ -49,18 +49,29 @@ after(async () => {
   if (netsim) await netsim.stop();
 });
 
-/** Ana's video as sent, summed over her simulcast layers: packets, NACKs heard, resent. */
+/**
+ * Ana's video as sent, summed over her simulcast layers: packets, NACKs heard, resent; and
+ * how many layers are simulcast (a rid) with an RTX stream of their own.
+ */
 function sentVideo(page) {
   return page.evaluate(async () => {
-    const out = { packetsSent: 0, nackCount: 0, retransmittedPacketsSent: 0 };
+    const out = { packetsSent: 0, nackCount: 0, retransmittedPacketsSent: 0, layersWithRtx: 0 };
     (await window.tutti.state.videoSender.getStats()).forEach((s) => {
       if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
       out.packetsSent += s.packetsSent || 0;
       out.nackCount += s.nackCount || 0;
       out.retransmittedPacketsSent += s.retransmittedPacketsSent || 0;
+      if (s.rid && s.rtxSsrc) out.layersWithRtx += 1;
     });
     return out;
   });
+}
+
+/** The shard's counts of what it asked publishers for again and what came. */
+async function uplinkRepairs() {
+  const text = await fetch(`${gatewayUrl}/metrics`).then((r) => r.text());
+  const read = (name) => Number(text.match(new RegExp(`^tutti_sfu_${name}_total\\{[^}]*\\} (\\d+)`, 'm'))?.[1] ?? NaN);
+  return { asked: read('publisher_packets_asked'), repaired: read('publisher_packets_repaired') };
 }
 
 /** What `page` receives of participant `id`, per kind. */
@@ -79,10 +90,13 @@ test('a publisher losing 5 % of her packets is asked for each, and her viewer se
   // 15 s, from when Cai's video plays.
   const sentBefore = await sentVideo(ana);
   const before = await received(cai, ana_);
+  const shardBefore = await uplinkRepairs();
   await cai.waitForTimeout(15_000);
   const sentAfter = await sentVideo(ana);
   const after = await received(cai, ana_);
+  const shardAfter = await uplinkRepairs();
   const sent = Object.fromEntries(Object.keys(sentAfter).map((k) => [k, sentAfter[k] - sentBefore[k]]));
+  const shard = { asked: shardAfter.asked - shardBefore.asked, repaired: shardAfter.repaired - shardBefore.repaired };
   const lossOf = (kind) => {
     const got = after[kind].packetsReceived - before[kind].packetsReceived;
     const lost = after[kind].packetsLost - before[kind].packetsLost;
@@ -92,10 +106,15 @@ test('a publisher losing 5 % of her packets is asked for each, and her viewer se
   const audio = lossOf('audio');
   const frames = after.video.framesDecoded - before.video.framesDecoded;
   console.log(`uplink: over 15 s Ana sent ${sent.packetsSent} video packets on a link losing ${LOSS * 100} %, `
-    + `was asked ${sent.nackCount} times and resent ${sent.retransmittedPacketsSent}; Cai received ${video.received} `
+    + `was asked ${sent.nackCount} times and resent ${sent.retransmittedPacketsSent} (the shard counted ${shard.asked} packets `
+    + `asked for, ${shard.repaired} repaired); Cai received ${video.received} `
     + `video packets, ${video.percent.toFixed(2)} % lost, ${frames} frames decoded; her audio ${audio.received} packets, `
     + `${audio.percent.toFixed(2)} % lost (not repaired)`);
+  // What this test is about: repairs on simulcast layers' own RTX streams, which only the
+  // repaired-rtp-stream-id extension names.
+  assert.ok(sentAfter.layersWithRtx >= 2, `Ana sends simulcast with RTX per layer: ${JSON.stringify(sentAfter)}`);
   assert.ok(sent.nackCount > 0 && sent.retransmittedPacketsSent > 0, `Ana heard the shard's NACKs and resent: ${JSON.stringify(sent)}`);
+  assert.ok(shard.asked > 0 && shard.repaired > 0, `the shard's metrics show the repairs: ${JSON.stringify(shard)}`);
   assert.ok(video.received > 300 && frames > 100, `Cai's video kept playing: ${JSON.stringify({ video, frames })}`);
   // Without repair Cai would lose about what the link loses; repaired, a packet is lost
   // only when it and every retransmission asked for within a second are.

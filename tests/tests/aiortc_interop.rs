@@ -62,6 +62,63 @@ async fn aiortc_publisher_to_aiortc_subscriber_decodes_frames_at_the_sent_resolu
     Ok(())
 }
 
+/// An aiortc publisher whose uplink loses 5 % of its RTP: the shard, which reads a
+/// publisher's packets itself, must ask for each gap, and aiortc answers with RTX on the
+/// stream its SDP declares (`a=ssrc-group:FID`). Its viewer, another aiortc peer, must
+/// get the video whole, and the shard's metrics count the asks and the repairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aiortc_publisher_on_a_lossy_uplink_is_repaired_for_its_viewer() -> Result<()> {
+    let shard = TestShard::start().await?;
+    let common = open_room(&shard, "lossy-uplink").await?;
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+    let mut publisher = aiortc::spawn_publisher(
+        &[&common[..], &["--id", "lossy", "--uplink-loss", "0.05"]].concat(),
+    )?;
+    let result = aiortc::run_subscriber(
+        &[
+            &common[..],
+            &["--id", "viewer", "--frames", "300", "--timeout", "60"],
+        ]
+        .concat(),
+        Duration::from_secs(90),
+    )
+    .await?;
+    let metrics = shard.admin.metrics().await?;
+    let _ = publisher.kill().await;
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let asked = counter("tutti_sfu_publisher_packets_asked_total");
+    let repaired = counter("tutti_sfu_publisher_packets_repaired_total");
+    println!(
+        "aiortc on a lossy uplink: {result}; the shard asked for {asked}, {repaired} repaired"
+    );
+    ensure!(
+        result["frames"].as_u64().unwrap_or(0) >= 300,
+        "the video did not play: {result}"
+    );
+    let packets = result["video_packets"].as_u64().unwrap_or(0);
+    ensure!(packets >= 300, "only {packets} video packets: {result}");
+    ensure!(
+        asked > 0 && repaired > 0,
+        "the shard asked for {asked} packets and saw {repaired} repaired"
+    );
+    // Without the shard's NACKs the viewer would miss about one packet in twenty.
+    ensure!(
+        result["video_missing"] == 0,
+        "the viewer's video has gaps: {result}"
+    );
+    Ok(())
+}
+
 /// An aiortc subscriber written from the protocol's reference turns the video off, as a
 /// hidden tile does: no frame arrives while it is off, and once it asks again the video
 /// resumes with a frame its decoder can start from. It is also told each participant's

@@ -129,12 +129,12 @@ impl UplinkFeedback {
         }
     }
 
-    /// Packet `seq` of video stream `ssrc` reached the shard (first arrival or repair).
-    /// False if it had arrived before (a retransmission of a packet that was only late),
-    /// which is not to be forwarded again.
-    pub fn on_video(&mut self, ssrc: u32, seq: u16, now: Instant) -> bool {
+    /// Packet `seq` of video stream `ssrc` reached the shard: a first arrival, a repair
+    /// of a gap, or [`Arrival::Old`] when it had arrived before (a retransmission of a
+    /// packet that was only late), which is not to be forwarded again.
+    pub fn on_video(&mut self, ssrc: u32, seq: u16, now: Instant) -> Arrival {
         if !self.losses.contains_key(&ssrc) && self.losses.len() >= MAX_NACK_STREAMS {
-            return true;
+            return Arrival::New;
         }
         let loss = self
             .losses
@@ -147,7 +147,7 @@ impl UplinkFeedback {
             let due = now + PUBLISHER_LOSS.hold;
             self.next_nack = Some(self.next_nack.map_or(due, |at| at.min(due)));
         }
-        arrival != Arrival::Old
+        arrival
     }
 
     /// A stream the shard no longer receives: its losses are forgotten.
@@ -173,7 +173,9 @@ impl UplinkFeedback {
     /// Appends what is due at `now` to `out`, one compound packet per entry: the receiver
     /// report (first, as RFC 3550 §6.1 puts it) and NACKs together, in as many packets as
     /// keep each inside an MTU, and each transport-cc feedback alone (one may fill an MTU).
-    pub fn due(&mut self, now: Instant, out: &mut Vec<Vec<Box<dyn Packet>>>) {
+    /// Returns how many packets the NACKs ask for.
+    pub fn due(&mut self, now: Instant, out: &mut Vec<Vec<Box<dyn Packet>>>) -> usize {
+        let mut asked = 0;
         let mut compound = Compound::default();
         if now >= self.next_report {
             self.next_report = now + RECEIVER_REPORT_INTERVAL;
@@ -187,6 +189,7 @@ impl UplinkFeedback {
             for (&ssrc, loss) in &mut self.losses {
                 self.lost.clear();
                 loss.due(now, &mut self.lost);
+                asked += self.lost.len();
                 let pairs = nack_pairs_from_sequence_numbers(&self.lost);
                 for pairs in pairs.chunks(MAX_NACK_PAIRS) {
                     let nack = TransportLayerNack {
@@ -209,6 +212,7 @@ impl UplinkFeedback {
                 out.push(vec![Box::new(feedback)]);
             }
         }
+        asked
     }
 
     fn micros(&self, now: Instant) -> i64 {
@@ -267,24 +271,28 @@ mod tests {
         let mut uplink = UplinkFeedback::new(Some(3), start);
         let mut out = Vec::new();
         for seq in [10u16, 11, 14] {
-            assert!(uplink.on_video(VIDEO, seq, start));
+            assert_eq!(uplink.on_video(VIDEO, seq, start), Arrival::New);
         }
         let asked = start + PUBLISHER_LOSS.hold;
         assert_eq!(uplink.next_due(), asked, "the gap is due once held");
-        uplink.due(asked, &mut out);
+        assert_eq!(uplink.due(asked, &mut out), 2, "two packets asked for");
         assert_eq!(nacked(&out[0]), vec![(VIDEO, vec![12, 13])]);
         let retry = uplink.next_due();
         assert_eq!(retry, asked + Duration::from_millis(100));
         // 12 is repaired (an RTX packet rtc unwrapped); 13 is asked for again.
-        assert!(uplink.on_video(VIDEO, 12, start + Duration::from_millis(40)));
-        assert!(
-            !uplink.on_video(VIDEO, 12, start + Duration::from_millis(41)),
+        assert_eq!(
+            uplink.on_video(VIDEO, 12, start + Duration::from_millis(40)),
+            Arrival::Repair
+        );
+        assert_eq!(
+            uplink.on_video(VIDEO, 12, start + Duration::from_millis(41)),
+            Arrival::Old,
             "a second copy is not forwarded"
         );
         out.clear();
-        uplink.due(retry, &mut out);
+        assert_eq!(uplink.due(retry, &mut out), 1);
         assert_eq!(nacked(&out[0]), vec![(VIDEO, vec![13])]);
-        assert!(uplink.on_video(VIDEO, 13, retry));
+        assert_eq!(uplink.on_video(VIDEO, 13, retry), Arrival::Repair);
         out.clear();
         uplink.due(retry + Duration::from_millis(100), &mut out);
         assert!(out.iter().all(|c| nacked(c).is_empty()), "nothing missing");

@@ -11,6 +11,7 @@ use super::{Incoming, Peer, PeerKey, SessionId};
 use crate::demux::Demux;
 use crate::media::downlink::DownlinkEstimate;
 use crate::media::feedback;
+use crate::media::loss::Arrival;
 use crate::media::outgoing::{self, ExtensionIds, OutPacket, SendStamp, abs_send_time};
 use crate::media::uplink_feedback::UplinkFeedback;
 use crate::metrics::{DropReason, ShardMetrics};
@@ -526,7 +527,7 @@ impl Transport {
                 self.metrics.dropped(DropReason::UnknownSource);
                 return Routed::Consumed;
             }
-            match read_publisher_rtp(peer, datagram, &mut self.rtp_scratch, now) {
+            match read_publisher_rtp(peer, datagram, &mut self.rtp_scratch, &self.metrics, now) {
                 Ok(Some((incoming, packet))) => {
                     arm_uplink(&mut self.timers, peer, key);
                     return Routed::Media(incoming, packet);
@@ -801,11 +802,17 @@ impl Transport {
         if incoming.video
             && let Some(uplink) = peer.uplink.as_mut()
         {
-            let new = uplink.on_video(header.ssrc, header.sequence_number, now);
+            let arrival = uplink.on_video(header.ssrc, header.sequence_number, now);
             arm_uplink(&mut self.timers, peer, key);
-            if !new {
-                self.metrics.dropped(DropReason::Duplicate);
-                return None;
+            match arrival {
+                Arrival::Old => {
+                    self.metrics.dropped(DropReason::Duplicate);
+                    return None;
+                }
+                Arrival::Repair => {
+                    self.metrics.publisher_packets_repaired.inc();
+                }
+                Arrival::New => {}
             }
         }
         Some(incoming)
@@ -824,7 +831,8 @@ impl Transport {
             return;
         }
         let mut compounds = Vec::new();
-        uplink.due(now, &mut compounds);
+        let asked = uplink.due(now, &mut compounds);
+        self.metrics.publisher_packets_asked.inc_by(asked as u64);
         if compounds.is_empty() {
             return;
         }
@@ -881,6 +889,7 @@ fn read_publisher_rtp(
     peer: &mut Peer,
     datagram: &[u8],
     scratch: &mut Vec<u8>,
+    metrics: &ShardMetrics,
     now: Instant,
 ) -> Result<Option<(Incoming, rtc::rtp::Packet)>, DropReason> {
     let (Some(srtp), Some(uplink)) = (peer.srtp_in.as_mut(), peer.uplink.as_mut()) else {
@@ -914,8 +923,10 @@ fn read_publisher_rtp(
     packet.payload = bytes::Bytes::from_owner(Vec::from(std::mem::take(&mut packet.payload)));
     // A second copy of a packet of the stream's own SSRC fails the replay check above;
     // retransmissions in the stream's own SSRC only ever fill gaps.
-    if incoming.video {
-        uplink.on_video(ssrc, packet.header.sequence_number, now);
+    if incoming.video
+        && uplink.on_video(ssrc, packet.header.sequence_number, now) == Arrival::Repair
+    {
+        metrics.publisher_packets_repaired.inc();
     }
     Ok(Some((incoming, packet)))
 }

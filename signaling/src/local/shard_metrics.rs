@@ -33,7 +33,7 @@ type GaugeReading = fn(&ShardMetrics) -> i64;
 
 impl Collector for ShardsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [(&str, &str, Reading); 7] = [
+        let counters: [(&str, &str, Reading); 9] = [
             (
                 "tutti_sfu_rtp_forwarded_packets",
                 "RTP packets forwarded to subscribers",
@@ -58,6 +58,16 @@ impl Collector for ShardsCollector {
                 "tutti_sfu_retransmissions_withheld",
                 "NACKs answered only in part: the subscriber's congested downlink had no room",
                 |m| m.retransmissions_withheld.get(),
+            ),
+            (
+                "tutti_sfu_publisher_packets_asked",
+                "Publishers' packets asked for again (NACK), each ask counted",
+                |m| m.publisher_packets_asked.get(),
+            ),
+            (
+                "tutti_sfu_publisher_packets_repaired",
+                "Publishers' packets that arrived after being noted missing",
+                |m| m.publisher_packets_repaired.get(),
             ),
             (
                 "tutti_sfu_probe_padding_bytes",

@@ -882,11 +882,18 @@ impl RTCPeerConnection {
                                 .iter()
                                 .filter_map(|coding| {
                                     let parameters = &coding.rtp_coding_parameters;
+                                    // The repair stream a layer learnt by its
+                                    // repaired-rtp-stream-id is in the receiver's codings.
+                                    let rtx = receiver
+                                        .get_coding_parameters()
+                                        .iter()
+                                        .find(|c| c.rid == parameters.rid)
+                                        .and_then(|c| c.rtx.clone());
                                     Some((
                                         parameters.rid.clone(),
                                         parameters.ssrc?,
                                         coding.codec.clone(),
-                                        parameters.rtx.clone(),
+                                        rtx,
                                     ))
                                 })
                                 .collect()

@@ -1,5 +1,5 @@
 use crate::media_stream::track::MediaStreamTrackId;
-use crate::peer_connection::configuration::media_engine::MediaEngine;
+use crate::peer_connection::configuration::media_engine::{MIME_TYPE_RTX, MediaEngine};
 use crate::peer_connection::event::RTCPeerConnectionEvent;
 use crate::peer_connection::event::track_event::{RTCTrackEvent, RTCTrackEventInit};
 use crate::peer_connection::event::{RTCEventInternal, TaggedRTCEventInternal};
@@ -413,11 +413,21 @@ impl<'a> InterceptorHandler<'a> {
 
     /// Simulcast repair (RFC 8852 §3.2): a retransmission stream names, in the
     /// repaired-rtp-stream-id header extension, the rid of the layer it repairs, as a
-    /// browser's RTX for a simulcast layer does (its SSRC is in no `a=ssrc-group`). Its SSRC
-    /// is recorded as that layer's RTX, so the endpoint handler de-encapsulates it
-    /// (`resolve_rtx_primary`) like a declared one. The layer keeps the first repair SSRC it
-    /// was given; another stream claiming it is refused.
-    fn bind_repair_by_rrid(&mut self, ssrc: SSRC, mid: &str, rrid: &str) -> bool {
+    /// browser's RTX for a simulcast layer does (its SSRC is in no `a=ssrc-group`). An RTX
+    /// packet's SSRC (by its payload type: an RTX codec, so a FEC stream, which names its
+    /// layer the same way, is not taken for one) is recorded as that layer's RTX, so the
+    /// endpoint handler de-encapsulates it (`resolve_rtx_primary`) like a declared one.
+    /// The newest such stream is the layer's RTX.
+    ///
+    /// Only what de-encapsulation needs is recorded: the RTX SSRC is not bound to the
+    /// interceptors nor counted in the layer's statistics.
+    fn bind_repair_by_rrid(
+        &mut self,
+        ssrc: SSRC,
+        payload_type: PayloadType,
+        mid: &str,
+        rrid: &str,
+    ) -> bool {
         let Some(receiver) = self
             .rtp_transceivers
             .iter_mut()
@@ -426,6 +436,13 @@ impl<'a> InterceptorHandler<'a> {
         else {
             return false;
         };
+        let is_rtx = receiver.get_codec_preferences().iter().any(|codec| {
+            codec.payload_type == payload_type
+                && codec.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RTX)
+        });
+        if !is_rtx {
+            return false;
+        }
         let Some(coding) = receiver.get_coding_parameter_mut_by_rid(rrid) else {
             return false;
         };
@@ -433,13 +450,8 @@ impl<'a> InterceptorHandler<'a> {
             // A layer cannot repair itself.
             return false;
         }
-        match &coding.rtx {
-            Some(rtx) => rtx.ssrc == ssrc,
-            None => {
-                coding.rtx = Some(RTCRtpRtxParameters { ssrc });
-                true
-            }
-        }
+        coding.rtx = Some(RTCRtpRtxParameters { ssrc });
+        true
     }
 
     /// The single-media-section shortcut: an SSRC absent from the SDP, resolved by there being
@@ -541,7 +553,7 @@ impl<'a> InterceptorHandler<'a> {
             return false;
         }
         if !rrid.is_empty() {
-            return self.bind_repair_by_rrid(ssrc, &mid, &rrid);
+            return self.bind_repair_by_rrid(ssrc, payload_type, &mid, &rrid);
         }
 
         // If rtp header extension has valid mid, find receiver based on mid, instead of rid,
@@ -579,7 +591,14 @@ impl<'a> InterceptorHandler<'a> {
         match receiver.get_coding_parameter_mut_by_rid(rid.as_str()) {
             None => return false,
             Some(coding) if coding.ssrc == Some(ssrc) => return true,
-            Some(coding) => coding.ssrc = Some(ssrc),
+            Some(coding) => {
+                // A layer sent under a new SSRC is a new stream: the repair stream of the
+                // old one is not its own.
+                if coding.ssrc.is_some() {
+                    coding.rtx = None;
+                }
+                coding.ssrc = Some(ssrc);
+            }
         }
 
         // Get RTX and FEC SSRCs from coding parameters.
