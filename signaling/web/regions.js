@@ -12,7 +12,7 @@
 // without what is missing.
 
 const PROBE_TIMEOUT_MS = 2000;
-const ROUNDS = 3;
+const ROUNDS = 5;
 
 /** `{region: ms}` for the regions that answered, or null when there is nothing to choose. */
 export async function measureRegions() {
@@ -28,7 +28,9 @@ export async function measureRegions() {
   // A few rounds, keeping each region's median: a busy browser errs both ways. It may
   // send late, which adds time, or hand the page its host candidate late, which starts
   // the clock late and takes time away (4.2 and 0.3 ms were seen for a 10 ms path while
-  // the test suite ran). One such round among three does not move the median.
+  // the test suite ran). Two such rounds among five do not move the median; among three
+  // they did once (25.1 ms for a 10 ms path, and a duet's room stayed where it was). The
+  // regions are timed together, so a round costs about the largest round trip.
   const samples = {};
   for (let round = 0; round < ROUNDS; round += 1) {
     const measured = await Promise.all(regions.map((r) => roundTrip(r.probe)));
