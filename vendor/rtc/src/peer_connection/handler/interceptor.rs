@@ -1596,4 +1596,147 @@ mod stream_binding_tests {
             "the layer and its retransmission stream are both real streams"
         );
     }
+    /// A browser's simulcast layer repairs itself on an RTX stream no `a=ssrc-group` declares;
+    /// only the repaired-rtp-stream-id extension (RFC 8852) names the layer. Its SSRC becomes
+    /// the layer's RTX, so the endpoint handler can de-encapsulate it; a packet of another
+    /// payload type that names the layer the same way (a FEC stream) does not take the place.
+    #[test]
+    fn a_simulcast_layers_repair_stream_is_learnt_from_its_rrid() {
+        let (ssrc, payload_type) = (1000u32, 96u8);
+        let (rtx_ssrc, rtx_payload_type) = (2000u32, 97u8);
+        let fec_ssrc = 3000u32;
+        let mut media_engine = media_engine_with_rtx();
+        for (id, uri) in [
+            (1, ::sdp::extmap::SDES_MID_URI),
+            (2, ::sdp::extmap::SDES_RTP_STREAM_ID_URI),
+            (3, ::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI),
+        ] {
+            media_engine
+                .register_header_extension(
+                    RTCRtpHeaderExtensionCapability { uri: uri.to_owned() },
+                    RtpCodecKind::Video,
+                    None,
+                )
+                .expect("register");
+            media_engine
+                .update_header_extension(id, uri, RtpCodecKind::Video)
+                .expect("negotiate");
+        }
+        let id_of = |uri: &str| {
+            media_engine
+                .get_header_extension_id(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() })
+                .0 as u8
+        };
+        let (mid_id, rid_id, rrid_id) = (
+            id_of(::sdp::extmap::SDES_MID_URI),
+            id_of(::sdp::extmap::SDES_RTP_STREAM_ID_URI),
+            id_of(::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI),
+        );
+
+        // A layer as a rid-only remote description leaves it: no SSRC, no repair stream.
+        let layer = RTCRtpCodingParameters {
+            rid: "h".to_owned(),
+            ssrc: None,
+            rtx: None,
+            fec: None,
+        };
+        let mut transceiver = RTCRtpTransceiverInternal::new(
+            RtpCodecKind::Video,
+            None,
+            RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            },
+        );
+        transceiver.set_mid("0".to_owned()).expect("mid");
+        {
+            let receiver = transceiver.receiver_mut().as_mut().unwrap();
+            receiver.set_coding_parameters(vec![layer.clone()]);
+            receiver.set_codec_preferences(vec![
+                codec(payload_type, "video/VP8", ""),
+                codec(rtx_payload_type, MIME_TYPE_RTX, &format!("apt={payload_type}")),
+            ]);
+            receiver.set_track(MediaStreamTrack::new(
+                "stream".to_string(),
+                "track".to_string(),
+                "label".to_string(),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: layer,
+                    active: true,
+                    codec: RTCRtpCodec::default(),
+                    max_bitrate: 0,
+                    max_framerate: None,
+                    scale_resolution_down_by: None,
+                }],
+            ));
+        }
+        let mut transceivers = vec![transceiver];
+        let mut interceptor = Recorder::default();
+        let mut stats = RTCStatsAccumulator::new();
+        let mut ctx = InterceptorHandlerContext {
+            is_dtls_handshake_complete: true,
+            ..Default::default()
+        };
+        let packet = |ssrc: u32, payload_type: u8, named: (u8, &'static [u8])| {
+            let mut header = rtp::Header {
+                extension: true,
+                extension_profile: 0xBEDE,
+                payload_type,
+                sequence_number: 1,
+                timestamp: 12_345,
+                ssrc,
+                ..Default::default()
+            };
+            header
+                .set_extension(mid_id, Bytes::from_static(b"0"))
+                .expect("mid extension");
+            header
+                .set_extension(named.0, Bytes::from_static(named.1))
+                .expect("rid or rrid extension");
+            TaggedRTCMessageInternal {
+                now: Instant::now(),
+                transport: TransportContext::default(),
+                message: RTCMessageInternal::Rtp(RTPMessage::Packet(Packet::Rtp(rtp::Packet {
+                    header,
+                    // An RTX payload: the original sequence number, then the payload.
+                    payload: Bytes::from_static(&[0x00, 0x01, 0xDE, 0xAD]),
+                }))),
+            }
+        };
+        {
+            let mut handler = InterceptorHandler::new(
+                &mut ctx,
+                &mut transceivers,
+                &media_engine,
+                &mut interceptor,
+                &mut stats,
+            );
+            for message in [
+                packet(ssrc, payload_type, (rid_id, b"h")),
+                packet(rtx_ssrc, rtx_payload_type, (rrid_id, b"h")),
+                // Later, another payload type naming the layer (as FlexFEC would): not its
+                // RTX, though the newest RTX stream would take the place.
+                packet(fec_ssrc, payload_type, (rrid_id, b"h")),
+            ] {
+                handler.handle_read(message).expect("handle_read");
+            }
+        }
+
+        let receiver = transceivers[0].receiver().as_ref().unwrap();
+        let codings = receiver.get_coding_parameters();
+        assert_eq!(codings[0].ssrc, Some(ssrc));
+        assert_eq!(codings[0].rtx.as_ref().map(|rtx| rtx.ssrc), Some(rtx_ssrc));
+        assert_eq!(
+            resolve_rtx_primary(
+                codings,
+                receiver.get_codec_preferences(),
+                rtx_ssrc,
+                rtx_payload_type,
+            ),
+            Some((ssrc, payload_type)),
+            "the endpoint handler unwraps it into the layer"
+        );
+    }
 }
