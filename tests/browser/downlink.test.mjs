@@ -11,7 +11,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId,
-  startNetSim, startProcess, binary,
+  startNetSim, startProcess, binary, shardCounters,
 } from './lib.mjs';
 
 const LIMIT_KBPS = 300;
@@ -66,14 +66,8 @@ function encoded(page) {
 }
 
 /** The shard's counters of what it held back, probed and resent. */
-async function shardMetrics() {
-  const text = await fetch(`${gatewayUrl}/metrics`).then((r) => r.text());
-  const out = {};
-  for (const name of ['probe_padding_bytes_total', 'retransmissions_total', 'retransmissions_withheld_total', 'keyframe_requests_sent_total']) {
-    const found = text.match(new RegExp(`^tutti_sfu_${name}\\{[^}]*\\} (\\d+)`, 'm'));
-    out[name] = found ? Number(found[1]) : 0;
-  }
-  return out;
+function shardMetrics() {
+  return shardCounters(gatewayUrl, ['probe_padding_bytes_total', 'retransmissions_total', 'retransmissions_withheld_total', 'keyframe_requests_sent_total']);
 }
 
 /** Ben's inbound from `name`: per kind, packets received and lost, and the frame width. */

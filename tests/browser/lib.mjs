@@ -344,3 +344,15 @@ export async function startClusterShard(id, { store, adminToken, signalToken, le
   shard.http = `http://${shard.match[1]}`;
   return shard;
 }
+
+/**
+ * Counters of the gateway's local shards from its /metrics, by name (`tutti_sfu_<name>`,
+ * the first shard's series); one not exposed is NaN.
+ */
+export async function shardCounters(gatewayUrl, names) {
+  const text = await fetch(`${gatewayUrl}/metrics`).then((r) => r.text());
+  return Object.fromEntries(names.map((name) => {
+    const found = text.match(new RegExp(`^tutti_sfu_${name}\\{[^}]*\\} (\\d+)`, 'm'));
+    return [name, found ? Number(found[1]) : NaN];
+  }));
+}

@@ -13,7 +13,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   launch, openPage, waitFor, waitForPlayingVideo, inbound, participantId,
-  startNetSim, startProcess, binary,
+  startNetSim, startProcess, binary, shardCounters,
 } from './lib.mjs';
 
 const LOSS = 0.05;
@@ -69,9 +69,8 @@ function sentVideo(page) {
 
 /** The shard's counts of what it asked publishers for again and what came. */
 async function uplinkRepairs() {
-  const text = await fetch(`${gatewayUrl}/metrics`).then((r) => r.text());
-  const read = (name) => Number(text.match(new RegExp(`^tutti_sfu_${name}_total\\{[^}]*\\} (\\d+)`, 'm'))?.[1] ?? NaN);
-  return { asked: read('publisher_packets_asked'), repaired: read('publisher_packets_repaired') };
+  const counts = await shardCounters(gatewayUrl, ['publisher_packets_asked_total', 'publisher_packets_repaired_total']);
+  return { asked: counts.publisher_packets_asked_total, repaired: counts.publisher_packets_repaired_total };
 }
 
 /** What `page` receives of participant `id`, per kind. */
