@@ -462,17 +462,24 @@ fn a_chart_generated_turn_certificate_is_one_coturn_serves() -> Result<()> {
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded)?;
         std::fs::write(dir.join(key), decoded)?;
     }
-    // coturn loads the pair and answers a TLS handshake with that certificate.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // coturn loads the pair and answers a TLS handshake with that certificate. Its plain
+    // listener gets a free port of its own: "TLS port + 1" may belong to another process.
+    let free_port = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (port, plain_port) = (free_port()?, free_port()?);
+    let log = dir.join("turnserver.log");
     let mut coturn = Command::new(std::env::var("TUTTI_TURNSERVER").unwrap_or("turnserver".into()))
         .args(["-n", "--no-cli", "--no-dtls", "--listening-ip", "127.0.0.1"])
-        .arg(format!("--listening-port={}", port + 1))
+        .arg(format!("--listening-port={plain_port}"))
         .arg(format!("--tls-listening-port={port}"))
         .arg(format!("--cert={}", dir.join("tls.crt").display()))
         .arg(format!("--pkey={}", dir.join("tls.key").display()))
         .arg(format!("--pidfile={}", dir.join("pid").display()))
+        .args(["--simple-log", "--log-file"])
+        .arg(&log)
         .args([
             "--use-auth-secret",
             "--static-auth-secret=x",
@@ -485,13 +492,18 @@ fn a_chart_generated_turn_certificate_is_one_coturn_serves() -> Result<()> {
         .context("turnserver (Debian package coturn)")?;
     let served = output_until(
         || {
-            let output = Command::new("openssl")
-                .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            if let Some(status) = coturn.try_wait()? {
+                return Ok(format!("coturn exited: {status}"));
+            }
+            let output = Command::new("timeout")
+                .args(["5", "openssl", "s_client", "-connect"])
+                .arg(format!("127.0.0.1:{port}"))
                 .stdin(std::process::Stdio::null())
                 .output()?;
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr))
         },
-        |out| out.contains("BEGIN CERTIFICATE"),
+        |out| out.starts_with("coturn exited") || out.contains("BEGIN CERTIFICATE"),
     )?;
     let _ = coturn.kill();
     let _ = coturn.wait();
@@ -504,7 +516,9 @@ fn a_chart_generated_turn_certificate_is_one_coturn_serves() -> Result<()> {
     };
     ensure!(
         !body(&served).is_empty() && body(&served) == body(&rendered),
-        "coturn did not serve the chart's certificate: {served}"
+        "coturn did not serve the chart's certificate: {served}\n\
+         its log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -708,13 +722,13 @@ fn coturn_starts_from_the_rendered_arguments_with_its_secret_off_the_command_lin
     Ok(())
 }
 
-/// Runs `probe` until its output passes `done` or 10 s have gone (a server starting up);
-/// the last output either way.
+/// Runs `probe` until its output passes `done` or 30 s have gone (a server starting up on
+/// a loaded machine); the last output either way.
 fn output_until(
     mut probe: impl FnMut() -> Result<String>,
     done: impl Fn(&str) -> bool,
 ) -> Result<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let output = probe()?;
         if done(&output) || std::time::Instant::now() >= deadline {
