@@ -556,4 +556,11 @@ mod tests {
         let (_, none) = bind_media("127.0.0.1:0".parse().unwrap(), false).unwrap();
         assert!(none.is_none());
     }
+
+    #[test]
+    fn admin_clients_drop_idle_connections_well_before_the_shard_closes_them() {
+        // Otherwise a call made as the shard closes an idle connection fails.
+        let server = tutti_service::http::HttpLimits::default().header_read_timeout;
+        assert!(crate::admin_client::POOL_IDLE * 2 <= server);
+    }
 }

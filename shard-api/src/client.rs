@@ -10,13 +10,29 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
 /// Largest admin response read (a list of a thousand pipelines is about 400 KiB).
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Deadline of one admin call.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest a pooled connection to a shard stays idle before it is dropped. A shard closes
+/// a connection whose next request has not arrived within 10 s (its HTTP server's
+/// header-read timeout); a client that reuses it just then gets "connection closed before
+/// message completed" (the operator, refreshing broadcasts every 10 s, did). Dropping
+/// connections well before the shard does avoids that race.
+pub const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// An HTTP/1 client whose pooled connections never outlive the shard's patience with them
+/// ([`POOL_IDLE`]).
+pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .build_http()
+}
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +74,7 @@ impl ShardAdmin {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: http_client(),
         }
     }
 
@@ -158,5 +174,63 @@ impl ShardAdmin {
     /// Starts draining the shard.
     pub async fn drain(&self) -> Result<ShardLoad, AdminCallError> {
         Self::decode(&self.call(Method::POST, "/v1/drain", None).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive HTTP server answering every request with an empty list; counts the
+    /// connections it accepted.
+    async fn counting_server() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut buf).await
+                        && n > 0
+                    {
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (base, accepted)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_past_pool_idle_is_not_reused() {
+        let (base, accepted) = counting_server().await;
+        let admin = ShardAdmin::new(&base, "token");
+        admin.pipelines().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        admin.pipelines().await.unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "a busy connection is reused"
+        );
+        // The virtual clock passes the pool's idle limit: the next call opens a new
+        // connection instead of racing the shard's close of the old one.
+        tokio::time::sleep(POOL_IDLE + Duration::from_secs(1)).await;
+        admin.pipelines().await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

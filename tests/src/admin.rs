@@ -7,7 +7,6 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use tutti_sfu::admin_client::{AdminCallError, ShardAdmin};
 use tutti_sfu::shard::api::{PipelineInfo, PipelineSpec, ShardLoad, SubscriberReception};
@@ -27,7 +26,7 @@ impl AdminClient {
         Self {
             typed: ShardAdmin::new(&base, token),
             base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: tutti_shard_api::client::http_client(),
         }
     }
 
