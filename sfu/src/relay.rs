@@ -28,10 +28,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
@@ -61,13 +61,18 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(250);
         loop {
-            if core.relay_attach(options.room.clone()).await.is_err() {
+            let (demand, needed) = watch::channel(BTreeMap::new());
+            if core
+                .relay_attach(options.room.clone(), demand)
+                .await
+                .is_err()
+            {
                 // The pipeline is gone (released): nothing to feed.
                 return;
             }
             let outcome = tokio::select! {
                 _ = stop.cancelled() => Ok(()),
-                outcome = relay(&core, &options) => outcome,
+                outcome = relay(&core, &options, needed) => outcome,
             };
             core.send(Command::RelayDetach {
                 room: options.room.clone(),
@@ -88,8 +93,11 @@ pub fn spawn(
     })
 }
 
+/// Which layers (rids) of each parent track the edge needs; see `shard::api::RelayDemand`.
+type Needed = watch::Receiver<BTreeMap<String, Vec<String>>>;
+
 /// One relay session: a link per layer, until any of them ends.
-async fn relay(core: &CoreHandle, options: &RelayOptions) -> Result<(), String> {
+async fn relay(core: &CoreHandle, options: &RelayOptions, needed: Needed) -> Result<(), String> {
     let layers = options.spec.layers.clamp(1, 3);
     let (ended_tx, mut ended) = mpsc::channel::<String>(4);
     let mut links = Vec::new();
@@ -98,6 +106,7 @@ async fn relay(core: &CoreHandle, options: &RelayOptions) -> Result<(), String> 
             core.clone(),
             options.clone(),
             (rank, layers),
+            needed.clone(),
             ended_tx.clone(),
         )));
     }
@@ -118,6 +127,22 @@ struct Parent {
     names: HashMap<String, String>,
     /// Track id → whether it has simulcast layers.
     simulcast: HashMap<String, bool>,
+    /// Track id → the quality this link last asked for.
+    asked: HashMap<String, Quality>,
+}
+
+impl Parent {
+    /// A request for `quality` of `track`, unless the link asked for it last.
+    fn ask(&mut self, track: &str, quality: Quality) -> Option<ClientMessage> {
+        if self.asked.get(track) == Some(&quality) {
+            return None;
+        }
+        self.asked.insert(track.to_owned(), quality);
+        Some(ClientMessage::SetQuality {
+            track: track.to_owned(),
+            quality,
+        })
+    }
 }
 
 /// The quality a link of rank `rank` of `layers` asks for.
@@ -130,14 +155,27 @@ fn quality(rank: u8, layers: u8) -> Quality {
     }
 }
 
+/// What the link of rank `rank` of `layers` asks for of a simulcast track whose layers
+/// the edge needs are `needed` (`None`: all of them): its own quality, or nothing when
+/// nobody at the edge needs its layer, so the parent stops sending it and its publisher
+/// may stop encoding it.
+fn link_quality(rank: u8, layers: u8, needed: Option<&Vec<String>>) -> Quality {
+    let rid = crate::shard::relayed_layer_rid(rank);
+    match needed {
+        Some(needed) if layers > 1 && !needed.iter().any(|r| r == rid) => Quality::Off,
+        _ => quality(rank, layers),
+    }
+}
+
 /// One link: a relay session at the parent receiving one layer of every track.
 async fn link(
     core: CoreHandle,
     options: RelayOptions,
     layer: (u8, u8),
+    needed: Needed,
     ended: mpsc::Sender<String>,
 ) {
-    let why = match run_link(&core, &options, layer).await {
+    let why = match run_link(&core, &options, layer, needed).await {
         Ok(()) => "the parent ended the relay".to_owned(),
         Err(err) => err,
     };
@@ -170,6 +208,7 @@ async fn run_link(
     core: &CoreHandle,
     options: &RelayOptions,
     layer: (u8, u8),
+    mut needed: Needed,
 ) -> Result<(), String> {
     let (rank, layers) = layer;
     let mut request = options
@@ -209,7 +248,34 @@ async fn run_link(
     let mut pipe: Option<PipeId> = None;
     let top = rank + 1 == layers;
     let room = &options.room;
-    while let Some(frame) = stream.next().await {
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            changed = needed.changed() => {
+                if changed.is_err() {
+                    return Err("the shard stopped the relay".to_owned());
+                }
+                let wanted = needed.borrow_and_update().clone();
+                let tracks: Vec<String> = parent
+                    .simulcast
+                    .iter()
+                    .filter(|(_, simulcast)| **simulcast)
+                    .map(|(track, _)| track.clone())
+                    .collect();
+                for track in tracks {
+                    let quality = link_quality(rank, layers, wanted.get(&track));
+                    if let Some(ask) = parent.ask(&track, quality) {
+                        sink.send(Message::Text(encode_client(&ask).into()))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                continue;
+            }
+        };
         let text = match frame {
             Ok(Message::Text(text)) => text,
             Ok(Message::Close(_)) | Err(_) => return Err("the parent closed the link".to_owned()),
@@ -227,10 +293,9 @@ async fn run_link(
                         let simulcast = !track.layers.is_empty();
                         parent.simulcast.insert(track.id.clone(), simulcast);
                         if simulcast {
-                            replies.push(ClientMessage::SetQuality {
-                                track: track.id.clone(),
-                                quality: quality(rank, layers),
-                            });
+                            let quality =
+                                link_quality(rank, layers, needed.borrow().get(&track.id));
+                            replies.extend(parent.ask(&track.id, quality));
                         }
                     }
                     if top {
@@ -337,14 +402,13 @@ async fn run_link(
                 let simulcast = !track.layers.is_empty();
                 parent.simulcast.insert(track.id.clone(), simulcast);
                 if simulcast {
-                    replies.push(ClientMessage::SetQuality {
-                        track: track.id,
-                        quality: quality(rank, layers),
-                    });
+                    let quality = link_quality(rank, layers, needed.borrow().get(&track.id));
+                    replies.extend(parent.ask(&track.id, quality));
                 }
             }
             ServerMessage::TrackUnpublished { track, .. } => {
                 parent.simulcast.remove(&track);
+                parent.asked.remove(&track);
                 if top {
                     core.send(Command::RelayTrackEnded {
                         room: room.clone(),
@@ -378,5 +442,31 @@ fn rtc_codec(codec: PipeCodec) -> rtc::rtp_transceiver::rtp_sender::RTCRtpCodec 
         channels: codec.channels,
         sdp_fmtp_line: codec.fmtp,
         rtcp_feedback: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_asks_for_its_layer_only_while_the_edge_needs_it() {
+        let needed = |rids: &[&str]| rids.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>();
+        // Nothing said yet: every link asks for its own quality.
+        assert_eq!(link_quality(0, 3, None), Quality::Low);
+        assert_eq!(link_quality(1, 3, None), Quality::Medium);
+        assert_eq!(link_quality(2, 3, None), Quality::High);
+        let low_only = needed(&["q"]);
+        assert_eq!(link_quality(0, 3, Some(&low_only)), Quality::Low);
+        assert_eq!(link_quality(1, 3, Some(&low_only)), Quality::Off);
+        assert_eq!(link_quality(2, 3, Some(&low_only)), Quality::Off);
+        let nothing = needed(&[]);
+        assert_eq!(link_quality(0, 3, Some(&nothing)), Quality::Off);
+        // Two links: the second is the edge's layer `h`.
+        let upper = needed(&["h"]);
+        assert_eq!(link_quality(0, 2, Some(&upper)), Quality::Off);
+        assert_eq!(link_quality(1, 2, Some(&upper)), quality(1, 2));
+        // A single link carries the only copy and is never turned off from here.
+        assert_eq!(link_quality(0, 1, Some(&nothing)), Quality::High);
     }
 }

@@ -199,3 +199,107 @@ async fn an_edge_relays_the_origin_to_its_viewers_and_throttles_keyframe_request
     );
     Ok(())
 }
+
+/// The rids the presenter was last told to encode, if told at all.
+fn last_publish_layers(events: &[ServerMessage]) -> Option<Vec<String>> {
+    events.iter().rev().find_map(|e| match e {
+        ServerMessage::PublishLayers { active, .. } => Some(active.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_no_viewer_at_the_edge_needs_is_paused_at_the_presenter_and_resumed_when_asked()
+-> Result<()> {
+    use tutti_sfu::media::simulcast::Quality;
+    use tutti_tests::participant::layer_stream;
+    init_logs();
+    let origin = TestShard::start().await?;
+    let edge = TestShard::start().await?;
+    origin.admin.put_pipeline("concert", &audience()).await?;
+    let mut edge_spec = audience();
+    edge_spec.relay = Some(RelaySpec {
+        from: origin.signal_url(),
+        room: "concert".into(),
+        layers: 3,
+    });
+    edge.admin.put_pipeline("concert", &edge_spec).await?;
+    let mut config = ParticipantConfig::new("concert", "pianist");
+    config.audio = false;
+    config.simulcast = true;
+    let presenter = Participant::join(&origin.signal_url(), SIGNAL_TOKEN, config).await?;
+    presenter.wait_publishing(WAIT).await?;
+    let base = presenter.stream_ids().1;
+    let [q, f] = [0, 2].map(|layer| layer_stream(base, layer, 3));
+    let track_of = |records: &std::collections::HashMap<String, _>, stream: u32| {
+        records
+            .iter()
+            .find(
+                |(_, r): &(&String, &tutti_tests::participant::TrackRecord)| {
+                    r.streams.contains(&stream)
+                },
+            )
+            .map(|(id, r)| (id.clone(), r.packets))
+    };
+    let viewer =
+        Participant::join(&edge.signal_url(), SIGNAL_TOKEN, viewer("concert", "v0")).await?;
+    viewer
+        .wait_for(WAIT, "the top layer through the edge", |records, _| {
+            track_of(records, f).is_some_and(|(_, packets)| packets >= 60)
+        })
+        .await?;
+    let (track, _) = track_of(&viewer.records().await, f).context("the relayed video")?;
+    ensure!(
+        last_publish_layers(&presenter.events().await).is_none(),
+        "the presenter was told to pause a layer while the viewer watched the top one"
+    );
+    // The only viewer shows the video small: the edge needs only the low layer, turns the
+    // others off upstream, and the origin, whose only subscribers are the edge's links,
+    // tells the presenter to stop encoding them (3 s at each shard before a pause).
+    viewer.send(ClientMessage::SetQuality {
+        track: track.clone(),
+        quality: Quality::Low,
+    });
+    let asked = Instant::now();
+    presenter
+        .wait_for(
+            Duration::from_secs(30),
+            "told to encode only the low layer",
+            |_, events| last_publish_layers(events).is_some_and(|a| a == ["q"]),
+        )
+        .await?;
+    let paused_after = asked.elapsed();
+    let low_before = track_of(&viewer.records().await, q).map_or(0, |(_, p)| p);
+    viewer
+        .wait_for(WAIT, "the low layer meanwhile", |records, _| {
+            track_of(records, q).is_some_and(|(_, packets)| packets >= low_before + 30)
+        })
+        .await?;
+    // Shown large again: the top layer is resumed at once, all the way up.
+    viewer.send(ClientMessage::SetQuality {
+        track: track.clone(),
+        quality: Quality::High,
+    });
+    let asked = Instant::now();
+    presenter
+        .wait_for(WAIT, "told to encode the top layer again", |_, events| {
+            last_publish_layers(events).is_some_and(|a| a.iter().any(|rid| rid == "f"))
+        })
+        .await?;
+    let resumed_after = asked.elapsed();
+    let top_before = track_of(&viewer.records().await, f).map_or(0, |(_, p)| p);
+    viewer
+        .wait_for(WAIT, "the top layer again", |records, _| {
+            track_of(records, f).is_some_and(|(_, packets)| packets >= top_before + 60)
+        })
+        .await?;
+    let layers = last_publish_layers(&presenter.events().await).unwrap_or_default();
+    ensure!(
+        layers == ["q", "f"],
+        "the middle layer, which nobody needs, stays paused: {layers:?}"
+    );
+    println!(
+        "relayed dynacast: the presenter was told to pause after {paused_after:.1?}, to resume after {resumed_after:.1?}"
+    );
+    Ok(())
+}

@@ -46,6 +46,14 @@ pub struct JoinRequest {
     pub pipe: Option<crate::signal::protocol::PipeEnd>,
 }
 
+/// Which layers (by rid: `q`, `h`, `f`) of each relayed track, by the parent's track id,
+/// the edge's viewers and child edges need: the relay client turns off the links of the
+/// others, so the parent stops sending them and its publisher may stop encoding them
+/// (dynacast across a cascade). A track missing from the map needs every layer. A watch
+/// channel holds only the latest state, so the core never blocks on it and a slow relay
+/// client never misses the newest demand.
+pub type RelayDemand = tokio::sync::watch::Sender<std::collections::BTreeMap<String, Vec<String>>>;
+
 /// A relayed track as the relay client announces it.
 #[derive(Debug, Clone)]
 pub struct RelayedTrack {
@@ -153,6 +161,8 @@ pub enum Command {
     RelayAttach {
         /// The pipeline.
         room: String,
+        /// Where the core keeps which layers of each relayed track the edge needs.
+        demand: RelayDemand,
         /// Refused when the pipeline does not exist.
         reply: oneshot::Sender<Result<(), AdminError>>,
     },
@@ -342,11 +352,16 @@ impl CoreHandle {
         self.tx.send(command).await.is_ok()
     }
 
-    /// Registers a relay feed for a pipeline.
-    pub async fn relay_attach(&self, room: String) -> Result<(), AdminError> {
-        self.ask(|reply| Command::RelayAttach { room, reply })
-            .await
-            .unwrap_or(Err(AdminError::Unavailable))
+    /// Registers a relay feed for a pipeline; `demand` then says which layers of each
+    /// relayed track the edge needs.
+    pub async fn relay_attach(&self, room: String, demand: RelayDemand) -> Result<(), AdminError> {
+        self.ask(|reply| Command::RelayAttach {
+            room,
+            demand,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(AdminError::Unavailable))
     }
 
     /// Opens this edge's end of a relay pipe.

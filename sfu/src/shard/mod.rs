@@ -78,6 +78,7 @@ pub use env::Env;
 pub(crate) use ids::PeerKey;
 pub use ids::TrackKey;
 use registry::Registry;
+pub use relay::relayed_layer_rid;
 use router::MediaRouter;
 use transport::{Routed, Transport};
 
@@ -699,7 +700,9 @@ impl ShardCore {
             self.media
                 .allocate_downlinks(&mut self.transport, &self.metrics, &sharing, now);
             for (publisher, message) in self.media.switch_publisher_layers(now) {
-                self.send(publisher, message);
+                if let Some(message) = self.relay_demand(publisher, message) {
+                    self.send(publisher, message);
+                }
             }
         }
         if now >= self.next_quality {
@@ -876,8 +879,12 @@ impl ShardCore {
                 self.registry.drain();
                 let _ = reply.send(self.load());
             }
-            Command::RelayAttach { room, reply } => {
-                let attached = self.relay_attach(&room, now);
+            Command::RelayAttach {
+                room,
+                demand,
+                reply,
+            } => {
+                let attached = self.relay_attach(&room, demand, now);
                 let _ = reply.send(if attached {
                     Ok(())
                 } else {

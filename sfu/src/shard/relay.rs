@@ -9,7 +9,7 @@
 //! keyframe requests throttled per layer — and sent up to the parent, which throttles
 //! them again — so however many viewers ask, the presenter sees a trickle.
 
-use super::api::{RelayHandle, RelayedTrack};
+use super::api::{RelayDemand, RelayHandle, RelayedTrack, SessionId};
 use super::{Layer, Presence, PublishedTrack, Session, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
 use crate::media::keyframe::KeyframeThrottle;
@@ -22,15 +22,25 @@ use tokio::sync::mpsc;
 /// Simulcast layer names for relayed copies, lowest first.
 const LAYER_NAMES: [&str; 3] = ["q", "h", "f"];
 
+/// The rid an edge gives the relayed copy of rank `rank` (its relay link of that rank).
+pub fn relayed_layer_rid(rank: u8) -> &'static str {
+    LAYER_NAMES
+        .get(usize::from(rank))
+        .copied()
+        .unwrap_or(LAYER_NAMES[LAYER_NAMES.len() - 1])
+}
+
 /// A pipeline's feed from its parent shard.
 pub(crate) struct RelayFeed {
     /// Publisher at the parent → its session here.
-    sessions: HashMap<String, super::api::SessionId>,
+    sessions: HashMap<String, SessionId>,
+    /// Which layers of each relayed track this edge needs, for the relay client.
+    demand: RelayDemand,
 }
 
 impl ShardCore {
     /// A relay client starts feeding `room`; a previous feed's participants go.
-    pub(super) fn relay_attach(&mut self, room: &str, now: Instant) -> bool {
+    pub(super) fn relay_attach(&mut self, room: &str, demand: RelayDemand, now: Instant) -> bool {
         if self.registry.room(room).is_none() {
             return false;
         }
@@ -38,9 +48,35 @@ impl ShardCore {
         if let Some(r) = self.registry.room_mut(room) {
             r.relay = Some(RelayFeed {
                 sessions: HashMap::new(),
+                demand,
             });
         }
         true
+    }
+
+    /// Dynacast for a relayed track: which of its layers the edge needs goes to the relay
+    /// client instead of to a publisher (the relayed session has no client). Returns the
+    /// message when `session` is not a relayed one.
+    pub(super) fn relay_demand(
+        &mut self,
+        session: SessionId,
+        message: ServerMessage,
+    ) -> Option<ServerMessage> {
+        let ServerMessage::PublishLayers { track, active } = &message else {
+            return Some(message);
+        };
+        let Some(s) = self.registry.session(session) else {
+            return Some(message);
+        };
+        if s.presence != Presence::Relayed {
+            return Some(message);
+        }
+        if let Some(feed) = self.registry.room(&s.room).and_then(|r| r.relay.as_ref()) {
+            feed.demand.send_modify(|demand| {
+                demand.insert(track.clone(), active.clone());
+            });
+        }
+        None
     }
 
     /// The feed stopped: its participants and tracks leave the room, and its pipes close.
@@ -178,7 +214,7 @@ impl ShardCore {
             self.relayed_session(&relayed.room, &relayed.participant, &relayed.name, now)?;
         let (rank, layers) = relayed.layer;
         let rid = if layers > 1 {
-            LAYER_NAMES.get(usize::from(rank)).copied().unwrap_or("f")
+            relayed_layer_rid(rank)
         } else {
             ""
         };
@@ -193,7 +229,13 @@ impl ShardCore {
                     track
                         .layers
                         .push(new_layer(rid, rank, relayed.kind, interval));
-                    track.layers.len() - 1
+                    // Dynacast across the cascade: the layers nobody here needs are
+                    // turned off upstream. Started afresh as a layer joins, all on.
+                    let count = track.layers.len();
+                    track.layer_switch = (2..=crate::media::dynacast::MAX_LAYERS)
+                        .contains(&count)
+                        .then(|| crate::media::dynacast::LayerSwitch::new(count, now));
+                    count - 1
                 }
             };
             if let Some(layer) = track.layers.get_mut(index) {
@@ -223,8 +265,7 @@ impl ShardCore {
             audio_level_ext: None,
             muted: false,
             downtracks: Vec::new(),
-            // The parent's publisher encodes what the parent's subscribers need, this
-            // shard's relay links among them.
+            // One layer so far; a switch comes with the second (above).
             layer_switch: None,
         };
         let info = self.track_info(&track);
@@ -272,6 +313,10 @@ impl ShardCore {
             .collect();
         for key in keys {
             self.unpublish(key, now);
+        }
+        if let Some(feed) = self.registry.room(room).and_then(|r| r.relay.as_ref()) {
+            feed.demand
+                .send_if_modified(|demand| demand.remove(upstream).is_some());
         }
     }
 

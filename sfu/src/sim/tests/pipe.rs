@@ -368,8 +368,10 @@ fn upstream_rtcp(
 fn an_edge_end_of_a_pipe_feeds_viewers_and_asks_upstream_for_losses_and_keyframes() {
     let mut sim = Sim::with_defaults().unwrap();
     let viewer = sim.join("room", "viewer-0", viewer()).unwrap();
+    let (demand, _needed) = tokio::sync::watch::channel(Default::default());
     let attached = sim.ask(|reply| Command::RelayAttach {
         room: "room".into(),
+        demand,
         reply,
     });
     assert_eq!(attached, Some(Ok(())));
