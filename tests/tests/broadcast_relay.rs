@@ -294,8 +294,10 @@ async fn a_layer_no_viewer_at_the_edge_needs_is_paused_at_the_presenter_and_resu
         })
         .await?;
     let layers = last_publish_layers(&presenter.events().await).unwrap_or_default();
+    // The low layer is paused again 3 s after the viewer left it (at each shard), so it may
+    // or may not be among them by now.
     ensure!(
-        layers == ["q", "f"],
+        layers.iter().any(|rid| rid == "f") && !layers.iter().any(|rid| rid == "h"),
         "the middle layer, which nobody needs, stays paused: {layers:?}"
     );
     println!(

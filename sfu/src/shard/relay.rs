@@ -112,8 +112,22 @@ impl ShardCore {
                 self.relayed_session(room, participant, name, now);
             }
             (false, Some(session)) => {
+                let tracks: Vec<String> = self
+                    .registry
+                    .session(session)
+                    .map(|s| s.tracks.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|key| self.media.track(key))
+                    .map(|track| track.source_track_id.clone())
+                    .collect();
                 if let Some(feed) = self.registry.room_mut(room).and_then(|r| r.relay.as_mut()) {
                     feed.sessions.remove(participant);
+                    feed.demand.send_if_modified(|demand| {
+                        tracks.iter().fold(false, |changed, track| {
+                            demand.remove(track).is_some() || changed
+                        })
+                    });
                 }
                 self.remove_session(session, now, None);
             }

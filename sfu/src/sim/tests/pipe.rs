@@ -307,6 +307,8 @@ struct Parent {
     sender: crate::srtp::SrtpSender,
     source: synth::VideoSource,
     seq: u16,
+    /// The SSRC the parent announced for this copy.
+    ssrc: u32,
 }
 
 const PARENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 8, 1)), 7882);
@@ -335,7 +337,7 @@ impl Parent {
                 payload_type: 96,
                 sequence_number: seq,
                 timestamp,
-                ssrc: PIPE_VIDEO_SSRC,
+                ssrc: self.ssrc,
                 ..Default::default()
             },
             payload: bytes::Bytes::copy_from_slice(payload),
@@ -343,7 +345,7 @@ impl Parent {
         let plain = rtc::shared::marshal::Marshal::marshal(&packet).expect("marshal");
         let mut buf = BytesMut::from(&plain[..]);
         self.sender
-            .protect(&mut buf, 12, PIPE_VIDEO_SSRC, u64::from(seq))
+            .protect(&mut buf, 12, self.ssrc, u64::from(seq))
             .expect("protect");
         buf.to_vec()
     }
@@ -437,6 +439,7 @@ fn an_edge_end_of_a_pipe_feeds_viewers_and_asks_upstream_for_losses_and_keyframe
             Duration::from_secs(600),
         ),
         seq: 1000,
+        ssrc: PIPE_VIDEO_SSRC,
     };
     let mut edge_rtcp = SrtpReceiver::new(Profile::AeadAes128Gcm, &edge_key[..16], &edge_key[16..])
         .expect("receiver");
@@ -529,4 +532,175 @@ fn an_edge_end_of_a_pipe_feeds_viewers_and_asks_upstream_for_losses_and_keyframe
     let before = sim.client(viewer).received_on(&track).count();
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.client(viewer).received_on(&track).count(), before);
+}
+
+#[test]
+fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
+    use crate::media::dynacast::PAUSE_AFTER;
+    use crate::signal::protocol::ClientMessage;
+    let mut sim = Sim::with_defaults().unwrap();
+    let viewer = sim.join("room", "viewer-0", viewer()).unwrap();
+    let (demand, needed) = tokio::sync::watch::channel(Default::default());
+    let attached = sim.ask(|reply| Command::RelayAttach {
+        room: "room".into(),
+        demand,
+        reply,
+    });
+    assert_eq!(attached, Some(Ok(())));
+    let parent_key = [0x11u8; 28];
+    let pipe = sim
+        .ask(|reply| Command::PipeOpen {
+            room: "room".into(),
+            parent: PipeEnd {
+                media: PARENT.to_string(),
+                key: BASE64.encode(parent_key),
+                ssrc: 0xAAAA,
+            },
+            own_key: BASE64.encode([0x22u8; 28]),
+            own_ssrc: 0xBBBB,
+            reply,
+        })
+        .unwrap()
+        .expect("the pipe opens");
+    sim.tap(PARENT);
+    let now = sim.now();
+    sim.core().handle_command(
+        now,
+        Command::RelayParticipant {
+            room: "room".into(),
+            participant: "alice".into(),
+            name: "Alice".into(),
+            present: true,
+        },
+    );
+    // Three links' copies of Alice's camera on one pipe, as an edge of `layers: 3` takes it.
+    let mut parents = Vec::new();
+    for (rank, bitrate) in [(0u8, 150_000), (1, 500_000), (2, 1_500_000)] {
+        let ssrc = PIPE_VIDEO_SSRC + u32::from(rank);
+        let taken = sim.ask(|reply| Command::PipeTrack {
+            pipe,
+            track: crate::shard::api::RelayedTrack {
+                room: "room".into(),
+                participant: "alice".into(),
+                name: "Alice".into(),
+                track: "camera".into(),
+                kind: TrackKind::Video,
+                codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
+                    mime_type: "video/VP8".into(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: String::new(),
+                    rtcp_feedback: Vec::new(),
+                },
+                ssrc,
+                layer: (rank, 3),
+            },
+            reply,
+        });
+        assert_eq!(taken, Some(true));
+        parents.push(Parent {
+            sender: crate::srtp::SrtpSender::new(
+                Profile::AeadAes128Gcm,
+                &parent_key[..16],
+                &parent_key[16..],
+            )
+            .expect("sender"),
+            source: synth::VideoSource::new(
+                VideoCodec::Vp8,
+                stream_id(0, Some(usize::from(rank))),
+                bitrate,
+                Duration::from_secs(1),
+            ),
+            seq: 1000,
+            ssrc,
+        });
+    }
+    let epoch = sim.now();
+    let mut run = |sim: &mut Sim, duration: Duration| {
+        let until = sim.now() + duration;
+        while sim.now() < until {
+            for parent in &mut parents {
+                for (_, datagram) in parent.frame(epoch, sim.now()) {
+                    sim.send_to_shard(PARENT, &datagram);
+                }
+            }
+            sim.run_for(Duration::from_millis(33));
+        }
+    };
+    let needs = |needed: &tokio::sync::watch::Receiver<
+        std::collections::BTreeMap<String, Vec<String>>,
+    >| needed.borrow().get("camera").cloned();
+    run(&mut sim, Duration::from_secs(2));
+    assert_eq!(
+        needs(&needed),
+        None,
+        "nothing turned off in the first seconds"
+    );
+    run(&mut sim, Duration::from_secs(4));
+    let track = sim
+        .client(viewer)
+        .track_of("alice", TrackKind::Video)
+        .expect("announced");
+    let top = stream_id(0, Some(2));
+    assert!(
+        sim.client(viewer)
+            .received_on(&track)
+            .any(|r| r.stream == top),
+        "the viewer watches the top layer"
+    );
+    // The layers nobody watches are turned off upstream.
+    assert_eq!(needs(&needed), Some(vec!["f".to_owned()]));
+    let both = Some(vec!["q".to_owned(), "f".to_owned()]);
+    // The viewer shows the video small: the low layer is turned on at once, the top one
+    // only after the pause delay.
+    sim.signal(
+        viewer,
+        ClientMessage::SetQuality {
+            track: track.clone(),
+            quality: Quality::Low,
+        },
+    );
+    run(&mut sim, Duration::from_millis(100));
+    assert_eq!(needs(&needed), both);
+    run(&mut sim, PAUSE_AFTER - Duration::from_millis(500));
+    assert_eq!(needs(&needed), both, "not before the pause delay");
+    run(&mut sim, Duration::from_secs(1));
+    assert_eq!(needs(&needed), Some(vec!["q".to_owned()]));
+    // Large again: the top layer is needed at once.
+    sim.signal(
+        viewer,
+        ClientMessage::SetQuality {
+            track: track.clone(),
+            quality: Quality::High,
+        },
+    );
+    run(&mut sim, Duration::from_millis(100));
+    assert_eq!(needs(&needed), both);
+    let top_before = sim
+        .client(viewer)
+        .received_on(&track)
+        .filter(|r| r.stream == top)
+        .count();
+    run(&mut sim, Duration::from_secs(2));
+    let top_after = sim
+        .client(viewer)
+        .received_on(&track)
+        .filter(|r| r.stream == top)
+        .count();
+    assert!(
+        top_after > top_before + 30,
+        "the top layer reached the viewer again"
+    );
+    // Alice leaves the parent: her track's demand goes with her.
+    let now = sim.now();
+    sim.core().handle_command(
+        now,
+        Command::RelayParticipant {
+            room: "room".into(),
+            participant: "alice".into(),
+            name: String::new(),
+            present: false,
+        },
+    );
+    assert!(needed.borrow().is_empty());
 }
