@@ -124,9 +124,11 @@ impl ShardCore {
                 if let Some(feed) = self.registry.room_mut(room).and_then(|r| r.relay.as_mut()) {
                     feed.sessions.remove(participant);
                     feed.demand.send_if_modified(|demand| {
-                        tracks.iter().fold(false, |changed, track| {
-                            demand.remove(track).is_some() || changed
-                        })
+                        let before = demand.len();
+                        for track in &tracks {
+                            demand.remove(track);
+                        }
+                        demand.len() != before
                     });
                 }
                 self.remove_session(session, now, None);
