@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
+use tutti_service::ratelimit::TokenBucket;
 use tutti_shard_api::admin::RelaySpec;
 
 /// What a relay needs.
@@ -61,7 +62,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(250);
         loop {
-            let (demand, needed) = watch::channel(BTreeMap::new());
+            let (demand, off) = watch::channel(BTreeMap::new());
             if core
                 .relay_attach(options.room.clone(), demand)
                 .await
@@ -72,7 +73,7 @@ pub fn spawn(
             }
             let outcome = tokio::select! {
                 _ = stop.cancelled() => Ok(()),
-                outcome = relay(&core, &options, needed) => outcome,
+                outcome = relay(&core, &options, off) => outcome,
             };
             core.send(Command::RelayDetach {
                 room: options.room.clone(),
@@ -93,11 +94,17 @@ pub fn spawn(
     })
 }
 
-/// Which layers (rids) of each parent track the edge needs; see `shard::api::RelayDemand`.
-type Needed = watch::Receiver<BTreeMap<String, Vec<String>>>;
+/// Which layers (rids) of each parent track the edge turned off; see
+/// `shard::api::RelayDemand`.
+type TurnedOff = watch::Receiver<BTreeMap<String, Vec<String>>>;
+
+/// Quality requests per second a link sends on average, and its burst: below what the
+/// parent allows a session (`signal::session::QUALITY_RATE`), so that a room whose every
+/// track changes at once is caught up over a few seconds instead of being refused.
+const LINK_QUALITY_RATE: (u32, u32) = (8, 40);
 
 /// One relay session: a link per layer, until any of them ends.
-async fn relay(core: &CoreHandle, options: &RelayOptions, needed: Needed) -> Result<(), String> {
+async fn relay(core: &CoreHandle, options: &RelayOptions, off: TurnedOff) -> Result<(), String> {
     let layers = options.spec.layers.clamp(1, 3);
     let (ended_tx, mut ended) = mpsc::channel::<String>(4);
     let mut links = Vec::new();
@@ -106,7 +113,7 @@ async fn relay(core: &CoreHandle, options: &RelayOptions, needed: Needed) -> Res
             core.clone(),
             options.clone(),
             (rank, layers),
-            needed.clone(),
+            off.clone(),
             ended_tx.clone(),
         )));
     }
@@ -132,16 +139,36 @@ struct Parent {
 }
 
 impl Parent {
-    /// A request for `quality` of `track`, unless the link asked for it last.
-    fn ask(&mut self, track: &str, quality: Quality) -> Option<ClientMessage> {
-        if self.asked.get(track) == Some(&quality) {
-            return None;
+    /// The requests that bring what this link asked of each simulcast track in line with
+    /// the layers the edge turned off (`off`), as many as `budget` allows now; the rest
+    /// go at a later call.
+    fn sync(
+        &mut self,
+        link: (u8, u8),
+        off: &BTreeMap<String, Vec<String>>,
+        budget: &mut TokenBucket,
+        now: std::time::Instant,
+    ) -> Vec<ClientMessage> {
+        let (rank, layers) = link;
+        let mut out = Vec::new();
+        for (track, simulcast) in &self.simulcast {
+            if !*simulcast {
+                continue;
+            }
+            let quality = link_quality(rank, layers, off.get(track));
+            if self.asked.get(track) == Some(&quality) {
+                continue;
+            }
+            if !budget.take(now) {
+                break;
+            }
+            self.asked.insert(track.clone(), quality);
+            out.push(ClientMessage::SetQuality {
+                track: track.clone(),
+                quality,
+            });
         }
-        self.asked.insert(track.to_owned(), quality);
-        Some(ClientMessage::SetQuality {
-            track: track.to_owned(),
-            quality,
-        })
+        out
     }
 }
 
@@ -155,14 +182,13 @@ fn quality(rank: u8, layers: u8) -> Quality {
     }
 }
 
-/// What the link of rank `rank` of `layers` asks for of a simulcast track whose layers
-/// the edge needs are `needed` (`None`: all of them): its own quality, or nothing when
-/// nobody at the edge needs its layer, so the parent stops sending it and its publisher
-/// may stop encoding it.
-fn link_quality(rank: u8, layers: u8, needed: Option<&Vec<String>>) -> Quality {
+/// What the link of rank `rank` of `layers` asks for of a simulcast track of which the
+/// edge turned off the layers `off` (rids; `None`: none): its own quality, or nothing when
+/// its layer is off, so the parent stops sending it and its publisher may stop encoding it.
+fn link_quality(rank: u8, layers: u8, off: Option<&Vec<String>>) -> Quality {
     let rid = crate::shard::relayed_layer_rid(rank);
-    match needed {
-        Some(needed) if layers > 1 && !needed.iter().any(|r| r == rid) => Quality::Off,
+    match off {
+        Some(off) if layers > 1 && off.iter().any(|r| r == rid) => Quality::Off,
         _ => quality(rank, layers),
     }
 }
@@ -172,10 +198,10 @@ async fn link(
     core: CoreHandle,
     options: RelayOptions,
     layer: (u8, u8),
-    needed: Needed,
+    off: TurnedOff,
     ended: mpsc::Sender<String>,
 ) {
-    let why = match run_link(&core, &options, layer, needed).await {
+    let why = match run_link(&core, &options, layer, off).await {
         Ok(()) => "the parent ended the relay".to_owned(),
         Err(err) => err,
     };
@@ -208,7 +234,7 @@ async fn run_link(
     core: &CoreHandle,
     options: &RelayOptions,
     layer: (u8, u8),
-    mut needed: Needed,
+    mut off: TurnedOff,
 ) -> Result<(), String> {
     let (rank, layers) = layer;
     let mut request = options
@@ -248,183 +274,177 @@ async fn run_link(
     let mut pipe: Option<PipeId> = None;
     let top = rank + 1 == layers;
     let room = &options.room;
+    let mut budget = TokenBucket::new(LINK_QUALITY_RATE.0, LINK_QUALITY_RATE.1);
+    // Catches up what the budget held back, or what the parent refused.
+    let mut resync = tokio::time::interval(Duration::from_secs(1));
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let frame = tokio::select! {
             frame = stream.next() => match frame {
-                Some(frame) => frame,
+                Some(frame) => Some(frame),
                 None => break,
             },
-            changed = needed.changed() => {
+            changed = off.changed() => {
                 if changed.is_err() {
                     return Err("the shard stopped the relay".to_owned());
                 }
-                let wanted = needed.borrow_and_update().clone();
-                let tracks: Vec<String> = parent
-                    .simulcast
-                    .iter()
-                    .filter(|(_, simulcast)| **simulcast)
-                    .map(|(track, _)| track.clone())
-                    .collect();
-                for track in tracks {
-                    let quality = link_quality(rank, layers, wanted.get(&track));
-                    if let Some(ask) = parent.ask(&track, quality) {
-                        sink.send(Message::Text(encode_client(&ask).into()))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
-                continue;
+                off.borrow_and_update();
+                None
             }
+            _ = resync.tick() => None,
         };
-        let text = match frame {
-            Ok(Message::Text(text)) => text,
-            Ok(Message::Close(_)) | Err(_) => return Err("the parent closed the link".to_owned()),
-            Ok(_) => continue,
-        };
-        let Ok(message) = decode_server(&text) else {
-            continue;
-        };
-        let mut replies = Vec::new();
-        match message {
-            ServerMessage::Joined { participants, .. } => {
-                for p in participants {
-                    parent.names.insert(p.id.clone(), p.name.clone());
-                    for track in &p.tracks {
-                        let simulcast = !track.layers.is_empty();
-                        parent.simulcast.insert(track.id.clone(), simulcast);
-                        if simulcast {
-                            let quality =
-                                link_quality(rank, layers, needed.borrow().get(&track.id));
-                            replies.extend(parent.ask(&track.id, quality));
+        'message: {
+            let Some(frame) = frame else {
+                break 'message;
+            };
+            let text = match frame {
+                Ok(Message::Text(text)) => text,
+                Ok(Message::Close(_)) | Err(_) => {
+                    return Err("the parent closed the link".to_owned());
+                }
+                Ok(_) => break 'message,
+            };
+            let Ok(message) = decode_server(&text) else {
+                break 'message;
+            };
+            match message {
+                ServerMessage::Joined { participants, .. } => {
+                    for p in participants {
+                        parent.names.insert(p.id.clone(), p.name.clone());
+                        for track in &p.tracks {
+                            let simulcast = !track.layers.is_empty();
+                            parent.simulcast.insert(track.id.clone(), simulcast);
+                        }
+                        if top {
+                            let (participant, sharing) = (p.id.clone(), p.screen_sharing);
+                            core.send(Command::RelayParticipant {
+                                room: room.clone(),
+                                participant: p.id,
+                                name: p.name,
+                                present: true,
+                            })
+                            .await;
+                            if sharing {
+                                core.send(Command::RelayScreenShare {
+                                    room: room.clone(),
+                                    participant,
+                                    active: true,
+                                })
+                                .await;
+                            }
                         }
                     }
+                }
+                ServerMessage::Pipe { end } => {
+                    pipe = Some(
+                        core.pipe_open(room.clone(), end, own_key.clone(), own_ssrc)
+                            .await?,
+                    );
+                }
+                ServerMessage::PipeTrack {
+                    participant,
+                    track,
+                    kind,
+                    codec,
+                    ssrc,
+                } => {
+                    let Some(pipe) = pipe else {
+                        return Err(
+                            "the parent announced a track before its end of the pipe".into()
+                        );
+                    };
+                    let simulcast = parent.simulcast.get(&track).copied().unwrap_or(false);
+                    // Without simulcast every link would carry the same stream: only the top
+                    // link relays it. Audio is never layered.
+                    let layer = if simulcast && kind == TrackKind::Video {
+                        (rank, layers)
+                    } else {
+                        (0, 1)
+                    };
+                    if !top && layer.1 == 1 {
+                        break 'message;
+                    }
+                    let name = parent
+                        .names
+                        .get(&participant)
+                        .cloned()
+                        .unwrap_or_else(|| participant.clone());
+                    let relayed = RelayedTrack {
+                        room: room.clone(),
+                        participant,
+                        name,
+                        track,
+                        kind,
+                        codec: rtc_codec(codec),
+                        ssrc,
+                        layer,
+                    };
+                    if !core.pipe_track(pipe, relayed).await {
+                        tracing::warn!(%room, ssrc, "a track on the pipe was refused");
+                    }
+                }
+                ServerMessage::ParticipantJoined { participant } => {
+                    parent
+                        .names
+                        .insert(participant.id.clone(), participant.name.clone());
                     if top {
-                        let (participant, sharing) = (p.id.clone(), p.screen_sharing);
                         core.send(Command::RelayParticipant {
                             room: room.clone(),
-                            participant: p.id,
-                            name: p.name,
+                            participant: participant.id,
+                            name: participant.name,
                             present: true,
                         })
                         .await;
-                        if sharing {
-                            core.send(Command::RelayScreenShare {
-                                room: room.clone(),
-                                participant,
-                                active: true,
-                            })
-                            .await;
-                        }
                     }
                 }
-            }
-            ServerMessage::Pipe { end } => {
-                pipe = Some(
-                    core.pipe_open(room.clone(), end, own_key.clone(), own_ssrc)
-                        .await?,
-                );
-            }
-            ServerMessage::PipeTrack {
-                participant,
-                track,
-                kind,
-                codec,
-                ssrc,
-            } => {
-                let Some(pipe) = pipe else {
-                    return Err("the parent announced a track before its end of the pipe".into());
-                };
-                let simulcast = parent.simulcast.get(&track).copied().unwrap_or(false);
-                // Without simulcast every link would carry the same stream: only the top
-                // link relays it. Audio is never layered.
-                let layer = if simulcast && kind == TrackKind::Video {
-                    (rank, layers)
-                } else {
-                    (0, 1)
-                };
-                if !top && layer.1 == 1 {
-                    continue;
-                }
-                let name = parent
-                    .names
-                    .get(&participant)
-                    .cloned()
-                    .unwrap_or_else(|| participant.clone());
-                let relayed = RelayedTrack {
-                    room: room.clone(),
-                    participant,
-                    name,
-                    track,
-                    kind,
-                    codec: rtc_codec(codec),
-                    ssrc,
-                    layer,
-                };
-                if !core.pipe_track(pipe, relayed).await {
-                    tracing::warn!(%room, ssrc, "a track on the pipe was refused");
-                }
-            }
-            ServerMessage::ParticipantJoined { participant } => {
-                parent
-                    .names
-                    .insert(participant.id.clone(), participant.name.clone());
-                if top {
-                    core.send(Command::RelayParticipant {
-                        room: room.clone(),
-                        participant: participant.id,
-                        name: participant.name,
-                        present: true,
-                    })
-                    .await;
-                }
-            }
-            ServerMessage::ScreenShare {
-                participant,
-                active,
-            } if top => {
-                core.send(Command::RelayScreenShare {
-                    room: room.clone(),
+                ServerMessage::ScreenShare {
                     participant,
                     active,
-                })
-                .await;
-            }
-            ServerMessage::ParticipantLeft { participant } if top => {
-                core.send(Command::RelayParticipant {
-                    room: room.clone(),
-                    participant,
-                    name: String::new(),
-                    present: false,
-                })
-                .await;
-            }
-            ServerMessage::TrackPublished { track, .. } => {
-                let simulcast = !track.layers.is_empty();
-                parent.simulcast.insert(track.id.clone(), simulcast);
-                if simulcast {
-                    let quality = link_quality(rank, layers, needed.borrow().get(&track.id));
-                    replies.extend(parent.ask(&track.id, quality));
-                }
-            }
-            ServerMessage::TrackUnpublished { track, .. } => {
-                parent.simulcast.remove(&track);
-                parent.asked.remove(&track);
-                if top {
-                    core.send(Command::RelayTrackEnded {
+                } if top => {
+                    core.send(Command::RelayScreenShare {
                         room: room.clone(),
-                        track,
+                        participant,
+                        active,
                     })
                     .await;
                 }
+                ServerMessage::ParticipantLeft { participant } if top => {
+                    core.send(Command::RelayParticipant {
+                        room: room.clone(),
+                        participant,
+                        name: String::new(),
+                        present: false,
+                    })
+                    .await;
+                }
+                ServerMessage::TrackPublished { track, .. } => {
+                    let simulcast = !track.layers.is_empty();
+                    parent.simulcast.insert(track.id.clone(), simulcast);
+                }
+                ServerMessage::TrackUnpublished { track, .. } => {
+                    parent.simulcast.remove(&track);
+                    parent.asked.remove(&track);
+                    if top {
+                        core.send(Command::RelayTrackEnded {
+                            room: room.clone(),
+                            track,
+                        })
+                        .await;
+                    }
+                }
+                ServerMessage::Left { reason, .. } => {
+                    return Err(format!("the parent ended the relay: {reason}"));
+                }
+                ServerMessage::Error { code, message } => {
+                    tracing::warn!(code = code.as_str(), %message, "the parent refused a relay step");
+                    // A refused quality request is not what the parent has: ask again.
+                    parent.asked.clear();
+                }
+                _ => {}
             }
-            ServerMessage::Left { reason, .. } => {
-                return Err(format!("the parent ended the relay: {reason}"));
-            }
-            ServerMessage::Error { code, message } => {
-                tracing::warn!(code = code.as_str(), %message, "the parent refused a relay step");
-            }
-            _ => {}
         }
+        let now = std::time::Instant::now();
+        let replies = parent.sync(layer, &off.borrow(), &mut budget, now);
         for reply in replies {
             sink.send(Message::Text(encode_client(&reply).into()))
                 .await
@@ -450,23 +470,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_link_asks_for_its_layer_only_while_the_edge_needs_it() {
-        let needed = |rids: &[&str]| rids.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>();
-        // Nothing said yet: every link asks for its own quality.
+    fn a_link_asks_for_its_layer_unless_the_edge_turned_it_off() {
+        let rids = |rids: &[&str]| rids.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>();
+        // Nothing turned off: every link asks for its own quality.
         assert_eq!(link_quality(0, 3, None), Quality::Low);
         assert_eq!(link_quality(1, 3, None), Quality::Medium);
         assert_eq!(link_quality(2, 3, None), Quality::High);
-        let low_only = needed(&["q"]);
-        assert_eq!(link_quality(0, 3, Some(&low_only)), Quality::Low);
-        assert_eq!(link_quality(1, 3, Some(&low_only)), Quality::Off);
-        assert_eq!(link_quality(2, 3, Some(&low_only)), Quality::Off);
-        let nothing = needed(&[]);
-        assert_eq!(link_quality(0, 3, Some(&nothing)), Quality::Off);
+        let upper_off = rids(&["h", "f"]);
+        assert_eq!(link_quality(0, 3, Some(&upper_off)), Quality::Low);
+        assert_eq!(link_quality(1, 3, Some(&upper_off)), Quality::Off);
+        assert_eq!(link_quality(2, 3, Some(&upper_off)), Quality::Off);
+        // A layer the edge does not know yet (its link came late) is not off.
+        let low_off = rids(&["q"]);
+        assert_eq!(link_quality(2, 3, Some(&low_off)), Quality::High);
         // Two links: the second is the edge's layer `h`.
-        let upper = needed(&["h"]);
-        assert_eq!(link_quality(0, 2, Some(&upper)), Quality::Off);
-        assert_eq!(link_quality(1, 2, Some(&upper)), quality(1, 2));
+        assert_eq!(link_quality(0, 2, Some(&low_off)), Quality::Off);
+        assert_eq!(link_quality(1, 2, Some(&low_off)), quality(1, 2));
         // A single link carries the only copy and is never turned off from here.
-        assert_eq!(link_quality(0, 1, Some(&nothing)), Quality::High);
+        assert_eq!(
+            link_quality(0, 1, Some(&rids(&["q", "h", "f"]))),
+            Quality::High
+        );
+    }
+
+    #[test]
+    fn quality_requests_are_paced_and_caught_up_later() {
+        let mut parent = Parent::default();
+        for n in 0..60 {
+            parent.simulcast.insert(format!("track-{n}"), true);
+        }
+        parent.simulcast.insert("audio".into(), false);
+        let mut budget = TokenBucket::new(LINK_QUALITY_RATE.0, LINK_QUALITY_RATE.1);
+        let t0 = std::time::Instant::now();
+        let none = BTreeMap::new();
+        let first = parent.sync((0, 3), &none, &mut budget, t0);
+        assert_eq!(first.len(), LINK_QUALITY_RATE.1 as usize, "a burst, not 60");
+        // Nothing new to ask for what was asked.
+        let again = parent.sync((0, 3), &none, &mut budget, t0);
+        assert!(again.is_empty());
+        let later = parent.sync((0, 3), &none, &mut budget, t0 + Duration::from_secs(3));
+        assert_eq!(later.len(), 60 - first.len(), "the rest caught up");
+        // Every track asked for once, the audio track never.
+        let asked: std::collections::HashSet<String> = first
+            .iter()
+            .chain(&later)
+            .map(|m| match m {
+                ClientMessage::SetQuality { track, quality } => {
+                    assert_eq!(*quality, Quality::Low);
+                    track.clone()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(asked.len(), 60);
+        // One track's layer turned off: one request.
+        let mut off = BTreeMap::new();
+        off.insert("track-7".to_owned(), vec!["q".to_owned()]);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            parent.sync((0, 3), &off, &mut budget, t1),
+            vec![ClientMessage::SetQuality {
+                track: "track-7".into(),
+                quality: Quality::Off
+            }]
+        );
     }
 }

@@ -47,11 +47,12 @@ pub struct JoinRequest {
 }
 
 /// Which layers (by rid: `q`, `h`, `f`) of each relayed track, by the parent's track id,
-/// the edge's viewers and child edges need: the relay client turns off the links of the
-/// others, so the parent stops sending them and its publisher may stop encoding them
-/// (dynacast across a cascade). A track missing from the map needs every layer. A watch
-/// channel holds only the latest state, so the core never blocks on it and a slow relay
-/// client never misses the newest demand.
+/// nobody at this edge needs, its viewers and child edges included: the relay client
+/// turns those links off, so the parent stops sending them and its publisher may stop
+/// encoding them (dynacast across a cascade). A track missing from the map has nothing
+/// turned off, and neither has a layer the edge does not know yet. A watch channel holds
+/// only the latest state, so the core never blocks on it and a slow relay client never
+/// misses the newest demand.
 pub type RelayDemand = tokio::sync::watch::Sender<std::collections::BTreeMap<String, Vec<String>>>;
 
 /// A relayed track as the relay client announces it.

@@ -54,9 +54,9 @@ impl ShardCore {
         true
     }
 
-    /// Dynacast for a relayed track: which of its layers the edge needs goes to the relay
-    /// client instead of to a publisher (the relayed session has no client). Returns the
-    /// message when `session` is not a relayed one.
+    /// Dynacast for a relayed track: the layers nobody at this edge needs are turned off
+    /// upstream by the relay client instead of at a publisher (the relayed session has no
+    /// client). Returns the message when `session` is not a relayed one.
     pub(super) fn relay_demand(
         &mut self,
         session: SessionId,
@@ -71,9 +71,27 @@ impl ShardCore {
         if s.presence != Presence::Relayed {
             return Some(message);
         }
+        // The layers it has that are not kept, not those missing from `active`: a layer
+        // whose link has not announced it yet is not off.
+        let off: Vec<String> = self
+            .media
+            .tracks()
+            .find(|(_, t)| t.session == session && t.source_track_id == *track)
+            .map(|(_, t)| {
+                t.layers
+                    .iter()
+                    .filter(|layer| !active.contains(&layer.rid))
+                    .map(|layer| layer.rid.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some(feed) = self.registry.room(&s.room).and_then(|r| r.relay.as_ref()) {
             feed.demand.send_modify(|demand| {
-                demand.insert(track.clone(), active.clone());
+                if off.is_empty() {
+                    demand.remove(track);
+                } else {
+                    demand.insert(track.clone(), off);
+                }
             });
         }
         None
@@ -235,6 +253,7 @@ impl ShardCore {
             ""
         };
         let interval = self.keyframe_interval(&relayed.room);
+        let mut rebuilt = false;
         let existing = self.media.tracks_mut().find(|(_, t)| {
             t.peer.is_none() && t.room == relayed.room && t.source_track_id == relayed.track
         });
@@ -246,16 +265,27 @@ impl ShardCore {
                         .layers
                         .push(new_layer(rid, rank, relayed.kind, interval));
                     // Dynacast across the cascade: the layers nobody here needs are
-                    // turned off upstream. Started afresh as a layer joins, all on.
+                    // turned off upstream. Started afresh as a layer joins, all on, and
+                    // so turned on upstream too (below).
                     let count = track.layers.len();
                     track.layer_switch = (2..=crate::media::dynacast::MAX_LAYERS)
                         .contains(&count)
                         .then(|| crate::media::dynacast::LayerSwitch::new(count, now));
+                    rebuilt = true;
                     count - 1
                 }
             };
             if let Some(layer) = track.layers.get_mut(index) {
                 layer.ssrc = Some(relayed.ssrc);
+            }
+            if rebuilt
+                && let Some(feed) = self
+                    .registry
+                    .room(&relayed.room)
+                    .and_then(|r| r.relay.as_ref())
+            {
+                feed.demand
+                    .send_if_modified(|demand| demand.remove(&relayed.track).is_some());
             }
             return Some(RelayHandle {
                 track: key,

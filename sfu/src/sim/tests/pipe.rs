@@ -540,7 +540,7 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
     use crate::signal::protocol::ClientMessage;
     let mut sim = Sim::with_defaults().unwrap();
     let viewer = sim.join("room", "viewer-0", viewer()).unwrap();
-    let (demand, needed) = tokio::sync::watch::channel(Default::default());
+    let (demand, turned_off) = tokio::sync::watch::channel(Default::default());
     let attached = sim.ask(|reply| Command::RelayAttach {
         room: "room".into(),
         demand,
@@ -574,9 +574,7 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
         },
     );
     // Three links' copies of Alice's camera on one pipe, as an edge of `layers: 3` takes it.
-    let mut parents = Vec::new();
-    for (rank, bitrate) in [(0u8, 150_000), (1, 500_000), (2, 1_500_000)] {
-        let ssrc = PIPE_VIDEO_SSRC + u32::from(rank);
+    let announce = |sim: &mut Sim, rank: u8| {
         let taken = sim.ask(|reply| Command::PipeTrack {
             pipe,
             track: crate::shard::api::RelayedTrack {
@@ -592,12 +590,16 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
                     sdp_fmtp_line: String::new(),
                     rtcp_feedback: Vec::new(),
                 },
-                ssrc,
+                ssrc: PIPE_VIDEO_SSRC + u32::from(rank),
                 layer: (rank, 3),
             },
             reply,
         });
         assert_eq!(taken, Some(true));
+    };
+    let mut parents = Vec::new();
+    for (rank, bitrate) in [(0u8, 150_000), (1, 500_000), (2, 1_500_000)] {
+        let ssrc = PIPE_VIDEO_SSRC + u32::from(rank);
         parents.push(Parent {
             sender: crate::srtp::SrtpSender::new(
                 Profile::AeadAes128Gcm,
@@ -616,10 +618,11 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
         });
     }
     let epoch = sim.now();
-    let mut run = |sim: &mut Sim, duration: Duration| {
+    // Sends what the first `links` links carry for `duration`.
+    let mut run_links = |sim: &mut Sim, duration: Duration, links: usize| {
         let until = sim.now() + duration;
         while sim.now() < until {
-            for parent in &mut parents {
+            for parent in parents.iter_mut().take(links) {
                 for (_, datagram) in parent.frame(epoch, sim.now()) {
                     sim.send_to_shard(PARENT, &datagram);
                 }
@@ -627,12 +630,24 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
             sim.run_for(Duration::from_millis(33));
         }
     };
-    let needs = |needed: &tokio::sync::watch::Receiver<
+    let off = |off: &tokio::sync::watch::Receiver<
         std::collections::BTreeMap<String, Vec<String>>,
-    >| needed.borrow().get("camera").cloned();
+    >| { off.borrow().get("camera").cloned() };
+    let rids = |rids: &[&str]| Some(rids.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>());
+    // The third link comes late: with two layers the viewer watches `h`, and `q` is
+    // turned off upstream.
+    announce(&mut sim, 0);
+    announce(&mut sim, 1);
+    run_links(&mut sim, Duration::from_secs(6), 2);
+    assert_eq!(off(&turned_off), rids(&["q"]));
+    // The third layer arrives: the edge starts afresh with every layer on, upstream too
+    // (its link must not ask for nothing because `f` was not among the layers kept).
+    announce(&mut sim, 2);
+    assert_eq!(off(&turned_off), None);
+    let mut run = |sim: &mut Sim, duration: Duration| run_links(sim, duration, 3);
     run(&mut sim, Duration::from_secs(2));
     assert_eq!(
-        needs(&needed),
+        off(&turned_off),
         None,
         "nothing turned off in the first seconds"
     );
@@ -649,8 +664,7 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
         "the viewer watches the top layer"
     );
     // The layers nobody watches are turned off upstream.
-    assert_eq!(needs(&needed), Some(vec!["f".to_owned()]));
-    let both = Some(vec!["q".to_owned(), "f".to_owned()]);
+    assert_eq!(off(&turned_off), rids(&["q", "h"]));
     // The viewer shows the video small: the low layer is turned on at once, the top one
     // only after the pause delay.
     sim.signal(
@@ -661,11 +675,11 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
         },
     );
     run(&mut sim, Duration::from_millis(100));
-    assert_eq!(needs(&needed), both);
+    assert_eq!(off(&turned_off), rids(&["h"]));
     run(&mut sim, PAUSE_AFTER - Duration::from_millis(500));
-    assert_eq!(needs(&needed), both, "not before the pause delay");
+    assert_eq!(off(&turned_off), rids(&["h"]), "not before the pause delay");
     run(&mut sim, Duration::from_secs(1));
-    assert_eq!(needs(&needed), Some(vec!["q".to_owned()]));
+    assert_eq!(off(&turned_off), rids(&["h", "f"]));
     // Large again: the top layer is needed at once.
     sim.signal(
         viewer,
@@ -675,7 +689,7 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
         },
     );
     run(&mut sim, Duration::from_millis(100));
-    assert_eq!(needs(&needed), both);
+    assert_eq!(off(&turned_off), rids(&["h"]));
     let top_before = sim
         .client(viewer)
         .received_on(&track)
@@ -702,5 +716,5 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
             present: false,
         },
     );
-    assert!(needed.borrow().is_empty());
+    assert!(turned_off.borrow().is_empty());
 }
