@@ -6,7 +6,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId } from './lib.mjs';
+import {
+  startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId, encodedOver,
+} from './lib.mjs';
 
 let gateway;
 let browser;
@@ -33,30 +35,6 @@ function showTile(page, name, width) {
       tile.style.width = `${px}px`;
     }
   }, [name, width]);
-}
-
-/** Frames each simulcast layer of `page`'s camera has encoded, by rid, and which are on. */
-function encodedLayers(page) {
-  return page.evaluate(async () => {
-    const sender = window.tutti.state.videoSender;
-    if (!sender) return null;
-    const active = Object.fromEntries(sender.getParameters().encodings.map((e) => [e.rid, e.active !== false]));
-    const frames = {};
-    (await sender.getStats()).forEach((s) => {
-      if (s.type === 'outbound-rtp' && s.kind === 'video') frames[s.rid] = s.framesEncoded || 0;
-    });
-    return { active, frames };
-  });
-}
-
-/** Frames of each layer encoded over `ms`, by rid. */
-async function encodedOver(page, ms) {
-  const before = await encodedLayers(page);
-  await new Promise((resolve) => setTimeout(resolve, ms));
-  const after = await encodedLayers(page);
-  const grown = {};
-  for (const [rid, frames] of Object.entries(after.frames)) grown[rid] = frames - (before.frames[rid] || 0);
-  return { active: after.active, grown };
 }
 
 /** What `page` receives of `name`'s video: frames decoded, bytes, frame width. */

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   binary, startProcess, startGateway, launch, openPage, waitFor, waitForPlayingVideo,
-  inbound, startEtcd, startClusterShard, remoteVideo,
+  inbound, startEtcd, startClusterShard, remoteVideo, encodedOver,
 } from './lib.mjs';
 
 const ADMIN_TOKEN = 'broadcast-admin-token-0123456789abcdef';
@@ -159,10 +159,27 @@ test('the stage reaches a viewer through an edge, and the viewer picks a quality
   );
   const best = await atBest();
   await viewers[0].selectOption('#quality', 'low');
+  const lowAt = Date.now();
   const low = await waitFor('the low layer', () => videoWidth(viewers[0]), (w) => w > 0 && w <= 160, 30_000);
+  // Nobody on any shard watches the larger layer now: the edge turns its relay link off
+  // and the origin tells the presenter's browser to stop encoding it (3 s at each shard).
+  // Only a layer that flowed can be paused: a busy machine may never have sent it.
+  let dynacast = 'not checked: the presenter sent only its lowest layer';
+  if (best.sent > 160) {
+    const paused = await waitFor("the presenter's larger layer switched off across the cascade",
+      () => encodedOver(presenter, 1000),
+      (e) => e.active.q && !e.active.h && e.grown.q > 0 && !(e.grown.h > 0), 30_000);
+    dynacast = `larger layer off at the presenter ${Date.now() - lowAt} ms after the viewer chose low (${JSON.stringify(paused)})`;
+  }
   await viewers[0].selectOption('#quality', 'high');
+  const highAt = Date.now();
+  if (best.sent > 160) {
+    await waitFor("the presenter's larger layer switched on again", () => encodedOver(presenter, 1000),
+      (e) => e.active.h && e.grown.h > 0, 30_000);
+    dynacast += `, on again ${Date.now() - highAt} ms after it chose high`;
+  }
   const again = await atBest();
-  console.log(`quality: ${best.got} px wide at high (the presenter sending up to ${best.sent}), ${low} at low, ${again.got} at high again`);
+  console.log(`quality: ${best.got} px wide at high (the presenter sending up to ${best.sent}), ${low} at low, ${again.got} at high again; ${dynacast}`);
 });
 
 test('the presenter shares a screen: the viewer on the edge sees it whole, then the camera again', async () => {

@@ -356,3 +356,27 @@ export async function shardCounters(gatewayUrl, names) {
     return [name, found ? Number(found[1]) : NaN];
   }));
 }
+
+/** Frames each simulcast layer of `page`'s camera has encoded, by rid, and which are on. */
+export function encodedLayers(page) {
+  return page.evaluate(async () => {
+    const sender = window.tutti.state.videoSender;
+    if (!sender) return null;
+    const active = Object.fromEntries(sender.getParameters().encodings.map((e) => [e.rid, e.active !== false]));
+    const frames = {};
+    (await sender.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') frames[s.rid] = s.framesEncoded || 0;
+    });
+    return { active, frames };
+  });
+}
+
+/** Frames of each layer encoded over `ms`, by rid. */
+export async function encodedOver(page, ms) {
+  const before = await encodedLayers(page);
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  const after = await encodedLayers(page);
+  const grown = {};
+  for (const [rid, frames] of Object.entries(after.frames)) grown[rid] = frames - (before.frames[rid] || 0);
+  return { active: after.active, grown };
+}
