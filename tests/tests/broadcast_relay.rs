@@ -211,19 +211,36 @@ fn last_publish_layers(events: &[ServerMessage]) -> Option<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_no_viewer_at_the_edge_needs_is_paused_at_the_presenter_and_resumed_when_asked()
 -> Result<()> {
+    relayed_dynacast(1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hops_down_a_layer_nobody_needs_is_paused_at_the_presenter_too() -> Result<()> {
+    relayed_dynacast(2).await
+}
+
+/// A simulcast presenter at an origin, `hops` shards relaying it in a chain, one viewer at
+/// the last: the viewer picks low, and the presenter is told to encode only that layer;
+/// it picks high, and the top layer comes back all the way down.
+async fn relayed_dynacast(hops: usize) -> Result<()> {
     use tutti_sfu::media::simulcast::Quality;
     use tutti_tests::participant::layer_stream;
     init_logs();
     let origin = TestShard::start().await?;
-    let edge = TestShard::start().await?;
     origin.admin.put_pipeline("concert", &audience()).await?;
-    let mut edge_spec = audience();
-    edge_spec.relay = Some(RelaySpec {
-        from: origin.signal_url(),
-        room: "concert".into(),
-        layers: 3,
-    });
-    edge.admin.put_pipeline("concert", &edge_spec).await?;
+    let mut relays: Vec<TestShard> = Vec::new();
+    for _ in 0..hops {
+        let shard = TestShard::start().await?;
+        let mut spec = audience();
+        spec.relay = Some(RelaySpec {
+            from: relays.last().unwrap_or(&origin).signal_url(),
+            room: "concert".into(),
+            layers: 3,
+        });
+        shard.admin.put_pipeline("concert", &spec).await?;
+        relays.push(shard);
+    }
+    let edge = relays.last().context("at least one hop")?;
     let mut config = ParticipantConfig::new("concert", "pianist");
     config.audio = false;
     config.simulcast = true;
@@ -274,7 +291,7 @@ async fn a_layer_no_viewer_at_the_edge_needs_is_paused_at_the_presenter_and_resu
     let asked = Instant::now();
     presenter
         .wait_for(
-            Duration::from_secs(30),
+            Duration::from_secs(20 + 10 * hops as u64),
             "told to encode only the low layer",
             |_, events| last_publish_layers(events).is_some_and(|a| a == ["q"]),
         )
@@ -312,7 +329,7 @@ async fn a_layer_no_viewer_at_the_edge_needs_is_paused_at_the_presenter_and_resu
         "the middle layer, which nobody needs, stays paused: {layers:?}"
     );
     println!(
-        "relayed dynacast: the presenter was told to pause after {paused_after:.1?}, to resume after {resumed_after:.1?}"
+        "relayed dynacast over {hops} hop(s): the presenter was told to pause after {paused_after:.1?}, to resume after {resumed_after:.1?}"
     );
     Ok(())
 }
