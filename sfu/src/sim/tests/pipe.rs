@@ -315,6 +315,21 @@ const PARENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 8, 1)
 const PIPE_VIDEO_SSRC: u32 = 0x5151_0001;
 
 impl Parent {
+    /// The parent's copy of `source` under `ssrc`, protected with [`PARENT_KEY`].
+    fn new(source: synth::VideoSource, ssrc: u32) -> Self {
+        Self {
+            sender: crate::srtp::SrtpSender::new(
+                Profile::AeadAes128Gcm,
+                &PARENT_KEY[..16],
+                &PARENT_KEY[16..],
+            )
+            .expect("sender"),
+            source,
+            seq: 1000,
+            ssrc,
+        }
+    }
+
     /// The next frame's packets, protected for the pipe, with their sequence numbers.
     fn frame(&mut self, epoch: Instant, now: Instant) -> Vec<(u16, Vec<u8>)> {
         let sent_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
@@ -351,6 +366,77 @@ impl Parent {
     }
 }
 
+const PARENT_KEY: [u8; 28] = [0x11; 28];
+const EDGE_KEY: [u8; 28] = [0x22; 28];
+
+/// What an edge turns off upstream, by parent track.
+type TurnedOff = tokio::sync::watch::Receiver<std::collections::BTreeMap<String, Vec<String>>>;
+
+/// The edge's room "room" fed by a parent: the relay attached, the pipe open (what the
+/// edge sends the parent tapped), Alice present at the parent. Returns the pipe and what
+/// the edge turns off upstream.
+fn edge_fed_by_parent(sim: &mut Sim) -> (crate::shard::api::PipeId, TurnedOff) {
+    let (demand, turned_off) = tokio::sync::watch::channel(Default::default());
+    let attached = sim.ask(|reply| Command::RelayAttach {
+        room: "room".into(),
+        demand,
+        reply,
+    });
+    assert_eq!(attached, Some(Ok(())));
+    let pipe = sim
+        .ask(|reply| Command::PipeOpen {
+            room: "room".into(),
+            parent: PipeEnd {
+                media: PARENT.to_string(),
+                key: BASE64.encode(PARENT_KEY),
+                ssrc: 0xAAAA,
+            },
+            own_key: BASE64.encode(EDGE_KEY),
+            own_ssrc: 0xBBBB,
+            reply,
+        })
+        .unwrap()
+        .expect("the pipe opens");
+    sim.tap(PARENT);
+    let now = sim.now();
+    sim.core().handle_command(
+        now,
+        Command::RelayParticipant {
+            room: "room".into(),
+            participant: "alice".into(),
+            name: "Alice".into(),
+            present: true,
+        },
+    );
+    (pipe, turned_off)
+}
+
+/// The parent announces a copy of Alice's VP8 camera on the pipe under `ssrc`, as layer
+/// `layer` (rank, of how many).
+fn announce_camera(sim: &mut Sim, pipe: crate::shard::api::PipeId, ssrc: u32, layer: (u8, u8)) {
+    let taken = sim.ask(|reply| Command::PipeTrack {
+        pipe,
+        track: crate::shard::api::RelayedTrack {
+            room: "room".into(),
+            participant: "alice".into(),
+            name: "Alice".into(),
+            track: "camera".into(),
+            kind: TrackKind::Video,
+            codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: Vec::new(),
+            },
+            ssrc,
+            layer,
+        },
+        reply,
+    });
+    assert_eq!(taken, Some(true));
+}
+
 /// RTCP the edge sent up the pipe, decrypted with the edge's key.
 fn upstream_rtcp(
     sim: &mut Sim,
@@ -370,78 +456,18 @@ fn upstream_rtcp(
 fn an_edge_end_of_a_pipe_feeds_viewers_and_asks_upstream_for_losses_and_keyframes() {
     let mut sim = Sim::with_defaults().unwrap();
     let viewer = sim.join("room", "viewer-0", viewer()).unwrap();
-    let (demand, _needed) = tokio::sync::watch::channel(Default::default());
-    let attached = sim.ask(|reply| Command::RelayAttach {
-        room: "room".into(),
-        demand,
-        reply,
-    });
-    assert_eq!(attached, Some(Ok(())));
-    let parent_key = [0x11u8; 28];
-    let edge_key = [0x22u8; 28];
-    let pipe = sim
-        .ask(|reply| Command::PipeOpen {
-            room: "room".into(),
-            parent: PipeEnd {
-                media: PARENT.to_string(),
-                key: BASE64.encode(parent_key),
-                ssrc: 0xAAAA,
-            },
-            own_key: BASE64.encode(edge_key),
-            own_ssrc: 0xBBBB,
-            reply,
-        })
-        .unwrap()
-        .expect("the pipe opens");
-    sim.tap(PARENT);
-    let now = sim.now();
-    sim.core().handle_command(
-        now,
-        Command::RelayParticipant {
-            room: "room".into(),
-            participant: "alice".into(),
-            name: "Alice".into(),
-            present: true,
-        },
-    );
-    let taken = sim.ask(|reply| Command::PipeTrack {
-        pipe,
-        track: crate::shard::api::RelayedTrack {
-            room: "room".into(),
-            participant: "alice".into(),
-            name: "Alice".into(),
-            track: "camera".into(),
-            kind: TrackKind::Video,
-            codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
-                mime_type: "video/VP8".into(),
-                clock_rate: 90_000,
-                channels: 0,
-                sdp_fmtp_line: String::new(),
-                rtcp_feedback: Vec::new(),
-            },
-            ssrc: PIPE_VIDEO_SSRC,
-            layer: (0, 1),
-        },
-        reply,
-    });
-    assert_eq!(taken, Some(true));
-    let mut parent = Parent {
-        sender: crate::srtp::SrtpSender::new(
-            Profile::AeadAes128Gcm,
-            &parent_key[..16],
-            &parent_key[16..],
-        )
-        .expect("sender"),
-        source: synth::VideoSource::new(
+    let (pipe, _turned_off) = edge_fed_by_parent(&mut sim);
+    announce_camera(&mut sim, pipe, PIPE_VIDEO_SSRC, (0, 1));
+    let mut parent = Parent::new(
+        synth::VideoSource::new(
             VideoCodec::Vp8,
             stream_id(0, Some(0)),
             300_000,
             Duration::from_secs(600),
         ),
-        seq: 1000,
-        ssrc: PIPE_VIDEO_SSRC,
-    };
-    let mut edge_rtcp = SrtpReceiver::new(Profile::AeadAes128Gcm, &edge_key[..16], &edge_key[16..])
+        PIPE_VIDEO_SSRC,
+    );
+    let mut edge_rtcp = SrtpReceiver::new(Profile::AeadAes128Gcm, &EDGE_KEY[..16], &EDGE_KEY[16..])
         .expect("receiver");
     let epoch = sim.now();
     // Two seconds of video from the parent, which makes a keyframe when the edge asks
@@ -540,82 +566,23 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
     use crate::signal::protocol::ClientMessage;
     let mut sim = Sim::with_defaults().unwrap();
     let viewer = sim.join("room", "viewer-0", viewer()).unwrap();
-    let (demand, turned_off) = tokio::sync::watch::channel(Default::default());
-    let attached = sim.ask(|reply| Command::RelayAttach {
-        room: "room".into(),
-        demand,
-        reply,
-    });
-    assert_eq!(attached, Some(Ok(())));
-    let parent_key = [0x11u8; 28];
-    let pipe = sim
-        .ask(|reply| Command::PipeOpen {
-            room: "room".into(),
-            parent: PipeEnd {
-                media: PARENT.to_string(),
-                key: BASE64.encode(parent_key),
-                ssrc: 0xAAAA,
-            },
-            own_key: BASE64.encode([0x22u8; 28]),
-            own_ssrc: 0xBBBB,
-            reply,
-        })
-        .unwrap()
-        .expect("the pipe opens");
-    sim.tap(PARENT);
-    let now = sim.now();
-    sim.core().handle_command(
-        now,
-        Command::RelayParticipant {
-            room: "room".into(),
-            participant: "alice".into(),
-            name: "Alice".into(),
-            present: true,
-        },
-    );
+    let (pipe, turned_off) = edge_fed_by_parent(&mut sim);
     // Three links' copies of Alice's camera on one pipe, as an edge of `layers: 3` takes it.
     let announce = |sim: &mut Sim, rank: u8| {
-        let taken = sim.ask(|reply| Command::PipeTrack {
-            pipe,
-            track: crate::shard::api::RelayedTrack {
-                room: "room".into(),
-                participant: "alice".into(),
-                name: "Alice".into(),
-                track: "camera".into(),
-                kind: TrackKind::Video,
-                codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
-                    mime_type: "video/VP8".into(),
-                    clock_rate: 90_000,
-                    channels: 0,
-                    sdp_fmtp_line: String::new(),
-                    rtcp_feedback: Vec::new(),
-                },
-                ssrc: PIPE_VIDEO_SSRC + u32::from(rank),
-                layer: (rank, 3),
-            },
-            reply,
-        });
-        assert_eq!(taken, Some(true));
+        announce_camera(sim, pipe, PIPE_VIDEO_SSRC + u32::from(rank), (rank, 3));
     };
     let mut parents = Vec::new();
     for (rank, bitrate) in [(0u8, 150_000), (1, 500_000), (2, 1_500_000)] {
         let ssrc = PIPE_VIDEO_SSRC + u32::from(rank);
-        parents.push(Parent {
-            sender: crate::srtp::SrtpSender::new(
-                Profile::AeadAes128Gcm,
-                &parent_key[..16],
-                &parent_key[16..],
-            )
-            .expect("sender"),
-            source: synth::VideoSource::new(
+        parents.push(Parent::new(
+            synth::VideoSource::new(
                 VideoCodec::Vp8,
                 stream_id(0, Some(usize::from(rank))),
                 bitrate,
                 Duration::from_secs(1),
             ),
-            seq: 1000,
             ssrc,
-        });
+        ));
     }
     let epoch = sim.now();
     // Sends what the first `links` links carry for `duration`.
