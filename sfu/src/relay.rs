@@ -19,7 +19,7 @@
 //! with which SSRC, and when the link ends (the WebSocket closing ends the pipe at both
 //! ends).
 
-use crate::shard::api::{Command, CoreHandle, PipeId, RelayedTrack};
+use crate::shard::api::{Command, CoreHandle, PipeId, RelayedTrack, TurnedOff, TurnedOffLayers};
 use crate::signal::protocol::{
     ClientMessage, PipeCodec, PipeEnd, Quality, ServerMessage, TrackKind, decode_server,
     encode_client,
@@ -94,10 +94,6 @@ pub fn spawn(
     })
 }
 
-/// Which layers (rids) of each parent track the edge turned off; see
-/// `shard::api::RelayDemand`.
-type TurnedOff = watch::Receiver<BTreeMap<String, Vec<String>>>;
-
 /// Quality requests per second a link sends on average, and its burst: below what the
 /// parent allows a session (`signal::session::QUALITY_RATE`), so that a room whose every
 /// track changes at once is caught up over a few seconds instead of being refused.
@@ -145,7 +141,7 @@ impl Parent {
     fn sync(
         &mut self,
         link: (u8, u8),
-        off: &BTreeMap<String, Vec<String>>,
+        off: &TurnedOffLayers,
         budget: &mut TokenBucket,
         now: std::time::Instant,
     ) -> Vec<ClientMessage> {

@@ -1055,6 +1055,17 @@ struct Layer {
     bitrate: u64,
 }
 
+/// The id and record of the received track carrying a given synthetic stream.
+pub fn track_of(
+    records: &HashMap<String, TrackRecord>,
+    stream: u32,
+) -> Option<(String, TrackRecord)> {
+    records
+        .iter()
+        .find(|(_, r)| r.streams.contains(&stream))
+        .map(|(id, r)| (id.clone(), r.clone()))
+}
+
 /// The synthetic stream id of layer `index` of `count` (the only layer keeps `base`).
 pub fn layer_stream(base: u32, index: usize, count: usize) -> u32 {
     if count <= 1 {

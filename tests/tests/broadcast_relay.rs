@@ -224,7 +224,7 @@ async fn two_hops_down_a_layer_nobody_needs_is_paused_at_the_presenter_too() -> 
 /// it picks high, and the top layer comes back all the way down.
 async fn relayed_dynacast(hops: usize) -> Result<()> {
     use tutti_sfu::media::simulcast::Quality;
-    use tutti_tests::participant::layer_stream;
+    use tutti_tests::participant::{layer_stream, track_of};
     init_logs();
     let origin = TestShard::start().await?;
     origin.admin.put_pipeline("concert", &audience()).await?;
@@ -248,21 +248,14 @@ async fn relayed_dynacast(hops: usize) -> Result<()> {
     presenter.wait_publishing(WAIT).await?;
     let base = presenter.stream_ids().1;
     let [q, f] = [0, 2].map(|layer| layer_stream(base, layer, 3));
-    let track_of = |records: &std::collections::HashMap<String, _>, stream: u32| {
-        records
-            .iter()
-            .find(
-                |(_, r): &(&String, &tutti_tests::participant::TrackRecord)| {
-                    r.streams.contains(&stream)
-                },
-            )
-            .map(|(id, r)| (id.clone(), r.packets))
+    let packets = |records: &std::collections::HashMap<_, _>, stream| {
+        track_of(records, stream).map_or(0, |(_, record)| record.packets)
     };
     let viewer =
         Participant::join(&edge.signal_url(), SIGNAL_TOKEN, viewer("concert", "v0")).await?;
     viewer
         .wait_for(WAIT, "the top layer through the edge", |records, _| {
-            track_of(records, f).is_some_and(|(_, packets)| packets >= 60)
+            packets(records, f) >= 60
         })
         .await?;
     let (track, _) = track_of(&viewer.records().await, f).context("the relayed video")?;
@@ -297,10 +290,10 @@ async fn relayed_dynacast(hops: usize) -> Result<()> {
         )
         .await?;
     let paused_after = asked.elapsed();
-    let low_before = track_of(&viewer.records().await, q).map_or(0, |(_, p)| p);
+    let low_before = packets(&viewer.records().await, q);
     viewer
         .wait_for(WAIT, "the low layer meanwhile", |records, _| {
-            track_of(records, q).is_some_and(|(_, packets)| packets >= low_before + 30)
+            packets(records, q) >= low_before + 30
         })
         .await?;
     // Shown large again: the top layer is resumed at once, all the way up.
@@ -315,10 +308,10 @@ async fn relayed_dynacast(hops: usize) -> Result<()> {
         })
         .await?;
     let resumed_after = asked.elapsed();
-    let top_before = track_of(&viewer.records().await, f).map_or(0, |(_, p)| p);
+    let top_before = packets(&viewer.records().await, f);
     viewer
         .wait_for(WAIT, "the top layer again", |records, _| {
-            track_of(records, f).is_some_and(|(_, packets)| packets >= top_before + 60)
+            packets(records, f) >= top_before + 60
         })
         .await?;
     let layers = last_publish_layers(&presenter.events().await).unwrap_or_default();

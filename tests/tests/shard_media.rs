@@ -8,7 +8,7 @@ use tutti_sfu::shard::api::PipelineSpec;
 use tutti_sfu::signal::protocol::ServerMessage;
 use tutti_shard_api::admin::Reception;
 use tutti_tests::init_logs;
-use tutti_tests::participant::{Participant, ParticipantConfig, TrackRecord};
+use tutti_tests::participant::{Participant, ParticipantConfig, track_of};
 use tutti_tests::shard::{SIGNAL_TOKEN, TestShard};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -30,17 +30,6 @@ fn subscriber_only(room: &str, id: &str) -> ParticipantConfig {
     config.audio = false;
     config.video = false;
     config
-}
-
-/// The record of the track carrying a given synthetic stream.
-fn track_of(
-    records: &std::collections::HashMap<String, TrackRecord>,
-    stream: u32,
-) -> Option<(String, TrackRecord)> {
-    records
-        .iter()
-        .find(|(_, r)| r.streams.contains(&stream))
-        .map(|(id, r)| (id.clone(), r.clone()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,14 @@ pub struct JoinRequest {
 /// turned off, and neither has a layer the edge does not know yet. A watch channel holds
 /// only the latest state, so the core never blocks on it and a slow relay client never
 /// misses the newest demand.
-pub type RelayDemand = tokio::sync::watch::Sender<std::collections::BTreeMap<String, Vec<String>>>;
+pub type RelayDemand = tokio::sync::watch::Sender<TurnedOffLayers>;
+
+/// The rids of each relayed track (by the parent's track id) turned off; see
+/// [`RelayDemand`].
+pub type TurnedOffLayers = std::collections::BTreeMap<String, Vec<String>>;
+
+/// The relay client's end of a [`RelayDemand`].
+pub type TurnedOff = tokio::sync::watch::Receiver<TurnedOffLayers>;
 
 /// A relayed track as the relay client announces it.
 #[derive(Debug, Clone)]

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::media::dynacast::PAUSE_AFTER;
-use crate::signal::protocol::ClientMessage;
 
 /// The layers Alice was last told to encode, if she was told anything.
 fn told_to_encode(sim: &Sim, alice: usize) -> Option<Vec<String>> {
@@ -11,16 +10,6 @@ fn told_to_encode(sim: &Sim, alice: usize) -> Option<Vec<String>> {
         ServerMessage::PublishLayers { active, .. } => Some(active.clone()),
         _ => None,
     })
-}
-
-fn ask(sim: &mut Sim, viewer: usize, track: &str, quality: Quality) {
-    sim.signal(
-        viewer,
-        ClientMessage::SetQuality {
-            track: track.to_owned(),
-            quality,
-        },
-    );
 }
 
 /// Packets of `track` that `viewer` received from `from` on.
@@ -47,8 +36,8 @@ fn the_publisher_encodes_only_the_layers_its_viewers_receive() {
 
     // Both show Alice small: the low layer is resumed at once, and the top one, which
     // they do not need any more, paused after the wait.
-    ask(&mut sim, bob, &track, Quality::Low);
-    ask(&mut sim, carol, &track, Quality::Low);
+    set_quality(&mut sim, bob, &track, Quality::Low);
+    set_quality(&mut sim, carol, &track, Quality::Low);
     let paused_after = sim
         .run_until(SETTLE, "only the low layer encoded", |s| {
             told_to_encode(s, alice).as_deref() == Some(&["q".to_owned()][..])
@@ -73,7 +62,7 @@ fn the_publisher_encodes_only_the_layers_its_viewers_receive() {
     );
 
     // Carol enlarges the tile: the top layer is asked for at once and reaches her.
-    ask(&mut sim, carol, &track, Quality::High);
+    set_quality(&mut sim, carol, &track, Quality::High);
     let resumed = sim
         .run_until(SETTLE, "the top layer resumed", |s| {
             told_to_encode(s, alice).as_deref() == Some(&["q".to_owned(), "f".to_owned()][..])
@@ -94,7 +83,7 @@ fn the_publisher_encodes_only_the_layers_its_viewers_receive() {
 
     // Bob hides the tile: he gets none of Alice's video at once, her sound still.
     let audio = receive(&mut sim, bob, "alice", TrackKind::Audio, 1);
-    ask(&mut sim, bob, &track, Quality::Off);
+    set_quality(&mut sim, bob, &track, Quality::Off);
     sim.run_for(Duration::from_millis(100));
     let (video_before, audio_before) = (
         sim.client(bob).received_on(&track).count(),
@@ -111,7 +100,7 @@ fn the_publisher_encodes_only_the_layers_its_viewers_receive() {
 
     // Bob shows the tile again, small: the low layer is resumed and reaches him starting
     // on a keyframe, his numbering continuing where it stopped.
-    ask(&mut sim, bob, &track, Quality::Low);
+    set_quality(&mut sim, bob, &track, Quality::Low);
     sim.run_until(SETTLE, "Bob's video back", |s| {
         s.client(bob).received_on(&track).count() > video_before + 30
     })

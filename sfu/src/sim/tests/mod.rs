@@ -17,6 +17,17 @@ fn publishing(audio: Option<Option<u8>>, video: Option<VideoSpec>) -> ClientSpec
     }
 }
 
+/// `viewer` asks for `quality` of `track`.
+fn set_quality(sim: &mut Sim, viewer: usize, track: &str, quality: Quality) {
+    sim.signal(
+        viewer,
+        crate::signal::protocol::ClientMessage::SetQuality {
+            track: track.to_owned(),
+            quality,
+        },
+    );
+}
+
 fn viewer() -> ClientSpec {
     ClientSpec {
         subscribe: true,

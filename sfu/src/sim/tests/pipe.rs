@@ -369,13 +369,10 @@ impl Parent {
 const PARENT_KEY: [u8; 28] = [0x11; 28];
 const EDGE_KEY: [u8; 28] = [0x22; 28];
 
-/// What an edge turns off upstream, by parent track.
-type TurnedOff = tokio::sync::watch::Receiver<std::collections::BTreeMap<String, Vec<String>>>;
-
 /// The edge's room "room" fed by a parent: the relay attached, the pipe open (what the
 /// edge sends the parent tapped), Alice present at the parent. Returns the pipe and what
 /// the edge turns off upstream.
-fn edge_fed_by_parent(sim: &mut Sim) -> (crate::shard::api::PipeId, TurnedOff) {
+fn edge_fed_by_parent(sim: &mut Sim) -> (crate::shard::api::PipeId, crate::shard::api::TurnedOff) {
     let (demand, turned_off) = tokio::sync::watch::channel(Default::default());
     let attached = sim.ask(|reply| Command::RelayAttach {
         room: "room".into(),
@@ -563,7 +560,6 @@ fn an_edge_end_of_a_pipe_feeds_viewers_and_asks_upstream_for_losses_and_keyframe
 #[test]
 fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
     use crate::media::dynacast::PAUSE_AFTER;
-    use crate::signal::protocol::ClientMessage;
     let mut sim = Sim::with_defaults().unwrap();
     let viewer = sim.join("room", "viewer-0", viewer()).unwrap();
     let (pipe, turned_off) = edge_fed_by_parent(&mut sim);
@@ -597,9 +593,7 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
             sim.run_for(Duration::from_millis(33));
         }
     };
-    let off = |off: &tokio::sync::watch::Receiver<
-        std::collections::BTreeMap<String, Vec<String>>,
-    >| { off.borrow().get("camera").cloned() };
+    let off = |off: &crate::shard::api::TurnedOff| off.borrow().get("camera").cloned();
     let rids = |rids: &[&str]| Some(rids.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>());
     // The third link comes late: with two layers the viewer watches `h`, and `q` is
     // turned off upstream.
@@ -634,13 +628,7 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
     assert_eq!(off(&turned_off), rids(&["q", "h"]));
     // The viewer shows the video small: the low layer is turned on at once, the top one
     // only after the pause delay.
-    sim.signal(
-        viewer,
-        ClientMessage::SetQuality {
-            track: track.clone(),
-            quality: Quality::Low,
-        },
-    );
+    set_quality(&mut sim, viewer, &track, Quality::Low);
     run(&mut sim, Duration::from_millis(100));
     assert_eq!(off(&turned_off), rids(&["h"]));
     run(&mut sim, PAUSE_AFTER - Duration::from_millis(500));
@@ -648,26 +636,18 @@ fn an_edge_turns_off_upstream_the_relayed_layers_none_of_its_viewers_needs() {
     run(&mut sim, Duration::from_secs(1));
     assert_eq!(off(&turned_off), rids(&["h", "f"]));
     // Large again: the top layer is needed at once.
-    sim.signal(
-        viewer,
-        ClientMessage::SetQuality {
-            track: track.clone(),
-            quality: Quality::High,
-        },
-    );
+    set_quality(&mut sim, viewer, &track, Quality::High);
     run(&mut sim, Duration::from_millis(100));
     assert_eq!(off(&turned_off), rids(&["h"]));
-    let top_before = sim
-        .client(viewer)
-        .received_on(&track)
-        .filter(|r| r.stream == top)
-        .count();
+    let top_received = |sim: &Sim| {
+        sim.client(viewer)
+            .received_on(&track)
+            .filter(|r| r.stream == top)
+            .count()
+    };
+    let top_before = top_received(&sim);
     run(&mut sim, Duration::from_secs(2));
-    let top_after = sim
-        .client(viewer)
-        .received_on(&track)
-        .filter(|r| r.stream == top)
-        .count();
+    let top_after = top_received(&sim);
     assert!(
         top_after > top_before + 30,
         "the top layer reached the viewer again"
