@@ -95,11 +95,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 failed=0
 say "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${TUTTI_TEST_THREADS:-2}" || failed=1
-# The vendored rtc's own unit tests, among them the test of its patch (vendor/README.md).
-# rtc-ice's patch is tested by the shard's simulator tests (a crate outside the workspace
-# with dev-dependencies of its own cannot be tested from here).
-say "cargo test -p rtc (vendored)"
-cargo test --locked -p rtc --lib || failed=1
+# The vendored rtc's and rtc-dtls's own unit tests, among them the tests of their patches
+# (vendor/README.md). rtc-ice's patch is tested by the shard's simulator tests (a crate
+# outside the workspace with dev-dependencies of its own cannot be tested from here).
+say "cargo test -p rtc -p rtc-dtls (vendored)"
+cargo test --locked -p rtc -p rtc-dtls --lib || failed=1
 # The real-cluster suite is ignored (reported as not run) unless a cluster is configured.
 if [[ -n "${KUBECONFIG:-}" ]]; then
   say "real Kubernetes cluster ($KUBECONFIG)"

@@ -4,7 +4,7 @@
 # crate's checksums (vendor/<crate>-<version>.sha256, taken from the registry's copy).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-for crate in rtc:0.21.1 rtc-ice:0.21.1; do
+for crate in rtc:0.21.1 rtc-dtls:0.21.1 rtc-ice:0.21.1; do
   name="${crate%%:*}"
   version="${crate##*:}"
   work="$(mktemp -d)"
