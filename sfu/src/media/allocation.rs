@@ -6,6 +6,13 @@
 //!
 //! Moving a track up needs some headroom over the layer's measured rate, so that an
 //! estimate hovering at a layer's rate does not switch it up and down at every feedback.
+//!
+//! A layer may also be offered with fewer of its temporal layers (at a lower frame rate,
+//! [`super::temporal`]): below the lowest layer at its full rate, such an offer keeps the
+//! video moving where it would otherwise be paused. Offers are ordered by layer, then by
+//! temporal layers.
+
+use super::temporal::ALL_TEMPORAL;
 
 /// Headroom a layer needs above its measured rate before a track moves up to it.
 pub const UP_HEADROOM: f64 = 1.15;
@@ -15,8 +22,26 @@ pub const UP_HEADROOM: f64 = 1.15;
 pub struct LayerOffer {
     /// The layer's rank (0 lowest); see [`super::simulcast`].
     pub rank: u8,
+    /// Its temporal layers up to this one ([`ALL_TEMPORAL`] for the whole layer).
+    pub temporal: u8,
     /// What it has been sending, bits per second.
     pub bps: f64,
+}
+
+impl LayerOffer {
+    /// A whole layer.
+    pub fn whole(rank: u8, bps: f64) -> Self {
+        Self {
+            rank,
+            temporal: ALL_TEMPORAL,
+            bps,
+        }
+    }
+
+    /// Where the offer stands among a track's offers.
+    fn level(&self) -> (u8, u8) {
+        (self.rank, self.temporal)
+    }
 }
 
 /// One track the subscriber receives.
@@ -30,17 +55,36 @@ pub struct TrackDemand {
     pub layers: Vec<LayerOffer>,
     /// The highest rank the subscriber asked for.
     pub wanted_rank: u8,
-    /// The rank it receives now, if any: it keeps it without headroom.
-    pub current_rank: Option<u8>,
+    /// The rank it receives now, if any, and its highest temporal layer: it keeps them
+    /// without headroom.
+    pub current: Option<(u8, u8)>,
 }
 
 /// What a track may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allotment {
-    /// Layers up to this rank.
-    UpTo(u8),
+    /// Layers up to `rank`, and of the layer sent its temporal layers up to `temporal`.
+    UpTo {
+        /// The highest layer rank.
+        rank: u8,
+        /// The highest temporal layer ([`ALL_TEMPORAL`] for all).
+        temporal: u8,
+    },
     /// Nothing: the downlink cannot carry even the lowest layer beside what matters more.
     Paused,
+}
+
+impl Allotment {
+    /// Everything the track sends.
+    pub const ALL: Self = Self::up_to(u8::MAX);
+
+    /// Whole layers up to `rank`.
+    pub const fn up_to(rank: u8) -> Self {
+        Self::UpTo {
+            rank,
+            temporal: ALL_TEMPORAL,
+        }
+    }
 }
 
 /// Shares `budget_bps` among `tracks`; one allotment per track, in the same order.
@@ -51,7 +95,7 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
     for (index, track) in tracks.iter().enumerate() {
         if track.audio {
             left -= track.layers.iter().map(|l| l.bps).sum::<f64>();
-            out[index] = Allotment::UpTo(u8::MAX);
+            out[index] = Allotment::ALL;
         } else if !track.layers.is_empty() {
             video.push(index);
         }
@@ -62,7 +106,7 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
     video.sort_by_key(|&index| {
         (
             std::cmp::Reverse(tracks[index].priority),
-            tracks[index].current_rank.is_none(),
+            tracks[index].current.is_none(),
         )
     });
     // Each track's lowest layer, most important first.
@@ -87,9 +131,9 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
             .layers
             .iter()
             .copied()
-            .filter(|l| l.rank > base.rank && l.rank <= track.wanted_rank)
+            .filter(|l| l.level() > base.level() && l.rank <= track.wanted_rank)
             .collect();
-        candidates.sort_by_key(|l| l.rank);
+        candidates.sort_by_key(LayerOffer::level);
         for layer in candidates {
             if cost(track, layer) - base.bps <= left {
                 best = layer;
@@ -100,7 +144,10 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
     }
     for &index in &video {
         if let Some(layer) = given[index] {
-            out[index] = Allotment::UpTo(layer.rank);
+            out[index] = Allotment::UpTo {
+                rank: layer.rank,
+                temporal: layer.temporal,
+            };
         }
     }
     out
@@ -117,12 +164,12 @@ pub fn probe_goal(tracks: &[TrackDemand], allotments: &[Allotment]) -> Option<(f
             sending += track.layers.iter().map(|l| l.bps).sum::<f64>();
             continue;
         }
-        let sent = match allotment {
-            Allotment::UpTo(rank) => track
+        let sent = match *allotment {
+            Allotment::UpTo { rank, temporal } => track
                 .layers
                 .iter()
-                .filter(|l| l.rank <= (*rank).min(track.wanted_rank))
-                .max_by_key(|l| l.rank)
+                .filter(|l| l.level() <= (rank.min(track.wanted_rank), temporal))
+                .max_by_key(|l| l.level())
                 .or_else(|| lowest_ref(track)),
             Allotment::Paused => None,
         };
@@ -131,8 +178,8 @@ pub fn probe_goal(tracks: &[TrackDemand], allotments: &[Allotment]) -> Option<(f
         let next = track
             .layers
             .iter()
-            .filter(|l| sent.is_none_or(|s| l.rank > s.rank) && l.rank <= track.wanted_rank)
-            .min_by_key(|l| l.rank)
+            .filter(|l| sent.is_none_or(|s| l.level() > s.level()) && l.rank <= track.wanted_rank)
+            .min_by_key(|l| l.level())
             .or_else(|| sent.is_none().then(|| lowest_ref(track)).flatten());
         if let Some(next) = next {
             let extra = next.bps * UP_HEADROOM - sent_bps;
@@ -145,19 +192,19 @@ pub fn probe_goal(tracks: &[TrackDemand], allotments: &[Allotment]) -> Option<(f
 }
 
 fn lowest_ref(track: &TrackDemand) -> Option<&LayerOffer> {
-    track.layers.iter().min_by_key(|l| l.rank)
+    track.layers.iter().min_by_key(|l| l.level())
 }
 
-/// The lowest layer of a track.
+/// The lowest offer of a track.
 fn lowest(track: &TrackDemand) -> Option<LayerOffer> {
-    track.layers.iter().copied().min_by_key(|l| l.rank)
+    lowest_ref(track).copied()
 }
 
-/// What a layer needs from the budget: its rate, with headroom unless the track is on it
+/// What an offer needs from the budget: its rate, with headroom unless the track is on it
 /// or above it already (going down or staying costs no margin).
 fn cost(track: &TrackDemand, layer: LayerOffer) -> f64 {
-    match track.current_rank {
-        Some(current) if layer.rank <= current => layer.bps,
+    match track.current {
+        Some(current) if layer.level() <= current => layer.bps,
         _ => layer.bps * UP_HEADROOM,
     }
 }
@@ -171,21 +218,12 @@ mod tests {
             audio: false,
             priority,
             layers: vec![
-                LayerOffer {
-                    rank: 0,
-                    bps: 150_000.0,
-                },
-                LayerOffer {
-                    rank: 1,
-                    bps: 500_000.0,
-                },
-                LayerOffer {
-                    rank: 2,
-                    bps: 1_500_000.0,
-                },
+                LayerOffer::whole(0, 150_000.0),
+                LayerOffer::whole(1, 500_000.0),
+                LayerOffer::whole(2, 1_500_000.0),
             ],
             wanted_rank: 2,
-            current_rank: current,
+            current: current.map(|rank| (rank, ALL_TEMPORAL)),
         }
     }
 
@@ -193,12 +231,9 @@ mod tests {
         TrackDemand {
             audio: true,
             priority: 0,
-            layers: vec![LayerOffer {
-                rank: 0,
-                bps: 64_000.0,
-            }],
+            layers: vec![LayerOffer::whole(0, 64_000.0)],
             wanted_rank: 0,
-            current_rank: Some(0),
+            current: Some((0, ALL_TEMPORAL)),
         }
     }
 
@@ -210,9 +245,9 @@ mod tests {
         assert_eq!(
             allocate(budget, &tracks),
             [
-                Allotment::UpTo(u8::MAX),
+                Allotment::up_to(u8::MAX),
                 Allotment::Paused,
-                Allotment::UpTo(0)
+                Allotment::up_to(0)
             ]
         );
     }
@@ -225,9 +260,9 @@ mod tests {
         assert_eq!(
             allocate(300_000.0, &tracks),
             [
-                Allotment::UpTo(u8::MAX),
+                Allotment::up_to(u8::MAX),
                 Allotment::Paused,
-                Allotment::UpTo(0)
+                Allotment::up_to(0)
             ]
         );
         // 2 Mbit/s: both low layers, then the speaker as high as fits (full), the other stays
@@ -235,27 +270,27 @@ mod tests {
         assert_eq!(
             allocate(2_000_000.0, &tracks),
             [
-                Allotment::UpTo(u8::MAX),
-                Allotment::UpTo(0),
-                Allotment::UpTo(2)
+                Allotment::up_to(u8::MAX),
+                Allotment::up_to(0),
+                Allotment::up_to(2)
             ]
         );
         // 2.2 Mbit/s: 486 kbit/s left, and the other track's middle layer fits.
         assert_eq!(
             allocate(2_200_000.0, &tracks),
             [
-                Allotment::UpTo(u8::MAX),
-                Allotment::UpTo(1),
-                Allotment::UpTo(2)
+                Allotment::up_to(u8::MAX),
+                Allotment::up_to(1),
+                Allotment::up_to(2)
             ]
         );
         // Plenty: both as high as asked.
         assert_eq!(
             allocate(10_000_000.0, &tracks),
             [
-                Allotment::UpTo(u8::MAX),
-                Allotment::UpTo(2),
-                Allotment::UpTo(2)
+                Allotment::up_to(u8::MAX),
+                Allotment::up_to(2),
+                Allotment::up_to(2)
             ]
         );
     }
@@ -265,7 +300,7 @@ mod tests {
         let tracks = [audio(), simulcast(1, Some(0))];
         assert_eq!(
             allocate(32_000.0, &tracks),
-            [Allotment::UpTo(u8::MAX), Allotment::Paused]
+            [Allotment::up_to(u8::MAX), Allotment::Paused]
         );
     }
 
@@ -273,7 +308,7 @@ mod tests {
     fn never_above_what_the_subscriber_asked_for() {
         let mut small_tile = simulcast(0, None);
         small_tile.wanted_rank = 0;
-        assert_eq!(allocate(10_000_000.0, &[small_tile]), [Allotment::UpTo(0)]);
+        assert_eq!(allocate(10_000_000.0, &[small_tile]), [Allotment::up_to(0)]);
     }
 
     #[test]
@@ -281,15 +316,15 @@ mod tests {
         // 520 kbit/s covers the middle layer's 500 but not 500 x 1.15.
         assert_eq!(
             allocate(520_000.0, &[simulcast(0, Some(0))]),
-            [Allotment::UpTo(0)]
+            [Allotment::up_to(0)]
         );
         assert_eq!(
             allocate(520_000.0, &[simulcast(0, Some(1))]),
-            [Allotment::UpTo(1)]
+            [Allotment::up_to(1)]
         );
         assert_eq!(
             allocate(580_000.0, &[simulcast(0, Some(0))]),
-            [Allotment::UpTo(1)]
+            [Allotment::up_to(1)]
         );
     }
 
@@ -300,9 +335,9 @@ mod tests {
         assert_eq!(
             allotments,
             [
-                Allotment::UpTo(u8::MAX),
-                Allotment::UpTo(0),
-                Allotment::UpTo(0)
+                Allotment::up_to(u8::MAX),
+                Allotment::up_to(0),
+                Allotment::up_to(0)
             ]
         );
         let (sending, goal) = probe_goal(&tracks, &allotments).expect("held back");
@@ -324,21 +359,87 @@ mod tests {
         assert!((goal - (64_000.0 + 172_500.0)).abs() < 1.0, "{goal}");
     }
 
+    /// A simulcast track whose lowest layer is also offered at a quarter and half its
+    /// frame rate (TL0, TL0+TL1), as the shard offers a VP8 L1T3 layer.
+    fn with_lower_frame_rates(current: Option<(u8, u8)>) -> TrackDemand {
+        let mut track = simulcast(0, None);
+        track.layers.extend([
+            LayerOffer {
+                rank: 0,
+                temporal: 0,
+                bps: 60_000.0,
+            },
+            LayerOffer {
+                rank: 0,
+                temporal: 1,
+                bps: 95_000.0,
+            },
+        ]);
+        track.current = current;
+        track
+    }
+
+    #[test]
+    fn below_the_lowest_layer_video_goes_on_at_a_lower_frame_rate_instead_of_pausing() {
+        let budget = |video: f64| 64_000.0 + video;
+        let tracks = [audio(), with_lower_frame_rates(Some((0, ALL_TEMPORAL)))];
+        // The whole lowest layer no longer fits, half its frames do.
+        assert_eq!(
+            allocate(budget(120_000.0), &tracks)[1],
+            Allotment::UpTo {
+                rank: 0,
+                temporal: 1
+            }
+        );
+        assert_eq!(
+            allocate(budget(70_000.0), &tracks)[1],
+            Allotment::UpTo {
+                rank: 0,
+                temporal: 0
+            }
+        );
+        assert_eq!(allocate(budget(50_000.0), &tracks)[1], Allotment::Paused);
+        // Climbing back needs headroom over the whole layer, as any move up does.
+        let reduced = [audio(), with_lower_frame_rates(Some((0, 1)))];
+        assert_eq!(
+            allocate(budget(160_000.0), &reduced)[1],
+            Allotment::UpTo {
+                rank: 0,
+                temporal: 1
+            }
+        );
+        assert_eq!(
+            allocate(budget(175_000.0), &reduced)[1],
+            Allotment::up_to(0)
+        );
+        // With room, the higher layers come whole, as before.
+        assert_eq!(
+            allocate(budget(600_000.0), &reduced)[1],
+            Allotment::up_to(1)
+        );
+        // A probe for a track held at TL0 aims at the next offer up: TL0+TL1.
+        let held = [audio(), with_lower_frame_rates(Some((0, 0)))];
+        let allotments = allocate(budget(70_000.0), &held);
+        let (sending, goal) = probe_goal(&held, &allotments).expect("held back");
+        assert_eq!(sending, 64_000.0 + 60_000.0);
+        assert!(
+            (goal - (64_000.0 + 95_000.0 * UP_HEADROOM)).abs() < 1.0,
+            "{goal}"
+        );
+    }
+
     #[test]
     fn a_single_layer_track_is_sent_or_paused() {
         let single = TrackDemand {
             audio: false,
             priority: 0,
-            layers: vec![LayerOffer {
-                rank: 0,
-                bps: 800_000.0,
-            }],
+            layers: vec![LayerOffer::whole(0, 800_000.0)],
             wanted_rank: 2,
-            current_rank: Some(0),
+            current: Some((0, ALL_TEMPORAL)),
         };
         assert_eq!(
             allocate(900_000.0, std::slice::from_ref(&single)),
-            [Allotment::UpTo(0)]
+            [Allotment::up_to(0)]
         );
         assert_eq!(allocate(700_000.0, &[single]), [Allotment::Paused]);
     }

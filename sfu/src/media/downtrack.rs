@@ -9,6 +9,7 @@
 use super::allocation::Allotment;
 use super::sequencer::{Rewritten, Sequencer, SourcePosition};
 use super::simulcast::{Quality, select_layer_up_to};
+use super::temporal::{TemporalFilter, TemporalInfo};
 use std::time::{Duration, Instant};
 use tutti_service::ratelimit::TokenBucket;
 
@@ -22,6 +23,8 @@ pub struct Decision {
     pub forward: Option<Rewritten>,
     /// Ask the publisher for a keyframe on this layer index.
     pub request_keyframe: Option<usize>,
+    /// Dropped for its temporal layer: the pictures after it are to be renumbered.
+    pub dropped_picture: bool,
 }
 
 /// One subscriber's view of one published track.
@@ -34,6 +37,8 @@ pub struct Downtrack {
     current: Option<usize>,
     pending: Option<(usize, Instant)>,
     sequencer: Sequencer,
+    /// Which temporal layers of the current layer go out (video only).
+    temporal: TemporalFilter,
     budget: TokenBucket,
 }
 
@@ -43,10 +48,11 @@ impl Downtrack {
         Self {
             video,
             target: Quality::High,
-            allotment: Allotment::UpTo(u8::MAX),
+            allotment: Allotment::ALL,
             current: None,
             pending: None,
             sequencer: Sequencer::new(clock_rate),
+            temporal: TemporalFilter::default(),
             budget: TokenBucket::new(200, 100),
         }
     }
@@ -70,6 +76,9 @@ impl Downtrack {
     pub fn set_allotment(&mut self, allotment: Allotment) {
         let was = self.max_rank();
         self.allotment = allotment;
+        if let Allotment::UpTo { temporal, .. } = allotment {
+            self.temporal.set_target(temporal);
+        }
         self.pause_if_stopped(was);
     }
 
@@ -78,7 +87,7 @@ impl Downtrack {
     pub fn max_rank(&self) -> Option<u8> {
         match self.allotment {
             Allotment::Paused => None,
-            Allotment::UpTo(cap) => self.target.rank().map(|wanted| wanted.min(cap)),
+            Allotment::UpTo { rank, .. } => self.target.rank().map(|wanted| wanted.min(rank)),
         }
     }
 
@@ -103,12 +112,14 @@ impl Downtrack {
     }
 
     /// Decides about one packet. `layers` lists `(rank, active)` for each layer of the
-    /// track; `layer` is the index this packet belongs to.
+    /// track; `layer` is the index this packet belongs to; `temporal` what its payload
+    /// descriptor says of its temporal layer.
     pub fn on_packet(
         &mut self,
         layers: &[(u8, bool)],
         layer: usize,
         keyframe: bool,
+        temporal: Option<TemporalInfo>,
         packet: (u32, u16, u32),
         now: Instant,
     ) -> Decision {
@@ -117,12 +128,14 @@ impl Downtrack {
             return Decision {
                 forward: self.sequencer.rewrite(ssrc, seq, timestamp, now),
                 request_keyframe: None,
+                dropped_picture: false,
             };
         }
         let Some(max_rank) = self.max_rank() else {
             return Decision {
                 forward: None,
                 request_keyframe: None,
+                dropped_picture: false,
             };
         };
         let mut request_keyframe = None;
@@ -145,15 +158,28 @@ impl Downtrack {
             self.current = Some(layer);
             self.pending = None;
         }
-        let forward = if self.current == Some(layer) {
+        let mut dropped_picture = false;
+        let forward = if self.current != Some(layer) {
+            None
+        } else if self.temporal.forward(temporal, keyframe) {
             self.sequencer.rewrite(ssrc, seq, timestamp, now)
         } else {
+            // A temporal layer the subscriber does not receive: its numbers close up.
+            self.sequencer.skip(ssrc, seq);
+            dropped_picture = true;
             None
         };
         Decision {
             forward,
             request_keyframe,
+            dropped_picture,
         }
+    }
+
+    /// The highest temporal layer of the forwarded layer the subscriber receives now
+    /// ([`super::temporal::ALL_TEMPORAL`] when it is not limited).
+    pub fn temporal_layer(&self) -> u8 {
+        self.temporal.current()
     }
 
     /// The outgoing position of a padding-only packet (a probe) on this stream: video that
@@ -191,22 +217,23 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let single = [(0u8, true)];
-        let first = down.on_packet(&single, 0, false, (1, 10, 0), t0);
+        let first = down.on_packet(&single, 0, false, None, (1, 10, 0), t0);
         assert_eq!(first.forward, None);
         assert_eq!(first.request_keyframe, Some(0));
         // Still waiting: no second request inside the retry interval.
-        let second = down.on_packet(&single, 0, false, (1, 11, 0), t0);
+        let second = down.on_packet(&single, 0, false, None, (1, 11, 0), t0);
         assert_eq!(
             second,
             Decision {
                 forward: None,
-                request_keyframe: None
+                request_keyframe: None,
+                dropped_picture: false
             }
         );
-        let key = down.on_packet(&single, 0, true, (1, 12, 3000), t0);
+        let key = down.on_packet(&single, 0, true, None, (1, 12, 3000), t0);
         let key_out = key.forward.expect("keyframe forwarded");
         let next = down
-            .on_packet(&single, 0, false, (1, 13, 3000), t0)
+            .on_packet(&single, 0, false, None, (1, 13, 3000), t0)
             .forward
             .unwrap();
         assert_eq!(next.seq, key_out.seq.wrapping_add(1));
@@ -218,13 +245,13 @@ mod tests {
         let mut down = Downtrack::new(true, 90_000);
         let single = [(0u8, true)];
         assert_eq!(
-            down.on_packet(&single, 0, false, (1, 1, 0), t0)
+            down.on_packet(&single, 0, false, None, (1, 1, 0), t0)
                 .request_keyframe,
             Some(0)
         );
         let later = t0 + KEYFRAME_RETRY;
         assert_eq!(
-            down.on_packet(&single, 0, false, (1, 2, 0), later)
+            down.on_packet(&single, 0, false, None, (1, 2, 0), later)
                 .request_keyframe,
             Some(0)
         );
@@ -237,24 +264,24 @@ mod tests {
         down.set_target(Quality::Low);
         // Start on layer 0.
         assert!(
-            down.on_packet(&SIMULCAST, 0, true, (100, 1, 0), t0)
+            down.on_packet(&SIMULCAST, 0, true, None, (100, 1, 0), t0)
                 .forward
                 .is_some()
         );
         assert_eq!(down.current_layer(), Some(0));
         // Packets of other layers are not forwarded.
         assert!(
-            down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0)
+            down.on_packet(&SIMULCAST, 2, true, None, (102, 1, 0), t0)
                 .forward
                 .is_none()
         );
         // Ask for high: keyframe requested for layer 2, layer 0 keeps flowing meanwhile.
         down.set_target(Quality::High);
-        let asked = down.on_packet(&SIMULCAST, 0, false, (100, 2, 3000), t0);
+        let asked = down.on_packet(&SIMULCAST, 0, false, None, (100, 2, 3000), t0);
         assert_eq!(asked.request_keyframe, Some(2));
         let last_low = asked.forward.expect("old layer still forwarded");
         assert!(
-            down.on_packet(&SIMULCAST, 2, false, (102, 2, 3000), t0)
+            down.on_packet(&SIMULCAST, 2, false, None, (102, 2, 3000), t0)
                 .forward
                 .is_none()
         );
@@ -263,6 +290,7 @@ mod tests {
                 &SIMULCAST,
                 2,
                 true,
+                None,
                 (102, 3, 6000),
                 t0 + Duration::from_millis(33),
             )
@@ -270,7 +298,7 @@ mod tests {
             .expect("switch on keyframe");
         assert_eq!(switched.seq, last_low.seq.wrapping_add(1));
         assert!(
-            down.on_packet(&SIMULCAST, 0, false, (100, 3, 6000), t0)
+            down.on_packet(&SIMULCAST, 0, false, None, (100, 3, 6000), t0)
                 .forward
                 .is_none()
         );
@@ -282,15 +310,15 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         assert!(
-            down.on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0)
+            down.on_packet(&SIMULCAST, 2, true, None, (102, 1, 0), t0)
                 .forward
                 .is_some()
         );
         let top_paused = [(0, true), (1, true), (2, false)];
-        let decision = down.on_packet(&top_paused, 1, false, (101, 1, 0), t0);
+        let decision = down.on_packet(&top_paused, 1, false, None, (101, 1, 0), t0);
         assert_eq!(decision.request_keyframe, Some(1));
         assert!(
-            down.on_packet(&top_paused, 1, true, (101, 2, 0), t0)
+            down.on_packet(&top_paused, 1, true, None, (101, 2, 0), t0)
                 .forward
                 .is_some()
         );
@@ -302,27 +330,27 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let high = down
-            .on_packet(&SIMULCAST, 2, true, (102, 1, 0), t0)
+            .on_packet(&SIMULCAST, 2, true, None, (102, 1, 0), t0)
             .forward
             .expect("high layer");
-        down.set_allotment(Allotment::UpTo(0));
-        let asked = down.on_packet(&SIMULCAST, 2, false, (102, 2, 0), t0);
+        down.set_allotment(Allotment::up_to(0));
+        let asked = down.on_packet(&SIMULCAST, 2, false, None, (102, 2, 0), t0);
         assert_eq!(asked.request_keyframe, Some(0));
         assert!(
             asked.forward.is_some(),
             "the high layer flows until the switch"
         );
         let low = down
-            .on_packet(&SIMULCAST, 0, true, (100, 9, 3000), t0)
+            .on_packet(&SIMULCAST, 0, true, None, (100, 9, 3000), t0)
             .forward
             .expect("switched down");
         assert_eq!(low.seq, high.seq.wrapping_add(2));
         assert_eq!(down.current_layer(), Some(0));
         // The subscriber's own wish still caps it: asked for low, allowed all.
-        down.set_allotment(Allotment::UpTo(u8::MAX));
+        down.set_allotment(Allotment::ALL);
         down.set_target(Quality::Low);
         assert_eq!(
-            down.on_packet(&SIMULCAST, 0, false, (100, 10, 3000), t0)
+            down.on_packet(&SIMULCAST, 0, false, None, (100, 10, 3000), t0)
                 .request_keyframe,
             None
         );
@@ -333,33 +361,102 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let single = [(0u8, true)];
-        down.on_packet(&single, 0, true, (1, 10, 0), t0);
+        down.on_packet(&single, 0, true, None, (1, 10, 0), t0);
         let last = down
-            .on_packet(&single, 0, false, (1, 11, 0), t0)
+            .on_packet(&single, 0, false, None, (1, 11, 0), t0)
             .forward
             .expect("flowing");
         down.set_allotment(Allotment::Paused);
         for seq in 12..50u16 {
-            let decision = down.on_packet(&single, 0, seq % 10 == 0, (1, seq, 3000), t0);
+            let decision = down.on_packet(&single, 0, seq % 10 == 0, None, (1, seq, 3000), t0);
             assert_eq!(
                 decision,
                 Decision {
                     forward: None,
-                    request_keyframe: None
+                    request_keyframe: None,
+                    dropped_picture: false
                 }
             );
         }
-        down.set_allotment(Allotment::UpTo(u8::MAX));
+        down.set_allotment(Allotment::ALL);
         let later = t0 + Duration::from_secs(2);
-        let asked = down.on_packet(&single, 0, false, (1, 50, 180_000), later);
+        let asked = down.on_packet(&single, 0, false, None, (1, 50, 180_000), later);
         assert_eq!(asked.forward, None, "not before a keyframe");
         assert_eq!(asked.request_keyframe, Some(0));
         let resumed = down
-            .on_packet(&single, 0, true, (1, 51, 183_000), later)
+            .on_packet(&single, 0, true, None, (1, 51, 183_000), later)
             .forward
             .expect("resumed on the keyframe");
         assert_eq!(resumed.seq, last.seq.wrapping_add(1), "no gap to repair");
         assert!(resumed.timestamp.wrapping_sub(last.timestamp) >= 90_000 * 2);
+    }
+
+    fn frame_start(tid: u8, sync: bool) -> Option<TemporalInfo> {
+        Some(TemporalInfo {
+            tid,
+            sync,
+            frame_start: true,
+        })
+    }
+
+    #[test]
+    fn dropped_temporal_layers_leave_no_gap_and_say_so() {
+        let t0 = Instant::now();
+        let single = [(0u8, true)];
+        let mut down = Downtrack::new(true, 90_000);
+        let key = down
+            .on_packet(&single, 0, true, frame_start(0, false), (1, 100, 0), t0)
+            .forward
+            .expect("keyframe");
+        down.set_allotment(Allotment::UpTo {
+            rank: 0,
+            temporal: 0,
+        });
+        // TL2, TL1, TL2 dropped; the next TL0 follows the keyframe directly.
+        for (seq, tid) in [(101u16, 2u8), (102, 1), (103, 2)] {
+            let decision =
+                down.on_packet(&single, 0, false, frame_start(tid, false), (1, seq, 0), t0);
+            assert_eq!(decision.forward, None);
+            assert!(decision.dropped_picture);
+            assert_eq!(decision.request_keyframe, None);
+        }
+        let next = down
+            .on_packet(
+                &single,
+                0,
+                false,
+                frame_start(0, false),
+                (1, 104, 12_000),
+                t0,
+            )
+            .forward
+            .expect("TL0 goes on");
+        assert_eq!(next.seq, key.seq.wrapping_add(1));
+        assert_eq!(down.temporal_layer(), 0);
+        // Allowed all again: TL1 from its next sync frame, without a keyframe request.
+        down.set_allotment(Allotment::up_to(0));
+        let waiting = down.on_packet(
+            &single,
+            0,
+            false,
+            frame_start(1, false),
+            (1, 105, 15_000),
+            t0,
+        );
+        assert!(waiting.dropped_picture && waiting.request_keyframe.is_none());
+        let synced = down
+            .on_packet(
+                &single,
+                0,
+                false,
+                frame_start(1, true),
+                (1, 106, 18_000),
+                t0,
+            )
+            .forward
+            .expect("TL1 sync frame");
+        assert_eq!(synced.seq, next.seq.wrapping_add(1));
+        assert_eq!(down.temporal_layer(), 1);
     }
 
     #[test]
@@ -368,7 +465,7 @@ mod tests {
         let mut down = Downtrack::new(false, 48_000);
         down.set_allotment(Allotment::Paused);
         assert!(
-            down.on_packet(&[(0, true)], 0, false, (5, 1, 960), t0)
+            down.on_packet(&[(0, true)], 0, false, None, (5, 1, 960), t0)
                 .forward
                 .is_some()
         );
@@ -378,7 +475,7 @@ mod tests {
     fn audio_is_forwarded_from_the_first_packet() {
         let t0 = Instant::now();
         let mut down = Downtrack::new(false, 48_000);
-        let decision = down.on_packet(&[(0, true)], 0, false, (5, 77, 960), t0);
+        let decision = down.on_packet(&[(0, true)], 0, false, None, (5, 77, 960), t0);
         assert_eq!(
             decision.forward,
             Some(Rewritten {
@@ -394,7 +491,7 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(false, 48_000);
         for seq in 0..10u16 {
-            down.on_packet(&[(0, true)], 0, false, (5, seq, 0), t0);
+            down.on_packet(&[(0, true)], 0, false, None, (5, seq, 0), t0);
         }
         let source = down.retransmission_source(4, t0).expect("mapped");
         assert_eq!((source.ssrc, source.seq), (5, 4));

@@ -24,5 +24,6 @@ pub mod sender_report;
 pub mod sequencer;
 pub mod simulcast;
 pub mod speaker;
+pub mod temporal;
 pub mod uplink;
 pub mod uplink_feedback;

@@ -14,12 +14,20 @@
 //! offsets make its first picture follow the last one sent. The fields are patched in the
 //! subscriber's copy of the packet, which the shard writes anyway before encrypting it; a
 //! subscriber that never switched has zero offsets and nothing is patched.
+//!
+//! A picture the shard drops on purpose (a temporal layer the subscriber does not receive,
+//! see [`super::temporal`]) starts a segment too: the pictures after it are numbered one
+//! lower, so the subscriber sees no picture missing. Each segment remembers the source
+//! picture it starts at, so a late or retransmitted packet of an earlier picture is
+//! numbered as its picture was.
 
 use super::codec::CodecFamily;
 use std::collections::VecDeque;
 
-/// Past segments remembered, so retransmissions of their packets are patched alike.
-const MAX_SEGMENTS: usize = 4;
+/// Past segments remembered, so retransmissions of their packets are patched alike: with
+/// every other picture dropped, 64 cover two seconds of a 30-frame stream, longer than a
+/// packet is kept for retransmission.
+const MAX_SEGMENTS: usize = 64;
 
 /// Where the rewritable fields of one payload descriptor are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +128,21 @@ fn picture_id_newer(a: u16, b: u16) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
     source_ssrc: u32,
+    /// The source picture ID it starts at, when the stream has them.
+    first_picture: Option<u16>,
     picture_id: u16,
     tl0: u8,
+}
+
+impl Segment {
+    /// Whether the source picture `id` comes at or after this segment's start.
+    fn holds(&self, ssrc: u32, id: Option<u16>) -> bool {
+        self.source_ssrc == ssrc
+            && match (self.first_picture, id) {
+                (Some(first), Some(id)) => !picture_id_newer(first, id),
+                _ => true,
+            }
+    }
 }
 
 /// Rewrites the picture IDs of one outgoing video stream.
@@ -132,6 +153,8 @@ pub struct PictureIds {
     /// Newest picture ID and TL0PICIDX sent.
     last_picture_id: Option<u16>,
     last_tl0: Option<u8>,
+    /// The newest source picture dropped on purpose, with its source.
+    last_dropped: Option<(u32, u16)>,
 }
 
 impl PictureIds {
@@ -143,6 +166,7 @@ impl PictureIds {
             segments: VecDeque::new(),
             last_picture_id: None,
             last_tl0: None,
+            last_dropped: None,
         }
     }
 
@@ -167,6 +191,7 @@ impl PictureIds {
         if self.segments.back().is_none_or(|s| s.source_ssrc != ssrc) {
             let segment = Segment {
                 source_ssrc: ssrc,
+                first_picture: picture_id,
                 picture_id: match (self.last_picture_id, picture_id) {
                     (Some(last), Some(first)) => {
                         last.wrapping_add(1).wrapping_sub(first) & PICTURE_ID_MASK
@@ -178,12 +203,9 @@ impl PictureIds {
                     _ => 0,
                 },
             };
-            if self.segments.len() == MAX_SEGMENTS {
-                self.segments.pop_front();
-            }
-            self.segments.push_back(segment);
+            self.push(segment);
         }
-        let Some(segment) = self.segments.back().copied() else {
+        let Some(segment) = self.segment_of(ssrc, picture_id) else {
             return;
         };
         if let Some(id) = picture_id {
@@ -207,15 +229,67 @@ impl PictureIds {
         patch(payload, fields, segment)
     }
 
-    /// Patches the copy of a retransmitted payload of source `ssrc` like the original was
-    /// (the latest segment of that source).
+    /// A payload of source `ssrc` that the downtrack dropped on purpose: the pictures
+    /// after its picture are numbered one lower from now on. Every packet of the picture
+    /// may be passed; it counts once.
+    pub fn drop_picture(&mut self, ssrc: u32, payload: &[u8]) {
+        let Some(id) = self
+            .fields(payload)
+            .and_then(|fields| fields.picture_id)
+            .and_then(|at| read_picture_id(payload, at))
+        else {
+            return;
+        };
+        let Some(current) = self.segments.back().copied() else {
+            return; // nothing sent yet: there is no numbering to keep continuous
+        };
+        if current.source_ssrc != ssrc
+            || current
+                .first_picture
+                .is_some_and(|first| picture_id_newer(first, id))
+            || self
+                .last_dropped
+                .is_some_and(|(source, last)| source == ssrc && !picture_id_newer(id, last))
+        {
+            return;
+        }
+        self.last_dropped = Some((ssrc, id));
+        self.push(Segment {
+            first_picture: Some(id.wrapping_add(1) & PICTURE_ID_MASK),
+            picture_id: current.picture_id.wrapping_sub(1) & PICTURE_ID_MASK,
+            ..current
+        });
+    }
+
+    /// Patches the copy of a retransmitted payload of source `ssrc` like the original was.
     pub fn retransmission(&self, ssrc: u32, payload: &mut [u8]) {
         let Some(fields) = self.fields(payload) else {
             return;
         };
-        if let Some(segment) = self.segments.iter().rev().find(|s| s.source_ssrc == ssrc) {
-            patch(payload, fields, *segment);
+        let picture_id = fields
+            .picture_id
+            .and_then(|at| read_picture_id(payload, at));
+        if let Some(segment) = self.segment_of(ssrc, picture_id) {
+            patch(payload, fields, segment);
         }
+    }
+
+    fn push(&mut self, segment: Segment) {
+        if self.segments.len() == MAX_SEGMENTS {
+            self.segments.pop_front();
+        }
+        self.segments.push_back(segment);
+    }
+
+    /// The segment a picture of source `ssrc` belongs to: the newest of that source that
+    /// starts at or before it (the current one, but for late packets).
+    fn segment_of(&self, ssrc: u32, picture_id: Option<u16>) -> Option<Segment> {
+        self.segments
+            .iter()
+            .rev()
+            .find(|s| s.holds(ssrc, picture_id))
+            .or_else(|| self.segments.iter().find(|s| s.source_ssrc == ssrc))
+            .copied()
     }
 }
 
@@ -313,6 +387,39 @@ mod tests {
         // The first segment had no offset.
         assert_eq!(vp8_ids(&resend(&ids, 1, vp8(5000, 1))), (5000, 1));
         assert_eq!(resend(&ids, 3, vp8(7, 7)), vp8(7, 7));
+    }
+
+    #[test]
+    fn pictures_after_a_dropped_one_close_the_gap() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(100, 10))), (100, 10));
+        // Picture 101 (a TL2 frame, two packets) is dropped; 102 (TL1) follows 100.
+        ids.drop_picture(1, &vp8(101, 10));
+        ids.drop_picture(1, &vp8(101, 10));
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(102, 10))), (101, 10));
+        ids.drop_picture(1, &vp8(103, 10));
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(104, 11))), (102, 11));
+        // A late packet of picture 102, and a retransmission of 100 and of 104: each as
+        // its picture was numbered.
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(102, 10))), (101, 10));
+        assert_eq!(vp8_ids(&resend(&ids, 1, vp8(100, 10))), (100, 10));
+        assert_eq!(vp8_ids(&resend(&ids, 1, vp8(104, 11))), (102, 11));
+        // A switch to another layer continues from the last picture sent.
+        assert_eq!(vp8_ids(&forward(&mut ids, 2, vp8(7000, 50))), (103, 12));
+        // A drop of the layer no longer forwarded changes nothing.
+        ids.drop_picture(1, &vp8(105, 11));
+        assert_eq!(vp8_ids(&forward(&mut ids, 2, vp8(7001, 50))), (104, 12));
+    }
+
+    #[test]
+    fn a_dropped_picture_before_anything_was_sent_changes_nothing() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        ids.drop_picture(1, &vp8(99, 10));
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(100, 10))), (100, 10));
+        // Nor does one older than the segment, or without a picture ID.
+        ids.drop_picture(1, &vp8(50, 10));
+        ids.drop_picture(1, &[0x10, 0x00]);
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(101, 10))), (101, 10));
     }
 
     #[test]

@@ -204,8 +204,11 @@ impl Sequencer {
     }
 
     /// Declares that the source packet right after the last one forwarded was dropped on
-    /// purpose (e.g. padding), so the outgoing numbering closes the gap instead of making
-    /// the subscriber NACK a packet that will never exist.
+    /// purpose (padding, a temporal layer the subscriber does not receive), so the outgoing
+    /// numbering closes the gap instead of making the subscriber NACK a packet that will
+    /// never exist. A run of skips makes one segment, not one each: half the packets of a
+    /// stream may be skipped, and the segments kept must still cover the packets that can
+    /// be asked for again.
     pub fn skip(&mut self, ssrc: u32, seq: u16) {
         let Some(current) = self.current().copied() else {
             return;
@@ -216,9 +219,19 @@ impl Sequencer {
         }
         self.last_in_seq = seq;
         let seq_offset = current.seq_offset.wrapping_sub(1);
+        let first_out = seq.wrapping_add(1).wrapping_add(seq_offset);
+        // Nothing went out under the current segment since it began (it began with a skip,
+        // or it is a fresh source's first segment with nothing sent yet): shift it instead.
+        let nothing_sent = self
+            .last_out
+            .is_none_or(|(last, _, _)| seq_newer(current.first_out, last));
+        if nothing_sent && let Some(segment) = self.segments.back_mut() {
+            segment.seq_offset = seq_offset;
+            return;
+        }
         self.push_segment(Segment {
             source_ssrc: ssrc,
-            first_out: seq.wrapping_add(1).wrapping_add(seq_offset),
+            first_out,
             seq_offset,
             ts_offset: current.ts_offset,
             padding: false,
@@ -347,6 +360,38 @@ mod tests {
         // NACK mapping follows both segments.
         assert_eq!(seq.source_of(a.seq).unwrap().seq, 100);
         assert_eq!(seq.source_of(c.seq).unwrap().seq, 102);
+    }
+
+    #[test]
+    fn a_run_of_skips_makes_one_segment_and_old_packets_stay_mapped() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        let first = seq.rewrite(1, 1000, 0, t0).unwrap();
+        // Every other frame dropped, three packets each, for far longer than MAX_SEGMENTS
+        // runs of skips would cover if each skip kept a segment of its own.
+        let mut source = 1001u16;
+        let mut last = first;
+        for _ in 0..100 {
+            for _ in 0..3 {
+                seq.skip(1, source);
+                source = source.wrapping_add(1);
+            }
+            let out = seq.rewrite(1, source, 0, t0).unwrap();
+            assert_eq!(
+                out.seq,
+                last.seq.wrapping_add(1),
+                "no gap for a dropped frame"
+            );
+            last = out;
+            source = source.wrapping_add(1);
+        }
+        // One segment per dropped frame: the packets of the last 15 frames sent (a second)
+        // still map back to their source; with a segment per skip, only about 10 would.
+        for back in 0..15u16 {
+            let out_seq = last.seq.wrapping_sub(back);
+            let found = seq.source_of(out_seq).unwrap();
+            assert_eq!(found.seq, source.wrapping_sub(1 + 4 * back));
+        }
     }
 
     #[test]

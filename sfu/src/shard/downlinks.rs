@@ -85,10 +85,9 @@ impl MediaRouter {
             {
                 let held_back = match allotment {
                     Allotment::Paused => !demand.audio,
-                    Allotment::UpTo(rank) => demand
-                        .layers
-                        .iter()
-                        .any(|l| l.rank > rank && l.rank <= demand.wanted_rank),
+                    Allotment::UpTo { rank, temporal } => demand.layers.iter().any(|l| {
+                        (l.rank, l.temporal) > (rank, temporal) && l.rank <= demand.wanted_rank
+                    }),
                 };
                 held += i64::from(held_back);
                 if let Some(entry) = self
@@ -246,7 +245,7 @@ fn demand(
     // The layers flowing, and those paused at the publisher because nobody needed them
     // (dynacast), at what they cost while they flowed: a subscriber's allotment may reach
     // them, which is what resumes them.
-    let layers = track
+    let mut layers = track
         .layers
         .iter()
         .enumerate()
@@ -257,10 +256,10 @@ fn demand(
             if flowing {
                 // A layer just resumed reads as silent for its first second: it costs
                 // what it cost before.
-                return Some(LayerOffer {
-                    rank: l.rank,
-                    bps: l.rate.bps().max(l.rate.flowing_bps().unwrap_or(0.0)),
-                });
+                return Some(LayerOffer::whole(
+                    l.rank,
+                    l.rate.bps().max(l.rate.flowing_bps().unwrap_or(0.0)),
+                ));
             }
             let paused = track
                 .layer_switch
@@ -269,9 +268,29 @@ fn demand(
             paused
                 .then(|| l.rate.flowing_bps())
                 .flatten()
-                .map(|bps| LayerOffer { rank: l.rank, bps })
+                .map(|bps| LayerOffer::whole(l.rank, bps))
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Below the lowest layer at its full frame rate, the same layer at a lower one (its
+    // lower temporal layers), so that a downlink too narrow for it still gets video.
+    if let Some(lowest) = layers.iter().map(|l| l.rank).min()
+        && let Some(layer) = track.layers.iter().find(|l| {
+            l.rank == lowest
+                && l.last_packet
+                    .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE)
+        })
+    {
+        layers.extend(
+            layer
+                .temporal_rates
+                .partial()
+                .map(|(temporal, bps)| LayerOffer {
+                    rank: lowest,
+                    temporal,
+                    bps,
+                }),
+        );
+    }
     let priority = if sharing.contains(&track.session) {
         2
     } else if speaker == Some(track.session) {
@@ -284,10 +303,10 @@ fn demand(
         priority,
         layers,
         wanted_rank,
-        current_rank: entry
+        current: entry
             .state
             .current_layer()
             .and_then(|i| track.layers.get(i))
-            .map(|l| l.rank),
+            .map(|l| (l.rank, entry.state.temporal_layer())),
     })
 }

@@ -308,6 +308,8 @@ pub(crate) struct Layer {
     last_packet: Option<Instant>,
     /// What the layer brings in: what it costs each subscriber's downlink.
     rate: crate::media::rate::RateMeter,
+    /// What each of its temporal layers brings in (VP8 only).
+    temporal_rates: crate::media::temporal::TemporalRates,
     /// What its publisher's uplink loses of it, counted per quality window.
     loss: crate::media::uplink::ReceivedLoss,
     /// The share lost in the last quality window, percent; `None` when nothing came.

@@ -755,6 +755,7 @@ impl ShardCore {
                 receiver: Some(init.receiver_id),
                 last_packet: None,
                 rate: Default::default(),
+                temporal_rates: Default::default(),
                 loss: Default::default(),
                 loss_percent: None,
                 buffer: video

@@ -32,7 +32,7 @@ impl super::ShardCore {
                 }
                 match entry.state.allotment() {
                     Allotment::Paused => signals.paused += 1,
-                    Allotment::UpTo(rank) => {
+                    Allotment::UpTo { rank, .. } => {
                         // Turned off by the subscriber: not held back by its network.
                         let Some(wanted) = entry.state.target().rank() else {
                             continue;

@@ -381,6 +381,7 @@ fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration
         receiver: None,
         last_packet: None,
         rate: Default::default(),
+        temporal_rates: Default::default(),
         loss: Default::default(),
         loss_percent: None,
         buffer: (kind == TrackKind::Video)

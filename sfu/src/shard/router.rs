@@ -19,6 +19,7 @@ use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
 use crate::media::outgoing::{OutPacket, SendStamp};
 use crate::media::speaker::SpeakerDetector;
+use crate::media::temporal::vp8_temporal;
 use crate::metrics::ShardMetrics;
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -175,11 +176,18 @@ impl MediaRouter {
         packet.header.csrc.clear();
 
         let keyframe = track.family.is_video() && is_keyframe(track.family, &packet.payload);
+        let temporal = match track.family {
+            CodecFamily::Vp8 => vp8_temporal(&packet.payload),
+            _ => None,
+        };
         let Some(layer) = track.layers.get_mut(layer_index) else {
             return keyframe_wanted;
         };
         layer.last_packet = Some(now);
         layer.rate.add(now, received);
+        if let Some(info) = temporal {
+            layer.temporal_rates.add(now, info.tid, received);
+        }
         layer.loss.on_packet(packet.header.sequence_number);
         if keyframe {
             layer.throttle.keyframe_received();
@@ -235,10 +243,17 @@ impl MediaRouter {
                 entry.state.skip(layer_index, ssrc, seq);
                 continue;
             }
-            let decision =
-                entry
-                    .state
-                    .on_packet(layers, layer_index, keyframe, (ssrc, seq, timestamp), now);
+            let decision = entry.state.on_packet(
+                layers,
+                layer_index,
+                keyframe,
+                temporal,
+                (ssrc, seq, timestamp),
+                now,
+            );
+            if decision.dropped_picture {
+                entry.picture_ids.drop_picture(ssrc, &packet.payload);
+            }
             if let Some(wanted) = decision.request_keyframe
                 && let Some(slot) = keyframe_wanted.get_mut(wanted)
             {

@@ -1,0 +1,290 @@
+//! Temporal layers: sending a subscriber fewer frames of the layer it receives.
+//!
+//! A browser encodes each VP8 simulcast layer in three temporal layers (L1T3): every
+//! second frame is on TL2, which nothing references, every fourth on TL1, and the rest on
+//! TL0. Dropping TL2 halves the frame rate and takes roughly half the bits away; dropping
+//! TL1 as well leaves a quarter of the frames. Unlike a move to a lower simulcast layer,
+//! this needs no keyframe and takes effect at the next frame: the first, smooth step down
+//! for a subscriber whose downlink falls short, and video at a lower frame rate where the
+//! lowest layer at full rate no longer fits.
+//!
+//! Coming back up is safe only at a frame that references nothing above the layers the
+//! subscriber has: a *layer sync* frame (the descriptor's Y bit) one layer up, or a
+//! keyframe. The filter rises one layer per sync frame.
+//!
+//! A dropped frame leaves a gap in the picture IDs the subscriber receives, and libwebrtc
+//! holds back any TL1 frame until every picture ID since its reference has arrived; the
+//! shard therefore renumbers the pictures after a dropped one ([`super::picture_id`]) and
+//! closes the sequence numbers' gap ([`super::sequencer`]).
+
+use super::rate::RateMeter;
+use std::time::Instant;
+
+/// The temporal cap that lets every layer through.
+pub const ALL_TEMPORAL: u8 = u8::MAX;
+
+/// The temporal layers a browser's VP8 simulcast layer carries (L1T3).
+pub const TEMPORAL_LAYERS: usize = 3;
+
+/// What a VP8 packet's descriptor says of its frame's temporal layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemporalInfo {
+    /// The temporal layer index (TID).
+    pub tid: u8,
+    /// Layer sync (Y): the frame references only TL0 frames.
+    pub sync: bool,
+    /// The packet starts the frame (S set, partition 0).
+    pub frame_start: bool,
+}
+
+/// RFC 7741 §4.2: the TID and Y bits, present when the extension byte's T bit is set.
+/// `None` for a packet without them (a stream with one temporal layer, or malformed).
+pub fn vp8_temporal(payload: &[u8]) -> Option<TemporalInfo> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let ext = *payload.get(1)?;
+    if ext & 0x20 == 0 {
+        return None;
+    }
+    let mut offset = 2;
+    if ext & 0x80 != 0 {
+        offset += if *payload.get(offset)? & 0x80 != 0 {
+            2
+        } else {
+            1
+        };
+    }
+    if ext & 0x40 != 0 {
+        offset += 1;
+    }
+    let byte = *payload.get(offset)?;
+    Some(TemporalInfo {
+        tid: byte >> 6,
+        sync: byte & 0x20 != 0,
+        frame_start: first & 0x10 != 0 && first & 0x07 == 0,
+    })
+}
+
+/// Which temporal layers of the layer it forwards one subscriber receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemporalFilter {
+    /// The highest temporal layer the subscriber is to receive.
+    target: u8,
+    /// The highest it receives now: above the target only until the next frame, below it
+    /// until a frame the subscriber can decode from what it has.
+    current: u8,
+}
+
+impl Default for TemporalFilter {
+    fn default() -> Self {
+        Self {
+            target: ALL_TEMPORAL,
+            current: ALL_TEMPORAL,
+        }
+    }
+}
+
+impl TemporalFilter {
+    /// Sets the highest temporal layer to send ([`ALL_TEMPORAL`] for all). Going down
+    /// takes effect at the next frame; going up at a frame that allows it.
+    pub fn set_target(&mut self, target: u8) {
+        self.target = target;
+    }
+
+    /// The highest temporal layer to send.
+    pub fn target(&self) -> u8 {
+        self.target
+    }
+
+    /// The highest temporal layer sent now.
+    pub fn current(&self) -> u8 {
+        self.current
+    }
+
+    /// Whether a packet of the forwarded layer goes to the subscriber. A packet without
+    /// temporal information always does.
+    pub fn forward(&mut self, info: Option<TemporalInfo>, keyframe: bool) -> bool {
+        let Some(info) = info else {
+            return true;
+        };
+        if info.frame_start {
+            if keyframe || self.target <= self.current {
+                self.current = self.target;
+            } else if info.sync && self.current.checked_add(1) == Some(info.tid) {
+                self.current = info.tid;
+            }
+        }
+        info.tid <= self.current
+    }
+}
+
+/// What each temporal layer of a layer brings in: what the layer costs a subscriber
+/// receiving it up to a given temporal layer.
+#[derive(Debug, Default, Clone)]
+pub struct TemporalRates {
+    meters: [RateMeter; TEMPORAL_LAYERS],
+}
+
+impl TemporalRates {
+    /// `bytes` of temporal layer `tid` arrived at `now` (a TID beyond three is counted
+    /// as the top layer: nobody would receive it without the rest).
+    pub fn add(&mut self, now: Instant, tid: u8, bytes: usize) {
+        let index = usize::from(tid).min(TEMPORAL_LAYERS - 1);
+        self.meters[index].add(now, bytes);
+    }
+
+    /// The layer's rate up to temporal layer `tid`, for each `tid` below the highest one
+    /// that flows (which is the whole layer): `(tid, bps)`, lowest first. Empty for a layer
+    /// without temporal layers.
+    pub fn partial(&self) -> impl Iterator<Item = (u8, f64)> + '_ {
+        let top = self.meters.iter().rposition(|m| m.bps() > 0.0).unwrap_or(0);
+        let mut sum = 0.0;
+        self.meters[..top]
+            .iter()
+            .enumerate()
+            .map(move |(tid, meter)| {
+                sum += meter.bps();
+                (tid as u8, sum)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VP8 descriptor with a 15-bit picture ID, TL0PICIDX and the TID/Y byte.
+    fn vp8(picture_id: u16, tl0: u8, tid: u8, sync: bool, start: bool) -> Vec<u8> {
+        vec![
+            0x80 | if start { 0x10 } else { 0 },
+            0xe0,
+            0x80 | (picture_id >> 8) as u8,
+            picture_id as u8,
+            tl0,
+            tid << 6 | if sync { 0x20 } else { 0 },
+            0x01, // an interframe's payload header
+        ]
+    }
+
+    fn info(tid: u8, sync: bool) -> Option<TemporalInfo> {
+        Some(TemporalInfo {
+            tid,
+            sync,
+            frame_start: true,
+        })
+    }
+
+    #[test]
+    fn the_descriptor_gives_tid_sync_and_frame_start() {
+        assert_eq!(
+            vp8_temporal(&vp8(300, 7, 2, true, true)),
+            Some(TemporalInfo {
+                tid: 2,
+                sync: true,
+                frame_start: true
+            })
+        );
+        assert_eq!(
+            vp8_temporal(&vp8(300, 7, 1, false, false)),
+            Some(TemporalInfo {
+                tid: 1,
+                sync: false,
+                frame_start: false
+            })
+        );
+        // A 7-bit picture ID and no TL0PICIDX: T|K only.
+        assert_eq!(
+            vp8_temporal(&[0x90, 0xa0, 0x05, 0x40]).map(|i| i.tid),
+            Some(1)
+        );
+        // No T bit, no extension, or cut short: nothing to go by.
+        assert_eq!(vp8_temporal(&[0x90, 0xc0, 0x85, 0x01, 0x07]), None);
+        assert_eq!(vp8_temporal(&[0x10, 0x00]), None);
+        assert_eq!(vp8_temporal(&[0x90, 0xe0, 0x81]), None);
+        assert_eq!(vp8_temporal(&[]), None);
+    }
+
+    #[test]
+    fn going_down_takes_effect_at_the_next_frame() {
+        let mut filter = TemporalFilter::default();
+        assert!(filter.forward(info(2, false), false));
+        filter.set_target(0);
+        // The rest of a frame already started is not cut.
+        let rest = Some(TemporalInfo {
+            tid: 2,
+            sync: false,
+            frame_start: false,
+        });
+        assert!(filter.forward(rest, false));
+        assert!(filter.forward(info(0, false), false));
+        assert!(!filter.forward(info(2, false), false));
+        assert!(!filter.forward(rest, false));
+        assert!(!filter.forward(info(1, false), false));
+        assert_eq!(filter.current(), 0);
+    }
+
+    #[test]
+    fn going_up_waits_for_a_sync_frame_one_layer_up() {
+        let mut filter = TemporalFilter::default();
+        filter.set_target(0);
+        assert!(filter.forward(info(0, false), false));
+        filter.set_target(ALL_TEMPORAL);
+        // Not a sync frame, or a sync frame two layers up: TL1 frames after it would
+        // reference TL1 frames the subscriber never got.
+        assert!(!filter.forward(info(1, false), false));
+        assert!(!filter.forward(info(2, true), false));
+        assert!(filter.forward(info(1, true), false));
+        assert_eq!(filter.current(), 1);
+        assert!(filter.forward(info(1, false), false));
+        assert!(!filter.forward(info(2, false), false));
+        assert!(filter.forward(info(2, true), false));
+        assert!(filter.forward(info(2, false), false));
+        assert_eq!(filter.current(), 2);
+    }
+
+    #[test]
+    fn a_keyframe_opens_every_layer_up_to_the_target() {
+        let mut filter = TemporalFilter::default();
+        filter.set_target(0);
+        assert!(filter.forward(info(0, false), false));
+        filter.set_target(1);
+        assert!(filter.forward(info(0, false), true));
+        assert!(filter.forward(info(1, false), false));
+        assert!(!filter.forward(info(2, true), false));
+    }
+
+    #[test]
+    fn partial_rates_add_up_the_temporal_layers_below_the_top() {
+        let t0 = Instant::now();
+        let mut rates = TemporalRates::default();
+        assert_eq!(rates.partial().count(), 0);
+        for frame in 0..60u32 {
+            let at = t0 + std::time::Duration::from_millis(u64::from(frame) * 33);
+            let tid = match frame % 4 {
+                0 => 0,
+                2 => 1,
+                _ => 2,
+            };
+            rates.add(at, tid, 1000);
+        }
+        let partial: Vec<(u8, f64)> = rates.partial().collect();
+        assert_eq!(partial.len(), 2, "{partial:?}");
+        let (tl0, tl01) = (partial[0], partial[1]);
+        assert_eq!((tl0.0, tl01.0), (0, 1));
+        assert!(tl0.1 > 0.0 && tl01.1 > tl0.1 * 1.5, "{partial:?}");
+        // A layer with one temporal layer offers nothing partial.
+        let mut single = TemporalRates::default();
+        single.add(t0, 0, 1000);
+        single.add(t0 + std::time::Duration::from_secs(2), 0, 1000);
+        assert_eq!(single.partial().count(), 0);
+    }
+
+    #[test]
+    fn packets_without_temporal_layers_always_pass() {
+        let mut filter = TemporalFilter::default();
+        filter.set_target(0);
+        assert!(filter.forward(None, false));
+    }
+}
