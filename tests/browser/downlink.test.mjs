@@ -139,4 +139,71 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
   const words = await waitFor('the room showing Ben\'s connection as good again',
     () => cai.evaluate(() => window.tutti.shownQualities()), (q) => q.Ben === 'good', 20_000);
   console.log(`downlink: the limit lifted, Ben on Ana's ${climbed.video.frameWidth}-px layer ${climbedAfter} ms later; Cai shows ${JSON.stringify(words)}`);
+  for (const page of [ana, ben, cai]) await page.context().close();
+});
+
+// Narrower still: 130 kbit/s carries Ana's sound but not her low layer at its full frame
+// rate. Ben used to get no video at all (paused); now the shard sends him the low layer's
+// lower temporal layers: fewer frames, every one decodable (the sequence numbers and
+// picture IDs close up over the frames left out). His video loss is bounded looser than at
+// 300 kbit/s: the probes that look for room to climb fill this link's queue now and then.
+const NARROW_KBPS = 130;
+
+test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame rate instead of no video`, async () => {
+  await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1, rate_kbps: NARROW_KBPS, queue_packets: 25 });
+  const ana = await openPage(home, `${gatewayUrl}/?room=hostel-lesson&name=Ana`);
+  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
+  const joinedAt = Date.now();
+  const ben = await openPage(hotel, `${gatewayUrl}/?room=hostel-lesson&name=Ben`);
+  await waitForAudio(ben, 'Ana', 40_000);
+  // Settled: Ben decodes Ana's low layer, at most 60 % of the frames she encodes for it,
+  // and at least one a second, over 3 s running.
+  const samples = [];
+  const sample = async () => ({ at: Date.now(), ben: await from(ben, 'Ana'), ana: await encoded(ana) });
+  const rateOver = (a, b) => ({
+    decoded: b.ben.video.framesDecoded - a.ben.video.framesDecoded,
+    encoded: (b.ana.q || 0) - (a.ana.q || 0),
+    seconds: (b.at - a.at) / 1000,
+  });
+  const settled = await waitFor('Ben decoding Ana\'s low layer at a lower frame rate for 3 s', async () => {
+    samples.push(await sample());
+    const first = samples.find((x) => samples.at(-1).at - x.at <= 3200);
+    const last = samples.at(-1);
+    const r = rateOver(first, last);
+    const steady = last.at - first.at >= 2800 && last.ben.video.frameWidth > 0 && last.ben.video.frameWidth <= 160
+      && r.decoded >= r.seconds && r.decoded <= 0.6 * r.encoded;
+    await ben.waitForTimeout(500);
+    return { ...r, steady, last };
+  }, (s) => s.steady, 90_000);
+  const settledAfter = settled.last.at - joinedAt;
+
+  // Then 10 s, sampled each second: no second without a new frame.
+  const start = await sample();
+  let previous = start;
+  let stalls = 0;
+  for (let second = 0; second < 10; second += 1) {
+    await ben.waitForTimeout(1000);
+    const now = await sample();
+    if (now.ben.video.framesDecoded === previous.ben.video.framesDecoded) stalls += 1;
+    previous = now;
+  }
+  const end = previous;
+  const r = rateOver(start, end);
+  const lossOf = (kind) => {
+    const received = end.ben[kind].packetsReceived - start.ben[kind].packetsReceived;
+    const lost = end.ben[kind].packetsLost - start.ben[kind].packetsLost;
+    return { received, lost, percent: (100 * lost) / Math.max(1, received + lost) };
+  };
+  const audio = lossOf('audio');
+  const video = lossOf('video');
+  console.log(`downlink: Ben behind ${NARROW_KBPS} kbit/s decoding Ana's ${end.ben.video.frameWidth}-px layer at a lower frame rate ${settledAfter} ms after joining; `
+    + `over the next ${r.seconds.toFixed(1)} s ${r.decoded} frames decoded of the ${r.encoded} Ana encoded for that layer `
+    + `(${(r.decoded / r.seconds).toFixed(1)} of ${(r.encoded / r.seconds).toFixed(1)} per second), ${stalls} seconds without a new frame; `
+    + `audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost`);
+  assert.ok(end.ben.video.frameWidth > 0 && end.ben.video.frameWidth <= 160, JSON.stringify(end.ben.video));
+  assert.ok(r.decoded >= 10 && r.decoded <= 0.6 * r.encoded, `fewer frames, but video: ${JSON.stringify(r)}`);
+  assert.equal(stalls, 0, 'a new frame every second');
+  assert.ok(audio.received >= 450 && audio.percent < 2, `Ana's sound stays whole: ${JSON.stringify(audio)}`);
+  assert.ok(video.percent < 5, JSON.stringify(video));
+  for (const page of [ana, ben]) await page.context().close();
 });

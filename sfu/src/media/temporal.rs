@@ -137,15 +137,18 @@ impl TemporalRates {
 
     /// The layer's rate up to temporal layer `tid`, for each `tid` below the highest one
     /// that flows (which is the whole layer): `(tid, bps)`, lowest first. Empty for a layer
-    /// without temporal layers.
+    /// without temporal layers. A temporal layer counts what it brought in while it last
+    /// flowed: one just resumed reads as silent for its first second, and would otherwise
+    /// vanish from the offers, or make the ones below it look cheaper than they are.
     pub fn partial(&self) -> impl Iterator<Item = (u8, f64)> + '_ {
-        let top = self.meters.iter().rposition(|m| m.bps() > 0.0).unwrap_or(0);
+        let cost = |meter: &RateMeter| meter.bps().max(meter.flowing_bps().unwrap_or(0.0));
+        let top = self.meters.iter().rposition(|m| cost(m) > 0.0).unwrap_or(0);
         let mut sum = 0.0;
         self.meters[..top]
             .iter()
             .enumerate()
             .map(move |(tid, meter)| {
-                sum += meter.bps();
+                sum += cost(meter);
                 (tid as u8, sum)
             })
     }
@@ -274,6 +277,13 @@ mod tests {
         let (tl0, tl01) = (partial[0], partial[1]);
         assert_eq!((tl0.0, tl01.0), (0, 1));
         assert!(tl0.1 > 0.0 && tl01.1 > tl0.1 * 1.5, "{partial:?}");
+        // Silent for a while (paused at the publisher) and just resumed: still offered at
+        // what it cost while it flowed.
+        let resumed = t0 + std::time::Duration::from_secs(10);
+        for tid in [0, 2, 1, 2] {
+            rates.add(resumed, tid, 1000);
+        }
+        assert_eq!(rates.partial().collect::<Vec<_>>(), partial);
         // A layer with one temporal layer offers nothing partial.
         let mut single = TemporalRates::default();
         single.add(t0, 0, 1000);

@@ -95,6 +95,16 @@ impl MediaRouter {
                     .get_mut(&track_key)
                     .and_then(|t| t.downtracks.get_mut(index))
                 {
+                    if entry.state.allotment() != allotment {
+                        tracing::debug!(
+                            ?track_key,
+                            estimate_bps = estimate.usable_bps(),
+                            ?allotment,
+                            offers = ?demand.layers,
+                            current = ?demand.current,
+                            "allotment changed"
+                        );
+                    }
                     entry.state.set_allotment(allotment);
                 }
             }
@@ -272,13 +282,10 @@ fn demand(
         })
         .collect::<Vec<_>>();
     // Below the lowest layer at its full frame rate, the same layer at a lower one (its
-    // lower temporal layers), so that a downlink too narrow for it still gets video.
+    // lower temporal layers), so that a downlink too narrow for it still gets video. Like
+    // the whole layer, at what it cost while it flowed if nobody needs it now.
     if let Some(lowest) = layers.iter().map(|l| l.rank).min()
-        && let Some(layer) = track.layers.iter().find(|l| {
-            l.rank == lowest
-                && l.last_packet
-                    .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE)
-        })
+        && let Some(layer) = track.layers.iter().find(|l| l.rank == lowest)
     {
         layers.extend(
             layer
