@@ -115,7 +115,7 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
         let Some(lowest) = lowest(&tracks[index]) else {
             continue;
         };
-        if cost(&tracks[index], lowest) <= left {
+        if cost(&tracks[index], lowest) <= left || keeps_lowest(&tracks[index], lowest, left) {
             left -= lowest.bps;
             given[index] = Some(lowest);
         }
@@ -199,6 +199,22 @@ fn lowest_ref(track: &TrackDemand) -> Option<&LayerOffer> {
 fn lowest(track: &TrackDemand) -> Option<LayerOffer> {
     lowest_ref(track).copied()
 }
+
+/// Whether a track flowing at its lowest offer, a lower frame rate of its lowest layer,
+/// keeps it on a budget a little short of it: pausing a video costs a frozen picture and a
+/// keyframe to resume, and an estimate that dips for a moment below so small an offer
+/// (next to the sound, on a link that carries little more) would otherwise pause it and
+/// resume it again and again. A whole layer gets no such margin: a quarter of it may be
+/// more than the link has to spare.
+fn keeps_lowest(track: &TrackDemand, lowest: LayerOffer, left: f64) -> bool {
+    lowest.temporal != ALL_TEMPORAL
+        && track.current == Some(lowest.level())
+        && lowest.bps * KEEP_SHARE <= left
+}
+
+/// The share of its lowest offer's rate a budget must still hold for a track flowing at
+/// that (partial) offer to keep it.
+const KEEP_SHARE: f64 = 0.75;
 
 /// What an offer needs from the budget: its rate, with headroom unless the track is on it
 /// or above it already (going down or staying costs no margin).
@@ -398,7 +414,19 @@ mod tests {
                 temporal: 0
             }
         );
+        assert_eq!(allocate(budget(40_000.0), &tracks)[1], Allotment::Paused);
+        // Flowing at TL0 already, a budget a little short of it keeps it; a track not
+        // flowing at TL0 does not start on that budget.
+        let at_tl0 = [audio(), with_lower_frame_rates(Some((0, 0)))];
+        assert_eq!(
+            allocate(budget(50_000.0), &at_tl0)[1],
+            Allotment::UpTo {
+                rank: 0,
+                temporal: 0
+            }
+        );
         assert_eq!(allocate(budget(50_000.0), &tracks)[1], Allotment::Paused);
+        assert_eq!(allocate(budget(40_000.0), &at_tl0)[1], Allotment::Paused);
         // Climbing back needs headroom over the whole layer, as any move up does.
         let reduced = [audio(), with_lower_frame_rates(Some((0, 1)))];
         assert_eq!(
