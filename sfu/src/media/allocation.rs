@@ -109,15 +109,25 @@ pub fn allocate(budget_bps: f64, tracks: &[TrackDemand]) -> Vec<Allotment> {
             tracks[index].current.is_none(),
         )
     });
-    // Each track's lowest layer, most important first.
+    // Each track's lowest layer, most important first: at its full frame rate if that
+    // fits, else at the highest lower frame rate that does. A lower frame rate is for a
+    // downlink too narrow for the layer, not a way to pay for another track's higher layer.
     let mut given: Vec<Option<LayerOffer>> = vec![None; tracks.len()];
     for &index in &video {
-        let Some(lowest) = lowest(&tracks[index]) else {
+        let track = &tracks[index];
+        let Some(lowest) = lowest(track) else {
             continue;
         };
-        if cost(&tracks[index], lowest) <= left || keeps_lowest(&tracks[index], lowest, left) {
-            left -= lowest.bps;
-            given[index] = Some(lowest);
+        let affordable = track
+            .layers
+            .iter()
+            .copied()
+            .filter(|l| l.rank == lowest.rank && cost(track, *l) <= left)
+            .max_by_key(LayerOffer::level);
+        let base = affordable.or_else(|| keeps_lowest(track, lowest, left).then_some(lowest));
+        if let Some(base) = base {
+            left -= base.bps;
+            given[index] = Some(base);
         }
     }
     // Then up, as far as asked and affordable, most important first.
@@ -454,6 +464,20 @@ mod tests {
             (goal - (64_000.0 + 95_000.0 * UP_HEADROOM)).abs() < 1.0,
             "{goal}"
         );
+    }
+
+    #[test]
+    fn every_track_gets_its_lowest_layer_whole_before_any_goes_higher() {
+        // Room for both low layers whole and a little more: neither is cut to a lower
+        // frame rate to pay for the other's middle layer.
+        let tracks = [
+            audio(),
+            with_lower_frame_rates(Some((0, ALL_TEMPORAL))),
+            with_lower_frame_rates(Some((0, ALL_TEMPORAL))),
+        ];
+        let allotments = allocate(64_000.0 + 640_000.0, &tracks);
+        assert_eq!(allotments[1], Allotment::up_to(0));
+        assert_eq!(allotments[2], Allotment::up_to(0));
     }
 
     #[test]

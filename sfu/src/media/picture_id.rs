@@ -134,16 +134,15 @@ struct Segment {
     tl0: u8,
 }
 
-impl Segment {
-    /// Whether the source picture `id` comes at or after this segment's start.
-    fn holds(&self, ssrc: u32, id: Option<u16>) -> bool {
-        self.source_ssrc == ssrc
-            && match (self.first_picture, id) {
-                (Some(first), Some(id)) => !picture_id_newer(first, id),
-                _ => true,
-            }
-    }
+/// How far `id` lies behind `newest`, in the 15-bit space.
+fn behind(newest: u16, id: u16) -> u16 {
+    newest.wrapping_sub(id) & PICTURE_ID_MASK
 }
+
+/// Pictures further back than this are taken as a segment's start being out of reach:
+/// only a late packet of the last second or two is ever looked up, and a segment that
+/// began longer ago than this holds every one of them.
+const REACH: u16 = 0x2000;
 
 /// Rewrites the picture IDs of one outgoing video stream.
 #[derive(Debug)]
@@ -153,8 +152,9 @@ pub struct PictureIds {
     /// Newest picture ID and TL0PICIDX sent.
     last_picture_id: Option<u16>,
     last_tl0: Option<u8>,
-    /// The newest source picture dropped on purpose, with its source.
-    last_dropped: Option<(u32, u16)>,
+    /// The newest source picture forwarded or dropped, of the newest segment's source:
+    /// what late packets are measured from.
+    newest_source: Option<u16>,
 }
 
 impl PictureIds {
@@ -166,7 +166,7 @@ impl PictureIds {
             segments: VecDeque::new(),
             last_picture_id: None,
             last_tl0: None,
-            last_dropped: None,
+            newest_source: None,
         }
     }
 
@@ -189,6 +189,7 @@ impl PictureIds {
             .and_then(|at| read_picture_id(payload, at));
         let tl0 = fields.tl0.and_then(|at| payload.get(at).copied());
         if self.segments.back().is_none_or(|s| s.source_ssrc != ssrc) {
+            self.newest_source = None;
             let segment = Segment {
                 source_ssrc: ssrc,
                 first_picture: picture_id,
@@ -208,6 +209,13 @@ impl PictureIds {
         let Some(segment) = self.segment_of(ssrc, picture_id) else {
             return;
         };
+        if let Some(id) = picture_id
+            && self
+                .newest_source
+                .is_none_or(|newest| picture_id_newer(id, newest))
+        {
+            self.newest_source = Some(id);
+        }
         if let Some(id) = picture_id {
             let out = id.wrapping_add(segment.picture_id) & PICTURE_ID_MASK;
             if self
@@ -243,17 +251,17 @@ impl PictureIds {
         let Some(current) = self.segments.back().copied() else {
             return; // nothing sent yet: there is no numbering to keep continuous
         };
+        // Only a picture newer than any sent or dropped: an older one's place is settled
+        // (the pictures after it went out already), and each packet of one picture counts
+        // once.
         if current.source_ssrc != ssrc
-            || current
-                .first_picture
-                .is_some_and(|first| picture_id_newer(first, id))
             || self
-                .last_dropped
-                .is_some_and(|(source, last)| source == ssrc && !picture_id_newer(id, last))
+                .newest_source
+                .is_some_and(|newest| !picture_id_newer(id, newest))
         {
             return;
         }
-        self.last_dropped = Some((ssrc, id));
+        self.newest_source = Some(id);
         self.push(Segment {
             first_picture: Some(id.wrapping_add(1) & PICTURE_ID_MASK),
             picture_id: current.picture_id.wrapping_sub(1) & PICTURE_ID_MASK,
@@ -282,12 +290,29 @@ impl PictureIds {
     }
 
     /// The segment a picture of source `ssrc` belongs to: the newest of that source that
-    /// starts at or before it (the current one, but for late packets).
+    /// starts at or before it (the current one, but for late packets). Distances are
+    /// measured back from the newest picture, so a stream numbered past the 15-bit wrap
+    /// long ago still finds its segment.
     fn segment_of(&self, ssrc: u32, picture_id: Option<u16>) -> Option<Segment> {
+        let back = self.segments.back().copied()?;
+        let late = match (back.source_ssrc == ssrc, picture_id, self.newest_source) {
+            (true, Some(id), Some(newest)) if picture_id_newer(newest, id) => Some((id, newest)),
+            (true, _, _) => return Some(back),
+            (false, _, _) => None,
+        };
         self.segments
             .iter()
             .rev()
-            .find(|s| s.holds(ssrc, picture_id))
+            .find(|s| {
+                s.source_ssrc == ssrc
+                    && match (late, s.first_picture) {
+                        (Some((id, newest)), Some(first)) => {
+                            let start = behind(newest, first);
+                            start >= REACH || behind(newest, id) <= start
+                        }
+                        _ => true,
+                    }
+            })
             .or_else(|| self.segments.iter().find(|s| s.source_ssrc == ssrc))
             .copied()
     }
@@ -409,6 +434,36 @@ mod tests {
         // A drop of the layer no longer forwarded changes nothing.
         ids.drop_picture(1, &vp8(105, 11));
         assert_eq!(vp8_ids(&forward(&mut ids, 2, vp8(7001, 50))), (104, 12));
+    }
+
+    #[test]
+    fn drops_after_a_long_steady_run_still_close_the_gap() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        forward(&mut ids, 1, vp8(5, 1));
+        // Another layer for far longer than half the 15-bit space (about 18 minutes).
+        let mut id = 100u16;
+        let mut sent = 0;
+        for _ in 0..20_000 {
+            sent = vp8_ids(&forward(&mut ids, 2, vp8(id, 0))).0;
+            id = (id + 1) & PICTURE_ID_MASK;
+        }
+        // The next picture is dropped; the one after it follows the last one sent.
+        ids.drop_picture(2, &vp8(id, 0));
+        let after = vp8_ids(&forward(&mut ids, 2, vp8((id + 1) & PICTURE_ID_MASK, 0))).0;
+        assert_eq!(after, (sent + 1) & PICTURE_ID_MASK);
+        // A late packet of the picture before the drop keeps its number.
+        let late = (id + PICTURE_ID_MASK) & PICTURE_ID_MASK;
+        assert_eq!(vp8_ids(&resend(&ids, 2, vp8(late, 0))).0, sent);
+    }
+
+    #[test]
+    fn a_late_picture_cannot_renumber_pictures_already_sent() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        forward(&mut ids, 1, vp8(100, 1));
+        forward(&mut ids, 1, vp8(102, 1));
+        // 101 was lost upstream; its packets come late and are dropped for their layer.
+        ids.drop_picture(1, &vp8(101, 1));
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(103, 1))).0, 103);
     }
 
     #[test]

@@ -18,16 +18,43 @@ pub fn seq_newer(a: u16, b: u16) -> bool {
     a != b && a.wrapping_sub(b) < 0x8000
 }
 
-/// One run of packets from a single source with fixed offsets.
+/// `seq` as an extended (never wrapping) number, from the newest one seen and its
+/// extended form: the nearer of its possible values.
+fn unwrap(newest: (u16, u64), seq: u16) -> u64 {
+    let delta = i64::from(seq.wrapping_sub(newest.0) as i16);
+    newest.1.saturating_add_signed(delta)
+}
+
+/// Extended numbers of a new run start here, so that a packet a little older than the
+/// first one still unwraps without going below zero.
+const RUN_BASE: u64 = 1 << 32;
+
+/// One run of packets from a single source with fixed offsets. Numbers are extended
+/// (unwrapped): a stream that carries more than 32,768 packets on one segment must not
+/// look as if it went backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
     source_ssrc: u32,
-    /// The first outgoing sequence number of the segment.
-    first_out: u16,
-    seq_offset: u16,
+    /// The run of one source it belongs to: each switch (another source, or the same one
+    /// after a pause) starts a run, and a late packet is numbered only within its run.
+    run: u32,
+    /// The source's extended sequence number the segment starts at.
+    first_in: u64,
+    /// The extended outgoing sequence number it starts at.
+    first_out: u64,
+    /// Where the source packets skipped just before it begin (`first_in` when none were):
+    /// a late copy of one of them has no place to go.
+    skipped_from: u64,
     ts_offset: u32,
     /// Padding the shard sent on its own (a bandwidth probe): no source behind it.
     padding: bool,
+}
+
+impl Segment {
+    /// The extended outgoing number of the source packet `ext` of this segment.
+    fn out_of(&self, ext: u64) -> u64 {
+        self.first_out + (ext - self.first_in)
+    }
 }
 
 /// A rewritten packet position.
@@ -55,18 +82,24 @@ pub struct SourcePosition {
 pub struct Sequencer {
     clock_rate: u32,
     segments: VecDeque<Segment>,
-    /// Highest outgoing sequence number sent, with its timestamp and send instant.
-    last_out: Option<(u16, u32, Instant)>,
-    /// Highest source sequence number seen in the current segment.
-    last_in_seq: u16,
+    /// The current run (see [`Segment::run`]).
+    run: u32,
+    /// Highest outgoing sequence number sent (extended), with its timestamp and send
+    /// instant.
+    last_out: Option<(u64, u32, Instant)>,
+    /// Highest source sequence number seen in the current run, and its extended form.
+    last_in: (u16, u64),
+    /// Whether a packet went out under the newest segment: a skip right after another
+    /// shifts the segment it began instead of pushing one more.
+    sent_in_segment: bool,
     /// Forwarding stopped for a while ([`Self::pause`]): the next packet starts a segment
     /// even from the same source, so the stream continues right after the last packet sent
     /// instead of leaving a gap the subscriber would ask to have repaired.
     paused: bool,
-    /// Padding sent since the last media packet: the media segment it interrupted, and
-    /// how many padding packets. The same source then goes on with its offsets shifted by
-    /// that many, so that its own gaps (real losses) stay visible and repairable.
-    after_padding: Option<(Segment, u16)>,
+    /// Padding sent since the last media packet: the media segment it interrupted. The
+    /// same source then goes on right after the padding, so that its own gaps (real
+    /// losses) stay visible and repairable.
+    after_padding: Option<Segment>,
 }
 
 impl Sequencer {
@@ -75,8 +108,10 @@ impl Sequencer {
         Self {
             clock_rate: clock_rate.max(1),
             segments: VecDeque::new(),
+            run: 0,
             last_out: None,
-            last_in_seq: 0,
+            last_in: (0, RUN_BASE),
+            sent_in_segment: false,
             paused: false,
             after_padding: None,
         }
@@ -97,6 +132,12 @@ impl Sequencer {
             self.segments.pop_front();
         }
         self.segments.push_back(segment);
+        self.sent_in_segment = false;
+    }
+
+    /// The extended outgoing number the next packet sent takes.
+    fn next_out(&self) -> Option<u64> {
+        self.last_out.map(|(last, _, _)| last + 1)
     }
 
     /// Whether the next packet of `ssrc` starts a new segment (a source switch).
@@ -111,35 +152,30 @@ impl Sequencer {
     /// after the last packet sent and with its timestamp; `None` before any media went out.
     /// A NACK for it maps to nothing.
     pub fn padding(&mut self) -> Option<Rewritten> {
-        let (last_seq, last_ts, sent_at) = self.last_out?;
-        let out = last_seq.wrapping_add(1);
-        match &mut self.after_padding {
-            Some((_, count)) => *count = count.wrapping_add(1),
-            None => {
-                let media = *self.current()?;
-                self.after_padding = Some((media, 1));
-                self.push_segment(Segment {
-                    source_ssrc: media.source_ssrc,
-                    first_out: out,
-                    seq_offset: 0,
-                    ts_offset: 0,
-                    padding: true,
-                });
-            }
+        let (last_out, last_ts, sent_at) = self.last_out?;
+        let out = last_out + 1;
+        if self.after_padding.is_none() {
+            let media = *self.current()?;
+            self.after_padding = Some(media);
+            self.push_segment(Segment {
+                first_out: out,
+                padding: true,
+                ..media
+            });
         }
         // The send instant stays the last media packet's: a later switch counts its
         // timestamp step from there.
         self.last_out = Some((out, last_ts, sent_at));
         Some(Rewritten {
-            seq: out,
+            seq: out as u16,
             timestamp: last_ts,
         })
     }
 
     /// Rewrites a source packet. A packet from a different source than the current
-    /// segment's starts a new segment continuing right after the last packet sent. Returns
-    /// `None` for a packet older than the segment it would belong to (a late packet of a
-    /// source already switched away from), which must be dropped.
+    /// segment's starts a new segment continuing right after the last packet sent. A late
+    /// packet is numbered as the segment it belongs to numbers it (its number was kept
+    /// free for it); `None` for one older than the current run, which must be dropped.
     pub fn rewrite(
         &mut self,
         ssrc: u32,
@@ -151,110 +187,138 @@ impl Sequencer {
             let resumed = self
                 .after_padding
                 .take()
-                .filter(|(media, _)| !self.paused && media.source_ssrc == ssrc);
-            let (seq_offset, ts_offset, first_out) = match (resumed, self.last_out) {
-                (_, None) => (0, 0, seq),
-                // The same source after padding: shifted past it, its timing untouched.
-                (Some((media, count)), Some((last_seq, _, _))) => (
-                    media.seq_offset.wrapping_add(count),
-                    media.ts_offset,
-                    last_seq.wrapping_add(1),
-                ),
-                (None, Some((last_seq, last_ts, sent_at))) => {
-                    let elapsed = now.saturating_duration_since(sent_at);
-                    // At least one tick, so two frames never share a timestamp.
-                    let ticks = (elapsed.as_micros() * u128::from(self.clock_rate) / 1_000_000)
-                        .clamp(1, u128::from(u32::MAX / 2)) as u32;
-                    let seq_offset = last_seq.wrapping_add(1).wrapping_sub(seq);
-                    (
-                        seq_offset,
-                        last_ts.wrapping_add(ticks).wrapping_sub(timestamp),
-                        seq.wrapping_add(seq_offset),
-                    )
+                .filter(|media| !self.paused && media.source_ssrc == ssrc);
+            let segment = match (resumed, self.last_out) {
+                // The same source after padding: right after it, its timing untouched; the
+                // source packets it had not sent yet keep their places.
+                (Some(media), Some((last_out, _, _))) => Segment {
+                    first_in: self.last_in.1 + 1,
+                    first_out: last_out + 1,
+                    skipped_from: self.last_in.1 + 1,
+                    padding: false,
+                    ..media
+                },
+                (_, last_out) => {
+                    self.run = self.run.wrapping_add(1);
+                    // An extended number's low 16 bits are the number on the wire.
+                    self.last_in = (seq, RUN_BASE + u64::from(seq));
+                    let ts_offset = match last_out {
+                        None => 0,
+                        Some((_, last_ts, sent_at)) => {
+                            let elapsed = now.saturating_duration_since(sent_at);
+                            // At least one tick, so two frames never share a timestamp.
+                            let ticks = (elapsed.as_micros() * u128::from(self.clock_rate)
+                                / 1_000_000)
+                                .clamp(1, u128::from(u32::MAX / 2))
+                                as u32;
+                            last_ts.wrapping_add(ticks).wrapping_sub(timestamp)
+                        }
+                    };
+                    Segment {
+                        source_ssrc: ssrc,
+                        run: self.run,
+                        first_in: RUN_BASE + u64::from(seq),
+                        skipped_from: RUN_BASE + u64::from(seq),
+                        // A stream's first packet keeps its own number.
+                        first_out: self.next_out().unwrap_or(RUN_BASE + u64::from(seq)),
+                        ts_offset,
+                        padding: false,
+                    }
                 }
             };
-            self.push_segment(Segment {
-                source_ssrc: ssrc,
-                first_out,
-                seq_offset,
-                ts_offset,
-                padding: false,
-            });
+            self.push_segment(segment);
             self.paused = false;
-            self.last_in_seq = seq;
-        } else if seq_newer(seq, self.last_in_seq) {
-            self.last_in_seq = seq;
         }
-        let segment = *self.current()?;
-        let out_seq = seq.wrapping_add(segment.seq_offset);
-        if self.segments.len() > 1 && seq_newer(segment.first_out, out_seq) {
-            // Older than the start of its segment: it would overwrite numbers already used
-            // by the previous source.
+        let ext = unwrap(self.last_in, seq);
+        if ext > self.last_in.1 {
+            self.last_in = (seq, ext);
+        }
+        let run = self.run;
+        let at = self
+            .segments
+            .iter()
+            .rposition(|s| !s.padding && s.run == run && s.first_in <= ext)?;
+        let segment = self.segments[at];
+        // A late copy of a packet skipped on purpose: its place went to the next one.
+        if self
+            .segments
+            .range(at + 1..)
+            .find(|s| !s.padding)
+            .is_some_and(|next| next.skipped_from <= ext)
+        {
             return None;
         }
+        let out = segment.out_of(ext);
         let out_ts = timestamp.wrapping_add(segment.ts_offset);
         match self.last_out {
-            Some((last_seq, _, _)) if !seq_newer(out_seq, last_seq) => {}
-            _ => self.last_out = Some((out_seq, out_ts, now)),
+            Some((last, _, _)) if out <= last => {}
+            _ => self.last_out = Some((out, out_ts, now)),
+        }
+        if self.current() == Some(&segment) {
+            self.sent_in_segment = true;
         }
         Some(Rewritten {
-            seq: out_seq,
+            seq: out as u16,
             timestamp: out_ts,
         })
     }
 
-    /// Declares that the source packet right after the last one forwarded was dropped on
-    /// purpose (padding, a temporal layer the subscriber does not receive), so the outgoing
-    /// numbering closes the gap instead of making the subscriber NACK a packet that will
-    /// never exist. A run of skips makes one segment, not one each: half the packets of a
-    /// stream may be skipped, and the segments kept must still cover the packets that can
-    /// be asked for again.
+    /// Declares that a source packet not yet seen was dropped on purpose (padding, a
+    /// temporal layer the subscriber does not receive), so the outgoing numbering closes
+    /// its place instead of making the subscriber NACK a packet that will never exist.
+    /// Packets lost before it keep theirs. A run of skips makes one segment, not one each:
+    /// half the packets of a stream may be skipped, and the segments kept must still cover
+    /// the packets that can be asked for again. A packet older than the newest seen has
+    /// had its place already.
     pub fn skip(&mut self, ssrc: u32, seq: u16) {
         let Some(current) = self.current().copied() else {
             return;
         };
-        if current.padding || current.source_ssrc != ssrc || seq != self.last_in_seq.wrapping_add(1)
-        {
+        if current.source_ssrc != ssrc || self.paused {
             return;
         }
-        self.last_in_seq = seq;
-        let seq_offset = current.seq_offset.wrapping_sub(1);
-        let first_out = seq.wrapping_add(1).wrapping_add(seq_offset);
-        // Nothing went out under the current segment since it began (it began with a skip,
-        // or it is a fresh source's first segment with nothing sent yet): shift it instead.
-        let nothing_sent = self
-            .last_out
-            .is_none_or(|(last, _, _)| seq_newer(current.first_out, last));
-        if nothing_sent && let Some(segment) = self.segments.back_mut() {
-            segment.seq_offset = seq_offset;
+        let ext = unwrap(self.last_in, seq);
+        if ext <= self.last_in.1 {
+            return;
+        }
+        self.last_in = (seq, ext);
+        if current.padding {
+            // The source resumes after the padding from the packet after this one.
+            return;
+        }
+        let first_out = current.out_of(ext);
+        if !self.sent_in_segment && ext == current.first_in {
+            if let Some(segment) = self.segments.back_mut() {
+                segment.first_in = ext + 1;
+            }
             return;
         }
         self.push_segment(Segment {
-            source_ssrc: ssrc,
+            first_in: ext + 1,
             first_out,
-            seq_offset,
-            ts_offset: current.ts_offset,
-            padding: false,
+            skipped_from: ext,
+            ..current
         });
     }
 
     /// Maps an outgoing sequence number (from a subscriber's NACK) back to its source.
     pub fn source_of(&self, out_seq: u16) -> Option<SourcePosition> {
-        let (last_sent, _, _) = self.last_out?;
-        if seq_newer(out_seq, last_sent) {
+        let (last_out, _, _) = self.last_out?;
+        let out = unwrap((last_out as u16, last_out), out_seq);
+        if out > last_out {
             return None;
         }
-        // The newest segment that started at or before `out_seq`.
-        self.segments
-            .iter()
-            .rev()
-            .find(|segment| !seq_newer(segment.first_out, out_seq))
-            .filter(|segment| !segment.padding)
-            .map(|segment| SourcePosition {
-                ssrc: segment.source_ssrc,
-                seq: out_seq.wrapping_sub(segment.seq_offset),
-                ts_offset: segment.ts_offset,
-            })
+        // The newest segment that started at or before `out`.
+        let segment = self.segments.iter().rev().find(|s| s.first_out <= out)?;
+        if segment.padding {
+            return None;
+        }
+        let source = segment.first_in + (out - segment.first_out);
+        Some(SourcePosition {
+            ssrc: segment.source_ssrc,
+            seq: source as u16,
+            ts_offset: segment.ts_offset,
+        })
     }
 }
 
@@ -392,6 +456,94 @@ mod tests {
             let found = seq.source_of(out_seq).unwrap();
             assert_eq!(found.seq, source.wrapping_sub(1 + 4 * back));
         }
+    }
+
+    #[test]
+    fn a_long_steady_run_after_a_switch_keeps_flowing_and_stays_mapped() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        seq.rewrite(1, 10, 0, t0).unwrap();
+        // Half an hour of a 30-packet-a-second layer, or five minutes of a 100-packet one:
+        // past 32,768 packets on one segment, which once read as going backwards and
+        // dropped every packet from there on.
+        let mut source = 500u16;
+        let mut last = None;
+        for _ in 0..70_000u32 {
+            last = Some(seq.rewrite(2, source, 0, t0).expect("still flowing"));
+            source = source.wrapping_add(1);
+        }
+        let last = last.unwrap();
+        let found = seq.source_of(last.seq.wrapping_sub(5)).unwrap();
+        assert_eq!((found.ssrc, found.seq), (2, source.wrapping_sub(6)));
+    }
+
+    #[test]
+    fn a_late_packet_gets_the_place_kept_for_it_across_skips() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        let mut out = std::collections::HashMap::new();
+        for source in [100u16, 101, 103, 104] {
+            out.insert(source, seq.rewrite(1, source, 0, t0).unwrap().seq);
+        }
+        seq.skip(1, 105);
+        seq.skip(1, 106);
+        out.insert(107, seq.rewrite(1, 107, 0, t0).unwrap().seq);
+        assert_eq!(
+            out[&107],
+            out[&104].wrapping_add(1),
+            "the skipped run closed up"
+        );
+        // 102, lost upstream and repaired late, goes out in the place it had.
+        let late = seq
+            .rewrite(1, 102, 0, t0)
+            .expect("a late packet of the run");
+        assert_eq!(late.seq, out[&101].wrapping_add(1));
+        assert_eq!(seq.source_of(late.seq).unwrap().seq, 102);
+        assert_eq!(seq.source_of(out[&107]).unwrap().seq, 107);
+    }
+
+    #[test]
+    fn a_late_copy_of_a_skipped_packet_is_not_sent_in_another_ones_place() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        seq.rewrite(1, 100, 0, t0).unwrap();
+        seq.skip(1, 101);
+        seq.skip(1, 102);
+        let next = seq.rewrite(1, 103, 0, t0).unwrap();
+        // The publisher resends 101 and 102 (the subscriber now takes their layer).
+        assert_eq!(seq.rewrite(1, 101, 0, t0), None);
+        assert_eq!(seq.rewrite(1, 102, 0, t0), None);
+        assert_eq!(seq.source_of(next.seq).unwrap().seq, 103);
+    }
+
+    #[test]
+    fn a_skip_after_a_loss_leaves_the_lost_packet_its_place() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        let first = seq.rewrite(1, 100, 0, t0).unwrap();
+        // 101 is lost upstream; 102 is dropped on purpose.
+        seq.skip(1, 102);
+        let next = seq.rewrite(1, 103, 0, t0).unwrap();
+        assert_eq!(
+            next.seq,
+            first.seq.wrapping_add(2),
+            "101's place is kept, 102's closed"
+        );
+        let repaired = seq.rewrite(1, 101, 0, t0).unwrap();
+        assert_eq!(repaired.seq, first.seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn a_skip_during_padding_closes_up_after_it() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        let first = seq.rewrite(1, 100, 0, t0).unwrap();
+        let probe = seq.padding().unwrap();
+        seq.skip(1, 101);
+        let resumed = seq.rewrite(1, 102, 0, t0).unwrap();
+        assert_eq!(resumed.seq, probe.seq.wrapping_add(1));
+        assert_eq!(probe.seq, first.seq.wrapping_add(1));
+        assert_eq!(seq.source_of(probe.seq), None);
     }
 
     #[test]

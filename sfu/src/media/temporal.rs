@@ -98,7 +98,8 @@ impl TemporalFilter {
         self.target
     }
 
-    /// The highest temporal layer sent now.
+    /// The highest temporal layer sent now ([`ALL_TEMPORAL`] once every layer of an L1T3
+    /// stream is, with nothing capped).
     pub fn current(&self) -> u8 {
         self.current
     }
@@ -113,7 +114,14 @@ impl TemporalFilter {
             if keyframe || self.target <= self.current {
                 self.current = self.target;
             } else if info.sync && self.current.checked_add(1) == Some(info.tid) {
-                self.current = info.tid;
+                // Back at the top of a browser's three layers, uncapped: all of them, as
+                // before the cap (a fourth layer, which browsers do not send, would need a
+                // keyframe).
+                self.current = if usize::from(info.tid) + 1 >= TEMPORAL_LAYERS {
+                    self.target
+                } else {
+                    info.tid
+                };
             }
         }
         info.tid <= self.current
@@ -244,7 +252,8 @@ mod tests {
         assert!(!filter.forward(info(2, false), false));
         assert!(filter.forward(info(2, true), false));
         assert!(filter.forward(info(2, false), false));
-        assert_eq!(filter.current(), 2);
+        // Every layer again: reported as uncapped, as the allocation needs to see it.
+        assert_eq!(filter.current(), ALL_TEMPORAL);
     }
 
     #[test]

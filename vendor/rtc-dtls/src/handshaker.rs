@@ -215,6 +215,8 @@ impl DTLSConn {
                         self.notify(alert.alert_level, alert.alert_description);
                     }
                     if let Some(err) = err {
+                        // The handshake has failed: nothing is to be resent.
+                        self.current_retransmit_timer = None;
                         return Err(err);
                     }
                 }
