@@ -25,6 +25,9 @@ pub struct Decision {
     pub request_keyframe: Option<usize>,
     /// Dropped for its temporal layer: the pictures after it are to be renumbered.
     pub dropped_picture: bool,
+    /// The first packet forwarded after a pause: its pictures are numbered on from the
+    /// last one sent, as after a switch of layer.
+    pub resumed: bool,
 }
 
 /// One subscriber's view of one published track.
@@ -37,6 +40,8 @@ pub struct Downtrack {
     current: Option<usize>,
     pending: Option<(usize, Instant)>,
     sequencer: Sequencer,
+    /// Paused since the last packet forwarded: the next one resumes the stream.
+    resuming: bool,
     /// Which temporal layers of the current layer go out (video only).
     temporal: TemporalFilter,
     budget: TokenBucket,
@@ -52,6 +57,7 @@ impl Downtrack {
             current: None,
             pending: None,
             sequencer: Sequencer::new(clock_rate),
+            resuming: false,
             temporal: TemporalFilter::default(),
             budget: TokenBucket::new(200, 100),
         }
@@ -95,6 +101,7 @@ impl Downtrack {
             self.current = None;
             self.pending = None;
             self.sequencer.pause();
+            self.resuming = true;
         }
     }
 
@@ -126,6 +133,7 @@ impl Downtrack {
                 forward: self.sequencer.rewrite(ssrc, seq, timestamp, now),
                 request_keyframe: None,
                 dropped_picture: false,
+                resumed: false,
             };
         }
         let Some(max_rank) = self.max_rank() else {
@@ -133,6 +141,7 @@ impl Downtrack {
                 forward: None,
                 request_keyframe: None,
                 dropped_picture: false,
+                resumed: false,
             };
         };
         let mut request_keyframe = None;
@@ -169,10 +178,12 @@ impl Downtrack {
             dropped_picture = true;
             None
         };
+        let resumed = forward.is_some() && std::mem::take(&mut self.resuming);
         Decision {
             forward,
             request_keyframe,
             dropped_picture,
+            resumed,
         }
     }
 
@@ -244,7 +255,8 @@ mod tests {
             Decision {
                 forward: None,
                 request_keyframe: None,
-                dropped_picture: false
+                dropped_picture: false,
+                resumed: false
             }
         );
         let key = down.on_packet(&single, 0, true, None, (1, 12, 3000), t0);
@@ -391,7 +403,8 @@ mod tests {
                 Decision {
                     forward: None,
                     request_keyframe: None,
-                    dropped_picture: false
+                    dropped_picture: false,
+                    resumed: false
                 }
             );
         }
@@ -400,11 +413,15 @@ mod tests {
         let asked = down.on_packet(&single, 0, false, None, (1, 50, 180_000), later);
         assert_eq!(asked.forward, None, "not before a keyframe");
         assert_eq!(asked.request_keyframe, Some(0));
-        let resumed = down
-            .on_packet(&single, 0, true, None, (1, 51, 183_000), later)
-            .forward
-            .expect("resumed on the keyframe");
+        let resuming = down.on_packet(&single, 0, true, None, (1, 51, 183_000), later);
+        assert!(resuming.resumed, "the picture IDs are told");
+        let resumed = resuming.forward.expect("resumed on the keyframe");
         assert_eq!(resumed.seq, last.seq.wrapping_add(1), "no gap to repair");
+        let next = down.on_packet(&single, 0, false, None, (1, 52, 186_000), later);
+        assert!(
+            !next.resumed,
+            "only the first packet after the pause resumes"
+        );
         assert!(resumed.timestamp.wrapping_sub(last.timestamp) >= 90_000 * 2);
     }
 

@@ -155,6 +155,9 @@ pub struct PictureIds {
     /// The newest source picture forwarded or dropped, of the newest segment's source:
     /// what late packets are measured from.
     newest_source: Option<u16>,
+    /// The stream resumes after a pause: the next packet starts a segment even from the
+    /// same source.
+    resuming: bool,
 }
 
 impl PictureIds {
@@ -167,6 +170,7 @@ impl PictureIds {
             last_picture_id: None,
             last_tl0: None,
             newest_source: None,
+            resuming: false,
         }
     }
 
@@ -188,7 +192,9 @@ impl PictureIds {
             .picture_id
             .and_then(|at| read_picture_id(payload, at));
         let tl0 = fields.tl0.and_then(|at| payload.get(at).copied());
-        if self.segments.back().is_none_or(|s| s.source_ssrc != ssrc) {
+        if std::mem::take(&mut self.resuming)
+            || self.segments.back().is_none_or(|s| s.source_ssrc != ssrc)
+        {
             self.newest_source = None;
             let segment = Segment {
                 source_ssrc: ssrc,
@@ -235,6 +241,13 @@ impl PictureIds {
             }
         }
         patch(payload, fields, segment)
+    }
+
+    /// The stream resumes after a pause (the downtrack's [`super::downtrack::Decision`]
+    /// says so): its next picture follows the last one sent, as after a switch, however
+    /// many pictures the source numbered meanwhile. Call before [`Self::forward`].
+    pub fn resume(&mut self) {
+        self.resuming = true;
     }
 
     /// A payload of source `ssrc` that the downtrack dropped on purpose: the pictures
@@ -454,6 +467,25 @@ mod tests {
         // A late packet of the picture before the drop keeps its number.
         let late = (id + PICTURE_ID_MASK) & PICTURE_ID_MASK;
         assert_eq!(vp8_ids(&resend(&ids, 2, vp8(late, 0))).0, sent);
+    }
+
+    #[test]
+    fn a_stream_resumed_after_a_pause_follows_the_last_picture_sent() {
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        forward(&mut ids, 1, vp8(100, 10));
+        ids.drop_picture(1, &vp8(101, 10));
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(102, 11))), (101, 11));
+        // Paused for twelve minutes at 30 pictures a second: the source numbered on by
+        // 21,600 (more than half the 15-bit space), and TL0PICIDX by 5,400.
+        let later = (102 + 21_600) & PICTURE_ID_MASK;
+        ids.resume();
+        assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(later, 60))), (102, 12));
+        // Dropping still closes up from there.
+        ids.drop_picture(1, &vp8(later + 1, 60));
+        assert_eq!(
+            vp8_ids(&forward(&mut ids, 1, vp8(later + 2, 61))),
+            (103, 13)
+        );
     }
 
     #[test]

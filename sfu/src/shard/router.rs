@@ -254,6 +254,9 @@ impl MediaRouter {
             if decision.dropped_picture {
                 entry.picture_ids.drop_picture(ssrc, &packet.payload);
             }
+            if decision.resumed {
+                entry.picture_ids.resume();
+            }
             if let Some(wanted) = decision.request_keyframe
                 && let Some(slot) = keyframe_wanted.get_mut(wanted)
             {
