@@ -97,11 +97,18 @@ async fn a_session_resumes_through_another_gateway_as_the_same_participant() -> 
         .as_str()
         .context("resume token")?
         .to_owned();
-    ensure!(
-        store.room("improv").and_then(|r| r.owner).as_deref()
-            == Some(tutti_store::AUTO_CREATED_OWNER)
-    );
-    ensure!(store.route("improv").is_some_and(|r| r.shard == "shard-1"));
+    // The test's own view of etcd follows its watch, which may trail the gateway's: the
+    // room and its route are waited for, not read once (CI once read no route yet).
+    tutti_tests::eventually::eventually(
+        Duration::from_secs(10),
+        "the auto-created room routed to shard-1 in the test's view",
+        || async {
+            Ok(store.room("improv").and_then(|r| r.owner).as_deref()
+                == Some(tutti_store::AUTO_CREATED_OWNER)
+                && store.route("improv").is_some_and(|r| r.shard == "shard-1"))
+        },
+    )
+    .await?;
     let mut piano = GatewayClient::connect(&format!("ws://{}/v1/ws", second.server.addr)).await?;
     piano
         .join(json!({"room": "improv", "name": "Piano"}))

@@ -116,12 +116,16 @@ fn write_picture_id(payload: &mut [u8], (at, long): (usize, bool), id: u16) {
     }
 }
 
-/// Picture IDs are compared in the 15-bit space; a 7-bit one is continued modulo 128.
+/// Offsets are kept in the 15-bit space; a 7-bit picture ID is continued modulo 128,
+/// which 2^15 is a multiple of.
 const PICTURE_ID_MASK: u16 = 0x7fff;
 
-fn picture_id_newer(a: u16, b: u16) -> bool {
-    let ahead = a.wrapping_sub(b) & PICTURE_ID_MASK;
-    ahead != 0 && ahead < 0x4000
+/// Whether picture `a` is newer than `b` in a space of `mask + 1` IDs: the stream's own
+/// width (15 bits from browsers, 7 from some encoders), or a 7-bit stream would never
+/// again read as newer once it wrapped past 127.
+fn picture_id_newer(a: u16, b: u16, mask: u16) -> bool {
+    let ahead = a.wrapping_sub(b) & mask;
+    ahead != 0 && ahead <= mask >> 1
 }
 
 /// The offsets of one run of packets from a single source.
@@ -134,15 +138,23 @@ struct Segment {
     tl0: u8,
 }
 
-/// How far `id` lies behind `newest`, in the 15-bit space.
-fn behind(newest: u16, id: u16) -> u16 {
-    newest.wrapping_sub(id) & PICTURE_ID_MASK
+/// How far `id` lies behind `newest`, in a space of `mask + 1` IDs.
+fn behind(newest: u16, id: u16, mask: u16) -> u16 {
+    newest.wrapping_sub(id) & mask
 }
 
-/// Pictures further back than this are taken as a segment's start being out of reach:
-/// only a late packet of the last second or two is ever looked up, and a segment that
-/// began longer ago than this holds every one of them.
-const REACH: u16 = 0x2000;
+/// Pictures further back than a quarter of the ID space are taken as a segment's start
+/// being out of reach: only a late packet of the last second or two is ever looked up
+/// (of a 15-bit stream; a 7-bit one wraps every four seconds and is judged as well as it
+/// can be), and a segment that began longer ago holds every one of them.
+fn reach(mask: u16) -> u16 {
+    mask / 4 + 1
+}
+
+/// The mask of a picture ID field's width.
+fn width_mask(long: bool) -> u16 {
+    if long { PICTURE_ID_MASK } else { 0x7f }
+}
 
 /// Rewrites the picture IDs of one outgoing video stream.
 #[derive(Debug)]
@@ -155,6 +167,8 @@ pub struct PictureIds {
     /// The newest source picture forwarded or dropped, of the newest segment's source:
     /// what late packets are measured from.
     newest_source: Option<u16>,
+    /// The picture ID space of the stream's newest packet (see [`picture_id_newer`]).
+    mask: u16,
     /// The stream resumes after a pause: the next packet starts a segment even from the
     /// same source.
     resuming: bool,
@@ -170,6 +184,7 @@ impl PictureIds {
             last_picture_id: None,
             last_tl0: None,
             newest_source: None,
+            mask: PICTURE_ID_MASK,
             resuming: false,
         }
     }
@@ -192,6 +207,10 @@ impl PictureIds {
             .picture_id
             .and_then(|at| read_picture_id(payload, at));
         let tl0 = fields.tl0.and_then(|at| payload.get(at).copied());
+        if let Some((_, long)) = fields.picture_id {
+            self.mask = width_mask(long);
+        }
+        let mask = self.mask;
         if std::mem::take(&mut self.resuming)
             || self.segments.back().is_none_or(|s| s.source_ssrc != ssrc)
         {
@@ -218,7 +237,7 @@ impl PictureIds {
         if let Some(id) = picture_id
             && self
                 .newest_source
-                .is_none_or(|newest| picture_id_newer(id, newest))
+                .is_none_or(|newest| picture_id_newer(id, newest, mask))
         {
             self.newest_source = Some(id);
         }
@@ -226,7 +245,7 @@ impl PictureIds {
             let out = id.wrapping_add(segment.picture_id) & PICTURE_ID_MASK;
             if self
                 .last_picture_id
-                .is_none_or(|last| picture_id_newer(out, last))
+                .is_none_or(|last| picture_id_newer(out, last, mask))
             {
                 self.last_picture_id = Some(out);
             }
@@ -254,13 +273,14 @@ impl PictureIds {
     /// after its picture are numbered one lower from now on. Every packet of the picture
     /// may be passed; it counts once.
     pub fn drop_picture(&mut self, ssrc: u32, payload: &[u8]) {
-        let Some(id) = self
-            .fields(payload)
-            .and_then(|fields| fields.picture_id)
-            .and_then(|at| read_picture_id(payload, at))
-        else {
+        let Some(at) = self.fields(payload).and_then(|fields| fields.picture_id) else {
             return;
         };
+        let Some(id) = read_picture_id(payload, at) else {
+            return;
+        };
+        self.mask = width_mask(at.1);
+        let mask = self.mask;
         let Some(current) = self.segments.back().copied() else {
             return; // nothing sent yet: there is no numbering to keep continuous
         };
@@ -270,7 +290,7 @@ impl PictureIds {
         if current.source_ssrc != ssrc
             || self
                 .newest_source
-                .is_some_and(|newest| !picture_id_newer(id, newest))
+                .is_some_and(|newest| !picture_id_newer(id, newest, mask))
         {
             return;
         }
@@ -309,7 +329,9 @@ impl PictureIds {
     fn segment_of(&self, ssrc: u32, picture_id: Option<u16>) -> Option<Segment> {
         let back = self.segments.back().copied()?;
         let late = match (back.source_ssrc == ssrc, picture_id, self.newest_source) {
-            (true, Some(id), Some(newest)) if picture_id_newer(newest, id) => Some((id, newest)),
+            (true, Some(id), Some(newest)) if picture_id_newer(newest, id, self.mask) => {
+                Some((id, newest))
+            }
             (true, _, _) => return Some(back),
             (false, _, _) => None,
         };
@@ -320,8 +342,8 @@ impl PictureIds {
                 s.source_ssrc == ssrc
                     && match (late, s.first_picture) {
                         (Some((id, newest)), Some(first)) => {
-                            let start = behind(newest, first);
-                            start >= REACH || behind(newest, id) <= start
+                            let start = behind(newest, first, self.mask);
+                            start >= reach(self.mask) || behind(newest, id, self.mask) <= start
                         }
                         _ => true,
                     }
@@ -336,7 +358,7 @@ fn patch(payload: &mut [u8], fields: Fields, segment: Segment) {
     if let Some(at) = fields.picture_id.filter(|_| segment.picture_id != 0)
         && let Some(id) = read_picture_id(payload, at)
     {
-        let mask = if at.1 { PICTURE_ID_MASK } else { 0x7f };
+        let mask = width_mask(at.1);
         write_picture_id(payload, at, id.wrapping_add(segment.picture_id) & mask);
     }
     if let Some(at) = fields.tl0.filter(|_| segment.tl0 != 0)
@@ -496,6 +518,25 @@ mod tests {
         // 101 was lost upstream; its packets come late and are dropped for their layer.
         ids.drop_picture(1, &vp8(101, 1));
         assert_eq!(vp8_ids(&forward(&mut ids, 1, vp8(103, 1))).0, 103);
+    }
+
+    #[test]
+    fn seven_bit_picture_ids_keep_closing_up_across_their_wrap() {
+        // X, S; I with a 7-bit picture ID; then a byte of frame data.
+        let short = |id: u16| Bytes::from(vec![0x90, 0x80, id as u8 & 0x7f, 0x00]);
+        let id_of = |payload: &[u8]| u16::from(payload[2]);
+        let mut ids = PictureIds::new(CodecFamily::Vp8);
+        let mut expected = 10u16;
+        assert_eq!(id_of(&forward(&mut ids, 1, short(10))), 10);
+        // Every other picture dropped, for three wraps of the 7-bit space.
+        let mut source = 11u16;
+        for _ in 0..200 {
+            ids.drop_picture(1, &short(source));
+            let out = forward(&mut ids, 1, short(source + 1));
+            expected = (expected + 1) & 0x7f;
+            assert_eq!(id_of(&out), expected, "source picture {}", source + 1);
+            source += 2;
+        }
     }
 
     #[test]

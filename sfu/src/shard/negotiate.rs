@@ -637,6 +637,9 @@ impl ShardCore {
                     if let Some(uplink) = peer.uplink.as_mut() {
                         uplink.forget(old);
                     }
+                    // The new stream numbers its packets afresh: its loss is counted from
+                    // its own first packet.
+                    layer.loss = Default::default();
                 }
                 layer.receiver = Some(init.receiver_id);
             }

@@ -276,6 +276,11 @@ impl ShardCore {
                 }
             };
             if let Some(layer) = track.layers.get_mut(index) {
+                // A layer reopened under another SSRC numbers its packets afresh: its loss
+                // is counted from its own first packet, not against the old stream's.
+                if layer.ssrc != Some(relayed.ssrc) {
+                    layer.loss = Default::default();
+                }
                 layer.ssrc = Some(relayed.ssrc);
             }
             if rebuilt
