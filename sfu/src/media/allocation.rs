@@ -38,8 +38,8 @@ impl LayerOffer {
         }
     }
 
-    /// Where the offer stands among a track's offers.
-    fn level(&self) -> (u8, u8) {
+    /// Where the offer stands among a track's offers: by layer, then temporal layers.
+    pub fn level(&self) -> (u8, u8) {
         (self.rank, self.temporal)
     }
 }

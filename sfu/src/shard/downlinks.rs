@@ -85,9 +85,10 @@ impl MediaRouter {
             {
                 let held_back = match allotment {
                     Allotment::Paused => !demand.audio,
-                    Allotment::UpTo { rank, temporal } => demand.layers.iter().any(|l| {
-                        (l.rank, l.temporal) > (rank, temporal) && l.rank <= demand.wanted_rank
-                    }),
+                    Allotment::UpTo { rank, temporal } => demand
+                        .layers
+                        .iter()
+                        .any(|l| l.level() > (rank, temporal) && l.rank <= demand.wanted_rank),
                 };
                 held += i64::from(held_back);
                 if let Some(entry) = self
