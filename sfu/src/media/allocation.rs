@@ -4,8 +4,10 @@
 //! track as high as the subscriber asked for and the rest of the estimate allows. A track
 //! that does not fit even at its lowest layer is paused rather than starving the others.
 //!
-//! Moving a track up needs some headroom over the layer's measured rate, so that an
-//! estimate hovering at a layer's rate does not switch it up and down at every feedback.
+//! Moving a track up needs some headroom over the most the layer sent in any of the last
+//! few seconds, so that an estimate hovering at a layer's rate does not switch it up and
+//! down at every feedback, nor move it up in a quiet second of an encoder whose next one
+//! overflows the downlink. Staying needs only the layer's rate now.
 //!
 //! A layer may also be offered with fewer of its temporal layers (at a lower frame rate,
 //! [`super::temporal`]): below the lowest layer at its full rate, such an offer keeps the
@@ -14,7 +16,7 @@
 
 use super::temporal::ALL_TEMPORAL;
 
-/// Headroom a layer needs above its measured rate before a track moves up to it.
+/// Headroom a layer needs above its recent peak rate before a track moves up to it.
 pub const UP_HEADROOM: f64 = 1.15;
 
 /// One layer of a video track as the subscriber could receive it.
@@ -26,15 +28,32 @@ pub struct LayerOffer {
     pub temporal: u8,
     /// What it has been sending, bits per second.
     pub bps: f64,
+    /// The most it sent in any of the last few seconds (at least `bps`): what a track
+    /// moving up to it must have room for.
+    pub peak_bps: f64,
 }
 
 impl LayerOffer {
-    /// A whole layer.
+    /// A whole layer, at a steady rate.
     pub fn whole(rank: u8, bps: f64) -> Self {
+        Self::partial(rank, ALL_TEMPORAL, bps)
+    }
+
+    /// A layer's temporal layers up to `temporal`, at a steady rate.
+    pub fn partial(rank: u8, temporal: u8, bps: f64) -> Self {
         Self {
             rank,
-            temporal: ALL_TEMPORAL,
+            temporal,
             bps,
+            peak_bps: bps,
+        }
+    }
+
+    /// The same offer, having sent as much as `peak_bps` lately.
+    pub fn with_peak(self, peak_bps: f64) -> Self {
+        Self {
+            peak_bps: peak_bps.max(self.bps),
+            ..self
         }
     }
 
@@ -192,7 +211,7 @@ pub fn probe_goal(tracks: &[TrackDemand], allotments: &[Allotment]) -> Option<(f
             .min_by_key(|l| l.level())
             .or_else(|| sent.is_none().then(|| lowest_ref(track)).flatten());
         if let Some(next) = next {
-            let extra = next.bps * UP_HEADROOM - sent_bps;
+            let extra = next.peak_bps * UP_HEADROOM - sent_bps;
             if held.is_none_or(|(priority, _)| track.priority > priority) {
                 held = Some((track.priority, extra));
             }
@@ -226,12 +245,12 @@ fn keeps_lowest(track: &TrackDemand, lowest: LayerOffer, left: f64) -> bool {
 /// that (partial) offer to keep it.
 const KEEP_SHARE: f64 = 0.75;
 
-/// What an offer needs from the budget: its rate, with headroom unless the track is on it
-/// or above it already (going down or staying costs no margin).
+/// What an offer needs from the budget: its rate if the track is on it or above it already
+/// (going down or staying costs no margin), else its recent peak with headroom.
 fn cost(track: &TrackDemand, layer: LayerOffer) -> f64 {
     match track.current {
         Some(current) if layer.level() <= current => layer.bps,
-        _ => layer.bps * UP_HEADROOM,
+        _ => layer.peak_bps * UP_HEADROOM,
     }
 }
 
@@ -355,6 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn moving_up_needs_room_for_the_layers_loud_seconds_staying_does_not() {
+        // The middle layer sends 500 kbit/s this second, but sent 700 in one of the last
+        // few: 700 kbit/s would cover the first with headroom, not the second.
+        let mut track = simulcast(0, Some(0));
+        track.layers[1] = LayerOffer::whole(1, 500_000.0).with_peak(700_000.0);
+        assert_eq!(allocate(700_000.0, &[track.clone()]), [Allotment::up_to(0)]);
+        assert_eq!(
+            allocate(150_000.0 + 700_000.0 * UP_HEADROOM, &[track.clone()]),
+            [Allotment::up_to(1)]
+        );
+        // The probe sets out to prove the peak, not this second's rate.
+        let (sending, goal) =
+            probe_goal(&[track.clone()], &[Allotment::up_to(0)]).unwrap_or_default();
+        assert_eq!(sending, 150_000.0);
+        assert!((goal - 700_000.0 * UP_HEADROOM).abs() < 1.0, "{goal}");
+        // A track on the layer already keeps it on what it sends now.
+        track.current = Some((1, ALL_TEMPORAL));
+        assert_eq!(allocate(600_000.0, &[track]), [Allotment::up_to(1)]);
+    }
+
+    #[test]
     fn a_probe_aims_at_the_next_layer_of_the_most_important_held_back_track() {
         let tracks = [audio(), simulcast(0, Some(0)), simulcast(2, Some(0))];
         let allotments = allocate(400_000.0, &tracks);
@@ -390,16 +430,8 @@ mod tests {
     fn with_lower_frame_rates(current: Option<(u8, u8)>) -> TrackDemand {
         let mut track = simulcast(0, None);
         track.layers.extend([
-            LayerOffer {
-                rank: 0,
-                temporal: 0,
-                bps: 60_000.0,
-            },
-            LayerOffer {
-                rank: 0,
-                temporal: 1,
-                bps: 95_000.0,
-            },
+            LayerOffer::partial(0, 0, 60_000.0),
+            LayerOffer::partial(0, 1, 95_000.0),
         ]);
         track.current = current;
         track

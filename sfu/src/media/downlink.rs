@@ -46,6 +46,8 @@ pub struct DownlinkEstimate {
     recent_loss: std::collections::VecDeque<(u64, u64)>,
     /// Bytes of retransmissions the downlink may take now, and when that was counted.
     resend_budget: (f64, Option<Instant>),
+    /// How long packets wait in the path's queues.
+    queue: QueueDelay,
 }
 
 /// Share of a congested downlink's estimate that retransmissions may use. Repairs sent
@@ -76,6 +78,100 @@ const ACKED_MAX: usize = 10_000;
 /// A jump of the subscriber's clock this large (a wrapped or forged reference time)
 /// starts the window afresh.
 const CLOCK_JUMP: Duration = Duration::from_secs(10);
+
+/// A queue this long, in front of even the least delayed packet of each feedback, is not
+/// jitter: the path holds what the shard sends faster than it delivers it. Sound waiting
+/// behind it is late for any music played together.
+const STANDING_QUEUE: Duration = Duration::from_millis(100);
+/// How long the queue must stand before what may be sent comes down to what arrived: a
+/// keyframe's burst on a narrow path queues for a moment and drains.
+const STANDING_FOR: Duration = Duration::from_secs(1);
+/// What may be sent when a standing queue is found, as a share of what arrived meanwhile
+/// (all the path delivered, its queue never empty): a little less, so that the queue
+/// drains. GCC's own decrease.
+const STANDING_BACKOFF: f64 = 0.85;
+/// The least one-way delay is taken over two spans of this length: long enough to hold a
+/// moment when the queue was empty, short enough that the two clocks' drift (tens of parts
+/// per million) adds nothing worth counting.
+const BASE_SPAN: Duration = Duration::from_secs(30);
+
+/// How long packets wait in the path's queues: each arrival's one-way delay (the
+/// subscriber's clock against the shard's, so offset by an unknown constant) above the
+/// least seen lately, which a packet crossing empty queues took. GCC's delay-based half
+/// reacts to the delay's growth, and misses an overload so slight that the queue grows by
+/// a few tens of milliseconds a second; by the time the queue is full, the delay stands
+/// still and only its losses show, seconds later.
+#[derive(Debug)]
+struct QueueDelay {
+    /// Departures are counted from here.
+    epoch: Instant,
+    /// The least raw one-way delay, in nanoseconds, of the span before this one and of
+    /// this one.
+    least: [Option<i128>; 2],
+    /// When this span began.
+    span_start: Instant,
+    /// Since when every feedback has shown a queue of at least [`STANDING_QUEUE`].
+    standing_since: Option<Instant>,
+}
+
+impl QueueDelay {
+    fn new(now: Instant) -> Self {
+        Self {
+            epoch: now,
+            least: [None, None],
+            span_start: now,
+            standing_since: None,
+        }
+    }
+
+    /// Takes one feedback's arrived packets at `now`: whether the queue has now stood for
+    /// [`STANDING_FOR`] (it is then counted afresh).
+    fn on_feedback(&mut self, now: Instant, reports: &[PacketReport]) -> bool {
+        if now.saturating_duration_since(self.span_start) >= BASE_SPAN {
+            self.least = [self.least[1], None];
+            self.span_start = now;
+        }
+        let least_now = reports
+            .iter()
+            .filter(|r| r.arrived)
+            .filter_map(|r| {
+                let sent = r.departure.checked_duration_since(self.epoch)?;
+                Some(r.arrival?.as_nanos() as i128 - sent.as_nanos() as i128)
+            })
+            .min();
+        let Some(least_now) = least_now else {
+            return false;
+        };
+        // A jump of the subscriber's clock (a wrapped or forged reference time) starts
+        // afresh rather than reading as a queue.
+        if let Some(base) = self.base()
+            && (least_now - base).unsigned_abs() > CLOCK_JUMP.as_nanos()
+        {
+            self.least = [None, None];
+            self.standing_since = None;
+        }
+        let this_span = &mut self.least[1];
+        *this_span = Some(this_span.map_or(least_now, |l| l.min(least_now)));
+        let Some(base) = self.base() else {
+            return false;
+        };
+        if least_now - base < STANDING_QUEUE.as_nanos() as i128 {
+            self.standing_since = None;
+            return false;
+        }
+        let since = *self.standing_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < STANDING_FOR {
+            return false;
+        }
+        self.standing_since = None;
+        true
+    }
+
+    /// The least one-way delay lately: that of a packet through empty queues.
+    fn base(&self) -> Option<i128> {
+        self.least.iter().flatten().copied().min()
+    }
+}
 
 /// The rate at which packets arrived at the subscriber over the last [`ACKED_WINDOW`] of
 /// arrival times (the subscriber's clock).
@@ -160,6 +256,7 @@ impl DownlinkEstimate {
             acked: AckedRate::default(),
             recent_loss: std::collections::VecDeque::with_capacity(LOSS_FEEDBACKS + 1),
             resend_budget: (0.0, None),
+            queue: QueueDelay::new(now),
         }
     }
 
@@ -251,6 +348,13 @@ impl DownlinkEstimate {
         {
             ceiling = Some(acked.max(MIN_BPS));
         }
+        // A standing queue: the path has delivered all it could, which is what it carries.
+        if self.queue.on_feedback(now, &self.reports)
+            && let Some(acked) = self.acked.bps()
+            && acked * STANDING_BACKOFF < ceiling.unwrap_or_else(|| self.usable_bps())
+        {
+            ceiling = Some((acked * STANDING_BACKOFF).max(MIN_BPS));
+        }
         if let Some(ceiling) = ceiling {
             self.evidence.decreases += 1;
             // A decrease never raises what may be sent: GCC's own may still be above a
@@ -340,6 +444,8 @@ mod tests {
         propagation: Duration,
         max_queue: Duration,
         free_at: Option<Instant>,
+        /// Where the receiver's clock reads zero, set by the first packet.
+        receiver_epoch: Option<Instant>,
     }
 
     impl Bottleneck {
@@ -349,6 +455,7 @@ mod tests {
                 propagation: Duration::from_millis(20),
                 max_queue: Duration::from_millis(300),
                 free_at: None,
+                receiver_epoch: None,
             }
         }
 
@@ -364,9 +471,17 @@ mod tests {
         }
     }
 
+    /// The estimate, what may be sent, and the path's queue, at the end of a second.
+    #[derive(Debug, Clone, Copy)]
+    struct Sample {
+        target_bps: f64,
+        usable_bps: f64,
+        queue: Duration,
+    }
+
     /// Sends up to `offered_bps` in 1,200-byte packets through `path` for `seconds`, never
-    /// more than the estimate (as the shard will choose layers within it), with feedback
-    /// every 100 ms as a browser sends it; returns the estimate after each second.
+    /// more than may be sent (as the shard will choose layers within it), with feedback
+    /// every 100 ms as a browser sends it; returns a sample after each second.
     fn run(
         estimate: &mut DownlinkEstimate,
         path: &mut Bottleneck,
@@ -374,9 +489,11 @@ mod tests {
         seq: &mut u16,
         offered_bps: f64,
         seconds: u32,
-    ) -> Vec<f64> {
+    ) -> Vec<Sample> {
         const SIZE: usize = 1200;
-        let receiver_epoch = start - Duration::from_secs(1000);
+        let receiver_epoch = *path
+            .receiver_epoch
+            .get_or_insert(start - Duration::from_secs(1000));
         let mut pending: Vec<(Instant, Acknowledgement)> = Vec::new();
         let mut next_send = start;
         let mut next_feedback = start + Duration::from_millis(100);
@@ -397,7 +514,7 @@ mod tests {
                 };
                 pending.push(ack);
                 *seq = seq.wrapping_add(1);
-                let rate = offered_bps.min(estimate.target_bps());
+                let rate = offered_bps.min(estimate.usable_bps());
                 next_send += Duration::from_secs_f64(SIZE as f64 * 8.0 / rate);
             } else if next_feedback <= next_sample {
                 let now = next_feedback;
@@ -410,7 +527,14 @@ mod tests {
                 estimate.on_acknowledgements(now + path.propagation, &acks);
                 next_feedback += Duration::from_millis(100);
             } else {
-                samples.push(estimate.target_bps());
+                let queue = path.free_at.map_or(Duration::ZERO, |free| {
+                    free.saturating_duration_since(next_sample)
+                });
+                samples.push(Sample {
+                    target_bps: estimate.target_bps(),
+                    usable_bps: estimate.usable_bps(),
+                    queue,
+                });
                 next_sample += Duration::from_secs(1);
             }
         }
@@ -427,11 +551,125 @@ mod tests {
         assert!(
             samples[2..]
                 .iter()
-                .all(|bps| (150_000.0..=400_000.0).contains(bps)),
+                .all(|s| (150_000.0..=400_000.0).contains(&s.usable_bps)),
             "a 300 kbit/s path offered 1 Mbit/s settles near it within 3 s: {samples:?}"
         );
         let rtt = estimate.rtt().expect("a round trip from the feedback");
         assert!(rtt >= Duration::from_millis(40), "{rtt:?}");
+    }
+
+    /// Sending a few percent more than a deep-buffered bottleneck passes grows its queue
+    /// by tens of milliseconds a second: too slowly for GCC's delay gradient, which from
+    /// the optimistic start kept climbing (to 25 Mbit/s in 12 s, the queue at 670 ms) or
+    /// came down only once the full queue dropped packets, 7 s in. The standing queue is
+    /// found within 5 s, before it holds 250 ms, and drains.
+    #[test]
+    fn a_queue_growing_too_slowly_for_the_delay_gradient_is_found_and_drained() {
+        for offered in [310_000.0, 330_000.0] {
+            let start = Instant::now();
+            let mut estimate = DownlinkEstimate::new(start);
+            let mut path = Bottleneck::new(300_000.0);
+            path.max_queue = Duration::from_millis(700);
+            let mut seq = 0;
+            let samples = run(&mut estimate, &mut path, start, &mut seq, offered, 12);
+            let found = samples.iter().position(|s| s.usable_bps < 300_000.0);
+            assert!(
+                found.is_some_and(|second| second < 5)
+                    && samples[..=found.unwrap_or(0)]
+                        .iter()
+                        .all(|s| s.queue < Duration::from_millis(250)),
+                "offered {offered}: {samples:?}"
+            );
+            assert!(
+                samples[6..].iter().all(|s| {
+                    (200_000.0..300_000.0).contains(&s.usable_bps) && s.queue < STANDING_QUEUE
+                }),
+                "offered {offered}: below the path and drained: {samples:?}"
+            );
+        }
+    }
+
+    fn report(id: u64, sent: Instant, one_way: Duration, epoch: Instant) -> PacketReport {
+        PacketReport {
+            ssrc: 1,
+            id,
+            rtp_sequence_number: id as u16,
+            is_twcc: true,
+            twcc_sequence_number: id as u16,
+            size: 1200,
+            arrived: true,
+            departure: sent,
+            // The subscriber's clock started long before the shard's.
+            arrival: Some(sent - epoch + Duration::from_secs(5000) + one_way),
+            ecn: Ecn::NotEct,
+        }
+    }
+
+    /// Feeds the queue detector one feedback every 100 ms for `seconds`, each of ten
+    /// packets 10 ms apart delayed by `one_way(time since start)`; when it found the queue
+    /// standing.
+    fn detect(seconds: u64, one_way: impl Fn(Duration) -> Duration) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut queue = QueueDelay::new(start);
+        let mut found = Vec::new();
+        let mut id = 0;
+        for feedback in 1..=seconds * 10 {
+            let reports: Vec<PacketReport> = (0..10)
+                .map(|i| {
+                    let since = Duration::from_millis((feedback - 1) * 100 + i * 10);
+                    id += 1;
+                    report(id, start + since, one_way(since), start)
+                })
+                .collect();
+            let now = start + Duration::from_millis(feedback * 100) + Duration::from_millis(20);
+            if queue.on_feedback(now, &reports) {
+                found.push(now - start);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_queue_standing_for_a_second_is_found_and_then_counted_afresh() {
+        let ms = Duration::from_millis;
+        // Empty for 2 s, then 150 ms of queue that stays.
+        let found = detect(6, |t| if t < ms(2000) { ms(20) } else { ms(170) });
+        assert_eq!(found.first().copied(), Some(ms(3120)), "{found:?}");
+        assert!(
+            found.windows(2).all(|w| w[1] - w[0] >= STANDING_FOR),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn jitter_and_a_keyframe_burst_that_drains_are_not_a_standing_queue() {
+        let ms = Duration::from_millis;
+        // Every other packet 80 ms late; and each second a burst that queues 400 ms and
+        // drains over the next 800.
+        let found = detect(10, |t| {
+            let jitter = if t.as_millis() % 20 == 0 {
+                ms(80)
+            } else {
+                ms(0)
+            };
+            let into_second = ms(t.as_millis() as u64 % 1000);
+            let burst = ms(400).saturating_sub(into_second / 2);
+            ms(20) + jitter.max(burst)
+        });
+        assert!(found.is_empty(), "nothing stood: {found:?}");
+    }
+
+    #[test]
+    fn a_jump_of_the_subscribers_clock_is_not_a_queue() {
+        let ms = Duration::from_millis;
+        let found = detect(5, |t| {
+            if t < ms(1000) {
+                ms(20)
+            } else {
+                ms(20) + Duration::from_secs(60)
+            }
+        });
+        assert!(found.is_empty(), "started afresh: {found:?}");
     }
 
     /// A policer-like bottleneck drops what it cannot pass at once rather than queueing
@@ -542,10 +780,15 @@ mod tests {
         let samples = run(&mut estimate, &mut path, start, &mut seq, 2_000_000.0, 8);
         // GCC climbs by about 8 % a second without probing: from 300 kbit/s, past 500 in 8 s.
         assert!(
-            samples.windows(2).all(|w| w[1] > w[0]),
+            samples
+                .windows(2)
+                .all(|w| w[1].target_bps > w[0].target_bps),
             "rises every second: {samples:?}"
         );
-        assert!(*samples.last().expect("samples") > 500_000.0, "{samples:?}");
+        assert!(
+            samples.last().expect("samples").target_bps > 500_000.0,
+            "{samples:?}"
+        );
     }
 
     #[test]
@@ -565,7 +808,10 @@ mod tests {
             1_000_000.0,
             15,
         );
-        let (low, high) = (*low.last().expect("low"), *high.last().expect("high"));
+        let (low, high) = (
+            low.last().expect("low").target_bps,
+            high.last().expect("high").target_bps,
+        );
         assert!(high > 2.0 * low, "from {low} to {high}");
     }
 

@@ -267,10 +267,11 @@ fn demand(
             if flowing {
                 // A layer just resumed reads as silent for its first second: it costs
                 // what it cost before.
-                return Some(LayerOffer::whole(
-                    l.rank,
-                    l.rate.bps().max(l.rate.flowing_bps().unwrap_or(0.0)),
-                ));
+                let flowed = l.rate.flowing_bps().unwrap_or(0.0);
+                return Some(
+                    LayerOffer::whole(l.rank, l.rate.bps().max(flowed))
+                        .with_peak(l.rate.peak_bps().max(flowed)),
+                );
             }
             let paused = track
                 .layer_switch
@@ -292,11 +293,7 @@ fn demand(
             layer
                 .temporal_rates
                 .partial()
-                .map(|(temporal, bps)| LayerOffer {
-                    rank: lowest,
-                    temporal,
-                    bps,
-                }),
+                .map(|(temporal, bps)| LayerOffer::partial(lowest, temporal, bps)),
         );
     }
     let priority = if sharing.contains(&track.session) {
