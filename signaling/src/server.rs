@@ -75,21 +75,33 @@ pub fn app(state: AppState) -> Router {
         Router::new()
     };
     router
-        .route("/", get(|| async { crate::web::asset("/") }))
-        .route("/app.js", get(|| async { crate::web::asset("/app.js") }))
-        .route("/watch", get(|| async { crate::web::asset("/watch") }))
+        .route(
+            "/",
+            get(|headers: HeaderMap| async move { crate::web::asset("/", &headers) }),
+        )
+        .route(
+            "/app.js",
+            get(|headers: HeaderMap| async move { crate::web::asset("/app.js", &headers) }),
+        )
+        .route(
+            "/watch",
+            get(|headers: HeaderMap| async move { crate::web::asset("/watch", &headers) }),
+        )
         .route(
             "/watch.js",
-            get(|| async { crate::web::asset("/watch.js") }),
+            get(|headers: HeaderMap| async move { crate::web::asset("/watch.js", &headers) }),
         )
-        .route("/sdp.js", get(|| async { crate::web::asset("/sdp.js") }))
+        .route(
+            "/sdp.js",
+            get(|headers: HeaderMap| async move { crate::web::asset("/sdp.js", &headers) }),
+        )
         .route(
             "/regions.js",
-            get(|| async { crate::web::asset("/regions.js") }),
+            get(|headers: HeaderMap| async move { crate::web::asset("/regions.js", &headers) }),
         )
         .route(
             "/style.css",
-            get(|| async { crate::web::asset("/style.css") }),
+            get(|headers: HeaderMap| async move { crate::web::asset("/style.css", &headers) }),
         )
         .route("/v1/ws", get(websocket))
         .route("/v1/rooms", get(list_rooms))
