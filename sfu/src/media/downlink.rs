@@ -90,6 +90,8 @@ const STANDING_FOR: Duration = Duration::from_secs(1);
 /// (all the path delivered, its queue never empty): a little less, so that the queue
 /// drains. GCC's own decrease.
 const STANDING_BACKOFF: f64 = 0.85;
+/// A change in the queue this large, a second after a cut, says whether it drains or grows.
+const QUEUE_CHANGE: Duration = Duration::from_millis(20);
 /// The least one-way delay is taken over two spans of this length: long enough to hold a
 /// moment when the queue was empty, short enough that the two clocks' drift (tens of parts
 /// per million) adds nothing worth counting.
@@ -112,6 +114,8 @@ struct QueueDelay {
     span_start: Instant,
     /// Since when every feedback has shown a queue of at least [`STANDING_QUEUE`].
     standing_since: Option<Instant>,
+    /// When the queue last bounded what may be sent, and how long it was then.
+    cut: Option<(Instant, i128)>,
 }
 
 impl QueueDelay {
@@ -121,6 +125,7 @@ impl QueueDelay {
             least: [None, None],
             span_start: now,
             standing_since: None,
+            cut: None,
         }
     }
 
@@ -155,15 +160,39 @@ impl QueueDelay {
         let Some(base) = self.base() else {
             return false;
         };
-        if least_now - base < STANDING_QUEUE.as_nanos() as i128 {
+        let queued = least_now - base;
+        if queued < STANDING_QUEUE.as_nanos() as i128 {
             self.standing_since = None;
+            self.cut = None;
             return false;
+        }
+        if let Some((at, queued_then)) = self.cut {
+            // A second after a cut, a queue drains, or grows if the path carries even less;
+            // a delay that does neither is the path's own (a longer route after a
+            // handover), the new least delay rather than a queue.
+            if now.saturating_duration_since(at) < STANDING_FOR {
+                return false;
+            }
+            let margin = QUEUE_CHANGE.as_nanos() as i128;
+            if queued <= queued_then - margin {
+                self.cut = Some((now, queued));
+                return false;
+            }
+            if queued < queued_then + margin {
+                self.least = [None, Some(least_now)];
+                self.cut = None;
+                self.standing_since = None;
+                return false;
+            }
+            self.cut = Some((now, queued));
+            return true;
         }
         let since = *self.standing_since.get_or_insert(now);
         if now.saturating_duration_since(since) < STANDING_FOR {
             return false;
         }
         self.standing_since = None;
+        self.cut = Some((now, queued));
         true
     }
 
@@ -630,15 +659,51 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_standing_for_a_second_is_found_and_then_counted_afresh() {
+    fn a_queue_standing_for_a_second_is_found_and_cut_again_while_it_grows() {
         let ms = Duration::from_millis;
-        // Empty for 2 s, then 150 ms of queue that stays.
-        let found = detect(6, |t| if t < ms(2000) { ms(20) } else { ms(170) });
+        // Empty for 2 s, then 150 ms of queue at once, growing by 60 ms a second.
+        let found = detect(6, |t| {
+            if t < ms(2000) {
+                ms(20)
+            } else {
+                ms(170) + (t - ms(2000)) * 60 / 1000
+            }
+        });
         assert_eq!(found.first().copied(), Some(ms(3120)), "{found:?}");
+        assert!(found.len() >= 3, "cut again each second it grew: {found:?}");
         assert!(
             found.windows(2).all(|w| w[1] - w[0] >= STANDING_FOR),
             "{found:?}"
         );
+        // The same queue draining after the first cut is not cut again.
+        let found = detect(6, |t| {
+            if t < ms(2000) {
+                ms(20)
+            } else {
+                ms(20) + ms(150).saturating_sub(t.saturating_sub(ms(3120)) * 80 / 1000)
+            }
+        });
+        assert_eq!(found, [ms(3120)]);
+    }
+
+    /// A route 150 ms longer (a handover) reads as a queue until a cut fails to drain it;
+    /// then it is the path's delay, and nothing more is cut.
+    #[test]
+    fn a_longer_route_is_cut_for_once_then_taken_as_the_paths_delay() {
+        let ms = Duration::from_millis;
+        let found = detect(10, |t| if t < ms(2000) { ms(20) } else { ms(170) });
+        assert_eq!(found, [ms(3120)]);
+        // And a queue on the longer route is found as on the shorter.
+        let found = detect(12, |t| {
+            if t < ms(2000) {
+                ms(20)
+            } else if t < ms(6000) {
+                ms(170)
+            } else {
+                ms(290)
+            }
+        });
+        assert_eq!(found, [ms(3120), ms(7120)]);
     }
 
     #[test]
