@@ -103,6 +103,14 @@ const BASE_SPAN: Duration = Duration::from_secs(30);
 /// reacts to the delay's growth, and misses an overload so slight that the queue grows by
 /// a few tens of milliseconds a second; by the time the queue is full, the delay stands
 /// still and only its losses show, seconds later.
+///
+/// A queue stands when even the least delayed packet of every feedback has waited
+/// [`STANDING_QUEUE`] for [`STANDING_FOR`] without draining. After a cut, a second later:
+/// a queue that drains is left to drain; one that grew is cut again; one that did neither
+/// while the subscriber received less than the cut allows is no queue but the path's own
+/// longer delay (a handover), and becomes the new least delay. The two clocks may run
+/// apart by up to about a thousand parts per million before the drift over
+/// [`BASE_SPAN`]s reads as a queue.
 #[derive(Debug)]
 struct QueueDelay {
     /// Departures are counted from here.
@@ -112,11 +120,37 @@ struct QueueDelay {
     least: [Option<i128>; 2],
     /// When this span began.
     span_start: Instant,
+    /// When the last feedback with an arrival came.
+    last_feedback: Option<Instant>,
+    /// The queue of each of the last few feedbacks, nanoseconds, newest last.
+    recent: std::collections::VecDeque<i128>,
     /// Since when every feedback has shown a queue of at least [`STANDING_QUEUE`].
-    standing_since: Option<Instant>,
-    /// When the queue last bounded what may be sent, and how long it was then.
-    cut: Option<(Instant, i128)>,
+    standing: Option<Watch>,
+    /// The last cut, while the queue has stood since.
+    cut: Option<Watch>,
 }
+
+/// A queue watched from `since`, `level` long then, `least` at its shortest since.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    since: Instant,
+    level: i128,
+    least: i128,
+}
+
+impl Watch {
+    fn new(since: Instant, level: i128) -> Self {
+        Self {
+            since,
+            level,
+            least: level,
+        }
+    }
+}
+
+/// Feedbacks whose least queue says how long the queue is now: one feedback's may be
+/// jitter.
+const RECENT_FEEDBACKS: usize = 3;
 
 impl QueueDelay {
     fn new(now: Instant) -> Self {
@@ -124,36 +158,57 @@ impl QueueDelay {
             epoch: now,
             least: [None, None],
             span_start: now,
-            standing_since: None,
+            last_feedback: None,
+            recent: std::collections::VecDeque::with_capacity(RECENT_FEEDBACKS + 1),
+            standing: None,
             cut: None,
         }
     }
 
-    /// Takes one feedback's arrived packets at `now`: whether the queue has now stood for
-    /// [`STANDING_FOR`] (it is then counted afresh).
-    fn on_feedback(&mut self, now: Instant, reports: &[PacketReport]) -> bool {
-        if now.saturating_duration_since(self.span_start) >= BASE_SPAN {
-            self.least = [self.least[1], None];
-            self.span_start = now;
-        }
-        let least_now = reports
+    /// Takes one feedback's reports at `now`, while the subscriber receives less than
+    /// the last cut allows (`below_cut`): whether a cut is called for. Call
+    /// [`QueueDelay::cut_applied`] if one is made.
+    fn on_feedback(&mut self, now: Instant, reports: &[PacketReport], below_cut: bool) -> bool {
+        let Some(least_now) = reports
             .iter()
             .filter(|r| r.arrived)
             .filter_map(|r| {
                 let sent = r.departure.checked_duration_since(self.epoch)?;
                 Some(r.arrival?.as_nanos() as i128 - sent.as_nanos() as i128)
             })
-            .min();
-        let Some(least_now) = least_now else {
+            .min()
+        else {
             return false;
         };
+        // A silence (nothing sent to the subscriber) says nothing about the queue since,
+        // and a long one leaves the least delay stale.
+        if let Some(last) = self.last_feedback {
+            let gap = now.saturating_duration_since(last);
+            if gap >= BASE_SPAN {
+                self.least = [None, None];
+                self.span_start = now;
+            }
+            if gap >= STANDING_FOR {
+                self.forget_queue();
+            }
+        }
+        self.last_feedback = Some(now);
+        let span = now.saturating_duration_since(self.span_start);
+        if span >= BASE_SPAN {
+            self.least = if span >= 2 * BASE_SPAN {
+                [None, None]
+            } else {
+                [self.least[1], None]
+            };
+            self.span_start = now;
+        }
         // A jump of the subscriber's clock (a wrapped or forged reference time) starts
         // afresh rather than reading as a queue.
         if let Some(base) = self.base()
             && (least_now - base).unsigned_abs() > CLOCK_JUMP.as_nanos()
         {
             self.least = [None, None];
-            self.standing_since = None;
+            self.forget_queue();
         }
         let this_span = &mut self.least[1];
         *this_span = Some(this_span.map_or(least_now, |l| l.min(least_now)));
@@ -161,39 +216,61 @@ impl QueueDelay {
             return false;
         };
         let queued = least_now - base;
+        if self.recent.len() == RECENT_FEEDBACKS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(queued);
         if queued < STANDING_QUEUE.as_nanos() as i128 {
-            self.standing_since = None;
-            self.cut = None;
+            self.forget_queue();
             return false;
         }
-        if let Some((at, queued_then)) = self.cut {
-            // A second after a cut, a queue drains, or grows if the path carries even less;
-            // a delay that does neither is the path's own (a longer route after a
-            // handover), the new least delay rather than a queue.
-            if now.saturating_duration_since(at) < STANDING_FOR {
+        let recent = self.recent.iter().copied().min().unwrap_or(queued);
+        let margin = QUEUE_CHANGE.as_nanos() as i128;
+        if let Some(cut) = &mut self.cut {
+            cut.least = cut.least.min(queued);
+            if now.saturating_duration_since(cut.since) < STANDING_FOR {
                 return false;
             }
-            let margin = QUEUE_CHANGE.as_nanos() as i128;
-            if queued <= queued_then - margin {
-                self.cut = Some((now, queued));
-                return false;
+            if recent >= cut.level + margin {
+                // Grown since the cut: the path carries even less.
+                *cut = Watch::new(now, recent);
+                return true;
             }
-            if queued < queued_then + margin {
+            if cut.least > cut.level - margin && below_cut {
+                // Neither drained nor grew, while less arrived than the cut allows.
                 self.least = [None, Some(least_now)];
-                self.cut = None;
-                self.standing_since = None;
+                self.forget_queue();
                 return false;
             }
-            self.cut = Some((now, queued));
-            return true;
-        }
-        let since = *self.standing_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < STANDING_FOR {
+            // Draining, or the cut has not taken effect yet (a move down waits for a
+            // keyframe): watched for another second.
+            *cut = Watch::new(now, recent);
             return false;
         }
-        self.standing_since = None;
-        self.cut = Some((now, queued));
+        let standing = self.standing.get_or_insert(Watch::new(now, queued));
+        if now.saturating_duration_since(standing.since) < STANDING_FOR {
+            return false;
+        }
+        if recent <= standing.level - margin {
+            // Draining: a burst (a keyframe) passing through.
+            *standing = Watch::new(now, recent);
+            return false;
+        }
+        self.standing = None;
         true
+    }
+
+    /// What may be sent was cut at `now` on this queue's account.
+    fn cut_applied(&mut self, now: Instant) {
+        let level = self.recent.iter().copied().min().unwrap_or(0);
+        self.cut = Some(Watch::new(now, level));
+        self.standing = None;
+    }
+
+    fn forget_queue(&mut self) {
+        self.standing = None;
+        self.cut = None;
+        self.recent.clear();
     }
 
     /// The least one-way delay lately: that of a packet through empty queues.
@@ -378,11 +455,16 @@ impl DownlinkEstimate {
             ceiling = Some(acked.max(MIN_BPS));
         }
         // A standing queue: the path has delivered all it could, which is what it carries.
-        if self.queue.on_feedback(now, &self.reports)
-            && let Some(acked) = self.acked.bps()
+        let acked = self.acked.bps();
+        let below_cut = acked
+            .zip(self.ceiling_bps)
+            .is_some_and(|(acked, ceiling)| acked < ceiling);
+        if self.queue.on_feedback(now, &self.reports, below_cut)
+            && let Some(acked) = acked
             && acked * STANDING_BACKOFF < ceiling.unwrap_or_else(|| self.usable_bps())
         {
             ceiling = Some((acked * STANDING_BACKOFF).max(MIN_BPS));
+            self.queue.cut_applied(now);
         }
         if let Some(ceiling) = ceiling {
             self.evidence.decreases += 1;
@@ -635,106 +717,154 @@ mod tests {
     }
 
     /// Feeds the queue detector one feedback every 100 ms for `seconds`, each of ten
-    /// packets 10 ms apart delayed by `one_way(time since start)`; when it found the queue
-    /// standing.
-    fn detect(seconds: u64, one_way: impl Fn(Duration) -> Duration) -> Vec<Duration> {
+    /// packets 10 ms apart delayed by `one_way(time since start)` (none sent where it is
+    /// `None`), cutting whenever it calls for a cut, with the subscriber receiving less
+    /// than the cut allows if `below_cut`; when it cut.
+    fn detect(
+        seconds: u64,
+        below_cut: bool,
+        one_way: impl Fn(Duration) -> Option<Duration>,
+    ) -> Vec<Duration> {
         let start = Instant::now();
         let mut queue = QueueDelay::new(start);
         let mut found = Vec::new();
         let mut id = 0;
         for feedback in 1..=seconds * 10 {
             let reports: Vec<PacketReport> = (0..10)
-                .map(|i| {
+                .filter_map(|i| {
                     let since = Duration::from_millis((feedback - 1) * 100 + i * 10);
                     id += 1;
-                    report(id, start + since, one_way(since), start)
+                    Some(report(id, start + since, one_way(since)?, start))
                 })
                 .collect();
+            if reports.is_empty() {
+                continue;
+            }
             let now = start + Duration::from_millis(feedback * 100) + Duration::from_millis(20);
-            if queue.on_feedback(now, &reports) {
+            if queue.on_feedback(now, &reports, below_cut) {
+                queue.cut_applied(now);
                 found.push(now - start);
             }
         }
         found
     }
 
+    const fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
     #[test]
     fn a_queue_standing_for_a_second_is_found_and_cut_again_while_it_grows() {
-        let ms = Duration::from_millis;
         // Empty for 2 s, then 150 ms of queue at once, growing by 60 ms a second.
-        let found = detect(6, |t| {
-            if t < ms(2000) {
+        let grows = |t: Duration| {
+            Some(if t < ms(2000) {
                 ms(20)
             } else {
                 ms(170) + (t - ms(2000)) * 60 / 1000
-            }
-        });
+            })
+        };
+        let found = detect(6, false, grows);
         assert_eq!(found.first().copied(), Some(ms(3120)), "{found:?}");
         assert!(found.len() >= 3, "cut again each second it grew: {found:?}");
         assert!(
             found.windows(2).all(|w| w[1] - w[0] >= STANDING_FOR),
             "{found:?}"
         );
-        // The same queue draining after the first cut is not cut again.
-        let found = detect(6, |t| {
-            if t < ms(2000) {
-                ms(20)
-            } else {
-                ms(20) + ms(150).saturating_sub(t.saturating_sub(ms(3120)) * 80 / 1000)
-            }
-        });
-        assert_eq!(found, [ms(3120)]);
     }
 
-    /// A route 150 ms longer (a handover) reads as a queue until a cut fails to drain it;
-    /// then it is the path's delay, and nothing more is cut.
+    #[test]
+    fn a_queue_draining_after_its_cut_is_left_to_drain() {
+        // 150 ms of queue from 2 s; from the cut on, it drains by 30 ms a second (still
+        // above 100 ms a second later).
+        let drains = |t: Duration| {
+            Some(if t < ms(2000) {
+                ms(20)
+            } else {
+                ms(170).saturating_sub(t.saturating_sub(ms(3120)) * 30 / 1000)
+            })
+        };
+        assert_eq!(detect(8, false, drains), [ms(3120)]);
+    }
+
+    /// A route 150 ms longer (a handover), with jitter, reads as a queue until a cut fails
+    /// to drain it while less arrives than the cut allows; then it is the path's delay.
     #[test]
     fn a_longer_route_is_cut_for_once_then_taken_as_the_paths_delay() {
-        let ms = Duration::from_millis;
-        let found = detect(10, |t| if t < ms(2000) { ms(20) } else { ms(170) });
-        assert_eq!(found, [ms(3120)]);
-        // And a queue on the longer route is found as on the shorter.
-        let found = detect(12, |t| {
-            if t < ms(2000) {
+        let jitter = |t: Duration| ms((t.as_millis() as u64 * 7919) % 60);
+        let longer = |t: Duration| {
+            Some(if t < ms(2000) {
+                ms(20)
+            } else {
+                ms(170) + jitter(t)
+            })
+        };
+        assert_eq!(detect(12, true, longer), [ms(3120)]);
+        // A queue on the longer route is found as on the shorter.
+        let queue_later = |t: Duration| {
+            Some(if t < ms(2000) {
                 ms(20)
             } else if t < ms(6000) {
                 ms(170)
             } else {
                 ms(290)
-            }
-        });
-        assert_eq!(found, [ms(3120), ms(7120)]);
+            })
+        };
+        assert_eq!(detect(12, true, queue_later), [ms(3120), ms(7120)]);
+        // While as much arrives as before the cut, the delay is a queue the cut has not
+        // yet emptied: not taken as the path's, and not cut again.
+        assert_eq!(detect(12, false, longer), [ms(3120)]);
     }
 
     #[test]
-    fn jitter_and_a_keyframe_burst_that_drains_are_not_a_standing_queue() {
-        let ms = Duration::from_millis;
-        // Every other packet 80 ms late; and each second a burst that queues 400 ms and
-        // drains over the next 800.
-        let found = detect(10, |t| {
-            let jitter = if t.as_millis() % 20 == 0 {
-                ms(80)
-            } else {
-                ms(0)
-            };
-            let into_second = ms(t.as_millis() as u64 % 1000);
-            let burst = ms(400).saturating_sub(into_second / 2);
-            ms(20) + jitter.max(burst)
+    fn jitter_and_keyframe_bursts_that_drain_are_not_a_standing_queue() {
+        // After 2 s, every other packet 150 ms late.
+        let found = detect(10, false, |t| {
+            let late = t >= ms(2000) && t.as_millis() % 20 == 0;
+            Some(ms(20) + if late { ms(150) } else { ms(0) })
         });
-        assert!(found.is_empty(), "nothing stood: {found:?}");
+        assert!(found.is_empty(), "jitter: {found:?}");
+        // Each second a burst that queues 400 ms and drains over the next 800.
+        let found = detect(10, false, |t| {
+            Some(ms(20) + ms(400).saturating_sub(ms(t.as_millis() as u64 % 1000) / 2))
+        });
+        assert!(found.is_empty(), "bursts: {found:?}");
+        // A link 90 % full: a keyframe every 5 s queues 250 ms, which drains by 100 ms a
+        // second, above 100 ms for 1.5 s.
+        let found = detect(30, false, |t| {
+            let since_keyframe = t.as_millis() as u64 % 5000;
+            Some(ms(20) + ms(250).saturating_sub(ms(since_keyframe / 10)))
+        });
+        assert!(found.is_empty(), "a burst draining: {found:?}");
     }
 
     #[test]
-    fn a_jump_of_the_subscribers_clock_is_not_a_queue() {
-        let ms = Duration::from_millis;
-        let found = detect(5, |t| {
-            if t < ms(1000) {
+    fn a_silence_or_a_jump_of_the_subscribers_clock_is_not_a_queue() {
+        let found = detect(5, false, |t| {
+            Some(if t < ms(1000) {
                 ms(20)
             } else {
                 ms(20) + Duration::from_secs(60)
-            }
+            })
         });
         assert!(found.is_empty(), "started afresh: {found:?}");
+        // One feedback of 200 ms queue, 20 s of nothing sent, another of 200 ms.
+        let found = detect(30, false, |t| match t.as_millis() {
+            0..2000 => Some(ms(20)),
+            4500..4600 | 24_000..24_100 => Some(ms(220)),
+            _ => None,
+        });
+        assert!(
+            found.is_empty(),
+            "two moments are no standing queue: {found:?}"
+        );
+    }
+
+    /// Clocks a thousand parts per million apart: over five minutes 300 ms of drift, which
+    /// the least delay, taken over the last 30–60 s, follows.
+    #[test]
+    fn the_clocks_drifting_apart_is_not_a_queue() {
+        let found = detect(300, false, |t| Some(ms(20) + t / 1000));
+        assert!(found.is_empty(), "{found:?}");
     }
 
     /// A policer-like bottleneck drops what it cannot pass at once rather than queueing

@@ -40,8 +40,16 @@ impl RateMeter {
                 if bps > 0.0 {
                     self.flowing_bps = Some(bps);
                 }
-                self.recent_bps[self.windows % PEAK_WINDOWS] = bps;
-                self.windows = self.windows.wrapping_add(1);
+                // Each whole window of a silence counts as one that brought nothing.
+                let windows = if bps > 0.0 {
+                    1
+                } else {
+                    (elapsed.as_secs_f64() / WINDOW.as_secs_f64()) as usize
+                };
+                for _ in 0..windows.clamp(1, PEAK_WINDOWS) {
+                    self.recent_bps[self.windows % PEAK_WINDOWS] = bps;
+                    self.windows = self.windows.wrapping_add(1);
+                }
             }
             self.window_start = Some(now);
             self.bytes = 0;
@@ -61,8 +69,8 @@ impl RateMeter {
         self.flowing_bps
     }
 
-    /// The most the stream brought in over any of the last few complete windows, and
-    /// over the window under way counted as a whole second once it has spanned one. What
+    /// The most the stream brought in over any of the last few complete windows (or,
+    /// before one completes, what has arrived so far, as [`RateMeter::bps`] reads it): what
     /// moving a subscriber up to the stream must be ready for.
     pub fn peak_bps(&self) -> f64 {
         self.recent_bps.iter().copied().fold(self.bps(), f64::max)
@@ -138,5 +146,8 @@ mod tests {
             "{}",
             meter.peak_bps()
         );
+        // Paused for six seconds, then resumed: the seconds before the pause are gone.
+        meter.add(at + Duration::from_secs(6), 100);
+        assert_eq!(meter.peak_bps(), 0.0);
     }
 }
