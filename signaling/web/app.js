@@ -636,15 +636,27 @@ async function startPublishing() {
   }
   if (state.camTrack) {
     const init = { direction: 'sendonly', streams: [state.localStream] };
-    // Three layers, so that each subscriber gets the one its tile and network need.
+    // Three layers, so that each subscriber gets the one its tile and network need, each in
+    // three temporal layers (L1T3), so that a narrow downlink can get fewer frames.
+    // Chromium sends VP8 simulcast as L1T3 by itself; with VP9 negotiated and no mode
+    // named it sent only the lowest layer, its uplink estimate stuck at what that needs.
     if (state.simulcast) {
       init.sendEncodings = [
-        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
-        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
-        { rid: 'f', maxBitrate: 1_500_000 },
+        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000, scalabilityMode: 'L1T3' },
+        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000, scalabilityMode: 'L1T3' },
+        { rid: 'f', maxBitrate: 1_500_000, scalabilityMode: 'L1T3' },
       ];
     }
-    state.videoSender = pc.addTransceiver(state.camTrack, init).sender;
+    let transceiver;
+    try {
+      transceiver = pc.addTransceiver(state.camTrack, init);
+    } catch (error) {
+      // A browser that knows no scalability modes: the layers without one.
+      if (!init.sendEncodings) throw error;
+      init.sendEncodings = init.sendEncodings.map(({ scalabilityMode, ...layer }) => layer);
+      transceiver = pc.addTransceiver(state.camTrack, init);
+    }
+    state.videoSender = transceiver.sender;
     // The shard names the track by the id it had in the offer, whatever replaces it later.
     state.videoSenderTrackId = state.camTrack.id;
   }

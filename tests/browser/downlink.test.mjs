@@ -238,3 +238,63 @@ test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame 
   assert.equal(keyframesAfter, keyframesBefore, 'the climb needed no keyframe');
   for (const page of [ana, ben]) await page.context().close();
 });
+
+// A publisher whose browser prefers VP9 (an app that puts it first among its codecs; the
+// shard accepts it). With no scalability mode named per layer, Chromium sent only the
+// lowest VP9 layer and its uplink estimate stayed near 340 kbit/s, so even a viewer at
+// home got 160 pixels; with L1T3 named, as the web client now does, it sends the layers
+// as it does VP8's. Cai at home gets the 320-pixel layer, Ben behind 300 kbit/s the
+// 160-pixel one, both decoding VP9.
+test('a publisher sending VP9 sends every layer: 320 pixels for a viewer at home, 160 behind the narrow link', async () => {
+  await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1, rate_kbps: LIMIT_KBPS, queue_packets: 25 });
+  const context = await home.newContext();
+  await context.addInitScript(() => {
+    const addTransceiver = RTCPeerConnection.prototype.addTransceiver;
+    RTCPeerConnection.prototype.addTransceiver = function preferVp9(trackOrKind, init) {
+      const transceiver = addTransceiver.call(this, trackOrKind, init);
+      const kind = typeof trackOrKind === 'string' ? trackOrKind : trackOrKind.kind;
+      if (kind === 'video') {
+        const { codecs } = RTCRtpSender.getCapabilities('video');
+        const vp9 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
+        transceiver.setCodecPreferences([...vp9, ...codecs.filter((c) => !vp9.includes(c))]);
+      }
+      return transceiver;
+    };
+  });
+  const ana = await context.newPage();
+  await ana.goto(`${gatewayUrl}/?room=vp9-lesson&name=Ana`);
+  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
+  const cai = await openPage(homeViewer, `${gatewayUrl}/?room=vp9-lesson&name=Cai`);
+  const ben = await openPage(hotel, `${gatewayUrl}/?room=vp9-lesson&name=Ben`);
+  /** `page`'s video from `name`: its codec, frame width and frames decoded. */
+  const videoFrom = async (page, name) => {
+    const id = await participantId(page, name);
+    const row = (await inbound(page)).find((r) => r.participant === id && r.kind === 'video');
+    const codec = await page.evaluate(async () => {
+      const stats = await window.tutti.state.sub.getStats();
+      const codecs = new Map();
+      stats.forEach((s) => { if (s.type === 'codec') codecs.set(s.id, s.mimeType); });
+      let mime = null;
+      stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') mime = codecs.get(s.codecId) || mime; });
+      return mime;
+    });
+    return { codec, frameWidth: row?.frameWidth || 0, framesDecoded: row?.framesDecoded || 0 };
+  };
+  const playing = (width) => (v) => v.codec === 'video/VP9' && v.framesDecoded > 40 && width(v.frameWidth);
+  const atHome = await waitFor("Cai decoding Ana's VP9 above 160 pixels", () => videoFrom(cai, 'Ana'), playing((w) => w > 160), 60_000);
+  const atHotel = await waitFor("Ben decoding Ana's VP9 at 160 pixels", () => videoFrom(ben, 'Ana'), playing((w) => w > 0 && w <= 160), 60_000);
+  const layers = await ana.evaluate(async () => {
+    const out = {};
+    (await window.tutti.state.videoSender.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp') out[s.rid] = { frames: s.framesEncoded || 0, width: s.frameWidth || 0, mode: s.scalabilityMode };
+    });
+    return out;
+  });
+  console.log(`downlink: Ana sending VP9 ${JSON.stringify(layers)}; Cai decoding ${atHome.codec} at ${atHome.frameWidth} px, Ben at ${atHotel.frameWidth} px`);
+  // Both keep playing.
+  const later = await waitFor('both still decoding', async () => ({ cai: await videoFrom(cai, 'Ana'), ben: await videoFrom(ben, 'Ana') }),
+    (v) => v.cai.framesDecoded > atHome.framesDecoded + 30 && v.ben.framesDecoded > atHotel.framesDecoded + 30, 20_000);
+  assert.ok(later.cai.frameWidth > 160 && later.ben.frameWidth <= 160, JSON.stringify(later));
+  assert.ok((layers.h?.frames || 0) > 0, `Ana encodes her 320-pixel VP9 layer: ${JSON.stringify(layers)}`);
+  for (const page of [ana, ben, cai]) await page.context().close();
+});
