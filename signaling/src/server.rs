@@ -74,35 +74,8 @@ pub fn app(state: AppState) -> Router {
     } else {
         Router::new()
     };
-    router
-        .route(
-            "/",
-            get(|headers: HeaderMap| async move { crate::web::asset("/", &headers) }),
-        )
-        .route(
-            "/app.js",
-            get(|headers: HeaderMap| async move { crate::web::asset("/app.js", &headers) }),
-        )
-        .route(
-            "/watch",
-            get(|headers: HeaderMap| async move { crate::web::asset("/watch", &headers) }),
-        )
-        .route(
-            "/watch.js",
-            get(|headers: HeaderMap| async move { crate::web::asset("/watch.js", &headers) }),
-        )
-        .route(
-            "/sdp.js",
-            get(|headers: HeaderMap| async move { crate::web::asset("/sdp.js", &headers) }),
-        )
-        .route(
-            "/regions.js",
-            get(|headers: HeaderMap| async move { crate::web::asset("/regions.js", &headers) }),
-        )
-        .route(
-            "/style.css",
-            get(|headers: HeaderMap| async move { crate::web::asset("/style.css", &headers) }),
-        )
+    crate::web::paths()
+        .fold(router, |router, path| router.route(path, get(web_asset)))
         .route("/v1/ws", get(websocket))
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/rooms/{name}", get(one_room))
@@ -113,6 +86,11 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// One of the web client's files, by the path it was asked for.
+async fn web_asset(uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    crate::web::asset(uri.path(), &headers)
 }
 
 /// A running HTTP server.

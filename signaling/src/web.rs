@@ -59,6 +59,11 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
 style-src 'self'; img-src 'self' data:; media-src 'self' blob:; connect-src 'self' ws: wss:; \
 frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// The paths the client's files are served at.
+pub fn paths() -> impl Iterator<Item = &'static str> {
+    ASSETS.iter().map(|(path, _, _)| *path)
+}
+
 /// One file as served: its entity tags and its gzipped bytes, made once.
 struct Prepared {
     etag: HeaderValue,
