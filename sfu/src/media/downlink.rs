@@ -753,16 +753,18 @@ mod tests {
         Duration::from_millis(millis)
     }
 
+    /// One-way delays for [`detect`]: 20 ms through empty queues for the first 2 s, then
+    /// `then(t)`.
+    fn after_two_empty_seconds(
+        then: impl Fn(Duration) -> Duration,
+    ) -> impl Fn(Duration) -> Option<Duration> {
+        move |t| Some(if t < ms(2000) { ms(20) } else { then(t) })
+    }
+
     #[test]
     fn a_queue_standing_for_a_second_is_found_and_cut_again_while_it_grows() {
         // Empty for 2 s, then 150 ms of queue at once, growing by 60 ms a second.
-        let grows = |t: Duration| {
-            Some(if t < ms(2000) {
-                ms(20)
-            } else {
-                ms(170) + (t - ms(2000)) * 60 / 1000
-            })
-        };
+        let grows = after_two_empty_seconds(|t| ms(170) + (t - ms(2000)) * 60 / 1000);
         let found = detect(6, false, grows);
         assert_eq!(found.first().copied(), Some(ms(3120)), "{found:?}");
         assert!(found.len() >= 3, "cut again each second it grew: {found:?}");
@@ -776,13 +778,9 @@ mod tests {
     fn a_queue_draining_after_its_cut_is_left_to_drain() {
         // 150 ms of queue from 2 s; from the cut on, it drains by 30 ms a second (still
         // above 100 ms a second later).
-        let drains = |t: Duration| {
-            Some(if t < ms(2000) {
-                ms(20)
-            } else {
-                ms(170).saturating_sub(t.saturating_sub(ms(3120)) * 30 / 1000)
-            })
-        };
+        let drains = after_two_empty_seconds(|t| {
+            ms(170).saturating_sub(t.saturating_sub(ms(3120)) * 30 / 1000)
+        });
         assert_eq!(detect(8, false, drains), [ms(3120)]);
     }
 
@@ -791,24 +789,10 @@ mod tests {
     #[test]
     fn a_longer_route_is_cut_for_once_then_taken_as_the_paths_delay() {
         let jitter = |t: Duration| ms((t.as_millis() as u64 * 7919) % 60);
-        let longer = |t: Duration| {
-            Some(if t < ms(2000) {
-                ms(20)
-            } else {
-                ms(170) + jitter(t)
-            })
-        };
-        assert_eq!(detect(12, true, longer), [ms(3120)]);
+        let longer = after_two_empty_seconds(|t| ms(170) + jitter(t));
+        assert_eq!(detect(12, true, &longer), [ms(3120)]);
         // A queue on the longer route is found as on the shorter.
-        let queue_later = |t: Duration| {
-            Some(if t < ms(2000) {
-                ms(20)
-            } else if t < ms(6000) {
-                ms(170)
-            } else {
-                ms(290)
-            })
-        };
+        let queue_later = after_two_empty_seconds(|t| if t < ms(6000) { ms(170) } else { ms(290) });
         assert_eq!(detect(12, true, queue_later), [ms(3120), ms(7120)]);
         // While as much arrives as before the cut, the delay is a queue the cut has not
         // yet emptied: not taken as the path's, and not cut again.

@@ -270,7 +270,7 @@ fn demand(
                 let flowed = l.rate.flowing_bps().unwrap_or(0.0);
                 return Some(
                     LayerOffer::whole(l.rank, l.rate.bps().max(flowed))
-                        .with_peak(l.rate.peak_bps().max(flowed)),
+                        .with_peak(l.rate.peak_bps()),
                 );
             }
             let paused = track
