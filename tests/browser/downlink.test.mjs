@@ -70,6 +70,45 @@ function shardMetrics() {
   return shardCounters(gatewayUrl, ['probe_padding_bytes_total', 'retransmissions_total', 'retransmissions_withheld_total', 'keyframe_requests_sent_total']);
 }
 
+/**
+ * Ana's page from `browser`, her camera's codec chosen: `VP8` (the web client's own
+ * choice), or `VP9` first among her codecs, as an app calling `setCodecPreferences`
+ * would (the shard accepts VP9).
+ */
+async function openPublisher(browser, url, codec) {
+  if (codec === 'VP8') return openPage(browser, url);
+  const context = await browser.newContext();
+  await context.addInitScript(() => {
+    const addTransceiver = RTCPeerConnection.prototype.addTransceiver;
+    RTCPeerConnection.prototype.addTransceiver = function preferVp9(trackOrKind, init) {
+      const transceiver = addTransceiver.call(this, trackOrKind, init);
+      const kind = typeof trackOrKind === 'string' ? trackOrKind : trackOrKind.kind;
+      if (kind === 'video') {
+        const { codecs } = RTCRtpSender.getCapabilities('video');
+        const vp9 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
+        transceiver.setCodecPreferences([...vp9, ...codecs.filter((c) => !vp9.includes(c))]);
+      }
+      return transceiver;
+    };
+  });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => console.error(`[page error] ${err.message}`));
+  await page.goto(url);
+  return page;
+}
+
+/** The codec `page` decodes its video in (`video/VP8`, `video/VP9`, ...). */
+function inboundVideoCodec(page) {
+  return page.evaluate(async () => {
+    const stats = await window.tutti.state.sub.getStats();
+    const codecs = new Map();
+    stats.forEach((s) => { if (s.type === 'codec') codecs.set(s.id, s.mimeType); });
+    let mime = null;
+    stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') mime = codecs.get(s.codecId) || mime; });
+    return mime;
+  });
+}
+
 /** Ben's inbound from `name`: per kind, packets received and lost, and the frame width. */
 async function from(page, name) {
   const id = await participantId(page, name);
@@ -153,12 +192,13 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
 // bounded, not ruled out.
 const NARROW_KBPS = 130;
 
-test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame rate instead of no video, and more frames when the link widens`, async () => {
+for (const codec of ['VP8', 'VP9']) test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer of ${codec} at a lower frame rate instead of no video, and more frames when the link widens`, async () => {
   await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1, rate_kbps: NARROW_KBPS, queue_packets: 25 });
-  const ana = await openPage(home, `${gatewayUrl}/?room=hostel-lesson&name=Ana`);
+  const room = `hostel-lesson-${codec.toLowerCase()}`;
+  const ana = await openPublisher(home, `${gatewayUrl}/?room=${room}&name=Ana`, codec);
   await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
   const joinedAt = Date.now();
-  const ben = await openPage(hotel, `${gatewayUrl}/?room=hostel-lesson&name=Ben`);
+  const ben = await openPage(hotel, `${gatewayUrl}/?room=${room}&name=Ben`);
   await waitForAudio(ben, 'Ana', 40_000);
   // Settled: Ben decodes Ana's low layer, at most 60 % of the frames she encodes for it,
   // and at least one a second, over 3 s running.
@@ -200,10 +240,12 @@ test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame 
   };
   const audio = lossOf('audio');
   const video = lossOf('video');
-  console.log(`downlink: Ben behind ${NARROW_KBPS} kbit/s decoding Ana's ${end.ben.video.frameWidth}-px layer at a lower frame rate ${settledAfter} ms after joining; `
+  const decodes = await inboundVideoCodec(ben);
+  console.log(`downlink: Ben behind ${NARROW_KBPS} kbit/s decoding Ana's ${end.ben.video.frameWidth}-px ${decodes} layer at a lower frame rate ${settledAfter} ms after joining; `
     + `over the next ${r.seconds.toFixed(1)} s ${r.decoded} frames decoded of the ${r.encoded} Ana encoded for that layer `
     + `(${(r.decoded / r.seconds).toFixed(1)} of ${(r.encoded / r.seconds).toFixed(1)} per second), ${stalls} seconds without a new frame; `
     + `audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost`);
+  assert.equal(decodes, `video/${codec}`);
   assert.ok(end.ben.video.frameWidth > 0 && end.ben.video.frameWidth <= 160, JSON.stringify(end.ben.video));
   assert.ok(r.decoded >= 10 && r.decoded <= 0.6 * r.encoded, `fewer frames, but video: ${JSON.stringify(r)}`);
   assert.ok(stalls <= 2, `a new frame in nearly every second: ${stalls} seconds without`);
@@ -233,7 +275,7 @@ test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame 
     return { ...c, rate: c.decoded / Math.max(c.seconds, 0.001), span: c.seconds };
   }, (c) => c.span >= 2.8 && c.decoded >= 0.4 * c.encoded, 90_000);
   const keyframesAfter = await keyframes();
-  console.log(`downlink: the link widened to 170 kbit/s, Ben decoding ${climbed.rate.toFixed(1)} frames a second `
+  console.log(`downlink: the link widened to 170 kbit/s, Ben decoding ${codec} ${climbed.rate.toFixed(1)} frames a second `
     + `(from ${settledRate.toFixed(1)}) ${Date.now() - widenedAt} ms later, ${keyframesAfter - keyframesBefore} keyframes decoded meanwhile`);
   assert.equal(keyframesAfter, keyframesBefore, 'the climb needed no keyframe');
   for (const page of [ana, ben]) await page.context().close();
@@ -247,22 +289,7 @@ test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer at a lower frame 
 // 160-pixel one, both decoding VP9.
 test('a publisher sending VP9 sends every layer: 320 pixels for a viewer at home, 160 behind the narrow link', async () => {
   await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1, rate_kbps: LIMIT_KBPS, queue_packets: 25 });
-  const context = await home.newContext();
-  await context.addInitScript(() => {
-    const addTransceiver = RTCPeerConnection.prototype.addTransceiver;
-    RTCPeerConnection.prototype.addTransceiver = function preferVp9(trackOrKind, init) {
-      const transceiver = addTransceiver.call(this, trackOrKind, init);
-      const kind = typeof trackOrKind === 'string' ? trackOrKind : trackOrKind.kind;
-      if (kind === 'video') {
-        const { codecs } = RTCRtpSender.getCapabilities('video');
-        const vp9 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
-        transceiver.setCodecPreferences([...vp9, ...codecs.filter((c) => !vp9.includes(c))]);
-      }
-      return transceiver;
-    };
-  });
-  const ana = await context.newPage();
-  await ana.goto(`${gatewayUrl}/?room=vp9-lesson&name=Ana`);
+  const ana = await openPublisher(home, `${gatewayUrl}/?room=vp9-lesson&name=Ana`, 'VP9');
   await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
   const cai = await openPage(homeViewer, `${gatewayUrl}/?room=vp9-lesson&name=Cai`);
   const ben = await openPage(hotel, `${gatewayUrl}/?room=vp9-lesson&name=Ben`);
@@ -270,14 +297,7 @@ test('a publisher sending VP9 sends every layer: 320 pixels for a viewer at home
   const videoFrom = async (page, name) => {
     const id = await participantId(page, name);
     const row = (await inbound(page)).find((r) => r.participant === id && r.kind === 'video');
-    const codec = await page.evaluate(async () => {
-      const stats = await window.tutti.state.sub.getStats();
-      const codecs = new Map();
-      stats.forEach((s) => { if (s.type === 'codec') codecs.set(s.id, s.mimeType); });
-      let mime = null;
-      stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') mime = codecs.get(s.codecId) || mime; });
-      return mime;
-    });
+    const codec = await inboundVideoCodec(page);
     return { codec, frameWidth: row?.frameWidth || 0, framesDecoded: row?.framesDecoded || 0 };
   };
   const playing = (width) => (v) => v.codec === 'video/VP9' && v.framesDecoded > 40 && width(v.frameWidth);

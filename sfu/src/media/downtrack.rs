@@ -430,6 +430,7 @@ mod tests {
             tid,
             sync,
             frame_start: true,
+            references: None,
         })
     }
 

@@ -27,3 +27,4 @@ pub mod speaker;
 pub mod temporal;
 pub mod uplink;
 pub mod uplink_feedback;
+pub mod vp9;

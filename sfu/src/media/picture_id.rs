@@ -271,8 +271,14 @@ impl PictureIds {
 
     /// A payload of source `ssrc` that the downtrack dropped on purpose: the pictures
     /// after its picture are numbered one lower from now on. Every packet of the picture
-    /// may be passed; it counts once.
+    /// may be passed; it counts once. VP8 only: a VP9 picture names its references as
+    /// differences back from its own ID (flexible mode) or by its place in a group of
+    /// pictures (non-flexible), and renumbering would point both at the wrong pictures;
+    /// its receiver reads a gap left by a dropped temporal layer as it should.
     pub fn drop_picture(&mut self, ssrc: u32, payload: &[u8]) {
+        if self.family != CodecFamily::Vp8 {
+            return;
+        }
         let Some(at) = self.fields(payload).and_then(|fields| fields.picture_id) else {
             return;
         };
@@ -591,6 +597,28 @@ mod tests {
             Some(9001)
         );
         assert_eq!(out[fields.tl0.unwrap()], 51);
+    }
+
+    #[test]
+    fn vp9_pictures_keep_their_ids_over_a_dropped_picture() {
+        // I, P, L, F, B (flexible): picture ID 15-bit, layer indices, one P_DIFF of 1.
+        let vp9 = |id: u16| {
+            Bytes::from(vec![
+                0xF8,
+                0x80 | (id >> 8) as u8,
+                id as u8,
+                0x00,
+                0x02,
+                0x00,
+            ])
+        };
+        let mut ids = PictureIds::new(CodecFamily::Vp9);
+        forward(&mut ids, 1, vp9(500));
+        ids.drop_picture(1, &vp9(501));
+        // Its reference is 502 - 1 = 501, which was left out on purpose: renumbering it
+        // to 501 would point it at 500 instead.
+        let out = forward(&mut ids, 1, vp9(502));
+        assert_eq!(out, vp9(502));
     }
 
     #[test]

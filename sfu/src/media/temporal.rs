@@ -12,10 +12,16 @@
 //! subscriber has: a *layer sync* frame (the descriptor's Y bit) one layer up, or a
 //! keyframe. The filter rises one layer per sync frame.
 //!
-//! A dropped frame leaves a gap in the picture IDs the subscriber receives, and libwebrtc
-//! holds back any TL1 frame until every picture ID since its reference has arrived; the
-//! shard therefore renumbers the pictures after a dropped one ([`super::picture_id`]) and
-//! closes the sequence numbers' gap ([`super::sequencer`]).
+//! VP9 in flexible mode (Chromium's since M129) says no more than that every frame may
+//! start a layer (U is set on all of them), but names the pictures each frame references
+//! ([`super::vp9`]): a subscriber moves up one layer at a frame of it all of whose
+//! references it was sent. In non-flexible mode its U bit plays VP8's Y.
+//!
+//! A dropped VP8 frame leaves a gap in the picture IDs the subscriber receives, and
+//! libwebrtc holds back any TL1 frame until every picture ID since its reference has
+//! arrived; the shard therefore renumbers the pictures after a dropped one
+//! ([`super::picture_id`]). A VP9 receiver reads references as differences of picture IDs,
+//! so there the gap stays. Both close the sequence numbers' gap ([`super::sequencer`]).
 
 use super::rate::RateMeter;
 use std::time::Instant;
@@ -26,15 +32,86 @@ pub const ALL_TEMPORAL: u8 = u8::MAX;
 /// The temporal layers a browser's VP8 simulcast layer carries (L1T3).
 pub const TEMPORAL_LAYERS: usize = 3;
 
-/// What a VP8 packet's descriptor says of its frame's temporal layer.
+/// What a packet's payload descriptor says of its frame's temporal layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TemporalInfo {
     /// The temporal layer index (TID).
     pub tid: u8,
-    /// Layer sync (Y): the frame references only TL0 frames.
+    /// The frame may be the first of its layer a subscriber receives: VP8's layer sync (Y),
+    /// or the U bit of VP9 in non-flexible mode.
     pub sync: bool,
-    /// The packet starts the frame (S set, partition 0).
+    /// The packet starts the frame (VP8: S set, partition 0; VP9: B at the base spatial
+    /// layer).
     pub frame_start: bool,
+    /// VP9 in flexible mode: the picture and those it references, which decide instead of
+    /// `sync`.
+    pub references: Option<References>,
+}
+
+/// A picture's ID and the IDs of the pictures it references (VP9's P_DIFFs, back from it
+/// in the ID's own width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct References {
+    picture: u16,
+    mask: u16,
+    diffs: [u8; 3],
+    count: u8,
+}
+
+impl References {
+    /// Picture `picture` (15 bits when `long`, else 7) referencing those `diffs` back (at
+    /// most three are kept; a descriptor carries no more).
+    pub fn new(picture: u16, long: bool, diffs: &[u8]) -> Self {
+        let mut kept = [0u8; 3];
+        let count = diffs.len().min(kept.len());
+        kept[..count].copy_from_slice(&diffs[..count]);
+        let mask = if long { 0x7fff } else { 0x7f };
+        Self {
+            picture: picture & mask,
+            mask,
+            diffs: kept,
+            count: count as u8,
+        }
+    }
+
+    /// The picture's own ID.
+    pub fn picture(&self) -> u16 {
+        self.picture
+    }
+
+    /// The IDs of the pictures it references.
+    pub fn pictures(&self) -> impl Iterator<Item = u16> + '_ {
+        self.diffs[..usize::from(self.count)]
+            .iter()
+            .map(|&diff| self.picture.wrapping_sub(u16::from(diff)) & self.mask)
+    }
+}
+
+/// Pictures sent to one subscriber lately: enough to know whether a VP9 picture's
+/// references (a few pictures back in a browser's L1T3 pattern) all reached it. One not
+/// found counts as not sent, which only delays a move up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SentPictures {
+    ids: [u16; 16],
+    len: u8,
+    next: u8,
+}
+
+impl SentPictures {
+    fn clear(&mut self) {
+        self.len = 0;
+        self.next = 0;
+    }
+
+    fn push(&mut self, id: u16) {
+        self.ids[usize::from(self.next)] = id;
+        self.next = (self.next + 1) % self.ids.len() as u8;
+        self.len = (self.len + 1).min(self.ids.len() as u8);
+    }
+
+    fn contains(&self, id: u16) -> bool {
+        self.ids[..usize::from(self.len)].contains(&id)
+    }
 }
 
 /// RFC 7741 §4.2: the TID and Y bits, present when the extension byte's T bit is set.
@@ -64,6 +141,7 @@ pub fn vp8_temporal(payload: &[u8]) -> Option<TemporalInfo> {
         tid: byte >> 6,
         sync: byte & 0x20 != 0,
         frame_start: first & 0x10 != 0 && first & 0x07 == 0,
+        references: None,
     })
 }
 
@@ -75,6 +153,8 @@ pub struct TemporalFilter {
     /// The highest it receives now: above the target only until the next frame, below it
     /// until a frame the subscriber can decode from what it has.
     current: u8,
+    /// VP9 in flexible mode: the pictures sent since the last keyframe.
+    sent: SentPictures,
 }
 
 impl Default for TemporalFilter {
@@ -82,6 +162,7 @@ impl Default for TemporalFilter {
         Self {
             target: ALL_TEMPORAL,
             current: ALL_TEMPORAL,
+            sent: SentPictures::default(),
         }
     }
 }
@@ -111,9 +192,16 @@ impl TemporalFilter {
             return true;
         };
         if info.frame_start {
+            if keyframe {
+                self.sent.clear();
+            }
+            let sync = match info.references {
+                Some(references) => references.pictures().all(|id| self.sent.contains(id)),
+                None => info.sync,
+            };
             if keyframe || self.target <= self.current {
                 self.current = self.target;
-            } else if info.sync && self.current.checked_add(1) == Some(info.tid) {
+            } else if sync && self.current.checked_add(1) == Some(info.tid) {
                 // Back at the top of a browser's three layers, uncapped: all of them, as
                 // before the cap (a fourth layer, which browsers do not send, would need a
                 // keyframe).
@@ -124,7 +212,14 @@ impl TemporalFilter {
                 };
             }
         }
-        info.tid <= self.current
+        let sent = info.tid <= self.current;
+        if sent
+            && info.frame_start
+            && let Some(references) = info.references
+        {
+            self.sent.push(references.picture());
+        }
+        sent
     }
 }
 
@@ -184,6 +279,7 @@ mod tests {
             tid,
             sync,
             frame_start: true,
+            references: None,
         })
     }
 
@@ -194,7 +290,8 @@ mod tests {
             Some(TemporalInfo {
                 tid: 2,
                 sync: true,
-                frame_start: true
+                frame_start: true,
+                references: None,
             })
         );
         assert_eq!(
@@ -202,7 +299,8 @@ mod tests {
             Some(TemporalInfo {
                 tid: 1,
                 sync: false,
-                frame_start: false
+                frame_start: false,
+                references: None,
             })
         );
         // A 7-bit picture ID and no TL0PICIDX: T|K only.
@@ -227,6 +325,7 @@ mod tests {
             tid: 2,
             sync: false,
             frame_start: false,
+            references: None,
         });
         assert!(filter.forward(rest, false));
         assert!(filter.forward(info(0, false), false));
@@ -265,6 +364,68 @@ mod tests {
         assert!(filter.forward(info(0, false), true));
         assert!(filter.forward(info(1, false), false));
         assert!(!filter.forward(info(2, true), false));
+    }
+
+    /// The start of a VP9 picture in flexible mode: `picture` referencing `refs`.
+    fn vp9(tid: u8, picture: u16, refs: &[u16]) -> Option<TemporalInfo> {
+        let diffs: Vec<u8> = refs.iter().map(|r| (picture - r) as u8).collect();
+        Some(TemporalInfo {
+            tid,
+            sync: false,
+            frame_start: true,
+            references: Some(References::new(picture, true, &diffs)),
+        })
+    }
+
+    #[test]
+    fn vp9_moves_up_at_a_frame_whose_references_were_all_sent() {
+        let mut filter = TemporalFilter::default();
+        filter.set_target(0);
+        // Chromium's L1T3: TL0 references the last TL0, TL1 the TL0, the first TL2 the
+        // TL0 and the second TL2 the TL1.
+        assert!(filter.forward(vp9(0, 100, &[]), true));
+        assert!(!filter.forward(vp9(2, 101, &[100]), false));
+        assert!(!filter.forward(vp9(1, 102, &[100]), false));
+        assert!(!filter.forward(vp9(2, 103, &[102]), false));
+        assert!(filter.forward(vp9(0, 104, &[100]), false));
+        filter.set_target(ALL_TEMPORAL);
+        // Two layers up: not yet, whatever it references.
+        assert!(!filter.forward(vp9(2, 105, &[104]), false));
+        // A TL1 frame that also references the TL1 picture the subscriber was not sent
+        // (a long-term reference) cannot be decoded: wait.
+        assert!(!filter.forward(vp9(1, 106, &[104, 102]), false));
+        assert!(!filter.forward(vp9(2, 107, &[106]), false));
+        assert!(filter.forward(vp9(0, 108, &[104]), false));
+        assert!(!filter.forward(vp9(2, 109, &[108]), false));
+        // Every reference sent: up one layer, and the TL2 after it, which references it.
+        assert!(filter.forward(vp9(1, 110, &[108]), false));
+        assert_eq!(filter.current(), 1);
+        assert!(filter.forward(vp9(2, 111, &[110]), false));
+        assert_eq!(filter.current(), ALL_TEMPORAL);
+    }
+
+    #[test]
+    fn vp9_waits_when_the_frame_it_would_build_on_was_left_out() {
+        let mut filter = TemporalFilter::default();
+        filter.set_target(0);
+        assert!(filter.forward(vp9(0, 200, &[]), true));
+        assert!(!filter.forward(vp9(1, 202, &[200]), false));
+        assert!(filter.forward(vp9(0, 204, &[200]), false));
+        filter.set_target(ALL_TEMPORAL);
+        assert!(filter.forward(vp9(1, 206, &[204]), false));
+        assert_eq!(filter.current(), 1);
+        // TL2 building on the TL1 picture 202, which was left out: not this one.
+        assert!(!filter.forward(vp9(2, 207, &[202]), false));
+        assert_eq!(filter.current(), 1);
+        assert!(filter.forward(vp9(0, 208, &[204]), false));
+        assert!(filter.forward(vp9(2, 209, &[208]), false));
+        assert_eq!(filter.current(), ALL_TEMPORAL);
+        // A keyframe forgets the pictures before it: nothing after it may build on them.
+        filter.set_target(0);
+        assert!(filter.forward(vp9(0, 300, &[]), true));
+        filter.set_target(ALL_TEMPORAL);
+        assert!(!filter.forward(vp9(1, 302, &[208]), false));
+        assert!(filter.forward(vp9(1, 304, &[300]), false));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
 use crate::media::outgoing::{OutPacket, SendStamp};
 use crate::media::speaker::SpeakerDetector;
 use crate::media::temporal::vp8_temporal;
+use crate::media::vp9;
 use crate::metrics::ShardMetrics;
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -178,6 +179,7 @@ impl MediaRouter {
         let keyframe = track.family.is_video() && is_keyframe(track.family, &packet.payload);
         let temporal = match track.family {
             CodecFamily::Vp8 => vp8_temporal(&packet.payload),
+            CodecFamily::Vp9 => vp9::temporal(&packet.payload),
             _ => None,
         };
         let Some(layer) = track.layers.get_mut(layer_index) else {
