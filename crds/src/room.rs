@@ -138,6 +138,12 @@ pub struct MediaSpec {
     /// Whether publishers may send simulcast layers.
     #[serde(default = "yes")]
     pub simulcast: bool,
+    /// Whether publishers whose browser can encode VP9 with spatial layers send their
+    /// camera as one such stream (SVC, `L3T3_KEY`) instead of simulcast layers: each
+    /// subscriber still gets the size its tile and downlink need, from fewer bits on the
+    /// publisher's uplink.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub svc: bool,
 }
 
 fn yes() -> bool {
@@ -151,6 +157,7 @@ impl Default for MediaSpec {
             video: true,
             max_video_bitrate_kbps: None,
             simulcast: true,
+            svc: false,
         }
     }
 }

@@ -116,6 +116,7 @@ pub fn validate_room(
             audio: spec.media.audio,
             video: spec.media.video,
             simulcast: spec.media.simulcast,
+            svc: spec.media.svc,
             max_video_bitrate_kbps: spec.media.max_video_bitrate_kbps,
             owner: Some(owner(namespace, name)),
             audience: false,
@@ -161,6 +162,7 @@ mod tests {
             video: false,
             max_video_bitrate_kbps: Some(5),
             simulcast: true,
+            svc: false,
         };
         bad.shard_selector.insert("bad key!".into(), "x".into());
         let problems = validate_room("ns", &"r".repeat(65), &bad).unwrap_err();

@@ -309,6 +309,9 @@ pub struct RoomSettings {
     pub video: Option<bool>,
     /// Whether publishers may send simulcast.
     pub simulcast: Option<bool>,
+    /// Whether publishers that can send VP9 with spatial layers (SVC) send that instead
+    /// of simulcast.
+    pub svc: Option<bool>,
     /// Upper bound on each video track, kbit/s.
     pub max_video_bitrate_kbps: Option<u32>,
     /// How the room's shard is chosen: `"latency"` (near its participants, when the
@@ -495,6 +498,7 @@ fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String>
     record.audio_settings.validate()?;
     record.video = settings.video.unwrap_or(record.video);
     record.simulcast = settings.simulcast.unwrap_or(record.simulcast);
+    record.svc = settings.svc.unwrap_or(record.svc);
     Ok(())
 }
 
@@ -574,6 +578,9 @@ mod tests {
             [[rooms]]
             name = "ensemble"
             simulcast = false
+            [[rooms]]
+            name = "vp9-lesson"
+            svc = true
             "#,
         )
         .unwrap();
@@ -585,6 +592,7 @@ mod tests {
         assert!(!hash.contains("arco"));
         assert_eq!(rooms.rooms[1].max_participants, 8);
         assert!(!rooms.rooms[1].simulcast);
+        assert!(!rooms.rooms[1].svc && rooms.rooms[2].svc && rooms.rooms[2].simulcast);
         assert_eq!(rooms.auto_create.unwrap().max_participants, 8);
     }
 

@@ -377,6 +377,10 @@ pub struct Joined {
     /// gets the one its screen and network need (false in a room with simulcast off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub simulcast: bool,
+    /// Send video as one VP9 stream of spatial layers (`L3T3_KEY`) where your browser can
+    /// encode it, instead of simulcast (false unless the room asks for it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub svc: bool,
     /// The room's audio (omitted for speech defaults): with the music profile, capture
     /// the microphone without echo cancellation, noise suppression or gain control, in
     /// stereo where the device has it, and send at `bitrate`.

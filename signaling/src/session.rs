@@ -704,6 +704,7 @@ impl Session {
                         ice_servers: self.ice_servers(&broadcast.name, &participant),
                         resume: String::new(),
                         simulcast: false,
+                        svc: false,
                         audio,
                     };
                     return Ok((link, joined, u64::MAX));
@@ -819,6 +820,7 @@ impl Session {
                         ice_servers: self.ice_servers(&request.room, &participant),
                         resume,
                         simulcast: settings.simulcast && admitted.publish,
+                        svc: settings.svc && admitted.publish,
                         audio,
                     };
                     return Ok((link, joined, placement.epoch));

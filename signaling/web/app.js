@@ -58,6 +58,7 @@ const state = {
   rtt: null,
   relayOnly: false,
   simulcast: false, // from `joined`: send three video layers
+  svc: false, // from `joined`: send VP9 spatial layers in one stream where the browser can
   videoSenderTrackId: null, // the camera track's id in the publisher's offer
   audio: { profile: 'speech' }, // from `joined`: the room's audio profile and Opus tuning
   capturedProfile: null, // the profile the microphone was captured for
@@ -622,6 +623,21 @@ function trickle(pc, target) {
   });
 }
 
+// The scalability mode of a VP9 SVC camera: upper spatial layers reference the ones below
+// only at key pictures (as Chromium's own SVC calls do), so the shard can send a
+// subscriber the lower layers alone from any picture on.
+const SVC_MODE = 'L3T3_KEY';
+
+// The video codecs in the order that makes VP9 the one negotiated, if this browser can
+// encode VP9 in SVC_MODE; null if it cannot (it then sends simulcast).
+function vp9Svc() {
+  const codecs = window.RTCRtpSender?.getCapabilities?.('video')?.codecs || [];
+  const vp9 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
+  const encodes = vp9.some((c) => !c.scalabilityModes || c.scalabilityModes.includes(SVC_MODE));
+  if (!encodes) return null;
+  return [...vp9, ...codecs.filter((c) => !vp9.includes(c))];
+}
+
 async function startPublishing() {
   const pc = new RTCPeerConnection(rtcConfig());
   state.pub = pc;
@@ -640,7 +656,13 @@ async function startPublishing() {
     // three temporal layers (L1T3), so that a narrow downlink can get fewer frames.
     // Chromium sends VP8 simulcast as L1T3 by itself; with VP9 negotiated and no mode
     // named it sent only the lowest layer, its uplink estimate stuck at what that needs.
-    if (state.simulcast) {
+    const vp9 = state.svc ? vp9Svc() : null;
+    if (vp9) {
+      // Or, where the room asks for it, one VP9 stream of three spatial layers (fewer
+      // where the camera is small), each in three temporal layers: the shard sends each
+      // subscriber the layers up to the size it needs, from one encoder.
+      init.sendEncodings = [{ maxBitrate: 1_500_000, scalabilityMode: SVC_MODE }];
+    } else if (state.simulcast) {
       init.sendEncodings = [
         { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000, scalabilityMode: 'L1T3' },
         { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000, scalabilityMode: 'L1T3' },
@@ -652,10 +674,11 @@ async function startPublishing() {
       transceiver = pc.addTransceiver(state.camTrack, init);
     } catch (error) {
       // A browser that knows no scalability modes: the layers without one.
-      if (!init.sendEncodings) throw error;
+      if (!init.sendEncodings || vp9) throw error;
       init.sendEncodings = init.sendEncodings.map(({ scalabilityMode, ...layer }) => layer);
       transceiver = pc.addTransceiver(state.camTrack, init);
     }
+    if (vp9) transceiver.setCodecPreferences(vp9);
     state.videoSender = transceiver.sender;
     // The shard names the track by the id it had in the offer, whatever replaces it later.
     state.videoSenderTrackId = state.camTrack.id;
@@ -911,6 +934,7 @@ async function onMessage(message) {
       state.myName = message.name;
       state.iceServers = message.ice_servers || [];
       state.simulcast = Boolean(message.simulcast);
+      state.svc = Boolean(message.svc);
       state.audio = message.audio || { profile: 'speech' };
       clearError();
       showCall();

@@ -111,6 +111,10 @@ pub struct RoomRecord {
     pub video: bool,
     /// Whether publishers may send simulcast.
     pub simulcast: bool,
+    /// Whether publishers that can send VP9 with spatial layers (SVC) send that instead of
+    /// simulcast.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub svc: bool,
     /// Upper bound on each video track, kbit/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_video_bitrate_kbps: Option<u32>,
@@ -264,6 +268,7 @@ impl RoomRecord {
             audio: true,
             video: true,
             simulcast: true,
+            svc: false,
             max_video_bitrate_kbps: None,
             owner: None,
             audience: false,

@@ -9,6 +9,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import {
   launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId,
   startNetSim, startProcess, binary, shardCounters,
@@ -36,8 +39,12 @@ before(async () => {
     seed: 18,
   });
   const [ip] = netsim.sites.server.addresses;
+  // One room whose publishers send VP9 spatial layers (SVC); the rest are made on first
+  // join, with simulcast.
+  const rooms = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-downlink-')), 'rooms.toml');
+  fs.writeFileSync(rooms, '[[rooms]]\nname = "svc-lesson"\nsvc = true\n');
   gateway = await startProcess(binary('tutti-gateway'), [
-    '--listen', `${ip}:0`, '--media-bind', ip, '--advertise-ip', ip, '--shards', '1',
+    '--listen', `${ip}:0`, '--media-bind', ip, '--advertise-ip', ip, '--shards', '1', '--rooms', rooms,
   ], /listening on (http:\/\/\S+)/);
   gatewayUrl = gateway.match[1];
   home = await launch({ secureOrigins: [gatewayUrl] });
@@ -316,5 +323,77 @@ test('a publisher sending VP9 sends every layer: 320 pixels for a viewer at home
     (v) => v.cai.framesDecoded > atHome.framesDecoded + 30 && v.ben.framesDecoded > atHotel.framesDecoded + 30, 20_000);
   assert.ok(later.cai.frameWidth > 160 && later.ben.frameWidth <= 160, JSON.stringify(later));
   assert.ok((layers.h?.frames || 0) > 0, `Ana encodes her 320-pixel VP9 layer: ${JSON.stringify(layers)}`);
+  for (const page of [ana, ben, cai]) await page.context().close();
+});
+
+// A room that asks for SVC: Ana's browser sends one VP9 stream of spatial layers (Chromium
+// makes two of a 640x480 camera: 320 and 640 pixels wide, each in three temporal layers),
+// and the shard sends each viewer the spatial layers up to the one its downlink carries,
+// the RTP marker moved to the end of that layer so the viewer's decoder takes each
+// picture. Cai at home decodes the full size; Ben behind 300 kbit/s a smaller one with
+// his sound whole, and the full size again once the limit lifts (at a key picture the
+// shard asks for).
+test('a publisher sending VP9 spatial layers: the full size at home, a smaller one behind the narrow link, and up again when it widens', async () => {
+  await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1, rate_kbps: LIMIT_KBPS, queue_packets: 25 });
+  const ana = await openPage(home, `${gatewayUrl}/?room=svc-lesson&name=Ana`);
+  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
+  const sending = await waitFor('Ana sending VP9 spatial layers', () => ana.evaluate(async () => {
+    const stats = await window.tutti.state.videoSender.getStats();
+    const codecs = new Map();
+    stats.forEach((s) => { if (s.type === 'codec') codecs.set(s.id, s.mimeType); });
+    const out = [];
+    stats.forEach((s) => {
+      if (s.type === 'outbound-rtp') out.push({ codec: codecs.get(s.codecId), mode: s.scalabilityMode, width: s.frameWidth || 0, frames: s.framesEncoded || 0 });
+    });
+    return out;
+  }), (out) => out.length === 1 && out[0].codec === 'video/VP9' && /^L[23]T3_KEY$/.test(out[0].mode || '') && out[0].frames > 0, 30_000);
+  const cai = await openPage(homeViewer, `${gatewayUrl}/?room=svc-lesson&name=Cai`);
+  const joinedAt = Date.now();
+  const ben = await openPage(hotel, `${gatewayUrl}/?room=svc-lesson&name=Ben`);
+  const watch = async (page) => ({ ...(await from(page, 'Ana')), codec: await inboundVideoCodec(page), at: Date.now() });
+  // The camera's width: the top spatial layer's (Chromium starts an SVC stream smaller).
+  const full = await ana.evaluate(() => window.tutti.state.camTrack.getSettings().width);
+  const atHome = await waitFor('Cai decoding Ana\'s full size', () => watch(cai),
+    (v) => v.codec === 'video/VP9' && v.video.frameWidth === full && v.video.framesDecoded > 40, 60_000);
+  // Settled: a smaller spatial layer, frames decoded over 3 s running.
+  const samples = [];
+  const settled = await waitFor('Ben decoding a smaller spatial layer for 3 s', async () => {
+    samples.push(await watch(ben));
+    const last = samples.at(-1);
+    const first = samples.find((x) => last.at - x.at <= 3200);
+    const smaller = (v) => v.codec === 'video/VP9' && v.video.frameWidth > 0 && v.video.frameWidth < full;
+    await ben.waitForTimeout(500);
+    return {
+      steady: last.at - first.at >= 2800 && samples.filter((x) => x.at >= first.at).every(smaller)
+        && last.video.framesDecoded - first.video.framesDecoded >= 30,
+      last,
+    };
+  }, (s) => s.steady, 60_000);
+  const start = settled.last;
+  await ben.waitForTimeout(10_000);
+  const end = await watch(ben);
+  const lossOf = (kind) => {
+    const received = end[kind].packetsReceived - start[kind].packetsReceived;
+    const lost = end[kind].packetsLost - start[kind].packetsLost;
+    return { received, lost, percent: (100 * lost) / Math.max(1, received + lost) };
+  };
+  const audio = lossOf('audio');
+  const video = lossOf('video');
+  const frames = end.video.framesDecoded - start.video.framesDecoded;
+  console.log(`downlink: Ana sending ${JSON.stringify(sending[0])}; Cai decoding ${atHome.video.frameWidth} px; Ben behind ${LIMIT_KBPS} kbit/s on `
+    + `${end.video.frameWidth} px ${start.at - joinedAt} ms after joining, then over ${((end.at - start.at) / 1000).toFixed(1)} s ${frames} frames decoded, `
+    + `audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost`);
+  assert.ok(end.video.frameWidth > 0 && end.video.frameWidth < full, JSON.stringify(end.video));
+  assert.ok(frames >= 100, `Ben's smaller layer plays: ${frames} frames in 10 s`);
+  assert.ok(audio.received >= 450 && audio.percent < 2, `Ana's sound stays whole: ${JSON.stringify(audio)}`);
+  assert.ok(video.percent < 2, JSON.stringify(video));
+
+  await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1 });
+  const liftedAt = Date.now();
+  const climbed = await waitFor('Ben decoding Ana\'s full size', () => watch(ben),
+    (v) => v.video.frameWidth === full, 90_000);
+  const later = await waitFor('Ben\'s full size playing', () => watch(ben),
+    (v) => v.video.framesDecoded > climbed.video.framesDecoded + 30 && v.video.frameWidth === full, 20_000);
+  console.log(`downlink: the limit lifted, Ben on ${later.video.frameWidth} px ${climbed.at - liftedAt} ms later`);
   for (const page of [ana, ben, cai]) await page.context().close();
 });

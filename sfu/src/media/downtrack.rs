@@ -9,6 +9,7 @@
 use super::allocation::Allotment;
 use super::sequencer::{Rewritten, Sequencer, SourcePosition};
 use super::simulcast::{Quality, select_layer_up_to};
+use super::spatial::{SpatialFilter, SpatialInfo};
 use super::temporal::{ALL_TEMPORAL, TemporalFilter, TemporalInfo};
 use std::time::{Duration, Instant};
 use tutti_service::ratelimit::TokenBucket;
@@ -28,6 +29,9 @@ pub struct Decision {
     /// The first packet forwarded after a pause: its pictures are numbered on from the
     /// last one sent, as after a switch of layer.
     pub resumed: bool,
+    /// The packet ends the picture for this subscriber (the last of the highest spatial
+    /// layer it receives): its copy carries the RTP marker whatever the source's says.
+    pub marker: bool,
 }
 
 /// One subscriber's view of one published track.
@@ -44,6 +48,10 @@ pub struct Downtrack {
     resuming: bool,
     /// Which temporal layers of the current layer go out (video only).
     temporal: TemporalFilter,
+    /// Which spatial layers of the current layer go out (an SVC stream's).
+    spatial: SpatialFilter,
+    /// When a key picture was last asked for, to move up a spatial layer.
+    spatial_asked: Option<Instant>,
     budget: TokenBucket,
 }
 
@@ -59,6 +67,8 @@ impl Downtrack {
             sequencer: Sequencer::new(clock_rate),
             resuming: false,
             temporal: TemporalFilter::default(),
+            spatial: SpatialFilter::default(),
+            spatial_asked: None,
             budget: TokenBucket::new(200, 100),
         }
     }
@@ -116,14 +126,18 @@ impl Downtrack {
     }
 
     /// Decides about one packet. `layers` lists `(rank, active)` for each layer of the
-    /// track; `layer` is the index this packet belongs to; `temporal` what its payload
-    /// descriptor says of its temporal layer.
+    /// track; `layer` is the index this packet belongs to; `temporal` and `spatial` what
+    /// its payload descriptor says of its temporal layer and, in a stream of spatial layers
+    /// (SVC), of its spatial layer. In such a stream the ranks of what the subscriber may
+    /// receive are its spatial layers.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_packet(
         &mut self,
         layers: &[(u8, bool)],
         layer: usize,
         keyframe: bool,
         temporal: Option<TemporalInfo>,
+        spatial: Option<SpatialInfo>,
         packet: (u32, u16, u32),
         now: Instant,
     ) -> Decision {
@@ -134,6 +148,7 @@ impl Downtrack {
                 request_keyframe: None,
                 dropped_picture: false,
                 resumed: false,
+                marker: false,
             };
         }
         let Some(max_rank) = self.max_rank() else {
@@ -142,6 +157,7 @@ impl Downtrack {
                 request_keyframe: None,
                 dropped_picture: false,
                 resumed: false,
+                marker: false,
             };
         };
         let mut request_keyframe = None;
@@ -165,18 +181,39 @@ impl Downtrack {
             self.pending = None;
         }
         let mut dropped_picture = false;
+        let mut marker = false;
         if self.current == Some(layer) {
             self.temporal.set_target(self.temporal_target(layers));
         }
         let forward = if self.current != Some(layer) {
             None
-        } else if self.temporal.forward(temporal, keyframe) {
-            self.sequencer.rewrite(ssrc, seq, timestamp, now)
-        } else {
+        } else if !self.temporal.forward(temporal, keyframe) {
             // A temporal layer the subscriber does not receive: its numbers close up.
             self.sequencer.skip(ssrc, seq);
             dropped_picture = true;
             None
+        } else if let Some(info) = spatial {
+            self.spatial.set_target(max_rank);
+            let decision = self.spatial.on_packet(info, keyframe);
+            if decision.wants_keyframe
+                && request_keyframe.is_none()
+                && self
+                    .spatial_asked
+                    .is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_RETRY)
+            {
+                self.spatial_asked = Some(now);
+                request_keyframe = Some(layer);
+            }
+            marker = decision.marker;
+            if decision.forward {
+                self.sequencer.rewrite(ssrc, seq, timestamp, now)
+            } else {
+                // A spatial layer above the subscriber's: its numbers close up too.
+                self.sequencer.skip(ssrc, seq);
+                None
+            }
+        } else {
+            self.sequencer.rewrite(ssrc, seq, timestamp, now)
         };
         let resumed = forward.is_some() && std::mem::take(&mut self.resuming);
         Decision {
@@ -184,7 +221,19 @@ impl Downtrack {
             request_keyframe,
             dropped_picture,
             resumed,
+            marker,
         }
+    }
+
+    /// The highest spatial layer of an SVC stream the subscriber receives now.
+    pub fn spatial_layer(&self) -> u8 {
+        self.spatial.current()
+    }
+
+    /// Whether a resent copy of a packet of an SVC stream ends the picture for the
+    /// subscriber (see [`SpatialFilter::marks`]).
+    pub fn marks(&self, spatial: SpatialInfo) -> bool {
+        self.spatial.marks(spatial)
     }
 
     /// The highest temporal layer the forwarded layer is to send: what the allotment
@@ -245,24 +294,25 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let single = [(0u8, true)];
-        let first = down.on_packet(&single, 0, false, None, (1, 10, 0), t0);
+        let first = down.on_packet(&single, 0, false, None, None, (1, 10, 0), t0);
         assert_eq!(first.forward, None);
         assert_eq!(first.request_keyframe, Some(0));
         // Still waiting: no second request inside the retry interval.
-        let second = down.on_packet(&single, 0, false, None, (1, 11, 0), t0);
+        let second = down.on_packet(&single, 0, false, None, None, (1, 11, 0), t0);
         assert_eq!(
             second,
             Decision {
                 forward: None,
                 request_keyframe: None,
                 dropped_picture: false,
-                resumed: false
+                resumed: false,
+                marker: false
             }
         );
-        let key = down.on_packet(&single, 0, true, None, (1, 12, 3000), t0);
+        let key = down.on_packet(&single, 0, true, None, None, (1, 12, 3000), t0);
         let key_out = key.forward.expect("keyframe forwarded");
         let next = down
-            .on_packet(&single, 0, false, None, (1, 13, 3000), t0)
+            .on_packet(&single, 0, false, None, None, (1, 13, 3000), t0)
             .forward
             .unwrap();
         assert_eq!(next.seq, key_out.seq.wrapping_add(1));
@@ -274,13 +324,13 @@ mod tests {
         let mut down = Downtrack::new(true, 90_000);
         let single = [(0u8, true)];
         assert_eq!(
-            down.on_packet(&single, 0, false, None, (1, 1, 0), t0)
+            down.on_packet(&single, 0, false, None, None, (1, 1, 0), t0)
                 .request_keyframe,
             Some(0)
         );
         let later = t0 + KEYFRAME_RETRY;
         assert_eq!(
-            down.on_packet(&single, 0, false, None, (1, 2, 0), later)
+            down.on_packet(&single, 0, false, None, None, (1, 2, 0), later)
                 .request_keyframe,
             Some(0)
         );
@@ -293,24 +343,24 @@ mod tests {
         down.set_target(Quality::Low);
         // Start on layer 0.
         assert!(
-            down.on_packet(&SIMULCAST, 0, true, None, (100, 1, 0), t0)
+            down.on_packet(&SIMULCAST, 0, true, None, None, (100, 1, 0), t0)
                 .forward
                 .is_some()
         );
         assert_eq!(down.current_layer(), Some(0));
         // Packets of other layers are not forwarded.
         assert!(
-            down.on_packet(&SIMULCAST, 2, true, None, (102, 1, 0), t0)
+            down.on_packet(&SIMULCAST, 2, true, None, None, (102, 1, 0), t0)
                 .forward
                 .is_none()
         );
         // Ask for high: keyframe requested for layer 2, layer 0 keeps flowing meanwhile.
         down.set_target(Quality::High);
-        let asked = down.on_packet(&SIMULCAST, 0, false, None, (100, 2, 3000), t0);
+        let asked = down.on_packet(&SIMULCAST, 0, false, None, None, (100, 2, 3000), t0);
         assert_eq!(asked.request_keyframe, Some(2));
         let last_low = asked.forward.expect("old layer still forwarded");
         assert!(
-            down.on_packet(&SIMULCAST, 2, false, None, (102, 2, 3000), t0)
+            down.on_packet(&SIMULCAST, 2, false, None, None, (102, 2, 3000), t0)
                 .forward
                 .is_none()
         );
@@ -320,6 +370,7 @@ mod tests {
                 2,
                 true,
                 None,
+                None,
                 (102, 3, 6000),
                 t0 + Duration::from_millis(33),
             )
@@ -327,7 +378,7 @@ mod tests {
             .expect("switch on keyframe");
         assert_eq!(switched.seq, last_low.seq.wrapping_add(1));
         assert!(
-            down.on_packet(&SIMULCAST, 0, false, None, (100, 3, 6000), t0)
+            down.on_packet(&SIMULCAST, 0, false, None, None, (100, 3, 6000), t0)
                 .forward
                 .is_none()
         );
@@ -339,15 +390,15 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         assert!(
-            down.on_packet(&SIMULCAST, 2, true, None, (102, 1, 0), t0)
+            down.on_packet(&SIMULCAST, 2, true, None, None, (102, 1, 0), t0)
                 .forward
                 .is_some()
         );
         let top_paused = [(0, true), (1, true), (2, false)];
-        let decision = down.on_packet(&top_paused, 1, false, None, (101, 1, 0), t0);
+        let decision = down.on_packet(&top_paused, 1, false, None, None, (101, 1, 0), t0);
         assert_eq!(decision.request_keyframe, Some(1));
         assert!(
-            down.on_packet(&top_paused, 1, true, None, (101, 2, 0), t0)
+            down.on_packet(&top_paused, 1, true, None, None, (101, 2, 0), t0)
                 .forward
                 .is_some()
         );
@@ -359,18 +410,18 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let high = down
-            .on_packet(&SIMULCAST, 2, true, None, (102, 1, 0), t0)
+            .on_packet(&SIMULCAST, 2, true, None, None, (102, 1, 0), t0)
             .forward
             .expect("high layer");
         down.set_allotment(Allotment::up_to(0));
-        let asked = down.on_packet(&SIMULCAST, 2, false, None, (102, 2, 0), t0);
+        let asked = down.on_packet(&SIMULCAST, 2, false, None, None, (102, 2, 0), t0);
         assert_eq!(asked.request_keyframe, Some(0));
         assert!(
             asked.forward.is_some(),
             "the high layer flows until the switch"
         );
         let low = down
-            .on_packet(&SIMULCAST, 0, true, None, (100, 9, 3000), t0)
+            .on_packet(&SIMULCAST, 0, true, None, None, (100, 9, 3000), t0)
             .forward
             .expect("switched down");
         assert_eq!(low.seq, high.seq.wrapping_add(2));
@@ -379,7 +430,7 @@ mod tests {
         down.set_allotment(Allotment::ALL);
         down.set_target(Quality::Low);
         assert_eq!(
-            down.on_packet(&SIMULCAST, 0, false, None, (100, 10, 3000), t0)
+            down.on_packet(&SIMULCAST, 0, false, None, None, (100, 10, 3000), t0)
                 .request_keyframe,
             None
         );
@@ -390,34 +441,36 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let single = [(0u8, true)];
-        down.on_packet(&single, 0, true, None, (1, 10, 0), t0);
+        down.on_packet(&single, 0, true, None, None, (1, 10, 0), t0);
         let last = down
-            .on_packet(&single, 0, false, None, (1, 11, 0), t0)
+            .on_packet(&single, 0, false, None, None, (1, 11, 0), t0)
             .forward
             .expect("flowing");
         down.set_allotment(Allotment::Paused);
         for seq in 12..50u16 {
-            let decision = down.on_packet(&single, 0, seq % 10 == 0, None, (1, seq, 3000), t0);
+            let decision =
+                down.on_packet(&single, 0, seq % 10 == 0, None, None, (1, seq, 3000), t0);
             assert_eq!(
                 decision,
                 Decision {
                     forward: None,
                     request_keyframe: None,
                     dropped_picture: false,
-                    resumed: false
+                    resumed: false,
+                    marker: false
                 }
             );
         }
         down.set_allotment(Allotment::ALL);
         let later = t0 + Duration::from_secs(2);
-        let asked = down.on_packet(&single, 0, false, None, (1, 50, 180_000), later);
+        let asked = down.on_packet(&single, 0, false, None, None, (1, 50, 180_000), later);
         assert_eq!(asked.forward, None, "not before a keyframe");
         assert_eq!(asked.request_keyframe, Some(0));
-        let resuming = down.on_packet(&single, 0, true, None, (1, 51, 183_000), later);
+        let resuming = down.on_packet(&single, 0, true, None, None, (1, 51, 183_000), later);
         assert!(resuming.resumed, "the picture IDs are told");
         let resumed = resuming.forward.expect("resumed on the keyframe");
         assert_eq!(resumed.seq, last.seq.wrapping_add(1), "no gap to repair");
-        let next = down.on_packet(&single, 0, false, None, (1, 52, 186_000), later);
+        let next = down.on_packet(&single, 0, false, None, None, (1, 52, 186_000), later);
         assert!(
             !next.resumed,
             "only the first packet after the pause resumes"
@@ -434,13 +487,90 @@ mod tests {
         })
     }
 
+    /// One packet of an SVC picture: spatial layer `sid`, the picture's first packet when
+    /// `sid` is 0, the last of its layer frame.
+    fn svc(down: &mut Downtrack, sid: u8, keyframe: bool, seq: u16, now: Instant) -> Decision {
+        let spatial = Some(SpatialInfo {
+            sid,
+            ends_layer_frame: true,
+            picture_start: sid == 0,
+        });
+        down.on_packet(
+            &[(3, true)],
+            0,
+            keyframe && sid == 0,
+            None,
+            spatial,
+            (7, seq, u32::from(seq / 3) * 3000),
+            now,
+        )
+    }
+
+    #[test]
+    fn an_svc_stream_sends_the_spatial_layers_up_to_the_subscribers_own() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        down.set_target(Quality::Medium);
+        // A key picture: the base and the middle layer, the marker on the middle one; the
+        // top layer's number closes up.
+        let base = svc(&mut down, 0, true, 30, t0);
+        let middle = svc(&mut down, 1, true, 31, t0);
+        let top = svc(&mut down, 2, true, 32, t0);
+        let base_out = base.forward.expect("base layer");
+        assert!(!base.marker);
+        assert_eq!(middle.forward.map(|r| r.seq), Some(base_out.seq + 1));
+        assert!(
+            middle.marker,
+            "the picture ends at the middle layer for this subscriber"
+        );
+        assert_eq!((top.forward, top.marker), (None, false));
+        assert_eq!(
+            svc(&mut down, 0, false, 33, t0).forward.map(|r| r.seq),
+            Some(base_out.seq + 2)
+        );
+        assert_eq!(down.spatial_layer(), 1);
+        // Its downlink allows only the base layer: from the next picture, with the
+        // marker there.
+        svc(&mut down, 1, false, 34, t0);
+        svc(&mut down, 2, false, 35, t0);
+        down.set_allotment(Allotment::up_to(0));
+        let only_base = svc(&mut down, 0, false, 36, t0);
+        assert!(only_base.forward.is_some() && only_base.marker);
+        assert_eq!(only_base.request_keyframe, None);
+        assert_eq!(svc(&mut down, 1, false, 37, t0).forward, None);
+        assert_eq!(down.spatial_layer(), 0);
+        // Allowed the middle layer again: a key picture is asked for, once a second, and
+        // the middle layer comes with it.
+        down.set_allotment(Allotment::ALL);
+        assert_eq!(svc(&mut down, 0, false, 39, t0).request_keyframe, Some(0));
+        assert_eq!(svc(&mut down, 1, false, 40, t0).forward, None);
+        let retry = t0 + KEYFRAME_RETRY;
+        assert_eq!(svc(&mut down, 0, false, 42, t0).request_keyframe, None);
+        assert_eq!(
+            svc(&mut down, 0, false, 45, retry).request_keyframe,
+            Some(0)
+        );
+        svc(&mut down, 0, true, 48, retry);
+        let again = svc(&mut down, 1, true, 49, retry);
+        assert!(again.forward.is_some() && again.marker);
+        assert_eq!(down.spatial_layer(), 1);
+    }
+
     #[test]
     fn dropped_temporal_layers_leave_no_gap_and_say_so() {
         let t0 = Instant::now();
         let single = [(0u8, true)];
         let mut down = Downtrack::new(true, 90_000);
         let key = down
-            .on_packet(&single, 0, true, frame_start(0, false), (1, 100, 0), t0)
+            .on_packet(
+                &single,
+                0,
+                true,
+                frame_start(0, false),
+                None,
+                (1, 100, 0),
+                t0,
+            )
             .forward
             .expect("keyframe");
         down.set_allotment(Allotment::UpTo {
@@ -449,8 +579,15 @@ mod tests {
         });
         // TL2, TL1, TL2 dropped; the next TL0 follows the keyframe directly.
         for (seq, tid) in [(101u16, 2u8), (102, 1), (103, 2)] {
-            let decision =
-                down.on_packet(&single, 0, false, frame_start(tid, false), (1, seq, 0), t0);
+            let decision = down.on_packet(
+                &single,
+                0,
+                false,
+                frame_start(tid, false),
+                None,
+                (1, seq, 0),
+                t0,
+            );
             assert_eq!(decision.forward, None);
             assert!(decision.dropped_picture);
             assert_eq!(decision.request_keyframe, None);
@@ -461,6 +598,7 @@ mod tests {
                 0,
                 false,
                 frame_start(0, false),
+                None,
                 (1, 104, 12_000),
                 t0,
             )
@@ -475,6 +613,7 @@ mod tests {
             0,
             false,
             frame_start(1, false),
+            None,
             (1, 105, 15_000),
             t0,
         );
@@ -485,6 +624,7 @@ mod tests {
                 0,
                 false,
                 frame_start(1, true),
+                None,
                 (1, 106, 18_000),
                 t0,
             )
@@ -499,18 +639,50 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(true, 90_000);
         let high = down
-            .on_packet(&SIMULCAST, 2, true, frame_start(0, false), (102, 1, 0), t0)
+            .on_packet(
+                &SIMULCAST,
+                2,
+                true,
+                frame_start(0, false),
+                None,
+                (102, 1, 0),
+                t0,
+            )
             .forward
             .expect("high layer");
         down.set_allotment(Allotment::up_to(0));
         // Waiting for the low layer's keyframe: the high layer goes on, its TL0 only.
-        let asked = down.on_packet(&SIMULCAST, 2, false, frame_start(2, false), (102, 2, 0), t0);
+        let asked = down.on_packet(
+            &SIMULCAST,
+            2,
+            false,
+            frame_start(2, false),
+            None,
+            (102, 2, 0),
+            t0,
+        );
         assert_eq!(asked.request_keyframe, Some(0));
         assert!(asked.forward.is_none() && asked.dropped_picture);
-        let tl1 = down.on_packet(&SIMULCAST, 2, false, frame_start(1, true), (102, 3, 0), t0);
+        let tl1 = down.on_packet(
+            &SIMULCAST,
+            2,
+            false,
+            frame_start(1, true),
+            None,
+            (102, 3, 0),
+            t0,
+        );
         assert!(tl1.forward.is_none());
         let tl0 = down
-            .on_packet(&SIMULCAST, 2, false, frame_start(0, false), (102, 4, 0), t0)
+            .on_packet(
+                &SIMULCAST,
+                2,
+                false,
+                frame_start(0, false),
+                None,
+                (102, 4, 0),
+                t0,
+            )
             .forward
             .expect("the high layer's TL0 goes on");
         assert_eq!(tl0.seq, high.seq.wrapping_add(1));
@@ -521,6 +693,7 @@ mod tests {
                 0,
                 true,
                 frame_start(0, false),
+                None,
                 (100, 50, 3000),
                 t0,
             )
@@ -533,6 +706,7 @@ mod tests {
                 0,
                 false,
                 frame_start(2, false),
+                None,
                 (100, 51, 3000),
                 t0
             )
@@ -548,7 +722,7 @@ mod tests {
         let mut down = Downtrack::new(false, 48_000);
         down.set_allotment(Allotment::Paused);
         assert!(
-            down.on_packet(&[(0, true)], 0, false, None, (5, 1, 960), t0)
+            down.on_packet(&[(0, true)], 0, false, None, None, (5, 1, 960), t0)
                 .forward
                 .is_some()
         );
@@ -558,7 +732,7 @@ mod tests {
     fn audio_is_forwarded_from_the_first_packet() {
         let t0 = Instant::now();
         let mut down = Downtrack::new(false, 48_000);
-        let decision = down.on_packet(&[(0, true)], 0, false, None, (5, 77, 960), t0);
+        let decision = down.on_packet(&[(0, true)], 0, false, None, None, (5, 77, 960), t0);
         assert_eq!(
             decision.forward,
             Some(Rewritten {
@@ -574,7 +748,7 @@ mod tests {
         let t0 = Instant::now();
         let mut down = Downtrack::new(false, 48_000);
         for seq in 0..10u16 {
-            down.on_packet(&[(0, true)], 0, false, None, (5, seq, 0), t0);
+            down.on_packet(&[(0, true)], 0, false, None, None, (5, seq, 0), t0);
         }
         let source = down.retransmission_source(4, t0).expect("mapped");
         assert_eq!((source.ssrc, source.seq), (5, 4));

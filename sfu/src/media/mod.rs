@@ -23,6 +23,7 @@ pub mod send_history;
 pub mod sender_report;
 pub mod sequencer;
 pub mod simulcast;
+pub mod spatial;
 pub mod speaker;
 pub mod temporal;
 pub mod uplink;

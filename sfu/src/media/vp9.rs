@@ -17,6 +17,7 @@
 //! known exactly, from which pictures it was sent. Older senders use non-flexible mode,
 //! where U (switching up point) says a higher temporal layer may start.
 
+use super::spatial::SpatialInfo;
 use super::temporal::{References, TemporalInfo};
 
 /// Most references one picture may name (RFC 9628 §4.2).
@@ -121,14 +122,18 @@ pub fn parse(payload: &[u8]) -> Option<Vp9Descriptor> {
     })
 }
 
-/// What a VP9 packet says of its picture's temporal layer, for [`super::temporal`]:
-/// `None` without layer indices (one temporal layer, or malformed). A picture starts at
-/// its base spatial layer's first packet. In flexible mode with picture IDs, whether a
-/// subscriber may move up at it depends on the pictures it was sent, so the references
-/// go with it; in non-flexible mode the U bit says so.
-pub fn temporal(payload: &[u8]) -> Option<TemporalInfo> {
-    let descriptor = parse(payload)?;
-    let layer = descriptor.layer?;
+/// What a VP9 packet says of its picture's temporal and spatial layers, read once:
+/// nothing without layer indices (one layer of each, or malformed). A picture starts at its
+/// base spatial layer's first packet. In flexible mode with picture IDs, whether a
+/// subscriber may move up a temporal layer at it depends on the pictures it was sent, so
+/// the references go with it; in non-flexible mode the U bit says so.
+pub fn layers(payload: &[u8]) -> (Option<TemporalInfo>, Option<SpatialInfo>) {
+    let Some(descriptor) = parse(payload) else {
+        return (None, None);
+    };
+    let Some(layer) = descriptor.layer else {
+        return (None, None);
+    };
     let references = match descriptor.picture_id {
         Some((picture, long)) if descriptor.flexible => Some(References::new(
             picture,
@@ -137,12 +142,25 @@ pub fn temporal(payload: &[u8]) -> Option<TemporalInfo> {
         )),
         _ => None,
     };
-    Some(TemporalInfo {
-        tid: layer.tid,
-        sync: !descriptor.flexible && layer.switching_up,
-        frame_start: descriptor.begins_frame && layer.sid == 0,
-        references,
-    })
+    let picture_start = descriptor.begins_frame && layer.sid == 0;
+    (
+        Some(TemporalInfo {
+            tid: layer.tid,
+            sync: !descriptor.flexible && layer.switching_up,
+            frame_start: picture_start,
+            references,
+        }),
+        Some(SpatialInfo {
+            sid: layer.sid,
+            ends_layer_frame: descriptor.ends_frame,
+            picture_start,
+        }),
+    )
+}
+
+/// The temporal half of [`layers`].
+pub fn temporal(payload: &[u8]) -> Option<TemporalInfo> {
+    layers(payload).0
 }
 
 #[cfg(test)]
@@ -227,9 +245,26 @@ mod tests {
     fn a_picture_starts_at_its_base_spatial_layer() {
         let mut upper = flexible(40, 0, true, &[1]);
         upper[3] |= 0x02; // SID 1
-        let info = temporal(&upper).unwrap();
-        assert!(!info.frame_start);
-        assert_eq!(parse(&upper).unwrap().layer.unwrap().sid, 1);
+        upper[0] |= 0x04; // E: the layer frame's last packet
+        let (temporal, spatial) = layers(&upper);
+        assert!(!temporal.unwrap().frame_start);
+        assert_eq!(
+            spatial,
+            Some(SpatialInfo {
+                sid: 1,
+                ends_layer_frame: true,
+                picture_start: false
+            })
+        );
+        let (_, base) = layers(&flexible(40, 0, true, &[1]));
+        assert_eq!(
+            base,
+            Some(SpatialInfo {
+                sid: 0,
+                ends_layer_frame: false,
+                picture_start: true
+            })
+        );
     }
 
     #[test]

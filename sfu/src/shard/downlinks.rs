@@ -256,6 +256,34 @@ fn demand(
     // The layers flowing, and those paused at the publisher because nobody needed them
     // (dynacast), at what they cost while they flowed: a subscriber's allotment may reach
     // them, which is what resumes them.
+    // An SVC stream (one layer of spatial layers): each spatial layer is offered, at what
+    // it and the ones below it cost.
+    if let [layer] = &track.layers[..]
+        && let Some(spatial) = &layer.spatial_rates
+    {
+        let mut layers: Vec<LayerOffer> = spatial
+            .offers(now, LAYER_IDLE)
+            .map(|(sid, bps, peak)| LayerOffer::whole(sid, bps).with_peak(peak))
+            .collect();
+        if layers.first().is_some_and(|l| l.rank == 0) {
+            layers.extend(
+                layer
+                    .temporal_rates
+                    .partial()
+                    .map(|(temporal, bps)| LayerOffer::partial(0, temporal, bps)),
+            );
+        }
+        return Some(TrackDemand {
+            audio,
+            priority: priority(track, speaker, sharing),
+            layers,
+            wanted_rank,
+            current: entry
+                .state
+                .current_layer()
+                .map(|_| (entry.state.spatial_layer(), entry.state.temporal_layer())),
+        });
+    }
     let mut layers = track
         .layers
         .iter()
@@ -296,16 +324,9 @@ fn demand(
                 .map(|(temporal, bps)| LayerOffer::partial(lowest, temporal, bps)),
         );
     }
-    let priority = if sharing.contains(&track.session) {
-        2
-    } else if speaker == Some(track.session) {
-        1
-    } else {
-        0
-    };
     Some(TrackDemand {
         audio,
-        priority,
+        priority: priority(track, speaker, sharing),
         layers,
         wanted_rank,
         current: entry
@@ -314,4 +335,20 @@ fn demand(
             .and_then(|i| track.layers.get(i))
             .map(|l| (l.rank, entry.state.temporal_layer())),
     })
+}
+
+/// How much a track matters to its subscribers: a screen share most, then the active
+/// speaker, then the rest.
+fn priority(
+    track: &PublishedTrack,
+    speaker: Option<SessionId>,
+    sharing: &HashSet<SessionId>,
+) -> u8 {
+    if sharing.contains(&track.session) {
+        2
+    } else if speaker == Some(track.session) {
+        1
+    } else {
+        0
+    }
 }

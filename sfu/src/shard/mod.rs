@@ -308,8 +308,12 @@ pub(crate) struct Layer {
     last_packet: Option<Instant>,
     /// What the layer brings in: what it costs each subscriber's downlink.
     rate: crate::media::rate::RateMeter,
-    /// What each of its temporal layers brings in (VP8 only).
+    /// What each of its temporal layers brings in (VP8 and VP9; of the base spatial layer
+    /// in a stream of spatial layers).
     temporal_rates: crate::media::temporal::TemporalRates,
+    /// What each of its spatial layers brings in, once a packet above the base one came:
+    /// the layer is a VP9 SVC stream, whose spatial layers subscribers receive up to one.
+    spatial_rates: Option<crate::media::spatial::SpatialRates>,
     /// What its publisher's uplink loses of it, counted per quality window.
     loss: crate::media::uplink::ReceivedLoss,
     /// The share lost in the last quality window, percent; `None` when nothing came.

@@ -759,6 +759,7 @@ impl ShardCore {
                 last_packet: None,
                 rate: Default::default(),
                 temporal_rates: Default::default(),
+                spatial_rates: None,
                 loss: Default::default(),
                 loss_percent: None,
                 buffer: video

@@ -49,10 +49,20 @@ impl super::ShardCore {
                                 .is_some_and(|s| !s.is_active(index));
                             flowing || (paused && layer.rate.flowing_bps().is_some())
                         };
-                        if rank < wanted
-                            && track.layers.iter().enumerate().any(|(index, l)| {
-                                l.rank > rank && l.rank <= wanted && available(index, l)
+                        // In an SVC stream, its spatial layers are what it could have.
+                        let spatial_above = || {
+                            track.layers.iter().any(|l| {
+                                l.spatial_rates.as_ref().is_some_and(|spatial| {
+                                    spatial
+                                        .offers(now, LAYER_IDLE)
+                                        .any(|(sid, ..)| sid > rank && sid <= wanted)
+                                })
                             })
+                        };
+                        if rank < wanted
+                            && (track.layers.iter().enumerate().any(|(index, l)| {
+                                l.rank > rank && l.rank <= wanted && available(index, l)
+                            }) || spatial_above())
                         {
                             signals.held_back += 1;
                         }

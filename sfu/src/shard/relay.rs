@@ -387,6 +387,7 @@ fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration
         last_packet: None,
         rate: Default::default(),
         temporal_rates: Default::default(),
+        spatial_rates: None,
         loss: Default::default(),
         loss_percent: None,
         buffer: (kind == TrackKind::Video)

@@ -177,17 +177,33 @@ impl MediaRouter {
         packet.header.csrc.clear();
 
         let keyframe = track.family.is_video() && is_keyframe(track.family, &packet.payload);
-        let temporal = match track.family {
-            CodecFamily::Vp8 => vp8_temporal(&packet.payload),
-            CodecFamily::Vp9 => vp9::temporal(&packet.payload),
-            _ => None,
+        let (temporal, spatial) = match track.family {
+            CodecFamily::Vp8 => (vp8_temporal(&packet.payload), None),
+            CodecFamily::Vp9 => vp9::layers(&packet.payload),
+            _ => (None, None),
         };
+        let single_layer = track.layers.len() == 1;
         let Some(layer) = track.layers.get_mut(layer_index) else {
             return keyframe_wanted;
         };
         layer.last_packet = Some(now);
         layer.rate.add(now, received);
-        if let Some(info) = temporal {
+        // A spatial layer above the base on a track of one simulcast layer: an SVC stream,
+        // whose spatial layers subscribers receive up to one.
+        if single_layer && layer.spatial_rates.is_none() && spatial.is_some_and(|info| info.sid > 0)
+        {
+            layer.spatial_rates = Some(Default::default());
+        }
+        let spatial = match (&mut layer.spatial_rates, spatial) {
+            (Some(rates), Some(info)) => {
+                rates.add(now, info.sid, received);
+                Some(info)
+            }
+            _ => None,
+        };
+        if let Some(info) = temporal
+            && spatial.is_none_or(|s| s.sid == 0)
+        {
             layer.temporal_rates.add(now, info.tid, received);
         }
         layer.loss.on_packet(packet.header.sequence_number);
@@ -250,6 +266,7 @@ impl MediaRouter {
                 layer_index,
                 keyframe,
                 temporal,
+                spatial,
                 (ssrc, seq, timestamp),
                 now,
             );
@@ -277,7 +294,7 @@ impl MediaRouter {
             }
             let out = OutPacket {
                 padding: false,
-                marker: packet.header.marker,
+                marker: packet.header.marker || decision.marker,
                 payload_type,
                 seq: rewritten.seq,
                 timestamp: rewritten.timestamp,
@@ -501,14 +518,18 @@ impl MediaRouter {
             let Some(source) = entry.state.retransmission_source(out_seq, now) else {
                 continue;
             };
-            let Some(stored) = layers
-                .iter()
-                .find(|l| l.ssrc == Some(source.ssrc))
-                .and_then(|l| l.buffer.as_ref())
-                .and_then(|b| b.get(source.seq, now))
-            else {
+            let Some(layer) = layers.iter().find(|l| l.ssrc == Some(source.ssrc)) else {
                 continue;
             };
+            let Some(stored) = layer.buffer.as_ref().and_then(|b| b.get(source.seq, now)) else {
+                continue;
+            };
+            // The end of a picture for this subscriber, as its first send was marked.
+            let marker = stored.header.marker
+                || (layer.spatial_rates.is_some()
+                    && vp9::layers(&stored.payload)
+                        .1
+                        .is_some_and(|info| entry.state.marks(info)));
             // The payload as it was first sent: a RED track's primary block for a
             // subscriber that takes Opus, picture IDs patched like their segment.
             let payload = if entry.unwrap_red {
@@ -521,7 +542,7 @@ impl MediaRouter {
             };
             let out = OutPacket {
                 padding: false,
-                marker: stored.header.marker,
+                marker,
                 payload_type,
                 seq: out_seq,
                 timestamp: stored.header.timestamp.wrapping_add(source.ts_offset),
