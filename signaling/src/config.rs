@@ -650,13 +650,18 @@ mod tests {
     fn the_example_rooms_file_is_valid() {
         let file: RoomsFile = toml::from_str(include_str!("../rooms.example.toml")).unwrap();
         let rooms = LocalRooms::from_file(file, false).unwrap();
-        assert_eq!(rooms.rooms.len(), 3, "two rooms and a concert's own stage");
+        assert_eq!(
+            rooms.rooms.len(),
+            4,
+            "three rooms and a concert's own stage"
+        );
         assert!(rooms.rooms[0].password_hash.is_some());
         assert_eq!(
             rooms.rooms[0].placement,
             tutti_store::PlacementPolicy::Latency
         );
-        let stage = &rooms.rooms[2];
+        assert!(rooms.rooms[2].svc && !rooms.rooms[1].svc);
+        let stage = &rooms.rooms[3];
         assert_eq!(
             (stage.name.as_str(), stage.max_participants),
             ("spring-concert", 4)
