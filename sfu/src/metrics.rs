@@ -106,6 +106,9 @@ pub struct ShardMetrics {
     pub publisher_packets_repaired: Counter,
     /// Padding bytes sent to probe subscribers' downlinks.
     pub probe_padding_bytes: Counter,
+    /// Padding packets sent in the place of a late packet of a layer the subscriber does
+    /// not receive (a publisher's repair of it), so the subscriber stops asking for it.
+    pub gaps_filled: Counter,
     /// Keyframe requests received from subscribers.
     pub keyframe_requests_received: Counter,
     /// Keyframe requests sent to publishers (after throttling).
@@ -255,6 +258,11 @@ impl ShardMetrics {
                 &mut registry,
                 "probe_padding_bytes",
                 "Padding bytes sent to probe subscribers' downlinks",
+            ),
+            gaps_filled: counter(
+                &mut registry,
+                "gaps_filled",
+                "Padding packets in the place of a late packet of a layer a subscriber does not receive",
             ),
             keyframe_requests_received: counter(
                 &mut registry,

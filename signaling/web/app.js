@@ -628,14 +628,24 @@ function trickle(pc, target) {
 // subscriber the lower layers alone from any picture on.
 const SVC_MODE = 'L3T3_KEY';
 
-// The video codecs in the order that makes VP9 the one negotiated, if this browser can
-// encode VP9 in SVC_MODE; null if it cannot (it then sends simulcast).
+// The video codecs in the order that makes VP9 the one negotiated, if this browser says it
+// can encode VP9 in SVC_MODE; null if it does not (a browser that lists no scalability
+// modes may send VP9 of one layer, which a narrow downlink could only pause: it sends
+// simulcast instead).
 function vp9Svc() {
   const codecs = window.RTCRtpSender?.getCapabilities?.('video')?.codecs || [];
   const vp9 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
-  const encodes = vp9.some((c) => !c.scalabilityModes || c.scalabilityModes.includes(SVC_MODE));
-  if (!encodes) return null;
+  if (!vp9.some((c) => c.scalabilityModes?.includes(SVC_MODE))) return null;
   return [...vp9, ...codecs.filter((c) => !vp9.includes(c))];
+}
+
+// The simulcast encodings of the camera: three layers, each in three temporal layers.
+function simulcastEncodings() {
+  return [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000, scalabilityMode: 'L1T3' },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000, scalabilityMode: 'L1T3' },
+    { rid: 'f', maxBitrate: 1_500_000, scalabilityMode: 'L1T3' },
+  ];
 }
 
 async function startPublishing() {
@@ -657,28 +667,32 @@ async function startPublishing() {
     // Chromium sends VP8 simulcast as L1T3 by itself; with VP9 negotiated and no mode
     // named it sent only the lowest layer, its uplink estimate stuck at what that needs.
     const vp9 = state.svc ? vp9Svc() : null;
+    if (state.simulcast) init.sendEncodings = simulcastEncodings();
+    let transceiver;
     if (vp9) {
       // Or, where the room asks for it, one VP9 stream of three spatial layers (fewer
       // where the camera is small), each in three temporal layers: the shard sends each
       // subscriber the layers up to the size it needs, from one encoder.
-      init.sendEncodings = [{ maxBitrate: 1_500_000, scalabilityMode: SVC_MODE }];
-    } else if (state.simulcast) {
-      init.sendEncodings = [
-        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000, scalabilityMode: 'L1T3' },
-        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000, scalabilityMode: 'L1T3' },
-        { rid: 'f', maxBitrate: 1_500_000, scalabilityMode: 'L1T3' },
-      ];
+      try {
+        transceiver = pc.addTransceiver(state.camTrack, { ...init, sendEncodings: [{ maxBitrate: 1_500_000, scalabilityMode: SVC_MODE }] });
+        transceiver.setCodecPreferences(vp9);
+      } catch (error) {
+        // Refused after all: simulcast, as in any other room.
+        console.warn('VP9 SVC refused; sending simulcast', error);
+        transceiver?.stop();
+        transceiver = null;
+      }
     }
-    let transceiver;
-    try {
-      transceiver = pc.addTransceiver(state.camTrack, init);
-    } catch (error) {
-      // A browser that knows no scalability modes: the layers without one.
-      if (!init.sendEncodings || vp9) throw error;
-      init.sendEncodings = init.sendEncodings.map(({ scalabilityMode, ...layer }) => layer);
-      transceiver = pc.addTransceiver(state.camTrack, init);
+    if (!transceiver) {
+      try {
+        transceiver = pc.addTransceiver(state.camTrack, init);
+      } catch (error) {
+        // A browser that knows no scalability modes: the layers without one.
+        if (!init.sendEncodings) throw error;
+        init.sendEncodings = init.sendEncodings.map(({ scalabilityMode, ...layer }) => layer);
+        transceiver = pc.addTransceiver(state.camTrack, init);
+      }
     }
-    if (vp9) transceiver.setCodecPreferences(vp9);
     state.videoSender = transceiver.sender;
     // The shard names the track by the id it had in the offer, whatever replaces it later.
     state.videoSenderTrackId = state.camTrack.id;

@@ -98,32 +98,9 @@ fn vp8_keyframe(payload: &[u8]) -> bool {
     payload.get(offset).is_some_and(|header| header & 0x01 == 0)
 }
 
-/// RFC 9628 §4.2: a VP9 keyframe is not inter-picture predicted (P=0), starts a frame
-/// (B=1) and, with layer indices present, is on the base spatial layer.
+/// RFC 9628 §4.2, as [`super::vp9`] reads it.
 fn vp9_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else {
-        return false;
-    };
-    let picture_id = first & 0x80 != 0;
-    let predicted = first & 0x40 != 0;
-    let layers = first & 0x20 != 0;
-    let begins_frame = first & 0x08 != 0;
-    if predicted || !begins_frame {
-        return false;
-    }
-    if !layers {
-        return true;
-    }
-    let mut offset = 1;
-    if picture_id {
-        let Some(&pid) = payload.get(offset) else {
-            return false;
-        };
-        offset += if pid & 0x80 != 0 { 2 } else { 1 };
-    }
-    payload
-        .get(offset)
-        .is_some_and(|layer_index| (layer_index >> 1) & 0x07 == 0)
+    super::vp9::parse(payload).is_some_and(|descriptor| descriptor.keyframe())
 }
 
 /// RFC 6184: a keyframe starts with an IDR slice or carries an SPS, in a single NAL unit,
@@ -262,9 +239,13 @@ mod tests {
         assert!(is_keyframe(CodecFamily::Vp9, &[0x08]));
         // P=1.
         assert!(!is_keyframe(CodecFamily::Vp9, &[0x48]));
-        // I=1 with 7-bit picture id, L=1 with SID=0; then SID=1.
-        assert!(is_keyframe(CodecFamily::Vp9, &[0xA8, 0x05, 0x00]));
-        assert!(!is_keyframe(CodecFamily::Vp9, &[0xA8, 0x05, 0x02]));
+        // I=1 with 7-bit picture id, L=1 with SID=0 and TL0PICIDX (non-flexible); then
+        // SID=1; then flexible mode, which has no TL0PICIDX.
+        assert!(is_keyframe(CodecFamily::Vp9, &[0xA8, 0x05, 0x00, 0x07]));
+        assert!(!is_keyframe(CodecFamily::Vp9, &[0xA8, 0x05, 0x02, 0x07]));
+        assert!(is_keyframe(CodecFamily::Vp9, &[0xB8, 0x05, 0x00]));
+        // Cut short before its TL0PICIDX: not read as anything.
+        assert!(!is_keyframe(CodecFamily::Vp9, &[0xA8, 0x05, 0x00]));
         assert!(is_keyframe(CodecFamily::Av1, &[0x18]));
         assert!(!is_keyframe(CodecFamily::Av1, &[0x10]));
         assert!(!is_keyframe(CodecFamily::Opus, &[0xFF]));

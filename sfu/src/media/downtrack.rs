@@ -32,6 +32,9 @@ pub struct Decision {
     /// The packet ends the picture for this subscriber (the last of the highest spatial
     /// layer it receives): its copy carries the RTP marker whatever the source's says.
     pub marker: bool,
+    /// Dropped, but late: the place kept for it while it was missing, which a padding-only
+    /// packet is to fill, or the subscriber would ask for it again and again.
+    pub fill: Option<Rewritten>,
 }
 
 /// One subscriber's view of one published track.
@@ -149,6 +152,7 @@ impl Downtrack {
                 dropped_picture: false,
                 resumed: false,
                 marker: false,
+                fill: None,
             };
         }
         let Some(max_rank) = self.max_rank() else {
@@ -158,6 +162,7 @@ impl Downtrack {
                 dropped_picture: false,
                 resumed: false,
                 marker: false,
+                fill: None,
             };
         };
         let mut request_keyframe = None;
@@ -182,6 +187,7 @@ impl Downtrack {
         }
         let mut dropped_picture = false;
         let mut marker = false;
+        let mut fill = None;
         if self.current == Some(layer) {
             self.temporal.set_target(self.temporal_target(layers));
         }
@@ -189,12 +195,16 @@ impl Downtrack {
             None
         } else if !self.temporal.forward(temporal, keyframe) {
             // A temporal layer the subscriber does not receive: its numbers close up.
-            self.sequencer.skip(ssrc, seq);
+            fill = self.drop_packet(packet);
             dropped_picture = true;
             None
         } else if let Some(info) = spatial {
             self.spatial.set_target(max_rank);
             let decision = self.spatial.on_packet(info, keyframe);
+            if !decision.wants_keyframe {
+                // Up where it was to be: a later move up asks at once.
+                self.spatial_asked = None;
+            }
             if decision.wants_keyframe
                 && request_keyframe.is_none()
                 && self
@@ -209,7 +219,7 @@ impl Downtrack {
                 self.sequencer.rewrite(ssrc, seq, timestamp, now)
             } else {
                 // A spatial layer above the subscriber's: its numbers close up too.
-                self.sequencer.skip(ssrc, seq);
+                fill = self.drop_packet(packet);
                 None
             }
         } else {
@@ -222,7 +232,18 @@ impl Downtrack {
             dropped_picture,
             resumed,
             marker,
+            fill,
         }
+    }
+
+    /// A packet of a layer the subscriber does not receive: its number closes up, or, when
+    /// it came late, the place kept for it is given back to be filled with padding.
+    fn drop_packet(&mut self, (ssrc, seq, timestamp): (u32, u16, u32)) -> Option<Rewritten> {
+        let kept = self.sequencer.kept_place(ssrc, seq, timestamp);
+        if kept.is_none() {
+            self.sequencer.skip(ssrc, seq);
+        }
+        kept
     }
 
     /// The highest spatial layer of an SVC stream the subscriber receives now.
@@ -306,7 +327,8 @@ mod tests {
                 request_keyframe: None,
                 dropped_picture: false,
                 resumed: false,
-                marker: false
+                marker: false,
+                fill: None
             }
         );
         let key = down.on_packet(&single, 0, true, None, None, (1, 12, 3000), t0);
@@ -457,7 +479,8 @@ mod tests {
                     request_keyframe: None,
                     dropped_picture: false,
                     resumed: false,
-                    marker: false
+                    marker: false,
+                    fill: None
                 }
             );
         }
@@ -554,6 +577,34 @@ mod tests {
         let again = svc(&mut down, 1, true, 49, retry);
         assert!(again.forward.is_some() && again.marker);
         assert_eq!(down.spatial_layer(), 1);
+    }
+
+    #[test]
+    fn a_late_packet_of_a_layer_left_out_gives_back_its_place_to_fill() {
+        let t0 = Instant::now();
+        let mut down = Downtrack::new(true, 90_000);
+        down.set_target(Quality::Low);
+        let base = svc(&mut down, 0, true, 30, t0).forward.expect("base layer");
+        // 31 (the middle layer) is lost on its way to the shard; 32 is dropped as usual.
+        assert_eq!(svc(&mut down, 2, true, 32, t0).fill, None);
+        let next = svc(&mut down, 0, false, 33, t0)
+            .forward
+            .expect("next picture");
+        assert_eq!(
+            next.seq,
+            base.seq + 2,
+            "31's place is kept: it might be the base"
+        );
+        // The publisher's repair of 31 comes: not for this subscriber, its place padded.
+        let late = svc(&mut down, 1, true, 31, t0);
+        assert_eq!(late.forward, None);
+        assert_eq!(late.fill.map(|f| f.seq), Some(base.seq + 1));
+        // A packet the subscriber does receive, late, goes out in its place as before.
+        assert_eq!(svc(&mut down, 1, false, 35, t0).fill, None);
+        let after = svc(&mut down, 0, false, 36, t0).forward.expect("picture");
+        let late_base = svc(&mut down, 0, false, 34, t0);
+        assert_eq!(late_base.fill, None);
+        assert_eq!(late_base.forward.map(|f| f.seq), Some(after.seq - 1));
     }
 
     #[test]

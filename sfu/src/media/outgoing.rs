@@ -132,10 +132,12 @@ pub fn write(buf: &mut BytesMut, ids: &ExtensionIds, packet: &OutPacket<'_>) -> 
     header_len
 }
 
-/// What the send-time extensions of a stream's recent sequence numbers carried.
+/// What a stream's recent sequence numbers were first sent with, for their resends: the
+/// send-time extensions, and the RTP marker (which the shard sets where a subscriber's
+/// picture ends, by the spatial layers it received then).
 #[derive(Debug)]
 pub struct SentStamps {
-    slots: Box<[Option<(u16, SendStamp)>]>,
+    slots: Box<[Option<(u16, SendStamp, bool)>]>,
 }
 
 impl SentStamps {
@@ -153,17 +155,25 @@ impl SentStamps {
     }
 
     /// Records what `seq` was first sent with.
-    pub fn record(&mut self, seq: u16, stamp: SendStamp) {
+    pub fn record(&mut self, seq: u16, stamp: SendStamp, marker: bool) {
         let slot = self.slot(seq);
         if let Some(entry) = self.slots.get_mut(slot) {
-            *entry = Some((seq, stamp));
+            *entry = Some((seq, stamp, marker));
         }
     }
 
     /// What `seq` was sent with, if it is recent enough to be remembered.
     pub fn get(&self, seq: u16) -> Option<SendStamp> {
         match self.slots.get(self.slot(seq)) {
-            Some(Some((sent, stamp))) if *sent == seq => Some(*stamp),
+            Some(Some((sent, stamp, _))) if *sent == seq => Some(*stamp),
+            _ => None,
+        }
+    }
+
+    /// Whether `seq` was sent with the marker, if it is recent enough to be remembered.
+    pub fn marker(&self, seq: u16) -> Option<bool> {
+        match self.slots.get(self.slot(seq)) {
+            Some(Some((sent, _, marker))) if *sent == seq => Some(*marker),
             _ => None,
         }
     }
@@ -277,9 +287,12 @@ mod tests {
             abs_send_time: u32::from(n) * 3,
         };
         for seq in 0..300u16 {
-            stamps.record(seq, stamp(seq));
+            stamps.record(seq, stamp(seq), seq % 3 == 0);
         }
         assert_eq!(stamps.get(299), Some(stamp(299)));
+        assert_eq!(stamps.marker(297), Some(true));
+        assert_eq!(stamps.marker(298), Some(false));
+        assert_eq!(stamps.marker(171), None);
         assert_eq!(stamps.get(172), Some(stamp(172)));
         // Overwritten by 128 numbers later, and never sent.
         assert_eq!(stamps.get(171), None);

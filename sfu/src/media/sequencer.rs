@@ -10,8 +10,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-/// How many past segments are kept for NACK mapping.
-const MAX_SEGMENTS: usize = 32;
+/// How many past segments are kept for NACK mapping: a subscriber below the top spatial
+/// layer of an SVC stream starts one at every picture (its upper layers skipped), so 64
+/// cover two seconds at 30 pictures a second, as long as a packet is kept to be resent.
+const MAX_SEGMENTS: usize = 64;
 
 /// Whether sequence number `a` is newer than `b`, modulo 2^16 (RFC 3550 §A.1).
 pub fn seq_newer(a: u16, b: u16) -> bool {
@@ -260,6 +262,49 @@ impl Sequencer {
         Some(Rewritten {
             seq: out as u16,
             timestamp: out_ts,
+        })
+    }
+
+    /// Where a late source packet (older than the newest seen) would go: the place kept
+    /// for it when it was missing, if it has one and nothing went out there. A packet of a
+    /// layer the subscriber does not receive that was lost on its way to the shard and came
+    /// later (the publisher's repair) left such a place, which [`Self::skip`] could no
+    /// longer close: the shard fills it with padding instead, so the subscriber does not
+    /// ask for it forever. Changes nothing.
+    pub fn kept_place(&self, ssrc: u32, seq: u16, timestamp: u32) -> Option<Rewritten> {
+        if self.paused {
+            return None;
+        }
+        let source = match self.current()? {
+            segment if segment.padding => self.after_padding?.source_ssrc,
+            segment => segment.source_ssrc,
+        };
+        if source != ssrc {
+            return None;
+        }
+        let ext = unwrap(self.last_in, seq);
+        if ext >= self.last_in.1 {
+            return None;
+        }
+        let run = self.run;
+        let at = self
+            .segments
+            .iter()
+            .rposition(|s| !s.padding && s.run == run && s.first_in <= ext)?;
+        let segment = self.segments[at];
+        if self
+            .segments
+            .range(at + 1..)
+            .find(|s| !s.padding)
+            .is_some_and(|next| next.skipped_from <= ext)
+        {
+            return None;
+        }
+        let out = segment.out_of(ext);
+        let (last, _, _) = self.last_out?;
+        (out <= last).then_some(Rewritten {
+            seq: out as u16,
+            timestamp: timestamp.wrapping_add(segment.ts_offset),
         })
     }
 
@@ -531,6 +576,27 @@ mod tests {
         );
         let repaired = seq.rewrite(1, 101, 0, t0).unwrap();
         assert_eq!(repaired.seq, first.seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn a_late_packet_finds_the_place_kept_for_it_and_only_that() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(90_000);
+        let first = seq.rewrite(1, 100, 0, t0).unwrap();
+        // 101 is lost upstream; 102 is dropped on purpose; 103 goes out.
+        seq.skip(1, 102);
+        seq.rewrite(1, 103, 3000, t0).unwrap();
+        let kept = seq.kept_place(1, 101, 3000).expect("101 had a place");
+        assert_eq!(kept.seq, first.seq.wrapping_add(1));
+        // A late copy of the skipped one, one from before the stream began, another
+        // source, or a packet not late at all: no place.
+        assert_eq!(seq.kept_place(1, 102, 3000), None);
+        assert_eq!(seq.kept_place(1, 99, 0), None);
+        assert_eq!(seq.kept_place(2, 101, 3000), None);
+        assert_eq!(seq.kept_place(1, 103, 3000), None);
+        assert_eq!(seq.kept_place(1, 104, 3000), None);
+        // Asking changes nothing: forwarded after all, it takes that same place.
+        assert_eq!(seq.rewrite(1, 101, 3000, t0), Some(kept));
     }
 
     #[test]

@@ -57,6 +57,25 @@ pub struct LayerIndices {
     pub inter_layer: bool,
 }
 
+impl Vp9Descriptor {
+    /// RFC 9628 §4.2: a keyframe is not inter-picture predicted (P=0), starts a frame (B)
+    /// and, with layer indices present, is on the base spatial layer.
+    pub fn keyframe(&self) -> bool {
+        !self.predicted && self.begins_frame && self.layer.is_none_or(|layer| layer.sid == 0)
+    }
+}
+
+/// What the shard reads of one VP9 packet, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Vp9Layers {
+    /// The packet starts a keyframe.
+    pub keyframe: bool,
+    /// Its temporal layer, when the descriptor has layer indices.
+    pub temporal: Option<TemporalInfo>,
+    /// Its spatial layer, when the descriptor has layer indices.
+    pub spatial: Option<SpatialInfo>,
+}
+
 /// Reads a VP9 payload descriptor; `None` when it is cut short or malformed (a P_DIFF of
 /// zero, or more references than the RFC allows).
 pub fn parse(payload: &[u8]) -> Option<Vp9Descriptor> {
@@ -122,17 +141,22 @@ pub fn parse(payload: &[u8]) -> Option<Vp9Descriptor> {
     })
 }
 
-/// What a VP9 packet says of its picture's temporal and spatial layers, read once:
-/// nothing without layer indices (one layer of each, or malformed). A picture starts at its
-/// base spatial layer's first packet. In flexible mode with picture IDs, whether a
-/// subscriber may move up a temporal layer at it depends on the pictures it was sent, so
-/// the references go with it; in non-flexible mode the U bit says so.
-pub fn layers(payload: &[u8]) -> (Option<TemporalInfo>, Option<SpatialInfo>) {
+/// What a VP9 packet says of its picture: whether it starts a keyframe, and its temporal
+/// and spatial layers (nothing of them without layer indices: one layer of each, or
+/// malformed). A picture starts at its base spatial layer's first packet. In flexible mode
+/// with picture IDs, whether a subscriber may move up a temporal layer at it depends on
+/// the pictures it was sent, so the references go with it; in non-flexible mode the U bit
+/// says so.
+pub fn layers(payload: &[u8]) -> Vp9Layers {
     let Some(descriptor) = parse(payload) else {
-        return (None, None);
+        return Vp9Layers::default();
     };
+    let keyframe = descriptor.keyframe();
     let Some(layer) = descriptor.layer else {
-        return (None, None);
+        return Vp9Layers {
+            keyframe,
+            ..Vp9Layers::default()
+        };
     };
     let references = match descriptor.picture_id {
         Some((picture, long)) if descriptor.flexible => Some(References::new(
@@ -143,24 +167,25 @@ pub fn layers(payload: &[u8]) -> (Option<TemporalInfo>, Option<SpatialInfo>) {
         _ => None,
     };
     let picture_start = descriptor.begins_frame && layer.sid == 0;
-    (
-        Some(TemporalInfo {
+    Vp9Layers {
+        keyframe,
+        temporal: Some(TemporalInfo {
             tid: layer.tid,
             sync: !descriptor.flexible && layer.switching_up,
             frame_start: picture_start,
             references,
         }),
-        Some(SpatialInfo {
+        spatial: Some(SpatialInfo {
             sid: layer.sid,
             ends_layer_frame: descriptor.ends_frame,
             picture_start,
         }),
-    )
+    }
 }
 
-/// The temporal half of [`layers`].
+/// The temporal layer of [`layers`].
 pub fn temporal(payload: &[u8]) -> Option<TemporalInfo> {
-    layers(payload).0
+    layers(payload).temporal
 }
 
 #[cfg(test)]
@@ -246,17 +271,17 @@ mod tests {
         let mut upper = flexible(40, 0, true, &[1]);
         upper[3] |= 0x02; // SID 1
         upper[0] |= 0x04; // E: the layer frame's last packet
-        let (temporal, spatial) = layers(&upper);
-        assert!(!temporal.unwrap().frame_start);
+        let read = layers(&upper);
+        assert!(!read.temporal.unwrap().frame_start && !read.keyframe);
         assert_eq!(
-            spatial,
+            read.spatial,
             Some(SpatialInfo {
                 sid: 1,
                 ends_layer_frame: true,
                 picture_start: false
             })
         );
-        let (_, base) = layers(&flexible(40, 0, true, &[1]));
+        let base = layers(&flexible(40, 0, true, &[1])).spatial;
         assert_eq!(
             base,
             Some(SpatialInfo {

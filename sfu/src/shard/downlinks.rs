@@ -259,9 +259,10 @@ fn demand(
     // An SVC stream (one layer of spatial layers): each spatial layer is offered, at what
     // it and the ones below it cost.
     if let [layer] = &track.layers[..]
-        && let Some(spatial) = &layer.spatial_rates
+        && layer.svc
     {
-        let mut layers: Vec<LayerOffer> = spatial
+        let mut layers: Vec<LayerOffer> = layer
+            .spatial_rates
             .offers(now, LAYER_IDLE)
             .map(|(sid, bps, peak)| LayerOffer::whole(sid, bps).with_peak(peak))
             .collect();

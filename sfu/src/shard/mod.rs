@@ -311,9 +311,11 @@ pub(crate) struct Layer {
     /// What each of its temporal layers brings in (VP8 and VP9; of the base spatial layer
     /// in a stream of spatial layers).
     temporal_rates: crate::media::temporal::TemporalRates,
-    /// What each of its spatial layers brings in, once a packet above the base one came:
-    /// the layer is a VP9 SVC stream, whose spatial layers subscribers receive up to one.
-    spatial_rates: Option<crate::media::spatial::SpatialRates>,
+    /// What each of its spatial layers brings in (VP9 with layer indices).
+    spatial_rates: crate::media::spatial::SpatialRates,
+    /// A packet above the base spatial layer came on this, the track's one layer: it is a
+    /// VP9 SVC stream, whose spatial layers subscribers receive up to one.
+    svc: bool,
     /// What its publisher's uplink loses of it, counted per quality window.
     loss: crate::media::uplink::ReceivedLoss,
     /// The share lost in the last quality window, percent; `None` when nothing came.

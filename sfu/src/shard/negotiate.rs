@@ -759,7 +759,8 @@ impl ShardCore {
                 last_packet: None,
                 rate: Default::default(),
                 temporal_rates: Default::default(),
-                spatial_rates: None,
+                spatial_rates: Default::default(),
+                svc: false,
                 loss: Default::default(),
                 loss_percent: None,
                 buffer: video

@@ -52,11 +52,10 @@ impl super::ShardCore {
                         // In an SVC stream, its spatial layers are what it could have.
                         let spatial_above = || {
                             track.layers.iter().any(|l| {
-                                l.spatial_rates.as_ref().is_some_and(|spatial| {
-                                    spatial
+                                l.svc
+                                    && l.spatial_rates
                                         .offers(now, LAYER_IDLE)
                                         .any(|(sid, ..)| sid > rank && sid <= wanted)
-                                })
                             })
                         };
                         if rank < wanted

@@ -387,7 +387,8 @@ fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration
         last_packet: None,
         rate: Default::default(),
         temporal_rates: Default::default(),
-        spatial_rates: None,
+        spatial_rates: Default::default(),
+        svc: false,
         loss: Default::default(),
         loss_percent: None,
         buffer: (kind == TrackKind::Video)

@@ -176,11 +176,22 @@ impl MediaRouter {
         packet.header.extensions_padding = 0;
         packet.header.csrc.clear();
 
-        let keyframe = track.family.is_video() && is_keyframe(track.family, &packet.payload);
-        let (temporal, spatial) = match track.family {
-            CodecFamily::Vp8 => (vp8_temporal(&packet.payload), None),
-            CodecFamily::Vp9 => vp9::layers(&packet.payload),
-            _ => (None, None),
+        // The payload descriptor read once: keyframe, temporal and spatial layer.
+        let (keyframe, temporal, spatial) = match track.family {
+            CodecFamily::Vp8 => (
+                is_keyframe(track.family, &packet.payload),
+                vp8_temporal(&packet.payload),
+                None,
+            ),
+            CodecFamily::Vp9 => {
+                let read = vp9::layers(&packet.payload);
+                (read.keyframe, read.temporal, read.spatial)
+            }
+            family => (
+                family.is_video() && is_keyframe(family, &packet.payload),
+                None,
+                None,
+            ),
         };
         let single_layer = track.layers.len() == 1;
         let Some(layer) = track.layers.get_mut(layer_index) else {
@@ -188,19 +199,15 @@ impl MediaRouter {
         };
         layer.last_packet = Some(now);
         layer.rate.add(now, received);
-        // A spatial layer above the base on a track of one simulcast layer: an SVC stream,
-        // whose spatial layers subscribers receive up to one.
-        if single_layer && layer.spatial_rates.is_none() && spatial.is_some_and(|info| info.sid > 0)
-        {
-            layer.spatial_rates = Some(Default::default());
+        if let Some(info) = spatial {
+            // Counted from the first packet, so that the rates are known when the stream
+            // turns out to be one of spatial layers.
+            layer.spatial_rates.add(now, info.sid, received);
+            // A spatial layer above the base on a track of one simulcast layer: an SVC
+            // stream, whose spatial layers subscribers receive up to one.
+            layer.svc |= single_layer && info.sid > 0;
         }
-        let spatial = match (&mut layer.spatial_rates, spatial) {
-            (Some(rates), Some(info)) => {
-                rates.add(now, info.sid, received);
-                Some(info)
-            }
-            _ => None,
-        };
+        let spatial = spatial.filter(|_| layer.svc);
         if let Some(info) = temporal
             && spatial.is_none_or(|s| s.sid == 0)
         {
@@ -281,6 +288,32 @@ impl MediaRouter {
             {
                 *slot = true;
             }
+            // Only where resends go by what was first sent, which a fill does not record:
+            // a lost fill is never resent (as media, under the same SRTP index).
+            if let Some(place) = decision.fill
+                && entry.stamps.is_some()
+            {
+                let stamp = subscriber.stamp(now);
+                let out = OutPacket {
+                    padding: true,
+                    marker: false,
+                    payload_type,
+                    seq: place.seq,
+                    timestamp: place.timestamp,
+                    ssrc: entry.ssrc,
+                    audio_level: None,
+                    stamp,
+                    // One byte of padding, counting itself (RFC 3550 §5.1).
+                    payload: &[1],
+                };
+                let index = entry.rollover.index(place.seq);
+                if let Some(wire) = subscriber.send_rtp(&entry.extensions, &out, index, |_| {}) {
+                    if entry.extensions.transport_cc.is_some() {
+                        subscriber.stamped_sent(stamp.transport_seq, wire, now);
+                    }
+                    metrics.gaps_filled.inc();
+                }
+            }
             let Some(rewritten) = decision.forward else {
                 continue;
             };
@@ -289,12 +322,13 @@ impl MediaRouter {
                 _ => &packet.payload[..],
             };
             let stamp = subscriber.stamp(now);
+            let marker = packet.header.marker || decision.marker;
             if let Some(stamps) = entry.stamps.as_mut() {
-                stamps.record(rewritten.seq, stamp);
+                stamps.record(rewritten.seq, stamp, marker);
             }
             let out = OutPacket {
                 padding: false,
-                marker: packet.header.marker || decision.marker,
+                marker,
                 payload_type,
                 seq: rewritten.seq,
                 timestamp: rewritten.timestamp,
@@ -524,12 +558,19 @@ impl MediaRouter {
             let Some(stored) = layer.buffer.as_ref().and_then(|b| b.get(source.seq, now)) else {
                 continue;
             };
-            // The end of a picture for this subscriber, as its first send was marked.
-            let marker = stored.header.marker
-                || (layer.spatial_rates.is_some()
-                    && vp9::layers(&stored.payload)
-                        .1
-                        .is_some_and(|info| entry.state.marks(info)));
+            // Marked as its first send was: the subscriber's picture ended where its
+            // spatial layers then did. Without a record (no send-time extensions), by the
+            // layers it receives now.
+            let marker = match entry.stamps.as_ref().and_then(|s| s.marker(out_seq)) {
+                Some(marker) => marker,
+                None => {
+                    stored.header.marker
+                        || (layer.svc
+                            && vp9::layers(&stored.payload)
+                                .spatial
+                                .is_some_and(|info| entry.state.marks(info)))
+                }
+            };
             // The payload as it was first sent: a RED track's primary block for a
             // subscriber that takes Opus, picture IDs patched like their segment.
             let payload = if entry.unwrap_red {

@@ -33,7 +33,7 @@ type GaugeReading = fn(&ShardMetrics) -> i64;
 
 impl Collector for ShardsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [(&str, &str, Reading); 9] = [
+        let counters: [(&str, &str, Reading); 10] = [
             (
                 "tutti_sfu_rtp_forwarded_packets",
                 "RTP packets forwarded to subscribers",
@@ -73,6 +73,11 @@ impl Collector for ShardsCollector {
                 "tutti_sfu_probe_padding_bytes",
                 "Padding bytes sent to probe subscribers' downlinks",
                 |m| m.probe_padding_bytes.get(),
+            ),
+            (
+                "tutti_sfu_gaps_filled",
+                "Padding packets in the place of a late packet of a layer a subscriber does not receive",
+                |m| m.gaps_filled.get(),
             ),
             (
                 "tutti_sfu_keyframe_requests_sent",
