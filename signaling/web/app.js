@@ -629,13 +629,25 @@ function trickle(pc, target) {
 const SVC_MODE = 'L3T3_KEY';
 
 // The video codecs in the order that makes VP9 the one negotiated, if this browser says it
-// can encode VP9 in SVC_MODE; null if it does not (a browser that lists no scalability
-// modes may send VP9 of one layer, which a narrow downlink could only pause: it sends
-// simulcast instead).
-function vp9Svc() {
+// can encode the camera in VP9 and SVC_MODE (WebRTC-SVC's discovery, through Media
+// Capabilities); null if it does not, or cannot say: a browser that would send VP9 of one
+// layer, which a narrow downlink could only pause, sends simulcast instead.
+async function vp9Svc(track) {
   const codecs = window.RTCRtpSender?.getCapabilities?.('video')?.codecs || [];
   const vp9 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
-  if (!vp9.some((c) => c.scalabilityModes?.includes(SVC_MODE))) return null;
+  if (!vp9.length || !navigator.mediaCapabilities?.encodingInfo) return null;
+  const { width = 640, height = 480, frameRate = 30 } = track.getSettings();
+  try {
+    const { supported } = await navigator.mediaCapabilities.encodingInfo({
+      type: 'webrtc',
+      video: {
+        contentType: 'video/VP9', width, height, framerate: frameRate, bitrate: 1_500_000, scalabilityMode: SVC_MODE,
+      },
+    });
+    if (!supported) return null;
+  } catch {
+    return null;
+  }
   return [...vp9, ...codecs.filter((c) => !vp9.includes(c))];
 }
 
@@ -666,7 +678,7 @@ async function startPublishing() {
     // three temporal layers (L1T3), so that a narrow downlink can get fewer frames.
     // Chromium sends VP8 simulcast as L1T3 by itself; with VP9 negotiated and no mode
     // named it sent only the lowest layer, its uplink estimate stuck at what that needs.
-    const vp9 = state.svc ? vp9Svc() : null;
+    const vp9 = state.svc ? await vp9Svc(state.camTrack) : null;
     if (state.simulcast) init.sendEncodings = simulcastEncodings();
     let transceiver;
     if (vp9) {

@@ -74,7 +74,7 @@ function encoded(page) {
 
 /** The shard's counters of what it held back, probed and resent. */
 function shardMetrics() {
-  return shardCounters(gatewayUrl, ['probe_padding_bytes_total', 'retransmissions_total', 'retransmissions_withheld_total', 'keyframe_requests_sent_total']);
+  return shardCounters(gatewayUrl, ['probe_padding_bytes_total', 'retransmissions_total', 'retransmissions_withheld_total', 'keyframe_requests_sent_total', 'gaps_filled_total']);
 }
 
 /**
@@ -338,7 +338,8 @@ test('a publisher sending VP9 spatial layers: the full size at home, a smaller o
   const ana = await openPage(home, `${gatewayUrl}/?room=svc-lesson&name=Ana`);
   await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
   const sending = await waitFor('Ana sending VP9 spatial layers', () => ana.evaluate(async () => {
-    const stats = await window.tutti.state.videoSender.getStats();
+    const stats = await window.tutti.state.videoSender?.getStats();
+    if (!stats) return [];
     const codecs = new Map();
     stats.forEach((s) => { if (s.type === 'codec') codecs.set(s.id, s.mimeType); });
     const out = [];
@@ -370,8 +371,11 @@ test('a publisher sending VP9 spatial layers: the full size at home, a smaller o
     };
   }, (s) => s.steady, 60_000);
   const start = settled.last;
+  const shardBefore = await shardMetrics();
   await ben.waitForTimeout(10_000);
   const end = await watch(ben);
+  const shardAfter = await shardMetrics();
+  const shard = Object.fromEntries(Object.entries(shardAfter).map(([k, v]) => [k, v - (shardBefore[k] || 0)]));
   const lossOf = (kind) => {
     const received = end[kind].packetsReceived - start[kind].packetsReceived;
     const lost = end[kind].packetsLost - start[kind].packetsLost;
@@ -382,11 +386,15 @@ test('a publisher sending VP9 spatial layers: the full size at home, a smaller o
   const frames = end.video.framesDecoded - start.video.framesDecoded;
   console.log(`downlink: Ana sending ${JSON.stringify(sending[0])}; Cai decoding ${atHome.video.frameWidth} px; Ben behind ${LIMIT_KBPS} kbit/s on `
     + `${end.video.frameWidth} px ${start.at - joinedAt} ms after joining, then over ${((end.at - start.at) / 1000).toFixed(1)} s ${frames} frames decoded, `
-    + `audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost`);
+    + `audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost; `
+    + `the shard meanwhile ${JSON.stringify(shard)}`);
   assert.ok(end.video.frameWidth > 0 && end.video.frameWidth < full, JSON.stringify(end.video));
-  assert.ok(frames >= 100, `Ben's smaller layer plays: ${frames} frames in 10 s`);
+  assert.ok(frames >= 170, `Ben's smaller layer plays at nearly Ana's 20 frames a second: ${frames} frames in 10 s`);
   assert.ok(audio.received >= 450 && audio.percent < 2, `Ana's sound stays whole: ${JSON.stringify(audio)}`);
-  assert.ok(video.percent < 2, JSON.stringify(video));
+  // Counted in Ben's video: the shard's probes for room to move up, 255-byte padding
+  // packets on the video's own stream, which this link's 25-packet queue drops; the next
+  // spatial layer (and with it each probe) is larger than the next simulcast layer.
+  assert.ok(video.percent < 5, JSON.stringify(video));
 
   await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1 });
   const liftedAt = Date.now();
