@@ -2,10 +2,7 @@
 //! adds padding to what it sends, a tenth past the rate the next layer needs. If the
 //! estimate saw no congestion, little was lost and the subscriber received the packets at
 //! least at that rate, the path is proven to carry it and the allocation may count on it;
-//! if not, the viewer saw nothing change, and the next probe waits twice as long, up to
-//! what keeps failed probes' padding to about a kilobit a second on the path: a small
-//! probe (the next temporal layer of a 160-pixel picture) is tried again within 8 s, so a
-//! link that widened is found soon, and a large one (the next spatial layer) within 32 s.
+//! if not, the viewer saw nothing change, and the next probe waits twice as long.
 
 use std::time::{Duration, Instant};
 
@@ -25,10 +22,6 @@ pub const FEEDBACK_GRACE: Duration = Duration::from_millis(300);
 pub const FIRST_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest wait between probes, after failures.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(32);
-/// The longest wait after failures of probes whose padding is small.
-pub const SMALL_PROBE_INTERVAL: Duration = Duration::from_secs(8);
-/// What the padding of failed probes may cost a path, spread over the waits between them.
-pub const FAILED_PADDING_BPS: f64 = 1_000.0;
 /// Loss during a probe above which it failed.
 pub const MAX_PROBE_LOSS: f64 = 0.05;
 /// Padding below this rate is not worth a probe.
@@ -164,12 +157,7 @@ impl Prober {
         let congested = after.decreases != probe.before.decreases;
         let narrow = received_bps.is_none_or(|bps| bps < probe.goal_bps);
         let result = if congested || lossy || narrow || arrived == 0 {
-            // Its padding, spread over the wait, at most FAILED_PADDING_BPS.
-            let longest = (probe.padding_sent as f64 * 8.0 / FAILED_PADDING_BPS).clamp(
-                SMALL_PROBE_INTERVAL.as_secs_f64(),
-                MAX_INTERVAL.as_secs_f64(),
-            );
-            self.interval = (self.interval * 2).min(Duration::from_secs_f64(longest));
+            self.interval = (self.interval * 2).min(MAX_INTERVAL);
             ProbeResult::Failed
         } else {
             self.interval = FIRST_INTERVAL;
@@ -294,41 +282,6 @@ mod tests {
                 "{after:?}"
             );
         }
-    }
-
-    #[test]
-    fn a_small_probe_that_fails_is_tried_again_sooner_than_a_large_one() {
-        let t0 = Instant::now();
-        // The waits before each of eight probes towards `goal` while 100 kbit/s go out,
-        // each failing, in whole seconds.
-        let waits = |goal: f64| {
-            let mut prober = Prober::new(t0);
-            let mut at = t0;
-            let mut waits = Vec::new();
-            for _ in 0..8 {
-                let mut wait = Duration::ZERO;
-                while !prober.start(at + wait, goal, 100_000.0, evidence(0, 100, 0)) {
-                    wait += Duration::from_millis(100);
-                }
-                waits.push(wait.as_secs());
-                at += wait;
-                let end = at + PROBE_DURATION;
-                let due = prober.padding_due(end);
-                prober.sent(due);
-                at = end + FEEDBACK_GRACE;
-                assert_eq!(
-                    prober.finish(at, evidence(1, 200, 0), Some(goal / 2.0)),
-                    Some(ProbeResult::Failed)
-                );
-            }
-            waits
-        };
-        // 40 kbit/s of padding for 100 ms: 500 bytes.
-        assert_eq!(waits(127_273.0), [2, 4, 8, 8, 8, 8, 8, 8]);
-        // 3 kB of padding: 24 s of a kilobit a second.
-        assert_eq!(waits(309_091.0), [2, 4, 8, 16, 24, 24, 24, 24]);
-        // 8 kB: the longest wait.
-        assert_eq!(waits(672_728.0), [2, 4, 8, 16, 32, 32, 32, 32]);
     }
 
     #[test]
