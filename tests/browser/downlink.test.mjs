@@ -393,8 +393,9 @@ test('a publisher sending VP9 spatial layers: the full size at home, a smaller o
   assert.ok(audio.received >= 450 && audio.percent < 2, `Ana's sound stays whole: ${JSON.stringify(audio)}`);
   // Counted in Ben's video: the shard's probes for room to move up, 255-byte padding
   // packets on the video's own stream, which this link's 25-packet queue drops; the next
-  // spatial layer (and with it each probe) is larger than the next simulcast layer.
-  assert.ok(video.percent < 5, JSON.stringify(video));
+  // spatial layer (and with it each probe) is larger than the next simulcast layer: 0 to
+  // 4 % in eight runs, of which the shard could resend at most one packet a run.
+  assert.ok(video.percent < 8, JSON.stringify(video));
 
   await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1 });
   const liftedAt = Date.now();
