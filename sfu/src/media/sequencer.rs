@@ -137,6 +137,23 @@ impl Sequencer {
         self.sent_in_segment = false;
     }
 
+    /// The segment of the current run that numbers source packet `ext`: the newest that
+    /// starts at or before it; `None` for a packet from before the run, or a late copy of
+    /// one skipped on purpose, whose place went to the next packet.
+    fn segment_of(&self, ext: u64) -> Option<Segment> {
+        let run = self.run;
+        let at = self
+            .segments
+            .iter()
+            .rposition(|s| !s.padding && s.run == run && s.first_in <= ext)?;
+        let skipped = self
+            .segments
+            .range(at + 1..)
+            .find(|s| !s.padding)
+            .is_some_and(|next| next.skipped_from <= ext);
+        (!skipped).then(|| self.segments[at])
+    }
+
     /// The extended outgoing number the next packet sent takes.
     fn next_out(&self) -> Option<u64> {
         self.last_out.map(|(last, _, _)| last + 1)
@@ -235,21 +252,7 @@ impl Sequencer {
         if ext > self.last_in.1 {
             self.last_in = (seq, ext);
         }
-        let run = self.run;
-        let at = self
-            .segments
-            .iter()
-            .rposition(|s| !s.padding && s.run == run && s.first_in <= ext)?;
-        let segment = self.segments[at];
-        // A late copy of a packet skipped on purpose: its place went to the next one.
-        if self
-            .segments
-            .range(at + 1..)
-            .find(|s| !s.padding)
-            .is_some_and(|next| next.skipped_from <= ext)
-        {
-            return None;
-        }
+        let segment = self.segment_of(ext)?;
         let out = segment.out_of(ext);
         let out_ts = timestamp.wrapping_add(segment.ts_offset);
         match self.last_out {
@@ -286,20 +289,7 @@ impl Sequencer {
         if ext >= self.last_in.1 {
             return None;
         }
-        let run = self.run;
-        let at = self
-            .segments
-            .iter()
-            .rposition(|s| !s.padding && s.run == run && s.first_in <= ext)?;
-        let segment = self.segments[at];
-        if self
-            .segments
-            .range(at + 1..)
-            .find(|s| !s.padding)
-            .is_some_and(|next| next.skipped_from <= ext)
-        {
-            return None;
-        }
+        let segment = self.segment_of(ext)?;
         let out = segment.out_of(ext);
         let (last, _, _) = self.last_out?;
         (out <= last).then_some(Rewritten {

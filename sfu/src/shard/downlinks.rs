@@ -253,38 +253,56 @@ fn demand(
     } else {
         entry.state.target().rank()?
     };
-    // The layers flowing, and those paused at the publisher because nobody needed them
-    // (dynacast), at what they cost while they flowed: a subscriber's allotment may reach
-    // them, which is what resumes them.
-    // An SVC stream (one layer of spatial layers): each spatial layer is offered, at what
-    // it and the ones below it cost.
-    if let [layer] = &track.layers[..]
-        && layer.svc
-    {
-        let mut layers: Vec<LayerOffer> = layer
-            .spatial_rates
-            .offers(now, LAYER_IDLE)
-            .map(|(sid, bps, peak)| LayerOffer::whole(sid, bps).with_peak(peak))
-            .collect();
-        if layers.first().is_some_and(|l| l.rank == 0) {
-            layers.extend(
-                layer
-                    .temporal_rates
-                    .partial()
-                    .map(|(temporal, bps)| LayerOffer::partial(0, temporal, bps)),
-            );
-        }
-        return Some(TrackDemand {
-            audio,
-            priority: priority(track, speaker, sharing),
-            layers,
-            wanted_rank,
-            current: entry
+    let temporal = entry.state.temporal_layer();
+    let (layers, current) = match &track.layers[..] {
+        [layer] if layer.svc => (
+            spatial_offers(layer, now),
+            entry
                 .state
                 .current_layer()
-                .map(|_| (entry.state.spatial_layer(), entry.state.temporal_layer())),
-        });
+                .map(|_| (entry.state.spatial_layer(), temporal)),
+        ),
+        _ => (
+            simulcast_offers(track, now),
+            entry
+                .state
+                .current_layer()
+                .and_then(|i| track.layers.get(i))
+                .map(|l| (l.rank, temporal)),
+        ),
+    };
+    Some(TrackDemand {
+        audio,
+        priority: priority(track, speaker, sharing),
+        layers,
+        wanted_rank,
+        current,
+    })
+}
+
+/// An SVC stream's offers (one layer of spatial layers): each spatial layer, at what it
+/// and the ones below it cost, and below them the base layer at a lower frame rate.
+fn spatial_offers(layer: &super::Layer, now: Instant) -> Vec<LayerOffer> {
+    let mut offers: Vec<LayerOffer> = layer
+        .spatial_rates
+        .offers(now, LAYER_IDLE)
+        .map(|(sid, bps, peak)| LayerOffer::whole(sid, bps).with_peak(peak))
+        .collect();
+    if offers.first().is_some_and(|l| l.rank == 0) {
+        offers.extend(
+            layer
+                .temporal_rates
+                .partial()
+                .map(|(temporal, bps)| LayerOffer::partial(0, temporal, bps)),
+        );
     }
+    offers
+}
+
+/// A track's simulcast offers: the layers flowing, and those paused at the publisher
+/// because nobody needed them (dynacast), at what they cost while they flowed: a
+/// subscriber's allotment may reach them, which is what resumes them.
+fn simulcast_offers(track: &PublishedTrack, now: Instant) -> Vec<LayerOffer> {
     let mut layers = track
         .layers
         .iter()
@@ -325,17 +343,7 @@ fn demand(
                 .map(|(temporal, bps)| LayerOffer::partial(lowest, temporal, bps)),
         );
     }
-    Some(TrackDemand {
-        audio,
-        priority: priority(track, speaker, sharing),
-        layers,
-        wanted_rank,
-        current: entry
-            .state
-            .current_layer()
-            .and_then(|i| track.layers.get(i))
-            .map(|l| (l.rank, entry.state.temporal_layer())),
-    })
+    layers
 }
 
 /// How much a track matters to its subscribers: a screen share most, then the active
