@@ -386,7 +386,7 @@ test('a publisher sending VP9 spatial layers: the full size at home, a smaller o
   // Counted in Ben's video: the shard's probes for room to move up, 255-byte padding
   // packets on the video's own stream, which this link's 25-packet queue drops; the next
   // spatial layer (and with it each probe) is larger than the next simulcast layer: 0 to
-  // 4 % in nine runs, of which the shard could resend at most one packet a run.
+  // 4 % in ten runs, of which the shard could resend at most one packet a run.
   assert.ok(video.percent < 8, JSON.stringify(video));
 
   await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1 });
