@@ -10,7 +10,6 @@ use super::router::MediaRouter;
 use super::transport::Transport;
 use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::allocation::{Allotment, LayerOffer, TrackDemand, allocate, probe_goal};
-use crate::media::outgoing::OutPacket;
 use crate::media::probe::{ProbeResult, Prober};
 use crate::metrics::ShardMetrics;
 use std::collections::{HashMap, HashSet};
@@ -209,24 +208,14 @@ impl MediaRouter {
             };
             let len = (bytes - sent).clamp(1, MAX_PADDING);
             padding[len - 1] = len as u8;
-            let stamp = subscriber.stamp(now);
-            let out = OutPacket {
-                marker: false,
-                padding: true,
+            match entry.send_padding(
+                &mut subscriber,
                 payload_type,
-                seq: position.seq,
-                timestamp: position.timestamp,
-                ssrc: entry.ssrc,
-                audio_level: None,
-                stamp,
-                payload: &padding[..len],
-            };
-            let index = entry.rollover.index(position.seq);
-            match subscriber.send_rtp(&entry.extensions, &out, index, |_| {}) {
-                Some(wire) => {
-                    if entry.extensions.transport_cc.is_some() {
-                        subscriber.stamped_sent(stamp.transport_seq, wire, now);
-                    }
+                position,
+                &padding[..len],
+                now,
+            ) {
+                Some(_) => {
                     metrics.probe_padding_bytes.inc_by(len as u64);
                     sent += len;
                 }

@@ -14,10 +14,11 @@
 //! subscriber receives; NACKs are answered from the retransmission buffer after mapping
 //! the subscriber's sequence numbers back to the source; receiver reports record loss.
 
-use super::transport::Transport;
+use super::transport::{PeerTx, Transport};
 use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
 use crate::media::outgoing::{OutPacket, SendStamp};
+use crate::media::sequencer::Rewritten;
 use crate::media::speaker::SpeakerDetector;
 use crate::media::temporal::vp8_temporal;
 use crate::media::vp9;
@@ -292,27 +293,12 @@ impl MediaRouter {
             // a lost fill is never resent (as media, under the same SRTP index).
             if let Some(place) = decision.fill
                 && entry.stamps.is_some()
+                // One byte of padding, counting itself.
+                && entry
+                    .send_padding(&mut subscriber, payload_type, place, &[1], now)
+                    .is_some()
             {
-                let stamp = subscriber.stamp(now);
-                let out = OutPacket {
-                    padding: true,
-                    marker: false,
-                    payload_type,
-                    seq: place.seq,
-                    timestamp: place.timestamp,
-                    ssrc: entry.ssrc,
-                    audio_level: None,
-                    stamp,
-                    // One byte of padding, counting itself (RFC 3550 §5.1).
-                    payload: &[1],
-                };
-                let index = entry.rollover.index(place.seq);
-                if let Some(wire) = subscriber.send_rtp(&entry.extensions, &out, index, |_| {}) {
-                    if entry.extensions.transport_cc.is_some() {
-                        subscriber.stamped_sent(stamp.transport_seq, wire, now);
-                    }
-                    metrics.gaps_filled.inc();
-                }
+                metrics.gaps_filled.inc();
             }
             let Some(rewritten) = decision.forward else {
                 continue;
@@ -648,6 +634,39 @@ impl MediaRouter {
         for (key, (sender, reports)) in due {
             transport.write_rtcp(key, sender, reports, now);
         }
+    }
+}
+
+impl super::DowntrackEntry {
+    /// Sends a padding-only packet at `place` on the subscriber's stream (a probe's, or the
+    /// fill of a late packet's place): `padding` ends in its own length (RFC 3550 §5.1).
+    /// Returns its size on the wire, counted for the downlink estimate.
+    pub(super) fn send_padding(
+        &mut self,
+        subscriber: &mut PeerTx<'_>,
+        payload_type: u8,
+        place: Rewritten,
+        padding: &[u8],
+        now: Instant,
+    ) -> Option<usize> {
+        let stamp = subscriber.stamp(now);
+        let out = OutPacket {
+            padding: true,
+            marker: false,
+            payload_type,
+            seq: place.seq,
+            timestamp: place.timestamp,
+            ssrc: self.ssrc,
+            audio_level: None,
+            stamp,
+            payload: padding,
+        };
+        let index = self.rollover.index(place.seq);
+        let wire = subscriber.send_rtp(&self.extensions, &out, index, |_| {})?;
+        if self.extensions.transport_cc.is_some() {
+            subscriber.stamped_sent(stamp.transport_seq, wire, now);
+        }
+        Some(wire)
     }
 }
 
