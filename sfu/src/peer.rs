@@ -350,21 +350,20 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
             codec(mime, 90_000, 0, fmtp, payload_type, video_feedback.clone()),
             RtpCodecKind::Video,
         )?;
-        // Publishers may repair losses with RTX (the stack unwraps it on receipt); the
-        // shard itself retransmits in the original stream, so subscribers are not offered it.
-        if publisher {
-            engine.register_codec(
-                codec(
-                    MIME_TYPE_RTX,
-                    90_000,
-                    0,
-                    &format!("apt={payload_type}"),
-                    rtx_payload_type,
-                    vec![],
-                ),
-                RtpCodecKind::Video,
-            )?;
-        }
+        // Publishers may repair losses with RTX (the stack unwraps it on receipt).
+        // Subscribers are offered it for the shard's probes (media::rtx); the shard
+        // retransmits in the original stream.
+        engine.register_codec(
+            codec(
+                MIME_TYPE_RTX,
+                90_000,
+                0,
+                &format!("apt={payload_type}"),
+                rtx_payload_type,
+                vec![],
+            ),
+            RtpCodecKind::Video,
+        )?;
     }
     if !publisher && redundant_audio {
         // Music rooms: subscribers are told to render video without a smoothing delay.

@@ -280,6 +280,11 @@ impl Downtrack {
         self.temporal.current()
     }
 
+    /// The timestamp of the last packet this stream sent; `None` before any.
+    pub fn last_timestamp(&self) -> Option<u32> {
+        self.sequencer.last_timestamp()
+    }
+
     /// The outgoing position of a padding-only packet (a probe) on this stream: video that
     /// has sent something, flowing or paused (a paused track's probe is what resumes it).
     pub fn padding(&mut self) -> Option<Rewritten> {

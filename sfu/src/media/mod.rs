@@ -19,6 +19,7 @@ pub mod quality;
 pub mod rate;
 pub mod receiver_feedback;
 pub mod retransmit;
+pub mod rtx;
 pub mod send_history;
 pub mod sender_report;
 pub mod sequencer;

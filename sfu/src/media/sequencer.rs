@@ -167,6 +167,11 @@ impl Sequencer {
                 .is_none_or(|segment| segment.padding || segment.source_ssrc != ssrc)
     }
 
+    /// The timestamp of the last packet sent; `None` before any.
+    pub fn last_timestamp(&self) -> Option<u32> {
+        self.last_out.map(|(_, timestamp, _)| timestamp)
+    }
+
     /// The next outgoing position for a padding-only packet (a bandwidth probe), right
     /// after the last packet sent and with its timestamp; `None` before any media went out.
     /// A NACK for it maps to nothing.

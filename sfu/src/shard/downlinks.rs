@@ -194,27 +194,15 @@ impl MediaRouter {
         else {
             return 0;
         };
-        let Some(payload_type) = entry.payload_type else {
-            return 0;
-        };
         let Some(mut subscriber) = transport.tx(key, now) else {
             return 0;
         };
         let mut padding = [0u8; MAX_PADDING];
         let mut sent = 0;
         while sent < bytes {
-            let Some(position) = entry.state.padding() else {
-                break;
-            };
             let len = (bytes - sent).clamp(1, MAX_PADDING);
             padding[len - 1] = len as u8;
-            match entry.send_padding(
-                &mut subscriber,
-                payload_type,
-                position,
-                &padding[..len],
-                now,
-            ) {
+            match entry.send_probe_padding(&mut subscriber, &padding[..len], now) {
                 Some(_) => {
                     metrics.probe_padding_bytes.inc_by(len as u64);
                     sent += len;

@@ -339,6 +339,8 @@ pub(crate) struct DowntrackEntry {
     extensions: ExtensionIds,
     /// Turns the stream's sequence numbers into SRTP packet indexes.
     rollover: RolloverCounter,
+    /// The video's RTX stream, where probes pad; `None` for audio and relay pipes.
+    rtx: Option<crate::media::rtx::RtxStream>,
     /// What the send-time extensions of recent packets carried, for their resends: video
     /// with such extensions only (audio is not resent).
     stamps: Option<SentStamps>,
@@ -1293,6 +1295,7 @@ impl DowntrackEntry {
             unwrap_red: false,
             extensions: ExtensionIds::default(),
             rollover: RolloverCounter::default(),
+            rtx: None,
             stamps: None,
             sent: SentCounts::default(),
             state: Downtrack::new(video, clock_rate),

@@ -11,6 +11,7 @@ use crate::media::codec::CodecFamily;
 use crate::media::keyframe::KeyframeThrottle;
 use crate::media::outgoing::{ExtensionIds, SentStamps};
 use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
+use crate::media::rtx::RtxStream;
 use crate::media::simulcast::rank_layers;
 use crate::peer::PeerRole;
 use crate::peer::extension_id;
@@ -21,7 +22,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use std::time::Instant;
 
@@ -492,7 +493,12 @@ impl ShardCore {
                 // subscriber took RED shows only in its answer. Without it, it gets the Opus
                 // inside.
                 let formats = super::sdp::section_formats(answer, &mid);
-                let find = |name: &str| formats.iter().find(|(_, n)| n == name).map(|(pt, _)| *pt);
+                let find = |name: &str| {
+                    formats
+                        .iter()
+                        .find(|f| f.name == name)
+                        .map(|f| f.payload_type)
+                };
                 match (find("red"), find("opus")) {
                     (Some(red), _) => entry.payload_type = Some(red),
                     (None, Some(opus)) => {
@@ -535,7 +541,16 @@ impl ShardCore {
                 })
                 .map(|c| c.payload_type);
             match payload_type {
-                Some(pt) => entry.payload_type = Some(pt),
+                Some(pt) => {
+                    entry.payload_type = Some(pt);
+                    // The RTX format the answer pairs with it, if it took one.
+                    if let Some(rtx) = entry.rtx.as_mut() {
+                        rtx.payload_type = super::sdp::section_formats(answer, &mid)
+                            .iter()
+                            .find(|f| f.name == "rtx" && f.apt() == Some(pt))
+                            .map(|f| f.payload_type);
+                    }
+                }
                 None => unsupported.push((*track_key, track.id.clone(), wanted.mime_type.clone())),
             }
         }
@@ -885,11 +900,28 @@ impl ShardCore {
         if music && track.kind == TrackKind::Audio {
             stream_id.push_str(".audio");
         }
-        let ssrc = self.env.ssrc(|ssrc| peer.outgoing.contains_key(&ssrc));
+        // The connection's RTX streams, whose SSRCs a new one must not take either.
+        let repair_ssrcs: Vec<u32> = self
+            .media
+            .tracks()
+            .flat_map(|(_, t)| &t.downtracks)
+            .filter(|d| d.peer == key)
+            .filter_map(|d| d.rtx.as_ref().map(|rtx| rtx.ssrc))
+            .collect();
+        let taken = |ssrc: u32| peer.outgoing.contains_key(&ssrc) || repair_ssrcs.contains(&ssrc);
+        let ssrc = self.env.ssrc(taken);
         let kind = match track.kind {
             TrackKind::Audio => RtpCodecKind::Audio,
             TrackKind::Video => RtpCodecKind::Video,
         };
+        // Video gets an RTX stream for the shard's probes (media::rtx); `rtc` declares it in
+        // the offer because subscribers' media engines carry RTX for video.
+        let rtx = (kind == RtpCodecKind::Video).then(|| {
+            let rtx_ssrc = self.env.ssrc(|s| s == ssrc || taken(s));
+            let mut first_seq = [0u8; 2];
+            self.env.fill(&mut first_seq);
+            RtxStream::new(rtx_ssrc, u16::from_be_bytes(first_seq))
+        });
         let media = MediaStreamTrack::new(
             stream_id,
             track.id.clone(),
@@ -898,6 +930,9 @@ impl ShardCore {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
+                    rtx: rtx
+                        .as_ref()
+                        .map(|rtx| RTCRtpRtxParameters { ssrc: rtx.ssrc }),
                     ..Default::default()
                 },
                 codec: track.codec.clone(),
@@ -936,12 +971,14 @@ impl ShardCore {
         let clock_rate = track.codec.clock_rate;
         let family = track.family;
         if let Some(track) = self.media.track_mut(track_key) {
-            track.downtracks.push(DowntrackEntry::new(
+            let mut entry = DowntrackEntry::new(
                 (key, session),
                 Some(sender),
                 (ssrc, None),
                 (video, clock_rate, family),
-            ));
+            );
+            entry.rtx = rtx;
+            track.downtracks.push(entry);
         }
         self.request_negotiation(key, now);
     }

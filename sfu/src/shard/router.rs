@@ -17,7 +17,7 @@
 use super::transport::{PeerTx, Transport};
 use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
-use crate::media::outgoing::{OutPacket, SendStamp};
+use crate::media::outgoing::{ExtensionIds, OutPacket, SendStamp};
 use crate::media::sequencer::Rewritten;
 use crate::media::speaker::SpeakerDetector;
 use crate::media::temporal::vp8_temporal;
@@ -638,9 +638,9 @@ impl MediaRouter {
 }
 
 impl super::DowntrackEntry {
-    /// Sends a padding-only packet at `place` on the subscriber's stream (a probe's, or the
-    /// fill of a late packet's place): `padding` ends in its own length (RFC 3550 §5.1).
-    /// Returns its size on the wire, counted for the downlink estimate.
+    /// Sends a padding-only packet at `place` on the subscriber's video stream (the fill of
+    /// a late packet's place, or a probe's where there is no RTX): `padding` ends in its own
+    /// length (RFC 3550 §5.1). Returns its size on the wire.
     pub(super) fn send_padding(
         &mut self,
         subscriber: &mut PeerTx<'_>,
@@ -649,25 +649,80 @@ impl super::DowntrackEntry {
         padding: &[u8],
         now: Instant,
     ) -> Option<usize> {
-        let stamp = subscriber.stamp(now);
-        let out = OutPacket {
-            padding: true,
-            marker: false,
-            payload_type,
-            seq: place.seq,
-            timestamp: place.timestamp,
-            ssrc: self.ssrc,
-            audio_level: None,
-            stamp,
-            payload: padding,
-        };
         let index = self.rollover.index(place.seq);
-        let wire = subscriber.send_rtp(&self.extensions, &out, index, |_| {})?;
-        if self.extensions.transport_cc.is_some() {
-            subscriber.stamped_sent(stamp.transport_seq, wire, now);
-        }
-        Some(wire)
+        let stream = (self.ssrc, payload_type);
+        send_padding_on(
+            subscriber,
+            &self.extensions,
+            stream,
+            (place, index),
+            padding,
+            now,
+        )
     }
+
+    /// Sends one padding-only packet of a bandwidth probe: on the RTX stream when the
+    /// subscriber took one, as browsers probe, else at the next place on the video's own.
+    /// Returns its size on the wire, counted for the downlink estimate; `None` when it
+    /// cannot go out.
+    pub(super) fn send_probe_padding(
+        &mut self,
+        subscriber: &mut PeerTx<'_>,
+        padding: &[u8],
+        now: Instant,
+    ) -> Option<usize> {
+        if let Some(rtx) = self.rtx.as_mut()
+            && let Some(payload_type) = rtx.payload_type
+        {
+            let (seq, index) = rtx.next_packet();
+            let place = Rewritten {
+                seq,
+                timestamp: self.state.last_timestamp().unwrap_or(0),
+            };
+            let stream = (rtx.ssrc, payload_type);
+            return send_padding_on(
+                subscriber,
+                &self.extensions,
+                stream,
+                (place, index),
+                padding,
+                now,
+            );
+        }
+        let payload_type = self.payload_type?;
+        let place = self.state.padding()?;
+        self.send_padding(subscriber, payload_type, place, padding, now)
+    }
+}
+
+/// Sends a padding-only packet on stream `(ssrc, payload type)` at `place`, as SRTP packet
+/// `index`, with the extensions `ids` names; the transport-wide stamp it takes is
+/// remembered for the downlink estimate. Returns its size on the wire.
+fn send_padding_on(
+    subscriber: &mut PeerTx<'_>,
+    ids: &ExtensionIds,
+    (ssrc, payload_type): (u32, u8),
+    (place, index): (Rewritten, u64),
+    padding: &[u8],
+    now: Instant,
+) -> Option<usize> {
+    let stamp = subscriber.stamp(now);
+    let out = OutPacket {
+        padding: true,
+        marker: false,
+        payload_type,
+        seq: place.seq,
+        timestamp: place.timestamp,
+        ssrc,
+        audio_level: None,
+        stamp,
+        payload: padding,
+    };
+    let wire = subscriber.send_rtp(ids, &out, index, |_| {})?;
+    if ids.transport_cc.is_some() {
+        subscriber.stamped_sent(stamp.transport_seq, wire, now);
+    }
+    Some(wire)
 }
 
 /// One connection's due sender reports, and a sender of its to write them through.

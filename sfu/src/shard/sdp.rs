@@ -129,28 +129,58 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
     sections
 }
 
-/// The formats (payload type, codec name lowercased) a description accepts in the media
-/// section with `mid`, in its order: what an answer really negotiated, which the stack's
-/// sender parameters (the offer's preferences) do not tell.
-pub fn section_formats(sdp: &str, mid: &str) -> Vec<(u8, String)> {
+/// One format a media section accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    pub payload_type: u8,
+    /// The codec's name, lowercased (`opus`, `vp8`, `rtx`).
+    pub name: String,
+    /// Its `a=fmtp` parameters, empty without any.
+    pub fmtp: String,
+}
+
+impl Format {
+    /// The payload type an RTX format repairs (`apt=`, RFC 4588 §8.1).
+    pub fn apt(&self) -> Option<u8> {
+        self.fmtp
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("apt="))
+            .and_then(|pt| pt.trim().parse().ok())
+    }
+}
+
+/// The formats a description accepts in the media section with `mid`, in its order: what
+/// an answer really negotiated, which the stack's sender parameters (the offer's
+/// preferences) do not tell.
+pub fn section_formats(sdp: &str, mid: &str) -> Vec<Format> {
     let mut formats = Vec::new();
     let mut accepted: Vec<u8> = Vec::new();
     let mut section_mid: Option<&str> = None;
     let mut names: Vec<(u8, String)> = Vec::new();
-    let mut flush = |section_mid: Option<&str>, accepted: &[u8], names: &mut Vec<(u8, String)>| {
+    let mut fmtps: Vec<(u8, &str)> = Vec::new();
+    let mut flush = |section_mid: Option<&str>,
+                     accepted: &[u8],
+                     names: &mut Vec<(u8, String)>,
+                     fmtps: &mut Vec<(u8, &str)>| {
         if section_mid == Some(mid) {
             for pt in accepted {
                 if let Some((_, name)) = names.iter().find(|(p, _)| p == pt) {
-                    formats.push((*pt, name.clone()));
+                    let fmtp = fmtps.iter().find(|(p, _)| p == pt).map_or("", |(_, f)| f);
+                    formats.push(Format {
+                        payload_type: *pt,
+                        name: name.clone(),
+                        fmtp: fmtp.to_owned(),
+                    });
                 }
             }
         }
         names.clear();
+        fmtps.clear();
     };
     for line in sdp.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(rest) = line.strip_prefix("m=") {
-            flush(section_mid, &accepted, &mut names);
+            flush(section_mid, &accepted, &mut names, &mut fmtps);
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let rejected = fields.get(1).is_some_and(|port| *port == "0");
             accepted = if rejected {
@@ -175,9 +205,14 @@ pub fn section_formats(sdp: &str, mid: &str) -> Vec<(u8, String)> {
                 .unwrap_or_default()
                 .to_ascii_lowercase();
             names.push((pt, name));
+        } else if let Some(rest) = line.strip_prefix("a=fmtp:")
+            && let Some((pt, parameters)) = rest.split_once(' ')
+            && let Ok(pt) = pt.parse()
+        {
+            fmtps.push((pt, parameters.trim()));
         }
     }
-    flush(section_mid, &accepted, &mut names);
+    flush(section_mid, &accepted, &mut names, &mut fmtps);
     formats
 }
 
@@ -504,14 +539,43 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
                       a=rtpmap:111 opus/48000/2\r\nm=audio 9 UDP/TLS/RTP/SAVPF 63 111\r\n\
                       a=mid:3\r\na=rtpmap:63 red/48000/2\r\na=rtpmap:111 opus/48000/2\r\n\
                       m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:4\r\n";
-        assert_eq!(section_formats(answer, "1"), vec![(111, "opus".to_owned())]);
+        let names = |mid: &str| -> Vec<(u8, String)> {
+            section_formats(answer, mid)
+                .into_iter()
+                .map(|f| (f.payload_type, f.name))
+                .collect()
+        };
+        assert_eq!(names("1"), vec![(111, "opus".to_owned())]);
         assert_eq!(
-            section_formats(answer, "3"),
+            names("3"),
             vec![(63, "red".to_owned()), (111, "opus".to_owned())]
         );
         assert!(section_formats(answer, "4").is_empty(), "rejected");
         assert!(section_formats(answer, "9").is_empty(), "absent");
         assert!(section_formats("garbage", "1").is_empty());
+    }
+
+    #[test]
+    fn pairs_an_answers_rtx_formats_with_what_they_repair() {
+        // Chromium's answer to a video offer: RTX for VP8 and for VP9, one with rtx-time.
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 100\r\na=mid:2\r\n\
+                      a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+                      a=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
+                      a=rtpmap:99 rtx/90000\r\na=fmtp:99 rtx-time=3000; apt=98\r\n\
+                      a=rtpmap:100 rtx/90000\r\na=fmtp:100 apt=x\r\n";
+        let formats = section_formats(answer, "2");
+        let rtx_for = |pt: u8| {
+            formats
+                .iter()
+                .find(|f| f.name == "rtx" && f.apt() == Some(pt))
+                .map(|f| f.payload_type)
+        };
+        assert_eq!(rtx_for(96), Some(97));
+        assert_eq!(rtx_for(98), Some(99), "apt among other parameters");
+        assert_eq!(rtx_for(100), None);
+        assert_eq!(formats[2].fmtp, "profile-id=0");
+        assert_eq!(formats[4].apt(), None, "an apt that is no number");
+        assert_eq!(formats[0].apt(), None);
         let offer = "v=0\r\nm=video 9 X 96\r\na=mid:0\r\na=ssrc:5 cname:x\r\n\
                      m=audio 9 X 63 111\r\na=mid:1\r\na=ssrc:77 cname:y\r\n";
         assert_eq!(mid_of_ssrc(offer, 77).as_deref(), Some("1"));

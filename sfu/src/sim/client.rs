@@ -533,6 +533,26 @@ impl Client {
         self.receivers.get(track).map(|(_, ssrc)| *ssrc)
     }
 
+    /// The SSRC of the RTX stream the shard's offer pairs with the received track `track`
+    /// (`a=ssrc-group:FID <media> <rtx>`).
+    pub fn received_rtx_ssrc(&self, track: &str) -> Option<u32> {
+        let media = self.received_ssrc(track)?;
+        let offer = self
+            .subscriber
+            .as_ref()?
+            .pc
+            .remote_description()?
+            .sdp
+            .clone();
+        offer.lines().find_map(|line| {
+            let mut ssrcs = line
+                .trim_end()
+                .strip_prefix("a=ssrc-group:FID ")?
+                .split(' ');
+            (ssrcs.next()?.parse() == Ok(media)).then(|| ssrcs.next()?.parse().ok())?
+        })
+    }
+
     /// Asks, over RTCP, for a keyframe of the received track `track`; whether it went.
     pub fn request_keyframe(&mut self, now: Instant, track: &str) -> bool {
         let Some(&(receiver, ssrc)) = self.receivers.get(track) else {

@@ -87,6 +87,8 @@ struct LinkState {
     rtp_repeats: u64,
     /// ...of which with other bytes: SRTP then reused a keystream on different plaintext.
     rtp_reused_keystream: u64,
+    /// Packets with the padding bit set (probes, fills), by SSRC.
+    padded_rtp: HashMap<u32, u64>,
 }
 
 /// The network between the shard and its clients.
@@ -145,6 +147,9 @@ impl Net {
                 std::hash::Hash::hash(&bytes[..], &mut hasher);
                 std::hash::Hasher::finish(&hasher)
             };
+            if bytes[0] & 0x20 != 0 {
+                *link.padded_rtp.entry(ssrc).or_default() += 1;
+            }
             if let Some(before) = link.sent_rtp.insert((ssrc, seq), digest) {
                 link.rtp_repeats += 1;
                 if before != digest {
@@ -218,6 +223,16 @@ impl Net {
         self.links
             .get(&(from, to))
             .map_or((0, 0), |l| (l.rtp_repeats, l.rtp_reused_keystream))
+    }
+
+    /// RTP packets with the padding bit set sent on the link from `from` to `to` with
+    /// SSRC `ssrc`, lost or not.
+    pub fn padded_rtp(&self, from: IpAddr, to: IpAddr, ssrc: u32) -> u64 {
+        self.links
+            .get(&(from, to))
+            .and_then(|l| l.padded_rtp.get(&ssrc))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Datagrams the link from `from` to `to` lost.

@@ -1009,17 +1009,26 @@ fn adapts_to_a_limit(top_bps: u64, limit_bps: u64) {
     assert_eq!(bob_seen.reception, Reception::Good, "{bob_seen:?}");
     assert_eq!(sim.metrics().held_back_video.get(), 0);
     assert!(sim.metrics().probe_padding_bytes.get() > 0, "probes padded");
-    // rtc's own RTP stack in the simulated browser read the probes as padding only: the
-    // padding bit and count were right, and nothing reached the decoder.
-    assert!(
-        sim.client(bob).padding_received > 0,
-        "padding received as padding"
+    // The probes padded on Bob's RTX stream, as a browser probes: none of it on the video
+    // stream, where a bottleneck's drops would count as lost video.
+    let padded = |sim: &Sim, viewer: usize, ssrc: Option<u32>| {
+        let ssrc = ssrc.expect("an SSRC in the offer");
+        sim.net
+            .padded_rtp(SHARD.ip(), client_addr(viewer).ip(), ssrc)
+    };
+    let (bob_video, bob_rtx) = (
+        sim.client(bob).received_ssrc(&video),
+        sim.client(bob).received_rtx_ssrc(&video),
     );
+    assert!(padded(&sim, bob, bob_rtx) > 0, "Bob probed on RTX");
+    assert_eq!(padded(&sim, bob, bob_video), 0, "no padding on Bob's video");
     assert_eq!(
-        sim.client(carol).padding_received,
+        sim.client(bob).padding_received,
         0,
-        "Carol was never probed"
+        "nothing reached his video"
     );
+    let carol_rtx = sim.client(carol).received_rtx_ssrc(&video);
+    assert_eq!(padded(&sim, carol, carol_rtx), 0, "Carol was never probed");
 }
 
 /// A settled connection costs the media thread nothing between its keepalives: its ICE
