@@ -194,8 +194,9 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
 // rate. Ben used to get no video at all (paused); now the shard sends him the low layer's
 // lower temporal layers: fewer frames, every one decodable (the sequence numbers and
 // picture IDs close up over the frames left out). This link is only just wide enough, and
-// the estimate wavers around what it carries: his video loss (2.6 to 8.5 % in eight runs,
-// as probes looking for room to climb, and TL0 kept through a dip in the estimate, fill the
+// the estimate wavers around what it carries: his video loss (2.6 to 8.5 % in eight runs
+// while the probes looking for room to climb padded on the video's own stream; since they
+// pad on its RTX stream, only TL0 kept through a dip in the estimate can overfill the
 // link's queue) and a second now and then without a new frame (none in five runs, one in
 // two, five in one run before a dip in the estimate stopped pausing the video) are
 // bounded, not ruled out.
@@ -254,7 +255,7 @@ for (const codec of ['VP8', 'VP9']) test(`a viewer behind ${NARROW_KBPS} kbit/s 
   assert.ok(r.decoded >= 10 && r.decoded <= 0.6 * r.encoded, `fewer frames, but video: ${JSON.stringify(r)}`);
   assert.ok(stalls <= 2, `a new frame in nearly every second: ${stalls} seconds without`);
   assert.ok(audio.received >= 450 && audio.percent < 2, `Ana's sound stays whole: ${JSON.stringify(audio)}`);
-  assert.ok(video.percent < 15, JSON.stringify(video));
+  assert.ok(video.percent < 5, JSON.stringify(video));
 
   // The link widens to 170 kbit/s: room for half the frames. Ben climbs to TL1 at one of
   // its layer-sync frames, with no keyframe: at least 40 % of Ana's frames, none of them a
@@ -383,11 +384,10 @@ test('a publisher sending VP9 spatial layers: the full size at home, a smaller o
   assert.ok(end.video.frameWidth > 0 && end.video.frameWidth < full, JSON.stringify(end.video));
   assert.ok(frames >= 170, `Ben's smaller layer plays at nearly Ana's 20 frames a second: ${frames} frames in 10 s`);
   assert.ok(audio.received >= 450 && audio.percent < 2, `Ana's sound stays whole: ${JSON.stringify(audio)}`);
-  // Counted in Ben's video: the shard's probes for room to move up, 255-byte padding
-  // packets on the video's own stream, which this link's 25-packet queue drops; the next
-  // spatial layer (and with it each probe) is larger than the next simulcast layer: 0 to
-  // 4 % in ten runs, of which the shard could resend at most one packet a run.
-  assert.ok(video.percent < 8, JSON.stringify(video));
+  // The shard's probes for room to move up pad on the video's RTX stream: what this
+  // link's 25-packet queue drops of them is not Ben's video (0 to 4 % of it was, in ten
+  // runs, while they padded on the video's own stream).
+  assert.ok(video.percent < 2, JSON.stringify(video));
 
   await netsim.setLink({ a: 'hotel', b: 'server', delay_ms: 20, jitter_ms: 1 });
   const liftedAt = Date.now();
