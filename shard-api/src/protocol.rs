@@ -425,14 +425,19 @@ pub enum ServerMessage {
         /// One entry per participant in the room.
         qualities: Vec<ParticipantQuality>,
     },
-    /// To a publisher: encode only these simulcast layers of one of its video tracks, as
-    /// no subscriber receives the others (dynacast); sent again when that changes.
+    /// To a publisher: encode only these simulcast layers (or spatial layers) of one of its
+    /// video tracks, as no subscriber receives the others (dynacast); sent again when that
+    /// changes.
     PublishLayers {
         /// The track: its id in the publisher's offer (`MediaStreamTrack.id`).
         track: String,
         /// The rids to keep encoding; the others may be set inactive. Empty when nobody
-        /// receives the track at all.
+        /// receives the track at all, and for a track sent as spatial layers.
         active: Vec<String>,
+        /// For a track sent as one encoding of spatial layers (SVC): how many of them to
+        /// keep encoding.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spatial: Option<SpatialLayers>,
     },
     /// A participant started or stopped sharing its screen.
     ScreenShare {
@@ -671,6 +676,16 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
         | ClientMessage::Ping => {}
     }
     Ok(())
+}
+
+/// The spatial layers of an SVC track its publisher is to encode (`publish_layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpatialLayers {
+    /// How many spatial layers, lowest first, anyone receives; 0 when nobody receives
+    /// the track.
+    pub encode: u8,
+    /// How many the shard has seen the publisher send.
+    pub of: u8,
 }
 
 #[cfg(test)]

@@ -490,10 +490,14 @@ function showQualities(qualities) {
 
 // What the shard says nobody receives is not encoded (dynacast): each simulcast encoding
 // is switched on or off as asked.
-async function publishLayers({ track, active }) {
+async function publishLayers({ track, active, spatial }) {
   const sender = state.videoSender;
   if (!sender || track !== state.videoSenderTrackId) return;
   const parameters = sender.getParameters();
+  if (spatial) {
+    await publishSpatialLayers(sender, parameters, spatial);
+    return;
+  }
   if (!parameters.encodings || parameters.encodings.length < 2) return;
   let changed = false;
   for (const encoding of parameters.encodings) {
@@ -504,6 +508,24 @@ async function publishLayers({ track, active }) {
     }
   }
   if (changed) await sender.setParameters(parameters);
+}
+
+// An SVC camera encodes only the lowest `encode` of the `of` spatial layers the shard saw
+// (nobody receives the others): fewer layers, with the top one scaled to the size of the
+// highest kept, so that subscribers' layers keep their sizes; none at all, inactive.
+async function publishSpatialLayers(sender, parameters, { encode, of }) {
+  const [encoding] = parameters.encodings || [];
+  if (!encoding || parameters.encodings.length !== 1 || !encoding.scalabilityMode) return;
+  const keep = Math.min(encode, of);
+  const wanted = { active: keep > 0 };
+  if (keep > 0) {
+    wanted.scalabilityMode = keep >= of ? SVC_MODE : keep === 1 ? 'L1T3' : `L${keep}T3_KEY`;
+    wanted.scaleResolutionDownBy = keep >= of ? 1 : 2 ** (of - keep);
+  }
+  const changed = Object.entries(wanted).some(([key, value]) => encoding[key] !== value);
+  if (!changed) return;
+  Object.assign(encoding, wanted);
+  await sender.setParameters(parameters);
 }
 
 function updateTile(id) {

@@ -1,11 +1,15 @@
 // Each video is sent at the size it is shown: three browsers in a room, each publishing
 // simulcast. One page shows a participant's tile small and hides another's; the shard
 // sends the small one's low layer and nothing of the hidden one, and a publisher whose
-// every viewer shows it small stops encoding its larger layer. Through the gateway's
-// local mode (one embedded shard).
+// every viewer shows it small stops encoding its larger layer; in a room of VP9 spatial
+// layers (SVC), it encodes fewer spatial layers, and none while nobody shows it. Through
+// the gateway's local mode (one embedded shard).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import {
   startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId, encodedOver,
 } from './lib.mjs';
@@ -15,7 +19,10 @@ let browser;
 const pages = {};
 
 before(async () => {
-  gateway = await startGateway(['--shards', '1']);
+  // One room that asks for VP9 spatial layers (SVC); the others are ordinary.
+  const rooms = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-adaptive-')), 'rooms.toml');
+  fs.writeFileSync(rooms, '[[rooms]]\nname = "svc-trio"\nsvc = true\n');
+  gateway = await startGateway(['--shards', '1', '--rooms', rooms]);
   browser = await launch();
 });
 
@@ -123,4 +130,81 @@ test('a small tile gets the low layer, a hidden one nothing, and a layer nobody 
   const resumed = await encodedOver(Ana, 1000);
   assert.ok(resumed.grown.h > 0 || resumed.grown.f > 0, JSON.stringify(resumed));
   console.log(`adaptive: shown again, Ben's video back at Cai in ${benBack} ms, Ana's ${large.frameWidth}-px layer in ${anaBack} ms`);
+});
+
+/** What `page`'s camera encoder makes over `ms`: its scalability mode and frame width
+ * (outbound-rtp) and how many frames it encoded meanwhile. */
+async function svcEncoding(page, ms) {
+  const read = () => page.evaluate(async () => {
+    let out = { mode: null, width: 0, frames: 0, active: null };
+    (await window.tutti.state.videoSender.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') {
+        out = { mode: s.scalabilityMode, width: s.frameWidth || 0, frames: s.framesEncoded || 0 };
+      }
+    });
+    out.active = window.tutti.state.videoSender.getParameters().encodings[0].active;
+    return out;
+  });
+  const before = await read();
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  const after = await read();
+  return { ...after, encoded: after.frames - before.frames };
+}
+
+test('in a room of spatial layers, a layer nobody receives is not encoded, nor the video while nobody shows it', async () => {
+  // The trio's pages are done with; six encoding pages would crowd two cores.
+  for (const page of Object.values(pages)) await page.context().close();
+  const svc = {};
+  for (const name of ['Ana', 'Ben', 'Cai']) {
+    svc[name] = await openPage(browser, `${gateway.url}/?room=svc-trio&name=${name}`);
+  }
+  const { Ana, Ben, Cai } = svc;
+  // Ana's camera as one VP9 encoding of spatial layers: two of a 640x480 camera.
+  const full = await waitFor("Ana's spatial layers at Ben and Cai", async () => ({
+    ana: await svcEncoding(Ana, 0),
+    ben: await receivedVideo(Ben, 'Ana'),
+    cai: await receivedVideo(Cai, 'Ana'),
+  }), (r) => r.ana.mode === 'L2T3_KEY' && r.ben.frameWidth === 640 && r.cai.frameWidth === 640, 40_000);
+
+  // Both show her small: each needs her base layer alone, and after the shard's 3 s her
+  // browser encodes that layer alone, at its size.
+  const smallAt = Date.now();
+  await showTile(Ben, 'Ana', 150);
+  await showTile(Cai, 'Ana', 150);
+  const one = await waitFor("Ana encoding her base layer alone", () => svcEncoding(Ana, 1000),
+    (e) => e.mode === 'L1T3' && e.width === 320 && e.encoded > 0, 30_000);
+  const oneAfter = Date.now() - smallAt;
+  const benSmall = await waitFor("Ana's video playing at Ben at 320 px", async () => {
+    const first = await receivedVideo(Ben, 'Ana');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const then = await receivedVideo(Ben, 'Ana');
+    return { width: then.frameWidth, frames: then.framesDecoded - first.framesDecoded };
+  }, (v) => v.width === 320 && v.frames >= 10, 20_000);
+
+  // Cai shows her large: both layers again, and Cai decodes the full size.
+  const largeAt = Date.now();
+  await showTile(Cai, 'Ana', 600);
+  const two = await waitFor("Ana encoding both layers again", () => svcEncoding(Ana, 0),
+    (e) => e.mode === 'L2T3_KEY' && e.width === 640, 20_000);
+  const twoAfter = Date.now() - largeAt;
+  await waitFor("Ana's full size at Cai", () => receivedVideo(Cai, 'Ana'), (v) => v.frameWidth === 640, 20_000);
+  const caiLarge = Date.now() - largeAt;
+
+  // Both hide her: nobody receives her video, and her browser stops encoding it.
+  const hiddenAt = Date.now();
+  await showTile(Ben, 'Ana', null);
+  await showTile(Cai, 'Ana', null);
+  const off = await waitFor("Ana's camera encoder stopped", () => svcEncoding(Ana, 1000),
+    (e) => e.active === false && e.encoded === 0, 30_000);
+  const offAfter = Date.now() - hiddenAt;
+  // Shown again: encoded and playing again.
+  const shownAt = Date.now();
+  await showTile(Ben, 'Ana', 600);
+  await waitFor("Ana's camera encoding again", () => svcEncoding(Ana, 1000), (e) => e.active === true && e.encoded > 0, 20_000);
+  await waitForPlayingVideo(Ben, 'Ana', 20_000);
+  const backAfter = Date.now() - shownAt;
+  console.log(`adaptive: SVC ${JSON.stringify(full.ana)}; both viewers small: Ana encoding ${JSON.stringify(one)} ${oneAfter} ms later, Ben decoding ${JSON.stringify(benSmall)}; `
+    + `Cai large: Ana encoding ${two.mode} at ${two.width} px ${twoAfter} ms later, Cai at 640 px in ${caiLarge} ms; `
+    + `both hidden: Ana's encoder stopped ${offAfter} ms later; shown again, playing at Ben in ${backAfter} ms`);
+  for (const page of Object.values(svc)) await page.context().close();
 });

@@ -77,6 +77,41 @@ impl LayerSwitch {
         needed
     }
 
+    /// The spatial layers of an SVC stream subscribers need, given each layer's `(sid,
+    /// available)` and each subscriber's rank cap: a subscriber on a layer receives every
+    /// layer below it too.
+    pub fn needed_spatial(
+        layers: &[(u8, bool)],
+        caps: impl Iterator<Item = u8>,
+    ) -> [bool; MAX_LAYERS] {
+        let mut needed = Self::needed(layers, caps);
+        for sid in (0..MAX_LAYERS - 1).rev() {
+            needed[sid] |= needed[sid + 1];
+        }
+        needed
+    }
+
+    /// How many spatial layers, lowest first, an SVC encoder is to make of `active`: up to
+    /// the highest active one, as no layer is encoded without those below it.
+    pub fn spatial_count(active: &[bool]) -> u8 {
+        active.iter().rposition(|on| *on).map_or(0, |sid| sid as u8 + 1)
+    }
+
+    /// How many layers it switches.
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether it switches no layer.
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Whether every layer is encoded.
+    pub fn all_active(&self) -> bool {
+        self.active.iter().all(|on| *on)
+    }
+
     /// Takes which layers are needed at `now` (`needed[i]` for layer `i`) and which may be
     /// paused (`pausable[i]`: its rate while flowing is known, so that a congested
     /// subscriber's share can reach it again; a layer the publisher never sent is never
@@ -131,6 +166,28 @@ mod tests {
         // Nothing at or below: the lowest that can flow.
         assert_eq!(needed(&[(1, true), (2, true)], &[0]), [true, false]);
         assert_eq!(needed(&all, &[]), [false, false, false]);
+    }
+
+    #[test]
+    fn a_subscriber_on_a_spatial_layer_needs_the_ones_below_it_too() {
+        let two = [(0, true), (1, true)];
+        let needed = |caps: &[u8]| {
+            LayerSwitch::needed_spatial(&two, caps.iter().copied())[..2].to_vec()
+        };
+        assert_eq!(needed(&[0, 0]), [true, false], "small tiles: the base alone");
+        assert_eq!(needed(&[0, 2]), [true, true]);
+        assert_eq!(needed(&[2]), [true, true], "the top needs the base");
+        assert_eq!(needed(&[]), [false, false], "nobody: nothing");
+        // Layer 1 stopped by the encoder itself (not available): the top cap gets the base.
+        assert_eq!(
+            LayerSwitch::needed_spatial(&[(0, true), (1, false)], [2].into_iter())[..2],
+            [true, false]
+        );
+        assert_eq!(LayerSwitch::spatial_count(&[true, false, false]), 1);
+        assert_eq!(LayerSwitch::spatial_count(&[true, true]), 2);
+        assert_eq!(LayerSwitch::spatial_count(&[false, false]), 0);
+        // A base that may pause under an upper one that may not: all up to the upper.
+        assert_eq!(LayerSwitch::spatial_count(&[false, true]), 2);
     }
 
     #[test]

@@ -115,31 +115,50 @@ impl SpatialRates {
         self.last_packet[index] = Some(now);
     }
 
+    /// How many spatial layers the stream has sent, up to its highest.
+    pub fn seen(&self) -> usize {
+        self.last_packet.iter().rposition(Option::is_some).map_or(0, |sid| sid + 1)
+    }
+
+    /// Whether spatial layer `sid` came within `idle` of `now`.
+    pub fn is_flowing(&self, sid: usize, now: Instant, idle: Duration) -> bool {
+        self.last_packet
+            .get(sid)
+            .copied()
+            .flatten()
+            .is_some_and(|at| now.saturating_duration_since(at) < idle)
+    }
+
+    /// What spatial layer `sid` brought in while it flowed; `None` before it did.
+    pub fn flowing_bps(&self, sid: usize) -> Option<f64> {
+        self.meters.get(sid)?.flowing_bps()
+    }
+
     /// For each spatial layer that came within `idle` of `now`, lowest first: `(sid, bps,
     /// peak_bps)` of receiving every layer up to it, which a subscriber on it does. A layer
     /// the encoder stopped (its uplink fell short) is not offered, but the ones above it
-    /// still count it while it flowed.
-    pub fn offers(
-        &self,
+    /// still count it while it flowed. One the publisher was told to stop (`paused`, as
+    /// nobody needed it) is offered at what it cost while it flowed: a subscriber's
+    /// allotment may reach it, which is what resumes it.
+    pub fn offers<'a>(
+        &'a self,
         now: Instant,
         idle: Duration,
-    ) -> impl Iterator<Item = (u8, f64, f64)> + '_ {
+        paused: impl Fn(usize) -> bool + 'a,
+    ) -> impl Iterator<Item = (u8, f64, f64)> + 'a {
         let mut sum = (0.0, 0.0);
-        let flowing = self
-            .last_packet
-            .map(|at| at.is_some_and(|at| now.saturating_duration_since(at) < idle));
-        self.meters
-            .iter()
-            .zip(flowing)
-            .enumerate()
-            .filter_map(move |(sid, (meter, flowing))| {
-                if !flowing {
-                    return None;
-                }
-                let bps = meter.bps().max(meter.flowing_bps().unwrap_or(0.0));
-                sum = (sum.0 + bps, sum.1 + meter.peak_bps().max(bps));
-                Some((sid as u8, sum.0, sum.1))
-            })
+        (0..SPATIAL_LAYERS).filter_map(move |sid| {
+            let meter = &self.meters[sid];
+            let bps = if self.is_flowing(sid, now, idle) {
+                meter.bps().max(meter.flowing_bps().unwrap_or(0.0))
+            } else if paused(sid) {
+                meter.flowing_bps()?
+            } else {
+                return None;
+            };
+            sum = (sum.0 + bps, sum.1 + meter.peak_bps().max(bps));
+            Some((sid as u8, sum.0, sum.1))
+        })
     }
 }
 
@@ -235,7 +254,7 @@ mod tests {
             rates.add(at, 2, 1500);
         }
         let now = t0 + Duration::from_millis(89 * 33);
-        let offers: Vec<(u8, f64, f64)> = rates.offers(now, Duration::from_secs(1)).collect();
+        let offers: Vec<(u8, f64, f64)> = rates.offers(now, Duration::from_secs(1), |_| false).collect();
         assert_eq!(offers.len(), 3, "{offers:?}");
         let per_second = |bytes: f64| bytes * 8.0 * 30.3;
         for ((sid, bps, peak), bytes) in offers.iter().zip([200.0, 700.0, 2200.0]) {

@@ -233,7 +233,7 @@ fn demand(
     let temporal = entry.state.temporal_layer();
     let (layers, current) = match &track.layers[..] {
         [layer] if layer.svc => (
-            spatial_offers(layer, now),
+            spatial_offers(track, layer, now),
             entry
                 .state
                 .current_layer()
@@ -259,10 +259,10 @@ fn demand(
 
 /// An SVC stream's offers (one layer of spatial layers): each spatial layer, at what it
 /// and the ones below it cost, and below them the base layer at a lower frame rate.
-fn spatial_offers(layer: &super::Layer, now: Instant) -> Vec<LayerOffer> {
+fn spatial_offers(track: &PublishedTrack, layer: &super::Layer, now: Instant) -> Vec<LayerOffer> {
     let mut offers: Vec<LayerOffer> = layer
         .spatial_rates
-        .offers(now, LAYER_IDLE)
+        .offers(now, LAYER_IDLE, |sid| track.spatial_paused(sid))
         .map(|(sid, bps, peak)| LayerOffer::whole(sid, bps).with_peak(peak))
         .collect();
     if offers.first().is_some_and(|l| l.rank == 0) {

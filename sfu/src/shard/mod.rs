@@ -370,6 +370,9 @@ pub(crate) struct PublishedTrack {
     /// Which simulcast layers the publisher is asked to encode (dynacast); `None` for a
     /// track of one layer, or one relayed from a parent shard.
     layer_switch: Option<crate::media::dynacast::LayerSwitch>,
+    /// Which spatial layers of an SVC track the publisher is asked to encode (dynacast);
+    /// `None` until the track shows itself SVC, and for a relayed one.
+    spatial_switch: Option<crate::media::dynacast::LayerSwitch>,
 }
 
 #[derive(Default)]
@@ -1273,6 +1276,15 @@ impl ShardCore {
             ),
         );
         Some(key)
+    }
+}
+
+impl PublishedTrack {
+    /// Whether its publisher was told to stop encoding spatial layer `sid`.
+    fn spatial_paused(&self, sid: usize) -> bool {
+        self.spatial_switch
+            .as_ref()
+            .is_some_and(|s| !s.is_active(sid))
     }
 }
 

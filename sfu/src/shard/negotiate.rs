@@ -806,6 +806,7 @@ impl ShardCore {
             muted: false,
             downtracks: Vec::new(),
             layer_switch,
+            spatial_switch: None,
         };
         let info = self.track_info(&track);
         let incoming = Incoming {

@@ -54,7 +54,7 @@ impl super::ShardCore {
                             track.layers.iter().any(|l| {
                                 l.svc
                                     && l.spatial_rates
-                                        .offers(now, LAYER_IDLE)
+                                        .offers(now, LAYER_IDLE, |sid| track.spatial_paused(sid))
                                         .any(|(sid, ..)| sid > rank && sid <= wanted)
                             })
                         };

@@ -62,7 +62,7 @@ impl ShardCore {
         session: SessionId,
         message: ServerMessage,
     ) -> Option<ServerMessage> {
-        let ServerMessage::PublishLayers { track, active } = &message else {
+        let ServerMessage::PublishLayers { track, active, .. } = &message else {
             return Some(message);
         };
         let Some(s) = self.registry.session(session) else {
@@ -318,6 +318,7 @@ impl ShardCore {
             downtracks: Vec::new(),
             // One layer so far; a switch comes with the second (above).
             layer_switch: None,
+            spatial_switch: None,
         };
         let info = self.track_info(&track);
         self.media.publish(track_key, track);
