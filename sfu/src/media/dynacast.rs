@@ -94,7 +94,10 @@ impl LayerSwitch {
     /// How many spatial layers, lowest first, an SVC encoder is to make of `active`: up to
     /// the highest active one, as no layer is encoded without those below it.
     pub fn spatial_count(active: &[bool]) -> u8 {
-        active.iter().rposition(|on| *on).map_or(0, |sid| sid as u8 + 1)
+        active
+            .iter()
+            .rposition(|on| *on)
+            .map_or(0, |sid| sid as u8 + 1)
     }
 
     /// How many layers it switches.
@@ -171,10 +174,13 @@ mod tests {
     #[test]
     fn a_subscriber_on_a_spatial_layer_needs_the_ones_below_it_too() {
         let two = [(0, true), (1, true)];
-        let needed = |caps: &[u8]| {
-            LayerSwitch::needed_spatial(&two, caps.iter().copied())[..2].to_vec()
-        };
-        assert_eq!(needed(&[0, 0]), [true, false], "small tiles: the base alone");
+        let needed =
+            |caps: &[u8]| LayerSwitch::needed_spatial(&two, caps.iter().copied())[..2].to_vec();
+        assert_eq!(
+            needed(&[0, 0]),
+            [true, false],
+            "small tiles: the base alone"
+        );
         assert_eq!(needed(&[0, 2]), [true, true]);
         assert_eq!(needed(&[2]), [true, true], "the top needs the base");
         assert_eq!(needed(&[]), [false, false], "nobody: nothing");

@@ -117,7 +117,10 @@ impl SpatialRates {
 
     /// How many spatial layers the stream has sent, up to its highest.
     pub fn seen(&self) -> usize {
-        self.last_packet.iter().rposition(Option::is_some).map_or(0, |sid| sid + 1)
+        self.last_packet
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |sid| sid + 1)
     }
 
     /// Whether spatial layer `sid` came within `idle` of `now`.
@@ -254,7 +257,9 @@ mod tests {
             rates.add(at, 2, 1500);
         }
         let now = t0 + Duration::from_millis(89 * 33);
-        let offers: Vec<(u8, f64, f64)> = rates.offers(now, Duration::from_secs(1), |_| false).collect();
+        let offers: Vec<(u8, f64, f64)> = rates
+            .offers(now, Duration::from_secs(1), |_| false)
+            .collect();
         assert_eq!(offers.len(), 3, "{offers:?}");
         let per_second = |bytes: f64| bytes * 8.0 * 30.3;
         for ((sid, bps, peak), bytes) in offers.iter().zip([200.0, 700.0, 2200.0]) {
@@ -268,10 +273,23 @@ mod tests {
             rates.add(at, 0, 200);
             rates.add(at, 1, 500);
         }
+        let at = later + Duration::from_millis(330);
         let sids: Vec<u8> = rates
-            .offers(later + Duration::from_millis(330), Duration::from_secs(1))
+            .offers(at, Duration::from_secs(1), |_| false)
             .map(|(sid, ..)| sid)
             .collect();
         assert_eq!(sids, vec![0, 1]);
+        // Stopped because the publisher was told to (nobody needed it): offered at what it
+        // cost while it flowed, so that a subscriber's allotment can reach it again.
+        let offers: Vec<(u8, f64, f64)> = rates
+            .offers(at, Duration::from_secs(1), |sid| sid == 2)
+            .collect();
+        assert_eq!(offers.len(), 3, "{offers:?}");
+        let top = offers[2].1 - offers[1].1;
+        assert!((top / per_second(1500.0) - 1.0).abs() < 0.1, "{top}");
+        assert_eq!(rates.seen(), 3);
+        assert!(rates.is_flowing(1, at, Duration::from_secs(1)));
+        assert!(!rates.is_flowing(2, at, Duration::from_secs(1)));
+        assert_eq!(SpatialRates::default().seen(), 0);
     }
 }
