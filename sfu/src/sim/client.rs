@@ -45,6 +45,8 @@ pub struct ClientSpec {
     pub video: Option<VideoSpec>,
     /// Receive the others' tracks.
     pub subscribe: bool,
+    /// Answer the shard's offers without RTX, as a client that has none.
+    pub refuses_rtx: bool,
 }
 
 /// A synthetic VP8 track.
@@ -100,7 +102,44 @@ pub struct Received {
     pub transport_seq: Option<u16>,
 }
 
-/// The id of the header extension `uri` in a description's first `a=extmap` for it.
+/// `sdp` with its RTX formats taken out: what a client without RTX would answer.
+fn without_rtx(sdp: &str) -> String {
+    let rtx: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter_map(|rest| rest.split_once(' '))
+        .filter(|(_, codec)| codec.to_ascii_lowercase().starts_with("rtx/"))
+        .map(|(pt, _)| pt.to_owned())
+        .collect();
+    let names_rtx = |line: &str| {
+        ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|prefix| {
+            line.strip_prefix(prefix)
+                .and_then(|rest| rest.split([' ', ':']).next())
+                .is_some_and(|pt| rtx.iter().any(|r| r == pt))
+        })
+    };
+    let mut out = String::new();
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if names_rtx(line) {
+            continue;
+        }
+        if line.starts_with("m=") {
+            let kept: Vec<&str> = line
+                .split(' ')
+                .enumerate()
+                .filter(|(i, field)| *i < 3 || !rtx.iter().any(|r| r == field))
+                .map(|(_, field)| field)
+                .collect();
+            out.push_str(&kept.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// The id `sdp` gives header extension `uri` (the first section naming it: under BUNDLE
 /// every section gives one URI the same id).
 pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
@@ -184,6 +223,7 @@ pub struct Client {
     publisher: Option<Side>,
     subscriber: Option<Side>,
     subscriber_addr: SocketAddr,
+    refuses_rtx: bool,
     audio_sender: Option<RTCRtpSenderId>,
     video_sender: Option<RTCRtpSenderId>,
     audio: Option<AudioTrack>,
@@ -347,6 +387,7 @@ impl Client {
             publisher: None,
             subscriber: None,
             subscriber_addr,
+            refuses_rtx: spec.refuses_rtx,
             audio_sender: None,
             video_sender: None,
             audio: None,
@@ -594,9 +635,14 @@ impl Client {
                 side.pc.set_remote_description(now, offer).ok()?;
                 let answer = side.pc.create_answer(None).ok()?;
                 side.pc.set_local_description(now, answer.clone()).ok()?;
+                let sdp = if self.refuses_rtx {
+                    without_rtx(&answer.sdp)
+                } else {
+                    answer.sdp
+                };
                 Some(ClientMessage::Answer {
                     pc: PeerTarget::Subscriber,
-                    sdp: answer.sdp,
+                    sdp,
                 })
             }
             ServerMessage::PublishLayers { active, .. } => {
