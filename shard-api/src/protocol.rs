@@ -681,16 +681,48 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
 /// The spatial layers of an SVC track its publisher is to encode (`publish_layers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpatialLayers {
-    /// How many spatial layers, lowest first, anyone receives; 0 when nobody receives
-    /// the track.
+    /// How many spatial layers to encode, lowest first: those someone receives, or may
+    /// soon; 0 when nobody receives the track.
     pub encode: u8,
-    /// How many the shard has seen the publisher send.
+    /// Of how many: what the publisher encoded while it encoded all it would.
     pub of: u8,
+    /// The width of the highest layer to encode, as the publisher's own scalability
+    /// structure gave it; absent when it gave none (or for all and none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u16>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_layers_carries_spatial_layers_only_for_an_svc_track() {
+        let simulcast = ServerMessage::PublishLayers {
+            track: "cam".into(),
+            active: vec!["q".into()],
+            spatial: None,
+        };
+        let json = serde_json::to_value(&simulcast).expect("serializes");
+        assert_eq!(json["active"], serde_json::json!(["q"]));
+        assert!(json.get("spatial").is_none(), "{json}");
+        let svc = ServerMessage::PublishLayers {
+            track: "cam".into(),
+            active: Vec::new(),
+            spatial: Some(SpatialLayers {
+                encode: 1,
+                of: 2,
+                width: Some(320),
+            }),
+        };
+        let json = serde_json::to_value(&svc).expect("serializes");
+        assert_eq!(
+            json["spatial"],
+            serde_json::json!({"encode": 1, "of": 2, "width": 320})
+        );
+        let back: ServerMessage = serde_json::from_value(json).expect("reads back");
+        assert_eq!(format!("{back:?}"), format!("{svc:?}"));
+    }
 
     #[test]
     fn decodes_a_join() {

@@ -510,17 +510,38 @@ async function publishLayers({ track, active, spatial }) {
   if (changed) await sender.setParameters(parameters);
 }
 
-// An SVC camera encodes only the lowest `encode` of the `of` spatial layers the shard saw
-// (nobody receives the others): fewer layers, with the top one scaled to the size of the
-// highest kept, so that subscribers' layers keep their sizes; none at all, inactive.
-async function publishSpatialLayers(sender, parameters, { encode, of }) {
+// The SVC camera's bitrate cap with all its layers.
+const SVC_MAX_BITRATE = 1_500_000;
+
+// An SVC camera encodes only the lowest `encode` of its `of` spatial layers (nobody
+// receives the others): fewer layers, the top one scaled to the width of the highest kept
+// (as the encoder's own structure gave it to the shard; else by halves), so that
+// subscribers' layers keep their sizes; none at all, inactive. Fewer layers get the
+// bitrate those layers had: libwebrtc gives a single layer the whole encoding's cap.
+async function publishSpatialLayers(sender, parameters, { encode, of, width }) {
   const [encoding] = parameters.encodings || [];
   if (!encoding || parameters.encodings.length !== 1 || !encoding.scalabilityMode) return;
   const keep = Math.min(encode, of);
   const wanted = { active: keep > 0 };
-  if (keep > 0) {
-    wanted.scalabilityMode = keep >= of ? SVC_MODE : keep === 1 ? 'L1T3' : `L${keep}T3_KEY`;
-    wanted.scaleResolutionDownBy = keep >= of ? 1 : 2 ** (of - keep);
+  if (keep >= of) {
+    Object.assign(wanted, { scalabilityMode: SVC_MODE, scaleResolutionDownBy: 1, maxBitrate: SVC_MAX_BITRATE });
+  } else if (keep > 0) {
+    const settings = state.camTrack?.getSettings() || {};
+    const full = settings.width || 0;
+    const scale = width > 0 && full > width ? full / width : 2 ** (of - keep);
+    const aspect = full > 0 && settings.height ? settings.height / full : 0.75;
+    // libwebrtc's cap of a spatial layer of w×h pixels: 1.6 bit a pixel per 1000, plus
+    // 50 kbit/s; the kept layers halve in width downwards from the top one.
+    let maxBitrate = 0;
+    for (let layer = 0; layer < keep; layer += 1) {
+      const w = (full / scale) / 2 ** layer;
+      maxBitrate += (1.6 * w * w * aspect) + 50_000;
+    }
+    Object.assign(wanted, {
+      scalabilityMode: keep === 1 ? 'L1T3' : `L${keep}T3_KEY`,
+      scaleResolutionDownBy: scale,
+      maxBitrate: Math.min(SVC_MAX_BITRATE, Math.round(maxBitrate)),
+    });
   }
   const changed = Object.entries(wanted).some(([key, value]) => encoding[key] !== value);
   if (!changed) return;
@@ -708,7 +729,7 @@ async function startPublishing() {
       // where the camera is small), each in three temporal layers: the shard sends each
       // subscriber the layers up to the size it needs, from one encoder.
       try {
-        transceiver = pc.addTransceiver(state.camTrack, { ...init, sendEncodings: [{ maxBitrate: 1_500_000, scalabilityMode: SVC_MODE }] });
+        transceiver = pc.addTransceiver(state.camTrack, { ...init, sendEncodings: [{ maxBitrate: SVC_MAX_BITRATE, scalabilityMode: SVC_MODE }] });
         transceiver.setCodecPreferences(vp9);
       } catch (error) {
         // Refused after all: simulcast, as in any other room.

@@ -136,19 +136,23 @@ test('a small tile gets the low layer, a hidden one nothing, and a layer nobody 
  * (outbound-rtp) and how many frames it encoded meanwhile. */
 async function svcEncoding(page, ms) {
   const read = () => page.evaluate(async () => {
-    let out = { mode: null, width: 0, frames: 0, active: null };
+    let out = { mode: null, width: 0, frames: 0, bytes: 0 };
     (await window.tutti.state.videoSender.getStats()).forEach((s) => {
       if (s.type === 'outbound-rtp' && s.kind === 'video') {
-        out = { mode: s.scalabilityMode, width: s.frameWidth || 0, frames: s.framesEncoded || 0 };
+        out = { mode: s.scalabilityMode, width: s.frameWidth || 0, frames: s.framesEncoded || 0, bytes: s.bytesSent || 0 };
       }
     });
-    out.active = window.tutti.state.videoSender.getParameters().encodings[0].active;
-    return out;
+    const [encoding] = window.tutti.state.videoSender.getParameters().encodings;
+    return { ...out, active: encoding.active, maxBitrate: encoding.maxBitrate, at: performance.now() };
   });
   const before = await read();
   await new Promise((resolve) => setTimeout(resolve, ms));
   const after = await read();
-  return { ...after, encoded: after.frames - before.frames };
+  const seconds = Math.max(0.001, (after.at - before.at) / 1000);
+  return {
+    mode: after.mode, width: after.width, active: after.active, maxBitrate: after.maxBitrate,
+    encoded: after.frames - before.frames, kbps: Math.round((8 * (after.bytes - before.bytes)) / seconds / 1000),
+  };
 }
 
 test('in a room of spatial layers, a layer nobody receives is not encoded, nor the video while nobody shows it', async () => {
@@ -161,7 +165,7 @@ test('in a room of spatial layers, a layer nobody receives is not encoded, nor t
   const { Ana, Ben, Cai } = svc;
   // Ana's camera as one VP9 encoding of spatial layers: two of a 640x480 camera.
   const full = await waitFor("Ana's spatial layers at Ben and Cai", async () => ({
-    ana: await svcEncoding(Ana, 0),
+    ana: await svcEncoding(Ana, 1000),
     ben: await receivedVideo(Ben, 'Ana'),
     cai: await receivedVideo(Cai, 'Ana'),
   }), (r) => r.ana.mode === 'L2T3_KEY' && r.ben.frameWidth === 640 && r.cai.frameWidth === 640, 40_000);
@@ -174,18 +178,22 @@ test('in a room of spatial layers, a layer nobody receives is not encoded, nor t
   const one = await waitFor("Ana encoding her base layer alone", () => svcEncoding(Ana, 1000),
     (e) => e.mode === 'L1T3' && e.width === 320 && e.encoded > 0, 30_000);
   const oneAfter = Date.now() - smallAt;
+  // With the bitrate its layer had in both (about 173 kbit/s for 320x240): a single layer
+  // would otherwise get the whole encoding's 1.5 Mbit/s.
+  assert.ok(one.maxBitrate > 0 && one.maxBitrate < 250_000, JSON.stringify(one));
   const benSmall = await waitFor("Ana's video playing at Ben at 320 px", async () => {
     const first = await receivedVideo(Ben, 'Ana');
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const then = await receivedVideo(Ben, 'Ana');
     return { width: then.frameWidth, frames: then.framesDecoded - first.framesDecoded };
   }, (v) => v.width === 320 && v.frames >= 10, 20_000);
+  const oneSteady = await svcEncoding(Ana, 2000);
 
   // Cai shows her large: both layers again, and Cai decodes the full size.
   const largeAt = Date.now();
   await showTile(Cai, 'Ana', 600);
   const two = await waitFor("Ana encoding both layers again", () => svcEncoding(Ana, 0),
-    (e) => e.mode === 'L2T3_KEY' && e.width === 640, 20_000);
+    (e) => e.mode === 'L2T3_KEY' && e.width === 640 && e.maxBitrate === 1_500_000, 20_000);
   const twoAfter = Date.now() - largeAt;
   await waitFor("Ana's full size at Cai", () => receivedVideo(Cai, 'Ana'), (v) => v.frameWidth === 640, 20_000);
   const caiLarge = Date.now() - largeAt;
@@ -203,7 +211,7 @@ test('in a room of spatial layers, a layer nobody receives is not encoded, nor t
   await waitFor("Ana's camera encoding again", () => svcEncoding(Ana, 1000), (e) => e.active === true && e.encoded > 0, 20_000);
   await waitForPlayingVideo(Ben, 'Ana', 20_000);
   const backAfter = Date.now() - shownAt;
-  console.log(`adaptive: SVC ${JSON.stringify(full.ana)}; both viewers small: Ana encoding ${JSON.stringify(one)} ${oneAfter} ms later, Ben decoding ${JSON.stringify(benSmall)}; `
+  console.log(`adaptive: SVC ${JSON.stringify(full.ana)}; both viewers small: Ana encoding ${JSON.stringify(one)} ${oneAfter} ms later (${oneSteady.kbps} kbit/s over the next 2 s), Ben decoding ${JSON.stringify(benSmall)}; `
     + `Cai large: Ana encoding ${two.mode} at ${two.width} px ${twoAfter} ms later, Cai at 640 px in ${caiLarge} ms; `
     + `both hidden: Ana's encoder stopped ${offAfter} ms later; shown again, playing at Ben in ${backAfter} ms`);
   for (const page of Object.values(svc)) await page.context().close();

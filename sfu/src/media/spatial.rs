@@ -99,6 +99,38 @@ impl SpatialFilter {
     }
 }
 
+/// What a stream's encoder last said of its spatial layers (VP9's scalability structure,
+/// on key pictures): how many it makes, and the width of each it ever named.
+#[derive(Debug, Default, Clone)]
+pub struct SpatialStructure {
+    /// The layers it makes now; `None` before it said.
+    pub layers: Option<u8>,
+    widths: [Option<u16>; SPATIAL_LAYERS],
+}
+
+impl SpatialStructure {
+    /// Takes in a structure the encoder sent. A layer's width is kept when a later one
+    /// leaves the layer out: a publisher encoding fewer layers keeps their sizes.
+    pub fn update(&mut self, structure: super::vp9::Scalability) {
+        self.layers = Some(structure.layers);
+        if let Some(widths) = structure.widths {
+            for (kept, width) in self
+                .widths
+                .iter_mut()
+                .zip(widths)
+                .take(structure.layers.into())
+            {
+                *kept = Some(width);
+            }
+        }
+    }
+
+    /// The width of spatial layer `sid`, if the encoder ever named it.
+    pub fn width(&self, sid: usize) -> Option<u16> {
+        self.widths.get(sid).copied().flatten()
+    }
+}
+
 /// What each spatial layer of a stream brings in: what a subscriber receiving the layers
 /// up to one costs its downlink.
 #[derive(Debug, Default, Clone)]

@@ -10,6 +10,9 @@
 //! L:  | TID |U| SID |D|
 //!     |   TL0PICIDX   |   non-flexible mode (F clear) only
 //! P,F:| P_DIFF      |N|   flexible mode, inter-picture predicted: up to three
+//! V:  | N_S |Y|G|-|-|-|   scalability structure (key pictures): spatial layers − 1,
+//!     |  WIDTH, HEIGHT|   with Y, 16 bits each per spatial layer; then, with G,
+//!     |  ...          |   the picture group (not read)
 //! ```
 //!
 //! Chromium sends flexible mode since M129: each picture names the pictures it references
@@ -22,6 +25,18 @@ use super::temporal::{References, TemporalInfo};
 
 /// Most references one picture may name (RFC 9628 §4.2).
 const MAX_REFERENCES: usize = 3;
+
+/// Most spatial layers a scalability structure may describe (N_S is three bits).
+pub const MAX_SPATIAL_LAYERS: usize = 8;
+
+/// A scalability structure (V): what the encoder makes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scalability {
+    /// How many spatial layers it encodes.
+    pub layers: u8,
+    /// Their widths, lowest first, when it says (Y); the first `layers` are set.
+    pub widths: Option<[u16; MAX_SPATIAL_LAYERS]>,
+}
 
 /// The fields of one VP9 payload descriptor the shard acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +57,8 @@ pub struct Vp9Descriptor {
     pub diffs: [u8; MAX_REFERENCES],
     /// How many of `diffs` hold a reference.
     pub count: u8,
+    /// The scalability structure, when the packet carries one whole (V).
+    pub scalability: Option<Scalability>,
 }
 
 /// The layer-index byte.
@@ -74,6 +91,8 @@ pub struct Vp9Layers {
     pub temporal: Option<TemporalInfo>,
     /// Its spatial layer, when the descriptor has layer indices.
     pub spatial: Option<SpatialInfo>,
+    /// The scalability structure it carries (key pictures).
+    pub scalability: Option<Scalability>,
 }
 
 /// Reads a VP9 payload descriptor; `None` when it is cut short or malformed (a P_DIFF of
@@ -129,6 +148,11 @@ pub fn parse(payload: &[u8]) -> Option<Vp9Descriptor> {
             }
         }
     }
+    let scalability = if first & 0x02 != 0 {
+        payload.get(offset..).and_then(scalability)
+    } else {
+        None
+    };
     Some(Vp9Descriptor {
         picture_id,
         predicted,
@@ -138,7 +162,28 @@ pub fn parse(payload: &[u8]) -> Option<Vp9Descriptor> {
         layer,
         diffs,
         count,
+        scalability,
     })
+}
+
+/// Reads a scalability structure's layer count and widths; `None` when cut short (the
+/// rest of the descriptor still counts).
+fn scalability(bytes: &[u8]) -> Option<Scalability> {
+    let first = *bytes.first()?;
+    let layers = (first >> 5) + 1;
+    let widths = if first & 0x10 != 0 {
+        let mut widths = [0u16; MAX_SPATIAL_LAYERS];
+        for (layer, width) in widths.iter_mut().enumerate().take(usize::from(layers)) {
+            let at = 1 + layer * 4;
+            // Width, then height, two bytes each; the height must be there too.
+            let size = bytes.get(at..at + 4)?;
+            *width = u16::from_be_bytes([size[0], size[1]]);
+        }
+        Some(widths)
+    } else {
+        None
+    };
+    Some(Scalability { layers, widths })
 }
 
 /// What a VP9 packet says of its picture: whether it starts a keyframe, and its temporal
@@ -155,6 +200,7 @@ pub fn layers(payload: &[u8]) -> Vp9Layers {
     let Some(layer) = descriptor.layer else {
         return Vp9Layers {
             keyframe,
+            scalability: descriptor.scalability,
             ..Vp9Layers::default()
         };
     };
@@ -180,6 +226,7 @@ pub fn layers(payload: &[u8]) -> Vp9Layers {
             ends_layer_frame: descriptor.ends_frame,
             picture_start,
         }),
+        scalability: descriptor.scalability,
     }
 }
 
@@ -308,5 +355,44 @@ mod tests {
         assert_eq!(parse(&four), None);
         // No layer indices: nothing to say of temporal layers.
         assert_eq!(temporal(&[0x88, 0x05, 0x00]), None);
+    }
+
+    #[test]
+    fn a_key_pictures_scalability_structure_gives_its_layers_and_widths() {
+        // Chromium's key picture of L2T3_KEY: I, L, F, B, V; picture ID 300; SID 0; then
+        // N_S = 1 with Y and G: 320x240 and 640x480, and a picture group.
+        let mut key = vec![0x80 | 0x20 | 0x10 | 0x08 | 0x02, 0x80 | 0x01, 0x2c, 0x00];
+        key.extend([
+            0x20 | 0x10 | 0x08,
+            0x01,
+            0x40,
+            0x00,
+            0xf0,
+            0x02,
+            0x80,
+            0x01,
+            0xe0,
+        ]);
+        key.extend([0x01, 0x04, 0x01, 0xaa]);
+        let read = layers(&key);
+        assert!(read.keyframe);
+        let ss = read.scalability.expect("a structure");
+        assert_eq!(ss.layers, 2);
+        assert_eq!(ss.widths.map(|w| (w[0], w[1])), Some((320, 640)));
+        // Without Y: the layer count alone.
+        let no_sizes = [0x80 | 0x20 | 0x10 | 0x08 | 0x02, 0x05, 0x00, 0x40];
+        assert_eq!(
+            parse(&no_sizes).and_then(|d| d.scalability),
+            Some(Scalability {
+                layers: 3,
+                widths: None
+            })
+        );
+        // Cut inside the sizes: no structure, the rest of the descriptor still read.
+        for len in 5..4 + 1 + 8 {
+            let descriptor = parse(&key[..len]).expect("the descriptor");
+            assert_eq!(descriptor.scalability, None, "cut at {len}");
+            assert_eq!(descriptor.layer.map(|l| l.sid), Some(0));
+        }
     }
 }

@@ -35,8 +35,11 @@ impl MediaRouter {
             let caps = track.downtracks.iter().filter_map(|d| d.state.max_rank());
             let needed = LayerSwitch::needed(&layers[..count], caps);
             let mut pausable = [false; MAX_LAYERS];
-            for (slot, layer) in pausable.iter_mut().zip(&track.layers) {
-                *slot = layer.rate.flowing_bps().is_some();
+            for (index, (slot, layer)) in pausable.iter_mut().zip(&track.layers).enumerate() {
+                let flowing = layer
+                    .last_packet
+                    .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE);
+                *slot = may_pause_layer(switch.is_active(index), flowing, layer.rate.flowing_bps());
             }
             let Some(active) = switch.update(&needed[..count], &pausable[..count], now) else {
                 continue;
@@ -71,15 +74,21 @@ fn switch_spatial_layers(track: &mut PublishedTrack, now: Instant) -> Option<Ser
     if !layer.svc || track.peer.is_none() {
         return None;
     }
-    // As many layers as the stream has shown while all were encoded: an encoder that
-    // adds one later (as its uplink grows) gets a switch that counts it.
-    let seen = layer.spatial_rates.seen().min(MAX_LAYERS);
-    let grown = track
+    // As many layers as the encoder makes while it encodes all it would: its scalability
+    // structure says, else the layers seen. Taken again whenever that changes while no
+    // layer is paused here (an encoder adds or drops one as its uplink or camera
+    // changes); while one is, the encoder makes fewer because it was told to.
+    let count = layer
+        .spatial_structure
+        .layers
+        .map_or_else(|| layer.spatial_rates.seen(), usize::from)
+        .min(MAX_LAYERS);
+    let changed = track
         .spatial_switch
         .as_ref()
-        .is_none_or(|s| s.all_active() && s.len() < seen);
-    if grown {
-        track.spatial_switch = Some(LayerSwitch::new(seen, now));
+        .is_none_or(|s| s.all_active() && s.len() != count);
+    if changed {
+        track.spatial_switch = (count > 0).then(|| LayerSwitch::new(count, now));
     }
     let switch = track.spatial_switch.as_mut()?;
     let count = switch.len();
@@ -88,17 +97,54 @@ fn switch_spatial_layers(track: &mut PublishedTrack, now: Instant) -> Option<Ser
     for (sid, (slot, may_pause)) in layers.iter_mut().zip(&mut pausable).enumerate().take(count) {
         let flowing = layer.spatial_rates.is_flowing(sid, now, LAYER_IDLE);
         *slot = (sid as u8, switch.available(sid, flowing, now));
-        *may_pause = layer.spatial_rates.flowing_bps(sid).is_some();
+        *may_pause = may_pause_layer(
+            switch.is_active(sid),
+            flowing,
+            layer.spatial_rates.flowing_bps(sid),
+        );
     }
     let caps = track.downtracks.iter().filter_map(|d| d.state.max_rank());
     let needed = LayerSwitch::needed_spatial(&layers[..count], caps);
     let active = switch.update(&needed[..count], &pausable[..count], now)?;
+    let encode = LayerSwitch::spatial_count(active);
+    let width = (1..count)
+        .contains(&usize::from(encode))
+        .then(|| layer.spatial_structure.width(usize::from(encode) - 1))
+        .flatten();
     Some(ServerMessage::PublishLayers {
         track: track.source_track_id.clone(),
         active: Vec::new(),
         spatial: Some(SpatialLayers {
-            encode: LayerSwitch::spatial_count(active),
+            encode,
             of: count as u8,
+            width,
         }),
     })
+}
+
+/// Whether a layer may be paused at its publisher: one whose rate while flowing is known
+/// (a subscriber's share can reach it again), and not one its encoder stopped by itself
+/// (a short uplink, a smaller camera), which pausing would only flip off and on as it
+/// then counts as available, costing the encoder a reset each time; a paused one stays
+/// pausable, or it would be resumed at once.
+pub(super) fn may_pause_layer(active: bool, flowing: bool, flowed_bps: Option<f64>) -> bool {
+    flowed_bps.is_some() && (flowing || !active)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_its_encoder_stopped_by_itself_is_not_paused() {
+        // Flowing, rate known: may pause.
+        assert!(may_pause_layer(true, true, Some(300_000.0)));
+        // Never flowed: never told off and on.
+        assert!(!may_pause_layer(true, false, None));
+        // Stopped by the encoder while asked for: left alone (pausing it would make it
+        // count as available, and a viewer's need would resume it, again and again).
+        assert!(!may_pause_layer(true, false, Some(300_000.0)));
+        // Paused here: stays pausable, else it would be resumed at once.
+        assert!(may_pause_layer(false, false, Some(300_000.0)));
+    }
 }

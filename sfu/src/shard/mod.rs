@@ -313,6 +313,8 @@ pub(crate) struct Layer {
     temporal_rates: crate::media::temporal::TemporalRates,
     /// What each of its spatial layers brings in (VP9 with layer indices).
     spatial_rates: crate::media::spatial::SpatialRates,
+    /// What its encoder last said of its spatial layers (VP9 key pictures).
+    spatial_structure: crate::media::spatial::SpatialStructure,
     /// A packet above the base spatial layer came on this, the track's one layer: it is a
     /// VP9 SVC stream, whose spatial layers subscribers receive up to one.
     svc: bool,

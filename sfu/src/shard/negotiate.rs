@@ -775,6 +775,7 @@ impl ShardCore {
                 rate: Default::default(),
                 temporal_rates: Default::default(),
                 spatial_rates: Default::default(),
+                spatial_structure: Default::default(),
                 svc: false,
                 loss: Default::default(),
                 loss_percent: None,
@@ -901,11 +902,13 @@ impl ShardCore {
         if music && track.kind == TrackKind::Audio {
             stream_id.push_str(".audio");
         }
-        // The connection's RTX streams, whose SSRCs a new one must not take either.
-        let repair_ssrcs: Vec<u32> = self
-            .media
-            .tracks()
-            .flat_map(|(_, t)| &t.downtracks)
+        // The connection's RTX streams, whose SSRCs a new one must not take either: those
+        // of the tracks it receives.
+        let repair_ssrcs: Vec<u32> = peer
+            .outgoing
+            .values()
+            .filter_map(|track_key| self.media.track(*track_key))
+            .flat_map(|t| &t.downtracks)
             .filter(|d| d.peer == key)
             .filter_map(|d| d.rtx.as_ref().map(|rtx| rtx.ssrc))
             .collect();
@@ -916,12 +919,15 @@ impl ShardCore {
             TrackKind::Video => RtpCodecKind::Video,
         };
         // Video gets an RTX stream for the shard's probes (media::rtx); `rtc` declares it in
-        // the offer because subscribers' media engines carry RTX for video.
+        // the offer because subscribers' media engines carry RTX for video (and keeps
+        // declaring it after an answer that refused it, harmlessly: nothing is sent there).
         let rtx = (kind == RtpCodecKind::Video).then(|| {
             let rtx_ssrc = self.env.ssrc(|s| s == ssrc || taken(s));
             let mut first_seq = [0u8; 2];
             self.env.fill(&mut first_seq);
-            RtxStream::new(rtx_ssrc, u16::from_be_bytes(first_seq))
+            // In the lower half, as libwebrtc starts: a receiver that lost the first
+            // packets (probes are what a bottleneck drops) cannot misjudge a wrap.
+            RtxStream::new(rtx_ssrc, u16::from_be_bytes(first_seq) & 0x7fff)
         });
         let media = MediaStreamTrack::new(
             stream_id,

@@ -389,6 +389,7 @@ fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration
         rate: Default::default(),
         temporal_rates: Default::default(),
         spatial_rates: Default::default(),
+        spatial_structure: Default::default(),
         svc: false,
         loss: Default::default(),
         loss_percent: None,

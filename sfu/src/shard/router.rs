@@ -178,18 +178,20 @@ impl MediaRouter {
         packet.header.csrc.clear();
 
         // The payload descriptor read once: keyframe, temporal and spatial layer.
-        let (keyframe, temporal, spatial) = match track.family {
+        let (keyframe, temporal, spatial, structure) = match track.family {
             CodecFamily::Vp8 => (
                 is_keyframe(track.family, &packet.payload),
                 vp8_temporal(&packet.payload),
                 None,
+                None,
             ),
             CodecFamily::Vp9 => {
                 let read = vp9::layers(&packet.payload);
-                (read.keyframe, read.temporal, read.spatial)
+                (read.keyframe, read.temporal, read.spatial, read.scalability)
             }
             family => (
                 family.is_video() && is_keyframe(family, &packet.payload),
+                None,
                 None,
                 None,
             ),
@@ -200,6 +202,9 @@ impl MediaRouter {
         };
         layer.last_packet = Some(now);
         layer.rate.add(now, received);
+        if let Some(structure) = structure {
+            layer.spatial_structure.update(structure);
+        }
         if let Some(info) = spatial {
             // Counted from the first packet, so that the rates are known when the stream
             // turns out to be one of spatial layers.
