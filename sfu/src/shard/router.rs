@@ -676,27 +676,32 @@ impl super::DowntrackEntry {
         padding: &[u8],
         now: Instant,
     ) -> Option<usize> {
-        if let Some(rtx) = self.rtx.as_mut()
-            && let Some(payload_type) = rtx.payload_type
-        {
+        let rtx = self
+            .rtx
+            .as_mut()
+            .and_then(|rtx| Some((rtx.payload_type?, rtx)));
+        let (stream, place, index) = if let Some((payload_type, rtx)) = rtx {
             let (seq, index) = rtx.next_packet();
-            let place = Rewritten {
-                seq,
-                timestamp: self.state.last_timestamp().unwrap_or(0),
-            };
-            let stream = (rtx.ssrc, payload_type);
-            return send_padding_on(
-                subscriber,
-                &self.extensions,
-                stream,
-                (place, index),
-                padding,
-                now,
-            );
-        }
-        let payload_type = self.payload_type?;
-        let place = self.state.padding()?;
-        self.send_padding(subscriber, payload_type, place, padding, now)
+            let timestamp = self.state.last_timestamp().unwrap_or(0);
+            (
+                (rtx.ssrc, payload_type),
+                Rewritten { seq, timestamp },
+                index,
+            )
+        } else {
+            let payload_type = self.payload_type?;
+            let place = self.state.padding()?;
+            let index = self.rollover.index(place.seq);
+            ((self.ssrc, payload_type), place, index)
+        };
+        send_padding_on(
+            subscriber,
+            &self.extensions,
+            stream,
+            (place, index),
+            padding,
+            now,
+        )
     }
 }
 
