@@ -17,7 +17,7 @@
 use super::transport::{PeerTx, Transport};
 use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
-use crate::media::outgoing::{ExtensionIds, OutPacket, SendStamp};
+use crate::media::outgoing::{OutPacket, SendStamp};
 use crate::media::sequencer::Rewritten;
 use crate::media::speaker::SpeakerDetector;
 use crate::media::temporal::vp8_temporal;
@@ -655,15 +655,8 @@ impl super::DowntrackEntry {
         now: Instant,
     ) -> Option<usize> {
         let index = self.rollover.index(place.seq);
-        let stream = (self.ssrc, payload_type);
-        send_padding_on(
-            subscriber,
-            &self.extensions,
-            stream,
-            (place, index),
-            padding,
-            now,
-        )
+        let at = ((self.ssrc, payload_type), place, index);
+        self.send_padding_at(subscriber, at, padding, now)
     }
 
     /// Sends one padding-only packet of a bandwidth probe: on the RTX stream when the
@@ -680,59 +673,49 @@ impl super::DowntrackEntry {
             .rtx
             .as_mut()
             .and_then(|rtx| Some((rtx.payload_type?, rtx)));
-        let (stream, place, index) = if let Some((payload_type, rtx)) = rtx {
-            let (seq, index) = rtx.next_packet();
-            let timestamp = self.state.last_timestamp().unwrap_or(0);
-            (
-                (rtx.ssrc, payload_type),
-                Rewritten { seq, timestamp },
-                index,
-            )
-        } else {
+        let Some((payload_type, rtx)) = rtx else {
             let payload_type = self.payload_type?;
             let place = self.state.padding()?;
-            let index = self.rollover.index(place.seq);
-            ((self.ssrc, payload_type), place, index)
+            return self.send_padding(subscriber, payload_type, place, padding, now);
         };
-        send_padding_on(
-            subscriber,
-            &self.extensions,
-            stream,
-            (place, index),
-            padding,
-            now,
-        )
+        let (seq, index) = rtx.next_packet();
+        let timestamp = self.state.last_timestamp().unwrap_or(0);
+        let at = (
+            (rtx.ssrc, payload_type),
+            Rewritten { seq, timestamp },
+            index,
+        );
+        self.send_padding_at(subscriber, at, padding, now)
     }
-}
 
-/// Sends a padding-only packet on stream `(ssrc, payload type)` at `place`, as SRTP packet
-/// `index`, with the extensions `ids` names; the transport-wide stamp it takes is
-/// remembered for the downlink estimate. Returns its size on the wire.
-fn send_padding_on(
-    subscriber: &mut PeerTx<'_>,
-    ids: &ExtensionIds,
-    (ssrc, payload_type): (u32, u8),
-    (place, index): (Rewritten, u64),
-    padding: &[u8],
-    now: Instant,
-) -> Option<usize> {
-    let stamp = subscriber.stamp(now);
-    let out = OutPacket {
-        padding: true,
-        marker: false,
-        payload_type,
-        seq: place.seq,
-        timestamp: place.timestamp,
-        ssrc,
-        audio_level: None,
-        stamp,
-        payload: padding,
-    };
-    let wire = subscriber.send_rtp(ids, &out, index, |_| {})?;
-    if ids.transport_cc.is_some() {
-        subscriber.stamped_sent(stamp.transport_seq, wire, now);
+    /// Sends a padding-only packet on stream `(ssrc, payload type)` at `place`, as SRTP
+    /// packet `index`, with this downtrack's extensions; the transport-wide stamp it takes
+    /// is remembered for the downlink estimate. Returns its size on the wire.
+    fn send_padding_at(
+        &self,
+        subscriber: &mut PeerTx<'_>,
+        ((ssrc, payload_type), place, index): ((u32, u8), Rewritten, u64),
+        padding: &[u8],
+        now: Instant,
+    ) -> Option<usize> {
+        let stamp = subscriber.stamp(now);
+        let out = OutPacket {
+            padding: true,
+            marker: false,
+            payload_type,
+            seq: place.seq,
+            timestamp: place.timestamp,
+            ssrc,
+            audio_level: None,
+            stamp,
+            payload: padding,
+        };
+        let wire = subscriber.send_rtp(&self.extensions, &out, index, |_| {})?;
+        if self.extensions.transport_cc.is_some() {
+            subscriber.stamped_sent(stamp.transport_seq, wire, now);
+        }
+        Some(wire)
     }
-    Some(wire)
 }
 
 /// One connection's due sender reports, and a sender of its to write them through.
