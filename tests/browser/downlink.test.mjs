@@ -198,8 +198,9 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
 // while the probes looking for room to climb padded on the video's own stream; since they
 // pad on its RTX stream, only TL0 kept through a dip in the estimate can overfill the
 // link's queue) and a second now and then without a new frame (none in five runs, one in
-// two, five in one run before a dip in the estimate stopped pausing the video) are
-// bounded, not ruled out.
+// two, five in one run before a dip in the estimate stopped pausing the video; with the
+// probes on RTX, VP9: none in seven runs, one, two, and three in one full suite's run,
+// which failed this bound, cause not yet found) are bounded, not ruled out.
 const NARROW_KBPS = 130;
 
 for (const codec of ['VP8', 'VP9']) test(`a viewer behind ${NARROW_KBPS} kbit/s gets the low layer of ${codec} at a lower frame rate instead of no video, and more frames when the link widens`, async () => {
