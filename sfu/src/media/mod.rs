@@ -6,6 +6,7 @@
 
 pub mod allocation;
 pub mod codec;
+pub mod dependency_descriptor;
 pub mod downlink;
 pub mod downtrack;
 pub mod dynacast;
