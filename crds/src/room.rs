@@ -144,6 +144,21 @@ pub struct MediaSpec {
     /// publisher's uplink.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub svc: bool,
+    /// With `svc`: the codec of those spatial layers, `vp9` (default) or `av1` (better
+    /// pictures for the bits, at more of the publisher's CPU; publishers whose browser
+    /// cannot encode it send simulcast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svc_codec: Option<SvcCodec>,
+}
+
+/// The codec a room's publishers send spatial layers in.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SvcCodec {
+    /// VP9.
+    Vp9,
+    /// AV1.
+    Av1,
 }
 
 fn yes() -> bool {
@@ -158,6 +173,7 @@ impl Default for MediaSpec {
             max_video_bitrate_kbps: None,
             simulcast: true,
             svc: false,
+            svc_codec: None,
         }
     }
 }

@@ -117,6 +117,10 @@ pub fn validate_room(
             video: spec.media.video,
             simulcast: spec.media.simulcast,
             svc: spec.media.svc,
+            svc_codec: match spec.media.svc_codec {
+                Some(tutti_crds::room::SvcCodec::Av1) => tutti_store::SvcCodec::Av1,
+                Some(tutti_crds::room::SvcCodec::Vp9) | None => tutti_store::SvcCodec::Vp9,
+            },
             max_video_bitrate_kbps: spec.media.max_video_bitrate_kbps,
             owner: Some(owner(namespace, name)),
             audience: false,
@@ -163,6 +167,7 @@ mod tests {
             max_video_bitrate_kbps: Some(5),
             simulcast: true,
             svc: false,
+            svc_codec: None,
         };
         bad.shard_selector.insert("bad key!".into(), "x".into());
         let problems = validate_room("ns", &"r".repeat(65), &bad).unwrap_err();

@@ -91,6 +91,9 @@ pub struct ShardMetrics {
     pub rtp_received_packets: Counter,
     /// RTP payload and header bytes received from publishers.
     pub rtp_received_bytes: Counter,
+    /// AV1 dependency descriptors that could not be read (malformed, or naming a template
+    /// the stream's structure lacks).
+    pub dependency_descriptors_unread: Counter,
     /// RTP packets forwarded to subscribers.
     pub rtp_forwarded_packets: Counter,
     /// Bytes of RTP forwarded to subscribers (before encryption).
@@ -223,6 +226,11 @@ impl ShardMetrics {
                 &mut registry,
                 "rtp_received_bytes",
                 "RTP bytes received from publishers",
+            ),
+            dependency_descriptors_unread: counter(
+                &mut registry,
+                "dependency_descriptors_unread",
+                "AV1 dependency descriptors that could not be read",
             ),
             rtp_forwarded_packets: counter(
                 &mut registry,

@@ -376,10 +376,11 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
         )?;
     }
     // Publishers: what the shard reads (mid and rids to route simulcast, audio levels for
-    // speaker detection) and the send stamps its transport-cc feedback refers to.
+    // speaker detection, AV1's dependency descriptor to tell its layers apart) and the send stamps its transport-cc feedback refers to.
     // Subscribers: what the shard writes on every forwarded packet (media::outgoing): the
-    // send stamps a receiver's congestion feedback refers to, and the publisher's audio
-    // level for a client's own speaker display.
+    // send stamps a receiver's congestion feedback refers to, the publisher's audio
+    // level for a client's own speaker display, and an AV1 publisher's dependency
+    // descriptor, without which a browser cannot put its spatial layers together.
     let extensions: &[(&str, RtpCodecKind)] = if publisher {
         &[
             (rtc::sdp::extmap::SDES_MID_URI, RtpCodecKind::Audio),
@@ -395,6 +396,10 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
             (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
             (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
             (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
+            (
+                crate::media::dependency_descriptor::URI,
+                RtpCodecKind::Video,
+            ),
         ]
     } else {
         &[
@@ -403,6 +408,10 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
             (rtc::sdp::extmap::ABS_SEND_TIME_URI, RtpCodecKind::Video),
             (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
             (rtc::sdp::extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
+            (
+                crate::media::dependency_descriptor::URI,
+                RtpCodecKind::Video,
+            ),
         ]
     };
     for (uri, kind) in extensions {

@@ -312,6 +312,8 @@ pub struct RoomSettings {
     /// Whether publishers that can send VP9 with spatial layers (SVC) send that instead
     /// of simulcast.
     pub svc: Option<bool>,
+    /// The codec of those spatial layers: `"vp9"` (default) or `"av1"`.
+    pub svc_codec: Option<tutti_store::SvcCodec>,
     /// Upper bound on each video track, kbit/s.
     pub max_video_bitrate_kbps: Option<u32>,
     /// How the room's shard is chosen: `"latency"` (near its participants, when the
@@ -499,6 +501,7 @@ fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String>
     record.video = settings.video.unwrap_or(record.video);
     record.simulcast = settings.simulcast.unwrap_or(record.simulcast);
     record.svc = settings.svc.unwrap_or(record.svc);
+    record.svc_codec = settings.svc_codec.unwrap_or(record.svc_codec);
     Ok(())
 }
 
@@ -581,6 +584,10 @@ mod tests {
             [[rooms]]
             name = "vp9-lesson"
             svc = true
+            [[rooms]]
+            name = "av1-lesson"
+            svc = true
+            svcCodec = "av1"
             "#,
         )
         .unwrap();
@@ -593,6 +600,8 @@ mod tests {
         assert_eq!(rooms.rooms[1].max_participants, 8);
         assert!(!rooms.rooms[1].simulcast);
         assert!(!rooms.rooms[1].svc && rooms.rooms[2].svc && rooms.rooms[2].simulcast);
+        assert_eq!(rooms.rooms[2].svc_codec, tutti_store::SvcCodec::Vp9);
+        assert_eq!(rooms.rooms[3].svc_codec, tutti_store::SvcCodec::Av1);
         assert_eq!(rooms.auto_create.unwrap().max_participants, 8);
     }
 

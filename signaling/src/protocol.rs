@@ -381,6 +381,9 @@ pub struct Joined {
     /// encode it, instead of simulcast (false unless the room asks for it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub svc: bool,
+    /// With `svc`: send those spatial layers in AV1 instead of VP9 (omitted for VP9).
+    #[serde(default, skip_serializing_if = "tutti_store::SvcCodec::is_vp9")]
+    pub svc_codec: tutti_store::SvcCodec,
     /// The room's audio (omitted for speech defaults): with the music profile, capture
     /// the microphone without echo cancellation, noise suppression or gain control, in
     /// stereo where the device has it, and send at `bitrate`.

@@ -705,6 +705,7 @@ impl Session {
                         resume: String::new(),
                         simulcast: false,
                         svc: false,
+                        svc_codec: tutti_store::SvcCodec::Vp9,
                         audio,
                     };
                     return Ok((link, joined, u64::MAX));
@@ -821,6 +822,7 @@ impl Session {
                         resume,
                         simulcast: settings.simulcast && admitted.publish,
                         svc: settings.svc && admitted.publish,
+                        svc_codec: settings.svc_codec,
                         audio,
                     };
                     return Ok((link, joined, placement.epoch));

@@ -58,7 +58,7 @@ const state = {
   rtt: null,
   relayOnly: false,
   simulcast: false, // from `joined`: send three video layers
-  svc: false, // from `joined`: send VP9 spatial layers in one stream where the browser can
+  svc: null, // from `joined`: the codec (video/VP9, video/AV1) to send spatial layers in, in one stream, where the browser can
   videoSenderTrackId: null, // the camera track's id in the publisher's offer
   audio: { profile: 'speech' }, // from `joined`: the room's audio profile and Opus tuning
   capturedProfile: null, // the profile the microphone was captured for
@@ -666,32 +666,33 @@ function trickle(pc, target) {
   });
 }
 
-// The scalability mode of a VP9 SVC camera: upper spatial layers reference the ones below
+// The scalability mode of an SVC camera: upper spatial layers reference the ones below
 // only at key pictures (as Chromium's own SVC calls do), so the shard can send a
 // subscriber the lower layers alone from any picture on.
 const SVC_MODE = 'L3T3_KEY';
 
-// The video codecs in the order that makes VP9 the one negotiated, if this browser says it
-// can encode the camera in VP9 and SVC_MODE (WebRTC-SVC's discovery, through Media
-// Capabilities); null if it does not, or cannot say: a browser that would send VP9 of one
-// layer, which a narrow downlink could only pause, sends simulcast instead.
-async function vp9Svc(track) {
+// The video codecs in the order that makes `mime` (video/VP9 or video/AV1) the one
+// negotiated, if this browser says it can encode the camera in it and SVC_MODE
+// (WebRTC-SVC's discovery, through Media Capabilities); null if it does not, or cannot
+// say: a browser that would send one layer, which a narrow downlink could only pause,
+// sends simulcast instead.
+async function svcCodecs(track, mime) {
   const codecs = window.RTCRtpSender?.getCapabilities?.('video')?.codecs || [];
-  const vp9 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
-  if (!vp9.length || !navigator.mediaCapabilities?.encodingInfo) return null;
+  const chosen = codecs.filter((c) => c.mimeType.toLowerCase() === mime.toLowerCase());
+  if (!chosen.length || !navigator.mediaCapabilities?.encodingInfo) return null;
   const { width = 640, height = 480, frameRate = 30 } = track.getSettings();
   try {
     const { supported } = await navigator.mediaCapabilities.encodingInfo({
       type: 'webrtc',
       video: {
-        contentType: 'video/VP9', width, height, framerate: frameRate, bitrate: 1_500_000, scalabilityMode: SVC_MODE,
+        contentType: mime, width, height, framerate: frameRate, bitrate: 1_500_000, scalabilityMode: SVC_MODE,
       },
     });
     if (!supported) return null;
   } catch {
     return null;
   }
-  return [...vp9, ...codecs.filter((c) => !vp9.includes(c))];
+  return [...chosen, ...codecs.filter((c) => !chosen.includes(c))];
 }
 
 // The simulcast encodings of the camera: three layers, each in three temporal layers.
@@ -721,19 +722,19 @@ async function startPublishing() {
     // three temporal layers (L1T3), so that a narrow downlink can get fewer frames.
     // Chromium sends VP8 simulcast as L1T3 by itself; with VP9 negotiated and no mode
     // named it sent only the lowest layer, its uplink estimate stuck at what that needs.
-    const vp9 = state.svc ? await vp9Svc(state.camTrack) : null;
+    const svcCodecOrder = state.svc ? await svcCodecs(state.camTrack, state.svc) : null;
     if (state.simulcast) init.sendEncodings = simulcastEncodings();
     let transceiver;
-    if (vp9) {
-      // Or, where the room asks for it, one VP9 stream of three spatial layers (fewer
-      // where the camera is small), each in three temporal layers: the shard sends each
-      // subscriber the layers up to the size it needs, from one encoder.
+    if (svcCodecOrder) {
+      // Or, where the room asks for it, one VP9 or AV1 stream of three spatial layers
+      // (fewer where the camera is small), each in three temporal layers: the shard sends
+      // each subscriber the layers up to the size it needs, from one encoder.
       try {
         transceiver = pc.addTransceiver(state.camTrack, { ...init, sendEncodings: [{ maxBitrate: SVC_MAX_BITRATE, scalabilityMode: SVC_MODE }] });
-        transceiver.setCodecPreferences(vp9);
+        transceiver.setCodecPreferences(svcCodecOrder);
       } catch (error) {
         // Refused after all: simulcast, as in any other room.
-        console.warn('VP9 SVC refused; sending simulcast', error);
+        console.warn(`${state.svc} SVC refused; sending simulcast`, error);
         transceiver?.stop();
         transceiver = null;
       }
@@ -1003,7 +1004,7 @@ async function onMessage(message) {
       state.myName = message.name;
       state.iceServers = message.ice_servers || [];
       state.simulcast = Boolean(message.simulcast);
-      state.svc = Boolean(message.svc);
+      state.svc = message.svc ? (message.svc_codec === 'av1' ? 'video/AV1' : 'video/VP9') : null;
       state.audio = message.audio || { profile: 'speech' };
       clearError();
       showCall();

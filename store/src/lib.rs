@@ -45,7 +45,7 @@ pub use memory::MemoryStore;
 pub use records::{
     AUTO_CREATED_OWNER, AudioProfile, AudioSettings, BroadcastRecord, CascadeEdge, CascadeRecord,
     LatencyReport, MAX_REPORTED_REGIONS, MAX_REPORTED_RTT_MS, PlacementPolicy, RoomRecord, Route,
-    ShardLoadSummary, ShardRecord, valid_region,
+    ShardLoadSummary, ShardRecord, SvcCodec, valid_region,
 };
 pub use snapshot::RouteChange;
 

@@ -115,6 +115,9 @@ pub struct RoomRecord {
     /// simulcast.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub svc: bool,
+    /// The codec of those spatial layers.
+    #[serde(default, skip_serializing_if = "SvcCodec::is_vp9")]
+    pub svc_codec: SvcCodec,
     /// Upper bound on each video track, kbit/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_video_bitrate_kbps: Option<u32>,
@@ -173,6 +176,25 @@ impl RoomRecord {
 
 /// Rooms up to this size are placed by latency when nothing else is asked for.
 pub const LATENCY_DEFAULT_MAX_PARTICIPANTS: u32 = 4;
+
+/// The codec a room's publishers send spatial layers (SVC) in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SvcCodec {
+    /// VP9 (`L3T3_KEY`): layers read from its payload descriptor.
+    #[default]
+    Vp9,
+    /// AV1 (`L3T3_KEY`): layers read from its dependency descriptor; better pictures for
+    /// the bits, at more of the publisher's CPU.
+    Av1,
+}
+
+impl SvcCodec {
+    /// Whether this is the default, VP9.
+    pub fn is_vp9(&self) -> bool {
+        *self == Self::Vp9
+    }
+}
 
 /// How a room's shard is chosen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -269,6 +291,7 @@ impl RoomRecord {
             video: true,
             simulcast: true,
             svc: false,
+            svc_codec: SvcCodec::Vp9,
             max_video_bitrate_kbps: None,
             owner: None,
             audience: false,

@@ -3,6 +3,24 @@
 //! publisher reports (RFC 6464). Payloads come from publishers, so every parser is bounded
 //! and answers `false`/`None` for anything it cannot read.
 
+use super::spatial::SpatialInfo;
+use super::temporal::TemporalInfo;
+use super::vp9::Scalability;
+
+/// What the shard reads of one video packet's layers, once: from a VP9 payload descriptor
+/// or an AV1 dependency descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameLayers {
+    /// The packet starts a keyframe.
+    pub keyframe: bool,
+    /// Its temporal layer, when the stream says.
+    pub temporal: Option<TemporalInfo>,
+    /// Its spatial layer, when the stream says.
+    pub spatial: Option<SpatialInfo>,
+    /// The encoder's spatial layers, when the packet carries them (key pictures).
+    pub scalability: Option<Scalability>,
+}
+
 /// The codec families the shard forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CodecFamily {

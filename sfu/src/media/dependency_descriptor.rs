@@ -9,6 +9,15 @@
 //! ([`parse`]). Everything has fixed capacity: reading a packet allocates nothing, and a
 //! descriptor that names more than the capacity is refused as malformed, not cut.
 
+use super::codec::FrameLayers;
+use super::spatial::SpatialInfo;
+use super::temporal::{References as TemporalReferences, TemporalInfo};
+use super::vp9::{MAX_SPATIAL_LAYERS, Scalability};
+
+/// The header extension's URI in SDP.
+pub const URI: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+
 /// Templates a structure may hold: template IDs have 6 bits.
 pub const MAX_TEMPLATES: usize = 64;
 /// Decode targets a structure may declare (`dt_cnt_minus_one` has 5 bits).
@@ -261,6 +270,51 @@ pub fn parse(bytes: &[u8], structure: &mut Option<Structure>) -> Result<Descript
             indications
         },
     })
+}
+
+/// What an AV1 packet's descriptor says of its layers, as the shard reads VP9's: a picture
+/// (temporal unit) starts at the first packet of its base spatial layer's frame, and the
+/// frames a picture references decide whether a subscriber may move up a temporal layer
+/// at it. `keyframe` is the payload's own word (the aggregation header's N bit). Spatial
+/// layers come from the structure on the packets that carry one.
+pub fn frame_layers(descriptor: &Descriptor, structure: &Structure, keyframe: bool) -> FrameLayers {
+    let picture_start = descriptor.start_of_frame && descriptor.spatial == 0;
+    let scalability = descriptor.new_structure.then(|| {
+        let mut widths = [0u16; MAX_SPATIAL_LAYERS];
+        let mut named = true;
+        for (sid, width) in widths
+            .iter_mut()
+            .enumerate()
+            .take(structure.spatial_layers().into())
+        {
+            match structure.resolution(sid) {
+                Some((w, _)) => *width = w,
+                None => named = false,
+            }
+        }
+        Scalability {
+            layers: structure.spatial_layers(),
+            widths: named.then_some(widths),
+        }
+    });
+    FrameLayers {
+        keyframe,
+        temporal: Some(TemporalInfo {
+            tid: descriptor.temporal,
+            sync: false,
+            frame_start: picture_start,
+            references: Some(TemporalReferences::frames(
+                descriptor.frame_number,
+                descriptor.references.diffs(),
+            )),
+        }),
+        spatial: Some(SpatialInfo {
+            sid: descriptor.spatial,
+            ends_layer_frame: descriptor.end_of_frame,
+            picture_start,
+        }),
+        scalability,
+    }
 }
 
 fn all_targets(count: u8) -> u32 {

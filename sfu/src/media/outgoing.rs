@@ -19,9 +19,15 @@ const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 /// Largest id the one-byte form can carry; `rtc` numbers extensions from 1, so a
 /// connection has far fewer.
 const MAX_ONE_BYTE_ID: u8 = 14;
-/// Largest header: 12 bytes, the extension header, and four extensions of at most three
-/// bytes each with their id bytes, padded.
-pub const MAX_HEADER_LEN: usize = 12 + 4 + 16;
+/// The two-byte header extension profile (RFC 8285 section 4.3), for a value longer than
+/// 16 bytes: an AV1 dependency descriptor carrying its structure.
+const TWO_BYTE_PROFILE: u16 = 0x1000;
+/// Largest value the one-byte form can carry.
+const MAX_ONE_BYTE_LEN: usize = 16;
+/// Largest header: 12 bytes, the extension header, four extensions of at most three bytes
+/// and a dependency descriptor of at most 255, each with its two-byte id and length,
+/// padded.
+pub const MAX_HEADER_LEN: usize = 12 + 4 + (4 * (2 + 3) + 2 + 255usize).next_multiple_of(4);
 
 /// The header extensions negotiated with one subscriber for one stream, by id.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +40,8 @@ pub struct ExtensionIds {
     pub transport_cc: Option<u8>,
     /// Playout delay (video in music rooms): always zero.
     pub playout_delay: Option<u8>,
+    /// AV1 dependency descriptor (video): the publisher's, passed on.
+    pub dependency_descriptor: Option<u8>,
 }
 
 impl ExtensionIds {
@@ -77,6 +85,8 @@ pub struct OutPacket<'a> {
     pub ssrc: u32,
     /// The publisher's audio level byte (RFC 6464: V flag and level), if it sent one.
     pub audio_level: Option<u8>,
+    /// The publisher's AV1 dependency descriptor, if it sent one.
+    pub dependency_descriptor: Option<&'a [u8]>,
     /// The send stamps.
     pub stamp: SendStamp,
     /// The payload.
@@ -87,11 +97,11 @@ pub struct OutPacket<'a> {
 /// the header's length. Allocates only if `buf` has less room than the packet needs.
 pub fn write(buf: &mut BytesMut, ids: &ExtensionIds, packet: &OutPacket<'_>) -> usize {
     buf.clear();
-    let mut extensions = [(0u8, [0u8; 3], 0usize); 4];
+    let mut small = [(0u8, [0u8; 3], 0usize); 4];
     let mut count = 0;
     let mut add = |id: Option<u8>, value: &[u8]| {
         if let Some(id) = id.filter(|id| (1..=MAX_ONE_BYTE_ID).contains(id))
-            && let Some(slot) = extensions.get_mut(count)
+            && let Some(slot) = small.get_mut(count)
         {
             slot.1[..value.len()].copy_from_slice(value);
             *slot = (id, slot.1, value.len());
@@ -107,23 +117,52 @@ pub fn write(buf: &mut BytesMut, ids: &ExtensionIds, packet: &OutPacket<'_>) -> 
     );
     add(ids.transport_cc, &packet.stamp.transport_seq.to_be_bytes());
     add(ids.playout_delay, &PLAYOUT_DELAY_ZERO);
-    let extensions = &extensions[..count];
+    let small = &small[..count];
+    let descriptor = match (ids.dependency_descriptor, packet.dependency_descriptor) {
+        (Some(id), Some(value)) if id >= 1 && !value.is_empty() && value.len() <= 255 => {
+            Some((id, value))
+        }
+        _ => None,
+    };
+    // The one-byte form while every element fits it; the two-byte form (which a receiver
+    // that negotiated the dependency descriptor reads, as libwebrtc does) for a descriptor
+    // that does not.
+    let two_byte = descriptor
+        .is_some_and(|(id, value)| id > MAX_ONE_BYTE_ID || value.len() > MAX_ONE_BYTE_LEN);
+    let any = !small.is_empty() || descriptor.is_some();
 
-    let first =
-        0x80 | if packet.padding { 0x20 } else { 0 } | if extensions.is_empty() { 0 } else { 0x10 };
+    let first = 0x80 | if packet.padding { 0x20 } else { 0 } | if any { 0x10 } else { 0 };
     buf.put_u8(first);
     buf.put_u8(u8::from(packet.marker) << 7 | (packet.payload_type & 0x7f));
     buf.put_u16(packet.seq);
     buf.put_u32(packet.timestamp);
     buf.put_u32(packet.ssrc);
-    if !extensions.is_empty() {
-        let body: usize = extensions.iter().map(|(_, _, len)| 1 + len).sum();
+    if any {
+        let element_header = if two_byte { 2 } else { 1 };
+        let body: usize = small
+            .iter()
+            .map(|(_, _, len)| element_header + len)
+            .chain(descriptor.map(|(_, value)| element_header + value.len()))
+            .sum();
         let words = body.div_ceil(4);
-        buf.put_u16(ONE_BYTE_PROFILE);
+        buf.put_u16(if two_byte {
+            TWO_BYTE_PROFILE
+        } else {
+            ONE_BYTE_PROFILE
+        });
         buf.put_u16(words as u16);
-        for (id, value, len) in extensions {
-            buf.put_u8(id << 4 | (*len as u8 - 1));
-            buf.put_slice(&value[..*len]);
+        let elements = small
+            .iter()
+            .map(|(id, value, len)| (*id, &value[..*len]))
+            .chain(descriptor);
+        for (id, value) in elements {
+            if two_byte {
+                buf.put_u8(id);
+                buf.put_u8(value.len() as u8);
+            } else {
+                buf.put_u8(id << 4 | (value.len() as u8 - 1));
+            }
+            buf.put_slice(value);
         }
         buf.put_bytes(0, words * 4 - body);
     }
@@ -196,6 +235,7 @@ mod tests {
             abs_send_time: Some(2),
             transport_cc: Some(3),
             playout_delay: Some(4),
+            dependency_descriptor: None,
         };
         let stamp = SendStamp {
             transport_seq: 0xBEEF,
@@ -213,6 +253,7 @@ mod tests {
                 timestamp: 0xDEAD_BEEF,
                 ssrc: 0x0102_0304,
                 audio_level: Some(0x80 | 30),
+                dependency_descriptor: None,
                 stamp,
                 payload: b"opus",
             },
@@ -253,6 +294,7 @@ mod tests {
             timestamp: 2,
             ssrc: 3,
             audio_level: None,
+            dependency_descriptor: None,
             stamp: SendStamp::default(),
             payload: &[1, 2, 3],
         };
@@ -265,9 +307,82 @@ mod tests {
             abs_send_time: Some(15),
             transport_cc: Some(0),
             playout_delay: None,
+            dependency_descriptor: None,
         };
         assert_eq!(write(&mut buf, &ids, &packet), 12);
         assert_eq!(&parse(&buf).payload[..], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn a_dependency_descriptor_goes_in_the_one_byte_form_when_short_and_the_two_byte_when_long() {
+        let ids = ExtensionIds {
+            transport_cc: Some(3),
+            dependency_descriptor: Some(12),
+            ..ExtensionIds::default()
+        };
+        let stamp = SendStamp {
+            transport_seq: 7,
+            abs_send_time: 0,
+        };
+        let mut buf = BytesMut::new();
+        for (len, profile) in [
+            (3, ONE_BYTE_PROFILE),
+            (16, ONE_BYTE_PROFILE),
+            (17, TWO_BYTE_PROFILE),
+            (255, TWO_BYTE_PROFILE),
+        ] {
+            let descriptor: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            let header_len = write(
+                &mut buf,
+                &ids,
+                &OutPacket {
+                    padding: false,
+                    marker: false,
+                    payload_type: 45,
+                    seq: 9,
+                    timestamp: 10,
+                    ssrc: 11,
+                    audio_level: None,
+                    dependency_descriptor: Some(&descriptor),
+                    stamp,
+                    payload: &[0x18, 1, 2],
+                },
+            );
+            assert!(header_len <= MAX_HEADER_LEN && header_len % 4 == 0);
+            let packet = parse(&buf);
+            assert_eq!(packet.header.extension_profile, profile, "{len} bytes");
+            assert_eq!(
+                &packet.header.get_extension(12).expect("descriptor")[..],
+                &descriptor[..]
+            );
+            assert_eq!(&packet.header.get_extension(3).expect("twcc")[..], &[0, 7]);
+            assert_eq!(&packet.payload[..], &[0x18, 1, 2]);
+        }
+        // Without the subscriber's id, nothing of it.
+        let ids = ExtensionIds {
+            dependency_descriptor: None,
+            ..ids
+        };
+        let descriptor = [1u8; 20];
+        write(
+            &mut buf,
+            &ids,
+            &OutPacket {
+                padding: false,
+                marker: false,
+                payload_type: 45,
+                seq: 9,
+                timestamp: 10,
+                ssrc: 11,
+                audio_level: None,
+                dependency_descriptor: Some(&descriptor),
+                stamp,
+                payload: &[0x18],
+            },
+        );
+        let packet = parse(&buf);
+        assert_eq!(packet.header.extension_profile, ONE_BYTE_PROFILE);
+        assert_eq!(packet.header.extensions.len(), 1);
     }
 
     #[test]

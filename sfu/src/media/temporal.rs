@@ -48,29 +48,44 @@ pub struct TemporalInfo {
     pub references: Option<References>,
 }
 
-/// A picture's ID and the IDs of the pictures it references (VP9's P_DIFFs, back from it
-/// in the ID's own width).
+/// A picture's ID and the IDs of the pictures it references: VP9's P_DIFFs, back from it
+/// in the ID's own width, or the frame numbers of an AV1 dependency descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct References {
     picture: u16,
     mask: u16,
-    diffs: [u8; 3],
+    diffs: [u16; MAX_REFERENCES],
     count: u8,
 }
 
+/// References one picture may name: more than a VP9 descriptor may carry (three), as many
+/// as the dependency descriptor reader accepts.
+const MAX_REFERENCES: usize = 4;
+
 impl References {
-    /// Picture `picture` (15 bits when `long`, else 7) referencing those `diffs` back (at
-    /// most three are kept; a descriptor carries no more).
+    /// VP9 picture `picture` (15 bits when `long`, else 7) referencing those `diffs` back.
     pub fn new(picture: u16, long: bool, diffs: &[u8]) -> Self {
-        let mut kept = [0u8; 3];
-        let count = diffs.len().min(kept.len());
-        kept[..count].copy_from_slice(&diffs[..count]);
         let mask = if long { 0x7fff } else { 0x7f };
+        Self::with_mask(picture, mask, diffs.iter().map(|&diff| u16::from(diff)))
+    }
+
+    /// AV1 frame number `frame` (16 bits) referencing the frames `diffs` back.
+    pub fn frames(frame: u16, diffs: &[u16]) -> Self {
+        Self::with_mask(frame, u16::MAX, diffs.iter().copied())
+    }
+
+    fn with_mask(picture: u16, mask: u16, diffs: impl Iterator<Item = u16>) -> Self {
+        let mut kept = [0u16; MAX_REFERENCES];
+        let mut count = 0;
+        for (slot, diff) in kept.iter_mut().zip(diffs) {
+            *slot = diff;
+            count += 1;
+        }
         Self {
             picture: picture & mask,
             mask,
             diffs: kept,
-            count: count as u8,
+            count,
         }
     }
 
@@ -83,7 +98,7 @@ impl References {
     pub fn pictures(&self) -> impl Iterator<Item = u16> + '_ {
         self.diffs[..usize::from(self.count)]
             .iter()
-            .map(|&diff| self.picture.wrapping_sub(u16::from(diff)) & self.mask)
+            .map(|&diff| self.picture.wrapping_sub(diff) & self.mask)
     }
 }
 

@@ -20,6 +20,7 @@
 //! known exactly, from which pictures it was sent. Older senders use non-flexible mode,
 //! where U (switching up point) says a higher temporal layer may start.
 
+use super::codec::FrameLayers;
 use super::spatial::SpatialInfo;
 use super::temporal::{References, TemporalInfo};
 
@@ -80,19 +81,6 @@ impl Vp9Descriptor {
     pub fn keyframe(&self) -> bool {
         !self.predicted && self.begins_frame && self.layer.is_none_or(|layer| layer.sid == 0)
     }
-}
-
-/// What the shard reads of one VP9 packet, once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Vp9Layers {
-    /// The packet starts a keyframe.
-    pub keyframe: bool,
-    /// Its temporal layer, when the descriptor has layer indices.
-    pub temporal: Option<TemporalInfo>,
-    /// Its spatial layer, when the descriptor has layer indices.
-    pub spatial: Option<SpatialInfo>,
-    /// The scalability structure it carries (key pictures).
-    pub scalability: Option<Scalability>,
 }
 
 /// Reads a VP9 payload descriptor; `None` when it is cut short or malformed (a P_DIFF of
@@ -192,16 +180,16 @@ fn scalability(bytes: &[u8]) -> Option<Scalability> {
 /// with picture IDs, whether a subscriber may move up a temporal layer at it depends on
 /// the pictures it was sent, so the references go with it; in non-flexible mode the U bit
 /// says so.
-pub fn layers(payload: &[u8]) -> Vp9Layers {
+pub fn layers(payload: &[u8]) -> FrameLayers {
     let Some(descriptor) = parse(payload) else {
-        return Vp9Layers::default();
+        return FrameLayers::default();
     };
     let keyframe = descriptor.keyframe();
     let Some(layer) = descriptor.layer else {
-        return Vp9Layers {
+        return FrameLayers {
             keyframe,
             scalability: descriptor.scalability,
-            ..Vp9Layers::default()
+            ..FrameLayers::default()
         };
     };
     let references = match descriptor.picture_id {
@@ -213,7 +201,7 @@ pub fn layers(payload: &[u8]) -> Vp9Layers {
         _ => None,
     };
     let picture_start = descriptor.begins_frame && layer.sid == 0;
-    Vp9Layers {
+    FrameLayers {
         keyframe,
         temporal: Some(TemporalInfo {
             tid: layer.tid,

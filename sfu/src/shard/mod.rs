@@ -315,6 +315,9 @@ pub(crate) struct Layer {
     spatial_rates: crate::media::spatial::SpatialRates,
     /// What its encoder last said of its spatial layers (VP9 key pictures).
     spatial_structure: crate::media::spatial::SpatialStructure,
+    /// An AV1 stream's template dependency structure, from its last key frame's
+    /// dependency descriptor.
+    dependency_structure: Option<crate::media::dependency_descriptor::Structure>,
     /// A packet above the base spatial layer came on this, the track's one layer: it is a
     /// VP9 SVC stream, whose spatial layers subscribers receive up to one.
     svc: bool,
@@ -367,6 +370,8 @@ pub(crate) struct PublishedTrack {
     codec: RTCRtpCodec,
     layers: Vec<Layer>,
     audio_level_ext: Option<u8>,
+    /// The AV1 dependency descriptor's extension ID, when the publisher negotiated it.
+    dependency_ext: Option<u8>,
     muted: bool,
     downtracks: Vec<DowntrackEntry>,
     /// Which simulcast layers the publisher is asked to encode (dynacast); `None` for a

@@ -8,6 +8,7 @@ use super::sdp::{
 };
 use super::{DowntrackEntry, Incoming, Layer, PeerKey, PublishedTrack, ShardCore, TrackKey};
 use crate::media::codec::CodecFamily;
+use crate::media::dependency_descriptor;
 use crate::media::keyframe::KeyframeThrottle;
 use crate::media::outgoing::{ExtensionIds, SentStamps};
 use crate::media::retransmit::{DEFAULT_CAPACITY, RetransmitBuffer};
@@ -678,6 +679,7 @@ impl ShardCore {
             let extensions = &receiver.get_parameters().rtp_parameters.header_extensions;
             let audio_level_ext = extension_id(extensions, rtc::sdp::extmap::AUDIO_LEVEL_URI);
             let transport_cc_ext = extension_id(extensions, rtc::sdp::extmap::TRANSPORT_CC_URI);
+            let dependency_ext = extension_id(extensions, dependency_descriptor::URI);
             let mid = pc
                 .rtp_transceiver(receiver_id.into())
                 .and_then(|t| t.mid().clone());
@@ -686,12 +688,21 @@ impl ShardCore {
                 kind,
                 codec,
                 audio_level_ext,
+                dependency_ext,
                 transport_cc_ext,
                 mid,
                 sections,
             ))
         });
-        let Some(Some((kind, codec, audio_level_ext, transport_cc_ext, mid, sections))) = described
+        let Some(Some((
+            kind,
+            codec,
+            audio_level_ext,
+            dependency_ext,
+            transport_cc_ext,
+            mid,
+            sections,
+        ))) = described
         else {
             return;
         };
@@ -776,6 +787,7 @@ impl ShardCore {
                 temporal_rates: Default::default(),
                 spatial_rates: Default::default(),
                 spatial_structure: Default::default(),
+                dependency_structure: None,
                 svc: false,
                 loss: Default::default(),
                 loss_percent: None,
@@ -804,6 +816,7 @@ impl ShardCore {
             codec,
             layers,
             audio_level_ext,
+            dependency_ext,
             muted: false,
             downtracks: Vec::new(),
             layer_switch,
@@ -1075,6 +1088,11 @@ fn negotiated_extensions(answer: &str, mid: &str, video: bool) -> ExtensionIds {
         // Offered only in music rooms.
         playout_delay: if video {
             id(crate::peer::PLAYOUT_DELAY_URI)
+        } else {
+            None
+        },
+        dependency_descriptor: if video {
+            id(dependency_descriptor::URI)
         } else {
             None
         },

@@ -314,6 +314,7 @@ impl ShardCore {
                 layer
             }],
             audio_level_ext: None,
+            dependency_ext: None,
             muted: false,
             downtracks: Vec::new(),
             // One layer so far; a switch comes with the second (above).
@@ -390,6 +391,7 @@ fn new_layer(rid: &str, rank: u8, kind: TrackKind, interval: std::time::Duration
         temporal_rates: Default::default(),
         spatial_rates: Default::default(),
         spatial_structure: Default::default(),
+        dependency_structure: None,
         svc: false,
         loss: Default::default(),
         loss_percent: None,

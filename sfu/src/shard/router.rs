@@ -16,7 +16,8 @@
 
 use super::transport::{PeerTx, Transport};
 use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
-use crate::media::codec::{CodecFamily, audio_level, is_keyframe, red_primary};
+use crate::media::codec::{CodecFamily, FrameLayers, audio_level, is_keyframe, red_primary};
+use crate::media::dependency_descriptor;
 use crate::media::outgoing::{OutPacket, SendStamp};
 use crate::media::sequencer::Rewritten;
 use crate::media::speaker::SpeakerDetector;
@@ -156,6 +157,20 @@ impl MediaRouter {
         let Some(track) = tracks.get_mut(&track_key) else {
             return keyframe_wanted;
         };
+        // An AV1 stream's dependency descriptor, read before the extensions go: `Err` for
+        // one that is there but cannot be read.
+        let av1_layers = match (track.family, track.dependency_ext) {
+            (CodecFamily::Av1, Some(ext)) => read_dependency_descriptor(
+                packet.header.get_extension(ext).as_deref(),
+                track.layers.get_mut(layer_index),
+                is_keyframe(track.family, &packet.payload),
+            ),
+            _ => Ok(None),
+        };
+        let unreadable = av1_layers.is_err();
+        if unreadable {
+            metrics.dependency_descriptors_unread.inc();
+        }
         // The RFC 6464 byte, passed on to subscribers as it came.
         let level_byte = track
             .audio_level_ext
@@ -171,25 +186,35 @@ impl MediaRouter {
                 level.level,
             );
         }
-        packet.header.extension = false;
-        packet.header.extension_profile = 0;
-        packet.header.extensions.clear();
+        // Every extension goes but an AV1 stream's dependency descriptor, which its
+        // subscribers' decoders need: kept with the packet, so that a resend carries it too.
+        let kept = track
+            .dependency_ext
+            .filter(|_| track.family == CodecFamily::Av1);
+        packet.header.extensions.retain(|e| Some(e.id) == kept);
+        packet.header.extension = !packet.header.extensions.is_empty();
+        if !packet.header.extension {
+            packet.header.extension_profile = 0;
+        }
         packet.header.extensions_padding = 0;
         packet.header.csrc.clear();
 
         // The payload descriptor read once: keyframe, temporal and spatial layer.
-        let (keyframe, temporal, spatial, structure) = match track.family {
-            CodecFamily::Vp8 => (
+        let (keyframe, temporal, spatial, structure) = match (track.family, av1_layers) {
+            (CodecFamily::Vp8, _) => (
                 is_keyframe(track.family, &packet.payload),
                 vp8_temporal(&packet.payload),
                 None,
                 None,
             ),
-            CodecFamily::Vp9 => {
+            (CodecFamily::Vp9, _) => {
                 let read = vp9::layers(&packet.payload);
                 (read.keyframe, read.temporal, read.spatial, read.scalability)
             }
-            family => (
+            (CodecFamily::Av1, Ok(Some(read))) => {
+                (read.keyframe, read.temporal, read.spatial, read.scalability)
+            }
+            (family, _) => (
                 family.is_video() && is_keyframe(family, &packet.payload),
                 None,
                 None,
@@ -214,6 +239,9 @@ impl MediaRouter {
             layer.svc |= single_layer && info.sid > 0;
         }
         let spatial = spatial.filter(|_| layer.svc);
+        // A packet of spatial layers nobody can place would reach subscribers whose
+        // decoders do not expect its layer.
+        let unplaceable = unreadable && layer.svc;
         if let Some(info) = temporal
             && spatial.is_none_or(|s| s.sid == 0)
         {
@@ -231,9 +259,10 @@ impl MediaRouter {
             packet.header.sequence_number,
             packet.header.timestamp,
         );
-        if packet.payload.is_empty() {
+        if packet.payload.is_empty() || unplaceable {
             // Padding only (a bandwidth probe): not worth forwarding, and the downtracks
-            // close the sequence gap it leaves.
+            // close the sequence gap it leaves. The same for a packet that cannot be
+            // placed in its layers.
             for entry in &mut track.downtracks {
                 entry.state.skip(layer_index, ssrc, seq);
             }
@@ -325,6 +354,7 @@ impl MediaRouter {
                 timestamp: rewritten.timestamp,
                 ssrc: entry.ssrc,
                 audio_level: level_byte,
+                dependency_descriptor: kept_descriptor(&packet.header),
                 stamp,
                 payload,
             };
@@ -522,7 +552,7 @@ impl MediaRouter {
         let Some(mut peer) = transport.tx(key, now) else {
             return;
         };
-        let layers = &track.layers;
+        let (layers, family) = (&track.layers, track.family);
         let Some(entry) = track.downtracks.iter_mut().find(|d| d.peer == key) else {
             return;
         };
@@ -557,6 +587,7 @@ impl MediaRouter {
                 None => {
                     stored.header.marker
                         || (layer.svc
+                            && family == CodecFamily::Vp9
                             && vp9::layers(&stored.payload)
                                 .spatial
                                 .is_some_and(|info| entry.state.marks(info)))
@@ -581,6 +612,7 @@ impl MediaRouter {
                 ssrc: entry.ssrc,
                 // Only video is resent, and its packets carry no audio level.
                 audio_level: None,
+                dependency_descriptor: kept_descriptor(&stored.header),
                 stamp,
                 payload,
             };
@@ -707,6 +739,7 @@ impl super::DowntrackEntry {
             timestamp: place.timestamp,
             ssrc,
             audio_level: None,
+            dependency_descriptor: None,
             stamp,
             payload: padding,
         };
@@ -741,4 +774,34 @@ fn observe_speech(
             speakers.insert(room.to_owned(), detector);
         }
     }
+}
+
+/// Reads an AV1 packet's dependency descriptor (`value`) against its layer's structure:
+/// `Ok(None)` without one, or before the stream's structure arrived (its packets then go
+/// to everyone, as a stream of one layer's would: a stream is not known to have spatial
+/// layers before its structure says so).
+fn read_dependency_descriptor(
+    value: Option<&[u8]>,
+    layer: Option<&mut super::Layer>,
+    keyframe: bool,
+) -> Result<Option<FrameLayers>, dependency_descriptor::ParseError> {
+    let (Some(value), Some(layer)) = (value, layer) else {
+        return Ok(None);
+    };
+    match dependency_descriptor::parse(value, &mut layer.dependency_structure) {
+        Ok(descriptor) => Ok(layer.dependency_structure.as_ref().map(|structure| {
+            dependency_descriptor::frame_layers(&descriptor, structure, keyframe)
+        })),
+        Err(dependency_descriptor::ParseError::NoStructure) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The dependency descriptor a publisher's packet kept (the only extension it keeps).
+fn kept_descriptor(header: &rtp::header::Header) -> Option<&[u8]> {
+    header
+        .extensions
+        .first()
+        .filter(|_| header.extension)
+        .map(|e| &e.payload[..])
 }
