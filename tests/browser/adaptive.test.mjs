@@ -1,9 +1,9 @@
 // Each video is sent at the size it is shown: three browsers in a room, each publishing
 // simulcast. One page shows a participant's tile small and hides another's; the shard
 // sends the small one's low layer and nothing of the hidden one, and a publisher whose
-// every viewer shows it small stops encoding its larger layer; in a room of VP9 spatial
-// layers (SVC), it encodes fewer spatial layers, and none while nobody shows it. Through
-// the gateway's local mode (one embedded shard).
+// every viewer shows it small stops encoding its larger layer; in a room of VP9 or AV1
+// spatial layers (SVC), it encodes fewer spatial layers, and none while nobody shows it.
+// Through the gateway's local mode (one embedded shard).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -21,7 +21,7 @@ const pages = {};
 before(async () => {
   // One room that asks for VP9 spatial layers (SVC); the others are ordinary.
   const rooms = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-adaptive-')), 'rooms.toml');
-  fs.writeFileSync(rooms, '[[rooms]]\nname = "svc-trio"\nsvc = true\n');
+  fs.writeFileSync(rooms, '[[rooms]]\nname = "svc-trio"\nsvc = true\n[[rooms]]\nname = "av1-trio"\nsvc = true\nsvcCodec = "av1"\n');
   gateway = await startGateway(['--shards', '1', '--rooms', rooms]);
   browser = await launch();
 });
@@ -137,9 +137,12 @@ test('a small tile gets the low layer, a hidden one nothing, and a layer nobody 
 async function svcEncoding(page, ms) {
   const read = () => page.evaluate(async () => {
     let out = { mode: null, width: 0, frames: 0, bytes: 0 };
-    (await window.tutti.state.videoSender.getStats()).forEach((s) => {
+    const stats = await window.tutti.state.videoSender.getStats();
+    const codecs = new Map();
+    stats.forEach((s) => { if (s.type === 'codec') codecs.set(s.id, s.mimeType); });
+    stats.forEach((s) => {
       if (s.type === 'outbound-rtp' && s.kind === 'video') {
-        out = { mode: s.scalabilityMode, width: s.frameWidth || 0, frames: s.framesEncoded || 0, bytes: s.bytesSent || 0 };
+        out = { mode: s.scalabilityMode, codec: codecs.get(s.codecId), width: s.frameWidth || 0, frames: s.framesEncoded || 0, bytes: s.bytesSent || 0 };
       }
     });
     const [encoding] = window.tutti.state.videoSender.getParameters().encodings;
@@ -150,25 +153,26 @@ async function svcEncoding(page, ms) {
   const after = await read();
   const seconds = Math.max(0.001, (after.at - before.at) / 1000);
   return {
-    mode: after.mode, width: after.width, active: after.active, maxBitrate: after.maxBitrate,
+    mode: after.mode, codec: after.codec, width: after.width, active: after.active, maxBitrate: after.maxBitrate,
     encoded: after.frames - before.frames, kbps: Math.round((8 * (after.bytes - before.bytes)) / seconds / 1000),
   };
 }
 
-test('in a room of spatial layers, a layer nobody receives is not encoded, nor the video while nobody shows it', async () => {
+for (const [codec, room] of [['VP9', 'svc-trio'], ['AV1', 'av1-trio']]) test(`in a room of ${codec} spatial layers, a layer nobody receives is not encoded, nor the video while nobody shows it`, async () => {
   // The trio's pages are done with; six encoding pages would crowd two cores.
   for (const page of Object.values(pages)) await page.context().close();
+  for (const name of Object.keys(pages)) delete pages[name];
   const svc = {};
   for (const name of ['Ana', 'Ben', 'Cai']) {
-    svc[name] = await openPage(browser, `${gateway.url}/?room=svc-trio&name=${name}`);
+    svc[name] = await openPage(browser, `${gateway.url}/?room=${room}&name=${name}`);
   }
   const { Ana, Ben, Cai } = svc;
-  // Ana's camera as one VP9 encoding of spatial layers: two of a 640x480 camera.
-  const full = await waitFor("Ana's spatial layers at Ben and Cai", async () => ({
+  // Ana's camera as one encoding of spatial layers: two of a 640x480 camera.
+  const full = await waitFor(`Ana's ${codec} spatial layers at Ben and Cai`, async () => ({
     ana: await svcEncoding(Ana, 1000),
     ben: await receivedVideo(Ben, 'Ana'),
     cai: await receivedVideo(Cai, 'Ana'),
-  }), (r) => r.ana.mode === 'L2T3_KEY' && r.ben.frameWidth === 640 && r.cai.frameWidth === 640, 40_000);
+  }), (r) => r.ana.mode === 'L2T3_KEY' && r.ana.codec === `video/${codec}` && r.ben.frameWidth === 640 && r.cai.frameWidth === 640, 40_000);
 
   // Both show her small: each needs her base layer alone, and after the shard's 3 s her
   // browser encodes that layer alone, at its size.
@@ -197,6 +201,13 @@ test('in a room of spatial layers, a layer nobody receives is not encoded, nor t
   const twoAfter = Date.now() - largeAt;
   await waitFor("Ana's full size at Cai", () => receivedVideo(Cai, 'Ana'), (v) => v.frameWidth === 640, 20_000);
   const caiLarge = Date.now() - largeAt;
+  // Ben, still showing her small, gets the base layer alone of the two.
+  const benBase = await waitFor("Ana's base layer playing at Ben beside Cai's full size", async () => {
+    const first = await receivedVideo(Ben, 'Ana');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const then = await receivedVideo(Ben, 'Ana');
+    return { width: then.frameWidth, frames: then.framesDecoded - first.framesDecoded };
+  }, (v) => v.width === 320 && v.frames >= 8, 20_000);
 
   // Both hide her: nobody receives her video, and her browser stops encoding it.
   const hiddenAt = Date.now();
@@ -211,8 +222,8 @@ test('in a room of spatial layers, a layer nobody receives is not encoded, nor t
   await waitFor("Ana's camera encoding again", () => svcEncoding(Ana, 1000), (e) => e.active === true && e.encoded > 0, 20_000);
   await waitForPlayingVideo(Ben, 'Ana', 20_000);
   const backAfter = Date.now() - shownAt;
-  console.log(`adaptive: SVC ${JSON.stringify(full.ana)}; both viewers small: Ana encoding ${JSON.stringify(one)} ${oneAfter} ms later (${oneSteady.kbps} kbit/s over the next 2 s), Ben decoding ${JSON.stringify(benSmall)}; `
-    + `Cai large: Ana encoding ${two.mode} at ${two.width} px ${twoAfter} ms later, Cai at 640 px in ${caiLarge} ms; `
+  console.log(`adaptive: ${codec} SVC ${JSON.stringify(full.ana)}; both viewers small: Ana encoding ${JSON.stringify(one)} ${oneAfter} ms later (${oneSteady.kbps} kbit/s over the next 2 s), Ben decoding ${JSON.stringify(benSmall)}; `
+    + `Cai large: Ana encoding ${two.mode} at ${two.width} px ${twoAfter} ms later, Cai at 640 px in ${caiLarge} ms, Ben meanwhile ${JSON.stringify(benBase)}; `
     + `both hidden: Ana's encoder stopped ${offAfter} ms later; shown again, playing at Ben in ${backAfter} ms`);
   for (const page of Object.values(svc)) await page.context().close();
 });
