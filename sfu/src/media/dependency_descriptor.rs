@@ -710,6 +710,57 @@ mod tests {
     }
 
     #[test]
+    fn layers_read_as_the_shard_reads_vp9s() {
+        let mut structure = None;
+        let key = parse(&key_descriptor(0), &mut structure).expect("key frame descriptor");
+        let read = structure.clone().expect("structure");
+        let layers = frame_layers(&key, &read, true);
+        assert!(layers.keyframe);
+        let spatial = layers.spatial.expect("spatial");
+        assert!(spatial.picture_start && !spatial.ends_layer_frame && spatial.sid == 0);
+        let scalability = layers.scalability.expect("a key frame's structure");
+        assert_eq!(scalability.layers, 1);
+        assert_eq!(scalability.widths.map(|w| w[0]), Some(640));
+
+        // A T2 frame, last packet: no picture start, no structure; its reference is the
+        // frame before it.
+        let mut w = BitWriter::default();
+        mandatory(&mut w, false, true, 4, 0xffff);
+        let t2 = parse(&w.done(), &mut structure).expect("descriptor");
+        let layers = frame_layers(&t2, &read, false);
+        let temporal = layers.temporal.expect("temporal");
+        assert_eq!(temporal.tid, 2);
+        assert!(!temporal.frame_start && !temporal.sync);
+        let references = temporal.references.expect("references");
+        assert_eq!(references.picture(), 0xffff);
+        assert_eq!(references.pictures().collect::<Vec<_>>(), vec![0xfffe]);
+        assert!(layers.scalability.is_none());
+        assert!(layers.spatial.expect("spatial").ends_layer_frame);
+
+        // A frame numbered past the wrap references back across it.
+        let mut w = BitWriter::default();
+        mandatory(&mut w, true, true, 1, 2);
+        let t0 = parse(&w.done(), &mut structure).expect("descriptor");
+        let references = frame_layers(&t0, &read, false)
+            .temporal
+            .and_then(|t| t.references)
+            .expect("references");
+        assert_eq!(references.pictures().collect::<Vec<_>>(), vec![0xfffe]);
+
+        // A structure without resolutions names the layer count, not the widths.
+        let mut w = BitWriter::default();
+        mandatory(&mut w, true, false, 0, 1);
+        w.put(0b10000, 5);
+        write_l1t3_structure(&mut w, 0, None);
+        let key = parse(&w.done(), &mut structure).expect("descriptor");
+        let read = structure.clone().expect("structure");
+        let scalability = frame_layers(&key, &read, true)
+            .scalability
+            .expect("structure");
+        assert_eq!((scalability.layers, scalability.widths), (1, None));
+    }
+
+    #[test]
     fn non_symmetric_codes_round_trip() {
         for n in 1..40u32 {
             for value in 0..u64::from(n) {
