@@ -462,7 +462,7 @@ mod tests {
     impl BitWriter {
         fn put(&mut self, value: u64, count: u32) -> &mut Self {
             for shift in (0..count).rev() {
-                if self.bits % 8 == 0 {
+                if self.bits.is_multiple_of(8) {
                     self.bytes.push(0);
                 }
                 let bit = (value >> shift & 1) as u8;

@@ -348,7 +348,7 @@ mod tests {
                     payload: &[0x18, 1, 2],
                 },
             );
-            assert!(header_len <= MAX_HEADER_LEN && header_len % 4 == 0);
+            assert!(header_len <= MAX_HEADER_LEN && header_len.is_multiple_of(4));
             let packet = parse(&buf);
             assert_eq!(packet.header.extension_profile, profile, "{len} bytes");
             assert_eq!(
