@@ -252,7 +252,10 @@ pub fn parse(bytes: &[u8], structure: &mut Option<Structure>) -> Result<Descript
         template.references
     };
     if custom_chains {
-        reader.bits(8 * u32::from(structure.chains))?;
+        // One byte per chain, up to 32 of them: read one at a time.
+        for _ in 0..structure.chains {
+            reader.bits(8)?;
+        }
     }
     Ok(Descriptor {
         start_of_frame,
@@ -384,8 +387,8 @@ fn read_structure(reader: &mut BitReader<'_>, out: &mut Structure) -> Result<(),
         for _ in 0..targets {
             reader.non_symmetric(u32::from(out.chains))?;
         }
-        for _ in 0..count {
-            reader.bits(4 * u32::from(out.chains))?;
+        for _ in 0..count * usize::from(out.chains) {
+            reader.bits(4)?;
         }
     }
     // decode_target_layers() is derived, not sent; resolutions follow.
@@ -707,6 +710,37 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
             let _ = parse(&bytes, &mut structure);
         }
+    }
+
+    /// Thirty-two decode targets, each protected by its own chain: widths past 64 bits
+    /// in the structure's chains and a frame's custom chains.
+    #[test]
+    fn a_structure_of_thirty_two_targets_and_chains_is_read() {
+        let mut w = BitWriter::default();
+        mandatory(&mut w, true, true, 0, 5);
+        w.put(0b10001, 5); // structure, custom chains
+        w.put(0, 6).put(31, 5); // 32 decode targets
+        w.put(3, 2); // one template
+        for _ in 0..32 {
+            w.put(2, 2);
+        }
+        w.put(0, 1); // no fdiffs
+        w.non_symmetric(32, 33); // 32 chains
+        for target in 0..32 {
+            w.non_symmetric(target, 32);
+        }
+        for _ in 0..32 {
+            w.put(0, 4);
+        }
+        w.put(0, 1); // no resolutions
+        for chain in 0..32u64 {
+            w.put(chain, 8);
+        }
+        let mut structure = None;
+        let read = parse(&w.done(), &mut structure).expect("descriptor");
+        assert_eq!(read.active_decode_targets, Some(u32::MAX));
+        assert_eq!(read.indication(31), Indication::Switch);
+        assert_eq!(structure.expect("structure").decode_targets(), 32);
     }
 
     #[test]
