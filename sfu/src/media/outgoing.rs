@@ -93,6 +93,16 @@ pub struct OutPacket<'a> {
     pub payload: &'a [u8],
 }
 
+/// Room enough for the header [`write`] makes of `packet`: [`MAX_HEADER_LEN`] only for a
+/// packet carrying the longest dependency descriptor, so that a full-sized video packet's
+/// copy still fits a reused datagram buffer.
+pub fn header_room(packet: &OutPacket<'_>) -> usize {
+    match packet.dependency_descriptor {
+        Some(value) => 12 + 4 + (4 * (2 + 3) + 2 + value.len()).next_multiple_of(4),
+        None => 12 + 4 + 16,
+    }
+}
+
 /// Writes `packet` into `buf` (emptied first) with the extensions `ids` names; returns
 /// the header's length. Allocates only if `buf` has less room than the packet needs.
 pub fn write(buf: &mut BytesMut, ids: &ExtensionIds, packet: &OutPacket<'_>) -> usize {
@@ -260,6 +270,10 @@ mod tests {
         );
         assert_eq!(header_len % 4, 0);
         assert!(header_len <= MAX_HEADER_LEN);
+        assert!(
+            header_len <= 32,
+            "{header_len}: no more than before descriptors"
+        );
         let packet = parse(&buf);
         let header = &packet.header;
         assert!(header.marker);
@@ -349,6 +363,21 @@ mod tests {
                 },
             );
             assert!(header_len <= MAX_HEADER_LEN && header_len.is_multiple_of(4));
+            assert!(
+                header_len
+                    <= header_room(&OutPacket {
+                        padding: false,
+                        marker: false,
+                        payload_type: 45,
+                        seq: 9,
+                        timestamp: 10,
+                        ssrc: 11,
+                        audio_level: None,
+                        dependency_descriptor: Some(&descriptor),
+                        stamp,
+                        payload: &[],
+                    })
+            );
             let packet = parse(&buf);
             assert_eq!(packet.header.extension_profile, profile, "{len} bytes");
             assert_eq!(

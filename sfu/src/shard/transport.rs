@@ -134,7 +134,7 @@ impl PeerTx<'_> {
     ) -> Option<usize> {
         let srtp = self.peer.srtp.as_ref()?;
         let (to, protocol) = self.peer.route?;
-        let needed = outgoing::MAX_HEADER_LEN + packet.payload.len() + srtp.tag_len();
+        let needed = outgoing::header_room(packet) + packet.payload.len() + srtp.tag_len();
         let mut buf = match self.spare.pop() {
             Some(buf) if needed <= MAX_DATAGRAM => buf,
             // A publisher's packet larger than a usual MTU still goes out as it came (the

@@ -169,7 +169,8 @@ pub struct VideoSource {
     /// The VP8 picture ID of the next frame (15 bits, from a random start, as Chromium's
     /// encoder numbers each simulcast layer on its own).
     picture_id: u16,
-    /// Largest payload per packet.
+    /// Largest payload per packet: near what libwebrtc puts in its 1,200-byte packets, so
+    /// that a full packet tests the room left in a reused datagram buffer.
     pub mtu_payload: usize,
 }
 
@@ -195,7 +196,7 @@ impl VideoSource {
             keyframe_every: (keyframe_interval.as_millis() as u64 * fps / 1000).max(1),
             force_keyframe: true,
             picture_id: rand::random::<u16>() & 0x7fff,
-            mtu_payload: 1100,
+            mtu_payload: 1180,
         }
     }
 
