@@ -89,6 +89,9 @@ impl References {
 /// A stream's template dependency structure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Structure {
+    /// The frame number of the descriptor that brought it: an older one's structure is
+    /// stale.
+    frame_number: u16,
     template_id_offset: u8,
     decode_targets: u8,
     chains: u8,
@@ -103,6 +106,7 @@ pub struct Structure {
 impl Default for Structure {
     fn default() -> Self {
         Self {
+            frame_number: 0,
             template_id_offset: 0,
             decode_targets: 0,
             chains: 0,
@@ -196,7 +200,9 @@ pub enum ParseError {
 
 /// Reads one packet's descriptor (`bytes`, the extension's value) against `structure`,
 /// the stream's. A descriptor carrying a whole structure replaces `structure`, even when
-/// the rest of it turns out malformed; `structure` is otherwise left as it was.
+/// the rest of it turns out malformed, unless it is older than the one there (a late
+/// resend of an earlier key frame): then it is read against its own structure, and
+/// `structure` stays.
 pub fn parse(bytes: &[u8], structure: &mut Option<Structure>) -> Result<Descriptor, ParseError> {
     let mut reader = BitReader::new(bytes);
     let start_of_frame = reader.bit()?;
@@ -204,6 +210,7 @@ pub fn parse(bytes: &[u8], structure: &mut Option<Structure>) -> Result<Descript
     let template_id = reader.bits(6)? as u8;
     let frame_number = reader.bits(16)? as u16;
     let mut new_structure = false;
+    let mut stale: Option<Structure> = None;
     let mut active_decode_targets = None;
     let (mut custom_dtis, mut custom_fdiffs, mut custom_chains) = (false, false, false);
     if bytes.len() > 3 {
@@ -214,18 +221,34 @@ pub fn parse(bytes: &[u8], structure: &mut Option<Structure>) -> Result<Descript
         custom_chains = reader.bit()?;
         if structure_present {
             // Read aside, so that a malformed one leaves no half of itself behind.
-            let mut read = Structure::default();
+            let mut read = Structure {
+                frame_number,
+                ..Structure::default()
+            };
             read_structure(&mut reader, &mut read)?;
-            new_structure = true;
             active_decode_targets = Some(all_targets(read.decode_targets));
-            *structure = Some(read);
+            let older = structure.as_ref().is_some_and(|current| {
+                (frame_number.wrapping_sub(current.frame_number) as i16) < 0
+            });
+            if older {
+                stale = Some(read);
+            } else {
+                new_structure = true;
+                *structure = Some(read);
+            }
         }
         if active_present {
-            let targets = structure.as_ref().ok_or(ParseError::NoStructure)?;
+            let targets = stale
+                .as_ref()
+                .or(structure.as_ref())
+                .ok_or(ParseError::NoStructure)?;
             active_decode_targets = Some(reader.bits(u32::from(targets.decode_targets))? as u32);
         }
     }
-    let structure = structure.as_ref().ok_or(ParseError::NoStructure)?;
+    let structure = stale
+        .as_ref()
+        .or(structure.as_ref())
+        .ok_or(ParseError::NoStructure)?;
     let index = (usize::from(template_id) + MAX_TEMPLATES
         - usize::from(structure.template_id_offset))
         % MAX_TEMPLATES;
@@ -584,6 +607,54 @@ mod tests {
     }
 
     #[test]
+    fn an_older_key_frames_structure_does_not_replace_a_newer_one() {
+        let mut structure = None;
+        // The L1T3 structure at frame 100 (offset 5), then an L2 one at frame 200.
+        parse(&key_descriptor(5), &mut structure).expect("first structure");
+        let mut w = BitWriter::default();
+        mandatory(&mut w, true, false, 0, 200);
+        w.put(0b10000, 5);
+        w.put(0, 6).put(1, 5);
+        w.put(2, 2).put(3, 2); // two templates: S0, then S1
+        for dtis in [[2u64, 2], [0, 2]] {
+            for dti in dtis {
+                w.put(dti, 2);
+            }
+        }
+        w.put(0, 1).put(1, 1).put(0, 4).put(0, 1);
+        w.non_symmetric(0, 3);
+        w.put(0, 1);
+        let newer = parse(&w.done(), &mut structure).expect("second structure");
+        assert!(newer.new_structure);
+        assert_eq!(structure.as_ref().map(Structure::spatial_layers), Some(2));
+        // A late resend of frame 100's first packet: read against its own structure, and
+        // the stream keeps the newer one.
+        let late = parse(&key_descriptor(5), &mut structure).expect("late key frame");
+        assert!(!late.new_structure);
+        assert_eq!((late.spatial, late.temporal), (0, 0));
+        assert_eq!(structure.as_ref().map(Structure::spatial_layers), Some(2));
+        // Frame numbers wrap: 5 after 64,000 is newer.
+        for frame in [32_000, 64_000] {
+            let mut w = BitWriter::default();
+            mandatory(&mut w, true, false, 0, frame);
+            w.put(0b10000, 5);
+            write_l1t3_structure(&mut w, 0, None);
+            let read = parse(&w.done(), &mut structure).expect("structure before the wrap");
+            assert!(read.new_structure, "{frame}");
+        }
+        let mut w = BitWriter::default();
+        mandatory(&mut w, true, false, 3, 5);
+        w.put(0b10000, 5);
+        write_l1t3_structure(&mut w, 3, Some((320, 240)));
+        assert!(
+            parse(&w.done(), &mut structure)
+                .expect("after the wrap")
+                .new_structure
+        );
+        assert_eq!(structure.and_then(|s| s.resolution(0)), Some((320, 240)));
+    }
+
+    #[test]
     fn template_ids_wrap_around_the_offset() {
         let mut structure = None;
         parse(&key_descriptor(62), &mut structure).expect("key frame descriptor");
@@ -783,7 +854,7 @@ mod tests {
 
         // A structure without resolutions names the layer count, not the widths.
         let mut w = BitWriter::default();
-        mandatory(&mut w, true, false, 0, 1);
+        mandatory(&mut w, true, false, 0, 300);
         w.put(0b10000, 5);
         write_l1t3_structure(&mut w, 0, None);
         let key = parse(&w.done(), &mut structure).expect("descriptor");

@@ -487,8 +487,9 @@ impl ShardCore {
             };
             let video = track.family.is_video();
             entry.extensions = negotiated_extensions(answer, &mid, video);
-            entry.stamps = (video && entry.extensions.stamps_sends())
-                .then(|| SentStamps::new(DEFAULT_CAPACITY));
+            // Every video stream remembers what it sent, for its resends: the marker, which
+            // the shard moves for a subscriber of fewer spatial layers, and any stamps.
+            entry.stamps = video.then(|| SentStamps::new(DEFAULT_CAPACITY));
             if track.family == CodecFamily::Red {
                 // The sender's parameters list what was offered (RED and Opus); whether the
                 // subscriber took RED shows only in its answer. Without it, it gets the Opus

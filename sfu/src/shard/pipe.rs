@@ -13,7 +13,10 @@
 use super::api::{RelayHandle, RelayedTrack};
 use super::guarded::GuardedPc;
 use super::{DowntrackEntry, Peer, SessionId, ShardCore, TrackKey};
+use crate::media::codec::CodecFamily;
 use crate::media::loss::{LossConfig, LossTracker};
+use crate::media::outgoing::SentStamps;
+use crate::media::retransmit::DEFAULT_CAPACITY;
 use crate::peer::PeerRole;
 use crate::signal::protocol::{PipeCodec, PipeEnd, ServerMessage, TrackKind};
 use crate::srtp::{Profile, SrtcpSender, SrtpReceiver, SrtpSender};
@@ -39,6 +42,9 @@ const SALT_LEN: usize = 12;
 /// per kind is enough.
 const AUDIO_PAYLOAD_TYPE: u8 = 111;
 const VIDEO_PAYLOAD_TYPE: u8 = 96;
+/// The header extension id an AV1 track's dependency descriptor has on a pipe: the only
+/// extension a pipe carries.
+pub(crate) const PIPE_DEPENDENCY_DESCRIPTOR_ID: u8 = 1;
 
 /// A pipe end's master key and salt.
 pub(crate) struct PipeKey {
@@ -213,12 +219,18 @@ impl ShardCore {
             peer.outgoing.insert(ssrc, track_key);
         }
         if let Some(track) = self.media.track_mut(track_key) {
-            track.downtracks.push(DowntrackEntry::new(
+            let mut entry = DowntrackEntry::new(
                 (key, session),
                 None,
                 (ssrc, Some(payload_type)),
                 (video, clock_rate, family),
-            ));
+            );
+            // The edge reads an AV1 track's layers from its descriptor, as this shard does.
+            entry.extensions.dependency_descriptor =
+                (family == CodecFamily::Av1).then_some(PIPE_DEPENDENCY_DESCRIPTOR_ID);
+            // What each packet was sent with (its marker), so that a resend is the same bytes.
+            entry.stamps = video.then(|| SentStamps::new(DEFAULT_CAPACITY));
+            track.downtracks.push(entry);
         }
         self.send(session, announcement);
         true

@@ -314,7 +314,9 @@ impl ShardCore {
                 layer
             }],
             audio_level_ext: None,
-            dependency_ext: None,
+            // A pipe carries an AV1 track's dependency descriptor under a fixed id.
+            dependency_ext: (CodecFamily::from_mime(&relayed.codec.mime_type) == CodecFamily::Av1)
+                .then_some(super::pipe::PIPE_DEPENDENCY_DESCRIPTOR_ID),
             muted: false,
             downtracks: Vec::new(),
             // One layer so far; a switch comes with the second (above).

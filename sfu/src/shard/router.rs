@@ -161,16 +161,20 @@ impl MediaRouter {
         // one that is there but cannot be read.
         let av1_layers = match (track.family, track.dependency_ext) {
             (CodecFamily::Av1, Some(ext)) => read_dependency_descriptor(
-                packet.header.get_extension(ext).as_deref(),
+                extension_value(&packet.header, ext),
                 track.layers.get_mut(layer_index),
                 is_keyframe(track.family, &packet.payload),
             ),
             _ => Ok(None),
         };
-        let unreadable = av1_layers.is_err();
-        if unreadable {
+        if av1_layers.is_err() {
             metrics.dependency_descriptors_unread.inc();
         }
+        // An AV1 packet its descriptor did not place (none, unreadable, or before the
+        // stream's structure).
+        let unplaced = track.family == CodecFamily::Av1
+            && track.dependency_ext.is_some()
+            && !matches!(av1_layers, Ok(Some(_)));
         // The RFC 6464 byte, passed on to subscribers as it came.
         let level_byte = track
             .audio_level_ext
@@ -229,6 +233,9 @@ impl MediaRouter {
         layer.rate.add(now, received);
         if let Some(structure) = structure {
             layer.spatial_structure.update(structure);
+            // Known from the key picture's structure, before the first upper layer's
+            // packet: its base layer is then already marked for those who get it alone.
+            layer.svc |= single_layer && structure.layers > 1;
         }
         if let Some(info) = spatial {
             // Counted from the first packet, so that the rates are known when the stream
@@ -240,8 +247,15 @@ impl MediaRouter {
         }
         let spatial = spatial.filter(|_| layer.svc);
         // A packet of spatial layers nobody can place would reach subscribers whose
-        // decoders do not expect its layer.
-        let unplaceable = unreadable && layer.svc;
+        // decoders do not expect its layer: it goes to nobody, and a key picture (with a
+        // structure) is asked for.
+        let unplaceable = unplaced && layer.svc;
+        if unplaceable
+            && !packet.payload.is_empty()
+            && let Some(slot) = keyframe_wanted.get_mut(layer_index)
+        {
+            *slot = true;
+        }
         if let Some(info) = temporal
             && spatial.is_none_or(|s| s.sid == 0)
         {
@@ -250,9 +264,6 @@ impl MediaRouter {
         layer.loss.on_packet(packet.header.sequence_number);
         if keyframe {
             layer.throttle.keyframe_received();
-        }
-        if let Some(buffer) = layer.buffer.as_mut() {
-            buffer.insert(now, packet.clone());
         }
         let (ssrc, seq, timestamp) = (
             packet.header.ssrc,
@@ -266,6 +277,7 @@ impl MediaRouter {
             for entry in &mut track.downtracks {
                 entry.state.skip(layer_index, ssrc, seq);
             }
+            keep_for_resends(track, layer_index, packet, now);
             return keyframe_wanted;
         }
         let mut layers = [(0u8, false); MAX_LAYERS];
@@ -374,6 +386,7 @@ impl MediaRouter {
                 metrics.forward_errors.inc();
             }
         }
+        keep_for_resends(track, layer_index, packet, now);
         keyframe_wanted
     }
 
@@ -802,6 +815,33 @@ fn kept_descriptor(header: &rtp::header::Header) -> Option<&[u8]> {
     header
         .extensions
         .first()
+        .filter(|_| header.extension)
+        .map(|e| &e.payload[..])
+}
+
+/// Moves a publisher's packet into its layer's retransmission buffer (video only), once
+/// every subscriber was sent its copy: moved, not cloned, so that nothing of it is copied.
+fn keep_for_resends(
+    track: &mut PublishedTrack,
+    layer_index: usize,
+    packet: rtp::Packet,
+    now: Instant,
+) {
+    if let Some(buffer) = track
+        .layers
+        .get_mut(layer_index)
+        .and_then(|l| l.buffer.as_mut())
+    {
+        buffer.insert(now, packet);
+    }
+}
+
+/// The value of extension `id` in a parsed header, borrowed.
+fn extension_value(header: &rtp::header::Header, id: u8) -> Option<&[u8]> {
+    header
+        .extensions
+        .iter()
+        .find(|e| e.id == id)
         .filter(|_| header.extension)
         .map(|e| &e.payload[..])
 }
