@@ -284,6 +284,43 @@ pub fn redundant_audio_preferences() -> Vec<RTCRtpCodecParameters> {
     vec![red_codec(vec![]), opus_codec(vec![])]
 }
 
+/// The video codecs the shard forwards, in its order of preference: MIME type, format
+/// parameters, payload type and its RTX's.
+const VIDEO_CODECS: [(&str, &str, u8, u8); 5] = [
+    (MIME_TYPE_VP8, "", 96, 97),
+    (
+        MIME_TYPE_H264,
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        102,
+        103,
+    ),
+    (
+        MIME_TYPE_H264,
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        104,
+        105,
+    ),
+    (MIME_TYPE_VP9, "profile-id=0", 98, 99),
+    (MIME_TYPE_AV1, "", 45, 46),
+];
+
+/// What a subscriber connection offers for a video track of `mime`: that codec first,
+/// then every other the shard forwards. `rtc` would offer the track's codec alone, and a
+/// connection's first answer fixes the codecs all its later sections may use: a
+/// subscriber whose first video was VP8 could then never be sent a VP9 or AV1 track.
+pub fn video_preferences(mime: &str) -> Vec<RTCRtpCodecParameters> {
+    let (first, rest): (Vec<_>, Vec<_>) = VIDEO_CODECS
+        .iter()
+        .partition(|(codec, ..)| codec.eq_ignore_ascii_case(mime));
+    first
+        .into_iter()
+        .chain(rest)
+        .map(|(codec, fmtp, payload_type, _)| {
+            self::codec(codec, 90_000, 0, fmtp, payload_type, vec![])
+        })
+        .collect()
+}
+
 /// RED over Opus, as every description the shard writes numbers them.
 fn red_codec(feedback: Vec<RTCPFeedback>) -> RTCRtpCodecParameters {
     codec(
@@ -328,24 +365,7 @@ fn media_engine(role: PeerRole, redundant_audio: bool) -> Result<MediaEngine, Rt
         engine.register_codec(red_codec(audio_feedback.clone()), RtpCodecKind::Audio)?;
     }
     engine.register_codec(opus_codec(audio_feedback), RtpCodecKind::Audio)?;
-    let video: [(&str, &str, u8, u8); 5] = [
-        (MIME_TYPE_VP8, "", 96, 97),
-        (
-            MIME_TYPE_H264,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-            102,
-            103,
-        ),
-        (
-            MIME_TYPE_H264,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
-            104,
-            105,
-        ),
-        (MIME_TYPE_VP9, "profile-id=0", 98, 99),
-        (MIME_TYPE_AV1, "", 45, 46),
-    ];
-    for (mime, fmtp, payload_type, rtx_payload_type) in video {
+    for (mime, fmtp, payload_type, rtx_payload_type) in VIDEO_CODECS {
         engine.register_codec(
             codec(mime, 90_000, 0, fmtp, payload_type, video_feedback.clone()),
             RtpCodecKind::Video,

@@ -1178,12 +1178,15 @@ function leave() {
 async function inboundStats() {
   if (!state.sub) return [];
   const report = await state.sub.getStats();
+  const codecs = new Map();
+  report.forEach((stat) => { if (stat.type === 'codec') codecs.set(stat.id, stat.mimeType); });
   const rows = [];
   report.forEach((stat) => {
     if (stat.type !== 'inbound-rtp') return;
     rows.push({
       kind: stat.kind,
       participant: state.trackOwner.get(stat.trackIdentifier) || null,
+      codec: codecs.get(stat.codecId) || null,
       packetsReceived: stat.packetsReceived || 0,
       packetsLost: stat.packetsLost || 0,
       framesDecoded: stat.framesDecoded || 0,

@@ -236,12 +236,15 @@ function connect() {
 async function inboundStats() {
   if (!state.sub) return [];
   const report = await state.sub.getStats();
+  const codecs = new Map();
+  report.forEach((stat) => { if (stat.type === 'codec') codecs.set(stat.id, stat.mimeType); });
   const rows = [];
   report.forEach((stat) => {
     if (stat.type !== 'inbound-rtp') return;
     rows.push({
       kind: stat.kind,
       participant: state.trackOwner.get(stat.trackIdentifier) || null,
+      codec: codecs.get(stat.codecId) || null,
       packetsReceived: stat.packetsReceived || 0,
       framesDecoded: stat.framesDecoded || 0,
       frameWidth: stat.frameWidth || 0,

@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  binary, startProcess, startGateway, launch, openPage, waitFor, waitForPlayingVideo,
-  inbound, startEtcd, startClusterShard, remoteVideo, encodedOver,
+  binary, startProcess, startGateway, launch, openPage, openPageWithCodec, waitFor, waitForPlayingVideo,
+  inbound, startEtcd, startClusterShard, remoteVideo, encodedOver, participantId,
 } from './lib.mjs';
 
 const ADMIN_TOKEN = 'broadcast-admin-token-0123456789abcdef';
@@ -118,6 +118,7 @@ before(async () => {
     '[[broadcasts]]',
     'name = "concert"',
     'password = "stage-door"',
+    'presenters = 2',
     `maxViewersPerShard = ${MAX_VIEWERS_PER_SHARD}`,
   ].join('\n'));
   gateway = await startGateway(['--store', etcd.url, '--shard-signal-token', SIGNAL_TOKEN, '--rooms', rooms]);
@@ -199,6 +200,31 @@ test('the presenter shares a screen: the viewer on the edge sees it whole, then 
     30_000,
   );
   console.log(`screen share through the edge: ${shared.width}x${shared.height} (camera ${cameraWidth} wide)`);
+});
+
+// A second presenter whose browser sends AV1 (its simulcast layers, each with the AV1
+// dependency descriptor, which the edge reads a layer's frames by): the pipe carries the
+// descriptor to the edge, and the viewer there decodes AV1, at the low quality too.
+test('a presenter sending AV1 reaches the viewer through the edge', async () => {
+  const cellist = await openPageWithCodec(browser, `${gateway.url}/?room=concert&name=Cellist&password=stage-door`, 'AV1');
+  await waitFor('the second presenter on stage', () => cellist.evaluate(() => window.tutti.state.joined), (j) => j);
+  const id = await participantId(viewers[0], 'Cellist');
+  const video = async () => (await inbound(viewers[0])).find((r) => r.kind === 'video' && r.participant === id)
+    || { framesDecoded: 0, frameWidth: 0, codec: null };
+  const playing = async () => {
+    const first = await video();
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const then = await video();
+    return { codec: then.codec, width: then.frameWidth, frames: then.framesDecoded - first.framesDecoded };
+  };
+  const high = await waitFor("the cellist's AV1 video playing at the edge's viewer", playing,
+    (v) => v.codec === 'video/AV1' && v.width > 0 && v.frames >= 5, 40_000);
+  await viewers[0].selectOption('#quality', 'low');
+  const low = await waitFor("the cellist's low layer playing", playing,
+    (v) => v.codec === 'video/AV1' && v.width > 0 && v.width <= 160 && v.frames >= 5, 30_000);
+  await viewers[0].selectOption('#quality', 'high');
+  console.log(`AV1 through the edge: ${JSON.stringify(high)} at high, ${JSON.stringify(low)} at low`);
+  await cellist.context().close();
 });
 
 test('the audience outgrows an edge: a new edge is added and newcomers land on it', async () => {

@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId,
+  launch, openPage, openPageWithCodec, waitFor, waitForPlayingVideo, waitForAudio, inbound, participantId,
   startNetSim, startProcess, binary, shardCounters,
 } from './lib.mjs';
 
@@ -82,26 +82,8 @@ function shardMetrics() {
  * choice), or `VP9` or `AV1` first among her codecs, as an app calling `setCodecPreferences`
  * would (the shard accepts both).
  */
-async function openPublisher(browser, url, codec) {
-  if (codec === 'VP8') return openPage(browser, url);
-  const context = await browser.newContext();
-  await context.addInitScript((mime) => {
-    const addTransceiver = RTCPeerConnection.prototype.addTransceiver;
-    RTCPeerConnection.prototype.addTransceiver = function preferCodec(trackOrKind, init) {
-      const transceiver = addTransceiver.call(this, trackOrKind, init);
-      const kind = typeof trackOrKind === 'string' ? trackOrKind : trackOrKind.kind;
-      if (kind === 'video') {
-        const { codecs } = RTCRtpSender.getCapabilities('video');
-        const first = codecs.filter((c) => c.mimeType.toLowerCase() === mime);
-        transceiver.setCodecPreferences([...first, ...codecs.filter((c) => !first.includes(c))]);
-      }
-      return transceiver;
-    };
-  }, `video/${codec.toLowerCase()}`);
-  const page = await context.newPage();
-  page.on('pageerror', (err) => console.error(`[page error] ${err.message}`));
-  await page.goto(url);
-  return page;
+function openPublisher(browser, url, codec) {
+  return codec === 'VP8' ? openPage(browser, url) : openPageWithCodec(browser, url, codec);
 }
 
 /** The codec `page` decodes its video in (`video/VP8`, `video/VP9`, ...). */

@@ -218,6 +218,31 @@ export async function waitForPlayingVideo(page, participantName, timeoutMs = 25_
   return later;
 }
 
+/**
+ * A page from `browser` whose camera goes out in `codec` (`VP9`, `AV1`): that codec put
+ * first among its video codecs, as an app calling `setCodecPreferences` would.
+ */
+export async function openPageWithCodec(browser, url, codec) {
+  const context = await browser.newContext();
+  await context.addInitScript((mime) => {
+    const addTransceiver = RTCPeerConnection.prototype.addTransceiver;
+    RTCPeerConnection.prototype.addTransceiver = function preferCodec(trackOrKind, init) {
+      const transceiver = addTransceiver.call(this, trackOrKind, init);
+      const kind = typeof trackOrKind === 'string' ? trackOrKind : trackOrKind.kind;
+      if (kind === 'video') {
+        const { codecs } = RTCRtpSender.getCapabilities('video');
+        const first = codecs.filter((c) => c.mimeType.toLowerCase() === mime);
+        transceiver.setCodecPreferences([...first, ...codecs.filter((c) => !first.includes(c))]);
+      }
+      return transceiver;
+    };
+  }, `video/${codec.toLowerCase()}`);
+  const page = await context.newPage();
+  page.on('pageerror', (err) => console.error(`[page error] ${err.message}`));
+  await page.goto(url);
+  return page;
+}
+
 /** Inbound RTP as the page's subscriber connection reports it, per sending participant. */
 export function inbound(page) {
   return page.evaluate(() => window.tutti.inboundStats());

@@ -962,12 +962,17 @@ impl ShardCore {
             }],
         );
         let red = track.family == CodecFamily::Red;
+        let video = track.family.is_video();
+        let mime = track.codec.mime_type.clone();
         let media = MovedIn::new(media);
         let added = peer.pc.with(move |pc| {
             let sender = pc.add_track(media.take())?;
             let preferences = match pc.rtp_transceiver(sender.into()) {
                 Some(mut transceiver) if red => {
                     transceiver.set_codec_preferences(crate::peer::redundant_audio_preferences())
+                }
+                Some(mut transceiver) if video => {
+                    transceiver.set_codec_preferences(crate::peer::video_preferences(&mime))
                 }
                 _ => Ok(()),
             };
@@ -976,7 +981,7 @@ impl ShardCore {
         let sender = match added {
             Some(Ok((sender, preferences))) => {
                 if let Err(err) = preferences {
-                    tracing::warn!(peer = %key, %err, "cannot offer Opus beside RED");
+                    tracing::warn!(peer = %key, %err, "cannot offer the codecs beside the track's");
                 }
                 sender
             }
