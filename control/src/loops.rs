@@ -90,6 +90,8 @@ fn shard_signature<V: LiveView + ?Sized>(view: &V) -> Vec<(String, bool)> {
 
 /// Whether a pipeline on `shard` belongs to something that exists and is routed there:
 /// a Room resource (when resources are watched), or a room record with the same owner.
+/// A room declared without an owner (a rooms file, a hand-written record) owns its
+/// pipeline as any other record does: its pipeline is no orphan for carrying no owner.
 pub fn owned<V: LiveView + ?Sized>(
     view: &V,
     observer: &dyn Observer,
@@ -105,14 +107,12 @@ pub fn owned<V: LiveView + ?Sized>(
         return true;
     }
     let routed_here = view.route(&pipeline.name).is_some_and(|r| r.shard == shard);
-    let Some(owner) = pipeline.spec.owner.as_deref() else {
-        return false;
-    };
+    let owner = pipeline.spec.owner.as_deref();
     let record_owned = || {
         view.room(&pipeline.name)
-            .is_some_and(|r| r.owner.as_deref() == Some(owner))
+            .is_some_and(|r| r.owner.as_deref() == owner)
     };
-    match gc::parse_owner(owner) {
+    match owner.and_then(gc::parse_owner) {
         Some(("Room", namespace, name)) => {
             name == pipeline.name
                 && routed_here
@@ -366,4 +366,88 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_shard_api::admin::PipelineSpec;
+    use tutti_store::{MemoryStore, RoomRecord};
+
+    /// An observer that knows one Room resource exists.
+    struct Knows(&'static str, &'static str);
+
+    impl Observer for Knows {
+        fn room_resource_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+            Some((namespace, name) == (self.0, self.1))
+        }
+    }
+
+    fn pipeline(name: &str, owner: Option<&str>) -> PipelineInfo {
+        PipelineInfo {
+            name: name.to_owned(),
+            spec: PipelineSpec {
+                owner: owner.map(str::to_owned),
+                ..PipelineSpec::default()
+            },
+            participants: 2,
+            tracks: 2,
+            forwarded_streams: 2,
+            age_seconds: 600,
+            empty_seconds: None,
+            max_subscriber_loss_percent: 0.0,
+        }
+    }
+
+    /// A store holding `name`'s record with `owner`, routed to shard `a`.
+    async fn routed(name: &str, owner: Option<&str>) -> MemoryStore {
+        let store = MemoryStore::new();
+        let mut record = RoomRecord::with_defaults(name);
+        record.owner = owner.map(str::to_owned);
+        store.put_room(record).await.unwrap();
+        store.put_route(name, "a", 0).await.unwrap();
+        store
+    }
+
+    // A room from the rooms file has no owner: its pipeline, with people in it, was
+    // released as an orphan a minute after it was placed (everyone in it rejoined).
+    #[tokio::test]
+    async fn a_declared_room_without_owner_owns_its_pipeline_where_it_is_routed() {
+        let store = routed("lesson", None).await;
+        assert!(owned(&store, &Quiet, "a", &pipeline("lesson", None)));
+        assert!(!owned(&store, &Quiet, "b", &pipeline("lesson", None)));
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_without_owner_or_record_is_an_orphan() {
+        let store = routed("lesson", None).await;
+        assert!(!owned(&store, &Quiet, "a", &pipeline("leaked", None)));
+    }
+
+    #[tokio::test]
+    async fn owners_must_agree() {
+        let store = routed("lesson", Some(AUTO)).await;
+        assert!(owned(&store, &Quiet, "a", &pipeline("lesson", Some(AUTO))));
+        assert!(!owned(&store, &Quiet, "a", &pipeline("lesson", None)));
+        let declared = routed("lesson", None).await;
+        assert!(!owned(
+            &declared,
+            &Quiet,
+            "a",
+            &pipeline("lesson", Some(AUTO))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_room_resources_pipeline_is_owned_while_the_resource_exists() {
+        let owner = Some("Room/music/lesson");
+        let store = routed("lesson", owner).await;
+        let live = pipeline("lesson", owner);
+        assert!(owned(&store, &Knows("music", "lesson"), "a", &live));
+        assert!(!owned(&store, &Knows("music", "other"), "a", &live));
+        // Without a view of the resources, none is known to exist.
+        assert!(!owned(&store, &Quiet, "a", &live));
+    }
+
+    const AUTO: &str = tutti_store::AUTO_CREATED_OWNER;
 }
