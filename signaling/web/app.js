@@ -11,7 +11,7 @@
 // short. A media connection that fails is restarted (ICE restart) without leaving the
 // room.
 
-import { preferStereo, dependencyDescriptorForAv1Only } from './sdp.js';
+import { preferStereo } from './sdp.js';
 import { measureRegions } from './regions.js';
 
 const ERROR_TEXT = {
@@ -774,7 +774,7 @@ async function negotiatePublisher() {
       const answered = new Promise((resolve, reject) => {
         state.answerWaiter = { resolve, reject };
       });
-      send({ type: 'offer', pc: 'publisher', sdp: dependencyDescriptorForAv1Only(pc.localDescription.sdp) });
+      send({ type: 'offer', pc: 'publisher', sdp: pc.localDescription.sdp });
       await answered;
     } while (state.pubAgain);
   } finally {

@@ -485,11 +485,13 @@ impl ShardCore {
                 // Added while this offer was out: the next answer negotiates it.
                 continue;
             };
-            let video = track.family.is_video();
-            entry.extensions = negotiated_extensions(answer, &mid, video);
+            entry.extensions = negotiated_extensions(answer, &mid, track.family);
             // Every video stream remembers what it sent, for its resends: the marker, which
             // the shard moves for a subscriber of fewer spatial layers, and any stamps.
-            entry.stamps = video.then(|| SentStamps::new(DEFAULT_CAPACITY));
+            entry.stamps = track
+                .family
+                .is_video()
+                .then(|| SentStamps::new(DEFAULT_CAPACITY));
             if track.family == CodecFamily::Red {
                 // The sender's parameters list what was offered (RED and Opus); whether the
                 // subscriber took RED shows only in its answer. Without it, it gets the Opus
@@ -1081,8 +1083,9 @@ impl ShardCore {
 
 /// The header extensions a subscriber's answer accepted for the media section `mid`,
 /// under the ids it gave them: those the shard writes on the stream's packets.
-fn negotiated_extensions(answer: &str, mid: &str, video: bool) -> ExtensionIds {
+fn negotiated_extensions(answer: &str, mid: &str, family: CodecFamily) -> ExtensionIds {
     let id = |uri: &str| super::sdp::section_extension(answer, mid, uri);
+    let video = family.is_video();
     ExtensionIds {
         audio_level: if video {
             None
@@ -1097,7 +1100,10 @@ fn negotiated_extensions(answer: &str, mid: &str, video: bool) -> ExtensionIds {
         } else {
             None
         },
-        dependency_descriptor: if video {
+        // AV1's alone: a subscriber decodes VP8 and VP9 by their own payload descriptors,
+        // which the shard rewrites, and a descriptor passed on unchanged beside them would
+        // describe frames the shard dropped or took from another simulcast layer.
+        dependency_descriptor: if family == CodecFamily::Av1 {
             id(dependency_descriptor::URI)
         } else {
             None

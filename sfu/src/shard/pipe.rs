@@ -13,7 +13,6 @@
 use super::api::{RelayHandle, RelayedTrack};
 use super::guarded::GuardedPc;
 use super::{DowntrackEntry, Peer, SessionId, ShardCore, TrackKey};
-use crate::media::codec::CodecFamily;
 use crate::media::loss::{LossConfig, LossTracker};
 use crate::media::outgoing::SentStamps;
 use crate::media::retransmit::DEFAULT_CAPACITY;
@@ -225,9 +224,10 @@ impl ShardCore {
                 (ssrc, Some(payload_type)),
                 (video, clock_rate, family),
             );
-            // The edge reads an AV1 track's layers from its descriptor, as this shard does.
+            // The edge reads a track's layers from its descriptor, as this shard does: AV1's,
+            // and VP8's temporal layers when the publisher's descriptor is where they are.
             entry.extensions.dependency_descriptor =
-                (family == CodecFamily::Av1).then_some(PIPE_DEPENDENCY_DESCRIPTOR_ID);
+                family.is_video().then_some(PIPE_DEPENDENCY_DESCRIPTOR_ID);
             // What each packet was sent with (its marker), so that a resend is the same bytes.
             entry.stamps = video.then(|| SentStamps::new(DEFAULT_CAPACITY));
             track.downtracks.push(entry);

@@ -314,8 +314,8 @@ impl ShardCore {
                 layer
             }],
             audio_level_ext: None,
-            // A pipe carries an AV1 track's dependency descriptor under a fixed id.
-            dependency_ext: (CodecFamily::from_mime(&relayed.codec.mime_type) == CodecFamily::Av1)
+            // A pipe carries a video track's dependency descriptor under a fixed id.
+            dependency_ext: (relayed.kind == TrackKind::Video)
                 .then_some(super::pipe::PIPE_DEPENDENCY_DESCRIPTOR_ID),
             muted: false,
             downtracks: Vec::new(),

@@ -157,24 +157,25 @@ impl MediaRouter {
         let Some(track) = tracks.get_mut(&track_key) else {
             return keyframe_wanted;
         };
-        // An AV1 stream's dependency descriptor, read before the extensions go: `Err` for
-        // one that is there but cannot be read.
-        let av1_layers = match (track.family, track.dependency_ext) {
-            (CodecFamily::Av1, Some(ext)) => read_dependency_descriptor(
+        // A video stream's dependency descriptor, read before the extensions go: `Err` for
+        // one that is there but cannot be read. AV1's layers are known only from it; with
+        // it negotiated, Chromium leaves the temporal layer out of VP8's own descriptor.
+        let described = match track.dependency_ext {
+            Some(ext) if track.family.is_video() => read_dependency_descriptor(
                 extension_value(&packet.header, ext),
                 track.layers.get_mut(layer_index),
                 is_keyframe(track.family, &packet.payload),
             ),
             _ => Ok(None),
         };
-        if av1_layers.is_err() {
+        if described.is_err() {
             metrics.dependency_descriptors_unread.inc();
         }
         // An AV1 packet its descriptor did not place (none, unreadable, or before the
         // stream's structure).
         let unplaced = track.family == CodecFamily::Av1
             && track.dependency_ext.is_some()
-            && !matches!(av1_layers, Ok(Some(_)));
+            && !matches!(described, Ok(Some(_)));
         // The RFC 6464 byte, passed on to subscribers as it came.
         let level_byte = track
             .audio_level_ext
@@ -190,11 +191,10 @@ impl MediaRouter {
                 level.level,
             );
         }
-        // Every extension goes but an AV1 stream's dependency descriptor, which its
-        // subscribers' decoders need: kept with the packet, so that a resend carries it too.
-        let kept = track
-            .dependency_ext
-            .filter(|_| track.family == CodecFamily::Av1);
+        // Every extension goes but a video stream's dependency descriptor, which an AV1
+        // subscriber's decoder and an edge's reading of the layers need: kept with the
+        // packet, so that a resend carries it too.
+        let kept = track.dependency_ext.filter(|_| track.family.is_video());
         packet.header.extensions.retain(|e| Some(e.id) == kept);
         packet.header.extension = !packet.header.extensions.is_empty();
         if !packet.header.extension {
@@ -204,16 +204,25 @@ impl MediaRouter {
         packet.header.csrc.clear();
 
         // The payload descriptor read once: keyframe, temporal and spatial layer.
-        let (keyframe, temporal, spatial, structure) = match (track.family, av1_layers) {
+        // VP8's and VP9's own descriptors say first; the dependency descriptor only what
+        // they leave out.
+        let described_temporal = || {
+            described
+                .as_ref()
+                .ok()
+                .and_then(|read| read.and_then(|read| read.temporal))
+        };
+        let (keyframe, temporal, spatial, structure) = match (track.family, described) {
             (CodecFamily::Vp8, _) => (
                 is_keyframe(track.family, &packet.payload),
-                vp8_temporal(&packet.payload),
+                vp8_temporal(&packet.payload).or_else(described_temporal),
                 None,
                 None,
             ),
             (CodecFamily::Vp9, _) => {
                 let read = vp9::layers(&packet.payload);
-                (read.keyframe, read.temporal, read.spatial, read.scalability)
+                let temporal = read.temporal.or_else(described_temporal);
+                (read.keyframe, temporal, read.spatial, read.scalability)
             }
             (CodecFamily::Av1, Ok(Some(read))) => {
                 (read.keyframe, read.temporal, read.spatial, read.scalability)
