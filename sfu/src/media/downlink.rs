@@ -324,11 +324,12 @@ impl AckedRate {
     }
 }
 
-/// What arrived of the packets sent between `from` and `until`.
+/// What was sent between `from` and `until`, and what arrived of it.
 #[derive(Debug, Clone, Copy)]
 struct Measurement {
     from: Instant,
     until: Instant,
+    sent: usize,
     bytes: usize,
     first: Option<(Duration, usize)>,
     last: Option<Duration>,
@@ -371,6 +372,7 @@ impl DownlinkEstimate {
         self.measurement = Some(Measurement {
             from,
             until,
+            sent: 0,
             bytes: 0,
             first: None,
             last: None,
@@ -389,10 +391,20 @@ impl DownlinkEstimate {
             .then(|| (m.bytes - first_size) as f64 * 8.0 / span.as_secs_f64())
     }
 
+    /// Bytes sent so far in the measured window.
+    pub fn measured_sent_bytes(&self) -> usize {
+        self.measurement.map_or(0, |m| m.sent)
+    }
+
     /// A packet stamped with transport-wide sequence number `seq`, `size` bytes on the
     /// wire, left at `at`.
     pub fn on_sent(&mut self, seq: u16, size: usize, at: Instant) {
         self.history.record(seq, size, at);
+        if let Some(m) = &mut self.measurement
+            && (m.from..=m.until).contains(&at)
+        {
+            m.sent += size;
+        }
     }
 
     /// Transport-cc feedback from the subscriber, received at `now`.
@@ -1053,5 +1065,23 @@ mod tests {
         assert_eq!(estimate.target_bps(), GCC_START);
         estimate.on_feedback(start, &TransportLayerCc::default());
         assert_eq!(estimate.target_bps(), GCC_START);
+    }
+
+    #[test]
+    fn a_measurement_counts_what_is_sent_within_its_window_only() {
+        let start = Instant::now();
+        let mut estimate = DownlinkEstimate::starting_at(start, GCC_START);
+        estimate.on_sent(1, 1_000, start);
+        assert_eq!(estimate.measured_sent_bytes(), 0, "nothing measured yet");
+        let (from, until) = (
+            start + Duration::from_millis(10),
+            start + Duration::from_millis(110),
+        );
+        estimate.measure(from, until);
+        estimate.on_sent(2, 1_200, from);
+        estimate.on_sent(3, 300, start + Duration::from_millis(60));
+        estimate.on_sent(4, 255, until);
+        estimate.on_sent(5, 1_200, until + Duration::from_millis(1));
+        assert_eq!(estimate.measured_sent_bytes(), 1_755);
     }
 }

@@ -1,5 +1,5 @@
 //! Probing a subscriber's downlink before moving it up: for a tenth of a second the shard
-//! adds padding to what it sends, a tenth past the rate the next layer needs. If the
+//! tops up what it sends with padding, to a tenth past the rate the next layer needs. If the
 //! estimate saw no congestion, little was lost and the subscriber received the packets at
 //! least at that rate, the path is proven to carry it and the allocation may count on it;
 //! if not, the viewer saw nothing change, and the next probe waits twice as long.
@@ -20,7 +20,15 @@ pub const PROBE_OVERSHOOT: f64 = 1.1;
 pub const FEEDBACK_GRACE: Duration = Duration::from_millis(300);
 /// Between probes at first, and again after one succeeds.
 pub const FIRST_INTERVAL: Duration = Duration::from_secs(2);
-/// The longest wait between probes, after failures.
+/// The longest wait between probes after failures, for a probe whose padding is no more
+/// than what is being sent: how late a viewer notices that its path has widened. libwebrtc
+/// probes an application-limited path every 5 s; at 32 s a viewer behind 130 kbit/s took
+/// 20–53 s to climb to its next temporal layer once the link widened to 170.
+pub const MAX_INTERVAL_SMALL: Duration = Duration::from_secs(8);
+/// The longest wait for any probe. A failed probe fills the bottleneck's queue for as long
+/// as its padding takes to drain, which may cost sound: one towards a layer at three times
+/// the path's rate (a viewer behind 300 kbit/s probing for 640-pixel SVC) floods it for
+/// about a third of a second, so the wait grows with the padding, up to this.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(32);
 /// Loss during a probe above which it failed.
 pub const MAX_PROBE_LOSS: f64 = 0.05;
@@ -56,8 +64,8 @@ pub enum ProbeResult {
 struct Active {
     started: Instant,
     goal_bps: f64,
-    padding_bps: f64,
-    padding_sent: u64,
+    /// The wait after failures stops growing at this.
+    max_interval: Duration,
     before: Evidence,
 }
 
@@ -103,34 +111,39 @@ impl Prober {
         if self.active.is_some() || now < self.next_allowed || padding_bps < MIN_PADDING_BPS {
             return false;
         }
+        // Padding of up to what is sent waits at most MAX_INTERVAL_SMALL, and longer in
+        // proportion beyond (all of it padding when nothing is sent: the longest).
+        let padding_share = if sending_bps > 0.0 {
+            padding_bps / sending_bps
+        } else {
+            f64::INFINITY
+        };
+        let max_interval = MAX_INTERVAL_SMALL
+            .mul_f64(padding_share.clamp(1.0, MAX_INTERVAL.div_duration_f64(MAX_INTERVAL_SMALL)));
         self.active = Some(Active {
             started: now,
             goal_bps,
-            padding_bps,
-            padding_sent: 0,
+            max_interval,
             before,
         });
         true
     }
 
-    /// Padding bytes to send now to keep the probe at its rate: what its sending tenth of
-    /// a second owes so far, then nothing.
-    pub fn padding_due(&self, now: Instant) -> usize {
+    /// Padding bytes to send now to keep the probe at its rate, given `sent` bytes (media
+    /// and padding) sent since it started: what its sending tenth of a second owes so far,
+    /// then nothing. Counting the media as it goes rather than at its average rate keeps a
+    /// probe at its rate whatever frames fall into its window: at 5 frames a second a
+    /// tenth of a second holds no frame or two, and padding for the average would send a
+    /// window short (then judged a narrow path) or long.
+    pub fn padding_due(&self, now: Instant, sent: usize) -> usize {
         let Some(probe) = &self.active else {
             return 0;
         };
         let elapsed = now
             .saturating_duration_since(probe.started)
             .min(PROBE_DURATION);
-        let owed = (probe.padding_bps * elapsed.as_secs_f64() / 8.0) as u64;
-        (owed.saturating_sub(probe.padding_sent) as usize).min(MAX_BURST_BYTES)
-    }
-
-    /// `bytes` of padding went out.
-    pub fn sent(&mut self, bytes: usize) {
-        if let Some(probe) = &mut self.active {
-            probe.padding_sent += bytes as u64;
-        }
+        let owed = (probe.goal_bps * PROBE_OVERSHOOT * elapsed.as_secs_f64() / 8.0) as usize;
+        owed.saturating_sub(sent).min(MAX_BURST_BYTES)
     }
 
     /// When a running probe's padding stops.
@@ -157,7 +170,7 @@ impl Prober {
         let congested = after.decreases != probe.before.decreases;
         let narrow = received_bps.is_none_or(|bps| bps < probe.goal_bps);
         let result = if congested || lossy || narrow || arrived == 0 {
-            self.interval = (self.interval * 2).min(MAX_INTERVAL);
+            self.interval = (self.interval * 2).min(probe.max_interval);
             ProbeResult::Failed
         } else {
             self.interval = FIRST_INTERVAL;
@@ -200,18 +213,28 @@ mod tests {
             !prober.start(t1, 900_000.0, 300_000.0, Evidence::default()),
             "one at a time"
         );
-        // 990 kbit/s (the goal and the overshoot) over the 300 sent: 690 kbit/s of padding,
-        // 862 bytes per 10 ms tick, 8,625 bytes in 100 ms.
-        let mut sent = 0;
+        // 990 kbit/s (the goal and the overshoot) for 100 ms is 12,375 bytes, media and
+        // padding together. The media comes as a 3,750-byte frame 60 ms in (300 kbit/s on
+        // average): padding fills the silence before it, and less is due after it.
+        let (mut sent, mut padding) = (0, 0);
         for tick in 1..=12u32 {
             let now = t1 + Duration::from_millis(10) * tick;
-            let due = prober.padding_due(now);
-            prober.sent(due);
+            if tick == 6 {
+                sent += 3_750;
+            }
+            let due = prober.padding_due(now, sent);
             sent += due;
+            padding += due;
         }
-        assert!((8_550..=8_625).contains(&sent), "{sent} bytes in 100 ms");
+        assert!((12_300..=12_375).contains(&sent), "{sent} bytes in 100 ms");
+        assert_eq!(padding, sent - 3_750);
+        let before_the_frame = prober.padding_due(t1 + Duration::from_millis(50), 0);
+        assert!(
+            (6_150..=6_190).contains(&before_the_frame),
+            "{before_the_frame} bytes owed after 50 ms of silence"
+        );
         assert_eq!(prober.padding_until(), Some(t1 + PROBE_DURATION));
-        assert_eq!(prober.padding_due(t1 + Duration::from_secs(1)), 0);
+        assert_eq!(prober.padding_due(t1 + Duration::from_secs(1), sent), 0);
     }
 
     #[test]
@@ -296,5 +319,39 @@ mod tests {
             prober.finish(at, evidence(1, 0, 0), None);
         }
         assert!(prober.interval <= MAX_INTERVAL);
+    }
+
+    /// The wait a run of failures settles at, for probes towards `goal_bps` while
+    /// `sending_bps` goes out.
+    fn settled_wait(goal_bps: f64, sending_bps: f64) -> Duration {
+        let t0 = Instant::now();
+        let mut prober = Prober::new(t0);
+        let mut at = t0;
+        for _ in 0..20 {
+            at += MAX_INTERVAL;
+            assert!(prober.start(at, goal_bps, sending_bps, Evidence::default()));
+            at += Duration::from_secs(1);
+            assert_eq!(
+                prober.finish(at, evidence(1, 0, 0), None),
+                Some(ProbeResult::Failed)
+            );
+        }
+        prober.interval
+    }
+
+    #[test]
+    fn the_wait_after_failures_grows_with_what_a_probe_pads() {
+        // The next temporal layer behind 130 kbit/s: 52 kbit/s of padding over 80 sent.
+        assert_eq!(settled_wait(120_000.0, 80_000.0), MAX_INTERVAL_SMALL);
+        // Padding as much as is sent: still the short wait.
+        assert_eq!(settled_wait(200_000.0, 110_000.0), MAX_INTERVAL_SMALL);
+        // 640-pixel SVC behind 300 kbit/s: 790 kbit/s of padding over 200 sent, 3.95 times.
+        let long = settled_wait(900_000.0, 200_000.0);
+        assert!(
+            long > MAX_INTERVAL_SMALL * 3 && long <= MAX_INTERVAL,
+            "{long:?}"
+        );
+        // Nothing sent (a paused track): all of it padding, the longest wait.
+        assert_eq!(settled_wait(300_000.0, 0.0), MAX_INTERVAL);
     }
 }

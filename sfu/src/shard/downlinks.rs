@@ -114,6 +114,7 @@ impl MediaRouter {
                     && let (Some(until), Some(downlink)) =
                         (prober.padding_until(), peer.downlink.as_mut())
                 {
+                    tracing::debug!(?peer_key, goal, sending, "probe started");
                     downlink.measure(now, until);
                 }
             }
@@ -138,17 +139,16 @@ impl MediaRouter {
             .map(|(key, _)| key)
             .collect();
         for key in probing {
-            let due = transport
-                .peer(key)
-                .and_then(|p| p.prober.as_ref())
-                .map_or(0, |p| p.padding_due(now));
+            let due = transport.peer(key).map_or(0, |p| {
+                let sent = p.downlink.as_ref().map_or(0, |d| d.measured_sent_bytes());
+                p.prober
+                    .as_ref()
+                    .map_or(0, |prober| prober.padding_due(now, sent))
+            });
             if due > 0 {
-                let sent = self.send_padding(transport, metrics, key, due, now);
-                if let Some(prober) = transport.peer_mut(key).and_then(|p| p.prober.as_mut()) {
-                    // Counted as sent even when no stream could carry it: a probe that
-                    // sent nothing is judged on nothing acknowledged, and fails.
-                    prober.sent(sent.max(due));
-                }
+                // What no stream could carry is owed again on the next call, and a probe
+                // that sent nothing is judged on nothing acknowledged, and fails.
+                self.send_padding(transport, metrics, key, due, now);
             }
             let Some(peer) = transport.peer_mut(key) else {
                 continue;
@@ -163,6 +163,9 @@ impl MediaRouter {
                 }
                 _ => None,
             };
+            if let (Some(result), Some((evidence, received))) = (result, seen) {
+                tracing::debug!(?key, ?result, ?received, ?evidence, "probe judged");
+            }
             if let (Some(ProbeResult::Succeeded { proven_bps }), Some(downlink)) =
                 (result, peer.downlink.as_mut())
             {
