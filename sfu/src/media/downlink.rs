@@ -449,6 +449,7 @@ impl DownlinkEstimate {
         self.gcc.on_reports(now, &self.reports);
         let after = self.gcc.target_bitrate();
         let mut ceiling = (after < before).then_some(after);
+        let mut cause = "delay or loss (GCC)";
         // Heavy loss: the path carries no more than what arrived, whatever GCC still says.
         self.recent_loss.push_back((arrived, lost));
         if self.recent_loss.len() > LOSS_FEEDBACKS {
@@ -465,6 +466,7 @@ impl DownlinkEstimate {
             && acked < ceiling.unwrap_or_else(|| self.usable_bps())
         {
             ceiling = Some(acked.max(MIN_BPS));
+            cause = "heavy loss";
         }
         // A standing queue: the path has delivered all it could, which is what it carries.
         let acked = self.acked.bps();
@@ -477,8 +479,17 @@ impl DownlinkEstimate {
         {
             ceiling = Some((acked * STANDING_BACKOFF).max(MIN_BPS));
             self.queue.cut_applied(now);
+            cause = "standing queue";
         }
         if let Some(ceiling) = ceiling {
+            tracing::debug!(
+                cause,
+                ceiling,
+                acked,
+                lost,
+                arrived,
+                "downlink estimate decreased"
+            );
             self.evidence.decreases += 1;
             // A decrease never raises what may be sent: GCC's own may still be above a
             // bound the loss set.

@@ -56,9 +56,20 @@ pub enum ProbeResult {
         /// The rate proven.
         proven_bps: f64,
     },
-    /// It did not.
-    Failed,
+    /// It did not reach its goal.
+    Failed {
+        /// What the path carried on the way, where the probe met no congestion and little
+        /// loss: the rate its window arrived at, a tenth off for the noise of measuring a
+        /// tenth of a second. A path narrower than the next layer may still be wider than
+        /// what an earlier cut left the allocation (a cut to what arrived while a
+        /// subscriber's first seconds overfilled the path held a viewer behind 300 kbit/s
+        /// at half the low layer's frames, its probes towards the next layer all failing).
+        carried_bps: Option<f64>,
+    },
 }
+
+/// The share of a failed probe's received rate that it counts as carried.
+pub const CARRIED_SHARE: f64 = 0.9;
 
 #[derive(Debug, Clone, Copy)]
 struct Active {
@@ -171,7 +182,12 @@ impl Prober {
         let narrow = received_bps.is_none_or(|bps| bps < probe.goal_bps);
         let result = if congested || lossy || narrow || arrived == 0 {
             self.interval = (self.interval * 2).min(probe.max_interval);
-            ProbeResult::Failed
+            let clean = !congested && !lossy && arrived > 0;
+            ProbeResult::Failed {
+                carried_bps: received_bps
+                    .filter(|_| clean)
+                    .map(|bps| bps * CARRIED_SHARE),
+            }
         } else {
             self.interval = FIRST_INTERVAL;
             ProbeResult::Succeeded {
@@ -267,7 +283,7 @@ mod tests {
             at += wait + PROBE_DURATION + FEEDBACK_GRACE;
             assert_eq!(
                 prober.finish(at, evidence(1, 300, 1), Some(900_000.0)),
-                Some(ProbeResult::Failed)
+                Some(ProbeResult::Failed { carried_bps: None })
             );
         }
         assert_eq!(
@@ -284,9 +300,12 @@ mod tests {
             let mut prober = Prober::new(t0);
             let at = t0 + FIRST_INTERVAL;
             assert!(prober.start(at, 900_000.0, 300_000.0, evidence(0, 100, 0)));
+            // What arrived, the path carried: a tenth off that counts.
             assert_eq!(
                 prober.finish(at + Duration::from_secs(1), evidence(0, 200, 0), received),
-                Some(ProbeResult::Failed),
+                Some(ProbeResult::Failed {
+                    carried_bps: received.map(|bps| bps * CARRIED_SHARE)
+                }),
                 "{received:?}"
             );
         }
@@ -299,9 +318,10 @@ mod tests {
             let mut prober = Prober::new(t0);
             let at = t0 + FIRST_INTERVAL;
             assert!(prober.start(at, 900_000.0, 300_000.0, evidence(0, 100, 0)));
+            // Nothing is counted as carried from a probe that lost or saw nothing.
             assert_eq!(
                 prober.finish(at + Duration::from_secs(1), after, Some(900_000.0)),
-                Some(ProbeResult::Failed),
+                Some(ProbeResult::Failed { carried_bps: None }),
                 "{after:?}"
             );
         }
@@ -333,7 +353,7 @@ mod tests {
             at += Duration::from_secs(1);
             assert_eq!(
                 prober.finish(at, evidence(1, 0, 0), None),
-                Some(ProbeResult::Failed)
+                Some(ProbeResult::Failed { carried_bps: None })
             );
         }
         prober.interval

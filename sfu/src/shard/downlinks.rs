@@ -166,10 +166,13 @@ impl MediaRouter {
             if let (Some(result), Some((evidence, received))) = (result, seen) {
                 tracing::debug!(?key, ?result, ?received, ?evidence, "probe judged");
             }
-            if let (Some(ProbeResult::Succeeded { proven_bps }), Some(downlink)) =
-                (result, peer.downlink.as_mut())
-            {
-                downlink.prove(proven_bps);
+            let proven = match result {
+                Some(ProbeResult::Succeeded { proven_bps }) => Some(proven_bps),
+                Some(ProbeResult::Failed { carried_bps }) => carried_bps,
+                None => None,
+            };
+            if let (Some(bps), Some(downlink)) = (proven, peer.downlink.as_mut()) {
+                downlink.prove(bps);
             }
             padding |= peer.prober.as_ref().is_some_and(|p| p.is_padding(now));
         }
