@@ -113,15 +113,16 @@ async function from(page, name) {
   return { audio: of('audio'), video: of('video') };
 }
 
-test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sound whole; another keeps the larger one`, async () => {
-  const ana = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Ana`);
-  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
-  const cai = await openPage(homeViewer, `${gatewayUrl}/?room=hotel-lesson&name=Cai`);
+/**
+ * Ben joins `room` from the hotel and plays Ana's sound and video; resolves, once he has
+ * had her low layer (160 pixels of her 640-pixel camera) for 3 s running, with his page,
+ * his inbound from her then, and how long after his page opened those 3 s began.
+ */
+async function benSettlesOnTheLowLayer(room) {
   const joinedAt = Date.now();
-  const ben = await openPage(hotel, `${gatewayUrl}/?room=hotel-lesson&name=Ben`);
+  const ben = await openPage(hotel, `${gatewayUrl}/?room=${room}&name=Ben`);
   await waitForAudio(ben, 'Ana', 40_000);
   await waitForPlayingVideo(ben, 'Ana', 40_000);
-  // Settled: Ana's low layer (160 pixels of her 640-pixel camera) for 3 s running.
   let lowSince = null;
   const settled = await waitFor('Ben on Ana\'s low layer for 3 s', async () => {
     const now = await from(ben, 'Ana');
@@ -130,7 +131,14 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
     else if (lowSince === null) lowSince = Date.now();
     return { ...now, steady: lowSince !== null && Date.now() - lowSince >= 3000 };
   }, (s) => s.steady, 60_000);
-  const settledAfter = lowSince - joinedAt;
+  return { ben, settled, settledAfter: lowSince - joinedAt };
+}
+
+test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sound whole; another keeps the larger one`, async () => {
+  const ana = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Ana`);
+  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
+  const cai = await openPage(homeViewer, `${gatewayUrl}/?room=hotel-lesson&name=Cai`);
+  const { ben, settled, settledAfter } = await benSettlesOnTheLowLayer('hotel-lesson');
 
   // Then 10 s: what Ben receives of Ana, and what he loses.
   const start = settled;
@@ -186,19 +194,7 @@ test(`a viewer ${2 * FAR.delay_ms} ms away behind ${LIMIT_KBPS} kbit/s with ${10
   await netsim.setLink({ ...FAR, rate_kbps: LIMIT_KBPS, queue_packets: 25 });
   const ana = await openPage(home, `${gatewayUrl}/?room=far-lesson&name=Ana`);
   await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
-  const joinedAt = Date.now();
-  const ben = await openPage(hotel, `${gatewayUrl}/?room=far-lesson&name=Ben`);
-  await waitForAudio(ben, 'Ana', 40_000);
-  await waitForPlayingVideo(ben, 'Ana', 40_000);
-  let lowSince = null;
-  const settled = await waitFor('Ben on Ana\'s low layer for 3 s', async () => {
-    const now = await from(ben, 'Ana');
-    const low = now.video.frameWidth > 0 && now.video.frameWidth <= 160;
-    if (!low) lowSince = null;
-    else if (lowSince === null) lowSince = Date.now();
-    return { ...now, steady: lowSince !== null && Date.now() - lowSince >= 3000 };
-  }, (s) => s.steady, 60_000);
-  const settledAfter = lowSince - joinedAt;
+  const { ben, settled, settledAfter } = await benSettlesOnTheLowLayer('far-lesson');
 
   const start = settled;
   const anaBefore = await encoded(ana);
