@@ -134,14 +134,11 @@ async function benSettlesOnTheLowLayer(room) {
   return { ben, settled, settledAfter: lowSince - joinedAt };
 }
 
-test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sound whole; another keeps the larger one`, async () => {
-  const ana = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Ana`);
-  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
-  const cai = await openPage(homeViewer, `${gatewayUrl}/?room=hotel-lesson&name=Cai`);
-  const { ben, settled, settledAfter } = await benSettlesOnTheLowLayer('hotel-lesson');
-
-  // Then 10 s: what Ben receives of Ana, and what he loses.
-  const start = settled;
+/**
+ * Waits 10 s; resolves with Ben's inbound from Ana then, the frames Ana encoded per layer
+ * meanwhile, and what the shard's counters counted.
+ */
+async function tenSeconds(ben, ana) {
   const anaBefore = await encoded(ana);
   const metricsBefore = await shardMetrics();
   await ben.waitForTimeout(10_000);
@@ -150,6 +147,18 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
   const metricsAfter = await shardMetrics();
   const anaFrames = Object.fromEntries(Object.keys(anaAfter).map((rid) => [rid, anaAfter[rid] - (anaBefore[rid] || 0)]));
   const shard = Object.fromEntries(Object.keys(metricsAfter).map((k) => [k, metricsAfter[k] - (metricsBefore[k] || 0)]));
+  return { end, anaFrames, shard };
+}
+
+test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sound whole; another keeps the larger one`, async () => {
+  const ana = await openPage(home, `${gatewayUrl}/?room=hotel-lesson&name=Ana`);
+  await waitFor('Ana in the room', () => ana.evaluate(() => window.tutti.state.joined), (j) => j === true, 30_000);
+  const cai = await openPage(homeViewer, `${gatewayUrl}/?room=hotel-lesson&name=Cai`);
+  const { ben, settled, settledAfter } = await benSettlesOnTheLowLayer('hotel-lesson');
+
+  // Then 10 s: what Ben receives of Ana, and what he loses.
+  const start = settled;
+  const { end, anaFrames, shard } = await tenSeconds(ben, ana);
   const audio = lossBetween(start, end, 'audio');
   const video = lossBetween(start, end, 'video');
   const caiSees = await waitFor("Cai on Ana's larger layer", () => from(cai, 'Ana'), (s) => s.video.frameWidth > 160, 30_000);
@@ -197,17 +206,11 @@ test(`a viewer ${2 * FAR.delay_ms} ms away behind ${LIMIT_KBPS} kbit/s with ${10
   const { ben, settled, settledAfter } = await benSettlesOnTheLowLayer('far-lesson');
 
   const start = settled;
-  const anaBefore = await encoded(ana);
-  const metricsBefore = await shardMetrics();
-  await ben.waitForTimeout(10_000);
-  const end = await from(ben, 'Ana');
-  const anaAfter = await encoded(ana);
-  const metricsAfter = await shardMetrics();
-  const shard = Object.fromEntries(Object.keys(metricsAfter).map((k) => [k, metricsAfter[k] - (metricsBefore[k] || 0)]));
+  const { end, anaFrames, shard } = await tenSeconds(ben, ana);
   const audio = lossBetween(start, end, 'audio');
   const video = lossBetween(start, end, 'video');
   const decoded = end.video.framesDecoded - start.video.framesDecoded;
-  const lowEncoded = (anaAfter.q || 0) - (anaBefore.q || 0);
+  const lowEncoded = anaFrames.q || 0;
   console.log(`downlink: Ben ${2 * FAR.delay_ms} ms away behind ${LIMIT_KBPS} kbit/s, ${100 * FAR.loss} % lost at random, on Ana's ${end.video.frameWidth}-px layer ${settledAfter} ms after joining; `
     + `over the next 10 s audio ${audio.received} packets, ${audio.percent.toFixed(2)} % lost, video ${video.received} packets, ${video.percent.toFixed(2)} % lost, `
     + `${decoded} frames decoded of the ${lowEncoded} Ana encoded for that layer; the shard meanwhile ${JSON.stringify(shard)}`);
