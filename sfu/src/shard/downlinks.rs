@@ -10,7 +10,7 @@ use super::router::MediaRouter;
 use super::transport::Transport;
 use super::{LAYER_IDLE, PeerKey, PublishedTrack, SessionId, TrackKey};
 use crate::media::allocation::{Allotment, LayerOffer, TrackDemand, allocate, probe_goal};
-use crate::media::probe::{ProbeResult, Prober};
+use crate::media::probe::{ProbeResult, Prober, Target};
 use crate::metrics::ShardMetrics;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -108,13 +108,18 @@ impl MediaRouter {
                     entry.state.set_allotment(allotment);
                 }
             }
-            if let Some((sending, goal)) = goal {
+            if let Some((sending_bps, goal_bps)) = goal {
+                let target = Target {
+                    sending_bps,
+                    goal_bps,
+                    carried_bps: estimate.usable_bps(),
+                };
                 let prober = peer.prober.get_or_insert_with(|| Prober::new(now));
-                if prober.start(now, goal, sending, evidence)
+                if prober.start(now, target, evidence)
                     && let (Some(until), Some(downlink)) =
                         (prober.padding_until(), peer.downlink.as_mut())
                 {
-                    tracing::debug!(?peer_key, goal, sending, "probe started");
+                    tracing::debug!(?peer_key, aim = target.aim_bps(), ?target, "probe started");
                     downlink.measure(now, until);
                 }
             }
