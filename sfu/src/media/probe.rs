@@ -197,7 +197,7 @@ impl Prober {
             self.interval = (self.interval * 2).min(MAX_INTERVAL);
             let clean = !congested && !lossy && arrived > 0;
             ProbeResult::Failed {
-                carried_bps: (clean && received_bps > 0.0).then(|| received_bps * CARRIED_SHARE),
+                carried_bps: (clean && received_bps > 0.0).then_some(received_bps * CARRIED_SHARE),
             }
         } else {
             self.interval = FIRST_INTERVAL;
