@@ -103,7 +103,8 @@ pub const CARRIED_SHARE: f64 = 0.9;
 #[derive(Debug, Clone, Copy)]
 struct Active {
     started: Instant,
-    goal_bps: f64,
+    /// The rate this probe sends at and must be received at: the goal, or a step to it.
+    aim_bps: f64,
     before: Evidence,
 }
 
@@ -139,14 +140,14 @@ impl Prober {
     /// Starts a probe towards `target` (or a step towards it), if none runs, the wait since
     /// the last is over and the padding needed is worth it.
     pub fn start(&mut self, now: Instant, target: Target, before: Evidence) -> bool {
-        let (goal_bps, sending_bps) = (target.aim_bps(), target.sending_bps);
-        let padding_bps = goal_bps * PROBE_OVERSHOOT - sending_bps;
+        let aim_bps = target.aim_bps();
+        let padding_bps = aim_bps * PROBE_OVERSHOOT - target.sending_bps;
         if self.active.is_some() || now < self.next_allowed || padding_bps < MIN_PADDING_BPS {
             return false;
         }
         self.active = Some(Active {
             started: now,
-            goal_bps,
+            aim_bps,
             before,
         });
         true
@@ -165,7 +166,7 @@ impl Prober {
         let elapsed = now
             .saturating_duration_since(probe.started)
             .min(PROBE_DURATION);
-        let owed = (probe.goal_bps * PROBE_OVERSHOOT * elapsed.as_secs_f64() / 8.0) as usize;
+        let owed = (probe.aim_bps * PROBE_OVERSHOOT * elapsed.as_secs_f64() / 8.0) as usize;
         owed.saturating_sub(sent).min(MAX_BURST_BYTES)
     }
 
@@ -192,7 +193,7 @@ impl Prober {
         let lossy = lost as f64 > MAX_PROBE_LOSS * (arrived + lost) as f64;
         let congested = after.decreases != probe.before.decreases;
         let received_bps = received_bps.unwrap_or(0.0);
-        let narrow = received_bps < probe.goal_bps;
+        let narrow = received_bps < probe.aim_bps;
         let result = if congested || lossy || narrow || arrived == 0 {
             self.interval = (self.interval * 2).min(MAX_INTERVAL);
             let clean = !congested && !lossy && arrived > 0;
@@ -202,7 +203,7 @@ impl Prober {
         } else {
             self.interval = FIRST_INTERVAL;
             ProbeResult::Succeeded {
-                proven_bps: received_bps.min(probe.goal_bps * PROBE_OVERSHOOT),
+                proven_bps: received_bps.min(probe.aim_bps * PROBE_OVERSHOOT),
             }
         };
         self.next_allowed = now + self.interval;
