@@ -196,7 +196,7 @@ test(`a viewer behind ${LIMIT_KBPS} kbit/s settles on the low layer with its sou
 // although the loss goes on. The low layer and the sound only just fit this link: in two
 // runs of three, before a failed probe's received rate counted as carried, the cut of his
 // first seconds held him at half the layer's frames (151 and 152 of 201) for the whole
-// 10 s; since, 199 of 200 in one run. The bound stays at half the frames until more runs.
+// 10 s; since, 198 to 201 of 200 in four runs. The bound stays at half the frames.
 const FAR = { a: 'hotel', b: 'server', delay_ms: 120, jitter_ms: 5, loss: 0.01 };
 
 test(`a viewer ${2 * FAR.delay_ms} ms away behind ${LIMIT_KBPS} kbit/s with ${100 * FAR.loss} % random loss settles on the low layer, and climbs when the limit lifts`, async () => {

@@ -97,6 +97,16 @@ pub enum ProbeResult {
     },
 }
 
+impl ProbeResult {
+    /// The rate the path has shown it carries, if this result proves one.
+    pub fn carried_bps(self) -> Option<f64> {
+        match self {
+            Self::Succeeded { proven_bps } => Some(proven_bps),
+            Self::Failed { carried_bps } => carried_bps,
+        }
+    }
+}
+
 /// The share of a failed probe's received rate that it counts as carried.
 pub const CARRIED_SHARE: f64 = 0.9;
 

@@ -76,7 +76,8 @@ impl MediaRouter {
                     placed.push((track_key, index));
                 }
             }
-            let allotments = allocate(estimate.usable_bps(), &demands);
+            let usable_bps = estimate.usable_bps();
+            let allotments = allocate(usable_bps, &demands);
             let goal = probe_goal(&demands, &allotments);
             let evidence = estimate.evidence();
             for (((track_key, index), allotment), demand) in
@@ -98,7 +99,7 @@ impl MediaRouter {
                     if entry.state.allotment() != allotment {
                         tracing::debug!(
                             ?track_key,
-                            estimate_bps = estimate.usable_bps(),
+                            estimate_bps = usable_bps,
                             ?allotment,
                             offers = ?demand.layers,
                             current = ?demand.current,
@@ -112,7 +113,7 @@ impl MediaRouter {
                 let target = Target {
                     sending_bps,
                     goal_bps,
-                    carried_bps: estimate.usable_bps(),
+                    carried_bps: usable_bps,
                 };
                 let prober = peer.prober.get_or_insert_with(|| Prober::new(now));
                 if prober.start(now, target, evidence)
@@ -171,12 +172,10 @@ impl MediaRouter {
             if let (Some(result), Some((evidence, received))) = (result, seen) {
                 tracing::debug!(?key, ?result, ?received, ?evidence, "probe judged");
             }
-            let proven = match result {
-                Some(ProbeResult::Succeeded { proven_bps }) => Some(proven_bps),
-                Some(ProbeResult::Failed { carried_bps }) => carried_bps,
-                None => None,
-            };
-            if let (Some(bps), Some(downlink)) = (proven, peer.downlink.as_mut()) {
+            if let (Some(bps), Some(downlink)) = (
+                result.and_then(ProbeResult::carried_bps),
+                peer.downlink.as_mut(),
+            ) {
                 downlink.prove(bps);
             }
             padding |= peer.prober.as_ref().is_some_and(|p| p.is_padding(now));
