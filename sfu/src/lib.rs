@@ -14,6 +14,7 @@ pub mod media_socket;
 pub mod metrics;
 pub mod peer;
 pub mod procstat;
+pub mod recorder;
 pub mod relay;
 pub mod runtime;
 pub mod server;
