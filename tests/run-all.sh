@@ -14,8 +14,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 #    well-known protos to build; etcd-server, etcd-client: the live-state tests; chromium:
 #    browser tests; coturn: TURN tests; iproute2, nftables, procps: the simulated networks
 #    (namespaces, firewalls, sysctl); nodejs/npm: the browser test driver (Debian's, when
-#    the machine has none).
-packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates openssl chromium coturn etcd-server etcd-client iproute2 nftables procps janus)
+#    the machine has none); ffmpeg: ffprobe and ffmpeg read the recordings back.
+packages=(protobuf-compiler libprotobuf-dev python3-venv util-linux ca-certificates openssl chromium coturn etcd-server etcd-client iproute2 nftables procps janus ffmpeg)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do

@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// Local mode: a TOML file of rooms (see README).
     #[arg(long, env = "TUTTI_ROOMS")]
     pub rooms: Option<PathBuf>,
+    /// Local mode: the directory recordings of rooms declared with `record = true` go
+    /// under (`<dir>/<room>/<UTC start>/`), created readable by this user only.
+    #[arg(long, env = "TUTTI_RECORD_DIR")]
+    pub record_dir: Option<PathBuf>,
     /// Refuse joins to rooms the rooms file does not declare.
     #[arg(long, env = "TUTTI_NO_AUTO_CREATE")]
     pub no_auto_create: bool,
@@ -341,6 +345,9 @@ pub struct RoomEntry {
     pub password_hash: Option<String>,
     /// Its password in the clear; hashed at start and not kept. Prefer `passwordHash`.
     pub password: Option<String>,
+    /// Local mode: record the room whenever the gateway runs (into `--record-dir`).
+    #[serde(default)]
+    pub record: bool,
     /// Its settings.
     #[serde(flatten)]
     pub settings: RoomSettings,
@@ -454,6 +461,8 @@ pub struct LocalRooms {
     pub auto_create: Option<RoomRecord>,
     /// Declared broadcasts (their own stages are among `rooms`).
     pub broadcasts: Vec<BroadcastRecord>,
+    /// Declared rooms to record (`record = true`).
+    pub recorded: Vec<String>,
 }
 
 fn apply(settings: &RoomSettings, record: &mut RoomRecord) -> Result<(), String> {
@@ -516,6 +525,7 @@ impl LocalRooms {
             return Err(format!("at most {MAX_CONFIGURED_ROOMS} rooms"));
         }
         let mut rooms = Vec::with_capacity(file.rooms.len());
+        let mut recorded = Vec::new();
         for entry in file.rooms {
             let context = |e: String| format!("room {:?}: {e}", entry.name);
             if !tutti_shard_api::protocol::valid_id(&entry.name) {
@@ -534,6 +544,9 @@ impl LocalRooms {
             record.password_hash =
                 password_hash(entry.password_hash.as_deref(), entry.password.as_deref())
                     .map_err(context)?;
+            if entry.record {
+                recorded.push(entry.name.clone());
+            }
             rooms.push(record);
         }
         let broadcasts = declare_broadcasts(file.broadcasts, &mut rooms)?;
@@ -542,6 +555,7 @@ impl LocalRooms {
             rooms,
             auto_create,
             broadcasts,
+            recorded,
         })
     }
 

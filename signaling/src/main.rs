@@ -104,6 +104,7 @@ async fn run_local(args: RunArgs, common: GatewayOptions) -> Result<(), Failure>
         media_port: args.media_port,
         advertise_ip: args.media_advertise_ip(),
         shard_max_participants: args.shard_max_participants,
+        record_dir: args.record_dir.clone(),
     };
     let system = LocalSystem::start(options).await?;
     let url = system.url();

@@ -39,6 +39,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
         media_port: 0,
         advertise_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         shard_max_participants: 100,
+        record_dir: None,
     }
 }
 

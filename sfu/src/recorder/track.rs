@@ -867,7 +867,10 @@ mod tests {
         };
         // An inter frame before any key frame: not written.
         push(&mut track, 0, false, false);
-        assert!(push(&mut track, 3_000, true, false) == false);
+        assert!(
+            !push(&mut track, 3_000, true, false),
+            "a whole key frame needs nothing"
+        );
         push(&mut track, 6_000, false, false);
         // A frame whose second packet is lost: dropped once the hold is over, and a key
         // frame asked for; the inter frame after it waits for the key frame.

@@ -66,6 +66,44 @@ pub struct LocalOptions {
     pub advertise_ip: IpAddr,
     /// Participants one shard accepts.
     pub shard_max_participants: usize,
+    /// Where recordings of the rooms declared with `record = true` go.
+    pub record_dir: Option<std::path::PathBuf>,
+}
+
+/// Records `room` while local mode runs, from whichever embedded shard holds it.
+fn start_recording(
+    room: &str,
+    dir: &std::path::Path,
+    store: &MemoryStore,
+    signal_token: &str,
+    media_bind: IpAddr,
+    stop: &CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let located = store.clone();
+    let name = room.to_owned();
+    let locate: tutti_sfu::recorder::Locate = Arc::new(move || {
+        let route = located.route(&name)?;
+        Some(located.shard(&route.shard)?.signal_url)
+    });
+    // Shards send the recorder's media on loopback when they listen on every address.
+    let bind = if media_bind.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        media_bind
+    };
+    let (at, task) = tutti_sfu::recorder::spawn(
+        tutti_sfu::recorder::RecorderOptions {
+            recording: room.to_owned(),
+            room: room.to_owned(),
+            locate,
+            signal_token: signal_token.to_owned(),
+            dir: dir.to_owned(),
+            bind,
+        },
+        stop.clone(),
+    )?;
+    tracing::info!(%room, dir = %at.display(), "recording the room");
+    Ok(task)
 }
 
 /// A running local system.
@@ -89,6 +127,12 @@ impl LocalSystem {
         }
         for broadcast in &options.common.rooms.broadcasts {
             store.put_broadcast(broadcast.clone()).await?;
+        }
+        let recorded = &options.common.rooms.recorded;
+        if !recorded.is_empty() && options.record_dir.is_none() {
+            return Err(
+                format!("the rooms file asks to record {recorded:?}: give --record-dir").into(),
+            );
         }
         let admin_token = tutti_service::token::random_token(32);
         let signal_token = tutti_service::token::random_token(32);
@@ -166,6 +210,18 @@ impl LocalSystem {
             Arc::new(Quiet),
             stop.clone(),
         )));
+        if let Some(dir) = &options.record_dir {
+            for room in recorded {
+                background.push(start_recording(
+                    room,
+                    dir,
+                    &store,
+                    &signal_token,
+                    options.media_bind,
+                    &stop,
+                )?);
+            }
+        }
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {

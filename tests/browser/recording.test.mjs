@@ -1,0 +1,139 @@
+// A lesson recorded: two Chromium participants in a room the rooms file declares with
+// `record = true`, the gateway in local mode with `--record-dir`. The recorder joins the
+// room's shard as a relay pipe and writes each track as it comes; afterwards ffprobe
+// (Debian's ffmpeg, not Tutti's code) must find both participants' audio and video, each
+// as long as that participant sent it, and ffmpeg must decode every file without an error.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio } from './lib.mjs';
+
+const run = promisify(execFile);
+
+/** How long the lesson runs once both see and hear each other. */
+const LESSON_MS = 10_000;
+
+let gateway;
+let browser;
+let dir;
+
+before(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-recording-'));
+  const rooms = path.join(dir, 'rooms.toml');
+  fs.writeFileSync(rooms, '[[rooms]]\nname = "lesson"\nrecord = true\n');
+  gateway = await startGateway(['--shards', '2', '--rooms', rooms, '--record-dir', path.join(dir, 'recordings')]);
+  browser = await launch();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (gateway) await gateway.stop();
+  if (dir && !process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/**
+ * Watches a page's own publisher connection: the wall-clock time of the first audio and
+ * video packets it sent, taken every 100 ms from the moment the page opens.
+ */
+function watchSending(page) {
+  const first = { audio: null, video: null };
+  let stopped = false;
+  const done = (async () => {
+    while (!stopped) {
+      const sent = await page.evaluate(async () => {
+        const pc = window.tutti?.state?.pub;
+        if (!pc) return {};
+        const out = {};
+        (await pc.getStats()).forEach((s) => {
+          if (s.type === 'outbound-rtp') out[s.kind] = (out[s.kind] || 0) + (s.packetsSent || 0);
+        });
+        return out;
+      }).catch(() => ({}));
+      const now = Date.now();
+      for (const kind of ['audio', 'video']) {
+        if (first[kind] === null && sent[kind] > 0) first[kind] = now;
+      }
+      if (first.audio !== null && first.video !== null) return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  })();
+  return { first, done, stop: () => { stopped = true; } };
+}
+
+async function ffprobe(file) {
+  const { stdout } = await run('ffprobe', [
+    '-v', 'error', '-show_entries', 'stream=codec_name,codec_type,duration,width,height:format=duration',
+    '-of', 'json', file,
+  ]);
+  return JSON.parse(stdout);
+}
+
+test('a two-person lesson is recorded: every track in its own file, as long as it was sent, decodable', async () => {
+  const teacher = await openPage(browser, `${gateway.url}/?room=lesson&name=Teacher`);
+  const teacherSent = watchSending(teacher);
+  const student = await openPage(browser, `${gateway.url}/?room=lesson&name=Student`);
+  const studentSent = watchSending(student);
+  await waitForPlayingVideo(student, 'Teacher');
+  await waitForPlayingVideo(teacher, 'Student');
+  await waitForAudio(student, 'Teacher');
+  await waitForAudio(teacher, 'Student');
+  await Promise.all([teacherSent.done, studentSent.done]);
+  await new Promise((resolve) => setTimeout(resolve, LESSON_MS));
+  const hungUp = Date.now();
+  await teacher.context().close();
+  await student.context().close();
+
+  // The recorder closes each file when its track ends; the manifest says so within a
+  // second.
+  const roomDir = path.join(dir, 'recordings', 'lesson');
+  const recording = await waitFor(
+    'both participants\' four tracks complete in the manifest',
+    () => {
+      const [stamp] = fs.existsSync(roomDir) ? fs.readdirSync(roomDir) : [];
+      if (!stamp) return null;
+      const file = path.join(roomDir, stamp, 'manifest.json');
+      if (!fs.existsSync(file)) return null;
+      return { dir: path.join(roomDir, stamp), manifest: JSON.parse(fs.readFileSync(file, 'utf8')) };
+    },
+    (r) => r && r.manifest.tracks.filter((t) => t.complete).length >= 4,
+  );
+  const { manifest } = recording;
+  console.log(`manifest: ${JSON.stringify(manifest.tracks.map((t) => ({
+    name: t.name, kind: t.kind, codec: t.codec, file: t.file, durationMs: t.durationMs,
+    packets: t.packets, lost: t.lost, written: t.written, bytes: t.bytes,
+  })))}`);
+  assert.equal(manifest.room, 'lesson');
+
+  // Files are the owner's alone.
+  const mode = fs.statSync(recording.dir).mode & 0o777;
+  assert.equal(mode, 0o700, `the recording's directory is private (mode ${mode.toString(8)})`);
+
+  const sent = { Teacher: teacherSent.first, Student: studentSent.first };
+  for (const name of ['Teacher', 'Student']) {
+    for (const kind of ['audio', 'video']) {
+      const tracks = manifest.tracks.filter((t) => t.name === name && t.kind === kind);
+      assert.equal(tracks.length, 1, `one ${kind} file of ${name}: ${JSON.stringify(tracks)}`);
+      const [track] = tracks;
+      const file = path.join(recording.dir, track.file);
+      assert.equal(fs.statSync(file).mode & 0o777, 0o600, `${track.file} is private`);
+      const probed = await ffprobe(file);
+      const stream = probed.streams.find((s) => s.codec_type === kind);
+      assert.ok(stream, `ffprobe finds ${kind} in ${track.file}: ${JSON.stringify(probed)}`);
+      assert.equal(stream.codec_name, kind === 'audio' ? 'opus' : 'vp8');
+      const seconds = Number(stream.duration ?? probed.format?.duration);
+      // What the participant sent: from its first packet of the kind to hanging up.
+      const call = (hungUp - sent[name][kind]) / 1000;
+      const ratio = seconds / call;
+      console.log(`${name} ${kind}: ${track.file} ${seconds.toFixed(2)} s recorded of ${call.toFixed(2)} s sent (${(ratio * 100).toFixed(1)} %), ${track.written} ${kind === 'audio' ? 'packets' : 'frames'}, ${track.lost} lost${kind === 'video' ? `, ${stream.width}x${stream.height}` : ''}`);
+      assert.ok(Math.abs(ratio - 1) <= 0.05, `${name}'s ${kind} lasts ${seconds} s against ${call} s sent`);
+      // Decoded from end to end by ffmpeg, which must report nothing.
+      const decoded = await run('ffmpeg', ['-v', 'error', '-i', file, '-f', 'null', '-']);
+      assert.equal(decoded.stderr.trim(), '', `ffmpeg decodes ${track.file} without errors`);
+    }
+  }
+});
