@@ -262,6 +262,7 @@ async fn run_link(
         subscribe: Some(true),
         relay: Some(true),
         pipe: Some(own),
+        recorder: None,
     };
     sink.send(Message::Text(encode_client(&join).into()))
         .await

@@ -105,6 +105,10 @@ pub enum ClientMessage {
         /// as SRTP straight to this end's media port instead of over a peer connection.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pipe: Option<PipeEnd>,
+        /// A relay that records the room (with `relay: true`): while one is in the room,
+        /// everyone in it is told so (`recording`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recorder: Option<bool>,
     },
     /// An SDP offer for the client's publisher connection.
     Offer {
@@ -475,6 +479,12 @@ pub enum ServerMessage {
     },
     /// The answer to `ping`.
     Pong,
+    /// Whether the room is being recorded: sent after `joined` when it is, and to
+    /// everyone in the room when a recording starts or stops.
+    Recording {
+        /// True while a recorder is in the room.
+        active: bool,
+    },
     /// The session ended (left, replaced by a newer join, room released, shard stopping).
     Left {
         /// Why.
@@ -740,6 +750,7 @@ mod tests {
                 subscribe: None,
                 relay: None,
                 pipe: None,
+                recorder: None,
             }
         );
     }

@@ -691,6 +691,7 @@ impl Session {
                 subscribe: Some(true),
                 relay: None,
                 pipe: None,
+                recorder: None,
             };
             match self.join_on(edge, join, true).await {
                 Ok((link, participants, audio)) => {
@@ -789,6 +790,7 @@ impl Session {
                 subscribe: Some(admitted.subscribe),
                 relay: None,
                 pipe: None,
+                recorder: None,
             };
             match self.join_on(&placement.shard, join, false).await {
                 Ok((link, participants, audio)) => {

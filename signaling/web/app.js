@@ -78,6 +78,7 @@ const state = {
   pubAgain: false,
   answerWaiter: null,
   reconnectDelay: 500,
+  recording: false, // a recorder is in the room
   reconnectTimer: null,
   askedForSound: false,
   queue: Promise.resolve(),
@@ -109,6 +110,12 @@ function send(message) {
 
 function setStatus(text) {
   $('#status').textContent = text;
+}
+
+// Everyone in a room sees while a recorder is in it (the shard's `recording` message).
+function setRecording(active) {
+  state.recording = active;
+  $('#recording').hidden = !active;
 }
 
 function showError(code, message) {
@@ -977,6 +984,7 @@ function scheduleReconnect(reason) {
   const first = !state.reconnecting;
   state.joined = false;
   state.reconnecting = true;
+  setRecording(false);
   closePeerConnections();
   for (const id of [...state.participants.keys()]) removeParticipant(id);
   setStatus('Reconnecting…');
@@ -997,6 +1005,8 @@ async function onMessage(message) {
   switch (message.type) {
     case 'joined': {
       state.joined = true;
+      // A recorder already in the room says so right after `joined`.
+      setRecording(false);
       state.reconnecting = false;
       state.reconnectDelay = 500;
       state.resume = message.resume || null;
@@ -1060,6 +1070,12 @@ async function onMessage(message) {
     }
     case 'active_speaker':
       setActiveSpeaker(message.participant);
+      break;
+    case 'recording':
+      if (message.active !== state.recording) {
+        appendNotice(message.active ? 'This room is now being recorded.' : 'Recording stopped.');
+      }
+      setRecording(message.active === true);
       break;
     case 'connection_quality':
       showQualities(message.qualities);
@@ -1133,6 +1149,7 @@ function endCall() {
   for (const id of [...state.participants.keys()]) removeParticipant(id);
   $('#grid').replaceChildren();
   $('#messages').replaceChildren();
+  setRecording(false);
   state.joined = false;
   state.me = null;
   showLobby();
@@ -1229,6 +1246,8 @@ async function candidatePair(target) {
 window.tutti = {
   state,
   inboundStats,
+  // Whether the page shows that the room is being recorded.
+  recordingShown: () => !$('#recording').hidden,
   candidatePair,
   // The round trips this page measured to each region and reported in `join`.
   roundTrips: () => state.rtt,

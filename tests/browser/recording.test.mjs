@@ -3,6 +3,7 @@
 // room's shard as a relay pipe and writes each track as it comes; afterwards ffprobe
 // (Debian's ffmpeg, not Tutti's code) must find both participants' audio and video, each
 // as long as that participant sent it, and ffmpeg must decode every file without an error.
+// Both pages show that the room is being recorded; a page in another room does not.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -83,6 +84,14 @@ test('a two-person lesson is recorded: every track in its own file, as long as i
   await waitForAudio(student, 'Teacher');
   await waitForAudio(teacher, 'Student');
   await Promise.all([teacherSent.done, studentSent.done]);
+  // Both see that they are being recorded; someone in a room that is not recorded does not.
+  for (const [page, name] of [[teacher, 'Teacher'], [student, 'Student']]) {
+    await waitFor(`${name}'s page showing the recording`, () => page.evaluate(() => window.tutti.recordingShown()), (shown) => shown === true);
+  }
+  const elsewhere = await openPage(browser, `${gateway.url}/?room=practice&name=Other`);
+  await waitFor('the unrecorded room joined', () => elsewhere.evaluate(() => window.tutti.state.joined), (joined) => joined === true);
+  assert.equal(await elsewhere.evaluate(() => window.tutti.recordingShown()), false, 'no recording shown in a room nobody records');
+  await elsewhere.context().close();
   await new Promise((resolve) => setTimeout(resolve, LESSON_MS));
   const hungUp = Date.now();
   await teacher.context().close();

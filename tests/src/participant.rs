@@ -526,6 +526,7 @@ impl Participant {
                 subscribe: Some(config.subscribe),
                 relay: None,
                 pipe: None,
+                recorder: None,
             }),
         }
         let joined = tokio::time::timeout(Duration::from_secs(10), signal.rx.recv())

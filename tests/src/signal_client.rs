@@ -92,6 +92,7 @@ impl SignalClient {
             subscribe: Some(true),
             relay: None,
             pipe: None,
+            recorder: None,
         });
         match tokio::time::timeout(timeout, signal.rx.recv()).await {
             Ok(Some(ServerMessage::Joined { .. })) => Ok(signal),

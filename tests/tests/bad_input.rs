@@ -189,6 +189,7 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
         subscribe: Some(false),
         relay: None,
         pipe: None,
+        recorder: None,
     });
     let joined = tokio::time::timeout(WAIT, bad.rx.recv())
         .await?

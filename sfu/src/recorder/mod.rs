@@ -235,6 +235,7 @@ impl Session {
             subscribe: Some(true),
             relay: Some(true),
             pipe: Some(own),
+            recorder: Some(true),
         };
         sink.send(Message::Text(encode_client(&join).into()))
             .await

@@ -44,6 +44,8 @@ pub struct JoinRequest {
     pub relay: bool,
     /// A relay's media pipe: its end (only with `relay`).
     pub pipe: Option<crate::signal::protocol::PipeEnd>,
+    /// A relay that records the room (only with `relay`).
+    pub recorder: bool,
 }
 
 /// Which layers (by rid: `q`, `h`, `f`) of each relayed track, by the parent's track id,

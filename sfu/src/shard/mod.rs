@@ -229,6 +229,8 @@ struct Session {
     media_seen: bool,
     /// How the session is present in its room.
     presence: Presence,
+    /// A relay recording the room: everyone in it is told while one is there.
+    recorder: bool,
     /// Being removed: no more offers to it.
     closing: bool,
 }
@@ -1113,6 +1115,7 @@ impl ShardCore {
                 joined_at: now,
                 media_seen: false,
                 presence,
+                recorder: request.recorder && presence == Presence::Relay,
                 closing: false,
             },
         );
@@ -1131,6 +1134,19 @@ impl ShardCore {
                 Some(id),
                 ServerMessage::ParticipantJoined { participant: info },
             );
+        }
+        let recorders = self.registry.recorders_in(&request.room);
+        if request.recorder && presence == Presence::Relay {
+            if recorders == 1 {
+                tracing::info!(room = %request.room, "the room is being recorded");
+                self.broadcast(
+                    &request.room,
+                    Some(id),
+                    ServerMessage::Recording { active: true },
+                );
+            }
+        } else if recorders > 0 && presence != Presence::Relay {
+            self.send(id, ServerMessage::Recording { active: true });
         }
         if let Some(pipe) = &pipe
             && let Err(err) = self.open_pipe(id, pipe)
@@ -1246,6 +1262,10 @@ impl ShardCore {
                 None,
                 ServerMessage::ParticipantLeft { participant },
             );
+        }
+        if session.recorder && self.registry.recorders_in(&room_name) == 0 {
+            tracing::info!(room = %room_name, "the room is no longer recorded");
+            self.broadcast(&room_name, None, ServerMessage::Recording { active: false });
         }
         self.update_gauges();
         tracing::info!(session = %id, room = %room_name, reason = reason.unwrap_or("left"), "participant left");
@@ -1441,6 +1461,7 @@ mod tests {
                     subscribe: true,
                     relay: false,
                     pipe: None,
+                    recorder: false,
                 },
                 events,
                 reply,
@@ -1469,6 +1490,76 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn join_relay(
+        core: &mut ShardCore,
+        room: &str,
+        id: &str,
+        recorder: bool,
+    ) -> (SessionId, mpsc::Receiver<ServerMessage>) {
+        let (events, rx) = mpsc::channel(64);
+        let (reply, mut result) = oneshot::channel();
+        core.handle_command(
+            Instant::now(),
+            Command::Join {
+                request: JoinRequest {
+                    room: room.into(),
+                    participant: id.into(),
+                    name: id.into(),
+                    publish: false,
+                    subscribe: true,
+                    relay: true,
+                    pipe: None,
+                    recorder,
+                },
+                events,
+                reply,
+            },
+        );
+        (result.try_recv().unwrap().unwrap(), rx)
+    }
+
+    fn recording(messages: &[ServerMessage]) -> Vec<bool> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Recording { active } => Some(*active),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn everyone_in_a_room_is_told_while_a_recorder_is_in_it() {
+        let mut core = core();
+        let (_, mut teacher) = join(&mut core, "lesson", "teacher");
+        // An edge's relay is no recorder: nobody is told anything.
+        let (_, mut edge) = join_relay(&mut core, "lesson", "relay.edge", false);
+        assert!(recording(&drain(&mut teacher)).is_empty());
+        // The first recorder: everyone else hears it once, the recorder itself nothing.
+        let (first, mut recorder) = join_relay(&mut core, "lesson", "recorder.a", true);
+        assert_eq!(recording(&drain(&mut teacher)), vec![true]);
+        assert_eq!(recording(&drain(&mut edge)), vec![true]);
+        assert!(recording(&drain(&mut recorder)).is_empty());
+        let (second, _second_rx) = join_relay(&mut core, "lesson", "recorder.b", true);
+        assert!(recording(&drain(&mut teacher)).is_empty(), "already told");
+        // A newcomer is told right after `joined`; a room without a recorder tells nobody.
+        let (_, mut student) = join(&mut core, "lesson", "student");
+        let messages = drain(&mut student);
+        assert!(matches!(
+            messages.first(),
+            Some(ServerMessage::Joined { .. })
+        ));
+        assert_eq!(recording(&messages), vec![true]);
+        let (_, mut elsewhere) = join(&mut core, "other", "someone");
+        assert!(recording(&drain(&mut elsewhere)).is_empty());
+        // Only when the last recorder leaves is the room no longer recorded.
+        core.handle_command(Instant::now(), Command::Leave { session: first });
+        assert!(recording(&drain(&mut teacher)).is_empty());
+        core.handle_command(Instant::now(), Command::Leave { session: second });
+        assert_eq!(recording(&drain(&mut teacher)), vec![false]);
+        assert_eq!(recording(&drain(&mut student)), vec![false]);
     }
 
     #[test]
@@ -1569,6 +1660,7 @@ mod tests {
                 subscribe: true,
                 relay: false,
                 pipe: None,
+                recorder: false,
             };
             core.handle_command(
                 at,
@@ -1680,6 +1772,7 @@ mod tests {
                     subscribe: true,
                     relay: false,
                     pipe: None,
+                    recorder: false,
                 },
                 events,
                 reply,
@@ -1853,6 +1946,7 @@ mod tests {
                     subscribe: true,
                     relay: false,
                     pipe: None,
+                    recorder: false,
                 },
                 events,
                 reply,

@@ -129,6 +129,17 @@ impl Registry {
             .count()
     }
 
+    /// The recorders in `room` that are not leaving.
+    pub(super) fn recorders_in(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |room| {
+            room.sessions
+                .iter()
+                .filter_map(|s| self.sessions.get(s))
+                .filter(|s| s.recorder && !s.closing)
+                .count()
+        })
+    }
+
     /// The announced sessions of `room` (participants others see), in joining order.
     pub(super) fn announced_in(&self, room: &str) -> Vec<SessionId> {
         self.rooms.get(room).map_or_else(Vec::new, |room| {

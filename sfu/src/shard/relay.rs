@@ -216,6 +216,7 @@ impl ShardCore {
                 // Not a client: it holds no seat and has no connection of its own.
                 media_seen: true,
                 presence: Presence::Relayed,
+                recorder: false,
                 closing: false,
             },
         );

@@ -154,6 +154,7 @@ async fn handle(
                 subscribe,
                 relay,
                 pipe,
+                recorder,
             },
         ) => {
             let request = JoinRequest {
@@ -164,6 +165,7 @@ async fn handle(
                 subscribe: subscribe.unwrap_or(true),
                 relay: relay.unwrap_or(false),
                 pipe: pipe.filter(|_| relay == Some(true)),
+                recorder: relay == Some(true) && recorder == Some(true),
             };
             match core.join(request, events.clone()).await {
                 Ok(id) => {

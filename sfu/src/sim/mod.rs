@@ -145,6 +145,7 @@ impl Sim {
             subscribe: spec.subscribe,
             relay: false,
             pipe: None,
+            recorder: false,
         })?;
         let index = self.clients.len();
         let (client, offer) = Client::new(

@@ -42,6 +42,7 @@ impl Edge {
                 name: "relay".into(),
                 publish: false,
                 subscribe: true,
+                recorder: false,
                 relay: true,
                 pipe: Some(PipeEnd {
                     media: EDGE.to_string(),
@@ -273,6 +274,7 @@ fn a_bad_pipe_end_is_refused_at_join() {
         name: "relay".into(),
         publish: false,
         subscribe: true,
+        recorder: false,
         relay: true,
         pipe: Some(PipeEnd {
             media: media.into(),
