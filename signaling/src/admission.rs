@@ -44,6 +44,14 @@ pub struct JoinClaims {
     /// Not valid before, seconds since the Unix epoch (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Whether its holder may start and stop recordings of the room
+    /// (`/v1/rooms/{room}/recording`). Joining needs no such grant.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub record: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// The longest a join token may be valid for: a leaked token must not open a room for
@@ -296,6 +304,7 @@ mod tests {
             subscribe: true,
             exp,
             nbf: None,
+            record: false,
         }
     }
 

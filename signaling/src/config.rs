@@ -60,6 +60,9 @@ pub struct TokenArgs {
     /// Its holder receives nobody's media.
     #[arg(long)]
     pub no_subscribe: bool,
+    /// Its holder may start and stop recordings of the room.
+    #[arg(long)]
+    pub record: bool,
     /// The signing secret.
     #[arg(long, env = "TUTTI_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
@@ -127,6 +130,10 @@ pub struct RunArgs {
     /// under (`<dir>/<room>/<UTC start>/`), created readable by this user only.
     #[arg(long, env = "TUTTI_RECORD_DIR")]
     pub record_dir: Option<PathBuf>,
+    /// Local mode: recordings that ended more than this many days ago are deleted (checked
+    /// hourly); 0 keeps them.
+    #[arg(long, env = "TUTTI_RECORD_RETENTION_DAYS", default_value_t = 0)]
+    pub record_retention_days: u32,
     /// Refuse joins to rooms the rooms file does not declare.
     #[arg(long, env = "TUTTI_NO_AUTO_CREATE")]
     pub no_auto_create: bool,

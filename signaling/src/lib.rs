@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod password_queue;
 pub mod protocol;
 pub mod read_budget;
+pub mod recordings;
 pub mod rooms;
 pub mod routing;
 pub mod seating;

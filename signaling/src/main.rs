@@ -105,6 +105,7 @@ async fn run_local(args: RunArgs, common: GatewayOptions) -> Result<(), Failure>
         advertise_ip: args.media_advertise_ip(),
         shard_max_participants: args.shard_max_participants,
         record_dir: args.record_dir.clone(),
+        record_retention_days: args.record_retention_days,
     };
     let system = LocalSystem::start(options).await?;
     let url = system.url();
@@ -138,6 +139,7 @@ fn token(args: TokenArgs) -> Result<(), Failure> {
         subscribe: !args.no_subscribe,
         exp: now.saturating_add(args.ttl),
         nbf: None,
+        record: args.record,
     };
     println!("{}", keys.issue(&claims)?);
     Ok(())

@@ -52,6 +52,8 @@ pub struct AppState {
     pub view: Arc<dyn LiveView>,
     /// Tracks upgraded sockets, so that stopping can wait for them.
     pub tracker: TaskTracker,
+    /// Recordings, where this gateway can make them (local mode with `--record-dir`).
+    pub recordings: Option<Arc<dyn crate::recordings::RecordingControl>>,
 }
 
 impl AppState {
@@ -61,7 +63,17 @@ impl AppState {
             gateway,
             view,
             tracker: TaskTracker::new(),
+            recordings: None,
         }
+    }
+
+    /// The same, able to start and stop recordings.
+    pub fn with_recordings(
+        mut self,
+        recordings: Arc<dyn crate::recordings::RecordingControl>,
+    ) -> Self {
+        self.recordings = Some(recordings);
+        self
     }
 }
 
@@ -79,6 +91,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ws", get(websocket))
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/rooms/{name}", get(one_room))
+        .route(
+            "/v1/rooms/{name}/recording",
+            get(recording_status)
+                .post(start_recording)
+                .delete(stop_recording),
+        )
         .route("/v1/broadcasts/{name}", get(one_broadcast))
         .route("/v1/ice-servers", get(ice_servers))
         .route("/v1/regions", get(regions))
@@ -380,17 +398,109 @@ async fn one_broadcast(State(state): State<AppState>, Path(name): Path<String>) 
     .into_response()
 }
 
-async fn ice_servers(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// The join token of a request's `Authorization: Bearer` header, if it is valid.
+fn bearer_claims(state: &AppState, headers: &HeaderMap) -> Option<crate::admission::JoinClaims> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|t| t.len() <= crate::protocol::MAX_TOKEN_LEN);
-    let claims = match (token, &state.gateway.tokens) {
-        (Some(token), Some(keys)) => keys.verify(token).ok(),
-        _ => None,
+        .filter(|t| t.len() <= crate::protocol::MAX_TOKEN_LEN)?;
+    state.gateway.tokens.as_ref()?.verify(token).ok()
+}
+
+/// The recording control, if the request may use it for `room`: a valid join token for
+/// the room with the `record` grant.
+fn recording_control(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+) -> Result<Arc<dyn crate::recordings::RecordingControl>, Box<Response>> {
+    let Some(claims) = bearer_claims(state, headers) else {
+        state
+            .gateway
+            .metrics
+            .error(crate::protocol::ErrorCode::Unauthorized);
+        return Err(Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid join token with the record grant is required",
+        )));
     };
-    if claims.is_none() {
+    if claims.room != room || !claims.record {
+        return Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token does not grant recording this room",
+        )));
+    }
+    state.recordings.clone().ok_or_else(|| {
+        Box::new(json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available",
+            "this gateway makes no recordings: run it in local mode with --record-dir",
+        ))
+    })
+}
+
+fn recording_error(err: crate::recordings::RecordingError) -> Response {
+    use crate::recordings::RecordingError;
+    let (status, code) = match &err {
+        RecordingError::NoRoom => (StatusCode::NOT_FOUND, "room_not_found"),
+        RecordingError::NotRecording => (StatusCode::NOT_FOUND, "not_recording"),
+        RecordingError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        RecordingError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_recordings"),
+        RecordingError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+    };
+    json_error(status, code, &err.to_string())
+}
+
+async fn start_recording(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let control = match recording_control(&state, &headers, &name) {
+        Ok(control) => control,
+        Err(response) => return *response,
+    };
+    match control.start(&name) {
+        Ok(status) => (StatusCode::CREATED, Json(status)).into_response(),
+        Err(err) => recording_error(err),
+    }
+}
+
+async fn stop_recording(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let control = match recording_control(&state, &headers, &name) {
+        Ok(control) => control,
+        Err(response) => return *response,
+    };
+    match control.stop(&name).await {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => recording_error(err),
+    }
+}
+
+async fn recording_status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let control = match recording_control(&state, &headers, &name) {
+        Ok(control) => control,
+        Err(response) => return *response,
+    };
+    match control.status(&name) {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => recording_error(err),
+    }
+}
+
+async fn ice_servers(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if bearer_claims(&state, &headers).is_none() {
         state
             .gateway
             .metrics

@@ -40,6 +40,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
         advertise_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         shard_max_participants: 100,
         record_dir: None,
+        record_retention_days: 0,
     }
 }
 
@@ -216,6 +217,15 @@ pub async fn http_post_with(
     bearer: Option<&str>,
 ) -> Result<(u16, String)> {
     http_request(hyper::Method::POST, addr, path, bearer).await
+}
+
+/// A DELETE request with an optional bearer token; the status and body.
+pub async fn http_delete_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String)> {
+    http_request(hyper::Method::DELETE, addr, path, bearer).await
 }
 
 async fn http_request(

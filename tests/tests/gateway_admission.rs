@@ -38,6 +38,7 @@ fn token(room: &str, name: &str, exp_from_now: i64, secret: &str) -> Result<Stri
         subscribe: true,
         exp: (now + exp_from_now) as u64,
         nbf: None,
+        record: false,
     })?)
 }
 

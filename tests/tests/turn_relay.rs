@@ -22,6 +22,7 @@ fn token(room: &str, name: &str) -> Result<String> {
         subscribe: true,
         exp: now + 600,
         nbf: None,
+        record: false,
     })?)
 }
 

@@ -3,14 +3,14 @@
 //! every second while the recording runs, so that a crash leaves a manifest at most a
 //! second old beside files at most a second short.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The manifest of one recording.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     /// The recording's name.
@@ -30,7 +30,7 @@ pub struct Manifest {
 }
 
 /// One connection of the recorder to the shard holding the room.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Take {
     /// The shard's signaling URL.
@@ -44,7 +44,7 @@ pub struct Take {
 }
 
 /// One track's file.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackEntry {
     /// The file's name, in the recording's directory.
@@ -58,7 +58,7 @@ pub struct TrackEntry {
     /// The track's id.
     pub track: String,
     /// `audio` or `video`.
-    pub kind: &'static str,
+    pub kind: String,
     /// The codec's MIME type.
     pub codec: String,
     /// When the file's first packet arrived: the instant its time zero stands for, for
@@ -131,6 +131,12 @@ pub fn utc_stamp(unix_seconds: u64) -> String {
         rest / 60 % 60,
         rest % 60
     )
+}
+
+/// Reads the manifest of the recording in `dir`.
+pub fn read(dir: &Path) -> std::io::Result<Manifest> {
+    let text = std::fs::read(dir.join("manifest.json"))?;
+    serde_json::from_slice(&text).map_err(std::io::Error::other)
 }
 
 /// Writes the manifest beside the files, readable by the owner only.

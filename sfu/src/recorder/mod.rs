@@ -101,11 +101,13 @@ pub fn spawn(
     recording.save();
     let task = tokio::spawn(async move {
         let mut delay = Duration::from_millis(250);
+        // The room's place is looked up this often until it has one.
+        let mut locating = tokio::time::interval(Duration::from_millis(250));
         while !stop.is_cancelled() {
             let Some(url) = (options.locate)() else {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    _ = locating.tick() => continue,
                 }
             };
             let take = recording.manifest.takes.len();
@@ -422,9 +424,9 @@ impl Session {
             name,
             track,
             kind: if kind == TrackKind::Video {
-                "video"
+                "video".into()
             } else {
-                "audio"
+                "audio".into()
             },
             codec: codec.mime,
             starts_at_ms: None,

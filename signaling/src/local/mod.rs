@@ -8,9 +8,11 @@
 //! placement, sessions, admission, relaying and media are the production paths.
 
 mod occupancy;
+pub mod recordings;
 mod shard_metrics;
 
 use crate::metrics::GatewayMetrics;
+use crate::recordings::RecordingControl;
 use crate::rooms::OccupancyMap;
 use crate::routing::StoreRouter;
 use crate::server::{AppState, RunningServer, serve};
@@ -66,44 +68,11 @@ pub struct LocalOptions {
     pub advertise_ip: IpAddr,
     /// Participants one shard accepts.
     pub shard_max_participants: usize,
-    /// Where recordings of the rooms declared with `record = true` go.
+    /// Where recordings go: those of the rooms declared with `record = true`, and those
+    /// started over the HTTP API.
     pub record_dir: Option<std::path::PathBuf>,
-}
-
-/// Records `room` while local mode runs, from whichever embedded shard holds it.
-fn start_recording(
-    room: &str,
-    dir: &std::path::Path,
-    store: &MemoryStore,
-    signal_token: &str,
-    media_bind: IpAddr,
-    stop: &CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let located = store.clone();
-    let name = room.to_owned();
-    let locate: tutti_sfu::recorder::Locate = Arc::new(move || {
-        let route = located.route(&name)?;
-        Some(located.shard(&route.shard)?.signal_url)
-    });
-    // Shards send the recorder's media on loopback when they listen on every address.
-    let bind = if media_bind.is_unspecified() {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        media_bind
-    };
-    let (at, task) = tutti_sfu::recorder::spawn(
-        tutti_sfu::recorder::RecorderOptions {
-            recording: room.to_owned(),
-            room: room.to_owned(),
-            locate,
-            signal_token: signal_token.to_owned(),
-            dir: dir.to_owned(),
-            bind,
-        },
-        stop.clone(),
-    )?;
-    tracing::info!(%room, dir = %at.display(), "recording the room");
-    Ok(task)
+    /// Recordings that ended more than this many days ago are deleted; 0 keeps them.
+    pub record_retention_days: u32,
 }
 
 /// A running local system.
@@ -114,6 +83,8 @@ pub struct LocalSystem {
     pub shards: Vec<(String, RunningShard)>,
     /// The live state.
     pub store: MemoryStore,
+    /// Recordings, with `--record-dir`.
+    recordings: Option<Arc<recordings::LocalRecordings>>,
     stop: CancellationToken,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -210,18 +181,35 @@ impl LocalSystem {
             Arc::new(Quiet),
             stop.clone(),
         )));
-        if let Some(dir) = &options.record_dir {
-            for room in recorded {
-                background.push(start_recording(
-                    room,
-                    dir,
-                    &store,
-                    &signal_token,
-                    options.media_bind,
-                    &stop,
-                )?);
+        let recordings = match &options.record_dir {
+            Some(dir) => {
+                // Shards send a recorder's media on loopback when they listen everywhere.
+                let bind = if options.media_bind.is_unspecified() {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    options.media_bind
+                };
+                let control = Arc::new(recordings::LocalRecordings::new(
+                    dir.clone(),
+                    store.clone(),
+                    signal_token.clone(),
+                    bind,
+                    stop.clone(),
+                ));
+                for room in recorded {
+                    control.start(room)?;
+                }
+                if options.record_retention_days > 0 {
+                    background.push(tokio::spawn(recordings::sweep_old(
+                        dir.clone(),
+                        options.record_retention_days,
+                        stop.clone(),
+                    )));
+                }
+                Some(control)
             }
-        }
+            None => None,
+        };
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {
@@ -236,9 +224,14 @@ impl LocalSystem {
             },
             &options.common,
         )?;
-        let server = serve(options.common.listen, AppState::new(gateway, view)).await?;
+        let mut state = AppState::new(gateway, view);
+        if let Some(control) = &recordings {
+            state = state.with_recordings(control.clone());
+        }
+        let server = serve(options.common.listen, state).await?;
         Ok(Self {
             server,
+            recordings,
             shards,
             store,
             stop,
@@ -254,6 +247,9 @@ impl LocalSystem {
     /// Tells clients to reconnect, stops the gateway, then stops the shards.
     pub async fn stop(self) {
         self.server.stop().await;
+        if let Some(recordings) = &self.recordings {
+            recordings.stop_all().await;
+        }
         self.stop.cancel();
         for task in self.background {
             let _ = task.await;
