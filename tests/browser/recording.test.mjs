@@ -4,6 +4,8 @@
 // (Debian's ffmpeg, not Tutti's code) must find both participants' audio and video, each
 // as long as that participant sent it, and ffmpeg must decode every file without an error.
 // Both pages show that the room is being recorded; a page in another room does not.
+// A second gateway is killed (SIGKILL) while it records: its files still hold all but
+// the last seconds.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -144,5 +146,47 @@ test('a two-person lesson is recorded: every track in its own file, as long as i
       const decoded = await run('ffmpeg', ['-v', 'error', '-i', file, '-f', 'null', '-']);
       assert.equal(decoded.stderr.trim(), '', `ffmpeg decodes ${track.file} without errors`);
     }
+  }
+});
+
+test('a recording killed with its gateway keeps all but its last seconds', async () => {
+  const crashDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-recording-crash-'));
+  try {
+    const rooms = path.join(crashDir, 'rooms.toml');
+    fs.writeFileSync(rooms, '[[rooms]]\nname = "lesson"\nrecord = true\n');
+    const doomed = await startGateway(['--shards', '1', '--rooms', rooms, '--record-dir', path.join(crashDir, 'recordings')]);
+    let killedAt;
+    let sent;
+    try {
+      const page = await openPage(browser, `${doomed.url}/?room=lesson&name=Soloist`);
+      sent = watchSending(page);
+      await sent.done;
+      await waitFor('the page showing the recording', () => page.evaluate(() => window.tutti.recordingShown()), (shown) => shown === true);
+      await new Promise((resolve) => setTimeout(resolve, 6_000));
+      killedAt = Date.now();
+      await doomed.kill();
+      await page.context().close();
+    } finally {
+      await doomed.kill();
+    }
+    const roomDir = path.join(crashDir, 'recordings', 'lesson');
+    const [stamp] = fs.readdirSync(roomDir);
+    const recording = path.join(roomDir, stamp);
+    const manifest = JSON.parse(fs.readFileSync(path.join(recording, 'manifest.json'), 'utf8'));
+    assert.equal(manifest.endedAtMs, null, 'the manifest shows the recording never ended cleanly');
+    for (const kind of ['audio', 'video']) {
+      const [track] = manifest.tracks.filter((t) => t.kind === kind);
+      assert.ok(track, `the manifest names the ${kind} file`);
+      const file = path.join(recording, track.file);
+      const probed = await ffprobe(file);
+      const stream = probed.streams.find((s) => s.codec_type === kind);
+      const seconds = Number(stream?.duration ?? probed.format?.duration);
+      const before = (killedAt - sent.first[kind]) / 1000;
+      const decoded = await run('ffmpeg', ['-v', 'error', '-i', file, '-f', 'null', '-']);
+      console.log(`killed: ${kind} ${seconds.toFixed(2)} s kept of ${before.toFixed(2)} s sent before the kill; ffmpeg: ${decoded.stderr.trim() || 'no errors'}`);
+      assert.ok(seconds >= before - 2 && seconds <= before + 0.5, `${kind}: ${seconds} s kept of ${before} s`);
+    }
+  } finally {
+    if (!process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(crashDir, { recursive: true, force: true });
   }
 });
