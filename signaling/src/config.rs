@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// hourly); 0 keeps them.
     #[arg(long, env = "TUTTI_RECORD_RETENTION_DAYS", default_value_t = 0)]
     pub record_retention_days: u32,
+    /// Local mode: a recording stopped over the HTTP API is also composed into one MP4
+    /// (every camera tiled, every microphone mixed) by `ffmpeg`, which must be installed.
+    #[arg(long, env = "TUTTI_RECORD_COMPOSE")]
+    pub record_compose: bool,
     /// Refuse joins to rooms the rooms file does not declare.
     #[arg(long, env = "TUTTI_NO_AUTO_CREATE")]
     pub no_auto_create: bool,

@@ -106,6 +106,7 @@ async fn run_local(args: RunArgs, common: GatewayOptions) -> Result<(), Failure>
         shard_max_participants: args.shard_max_participants,
         record_dir: args.record_dir.clone(),
         record_retention_days: args.record_retention_days,
+        record_compose: args.record_compose,
     };
     let system = LocalSystem::start(options).await?;
     let url = system.url();

@@ -14,7 +14,8 @@ use tutti_sfu::recorder::manifest::Manifest;
 pub struct RecordingStatus {
     /// The room.
     pub room: String,
-    /// `Recording` while it runs, `Stopped` once it ended.
+    /// `Recording` while it runs, `Composing` while its tracks are put into one file,
+    /// `Stopped` once it ended.
     pub phase: &'static str,
     /// Where its files are, relative to the recordings directory: `<room>/<UTC start>`.
     pub path: String,
@@ -30,6 +31,10 @@ pub struct RecordingStatus {
     pub bytes: u64,
     /// Each track's file.
     pub files: Vec<RecordedFile>,
+    /// The file of the whole session, once composed.
+    pub composed: Option<String>,
+    /// Why composing failed.
+    pub compose_error: Option<String>,
 }
 
 /// One file of a recording.
@@ -53,11 +58,15 @@ pub struct RecordedFile {
 }
 
 impl RecordingStatus {
-    /// The status a manifest describes; `path` relative to the recordings directory.
-    pub fn from_manifest(manifest: &Manifest, path: &Path, running: bool) -> Self {
+    /// The status a manifest describes in `phase`; `path` relative to the recordings
+    /// directory.
+    pub fn from_manifest(manifest: &Manifest, path: &Path, phase: &'static str) -> Self {
+        let composed = manifest.composed.as_ref();
         Self {
             room: manifest.room.clone(),
-            phase: if running { "Recording" } else { "Stopped" },
+            phase,
+            composed: composed.and_then(|c| c.file.clone()),
+            compose_error: composed.and_then(|c| c.error.clone()),
             path: path.display().to_string(),
             started_at_ms: manifest.started_at_ms,
             ended_at_ms: manifest.ended_at_ms,

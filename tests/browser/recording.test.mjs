@@ -5,7 +5,8 @@
 // as long as that participant sent it, and ffmpeg must decode every file without an error.
 // Both pages show that the room is being recorded; a page in another room does not.
 // A second gateway is killed (SIGKILL) while it records: its files still hold all but
-// the last seconds.
+// the last seconds. A third records over the HTTP API, with a join token that has the
+// `record` grant, and composes the lesson into one MP4 when the recording stops.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,7 +15,7 @@ import { promisify } from 'node:util';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio } from './lib.mjs';
+import { startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, binary } from './lib.mjs';
 
 const run = promisify(execFile);
 
@@ -188,5 +189,68 @@ test('a recording killed with its gateway keeps all but its last seconds', async
     }
   } finally {
     if (!process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(crashDir, { recursive: true, force: true });
+  }
+});
+
+test('a recording started and stopped over the API is composed into one file of the whole lesson', async () => {
+  const composeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-recording-compose-'));
+  const secret = 'recording-test-jwt-secret-0123456789abcdef';
+  const rooms = path.join(composeDir, 'rooms.toml');
+  fs.writeFileSync(rooms, '[[rooms]]\nname = "recital"\n');
+  const composer = await startGateway([
+    '--shards', '1', '--rooms', rooms, '--record-dir', path.join(composeDir, 'recordings'),
+    '--record-compose', '--jwt-secret', secret,
+  ]);
+  try {
+    const api = `${composer.url}/v1/rooms/recital/recording`;
+    const { stdout } = await run(binary('tutti-gateway'), [
+      'token', '--room', 'recital', '--name', 'Organiser', '--record', '--jwt-secret', secret,
+    ]);
+    const auth = { authorization: `Bearer ${stdout.trim()}` };
+    const started = await fetch(api, { method: 'POST', headers: auth });
+    assert.equal(started.status, 201, await started.text());
+
+    const pianist = await openPage(browser, `${composer.url}/?room=recital&name=Pianist`);
+    const singer = await openPage(browser, `${composer.url}/?room=recital&name=Singer`);
+    await waitForPlayingVideo(singer, 'Pianist');
+    await waitForPlayingVideo(pianist, 'Singer');
+    await waitForAudio(pianist, 'Singer');
+    await new Promise((resolve) => setTimeout(resolve, 8_000));
+    await pianist.context().close();
+    await singer.context().close();
+
+    const stopped = await fetch(api, { method: 'DELETE', headers: auth });
+    assert.equal(stopped.status, 200);
+    const status = await waitFor(
+      'the composed file',
+      async () => (await fetch(api, { headers: auth })).json(),
+      (s) => s.phase === 'Stopped',
+      120_000,
+    );
+    assert.equal(status.composeError, null, `composed without an error: ${status.composeError}`);
+    assert.equal(status.composed, 'composed.mp4');
+    assert.equal(status.files.length, 4, JSON.stringify(status.files));
+    const recording = path.join(composeDir, 'recordings', status.path);
+    const manifest = JSON.parse(fs.readFileSync(path.join(recording, 'manifest.json'), 'utf8'));
+    const starts = manifest.tracks.map((t) => t.startsAtMs);
+    const ends = manifest.tracks.map((t) => t.startsAtMs + t.durationMs);
+    const span = (Math.max(...ends) - Math.min(...starts)) / 1000;
+    const file = path.join(recording, status.composed);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600, 'the composed file is private');
+    const probed = await ffprobe(file);
+    const video = probed.streams.find((s) => s.codec_type === 'video');
+    const audio = probed.streams.find((s) => s.codec_type === 'audio');
+    assert.equal(video?.codec_name, 'h264');
+    assert.equal(audio?.codec_name, 'aac');
+    assert.equal(video.width, 1280, 'two tiles side by side');
+    assert.equal(video.height, 360);
+    const seconds = Number(probed.format.duration);
+    console.log(`composed: ${seconds.toFixed(2)} s of a ${span.toFixed(2)} s session, ${video.width}x${video.height}, ${(fs.statSync(file).size / 1024).toFixed(0)} KiB`);
+    assert.ok(Math.abs(seconds / span - 1) <= 0.05, `the composed file lasts ${seconds} s against ${span} s recorded`);
+    const decoded = await run('ffmpeg', ['-v', 'error', '-i', file, '-f', 'null', '-']);
+    assert.equal(decoded.stderr.trim(), '', 'ffmpeg decodes the composed file without errors');
+  } finally {
+    await composer.stop();
+    if (!process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(composeDir, { recursive: true, force: true });
   }
 });

@@ -41,6 +41,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
         shard_max_participants: 100,
         record_dir: None,
         record_retention_days: 0,
+        record_compose: false,
     }
 }
 

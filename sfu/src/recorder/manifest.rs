@@ -27,6 +27,19 @@ pub struct Manifest {
     pub takes: Vec<Take>,
     /// Every track file.
     pub tracks: Vec<TrackEntry>,
+    /// The composed file, once composing was tried (`compose.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composed: Option<Composed>,
+}
+
+/// What composing the tracks into one file gave.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Composed {
+    /// The composed file's name, when it succeeded.
+    pub file: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// One connection of the recorder to the shard holding the room.

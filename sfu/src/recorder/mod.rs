@@ -12,6 +12,7 @@
 //! breaks, the recorder finds where the room is now and starts a new *take* there; the
 //! gap between takes is in the manifest, and each take's tracks are files of their own.
 
+pub mod compose;
 pub mod manifest;
 pub mod track;
 
@@ -96,6 +97,7 @@ pub fn spawn(
             ended_at_ms: None,
             takes: Vec::new(),
             tracks: Vec::new(),
+            composed: None,
         },
     };
     recording.save();
@@ -144,6 +146,20 @@ pub fn spawn(
         tracing::info!(room = %options.room, dir = %recording.dir.display(), "recording ended");
     });
     Ok((dir, task))
+}
+
+/// Composes the recording in `dir` (see `compose.rs`) and records the outcome in its
+/// manifest.
+pub async fn compose_recording(dir: &std::path::Path) -> Result<String, String> {
+    let mut manifest = manifest::read(dir).map_err(|e| e.to_string())?;
+    let outcome = compose::compose(dir, &manifest).await;
+    manifest.composed = Some(manifest::Composed {
+        file: outcome.as_ref().ok().cloned(),
+        error: outcome.as_ref().err().cloned(),
+    });
+    manifest.updated_at_ms = manifest::unix_ms(SystemTime::now());
+    manifest::write(dir, &manifest).map_err(|e| e.to_string())?;
+    outcome
 }
 
 /// A recording's directory and manifest.

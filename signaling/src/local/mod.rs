@@ -73,6 +73,8 @@ pub struct LocalOptions {
     pub record_dir: Option<std::path::PathBuf>,
     /// Recordings that ended more than this many days ago are deleted; 0 keeps them.
     pub record_retention_days: u32,
+    /// Recordings stopped over the HTTP API are composed into one file (ffmpeg).
+    pub record_compose: bool,
 }
 
 /// A running local system.
@@ -195,6 +197,7 @@ impl LocalSystem {
                     signal_token.clone(),
                     bind,
                     stop.clone(),
+                    options.record_compose,
                 ));
                 for room in recorded {
                     control.start(room)?;

@@ -36,8 +36,16 @@ pub struct LocalRecordings {
     bind: IpAddr,
     stop: CancellationToken,
     running: Mutex<HashMap<String, Running>>,
-    /// The last recording of each room that ended, for its status.
-    ended: Mutex<HashMap<String, PathBuf>>,
+    /// The last recording of each room that ended, for its status, and its composing.
+    ended: Mutex<HashMap<String, Ended>>,
+    /// Whether a recording stopped over the API is composed into one file.
+    compose: bool,
+}
+
+/// A recording that ended.
+struct Ended {
+    dir: PathBuf,
+    composing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl LocalRecordings {
@@ -49,6 +57,7 @@ impl LocalRecordings {
         signal_token: String,
         bind: IpAddr,
         stop: CancellationToken,
+        compose: bool,
     ) -> Self {
         Self {
             dir,
@@ -58,13 +67,18 @@ impl LocalRecordings {
             stop,
             running: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashMap::new()),
+            compose,
         }
     }
 
-    fn status_of(&self, dir: &Path, running: bool) -> Result<RecordingStatus, RecordingError> {
+    fn status_of(
+        &self,
+        dir: &Path,
+        phase: &'static str,
+    ) -> Result<RecordingStatus, RecordingError> {
         let manifest = manifest::read(dir).map_err(|e| RecordingError::Storage(e.to_string()))?;
         let relative = dir.strip_prefix(&self.dir).unwrap_or(dir);
-        Ok(RecordingStatus::from_manifest(&manifest, relative, running))
+        Ok(RecordingStatus::from_manifest(&manifest, relative, phase))
     }
 
     /// Stops every recording and waits for their files to be ended.
@@ -134,7 +148,7 @@ impl RecordingControl for LocalRecordings {
             },
         );
         drop(running);
-        self.status_of(&dir, true)
+        self.status_of(&dir, "Recording")
     }
 
     fn stop(&self, room: &str) -> BoxFuture<'_, Result<RecordingStatus, RecordingError>> {
@@ -153,10 +167,34 @@ impl RecordingControl for LocalRecordings {
             {
                 tracing::warn!(%room, "a recorder did not end its files in time");
             }
+            let composing = self.compose.then(|| {
+                let dir = recording.dir.clone();
+                tokio::spawn(async move {
+                    match recorder::compose_recording(&dir).await {
+                        Ok(file) => {
+                            tracing::info!(dir = %dir.display(), %file, "recording composed")
+                        }
+                        Err(err) => {
+                            tracing::warn!(dir = %dir.display(), %err, "recording not composed")
+                        }
+                    }
+                })
+            });
+            let phase = if composing.is_some() {
+                "Composing"
+            } else {
+                "Stopped"
+            };
             if let Ok(mut ended) = self.ended.lock() {
-                ended.insert(room.clone(), recording.dir.clone());
+                ended.insert(
+                    room.clone(),
+                    Ended {
+                        dir: recording.dir.clone(),
+                        composing,
+                    },
+                );
             }
-            self.status_of(&recording.dir, false)
+            self.status_of(&recording.dir, phase)
         }
         .boxed()
     }
@@ -168,11 +206,17 @@ impl RecordingControl for LocalRecordings {
             .ok()
             .and_then(|r| r.get(room).map(|r| (r.dir.clone(), !r.task.is_finished())));
         if let Some((dir, running)) = running {
-            return self.status_of(&dir, running);
+            return self.status_of(&dir, if running { "Recording" } else { "Stopped" });
         }
-        let ended = self.ended.lock().ok().and_then(|e| e.get(room).cloned());
+        let ended = self.ended.lock().ok().and_then(|e| {
+            e.get(room).map(|e| {
+                let composing = e.composing.as_ref().is_some_and(|c| !c.is_finished());
+                (e.dir.clone(), composing)
+            })
+        });
         match ended {
-            Some(dir) => self.status_of(&dir, false),
+            Some((dir, true)) => self.status_of(&dir, "Composing"),
+            Some((dir, false)) => self.status_of(&dir, "Stopped"),
             None => Err(RecordingError::NotRecording),
         }
     }
@@ -243,6 +287,7 @@ mod tests {
             ended_at_ms,
             takes: Vec::new(),
             tracks: Vec::new(),
+            composed: None,
         };
         manifest::write(&path, &manifest).expect("manifest");
         path
