@@ -91,6 +91,7 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
             .clone()
             .unwrap_or_else(|| format!("shard-{}", args.udp.port())),
         registration: registration.clone(),
+        record_dir: args.record_dir.clone(),
     })
     .await?;
     if admin_generated || signal_generated {

@@ -19,6 +19,10 @@ pub struct ShardArgs {
     /// Address of the HTTP server (admin API, signaling WebSocket, metrics, health).
     #[arg(long, env = "TUTTI_SFU_HTTP", default_value = "127.0.0.1:7880")]
     pub http: SocketAddr,
+    /// Where recordings the control plane asks this shard for are written (a volume of
+    /// its own; see README, Recording). Without it the shard records nothing.
+    #[arg(long, env = "TUTTI_SFU_RECORD_DIR")]
+    pub record_dir: Option<std::path::PathBuf>,
     /// Address of the media UDP socket every peer shares. Port 0 picks a free port.
     #[arg(long, env = "TUTTI_SFU_UDP", default_value = "0.0.0.0:7882")]
     pub udp: SocketAddr,

@@ -23,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use std::io;
@@ -67,6 +67,8 @@ pub struct ShardOptions {
     pub name: String,
     /// With a live state: ready only while registered there.
     pub registration: Option<crate::heartbeat::Registration>,
+    /// Where recordings the control plane asks for are written; `None` records nothing.
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 /// A running shard.
@@ -132,6 +134,8 @@ struct AppState {
     /// Bounds concurrent signaling sockets, joined or not.
     sessions: Arc<tokio::sync::Semaphore>,
     registration: Option<crate::heartbeat::Registration>,
+    /// Recordings of rooms this shard holds, with `--record-dir`.
+    recorders: Option<Arc<crate::recorder::registry::Recorders>>,
 }
 
 /// Ports the system picks are tried this many times for one that TCP can have too.
@@ -205,10 +209,27 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         name: options.name.clone().into(),
         sessions: Arc::new(tokio::sync::Semaphore::new(max_sockets)),
         registration: options.registration.clone(),
+        recorders: None,
     };
     let listener = tokio::net::TcpListener::bind(options.http).await?;
     let http_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    // A shard records only rooms it holds (the control plane asks the room's shard), so
+    // its recorders receive from it on loopback unless the media socket has an address.
+    let recorders = options.record_dir.clone().map(|dir| {
+        let bind = if udp_addr.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            udp_addr.ip()
+        };
+        Arc::new(crate::recorder::registry::Recorders::new(
+            dir,
+            state.signal_token.to_string(),
+            bind,
+            shutdown.child_token(),
+        ))
+    });
+    let state = AppState { recorders, ..state };
     let stop = shutdown.clone();
     let server = tokio::spawn(tutti_service::http::serve(
         listener,
@@ -239,6 +260,13 @@ fn app(state: AppState) -> Router {
         )
         .route("/v1/pipelines/{name}/subscribers", get(get_subscribers))
         .route("/v1/load", get(load))
+        .route("/v1/recordings", get(list_recordings))
+        .route(
+            "/v1/recordings/{name}",
+            put(put_recording)
+                .get(get_recording)
+                .delete(delete_recording),
+        )
         .route("/v1/drain", post(drain))
         .merge(fault_routes())
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
@@ -312,6 +340,78 @@ fn admin_error(err: AdminError) -> Response {
         AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     json_error(status, code, &err.to_string())
+}
+
+fn recording_error(err: crate::recorder::registry::RecordingError) -> Response {
+    use crate::recorder::registry::RecordingError;
+    let (status, code) = match &err {
+        RecordingError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        RecordingError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        RecordingError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        RecordingError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "at_capacity"),
+        RecordingError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+    };
+    json_error(status, code, &err.to_string())
+}
+
+/// The shard's recordings, or the answer that it makes none.
+fn recorders(state: &AppState) -> Result<Arc<crate::recorder::registry::Recorders>, Box<Response>> {
+    state.recorders.clone().ok_or_else(|| {
+        Box::new(json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available",
+            "this shard records nothing: start it with --record-dir",
+        ))
+    })
+}
+
+async fn put_recording(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let recorders = match recorders(&state) {
+        Ok(recorders) => recorders,
+        Err(response) => return *response,
+    };
+    let spec: tutti_shard_api::recording::RecordingSpec = match serde_json::from_slice(&body) {
+        Ok(spec) => spec,
+        Err(err) => return admin_error(AdminError::Invalid(err.to_string())),
+    };
+    match recorders.put(&name, &spec) {
+        Ok((true, status)) => (StatusCode::CREATED, Json(status)).into_response(),
+        Ok((false, status)) => Json(status).into_response(),
+        Err(err) => recording_error(err),
+    }
+}
+
+async fn get_recording(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match recorders(&state) {
+        Ok(recorders) => match recorders.status(&name) {
+            Ok(status) => Json(status).into_response(),
+            Err(err) => recording_error(err),
+        },
+        Err(response) => *response,
+    }
+}
+
+async fn delete_recording(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match recorders(&state) {
+        Ok(recorders) => match recorders.stop(&name).await {
+            Ok(status) => Json(status).into_response(),
+            Err(err) => recording_error(err),
+        },
+        Err(response) => *response,
+    }
+}
+
+async fn list_recordings(State(state): State<AppState>) -> Response {
+    match recorders(&state) {
+        Ok(recorders) => {
+            Json(serde_json::json!({ "running": recorders.running() })).into_response()
+        }
+        Err(response) => *response,
+    }
 }
 
 /// Liveness: the media thread answers. A shard whose media thread died (or hangs)

@@ -171,6 +171,45 @@ impl ShardAdmin {
         Self::decode(&self.call(Method::GET, "/v1/load", None).await?)
     }
 
+    /// Starts recording, or moves a recording to the room's new shard.
+    pub async fn put_recording(
+        &self,
+        name: &str,
+        spec: &crate::recording::RecordingSpec,
+    ) -> Result<crate::recording::RecordingStatus, AdminCallError> {
+        let body =
+            serde_json::to_string(spec).map_err(|e| AdminCallError::Decode(e.to_string()))?;
+        Self::decode(
+            &self
+                .call(Method::PUT, &format!("/v1/recordings/{name}"), Some(body))
+                .await?,
+        )
+    }
+
+    /// A recording's status.
+    pub async fn recording(
+        &self,
+        name: &str,
+    ) -> Result<crate::recording::RecordingStatus, AdminCallError> {
+        Self::decode(
+            &self
+                .call(Method::GET, &format!("/v1/recordings/{name}"), None)
+                .await?,
+        )
+    }
+
+    /// Stops a recording; its status once its files are ended.
+    pub async fn stop_recording(
+        &self,
+        name: &str,
+    ) -> Result<crate::recording::RecordingStatus, AdminCallError> {
+        Self::decode(
+            &self
+                .call(Method::DELETE, &format!("/v1/recordings/{name}"), None)
+                .await?,
+        )
+    }
+
     /// Starts draining the shard.
     pub async fn drain(&self) -> Result<ShardLoad, AdminCallError> {
         Self::decode(&self.call(Method::POST, "/v1/drain", None).await?)

@@ -9,3 +9,4 @@ pub mod audio;
 pub mod client;
 pub mod nickname;
 pub mod protocol;
+pub mod recording;

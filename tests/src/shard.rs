@@ -32,26 +32,32 @@ impl TestShard {
 
     /// Starts a shard after letting `configure` adjust its core settings.
     pub async fn start_with(configure: impl FnOnce(&mut CoreConfig)) -> Result<Self> {
-        Self::launch(configure, None, None).await
+        Self::launch(configure, None, None, None).await
+    }
+
+    /// Starts a shard that records into `dir` what the control plane asks it to.
+    pub async fn start_recording(dir: std::path::PathBuf) -> Result<Self> {
+        Self::launch(|_| {}, None, None, Some(dir)).await
     }
 
     /// Starts a shard that is ready only while `registration` says its record is in the
     /// live state (as `tutti-sfu --store etcd://…` does).
     pub async fn start_registered(registration: Registration) -> Result<Self> {
-        Self::launch(|_| {}, Some(registration), None).await
+        Self::launch(|_| {}, Some(registration), None, None).await
     }
 
     /// Starts a shard whose media socket is bound to `0.0.0.0` (the default bind of the
     /// gateway and the shard binary) and that advertises `advertise`, one of the host's
     /// loopback addresses.
     pub async fn start_wildcard(advertise: std::net::IpAddr) -> Result<Self> {
-        Self::launch(|_| {}, None, Some(advertise)).await
+        Self::launch(|_| {}, None, Some(advertise), None).await
     }
 
     async fn launch(
         configure: impl FnOnce(&mut CoreConfig),
         registration: Option<Registration>,
         wildcard_advertising: Option<std::net::IpAddr>,
+        record_dir: Option<std::path::PathBuf>,
     ) -> Result<Self> {
         let udp: SocketAddr = match wildcard_advertising {
             Some(_) => "0.0.0.0:0".parse()?,
@@ -70,6 +76,7 @@ impl TestShard {
             core,
             name: "test-shard".into(),
             registration,
+            record_dir,
         })
         .await?;
         let admin = AdminClient::new(shard.http_addr, ADMIN_TOKEN);

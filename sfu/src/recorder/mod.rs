@@ -14,6 +14,7 @@
 
 pub mod compose;
 pub mod manifest;
+pub mod registry;
 pub mod track;
 
 use crate::media::loss::{LossConfig, LossTracker};

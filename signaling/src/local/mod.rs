@@ -131,6 +131,7 @@ impl LocalSystem {
                 core,
                 name: format!("local-{index}"),
                 registration: None,
+                record_dir: None,
             })
             .await?;
             let id = format!("local-{index}");

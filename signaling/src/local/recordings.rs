@@ -78,7 +78,7 @@ impl LocalRecordings {
     ) -> Result<RecordingStatus, RecordingError> {
         let manifest = manifest::read(dir).map_err(|e| RecordingError::Storage(e.to_string()))?;
         let relative = dir.strip_prefix(&self.dir).unwrap_or(dir);
-        Ok(RecordingStatus::from_manifest(&manifest, relative, phase))
+        Ok(recorder::registry::status(&manifest, relative, phase))
     }
 
     /// Stops every recording and waits for their files to be ended.
