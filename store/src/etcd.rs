@@ -14,8 +14,8 @@
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
-    BroadcastRecord, CascadeRecord, EtcdConfig, LatencyReport, LiveView, LiveWriter, RoomRecord,
-    Route, ShardRecord, StoreError,
+    BroadcastRecord, CascadeRecord, EtcdConfig, LatencyReport, LiveView, LiveWriter,
+    RecordingRecord, RecordingStateRecord, RoomRecord, Route, ShardRecord, StoreError,
 };
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -399,6 +399,22 @@ impl LiveView for EtcdStore {
         self.read(|s| s.cascades.values().cloned().collect())
     }
 
+    fn recording(&self, name: &str) -> Option<RecordingRecord> {
+        self.read(|s| s.recordings.get(name).cloned())
+    }
+
+    fn recordings(&self) -> Vec<RecordingRecord> {
+        self.read(|s| s.recordings.values().cloned().collect())
+    }
+
+    fn recording_state(&self, name: &str) -> Option<RecordingStateRecord> {
+        self.read(|s| s.recording_states.get(name).cloned())
+    }
+
+    fn recording_states(&self) -> Vec<RecordingStateRecord> {
+        self.read(|s| s.recording_states.values().cloned().collect())
+    }
+
     fn latency_reports(&self, room: &str) -> Vec<LatencyReport> {
         self.read(|s| s.latency_reports(room))
     }
@@ -581,6 +597,24 @@ impl LiveWriter for EtcdStore {
 
     async fn delete_cascade(&self, broadcast: &str) -> Result<(), StoreError> {
         self.delete(Kind::Cascade, broadcast).await
+    }
+
+    async fn put_recording(&self, record: RecordingRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&record).map_err(unavailable)?;
+        self.put(Kind::Recording, &record.name, value).await
+    }
+
+    async fn delete_recording(&self, name: &str) -> Result<(), StoreError> {
+        self.delete(Kind::Recording, name).await
+    }
+
+    async fn put_recording_state(&self, record: RecordingStateRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&record).map_err(unavailable)?;
+        self.put(Kind::RecordingState, &record.name, value).await
+    }
+
+    async fn delete_recording_state(&self, name: &str) -> Result<(), StoreError> {
+        self.delete(Kind::RecordingState, name).await
     }
 
     async fn put_latency_report(&self, report: LatencyReport) -> Result<(), StoreError> {

@@ -44,8 +44,9 @@ pub const ETCD_SUPPORTED: bool = cfg!(feature = "etcd");
 pub use memory::MemoryStore;
 pub use records::{
     AUTO_CREATED_OWNER, AudioProfile, AudioSettings, BroadcastRecord, CascadeEdge, CascadeRecord,
-    LatencyReport, MAX_REPORTED_REGIONS, MAX_REPORTED_RTT_MS, PlacementPolicy, RoomRecord, Route,
-    ShardLoadSummary, ShardRecord, SvcCodec, valid_region,
+    LatencyReport, MAX_REPORTED_REGIONS, MAX_REPORTED_RTT_MS, PlacementPolicy, RecordingRecord,
+    RecordingSegment, RecordingStateRecord, RoomRecord, Route, ShardLoadSummary, ShardRecord,
+    SvcCodec, valid_region,
 };
 pub use snapshot::RouteChange;
 
@@ -73,6 +74,14 @@ pub trait LiveView: Send + Sync {
     fn cascade(&self, broadcast: &str) -> Option<CascadeRecord>;
     /// Every cascade, ordered by broadcast.
     fn cascades(&self) -> Vec<CascadeRecord>;
+    /// A recording asked for.
+    fn recording(&self, name: &str) -> Option<RecordingRecord>;
+    /// Every recording asked for, ordered by name.
+    fn recordings(&self) -> Vec<RecordingRecord>;
+    /// A recording as the control loop last saw it.
+    fn recording_state(&self, name: &str) -> Option<RecordingStateRecord>;
+    /// Every recording's state, ordered by name.
+    fn recording_states(&self) -> Vec<RecordingStateRecord>;
     /// The latency reports of a room's participants, ordered by participant.
     fn latency_reports(&self, room: &str) -> Vec<LatencyReport>;
     /// Whether the local copy follows the source now. While it does not (etcd is
@@ -145,6 +154,23 @@ pub trait LiveWriter: Send + Sync {
     fn delete_cascade(
         &self,
         broadcast: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Asks for a recording (or changes it: `stopped` stops it).
+    fn put_recording(
+        &self,
+        record: RecordingRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets a recording (the loop stops it where it runs and forgets its state).
+    fn delete_recording(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publishes a recording's state.
+    fn put_recording_state(
+        &self,
+        record: RecordingStateRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets a recording's state.
+    fn delete_recording_state(
+        &self,
+        name: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Publishes a participant's round trips to each region.
     fn put_latency_report(

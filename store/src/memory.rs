@@ -2,8 +2,8 @@
 
 use crate::snapshot::{Kind, RouteChange, Snapshot};
 use crate::{
-    BroadcastRecord, CascadeRecord, LatencyReport, LiveView, LiveWriter, RoomRecord, Route,
-    ShardRecord, StoreError,
+    BroadcastRecord, CascadeRecord, LatencyReport, LiveView, LiveWriter, RecordingRecord,
+    RecordingStateRecord, RoomRecord, Route, ShardRecord, StoreError,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -125,6 +125,27 @@ impl LiveView for MemoryStore {
         self.read().records.cascades.values().cloned().collect()
     }
 
+    fn recording(&self, name: &str) -> Option<RecordingRecord> {
+        self.read().records.recordings.get(name).cloned()
+    }
+
+    fn recordings(&self) -> Vec<RecordingRecord> {
+        self.read().records.recordings.values().cloned().collect()
+    }
+
+    fn recording_state(&self, name: &str) -> Option<RecordingStateRecord> {
+        self.read().records.recording_states.get(name).cloned()
+    }
+
+    fn recording_states(&self) -> Vec<RecordingStateRecord> {
+        self.read()
+            .records
+            .recording_states
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn latency_reports(&self, room: &str) -> Vec<LatencyReport> {
         self.read().records.latency_reports(room)
     }
@@ -220,6 +241,26 @@ impl LiveWriter for MemoryStore {
 
     async fn delete_cascade(&self, broadcast: &str) -> Result<(), StoreError> {
         self.set(Kind::Cascade, broadcast, None);
+        Ok(())
+    }
+
+    async fn put_recording(&self, record: RecordingRecord) -> Result<(), StoreError> {
+        self.set(Kind::Recording, &record.name, Some(encode(&record)?));
+        Ok(())
+    }
+
+    async fn delete_recording(&self, name: &str) -> Result<(), StoreError> {
+        self.set(Kind::Recording, name, None);
+        Ok(())
+    }
+
+    async fn put_recording_state(&self, record: RecordingStateRecord) -> Result<(), StoreError> {
+        self.set(Kind::RecordingState, &record.name, Some(encode(&record)?));
+        Ok(())
+    }
+
+    async fn delete_recording_state(&self, name: &str) -> Result<(), StoreError> {
+        self.set(Kind::RecordingState, name, None);
         Ok(())
     }
 

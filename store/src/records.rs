@@ -349,6 +349,51 @@ pub struct CascadeRecord {
     pub edges: Vec<CascadeEdge>,
 }
 
+/// A recording the control plane runs: asked for by a `Recording` resource, the gateway's
+/// API or a rooms file. One per name; the room's shard runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingRecord {
+    /// The recording's name.
+    pub name: String,
+    /// The room it records.
+    pub room: String,
+    /// Compose the tracks into one file when it stops.
+    #[serde(default)]
+    pub compose: bool,
+    /// Asked to stop: the recording ends, and its state is kept for its files.
+    #[serde(default)]
+    pub stopped: bool,
+    /// Who asked for it (`Recording/{namespace}/{name}`, `gateway`, `rooms-file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// One stretch of a recording on one shard: a new one begins when the room moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingSegment {
+    /// The shard that recorded it (its files are in that shard's recordings directory).
+    pub shard: String,
+    /// What the shard last reported.
+    pub status: tutti_shard_api::recording::RecordingStatus,
+}
+
+/// Where a recording runs and what it holds, as the control loop last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingStateRecord {
+    /// The recording.
+    pub name: String,
+    /// The shard running it now; `None` while the room is nowhere or once it stopped.
+    pub shard: Option<String>,
+    /// Its stretches, oldest first; the last is the current one.
+    pub segments: Vec<RecordingSegment>,
+    /// What went wrong last, if anything (a shard refusing, or unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

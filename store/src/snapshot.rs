@@ -1,7 +1,10 @@
 //! The live state as a set of maps: what the in-memory store holds, and what the etcd
 //! store's local copy holds between watch events.
 
-use crate::{BroadcastRecord, CascadeRecord, LatencyReport, RoomRecord, Route, ShardRecord};
+use crate::{
+    BroadcastRecord, CascadeRecord, LatencyReport, RecordingRecord, RecordingStateRecord,
+    RoomRecord, Route, ShardRecord,
+};
 use std::collections::BTreeMap;
 
 /// Which kind of record a key holds.
@@ -19,6 +22,10 @@ pub enum Kind {
     Cascade,
     /// `latency/{room}:{participant}`.
     Latency,
+    /// `recordings/{name}`.
+    Recording,
+    /// `recording-states/{name}`.
+    RecordingState,
 }
 
 impl Kind {
@@ -31,6 +38,8 @@ impl Kind {
             Self::Broadcast => "broadcasts/",
             Self::Cascade => "cascades/",
             Self::Latency => "latency/",
+            Self::Recording => "recordings/",
+            Self::RecordingState => "recording-states/",
         }
     }
 
@@ -43,6 +52,8 @@ impl Kind {
             Self::Broadcast,
             Self::Cascade,
             Self::Latency,
+            Self::Recording,
+            Self::RecordingState,
         ]
         .into_iter()
         .find_map(|kind| {
@@ -68,6 +79,10 @@ pub struct Snapshot {
     pub cascades: BTreeMap<String, CascadeRecord>,
     /// Latency reports, by `room:participant`.
     pub latency: BTreeMap<String, LatencyReport>,
+    /// Recordings asked for.
+    pub recordings: BTreeMap<String, RecordingRecord>,
+    /// Recordings as the control loop saw them, by name.
+    pub recording_states: BTreeMap<String, RecordingStateRecord>,
 }
 
 impl Snapshot {
@@ -130,6 +145,14 @@ impl Snapshot {
                 set(&mut self.latency, name, value);
                 None
             }
+            Kind::Recording => {
+                set(&mut self.recordings, name, value);
+                None
+            }
+            Kind::RecordingState => {
+                set(&mut self.recording_states, name, value);
+                None
+            }
             Kind::Route => {
                 let route = value.and_then(|v| serde_json::from_slice::<Route>(v).ok());
                 let previous = match &route {
@@ -176,6 +199,14 @@ mod tests {
         assert_eq!(Kind::parse("shards/s-1"), Some((Kind::Shard, "s-1")));
         assert_eq!(Kind::parse("routes/lesson"), Some((Kind::Route, "lesson")));
         assert_eq!(Kind::parse("rooms/lesson"), Some((Kind::Room, "lesson")));
+        assert_eq!(
+            Kind::parse("recordings/lesson"),
+            Some((Kind::Recording, "lesson"))
+        );
+        assert_eq!(
+            Kind::parse("recording-states/lesson"),
+            Some((Kind::RecordingState, "lesson"))
+        );
         for bad in ["shards/", "routes/a/b", "other/x", "rooms"] {
             assert_eq!(Kind::parse(bad), None, "{bad}");
         }

@@ -5,7 +5,8 @@
 use anyhow::{Result, ensure};
 use std::time::Duration;
 use tutti_store::{
-    EtcdConfig, EtcdStore, LiveView, LiveWriter, RoomRecord, ShardRecord, StoreError,
+    EtcdConfig, EtcdStore, LiveView, LiveWriter, RecordingRecord, RecordingStateRecord, RoomRecord,
+    ShardRecord, StoreError,
 };
 use tutti_tests::etcd::Etcd;
 use tutti_tests::eventually::eventually;
@@ -160,5 +161,42 @@ async fn copies_serve_the_last_state_while_etcd_is_down_and_resync_after() -> Re
         "{:?}",
         reader.route("concert")
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_and_their_states_reach_every_copy() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let gateway_side = store(&etcd).await?;
+    let operator_side = store(&etcd).await?;
+    let record = RecordingRecord {
+        name: "lesson".into(),
+        room: "lesson".into(),
+        compose: true,
+        stopped: false,
+        owner: Some("gateway".into()),
+    };
+    gateway_side.put_recording(record.clone()).await?;
+    until("the operator to see the recording", || {
+        operator_side.recording("lesson").as_ref() == Some(&record)
+    })
+    .await?;
+    let state = RecordingStateRecord {
+        name: "lesson".into(),
+        shard: Some("s1".into()),
+        segments: Vec::new(),
+        problem: None,
+    };
+    operator_side.put_recording_state(state.clone()).await?;
+    until("the gateway to see its state", || {
+        gateway_side.recording_states() == vec![state.clone()]
+    })
+    .await?;
+    gateway_side.delete_recording("lesson").await?;
+    operator_side.delete_recording_state("lesson").await?;
+    until("both gone everywhere", || {
+        gateway_side.recording_state("lesson").is_none() && operator_side.recordings().is_empty()
+    })
+    .await?;
     Ok(())
 }
