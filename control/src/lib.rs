@@ -8,7 +8,8 @@
 //! [`autoscale`] (how many shards), [`cascade::plan`] (which edges), [`demand`] (what found
 //! no shard), [`outcome`] (what placing came to) — then the I/O around them: [`placer`]
 //! (live state and shard admin APIs), [`records`] (rooms without a resource),
-//! [`cascade::driver`], [`gc`] (orphaned pipelines) and [`loops`] (running them).
+//! [`cascade::driver`], [`recordings`] (recorders on the rooms' shards), [`gc`] (orphaned
+//! pipelines) and [`loops`] (running them).
 
 pub mod autoscale;
 pub mod cascade;
@@ -19,4 +20,5 @@ pub mod loops;
 pub mod outcome;
 pub mod placement;
 pub mod placer;
+pub mod recordings;
 pub mod records;

@@ -67,6 +67,9 @@ pub trait Observer: Send + Sync + 'static {
     /// One pass over a broadcast's cascade ended.
     fn cascade_passed(&self, _broadcast: &str, _applied: bool) {}
 
+    /// A pass changed a recording's state, or met a problem with it.
+    fn recording_driven(&self, _driven: &crate::recordings::Driven) {}
+
     /// A garbage collection ran.
     fn collected(&self) {}
 
@@ -202,6 +205,12 @@ where
         observer.clone(),
         stop.clone(),
     ));
+    tasks.push(spawn_recordings(
+        store.clone(),
+        &settings,
+        observer.clone(),
+        stop.clone(),
+    ));
     tasks.push(spawn_collection(
         store.clone(),
         &settings,
@@ -292,6 +301,40 @@ where
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
                 _ = plan_now.notified() => {}
+            }
+        }
+    })
+}
+
+/// Runs every recording on its room's shard, each `shard_poll`.
+fn spawn_recordings<S>(
+    store: S,
+    settings: &LoopSettings,
+    observer: Arc<dyn Observer>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    S: LiveView + LiveWriter + Send + Sync + 'static,
+{
+    let driver = crate::recordings::RecordingDriver::new(store, settings.admin_token.clone());
+    let mut ticker = tokio::time::interval(settings.shard_poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(async move {
+        let mut last: std::collections::HashMap<String, Option<String>> = Default::default();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            for driven in driver.pass().await {
+                observer.recording_driven(&driven);
+                // A problem is logged when it appears or changes, not every pass.
+                if last.get(&driven.name) != Some(&driven.problem) {
+                    if let Some(problem) = &driven.problem {
+                        tracing::warn!(recording = %driven.name, %problem, "recording not driven");
+                    }
+                    last.insert(driven.name.clone(), driven.problem.clone());
+                }
             }
         }
     })

@@ -86,12 +86,17 @@ pub struct RunningShard {
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     media: Option<std::thread::JoinHandle<()>>,
+    /// Recordings, ended before the shard stops.
+    recorders: Option<Arc<crate::recorder::registry::Recorders>>,
     media_thread: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl RunningShard {
     /// Tells every session to reconnect elsewhere, then stops the server and media thread.
     pub async fn stop(mut self) {
+        if let Some(recorders) = &self.recorders {
+            recorders.stop_all().await;
+        }
         self.handle.shutdown().await;
         self.shutdown.cancel();
         let _ = (&mut self.server).await;
@@ -229,7 +234,10 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
             shutdown.child_token(),
         ))
     });
-    let state = AppState { recorders, ..state };
+    let state = AppState {
+        recorders: recorders.clone(),
+        ..state
+    };
     let stop = shutdown.clone();
     let server = tokio::spawn(tutti_service::http::serve(
         listener,
@@ -248,6 +256,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         server,
         media: Some(media),
         media_thread,
+        recorders,
     })
 }
 

@@ -1,10 +1,22 @@
 //! Recordings as the gateway's HTTP API offers them: `POST`, `GET` and `DELETE` of
 //! `/v1/rooms/{room}/recording`, for holders of a join token for the room with the
-//! `record` grant. What a recording is and where it runs belongs to the mode: local mode
-//! records in its own process ([`crate::local`]); a gateway without a [`RecordingControl`]
-//! answers that recordings are not available here.
+//! `record` grant. The gateway only writes what is asked into the live state (a
+//! recording record named after the room) and reads back what the control loop saw
+//! (`tutti_control::recordings`, which runs it on the room's shard), the same in local
+//! mode and in a cluster.
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use std::time::Duration;
 pub use tutti_shard_api::recording::{RecordedFile, RecordingStatus};
+use tutti_store::{LiveView, LiveWriter, RecordingRecord};
+
+/// Recordings asked for through gateways and not stopped, at most, in the whole system.
+pub const MAX_RECORDINGS: usize = 64;
+/// How long a stop waits for the recording's shard to end its files.
+const STOP_WAIT: Duration = Duration::from_secs(15);
+/// The owner of the records the gateway writes.
+pub const GATEWAY_OWNER: &str = "gateway";
 
 /// Why a recording could not be started or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,7 +24,7 @@ pub enum RecordingError {
     /// The room is neither declared nor hosted.
     #[error("no such room is declared or hosted")]
     NoRoom,
-    /// A recording of the room runs already (start) or none does (stop, status).
+    /// A recording of the room runs already.
     #[error("{0}")]
     Conflict(&'static str),
     /// No recording of the room (stop, status).
@@ -21,20 +33,227 @@ pub enum RecordingError {
     /// As many recordings as allowed run already.
     #[error("at most {0} recordings at once")]
     TooMany(usize),
-    /// The files could not be started.
-    #[error("the recording could not be started: {0}")]
+    /// The live state could not be written or read.
+    #[error("the recording could not be changed: {0}")]
     Storage(String),
 }
 
 /// Starts, stops and reports recordings of rooms.
 pub trait RecordingControl: Send + Sync {
     /// Starts recording `room`.
-    fn start(&self, room: &str) -> Result<RecordingStatus, RecordingError>;
+    fn start(&self, room: &str) -> BoxFuture<'_, Result<RecordingStatus, RecordingError>>;
     /// Stops the recording of `room`; returns what it holds once its files are ended.
-    fn stop(
-        &self,
-        room: &str,
-    ) -> futures_util::future::BoxFuture<'_, Result<RecordingStatus, RecordingError>>;
-    /// The recording of `room`: the running one, else the last one this gateway made.
+    fn stop(&self, room: &str) -> BoxFuture<'_, Result<RecordingStatus, RecordingError>>;
+    /// The recording of `room`, running or the last one stopped.
     fn status(&self, room: &str) -> Result<RecordingStatus, RecordingError>;
+}
+
+/// Recordings in the live state.
+pub struct StoreRecordings<S> {
+    store: S,
+    compose: bool,
+}
+
+impl<S: LiveView + LiveWriter + Send + Sync> StoreRecordings<S> {
+    /// Recordings in `store`; `compose` asks for one composed file when each stops.
+    pub fn new(store: S, compose: bool) -> Self {
+        Self { store, compose }
+    }
+
+    /// Records `room` (a rooms file's `record = true`): owned by `owner`.
+    pub async fn declare(&self, room: &str, owner: &str) -> Result<(), RecordingError> {
+        self.store
+            .put_recording(RecordingRecord {
+                name: room.to_owned(),
+                room: room.to_owned(),
+                compose: false,
+                stopped: false,
+                owner: Some(owner.to_owned()),
+            })
+            .await
+            .map_err(|e| RecordingError::Storage(e.to_string()))
+    }
+}
+
+/// The status shown before any shard reported on it.
+fn pending(room: &str) -> RecordingStatus {
+    RecordingStatus {
+        room: room.to_owned(),
+        phase: "Pending".into(),
+        path: String::new(),
+        started_at_ms: 0,
+        ended_at_ms: None,
+        takes: 0,
+        duration_ms: 0,
+        bytes: 0,
+        files: Vec::new(),
+        composed: None,
+        compose_error: None,
+    }
+}
+
+impl<S: LiveView + LiveWriter + Send + Sync> StoreRecordings<S> {
+    /// What the recording of `room` looks like now: its current segment's status, or
+    /// `Pending`; `None` when there is none.
+    fn current(&self, room: &str) -> Option<RecordingStatus> {
+        let record = self.store.recording(room)?;
+        let state = self.store.recording_state(room);
+        let last = state.as_ref().and_then(|s| s.segments.last());
+        Some(match last {
+            Some(segment) => {
+                let mut status = segment.status.clone();
+                // A shard that went away cannot say the recording stopped.
+                if record.stopped && status.phase == "Recording" {
+                    status.phase = "Stopped".into();
+                }
+                status
+            }
+            None if record.stopped => RecordingStatus {
+                phase: "Stopped".into(),
+                ..pending(room)
+            },
+            None => pending(room),
+        })
+    }
+}
+
+impl<S: LiveView + LiveWriter + Send + Sync> RecordingControl for StoreRecordings<S> {
+    fn start(&self, room: &str) -> BoxFuture<'_, Result<RecordingStatus, RecordingError>> {
+        let room = room.to_owned();
+        async move {
+            if self.store.room(&room).is_none() && self.store.route(&room).is_none() {
+                return Err(RecordingError::NoRoom);
+            }
+            let running: Vec<RecordingRecord> = self
+                .store
+                .recordings()
+                .into_iter()
+                .filter(|r| !r.stopped)
+                .collect();
+            if running.iter().any(|r| r.name == room) {
+                return Err(RecordingError::Conflict(
+                    "the room is being recorded already",
+                ));
+            }
+            if running.len() >= MAX_RECORDINGS {
+                return Err(RecordingError::TooMany(MAX_RECORDINGS));
+            }
+            // A new recording: what the last one left is forgotten (its files stay).
+            self.store
+                .delete_recording_state(&room)
+                .await
+                .map_err(|e| RecordingError::Storage(e.to_string()))?;
+            self.store
+                .put_recording(RecordingRecord {
+                    name: room.clone(),
+                    room: room.clone(),
+                    compose: self.compose,
+                    stopped: false,
+                    owner: Some(GATEWAY_OWNER.into()),
+                })
+                .await
+                .map_err(|e| RecordingError::Storage(e.to_string()))?;
+            Ok(pending(&room))
+        }
+        .boxed()
+    }
+
+    fn stop(&self, room: &str) -> BoxFuture<'_, Result<RecordingStatus, RecordingError>> {
+        let room = room.to_owned();
+        async move {
+            let record = self
+                .store
+                .recording(&room)
+                .filter(|r| !r.stopped)
+                .ok_or(RecordingError::NotRecording)?;
+            self.store
+                .put_recording(RecordingRecord {
+                    stopped: true,
+                    ..record
+                })
+                .await
+                .map_err(|e| RecordingError::Storage(e.to_string()))?;
+            // The control loop stops it on its shard; its files are ended once the state
+            // says it runs nowhere.
+            let deadline = tokio::time::Instant::now() + STOP_WAIT;
+            let mut poll = tokio::time::interval(Duration::from_millis(100));
+            while tokio::time::Instant::now() < deadline {
+                poll.tick().await;
+                let runs = self
+                    .store
+                    .recording_state(&room)
+                    .is_some_and(|s| s.shard.is_some());
+                if !runs {
+                    break;
+                }
+            }
+            self.current(&room).ok_or(RecordingError::NotRecording)
+        }
+        .boxed()
+    }
+
+    fn status(&self, room: &str) -> Result<RecordingStatus, RecordingError> {
+        self.current(room).ok_or(RecordingError::NotRecording)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_store::{MemoryStore, RecordingSegment, RecordingStateRecord, RoomRecord};
+
+    #[tokio::test]
+    async fn recordings_are_asked_for_in_the_live_state_and_read_back_from_it() {
+        let store = MemoryStore::new();
+        store
+            .put_room(RoomRecord::with_defaults("lesson"))
+            .await
+            .unwrap();
+        let recordings = StoreRecordings::new(store.clone(), true);
+        assert_eq!(
+            recordings.start("nowhere").await,
+            Err(RecordingError::NoRoom)
+        );
+        assert_eq!(
+            recordings.status("lesson"),
+            Err(RecordingError::NotRecording)
+        );
+        let started = recordings.start("lesson").await.unwrap();
+        assert_eq!(started.phase, "Pending");
+        let record = store.recording("lesson").unwrap();
+        assert!(record.compose && !record.stopped);
+        assert_eq!(record.owner.as_deref(), Some(GATEWAY_OWNER));
+        assert!(matches!(
+            recordings.start("lesson").await,
+            Err(RecordingError::Conflict(_))
+        ));
+        // What the loop saw is what the API shows.
+        let mut status = pending("lesson");
+        status.phase = "Recording".into();
+        status.duration_ms = 4_000;
+        store
+            .put_recording_state(RecordingStateRecord {
+                name: "lesson".into(),
+                shard: None,
+                segments: vec![RecordingSegment {
+                    shard: "s1".into(),
+                    status: status.clone(),
+                }],
+                problem: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(recordings.status("lesson").unwrap().duration_ms, 4_000);
+        // Stopped: the record says so at once, and a second stop finds nothing running.
+        let stopped = recordings.stop("lesson").await.unwrap();
+        assert_eq!(stopped.phase, "Stopped");
+        assert!(store.recording("lesson").unwrap().stopped);
+        assert_eq!(
+            recordings.stop("lesson").await,
+            Err(RecordingError::NotRecording)
+        );
+        // Started again: a new recording, the old state forgotten.
+        assert_eq!(recordings.start("lesson").await.unwrap().phase, "Pending");
+        assert!(store.recording_state("lesson").is_none());
+    }
 }

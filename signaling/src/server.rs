@@ -463,7 +463,7 @@ async fn start_recording(
         Ok(control) => control,
         Err(response) => return *response,
     };
-    match control.start(&name) {
+    match control.start(&name).await {
         Ok(status) => (StatusCode::CREATED, Json(status)).into_response(),
         Err(err) => recording_error(err),
     }

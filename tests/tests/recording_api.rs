@@ -1,7 +1,7 @@
 //! Recordings over the gateway's HTTP API in local mode: who may start and stop one (a
 //! join token for the room with the `record` grant), every refusal with its status, and a
-//! recording of a publishing participant whose status shows its files growing, then
-//! stopped with its files complete.
+//! recording of a publishing participant, run by the control loop on the shard holding
+//! the room, whose status shows its files growing, then stopped with its files complete.
 
 use anyhow::{Result, ensure};
 use serde_json::Value;
@@ -88,7 +88,7 @@ async fn recordings_are_started_and_stopped_only_with_the_record_grant() -> Resu
     ensure!(status == 201, "start: {status} {body}");
     let started: Value = serde_json::from_str(&body)?;
     ensure!(
-        started["phase"] == "Recording" && started["room"] == "lesson",
+        started["phase"] == "Pending" && started["room"] == "lesson",
         "{started}"
     );
     ensure!(http_post_with(addr, path, Some(&granted)).await?.0 == 409);

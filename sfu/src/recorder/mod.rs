@@ -83,11 +83,22 @@ pub fn spawn(
 ) -> std::io::Result<(PathBuf, tokio::task::JoinHandle<()>)> {
     let started = SystemTime::now();
     let stamp = manifest::utc_stamp(manifest::unix_ms(started) / 1_000);
-    let dir = options.dir.join(&options.room).join(stamp);
+    let room_dir = options.dir.join(&options.room);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)?;
+        .create(&room_dir)?;
+    // Two recordings of a room started in the same second (on two shards writing to one
+    // directory) get directories of their own.
+    let mut dir = room_dir.join(&stamp);
+    let mut attempt = 1;
+    while let Err(err) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        if err.kind() != std::io::ErrorKind::AlreadyExists || attempt >= 100 {
+            return Err(err);
+        }
+        attempt += 1;
+        dir = room_dir.join(format!("{stamp}-{attempt}"));
+    }
     let mut recording = Recording {
         dir: dir.clone(),
         manifest: Manifest {

@@ -8,11 +8,11 @@
 //! placement, sessions, admission, relaying and media are the production paths.
 
 mod occupancy;
-pub mod recordings;
+mod retention;
 mod shard_metrics;
 
 use crate::metrics::GatewayMetrics;
-use crate::recordings::RecordingControl;
+use crate::recordings::StoreRecordings;
 use crate::rooms::OccupancyMap;
 use crate::routing::StoreRouter;
 use crate::server::{AppState, RunningServer, serve};
@@ -85,8 +85,6 @@ pub struct LocalSystem {
     pub shards: Vec<(String, RunningShard)>,
     /// The live state.
     pub store: MemoryStore,
-    /// Recordings, with `--record-dir`.
-    recordings: Option<Arc<recordings::LocalRecordings>>,
     stop: CancellationToken,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -131,7 +129,7 @@ impl LocalSystem {
                 core,
                 name: format!("local-{index}"),
                 registration: None,
-                record_dir: None,
+                record_dir: options.record_dir.clone(),
             })
             .await?;
             let id = format!("local-{index}");
@@ -184,36 +182,17 @@ impl LocalSystem {
             Arc::new(Quiet),
             stop.clone(),
         )));
-        let recordings = match &options.record_dir {
-            Some(dir) => {
-                // Shards send a recorder's media on loopback when they listen everywhere.
-                let bind = if options.media_bind.is_unspecified() {
-                    IpAddr::from([127, 0, 0, 1])
-                } else {
-                    options.media_bind
-                };
-                let control = Arc::new(recordings::LocalRecordings::new(
-                    dir.clone(),
-                    store.clone(),
-                    signal_token.clone(),
-                    bind,
-                    stop.clone(),
-                    options.record_compose,
-                ));
-                for room in recorded {
-                    control.start(room)?;
-                }
-                if options.record_retention_days > 0 {
-                    background.push(tokio::spawn(recordings::sweep_old(
-                        dir.clone(),
-                        options.record_retention_days,
-                        stop.clone(),
-                    )));
-                }
-                Some(control)
-            }
-            None => None,
-        };
+        let recordings = Arc::new(StoreRecordings::new(store.clone(), options.record_compose));
+        for room in recorded {
+            recordings.declare(room, "rooms-file").await?;
+        }
+        if let (Some(dir), days @ 1..) = (&options.record_dir, options.record_retention_days) {
+            background.push(tokio::spawn(retention::sweep_old(
+                dir.clone(),
+                days,
+                stop.clone(),
+            )));
+        }
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {
@@ -229,13 +208,12 @@ impl LocalSystem {
             &options.common,
         )?;
         let mut state = AppState::new(gateway, view);
-        if let Some(control) = &recordings {
-            state = state.with_recordings(control.clone());
+        if options.record_dir.is_some() {
+            state = state.with_recordings(recordings);
         }
         let server = serve(options.common.listen, state).await?;
         Ok(Self {
             server,
-            recordings,
             shards,
             store,
             stop,
@@ -251,9 +229,6 @@ impl LocalSystem {
     /// Tells clients to reconnect, stops the gateway, then stops the shards.
     pub async fn stop(self) {
         self.server.stop().await;
-        if let Some(recordings) = &self.recordings {
-            recordings.stop_all().await;
-        }
         self.stop.cancel();
         for task in self.background {
             let _ = task.await;
