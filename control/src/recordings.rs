@@ -322,6 +322,7 @@ mod tests {
                         files: Vec::new(),
                         composed: None,
                         compose_error: None,
+                        problem: None,
                     },
                 })
                 .into_iter()

@@ -64,6 +64,10 @@ pub struct RecordingStatus {
     pub composed: Option<String>,
     /// Why composing failed.
     pub compose_error: Option<String>,
+    /// What keeps the control plane from running it as asked (a shard refusing or out of
+    /// reach); shards leave it empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// One file of a recording.

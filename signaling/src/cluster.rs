@@ -62,6 +62,15 @@ impl ClusterGateway {
                 store.put_broadcast(record).await?;
             }
         }
+        let recordings = Arc::new(crate::recordings::StoreRecordings::new(
+            store.clone(),
+            false,
+        ));
+        for room in &options.common.rooms.recorded {
+            if store.recording(room).is_none_or(|r| r.stopped) {
+                recordings.declare(room, FILE_OWNER).await?;
+            }
+        }
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {
@@ -76,7 +85,10 @@ impl ClusterGateway {
             },
             &options.common,
         )?;
-        let server = serve(options.common.listen, AppState::new(gateway, view)).await?;
+        // Recordings run on shards started with --record-dir; a shard without one refuses,
+        // and the recording's status says so.
+        let state = AppState::new(gateway, view).with_recordings(recordings);
+        let server = serve(options.common.listen, state).await?;
         Ok(Self { server, store })
     }
 

@@ -89,6 +89,7 @@ fn pending(room: &str) -> RecordingStatus {
         files: Vec::new(),
         composed: None,
         compose_error: None,
+        problem: None,
     }
 }
 
@@ -99,7 +100,8 @@ impl<S: LiveView + LiveWriter + Send + Sync> StoreRecordings<S> {
         let record = self.store.recording(room)?;
         let state = self.store.recording_state(room);
         let last = state.as_ref().and_then(|s| s.segments.last());
-        Some(match last {
+        let problem = state.as_ref().and_then(|s| s.problem.clone());
+        let status = match last {
             Some(segment) => {
                 let mut status = segment.status.clone();
                 // A shard that went away cannot say the recording stopped.
@@ -113,7 +115,8 @@ impl<S: LiveView + LiveWriter + Send + Sync> StoreRecordings<S> {
                 ..pending(room)
             },
             None => pending(room),
-        })
+        };
+        Some(RecordingStatus { problem, ..status })
     }
 }
 

@@ -72,6 +72,7 @@ pub fn status(manifest: &Manifest, path: &Path, phase: &str) -> RecordingStatus 
             .collect(),
         composed: composed.and_then(|c| c.file.clone()),
         compose_error: composed.and_then(|c| c.error.clone()),
+        problem: None,
     }
 }
 
