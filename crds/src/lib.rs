@@ -1,5 +1,5 @@
-//! Custom resources of Tutti (`tutti.dev/v1alpha1`): [`Room`], [`Broadcast`] and
-//! [`ShardPool`], their generated CRDs, and what checks those CRDs.
+//! Custom resources of Tutti (`tutti.dev/v1alpha1`): [`Room`], [`Broadcast`],
+//! [`Recording`] and [`ShardPool`], their generated CRDs, and what checks those CRDs.
 //!
 //! The YAML in `crds/` is generated from these types by `cargo run --bin crdgen`; a test
 //! fails when it drifts, and another checks that every schema is structural, which a real
@@ -11,12 +11,16 @@
 pub mod broadcast;
 pub mod common;
 pub mod duration;
+pub mod recording;
 pub mod room;
 pub mod schema_check;
 pub mod shardpool;
 
 pub use broadcast::{Broadcast, BroadcastPhase, BroadcastSpec, BroadcastStatus, EdgeStatus};
 pub use common::{Condition, LocalObjectRef, SecretKeyRef};
+pub use recording::{
+    RecordedFileStatus, Recording, RecordingPhase, RecordingSpec, RecordingStatus,
+};
 pub use room::{AudioSpec, MediaSpec, PlacementMode, Room, RoomPhase, RoomSpec, RoomStatus};
 pub use shardpool::{
     Networking, NetworkingMode, NodeAddress, ShardCapacity, ShardPool, ShardPoolSpec,
@@ -36,6 +40,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("rooms.yaml", Room::crd()),
         ("broadcasts.yaml", Broadcast::crd()),
+        ("recordings.yaml", Recording::crd()),
         ("shardpools.yaml", ShardPool::crd()),
     ]
 }

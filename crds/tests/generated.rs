@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::path::Path;
 use tutti_crds::schema_check::structural_violations;
-use tutti_crds::{Broadcast, Room, ShardPool, crds, to_yaml};
+use tutti_crds::{Broadcast, Recording, Room, ShardPool, crds, to_yaml};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,6 +89,10 @@ fn printer_columns_are_what_kubectl_get_shows() {
             vec!["Phase", "Origin", "Edges", "Viewers", "Age"],
         ),
         (
+            "recordings.yaml",
+            vec!["Phase", "Shard", "Duration", "Bytes", "Age"],
+        ),
+        (
             "shardpools.yaml",
             vec!["Ready", "Draining", "Min", "Max", "Load", "Age"],
         ),
@@ -119,6 +123,7 @@ fn examples_are_valid_resources() {
                 "Room" => serde_json::from_value::<Room>(value).map(|_| ()),
                 "Broadcast" => serde_json::from_value::<Broadcast>(value).map(|_| ()),
                 "ShardPool" => serde_json::from_value::<ShardPool>(value).map(|_| ()),
+                "Recording" => serde_json::from_value::<Recording>(value).map(|_| ()),
                 _ => continue,
             };
             result.unwrap_or_else(|e| panic!("{}: {kind}: {e}", path.display()));

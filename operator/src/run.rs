@@ -21,7 +21,7 @@ use tutti_control::loops::{self, LoopSettings, Observer};
 use tutti_control::outcome::RoomOutcome;
 use tutti_control::placement::Strategy;
 use tutti_control::placer::Placer;
-use tutti_crds::{Broadcast, Room, ShardPool};
+use tutti_crds::{Broadcast, Recording, Room, ShardPool};
 use tutti_store::{LiveView, LiveWriter};
 
 /// What the operator runs with.
@@ -181,8 +181,8 @@ pub async fn run_standalone<S>(
     loops::run(store, settings.loops(), observer, stop).await;
 }
 
-/// Runs the Room and Broadcast controllers and the live-state loops until `stop` is
-/// cancelled.
+/// Runs the Room, Broadcast, Recording and ShardPool controllers and the live-state loops
+/// until `stop` is cancelled.
 pub async fn run<S>(
     client: Client,
     store: S,
@@ -264,6 +264,26 @@ pub async fn run<S>(
             log_controller_error("broadcast", &err);
         }
     });
+    let recordings = Controller::new(
+        Api::<Recording>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(
+        crate::recordings::reconcile_recording,
+        |recording: Arc<Recording>, error: &controller::Error, ctx: Arc<Context<S>>| {
+            ctx.metrics.failed(error.category());
+            let delay = ctx.backoff.failed(&recording.uid().unwrap_or_default());
+            tracing::warn!(recording = %recording.name_any(), %error, retry_in = ?delay, "reconcile failed");
+            kube::runtime::controller::Action::requeue(delay)
+        },
+        context.clone(),
+    )
+    .for_each(|result| async move {
+        if let Err(err) = result {
+            log_controller_error("recording", &err);
+        }
+    });
     let rooms = controller
         .reconcile_all_on(tokio_stream_from(reconcile_all))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
@@ -300,7 +320,7 @@ pub async fn run<S>(
             log_controller_error("shard pool", &err);
         }
     });
-    futures_util::future::join3(rooms, broadcasts, pools).await;
+    futures_util::future::join4(rooms, broadcasts, recordings, pools).await;
     stop.cancel();
     for task in tasks {
         let _ = task.await;

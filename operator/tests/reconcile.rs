@@ -470,3 +470,150 @@ async fn a_broadcast_becomes_records_its_cascade_becomes_its_status_and_deletion
     assert!(store.broadcast("concert").is_none());
     assert!(store.room("concert").is_none());
 }
+
+fn recording(
+    spec: Value,
+    finalized: bool,
+    deleting: bool,
+    status: Option<Value>,
+) -> tutti_crds::Recording {
+    let mut metadata = json!({"name": "lesson-rec", "namespace": "music", "uid": "uid-rec",
+        "generation": 1, "resourceVersion": "4"});
+    if finalized {
+        metadata["finalizers"] = json!([tutti_operator::recordings::FINALIZER]);
+    }
+    if deleting {
+        metadata["deletionTimestamp"] = json!("2026-12-04T10:00:00Z");
+    }
+    let mut object = json!({"apiVersion": "tutti.dev/v1alpha1", "kind": "Recording",
+        "metadata": metadata, "spec": spec});
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    serde_json::from_value(object).expect("a Recording")
+}
+
+const RECORDING: &str = "/apis/tutti.dev/v1alpha1/namespaces/music/recordings/lesson-rec";
+
+#[tokio::test]
+async fn a_recording_becomes_a_record_the_loop_state_its_status_with_events_and_deletion_stops_it()
+{
+    use tutti_operator::recordings::reconcile_recording;
+    let store = live_state(&[]).await;
+    let (ctx, mut api) = context(store.clone());
+    let spec = json!({"roomRef": {"name": "violin-lesson"}, "compose": true});
+
+    // Created: the record appears, the status is Pending.
+    let finalized = recording(spec.clone(), true, false, None);
+    let reconcile = tokio::spawn(reconcile_recording(
+        Arc::new(finalized.clone()),
+        ctx.clone(),
+    ));
+    let body = api
+        .answer(
+            "PATCH",
+            &format!("{RECORDING}/status"),
+            serde_json::to_value(&finalized).unwrap(),
+        )
+        .await;
+    assert_eq!(body["status"]["phase"], "Pending");
+    assert_eq!(body["status"]["room"], "violin-lesson");
+    assert_eq!(
+        finish(reconcile).await.unwrap(),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let record = store.recording("lesson-rec").expect("the record");
+    assert_eq!(record.room, "violin-lesson");
+    assert!(record.compose && !record.stopped);
+    assert_eq!(record.owner.as_deref(), Some("Recording/music/lesson-rec"));
+
+    // The loop ran it on s1: Recording, with a Started event.
+    let status = tutti_shard_api::recording::RecordingStatus {
+        room: "violin-lesson".into(),
+        phase: "Recording".into(),
+        path: "violin-lesson/20261204T100000Z".into(),
+        started_at_ms: 1,
+        ended_at_ms: None,
+        takes: 1,
+        duration_ms: 12_000,
+        bytes: 4_096,
+        files: Vec::new(),
+        composed: None,
+        compose_error: None,
+        problem: None,
+    };
+    store
+        .put_recording_state(tutti_store::RecordingStateRecord {
+            name: "lesson-rec".into(),
+            shard: Some("s1".into()),
+            segments: vec![tutti_store::RecordingSegment {
+                shard: "s1".into(),
+                status,
+            }],
+            problem: None,
+        })
+        .await
+        .unwrap();
+    let pending = recording(spec.clone(), true, false, Some(json!({"phase": "Pending"})));
+    let reconcile = tokio::spawn(reconcile_recording(Arc::new(pending.clone()), ctx.clone()));
+    let body = api
+        .answer(
+            "PATCH",
+            &format!("{RECORDING}/status"),
+            serde_json::to_value(&pending).unwrap(),
+        )
+        .await;
+    assert_eq!(body["status"]["phase"], "Recording");
+    assert_eq!(body["status"]["shard"], "s1");
+    assert_eq!(body["status"]["durationMs"], 12_000);
+    let event = api.echo("POST", EVENTS).await;
+    assert_eq!(event["reason"], "Started");
+    assert_eq!(event["type"], "Normal");
+    finish(reconcile).await.unwrap();
+
+    // Two Recordings may not share a name: a record owned by another is not taken over.
+    store
+        .put_recording(tutti_store::RecordingRecord {
+            owner: Some("gateway".into()),
+            ..record.clone()
+        })
+        .await
+        .unwrap();
+    let reconcile = tokio::spawn(reconcile_recording(Arc::new(pending.clone()), ctx.clone()));
+    let body = api
+        .answer(
+            "PATCH",
+            &format!("{RECORDING}/status"),
+            serde_json::to_value(&pending).unwrap(),
+        )
+        .await;
+    assert_eq!(body["status"]["phase"], "Failed");
+    let event = api.echo("POST", EVENTS).await;
+    assert_eq!(event["reason"], "Failed");
+    assert_eq!(finish(reconcile).await.unwrap(), Action::await_change());
+    assert_eq!(
+        store.recording("lesson-rec").unwrap().owner.as_deref(),
+        Some("gateway")
+    );
+    store.put_recording(record).await.unwrap();
+
+    // Deleted: the record goes (the loop stops the recorder), then the finalizer.
+    let reconcile = tokio::spawn(reconcile_recording(
+        Arc::new(recording(spec.clone(), true, true, None)),
+        ctx.clone(),
+    ));
+    let patch = api
+        .answer(
+            "PATCH",
+            RECORDING,
+            serde_json::to_value(recording(spec, false, true, None)).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        patch[1],
+        json!({"op": "remove", "path": "/metadata/finalizers/0"})
+    );
+    assert_eq!(finish(reconcile).await.unwrap(), Action::await_change());
+    api.done().await;
+    assert!(store.recording("lesson-rec").is_none());
+}

@@ -105,8 +105,13 @@ fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
 fn check_common(objects: &[Value]) -> Result<()> {
     // The CRDs, exactly as generated from the Rust types.
     let crds = of_kind(objects, "CustomResourceDefinition");
-    ensure!(crds.len() == 3, "{} CRDs rendered", crds.len());
-    for file in ["rooms.yaml", "broadcasts.yaml", "shardpools.yaml"] {
+    ensure!(crds.len() == 4, "{} CRDs rendered", crds.len());
+    for file in [
+        "rooms.yaml",
+        "broadcasts.yaml",
+        "recordings.yaml",
+        "shardpools.yaml",
+    ] {
         let text = std::fs::read_to_string(root().join("crds").join(file))?;
         let generated: Value = serde_norway::from_str(&text)?;
         ensure!(
