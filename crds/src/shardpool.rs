@@ -128,6 +128,20 @@ pub struct ShardTemplate {
     /// How media reaches the shards.
     #[serde(default)]
     pub networking: Networking,
+    /// Where the shards write the recordings they are asked for (`Recording`); unset,
+    /// they record nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recordings: Option<RecordingsVolume>,
+}
+
+/// The volume every shard of a pool writes recordings to, mounted at `/recordings`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingsVolume {
+    /// The PersistentVolumeClaim the shards mount (ReadWriteMany when they may run on more
+    /// than one node, such as EFS on EKS).
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
 }
 
 /// How clients' media reaches a shard's one UDP port.

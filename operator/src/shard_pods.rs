@@ -50,6 +50,10 @@ pub const DRAINING_SINCE: &str = "tutti.dev/draining-since";
 pub const ADVERTISE_IP_ANNOTATION: &str = "tutti.dev/advertise-ip";
 /// Where that annotation appears inside the shard's container.
 pub const ADVERTISE_IP_FILE: &str = "/etc/tutti/advertise/ip";
+/// Where a shard's recordings volume is mounted (`template.recordings`).
+pub const RECORDINGS_DIR: &str = "/recordings";
+/// The group of the shard image's user (distroless `nonroot`), which owns the recordings.
+const SHARD_GROUP: u32 = 65532;
 /// Where the operator writes a shard's region, from its node's
 /// `topology.kubernetes.io/region` label (`-` when the node has none).
 pub const REGION_ANNOTATION: &str = "tutti.dev/region";
@@ -317,6 +321,9 @@ pub fn shard_pod(
     if runtime.etcd_ca_secret.is_some() {
         env.push(json!({"name": "TUTTI_ETCD_CA", "value": ETCD_CA_FILE}));
     }
+    if template.recordings.is_some() {
+        env.push(json!({"name": "TUTTI_SFU_RECORD_DIR", "value": RECORDINGS_DIR}));
+    }
     let host_port = |port: u16| match mode {
         NetworkingMode::HostPort => json!(port),
         _ => Value::Null,
@@ -369,6 +376,9 @@ pub fn shard_pod(
     if runtime.etcd_ca_secret.is_some() {
         mounts.push(json!({"name": "etcd-ca", "mountPath": ETCD_CA_DIR, "readOnly": true}));
     }
+    if template.recordings.is_some() {
+        mounts.push(json!({"name": "recordings", "mountPath": RECORDINGS_DIR}));
+    }
     if !mounts.is_empty() {
         container["volumeMounts"] = json!(mounts);
     }
@@ -405,6 +415,14 @@ pub fn shard_pod(
         volumes.push(json!({"name": "etcd-ca", "secret": {
             "secretName": secret, "items": [{"key": "ca.crt", "path": "ca.crt"}]
         }}));
+    }
+    if let Some(recordings) = &template.recordings {
+        volumes.push(json!({"name": "recordings", "persistentVolumeClaim": {
+            "claimName": recordings.claim_name
+        }}));
+        // The image's non-root user writes there: the volume is made its group's.
+        pod_spec["securityContext"]["fsGroup"] = json!(SHARD_GROUP);
+        pod_spec["securityContext"]["fsGroupChangePolicy"] = json!("OnRootMismatch");
     }
     if !volumes.is_empty() {
         pod_spec["volumes"] = json!(volumes);
@@ -576,6 +594,38 @@ mod tests {
             advertise_port,
         };
         shard_pod(pool, &shard_name("main", slot), slot, &exposure, &runtime()).expect("pod")
+    }
+
+    #[test]
+    fn a_pool_with_a_recordings_volume_gives_every_shard_it_and_the_flag() {
+        let mut recorded = pool("HostPort", 40000);
+        recorded.spec.template.recordings = Some(tutti_crds::RecordingsVolume {
+            claim_name: "tutti-recordings".into(),
+        });
+        let pod = build(&recorded, 0);
+        assert_eq!(env(&pod, "TUTTI_SFU_RECORD_DIR")["value"], RECORDINGS_DIR);
+        let json = serde_json::to_value(&pod).expect("pod");
+        let volume = json["spec"]["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "recordings").cloned())
+            .expect("the recordings volume");
+        assert_eq!(
+            volume["persistentVolumeClaim"]["claimName"],
+            "tutti-recordings"
+        );
+        let mounts = json["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == "recordings" && m["mountPath"] == RECORDINGS_DIR)
+        );
+        assert_eq!(json["spec"]["securityContext"]["fsGroup"], 65532);
+        // Without one, no shard records.
+        let plain = build(&pool("HostPort", 40000), 0);
+        assert_eq!(env(&plain, "TUTTI_SFU_RECORD_DIR"), Value::Null);
     }
 
     #[test]

@@ -349,6 +349,11 @@ fn the_home_profile_is_one_node_with_host_ports_bundled_etcd_and_turn() -> Resul
     named(&objects, "StatefulSet", "tutti-etcd")?;
     let pool = named(&objects, "ShardPool", "default")?;
     ensure!(pool["spec"]["template"]["networking"]["mode"] == "HostPort");
+    // Recordings on the server's disk: a claim kept on uninstall, given to every shard.
+    let claim = named(&objects, "PersistentVolumeClaim", "tutti-recordings")?;
+    ensure!(claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep");
+    ensure!(claim["spec"]["accessModes"][0] == "ReadWriteOnce");
+    ensure!(pool["spec"]["template"]["recordings"]["claimName"] == "tutti-recordings");
     let coturn = named(&objects, "Deployment", "tutti-coturn")?;
     ensure!(coturn["spec"]["template"]["spec"]["hostNetwork"] == true);
     let args = coturn["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
@@ -537,6 +542,20 @@ fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<(
         of_kind(&objects, "StatefulSet").is_empty(),
         "etcd is external"
     );
+    // No recordings volume until EFS is named: a claim nothing can bind would keep every
+    // shard from starting. With it, one ReadWriteMany claim for shards on every node.
+    ensure!(of_kind(&objects, "PersistentVolumeClaim").is_empty());
+    let with_efs = render(&[
+        "-f",
+        "charts/tutti/values-eks.yaml",
+        "--set",
+        "recordings.enabled=true",
+        "--set",
+        "recordings.storageClass=efs-sc",
+    ])?;
+    let claim = named(&with_efs, "PersistentVolumeClaim", "tutti-recordings")?;
+    ensure!(claim["spec"]["accessModes"][0] == "ReadWriteMany");
+    ensure!(claim["spec"]["storageClassName"] == "efs-sc");
     let operator = named(&objects, "Deployment", "tutti-operator")?;
     let container = &operator["spec"]["template"]["spec"]["containers"][0];
     let store = env(container, "TUTTI_STORE").context("store")?;
