@@ -15,7 +15,9 @@ import { promisify } from 'node:util';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startGateway, launch, openPage, waitFor, waitForPlayingVideo, waitForAudio, binary } from './lib.mjs';
+import {
+  startGateway, launch, openPage, openPageWithCodec, waitFor, waitForPlayingVideo, waitForAudio, binary,
+} from './lib.mjs';
 
 const run = promisify(execFile);
 
@@ -252,5 +254,52 @@ test('a recording started and stopped over the API is composed into one file of 
   } finally {
     await composer.stop();
     if (!process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(composeDir, { recursive: true, force: true });
+  }
+});
+
+test('VP9 and AV1 cameras are recorded as they were sent', async () => {
+  const codecDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-recording-codecs-'));
+  const rooms = path.join(codecDir, 'rooms.toml');
+  fs.writeFileSync(rooms, '[[rooms]]\nname = "codecs"\nrecord = true\n');
+  const recorder = await startGateway(['--shards', '1', '--rooms', rooms, '--record-dir', path.join(codecDir, 'recordings')]);
+  try {
+    const vp9 = await openPageWithCodec(browser, `${recorder.url}/?room=codecs&name=Nine`, 'VP9');
+    const av1 = await openPageWithCodec(browser, `${recorder.url}/?room=codecs&name=One`, 'AV1');
+    const sent = { Nine: watchSending(vp9), One: watchSending(av1) };
+    await waitForPlayingVideo(av1, 'Nine');
+    await waitForPlayingVideo(vp9, 'One');
+    await Promise.all([sent.Nine.done, sent.One.done]);
+    await new Promise((resolve) => setTimeout(resolve, 6_000));
+    const hungUp = Date.now();
+    await vp9.context().close();
+    await av1.context().close();
+    const roomDir = path.join(codecDir, 'recordings', 'codecs');
+    const recording = await waitFor(
+      'both cameras complete in the manifest',
+      () => {
+        const [stamp] = fs.existsSync(roomDir) ? fs.readdirSync(roomDir) : [];
+        const file = stamp && path.join(roomDir, stamp, 'manifest.json');
+        if (!file || !fs.existsSync(file)) return null;
+        return { dir: path.join(roomDir, stamp), manifest: JSON.parse(fs.readFileSync(file, 'utf8')) };
+      },
+      (r) => r && r.manifest.tracks.filter((t) => t.kind === 'video' && t.complete).length >= 2,
+    );
+    for (const [name, codec] of [['Nine', 'vp9'], ['One', 'av1']]) {
+      const [track] = recording.manifest.tracks.filter((t) => t.name === name && t.kind === 'video');
+      assert.ok(track, `${name}'s camera was recorded: ${JSON.stringify(recording.manifest.tracks)}`);
+      const file = path.join(recording.dir, track.file);
+      const probed = await ffprobe(file);
+      const stream = probed.streams.find((s) => s.codec_type === 'video');
+      assert.equal(stream?.codec_name, codec, JSON.stringify(probed));
+      const seconds = Number(stream.duration ?? probed.format?.duration);
+      const call = (hungUp - sent[name].first.video) / 1000;
+      const decoded = await run('ffmpeg', ['-v', 'error', '-i', file, '-f', 'null', '-']);
+      console.log(`${codec}: ${track.file} ${seconds.toFixed(2)} s recorded of ${call.toFixed(2)} s sent (${(seconds / call * 100).toFixed(1)} %), ${track.written} frames, ${track.lost} lost, ${stream.width}x${stream.height}; ffmpeg: ${decoded.stderr.trim() || 'no errors'}`);
+      assert.ok(Math.abs(seconds / call - 1) <= 0.05, `${codec}: ${seconds} s against ${call} s sent`);
+      assert.equal(decoded.stderr.trim(), '', `ffmpeg decodes the ${codec} file without errors`);
+    }
+  } finally {
+    await recorder.stop();
+    if (!process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(codecDir, { recursive: true, force: true });
   }
 });

@@ -524,6 +524,9 @@ struct IvfSink {
     last: i64,
     /// Frame dimensions, when known from a key frame.
     size: Option<(u16, u16)>,
+    /// Where each VP9 layer frame of the picture being put together starts in `frame`:
+    /// a picture of several spatial layers is written as a superframe.
+    layer_starts: Vec<usize>,
 }
 
 /// The IVF file header's length.
@@ -546,6 +549,7 @@ impl IvfSink {
             origin: None,
             last: 0,
             size: None,
+            layer_starts: Vec::new(),
         };
         let header = sink.header(codec);
         sink.out.write_all(&header)?;
@@ -630,6 +634,12 @@ impl IvfSink {
                 };
                 // A key picture's first packet: the start of a frame that refers to none.
                 let starts = vp9.b && (self.frame_ticks.is_none() || self.frame.is_empty());
+                if vp9.b && (self.frame_ticks.is_some() || starts) {
+                    if self.frame_ticks.is_none() {
+                        self.layer_starts.clear();
+                    }
+                    self.layer_starts.push(self.frame.len());
+                }
                 (data, starts, vp9.b && !vp9.p)
             }
             VideoDepacketizer::Av1(av1) => {
@@ -661,11 +671,15 @@ impl IvfSink {
         }
         let broken = std::mem::take(&mut self.broken);
         self.frame_ticks = None;
+        let layers = std::mem::take(&mut self.layer_starts);
         if broken {
             self.frame.clear();
             self.waiting_key = true;
             outcome.keyframe_wanted = true;
             return Ok(outcome);
+        }
+        if matches!(self.depacketizer, VideoDepacketizer::Vp9) {
+            append_superframe_index(&mut self.frame, &layers);
         }
         let origin = *self.origin.get_or_insert(ticks);
         let pts = ticks - origin;
@@ -690,6 +704,31 @@ impl IvfSink {
         file.seek(SeekFrom::End(0))?;
         file.sync_data()
     }
+}
+
+/// Ends a VP9 picture of several layer frames (starting at `starts` in `frame`) with a
+/// superframe index (VP9 bitstream specification, Annex B), which is how decoders find
+/// the frames in one IVF frame: a marker byte, each frame's size in four bytes, the
+/// marker again. A picture of one frame, or of more than eight, is left as it is.
+fn append_superframe_index(frame: &mut Vec<u8>, starts: &[usize]) {
+    if !(2..=8).contains(&starts.len()) || starts.first() != Some(&0) {
+        return;
+    }
+    let mut sizes = Vec::with_capacity(starts.len());
+    for (i, start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(frame.len());
+        let Some(size) = end.checked_sub(*start).and_then(|s| u32::try_from(s).ok()) else {
+            return;
+        };
+        sizes.push(size);
+    }
+    // 0b110 | bytes per size - 1 (3: four bytes) | frames - 1.
+    let marker = 0xC0 | (3 << 3) | (starts.len() as u8 - 1);
+    frame.push(marker);
+    for size in sizes {
+        frame.extend_from_slice(&size.to_le_bytes());
+    }
+    frame.push(marker);
 }
 
 /// The width and height a VP8 key frame's header gives (RFC 6386 section 9.1).
@@ -733,6 +772,27 @@ mod tests {
             .open(&path)
             .expect("file");
         (path, file)
+    }
+
+    #[test]
+    fn vp9_pictures_of_several_layers_get_a_superframe_index() {
+        let mut frame = vec![1, 2, 3, 4, 5];
+        append_superframe_index(&mut frame, &[0, 2]);
+        // Frames of 2 and 3 bytes; marker 0b110_11_001.
+        assert_eq!(
+            frame,
+            vec![1, 2, 3, 4, 5, 0xD9, 2, 0, 0, 0, 3, 0, 0, 0, 0xD9]
+        );
+        let mut single = vec![1, 2, 3];
+        append_superframe_index(&mut single, &[0]);
+        assert_eq!(single, vec![1, 2, 3]);
+        let mut odd = vec![1, 2, 3];
+        append_superframe_index(&mut odd, &[1, 2]);
+        assert_eq!(
+            odd,
+            vec![1, 2, 3],
+            "a layer list that does not start the frame"
+        );
     }
 
     #[test]
