@@ -16,7 +16,12 @@ use tutti_store::{
 
 /// Segments one recording keeps at most (the oldest go first): a room that moves more
 /// often than this is not recorded whole anyway.
-const MAX_SEGMENTS: usize = 64;
+const MAX_SEGMENTS: usize = 16;
+/// Files a state lists at most, all of the current segment (earlier segments keep their
+/// totals): etcd holds values of up to 64 KiB, and a state that grew past it would vanish.
+const MAX_STATE_FILES: usize = 64;
+/// The largest state written; past it the file lists go.
+const MAX_STATE_BYTES: usize = 48 * 1024;
 
 /// One thing to do for a recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +82,8 @@ pub fn decide(
                 let last = state.and_then(|s| s.segments.last());
                 match last {
                     Some(segment)
-                        if segment.status.phase == "Composing" && alive(&segment.shard) =>
+                        if matches!(segment.status.phase.as_str(), "Stopping" | "Composing")
+                            && alive(&segment.shard) =>
                     {
                         vec![Step::Follow {
                             shard: segment.shard.clone(),
@@ -227,7 +233,12 @@ impl<S: LiveView + LiveWriter> RecordingDriver<S> {
                         }
                         // The shard no longer has it (it restarted): nothing runs there.
                         Err(err) if err.is_not_found() => state.shard = None,
-                        Err(err) => problem = Some(describe(&shard, &err)),
+                        // Still running there: nothing else is done (no second recorder, no
+                        // forgetting it) until a later pass stops it.
+                        Err(err) => {
+                            problem = Some(describe(&shard, &err));
+                            break;
+                        }
                     }
                 }
                 Step::Follow { shard } => {
@@ -244,6 +255,7 @@ impl<S: LiveView + LiveWriter> RecordingDriver<S> {
         if problem.is_some() {
             state.problem.clone_from(&problem);
         }
+        fit(&mut state);
         if before.as_ref() == Some(&state) {
             return problem.map(|problem| Driven {
                 name: name.to_owned(),
@@ -260,11 +272,30 @@ impl<S: LiveView + LiveWriter> RecordingDriver<S> {
     }
 }
 
+/// Keeps a state within what etcd holds: only the current segment lists its files, at most
+/// [`MAX_STATE_FILES`] of them; if it is still too large, no file is listed.
+fn fit(state: &mut RecordingStateRecord) {
+    let segments = state.segments.len();
+    for segment in state.segments.iter_mut().take(segments.saturating_sub(1)) {
+        segment.status.files.clear();
+    }
+    if let Some(last) = state.segments.last_mut() {
+        last.status.files.truncate(MAX_STATE_FILES);
+    }
+    let size = serde_json::to_vec(state).map_or(usize::MAX, |v| v.len());
+    if size > MAX_STATE_BYTES {
+        for segment in &mut state.segments {
+            segment.status.files.clear();
+        }
+    }
+}
+
 fn describe(shard: &str, err: &AdminCallError) -> String {
     format!("shard {shard}: {err}")
 }
 
-/// Keeps what `shard` reported: in a new segment, or in the last one of that shard.
+/// Keeps what `shard` reported: in a new segment, or in the last one of that shard (unless
+/// it reports another recording there: the shard restarted under the same name).
 fn record_status(
     state: &mut RecordingStateRecord,
     shard: &str,
@@ -274,7 +305,7 @@ fn record_status(
     let last_here = state
         .segments
         .last_mut()
-        .filter(|s| s.shard == shard && !new_segment);
+        .filter(|s| s.shard == shard && s.status.path == status.path && !new_segment);
     match last_here {
         Some(segment) => segment.status = status,
         None => {
@@ -392,6 +423,11 @@ mod tests {
             decide(Some(&record(true)), Some(&on_s1), Some("s1"), |_| false),
             vec![Step::Lost]
         );
+        let stopping = state(None, Some(("s1", "Stopping")));
+        assert_eq!(
+            decide(Some(&record(true)), Some(&stopping), Some("s1"), all),
+            vec![Step::Follow { shard: "s1".into() }]
+        );
         let composing = state(None, Some(("s1", "Composing")));
         assert_eq!(
             decide(Some(&record(true)), Some(&composing), Some("s1"), all),
@@ -411,6 +447,35 @@ mod tests {
     }
 
     #[test]
+    fn a_state_stays_small_enough_for_etcd() {
+        let mut s = state(Some("s1"), Some(("s1", "Recording")));
+        let file = tutti_shard_api::recording::RecordedFile {
+            file: "x".repeat(100),
+            name: "n".repeat(64),
+            kind: "video".into(),
+            codec: "video/VP8".into(),
+            duration_ms: 1,
+            bytes: 1,
+            complete: true,
+        };
+        let mut status = s.segments[0].status.clone();
+        status.files = vec![file; 5_000];
+        for i in 0..MAX_SEGMENTS {
+            status.path = format!("lesson/{i}");
+            record_status(&mut s, &format!("s{i}"), status.clone(), true);
+        }
+        fit(&mut s);
+        let size = serde_json::to_vec(&s).unwrap().len();
+        assert!(size <= MAX_STATE_BYTES, "{size} bytes");
+        assert!(
+            s.segments[..MAX_SEGMENTS - 1]
+                .iter()
+                .all(|g| g.status.files.is_empty())
+        );
+        assert!(s.segments.last().unwrap().status.files.len() <= MAX_STATE_FILES);
+    }
+
+    #[test]
     fn statuses_go_into_their_segments() {
         let mut s = state(Some("s1"), Some(("s1", "Recording")));
         let mut status = s.segments[0].status.clone();
@@ -420,6 +485,11 @@ mod tests {
         assert_eq!(s.segments[0].status.duration_ms, 5_000);
         record_status(&mut s, "s2", status.clone(), true);
         assert_eq!(s.segments.len(), 2);
+        // The same shard reporting another recording (it restarted): a new segment.
+        let mut restarted = status.clone();
+        restarted.path = "lesson/later".into();
+        record_status(&mut s, "s2", restarted, false);
+        assert_eq!(s.segments.len(), 3);
         for _ in 0..MAX_SEGMENTS {
             record_status(&mut s, "s3", status.clone(), true);
         }

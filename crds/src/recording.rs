@@ -52,6 +52,8 @@ pub enum RecordingPhase {
     Pending,
     /// A shard records it.
     Recording,
+    /// Stopped; its shard is ending its files.
+    Stopping,
     /// Stopped; its tracks are being composed into one file.
     Composing,
     /// Stopped; its files are complete.

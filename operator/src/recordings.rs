@@ -4,7 +4,7 @@
 //! moves to another shard, stops or fails.
 //!
 //! Deletion goes through a finalizer: the record goes first, so the loop stops the
-//! recorder. Files stay on the shard's recordings volume (its retention deletes them).
+//! recorder. Files stay on the shards' recordings volume.
 
 use crate::controller::{Context, Error, MANAGER};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -76,6 +76,7 @@ pub fn recording_status(
     let segments = state.map(|s| s.segments.as_slice()).unwrap_or_default();
     let last = segments.last().map(|s| &s.status);
     let phase = match last.map(|s| s.phase.as_str()) {
+        Some("Stopping") => RecordingPhase::Stopping,
         Some("Composing") => RecordingPhase::Composing,
         Some("Stopped") => RecordingPhase::Stopped,
         // A shard that went away cannot say it stopped.

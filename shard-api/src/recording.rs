@@ -24,8 +24,10 @@ pub struct RecordingSpec {
 impl RecordingSpec {
     /// Checks the room's name and the URL's shape and length.
     pub fn validate(&self) -> Result<(), String> {
-        if !crate::protocol::valid_id(&self.room) {
-            return Err("room must be 1-64 characters of A-Z a-z 0-9 . _ -".into());
+        if !crate::protocol::valid_id(&self.room) || self.room.starts_with('.') {
+            return Err(
+                "room must be 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot".into(),
+            );
         }
         let scheme_ok = self.from.starts_with("ws://") || self.from.starts_with("wss://");
         if !scheme_ok || self.from.len() > MAX_FROM_LEN || !self.from.ends_with("/v1/signal") {
@@ -104,6 +106,7 @@ mod tests {
         assert!(good.validate().is_ok());
         for (room, from) in [
             ("../x", "ws://10.0.0.1:7880/v1/signal"),
+            ("..", "ws://10.0.0.1:7880/v1/signal"),
             ("lesson", "http://10.0.0.1/v1/signal"),
             ("lesson", "ws://10.0.0.1/elsewhere"),
         ] {

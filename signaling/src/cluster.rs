@@ -67,9 +67,7 @@ impl ClusterGateway {
             false,
         ));
         for room in &options.common.rooms.recorded {
-            if store.recording(room).is_none_or(|r| r.stopped) {
-                recordings.declare(room, FILE_OWNER).await?;
-            }
+            recordings.declare(room).await?;
         }
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(

@@ -15,8 +15,10 @@ use tutti_store::{LiveView, LiveWriter, RecordingRecord};
 pub const MAX_RECORDINGS: usize = 64;
 /// How long a stop waits for the recording's shard to end its files.
 const STOP_WAIT: Duration = Duration::from_secs(15);
-/// The owner of the records the gateway writes.
+/// The owner of the records the gateway's API writes.
 pub const GATEWAY_OWNER: &str = "gateway";
+/// The owner of the records a rooms file's `record = true` writes.
+pub const FILE_OWNER: &str = "Gateway/file";
 
 /// Why a recording could not be started or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,19 +62,32 @@ impl<S: LiveView + LiveWriter + Send + Sync> StoreRecordings<S> {
         Self { store, compose }
     }
 
-    /// Records `room` (a rooms file's `record = true`): owned by `owner`.
-    pub async fn declare(&self, room: &str, owner: &str) -> Result<(), RecordingError> {
+    /// Records `room` (a rooms file's `record = true`), unless a recording of that name
+    /// exists: one stopped stays stopped, and one of another owner stays theirs.
+    pub async fn declare(&self, room: &str) -> Result<(), RecordingError> {
+        if self.store.recording(room).is_some() {
+            return Ok(());
+        }
         self.store
             .put_recording(RecordingRecord {
                 name: room.to_owned(),
                 room: room.to_owned(),
                 compose: false,
                 stopped: false,
-                owner: Some(owner.to_owned()),
+                owner: Some(FILE_OWNER.to_owned()),
             })
             .await
             .map_err(|e| RecordingError::Storage(e.to_string()))
     }
+}
+
+/// Whether the gateway's API answers for `record` as the recording of `room`: named after
+/// it, recording it, and asked for through a gateway (not a `Recording` resource, whose
+/// name may be any room's).
+fn ours(record: &RecordingRecord, room: &str) -> bool {
+    record.name == room
+        && record.room == room
+        && matches!(record.owner.as_deref(), Some(GATEWAY_OWNER | FILE_OWNER))
 }
 
 /// The status shown before any shard reported on it.
@@ -97,7 +112,7 @@ impl<S: LiveView + LiveWriter + Send + Sync> StoreRecordings<S> {
     /// What the recording of `room` looks like now: its current segment's status, or
     /// `Pending`; `None` when there is none.
     fn current(&self, room: &str) -> Option<RecordingStatus> {
-        let record = self.store.recording(room)?;
+        let record = self.store.recording(room).filter(|r| ours(r, room))?;
         let state = self.store.recording_state(room);
         let last = state.as_ref().and_then(|s| s.segments.last());
         let problem = state.as_ref().and_then(|s| s.problem.clone());
@@ -133,9 +148,19 @@ impl<S: LiveView + LiveWriter + Send + Sync> RecordingControl for StoreRecording
                 .into_iter()
                 .filter(|r| !r.stopped)
                 .collect();
-            if running.iter().any(|r| r.name == room) {
+            // By this API or by a Recording resource of any name.
+            if running.iter().any(|r| r.room == room) {
                 return Err(RecordingError::Conflict(
                     "the room is being recorded already",
+                ));
+            }
+            if self
+                .store
+                .recording(&room)
+                .is_some_and(|r| !ours(&r, &room))
+            {
+                return Err(RecordingError::Conflict(
+                    "a Recording resource has the room's name",
                 ));
             }
             if running.len() >= MAX_RECORDINGS {
@@ -167,7 +192,7 @@ impl<S: LiveView + LiveWriter + Send + Sync> RecordingControl for StoreRecording
             let record = self
                 .store
                 .recording(&room)
-                .filter(|r| !r.stopped)
+                .filter(|r| !r.stopped && ours(r, &room))
                 .ok_or(RecordingError::NotRecording)?;
             self.store
                 .put_recording(RecordingRecord {
@@ -258,5 +283,51 @@ mod tests {
         // Started again: a new recording, the old state forgotten.
         assert_eq!(recordings.start("lesson").await.unwrap().phase, "Pending");
         assert!(store.recording_state("lesson").is_none());
+    }
+
+    #[tokio::test]
+    async fn recordings_of_resources_are_not_the_apis_to_stop_or_show_and_block_a_second() {
+        let store = MemoryStore::new();
+        for room in ["lesson", "other"] {
+            store
+                .put_room(RoomRecord::with_defaults(room))
+                .await
+                .unwrap();
+        }
+        // A Recording resource named "other" records the lesson.
+        store
+            .put_recording(RecordingRecord {
+                name: "other".into(),
+                room: "lesson".into(),
+                compose: false,
+                stopped: false,
+                owner: Some("Recording/music/other".into()),
+            })
+            .await
+            .unwrap();
+        let recordings = StoreRecordings::new(store.clone(), false);
+        assert!(matches!(
+            recordings.start("lesson").await,
+            Err(RecordingError::Conflict(_))
+        ));
+        assert!(matches!(
+            recordings.start("other").await,
+            Err(RecordingError::Conflict(_))
+        ));
+        assert_eq!(
+            recordings.status("other"),
+            Err(RecordingError::NotRecording)
+        );
+        assert_eq!(
+            recordings.stop("other").await,
+            Err(RecordingError::NotRecording)
+        );
+        assert!(!store.recording("other").unwrap().stopped);
+        // A rooms file's recording is declared once, and never over another's.
+        recordings.declare("other").await.unwrap();
+        assert_eq!(
+            store.recording("other").unwrap().owner.as_deref(),
+            Some("Recording/music/other")
+        );
     }
 }

@@ -137,6 +137,8 @@ pub async fn compose(dir: &Path, manifest: &Manifest) -> Result<String, String> 
         .map_err(|_| "ffmpeg took too long".to_owned())?
         .map_err(|e| format!("ffmpeg could not be run: {e}"))?;
     if !output.status.success() {
+        // Nothing half-written stays behind.
+        let _ = std::fs::remove_file(dir.join(COMPOSED));
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last: String = stderr
             .lines()

@@ -4,7 +4,7 @@
 //! shard holding it as a hidden relay session whose `join` asks for a *pipe*, so every
 //! track comes as SRTP to the recorder's own UDP socket, with keys exchanged over that
 //! WebSocket (`docs/shard-protocol.md`, "Relay pipes"). It asks for the top layer of
-//! every simulcast track, asks for what gets lost (NACK) and for a key frame when a video
+//! every video track, asks for what gets lost (NACK) and for a key frame when a video
 //! file needs one, and writes each track as it arrives (`track.rs`). Its manifest
 //! (`manifest.rs`) says which file holds whom from when.
 //!
@@ -12,6 +12,7 @@
 //! breaks, the recorder finds where the room is now and starts a new *take* there; the
 //! gap between takes is in the manifest, and each take's tracks are files of their own.
 
+mod av1;
 pub mod compose;
 pub mod manifest;
 pub mod registry;
@@ -64,8 +65,13 @@ pub struct RecorderOptions {
     pub bind: IpAddr,
 }
 
-/// Tracks recorded at once at most (one take): past it, a track is not recorded.
+/// Tracks one take records at most (each publication is a track): past it, a track is not
+/// recorded.
 const MAX_TRACKS: usize = 64;
+/// Tracks one recording lists at most, over all its takes.
+const MAX_RECORDED_TRACKS: usize = 1_024;
+/// Takes one recording makes at most.
+const MAX_TAKES: usize = 1_000;
 /// How often files are flushed and the manifest rewritten.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How often holes, NACKs and key frame requests are looked at.
@@ -81,6 +87,13 @@ pub fn spawn(
     options: RecorderOptions,
     stop: CancellationToken,
 ) -> std::io::Result<(PathBuf, tokio::task::JoinHandle<()>)> {
+    // The room is a directory's name: one that could climb out is refused.
+    if options.room.is_empty() || options.room.starts_with('.') || options.room.contains('/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a room whose name starts with a dot is not recorded",
+        ));
+    }
     let started = SystemTime::now();
     let stamp = manifest::utc_stamp(manifest::unix_ms(started) / 1_000);
     let room_dir = options.dir.join(&options.room);
@@ -125,6 +138,10 @@ pub fn spawn(
                 }
             };
             let take = recording.manifest.takes.len();
+            if take >= MAX_TAKES {
+                tracing::warn!(room = %options.room, "the recording reached its most takes: it ends");
+                break;
+            }
             recording.manifest.takes.push(Take {
                 shard: url.clone(),
                 started_at_ms: manifest::unix_ms(SystemTime::now()),
@@ -132,8 +149,24 @@ pub fn spawn(
                 ended_because: None,
             });
             let mut session = Session::new(take);
-            let outcome = session.run(&options, &url, &mut recording, &stop).await;
+            // Stopping ends a take at once, even one still connecting.
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => Ok(false),
+                outcome = session.run(&options, &url, &mut recording, &stop) => outcome,
+            };
             session.finish(&mut recording);
+            // A take that never joined the room recorded nothing: it is not one.
+            if !session.joined {
+                recording.manifest.takes.truncate(take);
+                if !stop.is_cancelled() && recording.manifest.takes.len() < MAX_TAKES {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
             let ended = manifest::unix_ms(SystemTime::now());
             if let Some(entry) = recording.manifest.takes.get_mut(take) {
                 entry.ended_at_ms = Some(ended);
@@ -209,9 +242,13 @@ struct Recorded {
 struct Session {
     take: usize,
     names: HashMap<String, String>,
-    /// Track id → whether it has simulcast layers.
-    simulcast: HashMap<String, bool>,
+    /// Track id → whether it is video (asked for its top layer once).
+    video: HashMap<String, bool>,
     tracks: HashMap<u32, Recorded>,
+    /// Tracks this take started.
+    started: usize,
+    /// The shard accepted the join.
+    joined: bool,
     clock: WallClock,
 }
 
@@ -220,8 +257,10 @@ impl Session {
         Self {
             take,
             names: HashMap::new(),
-            simulcast: HashMap::new(),
+            video: HashMap::new(),
             tracks: HashMap::new(),
+            started: 0,
+            joined: false,
             clock: WallClock::now(),
         }
     }
@@ -334,10 +373,11 @@ impl Session {
     ) -> Result<Option<bool>, String> {
         match message {
             ServerMessage::Joined { participants, .. } => {
+                self.joined = true;
                 for p in participants {
                     self.names.insert(p.id.clone(), p.name.clone());
                     for track in &p.tracks {
-                        self.learn(&track.id, !track.layers.is_empty(), outgoing);
+                        self.learn(&track.id, track.kind == TrackKind::Video, outgoing);
                     }
                 }
             }
@@ -346,7 +386,7 @@ impl Session {
                     .insert(participant.id.clone(), participant.name.clone());
             }
             ServerMessage::TrackPublished { track, .. } => {
-                self.learn(&track.id, !track.layers.is_empty(), outgoing);
+                self.learn(&track.id, track.kind == TrackKind::Video, outgoing);
             }
             ServerMessage::Pipe { end } => {
                 let shard: SocketAddr = end
@@ -381,21 +421,26 @@ impl Session {
                 }
             }
             ServerMessage::Left { reconnect, .. } => return Ok(Some(reconnect)),
-            ServerMessage::Error { code, message } => {
+            // A refused join ends the take; anything refused later is only logged.
+            ServerMessage::Error { code, message } if !self.joined => {
                 return Err(format!("the shard refused: {code:?}: {message}"));
+            }
+            ServerMessage::Error { code, message } => {
+                tracing::debug!(?code, %message, "the shard refused a recorder's request");
             }
             _ => {}
         }
         Ok(None)
     }
 
-    /// A track's layers became known: a simulcast track is asked for its top layer.
-    fn learn(&mut self, track: &str, simulcast: bool, outgoing: &mut Vec<ClientMessage>) {
-        if self.simulcast.len() >= MAX_TRACKS * 4 {
+    /// A track became known: a video track is asked for its top layer (its best simulcast
+    /// layer, or all its spatial layers).
+    fn learn(&mut self, track: &str, video: bool, outgoing: &mut Vec<ClientMessage>) {
+        if self.video.len() >= MAX_TRACKS * 4 {
             return;
         }
-        let before = self.simulcast.insert(track.to_owned(), simulcast);
-        if simulcast && before != Some(true) {
+        let before = self.video.insert(track.to_owned(), video);
+        if video && before != Some(true) {
             outgoing.push(ClientMessage::SetQuality {
                 track: track.to_owned(),
                 quality: Quality::High,
@@ -416,9 +461,14 @@ impl Session {
             tracing::warn!(%participant, %track, mime = %codec.mime, "a track in a codec the recorder does not write");
             return;
         };
-        if self.tracks.len() >= MAX_TRACKS || self.tracks.contains_key(&ssrc) {
+        if self.started >= MAX_TRACKS
+            || recording.manifest.tracks.len() >= MAX_RECORDED_TRACKS
+            || self.tracks.contains_key(&ssrc)
+        {
+            tracing::warn!(%participant, %track, "a track past the recording's bounds is not recorded");
             return;
         }
+        self.started += 1;
         let file = format!(
             "{:02}-{}-{}.{}",
             self.take,
@@ -506,6 +556,11 @@ impl Session {
                 Ok(written) if written.keyframe_wanted => keyframes.push(*ssrc),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(ssrc, %err, "a track file could not be written"),
+            }
+            // Asked again (throttled) for as long as the file waits for one: a request
+            // lost or held back must not leave it frozen.
+            if recorded.file.waiting_for_keyframe() && !keyframes.contains(ssrc) {
+                keyframes.push(*ssrc);
             }
             lost.clear();
             recorded.loss.due(now, &mut lost);

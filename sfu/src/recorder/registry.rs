@@ -7,6 +7,7 @@ use super::{Locate, RecorderOptions};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +17,11 @@ use tutti_shard_api::recording::{RecordedFile, RecordingSpec, RecordingStatus};
 pub const MAX_RECORDINGS: usize = 16;
 /// Recordings that ended kept for their status at most (the oldest go first).
 const MAX_ENDED: usize = 256;
-/// How long stopping waits for a recorder to end its files.
+/// How long a stopped recorder may take to end its files before it is let go.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a stop request waits for that before it answers (`Stopping`): less than the
+/// admin client waits for an answer.
+const STOP_ANSWER_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a recording could not be started, moved or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,8 +92,24 @@ struct Running {
 
 struct Ended {
     dir: PathBuf,
-    composing: Option<tokio::task::JoinHandle<()>>,
+    /// Where it is after its stop: [`STOPPING`], [`COMPOSING`] or [`STOPPED`].
+    phase: Arc<AtomicU8>,
     order: u64,
+}
+
+/// A stopped recording's recorder is ending its files.
+const STOPPING: u8 = 0;
+/// Its files are ended and being composed.
+const COMPOSING: u8 = 1;
+/// Its files, and its composed file if asked for, are complete.
+const STOPPED: u8 = 2;
+
+fn phase_name(phase: u8) -> &'static str {
+    match phase {
+        STOPPING => "Stopping",
+        COMPOSING => "Composing",
+        _ => "Stopped",
+    }
 }
 
 /// The recordings of one process.
@@ -132,9 +152,9 @@ impl Recorders {
         name: &str,
         spec: &RecordingSpec,
     ) -> Result<(bool, RecordingStatus), RecordingError> {
-        if !tutti_shard_api::protocol::valid_id(name) {
+        if !tutti_shard_api::protocol::valid_id(name) || name.starts_with('.') {
             return Err(RecordingError::Invalid(
-                "names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                "names are 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot".into(),
             ));
         }
         spec.validate().map_err(RecordingError::Invalid)?;
@@ -193,7 +213,7 @@ impl Recorders {
     }
 
     /// Stops recording `name`; its status once its files are ended (`Composing` while
-    /// they are being composed).
+    /// they are being composed), or `Stopping` if that takes more than a few seconds.
     pub async fn stop(&self, name: &str) -> Result<RecordingStatus, RecordingError> {
         let recording = self
             .running
@@ -202,28 +222,9 @@ impl Recorders {
             .remove(name)
             .ok_or(RecordingError::NotFound)?;
         recording.stop.cancel();
-        if tokio::time::timeout(STOP_WAIT, recording.task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(recording = %name, "a recorder did not end its files in time");
-        }
-        let composing = recording.compose.then(|| {
-            let dir = recording.dir.clone();
-            tokio::spawn(async move {
-                match super::compose_recording(&dir).await {
-                    Ok(file) => tracing::info!(dir = %dir.display(), %file, "recording composed"),
-                    Err(err) => {
-                        tracing::warn!(dir = %dir.display(), %err, "recording not composed")
-                    }
-                }
-            })
-        });
-        let phase = if composing.is_some() {
-            "Composing"
-        } else {
-            "Stopped"
-        };
+        // Ended (for its status) before anything is waited on, so that a second request
+        // finds it whatever happens to this one; the waiting and composing go on alone.
+        let phase = Arc::new(AtomicU8::new(STOPPING));
         if let Ok(mut ended) = self.ended.lock() {
             let (counter, map) = &mut *ended;
             *counter += 1;
@@ -231,7 +232,7 @@ impl Recorders {
                 name.to_owned(),
                 Ended {
                     dir: recording.dir.clone(),
-                    composing,
+                    phase: phase.clone(),
                     order: *counter,
                 },
             );
@@ -244,7 +245,34 @@ impl Recorders {
                 map.remove(&oldest);
             }
         }
-        self.status_of(&recording.dir, phase)
+        let (dir, compose, task, name_owned) = (
+            recording.dir.clone(),
+            recording.compose,
+            recording.task,
+            name.to_owned(),
+        );
+        let ending = phase.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(STOP_WAIT, task).await.is_err() {
+                tracing::warn!(recording = %name_owned, "a recorder did not end its files in time");
+            }
+            if compose {
+                ending.store(COMPOSING, Ordering::Release);
+                match super::compose_recording(&dir).await {
+                    Ok(file) => tracing::info!(dir = %dir.display(), %file, "recording composed"),
+                    Err(err) => {
+                        tracing::warn!(dir = %dir.display(), %err, "recording not composed")
+                    }
+                }
+            }
+            ending.store(STOPPED, Ordering::Release);
+        });
+        let deadline = tokio::time::Instant::now() + STOP_ANSWER_WAIT;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        while phase.load(Ordering::Acquire) == STOPPING && tokio::time::Instant::now() < deadline {
+            poll.tick().await;
+        }
+        self.status_of(&recording.dir, phase_name(phase.load(Ordering::Acquire)))
     }
 
     /// The recording `name`: running, or the last one of that name that ended.
@@ -258,14 +286,11 @@ impl Recorders {
             return self.status_of(&dir, if running { "Recording" } else { "Stopped" });
         }
         let ended = self.ended.lock().ok().and_then(|e| {
-            e.1.get(name).map(|e| {
-                let composing = e.composing.as_ref().is_some_and(|c| !c.is_finished());
-                (e.dir.clone(), composing)
-            })
+            e.1.get(name)
+                .map(|e| (e.dir.clone(), e.phase.load(Ordering::Acquire)))
         });
         match ended {
-            Some((dir, true)) => self.status_of(&dir, "Composing"),
-            Some((dir, false)) => self.status_of(&dir, "Stopped"),
+            Some((dir, phase)) => self.status_of(&dir, phase_name(phase)),
             None => Err(RecordingError::NotFound),
         }
     }

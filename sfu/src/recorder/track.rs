@@ -13,7 +13,6 @@ use crate::media::codec::red_primary;
 use crate::srtp::estimate_index;
 use bytes::Bytes;
 use rtc::rtp;
-use rtc::rtp::codec::av1::Av1Depacketizer;
 use rtc::rtp::codec::vp8::Vp8Packet;
 use rtc::rtp::codec::vp9::Vp9Packet;
 use rtc::rtp::packetizer::Depacketizer;
@@ -30,6 +29,8 @@ const MAX_HELD: usize = 1024;
 const MAX_FRAME: usize = 4 << 20;
 /// Ogg pages are closed every this many packets, so that a crash loses less than this.
 const PACKETS_PER_PAGE: u32 = 10;
+/// The longest gap in an Ogg stream filled with packets of missing data: ten minutes.
+const MAX_FILL: u64 = 48_000 * 600;
 /// IVF's time base: RTP's video clock.
 const IVF_CLOCK: u32 = 90_000;
 
@@ -150,6 +151,11 @@ impl TrackRecorder {
     /// Writes what waited on a hole for longer than [`HOLD`]; call it now and then.
     pub fn tick(&mut self, now: Instant) -> std::io::Result<Written> {
         self.drain(now)
+    }
+
+    /// Whether a video file waits for a key frame (at its start, and after a loss).
+    pub fn waiting_for_keyframe(&self) -> bool {
+        matches!(&self.sink, Sink::Ivf(ivf) if ivf.waiting_key)
     }
 
     /// When [`Self::tick`] next has something to do.
@@ -447,7 +453,18 @@ impl OggSink {
             });
         };
         let start = u64::try_from(ticks - origin).unwrap_or(0);
+        self.fill_gap(start)?;
         self.granule = self.granule.max(start + u64::from(samples));
+        self.packet(payload.to_vec())?;
+        Ok(SinkOutcome {
+            wrote: true,
+            keyframe_wanted: false,
+        })
+    }
+
+    /// Appends a packet ending at the current granule position, ending the page every
+    /// [`PACKETS_PER_PAGE`] packets.
+    fn packet(&mut self, data: Vec<u8>) -> std::io::Result<()> {
         self.in_page += 1;
         let end = if self.in_page >= PACKETS_PER_PAGE {
             self.in_page = 0;
@@ -455,11 +472,25 @@ impl OggSink {
         } else {
             ogg::writing::PacketWriteEndInfo::NormalPacket
         };
-        self.page(payload.to_vec(), end, self.granule)?;
-        Ok(SinkOutcome {
-            wrote: true,
-            keyframe_wanted: false,
-        })
+        self.page(data, end, self.granule)
+    }
+
+    /// Fills the time between the last packet's end and `start` (lost packets, or a
+    /// sender's silence) with packets that tell the decoder data is missing, as RFC 7845
+    /// section 4.1 asks: Opus packets of no frame data (a TOC byte alone), 20 ms each, then
+    /// shorter ones for the rest. A gap past [`MAX_FILL`] is left to the granule position.
+    fn fill_gap(&mut self, start: u64) -> std::io::Result<()> {
+        if start <= self.granule || start - self.granule > MAX_FILL {
+            return Ok(());
+        }
+        // CELT-only, full band, one frame: 20, 10, 5 and 2.5 ms.
+        for (toc, samples) in [(0xF8u8, 960u64), (0xF0, 480), (0xE8, 240), (0xE0, 120)] {
+            while start - self.granule >= samples {
+                self.granule += samples;
+                self.packet(vec![toc])?;
+            }
+        }
+        Ok(())
     }
 
     fn span_ticks(&self) -> u64 {
@@ -505,7 +536,7 @@ pub fn opus_samples(packet: &[u8]) -> Option<u32> {
 enum VideoDepacketizer {
     Vp8,
     Vp9,
-    Av1(Box<Av1Depacketizer>),
+    Av1(Box<super::av1::Av1Obus>),
 }
 
 /// VP8, VP9 or AV1 in IVF, a frame header (size and presentation time) before each frame.
@@ -586,6 +617,9 @@ impl IvfSink {
         if self.frame_ticks.is_some() {
             self.broken = true;
         }
+        if let VideoDepacketizer::Av1(av1) = &mut self.depacketizer {
+            av1.reset();
+        }
         self.waiting_key = true;
         true
     }
@@ -612,6 +646,9 @@ impl IvfSink {
             self.frame_ticks = None;
             self.broken = false;
             self.waiting_key = true;
+            if let VideoDepacketizer::Av1(av1) = &mut self.depacketizer {
+                av1.reset();
+            }
             outcome.keyframe_wanted = true;
         }
         let (data, starts_frame, key) = match &mut self.depacketizer {
@@ -644,14 +681,25 @@ impl IvfSink {
             }
             VideoDepacketizer::Av1(av1) => {
                 let starts = self.frame_ticks.is_none();
-                let Ok(data) = av1.depacketize(&payload) else {
-                    return Ok(outcome);
-                };
-                (data, starts, starts && av1.n)
+                let room = MAX_FRAME.saturating_sub(self.frame.len());
+                let mut data = Vec::new();
+                match av1.push(&payload, &mut data, room) {
+                    Ok(new_sequence) => (Bytes::from(data), starts, starts && new_sequence),
+                    Err(_) => {
+                        av1.reset();
+                        if self.frame_ticks.is_some() {
+                            self.broken = true;
+                        }
+                        return Ok(outcome);
+                    }
+                }
             }
         };
         if self.frame_ticks.is_none() {
-            if !starts_frame || (self.waiting_key && !key) {
+            // A frame of a time already written (a layer that came after the picture's
+            // marker) would give the file two frames at one time: it is left out.
+            let behind = self.origin.is_some() && ticks <= self.last;
+            if !starts_frame || (self.waiting_key && !key) || behind {
                 return Ok(outcome);
             }
             self.waiting_key = false;
@@ -891,7 +939,10 @@ mod tests {
             audio += 1;
             last_granule = p.absgp_page();
         }
-        assert_eq!(audio, 50, "49 packets and the end-of-stream frame");
+        assert_eq!(
+            audio, 51,
+            "49 packets, one that says the missing one is missing, the end-of-stream frame"
+        );
         assert_eq!(last_granule, 50 * 960);
     }
 
@@ -931,6 +982,8 @@ mod tests {
             !push(&mut track, 3_000, true, false),
             "a whole key frame needs nothing"
         );
+        push(&mut track, 6_000, false, false);
+        // Packets of a time already written (after its marker): left out.
         push(&mut track, 6_000, false, false);
         // A frame whose second packet is lost: dropped once the hold is over, and a key
         // frame asked for; the inter frame after it waits for the key frame.

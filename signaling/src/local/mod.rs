@@ -184,7 +184,7 @@ impl LocalSystem {
         )));
         let recordings = Arc::new(StoreRecordings::new(store.clone(), options.record_compose));
         for room in recorded {
-            recordings.declare(room, "rooms-file").await?;
+            recordings.declare(room).await?;
         }
         if let (Some(dir), days @ 1..) = (&options.record_dir, options.record_retention_days) {
             background.push(tokio::spawn(retention::sweep_old(
