@@ -341,20 +341,7 @@ mod tests {
             segments: last
                 .map(|(shard, phase)| RecordingSegment {
                     shard: shard.into(),
-                    status: RecordingStatus {
-                        room: "lesson".into(),
-                        phase: phase.into(),
-                        path: String::new(),
-                        started_at_ms: 0,
-                        ended_at_ms: None,
-                        takes: 1,
-                        duration_ms: 0,
-                        bytes: 0,
-                        files: Vec::new(),
-                        composed: None,
-                        compose_error: None,
-                        problem: None,
-                    },
+                    status: RecordingStatus::empty("lesson", phase),
                 })
                 .into_iter()
                 .collect(),

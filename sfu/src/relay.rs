@@ -204,8 +204,33 @@ async fn link(
     let _ = ended.send(why).await;
 }
 
-/// This end of a new pipe: a fresh master key and salt (AEAD_AES_128_GCM) and RTCP SSRC.
-fn own_end(media: SocketAddr) -> (PipeEnd, String) {
+/// A shard's signaling WebSocket at `url`, opened as another shard does: with the
+/// shards' signaling token. Gives up after 5 s.
+pub(crate) async fn connect_signaling(
+    url: &str,
+    token: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the signaling token is not a header value".to_owned())?;
+    request.headers_mut().insert("authorization", bearer);
+    let (socket, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .map_err(|_| "the shard did not answer".to_owned())?
+    .map_err(|e| e.to_string())?;
+    Ok(socket)
+}
+
+/// This end of a new pipe: a fresh master key and salt (AEAD_AES_128_GCM) and RTCP SSRC;
+/// the key also as the base64 the pipe end carries.
+pub(crate) fn own_end(media: SocketAddr) -> (PipeEnd, String) {
     let mut rng = rand::rng();
     let mut key = [0u8; 28];
     rng.fill(&mut key[..]);
@@ -233,23 +258,7 @@ async fn run_link(
     mut off: TurnedOff,
 ) -> Result<(), String> {
     let (rank, layers) = layer;
-    let mut request = options
-        .spec
-        .from
-        .as_str()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let bearer = format!("Bearer {}", options.signal_token)
-        .parse()
-        .map_err(|_| "the signaling token is not a header value".to_owned())?;
-    request.headers_mut().insert("authorization", bearer);
-    let (socket, _) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::connect_async(request),
-    )
-    .await
-    .map_err(|_| "the parent did not answer".to_owned())?
-    .map_err(|e| e.to_string())?;
+    let socket = connect_signaling(&options.spec.from, &options.signal_token).await?;
     let (mut sink, mut stream) = socket.split();
     let participant = format!("relay.{}.{rank}", options.edge);
     let (own, own_key) = own_end(options.media);

@@ -72,6 +72,26 @@ pub struct RecordingStatus {
     pub problem: Option<String>,
 }
 
+impl RecordingStatus {
+    /// A recording of `room` in `phase` that holds nothing yet.
+    pub fn empty(room: &str, phase: &str) -> Self {
+        Self {
+            room: room.to_owned(),
+            phase: phase.to_owned(),
+            path: String::new(),
+            started_at_ms: 0,
+            ended_at_ms: None,
+            takes: 0,
+            duration_ms: 0,
+            bytes: 0,
+            files: Vec::new(),
+            composed: None,
+            compose_error: None,
+            problem: None,
+        }
+    }
+}
+
 /// One file of a recording.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

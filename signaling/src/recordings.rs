@@ -92,20 +92,7 @@ fn ours(record: &RecordingRecord, room: &str) -> bool {
 
 /// The status shown before any shard reported on it.
 fn pending(room: &str) -> RecordingStatus {
-    RecordingStatus {
-        room: room.to_owned(),
-        phase: "Pending".into(),
-        path: String::new(),
-        started_at_ms: 0,
-        ended_at_ms: None,
-        takes: 0,
-        duration_ms: 0,
-        bytes: 0,
-        files: Vec::new(),
-        composed: None,
-        compose_error: None,
-        problem: None,
-    }
+    RecordingStatus::empty(room, "Pending")
 }
 
 impl<S: LiveView + LiveWriter + Send + Sync> StoreRecordings<S> {

@@ -24,7 +24,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use manifest::{Manifest, Take, TrackEntry, WallClock};
-use rand::RngExt;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
@@ -38,7 +37,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 use track::{RecordedCodec, TrackRecorder};
 use tutti_shard_api::protocol::{
@@ -278,18 +276,7 @@ impl Session {
             .await
             .map_err(|e| format!("no media socket: {e}"))?;
         let media = socket.local_addr().map_err(|e| e.to_string())?;
-        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-        let bearer = format!("Bearer {}", options.signal_token)
-            .parse()
-            .map_err(|_| "the signaling token is not a header value".to_owned())?;
-        request.headers_mut().insert("authorization", bearer);
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::connect_async(request),
-        )
-        .await
-        .map_err(|_| "the shard did not answer".to_owned())?
-        .map_err(|e| e.to_string())?;
+        let ws = crate::relay::connect_signaling(url, &options.signal_token).await?;
         let (mut sink, mut stream) = ws.split();
         let (own, mut pipe) = own_end(media)?;
         let participant: String = format!("recorder.{}", options.recording)
@@ -662,25 +649,15 @@ fn update(
     entry.bytes = stats.bytes;
 }
 
-/// This end of a new pipe: a fresh key, and the SRTCP sender it protects with.
+/// This end of a new pipe (as an edge's: `crate::relay::own_end`), and the SRTCP sender
+/// it protects with.
 fn own_end(media: SocketAddr) -> Result<(PipeEnd, Pipe), String> {
-    let mut rng = rand::rng();
-    let mut key = [0u8; 28];
-    rng.fill(&mut key[..]);
-    let ssrc = loop {
-        let ssrc: u32 = rng.random();
-        if ssrc != 0 {
-            break ssrc;
-        }
-    };
-    let rtcp = SrtcpSender::new(Profile::AeadAes128Gcm, &key[..16], &key[16..])
-        .map_err(|e| e.to_string())?;
+    let (end, key) = crate::relay::own_end(media);
+    let (key, salt) = decode_key(&key)?;
+    let rtcp = SrtcpSender::new(Profile::AeadAes128Gcm, &key, &salt).map_err(|e| e.to_string())?;
+    let ssrc = end.ssrc;
     Ok((
-        PipeEnd {
-            media: media.to_string(),
-            key: BASE64.encode(key),
-            ssrc,
-        },
+        end,
         Pipe {
             receiver: None,
             rtcp,
@@ -690,7 +667,7 @@ fn own_end(media: SocketAddr) -> Result<(PipeEnd, Pipe), String> {
     ))
 }
 
-/// The master key and salt of the shard's end.
+/// The master key and salt of a pipe end's base64.
 fn decode_key(text: &str) -> Result<([u8; 16], [u8; 12]), String> {
     let bytes = BASE64
         .decode(text)
