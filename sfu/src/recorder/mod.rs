@@ -76,6 +76,12 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(20);
 /// Key frame requests per track at most this often.
 const KEYFRAME_EVERY: Duration = Duration::from_millis(500);
+/// Streams whose packets are held before their announcement, at most.
+const MAX_EARLY_STREAMS: usize = 16;
+/// Packets held per such stream, at most (the newest are kept).
+const MAX_EARLY_PACKETS: usize = 512;
+/// How long such packets are kept for an announcement.
+const EARLY_KEEP: Duration = Duration::from_secs(2);
 /// The largest datagram read.
 const MAX_DATAGRAM: usize = 1_500;
 
@@ -243,6 +249,8 @@ struct Session {
     /// Track id → whether it is video (asked for its top layer once).
     video: HashMap<String, bool>,
     tracks: HashMap<u32, Recorded>,
+    /// Packets of streams not announced yet, by SSRC ([`Self::hold_early`]).
+    early: HashMap<u32, std::collections::VecDeque<(rtc::rtp::Packet, Instant)>>,
     /// Tracks this take started.
     started: usize,
     /// The shard accepted the join.
@@ -257,6 +265,7 @@ impl Session {
             names: HashMap::new(),
             video: HashMap::new(),
             tracks: HashMap::new(),
+            early: HashMap::new(),
             started: 0,
             joined: false,
             clock: WallClock::now(),
@@ -502,15 +511,20 @@ impl Session {
             bytes: recorder.stats().bytes,
             complete: false,
         });
-        self.tracks.insert(
-            ssrc,
-            Recorded {
-                file: recorder,
-                entry: recording.manifest.tracks.len() - 1,
-                loss: LossTracker::new(LossConfig::default()),
-                last_keyframe_request: None,
-            },
-        );
+        let mut recorded = Recorded {
+            file: recorder,
+            entry: recording.manifest.tracks.len() - 1,
+            loss: LossTracker::new(LossConfig::default()),
+            last_keyframe_request: None,
+        };
+        // What arrived before the announcement, the first key frame perhaps.
+        for (packet, at) in self.early.remove(&ssrc).unwrap_or_default() {
+            recorded.loss.on_packet(packet.header.sequence_number, at);
+            if let Err(err) = recorded.file.push(packet, at) {
+                tracing::warn!(ssrc, %err, "a track file could not be written");
+            }
+        }
+        self.tracks.insert(ssrc, recorded);
     }
 
     /// A datagram on the media socket: a track's packet is written. Returns the SSRC of a
@@ -521,9 +535,12 @@ impl Session {
             return None;
         }
         let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
-        let recorded = self.tracks.get_mut(&ssrc)?;
         let len = pipe.receiver.as_mut()?.unprotect_rtp(datagram).ok()?;
         let packet = rtc::rtp::Packet::unmarshal(&mut &datagram[..len]).ok()?;
+        let Some(recorded) = self.tracks.get_mut(&ssrc) else {
+            self.hold_early(ssrc, packet, now);
+            return None;
+        };
         recorded.loss.on_packet(packet.header.sequence_number, now);
         match recorded.file.push(packet, now) {
             Ok(written) => written.keyframe_wanted.then_some(ssrc),
@@ -534,7 +551,25 @@ impl Session {
         }
     }
 
+    /// Keeps a packet of a stream not announced yet: its `pipe_track` comes over the
+    /// WebSocket, which may be behind the media, and a video's first key frame is among
+    /// the first packets. Bounded in streams, packets and age.
+    fn hold_early(&mut self, ssrc: u32, packet: rtc::rtp::Packet, now: Instant) {
+        if !self.early.contains_key(&ssrc) && self.early.len() >= MAX_EARLY_STREAMS {
+            return;
+        }
+        let held = self.early.entry(ssrc).or_default();
+        if held.len() >= MAX_EARLY_PACKETS {
+            held.pop_front();
+        }
+        held.push_back((packet, now));
+    }
+
     async fn on_tick(&mut self, pipe: &mut Pipe, socket: &UdpSocket, now: Instant) {
+        self.early.retain(|_, held| {
+            held.back()
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) < EARLY_KEEP)
+        });
         let mut nacks: Vec<Box<dyn rtc::rtcp::packet::Packet>> = Vec::new();
         let mut keyframes = Vec::new();
         let mut lost = Vec::new();
@@ -725,6 +760,33 @@ mod tests {
         assert_eq!(file_part("../etc/passwd"), "___etc_passwd");
         assert_eq!(file_part("{a b}"), "_a_b_");
         assert_eq!(file_part(&"x".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn packets_before_their_announcement_are_held_within_bounds() {
+        let mut session = Session::new(0);
+        let now = Instant::now();
+        let packet = |seq: u16| rtc::rtp::Packet {
+            header: rtc::rtp::Header {
+                sequence_number: seq,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::new(),
+        };
+        for ssrc in 0..(MAX_EARLY_STREAMS as u32 + 5) {
+            session.hold_early(ssrc, packet(0), now);
+        }
+        assert_eq!(session.early.len(), MAX_EARLY_STREAMS);
+        for seq in 0..(MAX_EARLY_PACKETS as u16 + 10) {
+            session.hold_early(0, packet(seq), now);
+        }
+        let held = &session.early[&0];
+        assert_eq!(held.len(), MAX_EARLY_PACKETS);
+        assert_eq!(
+            held.back().map(|(p, _)| p.header.sequence_number),
+            Some(MAX_EARLY_PACKETS as u16 + 9),
+            "the newest are kept"
+        );
     }
 
     #[test]
