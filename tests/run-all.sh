@@ -30,7 +30,7 @@ if ((${#missing[@]})); then
 fi
 
 # 2. Python peers (aiortc, an independent WebRTC stack) in a local venv.
-if ! .venv/bin/python3 -c 'import aiortc, websockets' 2>/dev/null; then
+if ! .venv/bin/python3 -c 'import aiortc, websockets, moto.server' 2>/dev/null; then
   say "installing aiortc into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/aiortc/requirements.txt

@@ -82,8 +82,10 @@ pub fn decide(
                 let last = state.and_then(|s| s.segments.last());
                 match last {
                     Some(segment)
-                        if matches!(segment.status.phase.as_str(), "Stopping" | "Composing")
-                            && alive(&segment.shard) =>
+                        if matches!(
+                            segment.status.phase.as_str(),
+                            "Stopping" | "Composing" | "Uploading"
+                        ) && alive(&segment.shard) =>
                     {
                         vec![Step::Follow {
                             shard: segment.shard.clone(),

@@ -56,6 +56,8 @@ pub enum RecordingPhase {
     Stopping,
     /// Stopped; its tracks are being composed into one file.
     Composing,
+    /// Stopped; its files are being stored whole in object storage.
+    Uploading,
     /// Stopped; its files are complete.
     Stopped,
     /// Invalid, or refused.
@@ -108,6 +110,10 @@ pub struct RecordingStatus {
     /// The composed file's path, once composed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub composed: Option<String>,
+    /// Where each segment is in object storage (`s3://bucket/prefix/<room>/<UTC start>/`),
+    /// when the shards write there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stored: Vec<String>,
     /// Why it is Failed, or what keeps it from running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

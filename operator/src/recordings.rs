@@ -78,6 +78,7 @@ pub fn recording_status(
     let phase = match last.map(|s| s.phase.as_str()) {
         Some("Stopping") => RecordingPhase::Stopping,
         Some("Composing") => RecordingPhase::Composing,
+        Some("Uploading") => RecordingPhase::Uploading,
         Some("Stopped") => RecordingPhase::Stopped,
         // A shard that went away cannot say it stopped.
         Some(_) if record.stopped && state.is_some_and(|s| s.shard.is_none()) => {
@@ -110,9 +111,14 @@ pub fn recording_status(
         bytes: segments.iter().map(|s| s.status.bytes).sum(),
         files,
         composed: last.and_then(|s| s.composed.as_ref().map(|file| format!("{}/{file}", s.path))),
+        stored: segments
+            .iter()
+            .filter_map(|s| s.status.stored.as_ref().map(|s| s.location.clone()))
+            .collect(),
         message: state
             .and_then(|s| s.problem.clone())
-            .or_else(|| last.and_then(|s| s.compose_error.clone())),
+            .or_else(|| last.and_then(|s| s.compose_error.clone()))
+            .or_else(|| last.and_then(|s| s.stored.as_ref().and_then(|s| s.error.clone()))),
         conditions: Vec::new(),
         observed_generation: generation,
     }
@@ -310,6 +316,7 @@ mod tests {
                 composed: None,
                 compose_error: None,
                 problem: None,
+                stored: None,
             },
         }
     }

@@ -541,6 +541,7 @@ async fn a_recording_becomes_a_record_the_loop_state_its_status_with_events_and_
         composed: None,
         compose_error: None,
         problem: None,
+        stored: None,
     };
     store
         .put_recording_state(tutti_store::RecordingStateRecord {

@@ -92,6 +92,7 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
             .unwrap_or_else(|| format!("shard-{}", args.udp.port())),
         registration: registration.clone(),
         record_dir: args.record_dir.clone(),
+        record_store: args.record_store.config()?,
     })
     .await?;
     if admin_generated || signal_generated {

@@ -23,6 +23,9 @@ pub struct ShardArgs {
     /// its own; see README, Recording). Without it the shard records nothing.
     #[arg(long, env = "TUTTI_SFU_RECORD_DIR")]
     pub record_dir: Option<std::path::PathBuf>,
+    /// Object storage recordings are also written to.
+    #[command(flatten)]
+    pub record_store: crate::recorder::store::ObjectStoreArgs,
     /// Address of the media UDP socket every peer shares. Port 0 picks a free port.
     #[arg(long, env = "TUTTI_SFU_UDP", default_value = "0.0.0.0:7882")]
     pub udp: SocketAddr,

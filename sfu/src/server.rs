@@ -69,6 +69,9 @@ pub struct ShardOptions {
     pub registration: Option<crate::heartbeat::Registration>,
     /// Where recordings the control plane asks for are written; `None` records nothing.
     pub record_dir: Option<std::path::PathBuf>,
+    /// Object storage recordings are also written to, as they go (`record_dir` is then
+    /// their staging area).
+    pub record_store: Option<crate::recorder::store::ObjectStoreConfig>,
 }
 
 /// A running shard.
@@ -221,6 +224,19 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
     let shutdown = CancellationToken::new();
     // A shard records only rooms it holds (the control plane asks the room's shard), so
     // its recorders receive from it on loopback unless the media socket has an address.
+    let record_store = match (&options.record_dir, options.record_store.clone()) {
+        (_, None) => None,
+        (None, Some(_)) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "object storage for recordings needs a record dir to stage them in",
+            ));
+        }
+        (Some(_), Some(config)) => Some(Arc::new(
+            crate::recorder::store::ObjectStore::from_config(config)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        )),
+    };
     let recorders = options.record_dir.clone().map(|dir| {
         let bind = if udp_addr.ip().is_unspecified() {
             std::net::IpAddr::from([127, 0, 0, 1])
@@ -229,6 +245,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         };
         Arc::new(crate::recorder::registry::Recorders::new(
             dir,
+            record_store,
             state.signal_token.to_string(),
             bind,
             shutdown.child_token(),

@@ -45,8 +45,9 @@ impl RecordingSpec {
 pub struct RecordingStatus {
     /// The room.
     pub room: String,
-    /// `Recording` while it runs, `Composing` while its tracks are put into one file,
-    /// `Stopped` once it ended.
+    /// `Recording` while it runs, `Stopping` while its files are ended, `Composing` while
+    /// its tracks are put into one file, `Uploading` while its files are stored whole in
+    /// object storage, `Stopped` once it ended.
     pub phase: String,
     /// Where its files are, relative to the recordings directory: `<room>/<UTC start>`.
     pub path: String,
@@ -70,6 +71,25 @@ pub struct RecordingStatus {
     /// reach); shards leave it empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Where the recording is written in object storage, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredRecording>,
+}
+
+/// A recording's copy in object storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRecording {
+    /// Where: `s3://bucket/prefix/<room>/<UTC start>/`.
+    pub location: String,
+    /// Bytes of the files stored so far.
+    pub bytes: u64,
+    /// Whether every file is stored whole (chunks are what a running or interrupted
+    /// recording has).
+    pub complete: bool,
+    /// The last failure to store, while it is not resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl RecordingStatus {
@@ -88,6 +108,7 @@ impl RecordingStatus {
             composed: None,
             compose_error: None,
             problem: None,
+            stored: None,
         }
     }
 }

@@ -138,6 +138,10 @@ pub struct RunArgs {
     /// (every camera tiled, every microphone mixed) by `ffmpeg`, which must be installed.
     #[arg(long, env = "TUTTI_RECORD_COMPOSE")]
     pub record_compose: bool,
+    /// Local mode: object storage recordings are also written to, as they go.
+    #[cfg(feature = "local")]
+    #[command(flatten)]
+    pub record_store: tutti_sfu::recorder::store::ObjectStoreArgs,
     /// Refuse joins to rooms the rooms file does not declare.
     #[arg(long, env = "TUTTI_NO_AUTO_CREATE")]
     pub no_auto_create: bool,

@@ -42,6 +42,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
         record_dir: None,
         record_retention_days: 0,
         record_compose: false,
+        record_store: None,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod netsim;
 pub mod participant;
 pub mod raw_peer;
 pub mod receiver_feedback;
+pub mod s3;
 pub mod shard;
 pub mod signal_client;
 /// Synthetic media (it lives with the shard's virtual-clock harness).

@@ -37,7 +37,16 @@ impl TestShard {
 
     /// Starts a shard that records into `dir` what the control plane asks it to.
     pub async fn start_recording(dir: std::path::PathBuf) -> Result<Self> {
-        Self::launch(|_| {}, None, None, Some(dir)).await
+        Self::launch(|_| {}, None, None, Some((dir, None))).await
+    }
+
+    /// Starts a shard that records under `dir` and into object storage as `store` says
+    /// (credentials from the `AWS_*` variables).
+    pub async fn start_recording_to_store(
+        dir: std::path::PathBuf,
+        store: tutti_sfu::recorder::store::ObjectStoreConfig,
+    ) -> Result<Self> {
+        Self::launch(|_| {}, None, None, Some((dir, Some(store)))).await
     }
 
     /// Starts a shard that is ready only while `registration` says its record is in the
@@ -57,8 +66,15 @@ impl TestShard {
         configure: impl FnOnce(&mut CoreConfig),
         registration: Option<Registration>,
         wildcard_advertising: Option<std::net::IpAddr>,
-        record_dir: Option<std::path::PathBuf>,
+        record: Option<(
+            std::path::PathBuf,
+            Option<tutti_sfu::recorder::store::ObjectStoreConfig>,
+        )>,
     ) -> Result<Self> {
+        let (record_dir, record_store) = match record {
+            Some((dir, store)) => (Some(dir), store),
+            None => (None, None),
+        };
         let udp: SocketAddr = match wildcard_advertising {
             Some(_) => "0.0.0.0:0".parse()?,
             None => "127.0.0.1:0".parse()?,
@@ -77,6 +93,7 @@ impl TestShard {
             name: "test-shard".into(),
             registration,
             record_dir,
+            record_store,
         })
         .await?;
         let admin = AdminClient::new(shard.http_addr, ADMIN_TOKEN);

@@ -146,25 +146,34 @@ pub fn utc_stamp(unix_seconds: u64) -> String {
     )
 }
 
+/// The manifest's name in a recording's directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// Reads the manifest of the recording in `dir`.
 pub fn read(dir: &Path) -> std::io::Result<Manifest> {
-    let text = std::fs::read(dir.join("manifest.json"))?;
+    let text = std::fs::read(dir.join(MANIFEST_FILE))?;
     serde_json::from_slice(&text).map_err(std::io::Error::other)
 }
 
 /// Writes the manifest beside the files, readable by the owner only.
 pub fn write(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
-    let temporary = dir.join(".manifest.json.tmp");
+    write_atomically(dir, MANIFEST_FILE, &text)
+}
+
+/// Replaces `dir/name` with `text` at once (a reader sees the old or the new whole),
+/// readable by the owner only.
+pub fn write_atomically(dir: &Path, name: &str, text: &[u8]) -> std::io::Result<()> {
+    let temporary = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::File::options()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
         .open(&temporary)?;
-    file.write_all(&text)?;
+    file.write_all(text)?;
     file.sync_data()?;
-    std::fs::rename(&temporary, dir.join("manifest.json"))
+    std::fs::rename(&temporary, dir.join(name))
 }
 
 /// A duration in milliseconds from ticks of a clock.

@@ -16,7 +16,9 @@ mod av1;
 pub mod compose;
 pub mod manifest;
 pub mod registry;
+pub mod store;
 pub mod track;
+pub mod upload;
 
 use crate::media::loss::{LossConfig, LossTracker};
 use crate::srtp::{Profile, SrtcpSender, SrtpReceiver};

@@ -3,6 +3,8 @@
 //! room is at the signaling URL its spec names, composed when it stops if asked.
 
 use super::manifest::{self, Manifest};
+use super::store::ObjectStore;
+use super::upload::{self, Uploader};
 use super::{Locate, RecorderOptions};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -77,6 +79,7 @@ pub fn status(manifest: &Manifest, path: &Path, phase: &str) -> RecordingStatus 
         composed: composed.and_then(|c| c.file.clone()),
         compose_error: composed.and_then(|c| c.error.clone()),
         problem: None,
+        stored: None,
     }
 }
 
@@ -88,11 +91,14 @@ struct Running {
     compose: bool,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// Its copy in object storage, going up as it records: ends when told.
+    upload: Option<(CancellationToken, tokio::task::JoinHandle<Uploader>)>,
 }
 
 struct Ended {
     dir: PathBuf,
-    /// Where it is after its stop: [`STOPPING`], [`COMPOSING`] or [`STOPPED`].
+    /// Where it is after its stop: [`STOPPING`], [`COMPOSING`], [`UPLOADING`] or
+    /// [`STOPPED`].
     phase: Arc<AtomicU8>,
     order: u64,
 }
@@ -101,13 +107,16 @@ struct Ended {
 const STOPPING: u8 = 0;
 /// Its files are ended and being composed.
 const COMPOSING: u8 = 1;
-/// Its files, and its composed file if asked for, are complete.
+/// Its files are being stored whole in object storage.
+const UPLOADING: u8 = 3;
+/// Its files, and its composed file if asked for, are complete (and stored).
 const STOPPED: u8 = 2;
 
 fn phase_name(phase: u8) -> &'static str {
     match phase {
         STOPPING => "Stopping",
         COMPOSING => "Composing",
+        UPLOADING => "Uploading",
         _ => "Stopped",
     }
 }
@@ -117,19 +126,27 @@ pub struct Recorders {
     dir: PathBuf,
     signal_token: String,
     bind: IpAddr,
+    store: Option<Arc<ObjectStore>>,
     stop: CancellationToken,
     running: Mutex<HashMap<String, Running>>,
     ended: Mutex<(u64, HashMap<String, Ended>)>,
 }
 
 impl Recorders {
-    /// Recordings under `dir`; recorders join with `signal_token`, receive on `bind` and
-    /// stop with `stop`.
-    pub fn new(dir: PathBuf, signal_token: String, bind: IpAddr, stop: CancellationToken) -> Self {
+    /// Recordings under `dir` (and in `store`, if any); recorders join with
+    /// `signal_token`, receive on `bind` and stop with `stop`.
+    pub fn new(
+        dir: PathBuf,
+        store: Option<Arc<ObjectStore>>,
+        signal_token: String,
+        bind: IpAddr,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             dir,
             signal_token,
             bind,
+            store,
             stop,
             running: Mutex::new(HashMap::new()),
             ended: Mutex::new((0, HashMap::new())),
@@ -138,11 +155,9 @@ impl Recorders {
 
     fn status_of(&self, dir: &Path, phase: &str) -> Result<RecordingStatus, RecordingError> {
         let manifest = manifest::read(dir).map_err(|e| RecordingError::Storage(e.to_string()))?;
-        Ok(status(
-            &manifest,
-            dir.strip_prefix(&self.dir).unwrap_or(dir),
-            phase,
-        ))
+        let mut status = status(&manifest, dir.strip_prefix(&self.dir).unwrap_or(dir), phase);
+        status.stored = upload::read_progress(dir).map(|p| p.status());
+        Ok(status)
     }
 
     /// Starts recording `name` as `spec` says, or (for a recording that runs) points it
@@ -197,6 +212,12 @@ impl Recorders {
         )
         .map_err(|e| RecordingError::Storage(e.to_string()))?;
         tracing::info!(recording = %name, room = %spec.room, dir = %dir.display(), "recording");
+        let upload = self.store.as_ref().map(|store| {
+            let ended = CancellationToken::new();
+            let relative = dir.strip_prefix(&self.dir).unwrap_or(&dir).to_owned();
+            let uploader = Uploader::new(store.clone(), dir.clone(), &relative);
+            (ended.clone(), upload::spawn(uploader, ended))
+        });
         running.insert(
             name.to_owned(),
             Running {
@@ -206,6 +227,7 @@ impl Recorders {
                 compose: spec.compose,
                 stop,
                 task,
+                upload,
             },
         );
         drop(running);
@@ -245,10 +267,11 @@ impl Recorders {
                 map.remove(&oldest);
             }
         }
-        let (dir, compose, task, name_owned) = (
+        let (dir, compose, task, upload, name_owned) = (
             recording.dir.clone(),
             recording.compose,
             recording.task,
+            recording.upload,
             name.to_owned(),
         );
         let ending = phase.clone();
@@ -263,6 +286,13 @@ impl Recorders {
                     Err(err) => {
                         tracing::warn!(dir = %dir.display(), %err, "recording not composed")
                     }
+                }
+            }
+            if let Some((ended, uploading)) = upload {
+                ending.store(UPLOADING, Ordering::Release);
+                ended.cancel();
+                if let Ok(mut uploader) = uploading.await {
+                    uploader.finish().await;
                 }
             }
             ending.store(STOPPED, Ordering::Release);
@@ -303,7 +333,9 @@ impl Recorders {
             .unwrap_or_default()
     }
 
-    /// Stops every recording and waits for their files to be ended (not composed).
+    /// Stops every recording and waits for their files to be ended (not composed), and
+    /// their last bytes stored as chunks: the process is going away, and the control plane
+    /// goes on recording elsewhere.
     pub async fn stop_all(&self) {
         let running: Vec<(String, Running)> = match self.running.lock() {
             Ok(mut running) => running.drain().collect(),
@@ -318,6 +350,16 @@ impl Recorders {
                 .is_err()
             {
                 tracing::warn!(recording = %name, "a recorder did not end its files in time");
+            }
+            if let Some((ended, uploading)) = recording.upload {
+                ended.cancel();
+                if let Ok(mut uploader) = uploading.await
+                    && tokio::time::timeout(STOP_WAIT, uploader.sync())
+                        .await
+                        .is_err()
+                {
+                    tracing::warn!(recording = %name, "a recording's last bytes were not stored in time");
+                }
             }
         }
     }

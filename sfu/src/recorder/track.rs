@@ -560,8 +560,9 @@ struct IvfSink {
     layer_starts: Vec<usize>,
 }
 
-/// The IVF file header's length.
-const IVF_HEADER: u64 = 32;
+/// The IVF file header's length: the part of a video file rewritten as it grows (its
+/// size and duration), everything after it only appended to.
+pub const IVF_HEADER: u64 = 32;
 
 impl IvfSink {
     fn new(codec: RecordedCodec, file: File) -> std::io::Result<Self> {

@@ -73,6 +73,8 @@ pub struct LocalOptions {
     pub record_dir: Option<std::path::PathBuf>,
     /// Recordings that ended more than this many days ago are deleted; 0 keeps them.
     pub record_retention_days: u32,
+    /// Object storage recordings are also written to.
+    pub record_store: Option<tutti_sfu::recorder::store::ObjectStoreConfig>,
     /// Recordings stopped over the HTTP API are composed into one file (ffmpeg).
     pub record_compose: bool,
 }
@@ -130,6 +132,7 @@ impl LocalSystem {
                 name: format!("local-{index}"),
                 registration: None,
                 record_dir: options.record_dir.clone(),
+                record_store: options.record_store.clone(),
             })
             .await?;
             let id = format!("local-{index}");

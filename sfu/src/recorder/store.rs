@@ -1,0 +1,471 @@
+//! S3-compatible object storage for recordings: the few requests the uploader makes
+//! (`upload.rs`), signed by `rusty-s3` (sans-IO) and sent with hyper over rustls.
+//!
+//! Requests are presigned URLs, so the same code talks to AWS S3, MinIO, Ceph RGW or any
+//! server that speaks the S3 API; credentials come from the standard `AWS_*` variables.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, ObjectIdentifier, S3Action as _};
+use rusty_s3::{Bucket, Credentials, UrlStyle};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use url::Url;
+
+/// How long a signed request stays valid.
+const SIGNED_FOR: Duration = Duration::from_secs(600);
+/// How long one request may take, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest response body read (listings, errors, multipart answers).
+const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+/// Files up to this size go up in one request; larger ones as parts of this size.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Keys one delete request names at most (S3's own limit).
+const DELETE_BATCH: usize = 1_000;
+/// Attempts of one request before its error is returned.
+const ATTEMPTS: u32 = 3;
+
+/// Where recordings go in object storage, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStoreConfig {
+    /// The S3 endpoint (`https://s3.eu-west-1.amazonaws.com`, `http://minio:9000`).
+    pub endpoint: Url,
+    /// The bucket.
+    pub bucket: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// Prepended to every key (`recordings/`); empty for none.
+    pub prefix: String,
+    /// Bucket in the path (MinIO and most self-hosted servers) or in the host name.
+    pub virtual_host: bool,
+    /// How often a recording's new bytes go up while it runs.
+    pub upload_every: Duration,
+    /// Keep the local files once they are stored whole.
+    pub keep_local: bool,
+    /// Keys given directly; `None` reads the `AWS_*` variables.
+    pub keys: Option<AccessKeys>,
+}
+
+/// An access key and its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessKeys {
+    /// The access key's id.
+    pub id: String,
+    /// Its secret.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AccessKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKeys")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Flags and variables that configure object storage for recordings (shared by the
+/// shard and the gateway's local mode).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ObjectStoreArgs {
+    /// S3-compatible endpoint recordings are also written to, as they go (e.g.
+    /// `https://s3.eu-west-1.amazonaws.com`). Credentials come from `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`. The record dir stays the staging
+    /// area.
+    #[arg(long = "record-s3-endpoint", env = "TUTTI_RECORD_S3_ENDPOINT")]
+    pub endpoint: Option<Url>,
+    /// The bucket recordings go to.
+    #[arg(long = "record-s3-bucket", env = "TUTTI_RECORD_S3_BUCKET")]
+    pub bucket: Option<String>,
+    /// The region requests are signed for.
+    #[arg(
+        long = "record-s3-region",
+        env = "TUTTI_RECORD_S3_REGION",
+        default_value = "us-east-1"
+    )]
+    pub region: String,
+    /// A prefix for every key (`recordings/`).
+    #[arg(
+        long = "record-s3-prefix",
+        env = "TUTTI_RECORD_S3_PREFIX",
+        default_value = ""
+    )]
+    pub prefix: String,
+    /// Address the bucket by host name (AWS's default) instead of by path (MinIO's).
+    #[arg(long = "record-s3-virtual-host", env = "TUTTI_RECORD_S3_VIRTUAL_HOST")]
+    pub virtual_host: bool,
+    /// Seconds between uploads of a running recording's new bytes: what a crash can lose.
+    #[arg(
+        long = "record-upload-every",
+        env = "TUTTI_RECORD_UPLOAD_EVERY",
+        default_value_t = 10
+    )]
+    pub upload_every_seconds: u64,
+    /// Keep the local copy of a recording once it is stored whole (it is deleted by
+    /// default: the record dir is then only a staging area).
+    #[arg(long = "record-keep-local", env = "TUTTI_RECORD_KEEP_LOCAL")]
+    pub keep_local: bool,
+}
+
+impl ObjectStoreArgs {
+    /// The configuration these flags give, if any; why not, when they are inconsistent.
+    pub fn config(&self) -> Result<Option<ObjectStoreConfig>, String> {
+        let (endpoint, bucket) = match (&self.endpoint, &self.bucket) {
+            (None, None) => return Ok(None),
+            (Some(endpoint), Some(bucket)) => (endpoint.clone(), bucket.clone()),
+            _ => return Err("--record-s3-endpoint and --record-s3-bucket go together".into()),
+        };
+        if !(1..=3_600).contains(&self.upload_every_seconds) {
+            return Err("--record-upload-every is 1 to 3600 seconds".into());
+        }
+        if self.prefix.len() > 256 || self.prefix.starts_with('/') {
+            return Err("--record-s3-prefix is at most 256 bytes, not starting with /".into());
+        }
+        let config = ObjectStoreConfig {
+            endpoint,
+            bucket,
+            region: self.region.clone(),
+            prefix: self.prefix.clone(),
+            virtual_host: self.virtual_host,
+            upload_every: Duration::from_secs(self.upload_every_seconds),
+            keep_local: self.keep_local,
+            keys: None,
+        };
+        config.bucket().map_err(|e| e.to_string())?;
+        Ok(Some(config))
+    }
+}
+
+impl ObjectStoreConfig {
+    fn bucket(&self) -> Result<Bucket, StoreError> {
+        let style = if self.virtual_host {
+            UrlStyle::VirtualHost
+        } else {
+            UrlStyle::Path
+        };
+        Bucket::new(
+            self.endpoint.clone(),
+            style,
+            self.bucket.clone(),
+            self.region.clone(),
+        )
+        .map_err(|e| StoreError::Config(format!("bucket: {e}")))
+    }
+}
+
+/// Why a request to object storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The configuration cannot make requests.
+    #[error("object storage: {0}")]
+    Config(String),
+    /// The request did not get an answer.
+    #[error("object storage unreachable: {0}")]
+    Transport(String),
+    /// The server refused it.
+    #[error("object storage answered {status}: {body}")]
+    Status {
+        /// Its status.
+        status: StatusCode,
+        /// The start of its body (S3's error XML).
+        body: String,
+    },
+    /// A local file could not be read.
+    #[error("reading {0}")]
+    Io(#[from] std::io::Error),
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A bucket recordings are written to.
+pub struct ObjectStore {
+    config: ObjectStoreConfig,
+    bucket: Bucket,
+    credentials: Credentials,
+    client: HttpClient,
+}
+
+impl ObjectStore {
+    /// A store from `config`, with its keys or else the environment's.
+    pub fn from_config(config: ObjectStoreConfig) -> Result<Self, StoreError> {
+        if let Some(keys) = &config.keys {
+            let credentials = Credentials::new(keys.id.clone(), keys.secret.clone());
+            return Self::new(config, credentials);
+        }
+        let credentials = Credentials::from_env().ok_or_else(|| {
+            StoreError::Config(
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set for object storage".into(),
+            )
+        })?;
+        Self::new(config, credentials)
+    }
+
+    /// A store from `config` with `credentials`.
+    pub fn new(config: ObjectStoreConfig, credentials: Credentials) -> Result<Self, StoreError> {
+        let bucket = config.bucket()?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| StoreError::Config(format!("TLS roots: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Self {
+            config,
+            bucket,
+            credentials,
+            client,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ObjectStoreConfig {
+        &self.config
+    }
+
+    /// The key of `path` (relative to the recordings) under the configured prefix.
+    pub fn key(&self, path: &str) -> String {
+        format!("{}{path}", self.config.prefix)
+    }
+
+    /// `s3://bucket/key`, how a location is shown.
+    pub fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.config.bucket)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<(hyper::HeaderMap, Bytes), StoreError> {
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            }
+            let mut request = Request::builder().method(method.clone()).uri(url.as_str());
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            // S3 wants a length on every request with a body, empty ones included (hyper
+            // sends none for an empty body).
+            if matches!(method, Method::PUT | Method::POST) {
+                request = request.header(hyper::header::CONTENT_LENGTH, body.len());
+            }
+            let request = request
+                .body(Full::new(body.clone()))
+                .map_err(|e| StoreError::Config(e.to_string()))?;
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let response = self
+                    .client
+                    .request(request)
+                    .await
+                    .map_err(|e| StoreError::Transport(e.to_string()))?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, MAX_RESPONSE)
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError::Transport(e.to_string()))?
+                    .to_bytes();
+                Ok::<_, StoreError>((parts.status, parts.headers, body))
+            })
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Transport("timed out".into())));
+            match answer {
+                Ok((status, headers, body)) if status.is_success() => return Ok((headers, body)),
+                Ok((status, _, body)) => {
+                    let error = StoreError::Status {
+                        status,
+                        body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+                    };
+                    // A refusal is not retried: only the server's own trouble is.
+                    if !status.is_server_error() {
+                        return Err(error);
+                    }
+                    last = Some(error);
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Transport("no attempt".into())))
+    }
+
+    /// Writes `body` as the object `key`.
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let url = self
+            .bucket
+            .put_object(Some(&self.credentials), key)
+            .sign(SIGNED_FOR);
+        self.send(Method::PUT, &url, &[], body).await.map(|_| ())
+    }
+
+    /// The object `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), key)
+            .sign(SIGNED_FOR);
+        self.send(Method::GET, &url, &[], Bytes::new())
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// Writes the file at `path` as the object `key`: in one request up to
+    /// [`PART_SIZE`], as a multipart upload of such parts past it (read one at a time).
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
+        let mut file = tokio::fs::File::open(path).await?;
+        let size = file.metadata().await?.len();
+        if size <= PART_SIZE as u64 {
+            let mut body = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut body).await?;
+            self.put(key, Bytes::from(body)).await?;
+            return Ok(size);
+        }
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.credentials), key)
+            .sign(SIGNED_FOR);
+        let (_, body) = self.send(Method::POST, &url, &[], Bytes::new()).await?;
+        let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&body))
+            .map_err(|e| StoreError::Transport(format!("multipart answer: {e}")))?;
+        let upload_id = created.upload_id().to_owned();
+        match self.upload_parts(key, &upload_id, &mut file).await {
+            Ok(etags) => {
+                let action = self.bucket.complete_multipart_upload(
+                    Some(&self.credentials),
+                    key,
+                    &upload_id,
+                    etags.iter().map(String::as_str),
+                );
+                let url = action.sign(SIGNED_FOR);
+                let body = action.body();
+                self.send(Method::POST, &url, &[], Bytes::from(body))
+                    .await?;
+                Ok(size)
+            }
+            Err(error) => {
+                // Parts of an upload never completed are billed until aborted.
+                let url = self
+                    .bucket
+                    .abort_multipart_upload(Some(&self.credentials), key, &upload_id)
+                    .sign(SIGNED_FOR);
+                let _ = self.send(Method::DELETE, &url, &[], Bytes::new()).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        file: &mut tokio::fs::File,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut etags = Vec::new();
+        let mut part = vec![0u8; PART_SIZE];
+        loop {
+            let mut filled = 0;
+            while filled < PART_SIZE {
+                let read = file.read(&mut part[filled..]).await?;
+                if read == 0 {
+                    break;
+                }
+                filled += read;
+            }
+            if filled == 0 {
+                return Ok(etags);
+            }
+            let number = u16::try_from(etags.len() + 1)
+                .map_err(|_| StoreError::Config("a file of more than 65535 parts".into()))?;
+            let url = self
+                .bucket
+                .upload_part(Some(&self.credentials), key, number, upload_id)
+                .sign(SIGNED_FOR);
+            let (headers, _) = self
+                .send(
+                    Method::PUT,
+                    &url,
+                    &[],
+                    Bytes::copy_from_slice(&part[..filled]),
+                )
+                .await?;
+            let etag = headers
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| StoreError::Transport("a part's answer has no ETag".into()))?;
+            etags.push(etag.to_owned());
+            if filled < PART_SIZE {
+                return Ok(etags);
+            }
+        }
+    }
+
+    /// Deletes the objects `keys` (a missing one is no error).
+    pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects: Vec<ObjectIdentifier> = batch
+                .iter()
+                .map(|key| ObjectIdentifier::new(key.clone()))
+                .collect();
+            let action = self
+                .bucket
+                .delete_objects(Some(&self.credentials), objects.iter());
+            let url = action.sign(SIGNED_FOR);
+            let (body, md5) = action.body_with_md5();
+            self.send(
+                Method::POST,
+                &url,
+                &[("content-md5", md5.as_str())],
+                Bytes::from(body),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The keys under `prefix` with their sizes, at most `limit` of them.
+    pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action: ListObjectsV2<'_> =
+                self.bucket.list_objects_v2(Some(&self.credentials));
+            action.with_prefix(prefix.to_owned());
+            if let Some(token) = &token {
+                action.with_continuation_token(token.clone());
+            }
+            let url = action.sign(SIGNED_FOR);
+            let (_, body) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
+            let listed = ListObjectsV2::parse_response(&String::from_utf8_lossy(&body))
+                .map_err(|e| StoreError::Transport(format!("listing: {e}")))?;
+            keys.extend(
+                listed
+                    .contents
+                    .into_iter()
+                    .map(|c| (c.key, c.size.unwrap_or(0))),
+            );
+            token = listed.next_continuation_token;
+            if token.is_none() || keys.len() >= limit {
+                keys.truncate(limit);
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Makes the bucket (for tests and first installs; an existing one is an error).
+    pub async fn create_bucket(&self) -> Result<(), StoreError> {
+        let url = self
+            .bucket
+            .create_bucket(&self.credentials)
+            .sign(SIGNED_FOR);
+        self.send(Method::PUT, &url, &[], Bytes::new())
+            .await
+            .map(|_| ())
+    }
+}

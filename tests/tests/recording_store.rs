@@ -1,0 +1,162 @@
+//! A recording written to S3-compatible object storage as it goes (moto's server, run by
+//! the test): while it records, each file's new bytes are in the bucket as chunks that
+//! join into the file's start byte for byte; once it stops, each file is there whole, the
+//! chunks are gone, and so are the shard's local copies (only the manifest stays).
+
+use anyhow::{Result, ensure};
+use hyper::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tutti_sfu::shard::api::PipelineSpec;
+use tutti_tests::eventually::eventually;
+use tutti_tests::init_logs;
+use tutti_tests::participant::{Participant, ParticipantConfig};
+use tutti_tests::s3::MotoServer;
+use tutti_tests::shard::{ADMIN_TOKEN, SIGNAL_TOKEN, TestShard};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn call(shard: &TestShard, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+    let (status, text) = shard
+        .admin
+        .request(method, path, Some(ADMIN_TOKEN), body.map(|b| b.to_string()))
+        .await?;
+    ensure!(status.is_success(), "{path}: {status} {text}");
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Whether `start` is the start of `file`, an IVF file's 32-byte header aside (only its
+/// magic is compared).
+fn same_start(file: &[u8], start: &[u8]) -> bool {
+    let head = if start.starts_with(b"DKIF") { 32 } else { 0 };
+    start.len() >= head
+        && file.len() >= start.len()
+        && file[..head.min(4)] == start[..head.min(4)]
+        && file[head..start.len()] == start[head..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_goes_to_object_storage_as_it_records_and_whole_when_it_stops() -> Result<()> {
+    init_logs();
+    let moto = MotoServer::start().await?;
+    let config = moto.config("tutti-recordings", "lessons/", Duration::from_secs(1))?;
+    let bucket = moto.bucket(&config).await?;
+    let dir = std::env::temp_dir().join(format!("tutti-recording-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let shard = TestShard::start_recording_to_store(dir.clone(), config).await?;
+    shard
+        .admin
+        .put_pipeline("lesson", &PipelineSpec::default())
+        .await?;
+    let cello = Participant::join(
+        &shard.signal_url(),
+        SIGNAL_TOKEN,
+        ParticipantConfig::new("lesson", "cello"),
+    )
+    .await?;
+    let spec = json!({ "room": "lesson", "from": shard.signal_url() });
+    let started = call(&shard, Method::PUT, "/v1/recordings/r1", Some(spec)).await?;
+    let path = started["path"].as_str().unwrap_or_default().to_owned();
+    ensure!(!path.is_empty(), "{started}");
+    let key = format!("lessons/{path}");
+
+    // While it records: both files in the bucket as several chunks each.
+    let seen: Mutex<BTreeMap<String, Vec<String>>> = Mutex::default();
+    eventually(
+        WAIT,
+        "two files stored as three chunks each while recording",
+        || {
+            let (bucket, shard, key, seen) = (&bucket, &shard, &key, &seen);
+            async move {
+                let status = call(shard, Method::GET, "/v1/recordings/r1", None).await?;
+                let mut chunks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (object, _) in bucket.list(&format!("{key}/chunks/"), 10_000).await? {
+                    let rest = object
+                        .trim_start_matches(&format!("{key}/chunks/"))
+                        .to_owned();
+                    if let Some((file, _)) = rest.split_once('/') {
+                        chunks.entry(file.to_owned()).or_default().push(object);
+                    }
+                }
+                let done = status["phase"] == "Recording"
+                    && status["stored"]["bytes"].as_u64().unwrap_or(0) > 0
+                    && status["stored"]["complete"] == false
+                    && chunks.len() == 2
+                    && chunks.values().all(|c| c.len() >= 3);
+                *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = chunks;
+                Ok(done)
+            }
+        },
+    )
+    .await?;
+    let chunks = seen.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    // Chunks joined in the order of their keys are the start of the file (but for a video
+    // file's header, rewritten as the file grows: its first chunk, stored again as it does).
+    let mut joined = BTreeMap::new();
+    for (file, keys) in &chunks {
+        let mut bytes = Vec::new();
+        for key in keys {
+            bytes.extend_from_slice(&bucket.get(key).await?);
+        }
+        let local = std::fs::read(dir.join(&path).join(file))?;
+        ensure!(
+            !bytes.is_empty() && same_start(&local, &bytes),
+            "{file}: {} bytes of chunks are not the start of its {} bytes",
+            bytes.len(),
+            local.len()
+        );
+        joined.insert(file.clone(), bytes);
+    }
+
+    // Stopped: each file whole in the bucket, its chunks gone, the local copies too.
+    call(&shard, Method::DELETE, "/v1/recordings/r1", None).await?;
+    eventually(WAIT, "the recording stored whole", || async {
+        let status = call(&shard, Method::GET, "/v1/recordings/r1", None).await?;
+        Ok(status["phase"] == "Stopped")
+    })
+    .await?;
+    let stopped = call(&shard, Method::GET, "/v1/recordings/r1", None).await?;
+    ensure!(
+        stopped["stored"]["complete"] == true
+            && stopped["stored"]["location"] == format!("s3://tutti-recordings/{key}/"),
+        "{stopped}"
+    );
+    let listed: BTreeMap<String, u64> = bucket
+        .list(&format!("{key}/"), 10_000)
+        .await?
+        .into_iter()
+        .collect();
+    ensure!(
+        !listed.keys().any(|k| k.contains("/chunks/")),
+        "chunks left: {listed:?}"
+    );
+    ensure!(listed.contains_key(&format!("{key}/manifest.json")));
+    let files = stopped["files"].as_array().cloned().unwrap_or_default();
+    ensure!(files.len() == 2, "{stopped}");
+    for file in &files {
+        let name = file["file"].as_str().unwrap_or_default();
+        let object = bucket.get(&format!("{key}/{name}")).await?;
+        let magic: &[u8] = if name.ends_with(".ogg") {
+            b"OggS"
+        } else {
+            b"DKIF"
+        };
+        ensure!(
+            object.len() as u64 == file["bytes"].as_u64().unwrap_or(0)
+                && object.starts_with(magic)
+                && joined
+                    .get(name)
+                    .is_some_and(|start| same_start(&object, start)),
+            "{name}: {} bytes stored, {file}",
+            object.len()
+        );
+        ensure!(!dir.join(&path).join(name).exists(), "{name} kept locally");
+    }
+    ensure!(dir.join(&path).join("manifest.json").exists());
+    cello.leave().await;
+    shard.shard.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
