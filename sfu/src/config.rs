@@ -184,6 +184,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_flags_are_a_valid_command_line() {
+        use clap::CommandFactory;
+        ShardArgs::command().debug_assert();
+        let args = ShardArgs::try_parse_from([
+            "tutti-sfu",
+            "--record-dir",
+            "/recordings",
+            "--record-s3-endpoint",
+            "https://s3.eu-west-1.amazonaws.com",
+            "--record-s3-bucket",
+            "lessons",
+            "--record-s3-region",
+            "eu-west-1",
+            "--record-s3-virtual-host",
+        ])
+        .expect("the record flags parse");
+        let store = args.record_store.config().expect("valid").expect("set");
+        assert_eq!(store.bucket, "lessons");
+        assert_eq!(store.region, "eu-west-1");
+        assert!(store.virtual_host && !store.keep_local);
+        assert_eq!(store.upload_every, Duration::from_secs(10));
+        let half = ShardArgs::try_parse_from(["tutti-sfu", "--record-s3-bucket", "lessons"])
+            .expect("parses");
+        assert!(half.record_store.config().is_err(), "a bucket needs an endpoint");
+    }
+
+    #[test]
     fn tokens_are_required_and_strong_outside_dev() {
         assert!(matches!(
             resolve_token(None, false, "--admin-token"),

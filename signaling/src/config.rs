@@ -597,6 +597,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_flags_are_a_valid_command_line() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn rooms_file_declares_rooms_and_hashes_passwords() {
         let file: RoomsFile = toml::from_str(
             r#"

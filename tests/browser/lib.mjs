@@ -405,3 +405,38 @@ export async function encodedOver(page, ms) {
   for (const [rid, frames] of Object.entries(after.frames)) grown[rid] = frames - (before.frames[rid] || 0);
   return { active: after.active, grown };
 }
+
+/**
+ * Starts moto's S3-compatible server (from the venv the test script makes; `TUTTI_PYTHON`
+ * names its Python) on a free loopback port, with the bucket `bucket`. moto does not
+ * check signatures, so objects are read back here without any.
+ */
+export async function startObjectStore(bucket) {
+  const port = await new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port: free } = server.address();
+      server.close(() => resolve(free));
+    });
+  });
+  const python = process.env.TUTTI_PYTHON || path.join(repo, '.venv', 'bin', 'python3');
+  const child = spawn(python, ['-m', 'moto.server', '-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  const endpoint = `http://127.0.0.1:${port}`;
+  await waitFor('moto to create a bucket', () => fetch(`${endpoint}/${bucket}`, { method: 'PUT' }).then((r) => r.status).catch(() => 0), (status) => status === 200, 30_000);
+  return {
+    endpoint,
+    /** Keys under `prefix`, in order, with their sizes. */
+    async list(prefix) {
+      const xml = await (await fetch(`${endpoint}/${bucket}?list-type=2&prefix=${encodeURIComponent(prefix)}`)).text();
+      return [...xml.matchAll(/<Key>([^<]*)<\/Key>.*?<Size>(\d+)<\/Size>/gs)].map((m) => ({ key: m[1], size: Number(m[2]) }));
+    },
+    /** The object `key`'s bytes. */
+    async get(key) {
+      // moto refuses anonymous reads but checks no signature: any signed-looking header.
+      const authorization = 'AWS4-HMAC-SHA256 Credential=tutti-test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0';
+      const response = await fetch(`${endpoint}/${bucket}/${key}`, { headers: { authorization } });
+      if (!response.ok) throw new Error(`${key}: ${response.status}`);
+      return Buffer.from(await response.arrayBuffer());
+    },
+    stop: () => child.kill('SIGKILL'),
+  };
+}

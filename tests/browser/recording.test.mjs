@@ -4,9 +4,11 @@
 // (Debian's ffmpeg, not Tutti's code) must find both participants' audio and video, each
 // as long as that participant sent it, and ffmpeg must decode every file without an error.
 // Both pages show that the room is being recorded; a page in another room does not.
-// A second gateway is killed (SIGKILL) while it records: its files still hold all but
-// the last seconds. A third records over the HTTP API, with a join token that has the
-// `record` grant, and composes the lesson into one MP4 when the recording stops.
+// A second gateway is killed (SIGKILL) while it records, also into S3-compatible object
+// storage (moto's server): its files, and the chunks already in the bucket, still hold
+// all but the last seconds. A third records over the HTTP API, with a join token that has
+// the `record` grant, composes the lesson into one MP4 when the recording stops, and
+// stores it all in the bucket, keeping only the manifest on its own disk.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,9 +19,18 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   startGateway, launch, openPage, openPageWithCodec, waitFor, waitForPlayingVideo, waitForAudio, binary,
+  startObjectStore,
 } from './lib.mjs';
 
 const run = promisify(execFile);
+
+/** Object storage flags of a gateway writing to `store`'s bucket `tutti`, and its keys. */
+function storeArgs(store, ...extra) {
+  return {
+    args: ['--record-s3-endpoint', store.endpoint, '--record-s3-bucket', 'tutti', '--record-s3-prefix', 'recordings/', ...extra],
+    env: { AWS_ACCESS_KEY_ID: 'tutti-test', AWS_SECRET_ACCESS_KEY: 'tutti-test-secret' },
+  };
+}
 
 /** How long the lesson runs once both see and hear each other. */
 const LESSON_MS = 10_000;
@@ -162,12 +173,17 @@ test('a two-person lesson is recorded: every track in its own file, as long as i
   }
 });
 
-test('a recording killed with its gateway keeps all but its last seconds', async () => {
+test('a recording killed with its gateway keeps all but its last seconds, on disk and in object storage', async () => {
   const crashDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-recording-crash-'));
+  const store = await startObjectStore('tutti');
   try {
     const rooms = path.join(crashDir, 'rooms.toml');
     fs.writeFileSync(rooms, '[[rooms]]\nname = "lesson"\nrecord = true\n');
-    const doomed = await startGateway(['--shards', '1', '--rooms', rooms, '--record-dir', path.join(crashDir, 'recordings')]);
+    const stored = storeArgs(store, '--record-upload-every', '2', '--record-keep-local');
+    const doomed = await startGateway(
+      ['--shards', '1', '--rooms', rooms, '--record-dir', path.join(crashDir, 'recordings'), ...stored.args],
+      stored.env,
+    );
     let killedAt;
     let sent;
     try {
@@ -198,21 +214,39 @@ test('a recording killed with its gateway keeps all but its last seconds', async
       const errors = await decodeErrors(file);
       console.log(`killed: ${kind} ${seconds.toFixed(2)} s kept of ${before.toFixed(2)} s sent before the kill; ffmpeg: ${errors || 'no errors'}`);
       assert.ok(seconds >= before - 2 && seconds <= before + 0.5, `${kind}: ${seconds} s kept of ${before} s`);
+
+      // The bucket's chunks of that file, joined in key order, are a file of their own:
+      // at most one upload interval (2 s) shorter than the one on disk.
+      const prefix = `recordings/lesson/${stamp}/chunks/${track.file}/`;
+      const chunks = (await store.list(prefix)).map((c) => c.key).sort();
+      assert.ok(chunks.length >= 2, `chunks of ${track.file} in the bucket: ${chunks}`);
+      const joined = path.join(crashDir, `joined-${track.file}`);
+      fs.writeFileSync(joined, Buffer.concat(await Promise.all(chunks.map((key) => store.get(key)))));
+      const probedJoined = await ffprobe(joined);
+      const joinedStream = probedJoined.streams.find((s) => s.codec_type === kind);
+      const joinedSeconds = Number(joinedStream?.duration ?? probedJoined.format?.duration);
+      const joinedErrors = await decodeErrors(joined);
+      console.log(`killed, object storage: ${kind} ${joinedSeconds.toFixed(2)} s in ${chunks.length} chunks of ${before.toFixed(2)} s sent; ffmpeg: ${joinedErrors || 'no errors'}`);
+      assert.ok(joinedSeconds >= before - 4.5 && joinedSeconds <= seconds + 0.1, `${kind}: ${joinedSeconds} s stored of ${before} s`);
+      assert.equal(joinedErrors, '', `ffmpeg decodes the joined chunks of ${track.file}`);
     }
   } finally {
+    store.stop();
     if (!process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(crashDir, { recursive: true, force: true });
   }
 });
 
-test('a recording started and stopped over the API is composed into one file of the whole lesson', async () => {
+test('a recording started and stopped over the API is composed into one file of the whole lesson, stored in object storage', async () => {
   const composeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-recording-compose-'));
+  const store = await startObjectStore('tutti');
+  const stored = storeArgs(store);
   const secret = 'recording-test-jwt-secret-0123456789abcdef';
   const rooms = path.join(composeDir, 'rooms.toml');
   fs.writeFileSync(rooms, '[[rooms]]\nname = "recital"\n');
   const composer = await startGateway([
     '--shards', '1', '--rooms', rooms, '--record-dir', path.join(composeDir, 'recordings'),
-    '--record-compose', '--jwt-secret', secret,
-  ]);
+    '--record-compose', '--jwt-secret', secret, ...stored.args,
+  ], stored.env);
   try {
     const api = `${composer.url}/v1/rooms/recital/recording`;
     const { stdout } = await run(binary('tutti-gateway'), [
@@ -242,13 +276,24 @@ test('a recording started and stopped over the API is composed into one file of 
     assert.equal(status.composeError, null, `composed without an error: ${status.composeError}`);
     assert.equal(status.composed, 'composed.mp4');
     assert.equal(status.files.length, 4, JSON.stringify(status.files));
+    assert.equal(status.stored?.complete, true, `stored whole: ${JSON.stringify(status.stored)}`);
+    assert.equal(status.stored.location, `s3://tutti/recordings/${status.path}/`);
     const recording = path.join(composeDir, 'recordings', status.path);
-    const manifest = JSON.parse(fs.readFileSync(path.join(recording, 'manifest.json'), 'utf8'));
+    const manifestFile = path.join(recording, 'manifest.json');
+    assert.equal(fs.statSync(manifestFile).mode & 0o777, 0o600, 'the manifest is private');
+    const manifest = JSON.parse(fs.readFileSync(manifestFile, 'utf8'));
     const starts = manifest.tracks.map((t) => t.startsAtMs);
     const ends = manifest.tracks.map((t) => t.startsAtMs + t.durationMs);
     const span = (Math.max(...ends) - Math.min(...starts)) / 1000;
-    const file = path.join(recording, status.composed);
-    assert.equal(fs.statSync(file).mode & 0o777, 0o600, 'the composed file is private');
+    // Stored whole, the local copies are gone; every file is in the bucket, no chunk is.
+    const keys = (await store.list(`recordings/${status.path}/`)).map((o) => o.key);
+    assert.ok(!keys.some((k) => k.includes('/chunks/')), `no chunks left: ${keys}`);
+    for (const name of [...status.files.map((f) => f.file), status.composed, 'manifest.json']) {
+      assert.ok(keys.includes(`recordings/${status.path}/${name}`), `${name} in the bucket: ${keys}`);
+    }
+    assert.ok(!fs.existsSync(path.join(recording, status.composed)), 'the local composed file is deleted once stored');
+    const file = path.join(composeDir, status.composed);
+    fs.writeFileSync(file, await store.get(`recordings/${status.path}/${status.composed}`));
     const probed = await ffprobe(file);
     const video = probed.streams.find((s) => s.codec_type === 'video');
     const audio = probed.streams.find((s) => s.codec_type === 'audio');
@@ -262,6 +307,7 @@ test('a recording started and stopped over the API is composed into one file of 
     assert.equal(await decodeErrors(file), '', 'ffmpeg decodes the composed file without errors');
   } finally {
     await composer.stop();
+    store.stop();
     if (!process.env.TUTTI_KEEP_RECORDINGS) fs.rmSync(composeDir, { recursive: true, force: true });
   }
 });

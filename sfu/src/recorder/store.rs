@@ -76,13 +76,22 @@ pub struct ObjectStoreArgs {
     /// `https://s3.eu-west-1.amazonaws.com`). Credentials come from `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`. The record dir stays the staging
     /// area.
-    #[arg(long = "record-s3-endpoint", env = "TUTTI_RECORD_S3_ENDPOINT")]
+    #[arg(
+        id = "record-s3-endpoint",
+        long = "record-s3-endpoint",
+        env = "TUTTI_RECORD_S3_ENDPOINT"
+    )]
     pub endpoint: Option<Url>,
     /// The bucket recordings go to.
-    #[arg(long = "record-s3-bucket", env = "TUTTI_RECORD_S3_BUCKET")]
+    #[arg(
+        id = "record-s3-bucket",
+        long = "record-s3-bucket",
+        env = "TUTTI_RECORD_S3_BUCKET"
+    )]
     pub bucket: Option<String>,
     /// The region requests are signed for.
     #[arg(
+        id = "record-s3-region",
         long = "record-s3-region",
         env = "TUTTI_RECORD_S3_REGION",
         default_value = "us-east-1"
@@ -90,16 +99,22 @@ pub struct ObjectStoreArgs {
     pub region: String,
     /// A prefix for every key (`recordings/`).
     #[arg(
+        id = "record-s3-prefix",
         long = "record-s3-prefix",
         env = "TUTTI_RECORD_S3_PREFIX",
         default_value = ""
     )]
     pub prefix: String,
     /// Address the bucket by host name (AWS's default) instead of by path (MinIO's).
-    #[arg(long = "record-s3-virtual-host", env = "TUTTI_RECORD_S3_VIRTUAL_HOST")]
+    #[arg(
+        id = "record-s3-virtual-host",
+        long = "record-s3-virtual-host",
+        env = "TUTTI_RECORD_S3_VIRTUAL_HOST"
+    )]
     pub virtual_host: bool,
     /// Seconds between uploads of a running recording's new bytes: what a crash can lose.
     #[arg(
+        id = "record-upload-every",
         long = "record-upload-every",
         env = "TUTTI_RECORD_UPLOAD_EVERY",
         default_value_t = 10
@@ -107,7 +122,11 @@ pub struct ObjectStoreArgs {
     pub upload_every_seconds: u64,
     /// Keep the local copy of a recording once it is stored whole (it is deleted by
     /// default: the record dir is then only a staging area).
-    #[arg(long = "record-keep-local", env = "TUTTI_RECORD_KEEP_LOCAL")]
+    #[arg(
+        id = "record-keep-local",
+        long = "record-keep-local",
+        env = "TUTTI_RECORD_KEEP_LOCAL"
+    )]
     pub keep_local: bool,
 }
 
