@@ -23,7 +23,8 @@ pub use recording::{
 };
 pub use room::{AudioSpec, MediaSpec, PlacementMode, Room, RoomPhase, RoomSpec, RoomStatus};
 pub use shardpool::{
-    Networking, NetworkingMode, NodeAddress, RecordingsVolume, ShardCapacity, ShardPool,
+    Networking, NetworkingMode, NodeAddress, RecordingsObjectStore, RecordingsVolume, ShardCapacity,
+    ShardPool,
     ShardPoolSpec, ShardPoolStatus, ShardTemplate,
 };
 

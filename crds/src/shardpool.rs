@@ -134,14 +134,64 @@ pub struct ShardTemplate {
     pub recordings: Option<RecordingsVolume>,
 }
 
-/// The volume every shard of a pool writes recordings to, mounted at `/recordings`.
+/// Where every shard of a pool writes recordings: a volume mounted at `/recordings`,
+/// object storage, or both (the volume then keeps a copy).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.claimName) || has(self.objectStore)").message("recordings need a claimName, an objectStore or both"))]
 pub struct RecordingsVolume {
     /// The PersistentVolumeClaim the shards mount (ReadWriteMany when they may run on more
-    /// than one node, such as EFS on EKS).
+    /// than one node, such as EFS on EKS). Unset: recordings are staged in a volume of
+    /// the pod's own and kept only in object storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub claim_name: String,
+    pub claim_name: Option<String>,
+    /// S3-compatible object storage recordings are written to as they go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<RecordingsObjectStore>,
+}
+
+/// An S3-compatible bucket for recordings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingsObjectStore {
+    /// The endpoint, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://minio:9000`.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("endpoint is an http(s) URL"))]
+    pub endpoint: String,
+    /// The bucket.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// The region requests are signed for.
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// Prepended to every key (`recordings/`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 256))]
+    pub prefix: String,
+    /// Address the bucket by host name (AWS) instead of by path (MinIO).
+    #[serde(default)]
+    pub virtual_host: bool,
+    /// Seconds between uploads of a running recording's new bytes: what losing a shard
+    /// can lose (1-3600, default 10).
+    #[serde(default = "default_upload_every")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub upload_every_seconds: u32,
+    /// A Secret in the pool's namespace with `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`. Unset: the pod's own credentials (EKS Pod Identity, set
+    /// up for the shards' service account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_upload_every() -> u32 {
+    10
 }
 
 /// How clients' media reaches a shard's one UDP port.

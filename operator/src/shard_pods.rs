@@ -249,6 +249,29 @@ fn shard_labels(pool: &ShardPool) -> String {
 const ETCD_CA_DIR: &str = "/etc/tutti/etcd-ca";
 const ETCD_CA_FILE: &str = "/etc/tutti/etcd-ca/ca.crt";
 
+/// The variables that make a shard write recordings to `store` (and keep them on its
+/// volume too when that is a claim of their own).
+fn object_store_env(store: &tutti_crds::RecordingsObjectStore, keep_local: bool) -> Vec<Value> {
+    let mut env = vec![
+        json!({"name": "TUTTI_RECORD_S3_ENDPOINT", "value": store.endpoint}),
+        json!({"name": "TUTTI_RECORD_S3_BUCKET", "value": store.bucket}),
+        json!({"name": "TUTTI_RECORD_S3_REGION", "value": store.region}),
+        json!({"name": "TUTTI_RECORD_S3_PREFIX", "value": store.prefix}),
+        json!({"name": "TUTTI_RECORD_UPLOAD_EVERY", "value": store.upload_every_seconds.to_string()}),
+    ];
+    if store.virtual_host {
+        env.push(json!({"name": "TUTTI_RECORD_S3_VIRTUAL_HOST", "value": "true"}));
+    }
+    if keep_local {
+        env.push(json!({"name": "TUTTI_RECORD_KEEP_LOCAL", "value": "true"}));
+    }
+    if let Some(secret) = &store.credentials_secret {
+        env.push(secret_env("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID"));
+        env.push(secret_env("AWS_SECRET_ACCESS_KEY", secret, "AWS_SECRET_ACCESS_KEY"));
+    }
+    env
+}
+
 fn secret_env(name: &str, secret: &str, key: &str) -> Value {
     json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
 }
@@ -321,8 +344,11 @@ pub fn shard_pod(
     if runtime.etcd_ca_secret.is_some() {
         env.push(json!({"name": "TUTTI_ETCD_CA", "value": ETCD_CA_FILE}));
     }
-    if template.recordings.is_some() {
+    if let Some(recordings) = &template.recordings {
         env.push(json!({"name": "TUTTI_SFU_RECORD_DIR", "value": RECORDINGS_DIR}));
+        if let Some(store) = &recordings.object_store {
+            env.extend(object_store_env(store, recordings.claim_name.is_some()));
+        }
     }
     let host_port = |port: u16| match mode {
         NetworkingMode::HostPort => json!(port),
@@ -417,9 +443,13 @@ pub fn shard_pod(
         }}));
     }
     if let Some(recordings) = &template.recordings {
-        volumes.push(json!({"name": "recordings", "persistentVolumeClaim": {
-            "claimName": recordings.claim_name
-        }}));
+        volumes.push(match &recordings.claim_name {
+            Some(claim) => json!({"name": "recordings", "persistentVolumeClaim": {
+                "claimName": claim
+            }}),
+            // Only a staging area: what is stored whole is deleted from it.
+            None => json!({"name": "recordings", "emptyDir": {}}),
+        });
         // The image's non-root user writes there: the volume is made its group's.
         pod_spec["securityContext"]["fsGroup"] = json!(SHARD_GROUP);
         pod_spec["securityContext"]["fsGroupChangePolicy"] = json!("OnRootMismatch");
@@ -600,7 +630,8 @@ mod tests {
     fn a_pool_with_a_recordings_volume_gives_every_shard_it_and_the_flag() {
         let mut recorded = pool("HostPort", 40000);
         recorded.spec.template.recordings = Some(tutti_crds::RecordingsVolume {
-            claim_name: "tutti-recordings".into(),
+            claim_name: Some("tutti-recordings".into()),
+            object_store: None,
         });
         let pod = build(&recorded, 0);
         assert_eq!(env(&pod, "TUTTI_SFU_RECORD_DIR")["value"], RECORDINGS_DIR);
@@ -626,6 +657,43 @@ mod tests {
         // Without one, no shard records.
         let plain = build(&pool("HostPort", 40000), 0);
         assert_eq!(env(&plain, "TUTTI_SFU_RECORD_DIR"), Value::Null);
+        assert_eq!(env(&pod, "TUTTI_RECORD_S3_BUCKET"), Value::Null);
+    }
+
+    #[test]
+    fn a_pool_recording_to_object_storage_stages_in_a_volume_of_its_own() {
+        let mut stored = pool("HostPort", 40000);
+        stored.spec.template.recordings = Some(tutti_crds::RecordingsVolume {
+            claim_name: None,
+            object_store: Some(tutti_crds::RecordingsObjectStore {
+                endpoint: "https://s3.eu-west-1.amazonaws.com".into(),
+                bucket: "lessons".into(),
+                region: "eu-west-1".into(),
+                prefix: "tutti/".into(),
+                virtual_host: true,
+                upload_every_seconds: 5,
+                credentials_secret: Some("s3-keys".into()),
+            }),
+        });
+        let pod = build(&stored, 0);
+        assert_eq!(env(&pod, "TUTTI_SFU_RECORD_DIR")["value"], RECORDINGS_DIR);
+        assert_eq!(env(&pod, "TUTTI_RECORD_S3_BUCKET")["value"], "lessons");
+        assert_eq!(env(&pod, "TUTTI_RECORD_S3_REGION")["value"], "eu-west-1");
+        assert_eq!(env(&pod, "TUTTI_RECORD_S3_PREFIX")["value"], "tutti/");
+        assert_eq!(env(&pod, "TUTTI_RECORD_S3_VIRTUAL_HOST")["value"], "true");
+        assert_eq!(env(&pod, "TUTTI_RECORD_UPLOAD_EVERY")["value"], "5");
+        // Nothing of its own to keep a copy on.
+        assert_eq!(env(&pod, "TUTTI_RECORD_KEEP_LOCAL"), Value::Null);
+        assert_eq!(
+            env(&pod, "AWS_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"],
+            json!({"name": "s3-keys", "key": "AWS_SECRET_ACCESS_KEY"})
+        );
+        let json = serde_json::to_value(&pod).expect("pod");
+        let volume = json["spec"]["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "recordings").cloned())
+            .expect("the staging volume");
+        assert_eq!(volume["emptyDir"], json!({}));
     }
 
     #[test]

@@ -556,6 +556,45 @@ fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<(
     let claim = named(&with_efs, "PersistentVolumeClaim", "tutti-recordings")?;
     ensure!(claim["spec"]["accessModes"][0] == "ReadWriteMany");
     ensure!(claim["spec"]["storageClassName"] == "efs-sc");
+    // With S3 only: no claim, every pool's shards write to the bucket.
+    let with_s3 = render(&[
+        "-f",
+        "charts/tutti/values-eks.yaml",
+        "--set",
+        "recordings.objectStore.enabled=true",
+        "--set",
+        "recordings.objectStore.bucket=lessons",
+        "--set",
+        "recordings.objectStore.region=eu-west-1",
+        "--set",
+        "recordings.objectStore.endpoint=https://s3.eu-west-1.amazonaws.com",
+    ])?;
+    ensure!(of_kind(&with_s3, "PersistentVolumeClaim").is_empty());
+    for pool in of_kind(&with_s3, "ShardPool") {
+        let recordings = &pool["spec"]["template"]["recordings"];
+        ensure!(recordings.get("claimName").is_none(), "{recordings}");
+        ensure!(
+            recordings["objectStore"]
+                == serde_json::json!({
+                    "endpoint": "https://s3.eu-west-1.amazonaws.com",
+                    "bucket": "lessons",
+                    "region": "eu-west-1",
+                    "virtualHost": true,
+                    "uploadEverySeconds": 10,
+                }),
+            "{recordings}"
+        );
+    }
+    // A bucket left unnamed is an error at install, not a shard that cannot start.
+    ensure!(
+        render(&[
+            "-f",
+            "charts/tutti/values-eks.yaml",
+            "--set",
+            "recordings.objectStore.enabled=true",
+        ])
+        .is_err()
+    );
     let operator = named(&objects, "Deployment", "tutti-operator")?;
     let container = &operator["spec"]["template"]["spec"]["containers"][0];
     let store = env(container, "TUTTI_STORE").context("store")?;
