@@ -23,9 +23,8 @@ pub use recording::{
 };
 pub use room::{AudioSpec, MediaSpec, PlacementMode, Room, RoomPhase, RoomSpec, RoomStatus};
 pub use shardpool::{
-    Networking, NetworkingMode, NodeAddress, RecordingsObjectStore, RecordingsVolume, ShardCapacity,
-    ShardPool,
-    ShardPoolSpec, ShardPoolStatus, ShardTemplate,
+    Networking, NetworkingMode, NodeAddress, RecordingsObjectStore, RecordingsVolume,
+    ShardCapacity, ShardPool, ShardPoolSpec, ShardPoolStatus, ShardTemplate,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -267,7 +267,11 @@ fn object_store_env(store: &tutti_crds::RecordingsObjectStore, keep_local: bool)
     }
     if let Some(secret) = &store.credentials_secret {
         env.push(secret_env("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID"));
-        env.push(secret_env("AWS_SECRET_ACCESS_KEY", secret, "AWS_SECRET_ACCESS_KEY"));
+        env.push(secret_env(
+            "AWS_SECRET_ACCESS_KEY",
+            secret,
+            "AWS_SECRET_ACCESS_KEY",
+        ));
     }
     env
 }

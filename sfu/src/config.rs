@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(store.upload_every, Duration::from_secs(10));
         let half = ShardArgs::try_parse_from(["tutti-sfu", "--record-s3-bucket", "lessons"])
             .expect("parses");
-        assert!(half.record_store.config().is_err(), "a bucket needs an endpoint");
+        assert!(
+            half.record_store.config().is_err(),
+            "a bucket needs an endpoint"
+        );
     }
 
     #[test]

@@ -160,3 +160,122 @@ async fn a_recording_goes_to_object_storage_as_it_records_and_whole_when_it_stop
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A container credentials endpoint (as EKS Pod Identity's agent is): answers each GET
+/// with keys that expire `expires_in` from now, and counts the requests whose
+/// `Authorization` is `token`.
+async fn credentials_endpoint(
+    token: &'static str,
+    expires_in: Duration,
+) -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/credentials", listener.local_addr()?);
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16_384 {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&request).to_lowercase();
+            let (status, body) = if text.contains(&format!("authorization: {token}")) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let expiration = jiff::Timestamp::now()
+                    .checked_add(expires_in)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"AccessKeyId":"ASIATEST","SecretAccessKey":"secret","Token":"session","Expiration":"{expiration}"}}"#
+                    ),
+                )
+            } else {
+                ("403 Forbidden", "{}".to_owned())
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    Ok((url, served))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_keys_come_from_the_pods_credentials_endpoint_and_are_renewed() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    use tutti_sfu::recorder::credentials::CredentialSource;
+    use tutti_sfu::recorder::store::ObjectStore;
+    init_logs();
+    let moto = MotoServer::start().await?;
+    let mut config = moto.config("tutti-pod-identity", "", Duration::from_secs(10))?;
+    config.keys = None;
+    let token_file = std::env::temp_dir().join(format!("tutti-pod-token-{}", std::process::id()));
+    std::fs::write(&token_file, "pod-token\n")?;
+
+    // Keys good for an hour are fetched once for several requests.
+    let (uri, served) = credentials_endpoint("pod-token", Duration::from_secs(3_600)).await?;
+    let store = ObjectStore::new(
+        config.clone(),
+        CredentialSource::Container {
+            uri: uri.clone(),
+            token_file: Some(token_file.clone()),
+            token: None,
+        },
+    )?;
+    store.create_bucket().await?;
+    store.put("a", bytes::Bytes::from_static(b"one")).await?;
+    ensure!(store.get("a").await?.as_ref() == b"one");
+    ensure!(
+        served.load(Ordering::SeqCst) == 1,
+        "fetched {served:?} times"
+    );
+
+    // Keys about to expire are fetched again before each use.
+    let (uri, served) = credentials_endpoint("pod-token", Duration::from_secs(60)).await?;
+    let expiring = ObjectStore::new(
+        config.clone(),
+        CredentialSource::Container {
+            uri: uri.clone(),
+            token_file: Some(token_file.clone()),
+            token: None,
+        },
+    )?;
+    expiring.put("b", bytes::Bytes::from_static(b"two")).await?;
+    expiring
+        .put("c", bytes::Bytes::from_static(b"three"))
+        .await?;
+    ensure!(
+        served.load(Ordering::SeqCst) == 2,
+        "fetched {served:?} times"
+    );
+
+    // A wrong token is refused by the endpoint, and nothing is written.
+    std::fs::write(&token_file, "stolen")?;
+    let refused = ObjectStore::new(
+        config,
+        CredentialSource::Container {
+            uri: uri.clone(),
+            token_file: Some(token_file.clone()),
+            token: None,
+        },
+    )?;
+    let error = refused
+        .put("d", bytes::Bytes::from_static(b"four"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(error.contains("403"), "{error}");
+    ensure!(store.list("d", 10).await?.is_empty());
+    let _ = std::fs::remove_file(&token_file);
+    Ok(())
+}

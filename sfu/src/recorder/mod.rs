@@ -14,6 +14,7 @@
 
 mod av1;
 pub mod compose;
+pub mod credentials;
 pub mod manifest;
 pub mod registry;
 pub mod store;

@@ -2,8 +2,12 @@
 //! (`upload.rs`), signed by `rusty-s3` (sans-IO) and sent with hyper over rustls.
 //!
 //! Requests are presigned URLs, so the same code talks to AWS S3, MinIO, Ceph RGW or any
-//! server that speaks the S3 API; credentials come from the standard `AWS_*` variables.
+//! server that speaks the S3 API; credentials come from where AWS's SDKs find them
+//! (`credentials.rs`), temporary ones renewed before they expire.
 
+use super::credentials::{
+    CredentialSource, MAX_ANSWER, Temporary, parse_container_answer, parse_sts_answer,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
@@ -73,9 +77,10 @@ impl std::fmt::Debug for AccessKeys {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ObjectStoreArgs {
     /// S3-compatible endpoint recordings are also written to, as they go (e.g.
-    /// `https://s3.eu-west-1.amazonaws.com`). Credentials come from `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`. The record dir stays the staging
-    /// area.
+    /// `https://s3.eu-west-1.amazonaws.com`). Credentials come from `AWS_ACCESS_KEY_ID`
+    /// and `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`), or EKS Pod Identity / ECS
+    /// (`AWS_CONTAINER_CREDENTIALS_FULL_URI`), or IRSA (`AWS_ROLE_ARN` and
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE`). The record dir stays the staging area.
     #[arg(
         id = "record-s3-endpoint",
         long = "record-s3-endpoint",
@@ -204,27 +209,38 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 pub struct ObjectStore {
     config: ObjectStoreConfig,
     bucket: Bucket,
-    credentials: Credentials,
+    source: CredentialSource,
+    /// Temporary keys from `source`, until shortly before they expire.
+    temporary: tokio::sync::Mutex<Option<Temporary>>,
     client: HttpClient,
 }
 
+/// Temporary keys are fetched again this long before they expire.
+const REFRESH_BEFORE: Duration = Duration::from_secs(300);
+
 impl ObjectStore {
-    /// A store from `config`, with its keys or else the environment's.
+    /// A store from `config`, with its keys or else those the environment names (keys,
+    /// EKS Pod Identity or ECS, IAM roles for service accounts).
     pub fn from_config(config: ObjectStoreConfig) -> Result<Self, StoreError> {
-        if let Some(keys) = &config.keys {
-            let credentials = Credentials::new(keys.id.clone(), keys.secret.clone());
-            return Self::new(config, credentials);
-        }
-        let credentials = Credentials::from_env().ok_or_else(|| {
-            StoreError::Config(
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set for object storage".into(),
-            )
-        })?;
-        Self::new(config, credentials)
+        let source = match &config.keys {
+            Some(keys) => CredentialSource::Keys {
+                id: keys.id.clone(),
+                secret: keys.secret.clone(),
+                token: None,
+            },
+            None => CredentialSource::from_env().ok_or_else(|| {
+                StoreError::Config(
+                    "no credentials for object storage: set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, or run with EKS Pod Identity or IRSA"
+                        .into(),
+                )
+            })?,
+        };
+        Self::new(config, source)
     }
 
-    /// A store from `config` with `credentials`.
-    pub fn new(config: ObjectStoreConfig, credentials: Credentials) -> Result<Self, StoreError> {
+    /// A store from `config` with credentials from `source`.
+    pub fn new(config: ObjectStoreConfig, source: CredentialSource) -> Result<Self, StoreError> {
         let bucket = config.bucket()?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
@@ -236,9 +252,81 @@ impl ObjectStore {
         Ok(Self {
             config,
             bucket,
-            credentials,
+            source,
+            temporary: tokio::sync::Mutex::new(None),
             client,
         })
+    }
+
+    /// The keys to sign with now: fixed ones, or temporary ones fetched again when they
+    /// are about to expire.
+    async fn credentials(&self) -> Result<Credentials, StoreError> {
+        if let CredentialSource::Keys { id, secret, token } = &self.source {
+            return Ok(match token {
+                Some(token) => Credentials::new_with_token(id, secret, token),
+                None => Credentials::new(id, secret),
+            });
+        }
+        let mut temporary = self.temporary.lock().await;
+        let fresh = temporary.as_ref().is_some_and(|t| {
+            t.expires.is_none_or(|expires| {
+                jiff::Timestamp::now()
+                    .checked_add(REFRESH_BEFORE)
+                    .is_ok_and(|soon| soon < expires)
+            })
+        });
+        if !fresh {
+            *temporary = Some(self.fetch_temporary().await?);
+        }
+        let keys = temporary
+            .as_ref()
+            .ok_or_else(|| StoreError::Config("no credentials".into()))?;
+        Ok(match &keys.token {
+            Some(token) => Credentials::new_with_token(&keys.id, &keys.secret, token),
+            None => Credentials::new(&keys.id, &keys.secret),
+        })
+    }
+
+    async fn fetch_temporary(&self) -> Result<Temporary, StoreError> {
+        let read_token =
+            |path: &std::path::Path| std::fs::read_to_string(path).map(|t| t.trim().to_owned());
+        match &self.source {
+            CredentialSource::Keys { .. } => Err(StoreError::Config("fixed keys".into())),
+            CredentialSource::Container {
+                uri,
+                token_file,
+                token,
+            } => {
+                let url = Url::parse(uri)
+                    .map_err(|e| StoreError::Config(format!("credentials endpoint: {e}")))?;
+                let authorization = match (token_file, token) {
+                    (Some(file), _) => Some(read_token(file)?),
+                    (None, token) => token.clone(),
+                };
+                let headers: Vec<(&str, &str)> = authorization
+                    .as_deref()
+                    .map(|value| ("authorization", value))
+                    .into_iter()
+                    .collect();
+                let (_, body) = self.send(Method::GET, &url, &headers, Bytes::new()).await?;
+                parse_container_answer(&body[..body.len().min(MAX_ANSWER)])
+                    .map_err(StoreError::Config)
+            }
+            CredentialSource::WebIdentity {
+                role_arn,
+                token_file,
+                sts,
+            } => {
+                let token = read_token(token_file)?;
+                let url = CredentialSource::web_identity_url(sts, role_arn, &token)
+                    .map_err(StoreError::Config)?;
+                let (_, body) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
+                parse_sts_answer(&String::from_utf8_lossy(
+                    &body[..body.len().min(MAX_ANSWER)],
+                ))
+                .map_err(StoreError::Config)
+            }
+        }
     }
 
     /// The configuration.
@@ -317,18 +405,20 @@ impl ObjectStore {
 
     /// Writes `body` as the object `key`.
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let credentials = self.credentials().await?;
         let url = self
             .bucket
-            .put_object(Some(&self.credentials), key)
+            .put_object(Some(&credentials), key)
             .sign(SIGNED_FOR);
         self.send(Method::PUT, &url, &[], body).await.map(|_| ())
     }
 
     /// The object `key`.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let credentials = self.credentials().await?;
         let url = self
             .bucket
-            .get_object(Some(&self.credentials), key)
+            .get_object(Some(&credentials), key)
             .sign(SIGNED_FOR);
         self.send(Method::GET, &url, &[], Bytes::new())
             .await
@@ -346,9 +436,10 @@ impl ObjectStore {
             self.put(key, Bytes::from(body)).await?;
             return Ok(size);
         }
+        let credentials = self.credentials().await?;
         let url = self
             .bucket
-            .create_multipart_upload(Some(&self.credentials), key)
+            .create_multipart_upload(Some(&credentials), key)
             .sign(SIGNED_FOR);
         let (_, body) = self.send(Method::POST, &url, &[], Bytes::new()).await?;
         let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&body))
@@ -357,7 +448,7 @@ impl ObjectStore {
         match self.upload_parts(key, &upload_id, &mut file).await {
             Ok(etags) => {
                 let action = self.bucket.complete_multipart_upload(
-                    Some(&self.credentials),
+                    Some(&credentials),
                     key,
                     &upload_id,
                     etags.iter().map(String::as_str),
@@ -372,7 +463,7 @@ impl ObjectStore {
                 // Parts of an upload never completed are billed until aborted.
                 let url = self
                     .bucket
-                    .abort_multipart_upload(Some(&self.credentials), key, &upload_id)
+                    .abort_multipart_upload(Some(&credentials), key, &upload_id)
                     .sign(SIGNED_FOR);
                 let _ = self.send(Method::DELETE, &url, &[], Bytes::new()).await;
                 Err(error)
@@ -386,6 +477,7 @@ impl ObjectStore {
         upload_id: &str,
         file: &mut tokio::fs::File,
     ) -> Result<Vec<String>, StoreError> {
+        let credentials = self.credentials().await?;
         let mut etags = Vec::new();
         let mut part = vec![0u8; PART_SIZE];
         loop {
@@ -404,7 +496,7 @@ impl ObjectStore {
                 .map_err(|_| StoreError::Config("a file of more than 65535 parts".into()))?;
             let url = self
                 .bucket
-                .upload_part(Some(&self.credentials), key, number, upload_id)
+                .upload_part(Some(&credentials), key, number, upload_id)
                 .sign(SIGNED_FOR);
             let (headers, _) = self
                 .send(
@@ -427,6 +519,7 @@ impl ObjectStore {
 
     /// Deletes the objects `keys` (a missing one is no error).
     pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        let credentials = self.credentials().await?;
         for batch in keys.chunks(DELETE_BATCH) {
             let objects: Vec<ObjectIdentifier> = batch
                 .iter()
@@ -434,7 +527,7 @@ impl ObjectStore {
                 .collect();
             let action = self
                 .bucket
-                .delete_objects(Some(&self.credentials), objects.iter());
+                .delete_objects(Some(&credentials), objects.iter());
             let url = action.sign(SIGNED_FOR);
             let (body, md5) = action.body_with_md5();
             self.send(
@@ -450,11 +543,11 @@ impl ObjectStore {
 
     /// The keys under `prefix` with their sizes, at most `limit` of them.
     pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let credentials = self.credentials().await?;
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut action: ListObjectsV2<'_> =
-                self.bucket.list_objects_v2(Some(&self.credentials));
+            let mut action: ListObjectsV2<'_> = self.bucket.list_objects_v2(Some(&credentials));
             action.with_prefix(prefix.to_owned());
             if let Some(token) = &token {
                 action.with_continuation_token(token.clone());
@@ -479,10 +572,8 @@ impl ObjectStore {
 
     /// Makes the bucket (for tests and first installs; an existing one is an error).
     pub async fn create_bucket(&self) -> Result<(), StoreError> {
-        let url = self
-            .bucket
-            .create_bucket(&self.credentials)
-            .sign(SIGNED_FOR);
+        let credentials = self.credentials().await?;
+        let url = self.bucket.create_bucket(&credentials).sign(SIGNED_FOR);
         self.send(Method::PUT, &url, &[], Bytes::new())
             .await
             .map(|_| ())
