@@ -13,6 +13,7 @@ pub mod media;
 pub mod media_socket;
 pub mod metrics;
 pub mod peer;
+pub mod pipe_end;
 pub mod procstat;
 pub mod recorder;
 pub mod relay;

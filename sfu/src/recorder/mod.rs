@@ -22,9 +22,7 @@ pub mod track;
 pub mod upload;
 
 use crate::media::loss::{LossConfig, LossTracker};
-use crate::srtp::{Profile, SrtcpSender, SrtpReceiver};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use crate::pipe_end::{Pipe, own_end, send_rtcp};
 use futures_util::{SinkExt, StreamExt};
 use manifest::{Manifest, Take, TrackEntry, WallClock};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -43,7 +41,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use track::{RecordedCodec, TrackRecorder};
 use tutti_shard_api::protocol::{
-    ClientMessage, PipeEnd, Quality, ServerMessage, TrackKind, decode_server, encode_client,
+    ClientMessage, Quality, ServerMessage, TrackKind, decode_server, encode_client,
 };
 
 /// Finds the signaling URL of the shard that holds the room now, if any does.
@@ -229,14 +227,6 @@ impl Recording {
     }
 }
 
-/// This end of the pipe and, once the shard answered, the shard's.
-struct Pipe {
-    receiver: Option<SrtpReceiver>,
-    rtcp: SrtcpSender,
-    shard: Option<SocketAddr>,
-    ssrc: u32,
-}
-
 /// A track being recorded in this take.
 struct Recorded {
     file: TrackRecorder,
@@ -387,18 +377,7 @@ impl Session {
             ServerMessage::TrackPublished { track, .. } => {
                 self.learn(&track.id, track.kind == TrackKind::Video, outgoing);
             }
-            ServerMessage::Pipe { end } => {
-                let shard: SocketAddr = end
-                    .media
-                    .parse()
-                    .map_err(|_| "the shard's pipe address is not ip:port".to_owned())?;
-                let (key, salt) = decode_key(&end.key)?;
-                pipe.receiver = Some(
-                    SrtpReceiver::new(Profile::AeadAes128Gcm, &key, &salt)
-                        .map_err(|e| e.to_string())?,
-                );
-                pipe.shard = Some(shard);
-            }
+            ServerMessage::Pipe { end } => pipe.answer(&end)?,
             ServerMessage::PipeTrack {
                 participant,
                 track,
@@ -685,57 +664,6 @@ fn update(
     entry.lost = stats.lost;
     entry.written = stats.written;
     entry.bytes = stats.bytes;
-}
-
-/// This end of a new pipe (as an edge's: `crate::relay::own_end`), and the SRTCP sender
-/// it protects with.
-fn own_end(media: SocketAddr) -> Result<(PipeEnd, Pipe), String> {
-    let (end, key) = crate::relay::own_end(media);
-    let (key, salt) = decode_key(&key)?;
-    let rtcp = SrtcpSender::new(Profile::AeadAes128Gcm, &key, &salt).map_err(|e| e.to_string())?;
-    let ssrc = end.ssrc;
-    Ok((
-        end,
-        Pipe {
-            receiver: None,
-            rtcp,
-            shard: None,
-            ssrc,
-        },
-    ))
-}
-
-/// The master key and salt of a pipe end's base64.
-fn decode_key(text: &str) -> Result<([u8; 16], [u8; 12]), String> {
-    let bytes = BASE64
-        .decode(text)
-        .map_err(|_| "the shard's pipe key is not base64".to_owned())?;
-    let (Ok(key), Ok(salt)) = (
-        <[u8; 16]>::try_from(bytes.get(..16).unwrap_or_default()),
-        <[u8; 12]>::try_from(bytes.get(16..).unwrap_or_default()),
-    ) else {
-        return Err("the shard's pipe key is not 16 + 12 bytes".into());
-    };
-    Ok((key, salt))
-}
-
-/// Protects a compound RTCP packet and sends it to the shard.
-async fn send_rtcp(
-    pipe: &mut Pipe,
-    socket: &UdpSocket,
-    packets: &[Box<dyn rtc::rtcp::packet::Packet>],
-) {
-    let Some(shard) = pipe.shard else {
-        return;
-    };
-    let Ok(plain) = rtc::rtcp::packet::marshal(packets) else {
-        return;
-    };
-    let mut buf = bytes::BytesMut::with_capacity(plain.len() + pipe.rtcp.overhead());
-    buf.extend_from_slice(&plain);
-    if pipe.rtcp.protect(&mut buf).is_ok() {
-        let _ = socket.send_to(&buf, shard).await;
-    }
 }
 
 /// A participant's or track's id as part of a file name: the characters ids may hold,

@@ -1,0 +1,88 @@
+//! The far end of a relay pipe in a process that only receives a room's media (the
+//! recorder, the HLS packager): its keys, the shard's address once it answers, and RTCP
+//! (NACK, PLI) sent back protected.
+
+use crate::srtp::{Profile, SrtcpSender, SrtpReceiver};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use std::net::SocketAddr;
+use tokio::net::UdpSocket;
+use tutti_shard_api::protocol::PipeEnd;
+
+/// This end of the pipe and, once the shard answered, the shard's.
+pub struct Pipe {
+    /// Decrypts what the shard sends, once it answered.
+    pub receiver: Option<SrtpReceiver>,
+    rtcp: SrtcpSender,
+    /// The shard's media address, once it answered.
+    pub shard: Option<SocketAddr>,
+    /// This end's SSRC (the sender of its RTCP).
+    pub ssrc: u32,
+}
+
+/// This end of a new pipe (as an edge's: `crate::relay::own_end`), and the SRTCP sender
+/// it protects with.
+pub fn own_end(media: SocketAddr) -> Result<(PipeEnd, Pipe), String> {
+    let (end, key) = crate::relay::own_end(media);
+    let (key, salt) = decode_key(&key)?;
+    let rtcp = SrtcpSender::new(Profile::AeadAes128Gcm, &key, &salt).map_err(|e| e.to_string())?;
+    let ssrc = end.ssrc;
+    Ok((
+        end,
+        Pipe {
+            receiver: None,
+            rtcp,
+            shard: None,
+            ssrc,
+        },
+    ))
+}
+
+/// The master key and salt of a pipe end's base64.
+pub fn decode_key(text: &str) -> Result<([u8; 16], [u8; 12]), String> {
+    let bytes = BASE64
+        .decode(text)
+        .map_err(|_| "the shard's pipe key is not base64".to_owned())?;
+    let (Ok(key), Ok(salt)) = (
+        <[u8; 16]>::try_from(bytes.get(..16).unwrap_or_default()),
+        <[u8; 12]>::try_from(bytes.get(16..).unwrap_or_default()),
+    ) else {
+        return Err("the shard's pipe key is not 16 + 12 bytes".into());
+    };
+    Ok((key, salt))
+}
+
+/// Protects a compound RTCP packet and sends it to the shard.
+pub async fn send_rtcp(
+    pipe: &mut Pipe,
+    socket: &UdpSocket,
+    packets: &[Box<dyn rtc::rtcp::packet::Packet>],
+) {
+    let Some(shard) = pipe.shard else {
+        return;
+    };
+    let Ok(plain) = rtc::rtcp::packet::marshal(packets) else {
+        return;
+    };
+    let mut buf = bytes::BytesMut::with_capacity(plain.len() + pipe.rtcp.overhead());
+    buf.extend_from_slice(&plain);
+    if pipe.rtcp.protect(&mut buf).is_ok() {
+        let _ = socket.send_to(&buf, shard).await;
+    }
+}
+
+impl Pipe {
+    /// Takes the shard's end of the pipe: its media address and keys.
+    pub fn answer(&mut self, end: &PipeEnd) -> Result<(), String> {
+        let shard: SocketAddr = end
+            .media
+            .parse()
+            .map_err(|_| "the shard's pipe address is not ip:port".to_owned())?;
+        let (key, salt) = decode_key(&end.key)?;
+        self.receiver = Some(
+            SrtpReceiver::new(Profile::AeadAes128Gcm, &key, &salt).map_err(|e| e.to_string())?,
+        );
+        self.shard = Some(shard);
+        Ok(())
+    }
+}
