@@ -86,3 +86,17 @@ impl Pipe {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_keys_are_checked() {
+        let key = BASE64.encode([1u8; 28]);
+        let (k, s) = decode_key(&key).expect("a whole key");
+        assert_eq!((k, s), ([1u8; 16], [1u8; 12]));
+        assert!(decode_key(&BASE64.encode([1u8; 27])).is_err());
+        assert!(decode_key("!!").is_err());
+    }
+}
