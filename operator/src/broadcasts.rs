@@ -54,6 +54,9 @@ pub fn records(
         max_viewers_per_shard: spec.max_viewers_per_shard,
         layers: if spec.audio_only { 1 } else { 3 },
         owner: Some(owner),
+        // Packaging HLS in a cluster is not built: only local mode packages.
+        hls: false,
+        max_webrtc_viewers: None,
     };
     (broadcast, own_stage)
 }

@@ -1036,6 +1036,8 @@ mod tests {
                 max_viewers_per_shard: 500,
                 layers: 3,
                 owner: None,
+                hls: false,
+                max_webrtc_viewers: None,
             })
             .await
             .expect("broadcast");

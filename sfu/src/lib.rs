@@ -9,6 +9,7 @@ pub mod config;
 pub mod demux;
 pub mod drain;
 pub mod heartbeat;
+pub mod hls;
 pub mod media;
 pub mod media_socket;
 pub mod metrics;

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod audio;
 pub mod client;
+pub mod hls;
 pub mod nickname;
 pub mod protocol;
 pub mod recording;

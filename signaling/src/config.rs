@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// (every camera tiled, every microphone mixed) by `ffmpeg`, which must be installed.
     #[arg(long, env = "TUTTI_RECORD_COMPOSE")]
     pub record_compose: bool,
+    /// Local mode: where broadcasts declared with `hls = true` are packaged (playlist and
+    /// segments, served at `/hls/NAME/index.m3u8`); by default a private directory under
+    /// the system's temporary one, removed when the gateway stops.
+    #[arg(long, env = "TUTTI_HLS_DIR")]
+    pub hls_dir: Option<PathBuf>,
     /// Local mode: object storage recordings are also written to, as they go.
     #[cfg(feature = "local")]
     #[command(flatten)]
@@ -307,6 +312,11 @@ pub struct BroadcastEntry {
     pub simulcast: Option<bool>,
     /// The stage's audio profile (own stage; default speech): a concert is `music`.
     pub audio: Option<tutti_store::AudioProfile>,
+    /// Also package the stage as HLS (`/hls/NAME/index.m3u8`) for viewers WebRTC cannot
+    /// reach; needs `ffmpeg`.
+    pub hls: Option<bool>,
+    /// With HLS: viewers over WebRTC at most; past them, new viewers watch over HLS.
+    pub max_webrtc_viewers: Option<u32>,
 }
 
 /// Settings shared by declared rooms and defaults.
@@ -405,6 +415,11 @@ fn declare_broadcasts(
         if !(1..=most).contains(&max_viewers) {
             return Err(context(&format!("maxViewersPerShard must be 1..={most}")));
         }
+        if entry.max_webrtc_viewers.is_some() && entry.hls != Some(true) {
+            return Err(context(
+                "maxWebrtcViewers sends viewers to HLS: it needs hls = true",
+            ));
+        }
         let expected = entry.expected_audience.unwrap_or(0);
         if expected > 1_000_000 {
             return Err(context("expectedAudience is at most 1000000"));
@@ -462,6 +477,8 @@ fn declare_broadcasts(
             max_viewers_per_shard: max_viewers,
             layers: if stage.simulcast { 3 } else { 1 },
             owner: None,
+            hls: entry.hls.unwrap_or(false),
+            max_webrtc_viewers: entry.max_webrtc_viewers,
         });
     }
     Ok(broadcasts)

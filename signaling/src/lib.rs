@@ -15,6 +15,7 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod guesses;
+pub mod hls;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod metrics;

@@ -108,6 +108,7 @@ async fn run_local(args: RunArgs, common: GatewayOptions) -> Result<(), Failure>
         record_retention_days: args.record_retention_days,
         record_compose: args.record_compose,
         record_store: args.record_store.config()?,
+        hls_dir: args.hls_dir.clone(),
     };
     let system = LocalSystem::start(options).await?;
     let url = system.url();

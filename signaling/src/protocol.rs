@@ -65,6 +65,8 @@ pub enum ErrorCode {
     Unavailable,
     /// Too many messages, or too many join attempts.
     RateLimited,
+    /// The broadcast's WebRTC audience is full: watch it over HLS instead.
+    UseHls,
     /// The gateway or shard fell behind sending to you; the session ends.
     SlowConsumer,
     /// Something failed inside Tutti.
@@ -73,7 +75,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for metrics and documentation tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::BadMessage,
         Self::UnsupportedVersion,
         Self::Unauthorized,
@@ -93,6 +95,7 @@ impl ErrorCode {
         Self::ShardUnavailable,
         Self::Unavailable,
         Self::RateLimited,
+        Self::UseHls,
         Self::SlowConsumer,
         Self::Internal,
     ];
@@ -119,6 +122,7 @@ impl ErrorCode {
             Self::ShardUnavailable => "shard_unavailable",
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
+            Self::UseHls => "use_hls",
             Self::SlowConsumer => "slow_consumer",
             Self::Internal => "internal",
         }

@@ -54,6 +54,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Recordings, where this gateway can make them (local mode with `--record-dir`).
     pub recordings: Option<Arc<dyn crate::recordings::RecordingControl>>,
+    /// Where broadcasts packaged as HLS are (local mode), served at `/hls/…`.
+    pub hls_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             view,
             tracker: TaskTracker::new(),
             recordings: None,
+            hls_dir: None,
         }
     }
 
@@ -98,6 +101,7 @@ pub fn app(state: AppState) -> Router {
                 .delete(stop_recording),
         )
         .route("/v1/broadcasts/{name}", get(one_broadcast))
+        .route("/hls/{broadcast}/{file}", get(crate::hls::file))
         .route("/v1/ice-servers", get(ice_servers))
         .route("/v1/regions", get(regions))
         .route("/healthz", get(|| async { "ok" }))
@@ -393,6 +397,7 @@ async fn one_broadcast(State(state): State<AppState>, Path(name): Path<String>) 
         "origin": cascade.as_ref().map(|c| c.origin.clone()),
         "viewers": edges.iter().map(|e| e.viewers).sum::<u32>(),
         "maxViewersPerShard": broadcast.max_viewers_per_shard,
+        "hls": broadcast.hls.then(|| format!("/hls/{}/index.m3u8", broadcast.name)),
         "edges": edges,
     }))
     .into_response()

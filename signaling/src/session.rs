@@ -658,6 +658,18 @@ impl Session {
             .view
             .cascade(&broadcast.name)
             .ok_or_else(|| not_yet("the broadcast is not on the air yet"))?;
+        if broadcast.hls
+            && let Some(most) = broadcast.max_webrtc_viewers
+            && cascade.edges.iter().map(|e| e.viewers).sum::<u32>() >= most
+        {
+            return Err(Refusal {
+                code: ErrorCode::UseHls,
+                message: format!(
+                    "{} has its most WebRTC viewers: watch it at /hls/{}/index.m3u8",
+                    broadcast.name, broadcast.name
+                ),
+            });
+        }
         let name = request
             .name
             .as_deref()

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 /// The client's files: path, content type, body.
-const ASSETS: [(&str, &str, &str); 7] = [
+const ASSETS: [(&str, &str, &str); 8] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -45,6 +45,11 @@ const ASSETS: [(&str, &str, &str); 7] = [
         "/regions.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/regions.js"),
+    ),
+    (
+        "/vendor/hls.light.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/vendor/hls.light.min.js"),
     ),
     (
         "/style.css",

@@ -2,17 +2,28 @@
 // one of the broadcast's edge shards, which sends the stage's media on one peer
 // connection. When the edge goes away the gateway says `reconnect` (or the socket drops),
 // and the page joins again, landing on another edge.
+//
+// A broadcast packaged as HLS is played over HLS instead (a few seconds behind) when
+// WebRTC cannot connect from the viewer's network, when its WebRTC audience is full
+// (`use_hls`), or by choice (`&hls=1`, or the button); the badge says which.
 
 import { preferStereo } from './sdp.js';
 
 const MESSAGES = {
   room_not_found: 'There is no broadcast with that name.',
+  use_hls: 'The real-time audience is full: you are watching over HLS, a few seconds behind.',
+  no_webrtc: 'Real-time video cannot reach your network: you are watching over HLS, a few seconds behind.',
   unavailable: 'The broadcast is not on the air yet, or is growing. Retrying…',
   shard_unavailable: 'No media server can take you right now. Retrying…',
   connection_lost: 'The connection was lost. Reconnecting…',
 };
 // Errors that mean "not yet": the page keeps trying.
 const TRANSIENT = new Set(['unavailable', 'shard_unavailable', 'internal', 'rate_limited']);
+// How long a seated viewer's connection may take to carry media before the page gives up
+// on WebRTC (where the broadcast has HLS).
+const CONNECT_TIMEOUT_MS = 10_000;
+// Sockets closed in a row before joining, after which WebRTC signaling counts as blocked.
+const FAILED_SOCKETS_FOR_HLS = 3;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -33,6 +44,14 @@ const state = {
   retryDelay: 500,
   retryTimer: null,
   joins: 0,
+  // `webrtc` or `hls`.
+  mode: 'webrtc',
+  // The broadcast's playlist, when it is packaged as HLS.
+  hlsUrl: null,
+  hls: null,
+  hlsVideo: null,
+  connectTimer: null,
+  failedSockets: 0,
 };
 
 function setStatus(text) {
@@ -75,6 +94,10 @@ function subscriber() {
   if (state.sub) return state.sub;
   const pc = new RTCPeerConnection({ iceServers: state.iceServers, bundlePolicy: 'max-bundle' });
   state.sub = pc;
+  pc.addEventListener('connectionstatechange', () => {
+    if (pc.connectionState === 'connected') clearTimeout(state.connectTimer);
+    if (pc.connectionState === 'failed' && state.sub === pc && state.hlsUrl) startHls('no_webrtc');
+  });
   pc.addEventListener('icecandidate', ({ candidate }) => {
     if (candidate && candidate.candidate) {
       send({
@@ -117,6 +140,7 @@ function applyQuality() {
 }
 
 function retry(reason) {
+  if (state.mode === 'hls') return;
   state.connection += 1;
   state.joined = false;
   closeConnection();
@@ -138,6 +162,13 @@ async function onMessage(message) {
     case 'joined':
       state.joined = true;
       state.joins += 1;
+      state.failedSockets = 0;
+      clearTimeout(state.connectTimer);
+      if (state.hlsUrl) {
+        state.connectTimer = setTimeout(() => {
+          if (state.mode === 'webrtc' && state.sub?.connectionState !== 'connected') startHls('no_webrtc');
+        }, CONNECT_TIMEOUT_MS);
+      }
       state.retryDelay = 500;
       state.participant = message.participant;
       state.iceServers = message.ice_servers || [];
@@ -190,7 +221,9 @@ async function onMessage(message) {
       retry(null);
       break;
     case 'error':
-      if (TRANSIENT.has(message.code) && !state.joined) {
+      if (message.code === 'use_hls' && state.hlsUrl) {
+        startHls('use_hls');
+      } else if (TRANSIENT.has(message.code) && !state.joined) {
         retry(message.code);
       } else if (!state.joined) {
         setStatus('');
@@ -199,6 +232,80 @@ async function onMessage(message) {
       break;
     default:
       break;
+  }
+}
+
+/** Loads the vendored hls.js once (`window.Hls`). */
+function loadHlsJs() {
+  if (window.Hls) return Promise.resolve(window.Hls);
+  return new Promise((resolve, reject) => {
+    const script = document.createElement('script');
+    script.src = '/vendor/hls.light.min.js';
+    script.onload = () => resolve(window.Hls);
+    script.onerror = () => reject(new Error('hls.js did not load'));
+    document.head.append(script);
+  });
+}
+
+function showMode() {
+  const badge = $('#mode');
+  badge.classList.remove('hidden');
+  badge.classList.toggle('hls', state.mode === 'hls');
+  badge.textContent = state.mode === 'hls' ? 'HLS · delayed' : 'Real-time';
+  $('#use-hls').classList.toggle('hidden', state.mode === 'hls' || !state.hlsUrl);
+  $('#hls-note').classList.toggle('hidden', state.mode !== 'hls');
+  $('#quality').closest('label').classList.toggle('hidden', state.mode === 'hls');
+}
+
+/** Leaves WebRTC and plays the broadcast's HLS; `reason` is shown (a MESSAGES key). */
+async function startHls(reason) {
+  if (state.mode === 'hls' || !state.hlsUrl) return;
+  state.mode = 'hls';
+  clearTimeout(state.connectTimer);
+  clearTimeout(state.retryTimer);
+  state.connection += 1;
+  state.joined = false;
+  closeConnection();
+  if (state.ws) {
+    const old = state.ws;
+    state.ws = null;
+    old.close();
+  }
+  showMode();
+  showBanner(reason ? (MESSAGES[reason] || reason) : '');
+  setStatus('Watching over HLS');
+  const tile = $('#tile-template').content.firstElementChild.cloneNode(true);
+  tile.dataset.name = 'stage';
+  tile.classList.add('hls');
+  tile.querySelector('.name').textContent = state.broadcast;
+  $('#grid').append(tile);
+  const video = tile.querySelector('video');
+  state.hlsVideo = video;
+  const play = () => video.play().catch(() => {
+    document.addEventListener('click', () => video.play().catch(() => {}), { once: true });
+  });
+  const Hls = window.MediaSource ? await loadHlsJs().catch(() => null) : null;
+  if (Hls && Hls.isSupported()) {
+    // No worker: the page's policy allows scripts from the gateway only, not blob: ones.
+    const hls = new Hls({
+      enableWorker: false, liveSyncDurationCount: 2, liveMaxLatencyDurationCount: 5, backBufferLength: 30,
+    });
+    state.hls = hls;
+    hls.on(Hls.Events.ERROR, (_, data) => {
+      if (!data.fatal) return;
+      // Not on the air yet, or a segment lost: load again shortly.
+      setStatus('Waiting for the stage…');
+      setTimeout(() => hls.startLoad(), 2000);
+    });
+    hls.on(Hls.Events.FRAG_BUFFERED, () => setStatus('Watching over HLS'));
+    hls.loadSource(state.hlsUrl);
+    hls.attachMedia(video);
+    hls.on(Hls.Events.MANIFEST_PARSED, play);
+  } else if (video.canPlayType('application/vnd.apple.mpegurl')) {
+    video.src = state.hlsUrl;
+    play();
+  } else {
+    showBanner('This browser can play neither WebRTC nor HLS.');
   }
 }
 
@@ -228,6 +335,11 @@ function connect() {
   ws.addEventListener('close', () => {
     if (state.ws !== ws) return;
     state.ws = null;
+    if (!state.joined) state.failedSockets += 1;
+    if (state.failedSockets >= FAILED_SOCKETS_FOR_HLS && state.hlsUrl) {
+      startHls('no_webrtc');
+      return;
+    }
     retry('connection_lost');
   });
 }
@@ -254,9 +366,23 @@ async function inboundStats() {
   return rows;
 }
 
-window.tutti = { state, inboundStats };
+/** What an HLS viewer observes: the playback position, frames shown, and the delay hls.js estimates. */
+function hlsStats() {
+  const video = state.hlsVideo;
+  if (!video) return null;
+  const quality = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : {};
+  return {
+    currentTime: video.currentTime,
+    frames: quality.totalVideoFrames || 0,
+    width: video.videoWidth,
+    height: video.videoHeight,
+    latency: state.hls ? state.hls.latency : null,
+  };
+}
 
-function init() {
+window.tutti = { state, inboundStats, hlsStats, mode: () => state.mode };
+
+async function init() {
   const params = new URLSearchParams(location.search);
   state.broadcast = (params.get('broadcast') || '').trim();
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(state.broadcast)) {
@@ -272,6 +398,21 @@ function init() {
   });
   document.title = `${state.broadcast} — Tutti`;
   $('#room-title').textContent = state.broadcast;
+  $('#use-hls').addEventListener('click', () => startHls(''));
+  // Whether the broadcast also goes out as HLS, before anything else is tried.
+  let info = null;
+  try {
+    const response = await fetch(`/v1/broadcasts/${encodeURIComponent(state.broadcast)}`);
+    if (response.ok) info = await response.json();
+  } catch {
+    info = null;
+  }
+  state.hlsUrl = info?.hls || null;
+  showMode();
+  if (state.hlsUrl && (params.get('hls') === '1' || typeof RTCPeerConnection === 'undefined')) {
+    startHls(params.get('hls') === '1' ? '' : 'no_webrtc');
+    return;
+  }
   connect();
 }
 

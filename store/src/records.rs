@@ -319,6 +319,12 @@ pub struct BroadcastRecord {
     /// The resource the broadcast comes from (`Broadcast/namespace/name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Also packaged as HLS, for viewers WebRTC cannot reach.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hls: bool,
+    /// With HLS: viewers over WebRTC at most; past them, new viewers are sent to HLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_webrtc_viewers: Option<u32>,
 }
 
 /// One edge of a cascade.

@@ -43,6 +43,7 @@ pub fn local_options(rooms: LocalRooms) -> LocalOptions {
         record_retention_days: 0,
         record_compose: false,
         record_store: None,
+        hls_dir: None,
     }
 }
 

@@ -344,6 +344,8 @@ mod tests {
             max_viewers_per_shard: 500,
             layers: 3,
             owner: None,
+            hls: false,
+            max_webrtc_viewers: None,
         };
         let mut stage = RoomRecord::with_defaults("stage");
         stage.video = false;

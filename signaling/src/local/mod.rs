@@ -7,6 +7,7 @@
 //! store differs from a cluster (memory instead of etcd) and Kubernetes is absent;
 //! placement, sessions, admission, relaying and media are the production paths.
 
+mod hls;
 mod occupancy;
 mod retention;
 mod shard_metrics;
@@ -75,6 +76,9 @@ pub struct LocalOptions {
     pub record_retention_days: u32,
     /// Object storage recordings are also written to.
     pub record_store: Option<tutti_sfu::recorder::store::ObjectStoreConfig>,
+    /// Where broadcasts declared with `hls = true` are packaged; `None`: a private
+    /// temporary directory, removed at stop.
+    pub hls_dir: Option<std::path::PathBuf>,
     /// Recordings stopped over the HTTP API are composed into one file (ffmpeg).
     pub record_compose: bool,
 }
@@ -89,6 +93,8 @@ pub struct LocalSystem {
     pub store: MemoryStore,
     stop: CancellationToken,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Where broadcasts are packaged as HLS (removed with this when temporary).
+    _hls: Option<hls::Directory>,
 }
 
 impl LocalSystem {
@@ -196,6 +202,30 @@ impl LocalSystem {
                 stop.clone(),
             )));
         }
+        let hls_broadcasts: Vec<_> = options
+            .common
+            .rooms
+            .broadcasts
+            .iter()
+            .filter(|b| b.hls)
+            .cloned()
+            .collect();
+        let hls = if hls_broadcasts.is_empty() {
+            None
+        } else {
+            let dir = hls::Directory::new(options.hls_dir.clone())?;
+            for broadcast in &hls_broadcasts {
+                background.push(hls::package(
+                    broadcast,
+                    &store,
+                    &signal_token,
+                    options.media_bind,
+                    dir.path(),
+                    stop.clone(),
+                )?);
+            }
+            Some(dir)
+        };
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {
@@ -214,6 +244,7 @@ impl LocalSystem {
         if options.record_dir.is_some() {
             state = state.with_recordings(recordings);
         }
+        state.hls_dir = hls.as_ref().map(|d| d.path().to_owned());
         let server = serve(options.common.listen, state).await?;
         Ok(Self {
             server,
@@ -221,6 +252,7 @@ impl LocalSystem {
             store,
             stop,
             background,
+            _hls: hls,
         })
     }
 
