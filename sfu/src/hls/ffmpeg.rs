@@ -124,81 +124,72 @@ pub fn args(
     let (width, height) = encoding.size;
     let seconds = encoding.segment_seconds.max(1);
     if video {
-        args.extend(
-            [
-                "-map".to_owned(),
-                "0:v:0".to_owned(),
-                "-vf".to_owned(),
-                format!(
-                    "scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+        args.extend([
+            "-map".to_owned(),
+            "0:v:0".to_owned(),
+            "-vf".to_owned(),
+            format!(
+                "scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
                      pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,format=yuv420p"
-                ),
-                "-c:v".to_owned(),
-                "libx264".to_owned(),
-                "-preset".to_owned(),
-                "superfast".to_owned(),
-                "-tune".to_owned(),
-                "zerolatency".to_owned(),
-                "-profile:v".to_owned(),
-                "main".to_owned(),
-                "-b:v".to_owned(),
-                format!("{}k", encoding.video_kbps),
-                "-maxrate".to_owned(),
-                format!("{}k", encoding.video_kbps),
-                "-bufsize".to_owned(),
-                format!("{}k", encoding.video_kbps),
-                "-sc_threshold".to_owned(),
-                "0".to_owned(),
-                "-force_key_frames".to_owned(),
-                format!("expr:gte(t,n_forced*{seconds})"),
-            ]
-            .into_iter(),
-        );
+            ),
+            "-c:v".to_owned(),
+            "libx264".to_owned(),
+            "-preset".to_owned(),
+            "superfast".to_owned(),
+            "-tune".to_owned(),
+            "zerolatency".to_owned(),
+            "-profile:v".to_owned(),
+            "main".to_owned(),
+            "-b:v".to_owned(),
+            format!("{}k", encoding.video_kbps),
+            "-maxrate".to_owned(),
+            format!("{}k", encoding.video_kbps),
+            "-bufsize".to_owned(),
+            format!("{}k", encoding.video_kbps),
+            "-sc_threshold".to_owned(),
+            "0".to_owned(),
+            "-force_key_frames".to_owned(),
+            format!("expr:gte(t,n_forced*{seconds})"),
+        ]);
     }
     if audio {
-        args.extend(
-            [
-                "-map".to_owned(),
-                "0:a:0".to_owned(),
-                "-c:a".to_owned(),
-                "aac".to_owned(),
-                "-b:a".to_owned(),
-                format!("{}k", encoding.audio_kbps),
-                "-ar".to_owned(),
-                "48000".to_owned(),
-                "-ac".to_owned(),
-                "2".to_owned(),
-            ]
-            .into_iter(),
-        );
+        args.extend([
+            "-map".to_owned(),
+            "0:a:0".to_owned(),
+            "-c:a".to_owned(),
+            "aac".to_owned(),
+            "-b:a".to_owned(),
+            format!("{}k", encoding.audio_kbps),
+            "-ar".to_owned(),
+            "48000".to_owned(),
+            "-ac".to_owned(),
+            "2".to_owned(),
+        ]);
     }
     let mut flags =
         "delete_segments+independent_segments+omit_endlist+program_date_time+temp_file".to_owned();
     if continuing {
         flags.push_str("+append_list+discont_start");
     }
-    args.extend(
-        [
-            "-f".to_owned(),
-            "hls".to_owned(),
-            "-hls_time".to_owned(),
-            seconds.to_string(),
-            "-hls_list_size".to_owned(),
-            encoding.list_size.to_string(),
-            "-hls_delete_threshold".to_owned(),
-            "3".to_owned(),
-            "-hls_flags".to_owned(),
-            flags,
-            "-hls_segment_type".to_owned(),
-            "mpegts".to_owned(),
-            "-hls_segment_filename".to_owned(),
-            dir.join(tutti_shard_api::hls::SEGMENT_PATTERN)
-                .display()
-                .to_string(),
-            dir.join(PLAYLIST).display().to_string(),
-        ]
-        .into_iter(),
-    );
+    args.extend([
+        "-f".to_owned(),
+        "hls".to_owned(),
+        "-hls_time".to_owned(),
+        seconds.to_string(),
+        "-hls_list_size".to_owned(),
+        encoding.list_size.to_string(),
+        "-hls_delete_threshold".to_owned(),
+        "3".to_owned(),
+        "-hls_flags".to_owned(),
+        flags,
+        "-hls_segment_type".to_owned(),
+        "mpegts".to_owned(),
+        "-hls_segment_filename".to_owned(),
+        dir.join(tutti_shard_api::hls::SEGMENT_PATTERN)
+            .display()
+            .to_string(),
+        dir.join(PLAYLIST).display().to_string(),
+    ]);
     args
 }
 
