@@ -568,8 +568,16 @@ fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<(
         "recordings.objectStore.region=eu-west-1",
         "--set",
         "recordings.objectStore.endpoint=https://s3.eu-west-1.amazonaws.com",
+        "--set",
+        "recordings.objectStore.roleArn=arn:aws:iam::123456789012:role/tutti-recordings",
     ])?;
     ensure!(of_kind(&with_s3, "PersistentVolumeClaim").is_empty());
+    let account = named(&with_s3, "ServiceAccount", "tutti-shard")?;
+    ensure!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            == "arn:aws:iam::123456789012:role/tutti-recordings",
+        "IRSA: {account}"
+    );
     for pool in of_kind(&with_s3, "ShardPool") {
         let recordings = &pool["spec"]["template"]["recordings"];
         ensure!(recordings.get("claimName").is_none(), "{recordings}");
