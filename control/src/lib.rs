@@ -15,6 +15,7 @@ pub mod autoscale;
 pub mod cascade;
 pub mod demand;
 pub mod gc;
+pub mod hls;
 pub mod latency;
 pub mod loops;
 pub mod outcome;

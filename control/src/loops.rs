@@ -211,6 +211,7 @@ where
         observer.clone(),
         stop.clone(),
     ));
+    tasks.push(spawn_hls(store.clone(), &settings, stop.clone()));
     tasks.push(spawn_collection(
         store.clone(),
         &settings,
@@ -335,6 +336,37 @@ where
                     }
                     last.insert(driven.name.clone(), driven.problem.clone());
                 }
+            }
+        }
+    })
+}
+
+/// Packages each broadcast that asks for HLS on its stage's shard, each `shard_poll`.
+fn spawn_hls<S>(
+    store: S,
+    settings: &LoopSettings,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    S: LiveView + Send + Sync + 'static,
+{
+    let driver = crate::hls::HlsDriver::new(store, settings.admin_token.clone());
+    let mut ticker = tokio::time::interval(settings.shard_poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(async move {
+        let mut last: Vec<(String, String)> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let problems = driver.pass().await;
+            // Logged when they change, not every pass.
+            if problems != last {
+                for (shard, problem) in &problems {
+                    tracing::warn!(%shard, %problem, "HLS packaging not driven");
+                }
+                last = problems;
             }
         }
     })

@@ -47,6 +47,14 @@ pub struct BroadcastSpec {
     /// Broadcast the stage of an existing Room (its presenters reach this audience).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_ref: Option<LocalObjectRef>,
+    /// Also package the stage as HLS (`/hls/<name>/index.m3u8` on the gateways), for
+    /// viewers WebRTC cannot reach; needs a ShardPool with `hls` for the stage's shard.
+    #[serde(default)]
+    pub hls: bool,
+    /// With `hls`: viewers over WebRTC at most; past them, new viewers are sent to HLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_webrtc_viewers: Option<u32>,
 }
 
 fn default_presenters() -> u32 {

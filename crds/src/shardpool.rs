@@ -128,6 +128,10 @@ pub struct ShardTemplate {
     /// How media reaches the shards.
     #[serde(default)]
     pub networking: Networking,
+    /// The shards package broadcasts as HLS when the control plane asks (in a volume of
+    /// their own at `/hls`); the image must have `ffmpeg` (`sfu/Dockerfile.media`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hls: bool,
     /// Where the shards write the recordings they are asked for (`Recording`); unset,
     /// they record nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]

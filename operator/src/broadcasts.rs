@@ -54,9 +54,8 @@ pub fn records(
         max_viewers_per_shard: spec.max_viewers_per_shard,
         layers: if spec.audio_only { 1 } else { 3 },
         owner: Some(owner),
-        // Packaging HLS in a cluster is not built: only local mode packages.
-        hls: false,
-        max_webrtc_viewers: None,
+        hls: spec.hls,
+        max_webrtc_viewers: spec.max_webrtc_viewers.filter(|_| spec.hls),
     };
     (broadcast, own_stage)
 }

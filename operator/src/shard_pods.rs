@@ -52,6 +52,8 @@ pub const ADVERTISE_IP_ANNOTATION: &str = "tutti.dev/advertise-ip";
 pub const ADVERTISE_IP_FILE: &str = "/etc/tutti/advertise/ip";
 /// Where a shard's recordings volume is mounted (`template.recordings`).
 pub const RECORDINGS_DIR: &str = "/recordings";
+/// Where a shard of a pool with `hls` packages broadcasts (a volume of its own).
+pub const HLS_DIR: &str = "/hls";
 /// The group of the shard image's user (distroless `nonroot`), which owns the recordings.
 const SHARD_GROUP: u32 = 65532;
 /// Where the operator writes a shard's region, from its node's
@@ -348,6 +350,9 @@ pub fn shard_pod(
     if runtime.etcd_ca_secret.is_some() {
         env.push(json!({"name": "TUTTI_ETCD_CA", "value": ETCD_CA_FILE}));
     }
+    if template.hls {
+        env.push(json!({"name": "TUTTI_SFU_HLS_DIR", "value": HLS_DIR}));
+    }
     if let Some(recordings) = &template.recordings {
         env.push(json!({"name": "TUTTI_SFU_RECORD_DIR", "value": RECORDINGS_DIR}));
         if let Some(store) = &recordings.object_store {
@@ -409,6 +414,9 @@ pub fn shard_pod(
     if template.recordings.is_some() {
         mounts.push(json!({"name": "recordings", "mountPath": RECORDINGS_DIR}));
     }
+    if template.hls {
+        mounts.push(json!({"name": "hls", "mountPath": HLS_DIR}));
+    }
     if !mounts.is_empty() {
         container["volumeMounts"] = json!(mounts);
     }
@@ -457,6 +465,11 @@ pub fn shard_pod(
         // The image's non-root user writes there: the volume is made its group's.
         pod_spec["securityContext"]["fsGroup"] = json!(SHARD_GROUP);
         pod_spec["securityContext"]["fsGroupChangePolicy"] = json!("OnRootMismatch");
+    }
+    if template.hls {
+        // A minute of segments per broadcast; in memory would count against the pod's.
+        volumes.push(json!({"name": "hls", "emptyDir": {"sizeLimit": "1Gi"}}));
+        pod_spec["securityContext"]["fsGroup"] = json!(SHARD_GROUP);
     }
     if !volumes.is_empty() {
         pod_spec["volumes"] = json!(volumes);
@@ -662,6 +675,33 @@ mod tests {
         let plain = build(&pool("HostPort", 40000), 0);
         assert_eq!(env(&plain, "TUTTI_SFU_RECORD_DIR"), Value::Null);
         assert_eq!(env(&pod, "TUTTI_RECORD_S3_BUCKET"), Value::Null);
+    }
+
+    #[test]
+    fn a_pool_with_hls_gives_every_shard_a_directory_to_package_in() {
+        let mut packaging = pool("HostPort", 40000);
+        packaging.spec.template.hls = true;
+        let pod = build(&packaging, 0);
+        assert_eq!(env(&pod, "TUTTI_SFU_HLS_DIR")["value"], HLS_DIR);
+        let json = serde_json::to_value(&pod).expect("pod");
+        let volume = json["spec"]["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "hls").cloned())
+            .expect("the HLS volume");
+        assert_eq!(volume["emptyDir"]["sizeLimit"], "1Gi");
+        let mounts = json["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == "hls" && m["mountPath"] == HLS_DIR)
+        );
+        assert_eq!(
+            env(&build(&pool("HostPort", 40000), 0), "TUTTI_SFU_HLS_DIR"),
+            Value::Null
+        );
     }
 
     #[test]

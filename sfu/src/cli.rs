@@ -93,6 +93,7 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
         registration: registration.clone(),
         record_dir: args.record_dir.clone(),
         record_store: args.record_store.config()?,
+        hls_dir: args.hls_dir.clone(),
     })
     .await?;
     if admin_generated || signal_generated {

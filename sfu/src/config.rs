@@ -23,6 +23,10 @@ pub struct ShardArgs {
     /// its own; see README, Recording). Without it the shard records nothing.
     #[arg(long, env = "TUTTI_SFU_RECORD_DIR")]
     pub record_dir: Option<std::path::PathBuf>,
+    /// Where broadcasts the control plane asks this shard to package as HLS go (one
+    /// directory each; needs `ffmpeg`). Without it the shard packages nothing.
+    #[arg(long, env = "TUTTI_SFU_HLS_DIR")]
+    pub hls_dir: Option<std::path::PathBuf>,
     /// Object storage recordings are also written to.
     #[command(flatten)]
     pub record_store: crate::recorder::store::ObjectStoreArgs,

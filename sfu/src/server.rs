@@ -72,6 +72,9 @@ pub struct ShardOptions {
     /// Object storage recordings are also written to, as they go (`record_dir` is then
     /// their staging area).
     pub record_store: Option<crate::recorder::store::ObjectStoreConfig>,
+    /// Where broadcasts the control plane asks this shard to package as HLS go (needs
+    /// `ffmpeg`); `None` packages nothing.
+    pub hls_dir: Option<std::path::PathBuf>,
 }
 
 /// A running shard.
@@ -91,6 +94,8 @@ pub struct RunningShard {
     media: Option<std::thread::JoinHandle<()>>,
     /// Recordings, ended before the shard stops.
     recorders: Option<Arc<crate::recorder::registry::Recorders>>,
+    /// HLS packagers, stopped (their ffmpeg killed) before the shard stops.
+    packagers: Option<Arc<crate::hls::registry::Packagers>>,
     media_thread: Arc<std::sync::atomic::AtomicU32>,
 }
 
@@ -99,6 +104,9 @@ impl RunningShard {
     pub async fn stop(mut self) {
         if let Some(recorders) = &self.recorders {
             recorders.stop_all().await;
+        }
+        if let Some(packagers) = &self.packagers {
+            packagers.stop_all().await;
         }
         self.handle.shutdown().await;
         self.shutdown.cancel();
@@ -144,6 +152,8 @@ struct AppState {
     registration: Option<crate::heartbeat::Registration>,
     /// Recordings of rooms this shard holds, with `--record-dir`.
     recorders: Option<Arc<crate::recorder::registry::Recorders>>,
+    /// Broadcasts this shard packages as HLS, with `--hls-dir`.
+    packagers: Option<Arc<crate::hls::registry::Packagers>>,
 }
 
 /// Ports the system picks are tried this many times for one that TCP can have too.
@@ -218,6 +228,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         sessions: Arc::new(tokio::sync::Semaphore::new(max_sockets)),
         registration: options.registration.clone(),
         recorders: None,
+        packagers: None,
     };
     let listener = tokio::net::TcpListener::bind(options.http).await?;
     let http_addr = listener.local_addr()?;
@@ -251,8 +262,23 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
             shutdown.child_token(),
         ))
     });
+    let packagers = options.hls_dir.clone().map(|dir| {
+        let bind = if udp_addr.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            udp_addr.ip()
+        };
+        Arc::new(crate::hls::registry::Packagers::new(
+            dir,
+            state.signal_token.to_string(),
+            bind,
+            std::path::PathBuf::from("ffmpeg"),
+            shutdown.child_token(),
+        ))
+    });
     let state = AppState {
         recorders: recorders.clone(),
+        packagers: packagers.clone(),
         ..state
     };
     let stop = shutdown.clone();
@@ -274,6 +300,7 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
         media: Some(media),
         media_thread,
         recorders,
+        packagers,
     })
 }
 
@@ -294,16 +321,17 @@ fn app(state: AppState) -> Router {
                 .delete(delete_recording),
         )
         .route("/v1/drain", post(drain))
+        .merge(crate::hls::api::admin_routes(state.packagers.clone()))
         .merge(fault_routes())
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let signal =
-        Router::new()
-            .route("/v1/signal", get(signal))
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                require_signal,
-            ));
+    let signal = Router::new()
+        .route("/v1/signal", get(signal))
+        .merge(crate::hls::api::file_routes(state.packagers.clone()))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_signal,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))

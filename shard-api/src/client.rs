@@ -78,6 +78,26 @@ impl ShardAdmin {
         }
     }
 
+    /// A client for the API at `base` that shares `client`'s connections.
+    pub fn with_client(
+        base: &str,
+        token: &str,
+        client: Client<HttpConnector, Full<Bytes>>,
+    ) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            client,
+        }
+    }
+
+    /// A file of a broadcast's HLS directory on the shard packaging it (for gateways:
+    /// this client's token is then the signaling token).
+    pub async fn hls_file(&self, broadcast: &str, file: &str) -> Result<Bytes, AdminCallError> {
+        self.call(Method::GET, &format!("/v1/hls/{broadcast}/{file}"), None)
+            .await
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -208,6 +228,34 @@ impl ShardAdmin {
                 .call(Method::DELETE, &format!("/v1/recordings/{name}"), None)
                 .await?,
         )
+    }
+
+    /// Starts packaging a broadcast as HLS, or points its packager at the stage's new
+    /// shard.
+    pub async fn put_packaging(
+        &self,
+        broadcast: &str,
+        spec: &crate::hls::PackagingSpec,
+    ) -> Result<crate::hls::Packaging, AdminCallError> {
+        let body =
+            serde_json::to_string(spec).map_err(|e| AdminCallError::Decode(e.to_string()))?;
+        Self::decode(
+            &self
+                .call(Method::PUT, &format!("/v1/hls/{broadcast}"), Some(body))
+                .await?,
+        )
+    }
+
+    /// The broadcasts the shard packages.
+    pub async fn packagings(&self) -> Result<Vec<crate::hls::Packaging>, AdminCallError> {
+        Self::decode(&self.call(Method::GET, "/v1/hls", None).await?)
+    }
+
+    /// Stops packaging a broadcast.
+    pub async fn stop_packaging(&self, broadcast: &str) -> Result<(), AdminCallError> {
+        self.call(Method::DELETE, &format!("/v1/hls/{broadcast}"), None)
+            .await
+            .map(|_| ())
     }
 
     /// Starts draining the shard.

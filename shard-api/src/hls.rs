@@ -1,5 +1,37 @@
-//! The files of a broadcast's HLS directory: what the packager writes and the gateway
-//! serves.
+//! HLS packaging on a shard: what the control plane asks a shard to package
+//! (`PUT /v1/hls/{broadcast}`), and the files of a broadcast's HLS directory, which the
+//! packager writes and gateways serve.
+
+use serde::{Deserialize, Serialize};
+
+/// What a shard is asked to package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackagingSpec {
+    /// The broadcast's stage room.
+    pub room: String,
+    /// The signaling URL (`ws://…/v1/signal`) of the shard holding it.
+    pub from: String,
+}
+
+impl PackagingSpec {
+    /// Checks the room's name and the URL's shape and length.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::recording::validate_room_and_source(&self.room, &self.from)
+    }
+}
+
+/// One broadcast a shard packages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Packaging {
+    /// The broadcast.
+    pub broadcast: String,
+    /// Its stage room.
+    pub room: String,
+    /// Where the stage is received from.
+    pub from: String,
+}
 
 /// The playlist's name.
 pub const PLAYLIST: &str = "index.m3u8";

@@ -24,19 +24,25 @@ pub struct RecordingSpec {
 impl RecordingSpec {
     /// Checks the room's name and the URL's shape and length.
     pub fn validate(&self) -> Result<(), String> {
-        if !crate::protocol::valid_id(&self.room) || self.room.starts_with('.') {
-            return Err(
-                "room must be 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot".into(),
-            );
-        }
-        let scheme_ok = self.from.starts_with("ws://") || self.from.starts_with("wss://");
-        if !scheme_ok || self.from.len() > MAX_FROM_LEN || !self.from.ends_with("/v1/signal") {
-            return Err(format!(
-                "from must be a shard's ws:// or wss:// …/v1/signal URL of at most {MAX_FROM_LEN} characters"
-            ));
-        }
-        Ok(())
+        validate_room_and_source(&self.room, &self.from)
     }
+}
+
+/// Checks a room to receive (not starting with a dot: it names a directory) and the
+/// signaling URL of the shard holding it.
+pub fn validate_room_and_source(room: &str, from: &str) -> Result<(), String> {
+    if !crate::protocol::valid_id(room) || room.starts_with('.') {
+        return Err(
+            "room must be 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot".into(),
+        );
+    }
+    let scheme_ok = from.starts_with("ws://") || from.starts_with("wss://");
+    if !scheme_ok || from.len() > MAX_FROM_LEN || !from.ends_with("/v1/signal") {
+        return Err(format!(
+            "from must be a shard's ws:// or wss:// …/v1/signal URL of at most {MAX_FROM_LEN} characters"
+        ));
+    }
+    Ok(())
 }
 
 /// A recording's state, as it is shown.

@@ -1,6 +1,6 @@
-//! `/hls/{broadcast}/{file}`: the playlist and segments of broadcasts packaged as HLS
-//! (local mode: the packagers write them under `--hls-dir`), for players and CDNs that
-//! do not speak WebRTC.
+//! `/hls/{broadcast}/{file}`: the playlist and segments of a broadcast packaged as HLS,
+//! fetched from the shard that packages it (the one holding its stage) and served to
+//! players and CDNs that do not speak WebRTC.
 
 use crate::server::AppState;
 use axum::extract::{Path, State};
@@ -8,38 +8,32 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tutti_shard_api::hls::{PLAYLIST, served_file};
 
-/// The largest file served (a segment of a second is far smaller).
-const MAX_FILE: u64 = 32 * 1024 * 1024;
-
-/// One file of a broadcast's HLS directory.
+/// One file of a broadcast's HLS.
 pub async fn file(
     State(state): State<AppState>,
     Path((broadcast, name)): Path<(String, String)>,
 ) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "no such HLS file\n").into_response();
-    let Some(dir) = state.hls_dir.as_ref() else {
-        return not_found();
-    };
-    if !tutti_shard_api::protocol::valid_id(&broadcast)
-        || broadcast.starts_with('.')
-        || !served_file(&name)
-        || !state
-            .gateway
-            .view
-            .broadcast(&broadcast)
-            .is_some_and(|b| b.hls)
-    {
+    let gateway = &state.gateway;
+    if !tutti_shard_api::protocol::valid_id(&broadcast) || !served_file(&name) {
         return not_found();
     }
-    let path = dir.join(&broadcast).join(&name);
-    let Ok(meta) = tokio::fs::metadata(&path).await else {
+    let Some(record) = gateway.view.broadcast(&broadcast).filter(|b| b.hls) else {
         return not_found();
     };
-    if !meta.is_file() || meta.len() > MAX_FILE {
+    let Some(shard) = gateway
+        .view
+        .route(&record.stage)
+        .and_then(|route| gateway.view.shard(&route.shard))
+    else {
         return not_found();
-    }
-    let Ok(body) = tokio::fs::read(&path).await else {
-        return not_found();
+    };
+    let body = match gateway.connector.hls_file(&shard, &broadcast, &name).await {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::debug!(%broadcast, file = %name, %err, "HLS file not fetched");
+            return not_found();
+        }
     };
     let playlist = name == PLAYLIST;
     let mut response = body.into_response();

@@ -54,8 +54,6 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Recordings, where this gateway can make them (local mode with `--record-dir`).
     pub recordings: Option<Arc<dyn crate::recordings::RecordingControl>>,
-    /// Where broadcasts packaged as HLS are (local mode), served at `/hls/…`.
-    pub hls_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -66,7 +64,6 @@ impl AppState {
             view,
             tracker: TaskTracker::new(),
             recordings: None,
-            hls_dir: None,
         }
     }
 

@@ -34,23 +34,74 @@ pub struct ShardLink {
 pub trait ShardConnector: Send + Sync {
     /// Opens a link to `shard`'s signaling endpoint.
     async fn connect(&self, shard: &ShardRecord) -> Result<ShardLink, String>;
+
+    /// A file of a broadcast's HLS on `shard`, which packages it (`/v1/hls/…`, with the
+    /// signaling token).
+    async fn hls_file(
+        &self,
+        shard: &ShardRecord,
+        broadcast: &str,
+        file: &str,
+    ) -> Result<bytes::Bytes, String> {
+        let _ = (shard, broadcast, file);
+        Err("this connector reaches no HLS".into())
+    }
+}
+
+/// The HTTP base of a shard's signaling URL (`ws://host:port/v1/signal` →
+/// `http://host:port`).
+pub fn http_base(signal_url: &str) -> Option<String> {
+    let rest = signal_url.strip_suffix("/v1/signal")?;
+    if let Some(host) = rest.strip_prefix("ws://") {
+        Some(format!("http://{host}"))
+    } else {
+        rest.strip_prefix("wss://")
+            .map(|host| format!("https://{host}"))
+    }
 }
 
 /// Connects over WebSocket with the shards' signaling token.
 pub struct WsConnector {
     token: String,
     networks: crate::shard_urls::ShardNetworks,
+    /// Connections to shards' HTTP, shared by every HLS request.
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
 }
 
 impl WsConnector {
     /// A connector presenting `token` to shards whose signaling URL is in `networks`.
     pub fn new(token: String, networks: crate::shard_urls::ShardNetworks) -> Self {
-        Self { token, networks }
+        Self {
+            token,
+            networks,
+            http: tutti_shard_api::client::http_client(),
+        }
     }
 }
 
 #[async_trait]
 impl ShardConnector for WsConnector {
+    async fn hls_file(
+        &self,
+        shard: &ShardRecord,
+        broadcast: &str,
+        file: &str,
+    ) -> Result<bytes::Bytes, String> {
+        // The token goes only where signaling links may go.
+        if let Some(why) = self.networks.refusal(&shard.signal_url) {
+            return Err(format!("shard {}: {why}", shard.id));
+        }
+        let base = http_base(&shard.signal_url)
+            .ok_or_else(|| format!("bad signal URL {}", shard.signal_url))?;
+        tutti_shard_api::client::ShardAdmin::with_client(&base, &self.token, self.http.clone())
+            .hls_file(broadcast, file)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn connect(&self, shard: &ShardRecord) -> Result<ShardLink, String> {
         if let Some(why) = self.networks.refusal(&shard.signal_url) {
             tracing::warn!(shard = %shard.id, "not sending the signaling token: {why}");
@@ -111,5 +162,24 @@ impl ShardConnector for WsConnector {
             tx: to_shard,
             rx: from_shard,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shards_http_base_is_its_signaling_url_without_the_path() {
+        assert_eq!(
+            http_base("ws://10.0.0.7:7880/v1/signal").as_deref(),
+            Some("http://10.0.0.7:7880")
+        );
+        assert_eq!(
+            http_base("wss://shard-1.example:443/v1/signal").as_deref(),
+            Some("https://shard-1.example:443")
+        );
+        assert_eq!(http_base("http://10.0.0.7:7880/v1/signal"), None);
+        assert_eq!(http_base("ws://10.0.0.7:7880/v1/other"), None);
     }
 }

@@ -19,6 +19,7 @@ const ERROR_TEXT = {
   wrong_password: 'That password is not right.',
   password_required: 'This room needs a password.',
   nickname_taken: 'Someone in this room already uses that name. Please pick another one.',
+  use_hls: 'The broadcast\'s real-time audience is full: watch it over HLS.',
   room_not_found: 'There is no room with that name.',
   unauthorized: 'Your invitation is not valid or has expired. Ask for a new link.',
   bad_message: 'The server did not understand a message from this page. Reload and try again.',

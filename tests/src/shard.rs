@@ -32,12 +32,12 @@ impl TestShard {
 
     /// Starts a shard after letting `configure` adjust its core settings.
     pub async fn start_with(configure: impl FnOnce(&mut CoreConfig)) -> Result<Self> {
-        Self::launch(configure, None, None, None).await
+        Self::launch(configure, None, None, None, None).await
     }
 
     /// Starts a shard that records into `dir` what the control plane asks it to.
     pub async fn start_recording(dir: std::path::PathBuf) -> Result<Self> {
-        Self::launch(|_| {}, None, None, Some((dir, None))).await
+        Self::launch(|_| {}, None, None, Some((dir, None)), None).await
     }
 
     /// Starts a shard that records under `dir` and into object storage as `store` says
@@ -46,20 +46,25 @@ impl TestShard {
         dir: std::path::PathBuf,
         store: tutti_sfu::recorder::store::ObjectStoreConfig,
     ) -> Result<Self> {
-        Self::launch(|_| {}, None, None, Some((dir, Some(store)))).await
+        Self::launch(|_| {}, None, None, Some((dir, Some(store))), None).await
+    }
+
+    /// Starts a shard that packages broadcasts as HLS under `dir` when asked.
+    pub async fn start_packaging(dir: std::path::PathBuf) -> Result<Self> {
+        Self::launch(|_| {}, None, None, None, Some(dir)).await
     }
 
     /// Starts a shard that is ready only while `registration` says its record is in the
     /// live state (as `tutti-sfu --store etcd://…` does).
     pub async fn start_registered(registration: Registration) -> Result<Self> {
-        Self::launch(|_| {}, Some(registration), None, None).await
+        Self::launch(|_| {}, Some(registration), None, None, None).await
     }
 
     /// Starts a shard whose media socket is bound to `0.0.0.0` (the default bind of the
     /// gateway and the shard binary) and that advertises `advertise`, one of the host's
     /// loopback addresses.
     pub async fn start_wildcard(advertise: std::net::IpAddr) -> Result<Self> {
-        Self::launch(|_| {}, None, Some(advertise), None).await
+        Self::launch(|_| {}, None, Some(advertise), None, None).await
     }
 
     async fn launch(
@@ -70,6 +75,7 @@ impl TestShard {
             std::path::PathBuf,
             Option<tutti_sfu::recorder::store::ObjectStoreConfig>,
         )>,
+        hls_dir: Option<std::path::PathBuf>,
     ) -> Result<Self> {
         let (record_dir, record_store) = match record {
             Some((dir, store)) => (Some(dir), store),
@@ -94,6 +100,7 @@ impl TestShard {
             registration,
             record_dir,
             record_store,
+            hls_dir,
         })
         .await?;
         let admin = AdminClient::new(shard.http_addr, ADMIN_TOKEN);

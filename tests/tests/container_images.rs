@@ -83,6 +83,29 @@ fn statically_each_dockerfile_is_multi_stage_locked_and_non_root() -> Result<()>
 }
 
 #[test]
+fn statically_the_media_shard_image_adds_ffmpeg_to_the_same_binary() -> Result<()> {
+    let plain = read("sfu/Dockerfile")?;
+    let media = read("sfu/Dockerfile.media")?;
+    let stages: Vec<&str> = media.lines().filter(|l| l.starts_with("FROM ")).collect();
+    ensure!(
+        stages.len() == 2 && stages[0].contains(" AS build"),
+        "{stages:?}"
+    );
+    ensure!(stages[1] == "FROM debian:bookworm-slim", "{}", stages[1]);
+    ensure!(media.contains("apt-get install -y --no-install-recommends ffmpeg"));
+    // The same build as the plain image's, and the same user and entry point.
+    let build = "cargo build --release --locked -p tutti-sfu --features etcd --bin tutti-sfu";
+    ensure!(plain.contains(build) && media.contains(build));
+    for line in [
+        "USER 65532:65532",
+        "ENTRYPOINT [\"/usr/local/bin/tutti-sfu\"]",
+    ] {
+        ensure!(plain.contains(line) && media.contains(line), "{line}");
+    }
+    Ok(())
+}
+
+#[test]
 fn statically_the_shard_pods_prestop_hook_names_the_imaged_binary() -> Result<()> {
     let pods = read("operator/src/shard_pods.rs")?;
     ensure!(pods.contains(r#""/usr/local/bin/tutti-sfu", "drain", "--wait""#));

@@ -593,6 +593,26 @@ fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<(
             "{recordings}"
         );
     }
+    // Shards with ffmpeg package HLS (and compose).
+    let media = render(&[
+        "-f",
+        "charts/tutti/values-eks.yaml",
+        "--set",
+        "media.enabled=true",
+    ])?;
+    for pool in of_kind(&media, "ShardPool") {
+        let template = &pool["spec"]["template"];
+        ensure!(template["hls"] == true, "{template}");
+        ensure!(
+            template["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("ghcr.io/tutti-dev/tutti-sfu-media:")),
+            "{template}"
+        );
+    }
+    for pool in of_kind(&objects, "ShardPool") {
+        ensure!(pool["spec"]["template"].get("hls").is_none());
+    }
     // A bucket left unnamed is an error at install, not a shard that cannot start.
     ensure!(
         render(&[

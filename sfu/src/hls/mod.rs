@@ -11,7 +11,9 @@
 //!
 //! The gateway serves the directory (`/hls/{broadcast}/index.m3u8`).
 
+pub mod api;
 pub mod ffmpeg;
+pub mod registry;
 
 use crate::media::loss::{LossConfig, LossTracker};
 use crate::pipe_end::{Pipe, own_end, send_rtcp};

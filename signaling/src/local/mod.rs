@@ -115,6 +115,13 @@ impl LocalSystem {
         }
         let admin_token = tutti_service::token::random_token(32);
         let signal_token = tutti_service::token::random_token(32);
+        // Broadcasts packaged as HLS: by whichever shard holds the stage, as in a
+        // cluster, each shard in a directory of its own.
+        let hls = if options.common.rooms.broadcasts.iter().any(|b| b.hls) {
+            Some(hls::Directory::new(options.hls_dir.clone())?)
+        } else {
+            None
+        };
         let stop = CancellationToken::new();
         let mut shards = Vec::new();
         let mut background = Vec::new();
@@ -139,6 +146,9 @@ impl LocalSystem {
                 registration: None,
                 record_dir: options.record_dir.clone(),
                 record_store: options.record_store.clone(),
+                hls_dir: hls
+                    .as_ref()
+                    .map(|d| d.path().join(format!("local-{index}"))),
             })
             .await?;
             let id = format!("local-{index}");
@@ -202,30 +212,6 @@ impl LocalSystem {
                 stop.clone(),
             )));
         }
-        let hls_broadcasts: Vec<_> = options
-            .common
-            .rooms
-            .broadcasts
-            .iter()
-            .filter(|b| b.hls)
-            .cloned()
-            .collect();
-        let hls = if hls_broadcasts.is_empty() {
-            None
-        } else {
-            let dir = hls::Directory::new(options.hls_dir.clone())?;
-            for broadcast in &hls_broadcasts {
-                background.push(hls::package(
-                    broadcast,
-                    &store,
-                    &signal_token,
-                    options.media_bind,
-                    dir.path(),
-                    stop.clone(),
-                )?);
-            }
-            Some(dir)
-        };
         let view: Arc<dyn LiveView> = Arc::new(store.clone());
         let gateway = Gateway::build(
             GatewayParts {
@@ -244,7 +230,7 @@ impl LocalSystem {
         if options.record_dir.is_some() {
             state = state.with_recordings(recordings);
         }
-        state.hls_dir = hls.as_ref().map(|d| d.path().to_owned());
+
         let server = serve(options.common.listen, state).await?;
         Ok(Self {
             server,
