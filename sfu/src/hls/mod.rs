@@ -70,6 +70,8 @@ const KEYFRAME_REQUESTS_AFTER_START: [Duration; 4] = [
     Duration::from_secs(2),
     Duration::from_secs(4),
 ];
+/// How long ffmpeg may run without a playlist before that is reported.
+const SILENT_AFTER: Duration = Duration::from_secs(15);
 /// ffmpeg's last lines of errors kept for the log when it exits.
 const STDERR_LINES: usize = 20;
 /// The largest datagram read.
@@ -160,6 +162,8 @@ struct Running {
     child: tokio::process::Child,
     started: Instant,
     keyframes_asked: usize,
+    /// Whether its missing playlist was reported.
+    silent_reported: bool,
     stderr: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
 }
 
@@ -359,6 +363,20 @@ impl Session {
         if !packets.is_empty() {
             send_rtcp(pipe, socket, &packets).await;
         }
+        // ffmpeg running but writing nothing (streams it cannot decode): said once.
+        if let Some(running) = self.ffmpeg.as_mut()
+            && !running.silent_reported
+            && now.saturating_duration_since(running.started) > SILENT_AFTER
+            && !options.dir.join(ffmpeg::PLAYLIST).exists()
+        {
+            running.silent_reported = true;
+            let last: Vec<String> = running
+                .stderr
+                .lock()
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default();
+            tracing::warn!(broadcast = %options.broadcast, stderr = ?last, "ffmpeg has written no segment yet");
+        }
         // ffmpeg gone: started again, a little later each time it will not run.
         if let Some(running) = self.ffmpeg.as_mut()
             && let Ok(Some(status)) = running.child.try_wait()
@@ -477,6 +495,7 @@ impl Session {
             child,
             started: Instant::now(),
             keyframes_asked: 0,
+            silent_reported: false,
             stderr,
         });
         self.continuing = true;
