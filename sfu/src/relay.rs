@@ -414,6 +414,13 @@ async fn run_link(
                     })
                     .await;
                 }
+                ServerMessage::Recording { active } if top => {
+                    core.send(Command::RelayRecording {
+                        room: room.clone(),
+                        active,
+                    })
+                    .await;
+                }
                 ServerMessage::ParticipantLeft { participant } if top => {
                     core.send(Command::RelayParticipant {
                         room: room.clone(),

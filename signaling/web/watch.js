@@ -214,6 +214,10 @@ async function onMessage(message) {
       send({ type: 'answer', pc: 'subscriber', sdp: pc.localDescription.sdp });
       break;
     }
+    case 'recording':
+      // The stage's shard says so, through the edge this viewer is seated on.
+      $('#recording').hidden = message.active !== true;
+      break;
     case 'reconnect':
       retry(null);
       break;
@@ -380,7 +384,9 @@ function hlsStats() {
   };
 }
 
-window.tutti = { state, inboundStats, hlsStats, mode: () => state.mode };
+window.tutti = {
+  state, inboundStats, hlsStats, mode: () => state.mode, recordingShown: () => !$('#recording').hidden,
+};
 
 async function init() {
   const params = new URLSearchParams(location.search);

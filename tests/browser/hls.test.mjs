@@ -9,7 +9,8 @@
 // /watch falls back to HLS by itself, visibly: a viewer whose WebRTC cannot connect (its
 // page drops every ICE candidate) ends up on HLS after the page's timeout; one beyond the
 // broadcast's `maxWebrtcViewers` is sent there by the gateway (`use_hls`); one asks for
-// it (`&hls=1`). ffprobe (not Tutti's code) reads the playlist as H.264 and AAC.
+// it (`&hls=1`). ffprobe (not Tutti's code) reads the playlist as H.264 and AAC. While the
+// stage is recorded, its WebRTC viewers see the recording badge.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,13 +19,14 @@ import { promisify } from 'node:util';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startGateway, launch, waitFor, repo } from './lib.mjs';
+import { startGateway, launch, waitFor, repo, binary } from './lib.mjs';
 
 const run = promisify(execFile);
 
 let gateway;
 let browser;
 let dir;
+const SECRET = 'hls-test-jwt-secret-0123456789abcdef0123';
 
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-hls-'));
@@ -37,7 +39,10 @@ before(async () => {
     'maxWebrtcViewers = 1',
     '',
   ].join('\n'));
-  gateway = await startGateway(['--shards', '2', '--rooms', rooms, '--hls-dir', path.join(dir, 'hls')]);
+  gateway = await startGateway([
+    '--shards', '2', '--rooms', rooms, '--hls-dir', path.join(dir, 'hls'),
+    '--record-dir', path.join(dir, 'recordings'), '--jwt-secret', SECRET,
+  ]);
   browser = await launch();
 });
 
@@ -214,6 +219,21 @@ test('a broadcast goes out as HLS too, and /watch falls back to it where WebRTC 
   console.log(`glass-to-glass: WebRTC median ${webrtc.median} ms (${webrtc.min}-${webrtc.max}, ${webrtc.count} reads), HLS median ${hls.median} ms (${hls.min}-${hls.max}, ${hls.count} reads), ${(hls.median / webrtc.median).toFixed(1)}x; hls.js's own estimate ${hlsLatency?.toFixed(2)} s`);
   assert.ok(webrtc.count >= 10 && hls.count >= 10, 'both frames readable');
   assert.ok(hls.median > webrtc.median, 'HLS is behind WebRTC');
+
+  // Recording the stage: the WebRTC viewer, seated on an edge, is told, and told again
+  // when it stops.
+  const { stdout: token } = await run(binary('tutti-gateway'), [
+    'token', '--room', 'concert', '--name', 'Producer', '--record', '--jwt-secret', SECRET,
+  ]);
+  const api = `${gateway.url}/v1/rooms/concert/recording`;
+  const auth = { authorization: `Bearer ${token.trim()}` };
+  const started = await fetch(api, { method: 'POST', headers: auth });
+  assert.equal(started.status, 201, await started.text());
+  const cascade = await (await fetch(`${gateway.url}/v1/broadcasts/concert`)).json();
+  console.log(`recorded stage: origin ${cascade.origin}, edges ${cascade.edges.map((e) => `${e.shard} (${e.viewers} viewers)`).join(', ')}`);
+  await waitFor('the viewer to see the stage recorded', () => live.evaluate(() => window.tutti.recordingShown()), (shown) => shown === true);
+  assert.equal((await fetch(api, { method: 'DELETE', headers: auth })).status, 200);
+  await waitFor('the viewer to see the recording stop', () => live.evaluate(() => window.tutti.recordingShown()), (shown) => shown === false);
 
   // Past maxWebrtcViewers (1), a newcomer is sent to HLS by the gateway.
   await waitFor('the WebRTC viewer counted', viewers, (n) => n >= 1, 30_000);

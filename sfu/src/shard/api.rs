@@ -187,6 +187,13 @@ pub enum Command {
         /// Present (true) or gone (false).
         present: bool,
     },
+    /// The parent's room started or stopped being recorded.
+    RelayRecording {
+        /// The pipeline.
+        room: String,
+        /// Whether a recorder is in it now.
+        active: bool,
+    },
     /// A publisher at the parent started or stopped sharing its screen.
     RelayScreenShare {
         /// The pipeline.

@@ -924,6 +924,7 @@ impl ShardCore {
                 participant,
                 active,
             } => self.relay_screen_share(&room, &participant, active),
+            Command::RelayRecording { room, active } => self.relay_recording(&room, active),
             Command::RelayTrack { track, reply } => {
                 let _ = reply.send(self.relay_track(track, now));
             }
@@ -1145,7 +1146,15 @@ impl ShardCore {
                     ServerMessage::Recording { active: true },
                 );
             }
-        } else if recorders > 0 && presence != Presence::Relay {
+        } else if !request.recorder
+            && (recorders > 0
+                || self
+                    .registry
+                    .room(&request.room)
+                    .and_then(|r| r.relay.as_ref())
+                    .is_some_and(|feed| feed.recording))
+        {
+            // Relays are told too: an edge tells its viewers (and the edges below it).
             self.send(id, ServerMessage::Recording { active: true });
         }
         if let Some(pipe) = &pipe
@@ -1537,6 +1546,7 @@ mod tests {
         // An edge's relay is no recorder: nobody is told anything.
         let (_, mut edge) = join_relay(&mut core, "lesson", "relay.edge", false);
         assert!(recording(&drain(&mut teacher)).is_empty());
+        assert!(recording(&drain(&mut edge)).is_empty());
         // The first recorder: everyone else hears it once, the recorder itself nothing.
         let (first, mut recorder) = join_relay(&mut core, "lesson", "recorder.a", true);
         assert_eq!(recording(&drain(&mut teacher)), vec![true]);
@@ -1560,6 +1570,40 @@ mod tests {
         core.handle_command(Instant::now(), Command::Leave { session: second });
         assert_eq!(recording(&drain(&mut teacher)), vec![false]);
         assert_eq!(recording(&drain(&mut student)), vec![false]);
+    }
+
+    #[test]
+    fn an_edge_tells_its_viewers_and_newcomers_while_the_stage_is_recorded() {
+        let mut core = core();
+        let (_, mut viewer) = join(&mut core, "stage", "viewer");
+        let (demand, _) = tokio::sync::watch::channel(Default::default());
+        assert!(core.relay_attach("stage", demand, Instant::now()));
+        let told = |core: &mut ShardCore, active| {
+            core.handle_command(
+                Instant::now(),
+                Command::RelayRecording {
+                    room: "stage".into(),
+                    active,
+                },
+            );
+        };
+        told(&mut core, true);
+        told(&mut core, true);
+        assert_eq!(recording(&drain(&mut viewer)), vec![true], "once");
+        // A newcomer, and the relay of an edge below, are told as they join.
+        let (_, mut late) = join(&mut core, "stage", "late");
+        assert_eq!(recording(&drain(&mut late)), vec![true]);
+        let (_, mut below) = join_relay(&mut core, "stage", "relay.below", false);
+        assert_eq!(recording(&drain(&mut below)), vec![true]);
+        told(&mut core, false);
+        assert_eq!(recording(&drain(&mut viewer)), vec![false]);
+        let (_, mut later) = join(&mut core, "stage", "later");
+        assert!(recording(&drain(&mut later)).is_empty());
+        // Cut off from its parent, the edge no longer says the stage is recorded.
+        told(&mut core, true);
+        drain(&mut viewer);
+        core.relay_detach("stage", Instant::now());
+        assert_eq!(recording(&drain(&mut viewer)), vec![false]);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub(crate) struct RelayFeed {
     sessions: HashMap<String, SessionId>,
     /// Which layers of each relayed track this edge needs, for the relay client.
     demand: RelayDemand,
+    /// The parent says its room is being recorded.
+    pub(super) recording: bool,
 }
 
 impl ShardCore {
@@ -49,6 +51,7 @@ impl ShardCore {
             r.relay = Some(RelayFeed {
                 sessions: HashMap::new(),
                 demand,
+                recording: false,
             });
         }
         true
@@ -100,15 +103,30 @@ impl ShardCore {
     /// The feed stopped: its participants and tracks leave the room, and its pipes close.
     pub(super) fn relay_detach(&mut self, room: &str, now: Instant) {
         self.pipe_close_room(room);
-        let sessions: Vec<_> = self
-            .registry
-            .room_mut(room)
-            .and_then(|r| r.relay.take())
+        let feed = self.registry.room_mut(room).and_then(|r| r.relay.take());
+        // Without a parent, whether the stage is recorded is not known: not claimed.
+        if feed.as_ref().is_some_and(|f| f.recording) {
+            self.broadcast(room, None, ServerMessage::Recording { active: false });
+        }
+        let sessions: Vec<_> = feed
             .map(|feed| feed.sessions.into_values().collect())
             .unwrap_or_default();
         for session in sessions {
             self.remove_session(session, now, None);
         }
+    }
+
+    /// The parent's room started or stopped being recorded: everyone here is told (the
+    /// viewers, and the relays of edges below, which tell theirs).
+    pub(super) fn relay_recording(&mut self, room: &str, active: bool) {
+        let Some(feed) = self.registry.room_mut(room).and_then(|r| r.relay.as_mut()) else {
+            return;
+        };
+        if feed.recording == active {
+            return;
+        }
+        feed.recording = active;
+        self.broadcast(room, None, ServerMessage::Recording { active });
     }
 
     /// A publisher at the parent appeared or went.
