@@ -153,6 +153,12 @@ pub struct RecordingsVolume {
     /// S3-compatible object storage recordings are written to as they go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_store: Option<RecordingsObjectStore>,
+    /// Recordings on the claim that ended more than this many days ago are deleted
+    /// (1-36500; unset keeps them; object storage keeps its own rules, such as a bucket
+    /// lifecycle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 36500))]
+    pub retention_days: Option<u32>,
 }
 
 /// An S3-compatible bucket for recordings.

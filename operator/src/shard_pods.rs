@@ -358,6 +358,9 @@ pub fn shard_pod(
         if let Some(store) = &recordings.object_store {
             env.extend(object_store_env(store, recordings.claim_name.is_some()));
         }
+        if let (Some(days), Some(_)) = (recordings.retention_days, &recordings.claim_name) {
+            env.push(json!({"name": "TUTTI_SFU_RECORD_RETENTION_DAYS", "value": days.to_string()}));
+        }
     }
     let host_port = |port: u16| match mode {
         NetworkingMode::HostPort => json!(port),
@@ -649,9 +652,11 @@ mod tests {
         recorded.spec.template.recordings = Some(tutti_crds::RecordingsVolume {
             claim_name: Some("tutti-recordings".into()),
             object_store: None,
+            retention_days: Some(30),
         });
         let pod = build(&recorded, 0);
         assert_eq!(env(&pod, "TUTTI_SFU_RECORD_DIR")["value"], RECORDINGS_DIR);
+        assert_eq!(env(&pod, "TUTTI_SFU_RECORD_RETENTION_DAYS")["value"], "30");
         let json = serde_json::to_value(&pod).expect("pod");
         let volume = json["spec"]["volumes"]
             .as_array()
@@ -709,6 +714,7 @@ mod tests {
         let mut stored = pool("HostPort", 40000);
         stored.spec.template.recordings = Some(tutti_crds::RecordingsVolume {
             claim_name: None,
+            retention_days: None,
             object_store: Some(tutti_crds::RecordingsObjectStore {
                 endpoint: "https://s3.eu-west-1.amazonaws.com".into(),
                 bucket: "lessons".into(),

@@ -94,6 +94,7 @@ pub async fn run(mut args: ShardArgs) -> Result<(), Box<dyn std::error::Error>> 
         record_dir: args.record_dir.clone(),
         record_store: args.record_store.config()?,
         hls_dir: args.hls_dir.clone(),
+        record_retention_days: args.record_retention_days,
     })
     .await?;
     if admin_generated || signal_generated {

@@ -23,6 +23,10 @@ pub struct ShardArgs {
     /// its own; see README, Recording). Without it the shard records nothing.
     #[arg(long, env = "TUTTI_SFU_RECORD_DIR")]
     pub record_dir: Option<std::path::PathBuf>,
+    /// Recordings under `--record-dir` that ended more than this many days ago are
+    /// deleted (checked hourly); 0 keeps them.
+    #[arg(long, env = "TUTTI_SFU_RECORD_RETENTION_DAYS", default_value_t = 0)]
+    pub record_retention_days: u32,
     /// Where broadcasts the control plane asks this shard to package as HLS go (one
     /// directory each; needs `ffmpeg`). Without it the shard packages nothing.
     #[arg(long, env = "TUTTI_SFU_HLS_DIR")]

@@ -72,6 +72,9 @@ pub struct ShardOptions {
     /// Object storage recordings are also written to, as they go (`record_dir` is then
     /// their staging area).
     pub record_store: Option<crate::recorder::store::ObjectStoreConfig>,
+    /// Recordings under `record_dir` that ended more than this many days ago are deleted
+    /// (checked hourly); 0 keeps them.
+    pub record_retention_days: u32,
     /// Where broadcasts the control plane asks this shard to package as HLS go (needs
     /// `ffmpeg`); `None` packages nothing.
     pub hls_dir: Option<std::path::PathBuf>,
@@ -262,6 +265,13 @@ pub async fn start(options: ShardOptions) -> io::Result<RunningShard> {
             shutdown.child_token(),
         ))
     });
+    if let (Some(dir), days @ 1..) = (&options.record_dir, options.record_retention_days) {
+        tokio::spawn(crate::recorder::retention::sweep_old(
+            dir.clone(),
+            days,
+            shutdown.child_token(),
+        ));
+    }
     let packagers = options.hls_dir.clone().map(|dir| {
         let bind = if udp_addr.ip().is_unspecified() {
             std::net::IpAddr::from([127, 0, 0, 1])

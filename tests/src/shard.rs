@@ -101,6 +101,7 @@ impl TestShard {
             record_dir,
             record_store,
             hls_dir,
+            record_retention_days: 0,
         })
         .await?;
         let admin = AdminClient::new(shard.http_addr, ADMIN_TOKEN);

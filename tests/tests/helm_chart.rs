@@ -552,7 +552,12 @@ fn the_eks_profile_uses_public_nodes_nlbs_external_etcd_and_an_hpa() -> Result<(
         "recordings.enabled=true",
         "--set",
         "recordings.storageClass=efs-sc",
+        "--set",
+        "recordings.retentionDays=30",
     ])?;
+    for pool in of_kind(&with_efs, "ShardPool") {
+        ensure!(pool["spec"]["template"]["recordings"]["retentionDays"] == 30);
+    }
     let claim = named(&with_efs, "PersistentVolumeClaim", "tutti-recordings")?;
     ensure!(claim["spec"]["accessModes"][0] == "ReadWriteMany");
     ensure!(claim["spec"]["storageClassName"] == "efs-sc");

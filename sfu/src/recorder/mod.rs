@@ -17,6 +17,7 @@ pub mod compose;
 pub mod credentials;
 pub mod manifest;
 pub mod registry;
+pub mod retention;
 pub mod store;
 pub mod track;
 pub mod upload;

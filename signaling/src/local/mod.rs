@@ -9,7 +9,6 @@
 
 mod hls;
 mod occupancy;
-mod retention;
 mod shard_metrics;
 
 use crate::metrics::GatewayMetrics;
@@ -149,6 +148,8 @@ impl LocalSystem {
                 hls_dir: hls
                     .as_ref()
                     .map(|d| d.path().join(format!("local-{index}"))),
+                // The gateway sweeps the directory the embedded shards share, once.
+                record_retention_days: 0,
             })
             .await?;
             let id = format!("local-{index}");
@@ -206,7 +207,7 @@ impl LocalSystem {
             recordings.declare(room).await?;
         }
         if let (Some(dir), days @ 1..) = (&options.record_dir, options.record_retention_days) {
-            background.push(tokio::spawn(retention::sweep_old(
+            background.push(tokio::spawn(tutti_sfu::recorder::retention::sweep_old(
                 dir.clone(),
                 days,
                 stop.clone(),

@@ -1,10 +1,10 @@
 //! Deleting recordings past `--record-retention-days`: every hour, the recordings under the
 //! directory whose manifest says they ended long enough ago.
 
+use super::manifest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
-use tutti_sfu::recorder::manifest;
 
 /// How often old recordings are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
@@ -61,7 +61,7 @@ pub fn remove_ended_before(dir: &Path, now: SystemTime, keep: Duration) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tutti_sfu::recorder::manifest::Manifest;
+    use crate::recorder::manifest::Manifest;
 
     fn recording(dir: &Path, room: &str, stamp: &str, ended_at_ms: Option<u64>) -> PathBuf {
         let path = dir.join(room).join(stamp);
