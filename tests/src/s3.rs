@@ -1,8 +1,8 @@
 //! An S3-compatible server for tests: moto's (`pip install moto[server]`, in the venv the
 //! test script makes), on a loopback port of its own, killed when dropped.
 //!
-//! moto checks requests' shapes (multipart uploads, listings, batch deletes) but not
-//! their signatures: presigned URLs are checked only against AWS's published examples, in
+//! moto checks requests' shapes (multipart uploads, listings, batch deletes: all run in
+//! `tests/tests/recording_store.rs`) but not their signatures: presigned URLs are checked only against AWS's published examples, in
 //! `rusty-s3`'s own tests.
 
 use anyhow::{Context, Result};

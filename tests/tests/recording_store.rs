@@ -98,7 +98,7 @@ async fn a_recording_goes_to_object_storage_as_it_records_and_whole_when_it_stop
     for (file, keys) in &chunks {
         let mut bytes = Vec::new();
         for key in keys {
-            bytes.extend_from_slice(&bucket.get(key).await?);
+            bytes.extend_from_slice(&bucket.get(key, 64 << 20).await?);
         }
         let local = std::fs::read(dir.join(&path).join(file))?;
         ensure!(
@@ -137,7 +137,7 @@ async fn a_recording_goes_to_object_storage_as_it_records_and_whole_when_it_stop
     ensure!(files.len() == 2, "{stopped}");
     for file in &files {
         let name = file["file"].as_str().unwrap_or_default();
-        let object = bucket.get(&format!("{key}/{name}")).await?;
+        let object = bucket.get(&format!("{key}/{name}"), 64 << 20).await?;
         let magic: &[u8] = if name.ends_with(".ogg") {
             b"OggS"
         } else {
@@ -233,7 +233,7 @@ async fn temporary_keys_come_from_the_pods_credentials_endpoint_and_are_renewed(
     )?;
     store.create_bucket().await?;
     store.put("a", bytes::Bytes::from_static(b"one")).await?;
-    ensure!(store.get("a").await?.as_ref() == b"one");
+    ensure!(store.get("a", 1024).await?.as_ref() == b"one");
     ensure!(
         served.load(Ordering::SeqCst) == 1,
         "fetched {served:?} times"
@@ -277,5 +277,42 @@ async fn temporary_keys_come_from_the_pods_credentials_endpoint_and_are_renewed(
     ensure!(error.contains("403"), "{error}");
     ensure!(store.list("d", 10).await?.is_empty());
     let _ = std::fs::remove_file(&token_file);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_go_up_in_parts_and_many_keys_are_listed_and_deleted_in_batches() -> Result<()>
+{
+    init_logs();
+    let moto = MotoServer::start().await?;
+    let config = moto.config("tutti-large", "", Duration::from_secs(10))?;
+    let bucket = moto.bucket(&config).await?;
+
+    // 20 MiB: a multipart upload of three parts (8 + 8 + 4 MiB), read back whole.
+    let file = std::env::temp_dir().join(format!("tutti-large-{}", std::process::id()));
+    let data: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&file, &data)?;
+    let size = bucket.put_file("large.ivf", &file).await?;
+    ensure!(size == data.len() as u64);
+    ensure!(bucket.size("large.ivf").await? == Some(size), "HEAD agrees");
+    let back = bucket.get("large.ivf", 32 << 20).await?;
+    ensure!(
+        back.as_ref() == data.as_slice(),
+        "the object is the file byte for byte"
+    );
+    ensure!(bucket.size("missing").await?.is_none());
+    let _ = std::fs::remove_file(&file);
+
+    // 1,005 keys: listed over two pages, deleted in two batches.
+    let keys: Vec<String> = (0..1_005).map(|i| format!("many/{i:06}")).collect();
+    for key in &keys {
+        bucket.put(key, bytes::Bytes::from_static(b"x")).await?;
+    }
+    let listed = bucket.list("many/", 10_000).await?;
+    ensure!(listed.len() == keys.len(), "{} listed", listed.len());
+    bucket.delete(&keys).await?;
+    ensure!(bucket.list("many/", 10_000).await?.is_empty());
     Ok(())
 }

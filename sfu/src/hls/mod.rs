@@ -305,17 +305,20 @@ impl Session {
             return;
         }
         let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
-        let Some(stream) = [self.video.as_mut(), self.audio.as_mut()]
-            .into_iter()
-            .flatten()
-            .find(|s| s.ssrc == ssrc)
-        else {
-            return;
-        };
+        // Every stream's packets are decrypted, forwarded or not: the receiver follows each
+        // one's rollover, so that a stream chosen later (the next camera) still decrypts
+        // after its sequence numbers wrapped.
         let Some(len) = pipe
             .receiver
             .as_mut()
             .and_then(|r| r.unprotect_rtp(datagram).ok())
+        else {
+            return;
+        };
+        let Some(stream) = [self.video.as_mut(), self.audio.as_mut()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.ssrc == ssrc)
         else {
             return;
         };

@@ -115,6 +115,25 @@ impl CredentialSource {
     }
 }
 
+/// Whether a container credentials endpoint may be sent the pod's token: over HTTPS, or
+/// on this host or its link (EKS Pod Identity's 169.254.170.23, ECS's 169.254.170.2), as
+/// AWS's SDKs allow.
+pub fn container_endpoint_allowed(url: &url::Url) -> bool {
+    if url.scheme() == "https" {
+        return true;
+    }
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_link_local(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)
+        }
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    }
+}
+
 /// Temporary keys and when they expire.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Temporary {
@@ -235,6 +254,18 @@ mod tests {
             CredentialSource::from_vars(vars(&[("AWS_ACCESS_KEY_ID", " ")])),
             None
         );
+    }
+
+    #[test]
+    fn the_pods_token_goes_only_to_its_own_host_or_link() {
+        let allowed = |u: &str| container_endpoint_allowed(&url::Url::parse(u).unwrap());
+        assert!(allowed("http://169.254.170.23/v1/credentials"));
+        assert!(allowed("http://169.254.170.2/v2/x"));
+        assert!(allowed("http://127.0.0.1:9911/creds"));
+        assert!(allowed("http://[fd00:ec2::23]/v1/credentials"));
+        assert!(allowed("https://credentials.example/"));
+        assert!(!allowed("http://10.0.0.5/creds"));
+        assert!(!allowed("http://evil.example/creds"));
     }
 
     #[test]

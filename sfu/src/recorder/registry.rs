@@ -276,7 +276,8 @@ impl Recorders {
         );
         let ending = phase.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(STOP_WAIT, task).await.is_err() {
+            let ended_in_time = tokio::time::timeout(STOP_WAIT, task).await.is_ok();
+            if !ended_in_time {
                 tracing::warn!(recording = %name_owned, "a recorder did not end its files in time");
             }
             if compose {
@@ -292,7 +293,8 @@ impl Recorders {
                 ending.store(UPLOADING, Ordering::Release);
                 ended.cancel();
                 if let Ok(mut uploader) = uploading.await {
-                    uploader.finish().await;
+                    // A recorder still running may still write: its files stay.
+                    uploader.finish(!ended_in_time).await;
                 }
             }
             ending.store(STOPPED, Ordering::Release);
@@ -353,11 +355,14 @@ impl Recorders {
             }
             if let Some((ended, uploading)) = recording.upload {
                 ended.cancel();
-                if let Ok(mut uploader) = uploading.await
-                    && tokio::time::timeout(STOP_WAIT, uploader.sync())
-                        .await
-                        .is_err()
-                {
+                // The round in flight, then the last: bounded together, as the process is
+                // going away.
+                let last = async {
+                    if let Ok(mut uploader) = uploading.await {
+                        uploader.sync().await;
+                    }
+                };
+                if tokio::time::timeout(STOP_WAIT, last).await.is_err() {
                     tracing::warn!(recording = %name, "a recording's last bytes were not stored in time");
                 }
             }

@@ -6,7 +6,8 @@
 //! (`credentials.rs`), temporary ones renewed before they expire.
 
 use super::credentials::{
-    CredentialSource, MAX_ANSWER, Temporary, parse_container_answer, parse_sts_answer,
+    CredentialSource, MAX_ANSWER, Temporary, container_endpoint_allowed, parse_container_answer,
+    parse_sts_answer,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -14,7 +15,10 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, ObjectIdentifier, S3Action as _};
+use rusty_s3::actions::{
+    CompleteMultipartUploadResponse, CreateMultipartUpload, DeleteObjectsResponse, ListObjectsV2,
+    ObjectIdentifier, S3Action as _,
+};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 use std::path::Path;
 use std::time::Duration;
@@ -29,6 +33,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// Files up to this size go up in one request; larger ones as parts of this size.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts one multipart upload has at most (S3's own limit).
+const MAX_PARTS: u64 = 10_000;
 /// Keys one delete request names at most (S3's own limit).
 const DELETE_BATCH: usize = 1_000;
 /// Attempts of one request before its error is returned.
@@ -276,7 +282,18 @@ impl ObjectStore {
             })
         });
         if !fresh {
-            *temporary = Some(self.fetch_temporary().await?);
+            match self.fetch_temporary().await {
+                Ok(keys) => *temporary = Some(keys),
+                // Keys that still work are used until they expire.
+                Err(err)
+                    if temporary
+                        .as_ref()
+                        .is_some_and(|t| t.expires.is_some_and(|e| jiff::Timestamp::now() < e)) =>
+                {
+                    tracing::warn!(%err, "object storage credentials not renewed yet");
+                }
+                Err(err) => return Err(err),
+            }
         }
         let keys = temporary
             .as_ref()
@@ -299,6 +316,11 @@ impl ObjectStore {
             } => {
                 let url = Url::parse(uri)
                     .map_err(|e| StoreError::Config(format!("credentials endpoint: {e}")))?;
+                if !container_endpoint_allowed(&url) {
+                    return Err(StoreError::Config(format!(
+                        "the credentials endpoint {uri} is neither HTTPS nor on this host or its link"
+                    )));
+                }
                 let authorization = match (token_file, token) {
                     (Some(file), _) => Some(read_token(file)?),
                     (None, token) => token.clone(),
@@ -351,6 +373,18 @@ impl ObjectStore {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<(hyper::HeaderMap, Bytes), StoreError> {
+        self.send_bounded(method, url, headers, body, MAX_RESPONSE)
+            .await
+    }
+
+    async fn send_bounded(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        limit: usize,
+    ) -> Result<(hyper::HeaderMap, Bytes), StoreError> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -375,7 +409,7 @@ impl ObjectStore {
                     .await
                     .map_err(|e| StoreError::Transport(e.to_string()))?;
                 let (parts, body) = response.into_parts();
-                let body = Limited::new(body, MAX_RESPONSE)
+                let body = Limited::new(body, limit)
                     .collect()
                     .await
                     .map_err(|e| StoreError::Transport(e.to_string()))?
@@ -389,7 +423,7 @@ impl ObjectStore {
                 Ok((status, _, body)) => {
                     let error = StoreError::Status {
                         status,
-                        body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+                        body: error_summary(&body),
                     };
                     // A refusal is not retried: only the server's own trouble is.
                     if !status.is_server_error() {
@@ -413,16 +447,33 @@ impl ObjectStore {
         self.send(Method::PUT, &url, &[], body).await.map(|_| ())
     }
 
-    /// The object `key`.
-    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+    /// The object `key`, if at most `limit` bytes.
+    pub async fn get(&self, key: &str, limit: usize) -> Result<Bytes, StoreError> {
         let credentials = self.credentials().await?;
         let url = self
             .bucket
             .get_object(Some(&credentials), key)
             .sign(SIGNED_FOR);
-        self.send(Method::GET, &url, &[], Bytes::new())
+        self.send_bounded(Method::GET, &url, &[], Bytes::new(), limit)
             .await
             .map(|(_, body)| body)
+    }
+
+    /// The size of the object `key`, if it exists.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let credentials = self.credentials().await?;
+        let url = self
+            .bucket
+            .head_object(Some(&credentials), key)
+            .sign(SIGNED_FOR);
+        match self.send(Method::HEAD, &url, &[], Bytes::new()).await {
+            Ok((headers, _)) => Ok(headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            Err(StoreError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// Writes the file at `path` as the object `key`: in one request up to
@@ -436,6 +487,8 @@ impl ObjectStore {
             self.put(key, Bytes::from(body)).await?;
             return Ok(size);
         }
+        // S3 takes 10,000 parts at most: a file past 78 GiB goes in larger ones.
+        let part_size = (PART_SIZE as u64).max(size.div_ceil(MAX_PARTS)) as usize;
         let credentials = self.credentials().await?;
         let url = self
             .bucket
@@ -445,30 +498,41 @@ impl ObjectStore {
         let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&body))
             .map_err(|e| StoreError::Transport(format!("multipart answer: {e}")))?;
         let upload_id = created.upload_id().to_owned();
-        match self.upload_parts(key, &upload_id, &mut file).await {
-            Ok(etags) => {
-                let action = self.bucket.complete_multipart_upload(
-                    Some(&credentials),
-                    key,
-                    &upload_id,
-                    etags.iter().map(String::as_str),
-                );
-                let url = action.sign(SIGNED_FOR);
-                let body = action.body();
-                self.send(Method::POST, &url, &[], Bytes::from(body))
-                    .await?;
-                Ok(size)
-            }
-            Err(error) => {
-                // Parts of an upload never completed are billed until aborted.
+        let completed = async {
+            let etags = self
+                .upload_parts(key, &upload_id, &mut file, part_size)
+                .await?;
+            let credentials = self.credentials().await?;
+            let action = self.bucket.complete_multipart_upload(
+                Some(&credentials),
+                key,
+                &upload_id,
+                etags.iter().map(String::as_str),
+            );
+            let url = action.sign(SIGNED_FOR);
+            let body = action.body();
+            let (_, answer) = self
+                .send(Method::POST, &url, &[], Bytes::from(body))
+                .await?;
+            // S3 may answer 200 with an error in the body.
+            CompleteMultipartUploadResponse::parse(&String::from_utf8_lossy(&answer)).map_err(
+                |_| StoreError::Transport(format!("completing: {}", error_summary(&answer))),
+            )?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(error) = completed {
+            // Parts of an upload never completed are billed until aborted.
+            if let Ok(credentials) = self.credentials().await {
                 let url = self
                     .bucket
                     .abort_multipart_upload(Some(&credentials), key, &upload_id)
                     .sign(SIGNED_FOR);
                 let _ = self.send(Method::DELETE, &url, &[], Bytes::new()).await;
-                Err(error)
             }
+            return Err(error);
         }
+        Ok(size)
     }
 
     async fn upload_parts(
@@ -476,13 +540,13 @@ impl ObjectStore {
         key: &str,
         upload_id: &str,
         file: &mut tokio::fs::File,
+        part_size: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let credentials = self.credentials().await?;
         let mut etags = Vec::new();
-        let mut part = vec![0u8; PART_SIZE];
+        let mut part = vec![0u8; part_size];
         loop {
             let mut filled = 0;
-            while filled < PART_SIZE {
+            while filled < part_size {
                 let read = file.read(&mut part[filled..]).await?;
                 if read == 0 {
                     break;
@@ -493,7 +557,11 @@ impl ObjectStore {
                 return Ok(etags);
             }
             let number = u16::try_from(etags.len() + 1)
-                .map_err(|_| StoreError::Config("a file of more than 65535 parts".into()))?;
+                .ok()
+                .filter(|n| u64::from(*n) <= MAX_PARTS)
+                .ok_or_else(|| StoreError::Config("a file that grew past 10,000 parts".into()))?;
+            // Keys are fetched for each part: temporary ones may expire during a long upload.
+            let credentials = self.credentials().await?;
             let url = self
                 .bucket
                 .upload_part(Some(&credentials), key, number, upload_id)
@@ -511,7 +579,7 @@ impl ObjectStore {
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| StoreError::Transport("a part's answer has no ETag".into()))?;
             etags.push(etag.to_owned());
-            if filled < PART_SIZE {
+            if filled < part_size {
                 return Ok(etags);
             }
         }
@@ -519,24 +587,48 @@ impl ObjectStore {
 
     /// Deletes the objects `keys` (a missing one is no error).
     pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
-        let credentials = self.credentials().await?;
         for batch in keys.chunks(DELETE_BATCH) {
+            let credentials = self.credentials().await?;
             let objects: Vec<ObjectIdentifier> = batch
                 .iter()
                 .map(|key| ObjectIdentifier::new(key.clone()))
                 .collect();
-            let action = self
+            let mut action = self
                 .bucket
                 .delete_objects(Some(&credentials), objects.iter());
+            // Quiet: only the keys that failed are listed.
+            action.set_quiet(true);
             let url = action.sign(SIGNED_FOR);
             let (body, md5) = action.body_with_md5();
-            self.send(
-                Method::POST,
-                &url,
-                &[("content-md5", md5.as_str())],
-                Bytes::from(body),
-            )
-            .await?;
+            let (_, answer) = self
+                .send(
+                    Method::POST,
+                    &url,
+                    &[("content-md5", md5.as_str())],
+                    Bytes::from(body),
+                )
+                .await?;
+            // Keys that could not be deleted come back inside a 200.
+            let answer = String::from_utf8_lossy(&answer);
+            match DeleteObjectsResponse::parse(&answer) {
+                Ok(result) if result.errors.is_empty() => {}
+                Ok(result) => {
+                    let first = &result.errors[0];
+                    return Err(StoreError::Transport(format!(
+                        "{} keys not deleted, the first for {}: {}",
+                        result.errors.len(),
+                        first.code,
+                        first.message
+                    )));
+                }
+                Err(_) if answer.trim().is_empty() => {}
+                Err(_) => {
+                    return Err(StoreError::Transport(format!(
+                        "deleting: {}",
+                        error_summary(answer.as_bytes())
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -577,5 +669,45 @@ impl ObjectStore {
         self.send(Method::PUT, &url, &[], Bytes::new())
             .await
             .map(|_| ())
+    }
+}
+
+/// What an S3 error body says, without the rest: `SignatureDoesNotMatch` answers echo the
+/// signed request, credentials' ids and session tokens included, which must not reach
+/// statuses and logs.
+fn error_summary(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find('<')?;
+        Some(text[start..end].chars().take(200).collect::<String>())
+    };
+    match (field("Code"), field("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ if text.trim().is_empty() => "no body".into(),
+        _ => "an answer that is not S3's".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_keep_only_their_code_and_message() {
+        let body = b"<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message><CanonicalRequest>GET /x X-Amz-Security-Token=SECRET</CanonicalRequest></Error>";
+        let summary = error_summary(body);
+        assert_eq!(
+            summary,
+            "SignatureDoesNotMatch: The request signature we calculated does not match"
+        );
+        assert!(!summary.contains("SECRET"));
+        assert_eq!(error_summary(b""), "no body");
+        assert_eq!(
+            error_summary(b"<html>proxy</html>"),
+            "an answer that is not S3's"
+        );
     }
 }

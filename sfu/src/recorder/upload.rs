@@ -144,6 +144,11 @@ impl Uploader {
             let Ok(meta) = tokio::fs::metadata(&path).await else {
                 continue;
             };
+            // A video file shorter than its header has nothing to store yet, and storing
+            // it would make chunk 0 more than the header.
+            if meta.len() < head {
+                continue;
+            }
             let entry = self.progress.files.entry(file.clone()).or_default();
             let fresh = entry.chunks == 0 && meta.len() >= head;
             let grew = entry.chunks > 0 && meta.len() > entry.bytes;
@@ -206,9 +211,13 @@ impl Uploader {
     }
 
     /// Once the recording ended: every file whole, its chunks deleted, the manifest; the
-    /// local files deleted unless `keep_local`. Tried a few times; the chunks stay the
-    /// recording's copy if it never succeeds.
-    pub async fn finish(&mut self) {
+    /// local files deleted unless `keep_local` (or `keep`: the recorder may still be
+    /// writing them). Tried a few times; the chunks stay the recording's copy if it never
+    /// succeeds, with the files' last bytes among them.
+    pub async fn finish(&mut self, keep: bool) {
+        if let Err(err) = self.sync_chunks().await {
+            tracing::warn!(dir = %self.dir.display(), %err, "a recording's last bytes not stored as chunks");
+        }
         for attempt in 0..FINISH_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(2 << attempt)).await;
@@ -221,42 +230,53 @@ impl Uploader {
                 break;
             }
         }
-        if self.progress.complete && !self.store.config().keep_local {
-            for file in self.progress.files.keys() {
-                let _ = tokio::fs::remove_file(self.dir.join(file)).await;
+        if self.progress.complete && !keep && !self.store.config().keep_local {
+            for (file, progress) in &self.progress.files {
+                if progress.whole {
+                    let _ = tokio::fs::remove_file(self.dir.join(file)).await;
+                }
             }
         }
     }
 
     async fn store_whole(&mut self) -> Result<(), StoreError> {
         let manifest = manifest::read(&self.dir)?;
+        let mut leftovers = None;
         for (file, _) in Self::files(&manifest) {
-            if self.progress.files.get(&file).is_some_and(|f| f.whole) {
-                continue;
-            }
+            let key = format!("{}/{file}", self.key);
             let path = self.dir.join(&file);
-            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                continue;
-            }
-            let size = self
-                .store
-                .put_file(&format!("{}/{file}", self.key), &path)
-                .await?;
-            let chunks = {
+            let whole = self.progress.files.get(&file).is_some_and(|f| f.whole);
+            if !whole && tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                let size = self.store.put_file(&key, &path).await?;
+                // Trusted only once the bucket says it holds that many bytes: the local
+                // copy and the chunks are deleted after this.
+                let stored = self.store.size(&key).await?;
+                if stored != Some(size) {
+                    return Err(StoreError::Transport(format!(
+                        "{file}: {size} bytes written, the bucket holds {stored:?}"
+                    )));
+                }
                 let entry = self.progress.files.entry(file.clone()).or_default();
                 entry.bytes = size;
                 entry.whole = true;
-                std::mem::take(&mut entry.chunks)
+            }
+            let Some(entry) = self.progress.files.get_mut(&file) else {
+                continue;
             };
-            let keys: Vec<String> = (0..chunks)
-                .map(|index| chunk_key(&self.key, &file, index))
-                .collect();
-            if let Err(err) = self.store.delete(&keys).await {
-                // The whole file is stored; chunks left over cost space, not data.
-                tracing::warn!(%file, %err, "a stored file's chunks were not deleted");
+            if entry.whole && entry.chunks > 0 {
+                let keys: Vec<String> = (0..entry.chunks)
+                    .map(|index| chunk_key(&self.key, &file, index))
+                    .collect();
+                match self.store.delete(&keys).await {
+                    Ok(()) => entry.chunks = 0,
+                    // The whole file is stored; chunks left over cost space, not data,
+                    // and are tried again.
+                    Err(err) => leftovers = Some(err),
+                }
             }
         }
-        self.put_local(manifest::MANIFEST_FILE).await
+        self.put_local(manifest::MANIFEST_FILE).await?;
+        leftovers.map_or(Ok(()), Err)
     }
 }
 
