@@ -46,7 +46,7 @@ pub fn served_file(name: &str) -> bool {
     }
     name.strip_prefix("seg-")
         .and_then(|rest| rest.strip_suffix(".ts"))
-        .is_some_and(|n| (1..=9).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|n| (1..=20).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -57,13 +57,17 @@ mod tests {
     fn only_the_playlist_and_segments_are_served() {
         assert!(served_file("index.m3u8"));
         assert!(served_file("seg-000001.ts"));
+        assert!(
+            served_file("seg-1796378400123456.ts"),
+            "numbered from the time in µs"
+        );
         for bad in [
             "",
             "in.sdp",
             "seg-.ts",
             "seg-1.ts.tmp",
             "../index.m3u8",
-            "seg-0000000001.ts",
+            "seg-000000000000000000001.ts",
             "seg-1a.ts",
         ] {
             assert!(!served_file(bad), "{bad}");

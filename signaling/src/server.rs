@@ -54,6 +54,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Recordings, where this gateway can make them (local mode with `--record-dir`).
     pub recordings: Option<Arc<dyn crate::recordings::RecordingControl>>,
+    /// HLS files fetched from shards, kept briefly.
+    pub hls_cache: Arc<crate::hls::HlsCache>,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             view,
             tracker: TaskTracker::new(),
             recordings: None,
+            hls_cache: Arc::default(),
         }
     }
 

@@ -52,6 +52,7 @@ const state = {
   hlsVideo: null,
   connectTimer: null,
   failedSockets: 0,
+  hlsRetries: 0,
 };
 
 function setStatus(text) {
@@ -94,10 +95,26 @@ function subscriber() {
   if (state.sub) return state.sub;
   const pc = new RTCPeerConnection({ iceServers: state.iceServers, bundlePolicy: 'max-bundle' });
   state.sub = pc;
+  let connected = false;
   pc.addEventListener('connectionstatechange', () => {
-    if (pc.connectionState === 'connected') clearTimeout(state.connectTimer);
-    if (pc.connectionState === 'failed' && state.sub === pc && state.hlsUrl) startHls('no_webrtc');
+    if (pc.connectionState === 'connected') {
+      connected = true;
+      clearTimeout(state.connectTimer);
+    }
+    // A connection that never carried media: this network does not let WebRTC through.
+    // One that did and then failed (a network change) is joined again as usual.
+    if (pc.connectionState === 'failed' && !connected && state.sub === pc && state.hlsUrl) {
+      startHls('no_webrtc');
+    }
   });
+  // Counted from the first offer: a stage without tracks yet sends none, and that is not
+  // this network's fault.
+  clearTimeout(state.connectTimer);
+  if (state.hlsUrl) {
+    state.connectTimer = setTimeout(() => {
+      if (state.mode === 'webrtc' && state.sub === pc && !connected) startHls('no_webrtc');
+    }, CONNECT_TIMEOUT_MS);
+  }
   pc.addEventListener('icecandidate', ({ candidate }) => {
     if (candidate && candidate.candidate) {
       send({
@@ -141,6 +158,7 @@ function applyQuality() {
 
 function retry(reason) {
   if (state.mode === 'hls') return;
+  clearTimeout(state.connectTimer);
   state.connection += 1;
   state.joined = false;
   closeConnection();
@@ -163,12 +181,6 @@ async function onMessage(message) {
       state.joined = true;
       state.joins += 1;
       state.failedSockets = 0;
-      clearTimeout(state.connectTimer);
-      if (state.hlsUrl) {
-        state.connectTimer = setTimeout(() => {
-          if (state.mode === 'webrtc' && state.sub?.connectionState !== 'connected') startHls('no_webrtc');
-        }, CONNECT_TIMEOUT_MS);
-      }
       state.retryDelay = 500;
       state.participant = message.participant;
       state.iceServers = message.ice_servers || [];
@@ -258,6 +270,7 @@ function showMode() {
   badge.textContent = state.mode === 'hls' ? 'HLS · delayed' : 'Real-time';
   $('#use-hls').classList.toggle('hidden', state.mode === 'hls' || !state.hlsUrl);
   $('#hls-note').classList.toggle('hidden', state.mode !== 'hls');
+  $('#use-webrtc').classList.toggle('hidden', state.mode !== 'hls');
   $('#quality').closest('label').classList.toggle('hidden', state.mode === 'hls');
 }
 
@@ -290,21 +303,7 @@ async function startHls(reason) {
   });
   const Hls = window.MediaSource ? await loadHlsJs().catch(() => null) : null;
   if (Hls && Hls.isSupported()) {
-    // No worker: the page's policy allows scripts from the gateway only, not blob: ones.
-    const hls = new Hls({
-      enableWorker: false, liveSyncDurationCount: 2, liveMaxLatencyDurationCount: 5, backBufferLength: 30,
-    });
-    state.hls = hls;
-    hls.on(Hls.Events.ERROR, (_, data) => {
-      if (!data.fatal) return;
-      // Not on the air yet, or a segment lost: load again shortly.
-      setStatus('Waiting for the stage…');
-      setTimeout(() => hls.startLoad(), 2000);
-    });
-    hls.on(Hls.Events.FRAG_BUFFERED, () => setStatus('Watching over HLS'));
-    hls.loadSource(state.hlsUrl);
-    hls.attachMedia(video);
-    hls.on(Hls.Events.MANIFEST_PARSED, play);
+    attachHls(Hls, video, play);
   } else if (video.canPlayType('application/vnd.apple.mpegurl')) {
     video.src = state.hlsUrl;
     play();
@@ -313,12 +312,49 @@ async function startHls(reason) {
   }
 }
 
+/**
+ * Plays the playlist in `video` with hls.js, starting over after a fatal error: the
+ * playlist may not exist yet (the stage is not on the air), or be a new one (the stage
+ * moved to another shard). A decoder error is recovered in place.
+ */
+function attachHls(Hls, video, play) {
+  // No worker: the page's policy allows scripts from the gateway only, not blob: ones.
+  const hls = new Hls({
+    enableWorker: false, liveSyncDurationCount: 2, liveMaxLatencyDurationCount: 5, backBufferLength: 30,
+  });
+  state.hls = hls;
+  hls.on(Hls.Events.MANIFEST_PARSED, play);
+  hls.on(Hls.Events.FRAG_BUFFERED, () => {
+    state.hlsRetries = 0;
+    setStatus('Watching over HLS');
+  });
+  hls.on(Hls.Events.ERROR, (_, data) => {
+    if (!data.fatal || state.hls !== hls) return;
+    setStatus('Waiting for the stage…');
+    if (data.type === Hls.ErrorTypes.MEDIA_ERROR && state.hlsRetries < 3) {
+      state.hlsRetries += 1;
+      hls.recoverMediaError();
+      return;
+    }
+    const delay = Math.min(1000 * 2 ** state.hlsRetries, 8000);
+    state.hlsRetries += 1;
+    hls.destroy();
+    setTimeout(() => {
+      if (state.hls === hls) attachHls(Hls, video, play);
+    }, delay);
+  });
+  hls.loadSource(state.hlsUrl);
+  hls.attachMedia(video);
+}
+
 let queue = Promise.resolve();
 
 function connect() {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   const ws = new WebSocket(`${scheme}://${location.host}/v1/ws`);
   state.ws = ws;
+  let opened = false;
+  ws.addEventListener('open', () => { opened = true; });
   state.connection += 1;
   const connection = state.connection;
   const current = () => state.connection === connection;
@@ -339,7 +375,8 @@ function connect() {
   ws.addEventListener('close', () => {
     if (state.ws !== ws) return;
     state.ws = null;
-    if (!state.joined) state.failedSockets += 1;
+    // Only sockets that never opened: a gateway restarting closes open ones.
+    if (!opened) state.failedSockets += 1;
     if (state.failedSockets >= FAILED_SOCKETS_FOR_HLS && state.hlsUrl) {
       startHls('no_webrtc');
       return;
@@ -405,6 +442,9 @@ async function init() {
   document.title = `${state.broadcast} — Tutti`;
   $('#room-title').textContent = state.broadcast;
   $('#use-hls').addEventListener('click', () => startHls(''));
+  $('#use-webrtc').addEventListener('click', () => {
+    location.search = `?broadcast=${encodeURIComponent(state.broadcast)}&hls=0`;
+  });
   // Whether the broadcast also goes out as HLS, before anything else is tried.
   let info = null;
   try {

@@ -88,6 +88,8 @@ impl Default for Encoding {
 }
 
 /// ffmpeg's arguments: read `sdp_file`, write the playlist and segments into `dir`.
+/// The stream always has video and audio, so that players never see its shape change:
+/// what the stage does not send (`video`, `audio` false) is black or silence.
 /// `continuing` appends to a playlist an earlier run left, marked as a discontinuity.
 pub fn args(
     sdp_file: &Path,
@@ -123,10 +125,28 @@ pub fn args(
     args.push(sdp_file.display().to_string());
     let (width, height) = encoding.size;
     let seconds = encoding.segment_seconds.max(1);
-    if video {
+    // Stand-ins, read at their own pace (`-re`) like the live input.
+    let mut next_input = 1;
+    let mut stand_in = |args: &mut Vec<String>, source: String| {
+        args.extend(["-re", "-f", "lavfi", "-i"].map(str::to_owned));
+        args.push(source);
+        next_input += 1;
+        next_input - 1
+    };
+    let video_input = if video {
+        0
+    } else {
+        stand_in(&mut args, format!("color=c=black:s={width}x{height}:r=30"))
+    };
+    let audio_input = if audio {
+        0
+    } else {
+        stand_in(&mut args, "anullsrc=r=48000:cl=stereo".to_owned())
+    };
+    {
         args.extend([
             "-map".to_owned(),
-            "0:v:0".to_owned(),
+            format!("{video_input}:v:0"),
             "-vf".to_owned(),
             format!(
                 "scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
@@ -152,10 +172,10 @@ pub fn args(
             format!("expr:gte(t,n_forced*{seconds})"),
         ]);
     }
-    if audio {
+    {
         args.extend([
             "-map".to_owned(),
-            "0:a:0".to_owned(),
+            format!("{audio_input}:a:0"),
             "-c:a".to_owned(),
             "aac".to_owned(),
             "-b:a".to_owned(),
@@ -184,6 +204,10 @@ pub fn args(
         flags,
         "-hls_segment_type".to_owned(),
         "mpegts".to_owned(),
+        // Numbered from the time in microseconds: a new packager (after a move or a
+        // restart) never reuses a name a cache may still hold, and never goes back.
+        "-hls_start_number_source".to_owned(),
+        "epoch_us".to_owned(),
         "-hls_segment_filename".to_owned(),
         dir.join(tutti_shard_api::hls::SEGMENT_PATTERN)
             .display()
@@ -242,6 +266,21 @@ mod tests {
         );
         let again = args(Path::new("/hls/in.sdp"), &dir, false, true, &encoding, true).join(" ");
         assert!(again.contains("append_list+discont_start"));
-        assert!(!again.contains("libx264"), "audio only");
+        // No camera: black video in its place, the stream's shape unchanged.
+        assert!(again.contains("-re -f lavfi -i color=c=black:s=1280x720:r=30"));
+        assert!(again.contains("-map 1:v:0") && again.contains("-map 0:a:0"));
+        assert!(again.contains("-c:v libx264"));
+        let silent = args(
+            Path::new("/hls/in.sdp"),
+            &dir,
+            true,
+            false,
+            &encoding,
+            false,
+        )
+        .join(" ");
+        assert!(silent.contains("-i anullsrc=r=48000:cl=stereo"));
+        assert!(silent.contains("-map 0:v:0") && silent.contains("-map 1:a:0"));
+        assert!(joined.contains("-hls_start_number_source epoch_us"));
     }
 }

@@ -70,6 +70,10 @@ const KEYFRAME_REQUESTS_AFTER_START: [Duration; 4] = [
     Duration::from_secs(2),
     Duration::from_secs(4),
 ];
+/// How long after an announcement the streams are chosen again.
+const RECHOOSE_AFTER: Duration = Duration::from_millis(200);
+/// Segments not in the playlist and older than this are a killed ffmpeg's leftovers.
+const STALE_AFTER: Duration = Duration::from_secs(30);
 /// How long ffmpeg may run without a playlist before that is reported.
 const SILENT_AFTER: Duration = Duration::from_secs(15);
 /// ffmpeg's last lines of errors kept for the log when it exits.
@@ -179,6 +183,9 @@ struct Session {
     /// The playlist already holds segments: a new ffmpeg continues it.
     continuing: bool,
     started_ffmpeg: bool,
+    /// When the streams are chosen again: a moment after announcements, which come in
+    /// bursts (a presenter's camera and microphone), so that one burst starts ffmpeg once.
+    rechoose_at: Option<Instant>,
 }
 
 impl Session {
@@ -192,6 +199,7 @@ impl Session {
             retry_at: None,
             continuing,
             started_ffmpeg: false,
+            rechoose_at: None,
         }
     }
 
@@ -263,11 +271,11 @@ impl Session {
                                     codec,
                                 });
                             }
-                            self.rechoose(options).await;
+                            self.rechoose_at.get_or_insert(Instant::now() + RECHOOSE_AFTER);
                         }
                         ServerMessage::TrackUnpublished { track, .. } => {
                             self.announced.retain(|a| a.track != track);
-                            self.rechoose(options).await;
+                            self.rechoose_at.get_or_insert(Instant::now() + RECHOOSE_AFTER);
                         }
                         ServerMessage::Left { reconnect, .. } => {
                             return if reconnect { Ok(true) } else { Err("the shard ended the session".into()) };
@@ -366,6 +374,10 @@ impl Session {
         if !packets.is_empty() {
             send_rtcp(pipe, socket, &packets).await;
         }
+        if self.rechoose_at.is_some_and(|at| now >= at) {
+            self.rechoose_at = None;
+            self.rechoose(options).await;
+        }
         // ffmpeg running but writing nothing (streams it cannot decode): said once.
         if let Some(running) = self.ffmpeg.as_mut()
             && !running.silent_reported
@@ -449,6 +461,7 @@ impl Session {
         };
         let video = input(&mut self.video);
         let audio = input(&mut self.audio);
+        sweep_stale(&options.dir, STALE_AFTER);
         let sdp_file = options.dir.join(".input.sdp");
         if let Err(err) = std::fs::write(&sdp_file, ffmpeg::sdp(video.as_ref(), audio.as_ref())) {
             tracing::warn!(%err, "the HLS packager's SDP was not written");
@@ -525,6 +538,29 @@ fn top_layer(track: &str) -> ClientMessage {
     }
 }
 
+/// Removes what a killed ffmpeg left in `dir`: segments being written (`.tmp`) and
+/// segments its playlist no longer lists, once older than `after` (a player may still be
+/// fetching one that just left the list).
+fn sweep_stale(dir: &std::path::Path, after: Duration) {
+    let listed = std::fs::read_to_string(dir.join(ffmpeg::PLAYLIST)).unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let segment = name.starts_with("seg-") && (name.ends_with(".ts") || name.ends_with(".tmp"));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age > after);
+        if segment && old && (name.ends_with(".tmp") || !listed.contains(&name)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// An even loopback UDP port whose successor is free too (ffmpeg takes RTCP there).
 fn free_port_pair() -> Option<u16> {
     for _ in 0..32 {
@@ -557,6 +593,30 @@ mod tests {
                 fmtp: String::new(),
             },
         }
+    }
+
+    #[test]
+    fn a_killed_ffmpegs_leftovers_are_swept_and_listed_segments_kept() {
+        let dir = std::env::temp_dir().join(format!("tutti-hls-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["seg-1.ts", "seg-2.ts", "seg-3.ts.tmp", "index.m3u8"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        std::fs::write(dir.join("index.m3u8"), "#EXTM3U\n#EXTINF:1.0,\nseg-2.ts\n").unwrap();
+        sweep_stale(&dir, Duration::ZERO);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["index.m3u8", "seg-2.ts"]);
+        // Fresh ones are left for a while: a player may be fetching them.
+        std::fs::write(dir.join("seg-4.ts"), b"x").unwrap();
+        sweep_stale(&dir, Duration::from_secs(30));
+        assert!(dir.join("seg-4.ts").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
