@@ -179,6 +179,7 @@ pub struct RecordingsObjectStore {
     /// Prepended to every key (`recordings/`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/')").message("prefix does not start with /"))]
     pub prefix: String,
     /// Address the bucket by host name (AWS) instead of by path (MinIO).
     #[serde(default)]
