@@ -5,9 +5,84 @@
 use crate::srtp::{Profile, SrtcpSender, SrtpReceiver};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use std::net::SocketAddr;
+use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
+use std::net::{IpAddr, SocketAddr};
 use tokio::net::UdpSocket;
-use tutti_shard_api::protocol::PipeEnd;
+use tokio_tungstenite::tungstenite::Message;
+use tutti_shard_api::protocol::{ClientMessage, PipeEnd, encode_client};
+
+type Signaling =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A receive-only session at a room's shard: its media socket, its signaling both ways,
+/// and its end of the pipe.
+pub struct Joining {
+    /// Where the shard sends the room's media.
+    pub socket: UdpSocket,
+    /// Messages to the shard.
+    pub sink: SplitSink<Signaling, Message>,
+    /// Messages from the shard.
+    pub stream: SplitStream<Signaling>,
+    /// This end of the pipe.
+    pub pipe: Pipe,
+}
+
+/// Joins `room` at the shard whose signaling URL is `url` as a hidden relay session
+/// `<kind>.<name>` that receives everything over a pipe to a socket bound on `bind`;
+/// `recorder` tells the room it is being recorded.
+pub async fn join_receiving(
+    url: &str,
+    signal_token: &str,
+    room: &str,
+    (kind, name): (&str, &str),
+    bind: IpAddr,
+    recorder: bool,
+) -> Result<Joining, String> {
+    let socket = UdpSocket::bind(SocketAddr::new(bind, 0))
+        .await
+        .map_err(|e| format!("no media socket: {e}"))?;
+    let media = socket.local_addr().map_err(|e| e.to_string())?;
+    let ws = crate::relay::connect_signaling(url, signal_token).await?;
+    let (mut sink, stream) = ws.split();
+    let (own, pipe) = own_end(media)?;
+    let participant: String = format!("{kind}.{name}").chars().take(64).collect();
+    let join = ClientMessage::Join {
+        room: room.to_owned(),
+        participant,
+        name: Some(kind.to_owned()),
+        publish: Some(false),
+        subscribe: Some(true),
+        relay: Some(true),
+        pipe: Some(own),
+        recorder: recorder.then_some(true),
+    };
+    sink.send(Message::Text(encode_client(&join).into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Joining {
+        socket,
+        sink,
+        stream,
+        pipe,
+    })
+}
+
+/// The signaling URL to receive from, which the control plane may change (the room
+/// moved), and the [`crate::recorder::Locate`] that reads it.
+pub fn movable_source(
+    from: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    crate::recorder::Locate,
+) {
+    let source = std::sync::Arc::new(std::sync::Mutex::new(from.to_owned()));
+    let read = source.clone();
+    (
+        source,
+        std::sync::Arc::new(move || read.lock().ok().map(|url| url.clone())),
+    )
+}
 
 /// This end of the pipe and, once the shard answered, the shard's.
 pub struct Pipe {

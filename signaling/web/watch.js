@@ -156,9 +156,8 @@ function applyQuality() {
   for (const track of state.videoTracks) send({ type: 'set_quality', track, quality: state.quality });
 }
 
-function retry(reason) {
-  if (state.mode === 'hls') return;
-  clearTimeout(state.connectTimer);
+/** Ends this page's session: its connection, its socket, and what either still had queued. */
+function leaveSession() {
   state.connection += 1;
   state.joined = false;
   closeConnection();
@@ -167,6 +166,12 @@ function retry(reason) {
     state.ws = null;
     old.close();
   }
+}
+
+function retry(reason) {
+  if (state.mode === 'hls') return;
+  clearTimeout(state.connectTimer);
+  leaveSession();
   setStatus('Reconnecting…');
   if (reason) showBanner(MESSAGES[reason] || `Reconnecting: ${reason}`);
   clearTimeout(state.retryTimer);
@@ -280,14 +285,7 @@ async function startHls(reason) {
   state.mode = 'hls';
   clearTimeout(state.connectTimer);
   clearTimeout(state.retryTimer);
-  state.connection += 1;
-  state.joined = false;
-  closeConnection();
-  if (state.ws) {
-    const old = state.ws;
-    state.ws = null;
-    old.close();
-  }
+  leaveSession();
   showMode();
   showBanner(reason ? (MESSAGES[reason] || reason) : '');
   setStatus('Watching over HLS');

@@ -16,7 +16,7 @@ pub mod ffmpeg;
 pub mod registry;
 
 use crate::media::loss::{LossConfig, LossTracker};
-use crate::pipe_end::{Pipe, own_end, send_rtcp};
+use crate::pipe_end::{Pipe, send_rtcp};
 use crate::recorder::Locate;
 use futures_util::{SinkExt, StreamExt};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -204,33 +204,23 @@ impl Session {
     }
 
     async fn run(&mut self, options: &PackagerOptions, url: &str) -> Result<bool, String> {
-        let socket = UdpSocket::bind(SocketAddr::new(options.bind, 0))
-            .await
-            .map_err(|e| format!("no media socket: {e}"))?;
         let forward = UdpSocket::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0))
             .await
             .map_err(|e| format!("no loopback socket: {e}"))?;
-        let media = socket.local_addr().map_err(|e| e.to_string())?;
-        let ws = crate::relay::connect_signaling(url, &options.signal_token).await?;
-        let (mut sink, mut stream) = ws.split();
-        let (own, mut pipe) = own_end(media)?;
-        let participant: String = format!("hls.{}", options.broadcast)
-            .chars()
-            .take(64)
-            .collect();
-        let join = ClientMessage::Join {
-            room: options.room.clone(),
-            participant,
-            name: Some("hls".into()),
-            publish: Some(false),
-            subscribe: Some(true),
-            relay: Some(true),
-            pipe: Some(own),
-            recorder: None,
-        };
-        sink.send(Message::Text(encode_client(&join).into()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let crate::pipe_end::Joining {
+            socket,
+            mut sink,
+            mut stream,
+            mut pipe,
+        } = crate::pipe_end::join_receiving(
+            url,
+            &options.signal_token,
+            &options.room,
+            ("hls", &options.broadcast),
+            options.bind,
+            false,
+        )
+        .await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; MAX_DATAGRAM];

@@ -3,7 +3,6 @@
 //! into `<hls dir>/<broadcast>/`.
 
 use super::{PackagerOptions, ffmpeg::Encoding};
-use crate::recorder::Locate;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -112,9 +111,7 @@ impl Packagers {
         if running.len() >= MAX_PACKAGERS {
             return Err(PackagingError::TooMany(MAX_PACKAGERS));
         }
-        let from = Arc::new(Mutex::new(spec.from.clone()));
-        let located = from.clone();
-        let locate: Locate = Arc::new(move || located.lock().ok().map(|url| url.clone()));
+        let (from, locate) = crate::pipe_end::movable_source(&spec.from);
         let stop = self.stop.child_token();
         let dir = self.dir.join(broadcast);
         // What an earlier packager of this name left is not this one's playlist.

@@ -23,7 +23,7 @@ pub mod track;
 pub mod upload;
 
 use crate::media::loss::{LossConfig, LossTracker};
-use crate::pipe_end::{Pipe, own_end, send_rtcp};
+use crate::pipe_end::{Pipe, send_rtcp};
 use futures_util::{SinkExt, StreamExt};
 use manifest::{Manifest, Take, TrackEntry, WallClock};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -32,7 +32,7 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
 };
 use rtc::shared::marshal::Unmarshal;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -275,30 +275,20 @@ impl Session {
         recording: &mut Recording,
         stop: &CancellationToken,
     ) -> Result<bool, String> {
-        let socket = UdpSocket::bind(SocketAddr::new(options.bind, 0))
-            .await
-            .map_err(|e| format!("no media socket: {e}"))?;
-        let media = socket.local_addr().map_err(|e| e.to_string())?;
-        let ws = crate::relay::connect_signaling(url, &options.signal_token).await?;
-        let (mut sink, mut stream) = ws.split();
-        let (own, mut pipe) = own_end(media)?;
-        let participant: String = format!("recorder.{}", options.recording)
-            .chars()
-            .take(64)
-            .collect();
-        let join = ClientMessage::Join {
-            room: options.room.clone(),
-            participant,
-            name: Some("recorder".into()),
-            publish: Some(false),
-            subscribe: Some(true),
-            relay: Some(true),
-            pipe: Some(own),
-            recorder: Some(true),
-        };
-        sink.send(Message::Text(encode_client(&join).into()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let crate::pipe_end::Joining {
+            socket,
+            mut sink,
+            mut stream,
+            mut pipe,
+        } = crate::pipe_end::join_receiving(
+            url,
+            &options.signal_token,
+            &options.room,
+            ("recorder", &options.recording),
+            options.bind,
+            true,
+        )
+        .await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(FLUSH_EVERY);

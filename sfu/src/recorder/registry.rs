@@ -2,10 +2,10 @@
 //! shard's admin API (`/v1/recordings/{name}`), each a recorder ([`super::spawn`]) whose
 //! room is at the signaling URL its spec names, composed when it stops if asked.
 
+use super::RecorderOptions;
 use super::manifest::{self, Manifest};
 use super::store::ObjectStore;
 use super::upload::{self, Uploader};
-use super::{Locate, RecorderOptions};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -195,9 +195,7 @@ impl Recorders {
         if running.len() >= MAX_RECORDINGS {
             return Err(RecordingError::TooMany(MAX_RECORDINGS));
         }
-        let from = Arc::new(Mutex::new(spec.from.clone()));
-        let located = from.clone();
-        let locate: Locate = Arc::new(move || located.lock().ok().map(|url| url.clone()));
+        let (from, locate) = crate::pipe_end::movable_source(&spec.from);
         let stop = self.stop.child_token();
         let (dir, task) = super::spawn(
             RecorderOptions {
