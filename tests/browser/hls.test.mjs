@@ -183,7 +183,8 @@ test('a broadcast goes out as HLS too, and /watch falls back to it where WebRTC 
   // A viewer who chose HLS before the stage is on the air: its player waits for the
   // playlist and plays once there is one.
   const chosen = await open(`${gateway.url}/watch?broadcast=concert&hls=1`);
-  assert.equal(await chosen.evaluate(() => window.tutti.mode()), 'hls');
+  // The page asks the gateway whether the broadcast has HLS before it switches.
+  await waitFor('the chosen viewer on HLS', () => chosen.evaluate(() => window.tutti.mode()), (m) => m === 'hls');
   const presenter = await open(`${gateway.url}/?room=concert&name=Clock&password=stage-door`, clockCamera);
 
   // The playlist: H.264 and AAC, as ffprobe reads it.
