@@ -22,6 +22,8 @@ const TRANSIENT = new Set(['unavailable', 'shard_unavailable', 'internal', 'rate
 // How long a seated viewer's connection may take to carry media before the page gives up
 // on WebRTC (where the broadcast has HLS).
 const CONNECT_TIMEOUT_MS = 10_000;
+// How long an HLS player may show nothing new before it starts over.
+const STALL_RESTART_MS = 12_000;
 // Sockets closed in a row before joining, after which WebRTC signaling counts as blocked.
 const FAILED_SOCKETS_FOR_HLS = 3;
 
@@ -343,6 +345,22 @@ function attachHls(Hls, video, play) {
   });
   hls.loadSource(state.hlsUrl);
   hls.attachMedia(video);
+  // A player that shows nothing new for a while starts over, whatever stalled it.
+  let last = { time: -1, since: Date.now() };
+  const watchdog = setInterval(() => {
+    if (state.hls !== hls) {
+      clearInterval(watchdog);
+      return;
+    }
+    if (video.currentTime !== last.time || video.paused && video.readyState >= 2) {
+      last = { time: video.currentTime, since: Date.now() };
+    } else if (Date.now() - last.since > STALL_RESTART_MS) {
+      clearInterval(watchdog);
+      setStatus('Waiting for the stage…');
+      hls.destroy();
+      attachHls(Hls, video, play);
+    }
+  }, 1000);
 }
 
 let queue = Promise.resolve();
