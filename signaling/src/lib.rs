@@ -6,7 +6,7 @@
 //! join), [`rooms`] (which rooms exist), [`routing`] (which shard holds a room),
 //! [`shard_link`] (a participant's channel to its shard), [`session`] (one client's
 //! session), [`turn`] (ICE servers), [`server`] (HTTP routes), [`web`] (the client),
-//! [`metrics`], [`config`], [`local`] (the one-process system), [`cluster`] (a gateway
+//! [`wish`] (WHIP and WHEP over HTTP), [`metrics`], [`config`], [`local`] (the one-process system), [`cluster`] (a gateway
 //! among several, over etcd).
 #![forbid(unsafe_code)]
 
@@ -33,3 +33,4 @@ pub mod shard_urls;
 pub mod sockets;
 pub mod turn;
 pub mod web;
+pub mod wish;

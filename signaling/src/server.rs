@@ -4,6 +4,7 @@
 //! Routes:
 //! * `GET /`, `/app.js`, `/sdp.js`, `/regions.js`, `/style.css` — the web client.
 //! * `GET /v1/ws` — the client WebSocket ([`crate::protocol`]).
+//! * `/v1/whip/…` — WHIP publishers ([`crate::wish`]).
 //! * `GET /v1/rooms?q=&limit=` — the room list (JSON); `GET /v1/rooms/{name}` — one room.
 //! * `GET /v1/ice-servers` — STUN/TURN servers with fresh TURN credentials, for holders
 //!   of a join token (`Authorization: Bearer <token>`); joined clients get them in `joined`.
@@ -17,7 +18,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub recordings: Option<Arc<dyn crate::recordings::RecordingControl>>,
     /// HLS files fetched from shards, kept briefly.
     pub hls_cache: Arc<crate::hls::HlsCache>,
+    /// WHIP and WHEP sessions.
+    pub wish: Arc<crate::wish::resource::Resources>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             tracker: TaskTracker::new(),
             recordings: None,
             hls_cache: Arc::default(),
+            wish: Arc::default(),
         }
     }
 
@@ -102,6 +106,16 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/broadcasts/{name}", get(one_broadcast))
         .route("/hls/{broadcast}/{file}", get(crate::hls::file))
+        .route(
+            "/v1/whip/{broadcast}",
+            post(crate::wish::whip_post).options(crate::wish::endpoint_options),
+        )
+        .route(
+            "/v1/whip/{broadcast}/{session}",
+            patch(crate::wish::whip_patch)
+                .delete(crate::wish::whip_delete)
+                .options(crate::wish::resource_options),
+        )
         .route("/v1/ice-servers", get(ice_servers))
         .route("/v1/regions", get(regions))
         .route("/healthz", get(|| async { "ok" }))
@@ -124,6 +138,11 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// What its handlers share.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Tells every client to reconnect, waits (briefly) for their sessions, then stops.
     pub async fn stop(self) {
         self.state.gateway.shutdown.cancel();
@@ -268,7 +287,7 @@ fn websocket_accept(method: &Method, headers: &HeaderMap) -> Option<String> {
 
 /// The client's address: the socket's peer, or behind a trusted proxy the last address
 /// of `X-Forwarded-For` (the one the proxy appended; earlier ones the client may forge).
-fn client_address(
+pub(crate) fn client_address(
     peer: SocketAddr,
     headers: &axum::http::HeaderMap,
     trust_forwarded_for: bool,

@@ -35,7 +35,8 @@ default (a check every 4-6 s, failure after 30 s without answers). Host candidat
 
 Through a gateway: `--gateway --name NAME [--join-token JWT] [--ice-servers JSON] [--relay]`
 joins by nickname (and token), uses the given ICE servers (the shape `/v1/ice-servers`
-returns), and with `--relay` sends media only through TURN.
+returns), and with `--relay` sends media only through TURN. `--gateway --watch` watches the
+broadcast `--room` as a viewer (seated on an edge).
 """
 
 import argparse
@@ -261,6 +262,8 @@ async def join(ws, args, publish, subscribe):
     message = {"type": "join", "room": args.room, "publish": publish, "subscribe": subscribe}
     if args.gateway:
         message["name"] = args.name or args.id
+        if args.watch:
+            message["watch"] = True
         if args.join_token:
             message["token"] = args.join_token
     else:
@@ -486,6 +489,7 @@ def main():
     parser.add_argument("--join-token")
     parser.add_argument("--ice-servers")
     parser.add_argument("--relay", action="store_true")
+    parser.add_argument("--watch", action="store_true")
     parser.add_argument("--room", required=True)
     parser.add_argument("--id", required=True)
     parser.add_argument("--width", type=int, default=320)

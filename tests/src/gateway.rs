@@ -237,18 +237,60 @@ async fn http_request(
     path: &str,
     bearer: Option<&str>,
 ) -> Result<(u16, String)> {
-    use http_body_util::{BodyExt, Empty};
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|value| vec![("authorization", value)])
+        .unwrap_or_default();
+    let reply = http_send(addr, method, path, &headers, Vec::new()).await?;
+    Ok((reply.status, reply.body))
+}
+
+/// What an HTTP request got back.
+#[derive(Debug)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: hyper::HeaderMap,
+    /// The body as text.
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A request with any method, headers and body.
+pub async fn http_send(
+    addr: std::net::SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpReply> {
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+        .build_http::<Full<Bytes>>();
     let mut request = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
-    if let Some(token) = bearer {
-        request = request.header("authorization", format!("Bearer {token}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
-    let response = client.request(request.body(Empty::new())?).await?;
+    let response = client
+        .request(request.body(Full::new(Bytes::from(body)))?)
+        .await?;
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok(HttpReply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }

@@ -1,0 +1,488 @@
+//! WHIP (RFC 9725) and WHEP over HTTP: standard clients (OBS, hardware encoders, players)
+//! publish to a broadcast's stage and watch it without Tutti's WebSocket protocol.
+//!
+//! Routes (see `docs/whip-whep.md`):
+//! * `POST /v1/whip/{broadcast}` — an SDP offer (`application/sdp`) with `Authorization:
+//!   Bearer <join token>` (publish grant for the stage); `201 Created` with the answer,
+//!   `Location`, `ETag`, `Accept-Patch` and ICE servers as `Link` headers.
+//! * `PATCH /v1/whip/{broadcast}/{session}` — trickled candidates (`204`) or an ICE
+//!   restart (`200` with the new credentials and candidates), as
+//!   `application/trickle-ice-sdpfrag`.
+//! * `DELETE /v1/whip/{broadcast}/{session}` — ends it (`200`).
+//! * `OPTIONS` on both, for CORS preflights; every answer carries CORS headers.
+//!
+//! The session URL is the capability: 22 random characters no one else learns.
+
+pub mod fragment;
+pub mod resource;
+
+use crate::protocol::{ErrorCode, IceServer};
+use crate::server::{AppState, client_address};
+use crate::sockets::SocketRefusal;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use resource::{Failure, Kind, Patched, Start};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// The largest SDP offer accepted; browsers' offers are 3-12 KiB.
+pub const MAX_OFFER_BYTES: usize = 32 * 1024;
+
+const SDP: &str = "application/sdp";
+const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
+
+/// Adds the CORS headers browser clients need to read the answer and its headers.
+fn cors(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, Link, ETag, Accept-Patch, Accept-Post, Retry-After"),
+    );
+    response
+}
+
+/// The answer to a CORS preflight (or a plain `OPTIONS`).
+fn preflight(methods: &'static str, accept: (&'static str, &'static str)) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(methods),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    headers.insert(header::ALLOW, HeaderValue::from_static(methods));
+    headers.insert(accept.0, HeaderValue::from_static(accept.1));
+    cors(response)
+}
+
+/// `OPTIONS /v1/whip/{broadcast}`.
+pub async fn endpoint_options() -> Response {
+    preflight("POST, OPTIONS", ("accept-post", SDP))
+}
+
+/// `OPTIONS /v1/whip/{broadcast}/{session}`.
+pub async fn resource_options() -> Response {
+    preflight("PATCH, DELETE, OPTIONS", ("accept-patch", SDP_FRAGMENT))
+}
+
+/// An error answer: the status, and the client protocol's code and message as JSON.
+fn refuse(failure: Failure) -> Response {
+    let mut response = (
+        failure.status,
+        axum::Json(json!({ "error": failure.code.as_str(), "message": failure.message })),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    match failure.status {
+        StatusCode::UNAUTHORIZED => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        _ => {}
+    }
+    cors(response)
+}
+
+fn refuse_with(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    refuse(Failure {
+        status,
+        ..Failure::new(code, message)
+    })
+}
+
+/// Whether the request's body is of media type `wanted` (parameters aside).
+fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
+}
+
+/// The bearer token of `Authorization`, if it has one of a size a join token can be.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= crate::protocol::MAX_TOKEN_LEN)
+}
+
+/// Reads a body of at most `limit` bytes as text; `413` or `400` otherwise.
+async fn text_body(request: Request, limit: usize) -> Result<String, Box<Response>> {
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| {
+            Box::new(refuse_with(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BadMessage,
+                &format!("the body is at most {limit} bytes"),
+            ))
+        })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        Box::new(refuse_with(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadMessage,
+            "the body is not UTF-8 text",
+        ))
+    })
+}
+
+/// Quotes a `Link` parameter value (RFC 9110 §5.6.4).
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The `Link` header values that give a client its ICE servers (RFC 9725 §4.6).
+pub fn ice_server_links(servers: &[IceServer]) -> Vec<String> {
+    let mut links = Vec::new();
+    for server in servers {
+        for url in &server.urls {
+            if url.contains(['<', '>', '\r', '\n']) {
+                continue;
+            }
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if let (Some(username), Some(credential)) = (&server.username, &server.credential) {
+                link.push_str(&format!(
+                    "; username={}; credential={}; credential-type=\"password\"",
+                    quoted(username),
+                    quoted(credential)
+                ));
+            }
+            links.push(link);
+        }
+    }
+    links
+}
+
+/// The stage a WHIP client publishes to for `target`: a broadcast's stage, or a room of
+/// that name.
+fn stage_of(state: &AppState, target: &str) -> Option<String> {
+    let gateway = &state.gateway;
+    if let Some(broadcast) = gateway.view.broadcast(target) {
+        return Some(broadcast.stage);
+    }
+    gateway
+        .rooms
+        .settings_for_join(target, None)
+        .map(|room| room.name)
+}
+
+/// Opens a resource for `start` once the client's address may have another.
+async fn open(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    start: Start,
+    location: impl FnOnce(&str) -> String,
+) -> Response {
+    let gateway = &state.gateway;
+    let client = client_address(peer, headers, gateway.trust_forwarded_for);
+    if let Err(wait) = state.wish.admit(client, Instant::now()) {
+        let mut response = refuse_with(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "your address opened as many sessions as it may for now",
+        );
+        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let slot = match gateway.sockets.open(crate::guesses::Guesser::of(client)) {
+        Ok(slot) => slot,
+        Err(SocketRefusal::GatewayFull) => {
+            return refuse_with(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "this gateway holds as many sessions as it may",
+            );
+        }
+        Err(SocketRefusal::AddressFull) => {
+            return refuse_with(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "your address holds as many sessions as it may",
+            );
+        }
+    };
+    let created = state
+        .wish
+        .start(gateway.clone(), client, slot, start, &state.tracker)
+        .await;
+    let created = match created {
+        Ok(created) => created,
+        Err(failure) => return refuse(failure),
+    };
+    let mut response = (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, SDP)],
+        created.answer,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::LOCATION, location(&created.id)),
+        (header::ETAG, created.etag),
+        (
+            header::HeaderName::from_static("accept-patch"),
+            SDP_FRAGMENT.to_owned(),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    for link in ice_server_links(&created.ice_servers) {
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.append(header::LINK, value);
+        }
+    }
+    cors(response)
+}
+
+/// `POST /v1/whip/{broadcast}`: a publisher joins the broadcast's stage.
+pub async fn whip_post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(target): Path<String>,
+    request: Request,
+) -> Response {
+    if state.gateway.shutdown.is_cancelled() {
+        return refuse(Failure::new(
+            ErrorCode::Unavailable,
+            "this gateway is stopping; try again",
+        ));
+    }
+    let headers = request.headers().clone();
+    if !content_type_is(&headers, SDP) {
+        return refuse_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadMessage,
+            "the offer must be application/sdp",
+        );
+    }
+    let Some(token) = bearer(&headers).map(str::to_owned) else {
+        return refuse(Failure::new(
+            ErrorCode::Unauthorized,
+            "Authorization: Bearer <join token> is required",
+        ));
+    };
+    let Some(keys) = state.gateway.tokens.as_ref() else {
+        return refuse(Failure::new(
+            ErrorCode::Unauthorized,
+            "this gateway accepts no join tokens (it has no --jwt-secret)",
+        ));
+    };
+    let Ok(claims) = keys.verify(&token) else {
+        state.gateway.metrics.error(ErrorCode::Unauthorized);
+        return refuse(Failure::new(
+            ErrorCode::Unauthorized,
+            "the join token is forged, expired or malformed",
+        ));
+    };
+    let Some(stage) = stage_of(&state, &target) else {
+        return refuse(Failure::new(
+            ErrorCode::RoomNotFound,
+            format!("there is no broadcast or room called {target}"),
+        ));
+    };
+    if claims.room != stage || !claims.publish {
+        return refuse(Failure::new(
+            ErrorCode::Forbidden,
+            format!("the token does not grant publishing to {stage}"),
+        ));
+    }
+    let offer = match text_body(request, MAX_OFFER_BYTES).await {
+        Ok(offer) => offer,
+        Err(response) => return *response,
+    };
+    if !offer.starts_with("v=0") {
+        return refuse(Failure::new(
+            ErrorCode::BadMessage,
+            "the body is not an SDP offer",
+        ));
+    }
+    let start = Start {
+        kind: Kind::Whip,
+        target: target.clone(),
+        join: json!({
+            "type": "join", "room": stage, "token": token, "publish": true, "subscribe": false,
+        }),
+        offer,
+    };
+    open(&state, peer, &headers, start, |id| {
+        format!("/v1/whip/{target}/{id}")
+    })
+    .await
+}
+
+/// `PATCH /v1/whip/{broadcast}/{session}`: trickle ICE or an ICE restart.
+pub async fn whip_patch(
+    State(state): State<AppState>,
+    Path((target, id)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    patch(state, Kind::Whip, target, id, request).await
+}
+
+/// `DELETE /v1/whip/{broadcast}/{session}`: the publisher leaves.
+pub async fn whip_delete(
+    State(state): State<AppState>,
+    Path((target, id)): Path<(String, String)>,
+) -> Response {
+    delete(state, Kind::Whip, target, id).await
+}
+
+fn no_such_session() -> Response {
+    refuse(Failure::new(
+        ErrorCode::RoomNotFound,
+        "no such session (it ended, or never was)",
+    ))
+}
+
+async fn patch(
+    state: AppState,
+    kind: Kind,
+    target: String,
+    id: String,
+    request: Request,
+) -> Response {
+    let headers = request.headers().clone();
+    if !content_type_is(&headers, SDP_FRAGMENT) {
+        return refuse_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadMessage,
+            "a PATCH must be application/trickle-ice-sdpfrag",
+        );
+    }
+    let body = match text_body(request, fragment::MAX_FRAGMENT_BYTES).await {
+        Ok(body) => body,
+        Err(response) => return *response,
+    };
+    let parsed = match fragment::parse_fragment(&body) {
+        Ok(parsed) => parsed,
+        Err(why) => return refuse(Failure::new(ErrorCode::BadMessage, why)),
+    };
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match state.wish.patch(kind, &target, &id, parsed, if_match).await {
+        None => no_such_session(),
+        Some(Err(failure)) => refuse(failure),
+        Some(Ok(Patched::Trickled)) => cors(StatusCode::NO_CONTENT.into_response()),
+        Some(Ok(Patched::Restarted { fragment, etag })) => {
+            let mut response = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, SDP_FRAGMENT)],
+                fragment,
+            )
+                .into_response();
+            if let Ok(value) = HeaderValue::from_str(&etag) {
+                response.headers_mut().insert(header::ETAG, value);
+            }
+            cors(response)
+        }
+    }
+}
+
+async fn delete(state: AppState, kind: Kind, target: String, id: String) -> Response {
+    if state.wish.delete(kind, &target, &id).await {
+        cors(StatusCode::OK.into_response())
+    } else {
+        no_such_session()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_servers_become_link_headers_with_quoted_credentials() {
+        let links = ice_server_links(&[
+            IceServer {
+                urls: vec!["stun:turn.example:3478".into()],
+                username: None,
+                credential: None,
+            },
+            IceServer {
+                urls: vec![
+                    "turn:turn.example:3478?transport=udp".into(),
+                    "turns:turn.example:5349".into(),
+                    "turn:bad>url".into(),
+                ],
+                username: Some("1700000000:concert/p\"1".into()),
+                credential: Some("Cd/49soE35ICqcJF/bCTn8Z4OyE=".into()),
+            },
+        ]);
+        assert_eq!(
+            links,
+            vec![
+                "<stun:turn.example:3478>; rel=\"ice-server\"".to_owned(),
+                "<turn:turn.example:3478?transport=udp>; rel=\"ice-server\"; \
+                 username=\"1700000000:concert/p\\\"1\"; \
+                 credential=\"Cd/49soE35ICqcJF/bCTn8Z4OyE=\"; credential-type=\"password\""
+                    .to_owned(),
+                "<turns:turn.example:5349>; rel=\"ice-server\"; \
+                 username=\"1700000000:concert/p\\\"1\"; \
+                 credential=\"Cd/49soE35ICqcJF/bCTn8Z4OyE=\"; credential-type=\"password\""
+                    .to_owned(),
+            ]
+        );
+        for link in links {
+            assert!(HeaderValue::from_str(&link).is_ok());
+        }
+    }
+
+    #[test]
+    fn media_types_and_bearer_tokens_are_read_leniently_but_bounded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/SDP; charset=utf-8"),
+        );
+        assert!(content_type_is(&headers, SDP));
+        assert!(!content_type_is(&headers, SDP_FRAGMENT));
+        assert_eq!(bearer(&headers), None);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&headers), None);
+        let long = format!("Bearer {}", "a".repeat(crate::protocol::MAX_TOKEN_LEN + 1));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&long).unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+}

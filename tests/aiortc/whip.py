@@ -1,0 +1,140 @@
+"""A WHIP publisher (RFC 9725) on aiortc, written from the RFC and docs/whip-whep.md alone.
+
+    python whip.py publish --url http://HOST/v1/whip/BROADCAST --token JWT
+                           [--audio] [--no-video] [--width W --height H]
+                           [--trickle]
+
+It POSTs its offer (`application/sdp`, `Authorization: Bearer`), applies the answer and
+prints one JSON line: {"event": "created", "status", "location", "etag", "links",
+"accept_patch"} (or {"event": "refused", "status", "body"} and exits 1). With `--trickle`
+it also PATCHes its own candidates as an `application/trickle-ice-sdpfrag` with
+`If-Match: <etag>` and prints {"event": "trickled", "status"}. It then sends a test
+pattern (and a 440 Hz tone with `--audio`) until killed or its stdin ends; a line `delete`
+on stdin makes it DELETE the session, print {"event": "deleted", "status"} and exit.
+
+aiortc gathers every candidate before its offer is made, so the offer carries them; the
+PATCH is what a trickling client would send for them. Host candidates are 127.0.0.1 only.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import aioice.ice
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+# Loopback only: no test datagram leaves through another interface of the host.
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from peer import PatternTrack, ToneTrack  # noqa: E402
+
+
+def http(method, url, body=None, headers=None):
+    """One request; (status, headers as a list of pairs, body text). Never raises on 4xx."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.getheaders(), response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, list(err.headers.items()), err.read().decode()
+
+
+def header(headers, name):
+    return [v for k, v in headers if k.lower() == name.lower()]
+
+
+def fragment(sdp):
+    """The trickle fragment of a description's ICE credentials and first section's
+    candidates (RFC 8840 §9)."""
+    lines = sdp.splitlines()
+    ufrag = next(line for line in lines if line.startswith("a=ice-ufrag:"))
+    pwd = next(line for line in lines if line.startswith("a=ice-pwd:"))
+    out = [ufrag, pwd]
+    section = []
+    for line in lines:
+        if line.startswith("m="):
+            if section:
+                break
+            section.append(line)
+        elif section and (line.startswith("a=mid:") or line.startswith("a=candidate:")):
+            section.append(line)
+    out += section
+    out.append("a=end-of-candidates")
+    return "\r\n".join(out) + "\r\n"
+
+
+async def publish(args):
+    pc = RTCPeerConnection()
+    if args.audio:
+        pc.addTransceiver(ToneTrack(), direction="sendonly")
+    if not args.no_video:
+        pc.addTransceiver(PatternTrack(args.width, args.height), direction="sendonly")
+    offer = await pc.createOffer()
+    await pc.setLocalDescription(offer)
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {args.token}"}
+    status, response_headers, body = await asyncio.to_thread(
+        http, "POST", args.url, pc.localDescription.sdp.encode(), headers
+    )
+    if status != 201:
+        print(json.dumps({"event": "refused", "status": status, "body": body}), flush=True)
+        await pc.close()
+        sys.exit(1)
+    location = urllib.parse.urljoin(args.url, header(response_headers, "Location")[0])
+    etag = (header(response_headers, "ETag") or [None])[0]
+    print(
+        json.dumps(
+            {
+                "event": "created",
+                "status": status,
+                "location": location,
+                "etag": etag,
+                "links": header(response_headers, "Link"),
+                "accept_patch": header(response_headers, "Accept-Patch"),
+                "content_type": header(response_headers, "Content-Type"),
+            }
+        ),
+        flush=True,
+    )
+    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+    if args.trickle:
+        patch_headers = {"Content-Type": "application/trickle-ice-sdpfrag"}
+        if etag:
+            patch_headers["If-Match"] = etag
+        status, _, _ = await asyncio.to_thread(
+            http, "PATCH", location, fragment(pc.localDescription.sdp).encode(), patch_headers
+        )
+        print(json.dumps({"event": "trickled", "status": status}), flush=True)
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            break
+        if line.strip() == "delete":
+            status, _, _ = await asyncio.to_thread(
+                http, "DELETE", location, None, {"Authorization": f"Bearer {args.token}"}
+            )
+            print(json.dumps({"event": "deleted", "status": status}), flush=True)
+            break
+    await pc.close()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["publish"])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--audio", action="store_true")
+    parser.add_argument("--no-video", action="store_true")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--trickle", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(publish(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+//! WHIP (RFC 9725) into a broadcast, against a local system on 127.0.0.1: an aiortc
+//! publisher that speaks only WHIP (`tests/aiortc/whip.py`, written from the RFC) reaches an
+//! aiortc viewer seated on the broadcast's edge, picture and sound decoded; the session
+//! ends by DELETE and leaves nothing behind; every refusal has the status the RFC gives it.
+
+use anyhow::{Context, Result, ensure};
+use hyper::Method;
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tutti_signaling::admission::{JoinClaims, TokenKeys};
+use tutti_signaling::config::{LocalRooms, RoomsFile};
+use tutti_signaling::local::LocalSystem;
+use tutti_store::LiveView;
+use tutti_tests::eventually::eventually;
+use tutti_tests::gateway::{GatewayClient, JWT_SECRET, http_send, local_options, start, ws_url};
+
+const WAIT: Duration = Duration::from_secs(30);
+const SDP: &str = "application/sdp";
+const FRAGMENT: &str = "application/trickle-ice-sdpfrag";
+
+fn rooms(toml_text: &str) -> Result<LocalRooms> {
+    let file: RoomsFile = toml::from_str(toml_text)?;
+    LocalRooms::from_file(file, true).map_err(anyhow::Error::msg)
+}
+
+fn token(secret: &str, room: &str, name: &str, publish: bool) -> Result<String> {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 600;
+    Ok(TokenKeys::new(secret.as_bytes())?.issue(&JoinClaims {
+        room: room.into(),
+        name: name.into(),
+        publish,
+        subscribe: true,
+        exp,
+        nbf: None,
+        record: false,
+    })?)
+}
+
+/// Waits until the broadcast's stage is placed and has an edge; the stage's shard.
+async fn on_the_air(system: &LocalSystem, broadcast: &str) -> Result<String> {
+    let store = &system.store;
+    eventually(WAIT, "the broadcast to get an edge", || async move {
+        Ok(store.route(broadcast).is_some()
+            && store
+                .cascade(broadcast)
+                .is_some_and(|c| !c.edges.is_empty()))
+    })
+    .await?;
+    Ok(store.route(broadcast).context("the stage's route")?.shard)
+}
+
+/// The next JSON line the WHIP client prints.
+async fn next_event(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> Result<Value> {
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .context("the WHIP client printed nothing")??
+        .context("the WHIP client exited")?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// Whether the stage holds no participant and the gateway no WHIP session.
+async fn nothing_left(system: &LocalSystem, stage: &str) -> Result<()> {
+    eventually(
+        WAIT,
+        "the WHIP session and its participant to go",
+        || async {
+            let participants = system
+                .server
+                .state()
+                .gateway
+                .rooms
+                .summary(stage)
+                .map_or(0, |s| s.participants);
+            Ok(system.server.state().wish.is_empty() && participants == 0)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_publisher_reaches_a_viewer_on_an_edge_with_sound_and_picture() -> Result<()> {
+    tutti_tests::init_logs();
+    let mut options = local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n",
+    )?);
+    options.common.ice.stun_urls = vec!["stun:stun.example.net:3478".into()];
+    let system = start(options).await?;
+    let addr = system.server.addr;
+    let origin = on_the_air(&system, "concert").await?;
+    let pianist = token(JWT_SECRET, "concert", "Pianist", true)?;
+
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aiortc/whip.py");
+    let endpoint = format!("http://{addr}/v1/whip/concert");
+    let mut publisher = tokio::process::Command::new(tutti_tests::aiortc::python()?)
+        .arg(script)
+        .args(["publish", "--url", &endpoint, "--token", &pianist])
+        .args(["--audio", "--trickle"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the aiortc WHIP client")?;
+    let mut lines = BufReader::new(publisher.stdout.take().context("stdout")?).lines();
+    let created = next_event(&mut lines).await?;
+    println!("WHIP created: {created}");
+    ensure!(created["event"] == "created", "{created}");
+    let location = created["location"].as_str().unwrap_or_default().to_owned();
+    let path = location
+        .strip_prefix(&format!("http://{addr}"))
+        .context("the Location is on the gateway")?
+        .to_owned();
+    ensure!(path.starts_with("/v1/whip/concert/"), "{location}");
+    ensure!(created["content_type"][0] == SDP, "{created}");
+    ensure!(created["accept_patch"][0] == FRAGMENT, "{created}");
+    let etag = created["etag"].as_str().context("an ETag")?.to_owned();
+    ensure!(
+        created["links"][0] == "<stun:stun.example.net:3478>; rel=\"ice-server\"",
+        "{created}"
+    );
+    let trickled = next_event(&mut lines).await?;
+    ensure!(trickled["status"] == 204, "trickle: {trickled}");
+
+    // A viewer on the edge (not the stage's shard) decodes the publisher's picture and
+    // sound.
+    let url = ws_url(&system);
+    let viewer_args = [
+        "--url",
+        &url,
+        "--gateway",
+        "--watch",
+        "--room",
+        "concert",
+        "--id",
+        "listener",
+        "--frames",
+        "30",
+        "--audio-seconds",
+        "2",
+    ];
+    let viewer = tutti_tests::aiortc::run_subscriber(&viewer_args, Duration::from_secs(60));
+    let store = &system.store;
+    let origin_ref = &origin;
+    let seated = eventually(WAIT, "the viewer to be counted on an edge", || async move {
+        Ok(store.cascade("concert").is_some_and(|c| {
+            c.edges
+                .iter()
+                .any(|e| &e.shard != origin_ref && e.viewers >= 1)
+        }))
+    });
+    let (viewer, seated) = tokio::join!(viewer, seated);
+    let viewer = viewer?;
+    println!("viewer: {viewer}");
+    seated?;
+    ensure!(viewer["frames"].as_u64() >= Some(30), "frames: {viewer}");
+    ensure!(
+        viewer["width"] == 320 && viewer["height"] == 240,
+        "size: {viewer}"
+    );
+    ensure!(
+        viewer["audio_frames"].as_u64() > Some(25),
+        "sound: {viewer}"
+    );
+
+    // The same name cannot present twice; a stale ICE session and a bad fragment are
+    // refused without harming the session.
+    let again = http_send(
+        addr,
+        Method::POST,
+        "/v1/whip/concert",
+        &[
+            ("content-type", SDP),
+            ("authorization", &format!("Bearer {pianist}")),
+        ],
+        b"v=0\r\n".to_vec(),
+    )
+    .await?;
+    ensure!(again.status == 409, "same name twice: {again:?}");
+    let candidate = "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n";
+    let stale = http_send(
+        addr,
+        Method::PATCH,
+        &path,
+        &[("content-type", FRAGMENT), ("if-match", "\"stale\"")],
+        b"a=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n".to_vec(),
+    )
+    .await?;
+    ensure!(stale.status == 412, "stale If-Match: {stale:?}");
+    let restart_raced = http_send(
+        addr,
+        Method::PATCH,
+        &path,
+        &[("content-type", FRAGMENT), ("if-match", "\"stale\"")],
+        candidate.as_bytes().to_vec(),
+    )
+    .await?;
+    ensure!(
+        restart_raced.status == 412,
+        "stale restart: {restart_raced:?}"
+    );
+    let garbage = http_send(
+        addr,
+        Method::PATCH,
+        &path,
+        &[("content-type", FRAGMENT), ("if-match", &etag)],
+        b"not a fragment".to_vec(),
+    )
+    .await?;
+    ensure!(garbage.status == 400, "bad fragment: {garbage:?}");
+    let wrong_type = http_send(
+        addr,
+        Method::PATCH,
+        &path,
+        &[("content-type", SDP)],
+        candidate.as_bytes().to_vec(),
+    )
+    .await?;
+    ensure!(wrong_type.status == 415, "PATCH of SDP: {wrong_type:?}");
+
+    // The client DELETEs its session: the stage is empty, the resource gone.
+    let mut stdin = publisher.stdin.take().context("stdin")?;
+    stdin.write_all(b"delete\n").await?;
+    stdin.flush().await?;
+    let deleted = next_event(&mut lines).await?;
+    ensure!(deleted["status"] == 200, "DELETE: {deleted}");
+    nothing_left(&system, "concert").await?;
+    let gone = http_send(addr, Method::DELETE, &path, &[], Vec::new()).await?;
+    ensure!(gone.status == 404, "DELETE again: {gone:?}");
+    let gone = http_send(
+        addr,
+        Method::PATCH,
+        &path,
+        &[("content-type", FRAGMENT)],
+        candidate.as_bytes().to_vec(),
+    )
+    .await?;
+    ensure!(gone.status == 404, "PATCH after DELETE: {gone:?}");
+    let _ = publisher.wait().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_has_the_status_the_rfc_gives_it() -> Result<()> {
+    tutti_tests::init_logs();
+    let mut options = local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n\n\
+         [[rooms]]\nname = \"lesson\"\npassword = \"arco\"\n",
+    )?);
+    options.common.sockets.per_client = 2;
+    let system = start(options).await?;
+    let addr = system.server.addr;
+    on_the_air(&system, "concert").await?;
+    let good = token(JWT_SECRET, "concert", "Pianist", true)?;
+    let viewer_only = token(JWT_SECRET, "concert", "Listener", false)?;
+    let other_room = token(JWT_SECRET, "lesson", "Pianist", true)?;
+    let forged = token(
+        "another-secret-0123456789abcdef-01234",
+        "concert",
+        "P",
+        true,
+    )?;
+    let post = |path: &'static str,
+                content_type: &'static str,
+                bearer: Option<String>,
+                body: Vec<u8>| async move {
+        let authorization = bearer.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", content_type)];
+        if let Some(value) = authorization.as_deref() {
+            headers.push(("authorization", value));
+        }
+        http_send(addr, Method::POST, path, &headers, body).await
+    };
+    let offer = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n".to_vec();
+
+    // The preflight a browser sends first.
+    let preflight = http_send(addr, Method::OPTIONS, "/v1/whip/concert", &[], Vec::new()).await?;
+    ensure!(preflight.status == 204, "{preflight:?}");
+    ensure!(preflight.header("access-control-allow-origin") == Some("*"));
+    ensure!(
+        preflight
+            .header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("POST")),
+        "{preflight:?}"
+    );
+    ensure!(
+        preflight
+            .header("access-control-allow-headers")
+            .is_some_and(|h| h.contains("Authorization") && h.contains("Content-Type")),
+        "{preflight:?}"
+    );
+    ensure!(preflight.header("accept-post") == Some(SDP));
+
+    let cases = [
+        (
+            "text",
+            post(
+                "/v1/whip/concert",
+                "text/plain",
+                Some(good.clone()),
+                offer.clone(),
+            )
+            .await?,
+            415,
+        ),
+        (
+            "no token",
+            post("/v1/whip/concert", SDP, None, offer.clone()).await?,
+            401,
+        ),
+        (
+            "forged token",
+            post("/v1/whip/concert", SDP, Some(forged), offer.clone()).await?,
+            401,
+        ),
+        (
+            "no such broadcast",
+            post("/v1/whip/nowhere", SDP, Some(good.clone()), offer.clone()).await?,
+            404,
+        ),
+        (
+            "subscribe-only token",
+            post("/v1/whip/concert", SDP, Some(viewer_only), offer.clone()).await?,
+            403,
+        ),
+        (
+            "token for another room",
+            post("/v1/whip/concert", SDP, Some(other_room), offer.clone()).await?,
+            403,
+        ),
+        (
+            "not SDP",
+            post(
+                "/v1/whip/concert",
+                SDP,
+                Some(good.clone()),
+                b"hello".to_vec(),
+            )
+            .await?,
+            400,
+        ),
+        (
+            "33 KiB",
+            post(
+                "/v1/whip/concert",
+                SDP,
+                Some(good.clone()),
+                [b"v=0\r\n".as_slice(), &vec![b'a'; 33 * 1024]].concat(),
+            )
+            .await?,
+            413,
+        ),
+        // Joined, and the shard cannot use the offer.
+        (
+            "an offer without media",
+            post("/v1/whip/concert", SDP, Some(good.clone()), offer.clone()).await?,
+            422,
+        ),
+    ];
+    for (what, reply, status) in &cases {
+        println!("{what}: {} {}", reply.status, reply.body);
+        ensure!(reply.status == *status, "{what}: {reply:?}");
+        ensure!(
+            reply.header("access-control-allow-origin") == Some("*"),
+            "{what}: no CORS header"
+        );
+        let body: Value = serde_json::from_str(&reply.body)?;
+        ensure!(body["error"].is_string(), "{what}: {reply:?}");
+    }
+    ensure!(cases[1].1.header("www-authenticate") == Some("Bearer"));
+    // The refused offer left no session and no participant behind.
+    nothing_left(&system, "concert").await?;
+
+    // Sessions count against the address's sockets, as WebSockets do.
+    let url = ws_url(&system);
+    let _first = GatewayClient::connect(&url).await?;
+    let _second = GatewayClient::connect(&url).await?;
+    let full = post("/v1/whip/concert", SDP, Some(good), offer).await?;
+    ensure!(full.status == 429, "past the address's sockets: {full:?}");
+    Ok(())
+}
