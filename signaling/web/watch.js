@@ -418,6 +418,7 @@ async function inboundStats() {
       framesDecoded: stat.framesDecoded || 0,
       frameWidth: stat.frameWidth || 0,
       frameHeight: stat.frameHeight || 0,
+      totalAudioEnergy: stat.totalAudioEnergy || 0,
     });
   });
   return rows;
