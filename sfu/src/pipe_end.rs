@@ -56,6 +56,7 @@ pub async fn join_receiving(
         relay: Some(true),
         pipe: Some(own),
         recorder: recorder.then_some(true),
+        offer_subscriber: None,
     };
     sink.send(Message::Text(encode_client(&join).into()))
         .await

@@ -272,6 +272,7 @@ async fn run_link(
         relay: Some(true),
         pipe: Some(own),
         recorder: None,
+        offer_subscriber: None,
     };
     sink.send(Message::Text(encode_client(&join).into()))
         .await

@@ -109,6 +109,11 @@ pub enum ClientMessage {
         /// everyone in it is told so (`recording`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recorder: Option<bool>,
+        /// The client offers its subscriber connection itself (a WHEP viewer): the shard
+        /// answers, never offers on it, and sends into the audio and video sections the
+        /// client offered the room's tracks, one each, in the order they were published.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer_subscriber: Option<bool>,
     },
     /// An SDP offer for the client's publisher connection.
     Offer {
@@ -751,6 +756,7 @@ mod tests {
                 relay: None,
                 pipe: None,
                 recorder: None,
+                offer_subscriber: None,
             }
         );
     }

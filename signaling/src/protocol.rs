@@ -191,6 +191,10 @@ pub struct JoinRequest {
     /// probes of `GET /v1/regions`: what latency placement puts the room by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt: Option<std::collections::BTreeMap<String, f64>>,
+    /// The client offers its subscriber connection itself (a WHEP viewer): the shard
+    /// answers, and sends into the audio and video sections offered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offer_subscriber: bool,
 }
 
 impl JoinRequest {

@@ -4,7 +4,7 @@
 //! Routes:
 //! * `GET /`, `/app.js`, `/sdp.js`, `/regions.js`, `/style.css` — the web client.
 //! * `GET /v1/ws` — the client WebSocket ([`crate::protocol`]).
-//! * `/v1/whip/…` — WHIP publishers ([`crate::wish`]).
+//! * `/v1/whip/…`, `/v1/whep/…` — WHIP publishers and WHEP viewers ([`crate::wish`]).
 //! * `GET /v1/rooms?q=&limit=` — the room list (JSON); `GET /v1/rooms/{name}` — one room.
 //! * `GET /v1/ice-servers` — STUN/TURN servers with fresh TURN credentials, for holders
 //!   of a join token (`Authorization: Bearer <token>`); joined clients get them in `joined`.
@@ -114,6 +114,16 @@ pub fn app(state: AppState) -> Router {
             "/v1/whip/{broadcast}/{session}",
             patch(crate::wish::whip_patch)
                 .delete(crate::wish::whip_delete)
+                .options(crate::wish::resource_options),
+        )
+        .route(
+            "/v1/whep/{broadcast}",
+            post(crate::wish::whep_post).options(crate::wish::endpoint_options),
+        )
+        .route(
+            "/v1/whep/{broadcast}/{session}",
+            patch(crate::wish::whep_patch)
+                .delete(crate::wish::whep_delete)
                 .options(crate::wish::resource_options),
         )
         .route("/v1/ice-servers", get(ice_servers))

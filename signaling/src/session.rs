@@ -704,6 +704,7 @@ impl Session {
                 relay: None,
                 pipe: None,
                 recorder: None,
+                offer_subscriber: request.offer_subscriber.then_some(true),
             };
             match self.join_on(edge, join, true).await {
                 Ok((link, participants, audio)) => {
@@ -803,6 +804,7 @@ impl Session {
                 relay: None,
                 pipe: None,
                 recorder: None,
+                offer_subscriber: request.offer_subscriber.then_some(true),
             };
             match self.join_on(&placement.shard, join, false).await {
                 Ok((link, participants, audio)) => {

@@ -1,4 +1,5 @@
-"""A WHIP publisher (RFC 9725) on aiortc, written from the RFC and docs/whip-whep.md alone.
+"""A WHIP publisher (RFC 9725) and a WHEP viewer on aiortc, written from the RFC, the WHEP
+draft and docs/whip-whep.md alone.
 
     python whip.py publish --url http://HOST/v1/whip/BROADCAST --token JWT
                            [--audio] [--no-video] [--width W --height H]
@@ -11,6 +12,14 @@ it also PATCHes its own candidates as an `application/trickle-ice-sdpfrag` with
 `If-Match: <etag>` and prints {"event": "trickled", "status"}. It then sends a test
 pattern (and a 440 Hz tone with `--audio`) until killed or its stdin ends; a line `delete`
 on stdin makes it DELETE the session, print {"event": "deleted", "status"} and exit.
+
+    python whip.py play --url http://HOST/v1/whep/BROADCAST[?quality=low] [--token JWT]
+
+`play` POSTs a recvonly audio and video offer, prints {"event": "created", ...} as
+`publish` does, and decodes what arrives. Each line `report` on stdin prints {"event":
+"report", "frames", "width", "height", "audio_frames", "state"}: video frames decoded so
+far, the size of the last, audio frames decoded, the connection's state. `delete` DELETEs
+the session and exits, as for `publish`.
 
 aiortc gathers every candidate before its offer is made, so the offer carries them; the
 PATCH is what a trickling client would send for them. Host candidates are 127.0.0.1 only.
@@ -68,15 +77,46 @@ def fragment(sdp):
     return "\r\n".join(out) + "\r\n"
 
 
+# What a viewer decoded so far.
+SEEN = {"frames": 0, "width": 0, "height": 0, "audio_frames": 0}
+
+
+def watch(pc):
+    """Decodes every track that arrives, counting into SEEN."""
+
+    @pc.on("track")
+    def on_track(track):
+        async def consume():
+            while True:
+                try:
+                    frame = await track.recv()
+                except Exception:  # the track ended
+                    return
+                if track.kind == "video":
+                    SEEN["frames"] += 1
+                    SEEN["width"], SEEN["height"] = frame.width, frame.height
+                else:
+                    SEEN["audio_frames"] += 1
+
+        asyncio.ensure_future(consume())
+
+
 async def publish(args):
     pc = RTCPeerConnection()
-    if args.audio:
-        pc.addTransceiver(ToneTrack(), direction="sendonly")
-    if not args.no_video:
-        pc.addTransceiver(PatternTrack(args.width, args.height), direction="sendonly")
+    if args.mode == "play":
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        watch(pc)
+    else:
+        if args.audio:
+            pc.addTransceiver(ToneTrack(), direction="sendonly")
+        if not args.no_video:
+            pc.addTransceiver(PatternTrack(args.width, args.height), direction="sendonly")
     offer = await pc.createOffer()
     await pc.setLocalDescription(offer)
-    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {args.token}"}
+    headers = {"Content-Type": "application/sdp"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
     status, response_headers, body = await asyncio.to_thread(
         http, "POST", args.url, pc.localDescription.sdp.encode(), headers
     )
@@ -113,9 +153,11 @@ async def publish(args):
         line = await asyncio.to_thread(sys.stdin.readline)
         if not line:
             break
-        if line.strip() == "delete":
+        if line.strip() == "report":
+            print(json.dumps({"event": "report", "state": pc.connectionState, **SEEN}), flush=True)
+        elif line.strip() == "delete":
             status, _, _ = await asyncio.to_thread(
-                http, "DELETE", location, None, {"Authorization": f"Bearer {args.token}"}
+                http, "DELETE", location, None, {}
             )
             print(json.dumps({"event": "deleted", "status": status}), flush=True)
             break
@@ -124,9 +166,9 @@ async def publish(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["publish"])
+    parser.add_argument("mode", choices=["publish", "play"])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", default="")
     parser.add_argument("--audio", action="store_true")
     parser.add_argument("--no-video", action="store_true")
     parser.add_argument("--width", type=int, default=320)

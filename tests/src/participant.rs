@@ -527,6 +527,7 @@ impl Participant {
                 relay: None,
                 pipe: None,
                 recorder: None,
+                offer_subscriber: None,
             }),
         }
         let joined = tokio::time::timeout(Duration::from_secs(10), signal.rx.recv())

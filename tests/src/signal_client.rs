@@ -93,6 +93,7 @@ impl SignalClient {
             relay: None,
             pipe: None,
             recorder: None,
+            offer_subscriber: None,
         });
         match tokio::time::timeout(timeout, signal.rx.recv()).await {
             Ok(Some(ServerMessage::Joined { .. })) => Ok(signal),

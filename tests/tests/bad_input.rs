@@ -190,6 +190,7 @@ async fn hostile_datagrams_and_frames_are_dropped_counted_and_harmless() -> Resu
         relay: None,
         pipe: None,
         recorder: None,
+        offer_subscriber: None,
     });
     let joined = tokio::time::timeout(WAIT, bad.rx.recv())
         .await?

@@ -59,6 +59,20 @@ pub struct Downtrack {
 }
 
 impl Downtrack {
+    /// The stream goes on with another track of the same kind (a WHEP viewer's section
+    /// whose track went away): its layers are chosen afresh from the next keyframe, while
+    /// its numbering runs on, so the receiver sees one continuous stream.
+    pub fn change_source(&mut self, clock_rate: u32) {
+        let mut fresh = Self::new(self.video, clock_rate);
+        std::mem::swap(&mut fresh.sequencer, &mut self.sequencer);
+        // What the new track sends next follows on from the last packet sent.
+        fresh.sequencer.pause();
+        fresh.target = self.target;
+        fresh.allotment = self.allotment;
+        fresh.resuming = true;
+        *self = fresh;
+    }
+
     /// A downtrack for a track of the given kind and RTP clock rate.
     pub fn new(video: bool, clock_rate: u32) -> Self {
         Self {

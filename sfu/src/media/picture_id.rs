@@ -262,6 +262,11 @@ impl PictureIds {
         patch(payload, fields, segment)
     }
 
+    /// The codec family whose picture ids it rewrites.
+    pub fn family(&self) -> CodecFamily {
+        self.family
+    }
+
     /// The stream resumes after a pause (the downtrack's [`super::downtrack::Decision`]
     /// says so): its next picture follows the last one sent, as after a switch, however
     /// many pictures the source numbered meanwhile. Call before [`Self::forward`].

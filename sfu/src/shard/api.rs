@@ -46,6 +46,9 @@ pub struct JoinRequest {
     pub pipe: Option<crate::signal::protocol::PipeEnd>,
     /// A relay that records the room (only with `relay`).
     pub recorder: bool,
+    /// The client offers its subscriber connection (not with `relay`): the shard answers
+    /// and fills the sections offered with the room's tracks.
+    pub offer_subscriber: bool,
 }
 
 /// Which layers (by rid: `q`, `h`, `f`) of each relayed track, by the parent's track id,

@@ -28,6 +28,7 @@
 //! offers on each subscriber connection whenever tracks come or go, one offer at a time
 //! per connection. Relays (`relay.rs`) feed an edge shard's rooms from a parent shard.
 
+mod answering;
 pub mod api;
 mod downlinks;
 mod dynacast;
@@ -233,6 +234,8 @@ struct Session {
     recorder: bool,
     /// Being removed: no more offers to it.
     closing: bool,
+    /// It offers its subscriber connection itself (`answering.rs`).
+    offer_subscriber: bool,
 }
 
 pub(crate) struct Peer {
@@ -277,6 +280,9 @@ pub(crate) struct Peer {
     /// A relay pipe to another shard (`pipe.rs`): no connection, keys from the relay's
     /// session, a fixed route.
     pipe: bool,
+    /// Subscriber offered by the client (`answering.rs`): the senders its offer's sections
+    /// were answered with, each carrying one of the room's tracks at a time.
+    slots: Vec<answering::Slot>,
 }
 
 /// A stream a publisher sends that the shard forwards.
@@ -1118,6 +1124,7 @@ impl ShardCore {
                 presence,
                 recorder: request.recorder && presence == Presence::Relay,
                 closing: false,
+                offer_subscriber: request.offer_subscriber && presence != Presence::Relay,
             },
         );
         self.send(
@@ -1368,6 +1375,7 @@ impl Peer {
             incoming: crate::FastMap::default(),
             outgoing: crate::FastMap::default(),
             offer_out: false,
+            slots: Vec::new(),
             renegotiate: false,
             remote_candidates: 0,
             srtp: None,
@@ -1471,6 +1479,7 @@ mod tests {
                     relay: false,
                     pipe: None,
                     recorder: false,
+                    offer_subscriber: false,
                 },
                 events,
                 reply,
@@ -1521,6 +1530,7 @@ mod tests {
                     relay: true,
                     pipe: None,
                     recorder,
+                    offer_subscriber: false,
                 },
                 events,
                 reply,
@@ -1705,6 +1715,7 @@ mod tests {
                 relay: false,
                 pipe: None,
                 recorder: false,
+                offer_subscriber: false,
             };
             core.handle_command(
                 at,
@@ -1817,6 +1828,7 @@ mod tests {
                     relay: false,
                     pipe: None,
                     recorder: false,
+                    offer_subscriber: false,
                 },
                 events,
                 reply,
@@ -1991,6 +2003,7 @@ mod tests {
                     relay: false,
                     pipe: None,
                     recorder: false,
+                    offer_subscriber: false,
                 },
                 events,
                 reply,

@@ -66,7 +66,13 @@ impl ShardCore {
                 );
             }
             ClientMessage::Offer { pc, sdp } => {
-                if pc != PeerTarget::Publisher {
+                let offers_subscriber = self
+                    .registry
+                    .session(session)
+                    .is_some_and(|s| s.offer_subscriber);
+                if pc == PeerTarget::Subscriber && offers_subscriber {
+                    self.on_subscriber_offer(session, sdp, now);
+                } else if pc != PeerTarget::Publisher {
                     self.send_error(
                         session,
                         ErrorCode::OutOfOrder,
@@ -472,6 +478,7 @@ impl ShardCore {
             let Some(track) = self.media.track_mut(*track_key) else {
                 continue;
             };
+            let (family, codec) = (track.family, track.codec.clone());
             let Some(entry) = track.downtracks.iter_mut().find(|d| d.ssrc == *ssrc) else {
                 continue;
             };
@@ -485,77 +492,8 @@ impl ShardCore {
                 // Added while this offer was out: the next answer negotiates it.
                 continue;
             };
-            entry.extensions = negotiated_extensions(answer, &mid, track.family);
-            // Every video stream remembers what it sent, for its resends: the marker, which
-            // the shard moves for a subscriber of fewer spatial layers, and any stamps.
-            entry.stamps = track
-                .family
-                .is_video()
-                .then(|| SentStamps::new(DEFAULT_CAPACITY));
-            if track.family == CodecFamily::Red {
-                // The sender's parameters list what was offered (RED and Opus); whether the
-                // subscriber took RED shows only in its answer. Without it, it gets the Opus
-                // inside.
-                let formats = super::sdp::section_formats(answer, &mid);
-                let find = |name: &str| {
-                    formats
-                        .iter()
-                        .find(|f| f.name == name)
-                        .map(|f| f.payload_type)
-                };
-                match (find("red"), find("opus")) {
-                    (Some(red), _) => entry.payload_type = Some(red),
-                    (None, Some(opus)) => {
-                        entry.payload_type = Some(opus);
-                        entry.unwrap_red = true;
-                    }
-                    (None, None) => unsupported.push((
-                        *track_key,
-                        track.id.clone(),
-                        track.codec.mime_type.clone(),
-                    )),
-                }
-                continue;
-            }
-            let Some(sender) = entry.sender else {
-                continue;
-            };
-            let Some(Some(parameters)) = peer.pc.with(move |pc| {
-                pc.rtp_sender(sender)
-                    .map(|mut sender| sender.get_parameters().clone())
-            }) else {
-                continue;
-            };
-            let codecs = &parameters.rtp_parameters.codecs;
-            let wanted = &track.codec;
-            let payload_type = codecs
-                .iter()
-                .find(|c| {
-                    c.rtp_codec
-                        .mime_type
-                        .eq_ignore_ascii_case(&wanted.mime_type)
-                        && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line
-                })
-                .or_else(|| {
-                    codecs.iter().find(|c| {
-                        c.rtp_codec
-                            .mime_type
-                            .eq_ignore_ascii_case(&wanted.mime_type)
-                    })
-                })
-                .map(|c| c.payload_type);
-            match payload_type {
-                Some(pt) => {
-                    entry.payload_type = Some(pt);
-                    // The RTX format the answer pairs with it, if it took one.
-                    if let Some(rtx) = entry.rtx.as_mut() {
-                        rtx.payload_type = super::sdp::section_formats(answer, &mid)
-                            .iter()
-                            .find(|f| f.name == "rtx" && f.apt() == Some(pt))
-                            .map(|f| f.payload_type);
-                    }
-                }
-                None => unsupported.push((*track_key, track.id.clone(), wanted.mime_type.clone())),
+            if !bind_downtrack(&mut peer.pc, entry, (family, &codec), answer, &mid) {
+                unsupported.push((*track_key, track.id.clone(), codec.mime_type.clone()));
             }
         }
         for (track_key, track_id, mime) in unsupported {
@@ -879,6 +817,13 @@ impl ShardCore {
         if !s.subscribe {
             return;
         }
+        if s.offer_subscriber {
+            // Its connection's sections were fixed by its offer: a new track may fill one.
+            if s.subscriber.is_some() {
+                self.fill_slots(session, now);
+            }
+            return;
+        }
         let Some(publisher) = self.media.track(track_key).map(|t| t.session) else {
             return;
         };
@@ -1020,6 +965,9 @@ impl ShardCore {
             return;
         };
         let entry = track.downtracks.swap_remove(index);
+        let Err(entry) = self.park(entry) else {
+            return;
+        };
         if let Some(peer) = self.transport.peer_mut(peer_key) {
             peer.outgoing.remove(&entry.ssrc);
             if let Some(sender) = entry.sender
@@ -1033,7 +981,7 @@ impl ShardCore {
 
     /// Removes a published track from the room and from every subscriber.
     pub(super) fn unpublish(&mut self, track_key: TrackKey, now: Instant) {
-        let Some(track) = self.media.unpublish(track_key) else {
+        let Some(mut track) = self.media.unpublish(track_key) else {
             return;
         };
         if let Some(peer) = track.peer.and_then(|key| self.transport.peer_mut(key)) {
@@ -1052,7 +1000,17 @@ impl ShardCore {
         if let Some(room) = self.registry.room_mut(&track.room) {
             room.tracks.retain(|t| *t != track_key);
         }
-        for entry in &track.downtracks {
+        // Slots it filled go to the room's next track of its kind.
+        let mut refill = Vec::new();
+        for entry in std::mem::take(&mut track.downtracks) {
+            let session = entry.session;
+            let entry = match self.park(entry) {
+                Ok(()) => {
+                    refill.push(session);
+                    continue;
+                }
+                Err(entry) => entry,
+            };
             if let Some(peer) = self.transport.peer_mut(entry.peer) {
                 peer.outgoing.remove(&entry.ssrc);
                 if let Some(sender) = entry.sender
@@ -1068,6 +1026,9 @@ impl ShardCore {
             .session(track.session)
             .map(|s| s.participant.clone())
             .unwrap_or_default();
+        for session in refill {
+            self.fill_slots(session, now);
+        }
         tracing::info!(track = %track.id, "track unpublished");
         self.broadcast(
             &track.room,
@@ -1079,6 +1040,85 @@ impl ShardCore {
         );
         self.update_gauges();
     }
+}
+
+/// Binds a new downtrack to what `answer` negotiated for its media section `mid`: the
+/// header extensions it writes, the payload type (and RTX's) it sends under, RED or the
+/// Opus inside. False when the subscriber accepted none of the track's codecs.
+pub(super) fn bind_downtrack(
+    pc: &mut super::guarded::GuardedPc,
+    entry: &mut DowntrackEntry,
+    (family, wanted): (CodecFamily, &rtc::rtp_transceiver::rtp_sender::RTCRtpCodec),
+    answer: &str,
+    mid: &str,
+) -> bool {
+    entry.extensions = negotiated_extensions(answer, mid, family);
+    // Every video stream remembers what it sent, for its resends: the marker, which the
+    // shard moves for a subscriber of fewer spatial layers, and any stamps.
+    entry.stamps = family.is_video().then(|| SentStamps::new(DEFAULT_CAPACITY));
+    if family == CodecFamily::Red {
+        // The sender's parameters list what was offered (RED and Opus); whether the
+        // subscriber took RED shows only in its answer. Without it, it gets the Opus inside.
+        let formats = super::sdp::section_formats(answer, mid);
+        let find = |name: &str| {
+            formats
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.payload_type)
+        };
+        return match (find("red"), find("opus")) {
+            (Some(red), _) => {
+                entry.payload_type = Some(red);
+                entry.unwrap_red = false;
+                true
+            }
+            (None, Some(opus)) => {
+                entry.payload_type = Some(opus);
+                entry.unwrap_red = true;
+                true
+            }
+            (None, None) => false,
+        };
+    }
+    entry.unwrap_red = false;
+    let Some(sender) = entry.sender else {
+        return true;
+    };
+    let Some(Some(parameters)) = pc.with(move |pc| {
+        pc.rtp_sender(sender)
+            .map(|mut sender| sender.get_parameters().clone())
+    }) else {
+        return true;
+    };
+    let codecs = &parameters.rtp_parameters.codecs;
+    let payload_type = codecs
+        .iter()
+        .find(|c| {
+            c.rtp_codec
+                .mime_type
+                .eq_ignore_ascii_case(&wanted.mime_type)
+                && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line
+        })
+        .or_else(|| {
+            codecs.iter().find(|c| {
+                c.rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(&wanted.mime_type)
+            })
+        })
+        .map(|c| c.payload_type);
+    let Some(pt) = payload_type else {
+        return false;
+    };
+    entry.payload_type = Some(pt);
+    // The RTX format the answer pairs with it, if it took one.
+    if let Some(rtx) = entry.rtx.as_mut() {
+        rtx.payload_type = super::sdp::section_formats(answer, mid)
+            .iter()
+            .find(|f| f.name == "rtx" && f.apt() == Some(pt))
+            .map(|f| f.payload_type);
+    }
+    true
 }
 
 /// The header extensions a subscriber's answer accepted for the media section `mid`,

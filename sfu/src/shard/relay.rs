@@ -236,6 +236,7 @@ impl ShardCore {
                 presence: Presence::Relayed,
                 recorder: false,
                 closing: false,
+                offer_subscriber: false,
             },
         );
         let r = self.registry.room_mut(room)?;

@@ -155,6 +155,7 @@ async fn handle(
                 relay,
                 pipe,
                 recorder,
+                offer_subscriber,
             },
         ) => {
             let request = JoinRequest {
@@ -166,6 +167,7 @@ async fn handle(
                 relay: relay.unwrap_or(false),
                 pipe: pipe.filter(|_| relay == Some(true)),
                 recorder: relay == Some(true) && recorder == Some(true),
+                offer_subscriber: relay != Some(true) && offer_subscriber == Some(true),
             };
             match core.join(request, events.clone()).await {
                 Ok(id) => {

@@ -146,6 +146,7 @@ impl Sim {
             relay: false,
             pipe: None,
             recorder: false,
+            offer_subscriber: false,
         })?;
         let index = self.clients.len();
         let (client, offer) = Client::new(

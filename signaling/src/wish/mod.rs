@@ -9,7 +9,11 @@
 //!   restart (`200` with the new credentials and candidates), as
 //!   `application/trickle-ice-sdpfrag`.
 //! * `DELETE /v1/whip/{broadcast}/{session}` — ends it (`200`).
-//! * `OPTIONS` on both, for CORS preflights; every answer carries CORS headers.
+//! * `POST /v1/whep/{broadcast}` — a viewer's offer (`recvonly` sections): seated on one
+//!   of the broadcast's edges as `/watch` is (no token needed; one given must grant it),
+//!   each audio and video section carrying one of the stage's tracks; `?quality=low`
+//!   chooses the simulcast layer. `PATCH` and `DELETE` of its session as for WHIP.
+//! * `OPTIONS` on all, for CORS preflights; every answer carries CORS headers.
 //!
 //! The session URL is the capability: 22 random characters no one else learns.
 
@@ -338,11 +342,158 @@ pub async fn whip_post(
             "type": "join", "room": stage, "token": token, "publish": true, "subscribe": false,
         }),
         offer,
+        quality: None,
     };
     open(&state, peer, &headers, start, |id| {
         format!("/v1/whip/{target}/{id}")
     })
     .await
+}
+
+/// `?quality=` of a WHEP request.
+#[derive(serde::Deserialize)]
+pub struct ViewerQuery {
+    quality: Option<String>,
+}
+
+/// `POST /v1/whep/{broadcast}`: a viewer, seated on one of the broadcast's edges as
+/// `/watch` is; or, with a join token granting it, a receive-only participant of a room.
+pub async fn whep_post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(target): Path<String>,
+    query: Result<axum::extract::Query<ViewerQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Response {
+    if state.gateway.shutdown.is_cancelled() {
+        return refuse(Failure::new(
+            ErrorCode::Unavailable,
+            "this gateway is stopping; try again",
+        ));
+    }
+    let headers = request.headers().clone();
+    if !content_type_is(&headers, SDP) {
+        return refuse_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadMessage,
+            "the offer must be application/sdp",
+        );
+    }
+    let Ok(query) = query else {
+        return refuse(Failure::new(ErrorCode::BadMessage, "a malformed query"));
+    };
+    let quality = match query.quality.as_deref() {
+        None => None,
+        Some("low") => Some("low"),
+        Some("medium") => Some("medium"),
+        Some("high") => Some("high"),
+        Some(_) => {
+            return refuse(Failure::new(
+                ErrorCode::BadMessage,
+                "quality is low, medium or high",
+            ));
+        }
+    };
+    // A token, when given, must be valid, whether or not the broadcast needs one.
+    let token = bearer(&headers).map(str::to_owned);
+    let claims = match (&token, state.gateway.tokens.as_ref()) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return refuse(Failure::new(
+                ErrorCode::Unauthorized,
+                "this gateway accepts no join tokens (it has no --jwt-secret)",
+            ));
+        }
+        (Some(token), Some(keys)) => match keys.verify(token) {
+            Ok(claims) => Some(claims),
+            Err(_) => {
+                state.gateway.metrics.error(ErrorCode::Unauthorized);
+                return refuse(Failure::new(
+                    ErrorCode::Unauthorized,
+                    "the join token is forged, expired or malformed",
+                ));
+            }
+        },
+    };
+    let broadcast = state.gateway.view.broadcast(&target);
+    let join = match (&broadcast, &claims) {
+        (Some(broadcast), claims) => {
+            if let Some(claims) = claims
+                && (claims.room != broadcast.stage || !claims.subscribe)
+            {
+                return refuse(Failure::new(
+                    ErrorCode::Forbidden,
+                    format!("the token does not grant watching {target}"),
+                ));
+            }
+            json!({
+                "type": "join", "room": target, "watch": true, "offer_subscriber": true,
+                "name": claims.as_ref().map_or("whep", |c| c.name.as_str()),
+            })
+        }
+        (None, _) if stage_of(&state, &target).is_none() => {
+            return refuse(Failure::new(
+                ErrorCode::RoomNotFound,
+                format!("there is no broadcast or room called {target}"),
+            ));
+        }
+        (None, None) => {
+            return refuse(Failure::new(
+                ErrorCode::Unauthorized,
+                "watching a room takes Authorization: Bearer <join token>",
+            ));
+        }
+        (None, Some(claims)) => {
+            if claims.room != target || !claims.subscribe {
+                return refuse(Failure::new(
+                    ErrorCode::Forbidden,
+                    format!("the token does not grant receiving {target}"),
+                ));
+            }
+            json!({
+                "type": "join", "room": target, "token": token, "publish": false,
+                "subscribe": true, "offer_subscriber": true,
+            })
+        }
+    };
+    let offer = match text_body(request, MAX_OFFER_BYTES).await {
+        Ok(offer) => offer,
+        Err(response) => return *response,
+    };
+    if !offer.starts_with("v=0") {
+        return refuse(Failure::new(
+            ErrorCode::BadMessage,
+            "the body is not an SDP offer",
+        ));
+    }
+    let start = Start {
+        kind: Kind::Whep,
+        target: target.clone(),
+        join,
+        offer,
+        quality,
+    };
+    open(&state, peer, &headers, start, |id| {
+        format!("/v1/whep/{target}/{id}")
+    })
+    .await
+}
+
+/// `PATCH /v1/whep/{broadcast}/{session}`: trickle ICE or an ICE restart.
+pub async fn whep_patch(
+    State(state): State<AppState>,
+    Path((target, id)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    patch(state, Kind::Whep, target, id, request).await
+}
+
+/// `DELETE /v1/whep/{broadcast}/{session}`: the viewer leaves.
+pub async fn whep_delete(
+    State(state): State<AppState>,
+    Path((target, id)): Path<(String, String)>,
+) -> Response {
+    delete(state, Kind::Whep, target, id).await
 }
 
 /// `PATCH /v1/whip/{broadcast}/{session}`: trickle ICE or an ICE restart.

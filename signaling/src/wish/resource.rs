@@ -155,6 +155,8 @@ pub struct Start {
     pub join: Value,
     /// The client's SDP offer.
     pub offer: String,
+    /// A viewer's simulcast layer (`low`, `medium`, `high`), asked for every video track.
+    pub quality: Option<&'static str>,
 }
 
 impl Resources {
@@ -377,6 +379,18 @@ impl Driver {
             .ok_or_else(|| Failure::new(ErrorCode::Internal, "the answer had no SDP"))
     }
 
+    /// Asks for `quality` of `track` (a track of `joined` or `track_published`) if it is
+    /// a video.
+    async fn ask_quality(&self, track: &Value, quality: &str) -> Result<(), Failure> {
+        match (track["kind"].as_str(), track["id"].as_str()) {
+            (Some("video"), Some(id)) => {
+                self.send(json!({"type": "set_quality", "track": id, "quality": quality}))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn trickle(&self, kind: Kind, fragment: &IceFragment) -> Result<(), Failure> {
         for candidate in &fragment.candidates {
             self.send(json!({
@@ -441,6 +455,11 @@ impl Driver {
                         }
                         Some("error") => {
                             tracing::debug!(resource = %id, error = %message, "HTTP session error");
+                        }
+                        Some("track_published") => {
+                            if let Some(quality) = start.quality {
+                                let _ = self.ask_quality(&message["track"], quality).await;
+                            }
                         }
                         _ => {}
                     },

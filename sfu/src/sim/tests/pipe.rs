@@ -43,6 +43,7 @@ impl Edge {
                 publish: false,
                 subscribe: true,
                 recorder: false,
+                offer_subscriber: false,
                 relay: true,
                 pipe: Some(PipeEnd {
                     media: EDGE.to_string(),
@@ -275,6 +276,7 @@ fn a_bad_pipe_end_is_refused_at_join() {
         publish: false,
         subscribe: true,
         recorder: false,
+        offer_subscriber: false,
         relay: true,
         pipe: Some(PipeEnd {
             media: media.into(),

@@ -62,6 +62,61 @@ async fn next_event(
     Ok(serde_json::from_str(&line)?)
 }
 
+/// `tests/aiortc/whip.py` running: a WHIP publisher or a WHEP viewer.
+struct Client {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    stdin: tokio::process::ChildStdin,
+}
+
+impl Client {
+    /// Starts `whip.py MODE --url URL ARGS…`; its first event (`created` or `refused`).
+    async fn start(mode: &str, url: &str, args: &[&str]) -> Result<(Self, Value)> {
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aiortc/whip.py");
+        let mut child = tokio::process::Command::new(tutti_tests::aiortc::python()?)
+            .arg(script)
+            .args([mode, "--url", url])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start the aiortc client")?;
+        let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut client = Self {
+            child,
+            lines,
+            stdin,
+        };
+        let first = next_event(&mut client.lines).await?;
+        Ok((client, first))
+    }
+
+    /// Sends a command line; the event it prints.
+    async fn command(&mut self, line: &str) -> Result<Value> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        next_event(&mut self.lines).await
+    }
+
+    /// Reports until `accept` holds; the last report.
+    async fn report_until(&mut self, what: &str, accept: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let report = self.command("report").await?;
+            if accept(&report) {
+                return Ok(report);
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last report {report}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Whether the stage holds no participant and the gateway no WHIP session.
 async fn nothing_left(system: &LocalSystem, stage: &str) -> Result<()> {
     eventually(
@@ -379,5 +434,208 @@ async fn every_refusal_has_the_status_the_rfc_gives_it() -> Result<()> {
     let _second = GatewayClient::connect(&url).await?;
     let full = post("/v1/whip/concert", SDP, Some(good), offer).await?;
     ensure!(full.status == 429, "past the address's sockets: {full:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_viewer_on_an_edge_sees_and_hears_whoever_presents() -> Result<()> {
+    tutti_tests::init_logs();
+    let system = start(local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\npresenters = 2\n",
+    )?))
+    .await?;
+    let addr = system.server.addr;
+    let origin = on_the_air(&system, "concert").await?;
+    let whip = format!("http://{addr}/v1/whip/concert");
+    let whep = format!("http://{addr}/v1/whep/concert");
+    let pianist = token(JWT_SECRET, "concert", "Pianist", true)?;
+    let (mut first, created) = Client::start(
+        "publish",
+        &whip,
+        &[
+            "--token", &pianist, "--audio", "--width", "320", "--height", "240",
+        ],
+    )
+    .await?;
+    ensure!(created["status"] == 201, "WHIP: {created}");
+
+    // A standard viewer: no token, an offer of one audio and one video section.
+    let (mut viewer, created) = Client::start("play", &whep, &[]).await?;
+    println!("WHEP created: {created}");
+    ensure!(created["status"] == 201, "WHEP: {created}");
+    ensure!(
+        created["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("/v1/whep/concert/")),
+        "{created}"
+    );
+    ensure!(created["etag"].is_string(), "{created}");
+    let seen = viewer
+        .report_until("the first presenter's picture and sound", |r| {
+            r["frames"].as_u64() >= Some(30) && r["audio_frames"].as_u64() >= Some(50)
+        })
+        .await?;
+    println!("WHEP viewer, first presenter: {seen}");
+    ensure!(seen["width"] == 320 && seen["height"] == 240, "{seen}");
+    let store = &system.store;
+    let origin_ref = &origin;
+    eventually(
+        WAIT,
+        "the WHEP viewer to be counted on an edge",
+        || async move {
+            Ok(store.cascade("concert").is_some_and(|c| {
+                c.edges
+                    .iter()
+                    .any(|e| &e.shard != origin_ref && e.viewers >= 1)
+            }))
+        },
+    )
+    .await?;
+
+    // The presenter leaves and another comes on: the viewer's same sections carry the
+    // newcomer, without a renegotiation WHEP could not make.
+    ensure!(first.command("delete").await?["status"] == 200);
+    let cellist = token(JWT_SECRET, "concert", "Cellist", true)?;
+    let (_second, created) = Client::start(
+        "publish",
+        &whip,
+        &[
+            "--token", &cellist, "--audio", "--width", "640", "--height", "360",
+        ],
+    )
+    .await?;
+    ensure!(created["status"] == 201, "second WHIP: {created}");
+    let before = seen["frames"].as_u64().unwrap_or(0);
+    let audio_before = seen["audio_frames"].as_u64().unwrap_or(0);
+    let switched = viewer
+        .report_until("the second presenter's picture", |r| {
+            r["width"] == 640 && r["frames"].as_u64() >= Some(before + 30)
+        })
+        .await?;
+    println!("WHEP viewer, second presenter: {switched}");
+    ensure!(
+        switched["audio_frames"].as_u64() > Some(audio_before + 50),
+        "sound goes on: {switched}"
+    );
+
+    ensure!(viewer.command("delete").await?["status"] == 200);
+    let _ = viewer.child.wait().await;
+    eventually(WAIT, "the viewer's session to go", || async {
+        Ok(system.server.state().wish.len() == 1)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_refusals_have_the_status_the_draft_gives_them() -> Result<()> {
+    tutti_tests::init_logs();
+    let system = start(local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n\n\
+         [[rooms]]\nname = \"lesson\"\npassword = \"arco\"\n",
+    )?))
+    .await?;
+    let addr = system.server.addr;
+    on_the_air(&system, "concert").await?;
+    let lesson = token(JWT_SECRET, "lesson", "Listener", true)?;
+    let no_subscribe = TokenKeys::new(JWT_SECRET.as_bytes())?.issue(&JoinClaims {
+        room: "concert".into(),
+        name: "Deaf".into(),
+        publish: true,
+        subscribe: false,
+        exp: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 600,
+        nbf: None,
+        record: false,
+    })?;
+    let forged = token(
+        "another-secret-0123456789abcdef-01234",
+        "concert",
+        "P",
+        true,
+    )?;
+    let offer = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n".to_vec();
+    let post = |path: String, content_type: &'static str, bearer: Option<String>, body: Vec<u8>| async move {
+        let authorization = bearer.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", content_type)];
+        if let Some(value) = authorization.as_deref() {
+            headers.push(("authorization", value));
+        }
+        http_send(addr, Method::POST, &path, &headers, body).await
+    };
+    let endpoint = || "/v1/whep/concert".to_owned();
+    let cases = [
+        (
+            "text",
+            post(endpoint(), "text/plain", None, offer.clone()).await?,
+            415,
+        ),
+        (
+            "forged token",
+            post(endpoint(), SDP, Some(forged), offer.clone()).await?,
+            401,
+        ),
+        (
+            "no such broadcast",
+            post("/v1/whep/nowhere".into(), SDP, None, offer.clone()).await?,
+            404,
+        ),
+        (
+            "a room without a token",
+            post("/v1/whep/lesson".into(), SDP, None, offer.clone()).await?,
+            401,
+        ),
+        (
+            "token for another room",
+            post(endpoint(), SDP, Some(lesson), offer.clone()).await?,
+            403,
+        ),
+        (
+            "token without the subscribe grant",
+            post(endpoint(), SDP, Some(no_subscribe), offer.clone()).await?,
+            403,
+        ),
+        (
+            "a bad quality",
+            post(
+                "/v1/whep/concert?quality=best".into(),
+                SDP,
+                None,
+                offer.clone(),
+            )
+            .await?,
+            400,
+        ),
+        (
+            "not SDP",
+            post(endpoint(), SDP, None, b"hello".to_vec()).await?,
+            400,
+        ),
+        (
+            "an offer without media",
+            post(endpoint(), SDP, None, offer.clone()).await?,
+            422,
+        ),
+    ];
+    for (what, reply, status) in &cases {
+        println!("{what}: {} {}", reply.status, reply.body);
+        ensure!(reply.status == *status, "{what}: {reply:?}");
+        ensure!(
+            reply.header("access-control-allow-origin") == Some("*"),
+            "{what}"
+        );
+    }
+    // An offer that would send on a viewer's connection is refused, and leaves nothing.
+    let sends = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n";
+    let reply = post(endpoint(), SDP, None, sends.as_bytes().to_vec()).await?;
+    println!("sendrecv: {} {}", reply.status, reply.body);
+    ensure!(reply.status == 422, "a sending viewer: {reply:?}");
+    eventually(WAIT, "no session left", || async {
+        Ok(system.server.state().wish.is_empty())
+    })
+    .await?;
     Ok(())
 }
