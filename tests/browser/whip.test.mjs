@@ -1,7 +1,9 @@
-// WHIP from a browser: a page on another origin publishes its camera and microphone to a
-// broadcast with nothing but `fetch` and RTCPeerConnection (RFC 9725: POST of the offer,
-// PATCH of trickled candidates, an ICE restart by PATCH, DELETE), across CORS. A viewer on
-// /watch sees and hears it, keeps seeing it after the restart, and sees it go after DELETE.
+// WHIP and WHEP from a browser: a page on another origin publishes its camera (simulcast)
+// and microphone to a broadcast with nothing but `fetch` and RTCPeerConnection (RFC 9725:
+// POST of the offer, PATCH of trickled candidates, an ICE restart by PATCH, DELETE), across
+// CORS. A viewer on /watch sees and hears it, two WHEP players on another origin decode the
+// full and the lowest layer, the /watch viewer keeps seeing it after the restart, and sees
+// it go after DELETE.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -26,7 +28,7 @@ let elsewhere;
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tutti-whip-'));
   const rooms = path.join(dir, 'rooms.toml');
-  fs.writeFileSync(rooms, '[[broadcasts]]\nname = "concert"\npassword = "stage-door"\n');
+  fs.writeFileSync(rooms, '[[broadcasts]]\nname = "concert"\npassword = "stage-door"\n\n[[rooms]]\nname = "studio"\npassword = "quiet"\n');
   gateway = await startGateway(['--shards', '2', '--rooms', rooms, '--jwt-secret', SECRET]);
   // The publishing page's own origin: another port, so every WHIP request is cross-origin.
   elsewhere = http.createServer((request, response) => {
@@ -52,7 +54,14 @@ after(async () => {
 async function publish({ endpoint, token }) {
   const media = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
   const pc = new RTCPeerConnection();
-  for (const track of media.getTracks()) pc.addTransceiver(track, { direction: 'sendonly' });
+  pc.addTransceiver(media.getAudioTracks()[0], { direction: 'sendonly' });
+  // Simulcast, as the stage asks of its presenters: WHEP viewers choose a layer.
+  pc.addTransceiver(media.getVideoTracks()[0], {
+    direction: 'sendonly',
+    sendEncodings: [
+      { rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f' },
+    ],
+  });
   const whip = { pc, patches: [], pending: [], location: null, etag: null, answer: null };
   window.whip = whip;
   const fragmentOf = (candidates, end) => {
@@ -144,6 +153,55 @@ async function restartIce() {
   return { status: response.status, newCredentials: ufrag !== oldUfrag, newEtag: whip.etag !== oldEtag };
 }
 
+/**
+ * Runs in a player page: watches `endpoint` by WHEP with one recvonly audio and one
+ * recvonly video section, its candidates in the offer.
+ */
+async function play({ endpoint, token }) {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  const video = document.createElement('video');
+  video.autoplay = true;
+  document.body.append(video);
+  const stream = new MediaStream();
+  pc.ontrack = ({ track }) => {
+    stream.addTrack(track);
+    video.srcObject = stream;
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') resolve();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && resolve();
+  });
+  const headers = { 'Content-Type': 'application/sdp' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(endpoint, { method: 'POST', headers, body: pc.localDescription.sdp });
+  const body = await response.text();
+  if (response.status !== 201) return { status: response.status, body };
+  window.whep = { pc, location: new URL(response.headers.get('Location'), endpoint).href };
+  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  return { status: response.status, location: window.whep.location };
+}
+
+/** What a WHEP player decoded: video frames and their width, audio energy. */
+function played() {
+  return (async () => {
+    const out = { frames: 0, width: 0, audioEnergy: 0, audioPackets: 0 };
+    (await window.whep.pc.getStats()).forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      if (s.kind === 'video') {
+        out.frames += s.framesDecoded || 0;
+        out.width = Math.max(out.width, s.frameWidth || 0);
+      } else {
+        out.audioEnergy += s.totalAudioEnergy || 0;
+        out.audioPackets += s.packetsReceived || 0;
+      }
+    });
+    return out;
+  })();
+}
+
 /** The encoder page's ICE state and local ufrag in use, and frames it sent. */
 function sending() {
   return (async () => {
@@ -163,7 +221,14 @@ function sending() {
   })();
 }
 
-test('a page publishes to a broadcast by WHIP with fetch, restarts ICE and leaves by DELETE', async () => {
+async function mint(room, name, extra = []) {
+  const { stdout } = await run(binary('tutti-gateway'), [
+    'token', '--room', room, '--name', name, '--jwt-secret', SECRET, ...extra,
+  ]);
+  return stdout.trim();
+}
+
+test('a page publishes by WHIP with fetch, players watch by WHEP, ICE restarts, DELETE ends it', async () => {
   const { stdout } = await run(binary('tutti-gateway'), [
     'token', '--room', 'concert', '--name', 'Pianist', '--jwt-secret', SECRET,
   ]);
@@ -183,6 +248,21 @@ test('a page publishes to a broadcast by WHIP with fetch, restarts ICE and leave
   await waitForPlayingVideo(viewer, 'Pianist', 40_000);
   await waitForAudio(viewer, 'Pianist', 40_000);
 
+  // A player on another origin watches by WHEP, seated on an edge as /watch is, and gets
+  // what the /watch viewer gets.
+  const player = await openPage(browser, `http://127.0.0.1:${elsewhere.address().port}/`);
+  const started = await player.evaluate(play, { endpoint: `${gateway.url}/v1/whep/concert` });
+  assert.equal(started.status, 201, started.body);
+  assert.match(started.location, /\/v1\/whep\/concert\/[A-Za-z0-9]+$/);
+  const watched = await waitForPlayingVideo(viewer, 'Pianist', 40_000);
+  const playing = await waitFor(
+    'the WHEP player to decode the picture /watch shows and hear the presenter',
+    () => player.evaluate(played),
+    (p) => p.frames > 30 && p.width >= watched.width && p.audioEnergy > 0,
+    40_000,
+  );
+  console.log(`WHEP player: ${JSON.stringify(playing)}; /watch shows ${watched.width} px`);
+
   const before = await encoder.evaluate(sending);
   const restarted = await encoder.evaluate(restartIce);
   console.log(`ICE restart: ${JSON.stringify(restarted)}`);
@@ -201,4 +281,42 @@ test('a page publishes to a broadcast by WHIP with fetch, restarts ICE and leave
   await waitFor('the viewer to see the presenter go', () => remoteVideo(viewer, 'Pianist'), (v) => v === null);
   const again = await encoder.evaluate(async () => (await fetch(window.whip.location, { method: 'DELETE' })).status);
   assert.equal(again, 404);
+});
+
+test('WHEP players of a room choose their simulcast layer with ?quality=', async () => {
+  const encoder = await openPage(browser, `http://127.0.0.1:${elsewhere.address().port}/`);
+  const published = await encoder.evaluate(publish, {
+    endpoint: `${gateway.url}/v1/whip/studio`, token: await mint('studio', 'Singer'),
+  });
+  assert.equal(published.status, 201, published.body);
+  const players = {};
+  for (const quality of ['high', 'low']) {
+    const page = await openPage(browser, `http://127.0.0.1:${elsewhere.address().port}/`);
+    const started = await page.evaluate(play, {
+      endpoint: `${gateway.url}/v1/whep/studio?quality=${quality}`,
+      token: await mint('studio', `Listener-${quality}`, ['--no-publish']),
+    });
+    assert.equal(started.status, 201, started.body);
+    players[quality] = page;
+  }
+  const low = await waitFor(
+    'the low player to decode the quarter layer',
+    () => players.low.evaluate(played),
+    (p) => p.frames > 30 && p.width === 160 && p.audioEnergy > 0,
+    40_000,
+  );
+  const high = await waitFor(
+    'the high player to decode a wider layer',
+    () => players.high.evaluate(played),
+    (p) => p.frames > 30 && p.width >= 320 && p.audioEnergy > 0,
+    40_000,
+  );
+  console.log(`WHEP in a room: high ${JSON.stringify(high)}, low ${JSON.stringify(low)}`);
+  for (const page of [encoder, players.high, players.low]) {
+    const status = await page.evaluate(async () => {
+      const session = window.whip ?? window.whep;
+      return (await fetch(session.location, { method: 'DELETE' })).status;
+    });
+    assert.equal(status, 200);
+  }
 });

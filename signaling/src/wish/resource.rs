@@ -418,6 +418,12 @@ impl Driver {
             let answer = self.negotiate(start.kind, &start.offer).await?;
             let ice_servers =
                 serde_json::from_value(joined["ice_servers"].clone()).unwrap_or_default();
+            if let Some(quality) = start.quality {
+                let tracks = joined["participants"].as_array().into_iter().flatten();
+                for track in tracks.flat_map(|p| p["tracks"].as_array().into_iter().flatten()) {
+                    self.ask_quality(track, quality).await?;
+                }
+            }
             Ok::<_, Failure>((answer, ice_servers))
         }
         .await;
