@@ -293,6 +293,7 @@ mod tests {
             watch: false,
             audio: None,
             rtt: None,
+            offer_subscriber: false,
         }
     }
 

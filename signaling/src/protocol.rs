@@ -475,6 +475,7 @@ mod tests {
                 watch: false,
                 audio: None,
                 rtt: None,
+                offer_subscriber: false,
             })
         );
         let chat = decode_client(r#"{"v":1,"type":"chat","text":"hi","to":"p1"}"#).unwrap();

@@ -337,17 +337,18 @@ impl ShardCore {
         tracing::debug!(peer = %key, track = ?track_key, slot = index, at = ?now, "slot carries a track");
     }
 
-    /// Whether `entry` belongs to a slot; if so it is parked there, its slot free.
-    pub(super) fn park(&mut self, entry: DowntrackEntry) -> Result<(), DowntrackEntry> {
+    /// Parks `entry` in its slot, which is free from then on; the entry back when it
+    /// belongs to no slot.
+    pub(super) fn park(&mut self, entry: DowntrackEntry) -> Option<DowntrackEntry> {
         let Some(peer) = self.transport.peer_mut(entry.peer) else {
-            return Err(entry);
+            return Some(entry);
         };
         let Some(slot) = peer.slots.iter_mut().find(|s| s.ssrc == entry.ssrc) else {
-            return Err(entry);
+            return Some(entry);
         };
         peer.outgoing.remove(&entry.ssrc);
         slot.source = None;
         slot.parked = Some(entry);
-        Ok(())
+        None
     }
 }

@@ -965,7 +965,7 @@ impl ShardCore {
             return;
         };
         let entry = track.downtracks.swap_remove(index);
-        let Err(entry) = self.park(entry) else {
+        let Some(entry) = self.park(entry) else {
             return;
         };
         if let Some(peer) = self.transport.peer_mut(peer_key) {
@@ -1004,12 +1004,9 @@ impl ShardCore {
         let mut refill = Vec::new();
         for entry in std::mem::take(&mut track.downtracks) {
             let session = entry.session;
-            let entry = match self.park(entry) {
-                Ok(()) => {
-                    refill.push(session);
-                    continue;
-                }
-                Err(entry) => entry,
+            let Some(entry) = self.park(entry) else {
+                refill.push(session);
+                continue;
             };
             if let Some(peer) = self.transport.peer_mut(entry.peer) {
                 peer.outgoing.remove(&entry.ssrc);
