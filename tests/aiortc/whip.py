@@ -17,8 +17,10 @@ on stdin makes it DELETE the session, print {"event": "deleted", "status"} and e
 
 `play` POSTs a recvonly audio and video offer, prints {"event": "created", ...} as
 `publish` does, and decodes what arrives. Each line `report` on stdin prints {"event":
-"report", "frames", "width", "height", "audio_frames", "state"}: video frames decoded so
-far, the size of the last, audio frames decoded, the connection's state. `delete` DELETEs
+"report", "frames", "width", "height", "audio_frames", "state", "video_ssrcs", "audio_ssrcs",
+"video_packets", "video_missing"}: video frames decoded so far, the size of the last, audio
+frames decoded, the connection's state, how many SSRCs video and audio came on, and of the
+video stream the packets and the sequence numbers missing between its first and its last. `delete` DELETEs
 the session and exits, as for `publish`.
 
 aiortc gathers every candidate before its offer is made, so the offer carries them; the
@@ -40,7 +42,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from peer import PatternTrack, ToneTrack  # noqa: E402
+from peer import AUDIO_ARRIVALS, VIDEO_ARRIVALS, PatternTrack, ToneTrack, video_summary  # noqa: E402
 
 
 def http(method, url, body=None, headers=None):
@@ -154,7 +156,16 @@ async def publish(args):
         if not line:
             break
         if line.strip() == "report":
-            print(json.dumps({"event": "report", "state": pc.connectionState, **SEEN}), flush=True)
+            streams = {
+                "video_ssrcs": len({a[0] for a in VIDEO_ARRIVALS}),
+                "audio_ssrcs": len({a[0] for a in AUDIO_ARRIVALS}),
+            }
+            print(
+                json.dumps(
+                    {"event": "report", "state": pc.connectionState, **SEEN, **streams, **video_summary()}
+                ),
+                flush=True,
+            )
         elif line.strip() == "delete":
             status, _, _ = await asyncio.to_thread(
                 http, "DELETE", location, None, {}

@@ -517,6 +517,20 @@ async fn a_whep_viewer_on_an_edge_sees_and_hears_whoever_presents() -> Result<()
         switched["audio_frames"].as_u64() > Some(audio_before + 50),
         "sound goes on: {switched}"
     );
+    // One stream each, its numbers running on across the change of presenter: a jump
+    // would show as thousands of packets missing.
+    ensure!(
+        switched["video_ssrcs"] == 1 && switched["audio_ssrcs"] == 1,
+        "{switched}"
+    );
+    let packets = switched["video_packets"].as_u64().unwrap_or(0);
+    let missing = switched["video_missing"]
+        .as_u64()
+        .context("video_missing")?;
+    ensure!(
+        packets > 0 && missing * 20 < packets,
+        "video numbering broke at the change: {switched}"
+    );
 
     ensure!(viewer.command("delete").await?["status"] == 200);
     let _ = viewer.child.wait().await;
