@@ -100,10 +100,12 @@ impl Client {
         next_event(&mut self.lines).await
     }
 
-    /// Reports until `accept` holds; the last report.
+    /// Reports until `accept` holds (every 200 ms, for at most [`WAIT`]); the last report.
     async fn report_until(&mut self, what: &str, accept: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
+            tick.tick().await;
             let report = self.command("report").await?;
             if accept(&report) {
                 return Ok(report);
@@ -112,7 +114,6 @@ impl Client {
                 tokio::time::Instant::now() < deadline,
                 "timed out waiting for {what}; last report {report}"
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
