@@ -273,6 +273,36 @@ async fn open(
     cors(response)
 }
 
+/// Whether a POST may go on: the gateway is not stopping, and the body is an SDP offer.
+fn offer_acceptable(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if state.gateway.shutdown.is_cancelled() {
+        return Err(Box::new(refuse(Failure::new(
+            ErrorCode::Unavailable,
+            "this gateway is stopping; try again",
+        ))));
+    }
+    if !content_type_is(headers, SDP) {
+        return Err(Box::new(refuse_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadMessage,
+            "the offer must be application/sdp",
+        )));
+    }
+    Ok(())
+}
+
+/// A POST's SDP offer, bounded.
+async fn offer_body(request: Request) -> Result<String, Box<Response>> {
+    let offer = text_body(request, MAX_OFFER_BYTES).await?;
+    if !offer.starts_with("v=0") {
+        return Err(Box::new(refuse(Failure::new(
+            ErrorCode::BadMessage,
+            "the body is not an SDP offer",
+        ))));
+    }
+    Ok(offer)
+}
+
 /// `POST /v1/whip/{broadcast}`: a publisher joins the broadcast's stage.
 pub async fn whip_post(
     State(state): State<AppState>,
@@ -280,20 +310,10 @@ pub async fn whip_post(
     Path(target): Path<String>,
     request: Request,
 ) -> Response {
-    if state.gateway.shutdown.is_cancelled() {
-        return refuse(Failure::new(
-            ErrorCode::Unavailable,
-            "this gateway is stopping; try again",
-        ));
+    if let Err(response) = offer_acceptable(&state, request.headers()) {
+        return *response;
     }
     let headers = request.headers().clone();
-    if !content_type_is(&headers, SDP) {
-        return refuse_with(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::BadMessage,
-            "the offer must be application/sdp",
-        );
-    }
     let Some(token) = bearer(&headers).map(str::to_owned) else {
         return refuse(Failure::new(
             ErrorCode::Unauthorized,
@@ -325,16 +345,10 @@ pub async fn whip_post(
             format!("the token does not grant publishing to {stage}"),
         ));
     }
-    let offer = match text_body(request, MAX_OFFER_BYTES).await {
+    let offer = match offer_body(request).await {
         Ok(offer) => offer,
         Err(response) => return *response,
     };
-    if !offer.starts_with("v=0") {
-        return refuse(Failure::new(
-            ErrorCode::BadMessage,
-            "the body is not an SDP offer",
-        ));
-    }
     let start = Start {
         kind: Kind::Whip,
         target: target.clone(),
@@ -365,20 +379,10 @@ pub async fn whep_post(
     query: Result<axum::extract::Query<ViewerQuery>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Response {
-    if state.gateway.shutdown.is_cancelled() {
-        return refuse(Failure::new(
-            ErrorCode::Unavailable,
-            "this gateway is stopping; try again",
-        ));
+    if let Err(response) = offer_acceptable(&state, request.headers()) {
+        return *response;
     }
     let headers = request.headers().clone();
-    if !content_type_is(&headers, SDP) {
-        return refuse_with(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::BadMessage,
-            "the offer must be application/sdp",
-        );
-    }
     let Ok(query) = query else {
         return refuse(Failure::new(ErrorCode::BadMessage, "a malformed query"));
     };
@@ -456,16 +460,10 @@ pub async fn whep_post(
             })
         }
     };
-    let offer = match text_body(request, MAX_OFFER_BYTES).await {
+    let offer = match offer_body(request).await {
         Ok(offer) => offer,
         Err(response) => return *response,
     };
-    if !offer.starts_with("v=0") {
-        return refuse(Failure::new(
-            ErrorCode::BadMessage,
-            "the body is not an SDP offer",
-        ));
-    }
     let start = Start {
         kind: Kind::Whep,
         target: target.clone(),
