@@ -312,6 +312,7 @@ test('WHEP players of a room choose their simulcast layer with ?quality=', async
     40_000,
   );
   console.log(`WHEP in a room: high ${JSON.stringify(high)}, low ${JSON.stringify(low)}`);
+  assert.ok(high.width > low.width, 'the high player gets a wider layer than the low one');
   for (const page of [encoder, players.high, players.low]) {
     const status = await page.evaluate(async () => {
       const session = window.whip ?? window.whep;

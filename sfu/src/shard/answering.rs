@@ -29,6 +29,8 @@ pub(crate) struct Slot {
     kind: TrackKind,
     /// The section's `a=mid`.
     mid: String,
+    /// Whether the client receives on it (`recvonly`); an inactive one stays empty.
+    live: bool,
     ssrc: u32,
     sender: RTCRtpSenderId,
     /// The track it carries now.
@@ -64,18 +66,19 @@ impl ShardCore {
                 return;
             }
         };
-        // Sections the client receives on: the slots.
-        let mut wanted: Vec<(TrackKind, String)> = Vec::new();
+        // Every audio and video section gets a slot, in order: `rtc` made a transceiver for
+        // each (a rejected or inactive one too), and `add_track` takes them in order, so
+        // slots and sections stay paired. Only those the client receives on are filled.
+        let mut wanted: Vec<(TrackKind, String, bool)> = Vec::new();
         for section in &sections {
             let kind = match section.kind.as_str() {
                 "audio" => TrackKind::Audio,
                 "video" => TrackKind::Video,
                 _ => continue,
             };
-            if section.port == 0 || section.direction == Direction::Inactive {
-                continue;
-            }
-            if matches!(section.direction, Direction::SendOnly | Direction::SendRecv) {
+            if section.port != 0
+                && matches!(section.direction, Direction::SendOnly | Direction::SendRecv)
+            {
                 self.send_error(
                     session,
                     ErrorCode::SdpRejected,
@@ -91,7 +94,9 @@ impl ShardCore {
                 );
                 return;
             };
-            wanted.push((kind, mid));
+            // A bundle-only section has port 0 and still receives.
+            let live = section.direction == Direction::RecvOnly;
+            wanted.push((kind, mid, live));
         }
         let audio = self
             .registry
@@ -111,12 +116,14 @@ impl ShardCore {
             },
         };
         let first = self.transport.peer(key).is_some_and(|p| p.slots.is_empty());
-        if !first
-            && self
-                .transport
-                .peer(key)
-                .is_some_and(|p| p.slots.len() != wanted.len())
-        {
+        let same_sections = |p: &super::Peer| {
+            p.slots.len() == wanted.len()
+                && p.slots
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(slot, (kind, mid, _))| slot.kind == *kind && &slot.mid == mid)
+        };
+        if !first && self.transport.peer(key).is_some_and(|p| !same_sections(p)) {
             self.send_error(
                 session,
                 ErrorCode::SdpRejected,
@@ -126,10 +133,10 @@ impl ShardCore {
         }
         // The slots' senders, one per section; their SSRCs chosen before the connection
         // is touched.
-        let mut planned: Vec<(TrackKind, String, u32, Option<RtxStream>)> = Vec::new();
+        let mut planned: Vec<(TrackKind, String, bool, u32, Option<RtxStream>)> = Vec::new();
         if first {
             let mut taken: Vec<u32> = Vec::new();
-            for (kind, mid) in &wanted {
+            for (kind, mid, live) in &wanted {
                 let ssrc = self.env.ssrc(|s| taken.contains(&s));
                 taken.push(ssrc);
                 let rtx = (*kind == TrackKind::Video).then(|| {
@@ -139,13 +146,13 @@ impl ShardCore {
                     self.env.fill(&mut first_seq);
                     RtxStream::new(rtx_ssrc, u16::from_be_bytes(first_seq) & 0x7fff)
                 });
-                planned.push((*kind, mid.clone(), ssrc, rtx));
+                planned.push((*kind, mid.clone(), *live, ssrc, rtx));
             }
         }
         let tracks: Vec<MediaStreamTrack> = planned
             .iter()
             .enumerate()
-            .map(|(index, (kind, _, ssrc, rtx))| {
+            .map(|(index, (kind, _, _, ssrc, rtx))| {
                 MediaStreamTrack::new(
                     "stage".to_owned(),
                     format!("slot{index}"),
@@ -205,10 +212,11 @@ impl ShardCore {
         };
         self.transport.adopt_ice_credentials(key, &answer.sdp);
         if let Some(peer) = self.transport.peer_mut(key) {
-            for ((kind, mid, ssrc, rtx), sender) in planned.into_iter().zip(senders) {
+            for ((kind, mid, live, ssrc, rtx), sender) in planned.into_iter().zip(senders) {
                 peer.slots.push(Slot {
                     kind,
                     mid,
+                    live,
                     ssrc,
                     sender,
                     source: None,
@@ -233,7 +241,7 @@ impl ShardCore {
     /// Gives each free slot of `session`'s connection the room's first track of its kind
     /// that no slot carries yet.
     pub(super) fn fill_slots(&mut self, session: SessionId, now: Instant) {
-        let Some(s) = self.registry.session(session) else {
+        let Some(s) = self.registry.session(session).filter(|s| !s.closing) else {
             return;
         };
         let Some(key) = s.subscriber else {
@@ -246,7 +254,12 @@ impl ShardCore {
             .tracks
             .iter()
             .copied()
-            .filter(|t| self.media.track(*t).is_some_and(|t| t.session != session))
+            .filter(|t| {
+                self.media.track(*t).is_some_and(|t| {
+                    t.session != session
+                        && self.registry.session(t.session).is_none_or(|s| !s.closing)
+                })
+            })
             .collect();
         for track_key in candidates {
             let Some(kind) = self.media.track(track_key).map(|t| t.kind) else {
@@ -261,7 +274,7 @@ impl ShardCore {
             let Some(index) = peer
                 .slots
                 .iter()
-                .position(|s| s.kind == kind && s.source.is_none())
+                .position(|s| s.live && s.kind == kind && s.source.is_none())
             else {
                 continue;
             };

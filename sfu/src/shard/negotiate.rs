@@ -244,6 +244,18 @@ impl ShardCore {
                 self.remove_session(session, now, Some("left"));
             }
             ClientMessage::RestartIce => {
+                if self
+                    .registry
+                    .session(session)
+                    .is_some_and(|s| s.offer_subscriber)
+                {
+                    self.send_error(
+                        session,
+                        ErrorCode::OutOfOrder,
+                        "this session offers its subscriber connection: restart ICE with an offer",
+                    );
+                    return;
+                }
                 let key = self.registry.session(session).and_then(|s| s.subscriber);
                 match key.and_then(|k| self.transport.peer_mut(k).map(|peer| (k, peer))) {
                     Some((key, peer)) => {
@@ -512,10 +524,11 @@ impl ShardCore {
             return;
         };
         // A session on its way out gets no more offers; its connection is about to close.
+        // One that offers its subscriber connection itself never gets one.
         if self
             .registry
             .session(peer.session)
-            .is_none_or(|s| s.closing)
+            .is_none_or(|s| s.closing || s.offer_subscriber)
         {
             return;
         }

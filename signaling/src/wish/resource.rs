@@ -203,11 +203,14 @@ impl Resources {
         }
         let resources = self.clone();
         let task_id = id.clone();
+        let sessions = tracker.clone();
         tracker.spawn(async move {
-            let driver = Driver::open(gateway, client);
+            let (driver, session) = Driver::open(gateway, client, start.quality, &sessions);
             driver
                 .run(task_id.clone(), start, created_tx, commands)
                 .await;
+            // The session is over (the driver closed it) before its place is given back.
+            let _ = session.await;
             drop(slot);
             if let Ok(mut running) = resources.running.lock() {
                 running.remove(&task_id);
@@ -279,10 +282,26 @@ fn new_etag() -> String {
 struct Driver {
     to_session: mpsc::Sender<ClientFrame>,
     from_session: mpsc::Receiver<ServerFrame>,
+    /// The layer a viewer asked for, asked of every video track as it is announced.
+    quality: Option<&'static str>,
+    /// Video tracks announced before the first answer, when the layer can be asked.
+    announced: Vec<String>,
+    /// Whether the first offer was answered (the tracks have their place on the
+    /// connection, and the layer of each can be asked).
+    answered: bool,
 }
 
+/// Errors a session may answer other messages with (a trickled candidate, a layer asked
+/// of a track that went): not the answer to an offer.
+const UNRELATED_ERRORS: [&str; 3] = ["bad_message", "track_not_found", "codec_unsupported"];
+
 impl Driver {
-    fn open(gateway: Arc<Gateway>, client: IpAddr) -> Self {
+    fn open(
+        gateway: Arc<Gateway>,
+        client: IpAddr,
+        quality: Option<&'static str>,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (to_session, frames) = mpsc::channel::<ClientFrame>(64);
         let (replies, from_session) = mpsc::channel::<ServerFrame>(256);
         let stream = futures_util::stream::unfold(frames, |mut frames| async move {
@@ -291,16 +310,20 @@ impl Driver {
         let sink = futures_util::sink::unfold(replies, |replies, frame: ServerFrame| async move {
             replies.send(frame).await.map(|_| replies)
         });
-        tokio::spawn(run_session(
+        let session = tracker.spawn(run_session(
             Box::pin(sink),
             Box::pin(stream),
             gateway,
             client,
         ));
-        Self {
+        let driver = Self {
             to_session,
             from_session,
-        }
+            quality,
+            announced: Vec::new(),
+            answered: false,
+        };
+        (driver, session)
     }
 
     async fn send(&self, mut message: Value) -> Result<(), Failure> {
@@ -320,9 +343,13 @@ impl Driver {
                     let _ = self.to_session.send(ClientFrame::Pong).await;
                 }
                 ServerFrame::Text(text) => {
-                    if let Ok(value) = serde_json::from_str::<Value>(&text) {
-                        return Some(value);
+                    let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if self.quality.is_some() {
+                        self.note_announced(&value).await;
                     }
+                    return Some(value);
                 }
             }
         }
@@ -344,6 +371,13 @@ impl Driver {
                 .ok_or_else(|| Failure::new(ErrorCode::Internal, "the session ended"))?;
             match message["type"].as_str() {
                 Some(kind) if kind == wanted => return Ok(message),
+                Some("error")
+                    if message["code"]
+                        .as_str()
+                        .is_some_and(|code| UNRELATED_ERRORS.contains(&code)) =>
+                {
+                    tracing::debug!(error = %message, "an error about another message");
+                }
                 Some("error") => {
                     let code = serde_json::from_value(message["code"].clone())
                         .unwrap_or(ErrorCode::Internal);
@@ -379,15 +413,44 @@ impl Driver {
             .ok_or_else(|| Failure::new(ErrorCode::Internal, "the answer had no SDP"))
     }
 
-    /// Asks for `quality` of `track` (a track of `joined` or `track_published`) if it is
-    /// a video.
-    async fn ask_quality(&self, track: &Value, quality: &str) -> Result<(), Failure> {
-        match (track["kind"].as_str(), track["id"].as_str()) {
-            (Some("video"), Some(id)) => {
-                self.send(json!({"type": "set_quality", "track": id, "quality": quality}))
-                    .await
+    /// Keeps the video tracks a `joined` or `track_published` announces, and asks for the
+    /// viewer's layer of each once the connection was answered.
+    async fn note_announced(&mut self, message: &Value) {
+        let tracks: Vec<&Value> = match message["type"].as_str() {
+            Some("joined") => message["participants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| p["tracks"].as_array().into_iter().flatten())
+                .collect(),
+            Some("track_published") => vec![&message["track"]],
+            _ => return,
+        };
+        for track in tracks {
+            if let (Some("video"), Some(id)) = (track["kind"].as_str(), track["id"].as_str()) {
+                if self.answered {
+                    self.ask_quality(id).await;
+                } else if self.announced.len() < 64 {
+                    self.announced.push(id.to_owned());
+                }
             }
-            _ => Ok(()),
+        }
+    }
+
+    /// Asks for the viewer's layer of every track announced so far: the first answer came.
+    async fn on_answered(&mut self) {
+        self.answered = true;
+        for id in std::mem::take(&mut self.announced) {
+            self.ask_quality(&id).await;
+        }
+    }
+
+    /// Asks for the viewer's layer of video track `id`.
+    async fn ask_quality(&self, id: &str) {
+        if let Some(quality) = self.quality {
+            let _ = self
+                .send(json!({"type": "set_quality", "track": id, "quality": quality}))
+                .await;
         }
     }
 
@@ -416,14 +479,9 @@ impl Driver {
             self.send(start.join.clone()).await?;
             let joined = self.expect("joined", JOIN_WAIT).await?;
             let answer = self.negotiate(start.kind, &start.offer).await?;
+            self.on_answered().await;
             let ice_servers =
                 serde_json::from_value(joined["ice_servers"].clone()).unwrap_or_default();
-            if let Some(quality) = start.quality {
-                let tracks = joined["participants"].as_array().into_iter().flatten();
-                for track in tracks.flat_map(|p| p["tracks"].as_array().into_iter().flatten()) {
-                    self.ask_quality(track, quality).await?;
-                }
-            }
             Ok::<_, Failure>((answer, ice_servers))
         }
         .await;
@@ -462,18 +520,17 @@ impl Driver {
                         Some("error") => {
                             tracing::debug!(resource = %id, error = %message, "HTTP session error");
                         }
-                        Some("track_published") => {
-                            if let Some(quality) = start.quality {
-                                let _ = self.ask_quality(&message["track"], quality).await;
-                            }
-                        }
                         _ => {}
                     },
                 },
                 command = commands.recv() => match command {
                     None => break,
                     Some(Command::Delete { reply }) => {
-                        let _ = self.send(json!({"type": "leave"})).await;
+                        // Answered once the shard let the participant go, so that the same
+                        // name may come back at once.
+                        if self.send(json!({"type": "leave"})).await.is_ok() {
+                            let _ = self.expect("left", ANSWER_WAIT).await;
+                        }
                         let _ = reply.send(());
                         break;
                     }
@@ -514,9 +571,9 @@ impl Driver {
             self.trickle(kind, &fragment).await?;
             return Ok(Patched::Trickled);
         }
-        // A restart asks with `*`; a client that names the current ICE session is as
-        // clear. Another tag is a restart racing one that already happened.
-        if if_match.is_some_and(|m| !if_match_allows(m, etag)) {
+        // A restart asks with `If-Match: *` (RFC 9725 §4.3.2). Other credentials without it
+        // are candidates of an ICE session that is over (a PATCH that came late).
+        if if_match.map(str::trim) != Some("*") {
             return Err(precondition_failed());
         }
         let (Some(ufrag), Some(pwd)) = (&fragment.ufrag, &fragment.pwd) else {
