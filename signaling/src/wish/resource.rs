@@ -355,9 +355,9 @@ impl Driver {
         }
     }
 
-    /// Waits for a message of type `wanted`; an `error`, the session leaving or the wait
+    /// Waits for a message of type `wanted` (the reply to what was sent); an `error`, the session leaving or the wait
     /// running out fail.
-    async fn expect(&mut self, wanted: &str, wait: Duration) -> Result<Value, Failure> {
+    async fn reply_of_type(&mut self, wanted: &str, wait: Duration) -> Result<Value, Failure> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let message = tokio::time::timeout_at(deadline, self.next())
@@ -406,7 +406,7 @@ impl Driver {
     async fn negotiate(&mut self, kind: Kind, offer: &str) -> Result<String, Failure> {
         self.send(json!({"type": "offer", "pc": Self::connection(kind), "sdp": offer}))
             .await?;
-        let answer = self.expect("answer", ANSWER_WAIT).await?;
+        let answer = self.reply_of_type("answer", ANSWER_WAIT).await?;
         answer["sdp"]
             .as_str()
             .map(str::to_owned)
@@ -477,7 +477,7 @@ impl Driver {
     ) {
         let opened = async {
             self.send(start.join.clone()).await?;
-            let joined = self.expect("joined", JOIN_WAIT).await?;
+            let joined = self.reply_of_type("joined", JOIN_WAIT).await?;
             let answer = self.negotiate(start.kind, &start.offer).await?;
             self.on_answered().await;
             let ice_servers =
@@ -529,7 +529,7 @@ impl Driver {
                         // Answered once the shard let the participant go, so that the same
                         // name may come back at once.
                         if self.send(json!({"type": "leave"})).await.is_ok() {
-                            let _ = self.expect("left", ANSWER_WAIT).await;
+                            let _ = self.reply_of_type("left", ANSWER_WAIT).await;
                         }
                         let _ = reply.send(());
                         break;
