@@ -67,6 +67,7 @@ impl Downtrack {
         std::mem::swap(&mut fresh.sequencer, &mut self.sequencer);
         // What the new track sends next follows on from the last packet sent.
         fresh.sequencer.pause();
+        fresh.sequencer.set_clock_rate(clock_rate);
         fresh.target = self.target;
         fresh.allotment = self.allotment;
         fresh.resuming = true;

@@ -125,6 +125,12 @@ impl Sequencer {
         self.paused = true;
     }
 
+    /// The stream goes on in another RTP clock (a source of another codec): the time a
+    /// pause spans is counted in the new one.
+    pub fn set_clock_rate(&mut self, clock_rate: u32) {
+        self.clock_rate = clock_rate.max(1);
+    }
+
     fn current(&self) -> Option<&Segment> {
         self.segments.back()
     }

@@ -18,10 +18,10 @@ use crate::peer::PeerRole;
 use crate::signal::protocol::{ErrorCode, PeerTarget, ServerMessage, TrackKind};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
 use std::time::Instant;
 
 /// One section of a client's offer, answered with a sender of the shard's.
@@ -177,6 +177,7 @@ impl ShardCore {
                 )
             })
             .collect();
+        let live: Vec<bool> = planned.iter().map(|(_, _, live, _, _)| *live).collect();
         let tracks = MovedIn::new(tracks);
         let Some(peer) = self.transport.peer_mut(key) else {
             return;
@@ -189,10 +190,16 @@ impl ShardCore {
             pc.set_remote_description(now, description)
                 .map_err(|err| format!("offer: {err}"))?;
             let mut senders = Vec::new();
-            for track in tracks.take() {
+            for (track, live) in tracks.take().into_iter().zip(live) {
                 // `rtc` puts each in the first section of its kind that has no sender yet:
                 // the slots follow the offer's order.
-                senders.push(pc.add_track(track).map_err(|err| format!("offer: {err}"))?);
+                let sender = pc.add_track(track).map_err(|err| format!("offer: {err}"))?;
+                if !live && let Some(mut transceiver) = pc.rtp_transceiver(sender.into()) {
+                    // A sender makes `rtc` answer `sendrecv`; a section the client does
+                    // not receive on is answered as it was offered (RFC 8829 §5.3.1).
+                    transceiver.set_direction(RTCRtpTransceiverDirection::Inactive);
+                }
+                senders.push(sender);
             }
             let answer = pc
                 .create_answer(None)
@@ -204,6 +211,14 @@ impl ShardCore {
         let (answer, senders) = match answered {
             Some(Ok(answered)) => answered,
             Some(Err(why)) => {
+                if existing.is_none() {
+                    // A first offer that failed half-applied leaves no connection behind:
+                    // the client may offer again from a clean start.
+                    self.close_peer(key);
+                    if let Some(s) = self.registry.session_mut(session) {
+                        s.subscriber = None;
+                    }
+                }
                 self.send_error(session, ErrorCode::SdpRejected, why);
                 return;
             }
@@ -363,5 +378,51 @@ impl ShardCore {
         slot.source = None;
         slot.parked = Some(entry);
         None
+    }
+}
+
+impl Slot {
+    /// What must hold between a slot of connection `key` and the core's maps: a slot
+    /// that carries a track sends it on its own stream and keeps none parked; one that
+    /// carries nothing sends nothing.
+    pub(super) fn check(
+        &self,
+        key: PeerKey,
+        peer: &super::Peer,
+        media: &super::MediaRouter,
+    ) -> Result<(), String> {
+        let sending = peer.outgoing.get(&self.ssrc);
+        match self.source {
+            Some(track) => {
+                let carried = media.track(track).is_some_and(|t| {
+                    t.downtracks
+                        .iter()
+                        .any(|d| d.peer == key && d.ssrc == self.ssrc)
+                });
+                if !self.live || sending != Some(&track) || !carried || self.parked.is_some() {
+                    return Err(format!(
+                        "peer {key}: slot {} carries track {track} but does not send it alone",
+                        self.mid
+                    ));
+                }
+            }
+            None if sending.is_some() => {
+                return Err(format!("peer {key}: empty slot {} still sends", self.mid));
+            }
+            None => {}
+        }
+        if peer
+            .slots
+            .iter()
+            .filter(|s| s.ssrc == self.ssrc || s.mid == self.mid)
+            .count()
+            != 1
+        {
+            return Err(format!(
+                "peer {key}: slot {} shares its SSRC or mid",
+                self.mid
+            ));
+        }
+        Ok(())
     }
 }

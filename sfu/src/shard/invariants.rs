@@ -58,6 +58,16 @@ impl ShardCore {
                     }
                 }
             }
+            if !peer.slots.is_empty()
+                && !(session.offer_subscriber && session.subscriber == Some(key))
+            {
+                return Err(format!(
+                    "peer {key} has slots but its client does not offer"
+                ));
+            }
+            for slot in &peer.slots {
+                slot.check(key, peer, &self.media)?;
+            }
             for (ssrc, track) in &peer.outgoing {
                 let sent = self.media.track(*track).is_some_and(|t| {
                     t.downtracks

@@ -1114,6 +1114,11 @@ pub(super) fn bind_downtrack(
                 c.rtp_codec
                     .mime_type
                     .eq_ignore_ascii_case(&wanted.mime_type)
+                    && super::sdp::fmtp_compatible(
+                        &wanted.mime_type,
+                        &wanted.sdp_fmtp_line,
+                        &c.rtp_codec.sdp_fmtp_line,
+                    )
             })
         })
         .map(|c| c.payload_type);

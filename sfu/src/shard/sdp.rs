@@ -216,6 +216,35 @@ pub fn section_formats(sdp: &str, mid: &str) -> Vec<Format> {
     formats
 }
 
+/// Whether a format of `fmtp` can carry a stream encoded for `wanted` of the same codec
+/// when their lines differ: H.264 must keep its packetization mode and profile (a level
+/// may differ), VP9 and AV1 their profile; other codecs have nothing that matters here.
+pub fn fmtp_compatible(mime_type: &str, wanted: &str, fmtp: &str) -> bool {
+    let param = |line: &str, key: &str| {
+        line.split(';').find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(key)
+                .then(|| v.trim().to_ascii_lowercase())
+        })
+    };
+    let same = |key: &str, default: &str, prefix: usize| {
+        let a = param(wanted, key).unwrap_or_else(|| default.to_owned());
+        let b = param(fmtp, key).unwrap_or_else(|| default.to_owned());
+        a.get(..prefix).unwrap_or(&a) == b.get(..prefix).unwrap_or(&b)
+    };
+    match mime_type.to_ascii_lowercase().as_str() {
+        // RFC 6184 §8.1: without the parameters, mode 0 and Constrained Baseline's
+        // neighbour 42 00 0a; the profile is the first byte (profile_idc).
+        "video/h264" => {
+            same("packetization-mode", "0", usize::MAX) && same("profile-level-id", "42000a", 2)
+        }
+        "video/vp9" => same("profile-id", "0", usize::MAX),
+        "video/av1" => same("profile", "0", usize::MAX),
+        _ => true,
+    }
+}
+
 /// The id a description gives header extension `uri` in the media section with `mid`.
 pub fn section_extension(sdp: &str, mid: &str, uri: &str) -> Option<u8> {
     let mut in_section = false;
@@ -636,5 +665,48 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=recvonly\r\n
         assert!(checked_sections(&with_rids(1, &|_| "h\u{200b}".into())).is_err());
         let sections = "m=audio 9 RTP/SAVPF 111\r\n".repeat(17);
         assert!(checked_sections(&sections).is_err());
+    }
+
+    #[test]
+    fn a_format_of_another_h264_mode_or_profile_cannot_carry_a_stream() {
+        let cb = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+        // Baseline and Constrained Baseline share profile_idc 42; the level may differ.
+        assert!(fmtp_compatible(
+            "video/H264",
+            cb,
+            "packetization-mode=1;profile-level-id=42001f"
+        ));
+        assert!(fmtp_compatible(
+            "video/H264",
+            cb,
+            "profile-level-id=42E034; packetization-mode=1"
+        ));
+        assert!(!fmtp_compatible(
+            "video/H264",
+            cb,
+            "packetization-mode=0;profile-level-id=42e01f"
+        ));
+        assert!(!fmtp_compatible(
+            "video/H264",
+            cb,
+            "profile-level-id=42e01f"
+        ));
+        assert!(!fmtp_compatible(
+            "video/H264",
+            cb,
+            "packetization-mode=1;profile-level-id=640c1f"
+        ));
+        assert!(fmtp_compatible("video/VP9", "profile-id=0", ""));
+        assert!(!fmtp_compatible(
+            "video/VP9",
+            "profile-id=0",
+            "profile-id=2"
+        ));
+        assert!(!fmtp_compatible("video/AV1", "", "profile=1"));
+        assert!(fmtp_compatible(
+            "audio/opus",
+            "minptime=10;useinbandfec=1",
+            "stereo=1"
+        ));
     }
 }

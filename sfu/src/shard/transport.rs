@@ -436,6 +436,8 @@ impl Transport {
         if !peer.ufrag.is_empty() {
             tracing::debug!(peer = %key, "ICE restarted with fresh credentials");
             self.demux.unregister_ufrag(&peer.ufrag);
+            // The cap on a client's candidates is per ICE session: a restart gathers anew.
+            peer.remote_candidates = 0;
         }
         peer.ufrag = ufrag.to_owned();
         peer.pwd = pwd.to_owned();

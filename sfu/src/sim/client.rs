@@ -7,6 +7,7 @@ use super::net::Net;
 use super::synth::{self, OpusSource, VideoCodec, VideoSource};
 use crate::peer::FeedbackToShard;
 use crate::shard::api::SessionId;
+use crate::shard::sdp::Direction;
 use crate::signal::protocol::{ClientMessage, PeerTarget, ServerMessage, TrackInfo, TrackKind};
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{Registry, Slot};
@@ -27,7 +28,9 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability,
     RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
@@ -47,6 +50,9 @@ pub struct ClientSpec {
     pub subscribe: bool,
     /// Answer the shard's offers without RTX, as a client that has none.
     pub refuses_rtx: bool,
+    /// Offer the subscriber connection itself, as a WHEP player does, with these sections
+    /// in this order (`a=recvonly` ones receive; others are offered as the direction says).
+    pub offers: Option<Vec<(TrackKind, Direction)>>,
 }
 
 /// A synthetic VP8 track.
@@ -134,6 +140,37 @@ fn without_rtx(sdp: &str) -> String {
             out.push_str(&kept.join(" "));
         } else {
             out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// `sdp` with its media sections' directions set to `directions`, in order.
+fn with_directions(sdp: &str, directions: &[Direction]) -> String {
+    let mut section: Option<usize> = None;
+    let mut out = String::new();
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("m=") {
+            section = Some(section.map_or(0, |s| s + 1));
+        }
+        let direction = section.and_then(|s| directions.get(s));
+        match direction {
+            Some(direction)
+                if matches!(
+                    line,
+                    "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+                ) =>
+            {
+                out.push_str(match direction {
+                    Direction::SendRecv => "a=sendrecv",
+                    Direction::SendOnly => "a=sendonly",
+                    Direction::RecvOnly => "a=recvonly",
+                    Direction::Inactive => "a=inactive",
+                });
+            }
+            _ => out.push_str(line),
         }
         out.push_str("\r\n");
     }
@@ -408,6 +445,10 @@ impl Client {
             epoch: now,
             certificate: certificate.clone(),
         };
+        if let Some(sections) = &spec.offers {
+            let offer = client.offer_subscriber(sections, now)?;
+            return Ok((client, Some(offer)));
+        }
         if spec.audio.is_none() && spec.video.is_none() {
             return Ok((client, None));
         }
@@ -477,6 +518,80 @@ impl Client {
                 sdp: offer.sdp,
             }),
         ))
+    }
+
+    /// Makes the subscriber connection with `sections` and offers it: what the client
+    /// sends is its offer with each section's direction as given.
+    fn offer_subscriber(
+        &mut self,
+        sections: &[(TrackKind, Direction)],
+        now: Instant,
+    ) -> Result<ClientMessage, String> {
+        let mut pc = build(self.subscriber_addr, false, now, &self.certificate)?;
+        for (kind, _) in sections {
+            let kind = match kind {
+                TrackKind::Audio => RtpCodecKind::Audio,
+                TrackKind::Video => RtpCodecKind::Video,
+            };
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            };
+            pc.add_transceiver_from_kind(kind, Some(init))
+                .map_err(|e| e.to_string())?;
+        }
+        let offer = pc.create_offer(None).map_err(|e| e.to_string())?;
+        pc.set_local_description(now, offer.clone())
+            .map_err(|e| e.to_string())?;
+        self.subscriber = Some(Side {
+            pc,
+            local: self.subscriber_addr,
+            connected: false,
+            transport_cc: None,
+        });
+        let directions: Vec<Direction> = sections.iter().map(|(_, d)| *d).collect();
+        Ok(ClientMessage::Offer {
+            pc: PeerTarget::Subscriber,
+            sdp: with_directions(&offer.sdp, &directions),
+        })
+    }
+
+    /// Offers its own subscriber connection again, with fresh ICE credentials if
+    /// `ice_restart` (a WHEP player's ICE restart); the offer to send.
+    pub fn reoffer_subscriber(&mut self, now: Instant, ice_restart: bool) -> Option<ClientMessage> {
+        let side = self.subscriber.as_mut()?;
+        let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart };
+        let offer = side.pc.create_offer(Some(options)).ok()?;
+        side.pc.set_local_description(now, offer.clone()).ok()?;
+        Some(ClientMessage::Offer {
+            pc: PeerTarget::Subscriber,
+            sdp: offer.sdp,
+        })
+    }
+
+    /// The description its subscriber connection last offered or answered.
+    pub fn subscriber_local_sdp(&self) -> Option<String> {
+        Some(
+            self.subscriber
+                .as_ref()?
+                .pc
+                .local_description()?
+                .sdp
+                .clone(),
+        )
+    }
+
+    /// The description the shard last gave its subscriber connection.
+    pub fn subscriber_remote_sdp(&self) -> Option<String> {
+        Some(
+            self.subscriber
+                .as_ref()?
+                .pc
+                .remote_description()?
+                .sdp
+                .clone(),
+        )
     }
 
     /// The addresses its connections send from.
@@ -614,8 +729,11 @@ impl Client {
     /// Handles a message of the shard; returns the reply to send, if any.
     fn on_message(&mut self, now: Instant, message: &ServerMessage) -> Option<ClientMessage> {
         match message {
-            ServerMessage::Answer { sdp, .. } => {
-                let side = self.publisher.as_mut()?;
+            ServerMessage::Answer { pc, sdp } => {
+                let side = match pc {
+                    PeerTarget::Publisher => self.publisher.as_mut()?,
+                    PeerTarget::Subscriber => self.subscriber.as_mut()?,
+                };
                 let answer = RTCSessionDescription::answer(sdp.clone()).ok()?;
                 let _ = side.pc.set_remote_description(now, answer);
                 None

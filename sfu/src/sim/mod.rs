@@ -142,11 +142,11 @@ impl Sim {
             participant: id.into(),
             name: id.into(),
             publish: spec.audio.is_some() || spec.video.is_some(),
-            subscribe: spec.subscribe,
+            subscribe: spec.subscribe || spec.offers.is_some(),
             relay: false,
             pipe: None,
             recorder: false,
-            offer_subscriber: false,
+            offer_subscriber: spec.offers.is_some(),
         })?;
         let index = self.clients.len();
         let (client, offer) = Client::new(

@@ -599,9 +599,17 @@ fn random_comings_and_goings_leave_the_core_consistent_and_empty() {
                         video.bitrate = 64_000;
                         Some(video)
                     };
-                    let spec = match rng.random_range(0..3) {
+                    let spec = match rng.random_range(0..4) {
                         0 => viewer(),
                         1 => publishing(Some(None), light(VideoSpec::simulcast())),
+                        // A WHEP player: its slots are checked against the maps each step.
+                        2 => ClientSpec {
+                            offers: Some(vec![
+                                (TrackKind::Audio, crate::shard::sdp::Direction::RecvOnly),
+                                (TrackKind::Video, crate::shard::sdp::Direction::RecvOnly),
+                            ]),
+                            ..ClientSpec::default()
+                        },
                         _ => ClientSpec {
                             subscribe: true,
                             ..publishing(Some(None), light(VideoSpec::single()))
@@ -795,6 +803,7 @@ fn viewers_get_transport_wide_sequence_numbers_and_sender_reports() {
 mod dynacast;
 mod pipe;
 mod quality;
+mod slots;
 
 /// Alice publishes `audio` and `video` in "room"; Bob and Carol view it. Returns their
 /// indexes (Alice, Bob, Carol).
