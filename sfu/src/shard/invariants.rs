@@ -58,9 +58,8 @@ impl ShardCore {
                     }
                 }
             }
-            if !peer.slots.is_empty()
-                && !(session.offer_subscriber && session.subscriber == Some(key))
-            {
+            let offers = session.offer_subscriber && session.subscriber == Some(key);
+            if !peer.slots.is_empty() && !offers {
                 return Err(format!(
                     "peer {key} has slots but its client does not offer"
                 ));
