@@ -276,6 +276,27 @@ async fn a_whip_publisher_reaches_a_viewer_on_an_edge_with_sound_and_picture() -
     .await?;
     ensure!(wrong_type.status == 415, "PATCH of SDP: {wrong_type:?}");
 
+    // None of those refusals touched the session: a new viewer still decodes the
+    // publisher's picture and sound.
+    let after_args = [
+        "--url",
+        &url,
+        "--gateway",
+        "--watch",
+        "--room",
+        "concert",
+        "--id",
+        "late-listener",
+        "--frames",
+        "15",
+        "--audio-seconds",
+        "1",
+    ];
+    let late = tutti_tests::aiortc::run_subscriber(&after_args, Duration::from_secs(60)).await?;
+    println!("viewer after the refused requests: {late}");
+    ensure!(late["frames"].as_u64() >= Some(15), "frames: {late}");
+    ensure!(late["audio_frames"].as_u64() > Some(10), "sound: {late}");
+
     // The client DELETEs its session: the stage is empty, the resource gone.
     let mut stdin = publisher.stdin.take().context("stdin")?;
     stdin.write_all(b"delete\n").await?;

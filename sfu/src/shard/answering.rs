@@ -381,6 +381,7 @@ impl ShardCore {
     }
 }
 
+#[cfg(any(test, feature = "sim"))]
 impl Slot {
     /// What must hold between a slot of connection `key` and the core's maps: a slot
     /// that carries a track sends it on its own stream and keeps none parked; one that

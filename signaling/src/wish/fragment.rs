@@ -133,9 +133,10 @@ pub fn ice_credentials(sdp: &str) -> Option<(String, String)> {
     Some((find("a=ice-ufrag:")?, find("a=ice-pwd:")?))
 }
 
-/// `offer` with ICE credentials `ufrag` and `pwd` instead of its own and without its old
-/// candidates: the offer an ICE restart by PATCH stands for (RFC 9725 §4.3.2: everything
-/// but ICE is as negotiated before).
+/// `offer` with ICE credentials `ufrag` and `pwd` instead of its own, without its old
+/// candidates, and with its `o=` session version one higher: the offer an ICE restart by
+/// PATCH stands for (RFC 9725 §4.3.2: everything but ICE is as negotiated before; RFC 8829
+/// §5.2.2: each new offer of a session increases the version).
 pub fn with_ice_credentials(offer: &str, ufrag: &str, pwd: &str) -> String {
     let mut out = String::with_capacity(offer.len());
     for line in offer.split('\n').map(|l| l.trim_end_matches('\r')) {
@@ -151,6 +152,9 @@ pub fn with_ice_credentials(offer: &str, ufrag: &str, pwd: &str) -> String {
         } else if line.starts_with("a=ice-pwd:") {
             out.push_str("a=ice-pwd:");
             out.push_str(pwd);
+        } else if let Some(origin) = line.strip_prefix("o=") {
+            out.push_str("o=");
+            out.push_str(&next_version(origin));
         } else {
             out.push_str(line);
         }
@@ -159,27 +163,70 @@ pub fn with_ice_credentials(offer: &str, ufrag: &str, pwd: &str) -> String {
     out
 }
 
+/// An `o=` value (`username sess-id sess-version nettype addrtype address`) with its
+/// version one higher; as it was when the version is not a number.
+fn next_version(origin: &str) -> String {
+    let fields: Vec<&str> = origin.split(' ').collect();
+    match fields.get(2).and_then(|v| v.parse::<u64>().ok()) {
+        Some(version) if fields.len() == 6 => {
+            let next = version.saturating_add(1).to_string();
+            let mut fields = fields;
+            fields[2] = &next;
+            fields.join(" ")
+        }
+        _ => origin.to_owned(),
+    }
+}
+
 /// The fragment that answers an ICE restart, from the shard's new answer: its credentials
-/// and the candidates of its first media section (the one all others are bundled on).
+/// and the candidates of the section that carries the bundle (the first mid of
+/// `a=group:BUNDLE`, else the first section), as RFC 9725 §4.3.2's example shows it.
 pub fn restart_fragment(answer: &str) -> Option<String> {
     let (ufrag, pwd) = ice_credentials(answer)?;
-    let mut out = format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n");
-    let mut in_first = false;
+    let bundle_tag = answer.lines().find_map(|l| {
+        l.trim_end()
+            .strip_prefix("a=group:BUNDLE ")?
+            .split(' ')
+            .next()
+            .map(str::to_owned)
+    });
+    // The answer's sections: each `m=` line with its mid and candidates.
+    let mut sections: Vec<(&str, Option<&str>, Vec<&str>)> = Vec::new();
+    let mut lite = false;
     for line in answer.lines().map(str::trim_end) {
-        if line.starts_with("m=") {
-            if in_first {
-                break;
+        if line == "a=ice-lite" {
+            lite = true;
+        } else if line.starts_with("m=") {
+            sections.push((line, None, Vec::new()));
+        } else if let Some(section) = sections.last_mut() {
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                section.1 = Some(mid);
+            } else if line.starts_with("a=candidate:") {
+                section.2.push(line);
             }
-            in_first = true;
-            out.push_str(line);
-            out.push_str("\r\n");
-        } else if in_first && (line.starts_with("a=mid:") || line.starts_with("a=candidate:")) {
-            out.push_str(line);
-            out.push_str("\r\n");
         }
     }
-    if !in_first {
-        return None;
+    let index = bundle_tag
+        .and_then(|tag| {
+            sections
+                .iter()
+                .position(|(_, mid, _)| *mid == Some(tag.as_str()))
+        })
+        .unwrap_or(0);
+    let (m_line, mid, candidates) = sections.get(index)?;
+    let mut out = String::new();
+    if lite {
+        out.push_str("a=ice-lite\r\n");
+    }
+    out.push_str(&format!(
+        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n{m_line}\r\n"
+    ));
+    if let Some(mid) = mid {
+        out.push_str(&format!("a=mid:{mid}\r\n"));
+    }
+    for candidate in candidates {
+        out.push_str(candidate);
+        out.push_str("\r\n");
     }
     out.push_str("a=end-of-candidates\r\n");
     Some(out)
@@ -250,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_restart_offer_has_the_new_credentials_and_no_old_candidates() {
-        let offer = "v=0\r\na=ice-ufrag:old1\r\na=ice-pwd:oldoldoldoldoldoldoldold\r\n\
+        let offer = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\na=ice-ufrag:old1\r\na=ice-pwd:oldoldoldoldoldoldoldold\r\n\
             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:old1\r\n\
             a=ice-pwd:oldoldoldoldoldoldoldold\r\na=candidate:1 1 udp 1 192.0.2.1 9 typ host\r\n\
             a=end-of-candidates\r\na=rtpmap:111 opus/48000/2\r\n";
@@ -265,6 +312,10 @@ mod tests {
         assert!(!restarted.contains("old"));
         assert!(!restarted.contains("a=candidate"));
         assert!(restarted.contains("a=rtpmap:111 opus/48000/2\r\n"));
+        assert!(restarted.contains("o=- 4611731400430051336 3 IN IP4 127.0.0.1\r\n"));
+        let again = with_ice_credentials(&restarted, "new3", "newnewnewnewnewnewnewnew");
+        assert!(again.contains("o=- 4611731400430051336 4 IN IP4 127.0.0.1\r\n"));
+        assert_eq!(next_version("- x y IN IP4 0.0.0.0"), "- x y IN IP4 0.0.0.0");
         assert_eq!(
             ice_credentials(&restarted),
             Some(("new2".into(), "newnewnewnewnewnewnewnew".into()))
@@ -282,7 +333,7 @@ mod tests {
         let fragment = restart_fragment(answer).unwrap();
         assert_eq!(
             fragment,
-            "a=ice-ufrag:shrd\r\na=ice-pwd:shardshardshardshardshard\r\n\
+            "a=ice-lite\r\na=ice-ufrag:shrd\r\na=ice-pwd:shardshardshardshardshard\r\n\
              m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
              a=candidate:1 1 udp 2130706431 192.0.2.7 3478 typ host\r\n\
              a=candidate:2 1 tcp 1671430143 192.0.2.7 3478 typ host tcptype passive\r\n\
@@ -292,5 +343,11 @@ mod tests {
         let parsed = parse_fragment(&fragment).unwrap();
         assert_eq!(parsed.candidates.len(), 2);
         assert_eq!(restart_fragment("v=0\r\n"), None);
+        // Bundled on a later section: that section's candidates.
+        let on_video = answer.replacen("a=ice-lite", "a=group:BUNDLE 1 0", 1);
+        let fragment = restart_fragment(&on_video).unwrap();
+        assert!(fragment.contains("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n"));
+        assert_eq!(fragment.matches("a=candidate:").count(), 1);
+        assert!(!fragment.contains("a=ice-lite"));
     }
 }

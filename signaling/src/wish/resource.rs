@@ -454,6 +454,9 @@ impl Driver {
         }
     }
 
+    /// Hands the fragment's candidates to the shard. `a=end-of-candidates` is not passed
+    /// on: the shard is an ICE-lite agent that never checks pairs itself, so a client's
+    /// last candidate changes nothing there.
     async fn trickle(&self, kind: Kind, fragment: &IceFragment) -> Result<(), Failure> {
         for candidate in &fragment.candidates {
             self.send(json!({
