@@ -126,6 +126,16 @@ pub fn app(state: AppState) -> Router {
                 .delete(crate::wish::whep_delete)
                 .options(crate::wish::resource_options),
         )
+        .route(
+            "/v1/whep/{broadcast}/{session}/sse",
+            post(crate::wish::whep_events_create).options(crate::wish::events_options),
+        )
+        .route(
+            "/v1/whep/{broadcast}/{session}/sse/{stream}",
+            get(crate::wish::whep_events_pull)
+                .delete(crate::wish::whep_events_delete)
+                .options(crate::wish::event_stream_options),
+        )
         .route("/v1/ice-servers", get(ice_servers))
         .route("/v1/regions", get(regions))
         .route("/healthz", get(|| async { "ok" }))

@@ -481,8 +481,9 @@ async fn a_whep_viewer_on_an_edge_sees_and_hears_whoever_presents() -> Result<()
     .await?;
     ensure!(created["status"] == 201, "WHIP: {created}");
 
-    // A standard viewer: no token, an offer of one audio and one video section.
-    let (mut viewer, created) = Client::start("play", &whep, &[]).await?;
+    // A standard viewer: no token, an offer of one audio and one video section; it
+    // follows the session's events.
+    let (mut viewer, created) = Client::start("play", &whep, &["--events"]).await?;
     println!("WHEP created: {created}");
     ensure!(created["status"] == 201, "WHEP: {created}");
     ensure!(
@@ -543,6 +544,11 @@ async fn a_whep_viewer_on_an_edge_sees_and_hears_whoever_presents() -> Result<()
         })
         .await?;
     ensure!(after > audio_before, "{switched}");
+    // Its event stream told it the stage went off the air and came back.
+    ensure!(
+        heard["events"] == serde_json::json!(["active", "inactive", "active"]),
+        "{heard}"
+    );
     // One stream each, its numbers running on across the change of presenter: a jump
     // would show as thousands of packets missing.
     ensure!(
@@ -675,5 +681,156 @@ async fn whep_refusals_have_the_status_the_draft_gives_them() -> Result<()> {
         Ok(system.server.state().wish.is_empty())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_player_whose_edge_stops_is_told_to_reconnect_and_seated_again() -> Result<()> {
+    tutti_tests::init_logs();
+    let mut options = local_options(rooms(
+        "[[broadcasts]]\nname = \"concert\"\npassword = \"stage-door\"\n",
+    )?);
+    // The stage's shard, the viewer's edge, and one more to seat it on after.
+    options.shards = 3;
+    let mut system = start(options).await?;
+    let addr = system.server.addr;
+    let origin = on_the_air(&system, "concert").await?;
+    let pianist = token(JWT_SECRET, "concert", "Pianist", true)?;
+    let whip = format!("http://{addr}/v1/whip/concert");
+    let whep = format!("http://{addr}/v1/whep/concert");
+    let (_publisher, created) =
+        Client::start("publish", &whip, &["--token", &pianist, "--audio"]).await?;
+    ensure!(created["status"] == 201, "WHIP: {created}");
+
+    let (mut viewer, created) = Client::start("play", &whep, &["--events"]).await?;
+    ensure!(created["status"] == 201, "WHEP: {created}");
+    let links = created["links"].as_array().context("links")?;
+    let sse = links
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|l| l.contains("rel=\"urn:ietf:params:whep:ext:core:server-sent-events\""))
+        .with_context(|| format!("no events Link in {created}"))?;
+    ensure!(
+        sse.contains("events=\"active,inactive,reconnect\""),
+        "{sse}"
+    );
+    let seen = viewer
+        .report_until("the picture, and the stage on the air", |r| {
+            r["frames"].as_u64() >= Some(30)
+                && r["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e == "active"))
+        })
+        .await?;
+    println!("WHEP player before: {seen}");
+
+    // The extension's own refusals, on this live session.
+    let session = seen["location"]
+        .as_str()
+        .and_then(|l| l.strip_prefix(&format!("http://{addr}")))
+        .context("the session's path")?
+        .to_owned();
+    let events = format!("{session}/sse");
+    let json_type = [("content-type", "application/json")];
+    let bad = http_send(
+        addr,
+        Method::POST,
+        &events,
+        &json_type,
+        b"{\"a\":1}".to_vec(),
+    )
+    .await?;
+    ensure!(bad.status == 400, "not an array: {bad:?}");
+    let text = [("content-type", "text/plain")];
+    let wrong = http_send(addr, Method::POST, &events, &text, b"[]".to_vec()).await?;
+    ensure!(wrong.status == 415, "not JSON: {wrong:?}");
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let reply = http_send(
+            addr,
+            Method::POST,
+            &events,
+            &json_type,
+            b"[\"active\"]".to_vec(),
+        )
+        .await?;
+        ensure!(reply.status == 201, "a stream: {reply:?}");
+        made.push(reply.header("location").context("its Location")?.to_owned());
+    }
+    let fifth = http_send(addr, Method::POST, &events, &json_type, b"[]".to_vec()).await?;
+    ensure!(fifth.status == 429, "a fifth stream: {fifth:?}");
+    ensure!(fifth.header("access-control-allow-origin") == Some("*"));
+    for stream in &made {
+        let deleted = http_send(addr, Method::DELETE, stream, &[], Vec::new()).await?;
+        ensure!(deleted.status == 200, "DELETE a stream: {deleted:?}");
+    }
+    let again = http_send(addr, Method::DELETE, &made[0], &[], Vec::new()).await?;
+    ensure!(again.status == 404, "DELETE it again: {again:?}");
+    let gone = http_send(addr, Method::GET, &made[0], &[], Vec::new()).await?;
+    ensure!(gone.status == 404, "GET a deleted stream: {gone:?}");
+
+    // The edge the player sits on stops.
+    let store = &system.store;
+    let origin_ref = &origin;
+    let edge = eventually(WAIT, "the player to be counted on an edge", || async move {
+        Ok(store.cascade("concert").is_some_and(|c| {
+            c.edges
+                .iter()
+                .any(|e| &e.shard != origin_ref && e.viewers >= 1)
+        }))
+    })
+    .await
+    .and_then(|_| {
+        store
+            .cascade("concert")
+            .and_then(|c| {
+                c.edges
+                    .into_iter()
+                    .find(|e| e.shard != origin && e.viewers >= 1)
+            })
+            .map(|e| e.shard)
+            .context("the player's edge")
+    })?;
+    let index = system
+        .shards
+        .iter()
+        .position(|(id, _)| id == &edge)
+        .context("the edge is a local shard")?;
+    let (_, doomed) = system.shards.remove(index);
+    let stopped_at = std::time::Instant::now();
+    doomed.stop().await;
+    let before = seen["frames"].as_u64().unwrap_or(0);
+    let back = viewer
+        .report_until("the player seated again, decoding", |r| {
+            r["sessions"] == 2
+                && r["state"] == "connected"
+                && r["frames"].as_u64() >= Some(before + 30)
+        })
+        .await?;
+    println!(
+        "WHEP player after its edge stopped ({} ms to picture again): {back}",
+        stopped_at.elapsed().as_millis()
+    );
+    // Told to reconnect, and never that the stage went off the air: it did not.
+    ensure!(
+        back["events"] == serde_json::json!(["active", "reconnect", "active"]),
+        "{back}"
+    );
+    ensure!(
+        back["location"] != seen["location"],
+        "a new session: {back}"
+    );
+    let old = http_send(addr, Method::DELETE, &session, &[], Vec::new()).await?;
+    ensure!(old.status == 404, "the old session is gone: {old:?}");
+    let edge_ref = &edge;
+    eventually(WAIT, "the player counted on a living edge", || async move {
+        Ok(store.cascade("concert").is_some_and(|c| {
+            c.edges
+                .iter()
+                .any(|e| &e.shard != origin_ref && &e.shard != edge_ref && e.viewers >= 1)
+        }))
+    })
+    .await?;
+    ensure!(viewer.command("delete").await?["status"] == 200);
     Ok(())
 }

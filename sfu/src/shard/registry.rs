@@ -318,7 +318,7 @@ impl Registry {
         }
     }
 
-    /// Sends a message to every session of a room except `except`.
+    /// Sends a message to every session of a room except `except` and those being removed.
     pub(super) fn broadcast(
         &mut self,
         metrics: &ShardMetrics,
@@ -333,7 +333,9 @@ impl Registry {
             if Some(session) == except {
                 continue;
             }
-            let Some(s) = self.sessions.get(&session) else {
+            // A session being removed is told `left` and hears nothing more: a shard
+            // that stops must not show each of its viewers the stage emptying first.
+            let Some(s) = self.sessions.get(&session).filter(|s| !s.closing) else {
                 continue;
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = s.events.try_send(message.clone()) {

@@ -13,10 +13,15 @@
 //!   of the broadcast's edges as `/watch` is (no token needed; one given must grant it),
 //!   each audio and video section carrying one of the stage's tracks; `?quality=low`
 //!   chooses the simulcast layer. `PATCH` and `DELETE` of its session as for WHIP.
+//! * `POST /v1/whep/{broadcast}/{session}/sse` — an event stream of the WHEP session
+//!   (the server-sent events extension; its `Link` comes with the `201`): `GET` of the
+//!   stream URL it answers with gives `active`, `inactive` and `reconnect` events as they
+//!   happen, `DELETE` ends it.
 //! * `OPTIONS` on all, for CORS preflights; every answer carries CORS headers.
 //!
 //! The session URL is the capability: 22 random characters no one else learns.
 
+pub mod events;
 pub mod fragment;
 pub mod resource;
 
@@ -36,6 +41,7 @@ pub const MAX_OFFER_BYTES: usize = 32 * 1024;
 
 const SDP: &str = "application/sdp";
 const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
+const JSON: &str = "application/json";
 
 /// Adds the CORS headers browser clients need to read the answer and its headers.
 fn cors(mut response: Response) -> Response {
@@ -52,7 +58,7 @@ fn cors(mut response: Response) -> Response {
 }
 
 /// The answer to a CORS preflight (or a plain `OPTIONS`).
-fn preflight(methods: &'static str, accept: (&'static str, &'static str)) -> Response {
+fn preflight(methods: &'static str, accept: Option<(&'static str, &'static str)>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -68,18 +74,33 @@ fn preflight(methods: &'static str, accept: (&'static str, &'static str)) -> Res
         HeaderValue::from_static("86400"),
     );
     headers.insert(header::ALLOW, HeaderValue::from_static(methods));
-    headers.insert(accept.0, HeaderValue::from_static(accept.1));
+    if let Some((name, value)) = accept {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
     cors(response)
 }
 
 /// `OPTIONS /v1/whip/{broadcast}`.
 pub async fn endpoint_options() -> Response {
-    preflight("POST, OPTIONS", ("accept-post", SDP))
+    preflight("POST, OPTIONS", Some(("accept-post", SDP)))
 }
 
 /// `OPTIONS /v1/whip/{broadcast}/{session}`.
 pub async fn resource_options() -> Response {
-    preflight("PATCH, DELETE, OPTIONS", ("accept-patch", SDP_FRAGMENT))
+    preflight(
+        "PATCH, DELETE, OPTIONS",
+        Some(("accept-patch", SDP_FRAGMENT)),
+    )
+}
+
+/// `OPTIONS /v1/whep/{broadcast}/{session}/sse`.
+pub async fn events_options() -> Response {
+    preflight("POST, OPTIONS", Some(("accept-post", JSON)))
+}
+
+/// `OPTIONS /v1/whep/{broadcast}/{session}/sse/{stream}`.
+pub async fn event_stream_options() -> Response {
+    preflight("GET, DELETE, OPTIONS", None)
 }
 
 /// An error answer: the status, and the client protocol's code and message as JSON.
@@ -238,6 +259,7 @@ async fn open(
             );
         }
     };
+    let kind = start.kind;
     let created = state
         .wish
         .start(gateway.clone(), client, slot, start, &state.tracker)
@@ -253,8 +275,19 @@ async fn open(
     )
         .into_response();
     let headers = response.headers_mut();
+    let location = location(&created.id);
+    if kind == Kind::Whep {
+        let link = format!(
+            "<{location}/sse>; rel=\"{}\"; events=\"{}\"",
+            events::SSE_REL,
+            events::announced()
+        );
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.append(header::LINK, value);
+        }
+    }
     for (name, value) in [
-        (header::LOCATION, location(&created.id)),
+        (header::LOCATION, location),
         (header::ETAG, created.etag),
         (
             header::HeaderName::from_static("accept-patch"),
@@ -509,6 +542,96 @@ pub async fn whip_delete(
     Path((target, id)): Path<(String, String)>,
 ) -> Response {
     delete(state, Kind::Whip, target, id).await
+}
+
+/// `POST /v1/whep/{broadcast}/{session}/sse`: a new event stream of the session, for the
+/// events its JSON array names (all, without a body).
+pub async fn whep_events_create(
+    State(state): State<AppState>,
+    Path((target, id)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let Some(streams) = state.wish.events(Kind::Whep, &target, &id) else {
+        return no_such_session();
+    };
+    let headers = request.headers().clone();
+    let body = match text_body(request, events::MAX_REQUEST_BYTES).await {
+        Ok(body) => body,
+        Err(response) => return *response,
+    };
+    if !body.trim().is_empty() && !content_type_is(&headers, JSON) {
+        return refuse_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadMessage,
+            "the events asked for are application/json",
+        );
+    }
+    let wanted = match events::requested(&body) {
+        Ok(wanted) => wanted,
+        Err(why) => return refuse(Failure::new(ErrorCode::BadMessage, why)),
+    };
+    match streams.create(wanted) {
+        Ok(stream) => {
+            let mut response = StatusCode::CREATED.into_response();
+            let location = format!("/v1/whep/{target}/{id}/sse/{stream}");
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            cors(response)
+        }
+        Err(events::Refused::Over) => no_such_session(),
+        Err(events::Refused::TooMany) => refuse_with(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            &format!(
+                "a session has at most {} event streams",
+                events::MAX_STREAMS
+            ),
+        ),
+    }
+}
+
+/// `GET /v1/whep/{broadcast}/{session}/sse/{stream}`: the stream's events as they come
+/// (`text/event-stream`), until the session ends or the stream is deleted.
+pub async fn whep_events_pull(
+    State(state): State<AppState>,
+    Path((target, id, stream)): Path<(String, String, String)>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let Some(events) = state
+        .wish
+        .events(Kind::Whep, &target, &id)
+        .and_then(|streams| streams.pull(&stream))
+    else {
+        return no_such_stream();
+    };
+    let events = events.map(|event| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default().event(event.kind.name()).data(event.data),
+        )
+    });
+    // A comment now and then keeps proxies from closing a quiet stream.
+    let keep_alive = KeepAlive::new().interval(std::time::Duration::from_secs(15));
+    cors(Sse::new(events).keep_alive(keep_alive).into_response())
+}
+
+/// `DELETE /v1/whep/{broadcast}/{session}/sse/{stream}`.
+pub async fn whep_events_delete(
+    State(state): State<AppState>,
+    Path((target, id, stream)): Path<(String, String, String)>,
+) -> Response {
+    match state.wish.events(Kind::Whep, &target, &id) {
+        Some(streams) if streams.delete(&stream) => cors(StatusCode::OK.into_response()),
+        _ => no_such_stream(),
+    }
+}
+
+fn no_such_stream() -> Response {
+    refuse(Failure::new(
+        ErrorCode::RoomNotFound,
+        "no such event stream (it was deleted, or its session ended)",
+    ))
 }
 
 fn no_such_session() -> Response {

@@ -7,6 +7,7 @@
 //! until the client DELETEs the resource, the session ends (the shard stopped hearing the
 //! client's consent checks, the room moved, the gateway stops), or the gateway stops.
 
+use super::events::{OnAir, Streams};
 use super::fragment::{IceFragment, ice_credentials, restart_fragment, with_ice_credentials};
 use crate::guesses::{Guesser, WindowLimiter};
 use crate::protocol::{ErrorCode, IceServer};
@@ -128,6 +129,8 @@ struct Handle {
     /// The broadcast (or room) in its URL.
     target: String,
     commands: mpsc::Sender<Command>,
+    /// Its event streams (WHEP's server-sent events).
+    events: Arc<Streams>,
 }
 
 /// The WHIP and WHEP resources of a gateway.
@@ -191,6 +194,7 @@ impl Resources {
         let id = tutti_service::token::random_token(22);
         let (commands_tx, commands) = mpsc::channel(4);
         let (created_tx, created) = oneshot::channel();
+        let events = Arc::new(Streams::default());
         if let Ok(mut running) = self.running.lock() {
             running.insert(
                 id.clone(),
@@ -198,6 +202,7 @@ impl Resources {
                     kind: start.kind,
                     target: start.target.clone(),
                     commands: commands_tx,
+                    events: events.clone(),
                 },
             );
         }
@@ -205,10 +210,12 @@ impl Resources {
         let task_id = id.clone();
         let sessions = tracker.clone();
         tracker.spawn(async move {
-            let (driver, session) = Driver::open(gateway, client, start.quality, &sessions);
+            let (driver, session) =
+                Driver::open(gateway, client, start.quality, events.clone(), &sessions);
             driver
                 .run(task_id.clone(), start, created_tx, commands)
                 .await;
+            events.end();
             // The session is over (the driver closed it) before its place is given back.
             let _ = session.await;
             drop(slot);
@@ -227,6 +234,15 @@ impl Resources {
             .get(id)
             .filter(|h| h.kind == kind && h.target == target)
             .map(|h| h.commands.clone())
+    }
+
+    /// The event streams of resource `id`, while it runs.
+    pub fn events(&self, kind: Kind, target: &str, id: &str) -> Option<Arc<Streams>> {
+        let running = self.running.lock().ok()?;
+        running
+            .get(id)
+            .filter(|h| h.kind == kind && h.target == target)
+            .map(|h| h.events.clone())
     }
 
     /// Applies a PATCH to resource `id`; `None` when there is no such resource.
@@ -289,6 +305,9 @@ struct Driver {
     /// Whether the first offer was answered (the tracks have their place on the
     /// connection, and the layer of each can be asked).
     answered: bool,
+    /// Whether anything is published, told to the event streams.
+    on_air: OnAir,
+    events: Arc<Streams>,
 }
 
 /// Errors a session may answer other messages with (a trickled candidate, a layer asked
@@ -300,6 +319,7 @@ impl Driver {
         gateway: Arc<Gateway>,
         client: IpAddr,
         quality: Option<&'static str>,
+        events: Arc<Streams>,
         tracker: &tokio_util::task::TaskTracker,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (to_session, frames) = mpsc::channel::<ClientFrame>(64);
@@ -322,6 +342,8 @@ impl Driver {
             quality,
             announced: Vec::new(),
             answered: false,
+            on_air: OnAir::default(),
+            events,
         };
         (driver, session)
     }
@@ -348,6 +370,9 @@ impl Driver {
                     };
                     if self.quality.is_some() {
                         self.note_announced(&value).await;
+                    }
+                    if let Some(on_air) = self.on_air.observe(&value) {
+                        self.events.set_active(on_air);
                     }
                     return Some(value);
                 }
@@ -516,8 +541,13 @@ impl Driver {
                 message = self.next() => match message {
                     None => break,
                     Some(message) => match message["type"].as_str() {
-                        Some("left" | "reconnect") => {
+                        Some(kind @ ("left" | "reconnect")) => {
                             tracing::info!(resource = %id, reason = %message["reason"], "HTTP session ended by its room");
+                            if kind == "reconnect" {
+                                // Its shard went away or its room moved: a new POST is
+                                // seated on a shard that is up.
+                                self.events.send(super::events::reconnect());
+                            }
                             break;
                         }
                         Some("error") => {

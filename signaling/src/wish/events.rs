@@ -1,0 +1,423 @@
+//! The WHEP server-sent events extension (the WHEP core extensions draft): a player may
+//! open event streams on its session and hear that the stage went on or off the air
+//! (`active`, `inactive`), and that it must POST to the endpoint again (`reconnect`):
+//! its edge shard went away or its room moved, and a new POST seats it anew.
+//!
+//! A player POSTs the events it wants to `…/{session}/sse` and long-polls the stream URL
+//! it gets back. Each stream queues what happens until it is pulled, bounded: at most
+//! [`MAX_STREAMS`] per session, [`MAX_QUEUED`] events each (the oldest give way), one
+//! pull at a time (a new pull, as an `EventSource` reconnecting makes, ends the old one).
+
+use futures_util::Stream;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// The `Link` relation that announces the extension.
+pub const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
+/// Event streams one session may have.
+pub const MAX_STREAMS: usize = 4;
+/// Events a stream keeps until they are pulled.
+pub const MAX_QUEUED: usize = 32;
+/// The largest body of a stream's creation (a JSON array of event names).
+pub const MAX_REQUEST_BYTES: usize = 1024;
+
+/// An event a session can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The stage is on the air: something is published.
+    Active,
+    /// Nothing is published any more.
+    Inactive,
+    /// The session is over; POST to the endpoint again to be seated anew.
+    Reconnect,
+}
+
+impl EventKind {
+    /// Every kind, in the order the `Link` header lists them.
+    pub const ALL: [EventKind; 3] = [EventKind::Active, EventKind::Inactive, EventKind::Reconnect];
+
+    /// Its name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Active => "active",
+            EventKind::Inactive => "inactive",
+            EventKind::Reconnect => "reconnect",
+        }
+    }
+
+    fn of(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// The `events` parameter of the `Link` header: every kind sent.
+pub fn announced() -> String {
+    EventKind::ALL.map(EventKind::name).join(",")
+}
+
+/// The kinds a creation request asks for: a JSON array of names (an empty body asks for
+/// all). Names of events this server does not send are ignored, as the draft lets a
+/// player ask for any of those it knows.
+pub fn requested(body: &str) -> Result<Vec<EventKind>, String> {
+    if body.trim().is_empty() {
+        return Ok(EventKind::ALL.to_vec());
+    }
+    let names: Vec<String> = serde_json::from_str(body)
+        .map_err(|_| "the body is a JSON array of event names".to_owned())?;
+    let mut kinds: Vec<EventKind> = Vec::new();
+    for kind in names.iter().filter_map(|n| EventKind::of(n)) {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// One event as it goes out: its kind and its JSON data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// Its data, a JSON object on one line.
+    pub data: String,
+}
+
+struct Queue {
+    wanted: Vec<EventKind>,
+    events: VecDeque<Event>,
+    /// Bumped by every pull: an older pull that sees another number ends.
+    pull: u64,
+}
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<String, Queue>,
+    /// Whether the stage is on the air, once known.
+    active: Option<bool>,
+    /// The session is over: pulls end once their queue is empty.
+    over: bool,
+}
+
+/// The event streams of one session.
+#[derive(Default)]
+pub struct Streams {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+/// Why a stream could not be made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The session ended.
+    Over,
+    /// It has [`MAX_STREAMS`] already.
+    TooMany,
+}
+
+impl Streams {
+    /// A new stream of `wanted` events; its id. A stage already on the air is told at once.
+    pub fn create(&self, wanted: Vec<EventKind>) -> Result<String, Refused> {
+        let mut state = self.state.lock().map_err(|_| Refused::Over)?;
+        if state.over {
+            return Err(Refused::Over);
+        }
+        if state.streams.len() >= MAX_STREAMS {
+            return Err(Refused::TooMany);
+        }
+        let mut events = VecDeque::new();
+        if state.active == Some(true) && wanted.contains(&EventKind::Active) {
+            events.push_back(active_event(EventKind::Active));
+        }
+        let id = tutti_service::token::random_token(16);
+        state.streams.insert(
+            id.clone(),
+            Queue {
+                wanted,
+                events,
+                pull: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Ends stream `id`; whether there was one.
+    pub fn delete(&self, id: &str) -> bool {
+        let removed = self
+            .state
+            .lock()
+            .is_ok_and(|mut state| state.streams.remove(id).is_some());
+        self.changed.notify_waiters();
+        removed
+    }
+
+    /// Whether stream `id` exists.
+    pub fn has(&self, id: &str) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|state| state.streams.contains_key(id))
+    }
+
+    /// Queues `event` on every stream that wants it.
+    pub fn send(&self, event: Event) {
+        if let Ok(mut state) = self.state.lock() {
+            for queue in state.streams.values_mut() {
+                if queue.wanted.contains(&event.kind) {
+                    if queue.events.len() >= MAX_QUEUED {
+                        queue.events.pop_front();
+                    }
+                    queue.events.push_back(event.clone());
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Whether the stage is on the air: `active` or `inactive` when that changed. The
+    /// first news that it is not sends nothing (the draft: no initial `inactive`).
+    pub fn set_active(&self, active: bool) {
+        let before = match self.state.lock() {
+            Ok(mut state) => state.active.replace(active),
+            Err(_) => return,
+        };
+        let kind = match (before, active) {
+            (Some(a), b) if a == b => return,
+            (None, false) => return,
+            (_, true) => EventKind::Active,
+            (_, false) => EventKind::Inactive,
+        };
+        self.send(active_event(kind));
+    }
+
+    /// The session is over: every stream ends once what it queued is pulled.
+    pub fn end(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.over = true;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Pulls stream `id`: its events as they come, until the stream is deleted, the
+    /// session is over and its queue empty, or another pull of it starts. `None` when
+    /// there is no such stream.
+    pub fn pull(self: &Arc<Self>, id: &str) -> Option<impl Stream<Item = Event> + use<>> {
+        let pull = {
+            let mut state = self.state.lock().ok()?;
+            let queue = state.streams.get_mut(id)?;
+            queue.pull += 1;
+            queue.pull
+        };
+        // The older pull, if any, sees the new number and ends.
+        self.changed.notify_waiters();
+        let streams = self.clone();
+        let id = id.to_owned();
+        Some(futures_util::stream::unfold(
+            (streams, id),
+            move |(streams, id)| async move {
+                loop {
+                    let next = {
+                        let notified = streams.changed.notified();
+                        tokio::pin!(notified);
+                        // Registered before the state is read, so no change is missed.
+                        notified.as_mut().enable();
+                        match streams.next_event(&id, pull) {
+                            Next::Wait => {
+                                notified.await;
+                                continue;
+                            }
+                            next => next,
+                        }
+                    };
+                    return match next {
+                        Next::Event(event) => Some((event, (streams, id))),
+                        Next::Done | Next::Wait => None,
+                    };
+                }
+            },
+        ))
+    }
+
+    fn next_event(&self, id: &str, pull: u64) -> Next {
+        let Ok(mut state) = self.state.lock() else {
+            return Next::Done;
+        };
+        let over = state.over;
+        let Some(queue) = state.streams.get_mut(id) else {
+            return Next::Done;
+        };
+        if queue.pull != pull {
+            return Next::Done;
+        }
+        match queue.events.pop_front() {
+            Some(event) => Next::Event(event),
+            None if over => Next::Done,
+            None => Next::Wait,
+        }
+    }
+}
+
+enum Next {
+    Event(Event),
+    Done,
+    Wait,
+}
+
+fn active_event(kind: EventKind) -> Event {
+    Event {
+        kind,
+        data: "{}".to_owned(),
+    }
+}
+
+/// What tells a session whether its stage is on the air: the tracks announced to it.
+#[derive(Debug, Default)]
+pub struct OnAir {
+    /// Each track announced and not gone, with its publisher.
+    tracks: HashMap<String, String>,
+}
+
+/// Tracks followed at most; a stage has a handful.
+const MAX_TRACKS: usize = 256;
+
+impl OnAir {
+    /// Takes in a client protocol message; whether anything is published after it, when
+    /// the message could change that.
+    pub fn observe(&mut self, message: &serde_json::Value) -> Option<bool> {
+        match message["type"].as_str()? {
+            "joined" => {
+                for participant in message["participants"].as_array().into_iter().flatten() {
+                    let Some(publisher) = participant["id"].as_str() else {
+                        continue;
+                    };
+                    for track in participant["tracks"].as_array().into_iter().flatten() {
+                        self.add(publisher, &track["id"]);
+                    }
+                }
+            }
+            "track_published" => {
+                let publisher = message["participant"].as_str().unwrap_or_default();
+                self.add(publisher, &message["track"]["id"]);
+            }
+            "track_unpublished" => {
+                let track = message["track"].as_str()?;
+                self.tracks.remove(track);
+            }
+            "participant_left" => {
+                let publisher = message["participant"].as_str()?;
+                self.tracks.retain(|_, p| p != publisher);
+            }
+            _ => return None,
+        }
+        Some(!self.tracks.is_empty())
+    }
+
+    fn add(&mut self, publisher: &str, track: &serde_json::Value) {
+        if let Some(track) = track.as_str()
+            && self.tracks.len() < MAX_TRACKS
+        {
+            self.tracks.insert(track.to_owned(), publisher.to_owned());
+        }
+    }
+}
+
+/// The `reconnect` event: POST to the same endpoint again (no `url`: the draft's player
+/// then uses the one it first POSTed to, which seats it on a shard that is up).
+pub fn reconnect() -> Event {
+    Event {
+        kind: EventKind::Reconnect,
+        data: "{}".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use serde_json::json;
+
+    #[test]
+    fn a_player_asks_for_known_events_and_unknown_ones_are_ignored() {
+        assert_eq!(requested("").unwrap(), EventKind::ALL.to_vec());
+        assert_eq!(
+            requested(r#"["active","viewercount","reconnect"]"#).unwrap(),
+            vec![EventKind::Active, EventKind::Reconnect]
+        );
+        assert!(requested("{\"active\": 1}").is_err());
+        assert!(requested("[1, 2]").is_err());
+        assert_eq!(announced(), "active,inactive,reconnect");
+    }
+
+    #[tokio::test]
+    async fn events_reach_the_streams_that_want_them_and_the_stream_ends_with_the_session() {
+        let streams = Arc::new(Streams::default());
+        // Not on the air yet: no initial `inactive`.
+        streams.set_active(false);
+        let all = streams.create(EventKind::ALL.to_vec()).unwrap();
+        let only_reconnect = streams.create(vec![EventKind::Reconnect]).unwrap();
+        let mut pulled = Box::pin(streams.pull(&all).unwrap());
+        streams.set_active(true);
+        streams.set_active(true);
+        streams.set_active(false);
+        streams.send(reconnect());
+        streams.end();
+        let kinds: Vec<EventKind> = pulled.by_ref().map(|e| e.kind).collect().await;
+        assert_eq!(
+            kinds,
+            vec![EventKind::Active, EventKind::Inactive, EventKind::Reconnect]
+        );
+        let other: Vec<Event> = Box::pin(streams.pull(&only_reconnect).unwrap())
+            .collect()
+            .await;
+        assert_eq!(other, vec![reconnect()]);
+        assert!(streams.create(vec![]).is_err(), "the session is over");
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_bounded_and_a_new_pull_ends_the_old_one() {
+        let streams = Arc::new(Streams::default());
+        let id = streams.create(EventKind::ALL.to_vec()).unwrap();
+        for _ in 0..MAX_STREAMS - 1 {
+            streams.create(vec![]).unwrap();
+        }
+        assert_eq!(streams.create(vec![]), Err(Refused::TooMany));
+        // A stage on the air for a late stream: told at once.
+        streams.set_active(true);
+        let late = {
+            streams.delete(&id);
+            streams.create(EventKind::ALL.to_vec()).unwrap()
+        };
+        let mut first = Box::pin(streams.pull(&late).unwrap());
+        assert_eq!(first.next().await.map(|e| e.kind), Some(EventKind::Active));
+        for _ in 0..MAX_QUEUED + 10 {
+            streams.send(reconnect());
+        }
+        let second: Vec<Event> = {
+            let mut second = Box::pin(streams.pull(&late).unwrap());
+            // The first pull is over.
+            assert_eq!(first.next().await, None);
+            streams.end();
+            second.by_ref().collect().await
+        };
+        assert_eq!(second.len(), MAX_QUEUED);
+        assert!(streams.delete(&late));
+        assert!(!streams.delete(&late));
+        assert!(streams.pull(&late).is_none());
+    }
+
+    #[test]
+    fn the_stage_is_on_the_air_while_a_track_is_announced() {
+        let mut on_air = OnAir::default();
+        let joined = json!({"type": "joined", "participants": [
+            {"id": "p1", "tracks": [{"id": "a1", "kind": "audio"}, {"id": "v1", "kind": "video"}]}
+        ]});
+        assert_eq!(on_air.observe(&joined), Some(true));
+        let gone = json!({"type": "track_unpublished", "participant": "p1", "track": "a1"});
+        assert_eq!(on_air.observe(&gone), Some(true));
+        let left = json!({"type": "participant_left", "participant": "p1"});
+        assert_eq!(on_air.observe(&left), Some(false));
+        let back = json!({"type": "track_published", "participant": "p2",
+            "track": {"id": "v2", "kind": "video"}});
+        assert_eq!(on_air.observe(&back), Some(true));
+        assert_eq!(on_air.observe(&json!({"type": "pong"})), None);
+    }
+}
