@@ -3,7 +3,9 @@
 // POST of the offer, PATCH of trickled candidates, an ICE restart by PATCH, DELETE), across
 // CORS. A viewer on /watch sees and hears it, two WHEP players on another origin decode the
 // full and the lowest layer, the /watch viewer keeps seeing it after the restart, and sees
-// it go after DELETE.
+// it go after DELETE. Then the reference WHIP and WHEP clients of the WHEP draft's author
+// (npm `whip-whep`, with one fix of theirs, below) publish and play through Tutti, ICE
+// restarts and the server-sent events extension included.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -31,7 +33,26 @@ before(async () => {
   fs.writeFileSync(rooms, '[[broadcasts]]\nname = "concert"\npassword = "stage-door"\n\n[[rooms]]\nname = "studio"\npassword = "quiet"\n');
   gateway = await startGateway(['--shards', '2', '--rooms', rooms, '--jwt-secret', SECRET]);
   // The publishing page's own origin: another port, so every WHIP request is cross-origin.
+  // It also serves the draft author's reference clients (npm `whip-whep` 1.2.0) with one
+  // fix: after an ICE restart they put the answer's candidates back with
+  // `candidates.join()`, which separates them with commas and breaks the description as
+  // soon as there are two (Tutti answers with UDP and TCP candidates); the clients derived
+  // from it use `join("")`, and so do these.
+  const reference = path.join(path.dirname(new URL(import.meta.url).pathname), 'node_modules', 'whip-whep');
+  const scripts = {};
+  for (const name of ['whip.js', 'whep.js']) {
+    const source = fs.readFileSync(path.join(reference, name), 'utf8');
+    const fixed = source.replace('candidates.join())', 'candidates.join(""))');
+    assert.notEqual(fixed, source, `${name}: the candidate join to fix is where it was`);
+    scripts[`/whip-whep/${name}`] = fixed;
+  }
   elsewhere = http.createServer((request, response) => {
+    const script = scripts[request.url];
+    if (script) {
+      response.writeHead(200, { 'content-type': 'text/javascript' });
+      response.end(script);
+      return;
+    }
     response.writeHead(200, { 'content-type': 'text/html' });
     response.end('<!doctype html><title>encoder</title><p>WHIP encoder</p>');
   });
@@ -319,5 +340,129 @@ test('WHEP players of a room choose their simulcast layer with ?quality=', async
       return (await fetch(session.location, { method: 'DELETE' })).status;
     });
     assert.equal(status, 200);
+  }
+});
+
+/** Runs in a page: publishes camera and microphone with the reference WHIPClient. */
+async function referencePublish({ endpoint, token }) {
+  const { WHIPClient } = await import('/whip-whep/whip.js');
+  const media = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver(media.getAudioTracks()[0], { direction: 'sendonly' });
+  pc.addTransceiver(media.getVideoTracks()[0], { direction: 'sendonly' });
+  const client = new WHIPClient();
+  window.whip = { pc, client };
+  await client.publish(pc, endpoint, token);
+  return { location: client.resourceURL.href };
+}
+
+/**
+ * Runs in a page: plays with the reference WHEPClient, and records the named events of
+ * the event stream it opens (its own handler listens for unnamed ones only).
+ */
+async function referencePlay({ endpoint }) {
+  const { WHEPClient } = await import('/whip-whep/whep.js');
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  const video = document.createElement('video');
+  video.autoplay = true;
+  document.body.append(video);
+  const stream = new MediaStream();
+  pc.ontrack = ({ track }) => {
+    stream.addTrack(track);
+    video.srcObject = stream;
+  };
+  const client = new WHEPClient();
+  const events = [];
+  window.whep = { pc, client, events };
+  await client.view(pc, endpoint);
+  return { location: client.resourceURL.href, events: client.eventsUrl ? client.eventsUrl.href : null };
+}
+
+/** Runs in the reference player's page: the state of its event stream. */
+function referenceEvents() {
+  const { client, events } = window.whep;
+  const source = client.eventSource;
+  if (source && !source.listening) {
+    source.listening = true;
+    for (const name of ['active', 'inactive', 'reconnect']) {
+      source.addEventListener(name, () => events.push(name));
+    }
+  }
+  return { open: source ? source.readyState === 1 : false, events: [...events] };
+}
+
+/** Runs in a page with `window.whep.pc` or `window.whip.pc`: its selected ICE ufrag. */
+function localUfrag() {
+  return (async () => {
+    const { pc } = window.whep ?? window.whip;
+    const stats = await pc.getStats();
+    let ufrag = null;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        const pair = stats.get(s.selectedCandidatePairId);
+        ufrag = stats.get(pair?.localCandidateId)?.usernameFragment ?? null;
+      }
+    });
+    return { state: pc.connectionState, ufrag };
+  })();
+}
+
+test('the draft author\'s reference WHIP and WHEP clients publish and play through Tutti', async () => {
+  const origin = `http://127.0.0.1:${elsewhere.address().port}/`;
+  const encoder = await openPage(browser, origin);
+  const published = await encoder.evaluate(referencePublish, {
+    endpoint: `${gateway.url}/v1/whip/concert`, token: await mint('concert', 'Violinist'),
+  });
+  console.log(`reference WHIP: ${JSON.stringify(published)}`);
+  assert.match(published.location, /\/v1\/whip\/concert\/[A-Za-z0-9]+$/);
+  await waitFor('the reference encoder to connect', () => encoder.evaluate(localUfrag), (s) => s.state === 'connected');
+
+  const player = await openPage(browser, origin);
+  const started = await player.evaluate(referencePlay, { endpoint: `${gateway.url}/v1/whep/concert` });
+  console.log(`reference WHEP: ${JSON.stringify(started)}`);
+  assert.ok(started.events, 'the client found the server-sent events Link');
+  const playing = await waitFor(
+    'the reference player to decode picture and sound',
+    () => player.evaluate(played),
+    (p) => p.frames > 30 && p.width > 0 && p.audioEnergy > 0,
+    40_000,
+  );
+  console.log(`reference WHEP player: ${JSON.stringify(playing)}`);
+  await waitFor('its event stream to open across origins', () => player.evaluate(referenceEvents), (e) => e.open);
+
+  // Its ICE restart (PATCH with If-Match: *, the answering fragment patched into its
+  // remote description), and the encoder's.
+  for (const [page, what] of [[player, 'player'], [encoder, 'encoder']]) {
+    const before = await page.evaluate(localUfrag);
+    await page.evaluate(() => (window.whep ?? window.whip).client.restart());
+    const after = await waitFor(
+      `the reference ${what} on a new ICE session`,
+      () => page.evaluate(localUfrag),
+      (s) => s.state === 'connected' && s.ufrag && s.ufrag !== before.ufrag,
+    );
+    console.log(`reference ${what} ICE restart: ufrag ${before.ufrag} -> ${after.ufrag}`);
+  }
+  const decoded = (await player.evaluate(played)).frames;
+  await waitFor(
+    'the reference player to go on decoding after both restarts',
+    () => player.evaluate(played),
+    (p) => p.frames > decoded + 30,
+    40_000,
+  );
+
+  // The encoder stops (DELETE): the player's event stream says the stage is off the air.
+  await encoder.evaluate(() => window.whip.client.stop());
+  const told = await waitFor(
+    'the inactive event',
+    () => player.evaluate(referenceEvents),
+    (e) => e.events.includes('inactive'),
+  );
+  console.log(`reference WHEP events: ${JSON.stringify(told)}`);
+  await player.evaluate(() => window.whep.client.stop());
+  // Both clients' DELETEs ended their sessions.
+  for (const location of [published.location, started.location]) {
+    assert.equal((await fetch(location, { method: 'DELETE' })).status, 404, location);
   }
 });

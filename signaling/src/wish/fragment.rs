@@ -179,7 +179,7 @@ fn next_version(origin: &str) -> String {
 }
 
 /// The fragment that answers an ICE restart, from the shard's new answer: its credentials
-/// and the candidates of the section that carries the bundle (the first mid of
+/// and the RTP candidates of the section that carries the bundle (the first mid of
 /// `a=group:BUNDLE`, else the first section), as RFC 9725 §4.3.2's example shows it.
 pub fn restart_fragment(answer: &str) -> Option<String> {
     let (ufrag, pwd) = ice_credentials(answer)?;
@@ -201,8 +201,13 @@ pub fn restart_fragment(answer: &str) -> Option<String> {
         } else if let Some(section) = sections.last_mut() {
             if let Some(mid) = line.strip_prefix("a=mid:") {
                 section.1 = Some(mid);
-            } else if line.starts_with("a=candidate:") {
-                section.2.push(line);
+            } else if let Some(candidate) = line.strip_prefix("a=candidate:") {
+                // RTP's component only: with `a=rtcp-mux` (which BUNDLE requires) RTCP
+                // shares it, and a second candidate per address only trips clients (the
+                // draft author's reference client joins several wrongly).
+                if candidate.split(' ').nth(1) == Some("1") {
+                    section.2.push(line);
+                }
             }
         }
     }
@@ -327,6 +332,7 @@ mod tests {
         let answer = "v=0\r\na=ice-lite\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
             a=ice-ufrag:shrd\r\na=ice-pwd:shardshardshardshardshard\r\n\
             a=candidate:1 1 udp 2130706431 192.0.2.7 3478 typ host\r\n\
+            a=candidate:1 2 udp 2130706431 192.0.2.7 3478 typ host\r\n\
             a=candidate:2 1 tcp 1671430143 192.0.2.7 3478 typ host tcptype passive\r\n\
             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
             a=candidate:1 1 udp 2130706431 192.0.2.7 3478 typ host\r\n";
