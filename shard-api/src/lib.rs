@@ -11,3 +11,4 @@ pub mod hls;
 pub mod nickname;
 pub mod protocol;
 pub mod recording;
+pub mod simulcast;

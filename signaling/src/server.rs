@@ -127,6 +127,12 @@ pub fn app(state: AppState) -> Router {
                 .options(crate::wish::resource_options),
         )
         .route(
+            "/v1/whep/{broadcast}/{session}/layer",
+            post(crate::wish::whep_layer_select)
+                .delete(crate::wish::whep_layer_reset)
+                .options(crate::wish::layer_options),
+        )
+        .route(
             "/v1/whep/{broadcast}/{session}/sse",
             post(crate::wish::whep_events_create).options(crate::wish::events_options),
         )

@@ -5,7 +5,7 @@
 // full and the lowest layer, the /watch viewer keeps seeing it after the restart, and sees
 // it go after DELETE. Then the reference WHIP and WHEP clients of the WHEP draft's author
 // (npm `whip-whep`, with one fix of theirs, below) publish and play through Tutti, ICE
-// restarts and the server-sent events extension included.
+// restarts, the server-sent events and the layer selection extensions included.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -304,7 +304,7 @@ test('a page publishes by WHIP with fetch, players watch by WHEP, ICE restarts, 
   assert.equal(again, 404);
 });
 
-test('WHEP players of a room choose their simulcast layer with ?quality=', async () => {
+test('WHEP players of a room choose their simulcast layer with ?quality= or the layer extension', async () => {
   const encoder = await openPage(browser, `http://127.0.0.1:${elsewhere.address().port}/`);
   const published = await encoder.evaluate(publish, {
     endpoint: `${gateway.url}/v1/whip/studio`, token: await mint('studio', 'Singer'),
@@ -334,6 +334,32 @@ test('WHEP players of a room choose their simulcast layer with ?quality=', async
   );
   console.log(`WHEP in a room: high ${JSON.stringify(high)}, low ${JSON.stringify(low)}`);
   assert.ok(high.width > low.width, 'the high player gets a wider layer than the low one');
+
+  // The reference player learns the layers from its event stream and chooses one with the
+  // layer selection extension, then leaves the choice to the server again.
+  const reference = await openPage(browser, `http://127.0.0.1:${elsewhere.address().port}/`);
+  const started = await reference.evaluate(referencePlay, {
+    endpoint: `${gateway.url}/v1/whep/studio`, token: await mint('studio', 'Reference', ['--no-publish']),
+  });
+  assert.ok(started.layer, 'the client found the layer selection Link');
+  const told = await waitFor('the layers event', () => reference.evaluate(referenceEvents), (e) => e.events.includes('layers'));
+  const layers = JSON.parse(told.all.find((e) => e.name === 'layers').data);
+  console.log(`reference WHEP layers event: ${JSON.stringify(layers)}`);
+  assert.deepEqual(layers, { 1: [{ rid: 'f' }, { rid: 'h' }, { rid: 'q' }] });
+  const full = await waitFor('the reference player at the server\'s choice', () => reference.evaluate(played), (p) => p.frames > 30 && p.width >= 320, 40_000);
+  await reference.evaluate(() => window.whep.client.selectLayer({ mediaId: '1', rid: 'q' }));
+  const chosen = await waitFor('the quarter layer it chose', () => reference.evaluate(played), (p) => p.width === 160, 40_000);
+  await reference.evaluate(() => window.whep.client.unselectLayer());
+  const back = await waitFor('a wider layer again', () => reference.evaluate(played), (p) => p.width > 160, 40_000);
+  console.log(`reference WHEP layer: ${full.width} px, rid q ${chosen.width} px, unselected ${back.width} px`);
+  // What a layer request that cannot be met gets.
+  const refused = await reference.evaluate(async (url) => {
+    const post = (body) => fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+    return [(await post('{"rid": "x"}')).status, (await post('{"mediaId": "0"}')).status, (await post('nope')).status];
+  }, started.layer);
+  assert.deepEqual(refused, [400, 400, 400]);
+  await reference.evaluate(() => window.whep.client.stop());
+
   for (const page of [encoder, players.high, players.low]) {
     const status = await page.evaluate(async () => {
       const session = window.whip ?? window.whep;
@@ -358,10 +384,21 @@ async function referencePublish({ endpoint, token }) {
 
 /**
  * Runs in a page: plays with the reference WHEPClient, and records the named events of
- * the event stream it opens (its own handler listens for unnamed ones only).
+ * the event stream it opens (its own handler listens for unnamed ones only): the page's
+ * EventSource listens from its construction, so none is missed.
  */
-async function referencePlay({ endpoint }) {
+async function referencePlay({ endpoint, token }) {
   const { WHEPClient } = await import('/whip-whep/whep.js');
+  const events = [];
+  const Native = window.EventSource;
+  window.EventSource = class extends Native {
+    constructor(...args) {
+      super(...args);
+      for (const name of ['active', 'inactive', 'layers', 'reconnect']) {
+        this.addEventListener(name, ({ data }) => events.push({ name, data }));
+      }
+    }
+  };
   const pc = new RTCPeerConnection();
   pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.addTransceiver('video', { direction: 'recvonly' });
@@ -374,23 +411,20 @@ async function referencePlay({ endpoint }) {
     video.srcObject = stream;
   };
   const client = new WHEPClient();
-  const events = [];
   window.whep = { pc, client, events };
-  await client.view(pc, endpoint);
-  return { location: client.resourceURL.href, events: client.eventsUrl ? client.eventsUrl.href : null };
+  await client.view(pc, endpoint, token);
+  return {
+    location: client.resourceURL.href,
+    events: client.eventsUrl ? client.eventsUrl.href : null,
+    layer: client.layerUrl ? client.layerUrl.href : null,
+  };
 }
 
-/** Runs in the reference player's page: the state of its event stream. */
+/** Runs in the reference player's page: the state of its event stream and its events. */
 function referenceEvents() {
   const { client, events } = window.whep;
   const source = client.eventSource;
-  if (source && !source.listening) {
-    source.listening = true;
-    for (const name of ['active', 'inactive', 'reconnect']) {
-      source.addEventListener(name, () => events.push(name));
-    }
-  }
-  return { open: source ? source.readyState === 1 : false, events: [...events] };
+  return { open: source ? source.readyState === 1 : false, events: events.map((e) => e.name), all: events };
 }
 
 /** Runs in a page with `window.whep.pc` or `window.whip.pc`: its selected ICE ufrag. */
@@ -460,6 +494,8 @@ test('the draft author\'s reference WHIP and WHEP clients publish and play throu
     (e) => e.events.includes('inactive'),
   );
   console.log(`reference WHEP events: ${JSON.stringify(told)}`);
+  // On the air when the stream opened, then off (no simulcast here: no layers event).
+  assert.deepEqual(told.events, ['active', 'inactive']);
   await player.evaluate(() => window.whep.client.stop());
   // Both clients' DELETEs ended their sessions.
   for (const location of [published.location, started.location]) {

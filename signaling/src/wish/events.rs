@@ -29,19 +29,27 @@ pub enum EventKind {
     Active,
     /// Nothing is published any more.
     Inactive,
+    /// The simulcast layers of the stage's video, for the layer selection extension.
+    Layers,
     /// The session is over; POST to the endpoint again to be seated anew.
     Reconnect,
 }
 
 impl EventKind {
     /// Every kind, in the order the `Link` header lists them.
-    pub const ALL: [EventKind; 3] = [EventKind::Active, EventKind::Inactive, EventKind::Reconnect];
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Active,
+        EventKind::Inactive,
+        EventKind::Layers,
+        EventKind::Reconnect,
+    ];
 
     /// Its name on the wire.
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Active => "active",
             EventKind::Inactive => "inactive",
+            EventKind::Layers => "layers",
             EventKind::Reconnect => "reconnect",
         }
     }
@@ -95,6 +103,8 @@ struct State {
     streams: HashMap<String, Queue>,
     /// Whether the stage is on the air, once known.
     active: Option<bool>,
+    /// The last `layers` event, told to streams opened later.
+    layers: Option<Event>,
     /// The session is over: pulls end once their queue is empty.
     over: bool,
 }
@@ -128,6 +138,13 @@ impl Streams {
         let mut events = VecDeque::new();
         if state.active == Some(true) && wanted.contains(&EventKind::Active) {
             events.push_back(active_event(EventKind::Active));
+        }
+        if let Some(layers) = state
+            .layers
+            .clone()
+            .filter(|_| wanted.contains(&EventKind::Layers))
+        {
+            events.push_back(layers);
         }
         let id = tutti_service::token::random_token(16);
         state.streams.insert(
@@ -187,6 +204,24 @@ impl Streams {
             (_, false) => EventKind::Inactive,
         };
         self.send(active_event(kind));
+    }
+
+    /// The layers of the stage's video (the `layers` event's data), sent when they changed.
+    pub fn set_layers(&self, data: Option<String>) {
+        let Some(data) = data else {
+            return;
+        };
+        let event = Event {
+            kind: EventKind::Layers,
+            data,
+        };
+        let changed = match self.state.lock() {
+            Ok(mut state) => state.layers.replace(event.clone()).as_ref() != Some(&event),
+            Err(_) => return,
+        };
+        if changed {
+            self.send(event);
+        }
     }
 
     /// The session is over: every stream ends once what it queued is pulled.
@@ -269,11 +304,22 @@ fn active_event(kind: EventKind) -> Event {
     }
 }
 
-/// What tells a session whether its stage is on the air: the tracks announced to it.
+/// What tells a session whether its stage is on the air, and its video's layers: the
+/// tracks announced to it.
 #[derive(Debug, Default)]
 pub struct OnAir {
-    /// Each track announced and not gone, with its publisher.
-    tracks: HashMap<String, String>,
+    /// Each track announced and not gone, by id.
+    tracks: HashMap<String, Announced>,
+    /// Their ids in the order they came.
+    order: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Announced {
+    publisher: String,
+    video: bool,
+    /// Its simulcast rids (none without simulcast).
+    layers: Vec<String>,
 }
 
 /// Tracks followed at most; a stage has a handful.
@@ -290,13 +336,13 @@ impl OnAir {
                         continue;
                     };
                     for track in participant["tracks"].as_array().into_iter().flatten() {
-                        self.add(publisher, &track["id"]);
+                        self.add(publisher, track);
                     }
                 }
             }
             "track_published" => {
                 let publisher = message["participant"].as_str().unwrap_or_default();
-                self.add(publisher, &message["track"]["id"]);
+                self.add(publisher, &message["track"]);
             }
             "track_unpublished" => {
                 let track = message["track"].as_str()?;
@@ -304,21 +350,72 @@ impl OnAir {
             }
             "participant_left" => {
                 let publisher = message["participant"].as_str()?;
-                self.tracks.retain(|_, p| p != publisher);
+                self.tracks.retain(|_, t| t.publisher != publisher);
             }
             _ => return None,
         }
+        self.order.retain(|id| self.tracks.contains_key(id));
         Some(!self.tracks.is_empty())
     }
 
     fn add(&mut self, publisher: &str, track: &serde_json::Value) {
-        if let Some(track) = track.as_str()
-            && self.tracks.len() < MAX_TRACKS
-        {
-            self.tracks.insert(track.to_owned(), publisher.to_owned());
+        let Some(id) = track["id"].as_str() else {
+            return;
+        };
+        if self.tracks.len() >= MAX_TRACKS || self.tracks.contains_key(id) {
+            return;
         }
+        let layers = track["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str())
+            .take(MAX_LAYERS)
+            .map(str::to_owned)
+            .collect();
+        self.tracks.insert(
+            id.to_owned(),
+            Announced {
+                publisher: publisher.to_owned(),
+                video: track["kind"] == "video",
+                layers,
+            },
+        );
+        self.order.push(id.to_owned());
+    }
+
+    /// The video tracks announced and not gone, in the order they came.
+    pub fn video_tracks(&self) -> impl Iterator<Item = &str> {
+        self.order
+            .iter()
+            .filter(|id| self.tracks.get(*id).is_some_and(|t| t.video))
+            .map(String::as_str)
+    }
+
+    /// The rids of the video tracks' simulcast layers, lowest first.
+    pub fn video_rids(&self) -> Vec<String> {
+        let mut rids: Vec<&str> = Vec::new();
+        for id in self.video_tracks() {
+            for rid in self
+                .tracks
+                .get(id)
+                .map(|t| t.layers.as_slice())
+                .unwrap_or_default()
+            {
+                if !rids.contains(&rid.as_str()) {
+                    rids.push(rid);
+                }
+            }
+        }
+        let ranks = tutti_shard_api::simulcast::rank_layers(&rids);
+        let mut ranked: Vec<(u8, &str)> = ranks.into_iter().zip(rids).collect();
+        ranked.sort_by_key(|(rank, _)| *rank);
+        ranked.into_iter().map(|(_, rid)| rid.to_owned()).collect()
     }
 }
+
+/// Simulcast layers followed per track.
+const MAX_LAYERS: usize = 8;
 
 /// The `reconnect` event: POST to the same endpoint again (no `url`: the draft's player
 /// then uses the one it first POSTed to, which seats it on a shard that is up).
@@ -344,7 +441,7 @@ mod tests {
         );
         assert!(requested("{\"active\": 1}").is_err());
         assert!(requested("[1, 2]").is_err());
-        assert_eq!(announced(), "active,inactive,reconnect");
+        assert_eq!(announced(), "active,inactive,layers,reconnect");
     }
 
     #[tokio::test]
@@ -404,6 +501,25 @@ mod tests {
         assert!(streams.pull(&late).is_none());
     }
 
+    #[tokio::test]
+    async fn a_stream_opened_later_hears_the_layers_there_are_and_each_change_once() {
+        let streams = Arc::new(Streams::default());
+        streams.set_layers(None);
+        streams.set_layers(Some("{\"1\":[{\"rid\":\"f\"}]}".into()));
+        let id = streams.create(vec![EventKind::Layers]).unwrap();
+        streams.set_layers(Some("{\"1\":[{\"rid\":\"f\"}]}".into()));
+        streams.set_layers(Some("{\"1\":[{\"rid\":\"h\"}]}".into()));
+        streams.end();
+        let data: Vec<String> = Box::pin(streams.pull(&id).unwrap())
+            .map(|e| e.data)
+            .collect()
+            .await;
+        assert_eq!(
+            data,
+            vec!["{\"1\":[{\"rid\":\"f\"}]}", "{\"1\":[{\"rid\":\"h\"}]}"]
+        );
+    }
+
     #[test]
     fn the_stage_is_on_the_air_while_a_track_is_announced() {
         let mut on_air = OnAir::default();
@@ -419,5 +535,10 @@ mod tests {
             "track": {"id": "v2", "kind": "video"}});
         assert_eq!(on_air.observe(&back), Some(true));
         assert_eq!(on_air.observe(&json!({"type": "pong"})), None);
+        let simulcast = json!({"type": "track_published", "participant": "p3",
+            "track": {"id": "v3", "kind": "video", "layers": ["f", "q", "h"]}});
+        on_air.observe(&simulcast);
+        assert_eq!(on_air.video_tracks().collect::<Vec<_>>(), vec!["v2", "v3"]);
+        assert_eq!(on_air.video_rids(), vec!["q", "h", "f"]);
     }
 }

@@ -15,14 +15,18 @@
 //!   chooses the simulcast layer. `PATCH` and `DELETE` of its session as for WHIP.
 //! * `POST /v1/whep/{broadcast}/{session}/sse` — an event stream of the WHEP session
 //!   (the server-sent events extension; its `Link` comes with the `201`): `GET` of the
-//!   stream URL it answers with gives `active`, `inactive` and `reconnect` events as they
-//!   happen, `DELETE` ends it.
+//!   stream URL it answers with gives `active`, `inactive`, `layers` and `reconnect`
+//!   events as they happen, `DELETE` ends it.
+//! * `POST /v1/whep/{broadcast}/{session}/layer` — the video layer a WHEP player wants
+//!   (the layer selection extension: `{"rid": "q"}`, `{"spatialLayerId": 0}`); `DELETE`
+//!   leaves the choice to the server again.
 //! * `OPTIONS` on all, for CORS preflights; every answer carries CORS headers.
 //!
 //! The session URL is the capability: 22 random characters no one else learns.
 
 pub mod events;
 pub mod fragment;
+pub mod layers;
 pub mod resource;
 
 use crate::protocol::{ErrorCode, IceServer};
@@ -96,6 +100,11 @@ pub async fn resource_options() -> Response {
 /// `OPTIONS /v1/whep/{broadcast}/{session}/sse`.
 pub async fn events_options() -> Response {
     preflight("POST, OPTIONS", Some(("accept-post", JSON)))
+}
+
+/// `OPTIONS /v1/whep/{broadcast}/{session}/layer`.
+pub async fn layer_options() -> Response {
+    preflight("POST, DELETE, OPTIONS", Some(("accept-post", JSON)))
 }
 
 /// `OPTIONS /v1/whep/{broadcast}/{session}/sse/{stream}`.
@@ -282,8 +291,11 @@ async fn open(
             events::SSE_REL,
             events::announced()
         );
-        if let Ok(value) = HeaderValue::from_str(&link) {
-            headers.append(header::LINK, value);
+        let layer = format!("<{location}/layer>; rel=\"{}\"", layers::LAYER_REL);
+        for link in [link, layer] {
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                headers.append(header::LINK, value);
+            }
         }
     }
     for (name, value) in [
@@ -624,6 +636,48 @@ pub async fn whep_events_delete(
     match state.wish.events(Kind::Whep, &target, &id) {
         Some(streams) if streams.delete(&stream) => cors(StatusCode::OK.into_response()),
         _ => no_such_stream(),
+    }
+}
+
+/// `POST /v1/whep/{broadcast}/{session}/layer`: the video layer the player wants (the
+/// layer selection extension), for every video section.
+pub async fn whep_layer_select(
+    State(state): State<AppState>,
+    Path((target, id)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let headers = request.headers().clone();
+    if !content_type_is(&headers, JSON) {
+        return refuse_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadMessage,
+            "a layer request is application/json",
+        );
+    }
+    let body = match text_body(request, layers::MAX_REQUEST_BYTES).await {
+        Ok(body) => body,
+        Err(response) => return *response,
+    };
+    let chosen = match layers::parse(&body) {
+        Ok(chosen) => chosen,
+        Err(why) => return refuse(Failure::new(ErrorCode::BadMessage, why)),
+    };
+    layer_answer(state.wish.select_layer(&target, &id, Some(chosen)).await)
+}
+
+/// `DELETE /v1/whep/{broadcast}/{session}/layer`: the server chooses the layer again.
+pub async fn whep_layer_reset(
+    State(state): State<AppState>,
+    Path((target, id)): Path<(String, String)>,
+) -> Response {
+    layer_answer(state.wish.select_layer(&target, &id, None).await)
+}
+
+fn layer_answer(result: Option<Result<(), Failure>>) -> Response {
+    match result {
+        None => no_such_session(),
+        Some(Err(failure)) => refuse(failure),
+        Some(Ok(())) => cors(StatusCode::OK.into_response()),
     }
 }
 

@@ -122,6 +122,11 @@ enum Command {
     Delete {
         reply: oneshot::Sender<()>,
     },
+    /// A layer choice (`None`: back to the server's).
+    Layer {
+        request: Option<super::layers::LayerRequest>,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
 }
 
 struct Handle {
@@ -267,6 +272,23 @@ impl Resources {
         answer.await.ok()
     }
 
+    /// Applies a layer choice to WHEP resource `id` (`None`: the server's choice again);
+    /// `None` when there is no such resource.
+    pub async fn select_layer(
+        &self,
+        target: &str,
+        id: &str,
+        request: Option<super::layers::LayerRequest>,
+    ) -> Option<Result<(), Failure>> {
+        let commands = self.commands(Kind::Whep, target, id)?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::Layer { request, reply })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
     /// Ends resource `id`; whether there was one.
     pub async fn delete(&self, kind: Kind, target: &str, id: &str) -> bool {
         let Some(commands) = self.commands(kind, target, id) else {
@@ -308,6 +330,8 @@ struct Driver {
     /// Whether anything is published, told to the event streams.
     on_air: OnAir,
     events: Arc<Streams>,
+    /// The indexes of the offer's video sections.
+    video_sections: Vec<usize>,
 }
 
 /// Errors a session may answer other messages with (a trickled candidate, a layer asked
@@ -344,6 +368,7 @@ impl Driver {
             answered: false,
             on_air: OnAir::default(),
             events,
+            video_sections: Vec::new(),
         };
         (driver, session)
     }
@@ -373,6 +398,10 @@ impl Driver {
                     }
                     if let Some(on_air) = self.on_air.observe(&value) {
                         self.events.set_active(on_air);
+                        self.events.set_layers(super::layers::layers_event(
+                            &self.video_sections,
+                            &self.on_air.video_rids(),
+                        ));
                     }
                     return Some(value);
                 }
@@ -470,6 +499,29 @@ impl Driver {
         }
     }
 
+    /// A player's layer choice: the quality it stands for, asked of every video track now
+    /// and of those that come later.
+    async fn select_layer(
+        &mut self,
+        request: Option<&super::layers::LayerRequest>,
+    ) -> Result<(), Failure> {
+        let quality = match request {
+            None => "high",
+            Some(request) => {
+                super::layers::choose(request, &self.video_sections, &self.on_air.video_rids())
+                    .map_err(|why| Failure::new(ErrorCode::BadMessage, why))?
+            }
+        };
+        self.quality = Some(quality);
+        if self.answered {
+            let tracks: Vec<String> = self.on_air.video_tracks().map(str::to_owned).collect();
+            for id in tracks {
+                self.ask_quality(&id).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Asks for the viewer's layer of video track `id`.
     async fn ask_quality(&self, id: &str) {
         if let Some(quality) = self.quality {
@@ -503,6 +555,7 @@ impl Driver {
         created: oneshot::Sender<Result<Created, Failure>>,
         mut commands: mpsc::Receiver<Command>,
     ) {
+        self.video_sections = super::layers::video_sections(&start.offer);
         let opened = async {
             self.send(start.join.clone()).await?;
             let joined = self.reply_of_type("joined", JOIN_WAIT).await?;
@@ -566,6 +619,9 @@ impl Driver {
                         }
                         let _ = reply.send(());
                         break;
+                    }
+                    Some(Command::Layer { request, reply }) => {
+                        let _ = reply.send(self.select_layer(request.as_ref()).await);
                     }
                     Some(Command::Patch { fragment, if_match, reply }) => {
                         let result = self
