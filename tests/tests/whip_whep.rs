@@ -711,8 +711,15 @@ async fn a_whep_player_whose_edge_stops_is_told_to_reconnect_and_seated_again() 
         .find(|l| l.contains("rel=\"urn:ietf:params:whep:ext:core:server-sent-events\""))
         .with_context(|| format!("no events Link in {created}"))?;
     ensure!(
-        sse.contains("events=\"active,inactive,reconnect\""),
+        sse.contains("events=\"active,inactive,layers,reconnect\""),
         "{sse}"
+    );
+    ensure!(
+        links
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|l| l.ends_with("/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\"")),
+        "no layer Link in {created}"
     );
     let seen = viewer
         .report_until("the picture, and the stage on the air", |r| {
