@@ -16,9 +16,17 @@ pub fn rid_rank(rid: &str) -> Option<u8> {
     }
 }
 
-/// Ranks the layers of a track given their rids in the order they were first seen:
-/// conventional names by convention, the rest by arrival order after them.
+/// Ranks the layers of a track given their rids in the order the publisher offered them:
+/// conventional names by convention, the rest in that order after them. When no name
+/// follows a convention (`r0`, `r1`, `r2` of other SFUs' clients), the order alone ranks
+/// them, lowest first, as encodings are conventionally listed: so that asking for the
+/// high quality gets the top layer, not the lowest.
 pub fn rank_layers(rids: &[&str]) -> Vec<u8> {
+    if rids.iter().all(|rid| rid_rank(rid).is_none()) {
+        return (0..rids.len())
+            .map(|i| u8::try_from(i).unwrap_or(u8::MAX))
+            .collect();
+    }
     let mut next_unknown = 3u8;
     rids.iter()
         .map(|rid| {
@@ -39,6 +47,8 @@ mod tests {
     fn ranks_conventional_and_unknown_rids() {
         assert_eq!(rank_layers(&["f", "h", "q"]), vec![2, 1, 0]);
         assert_eq!(rank_layers(&["low", "MID", "high"]), vec![0, 1, 2]);
-        assert_eq!(rank_layers(&["a", "b"]), vec![3, 4]);
+        assert_eq!(rank_layers(&["q", "x", "f"]), vec![0, 3, 2]);
+        assert_eq!(rank_layers(&["r0", "r1", "r2"]), vec![0, 1, 2]);
+        assert_eq!(rank_layers(&[]), Vec::<u8>::new());
     }
 }

@@ -28,9 +28,10 @@ With `--events` the player uses the WHEP server-sent events extension: it finds 
 `Link` of rel `urn:ietf:params:whep:ext:core:server-sent-events` in the 201, POSTs the
 events it wants there, and reads the event stream it is given. A `reconnect` event makes
 it do what the draft says: close its connection, DELETE its session and POST to the
-endpoint again (after `Retry-After` while that answers 503). Reports then also carry
+endpoint again (after `Retry-After` while that answers 503); with `--keep-old` it skips
+the DELETE. Reports then also carry
 "events" (the event names received, in order), "sessions" (how many sessions it opened)
-and "location" (its current session).
+"location" (its current session) and "session_frames" (video frames it decoded in it).
 
 aiortc gathers every candidate before its offer is made, so the offer carries them; the
 PATCH is what a trickling client would send for them. Host candidates are 127.0.0.1 only.
@@ -89,7 +90,7 @@ def fragment(sdp):
 
 
 # What a viewer decoded so far.
-SEEN = {"frames": 0, "width": 0, "height": 0, "audio_frames": 0}
+SEEN = {"frames": 0, "width": 0, "height": 0, "audio_frames": 0, "session_frames": 0}
 
 
 def watch(pc):
@@ -105,6 +106,7 @@ def watch(pc):
                     return
                 if track.kind == "video":
                     SEEN["frames"] += 1
+                    SEEN["session_frames"] += 1
                     SEEN["width"], SEEN["height"] = frame.width, frame.height
                 else:
                     SEEN["audio_frames"] += 1
@@ -197,7 +199,9 @@ async def reconnect(args, queue):
     """What a reconnect event asks: end this session, POST again until seated."""
     old = SESSION["pc"]
     await old.close()
-    await asyncio.to_thread(http, "DELETE", SESSION["location"], None, {})
+    SEEN["session_frames"] = 0
+    if not args.keep_old:
+        await asyncio.to_thread(http, "DELETE", SESSION["location"], None, {})
     for _ in range(60):
         pc = new_connection(args)
         status, headers, body = await post_offer(args, pc)
@@ -300,6 +304,9 @@ def main():
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--trickle", action="store_true")
     parser.add_argument("--events", action="store_true")
+    # A player that does not DELETE its old session on `reconnect`: shows whether the
+    # server ended it itself.
+    parser.add_argument("--keep-old", action="store_true")
     args = parser.parse_args()
     asyncio.run(publish(args))
 

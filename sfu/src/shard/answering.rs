@@ -94,9 +94,28 @@ impl ShardCore {
                 );
                 return;
             };
-            // A bundle-only section has port 0 and still receives.
-            let live = section.direction == Direction::RecvOnly;
+            // `rtc` makes no transceiver for a section without a direction attribute, and
+            // the slots pair with transceivers in order: such an offer is refused.
+            if !section.direction_given {
+                self.send_error(
+                    session,
+                    ErrorCode::SdpRejected,
+                    "offer: each audio and video section states its direction",
+                );
+                return;
+            }
+            // Port 0 rejects a section, unless it is bundle-only (it still receives).
+            let live = section.direction == Direction::RecvOnly
+                && (section.port != 0 || section.bundle_only);
             wanted.push((kind, mid, live));
+        }
+        if wanted.is_empty() {
+            self.send_error(
+                session,
+                ErrorCode::SdpRejected,
+                "offer: no audio or video section to receive",
+            );
+            return;
         }
         let audio = self
             .registry
@@ -116,12 +135,16 @@ impl ShardCore {
             },
         };
         let first = self.transport.peer(key).is_some_and(|p| p.slots.is_empty());
+        // A section that changed direction would leave its slot sending on a section
+        // `rtc` stopped: a new offer keeps kinds, mids and directions.
         let same_sections = |p: &super::Peer| {
             p.slots.len() == wanted.len()
                 && p.slots
                     .iter()
                     .zip(&wanted)
-                    .all(|(slot, (kind, mid, _))| slot.kind == *kind && &slot.mid == mid)
+                    .all(|(slot, (kind, mid, live))| {
+                        slot.kind == *kind && &slot.mid == mid && slot.live == *live
+                    })
         };
         if !first && self.transport.peer(key).is_some_and(|p| !same_sections(p)) {
             self.send_error(
@@ -218,6 +241,10 @@ impl ShardCore {
                     if let Some(s) = self.registry.session_mut(session) {
                         s.subscriber = None;
                     }
+                } else {
+                    // A restart that failed half-applied leaves ICE between credentials
+                    // nobody routes: the session ends, and its client joins again.
+                    self.registry.doom(session, super::MEDIA_FAILED);
                 }
                 self.send_error(session, ErrorCode::SdpRejected, why);
                 return;

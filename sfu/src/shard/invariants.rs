@@ -5,6 +5,11 @@
 use super::ShardCore;
 
 impl ShardCore {
+    /// How many peer connections the core holds.
+    pub fn connections(&self) -> usize {
+        self.transport.peers().count()
+    }
+
     /// Every cross-reference between rooms, sessions, peers and tracks, checked; the
     /// first broken one is described.
     pub fn check_invariants(&self) -> Result<(), String> {

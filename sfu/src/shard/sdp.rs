@@ -30,6 +30,10 @@ pub struct MediaSection {
     pub mid: Option<String>,
     /// The direction.
     pub direction: Direction,
+    /// Whether a direction attribute says it (without one, `direction` is the default).
+    pub direction_given: bool,
+    /// `a=bundle-only`: port 0, and still in use through the bundle.
+    pub bundle_only: bool,
     /// Rids of `a=rid:<id> send` lines, in order.
     pub send_rids: Vec<String>,
     /// Every `a=rid` line, whatever its direction, and whether each names a valid rid.
@@ -92,6 +96,8 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
                 port,
                 mid: None,
                 direction: Direction::SendRecv,
+                direction_given: false,
+                bundle_only: false,
                 send_rids: Vec::new(),
                 rid_lines: 0,
                 bad_rid: false,
@@ -103,14 +109,17 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
         };
         if let Some(mid) = line.strip_prefix("a=mid:") {
             section.mid = Some(mid.trim().to_owned());
-        } else if line == "a=sendrecv" {
-            section.direction = Direction::SendRecv;
-        } else if line == "a=sendonly" {
-            section.direction = Direction::SendOnly;
-        } else if line == "a=recvonly" {
-            section.direction = Direction::RecvOnly;
-        } else if line == "a=inactive" {
-            section.direction = Direction::Inactive;
+        } else if let Some(direction) = match line {
+            "a=sendrecv" => Some(Direction::SendRecv),
+            "a=sendonly" => Some(Direction::SendOnly),
+            "a=recvonly" => Some(Direction::RecvOnly),
+            "a=inactive" => Some(Direction::Inactive),
+            _ => None,
+        } {
+            section.direction = direction;
+            section.direction_given = true;
+        } else if line == "a=bundle-only" {
+            section.bundle_only = true;
         } else if let Some(rid) = line.strip_prefix("a=rid:") {
             section.rid_lines += 1;
             let mut parts = rid.split_whitespace();

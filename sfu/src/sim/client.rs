@@ -52,7 +52,10 @@ pub struct ClientSpec {
     pub refuses_rtx: bool,
     /// Offer the subscriber connection itself, as a WHEP player does, with these sections
     /// in this order (`a=recvonly` ones receive; others are offered as the direction says).
+    /// Such a client publishes nothing.
     pub offers: Option<Vec<(TrackKind, Direction)>>,
+    /// Rewrites that first offer before it is sent (a client the shard cannot answer).
+    pub offer_edit: Option<fn(String) -> String>,
 }
 
 /// A synthetic VP8 track.
@@ -266,6 +269,8 @@ pub struct Client {
     audio: Option<AudioTrack>,
     video: Vec<VideoLayer>,
     video_mid: Option<String>,
+    /// The directions of the sections of the subscriber connection it offers, as sent.
+    offered_directions: Vec<Direction>,
     next_audio: Option<Instant>,
     next_video: Option<Instant>,
     media_stopped: bool,
@@ -430,6 +435,7 @@ impl Client {
             audio: None,
             video: Vec::new(),
             video_mid: None,
+            offered_directions: Vec::new(),
             next_audio: None,
             next_video: None,
             media_stopped: false,
@@ -446,7 +452,10 @@ impl Client {
             certificate: certificate.clone(),
         };
         if let Some(sections) = &spec.offers {
-            let offer = client.offer_subscriber(sections, now)?;
+            let mut offer = client.offer_subscriber(sections, now)?;
+            if let (Some(edit), ClientMessage::Offer { sdp, .. }) = (spec.offer_edit, &mut offer) {
+                *sdp = edit(std::mem::take(sdp));
+            }
             return Ok((client, Some(offer)));
         }
         if spec.audio.is_none() && spec.video.is_none() {
@@ -550,10 +559,10 @@ impl Client {
             connected: false,
             transport_cc: None,
         });
-        let directions: Vec<Direction> = sections.iter().map(|(_, d)| *d).collect();
+        self.offered_directions = sections.iter().map(|(_, d)| *d).collect();
         Ok(ClientMessage::Offer {
             pc: PeerTarget::Subscriber,
-            sdp: with_directions(&offer.sdp, &directions),
+            sdp: with_directions(&offer.sdp, &self.offered_directions),
         })
     }
 
@@ -566,7 +575,7 @@ impl Client {
         side.pc.set_local_description(now, offer.clone()).ok()?;
         Some(ClientMessage::Offer {
             pc: PeerTarget::Subscriber,
-            sdp: offer.sdp,
+            sdp: with_directions(&offer.sdp, &self.offered_directions),
         })
     }
 

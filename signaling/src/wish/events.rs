@@ -178,50 +178,57 @@ impl Streams {
     /// Queues `event` on every stream that wants it.
     pub fn send(&self, event: Event) {
         if let Ok(mut state) = self.state.lock() {
-            for queue in state.streams.values_mut() {
-                if queue.wanted.contains(&event.kind) {
-                    if queue.events.len() >= MAX_QUEUED {
-                        queue.events.pop_front();
-                    }
-                    queue.events.push_back(event.clone());
-                }
-            }
+            state.push(&event);
         }
         self.changed.notify_waiters();
     }
 
     /// Whether the stage is on the air: `active` or `inactive` when that changed. The
-    /// first news that it is not sends nothing (the draft: no initial `inactive`).
+    /// first news that it is not sends nothing (the draft: no initial `inactive`). The
+    /// state and the event change under one lock, so a stream opened meanwhile gets
+    /// either the state or the event, never both, never `inactive` first.
     pub fn set_active(&self, active: bool) {
-        let before = match self.state.lock() {
-            Ok(mut state) => state.active.replace(active),
-            Err(_) => return,
-        };
-        let kind = match (before, active) {
-            (Some(a), b) if a == b => return,
-            (None, false) => return,
-            (_, true) => EventKind::Active,
-            (_, false) => EventKind::Inactive,
-        };
-        self.send(active_event(kind));
+        if let Ok(mut state) = self.state.lock() {
+            let kind = match (state.active.replace(active), active) {
+                (Some(a), b) if a == b => return,
+                (None, false) => return,
+                (_, true) => EventKind::Active,
+                (_, false) => EventKind::Inactive,
+            };
+            state.push(&active_event(kind));
+        }
+        self.changed.notify_waiters();
     }
 
-    /// The layers of the stage's video (the `layers` event's data), sent when they changed.
-    pub fn set_layers(&self, data: Option<String>) {
-        let Some(data) = data else {
-            return;
-        };
-        let event = Event {
-            kind: EventKind::Layers,
-            data,
-        };
-        let changed = match self.state.lock() {
-            Ok(mut state) => state.layers.replace(event.clone()).as_ref() != Some(&event),
-            Err(_) => return,
-        };
-        if changed {
-            self.send(event);
+    /// The layers of the stage's video: `layers` (the event's data, `None` without
+    /// simulcast), sent when they changed; `cleared` is sent once when the last layers go,
+    /// so no player keeps choosing among layers that are gone.
+    pub fn set_layers(&self, layers: Option<String>, cleared: impl FnOnce() -> String) {
+        if let Ok(mut state) = self.state.lock() {
+            match layers {
+                Some(data) => {
+                    let event = Event {
+                        kind: EventKind::Layers,
+                        data,
+                    };
+                    if state.layers.as_ref() == Some(&event) {
+                        return;
+                    }
+                    state.push(&event);
+                    state.layers = Some(event);
+                }
+                None => {
+                    if state.layers.take().is_none() {
+                        return;
+                    }
+                    state.push(&Event {
+                        kind: EventKind::Layers,
+                        data: cleared(),
+                    });
+                }
+            }
         }
+        self.changed.notify_waiters();
     }
 
     /// The session is over: every stream ends once what it queued is pulled.
@@ -238,7 +245,12 @@ impl Streams {
     pub fn pull(self: &Arc<Self>, id: &str) -> Option<impl Stream<Item = Event> + use<>> {
         let pull = {
             let mut state = self.state.lock().ok()?;
+            let over = state.over;
             let queue = state.streams.get_mut(id)?;
+            if over && queue.events.is_empty() {
+                // The session ended and everything was read: the stream is gone.
+                return None;
+            }
             queue.pull += 1;
             queue.pull
         };
@@ -295,6 +307,20 @@ enum Next {
     Event(Event),
     Done,
     Wait,
+}
+
+impl State {
+    /// Queues `event` on every stream that wants it, the oldest giving way.
+    fn push(&mut self, event: &Event) {
+        for queue in self.streams.values_mut() {
+            if queue.wanted.contains(&event.kind) {
+                if queue.events.len() >= MAX_QUEUED {
+                    queue.events.pop_front();
+                }
+                queue.events.push_back(event.clone());
+            }
+        }
+    }
 }
 
 fn active_event(kind: EventKind) -> Event {
@@ -362,7 +388,8 @@ impl OnAir {
         let Some(id) = track["id"].as_str() else {
             return;
         };
-        if self.tracks.len() >= MAX_TRACKS || self.tracks.contains_key(id) {
+        let known = self.tracks.contains_key(id);
+        if !known && self.tracks.len() >= MAX_TRACKS {
             return;
         }
         let layers = track["layers"]
@@ -370,9 +397,11 @@ impl OnAir {
             .into_iter()
             .flatten()
             .filter_map(|l| l.as_str())
+            .filter(|l| !l.is_empty())
             .take(MAX_LAYERS)
             .map(str::to_owned)
             .collect();
+        // A track announced again (a relayed one whose layers grew) is updated in place.
         self.tracks.insert(
             id.to_owned(),
             Announced {
@@ -381,7 +410,9 @@ impl OnAir {
                 layers,
             },
         );
-        self.order.push(id.to_owned());
+        if !known {
+            self.order.push(id.to_owned());
+        }
     }
 
     /// The video tracks announced and not gone, in the order they came.
@@ -504,11 +535,16 @@ mod tests {
     #[tokio::test]
     async fn a_stream_opened_later_hears_the_layers_there_are_and_each_change_once() {
         let streams = Arc::new(Streams::default());
-        streams.set_layers(None);
-        streams.set_layers(Some("{\"1\":[{\"rid\":\"f\"}]}".into()));
+        let cleared = || "{\"1\":[]}".to_owned();
+        streams.set_layers(None, cleared);
+        streams.set_layers(Some("{\"1\":[{\"rid\":\"f\"}]}".into()), cleared);
         let id = streams.create(vec![EventKind::Layers]).unwrap();
-        streams.set_layers(Some("{\"1\":[{\"rid\":\"f\"}]}".into()));
-        streams.set_layers(Some("{\"1\":[{\"rid\":\"h\"}]}".into()));
+        streams.set_layers(Some("{\"1\":[{\"rid\":\"f\"}]}".into()), cleared);
+        streams.set_layers(Some("{\"1\":[{\"rid\":\"h\"}]}".into()), cleared);
+        // Simulcast gone: told once, and a stream opened after hears of no layers.
+        streams.set_layers(None, cleared);
+        streams.set_layers(None, cleared);
+        let late = streams.create(vec![EventKind::Layers]).unwrap();
         streams.end();
         let data: Vec<String> = Box::pin(streams.pull(&id).unwrap())
             .map(|e| e.data)
@@ -516,8 +552,13 @@ mod tests {
             .await;
         assert_eq!(
             data,
-            vec!["{\"1\":[{\"rid\":\"f\"}]}", "{\"1\":[{\"rid\":\"h\"}]}"]
+            vec![
+                "{\"1\":[{\"rid\":\"f\"}]}",
+                "{\"1\":[{\"rid\":\"h\"}]}",
+                "{\"1\":[]}"
+            ]
         );
+        assert!(streams.pull(&late).is_none(), "over, and nothing to read");
     }
 
     #[test]

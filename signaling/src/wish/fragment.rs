@@ -180,7 +180,7 @@ fn next_version(origin: &str) -> String {
 
 /// The fragment that answers an ICE restart, from the shard's new answer: its credentials
 /// and the RTP candidates of the section that carries the bundle (the first mid of
-/// `a=group:BUNDLE`, else the first section), as RFC 9725 §4.3.2's example shows it.
+/// `a=group:BUNDLE`, else the first section), in the shape of RFC 9725's examples.
 pub fn restart_fragment(answer: &str) -> Option<String> {
     let (ufrag, pwd) = ice_credentials(answer)?;
     let bundle_tag = answer.lines().find_map(|l| {

@@ -32,6 +32,8 @@ pub struct LayerRequest {
     rid: Option<String>,
     spatial_layer_id: Option<u8>,
     max_spatial_layer_id: Option<u8>,
+    temporal_layer_id: Option<u8>,
+    max_temporal_layer_id: Option<u8>,
     max_width: Option<u32>,
     max_height: Option<u32>,
 }
@@ -42,13 +44,17 @@ pub fn parse(body: &str) -> Result<LayerRequest, String> {
 }
 
 /// The quality (`low`, `medium` or `high`) a request stands for, given the indexes of the
-/// offer's video sections and the rids of the stage's video now, lowest first; the error
-/// says why it cannot be met.
+/// offer's video sections and the rids of the stage's video now, lowest first; `None` for
+/// a request without constraints (the server's choice again); the error says why it
+/// cannot be met.
 pub fn choose(
     request: &LayerRequest,
     video_sections: &[usize],
     rids: &[String],
-) -> Result<&'static str, String> {
+) -> Result<Option<&'static str>, String> {
+    if video_sections.is_empty() {
+        return Err("the offer has no video section".into());
+    }
     if let Some(id) = &request.media_id {
         let index = match id {
             MediaId::Text(text) => text.parse::<u64>().ok(),
@@ -66,22 +72,25 @@ pub fn choose(
             .position(|name| name == rid)
             .and_then(|i| ranks.get(i))
             .ok_or_else(|| format!("no layer has rid {rid:?} (see the layers event)"))?;
-        return Ok(quality_of_rank(*rank));
+        return Ok(Some(quality_of_rank(*rank)));
     }
     let spatial = match (request.spatial_layer_id, request.max_spatial_layer_id) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     if let Some(spatial) = spatial {
-        return Ok(quality_of_rank(spatial));
+        return Ok(Some(quality_of_rank(spatial)));
+    }
+    // Constraints this server cannot meet are refused rather than taken for none.
+    if request.temporal_layer_id.is_some() || request.max_temporal_layer_id.is_some() {
+        return Err("temporal layers cannot be chosen: choose a rid or a spatialLayerId".into());
     }
     if request.max_width.is_some() || request.max_height.is_some() {
         return Err(
             "maxWidth and maxHeight are not supported: choose a rid or a spatialLayerId".into(),
         );
     }
-    // No constraint: the server's own choice, the best layer the viewer's link carries.
-    Ok("high")
+    Ok(None)
 }
 
 fn quality_of_rank(rank: u8) -> &'static str {
@@ -95,7 +104,7 @@ fn quality_of_rank(rank: u8) -> &'static str {
 /// The `layers` event's data: for each video section of the offer, the layers of the
 /// stage's video, best first (each with its `rid`); `None` when there is no simulcast.
 pub fn layers_event(video_sections: &[usize], rids: &[String]) -> Option<String> {
-    if rids.is_empty() {
+    if rids.is_empty() || video_sections.is_empty() {
         return None;
     }
     let layers: Vec<Value> = rids.iter().rev().map(|rid| json!({ "rid": rid })).collect();
@@ -104,6 +113,16 @@ pub fn layers_event(video_sections: &[usize], rids: &[String]) -> Option<String>
         .map(|index| (index.to_string(), Value::Array(layers.clone())))
         .collect();
     Some(Value::Object(data).to_string())
+}
+
+/// The `layers` event that says the stage's video has no layers any more: an empty list
+/// for each video section.
+pub fn cleared_event(video_sections: &[usize]) -> String {
+    let data: serde_json::Map<String, Value> = video_sections
+        .iter()
+        .map(|index| (index.to_string(), Value::Array(Vec::new())))
+        .collect();
+    Value::Object(data).to_string()
 }
 
 /// The indexes of an offer's video sections (`m=video` lines, counted from 0).
@@ -129,21 +148,42 @@ mod tests {
     fn a_layer_request_becomes_the_quality_of_its_layer() {
         let video = [1];
         let ask = |body: &str| choose(&parse(body).unwrap(), &video, &rids());
-        assert_eq!(ask(r#"{"mediaId": "1", "rid": "q"}"#), Ok("low"));
-        assert_eq!(ask(r#"{"rid": "h"}"#), Ok("medium"));
+        assert_eq!(ask(r#"{"mediaId": "1", "rid": "q"}"#), Ok(Some("low")));
+        assert_eq!(ask(r#"{"rid": "h"}"#), Ok(Some("medium")));
         assert_eq!(
             ask(r#"{"mediaId": 1, "rid": "f", "temporalLayerId": 1}"#),
-            Ok("high")
+            Ok(Some("high"))
         );
-        assert_eq!(ask(r#"{"spatialLayerId": 0}"#), Ok("low"));
+        assert_eq!(ask(r#"{"spatialLayerId": 0}"#), Ok(Some("low")));
         assert_eq!(
             ask(r#"{"spatialLayerId": 2, "maxSpatialLayerId": 1}"#),
-            Ok("medium")
+            Ok(Some("medium"))
         );
         assert_eq!(
             ask(r#"{"mediaId": "1"}"#),
-            Ok("high"),
+            Ok(None),
             "back to the server's choice"
+        );
+        assert_eq!(ask("{}"), Ok(None));
+        assert!(
+            ask(r#"{"temporalLayerId": 0}"#)
+                .unwrap_err()
+                .contains("temporal")
+        );
+        // Names of no convention rank by the order they came in, lowest first.
+        let other = ["r0", "r1", "r2"].map(String::from);
+        let pick = |rid: &str| {
+            choose(
+                &parse(&format!("{{\"rid\": \"{rid}\"}}")).unwrap(),
+                &video,
+                &other,
+            )
+        };
+        assert_eq!(pick("r0"), Ok(Some("low")));
+        assert_eq!(pick("r2"), Ok(Some("high")));
+        assert!(
+            choose(&parse("{}").unwrap(), &[], &rids()).is_err(),
+            "no video section"
         );
         assert!(ask(r#"{"rid": "x"}"#).unwrap_err().contains("no layer"));
         assert!(
@@ -174,5 +214,7 @@ mod tests {
                    "2": [{"rid": "f"}, {"rid": "h"}, {"rid": "q"}]})
         );
         assert_eq!(layers_event(&sections, &[]), None);
+        assert_eq!(layers_event(&[], &rids()), None);
+        assert_eq!(cleared_event(&sections), r#"{"1":[],"2":[]}"#);
     }
 }

@@ -269,6 +269,7 @@ async fn open(
         }
     };
     let kind = start.kind;
+    let has_video = !layers::video_sections(&start.offer).is_empty();
     let created = state
         .wish
         .start(gateway.clone(), client, slot, start, &state.tracker)
@@ -291,8 +292,9 @@ async fn open(
             events::SSE_REL,
             events::announced()
         );
-        let layer = format!("<{location}/layer>; rel=\"{}\"", layers::LAYER_REL);
-        for link in [link, layer] {
+        // Layer selection is offered to a player that receives video.
+        let layer = has_video.then(|| format!("<{location}/layer>; rel=\"{}\"", layers::LAYER_REL));
+        for link in std::iter::once(link).chain(layer) {
             if let Ok(value) = HeaderValue::from_str(&link) {
                 headers.append(header::LINK, value);
             }

@@ -332,6 +332,11 @@ struct Driver {
     events: Arc<Streams>,
     /// The indexes of the offer's video sections.
     video_sections: Vec<usize>,
+    /// The layer the viewer came with (`?quality=`), to go back to when a chosen layer
+    /// is unselected.
+    initial_quality: Option<&'static str>,
+    /// The session left its room.
+    ended: bool,
 }
 
 /// Errors a session may answer other messages with (a trickled candidate, a layer asked
@@ -369,6 +374,8 @@ impl Driver {
             on_air: OnAir::default(),
             events,
             video_sections: Vec::new(),
+            initial_quality: quality,
+            ended: false,
         };
         (driver, session)
     }
@@ -398,10 +405,11 @@ impl Driver {
                     }
                     if let Some(on_air) = self.on_air.observe(&value) {
                         self.events.set_active(on_air);
-                        self.events.set_layers(super::layers::layers_event(
-                            &self.video_sections,
-                            &self.on_air.video_rids(),
-                        ));
+                        let sections = &self.video_sections;
+                        self.events.set_layers(
+                            super::layers::layers_event(sections, &self.on_air.video_rids()),
+                            || super::layers::cleared_event(sections),
+                        );
                     }
                     return Some(value);
                 }
@@ -439,6 +447,9 @@ impl Driver {
                     return Err(Failure::new(code, text));
                 }
                 Some("left" | "reconnect") => {
+                    // Over while waiting (a restart when the edge died): the session
+                    // ends once the request is answered, and its streams hear why.
+                    self.session_ended(&message);
                     return Err(Failure::new(
                         ErrorCode::ShardUnavailable,
                         "the room's media server went away; try again",
@@ -446,6 +457,20 @@ impl Driver {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The session left its room (`left` or `reconnect`): remembered, and a `reconnect`
+    /// told to the event streams (its shard went away or its room moved; a new POST is
+    /// seated on a shard that is up).
+    fn session_ended(&mut self, message: &Value) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        tracing::info!(kind = %message["type"], reason = %message["reason"], "HTTP session ended by its room");
+        if message["type"] == "reconnect" {
+            self.events.send(super::events::reconnect());
         }
     }
 
@@ -505,13 +530,15 @@ impl Driver {
         &mut self,
         request: Option<&super::layers::LayerRequest>,
     ) -> Result<(), Failure> {
-        let quality = match request {
-            None => "high",
+        let chosen = match request {
+            None => None,
             Some(request) => {
                 super::layers::choose(request, &self.video_sections, &self.on_air.video_rids())
                     .map_err(|why| Failure::new(ErrorCode::BadMessage, why))?
             }
         };
+        // No choice: the one the viewer came with, else the best its link carries.
+        let quality = chosen.or(self.initial_quality).unwrap_or("high");
         self.quality = Some(quality);
         if self.answered {
             let tracks: Vec<String> = self.on_air.video_tracks().map(str::to_owned).collect();
@@ -594,13 +621,8 @@ impl Driver {
                 message = self.next() => match message {
                     None => break,
                     Some(message) => match message["type"].as_str() {
-                        Some(kind @ ("left" | "reconnect")) => {
-                            tracing::info!(resource = %id, reason = %message["reason"], "HTTP session ended by its room");
-                            if kind == "reconnect" {
-                                // Its shard went away or its room moved: a new POST is
-                                // seated on a shard that is up.
-                                self.events.send(super::events::reconnect());
-                            }
+                        Some("left" | "reconnect") => {
+                            self.session_ended(&message);
                             break;
                         }
                         Some("error") => {
@@ -622,12 +644,18 @@ impl Driver {
                     }
                     Some(Command::Layer { request, reply }) => {
                         let _ = reply.send(self.select_layer(request.as_ref()).await);
+                        if self.ended {
+                            break;
+                        }
                     }
                     Some(Command::Patch { fragment, if_match, reply }) => {
                         let result = self
                             .patch(start.kind, &mut offer, &mut etag, fragment, if_match.as_deref())
                             .await;
                         let _ = reply.send(result);
+                        if self.ended {
+                            break;
+                        }
                     }
                 },
             }

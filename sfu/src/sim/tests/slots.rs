@@ -268,3 +268,147 @@ fn a_sending_section_is_refused_and_a_player_may_offer_again() {
             .all(|r| r.stream == stream_id(alice, None))
     );
 }
+
+/// `sdp` with its video section offering one codec the shard does not know.
+fn unknown_video_codec(sdp: String) -> String {
+    let mut out = String::new();
+    let mut in_video = false;
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("m=") {
+            in_video = line.starts_with("m=video");
+            if in_video {
+                let fields: Vec<&str> = line.split(' ').take(3).collect();
+                out.push_str(&format!("{} 96\r\n", fields.join(" ")));
+                continue;
+            }
+        }
+        let format_line = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+            .iter()
+            .any(|p| line.starts_with(p));
+        if in_video && format_line {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+        if in_video && line.starts_with("a=mid:") {
+            out.push_str("a=rtpmap:96 FOO/90000\r\n");
+        }
+    }
+    out
+}
+
+#[test]
+fn a_first_offer_the_shard_cannot_answer_leaves_no_connection_and_a_good_one_works() {
+    let mut sim = Sim::with_defaults().unwrap();
+    let alice = sim
+        .join(
+            "room",
+            "alice",
+            publishing(Some(None), Some(VideoSpec::single())),
+        )
+        .unwrap();
+    sim.connect_all().unwrap();
+    let connections = sim.core().connections();
+    let spec = ClientSpec {
+        offer_edit: Some(unknown_video_codec),
+        ..player(&[
+            (TrackKind::Audio, Direction::RecvOnly),
+            (TrackKind::Video, Direction::RecvOnly),
+        ])
+    };
+    let viewer = sim.join("room", "player", spec).unwrap();
+    sim.run_for(Duration::from_millis(10));
+    // Refused by `rtc` while answering, after the connection was made and the offer
+    // applied: the path that must undo both.
+    let refused = errors(&sim, viewer);
+    assert!(
+        refused
+            .iter()
+            .any(|(code, m)| *code == ErrorCode::SdpRejected && m.starts_with("answer:")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        sim.core().connections(),
+        connections,
+        "the half-made connection is gone"
+    );
+    // The offer as the client made it works from a clean start.
+    let local = sim.client(viewer).subscriber_local_sdp().unwrap();
+    sim.signal(
+        viewer,
+        ClientMessage::Offer {
+            pc: PeerTarget::Subscriber,
+            sdp: local,
+        },
+    );
+    sim.connect_all().unwrap();
+    receive_on_slot(&mut sim, viewer, "slot1", 50);
+    assert!(
+        sim.client(viewer)
+            .received_on("slot1")
+            .all(|r| r.stream == stream_id(alice, Some(0)))
+    );
+}
+
+#[test]
+fn a_reoffer_that_changes_a_sections_direction_is_refused() {
+    let mut sim = Sim::with_defaults().unwrap();
+    sim.join(
+        "room",
+        "alice",
+        publishing(Some(None), Some(VideoSpec::single())),
+    )
+    .unwrap();
+    let sections = [
+        (TrackKind::Audio, Direction::RecvOnly),
+        (TrackKind::Video, Direction::RecvOnly),
+        (TrackKind::Video, Direction::Inactive),
+    ];
+    let viewer = sim.join("room", "player", player(&sections)).unwrap();
+    sim.connect_all().unwrap();
+    receive_on_slot(&mut sim, viewer, "slot1", 30);
+    // The video section goes inactive in a new offer: refused, and it goes on.
+    let local = sim.client(viewer).subscriber_local_sdp().unwrap();
+    let mut section = 0;
+    let turned: String = local
+        .lines()
+        .map(|line| {
+            if line.starts_with("m=") {
+                section += 1;
+            }
+            let line = if section == 2 && line == "a=recvonly" {
+                "a=inactive"
+            } else {
+                line
+            };
+            format!("{line}\r\n")
+        })
+        .collect();
+    assert_ne!(turned, local);
+    sim.signal(
+        viewer,
+        ClientMessage::Offer {
+            pc: PeerTarget::Subscriber,
+            sdp: turned,
+        },
+    );
+    sim.run_for(Duration::from_millis(10));
+    assert!(
+        errors(&sim, viewer)
+            .iter()
+            .any(|(code, m)| *code == ErrorCode::SdpRejected && m.contains("keep the sections")),
+        "{:?}",
+        errors(&sim, viewer)
+    );
+    receive_on_slot(&mut sim, viewer, "slot1", 30);
+    // A restart of the offer with its inactive section keeps every slot.
+    let now = sim.now();
+    let restart = sim
+        .client_mut(viewer)
+        .reoffer_subscriber(now, true)
+        .unwrap();
+    sim.signal(viewer, restart);
+    sim.run_for(Duration::from_secs(2));
+    receive_on_slot(&mut sim, viewer, "slot1", 30);
+    assert_eq!(sim.client(viewer).received_on("slot2").count(), 0);
+}
