@@ -36,6 +36,17 @@ fn receive_on_slot(sim: &mut Sim, viewer: usize, slot: &str, count: usize) {
     .unwrap();
 }
 
+/// Client `viewer` offers its subscriber connection with `sdp`, as written.
+fn offer(sim: &mut Sim, viewer: usize, sdp: String) {
+    sim.signal(
+        viewer,
+        ClientMessage::Offer {
+            pc: PeerTarget::Subscriber,
+            sdp,
+        },
+    );
+}
+
 /// The ICE username fragment of a description.
 fn ufrag(sdp: &str) -> Option<&str> {
     sdp.lines()
@@ -189,13 +200,7 @@ fn an_ice_restart_keeps_the_slots_and_a_reoffer_of_other_sections_is_refused() {
     let local = sim.client(viewer).subscriber_local_sdp().unwrap();
     let other = local.replacen("a=mid:1", "a=mid:other", 1);
     assert_ne!(other, local);
-    sim.signal(
-        viewer,
-        ClientMessage::Offer {
-            pc: PeerTarget::Subscriber,
-            sdp: other,
-        },
-    );
+    offer(&mut sim, viewer, other);
     sim.run_for(Duration::from_millis(10));
     let refused = errors(&sim, viewer);
     assert!(
@@ -258,13 +263,7 @@ fn a_sending_section_is_refused_and_a_player_may_offer_again() {
     // Refused before any connection was made: the receiving offer the player meant
     // (its own description, all `recvonly`) works.
     let local = sim.client(viewer).subscriber_local_sdp().unwrap();
-    sim.signal(
-        viewer,
-        ClientMessage::Offer {
-            pc: PeerTarget::Subscriber,
-            sdp: local,
-        },
-    );
+    offer(&mut sim, viewer, local);
     sim.connect_all().unwrap();
     receive_on_slot(&mut sim, viewer, "slot0", 50);
     assert!(
@@ -330,13 +329,7 @@ fn a_first_offer_the_shard_cannot_answer_leaves_no_connection_and_a_good_one_wor
     );
     // The offer as the client made it works from a clean start.
     let local = sim.client(viewer).subscriber_local_sdp().unwrap();
-    sim.signal(
-        viewer,
-        ClientMessage::Offer {
-            pc: PeerTarget::Subscriber,
-            sdp: local,
-        },
-    );
+    offer(&mut sim, viewer, local);
     sim.connect_all().unwrap();
     receive_on_slot(&mut sim, viewer, "slot1", 50);
     assert!(
@@ -371,13 +364,7 @@ fn a_reoffer_that_changes_a_sections_direction_is_refused() {
         })
         .collect();
     assert_ne!(turned, local);
-    sim.signal(
-        viewer,
-        ClientMessage::Offer {
-            pc: PeerTarget::Subscriber,
-            sdp: turned,
-        },
-    );
+    offer(&mut sim, viewer, turned);
     sim.run_for(Duration::from_millis(10));
     assert!(
         errors(&sim, viewer)
