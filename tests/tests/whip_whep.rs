@@ -118,6 +118,27 @@ impl Client {
     }
 }
 
+/// An aiortc viewer `id` of the broadcast "concert" through the gateway at `url` (as
+/// `/watch` seats one): its report once it decoded `frames` video frames and
+/// `audio_seconds` of sound.
+async fn watch_concert(url: &str, id: &str, frames: &str, audio_seconds: &str) -> Result<Value> {
+    let args = [
+        "--url",
+        url,
+        "--gateway",
+        "--watch",
+        "--room",
+        "concert",
+        "--id",
+        id,
+        "--frames",
+        frames,
+        "--audio-seconds",
+        audio_seconds,
+    ];
+    tutti_tests::aiortc::run_subscriber(&args, Duration::from_secs(60)).await
+}
+
 /// Whether the stage holds no participant and the gateway no WHIP session.
 async fn nothing_left(system: &LocalSystem, stage: &str) -> Result<()> {
     eventually(
@@ -183,21 +204,7 @@ async fn a_whip_publisher_reaches_a_viewer_on_an_edge_with_sound_and_picture() -
     // A viewer on the edge (not the stage's shard) decodes the publisher's picture and
     // sound.
     let url = ws_url(&system);
-    let viewer_args = [
-        "--url",
-        &url,
-        "--gateway",
-        "--watch",
-        "--room",
-        "concert",
-        "--id",
-        "listener",
-        "--frames",
-        "30",
-        "--audio-seconds",
-        "2",
-    ];
-    let viewer = tutti_tests::aiortc::run_subscriber(&viewer_args, Duration::from_secs(60));
+    let viewer = watch_concert(&url, "listener", "30", "2");
     let store = &system.store;
     let origin_ref = &origin;
     let seated = eventually(WAIT, "the viewer to be counted on an edge", || async move {
@@ -278,21 +285,7 @@ async fn a_whip_publisher_reaches_a_viewer_on_an_edge_with_sound_and_picture() -
 
     // None of those refusals touched the session: a new viewer still decodes the
     // publisher's picture and sound.
-    let after_args = [
-        "--url",
-        &url,
-        "--gateway",
-        "--watch",
-        "--room",
-        "concert",
-        "--id",
-        "late-listener",
-        "--frames",
-        "15",
-        "--audio-seconds",
-        "1",
-    ];
-    let late = tutti_tests::aiortc::run_subscriber(&after_args, Duration::from_secs(60)).await?;
+    let late = watch_concert(&url, "late-listener", "15", "1").await?;
     println!("viewer after the refused requests: {late}");
     ensure!(late["frames"].as_u64() >= Some(15), "frames: {late}");
     ensure!(late["audio_frames"].as_u64() > Some(10), "sound: {late}");
